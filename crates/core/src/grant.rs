@@ -1,0 +1,211 @@
+//! Grants: what an agent may do with which inboxes, until when (DESIGN.md §4).
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::UnixTime;
+use crate::ids::{Address, AgentId, Domain, GrantId, OwnerId};
+
+/// One permission a grant can carry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    /// Read the inbox's messages.
+    Read,
+    /// Send as the inbox.
+    Send,
+    /// Manage the inbox.
+    Admin,
+}
+
+impl Scope {
+    const ALL: [Scope; 3] = [Scope::Read, Scope::Send, Scope::Admin];
+
+    fn bit(self) -> u8 {
+        match self {
+            Self::Read => 1,
+            Self::Send => 2,
+            Self::Admin => 4,
+        }
+    }
+
+    /// The stored and printed name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Read => "read",
+            Self::Send => "send",
+            Self::Admin => "admin",
+        }
+    }
+}
+
+/// A non-empty set of scopes, written `read,send`.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Scopes(u8);
+
+impl Scopes {
+    /// Whether `scope` is in the set.
+    pub fn contains(self, scope: Scope) -> bool {
+        self.0 & scope.bit() != 0
+    }
+
+    /// The scopes in the set, in canonical order.
+    pub fn iter(self) -> impl Iterator<Item = Scope> {
+        Scope::ALL.into_iter().filter(move |s| self.contains(*s))
+    }
+
+    /// Builds a set from scopes; `None` if empty.
+    pub fn from_scopes(scopes: impl IntoIterator<Item = Scope>) -> Option<Self> {
+        let bits = scopes.into_iter().fold(0, |acc, s| acc | s.bit());
+        (bits != 0).then_some(Self(bits))
+    }
+}
+
+impl fmt::Display for Scopes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let names: Vec<&str> = self.iter().map(Scope::as_str).collect();
+        f.write_str(&names.join(","))
+    }
+}
+
+impl fmt::Debug for Scopes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Scopes({self})")
+    }
+}
+
+impl FromStr for Scopes {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let mut scopes = Vec::new();
+        for part in s.split(',').map(str::trim) {
+            scopes.push(match part {
+                "read" => Scope::Read,
+                "send" => Scope::Send,
+                "admin" => Scope::Admin,
+                other => {
+                    return Err(format!("unknown scope {other:?}: expected a comma-separated list of read, send, admin"));
+                }
+            });
+        }
+        Self::from_scopes(scopes).ok_or_else(|| "no scopes given: expected read, send or admin".to_owned())
+    }
+}
+
+/// Which inboxes a grant covers.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum InboxPattern {
+    /// Exactly one address.
+    Exact(Address),
+    /// Every address starting with the given text (written `prefix*`).
+    Prefix(String),
+    /// Every address in a domain (written `*@domain`).
+    Domain(Domain),
+}
+
+impl InboxPattern {
+    /// Whether `address` falls under the pattern.
+    pub fn covers(&self, address: &Address) -> bool {
+        match self {
+            Self::Exact(a) => a == address,
+            Self::Prefix(p) => address.as_str().starts_with(p.as_str()),
+            Self::Domain(d) => address.domain() == d.as_str(),
+        }
+    }
+}
+
+impl fmt::Display for InboxPattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Exact(a) => write!(f, "{a}"),
+            Self::Prefix(p) => write!(f, "{p}*"),
+            Self::Domain(d) => write!(f, "*@{d}"),
+        }
+    }
+}
+
+impl FromStr for InboxPattern {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let hint = "expected an address, a prefix ending in * (bot-*), or *@domain";
+        if let Some(domain) = s.strip_prefix("*@") {
+            return domain.parse().map(Self::Domain).map_err(|e| format!("{e}; {hint}"));
+        }
+        if let Some(prefix) = s.strip_suffix('*') {
+            let prefix = prefix.to_ascii_lowercase();
+            let ok = !prefix.is_empty()
+                && !prefix.contains('*')
+                && prefix.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-@".contains(&b));
+            return if ok { Ok(Self::Prefix(prefix)) } else { Err(format!("invalid inbox pattern {s:?}: {hint}")) };
+        }
+        s.parse().map(Self::Exact).map_err(|e| format!("{e}; {hint}"))
+    }
+}
+
+/// A grant as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    /// Its id.
+    pub id: GrantId,
+    /// The owner who granted it.
+    pub owner: OwnerId,
+    /// The agent it is granted to.
+    pub agent: AgentId,
+    /// The inboxes it covers.
+    pub pattern: InboxPattern,
+    /// What it allows.
+    pub scopes: Scopes,
+    /// When it was created.
+    pub created_at: UnixTime,
+    /// When it stops working.
+    pub expires_at: UnixTime,
+    /// When it was revoked, if it was.
+    pub revoked_at: Option<UnixTime>,
+}
+
+impl Grant {
+    /// Not revoked and not expired at `now`.
+    pub fn is_active(&self, now: UnixTime) -> bool {
+        self.revoked_at.is_none() && now < self.expires_at
+    }
+
+    /// Active at `now`, carries `scope` and covers `address`.
+    pub fn allows(&self, scope: Scope, address: &Address, now: UnixTime) -> bool {
+        self.is_active(now) && self.scopes.contains(scope) && self.pattern.covers(address)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patterns() {
+        let a: Address = "bot-1@agents.localhost".parse().unwrap();
+        let b: Address = "other@agents.localhost".parse().unwrap();
+        let c: Address = "bot-1@else.test".parse().unwrap();
+        let exact: InboxPattern = "bot-1@agents.localhost".parse().unwrap();
+        let prefix: InboxPattern = "bot-*".parse().unwrap();
+        let domain: InboxPattern = "*@agents.localhost".parse().unwrap();
+        assert!(exact.covers(&a) && !exact.covers(&b) && !exact.covers(&c));
+        assert!(prefix.covers(&a) && !prefix.covers(&b) && prefix.covers(&c));
+        assert!(domain.covers(&a) && domain.covers(&b) && !domain.covers(&c));
+        for p in [&exact, &prefix, &domain] {
+            assert_eq!(&p.to_string().parse::<InboxPattern>().unwrap(), p);
+        }
+        for bad in ["*", "a*b*", "*@", "not an address", "x y*"] {
+            assert!(bad.parse::<InboxPattern>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn scopes() {
+        let s: Scopes = "send,read".parse().unwrap();
+        assert_eq!(s.to_string(), "read,send");
+        assert!(s.contains(Scope::Send) && !s.contains(Scope::Admin));
+        assert!("".parse::<Scopes>().is_err());
+        assert!("read,write".parse::<Scopes>().is_err());
+    }
+}

@@ -1,0 +1,298 @@
+//! Identifiers (DESIGN.md §3): owners and agents, addresses and domains, grant and key ids.
+//!
+//! Every identifier is validated once, at the edge, by `FromStr`; after that the
+//! type is proof that the string is well-formed and in canonical (lowercase) form.
+
+use std::fmt;
+use std::str::FromStr;
+
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+
+/// Longest local part of an inbox address.
+pub const MAX_LOCAL_PART_LEN: usize = 64;
+/// Longest domain name (RFC 1035).
+pub const MAX_DOMAIN_LEN: usize = 253;
+/// Longest label of a domain name (RFC 1035).
+pub const MAX_DOMAIN_LABEL_LEN: usize = 63;
+
+const BASE62: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+const BASE32_LOWER: &[u8] = b"abcdefghijklmnopqrstuvwxyz234567";
+
+/// Why an identifier was refused. The message says what a valid one looks like.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IdError {
+    /// An owner or agent id that is not `0x` followed by 40 hex digits.
+    #[error("invalid {kind} id {value:?}: expected 0x followed by 40 hex digits")]
+    WalletId {
+        /// `owner` or `agent`.
+        kind: &'static str,
+        /// The refused input.
+        value: String,
+    },
+    /// An address that is not `local@domain` with a valid local part and domain.
+    #[error("invalid address {value:?}: expected local@domain, local part of 1-64 characters from a-z 0-9 . _ -")]
+    Address {
+        /// The refused input.
+        value: String,
+    },
+    /// A domain name that is not a valid hostname.
+    #[error("invalid domain {value:?}: expected a hostname such as agents.example.com")]
+    Domain {
+        /// The refused input.
+        value: String,
+    },
+    /// A random id without its prefix or with a wrong body.
+    #[error("invalid {kind} id {value:?}: expected {prefix} followed by {len} letters or digits")]
+    RandomId {
+        /// `grant` or `key`.
+        kind: &'static str,
+        /// The required prefix.
+        prefix: &'static str,
+        /// The body length.
+        len: usize,
+        /// The refused input.
+        value: String,
+    },
+}
+
+/// Draws `len` base62 characters.
+pub fn random_base62(rng: &mut impl rand::RngCore, len: usize) -> String {
+    (0..len).map(|_| BASE62[rng.gen_range(0..BASE62.len())] as char).collect()
+}
+
+fn parse_wallet(kind: &'static str, s: &str) -> Result<String, IdError> {
+    let err = || IdError::WalletId { kind, value: s.to_owned() };
+    let hex = s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")).ok_or_else(err)?;
+    if hex.len() != 40 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(err());
+    }
+    Ok(format!("0x{}", hex.to_ascii_lowercase()))
+}
+
+macro_rules! string_id {
+    ($(#[$meta:meta])* $name:ident) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[serde(try_from = "String", into = "String")]
+        pub struct $name(String);
+
+        impl $name {
+            /// The canonical string form.
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl TryFrom<String> for $name {
+            type Error = IdError;
+            fn try_from(s: String) -> Result<Self, IdError> {
+                s.parse()
+            }
+        }
+
+        impl From<$name> for String {
+            fn from(id: $name) -> String {
+                id.0
+            }
+        }
+
+        impl AsRef<str> for $name {
+            fn as_ref(&self) -> &str {
+                &self.0
+            }
+        }
+    };
+}
+
+string_id!(
+    /// An owner (the human): `0x` + 40 lowercase hex digits.
+    OwnerId
+);
+string_id!(
+    /// An agent: `0x` + 40 lowercase hex digits.
+    AgentId
+);
+string_id!(
+    /// A hosted or remote domain name, lowercase.
+    Domain
+);
+string_id!(
+    /// An inbox address `local@domain`; the inbox id is the address itself.
+    Address
+);
+string_id!(
+    /// A grant id: `gr_` + 22 base62 characters.
+    GrantId
+);
+string_id!(
+    /// An agent key id (not the secret): `key_` + 16 base62 characters.
+    KeyId
+);
+
+impl FromStr for OwnerId {
+    type Err = IdError;
+    fn from_str(s: &str) -> Result<Self, IdError> {
+        parse_wallet("owner", s).map(Self)
+    }
+}
+
+impl FromStr for AgentId {
+    type Err = IdError;
+    fn from_str(s: &str) -> Result<Self, IdError> {
+        parse_wallet("agent", s).map(Self)
+    }
+}
+
+impl FromStr for Domain {
+    type Err = IdError;
+    fn from_str(s: &str) -> Result<Self, IdError> {
+        let lower = s.trim_end_matches('.').to_ascii_lowercase();
+        let valid_label = |l: &str| {
+            !l.is_empty()
+                && l.len() <= MAX_DOMAIN_LABEL_LEN
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+        };
+        if lower.is_empty() || lower.len() > MAX_DOMAIN_LEN || !lower.split('.').all(valid_label) {
+            return Err(IdError::Domain { value: s.to_owned() });
+        }
+        Ok(Self(lower))
+    }
+}
+
+impl FromStr for Address {
+    type Err = IdError;
+    fn from_str(s: &str) -> Result<Self, IdError> {
+        let err = || IdError::Address { value: s.to_owned() };
+        let (local, domain) = s.rsplit_once('@').ok_or_else(err)?;
+        let local = local.to_ascii_lowercase();
+        if local.is_empty()
+            || local.len() > MAX_LOCAL_PART_LEN
+            || !local.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
+        {
+            return Err(err());
+        }
+        let domain: Domain = domain.parse().map_err(|_| err())?;
+        Ok(Self(format!("{local}@{domain}")))
+    }
+}
+
+impl Address {
+    /// Builds an address from a checked local part and domain.
+    pub fn new(local: &str, domain: &Domain) -> Result<Self, IdError> {
+        format!("{local}@{domain}").parse()
+    }
+
+    /// A random `bot-<10 base32>` address in `domain` (DESIGN.md §3).
+    pub fn random_bot(rng: &mut impl rand::RngCore, domain: &Domain) -> Self {
+        let tail: String =
+            (0..10).map(|_| BASE32_LOWER[rng.gen_range(0..BASE32_LOWER.len())] as char).collect();
+        Self(format!("bot-{tail}@{domain}"))
+    }
+
+    /// The local part, before the `@`.
+    pub fn local_part(&self) -> &str {
+        self.0.rsplit_once('@').map_or("", |(l, _)| l)
+    }
+
+    /// The domain part, after the `@`.
+    pub fn domain(&self) -> &str {
+        self.0.rsplit_once('@').map_or("", |(_, d)| d)
+    }
+}
+
+fn parse_random(
+    s: &str,
+    kind: &'static str,
+    prefix: &'static str,
+    len: usize,
+) -> Result<String, IdError> {
+    match s.strip_prefix(prefix) {
+        Some(body) if body.len() == len && body.bytes().all(|b| b.is_ascii_alphanumeric()) => {
+            Ok(s.to_owned())
+        }
+        _ => Err(IdError::RandomId { kind, prefix, len, value: s.to_owned() }),
+    }
+}
+
+/// Body length of a grant id.
+pub const GRANT_ID_LEN: usize = 22;
+/// Body length of a key id.
+pub const KEY_ID_LEN: usize = 16;
+
+impl FromStr for GrantId {
+    type Err = IdError;
+    fn from_str(s: &str) -> Result<Self, IdError> {
+        parse_random(s, "grant", "gr_", GRANT_ID_LEN).map(Self)
+    }
+}
+
+impl GrantId {
+    /// A fresh random grant id.
+    pub fn generate(rng: &mut impl rand::RngCore) -> Self {
+        Self(format!("gr_{}", random_base62(rng, GRANT_ID_LEN)))
+    }
+}
+
+impl FromStr for KeyId {
+    type Err = IdError;
+    fn from_str(s: &str) -> Result<Self, IdError> {
+        parse_random(s, "key", "key_", KEY_ID_LEN).map(Self)
+    }
+}
+
+impl KeyId {
+    /// A fresh random key id.
+    pub fn generate(rng: &mut impl rand::RngCore) -> Self {
+        Self(format!("key_{}", random_base62(rng, KEY_ID_LEN)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wallet_ids_are_lowercased_and_checked() {
+        let id: OwnerId = "0xABCDEF0123456789abcdef0123456789ABCDEF01".parse().unwrap();
+        assert_eq!(id.as_str(), "0xabcdef0123456789abcdef0123456789abcdef01");
+        for bad in ["", "0x", "abcdef0123456789abcdef0123456789abcdef01", "0x123", "0xg000000000000000000000000000000000000000"] {
+            assert!(bad.parse::<AgentId>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn addresses() {
+        let a: Address = "Bot.One_2-x@Agents.Localhost".parse().unwrap();
+        assert_eq!(a.as_str(), "bot.one_2-x@agents.localhost");
+        assert_eq!(a.local_part(), "bot.one_2-x");
+        assert_eq!(a.domain(), "agents.localhost");
+        let long = format!("{}@a.b", "x".repeat(MAX_LOCAL_PART_LEN + 1));
+        for bad in ["", "@a.b", "a@", "a b@c.d", "a+b@c.d", "a@-c.d", "a@c..d", long.as_str()] {
+            assert!(bad.parse::<Address>().is_err(), "{bad:?}");
+        }
+        assert!(format!("{}@a.b", "x".repeat(MAX_LOCAL_PART_LEN)).parse::<Address>().is_ok());
+    }
+
+    #[test]
+    fn random_ids_round_trip() {
+        let mut rng = rand::thread_rng();
+        let d: Domain = "agents.localhost".parse().unwrap();
+        let bot = Address::random_bot(&mut rng, &d);
+        assert_eq!(bot.as_str().parse::<Address>().unwrap(), bot);
+        assert!(bot.local_part().starts_with("bot-") && bot.local_part().len() == 14);
+        let g = GrantId::generate(&mut rng);
+        assert_eq!(g.as_str().parse::<GrantId>().unwrap(), g);
+        let k = KeyId::generate(&mut rng);
+        assert_eq!(k.as_str().parse::<KeyId>().unwrap(), k);
+        assert!("gr_short".parse::<GrantId>().is_err());
+    }
+}

@@ -1,0 +1,85 @@
+//! Blob keys and blob errors.
+
+use std::fmt;
+
+use agentkeys_core::{Address, OwnerId};
+use ulid::Ulid;
+
+/// A validated blob key: `/`-separated components of `[A-Za-z0-9._@-]`, none empty,
+/// none starting with a dot. Built only through the constructors, so a key can never
+/// escape its prefix (`..`, absolute paths).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BlobKey(String);
+
+impl BlobKey {
+    /// The key of one stored copy of a received message: `<owner>/<inbox>/<ulid>.eml`.
+    pub fn message(owner: &OwnerId, inbox: &Address, id: Ulid) -> Self {
+        Self(format!("{owner}/{inbox}/{id}.eml"))
+    }
+
+    /// The key of a message waiting in the outbound queue: `queue/<ulid>.eml`.
+    pub fn queued(id: Ulid) -> Self {
+        Self(format!("queue/{id}.eml"))
+    }
+
+    /// Parses a stored key, refusing anything that could escape the store root.
+    pub fn parse(s: &str) -> Option<Self> {
+        let valid_component = |c: &str| {
+            !c.is_empty()
+                && !c.starts_with('.')
+                && c.bytes().all(|b| b.is_ascii_alphanumeric() || b"._@-".contains(&b))
+        };
+        s.split('/').all(valid_component).then(|| Self(s.to_owned()))
+    }
+
+    /// The key text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for BlobKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A blob storage failure. Maps to SMTP `452 4.3.1` (full) or `451 4.3.0` (other).
+#[derive(Debug, thiserror::Error)]
+pub enum BlobError {
+    /// The device is full or over quota.
+    #[error("blob storage is full: {0}")]
+    StorageFull(#[source] std::io::Error),
+    /// Any other I/O failure, with the path it concerned.
+    #[error("blob storage I/O error at {path}: {err}")]
+    Io {
+        /// The file or directory involved.
+        path: String,
+        /// The underlying error.
+        #[source]
+        err: std::io::Error,
+    },
+}
+
+impl BlobError {
+    /// Classifies an I/O error: `ENOSPC`/`EDQUOT` become [`BlobError::StorageFull`].
+    pub fn from_io(path: impl Into<String>, err: std::io::Error) -> Self {
+        match err.raw_os_error() {
+            Some(code) if code == libc::ENOSPC || code == libc::EDQUOT => Self::StorageFull(err),
+            _ => Self::Io { path: path.into(), err },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_cannot_escape() {
+        assert!(BlobKey::parse("0xab/bot@agents.localhost/01H.eml").is_some());
+        for bad in ["", "/a", "a//b", "../a", "a/../b", "a/.hidden", "a/b c", "a\\b"] {
+            assert!(BlobKey::parse(bad).is_none(), "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,43 @@
+//! Storage for AgentKeys Mail, behind two traits so backends can change without
+//! touching the SMTP code:
+//!
+//! - [`MetadataStore`]: owners, agents, domains, inboxes, agent keys, grants and
+//!   the outbound queue. Embedded default: SQLite in WAL mode ([`SqliteStore`]).
+//! - [`BlobStore`]: raw messages under `<owner>/<inbox>/<ulid>.eml`. Embedded
+//!   default: a directory tree with durable writes and group commit ([`FsBlobStore`]).
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use agentkeys_store::{FsBlobStore, SqliteStore};
+//! let meta = SqliteStore::open(std::path::Path::new("./agentkeys-data/meta.sqlite")).await?;
+//! let blobs = FsBlobStore::open(std::path::Path::new("./agentkeys-data/blobs"))?;
+//! # Ok(()) }
+//! ```
+
+mod blob;
+mod fs;
+mod meta;
+mod sqlite;
+
+pub use blob::{BlobError, BlobKey};
+pub use fs::FsBlobStore;
+pub use meta::*;
+pub use sqlite::SqliteStore;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+/// Durable storage of raw messages.
+///
+/// `put_durable` returns only once every item is on stable storage (file data and
+/// the directory entry fsynced) and visible under its key; on error no item is
+/// visible, partially written or otherwise.
+#[async_trait]
+pub trait BlobStore: Send + Sync + 'static {
+    /// Writes all items durably. Concurrent callers may share fsyncs (group commit).
+    async fn put_durable(&self, items: Vec<(BlobKey, Bytes)>) -> Result<(), BlobError>;
+    /// Reads one blob; `None` if it does not exist.
+    async fn get(&self, key: &BlobKey) -> Result<Option<Bytes>, BlobError>;
+    /// Lists the keys under a prefix (`<owner>/<inbox>/`), in key order.
+    async fn list(&self, prefix: &str) -> Result<Vec<BlobKey>, BlobError>;
+}
