@@ -20,6 +20,7 @@ pub mod ids;
 pub mod inbox;
 pub mod key;
 pub mod seed;
+pub mod time;
 
 pub use auth::{AuthFacts, AuthFailure, Credentials, KeyFacts, SendAuthorized};
 pub use duration::{TtlError, format_duration, parse_duration, parse_ttl};

@@ -1,1 +1,647 @@
-//! Placeholder replaced by the store implementation.
+//! [`MetadataStore`] on SQLite: one database file in WAL mode, shared by the server
+//! and the CLI.
+//!
+//! Durability and concurrency settings (DESIGN.md §8):
+//! - `journal_mode=WAL`: readers never block the writer, so RCPT and AUTH lookups
+//!   go on while the CLI writes;
+//! - `synchronous=FULL`: a committed transaction survives power loss;
+//! - `foreign_keys=ON`, `busy_timeout` of [`BUSY_TIMEOUT`]: a second process (the
+//!   CLI next to a running server) waits for the write lock instead of failing.
+//!
+//! Writes that read before they write run in `BEGIN IMMEDIATE` transactions, so
+//! the checks that produce precise `NotFound`/`Conflict`/`Invalid` errors see the
+//! same state the write commits against.
+
+use std::collections::BTreeSet;
+use std::fmt::Display;
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use agentkeys_core::{
+    Address, AgentId, AuthFacts, Credentials, Domain, Grant, GrantId, InboxStatus, KeyFacts, KeyHash,
+    KeyId, OwnerId, UnixTime,
+};
+use async_trait::async_trait;
+use sqlx::error::ErrorKind;
+use sqlx::migrate::Migrator;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use sqlx::{Sqlite, Transaction};
+
+use crate::meta::{
+    AgentRecord, InboxRecord, KeyRecord, MetadataStore, NewOutbound, OwnerRecord, QueueEntry, Recipient,
+    StoreError,
+};
+
+/// Most connections the pool opens. SQLite has one writer at a time; WAL lets the
+/// others read concurrently, and a handful of readers covers the SMTP lookups.
+const MAX_CONNECTIONS: u32 = 8;
+
+/// How long a statement waits for a lock held by another connection or process
+/// before failing with `database is locked`.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How many times opening retries the migrations when another process (server
+/// and CLI starting together) applied them at the same moment.
+const MIGRATION_ATTEMPTS: u32 = 3;
+
+/// The schema, embedded from `crates/store/migrations/` at compile time.
+static MIGRATOR: Migrator = sqlx::migrate!();
+
+/// The SQLite metadata store. Cheap to clone: clones share the connection pool.
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Opens (creating it if missing) the database file at `path` and brings its
+    /// schema up to date. The parent directory must exist.
+    ///
+    /// The server and the CLI may open the same file at the same time.
+    pub async fn open(path: &Path) -> Result<Self, StoreError> {
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .foreign_keys(true)
+            .busy_timeout(BUSY_TIMEOUT);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(MAX_CONNECTIONS)
+            .connect_with(options)
+            .await
+            .map_err(|e| {
+                StoreError::Backend(format!("cannot open metadata database {}: {e}", path.display()))
+            })?;
+        let store = Self { pool };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// A private in-memory database with the full schema, for tests. Nothing
+    /// survives the store (or its last clone) being dropped.
+    pub async fn open_in_memory() -> Result<Self, StoreError> {
+        let options = SqliteConnectOptions::from_str("sqlite::memory:")
+            .map_err(backend)?
+            .foreign_keys(true)
+            .busy_timeout(BUSY_TIMEOUT);
+        // One connection that never closes: the database lives as long as it does.
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .connect_with(options)
+            .await
+            .map_err(backend)?;
+        let store = Self { pool };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// Closes every connection, waiting for those in use to be returned.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    async fn migrate(&self) -> Result<(), StoreError> {
+        let mut attempt = 1;
+        loop {
+            match MIGRATOR.run(&self.pool).await {
+                Ok(()) => return Ok(()),
+                // Another process may have applied the same migration between our
+                // read of the migration table and our write; the next attempt sees it.
+                Err(err) if attempt < MIGRATION_ATTEMPTS => {
+                    tracing::debug!(%err, attempt, "metadata migration failed, retrying");
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(err) => {
+                    return Err(StoreError::Backend(format!("cannot migrate the metadata schema: {err}")));
+                }
+            }
+        }
+    }
+
+    /// Starts a write transaction holding the write lock from the start, so the
+    /// existence checks inside it cannot go stale before the commit.
+    async fn write_tx(&self) -> Result<Transaction<'static, Sqlite>, StoreError> {
+        self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(backend)
+    }
+}
+
+/// Any database failure we do not map more precisely.
+fn backend(err: sqlx::Error) -> StoreError {
+    StoreError::Backend(err.to_string())
+}
+
+/// Maps the error of an `INSERT`: a unique violation is a conflict on `what`.
+fn insert_error(err: sqlx::Error, what: impl FnOnce() -> String) -> StoreError {
+    match &err {
+        sqlx::Error::Database(db) if db.kind() == ErrorKind::UniqueViolation => {
+            StoreError::Conflict { what: what() }
+        }
+        _ => backend(err),
+    }
+}
+
+/// Parses a stored value; a value that does not parse means the database was
+/// edited by hand or corrupted.
+fn stored<T>(what: &str, value: &str) -> Result<T, StoreError>
+where
+    T: FromStr,
+    T::Err: Display,
+{
+    value.parse().map_err(|e| StoreError::Backend(format!("stored {what} {value:?} is invalid: {e}")))
+}
+
+fn stored_key_hash(key: &str, hex: &str) -> Result<KeyHash, StoreError> {
+    KeyHash::from_hex(hex)
+        .ok_or_else(|| StoreError::Backend(format!("stored hash of key {key} is not 64 hex digits")))
+}
+
+fn stored_u64(what: &str, value: i64) -> Result<u64, StoreError> {
+    u64::try_from(value).map_err(|_| StoreError::Backend(format!("stored {what} {value} is negative")))
+}
+
+fn stored_u32(what: &str, value: i64) -> Result<u32, StoreError> {
+    u32::try_from(value).map_err(|_| StoreError::Backend(format!("stored {what} {value} is out of range")))
+}
+
+fn domain_not_hosted(domain: &str) -> StoreError {
+    StoreError::Invalid(format!(
+        "domain {domain} is not hosted here; add it with `agentkeys domain add {domain}`"
+    ))
+}
+
+type OwnerRow = (String, Option<String>, i64);
+type AgentRow = (String, String, Option<String>, i64);
+type InboxRow = (String, String, String, String, i64);
+type KeyRow = (String, String, String, i64, i64, Option<i64>);
+type GrantRow = (String, String, String, String, String, i64, i64, Option<i64>);
+type QueueRow = (String, String, String, String, i64, i64, i64, i64, Option<String>);
+
+fn owner_from_row((id, email, created_at): OwnerRow) -> Result<OwnerRecord, StoreError> {
+    Ok(OwnerRecord { id: stored("owner id", &id)?, email, created_at })
+}
+
+fn agent_from_row((id, owner, name, created_at): AgentRow) -> Result<AgentRecord, StoreError> {
+    Ok(AgentRecord { id: stored("agent id", &id)?, owner: stored("owner id", &owner)?, name, created_at })
+}
+
+fn inbox_from_row((address, owner, agent, status, created_at): InboxRow) -> Result<InboxRecord, StoreError> {
+    Ok(InboxRecord {
+        address: stored("inbox address", &address)?,
+        owner: stored("owner id", &owner)?,
+        agent: stored("agent id", &agent)?,
+        status: stored("inbox status", &status)?,
+        created_at,
+    })
+}
+
+fn key_from_row((id, agent, hash, created_at, expires_at, revoked_at): KeyRow) -> Result<KeyRecord, StoreError> {
+    Ok(KeyRecord {
+        hash: stored_key_hash(&id, &hash)?,
+        id: stored("key id", &id)?,
+        agent: stored("agent id", &agent)?,
+        created_at,
+        expires_at,
+        revoked_at,
+    })
+}
+
+fn grant_from_row(
+    (id, owner, agent, pattern, scopes, created_at, expires_at, revoked_at): GrantRow,
+) -> Result<Grant, StoreError> {
+    Ok(Grant {
+        id: stored("grant id", &id)?,
+        owner: stored("owner id", &owner)?,
+        agent: stored("agent id", &agent)?,
+        pattern: stored("grant pattern", &pattern)?,
+        scopes: stored("grant scopes", &scopes)?,
+        created_at,
+        expires_at,
+        revoked_at,
+    })
+}
+
+fn queue_entry_from_row(
+    (message_id, recipient, sender, state, size, queued_at, next_attempt_at, attempts, last_response): QueueRow,
+) -> Result<QueueEntry, StoreError> {
+    Ok(QueueEntry {
+        sender: stored("sender address", &sender)?,
+        size: stored_u64("message size", size)?,
+        attempts: stored_u32("attempt count", attempts)?,
+        message_id,
+        recipient,
+        state,
+        queued_at,
+        next_attempt_at,
+        last_response,
+    })
+}
+
+/// One row of the [`AUTH_FACTS`] query: `kind` says which of the three parts it is.
+type AuthRow = (String, String, String, String, String, Option<String>, i64, Option<i64>, Option<i64>);
+
+/// Everything `auth_facts` needs in one statement, hence one consistent snapshot:
+/// the key found by its hash (unique index) with its agent's owner, that agent's
+/// grants (index on `grants.agent`) and the inbox (primary key).
+const AUTH_FACTS: &str = "\
+SELECT 'key', k.id, k.hash, k.agent, a.owner, NULL, k.created_at, k.expires_at, k.revoked_at
+  FROM agent_keys k JOIN agents a ON a.id = k.agent
+ WHERE k.hash = ?1
+UNION ALL
+SELECT 'grant', g.id, g.pattern, g.agent, g.owner, g.scopes, g.created_at, g.expires_at, g.revoked_at
+  FROM agent_keys k JOIN grants g ON g.agent = k.agent
+ WHERE k.hash = ?1
+UNION ALL
+SELECT 'inbox', i.address, i.status, i.agent, i.owner, NULL, i.created_at, NULL, NULL
+  FROM inboxes i
+ WHERE i.address = ?2";
+
+#[async_trait]
+impl MetadataStore for SqliteStore {
+    async fn ensure_domain(&self, domain: &Domain, now: UnixTime) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO domains (name, created_at) VALUES (?1, ?2) ON CONFLICT (name) DO NOTHING")
+            .bind(domain.as_str())
+            .bind(now)
+            .execute(&self.pool)
+            .await
+            .map_err(backend)?;
+        Ok(())
+    }
+
+    async fn list_domains(&self) -> Result<Vec<Domain>, StoreError> {
+        let rows: Vec<(String,)> = sqlx::query_as("SELECT name FROM domains ORDER BY name")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(backend)?;
+        rows.iter().map(|(name,)| stored("domain", name)).collect()
+    }
+
+    async fn is_hosted_domain(&self, domain: &str) -> Result<bool, StoreError> {
+        let (hosted,): (bool,) = sqlx::query_as("SELECT EXISTS (SELECT 1 FROM domains WHERE name = ?1)")
+            .bind(domain)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(backend)?;
+        Ok(hosted)
+    }
+
+    async fn add_owner(&self, owner: &OwnerRecord) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO owners (id, email, created_at) VALUES (?1, ?2, ?3)")
+            .bind(owner.id.as_str())
+            .bind(owner.email.as_deref())
+            .bind(owner.created_at)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| insert_error(e, || format!("owner {}", owner.id)))?;
+        Ok(())
+    }
+
+    async fn list_owners(&self) -> Result<Vec<OwnerRecord>, StoreError> {
+        let rows: Vec<OwnerRow> = sqlx::query_as("SELECT id, email, created_at FROM owners ORDER BY created_at, id")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(backend)?;
+        rows.into_iter().map(owner_from_row).collect()
+    }
+
+    async fn add_agent(&self, agent: &AgentRecord) -> Result<(), StoreError> {
+        let mut tx = self.write_tx().await?;
+        let owner_exists: Option<(i64,)> = sqlx::query_as("SELECT 1 FROM owners WHERE id = ?1")
+            .bind(agent.owner.as_str())
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(backend)?;
+        if owner_exists.is_none() {
+            return Err(StoreError::NotFound { what: format!("owner {}", agent.owner) });
+        }
+        sqlx::query("INSERT INTO agents (id, owner, name, created_at) VALUES (?1, ?2, ?3, ?4)")
+            .bind(agent.id.as_str())
+            .bind(agent.owner.as_str())
+            .bind(agent.name.as_deref())
+            .bind(agent.created_at)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| insert_error(e, || format!("agent {}", agent.id)))?;
+        tx.commit().await.map_err(backend)
+    }
+
+    async fn get_agent(&self, id: &AgentId) -> Result<Option<AgentRecord>, StoreError> {
+        let row: Option<AgentRow> = sqlx::query_as("SELECT id, owner, name, created_at FROM agents WHERE id = ?1")
+            .bind(id.as_str())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(backend)?;
+        row.map(agent_from_row).transpose()
+    }
+
+    async fn list_agents(&self, owner: Option<&OwnerId>) -> Result<Vec<AgentRecord>, StoreError> {
+        let rows: Vec<AgentRow> = sqlx::query_as(
+            "SELECT id, owner, name, created_at FROM agents
+              WHERE ?1 IS NULL OR owner = ?1
+              ORDER BY created_at, id",
+        )
+        .bind(owner.map(OwnerId::as_str))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend)?;
+        rows.into_iter().map(agent_from_row).collect()
+    }
+
+    async fn create_inbox(&self, inbox: &InboxRecord) -> Result<(), StoreError> {
+        let mut tx = self.write_tx().await?;
+        let domain = inbox.address.domain();
+        let (hosted,): (bool,) = sqlx::query_as("SELECT EXISTS (SELECT 1 FROM domains WHERE name = ?1)")
+            .bind(domain)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(backend)?;
+        if !hosted {
+            return Err(domain_not_hosted(domain));
+        }
+        let agent_owner: Option<(String,)> = sqlx::query_as("SELECT owner FROM agents WHERE id = ?1")
+            .bind(inbox.agent.as_str())
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(backend)?;
+        let Some((agent_owner,)) = agent_owner else {
+            return Err(StoreError::NotFound { what: format!("agent {}", inbox.agent) });
+        };
+        if agent_owner != inbox.owner.as_str() {
+            return Err(StoreError::Invalid(format!(
+                "inbox {} must belong to {agent_owner}, the owner of agent {}, not to {}",
+                inbox.address, inbox.agent, inbox.owner
+            )));
+        }
+        let taken: Option<(i64,)> = sqlx::query_as("SELECT 1 FROM inboxes WHERE address = ?1")
+            .bind(inbox.address.as_str())
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(backend)?;
+        if taken.is_some() {
+            return Err(StoreError::Conflict { what: format!("inbox {}", inbox.address) });
+        }
+        sqlx::query(
+            "INSERT INTO inboxes (address, owner, agent, status, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+        )
+        .bind(inbox.address.as_str())
+        .bind(inbox.owner.as_str())
+        .bind(inbox.agent.as_str())
+        .bind(inbox.status.as_str())
+        .bind(inbox.created_at)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| insert_error(e, || format!("inbox {}", inbox.address)))?;
+        tx.commit().await.map_err(backend)
+    }
+
+    async fn list_inboxes(&self, owner: Option<&OwnerId>) -> Result<Vec<InboxRecord>, StoreError> {
+        let rows: Vec<InboxRow> = sqlx::query_as(
+            "SELECT address, owner, agent, status, created_at FROM inboxes
+              WHERE ?1 IS NULL OR owner = ?1
+              ORDER BY address",
+        )
+        .bind(owner.map(OwnerId::as_str))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend)?;
+        rows.into_iter().map(inbox_from_row).collect()
+    }
+
+    async fn set_inbox_status(&self, address: &Address, status: InboxStatus) -> Result<(), StoreError> {
+        let done = sqlx::query("UPDATE inboxes SET status = ?1 WHERE address = ?2")
+            .bind(status.as_str())
+            .bind(address.as_str())
+            .execute(&self.pool)
+            .await
+            .map_err(backend)?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound { what: format!("inbox {address}") });
+        }
+        Ok(())
+    }
+
+    async fn recipient(&self, address: &Address) -> Result<Option<Recipient>, StoreError> {
+        let row: Option<(String, String)> = sqlx::query_as("SELECT owner, status FROM inboxes WHERE address = ?1")
+            .bind(address.as_str())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(backend)?;
+        row.map(|(owner, status)| {
+            Ok(Recipient { owner: stored("owner id", &owner)?, status: stored("inbox status", &status)? })
+        })
+        .transpose()
+    }
+
+    async fn create_key(&self, key: &KeyRecord) -> Result<(), StoreError> {
+        let mut tx = self.write_tx().await?;
+        let agent_exists: Option<(i64,)> = sqlx::query_as("SELECT 1 FROM agents WHERE id = ?1")
+            .bind(key.agent.as_str())
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(backend)?;
+        if agent_exists.is_none() {
+            return Err(StoreError::NotFound { what: format!("agent {}", key.agent) });
+        }
+        let id_taken: Option<(i64,)> = sqlx::query_as("SELECT 1 FROM agent_keys WHERE id = ?1")
+            .bind(key.id.as_str())
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(backend)?;
+        if id_taken.is_some() {
+            return Err(StoreError::Conflict { what: format!("key {}", key.id) });
+        }
+        sqlx::query(
+            "INSERT INTO agent_keys (id, agent, hash, created_at, expires_at, revoked_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )
+        .bind(key.id.as_str())
+        .bind(key.agent.as_str())
+        .bind(key.hash.to_hex())
+        .bind(key.created_at)
+        .bind(key.expires_at)
+        .bind(key.revoked_at)
+        .execute(&mut *tx)
+        .await
+        // The id is free, so the collision is on the hash: the same secret twice.
+        .map_err(|e| insert_error(e, || "an agent key with the same secret".to_owned()))?;
+        tx.commit().await.map_err(backend)
+    }
+
+    async fn list_keys(&self, agent: &AgentId) -> Result<Vec<KeyRecord>, StoreError> {
+        let rows: Vec<KeyRow> = sqlx::query_as(
+            "SELECT id, agent, hash, created_at, expires_at, revoked_at FROM agent_keys
+              WHERE agent = ?1
+              ORDER BY created_at, id",
+        )
+        .bind(agent.as_str())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend)?;
+        rows.into_iter().map(key_from_row).collect()
+    }
+
+    async fn revoke_key(&self, id: &KeyId, now: UnixTime) -> Result<(), StoreError> {
+        // SQLite counts matched rows, so a second revocation still affects one row.
+        let done = sqlx::query("UPDATE agent_keys SET revoked_at = COALESCE(revoked_at, ?1) WHERE id = ?2")
+            .bind(now)
+            .bind(id.as_str())
+            .execute(&self.pool)
+            .await
+            .map_err(backend)?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound { what: format!("key {id}") });
+        }
+        Ok(())
+    }
+
+    async fn add_grant(&self, grant: &Grant) -> Result<(), StoreError> {
+        let mut tx = self.write_tx().await?;
+        let agent_owner: Option<(String,)> = sqlx::query_as("SELECT owner FROM agents WHERE id = ?1")
+            .bind(grant.agent.as_str())
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(backend)?;
+        let Some((agent_owner,)) = agent_owner else {
+            return Err(StoreError::NotFound { what: format!("agent {}", grant.agent) });
+        };
+        if agent_owner != grant.owner.as_str() {
+            return Err(StoreError::Invalid(format!(
+                "grant owner {} is not the owner of agent {} ({agent_owner}): only an agent's owner can grant it access",
+                grant.owner, grant.agent
+            )));
+        }
+        sqlx::query(
+            "INSERT INTO grants (id, owner, agent, pattern, scopes, created_at, expires_at, revoked_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        )
+        .bind(grant.id.as_str())
+        .bind(grant.owner.as_str())
+        .bind(grant.agent.as_str())
+        .bind(grant.pattern.to_string())
+        .bind(grant.scopes.to_string())
+        .bind(grant.created_at)
+        .bind(grant.expires_at)
+        .bind(grant.revoked_at)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| insert_error(e, || format!("grant {}", grant.id)))?;
+        tx.commit().await.map_err(backend)
+    }
+
+    async fn list_grants(&self, agent: Option<&AgentId>) -> Result<Vec<Grant>, StoreError> {
+        let rows: Vec<GrantRow> = sqlx::query_as(
+            "SELECT id, owner, agent, pattern, scopes, created_at, expires_at, revoked_at FROM grants
+              WHERE ?1 IS NULL OR agent = ?1
+              ORDER BY created_at, id",
+        )
+        .bind(agent.map(AgentId::as_str))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend)?;
+        rows.into_iter().map(grant_from_row).collect()
+    }
+
+    async fn revoke_grant(&self, id: &GrantId, now: UnixTime) -> Result<(), StoreError> {
+        let done = sqlx::query("UPDATE grants SET revoked_at = COALESCE(revoked_at, ?1) WHERE id = ?2")
+            .bind(now)
+            .bind(id.as_str())
+            .execute(&self.pool)
+            .await
+            .map_err(backend)?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound { what: format!("grant {id}") });
+        }
+        Ok(())
+    }
+
+    async fn auth_facts(&self, credentials: &Credentials) -> Result<AuthFacts, StoreError> {
+        let rows: Vec<AuthRow> = sqlx::query_as(AUTH_FACTS)
+            .bind(credentials.key_hash.to_hex())
+            .bind(credentials.address.as_str())
+            .fetch_all(&self.pool)
+            .await
+            .map_err(backend)?;
+        let mut facts = AuthFacts::default();
+        for (kind, id, text, agent, owner, scopes, created_at, expires_at, revoked_at) in rows {
+            match kind.as_str() {
+                "key" => {
+                    let expires_at = expires_at
+                        .ok_or_else(|| StoreError::Backend(format!("key {id} has no expiry")))?;
+                    facts.key = Some(KeyFacts {
+                        hash: stored_key_hash(&id, &text)?,
+                        id: stored("key id", &id)?,
+                        agent: stored("agent id", &agent)?,
+                        owner: stored("owner id", &owner)?,
+                        expires_at,
+                        revoked_at,
+                    });
+                }
+                "grant" => {
+                    let scopes = scopes.unwrap_or_default();
+                    let expires_at = expires_at
+                        .ok_or_else(|| StoreError::Backend(format!("grant {id} has no expiry")))?;
+                    facts.grants.push(grant_from_row((
+                        id, owner, agent, text, scopes, created_at, expires_at, revoked_at,
+                    ))?);
+                }
+                _ => {
+                    facts.inbox = Some((stored("owner id", &owner)?, stored("inbox status", &text)?));
+                }
+            }
+        }
+        Ok(facts)
+    }
+
+    async fn enqueue_outbound(&self, message: &NewOutbound) -> Result<(), StoreError> {
+        // The same recipient twice in one envelope is one delivery.
+        let recipients: BTreeSet<&str> = message.recipients.iter().map(String::as_str).collect();
+        if recipients.is_empty() {
+            return Err(StoreError::Invalid(format!(
+                "outbound message {} has no recipients",
+                message.message_id
+            )));
+        }
+        let size = i64::try_from(message.size).map_err(|_| {
+            StoreError::Invalid(format!("outbound message {} is too large to record", message.message_id))
+        })?;
+        let mut tx = self.write_tx().await?;
+        for recipient in recipients {
+            sqlx::query(
+                "INSERT INTO outbound_queue
+                    (message_id, recipient, sender, owner, state, size, queued_at, next_attempt_at, attempts)
+                 VALUES (?1, ?2, ?3, ?4, 'queued', ?5, ?6, ?6, 0)",
+            )
+            .bind(&message.message_id)
+            .bind(recipient)
+            .bind(message.sender.as_str())
+            .bind(message.owner.as_str())
+            .bind(size)
+            .bind(message.queued_at)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| {
+                insert_error(e, || format!("queued message {} for {recipient}", message.message_id))
+            })?;
+        }
+        tx.commit().await.map_err(backend)
+    }
+
+    async fn list_queue(&self) -> Result<Vec<QueueEntry>, StoreError> {
+        let rows: Vec<QueueRow> = sqlx::query_as(
+            "SELECT message_id, recipient, sender, state, size, queued_at, next_attempt_at, attempts, last_response
+               FROM outbound_queue
+              ORDER BY queued_at, message_id, recipient",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend)?;
+        rows.into_iter().map(queue_entry_from_row).collect()
+    }
+}

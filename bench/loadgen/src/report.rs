@@ -1,0 +1,461 @@
+//! `report`: turns a results directory written by `bench/run.sh` into Markdown.
+//!
+//! Inputs (any may be missing; the table then says "not measured"):
+//! - `meta.tsv`: `key<TAB>value` lines (machine, versions, load parameters);
+//! - `throughput.tsv`: `target<TAB>mode<TAB>run<TAB>messages<TAB>seconds<TAB>ok`;
+//! - `handshakes.json`, `idle.json`, `idle-tls.json`, `idle-sink.json`,
+//!   `auth-timing.json`: the JSON printed by the other subcommands.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use serde_json::Value;
+
+use crate::stats;
+
+/// Bar: our durable inbound throughput over Postfix's, same run.
+pub const BAR_VS_POSTFIX: f64 = 1.5;
+/// Bar: our durable inbound throughput over smtp-sink's (no storage).
+pub const BAR_VS_SINK: f64 = 0.5;
+/// Bar: full TLS submission handshakes per second.
+pub const BAR_HANDSHAKES_PER_SECOND: f64 = 2500.0;
+/// Bar: peak RSS at 1,000 idle connections, in KiB (64 MiB).
+pub const BAR_IDLE_RSS_KB: u64 = 64 * 1024;
+/// Tolerance for "AUTH failures are never faster or slower by step": the spread
+/// of the per-step medians must stay within this fraction of their median…
+pub const AUTH_SPREAD_TOLERANCE: f64 = 0.05;
+/// …or within this many milliseconds, whichever is larger (loopback jitter).
+pub const AUTH_SPREAD_FLOOR_MS: f64 = 0.05;
+
+const TARGETS: [(&str, &str); 3] = [
+    ("smtp-sink", "smtp-sink (no storage)"),
+    ("postfix", "Postfix (durable queue)"),
+    ("agentkeys", "AgentKeys (durable)"),
+];
+const MODES: [(&str, &str); 2] = [
+    ("per-connection", "one message per connection"),
+    ("persistent", "persistent connections (`-d`)"),
+];
+
+struct Run {
+    target: String,
+    mode: String,
+    messages: f64,
+    seconds: f64,
+    ok: bool,
+}
+
+fn read_meta(dir: &Path) -> BTreeMap<String, String> {
+    std::fs::read_to_string(dir.join("meta.tsv"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_once('\t'))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn read_runs(dir: &Path) -> Result<Vec<Run>> {
+    let Ok(text) = std::fs::read_to_string(dir.join("throughput.tsv")) else {
+        return Ok(Vec::new());
+    };
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            let f: Vec<&str> = l.split('\t').collect();
+            anyhow::ensure!(f.len() == 6, "throughput.tsv: bad line {l:?}");
+            Ok(Run {
+                target: f[0].to_string(),
+                mode: f[1].to_string(),
+                messages: f[3].parse().with_context(|| format!("messages in {l:?}"))?,
+                seconds: f[4].parse().with_context(|| format!("seconds in {l:?}"))?,
+                ok: f[5] == "1",
+            })
+        })
+        .collect()
+}
+
+fn read_json(dir: &Path, name: &str) -> Option<Value> {
+    let text = std::fs::read_to_string(dir.join(name)).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
+fn verdict(pass: bool) -> &'static str {
+    if pass { "pass" } else { "**FAIL**" }
+}
+
+fn opt_ms(v: &Value) -> String {
+    v.as_f64().map_or_else(|| "–".into(), |x| format!("{x:.3}"))
+}
+
+fn mib(kb: u64) -> String {
+    format!("{:.1} MiB", kb as f64 / 1024.0)
+}
+
+/// Median messages/s over the successful runs of (target, mode).
+fn median_rate(runs: &[Run], target: &str, mode: &str) -> Option<f64> {
+    let rates: Vec<f64> = runs
+        .iter()
+        .filter(|r| r.ok && r.target == target && r.mode == mode && r.seconds > 0.0)
+        .map(|r| r.messages / r.seconds)
+        .collect();
+    stats::median(&rates)
+}
+
+pub fn render(dir: &Path) -> Result<String> {
+    let meta = read_meta(dir);
+    let m = |k: &str| meta.get(k).map_or("?", String::as_str);
+    let runs = read_runs(dir)?;
+    let mut bars: Vec<(String, String, bool)> = Vec::new();
+    let mut out = String::new();
+
+    writeln!(
+        out,
+        "Run {} on commit `{}` with `{}`.",
+        m("date"),
+        m("commit"),
+        m("command")
+    )?;
+    writeln!(out)?;
+    writeln!(
+        out,
+        "Machine: {} CPUs ({}), {} RAM, Linux {}, work directory on {}; {}; Postfix {}. Load average (1, 5, 15 min): {}.",
+        m("nproc"),
+        m("cpu"),
+        m("memory"),
+        m("kernel"),
+        m("filesystem"),
+        m("rustc"),
+        m("postfix"),
+        m("load")
+    )?;
+    writeln!(out)?;
+
+    // Inbound throughput.
+    writeln!(out, "### Inbound MX throughput")?;
+    writeln!(out)?;
+    writeln!(
+        out,
+        "`smtp-source -s {} -m {} -l {}` (messages/s, median of {} runs; the three servers alternate run by run).",
+        m("sessions"),
+        m("messages"),
+        m("size"),
+        m("repeats")
+    )?;
+    writeln!(out)?;
+    writeln!(
+        out,
+        "| Mode | {} | {} | {} | AgentKeys / Postfix (bar ≥ {BAR_VS_POSTFIX}×) | AgentKeys / smtp-sink (bar ≥ {BAR_VS_SINK}) |",
+        TARGETS[0].1, TARGETS[1].1, TARGETS[2].1
+    )?;
+    writeln!(out, "|---|---:|---:|---:|---:|---:|")?;
+    for (mode, mode_label) in MODES {
+        let rate = |t: &str| median_rate(&runs, t, mode);
+        let cell = |t: &str| rate(t).map_or_else(|| "not measured".into(), |r| format!("{r:.0}"));
+        let ours = rate("agentkeys");
+        let vs = |peer: Option<f64>,
+                  bar: f64,
+                  name: &str,
+                  bars: &mut Vec<(String, String, bool)>| match (ours, peer) {
+            (Some(o), Some(p)) if p > 0.0 => {
+                let ratio = o / p;
+                let pass = ratio >= bar;
+                bars.push((
+                    format!("inbound {mode_label}: AgentKeys / {name} ≥ {bar}"),
+                    format!("{ratio:.2}"),
+                    pass,
+                ));
+                format!("{ratio:.2} ({})", verdict(pass))
+            }
+            _ => "–".into(),
+        };
+        let vs_postfix = vs(rate("postfix"), BAR_VS_POSTFIX, "Postfix", &mut bars);
+        let vs_sink = vs(rate("smtp-sink"), BAR_VS_SINK, "smtp-sink", &mut bars);
+        writeln!(
+            out,
+            "| {mode_label} | {} | {} | {} | {vs_postfix} | {vs_sink} |",
+            cell("smtp-sink"),
+            cell("postfix"),
+            cell("agentkeys")
+        )?;
+    }
+    writeln!(out)?;
+    if !runs.is_empty() {
+        writeln!(out, "<details><summary>Every run (messages/s)</summary>")?;
+        writeln!(out)?;
+        for (target, _) in TARGETS {
+            for (mode, _) in MODES {
+                let list: Vec<String> = runs
+                    .iter()
+                    .filter(|r| r.target == target && r.mode == mode)
+                    .map(|r| {
+                        if r.ok {
+                            format!("{:.0}", r.messages / r.seconds)
+                        } else {
+                            "failed".into()
+                        }
+                    })
+                    .collect();
+                if !list.is_empty() {
+                    writeln!(out, "- {target}, {mode}: {}", list.join(", "))?;
+                }
+            }
+        }
+        writeln!(out)?;
+        writeln!(out, "</details>")?;
+        writeln!(out)?;
+    }
+
+    // Handshakes.
+    writeln!(out, "### Submission handshakes")?;
+    writeln!(out)?;
+    let ours_hs = read_json(dir, "handshakes.json");
+    let postfix_hs = read_json(dir, "handshakes-postfix.json");
+    if ours_hs.is_none() && postfix_hs.is_none() {
+        writeln!(out, "Not measured.")?;
+    } else {
+        let any = ours_hs
+            .as_ref()
+            .or(postfix_hs.as_ref())
+            .map_or(Value::Null, Clone::clone);
+        writeln!(
+            out,
+            "Each handshake: connect, EHLO, STARTTLS, full TLS handshake (no resumption), EHLO, AUTH PLAIN → 235, QUIT; {} concurrent clients for {} s. \
+             Postfix: the same private instance, STARTTLS with an ECDSA P-256 certificate, Cyrus SASL (sasldb).",
+            any["concurrency"], any["measured_seconds"]
+        )?;
+        writeln!(out)?;
+        writeln!(
+            out,
+            "| Server | handshakes/s | p50 ms | p99 ms | errors | TLS | bar ≥ {BAR_HANDSHAKES_PER_SECOND:.0}/s |"
+        )?;
+        writeln!(out, "|---|---:|---:|---:|---:|---|---|")?;
+        for (label, h, is_ours) in [
+            ("Postfix", &postfix_hs, false),
+            ("AgentKeys", &ours_hs, true),
+        ] {
+            let Some(h) = h else {
+                writeln!(out, "| {label} | not measured | | | | | |")?;
+                continue;
+            };
+            let rate = h["handshakes_per_second"].as_f64().unwrap_or(0.0);
+            let errors = h["errors"].as_u64().unwrap_or(0);
+            let bar_cell = if is_ours {
+                let pass = rate >= BAR_HANDSHAKES_PER_SECOND && errors == 0;
+                bars.push((
+                    format!("submission handshakes/s with TLS ≥ {BAR_HANDSHAKES_PER_SECOND:.0}"),
+                    format!("{rate:.0}"),
+                    pass,
+                ));
+                verdict(pass).to_string()
+            } else {
+                "–".into()
+            };
+            writeln!(
+                out,
+                "| {label} | {rate:.0} | {} | {} | {errors} | {} {} {} | {bar_cell} |",
+                opt_ms(&h["latency_p50_ms"]),
+                opt_ms(&h["latency_p99_ms"]),
+                h["tls_version"].as_str().unwrap_or("?"),
+                h["cipher_suite"].as_str().unwrap_or("?"),
+                h["key_exchange"].as_str().unwrap_or("?"),
+            )?;
+        }
+        if let (Some(o), Some(p)) = (&ours_hs, &postfix_hs) {
+            let (o, p) = (
+                o["handshakes_per_second"].as_f64().unwrap_or(0.0),
+                p["handshakes_per_second"].as_f64().unwrap_or(0.0),
+            );
+            if p > 0.0 {
+                writeln!(out)?;
+                writeln!(out, "AgentKeys / Postfix: {:.2}.", o / p)?;
+            }
+        }
+        for (label, h) in [("Postfix", &postfix_hs), ("AgentKeys", &ours_hs)] {
+            if let Some(samples) = h
+                .as_ref()
+                .and_then(|h| h["error_samples"].as_array().cloned())
+                .filter(|a| !a.is_empty())
+            {
+                writeln!(out)?;
+                writeln!(out, "{label} errors seen: {}", Value::Array(samples))?;
+            }
+        }
+    }
+    writeln!(out)?;
+
+    // Idle memory.
+    writeln!(out, "### Memory with idle connections")?;
+    writeln!(out)?;
+    let idle_files = [
+        ("idle.json", "AgentKeys, inbound (EHLO)", true),
+        (
+            "idle-tls.json",
+            "AgentKeys, submission (STARTTLS, EHLO)",
+            false,
+        ),
+        ("idle-sink.json", "smtp-sink, for reference", false),
+    ];
+    let mut any_idle = false;
+    for (file, label, is_bar) in idle_files {
+        let Some(i) = read_json(dir, file) else {
+            continue;
+        };
+        if !any_idle {
+            writeln!(
+                out,
+                "| Server | established / requested | still open at end | RSS before | peak RSS (VmHWM) | bar |"
+            )?;
+            writeln!(out, "|---|---:|---:|---:|---:|---|")?;
+            any_idle = true;
+        }
+        let established = i["established"].as_u64().unwrap_or(0);
+        let requested = i["requested"].as_u64().unwrap_or(0);
+        let alive = i["alive_at_end"].as_u64().unwrap_or(0);
+        let hwm = i["vm_hwm_kb"].as_u64();
+        let bar_cell = match (is_bar, hwm) {
+            (true, Some(kb)) => {
+                let pass = kb < BAR_IDLE_RSS_KB && established == requested && alive == established;
+                bars.push((
+                    format!("peak RSS at {requested} idle connections < 64 MiB"),
+                    mib(kb),
+                    pass,
+                ));
+                format!("< 64 MiB ({})", verdict(pass))
+            }
+            _ => "–".into(),
+        };
+        writeln!(
+            out,
+            "| {label} | {established} / {requested} | {alive} | {} | {} | {bar_cell} |",
+            i["rss_before_kb"].as_u64().map_or_else(|| "–".into(), mib),
+            hwm.map_or_else(|| "–".into(), mib),
+        )?;
+    }
+    if !any_idle {
+        writeln!(out, "Not measured.")?;
+    }
+    writeln!(out)?;
+
+    // AUTH timing.
+    writeln!(out, "### AUTH failure timing")?;
+    writeln!(out)?;
+    match read_json(dir, "auth-timing.json") {
+        Some(a) => {
+            writeln!(
+                out,
+                "Time from sending `AUTH PLAIN` to the full reply, over STARTTLS; {} attempts per case on {} concurrent connections per case (all cases at once), up to {} attempts per connection{}.",
+                a["rounds"],
+                a["lanes_per_case"],
+                a["attempts_per_connection"],
+                if a["stopped_by_deadline"].as_bool() == Some(true) {
+                    " (stopped early by the time limit)"
+                } else {
+                    ""
+                }
+            )?;
+            writeln!(out)?;
+            writeln!(
+                out,
+                "| Case | outcome | reply | samples | min ms | median ms | p90 ms | median by attempt 1/2/3 (ms) | errors |"
+            )?;
+            writeln!(out, "|---|---|---:|---:|---:|---:|---:|---|---:|")?;
+            for c in a["cases"].as_array().cloned().unwrap_or_default() {
+                let by_attempt: Vec<String> = c["median_by_attempt_ms"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+                    .iter()
+                    .map(opt_ms)
+                    .collect();
+                writeln!(
+                    out,
+                    "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                    c["case"].as_str().unwrap_or(""),
+                    c["outcome"].as_str().unwrap_or("?"),
+                    c["expect"],
+                    c["samples"],
+                    opt_ms(&c["min_ms"]),
+                    opt_ms(&c["median_ms"]),
+                    opt_ms(&c["p90_ms"]),
+                    by_attempt.join(" / "),
+                    c["errors"]
+                )?;
+            }
+            writeln!(out)?;
+            let errors: u64 = a["cases"]
+                .as_array()
+                .map(|cs| cs.iter().filter_map(|c| c["errors"].as_u64()).sum())
+                .unwrap_or(0);
+            if let (Some(spread), Some(ratio)) = (
+                a["failure_median_spread_ms"].as_f64(),
+                a["failure_median_spread_ratio"].as_f64(),
+            ) {
+                let median = if ratio > 0.0 { spread / ratio } else { 0.0 };
+                let allowed = (median * AUTH_SPREAD_TOLERANCE).max(AUTH_SPREAD_FLOOR_MS);
+                let pass = spread <= allowed && errors == 0;
+                bars.push((
+                    format!(
+                        "AUTH failures: per-step medians within max({:.0} %, {AUTH_SPREAD_FLOOR_MS} ms) of each other",
+                        AUTH_SPREAD_TOLERANCE * 100.0
+                    ),
+                    format!("spread {spread:.3} ms ({:.1} %)", ratio * 100.0),
+                    pass,
+                ));
+                writeln!(
+                    out,
+                    "Spread of the failure medians (slowest − fastest): {spread:.3} ms, {:.1} % of their median; allowed {allowed:.3} ms ({}).",
+                    ratio * 100.0,
+                    verdict(pass)
+                )?;
+            }
+        }
+        None => writeln!(out, "Not measured.")?,
+    }
+    writeln!(out)?;
+
+    // Summary.
+    writeln!(out, "### Bars")?;
+    writeln!(out)?;
+    if bars.is_empty() {
+        writeln!(out, "No bar could be evaluated (AgentKeys not measured).")?;
+    } else {
+        writeln!(out, "| Bar | Measured | Verdict |")?;
+        writeln!(out, "|---|---:|---|")?;
+        for (bar, measured, pass) in &bars {
+            writeln!(out, "| {bar} | {measured} | {} |", verdict(*pass))?;
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_ratios_from_a_results_dir() {
+        let dir = std::env::temp_dir().join(format!("loadgen-report-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        std::fs::write(
+            dir.join("throughput.tsv"),
+            "smtp-sink\tper-connection\t1\t1000\t1.0\t1\n\
+             postfix\tper-connection\t1\t1000\t2.0\t1\n\
+             agentkeys\tper-connection\t1\t1000\t1.0\t1\n\
+             agentkeys\tpersistent\t1\t1000\t1.0\t0\n",
+        )
+        .expect("write");
+        let md = render(&dir).expect("render");
+        std::fs::remove_dir_all(&dir).expect("rm");
+        // 1000/s over 500/s = 2.00 ≥ 1.5; 1000/s over 1000/s = 1.00 ≥ 0.5.
+        assert!(
+            md.contains(
+                "| one message per connection | 1000 | 500 | 1000 | 2.00 (pass) | 1.00 (pass) |"
+            ),
+            "{md}"
+        );
+        assert!(md.contains("| persistent connections (`-d`) | not measured | not measured | not measured | – | – |"), "{md}");
+        assert!(md.contains("agentkeys, persistent: failed"), "{md}");
+    }
+}

@@ -1,0 +1,486 @@
+#!/usr/bin/env bash
+# AgentKeys Mail benchmark. Usage: bash bench/run.sh   (as root; see BENCHMARKS.md)
+#
+# In one run on this machine, against peers measured in the same run:
+#   - inbound MX throughput with Postfix's smtp-source (10 KB messages,
+#     20 sessions, one message per connection and persistent connections)
+#     against smtp-sink (SMTP, no storage: the ceiling), a private Postfix
+#     instance (durable queue: cleanup fsyncs the queue file before 250), and
+#     `agentkeys serve` (durable);
+#   - TLS submission handshakes per second (EHLO, STARTTLS, EHLO, AUTH PLAIN,
+#     QUIT) against the same private Postfix (STARTTLS + Cyrus SASL sasldb) and us;
+#   - our peak RSS at 1,000 idle connections (smtp-sink's for reference);
+#   - our AUTH PLAIN reply latency per failure step (`agentkeys demo seed`).
+# Results: bench/results/latest.md (+ raw files), spliced into BENCHMARKS.md
+# when the AgentKeys part ran.
+#
+# Everything listens on 127.0.0.1 only, on ports chosen free at start. Every
+# load loop is bounded in count and in time. Only processes this script started
+# are stopped, by PID (the private Postfix by `postfix -c DIR stop`).
+#
+# Knobs (environment):
+#   BENCH_PARTS="sink postfix agentkeys"  which servers to measure
+#   BENCH_MESSAGES=10000 BENCH_SESSIONS=20 BENCH_SIZE=10240 BENCH_REPEATS=3
+#   BENCH_WARMUP=1000 (untimed messages per server and mode first)
+#   BENCH_HANDSHAKE_SECONDS=10 BENCH_HANDSHAKE_CONCURRENCY=32
+#   BENCH_IDLE_CONNECTIONS=1000 BENCH_AUTH_ROUNDS=200
+#   BENCH_WORKDIR=/var/tmp (must be a real disk, not tmpfs: fsync is measured)
+#   BENCH_KEEP=1 keeps the work directory (logs, queues, data dir)
+#   AGENTKEYS_BIN=path  use this server binary instead of building agentkeys-cli
+set -euo pipefail
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+BENCH="$REPO/bench"
+RESULTS="$BENCH/results"
+LOADGEN="$BENCH/loadgen/target/release/loadgen"
+AK="${AGENTKEYS_BIN:-$REPO/target/release/agentkeys}"
+
+BENCH_PARTS=${BENCH_PARTS:-"sink postfix agentkeys"}
+BENCH_MESSAGES=${BENCH_MESSAGES:-10000}
+BENCH_SESSIONS=${BENCH_SESSIONS:-20}
+BENCH_SIZE=${BENCH_SIZE:-10240}
+BENCH_REPEATS=${BENCH_REPEATS:-3}
+BENCH_WARMUP=${BENCH_WARMUP:-1000}
+BENCH_RUN_TIMEOUT=${BENCH_RUN_TIMEOUT:-120}
+BENCH_HANDSHAKE_SECONDS=${BENCH_HANDSHAKE_SECONDS:-10}
+BENCH_HANDSHAKE_CONCURRENCY=${BENCH_HANDSHAKE_CONCURRENCY:-32}
+BENCH_IDLE_CONNECTIONS=${BENCH_IDLE_CONNECTIONS:-1000}
+BENCH_AUTH_ROUNDS=${BENCH_AUTH_ROUNDS:-200}
+BENCH_WORKDIR=${BENCH_WORKDIR:-/var/tmp}
+BENCH_KEEP=${BENCH_KEEP:-0}
+
+RCPT="bench@agents.localhost"
+FROM="sender@loadgen.localhost"
+HELO="loadgen.localhost"
+# Not the ids `agentkeys demo seed` uses (0x1111…, 0x2222…, 0xa1a1…, 0xa2a2…, 0xb1b1…).
+OWNER="0xbe4c000000000000000000000000000000000001"
+AGENT="0xbe4c0000000000000000000000000000000000a1"
+
+log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+has_part() { [[ " $BENCH_PARTS " == *" $1 "* ]]; }
+
+[[ $EUID -eq 0 ]] || die "run as root (a private Postfix instance is started)"
+
+# ---------------------------------------------------------------- prerequisites
+install_prerequisites() {
+  local pkgs=()
+  command -v smtp-source >/dev/null || pkgs+=(postfix)
+  command -v saslpasswd2 >/dev/null || pkgs+=(sasl2-bin)
+  dpkg -s libsasl2-modules-db >/dev/null 2>&1 || pkgs+=(libsasl2-modules-db)
+  command -v openssl >/dev/null || pkgs+=(openssl)
+  command -v curl >/dev/null || pkgs+=(curl)
+  command -v cargo >/dev/null || die "cargo not found (Rust 1.95 is required)"
+  if ((${#pkgs[@]})); then
+    log "installing ${pkgs[*]}"
+    # "No configuration": the system Postfix is installed but not configured or started.
+    echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
+    if ! DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${pkgs[@]}" >/dev/null; then
+      apt-get update >/dev/null
+      DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${pkgs[@]}" >/dev/null
+    fi
+  fi
+}
+
+# ---------------------------------------------------------------- cleanup
+PIDS=()
+PF=""
+PF_STARTED=0
+WORK=""
+cleanup() {
+  local rc=$?
+  set +e
+  for pid in "${PIDS[@]}"; do
+    kill "$pid" 2>/dev/null
+  done
+  for pid in "${PIDS[@]}"; do
+    wait "$pid" 2>/dev/null
+  done
+  if ((PF_STARTED)); then
+    postfix -c "$PF/etc" stop >/dev/null 2>&1
+    # Give master up to 10 s to exit, then stop it by its PID.
+    local mpid
+    mpid=$(tr -dc 0-9 <"$PF/spool/pid/master.pid" 2>/dev/null)
+    if [[ -n $mpid ]]; then
+      for _ in $(seq 1 100); do
+        kill -0 "$mpid" 2>/dev/null || break
+        sleep 0.1
+      done
+      kill -0 "$mpid" 2>/dev/null && kill "$mpid"
+    fi
+  fi
+  if [[ -n $WORK && -d $WORK ]]; then
+    if [[ $BENCH_KEEP == 1 ]]; then
+      log "kept $WORK"
+    else
+      log "removing $WORK"
+      rm -rf "$WORK"
+    fi
+  fi
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# ---------------------------------------------------------------- helpers
+# Waits (at most ~10 s) until something accepts TCP connections on 127.0.0.1:$1.
+wait_port() {
+  local port=$1
+  for _ in $(seq 1 100); do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then return 0; fi
+    sleep 0.1
+  done
+  die "nothing listening on 127.0.0.1:$port"
+}
+
+# Extracts a string field from flat JSON on stdin (no jq on a clean machine).
+json_field() {
+  sed -n "s/.*\"$1\"[[:space:]]*:[[:space:]]*\"\\([^\"]*\\)\".*/\\1/p" | head -n1
+}
+
+# Runs smtp-source once, timed, and appends a line to throughput.tsv.
+#   run_source TARGET MODE PORT RUN COUNT
+# MODE: per-connection (smtp-source default: QUIT after each message) or
+#       persistent (-d: the next message goes over the same connection).
+run_source() {
+  local target=$1 mode=$2 port=$3 run=$4 count=$5
+  local args=(-s "$BENCH_SESSIONS" -m "$count" -l "$BENCH_SIZE" -f "$FROM" -t "$RCPT" -M "$HELO")
+  [[ $mode == persistent ]] && args=(-d "${args[@]}")
+  local t0 t1 ok=1
+  timeout 60 sync || true
+  t0=$(date +%s.%N)
+  timeout "$BENCH_RUN_TIMEOUT" smtp-source "${args[@]}" "127.0.0.1:$port" \
+    >>"$WORK/smtp-source.log" 2>&1 || ok=0
+  t1=$(date +%s.%N)
+  local secs rate
+  secs=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f", b - a }')
+  rate=$(awk -v n="$count" -v s="$secs" 'BEGIN { printf "%.0f", n / s }')
+  if [[ $run == warmup ]]; then
+    ((ok)) && return 0
+    log "  $target $mode warm-up FAILED; tail of smtp-source.log:"
+    tail -n 3 "$WORK/smtp-source.log" >&2
+    return 1
+  fi
+  printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$target" "$mode" "$run" "$count" "$secs" "$ok" >>"$RESULTS/throughput.tsv"
+  if ((ok)); then
+    log "  $target $mode run $run: $count messages in ${secs}s = $rate/s"
+  else
+    log "  $target $mode run $run: FAILED (exit status or timeout); tail of smtp-source.log:"
+    tail -n 3 "$WORK/smtp-source.log" >&2
+  fi
+}
+
+# ---------------------------------------------------------------- smtp-sink
+start_sink() {
+  # -u: drop root after binding; -m: up to 2000 connections (idle reference).
+  smtp-sink -u nobody -m 2000 "127.0.0.1:$P_SINK" 1024 >"$WORK/smtp-sink.log" 2>&1 &
+  SINK_PID=$!
+  PIDS+=("$SINK_PID")
+  wait_port "$P_SINK"
+  log "smtp-sink on 127.0.0.1:$P_SINK (pid $SINK_PID)"
+}
+
+# ---------------------------------------------------------------- private Postfix
+# Its own config_directory, queue_directory and data_directory under $WORK/postfix,
+# listening on 127.0.0.1 only; mail to agents.localhost is accepted into the
+# queue (cleanup writes and fsyncs the queue file before smtpd says 250) and
+# then delivered to discard(8). A second smtpd offers STARTTLS + AUTH PLAIN
+# (Cyrus SASL, sasldb) for the handshake comparison.
+setup_postfix() {
+  PF="$WORK/postfix"
+  # Debian's Postfix reads Cyrus SASL settings from $config_directory/sasl.
+  mkdir -p "$PF/etc/sasl" "$PF/spool" "$PF/data" "$PF/tls"
+  PF_PASS="pf-$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+
+  # Same key type as rcgen's default (ECDSA P-256), so both TLS servers sign alike.
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+    -subj "/CN=postfix-bench.localhost" -keyout "$PF/tls/key.pem" -out "$PF/tls/cert.pem" \
+    >/dev/null 2>&1
+  chmod 600 "$PF/tls/key.pem"
+
+  cat >"$PF/etc/sasl/smtpd.conf" <<EOF
+pwcheck_method: auxprop
+auxprop_plugin: sasldb
+mech_list: PLAIN
+sasldb_path: $PF/etc/sasl/sasldb2
+EOF
+  printf '%s' "$PF_PASS" | saslpasswd2 -p -c -f "$PF/etc/sasl/sasldb2" -u agents.localhost bench
+  chown postfix "$PF/etc/sasl/sasldb2"
+  chmod 600 "$PF/etc/sasl/sasldb2"
+
+  cat >"$PF/etc/main.cf" <<EOF
+# Private benchmark instance (bench/run.sh). Loopback only.
+compatibility_level = 3.6
+queue_directory = $PF/spool
+data_directory = $PF/data
+syslog_name = postfix-bench
+maillog_file = $PF/maillog
+maillog_file_prefixes = $PF
+myhostname = postfix-bench.localhost
+mydomain = localhost
+myorigin = \$myhostname
+inet_interfaces = 127.0.0.1
+inet_protocols = ipv4
+mynetworks = 127.0.0.0/8
+mydestination = agents.localhost
+# Accept any local part of agents.localhost, deliver it to discard(8).
+local_recipient_maps =
+local_transport = discard:
+alias_maps =
+alias_database =
+biff = no
+smtpd_banner = \$myhostname ESMTP
+# Conservative choices, in Postfix's favour: no reverse DNS for the client,
+# no inbound flow control pause when the queue manager lags.
+smtpd_peername_lookup = no
+in_flow_delay = 0
+EOF
+
+  # Only the services needed; no chroot (the queue is not in the usual place).
+  cat >"$PF/etc/master.cf" <<EOF
+127.0.0.1:$P_PF inet n - n - - smtpd
+127.0.0.1:$P_PFSUB inet n - n - - smtpd
+  -o syslog_name=postfix-bench/submission
+  -o smtpd_tls_security_level=encrypt
+  -o smtpd_tls_cert_file=$PF/tls/cert.pem
+  -o smtpd_tls_key_file=$PF/tls/key.pem
+  -o smtpd_tls_auth_only=yes
+  -o smtpd_sasl_auth_enable=yes
+  -o smtpd_sasl_type=cyrus
+  -o smtpd_sasl_path=smtpd
+  -o cyrus_sasl_config_path=$PF/etc/sasl
+cleanup   unix  n - n - 0 cleanup
+qmgr      unix  n - n 300 1 qmgr
+tlsmgr    unix  - - n 1000? 1 tlsmgr
+rewrite   unix  - - n - - trivial-rewrite
+bounce    unix  - - n - 0 bounce
+defer     unix  - - n - 0 bounce
+trace     unix  - - n - 0 bounce
+verify    unix  - - n - 1 verify
+proxymap  unix  - - n - - proxymap
+showq     unix  n - n - - showq
+error     unix  - - n - - error
+retry     unix  - - n - - error
+discard   unix  - - n - - discard
+anvil     unix  - - n - 1 anvil
+scache    unix  - - n - 1 scache
+postlog   unix-dgram n - n - 1 postlogd
+EOF
+  chown postfix "$PF/data"
+  postfix -c "$PF/etc" check || die "postfix check failed for $PF/etc"
+}
+
+start_postfix() {
+  postfix -c "$PF/etc" start >/dev/null 2>&1 || die "postfix -c $PF/etc start failed; see $PF/maillog"
+  PF_STARTED=1
+  wait_port "$P_PF"
+  wait_port "$P_PFSUB"
+  log "Postfix on 127.0.0.1:$P_PF (MX) and :$P_PFSUB (submission), config $PF/etc"
+  # One message, checked end to end: accepted (250) and delivered to discard.
+  run_source postfix per-connection "$P_PF" warmup 1 || die "Postfix refused the probe message; see $PF/maillog"
+  postfix_drain
+  grep -q "status=sent" "$PF/maillog" || die "Postfix did not deliver the probe message; see $PF/maillog"
+}
+
+# Waits (at most 120 s) until the queue manager has emptied the queue, so
+# delivery of one run does not spill into the next measurement.
+postfix_drain() {
+  for _ in $(seq 1 1200); do
+    if [[ -z $(find "$PF/spool/incoming" "$PF/spool/active" "$PF/spool/deferred" -type f -print -quit) ]]; then
+      return 0
+    fi
+    sleep 0.1
+  done
+  log "warning: Postfix queue not empty after 120 s"
+}
+
+# ---------------------------------------------------------------- AgentKeys
+# Run from the work directory, so no ./agentkeys.toml of the caller is read.
+ak() { (cd "$WORK" && "$AK" --data-dir "$AK_DATA" "$@"); }
+
+setup_agentkeys() {
+  if [[ -z ${AGENTKEYS_BIN:-} ]]; then
+    log "building agentkeys (release)"
+    (cd "$REPO" && cargo build --release -p agentkeys-cli) >&2
+  fi
+  [[ -x $AK ]] || die "$AK was not built"
+  AK="$(cd "$(dirname "$AK")" && pwd)/$(basename "$AK")"
+  AK_DATA="$WORK/agentkeys-data"
+  mkdir -p "$AK_DATA"
+  ak owner add "$OWNER" >/dev/null
+  ak agent add "$AGENT" --owner "$OWNER" >/dev/null
+  local address
+  address=$(ak inbox create --agent "$AGENT" --name bench --json | json_field address)
+  [[ $address == "$RCPT" ]] || die "inbox create answered address '$address', expected $RCPT"
+  AK_KEY=$(ak key create --agent "$AGENT" --json | json_field key)
+  [[ $AK_KEY == ak_* ]] || die "key create did not print a key"
+  ak grant add --agent "$AGENT" --inbox "$RCPT" --scopes read,send --json >/dev/null
+  ak demo seed --json >"$WORK/auth-cases.json"
+}
+
+start_agentkeys() {
+  cd "$WORK"
+  AGENTKEYS_LISTEN_INBOUND="127.0.0.1:$P_IN" \
+  AGENTKEYS_LISTEN_SUBMISSION="127.0.0.1:$P_SUB" \
+  AGENTKEYS_LISTEN_SUBMISSION_TLS="127.0.0.1:$P_SUBTLS" \
+  AGENTKEYS_LISTEN_HTTP="127.0.0.1:$P_HTTP" \
+  AGENTKEYS_MAX_CONNECTIONS=100000 \
+  AGENTKEYS_MAX_CONNECTIONS_PER_IP=100000 \
+  AGENTKEYS_AUTH_FAILURES_PER_IP=100000000 \
+    "$AK" --data-dir "$AK_DATA" serve >"$WORK/agentkeys.log" 2>&1 &
+  AK_PID=$!
+  PIDS+=("$AK_PID")
+  for _ in $(seq 1 100); do
+    curl -sf "http://127.0.0.1:$P_HTTP/healthz" >/dev/null 2>&1 && break
+    kill -0 "$AK_PID" 2>/dev/null || { tail -n 20 "$WORK/agentkeys.log" >&2; die "agentkeys serve exited"; }
+    sleep 0.1
+  done
+  curl -sf "http://127.0.0.1:$P_HTTP/healthz" >/dev/null || die "agentkeys not healthy after 10 s"
+  wait_port "$P_IN"
+  wait_port "$P_SUB"
+  cd "$REPO"
+  log "agentkeys serve (pid $AK_PID): MX :$P_IN, submission :$P_SUB, HTTP :$P_HTTP"
+}
+
+# ---------------------------------------------------------------- main
+install_prerequisites
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+
+log "building the load generator"
+cargo build --release --locked --manifest-path "$BENCH/loadgen/Cargo.toml" >&2
+
+LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
+if awk -v l="${LOAD_START%% *}" -v n="$(nproc)" 'BEGIN { exit !(l > n / 2) }'; then
+  log "warning: load average $LOAD_START on $(nproc) CPUs; other work on this machine will skew the figures"
+fi
+
+WORK=$(mktemp -d "$BENCH_WORKDIR/agentkeys-bench.XXXXXX")
+WORK=$(cd "$WORK" && pwd)
+chmod 755 "$WORK" # the postfix user must reach its queue and sasldb
+FSTYPE=$(stat -f -c %T "$WORK")
+[[ $FSTYPE == tmpfs ]] && log "warning: $WORK is on tmpfs, so fsync costs nothing; set BENCH_WORKDIR"
+
+rm -rf "$RESULTS"
+mkdir -p "$RESULTS"
+read -r P_SINK P_PF P_PFSUB P_IN P_SUB P_SUBTLS P_HTTP < <("$LOADGEN" free-ports --count 7)
+
+has_part agentkeys && setup_agentkeys
+has_part sink && start_sink
+if has_part postfix; then
+  setup_postfix
+  start_postfix
+fi
+has_part agentkeys && start_agentkeys
+
+# Idle connections first, while the servers are fresh (VmHWM is reset anyway).
+if has_part agentkeys; then
+  log "idle: $BENCH_IDLE_CONNECTIONS connections to agentkeys MX"
+  timeout 180 "$LOADGEN" idle --addr "127.0.0.1:$P_IN" --connections "$BENCH_IDLE_CONNECTIONS" \
+    --server-pid "$AK_PID" --reset-hwm --label agentkeys-inbound --out "$RESULTS/idle.json" >/dev/null \
+    || log "idle (agentkeys, inbound) failed"
+  log "idle: $BENCH_IDLE_CONNECTIONS STARTTLS connections to agentkeys submission"
+  timeout 180 "$LOADGEN" idle --addr "127.0.0.1:$P_SUB" --connections "$BENCH_IDLE_CONNECTIONS" --starttls \
+    --server-pid "$AK_PID" --reset-hwm --label agentkeys-submission --out "$RESULTS/idle-tls.json" >/dev/null \
+    || log "idle (agentkeys, submission) failed"
+fi
+if has_part sink; then
+  log "idle: $BENCH_IDLE_CONNECTIONS connections to smtp-sink (reference)"
+  timeout 180 "$LOADGEN" idle --addr "127.0.0.1:$P_SINK" --connections "$BENCH_IDLE_CONNECTIONS" \
+    --server-pid "$SINK_PID" --reset-hwm --label smtp-sink --out "$RESULTS/idle-sink.json" >/dev/null \
+    || log "idle (smtp-sink) failed"
+fi
+
+# Submission handshakes.
+hs_timeout=$((BENCH_HANDSHAKE_SECONDS + 60))
+if has_part postfix; then
+  log "handshakes: Postfix submission, ${BENCH_HANDSHAKE_SECONDS}s"
+  timeout "$hs_timeout" "$LOADGEN" handshakes --addr "127.0.0.1:$P_PFSUB" --user "$RCPT" --pass "$PF_PASS" \
+    --concurrency "$BENCH_HANDSHAKE_CONCURRENCY" --duration "${BENCH_HANDSHAKE_SECONDS}s" \
+    --out "$RESULTS/handshakes-postfix.json" >/dev/null || log "handshakes (Postfix) failed"
+fi
+if has_part agentkeys; then
+  log "handshakes: agentkeys submission, ${BENCH_HANDSHAKE_SECONDS}s"
+  timeout "$hs_timeout" "$LOADGEN" handshakes --addr "127.0.0.1:$P_SUB" --user "$RCPT" --pass "$AK_KEY" \
+    --concurrency "$BENCH_HANDSHAKE_CONCURRENCY" --duration "${BENCH_HANDSHAKE_SECONDS}s" \
+    --out "$RESULTS/handshakes.json" >/dev/null || log "handshakes (agentkeys) failed"
+  log "auth-timing: $BENCH_AUTH_ROUNDS attempts per demo-seed case"
+  timeout 120 "$LOADGEN" auth-timing --addr "127.0.0.1:$P_SUB" --cases "$WORK/auth-cases.json" \
+    --rounds "$BENCH_AUTH_ROUNDS" --lanes 4 --max-duration 90s --out "$RESULTS/auth-timing.json" >/dev/null \
+    || log "auth-timing failed"
+fi
+
+# Inbound throughput: warm up, then alternate the servers run by run so slow
+# drift of the machine affects all of them alike.
+targets=()
+has_part sink && targets+=("smtp-sink:$P_SINK")
+has_part postfix && targets+=("postfix:$P_PF")
+has_part agentkeys && targets+=("agentkeys:$P_IN")
+: >"$RESULTS/throughput.tsv"
+for mode in per-connection persistent; do
+  log "throughput, $mode: warm-up ($BENCH_WARMUP messages each)"
+  for t in "${targets[@]}"; do
+    run_source "${t%%:*}" "$mode" "${t##*:}" warmup "$BENCH_WARMUP" || true
+    [[ ${t%%:*} == postfix ]] && postfix_drain
+  done
+  for run in $(seq 1 "$BENCH_REPEATS"); do
+    for t in "${targets[@]}"; do
+      run_source "${t%%:*}" "$mode" "${t##*:}" "$run" "$BENCH_MESSAGES"
+      [[ ${t%%:*} == postfix ]] && postfix_drain
+    done
+  done
+done
+
+# Postfix accounting: every message sent was accepted and delivered.
+if has_part postfix; then
+  pf_sent=$(grep -c "status=sent" "$PF/maillog" || true)
+  pf_expected=$((1 + 2 * BENCH_WARMUP + 2 * BENCH_REPEATS * BENCH_MESSAGES))
+  log "Postfix delivered $pf_sent of $pf_expected messages"
+  ((pf_sent == pf_expected)) || log "warning: Postfix delivered $pf_sent, expected $pf_expected"
+fi
+if has_part agentkeys; then
+  kill -0 "$AK_PID" 2>/dev/null || die "agentkeys serve died during the run; see $WORK/agentkeys.log"
+  ak_hwm=$(awk '/^VmHWM:/ { print $2 }' "/proc/$AK_PID/status")
+  log "agentkeys VmHWM after the whole run: ${ak_hwm} kB"
+fi
+
+# ---------------------------------------------------------------- report
+commit=$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)
+[[ -n $(git -C "$REPO" status --porcelain 2>/dev/null) ]] && commit="$commit (with uncommitted changes)"
+{
+  printf 'date\t%s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)"
+  printf 'commit\t%s\n' "$commit"
+  printf 'command\t%s\n' "bash bench/run.sh"
+  printf 'nproc\t%s\n' "$(nproc)"
+  printf 'cpu\t%s\n' "$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)"
+  printf 'memory\t%s\n' "$(awk '/^MemTotal:/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo)"
+  printf 'kernel\t%s\n' "$(uname -r)"
+  printf 'filesystem\t%s\n' "$FSTYPE"
+  printf 'load\t%s at start, %s at end\n' "$LOAD_START" "$(cut -d' ' -f1-3 /proc/loadavg)"
+  printf 'rustc\t%s\n' "$(rustc -V)"
+  printf 'postfix\t%s\n' "$(postconf -h mail_version 2>/dev/null || echo '?')"
+  printf 'messages\t%s\n' "$BENCH_MESSAGES"
+  printf 'sessions\t%s\n' "$BENCH_SESSIONS"
+  printf 'size\t%s\n' "$BENCH_SIZE"
+  printf 'repeats\t%s\n' "$BENCH_REPEATS"
+} >"$RESULTS/meta.tsv"
+
+"$LOADGEN" report --dir "$RESULTS" >"$RESULTS/latest.md"
+cat "$RESULTS/latest.md"
+
+if has_part agentkeys && has_part postfix && has_part sink; then
+  begin='<!-- BEGIN RESULTS (written by bench/run.sh) -->'
+  end='<!-- END RESULTS -->'
+  doc="$REPO/BENCHMARKS.md"
+  if grep -qF "$begin" "$doc" && grep -qF "$end" "$doc"; then
+    awk -v begin="$begin" -v end="$end" -v file="$RESULTS/latest.md" '
+      $0 == begin { print; while ((getline line < file) > 0) print line; skip = 1; next }
+      $0 == end { skip = 0 }
+      !skip { print }
+    ' "$doc" >"$doc.tmp" && mv "$doc.tmp" "$doc"
+    log "results written to BENCHMARKS.md and $RESULTS/latest.md"
+  else
+    log "BENCHMARKS.md has no result markers; results are in $RESULTS/latest.md"
+  fi
+else
+  log "partial run ($BENCH_PARTS): results in $RESULTS/latest.md only"
+fi

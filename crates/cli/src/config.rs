@@ -1,0 +1,294 @@
+//! Configuration: built-in defaults, then `agentkeys.toml`, then `AGENTKEYS_*`
+//! environment variables, then command-line flags.
+//!
+//! Every key is declared once in [`KEYS`] with its TOML path, its environment
+//! variable and its parser, so the file, the environment and the docs cannot drift
+//! apart. Loading reports every bad key at once, each with where it came from.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use agentkeys_core::{Domain, parse_duration};
+
+/// Default data directory, relative to the working directory.
+pub(crate) const DEFAULT_DATA_DIR: &str = "./agentkeys-data";
+/// Default hosted domain.
+pub(crate) const DEFAULT_DOMAIN: &str = "agents.localhost";
+/// Default configuration file, looked for in the working directory.
+pub(crate) const DEFAULT_CONFIG_FILE: &str = "agentkeys.toml";
+
+/// The server's settings after defaults, file and environment are merged.
+#[derive(Debug, Clone)]
+pub(crate) struct Config {
+    pub(crate) data_dir: PathBuf,
+    pub(crate) hostname: String,
+    pub(crate) domain: Domain,
+    pub(crate) listen_inbound: SocketAddr,
+    pub(crate) listen_submission: SocketAddr,
+    pub(crate) listen_submission_tls: SocketAddr,
+    pub(crate) listen_http: SocketAddr,
+    pub(crate) tls_cert: Option<PathBuf>,
+    pub(crate) tls_key: Option<PathBuf>,
+    pub(crate) max_message_size: usize,
+    pub(crate) max_connections: usize,
+    pub(crate) max_connections_per_ip: usize,
+    pub(crate) auth_failures_per_ip: u32,
+    pub(crate) auth_failure_window_secs: u64,
+    pub(crate) shutdown_grace_secs: u64,
+    pub(crate) log: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        let addr = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
+        Self {
+            data_dir: PathBuf::from(DEFAULT_DATA_DIR),
+            hostname: "mx.agents.localhost".to_owned(),
+            domain: Domain::try_from(DEFAULT_DOMAIN.to_owned()).unwrap_or_else(|_| unreachable!()),
+            listen_inbound: addr(2525),
+            listen_submission: addr(2587),
+            listen_submission_tls: addr(2465),
+            listen_http: addr(8787),
+            tls_cert: None,
+            tls_key: None,
+            max_message_size: 10 * 1024 * 1024,
+            max_connections: 4096,
+            max_connections_per_ip: 100,
+            auth_failures_per_ip: 10,
+            auth_failure_window_secs: 600,
+            shutdown_grace_secs: 30,
+            log: "info".to_owned(),
+        }
+    }
+}
+
+type Setter = fn(&mut Config, &str) -> Result<(), String>;
+
+/// One configurable key: its TOML path, environment variable, help, and parser.
+pub(crate) struct Key {
+    pub(crate) toml: &'static str,
+    pub(crate) env: &'static str,
+    pub(crate) help: &'static str,
+    set: Setter,
+}
+
+fn parse_addr(v: &str) -> Result<SocketAddr, String> {
+    v.parse().map_err(|_| format!("expected an address like 127.0.0.1:2525, got {v:?}"))
+}
+
+fn parse_count<T: std::str::FromStr>(v: &str) -> Result<T, String> {
+    v.parse().map_err(|_| format!("expected a positive whole number, got {v:?}"))
+}
+
+fn parse_positive<T: std::str::FromStr + PartialOrd + Default>(v: &str) -> Result<T, String> {
+    let n: T = parse_count(v)?;
+    if n <= T::default() {
+        return Err(format!("expected a positive whole number, got {v:?}"));
+    }
+    Ok(n)
+}
+
+fn parse_secs(v: &str) -> Result<u64, String> {
+    parse_duration(v).map(|s| s.unsigned_abs()).map_err(|e| e.to_string())
+}
+
+/// Every key, in the order the docs list them.
+pub(crate) const KEYS: &[Key] = &[
+    Key { toml: "data_dir", env: "AGENTKEYS_DATA_DIR", help: "where metadata, blobs, the master seed and the TLS certificate live", set: |c, v| { c.data_dir = PathBuf::from(v); Ok(()) } },
+    Key { toml: "hostname", env: "AGENTKEYS_HOSTNAME", help: "this server's name in the SMTP greeting and Received: lines", set: |c, v| { let d: Domain = v.parse().map_err(|e: agentkeys_core::IdError| e.to_string())?; c.hostname = d.to_string(); Ok(()) } },
+    Key { toml: "domain", env: "AGENTKEYS_DOMAIN", help: "the hosted domain created at start and used when no --domain is given", set: |c, v| { c.domain = v.parse().map_err(|e: agentkeys_core::IdError| e.to_string())?; Ok(()) } },
+    Key { toml: "listen.inbound", env: "AGENTKEYS_LISTEN_INBOUND", help: "inbound MX listener", set: |c, v| { c.listen_inbound = parse_addr(v)?; Ok(()) } },
+    Key { toml: "listen.submission", env: "AGENTKEYS_LISTEN_SUBMISSION", help: "submission listener (STARTTLS)", set: |c, v| { c.listen_submission = parse_addr(v)?; Ok(()) } },
+    Key { toml: "listen.submission_tls", env: "AGENTKEYS_LISTEN_SUBMISSION_TLS", help: "submission listener (implicit TLS)", set: |c, v| { c.listen_submission_tls = parse_addr(v)?; Ok(()) } },
+    Key { toml: "listen.http", env: "AGENTKEYS_LISTEN_HTTP", help: "HTTP listener (/healthz, /metrics)", set: |c, v| { c.listen_http = parse_addr(v)?; Ok(()) } },
+    Key { toml: "tls.cert", env: "AGENTKEYS_TLS_CERT", help: "PEM certificate chain; a self-signed one is generated when unset", set: |c, v| { c.tls_cert = Some(PathBuf::from(v)); Ok(()) } },
+    Key { toml: "tls.key", env: "AGENTKEYS_TLS_KEY", help: "PEM private key for tls.cert", set: |c, v| { c.tls_key = Some(PathBuf::from(v)); Ok(()) } },
+    Key { toml: "limits.max_message_size", env: "AGENTKEYS_MAX_MESSAGE_SIZE", help: "largest accepted message in bytes", set: |c, v| { c.max_message_size = parse_positive(v)?; Ok(()) } },
+    Key { toml: "limits.max_connections", env: "AGENTKEYS_MAX_CONNECTIONS", help: "concurrent SMTP connections in total", set: |c, v| { c.max_connections = parse_positive(v)?; Ok(()) } },
+    Key { toml: "limits.max_connections_per_ip", env: "AGENTKEYS_MAX_CONNECTIONS_PER_IP", help: "concurrent SMTP connections per client IP", set: |c, v| { c.max_connections_per_ip = parse_positive(v)?; Ok(()) } },
+    Key { toml: "limits.auth_failures_per_ip", env: "AGENTKEYS_AUTH_FAILURES_PER_IP", help: "failed AUTHs per IP within the window before AUTH is refused with 454", set: |c, v| { c.auth_failures_per_ip = parse_positive(v)?; Ok(()) } },
+    Key { toml: "limits.auth_failure_window", env: "AGENTKEYS_AUTH_FAILURE_WINDOW", help: "window of the per-IP AUTH failure count (e.g. 10m)", set: |c, v| { c.auth_failure_window_secs = parse_secs(v)?; Ok(()) } },
+    Key { toml: "limits.shutdown_grace", env: "AGENTKEYS_SHUTDOWN_GRACE", help: "how long in-flight sessions may finish after SIGTERM (e.g. 30s)", set: |c, v| { c.shutdown_grace_secs = parse_secs(v)?; Ok(()) } },
+    Key { toml: "log", env: "AGENTKEYS_LOG", help: "log filter (error, warn, info, debug, or a tracing directive)", set: |c, v| { c.log = v.to_owned(); Ok(()) } },
+];
+
+/// One bad setting: where it came from, which key, and what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ConfigProblem {
+    pub(crate) source: String,
+    pub(crate) key: String,
+    pub(crate) message: String,
+}
+
+/// Every problem found while loading, reported together.
+#[derive(Debug)]
+pub(crate) struct ConfigErrors(pub(crate) Vec<ConfigProblem>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "invalid configuration ({} problem{}):", self.0.len(), if self.0.len() == 1 { "" } else { "s" })?;
+        for p in &self.0 {
+            writeln!(f, "  {}: {}: {}", p.source, p.key, p.message)?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// Flattens a TOML table into `section.key` → scalar text.
+fn flatten(prefix: &str, table: &toml::Table, out: &mut BTreeMap<String, Result<String, String>>) {
+    for (k, v) in table {
+        let path = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+        match v {
+            toml::Value::Table(t) => flatten(&path, t, out),
+            toml::Value::String(s) => {
+                out.insert(path, Ok(s.clone()));
+            }
+            toml::Value::Integer(i) => {
+                out.insert(path, Ok(i.to_string()));
+            }
+            toml::Value::Boolean(b) => {
+                out.insert(path, Ok(b.to_string()));
+            }
+            other => {
+                out.insert(path, Err(format!("expected a string or number, got {}", other.type_str())));
+            }
+        }
+    }
+}
+
+/// Loads the configuration.
+///
+/// `file`: an explicit path (must exist), else `agentkeys.toml` in the working
+/// directory if present. `env`: the process environment (injected for tests).
+pub(crate) fn load(
+    file: Option<&Path>,
+    env: &BTreeMap<String, String>,
+) -> Result<Config, ConfigErrors> {
+    let mut config = Config::default();
+    let mut problems = Vec::new();
+
+    let (path, required) = match file {
+        Some(p) => (p.to_path_buf(), true),
+        None => (PathBuf::from(DEFAULT_CONFIG_FILE), false),
+    };
+    let source = path.display().to_string();
+    match std::fs::read_to_string(&path) {
+        Ok(text) => match text.parse::<toml::Table>() {
+            Ok(table) => {
+                let mut flat = BTreeMap::new();
+                flatten("", &table, &mut flat);
+                for (key, value) in flat {
+                    let Some(spec) = KEYS.iter().find(|k| k.toml == key) else {
+                        problems.push(ConfigProblem {
+                            source: source.clone(),
+                            key,
+                            message: "unknown key (see `agentkeys config keys`)".to_owned(),
+                        });
+                        continue;
+                    };
+                    if let Err(message) = value.and_then(|v| (spec.set)(&mut config, &v)) {
+                        problems.push(ConfigProblem { source: source.clone(), key, message });
+                    }
+                }
+            }
+            Err(e) => problems.push(ConfigProblem {
+                source: source.clone(),
+                key: "(file)".to_owned(),
+                message: format!("not valid TOML: {}", e.message()),
+            }),
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => {}
+        Err(e) => problems.push(ConfigProblem {
+            source: source.clone(),
+            key: "(file)".to_owned(),
+            message: format!("cannot read: {e}"),
+        }),
+    }
+
+    for spec in KEYS {
+        if let Some(value) = env.get(spec.env) {
+            if let Err(message) = (spec.set)(&mut config, value) {
+                problems.push(ConfigProblem { source: "environment".to_owned(), key: spec.env.to_owned(), message });
+            }
+        }
+    }
+
+    if config.tls_cert.is_some() != config.tls_key.is_some() {
+        problems.push(ConfigProblem {
+            source: "configuration".to_owned(),
+            key: "tls.cert / tls.key".to_owned(),
+            message: "set both or neither".to_owned(),
+        });
+    }
+
+    if problems.is_empty() { Ok(config) } else { Err(ConfigErrors(problems)) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+    }
+
+    #[test]
+    fn defaults_without_file_or_env() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = load(Some(&write(&dir, "")), &env(&[])).unwrap();
+        assert_eq!(c.listen_inbound.port(), 2525);
+        assert_eq!(c.listen_submission.port(), 2587);
+        assert_eq!(c.listen_submission_tls.port(), 2465);
+        assert_eq!(c.listen_http.port(), 8787);
+        assert_eq!(c.domain.as_str(), "agents.localhost");
+        assert_eq!(c.data_dir, PathBuf::from("./agentkeys-data"));
+    }
+
+    fn write(dir: &tempfile::TempDir, text: &str) -> PathBuf {
+        let p = dir.path().join("agentkeys.toml");
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    #[test]
+    fn file_then_env_override() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(&dir, "domain = \"mail.example.com\"\n[listen]\ninbound = \"127.0.0.1:25\"\n[limits]\nauth_failures_per_ip = 3\n");
+        let c = load(Some(&p), &env(&[("AGENTKEYS_AUTH_FAILURES_PER_IP", "7"), ("AGENTKEYS_AUTH_FAILURE_WINDOW", "2m")])).unwrap();
+        assert_eq!(c.domain.as_str(), "mail.example.com");
+        assert_eq!(c.listen_inbound.port(), 25);
+        assert_eq!(c.auth_failures_per_ip, 7);
+        assert_eq!(c.auth_failure_window_secs, 120);
+    }
+
+    #[test]
+    fn every_bad_key_is_named_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(&dir, "domain = \"not a domain\"\nbogus = 1\n[listen]\ninbound = \"nowhere\"\n[limits]\nmax_connections = 0\n");
+        let err = load(Some(&p), &env(&[("AGENTKEYS_AUTH_FAILURE_WINDOW", "soon")])).unwrap_err();
+        let keys: Vec<&str> = err.0.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(keys, ["bogus", "domain", "limits.max_connections", "listen.inbound", "AGENTKEYS_AUTH_FAILURE_WINDOW"]);
+        let text = err.to_string();
+        assert!(text.contains("5 problems"), "{text}");
+    }
+
+    #[test]
+    fn explicit_missing_file_is_an_error() {
+        let err = load(Some(Path::new("/nonexistent/agentkeys.toml")), &env(&[])).unwrap_err();
+        assert_eq!(err.0[0].key, "(file)");
+    }
+
+    #[test]
+    fn every_key_has_a_distinct_env_var() {
+        let mut seen = std::collections::HashSet::new();
+        for k in KEYS {
+            assert!(k.env.starts_with("AGENTKEYS_"), "{}", k.env);
+            assert!(seen.insert(k.env), "duplicate {}", k.env);
+            assert!(!k.help.is_empty());
+        }
+    }
+}

@@ -1,0 +1,112 @@
+//! The data directory: metadata database, blob tree, master seed, TLS material.
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use agentkeys_core::{KeyHasher, MasterSeed};
+use agentkeys_store::{FsBlobStore, MetadataStore, SqliteStore};
+use anyhow::{Context, Result, bail};
+
+use crate::config::Config;
+
+/// File name of the master seed inside the data directory.
+pub(crate) const SEED_FILE: &str = "master.seed";
+/// File name of the SQLite database inside the data directory.
+pub(crate) const META_FILE: &str = "meta.sqlite";
+/// Directory of the blob tree inside the data directory.
+pub(crate) const BLOB_DIR: &str = "blobs";
+
+/// Everything opened from the data directory.
+pub(crate) struct DataDir {
+    pub(crate) path: PathBuf,
+    pub(crate) meta: Arc<SqliteStore>,
+    pub(crate) blobs: Arc<FsBlobStore>,
+    pub(crate) hasher: KeyHasher,
+}
+
+impl DataDir {
+    /// Opens (creating on first use) the data directory and the hosted default domain.
+    pub(crate) async fn open(config: &Config) -> Result<Self> {
+        let path = config.data_dir.clone();
+        fs::create_dir_all(&path)
+            .with_context(|| format!("cannot create data directory {}", path.display()))?;
+        let seed = load_or_create_seed(&path.join(SEED_FILE))?;
+        let meta = SqliteStore::open(&path.join(META_FILE))
+            .await
+            .with_context(|| format!("cannot open metadata database in {}", path.display()))?;
+        let blobs = FsBlobStore::open(&path.join(BLOB_DIR))
+            .with_context(|| format!("cannot open blob store in {}", path.display()))?;
+        meta.ensure_domain(&config.domain, crate::now()).await?;
+        Ok(Self { path, meta: Arc::new(meta), blobs: Arc::new(blobs), hasher: KeyHasher::new(&seed) })
+    }
+}
+
+/// Reads the master seed, or creates it (mode 0600) if absent.
+///
+/// Creation writes a temporary file and publishes it with `link`, which fails if
+/// another process won the race; the loser then reads the winner's seed.
+pub(crate) fn load_or_create_seed(path: &Path) -> Result<MasterSeed> {
+    match fs::read(path) {
+        Ok(bytes) => return seed_from(path, &bytes),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("cannot read master seed {}", path.display())),
+    }
+    let seed = MasterSeed::generate(&mut rand::rngs::OsRng);
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    {
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+            .with_context(|| format!("cannot create {}", tmp.display()))?;
+        f.write_all(seed.as_bytes())?;
+        f.sync_all()?;
+    }
+    let linked = fs::hard_link(&tmp, path);
+    fs::remove_file(&tmp).ok();
+    match linked {
+        Ok(()) => {
+            if let Some(dir) = path.parent() {
+                fs::File::open(dir).and_then(|d| d.sync_all()).ok();
+            }
+            Ok(seed)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => seed_from(path, &fs::read(path)?),
+        Err(e) => Err(e).with_context(|| format!("cannot create master seed {}", path.display())),
+    }
+}
+
+fn seed_from(path: &Path, bytes: &[u8]) -> Result<MasterSeed> {
+    let Ok(arr) = <[u8; 32]>::try_from(bytes) else {
+        bail!("master seed {} is corrupt: expected 32 bytes, found {}", path.display(), bytes.len());
+    };
+    let mode = fs::metadata(path)?.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        bail!("master seed {} is readable by others (mode {mode:o}); run `chmod 600 {}`", path.display(), path.display());
+    }
+    Ok(MasterSeed::from_bytes(arr))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seed_is_created_once_with_mode_0600() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join(SEED_FILE);
+        let a = load_or_create_seed(&p).unwrap();
+        let b = load_or_create_seed(&p).unwrap();
+        assert_eq!(a.as_bytes(), b.as_bytes());
+        assert_eq!(fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(load_or_create_seed(&p).unwrap_err().to_string().contains("chmod 600"));
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o600)).unwrap();
+        fs::write(&p, b"short").unwrap();
+        assert!(load_or_create_seed(&p).unwrap_err().to_string().contains("corrupt"));
+    }
+}

@@ -1,0 +1,131 @@
+//! `agentkeys`: the AgentKeys Mail server and its admin commands.
+
+mod admin;
+mod config;
+mod datadir;
+mod demo;
+mod http;
+mod serve;
+mod tls;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Seconds since the Unix epoch, now.
+pub(crate) fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+/// AgentKeys Mail: hosted inboxes for AI agents, under their owners' control.
+#[derive(Debug, Parser)]
+#[command(name = "agentkeys", version, about)]
+struct Cli {
+    #[command(flatten)]
+    global: Global,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Options every command takes.
+#[derive(Debug, Args)]
+struct Global {
+    /// Configuration file (default: ./agentkeys.toml if present). Env: AGENTKEYS_CONFIG.
+    #[arg(long, global = true, env = "AGENTKEYS_CONFIG", value_name = "PATH")]
+    config: Option<PathBuf>,
+    /// Data directory (default ./agentkeys-data). Env: AGENTKEYS_DATA_DIR.
+    #[arg(long, global = true, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Print machine-readable JSON instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the server: inbound MX, submission, HTTP.
+    Serve,
+    /// Manage owners (the humans).
+    #[command(subcommand)]
+    Owner(admin::OwnerCmd),
+    /// Manage agents.
+    #[command(subcommand)]
+    Agent(admin::AgentCmd),
+    /// Manage inboxes.
+    #[command(subcommand)]
+    Inbox(admin::InboxCmd),
+    /// Manage agent keys.
+    #[command(subcommand)]
+    Key(admin::KeyCmd),
+    /// Manage grants (what an agent may do with which inboxes).
+    #[command(subcommand)]
+    Grant(admin::GrantCmd),
+    /// Inspect the outbound queue.
+    #[command(subcommand)]
+    Queue(admin::QueueCmd),
+    /// Demo fixtures.
+    #[command(subcommand)]
+    Demo(demo::DemoCmd),
+    /// Show configuration keys.
+    #[command(subcommand)]
+    Config(ConfigCmd),
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCmd {
+    /// List every configuration key with its environment variable.
+    Keys,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let env: BTreeMap<String, String> = std::env::vars().collect();
+    let mut config = match config::load(cli.global.config.as_deref(), &env) {
+        Ok(c) => c,
+        Err(e) => {
+            eprint!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Some(dir) = cli.global.data_dir.clone() {
+        config.data_dir = dir;
+    }
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let json = cli.global.json;
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Serve => serve::run(config).await,
+            Command::Owner(c) => admin::owner(&config, c, json).await,
+            Command::Agent(c) => admin::agent(&config, c, json).await,
+            Command::Inbox(c) => admin::inbox(&config, c, json).await,
+            Command::Key(c) => admin::key(&config, c, json).await,
+            Command::Grant(c) => admin::grant(&config, c, json).await,
+            Command::Queue(c) => admin::queue(&config, c, json).await,
+            Command::Demo(c) => demo::run(&config, c, json).await,
+            Command::Config(ConfigCmd::Keys) => {
+                admin::print_config_keys(json);
+                Ok(())
+            }
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // One line: the outermost message and its causes, joined.
+            let chain: Vec<String> = e.chain().map(ToString::to_string).collect();
+            eprintln!("error: {}", chain.join(": "));
+            ExitCode::FAILURE
+        }
+    }
+}

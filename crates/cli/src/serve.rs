@@ -1,0 +1,95 @@
+//! `agentkeys serve`: opens the data directory, binds every listener, runs until
+//! SIGINT/SIGTERM, then stops accepting and lets in-flight sessions finish.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use agentkeys_smtp::{ListenerKind, SmtpConfig, SmtpServer};
+use anyhow::{Context, Result};
+use metrics_exporter_prometheus::PrometheusBuilder;
+use tokio::net::TcpListener;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::datadir::DataDir;
+
+async fn bind(addr: SocketAddr, key: &str) -> Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr} (change it with {key})"))
+}
+
+pub(crate) async fn run(config: Config) -> Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_new(&config.log)
+        .with_context(|| format!("log filter {:?} is not valid (AGENTKEYS_LOG)", config.log))?;
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let metrics = PrometheusBuilder::new().install_recorder().context("cannot install the metrics recorder")?;
+
+    let dir = DataDir::open(&config).await?;
+    let tls = crate::tls::load(&config)?;
+
+    let inbound = bind(config.listen_inbound, "listen.inbound / AGENTKEYS_LISTEN_INBOUND").await?;
+    let submission = bind(config.listen_submission, "listen.submission / AGENTKEYS_LISTEN_SUBMISSION").await?;
+    let submission_tls = bind(config.listen_submission_tls, "listen.submission_tls / AGENTKEYS_LISTEN_SUBMISSION_TLS").await?;
+    let http = bind(config.listen_http, "listen.http / AGENTKEYS_LISTEN_HTTP").await?;
+
+    let mut smtp_config = SmtpConfig::new(config.hostname.clone());
+    smtp_config.limits.max_message_size = config.max_message_size;
+    smtp_config.max_connections = config.max_connections;
+    smtp_config.max_connections_per_ip = config.max_connections_per_ip;
+    smtp_config.auth_throttle_failures = config.auth_failures_per_ip;
+    smtp_config.auth_throttle_window = Duration::from_secs(config.auth_failure_window_secs);
+    let server = Arc::new(SmtpServer::new(smtp_config, dir.meta.clone(), dir.blobs.clone(), dir.hasher.clone(), tls.config.clone()));
+
+    let data_dir = std::fs::canonicalize(&dir.path).unwrap_or_else(|_| dir.path.clone());
+    println!("agentkeys {} serving hosted domain {}", env!("CARGO_PKG_VERSION"), config.domain);
+    println!("  data dir          {}", data_dir.display());
+    println!("  inbound MX        {}", inbound.local_addr()?);
+    println!("  submission        {} (STARTTLS)", submission.local_addr()?);
+    println!("  submission TLS    {} (implicit TLS)", submission_tls.local_addr()?);
+    println!("  HTTP              {} (/healthz, /metrics)", http.local_addr()?);
+    println!(
+        "  TLS certificate   {}{}",
+        tls.cert_path.display(),
+        if tls.generated { " (self-signed, generated now)" } else { "" }
+    );
+
+    let shutdown = CancellationToken::new();
+    let sessions = TaskTracker::new();
+    let listeners = TaskTracker::new();
+    for (listener, kind) in [
+        (inbound, ListenerKind::Inbound),
+        (submission, ListenerKind::Submission),
+        (submission_tls, ListenerKind::SubmissionImplicitTls),
+    ] {
+        listeners.spawn(server.clone().serve(listener, kind, shutdown.clone(), sessions.clone()));
+    }
+    let http_shutdown = shutdown.clone();
+    listeners.spawn(async move {
+        let app = crate::http::router(metrics);
+        if let Err(e) = axum::serve(http, app).with_graceful_shutdown(http_shutdown.cancelled_owned()).await {
+            tracing::error!(error = %e, "HTTP listener failed");
+        }
+    });
+    listeners.close();
+
+    let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
+    let which = tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    };
+    let grace = Duration::from_secs(config.shutdown_grace_secs);
+    println!("{which}: no longer accepting; waiting up to {}s for in-flight sessions", grace.as_secs());
+    shutdown.cancel();
+    listeners.wait().await;
+    sessions.close();
+    if tokio::time::timeout(grace, sessions.wait()).await.is_err() {
+        println!("grace period over; closing {} remaining session(s)", sessions.len());
+    }
+    println!("stopped");
+    Ok(())
+}

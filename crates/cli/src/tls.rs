@@ -1,0 +1,71 @@
+//! TLS for submission: the configured certificate, or a self-signed one generated
+//! on first start (rcgen) and kept in `<data-dir>/tls/`.
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, Result, anyhow};
+use rustls::ServerConfig;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+use crate::config::Config;
+
+/// Where the generated development certificate lives, and whether it was created now.
+pub(crate) struct TlsMaterial {
+    pub(crate) config: Arc<ServerConfig>,
+    pub(crate) cert_path: PathBuf,
+    pub(crate) generated: bool,
+}
+
+/// Loads the configured pair, or the generated one (creating it if needed).
+pub(crate) fn load(config: &Config) -> Result<TlsMaterial> {
+    let (cert_path, key_path, generated) = match (&config.tls_cert, &config.tls_key) {
+        (Some(c), Some(k)) => (c.clone(), k.clone(), false),
+        _ => {
+            let dir = config.data_dir.join("tls");
+            let (c, k) = (dir.join("cert.pem"), dir.join("key.pem"));
+            let generated = !c.exists() || !k.exists();
+            if generated {
+                generate(&dir, &c, &k, &config.hostname)?;
+            }
+            (c, k, generated)
+        }
+    };
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&cert_path)
+        .and_then(Iterator::collect)
+        .map_err(|e| anyhow!("cannot read TLS certificate {}: {e}", cert_path.display()))?;
+    if certs.is_empty() {
+        return Err(anyhow!("TLS certificate {} holds no certificate", cert_path.display()));
+    }
+    let key = PrivateKeyDer::from_pem_file(&key_path)
+        .map_err(|e| anyhow!("cannot read TLS key {}: {e}", key_path.display()))?;
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let server = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .context("TLS protocol versions")?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .with_context(|| format!("TLS key {} does not match certificate {}", key_path.display(), cert_path.display()))?;
+    Ok(TlsMaterial { config: Arc::new(server), cert_path, generated })
+}
+
+fn generate(dir: &Path, cert: &Path, key: &Path, hostname: &str) -> Result<()> {
+    fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let names = vec![hostname.to_owned(), "localhost".to_owned(), "127.0.0.1".to_owned()];
+    let certified = rcgen::generate_simple_self_signed(names).context("cannot generate a self-signed certificate")?;
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(key)
+        .with_context(|| format!("cannot write {}", key.display()))?;
+    f.write_all(certified.signing_key.serialize_pem().as_bytes())?;
+    f.sync_all()?;
+    fs::write(cert, certified.cert.pem()).with_context(|| format!("cannot write {}", cert.display()))?;
+    Ok(())
+}

@@ -1,0 +1,121 @@
+//! The admin CLI against a real data directory, without a server running.
+
+mod common;
+
+use common::{run, run_json};
+
+const OWNER: &str = "0x00000000000000000000000000000000000000aa";
+const AGENT: &str = "0x00000000000000000000000000000000000000bb";
+
+fn fails_with(data: &std::path::Path, args: &[&str], needle: &str) {
+    let out = run(data, args);
+    assert!(!out.status.success(), "{args:?} should fail");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.trim_end().lines().count(), 1, "{args:?}: error must be one line, got {err:?}");
+    assert!(err.contains(needle), "{args:?}: expected {needle:?} in {err:?}");
+}
+
+#[test]
+fn json_shapes_and_listing() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    assert_eq!(run_json(d, &["owner", "add", OWNER, "--email", "me@example.com"])["id"], OWNER);
+    run_json(d, &["agent", "add", AGENT, "--owner", OWNER, "--name", "test bot"]);
+
+    let named = run_json(d, &["inbox", "create", "--agent", AGENT, "--name", "Signup"]);
+    assert_eq!(named["address"], "signup@agents.localhost");
+    let random = run_json(d, &["inbox", "create", "--agent", AGENT]);
+    let random = random["address"].as_str().unwrap();
+    assert!(random.starts_with("bot-") && random.ends_with("@agents.localhost"), "{random}");
+
+    let key = run_json(d, &["key", "create", "--agent", AGENT, "--expires-in", "15m"]);
+    assert!(key["key"].as_str().unwrap().starts_with("ak_"));
+    assert!(key["id"].as_str().unwrap().starts_with("key_"));
+    assert!(key["expires_at"].as_str().unwrap().ends_with('Z'));
+
+    let grant = run_json(d, &["grant", "add", "--agent", AGENT, "--inbox", "*@agents.localhost", "--scopes", "read,send"]);
+    let grant_id = grant["id"].as_str().unwrap().to_owned();
+    assert!(grant_id.starts_with("gr_"));
+
+    let inboxes = run_json(d, &["inbox", "list", "--owner", OWNER]);
+    assert_eq!(inboxes.as_array().unwrap().len(), 2);
+    let keys = run_json(d, &["key", "list", "--agent", AGENT]);
+    assert_eq!(keys[0]["state"], "active");
+    assert!(keys[0].get("key").is_none(), "key list must never print secrets");
+    let grants = run_json(d, &["grant", "list"]);
+    assert_eq!(grants[0]["inbox"], "*@agents.localhost");
+    assert_eq!(grants[0]["scopes"], "read,send");
+
+    let set = run_json(d, &["inbox", "set-status", "signup@agents.localhost", "suspended"]);
+    assert_eq!(set["status"], "suspended");
+    run_json(d, &["key", "revoke", key["id"].as_str().unwrap()]);
+    assert_eq!(run_json(d, &["key", "list", "--agent", AGENT])[0]["state"], "revoked");
+    run_json(d, &["grant", "revoke", &grant_id]);
+    assert_eq!(run_json(d, &["grant", "list"])[0]["state"], "revoked");
+    assert_eq!(run_json(d, &["queue", "list"]), serde_json::json!([]));
+}
+
+#[test]
+fn bad_input_is_one_line_and_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    fails_with(d, &["owner", "add", "0x123"], "expected 0x followed by 40 hex digits");
+    fails_with(d, &["owner", "add", OWNER, "--email", "nope"], "not an email address");
+    run_json(d, &["owner", "add", OWNER]);
+    fails_with(d, &["owner", "add", OWNER], "already exists");
+    fails_with(d, &["agent", "add", AGENT, "--owner", "0x00000000000000000000000000000000000000cc"], "not found");
+    fails_with(d, &["inbox", "create", "--agent", AGENT], "agent add");
+    run_json(d, &["agent", "add", AGENT, "--owner", OWNER]);
+    run_json(d, &["inbox", "create", "--agent", AGENT, "--name", "dup"]);
+    fails_with(d, &["inbox", "create", "--agent", AGENT, "--name", "dup"], "already exists");
+    fails_with(d, &["inbox", "create", "--agent", AGENT, "--name", "bad name"], "--name");
+    fails_with(d, &["inbox", "create", "--agent", AGENT, "--name", "x", "--domain", "elsewhere.test"], "not hosted");
+    fails_with(d, &["key", "create", "--agent", AGENT, "--expires-in", "31d"], "over the maximum of 30d");
+    fails_with(d, &["key", "create", "--agent", AGENT, "--expires-in", "soon"], "invalid duration");
+    fails_with(d, &["grant", "add", "--agent", AGENT, "--inbox", "dup@agents.localhost", "--scopes", "read", "--expires-in", "31d"], "over the maximum");
+    fails_with(d, &["grant", "add", "--agent", AGENT, "--inbox", "dup@agents.localhost", "--scopes", "write"], "unknown scope");
+    fails_with(d, &["grant", "add", "--agent", AGENT, "--inbox", "**", "--scopes", "read"], "--inbox");
+    fails_with(d, &["inbox", "set-status", "nobody@agents.localhost", "active"], "not found");
+    fails_with(d, &["inbox", "set-status", "dup@agents.localhost", "paused"], "unknown inbox status");
+    fails_with(d, &["key", "revoke", "key_0000000000000000"], "not found");
+    fails_with(d, &["grant", "revoke", "gr_0000000000000000000000"], "not found");
+
+    // Nothing half-written: exactly the one inbox, no keys, no grants.
+    assert_eq!(run_json(d, &["inbox", "list"]).as_array().unwrap().len(), 1);
+    assert_eq!(run_json(d, &["key", "list", "--agent", AGENT]), serde_json::json!([]));
+    assert_eq!(run_json(d, &["grant", "list"]), serde_json::json!([]));
+}
+
+#[test]
+fn demo_seed_covers_every_auth_outcome() {
+    let dir = tempfile::tempdir().unwrap();
+    let v = run_json(dir.path(), &["demo", "seed"]);
+    let cases = v["cases"].as_array().unwrap();
+    let outcomes: std::collections::BTreeSet<&str> = cases.iter().map(|c| c["outcome"].as_str().unwrap()).collect();
+    for expected in [
+        "ok", "INVALID_USERNAME", "MALFORMED_KEY", "KEY_NOT_FOUND", "KEY_REVOKED", "KEY_EXPIRED",
+        "NO_SEND_GRANT", "INBOX_NOT_FOUND", "INBOX_INACTIVE", "OWNER_MISMATCH", "GRANT_DOES_NOT_COVER",
+    ] {
+        assert!(outcomes.contains(expected), "missing {expected}");
+    }
+    let again = run(dir.path(), &["demo", "seed"]);
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("fresh data directory"));
+}
+
+#[test]
+fn bad_config_names_every_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("agentkeys.toml");
+    std::fs::write(&cfg, "domain = \"bad domain\"\nnope = 1\n[listen]\nhttp = \"x\"\n").unwrap();
+    let out = common::agentkeys(dir.path())
+        .args(["--config", cfg.to_str().unwrap(), "inbox", "list"])
+        .env("AGENTKEYS_MAX_CONNECTIONS", "many")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    for key in ["domain", "nope", "listen.http", "AGENTKEYS_MAX_CONNECTIONS"] {
+        assert!(err.contains(key), "{key} not named in {err}");
+    }
+}

@@ -1,0 +1,263 @@
+//! Test harness: runs the real `agentkeys` binary (server and admin commands)
+//! against a temporary data directory, on ephemeral loopback ports.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// The binary under test.
+pub const BIN: &str = env!("CARGO_BIN_EXE_agentkeys");
+
+/// Repository root (for tests/resources).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().expect("repo root")
+}
+
+/// A resource file under tests/resources.
+pub fn resource(name: &str) -> PathBuf {
+    repo_root().join("tests/resources").join(name)
+}
+
+/// A command for the binary with a clean AGENTKEYS_* environment and `--data-dir`.
+pub fn agentkeys(data_dir: &Path) -> Command {
+    let mut cmd = Command::new(BIN);
+    for (k, _) in std::env::vars() {
+        if k.starts_with("AGENTKEYS_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.arg("--data-dir").arg(data_dir);
+    cmd
+}
+
+/// Runs an admin command and returns its output.
+pub fn run(data_dir: &Path, args: &[&str]) -> Output {
+    agentkeys(data_dir).args(args).output().expect("spawn agentkeys")
+}
+
+/// Runs an admin command with `--json`, asserting success, and parses stdout.
+pub fn run_json(data_dir: &Path, args: &[&str]) -> serde_json::Value {
+    let out = agentkeys(data_dir).args(args).arg("--json").output().expect("spawn agentkeys");
+    assert!(
+        out.status.success(),
+        "agentkeys {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!("agentkeys {args:?} printed invalid JSON ({e}): {}", String::from_utf8_lossy(&out.stdout))
+    })
+}
+
+/// A running server.
+pub struct Server {
+    pub child: Child,
+    pub data_dir: PathBuf,
+    pub inbound: SocketAddr,
+    pub submission: SocketAddr,
+    pub submission_tls: SocketAddr,
+    pub http: SocketAddr,
+    pub stdout_lines: mpsc::Receiver<String>,
+}
+
+fn addr_after(line: &str, label: &str) -> Option<SocketAddr> {
+    let rest = line.trim_start().strip_prefix(label)?;
+    rest.split_whitespace().next()?.parse().ok()
+}
+
+impl Server {
+    /// Starts `agentkeys serve` on ephemeral ports with extra environment.
+    pub fn start(data_dir: &Path, env: &[(&str, &str)]) -> Server {
+        let mut cmd = agentkeys(data_dir);
+        cmd.arg("serve")
+            .env("AGENTKEYS_LISTEN_INBOUND", "127.0.0.1:0")
+            .env("AGENTKEYS_LISTEN_SUBMISSION", "127.0.0.1:0")
+            .env("AGENTKEYS_LISTEN_SUBMISSION_TLS", "127.0.0.1:0")
+            .env("AGENTKEYS_LISTEN_HTTP", "127.0.0.1:0")
+            .env("AGENTKEYS_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn agentkeys serve");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let (mut inbound, mut submission, mut submission_tls, mut http) = (None, None, None, None);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while http.is_none() || inbound.is_none() || submission.is_none() || submission_tls.is_none() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = rx.recv_timeout(left).unwrap_or_else(|_| {
+                let status = child.try_wait();
+                panic!("server did not print its listeners in time (exit: {status:?})")
+            });
+            inbound = inbound.or(addr_after(&line, "inbound MX"));
+            submission = submission.or(addr_after(&line, "submission      "));
+            submission_tls = submission_tls.or(addr_after(&line, "submission TLS"));
+            http = http.or(addr_after(&line, "HTTP"));
+        }
+        Server {
+            child,
+            data_dir: data_dir.to_path_buf(),
+            inbound: inbound.expect("inbound"),
+            submission: submission.expect("submission"),
+            submission_tls: submission_tls.expect("submission_tls"),
+            http: http.expect("http"),
+            stdout_lines: rx,
+        }
+    }
+
+    /// Sends a signal to the server process.
+    pub fn signal(&self, sig: &str) {
+        let status = Command::new("kill").arg(format!("-{sig}")).arg(self.child.id().to_string()).status().expect("kill");
+        assert!(status.success());
+    }
+
+    /// SIGTERM and wait; returns the exit status.
+    pub fn stop(mut self) -> std::process::ExitStatus {
+        // The process may be exiting already (an earlier signal): ignore kill's status.
+        Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status().ok();
+        let status = wait_timeout(&mut self.child, Duration::from_secs(60)).expect("server did not exit after SIGTERM");
+        std::mem::forget(self);
+        status
+    }
+
+    /// SIGKILL and reap.
+    pub fn kill(mut self) {
+        self.child.kill().ok();
+        self.child.wait().ok();
+        std::mem::forget(self);
+    }
+
+    /// The blob tree.
+    pub fn blobs(&self) -> PathBuf {
+        self.data_dir.join("blobs")
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.child.kill().ok();
+        self.child.wait().ok();
+    }
+}
+
+/// Waits for a child with a timeout.
+pub fn wait_timeout(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Every stored message file (`*.eml`) for an inbox, sorted.
+pub fn stored_messages(blobs: &Path, owner: &str, inbox: &str) -> Vec<PathBuf> {
+    let dir = blobs.join(owner).join(inbox);
+    let mut files: Vec<PathBuf> = match std::fs::read_dir(&dir) {
+        Ok(rd) => rd.filter_map(Result::ok).map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "eml")).collect(),
+        Err(_) => Vec::new(),
+    };
+    files.sort();
+    files
+}
+
+/// Every file under `dir`, recursively (hidden staging dirs included).
+pub fn all_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        if let Ok(rd) = std::fs::read_dir(&d) {
+            for e in rd.filter_map(Result::ok) {
+                let p = e.path();
+                if p.is_dir() { stack.push(p) } else { out.push(p) }
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Runs a Python helper script from tests/resources with arguments; returns stdout
+/// on success, panics with stderr otherwise.
+pub fn python(script: &str, args: &[String]) -> String {
+    let out = Command::new("python3").arg(resource(script)).args(args).output().expect("spawn python3");
+    assert!(
+        out.status.success(),
+        "python3 {script} {args:?} failed:\nstdout: {}\nstderr: {}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Sets up an owner, an agent, an inbox with the given local part, a key and a
+/// read+send grant; returns (owner, agent, address, key).
+pub fn provision(data_dir: &Path, owner: &str, agent: &str, local: &str) -> (String, String, String, String) {
+    let out = run(data_dir, &["owner", "add", owner]);
+    let _ = out; // may already exist
+    let v = run_json(data_dir, &["agent", "add", agent, "--owner", owner]);
+    assert_eq!(v["id"], agent);
+    let v = run_json(data_dir, &["inbox", "create", "--agent", agent, "--name", local]);
+    let address = v["address"].as_str().expect("address").to_owned();
+    let v = run_json(data_dir, &["key", "create", "--agent", agent]);
+    let key = v["key"].as_str().expect("key").to_owned();
+    run_json(data_dir, &["grant", "add", "--agent", agent, "--inbox", &address, "--scopes", "read,send"]);
+    (owner.to_owned(), agent.to_owned(), address, key)
+}
+
+/// A minimal blocking SMTP client over a real socket, for load and crash tests:
+/// one message per connection. Returns the final reply code, or an I/O error.
+pub fn send_raw(addr: SocketAddr, from: &str, rcpt: &str, message: &str) -> std::io::Result<u16> {
+    use std::io::{BufRead, BufReader, Write};
+    let stream = std::net::TcpStream::connect(addr)?;
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut writer = stream;
+    let mut read_reply = |reader: &mut BufReader<std::net::TcpStream>| -> std::io::Result<u16> {
+        let mut line = String::new();
+        loop {
+            line.clear();
+            if reader.read_line(&mut line)? == 0 {
+                return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "closed"));
+            }
+            if line.as_bytes().get(3) != Some(&b'-') {
+                return line.get(..3).and_then(|c| c.parse().ok()).ok_or_else(|| std::io::Error::other(line.clone()));
+            }
+        }
+    };
+    read_reply(&mut reader)?;
+    for cmd in [
+        "EHLO loadgen.example.net\r\n".to_owned(),
+        format!("MAIL FROM:<{from}>\r\n"),
+        format!("RCPT TO:<{rcpt}>\r\n"),
+        "DATA\r\n".to_owned(),
+    ] {
+        writer.write_all(cmd.as_bytes())?;
+        let code = read_reply(&mut reader)?;
+        if code >= 400 {
+            return Ok(code);
+        }
+    }
+    writer.write_all(message.as_bytes())?;
+    writer.write_all(b"\r\n.\r\n")?;
+    let code = read_reply(&mut reader)?;
+    writer.write_all(b"QUIT\r\n").ok();
+    Ok(code)
+}

@@ -1,0 +1,69 @@
+//! swaks over STARTTLS against every AUTH outcome of `agentkeys demo seed`, and
+//! the per-IP failure throttle.
+
+mod common;
+
+use std::process::Command;
+
+use common::{Server, run_json};
+
+fn swaks(port: u16, user: &str, pass: &str, mech: &str) -> String {
+    let out = Command::new("swaks")
+        .args(["--server", "127.0.0.1", "--port", &port.to_string(), "--tls", "--auth", mech])
+        .args(["--auth-user", user, "--auth-password", pass, "--quit-after", "AUTH", "--timeout", "30"])
+        .args(["--ehlo", "swaks.example.net"])
+        .output()
+        .expect("swaks is installed (.ci/run installs it)");
+    String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+}
+
+/// The reply line to AUTH (after the SASL exchange) in a swaks transcript.
+fn auth_reply(transcript: &str) -> String {
+    transcript
+        .lines()
+        .filter(|l| l.starts_with("<~") || l.starts_with("<~*"))
+        .map(|l| l.trim_start_matches("<~*").trim_start_matches("<~").trim().to_owned())
+        .find(|l| l.starts_with("235") || l.starts_with("535") || l.starts_with("454") || l.starts_with("421"))
+        .unwrap_or_else(|| panic!("no AUTH reply in transcript:\n{transcript}"))
+}
+
+#[test]
+fn every_demo_outcome_over_starttls() {
+    let dir = tempfile::tempdir().unwrap();
+    let seed = run_json(dir.path(), &["demo", "seed"]);
+    let server = Server::start(dir.path(), &[("AGENTKEYS_AUTH_FAILURES_PER_IP", "1000")]);
+    let mut seen = 0;
+    for (i, case) in seed["cases"].as_array().unwrap().iter().enumerate() {
+        let (user, pass) = (case["username"].as_str().unwrap(), case["password"].as_str().unwrap());
+        let mech = if i % 2 == 0 { "PLAIN" } else { "LOGIN" };
+        let reply = auth_reply(&swaks(server.submission.port(), user, pass, mech));
+        match case["expect"].as_str().unwrap() {
+            "235" => assert!(reply.starts_with("235 2.7.0"), "{}: {reply}", case["case"]),
+            _ => assert_eq!(reply, "535 5.7.8 Authentication credentials invalid", "{}", case["case"]),
+        }
+        seen += 1;
+    }
+    assert!(seen >= 11, "the demo seed must cover every outcome");
+}
+
+#[test]
+fn per_ip_failures_lock_out_even_correct_credentials() {
+    let dir = tempfile::tempdir().unwrap();
+    let seed = run_json(dir.path(), &["demo", "seed"]);
+    let cases = seed["cases"].as_array().unwrap();
+    let valid = cases.iter().find(|c| c["outcome"] == "ok").unwrap();
+    let bad = cases.iter().find(|c| c["outcome"] == "KEY_REVOKED").unwrap();
+    let server = Server::start(
+        dir.path(),
+        &[("AGENTKEYS_AUTH_FAILURES_PER_IP", "3"), ("AGENTKEYS_AUTH_FAILURE_WINDOW", "10m")],
+    );
+    let port = server.submission.port();
+    let user = valid["username"].as_str().unwrap();
+    assert!(auth_reply(&swaks(port, user, valid["password"].as_str().unwrap(), "PLAIN")).starts_with("235"));
+    for _ in 0..3 {
+        let reply = auth_reply(&swaks(port, user, bad["password"].as_str().unwrap(), "PLAIN"));
+        assert!(reply.starts_with("535 5.7.8"), "{reply}");
+    }
+    let reply = auth_reply(&swaks(port, user, valid["password"].as_str().unwrap(), "PLAIN"));
+    assert!(reply.starts_with("454 4.7.0"), "throttled IP must get 454 even with the right key: {reply}");
+}

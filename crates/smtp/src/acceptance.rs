@@ -1,0 +1,79 @@
+//! Durable acceptance: the store calls behind [`Step::LookupRecipient`] and
+//! [`Step::Deliver`].
+//!
+//! A message is written with ONE `BlobStore::put_durable` call: one copy per hosted
+//! recipient inbox at `<owner>/<inbox>/<ulid>.eml`, plus `queue/<ulid>.eml` when it
+//! has remote recipients. Only after that call returns are the remote recipients
+//! queued, and only after both does the session answer `250`.
+//!
+//! [`Step::LookupRecipient`]: crate::Step::LookupRecipient
+//! [`Step::Deliver`]: crate::Step::Deliver
+
+use agentkeys_store::{BlobError, BlobKey, BlobStore, MetadataStore, NewOutbound, StoreError};
+
+use crate::session::{Delivery, RecipientAnswer, RecipientQuery};
+
+/// Why a message could not be stored. Never answered with `250`.
+#[derive(Debug, thiserror::Error)]
+pub enum DeliveryError {
+    /// The blob store failed: `452 4.3.1` when full, `451 4.3.0` otherwise.
+    #[error(transparent)]
+    Blob(#[from] BlobError),
+    /// Queueing the remote recipients failed (`451 4.3.0`).
+    #[error("queueing outbound message failed: {0}")]
+    Queue(#[from] StoreError),
+}
+
+/// Answers a [`RecipientQuery`]: is the domain hosted, and if so, which inbox is it.
+pub async fn lookup_recipient(
+    meta: &dyn MetadataStore,
+    query: &RecipientQuery,
+) -> Result<RecipientAnswer, StoreError> {
+    if !meta.is_hosted_domain(&query.domain).await? {
+        return Ok(RecipientAnswer::NotHosted);
+    }
+    match &query.inbox {
+        Some(inbox) => Ok(RecipientAnswer::Hosted(meta.recipient(inbox).await?)),
+        None => Ok(RecipientAnswer::Hosted(None)),
+    }
+}
+
+/// The blob keys a delivery is written under, in order: local copies, then the
+/// outbound queue copy.
+pub fn blob_keys(delivery: &Delivery) -> Vec<BlobKey> {
+    let mut keys: Vec<BlobKey> = delivery
+        .local
+        .iter()
+        .map(|r| BlobKey::message(&r.owner, &r.inbox, delivery.id))
+        .collect();
+    if delivery.outbound.is_some() {
+        keys.push(BlobKey::queued(delivery.id));
+    }
+    keys
+}
+
+/// Stores a delivery durably (one `put_durable` call), then queues its remote
+/// recipients. `Ok` means the message may be acknowledged with `250`.
+pub async fn store_delivery(
+    blobs: &dyn BlobStore,
+    meta: &dyn MetadataStore,
+    delivery: &Delivery,
+) -> Result<(), DeliveryError> {
+    let items = blob_keys(delivery)
+        .into_iter()
+        .map(|key| (key, delivery.message.clone()))
+        .collect();
+    blobs.put_durable(items).await?;
+    if let Some(outbound) = &delivery.outbound {
+        meta.enqueue_outbound(&NewOutbound {
+            message_id: delivery.id.to_string(),
+            sender: outbound.sender.inbox().clone(),
+            owner: outbound.sender.owner().clone(),
+            recipients: outbound.recipients.clone(),
+            size: delivery.message.len() as u64,
+            queued_at: delivery.received_at,
+        })
+        .await?;
+    }
+    Ok(())
+}

@@ -1,0 +1,68 @@
+//! SMTP for AgentKeys Mail: the inbound MX and authenticated submission.
+//!
+//! - [`Session`] is the protocol, as a sans-IO state machine built on `smtp-proto`:
+//!   bytes in, [`Step`]s out, the clock passed in. One `State` enum, one `match`,
+//!   one reply table ([`Reply`]).
+//! - [`SmtpServer`] is the thin tokio shell: accept loop, connection caps, STARTTLS
+//!   and implicit TLS, and the store calls each step asks for.
+//! - [`acceptance`] holds those store calls: recipient lookup and durable storage
+//!   (one `put_durable` per message, before `250`).
+//! - [`limits`] names every abuse limit; [`AuthThrottle`] counts AUTH failures per
+//!   address.
+//!
+//! Driving a session by hand, as the tests do:
+//!
+//! ```
+//! use std::sync::Arc;
+//! use std::time::{Duration, Instant, SystemTime};
+//! use agentkeys_core::{KeyHasher, MasterSeed};
+//! use agentkeys_smtp::{AuthThrottle, Limits, ListenerKind, Now, Session, SessionContext, Step};
+//!
+//! let ctx = Arc::new(SessionContext {
+//!     hostname: "mx.example.test".into(),
+//!     kind: ListenerKind::Inbound,
+//!     limits: Limits::default(),
+//!     hasher: KeyHasher::new(&MasterSeed::from_bytes([7; 32])),
+//!     throttle: Arc::new(AuthThrottle::new(10, Duration::from_secs(600))),
+//!     tls_available: false,
+//!     allow_plaintext_auth_on_loopback: false,
+//! });
+//! let now = Now { instant: Instant::now(), system: SystemTime::now() };
+//! let mut session = Session::new(ctx, "192.0.2.1".parse().unwrap(), false, now, 42);
+//!
+//! let Step::Write(greeting) = session.poll(now) else { panic!() };
+//! assert!(greeting.starts_with(b"220 mx.example.test"));
+//! assert!(matches!(session.poll(now), Step::NeedInput));
+//!
+//! session.feed(b"EHLO client.test\r\nMAIL FROM:<a@remote.test>\r\nRCPT TO:<bot@example.test>\r\n");
+//! // RCPT needs a lookup: the shell asks the metadata store and answers.
+//! let Step::LookupRecipient(query) = session.poll(now) else { panic!() };
+//! assert_eq!(query.domain, "example.test");
+//! session.recipient_result(Ok(agentkeys_smtp::RecipientAnswer::NotHosted), now);
+//! let Step::Write(replies) = session.poll(now) else { panic!() };
+//! assert!(String::from_utf8_lossy(&replies).ends_with("550 5.7.1 Relay access denied\r\n"));
+//! ```
+
+// Tests may unwrap; the library proper is linted without this (non-test build).
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
+pub mod acceptance;
+pub mod limits;
+mod received;
+mod reply;
+mod server;
+mod session;
+mod throttle;
+
+#[cfg(test)]
+mod testing;
+
+pub use acceptance::{DeliveryError, blob_keys, lookup_recipient, store_delivery};
+pub use limits::*;
+pub use reply::Reply;
+pub use server::{SmtpConfig, SmtpServer};
+pub use session::{
+    Delivery, ListenerKind, LocalRecipient, Now, Outbound, RecipientAnswer, RecipientQuery,
+    Session, SessionContext, Step,
+};
+pub use throttle::{AuthThrottle, address_key};

@@ -1,0 +1,413 @@
+//! The tokio shell: accept loop, connection caps, TLS, and the loop that carries
+//! out a [`Session`]'s [`Step`]s against a socket and the stores.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
+
+use agentkeys_core::KeyHasher;
+use agentkeys_store::{BlobStore, MetadataStore};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument as _;
+
+use crate::acceptance::{lookup_recipient, store_delivery};
+use crate::limits::{
+    DEFAULT_AUTH_THROTTLE_FAILURES, DEFAULT_AUTH_THROTTLE_WINDOW, DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_CONNECTIONS_PER_IP, Limits, READ_BUFFER_SIZE, TLS_HANDSHAKE_TIMEOUT, WRITE_TIMEOUT,
+};
+use crate::reply::Reply;
+use crate::session::{ListenerKind, Now, Session, SessionContext, Step};
+use crate::throttle::{AuthThrottle, address_key};
+
+/// Configuration of the SMTP service. [`SmtpConfig::new`] gives the defaults.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SmtpConfig {
+    /// The server's host name, used in the greeting, EHLO and `Received:`.
+    pub hostname: String,
+    /// Per-session limits (message size, recipients, timeouts, AUTH failures).
+    pub limits: Limits,
+    /// Concurrent connections over all listeners ([`DEFAULT_MAX_CONNECTIONS`]).
+    pub max_connections: usize,
+    /// Concurrent connections per address, IPv6 per /64 ([`DEFAULT_MAX_CONNECTIONS_PER_IP`]).
+    pub max_connections_per_ip: usize,
+    /// AUTH failures per address within the window before AUTH is refused
+    /// ([`DEFAULT_AUTH_THROTTLE_FAILURES`]; 0 disables).
+    pub auth_throttle_failures: u32,
+    /// The AUTH throttle's sliding window ([`DEFAULT_AUTH_THROTTLE_WINDOW`]).
+    pub auth_throttle_window: Duration,
+    /// Development only: allow AUTH without TLS from loopback (default false).
+    pub allow_plaintext_auth_on_loopback: bool,
+}
+
+impl SmtpConfig {
+    /// The defaults, with this host name.
+    pub fn new(hostname: impl Into<String>) -> Self {
+        Self {
+            hostname: hostname.into(),
+            limits: Limits::default(),
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_connections_per_ip: DEFAULT_MAX_CONNECTIONS_PER_IP,
+            auth_throttle_failures: DEFAULT_AUTH_THROTTLE_FAILURES,
+            auth_throttle_window: DEFAULT_AUTH_THROTTLE_WINDOW,
+            allow_plaintext_auth_on_loopback: false,
+        }
+    }
+}
+
+/// Counts open connections, in total and per address.
+#[derive(Debug)]
+struct ConnectionLimiter {
+    max_total: usize,
+    max_per_ip: usize,
+    state: Mutex<LimiterState>,
+}
+
+#[derive(Debug, Default)]
+struct LimiterState {
+    total: usize,
+    per_ip: HashMap<IpAddr, usize>,
+}
+
+/// One open connection; dropping it frees the slot.
+#[derive(Debug)]
+struct ConnectionPermit {
+    limiter: Arc<ConnectionLimiter>,
+    key: IpAddr,
+}
+
+impl ConnectionLimiter {
+    fn new(max_total: usize, max_per_ip: usize) -> Arc<Self> {
+        Arc::new(Self {
+            max_total,
+            max_per_ip,
+            state: Mutex::new(LimiterState::default()),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, LimiterState> {
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn try_acquire(self: &Arc<Self>, ip: IpAddr) -> Option<ConnectionPermit> {
+        let key = address_key(ip);
+        let mut state = self.lock();
+        let current = state.per_ip.get(&key).copied().unwrap_or(0);
+        if state.total >= self.max_total || current >= self.max_per_ip {
+            return None;
+        }
+        state.total += 1;
+        state.per_ip.insert(key, current + 1);
+        metrics::gauge!("agentkeys_smtp_active_connections").increment(1.0);
+        Some(ConnectionPermit {
+            limiter: Arc::clone(self),
+            key,
+        })
+    }
+
+    fn open(&self) -> usize {
+        self.lock().total
+    }
+}
+
+impl Drop for ConnectionPermit {
+    fn drop(&mut self) {
+        let mut state = self.limiter.lock();
+        state.total = state.total.saturating_sub(1);
+        if let Some(n) = state.per_ip.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                state.per_ip.remove(&self.key);
+            }
+        }
+        metrics::gauge!("agentkeys_smtp_active_connections").decrement(1.0);
+    }
+}
+
+/// How a connection loop ended.
+enum Outcome {
+    Closed,
+    StartTls,
+}
+
+fn now() -> Now {
+    Now {
+        instant: tokio::time::Instant::now().into_std(),
+        system: SystemTime::now(),
+    }
+}
+
+/// The SMTP service: one per process, shared by its listeners.
+pub struct SmtpServer {
+    meta: Arc<dyn MetadataStore>,
+    blobs: Arc<dyn BlobStore>,
+    acceptor: TlsAcceptor,
+    inbound: Arc<SessionContext>,
+    submission: Arc<SessionContext>,
+    submission_tls: Arc<SessionContext>,
+    limiter: Arc<ConnectionLimiter>,
+}
+
+impl std::fmt::Debug for SmtpServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SmtpServer")
+            .field("hostname", &self.inbound.hostname)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SmtpServer {
+    /// Builds the service. `hasher` hashes presented agent keys; `tls` serves
+    /// STARTTLS and the implicit-TLS listener.
+    pub fn new(
+        config: SmtpConfig,
+        meta: Arc<dyn MetadataStore>,
+        blobs: Arc<dyn BlobStore>,
+        hasher: KeyHasher,
+        tls: Arc<rustls::ServerConfig>,
+    ) -> Self {
+        let throttle = Arc::new(AuthThrottle::new(
+            config.auth_throttle_failures,
+            config.auth_throttle_window,
+        ));
+        let context = |kind| {
+            Arc::new(SessionContext {
+                hostname: config.hostname.clone(),
+                kind,
+                limits: config.limits.clone(),
+                hasher: hasher.clone(),
+                throttle: Arc::clone(&throttle),
+                tls_available: true,
+                allow_plaintext_auth_on_loopback: config.allow_plaintext_auth_on_loopback,
+            })
+        };
+        Self {
+            meta,
+            blobs,
+            acceptor: TlsAcceptor::from(tls),
+            inbound: context(ListenerKind::Inbound),
+            submission: context(ListenerKind::Submission),
+            submission_tls: context(ListenerKind::SubmissionImplicitTls),
+            limiter: ConnectionLimiter::new(config.max_connections, config.max_connections_per_ip),
+        }
+    }
+
+    fn context(&self, kind: ListenerKind) -> &Arc<SessionContext> {
+        match kind {
+            ListenerKind::Inbound => &self.inbound,
+            ListenerKind::Submission => &self.submission,
+            ListenerKind::SubmissionImplicitTls => &self.submission_tls,
+        }
+    }
+
+    /// Number of open connections over all listeners.
+    pub fn open_connections(&self) -> usize {
+        self.limiter.open()
+    }
+
+    /// Accepts connections on `listener` until `shutdown` is cancelled, running each
+    /// session on `tracker`. After cancellation no new connection is accepted; open
+    /// sessions end at their next command boundary with `421 4.3.2`, while transfers
+    /// and deliveries in progress finish. The caller bounds the wait (`tracker.wait()`).
+    pub async fn serve(
+        self: Arc<Self>,
+        listener: TcpListener,
+        kind: ListenerKind,
+        shutdown: CancellationToken,
+        tracker: TaskTracker,
+    ) {
+        let local = listener.local_addr().ok();
+        tracing::info!(listener = kind.label(), addr = ?local, "SMTP listener started");
+        loop {
+            let accepted = tokio::select! {
+                () = shutdown.cancelled() => break,
+                accepted = listener.accept() => accepted,
+            };
+            let (stream, peer) = match accepted {
+                Ok(accepted) => accepted,
+                Err(err) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(listener = kind.label(), error = %err, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            metrics::counter!("agentkeys_smtp_connections_total", "listener" => kind.label())
+                .increment(1);
+            let permit = self.limiter.try_acquire(peer.ip());
+            let server = Arc::clone(&self);
+            let shutdown = shutdown.clone();
+            let span = tracing::info_span!("smtp", listener = kind.label(), %peer);
+            tracker.spawn(
+                async move {
+                    match permit {
+                        Some(permit) => {
+                            server
+                                .connection(stream, peer, kind, shutdown, permit)
+                                .await
+                        }
+                        None => refuse(stream, kind, &server.inbound.hostname).await,
+                    }
+                }
+                .instrument(span),
+            );
+        }
+        tracing::info!(listener = kind.label(), "SMTP listener stopped accepting");
+    }
+
+    async fn connection(
+        &self,
+        tcp: TcpStream,
+        peer: SocketAddr,
+        kind: ListenerKind,
+        shutdown: CancellationToken,
+        _permit: ConnectionPermit,
+    ) {
+        let _ = tcp.set_nodelay(true);
+        let ctx = Arc::clone(self.context(kind));
+        // The session enforces its own time limit; this outer bound also covers
+        // time spent in TLS handshakes and stores.
+        let hard_limit = ctx.limits.session_timeout + TLS_HANDSHAKE_TIMEOUT + WRITE_TIMEOUT;
+        let session = Session::new(
+            ctx,
+            peer.ip(),
+            kind == ListenerKind::SubmissionImplicitTls,
+            now(),
+            rand::random(),
+        );
+        tracing::debug!("connection opened");
+        match tokio::time::timeout(hard_limit, self.drive(tcp, session, kind, &shutdown)).await {
+            Ok(Ok(())) => tracing::debug!("connection closed"),
+            Ok(Err(err)) => tracing::debug!(error = %err, "connection ended"),
+            Err(_) => tracing::info!("connection exceeded its hard time limit"),
+        }
+    }
+
+    async fn drive(
+        &self,
+        mut tcp: TcpStream,
+        mut session: Session,
+        kind: ListenerKind,
+        shutdown: &CancellationToken,
+    ) -> io::Result<()> {
+        if kind == ListenerKind::SubmissionImplicitTls {
+            let mut tls = handshake(&self.acceptor, tcp).await?;
+            self.run(&mut tls, &mut session, kind, shutdown).await?;
+            return Ok(());
+        }
+        match self.run(&mut tcp, &mut session, kind, shutdown).await? {
+            Outcome::Closed => Ok(()),
+            Outcome::StartTls => {
+                let mut tls = handshake(&self.acceptor, tcp).await?;
+                session.tls_started(now());
+                self.run(&mut tls, &mut session, kind, shutdown).await?;
+                Ok(())
+            }
+        }
+    }
+
+    /// Carries out the session's steps until it closes or asks for TLS.
+    async fn run<S>(
+        &self,
+        stream: &mut S,
+        session: &mut Session,
+        kind: ListenerKind,
+        shutdown: &CancellationToken,
+    ) -> io::Result<Outcome>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let mut buf = vec![0u8; READ_BUFFER_SIZE];
+        loop {
+            match session.poll(now()) {
+                Step::Write(bytes) => {
+                    tokio::time::timeout(WRITE_TIMEOUT, async {
+                        stream.write_all(&bytes).await?;
+                        stream.flush().await
+                    })
+                    .await
+                    .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "write timed out"))??;
+                }
+                Step::NeedInput => {
+                    if shutdown.is_cancelled() && !session.is_shutting_down() {
+                        session.shutdown();
+                        continue;
+                    }
+                    let deadline = tokio::time::Instant::from_std(session.deadline());
+                    let listening = !session.is_shutting_down();
+                    tokio::select! {
+                        read = stream.read(&mut buf) => {
+                            let n = read?;
+                            if n == 0 {
+                                return Ok(Outcome::Closed);
+                            }
+                            session.feed(&buf[..n]);
+                        }
+                        () = tokio::time::sleep_until(deadline) => {}
+                        () = shutdown.cancelled(), if listening => session.shutdown(),
+                    }
+                }
+                Step::Wait(until) => {
+                    tokio::time::sleep_until(tokio::time::Instant::from_std(until)).await
+                }
+                Step::LookupRecipient(query) => {
+                    let answer = lookup_recipient(self.meta.as_ref(), &query).await;
+                    session.recipient_result(answer, now());
+                }
+                Step::Authenticate(credentials) => {
+                    let facts = self.meta.auth_facts(&credentials).await;
+                    session.auth_result(facts, now());
+                }
+                Step::Deliver(delivery) => {
+                    let result =
+                        store_delivery(self.blobs.as_ref(), self.meta.as_ref(), &delivery).await;
+                    if result.is_ok() {
+                        metrics::counter!("agentkeys_smtp_messages_accepted_total", "listener" => kind.label())
+                            .increment(1);
+                    }
+                    session.delivery_result(result, now());
+                }
+                Step::StartTls => return Ok(Outcome::StartTls),
+                Step::Close => {
+                    let _ = tokio::time::timeout(Duration::from_secs(5), stream.shutdown()).await;
+                    return Ok(Outcome::Closed);
+                }
+            }
+        }
+    }
+}
+
+async fn handshake(
+    acceptor: &TlsAcceptor,
+    tcp: TcpStream,
+) -> io::Result<tokio_rustls::server::TlsStream<TcpStream>> {
+    tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp))
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out"))?
+}
+
+/// Over the connection cap: `421 4.7.0` and close (implicit TLS: just close, a
+/// plaintext reply would not be understood).
+async fn refuse(mut stream: TcpStream, kind: ListenerKind, hostname: &str) {
+    tracing::info!("connection refused: too many connections");
+    let reply = Reply::TooManyConnections;
+    metrics::counter!("agentkeys_smtp_rejections_total", "code" => reply.code().to_string())
+        .increment(1);
+    if kind != ListenerKind::SubmissionImplicitTls {
+        let mut out = Vec::new();
+        reply.write(hostname, &mut out);
+        let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(&out)).await;
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(1), stream.shutdown()).await;
+}
+
+#[cfg(test)]
+#[path = "server_tests.rs"]
+mod tests;

@@ -1,0 +1,1207 @@
+//! The SMTP session as a sans-IO state machine.
+//!
+//! A [`Session`] never touches a socket, a store or a clock. The shell (or a test)
+//! feeds it the bytes the client sent ([`Session::feed`]) and asks it what to do
+//! next ([`Session::poll`]), passing the current time. Each [`Step`] is one thing
+//! the shell must do: write bytes, read more, wait, look a recipient up, check
+//! credentials, store a message, start TLS or close. Answers go back through
+//! [`Session::recipient_result`], [`Session::auth_result`],
+//! [`Session::delivery_result`] and [`Session::tls_started`].
+//!
+//! All connection state lives in one private `State` enum, advanced in one `match`
+//! (`Session::advance`); all replies come from [`Reply`].
+
+use std::borrow::Cow;
+use std::mem;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use agentkeys_core::{
+    Address, AuthFacts, AuthFailure, Credentials, InboxStatus, KeyHasher, OwnerId, SendAuthorized,
+    UnixTime,
+};
+use agentkeys_store::{Recipient, StoreError};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use bytes::Bytes;
+use smtp_proto::request::receiver::{BdatReceiver, DataReceiver, DummyDataReceiver};
+use smtp_proto::{AUTH_LOGIN, AUTH_PLAIN, MailFrom, RcptTo, Request};
+use ulid::Ulid;
+
+use crate::acceptance::DeliveryError;
+use crate::limits::{Limits, MAX_LINE_LENGTH};
+use crate::received::{Protocol, received_header, sanitize_helo};
+use crate::reply::Reply;
+use crate::throttle::AuthThrottle;
+
+/// `Username:` in base64, the first AUTH LOGIN challenge.
+const LOGIN_USERNAME_CHALLENGE: &str = "VXNlcm5hbWU6";
+/// `Password:` in base64, the second AUTH LOGIN challenge.
+const LOGIN_PASSWORD_CHALLENGE: &str = "UGFzc3dvcmQ6";
+
+/// Which service a listener offers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ListenerKind {
+    /// The MX (port 25): mail for hosted inboxes only, no AUTH, optional STARTTLS.
+    Inbound,
+    /// Submission with STARTTLS (port 587): AUTH required, only under TLS.
+    Submission,
+    /// Submission with implicit TLS (port 465, RFC 8314).
+    SubmissionImplicitTls,
+}
+
+impl ListenerKind {
+    /// The metrics and log label: `inbound`, `submission`, `submissions`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Inbound => "inbound",
+            Self::Submission => "submission",
+            Self::SubmissionImplicitTls => "submissions",
+        }
+    }
+
+    /// Whether this is a submission listener (AUTH, sender pinning, relaying).
+    pub fn is_submission(self) -> bool {
+        !matches!(self, Self::Inbound)
+    }
+}
+
+/// What every session of one listener shares.
+#[derive(Debug)]
+pub struct SessionContext {
+    /// The server's host name (greeting, EHLO, `Received:`).
+    pub hostname: String,
+    /// The listener's service.
+    pub kind: ListenerKind,
+    /// The limits to enforce.
+    pub limits: Limits,
+    /// Hashes presented agent keys (AUTH step 2).
+    pub hasher: KeyHasher,
+    /// The per-address AUTH failure counter, shared by all listeners.
+    pub throttle: Arc<AuthThrottle>,
+    /// Whether `STARTTLS` can be offered.
+    pub tls_available: bool,
+    /// Development only: allow AUTH without TLS from loopback addresses.
+    pub allow_plaintext_auth_on_loopback: bool,
+}
+
+/// The current time, as the shell sees it: a monotonic instant for timeouts and the
+/// wall clock for `Received:`, ULIDs and credential expiry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Now {
+    /// Monotonic time.
+    pub instant: Instant,
+    /// Wall-clock time.
+    pub system: SystemTime,
+}
+
+impl Now {
+    /// Seconds since the Unix epoch (negative before it).
+    pub fn unix_secs(&self) -> UnixTime {
+        match self.system.duration_since(UNIX_EPOCH) {
+            Ok(d) => i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+            Err(e) => -i64::try_from(e.duration().as_secs()).unwrap_or(i64::MAX),
+        }
+    }
+
+    fn unix_millis(&self) -> u64 {
+        self.system
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    }
+}
+
+/// What the shell must do next.
+#[derive(Debug)]
+pub enum Step {
+    /// Send these bytes (replies, possibly several for pipelined commands), then poll again.
+    Write(Vec<u8>),
+    /// Read from the client and [`Session::feed`] it, or poll again at
+    /// [`Session::deadline`] if nothing arrives.
+    NeedInput,
+    /// Do nothing until this instant, then poll again (failed-AUTH latency floor).
+    Wait(Instant),
+    /// Look a recipient up, answer with [`Session::recipient_result`] (see
+    /// [`crate::lookup_recipient`]).
+    LookupRecipient(RecipientQuery),
+    /// Fetch `MetadataStore::auth_facts` for these credentials, answer with
+    /// [`Session::auth_result`].
+    Authenticate(Credentials),
+    /// Store the message durably, answer with [`Session::delivery_result`] (see
+    /// [`crate::store_delivery`]).
+    Deliver(Delivery),
+    /// Start TLS on the connection, then call [`Session::tls_started`].
+    StartTls,
+    /// Close the connection.
+    Close,
+}
+
+/// A recipient to look up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecipientQuery {
+    /// The envelope address, domain lowercased.
+    pub address: String,
+    /// Its domain, lowercased.
+    pub domain: String,
+    /// The address as an inbox id, if it is one syntactically.
+    pub inbox: Option<Address>,
+}
+
+/// The answer to a [`RecipientQuery`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RecipientAnswer {
+    /// The domain is not hosted here.
+    NotHosted,
+    /// The domain is hosted; the inbox, if it exists.
+    Hosted(Option<Recipient>),
+}
+
+/// A hosted inbox that receives a copy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalRecipient {
+    /// The inbox.
+    pub inbox: Address,
+    /// Its owner, the first component of the blob key.
+    pub owner: OwnerId,
+}
+
+/// Remote recipients of a submitted message. Only a session holding the
+/// [`SendAuthorized`] proof can build one.
+#[derive(Debug, Clone)]
+pub struct Outbound {
+    /// The proof that the sender may send as its inbox.
+    pub sender: SendAuthorized,
+    /// Envelope recipients outside the hosted domains.
+    pub recipients: Vec<String>,
+}
+
+/// A message ready to be stored, with its routing taken from the envelope only.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    /// Message id, also the blob name.
+    pub id: Ulid,
+    /// The raw message with our `Received:` line prepended.
+    pub message: Bytes,
+    /// When it was received.
+    pub received_at: UnixTime,
+    /// Hosted inboxes that get a copy.
+    pub local: Vec<LocalRecipient>,
+    /// Remote recipients (submission only).
+    pub outbound: Option<Outbound>,
+}
+
+/// One transfer of message data (`DATA`, a `BDAT` chunk, or a drained one).
+struct Transfer<R> {
+    receiver: R,
+    started: Instant,
+    received: usize,
+}
+
+impl<R> Transfer<R> {
+    fn new(receiver: R, started: Instant) -> Self {
+        Self {
+            receiver,
+            started,
+            received: 0,
+        }
+    }
+}
+
+/// Which SASL response line the session waits for.
+enum Sasl {
+    Plain,
+    LoginUsername,
+    LoginPassword { username: Vec<u8> },
+}
+
+/// The connection state.
+enum State {
+    /// Reading command lines.
+    Command,
+    /// Dropping the rest of an over-long line (already answered).
+    DiscardLine,
+    /// Reading a SASL response line.
+    Sasl(Sasl),
+    /// Receiving `DATA` until `<CRLF>.<CRLF>`.
+    Data(Transfer<DataReceiver>),
+    /// Receiving one `BDAT` chunk.
+    Bdat(Transfer<BdatReceiver>),
+    /// Draining data that will not be kept, then answering `reply`.
+    SkipData {
+        transfer: Transfer<DummyDataReceiver>,
+        reply: Reply,
+        bad_command: bool,
+    },
+    /// Waiting for [`Session::recipient_result`].
+    LookupRecipient(RecipientQuery),
+    /// Waiting for [`Session::auth_result`].
+    Authenticate {
+        credentials: Credentials,
+        received_at: Instant,
+    },
+    /// Waiting for [`Session::delivery_result`].
+    Deliver(Delivery),
+    /// Waiting for [`Session::tls_started`].
+    StartTls,
+    /// Done; only pending replies remain to be written.
+    Closed,
+}
+
+struct Helo {
+    name: String,
+    extended: bool,
+}
+
+/// Who the envelope sender is. A submission transaction exists only with the proof.
+enum Sender {
+    Inbound,
+    Submission {
+        proof: SendAuthorized,
+        remote: Vec<String>,
+    },
+}
+
+struct Transaction {
+    sender: Sender,
+    local: Vec<LocalRecipient>,
+    bdat: bool,
+}
+
+impl Transaction {
+    fn recipient_count(&self) -> usize {
+        self.local.len()
+            + match &self.sender {
+                Sender::Inbound => 0,
+                Sender::Submission { remote, .. } => remote.len(),
+            }
+    }
+
+    fn has_recipient(&self, query: &RecipientQuery) -> bool {
+        let local = query
+            .inbox
+            .as_ref()
+            .is_some_and(|a| self.local.iter().any(|r| &r.inbox == a));
+        let remote = match &self.sender {
+            Sender::Inbound => false,
+            Sender::Submission { remote, .. } => remote.contains(&query.address),
+        };
+        local || remote
+    }
+}
+
+/// One SMTP connection's protocol state. See the module docs.
+pub struct Session {
+    ctx: Arc<SessionContext>,
+    peer: IpAddr,
+    tls: bool,
+    state: State,
+    input: Vec<u8>,
+    consumed: usize,
+    out: Vec<u8>,
+    helo: Option<Helo>,
+    auth: Option<SendAuthorized>,
+    tx: Option<Transaction>,
+    body: Vec<u8>,
+    auth_failures: u32,
+    bad_commands: u32,
+    connected_at: Instant,
+    last_command_at: Instant,
+    hold_until: Option<Instant>,
+    shutting_down: bool,
+    rng: u64,
+    now: Now,
+}
+
+impl Session {
+    /// A new session for a client at `peer`; `tls` is true when the connection is
+    /// already encrypted (implicit TLS). `seed` feeds the session's random source
+    /// (ULIDs, AUTH failure jitter), so tests are deterministic. The greeting is the
+    /// first thing [`Session::poll`] returns.
+    pub fn new(ctx: Arc<SessionContext>, peer: IpAddr, tls: bool, now: Now, seed: u64) -> Self {
+        let mut out = Vec::new();
+        Reply::Greeting.write(&ctx.hostname, &mut out);
+        Self {
+            ctx,
+            peer,
+            tls,
+            state: State::Command,
+            input: Vec::new(),
+            consumed: 0,
+            out,
+            helo: None,
+            auth: None,
+            tx: None,
+            body: Vec::new(),
+            auth_failures: 0,
+            bad_commands: 0,
+            connected_at: now.instant,
+            last_command_at: now.instant,
+            hold_until: None,
+            shutting_down: false,
+            rng: seed,
+            now,
+        }
+    }
+
+    /// Buffers bytes received from the client. The shell reads again only after
+    /// [`Step::NeedInput`], so the buffer stays within one read plus a partial line.
+    pub fn feed(&mut self, bytes: &[u8]) {
+        if matches!(self.state, State::Closed) {
+            return;
+        }
+        if self.consumed > 0 {
+            self.input.drain(..self.consumed);
+            self.consumed = 0;
+        }
+        self.input.extend_from_slice(bytes);
+    }
+
+    /// Whether the session has ended.
+    pub fn is_closed(&self) -> bool {
+        matches!(self.state, State::Closed)
+    }
+
+    /// Whether the connection is encrypted.
+    pub fn is_tls(&self) -> bool {
+        self.tls
+    }
+
+    /// The authenticated sender, if any.
+    pub fn authenticated(&self) -> Option<&SendAuthorized> {
+        self.auth.as_ref()
+    }
+
+    /// Asks the session to end at the next command boundary with `421 4.3.2`.
+    /// Transfers and deliveries in progress finish first.
+    pub fn shutdown(&mut self) {
+        self.shutting_down = true;
+    }
+
+    /// Whether [`Session::shutdown`] was called.
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down
+    }
+
+    /// When the session times out if no input arrives: the idle timeout between
+    /// commands, the data-rate bound during transfers, and the session limit.
+    pub fn deadline(&self) -> Instant {
+        let limits = &self.ctx.limits;
+        let session_end = self.connected_at + limits.session_timeout;
+        let state_end = match &self.state {
+            State::Command | State::DiscardLine | State::Sasl(_) => {
+                Some(self.last_command_at + limits.idle_timeout)
+            }
+            State::Data(t) => self.transfer_deadline(t.started, t.received),
+            State::Bdat(t) => self.transfer_deadline(t.started, t.received),
+            State::SkipData { transfer: t, .. } => self.transfer_deadline(t.started, t.received),
+            _ => None,
+        };
+        state_end.map_or(session_end, |end| end.min(session_end))
+    }
+
+    fn transfer_deadline(&self, started: Instant, received: usize) -> Option<Instant> {
+        let limits = &self.ctx.limits;
+        if limits.min_data_rate == 0 {
+            return None;
+        }
+        let earned =
+            Duration::from_millis((received as u64).saturating_mul(1000) / limits.min_data_rate);
+        Some(started + earned.max(limits.data_rate_grace))
+    }
+
+    /// Which limit has expired at `now`, if any, while waiting for input.
+    fn expired(&self, now: Instant) -> Option<Reply> {
+        if now >= self.connected_at + self.ctx.limits.session_timeout {
+            return Some(Reply::SessionTimeout);
+        }
+        if now < self.deadline() {
+            return None;
+        }
+        Some(match self.state {
+            State::Data(_) | State::Bdat(_) | State::SkipData { .. } => Reply::DataTooSlow,
+            _ => Reply::IdleTimeout,
+        })
+    }
+
+    /// Advances the session and says what the shell must do next.
+    pub fn poll(&mut self, now: Now) -> Step {
+        self.now = now;
+        loop {
+            if let Some(until) = self.hold_until {
+                if now.instant < until {
+                    return Step::Wait(until);
+                }
+                self.hold_until = None;
+            }
+            match &self.state {
+                State::Closed => return self.flush_or(Step::Close),
+                State::StartTls => return self.flush_or(Step::StartTls),
+                State::LookupRecipient(query) => return Step::LookupRecipient(query.clone()),
+                State::Authenticate { credentials, .. } => {
+                    return Step::Authenticate(credentials.clone());
+                }
+                State::Deliver(delivery) => return Step::Deliver(delivery.clone()),
+                _ => {}
+            }
+            if self.process_input() {
+                continue;
+            }
+            if let Some(reply) = self.expired(now.instant) {
+                self.close_with(reply);
+                continue;
+            }
+            let between_commands = matches!(
+                self.state,
+                State::Command | State::Sasl(_) | State::DiscardLine
+            );
+            if self.shutting_down && between_commands {
+                self.close_with(Reply::ShuttingDown);
+                continue;
+            }
+            return self.flush_or(Step::NeedInput);
+        }
+    }
+
+    fn flush_or(&mut self, step: Step) -> Step {
+        if self.out.is_empty() {
+            step
+        } else {
+            Step::Write(mem::take(&mut self.out))
+        }
+    }
+
+    /// Runs the state machine over buffered input; true if anything changed.
+    fn process_input(&mut self) -> bool {
+        let input = mem::take(&mut self.input);
+        let (used, progressed) = self.advance(&input[self.consumed..]);
+        self.input = input;
+        self.consumed += used;
+        if self.consumed >= self.input.len()
+            || matches!(self.state, State::StartTls | State::Closed)
+        {
+            // After STARTTLS nothing sent in plaintext may be acted on (CVE-2011-0411).
+            self.input.clear();
+            self.consumed = 0;
+            if self.input.capacity() > 4 * MAX_LINE_LENGTH {
+                self.input = Vec::new();
+            }
+        }
+        progressed
+    }
+
+    /// The one `match` over the state: consumes a prefix of `input`, returns how many
+    /// bytes it used and whether it made progress.
+    fn advance(&mut self, input: &[u8]) -> (usize, bool) {
+        let max_size = self.ctx.limits.max_message_size;
+        match &mut self.state {
+            State::Command | State::Sasl(_) => {
+                let Some(lf) = memchr::memchr(b'\n', input) else {
+                    if input.len() >= MAX_LINE_LENGTH {
+                        self.line_too_long();
+                        if !self.is_closed() {
+                            self.state = State::DiscardLine;
+                        }
+                        return (input.len(), true);
+                    }
+                    return (0, false);
+                };
+                let line = &input[..=lf];
+                self.last_command_at = self.now.instant;
+                if line.len() > MAX_LINE_LENGTH {
+                    self.line_too_long();
+                } else if let State::Sasl(_) = self.state {
+                    let State::Sasl(sasl) = mem::replace(&mut self.state, State::Command) else {
+                        return (line.len(), true);
+                    };
+                    self.sasl_response(sasl, line);
+                } else {
+                    self.command(line);
+                }
+                (line.len(), true)
+            }
+            State::DiscardLine => match memchr::memchr(b'\n', input) {
+                Some(lf) => {
+                    self.state = State::Command;
+                    (lf + 1, true)
+                }
+                None => (input.len(), false),
+            },
+            State::Data(transfer) => {
+                let mut bytes = input.iter();
+                let done = transfer.receiver.ingest(&mut bytes, &mut self.body);
+                let used = input.len() - bytes.len();
+                transfer.received += used;
+                if self.body.len() > max_size {
+                    // Keep reading to the terminator without buffering.
+                    let skip = Transfer {
+                        receiver: DummyDataReceiver::new_data(&transfer.receiver),
+                        started: transfer.started,
+                        received: transfer.received,
+                    };
+                    self.abort_transaction();
+                    if done {
+                        self.finish_transfer(Reply::MessageTooBig, false);
+                    } else {
+                        self.state = State::SkipData {
+                            transfer: skip,
+                            reply: Reply::MessageTooBig,
+                            bad_command: false,
+                        };
+                    }
+                    return (used, true);
+                }
+                if done {
+                    self.last_command_at = self.now.instant;
+                    self.finish_message();
+                }
+                (used, done)
+            }
+            State::Bdat(transfer) => {
+                let mut bytes = input.iter();
+                let done = transfer.receiver.ingest(&mut bytes, &mut self.body);
+                let used = input.len() - bytes.len();
+                transfer.received += used;
+                if done {
+                    let (is_last, size) = (transfer.receiver.is_last, transfer.received);
+                    self.last_command_at = self.now.instant;
+                    if is_last {
+                        self.finish_message();
+                    } else {
+                        self.state = State::Command;
+                        self.reply(Reply::ChunkAccepted(size));
+                    }
+                }
+                (used, done)
+            }
+            State::SkipData {
+                transfer,
+                reply,
+                bad_command,
+            } => {
+                let mut bytes = input.iter();
+                let done = transfer.receiver.ingest(&mut bytes);
+                let used = input.len() - bytes.len();
+                transfer.received += used;
+                if done {
+                    let (reply, bad_command) = (reply.clone(), *bad_command);
+                    self.last_command_at = self.now.instant;
+                    self.finish_transfer(reply, bad_command);
+                }
+                (used, done)
+            }
+            State::LookupRecipient(_)
+            | State::Authenticate { .. }
+            | State::Deliver(_)
+            | State::StartTls
+            | State::Closed => (0, false),
+        }
+    }
+
+    fn finish_transfer(&mut self, reply: Reply, bad_command: bool) {
+        self.state = State::Command;
+        if bad_command {
+            self.reject(reply)
+        } else {
+            self.reply(reply)
+        }
+    }
+
+    fn line_too_long(&mut self) {
+        if matches!(self.state, State::Sasl(_)) {
+            self.state = State::Command;
+        }
+        self.reject(Reply::LineTooLong);
+    }
+
+    // ----- replies -------------------------------------------------------------
+
+    fn reply(&mut self, reply: Reply) {
+        let code = reply.code();
+        if code >= 400 {
+            metrics::counter!("agentkeys_smtp_rejections_total", "code" => code.to_string())
+                .increment(1);
+        }
+        reply.write(&self.ctx.hostname, &mut self.out);
+    }
+
+    /// Answers a protocol error and counts it against [`Limits::max_bad_commands`].
+    fn reject(&mut self, reply: Reply) {
+        self.reply(reply);
+        self.bad_commands += 1;
+        if self.bad_commands >= self.ctx.limits.max_bad_commands {
+            self.close_with(Reply::TooManyErrors);
+        }
+    }
+
+    fn close_with(&mut self, reply: Reply) {
+        self.reply(reply);
+        self.state = State::Closed;
+        self.abort_transaction();
+    }
+
+    fn abort_transaction(&mut self) {
+        self.tx = None;
+        self.body = Vec::new();
+    }
+
+    fn next_random(&mut self) -> u64 {
+        // SplitMix64: small, fast, seeded by the shell. Not for secrets.
+        self.rng = self.rng.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.rng;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    // ----- commands ------------------------------------------------------------
+
+    fn command(&mut self, line: &[u8]) {
+        if self.now.instant >= self.connected_at + self.ctx.limits.session_timeout {
+            self.close_with(Reply::SessionTimeout);
+            return;
+        }
+        match Request::parse(&mut line.iter()) {
+            Ok(request) => self.request(request),
+            Err(err) => self.reject(match err {
+                smtp_proto::Error::UnknownCommand | smtp_proto::Error::InvalidResponse { .. } => {
+                    Reply::UnknownCommand
+                }
+                smtp_proto::Error::InvalidSenderAddress => Reply::BadSenderSyntax,
+                smtp_proto::Error::InvalidRecipientAddress => Reply::BadRecipientSyntax,
+                smtp_proto::Error::SyntaxError { syntax } => Reply::Syntax(syntax),
+                smtp_proto::Error::InvalidParameter { param } => Reply::BadParameter(param),
+                smtp_proto::Error::UnsupportedParameter { .. } => Reply::UnsupportedParameter,
+                smtp_proto::Error::ResponseTooLong => Reply::LineTooLong,
+                smtp_proto::Error::NeedsMoreData { .. } => Reply::Syntax("incomplete command"),
+            }),
+        }
+    }
+
+    fn request(&mut self, request: Request<Cow<'_, str>>) {
+        match request {
+            Request::Ehlo { host } => self.hello(&host, true),
+            Request::Helo { host } => self.hello(&host, false),
+            Request::Mail { from } => self.mail(from),
+            Request::Rcpt { to } => self.rcpt(to),
+            Request::Data => self.data(),
+            Request::Bdat {
+                chunk_size,
+                is_last,
+            } => self.bdat(chunk_size, is_last),
+            Request::Auth {
+                mechanism,
+                initial_response,
+            } => self.auth(mechanism, &initial_response),
+            Request::StartTls => self.starttls(),
+            Request::Rset => {
+                self.abort_transaction();
+                self.reply(Reply::Ok);
+            }
+            Request::Noop { .. } => self.reply(Reply::Ok),
+            Request::Vrfy { .. } => self.reply(Reply::CannotVerify),
+            Request::Help { .. } => self.reply(Reply::Help),
+            Request::Quit => self.close_with(Reply::Bye),
+            Request::Lhlo { .. }
+            | Request::Expn { .. }
+            | Request::Etrn { .. }
+            | Request::Atrn { .. }
+            | Request::Burl { .. } => self.reject(Reply::NotImplemented),
+        }
+    }
+
+    fn auth_allowed(&self) -> bool {
+        self.ctx.kind.is_submission()
+            && (self.tls || (self.ctx.allow_plaintext_auth_on_loopback && self.peer.is_loopback()))
+    }
+
+    fn hello(&mut self, host: &str, extended: bool) {
+        self.abort_transaction();
+        self.helo = Some(Helo {
+            name: sanitize_helo(host),
+            extended,
+        });
+        if extended {
+            self.reply(Reply::Ehlo {
+                starttls: !self.tls && self.ctx.tls_available,
+                auth: self.auth_allowed(),
+                max_size: self.ctx.limits.max_message_size,
+            });
+        } else {
+            self.reply(Reply::Helo);
+        }
+    }
+
+    fn mail(&mut self, from: MailFrom<Cow<'_, str>>) {
+        if self.helo.is_none() {
+            return self.reject(Reply::BadSequence("send EHLO first"));
+        }
+        if self.tx.is_some() {
+            return self.reject(Reply::BadSequence("nested MAIL command"));
+        }
+        let sender = if self.ctx.kind.is_submission() {
+            // The only way to a submission transaction is through the AUTH proof.
+            let Some(proof) = &self.auth else {
+                return self.reply(Reply::AuthRequired);
+            };
+            if from.size > self.ctx.limits.max_message_size {
+                return self.reply(Reply::MessageTooBig);
+            }
+            if !from.address.eq_ignore_ascii_case(proof.inbox().as_str()) {
+                return self.reply(Reply::SenderNotAuthorized);
+            }
+            Sender::Submission {
+                proof: proof.clone(),
+                remote: Vec::new(),
+            }
+        } else {
+            if from.size > self.ctx.limits.max_message_size {
+                return self.reply(Reply::MessageTooBig);
+            }
+            Sender::Inbound
+        };
+        self.tx = Some(Transaction {
+            sender,
+            local: Vec::new(),
+            bdat: false,
+        });
+        self.body = Vec::new();
+        self.reply(Reply::SenderOk);
+    }
+
+    fn rcpt(&mut self, to: RcptTo<Cow<'_, str>>) {
+        let Some(tx) = &self.tx else {
+            return self.reject(Reply::BadSequence("need MAIL before RCPT"));
+        };
+        if tx.recipient_count() >= self.ctx.limits.max_recipients {
+            return self.reply(Reply::TooManyRecipients);
+        }
+        let Some((local, domain)) = to.address.rsplit_once('@') else {
+            // `<>` or `<postmaster>`: no such inbox here.
+            return self.reply(Reply::UnknownRecipient);
+        };
+        let domain = domain.trim_end_matches('.').to_lowercase();
+        let address = format!("{local}@{domain}");
+        let query = RecipientQuery {
+            inbox: address.parse().ok(),
+            address,
+            domain,
+        };
+        if tx.has_recipient(&query) {
+            return self.reply(Reply::RecipientOk);
+        }
+        self.state = State::LookupRecipient(query);
+    }
+
+    /// Answers a [`Step::LookupRecipient`].
+    pub fn recipient_result(&mut self, result: Result<RecipientAnswer, StoreError>, now: Now) {
+        self.now = now;
+        let query = match mem::replace(&mut self.state, State::Command) {
+            State::LookupRecipient(query) => query,
+            other => {
+                self.state = other;
+                tracing::error!("recipient_result called while no lookup was pending");
+                return;
+            }
+        };
+        let inbound = !self.ctx.kind.is_submission();
+        let reply = match (result, query.inbox) {
+            (Err(err), _) => {
+                tracing::warn!(error = %err, "recipient lookup failed");
+                Reply::LookupFailed
+            }
+            (Ok(RecipientAnswer::NotHosted), _) if inbound => Reply::RelayDenied,
+            (Ok(RecipientAnswer::NotHosted), _) => {
+                match self.tx.as_mut().map(|tx| &mut tx.sender) {
+                    Some(Sender::Submission { remote, .. }) => {
+                        remote.push(query.address);
+                        Reply::RecipientOk
+                    }
+                    _ => Reply::RelayDenied,
+                }
+            }
+            (Ok(RecipientAnswer::Hosted(None)), _)
+            | (Ok(RecipientAnswer::Hosted(Some(_))), None) => Reply::UnknownRecipient,
+            (Ok(RecipientAnswer::Hosted(Some(recipient))), Some(inbox)) => {
+                if recipient.status != InboxStatus::Active {
+                    Reply::InactiveRecipient
+                } else if let Some(tx) = self.tx.as_mut() {
+                    tx.local.push(LocalRecipient {
+                        inbox,
+                        owner: recipient.owner,
+                    });
+                    Reply::RecipientOk
+                } else {
+                    Reply::BadSequence("need MAIL before RCPT")
+                }
+            }
+        };
+        self.reply(reply);
+    }
+
+    fn data(&mut self) {
+        let Some(tx) = &self.tx else {
+            return self.reject(Reply::BadSequence("need MAIL before DATA"));
+        };
+        if tx.recipient_count() == 0 {
+            return self.reject(Reply::BadSequence("need RCPT before DATA"));
+        }
+        if tx.bdat {
+            return self.reject(Reply::BadSequence("DATA after BDAT"));
+        }
+        self.reply(Reply::StartData);
+        let mut receiver = DataReceiver::new();
+        // smtp-proto's receiver starts as if mid-line: prime it with a line end so a
+        // `.` on the first line is seen (end of data or dot-stuffing).
+        let mut scratch = Vec::new();
+        receiver.ingest(&mut b"\r\n".iter(), &mut scratch);
+        self.body = Vec::new();
+        self.state = State::Data(Transfer::new(receiver, self.now.instant));
+    }
+
+    fn bdat(&mut self, chunk_size: usize, is_last: bool) {
+        // Whatever the answer, the chunk's bytes must be consumed as data, never as
+        // commands.
+        let now = self.now.instant;
+        let skip = |reply, bad_command| State::SkipData {
+            transfer: Transfer::new(DummyDataReceiver::new_bdat(chunk_size), now),
+            reply,
+            bad_command,
+        };
+        let problem = match &self.tx {
+            None => Some("need MAIL before BDAT"),
+            Some(tx) if tx.recipient_count() == 0 => Some("need RCPT before BDAT"),
+            Some(_) => None,
+        };
+        if let Some(why) = problem {
+            self.state = skip(Reply::BadSequence(why), true);
+            return;
+        }
+        if self.body.len().saturating_add(chunk_size) > self.ctx.limits.max_message_size {
+            self.state = skip(Reply::MessageTooBig, false);
+            self.abort_transaction();
+            return;
+        }
+        if let Some(tx) = self.tx.as_mut() {
+            tx.bdat = true;
+        }
+        self.state = State::Bdat(Transfer::new(
+            BdatReceiver::new(chunk_size, is_last),
+            self.now.instant,
+        ));
+    }
+
+    /// The end of `DATA` or the last `BDAT` chunk: checks, then hands the message to
+    /// the shell for durable storage.
+    fn finish_message(&mut self) {
+        self.state = State::Command;
+        let Some(tx) = self.tx.take() else { return };
+        let mut message = mem::take(&mut self.body);
+        if let Sender::Submission { proof, .. } = &tx.sender
+            && !from_header_is(&message, proof.inbox())
+        {
+            return self.reply(Reply::FromHeaderNotAuthorized);
+        }
+        let id = Ulid::from_parts(
+            self.now.unix_millis(),
+            (u128::from(self.next_random()) << 64) | u128::from(self.next_random()),
+        );
+        let (helo, extended) = self
+            .helo
+            .as_ref()
+            .map_or(("", true), |h| (h.name.as_str(), h.extended));
+        let protocol = Protocol {
+            extended,
+            tls: self.tls,
+            authenticated: self.auth.is_some(),
+        };
+        let header = received_header(
+            helo,
+            self.peer,
+            &self.ctx.hostname,
+            protocol,
+            id,
+            self.now.unix_secs(),
+        );
+        message.splice(0..0, header.bytes());
+        let outbound = match tx.sender {
+            Sender::Inbound => None,
+            Sender::Submission { proof, remote } => (!remote.is_empty()).then_some(Outbound {
+                sender: proof,
+                recipients: remote,
+            }),
+        };
+        self.state = State::Deliver(Delivery {
+            id,
+            message: Bytes::from(message),
+            received_at: self.now.unix_secs(),
+            local: tx.local,
+            outbound,
+        });
+    }
+
+    /// Answers a [`Step::Deliver`]: `250` only if everything is durably stored.
+    pub fn delivery_result(&mut self, result: Result<(), DeliveryError>, now: Now) {
+        self.now = now;
+        self.last_command_at = now.instant;
+        let delivery = match mem::replace(&mut self.state, State::Command) {
+            State::Deliver(delivery) => delivery,
+            other => {
+                self.state = other;
+                tracing::error!("delivery_result called while no delivery was pending");
+                return;
+            }
+        };
+        match result {
+            Ok(()) => {
+                tracing::info!(
+                    id = %delivery.id,
+                    size = delivery.message.len(),
+                    local = delivery.local.len(),
+                    remote = delivery.outbound.as_ref().map_or(0, |o| o.recipients.len()),
+                    "message accepted"
+                );
+                self.reply(Reply::MessageAccepted(delivery.id));
+            }
+            Err(err) => {
+                tracing::error!(id = %delivery.id, error = %err, "storing message failed");
+                self.reply(Reply::from(&err));
+            }
+        }
+    }
+
+    fn starttls(&mut self) {
+        if self.tls {
+            return self.reject(Reply::BadSequence("TLS already active"));
+        }
+        if !self.ctx.tls_available {
+            return self.reject(Reply::NotImplemented);
+        }
+        self.reply(Reply::ReadyToStartTls);
+        self.state = State::StartTls;
+    }
+
+    /// Answers a [`Step::StartTls`]: the connection is now encrypted, and the session
+    /// starts over (RFC 3207 §4.2): a new `EHLO` is required.
+    pub fn tls_started(&mut self, now: Now) {
+        self.now = now;
+        if !matches!(self.state, State::StartTls) {
+            tracing::error!("tls_started called while no STARTTLS was pending");
+            return;
+        }
+        self.tls = true;
+        self.helo = None;
+        self.auth = None;
+        self.abort_transaction();
+        self.input.clear();
+        self.consumed = 0;
+        self.last_command_at = now.instant;
+        self.state = State::Command;
+    }
+
+    // ----- AUTH ----------------------------------------------------------------
+
+    fn auth(&mut self, mechanism: u64, initial_response: &str) {
+        if !self.ctx.kind.is_submission() {
+            return self.reject(Reply::NotImplemented);
+        }
+        if self.helo.is_none() {
+            return self.reject(Reply::BadSequence("send EHLO first"));
+        }
+        if self.auth.is_some() {
+            return self.reject(Reply::BadSequence("already authenticated"));
+        }
+        if self.tx.is_some() {
+            return self.reject(Reply::BadSequence("AUTH during a mail transaction"));
+        }
+        if !self.auth_allowed() {
+            return self.reply(Reply::EncryptionRequired);
+        }
+        if mechanism != AUTH_PLAIN && mechanism != AUTH_LOGIN {
+            return self.reply(Reply::MechanismUnsupported);
+        }
+        if self.ctx.throttle.is_blocked(self.peer, self.now.instant) {
+            tracing::warn!(peer = %self.peer, "AUTH refused: address throttled after repeated failures");
+            metrics::counter!("agentkeys_smtp_auth_total", "result" => "throttled").increment(1);
+            return self.auth_refused(Reply::AuthThrottled, self.now.instant);
+        }
+        if initial_response.is_empty() {
+            if mechanism == AUTH_PLAIN {
+                self.reply(Reply::AuthChallenge(""));
+                self.state = State::Sasl(Sasl::Plain);
+            } else {
+                self.reply(Reply::AuthChallenge(LOGIN_USERNAME_CHALLENGE));
+                self.state = State::Sasl(Sasl::LoginUsername);
+            }
+            return;
+        }
+        let sasl = if mechanism == AUTH_PLAIN {
+            Sasl::Plain
+        } else {
+            Sasl::LoginUsername
+        };
+        self.sasl_response(sasl, initial_response.as_bytes());
+    }
+
+    fn sasl_response(&mut self, sasl: Sasl, line: &[u8]) {
+        let text = line.trim_ascii_end();
+        if text == b"*" {
+            return self.reply(Reply::AuthCancelled);
+        }
+        let decoded = if text == b"=" {
+            Ok(Vec::new())
+        } else {
+            BASE64.decode(text)
+        };
+        let Ok(decoded) = decoded else {
+            return self.reject(Reply::AuthBadBase64);
+        };
+        match sasl {
+            Sasl::Plain => {
+                // authzid NUL authcid NUL passwd; acting as someone else is not allowed.
+                let mut parts = decoded.split(|&b| b == 0);
+                match (parts.next(), parts.next(), parts.next(), parts.next()) {
+                    (Some(authz), Some(user), Some(pass), None)
+                        if authz.is_empty() || authz == user =>
+                    {
+                        self.check_credentials(user, pass);
+                    }
+                    _ => self.auth_failed(AuthFailure::InvalidUsername, self.now.instant, None),
+                }
+            }
+            Sasl::LoginUsername => {
+                self.reply(Reply::AuthChallenge(LOGIN_PASSWORD_CHALLENGE));
+                self.state = State::Sasl(Sasl::LoginPassword { username: decoded });
+            }
+            Sasl::LoginPassword { username } => self.check_credentials(&username, &decoded),
+        }
+    }
+
+    /// AUTH steps 1–2 here; steps 3–9 after the shell fetched the facts.
+    fn check_credentials(&mut self, username: &[u8], password: &[u8]) {
+        let received_at = self.now.instant;
+        let parsed = match (std::str::from_utf8(username), std::str::from_utf8(password)) {
+            (Err(_), _) => Err(AuthFailure::InvalidUsername),
+            (Ok(user), Err(_)) => Credentials::parse(user, "", &self.ctx.hasher),
+            (Ok(user), Ok(pass)) => Credentials::parse(user, pass, &self.ctx.hasher),
+        };
+        match parsed {
+            Ok(credentials) => {
+                self.state = State::Authenticate {
+                    credentials,
+                    received_at,
+                }
+            }
+            Err(failure) => {
+                let inbox = std::str::from_utf8(username)
+                    .ok()
+                    .and_then(|u| u.parse::<Address>().ok());
+                self.auth_failed(failure, received_at, inbox.as_ref());
+            }
+        }
+    }
+
+    /// Answers a [`Step::Authenticate`] with the store's facts.
+    pub fn auth_result(&mut self, facts: Result<AuthFacts, StoreError>, now: Now) {
+        self.now = now;
+        let (credentials, received_at) = match mem::replace(&mut self.state, State::Command) {
+            State::Authenticate {
+                credentials,
+                received_at,
+            } => (credentials, received_at),
+            other => {
+                self.state = other;
+                tracing::error!("auth_result called while no AUTH was pending");
+                return;
+            }
+        };
+        let facts = match facts {
+            Ok(facts) => facts,
+            Err(err) => {
+                tracing::error!(peer = %self.peer, error = %err, "AUTH lookup failed");
+                metrics::counter!("agentkeys_smtp_auth_total", "result" => "error").increment(1);
+                return self.reply(Reply::AuthUnavailable);
+            }
+        };
+        match credentials.evaluate(&facts, now.unix_secs()) {
+            Ok(proof) => {
+                tracing::info!(
+                    peer = %self.peer,
+                    inbox = %proof.inbox(),
+                    agent = %proof.agent(),
+                    key = %proof.key_id(),
+                    grant = %proof.grant_id(),
+                    "AUTH succeeded"
+                );
+                metrics::counter!("agentkeys_smtp_auth_total", "result" => "success").increment(1);
+                self.auth = Some(proof);
+                self.reply(Reply::AuthSucceeded);
+            }
+            Err(failure) => self.auth_failed(failure, received_at, Some(&credentials.address)),
+        }
+    }
+
+    fn auth_failed(&mut self, failure: AuthFailure, received_at: Instant, inbox: Option<&Address>) {
+        // The reason goes to the log only; never the key, never the password. The
+        // username is logged only once it parsed as an inbox address.
+        match inbox {
+            Some(inbox) => {
+                tracing::warn!(peer = %self.peer, %inbox, reason = %failure, "AUTH failed")
+            }
+            None => tracing::warn!(peer = %self.peer, reason = %failure, "AUTH failed"),
+        }
+        metrics::counter!("agentkeys_smtp_auth_total", "result" => "failure").increment(1);
+        self.ctx
+            .throttle
+            .record_failure(self.peer, self.now.instant);
+        self.auth_refused(Reply::AuthFailed, received_at);
+    }
+
+    /// A refused AUTH: answered no earlier than the floor plus jitter after the
+    /// credentials arrived; the last allowed failure closes the connection.
+    fn auth_refused(&mut self, reply: Reply, received_at: Instant) {
+        self.auth_failures += 1;
+        self.reply(reply);
+        let limits = &self.ctx.limits;
+        let (floor, jitter_max) = (limits.auth_failure_floor, limits.auth_failure_jitter);
+        let jitter_nanos = u64::try_from(jitter_max.as_nanos()).unwrap_or(u64::MAX);
+        let jitter = Duration::from_nanos(self.next_random() % jitter_nanos.saturating_add(1));
+        self.hold_until = Some(received_at + floor + jitter);
+        if self.auth_failures >= self.ctx.limits.max_auth_failures {
+            self.close_with(Reply::TooManyAuthFailures);
+        }
+    }
+}
+
+/// Whether the header section holds exactly one `From:` field with exactly one
+/// address, equal to `inbox` ignoring case.
+fn from_header_is(message: &[u8], inbox: &Address) -> bool {
+    use mail_parser::{HeaderName, HeaderValue, MessageParser};
+    let parser = MessageParser::new()
+        .header_address(HeaderName::From)
+        .default_header_ignore();
+    let Some(parsed) = parser.parse_headers(message) else {
+        return false;
+    };
+    let mut from = parsed
+        .headers()
+        .iter()
+        .filter(|h| h.name == HeaderName::From);
+    let (Some(header), None) = (from.next(), from.next()) else {
+        return false;
+    };
+    match &header.value {
+        HeaderValue::Address(mail_parser::Address::List(list)) => match list.as_slice() {
+            [only] => only
+                .address
+                .as_deref()
+                .is_some_and(|a| a.eq_ignore_ascii_case(inbox.as_str())),
+            _ => false,
+        },
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+#[path = "session_tests.rs"]
+mod tests;

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# The whole test suite: installs the real peers the tests talk to (swaks, Python),
+# starts the services they need, then runs every test of the workspace.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+missing=()
+command -v swaks >/dev/null 2>&1 || missing+=(swaks)
+command -v python3 >/dev/null 2>&1 || missing+=(python3)
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "installing test peers: ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" libio-socket-ssl-perl libnet-ssleay-perl >/dev/null
+  else
+    echo "missing test peers: ${missing[*]} (install them, e.g. sudo apt-get install ${missing[*]})" >&2
+    exit 1
+  fi
+fi
+# swaks needs these Perl modules for STARTTLS.
+if ! perl -MIO::Socket::SSL -e1 2>/dev/null; then
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libio-socket-ssl-perl libnet-ssleay-perl >/dev/null
+fi
+
+exec cargo test --workspace --locked "$@"
