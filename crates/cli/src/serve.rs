@@ -25,7 +25,11 @@ async fn bind(addr: SocketAddr, key: &str) -> Result<TcpListener> {
 pub(crate) async fn run(config: Config) -> Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_new(&config.log)
         .with_context(|| format!("log filter {:?} is not valid (AGENTKEYS_LOG)", config.log))?;
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
     let metrics = PrometheusBuilder::new().install_recorder().context("cannot install the metrics recorder")?;
 
     let dir = DataDir::open(&config).await?;

@@ -87,8 +87,11 @@ fn mx_refuses_unknown_disabled_and_relay() {
 fn mx_recipient_limit_is_50() {
     let w = world(&[]);
     let mut steps = vec![json!(["mail", "sender@example.net"])];
-    for _ in 0..51 {
-        steps.push(json!(["rcpt", "alice@agents.localhost"]));
+    // Distinct inboxes: a repeated recipient is one recipient.
+    for i in 0..51 {
+        let name = format!("r{i}");
+        run_json(&w.server.data_dir, &["inbox", "create", "--agent", ALICE, "--name", &name]);
+        steps.push(json!(["rcpt", format!("{name}@agents.localhost")]));
     }
     let r = smtp(json!({"port": w.server.inbound.port(), "steps": steps}));
     let c = codes(&r);

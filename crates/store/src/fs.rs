@@ -4,18 +4,27 @@
 //! happens in `<root>/.tmp/<instance>/` (same filesystem, so the final step is a
 //! link, never a copy); keys cannot start with a dot, so `.tmp` is never a key.
 //!
-//! A durable put goes through two stages:
+//! A durable put runs on Tokio's blocking pool, concurrently with other puts:
 //!
-//! 1. **Write and link**, on the blocking pool, concurrently across callers: each
-//!    item is written to a fresh staging file, fsynced, and hard-linked under its
-//!    key (creating the key's directories if needed). Concurrent fsyncs share the
-//!    filesystem journal's commits (ext4 and XFS merge them).
-//! 2. **Commit**, on one committer thread, in batches: the thread takes every put
-//!    waiting, fsyncs each distinct key directory once for the whole batch (and,
-//!    the first time it meets a directory, its ancestors up to the root, so newly
-//!    created directories are durable too), and only then answers every caller
-//!    of the batch. While it fsyncs, the next batch gathers: this is the group
-//!    commit. Only directory fsyncs are serialised; all per-item work is parallel.
+//! 1. each item is written to a fresh staging file and fsynced;
+//! 2. it is hard-linked under its key (creating the key's directories if needed)
+//!    and the staging name is removed;
+//! 3. each directory the put linked into is fsynced, through [`DirSyncs`]: the
+//!    group commit. Puts into the same directory share one fsync (a put waits for
+//!    the first fsync that *starts* after its link, and starts it if none is
+//!    running), and fsyncs of different directories run in parallel, so the
+//!    filesystem journal (ext4, XFS) merges them and the file fsyncs of other
+//!    puts into shared commits. The first time the store meets a directory it
+//!    also fsyncs its ancestors up to the root, so newly created directories are
+//!    durable too.
+//!
+//! Only then does the put return `Ok`. On any error the put removes what it
+//! created, staged or linked, and returns the error.
+//!
+//! Why not one committer thread that fsyncs every directory of a batch in turn?
+//! Measured on ext4 with 20 concurrent writers over 20 inboxes, that serialises
+//! journal commits (writers keep dirtying the directories the committer has yet
+//! to fsync), and was 2–5× slower than fsyncing directories in parallel.
 //!
 //! Keys are write-once: the staged file is hard-linked under its key, which fails
 //! if the key exists, so a put can never replace a stored message and undoing a
@@ -34,18 +43,17 @@
 //! holds an exclusive lock on `<root>/.tmp/<instance>.lock`, so two processes
 //! sharing a root (the server and the CLI) never remove each other's files.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::hash_map::Entry;
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fs::{self, DirBuilder, File, OpenOptions, TryLockError};
 use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use tokio::sync::oneshot;
 use ulid::Ulid;
 
 use crate::BlobStore;
@@ -53,10 +61,8 @@ use crate::blob::{BlobError, BlobKey};
 
 /// Name of the staging directory under the root.
 const STAGING_DIR: &str = ".tmp";
-/// Most jobs (puts) committed in one batch, to bound a batch's latency.
-const MAX_BATCH_JOBS: usize = 1024;
-/// Most directories the committer remembers as durable before starting over
-/// (each costs a path; forgetting only costs a few extra, cheap, fsyncs).
+/// Most directories remembered as durable before starting over (each costs a
+/// path; forgetting only costs a few extra, cheap, fsyncs).
 const MAX_KNOWN_DIRS: usize = 65_536;
 /// How many fresh instance names `open` tries if a cleaner races it.
 const OPEN_ATTEMPTS: u32 = 3;
@@ -67,7 +73,7 @@ const DIR_MODE: u32 = 0o700;
 
 /// A [`BlobStore`] over a directory tree, with durable group commit.
 ///
-/// Cheap to clone: clones share the committer. Must be used inside a Tokio runtime.
+/// Cheap to clone: clones share state. Must be used inside a Tokio runtime.
 #[derive(Debug, Clone)]
 pub struct FsBlobStore {
     inner: Arc<Inner>,
@@ -78,17 +84,14 @@ struct Inner {
     root: PathBuf,
     /// This instance's staging directory, `<root>/.tmp/<instance>/`.
     staging: PathBuf,
+    /// Its lock file, held locked (through `_lock`) while the store lives.
+    lock_path: PathBuf,
+    _lock: File,
     next_staged: AtomicU64,
-    committer: mpsc::Sender<CommitJob>,
-}
-
-/// One `put_durable` call whose items are written, fsynced and linked under their
-/// keys, handed to the committer to make the directory entries durable.
-#[derive(Debug)]
-struct CommitJob {
-    /// The files created under the keys.
-    linked: Vec<PathBuf>,
-    done: oneshot::Sender<Result<(), BlobError>>,
+    dir_syncs: DirSyncs,
+    /// Directories whose entry (and their ancestors') is known durable, so new
+    /// files in them need only the directory's own fsync.
+    known_dirs: Mutex<HashSet<PathBuf>>,
 }
 
 /// An I/O error with the path it concerned.
@@ -96,6 +99,12 @@ type PathError = (PathBuf, io::Error);
 
 fn blob_error((path, err): PathError) -> BlobError {
     BlobError::from_io(path.display().to_string(), err)
+}
+
+/// Locks a mutex, ignoring poisoning: the guarded data stays consistent because
+/// no code holding these locks can panic midway through an update.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl FsBlobStore {
@@ -106,30 +115,16 @@ impl FsBlobStore {
         let staging_root = root.join(STAGING_DIR);
         create_dir_durable(&staging_root).map_err(blob_error)?;
         remove_stale_staging(&staging_root).map_err(blob_error)?;
-
         let (lock_path, lock, staging) = claim_staging(&staging_root).map_err(blob_error)?;
-        let (committer, jobs) = mpsc::channel();
-        let thread_staging = staging.clone();
-        let mut thread_committer = Committer { root: root.to_path_buf(), known_dirs: HashSet::new() };
-        std::thread::Builder::new()
-            .name("blob-committer".to_owned())
-            .spawn(move || {
-                thread_committer.run(&jobs);
-                // Every sender is gone, so no put is in flight: tidy up our staging.
-                if let Err(err) = fs::remove_dir_all(&thread_staging) {
-                    tracing::warn!(path = %thread_staging.display(), %err, "cannot remove blob staging directory");
-                }
-                let _ = fs::remove_file(&lock_path);
-                drop(lock);
-            })
-            .map_err(|err| blob_error((staging.clone(), err)))?;
-
         Ok(Self {
             inner: Arc::new(Inner {
                 root: root.to_path_buf(),
                 staging,
+                lock_path,
+                _lock: lock,
                 next_staged: AtomicU64::new(0),
-                committer,
+                dir_syncs: DirSyncs::default(),
+                known_dirs: Mutex::new(HashSet::new()),
             }),
         })
     }
@@ -140,34 +135,27 @@ impl FsBlobStore {
     }
 }
 
+impl Drop for Inner {
+    /// No put is in flight (each holds the `Arc`): remove our staging and lock file.
+    fn drop(&mut self) {
+        if let Err(err) = fs::remove_dir_all(&self.staging) {
+            tracing::warn!(path = %self.staging.display(), %err, "cannot remove blob staging directory");
+        }
+        // The lock itself is released when `_lock` is dropped, right after this.
+        let _ = fs::remove_file(&self.lock_path);
+    }
+}
+
 #[async_trait]
 impl BlobStore for FsBlobStore {
     async fn put_durable(&self, items: Vec<(BlobKey, Bytes)>) -> Result<(), BlobError> {
         if items.is_empty() {
             return Ok(());
         }
-        let (done, answer) = oneshot::channel();
         let inner = Arc::clone(&self.inner);
-        // Staging and the hand-off run to completion even if this future is dropped,
-        // so a cancelled put never leaks staged files: it commits or cleans up.
-        drop(tokio::task::spawn_blocking(move || match inner.write_and_link(items) {
-            Ok(linked) => {
-                if let Err(mpsc::SendError(job)) = inner.committer.send(CommitJob { linked, done }) {
-                    // Only if the committer thread died (a panic): fail the put and
-                    // leave nothing of it visible.
-                    remove_files(&job.linked);
-                    let err = io::Error::other("the blob committer has stopped");
-                    let _ = job.done.send(Err(blob_error((inner.staging.clone(), err))));
-                }
-            }
-            Err(err) => {
-                let _ = done.send(Err(err));
-            }
-        }));
-        answer.await.unwrap_or_else(|_| {
-            let err = io::Error::other("the blob write was abandoned (a storage task panicked)");
-            Err(blob_error((self.inner.staging.clone(), err)))
-        })
+        // The blocking task runs to completion even if this future is dropped, so
+        // a cancelled put still ends whole: stored, or undone.
+        run_blocking(self.inner.staging.clone(), move || inner.put(items)).await
     }
 
     async fn get(&self, key: &BlobKey) -> Result<Option<Bytes>, BlobError> {
@@ -193,6 +181,33 @@ impl BlobStore for FsBlobStore {
 }
 
 impl Inner {
+    /// The whole durable put; on error, nothing of it remains.
+    fn put(&self, items: Vec<(BlobKey, Bytes)>) -> Result<(), BlobError> {
+        let linked = self.write_and_link(items)?;
+        let dirs: BTreeSet<&Path> = linked.iter().filter_map(|path| path.parent()).collect();
+        let synced = match dirs.len() {
+            1 => dirs.first().map_or(Ok(()), |dir| self.sync_dir_entries(dir)),
+            // Several directories (one message to several local inboxes): in
+            // parallel, so they share journal commits rather than queue for them.
+            _ => std::thread::scope(|scope| {
+                let running: Vec<_> = dirs.iter().map(|dir| scope.spawn(|| self.sync_dir_entries(dir))).collect();
+                let mut outcome = Ok(());
+                for (dir, thread) in dirs.iter().zip(running) {
+                    let result = thread.join().unwrap_or_else(|_| {
+                        Err((dir.to_path_buf(), io::Error::other("directory fsync thread panicked")))
+                    });
+                    outcome = outcome.and(result);
+                }
+                outcome
+            }),
+        };
+        synced.map_err(|err| {
+            // Not durable, so not stored: take the items back (best effort).
+            remove_files(&linked);
+            blob_error(err)
+        })
+    }
+
     /// Writes and fsyncs every item in staging and links it under its key. On
     /// error, removes everything this call created and says what failed.
     fn write_and_link(&self, items: Vec<(BlobKey, Bytes)>) -> Result<Vec<PathBuf>, BlobError> {
@@ -215,6 +230,24 @@ impl Inner {
         }
         Ok(linked)
     }
+
+    /// Makes the entries of `dir` durable: fsyncs it and, the first time we meet
+    /// it, its ancestors up to the root (it may have just been created).
+    fn sync_dir_entries(&self, dir: &Path) -> Result<(), PathError> {
+        self.dir_syncs.sync(dir)?;
+        if lock(&self.known_dirs).contains(dir) {
+            return Ok(());
+        }
+        for ancestor in dir.ancestors().skip(1).take_while(|a| a.starts_with(&self.root)) {
+            self.dir_syncs.sync(ancestor)?;
+        }
+        let mut known = lock(&self.known_dirs);
+        if known.len() >= MAX_KNOWN_DIRS {
+            known.clear();
+        }
+        known.insert(dir.to_path_buf());
+        Ok(())
+    }
 }
 
 /// Creates `path` (which must not exist), writes `data` and fsyncs the file.
@@ -224,8 +257,8 @@ fn write_synced(path: &Path, data: &[u8]) -> io::Result<()> {
     file.sync_data()
 }
 
-/// Creates the directories above `dest` if missing. Their durability is the
-/// committer's job (it fsyncs the ancestors of directories it has not seen).
+/// Creates the directories above `dest` if missing. Their durability is ensured
+/// by [`Inner::sync_dir_entries`], which fsyncs the ancestors of new directories.
 fn create_parent(dest: &Path) -> Result<(), PathError> {
     let Some(dir) = dest.parent() else { return Ok(()) };
     if fs::metadata(dir).is_ok_and(|meta| meta.is_dir()) {
@@ -260,80 +293,84 @@ async fn run_blocking<T: Send + 'static>(
 }
 
 // ---------------------------------------------------------------------------
-// The committer.
+// Group commit of directory fsyncs.
 
-/// The committer thread's state.
-struct Committer {
-    root: PathBuf,
-    /// Directories whose own entry (and their ancestors') is known durable, so
-    /// only the directory itself needs an fsync for new files in it.
-    known_dirs: HashSet<PathBuf>,
+/// Shares directory fsyncs between concurrent puts.
+///
+/// An fsync of a directory covers every entry change made before it *started*.
+/// So a put that has just linked into `dir` needs the first fsync of `dir` that
+/// starts from now on: if one is running, the put waits for it to finish and
+/// then for the next; whoever finds no fsync running starts one for everybody
+/// waiting. However many puts arrive during an fsync, the next one covers them all.
+#[derive(Debug, Default)]
+struct DirSyncs {
+    dirs: Mutex<HashMap<PathBuf, DirSync>>,
+    finished: Condvar,
 }
 
-impl Committer {
-    /// Commits batches of jobs until every sender is gone.
-    fn run(&mut self, jobs: &mpsc::Receiver<CommitJob>) {
-        while let Ok(first) = jobs.recv() {
-            let mut batch = vec![first];
-            while batch.len() < MAX_BATCH_JOBS {
-                match jobs.try_recv() {
-                    Ok(job) => batch.push(job),
-                    Err(_) => break,
-                }
-            }
-            self.commit(batch);
-        }
-    }
+/// The fsync state of one directory, kept while someone needs it.
+#[derive(Debug, Default)]
+struct DirSync {
+    /// Number of fsyncs started; the running one, if any, has this number.
+    started: u64,
+    /// Number of the last fsync that finished.
+    finished: u64,
+    running: bool,
+    /// The most recent failed fsync and its error.
+    failure: Option<(u64, io::Error)>,
+    /// Puts waiting on or running an fsync of this directory.
+    users: usize,
+}
 
-    /// Fsyncs each directory the batch touched (and the ancestors of those not
-    /// seen before) once, then answers every job.
-    fn commit(&mut self, batch: Vec<CommitJob>) {
-        let dirs: BTreeSet<&Path> =
-            batch.iter().flat_map(|job| job.linked.iter().filter_map(|path| path.parent())).collect();
-        let mut to_sync: BTreeSet<&Path> = BTreeSet::new();
-        for dir in &dirs {
-            if self.known_dirs.contains(*dir) {
-                to_sync.insert(dir);
-            } else {
-                // The directory may be new: its entry in its parent, and so on up
-                // to the root, must be durable too.
-                to_sync.extend(dir.ancestors().take_while(|a| a.starts_with(&self.root)));
-            }
-        }
-        let failed: Vec<PathError> = to_sync
-            .into_iter()
-            .filter_map(|dir| fsync_dir(dir).err().map(|err| (dir.to_path_buf(), err)))
-            .collect();
-
-        if failed.is_empty() {
-            if self.known_dirs.len() + dirs.len() > MAX_KNOWN_DIRS {
-                self.known_dirs.clear();
-            }
-            self.known_dirs.extend(dirs.into_iter().map(Path::to_path_buf));
-        }
-        for job in batch {
-            let failure = failed.iter().find(|(failed_dir, _)| {
-                job.linked.iter().any(|path| path.parent().is_some_and(|dir| dir.starts_with(failed_dir)))
-            });
-            let answer = match failure {
-                None => Ok(()),
-                Some((dir, err)) => {
-                    // Not durable, so not stored: take the items back (best effort).
-                    remove_files(&job.linked);
-                    Err(blob_error((dir.clone(), copy_io_error(err))))
-                }
+impl DirSyncs {
+    /// Returns once an fsync of `dir` that started after this call began has
+    /// finished, with its outcome.
+    fn sync(&self, dir: &Path) -> Result<(), PathError> {
+        let mut dirs = lock(&self.dirs);
+        let target = {
+            let state = dirs.entry(dir.to_path_buf()).or_default();
+            state.users += 1;
+            state.started + 1
+        };
+        let outcome = loop {
+            let Some(state) = dirs.get_mut(dir) else {
+                break Err(io::Error::other("directory fsync state vanished"));
             };
-            // The caller may have gone away (cancelled); the outcome stands either way.
-            let _ = job.done.send(answer);
+            if state.finished >= target {
+                // A failure of this fsync, or of a later one that finished before we
+                // looked, fails the put: conservative, and failures are rare.
+                break match &state.failure {
+                    Some((number, err)) if *number >= target => Err(copy_io_error(err)),
+                    _ => Ok(()),
+                };
+            }
+            if state.running {
+                dirs = self.finished.wait(dirs).unwrap_or_else(PoisonError::into_inner);
+                continue;
+            }
+            state.running = true;
+            state.started += 1;
+            let number = state.started;
+            drop(dirs);
+            let result = fsync_dir(dir);
+            dirs = lock(&self.dirs);
+            if let Some(state) = dirs.get_mut(dir) {
+                state.running = false;
+                state.finished = number;
+                if let Err(err) = result {
+                    state.failure = Some((number, err));
+                }
+            }
+            self.finished.notify_all();
+        };
+        if let Entry::Occupied(mut entry) = dirs.entry(dir.to_path_buf()) {
+            let state = entry.get_mut();
+            state.users -= 1;
+            if state.users == 0 && !state.running {
+                entry.remove();
+            }
         }
-    }
-}
-
-/// `io::Error` is not `Clone`; one directory failure answers several jobs.
-fn copy_io_error(err: &io::Error) -> io::Error {
-    match err.raw_os_error() {
-        Some(code) => io::Error::from_raw_os_error(code),
-        None => io::Error::new(err.kind(), err.to_string()),
+        outcome.map_err(|err| (dir.to_path_buf(), err))
     }
 }
 
@@ -342,6 +379,14 @@ fn copy_io_error(err: &io::Error) -> io::Error {
 
 fn fsync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
+}
+
+/// `io::Error` is not `Clone`; one failed directory fsync answers several puts.
+fn copy_io_error(err: &io::Error) -> io::Error {
+    match err.raw_os_error() {
+        Some(code) => io::Error::from_raw_os_error(code),
+        None => io::Error::new(err.kind(), err.to_string()),
+    }
 }
 
 /// Creates `dir` and any missing ancestors, fsyncing the parent of each directory

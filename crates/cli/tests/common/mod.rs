@@ -78,7 +78,7 @@ impl Server {
             .env("AGENTKEYS_LISTEN_SUBMISSION", "127.0.0.1:0")
             .env("AGENTKEYS_LISTEN_SUBMISSION_TLS", "127.0.0.1:0")
             .env("AGENTKEYS_LISTEN_HTTP", "127.0.0.1:0")
-            .env("AGENTKEYS_LOG", "info")
+            .env("AGENTKEYS_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
         for (k, v) in env {
