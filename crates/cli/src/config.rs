@@ -210,10 +210,10 @@ pub(crate) fn load(
     }
 
     for spec in KEYS {
-        if let Some(value) = env.get(spec.env) {
-            if let Err(message) = (spec.set)(&mut config, value) {
-                problems.push(ConfigProblem { source: "environment".to_owned(), key: spec.env.to_owned(), message });
-            }
+        if let Some(value) = env.get(spec.env)
+            && let Err(message) = (spec.set)(&mut config, value)
+        {
+            problems.push(ConfigProblem { source: "environment".to_owned(), key: spec.env.to_owned(), message });
         }
     }
 

@@ -1,5 +1,7 @@
 //! The admin CLI against a real data directory, without a server running.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use common::{run, run_json};

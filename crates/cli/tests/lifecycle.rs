@@ -1,5 +1,7 @@
 //! Start-up and shutdown of the real server process.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::io::{BufRead, BufReader, Write};

@@ -1,6 +1,8 @@
 //! The real server process with Python's smtplib as the client: inbound MX,
 //! submission over STARTTLS and implicit TLS, local delivery, limits, relay.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use common::{Server, provision, python, run_json, stored_messages};

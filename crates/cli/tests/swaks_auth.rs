@@ -1,6 +1,8 @@
 //! swaks over STARTTLS against every AUTH outcome of `agentkeys demo seed`, and
 //! the per-IP failure throttle.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::process::Command;

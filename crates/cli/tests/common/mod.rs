@@ -230,7 +230,7 @@ pub fn send_raw(addr: SocketAddr, from: &str, rcpt: &str, message: &str) -> std:
     stream.set_read_timeout(Some(Duration::from_secs(30)))?;
     let mut reader = BufReader::new(stream.try_clone()?);
     let mut writer = stream;
-    let mut read_reply = |reader: &mut BufReader<std::net::TcpStream>| -> std::io::Result<u16> {
+    let read_reply = |reader: &mut BufReader<std::net::TcpStream>| -> std::io::Result<u16> {
         let mut line = String::new();
         loop {
             line.clear();
