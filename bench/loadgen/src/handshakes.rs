@@ -11,6 +11,7 @@ use anyhow::Result;
 use serde::Serialize;
 use tokio::io::AsyncWriteExt;
 
+use crate::cpu;
 use crate::smtp::{self, TlsTarget};
 use crate::stats;
 
@@ -25,6 +26,8 @@ pub struct Options {
     pub duration: Duration,
     pub warmup: Duration,
     pub sources: u8,
+    /// The server's PID, to account its CPU time during the measured window.
+    pub server_pid: Option<u32>,
 }
 
 #[derive(Serialize)]
@@ -43,6 +46,10 @@ pub struct Report {
     pub cipher_suite: Option<String>,
     pub key_exchange: Option<String>,
     pub error_samples: Vec<String>,
+    /// CPU time used during the measured window (server, this load generator, everyone).
+    pub cpu: cpu::Usage,
+    /// Server CPU time per completed handshake.
+    pub server_cpu_ms_per_handshake: Option<f64>,
 }
 
 #[derive(Default)]
@@ -65,6 +72,12 @@ pub async fn run(opts: Options) -> Result<Report> {
             worker_loop(&opts, worker, measure_from, deadline).await
         }));
     }
+    // CPU accounting over the measured window only.
+    tokio::time::sleep_until(measure_from.into()).await;
+    let cpu_start = cpu::Snapshot::take(opts.server_pid);
+    tokio::time::sleep_until(deadline.into()).await;
+    let cpu_usage = cpu::Usage::between(cpu_start, cpu::Snapshot::take(opts.server_pid));
+
     let mut latencies = Vec::new();
     let mut errors = 0;
     let mut error_samples: Vec<String> = Vec::new();
@@ -100,6 +113,11 @@ pub async fn run(opts: Options) -> Result<Report> {
         cipher_suite,
         key_exchange,
         error_samples,
+        server_cpu_ms_per_handshake: cpu_usage
+            .server_seconds
+            .filter(|_| !latencies.is_empty())
+            .map(|s| s * 1e3 / latencies.len() as f64),
+        cpu: cpu_usage,
     })
 }
 

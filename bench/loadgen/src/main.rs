@@ -6,6 +6,7 @@
 //! Markdown report. Every target must be in 127.0.0.0/8.
 
 mod auth_timing;
+mod cpu;
 mod handshakes;
 mod idle;
 mod report;
@@ -75,6 +76,9 @@ enum Command {
         /// Measured time, e.g. 10s or 500ms.
         #[arg(long, default_value = "10s", value_parser = parse_duration)]
         duration: Duration,
+        /// PID of the server, to report its CPU time per handshake.
+        #[arg(long)]
+        server_pid: Option<u32>,
         /// Unmeasured time before it.
         #[arg(long, default_value = "1s", value_parser = parse_duration)]
         warmup: Duration,
@@ -183,6 +187,7 @@ async fn main() -> Result<()> {
             concurrency,
             duration,
             warmup,
+            server_pid,
             out,
         } => {
             if concurrency == 0 {
@@ -196,6 +201,7 @@ async fn main() -> Result<()> {
                 duration,
                 warmup,
                 sources: tls.sources,
+                server_pid,
             })
             .await?;
             eprintln!(

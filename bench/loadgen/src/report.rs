@@ -181,6 +181,13 @@ pub fn render(dir: &Path) -> Result<String> {
         )?;
     }
     writeln!(out)?;
+    if let Some(accounting) = meta.get("accounting").filter(|a| !a.is_empty()) {
+        writeln!(
+            out,
+            "Accounting after the runs (warm-ups included): {accounting}."
+        )?;
+        writeln!(out)?;
+    }
     if !runs.is_empty() {
         writeln!(out, "<details><summary>Every run (messages/s)</summary>")?;
         writeln!(out)?;
@@ -270,6 +277,35 @@ pub fn render(dir: &Path) -> Result<String> {
             if p > 0.0 {
                 writeln!(out)?;
                 writeln!(out, "AgentKeys / Postfix: {:.2}.", o / p)?;
+            }
+        }
+        for (label, h) in [("Postfix", &postfix_hs), ("AgentKeys", &ours_hs)] {
+            let Some(h) = h else { continue };
+            let c = &h["cpu"];
+            let secs = |v: &Value| {
+                v.as_f64()
+                    .map_or_else(|| "?".into(), |x| format!("{x:.1} s"))
+            };
+            if c["machine_total_seconds"].is_number() {
+                writeln!(out)?;
+                let server = if c["server_seconds"].is_number() {
+                    format!(
+                        "server {} ({} ms per handshake), ",
+                        secs(&c["server_seconds"]),
+                        h["server_cpu_ms_per_handshake"]
+                            .as_f64()
+                            .map_or_else(|| "?".into(), |x| format!("{x:.3}"))
+                    )
+                } else {
+                    String::new()
+                };
+                writeln!(
+                    out,
+                    "CPU while measuring {label}: {server}load generator {}, all processes {} busy of {} available.",
+                    secs(&c["loadgen_seconds"]),
+                    secs(&c["machine_busy_seconds"]),
+                    secs(&c["machine_total_seconds"]),
+                )?;
             }
         }
         for (label, h) in [("Postfix", &postfix_hs), ("AgentKeys", &ours_hs)] {

@@ -306,6 +306,8 @@ async fn run_blocking<T: Send + 'static>(
 struct DirSyncs {
     dirs: Mutex<HashMap<PathBuf, DirSync>>,
     finished: Condvar,
+    /// How many fsyncs were actually issued, for tests and diagnostics.
+    issued: AtomicU64,
 }
 
 /// The fsync state of one directory, kept while someone needs it.
@@ -352,6 +354,7 @@ impl DirSyncs {
             state.started += 1;
             let number = state.started;
             drop(dirs);
+            self.issued.fetch_add(1, Ordering::Relaxed);
             let result = fsync_dir(dir);
             dirs = lock(&self.dirs);
             if let Some(state) = dirs.get_mut(dir) {
@@ -550,4 +553,60 @@ fn list_keys(root: &Path, dir: &str, name_start: &str, prefix: &str) -> Result<V
     }
     keys.sort();
     Ok(keys)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::sync::Barrier;
+
+    use super::*;
+
+    #[test]
+    fn concurrent_directory_fsyncs_are_shared() {
+        const THREADS: usize = 16;
+        const ROUNDS: usize = 20;
+        let dir = tempfile::tempdir().unwrap();
+        let syncs = DirSyncs::default();
+        let start = Barrier::new(THREADS);
+        std::thread::scope(|scope| {
+            for _ in 0..THREADS {
+                scope.spawn(|| {
+                    start.wait();
+                    for _ in 0..ROUNDS {
+                        syncs.sync(dir.path()).unwrap();
+                    }
+                });
+            }
+        });
+        let issued = syncs.issued.load(Ordering::Relaxed);
+        assert!(issued >= 1 && issued < (THREADS * ROUNDS) as u64, "{issued} fsyncs for {} calls", THREADS * ROUNDS);
+        assert!(lock(&syncs.dirs).is_empty(), "no state is kept for idle directories");
+    }
+
+    #[test]
+    fn a_failed_directory_fsync_fails_every_waiter() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing");
+        let syncs = DirSyncs::default();
+        std::thread::scope(|scope| {
+            let waiters: Vec<_> = (0..4).map(|_| scope.spawn(|| syncs.sync(&missing))).collect();
+            for waiter in waiters {
+                let (path, err) = waiter.join().unwrap().unwrap_err();
+                assert_eq!((path.as_path(), err.kind()), (missing.as_path(), io::ErrorKind::NotFound));
+            }
+        });
+        assert!(lock(&syncs.dirs).is_empty());
+    }
+
+    #[test]
+    fn list_prefixes_are_checked() {
+        assert_eq!(split_prefix("0xab/bot@x/"), Some(("0xab/bot@x".to_owned(), String::new())));
+        assert_eq!(split_prefix("0xab/bo"), Some(("0xab".to_owned(), "bo".to_owned())));
+        assert_eq!(split_prefix(""), Some((String::new(), String::new())));
+        for bad in ["/", "/etc", "..", "../x", "a/../b", "a//b", ".tmp/", "a/.x", "a b", "a\\b"] {
+            assert_eq!(split_prefix(bad), None, "{bad:?}");
+        }
+    }
 }
