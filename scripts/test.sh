@@ -7,6 +7,7 @@ cd "$(dirname "$0")/.."
 missing=()
 command -v swaks >/dev/null 2>&1 || missing+=(swaks)
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
+command -v sqlite3 >/dev/null 2>&1 || missing+=(sqlite3)  # audit tamper tests edit the database
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "installing test peers: ${missing[*]}"
@@ -20,6 +21,12 @@ fi
 # swaks needs these Perl modules for STARTTLS.
 if ! perl -MIO::Socket::SSL -e1 2>/dev/null; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libio-socket-ssl-perl libnet-ssleay-perl >/dev/null
+fi
+
+# The independent JWT verifier (tests/resources/verify_jwt.py) needs PyJWT and cryptography.
+if ! python3 -c "import jwt, cryptography" 2>/dev/null; then
+  echo "installing Python test modules: pyjwt cryptography"
+  python3 -m pip install --quiet pyjwt cryptography
 fi
 
 exec cargo test --workspace --locked "$@"

@@ -1,6 +1,7 @@
 //! Admin commands over the metadata store. They open the data directory directly,
 //! so they work whether or not the server is running (SQLite WAL lets both in).
 
+use agentkeys_audit::{Actor, AuditEvent, hash_address, ops};
 use agentkeys_core::time::rfc3339;
 use agentkeys_core::{
     Address, AgentId, AgentKey, Domain, Grant, GrantId, InboxPattern, InboxStatus, KeyId,
@@ -152,6 +153,33 @@ fn print(json: bool, value: serde_json::Value, text: impl FnOnce() -> String) {
     }
 }
 
+/// The audit event of an admin command: the operator did `operation` to `subject`.
+/// `detail` must never hold secrets, key material or key hashes.
+pub(crate) fn operator_event(operation: &str, subject: impl Into<String>, detail: serde_json::Value) -> AuditEvent {
+    AuditEvent::ok(Actor::Operator, operation, subject).with_detail(detail)
+}
+
+/// `owner.create`. The notification address is not ours, so only its keyed hash
+/// goes into the log.
+pub(crate) fn owner_event(dir: &DataDir, rec: &OwnerRecord) -> AuditEvent {
+    let email_hash = rec.email.as_deref().map(|e| hash_address(&dir.address_key, e));
+    operator_event(ops::OWNER_CREATE, rec.id.as_str(), json!({ "email_hash": email_hash }))
+}
+
+/// `agent.create`.
+pub(crate) fn agent_event(rec: &AgentRecord) -> AuditEvent {
+    operator_event(ops::AGENT_CREATE, rec.id.as_str(), json!({ "owner": rec.owner, "name": rec.name }))
+}
+
+/// `inbox.create`.
+pub(crate) fn inbox_event(rec: &InboxRecord) -> AuditEvent {
+    operator_event(
+        ops::INBOX_CREATE,
+        rec.address.as_str(),
+        json!({ "owner": rec.owner, "agent": rec.agent, "status": rec.status }),
+    )
+}
+
 fn ttl(arg: Option<&str>, max: i64) -> Result<i64> {
     match arg {
         None => Ok(max),
@@ -187,7 +215,7 @@ pub(crate) async fn owner(config: &Config, cmd: OwnerCmd, json: bool) -> Result<
                 }
             }
             let rec = OwnerRecord { id: id.clone(), email, created_at: crate::now() };
-            dir.meta.add_owner(&rec).await.map_err(|e| hint(e, "owner ids are unique"))?;
+            let _receipt = dir.meta.add_owner(&rec, &owner_event(&dir, &rec)).await.map_err(|e| hint(e, "owner ids are unique"))?;
             print(json, json!({ "id": id }), || format!("owner {id} added"));
         }
         OwnerCmd::List => {
@@ -211,8 +239,9 @@ pub(crate) async fn agent(config: &Config, cmd: AgentCmd, json: bool) -> Result<
             let id: AgentId = parse("agent id", &id)?;
             let owner: OwnerId = parse("--owner", &owner)?;
             let rec = AgentRecord { id: id.clone(), owner: owner.clone(), name, created_at: crate::now() };
-            dir.meta
-                .add_agent(&rec)
+            let _receipt = dir
+                .meta
+                .add_agent(&rec, &agent_event(&rec))
                 .await
                 .map_err(|e| hint(e, "add the owner first with `agentkeys owner add`, and use a new agent id"))?;
             print(json, json!({ "id": id, "owner": owner }), || format!("agent {id} added under owner {owner}"));
@@ -252,7 +281,7 @@ pub(crate) async fn inbox(config: &Config, cmd: InboxCmd, json: bool) -> Result<
                 .ok_or_else(|| anyhow!("agent {agent} not found; add it first with `agentkeys agent add`"))?
                 .owner;
             let rec = InboxRecord { address: address.clone(), owner, agent, status: InboxStatus::Active, created_at: crate::now() };
-            dir.meta.create_inbox(&rec).await.map_err(|e| hint(e, "pick another --name"))?;
+            let _receipt = dir.meta.create_inbox(&rec, &inbox_event(&rec)).await.map_err(|e| hint(e, "pick another --name"))?;
             print(json, json!({ "address": address }), || address.to_string());
         }
         InboxCmd::List { owner } => {
@@ -269,8 +298,10 @@ pub(crate) async fn inbox(config: &Config, cmd: InboxCmd, json: bool) -> Result<
         InboxCmd::SetStatus { address, status } => {
             let address: Address = parse("address", &address)?;
             let status: InboxStatus = parse("status", &status)?;
-            dir.meta
-                .set_inbox_status(&address, status)
+            let event = operator_event(ops::INBOX_SET_STATUS, address.as_str(), json!({ "status": status }));
+            let _receipt = dir
+                .meta
+                .set_inbox_status(&address, status, &event)
                 .await
                 .map_err(|e| hint(e, "list inboxes with `agentkeys inbox list`"))?;
             print(json, json!({ "address": address, "status": status }), || format!("{address} is now {status}"));
@@ -309,7 +340,7 @@ pub(crate) async fn key(config: &Config, cmd: KeyCmd, json: bool) -> Result<()> 
         }
         KeyCmd::Revoke { key_id } => {
             let id: KeyId = parse("key id", &key_id)?;
-            dir.meta.revoke_key(&id, crate::now()).await.map_err(|e| hint(e, "list keys with `agentkeys key list --agent ID`"))?;
+            revoke_key(&dir, &id).await.map_err(|e| hint(e, "list keys with `agentkeys key list --agent ID`"))?;
             print(json, json!({ "id": id, "revoked": true }), || format!("key {id} revoked"));
         }
     }
@@ -328,8 +359,17 @@ pub(crate) async fn create_key(dir: &DataDir, agent: &AgentId, expires_at: i64) 
         expires_at,
         revoked_at: None,
     };
-    dir.meta.create_key(&rec).await.map_err(|e| hint(e, "add the agent first with `agentkeys agent add`"))?;
+    // The key id identifies the key; neither the secret nor its hash is logged.
+    let event = operator_event(ops::KEY_CREATE, rec.id.as_str(), json!({ "agent": agent, "expires_at": expires_at }));
+    let _receipt =
+        dir.meta.create_key(&rec, &event).await.map_err(|e| hint(e, "add the agent first with `agentkeys agent add`"))?;
     Ok((rec.id, key, expires_at))
+}
+
+/// Revokes a key, audited.
+pub(crate) async fn revoke_key(dir: &DataDir, id: &KeyId) -> Result<(), StoreError> {
+    let event = operator_event(ops::KEY_REVOKE, id.as_str(), json!({}));
+    dir.meta.revoke_key(id, crate::now(), &event).await.map(|_receipt| ())
 }
 
 /// Creates and stores a grant; returns its id.
@@ -350,7 +390,18 @@ pub(crate) async fn create_grant(dir: &DataDir, agent: &AgentId, pattern: InboxP
         expires_at,
         revoked_at: None,
     };
-    dir.meta.add_grant(&grant).await.context("cannot store the grant")?;
+    let event = operator_event(
+        ops::GRANT_CREATE,
+        grant.id.as_str(),
+        json!({
+            "owner": grant.owner,
+            "agent": grant.agent,
+            "inbox": grant.pattern.to_string(),
+            "scopes": grant.scopes.to_string(),
+            "expires_at": grant.expires_at,
+        }),
+    );
+    let _receipt = dir.meta.add_grant(&grant, &event).await.context("cannot store the grant")?;
     Ok(grant.id)
 }
 
@@ -380,7 +431,12 @@ pub(crate) async fn grant(config: &Config, cmd: GrantCmd, json: bool) -> Result<
         }
         GrantCmd::Revoke { grant_id } => {
             let id: GrantId = parse("grant id", &grant_id)?;
-            dir.meta.revoke_grant(&id, crate::now()).await.map_err(|e| hint(e, "list grants with `agentkeys grant list`"))?;
+            let event = operator_event(ops::GRANT_REVOKE, id.as_str(), json!({}));
+            let _receipt = dir
+                .meta
+                .revoke_grant(&id, crate::now(), &event)
+                .await
+                .map_err(|e| hint(e, "list grants with `agentkeys grant list`"))?;
             print(json, json!({ "id": id, "revoked": true }), || format!("grant {id} revoked"));
         }
     }

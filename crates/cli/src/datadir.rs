@@ -25,6 +25,8 @@ pub(crate) struct DataDir {
     pub(crate) meta: Arc<SqliteStore>,
     pub(crate) blobs: Arc<FsBlobStore>,
     pub(crate) hasher: KeyHasher,
+    /// Key for hashing third-party addresses in audit records.
+    pub(crate) address_key: [u8; 32],
 }
 
 impl DataDir {
@@ -40,7 +42,13 @@ impl DataDir {
         let blobs = FsBlobStore::open(&path.join(BLOB_DIR))
             .with_context(|| format!("cannot open blob store in {}", path.display()))?;
         meta.ensure_domain(&config.domain, crate::now()).await?;
-        Ok(Self { path, meta: Arc::new(meta), blobs: Arc::new(blobs), hasher: KeyHasher::new(&seed) })
+        Ok(Self {
+            path,
+            meta: Arc::new(meta),
+            blobs: Arc::new(blobs),
+            hasher: KeyHasher::new(&seed),
+            address_key: agentkeys_audit::address_key(&seed),
+        })
     }
 }
 

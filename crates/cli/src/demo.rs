@@ -8,7 +8,7 @@ use anyhow::{Result, anyhow, bail};
 use clap::Subcommand;
 use serde_json::json;
 
-use crate::admin::{create_grant, create_key};
+use crate::admin::{agent_event, create_grant, create_key, inbox_event, owner_event, revoke_key};
 use crate::config::Config;
 use crate::datadir::DataDir;
 
@@ -51,8 +51,8 @@ pub(crate) async fn run(config: &Config, cmd: DemoCmd, json: bool) -> Result<()>
 
     for owner in [&owner_a, &owner_b] {
         let rec = OwnerRecord { id: owner.clone(), email: None, created_at: now };
-        match dir.meta.add_owner(&rec).await {
-            Ok(()) => {}
+        match dir.meta.add_owner(&rec, &owner_event(&dir, &rec)).await {
+            Ok(_receipt) => {}
             Err(StoreError::Conflict { .. }) => bail!(
                 "demo fixtures already exist in {}; keys are shown only once, so seed a fresh data directory (--data-dir)",
                 dir.path.display()
@@ -62,7 +62,7 @@ pub(crate) async fn run(config: &Config, cmd: DemoCmd, json: bool) -> Result<()>
     }
     for (agent, owner, name) in [(&sender, &owner_a, "demo sender"), (&reader, &owner_a, "demo reader"), (&other, &owner_b, "other owner's agent")] {
         let rec = AgentRecord { id: agent.clone(), owner: owner.clone(), name: Some(name.to_owned()), created_at: now };
-        dir.meta.add_agent(&rec).await?;
+        let _receipt = dir.meta.add_agent(&rec, &agent_event(&rec)).await?;
     }
 
     let domain = &config.domain;
@@ -78,7 +78,7 @@ pub(crate) async fn run(config: &Config, cmd: DemoCmd, json: bool) -> Result<()>
     ];
     for (address, owner, agent, status) in &inboxes {
         let rec = InboxRecord { address: address.clone(), owner: (*owner).clone(), agent: (*agent).clone(), status: *status, created_at: now };
-        dir.meta.create_inbox(&rec).await?;
+        let _receipt = dir.meta.create_inbox(&rec, &inbox_event(&rec)).await?;
     }
 
     let expires = now + MAX_GRANT_TTL_SECS;
@@ -91,7 +91,7 @@ pub(crate) async fn run(config: &Config, cmd: DemoCmd, json: bool) -> Result<()>
 
     let (_, valid, _) = create_key(&dir, &sender, expires).await?;
     let (revoked_id, revoked, _) = create_key(&dir, &sender, expires).await?;
-    dir.meta.revoke_key(&revoked_id, now).await?;
+    revoke_key(&dir, &revoked_id).await?;
     let (_, expired, _) = create_key(&dir, &sender, now - 1).await?;
     let (_, reader_key, _) = create_key(&dir, &reader, expires).await?;
     let (_, other_key, _) = create_key(&dir, &other, expires).await?;

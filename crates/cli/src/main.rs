@@ -1,6 +1,7 @@
 //! `agentkeys`: the AgentKeys Mail server and its admin commands.
 
 mod admin;
+mod audit;
 mod config;
 mod datadir;
 mod demo;
@@ -67,6 +68,9 @@ enum Command {
     /// Inspect the outbound queue.
     #[command(subcommand)]
     Queue(admin::QueueCmd),
+    /// Read and verify the audit log.
+    #[command(subcommand)]
+    Audit(audit::AuditCmd),
     /// Demo fixtures.
     #[command(subcommand)]
     Demo(demo::DemoCmd),
@@ -112,6 +116,7 @@ fn main() -> ExitCode {
             Command::Key(c) => admin::key(&config, c, json).await,
             Command::Grant(c) => admin::grant(&config, c, json).await,
             Command::Queue(c) => admin::queue(&config, c, json).await,
+            Command::Audit(c) => audit::run(&config, c, json).await,
             Command::Demo(c) => demo::run(&config, c, json).await,
             Command::Config(ConfigCmd::Keys) => {
                 admin::print_config_keys(json);

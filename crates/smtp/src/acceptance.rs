@@ -25,16 +25,23 @@ pub enum DeliveryError {
 }
 
 /// Answers a [`RecipientQuery`]: is the domain hosted, and if so, which inbox is it.
+///
+/// An inbox exists only in a hosted domain, so the common case (a known inbox) costs
+/// one lookup; the domain is consulted only to tell an unknown inbox (`550 5.1.1`)
+/// from a relay attempt (`550 5.7.1`).
 pub async fn lookup_recipient(
     meta: &dyn MetadataStore,
     query: &RecipientQuery,
 ) -> Result<RecipientAnswer, StoreError> {
-    if !meta.is_hosted_domain(&query.domain).await? {
-        return Ok(RecipientAnswer::NotHosted);
+    if let Some(inbox) = &query.inbox
+        && let Some(found) = meta.recipient(inbox).await?
+    {
+        return Ok(RecipientAnswer::Hosted(Some(found)));
     }
-    match &query.inbox {
-        Some(inbox) => Ok(RecipientAnswer::Hosted(meta.recipient(inbox).await?)),
-        None => Ok(RecipientAnswer::Hosted(None)),
+    if meta.is_hosted_domain(&query.domain).await? {
+        Ok(RecipientAnswer::Hosted(None))
+    } else {
+        Ok(RecipientAnswer::NotHosted)
     }
 }
 

@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 
+use agentkeys_audit::{AuditEvent, AuditReceipt, AuditRecord, ChainHead};
 use agentkeys_core::{
     Address, AgentId, AgentKey, AuthFacts, Credentials, Domain, Grant, GrantId, InboxPattern,
     InboxStatus, KeyFacts, KeyHasher, KeyId, MasterSeed, OwnerId, Scopes, UnixTime,
@@ -203,13 +204,13 @@ impl MetadataStore for FakeMeta {
         }
         Ok(domain == HOSTED)
     }
-    async fn add_owner(&self, _: &OwnerRecord) -> Result<(), StoreError> {
+    async fn add_owner(&self, _: &OwnerRecord, _: &AuditEvent) -> Result<AuditReceipt, StoreError> {
         unsupported()
     }
     async fn list_owners(&self) -> Result<Vec<OwnerRecord>, StoreError> {
         unsupported()
     }
-    async fn add_agent(&self, _: &AgentRecord) -> Result<(), StoreError> {
+    async fn add_agent(&self, _: &AgentRecord, _: &AuditEvent) -> Result<AuditReceipt, StoreError> {
         unsupported()
     }
     async fn get_agent(&self, _: &AgentId) -> Result<Option<AgentRecord>, StoreError> {
@@ -218,13 +219,22 @@ impl MetadataStore for FakeMeta {
     async fn list_agents(&self, _: Option<&OwnerId>) -> Result<Vec<AgentRecord>, StoreError> {
         unsupported()
     }
-    async fn create_inbox(&self, _: &InboxRecord) -> Result<(), StoreError> {
+    async fn create_inbox(
+        &self,
+        _: &InboxRecord,
+        _: &AuditEvent,
+    ) -> Result<AuditReceipt, StoreError> {
         unsupported()
     }
     async fn list_inboxes(&self, _: Option<&OwnerId>) -> Result<Vec<InboxRecord>, StoreError> {
         unsupported()
     }
-    async fn set_inbox_status(&self, _: &Address, _: InboxStatus) -> Result<(), StoreError> {
+    async fn set_inbox_status(
+        &self,
+        _: &Address,
+        _: InboxStatus,
+        _: &AuditEvent,
+    ) -> Result<AuditReceipt, StoreError> {
         unsupported()
     }
     async fn recipient(&self, address: &Address) -> Result<Option<Recipient>, StoreError> {
@@ -233,22 +243,32 @@ impl MetadataStore for FakeMeta {
         }
         Ok(self.recipients.get(address).cloned())
     }
-    async fn create_key(&self, _: &KeyRecord) -> Result<(), StoreError> {
+    async fn create_key(&self, _: &KeyRecord, _: &AuditEvent) -> Result<AuditReceipt, StoreError> {
         unsupported()
     }
     async fn list_keys(&self, _: &AgentId) -> Result<Vec<KeyRecord>, StoreError> {
         unsupported()
     }
-    async fn revoke_key(&self, _: &KeyId, _: UnixTime) -> Result<(), StoreError> {
+    async fn revoke_key(
+        &self,
+        _: &KeyId,
+        _: UnixTime,
+        _: &AuditEvent,
+    ) -> Result<AuditReceipt, StoreError> {
         unsupported()
     }
-    async fn add_grant(&self, _: &Grant) -> Result<(), StoreError> {
+    async fn add_grant(&self, _: &Grant, _: &AuditEvent) -> Result<AuditReceipt, StoreError> {
         unsupported()
     }
     async fn list_grants(&self, _: Option<&AgentId>) -> Result<Vec<Grant>, StoreError> {
         unsupported()
     }
-    async fn revoke_grant(&self, _: &GrantId, _: UnixTime) -> Result<(), StoreError> {
+    async fn revoke_grant(
+        &self,
+        _: &GrantId,
+        _: UnixTime,
+        _: &AuditEvent,
+    ) -> Result<AuditReceipt, StoreError> {
         unsupported()
     }
     async fn auth_facts(&self, credentials: &Credentials) -> Result<AuthFacts, StoreError> {
@@ -263,6 +283,15 @@ impl MetadataStore for FakeMeta {
     }
     async fn list_queue(&self) -> Result<Vec<QueueEntry>, StoreError> {
         unsupported()
+    }
+    async fn audit_append(&self, _: &AuditEvent) -> Result<AuditReceipt, StoreError> {
+        unsupported()
+    }
+    async fn audit_list(&self, _: u64, _: u32) -> Result<Vec<AuditRecord>, StoreError> {
+        Ok(Vec::new())
+    }
+    async fn audit_head(&self) -> Result<ChainHead, StoreError> {
+        Ok(ChainHead::GENESIS)
     }
 }
 

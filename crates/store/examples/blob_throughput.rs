@@ -75,7 +75,11 @@ fn parse_options() -> Result<Options, String> {
 enum Writer {
     Group(FsBlobStore),
     /// Naive durable put; `Some(lock)` serialises puts.
-    Naive { root: PathBuf, lock: Option<Arc<tokio::sync::Mutex<()>>>, next: Arc<AtomicU64> },
+    Naive {
+        root: PathBuf,
+        lock: Option<Arc<tokio::sync::Mutex<()>>>,
+        next: Arc<AtomicU64>,
+    },
 }
 
 impl Writer {

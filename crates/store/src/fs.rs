@@ -276,10 +276,7 @@ fn remove_files(paths: &[PathBuf]) {
 /// Whether a read error means "no blob there": missing, or a path through or to a
 /// directory rather than a file.
 fn is_absent(err: &io::Error) -> bool {
-    matches!(
-        err.kind(),
-        io::ErrorKind::NotFound | io::ErrorKind::NotADirectory | io::ErrorKind::IsADirectory
-    )
+    matches!(err.kind(), io::ErrorKind::NotFound | io::ErrorKind::NotADirectory | io::ErrorKind::IsADirectory)
 }
 
 /// Runs blocking file work on Tokio's blocking pool.
@@ -434,8 +431,8 @@ fn claim_staging(staging_root: &Path) -> Result<(PathBuf, File, PathBuf), PathEr
         // A cleaner in another process may have locked and removed the file between
         // our create and our lock; then our lock guards nothing and we start over.
         let ours = lock.metadata().map_err(|err| (lock_path.clone(), err))?;
-        let still_linked = fs::metadata(&lock_path)
-            .is_ok_and(|linked| linked.dev() == ours.dev() && linked.ino() == ours.ino());
+        let still_linked =
+            fs::metadata(&lock_path).is_ok_and(|linked| linked.dev() == ours.dev() && linked.ino() == ours.ino());
         if still_linked {
             let staging = staging_root.join(&instance);
             if let Err(err) = DirBuilder::new().mode(DIR_MODE).create(&staging) {

@@ -1,8 +1,8 @@
 //! The metadata store trait and its records.
 
+use agentkeys_audit::{AuditEvent, AuditReceipt, AuditRecord, ChainHead};
 use agentkeys_core::{
-    Address, AgentId, AuthFacts, Credentials, Domain, Grant, GrantId, InboxStatus, KeyHash, KeyId,
-    OwnerId, UnixTime,
+    Address, AgentId, AuthFacts, Credentials, Domain, Grant, GrantId, InboxStatus, KeyHash, KeyId, OwnerId, UnixTime,
 };
 use async_trait::async_trait;
 use serde::Serialize;
@@ -30,6 +30,15 @@ pub enum StoreError {
     /// The database failed.
     #[error("metadata store error: {0}")]
     Backend(String),
+    /// A stored audit record cannot be decoded: the database was edited by hand
+    /// or corrupted. `audit verify` reports it as the first broken record.
+    #[error("audit record {seq} is unreadable: {reason}")]
+    AuditUnreadable {
+        /// The record's sequence number.
+        seq: u64,
+        /// Which field does not decode, and why.
+        reason: String,
+    },
 }
 
 /// An owner (the human).
@@ -138,9 +147,24 @@ pub struct NewOutbound {
     pub queued_at: UnixTime,
 }
 
-/// Owners, agents, domains, inboxes, keys, grants and the outbound queue.
+/// Most audit records [`MetadataStore::audit_all`] fetches per page.
+pub const AUDIT_PAGE: u32 = 1000;
+
+/// Owners, agents, domains, inboxes, keys, grants, the outbound queue and the
+/// audit log.
 ///
 /// Every write is atomic: an error leaves nothing half-written.
+///
+/// **Audited writes are fail-closed.** The methods that change who may do what
+/// (owners, agents, inboxes and their status, keys, grants) take the
+/// [`AuditEvent`] that describes the change and write the row change and its
+/// audit record in one transaction: either both are committed, or neither is. They
+/// return the [`AuditReceipt`] of the record, which later steps require. The
+/// event's outcome must be [`Outcome::Ok`](agentkeys_audit::Outcome::Ok) (the
+/// change happened); a refused or failed operation is recorded with
+/// [`audit_append`](Self::audit_append). The caller chooses the event's subject
+/// and detail: never secrets, key material or key hashes, and third-party
+/// addresses only through [`agentkeys_audit::hash_address`].
 #[async_trait]
 pub trait MetadataStore: Send + Sync + 'static {
     /// Adds a hosted domain; no-op if it exists.
@@ -150,41 +174,50 @@ pub trait MetadataStore: Send + Sync + 'static {
     /// Whether mail for `domain` (already lowercase) is ours.
     async fn is_hosted_domain(&self, domain: &str) -> Result<bool, StoreError>;
 
-    /// Adds an owner. `Conflict` if it exists.
-    async fn add_owner(&self, owner: &OwnerRecord) -> Result<(), StoreError>;
+    /// Adds an owner, audited. `Conflict` if it exists.
+    async fn add_owner(&self, owner: &OwnerRecord, event: &AuditEvent) -> Result<AuditReceipt, StoreError>;
     /// Lists owners.
     async fn list_owners(&self) -> Result<Vec<OwnerRecord>, StoreError>;
-    /// Adds an agent. `NotFound` if the owner is unknown, `Conflict` if the agent exists.
-    async fn add_agent(&self, agent: &AgentRecord) -> Result<(), StoreError>;
+    /// Adds an agent, audited. `NotFound` if the owner is unknown, `Conflict` if the
+    /// agent exists.
+    async fn add_agent(&self, agent: &AgentRecord, event: &AuditEvent) -> Result<AuditReceipt, StoreError>;
     /// Finds an agent.
     async fn get_agent(&self, id: &AgentId) -> Result<Option<AgentRecord>, StoreError>;
     /// Lists agents, optionally of one owner.
     async fn list_agents(&self, owner: Option<&OwnerId>) -> Result<Vec<AgentRecord>, StoreError>;
 
-    /// Creates an inbox. `Invalid` if its domain is not hosted, `NotFound` if the agent
-    /// is unknown, `Conflict` if the address is taken. The owner is the agent's owner.
-    async fn create_inbox(&self, inbox: &InboxRecord) -> Result<(), StoreError>;
+    /// Creates an inbox, audited. `Invalid` if its domain is not hosted, `NotFound` if
+    /// the agent is unknown, `Conflict` if the address is taken. The owner is the
+    /// agent's owner.
+    async fn create_inbox(&self, inbox: &InboxRecord, event: &AuditEvent) -> Result<AuditReceipt, StoreError>;
     /// Lists inboxes, optionally of one owner, by address.
     async fn list_inboxes(&self, owner: Option<&OwnerId>) -> Result<Vec<InboxRecord>, StoreError>;
-    /// Sets an inbox's status. `NotFound` if it does not exist.
-    async fn set_inbox_status(&self, address: &Address, status: InboxStatus) -> Result<(), StoreError>;
+    /// Sets an inbox's status, audited. `NotFound` if it does not exist.
+    async fn set_inbox_status(
+        &self,
+        address: &Address,
+        status: InboxStatus,
+        event: &AuditEvent,
+    ) -> Result<AuditReceipt, StoreError>;
     /// The MX's RCPT lookup: owner and status of an inbox, `None` if unknown.
     async fn recipient(&self, address: &Address) -> Result<Option<Recipient>, StoreError>;
 
-    /// Stores a new agent key. `NotFound` if the agent is unknown.
-    async fn create_key(&self, key: &KeyRecord) -> Result<(), StoreError>;
+    /// Stores a new agent key, audited. `NotFound` if the agent is unknown.
+    async fn create_key(&self, key: &KeyRecord, event: &AuditEvent) -> Result<AuditReceipt, StoreError>;
     /// Lists an agent's keys.
     async fn list_keys(&self, agent: &AgentId) -> Result<Vec<KeyRecord>, StoreError>;
-    /// Revokes a key. `NotFound` if unknown; revoking twice keeps the first time.
-    async fn revoke_key(&self, id: &KeyId, now: UnixTime) -> Result<(), StoreError>;
+    /// Revokes a key, audited. `NotFound` if unknown; revoking twice keeps the first
+    /// time (and records the second attempt too).
+    async fn revoke_key(&self, id: &KeyId, now: UnixTime, event: &AuditEvent) -> Result<AuditReceipt, StoreError>;
 
-    /// Stores a grant. `NotFound` if the agent is unknown, `Invalid` if the grant's
-    /// owner is not the agent's owner.
-    async fn add_grant(&self, grant: &Grant) -> Result<(), StoreError>;
+    /// Stores a grant, audited. `NotFound` if the agent is unknown, `Invalid` if the
+    /// grant's owner is not the agent's owner.
+    async fn add_grant(&self, grant: &Grant, event: &AuditEvent) -> Result<AuditReceipt, StoreError>;
     /// Lists grants, optionally of one agent.
     async fn list_grants(&self, agent: Option<&AgentId>) -> Result<Vec<Grant>, StoreError>;
-    /// Revokes a grant. `NotFound` if unknown.
-    async fn revoke_grant(&self, id: &GrantId, now: UnixTime) -> Result<(), StoreError>;
+    /// Revokes a grant, audited. `NotFound` if unknown; revoking twice keeps the
+    /// first time.
+    async fn revoke_grant(&self, id: &GrantId, now: UnixTime, event: &AuditEvent) -> Result<AuditReceipt, StoreError>;
 
     /// Gathers the facts for steps 3–9 of the AUTH order in one read: the key with
     /// this hash, its agent's grants, and the inbox's owner and status.
@@ -194,4 +227,29 @@ pub trait MetadataStore: Send + Sync + 'static {
     async fn enqueue_outbound(&self, message: &NewOutbound) -> Result<(), StoreError>;
     /// Lists the outbound queue, oldest first.
     async fn list_queue(&self) -> Result<Vec<QueueEntry>, StoreError>;
+
+    /// Appends a record with no row change of its own: a refused or failed
+    /// operation, or one whose effect lives elsewhere (a minted capability). Any
+    /// outcome. Safe under concurrent writers, in this process and others.
+    async fn audit_append(&self, event: &AuditEvent) -> Result<AuditReceipt, StoreError>;
+    /// Up to `limit` records with `seq > after_seq`, in seq order. A record that
+    /// cannot be decoded is [`StoreError::AuditUnreadable`].
+    async fn audit_list(&self, after_seq: u64, limit: u32) -> Result<Vec<AuditRecord>, StoreError>;
+    /// The last record's seq and hash; [`ChainHead::GENESIS`] when the log is empty.
+    async fn audit_head(&self) -> Result<ChainHead, StoreError>;
+    /// Every record, in seq order (pages of [`AUDIT_PAGE`] through
+    /// [`audit_list`](Self::audit_list)). For long logs prefer paging and a
+    /// [`Verifier`](agentkeys_audit::Verifier).
+    async fn audit_all(&self) -> Result<Vec<AuditRecord>, StoreError> {
+        let mut out: Vec<AuditRecord> = Vec::new();
+        loop {
+            let after = out.last().map_or(0, |r| r.seq);
+            let page = self.audit_list(after, AUDIT_PAGE).await?;
+            let done = page.len() < AUDIT_PAGE as usize;
+            out.extend(page);
+            if done {
+                return Ok(out);
+            }
+        }
+    }
 }

@@ -11,28 +11,35 @@
 //! Writes that read before they write run in `BEGIN IMMEDIATE` transactions, so
 //! the checks that produce precise `NotFound`/`Conflict`/`Invalid` errors see the
 //! same state the write commits against.
+//!
+//! Audit appends read the chain head and insert the next record in such a
+//! transaction too: the write lock is held from `BEGIN`, across connections and
+//! processes, so two writers can never seal onto the same head. An audited write
+//! does its row change and its audit insert in the same transaction and hands
+//! out the receipt only after the commit.
 
 use std::collections::BTreeSet;
 use std::fmt::Display;
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
+use agentkeys_audit::{
+    AuditEvent, AuditReceipt, AuditRecord, ChainHead, Outcome, SealedRecord, canonical_json, hash_from_hex, hash_to_hex,
+};
 use agentkeys_core::{
-    Address, AgentId, AuthFacts, Credentials, Domain, Grant, GrantId, InboxStatus, KeyFacts, KeyHash,
-    KeyId, OwnerId, UnixTime,
+    Address, AgentId, AuthFacts, Credentials, Domain, Grant, GrantId, InboxStatus, KeyFacts, KeyHash, KeyId, OwnerId,
+    UnixTime,
 };
 use async_trait::async_trait;
 use sqlx::error::ErrorKind;
 use sqlx::migrate::Migrator;
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
-};
-use sqlx::{Sqlite, Transaction};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Sqlite, SqliteConnection, Transaction};
 
 use crate::meta::{
-    AgentRecord, InboxRecord, KeyRecord, MetadataStore, NewOutbound, OwnerRecord, QueueEntry, Recipient,
-    StoreError,
+    AgentRecord, InboxRecord, KeyRecord, MetadataStore, NewOutbound, OwnerRecord, QueueEntry, Recipient, StoreError,
 };
 
 /// Most connections the pool opens. SQLite has one writer at a time; WAL lets the
@@ -50,10 +57,27 @@ const MIGRATION_ATTEMPTS: u32 = 3;
 /// The schema, embedded from `crates/store/migrations/` at compile time.
 static MIGRATOR: Migrator = sqlx::migrate!();
 
+/// Where the store reads the time it stamps on audit records.
+type Clock = Arc<dyn Fn() -> UnixTime + Send + Sync>;
+
+/// The system clock, in Unix seconds.
+fn system_clock() -> UnixTime {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
 /// The SQLite metadata store. Cheap to clone: clones share the connection pool.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct SqliteStore {
     pool: SqlitePool,
+    clock: Clock,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore").field("pool", &self.pool).finish_non_exhaustive()
+    }
 }
 
 impl SqliteStore {
@@ -73,10 +97,8 @@ impl SqliteStore {
             .max_connections(MAX_CONNECTIONS)
             .connect_with(options)
             .await
-            .map_err(|e| {
-                StoreError::Backend(format!("cannot open metadata database {}: {e}", path.display()))
-            })?;
-        let store = Self { pool };
+            .map_err(|e| StoreError::Backend(format!("cannot open metadata database {}: {e}", path.display())))?;
+        let store = Self { pool, clock: Arc::new(system_clock) };
         store.migrate().await?;
         Ok(store)
     }
@@ -97,9 +119,17 @@ impl SqliteStore {
             .connect_with(options)
             .await
             .map_err(backend)?;
-        let store = Self { pool };
+        let store = Self { pool, clock: Arc::new(system_clock) };
         store.migrate().await?;
         Ok(store)
+    }
+
+    /// The same store stamping audit records with `clock` (Unix seconds) instead
+    /// of the system clock, for deterministic tests.
+    #[must_use]
+    pub fn with_clock(mut self, clock: impl Fn() -> UnixTime + Send + Sync + 'static) -> Self {
+        self.clock = Arc::new(clock);
+        self
     }
 
     /// Closes every connection, waiting for those in use to be returned.
@@ -131,6 +161,91 @@ impl SqliteStore {
     async fn write_tx(&self) -> Result<Transaction<'static, Sqlite>, StoreError> {
         self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(backend)
     }
+
+    /// Appends `event` to the audit log inside `tx` (which holds the write lock, so
+    /// the head cannot move before the commit). The caller commits, then turns
+    /// the sealed record into its receipt.
+    async fn append_in(&self, tx: &mut SqliteConnection, event: &AuditEvent) -> Result<SealedRecord, StoreError> {
+        let head = sqlx::query_as(AUDIT_HEAD).fetch_optional(&mut *tx).await.map_err(backend)?;
+        let head = head_from_row(head)?;
+        let sealed = SealedRecord::seal(&head, (self.clock)(), event)
+            .map_err(|e| StoreError::Invalid(format!("cannot audit {}: {e}", event.operation)))?;
+        let r = sealed.record();
+        let seq = i64::try_from(r.seq)
+            .map_err(|_| StoreError::Backend(format!("audit seq {} does not fit the database", r.seq)))?;
+        let detail = canonical_json(&r.detail)
+            .map_err(|e| StoreError::Invalid(format!("cannot audit {}: {e}", event.operation)))?;
+        sqlx::query(
+            "INSERT INTO audit_log (seq, ts, actor, operation, subject, outcome, detail, prev_hash, hash)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        )
+        .bind(seq)
+        .bind(r.ts)
+        .bind(r.actor.to_string())
+        .bind(&r.operation)
+        .bind(&r.subject)
+        .bind(r.outcome.as_str())
+        .bind(detail)
+        .bind(hash_to_hex(&r.prev_hash))
+        .bind(hash_to_hex(&r.hash))
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| StoreError::Backend(format!("cannot write audit record {}: {e}", r.seq)))?;
+        Ok(sealed)
+    }
+}
+
+/// Commits `tx` and only then hands out the receipt of `sealed`.
+async fn commit_audited(tx: Transaction<'static, Sqlite>, sealed: SealedRecord) -> Result<AuditReceipt, StoreError> {
+    tx.commit().await.map_err(backend)?;
+    Ok(sealed.into_receipt())
+}
+
+/// An audited write describes a change that happened, so its outcome is `ok`.
+fn require_ok(event: &AuditEvent) -> Result<(), StoreError> {
+    if event.outcome == Outcome::Ok {
+        return Ok(());
+    }
+    Err(StoreError::Invalid(format!(
+        "audit event {} for a change must have outcome ok, not {}; record refusals with audit_append",
+        event.operation, event.outcome
+    )))
+}
+
+fn audit_unreadable(seq: u64, reason: String) -> StoreError {
+    StoreError::AuditUnreadable { seq, reason }
+}
+
+/// The last record's seq and hash (the primary key index makes this one lookup).
+const AUDIT_HEAD: &str = "SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1";
+
+fn head_from_row(row: Option<(i64, String)>) -> Result<ChainHead, StoreError> {
+    let Some((seq, hash)) = row else {
+        return Ok(ChainHead::GENESIS);
+    };
+    let seq = u64::try_from(seq).map_err(|_| audit_unreadable(0, format!("seq {seq} is negative")))?;
+    let hash = hash_from_hex(&hash).ok_or_else(|| audit_unreadable(seq, "hash is not 64 hex digits".to_owned()))?;
+    Ok(ChainHead { seq, hash })
+}
+
+type AuditRow = (i64, i64, String, String, String, String, String, String, String);
+
+fn audit_from_row(
+    (seq, ts, actor, operation, subject, outcome, detail, prev_hash, hash): AuditRow,
+) -> Result<AuditRecord, StoreError> {
+    let seq = u64::try_from(seq).map_err(|_| audit_unreadable(0, format!("seq {seq} is negative")))?;
+    let bad = |reason: String| audit_unreadable(seq, reason);
+    Ok(AuditRecord {
+        seq,
+        ts,
+        actor: actor.parse().map_err(|e| bad(format!("actor: {e}")))?,
+        outcome: outcome.parse().map_err(|e| bad(format!("outcome: {e}")))?,
+        detail: serde_json::from_str(&detail).map_err(|e| bad(format!("detail is not JSON: {e}")))?,
+        prev_hash: hash_from_hex(&prev_hash).ok_or_else(|| bad("prev_hash is not 64 hex digits".to_owned()))?,
+        hash: hash_from_hex(&hash).ok_or_else(|| bad("hash is not 64 hex digits".to_owned()))?,
+        operation,
+        subject,
+    })
 }
 
 /// Any database failure we do not map more precisely.
@@ -141,9 +256,7 @@ fn backend(err: sqlx::Error) -> StoreError {
 /// Maps the error of an `INSERT`: a unique violation is a conflict on `what`.
 fn insert_error(err: sqlx::Error, what: impl FnOnce() -> String) -> StoreError {
     match &err {
-        sqlx::Error::Database(db) if db.kind() == ErrorKind::UniqueViolation => {
-            StoreError::Conflict { what: what() }
-        }
+        sqlx::Error::Database(db) if db.kind() == ErrorKind::UniqueViolation => StoreError::Conflict { what: what() },
         _ => backend(err),
     }
 }
@@ -159,8 +272,7 @@ where
 }
 
 fn stored_key_hash(key: &str, hex: &str) -> Result<KeyHash, StoreError> {
-    KeyHash::from_hex(hex)
-        .ok_or_else(|| StoreError::Backend(format!("stored hash of key {key} is not 64 hex digits")))
+    KeyHash::from_hex(hex).ok_or_else(|| StoreError::Backend(format!("stored hash of key {key} is not 64 hex digits")))
 }
 
 fn stored_u64(what: &str, value: i64) -> Result<u64, StoreError> {
@@ -172,9 +284,7 @@ fn stored_u32(what: &str, value: i64) -> Result<u32, StoreError> {
 }
 
 fn domain_not_hosted(domain: &str) -> StoreError {
-    StoreError::Invalid(format!(
-        "domain {domain} is not hosted here; add it with `agentkeys domain add {domain}`"
-    ))
+    StoreError::Invalid(format!("domain {domain} is not hosted here; add it with `agentkeys domain add {domain}`"))
 }
 
 type OwnerRow = (String, Option<String>, i64);
@@ -276,10 +386,8 @@ impl MetadataStore for SqliteStore {
     }
 
     async fn list_domains(&self) -> Result<Vec<Domain>, StoreError> {
-        let rows: Vec<(String,)> = sqlx::query_as("SELECT name FROM domains ORDER BY name")
-            .fetch_all(&self.pool)
-            .await
-            .map_err(backend)?;
+        let rows: Vec<(String,)> =
+            sqlx::query_as("SELECT name FROM domains ORDER BY name").fetch_all(&self.pool).await.map_err(backend)?;
         rows.iter().map(|(name,)| stored("domain", name)).collect()
     }
 
@@ -292,15 +400,18 @@ impl MetadataStore for SqliteStore {
         Ok(hosted)
     }
 
-    async fn add_owner(&self, owner: &OwnerRecord) -> Result<(), StoreError> {
+    async fn add_owner(&self, owner: &OwnerRecord, event: &AuditEvent) -> Result<AuditReceipt, StoreError> {
+        require_ok(event)?;
+        let mut tx = self.write_tx().await?;
         sqlx::query("INSERT INTO owners (id, email, created_at) VALUES (?1, ?2, ?3)")
             .bind(owner.id.as_str())
             .bind(owner.email.as_deref())
             .bind(owner.created_at)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await
             .map_err(|e| insert_error(e, || format!("owner {}", owner.id)))?;
-        Ok(())
+        let sealed = self.append_in(&mut tx, event).await?;
+        commit_audited(tx, sealed).await
     }
 
     async fn list_owners(&self) -> Result<Vec<OwnerRecord>, StoreError> {
@@ -311,7 +422,8 @@ impl MetadataStore for SqliteStore {
         rows.into_iter().map(owner_from_row).collect()
     }
 
-    async fn add_agent(&self, agent: &AgentRecord) -> Result<(), StoreError> {
+    async fn add_agent(&self, agent: &AgentRecord, event: &AuditEvent) -> Result<AuditReceipt, StoreError> {
+        require_ok(event)?;
         let mut tx = self.write_tx().await?;
         let owner_exists: Option<(i64,)> = sqlx::query_as("SELECT 1 FROM owners WHERE id = ?1")
             .bind(agent.owner.as_str())
@@ -329,7 +441,8 @@ impl MetadataStore for SqliteStore {
             .execute(&mut *tx)
             .await
             .map_err(|e| insert_error(e, || format!("agent {}", agent.id)))?;
-        tx.commit().await.map_err(backend)
+        let sealed = self.append_in(&mut tx, event).await?;
+        commit_audited(tx, sealed).await
     }
 
     async fn get_agent(&self, id: &AgentId) -> Result<Option<AgentRecord>, StoreError> {
@@ -354,7 +467,8 @@ impl MetadataStore for SqliteStore {
         rows.into_iter().map(agent_from_row).collect()
     }
 
-    async fn create_inbox(&self, inbox: &InboxRecord) -> Result<(), StoreError> {
+    async fn create_inbox(&self, inbox: &InboxRecord, event: &AuditEvent) -> Result<AuditReceipt, StoreError> {
+        require_ok(event)?;
         let mut tx = self.write_tx().await?;
         let domain = inbox.address.domain();
         let (hosted,): (bool,) = sqlx::query_as("SELECT EXISTS (SELECT 1 FROM domains WHERE name = ?1)")
@@ -387,18 +501,17 @@ impl MetadataStore for SqliteStore {
         if taken.is_some() {
             return Err(StoreError::Conflict { what: format!("inbox {}", inbox.address) });
         }
-        sqlx::query(
-            "INSERT INTO inboxes (address, owner, agent, status, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-        )
-        .bind(inbox.address.as_str())
-        .bind(inbox.owner.as_str())
-        .bind(inbox.agent.as_str())
-        .bind(inbox.status.as_str())
-        .bind(inbox.created_at)
-        .execute(&mut *tx)
-        .await
-        .map_err(|e| insert_error(e, || format!("inbox {}", inbox.address)))?;
-        tx.commit().await.map_err(backend)
+        sqlx::query("INSERT INTO inboxes (address, owner, agent, status, created_at) VALUES (?1, ?2, ?3, ?4, ?5)")
+            .bind(inbox.address.as_str())
+            .bind(inbox.owner.as_str())
+            .bind(inbox.agent.as_str())
+            .bind(inbox.status.as_str())
+            .bind(inbox.created_at)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| insert_error(e, || format!("inbox {}", inbox.address)))?;
+        let sealed = self.append_in(&mut tx, event).await?;
+        commit_audited(tx, sealed).await
     }
 
     async fn list_inboxes(&self, owner: Option<&OwnerId>) -> Result<Vec<InboxRecord>, StoreError> {
@@ -414,17 +527,25 @@ impl MetadataStore for SqliteStore {
         rows.into_iter().map(inbox_from_row).collect()
     }
 
-    async fn set_inbox_status(&self, address: &Address, status: InboxStatus) -> Result<(), StoreError> {
+    async fn set_inbox_status(
+        &self,
+        address: &Address,
+        status: InboxStatus,
+        event: &AuditEvent,
+    ) -> Result<AuditReceipt, StoreError> {
+        require_ok(event)?;
+        let mut tx = self.write_tx().await?;
         let done = sqlx::query("UPDATE inboxes SET status = ?1 WHERE address = ?2")
             .bind(status.as_str())
             .bind(address.as_str())
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await
             .map_err(backend)?;
         if done.rows_affected() == 0 {
             return Err(StoreError::NotFound { what: format!("inbox {address}") });
         }
-        Ok(())
+        let sealed = self.append_in(&mut tx, event).await?;
+        commit_audited(tx, sealed).await
     }
 
     async fn recipient(&self, address: &Address) -> Result<Option<Recipient>, StoreError> {
@@ -439,7 +560,8 @@ impl MetadataStore for SqliteStore {
         .transpose()
     }
 
-    async fn create_key(&self, key: &KeyRecord) -> Result<(), StoreError> {
+    async fn create_key(&self, key: &KeyRecord, event: &AuditEvent) -> Result<AuditReceipt, StoreError> {
+        require_ok(event)?;
         let mut tx = self.write_tx().await?;
         let agent_exists: Option<(i64,)> = sqlx::query_as("SELECT 1 FROM agents WHERE id = ?1")
             .bind(key.agent.as_str())
@@ -471,7 +593,8 @@ impl MetadataStore for SqliteStore {
         .await
         // The id is free, so the collision is on the hash: the same secret twice.
         .map_err(|e| insert_error(e, || "an agent key with the same secret".to_owned()))?;
-        tx.commit().await.map_err(backend)
+        let sealed = self.append_in(&mut tx, event).await?;
+        commit_audited(tx, sealed).await
     }
 
     async fn list_keys(&self, agent: &AgentId) -> Result<Vec<KeyRecord>, StoreError> {
@@ -487,21 +610,25 @@ impl MetadataStore for SqliteStore {
         rows.into_iter().map(key_from_row).collect()
     }
 
-    async fn revoke_key(&self, id: &KeyId, now: UnixTime) -> Result<(), StoreError> {
+    async fn revoke_key(&self, id: &KeyId, now: UnixTime, event: &AuditEvent) -> Result<AuditReceipt, StoreError> {
+        require_ok(event)?;
+        let mut tx = self.write_tx().await?;
         // SQLite counts matched rows, so a second revocation still affects one row.
         let done = sqlx::query("UPDATE agent_keys SET revoked_at = COALESCE(revoked_at, ?1) WHERE id = ?2")
             .bind(now)
             .bind(id.as_str())
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await
             .map_err(backend)?;
         if done.rows_affected() == 0 {
             return Err(StoreError::NotFound { what: format!("key {id}") });
         }
-        Ok(())
+        let sealed = self.append_in(&mut tx, event).await?;
+        commit_audited(tx, sealed).await
     }
 
-    async fn add_grant(&self, grant: &Grant) -> Result<(), StoreError> {
+    async fn add_grant(&self, grant: &Grant, event: &AuditEvent) -> Result<AuditReceipt, StoreError> {
+        require_ok(event)?;
         let mut tx = self.write_tx().await?;
         let agent_owner: Option<(String,)> = sqlx::query_as("SELECT owner FROM agents WHERE id = ?1")
             .bind(grant.agent.as_str())
@@ -532,7 +659,8 @@ impl MetadataStore for SqliteStore {
         .execute(&mut *tx)
         .await
         .map_err(|e| insert_error(e, || format!("grant {}", grant.id)))?;
-        tx.commit().await.map_err(backend)
+        let sealed = self.append_in(&mut tx, event).await?;
+        commit_audited(tx, sealed).await
     }
 
     async fn list_grants(&self, agent: Option<&AgentId>) -> Result<Vec<Grant>, StoreError> {
@@ -548,17 +676,20 @@ impl MetadataStore for SqliteStore {
         rows.into_iter().map(grant_from_row).collect()
     }
 
-    async fn revoke_grant(&self, id: &GrantId, now: UnixTime) -> Result<(), StoreError> {
+    async fn revoke_grant(&self, id: &GrantId, now: UnixTime, event: &AuditEvent) -> Result<AuditReceipt, StoreError> {
+        require_ok(event)?;
+        let mut tx = self.write_tx().await?;
         let done = sqlx::query("UPDATE grants SET revoked_at = COALESCE(revoked_at, ?1) WHERE id = ?2")
             .bind(now)
             .bind(id.as_str())
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await
             .map_err(backend)?;
         if done.rows_affected() == 0 {
             return Err(StoreError::NotFound { what: format!("grant {id}") });
         }
-        Ok(())
+        let sealed = self.append_in(&mut tx, event).await?;
+        commit_audited(tx, sealed).await
     }
 
     async fn auth_facts(&self, credentials: &Credentials) -> Result<AuthFacts, StoreError> {
@@ -572,8 +703,8 @@ impl MetadataStore for SqliteStore {
         for (kind, id, text, agent, owner, scopes, created_at, expires_at, revoked_at) in rows {
             match kind.as_str() {
                 "key" => {
-                    let expires_at = expires_at
-                        .ok_or_else(|| StoreError::Backend(format!("key {id} has no expiry")))?;
+                    let expires_at =
+                        expires_at.ok_or_else(|| StoreError::Backend(format!("key {id} has no expiry")))?;
                     facts.key = Some(KeyFacts {
                         hash: stored_key_hash(&id, &text)?,
                         id: stored("key id", &id)?,
@@ -585,11 +716,11 @@ impl MetadataStore for SqliteStore {
                 }
                 "grant" => {
                     let scopes = scopes.unwrap_or_default();
-                    let expires_at = expires_at
-                        .ok_or_else(|| StoreError::Backend(format!("grant {id} has no expiry")))?;
-                    facts.grants.push(grant_from_row((
-                        id, owner, agent, text, scopes, created_at, expires_at, revoked_at,
-                    ))?);
+                    let expires_at =
+                        expires_at.ok_or_else(|| StoreError::Backend(format!("grant {id} has no expiry")))?;
+                    facts
+                        .grants
+                        .push(grant_from_row((id, owner, agent, text, scopes, created_at, expires_at, revoked_at))?);
                 }
                 _ => {
                     facts.inbox = Some((stored("owner id", &owner)?, stored("inbox status", &text)?));
@@ -603,10 +734,7 @@ impl MetadataStore for SqliteStore {
         // The same recipient twice in one envelope is one delivery.
         let recipients: BTreeSet<&str> = message.recipients.iter().map(String::as_str).collect();
         if recipients.is_empty() {
-            return Err(StoreError::Invalid(format!(
-                "outbound message {} has no recipients",
-                message.message_id
-            )));
+            return Err(StoreError::Invalid(format!("outbound message {} has no recipients", message.message_id)));
         }
         let size = i64::try_from(message.size).map_err(|_| {
             StoreError::Invalid(format!("outbound message {} is too large to record", message.message_id))
@@ -626,9 +754,7 @@ impl MetadataStore for SqliteStore {
             .bind(message.queued_at)
             .execute(&mut *tx)
             .await
-            .map_err(|e| {
-                insert_error(e, || format!("queued message {} for {recipient}", message.message_id))
-            })?;
+            .map_err(|e| insert_error(e, || format!("queued message {} for {recipient}", message.message_id)))?;
         }
         tx.commit().await.map_err(backend)
     }
@@ -643,5 +769,36 @@ impl MetadataStore for SqliteStore {
         .await
         .map_err(backend)?;
         rows.into_iter().map(queue_entry_from_row).collect()
+    }
+
+    async fn audit_append(&self, event: &AuditEvent) -> Result<AuditReceipt, StoreError> {
+        let mut tx = self.write_tx().await?;
+        let sealed = self.append_in(&mut tx, event).await?;
+        commit_audited(tx, sealed).await
+    }
+
+    async fn audit_list(&self, after_seq: u64, limit: u32) -> Result<Vec<AuditRecord>, StoreError> {
+        // Past i64::MAX there is nothing: seq is a SQLite INTEGER.
+        let Ok(after) = i64::try_from(after_seq) else {
+            return Ok(Vec::new());
+        };
+        let rows: Vec<AuditRow> = sqlx::query_as(
+            "SELECT seq, ts, actor, operation, subject, outcome, detail, prev_hash, hash
+               FROM audit_log
+              WHERE seq > ?1
+              ORDER BY seq
+              LIMIT ?2",
+        )
+        .bind(after)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend)?;
+        rows.into_iter().map(audit_from_row).collect()
+    }
+
+    async fn audit_head(&self) -> Result<ChainHead, StoreError> {
+        let head = sqlx::query_as(AUDIT_HEAD).fetch_optional(&self.pool).await.map_err(backend)?;
+        head_from_row(head)
     }
 }

@@ -50,7 +50,8 @@ async fn put_get_list() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("blobs");
     let store = FsBlobStore::open(&root).unwrap();
-    let keys = ["0xaa/bot@a.test/01B.eml", "0xaa/bot@a.test/01A.eml", "0xaa/bot2@a.test/01C.eml", "0xbb/x@a.test/01D.eml"];
+    let keys =
+        ["0xaa/bot@a.test/01B.eml", "0xaa/bot@a.test/01A.eml", "0xaa/bot2@a.test/01C.eml", "0xbb/x@a.test/01D.eml"];
     store.put_durable(vec![(key(keys[0]), body(0)), (key(keys[1]), body(1))]).await.unwrap();
     store.put_durable(vec![(key(keys[2]), body(2))]).await.unwrap();
     store.put_durable(vec![(key(keys[3]), body(3))]).await.unwrap();
@@ -106,7 +107,9 @@ async fn listing_never_leaves_the_root() {
     // A staged file that must never be listed.
     std::fs::write(root.join(".tmp/loose.tmp"), b"partial").unwrap();
 
-    for bad in ["../", "../secret/", "..", "/", "/etc/", "0xaa/../", "0xaa/../../secret/", ".tmp/", ".tmp", "a b/", "0xaa//"] {
+    for bad in
+        ["../", "../secret/", "..", "/", "/etc/", "0xaa/../", "0xaa/../../secret/", ".tmp/", ".tmp", "a b/", "0xaa//"]
+    {
         assert!(store.list(bad).await.unwrap().is_empty(), "{bad:?}");
     }
     assert_eq!(names(&store.list("0xaa/bot@a.test/").await.unwrap()), ["0xaa/bot@a.test/01A.eml"]);
@@ -198,10 +201,7 @@ async fn failed_put_leaves_nothing_visible() {
     // A regular file where the second item's owner directory would go.
     std::fs::write(dir.path().join("0xbb"), b"not a directory").unwrap();
     let result = store
-        .put_durable(vec![
-            (key("0xaa/bot@a.test/01A.eml"), body(1)),
-            (key("0xbb/bot@a.test/01B.eml"), body(2)),
-        ])
+        .put_durable(vec![(key("0xaa/bot@a.test/01A.eml"), body(1)), (key("0xbb/bot@a.test/01B.eml"), body(2))])
         .await;
     match result {
         Err(BlobError::Io { path, .. }) => assert!(path.contains("0xbb"), "{path}"),

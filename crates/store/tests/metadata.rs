@@ -3,9 +3,9 @@
 //! order needs.
 #![allow(clippy::unwrap_used)]
 
+use agentkeys_audit::{Actor, AuditEvent};
 use agentkeys_core::{
-    Address, AgentId, AuthFailure, Credentials, Domain, Grant, GrantId, InboxStatus, KeyHash, KeyId, OwnerId,
-    UnixTime,
+    Address, AgentId, AuthFailure, Credentials, Domain, Grant, GrantId, InboxStatus, KeyHash, KeyId, OwnerId, UnixTime,
 };
 use agentkeys_store::{
     AgentRecord, InboxRecord, KeyRecord, MetadataStore, NewOutbound, OwnerRecord, SqliteStore, StoreError,
@@ -44,7 +44,12 @@ fn owner_record(n: u8) -> OwnerRecord {
 }
 
 fn agent_record(n: u8, owner_n: u8) -> AgentRecord {
-    AgentRecord { id: agent(n), owner: owner(owner_n), name: Some(format!("agent {n}")), created_at: NOW + i64::from(n) }
+    AgentRecord {
+        id: agent(n),
+        owner: owner(owner_n),
+        name: Some(format!("agent {n}")),
+        created_at: NOW + i64::from(n),
+    }
 }
 
 fn inbox(address: &str, owner_n: u8, agent_n: u8) -> InboxRecord {
@@ -58,7 +63,14 @@ fn inbox(address: &str, owner_n: u8, agent_n: u8) -> InboxRecord {
 }
 
 fn key(n: u8, agent_n: u8) -> KeyRecord {
-    KeyRecord { id: key_id(n), agent: agent(agent_n), hash: hash(n), created_at: NOW, expires_at: NOW + DAY, revoked_at: None }
+    KeyRecord {
+        id: key_id(n),
+        agent: agent(agent_n),
+        hash: hash(n),
+        created_at: NOW,
+        expires_at: NOW + DAY,
+        revoked_at: None,
+    }
 }
 
 fn grant(n: u8, owner_n: u8, agent_n: u8, pattern: &str, scopes: &str) -> Grant {
@@ -88,18 +100,24 @@ async fn populated() -> (tempfile::TempDir, SqliteStore) {
     let (dir, store) = open_store().await;
     store.ensure_domain(&DOMAIN.parse().unwrap(), NOW).await.unwrap();
     for n in [1, 2] {
-        store.add_owner(&owner_record(n)).await.unwrap();
-        store.add_agent(&agent_record(n, n)).await.unwrap();
+        store.add_owner(&owner_record(n), &ev()).await.unwrap();
+        store.add_agent(&agent_record(n, n), &ev()).await.unwrap();
     }
-    store.create_inbox(&inbox("bot@agents.localhost", 1, 1)).await.unwrap();
-    store.create_inbox(&inbox("other@agents.localhost", 2, 2)).await.unwrap();
-    store.create_key(&key(1, 1)).await.unwrap();
-    store.create_key(&KeyRecord { revoked_at: Some(NOW - 5), ..key(2, 1) }).await.unwrap();
-    store.create_key(&KeyRecord { expires_at: NOW - 1, ..key(3, 1) }).await.unwrap();
-    store.create_key(&key(4, 2)).await.unwrap();
-    store.add_grant(&grant(1, 1, 1, "*@agents.localhost", "send")).await.unwrap();
-    store.add_grant(&grant(2, 2, 2, "other@agents.localhost", "read")).await.unwrap();
+    store.create_inbox(&inbox("bot@agents.localhost", 1, 1), &ev()).await.unwrap();
+    store.create_inbox(&inbox("other@agents.localhost", 2, 2), &ev()).await.unwrap();
+    store.create_key(&key(1, 1), &ev()).await.unwrap();
+    store.create_key(&KeyRecord { revoked_at: Some(NOW - 5), ..key(2, 1) }, &ev()).await.unwrap();
+    store.create_key(&KeyRecord { expires_at: NOW - 1, ..key(3, 1) }, &ev()).await.unwrap();
+    store.create_key(&key(4, 2), &ev()).await.unwrap();
+    store.add_grant(&grant(1, 1, 1, "*@agents.localhost", "send"), &ev()).await.unwrap();
+    store.add_grant(&grant(2, 2, 2, "other@agents.localhost", "read"), &ev()).await.unwrap();
     (dir, store)
+}
+
+/// The audit event every write here carries (the audit log has its own tests in
+/// `tests/audit.rs`).
+fn ev() -> AuditEvent {
+    AuditEvent::ok(Actor::Operator, "test.write", "metadata test")
 }
 
 fn credentials(address: &str, key_n: u8) -> Credentials {
@@ -107,7 +125,7 @@ fn credentials(address: &str, key_n: u8) -> Credentials {
 }
 
 #[track_caller]
-fn assert_not_found(result: Result<(), StoreError>, expected: &str) {
+fn assert_not_found<T: std::fmt::Debug>(result: Result<T, StoreError>, expected: &str) {
     match result {
         Err(StoreError::NotFound { what }) => assert_eq!(what, expected),
         other => panic!("expected NotFound {{ {expected} }}, got {other:?}"),
@@ -115,7 +133,7 @@ fn assert_not_found(result: Result<(), StoreError>, expected: &str) {
 }
 
 #[track_caller]
-fn assert_conflict(result: Result<(), StoreError>, expected: &str) {
+fn assert_conflict<T: std::fmt::Debug>(result: Result<T, StoreError>, expected: &str) {
     match result {
         Err(StoreError::Conflict { what }) => assert_eq!(what, expected),
         other => panic!("expected Conflict {{ {expected} }}, got {other:?}"),
@@ -123,7 +141,7 @@ fn assert_conflict(result: Result<(), StoreError>, expected: &str) {
 }
 
 #[track_caller]
-fn assert_invalid(result: Result<(), StoreError>, expected_part: &str) {
+fn assert_invalid<T: std::fmt::Debug>(result: Result<T, StoreError>, expected_part: &str) {
     match result {
         Err(StoreError::Invalid(text)) => assert!(text.contains(expected_part), "{text:?} lacks {expected_part:?}"),
         other => panic!("expected Invalid(..{expected_part}..), got {other:?}"),
@@ -147,17 +165,17 @@ async fn domains() {
 #[tokio::test]
 async fn owners_and_agents() {
     let (_dir, store) = open_store().await;
-    store.add_owner(&owner_record(1)).await.unwrap();
-    store.add_owner(&OwnerRecord { email: None, ..owner_record(2) }).await.unwrap();
-    assert_conflict(store.add_owner(&owner_record(1)).await, &format!("owner {}", owner(1)));
+    store.add_owner(&owner_record(1), &ev()).await.unwrap();
+    store.add_owner(&OwnerRecord { email: None, ..owner_record(2) }, &ev()).await.unwrap();
+    assert_conflict(store.add_owner(&owner_record(1), &ev()).await, &format!("owner {}", owner(1)));
     let owners = store.list_owners().await.unwrap();
     assert_eq!(owners, vec![owner_record(1), OwnerRecord { email: None, ..owner_record(2) }]);
 
-    assert_not_found(store.add_agent(&agent_record(1, 9)).await, &format!("owner {}", owner(9)));
-    store.add_agent(&agent_record(1, 1)).await.unwrap();
-    store.add_agent(&AgentRecord { name: None, ..agent_record(2, 2) }).await.unwrap();
-    store.add_agent(&agent_record(3, 1)).await.unwrap();
-    assert_conflict(store.add_agent(&agent_record(1, 2)).await, &format!("agent {}", agent(1)));
+    assert_not_found(store.add_agent(&agent_record(1, 9), &ev()).await, &format!("owner {}", owner(9)));
+    store.add_agent(&agent_record(1, 1), &ev()).await.unwrap();
+    store.add_agent(&AgentRecord { name: None, ..agent_record(2, 2) }, &ev()).await.unwrap();
+    store.add_agent(&agent_record(3, 1), &ev()).await.unwrap();
+    assert_conflict(store.add_agent(&agent_record(1, 2), &ev()).await, &format!("agent {}", agent(1)));
 
     assert_eq!(store.get_agent(&agent(1)).await.unwrap(), Some(agent_record(1, 1)));
     assert_eq!(store.get_agent(&agent(9)).await.unwrap(), None);
@@ -171,21 +189,21 @@ async fn owners_and_agents() {
 async fn inbox_errors() {
     let (_dir, store) = populated().await;
     assert_invalid(
-        store.create_inbox(&inbox("bot@example.com", 1, 1)).await,
+        store.create_inbox(&inbox("bot@example.com", 1, 1), &ev()).await,
         "domain example.com is not hosted here; add it with `agentkeys domain add example.com`",
     );
     assert_not_found(
-        store.create_inbox(&inbox("new@agents.localhost", 1, 9)).await,
+        store.create_inbox(&inbox("new@agents.localhost", 1, 9), &ev()).await,
         &format!("agent {}", agent(9)),
     );
     assert_conflict(
-        store.create_inbox(&inbox("bot@agents.localhost", 1, 1)).await,
+        store.create_inbox(&inbox("bot@agents.localhost", 1, 1), &ev()).await,
         "inbox bot@agents.localhost",
     );
     // The inbox's owner must be its agent's owner.
-    assert_invalid(store.create_inbox(&inbox("new@agents.localhost", 2, 1)).await, "must belong to");
+    assert_invalid(store.create_inbox(&inbox("new@agents.localhost", 2, 1), &ev()).await, "must belong to");
     assert_not_found(
-        store.set_inbox_status(&addr("nobody@agents.localhost"), InboxStatus::Disabled).await,
+        store.set_inbox_status(&addr("nobody@agents.localhost"), InboxStatus::Disabled, &ev()).await,
         "inbox nobody@agents.localhost",
     );
     // None of the failures left a row behind.
@@ -195,14 +213,9 @@ async fn inbox_errors() {
 #[tokio::test]
 async fn inboxes_and_recipients() {
     let (_dir, store) = populated().await;
-    store.create_inbox(&inbox("a-first@agents.localhost", 1, 1)).await.unwrap();
-    let mine: Vec<String> = store
-        .list_inboxes(Some(&owner(1)))
-        .await
-        .unwrap()
-        .iter()
-        .map(|i| i.address.to_string())
-        .collect();
+    store.create_inbox(&inbox("a-first@agents.localhost", 1, 1), &ev()).await.unwrap();
+    let mine: Vec<String> =
+        store.list_inboxes(Some(&owner(1))).await.unwrap().iter().map(|i| i.address.to_string()).collect();
     assert_eq!(mine, ["a-first@agents.localhost", "bot@agents.localhost"]);
     assert_eq!(store.list_inboxes(None).await.unwrap()[2], inbox("other@agents.localhost", 2, 2));
 
@@ -210,7 +223,7 @@ async fn inboxes_and_recipients() {
     assert_eq!((rcpt.owner, rcpt.status), (owner(1), InboxStatus::Active));
     assert_eq!(store.recipient(&addr("nobody@agents.localhost")).await.unwrap(), None);
 
-    store.set_inbox_status(&addr("bot@agents.localhost"), InboxStatus::Suspended).await.unwrap();
+    store.set_inbox_status(&addr("bot@agents.localhost"), InboxStatus::Suspended, &ev()).await.unwrap();
     let rcpt = store.recipient(&addr("bot@agents.localhost")).await.unwrap().unwrap();
     assert_eq!(rcpt.status, InboxStatus::Suspended);
 }
@@ -218,10 +231,13 @@ async fn inboxes_and_recipients() {
 #[tokio::test]
 async fn keys() {
     let (_dir, store) = populated().await;
-    assert_not_found(store.create_key(&key(9, 9)).await, &format!("agent {}", agent(9)));
-    assert_conflict(store.create_key(&KeyRecord { hash: hash(9), ..key(1, 1) }).await, &format!("key {}", key_id(1)));
+    assert_not_found(store.create_key(&key(9, 9), &ev()).await, &format!("agent {}", agent(9)));
     assert_conflict(
-        store.create_key(&KeyRecord { id: key_id(9), ..key(1, 1) }).await,
+        store.create_key(&KeyRecord { hash: hash(9), ..key(1, 1) }, &ev()).await,
+        &format!("key {}", key_id(1)),
+    );
+    assert_conflict(
+        store.create_key(&KeyRecord { id: key_id(9), ..key(1, 1) }, &ev()).await,
         "an agent key with the same secret",
     );
     let keys = store.list_keys(&agent(1)).await.unwrap();
@@ -230,9 +246,9 @@ async fn keys() {
     assert_eq!(keys[0], key(1, 1));
     assert!(keys[0].hash.ct_eq(&hash(1)));
 
-    assert_not_found(store.revoke_key(&key_id(9), NOW).await, &format!("key {}", key_id(9)));
-    store.revoke_key(&key_id(1), NOW + 10).await.unwrap();
-    store.revoke_key(&key_id(1), NOW + 20).await.unwrap();
+    assert_not_found(store.revoke_key(&key_id(9), NOW, &ev()).await, &format!("key {}", key_id(9)));
+    store.revoke_key(&key_id(1), NOW + 10, &ev()).await.unwrap();
+    store.revoke_key(&key_id(1), NOW + 20, &ev()).await.unwrap();
     let k = &store.list_keys(&agent(1)).await.unwrap()[0];
     assert_eq!(k.revoked_at, Some(NOW + 10), "the first revocation time stays");
 }
@@ -240,27 +256,21 @@ async fn keys() {
 #[tokio::test]
 async fn grants() {
     let (_dir, store) = populated().await;
-    assert_not_found(
-        store.add_grant(&grant(9, 1, 9, "bot-*", "send")).await,
-        &format!("agent {}", agent(9)),
-    );
-    assert_invalid(store.add_grant(&grant(9, 2, 1, "bot-*", "send")).await, "is not the owner of agent");
-    assert_conflict(
-        store.add_grant(&grant(1, 1, 1, "bot-*", "send")).await,
-        &format!("grant {}", grant_id(1)),
-    );
+    assert_not_found(store.add_grant(&grant(9, 1, 9, "bot-*", "send"), &ev()).await, &format!("agent {}", agent(9)));
+    assert_invalid(store.add_grant(&grant(9, 2, 1, "bot-*", "send"), &ev()).await, "is not the owner of agent");
+    assert_conflict(store.add_grant(&grant(1, 1, 1, "bot-*", "send"), &ev()).await, &format!("grant {}", grant_id(1)));
 
     let wide = grant(3, 1, 1, "bot-*", "admin,send,read");
-    store.add_grant(&wide).await.unwrap();
+    store.add_grant(&wide, &ev()).await.unwrap();
     assert_eq!(
         store.list_grants(Some(&agent(1))).await.unwrap(),
         vec![grant(1, 1, 1, "*@agents.localhost", "send"), wide.clone()]
     );
     assert_eq!(store.list_grants(None).await.unwrap().len(), 3);
 
-    assert_not_found(store.revoke_grant(&grant_id(9), NOW).await, &format!("grant {}", grant_id(9)));
-    store.revoke_grant(&grant_id(3), NOW + 1).await.unwrap();
-    store.revoke_grant(&grant_id(3), NOW + 2).await.unwrap();
+    assert_not_found(store.revoke_grant(&grant_id(9), NOW, &ev()).await, &format!("grant {}", grant_id(9)));
+    store.revoke_grant(&grant_id(3), NOW + 1, &ev()).await.unwrap();
+    store.revoke_grant(&grant_id(3), NOW + 2, &ev()).await.unwrap();
     let stored = store.list_grants(Some(&agent(1))).await.unwrap();
     assert_eq!(stored[1], Grant { revoked_at: Some(NOW + 1), ..wide });
 }
@@ -315,9 +325,9 @@ async fn auth_facts_failures() {
     assert_eq!(failure, Some(AuthFailure::NoSendGrant));
     assert_eq!(facts.grants, vec![grant(2, 2, 2, "other@agents.localhost", "read")]);
 
-    store.set_inbox_status(&addr("bot@agents.localhost"), InboxStatus::Disabled).await.unwrap();
+    store.set_inbox_status(&addr("bot@agents.localhost"), InboxStatus::Disabled, &ev()).await.unwrap();
     assert_eq!(check("bot@agents.localhost", 1).await.0, Some(AuthFailure::InboxInactive));
-    store.revoke_grant(&grant_id(1), NOW).await.unwrap();
+    store.revoke_grant(&grant_id(1), NOW, &ev()).await.unwrap();
     assert_eq!(check("bot@agents.localhost", 1).await.0, Some(AuthFailure::NoSendGrant));
 }
 
@@ -337,10 +347,7 @@ async fn outbound_queue() {
     let (_dir, store) = populated().await;
     assert!(store.list_queue().await.unwrap().is_empty());
     store.enqueue_outbound(&outbound("01B", &["z@remote.test"], NOW + 5)).await.unwrap();
-    store
-        .enqueue_outbound(&outbound("01A", &["y@remote.test", "x@remote.test", "y@remote.test"], NOW))
-        .await
-        .unwrap();
+    store.enqueue_outbound(&outbound("01A", &["y@remote.test", "x@remote.test", "y@remote.test"], NOW)).await.unwrap();
 
     let queue = store.list_queue().await.unwrap();
     let rows: Vec<(&str, &str)> = queue.iter().map(|e| (e.message_id.as_str(), e.recipient.as_str())).collect();
@@ -366,7 +373,7 @@ async fn survives_reopen_and_shares_the_file() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("meta.sqlite");
     let server = SqliteStore::open(&path).await.unwrap();
-    server.add_owner(&owner_record(1)).await.unwrap();
+    server.add_owner(&owner_record(1), &ev()).await.unwrap();
     // The CLI opens the same file while the server has it open.
     let cli = SqliteStore::open(&path).await.unwrap();
     cli.ensure_domain(&DOMAIN.parse().unwrap(), NOW).await.unwrap();
@@ -383,11 +390,11 @@ async fn survives_reopen_and_shares_the_file() {
 #[tokio::test]
 async fn concurrent_writers_do_not_fail() {
     let (_dir, store) = open_store().await;
-    store.add_owner(&owner_record(1)).await.unwrap();
+    store.add_owner(&owner_record(1), &ev()).await.unwrap();
     let tasks: Vec<_> = (0..40u8)
         .map(|n| {
             let store = store.clone();
-            tokio::spawn(async move { store.add_agent(&agent_record(n, 1)).await })
+            tokio::spawn(async move { store.add_agent(&agent_record(n, 1), &ev()).await })
         })
         .collect();
     for task in tasks {
@@ -410,7 +417,19 @@ async fn open_reports_an_unusable_path() {
 #[tokio::test]
 async fn in_memory_store_has_the_schema() {
     let store = SqliteStore::open_in_memory().await.unwrap();
-    store.add_owner(&owner_record(1)).await.unwrap();
-    assert_not_found(store.add_agent(&agent_record(1, 2)).await, &format!("owner {}", owner(2)));
+    store.add_owner(&owner_record(1), &ev()).await.unwrap();
+    assert_not_found(store.add_agent(&agent_record(1, 2), &ev()).await, &format!("owner {}", owner(2)));
     assert_eq!(store.list_owners().await.unwrap().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn simultaneous_first_opens_both_succeed() {
+    // The server and the CLI starting together on a fresh file both migrate.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("meta.sqlite");
+    let (a, b, c) = tokio::join!(SqliteStore::open(&path), SqliteStore::open(&path), SqliteStore::open(&path));
+    let (a, b, c) = (a.unwrap(), b.unwrap(), c.unwrap());
+    a.add_owner(&owner_record(1), &ev()).await.unwrap();
+    assert_eq!(b.list_owners().await.unwrap().len(), 1);
+    assert_eq!(c.list_owners().await.unwrap().len(), 1);
 }

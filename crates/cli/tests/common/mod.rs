@@ -43,11 +43,7 @@ pub fn run(data_dir: &Path, args: &[&str]) -> Output {
 /// Runs an admin command with `--json`, asserting success, and parses stdout.
 pub fn run_json(data_dir: &Path, args: &[&str]) -> serde_json::Value {
     let out = agentkeys(data_dir).args(args).arg("--json").output().expect("spawn agentkeys");
-    assert!(
-        out.status.success(),
-        "agentkeys {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "agentkeys {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
         panic!("agentkeys {args:?} printed invalid JSON ({e}): {}", String::from_utf8_lossy(&out.stdout))
     })
@@ -120,7 +116,8 @@ impl Server {
 
     /// Sends a signal to the server process.
     pub fn signal(&self, sig: &str) {
-        let status = Command::new("kill").arg(format!("-{sig}")).arg(self.child.id().to_string()).status().expect("kill");
+        let status =
+            Command::new("kill").arg(format!("-{sig}")).arg(self.child.id().to_string()).status().expect("kill");
         assert!(status.success());
     }
 
@@ -171,7 +168,9 @@ pub fn wait_timeout(child: &mut Child, limit: Duration) -> Option<std::process::
 pub fn stored_messages(blobs: &Path, owner: &str, inbox: &str) -> Vec<PathBuf> {
     let dir = blobs.join(owner).join(inbox);
     let mut files: Vec<PathBuf> = match std::fs::read_dir(&dir) {
-        Ok(rd) => rd.filter_map(Result::ok).map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "eml")).collect(),
+        Ok(rd) => {
+            rd.filter_map(Result::ok).map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "eml")).collect()
+        }
         Err(_) => Vec::new(),
     };
     files.sort();

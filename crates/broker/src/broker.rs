@@ -1,0 +1,611 @@
+//! The token broker: the only path from an agent key to a token.
+//!
+//! ```text
+//! authenticate(agent key) ─► KeyVerified
+//! authorize(&KeyVerified, inbox, scope) ─► Authorized<Scope>
+//! mint_read(&Authorized<Read>, ttl) / mint_oidc(&Authorized<Read>, ttl)
+//!     clamp TTL ─► authority signs ─► audit append ─► Minted
+//! ```
+//!
+//! Each step returns a proof value the next step requires, and only this module
+//! can build them (private fields), so a token cannot be minted without a
+//! verified key and a covering, active grant. A [`Minted`] holds the
+//! [`MintReceipt`] of its audit record: the token is handed out only after the
+//! audit append succeeded (fail-closed).
+//!
+//! A `send` authorization does not mint a read capability:
+//!
+//! ```compile_fail
+//! # use agentkeys_broker::{TokenBroker, scope};
+//! # async fn f(broker: &TokenBroker, inbox: &agentkeys_core::Address) -> Result<(), agentkeys_broker::MintError> {
+//! let verified = broker.authenticate("ak_…").await?;
+//! let send = broker.authorize(&verified, inbox, scope::Send).await?;
+//! broker.mint_read(&send, None).await?; // expected `Authorized<Read>`
+//! # Ok(()) }
+//! ```
+//!
+//! and a proof cannot be made outside this module:
+//!
+//! ```compile_fail
+//! let verified = agentkeys_broker::KeyVerified {
+//!     key_id: "key_0123456789abcdef".parse().unwrap(),
+//!     agent: "0x00000000000000000000000000000000000000a1".parse().unwrap(),
+//!     owner: "0x00000000000000000000000000000000000000aa".parse().unwrap(),
+//!     key_expires_at: i64::MAX,
+//! }; // private fields
+//! ```
+
+use std::fmt;
+use std::marker::PhantomData;
+use std::sync::Arc;
+
+use agentkeys_core::{
+    Address, AgentId, AgentKey, Grant, GrantId, KeyFacts, KeyHash, KeyHasher, KeyId, OwnerId,
+    Scope, UnixTime,
+};
+use async_trait::async_trait;
+use serde::Serialize;
+
+use crate::authority::TokenAuthority;
+use crate::capability::CapabilityClaims;
+use crate::error::{BackendError, KeyRejection, MintError};
+use crate::oidc::{DEFAULT_AUDIENCE, IssuerUrl, OidcClaims};
+use crate::ttl::{Clamped, TokenKind, clamp_with_ceiling};
+
+/// The current time, injected so tests control it.
+pub trait Clock: Send + Sync {
+    /// Seconds since the Unix epoch.
+    fn now(&self) -> UnixTime;
+}
+
+/// The system clock.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> UnixTime {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+    }
+}
+
+/// What the broker reads from the metadata store.
+#[async_trait]
+pub trait BrokerStore: Send + Sync {
+    /// The key whose stored hash is `hash`, if any (any state; the broker checks).
+    async fn key_by_hash(&self, hash: &KeyHash) -> Result<Option<KeyFacts>, BackendError>;
+    /// Every grant of `agent`, in any state (the broker filters).
+    async fn grants_of_agent(&self, agent: &AgentId) -> Result<Vec<Grant>, BackendError>;
+    /// The owner of `inbox`, `None` if there is no such inbox.
+    async fn inbox_owner(&self, inbox: &Address) -> Result<Option<OwnerId>, BackendError>;
+}
+
+/// What a mint tells the audit log. Carries no token, only its id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MintEvent {
+    /// The kind of token.
+    pub kind: TokenKind,
+    /// The agent it was minted for.
+    pub agent: AgentId,
+    /// The agent's (and inbox's) owner.
+    pub owner: OwnerId,
+    /// The agent key used.
+    pub key_id: KeyId,
+    /// The grant that allowed it.
+    pub grant_id: GrantId,
+    /// The inbox it concerns.
+    pub inbox: Address,
+    /// The token's unique id.
+    pub jti: String,
+    /// Issue time.
+    pub issued_at: UnixTime,
+    /// Expiry.
+    pub expires_at: UnixTime,
+    /// Lifetime issued, in seconds.
+    pub ttl: i64,
+    /// Lifetime asked for, if any.
+    pub requested_ttl: Option<i64>,
+    /// Whether the lifetime was clamped.
+    pub clamped: bool,
+    /// The `aud` of an OIDC token.
+    pub audience: Option<String>,
+}
+
+/// Proof that a mint was recorded: the audit log's sequence number of the record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+pub struct MintReceipt {
+    seq: u64,
+}
+
+impl MintReceipt {
+    /// A receipt for the record at `seq`. Only an audit log that has durably
+    /// appended the record should make one.
+    pub fn new(seq: u64) -> Self {
+        Self { seq }
+    }
+
+    /// The record's sequence number.
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+}
+
+/// The audit seam of the mint path: the broker returns a token only after
+/// `record_mint` succeeded.
+#[async_trait]
+pub trait MintAudit: Send + Sync {
+    /// Appends a record of `event` durably and returns its receipt.
+    async fn record_mint(&self, event: MintEvent) -> Result<MintReceipt, BackendError>;
+}
+
+/// Proof that an agent key is genuine, unrevoked and unexpired. Only
+/// [`TokenBroker::authenticate`] makes one. It is a point-in-time proof (not
+/// `Clone`): check the key again for every request.
+#[derive(Debug, PartialEq, Eq)]
+pub struct KeyVerified {
+    key_id: KeyId,
+    agent: AgentId,
+    owner: OwnerId,
+    key_expires_at: UnixTime,
+}
+
+impl KeyVerified {
+    /// The key's id.
+    pub fn key_id(&self) -> &KeyId {
+        &self.key_id
+    }
+    /// The agent the key identifies.
+    pub fn agent(&self) -> &AgentId {
+        &self.agent
+    }
+    /// The agent's owner.
+    pub fn owner(&self) -> &OwnerId {
+        &self.owner
+    }
+    /// When the key expires.
+    pub fn key_expires_at(&self) -> UnixTime {
+        self.key_expires_at
+    }
+}
+
+/// Scope markers for [`Authorized`]. `scope::Send` is a type, not the `Send` trait.
+pub mod scope {
+    /// The `read` scope.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct Read;
+    /// The `send` scope.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct Send;
+    /// The `admin` scope.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct Admin;
+}
+
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for super::scope::Read {}
+    impl Sealed for super::scope::Send {}
+    impl Sealed for super::scope::Admin {}
+}
+
+/// A scope marker type: [`scope::Read`], [`scope::Send`] or [`scope::Admin`].
+pub trait ScopeMarker: sealed::Sealed + Copy + Send + Sync + 'static {
+    /// The scope it stands for.
+    const SCOPE: Scope;
+}
+
+impl ScopeMarker for scope::Read {
+    const SCOPE: Scope = Scope::Read;
+}
+impl ScopeMarker for scope::Send {
+    const SCOPE: Scope = Scope::Send;
+}
+impl ScopeMarker for scope::Admin {
+    const SCOPE: Scope = Scope::Admin;
+}
+
+/// Proof that a verified agent holds an active grant with scope `S` covering
+/// one inbox of its own owner. Only [`TokenBroker::authorize`] makes one. A
+/// point-in-time proof (not `Clone`): authorize again for every request, so a
+/// revoked grant stops the next mint.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Authorized<S: ScopeMarker> {
+    key_id: KeyId,
+    agent: AgentId,
+    owner: OwnerId,
+    inbox: Address,
+    grant_id: GrantId,
+    expires_at: UnixTime,
+    scope: PhantomData<S>,
+}
+
+impl<S: ScopeMarker> Authorized<S> {
+    /// The authorized inbox.
+    pub fn inbox(&self) -> &Address {
+        &self.inbox
+    }
+    /// The inbox's (and the agent's) owner.
+    pub fn owner(&self) -> &OwnerId {
+        &self.owner
+    }
+    /// The agent.
+    pub fn agent(&self) -> &AgentId {
+        &self.agent
+    }
+    /// The key used.
+    pub fn key_id(&self) -> &KeyId {
+        &self.key_id
+    }
+    /// The grant that allowed it.
+    pub fn grant_id(&self) -> &GrantId {
+        &self.grant_id
+    }
+    /// End of the authorization: the earlier of the grant's and the key's expiry.
+    /// No token minted from it outlives this.
+    pub fn expires_at(&self) -> UnixTime {
+        self.expires_at
+    }
+    /// The scope.
+    pub fn scope(&self) -> Scope {
+        S::SCOPE
+    }
+}
+
+/// A minted token: the response `{token, expires_at, ttl, clamped}` plus its audit receipt.
+#[derive(Clone, PartialEq, Eq, Serialize)]
+pub struct Minted {
+    /// The token (a read capability or a JWT). A bearer secret: `Debug` hides it.
+    pub token: String,
+    /// Expiry.
+    pub expires_at: UnixTime,
+    /// Lifetime issued, in seconds.
+    pub ttl: i64,
+    /// Whether the lifetime differs from the one asked for.
+    pub clamped: bool,
+    /// The kind of token.
+    #[serde(skip)]
+    pub kind: TokenKind,
+    /// The token's unique id (in the audit record).
+    #[serde(skip)]
+    pub jti: String,
+    #[serde(skip)]
+    receipt: MintReceipt,
+}
+
+impl Minted {
+    /// The receipt of the audit record of this mint.
+    pub fn receipt(&self) -> MintReceipt {
+        self.receipt
+    }
+}
+
+impl fmt::Debug for Minted {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Minted")
+            .field("token", &"<redacted>")
+            .field("expires_at", &self.expires_at)
+            .field("ttl", &self.ttl)
+            .field("clamped", &self.clamped)
+            .field("kind", &self.kind)
+            .field("jti", &self.jti)
+            .field("receipt", &self.receipt)
+            .finish()
+    }
+}
+
+/// Settings of the broker's OIDC tokens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerConfig {
+    /// The issuer, the server's configured public URL.
+    pub issuer: IssuerUrl,
+    /// The `aud` of every OIDC token (default [`DEFAULT_AUDIENCE`]).
+    pub audience: String,
+}
+
+impl BrokerConfig {
+    /// `issuer` with the default audience.
+    pub fn new(issuer: IssuerUrl) -> Self {
+        Self {
+            issuer,
+            audience: DEFAULT_AUDIENCE.to_owned(),
+        }
+    }
+}
+
+/// What a [`TokenBroker`] is built from.
+pub struct BrokerParts {
+    /// The metadata the broker reads.
+    pub store: Arc<dyn BrokerStore>,
+    /// The audit seam.
+    pub audit: Arc<dyn MintAudit>,
+    /// The signer.
+    pub authority: Arc<dyn TokenAuthority>,
+    /// The agent-key hasher (same seed as the store's stored hashes).
+    pub hasher: KeyHasher,
+    /// The clock.
+    pub clock: Arc<dyn Clock>,
+    /// OIDC settings.
+    pub config: BrokerConfig,
+}
+
+/// Mints read capabilities and OIDC tokens for agents, under their grants.
+pub struct TokenBroker {
+    store: Arc<dyn BrokerStore>,
+    audit: Arc<dyn MintAudit>,
+    authority: Arc<dyn TokenAuthority>,
+    hasher: KeyHasher,
+    clock: Arc<dyn Clock>,
+    config: BrokerConfig,
+}
+
+impl fmt::Debug for TokenBroker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TokenBroker")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TokenBroker {
+    /// Builds a broker.
+    pub fn new(parts: BrokerParts) -> Self {
+        let BrokerParts {
+            store,
+            audit,
+            authority,
+            hasher,
+            clock,
+            config,
+        } = parts;
+        Self {
+            store,
+            audit,
+            authority,
+            hasher,
+            clock,
+            config,
+        }
+    }
+
+    /// The authority, for serving the JWKS and verifying capabilities.
+    pub fn authority(&self) -> &Arc<dyn TokenAuthority> {
+        &self.authority
+    }
+
+    /// The OIDC settings.
+    pub fn config(&self) -> &BrokerConfig {
+        &self.config
+    }
+
+    /// Step 1: checks a presented agent key (format, existence, constant-time
+    /// match, revocation, expiry). Every failure is [`MintError::InvalidKey`].
+    pub async fn authenticate(&self, presented: &str) -> Result<KeyVerified, MintError> {
+        let key =
+            AgentKey::parse(presented).ok_or(MintError::InvalidKey(KeyRejection::Malformed))?;
+        let hash = self.hasher.hash(&key);
+        let facts = self
+            .store
+            .key_by_hash(&hash)
+            .await
+            .map_err(MintError::Store)?
+            .filter(|k| k.hash.ct_eq(&hash))
+            .ok_or(MintError::InvalidKey(KeyRejection::NotFound))?;
+        if facts.revoked_at.is_some() {
+            return Err(MintError::InvalidKey(KeyRejection::Revoked));
+        }
+        if self.clock.now() >= facts.expires_at {
+            return Err(MintError::InvalidKey(KeyRejection::Expired));
+        }
+        Ok(KeyVerified {
+            key_id: facts.id,
+            agent: facts.agent,
+            owner: facts.owner,
+            key_expires_at: facts.expires_at,
+        })
+    }
+
+    /// Step 2: finds an active grant of the verified agent, from its own owner,
+    /// with scope `S`, covering `inbox`.
+    ///
+    /// Errors: [`MintError::GrantExpired`] when covering grants exist but all have
+    /// expired; [`MintError::NoGrant`] when none exists, and also when the inbox
+    /// does not exist or belongs to another owner (the two cannot be told apart).
+    pub async fn authorize<S: ScopeMarker>(
+        &self,
+        verified: &KeyVerified,
+        inbox: &Address,
+        _scope: S,
+    ) -> Result<Authorized<S>, MintError> {
+        // Both lookups always run, so timing does not tell a foreign inbox from an own one.
+        let inbox_owner = self
+            .store
+            .inbox_owner(inbox)
+            .await
+            .map_err(MintError::Store)?;
+        let grants = self
+            .store
+            .grants_of_agent(&verified.agent)
+            .await
+            .map_err(MintError::Store)?;
+        let now = self.clock.now();
+        if now >= verified.key_expires_at {
+            return Err(MintError::InvalidKey(KeyRejection::Expired));
+        }
+        if inbox_owner.as_ref() != Some(&verified.owner) {
+            return Err(MintError::NoGrant);
+        }
+        let covering: Vec<&Grant> = grants
+            .iter()
+            .filter(|g| {
+                g.agent == verified.agent
+                    && g.owner == verified.owner
+                    && g.revoked_at.is_none()
+                    && g.scopes.contains(S::SCOPE)
+                    && g.pattern.covers(inbox)
+            })
+            .collect();
+        let Some(grant) = covering
+            .iter()
+            .filter(|g| g.is_active(now))
+            .max_by_key(|g| g.expires_at)
+        else {
+            return Err(if covering.is_empty() {
+                MintError::NoGrant
+            } else {
+                MintError::GrantExpired
+            });
+        };
+        Ok(Authorized {
+            key_id: verified.key_id.clone(),
+            agent: verified.agent.clone(),
+            owner: verified.owner.clone(),
+            inbox: inbox.clone(),
+            grant_id: grant.id.clone(),
+            expires_at: grant.expires_at.min(verified.key_expires_at),
+            scope: PhantomData,
+        })
+    }
+
+    fn clamp(
+        &self,
+        auth_expires_at: UnixTime,
+        requested: Option<i64>,
+        kind: TokenKind,
+    ) -> Result<(UnixTime, Clamped), MintError> {
+        let now = self.clock.now();
+        let clamped = clamp_with_ceiling(
+            requested,
+            auth_expires_at,
+            now,
+            kind,
+            self.authority.max_token_ttl(kind),
+        )?;
+        Ok((now, clamped))
+    }
+
+    /// Step 3: mints a read capability for the authorized inbox's blob prefix.
+    pub async fn mint_read(
+        &self,
+        auth: &Authorized<scope::Read>,
+        requested_ttl: Option<i64>,
+    ) -> Result<Minted, MintError> {
+        let kind = TokenKind::ReadCapability;
+        let (now, clamped) = self.clamp(auth.expires_at, requested_ttl, kind)?;
+        let jti = crate::random_jti();
+        let token = self
+            .authority
+            .sign_capability(&CapabilityClaims {
+                owner: auth.owner.clone(),
+                inbox: auth.inbox.clone(),
+                issued_at: now,
+                expires_at: clamped.expires_at,
+                jti: jti.clone(),
+            })
+            .map_err(MintError::Signing)?;
+        let signed = Signed {
+            kind,
+            now,
+            clamped,
+            requested_ttl,
+            jti,
+            token,
+            audience: None,
+        };
+        self.record(auth, signed).await
+    }
+
+    /// Step 3: mints an ES256 OIDC token for the authorized agent, for cloud
+    /// federation (`sub = agentkeys:agent:<agent>`, wallet = the owner).
+    ///
+    /// It takes a `read` authorization like [`mint_read`](Self::mint_read): the
+    /// grant covering the inbox bounds the token's lifetime.
+    pub async fn mint_oidc(
+        &self,
+        auth: &Authorized<scope::Read>,
+        requested_ttl: Option<i64>,
+    ) -> Result<Minted, MintError> {
+        let kind = TokenKind::Oidc;
+        let (now, clamped) = self.clamp(auth.expires_at, requested_ttl, kind)?;
+        let claims = OidcClaims::builder(
+            &self.config.issuer,
+            &auth.agent,
+            &auth.owner,
+            now,
+            clamped.expires_at,
+        )
+        .audience(self.config.audience.clone())
+        .build();
+        let token = self
+            .authority
+            .sign_oidc(&claims)
+            .map_err(MintError::Signing)?;
+        let signed = Signed {
+            kind,
+            now,
+            clamped,
+            requested_ttl,
+            jti: claims.jti,
+            token,
+            audience: Some(claims.aud),
+        };
+        self.record(auth, signed).await
+    }
+
+    /// The audit append, then the token. Nothing is returned if the append fails.
+    async fn record<S: ScopeMarker>(
+        &self,
+        auth: &Authorized<S>,
+        signed: Signed,
+    ) -> Result<Minted, MintError> {
+        let Signed {
+            kind,
+            now,
+            clamped,
+            requested_ttl,
+            jti,
+            token,
+            audience,
+        } = signed;
+        let event = MintEvent {
+            kind,
+            agent: auth.agent.clone(),
+            owner: auth.owner.clone(),
+            key_id: auth.key_id.clone(),
+            grant_id: auth.grant_id.clone(),
+            inbox: auth.inbox.clone(),
+            jti: jti.clone(),
+            issued_at: now,
+            expires_at: clamped.expires_at,
+            ttl: clamped.ttl,
+            requested_ttl,
+            clamped: clamped.clamped,
+            audience,
+        };
+        let receipt = self
+            .audit
+            .record_mint(event)
+            .await
+            .map_err(MintError::Audit)?;
+        Ok(Minted {
+            token,
+            expires_at: clamped.expires_at,
+            ttl: clamped.ttl,
+            clamped: clamped.clamped,
+            kind,
+            jti,
+            receipt,
+        })
+    }
+}
+
+/// A signed token waiting for its audit record.
+struct Signed {
+    kind: TokenKind,
+    now: UnixTime,
+    clamped: Clamped,
+    requested_ttl: Option<i64>,
+    jti: String,
+    token: String,
+    audience: Option<String>,
+}
