@@ -40,7 +40,7 @@ use std::marker::PhantomData;
 use std::sync::Arc;
 
 use agentkeys_core::{
-    Address, AgentId, AgentKey, Grant, GrantId, KeyFacts, KeyHash, KeyHasher, KeyId, OwnerId,
+    Address, AgentId, AgentKey, Grant, GrantId, GrantMiss, covering_grant, KeyFacts, KeyHash, KeyHasher, KeyId, OwnerId,
     Scope, UnixTime,
 };
 use async_trait::async_trait;
@@ -435,27 +435,10 @@ impl TokenBroker {
         if inbox_owner.as_ref() != Some(&verified.owner) {
             return Err(MintError::NoGrant);
         }
-        let covering: Vec<&Grant> = grants
-            .iter()
-            .filter(|g| {
-                g.agent == verified.agent
-                    && g.owner == verified.owner
-                    && g.revoked_at.is_none()
-                    && g.scopes.contains(S::SCOPE)
-                    && g.pattern.covers(inbox)
-            })
-            .collect();
-        let Some(grant) = covering
-            .iter()
-            .filter(|g| g.is_active(now))
-            .max_by_key(|g| g.expires_at)
-        else {
-            return Err(if covering.is_empty() {
-                MintError::NoGrant
-            } else {
-                MintError::GrantExpired
-            });
-        };
+        let grant = covering_grant(&grants, &verified.agent, &verified.owner, S::SCOPE, inbox, now).map_err(|miss| match miss {
+            GrantMiss::NoGrant => MintError::NoGrant,
+            GrantMiss::Expired => MintError::GrantExpired,
+        })?;
         Ok(Authorized {
             key_id: verified.key_id.clone(),
             agent: verified.agent.clone(),

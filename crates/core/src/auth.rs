@@ -17,7 +17,7 @@
 //! build: the submission path needs it to accept `MAIL FROM`.
 
 use crate::UnixTime;
-use crate::grant::{Grant, Scope};
+use crate::grant::{Grant, Scope, covering_grant};
 use crate::ids::{Address, AgentId, GrantId, KeyId, OwnerId};
 use crate::inbox::InboxStatus;
 use crate::key::{AgentKey, KeyHash, KeyHasher};
@@ -165,11 +165,11 @@ impl Credentials {
         if now >= key.expires_at {
             return Err(AuthFailure::KeyExpired);
         }
-        let mut send_grants = facts.grants.iter().filter(|g| {
-            g.agent == key.agent && g.owner == key.owner && g.is_active(now) && g.scopes.contains(Scope::Send)
-        });
-        let mut send_grants_peek = send_grants.clone();
-        if send_grants_peek.next().is_none() {
+        let holds_send_grant = facts
+            .grants
+            .iter()
+            .any(|g| g.held_by(&key.agent, &key.owner) && g.is_active(now) && g.scopes.contains(Scope::Send));
+        if !holds_send_grant {
             return Err(AuthFailure::NoSendGrant);
         }
         let (inbox_owner, status) = facts.inbox.as_ref().ok_or(AuthFailure::InboxNotFound)?;
@@ -179,9 +179,8 @@ impl Credentials {
         if *inbox_owner != key.owner {
             return Err(AuthFailure::OwnerMismatch);
         }
-        let grant = send_grants
-            .find(|g| g.pattern.covers(&self.address))
-            .ok_or(AuthFailure::GrantDoesNotCover)?;
+        let grant = covering_grant(&facts.grants, &key.agent, &key.owner, Scope::Send, &self.address, now)
+            .map_err(|_| AuthFailure::GrantDoesNotCover)?;
         Ok(SendAuthorized {
             inbox: self.address.clone(),
             owner: key.owner.clone(),

@@ -175,6 +175,47 @@ impl Grant {
     pub fn allows(&self, scope: Scope, address: &Address, now: UnixTime) -> bool {
         self.is_active(now) && self.scopes.contains(scope) && self.pattern.covers(address)
     }
+
+    /// Granted by `owner` to `agent`.
+    pub fn held_by(&self, agent: &AgentId, owner: &OwnerId) -> bool {
+        &self.agent == agent && &self.owner == owner
+    }
+}
+
+/// Why no grant lets an agent use a scope on an inbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GrantMiss {
+    /// No unrevoked grant of the agent carries the scope and covers the inbox.
+    NoGrant,
+    /// Such grants exist, but every one of them has expired.
+    Expired,
+}
+
+/// The one rule that decides grant coverage, shared by SMTP submission and the
+/// token broker: among the grants `owner` gave `agent`, the unrevoked ones carrying
+/// `scope` and covering `inbox`; of those, the active one that lasts longest.
+pub fn covering_grant<'a>(
+    grants: &'a [Grant],
+    agent: &AgentId,
+    owner: &OwnerId,
+    scope: Scope,
+    inbox: &Address,
+    now: UnixTime,
+) -> Result<&'a Grant, GrantMiss> {
+    let mut covering = grants.iter().filter(|g| {
+        g.held_by(agent, owner) && g.revoked_at.is_none() && g.scopes.contains(scope) && g.pattern.covers(inbox)
+    });
+    let mut any = false;
+    let best = covering
+        .by_ref()
+        .inspect(|_| any = true)
+        .filter(|g| g.is_active(now))
+        .max_by_key(|g| g.expires_at);
+    match best {
+        Some(grant) => Ok(grant),
+        None if any => Err(GrantMiss::Expired),
+        None => Err(GrantMiss::NoGrant),
+    }
 }
 
 #[cfg(test)]
@@ -198,6 +239,43 @@ mod tests {
         for bad in ["*", "a*b*", "*@", "not an address", "x y*"] {
             assert!(bad.parse::<InboxPattern>().is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn covering_grant_prefers_the_longest_active_one() {
+        let owner: OwnerId = format!("0x{}", "1".repeat(40)).parse().unwrap();
+        let other: OwnerId = format!("0x{}", "2".repeat(40)).parse().unwrap();
+        let agent: AgentId = format!("0x{}", "a".repeat(40)).parse().unwrap();
+        let inbox: Address = "bot-1@agents.localhost".parse().unwrap();
+        let grant = |n: u8, pattern: &str, scopes: &str, expires_at: UnixTime, revoked: bool, owner: &OwnerId| Grant {
+            id: format!("gr_{}", char::from(b'a' + n).to_string().repeat(22)).parse().unwrap(),
+            owner: owner.clone(),
+            agent: agent.clone(),
+            pattern: pattern.parse().unwrap(),
+            scopes: scopes.parse().unwrap(),
+            created_at: 0,
+            expires_at,
+            revoked_at: revoked.then_some(1),
+        };
+        let now = 100;
+        let pick = |grants: &[Grant]| covering_grant(grants, &agent, &owner, Scope::Send, &inbox, now).map(|g| g.id.clone());
+        assert_eq!(pick(&[]), Err(GrantMiss::NoGrant));
+        // Wrong scope, revoked, another owner's, not covering: none count.
+        let ignored = [
+            grant(0, "bot-*", "read", 200, false, &owner),
+            grant(1, "bot-*", "send", 200, true, &owner),
+            grant(2, "bot-*", "send", 200, false, &other),
+            grant(3, "x@agents.localhost", "send", 200, false, &owner),
+        ];
+        assert_eq!(pick(&ignored), Err(GrantMiss::NoGrant));
+        let expired = [grant(4, "bot-*", "send", now, false, &owner)];
+        assert_eq!(pick(&expired), Err(GrantMiss::Expired));
+        let mixed = [
+            grant(5, "bot-*", "send", 150, false, &owner),
+            grant(6, "*@agents.localhost", "read,send", 300, false, &owner),
+            grant(7, "bot-1@agents.localhost", "send", 50, false, &owner),
+        ];
+        assert_eq!(pick(&mixed).unwrap(), mixed[1].id);
     }
 
     #[test]
