@@ -29,4 +29,10 @@ if ! python3 -c "import jwt, cryptography" 2>/dev/null; then
   python3 -m pip install --quiet pyjwt cryptography
 fi
 
+# The independent DKIM verifier (tests/resources/verify_dkim.py) needs dkimpy, and PyNaCl for Ed25519.
+if ! python3 -c "import dkim, nacl" 2>/dev/null; then
+  echo "installing Python test modules: dkimpy pynacl"
+  python3 -m pip install --quiet dkimpy pynacl
+fi
+
 exec cargo test --workspace --locked "$@"

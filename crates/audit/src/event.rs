@@ -36,6 +36,12 @@ pub mod ops {
     pub const GRANT_CREATE: &str = "grant.create";
     /// A grant was revoked.
     pub const GRANT_REVOKE: &str = "grant.revoke";
+    /// A hosted domain was added (with its first DKIM keys).
+    pub const DOMAIN_CREATE: &str = "domain.create";
+    /// A hosted domain was removed (with its DKIM keys).
+    pub const DOMAIN_REMOVE: &str = "domain.remove";
+    /// A DKIM key version was stored for a hosted domain.
+    pub const DKIM_KEY_CREATE: &str = "dkim_key.create";
 }
 
 /// Who caused an audited operation.

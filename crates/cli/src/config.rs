@@ -10,6 +10,9 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use std::str::FromStr;
+
+use agentkeys_broker::{DEFAULT_AUDIENCE, IssuerUrl};
 use agentkeys_core::{Domain, parse_duration};
 
 /// Default data directory, relative to the working directory.
@@ -18,6 +21,8 @@ pub(crate) const DEFAULT_DATA_DIR: &str = "./agentkeys-data";
 pub(crate) const DEFAULT_DOMAIN: &str = "agents.localhost";
 /// Default configuration file, looked for in the working directory.
 pub(crate) const DEFAULT_CONFIG_FILE: &str = "agentkeys.toml";
+/// Default public URL of the HTTP listener (the OIDC issuer).
+pub(crate) const DEFAULT_PUBLIC_URL: &str = "http://127.0.0.1:8787";
 
 /// The server's settings after defaults, file and environment are merged.
 #[derive(Debug, Clone)]
@@ -38,6 +43,8 @@ pub(crate) struct Config {
     pub(crate) auth_failure_window_secs: u64,
     pub(crate) shutdown_grace_secs: u64,
     pub(crate) log: String,
+    pub(crate) public_url: IssuerUrl,
+    pub(crate) oidc_audience: String,
 }
 
 impl Default for Config {
@@ -60,6 +67,8 @@ impl Default for Config {
             auth_failure_window_secs: 600,
             shutdown_grace_secs: 30,
             log: "info".to_owned(),
+            public_url: IssuerUrl::from_str(DEFAULT_PUBLIC_URL).unwrap_or_else(|_| unreachable!()),
+            oidc_audience: DEFAULT_AUDIENCE.to_owned(),
         }
     }
 }
@@ -90,6 +99,13 @@ fn parse_positive<T: std::str::FromStr + PartialOrd + Default>(v: &str) -> Resul
     Ok(n)
 }
 
+fn parse_audience(v: &str) -> Result<String, String> {
+    if v.is_empty() || v.len() > 255 || !v.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(format!("expected 1-255 visible ASCII characters without spaces, got {v:?}"));
+    }
+    Ok(v.to_owned())
+}
+
 fn parse_secs(v: &str) -> Result<u64, String> {
     parse_duration(v).map(|s| s.unsigned_abs()).map_err(|e| e.to_string())
 }
@@ -102,7 +118,7 @@ pub(crate) const KEYS: &[Key] = &[
     Key { toml: "listen.inbound", env: "AGENTKEYS_LISTEN_INBOUND", help: "inbound MX listener", set: |c, v| { c.listen_inbound = parse_addr(v)?; Ok(()) } },
     Key { toml: "listen.submission", env: "AGENTKEYS_LISTEN_SUBMISSION", help: "submission listener (STARTTLS)", set: |c, v| { c.listen_submission = parse_addr(v)?; Ok(()) } },
     Key { toml: "listen.submission_tls", env: "AGENTKEYS_LISTEN_SUBMISSION_TLS", help: "submission listener (implicit TLS)", set: |c, v| { c.listen_submission_tls = parse_addr(v)?; Ok(()) } },
-    Key { toml: "listen.http", env: "AGENTKEYS_LISTEN_HTTP", help: "HTTP listener (/healthz, /metrics)", set: |c, v| { c.listen_http = parse_addr(v)?; Ok(()) } },
+    Key { toml: "listen.http", env: "AGENTKEYS_LISTEN_HTTP", help: "HTTP listener (/healthz, /metrics, /v1 API, OIDC issuer)", set: |c, v| { c.listen_http = parse_addr(v)?; Ok(()) } },
     Key { toml: "tls.cert", env: "AGENTKEYS_TLS_CERT", help: "PEM certificate chain; a self-signed one is generated when unset", set: |c, v| { c.tls_cert = Some(PathBuf::from(v)); Ok(()) } },
     Key { toml: "tls.key", env: "AGENTKEYS_TLS_KEY", help: "PEM private key for tls.cert", set: |c, v| { c.tls_key = Some(PathBuf::from(v)); Ok(()) } },
     Key { toml: "limits.max_message_size", env: "AGENTKEYS_MAX_MESSAGE_SIZE", help: "largest accepted message in bytes", set: |c, v| { c.max_message_size = parse_positive(v)?; Ok(()) } },
@@ -111,6 +127,8 @@ pub(crate) const KEYS: &[Key] = &[
     Key { toml: "limits.auth_failures_per_ip", env: "AGENTKEYS_AUTH_FAILURES_PER_IP", help: "failed AUTHs per IP within the window before AUTH is refused with 454", set: |c, v| { c.auth_failures_per_ip = parse_positive(v)?; Ok(()) } },
     Key { toml: "limits.auth_failure_window", env: "AGENTKEYS_AUTH_FAILURE_WINDOW", help: "window of the per-IP AUTH failure count (e.g. 10m)", set: |c, v| { c.auth_failure_window_secs = parse_secs(v)?; Ok(()) } },
     Key { toml: "limits.shutdown_grace", env: "AGENTKEYS_SHUTDOWN_GRACE", help: "how long in-flight sessions may finish after SIGTERM (e.g. 30s)", set: |c, v| { c.shutdown_grace_secs = parse_secs(v)?; Ok(()) } },
+    Key { toml: "public_url", env: "AGENTKEYS_PUBLIC_URL", help: "the URL clients reach the HTTP listener at; the OIDC issuer (https://, or http:// for localhost)", set: |c, v| { c.public_url = v.parse().map_err(|e: agentkeys_broker::IssuerUrlError| e.reason.to_owned())?; Ok(()) } },
+    Key { toml: "oidc_audience", env: "AGENTKEYS_OIDC_AUDIENCE", help: "the aud claim of minted OIDC tokens", set: |c, v| { c.oidc_audience = parse_audience(v)?; Ok(()) } },
     Key { toml: "log", env: "AGENTKEYS_LOG", help: "log filter (error, warn, info, debug, or a tracing directive)", set: |c, v| { c.log = v.to_owned(); Ok(()) } },
 ];
 
@@ -290,5 +308,36 @@ mod tests {
             assert!(seen.insert(k.env), "duplicate {}", k.env);
             assert!(!k.help.is_empty());
         }
+    }
+}
+
+#[cfg(test)]
+mod public_url_tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+    }
+
+    #[test]
+    fn public_url_and_audience() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("agentkeys.toml");
+        std::fs::write(&p, "").unwrap();
+        let c = load(Some(&p), &env(&[])).unwrap();
+        assert_eq!(c.public_url.as_str(), "http://127.0.0.1:8787");
+        assert_eq!(c.oidc_audience, "sts.amazonaws.com");
+        std::fs::write(&p, "public_url = \"https://mail.example.com/\"\noidc_audience = \"my-app\"\n").unwrap();
+        let c = load(Some(&p), &env(&[])).unwrap();
+        assert_eq!(c.public_url.as_str(), "https://mail.example.com");
+        assert_eq!(c.oidc_audience, "my-app");
+        let err = load(
+            Some(&p),
+            &env(&[("AGENTKEYS_PUBLIC_URL", "http://mail.example.com"), ("AGENTKEYS_OIDC_AUDIENCE", "two words")]),
+        )
+        .unwrap_err();
+        let keys: Vec<&str> = err.0.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(keys, ["AGENTKEYS_PUBLIC_URL", "AGENTKEYS_OIDC_AUDIENCE"]);
+        assert!(err.to_string().contains("https://"), "{err}");
     }
 }

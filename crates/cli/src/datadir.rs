@@ -6,6 +6,7 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use agentkeys_broker::{AuthorityConfig, SoftwareAuthority};
 use agentkeys_core::{KeyHasher, MasterSeed};
 use agentkeys_store::{FsBlobStore, MetadataStore, SqliteStore};
 use anyhow::{Context, Result, bail};
@@ -27,6 +28,9 @@ pub(crate) struct DataDir {
     pub(crate) hasher: KeyHasher,
     /// Key for hashing third-party addresses in audit records.
     pub(crate) address_key: [u8; 32],
+    /// The master seed, kept only to derive the token authority's keys. Never
+    /// printed (`Debug` is redacted) and never leaves this module.
+    seed: MasterSeed,
 }
 
 impl DataDir {
@@ -48,7 +52,23 @@ impl DataDir {
             blobs: Arc::new(blobs),
             hasher: KeyHasher::new(&seed),
             address_key: agentkeys_audit::address_key(&seed),
+            seed,
         })
+    }
+
+    /// The token authority: OIDC signing keys and the capability key, derived
+    /// from the master seed in memory.
+    pub(crate) fn token_authority(&self) -> Result<SoftwareAuthority> {
+        SoftwareAuthority::new(&self.seed, AuthorityConfig::default())
+            .context("cannot derive the token authority's keys from the master seed")
+    }
+}
+
+impl DataDir {
+    /// The hosted domains' DKIM keys: Ed25519 derived from the master seed, RSA
+    /// stored wrapped under a seed-derived key. Keys it creates are audited as `actor`.
+    pub(crate) fn dkim_keyring(&self, actor: agentkeys_audit::Actor) -> agentkeys_delivery::DomainKeyring {
+        agentkeys_delivery::DomainKeyring::new(self.seed.clone(), self.meta.clone()).with_actor(actor)
     }
 }
 

@@ -1,4 +1,5 @@
-//! The HTTP listener: `/healthz` and Prometheus `/metrics`.
+//! The HTTP listener: `/healthz`, Prometheus `/metrics`, and the API
+//! (`agentkeys_api::router`: `/v1/…` and the OIDC issuer's `/.well-known/…`).
 
 use axum::Router;
 use axum::extract::State;
@@ -7,12 +8,13 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use metrics_exporter_prometheus::PrometheusHandle;
 
-/// Builds the router.
-pub(crate) fn router(metrics: PrometheusHandle) -> Router {
+/// Builds the router: the operational routes merged with the API's `api`.
+pub(crate) fn router(metrics: PrometheusHandle, api: Router) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(render_metrics))
         .with_state(metrics)
+        .merge(api)
 }
 
 async fn render_metrics(State(handle): State<PrometheusHandle>) -> impl IntoResponse {

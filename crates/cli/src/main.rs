@@ -5,6 +5,7 @@ mod audit;
 mod config;
 mod datadir;
 mod demo;
+mod domain;
 mod http;
 mod serve;
 mod tls;
@@ -50,6 +51,9 @@ struct Global {
 enum Command {
     /// Run the server: inbound MX, submission, HTTP.
     Serve,
+    /// Manage hosted domains and their DKIM keys.
+    #[command(subcommand)]
+    Domain(domain::DomainCmd),
     /// Manage owners (the humans).
     #[command(subcommand)]
     Owner(admin::OwnerCmd),
@@ -110,6 +114,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Serve => serve::run(config).await,
+            Command::Domain(c) => domain::run(&config, c, json).await,
             Command::Owner(c) => admin::owner(&config, c, json).await,
             Command::Agent(c) => admin::agent(&config, c, json).await,
             Command::Inbox(c) => admin::inbox(&config, c, json).await,

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use agentkeys_broker::{BrokerConfig, BrokerParts, SystemClock, TokenBroker};
 use agentkeys_smtp::{ListenerKind, SmtpConfig, SmtpServer};
 use anyhow::{Context, Result};
 use metrics_exporter_prometheus::PrometheusBuilder;
@@ -46,7 +47,23 @@ pub(crate) async fn run(config: Config) -> Result<()> {
     smtp_config.max_connections_per_ip = config.max_connections_per_ip;
     smtp_config.auth_throttle_failures = config.auth_failures_per_ip;
     smtp_config.auth_throttle_window = Duration::from_secs(config.auth_failure_window_secs);
-    let server = Arc::new(SmtpServer::new(smtp_config, dir.meta.clone(), dir.blobs.clone(), dir.hasher.clone(), tls.config.clone()));
+    let server = Arc::new(
+        SmtpServer::new(smtp_config, dir.meta.clone(), dir.blobs.clone(), dir.hasher.clone(), tls.config.clone())
+            // DKIM-sign the queued copy of submitted mail (crates/cli/src/domain.rs).
+            .with_outbound_signer(crate::domain::DkimOutboundSigner::for_server(&dir)),
+    );
+
+    let authority = Arc::new(dir.token_authority()?);
+    let backend = Arc::new(agentkeys_api::StoreBackend::new(dir.meta.clone(), authority.current_kid()));
+    let broker = Arc::new(TokenBroker::new(BrokerParts {
+        store: backend.clone(),
+        audit: backend,
+        authority,
+        hasher: dir.hasher.clone(),
+        clock: Arc::new(SystemClock),
+        config: BrokerConfig { issuer: config.public_url.clone(), audience: config.oidc_audience.clone() },
+    }));
+    let api = agentkeys_api::router(agentkeys_api::ApiState::new(broker));
 
     let data_dir = std::fs::canonicalize(&dir.path).unwrap_or_else(|_| dir.path.clone());
     println!("agentkeys {} serving hosted domain {}", env!("CARGO_PKG_VERSION"), config.domain);
@@ -54,7 +71,8 @@ pub(crate) async fn run(config: Config) -> Result<()> {
     println!("  inbound MX        {}", inbound.local_addr()?);
     println!("  submission        {} (STARTTLS)", submission.local_addr()?);
     println!("  submission TLS    {} (implicit TLS)", submission_tls.local_addr()?);
-    println!("  HTTP              {} (/healthz, /metrics)", http.local_addr()?);
+    println!("  HTTP              {} (/healthz, /metrics, /v1)", http.local_addr()?);
+    println!("  OIDC issuer       {} (audience {})", config.public_url, config.oidc_audience);
     println!(
         "  TLS certificate   {}{}",
         tls.cert_path.display(),
@@ -73,7 +91,7 @@ pub(crate) async fn run(config: Config) -> Result<()> {
     }
     let http_shutdown = shutdown.clone();
     listeners.spawn(async move {
-        let app = crate::http::router(metrics);
+        let app = crate::http::router(metrics, api);
         if let Err(e) = axum::serve(http, app).with_graceful_shutdown(http_shutdown.cancelled_owned()).await {
             tracing::error!(error = %e, "HTTP listener failed");
         }

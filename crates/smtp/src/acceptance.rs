@@ -10,6 +10,8 @@
 //! [`Step::Deliver`]: crate::Step::Deliver
 
 use agentkeys_store::{BlobError, BlobKey, BlobStore, MetadataStore, NewOutbound, StoreError};
+use async_trait::async_trait;
+use bytes::Bytes;
 
 use crate::session::{Delivery, RecipientAnswer, RecipientQuery};
 
@@ -22,6 +24,19 @@ pub enum DeliveryError {
     /// Queueing the remote recipients failed (`451 4.3.0`).
     #[error("queueing outbound message failed: {0}")]
     Queue(#[from] StoreError),
+    /// The outbound copy could not be DKIM-signed (`451 4.3.0`).
+    #[error("signing outbound message failed: {0}")]
+    Sign(String),
+}
+
+/// Signs the outbound copy of a submitted message before it is queued (DKIM in
+/// `agentkeys-delivery`). The SMTP crate knows only this trait.
+#[async_trait]
+pub trait OutboundSigner: Send + Sync + 'static {
+    /// Returns the bytes to queue for a message from `sender_domain` (the
+    /// authenticated inbox's domain, already checked against `From:`): normalized
+    /// and signed. An error refuses the message with a temporary failure.
+    async fn sign(&self, sender_domain: &str, message: &[u8]) -> Result<Vec<u8>, String>;
 }
 
 /// Answers a [`RecipientQuery`]: is the domain hosted, and if so, which inbox is it.
@@ -66,9 +81,34 @@ pub async fn store_delivery(
     meta: &dyn MetadataStore,
     delivery: &Delivery,
 ) -> Result<(), DeliveryError> {
+    store_delivery_signed(blobs, meta, None, delivery).await
+}
+
+/// [`store_delivery`], with the outbound copy (`queue/<ulid>.eml`) replaced by
+/// what `signer` returns: normalized and DKIM-signed. Hosted copies stay as
+/// received (plus `Received:`). Signing happens before anything is written, so a
+/// signing failure leaves nothing behind. Without a signer the queue copy is the
+/// message as received.
+pub async fn store_delivery_signed(
+    blobs: &dyn BlobStore,
+    meta: &dyn MetadataStore,
+    signer: Option<&dyn OutboundSigner>,
+    delivery: &Delivery,
+) -> Result<(), DeliveryError> {
+    let queued: Bytes = match (&delivery.outbound, signer) {
+        (Some(outbound), Some(signer)) => signer
+            .sign(outbound.sender.inbox().domain(), &delivery.message)
+            .await
+            .map_err(DeliveryError::Sign)?
+            .into(),
+        _ => delivery.message.clone(),
+    };
     let items = blob_keys(delivery)
         .into_iter()
-        .map(|key| (key, delivery.message.clone()))
+        .map(|key| {
+            let bytes = if key.as_str().starts_with("queue/") { queued.clone() } else { delivery.message.clone() };
+            (key, bytes)
+        })
         .collect();
     blobs.put_durable(items).await?;
     if let Some(outbound) = &delivery.outbound {
@@ -77,7 +117,7 @@ pub async fn store_delivery(
             sender: outbound.sender.inbox().clone(),
             owner: outbound.sender.owner().clone(),
             recipients: outbound.recipients.clone(),
-            size: delivery.message.len() as u64,
+            size: queued.len() as u64,
             queued_at: delivery.received_at,
         })
         .await?;

@@ -57,7 +57,9 @@ mod throttle;
 #[cfg(test)]
 mod testing;
 
-pub use acceptance::{DeliveryError, blob_keys, lookup_recipient, store_delivery};
+pub use acceptance::{
+    DeliveryError, OutboundSigner, blob_keys, lookup_recipient, store_delivery, store_delivery_signed,
+};
 pub use limits::*;
 pub use reply::Reply;
 pub use server::{SmtpConfig, SmtpServer};

@@ -328,7 +328,9 @@ impl From<&DeliveryError> for Reply {
     fn from(err: &DeliveryError) -> Self {
         match err {
             DeliveryError::Blob(agentkeys_store::BlobError::StorageFull(_)) => Self::StorageFull,
-            DeliveryError::Blob(_) | DeliveryError::Queue(_) => Self::StorageFailed,
+            DeliveryError::Blob(_) | DeliveryError::Queue(_) | DeliveryError::Sign(_) => {
+                Self::StorageFailed
+            }
         }
     }
 }

@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument as _;
 
-use crate::acceptance::{lookup_recipient, store_delivery};
+use crate::acceptance::{OutboundSigner, lookup_recipient, store_delivery_signed};
 use crate::limits::{
     DEFAULT_AUTH_THROTTLE_FAILURES, DEFAULT_AUTH_THROTTLE_WINDOW, DEFAULT_MAX_CONNECTIONS,
     DEFAULT_MAX_CONNECTIONS_PER_IP, Limits, READ_BUFFER_SIZE, TLS_HANDSHAKE_TIMEOUT, WRITE_TIMEOUT,
@@ -153,6 +153,7 @@ pub struct SmtpServer {
     submission: Arc<SessionContext>,
     submission_tls: Arc<SessionContext>,
     limiter: Arc<ConnectionLimiter>,
+    signer: Option<Arc<dyn OutboundSigner>>,
 }
 
 impl std::fmt::Debug for SmtpServer {
@@ -196,7 +197,16 @@ impl SmtpServer {
             submission: context(ListenerKind::Submission),
             submission_tls: context(ListenerKind::SubmissionImplicitTls),
             limiter: ConnectionLimiter::new(config.max_connections, config.max_connections_per_ip),
+            signer: None,
         }
+    }
+
+    /// The same service, signing the queued copy of submitted mail with `signer`
+    /// (DKIM) before it is stored. Without one, queued copies are stored as received.
+    #[must_use]
+    pub fn with_outbound_signer(mut self, signer: Arc<dyn OutboundSigner>) -> Self {
+        self.signer = Some(signer);
+        self
     }
 
     fn context(&self, kind: ListenerKind) -> &Arc<SessionContext> {
@@ -367,7 +377,7 @@ impl SmtpServer {
                 }
                 Step::Deliver(delivery) => {
                     let result =
-                        store_delivery(self.blobs.as_ref(), self.meta.as_ref(), &delivery).await;
+                        store_delivery_signed(self.blobs.as_ref(), self.meta.as_ref(), self.signer.as_deref(), &delivery).await;
                     if result.is_ok() {
                         metrics::counter!("agentkeys_smtp_messages_accepted_total", "listener" => kind.label())
                             .increment(1);

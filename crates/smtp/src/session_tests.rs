@@ -1070,6 +1070,50 @@ async fn store_delivery_uses_one_put_durable_then_enqueues() {
     assert!(meta.queue.lock().unwrap().is_empty());
 }
 
+/// Stands in for the DKIM signer: tags the bytes and records the domain.
+struct TagSigner(std::sync::Mutex<Vec<String>>, bool);
+
+#[async_trait::async_trait]
+impl crate::OutboundSigner for TagSigner {
+    async fn sign(&self, sender_domain: &str, message: &[u8]) -> Result<Vec<u8>, String> {
+        self.0.lock().unwrap().push(sender_domain.to_owned());
+        if self.1 {
+            return Err("no key (injected)".to_owned());
+        }
+        let mut out = b"DKIM-Signature: test\r\n".to_vec();
+        out.extend_from_slice(message);
+        Ok(out)
+    }
+}
+
+#[tokio::test]
+async fn only_the_queued_copy_is_signed_and_a_signing_failure_stores_nothing() {
+    let blobs = FakeBlobs::default();
+    let meta = FakeMeta::new();
+    let mut h = Harness::submission();
+    h.send("MAIL FROM:<bot@agents.localhost>\r\nRCPT TO:<other@agents.localhost>\r\nRCPT TO:<x@remote.test>\r\nDATA\r\n");
+    h.send("From: bot@agents.localhost\r\n\r\nhi\r\n.\r\n");
+    let d = h.deliveries.pop().unwrap();
+    let signer = TagSigner(std::sync::Mutex::new(Vec::new()), false);
+    crate::store_delivery_signed(&blobs, &meta, Some(&signer), &d).await.unwrap();
+    assert_eq!(*signer.0.lock().unwrap(), vec!["agents.localhost".to_owned()]);
+    let stored = blobs.blobs.lock().unwrap().clone();
+    let local = &stored[&format!("{}/other@agents.localhost/{}.eml", owner(1), d.id)];
+    let queued = &stored[&format!("queue/{}.eml", d.id)];
+    assert_eq!(local, &d.message, "hosted copy stays as received");
+    assert!(queued.starts_with(b"DKIM-Signature: test\r\n"));
+    assert!(queued.ends_with(&d.message));
+    assert_eq!(meta.queue.lock().unwrap()[0].size, queued.len() as u64);
+
+    let blobs = FakeBlobs::default();
+    let meta = FakeMeta::new();
+    let failing = TagSigner(std::sync::Mutex::new(Vec::new()), true);
+    let err = crate::store_delivery_signed(&blobs, &meta, Some(&failing), &d).await.unwrap_err();
+    assert_eq!(Reply::from(&err), Reply::StorageFailed);
+    assert!(blobs.puts.lock().unwrap().is_empty(), "nothing written");
+    assert!(meta.queue.lock().unwrap().is_empty());
+}
+
 async fn store_delivery_ok(blobs: &FakeBlobs, meta: &FakeMeta, d: &Delivery) {
     crate::store_delivery(blobs, meta, d).await.unwrap();
 }

@@ -7,10 +7,10 @@ use std::sync::Mutex;
 use agentkeys_audit::{AuditEvent, AuditReceipt, AuditRecord, ChainHead};
 use agentkeys_core::{
     Address, AgentId, AgentKey, AuthFacts, Credentials, Domain, Grant, GrantId, InboxPattern,
-    InboxStatus, KeyFacts, KeyHasher, KeyId, MasterSeed, OwnerId, Scopes, UnixTime,
+    InboxStatus, KeyFacts, KeyHash, KeyHasher, KeyId, MasterSeed, OwnerId, Scopes, UnixTime,
 };
 use agentkeys_store::{
-    AgentRecord, BlobError, BlobKey, BlobStore, InboxRecord, KeyRecord, MetadataStore, NewOutbound,
+    AgentRecord, BlobError, BlobKey, BlobStore, DomainKeyRecord, InboxRecord, KeyRecord, MetadataStore, NewOutbound,
     OwnerRecord, QueueEntry, Recipient, StoreError,
 };
 use async_trait::async_trait;
@@ -204,6 +204,27 @@ impl MetadataStore for FakeMeta {
         }
         Ok(domain == HOSTED)
     }
+    async fn add_domain(
+        &self,
+        _: &DomainKeyRecord,
+        _: UnixTime,
+        _: &AuditEvent,
+    ) -> Result<AuditReceipt, StoreError> {
+        unsupported()
+    }
+    async fn remove_domain(&self, _: &Domain, _: &AuditEvent) -> Result<AuditReceipt, StoreError> {
+        unsupported()
+    }
+    async fn add_domain_keys(
+        &self,
+        _: &DomainKeyRecord,
+        _: &AuditEvent,
+    ) -> Result<(DomainKeyRecord, Option<AuditReceipt>), StoreError> {
+        unsupported()
+    }
+    async fn domain_keys(&self, _: &Domain) -> Result<Vec<DomainKeyRecord>, StoreError> {
+        unsupported()
+    }
     async fn add_owner(&self, _: &OwnerRecord, _: &AuditEvent) -> Result<AuditReceipt, StoreError> {
         unsupported()
     }
@@ -255,6 +276,9 @@ impl MetadataStore for FakeMeta {
         _: UnixTime,
         _: &AuditEvent,
     ) -> Result<AuditReceipt, StoreError> {
+        unsupported()
+    }
+    async fn key_facts_by_hash(&self, _: &KeyHash) -> Result<Option<KeyFacts>, StoreError> {
         unsupported()
     }
     async fn add_grant(&self, _: &Grant, _: &AuditEvent) -> Result<AuditReceipt, StoreError> {

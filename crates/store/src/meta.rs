@@ -2,7 +2,8 @@
 
 use agentkeys_audit::{AuditEvent, AuditReceipt, AuditRecord, ChainHead};
 use agentkeys_core::{
-    Address, AgentId, AuthFacts, Credentials, Domain, Grant, GrantId, InboxStatus, KeyHash, KeyId, OwnerId, UnixTime,
+    Address, AgentId, AuthFacts, Credentials, Domain, Grant, GrantId, InboxStatus, KeyFacts, KeyHash, KeyId, OwnerId,
+    UnixTime,
 };
 use async_trait::async_trait;
 use serde::Serialize;
@@ -147,6 +148,25 @@ pub struct NewOutbound {
     pub queued_at: UnixTime,
 }
 
+/// One version of a hosted domain's DKIM keys, as stored. The Ed25519 key is
+/// derived from the master seed and not stored; the RSA key is stored wrapped.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DomainKeyRecord {
+    /// The hosted domain.
+    pub domain: Domain,
+    /// Key version (from 1); the newest signs.
+    pub version: u32,
+    /// DKIM selector of the Ed25519 key (`ed1`).
+    pub selector_ed: String,
+    /// DKIM selector of the RSA key (`rsa1`).
+    pub selector_rsa: String,
+    /// The RSA private key, PKCS#8 DER sealed under a seed-derived key. Opaque here.
+    #[serde(skip)]
+    pub rsa_key_wrapped: Vec<u8>,
+    /// Creation time.
+    pub created_at: UnixTime,
+}
+
 /// Most audit records [`MetadataStore::audit_all`] fetches per page.
 pub const AUDIT_PAGE: u32 = 1000;
 
@@ -173,6 +193,29 @@ pub trait MetadataStore: Send + Sync + 'static {
     async fn list_domains(&self) -> Result<Vec<Domain>, StoreError>;
     /// Whether mail for `domain` (already lowercase) is ours.
     async fn is_hosted_domain(&self, domain: &str) -> Result<bool, StoreError>;
+    /// Adds a hosted domain together with its first DKIM key version, audited.
+    /// `Conflict` if the domain is already hosted; `Invalid` if `keys` is for
+    /// another domain.
+    async fn add_domain(
+        &self,
+        keys: &DomainKeyRecord,
+        now: UnixTime,
+        event: &AuditEvent,
+    ) -> Result<AuditReceipt, StoreError>;
+    /// Removes a hosted domain and its DKIM keys, audited. `NotFound` if it is not
+    /// hosted, `Invalid` (naming them) while inboxes of the domain exist.
+    async fn remove_domain(&self, domain: &Domain, event: &AuditEvent) -> Result<AuditReceipt, StoreError>;
+    /// Stores a DKIM key version of a hosted domain unless that version exists.
+    /// Returns the stored version (this one, or the one another writer stored
+    /// first) and, if this call stored it, the receipt of `event`. `NotFound` if the
+    /// domain is not hosted.
+    async fn add_domain_keys(
+        &self,
+        keys: &DomainKeyRecord,
+        event: &AuditEvent,
+    ) -> Result<(DomainKeyRecord, Option<AuditReceipt>), StoreError>;
+    /// A domain's DKIM key versions, oldest first (empty if none yet).
+    async fn domain_keys(&self, domain: &Domain) -> Result<Vec<DomainKeyRecord>, StoreError>;
 
     /// Adds an owner, audited. `Conflict` if it exists.
     async fn add_owner(&self, owner: &OwnerRecord, event: &AuditEvent) -> Result<AuditReceipt, StoreError>;
@@ -209,6 +252,9 @@ pub trait MetadataStore: Send + Sync + 'static {
     /// Revokes a key, audited. `NotFound` if unknown; revoking twice keeps the first
     /// time (and records the second attempt too).
     async fn revoke_key(&self, id: &KeyId, now: UnixTime, event: &AuditEvent) -> Result<AuditReceipt, StoreError>;
+    /// The key whose stored hash is `hash` (any state) with its agent's owner, `None`
+    /// if there is none: the token broker's agent-key lookup (unique index on the hash).
+    async fn key_facts_by_hash(&self, hash: &KeyHash) -> Result<Option<KeyFacts>, StoreError>;
 
     /// Stores a grant, audited. `NotFound` if the agent is unknown, `Invalid` if the
     /// grant's owner is not the agent's owner.

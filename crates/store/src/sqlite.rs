@@ -39,7 +39,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePo
 use sqlx::{Sqlite, SqliteConnection, Transaction};
 
 use crate::meta::{
-    AgentRecord, InboxRecord, KeyRecord, MetadataStore, NewOutbound, OwnerRecord, QueueEntry, Recipient, StoreError,
+    AgentRecord, DomainKeyRecord, InboxRecord, KeyRecord, MetadataStore, NewOutbound, OwnerRecord, QueueEntry, Recipient, StoreError,
 };
 
 /// Most connections the pool opens. SQLite has one writer at a time; WAL lets the
@@ -287,6 +287,42 @@ fn domain_not_hosted(domain: &str) -> StoreError {
     StoreError::Invalid(format!("domain {domain} is not hosted here; add it with `agentkeys domain add {domain}`"))
 }
 
+type DomainKeyRow = (String, i64, String, String, Vec<u8>, i64);
+
+fn domain_keys_from_row(
+    (domain, version, selector_ed, selector_rsa, rsa_key_wrapped, created_at): DomainKeyRow,
+) -> Result<DomainKeyRecord, StoreError> {
+    Ok(DomainKeyRecord {
+        domain: stored("domain", &domain)?,
+        version: stored_u32("DKIM key version", version)?,
+        selector_ed,
+        selector_rsa,
+        rsa_key_wrapped,
+        created_at,
+    })
+}
+
+const DOMAIN_KEYS_COLUMNS: &str = "domain, version, selector_ed, selector_rsa, rsa_key_wrapped, created_at";
+
+/// Inserts one DKIM key version inside `tx`; `false` if that version exists.
+async fn insert_domain_keys(tx: &mut SqliteConnection, keys: &DomainKeyRecord) -> Result<bool, StoreError> {
+    let done = sqlx::query(
+        "INSERT INTO domain_keys (domain, version, selector_ed, selector_rsa, rsa_key_wrapped, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+         ON CONFLICT (domain, version) DO NOTHING",
+    )
+    .bind(keys.domain.as_str())
+    .bind(i64::from(keys.version))
+    .bind(&keys.selector_ed)
+    .bind(&keys.selector_rsa)
+    .bind(&keys.rsa_key_wrapped)
+    .bind(keys.created_at)
+    .execute(&mut *tx)
+    .await
+    .map_err(backend)?;
+    Ok(done.rows_affected() == 1)
+}
+
 type OwnerRow = (String, Option<String>, i64);
 type AgentRow = (String, String, Option<String>, i64);
 type InboxRow = (String, String, String, String, i64);
@@ -398,6 +434,109 @@ impl MetadataStore for SqliteStore {
             .await
             .map_err(backend)?;
         Ok(hosted)
+    }
+
+    async fn add_domain(
+        &self,
+        keys: &DomainKeyRecord,
+        now: UnixTime,
+        event: &AuditEvent,
+    ) -> Result<AuditReceipt, StoreError> {
+        require_ok(event)?;
+        let mut tx = self.write_tx().await?;
+        sqlx::query("INSERT INTO domains (name, created_at) VALUES (?1, ?2)")
+            .bind(keys.domain.as_str())
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| insert_error(e, || format!("domain {}", keys.domain)))?;
+        insert_domain_keys(&mut tx, keys).await?;
+        let sealed = self.append_in(&mut tx, event).await?;
+        commit_audited(tx, sealed).await
+    }
+
+    async fn remove_domain(&self, domain: &Domain, event: &AuditEvent) -> Result<AuditReceipt, StoreError> {
+        require_ok(event)?;
+        let mut tx = self.write_tx().await?;
+        let inboxes: Vec<(String,)> =
+            sqlx::query_as("SELECT address FROM inboxes WHERE address LIKE '%@' || ?1 ORDER BY address")
+                .bind(domain.as_str())
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(backend)?;
+        // LIKE is case-insensitive and treats `_` as a wildcard: compare exactly.
+        let inboxes: Vec<String> = inboxes
+            .into_iter()
+            .map(|(a,)| a)
+            .filter(|a| a.rsplit_once('@').is_some_and(|(_, d)| d == domain.as_str()))
+            .collect();
+        if !inboxes.is_empty() {
+            const SHOWN: usize = 5;
+            let mut names = inboxes.iter().take(SHOWN).cloned().collect::<Vec<_>>().join(", ");
+            if inboxes.len() > SHOWN {
+                names.push_str(&format!(" and {} more", inboxes.len() - SHOWN));
+            }
+            return Err(StoreError::Invalid(format!(
+                "domain {domain} still has {} inbox(es): {names}; an inbox is never deleted, so a domain with inboxes cannot be removed",
+                inboxes.len()
+            )));
+        }
+        sqlx::query("DELETE FROM domain_keys WHERE domain = ?1")
+            .bind(domain.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        let done = sqlx::query("DELETE FROM domains WHERE name = ?1")
+            .bind(domain.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound { what: format!("domain {domain}") });
+        }
+        let sealed = self.append_in(&mut tx, event).await?;
+        commit_audited(tx, sealed).await
+    }
+
+    async fn add_domain_keys(
+        &self,
+        keys: &DomainKeyRecord,
+        event: &AuditEvent,
+    ) -> Result<(DomainKeyRecord, Option<AuditReceipt>), StoreError> {
+        require_ok(event)?;
+        let mut tx = self.write_tx().await?;
+        let (hosted,): (bool,) = sqlx::query_as("SELECT EXISTS (SELECT 1 FROM domains WHERE name = ?1)")
+            .bind(keys.domain.as_str())
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(backend)?;
+        if !hosted {
+            return Err(StoreError::NotFound { what: format!("domain {}", keys.domain) });
+        }
+        if insert_domain_keys(&mut tx, keys).await? {
+            let sealed = self.append_in(&mut tx, event).await?;
+            return Ok((keys.clone(), Some(commit_audited(tx, sealed).await?)));
+        }
+        let row: DomainKeyRow = sqlx::query_as(&format!(
+            "SELECT {DOMAIN_KEYS_COLUMNS} FROM domain_keys WHERE domain = ?1 AND version = ?2"
+        ))
+        .bind(keys.domain.as_str())
+        .bind(i64::from(keys.version))
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(backend)?;
+        tx.commit().await.map_err(backend)?;
+        Ok((domain_keys_from_row(row)?, None))
+    }
+
+    async fn domain_keys(&self, domain: &Domain) -> Result<Vec<DomainKeyRecord>, StoreError> {
+        let rows: Vec<DomainKeyRow> =
+            sqlx::query_as(&format!("SELECT {DOMAIN_KEYS_COLUMNS} FROM domain_keys WHERE domain = ?1 ORDER BY version"))
+                .bind(domain.as_str())
+                .fetch_all(&self.pool)
+                .await
+                .map_err(backend)?;
+        rows.into_iter().map(domain_keys_from_row).collect()
     }
 
     async fn add_owner(&self, owner: &OwnerRecord, event: &AuditEvent) -> Result<AuditReceipt, StoreError> {
@@ -625,6 +764,29 @@ impl MetadataStore for SqliteStore {
         }
         let sealed = self.append_in(&mut tx, event).await?;
         commit_audited(tx, sealed).await
+    }
+
+    async fn key_facts_by_hash(&self, hash: &KeyHash) -> Result<Option<KeyFacts>, StoreError> {
+        let row: Option<(String, String, String, String, i64, Option<i64>)> = sqlx::query_as(
+            "SELECT k.id, k.hash, k.agent, a.owner, k.expires_at, k.revoked_at
+               FROM agent_keys k JOIN agents a ON a.id = k.agent
+              WHERE k.hash = ?1",
+        )
+        .bind(hash.to_hex())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(backend)?;
+        row.map(|(id, hash, agent, owner, expires_at, revoked_at)| {
+            Ok(KeyFacts {
+                hash: stored_key_hash(&id, &hash)?,
+                id: stored("key id", &id)?,
+                agent: stored("agent id", &agent)?,
+                owner: stored("owner id", &owner)?,
+                expires_at,
+                revoked_at,
+            })
+        })
+        .transpose()
     }
 
     async fn add_grant(&self, grant: &Grant, event: &AuditEvent) -> Result<AuditReceipt, StoreError> {

@@ -1,0 +1,152 @@
+//! `POST /v1/credentials/read` and `POST /v1/credentials/oidc`: the broker's mint
+//! path over HTTP. Each request authenticates the agent key, then reads the body,
+//! then authorizes and mints; the token is answered only after its audit record
+//! was appended (the broker enforces the order).
+
+use agentkeys_broker::{Minted, scope};
+use agentkeys_core::Address;
+use axum::Json;
+use axum::extract::State;
+use axum::http::{HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::ApiState;
+use crate::error::{ApiError, Problem};
+use crate::extract::{AgentBearer, ApiJson};
+
+/// Body of `POST /v1/credentials/read`.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReadCredentialRequest {
+    /// The inbox to read, e.g. `bot-1@agents.example.com`.
+    pub inbox: String,
+    /// Requested lifetime in seconds (default 300). Clamped to 60–1800 and to
+    /// what the grant and the key have left; a clamp is not an error.
+    #[serde(default)]
+    pub ttl: Option<i64>,
+}
+
+/// Body of `POST /v1/credentials/oidc`.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OidcCredentialRequest {
+    /// An inbox the agent holds a `read` grant for; that grant bounds the token's life.
+    pub inbox: String,
+    /// Requested lifetime in seconds (default 300). Clamped to 60–3600 and to
+    /// what the grant and the key have left; a clamp is not an error.
+    #[serde(default)]
+    pub ttl: Option<i64>,
+    /// The `aud` claim. Only the server's configured audience is accepted
+    /// (default `sts.amazonaws.com`); omit it to get that one.
+    #[serde(default)]
+    pub audience: Option<String>,
+}
+
+/// A minted credential.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct CredentialResponse {
+    /// The token: `akcap1.…` for a read capability, a compact ES256 JWT for OIDC.
+    pub token: String,
+    /// Expiry, seconds since the Unix epoch.
+    pub expires_at: i64,
+    /// Lifetime issued, in seconds.
+    pub ttl: i64,
+    /// Whether the lifetime differs from the one asked for (or the default).
+    pub clamped: bool,
+}
+
+impl From<Minted> for CredentialResponse {
+    fn from(m: Minted) -> Self {
+        Self { token: m.token, expires_at: m.expires_at, ttl: m.ttl, clamped: m.clamped }
+    }
+}
+
+fn parse_inbox(inbox: &str) -> Result<Address, ApiError> {
+    inbox.parse().map_err(|e: agentkeys_core::IdError| ApiError::InvalidRequest {
+        field: Some("inbox".to_owned()),
+        detail: format!("inbox: {e}"),
+    })
+}
+
+fn check_ttl(ttl: Option<i64>) -> Result<(), ApiError> {
+    match ttl {
+        Some(t) if t <= 0 => Err(ApiError::InvalidTtl { requested: t }),
+        _ => Ok(()),
+    }
+}
+
+fn token_response(minted: Minted) -> Response {
+    let mut response = Json(CredentialResponse::from(minted)).into_response();
+    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+/// Mints a read capability for one inbox.
+#[utoipa::path(
+    post,
+    path = "/v1/credentials/read",
+    tag = "credentials",
+    request_body = ReadCredentialRequest,
+    security(("agent_key" = [])),
+    responses(
+        (status = 200, description = "A read capability for the inbox's messages", body = CredentialResponse),
+        (status = 400, description = "INVALID_REQUEST or INVALID_TTL", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "INVALID_KEY: missing, malformed, unknown, revoked or expired agent key", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "NO_GRANT (also for an inbox that does not exist or is another owner's) or GRANT_EXPIRED", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "PAYLOAD_TOO_LARGE", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "UNSUPPORTED_MEDIA_TYPE", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "BACKEND_UNAVAILABLE or AUDIT_UNAVAILABLE; nothing was issued", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(crate) async fn mint_read(
+    State(state): State<ApiState>,
+    bearer: AgentBearer,
+    body: Result<ApiJson<ReadCredentialRequest>, ApiError>,
+) -> Result<Response, ApiError> {
+    let verified = state.broker.authenticate(bearer.key()).await?;
+    let ApiJson(request) = body?;
+    let inbox = parse_inbox(&request.inbox)?;
+    check_ttl(request.ttl)?;
+    let authorized = state.broker.authorize(&verified, &inbox, scope::Read).await?;
+    let minted = state.broker.mint_read(&authorized, request.ttl).await?;
+    Ok(token_response(minted))
+}
+
+/// Mints an OIDC ID token (ES256 JWT) for cloud federation.
+#[utoipa::path(
+    post,
+    path = "/v1/credentials/oidc",
+    tag = "credentials",
+    request_body = OidcCredentialRequest,
+    security(("agent_key" = [])),
+    responses(
+        (status = 200, description = "An OIDC token; verify it with /.well-known/jwks.json", body = CredentialResponse),
+        (status = 400, description = "INVALID_REQUEST, INVALID_TTL or AUDIENCE_NOT_ALLOWED", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "INVALID_KEY: missing, malformed, unknown, revoked or expired agent key", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "NO_GRANT (also for an inbox that does not exist or is another owner's) or GRANT_EXPIRED", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "PAYLOAD_TOO_LARGE", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "UNSUPPORTED_MEDIA_TYPE", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "BACKEND_UNAVAILABLE or AUDIT_UNAVAILABLE; nothing was issued", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(crate) async fn mint_oidc(
+    State(state): State<ApiState>,
+    bearer: AgentBearer,
+    body: Result<ApiJson<OidcCredentialRequest>, ApiError>,
+) -> Result<Response, ApiError> {
+    let verified = state.broker.authenticate(bearer.key()).await?;
+    let ApiJson(request) = body?;
+    let inbox = parse_inbox(&request.inbox)?;
+    check_ttl(request.ttl)?;
+    let allowed = &state.broker.config().audience;
+    if let Some(aud) = &request.audience
+        && aud != allowed
+    {
+        return Err(ApiError::AudienceNotAllowed { allowed: allowed.clone() });
+    }
+    let authorized = state.broker.authorize(&verified, &inbox, scope::Read).await?;
+    let minted = state.broker.mint_oidc(&authorized, request.ttl).await?;
+    Ok(token_response(minted))
+}

@@ -1,0 +1,218 @@
+//! The one error type of the HTTP API and its one mapping to status + problem JSON
+//! (RFC 9457, `application/problem+json`).
+//!
+//! Every failure of every route is an [`ApiError`]; its `code` is stable and is what
+//! clients match on. Reasons a caller must not learn (why an agent key was refused,
+//! what the database said) go to the server log, never into the body.
+
+use agentkeys_broker::MintError;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+/// Media type of every error body.
+pub const PROBLEM_JSON: &str = "application/problem+json";
+
+/// The `detail` of every 401: the same whatever the reason.
+pub const UNAUTHORIZED_DETAIL: &str =
+    "send a valid agent key as `Authorization: Bearer ak_…`; the key is missing, malformed, unknown, revoked or expired";
+
+/// Why a request failed. Each variant has one status and one stable code.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApiError {
+    /// 401 `INVALID_KEY`: no bearer key, not an agent key, or one the broker refused.
+    /// One body for every reason; the reason is logged where the error is made.
+    Unauthorized,
+    /// 403 `NO_GRANT`: no grant of the agent covers the inbox with this scope. Also
+    /// the answer for an inbox that does not exist or belongs to another owner, with
+    /// the same body.
+    NoGrant,
+    /// 403 `GRANT_EXPIRED`: the covering grants have all expired.
+    GrantExpired,
+    /// 400 `INVALID_REQUEST`: the body is not JSON, has unknown or missing fields, or
+    /// a field has the wrong type or an invalid value.
+    InvalidRequest {
+        /// The offending field, when one can be named.
+        field: Option<String>,
+        /// What is wrong.
+        detail: String,
+    },
+    /// 400 `INVALID_TTL`: `ttl` is zero or negative.
+    InvalidTtl {
+        /// The refused value.
+        requested: i64,
+    },
+    /// 400 `AUDIENCE_NOT_ALLOWED`: an OIDC audience other than the configured one.
+    AudienceNotAllowed {
+        /// The audience this server issues tokens for.
+        allowed: String,
+    },
+    /// 413 `PAYLOAD_TOO_LARGE`: the body is over [`crate::MAX_BODY_BYTES`].
+    PayloadTooLarge,
+    /// 415 `UNSUPPORTED_MEDIA_TYPE`: the body is not `Content-Type: application/json`.
+    UnsupportedMediaType,
+    /// 404 `NOT_FOUND`: no such route.
+    NotFound,
+    /// 405 `METHOD_NOT_ALLOWED`: the route exists with another method.
+    MethodNotAllowed,
+    /// 503 `BACKEND_UNAVAILABLE` (metadata store) or `AUDIT_UNAVAILABLE` (the audit
+    /// append failed, so no token was issued). Retry later.
+    Unavailable {
+        /// The code.
+        code: &'static str,
+    },
+    /// 500 `INTERNAL`: the authority could not sign, or a response could not be built.
+    Internal,
+}
+
+/// The problem JSON body (RFC 9457) plus `code`, and `field` for input errors.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize, ToSchema)]
+pub struct Problem {
+    /// A URN naming the problem type: `urn:agentkeys:problem:<code>`.
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// Short summary of the problem type.
+    pub title: String,
+    /// The HTTP status.
+    pub status: u16,
+    /// What went wrong, for a human.
+    pub detail: String,
+    /// Stable machine-readable code, e.g. `NO_GRANT`.
+    pub code: String,
+    /// The request field at fault, for 400s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+}
+
+impl ApiError {
+    /// The HTTP status.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::NoGrant | Self::GrantExpired => StatusCode::FORBIDDEN,
+            Self::InvalidRequest { .. } | Self::InvalidTtl { .. } | Self::AudienceNotAllowed { .. } => {
+                StatusCode::BAD_REQUEST
+            }
+            Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::NotFound => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The stable code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Unauthorized => "INVALID_KEY",
+            Self::NoGrant => "NO_GRANT",
+            Self::GrantExpired => "GRANT_EXPIRED",
+            Self::InvalidRequest { .. } => "INVALID_REQUEST",
+            Self::InvalidTtl { .. } => "INVALID_TTL",
+            Self::AudienceNotAllowed { .. } => "AUDIENCE_NOT_ALLOWED",
+            Self::PayloadTooLarge => "PAYLOAD_TOO_LARGE",
+            Self::UnsupportedMediaType => "UNSUPPORTED_MEDIA_TYPE",
+            Self::NotFound => "NOT_FOUND",
+            Self::MethodNotAllowed => "METHOD_NOT_ALLOWED",
+            Self::Unavailable { code } => code,
+            Self::Internal => "INTERNAL",
+        }
+    }
+
+    fn title(&self) -> &'static str {
+        match self {
+            Self::Unauthorized => "Unauthorized",
+            Self::NoGrant => "No grant",
+            Self::GrantExpired => "Grant expired",
+            Self::InvalidRequest { .. } => "Invalid request",
+            Self::InvalidTtl { .. } => "Invalid TTL",
+            Self::AudienceNotAllowed { .. } => "Audience not allowed",
+            Self::PayloadTooLarge => "Payload too large",
+            Self::UnsupportedMediaType => "Unsupported media type",
+            Self::NotFound => "Not found",
+            Self::MethodNotAllowed => "Method not allowed",
+            Self::Unavailable { .. } => "Service unavailable",
+            Self::Internal => "Internal error",
+        }
+    }
+
+    /// The problem body.
+    pub fn problem(&self) -> Problem {
+        let (detail, field) = match self {
+            Self::Unauthorized => (UNAUTHORIZED_DETAIL.to_owned(), None),
+            Self::NoGrant => ("no grant of this agent covers this inbox with this scope".to_owned(), None),
+            Self::GrantExpired => ("the grant covering this inbox and scope has expired".to_owned(), None),
+            Self::InvalidRequest { field, detail } => (detail.clone(), field.clone()),
+            Self::InvalidTtl { requested } => (
+                format!("ttl {requested} is not allowed: a TTL is a positive number of seconds"),
+                Some("ttl".to_owned()),
+            ),
+            Self::AudienceNotAllowed { allowed } => {
+                (format!("this server issues OIDC tokens only for audience {allowed:?}"), Some("audience".to_owned()))
+            }
+            Self::PayloadTooLarge => (format!("the body is over {} bytes", crate::MAX_BODY_BYTES), None),
+            Self::UnsupportedMediaType => ("send the body as Content-Type: application/json".to_owned(), None),
+            Self::NotFound => ("no such route; see /v1/openapi.json".to_owned(), None),
+            Self::MethodNotAllowed => ("the route does not take this method; see /v1/openapi.json".to_owned(), None),
+            Self::Unavailable { code } if *code == "AUDIT_UNAVAILABLE" => {
+                ("the audit log could not record the request, so nothing was issued; retry later".to_owned(), None)
+            }
+            Self::Unavailable { .. } => ("a backend is unavailable; retry later".to_owned(), None),
+            Self::Internal => ("the server failed; the log has the details".to_owned(), None),
+        };
+        let code = self.code();
+        Problem {
+            type_: format!("urn:agentkeys:problem:{}", code.to_ascii_lowercase().replace('_', "-")),
+            title: self.title().to_owned(),
+            status: self.status().as_u16(),
+            detail,
+            code: code.to_owned(),
+            field,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let body = serde_json::to_vec(&self.problem()).unwrap_or_default();
+        let mut response = (status, body).into_response();
+        let headers = response.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        match self {
+            Self::Unauthorized => {
+                headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            Self::Unavailable { .. } => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+            }
+            _ => {}
+        }
+        response
+    }
+}
+
+impl From<MintError> for ApiError {
+    fn from(e: MintError) -> Self {
+        match e {
+            MintError::InvalidKey(reason) => {
+                tracing::info!(reason = reason.as_str(), "agent key refused");
+                Self::Unauthorized
+            }
+            MintError::NoGrant => Self::NoGrant,
+            MintError::GrantExpired => Self::GrantExpired,
+            MintError::InvalidTtl { requested } => Self::InvalidTtl { requested },
+            MintError::Store(_) | MintError::Audit(_) => {
+                tracing::error!(error = %e, "credential mint failed");
+                Self::Unavailable { code: e.code() }
+            }
+            MintError::Signing(_) => {
+                tracing::error!(error = %e, "credential mint failed");
+                Self::Internal
+            }
+        }
+    }
+}

@@ -1,0 +1,153 @@
+//! The HTTP API (axum), thin over the token broker.
+//!
+//! | method | path | what |
+//! |---|---|---|
+//! | POST | `/v1/credentials/read` | a read capability for one inbox (agent key) |
+//! | POST | `/v1/credentials/oidc` | an OIDC JWT for cloud federation (agent key) |
+//! | GET | `/.well-known/openid-configuration` | OIDC discovery (issuer = the public URL) |
+//! | GET | `/.well-known/jwks.json` | the OIDC signing keys |
+//! | GET | `/v1/openapi.json` | the OpenAPI document of these routes |
+//!
+//! Agents authenticate with `Authorization: Bearer ak_…`. Every failure is one
+//! [`ApiError`] rendered as RFC 9457 problem JSON with a stable `code`
+//! ([`error`] has the table). [`routes`] is the single list the router is built
+//! from; a test holds the OpenAPI document ([`openapi::ApiDoc`]) to it.
+//!
+//! [`StoreBackend`] implements the broker's [`BrokerStore`](agentkeys_broker::BrokerStore)
+//! and [`MintAudit`](agentkeys_broker::MintAudit) over the real metadata store.
+
+pub mod backend;
+pub mod credentials;
+pub mod error;
+pub mod extract;
+pub mod openapi;
+pub mod well_known;
+
+use std::sync::Arc;
+
+use agentkeys_broker::{Clock, SystemClock, TokenBroker};
+use axum::Json;
+use axum::extract::DefaultBodyLimit;
+use axum::handler::Handler;
+use axum::http::Method;
+use axum::response::IntoResponse;
+use axum::routing::{MethodFilter, MethodRouter, on};
+use utoipa::OpenApi;
+
+pub use backend::{OP_CREDENTIAL_OIDC, OP_CREDENTIAL_READ, StoreBackend};
+pub use credentials::{CredentialResponse, OidcCredentialRequest, ReadCredentialRequest};
+pub use error::{ApiError, PROBLEM_JSON, Problem};
+
+/// Largest accepted request body, in bytes.
+pub const MAX_BODY_BYTES: usize = 16 * 1024;
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct ApiState {
+    broker: Arc<TokenBroker>,
+    clock: Arc<dyn Clock>,
+    openapi: Arc<serde_json::Value>,
+}
+
+impl std::fmt::Debug for ApiState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiState").field("broker", &self.broker).finish_non_exhaustive()
+    }
+}
+
+impl ApiState {
+    /// State over `broker`, with the system clock for the JWKS.
+    pub fn new(broker: Arc<TokenBroker>) -> Self {
+        Self::with_clock(broker, Arc::new(SystemClock))
+    }
+
+    /// State with an injected clock (use the broker's, so the JWKS and the mints
+    /// agree on the time).
+    pub fn with_clock(broker: Arc<TokenBroker>, clock: Arc<dyn Clock>) -> Self {
+        let openapi = serde_json::to_value(openapi::ApiDoc::openapi()).unwrap_or_default();
+        Self { broker, clock, openapi: Arc::new(openapi) }
+    }
+}
+
+/// An HTTP method the API uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Verb {
+    /// GET.
+    Get,
+    /// POST.
+    Post,
+}
+
+impl Verb {
+    /// The method.
+    pub fn method(self) -> Method {
+        match self {
+            Self::Get => Method::GET,
+            Self::Post => Method::POST,
+        }
+    }
+
+    fn filter(self) -> MethodFilter {
+        match self {
+            Self::Get => MethodFilter::GET,
+            Self::Post => MethodFilter::POST,
+        }
+    }
+}
+
+struct Route {
+    verb: Verb,
+    path: &'static str,
+    handler: MethodRouter<ApiState>,
+}
+
+fn route<H, T>(verb: Verb, path: &'static str, handler: H) -> Route
+where
+    H: Handler<T, ApiState>,
+    T: 'static,
+{
+    Route { verb, path, handler: on(verb.filter(), handler) }
+}
+
+/// The one table of routes: the router is built from it and [`routes`] lists it.
+fn table() -> Vec<Route> {
+    vec![
+        route(Verb::Post, "/v1/credentials/read", credentials::mint_read),
+        route(Verb::Post, "/v1/credentials/oidc", credentials::mint_oidc),
+        route(Verb::Get, "/.well-known/openid-configuration", well_known::openid_configuration),
+        route(Verb::Get, "/.well-known/jwks.json", well_known::jwks),
+        route(Verb::Get, "/v1/openapi.json", openapi_json),
+    ]
+}
+
+/// Every route the router serves, as (method, path).
+pub fn routes() -> Vec<(Verb, &'static str)> {
+    table().into_iter().map(|r| (r.verb, r.path)).collect()
+}
+
+/// The API router. Unknown paths answer 404 and wrong methods 405, both as
+/// problem JSON; bodies over [`MAX_BODY_BYTES`] answer 413.
+pub fn router(state: ApiState) -> axum::Router {
+    let mut router = axum::Router::new();
+    for r in table() {
+        router = router.route(r.path, r.handler);
+    }
+    router
+        .fallback(|| async { ApiError::NotFound })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(state)
+}
+
+/// This document.
+#[utoipa::path(
+    get,
+    path = "/v1/openapi.json",
+    tag = "meta",
+    responses((status = 200, description = "The OpenAPI document of this API", body = Object))
+)]
+pub(crate) async fn openapi_json(
+    axum::extract::State(state): axum::extract::State<ApiState>,
+) -> impl IntoResponse {
+    Json(state.openapi.as_ref().clone())
+}

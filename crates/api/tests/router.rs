@@ -1,0 +1,404 @@
+//! The API router in memory (`tower::ServiceExt::oneshot`) over a real SQLite
+//! store, a real software authority and an injected clock.
+
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+
+use agentkeys_api::{ApiState, StoreBackend, router, routes};
+use agentkeys_audit::{Actor, AuditEvent};
+use agentkeys_broker::{
+    AuthorityConfig, BackendError, BrokerConfig, BrokerParts, Clock, MintAudit, MintEvent, MintReceipt,
+    SoftwareAuthority, TokenAuthority, TokenBroker,
+};
+use agentkeys_core::{AgentKey, Grant, GrantId, InboxStatus, KeyHasher, KeyId, MasterSeed, UnixTime};
+use agentkeys_store::{AgentRecord, InboxRecord, KeyRecord, MetadataStore, OwnerRecord, SqliteStore};
+use axum::body::Body;
+use axum::http::{Request, StatusCode, header};
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+const NOW: UnixTime = 1_900_000_000;
+const OWNER_A: &str = "0x00000000000000000000000000000000000000aa";
+const OWNER_B: &str = "0x00000000000000000000000000000000000000bb";
+const AGENT_A: &str = "0x00000000000000000000000000000000000000a1";
+const AGENT_B: &str = "0x00000000000000000000000000000000000000b1";
+const BOT: &str = "bot@agents.example.com";
+const SPARE: &str = "spare@agents.example.com"; // owner A's, no grant
+const OLD: &str = "old@agents.example.com"; // owner A's, expired grant
+const OTHER: &str = "other@agents.example.com"; // owner B's
+const ISSUER: &str = "https://mail.example.com";
+
+struct TestClock(AtomicI64);
+impl Clock for TestClock {
+    fn now(&self) -> UnixTime {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+struct FailingAudit;
+#[async_trait::async_trait]
+impl MintAudit for FailingAudit {
+    async fn record_mint(&self, _: MintEvent) -> Result<MintReceipt, BackendError> {
+        Err(BackendError::new("disk full (injected)"))
+    }
+}
+
+struct World {
+    store: Arc<SqliteStore>,
+    key: String,
+    revoked: String,
+    expired: String,
+    unknown: String,
+    backend: Arc<StoreBackend>,
+    authority: Arc<SoftwareAuthority>,
+    hasher: KeyHasher,
+    clock: Arc<TestClock>,
+}
+
+fn op() -> AuditEvent {
+    AuditEvent::ok(Actor::Operator, "test.setup", "x")
+}
+
+async fn add_key(store: &SqliteStore, hasher: &KeyHasher, agent: &str, expires_at: i64, revoked: bool) -> String {
+    let key = AgentKey::generate(&mut rand::rngs::OsRng);
+    let id = KeyId::generate(&mut rand::rngs::OsRng);
+    let rec = KeyRecord {
+        id: id.clone(),
+        agent: agent.parse().unwrap(),
+        hash: hasher.hash(&key),
+        created_at: NOW - 1000,
+        expires_at,
+        revoked_at: None,
+    };
+    store.create_key(&rec, &op()).await.unwrap();
+    if revoked {
+        store.revoke_key(&id, NOW - 10, &op()).await.unwrap();
+    }
+    key.expose().to_owned()
+}
+
+async fn add_grant(store: &SqliteStore, agent: &str, owner: &str, pattern: &str, expires_at: i64) {
+    let g = Grant {
+        id: GrantId::generate(&mut rand::rngs::OsRng),
+        owner: owner.parse().unwrap(),
+        agent: agent.parse().unwrap(),
+        pattern: pattern.parse().unwrap(),
+        scopes: "read,send".parse().unwrap(),
+        created_at: NOW - 1000,
+        expires_at,
+        revoked_at: None,
+    };
+    store.add_grant(&g, &op()).await.unwrap();
+}
+
+async fn world() -> World {
+    let seed = MasterSeed::from_bytes([9; 32]);
+    let hasher = KeyHasher::new(&seed);
+    let store = Arc::new(SqliteStore::open_in_memory().await.unwrap());
+    store.ensure_domain(&"agents.example.com".parse().unwrap(), NOW).await.unwrap();
+    for owner in [OWNER_A, OWNER_B] {
+        let rec = OwnerRecord { id: owner.parse().unwrap(), email: None, created_at: NOW - 2000 };
+        store.add_owner(&rec, &op()).await.unwrap();
+    }
+    for (agent, owner) in [(AGENT_A, OWNER_A), (AGENT_B, OWNER_B)] {
+        let rec = AgentRecord { id: agent.parse().unwrap(), owner: owner.parse().unwrap(), name: None, created_at: NOW };
+        store.add_agent(&rec, &op()).await.unwrap();
+    }
+    for (inbox, agent, owner) in [(BOT, AGENT_A, OWNER_A), (SPARE, AGENT_A, OWNER_A), (OLD, AGENT_A, OWNER_A), (OTHER, AGENT_B, OWNER_B)] {
+        let rec = InboxRecord {
+            address: inbox.parse().unwrap(),
+            owner: owner.parse().unwrap(),
+            agent: agent.parse().unwrap(),
+            status: InboxStatus::Active,
+            created_at: NOW,
+        };
+        store.create_inbox(&rec, &op()).await.unwrap();
+    }
+    add_grant(&store, AGENT_A, OWNER_A, BOT, NOW + 86_400).await;
+    add_grant(&store, AGENT_A, OWNER_A, OLD, NOW - 1).await;
+    add_grant(&store, AGENT_B, OWNER_B, OTHER, NOW + 86_400).await;
+    let key = add_key(&store, &hasher, AGENT_A, NOW + 86_400, false).await;
+    let revoked = add_key(&store, &hasher, AGENT_A, NOW + 86_400, true).await;
+    let expired = add_key(&store, &hasher, AGENT_A, NOW - 1, false).await;
+    let unknown = AgentKey::generate(&mut rand::rngs::OsRng).expose().to_owned();
+    let authority = Arc::new(SoftwareAuthority::new(&seed, AuthorityConfig::default()).unwrap());
+    let backend = Arc::new(StoreBackend::new(store.clone(), authority.current_kid()));
+    World {
+        store,
+        key,
+        revoked,
+        expired,
+        unknown,
+        backend,
+        authority,
+        hasher,
+        clock: Arc::new(TestClock(AtomicI64::new(NOW))),
+    }
+}
+
+impl World {
+    fn app_with_audit(&self, audit: Arc<dyn MintAudit>) -> axum::Router {
+        let broker = TokenBroker::new(BrokerParts {
+            store: self.backend.clone(),
+            audit,
+            authority: self.authority.clone(),
+            hasher: self.hasher.clone(),
+            clock: self.clock.clone(),
+            config: BrokerConfig::new(ISSUER.parse().unwrap()),
+        });
+        router(ApiState::with_clock(Arc::new(broker), self.clock.clone()))
+    }
+
+    fn app(&self) -> axum::Router {
+        self.app_with_audit(self.backend.clone())
+    }
+}
+
+struct Answer {
+    status: StatusCode,
+    content_type: String,
+    body: Value,
+}
+
+async fn send(app: &axum::Router, req: Request<Body>) -> Answer {
+    let res = app.clone().oneshot(req).await.unwrap();
+    let status = res.status();
+    let content_type =
+        res.headers().get(header::CONTENT_TYPE).map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default();
+    let bytes = axum::body::to_bytes(res.into_body(), 1 << 20).await.unwrap();
+    let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    Answer { status, content_type, body }
+}
+
+fn post(path: &str, key: Option<&str>, body: &str) -> Request<Body> {
+    let mut b = Request::post(path).header(header::CONTENT_TYPE, "application/json");
+    if let Some(k) = key {
+        b = b.header(header::AUTHORIZATION, format!("Bearer {k}"));
+    }
+    b.body(Body::from(body.to_owned())).unwrap()
+}
+
+fn get(path: &str) -> Request<Body> {
+    Request::get(path).body(Body::empty()).unwrap()
+}
+
+fn assert_problem(a: &Answer, status: StatusCode, code: &str) {
+    assert_eq!(a.status, status, "{}", a.body);
+    assert_eq!(a.content_type, "application/problem+json");
+    assert_eq!(a.body["code"], code, "{}", a.body);
+    assert_eq!(a.body["status"], status.as_u16());
+    for member in ["type", "title", "detail"] {
+        assert!(a.body[member].is_string(), "{member} missing: {}", a.body);
+    }
+}
+
+fn jwt_claims(token: &str) -> Value {
+    use base64::Engine;
+    let payload = token.split('.').nth(1).unwrap();
+    serde_json::from_slice(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap()
+}
+
+#[tokio::test]
+async fn read_capability_happy_path_and_clamping() {
+    let w = world().await;
+    let app = w.app();
+    let a = send(&app, post("/v1/credentials/read", Some(&w.key), &json!({ "inbox": BOT }).to_string())).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    assert!(a.body["token"].as_str().unwrap().starts_with("akcap1."));
+    assert_eq!((a.body["ttl"].as_i64(), a.body["clamped"].as_bool()), (Some(300), Some(false)));
+    assert_eq!(a.body["expires_at"], NOW + 300);
+    let cap = w.authority.verify_capability(a.body["token"].as_str().unwrap(), NOW + 1).unwrap();
+    assert!(cap.allows(&format!("{OWNER_A}/{BOT}/01J0000000000000000000000.eml")));
+
+    let a = send(&app, post("/v1/credentials/read", Some(&w.key), &json!({ "inbox": BOT, "ttl": 100_000 }).to_string())).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    assert_eq!((a.body["ttl"].as_i64(), a.body["clamped"].as_bool()), (Some(1800), Some(true)));
+}
+
+#[tokio::test]
+async fn oidc_happy_path_clamping_and_audit() {
+    let w = world().await;
+    let app = w.app();
+    let a = send(&app, post("/v1/credentials/oidc", Some(&w.key), &json!({ "inbox": BOT, "ttl": 900 }).to_string())).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    assert_eq!((a.body["ttl"].as_i64(), a.body["clamped"].as_bool()), (Some(900), Some(false)));
+    let token = a.body["token"].as_str().unwrap().to_owned();
+    let claims = jwt_claims(&token);
+    assert_eq!(claims["iss"], ISSUER);
+    assert_eq!(claims["aud"], "sts.amazonaws.com");
+    assert_eq!(claims["sub"], format!("agentkeys:agent:{AGENT_A}"));
+    assert_eq!(claims["exp"], NOW + 900);
+
+    let a = send(
+        &app,
+        post("/v1/credentials/oidc", Some(&w.key), &json!({ "inbox": BOT, "ttl": 100_000, "audience": "sts.amazonaws.com" }).to_string()),
+    )
+    .await;
+    assert_eq!((a.body["ttl"].as_i64(), a.body["clamped"].as_bool()), (Some(3600), Some(true)), "{}", a.body);
+
+    let records = w.store.audit_all().await.unwrap();
+    let mints: Vec<_> = records.iter().filter(|r| r.operation == "credential.oidc").collect();
+    assert_eq!(mints.len(), 2);
+    let first = mints[0];
+    assert_eq!(first.actor.to_string(), format!("agent:{AGENT_A}"));
+    assert_eq!(first.subject, BOT);
+    assert_eq!(first.detail["jti"], claims["jti"]);
+    assert_eq!(first.detail["kid"], w.authority.current_kid());
+    assert_eq!(first.detail["ttl"], 900);
+    assert_eq!(first.detail["clamped"], false);
+    assert_eq!(first.detail["expires_at"], NOW + 900);
+    assert!(!first.detail.to_string().contains(&token));
+    assert!(!first.detail.to_string().contains(&w.key));
+}
+
+#[tokio::test]
+async fn no_grant_is_the_same_for_own_foreign_and_missing_inboxes() {
+    let w = world().await;
+    let app = w.app();
+    let mut bodies = Vec::new();
+    for path in ["/v1/credentials/read", "/v1/credentials/oidc"] {
+        for inbox in [SPARE, OTHER, "nobody@agents.example.com"] {
+            let a = send(&app, post(path, Some(&w.key), &json!({ "inbox": inbox }).to_string())).await;
+            assert_problem(&a, StatusCode::FORBIDDEN, "NO_GRANT");
+            bodies.push(a.body);
+        }
+    }
+    assert!(bodies.windows(2).all(|p| p[0] == p[1]), "{bodies:?}");
+}
+
+#[tokio::test]
+async fn expired_grant() {
+    let w = world().await;
+    let app = w.app();
+    let a = send(&app, post("/v1/credentials/read", Some(&w.key), &json!({ "inbox": OLD }).to_string())).await;
+    assert_problem(&a, StatusCode::FORBIDDEN, "GRANT_EXPIRED");
+    // The live grant runs out too: the clock moves past it.
+    w.clock.0.store(NOW + 86_400, Ordering::SeqCst);
+    let a = send(&app, post("/v1/credentials/oidc", Some(&w.key), &json!({ "inbox": BOT }).to_string())).await;
+    assert_eq!(a.status, StatusCode::UNAUTHORIZED, "the key expired at the same time: {}", a.body);
+}
+
+#[tokio::test]
+async fn every_refused_key_gets_the_same_401() {
+    let w = world().await;
+    let app = w.app();
+    let body = json!({ "inbox": BOT }).to_string();
+    let mut requests = Vec::new();
+    for key in [&w.revoked, &w.expired, &w.unknown, &"ak_short".to_owned(), &"not-a-key".to_owned()] {
+        requests.push(post("/v1/credentials/oidc", Some(key), &body));
+    }
+    requests.push(post("/v1/credentials/oidc", None, &body));
+    let mut basic = post("/v1/credentials/read", None, &body);
+    basic.headers_mut().insert(header::AUTHORIZATION, format!("Basic {}", w.key).parse().unwrap());
+    requests.push(basic);
+    // Bad JSON without a valid key is still a 401: the key is checked first.
+    requests.push(post("/v1/credentials/read", Some(&w.unknown), "{not json"));
+    let mut bodies = Vec::new();
+    for req in requests {
+        let res = app.clone().oneshot(req).await.unwrap();
+        assert_eq!(res.headers().get(header::WWW_AUTHENTICATE).unwrap(), "Bearer");
+        let bytes = axum::body::to_bytes(res.into_body(), 1 << 20).await.unwrap();
+        let body: Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(body["code"], "INVALID_KEY");
+        assert_eq!(body["status"], 401);
+        bodies.push(bytes);
+    }
+    assert!(bodies.windows(2).all(|p| p[0] == p[1]));
+}
+
+#[tokio::test]
+async fn input_errors_are_problem_json_naming_the_field() {
+    let w = world().await;
+    let app = w.app();
+    let cases: [(&str, &str, &str, Option<&str>); 7] = [
+        ("/v1/credentials/read", "{not json", "INVALID_REQUEST", None),
+        ("/v1/credentials/read", r#"{"inbox":"bot@agents.example.com","extra":1}"#, "INVALID_REQUEST", Some("extra")),
+        ("/v1/credentials/read", r#"{"ttl":60}"#, "INVALID_REQUEST", Some("inbox")),
+        ("/v1/credentials/read", r#"{"inbox":"bot@agents.example.com","ttl":"long"}"#, "INVALID_REQUEST", Some("ttl")),
+        ("/v1/credentials/oidc", r#"{"inbox":"not an address"}"#, "INVALID_REQUEST", Some("inbox")),
+        ("/v1/credentials/oidc", r#"{"inbox":"bot@agents.example.com","ttl":0}"#, "INVALID_TTL", Some("ttl")),
+        ("/v1/credentials/oidc", r#"{"inbox":"bot@agents.example.com","audience":"evil"}"#, "AUDIENCE_NOT_ALLOWED", Some("audience")),
+    ];
+    for (path, body, code, field) in cases {
+        let a = send(&app, post(path, Some(&w.key), body)).await;
+        assert_problem(&a, StatusCode::BAD_REQUEST, code);
+        assert_eq!(a.body["field"].as_str(), field, "{body}: {}", a.body);
+    }
+    let mut req = post("/v1/credentials/read", Some(&w.key), r#"{"inbox":"bot@agents.example.com"}"#);
+    req.headers_mut().remove(header::CONTENT_TYPE);
+    assert_problem(&send(&app, req).await, StatusCode::UNSUPPORTED_MEDIA_TYPE, "UNSUPPORTED_MEDIA_TYPE");
+    let big = format!(r#"{{"inbox":"{}"}}"#, "a".repeat(agentkeys_api::MAX_BODY_BYTES));
+    assert_problem(
+        &send(&app, post("/v1/credentials/read", Some(&w.key), &big)).await,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "PAYLOAD_TOO_LARGE",
+    );
+    // Nothing was minted.
+    assert!(w.store.audit_all().await.unwrap().iter().all(|r| !r.operation.starts_with("credential.")));
+}
+
+#[tokio::test]
+async fn audit_failure_issues_nothing() {
+    let w = world().await;
+    let app = w.app_with_audit(Arc::new(FailingAudit));
+    let res = app.clone().oneshot(post("/v1/credentials/oidc", Some(&w.key), &json!({ "inbox": BOT }).to_string())).await.unwrap();
+    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let bytes = axum::body::to_bytes(res.into_body(), 1 << 20).await.unwrap();
+    let body: Value = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(body["code"], "AUDIT_UNAVAILABLE");
+    assert!(!String::from_utf8_lossy(&bytes).contains("eyJ"), "no JWT in the body");
+}
+
+#[tokio::test]
+async fn oidc_issuer_documents() {
+    let w = world().await;
+    let app = w.app();
+    let a = send(&app, get("/.well-known/openid-configuration")).await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert_eq!(a.body["issuer"], ISSUER);
+    assert_eq!(a.body["jwks_uri"], format!("{ISSUER}/.well-known/jwks.json"));
+    let a = send(&app, get("/.well-known/jwks.json")).await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert_eq!(a.body["keys"][0]["kid"], w.authority.current_kid());
+    assert_eq!(a.body["keys"][0]["alg"], "ES256");
+}
+
+#[tokio::test]
+async fn unknown_route_and_wrong_method_are_problem_json() {
+    let w = world().await;
+    let app = w.app();
+    assert_problem(&send(&app, get("/v1/nothing")).await, StatusCode::NOT_FOUND, "NOT_FOUND");
+    assert_problem(&send(&app, get("/v1/credentials/read")).await, StatusCode::METHOD_NOT_ALLOWED, "METHOD_NOT_ALLOWED");
+}
+
+/// The OpenAPI document lists exactly the routes the router is built from, and
+/// every documented operation is served (not 404/405).
+#[tokio::test]
+async fn openapi_matches_the_routes() {
+    let w = world().await;
+    let app = w.app();
+    let a = send(&app, get("/v1/openapi.json")).await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert!(a.body["openapi"].as_str().unwrap().starts_with("3."));
+    let mut documented = Vec::new();
+    for (path, item) in a.body["paths"].as_object().unwrap() {
+        for method in ["get", "put", "post", "delete", "options", "head", "patch", "trace"] {
+            if item.get(method).is_some() {
+                documented.push((method.to_uppercase(), path.clone()));
+            }
+        }
+    }
+    let mut served: Vec<(String, String)> =
+        routes().into_iter().map(|(verb, path)| (verb.method().to_string(), path.to_owned())).collect();
+    documented.sort();
+    served.sort();
+    assert_eq!(documented, served);
+    for (method, path) in documented {
+        let req = Request::builder().method(method.as_str()).uri(&path).body(Body::empty()).unwrap();
+        let status = app.clone().oneshot(req).await.unwrap().status();
+        assert!(status != StatusCode::NOT_FOUND && status != StatusCode::METHOD_NOT_ALLOWED, "{method} {path}: {status}");
+    }
+    assert!(a.body["components"]["securitySchemes"]["agent_key"].is_object());
+}

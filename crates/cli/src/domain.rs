@@ -1,0 +1,141 @@
+//! `agentkeys domain …`: hosted domains, their DKIM keys and the DNS records to
+//! publish; and the DKIM signer the server hands the SMTP submission path.
+
+use std::sync::Arc;
+
+use agentkeys_audit::{Actor, AuditEvent, ops};
+use agentkeys_core::Domain;
+use agentkeys_delivery::{DomainKeyring, zone_file};
+use agentkeys_smtp::OutboundSigner;
+use agentkeys_store::{MetadataStore as _, StoreError};
+use anyhow::{Result, anyhow, bail};
+use clap::Subcommand;
+use serde_json::json;
+
+use crate::config::Config;
+use crate::datadir::DataDir;
+
+/// `agentkeys domain …`
+#[derive(Debug, Subcommand)]
+pub(crate) enum DomainCmd {
+    /// Host a domain: creates its DKIM keys (Ed25519 derived, RSA-2048 stored wrapped).
+    Add {
+        /// The domain, e.g. mail.example.com.
+        domain: String,
+    },
+    /// List hosted domains with their DKIM key versions and selectors.
+    List,
+    /// Stop hosting a domain (refused while it has inboxes) and delete its DKIM keys.
+    Remove {
+        /// The domain.
+        domain: String,
+    },
+    /// Print the DNS records to publish (BIND zone file syntax): MX, SPF, DMARC, DKIM.
+    Dns {
+        /// The domain.
+        domain: String,
+        /// Host name the MX record points to (default: the configured hostname).
+        #[arg(long, value_name = "HOST")]
+        mx_host: Option<String>,
+    },
+}
+
+fn parse_domain(s: &str) -> Result<Domain> {
+    s.parse().map_err(|e| anyhow!("{e}"))
+}
+
+fn keyring(dir: &DataDir) -> DomainKeyring {
+    dir.dkim_keyring(Actor::Operator)
+}
+
+/// Runs a `domain` subcommand.
+pub(crate) async fn run(config: &Config, cmd: DomainCmd, json: bool) -> Result<()> {
+    let dir = DataDir::open(config).await?;
+    match cmd {
+        DomainCmd::Add { domain } => {
+            let domain = parse_domain(&domain)?;
+            let (record, event) = keyring(&dir).new_domain(&domain)?;
+            dir.meta.add_domain(&record, crate::now(), &event).await.map_err(|e| match e {
+                StoreError::Conflict { .. } => anyhow!("{e}; see `agentkeys domain list`"),
+                other => anyhow!(other),
+            })?;
+            if json {
+                println!("{}", json!({ "domain": domain, "version": record.version, "selector_ed": record.selector_ed, "selector_rsa": record.selector_rsa }));
+            } else {
+                println!("added {domain} (DKIM selectors {}, {}); publish its records: agentkeys domain dns {domain}", record.selector_ed, record.selector_rsa);
+            }
+        }
+        DomainCmd::List => {
+            let mut rows = Vec::new();
+            for domain in dir.meta.list_domains().await? {
+                let keys = dir.meta.domain_keys(&domain).await?;
+                let newest = keys.last();
+                rows.push(json!({
+                    "domain": domain,
+                    "default": domain == config.domain,
+                    "dkim_version": newest.map(|k| k.version),
+                    "selector_ed": newest.map(|k| k.selector_ed.clone()),
+                    "selector_rsa": newest.map(|k| k.selector_rsa.clone()),
+                }));
+            }
+            if json {
+                println!("{}", serde_json::Value::Array(rows));
+            } else {
+                for r in rows {
+                    let dkim = match r["dkim_version"].as_u64() {
+                        Some(v) => format!("dkim v{v} ({}, {})", r["selector_ed"].as_str().unwrap_or(""), r["selector_rsa"].as_str().unwrap_or("")),
+                        None => "dkim keys created on first use".to_owned(),
+                    };
+                    let default = if r["default"] == true { " (default)" } else { "" };
+                    println!("{}{default}\t{dkim}", r["domain"].as_str().unwrap_or(""));
+                }
+            }
+        }
+        DomainCmd::Remove { domain } => {
+            let domain = parse_domain(&domain)?;
+            if domain == config.domain {
+                bail!("{domain} is the configured hosted domain (domain / AGENTKEYS_DOMAIN); configure another one first");
+            }
+            let event = AuditEvent::ok(Actor::Operator, ops::DOMAIN_REMOVE, domain.as_str());
+            dir.meta.remove_domain(&domain, &event).await.map_err(|e| match e {
+                StoreError::NotFound { .. } => anyhow!("{e}; see `agentkeys domain list`"),
+                other => anyhow!(other),
+            })?;
+            if json {
+                println!("{}", json!({ "removed": domain }));
+            } else {
+                println!("removed {domain} and its DKIM keys; delete its DNS records too");
+            }
+        }
+        DomainCmd::Dns { domain, mx_host } => {
+            let domain = parse_domain(&domain)?;
+            let keys = keyring(&dir).domain_keys(&domain).await.map_err(|e| match e {
+                agentkeys_delivery::DkimError::Store(StoreError::NotFound { .. }) => {
+                    anyhow!("domain {domain} is not hosted here; add it with `agentkeys domain add {domain}`")
+                }
+                other => anyhow!(other),
+            })?;
+            let mx = mx_host.unwrap_or_else(|| config.hostname.clone());
+            print!("{}", zone_file(&keys, &mx));
+        }
+    }
+    Ok(())
+}
+
+/// Signs the queued copy of submitted mail with the sender domain's DKIM keys.
+pub(crate) struct DkimOutboundSigner(pub(crate) Arc<DomainKeyring>);
+
+impl DkimOutboundSigner {
+    /// The signer for a server over `dir`.
+    pub(crate) fn for_server(dir: &DataDir) -> Arc<dyn OutboundSigner> {
+        Arc::new(Self(Arc::new(dir.dkim_keyring(Actor::System))))
+    }
+}
+
+#[async_trait::async_trait]
+impl OutboundSigner for DkimOutboundSigner {
+    async fn sign(&self, sender_domain: &str, message: &[u8]) -> Result<Vec<u8>, String> {
+        let domain: Domain = sender_domain.parse().map_err(|e| format!("{e}"))?;
+        self.0.sign(&domain, message).await.map_err(|e| e.to_string())
+    }
+}

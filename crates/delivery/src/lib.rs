@@ -1,0 +1,76 @@
+//! Outbound delivery for AgentKeys Mail. This first part signs what we send:
+//!
+//! - [`DomainKeys`]: one version of a hosted domain's two DKIM keys. Ed25519 is
+//!   derived from the master seed under `dkim/<domain>/v<n>`; RSA-2048 is
+//!   generated once (aws-lc-rs) and stored sealed (AES-256-GCM) under a
+//!   seed-derived key ([`wrap_rsa_key`]).
+//! - [`DkimSigner`]: normalizes a message for relay ([`normalize_for_relay`]) and
+//!   prepends an `rsa-sha256` and an `ed25519-sha256` `DKIM-Signature`
+//!   (relaxed/relaxed), through `mail-auth`'s aws-lc-rs backend (no `rsa` crate).
+//! - [`DomainKeyring`]: each hosted domain's newest keys from the store, created on
+//!   first use, signers cached.
+//! - [`zone_file`]: the MX, SPF, DMARC and DKIM records to publish, BIND syntax.
+//!
+//! The queue runner, MX delivery, retries and bounces come later.
+//!
+//! ```
+//! use agentkeys_core::{Domain, MasterSeed};
+//! use agentkeys_delivery::{DomainKeys, Selectors, zone_file};
+//!
+//! let seed = MasterSeed::from_bytes([7; 32]);
+//! let domain: Domain = "example.test".parse().unwrap();
+//! let record = DomainKeys::generate_record(&seed, &domain, 1, &Selectors::default(), 0).unwrap();
+//! let keys = DomainKeys::open(&seed, &record).unwrap();
+//!
+//! let signed = keys.signer().unwrap().sign(b"From: a@example.test\nSubject: hi\n\nhello\n").unwrap();
+//! let text = String::from_utf8(signed).unwrap();
+//! assert!(text.starts_with("DKIM-Signature: v=1; a=rsa-sha256; s=rsa1; d=example.test;"));
+//! assert!(text.contains("DKIM-Signature: v=1; a=ed25519-sha256; s=ed1; d=example.test;"));
+//! assert!(text.ends_with("From: a@example.test\r\nSubject: hi\r\n\r\nhello\r\n"));
+//!
+//! let zone = zone_file(&keys, "mx.example.test");
+//! assert!(zone.contains("ed1._domainkey.example.test.\t3600\tIN\tTXT\t\"v=DKIM1; k=ed25519; p="));
+//! ```
+
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
+mod keyring;
+mod keys;
+mod sign;
+mod zone;
+
+pub use keyring::DomainKeyring;
+pub use keys::{
+    DEFAULT_ED25519_SELECTOR, DEFAULT_RSA_SELECTOR, DomainKeys, RSA_WRAP_LABEL, Selectors, ed25519_label,
+    unwrap_rsa_key, wrap_rsa_key,
+};
+pub use sign::{DkimSigner, SIGNED_HEADERS, normalize_for_relay};
+pub use zone::{DMARC_POLICY, MAX_TXT_STRING, SPF_POLICY, ZONE_TTL, txt_rdata, zone_file};
+
+use agentkeys_store::StoreError;
+
+/// Why keys could not be made or used, or a message could not be signed.
+#[derive(Debug, thiserror::Error)]
+pub enum DkimError {
+    /// A stored RSA key does not open: another master seed, another domain or
+    /// version, or an altered record.
+    #[error("the stored RSA DKIM key of {domain} version {version} cannot be unwrapped (wrong master seed or altered record)")]
+    Unwrap {
+        /// The domain.
+        domain: String,
+        /// The key version.
+        version: u32,
+    },
+    /// The crypto library failed at the named step.
+    #[error("DKIM crypto failed: {0}")]
+    Crypto(&'static str),
+    /// Signing failed (for instance a message with none of the signed headers).
+    #[error("DKIM signing failed: {0}")]
+    Sign(String),
+    /// A request that breaks a rule; the text says which.
+    #[error("{0}")]
+    Invalid(String),
+    /// The metadata store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
