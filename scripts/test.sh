@@ -35,4 +35,10 @@ if ! python3 -c "import dkim, nacl" 2>/dev/null; then
   python3 -m pip install --quiet dkimpy pynacl
 fi
 
+# The receiving MTA of the delivery tests (tests/resources/smtp_sink.py) is aiosmtpd.
+if ! python3 -c "import aiosmtpd" 2>/dev/null; then
+  echo "installing Python test modules: aiosmtpd"
+  python3 -m pip install --quiet aiosmtpd
+fi
+
 exec cargo test --workspace --locked "$@"

@@ -64,6 +64,26 @@ pub enum ApiError {
     },
     /// 500 `INTERNAL`: the authority could not sign, or a response could not be built.
     Internal,
+    /// 401: an owner request whose `Authorization: AgentKeys-Owner …` signature was
+    /// refused. Codes: `BAD_AUTH_HEADER` (missing or malformed header),
+    /// `STALE_TIMESTAMP` (more than 60 s from the server clock), `REPLAYED_NONCE`,
+    /// and `OWNER_SIGNATURE_INVALID` for both an owner without a registered key and a
+    /// signature that does not verify (one body, so enrollment is not revealed).
+    OwnerUnauthorized {
+        /// The code.
+        code: &'static str,
+    },
+    /// 404 `INVALID_ENROLLMENT_CODE`: the code is malformed, wrong, used, or the
+    /// owner unknown; one answer for all of them.
+    InvalidEnrollmentCode,
+    /// 410 `EXPIRED`: the right enrollment code, too late. Ask the operator for a new one.
+    EnrollmentExpired,
+    /// 404 `NOT_FOUND`: no such object among the signing owner's; an object of
+    /// another owner answers the same.
+    OwnerObjectNotFound {
+        /// `agent`, `grant` or `key`.
+        what: &'static str,
+    },
 }
 
 /// The problem JSON body (RFC 9457) plus `code`, and `field` for input errors.
@@ -100,6 +120,9 @@ impl ApiError {
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::OwnerUnauthorized { .. } => StatusCode::UNAUTHORIZED,
+            Self::InvalidEnrollmentCode | Self::OwnerObjectNotFound { .. } => StatusCode::NOT_FOUND,
+            Self::EnrollmentExpired => StatusCode::GONE,
         }
     }
 
@@ -118,6 +141,10 @@ impl ApiError {
             Self::MethodNotAllowed => "METHOD_NOT_ALLOWED",
             Self::Unavailable { code } => code,
             Self::Internal => "INTERNAL",
+            Self::OwnerUnauthorized { code } => code,
+            Self::InvalidEnrollmentCode => "INVALID_ENROLLMENT_CODE",
+            Self::EnrollmentExpired => "EXPIRED",
+            Self::OwnerObjectNotFound { .. } => "NOT_FOUND",
         }
     }
 
@@ -135,6 +162,10 @@ impl ApiError {
             Self::MethodNotAllowed => "Method not allowed",
             Self::Unavailable { .. } => "Service unavailable",
             Self::Internal => "Internal error",
+            Self::OwnerUnauthorized { .. } => "Owner signature refused",
+            Self::InvalidEnrollmentCode => "Invalid enrollment code",
+            Self::EnrollmentExpired => "Enrollment code expired",
+            Self::OwnerObjectNotFound { .. } => "Not found",
         }
     }
 
@@ -161,6 +192,17 @@ impl ApiError {
             }
             Self::Unavailable { .. } => ("a backend is unavailable; retry later".to_owned(), None),
             Self::Internal => ("the server failed; the log has the details".to_owned(), None),
+            Self::OwnerUnauthorized { code } => (owner_refusal_detail(code).to_owned(), None),
+            Self::InvalidEnrollmentCode => (
+                "this enrollment code is not valid for this owner (wrong, already used, or never issued)".to_owned(),
+                Some("code".to_owned()),
+            ),
+            Self::EnrollmentExpired => (
+                "this enrollment code has expired; ask the operator for a new one (`agentkeys owner enroll-code`)"
+                    .to_owned(),
+                Some("code".to_owned()),
+            ),
+            Self::OwnerObjectNotFound { what } => (format!("no {what} with this id among yours"), None),
         };
         let code = self.code();
         Problem {
@@ -186,12 +228,25 @@ impl IntoResponse for ApiError {
             Self::Unauthorized => {
                 headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             }
+            Self::OwnerUnauthorized { .. } => {
+                headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("AgentKeys-Owner"));
+            }
             Self::Unavailable { .. } => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
             }
             _ => {}
         }
         response
+    }
+}
+
+/// The `detail` of an owner-signature 401, by code.
+fn owner_refusal_detail(code: &str) -> &'static str {
+    match code {
+        "STALE_TIMESTAMP" => "the signed timestamp is more than 60 s from the server clock; check the clock and sign again",
+        "REPLAYED_NONCE" => "this request was already accepted once; sign every request with a new nonce",
+        "BAD_AUTH_HEADER" => "send `Authorization: AgentKeys-Owner owner=…, ts=…, nonce=…, sig=…` (see the approval crate docs)",
+        _ => "the owner signature does not verify against a registered master key for this owner",
     }
 }
 

@@ -7,7 +7,13 @@
 //! | GET | `/.well-known/openid-configuration` | OIDC discovery (issuer = the public URL) |
 //! | GET | `/.well-known/jwks.json` | the OIDC signing keys |
 //! | GET | `/v1/openapi.json` | the OpenAPI document of these routes |
+//! | POST | `/v1/owners/{owner}/enroll` | redeem an enrollment code, register the owner's master key |
+//! | POST, GET | `/v1/grants` | create / list the owner's grants (owner signature) |
+//! | DELETE | `/v1/grants/{id}`, `/v1/keys/{id}` | revoke a grant / an agent key (owner signature) |
+//! | GET | `/v1/audit` | audit records concerning the owner (owner signature) |
 //!
+//! Owners sign requests with their master key (`Authorization: AgentKeys-Owner …`,
+//! see [`owner`]); the owner routes need the metadata store ([`ApiState::with_meta`]).
 //! Agents authenticate with `Authorization: Bearer ak_…`. Every failure is one
 //! [`ApiError`] rendered as RFC 9457 problem JSON with a stable `code`
 //! ([`error`] has the table). [`routes`] is the single list the router is built
@@ -21,11 +27,13 @@ pub mod credentials;
 pub mod error;
 pub mod extract;
 pub mod openapi;
+pub mod owner;
 pub mod well_known;
 
 use std::sync::Arc;
 
 use agentkeys_broker::{Clock, SystemClock, TokenBroker};
+use agentkeys_store::MetadataStore;
 use axum::Json;
 use axum::extract::DefaultBodyLimit;
 use axum::handler::Handler;
@@ -47,6 +55,8 @@ pub struct ApiState {
     broker: Arc<TokenBroker>,
     clock: Arc<dyn Clock>,
     openapi: Arc<serde_json::Value>,
+    /// The metadata store the owner routes use; without it they answer 503.
+    meta: Option<Arc<dyn MetadataStore>>,
 }
 
 impl std::fmt::Debug for ApiState {
@@ -65,7 +75,15 @@ impl ApiState {
     /// agree on the time).
     pub fn with_clock(broker: Arc<TokenBroker>, clock: Arc<dyn Clock>) -> Self {
         let openapi = serde_json::to_value(openapi::ApiDoc::openapi()).unwrap_or_default();
-        Self { broker, clock, openapi: Arc::new(openapi) }
+        Self { broker, clock, openapi: Arc::new(openapi), meta: None }
+    }
+
+    /// The same state serving the owner routes (enrollment, grants, key
+    /// revocation, audit) over `meta`.
+    #[must_use]
+    pub fn with_meta(mut self, meta: Arc<dyn MetadataStore>) -> Self {
+        self.meta = Some(meta);
+        self
     }
 }
 
@@ -76,6 +94,8 @@ pub enum Verb {
     Get,
     /// POST.
     Post,
+    /// DELETE.
+    Delete,
 }
 
 impl Verb {
@@ -84,6 +104,7 @@ impl Verb {
         match self {
             Self::Get => Method::GET,
             Self::Post => Method::POST,
+            Self::Delete => Method::DELETE,
         }
     }
 
@@ -91,6 +112,7 @@ impl Verb {
         match self {
             Self::Get => MethodFilter::GET,
             Self::Post => MethodFilter::POST,
+            Self::Delete => MethodFilter::DELETE,
         }
     }
 }
@@ -117,6 +139,12 @@ fn table() -> Vec<Route> {
         route(Verb::Get, "/.well-known/openid-configuration", well_known::openid_configuration),
         route(Verb::Get, "/.well-known/jwks.json", well_known::jwks),
         route(Verb::Get, "/v1/openapi.json", openapi_json),
+        route(Verb::Post, "/v1/owners/{owner}/enroll", owner::enroll),
+        route(Verb::Post, "/v1/grants", owner::create_grant),
+        route(Verb::Get, "/v1/grants", owner::list_grants),
+        route(Verb::Delete, "/v1/grants/{id}", owner::revoke_grant),
+        route(Verb::Delete, "/v1/keys/{id}", owner::revoke_key),
+        route(Verb::Get, "/v1/audit", owner::audit),
     ]
 }
 

@@ -21,13 +21,31 @@ use crate::error::Problem;
         crate::well_known::openid_configuration,
         crate::well_known::jwks,
         crate::openapi_json,
+        crate::owner::enroll,
+        crate::owner::create_grant,
+        crate::owner::list_grants,
+        crate::owner::revoke_grant,
+        crate::owner::revoke_key,
+        crate::owner::audit,
     ),
-    components(schemas(ReadCredentialRequest, OidcCredentialRequest, CredentialResponse, Problem)),
-    modifiers(&AgentKeyAuth),
+    components(schemas(
+        ReadCredentialRequest,
+        OidcCredentialRequest,
+        CredentialResponse,
+        Problem,
+        crate::owner::EnrollRequest,
+        crate::owner::EnrollResponse,
+        crate::owner::CreateGrantRequest,
+        crate::owner::GrantView,
+        crate::owner::Revoked,
+        crate::owner::AuditPage,
+    )),
+    modifiers(&AgentKeyAuth, &OwnerSignatureAuth),
     tags(
         (name = "credentials", description = "Short-lived credentials minted under an agent's grants"),
         (name = "oidc", description = "OIDC issuer documents"),
         (name = "meta", description = "This document"),
+        (name = "owner", description = "Enrollment and the owner's approval gate: requests signed with the owner's master key"),
     )
 )]
 pub struct ApiDoc;
@@ -41,5 +59,24 @@ impl Modify for AgentKeyAuth {
         let mut http = Http::new(HttpAuthScheme::Bearer);
         http.bearer_format = Some("ak_<43 base62 characters>".to_owned());
         components.add_security_scheme("agent_key", SecurityScheme::Http(http));
+    }
+}
+
+/// Adds the `owner_signature` scheme: `Authorization: AgentKeys-Owner owner=…,
+/// ts=…, nonce=…, sig=…`, an Ed25519 signature over method, path with query,
+/// body hash, timestamp, nonce and owner (see `agentkeys_approval::signed_request`).
+struct OwnerSignatureAuth;
+
+impl Modify for OwnerSignatureAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{ApiKey, ApiKeyValue};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "owner_signature",
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::with_description(
+                "Authorization",
+                "AgentKeys-Owner owner=0x…, ts=<unix seconds>, nonce=<16-64 of A-Za-z0-9-_>, sig=<base64url Ed25519 signature of the canonical request>",
+            ))),
+        );
     }
 }

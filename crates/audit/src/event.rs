@@ -42,6 +42,10 @@ pub mod ops {
     pub const DOMAIN_REMOVE: &str = "domain.remove";
     /// A DKIM key version was stored for a hosted domain.
     pub const DKIM_KEY_CREATE: &str = "dkim_key.create";
+    /// An enrollment code was issued for an owner (the code itself is never logged).
+    pub const OWNER_ENROLLMENT_ISSUE: &str = "owner.enrollment_issue";
+    /// An owner redeemed an enrollment code and registered a master public key.
+    pub const OWNER_ENROLL: &str = "owner.enroll";
 }
 
 /// Who caused an audited operation.

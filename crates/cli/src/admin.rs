@@ -28,6 +28,15 @@ pub(crate) enum OwnerCmd {
     },
     /// List owners.
     List,
+    /// Issue a new enrollment code for an owner (valid 24 h, single use; replaces
+    /// any earlier code). Redeeming it registers a new master key.
+    EnrollCode {
+        /// Owner id.
+        id: String,
+    },
+    /// On the owner's machine: create the master key, seal it with a passphrase
+    /// and register it with the server using the operator's enrollment code.
+    Enroll(crate::owner_client::EnrollArgs),
 }
 
 /// `agentkeys agent …`
@@ -100,17 +109,22 @@ pub(crate) enum KeyCmd {
         #[arg(long)]
         agent: String,
     },
-    /// Revoke a key.
+    /// Revoke a key (as the owner with --server, else as the operator).
     Revoke {
         /// The key id (key_…).
         key_id: String,
+        #[command(flatten)]
+        conn: crate::owner_client::OwnerConn,
     },
 }
 
 /// `agentkeys grant …`
 #[derive(Debug, Subcommand)]
 pub(crate) enum GrantCmd {
-    /// Grant an agent scopes on inboxes.
+    /// As the owner: grant one of your agents scopes on inboxes (signed with your master key).
+    Create(crate::owner_client::GrantCreateArgs),
+    /// Operator path kept until the test harness enrolls owners; to be retired
+    /// (grants need the owner's approval: use `grant create`).
     Add {
         /// The agent.
         #[arg(long)]
@@ -125,16 +139,20 @@ pub(crate) enum GrantCmd {
         #[arg(long, value_name = "DURATION")]
         expires_in: Option<String>,
     },
-    /// List grants.
+    /// List grants (yours with --server, else every grant, as the operator).
     List {
         /// Only this agent's grants.
         #[arg(long)]
         agent: Option<String>,
+        #[command(flatten)]
+        conn: crate::owner_client::OwnerConn,
     },
-    /// Revoke a grant.
+    /// Revoke a grant (as the owner with --server, else as the operator).
     Revoke {
         /// The grant id (gr_…).
         grant_id: String,
+        #[command(flatten)]
+        conn: crate::owner_client::OwnerConn,
     },
 }
 
@@ -143,6 +161,22 @@ pub(crate) enum GrantCmd {
 pub(crate) enum QueueCmd {
     /// List the outbound queue.
     List,
+    /// Show one message's recipients and its delivery attempts.
+    Show {
+        /// The message id (ULID) from `queue list`.
+        id: String,
+    },
+    /// Make a message's queued and deferred recipients due now.
+    Retry {
+        /// The message id (ULID).
+        id: String,
+    },
+    /// Delete a message from the queue (recipients being sent right now stay);
+    /// its stored copy goes when no recipient remains.
+    Delete {
+        /// The message id (ULID).
+        id: String,
+    },
 }
 
 fn print(json: bool, value: serde_json::Value, text: impl FnOnce() -> String) {
@@ -187,6 +221,41 @@ fn ttl(arg: Option<&str>, max: i64) -> Result<i64> {
     }
 }
 
+/// Issues (or replaces) the owner's single-use enrollment code, audited; returns
+/// the code (shown once, stored only as its hash) and its expiry.
+async fn issue_enrollment(dir: &DataDir, owner: &OwnerId) -> Result<(String, i64)> {
+    let (code, rec) = enrollment_ticket(owner);
+    let event = operator_event(ops::OWNER_ENROLLMENT_ISSUE, owner.as_str(), json!({ "expires_at": rec.expires_at }));
+    let _receipt = dir
+        .meta
+        .issue_enrollment(&rec, &event)
+        .await
+        .map_err(|e| hint(e, "add the owner first with `agentkeys owner add`"))?;
+    Ok((code, rec.expires_at))
+}
+
+/// A new enrollment code (to show once) and the ticket to store (its hash).
+fn enrollment_ticket(owner: &OwnerId) -> (String, agentkeys_store::EnrollmentTicketRecord) {
+    let (code, ticket) = agentkeys_approval::EnrollmentTicket::issue(&mut rand::rngs::OsRng, owner.clone(), crate::now());
+    let rec = agentkeys_store::EnrollmentTicketRecord {
+        owner: owner.clone(),
+        code_hash: ticket.code_hash().0,
+        expires_at: ticket.expires_at(),
+        consumed_at: None,
+    };
+    (code.expose().to_owned(), rec)
+}
+
+/// How the owner uses an enrollment code.
+fn enrollment_text(owner: &OwnerId, code: &str, expires_at: i64) -> String {
+    format!(
+        "enrollment code {code} (single use, valid until {})\n\
+         give it to the owner, who runs on their own machine:\n  \
+         agentkeys owner enroll --server http://<this server's HTTP listener> --owner {owner} --code {code}",
+        rfc3339(expires_at)
+    )
+}
+
 fn hint(err: StoreError, fix: &str) -> anyhow::Error {
     match err {
         StoreError::NotFound { .. } | StoreError::Conflict { .. } => anyhow!("{err}; {fix}"),
@@ -202,6 +271,10 @@ where
 }
 
 pub(crate) async fn owner(config: &Config, cmd: OwnerCmd, json: bool) -> Result<()> {
+    // The owner's side runs on the owner's machine: no data directory.
+    if let OwnerCmd::Enroll(args) = cmd {
+        return crate::owner_client::enroll(args, json).await;
+    }
     let dir = DataDir::open(config).await?;
     match cmd {
         OwnerCmd::Add { id, email } => {
@@ -215,9 +288,28 @@ pub(crate) async fn owner(config: &Config, cmd: OwnerCmd, json: bool) -> Result<
                 }
             }
             let rec = OwnerRecord { id: id.clone(), email, created_at: crate::now() };
-            let _receipt = dir.meta.add_owner(&rec, &owner_event(&dir, &rec)).await.map_err(|e| hint(e, "owner ids are unique"))?;
-            print(json, json!({ "id": id }), || format!("owner {id} added"));
+            // The owner and their first enrollment code: one transaction, one record.
+            let (code, ticket) = enrollment_ticket(&id);
+            let mut event = owner_event(&dir, &rec);
+            event.detail["enrollment_expires_at"] = json!(ticket.expires_at);
+            let _receipt = dir
+                .meta
+                .add_owner_with_enrollment(&rec, &ticket, &event)
+                .await
+                .map_err(|e| hint(e, "owner ids are unique"))?;
+            let expires_at = ticket.expires_at;
+            print(json, json!({ "id": id, "enrollment_code": code, "enrollment_expires_at": rfc3339(expires_at) }), || {
+                format!("owner {id} added\n{}", enrollment_text(&id, &code, expires_at))
+            });
         }
+        OwnerCmd::EnrollCode { id } => {
+            let id: OwnerId = parse("owner id", &id)?;
+            let (code, expires_at) = issue_enrollment(&dir, &id).await?;
+            print(json, json!({ "id": id, "enrollment_code": code, "enrollment_expires_at": rfc3339(expires_at) }), || {
+                enrollment_text(&id, &code, expires_at)
+            });
+        }
+        OwnerCmd::Enroll(args) => return crate::owner_client::enroll(args, json).await,
         OwnerCmd::List => {
             let owners = dir.meta.list_owners().await?;
             let rows: Vec<_> = owners
@@ -311,6 +403,11 @@ pub(crate) async fn inbox(config: &Config, cmd: InboxCmd, json: bool) -> Result<
 }
 
 pub(crate) async fn key(config: &Config, cmd: KeyCmd, json: bool) -> Result<()> {
+    if let KeyCmd::Revoke { key_id, conn } = &cmd
+        && conn.server.is_some()
+    {
+        return crate::owner_client::revoke(conn, "key", key_id, json).await;
+    }
     let dir = DataDir::open(config).await?;
     match cmd {
         KeyCmd::Create { agent, expires_in } => {
@@ -338,7 +435,7 @@ pub(crate) async fn key(config: &Config, cmd: KeyCmd, json: bool) -> Result<()> 
                 keys.iter().map(|k| format!("{}  {}  expires {}", k.id, state(k), rfc3339(k.expires_at))).collect::<Vec<_>>().join("\n")
             });
         }
-        KeyCmd::Revoke { key_id } => {
+        KeyCmd::Revoke { key_id, conn: _ } => {
             let id: KeyId = parse("key id", &key_id)?;
             revoke_key(&dir, &id).await.map_err(|e| hint(e, "list keys with `agentkeys key list --agent ID`"))?;
             print(json, json!({ "id": id, "revoked": true }), || format!("key {id} revoked"));
@@ -406,6 +503,15 @@ pub(crate) async fn create_grant(dir: &DataDir, agent: &AgentId, pattern: InboxP
 }
 
 pub(crate) async fn grant(config: &Config, cmd: GrantCmd, json: bool) -> Result<()> {
+    // The owner's commands talk to the server; only the rest open the data directory.
+    let cmd = match cmd {
+        GrantCmd::Create(args) => return crate::owner_client::grant_create(args, json).await,
+        GrantCmd::List { conn, .. } if conn.server.is_some() => return crate::owner_client::grant_list(&conn, json).await,
+        GrantCmd::Revoke { grant_id, conn } if conn.server.is_some() => {
+            return crate::owner_client::revoke(&conn, "grant", &grant_id, json).await;
+        }
+        other => other,
+    };
     let dir = DataDir::open(config).await?;
     match cmd {
         GrantCmd::Add { agent, inbox, scopes, expires_in } => {
@@ -416,7 +522,8 @@ pub(crate) async fn grant(config: &Config, cmd: GrantCmd, json: bool) -> Result<
             let id = create_grant(&dir, &agent, pattern, scopes, crate::now() + ttl).await?;
             print(json, json!({ "id": id }), || format!("grant {id} added"));
         }
-        GrantCmd::List { agent } => {
+        GrantCmd::Create(args) => return crate::owner_client::grant_create(args, json).await,
+        GrantCmd::List { agent, conn: _ } => {
             let agent = agent.map(|a| parse::<AgentId>("--agent", &a)).transpose()?;
             let grants = dir.meta.list_grants(agent.as_ref()).await?;
             let now = crate::now();
@@ -429,7 +536,7 @@ pub(crate) async fn grant(config: &Config, cmd: GrantCmd, json: bool) -> Result<
                 grants.iter().map(|g| format!("{}  {}  agent {}  {}  {}  expires {}", g.id, state(g), g.agent, g.pattern, g.scopes, rfc3339(g.expires_at))).collect::<Vec<_>>().join("\n")
             });
         }
-        GrantCmd::Revoke { grant_id } => {
+        GrantCmd::Revoke { grant_id, conn: _ } => {
             let id: GrantId = parse("grant id", &grant_id)?;
             let event = operator_event(ops::GRANT_REVOKE, id.as_str(), json!({}));
             let _receipt = dir
@@ -457,6 +564,55 @@ pub(crate) async fn queue(config: &Config, cmd: QueueCmd, json: bool) -> Result<
                     return "queue is empty".to_owned();
                 }
                 entries.iter().map(|q| format!("{}  {}  {} -> {}  {} bytes", q.message_id, q.state, q.sender, q.recipient, q.size)).collect::<Vec<_>>().join("\n")
+            });
+        }
+        QueueCmd::Show { id } => {
+            use agentkeys_store::OutboundQueue as _;
+            let detail = dir.meta.queue_show(&id).await?;
+            let recipients: Vec<_> = detail
+                .recipients
+                .iter()
+                .map(|q| json!({ "recipient": q.recipient, "state": q.state, "attempts": q.attempts, "next_attempt_at": rfc3339(q.next_attempt_at), "last_response": q.last_response }))
+                .collect();
+            let attempts: Vec<_> = detail
+                .attempts
+                .iter()
+                .map(|a| json!({ "recipient": a.recipient, "attempt": a.attempt, "at": rfc3339(a.at), "outcome": a.outcome, "response": a.response }))
+                .collect();
+            let first = detail.recipients.first();
+            let value = json!({ "id": detail.message_id, "sender": first.map(|q| q.sender.as_str()), "size": first.map(|q| q.size), "queued_at": first.map(|q| rfc3339(q.queued_at)), "recipients": recipients, "attempts": attempts });
+            print(json, value, || {
+                let mut lines = vec![format!("message {}", detail.message_id)];
+                lines.extend(detail.recipients.iter().map(|q| {
+                    format!("  {}  {}  attempts {}  next {}  {}", q.recipient, q.state, q.attempts, rfc3339(q.next_attempt_at), q.last_response.as_deref().unwrap_or("-"))
+                }));
+                lines.push("attempts:".to_owned());
+                lines.extend(detail.attempts.iter().map(|a| {
+                    format!("  {}  #{} {}  {}  {}", rfc3339(a.at), a.attempt, a.recipient, a.outcome, a.response.as_deref().unwrap_or("-"))
+                }));
+                lines.join("\n")
+            });
+        }
+        QueueCmd::Retry { id } => {
+            use agentkeys_store::OutboundQueue as _;
+            let n = dir.meta.queue_retry(&id, crate::now()).await?;
+            print(json, json!({ "id": id, "due_now": n }), || format!("{n} recipient(s) of {id} due now"));
+        }
+        QueueCmd::Delete { id } => {
+            use agentkeys_store::{BlobKey, BlobStore as _, OutboundQueue as _};
+            let (deleted, remaining) = dir.meta.queue_delete(&id).await?;
+            let mut blob_removed = false;
+            if remaining == 0
+                && let Ok(ulid) = id.parse::<ulid::Ulid>()
+            {
+                blob_removed = dir.blobs.remove(&BlobKey::queued(ulid)).await?;
+            }
+            print(json, json!({ "id": id, "deleted": deleted, "remaining": remaining, "blob_removed": blob_removed }), || {
+                if remaining == 0 {
+                    format!("deleted {deleted} recipient(s) of {id}")
+                } else {
+                    format!("deleted {deleted} recipient(s) of {id}; {remaining} being sent right now stay")
+                }
             });
         }
     }

@@ -30,15 +30,23 @@ pub(crate) enum AuditCmd {
         /// At most N records.
         #[arg(long, value_name = "N", default_value_t = DEFAULT_LIST_LIMIT)]
         limit: u32,
+        /// With --server: as the owner, only the records that concern you (signed request).
+        #[command(flatten)]
+        conn: crate::owner_client::OwnerConn,
     },
     /// Verify the hash chain from the first record; exit 1 naming the first broken one.
     Verify,
 }
 
 pub(crate) async fn run(config: &Config, cmd: AuditCmd, json: bool) -> Result<()> {
+    if let AuditCmd::List { after, limit, conn } = &cmd
+        && conn.server.is_some()
+    {
+        return crate::owner_client::audit_list(conn, *after, *limit, json).await;
+    }
     let dir = DataDir::open(config).await?;
     match cmd {
-        AuditCmd::List { after, limit } => list(dir.meta.as_ref(), after, limit, json).await,
+        AuditCmd::List { after, limit, conn: _ } => list(dir.meta.as_ref(), after, limit, json).await,
         AuditCmd::Verify => {
             let report = verify(dir.meta.as_ref()).await?;
             match report {

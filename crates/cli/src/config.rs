@@ -45,6 +45,16 @@ pub(crate) struct Config {
     pub(crate) log: String,
     pub(crate) public_url: IssuerUrl,
     pub(crate) oidc_audience: String,
+    /// Whether `serve` runs the outbound queue runner.
+    pub(crate) delivery_enabled: bool,
+    /// `host:port` every outbound message is relayed to, instead of MX delivery.
+    pub(crate) delivery_smarthost: Option<(String, u16)>,
+    /// The port MX hosts are contacted on (25; a testing/ops knob).
+    pub(crate) delivery_mx_port: u16,
+    /// Multiplies the retry backoff, the lease and the maximum age (1; tests use less).
+    pub(crate) delivery_backoff_scale: f64,
+    /// Undelivered mail bounces after this many seconds (5 days).
+    pub(crate) delivery_max_age_secs: u64,
 }
 
 impl Default for Config {
@@ -69,6 +79,11 @@ impl Default for Config {
             log: "info".to_owned(),
             public_url: IssuerUrl::from_str(DEFAULT_PUBLIC_URL).unwrap_or_else(|_| unreachable!()),
             oidc_audience: DEFAULT_AUDIENCE.to_owned(),
+            delivery_enabled: true,
+            delivery_smarthost: None,
+            delivery_mx_port: agentkeys_delivery::SMTP_PORT,
+            delivery_backoff_scale: 1.0,
+            delivery_max_age_secs: agentkeys_delivery::MAX_AGE.as_secs(),
         }
     }
 }
@@ -106,6 +121,32 @@ fn parse_audience(v: &str) -> Result<String, String> {
     Ok(v.to_owned())
 }
 
+fn parse_bool(v: &str) -> Result<bool, String> {
+    match v {
+        "true" | "on" | "1" => Ok(true),
+        "false" | "off" | "0" => Ok(false),
+        _ => Err(format!("expected true or false, got {v:?}")),
+    }
+}
+
+fn parse_host_port(v: &str) -> Result<(String, u16), String> {
+    let bad = || format!("expected host:port like relay.example.com:587, got {v:?}");
+    let (host, port) = v.rsplit_once(':').ok_or_else(bad)?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let port: u16 = port.parse().map_err(|_| bad())?;
+    if host.is_empty() || port == 0 || !host.bytes().all(|b| b.is_ascii_alphanumeric() || b".-:".contains(&b)) {
+        return Err(bad());
+    }
+    Ok((host.to_ascii_lowercase(), port))
+}
+
+fn parse_scale(v: &str) -> Result<f64, String> {
+    match v.parse::<f64>() {
+        Ok(x) if x.is_finite() && x > 0.0 && x <= 1.0 => Ok(x),
+        _ => Err(format!("expected a number in (0, 1], got {v:?}")),
+    }
+}
+
 fn parse_secs(v: &str) -> Result<u64, String> {
     parse_duration(v).map(|s| s.unsigned_abs()).map_err(|e| e.to_string())
 }
@@ -129,6 +170,11 @@ pub(crate) const KEYS: &[Key] = &[
     Key { toml: "limits.shutdown_grace", env: "AGENTKEYS_SHUTDOWN_GRACE", help: "how long in-flight sessions may finish after SIGTERM (e.g. 30s)", set: |c, v| { c.shutdown_grace_secs = parse_secs(v)?; Ok(()) } },
     Key { toml: "public_url", env: "AGENTKEYS_PUBLIC_URL", help: "the URL clients reach the HTTP listener at; the OIDC issuer (https://, or http:// for localhost)", set: |c, v| { c.public_url = v.parse().map_err(|e: agentkeys_broker::IssuerUrlError| e.reason.to_owned())?; Ok(()) } },
     Key { toml: "oidc_audience", env: "AGENTKEYS_OIDC_AUDIENCE", help: "the aud claim of minted OIDC tokens", set: |c, v| { c.oidc_audience = parse_audience(v)?; Ok(()) } },
+    Key { toml: "delivery.enabled", env: "AGENTKEYS_DELIVERY_ENABLED", help: "run the outbound queue runner in serve (true/false)", set: |c, v| { c.delivery_enabled = parse_bool(v)?; Ok(()) } },
+    Key { toml: "delivery.smarthost", env: "AGENTKEYS_SMARTHOST", help: "relay all outbound mail through host:port instead of MX delivery", set: |c, v| { c.delivery_smarthost = Some(parse_host_port(v)?); Ok(()) } },
+    Key { toml: "delivery.mx_port", env: "AGENTKEYS_DELIVERY_MX_PORT", help: "port MX hosts are contacted on (25; a testing/ops knob)", set: |c, v| { c.delivery_mx_port = parse_positive(v)?; Ok(()) } },
+    Key { toml: "delivery.backoff_scale", env: "AGENTKEYS_DELIVERY_BACKOFF_SCALE", help: "multiplies retry backoff, lease and maximum age (1; tests only use less)", set: |c, v| { c.delivery_backoff_scale = parse_scale(v)?; Ok(()) } },
+    Key { toml: "delivery.max_age", env: "AGENTKEYS_DELIVERY_MAX_AGE", help: "undelivered mail bounces after this long (e.g. 5d)", set: |c, v| { c.delivery_max_age_secs = parse_secs(v)?; Ok(()) } },
     Key { toml: "log", env: "AGENTKEYS_LOG", help: "log filter (error, warn, info, debug, or a tracing directive)", set: |c, v| { c.log = v.to_owned(); Ok(()) } },
 ];
 

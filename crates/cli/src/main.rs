@@ -7,6 +7,7 @@ mod datadir;
 mod demo;
 mod domain;
 mod http;
+mod owner_client;
 mod serve;
 mod tls;
 

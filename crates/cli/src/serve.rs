@@ -63,7 +63,7 @@ pub(crate) async fn run(config: Config) -> Result<()> {
         clock: Arc::new(SystemClock),
         config: BrokerConfig { issuer: config.public_url.clone(), audience: config.oidc_audience.clone() },
     }));
-    let api = agentkeys_api::router(agentkeys_api::ApiState::new(broker));
+    let api = agentkeys_api::router(agentkeys_api::ApiState::new(broker).with_meta(dir.meta.clone()));
 
     let data_dir = std::fs::canonicalize(&dir.path).unwrap_or_else(|_| dir.path.clone());
     println!("agentkeys {} serving hosted domain {}", env!("CARGO_PKG_VERSION"), config.domain);
@@ -98,6 +98,38 @@ pub(crate) async fn run(config: Config) -> Result<()> {
     });
     listeners.close();
 
+    // ---- Outbound delivery: the queue runner (crates/delivery) ----
+    let delivery = if config.delivery_enabled {
+        let route = match &config.delivery_smarthost {
+            Some((host, port)) => agentkeys_delivery::Route::Smarthost { host: host.clone(), port: *port },
+            None => agentkeys_delivery::Route::Mx { port: config.delivery_mx_port },
+        };
+        println!(
+            "  delivery          {}",
+            match &route {
+                agentkeys_delivery::Route::Smarthost { host, port } => format!("smarthost {host}:{port}"),
+                agentkeys_delivery::Route::Mx { port } => format!("MX, port {port}"),
+            }
+        );
+        let resolver = agentkeys_delivery::HickoryResolver::from_system().context("cannot set up the DNS resolver")?;
+        let runner = Arc::new(agentkeys_delivery::Runner::new(
+            dir.meta.clone(),
+            dir.blobs.clone(),
+            Arc::new(resolver),
+            agentkeys_delivery::DeliveryConfig {
+                hostname: config.hostname.clone(),
+                route,
+                backoff_scale: config.delivery_backoff_scale,
+                max_age: Duration::from_secs(config.delivery_max_age_secs),
+            },
+        ));
+        Some(tokio::spawn(runner.run(shutdown.clone())))
+    } else {
+        println!("  delivery          off (delivery.enabled = false)");
+        None
+    };
+    // ---- end of outbound delivery ----
+
     let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
     let which = tokio::select! {
@@ -111,6 +143,13 @@ pub(crate) async fn run(config: Config) -> Result<()> {
     sessions.close();
     if tokio::time::timeout(grace, sessions.wait()).await.is_err() {
         println!("grace period over; closing {} remaining session(s)", sessions.len());
+    }
+    // The runner stopped claiming at the cancel; unfinished attempts keep their
+    // lease and are retried after it by the next start.
+    if let Some(delivery) = delivery
+        && tokio::time::timeout(grace, delivery).await.is_err()
+    {
+        println!("grace period over; delivery attempts in flight resume after restart");
     }
     println!("stopped");
     Ok(())

@@ -34,12 +34,21 @@
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+mod dsn;
 mod keyring;
 mod keys;
+mod route;
+mod runner;
 mod sign;
 mod zone;
 
+pub use dsn::{Bounce, DSN_MAX_ORIGINAL_HEADERS, build_dsn};
 pub use keyring::DomainKeyring;
+pub use route::{HickoryResolver, Mx, ResolveError, Resolver, Route, SMTP_PORT, StaticResolver, Target, targets};
+pub use runner::{
+    Attempt, BACKOFF, BACKOFF_STEADY, CLAIM_BATCH, DeliveryConfig, LEASE, MAX_AGE, MAX_PER_DESTINATION, MIN_LEASE,
+    POLL_INTERVAL, Runner, SMTP_TIMEOUT, next_attempt, retry_delay, send_to,
+};
 pub use keys::{
     DEFAULT_ED25519_SELECTOR, DEFAULT_RSA_SELECTOR, DomainKeys, RSA_WRAP_LABEL, Selectors, ed25519_label,
     unwrap_rsa_key, wrap_rsa_key,

@@ -317,6 +317,78 @@ impl MetadataStore for FakeMeta {
     async fn audit_head(&self) -> Result<ChainHead, StoreError> {
         Ok(ChainHead::GENESIS)
     }
+    async fn add_owner_with_enrollment(
+        &self,
+        _: &OwnerRecord,
+        _: &agentkeys_store::EnrollmentTicketRecord,
+        _: &AuditEvent,
+    ) -> Result<AuditReceipt, StoreError> {
+        unsupported()
+    }
+    async fn issue_enrollment(
+        &self,
+        _: &agentkeys_store::EnrollmentTicketRecord,
+        _: &AuditEvent,
+    ) -> Result<AuditReceipt, StoreError> {
+        unsupported()
+    }
+    async fn enrollment_ticket(
+        &self,
+        _: &OwnerId,
+    ) -> Result<Option<agentkeys_store::EnrollmentTicketRecord>, StoreError> {
+        unsupported()
+    }
+    async fn redeem_enrollment(
+        &self,
+        _: &OwnerId,
+        _: &[u8; 32],
+        _: &[u8; 32],
+        _: UnixTime,
+        _: &AuditEvent,
+    ) -> Result<AuditReceipt, StoreError> {
+        unsupported()
+    }
+    async fn owner_public_key(&self, _: &OwnerId) -> Result<Option<[u8; 32]>, StoreError> {
+        unsupported()
+    }
+    async fn record_owner_nonce(
+        &self,
+        _: &OwnerId,
+        _: &str,
+        _: UnixTime,
+        _: UnixTime,
+    ) -> Result<agentkeys_store::NonceUse, StoreError> {
+        unsupported()
+    }
+    async fn list_owner_grants(&self, _: &OwnerId) -> Result<Vec<Grant>, StoreError> {
+        unsupported()
+    }
+    async fn revoke_owner_grant(
+        &self,
+        _: &OwnerId,
+        _: &GrantId,
+        _: UnixTime,
+        _: &AuditEvent,
+    ) -> Result<AuditReceipt, StoreError> {
+        unsupported()
+    }
+    async fn revoke_owner_key(
+        &self,
+        _: &OwnerId,
+        _: &KeyId,
+        _: UnixTime,
+        _: &AuditEvent,
+    ) -> Result<AuditReceipt, StoreError> {
+        unsupported()
+    }
+    async fn audit_list_for_owner(
+        &self,
+        _: &OwnerId,
+        _: u64,
+        _: u32,
+    ) -> Result<Vec<AuditRecord>, StoreError> {
+        unsupported()
+    }
 }
 
 /// How the fake blob store fails.

@@ -178,6 +178,22 @@ impl BlobStore for FsBlobStore {
         let prefix = prefix.to_owned();
         run_blocking(context, move || list_keys(&root, &dir, &name_start, &prefix).map_err(blob_error)).await
     }
+
+    async fn remove(&self, key: &BlobKey) -> Result<bool, BlobError> {
+        let path = self.inner.root.join(key.as_str());
+        let context = path.clone();
+        run_blocking(context, move || match fs::remove_file(&path) {
+            Ok(()) => {
+                if let Some(dir) = path.parent() {
+                    fsync_dir(dir).map_err(|err| blob_error((dir.to_path_buf(), err)))?;
+                }
+                Ok(true)
+            }
+            Err(err) if is_absent(&err) => Ok(false),
+            Err(err) => Err(blob_error((path, err))),
+        })
+        .await
+    }
 }
 
 impl Inner {

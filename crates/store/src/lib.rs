@@ -17,11 +17,13 @@
 mod blob;
 mod fs;
 mod meta;
+mod queue;
 mod sqlite;
 
 pub use blob::{BlobError, BlobKey};
 pub use fs::FsBlobStore;
 pub use meta::*;
+pub use queue::{AttemptOutcome, AttemptRecord, Claim, OutboundQueue, QueueDetail, QueueStateCount};
 pub use sqlite::SqliteStore;
 
 use async_trait::async_trait;
@@ -40,4 +42,10 @@ pub trait BlobStore: Send + Sync + 'static {
     async fn get(&self, key: &BlobKey) -> Result<Option<Bytes>, BlobError>;
     /// Lists the keys under a prefix (`<owner>/<inbox>/`), in key order.
     async fn list(&self, prefix: &str) -> Result<Vec<BlobKey>, BlobError>;
+    /// Removes one blob durably; `Ok(false)` if it did not exist. Backends that
+    /// cannot remove keep the blob and answer `Ok(false)` (the default).
+    async fn remove(&self, key: &BlobKey) -> Result<bool, BlobError> {
+        let _ = key;
+        Ok(false)
+    }
 }

@@ -167,6 +167,29 @@ pub struct DomainKeyRecord {
     pub created_at: UnixTime,
 }
 
+/// An owner's outstanding (or spent) enrollment code, as stored: its SHA-256,
+/// never the code.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EnrollmentTicketRecord {
+    /// The owner it enrolls.
+    pub owner: OwnerId,
+    /// SHA-256 of the normalized code.
+    pub code_hash: [u8; 32],
+    /// The first second at which the code no longer works.
+    pub expires_at: UnixTime,
+    /// When it was redeemed; a spent ticket redeems nothing.
+    pub consumed_at: Option<UnixTime>,
+}
+
+/// Whether [`MetadataStore::record_owner_nonce`] saw the nonce for the first time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NonceUse {
+    /// First use: recorded now.
+    Fresh,
+    /// Already recorded: a replayed request.
+    Replayed,
+}
+
 /// Most audit records [`MetadataStore::audit_all`] fetches per page.
 pub const AUDIT_PAGE: u32 = 1000;
 
@@ -264,6 +287,83 @@ pub trait MetadataStore: Send + Sync + 'static {
     /// Revokes a grant, audited. `NotFound` if unknown; revoking twice keeps the
     /// first time.
     async fn revoke_grant(&self, id: &GrantId, now: UnixTime, event: &AuditEvent) -> Result<AuditReceipt, StoreError>;
+
+    /// Adds an owner together with their first enrollment ticket, with one audit
+    /// record (`event`, typically `owner.create`), in one transaction. `Conflict`
+    /// if the owner exists; `Invalid` if the ticket is for another owner.
+    async fn add_owner_with_enrollment(
+        &self,
+        owner: &OwnerRecord,
+        ticket: &EnrollmentTicketRecord,
+        event: &AuditEvent,
+    ) -> Result<AuditReceipt, StoreError>;
+    /// Issues (or replaces) `ticket.owner`'s enrollment ticket, audited. A new
+    /// ticket makes any earlier code of the owner useless. `NotFound` if the owner
+    /// is unknown.
+    async fn issue_enrollment(
+        &self,
+        ticket: &EnrollmentTicketRecord,
+        event: &AuditEvent,
+    ) -> Result<AuditReceipt, StoreError>;
+    /// The owner's ticket if it is not spent (expired or not), `None` otherwise.
+    async fn enrollment_ticket(&self, owner: &OwnerId) -> Result<Option<EnrollmentTicketRecord>, StoreError>;
+    /// Redeems the owner's ticket and registers (or replaces) their master public
+    /// key, audited, in one transaction: the ticket must still be unspent, carry
+    /// `code_hash` and not be expired at `now`. Anything else (unknown owner, other
+    /// code, spent, expired, a concurrent redemption that won) is the same
+    /// `NotFound`, and nothing changes.
+    async fn redeem_enrollment(
+        &self,
+        owner: &OwnerId,
+        code_hash: &[u8; 32],
+        public_key: &[u8; 32],
+        now: UnixTime,
+        event: &AuditEvent,
+    ) -> Result<AuditReceipt, StoreError>;
+    /// The owner's registered master public key (Ed25519), `None` if not enrolled.
+    async fn owner_public_key(&self, owner: &OwnerId) -> Result<Option<[u8; 32]>, StoreError>;
+    /// Records the nonce of a verified owner request whose signed time is `ts`;
+    /// [`NonceUse::Replayed`] if `(owner, nonce)` is already recorded. First deletes
+    /// every nonce with a timestamp before `forget_before` (the caller's clock-skew
+    /// window). Atomic across processes sharing the database.
+    async fn record_owner_nonce(
+        &self,
+        owner: &OwnerId,
+        nonce: &str,
+        ts: UnixTime,
+        forget_before: UnixTime,
+    ) -> Result<NonceUse, StoreError>;
+    /// The grants of one owner, oldest first.
+    async fn list_owner_grants(&self, owner: &OwnerId) -> Result<Vec<Grant>, StoreError>;
+    /// Revokes a grant of `owner`, audited. A grant of another owner is `NotFound`
+    /// exactly like a missing id.
+    async fn revoke_owner_grant(
+        &self,
+        owner: &OwnerId,
+        id: &GrantId,
+        now: UnixTime,
+        event: &AuditEvent,
+    ) -> Result<AuditReceipt, StoreError>;
+    /// Revokes a key of one of `owner`'s agents, audited. A key of another owner's
+    /// agent is `NotFound` exactly like a missing id.
+    async fn revoke_owner_key(
+        &self,
+        owner: &OwnerId,
+        id: &KeyId,
+        now: UnixTime,
+        event: &AuditEvent,
+    ) -> Result<AuditReceipt, StoreError>;
+    /// Up to `limit` audit records with `seq > after_seq` that concern `owner`, in
+    /// seq order. A record concerns the owner when its actor is `owner:<id>`, its
+    /// subject is the owner or one of the owner's agents, inboxes, keys or grants,
+    /// or its detail's `owner` is the owner or its detail's `agent` is one of the
+    /// owner's agents.
+    async fn audit_list_for_owner(
+        &self,
+        owner: &OwnerId,
+        after_seq: u64,
+        limit: u32,
+    ) -> Result<Vec<AuditRecord>, StoreError>;
 
     /// Gathers the facts for steps 3–9 of the AUTH order in one read: the key with
     /// this hash, its agent's grants, and the inbox's owner and status.

@@ -41,6 +41,7 @@ use sqlx::{Sqlite, SqliteConnection, Transaction};
 use crate::meta::{
     AgentRecord, DomainKeyRecord, InboxRecord, KeyRecord, MetadataStore, NewOutbound, OwnerRecord, QueueEntry, Recipient, StoreError,
 };
+use crate::meta::{EnrollmentTicketRecord, NonceUse};
 
 /// Most connections the pool opens. SQLite has one writer at a time; WAL lets the
 /// others read concurrently, and a handful of readers covers the SMTP lookups.
@@ -70,7 +71,7 @@ fn system_clock() -> UnixTime {
 /// The SQLite metadata store. Cheap to clone: clones share the connection pool.
 #[derive(Clone)]
 pub struct SqliteStore {
-    pool: SqlitePool,
+    pub(crate) pool: SqlitePool,
     clock: Clock,
 }
 
@@ -303,6 +304,23 @@ fn domain_keys_from_row(
 }
 
 const DOMAIN_KEYS_COLUMNS: &str = "domain, version, selector_ed, selector_rsa, rsa_key_wrapped, created_at";
+
+/// Stores `ticket` as its owner's only enrollment ticket inside `tx`.
+async fn upsert_ticket(tx: &mut SqliteConnection, ticket: &EnrollmentTicketRecord) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO enrollment_tickets (owner, code_hash, expires_at, consumed_at) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (owner) DO UPDATE SET code_hash = excluded.code_hash, expires_at = excluded.expires_at,
+                                           consumed_at = excluded.consumed_at",
+    )
+    .bind(ticket.owner.as_str())
+    .bind(hash_to_hex(&ticket.code_hash))
+    .bind(ticket.expires_at)
+    .bind(ticket.consumed_at)
+    .execute(&mut *tx)
+    .await
+    .map_err(backend)?;
+    Ok(())
+}
 
 /// Inserts one DKIM key version inside `tx`; `false` if that version exists.
 async fn insert_domain_keys(tx: &mut SqliteConnection, keys: &DomainKeyRecord) -> Result<bool, StoreError> {
@@ -852,6 +870,243 @@ impl MetadataStore for SqliteStore {
         }
         let sealed = self.append_in(&mut tx, event).await?;
         commit_audited(tx, sealed).await
+    }
+
+    async fn add_owner_with_enrollment(
+        &self,
+        owner: &OwnerRecord,
+        ticket: &EnrollmentTicketRecord,
+        event: &AuditEvent,
+    ) -> Result<AuditReceipt, StoreError> {
+        require_ok(event)?;
+        if ticket.owner != owner.id {
+            return Err(StoreError::Invalid(format!(
+                "enrollment ticket for {} cannot come with owner {}",
+                ticket.owner, owner.id
+            )));
+        }
+        let mut tx = self.write_tx().await?;
+        sqlx::query("INSERT INTO owners (id, email, created_at) VALUES (?1, ?2, ?3)")
+            .bind(owner.id.as_str())
+            .bind(owner.email.as_deref())
+            .bind(owner.created_at)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| insert_error(e, || format!("owner {}", owner.id)))?;
+        upsert_ticket(&mut tx, ticket).await?;
+        let sealed = self.append_in(&mut tx, event).await?;
+        commit_audited(tx, sealed).await
+    }
+
+    async fn issue_enrollment(
+        &self,
+        ticket: &EnrollmentTicketRecord,
+        event: &AuditEvent,
+    ) -> Result<AuditReceipt, StoreError> {
+        require_ok(event)?;
+        let mut tx = self.write_tx().await?;
+        let owner_exists: Option<(i64,)> = sqlx::query_as("SELECT 1 FROM owners WHERE id = ?1")
+            .bind(ticket.owner.as_str())
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(backend)?;
+        if owner_exists.is_none() {
+            return Err(StoreError::NotFound { what: format!("owner {}", ticket.owner) });
+        }
+        upsert_ticket(&mut tx, ticket).await?;
+        let sealed = self.append_in(&mut tx, event).await?;
+        commit_audited(tx, sealed).await
+    }
+
+    async fn enrollment_ticket(&self, owner: &OwnerId) -> Result<Option<EnrollmentTicketRecord>, StoreError> {
+        let row: Option<(String, i64, Option<i64>)> = sqlx::query_as(
+            "SELECT code_hash, expires_at, consumed_at FROM enrollment_tickets WHERE owner = ?1 AND consumed_at IS NULL",
+        )
+        .bind(owner.as_str())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(backend)?;
+        row.map(|(hash, expires_at, consumed_at)| {
+            let code_hash = hash_from_hex(&hash).ok_or_else(|| {
+                StoreError::Backend(format!("stored enrollment code hash of owner {owner} is not 64 hex digits"))
+            })?;
+            Ok(EnrollmentTicketRecord { owner: owner.clone(), code_hash, expires_at, consumed_at })
+        })
+        .transpose()
+    }
+
+    async fn redeem_enrollment(
+        &self,
+        owner: &OwnerId,
+        code_hash: &[u8; 32],
+        public_key: &[u8; 32],
+        now: UnixTime,
+        event: &AuditEvent,
+    ) -> Result<AuditReceipt, StoreError> {
+        require_ok(event)?;
+        let mut tx = self.write_tx().await?;
+        // Spend the ticket only if it is still the one the caller checked: a
+        // concurrent redemption or a re-issue in between makes this match nothing.
+        let spent = sqlx::query(
+            "UPDATE enrollment_tickets SET consumed_at = ?1
+              WHERE owner = ?2 AND code_hash = ?3 AND consumed_at IS NULL AND expires_at > ?1",
+        )
+        .bind(now)
+        .bind(owner.as_str())
+        .bind(hash_to_hex(code_hash))
+        .execute(&mut *tx)
+        .await
+        .map_err(backend)?;
+        if spent.rows_affected() == 0 {
+            return Err(StoreError::NotFound { what: "enrollment code".to_owned() });
+        }
+        sqlx::query(
+            "INSERT INTO owner_keys (owner, public_key, enrolled_at) VALUES (?1, ?2, ?3)
+             ON CONFLICT (owner) DO UPDATE SET public_key = excluded.public_key, enrolled_at = excluded.enrolled_at",
+        )
+        .bind(owner.as_str())
+        .bind(hash_to_hex(public_key))
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(backend)?;
+        let sealed = self.append_in(&mut tx, event).await?;
+        commit_audited(tx, sealed).await
+    }
+
+    async fn owner_public_key(&self, owner: &OwnerId) -> Result<Option<[u8; 32]>, StoreError> {
+        let row: Option<(String,)> = sqlx::query_as("SELECT public_key FROM owner_keys WHERE owner = ?1")
+            .bind(owner.as_str())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(backend)?;
+        row.map(|(hex,)| {
+            hash_from_hex(&hex)
+                .ok_or_else(|| StoreError::Backend(format!("stored public key of owner {owner} is not 64 hex digits")))
+        })
+        .transpose()
+    }
+
+    async fn record_owner_nonce(
+        &self,
+        owner: &OwnerId,
+        nonce: &str,
+        ts: UnixTime,
+        forget_before: UnixTime,
+    ) -> Result<NonceUse, StoreError> {
+        let mut tx = self.write_tx().await?;
+        sqlx::query("DELETE FROM owner_nonces WHERE ts < ?1")
+            .bind(forget_before)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        let done = sqlx::query(
+            "INSERT INTO owner_nonces (owner, nonce, ts) VALUES (?1, ?2, ?3) ON CONFLICT (owner, nonce) DO NOTHING",
+        )
+        .bind(owner.as_str())
+        .bind(nonce)
+        .bind(ts)
+        .execute(&mut *tx)
+        .await
+        .map_err(backend)?;
+        tx.commit().await.map_err(backend)?;
+        Ok(if done.rows_affected() == 1 { NonceUse::Fresh } else { NonceUse::Replayed })
+    }
+
+    async fn list_owner_grants(&self, owner: &OwnerId) -> Result<Vec<Grant>, StoreError> {
+        let rows: Vec<GrantRow> = sqlx::query_as(
+            "SELECT id, owner, agent, pattern, scopes, created_at, expires_at, revoked_at FROM grants
+              WHERE owner = ?1
+              ORDER BY created_at, id",
+        )
+        .bind(owner.as_str())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend)?;
+        rows.into_iter().map(grant_from_row).collect()
+    }
+
+    async fn revoke_owner_grant(
+        &self,
+        owner: &OwnerId,
+        id: &GrantId,
+        now: UnixTime,
+        event: &AuditEvent,
+    ) -> Result<AuditReceipt, StoreError> {
+        require_ok(event)?;
+        let mut tx = self.write_tx().await?;
+        let done = sqlx::query("UPDATE grants SET revoked_at = COALESCE(revoked_at, ?1) WHERE id = ?2 AND owner = ?3")
+            .bind(now)
+            .bind(id.as_str())
+            .bind(owner.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound { what: format!("grant {id}") });
+        }
+        let sealed = self.append_in(&mut tx, event).await?;
+        commit_audited(tx, sealed).await
+    }
+
+    async fn revoke_owner_key(
+        &self,
+        owner: &OwnerId,
+        id: &KeyId,
+        now: UnixTime,
+        event: &AuditEvent,
+    ) -> Result<AuditReceipt, StoreError> {
+        require_ok(event)?;
+        let mut tx = self.write_tx().await?;
+        let done = sqlx::query(
+            "UPDATE agent_keys SET revoked_at = COALESCE(revoked_at, ?1)
+              WHERE id = ?2 AND agent IN (SELECT id FROM agents WHERE owner = ?3)",
+        )
+        .bind(now)
+        .bind(id.as_str())
+        .bind(owner.as_str())
+        .execute(&mut *tx)
+        .await
+        .map_err(backend)?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound { what: format!("key {id}") });
+        }
+        let sealed = self.append_in(&mut tx, event).await?;
+        commit_audited(tx, sealed).await
+    }
+
+    async fn audit_list_for_owner(
+        &self,
+        owner: &OwnerId,
+        after_seq: u64,
+        limit: u32,
+    ) -> Result<Vec<AuditRecord>, StoreError> {
+        let Ok(after) = i64::try_from(after_seq) else {
+            return Ok(Vec::new());
+        };
+        let rows: Vec<AuditRow> = sqlx::query_as(
+            "SELECT seq, ts, actor, operation, subject, outcome, detail, prev_hash, hash
+               FROM audit_log
+              WHERE seq > ?1
+                AND (actor = ?2
+                     OR subject = ?3
+                     OR json_extract(detail, '$.owner') = ?3
+                     OR json_extract(detail, '$.agent') IN (SELECT id FROM agents WHERE owner = ?3)
+                     OR subject IN (SELECT id FROM agents WHERE owner = ?3)
+                     OR subject IN (SELECT address FROM inboxes WHERE owner = ?3)
+                     OR subject IN (SELECT k.id FROM agent_keys k JOIN agents a ON a.id = k.agent WHERE a.owner = ?3)
+                     OR subject IN (SELECT id FROM grants WHERE owner = ?3))
+              ORDER BY seq
+              LIMIT ?4",
+        )
+        .bind(after)
+        .bind(format!("owner:{owner}"))
+        .bind(owner.as_str())
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend)?;
+        rows.into_iter().map(audit_from_row).collect()
     }
 
     async fn auth_facts(&self, credentials: &Credentials) -> Result<AuthFacts, StoreError> {

@@ -75,6 +75,8 @@ impl Server {
             .env("AGENTKEYS_LISTEN_SUBMISSION_TLS", "127.0.0.1:0")
             .env("AGENTKEYS_LISTEN_HTTP", "127.0.0.1:0")
             .env("AGENTKEYS_LOG", "warn")
+            // No outbound delivery unless a test asks for it (no real DNS or port 25).
+            .env("AGENTKEYS_DELIVERY_ENABLED", "false")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
         for (k, v) in env {

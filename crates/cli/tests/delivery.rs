@@ -1,0 +1,392 @@
+//! Outbound delivery end to end: the real server process, a submission through
+//! Python's smtplib, and a real receiving MTA (aiosmtpd, tests/resources/smtp_sink.py)
+//! on loopback as the smarthost. Backoff is scaled down so retries take seconds.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Server, provision, python, resource, run, run_json, stored_messages};
+use serde_json::{Value, json};
+
+const OWNER: &str = "0x000000000000000000000000000000000000000a";
+const ALICE: &str = "0x00000000000000000000000000000000000000a1";
+
+/// The receiving MTA, killed on drop.
+struct Sink {
+    child: Child,
+    port: u16,
+    dir: PathBuf,
+}
+
+impl Sink {
+    fn start(dir: &Path, args: &[&str]) -> Sink {
+        std::fs::create_dir_all(dir).unwrap();
+        let mut child = Command::new("python3")
+            .arg(resource("smtp_sink.py"))
+            .arg(dir)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn python3 smtp_sink.py (run scripts/test.sh, which installs aiosmtpd)");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let port = line
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("smtp_sink.py printed {line:?}, not a port"));
+        Sink {
+            child,
+            port,
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    fn messages(&self) -> Vec<PathBuf> {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&self.dir)
+            .unwrap()
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "eml"))
+            .collect();
+        files.sort();
+        files
+    }
+
+    fn data_attempts(&self) -> usize {
+        std::fs::read_to_string(self.dir.join("attempts")).map_or(0, |s| s.lines().count())
+    }
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        self.child.kill().ok();
+        self.child.wait().ok();
+    }
+}
+
+fn delivery_env(port: u16) -> Vec<(&'static str, String)> {
+    vec![
+        ("AGENTKEYS_DELIVERY_ENABLED", "true".to_owned()),
+        ("AGENTKEYS_SMARTHOST", format!("127.0.0.1:{port}")),
+        // 1 min → 60 ms (whole seconds in the queue: retries about a second apart).
+        ("AGENTKEYS_DELIVERY_BACKOFF_SCALE", "0.001".to_owned()),
+    ]
+}
+
+fn start_server(data_dir: &Path, port: u16) -> Server {
+    let env = delivery_env(port);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    Server::start(data_dir, &env)
+}
+
+fn submit(server: &Server, alice: &str, key: &str, to: &str, subject: &str) {
+    let plan = json!({"port": server.submission.port(), "tls": "starttls", "login": [alice, key], "steps": [
+        ["sendmail", alice, [to], {"from": alice, "to": to, "subject": subject}],
+    ]});
+    let r: Value = serde_json::from_str(&python("smtp_client.py", &[plan.to_string()])).unwrap();
+    assert_eq!(r["login"][0], 235, "{r}");
+    assert_eq!(r["steps"][0][0], 250, "{r}");
+}
+
+fn submit_raw(server: &Server, alice: &str, key: &str, to: &str, raw: &str) {
+    let plan = json!({"port": server.submission.port(), "tls": "starttls", "login": [alice, key], "steps": [
+        ["sendmail", alice, [to], {"raw": raw}],
+    ]});
+    let r: Value = serde_json::from_str(&python("smtp_client.py", &[plan.to_string()])).unwrap();
+    assert_eq!(r["steps"][0][0], 250, "{r}");
+}
+
+fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn queue(data_dir: &Path) -> Vec<Value> {
+    run_json(data_dir, &["queue", "list"])
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+fn all_in_state(data_dir: &Path, state: &str) -> bool {
+    let q = queue(data_dir);
+    !q.is_empty() && q.iter().all(|e| e["state"] == state)
+}
+
+/// The DKIM TXT records of `agentkeys domain dns` as verify_dkim.py wants them.
+fn dkim_dns(data_dir: &Path, domain: &str) -> serde_json::Map<String, Value> {
+    let out = run(data_dir, &["domain", "dns", domain]);
+    assert!(out.status.success());
+    let zone = String::from_utf8(out.stdout).unwrap();
+    let mut records = serde_json::Map::new();
+    let mut current: Option<(String, String)> = None;
+    // Simple zone reader: a record starts at a name containing `._domainkey.` and
+    // collects every quoted string up to its closing parenthesis or line end.
+    let mut depth = 0i32;
+    for raw in zone.lines() {
+        let trimmed = raw.trim_start();
+        if depth == 0 {
+            if let Some((name, value)) = current.take() {
+                records.insert(name, Value::String(value));
+            }
+            let first = trimmed.split_whitespace().next().unwrap_or("");
+            if !first.contains("._domainkey.") || !trimmed.contains("TXT") {
+                continue;
+            }
+            let name = if first.ends_with('.') {
+                first.to_owned()
+            } else {
+                format!("{first}.")
+            };
+            current = Some((name, String::new()));
+        }
+        let Some((_, value)) = current.as_mut() else {
+            continue;
+        };
+        let mut in_quote = false;
+        for c in raw.chars() {
+            match (in_quote, c) {
+                (false, '"') => in_quote = true,
+                (true, '"') => in_quote = false,
+                (true, c) => value.push(c),
+                (false, '(') => depth += 1,
+                (false, ')') => depth -= 1,
+                _ => {}
+            }
+        }
+    }
+    if let Some((name, value)) = current.take() {
+        records.insert(name, Value::String(value));
+    }
+    assert_eq!(records.len(), 2, "two DKIM records in:\n{zone}");
+    assert!(
+        records
+            .keys()
+            .all(|k| k.ends_with(&format!("._domainkey.{domain}."))),
+        "{records:?}"
+    );
+    records
+}
+
+#[test]
+fn temporary_failures_retry_with_backoff_and_deliver_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().join("data");
+    std::fs::create_dir_all(&d).unwrap();
+    let (_, _, alice, key) = provision(&d, OWNER, ALICE, "alice");
+    let sink = Sink::start(&dir.path().join("sink"), &["--tempfail", "2"]);
+    let server = start_server(&d, sink.port);
+    submit(&server, &alice, &key, "friend@example.com", "retried");
+
+    wait_for("delivery", Duration::from_secs(60), || {
+        all_in_state(&d, "delivered")
+    });
+    let q = queue(&d);
+    assert_eq!(q.len(), 1);
+    assert_eq!(q[0]["attempts"], 3, "{q:?}");
+    // Give a duplicate a chance to show up, then count.
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(sink.messages().len(), 1, "exactly one copy arrives");
+    assert_eq!(sink.data_attempts(), 3);
+    let envelope: Value = serde_json::from_str(
+        &std::fs::read_to_string(sink.messages()[0].with_extension("json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(envelope["mail_from"], alice.as_str());
+    assert_eq!(envelope["rcpt_tos"], json!(["friend@example.com"]));
+
+    let id = q[0]["id"].as_str().unwrap().to_owned();
+    let show = run_json(&d, &["queue", "show", &id]);
+    let outcomes: Vec<&str> = show["attempts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["outcome"].as_str().unwrap())
+        .collect();
+    assert_eq!(outcomes, ["deferred", "deferred", "delivered"], "{show}");
+    assert!(
+        show["attempts"][0]["response"]
+            .as_str()
+            .unwrap()
+            .starts_with("451"),
+        "{show}"
+    );
+    // Delivered everywhere: the queued copy is gone.
+    assert!(
+        !server
+            .blobs()
+            .join("queue")
+            .join(format!("{id}.eml"))
+            .exists()
+    );
+
+    // The delivered copy verifies under both DKIM keys with an independent verifier.
+    let plan = json!({"dns": dkim_dns(&d, "agents.localhost"), "messages": [sink.messages()[0].display().to_string()]});
+    let plan_path = dir.path().join("dkim-plan.json");
+    std::fs::write(&plan_path, plan.to_string()).unwrap();
+    let out = python("verify_dkim.py", &[plan_path.display().to_string()]);
+    assert!(out.lines().any(|l| l.starts_with("ok")), "{out}");
+
+    // The metrics saw it.
+    let metrics = http_get(server.http, "/metrics");
+    assert!(
+        metrics.contains("agentkeys_delivery_attempts_total{result=\"deferred\"} 2"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("agentkeys_delivery_attempts_total{result=\"delivered\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("agentkeys_delivery_latency_seconds"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("agentkeys_queue_depth"), "{metrics}");
+}
+
+#[test]
+fn permanent_failure_bounces_with_a_dsn_in_the_sender_inbox() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().join("data");
+    std::fs::create_dir_all(&d).unwrap();
+    let (_, _, alice, key) = provision(&d, OWNER, ALICE, "alice");
+    let sink = Sink::start(&dir.path().join("sink"), &["--reject"]);
+    let server = start_server(&d, sink.port);
+    submit(&server, &alice, &key, "nobody@example.com", "doomed");
+
+    wait_for("the bounce", Duration::from_secs(60), || {
+        all_in_state(&d, "bounced")
+    });
+    let q = queue(&d);
+    assert_eq!(q[0]["attempts"], 1, "5xx bounces at once: {q:?}");
+    assert!(
+        q[0]["last_response"].as_str().unwrap().starts_with("550"),
+        "{q:?}"
+    );
+    let dsns = stored_messages(&server.blobs(), OWNER, &alice);
+    assert_eq!(dsns.len(), 1, "one DSN in the sender inbox");
+    let dsn = std::fs::read_to_string(&dsns[0]).unwrap();
+    assert!(dsn.contains("multipart/report"), "{dsn}");
+    assert!(dsn.contains("message/delivery-status"), "{dsn}");
+    assert!(
+        dsn.contains("Final-Recipient: rfc822; nobody@example.com"),
+        "{dsn}"
+    );
+    assert!(dsn.contains("Status: 5.1.1"), "{dsn}");
+    assert!(
+        dsn.contains("Subject: doomed"),
+        "the original's headers come back: {dsn}"
+    );
+    assert!(sink.messages().is_empty());
+}
+
+#[test]
+fn queued_mail_survives_sigkill_and_is_delivered_after_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().join("data");
+    std::fs::create_dir_all(&d).unwrap();
+    let (_, _, alice, key) = provision(&d, OWNER, ALICE, "alice");
+    // First life: delivery off (its runner must not get there first).
+    let server = Server::start(&d, &[]);
+    for i in 0..5 {
+        submit(
+            &server,
+            &alice,
+            &key,
+            &format!("friend{i}@example.com"),
+            &format!("crash-{i}"),
+        );
+    }
+    server.kill();
+    assert_eq!(queue(&d).len(), 5);
+
+    let sink = Sink::start(&dir.path().join("sink"), &[]);
+    // A second life that is killed while delivering (some rows may be leased).
+    let server = start_server(&d, sink.port);
+    server.kill();
+    let server = start_server(&d, sink.port);
+    wait_for("every message delivered", Duration::from_secs(90), || {
+        all_in_state(&d, "delivered")
+    });
+    let mut subjects: Vec<String> = sink
+        .messages()
+        .iter()
+        .map(|p| {
+            let m = std::fs::read_to_string(p).unwrap();
+            m.lines()
+                .find_map(|l| l.strip_prefix("Subject: "))
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    subjects.sort();
+    subjects.dedup();
+    assert_eq!(
+        subjects,
+        (0..5).map(|i| format!("crash-{i}")).collect::<Vec<_>>(),
+        "none lost"
+    );
+    drop(server);
+}
+
+#[test]
+fn smuggling_vectors_arrive_as_one_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().join("data");
+    std::fs::create_dir_all(&d).unwrap();
+    let (_, _, alice, key) = provision(&d, OWNER, ALICE, "alice");
+    let sink = Sink::start(&dir.path().join("sink"), &[]);
+    let server = start_server(&d, sink.port);
+    // Bare-LF and bare-CR end-of-data look-alikes followed by a second envelope
+    // (CVE-2023-51764/51765/51766 family). smtplib sends the raw bytes as given.
+    let vectors = ["\n.\n", "\n.\r\n", "\r.\r", "\r\n.\r", "\r\n.\n"];
+    for (i, v) in vectors.iter().enumerate() {
+        let raw = format!(
+            "From: {alice}\r\nTo: victim@example.com\r\nSubject: vector-{i}\r\n\r\nbody{v}MAIL FROM:<ceo@agents.localhost>\r\nRCPT TO:<victim@example.com>\r\nDATA\r\nFrom: ceo@agents.localhost\r\nSubject: smuggled\r\n\r\nhi\r\n"
+        );
+        submit_raw(&server, &alice, &key, "victim@example.com", &raw);
+    }
+    wait_for("delivery", Duration::from_secs(60), || {
+        all_in_state(&d, "delivered") && queue(&d).len() == vectors.len()
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    let messages = sink.messages();
+    assert_eq!(
+        messages.len(),
+        vectors.len(),
+        "one message per submission, nothing smuggled"
+    );
+    for m in &messages {
+        let text = std::fs::read_to_string(m).unwrap();
+        let envelope: Value =
+            serde_json::from_str(&std::fs::read_to_string(m.with_extension("json")).unwrap())
+                .unwrap();
+        assert_eq!(envelope["mail_from"], alice.as_str(), "{text}");
+        assert!(text.contains("Subject: vector-"), "{text}");
+    }
+}
+
+fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
