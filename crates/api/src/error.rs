@@ -5,6 +5,7 @@
 //! clients match on. Reasons a caller must not learn (why an agent key was refused,
 //! what the database said) go to the server log, never into the body.
 
+use agentkeys_approval::PairingError;
 use agentkeys_broker::MintError;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -84,6 +85,12 @@ pub enum ApiError {
         /// `agent`, `grant` or `key`.
         what: &'static str,
     },
+    /// A pairing refusal: 404 `NOT_FOUND` (unknown, spent or someone else's; one
+    /// body), 409 `ALREADY_CONSUMED`, 410 `EXPIRED`, 400 `CONFIRMATION_MISMATCH`
+    /// (202 `PENDING` is answered as a status, not as this error).
+    Pairing(agentkeys_approval::PairingError),
+    /// 409 `AGENT_EXISTS`: the device key's agent id belongs to another owner.
+    AgentExists,
 }
 
 /// The problem JSON body (RFC 9457) plus `code`, and `field` for input errors.
@@ -123,6 +130,14 @@ impl ApiError {
             Self::OwnerUnauthorized { .. } => StatusCode::UNAUTHORIZED,
             Self::InvalidEnrollmentCode | Self::OwnerObjectNotFound { .. } => StatusCode::NOT_FOUND,
             Self::EnrollmentExpired => StatusCode::GONE,
+            Self::Pairing(e) => match e {
+                PairingError::NotFound => StatusCode::NOT_FOUND,
+                PairingError::AlreadyConsumed => StatusCode::CONFLICT,
+                PairingError::Expired => StatusCode::GONE,
+                PairingError::Pending => StatusCode::ACCEPTED,
+                PairingError::ConfirmationMismatch => StatusCode::BAD_REQUEST,
+            },
+            Self::AgentExists => StatusCode::CONFLICT,
         }
     }
 
@@ -145,6 +160,8 @@ impl ApiError {
             Self::InvalidEnrollmentCode => "INVALID_ENROLLMENT_CODE",
             Self::EnrollmentExpired => "EXPIRED",
             Self::OwnerObjectNotFound { .. } => "NOT_FOUND",
+            Self::Pairing(e) => e.code(),
+            Self::AgentExists => "AGENT_EXISTS",
         }
     }
 
@@ -166,6 +183,9 @@ impl ApiError {
             Self::InvalidEnrollmentCode => "Invalid enrollment code",
             Self::EnrollmentExpired => "Enrollment code expired",
             Self::OwnerObjectNotFound { .. } => "Not found",
+            Self::Pairing(PairingError::NotFound) => "Not found",
+            Self::Pairing(_) => "Pairing refused",
+            Self::AgentExists => "Agent exists",
         }
     }
 
@@ -203,6 +223,13 @@ impl ApiError {
                 Some("code".to_owned()),
             ),
             Self::OwnerObjectNotFound { what } => (format!("no {what} with this id among yours"), None),
+            Self::Pairing(PairingError::NotFound) => ("no such pairing request".to_owned(), None),
+            Self::Pairing(e @ PairingError::ConfirmationMismatch) => (e.to_string(), Some("confirmation_code".to_owned())),
+            Self::Pairing(e) => (e.to_string(), None),
+            Self::AgentExists => (
+                "this device key's agent already belongs to another owner; pair with a new device key".to_owned(),
+                None,
+            ),
         };
         let code = self.code();
         Problem {

@@ -11,6 +11,10 @@
 //! | POST, GET | `/v1/grants` | create / list the owner's grants (owner signature) |
 //! | DELETE | `/v1/grants/{id}`, `/v1/keys/{id}` | revoke a grant / an agent key (owner signature) |
 //! | GET | `/v1/audit` | audit records concerning the owner (owner signature) |
+//! | POST | `/v1/pairings` | open a pairing request (agent, public) |
+//! | GET | `/v1/pairings/{code}` | show a pairing request (owner signature) |
+//! | POST | `/v1/pairings/{code}/approve` | approve it: the agent is created (owner signature) |
+//! | POST | `/v1/pairings/{code}/collect` | the agent collects its key (device signature, long-poll) |
 //!
 //! Owners sign requests with their master key (`Authorization: AgentKeys-Owner …`,
 //! see [`owner`]); the owner routes need the metadata store ([`ApiState::with_meta`]).
@@ -28,6 +32,7 @@ pub mod error;
 pub mod extract;
 pub mod openapi;
 pub mod owner;
+pub mod pairing;
 pub mod well_known;
 
 use std::sync::Arc;
@@ -57,6 +62,12 @@ pub struct ApiState {
     openapi: Arc<serde_json::Value>,
     /// The metadata store the owner routes use; without it they answer 503.
     meta: Option<Arc<dyn MetadataStore>>,
+    /// Wake-ups of collects waiting for an approval.
+    pairings: Arc<pairing::PairingWaiters>,
+    /// How long a collect waits for the approval ([`pairing::COLLECT_WAIT`]).
+    collect_wait: std::time::Duration,
+    /// Cancelled when the server stops: waiting collects answer 202 at once.
+    shutdown: tokio_util::sync::CancellationToken,
 }
 
 impl std::fmt::Debug for ApiState {
@@ -75,7 +86,15 @@ impl ApiState {
     /// agree on the time).
     pub fn with_clock(broker: Arc<TokenBroker>, clock: Arc<dyn Clock>) -> Self {
         let openapi = serde_json::to_value(openapi::ApiDoc::openapi()).unwrap_or_default();
-        Self { broker, clock, openapi: Arc::new(openapi), meta: None }
+        Self {
+            broker,
+            clock,
+            openapi: Arc::new(openapi),
+            meta: None,
+            pairings: Arc::default(),
+            collect_wait: pairing::COLLECT_WAIT,
+            shutdown: tokio_util::sync::CancellationToken::new(),
+        }
     }
 
     /// The same state serving the owner routes (enrollment, grants, key
@@ -83,6 +102,21 @@ impl ApiState {
     #[must_use]
     pub fn with_meta(mut self, meta: Arc<dyn MetadataStore>) -> Self {
         self.meta = Some(meta);
+        self
+    }
+
+    /// The same state, ending long-polls (pairing collects answer 202) when
+    /// `shutdown` is cancelled, so a graceful shutdown does not wait for them.
+    #[must_use]
+    pub fn with_shutdown(mut self, shutdown: tokio_util::sync::CancellationToken) -> Self {
+        self.shutdown = shutdown;
+        self
+    }
+
+    /// The same state with another long-poll limit for pairing collects (tests).
+    #[must_use]
+    pub fn with_collect_wait(mut self, wait: std::time::Duration) -> Self {
+        self.collect_wait = wait;
         self
     }
 }
@@ -145,6 +179,10 @@ fn table() -> Vec<Route> {
         route(Verb::Delete, "/v1/grants/{id}", owner::revoke_grant),
         route(Verb::Delete, "/v1/keys/{id}", owner::revoke_key),
         route(Verb::Get, "/v1/audit", owner::audit),
+        route(Verb::Post, "/v1/pairings", pairing::open),
+        route(Verb::Get, "/v1/pairings/{code}", pairing::view),
+        route(Verb::Post, "/v1/pairings/{code}/approve", pairing::approve),
+        route(Verb::Post, "/v1/pairings/{code}/collect", pairing::collect),
     ]
 }
 

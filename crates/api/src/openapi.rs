@@ -27,6 +27,10 @@ use crate::error::Problem;
         crate::owner::revoke_grant,
         crate::owner::revoke_key,
         crate::owner::audit,
+        crate::pairing::open,
+        crate::pairing::view,
+        crate::pairing::approve,
+        crate::pairing::collect,
     ),
     components(schemas(
         ReadCredentialRequest,
@@ -39,6 +43,13 @@ use crate::error::Problem;
         crate::owner::GrantView,
         crate::owner::Revoked,
         crate::owner::AuditPage,
+        crate::pairing::OpenPairingRequest,
+        crate::pairing::OpenPairingResponse,
+        crate::pairing::PairingViewResponse,
+        crate::pairing::ApprovePairingRequest,
+        crate::pairing::ApprovePairingResponse,
+        crate::pairing::CollectPairingRequest,
+        crate::pairing::CollectPairingResponse,
     )),
     modifiers(&AgentKeyAuth, &OwnerSignatureAuth),
     tags(
@@ -46,6 +57,7 @@ use crate::error::Problem;
         (name = "oidc", description = "OIDC issuer documents"),
         (name = "meta", description = "This document"),
         (name = "owner", description = "Enrollment and the owner's approval gate: requests signed with the owner's master key"),
+        (name = "pairing", description = "An agent asks for an agent key with its device key; its owner approves with a signed request"),
     )
 )]
 pub struct ApiDoc;

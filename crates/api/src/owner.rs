@@ -107,7 +107,7 @@ impl OwnerApproval {
     }
 
     /// The audit detail that ties a change to the approval that allowed it.
-    fn evidence(&self) -> serde_json::Value {
+    pub(crate) fn evidence(&self) -> serde_json::Value {
         json!({ "ts": self.proof.timestamp(), "nonce": self.proof.nonce().as_str() })
     }
 }

@@ -46,6 +46,10 @@ pub mod ops {
     pub const OWNER_ENROLLMENT_ISSUE: &str = "owner.enrollment_issue";
     /// An owner redeemed an enrollment code and registered a master public key.
     pub const OWNER_ENROLL: &str = "owner.enroll";
+    /// An owner approved a pairing request; the agent was created under them.
+    pub const PAIRING_APPROVE: &str = "pairing.approve";
+    /// A paired agent collected its agent key (minted then, stored hashed).
+    pub const PAIRING_COLLECT: &str = "pairing.collect";
 }
 
 /// Who caused an audited operation.

@@ -368,6 +368,12 @@ impl TokenBroker {
         }
     }
 
+    /// The agent-key hasher: whoever issues agent keys (pairing) stores their
+    /// hashes under the same key the broker looks them up by.
+    pub fn hasher(&self) -> &KeyHasher {
+        &self.hasher
+    }
+
     /// The authority, for serving the JWKS and verifying capabilities.
     pub fn authority(&self) -> &Arc<dyn TokenAuthority> {
         &self.authority

@@ -59,6 +59,9 @@ pub(crate) enum AgentCmd {
         #[arg(long)]
         owner: Option<String>,
     },
+    /// Pair this machine as an agent: open a pairing request on a server, wait for
+    /// the owner's `agentkeys approve`, save the agent key in <config dir>/agent.json.
+    Pair(crate::pairing_client::PairArgs),
 }
 
 /// `agentkeys inbox …`
@@ -325,9 +328,11 @@ pub(crate) async fn owner(config: &Config, cmd: OwnerCmd, json: bool) -> Result<
 }
 
 pub(crate) async fn agent(config: &Config, cmd: AgentCmd, json: bool) -> Result<()> {
-    let dir = DataDir::open(config).await?;
     match cmd {
+        // An HTTP client of a server; it never opens a data directory.
+        AgentCmd::Pair(args) => crate::pairing_client::pair(args, json).await?,
         AgentCmd::Add { id, owner, name } => {
+            let dir = DataDir::open(config).await?;
             let id: AgentId = parse("agent id", &id)?;
             let owner: OwnerId = parse("--owner", &owner)?;
             let rec = AgentRecord { id: id.clone(), owner: owner.clone(), name, created_at: crate::now() };
@@ -339,6 +344,7 @@ pub(crate) async fn agent(config: &Config, cmd: AgentCmd, json: bool) -> Result<
             print(json, json!({ "id": id, "owner": owner }), || format!("agent {id} added under owner {owner}"));
         }
         AgentCmd::List { owner } => {
+            let dir = DataDir::open(config).await?;
             let owner = owner.map(|o| parse::<OwnerId>("--owner", &o)).transpose()?;
             let agents = dir.meta.list_agents(owner.as_ref()).await?;
             let rows: Vec<_> = agents

@@ -8,6 +8,7 @@ mod demo;
 mod domain;
 mod http;
 mod owner_client;
+mod pairing_client;
 mod serve;
 mod tls;
 
@@ -58,9 +59,11 @@ enum Command {
     /// Manage owners (the humans).
     #[command(subcommand)]
     Owner(admin::OwnerCmd),
-    /// Manage agents.
+    /// Manage agents; `agent pair` pairs this machine as an agent.
     #[command(subcommand)]
     Agent(admin::AgentCmd),
+    /// Approve an agent's pairing request (owner; signed with the master key).
+    Approve(pairing_client::ApproveArgs),
     /// Manage inboxes.
     #[command(subcommand)]
     Inbox(admin::InboxCmd),
@@ -118,6 +121,7 @@ fn main() -> ExitCode {
             Command::Domain(c) => domain::run(&config, c, json).await,
             Command::Owner(c) => admin::owner(&config, c, json).await,
             Command::Agent(c) => admin::agent(&config, c, json).await,
+            Command::Approve(args) => pairing_client::approve(args, json).await,
             Command::Inbox(c) => admin::inbox(&config, c, json).await,
             Command::Key(c) => admin::key(&config, c, json).await,
             Command::Grant(c) => admin::grant(&config, c, json).await,

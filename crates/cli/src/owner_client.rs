@@ -82,7 +82,7 @@ pub(crate) struct GrantCreateArgs {
     conn: OwnerConn,
 }
 
-fn base_url(server: &str) -> Result<String> {
+pub(crate) fn base_url(server: &str) -> Result<String> {
     let server = server.trim_end_matches('/');
     if !server.starts_with("http://") {
         bail!("--server {server:?}: give the API's plain-HTTP URL, e.g. http://127.0.0.1:8787 (https is not supported by this client; use a local TLS-terminating proxy)");
@@ -96,7 +96,24 @@ fn agent() -> ureq::Agent {
 
 /// Sends one request; answers the JSON body of a 2xx, or an error carrying the
 /// problem's code and detail.
-fn send(method: &str, url: &str, authorization: Option<&str>, body: Option<&[u8]>) -> Result<Value> {
+pub(crate) fn send(method: &str, url: &str, authorization: Option<&str>, body: Option<&[u8]>) -> Result<Value> {
+    let (status, value, text) = send_raw(method, url, authorization, body)?;
+    if !(200..300).contains(&status) {
+        let code = value["code"].as_str().unwrap_or("?");
+        let detail = value["detail"].as_str().unwrap_or(text.trim());
+        bail!("the server refused ({status} {code}): {detail}");
+    }
+    Ok(value)
+}
+
+/// Sends one request; answers the status, the body as JSON (`Null` if it is not
+/// JSON) and the body text, whatever the status.
+pub(crate) fn send_raw(
+    method: &str,
+    url: &str,
+    authorization: Option<&str>,
+    body: Option<&[u8]>,
+) -> Result<(u16, Value, String)> {
     let agent = agent();
     let result = match (method, body) {
         ("GET", _) => {
@@ -125,12 +142,7 @@ fn send(method: &str, url: &str, authorization: Option<&str>, body: Option<&[u8]
     let status = response.status().as_u16();
     let text = response.body_mut().read_to_string().with_context(|| format!("cannot read the answer of {url}"))?;
     let value: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
-    if !(200..300).contains(&status) {
-        let code = value["code"].as_str().unwrap_or("?");
-        let detail = value["detail"].as_str().unwrap_or(text.trim());
-        bail!("the server refused ({status} {code}): {detail}");
-    }
-    Ok(value)
+    Ok((status, value, text))
 }
 
 /// The key file to use: `--owner`'s, else the only `owner-*.key` in the config dir.
@@ -154,14 +166,14 @@ fn key_file_path(owner: Option<&str>) -> Result<PathBuf> {
 }
 
 /// An unlocked owner: the key and where to send requests.
-struct Session {
+pub(crate) struct Session {
     base: String,
     owner: OwnerId,
     key: MasterKey,
 }
 
 impl Session {
-    fn open(conn: &OwnerConn) -> Result<Self> {
+    pub(crate) fn open(conn: &OwnerConn) -> Result<Self> {
         let server = conn.server.as_deref().ok_or_else(|| anyhow!("give --server URL (or AGENTKEYS_SERVER)"))?;
         let base = base_url(server)?;
         let path = key_file_path(conn.owner.as_deref())?;
@@ -174,7 +186,7 @@ impl Session {
     }
 
     /// One signed request: `path` includes the query, exactly as sent.
-    fn call(&self, method: &str, path: &str, body: Option<&[u8]>) -> Result<Value> {
+    pub(crate) fn call(&self, method: &str, path: &str, body: Option<&[u8]>) -> Result<Value> {
         let nonce = Nonce::generate(&mut rand::rngs::OsRng);
         let signature =
             sign_request(&self.key, &self.owner, method, path, body.unwrap_or_default(), crate::now(), &nonce)?;
@@ -227,7 +239,7 @@ pub(crate) async fn enroll(args: EnrollArgs, json: bool) -> Result<()> {
     }
 }
 
-fn create_config_dir(path: &Path) -> Result<()> {
+pub(crate) fn create_config_dir(path: &Path) -> Result<()> {
     let Some(dir) = path.parent() else { return Ok(()) };
     if dir.exists() {
         return Ok(());

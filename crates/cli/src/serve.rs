@@ -63,7 +63,6 @@ pub(crate) async fn run(config: Config) -> Result<()> {
         clock: Arc::new(SystemClock),
         config: BrokerConfig { issuer: config.public_url.clone(), audience: config.oidc_audience.clone() },
     }));
-    let api = agentkeys_api::router(agentkeys_api::ApiState::new(broker).with_meta(dir.meta.clone()));
 
     let data_dir = std::fs::canonicalize(&dir.path).unwrap_or_else(|_| dir.path.clone());
     println!("agentkeys {} serving hosted domain {}", env!("CARGO_PKG_VERSION"), config.domain);
@@ -80,6 +79,9 @@ pub(crate) async fn run(config: Config) -> Result<()> {
     );
 
     let shutdown = CancellationToken::new();
+    let api = agentkeys_api::router(
+        agentkeys_api::ApiState::new(broker).with_meta(dir.meta.clone()).with_shutdown(shutdown.clone()),
+    );
     let sessions = TaskTracker::new();
     let listeners = TaskTracker::new();
     for (listener, kind) in [

@@ -389,6 +389,30 @@ impl MetadataStore for FakeMeta {
     ) -> Result<Vec<AuditRecord>, StoreError> {
         unsupported()
     }
+    async fn open_pairing(&self, _: &agentkeys_store::PairingRecord, _: UnixTime) -> Result<(), StoreError> {
+        unsupported()
+    }
+    async fn pairing(&self, _: &[u8; 32]) -> Result<Option<agentkeys_store::PairingRecord>, StoreError> {
+        unsupported()
+    }
+    async fn approve_pairing(
+        &self,
+        _: &[u8; 32],
+        _: &AgentRecord,
+        _: UnixTime,
+        _: &AuditEvent,
+    ) -> Result<AuditReceipt, StoreError> {
+        unsupported()
+    }
+    async fn collect_pairing(
+        &self,
+        _: &[u8; 32],
+        _: &KeyRecord,
+        _: UnixTime,
+        _: &AuditEvent,
+    ) -> Result<AuditReceipt, StoreError> {
+        unsupported()
+    }
 }
 
 /// How the fake blob store fails.

@@ -190,6 +190,50 @@ pub enum NonceUse {
     Replayed,
 }
 
+/// Where a stored pairing request stands. Expiry is not stored: it follows from
+/// `opened_at` / `approved_at` and the pairing TTL, which the caller applies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PairingStatus {
+    /// Opened, waiting for an owner.
+    Pending,
+    /// Approved; the agent has not collected its key yet.
+    Approved,
+    /// The agent collected its key.
+    Consumed,
+}
+
+impl PairingStatus {
+    /// The stored text: `pending`, `approved`, `consumed`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Approved => "approved",
+            Self::Consumed => "consumed",
+        }
+    }
+}
+
+/// A pairing request as stored: the pair code's SHA-256, never the code.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PairingRecord {
+    /// SHA-256 of the normalized pair code (the lookup key).
+    pub code_hash: [u8; 32],
+    /// The agent's Ed25519 device public key.
+    pub device_key: [u8; 32],
+    /// The agent id derived from the device key.
+    pub agent: AgentId,
+    /// The display name the agent asked for.
+    pub name: Option<String>,
+    /// When the agent opened it.
+    pub opened_at: UnixTime,
+    /// Where it stands.
+    pub status: PairingStatus,
+    /// The approving owner (approved or consumed).
+    pub owner: Option<OwnerId>,
+    /// When it was approved.
+    pub approved_at: Option<UnixTime>,
+}
+
 /// Most audit records [`MetadataStore::audit_all`] fetches per page.
 pub const AUDIT_PAGE: u32 = 1000;
 
@@ -364,6 +408,35 @@ pub trait MetadataStore: Send + Sync + 'static {
         after_seq: u64,
         limit: u32,
     ) -> Result<Vec<AuditRecord>, StoreError>;
+
+    /// Stores a new pending pairing request (`request.status` is ignored). First
+    /// deletes requests opened before `forget_before`. `Conflict` if the code hash
+    /// is taken. Not audited: nothing changes who may do what until approval.
+    async fn open_pairing(&self, request: &PairingRecord, forget_before: UnixTime) -> Result<(), StoreError>;
+    /// The pairing request stored under `code_hash`, `None` if there is none.
+    async fn pairing(&self, code_hash: &[u8; 32]) -> Result<Option<PairingRecord>, StoreError>;
+    /// Approves a pending request for `agent.owner` at `approved_at` and creates
+    /// the agent `agent` under that owner (kept if the owner already has it),
+    /// audited, in one transaction. Compare-and-set on the status: if the request
+    /// is not pending any more (a concurrent approval won), `NotFound` and nothing
+    /// changes. `Conflict` if the agent id belongs to another owner.
+    async fn approve_pairing(
+        &self,
+        code_hash: &[u8; 32],
+        agent: &AgentRecord,
+        approved_at: UnixTime,
+        event: &AuditEvent,
+    ) -> Result<AuditReceipt, StoreError>;
+    /// Marks an approved request consumed at `now` and stores the agent key minted
+    /// for it (hashed), audited, in one transaction. Compare-and-set: if the request
+    /// is not approved (a concurrent collection won), `NotFound` and nothing changes.
+    async fn collect_pairing(
+        &self,
+        code_hash: &[u8; 32],
+        key: &KeyRecord,
+        now: UnixTime,
+        event: &AuditEvent,
+    ) -> Result<AuditReceipt, StoreError>;
 
     /// Gathers the facts for steps 3–9 of the AUTH order in one read: the key with
     /// this hash, its agent's grants, and the inbox's owner and status.

@@ -41,7 +41,7 @@ use sqlx::{Sqlite, SqliteConnection, Transaction};
 use crate::meta::{
     AgentRecord, DomainKeyRecord, InboxRecord, KeyRecord, MetadataStore, NewOutbound, OwnerRecord, QueueEntry, Recipient, StoreError,
 };
-use crate::meta::{EnrollmentTicketRecord, NonceUse};
+use crate::meta::{EnrollmentTicketRecord, NonceUse, PairingRecord, PairingStatus};
 
 /// Most connections the pool opens. SQLite has one writer at a time; WAL lets the
 /// others read concurrently, and a handful of readers covers the SMTP lookups.
@@ -346,6 +346,31 @@ type AgentRow = (String, String, Option<String>, i64);
 type InboxRow = (String, String, String, String, i64);
 type KeyRow = (String, String, String, i64, i64, Option<i64>);
 type GrantRow = (String, String, String, String, String, i64, i64, Option<i64>);
+type PairingRow = (String, String, String, Option<String>, i64, String, Option<String>, Option<i64>);
+
+fn pairing_from_row(
+    (code_hash, device_key, agent, name, opened_at, status, owner, approved_at): PairingRow,
+) -> Result<PairingRecord, StoreError> {
+    let bytes = |what: &str, hex: &str| {
+        hash_from_hex(hex).ok_or_else(|| StoreError::Backend(format!("stored pairing {what} is not 64 hex digits")))
+    };
+    let status = match status.as_str() {
+        "pending" => PairingStatus::Pending,
+        "approved" => PairingStatus::Approved,
+        "consumed" => PairingStatus::Consumed,
+        other => return Err(StoreError::Backend(format!("stored pairing status {other:?} is invalid"))),
+    };
+    Ok(PairingRecord {
+        code_hash: bytes("code hash", &code_hash)?,
+        device_key: bytes("device key", &device_key)?,
+        agent: stored("agent id", &agent)?,
+        name,
+        opened_at,
+        status,
+        owner: owner.map(|o| stored("owner id", &o)).transpose()?,
+        approved_at,
+    })
+}
 type QueueRow = (String, String, String, String, i64, i64, i64, i64, Option<String>);
 
 fn owner_from_row((id, email, created_at): OwnerRow) -> Result<OwnerRecord, StoreError> {
@@ -1011,6 +1036,131 @@ impl MetadataStore for SqliteStore {
         .map_err(backend)?;
         tx.commit().await.map_err(backend)?;
         Ok(if done.rows_affected() == 1 { NonceUse::Fresh } else { NonceUse::Replayed })
+    }
+
+    async fn open_pairing(&self, request: &PairingRecord, forget_before: UnixTime) -> Result<(), StoreError> {
+        let mut tx = self.write_tx().await?;
+        sqlx::query("DELETE FROM pairing_requests WHERE opened_at < ?1")
+            .bind(forget_before)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        sqlx::query(
+            "INSERT INTO pairing_requests (code_hash, device_key, agent, name, opened_at, status)
+             VALUES (?1, ?2, ?3, ?4, ?5, 'pending')",
+        )
+        .bind(hash_to_hex(&request.code_hash))
+        .bind(hash_to_hex(&request.device_key))
+        .bind(request.agent.as_str())
+        .bind(request.name.as_deref())
+        .bind(request.opened_at)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| insert_error(e, || "a pairing request with this code".to_owned()))?;
+        tx.commit().await.map_err(backend)
+    }
+
+    async fn pairing(&self, code_hash: &[u8; 32]) -> Result<Option<PairingRecord>, StoreError> {
+        let row: Option<PairingRow> = sqlx::query_as(
+            "SELECT code_hash, device_key, agent, name, opened_at, status, owner, approved_at
+               FROM pairing_requests WHERE code_hash = ?1",
+        )
+        .bind(hash_to_hex(code_hash))
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(backend)?;
+        row.map(pairing_from_row).transpose()
+    }
+
+    async fn approve_pairing(
+        &self,
+        code_hash: &[u8; 32],
+        agent: &AgentRecord,
+        approved_at: UnixTime,
+        event: &AuditEvent,
+    ) -> Result<AuditReceipt, StoreError> {
+        require_ok(event)?;
+        let mut tx = self.write_tx().await?;
+        let won = sqlx::query(
+            "UPDATE pairing_requests SET status = 'approved', owner = ?1, approved_at = ?2
+              WHERE code_hash = ?3 AND status = 'pending' AND agent = ?4",
+        )
+        .bind(agent.owner.as_str())
+        .bind(approved_at)
+        .bind(hash_to_hex(code_hash))
+        .bind(agent.id.as_str())
+        .execute(&mut *tx)
+        .await
+        .map_err(backend)?;
+        if won.rows_affected() == 0 {
+            return Err(StoreError::NotFound { what: "pending pairing request".to_owned() });
+        }
+        let existing: Option<(String,)> = sqlx::query_as("SELECT owner FROM agents WHERE id = ?1")
+            .bind(agent.id.as_str())
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(backend)?;
+        match existing {
+            Some((owner,)) if owner == agent.owner.as_str() => {}
+            Some(_) => return Err(StoreError::Conflict { what: format!("agent {}", agent.id) }),
+            None => {
+                sqlx::query("INSERT INTO agents (id, owner, name, created_at) VALUES (?1, ?2, ?3, ?4)")
+                    .bind(agent.id.as_str())
+                    .bind(agent.owner.as_str())
+                    .bind(agent.name.as_deref())
+                    .bind(agent.created_at)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(|e| match insert_error(e, || format!("agent {}", agent.id)) {
+                        // A foreign-key failure: the owner is unknown.
+                        StoreError::Backend(m) if m.contains("FOREIGN KEY") => {
+                            StoreError::NotFound { what: format!("owner {}", agent.owner) }
+                        }
+                        other => other,
+                    })?;
+            }
+        }
+        let sealed = self.append_in(&mut tx, event).await?;
+        commit_audited(tx, sealed).await
+    }
+
+    async fn collect_pairing(
+        &self,
+        code_hash: &[u8; 32],
+        key: &KeyRecord,
+        now: UnixTime,
+        event: &AuditEvent,
+    ) -> Result<AuditReceipt, StoreError> {
+        require_ok(event)?;
+        let mut tx = self.write_tx().await?;
+        let won = sqlx::query(
+            "UPDATE pairing_requests SET status = 'consumed', consumed_at = ?1
+              WHERE code_hash = ?2 AND status = 'approved' AND agent = ?3",
+        )
+        .bind(now)
+        .bind(hash_to_hex(code_hash))
+        .bind(key.agent.as_str())
+        .execute(&mut *tx)
+        .await
+        .map_err(backend)?;
+        if won.rows_affected() == 0 {
+            return Err(StoreError::NotFound { what: "approved pairing request".to_owned() });
+        }
+        sqlx::query(
+            "INSERT INTO agent_keys (id, agent, hash, created_at, expires_at, revoked_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )
+        .bind(key.id.as_str())
+        .bind(key.agent.as_str())
+        .bind(key.hash.to_hex())
+        .bind(key.created_at)
+        .bind(key.expires_at)
+        .bind(key.revoked_at)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| insert_error(e, || format!("key {}", key.id)))?;
+        let sealed = self.append_in(&mut tx, event).await?;
+        commit_audited(tx, sealed).await
     }
 
     async fn list_owner_grants(&self, owner: &OwnerId) -> Result<Vec<Grant>, StoreError> {

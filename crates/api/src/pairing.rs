@@ -1,0 +1,503 @@
+//! Pairing over HTTP: an agent asks for an agent key, its owner approves with a
+//! signed request, the agent collects the key (DESIGN.md §5; the state machine is
+//! [`agentkeys_approval::pairing`]).
+//!
+//! | method | path | who | what |
+//! |---|---|---|---|
+//! | POST | `/v1/pairings` | agent (public) | open a request for a device public key: 201 pair code, 6 digits, expiry |
+//! | GET | `/v1/pairings/{code}` | owner signature | what the owner confirms: agent id, name, device fingerprint, 6 digits |
+//! | POST | `/v1/pairings/{code}/approve` | owner signature | approve with the 6 digits: creates the agent under the owner |
+//! | POST | `/v1/pairings/{code}/collect` | device signature | long-poll (up to [`COLLECT_WAIT`]): 200 the agent key once, 202 pending, 410 expired, 404 otherwise |
+//!
+//! Requests are stored under the pair code's [`CodeHash`]; state changes are
+//! compare-and-set in the store ([`MetadataStore::approve_pairing`],
+//! [`MetadataStore::collect_pairing`]), so two approvals or two collections
+//! cannot both win. Approval creates the agent, and collection mints the agent
+//! key (30 days, stored hashed), each atomically with its audit record. A
+//! collect that finds the request pending waits on a [`tokio::sync::Notify`]
+//! keyed by the code hash, which an approval in this process wakes; there is
+//! no busy polling.
+//!
+//! Who sees what is the state machine's: anyone who cannot prove a stake (an
+//! owner who did not approve it, a poller without the device key) gets the same
+//! 404 `NOT_FOUND` for an unknown, spent or foreign request.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use agentkeys_approval::codes::CodeHash;
+use agentkeys_approval::pairing;
+use agentkeys_approval::{
+    ConfirmationCode, PAIRING_TTL, PairCode, PairingError, PairingRequest, PairingState, PublicKey, Signature,
+};
+use agentkeys_audit::{Actor, AuditEvent, ops};
+use agentkeys_core::time::rfc3339;
+use agentkeys_core::{AgentKey, KeyId, MAX_AGENT_KEY_TTL_SECS, UnixTime};
+use agentkeys_store::{AgentRecord, KeyRecord, MetadataStore, PairingRecord, PairingStatus, StoreError};
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use sha2::{Digest as _, Sha256};
+use tokio::sync::Notify;
+use utoipa::ToSchema;
+
+use crate::ApiState;
+use crate::error::{ApiError, Problem};
+use crate::extract::{ApiJson, decode};
+use crate::owner::OwnerApproval;
+
+/// How long a collect waits for the owner's approval before answering 202.
+pub const COLLECT_WAIT: Duration = Duration::from_secs(25);
+/// Requests opened longer ago than this are deleted when a new one is opened.
+pub const PAIRING_RETENTION_SECS: i64 = 86_400;
+/// Longest agent name, in characters.
+pub const MAX_AGENT_NAME_CHARS: usize = 64;
+/// How many fresh pair codes opening tries before giving up (40-bit codes: a
+/// collision is already unlikely once).
+const OPEN_ATTEMPTS: u32 = 3;
+
+/// Wake-ups of waiting collects, keyed by code hash. Entries live as long as
+/// someone waits on them.
+#[derive(Debug, Default)]
+pub struct PairingWaiters {
+    map: Mutex<HashMap<[u8; 32], Weak<Notify>>>,
+}
+
+impl PairingWaiters {
+    fn subscribe(&self, hash: &CodeHash) -> Arc<Notify> {
+        let mut map = self.map.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(existing) = map.get(&hash.0).and_then(Weak::upgrade) {
+            return existing;
+        }
+        map.retain(|_, w| w.strong_count() > 0);
+        let notify = Arc::new(Notify::new());
+        map.insert(hash.0, Arc::downgrade(&notify));
+        notify
+    }
+
+    fn wake(&self, hash: &CodeHash) {
+        let notify = {
+            let map = self.map.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            map.get(&hash.0).and_then(Weak::upgrade)
+        };
+        if let Some(notify) = notify {
+            notify.notify_waiters();
+        }
+    }
+}
+
+fn store(state: &ApiState) -> Result<&Arc<dyn MetadataStore>, ApiError> {
+    state.meta.as_ref().ok_or_else(|| {
+        tracing::error!("pairing route called on an API without a metadata store");
+        ApiError::Unavailable { code: "BACKEND_UNAVAILABLE" }
+    })
+}
+
+fn backend_error(e: &StoreError) -> ApiError {
+    tracing::error!(error = %e, "pairing request failed in the store");
+    ApiError::Unavailable { code: "BACKEND_UNAVAILABLE" }
+}
+
+/// `SHA256:` + unpadded standard base64 of SHA-256 over the 32 raw key bytes
+/// (the OpenSSH fingerprint form).
+pub fn device_fingerprint(key: &PublicKey) -> String {
+    let digest = Sha256::digest(key.to_bytes());
+    format!("SHA256:{}", base64::engine::general_purpose::STANDARD_NO_PAD.encode(digest))
+}
+
+/// A malformed pair code names no request: the same 404 as an unknown one.
+fn parse_code(code: &str) -> Result<PairCode, ApiError> {
+    code.parse().map_err(|_| ApiError::Pairing(PairingError::NotFound))
+}
+
+fn restore(rec: &PairingRecord) -> Result<PairingState, ApiError> {
+    let corrupt = |what: &str| {
+        tracing::error!(what, "stored pairing request is inconsistent");
+        ApiError::Unavailable { code: "BACKEND_UNAVAILABLE" }
+    };
+    let device_key = PublicKey::from_bytes(&rec.device_key).map_err(|_| corrupt("device key"))?;
+    let request = PairingRequest::restore(CodeHash(rec.code_hash), device_key, rec.opened_at);
+    Ok(match rec.status {
+        PairingStatus::Pending => PairingState::Pending(request),
+        PairingStatus::Approved => PairingState::Approved {
+            request,
+            owner: rec.owner.clone().ok_or_else(|| corrupt("owner"))?,
+            approved_at: rec.approved_at.ok_or_else(|| corrupt("approved_at"))?,
+        },
+        PairingStatus::Consumed => {
+            PairingState::Consumed { request, owner: rec.owner.clone().ok_or_else(|| corrupt("owner"))? }
+        }
+    })
+}
+
+async fn lookup(meta: &Arc<dyn MetadataStore>, code: &PairCode) -> Result<Option<(PairingRecord, PairingState)>, ApiError> {
+    let found = meta.pairing(&code.hash().0).await.map_err(|e| backend_error(&e))?;
+    found.map(|rec| restore(&rec).map(|state| (rec, state))).transpose()
+}
+
+/// Body of `POST /v1/pairings`.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OpenPairingRequest {
+    /// The agent's Ed25519 device public key, standard base64 of 32 bytes.
+    pub device_public_key: String,
+    /// A display name for the agent (at most 64 characters).
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+/// Answer of `POST /v1/pairings`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct OpenPairingResponse {
+    /// The pair code (`ABCD-EFGH`) to give the owner.
+    pub pair_code: String,
+    /// The 6 digits the owner must see too.
+    pub confirmation_code: String,
+    /// The agent id derived from the device key.
+    pub agent_id: String,
+    /// When the request expires unapproved (RFC 3339).
+    pub expires_at: String,
+}
+
+/// Open a pairing request (public; the agent).
+#[utoipa::path(
+    post,
+    path = "/v1/pairings",
+    tag = "pairing",
+    request_body = OpenPairingRequest,
+    responses(
+        (status = 201, description = "Opened; valid for 60 s", body = OpenPairingResponse),
+        (status = 400, description = "Malformed key or name", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(crate) async fn open(
+    State(state): State<ApiState>,
+    ApiJson(body): ApiJson<OpenPairingRequest>,
+) -> Result<Response, ApiError> {
+    let meta = store(&state)?;
+    let device_key = PublicKey::from_base64(&body.device_public_key).map_err(|e| ApiError::InvalidRequest {
+        field: Some("device_public_key".to_owned()),
+        detail: format!("device_public_key: {e}"),
+    })?;
+    let name = match body.name.map(|n| n.trim().to_owned()).filter(|n| !n.is_empty()) {
+        Some(n) if n.chars().count() > MAX_AGENT_NAME_CHARS || n.chars().any(char::is_control) => {
+            return Err(ApiError::InvalidRequest {
+                field: Some("name".to_owned()),
+                detail: format!("name: at most {MAX_AGENT_NAME_CHARS} characters, no control characters"),
+            });
+        }
+        other => other,
+    };
+    let now = state.clock.now();
+    for _ in 0..OPEN_ATTEMPTS {
+        let (code, confirmation, opened) = PairingState::open(&mut rand::rngs::OsRng, device_key, now);
+        let request = opened.request();
+        let rec = PairingRecord {
+            code_hash: code.hash().0,
+            device_key: device_key.to_bytes(),
+            agent: request.agent_id().clone(),
+            name: name.clone(),
+            opened_at: now,
+            status: PairingStatus::Pending,
+            owner: None,
+            approved_at: None,
+        };
+        match meta.open_pairing(&rec, now - PAIRING_RETENTION_SECS).await {
+            Ok(()) => {
+                let answer = OpenPairingResponse {
+                    pair_code: code.to_string(),
+                    confirmation_code: confirmation.to_string(),
+                    agent_id: request.agent_id().to_string(),
+                    expires_at: rfc3339(request.expires_at()),
+                };
+                return Ok((StatusCode::CREATED, Json(answer)).into_response());
+            }
+            Err(StoreError::Conflict { .. }) => continue,
+            Err(e) => return Err(backend_error(&e)),
+        }
+    }
+    tracing::error!("could not draw an unused pair code");
+    Err(ApiError::Unavailable { code: "BACKEND_UNAVAILABLE" })
+}
+
+/// What the owner confirms before approving.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct PairingViewResponse {
+    /// The pair code.
+    pub pair_code: String,
+    /// The agent id that will be created.
+    pub agent_id: String,
+    /// The name the agent asked for.
+    pub name: Option<String>,
+    /// The device public key (standard base64).
+    pub device_public_key: String,
+    /// `SHA256:` + base64 of the key's SHA-256.
+    pub device_fingerprint: String,
+    /// The 6 digits the agent's screen shows.
+    pub confirmation_code: String,
+    /// When the request expires (RFC 3339).
+    pub expires_at: String,
+}
+
+/// Show a pending pairing request (owner approval required).
+#[utoipa::path(
+    get,
+    path = "/v1/pairings/{code}",
+    tag = "pairing",
+    params(("code" = String, Path, description = "The pair code (ABCD-EFGH)")),
+    security(("owner_signature" = [])),
+    responses(
+        (status = 200, description = "The pending request", body = PairingViewResponse),
+        (status = 401, description = "Owner signature refused", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "NOT_FOUND: unknown, or approved by someone else (one answer)", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "ALREADY_CONSUMED: you already approved it", body = Problem, content_type = "application/problem+json"),
+        (status = 410, description = "EXPIRED", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(crate) async fn view(
+    State(state): State<ApiState>,
+    Path(code): Path<String>,
+    approval: OwnerApproval,
+) -> Result<Response, ApiError> {
+    let meta = store(&state)?;
+    let code = parse_code(&code)?;
+    let found = lookup(meta, &code).await?;
+    let now = state.clock.now();
+    let seen = pairing::view(found.as_ref().map(|(_, s)| s), &code, &approval.proof, now).map_err(ApiError::Pairing)?;
+    let name = found.and_then(|(rec, _)| rec.name);
+    Ok(Json(PairingViewResponse {
+        pair_code: code.to_string(),
+        agent_id: seen.agent_id.to_string(),
+        name,
+        device_public_key: seen.device_key.to_base64(),
+        device_fingerprint: device_fingerprint(&seen.device_key),
+        confirmation_code: seen.confirmation_code.to_string(),
+        expires_at: rfc3339(seen.expires_at),
+    })
+    .into_response())
+}
+
+/// Body of `POST /v1/pairings/{code}/approve`.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ApprovePairingRequest {
+    /// The 6 digits shown on the agent's screen.
+    pub confirmation_code: String,
+}
+
+/// Answer of an approval.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ApprovePairingResponse {
+    /// The agent now under the owner.
+    pub agent_id: String,
+    /// The approving owner.
+    pub owner: String,
+    /// Always `approved`.
+    pub status: String,
+    /// By when the agent must collect its key (RFC 3339).
+    pub collect_by: String,
+}
+
+/// Approve a pairing request: the agent is created under the signing owner
+/// (owner approval required).
+#[utoipa::path(
+    post,
+    path = "/v1/pairings/{code}/approve",
+    tag = "pairing",
+    params(("code" = String, Path, description = "The pair code (ABCD-EFGH)")),
+    request_body = ApprovePairingRequest,
+    security(("owner_signature" = [])),
+    responses(
+        (status = 200, description = "Approved", body = ApprovePairingResponse),
+        (status = 400, description = "CONFIRMATION_MISMATCH or a malformed body", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Owner signature refused", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "NOT_FOUND: unknown, or approved by someone else (one answer)", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "ALREADY_CONSUMED (you approved it already) or AGENT_EXISTS (the device is another owner's agent)", body = Problem, content_type = "application/problem+json"),
+        (status = 410, description = "EXPIRED", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(crate) async fn approve(
+    State(state): State<ApiState>,
+    Path(code): Path<String>,
+    approval: OwnerApproval,
+) -> Result<Response, ApiError> {
+    let meta = store(&state)?;
+    if !approval.json {
+        return Err(ApiError::UnsupportedMediaType);
+    }
+    let body: ApprovePairingRequest = decode(&approval.body)?;
+    let confirmation: ConfirmationCode = body.confirmation_code.parse().map_err(|_| ApiError::InvalidRequest {
+        field: Some("confirmation_code".to_owned()),
+        detail: "confirmation_code: exactly 6 digits".to_owned(),
+    })?;
+    let code = parse_code(&code)?;
+    let now = state.clock.now();
+    let found = lookup(meta, &code).await?;
+    let name = found.as_ref().and_then(|(rec, _)| rec.name.clone());
+    let approved = pairing::approve(found.map(|(_, s)| s), &code, &confirmation, &approval.proof, now)
+        .map_err(ApiError::Pairing)?;
+    let PairingState::Approved { request, owner, approved_at } = approved else {
+        return Err(ApiError::Internal);
+    };
+    let agent = AgentRecord { id: request.agent_id().clone(), owner: owner.clone(), name, created_at: now };
+    let event = AuditEvent::ok(Actor::Owner(owner.clone()), ops::PAIRING_APPROVE, agent.id.as_str()).with_detail(json!({
+        "owner": owner,
+        "agent": agent.id,
+        "device_fingerprint": device_fingerprint(request.device_key()),
+        "approval": approval.evidence(),
+    }));
+    match meta.approve_pairing(&code.hash().0, &agent, approved_at, &event).await {
+        Ok(_receipt) => {}
+        // A concurrent approval won: answer what this owner may learn about it now.
+        Err(StoreError::NotFound { .. }) => {
+            let found = lookup(meta, &code).await?.map(|(_, s)| s);
+            let e = pairing::approve(found, &code, &confirmation, &approval.proof, now)
+                .err()
+                .unwrap_or(PairingError::AlreadyConsumed);
+            return Err(ApiError::Pairing(e));
+        }
+        Err(StoreError::Conflict { .. }) => return Err(ApiError::AgentExists),
+        Err(e) => return Err(backend_error(&e)),
+    }
+    state.pairings.wake(&code.hash());
+    Ok(Json(ApprovePairingResponse {
+        agent_id: agent.id.to_string(),
+        owner: owner.to_string(),
+        status: "approved".to_owned(),
+        collect_by: rfc3339(approved_at + PAIRING_TTL),
+    })
+    .into_response())
+}
+
+/// Body of `POST /v1/pairings/{code}/collect`.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CollectPairingRequest {
+    /// Standard base64 of the device key's Ed25519 signature over
+    /// `"AGENTKEYS-PAIR-COLLECT-V1\n{pair code}\n{agent id}"`.
+    pub signature: String,
+}
+
+/// Answer of a collect.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct CollectPairingResponse {
+    /// `approved` (with the key) or `pending`.
+    pub status: String,
+    /// The agent id.
+    pub agent_id: String,
+    /// The owner (approved only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+    /// The agent key, shown this once (approved only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_key: Option<String>,
+    /// Its key id (approved only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_id: Option<String>,
+    /// When the key (approved) or the request (pending) expires (RFC 3339).
+    pub expires_at: String,
+}
+
+/// Collect the agent key of an approved request, waiting up to 25 s for the
+/// approval (the agent, signing with its device key).
+#[utoipa::path(
+    post,
+    path = "/v1/pairings/{code}/collect",
+    tag = "pairing",
+    params(("code" = String, Path, description = "The pair code (ABCD-EFGH)")),
+    request_body = CollectPairingRequest,
+    responses(
+        (status = 200, description = "Approved: the agent key, this once", body = CollectPairingResponse),
+        (status = 202, description = "Still pending; poll again", body = CollectPairingResponse),
+        (status = 400, description = "Malformed body", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "NOT_FOUND: unknown code or not signed by the request's device key", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "ALREADY_CONSUMED: collected before", body = Problem, content_type = "application/problem+json"),
+        (status = 410, description = "EXPIRED", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(crate) async fn collect(
+    State(state): State<ApiState>,
+    Path(code): Path<String>,
+    ApiJson(body): ApiJson<CollectPairingRequest>,
+) -> Result<Response, ApiError> {
+    let meta = store(&state)?;
+    let bad_signature = || ApiError::InvalidRequest {
+        field: Some("signature".to_owned()),
+        detail: "signature: standard base64 of a 64-byte Ed25519 signature".to_owned(),
+    };
+    let raw = base64::engine::general_purpose::STANDARD.decode(body.signature.as_bytes()).map_err(|_| bad_signature())?;
+    let signature = Signature::from_slice(&raw).map_err(|_| bad_signature())?;
+    let code = parse_code(&code)?;
+    let hash = code.hash();
+    let notify = state.pairings.subscribe(&hash);
+    let give_up = tokio::time::Instant::now() + state.collect_wait;
+    loop {
+        // Registered before the read, so an approval between the read and the
+        // wait still wakes us.
+        let notified = notify.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        let found = lookup(meta, &code).await?;
+        let agent_id = found.as_ref().map(|(rec, _)| rec.agent.to_string()).unwrap_or_default();
+        let found = found.map(|(_, s)| s);
+        let deadline = found.as_ref().and_then(PairingState::deadline);
+        let now = state.clock.now();
+        match pairing::collect(found, &code, &signature, now) {
+            Ok((proof, _consumed)) => {
+                let key = AgentKey::generate(&mut rand::rngs::OsRng);
+                let rec = KeyRecord {
+                    id: KeyId::generate(&mut rand::rngs::OsRng),
+                    agent: proof.agent_id().clone(),
+                    hash: state.broker.hasher().hash(&key),
+                    created_at: now,
+                    expires_at: now + MAX_AGENT_KEY_TTL_SECS,
+                    revoked_at: None,
+                };
+                let event = AuditEvent::ok(Actor::Agent(proof.agent_id().clone()), ops::PAIRING_COLLECT, rec.id.as_str())
+                    .with_detail(json!({ "owner": proof.owner(), "agent": proof.agent_id(), "expires_at": rec.expires_at }));
+                match meta.collect_pairing(&hash.0, &rec, now, &event).await {
+                    Ok(_receipt) => {
+                        return Ok(Json(CollectPairingResponse {
+                            status: "approved".to_owned(),
+                            agent_id: proof.agent_id().to_string(),
+                            owner: Some(proof.owner().to_string()),
+                            agent_key: Some(key.expose().to_owned()),
+                            key_id: Some(rec.id.to_string()),
+                            expires_at: rfc3339(rec.expires_at),
+                        })
+                        .into_response());
+                    }
+                    // Another collect won: the next read says ALREADY_CONSUMED.
+                    Err(StoreError::NotFound { .. }) => continue,
+                    Err(e) => return Err(backend_error(&e)),
+                }
+            }
+            Err(PairingError::Pending) => {
+                let remaining = give_up.saturating_duration_since(tokio::time::Instant::now());
+                let until_expiry = deadline.map_or(0, |d: UnixTime| (d - now).max(0));
+                let wait = remaining.min(Duration::from_secs(u64::try_from(until_expiry).unwrap_or(0) + 1));
+                if remaining.is_zero() || state.shutdown.is_cancelled() {
+                    let answer = CollectPairingResponse {
+                        status: "pending".to_owned(),
+                        agent_id,
+                        owner: None,
+                        agent_key: None,
+                        key_id: None,
+                        expires_at: rfc3339(deadline.unwrap_or(now)),
+                    };
+                    return Ok((StatusCode::ACCEPTED, Json(answer)).into_response());
+                }
+                tokio::select! {
+                    _ = tokio::time::timeout(wait, notified) => {}
+                    () = state.shutdown.cancelled() => {}
+                }
+            }
+            Err(e) => return Err(ApiError::Pairing(e)),
+        }
+    }
+}

@@ -1,0 +1,126 @@
+//! Pairing end to end against the real server process: the agent runs `agent
+//! pair --json` in the background, the owner runs `approve CODE --yes`, the agent
+//! saves its key (0600) and, once the owner grants it an inbox, mints with it.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::io::{BufRead as _, BufReader};
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+use common::{Server, agentkeys, run_json};
+use serde_json::{Value, json};
+
+const OWNER: &str = "0x00000000000000000000000000000000000000aa";
+const PASSPHRASE: &str = "correct horse battery staple";
+
+fn owner_cmd(data_dir: &Path, config_dir: &Path, server: &str, args: &[&str]) -> Output {
+    agentkeys(data_dir)
+        .env("AGENTKEYS_CONFIG_DIR", config_dir)
+        .env("AGENTKEYS_PASSPHRASE", PASSPHRASE)
+        .env("AGENTKEYS_SERVER", server)
+        .args(args)
+        .arg("--json")
+        .stdin(Stdio::null())
+        .output()
+        .expect("spawn agentkeys")
+}
+
+fn ok_json(out: &Output) -> Value {
+    assert!(out.status.success(), "failed: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).expect("JSON")
+}
+
+fn mint(base: &str, key: &str, inbox: &str) -> u16 {
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "30", "-o", "/dev/null", "-w", "%{http_code}", "-X", "POST"])
+        .args(["-H", &format!("Authorization: Bearer {key}"), "-H", "Content-Type: application/json"])
+        .args(["--data-binary", &json!({ "inbox": inbox }).to_string()])
+        .arg(format!("{base}/v1/credentials/read"))
+        .output()
+        .expect("spawn curl");
+    String::from_utf8(out.stdout).unwrap().trim().parse().unwrap()
+}
+
+#[test]
+fn agent_pairs_owner_approves_key_works_after_grant() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().join("data");
+    let (home_owner, home_agent) = (dir.path().join("owner"), dir.path().join("agent"));
+    std::fs::create_dir(&d).unwrap();
+    let code = run_json(&d, &["owner", "add", OWNER])["enrollment_code"].as_str().unwrap().to_owned();
+    let server = Server::start(&d, &[]);
+    let base = format!("http://{}", server.http);
+    ok_json(&owner_cmd(&d, &home_owner, &base, &["owner", "enroll", "--owner", OWNER, "--code", &code]));
+
+    // The agent: one JSON line at once, then it waits.
+    let mut child = agentkeys(&d)
+        .env("AGENTKEYS_CONFIG_DIR", &home_agent)
+        .args(["agent", "pair", "--server", &base, "--name", "ci bot", "--json"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    let pair_code = first["pair_code"].as_str().unwrap().to_owned();
+    let digits = first["confirmation_code"].as_str().unwrap().to_owned();
+    let agent_id = first["agent_id"].as_str().unwrap().to_owned();
+    assert!(first["expires_at"].is_string() && digits.len() == 6 && agent_id.len() == 42, "{first}");
+
+    // The owner approves (no prompt with --yes; the passphrase still unlocks the key).
+    let approved = ok_json(&owner_cmd(&d, &home_owner, &base, &["approve", &pair_code, "--yes"]));
+    assert_eq!((approved["agent_id"].as_str(), approved["owner"].as_str()), (Some(agent_id.as_str()), Some(OWNER)));
+    // A second approval of the same code: ALREADY_CONSUMED.
+    let again = owner_cmd(&d, &home_owner, &base, &["approve", &pair_code, "--yes"]);
+    assert!(!again.status.success());
+    let err = String::from_utf8_lossy(&again.stderr).into_owned();
+    assert!(err.contains("409 ALREADY_CONSUMED"), "{err}");
+
+    // The agent's final line, and its config file.
+    let last: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    assert_eq!((last["status"].as_str(), last["agent_id"].as_str()), (Some("approved"), Some(agent_id.as_str())), "{last}");
+    assert!(child.wait().unwrap().success());
+    let config_path = home_agent.join("agent.json");
+    assert_eq!(std::fs::metadata(&config_path).unwrap().permissions().mode() & 0o777, 0o600);
+    let config: Value = serde_json::from_slice(&std::fs::read(&config_path).unwrap()).unwrap();
+    assert_eq!((config["server"].as_str(), config["agent_id"].as_str()), (Some(base.as_str()), Some(agent_id.as_str())));
+    let agent_key = config["agent_key"].as_str().unwrap().to_owned();
+    assert!(agent_key.starts_with("ak_"));
+
+    // The agent exists under the owner; it can mint once the owner grants it an inbox.
+    let agents = run_json(&d, &["agent", "list", "--owner", OWNER]);
+    assert_eq!(agents[0]["id"], agent_id.as_str());
+    assert_eq!(agents[0]["name"], "ci bot");
+    let inbox = run_json(&d, &["inbox", "create", "--agent", &agent_id, "--name", "ci"])["address"].as_str().unwrap().to_owned();
+    assert_eq!(mint(&base, &agent_key, &inbox), 403);
+    ok_json(&owner_cmd(&d, &home_owner, &base, &["grant", "create", "--agent", &agent_id, "--inbox", &inbox, "--scopes", "read"]));
+    assert_eq!(mint(&base, &agent_key, &inbox), 200);
+
+    // An interactive approve answered "no" approves nothing.
+    let mut child = agentkeys(&d)
+        .env("AGENTKEYS_CONFIG_DIR", dir.path().join("agent2"))
+        .args(["agent", "pair", "--server", &base, "--json"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    let declined = owner_cmd(&d, &home_owner, &base, &["approve", first["pair_code"].as_str().unwrap()]);
+    assert!(!declined.status.success());
+    let err = String::from_utf8_lossy(&declined.stderr).into_owned();
+    assert!(err.contains("not approved") && err.contains(first["confirmation_code"].as_str().unwrap()), "{err}");
+    let _ = child.kill();
+    let _ = child.wait();
+
+    let ops: Vec<String> = run_json(&d, &["audit", "list"]).as_array().unwrap().iter().map(|r| r["operation"].as_str().unwrap_or("").to_owned()).collect();
+    assert!(ops.iter().any(|o| o == "pairing.approve") && ops.iter().any(|o| o == "pairing.collect"), "{ops:?}");
+    assert_eq!(run_json(&d, &["audit", "verify"])["ok"], true);
+    assert!(server.stop().success());
+}
