@@ -10,16 +10,23 @@
 #   - TLS submission handshakes per second (EHLO, STARTTLS, EHLO, AUTH PLAIN,
 #     QUIT) against the same private Postfix (STARTTLS + Cyrus SASL sasldb) and us;
 #   - our peak RSS at 1,000 idle connections (smtp-sink's for reference);
-#   - our AUTH PLAIN reply latency per failure step (`agentkeys demo seed`).
+#   - our AUTH PLAIN reply latency per failure step (`agentkeys demo seed`);
+#   - outbound (part `outbound`): messages submitted over STARTTLS + AUTH,
+#     DKIM-signed with both keys, queued and relayed to smtp-sink (our
+#     smarthost), timed from the first submission until /metrics counts them
+#     all delivered; and the DKIM signing rate per core (dkim_rate example).
 # Results: bench/results/latest.md (+ raw files), spliced into BENCHMARKS.md
-# when the AgentKeys part ran.
+# when the AgentKeys part ran; the outbound section between its own markers
+# whenever the outbound part ran.
 #
 # Everything listens on 127.0.0.1 only, on ports chosen free at start. Every
 # load loop is bounded in count and in time. Only processes this script started
 # are stopped, by PID (the private Postfix by `postfix -c DIR stop`).
 #
 # Knobs (environment):
-#   BENCH_PARTS="sink postfix agentkeys"  which servers to measure
+#   BENCH_PARTS="sink postfix agentkeys outbound"  which parts to run
+#   BENCH_OUT_MESSAGES=5000 BENCH_OUT_SESSIONS=8 (outbound: messages, submission sessions)
+#   BENCH_OUT_TIMEOUT=180 (longest wait, in s, for submission and for delivery each)
 #   BENCH_MESSAGES=10000 BENCH_SESSIONS=20 BENCH_SIZE=10240 BENCH_REPEATS=3
 #   BENCH_WARMUP=1000 (untimed messages per server and mode first)
 #   BENCH_HANDSHAKE_SECONDS=10 BENCH_HANDSHAKE_CONCURRENCY=32
@@ -27,6 +34,7 @@
 #   BENCH_WORKDIR=/var/tmp (must be a real disk, not tmpfs: fsync is measured)
 #   BENCH_KEEP=1 keeps the work directory (logs, queues, data dir)
 #   AGENTKEYS_BIN=path  use this server binary instead of building agentkeys-cli
+#   DKIM_RATE_BIN=path  use this build of the dkim_rate example instead of `cargo run`
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -35,7 +43,11 @@ RESULTS="$BENCH/results"
 LOADGEN="$BENCH/loadgen/target/release/loadgen"
 AK="${AGENTKEYS_BIN:-$REPO/target/release/agentkeys}"
 
-BENCH_PARTS=${BENCH_PARTS:-"sink postfix agentkeys"}
+BENCH_PARTS=${BENCH_PARTS:-"sink postfix agentkeys outbound"}
+BENCH_OUT_MESSAGES=${BENCH_OUT_MESSAGES:-5000}
+BENCH_OUT_SESSIONS=${BENCH_OUT_SESSIONS:-8}
+BENCH_OUT_TIMEOUT=${BENCH_OUT_TIMEOUT:-180}
+OUT_RCPT="x@bench-remote.test"
 BENCH_MESSAGES=${BENCH_MESSAGES:-10000}
 BENCH_SESSIONS=${BENCH_SESSIONS:-20}
 BENCH_SIZE=${BENCH_SIZE:-10240}
@@ -298,13 +310,20 @@ postfix_drain() {
 # Run from the work directory, so no ./agentkeys.toml of the caller is read.
 ak() { (cd "$WORK" && "$AK" --data-dir "$AK_DATA" "$@"); }
 
-setup_agentkeys() {
+AK_BUILT=0
+build_agentkeys() {
+  ((AK_BUILT)) && return 0
   if [[ -z ${AGENTKEYS_BIN:-} ]]; then
     log "building agentkeys (release)"
     (cd "$REPO" && cargo build --release -p agentkeys-cli) >&2
   fi
   [[ -x $AK ]] || die "$AK was not built"
   AK="$(cd "$(dirname "$AK")" && pwd)/$(basename "$AK")"
+  AK_BUILT=1
+}
+
+setup_agentkeys() {
+  build_agentkeys
   AK_DATA="$WORK/agentkeys-data"
   mkdir -p "$AK_DATA"
   ak owner add "$OWNER" >/dev/null
@@ -342,6 +361,92 @@ start_agentkeys() {
   log "agentkeys serve (pid $AK_PID): MX :$P_IN, submission :$P_SUB, HTTP :$P_HTTP"
 }
 
+# ---------------------------------------------------------------- outbound
+# A second `agentkeys serve` on its own fresh data directory, relaying every
+# outbound message to its own smtp-sink (AGENTKEYS_SMARTHOST), so the inbound
+# parts and this one do not share a queue or a sink.
+setup_outbound() {
+  build_agentkeys
+  OUT_DATA="$WORK/outbound-data"
+  mkdir -p "$OUT_DATA"
+  ako() { (cd "$WORK" && "$AK" --data-dir "$OUT_DATA" "$@"); }
+  ako owner add "$OWNER" >/dev/null
+  ako agent add "$AGENT" --owner "$OWNER" >/dev/null
+  local address
+  address=$(ako inbox create --agent "$AGENT" --name bench --json | json_field address)
+  [[ $address == "$RCPT" ]] || die "outbound: inbox create answered '$address', expected $RCPT"
+  OUT_KEY=$(ako key create --agent "$AGENT" --json | json_field key)
+  [[ $OUT_KEY == ak_* ]] || die "outbound: key create did not print a key"
+  ako grant add --agent "$AGENT" --inbox "$RCPT" --scopes read,send --json >/dev/null
+
+  smtp-sink -u nobody -m 200 "127.0.0.1:$P_OSINK" 1024 >"$WORK/smtp-sink-outbound.log" 2>&1 &
+  OSINK_PID=$!
+  PIDS+=("$OSINK_PID")
+  wait_port "$P_OSINK"
+
+  cd "$WORK"
+  AGENTKEYS_LISTEN_INBOUND="127.0.0.1:$P_OIN" \
+  AGENTKEYS_LISTEN_SUBMISSION="127.0.0.1:$P_OSUB" \
+  AGENTKEYS_LISTEN_SUBMISSION_TLS="127.0.0.1:$P_OSUBTLS" \
+  AGENTKEYS_LISTEN_HTTP="127.0.0.1:$P_OHTTP" \
+  AGENTKEYS_SMARTHOST="127.0.0.1:$P_OSINK" \
+  AGENTKEYS_DELIVERY_ENABLED=true \
+  AGENTKEYS_MAX_CONNECTIONS=100000 \
+  AGENTKEYS_MAX_CONNECTIONS_PER_IP=100000 \
+  AGENTKEYS_AUTH_FAILURES_PER_IP=100000000 \
+    "$AK" --data-dir "$OUT_DATA" serve >"$WORK/agentkeys-outbound.log" 2>&1 &
+  OUT_PID=$!
+  PIDS+=("$OUT_PID")
+  for _ in $(seq 1 100); do
+    curl -sf "http://127.0.0.1:$P_OHTTP/healthz" >/dev/null 2>&1 && break
+    kill -0 "$OUT_PID" 2>/dev/null || { tail -n 20 "$WORK/agentkeys-outbound.log" >&2; die "agentkeys serve (outbound) exited"; }
+    sleep 0.1
+  done
+  curl -sf "http://127.0.0.1:$P_OHTTP/healthz" >/dev/null || die "agentkeys (outbound) not healthy after 10 s"
+  wait_port "$P_OSUB"
+  cd "$REPO"
+  log "outbound: agentkeys serve (pid $OUT_PID) submission :$P_OSUB, smarthost smtp-sink :$P_OSINK (pid $OSINK_PID)"
+}
+
+run_outbound() {
+  local load_before
+  load_before=$(cut -d' ' -f1-3 /proc/loadavg)
+  log "outbound: DKIM signing rate per core (dkim_rate example)"
+  local dkim_rate=(cargo run --release -q -p agentkeys-delivery --example dkim_rate --)
+  [[ -n ${DKIM_RATE_BIN:-} ]] && dkim_rate=("$DKIM_RATE_BIN")
+  (cd "$REPO" && timeout 600 "${dkim_rate[@]}" --count 5000 --seconds 3 --size "$BENCH_SIZE") \
+    >"$RESULTS/dkim-rate.jsonl" || log "dkim_rate failed"
+  # One untimed message end to end first: creates the DKIM keys, checks the relay.
+  timeout 60 "$LOADGEN" submit --addr "127.0.0.1:$P_OSUB" --user "$RCPT" --pass "$OUT_KEY" --to "$OUT_RCPT" \
+    --count 1 --concurrency 1 --size "$BENCH_SIZE" --max-duration 30s \
+    --metrics-url "http://127.0.0.1:$P_OHTTP/metrics" --deliver-timeout 30s --label probe \
+    --out "$RESULTS/outbound-probe.json" >/dev/null || die "outbound probe failed; see $WORK/agentkeys-outbound.log"
+  grep -q '"all_delivered": true' "$RESULTS/outbound-probe.json" \
+    || die "outbound probe was not delivered to smtp-sink; see $WORK/agentkeys-outbound.log"
+  timeout 60 sync || true
+  log "outbound: $BENCH_OUT_MESSAGES messages over $BENCH_OUT_SESSIONS sessions to $OUT_RCPT"
+  timeout $((2 * BENCH_OUT_TIMEOUT + 30)) "$LOADGEN" submit --addr "127.0.0.1:$P_OSUB" --user "$RCPT" --pass "$OUT_KEY" \
+    --to "$OUT_RCPT" --count "$BENCH_OUT_MESSAGES" --concurrency "$BENCH_OUT_SESSIONS" --size "$BENCH_SIZE" \
+    --max-duration "${BENCH_OUT_TIMEOUT}s" --server-pid "$OUT_PID" \
+    --metrics-url "http://127.0.0.1:$P_OHTTP/metrics" --deliver-timeout "${BENCH_OUT_TIMEOUT}s" \
+    --out "$RESULTS/outbound.json" >/dev/null || log "outbound submit failed"
+  local queue_left
+  queue_left=$( (cd "$WORK" && "$AK" --data-dir "$OUT_DATA" queue list --json 2>/dev/null) | grep -o '"state": *"[a-z]*"' | grep -vc delivered || true)
+  log "outbound: queue rows not delivered afterwards: $queue_left"
+  commit=$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)
+  [[ -n $(git -C "$REPO" status --porcelain 2>/dev/null) ]] && commit="$commit (with uncommitted changes)"
+  {
+    printf 'date\t%s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)"
+    printf 'commit\t%s\n' "$commit"
+    printf 'command\t%s\n' "bash bench/run.sh"
+    printf 'nproc\t%s\n' "$(nproc)"
+    printf 'cpu\t%s\n' "$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)"
+    printf 'rustc\t%s\n' "$(rustc -V)"
+    printf 'load\t%s before, %s after the outbound part\n' "$load_before" "$(cut -d' ' -f1-3 /proc/loadavg)"
+    printf 'rcpt\t%s\n' "$OUT_RCPT"
+  } >"$RESULTS/outbound-meta.tsv"
+}
+
 # ---------------------------------------------------------------- main
 install_prerequisites
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
@@ -362,7 +467,8 @@ FSTYPE=$(stat -f -c %T "$WORK")
 
 rm -rf "$RESULTS"
 mkdir -p "$RESULTS"
-read -r P_SINK P_PF P_PFSUB P_IN P_SUB P_SUBTLS P_HTTP < <("$LOADGEN" free-ports --count 7)
+read -r P_SINK P_PF P_PFSUB P_IN P_SUB P_SUBTLS P_HTTP P_OSINK P_OIN P_OSUB P_OSUBTLS P_OHTTP \
+  < <("$LOADGEN" free-ports --count 12)
 
 has_part agentkeys && setup_agentkeys
 has_part sink && start_sink
@@ -371,6 +477,7 @@ if has_part postfix; then
   start_postfix
 fi
 has_part agentkeys && start_agentkeys
+has_part outbound && setup_outbound
 
 # Idle connections first, while the servers are fresh (VmHWM is reset anyway).
 if has_part agentkeys; then
@@ -430,6 +537,9 @@ for mode in per-connection persistent; do
   done
 done
 
+# Outbound last, alone on the machine apart from idle servers.
+has_part outbound && run_outbound
+
 # Accounting: every message smtp-source sent was accepted and is where it should be.
 sent=$((2 * BENCH_WARMUP + 2 * BENCH_REPEATS * BENCH_MESSAGES))
 accounting=()
@@ -472,19 +582,38 @@ commit=$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)
   printf 'accounting\t%s\n' "${acc_text%; }"
 } >"$RESULTS/meta.tsv"
 
-"$LOADGEN" report --dir "$RESULTS" >"$RESULTS/latest.md"
+"$LOADGEN" report --dir "$RESULTS" >"$RESULTS/main.md"
+cp "$RESULTS/main.md" "$RESULTS/latest.md"
+if has_part outbound; then
+  "$LOADGEN" report --dir "$RESULTS" --outbound >"$RESULTS/outbound.md"
+  { printf '\n### Outbound\n\n'; cat "$RESULTS/outbound.md"; } >>"$RESULTS/latest.md"
+fi
 cat "$RESULTS/latest.md"
 
-if has_part agentkeys && has_part postfix && has_part sink; then
-  begin='<!-- BEGIN RESULTS (written by bench/run.sh) -->'
-  end='<!-- END RESULTS -->'
-  doc="$REPO/BENCHMARKS.md"
+# Splices FILE between the lines BEGIN and END of BENCHMARKS.md.
+splice() {
+  local begin=$1 end=$2 file=$3 doc="$REPO/BENCHMARKS.md"
   if grep -qF "$begin" "$doc" && grep -qF "$end" "$doc"; then
-    awk -v begin="$begin" -v end="$end" -v file="$RESULTS/latest.md" '
+    awk -v begin="$begin" -v end="$end" -v file="$file" '
       $0 == begin { print; while ((getline line < file) > 0) print line; skip = 1; next }
       $0 == end { skip = 0 }
       !skip { print }
     ' "$doc" >"$doc.tmp" && mv "$doc.tmp" "$doc"
+    return 0
+  fi
+  return 1
+}
+
+if has_part outbound && [[ -s $RESULTS/outbound.md ]]; then
+  if splice '<!-- BEGIN OUTBOUND RESULTS (written by bench/run.sh) -->' '<!-- END OUTBOUND RESULTS -->' "$RESULTS/outbound.md"; then
+    log "outbound results written to BENCHMARKS.md"
+  else
+    log "BENCHMARKS.md has no outbound result markers; results are in $RESULTS/outbound.md"
+  fi
+fi
+
+if has_part agentkeys && has_part postfix && has_part sink; then
+  if splice '<!-- BEGIN RESULTS (written by bench/run.sh) -->' '<!-- END RESULTS -->' "$RESULTS/main.md"; then
     log "results written to BENCHMARKS.md and $RESULTS/latest.md"
   else
     log "BENCHMARKS.md has no result markers; results are in $RESULTS/latest.md"

@@ -12,6 +12,7 @@ mod idle;
 mod report;
 mod smtp;
 mod stats;
+mod submit;
 mod tls;
 
 use std::net::{SocketAddr, TcpListener};
@@ -138,6 +139,45 @@ enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Submission throughput over persistent STARTTLS+AUTH sessions, then (with
+    /// --metrics-url) the time until the server reports every message delivered.
+    Submit {
+        #[command(flatten)]
+        tls: TlsArgs,
+        #[arg(long)]
+        user: String,
+        #[arg(long)]
+        pass: String,
+        /// MAIL FROM and From: (default: --user).
+        #[arg(long)]
+        from: Option<String>,
+        /// The one recipient of every message.
+        #[arg(long, default_value = "x@bench-remote.test")]
+        to: String,
+        #[arg(long, default_value_t = 5000)]
+        count: u64,
+        #[arg(long, default_value_t = 8)]
+        concurrency: usize,
+        /// Body bytes per message (80-column lines).
+        #[arg(long, default_value_t = 10240)]
+        size: usize,
+        /// Stop submitting after this long.
+        #[arg(long, default_value = "120s", value_parser = parse_duration)]
+        max_duration: Duration,
+        /// PID of the server, for its CPU time.
+        #[arg(long)]
+        server_pid: Option<u32>,
+        /// The server's Prometheus page, e.g. http://127.0.0.1:8080/metrics (loopback only).
+        #[arg(long)]
+        metrics_url: Option<String>,
+        /// Longest wait for deliveries after the last submission.
+        #[arg(long, default_value = "120s", value_parser = parse_duration)]
+        deliver_timeout: Duration,
+        #[arg(long, default_value = "agentkeys")]
+        label: String,
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Print N currently free TCP ports on 127.0.0.1 (space separated).
     FreePorts {
         #[arg(long, default_value_t = 1)]
@@ -147,6 +187,9 @@ enum Command {
     Report {
         #[arg(long)]
         dir: PathBuf,
+        /// Render only the outbound section (outbound.json, dkim-rate.jsonl).
+        #[arg(long)]
+        outbound: bool,
     },
 }
 
@@ -267,6 +310,45 @@ async fn main() -> Result<()> {
             .await?;
             emit(&report, out.as_ref())
         }
+        Command::Submit {
+            tls,
+            user,
+            pass,
+            from,
+            to,
+            count,
+            concurrency,
+            size,
+            max_duration,
+            server_pid,
+            metrics_url,
+            deliver_timeout,
+            label,
+            out,
+        } => {
+            if concurrency == 0 || count == 0 {
+                bail!("--concurrency and --count must be at least 1");
+            }
+            let metrics = metrics_url.as_deref().map(submit::parse_metrics_url).transpose()?;
+            let report = submit::run(submit::Options {
+                target: tls.target()?,
+                from: from.unwrap_or_else(|| user.clone()),
+                user,
+                pass,
+                to,
+                count,
+                concurrency,
+                size,
+                sources: tls.sources,
+                max_duration,
+                server_pid,
+                metrics,
+                deliver_timeout,
+                label,
+            })
+            .await?;
+            emit(&report, out.as_ref())
+        }
         Command::FreePorts { count } => {
             // Hold every listener until all are chosen, so the ports are distinct.
             let listeners = (0..count)
@@ -279,8 +361,12 @@ async fn main() -> Result<()> {
             println!("{}", ports.join(" "));
             Ok(())
         }
-        Command::Report { dir } => {
-            print!("{}", report::render(&dir)?);
+        Command::Report { dir, outbound } => {
+            if outbound {
+                print!("{}", report::render_outbound(&dir)?);
+            } else {
+                print!("{}", report::render(&dir)?);
+            }
             Ok(())
         }
     }

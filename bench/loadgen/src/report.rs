@@ -466,6 +466,131 @@ pub fn render(dir: &Path) -> Result<String> {
     Ok(out)
 }
 
+/// Bar: signed-and-delivered outbound messages per second to smtp-sink.
+pub const BAR_OUTBOUND_PER_SECOND: f64 = 1000.0;
+
+fn f(v: &Value, key: &str) -> Option<f64> {
+    v.get(key).and_then(Value::as_f64)
+}
+
+/// The "Outbound" section: `outbound.json` (from `submit`), `dkim-rate.jsonl`
+/// (from the `dkim_rate` example) and `outbound-meta.tsv`. Empty when the
+/// outbound part did not run.
+pub fn render_outbound(dir: &Path) -> Result<String> {
+    let Some(o) = read_json(dir, "outbound.json") else {
+        return Ok(String::new());
+    };
+    let meta = {
+        let text = std::fs::read_to_string(dir.join("outbound-meta.tsv")).unwrap_or_default();
+        text.lines()
+            .filter_map(|l| l.split_once('\t'))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect::<BTreeMap<_, _>>()
+    };
+    let m = |k: &str| meta.get(k).cloned().unwrap_or_else(|| "?".into());
+    let mut out = String::new();
+    writeln!(out, "Run {} on commit `{}` with `{}`.", m("date"), m("commit"), m("command"))?;
+    writeln!(out)?;
+    writeln!(out, "Machine: {} CPUs ({}); {}. Load average (1, 5, 15 min): {}.", m("nproc"), m("cpu"), m("rustc"), m("load"))?;
+    writeln!(out)?;
+    let count = o.get("requested").and_then(Value::as_u64).unwrap_or(0);
+    let accepted = o.get("accepted").and_then(Value::as_u64).unwrap_or(0);
+    let conc = o.get("concurrency").and_then(Value::as_u64).unwrap_or(0);
+    let size = o.get("size").and_then(Value::as_u64).unwrap_or(0);
+    writeln!(
+        out,
+        "`loadgen submit`: {count} messages of {size} body bytes to `{}` over {conc} persistent STARTTLS + AUTH PLAIN sessions (one recipient per message, no pipelining); \
+         `agentkeys serve` with `AGENTKEYS_SMARTHOST` = smtp-sink on loopback. Each message is DKIM-signed (rsa-sha256 and ed25519-sha256) at submission, \
+         queued durably, then relayed by the queue runner. Delivered = growth of `agentkeys_delivery_attempts_total{{result=\"delivered\"}}` on `/metrics`, polled every 50 ms.",
+        m("rcpt")
+    )?;
+    writeln!(out)?;
+    let rate = f(&o, "delivered_per_second");
+    let delivered = o.get("delivered").and_then(Value::as_u64);
+    writeln!(out, "| Measure | Value |")?;
+    writeln!(out, "|---|---:|")?;
+    writeln!(out, "| accepted / requested (submission errors) | {accepted} / {count} ({}) |", o.get("errors").and_then(Value::as_u64).unwrap_or(0))?;
+    writeln!(
+        out,
+        "| submission only: messages/s (signing included) | {:.0} ({:.2} s) |",
+        f(&o, "submitted_per_second").unwrap_or(0.0),
+        f(&o, "submit_seconds").unwrap_or(0.0)
+    )?;
+    writeln!(
+        out,
+        "| submission latency p50 / p99 ms | {} / {} |",
+        o.get("submit_latency_p50_ms").map_or("–".into(), opt_ms),
+        o.get("submit_latency_p99_ms").map_or("–".into(), opt_ms)
+    )?;
+    match (rate, delivered, f(&o, "end_to_end_seconds")) {
+        (Some(r), Some(d), Some(s)) => {
+            writeln!(out, "| signed and delivered: messages/s (first submission → last delivery) | **{r:.0}** ({d} in {s:.2} s) |")?;
+        }
+        _ => writeln!(out, "| signed and delivered | not measured |")?,
+    }
+    if let Some(a) = o.get("attempts") {
+        writeln!(
+            out,
+            "| delivery attempts: delivered / deferred / bounced | {} / {} / {} |",
+            a.get("delivered").and_then(Value::as_u64).unwrap_or(0),
+            a.get("deferred").and_then(Value::as_u64).unwrap_or(0),
+            a.get("bounced").and_then(Value::as_u64).unwrap_or(0)
+        )?;
+    }
+    for (key, label) in [("submit_cpu", "CPU during submission"), ("end_to_end_cpu", "CPU, first submission → last delivery")] {
+        if let Some(c) = o.get(key) {
+            writeln!(
+                out,
+                "| {label}: server / load generator / all busy of available (s) | {:.1} / {:.1} / {:.1} of {:.1} |",
+                f(c, "server_seconds").unwrap_or(f64::NAN),
+                f(c, "loadgen_seconds").unwrap_or(f64::NAN),
+                f(c, "machine_busy_seconds").unwrap_or(f64::NAN),
+                f(c, "machine_total_seconds").unwrap_or(f64::NAN)
+            )?;
+        }
+    }
+    if let (Some(s), Some(d)) = (o.get("end_to_end_cpu").and_then(|c| f(c, "server_seconds")), delivered.filter(|d| *d > 0)) {
+        writeln!(out, "| server CPU per signed-and-delivered message | {:.3} ms |", s * 1e3 / d as f64)?;
+    }
+    writeln!(out)?;
+    let rates: Vec<Value> = std::fs::read_to_string(dir.join("dkim-rate.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    if rates.is_empty() {
+        writeln!(out, "DKIM signing rate: not measured.")?;
+    } else {
+        writeln!(out, "DKIM signing of the same 10 KB message on one thread (`cargo run --release -p agentkeys-delivery --example dkim_rate`):")?;
+        writeln!(out)?;
+        writeln!(out, "| Algorithm | signatures/s per core | µs per message |")?;
+        writeln!(out, "|---|---:|---:|")?;
+        for r in &rates {
+            writeln!(
+                out,
+                "| {} | {:.0} | {:.1} |",
+                r.get("algorithm").and_then(Value::as_str).unwrap_or("?"),
+                f(r, "per_second_per_core").unwrap_or(0.0),
+                f(r, "us_per_message").unwrap_or(0.0)
+            )?;
+        }
+        writeln!(out)?;
+    }
+    let verdict_text = match rate {
+        Some(r) if delivered == Some(accepted) && accepted == count => verdict(r >= BAR_OUTBOUND_PER_SECOND).to_string(),
+        Some(_) => "**FAIL** (not every message was accepted and delivered)".to_string(),
+        None => "not measured".to_string(),
+    };
+    writeln!(out, "| Bar | Measured | Verdict |")?;
+    writeln!(out, "|---|---:|---|")?;
+    writeln!(
+        out,
+        "| signed-and-delivered messages/s to smtp-sink ≥ {BAR_OUTBOUND_PER_SECOND:.0} | {} | {verdict_text} |",
+        rate.map_or("–".into(), |r| format!("{r:.0}"))
+    )?;
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -99,6 +99,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Smtp<S> {
         Ok(())
     }
 
+    /// Sends raw bytes (a message already terminated by `.` CRLF) in one write.
+    pub async fn send_raw(&mut self, bytes: &[u8]) -> Result<()> {
+        tokio::time::timeout(STEP_TIMEOUT, async {
+            self.io.write_all(bytes).await?;
+            self.io.flush().await
+        })
+        .await
+        .context("timed out writing")??;
+        Ok(())
+    }
+
     /// Sends a command and reads its reply.
     pub async fn command(&mut self, line: &str) -> Result<Reply> {
         self.send(line).await?;
