@@ -163,6 +163,36 @@ impl SqliteStore {
         self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(backend)
     }
 
+    /// Revokes the row `statement` matches (`?1` = now, `?2` = id, `?3` = owner or
+    /// NULL for the operator), keeping an earlier revocation time, with its audit
+    /// record in the same transaction. `NotFound { what }` when nothing matches, so
+    /// another owner's object answers exactly like a missing one.
+    async fn revoke_audited(
+        &self,
+        statement: &'static str,
+        id: &str,
+        owner: Option<&OwnerId>,
+        now: UnixTime,
+        what: String,
+        event: &AuditEvent,
+    ) -> Result<AuditReceipt, StoreError> {
+        require_ok(event)?;
+        let mut tx = self.write_tx().await?;
+        // SQLite counts matched rows, so a second revocation still affects one row.
+        let done = sqlx::query(statement)
+            .bind(now)
+            .bind(id)
+            .bind(owner.map(OwnerId::as_str))
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound { what });
+        }
+        let sealed = self.append_in(&mut tx, event).await?;
+        commit_audited(tx, sealed).await
+    }
+
     /// Appends `event` to the audit log inside `tx` (which holds the write lock, so
     /// the head cannot move before the commit). The caller commits, then turns
     /// the sealed record into its receipt.
@@ -218,6 +248,13 @@ fn audit_unreadable(seq: u64, reason: String) -> StoreError {
 }
 
 /// The last record's seq and hash (the primary key index makes this one lookup).
+/// Revokes a grant by id; `?3`, when not NULL, must be the grant's owner.
+const REVOKE_GRANT: &str =
+    "UPDATE grants SET revoked_at = COALESCE(revoked_at, ?1) WHERE id = ?2 AND (?3 IS NULL OR owner = ?3)";
+/// Revokes an agent key by id; `?3`, when not NULL, must own the key's agent.
+const REVOKE_KEY: &str = "UPDATE agent_keys SET revoked_at = COALESCE(revoked_at, ?1)
+  WHERE id = ?2 AND (?3 IS NULL OR agent IN (SELECT id FROM agents WHERE owner = ?3))";
+
 const AUDIT_HEAD: &str = "SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1";
 
 fn head_from_row(row: Option<(i64, String)>) -> Result<ChainHead, StoreError> {
@@ -793,20 +830,7 @@ impl MetadataStore for SqliteStore {
     }
 
     async fn revoke_key(&self, id: &KeyId, now: UnixTime, event: &AuditEvent) -> Result<AuditReceipt, StoreError> {
-        require_ok(event)?;
-        let mut tx = self.write_tx().await?;
-        // SQLite counts matched rows, so a second revocation still affects one row.
-        let done = sqlx::query("UPDATE agent_keys SET revoked_at = COALESCE(revoked_at, ?1) WHERE id = ?2")
-            .bind(now)
-            .bind(id.as_str())
-            .execute(&mut *tx)
-            .await
-            .map_err(backend)?;
-        if done.rows_affected() == 0 {
-            return Err(StoreError::NotFound { what: format!("key {id}") });
-        }
-        let sealed = self.append_in(&mut tx, event).await?;
-        commit_audited(tx, sealed).await
+        self.revoke_audited(REVOKE_KEY, id.as_str(), None, now, format!("key {id}"), event).await
     }
 
     async fn key_facts_by_hash(&self, hash: &KeyHash) -> Result<Option<KeyFacts>, StoreError> {
@@ -882,19 +906,7 @@ impl MetadataStore for SqliteStore {
     }
 
     async fn revoke_grant(&self, id: &GrantId, now: UnixTime, event: &AuditEvent) -> Result<AuditReceipt, StoreError> {
-        require_ok(event)?;
-        let mut tx = self.write_tx().await?;
-        let done = sqlx::query("UPDATE grants SET revoked_at = COALESCE(revoked_at, ?1) WHERE id = ?2")
-            .bind(now)
-            .bind(id.as_str())
-            .execute(&mut *tx)
-            .await
-            .map_err(backend)?;
-        if done.rows_affected() == 0 {
-            return Err(StoreError::NotFound { what: format!("grant {id}") });
-        }
-        let sealed = self.append_in(&mut tx, event).await?;
-        commit_audited(tx, sealed).await
+        self.revoke_audited(REVOKE_GRANT, id.as_str(), None, now, format!("grant {id}"), event).await
     }
 
     async fn add_owner_with_enrollment(
@@ -1183,20 +1195,7 @@ impl MetadataStore for SqliteStore {
         now: UnixTime,
         event: &AuditEvent,
     ) -> Result<AuditReceipt, StoreError> {
-        require_ok(event)?;
-        let mut tx = self.write_tx().await?;
-        let done = sqlx::query("UPDATE grants SET revoked_at = COALESCE(revoked_at, ?1) WHERE id = ?2 AND owner = ?3")
-            .bind(now)
-            .bind(id.as_str())
-            .bind(owner.as_str())
-            .execute(&mut *tx)
-            .await
-            .map_err(backend)?;
-        if done.rows_affected() == 0 {
-            return Err(StoreError::NotFound { what: format!("grant {id}") });
-        }
-        let sealed = self.append_in(&mut tx, event).await?;
-        commit_audited(tx, sealed).await
+        self.revoke_audited(REVOKE_GRANT, id.as_str(), Some(owner), now, format!("grant {id}"), event).await
     }
 
     async fn revoke_owner_key(
@@ -1206,23 +1205,7 @@ impl MetadataStore for SqliteStore {
         now: UnixTime,
         event: &AuditEvent,
     ) -> Result<AuditReceipt, StoreError> {
-        require_ok(event)?;
-        let mut tx = self.write_tx().await?;
-        let done = sqlx::query(
-            "UPDATE agent_keys SET revoked_at = COALESCE(revoked_at, ?1)
-              WHERE id = ?2 AND agent IN (SELECT id FROM agents WHERE owner = ?3)",
-        )
-        .bind(now)
-        .bind(id.as_str())
-        .bind(owner.as_str())
-        .execute(&mut *tx)
-        .await
-        .map_err(backend)?;
-        if done.rows_affected() == 0 {
-            return Err(StoreError::NotFound { what: format!("key {id}") });
-        }
-        let sealed = self.append_in(&mut tx, event).await?;
-        commit_audited(tx, sealed).await
+        self.revoke_audited(REVOKE_KEY, id.as_str(), Some(owner), now, format!("key {id}"), event).await
     }
 
     async fn audit_list_for_owner(
