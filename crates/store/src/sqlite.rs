@@ -248,6 +248,17 @@ fn audit_unreadable(seq: u64, reason: String) -> StoreError {
 }
 
 /// The last record's seq and hash (the primary key index makes this one lookup).
+/// The owner of `agent`, read inside a write transaction; `None` if the agent
+/// does not exist.
+async fn agent_owner_in(tx: &mut SqliteConnection, agent: &AgentId) -> Result<Option<String>, StoreError> {
+    let row: Option<(String,)> = sqlx::query_as("SELECT owner FROM agents WHERE id = ?1")
+        .bind(agent.as_str())
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(backend)?;
+    Ok(row.map(|(owner,)| owner))
+}
+
 /// Revokes a grant by id; `?3`, when not NULL, must be the grant's owner.
 const REVOKE_GRANT: &str =
     "UPDATE grants SET revoked_at = COALESCE(revoked_at, ?1) WHERE id = ?2 AND (?3 IS NULL OR owner = ?3)";
@@ -698,12 +709,7 @@ impl MetadataStore for SqliteStore {
         if !hosted {
             return Err(domain_not_hosted(domain));
         }
-        let agent_owner: Option<(String,)> = sqlx::query_as("SELECT owner FROM agents WHERE id = ?1")
-            .bind(inbox.agent.as_str())
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(backend)?;
-        let Some((agent_owner,)) = agent_owner else {
+        let Some(agent_owner) = agent_owner_in(&mut tx, &inbox.agent).await? else {
             return Err(StoreError::NotFound { what: format!("agent {}", inbox.agent) });
         };
         if agent_owner != inbox.owner.as_str() {
@@ -859,12 +865,7 @@ impl MetadataStore for SqliteStore {
     async fn add_grant(&self, grant: &Grant, event: &AuditEvent) -> Result<AuditReceipt, StoreError> {
         require_ok(event)?;
         let mut tx = self.write_tx().await?;
-        let agent_owner: Option<(String,)> = sqlx::query_as("SELECT owner FROM agents WHERE id = ?1")
-            .bind(grant.agent.as_str())
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(backend)?;
-        let Some((agent_owner,)) = agent_owner else {
+        let Some(agent_owner) = agent_owner_in(&mut tx, &grant.agent).await? else {
             return Err(StoreError::NotFound { what: format!("agent {}", grant.agent) });
         };
         if agent_owner != grant.owner.as_str() {
@@ -1107,13 +1108,8 @@ impl MetadataStore for SqliteStore {
         if won.rows_affected() == 0 {
             return Err(StoreError::NotFound { what: "pending pairing request".to_owned() });
         }
-        let existing: Option<(String,)> = sqlx::query_as("SELECT owner FROM agents WHERE id = ?1")
-            .bind(agent.id.as_str())
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(backend)?;
-        match existing {
-            Some((owner,)) if owner == agent.owner.as_str() => {}
+        match agent_owner_in(&mut tx, &agent.id).await? {
+            Some(owner) if owner == agent.owner.as_str() => {}
             Some(_) => return Err(StoreError::Conflict { what: format!("agent {}", agent.id) }),
             None => {
                 sqlx::query("INSERT INTO agents (id, owner, name, created_at) VALUES (?1, ?2, ?3, ?4)")
