@@ -1,0 +1,1 @@
+//! A parsed view of a raw message.

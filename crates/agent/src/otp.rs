@@ -1,0 +1,1 @@
+//! One-time code and magic-link extraction.
