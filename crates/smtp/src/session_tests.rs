@@ -12,6 +12,8 @@ struct Harness {
     session: Session,
     now: Now,
     meta: FakeMeta,
+    /// Every AUTH decision the session asked to record.
+    audits: Vec<agentkeys_audit::AuditEvent>,
     blob_fault: BlobFault,
     deliveries: Vec<Delivery>,
     /// (time the wait was requested, time it ends)
@@ -64,6 +66,7 @@ impl Harness {
             session,
             now,
             meta: FakeMeta::new(),
+            audits: Vec::new(),
             blob_fault: BlobFault::None,
             deliveries: Vec::new(),
             waits: Vec::new(),
@@ -123,6 +126,16 @@ impl Harness {
                     self.steps.push("authenticate");
                     let facts = self.meta.facts(&c);
                     self.session.auth_result(facts, self.now);
+                }
+                Step::Audit(event) => {
+                    self.steps.push("audit");
+                    let result = if *self.meta.fault.lock().unwrap() == Fault::Audit {
+                        Err(StoreError::Backend("injected".into()))
+                    } else {
+                        self.audits.push(event);
+                        Ok(())
+                    };
+                    self.session.audit_result(result, self.now);
                 }
                 Step::Deliver(d) => {
                     self.steps.push("deliver");
@@ -688,6 +701,7 @@ fn auth_failure_jitter_varies_between_sessions() {
                 match s.poll(now) {
                     Step::Wait(until) => break until - now.instant,
                     Step::Write(_) => {}
+                    Step::Audit(_) => s.audit_result(Ok(()), now),
                     other => panic!("{other:?}"),
                 }
             }
@@ -819,6 +833,61 @@ fn auth_plain_authzid_must_be_empty_or_the_user() {
         h.send(&format!("AUTH PLAIN {same}\r\n"))
             .starts_with("235 2.7.0")
     );
+}
+
+#[test]
+fn every_auth_decision_is_audited_before_it_takes_effect() {
+    // Success: one record, actor the agent, subject the inbox, no secret.
+    let h = Harness::submission();
+    assert_eq!(h.audits.len(), 1);
+    let granted = &h.audits[0];
+    assert_eq!(granted.operation, crate::auth_audit::OP_SUBMISSION_AUTH);
+    assert_eq!(granted.outcome, agentkeys_audit::Outcome::Ok);
+    assert_eq!(granted.subject, BOT);
+    assert!(matches!(granted.actor, agentkeys_audit::Actor::Agent(_)));
+    let authenticate = h.steps.iter().position(|s| *s == "authenticate").unwrap();
+    assert_eq!(h.steps[authenticate + 1], "audit", "recorded before the 235 is written");
+
+    // Each failing step is recorded with its reason; the username only when it
+    // names one of our inboxes; never the password.
+    let cases: Vec<(&str, String, &str, &str)> = vec![
+        ("not an address", good_key(), "INVALID_USERNAME", "-"),
+        (BOT, "ak_short".into(), "MALFORMED_KEY", "-"),
+        (BOT, unknown_key(), "KEY_NOT_FOUND", BOT),
+        (BOT, revoked_key(), "KEY_REVOKED", BOT),
+        ("nobody@agents.localhost", good_key(), "INBOX_NOT_FOUND", "-"),
+        ("off@agents.localhost", good_key(), "INBOX_INACTIVE", "off@agents.localhost"),
+    ];
+    for (user, pass, reason, subject) in cases {
+        let mut h = Harness::new(ListenerKind::Submission, true);
+        h.send("EHLO c\r\n");
+        assert!(auth_plain(&mut h, user, &pass).starts_with("535 5.7.8"), "{user}");
+        assert_eq!(h.audits.len(), 1, "{user}");
+        let refused = &h.audits[0];
+        assert_eq!(refused.outcome, agentkeys_audit::Outcome::Denied, "{user}");
+        assert_eq!(refused.detail["reason"], reason, "{user}");
+        assert_eq!(refused.detail["door"], "smtp", "{user}");
+        assert_eq!(refused.subject, subject, "{user}");
+        let text = serde_json::to_string(refused).unwrap();
+        assert!(!text.contains(&pass[3..]), "{user}: the password is in {text}");
+    }
+}
+
+#[test]
+fn an_auth_decision_that_cannot_be_audited_does_not_take_effect() {
+    let mut h = Harness::new(ListenerKind::Submission, true);
+    h.send("EHLO c\r\n");
+    h.meta.set_fault(Fault::Audit);
+    assert_eq!(
+        auth_plain(&mut h, BOT, &good_key()),
+        "454 4.7.0 Temporary authentication failure, try again later\r\n"
+    );
+    // Still unauthenticated: MAIL needs AUTH.
+    assert!(h.send("MAIL FROM:<bot@agents.localhost>\r\n").starts_with("530 5.7.0"));
+    // Once the log works again, the same credentials succeed.
+    h.meta.set_fault(Fault::None);
+    assert!(auth_plain(&mut h, BOT, &good_key()).starts_with("235 2.7.0"));
+    assert_eq!(h.audits.len(), 1);
 }
 
 #[test]
