@@ -1343,3 +1343,173 @@ fn random_input_never_panics_and_buffers_stay_bounded() {
         }
     }
 }
+
+// ----- properties over generated input ------------------------------------------
+//
+// The same properties the fuzz target in `fuzz/fuzz_targets/smtp_session.rs`
+// checks, over a fixed, deterministic sample so every test run covers them.
+
+/// A small deterministic generator (xorshift64*), so a failure names its seed.
+struct Gen(u64);
+
+impl Gen {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+/// Pieces a client (or an attacker) might send: commands, data lines, the
+/// smuggling terminators, chunks, garbage.
+fn piece(g: &mut Gen) -> Vec<u8> {
+    const PIECES: &[&str] = &[
+        "EHLO client.test\r\n",
+        "HELO client.test\r\n",
+        "MAIL FROM:<sender@elsewhere.test>\r\n",
+        "MAIL FROM:<bot@agents.localhost>\r\n",
+        "MAIL FROM:<bot@agents.localhost> SIZE=999999999\r\n",
+        "RCPT TO:<bot@agents.localhost>\r\n",
+        "RCPT TO:<other@agents.localhost>\r\n",
+        "RCPT TO:<nobody@agents.localhost>\r\n",
+        "RCPT TO:<off@agents.localhost>\r\n",
+        "RCPT TO:<someone@elsewhere.test>\r\n",
+        "DATA\r\n",
+        "From: bot@agents.localhost\r\n",
+        "Subject: hello\r\n",
+        "\r\n",
+        "body line\r\n",
+        ".\r\n",
+        "\r\n.\r\n",
+        "\n.\n",
+        "\n.\r\n",
+        "\r.\r\n",
+        "..leading dot\r\n",
+        "BDAT 5\r\nhello",
+        "BDAT 7 LAST\r\n.\r\nabc",
+        "BDAT 0 LAST\r\n",
+        "RSET\r\n",
+        "NOOP\r\n",
+        "VRFY bot\r\n",
+        "STARTTLS\r\n",
+        "AUTH LOGIN\r\n",
+        "*\r\n",
+        "QUIT\r\n",
+        "\r",
+        "\n",
+    ];
+    if g.below(4) == 0 {
+        // A whole transaction, with a smuggling attempt inside the body half the time.
+        let mut t = b"MAIL FROM:<bot@agents.localhost>\r\nRCPT TO:<other@agents.localhost>\r\nDATA\r\n\
+                      From: bot@agents.localhost\r\nSubject: t\r\n\r\nbody\r\n"
+            .to_vec();
+        if g.below(2) == 0 {
+            t.extend_from_slice(PIECES[16 + g.below(4)].as_bytes());
+            t.extend_from_slice(b"MAIL FROM:<evil@elsewhere.test>\r\nRCPT TO:<bot@agents.localhost>\r\nDATA\r\nsmuggled\r\n");
+        }
+        t.extend_from_slice(b".\r\n");
+        return t;
+    }
+    match g.below(PIECES.len() + 4) {
+        i if i < PIECES.len() => PIECES[i].as_bytes().to_vec(),
+        i if i == PIECES.len() => format!("AUTH PLAIN {}\r\n", plain(BOT, &good_key())).into_bytes(),
+        i if i == PIECES.len() + 1 => vec![b'a'; MAX_LINE_LENGTH + g.below(64)],
+        _ => (0..g.below(24)).map(|_| g.next() as u8).collect(),
+    }
+}
+
+/// Feeds `input` in pieces cut at `cuts` (sorted offsets); returns every reply
+/// byte and the harness.
+fn drive(kind: ListenerKind, input: &[u8], cuts: &[usize]) -> (String, Harness) {
+    let mut h = Harness::new(kind, true);
+    let mut out = String::new();
+    let mut start = 0;
+    for &end in cuts.iter().chain(std::iter::once(&input.len())) {
+        if h.closed {
+            break;
+        }
+        h.session.feed(&input[start..end]);
+        out.push_str(&h.run());
+        start = end;
+    }
+    (out, h)
+}
+
+/// A reply with the message id (a fresh ULID per run) masked.
+fn masked(replies: &str) -> String {
+    replies
+        .split_inclusive("\r\n")
+        .map(|l| match l.strip_prefix("250 2.0.0 Message accepted as ") {
+            Some(_) => "250 2.0.0 Message accepted as <id>\r\n".to_owned(),
+            None => l.to_owned(),
+        })
+        .collect()
+}
+
+fn count(haystack: &[u8], needle: &[u8]) -> usize {
+    haystack.windows(needle.len()).filter(|w| *w == needle).count()
+}
+
+#[test]
+fn generated_sessions_keep_the_protocol_properties() {
+    let (mut delivered, mut authenticated, mut refused) = (0, 0, 0);
+    for seed in 1..=400u64 {
+        let mut g = Gen(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        let kind = if seed % 2 == 0 { ListenerKind::Inbound } else { ListenerKind::Submission };
+        let mut input = b"EHLO c\r\n".to_vec();
+        if seed % 4 == 1 {
+            input.extend(format!("AUTH PLAIN {}\r\n", plain(BOT, &good_key())).into_bytes());
+        }
+        for _ in 0..g.below(40) {
+            input.extend(piece(&mut g));
+        }
+        let mut cuts: Vec<usize> = (0..g.below(12)).map(|_| g.below(input.len() + 1)).collect();
+        cuts.sort_unstable();
+
+        let (whole, h1) = drive(kind, &input, &[]);
+        let (split, h2) = drive(kind, &input, &cuts);
+        delivered += h1.deliveries.len();
+        authenticated += usize::from(whole.contains("235 2.7.0"));
+        refused += usize::from(whole.contains("500 5.5.6") || whole.contains("503 5.5.1"));
+
+        // 1. Every reply is a well-formed SMTP reply line.
+        for line in whole.split_inclusive("\r\n") {
+            let b = line.as_bytes();
+            assert!(
+                line.ends_with("\r\n")
+                    && b.len() >= 6
+                    && (b'2'..=b'5').contains(&b[0])
+                    && b[1].is_ascii_digit()
+                    && b[2].is_ascii_digit()
+                    && (b[3] == b' ' || b[3] == b'-'),
+                "seed {seed}: malformed reply {line:?}"
+            );
+        }
+        // 2. No smuggling: never more messages than real terminators
+        //    (`<CRLF>.<CRLF>` or a `BDAT … LAST`).
+        let terminators = count(&input, b"\r\n.\r\n") + count(&input, b"LAST\r\n");
+        assert!(
+            h1.deliveries.len() <= terminators,
+            "seed {seed}: {} messages from {terminators} terminators",
+            h1.deliveries.len()
+        );
+        // 3. How the bytes were cut into reads changes nothing.
+        assert_eq!(masked(&whole), masked(&split), "seed {seed}: cuts {cuts:?} changed the replies");
+        assert_eq!(h1.deliveries.len(), h2.deliveries.len(), "seed {seed}");
+        for (a, b) in h1.deliveries.iter().zip(&h2.deliveries) {
+            let strip = |m: &Bytes| {
+                let s = String::from_utf8_lossy(m).into_owned();
+                s.find(" +0000\r\n").map_or(s.clone(), |i| s[i..].to_owned())
+            };
+            assert_eq!(strip(&a.message), strip(&b.message), "seed {seed}");
+            assert_eq!(a.local, b.local, "seed {seed}");
+        }
+    }
+    // The sample reaches the interesting states, so the properties are not vacuous.
+    assert!(delivered >= 20 && authenticated >= 20 && refused >= 20, "{delivered} {authenticated} {refused}");
+}
