@@ -453,6 +453,12 @@ const KEYWORDS: &[(&str, Class, bool, bool)] = {
         ("sort", Negative, false, false),
         ("bank", Negative, false, false),
         ("flat", Negative, false, false),
+        ("line", Negative, false, false),
+        ("commit", Negative, false, false),
+        ("issue", Negative, false, false),
+        ("page", Negative, false, false),
+        ("step", Negative, false, false),
+        ("row", Negative, false, false),
         // Negative: German, French, Spanish.
         ("bestell", Negative, true, true),
         ("rechnung", Negative, true, true),
@@ -678,14 +684,16 @@ impl Scan {
         let n = self.chars.len();
         while i < n {
             let c = self.chars[i];
-            let starts_token = i == 0 || !is_word(self.chars[i - 1]) || self.chars[i - 1] == '-';
-            if c.is_ascii_digit() && (i == 0 || !self.chars[i - 1].is_ascii_digit()) {
-                let end = self.numeric_at(i, source, subject_strong, out);
-                i = end.max(i + 1);
+            let token_start = i == 0 || !is_word(self.chars[i - 1]);
+            if token_start
+                && c.is_ascii_alphanumeric()
+                && let Some(end) = self.alnum_at(i, source, subject_strong, out)
+            {
+                i = end;
                 continue;
             }
-            if c.is_ascii_alphanumeric() && (i == 0 || !is_word(self.chars[i - 1])) && starts_token {
-                let end = self.alnum_at(i, source, subject_strong, out);
+            if c.is_ascii_digit() && (i == 0 || !self.chars[i - 1].is_ascii_digit()) {
+                let end = self.numeric_at(i, source, subject_strong, out);
                 i = end.max(i + 1);
                 continue;
             }
@@ -833,28 +841,29 @@ impl Scan {
     }
 
     /// Reads an upper-case letters-and-digits token (hyphen-separated groups
-    /// allowed) at `s` and records it if it is a code.
-    fn alnum_at(&self, s: usize, source: Source, subject_strong: bool, out: &mut Vec<Found>) -> usize {
+    /// allowed) at `s`; when it has the shape of a code, judges it and returns
+    /// its end. `None` when it is not code-shaped (the numeric scan may still
+    /// find a code inside, e.g. `G-123456`).
+    fn alnum_at(&self, s: usize, source: Source, subject_strong: bool, out: &mut Vec<Found>) -> Option<usize> {
         let ch = &self.chars;
         let n = ch.len();
-        let mut i = s;
-        while i < n && (ch[i].is_ascii_alphanumeric() || (ch[i] == '-' && i + 1 < n && ch[i + 1].is_ascii_alphanumeric() && i > s)) {
-            i += 1;
+        let mut end = s;
+        while end < n
+            && (ch[end].is_ascii_alphanumeric()
+                || (ch[end] == '-' && end > s && end + 1 < n && ch[end + 1].is_ascii_alphanumeric()))
+        {
+            end += 1;
         }
-        let end = i;
         if end < n && is_word(ch[end]) {
             // Runs into a non-ASCII letter: part of a word.
-            while i < n && is_word(ch[i]) {
-                i += 1;
-            }
-            return i;
+            return None;
         }
         let token = &ch[s..end];
         let digits = token.iter().filter(|c| c.is_ascii_digit()).count();
         let letters = token.iter().filter(|c| c.is_ascii_alphabetic()).count();
         let lower = token.iter().any(|c| c.is_ascii_lowercase());
         if digits == 0 || letters == 0 || lower || !ALNUM_CODE_CHARS.contains(&(digits + letters)) {
-            return end;
+            return None;
         }
         // Random codes mix letters and digits (`X7K9QP`); one run of letters and
         // one of digits (`ID12345678`, `INV2024`, `2024AB`) is an identifier.
@@ -867,17 +876,16 @@ impl Scan {
             .count()
             + 1;
         if runs < 3 {
-            return end;
+            return None;
         }
-        if s > 0 && ['#', '+', '/', '.', '$'].contains(&ch[s - 1]) {
-            return end;
+        let glued_before = s > 0 && ['#', '+', '/', '.', '$', '-'].contains(&ch[s - 1]);
+        let glued_after = (end < n && ['/', '@'].contains(&ch[end]))
+            || (end + 1 < n && ch[end] == '.' && is_word(ch[end + 1]));
+        if !(glued_before || glued_after) {
+            let value: String = token.iter().collect();
+            self.judge(s, end, value, OtpKind::AlphanumericCode, false, source, subject_strong, out);
         }
-        if end < n && ['/', '@'].contains(&ch[end]) || (end + 1 < n && ch[end] == '.' && is_word(ch[end + 1])) {
-            return end;
-        }
-        let value: String = token.iter().collect();
-        self.judge(s, end, value, OtpKind::AlphanumericCode, false, source, subject_strong, out);
-        end
+        Some(end)
     }
 
     /// Scores a code-shaped span by its keyword context and records it when a
@@ -999,9 +1007,9 @@ fn is_filler(gap: &str) -> bool {
     const WORDS: &[&str] = &[
         "is", "ist", "est", "es", "lautet", "är", "er", "è", "é", "é:", "here", "below", "will",
         "be", "your", "you", "to", "the", "lautet:", "de", "la", "le", "el", "votre", "tu", "su",
-        "ihr", "dein",
+        "ihr", "dein", "번호", "를", "은", "는", "입니다",
     ];
-    gap.split(|c: char| c.is_whitespace() || ":：=-–#*\"'()»«.,是为為は：\t".contains(c))
+    gap.split(|c: char| c.is_whitespace() || ":：=-–#*\"'()[]【】»«.,是为為は：\t".contains(c))
         .filter(|w| !w.is_empty())
         .all(|w| WORDS.contains(&w))
 }
@@ -1027,7 +1035,15 @@ fn find_keywords(lower: &[char]) -> Vec<Hit> {
                 || !is_word(k[k.len() - 1])
                 || (lower[e] == 's' && (e + 1 == n || !is_word(lower[e + 1])));
             if left_ok && right_ok {
-                hits.push(Hit { start: i, end: e, class: *class });
+                // A stem's hit ends where its word ends (`verif` → `verification`),
+                // so the gap to a code is measured from the whole word.
+                let mut end = e;
+                if *stem && !cjk {
+                    while end < n && is_word(lower[end]) {
+                        end += 1;
+                    }
+                }
+                hits.push(Hit { start: i, end, class: *class });
             }
         }
     }
