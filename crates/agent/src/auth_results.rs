@@ -107,7 +107,10 @@ pub fn parse(value: &str) -> Result<AuthResultsHeader, ArParseError> {
             results.push(r);
         }
     }
-    Ok(AuthResultsHeader { authserv_id, results })
+    Ok(AuthResultsHeader {
+        authserv_id,
+        results,
+    })
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -187,7 +190,12 @@ fn tokenize(value: &str) -> Vec<Token> {
 fn parse_resinfo(tokens: &[Token]) -> Option<MethodResult> {
     let mut pairs = key_values(tokens).into_iter();
     let (method, result) = pairs.next()?;
-    let method = method.split('/').next().unwrap_or_default().trim().to_ascii_lowercase();
+    let method = method
+        .split('/')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
     if method.is_empty() || result.is_empty() {
         return None;
     }
@@ -203,7 +211,9 @@ fn parse_resinfo(tokens: &[Token]) -> Option<MethodResult> {
             out.reason.get_or_insert(value);
             continue;
         }
-        let Some((ptype, property)) = key.split_once('.') else { continue };
+        let Some((ptype, property)) = key.split_once('.') else {
+            continue;
+        };
         if out.properties.len() < MAX_PROPERTIES_PER_RESULT && !ptype.is_empty() {
             out.properties.push(Property {
                 ptype: ptype.to_owned(),
@@ -352,7 +362,10 @@ fn verdict(from: &str, dmarc: Option<&MethodResult>, dkim: &[DkimVerdict]) -> (b
             && let Some(d) = &v.domain
             && aligned(d, from)
         {
-            return (true, format!("dkim=pass header.d={d} aligned with From: {from}"));
+            return (
+                true,
+                format!("dkim=pass header.d={d} aligned with From: {from}"),
+            );
         }
     }
     let mut why = format!("no dmarc=pass and no aligned dkim=pass for From: {from}");
@@ -364,7 +377,9 @@ fn verdict(from: &str, dmarc: Option<&MethodResult>, dkim: &[DkimVerdict]) -> (b
 
 /// The domain of a DKIM `i=` identity (`user@example.com`, `@example.com`).
 fn domain_of_identity(i: &str) -> Option<String> {
-    i.rsplit_once('@').map(|(_, d)| normalize_domain(d)).filter(|d| !d.is_empty())
+    i.rsplit_once('@')
+        .map(|(_, d)| normalize_domain(d))
+        .filter(|d| !d.is_empty())
 }
 
 /// Relaxed alignment without a public-suffix list: equal, or one is a
@@ -377,7 +392,11 @@ pub fn aligned(a: &str, b: &str) -> bool {
     if a == b {
         return true;
     }
-    let (short, long) = if a.len() < b.len() { (&a, &b) } else { (&b, &a) };
+    let (short, long) = if a.len() < b.len() {
+        (&a, &b)
+    } else {
+        (&b, &a)
+    };
     short.contains('.') && long.ends_with(&format!(".{short}"))
 }
 
@@ -396,7 +415,10 @@ mod tests {
         assert_eq!(h.results[0].property("header", "d"), Some("example.com"));
         assert_eq!(h.results[0].property("header", "s"), Some("sel"));
         assert_eq!(h.results[1].result, "pass");
-        assert_eq!(h.results[1].property("smtp", "mailfrom"), Some("a@example.com"));
+        assert_eq!(
+            h.results[1].property("smtp", "mailfrom"),
+            Some("a@example.com")
+        );
         assert_eq!(h.results[2].property("policy", "dmarc"), Some("reject"));
     }
 
@@ -412,7 +434,10 @@ mod tests {
         assert_eq!((d0.method.as_str(), d0.result.as_str()), ("dkim", "fail"));
         assert_eq!(d0.reason.as_deref(), Some("body hash; did not verify"));
         assert_eq!(d0.property("header", "d"), Some("a.example"));
-        assert_eq!(h.results[1].property("header", "i"), Some("user\"x@b.example"));
+        assert_eq!(
+            h.results[1].property("header", "i"),
+            Some("user\"x@b.example")
+        );
         assert_eq!(h.results[2].result, "none");
     }
 
@@ -422,15 +447,27 @@ mod tests {
         assert_eq!(parse("mx.example").unwrap().results, vec![]);
         assert_eq!(parse("; dkim=pass"), Err(ArParseError::NoAuthservId));
         assert_eq!(parse(""), Err(ArParseError::NoAuthservId));
-        assert_eq!(parse(&"a".repeat(MAX_AR_HEADER_LEN + 1)), Err(ArParseError::TooLong));
+        assert_eq!(
+            parse(&"a".repeat(MAX_AR_HEADER_LEN + 1)),
+            Err(ArParseError::TooLong)
+        );
     }
 
     #[test]
     fn result_and_property_limits() {
-        let many = format!("mx.example{}", "; dkim=pass".repeat(MAX_RESULTS_PER_HEADER + 5));
+        let many = format!(
+            "mx.example{}",
+            "; dkim=pass".repeat(MAX_RESULTS_PER_HEADER + 5)
+        );
         assert_eq!(parse(&many).unwrap().results.len(), MAX_RESULTS_PER_HEADER);
-        let props = format!("mx.example; dkim=pass{}", " header.x=1".repeat(MAX_PROPERTIES_PER_RESULT + 5));
-        assert_eq!(parse(&props).unwrap().results[0].properties.len(), MAX_PROPERTIES_PER_RESULT);
+        let props = format!(
+            "mx.example; dkim=pass{}",
+            " header.x=1".repeat(MAX_PROPERTIES_PER_RESULT + 5)
+        );
+        assert_eq!(
+            parse(&props).unwrap().results[0].properties.len(),
+            MAX_PROPERTIES_PER_RESULT
+        );
     }
 
     #[test]
@@ -438,7 +475,11 @@ mod tests {
         let forged = "evil.example; dmarc=pass header.from=example.com";
         let a = Authentication::evaluate([forged], "mx.agents.localhost", Some("example.com"));
         assert!(!a.authenticated && !a.verdicts_present);
-        let a = Authentication::evaluate([forged, MAIL_AUTH], "MX.agents.localhost.", Some("example.com"));
+        let a = Authentication::evaluate(
+            [forged, MAIL_AUTH],
+            "MX.agents.localhost.",
+            Some("example.com"),
+        );
         assert!(a.authenticated && a.verdicts_present);
         assert_eq!(a.basis, "dmarc=pass header.from=example.com");
         assert_eq!(a.spf.as_deref(), Some("pass"));
@@ -447,14 +488,19 @@ mod tests {
     #[test]
     fn topmost_of_ours_wins() {
         let fail = "mx.agents.localhost; dkim=fail header.d=example.com; dmarc=fail header.from=example.com";
-        let a = Authentication::evaluate([fail, MAIL_AUTH], "mx.agents.localhost", Some("example.com"));
+        let a = Authentication::evaluate(
+            [fail, MAIL_AUTH],
+            "mx.agents.localhost",
+            Some("example.com"),
+        );
         assert!(!a.authenticated);
         assert_eq!(a.dmarc.as_deref(), Some("fail"));
     }
 
     #[test]
     fn dkim_alignment() {
-        let h = |d: &str| format!("mx.x; dkim=pass header.d={d}; dmarc=none header.from=example.com");
+        let h =
+            |d: &str| format!("mx.x; dkim=pass header.d={d}; dmarc=none header.from=example.com");
         let eval = |d: &str, from: &str| {
             Authentication::evaluate([h(d).as_str()], "mx.x", Some(from)).authenticated
         };

@@ -98,7 +98,10 @@ impl Stamp {
     pub fn new(domain: &str, now: i64, random: u128) -> Self {
         let ms = u64::try_from(now).unwrap_or(0).saturating_mul(1000);
         let ulid = ulid::Ulid::from_parts(ms, random);
-        Stamp { message_id: format!("<{ulid}@{}>", domain.trim().to_ascii_lowercase()), date: now }
+        Stamp {
+            message_id: format!("<{ulid}@{}>", domain.trim().to_ascii_lowercase()),
+            date: now,
+        }
     }
 
     /// A stamp at `domain` for the current time, with OS randomness.
@@ -173,7 +176,11 @@ impl Compose {
 
     /// Checks the addresses and recipient count.
     pub fn validate(&self) -> Result<(), ComposeError> {
-        for m in std::iter::once(&self.from).chain(&self.to).chain(&self.cc).chain(&self.bcc) {
+        for m in std::iter::once(&self.from)
+            .chain(&self.to)
+            .chain(&self.cc)
+            .chain(&self.bcc)
+        {
             check_address(&m.address)?;
         }
         let n = self.recipients().len();
@@ -217,7 +224,11 @@ impl Compose {
         }
         for a in &self.attachments {
             let ct = a.content_type.trim().to_ascii_lowercase();
-            let ct = if ct.contains('/') { ct } else { "application/octet-stream".to_owned() };
+            let ct = if ct.contains('/') {
+                ct
+            } else {
+                "application/octet-stream".to_owned()
+            };
             let name = clean_header_text(&a.filename, 255);
             if ct == "message/rfc822" && is_8bit_safe(&a.bytes) {
                 let part = MimePart::new(ct, BodyPart::Binary(crlf(&a.bytes).into()))
@@ -227,11 +238,17 @@ impl Compose {
             } else {
                 // A message that cannot travel as 8bit (NUL, lines over 998
                 // bytes) goes as an opaque base64 file instead.
-                let ct = if ct == "message/rfc822" { "application/octet-stream".to_owned() } else { ct };
+                let ct = if ct == "message/rfc822" {
+                    "application/octet-stream".to_owned()
+                } else {
+                    ct
+                };
                 b = b.attachment(ct, name, a.bytes.clone());
             }
         }
-        let bytes = b.write_to_vec().map_err(|e| ComposeError::Write(e.to_string()))?;
+        let bytes = b
+            .write_to_vec()
+            .map_err(|e| ComposeError::Write(e.to_string()))?;
         Ok(Built {
             bytes,
             message_id: stamp.message_id.clone(),
@@ -275,7 +292,12 @@ pub fn reply(
     }
     let mut cc = Vec::new();
     if reply_all {
-        let others = original.to.iter().chain(&original.cc).filter(|m| !is_me(m)).cloned();
+        let others = original
+            .to
+            .iter()
+            .chain(&original.cc)
+            .filter(|m| !is_me(m))
+            .cloned();
         cc = dedup(others, &to);
     }
     to.truncate(MAX_RECIPIENTS);
@@ -364,7 +386,11 @@ pub fn reply_subject(subject: &str) -> String {
 /// `Fwd: ` + the subject, unless it already is a forward.
 pub fn forward_subject(subject: &str) -> String {
     let s = subject.trim();
-    if strip_prefix(s, FORWARD_PREFIXES).is_some() { s.to_owned() } else { format!("Fwd: {s}") }
+    if strip_prefix(s, FORWARD_PREFIXES).is_some() {
+        s.to_owned()
+    } else {
+        format!("Fwd: {s}")
+    }
 }
 
 fn trim_references(refs: Vec<String>) -> Vec<String> {
@@ -373,7 +399,11 @@ fn trim_references(refs: Vec<String>) -> Vec<String> {
     }
     let mut out = Vec::with_capacity(MAX_REFERENCES_OUT);
     out.push(refs[0].clone());
-    out.extend(refs[refs.len() - (MAX_REFERENCES_OUT - 1)..].iter().cloned());
+    out.extend(
+        refs[refs.len() - (MAX_REFERENCES_OUT - 1)..]
+            .iter()
+            .cloned(),
+    );
     out
 }
 
@@ -407,7 +437,11 @@ fn check_address(a: &str) -> Result<(), ComposeError> {
 }
 
 fn address(m: &Mailbox) -> BuilderAddress<'static> {
-    let name = m.name.as_deref().map(|n| clean_header_text(n, 200)).filter(|n| !n.is_empty());
+    let name = m
+        .name
+        .as_deref()
+        .map(|n| clean_header_text(n, 200))
+        .filter(|n| !n.is_empty());
     BuilderAddress::new_address(name, m.address.clone())
 }
 
@@ -417,11 +451,19 @@ fn address_list(ms: &[Mailbox]) -> BuilderAddress<'static> {
 
 /// Header text without line breaks or other controls, at most `max` characters.
 fn clean_header_text(s: &str, max: usize) -> String {
-    s.chars().map(|c| if c.is_control() { ' ' } else { c }).take(max).collect::<String>().trim().to_owned()
+    s.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(max)
+        .collect::<String>()
+        .trim()
+        .to_owned()
 }
 
 fn strip_brackets(id: &str) -> String {
-    id.trim().trim_start_matches('<').trim_end_matches('>').to_owned()
+    id.trim()
+        .trim_start_matches('<')
+        .trim_end_matches('>')
+        .to_owned()
 }
 
 /// True when `raw` can be sent as an 8bit body: no NUL, no line over 998 bytes.
@@ -484,14 +526,29 @@ mod tests {
 
     #[test]
     fn addresses_are_checked() {
-        for bad in ["", "a", "@x.example", "a@", "a b@x.example", "a@x.example\r\nBcc: e@v", "<a@x>", "a@.x", "a,b@x"] {
+        for bad in [
+            "",
+            "a",
+            "@x.example",
+            "a@",
+            "a b@x.example",
+            "a@x.example\r\nBcc: e@v",
+            "<a@x>",
+            "a@.x",
+            "a,b@x",
+        ] {
             assert!(check_address(bad).is_err(), "{bad:?}");
         }
         assert!(check_address("a.b+c@x.example").is_ok());
         let mut c = Compose::new(Mailbox::new("bot@agents.localhost"));
         assert_eq!(c.validate(), Err(ComposeError::NoRecipients));
-        c.to = (0..=MAX_RECIPIENTS).map(|i| Mailbox::new(format!("r{i}@x.example"))).collect();
-        assert_eq!(c.validate(), Err(ComposeError::TooManyRecipients(MAX_RECIPIENTS + 1)));
+        c.to = (0..=MAX_RECIPIENTS)
+            .map(|i| Mailbox::new(format!("r{i}@x.example")))
+            .collect();
+        assert_eq!(
+            c.validate(),
+            Err(ComposeError::TooManyRecipients(MAX_RECIPIENTS + 1))
+        );
         c.to.truncate(MAX_RECIPIENTS);
         assert_eq!(c.validate(), Ok(()));
     }
@@ -499,7 +556,10 @@ mod tests {
     #[test]
     fn header_text_cannot_inject() {
         assert_eq!(clean_header_text("a\r\nBcc: x@y", 100), "a  Bcc: x@y");
-        assert_eq!(clean_header_text(&"x".repeat(2000), MAX_SUBJECT_CHARS).len(), MAX_SUBJECT_CHARS);
+        assert_eq!(
+            clean_header_text(&"x".repeat(2000), MAX_SUBJECT_CHARS).len(),
+            MAX_SUBJECT_CHARS
+        );
     }
 
     #[test]

@@ -38,13 +38,49 @@ pub struct HtmlText {
 }
 
 /// Elements whose content is never shown.
-const HIDDEN: &[&str] = &["head", "style", "script", "template", "title", "noscript", "svg"];
+const HIDDEN: &[&str] = &[
+    "head", "style", "script", "template", "title", "noscript", "svg",
+];
 /// Elements that start and end a line.
 const BLOCK: &[&str] = &[
-    "p", "div", "br", "tr", "li", "ul", "ol", "table", "tbody", "thead", "tfoot", "h1", "h2",
-    "h3", "h4", "h5", "h6", "hr", "blockquote", "section", "article", "header", "footer",
-    "center", "pre", "dt", "dd", "dl", "address", "body", "html", "main", "nav", "form",
-    "fieldset", "figure", "figcaption", "caption",
+    "p",
+    "div",
+    "br",
+    "tr",
+    "li",
+    "ul",
+    "ol",
+    "table",
+    "tbody",
+    "thead",
+    "tfoot",
+    "h1",
+    "h2",
+    "h3",
+    "h4",
+    "h5",
+    "h6",
+    "hr",
+    "blockquote",
+    "section",
+    "article",
+    "header",
+    "footer",
+    "center",
+    "pre",
+    "dt",
+    "dd",
+    "dl",
+    "address",
+    "body",
+    "html",
+    "main",
+    "nav",
+    "form",
+    "fieldset",
+    "figure",
+    "figcaption",
+    "caption",
 ];
 /// Elements that end a table cell.
 const CELL: &[&str] = &["td", "th"];
@@ -93,7 +129,10 @@ impl Out {
 /// Converts an HTML body to readable text plus its links.
 pub fn to_text(html: &str) -> HtmlText {
     let html = truncate(html, MAX_HTML_INPUT);
-    let mut out = Out { text: String::with_capacity(html.len() / 2), pending_space: false };
+    let mut out = Out {
+        text: String::with_capacity(html.len() / 2),
+        pending_space: false,
+    };
     let mut links = Vec::new();
     // The link being read: (href, text).
     let mut open_link: Option<(String, String)> = None;
@@ -206,7 +245,9 @@ fn read_tag(s: &str) -> Option<(Tag, &str)> {
         Some(b) => (true, b),
         None => (false, body),
     };
-    let name_len = body.find(|c: char| !c.is_ascii_alphanumeric()).unwrap_or(body.len());
+    let name_len = body
+        .find(|c: char| !c.is_ascii_alphanumeric())
+        .unwrap_or(body.len());
     if name_len == 0 || !body.starts_with(|c: char| c.is_ascii_alphabetic()) {
         return None;
     }
@@ -229,8 +270,20 @@ fn read_tag(s: &str) -> Option<(Tag, &str)> {
     let attrs = &body[name_len..i.min(body.len())];
     let rest = if i < bytes.len() { &body[i + 1..] } else { "" };
     let self_closing = attrs.trim_end().ends_with('/');
-    let href = if name == "a" && !closing { attribute(attrs, "href") } else { None };
-    Some((Tag { name, closing, self_closing, href }, rest))
+    let href = if name == "a" && !closing {
+        attribute(attrs, "href")
+    } else {
+        None
+    };
+    Some((
+        Tag {
+            name,
+            closing,
+            self_closing,
+            href,
+        },
+        rest,
+    ))
 }
 
 /// The decoded value of attribute `want` in an attribute list.
@@ -303,7 +356,11 @@ pub(crate) fn decode_entities(s: &str) -> String {
         match decoded {
             Some(c) if !name.is_empty() => {
                 out.push(c);
-                let consumed = if rest[end..].starts_with(';') { end + 1 } else { end };
+                let consumed = if rest[end..].starts_with(';') {
+                    end + 1
+                } else {
+                    end
+                };
                 rest = &rest[consumed..];
             }
             _ => {
@@ -418,8 +475,14 @@ mod tests {
         assert_eq!(
             t.links,
             vec![
-                Link { url: "https://x.example/verify?t=a&b=1".into(), text: "Verify now".into() },
-                Link { url: "https://x.example/unsubscribe".into(), text: "unsubscribe".into() },
+                Link {
+                    url: "https://x.example/verify?t=a&b=1".into(),
+                    text: "Verify now".into()
+                },
+                Link {
+                    url: "https://x.example/unsubscribe".into(),
+                    text: "unsubscribe".into()
+                },
             ]
         );
         assert_eq!(t.text, "Click Verify now or unsubscribe no href");
@@ -427,7 +490,10 @@ mod tests {
 
     #[test]
     fn entities() {
-        assert_eq!(decode_entities("a &lt;b&gt; &#65;&#x42; &unknown; & &"), "a <b> AB &unknown; & &");
+        assert_eq!(
+            decode_entities("a &lt;b&gt; &#65;&#x42; &unknown; & &"),
+            "a <b> AB &unknown; & &"
+        );
         assert_eq!(decode_entities("&#xD800;"), "\u{fffd}");
     }
 
@@ -443,7 +509,10 @@ mod tests {
     fn link_limit_is_enforced() {
         let html = "<a href=\"https://e.example/\">x</a>".repeat(MAX_LINKS + 10);
         assert_eq!(to_text(&html).links.len(), MAX_LINKS);
-        let long = format!("<a href=\"https://e.example/{}\">x</a>", "a".repeat(MAX_URL_LEN));
+        let long = format!(
+            "<a href=\"https://e.example/{}\">x</a>",
+            "a".repeat(MAX_URL_LEN)
+        );
         assert!(to_text(&long).links.is_empty());
     }
 

@@ -41,7 +41,10 @@ pub struct Mailbox {
 impl Mailbox {
     /// A mailbox without a display name.
     pub fn new(address: impl Into<String>) -> Self {
-        Mailbox { name: None, address: address.into() }
+        Mailbox {
+            name: None,
+            address: address.into(),
+        }
     }
 
     /// The domain part of the address, lowercased (`None` without an `@`).
@@ -135,9 +138,14 @@ impl ParsedMessage {
     /// `Authentication-Results` headers whose authserv-id is `our_hostname`.
     pub fn parse(message_id: &str, raw: &[u8], our_hostname: &str) -> Result<Self, ParseError> {
         if raw.len() > MAX_MESSAGE_BYTES {
-            return Err(ParseError::TooLarge { size: raw.len(), max: MAX_MESSAGE_BYTES });
+            return Err(ParseError::TooLarge {
+                size: raw.len(),
+                max: MAX_MESSAGE_BYTES,
+            });
         }
-        let msg = MessageParser::default().parse(raw).ok_or(ParseError::NotAMessage)?;
+        let msg = MessageParser::default()
+            .parse(raw)
+            .ok_or(ParseError::NotAMessage)?;
         if msg.headers().is_empty() {
             return Err(ParseError::NotAMessage);
         }
@@ -145,7 +153,8 @@ impl ParsedMessage {
         let from = msg.from().and_then(|a| a.iter().find_map(mailbox));
         let single_from = msg.from().map(|a| a.iter().count() == 1).unwrap_or(false);
         let list = |a: Option<&mail_parser::Address<'_>>| -> Vec<Mailbox> {
-            a.map(|a| a.iter().filter_map(mailbox).collect()).unwrap_or_default()
+            a.map(|a| a.iter().filter_map(mailbox).collect())
+                .unwrap_or_default()
         };
 
         let mut text_parts = Vec::new();
@@ -180,7 +189,11 @@ impl ParsedMessage {
             .filter(|(name, _)| name.eq_ignore_ascii_case("Authentication-Results"))
             .map(|(_, value)| value)
             .collect();
-        let from_domain = if single_from { from.as_ref().and_then(Mailbox::domain) } else { None };
+        let from_domain = if single_from {
+            from.as_ref().and_then(Mailbox::domain)
+        } else {
+            None
+        };
         let authentication =
             Authentication::evaluate(ar_values, our_hostname, from_domain.as_deref());
 
@@ -220,7 +233,10 @@ impl ParsedMessage {
     pub fn attachment(&self, index: usize) -> Option<Attachment> {
         let msg = MessageParser::default().parse(&self.raw[..])?;
         let part = msg.attachments().nth(index)?;
-        Some(Attachment { info: attachment_info(index, part), bytes: part.contents().to_vec() })
+        Some(Attachment {
+            info: attachment_info(index, part),
+            bytes: part.contents().to_vec(),
+        })
     }
 
     /// The sender's address as shown: `From:` (the first mailbox), if any.
@@ -234,8 +250,16 @@ fn mailbox(a: &mail_parser::Addr<'_>) -> Option<Mailbox> {
     if address.is_empty() {
         return None;
     }
-    let name = a.name.as_deref().map(str::trim).filter(|n| !n.is_empty()).map(str::to_owned);
-    Some(Mailbox { name, address: address.to_owned() })
+    let name = a
+        .name
+        .as_deref()
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+        .map(str::to_owned);
+    Some(Mailbox {
+        name,
+        address: address.to_owned(),
+    })
 }
 
 fn attachment_info(index: usize, part: &mail_parser::MessagePart<'_>) -> AttachmentInfo {
@@ -304,7 +328,13 @@ mod tests {
             "Content-Transfer-Encoding: base64\r\n\r\nJVBERi0xLjQK\r\n",
             "--b1--\r\n",
         ));
-        assert_eq!(m.from, Some(Mailbox { name: Some("Shop Team".into()), address: "team@Shop.example".into() }));
+        assert_eq!(
+            m.from,
+            Some(Mailbox {
+                name: Some("Shop Team".into()),
+                address: "team@Shop.example".into()
+            })
+        );
         assert_eq!(m.to.len(), 2);
         assert_eq!(m.to[1].name.as_deref(), Some("Other"));
         assert_eq!(m.cc, vec![Mailbox::new("c@x.example")]);
@@ -314,19 +344,36 @@ mod tests {
         assert_eq!(m.date_unix, Some(1_795_251_900));
         assert_eq!(m.rfc5322_message_id.as_deref(), Some("<m1@shop.example>"));
         assert_eq!(m.in_reply_to.as_deref(), Some("<p2@agents.localhost>"));
-        assert_eq!(m.references, vec!["<p1@agents.localhost>", "<p2@agents.localhost>"]);
+        assert_eq!(
+            m.references,
+            vec!["<p1@agents.localhost>", "<p2@agents.localhost>"]
+        );
         assert_eq!(m.text.as_deref().map(str::trim), Some("plain body"));
         assert_eq!(m.html_text.as_deref(), Some("html body"));
-        assert_eq!(m.links, vec![Link { url: "https://shop.example/x".into(), text: "body".into() }]);
+        assert_eq!(
+            m.links,
+            vec![Link {
+                url: "https://shop.example/x".into(),
+                text: "body".into()
+            }]
+        );
         assert_eq!(
             m.attachments,
-            vec![AttachmentInfo { index: 0, filename: Some("r.pdf".into()), content_type: "application/pdf".into(), size: 9 }]
+            vec![AttachmentInfo {
+                index: 0,
+                filename: Some("r.pdf".into()),
+                content_type: "application/pdf".into(),
+                size: 9
+            }]
         );
         let a = m.attachment(0).unwrap();
         assert_eq!(a.bytes, b"%PDF-1.4\n");
         assert!(m.attachment(1).is_none());
         assert!(m.authentication.authenticated, "{:?}", m.authentication);
-        assert_eq!(m.authentication.dkim[0].domain.as_deref(), Some("shop.example"));
+        assert_eq!(
+            m.authentication.dkim[0].domain.as_deref(),
+            Some("shop.example")
+        );
     }
 
     #[test]
@@ -359,12 +406,23 @@ mod tests {
     fn limits() {
         assert_eq!(
             ParsedMessage::parse("x", &vec![b'a'; MAX_MESSAGE_BYTES + 1], HOST).unwrap_err(),
-            ParseError::TooLarge { size: MAX_MESSAGE_BYTES + 1, max: MAX_MESSAGE_BYTES }
+            ParseError::TooLarge {
+                size: MAX_MESSAGE_BYTES + 1,
+                max: MAX_MESSAGE_BYTES
+            }
         );
-        assert_eq!(ParsedMessage::parse("x", b"", HOST).unwrap_err(), ParseError::NotAMessage);
-        let refs: String = (0..MAX_REFERENCES + 10).map(|i| format!("<r{i}@x> ")).collect();
+        assert_eq!(
+            ParsedMessage::parse("x", b"", HOST).unwrap_err(),
+            ParseError::NotAMessage
+        );
+        let refs: String = (0..MAX_REFERENCES + 10)
+            .map(|i| format!("<r{i}@x> "))
+            .collect();
         let m = parse(&format!("From: a@b.example\r\nReferences: {refs}\r\n\r\nx"));
         assert_eq!(m.references.len(), MAX_REFERENCES);
-        assert_eq!(m.references.last().map(String::as_str), Some(&*format!("<r{}@x>", MAX_REFERENCES + 9)));
+        assert_eq!(
+            m.references.last().map(String::as_str),
+            Some(&*format!("<r{}@x>", MAX_REFERENCES + 9))
+        );
     }
 }

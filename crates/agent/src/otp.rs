@@ -47,6 +47,12 @@ pub const NUMERIC_CODE_DIGITS: std::ops::RangeInclusive<usize> = 4..=8;
 pub const ALNUM_CODE_CHARS: std::ops::RangeInclusive<usize> = 6..=12;
 /// Shortest token a magic link must carry (letters and digits mixed).
 pub const MIN_LINK_TOKEN: usize = 12;
+/// Code findings kept per message before merging (bounds the work on hostile input).
+pub const MAX_FINDINGS: usize = 256;
+/// How far before a code (characters, same line) a keyword is looked for.
+const CONTEXT_BEFORE: usize = 120;
+/// How far after a code (characters, same line) a keyword is looked for.
+const CONTEXT_AFTER: usize = 60;
 /// The top-level confidence of an ambiguous result is at most this.
 pub const AMBIGUOUS_CONFIDENCE_CAP: f64 = 0.5;
 
@@ -97,7 +103,10 @@ pub struct Candidate {
 impl Candidate {
     /// The code or the link.
     pub fn value(&self) -> &str {
-        self.code.as_deref().or(self.link.as_deref()).unwrap_or_default()
+        self.code
+            .as_deref()
+            .or(self.link.as_deref())
+            .unwrap_or_default()
     }
 }
 
@@ -132,11 +141,17 @@ pub struct Otp {
 pub fn extract(message: &ParsedMessage) -> Option<Otp> {
     let candidates = candidates(message);
     let best = candidates.first()?.clone();
-    let codes = candidates.iter().filter(|c| c.kind != OtpKind::MagicLink).count();
+    let codes = candidates
+        .iter()
+        .filter(|c| c.kind != OtpKind::MagicLink)
+        .count();
     let links = candidates.len() - codes;
     let ambiguous = if codes > 0 { codes > 1 } else { links > 1 };
-    let confidence =
-        if ambiguous { best.confidence.min(AMBIGUOUS_CONFIDENCE_CAP) } else { best.confidence };
+    let confidence = if ambiguous {
+        best.confidence.min(AMBIGUOUS_CONFIDENCE_CAP)
+    } else {
+        best.confidence
+    };
     Some(Otp {
         code: best.code.clone(),
         link: best.link.clone(),
@@ -170,15 +185,25 @@ pub fn candidates_in(
     let subject = subject.map(|s| Scan::new(&s.replace(['\r', '\n'], " ")));
     let text = text.map(Scan::new);
     let html = html_text.map(Scan::new);
-    let subject_strong = subject.as_ref().is_some_and(|s| s.hits.iter().any(|h| h.class == Class::Strong));
+    let subject_strong = subject
+        .as_ref()
+        .is_some_and(|s| s.hits.iter().any(|h| h.class == Class::Strong));
     let doc_keyword = [&subject, &text, &html]
         .iter()
         .filter_map(|s| s.as_ref())
-        .any(|s| s.hits.iter().any(|h| matches!(h.class, Class::Strong | Class::Weak)));
+        .any(|s| {
+            s.hits
+                .iter()
+                .any(|h| matches!(h.class, Class::Strong | Class::Weak))
+        });
 
     let mut found: Vec<Found> = Vec::new();
     if doc_keyword {
-        for (scan, source) in [(&subject, Source::Subject), (&text, Source::Text), (&html, Source::Html)] {
+        for (scan, source) in [
+            (&subject, Source::Subject),
+            (&text, Source::Text),
+            (&html, Source::Html),
+        ] {
             if let Some(scan) = scan {
                 scan.codes(source, subject_strong, &mut found);
             }
@@ -191,7 +216,11 @@ pub fn candidates_in(
         .map(|l| (l.url.clone(), l.text.clone(), Source::Html))
         .collect();
     if let Some(t) = &text {
-        link_inputs.extend(t.urls.iter().map(|(u, ctx)| (u.clone(), ctx.clone(), Source::Text)));
+        link_inputs.extend(
+            t.urls
+                .iter()
+                .map(|(u, ctx)| (u.clone(), ctx.clone(), Source::Text)),
+        );
     }
     link_inputs.truncate(MAX_LINKS_CHECKED);
     let mut link_found = Vec::new();
@@ -269,7 +298,11 @@ fn round2(x: f64) -> f64 {
 
 fn shorten(s: &str) -> String {
     let s: String = s.split_whitespace().collect::<Vec<_>>().join(" ");
-    if s.chars().count() <= 120 { s } else { s.chars().take(117).chain("...".chars()).collect() }
+    if s.chars().count() <= 120 {
+        s
+    } else {
+        s.chars().take(117).chain("...".chars()).collect()
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -556,34 +589,120 @@ const KEYWORDS: &[(&str, Class, bool, bool)] = {
 
 /// Words a magic link's target or anchor text uses.
 const LINK_WORDS: &[&str] = &[
-    "verif", "confirm", "activat", "validat", "magic", "login", "log in", "log-in", "signin",
-    "sign in", "sign-in", "sign_in", "auth", "token", "otp", "passwordless", "bestätig",
-    "bestaetig", "anmelden", "aktivier", "vérifi", "connecter", "connexion", "activer",
-    "iniciar sesión", "activar", "确认", "验证", "登录", "激活", "確認", "認証", "ログイン",
-    "有効", "인증", "로그인",
+    "verif",
+    "confirm",
+    "activat",
+    "validat",
+    "magic",
+    "login",
+    "log in",
+    "log-in",
+    "signin",
+    "sign in",
+    "sign-in",
+    "sign_in",
+    "auth",
+    "token",
+    "otp",
+    "passwordless",
+    "bestätig",
+    "bestaetig",
+    "anmelden",
+    "aktivier",
+    "vérifi",
+    "connecter",
+    "connexion",
+    "activer",
+    "iniciar sesión",
+    "activar",
+    "确认",
+    "验证",
+    "登录",
+    "激活",
+    "確認",
+    "認証",
+    "ログイン",
+    "有効",
+    "인증",
+    "로그인",
 ];
 /// Link targets that are never a magic link.
 const BAD_URL: &[&str] = &[
-    "unsubscribe", "optout", "opt-out", "opt_out", "privacy", "/terms", "/legal", "/help",
-    "/support", "support.", "/faq", "/contact", "/about", "preferences", "/policies",
-    "mailto:", "/blog", "facebook.com", "twitter.com", "//x.com", "linkedin.com",
-    "instagram.com", "youtube.com", "tiktok.com", "apps.apple.com", "play.google.com",
-    "webversion", "view-in-browser", "viewonline", "list-manage.com", "abmelden", "desinscri",
-    "désinscri", "desabonn", "baja", "/track/open", ".png", ".jpg", ".gif",
+    "unsubscribe",
+    "optout",
+    "opt-out",
+    "opt_out",
+    "privacy",
+    "/terms",
+    "/legal",
+    "/help",
+    "/support",
+    "support.",
+    "/faq",
+    "/contact",
+    "/about",
+    "preferences",
+    "/policies",
+    "mailto:",
+    "/blog",
+    "facebook.com",
+    "twitter.com",
+    "//x.com",
+    "linkedin.com",
+    "instagram.com",
+    "youtube.com",
+    "tiktok.com",
+    "apps.apple.com",
+    "play.google.com",
+    "webversion",
+    "view-in-browser",
+    "viewonline",
+    "list-manage.com",
+    "abmelden",
+    "desinscri",
+    "désinscri",
+    "desabonn",
+    "baja",
+    "/track/open",
+    ".png",
+    ".jpg",
+    ".gif",
 ];
 /// Anchor texts that are never a magic link.
 const BAD_TEXT: &[&str] = &[
-    "unsubscribe", "abmelden", "désabonner", "désinscri", "desinscri", "darse de baja",
-    "cancelar suscripción", "privacy", "datenschutz", "confidentialité", "privacidad", "terms",
-    "view in browser", "im browser", "view online", "en ligne", "preferences", "einstellungen",
-    "退订", "取消订阅", "配信停止", "隐私", "プライバシー", "help", "hilfe", "aide", "ayuda",
+    "unsubscribe",
+    "abmelden",
+    "désabonner",
+    "désinscri",
+    "desinscri",
+    "darse de baja",
+    "cancelar suscripción",
+    "privacy",
+    "datenschutz",
+    "confidentialité",
+    "privacidad",
+    "terms",
+    "view in browser",
+    "im browser",
+    "view online",
+    "en ligne",
+    "preferences",
+    "einstellungen",
+    "退订",
+    "取消订阅",
+    "配信停止",
+    "隐私",
+    "プライバシー",
+    "help",
+    "hilfe",
+    "aide",
+    "ayuda",
 ];
 
 const CURRENCY_SYMBOLS: &[char] = &['$', '€', '£', '¥', '₹', '₩', '₽', '¢', '元', '円'];
 const UNIT_WORDS: &[&str] = &[
-    "usd", "eur", "gbp", "chf", "jpy", "cny", "rmb", "kr", "sek", "nok", "dkk", "pln", "inr",
-    "am", "pm", "uhr", "h", "hrs", "min", "mins", "minutes", "minuten", "kg", "km", "mb", "gb",
-    "px",
+    "usd", "eur", "gbp", "chf", "jpy", "cny", "rmb", "kr", "sek", "nok", "dkk", "pln", "inr", "am",
+    "pm", "uhr", "h", "hrs", "min", "mins", "minutes", "minuten", "kg", "km", "mb", "gb", "px",
 ];
 
 fn is_cjk(c: char) -> bool {
@@ -623,6 +742,8 @@ struct Scan {
     urls: Vec<(String, String)>,
     /// Start index of each line.
     line_starts: Vec<usize>,
+    /// Lines holding a promotion keyword.
+    promo_lines: Vec<bool>,
 }
 
 fn normalize(s: &str) -> Vec<char> {
@@ -637,7 +758,9 @@ fn normalize(s: &str) -> Vec<char> {
             }
             '\u{a0}' | '\u{2000}'..='\u{200a}' | '\u{202f}' | '\u{205f}' | '\u{3000}' => ' ',
             '\u{2010}'..='\u{2015}' | '\u{2212}' | '\u{fe63}' | '\u{ff0d}' => '-',
-            '\u{200b}' | '\u{200c}' | '\u{200d}' | '\u{2060}' | '\u{feff}' | '\u{ad}' | '\r' => continue,
+            '\u{200b}' | '\u{200c}' | '\u{200d}' | '\u{2060}' | '\u{feff}' | '\u{ad}' | '\r' => {
+                continue;
+            }
             MASK => ' ',
             c => c,
         };
@@ -650,21 +773,58 @@ impl Scan {
     fn new(s: &str) -> Scan {
         let mut chars = normalize(s);
         let urls = mask_urls_and_addresses(&mut chars);
-        let lower: Vec<char> =
-            chars.iter().map(|c| c.to_lowercase().next().unwrap_or(*c)).collect();
+        let lower: Vec<char> = chars
+            .iter()
+            .map(|c| c.to_lowercase().next().unwrap_or(*c))
+            .collect();
         let hits = find_keywords(&lower);
         let mut line_starts = vec![0];
-        line_starts.extend(chars.iter().enumerate().filter(|(_, c)| **c == '\n').map(|(i, _)| i + 1));
-        Scan { chars, lower, hits, urls, line_starts }
+        line_starts.extend(
+            chars
+                .iter()
+                .enumerate()
+                .filter(|(_, c)| **c == '\n')
+                .map(|(i, _)| i + 1),
+        );
+        let mut promo_lines = vec![false; line_starts.len()];
+        for h in hits.iter().filter(|h| h.class == Class::Promo) {
+            let line = line_starts
+                .partition_point(|&s| s <= h.start)
+                .saturating_sub(1);
+            promo_lines[line] = true;
+        }
+        Scan {
+            chars,
+            lower,
+            hits,
+            urls,
+            line_starts,
+            promo_lines,
+        }
+    }
+
+    /// The hits lying within `[from, to)` (hits are sorted and do not overlap).
+    fn hits_in(&self, from: usize, to: usize) -> &[Hit] {
+        let a = self.hits.partition_point(|h| h.start < from);
+        let mut b = self.hits.partition_point(|h| h.start < to);
+        while b > a && self.hits[b - 1].end > to {
+            b -= 1;
+        }
+        &self.hits[a..b.max(a)]
     }
 
     fn line_of(&self, pos: usize) -> usize {
-        self.line_starts.partition_point(|&s| s <= pos).saturating_sub(1)
+        self.line_starts
+            .partition_point(|&s| s <= pos)
+            .saturating_sub(1)
     }
 
     fn line_bounds(&self, line: usize) -> (usize, usize) {
         let start = self.line_starts[line];
-        let end = self.line_starts.get(line + 1).map_or(self.chars.len(), |n| n - 1);
+        let end = self
+            .line_starts
+            .get(line + 1)
+            .map_or(self.chars.len(), |n| n - 1);
         (start, end)
     }
 
@@ -703,7 +863,13 @@ impl Scan {
 
     /// Reads the chain of digit groups starting at `s`; records a candidate if
     /// it is one. Returns where scanning continues.
-    fn numeric_at(&self, s: usize, source: Source, subject_strong: bool, out: &mut Vec<Found>) -> usize {
+    fn numeric_at(
+        &self,
+        s: usize,
+        source: Source,
+        subject_strong: bool,
+        out: &mut Vec<Found>,
+    ) -> usize {
         let ch = &self.chars;
         let n = ch.len();
         let mut groups: Vec<(usize, usize)> = Vec::new();
@@ -744,25 +910,63 @@ impl Scan {
             return end;
         }
         let equal = lens.iter().all(|l| *l == lens[0]);
-        let value = || groups.iter().map(|&(a, b)| self.text(a, b)).collect::<String>();
+        let value = || {
+            groups
+                .iter()
+                .map(|&(a, b)| self.text(a, b))
+                .collect::<String>()
+        };
         if groups.len() == 1 {
             if NUMERIC_CODE_DIGITS.contains(&total) {
                 let year = total == 4
-                    && self.text(s, end).parse::<u32>().is_ok_and(|y| (1900..=2099).contains(&y));
-                self.judge(s, end, value(), OtpKind::NumericCode, year, source, subject_strong, out);
+                    && self
+                        .text(s, end)
+                        .parse::<u32>()
+                        .is_ok_and(|y| (1900..=2099).contains(&y));
+                self.judge(
+                    s,
+                    end,
+                    value(),
+                    OtpKind::NumericCode,
+                    year,
+                    source,
+                    subject_strong,
+                    out,
+                );
             }
         } else if NUMERIC_CODE_DIGITS.contains(&total)
             && ((lens[0] == 1 && equal && groups.len() >= 4)
                 || (equal && (2..=4).contains(&lens[0]) && groups.len() <= 3))
         {
-            self.judge(s, end, value(), OtpKind::NumericCode, false, source, subject_strong, out);
+            self.judge(
+                s,
+                end,
+                value(),
+                OtpKind::NumericCode,
+                false,
+                source,
+                subject_strong,
+                out,
+            );
         } else if groups.len() == 2 && seps[0] == ' ' {
             // Two unrelated numbers side by side: judge each on its own.
             for &(a, b) in &groups {
                 if NUMERIC_CODE_DIGITS.contains(&(b - a)) && self.clean_number_edges(a, b) {
                     let year = b - a == 4
-                        && self.text(a, b).parse::<u32>().is_ok_and(|y| (1900..=2099).contains(&y));
-                    self.judge(a, b, self.text(a, b), OtpKind::NumericCode, year, source, subject_strong, out);
+                        && self
+                            .text(a, b)
+                            .parse::<u32>()
+                            .is_ok_and(|y| (1900..=2099).contains(&y));
+                    self.judge(
+                        a,
+                        b,
+                        self.text(a, b),
+                        OtpKind::NumericCode,
+                        year,
+                        source,
+                        subject_strong,
+                        out,
+                    );
                 }
             }
         }
@@ -810,8 +1014,12 @@ impl Scan {
         }
         let next_word = self.word_after(e);
         let prev_word = self.word_before(s);
-        !(next_word.as_deref().is_some_and(|w| UNIT_WORDS.contains(&w))
-            || prev_word.as_deref().is_some_and(|w| ["usd", "eur", "gbp", "chf", "rs", "inr", "us$"].contains(&w)))
+        !(next_word
+            .as_deref()
+            .is_some_and(|w| UNIT_WORDS.contains(&w))
+            || prev_word
+                .as_deref()
+                .is_some_and(|w| ["usd", "eur", "gbp", "chf", "rs", "inr", "us$"].contains(&w)))
     }
 
     /// The word right after `e` (one space allowed), lowercased.
@@ -844,13 +1052,22 @@ impl Scan {
     /// allowed) at `s`; when it has the shape of a code, judges it and returns
     /// its end. `None` when it is not code-shaped (the numeric scan may still
     /// find a code inside, e.g. `G-123456`).
-    fn alnum_at(&self, s: usize, source: Source, subject_strong: bool, out: &mut Vec<Found>) -> Option<usize> {
+    fn alnum_at(
+        &self,
+        s: usize,
+        source: Source,
+        subject_strong: bool,
+        out: &mut Vec<Found>,
+    ) -> Option<usize> {
         let ch = &self.chars;
         let n = ch.len();
         let mut end = s;
         while end < n
             && (ch[end].is_ascii_alphanumeric()
-                || (ch[end] == '-' && end > s && end + 1 < n && ch[end + 1].is_ascii_alphanumeric()))
+                || (ch[end] == '-'
+                    && end > s
+                    && end + 1 < n
+                    && ch[end + 1].is_ascii_alphanumeric()))
         {
             end += 1;
         }
@@ -883,7 +1100,16 @@ impl Scan {
             || (end + 1 < n && ch[end] == '.' && is_word(ch[end + 1]));
         if !(glued_before || glued_after) {
             let value: String = token.iter().collect();
-            self.judge(s, end, value, OtpKind::AlphanumericCode, false, source, subject_strong, out);
+            self.judge(
+                s,
+                end,
+                value,
+                OtpKind::AlphanumericCode,
+                false,
+                source,
+                subject_strong,
+                out,
+            );
         }
         Some(end)
     }
@@ -902,23 +1128,24 @@ impl Scan {
         subject_strong: bool,
         out: &mut Vec<Found>,
     ) {
-        let line = self.line_of(s);
-        let (ls, le) = self.line_bounds(line);
-        let on_line = |h: &&Hit| h.start >= ls && h.end <= le;
-        if self.hits.iter().filter(on_line).any(|h| h.class == Class::Promo) {
+        if out.len() >= MAX_FINDINGS {
             return;
         }
+        let line = self.line_of(s);
+        let (ls, le) = self.line_bounds(line);
+        if self.promo_lines.get(line).copied().unwrap_or(false) {
+            return;
+        }
+        let decisive = |h: &&Hit| matches!(h.class, Class::Strong | Class::Negative);
         let nearest_before = self
-            .hits
+            .hits_in(ls.max(s.saturating_sub(CONTEXT_BEFORE)), s)
             .iter()
-            .filter(on_line)
-            .filter(|h| h.end <= s && matches!(h.class, Class::Strong | Class::Negative))
+            .filter(decisive)
             .max_by_key(|h| h.end);
         let nearest_after = self
-            .hits
+            .hits_in(e, le.min(e + CONTEXT_AFTER))
             .iter()
-            .filter(on_line)
-            .filter(|h| h.start >= e && h.start - e <= 60 && matches!(h.class, Class::Strong | Class::Negative))
+            .filter(decisive)
             .min_by_key(|h| h.start);
         let standalone = self.standalone(s, e);
 
@@ -971,7 +1198,7 @@ impl Scan {
             value,
             confidence: round2(score.min(0.99)),
             source,
-            context: shorten(&self.text(ls, le)),
+            context: shorten(&self.text(ls.max(s.saturating_sub(80)), le.min(e + 60))),
         });
     }
 
@@ -980,7 +1207,7 @@ impl Scan {
     fn previous_lines_class(&self, line: usize) -> Option<Class> {
         let mut seen = 0;
         let mut l = line;
-        while l > 0 && seen < 2 {
+        while l > 0 && seen < 2 && line - l < 8 {
             l -= 1;
             let (ls, le) = self.line_bounds(l);
             if self.chars[ls..le].iter().all(|c| c.is_whitespace()) {
@@ -988,9 +1215,8 @@ impl Scan {
             }
             seen += 1;
             let last = self
-                .hits
+                .hits_in(ls.max(le.saturating_sub(CONTEXT_BEFORE)), le)
                 .iter()
-                .filter(|h| h.start >= ls && h.end <= le)
                 .filter(|h| matches!(h.class, Class::Strong | Class::Negative | Class::Promo))
                 .max_by_key(|h| h.end);
             if let Some(h) = last {
@@ -1005,24 +1231,75 @@ impl Scan {
 /// (`: `, ` is `, ` ist `, `是`, …).
 fn is_filler(gap: &str) -> bool {
     const WORDS: &[&str] = &[
-        "is", "ist", "est", "es", "lautet", "är", "er", "è", "é", "é:", "here", "below", "will",
-        "be", "your", "you", "to", "the", "lautet:", "de", "la", "le", "el", "votre", "tu", "su",
-        "ihr", "dein", "번호", "를", "은", "는", "입니다",
+        "is",
+        "ist",
+        "est",
+        "es",
+        "lautet",
+        "är",
+        "er",
+        "è",
+        "é",
+        "é:",
+        "here",
+        "below",
+        "will",
+        "be",
+        "your",
+        "you",
+        "to",
+        "the",
+        "lautet:",
+        "de",
+        "la",
+        "le",
+        "el",
+        "votre",
+        "tu",
+        "su",
+        "ihr",
+        "dein",
+        "번호",
+        "를",
+        "은",
+        "는",
+        "입니다",
     ];
     gap.split(|c: char| c.is_whitespace() || ":：=-–#*\"'()[]【】»«.,是为為は：\t".contains(c))
         .filter(|w| !w.is_empty())
         .all(|w| WORDS.contains(&w))
 }
 
+type CompiledKeyword = (Vec<char>, Class, bool, bool);
+
+/// [`KEYWORDS`] as char vectors, indexed by their first char (built once).
+fn keyword_index() -> &'static std::collections::HashMap<char, Vec<CompiledKeyword>> {
+    static INDEX: std::sync::OnceLock<std::collections::HashMap<char, Vec<CompiledKeyword>>> =
+        std::sync::OnceLock::new();
+    INDEX.get_or_init(|| {
+        let mut index: std::collections::HashMap<char, Vec<CompiledKeyword>> = Default::default();
+        for (k, class, suffix, stem) in KEYWORDS {
+            let chars: Vec<char> = k.chars().collect();
+            if let Some(first) = chars.first() {
+                index
+                    .entry(*first)
+                    .or_default()
+                    .push((chars, *class, *suffix, *stem));
+            }
+        }
+        index
+    })
+}
+
 fn find_keywords(lower: &[char]) -> Vec<Hit> {
     let mut hits = Vec::new();
     let n = lower.len();
-    let compiled: Vec<(Vec<char>, Class, bool, bool)> =
-        KEYWORDS.iter().map(|(k, c, suffix, stem)| (k.chars().collect(), *c, *suffix, *stem)).collect();
     for i in 0..n {
-        let c0 = lower[i];
-        for (k, class, suffix_ok, stem) in &compiled {
-            if k[0] != c0 || i + k.len() > n || lower[i..i + k.len()] != k[..] {
+        let Some(candidates) = keyword_index().get(&lower[i]) else {
+            continue;
+        };
+        for (k, class, suffix_ok, stem) in candidates {
+            if i + k.len() > n || lower[i..i + k.len()] != k[..] {
                 continue;
             }
             let e = i + k.len();
@@ -1043,17 +1320,25 @@ fn find_keywords(lower: &[char]) -> Vec<Hit> {
                         end += 1;
                     }
                 }
-                hits.push(Hit { start: i, end, class: *class });
+                hits.push(Hit {
+                    start: i,
+                    end,
+                    class: *class,
+                });
             }
         }
     }
     // A code word right after a negative one ("zip code", "QR-Code", "promo
     // code", "Tracking-Code") is part of that negative name.
-    let snapshot = hits.clone();
+    let mut negative_ends: Vec<usize> = hits
+        .iter()
+        .filter(|p| matches!(p.class, Class::Negative | Class::Promo))
+        .map(|p| p.end)
+        .collect();
+    negative_ends.sort_unstable();
     for h in hits.iter_mut().filter(|h| h.class == Class::Strong) {
-        if snapshot.iter().any(|p| {
-            matches!(p.class, Class::Negative | Class::Promo) && p.end <= h.start && h.start - p.end <= 1
-        }) {
+        let from = negative_ends.partition_point(|&end| end < h.start.saturating_sub(1));
+        if negative_ends.get(from).is_some_and(|&end| end <= h.start) {
             h.class = Class::Negative;
         }
     }
@@ -1075,7 +1360,11 @@ fn mask_urls_and_addresses(chars: &mut [char]) -> Vec<(String, String)> {
     let n = chars.len();
     let mut urls = Vec::new();
     let lower: Vec<char> = chars.iter().map(|c| c.to_ascii_lowercase()).collect();
-    let starts_with = |i: usize, p: &str| p.chars().enumerate().all(|(k, pc)| lower.get(i + k) == Some(&pc));
+    let starts_with = |i: usize, p: &str| {
+        p.chars()
+            .enumerate()
+            .all(|(k, pc)| lower.get(i + k) == Some(&pc))
+    };
     let is_url_char = |c: char| !c.is_whitespace() && !"<>\"'`".contains(c) && !is_cjk(c);
     let mut spans = Vec::new();
     let mut i = 0;
@@ -1114,14 +1403,23 @@ fn mask_urls_and_addresses(chars: &mut [char]) -> Vec<(String, String)> {
     for (s, e, is_url) in spans {
         if is_url && urls.len() < MAX_LINKS_CHECKED {
             let url: String = chars[s..e].iter().collect();
-            let ls = chars[..s].iter().rposition(|c| *c == '\n').map_or(0, |p| p + 1);
+            let ls = chars[..s]
+                .iter()
+                .rposition(|c| *c == '\n')
+                .map_or(0, |p| p + 1);
             // The line before too: "Confirm your address:\nhttps://…".
             let ls = if chars[ls..s].iter().all(|c| c.is_whitespace()) && ls > 0 {
-                chars[..ls - 1].iter().rposition(|c| *c == '\n').map_or(0, |p| p + 1)
+                chars[..ls - 1]
+                    .iter()
+                    .rposition(|c| *c == '\n')
+                    .map_or(0, |p| p + 1)
             } else {
                 ls
             };
-            let le = chars[e..].iter().position(|c| *c == '\n').map_or(n, |p| e + p);
+            let le = chars[e..]
+                .iter()
+                .position(|c| *c == '\n')
+                .map_or(n, |p| e + p);
             let mut ctx: String = chars[ls..s].iter().collect();
             ctx.push(' ');
             ctx.extend(chars[e..le].iter());
@@ -1141,11 +1439,8 @@ fn link_score(url: &str, anchor: &str, doc_keyword: bool) -> Option<f64> {
     let lower = url.to_lowercase();
     let (scheme, rest) = lower.split_once("://")?;
     if scheme != "http" && scheme != "https" {
-        if !lower.starts_with("www.") {
-            return None;
-        }
+        return None;
     }
-    let rest = if scheme == "http" || scheme == "https" { rest } else { &lower };
     if BAD_URL.iter().any(|b| lower.contains(b)) {
         return None;
     }
@@ -1225,7 +1520,10 @@ mod tests {
 
     #[test]
     fn standalone_below_keyword() {
-        assert_eq!(codes("Use this verification code:\n\n   482913\n\nThanks"), ["482913"]);
+        assert_eq!(
+            codes("Use this verification code:\n\n   482913\n\nThanks"),
+            ["482913"]
+        );
         assert!(codes("Your order:\n\n482913\n").is_empty());
     }
 
@@ -1268,12 +1566,43 @@ mod tests {
     #[test]
     fn links() {
         let l = |url: &str, text: &str| {
-            candidates_in(Some("Confirm your email"), None, None, &[Link { url: url.into(), text: text.into() }])
+            candidates_in(
+                Some("Confirm your email"),
+                None,
+                None,
+                &[Link {
+                    url: url.into(),
+                    text: text.into(),
+                }],
+            )
         };
-        assert_eq!(l("https://app.example/verify?token=ab12cd34ef56gh78", "Verify email").len(), 1);
-        assert_eq!(l("https://app.example/x/ab12cd34ef56gh78", "Confirm my account").len(), 1);
-        assert!(l("https://app.example/unsubscribe?u=ab12cd34ef56gh78", "Verify").is_empty());
-        assert!(l("https://app.example/verify", "Verify email").is_empty(), "no token");
+        assert_eq!(
+            l(
+                "https://app.example/verify?token=ab12cd34ef56gh78",
+                "Verify email"
+            )
+            .len(),
+            1
+        );
+        assert_eq!(
+            l(
+                "https://app.example/x/ab12cd34ef56gh78",
+                "Confirm my account"
+            )
+            .len(),
+            1
+        );
+        assert!(
+            l(
+                "https://app.example/unsubscribe?u=ab12cd34ef56gh78",
+                "Verify"
+            )
+            .is_empty()
+        );
+        assert!(
+            l("https://app.example/verify", "Verify email").is_empty(),
+            "no token"
+        );
         assert!(l("https://app.example/blog/ab12cd34ef56gh78", "Read more").is_empty());
         assert!(l("mailto:x@y.example", "Verify").is_empty());
     }
@@ -1282,18 +1611,42 @@ mod tests {
     fn text_links() {
         let c = candidates_in(
             Some("Sign in to Acme"),
-            Some("Click to sign in:\nhttps://acme.example/magic/Zx81kLq0Pw92mNb7\n\nUnsubscribe: https://acme.example/unsubscribe/Zx81kLq0Pw92mNb7"),
+            Some(
+                "Click to sign in:\nhttps://acme.example/magic/Zx81kLq0Pw92mNb7\n\nUnsubscribe: https://acme.example/unsubscribe/Zx81kLq0Pw92mNb7",
+            ),
             None,
             &[],
         );
         assert_eq!(c.len(), 1, "{c:?}");
-        assert_eq!(c[0].link.as_deref(), Some("https://acme.example/magic/Zx81kLq0Pw92mNb7"));
+        assert_eq!(
+            c[0].link.as_deref(),
+            Some("https://acme.example/magic/Zx81kLq0Pw92mNb7")
+        );
+    }
+
+    #[test]
+    fn hostile_input_is_bounded() {
+        // One long line and many short ones, full of keywords and codes.
+        let one_line = "code 482913 order 1234 ".repeat(MAX_SCAN_CHARS / 20);
+        let c = candidates_in(None, Some(&one_line), Some(&one_line), &[]);
+        assert_eq!(c.len(), 1, "one distinct value");
+        let many = (0..20_000)
+            .map(|i| format!("code {:06}\n", 100_000 + i))
+            .collect::<String>();
+        let c = candidates_in(Some("code"), Some(&many), None, &[]);
+        assert_eq!(c.len(), MAX_CANDIDATES);
+        let mut found = Vec::new();
+        Scan::new(&many).codes(Source::Text, true, &mut found);
+        assert_eq!(found.len(), MAX_FINDINGS);
     }
 
     #[test]
     fn scan_limits_hold() {
         let long = format!("code: {}123456", "x ".repeat(MAX_SCAN_CHARS));
         assert!(codes(&long).is_empty());
-        assert_eq!(normalize(&"a".repeat(MAX_SCAN_CHARS + 10)).len(), MAX_SCAN_CHARS);
+        assert_eq!(
+            normalize(&"a".repeat(MAX_SCAN_CHARS + 10)).len(),
+            MAX_SCAN_CHARS
+        );
     }
 }

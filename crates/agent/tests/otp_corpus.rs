@@ -4,6 +4,8 @@
 //! a failure names the file. Each message is checked as stored (CRLF) and with
 //! LF line ends.
 
+#![allow(clippy::unwrap_used)]
+
 use std::path::{Path, PathBuf};
 
 use agentkeys_agent::message::ParsedMessage;
@@ -27,8 +29,14 @@ fn emls(dir: &str) -> Vec<PathBuf> {
 }
 
 fn variants(raw: &[u8]) -> [(&'static str, Vec<u8>); 2] {
-    let lf: Vec<u8> = String::from_utf8_lossy(raw).replace("\r\n", "\n").into_bytes();
-    let lf = if std::str::from_utf8(raw).is_ok() { lf } else { raw.iter().copied().filter(|b| *b != b'\r').collect() };
+    let lf: Vec<u8> = String::from_utf8_lossy(raw)
+        .replace("\r\n", "\n")
+        .into_bytes();
+    let lf = if std::str::from_utf8(raw).is_ok() {
+        lf
+    } else {
+        raw.iter().copied().filter(|b| *b != b'\r').collect()
+    };
     [("crlf", raw.to_vec()), ("lf", lf)]
 }
 
@@ -46,7 +54,8 @@ fn kind_str(k: OtpKind) -> &'static str {
 
 /// Checks one positive message; returns what is wrong.
 fn check_positive(raw: &[u8], expected: &Value) -> Result<(), String> {
-    let m = ParsedMessage::parse("01JDCORPUS0000000000000000", raw, OUR_MX).map_err(|e| format!("parse: {e}"))?;
+    let m = ParsedMessage::parse("01JDCORPUS0000000000000000", raw, OUR_MX)
+        .map_err(|e| format!("parse: {e}"))?;
     let otp = otp::extract(&m).ok_or("no candidate")?;
     let mut errors = Vec::new();
     let want_kind = expected["kind"].as_str().unwrap_or_default();
@@ -70,7 +79,10 @@ fn check_positive(raw: &[u8], expected: &Value) -> Result<(), String> {
     if let Some(a) = expected.get("authenticated").and_then(Value::as_bool)
         && otp.authenticated != a
     {
-        errors.push(format!("authenticated {} != {a} ({})", otp.authenticated, m.authentication.basis));
+        errors.push(format!(
+            "authenticated {} != {a} ({})",
+            otp.authenticated, m.authentication.basis
+        ));
     }
     if let Some(want) = expected.get("candidates").and_then(Value::as_array) {
         let mut want: Vec<&str> = want.iter().filter_map(Value::as_str).collect();
@@ -82,11 +94,21 @@ fn check_positive(raw: &[u8], expected: &Value) -> Result<(), String> {
         }
     }
     if let Some(want) = expected.get("sources").and_then(Value::as_array) {
-        let mut want: Vec<String> = want.iter().filter_map(Value::as_str).map(str::to_owned).collect();
+        let mut want: Vec<String> = want
+            .iter()
+            .filter_map(Value::as_str)
+            .map(str::to_owned)
+            .collect();
         let mut got: Vec<String> = otp.candidates[0]
             .sources
             .iter()
-            .map(|s| serde_json::to_value(s).unwrap().as_str().unwrap().to_owned())
+            .map(|s| {
+                serde_json::to_value(s)
+                    .unwrap()
+                    .as_str()
+                    .unwrap()
+                    .to_owned()
+            })
             .collect();
         want.sort();
         got.sort();
@@ -110,7 +132,11 @@ fn check_positive(raw: &[u8], expected: &Value) -> Result<(), String> {
     if errors.is_empty() {
         Ok(())
     } else {
-        Err(format!("{} (candidates: {:?})", errors.join("; "), otp.candidates))
+        Err(format!(
+            "{} (candidates: {:?})",
+            errors.join("; "),
+            otp.candidates
+        ))
     }
 }
 
@@ -120,7 +146,9 @@ fn positive_corpus() {
     for path in emls("positive") {
         let expected_path = path.with_extension("expected.json");
         let expected: Value = match std::fs::read_to_string(&expected_path) {
-            Ok(s) => serde_json::from_str(&s).unwrap_or_else(|e| panic!("{}: {e}", name(&expected_path))),
+            Ok(s) => {
+                serde_json::from_str(&s).unwrap_or_else(|e| panic!("{}: {e}", name(&expected_path)))
+            }
             Err(_) => {
                 failures.push(format!("{}: missing {}", name(&path), name(&expected_path)));
                 continue;
@@ -133,7 +161,12 @@ fn positive_corpus() {
             }
         }
     }
-    assert!(failures.is_empty(), "{} failure(s):\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} failure(s):\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
 
 #[test]
@@ -147,13 +180,21 @@ fn negative_corpus() {
                 Ok(m) => {
                     let c = otp::candidates(&m);
                     if !c.is_empty() {
-                        failures.push(format!("{} [{variant}]: expected nothing, got {c:?}", name(&path)));
+                        failures.push(format!(
+                            "{} [{variant}]: expected nothing, got {c:?}",
+                            name(&path)
+                        ));
                     }
                 }
             }
         }
     }
-    assert!(failures.is_empty(), "{} failure(s):\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} failure(s):\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
 
 /// The corpus is not trivially small and covers what the issue names.
@@ -161,26 +202,56 @@ fn negative_corpus() {
 fn corpus_is_non_trivial() {
     let positives = emls("positive");
     let negatives = emls("negative");
-    assert!(positives.len() >= 30, "only {} positive mails", positives.len());
-    assert!(negatives.len() >= 15, "only {} negative mails", negatives.len());
+    assert!(
+        positives.len() >= 30,
+        "only {} positive mails",
+        positives.len()
+    );
+    assert!(
+        negatives.len() >= 15,
+        "only {} negative mails",
+        negatives.len()
+    );
 
     let expected: Vec<Value> = positives
         .iter()
-        .map(|p| serde_json::from_str(&std::fs::read_to_string(p.with_extension("expected.json")).unwrap()).unwrap())
+        .map(|p| {
+            serde_json::from_str(
+                &std::fs::read_to_string(p.with_extension("expected.json")).unwrap(),
+            )
+            .unwrap()
+        })
         .collect();
     let count = |f: &dyn Fn(&Value) -> bool| expected.iter().filter(|e| f(e)).count();
     assert!(count(&|e| e["kind"] == "magic_link") >= 3, "magic links");
-    assert!(count(&|e| e["kind"] == "alphanumeric_code") >= 2, "alphanumeric codes");
+    assert!(
+        count(&|e| e["kind"] == "alphanumeric_code") >= 2,
+        "alphanumeric codes"
+    );
     assert!(count(&|e| e["ambiguous"] == true) >= 1, "an ambiguous case");
-    assert!(count(&|e| e["authenticated"] == true) >= 2, "authenticated cases");
+    assert!(
+        count(&|e| e["authenticated"] == true) >= 2,
+        "authenticated cases"
+    );
 
-    let raws: Vec<String> =
-        positives.iter().map(|p| String::from_utf8_lossy(&std::fs::read(p).unwrap()).to_lowercase()).collect();
+    let raws: Vec<String> = positives
+        .iter()
+        .map(|p| String::from_utf8_lossy(&std::fs::read(p).unwrap()).to_lowercase())
+        .collect();
     let has = |needle: &str| raws.iter().filter(|r| r.contains(needle)).count();
     assert!(has("quoted-printable") >= 3, "quoted-printable mails");
-    assert!(has("content-transfer-encoding: base64") >= 3, "base64 mails");
-    assert!(has("multipart/alternative") >= 3, "multipart/alternative mails");
-    assert!(has("content-disposition: attachment") >= 1, "a mail with an attachment");
+    assert!(
+        has("content-transfer-encoding: base64") >= 3,
+        "base64 mails"
+    );
+    assert!(
+        has("multipart/alternative") >= 3,
+        "multipart/alternative mails"
+    );
+    assert!(
+        has("content-disposition: attachment") >= 1,
+        "a mail with an attachment"
+    );
     assert!(has("<td") >= 1, "an HTML table");
     for charset in ["iso-2022-jp", "gb2312", "iso-8859-1"] {
         assert!(has(charset) >= 1, "a {charset} mail");
@@ -190,11 +261,19 @@ fn corpus_is_non_trivial() {
         .iter()
         .map(|p| ParsedMessage::parse("x", &std::fs::read(p).unwrap(), OUR_MX).unwrap())
         .collect();
-    for word in ["Bestätigungscode", "code de vérification", "código de verificación", "認証コード", "验证码"] {
+    for word in [
+        "Bestätigungscode",
+        "code de vérification",
+        "código de verificación",
+        "認証コード",
+        "验证码",
+    ] {
         assert!(
-            parsed.iter().any(|m| m.text.as_deref().unwrap_or_default().contains(word)
-                || m.html_text.as_deref().unwrap_or_default().contains(word)
-                || m.subject.as_deref().unwrap_or_default().contains(word)),
+            parsed
+                .iter()
+                .any(|m| m.text.as_deref().unwrap_or_default().contains(word)
+                    || m.html_text.as_deref().unwrap_or_default().contains(word)
+                    || m.subject.as_deref().unwrap_or_default().contains(word)),
             "no mail with {word:?}"
         );
     }
