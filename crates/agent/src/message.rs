@@ -56,6 +56,28 @@ impl Mailbox {
     }
 }
 
+impl std::str::FromStr for Mailbox {
+    type Err = std::convert::Infallible;
+
+    /// `Ann <ann@example.com>`, `"Ann B." <ann@example.com>` or `ann@example.com`.
+    /// Nothing is validated here; [`crate::compose::Compose::validate`] checks
+    /// addresses before anything is sent.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        if let Some(open) = s.rfind('<')
+            && s.ends_with('>')
+        {
+            let name = s[..open].trim().trim_matches('"').trim();
+            let address = s[open + 1..s.len() - 1].trim();
+            return Ok(Mailbox {
+                name: (!name.is_empty()).then(|| name.to_owned()),
+                address: address.to_owned(),
+            });
+        }
+        Ok(Mailbox::new(s))
+    }
+}
+
 /// What an attachment is, without its bytes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct AttachmentInfo {
@@ -151,7 +173,16 @@ impl ParsedMessage {
         }
 
         let from = msg.from().and_then(|a| a.iter().find_map(mailbox));
-        let single_from = msg.from().map(|a| a.iter().count() == 1).unwrap_or(false);
+        // Exactly one From: header with exactly one mailbox, or nothing can be
+        // aligned with it (a second From: is a classic way to show one domain
+        // while DMARC judged another).
+        let from_headers = msg
+            .headers()
+            .iter()
+            .filter(|h| matches!(h.name, mail_parser::HeaderName::From))
+            .count();
+        let single_from =
+            from_headers == 1 && msg.from().map(|a| a.iter().count() == 1).unwrap_or(false);
         let list = |a: Option<&mail_parser::Address<'_>>| -> Vec<Mailbox> {
             a.map(|a| a.iter().filter_map(mailbox).collect())
                 .unwrap_or_default()
@@ -377,6 +408,30 @@ mod tests {
     }
 
     #[test]
+    fn mailbox_from_str() {
+        let m: Mailbox = "\"Ann B.\" <ann@example.com>".parse().unwrap();
+        assert_eq!(
+            m,
+            Mailbox {
+                name: Some("Ann B.".into()),
+                address: "ann@example.com".into()
+            }
+        );
+        assert_eq!(
+            "ann@example.com".parse::<Mailbox>().unwrap(),
+            Mailbox::new("ann@example.com")
+        );
+        assert_eq!(
+            "<ann@example.com>".parse::<Mailbox>().unwrap(),
+            Mailbox::new("ann@example.com")
+        );
+        assert_eq!(
+            Mailbox::new("a@Example.COM").domain().as_deref(),
+            Some("example.com")
+        );
+    }
+
+    #[test]
     fn forged_verdicts_of_another_host_are_ignored() {
         let m = parse(
             "Authentication-Results: mx.evil.example; dmarc=pass header.from=bank.example\r\n\
@@ -393,6 +448,20 @@ mod tests {
              From: x@a.example, y@b.example\r\nSubject: x\r\n\r\nbody\r\n",
         );
         assert!(!m.authentication.authenticated);
+    }
+
+    #[test]
+    fn two_from_headers_never_authenticate() {
+        let m = parse(
+            "Authentication-Results: mx.agents.localhost; dmarc=pass header.from=a.example\r\n\
+             From: x@a.example\r\nFrom: y@a.example\r\nSubject: x\r\n\r\nbody\r\n",
+        );
+        assert!(!m.authentication.authenticated);
+        let m = parse(
+            "Authentication-Results: mx.agents.localhost; dmarc=pass header.from=a.example\r\n\
+             From: x@a.example\r\nSubject: x\r\n\r\nbody\r\n",
+        );
+        assert!(m.authentication.authenticated);
     }
 
     #[test]

@@ -255,7 +255,9 @@ struct Found {
 fn merge(found: Vec<Found>) -> Vec<Candidate> {
     let mut out: Vec<Candidate> = Vec::new();
     for f in found {
-        let key = |c: &Candidate| c.kind == f.kind && c.value() == f.value;
+        // `7KQ2-X9MZ` and `7KQ2X9MZ` are one code written two ways.
+        let same = |a: &str, b: &str| a.replace('-', "") == b.replace('-', "");
+        let key = |c: &Candidate| c.kind == f.kind && same(c.value(), &f.value);
         match out.iter_mut().find(|c| key(c)) {
             Some(c) => {
                 if f.confidence > c.confidence {
