@@ -152,7 +152,17 @@ pub struct ParsedMessage {
     /// The verdicts of our MX.
     pub authentication: Authentication,
     #[serde(skip)]
-    raw: Arc<[u8]>,
+    raw: RawBytes,
+}
+
+/// The raw message; `Debug` shows its length instead of dumping every byte.
+#[derive(Clone)]
+struct RawBytes(Arc<[u8]>);
+
+impl std::fmt::Debug for RawBytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "<{} bytes>", self.0.len())
+    }
 }
 
 impl ParsedMessage {
@@ -250,19 +260,19 @@ impl ParsedMessage {
             links,
             attachments,
             authentication,
-            raw: Arc::from(raw),
+            raw: RawBytes(Arc::from(raw)),
         })
     }
 
     /// The raw bytes this view was parsed from.
     pub fn raw(&self) -> &[u8] {
-        &self.raw
+        &self.raw.0
     }
 
     /// The attachment at `index` with its decoded bytes (re-parses the raw
     /// message; `None` for an index out of range).
     pub fn attachment(&self, index: usize) -> Option<Attachment> {
-        let msg = MessageParser::default().parse(&self.raw[..])?;
+        let msg = MessageParser::default().parse(&self.raw.0[..])?;
         let part = msg.attachments().nth(index)?;
         Some(Attachment {
             info: attachment_info(index, part),
