@@ -3,9 +3,11 @@
 //!
 //! Our MX evaluates SPF, DKIM and DMARC (mail-auth 0.13) and prepends one
 //! `Authentication-Results: <our hostname>; …` header to the stored copy, after
-//! removing any that arrived claiming our hostname. So only headers whose
-//! authserv-id is our hostname carry our verdicts; every other one is ignored,
-//! and of ours the topmost (the last one our MX added) is used.
+//! removing any that arrived claiming our hostname, above everything that
+//! arrived. So the topmost `Authentication-Results` header is the one that
+//! counts, and only when its authserv-id is our hostname; every other header is
+//! ignored. (A header of ours below someone else's can only be a forgery that
+//! no MX of ours stripped, e.g. when verification was off.)
 //!
 //! `authenticated` is true when DMARC passed for the `From:` domain, or when a
 //! DKIM signature passed whose signing domain is aligned with the `From:` domain
@@ -15,8 +17,6 @@
 
 use serde::Serialize;
 
-/// `Authentication-Results` headers looked at per message.
-pub const MAX_AR_HEADERS: usize = 32;
 /// Longest header value parsed (bytes); a longer one is ignored as a whole.
 pub const MAX_AR_HEADER_LEN: usize = 16 * 1024;
 /// Method results kept per header.
@@ -91,8 +91,11 @@ pub fn parse(value: &str) -> Result<AuthResultsHeader, ArParseError> {
     let tokens = tokenize(value);
     let mut segments = tokens.split(|t| *t == Token::Semi);
     let first = segments.next().unwrap_or_default();
+    // `authserv-id [version]`: no `=` belongs there (`mx.example=x` is no id).
     let authserv_id = match first.first() {
-        Some(Token::Word(w) | Token::Quoted(w)) => normalize_domain(w),
+        Some(Token::Word(w) | Token::Quoted(w)) if !first.contains(&Token::Eq) => {
+            normalize_domain(w)
+        }
         _ => return Err(ArParseError::NoAuthservId),
     };
     if authserv_id.is_empty() {
@@ -290,7 +293,8 @@ pub struct Authentication {
 
 impl Authentication {
     /// Evaluates the raw `Authentication-Results` header values of a message,
-    /// topmost first, against our hostname and the `From:` domain.
+    /// topmost first, against our hostname and the `From:` domain: only the
+    /// topmost value is read, and only if its authserv-id is `our_hostname`.
     pub fn evaluate<'a>(
         header_values: impl IntoIterator<Item = &'a str>,
         our_hostname: &str,
@@ -299,13 +303,13 @@ impl Authentication {
         let ours = normalize_domain(our_hostname);
         let header = header_values
             .into_iter()
-            .take(MAX_AR_HEADERS)
-            .filter_map(|v| parse(v).ok())
-            .find(|h| !ours.is_empty() && h.authserv_id == ours);
+            .next()
+            .and_then(|v| parse(v).ok())
+            .filter(|h| !ours.is_empty() && h.authserv_id == ours);
         let Some(header) = header else {
             return Authentication {
                 authenticated: false,
-                basis: format!("no Authentication-Results from {ours}"),
+                basis: format!("the topmost Authentication-Results is not from {ours}"),
                 verdicts_present: false,
                 spf: None,
                 dkim: Vec::new(),
@@ -476,7 +480,7 @@ mod tests {
         let a = Authentication::evaluate([forged], "mx.agents.localhost", Some("example.com"));
         assert!(!a.authenticated && !a.verdicts_present);
         let a = Authentication::evaluate(
-            [forged, MAIL_AUTH],
+            [MAIL_AUTH, forged],
             "MX.agents.localhost.",
             Some("example.com"),
         );
@@ -527,10 +531,28 @@ mod tests {
     }
 
     #[test]
-    fn header_count_limit() {
-        let mut values = vec!["other.example; none"; MAX_AR_HEADERS];
-        values.push(MAIL_AUTH);
-        let a = Authentication::evaluate(values, "mx.agents.localhost", Some("example.com"));
+    fn ours_below_another_header_is_a_forgery() {
+        // Our MX puts its header above everything; one of "ours" below a
+        // foreign one was not written by it.
+        let a = Authentication::evaluate(
+            ["relay.example; none", MAIL_AUTH],
+            "mx.agents.localhost",
+            Some("example.com"),
+        );
+        assert!(!a.verdicts_present && !a.authenticated);
+        let a = Authentication::evaluate([], "mx.agents.localhost", Some("example.com"));
         assert!(!a.verdicts_present);
+    }
+
+    #[test]
+    fn an_id_glued_to_a_result_is_no_id() {
+        assert_eq!(
+            parse("mx.agents.localhost=x; dmarc=pass"),
+            Err(ArParseError::NoAuthservId)
+        );
+        assert_eq!(
+            parse("(c) mx.x 1 (v); dkim=pass").unwrap().authserv_id,
+            "mx.x"
+        );
     }
 }

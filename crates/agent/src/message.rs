@@ -166,8 +166,9 @@ impl std::fmt::Debug for RawBytes {
 }
 
 impl ParsedMessage {
-    /// Parses `raw`, stored under `message_id`, reading only the
-    /// `Authentication-Results` headers whose authserv-id is `our_hostname`.
+    /// Parses `raw`, stored under `message_id`. Verdicts come only from the
+    /// topmost `Authentication-Results` header, and only when its authserv-id
+    /// is `our_hostname` (the MX's host name, as it writes it).
     pub fn parse(message_id: &str, raw: &[u8], our_hostname: &str) -> Result<Self, ParseError> {
         if raw.len() > MAX_MESSAGE_BYTES {
             return Err(ParseError::TooLarge {

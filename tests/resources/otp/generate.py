@@ -402,6 +402,13 @@ def positives():
                    "Email preferences</a></p>", "html")]),
         link(url38, sources=["html", "text"]))
 
+    write("positive", "p39_ours_below_a_foreign_header", message(
+        "p39", "Cobalt Bank <alerts@cobalt.example>", "Your Cobalt security code",
+        [text_part("Your Cobalt security code is 661205.\r\n")],
+        headers=[("Authentication-Results", "relay.example; none"),
+                 ("Authentication-Results", ar_pass("cobalt.example"))]),
+        code("661205", authenticated=False))
+
 
 def negatives():
     write("negative", "n01_newsletter", message(
