@@ -137,8 +137,12 @@ pub struct Otp {
     pub candidates: Vec<Candidate>,
 }
 
+/// What [`extract`] returns: `None` when the message holds no candidate
+/// (serialized as JSON `null`).
+pub type OtpResult = Option<Otp>;
+
 /// Extracts the code or link of `message`; `None` when there is no candidate.
-pub fn extract(message: &ParsedMessage) -> Option<Otp> {
+pub fn extract(message: &ParsedMessage) -> OtpResult {
     let candidates = candidates(message);
     let best = candidates.first()?.clone();
     let codes = candidates
