@@ -13,7 +13,8 @@ use agentkeys_store::{BlobError, BlobKey, BlobStore, MetadataStore, NewOutbound,
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use crate::session::{Delivery, RecipientAnswer, RecipientQuery};
+use crate::session::{Delivery, InboundEnvelope, RecipientAnswer, RecipientQuery};
+use crate::verdicts::{prepend_header, strip_own_results};
 
 /// Why a message could not be stored. Never answered with `250`.
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +38,37 @@ pub trait OutboundSigner: Send + Sync + 'static {
     /// authenticated inbox's domain, already checked against `From:`): normalized
     /// and signed. An error refuses the message with a temporary failure.
     async fn sign(&self, sender_domain: &str, message: &[u8]) -> Result<Vec<u8>, String>;
+}
+
+/// Evaluates SPF, DKIM and DMARC for a message that arrived on the MX
+/// (`crate::MailAuthVerifier` over mail-auth in production). The SMTP crate's
+/// session only describes the envelope; the shell calls this before storing.
+///
+/// A verdict never refuses mail: an unauthenticated message is stored with its
+/// `fail`/`none` results and the agent decides what to trust. DNS trouble is a
+/// `temperror` result, never an error, so a message is never lost or rejected
+/// because a lookup failed.
+#[async_trait]
+pub trait InboundVerifier: Send + Sync + 'static {
+    /// The complete `Authentication-Results:` header field (name, RFC 8601 value,
+    /// CRLF) for `message` as it arrived with `envelope`, with `authserv_id` (our
+    /// host name) as its authserv-id.
+    async fn verify(&self, authserv_id: &str, envelope: &InboundEnvelope, message: &[u8]) -> String;
+}
+
+/// Adds the verdicts to an inbound delivery: every `Authentication-Results`
+/// header field that claims `authserv_id` and arrived with the message is removed
+/// (RFC 8601 §5: a forged "pass" from us must not survive), others are kept, and
+/// the `verifier`'s header is prepended above our `Received:`. Deliveries without
+/// an inbound envelope (submission) are returned unchanged.
+pub async fn add_verdicts(verifier: &dyn InboundVerifier, authserv_id: &str, mut delivery: Delivery) -> Delivery {
+    let Some(envelope) = &delivery.inbound else {
+        return delivery;
+    };
+    let header = verifier.verify(authserv_id, envelope, &delivery.message).await;
+    let stripped = strip_own_results(&delivery.message, authserv_id);
+    delivery.message = prepend_header(&header, &stripped).into();
+    delivery
 }
 
 /// Answers a [`RecipientQuery`]: is the domain hosted, and if so, which inbox is it.

@@ -176,6 +176,17 @@ pub struct Outbound {
     pub recipients: Vec<String>,
 }
 
+/// How a message reached the MX: what SPF and DMARC evaluate besides the message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InboundEnvelope {
+    /// The connecting client's address.
+    pub client_ip: IpAddr,
+    /// The `HELO`/`EHLO` name as sent (printable, comment characters replaced).
+    pub helo: String,
+    /// The `MAIL FROM` address; empty for the null sender `<>`.
+    pub mail_from: String,
+}
+
 /// A message ready to be stored, with its routing taken from the envelope only.
 #[derive(Debug, Clone)]
 pub struct Delivery {
@@ -189,6 +200,9 @@ pub struct Delivery {
     pub local: Vec<LocalRecipient>,
     /// Remote recipients (submission only).
     pub outbound: Option<Outbound>,
+    /// The envelope of a message that arrived on the MX (`None` for submission),
+    /// for the authentication verdicts ([`crate::InboundVerifier`]).
+    pub inbound: Option<InboundEnvelope>,
 }
 
 /// One transfer of message data (`DATA`, a `BDAT` chunk, or a drained one).
@@ -264,6 +278,8 @@ enum Sender {
 
 struct Transaction {
     sender: Sender,
+    /// The `MAIL FROM` address as given (empty for `<>`).
+    mail_from: String,
     local: Vec<LocalRecipient>,
     bdat: bool,
 }
@@ -762,6 +778,7 @@ impl Session {
         };
         self.tx = Some(Transaction {
             sender,
+            mail_from: from.address.to_string(),
             local: Vec::new(),
             bdat: false,
         });
@@ -924,12 +941,22 @@ impl Session {
             self.now.unix_secs(),
         );
         message.splice(0..0, header.bytes());
-        let outbound = match tx.sender {
-            Sender::Inbound => None,
-            Sender::Submission { proof, remote } => (!remote.is_empty()).then_some(Outbound {
-                sender: proof,
-                recipients: remote,
-            }),
+        let (outbound, inbound) = match tx.sender {
+            Sender::Inbound => (
+                None,
+                Some(InboundEnvelope {
+                    client_ip: self.peer,
+                    helo: helo.to_owned(),
+                    mail_from: tx.mail_from,
+                }),
+            ),
+            Sender::Submission { proof, remote } => (
+                (!remote.is_empty()).then_some(Outbound {
+                    sender: proof,
+                    recipients: remote,
+                }),
+                None,
+            ),
         };
         self.state = State::Deliver(Delivery {
             id,
@@ -937,6 +964,7 @@ impl Session {
             received_at: self.now.unix_secs(),
             local: tx.local,
             outbound,
+            inbound,
         });
     }
 
