@@ -61,8 +61,8 @@ pub mod verdicts;
 mod testing;
 
 pub use acceptance::{
-    DeliveryError, InboundVerifier, OutboundSigner, add_verdicts, blob_keys, lookup_recipient, store_delivery,
-    store_delivery_signed,
+    DeliveryError, InboundVerifier, OutboundSigner, RecipientRoute, add_verdicts, blob_keys, from_header_is,
+    http_submission, lookup_recipient, route_recipient, store_delivery, store_delivery_signed,
 };
 pub use limits::*;
 pub use reply::Reply;

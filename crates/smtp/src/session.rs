@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use agentkeys_core::{
-    Address, AuthFacts, AuthFailure, Credentials, InboxStatus, KeyHasher, OwnerId, SendAuthorized,
+    Address, AuthFacts, AuthFailure, Credentials, KeyHasher, OwnerId, SendAuthorized,
     UnixTime,
 };
 use agentkeys_store::{Recipient, StoreError};
@@ -29,7 +29,7 @@ use smtp_proto::request::receiver::{BdatReceiver, DataReceiver, DummyDataReceive
 use smtp_proto::{AUTH_LOGIN, AUTH_PLAIN, MailFrom, RcptTo, Request};
 use ulid::Ulid;
 
-use crate::acceptance::DeliveryError;
+use crate::acceptance::{DeliveryError, RecipientRoute, route_recipient};
 use crate::limits::{Limits, MAX_LINE_LENGTH};
 use crate::received::{Protocol, received_header, sanitize_helo};
 use crate::reply::Reply;
@@ -146,6 +146,21 @@ pub struct RecipientQuery {
     pub domain: String,
     /// The address as an inbox id, if it is one syntactically.
     pub inbox: Option<Address>,
+}
+
+impl RecipientQuery {
+    /// The query for an envelope address (domain lowercased, a trailing dot
+    /// dropped); `None` without an `@` (`<>`, `<postmaster>`).
+    pub fn parse(address: &str) -> Option<Self> {
+        let (local, domain) = address.rsplit_once('@')?;
+        let domain = domain.trim_end_matches('.').to_lowercase();
+        let address = format!("{local}@{domain}");
+        Some(Self {
+            inbox: address.parse().ok(),
+            address,
+            domain,
+        })
+    }
 }
 
 /// The answer to a [`RecipientQuery`].
@@ -793,16 +808,9 @@ impl Session {
         if tx.recipient_count() >= self.ctx.limits.max_recipients {
             return self.reply(Reply::TooManyRecipients);
         }
-        let Some((local, domain)) = to.address.rsplit_once('@') else {
+        let Some(query) = RecipientQuery::parse(&to.address) else {
             // `<>` or `<postmaster>`: no such inbox here.
             return self.reply(Reply::UnknownRecipient);
-        };
-        let domain = domain.trim_end_matches('.').to_lowercase();
-        let address = format!("{local}@{domain}");
-        let query = RecipientQuery {
-            inbox: address.parse().ok(),
-            address,
-            domain,
         };
         if tx.has_recipient(&query) {
             return self.reply(Reply::RecipientOk);
@@ -822,36 +830,33 @@ impl Session {
             }
         };
         let inbound = !self.ctx.kind.is_submission();
-        let reply = match (result, query.inbox) {
-            (Err(err), _) => {
+        let reply = match result {
+            Err(err) => {
                 tracing::warn!(error = %err, "recipient lookup failed");
                 Reply::LookupFailed
             }
-            (Ok(RecipientAnswer::NotHosted), _) if inbound => Reply::RelayDenied,
-            (Ok(RecipientAnswer::NotHosted), _) => {
-                match self.tx.as_mut().map(|tx| &mut tx.sender) {
-                    Some(Sender::Submission { remote, .. }) => {
-                        remote.push(query.address);
-                        Reply::RecipientOk
+            Ok(answer) => match route_recipient(query, answer) {
+                RecipientRoute::Remote(_) if inbound => Reply::RelayDenied,
+                RecipientRoute::Remote(address) => {
+                    match self.tx.as_mut().map(|tx| &mut tx.sender) {
+                        Some(Sender::Submission { remote, .. }) => {
+                            remote.push(address);
+                            Reply::RecipientOk
+                        }
+                        _ => Reply::RelayDenied,
                     }
-                    _ => Reply::RelayDenied,
                 }
-            }
-            (Ok(RecipientAnswer::Hosted(None)), _)
-            | (Ok(RecipientAnswer::Hosted(Some(_))), None) => Reply::UnknownRecipient,
-            (Ok(RecipientAnswer::Hosted(Some(recipient))), Some(inbox)) => {
-                if recipient.status != InboxStatus::Active {
-                    Reply::InactiveRecipient
-                } else if let Some(tx) = self.tx.as_mut() {
-                    tx.local.push(LocalRecipient {
-                        inbox,
-                        owner: recipient.owner,
-                    });
-                    Reply::RecipientOk
-                } else {
-                    Reply::BadSequence("need MAIL before RCPT")
+                RecipientRoute::Unknown => Reply::UnknownRecipient,
+                RecipientRoute::Inactive => Reply::InactiveRecipient,
+                RecipientRoute::Local(recipient) => {
+                    if let Some(tx) = self.tx.as_mut() {
+                        tx.local.push(recipient);
+                        Reply::RecipientOk
+                    } else {
+                        Reply::BadSequence("need MAIL before RCPT")
+                    }
                 }
-            }
+            },
         };
         self.reply(reply);
     }
@@ -915,7 +920,7 @@ impl Session {
         let Some(tx) = self.tx.take() else { return };
         let mut message = mem::take(&mut self.body);
         if let Sender::Submission { proof, .. } = &tx.sender
-            && !from_header_is(&message, proof.inbox())
+            && !crate::acceptance::from_header_is(&message, proof.inbox())
         {
             return self.reply(Reply::FromHeaderNotAuthorized);
         }
@@ -1198,35 +1203,6 @@ impl Session {
         if self.auth_failures >= self.ctx.limits.max_auth_failures {
             self.close_with(Reply::TooManyAuthFailures);
         }
-    }
-}
-
-/// Whether the header section holds exactly one `From:` field with exactly one
-/// address, equal to `inbox` ignoring case.
-fn from_header_is(message: &[u8], inbox: &Address) -> bool {
-    use mail_parser::{HeaderName, HeaderValue, MessageParser};
-    let parser = MessageParser::new()
-        .header_address(HeaderName::From)
-        .default_header_ignore();
-    let Some(parsed) = parser.parse_headers(message) else {
-        return false;
-    };
-    let mut from = parsed
-        .headers()
-        .iter()
-        .filter(|h| h.name == HeaderName::From);
-    let (Some(header), None) = (from.next(), from.next()) else {
-        return false;
-    };
-    match &header.value {
-        HeaderValue::Address(mail_parser::Address::List(list)) => match list.as_slice() {
-            [only] => only
-                .address
-                .as_deref()
-                .is_some_and(|a| a.eq_ignore_ascii_case(inbox.as_str())),
-            _ => false,
-        },
-        _ => false,
     }
 }
 
