@@ -19,6 +19,9 @@ pub const PROBLEM_JSON: &str = "application/problem+json";
 pub const UNAUTHORIZED_DETAIL: &str =
     "send a valid agent key as `Authorization: Bearer ak_…`; the key is missing, malformed, unknown, revoked or expired";
 
+/// The `detail` of every send 401: the same whatever the reason.
+pub const SEND_UNAUTHORIZED_DETAIL: &str = "send with `Authorization: Bearer ak_…` of an agent whose active send grant covers this inbox; the key, the grant or the inbox does not allow it";
+
 /// Why a request failed. Each variant has one status and one stable code.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ApiError {
@@ -91,6 +94,23 @@ pub enum ApiError {
     Pairing(agentkeys_approval::PairingError),
     /// 409 `AGENT_EXISTS`: the device key's agent id belongs to another owner.
     AgentExists,
+    /// 401 `SEND_NOT_AUTHORIZED`: `POST /v1/inboxes/{address}/send` refused by the
+    /// submission AUTH order (no or malformed key, unknown, revoked or expired key,
+    /// no send grant, no such or inactive inbox, another owner's inbox, a grant
+    /// that does not cover it). One body for every reason, like SMTP's `535 5.7.8`;
+    /// the reason is logged.
+    SendUnauthorized,
+    /// 403 `FROM_NOT_AUTHORIZED`: a raw message whose `From:` is not exactly the
+    /// authenticated inbox (SMTP answers `550 5.7.1`).
+    FromNotAuthorized,
+    /// 413 `PAYLOAD_TOO_LARGE` for a message over the SMTP message size limit.
+    MessageTooLarge {
+        /// The limit in bytes.
+        limit: usize,
+    },
+    /// 415 `UNSUPPORTED_MEDIA_TYPE`: a send body that is neither
+    /// `application/json` nor `message/rfc822`.
+    UnsupportedSendMediaType,
 }
 
 /// The problem JSON body (RFC 9457) plus `code`, and `field` for input errors.
@@ -138,6 +158,10 @@ impl ApiError {
                 PairingError::ConfirmationMismatch => StatusCode::BAD_REQUEST,
             },
             Self::AgentExists => StatusCode::CONFLICT,
+            Self::SendUnauthorized => StatusCode::UNAUTHORIZED,
+            Self::FromNotAuthorized => StatusCode::FORBIDDEN,
+            Self::MessageTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UnsupportedSendMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
         }
     }
 
@@ -162,6 +186,10 @@ impl ApiError {
             Self::OwnerObjectNotFound { .. } => "NOT_FOUND",
             Self::Pairing(e) => e.code(),
             Self::AgentExists => "AGENT_EXISTS",
+            Self::SendUnauthorized => "SEND_NOT_AUTHORIZED",
+            Self::FromNotAuthorized => "FROM_NOT_AUTHORIZED",
+            Self::MessageTooLarge { .. } => "PAYLOAD_TOO_LARGE",
+            Self::UnsupportedSendMediaType => "UNSUPPORTED_MEDIA_TYPE",
         }
     }
 
@@ -186,6 +214,10 @@ impl ApiError {
             Self::Pairing(PairingError::NotFound) => "Not found",
             Self::Pairing(_) => "Pairing refused",
             Self::AgentExists => "Agent exists",
+            Self::SendUnauthorized => "Send not authorized",
+            Self::FromNotAuthorized => "From not authorized",
+            Self::MessageTooLarge { .. } => "Payload too large",
+            Self::UnsupportedSendMediaType => "Unsupported media type",
         }
     }
 
@@ -230,6 +262,16 @@ impl ApiError {
                 "this device key's agent already belongs to another owner; pair with a new device key".to_owned(),
                 None,
             ),
+            Self::SendUnauthorized => (SEND_UNAUTHORIZED_DETAIL.to_owned(), None),
+            Self::FromNotAuthorized => (
+                "the From: header must be exactly the inbox you send from (one address)".to_owned(),
+                Some("From".to_owned()),
+            ),
+            Self::MessageTooLarge { limit } => (format!("the message is over {limit} bytes"), None),
+            Self::UnsupportedSendMediaType => (
+                "send the body as Content-Type: application/json or message/rfc822".to_owned(),
+                None,
+            ),
         };
         let code = self.code();
         Problem {
@@ -252,7 +294,7 @@ impl IntoResponse for ApiError {
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         match self {
-            Self::Unauthorized => {
+            Self::Unauthorized | Self::SendUnauthorized => {
                 headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             }
             Self::OwnerUnauthorized { .. } => {

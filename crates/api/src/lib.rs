@@ -15,6 +15,7 @@
 //! | GET | `/v1/pairings/{code}` | show a pairing request (owner signature) |
 //! | POST | `/v1/pairings/{code}/approve` | approve it: the agent is created (owner signature) |
 //! | POST | `/v1/pairings/{code}/collect` | the agent collects its key (device signature, long-poll) |
+//! | POST | `/v1/inboxes/{address}/send` | send from an inbox, JSON or raw MIME: the SMTP submission path ([`send`]) |
 //!
 //! Owners sign requests with their master key (`Authorization: AgentKeys-Owner …`,
 //! see [`owner`]); the owner routes need the metadata store ([`ApiState::with_meta`]).
@@ -33,6 +34,7 @@ pub mod extract;
 pub mod openapi;
 pub mod owner;
 pub mod pairing;
+pub mod send;
 pub mod well_known;
 
 use std::sync::Arc;
@@ -68,6 +70,8 @@ pub struct ApiState {
     collect_wait: std::time::Duration,
     /// Cancelled when the server stops: waiting collects answer 202 at once.
     shutdown: tokio_util::sync::CancellationToken,
+    /// The HTTP send door (blobs, DKIM signer, hasher); without it the route answers 503.
+    send: Option<Arc<send::SendService>>,
 }
 
 impl std::fmt::Debug for ApiState {
@@ -94,7 +98,16 @@ impl ApiState {
             pairings: Arc::default(),
             collect_wait: pairing::COLLECT_WAIT,
             shutdown: tokio_util::sync::CancellationToken::new(),
+            send: None,
         }
+    }
+
+    /// The same state serving `POST /v1/inboxes/{address}/send` with `service`
+    /// (it also needs [`ApiState::with_meta`]).
+    #[must_use]
+    pub fn with_send(mut self, service: send::SendService) -> Self {
+        self.send = Some(Arc::new(service));
+        self
     }
 
     /// The same state serving the owner routes (enrollment, grants, key
@@ -183,6 +196,12 @@ fn table() -> Vec<Route> {
         route(Verb::Get, "/v1/pairings/{code}", pairing::view),
         route(Verb::Post, "/v1/pairings/{code}/approve", pairing::approve),
         route(Verb::Post, "/v1/pairings/{code}/collect", pairing::collect),
+        // A whole message: the SMTP size limit, not MAX_BODY_BYTES (the route's layer wins).
+        Route {
+            verb: Verb::Post,
+            path: "/v1/inboxes/{address}/send",
+            handler: on(Verb::Post.filter(), send::send).layer(DefaultBodyLimit::max(send::MAX_SEND_BODY_BYTES)),
+        },
     ]
 }
 

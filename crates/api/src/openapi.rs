@@ -31,6 +31,7 @@ use crate::error::Problem;
         crate::pairing::view,
         crate::pairing::approve,
         crate::pairing::collect,
+        crate::send::send,
     ),
     components(schemas(
         ReadCredentialRequest,
@@ -50,6 +51,9 @@ use crate::error::Problem;
         crate::pairing::ApprovePairingResponse,
         crate::pairing::CollectPairingRequest,
         crate::pairing::CollectPairingResponse,
+        crate::send::SendRequest,
+        crate::send::SendAttachment,
+        crate::send::SendResponse,
     )),
     modifiers(&AgentKeyAuth, &OwnerSignatureAuth),
     tags(
@@ -58,6 +62,7 @@ use crate::error::Problem;
         (name = "meta", description = "This document"),
         (name = "owner", description = "Enrollment and the owner's approval gate: requests signed with the owner's master key"),
         (name = "pairing", description = "An agent asks for an agent key with its device key; its owner approves with a signed request"),
+        (name = "mail", description = "Sending from an inbox: the same checks, DKIM signing and queue as SMTP submission"),
     )
 )]
 pub struct ApiDoc;

@@ -232,6 +232,15 @@ fn skip_comment(input: &[u8]) -> Option<&[u8]> {
 /// Folded fields are removed whole; CRLF and bare-LF line ends are both understood.
 pub fn strip_own_results(message: &[u8], authserv_id: &str) -> Vec<u8> {
     let ours = authserv_id.trim_end_matches('.').to_ascii_lowercase();
+    retain_fields(message, |name, value| {
+        !(is_results_field(name) && parse_authserv_id(value).is_some_and(|id| id == ours))
+    })
+}
+
+/// The message with only the header fields for which `keep(name, value)` holds
+/// (`name` as written before the colon, `value` after it, folding included);
+/// lines without a colon are kept. The body is never touched.
+pub fn retain_fields(message: &[u8], mut keep: impl FnMut(&[u8], &[u8]) -> bool) -> Vec<u8> {
     let mut out = Vec::with_capacity(message.len());
     let mut pos = 0;
     // Walk the header section one field (first line plus continuation lines) at a time.
@@ -247,13 +256,11 @@ pub fn strip_own_results(message: &[u8], authserv_id: &str) -> Vec<u8> {
             end = line_end(end);
         }
         let field = &message[pos..end];
-        let drop = match memchr::memchr(b':', first) {
-            Some(colon) if is_results_field(&field[..colon]) => {
-                parse_authserv_id(&field[colon + 1..]).is_some_and(|id| id == ours)
-            }
-            _ => false,
+        let kept = match memchr::memchr(b':', first) {
+            Some(colon) => keep(&field[..colon], &field[colon + 1..]),
+            None => true,
         };
-        if !drop {
+        if kept {
             out.extend_from_slice(field);
         }
         pos = end;
