@@ -42,6 +42,11 @@ pub(crate) async fn run(config: Config) -> Result<()> {
     let submission_tls = bind(config.listen_submission_tls, "listen.submission_tls / AGENTKEYS_LISTEN_SUBMISSION_TLS").await?;
     let http = bind(config.listen_http, "listen.http / AGENTKEYS_LISTEN_HTTP").await?;
 
+    let (dns_config, dns_options) = crate::dns::resolver_config(&config.dns_nameservers)?;
+    // SPF/DKIM/DMARC on the MX (crates/smtp/src/verdicts.rs), over the same DNS as delivery.
+    let verifier = agentkeys_smtp::MailAuthVerifier::new(dns_config.clone(), dns_options.clone())
+        .map_err(|e| anyhow::anyhow!("cannot set up the DNS resolver for SPF/DKIM/DMARC: {e}"))?;
+
     let mut smtp_config = SmtpConfig::new(config.hostname.clone());
     smtp_config.limits.max_message_size = config.max_message_size;
     smtp_config.max_connections = config.max_connections;
@@ -51,7 +56,8 @@ pub(crate) async fn run(config: Config) -> Result<()> {
     let server = Arc::new(
         SmtpServer::new(smtp_config, dir.meta.clone(), dir.blobs.clone(), dir.hasher.clone(), tls.config.clone())
             // DKIM-sign the queued copy of submitted mail (crates/cli/src/domain.rs).
-            .with_outbound_signer(crate::domain::DkimOutboundSigner::for_server(&dir)),
+            .with_outbound_signer(crate::domain::DkimOutboundSigner::for_server(&dir))
+            .with_inbound_verifier(Arc::new(verifier)),
     );
 
     let authority = Arc::new(dir.token_authority()?);
@@ -117,7 +123,8 @@ pub(crate) async fn run(config: Config) -> Result<()> {
                 agentkeys_delivery::Route::Mx { port } => format!("MX, port {port}"),
             }
         );
-        let resolver = agentkeys_delivery::HickoryResolver::from_system().context("cannot set up the DNS resolver")?;
+        let resolver = agentkeys_delivery::HickoryResolver::new(dns_config.clone(), dns_options.clone())
+            .context("cannot set up the DNS resolver (dns.nameservers / AGENTKEYS_DNS_NAMESERVERS)")?;
         let runner = Arc::new(agentkeys_delivery::Runner::new(
             dir.meta.clone(),
             dir.blobs.clone(),
