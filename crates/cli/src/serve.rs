@@ -53,10 +53,12 @@ pub(crate) async fn run(config: Config) -> Result<()> {
     smtp_config.max_connections_per_ip = config.max_connections_per_ip;
     smtp_config.auth_throttle_failures = config.auth_failures_per_ip;
     smtp_config.auth_throttle_window = Duration::from_secs(config.auth_failure_window_secs);
+    // One DKIM signer for both submission doors (SMTP and HTTP send).
+    let signer = crate::domain::DkimOutboundSigner::for_server(&dir);
     let server = Arc::new(
         SmtpServer::new(smtp_config, dir.meta.clone(), dir.blobs.clone(), dir.hasher.clone(), tls.config.clone())
             // DKIM-sign the queued copy of submitted mail (crates/cli/src/domain.rs).
-            .with_outbound_signer(crate::domain::DkimOutboundSigner::for_server(&dir))
+            .with_outbound_signer(signer.clone())
             .with_inbound_verifier(Arc::new(verifier)),
     );
 
@@ -90,7 +92,14 @@ pub(crate) async fn run(config: Config) -> Result<()> {
         agentkeys_api::ApiState::new(broker)
             .with_meta(dir.meta.clone())
             .with_mailroom(dir.blobs.clone())
-            .with_shutdown(shutdown.clone()),
+            .with_shutdown(shutdown.clone())
+            .with_send(agentkeys_api::send::SendService {
+                blobs: dir.blobs.clone(),
+                signer: Some(signer),
+                hasher: dir.hasher.clone(),
+                hostname: config.hostname.clone(),
+                max_message_size: config.max_message_size,
+            }),
     );
     let sessions = TaskTracker::new();
     let listeners = TaskTracker::new();
