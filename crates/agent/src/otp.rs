@@ -498,6 +498,11 @@ const KEYWORDS: &[(&str, Class, bool, bool)] = {
         ("page", Negative, false, false),
         ("step", Negative, false, false),
         ("row", Negative, false, false),
+        ("pr", Negative, false, false),
+        ("pull request", Negative, false, false),
+        ("review", Negative, false, true),
+        ("build", Negative, false, false),
+        ("release", Negative, false, false),
         // Negative: German, French, Spanish.
         ("bestell", Negative, true, true),
         ("rechnung", Negative, true, true),
@@ -807,6 +812,23 @@ impl Scan {
             line_starts,
             promo_lines,
         }
+    }
+
+    /// Whether a sentence ends within `[from, to)`: `.`, `!` or `?` followed by
+    /// a space and an upper-case letter or a digit (so `Acme Inc. is` does not
+    /// end one), or a CJK full stop. A keyword in another sentence does not
+    /// describe a number.
+    fn sentence_break(&self, from: usize, to: usize) -> bool {
+        let ch = &self.chars;
+        (from..to).any(|i| match ch[i] {
+            '。' | '！' | '？' => true,
+            '.' | '!' | '?' => {
+                i + 2 < ch.len()
+                    && ch[i + 1].is_whitespace()
+                    && (ch[i + 2].is_uppercase() || ch[i + 2].is_ascii_digit())
+            }
+            _ => false,
+        })
     }
 
     /// The hits lying within `[from, to)` (hits are sorted and do not overlap).
@@ -1147,12 +1169,14 @@ impl Scan {
             .hits_in(ls.max(s.saturating_sub(CONTEXT_BEFORE)), s)
             .iter()
             .filter(decisive)
-            .max_by_key(|h| h.end);
+            .max_by_key(|h| h.end)
+            .filter(|h| !self.sentence_break(h.end, s));
         let nearest_after = self
             .hits_in(e, le.min(e + CONTEXT_AFTER))
             .iter()
             .filter(decisive)
-            .min_by_key(|h| h.start);
+            .min_by_key(|h| h.start)
+            .filter(|h| !self.sentence_break(e, h.start));
         let standalone = self.standalone(s, e);
 
         let mut score: f64;
@@ -1556,6 +1580,18 @@ mod tests {
         ] {
             assert!(codes(t).is_empty(), "{t:?} gave {:?}", codes(t));
         }
+    }
+
+    #[test]
+    fn keywords_in_another_sentence_do_not_count() {
+        assert!(codes("Verify your email. Acme Inc, 1600 Amphitheatre Pkwy, CA 94043").is_empty());
+        assert!(codes("Code review for PR 4821").is_empty());
+        assert_eq!(
+            codes("Your verification code for Acme Inc. is 482913"),
+            ["482913"]
+        );
+        assert_eq!(codes("Order 55231 shipped. Your code: 482913"), ["482913"]);
+        assert_eq!(codes("您的订单已发货。验证码：482913"), ["482913"]);
     }
 
     #[test]
