@@ -537,6 +537,16 @@ mod tests {
     }
 
     #[test]
+    fn anchor_text_limit_is_enforced() {
+        let html = format!(
+            "<a href=\"https://e.example/\">{}</a>",
+            "word ".repeat(MAX_ANCHOR_TEXT)
+        );
+        let t = to_text(&html);
+        assert_eq!(t.links[0].text.len(), MAX_ANCHOR_TEXT);
+    }
+
+    #[test]
     fn input_limit_is_enforced() {
         let mut html = "x".repeat(MAX_HTML_INPUT);
         html.push_str("<p>tail</p>");

@@ -1683,6 +1683,46 @@ mod tests {
     }
 
     #[test]
+    fn code_length_limits() {
+        let digits = |n: usize| "123456789".chars().cycle().take(n).collect::<String>();
+        for n in 1..=12 {
+            let found = codes(&format!("Your code: {}", digits(n)));
+            assert_eq!(
+                !found.is_empty(),
+                NUMERIC_CODE_DIGITS.contains(&n),
+                "{n} digits: {found:?}"
+            );
+        }
+        let alnum = |n: usize| "K7Q9X2".chars().cycle().take(n).collect::<String>();
+        for n in 3..=14 {
+            let found = codes(&format!("Your code: {}", alnum(n)));
+            assert_eq!(
+                !found.is_empty(),
+                ALNUM_CODE_CHARS.contains(&n),
+                "{n} chars: {found:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn links_checked_limit() {
+        let mut links: Vec<Link> = (0..MAX_LINKS_CHECKED)
+            .map(|i| Link {
+                url: format!("https://e.example/about/{i}"),
+                text: "x".into(),
+            })
+            .collect();
+        let good = Link {
+            url: "https://e.example/verify/Ab12Cd34Ef56Gh78".into(),
+            text: "Verify".into(),
+        };
+        links.push(good.clone());
+        assert!(candidates_in(Some("Verify"), None, None, &links).is_empty());
+        links.insert(0, good);
+        assert_eq!(candidates_in(Some("Verify"), None, None, &links).len(), 1);
+    }
+
+    #[test]
     fn scan_limits_hold() {
         let long = format!("code: {}123456", "x ".repeat(MAX_SCAN_CHARS));
         assert!(codes(&long).is_empty());
