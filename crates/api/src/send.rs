@@ -25,18 +25,20 @@
 //!    `OutboundSigner` writes it: one `put_durable`, then the queue rows. 202 only
 //!    after that.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use agentkeys_core::{Address, Credentials, KeyHasher, SendAuthorized};
+use agentkeys_core::{Address, AuthFailure, Credentials, KeyHasher, SendAuthorized};
+use agentkeys_smtp::auth_audit::{self, Door, RefusalFacts};
 use agentkeys_smtp::{
     AUTH_FAILURE_FLOOR, AUTH_FAILURE_JITTER, DEFAULT_MAX_MESSAGE_SIZE, DeliveryError, LocalRecipient, MAX_RECIPIENTS,
     OutboundSigner, RecipientQuery, RecipientRoute,
 };
 use agentkeys_store::{BlobStore, MetadataStore};
-use axum::Json;
+use axum::{Extension, Json};
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
@@ -136,12 +138,14 @@ fn unavailable(what: &str, err: &dyn std::fmt::Display) -> ApiError {
     ApiError::Unavailable { code: "BACKEND_UNAVAILABLE" }
 }
 
-/// Why the AUTH order refused (logged), or a backend failure (503).
+/// Why the AUTH order refused (logged and audited), or a backend failure (503).
 enum Refusal {
-    Credentials(&'static str, Option<Address>),
+    Credentials(AuthFailure, RefusalFacts),
     Backend(ApiError),
 }
 
+/// The submission AUTH order (DESIGN.md §5), the same steps as SMTP's: the
+/// bearer key is the password, the path's address the username.
 async fn authorize(
     meta: &dyn MetadataStore,
     service: &SendService,
@@ -149,29 +153,19 @@ async fn authorize(
     headers: &HeaderMap,
     now: i64,
 ) -> Result<SendAuthorized, Refusal> {
-    let key = AgentBearer::parse(headers).map_err(|_| Refusal::Credentials("MALFORMED_KEY", address.parse().ok()))?;
-    let credentials = Credentials::parse(address, key.key(), &service.hasher)
-        .map_err(|f| Refusal::Credentials(failure_name(f), address.parse().ok()))?;
+    // Steps 1–2 fail before any lookup: whether the address is ours is not known.
+    let unlooked = |failure| Refusal::Credentials(failure, RefusalFacts { username: address.parse().ok(), ..RefusalFacts::default() });
+    let key = AgentBearer::parse(headers).map_err(|_| unlooked(AuthFailure::MalformedKey))?;
+    let credentials = Credentials::parse(address, key.key(), &service.hasher).map_err(unlooked)?;
     let facts = meta.auth_facts(&credentials).await.map_err(|e| Refusal::Backend(unavailable("AUTH lookup", &e)))?;
-    credentials
-        .evaluate(&facts, now)
-        .map_err(|f| Refusal::Credentials(failure_name(f), Some(credentials.address.clone())))
-}
-
-fn failure_name(f: agentkeys_core::AuthFailure) -> &'static str {
-    use agentkeys_core::AuthFailure as F;
-    match f {
-        F::InvalidUsername => "INVALID_USERNAME",
-        F::MalformedKey => "MALFORMED_KEY",
-        F::KeyNotFound => "KEY_NOT_FOUND",
-        F::KeyRevoked => "KEY_REVOKED",
-        F::KeyExpired => "KEY_EXPIRED",
-        F::NoSendGrant => "NO_SEND_GRANT",
-        F::InboxNotFound => "INBOX_NOT_FOUND",
-        F::InboxInactive => "INBOX_INACTIVE",
-        F::OwnerMismatch => "OWNER_MISMATCH",
-        F::GrantDoesNotCover => "GRANT_DOES_NOT_COVER",
-    }
+    credentials.evaluate(&facts, now).map_err(|failure| {
+        let refusal = RefusalFacts {
+            username: Some(credentials.address.clone()),
+            hosted: facts.inbox.is_some(),
+            agent: facts.key.as_ref().map(|k| k.agent.clone()),
+        };
+        Refusal::Credentials(failure, refusal)
+    })
 }
 
 /// Sends a message from an inbox (JSON or raw MIME), through the same checks,
@@ -196,6 +190,7 @@ fn failure_name(f: agentkeys_core::AuthFailure) -> &'static str {
 pub(crate) async fn send(
     State(state): State<ApiState>,
     Path(address): Path<String>,
+    connect: Option<Extension<ConnectInfo<SocketAddr>>>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
@@ -203,13 +198,24 @@ pub(crate) async fn send(
     let (Some(meta), Some(service)) = (state.meta.clone(), state.send.clone()) else {
         return Err(ApiError::Unavailable { code: "BACKEND_UNAVAILABLE" });
     };
-    let proof = match authorize(meta.as_ref(), &service, &address, &headers, state.clock.now()).await {
+    let peer = connect.map(|Extension(ConnectInfo(addr))| addr.ip());
+    let verdict = authorize(meta.as_ref(), &service, &address, &headers, state.clock.now()).await;
+    // Fail-closed: the decision is recorded before it takes effect, like SMTP AUTH.
+    let event = match &verdict {
+        Ok(proof) => auth_audit::granted_event(proof, Door::Http, peer),
+        Err(Refusal::Credentials(failure, facts)) => auth_audit::refused_event(*failure, facts, Door::Http, peer),
+        Err(Refusal::Backend(_)) => return Err(ApiError::Unavailable { code: "BACKEND_UNAVAILABLE" }),
+    };
+    if let Err(e) = meta.audit_append(&event).await {
+        return Err(unavailable("recording the AUTH decision", &e));
+    }
+    let proof = match verdict {
         Ok(proof) => proof,
         Err(Refusal::Backend(e)) => return Err(e),
-        Err(Refusal::Credentials(reason, inbox)) => {
-            match inbox {
-                Some(inbox) => tracing::warn!(%inbox, reason, door = "http", "send AUTH failed"),
-                None => tracing::warn!(reason, door = "http", "send AUTH failed"),
+        Err(Refusal::Credentials(failure, facts)) => {
+            match &facts.username {
+                Some(inbox) => tracing::warn!(%inbox, reason = %failure, door = "http", "send AUTH failed"),
+                None => tracing::warn!(reason = %failure, door = "http", "send AUTH failed"),
             }
             metrics::counter!("agentkeys_http_send_total", "result" => "unauthorized").increment(1);
             let jitter_nanos = u64::try_from(AUTH_FAILURE_JITTER.as_nanos()).unwrap_or(u64::MAX);

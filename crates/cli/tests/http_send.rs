@@ -45,7 +45,7 @@ fn send_json(server: &Server, from: &str, key: Option<&str>, body: &Value) -> (u
 }
 
 struct World {
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
     server: Server,
     alice_key: String,
     dave_key: String,
@@ -65,7 +65,7 @@ fn world(env: &[(&str, &str)]) -> World {
     run_json(d, &["inbox", "create", "--agent", BOB, "--name", "off"]);
     run_json(d, &["inbox", "set-status", "off@agents.localhost", "disabled"]);
     let server = Server::start(d, env);
-    World { _dir: dir, server, alice_key, dave_key }
+    World { dir, server, alice_key, dave_key }
 }
 
 fn queue(server: &Server) -> Vec<Value> {
@@ -169,6 +169,21 @@ fn every_credential_failure_is_the_same_401() {
     assert_eq!(problem["code"], "SEND_NOT_AUTHORIZED");
     assert!(queue(&w.server).is_empty(), "nothing was sent");
     assert!(stored_messages(&w.server.blobs(), OWNER_A, "bob@agents.localhost").is_empty());
+
+    // Each refusal is one `submission.auth` record of the HTTP door, with its
+    // reason, like SMTP AUTH's; never the key.
+    let records = run_json(w.dir.path(), &["audit", "list", "--limit", "1000"]);
+    let refused: Vec<&Value> = records
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["operation"] == "submission.auth" && r["detail"]["door"] == "http")
+        .collect();
+    assert_eq!(refused.len(), cases.len(), "{records:#}");
+    assert!(refused.iter().all(|r| r["outcome"] == "denied" && r["detail"]["peer"] == "127.0.0.1"));
+    let reasons: Vec<&str> = refused.iter().map(|r| r["detail"]["reason"].as_str().unwrap()).collect();
+    assert!(reasons.contains(&"KEY_NOT_FOUND") && reasons.contains(&"OWNER_MISMATCH"), "{reasons:?}");
+    assert!(!records.to_string().contains(&w.alice_key), "a key is in the audit log");
 }
 
 #[test]

@@ -1199,8 +1199,8 @@ impl Session {
         refusal: RefusalFacts,
     ) {
         let event = match &verdict {
-            Ok(proof) => auth_audit::granted_event(proof, Door::Smtp, self.peer),
-            Err(failure) => auth_audit::refused_event(*failure, &refusal, Door::Smtp, self.peer),
+            Ok(proof) => auth_audit::granted_event(proof, Door::Smtp, Some(self.peer)),
+            Err(failure) => auth_audit::refused_event(*failure, &refusal, Door::Smtp, Some(self.peer)),
         };
         self.state = State::AuditAuth(Box::new(PendingAuth {
             event,
