@@ -33,6 +33,10 @@ pub(crate) async fn run(config: Config) -> Result<()> {
         .init();
     let metrics = PrometheusBuilder::new().install_recorder().context("cannot install the metrics recorder")?;
 
+    // Watch the signals before anything is announced, so a SIGTERM right after
+    // the listeners are printed is a graceful stop, not the default kill.
+    let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
     let dir = DataDir::open(&config).await?;
     let tls = crate::tls::load(&config)?;
     reconcile_index(&dir).await?;
@@ -161,8 +165,6 @@ pub(crate) async fn run(config: Config) -> Result<()> {
     ));
     // ---- end of retention ----
 
-    let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
-    let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
     let which = tokio::select! {
         _ = term.recv() => "SIGTERM",
         _ = int.recv() => "SIGINT",
