@@ -223,7 +223,7 @@ pub struct Delivery {
     pub outbound: Option<Outbound>,
     /// The envelope of a message that arrived on the MX (`None` for submission),
     /// for the authentication verdicts ([`crate::InboundVerifier`]).
-    pub inbound: Option<InboundEnvelope>,
+    pub inbound: Option<Box<InboundEnvelope>>,
 }
 
 /// One transfer of message data (`DATA`, a `BDAT` chunk, or a drained one).
@@ -967,11 +967,11 @@ impl Session {
         let (outbound, inbound) = match tx.sender {
             Sender::Inbound => (
                 None,
-                Some(InboundEnvelope {
+                Some(Box::new(InboundEnvelope {
                     client_ip: self.peer,
                     helo: helo.to_owned(),
                     mail_from: tx.mail_from,
-                }),
+                })),
             ),
             Sender::Submission { proof, remote } => (
                 (!remote.is_empty()).then_some(Outbound {

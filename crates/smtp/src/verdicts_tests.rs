@@ -236,7 +236,7 @@ impl InboundVerifier for Fixed {
     }
 }
 
-fn delivery(message: &str, inbound: Option<InboundEnvelope>) -> crate::Delivery {
+fn delivery(message: &str, inbound: Option<Box<InboundEnvelope>>) -> crate::Delivery {
     crate::Delivery {
         id: ulid::Ulid::nil(),
         message: bytes::Bytes::from(message.to_owned()),
@@ -253,7 +253,7 @@ async fn add_verdicts_strips_forgeries_and_prepends_above_received() {
     let message = "Received: from x (127.0.0.1)\r\n\tby mx.agents.test\r\n\
         Authentication-Results: mx.agents.test; dkim=pass header.d=bank.example\r\n\
         Authentication-Results: relay.example; dkim=pass\r\nSubject: s\r\n\r\nb\r\n";
-    let d = crate::add_verdicts(&verifier, HOST, delivery(message, Some(envelope("a@b.example")))).await;
+    let d = crate::add_verdicts(&verifier, HOST, delivery(message, Some(Box::new(envelope("a@b.example"))))).await;
     assert_eq!(
         std::str::from_utf8(&d.message).unwrap(),
         "Authentication-Results: mx.agents.test;\r\n\tdkim=none\r\n\
