@@ -16,6 +16,7 @@
 
 mod blob;
 mod fs;
+pub mod group_commit;
 mod meta;
 mod queue;
 mod sqlite;

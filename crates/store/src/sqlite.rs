@@ -41,6 +41,7 @@ use sqlx::{Sqlite, SqliteConnection, Transaction};
 use crate::meta::{
     AgentRecord, DomainKeyRecord, InboxRecord, KeyRecord, MetadataStore, NewOutbound, OwnerRecord, QueueEntry, Recipient, StoreError,
 };
+use crate::group_commit::GroupCommit;
 use crate::meta::{EnrollmentTicketRecord, NonceUse, PairingRecord, PairingStatus};
 
 /// Most connections the pool opens. SQLite has one writer at a time; WAL lets the
@@ -59,7 +60,7 @@ const MIGRATION_ATTEMPTS: u32 = 3;
 static MIGRATOR: Migrator = sqlx::migrate!();
 
 /// Where the store reads the time it stamps on audit records.
-type Clock = Arc<dyn Fn() -> UnixTime + Send + Sync>;
+pub(crate) type Clock = Arc<dyn Fn() -> UnixTime + Send + Sync>;
 
 /// The system clock, in Unix seconds.
 fn system_clock() -> UnixTime {
@@ -72,7 +73,9 @@ fn system_clock() -> UnixTime {
 #[derive(Clone)]
 pub struct SqliteStore {
     pub(crate) pool: SqlitePool,
-    clock: Clock,
+    pub(crate) clock: Clock,
+    /// The writer that batches stand-alone audit appends ([`crate::group_commit`]).
+    group: GroupCommit,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -99,7 +102,7 @@ impl SqliteStore {
             .connect_with(options)
             .await
             .map_err(|e| StoreError::Backend(format!("cannot open metadata database {}: {e}", path.display())))?;
-        let store = Self { pool, clock: Arc::new(system_clock) };
+        let store = Self { pool, clock: Arc::new(system_clock), group: GroupCommit::default() };
         store.migrate().await?;
         Ok(store)
     }
@@ -120,7 +123,7 @@ impl SqliteStore {
             .connect_with(options)
             .await
             .map_err(backend)?;
-        let store = Self { pool, clock: Arc::new(system_clock) };
+        let store = Self { pool, clock: Arc::new(system_clock), group: GroupCommit::default() };
         store.migrate().await?;
         Ok(store)
     }
@@ -130,6 +133,8 @@ impl SqliteStore {
     #[must_use]
     pub fn with_clock(mut self, clock: impl Fn() -> UnixTime + Send + Sync + 'static) -> Self {
         self.clock = Arc::new(clock);
+        // A writer spawned before would stamp with the old clock.
+        self.group = GroupCommit::default();
         self
     }
 
@@ -197,33 +202,48 @@ impl SqliteStore {
     /// the head cannot move before the commit). The caller commits, then turns
     /// the sealed record into its receipt.
     async fn append_in(&self, tx: &mut SqliteConnection, event: &AuditEvent) -> Result<SealedRecord, StoreError> {
-        let head = sqlx::query_as(AUDIT_HEAD).fetch_optional(&mut *tx).await.map_err(backend)?;
-        let head = head_from_row(head)?;
-        let sealed = SealedRecord::seal(&head, (self.clock)(), event)
-            .map_err(|e| StoreError::Invalid(format!("cannot audit {}: {e}", event.operation)))?;
-        let r = sealed.record();
-        let seq = i64::try_from(r.seq)
-            .map_err(|_| StoreError::Backend(format!("audit seq {} does not fit the database", r.seq)))?;
-        let detail = canonical_json(&r.detail)
-            .map_err(|e| StoreError::Invalid(format!("cannot audit {}: {e}", event.operation)))?;
-        sqlx::query(
-            "INSERT INTO audit_log (seq, ts, actor, operation, subject, outcome, detail, prev_hash, hash)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-        )
-        .bind(seq)
-        .bind(r.ts)
-        .bind(r.actor.to_string())
-        .bind(&r.operation)
-        .bind(&r.subject)
-        .bind(r.outcome.as_str())
-        .bind(detail)
-        .bind(hash_to_hex(&r.prev_hash))
-        .bind(hash_to_hex(&r.hash))
-        .execute(&mut *tx)
-        .await
-        .map_err(|e| StoreError::Backend(format!("cannot write audit record {}: {e}", r.seq)))?;
+        let head = read_head(tx).await?;
+        let sealed = seal_event(&head, (self.clock)(), event)?;
+        insert_sealed(tx, &sealed).await?;
         Ok(sealed)
     }
+}
+
+/// The chain head as `tx` sees it.
+pub(crate) async fn read_head(tx: &mut SqliteConnection) -> Result<ChainHead, StoreError> {
+    let head = sqlx::query_as(AUDIT_HEAD).fetch_optional(&mut *tx).await.map_err(backend)?;
+    head_from_row(head)
+}
+
+/// Seals `event` onto `head` at `ts`; an event that breaks a limit is `Invalid`.
+pub(crate) fn seal_event(head: &ChainHead, ts: UnixTime, event: &AuditEvent) -> Result<SealedRecord, StoreError> {
+    SealedRecord::seal(head, ts, event).map_err(|e| StoreError::Invalid(format!("cannot audit {}: {e}", event.operation)))
+}
+
+/// Inserts a sealed record inside `tx`.
+pub(crate) async fn insert_sealed(tx: &mut SqliteConnection, sealed: &SealedRecord) -> Result<(), StoreError> {
+    let r = sealed.record();
+    let seq =
+        i64::try_from(r.seq).map_err(|_| StoreError::Backend(format!("audit seq {} does not fit the database", r.seq)))?;
+    let detail =
+        canonical_json(&r.detail).map_err(|e| StoreError::Invalid(format!("cannot audit {}: {e}", r.operation)))?;
+    sqlx::query(
+        "INSERT INTO audit_log (seq, ts, actor, operation, subject, outcome, detail, prev_hash, hash)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+    )
+    .bind(seq)
+    .bind(r.ts)
+    .bind(r.actor.to_string())
+    .bind(&r.operation)
+    .bind(&r.subject)
+    .bind(r.outcome.as_str())
+    .bind(detail)
+    .bind(hash_to_hex(&r.prev_hash))
+    .bind(hash_to_hex(&r.hash))
+    .execute(&mut *tx)
+    .await
+    .map_err(|e| StoreError::Backend(format!("cannot write audit record {}: {e}", r.seq)))?;
+    Ok(())
 }
 
 /// Commits `tx` and only then hands out the receipt of `sealed`.
@@ -298,7 +318,7 @@ fn audit_from_row(
 }
 
 /// Any database failure we do not map more precisely.
-fn backend(err: sqlx::Error) -> StoreError {
+pub(crate) fn backend(err: sqlx::Error) -> StoreError {
     StoreError::Backend(err.to_string())
 }
 
@@ -1318,9 +1338,8 @@ impl MetadataStore for SqliteStore {
     }
 
     async fn audit_append(&self, event: &AuditEvent) -> Result<AuditReceipt, StoreError> {
-        let mut tx = self.write_tx().await?;
-        let sealed = self.append_in(&mut tx, event).await?;
-        commit_audited(tx, sealed).await
+        // Batched with every other append waiting at this moment: one commit for all.
+        self.group.append(&self.pool, &self.clock, event).await
     }
 
     async fn audit_list(&self, after_seq: u64, limit: u32) -> Result<Vec<AuditRecord>, StoreError> {
