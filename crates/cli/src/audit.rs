@@ -30,7 +30,7 @@ pub(crate) enum AuditCmd {
         /// At most N records.
         #[arg(long, value_name = "N", default_value_t = DEFAULT_LIST_LIMIT)]
         limit: u32,
-        /// With --server: as the owner, only the records that concern you (signed request).
+        /// With --server or --owner: as the owner, only the records that concern you (signed request).
         #[command(flatten)]
         conn: crate::owner_client::OwnerConn,
     },
@@ -40,9 +40,9 @@ pub(crate) enum AuditCmd {
 
 pub(crate) async fn run(config: &Config, cmd: AuditCmd, json: bool) -> Result<()> {
     if let AuditCmd::List { after, limit, conn } = &cmd
-        && conn.server.is_some()
+        && (conn.server.is_some() || conn.owner.is_some())
     {
-        return crate::owner_client::audit_list(conn, *after, *limit, json).await;
+        return crate::owner_client::audit_list(conn, config, *after, *limit, json).await;
     }
     let dir = DataDir::open(config).await?;
     match cmd {

@@ -388,6 +388,22 @@ pub trait MetadataStore: Send + Sync + 'static {
         now: UnixTime,
         event: &AuditEvent,
     ) -> Result<AuditReceipt, StoreError>;
+    /// Replaces `before` (a grant of `owner`, as the caller read it) with `after`
+    /// (the same grant, narrower scopes and/or a new expiry), audited, only if the
+    /// stored grant is still `before` and unrevoked (compare-and-set): otherwise
+    /// `Conflict` (changed meanwhile) or `NotFound` (no such grant of `owner`).
+    /// `after` must keep the id, owner, agent and pattern and not widen the scopes
+    /// (`Invalid`). Stores without grant changes answer `Backend`.
+    async fn change_owner_grant(
+        &self,
+        owner: &OwnerId,
+        before: &Grant,
+        after: &Grant,
+        event: &AuditEvent,
+    ) -> Result<AuditReceipt, StoreError> {
+        let _ = (owner, before, after, event);
+        Err(StoreError::Backend("this store cannot change grants".to_owned()))
+    }
     /// Revokes a key of one of `owner`'s agents, audited. A key of another owner's
     /// agent is `NotFound` exactly like a missing id.
     async fn revoke_owner_key(

@@ -1214,6 +1214,55 @@ impl MetadataStore for SqliteStore {
         self.revoke_audited(REVOKE_GRANT, id.as_str(), Some(owner), now, format!("grant {id}"), event).await
     }
 
+    async fn change_owner_grant(
+        &self,
+        owner: &OwnerId,
+        before: &Grant,
+        after: &Grant,
+        event: &AuditEvent,
+    ) -> Result<AuditReceipt, StoreError> {
+        require_ok(event)?;
+        let same = after.id == before.id
+            && after.owner == before.owner
+            && after.agent == before.agent
+            && after.pattern == before.pattern
+            && &before.owner == owner;
+        if !same || !after.scopes.is_subset_of(before.scopes) {
+            return Err(StoreError::Invalid(format!(
+                "a change of grant {} may only narrow its scopes and move its expiry",
+                before.id
+            )));
+        }
+        let mut tx = self.write_tx().await?;
+        let done = sqlx::query(
+            "UPDATE grants SET scopes = ?1, expires_at = ?2
+              WHERE id = ?3 AND owner = ?4 AND revoked_at IS NULL AND scopes = ?5 AND expires_at = ?6",
+        )
+        .bind(after.scopes.to_string())
+        .bind(after.expires_at)
+        .bind(before.id.as_str())
+        .bind(owner.as_str())
+        .bind(before.scopes.to_string())
+        .bind(before.expires_at)
+        .execute(&mut *tx)
+        .await
+        .map_err(backend)?;
+        if done.rows_affected() == 0 {
+            let exists: Option<(i64,)> = sqlx::query_as("SELECT 1 FROM grants WHERE id = ?1 AND owner = ?2")
+                .bind(before.id.as_str())
+                .bind(owner.as_str())
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(backend)?;
+            return Err(match exists {
+                Some(_) => StoreError::Conflict { what: format!("a change of grant {} made meanwhile", before.id) },
+                None => StoreError::NotFound { what: format!("grant {}", before.id) },
+            });
+        }
+        let sealed = self.append_in(&mut tx, event).await?;
+        commit_audited(tx, sealed).await
+    }
+
     async fn revoke_owner_key(
         &self,
         owner: &OwnerId,
