@@ -48,7 +48,7 @@ use axum::response::IntoResponse;
 use axum::routing::{MethodFilter, MethodRouter, on};
 use utoipa::OpenApi;
 
-pub use backend::{OP_CREDENTIAL_OIDC, OP_CREDENTIAL_READ, StoreBackend};
+pub use backend::{OP_CREDENTIAL_OIDC, OP_CREDENTIAL_READ, OP_CREDENTIAL_REFUSED, StoreBackend};
 pub use credentials::{CredentialResponse, OidcCredentialRequest, ReadCredentialRequest};
 pub use error::{ApiError, PROBLEM_JSON, Problem};
 

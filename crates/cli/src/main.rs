@@ -2,6 +2,7 @@
 
 mod admin;
 mod audit;
+mod checkpoint;
 mod config;
 mod datadir;
 mod demo;

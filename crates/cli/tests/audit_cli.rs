@@ -166,6 +166,68 @@ fn concurrent_cli_processes_keep_one_chain() {
 fn empty_log_verifies() {
     let dir = tempfile::tempdir().unwrap();
     let ok = run_json(dir.path(), &["audit", "verify"]);
-    assert_eq!(ok, serde_json::json!({ "ok": true, "count": 0, "head": "0".repeat(64) }));
+    assert_eq!(ok, serde_json::json!({ "ok": true, "count": 0, "head": "0".repeat(64), "checkpoints": 0 }));
     assert_eq!(run_json(dir.path(), &["audit", "list"]), serde_json::json!([]));
+}
+
+fn verify_report(d: &Path) -> (Option<i32>, serde_json::Value) {
+    let out = run(d, &["audit", "verify", "--json"]);
+    (out.status.code(), serde_json::from_slice(&out.stdout).unwrap())
+}
+
+/// Checkpoints signed with the authority's key pin the chain: `audit verify`
+/// checks each signature and that the chain still holds the signed record, and
+/// names the first bad checkpoint (forged, vouching for records cut off the end,
+/// or for a record that was replaced).
+#[test]
+fn signed_checkpoints_catch_forgery_truncation_and_rewrites() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    run_json(d, &["owner", "add", OWNER]);
+    run_json(d, &["agent", "add", AGENT, "--owner", OWNER]);
+    run_json(d, &["key", "create", "--agent", AGENT]);
+    let first = run_json(d, &["audit", "checkpoint"]);
+    assert_eq!(first["seq"], 3);
+    assert_eq!(run_json(d, &["audit", "checkpoint"])["time"], serde_json::Value::Null, "head 3 is checkpointed already");
+    run_json(d, &["key", "create", "--agent", AGENT]);
+    run_json(d, &["key", "create", "--agent", AGENT]);
+    assert_eq!(run_json(d, &["audit", "checkpoint"])["seq"], 5);
+    let (code, ok) = verify_report(d);
+    assert_eq!(code, Some(0));
+    assert_eq!(ok["checkpoints"], 2);
+
+    // A forged checkpoint: its time moved, so the signature no longer matches.
+    sqlite3(d, "DROP TRIGGER audit_checkpoints_no_update; UPDATE audit_checkpoints SET ts = ts + 1 WHERE seq = 5;");
+    let (code, bad) = verify_report(d);
+    assert_eq!(code, Some(1));
+    assert_eq!(bad["checkpoint"], 5, "{bad}");
+    assert!(bad["reason"].as_str().unwrap().contains("signature does not verify"), "{bad}");
+    let text = run(d, &["audit", "verify"]);
+    assert!(String::from_utf8_lossy(&text.stderr).contains("audit checkpoint at record 5 is bad"));
+    // The first bad one is named: checkpoint 3 vouching for another hash.
+    let other = if first["head"].as_str().unwrap().starts_with('0') { "1" } else { "0" };
+    sqlite3(d, &format!("UPDATE audit_checkpoints SET head_hash = '{other}' || substr(head_hash, 2) WHERE seq = 3;"));
+    assert_eq!(verify_report(d).1["checkpoint"], 3);
+    // Unreadable is bad too, and named.
+    sqlite3(d, "UPDATE audit_checkpoints SET head_hash = 'x' || substr(head_hash, 2) WHERE seq = 3;");
+    let (code, bad) = verify_report(d);
+    assert_eq!((code, bad["checkpoint"].as_u64()), (Some(1), Some(3)), "{bad}");
+    sqlite3(d, &format!("UPDATE audit_checkpoints SET head_hash = '{}' WHERE seq = 3;", first["head"].as_str().unwrap()));
+    sqlite3(d, "UPDATE audit_checkpoints SET ts = ts - 1 WHERE seq = 5;");
+    assert_eq!(verify_report(d).0, Some(0), "restored");
+
+    // Records cut off the end: the chain alone still verifies, the checkpoint does not.
+    sqlite3(d, "DROP TRIGGER audit_log_no_delete; DELETE FROM audit_log WHERE seq >= 4;");
+    let (code, bad) = verify_report(d);
+    assert_eq!(code, Some(1));
+    assert_eq!(bad["checkpoint"], 5, "{bad}");
+    assert!(bad["reason"].as_str().unwrap().contains("removed from the end"), "{bad}");
+
+    // The end rewritten into a valid chain: records 4 and 5 again, but other ones.
+    run_json(d, &["key", "create", "--agent", AGENT]);
+    run_json(d, &["key", "create", "--agent", AGENT]);
+    let (code, bad) = verify_report(d);
+    assert_eq!(code, Some(1));
+    assert_eq!(bad["checkpoint"], 5, "{bad}");
+    assert!(bad["reason"].as_str().unwrap().contains("chain was rewritten"), "{bad}");
 }

@@ -42,7 +42,7 @@ use crate::meta::{
     AgentRecord, DomainKeyRecord, InboxRecord, KeyRecord, MetadataStore, NewOutbound, OwnerRecord, QueueEntry, Recipient, StoreError,
 };
 use crate::group_commit::GroupCommit;
-use crate::meta::{EnrollmentTicketRecord, NonceUse, PairingRecord, PairingStatus};
+use crate::meta::{CheckpointRecord, EnrollmentTicketRecord, NonceUse, PairingRecord, PairingStatus};
 
 /// Most connections the pool opens. SQLite has one writer at a time; WAL lets the
 /// others read concurrently, and a handful of readers covers the SMTP lookups.
@@ -315,6 +315,18 @@ fn audit_from_row(
         operation,
         subject,
     })
+}
+
+fn checkpoint_from_row((seq, hash, ts, signature): (i64, String, i64, String)) -> Result<CheckpointRecord, StoreError> {
+    let seq = u64::try_from(seq).map_err(|_| audit_unreadable(0, format!("checkpoint seq {seq} is negative")))?;
+    let bad = |what: &str| audit_unreadable(seq, format!("checkpoint: {what}"));
+    let hash = hash_from_hex(&hash).ok_or_else(|| bad("head_hash is not 64 hex digits"))?;
+    let signature = (0..signature.len() / 2)
+        .map(|i| signature.get(2 * i..2 * i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()))
+        .collect::<Option<Vec<u8>>>()
+        .filter(|_| signature.len() % 2 == 0 && signature.is_ascii())
+        .ok_or_else(|| bad("signature is not hex"))?;
+    Ok(CheckpointRecord { seq, hash, ts, signature })
 }
 
 /// Any database failure we do not map more precisely.
@@ -1212,6 +1224,42 @@ impl MetadataStore for SqliteStore {
         event: &AuditEvent,
     ) -> Result<AuditReceipt, StoreError> {
         self.revoke_audited(REVOKE_GRANT, id.as_str(), Some(owner), now, format!("grant {id}"), event).await
+    }
+
+    async fn add_checkpoint(&self, checkpoint: &CheckpointRecord) -> Result<bool, StoreError> {
+        let seq = i64::try_from(checkpoint.seq)
+            .map_err(|_| StoreError::Invalid(format!("checkpoint seq {} does not fit the database", checkpoint.seq)))?;
+        let signature: String = checkpoint.signature.iter().map(|b| format!("{b:02x}")).collect();
+        let done = sqlx::query(
+            "INSERT INTO audit_checkpoints (seq, head_hash, ts, signature) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (seq) DO NOTHING",
+        )
+        .bind(seq)
+        .bind(hash_to_hex(&checkpoint.hash))
+        .bind(checkpoint.ts)
+        .bind(signature)
+        .execute(&self.pool)
+        .await
+        .map_err(backend)?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn list_checkpoints(&self) -> Result<Vec<CheckpointRecord>, StoreError> {
+        let rows: Vec<(i64, String, i64, String)> =
+            sqlx::query_as("SELECT seq, head_hash, ts, signature FROM audit_checkpoints ORDER BY seq")
+                .fetch_all(&self.pool)
+                .await
+                .map_err(backend)?;
+        rows.into_iter().map(checkpoint_from_row).collect()
+    }
+
+    async fn last_checkpoint(&self) -> Result<Option<CheckpointRecord>, StoreError> {
+        let row: Option<(i64, String, i64, String)> =
+            sqlx::query_as("SELECT seq, head_hash, ts, signature FROM audit_checkpoints ORDER BY seq DESC LIMIT 1")
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(backend)?;
+        row.map(checkpoint_from_row).transpose()
     }
 
     async fn change_owner_grant(
