@@ -267,10 +267,10 @@ fn http_sent_mail_passes_our_own_mx_with_the_published_records() {
                 dkim_records.insert(n, Value::String(v));
             }
             current = Some((first.to_owned(), String::new()));
-        } else if !line.starts_with(char::is_whitespace) {
-            if let Some((n, v)) = current.take() {
-                dkim_records.insert(n, Value::String(v));
-            }
+        } else if !line.starts_with(char::is_whitespace)
+            && let Some((n, v)) = current.take()
+        {
+            dkim_records.insert(n, Value::String(v));
         }
         if let Some((_, v)) = current.as_mut() {
             v.extend(line.split('"').skip(1).step_by(2));
