@@ -32,6 +32,11 @@ pub(crate) async fn run(config: Config) -> Result<()> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let metrics = PrometheusBuilder::new().install_recorder().context("cannot install the metrics recorder")?;
+    // Watch the signals before any listener exists: a SIGTERM that arrives while
+    // the server is still starting must still mean a graceful stop, not death by
+    // the default action.
+    let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
 
     let dir = DataDir::open(&config).await?;
     let tls = crate::tls::load(&config)?;
@@ -150,8 +155,6 @@ pub(crate) async fn run(config: Config) -> Result<()> {
     };
     // ---- end of outbound delivery ----
 
-    let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
-    let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
     let which = tokio::select! {
         _ = term.recv() => "SIGTERM",
         _ = int.recv() => "SIGINT",
