@@ -10,7 +10,7 @@ mod common;
 use std::io::Write as _;
 use std::process::{Command, Stdio};
 
-use common::{Server, provision, run_json, stored_messages};
+use common::{Server, owner_json, provision, run_json, stored_messages};
 use serde_json::{Value, json};
 
 const OWNER_A: &str = "0x000000000000000000000000000000000000000a";
@@ -61,7 +61,7 @@ fn world(env: &[(&str, &str)]) -> World {
     run_json(d, &["agent", "add", DAVE, "--owner", OWNER_A]);
     run_json(d, &["inbox", "create", "--agent", DAVE, "--name", "dave"]);
     let dave_key = run_json(d, &["key", "create", "--agent", DAVE])["key"].as_str().unwrap().to_owned();
-    run_json(d, &["grant", "add", "--agent", DAVE, "--inbox", "dave@agents.localhost", "--scopes", "read"]);
+    owner_json(d, OWNER_A, &["grant", "create", "--agent", DAVE, "--inbox", "dave@agents.localhost", "--scopes", "read"]);
     run_json(d, &["inbox", "create", "--agent", BOB, "--name", "off"]);
     run_json(d, &["inbox", "set-status", "off@agents.localhost", "disabled"]);
     let server = Server::start(d, env);
@@ -259,7 +259,7 @@ fn http_sent_mail_passes_our_own_mx_with_the_published_records() {
     let d = &w.server.data_dir;
     run_json(d, &["domain", "add", "mail.example.test"]);
     run_json(d, &["inbox", "create", "--agent", ALICE, "--name", "alice", "--domain", "mail.example.test"]);
-    run_json(d, &["grant", "add", "--agent", ALICE, "--inbox", "alice@mail.example.test", "--scopes", "send"]);
+    owner_json(d, OWNER_A, &["grant", "create", "--agent", ALICE, "--inbox", "alice@mail.example.test", "--scopes", "send"]);
     let (status, r) = send_json(
         &w.server,
         "alice@mail.example.test",

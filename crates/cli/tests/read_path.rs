@@ -231,7 +231,10 @@ fn list_both_orders_with_cursors_and_fetch_the_stored_bytes() {
         assert_eq!((status, content_type.as_str()), (200, "message/rfc822"));
         let file = w.server.blobs().join(OWNER_A).join(bot).join(format!("{id}.eml"));
         assert_eq!(body, std::fs::read(file).unwrap());
-        assert!(body.starts_with(b"Received: "), "our Received: header comes first");
+        // Our headers come first: the MX's verdicts, then our Received: line.
+        let text = String::from_utf8_lossy(&body);
+        assert!(text.starts_with("Authentication-Results: "), "our verdicts come first: {text}");
+        assert!(text.contains("\r\nReceived: from "), "then our Received: line");
     }
     w.server.stop();
 }
@@ -410,7 +413,7 @@ fn retention_deletes_old_messages_per_domain_and_audits_the_count() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let v = run_json(d, &["inbox", "create", "--agent", AGENT_A, "--name", "kept", "--domain", "keep.test"]);
     let kept = v["address"].as_str().unwrap().to_owned();
-    run_json(d, &["grant", "add", "--agent", AGENT_A, "--inbox", &kept, "--scopes", "read"]);
+    common::owner_json(d, OWNER_A, &["grant", "create", "--agent", AGENT_A, "--inbox", &kept, "--scopes", "read"]);
     let v = run_json(d, &["domain", "set-retention", "agents.localhost", "3s"]);
     assert_eq!(v["retention"], 3);
     let bad = run(d, &["domain", "set-retention", "agents.localhost", "0s"]);
