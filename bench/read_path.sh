@@ -58,12 +58,20 @@ trap cleanup EXIT
 mkdir -p "$OUT" "$DATA"
 
 ak() { "$AK" --data-dir "$DATA" "$@"; }
-ak owner add "$OWNER" >/dev/null
+# Grants need the owner's signature: enroll a master key (sealed under a generated
+# passphrase in $WORK/owner) and sign `grant create`, applied locally.
+mkdir -p "$WORK/owner"
+head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$WORK/owner/passphrase"
+chmod 600 "$WORK/owner/passphrase"
+CODE=$(ak owner add "$OWNER" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["enrollment_code"])')
+AGENTKEYS_CONFIG_DIR="$WORK/owner" ak owner enroll --owner "$OWNER" --code "$CODE" \
+  --passphrase-file "$WORK/owner/passphrase" --json >/dev/null
 ak agent add "$AGENT" --owner "$OWNER" >/dev/null
 BIG=$(ak inbox create --agent "$AGENT" --name bench --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["address"])')
 LIVE=$(ak inbox create --agent "$AGENT" --name live --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["address"])')
 KEY=$(ak key create --agent "$AGENT" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["key"])')
-ak grant add --agent "$AGENT" --inbox "*@agents.localhost" --scopes read >/dev/null
+AGENTKEYS_CONFIG_DIR="$WORK/owner" ak grant create --agent "$AGENT" --inbox "*@agents.localhost" --scopes read \
+  --owner "$OWNER" --passphrase-file "$WORK/owner/passphrase" --json >/dev/null
 
 echo "seeding $MESSAGES messages into $BIG"
 SEED_START=$(date +%s.%N)
