@@ -173,3 +173,17 @@ print(row("agentkeys: end of DATA → `message.received` at the subscriber", E["
 print(row("agentkeys: `250` → event (negative: the event arrived first)", E["reply_to_event"]))
 PY
 cat "$OUT/read-path.md"
+
+# Splice into BENCHMARKS.md between the read path markers.
+COMMIT="$(cd "$REPO" && git log -1 --format='%h %s' | cut -c1-60)$(cd "$REPO" && git diff --quiet HEAD -- . ':!BENCHMARKS.md' || echo ' (with uncommitted changes)')"
+python3 - "$REPO/BENCHMARKS.md" "$OUT/read-path.md" "$COMMIT" <<'PY'
+import datetime, sys
+path, table, commit = sys.argv[1], open(sys.argv[2]).read(), sys.argv[3]
+text = open(path).read()
+begin, end = "<!-- BEGIN READ PATH RESULTS (written by bench/read_path.sh) -->", "<!-- END READ PATH RESULTS -->"
+if begin in text and end in text:
+    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    head = f"Run {now} on commit `{commit}` with `bash bench/read_path.sh`.\n\n"
+    text = text[: text.index(begin) + len(begin)] + "\n" + head + table + text[text.index(end):]
+    open(path, "w").write(text)
+PY
