@@ -34,6 +34,7 @@ pub mod extract;
 pub mod openapi;
 pub mod owner;
 pub mod pairing;
+pub mod throttle;
 pub mod well_known;
 
 use std::sync::Arc;
@@ -69,6 +70,8 @@ pub struct ApiState {
     collect_wait: std::time::Duration,
     /// Cancelled when the server stops: waiting collects answer 202 at once.
     shutdown: tokio_util::sync::CancellationToken,
+    /// Per-address limits: refused agent keys, pairing opens ([`throttle`]).
+    throttle: Arc<throttle::HttpThrottle>,
 }
 
 impl std::fmt::Debug for ApiState {
@@ -95,7 +98,15 @@ impl ApiState {
             pairings: Arc::default(),
             collect_wait: pairing::COLLECT_WAIT,
             shutdown: tokio_util::sync::CancellationToken::new(),
+            throttle: Arc::default(),
         }
+    }
+
+    /// The same state with other per-address limits (tests).
+    #[must_use]
+    pub fn with_throttle(mut self, throttle: throttle::HttpThrottle) -> Self {
+        self.throttle = Arc::new(throttle);
+        self
     }
 
     /// The same state serving the owner routes (enrollment, grants, key
@@ -197,8 +208,14 @@ pub fn routes() -> Vec<(Verb, &'static str)> {
     table().into_iter().map(|r| (r.verb, r.path)).collect()
 }
 
+/// The routes that take an agent key (`Authorization: Bearer ak_…`): their 401s
+/// spend the client address's failure budget ([`throttle`]).
+pub const AGENT_KEY_ROUTES: [&str; 2] = ["/v1/credentials/read", "/v1/credentials/oidc"];
+
 /// The API router. Unknown paths answer 404 and wrong methods 405, both as
-/// problem JSON; bodies over [`MAX_BODY_BYTES`] answer 413.
+/// problem JSON; bodies over [`MAX_BODY_BYTES`] answer 413; per-address limits
+/// answer 429 (needs the peer address: serve with
+/// `into_make_service_with_connect_info::<SocketAddr>()`).
 pub fn router(state: ApiState) -> axum::Router {
     let mut router = axum::Router::new();
     for r in table() {
@@ -208,7 +225,42 @@ pub fn router(state: ApiState) -> axum::Router {
         .fallback(|| async { ApiError::NotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), rate_limits))
         .with_state(state)
+}
+
+/// The per-address limits around the routes they guard: a throttled address gets
+/// 429 before its agent key is looked at, a 401 spends its failure budget (the
+/// one that finds it spent becomes a 429), and each pairing open spends the
+/// pairing budget. Requests without a peer address are not limited.
+async fn rate_limits(
+    axum::extract::State(state): axum::extract::State<ApiState>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let peer = request.extensions().get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip());
+    let Some(ip) = peer else {
+        return next.run(request).await;
+    };
+    let path = request.uri().path();
+    if AGENT_KEY_ROUTES.contains(&path) {
+        if let Err(limited) = state.throttle.check_agent_key(ip) {
+            return limited.into_response();
+        }
+        let response = next.run(request).await;
+        if response.status() == axum::http::StatusCode::UNAUTHORIZED
+            && let Some(limited) = state.throttle.record_agent_key_failure(ip)
+        {
+            return limited.into_response();
+        }
+        return response;
+    }
+    if request.method() == Method::POST && path == "/v1/pairings" {
+        if let Err(limited) = state.throttle.check_pairing(ip) {
+            return limited.into_response();
+        }
+    }
+    next.run(request).await
 }
 
 /// This document.
