@@ -109,6 +109,14 @@ async fn writer(mut receiver: mpsc::Receiver<Job>, pool: SqlitePool, clock: Cloc
 
 type Reply = oneshot::Sender<Result<AuditReceipt, StoreError>>;
 
+/// The text of a failure, without a second "metadata store error" prefix.
+fn reason(e: StoreError) -> String {
+    match e {
+        StoreError::Backend(text) => text,
+        other => other.to_string(),
+    }
+}
+
 /// Answers every caller in `replies` with the same backend failure.
 fn fail_all(replies: impl IntoIterator<Item = Reply>, why: &str) {
     let mut n = 0usize;
@@ -123,11 +131,11 @@ fn fail_all(replies: impl IntoIterator<Item = Reply>, why: &str) {
 async fn commit_batch(pool: &SqlitePool, clock: &Clock, jobs: Vec<Job>) {
     let mut tx = match pool.begin_with("BEGIN IMMEDIATE").await {
         Ok(tx) => tx,
-        Err(e) => return fail_all(jobs.into_iter().map(|j| j.reply), &backend(e).to_string()),
+        Err(e) => return fail_all(jobs.into_iter().map(|j| j.reply), &reason(backend(e))),
     };
     let mut head = match read_head(&mut tx).await {
         Ok(head) => head,
-        Err(e) => return fail_all(jobs.into_iter().map(|j| j.reply), &e.to_string()),
+        Err(e) => return fail_all(jobs.into_iter().map(|j| j.reply), &reason(e)),
     };
     let ts = clock();
     let mut sealed: Vec<(Reply, SealedRecord)> = Vec::with_capacity(jobs.len());
@@ -147,13 +155,13 @@ async fn commit_batch(pool: &SqlitePool, clock: &Clock, jobs: Vec<Job>) {
     // not one per record.
     let records: Vec<&SealedRecord> = sealed.iter().map(|(_, r)| r).collect();
     if let Err(e) = insert_sealed_many(&mut tx, &records).await {
-        return fail_all(sealed.into_iter().map(|(r, _)| r), &e.to_string());
+        return fail_all(sealed.into_iter().map(|(r, _)| r), &reason(e));
     }
     if sealed.is_empty() {
         return;
     }
     if let Err(e) = tx.commit().await {
-        return fail_all(sealed.into_iter().map(|(r, _)| r), &backend(e).to_string());
+        return fail_all(sealed.into_iter().map(|(r, _)| r), &reason(backend(e)));
     }
     for (reply, record) in sealed {
         let _ = reply.send(Ok(record.into_receipt()));
