@@ -116,6 +116,14 @@ impl BrokerStore for StoreBackend {
     async fn inbox_owner(&self, inbox: &Address) -> Result<Option<OwnerId>, BackendError> {
         Ok(self.meta.recipient(inbox).await.map_err(BackendError::new)?.map(|r| r.owner))
     }
+
+    async fn grants_and_inbox_owner(
+        &self,
+        agent: &AgentId,
+        inbox: &Address,
+    ) -> Result<(Vec<Grant>, Option<OwnerId>), BackendError> {
+        self.meta.grants_and_inbox_owner(agent, inbox).await.map_err(BackendError::new)
+    }
 }
 
 #[async_trait]

@@ -40,6 +40,7 @@ pub mod openapi;
 pub mod owner;
 pub mod pairing;
 pub mod send;
+pub mod throttle;
 pub mod well_known;
 
 use std::sync::Arc;
@@ -79,6 +80,8 @@ pub struct ApiState {
     mail: Option<Arc<Mailroom>>,
     /// The HTTP send door (blobs, DKIM signer, hasher); without it the route answers 503.
     send: Option<Arc<send::SendService>>,
+    /// Per-address limits: refused agent keys, pairing opens ([`throttle`]).
+    throttle: Arc<throttle::HttpThrottle>,
 }
 
 impl std::fmt::Debug for ApiState {
@@ -107,6 +110,7 @@ impl ApiState {
             shutdown: tokio_util::sync::CancellationToken::new(),
             mail: None,
             send: None,
+            throttle: Arc::default(),
         }
     }
 
@@ -115,6 +119,13 @@ impl ApiState {
     #[must_use]
     pub fn with_send(mut self, service: send::SendService) -> Self {
         self.send = Some(Arc::new(service));
+        self
+    }
+
+    /// The same state with other per-address limits (tests).
+    #[must_use]
+    pub fn with_throttle(mut self, throttle: throttle::HttpThrottle) -> Self {
+        self.throttle = Arc::new(throttle);
         self
     }
 
@@ -233,8 +244,21 @@ pub fn routes() -> Vec<(Verb, &'static str)> {
     table().into_iter().map(|r| (r.verb, r.path)).collect()
 }
 
+/// The fixed-path routes that take an agent key (`Authorization: Bearer ak_…`):
+/// their 401s spend the client address's failure budget ([`throttle`]). The
+/// send route (`/v1/inboxes/{address}/send`) does too ([`takes_agent_key`]).
+pub const AGENT_KEY_ROUTES: [&str; 3] = ["/v1/credentials/read", "/v1/credentials/oidc", "/v1/agent/inboxes"];
+
+/// Whether `path` is a route that authenticates with an agent key.
+pub fn takes_agent_key(path: &str) -> bool {
+    AGENT_KEY_ROUTES.contains(&path)
+        || path.strip_prefix("/v1/inboxes/").and_then(|rest| rest.strip_suffix("/send")).is_some_and(|a| !a.contains('/'))
+}
+
 /// The API router. Unknown paths answer 404 and wrong methods 405, both as
-/// problem JSON; bodies over [`MAX_BODY_BYTES`] answer 413.
+/// problem JSON; bodies over [`MAX_BODY_BYTES`] answer 413; per-address limits
+/// answer 429 (needs the peer address: serve with
+/// `into_make_service_with_connect_info::<SocketAddr>()`).
 pub fn router(state: ApiState) -> axum::Router {
     let mut router = axum::Router::new();
     for r in table() {
@@ -244,7 +268,42 @@ pub fn router(state: ApiState) -> axum::Router {
         .fallback(|| async { ApiError::NotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), rate_limits))
         .with_state(state)
+}
+
+/// The per-address limits around the routes they guard: a throttled address gets
+/// 429 before its agent key is looked at, a 401 spends its failure budget (the
+/// one that finds it spent becomes a 429), and each pairing open spends the
+/// pairing budget. Requests without a peer address are not limited.
+async fn rate_limits(
+    axum::extract::State(state): axum::extract::State<ApiState>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let peer = request.extensions().get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip());
+    let Some(ip) = peer else {
+        return next.run(request).await;
+    };
+    let path = request.uri().path();
+    if takes_agent_key(path) {
+        if let Err(limited) = state.throttle.check_agent_key(ip) {
+            return limited.into_response();
+        }
+        let response = next.run(request).await;
+        if response.status() == axum::http::StatusCode::UNAUTHORIZED
+            && let Some(limited) = state.throttle.record_agent_key_failure(ip)
+        {
+            return limited.into_response();
+        }
+        return response;
+    }
+    if request.method() == Method::POST && path == "/v1/pairings" {
+        if let Err(limited) = state.throttle.check_pairing(ip) {
+            return limited.into_response();
+        }
+    }
+    next.run(request).await
 }
 
 /// This document.
@@ -258,4 +317,26 @@ pub(crate) async fn openapi_json(
     axum::extract::State(state): axum::extract::State<ApiState>,
 ) -> impl IntoResponse {
     Json(state.openapi.as_ref().clone())
+}
+
+#[cfg(test)]
+mod agent_key_routes {
+    use super::takes_agent_key;
+
+    #[test]
+    fn every_agent_key_route_spends_the_failure_budget_and_nothing_else_does() {
+        for path in ["/v1/credentials/read", "/v1/credentials/oidc", "/v1/agent/inboxes", "/v1/inboxes/bot@agents.localhost/send"] {
+            assert!(takes_agent_key(path), "{path}");
+        }
+        for path in [
+            "/v1/inboxes/bot@agents.localhost/messages",
+            "/v1/inboxes/bot@agents.localhost/events",
+            "/v1/inboxes/a/b/send",
+            "/v1/inboxes//send/x",
+            "/v1/grants",
+            "/v1/pairings",
+        ] {
+            assert!(!takes_agent_key(path), "{path}");
+        }
+    }
 }

@@ -79,6 +79,16 @@ pub trait BrokerStore: Send + Sync {
     async fn grants_of_agent(&self, agent: &AgentId) -> Result<Vec<Grant>, BackendError>;
     /// The owner of `inbox`, `None` if there is no such inbox.
     async fn inbox_owner(&self, inbox: &Address) -> Result<Option<OwnerId>, BackendError>;
+    /// Both of the above for one authorization; stores that can read them in one
+    /// go override it.
+    async fn grants_and_inbox_owner(
+        &self,
+        agent: &AgentId,
+        inbox: &Address,
+    ) -> Result<(Vec<Grant>, Option<OwnerId>), BackendError> {
+        let owner = self.inbox_owner(inbox).await?;
+        Ok((self.grants_of_agent(agent).await?, owner))
+    }
 }
 
 /// What a mint tells the audit log. Carries no token, only its id.
@@ -481,14 +491,9 @@ impl TokenBroker {
         _scope: S,
     ) -> Result<Authorized<S>, MintError> {
         // Both lookups always run, so timing does not tell a foreign inbox from an own one.
-        let inbox_owner = self
+        let (grants, inbox_owner) = self
             .store
-            .inbox_owner(inbox)
-            .await
-            .map_err(MintError::Store)?;
-        let grants = self
-            .store
-            .grants_of_agent(&verified.agent)
+            .grants_and_inbox_owner(&verified.agent, inbox)
             .await
             .map_err(MintError::Store)?;
         let now = self.clock.now();

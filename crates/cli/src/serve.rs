@@ -107,7 +107,9 @@ pub(crate) async fn run(config: Config) -> Result<()> {
     let http_shutdown = shutdown.clone();
     listeners.spawn(async move {
         let app = crate::http::router(metrics, api);
-        if let Err(e) = axum::serve(http, app.into_make_service_with_connect_info::<std::net::SocketAddr>()).with_graceful_shutdown(http_shutdown.cancelled_owned()).await {
+        // The peer address feeds the API's per-address limits.
+        let app = app.into_make_service_with_connect_info::<SocketAddr>();
+        if let Err(e) = axum::serve(http, app).with_graceful_shutdown(http_shutdown.cancelled_owned()).await {
             tracing::error!(error = %e, "HTTP listener failed");
         }
     });

@@ -28,7 +28,7 @@ use sqlx::SqlitePool;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::meta::StoreError;
-use crate::sqlite::{Clock, backend, insert_sealed, read_head, seal_event};
+use crate::sqlite::{Clock, backend, insert_sealed_many, read_head, seal_event};
 
 /// Most appends one transaction takes. Larger batches amortise the commit further
 /// but hold the write lock longer; 256 records are ~100 KB of WAL.
@@ -109,6 +109,14 @@ async fn writer(mut receiver: mpsc::Receiver<Job>, pool: SqlitePool, clock: Cloc
 
 type Reply = oneshot::Sender<Result<AuditReceipt, StoreError>>;
 
+/// The text of a failure, without a second "metadata store error" prefix.
+fn reason(e: StoreError) -> String {
+    match e {
+        StoreError::Backend(text) => text,
+        other => other.to_string(),
+    }
+}
+
 /// Answers every caller in `replies` with the same backend failure.
 fn fail_all(replies: impl IntoIterator<Item = Reply>, why: &str) {
     let mut n = 0usize;
@@ -123,36 +131,37 @@ fn fail_all(replies: impl IntoIterator<Item = Reply>, why: &str) {
 async fn commit_batch(pool: &SqlitePool, clock: &Clock, jobs: Vec<Job>) {
     let mut tx = match pool.begin_with("BEGIN IMMEDIATE").await {
         Ok(tx) => tx,
-        Err(e) => return fail_all(jobs.into_iter().map(|j| j.reply), &backend(e).to_string()),
+        Err(e) => return fail_all(jobs.into_iter().map(|j| j.reply), &reason(backend(e))),
     };
     let mut head = match read_head(&mut tx).await {
         Ok(head) => head,
-        Err(e) => return fail_all(jobs.into_iter().map(|j| j.reply), &e.to_string()),
+        Err(e) => return fail_all(jobs.into_iter().map(|j| j.reply), &reason(e)),
     };
     let ts = clock();
     let mut sealed: Vec<(Reply, SealedRecord)> = Vec::with_capacity(jobs.len());
-    let mut jobs = jobs.into_iter();
-    while let Some(job) = jobs.next() {
-        let record = match seal_event(&head, ts, &job.event) {
-            Ok(record) => record,
-            Err(e) => {
-                // This caller's event is at fault; it takes no seq and the rest go on.
-                let _ = job.reply.send(Err(e));
-                continue;
+    for job in jobs {
+        match seal_event(&head, ts, &job.event) {
+            Ok(record) => {
+                head = record.record().head();
+                sealed.push((job.reply, record));
             }
-        };
-        if let Err(e) = insert_sealed(&mut tx, &record).await {
-            let replies = sealed.into_iter().map(|(r, _)| r).chain(std::iter::once(job.reply));
-            return fail_all(replies.chain(jobs.map(|j| j.reply)), &e.to_string());
+            // This caller's event is at fault; it takes no seq and the rest go on.
+            Err(e) => {
+                let _ = job.reply.send(Err(e));
+            }
         }
-        head = record.record().head();
-        sealed.push((job.reply, record));
+    }
+    // One multi-row INSERT per batch: one round trip to SQLite's worker thread,
+    // not one per record.
+    let records: Vec<&SealedRecord> = sealed.iter().map(|(_, r)| r).collect();
+    if let Err(e) = insert_sealed_many(&mut tx, &records).await {
+        return fail_all(sealed.into_iter().map(|(r, _)| r), &reason(e));
     }
     if sealed.is_empty() {
         return;
     }
     if let Err(e) = tx.commit().await {
-        return fail_all(sealed.into_iter().map(|(r, _)| r), &backend(e).to_string());
+        return fail_all(sealed.into_iter().map(|(r, _)| r), &reason(backend(e)));
     }
     for (reply, record) in sealed {
         let _ = reply.send(Ok(record.into_receipt()));

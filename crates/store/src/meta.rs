@@ -403,6 +403,17 @@ pub trait MetadataStore: Send + Sync + 'static {
         now: UnixTime,
         event: &AuditEvent,
     ) -> Result<AuditReceipt, StoreError>;
+    /// `agent`'s grants (any state) and the owner of `inbox` (`None` if no such
+    /// inbox), read together: the broker's authorization step in one lookup.
+    async fn grants_and_inbox_owner(
+        &self,
+        agent: &AgentId,
+        inbox: &Address,
+    ) -> Result<(Vec<Grant>, Option<OwnerId>), StoreError> {
+        let grants = self.list_grants(Some(agent)).await?;
+        let owner = self.recipient(inbox).await?.map(|r| r.owner);
+        Ok((grants, owner))
+    }
     /// Stores a signed checkpoint; `false` if one for that seq exists already
     /// (another process checkpointed the same head). Stores without checkpoints
     /// answer `Backend`.

@@ -220,6 +220,47 @@ pub(crate) fn seal_event(head: &ChainHead, ts: UnixTime, event: &AuditEvent) -> 
     SealedRecord::seal(head, ts, event).map_err(|e| StoreError::Invalid(format!("cannot audit {}: {e}", event.operation)))
 }
 
+/// Inserts sealed records (in chain order) inside `tx` with one statement per
+/// [`INSERT_ROWS_PER_STATEMENT`] records.
+pub(crate) async fn insert_sealed_many(tx: &mut SqliteConnection, records: &[&SealedRecord]) -> Result<(), StoreError> {
+    for chunk in records.chunks(INSERT_ROWS_PER_STATEMENT) {
+        let mut sql = String::from(
+            "INSERT INTO audit_log (seq, ts, actor, operation, subject, outcome, detail, prev_hash, hash) VALUES ",
+        );
+        for i in 0..chunk.len() {
+            sql.push_str(if i == 0 { "(?, ?, ?, ?, ?, ?, ?, ?, ?)" } else { ", (?, ?, ?, ?, ?, ?, ?, ?, ?)" });
+        }
+        let mut query = sqlx::query(&sql);
+        for sealed in chunk {
+            let r = sealed.record();
+            let seq = i64::try_from(r.seq)
+                .map_err(|_| StoreError::Backend(format!("audit seq {} does not fit the database", r.seq)))?;
+            let detail = canonical_json(&r.detail)
+                .map_err(|e| StoreError::Invalid(format!("cannot audit {}: {e}", r.operation)))?;
+            query = query
+                .bind(seq)
+                .bind(r.ts)
+                .bind(r.actor.to_string())
+                .bind(r.operation.clone())
+                .bind(r.subject.clone())
+                .bind(r.outcome.as_str())
+                .bind(detail)
+                .bind(hash_to_hex(&r.prev_hash))
+                .bind(hash_to_hex(&r.hash));
+        }
+        // Batch sizes vary: do not fill the statement cache with one entry per size.
+        query.persistent(chunk.len() == 1).execute(&mut *tx).await.map_err(|e| {
+            let first = chunk.first().map_or(0, |r| r.record().seq);
+            StoreError::Backend(format!("cannot write audit records from {first}: {e}"))
+        })?;
+    }
+    Ok(())
+}
+
+/// Records per multi-row audit INSERT (9 parameters each, well under SQLite's
+/// 32,766-parameter limit).
+const INSERT_ROWS_PER_STATEMENT: usize = 64;
+
 /// Inserts a sealed record inside `tx`.
 pub(crate) async fn insert_sealed(tx: &mut SqliteConnection, sealed: &SealedRecord) -> Result<(), StoreError> {
     let r = sealed.record();
@@ -1224,6 +1265,34 @@ impl MetadataStore for SqliteStore {
         event: &AuditEvent,
     ) -> Result<AuditReceipt, StoreError> {
         self.revoke_audited(REVOKE_GRANT, id.as_str(), Some(owner), now, format!("grant {id}"), event).await
+    }
+
+    async fn grants_and_inbox_owner(
+        &self,
+        agent: &AgentId,
+        inbox: &Address,
+    ) -> Result<(Vec<Grant>, Option<OwnerId>), StoreError> {
+        // One statement (one round trip, one snapshot): the grants, then the inbox.
+        let rows: Vec<GrantRow> = sqlx::query_as(
+            "SELECT id, owner, agent, pattern, scopes, created_at, expires_at, revoked_at FROM grants WHERE agent = ?1
+             UNION ALL
+             SELECT '', owner, '', '', '', 0, 0, NULL FROM inboxes WHERE address = ?2",
+        )
+        .bind(agent.as_str())
+        .bind(inbox.as_str())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend)?;
+        let mut grants = Vec::with_capacity(rows.len());
+        let mut owner = None;
+        for row in rows {
+            if row.0.is_empty() {
+                owner = Some(stored("owner id", &row.1)?);
+            } else {
+                grants.push(grant_from_row(row)?);
+            }
+        }
+        Ok((grants, owner))
     }
 
     async fn add_checkpoint(&self, checkpoint: &CheckpointRecord) -> Result<bool, StoreError> {
