@@ -7,6 +7,7 @@ mod datadir;
 mod demo;
 mod domain;
 mod http;
+mod mail;
 mod owner_client;
 mod pairing_client;
 mod serve;
@@ -85,6 +86,11 @@ enum Command {
     /// Show configuration keys.
     #[command(subcommand)]
     Config(ConfigCmd),
+    /// The agent's mail: list, show, send, reply, forward, wait, otp (agent key).
+    #[command(subcommand)]
+    Mail(mail::MailCmd),
+    /// Serve this agent's mail as MCP tools (stdio, or streamable HTTP with --http).
+    Mcp(mail::McpArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -128,6 +134,8 @@ fn main() -> ExitCode {
             Command::Queue(c) => admin::queue(&config, c, json).await,
             Command::Audit(c) => audit::run(&config, c, json).await,
             Command::Demo(c) => demo::run(&config, c, json).await,
+            Command::Mail(c) => mail::run(c, json).await,
+            Command::Mcp(args) => mail::mcp(args).await,
             Command::Config(ConfigCmd::Keys) => {
                 admin::print_config_keys(json);
                 Ok(())
