@@ -20,6 +20,9 @@
 
 pub mod message;
 pub mod otp;
+pub mod auth_results;
+pub mod html;
+pub mod compose;
 
 pub mod client;
 pub mod config;

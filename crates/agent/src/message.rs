@@ -1,1 +1,370 @@
-//! A parsed view of a raw message.
+//! A parsed view of a raw message (mail-parser 0.11): the headers an agent
+//! reads, the text, the HTML as readable text with its links, attachment
+//! metadata, and the authentication verdicts of our MX.
+//!
+//! ```
+//! use agentkeys_agent::message::ParsedMessage;
+//!
+//! let raw = b"From: Shop <no-reply@shop.example>\r\nTo: bot@agents.localhost\r\n\
+//! Subject: Hello\r\nMessage-ID: <abc@shop.example>\r\n\r\nHi there\r\n";
+//! let m = ParsedMessage::parse("01JD0000000000000000000000", raw, "mx.agents.localhost").unwrap();
+//! assert_eq!(m.from.as_ref().unwrap().address, "no-reply@shop.example");
+//! assert_eq!(m.rfc5322_message_id.as_deref(), Some("<abc@shop.example>"));
+//! assert_eq!(m.text.as_deref(), Some("Hi there\r\n"));
+//! assert!(!m.authentication.authenticated);
+//! ```
+
+use std::sync::Arc;
+
+use mail_parser::{HeaderValue, MessageParser, MimeHeaders, PartType};
+use serde::Serialize;
+
+use crate::auth_results::Authentication;
+pub use crate::html::Link;
+
+/// Largest raw message parsed. Our MX accepts 10 MiB by default; this leaves room
+/// for a configured larger limit and refuses anything absurd.
+pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+/// Most message ids kept from a `References:` header (the newest ones).
+pub const MAX_REFERENCES: usize = 64;
+
+/// A display name and an address, as in `"Ann" <ann@example.com>`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct Mailbox {
+    /// The display name, if any.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub name: Option<String>,
+    /// The address (`local@domain`).
+    pub address: String,
+}
+
+impl Mailbox {
+    /// A mailbox without a display name.
+    pub fn new(address: impl Into<String>) -> Self {
+        Mailbox { name: None, address: address.into() }
+    }
+
+    /// The domain part of the address, lowercased (`None` without an `@`).
+    pub fn domain(&self) -> Option<String> {
+        self.address
+            .rsplit_once('@')
+            .map(|(_, d)| d.trim_end_matches('>').to_ascii_lowercase())
+            .filter(|d| !d.is_empty())
+    }
+}
+
+/// What an attachment is, without its bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AttachmentInfo {
+    /// Position among the message's attachments, for [`ParsedMessage::attachment`].
+    pub index: usize,
+    /// The file name (`Content-Disposition: filename` or `Content-Type: name`).
+    pub filename: Option<String>,
+    /// `type/subtype`, lowercased (`application/octet-stream` when absent).
+    pub content_type: String,
+    /// Decoded size in bytes.
+    pub size: usize,
+}
+
+/// An attachment with its decoded bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attachment {
+    /// Its metadata.
+    pub info: AttachmentInfo,
+    /// The decoded content (for a `message/rfc822` part, the raw message).
+    pub bytes: Vec<u8>,
+}
+
+/// Why raw bytes could not be parsed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ParseError {
+    /// Bigger than [`MAX_MESSAGE_BYTES`].
+    #[error("message of {size} bytes is larger than the {max} bytes parsed")]
+    TooLarge {
+        /// The size given.
+        size: usize,
+        /// [`MAX_MESSAGE_BYTES`].
+        max: usize,
+    },
+    /// Empty, or no header could be read.
+    #[error("not an RFC 5322 message (no headers)")]
+    NotAMessage,
+}
+
+/// A parsed message: what `get_message` returns (serialized as JSON).
+#[derive(Debug, Clone, Serialize)]
+pub struct ParsedMessage {
+    /// Our store's id (a ULID), as passed to [`ParsedMessage::parse`].
+    pub message_id: String,
+    /// The `Message-ID:` header, in angle brackets.
+    pub rfc5322_message_id: Option<String>,
+    /// The first `From:` mailbox.
+    pub from: Option<Mailbox>,
+    /// `To:` mailboxes.
+    pub to: Vec<Mailbox>,
+    /// `Cc:` mailboxes.
+    pub cc: Vec<Mailbox>,
+    /// `Reply-To:` mailboxes.
+    pub reply_to: Vec<Mailbox>,
+    /// The decoded subject.
+    pub subject: Option<String>,
+    /// The `Date:` header as RFC 3339.
+    pub date: Option<String>,
+    /// The `Date:` header as Unix seconds.
+    pub date_unix: Option<i64>,
+    /// `In-Reply-To:`, in angle brackets.
+    pub in_reply_to: Option<String>,
+    /// `References:`, in angle brackets, oldest first (at most [`MAX_REFERENCES`]).
+    pub references: Vec<String>,
+    /// The `text/plain` body parts, joined by a blank line.
+    pub text: Option<String>,
+    /// The `text/html` body parts converted to readable text.
+    pub html_text: Option<String>,
+    /// The links of the HTML body parts.
+    pub links: Vec<Link>,
+    /// Attachment metadata (bytes via [`ParsedMessage::attachment`]).
+    pub attachments: Vec<AttachmentInfo>,
+    /// The verdicts of our MX.
+    pub authentication: Authentication,
+    #[serde(skip)]
+    raw: Arc<[u8]>,
+}
+
+impl ParsedMessage {
+    /// Parses `raw`, stored under `message_id`, reading only the
+    /// `Authentication-Results` headers whose authserv-id is `our_hostname`.
+    pub fn parse(message_id: &str, raw: &[u8], our_hostname: &str) -> Result<Self, ParseError> {
+        if raw.len() > MAX_MESSAGE_BYTES {
+            return Err(ParseError::TooLarge { size: raw.len(), max: MAX_MESSAGE_BYTES });
+        }
+        let msg = MessageParser::default().parse(raw).ok_or(ParseError::NotAMessage)?;
+        if msg.headers().is_empty() {
+            return Err(ParseError::NotAMessage);
+        }
+
+        let from = msg.from().and_then(|a| a.iter().find_map(mailbox));
+        let single_from = msg.from().map(|a| a.iter().count() == 1).unwrap_or(false);
+        let list = |a: Option<&mail_parser::Address<'_>>| -> Vec<Mailbox> {
+            a.map(|a| a.iter().filter_map(mailbox).collect()).unwrap_or_default()
+        };
+
+        let mut text_parts = Vec::new();
+        for id in &msg.text_body {
+            if let Some(part) = msg.parts.get(*id as usize)
+                && let PartType::Text(t) = &part.body
+            {
+                text_parts.push(t.as_ref());
+            }
+        }
+        let mut html_texts = Vec::new();
+        let mut links = Vec::new();
+        for id in &msg.html_body {
+            if let Some(part) = msg.parts.get(*id as usize)
+                && let PartType::Html(h) = &part.body
+            {
+                let converted = crate::html::to_text(h);
+                html_texts.push(converted.text);
+                links.extend(converted.links);
+            }
+        }
+        links.truncate(crate::html::MAX_LINKS);
+
+        let attachments = msg
+            .attachments()
+            .enumerate()
+            .map(|(index, part)| attachment_info(index, part))
+            .collect();
+
+        let ar_values: Vec<&str> = msg
+            .headers_raw()
+            .filter(|(name, _)| name.eq_ignore_ascii_case("Authentication-Results"))
+            .map(|(_, value)| value)
+            .collect();
+        let from_domain = if single_from { from.as_ref().and_then(Mailbox::domain) } else { None };
+        let authentication =
+            Authentication::evaluate(ar_values, our_hostname, from_domain.as_deref());
+
+        let mut references = ids(msg.references());
+        if references.len() > MAX_REFERENCES {
+            references.drain(..references.len() - MAX_REFERENCES);
+        }
+
+        Ok(ParsedMessage {
+            message_id: message_id.to_owned(),
+            rfc5322_message_id: msg.message_id().map(bracket),
+            to: list(msg.to()),
+            cc: list(msg.cc()),
+            reply_to: list(msg.reply_to()),
+            from,
+            subject: msg.subject().map(str::to_owned),
+            date: msg.date().map(|d| d.to_rfc3339()),
+            date_unix: msg.date().map(|d| d.to_timestamp()),
+            in_reply_to: ids(msg.in_reply_to()).into_iter().next(),
+            references,
+            text: (!text_parts.is_empty()).then(|| text_parts.join("\n\n")),
+            html_text: (!html_texts.is_empty()).then(|| html_texts.join("\n\n")),
+            links,
+            attachments,
+            authentication,
+            raw: Arc::from(raw),
+        })
+    }
+
+    /// The raw bytes this view was parsed from.
+    pub fn raw(&self) -> &[u8] {
+        &self.raw
+    }
+
+    /// The attachment at `index` with its decoded bytes (re-parses the raw
+    /// message; `None` for an index out of range).
+    pub fn attachment(&self, index: usize) -> Option<Attachment> {
+        let msg = MessageParser::default().parse(&self.raw[..])?;
+        let part = msg.attachments().nth(index)?;
+        Some(Attachment { info: attachment_info(index, part), bytes: part.contents().to_vec() })
+    }
+
+    /// The sender's address as shown: `From:` (the first mailbox), if any.
+    pub fn from_address(&self) -> Option<&str> {
+        self.from.as_ref().map(|m| m.address.as_str())
+    }
+}
+
+fn mailbox(a: &mail_parser::Addr<'_>) -> Option<Mailbox> {
+    let address = a.address.as_deref()?.trim();
+    if address.is_empty() {
+        return None;
+    }
+    let name = a.name.as_deref().map(str::trim).filter(|n| !n.is_empty()).map(str::to_owned);
+    Some(Mailbox { name, address: address.to_owned() })
+}
+
+fn attachment_info(index: usize, part: &mail_parser::MessagePart<'_>) -> AttachmentInfo {
+    let content_type = match (part.content_type(), &part.body) {
+        (Some(ct), _) => match &ct.c_subtype {
+            Some(sub) => format!("{}/{}", ct.c_type, sub),
+            None => ct.c_type.to_string(),
+        },
+        (None, PartType::Message(_)) => "message/rfc822".to_owned(),
+        (None, PartType::Text(_)) => "text/plain".to_owned(),
+        (None, _) => "application/octet-stream".to_owned(),
+    }
+    .to_ascii_lowercase();
+    AttachmentInfo {
+        index,
+        filename: part.attachment_name().map(str::to_owned),
+        content_type,
+        size: part.len(),
+    }
+}
+
+fn bracket(id: &str) -> String {
+    let id = id.trim().trim_start_matches('<').trim_end_matches('>');
+    format!("<{id}>")
+}
+
+fn ids(v: &HeaderValue<'_>) -> Vec<String> {
+    match v {
+        HeaderValue::Text(t) => vec![bracket(t)],
+        HeaderValue::TextList(l) => l.iter().map(|t| bracket(t)).collect(),
+        _ => Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HOST: &str = "mx.agents.localhost";
+
+    fn parse(raw: &str) -> ParsedMessage {
+        ParsedMessage::parse("01JD0000000000000000000000", raw.as_bytes(), HOST).unwrap()
+    }
+
+    #[test]
+    fn headers_and_bodies() {
+        let m = parse(concat!(
+            "Authentication-Results: mx.agents.localhost; dkim=pass header.d=shop.example header.s=s1;\r\n",
+            "\tspf=pass smtp.mailfrom=a@shop.example; dmarc=pass header.from=shop.example\r\n",
+            "From: \"Shop Team\" <team@Shop.example>\r\n",
+            "To: bot@agents.localhost, Other <o@x.example>\r\n",
+            "Cc: c@x.example\r\n",
+            "Reply-To: help@shop.example\r\n",
+            "Subject: =?utf-8?q?Gr=C3=BC=C3=9Fe?=\r\n",
+            "Date: Sat, 21 Nov 2026 09:05:00 +0000\r\n",
+            "Message-ID: <m1@shop.example>\r\n",
+            "In-Reply-To: <p2@agents.localhost>\r\n",
+            "References: <p1@agents.localhost> <p2@agents.localhost>\r\n",
+            "MIME-Version: 1.0\r\n",
+            "Content-Type: multipart/mixed; boundary=b1\r\n\r\n",
+            "--b1\r\nContent-Type: multipart/alternative; boundary=b2\r\n\r\n",
+            "--b2\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nplain body\r\n",
+            "--b2\r\nContent-Type: text/html; charset=utf-8\r\n\r\n<p>html <a href=\"https://shop.example/x\">body</a></p>\r\n",
+            "--b2--\r\n",
+            "--b1\r\nContent-Type: application/pdf; name=\"r.pdf\"\r\nContent-Disposition: attachment; filename=\"r.pdf\"\r\n",
+            "Content-Transfer-Encoding: base64\r\n\r\nJVBERi0xLjQK\r\n",
+            "--b1--\r\n",
+        ));
+        assert_eq!(m.from, Some(Mailbox { name: Some("Shop Team".into()), address: "team@Shop.example".into() }));
+        assert_eq!(m.to.len(), 2);
+        assert_eq!(m.to[1].name.as_deref(), Some("Other"));
+        assert_eq!(m.cc, vec![Mailbox::new("c@x.example")]);
+        assert_eq!(m.reply_to, vec![Mailbox::new("help@shop.example")]);
+        assert_eq!(m.subject.as_deref(), Some("Grüße"));
+        assert_eq!(m.date.as_deref(), Some("2026-11-21T09:05:00Z"));
+        assert_eq!(m.date_unix, Some(1_795_251_900));
+        assert_eq!(m.rfc5322_message_id.as_deref(), Some("<m1@shop.example>"));
+        assert_eq!(m.in_reply_to.as_deref(), Some("<p2@agents.localhost>"));
+        assert_eq!(m.references, vec!["<p1@agents.localhost>", "<p2@agents.localhost>"]);
+        assert_eq!(m.text.as_deref().map(str::trim), Some("plain body"));
+        assert_eq!(m.html_text.as_deref(), Some("html body"));
+        assert_eq!(m.links, vec![Link { url: "https://shop.example/x".into(), text: "body".into() }]);
+        assert_eq!(
+            m.attachments,
+            vec![AttachmentInfo { index: 0, filename: Some("r.pdf".into()), content_type: "application/pdf".into(), size: 9 }]
+        );
+        let a = m.attachment(0).unwrap();
+        assert_eq!(a.bytes, b"%PDF-1.4\n");
+        assert!(m.attachment(1).is_none());
+        assert!(m.authentication.authenticated, "{:?}", m.authentication);
+        assert_eq!(m.authentication.dkim[0].domain.as_deref(), Some("shop.example"));
+    }
+
+    #[test]
+    fn forged_verdicts_of_another_host_are_ignored() {
+        let m = parse(
+            "Authentication-Results: mx.evil.example; dmarc=pass header.from=bank.example\r\n\
+             From: a@bank.example\r\nSubject: x\r\n\r\nbody\r\n",
+        );
+        assert!(!m.authentication.authenticated);
+        assert!(!m.authentication.verdicts_present);
+    }
+
+    #[test]
+    fn several_from_mailboxes_never_authenticate() {
+        let m = parse(
+            "Authentication-Results: mx.agents.localhost; dkim=pass header.d=a.example\r\n\
+             From: x@a.example, y@b.example\r\nSubject: x\r\n\r\nbody\r\n",
+        );
+        assert!(!m.authentication.authenticated);
+    }
+
+    #[test]
+    fn html_only_message_has_no_text() {
+        let m = parse("From: a@b.example\r\nContent-Type: text/html\r\n\r\n<p>Hi</p><p>there</p>");
+        assert_eq!(m.text, None);
+        assert_eq!(m.html_text.as_deref(), Some("Hi\nthere"));
+    }
+
+    #[test]
+    fn limits() {
+        assert_eq!(
+            ParsedMessage::parse("x", &vec![b'a'; MAX_MESSAGE_BYTES + 1], HOST).unwrap_err(),
+            ParseError::TooLarge { size: MAX_MESSAGE_BYTES + 1, max: MAX_MESSAGE_BYTES }
+        );
+        assert_eq!(ParsedMessage::parse("x", b"", HOST).unwrap_err(), ParseError::NotAMessage);
+        let refs: String = (0..MAX_REFERENCES + 10).map(|i| format!("<r{i}@x> ")).collect();
+        let m = parse(&format!("From: a@b.example\r\nReferences: {refs}\r\n\r\nx"));
+        assert_eq!(m.references.len(), MAX_REFERENCES);
+        assert_eq!(m.references.last().map(String::as_str), Some(&*format!("<r{}@x>", MAX_REFERENCES + 9)));
+    }
+}

@@ -273,10 +273,11 @@ async fn with_spinner<T>(label: String, timeout: u64, work: impl Future<Output =
         let mut i = 0usize;
         loop {
             let left = timeout.saturating_sub(start.elapsed().as_secs());
-            let mut err = std::io::stderr().lock();
-            let _ = write!(err, "\r{} {label} ({left} s left) ", FRAMES[i % FRAMES.len()]);
-            let _ = err.flush();
-            drop(err);
+            {
+                let mut err = std::io::stderr().lock();
+                let _ = write!(err, "\r{} {label} ({left} s left) ", FRAMES[i % FRAMES.len()]);
+                let _ = err.flush();
+            }
             i += 1;
             tokio::select! {
                 () = spin_stop.cancelled() => break,
