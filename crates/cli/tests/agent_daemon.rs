@@ -202,6 +202,16 @@ impl Drop for Mcp {
     }
 }
 
+/// A child process killed (and reaped) when the test ends, even by a panic.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        self.0.kill().ok();
+        self.0.wait().ok();
+    }
+}
+
 fn check_tool_list(mcp: &mut Mcp) {
     let listed = mcp.send(json!({"op": "list_tools"}));
     assert_eq!(listed["schema_errors"], json!({}), "{listed}");
@@ -410,9 +420,9 @@ fn mcp_over_streamable_http() {
     for (k, v) in w.env(&w.key_a) {
         cmd.env(k, v);
     }
-    let mut daemon = cmd.spawn().unwrap();
+    let mut daemon = KillOnDrop(cmd.spawn().unwrap());
     let mut first = String::new();
-    BufReader::new(daemon.stdout.take().unwrap()).read_line(&mut first).unwrap();
+    BufReader::new(daemon.0.stdout.take().unwrap()).read_line(&mut first).unwrap();
     let url = first.trim().rsplit(' ').next().unwrap().to_owned();
     assert!(url.starts_with("http://127.0.0.1:") && url.ends_with("/mcp"), "{first}");
     {
@@ -433,8 +443,8 @@ fn mcp_over_streamable_http() {
         let mut again = Mcp::spawn(&["http".into(), url], &[]);
         assert_eq!(again.ok("list_inboxes", json!({}))["inboxes"].as_array().unwrap().len(), 2);
     }
-    Command::new("kill").arg("-TERM").arg(daemon.id().to_string()).status().unwrap();
-    let status = wait_timeout(&mut daemon, Duration::from_secs(30)).expect("the daemon stops on SIGTERM");
+    Command::new("kill").arg("-TERM").arg(daemon.0.id().to_string()).status().unwrap();
+    let status = wait_timeout(&mut daemon.0, Duration::from_secs(30)).expect("the daemon stops on SIGTERM");
     assert!(status.success(), "{status:?}");
 }
 
