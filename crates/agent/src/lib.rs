@@ -4,8 +4,10 @@
 //!
 //! - [`message`]: a parsed view of a raw message (headers, text, HTML as readable
 //!   text, attachment metadata, the `Authentication-Results` verdicts of our MX).
+//! - [`auth_results`]: the RFC 8601 parser behind those verdicts.
 //! - [`otp`]: one-time code and magic-link extraction, which never guesses
 //!   silently.
+//! - [`compose`]: MIME for send, reply and forward (mail-builder).
 //!
 //! The daemon (`agentkeys mcp`, `agentkeys mail …`):
 //!
@@ -18,11 +20,11 @@
 //! - [`mailbox`]: the operations (one per MCP tool and CLI verb).
 //! - [`mcp`]: the MCP server (rmcp) over stdio or streamable HTTP.
 
+pub mod auth_results;
+pub mod compose;
+pub mod html;
 pub mod message;
 pub mod otp;
-pub mod auth_results;
-pub mod html;
-pub mod compose;
 
 pub mod client;
 pub mod config;

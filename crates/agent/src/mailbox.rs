@@ -43,6 +43,9 @@ pub enum MailError {
     /// The message could not be parsed or composed.
     #[error("{0}")]
     Message(String),
+    /// The message holds no code or link (the extractor does not guess).
+    #[error("{0}")]
+    NoCode(String),
 }
 
 /// `list_inboxes`: no parameters.
@@ -550,7 +553,7 @@ impl MailService {
 
     /// `extract_otp`: the one-time code or magic link of a message (given, the
     /// next to arrive with `wait`, or the newest matching one).
-    pub async fn extract_otp(&self, p: &ExtractOtpParams) -> Result<crate::otp::OtpResult, MailError> {
+    pub async fn extract_otp(&self, p: &ExtractOtpParams) -> Result<crate::otp::Otp, MailError> {
         let inbox = crate::client::check_inbox(&p.inbox)?;
         let filter = Filter::new(p.from.as_deref(), p.subject_contains.as_deref());
         let message_id = match (&p.message_id, p.wait) {
@@ -584,7 +587,13 @@ impl MailService {
             }
         };
         let parsed = self.fetch_parsed(&inbox, &message_id).await?;
-        Ok(extract(&parsed))
+        crate::otp::extract(&parsed).ok_or_else(|| {
+            MailError::NoCode(format!(
+                "message {message_id} (from {}, subject {:?}) holds no code or link",
+                parsed.from.as_ref().map_or("-", |m| m.address.as_str()),
+                parsed.subject.as_deref().unwrap_or("")
+            ))
+        })
     }
 }
 
@@ -604,10 +613,6 @@ fn attachment(
         .and_then(|i| parsed.attachment(i))
         .ok_or_else(|| MailError::Invalid(format!("the message has no attachment {index} (see get_message)")))?;
     Ok((a.info.filename, a.info.content_type, a.bytes))
-}
-
-fn extract(parsed: &crate::message::ParsedMessage) -> crate::otp::OtpResult {
-    crate::otp::extract(parsed)
 }
 
 fn stamp(inbox: &str) -> crate::compose::Stamp {

@@ -41,7 +41,10 @@ pub struct Mailbox {
 impl Mailbox {
     /// A mailbox without a display name.
     pub fn new(address: impl Into<String>) -> Self {
-        Mailbox { name: None, address: address.into() }
+        Mailbox {
+            name: None,
+            address: address.into(),
+        }
     }
 
     /// The domain part of the address, lowercased (`None` without an `@`).
@@ -50,6 +53,28 @@ impl Mailbox {
             .rsplit_once('@')
             .map(|(_, d)| d.trim_end_matches('>').to_ascii_lowercase())
             .filter(|d| !d.is_empty())
+    }
+}
+
+impl std::str::FromStr for Mailbox {
+    type Err = std::convert::Infallible;
+
+    /// `Ann <ann@example.com>`, `"Ann B." <ann@example.com>` or `ann@example.com`.
+    /// Nothing is validated here; [`crate::compose::Compose::validate`] checks
+    /// addresses before anything is sent.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        if let Some(open) = s.rfind('<')
+            && s.ends_with('>')
+        {
+            let name = s[..open].trim().trim_matches('"').trim();
+            let address = s[open + 1..s.len() - 1].trim();
+            return Ok(Mailbox {
+                name: (!name.is_empty()).then(|| name.to_owned()),
+                address: address.to_owned(),
+            });
+        }
+        Ok(Mailbox::new(s))
     }
 }
 
@@ -127,25 +152,51 @@ pub struct ParsedMessage {
     /// The verdicts of our MX.
     pub authentication: Authentication,
     #[serde(skip)]
-    raw: Arc<[u8]>,
+    raw: RawBytes,
+}
+
+/// The raw message; `Debug` shows its length instead of dumping every byte.
+#[derive(Clone)]
+struct RawBytes(Arc<[u8]>);
+
+impl std::fmt::Debug for RawBytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "<{} bytes>", self.0.len())
+    }
 }
 
 impl ParsedMessage {
-    /// Parses `raw`, stored under `message_id`, reading only the
-    /// `Authentication-Results` headers whose authserv-id is `our_hostname`.
+    /// Parses `raw`, stored under `message_id`. Verdicts come only from the
+    /// topmost `Authentication-Results` header, and only when its authserv-id
+    /// is `our_hostname` (the MX's host name, as it writes it).
     pub fn parse(message_id: &str, raw: &[u8], our_hostname: &str) -> Result<Self, ParseError> {
         if raw.len() > MAX_MESSAGE_BYTES {
-            return Err(ParseError::TooLarge { size: raw.len(), max: MAX_MESSAGE_BYTES });
+            return Err(ParseError::TooLarge {
+                size: raw.len(),
+                max: MAX_MESSAGE_BYTES,
+            });
         }
-        let msg = MessageParser::default().parse(raw).ok_or(ParseError::NotAMessage)?;
+        let msg = MessageParser::default()
+            .parse(raw)
+            .ok_or(ParseError::NotAMessage)?;
         if msg.headers().is_empty() {
             return Err(ParseError::NotAMessage);
         }
 
         let from = msg.from().and_then(|a| a.iter().find_map(mailbox));
-        let single_from = msg.from().map(|a| a.iter().count() == 1).unwrap_or(false);
+        // Exactly one From: header with exactly one mailbox, or nothing can be
+        // aligned with it (a second From: is a classic way to show one domain
+        // while DMARC judged another).
+        let from_headers = msg
+            .headers()
+            .iter()
+            .filter(|h| matches!(h.name, mail_parser::HeaderName::From))
+            .count();
+        let single_from =
+            from_headers == 1 && msg.from().map(|a| a.iter().count() == 1).unwrap_or(false);
         let list = |a: Option<&mail_parser::Address<'_>>| -> Vec<Mailbox> {
-            a.map(|a| a.iter().filter_map(mailbox).collect()).unwrap_or_default()
+            a.map(|a| a.iter().filter_map(mailbox).collect())
+                .unwrap_or_default()
         };
 
         let mut text_parts = Vec::new();
@@ -180,7 +231,11 @@ impl ParsedMessage {
             .filter(|(name, _)| name.eq_ignore_ascii_case("Authentication-Results"))
             .map(|(_, value)| value)
             .collect();
-        let from_domain = if single_from { from.as_ref().and_then(Mailbox::domain) } else { None };
+        let from_domain = if single_from {
+            from.as_ref().and_then(Mailbox::domain)
+        } else {
+            None
+        };
         let authentication =
             Authentication::evaluate(ar_values, our_hostname, from_domain.as_deref());
 
@@ -206,21 +261,24 @@ impl ParsedMessage {
             links,
             attachments,
             authentication,
-            raw: Arc::from(raw),
+            raw: RawBytes(Arc::from(raw)),
         })
     }
 
     /// The raw bytes this view was parsed from.
     pub fn raw(&self) -> &[u8] {
-        &self.raw
+        &self.raw.0
     }
 
     /// The attachment at `index` with its decoded bytes (re-parses the raw
     /// message; `None` for an index out of range).
     pub fn attachment(&self, index: usize) -> Option<Attachment> {
-        let msg = MessageParser::default().parse(&self.raw[..])?;
+        let msg = MessageParser::default().parse(&self.raw.0[..])?;
         let part = msg.attachments().nth(index)?;
-        Some(Attachment { info: attachment_info(index, part), bytes: part.contents().to_vec() })
+        Some(Attachment {
+            info: attachment_info(index, part),
+            bytes: part.contents().to_vec(),
+        })
     }
 
     /// The sender's address as shown: `From:` (the first mailbox), if any.
@@ -234,8 +292,16 @@ fn mailbox(a: &mail_parser::Addr<'_>) -> Option<Mailbox> {
     if address.is_empty() {
         return None;
     }
-    let name = a.name.as_deref().map(str::trim).filter(|n| !n.is_empty()).map(str::to_owned);
-    Some(Mailbox { name, address: address.to_owned() })
+    let name = a
+        .name
+        .as_deref()
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+        .map(str::to_owned);
+    Some(Mailbox {
+        name,
+        address: address.to_owned(),
+    })
 }
 
 fn attachment_info(index: usize, part: &mail_parser::MessagePart<'_>) -> AttachmentInfo {
@@ -304,7 +370,13 @@ mod tests {
             "Content-Transfer-Encoding: base64\r\n\r\nJVBERi0xLjQK\r\n",
             "--b1--\r\n",
         ));
-        assert_eq!(m.from, Some(Mailbox { name: Some("Shop Team".into()), address: "team@Shop.example".into() }));
+        assert_eq!(
+            m.from,
+            Some(Mailbox {
+                name: Some("Shop Team".into()),
+                address: "team@Shop.example".into()
+            })
+        );
         assert_eq!(m.to.len(), 2);
         assert_eq!(m.to[1].name.as_deref(), Some("Other"));
         assert_eq!(m.cc, vec![Mailbox::new("c@x.example")]);
@@ -314,19 +386,60 @@ mod tests {
         assert_eq!(m.date_unix, Some(1_795_251_900));
         assert_eq!(m.rfc5322_message_id.as_deref(), Some("<m1@shop.example>"));
         assert_eq!(m.in_reply_to.as_deref(), Some("<p2@agents.localhost>"));
-        assert_eq!(m.references, vec!["<p1@agents.localhost>", "<p2@agents.localhost>"]);
+        assert_eq!(
+            m.references,
+            vec!["<p1@agents.localhost>", "<p2@agents.localhost>"]
+        );
         assert_eq!(m.text.as_deref().map(str::trim), Some("plain body"));
         assert_eq!(m.html_text.as_deref(), Some("html body"));
-        assert_eq!(m.links, vec![Link { url: "https://shop.example/x".into(), text: "body".into() }]);
+        assert_eq!(
+            m.links,
+            vec![Link {
+                url: "https://shop.example/x".into(),
+                text: "body".into()
+            }]
+        );
         assert_eq!(
             m.attachments,
-            vec![AttachmentInfo { index: 0, filename: Some("r.pdf".into()), content_type: "application/pdf".into(), size: 9 }]
+            vec![AttachmentInfo {
+                index: 0,
+                filename: Some("r.pdf".into()),
+                content_type: "application/pdf".into(),
+                size: 9
+            }]
         );
         let a = m.attachment(0).unwrap();
         assert_eq!(a.bytes, b"%PDF-1.4\n");
         assert!(m.attachment(1).is_none());
         assert!(m.authentication.authenticated, "{:?}", m.authentication);
-        assert_eq!(m.authentication.dkim[0].domain.as_deref(), Some("shop.example"));
+        assert_eq!(
+            m.authentication.dkim[0].domain.as_deref(),
+            Some("shop.example")
+        );
+    }
+
+    #[test]
+    fn mailbox_from_str() {
+        let m: Mailbox = "\"Ann B.\" <ann@example.com>".parse().unwrap();
+        assert_eq!(
+            m,
+            Mailbox {
+                name: Some("Ann B.".into()),
+                address: "ann@example.com".into()
+            }
+        );
+        assert_eq!(
+            "ann@example.com".parse::<Mailbox>().unwrap(),
+            Mailbox::new("ann@example.com")
+        );
+        assert_eq!(
+            "<ann@example.com>".parse::<Mailbox>().unwrap(),
+            Mailbox::new("ann@example.com")
+        );
+        assert_eq!(
+            Mailbox::new("a@Example.COM").domain().as_deref(),
+            Some("example.com")
+        );
     }
 
     #[test]
@@ -349,6 +462,20 @@ mod tests {
     }
 
     #[test]
+    fn two_from_headers_never_authenticate() {
+        let m = parse(
+            "Authentication-Results: mx.agents.localhost; dmarc=pass header.from=a.example\r\n\
+             From: x@a.example\r\nFrom: y@a.example\r\nSubject: x\r\n\r\nbody\r\n",
+        );
+        assert!(!m.authentication.authenticated);
+        let m = parse(
+            "Authentication-Results: mx.agents.localhost; dmarc=pass header.from=a.example\r\n\
+             From: x@a.example\r\nSubject: x\r\n\r\nbody\r\n",
+        );
+        assert!(m.authentication.authenticated);
+    }
+
+    #[test]
     fn html_only_message_has_no_text() {
         let m = parse("From: a@b.example\r\nContent-Type: text/html\r\n\r\n<p>Hi</p><p>there</p>");
         assert_eq!(m.text, None);
@@ -359,12 +486,23 @@ mod tests {
     fn limits() {
         assert_eq!(
             ParsedMessage::parse("x", &vec![b'a'; MAX_MESSAGE_BYTES + 1], HOST).unwrap_err(),
-            ParseError::TooLarge { size: MAX_MESSAGE_BYTES + 1, max: MAX_MESSAGE_BYTES }
+            ParseError::TooLarge {
+                size: MAX_MESSAGE_BYTES + 1,
+                max: MAX_MESSAGE_BYTES
+            }
         );
-        assert_eq!(ParsedMessage::parse("x", b"", HOST).unwrap_err(), ParseError::NotAMessage);
-        let refs: String = (0..MAX_REFERENCES + 10).map(|i| format!("<r{i}@x> ")).collect();
+        assert_eq!(
+            ParsedMessage::parse("x", b"", HOST).unwrap_err(),
+            ParseError::NotAMessage
+        );
+        let refs: String = (0..MAX_REFERENCES + 10)
+            .map(|i| format!("<r{i}@x> "))
+            .collect();
         let m = parse(&format!("From: a@b.example\r\nReferences: {refs}\r\n\r\nx"));
         assert_eq!(m.references.len(), MAX_REFERENCES);
-        assert_eq!(m.references.last().map(String::as_str), Some(&*format!("<r{}@x>", MAX_REFERENCES + 9)));
+        assert_eq!(
+            m.references.last().map(String::as_str),
+            Some(&*format!("<r{}@x>", MAX_REFERENCES + 9))
+        );
     }
 }

@@ -19,6 +19,9 @@ pub const PROBLEM_JSON: &str = "application/problem+json";
 pub const UNAUTHORIZED_DETAIL: &str =
     "send a valid agent key as `Authorization: Bearer ak_…`; the key is missing, malformed, unknown, revoked or expired";
 
+/// The `detail` of every capability 401: the same whatever the reason.
+pub const INVALID_CAPABILITY_DETAIL: &str = "send a valid read capability as `Authorization: Bearer akcap1.…` (from POST /v1/credentials/read); it is missing, malformed, tampered with or expired";
+
 /// Why a request failed. Each variant has one status and one stable code.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ApiError {
@@ -91,6 +94,18 @@ pub enum ApiError {
     Pairing(agentkeys_approval::PairingError),
     /// 409 `AGENT_EXISTS`: the device key's agent id belongs to another owner.
     AgentExists,
+    /// 401 `INVALID_CAPABILITY`: no `Authorization: Bearer akcap1.…`, or a
+    /// capability that is malformed, tampered with or expired. One body for all.
+    InvalidCapability,
+    /// 404 `NOT_FOUND`: no such inbox or message under the capability. An inbox
+    /// the capability does not cover, another owner's, a missing or malformed
+    /// message id: all the same body, so nothing tells them apart.
+    MailNotFound,
+    /// 429 `TOO_MANY_STREAMS`: the inbox already has the most event streams allowed.
+    TooManyStreams {
+        /// The limit.
+        max: usize,
+    },
 }
 
 /// The problem JSON body (RFC 9457) plus `code`, and `field` for input errors.
@@ -138,6 +153,9 @@ impl ApiError {
                 PairingError::ConfirmationMismatch => StatusCode::BAD_REQUEST,
             },
             Self::AgentExists => StatusCode::CONFLICT,
+            Self::InvalidCapability => StatusCode::UNAUTHORIZED,
+            Self::MailNotFound => StatusCode::NOT_FOUND,
+            Self::TooManyStreams { .. } => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -162,6 +180,9 @@ impl ApiError {
             Self::OwnerObjectNotFound { .. } => "NOT_FOUND",
             Self::Pairing(e) => e.code(),
             Self::AgentExists => "AGENT_EXISTS",
+            Self::InvalidCapability => "INVALID_CAPABILITY",
+            Self::MailNotFound => "NOT_FOUND",
+            Self::TooManyStreams { .. } => "TOO_MANY_STREAMS",
         }
     }
 
@@ -186,6 +207,9 @@ impl ApiError {
             Self::Pairing(PairingError::NotFound) => "Not found",
             Self::Pairing(_) => "Pairing refused",
             Self::AgentExists => "Agent exists",
+            Self::InvalidCapability => "Unauthorized",
+            Self::MailNotFound => "Not found",
+            Self::TooManyStreams { .. } => "Too many streams",
         }
     }
 
@@ -230,6 +254,12 @@ impl ApiError {
                 "this device key's agent already belongs to another owner; pair with a new device key".to_owned(),
                 None,
             ),
+            Self::InvalidCapability => (INVALID_CAPABILITY_DETAIL.to_owned(), None),
+            Self::MailNotFound => ("no such inbox or message for this capability".to_owned(), None),
+            Self::TooManyStreams { max } => (
+                format!("this inbox already has {max} open event streams; close one or retry later"),
+                None,
+            ),
         };
         let code = self.code();
         Problem {
@@ -252,8 +282,11 @@ impl IntoResponse for ApiError {
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         match self {
-            Self::Unauthorized => {
+            Self::Unauthorized | Self::InvalidCapability => {
                 headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            Self::TooManyStreams { .. } => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("30"));
             }
             Self::OwnerUnauthorized { .. } => {
                 headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("AgentKeys-Owner"));

@@ -16,6 +16,9 @@
 //! | GET | `/v1/pairings/{code}` | show a pairing request (owner signature) |
 //! | POST | `/v1/pairings/{code}/approve` | approve it: the agent is created (owner signature) |
 //! | POST | `/v1/pairings/{code}/collect` | the agent collects its key (device signature, long-poll) |
+//! | GET | `/v1/inboxes/{address}/messages` | list an inbox (read capability) |
+//! | GET | `/v1/inboxes/{address}/messages/{message_id}` | fetch a raw message (read capability) |
+//! | GET | `/v1/inboxes/{address}/events` | new-mail Server-Sent Events (read capability) |
 //!
 //! Owners sign requests with their master key (`Authorization: AgentKeys-Owner …`,
 //! see [`owner`]); the owner routes need the metadata store ([`ApiState::with_meta`]).
@@ -32,6 +35,7 @@ pub mod backend;
 pub mod credentials;
 pub mod error;
 pub mod extract;
+pub mod messages;
 pub mod openapi;
 pub mod owner;
 pub mod pairing;
@@ -40,7 +44,7 @@ pub mod well_known;
 use std::sync::Arc;
 
 use agentkeys_broker::{Clock, SystemClock, TokenBroker};
-use agentkeys_store::MetadataStore;
+use agentkeys_store::{Mailroom, MetadataStore};
 use axum::Json;
 use axum::extract::DefaultBodyLimit;
 use axum::handler::Handler;
@@ -70,6 +74,8 @@ pub struct ApiState {
     collect_wait: std::time::Duration,
     /// Cancelled when the server stops: waiting collects answer 202 at once.
     shutdown: tokio_util::sync::CancellationToken,
+    /// Blobs, message index and events for the read path; without it those routes answer 503.
+    mail: Option<Arc<Mailroom>>,
 }
 
 impl std::fmt::Debug for ApiState {
@@ -96,6 +102,7 @@ impl ApiState {
             pairings: Arc::default(),
             collect_wait: pairing::COLLECT_WAIT,
             shutdown: tokio_util::sync::CancellationToken::new(),
+            mail: None,
         }
     }
 
@@ -104,6 +111,13 @@ impl ApiState {
     #[must_use]
     pub fn with_meta(mut self, meta: Arc<dyn MetadataStore>) -> Self {
         self.meta = Some(meta);
+        self
+    }
+
+    /// The same state serving the read path (list, fetch, events) over `mail`.
+    #[must_use]
+    pub fn with_mailroom(mut self, mail: Arc<Mailroom>) -> Self {
+        self.mail = Some(mail);
         self
     }
 
@@ -186,6 +200,9 @@ fn table() -> Vec<Route> {
         route(Verb::Get, "/v1/pairings/{code}", pairing::view),
         route(Verb::Post, "/v1/pairings/{code}/approve", pairing::approve),
         route(Verb::Post, "/v1/pairings/{code}/collect", pairing::collect),
+        route(Verb::Get, "/v1/inboxes/{address}/messages", messages::list),
+        route(Verb::Get, "/v1/inboxes/{address}/messages/{message_id}", messages::fetch),
+        route(Verb::Get, "/v1/inboxes/{address}/events", messages::events),
     ]
 }
 

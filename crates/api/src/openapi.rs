@@ -32,6 +32,9 @@ use crate::error::Problem;
         crate::pairing::view,
         crate::pairing::approve,
         crate::pairing::collect,
+        crate::messages::list,
+        crate::messages::fetch,
+        crate::messages::events,
     ),
     components(schemas(
         ReadCredentialRequest,
@@ -53,13 +56,16 @@ use crate::error::Problem;
         crate::pairing::ApprovePairingResponse,
         crate::pairing::CollectPairingRequest,
         crate::pairing::CollectPairingResponse,
+        crate::messages::MessageSummary,
+        crate::messages::MessagePage,
     )),
-    modifiers(&AgentKeyAuth, &OwnerSignatureAuth),
+    modifiers(&AgentKeyAuth, &OwnerSignatureAuth, &ReadCapabilityAuth),
     tags(
         (name = "credentials", description = "Short-lived credentials minted under an agent's grants"),
         (name = "oidc", description = "OIDC issuer documents"),
         (name = "meta", description = "This document"),
         (name = "owner", description = "Enrollment and the owner's approval gate: requests signed with the owner's master key"),
+        (name = "messages", description = "The read path: list, fetch and follow one inbox with a read capability (Authorization: Bearer akcap1.…)"),
         (name = "pairing", description = "An agent asks for an agent key with its device key; its owner approves with a signed request"),
     )
 )]
@@ -74,6 +80,18 @@ impl Modify for AgentKeyAuth {
         let mut http = Http::new(HttpAuthScheme::Bearer);
         http.bearer_format = Some("ak_<43 base62 characters>".to_owned());
         components.add_security_scheme("agent_key", SecurityScheme::Http(http));
+    }
+}
+
+/// Adds the `read_capability` bearer security scheme.
+struct ReadCapabilityAuth;
+
+impl Modify for ReadCapabilityAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        let mut http = Http::new(HttpAuthScheme::Bearer);
+        http.bearer_format = Some("akcap1.<payload>.<mac> from POST /v1/credentials/read".to_owned());
+        components.add_security_scheme("read_capability", SecurityScheme::Http(http));
     }
 }
 

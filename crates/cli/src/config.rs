@@ -55,7 +55,17 @@ pub(crate) struct Config {
     pub(crate) delivery_backoff_scale: f64,
     /// Undelivered mail bounces after this many seconds (5 days).
     pub(crate) delivery_max_age_secs: u64,
+    /// Messages are deleted after this many seconds unless their domain sets
+    /// its own retention (`agentkeys domain set-retention`).
+    pub(crate) retention_secs: u64,
+    /// How often `serve` sweeps expired messages.
+    pub(crate) retention_sweep_secs: u64,
 }
+
+/// Default retention of messages: 30 days (DESIGN.md §5).
+pub(crate) const DEFAULT_RETENTION: std::time::Duration = std::time::Duration::from_secs(30 * 86_400);
+/// Default interval of the retention sweeper.
+pub(crate) const RETENTION_SWEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(300);
 
 impl Default for Config {
     fn default() -> Self {
@@ -84,6 +94,8 @@ impl Default for Config {
             delivery_mx_port: agentkeys_delivery::SMTP_PORT,
             delivery_backoff_scale: 1.0,
             delivery_max_age_secs: agentkeys_delivery::MAX_AGE.as_secs(),
+            retention_secs: DEFAULT_RETENTION.as_secs(),
+            retention_sweep_secs: RETENTION_SWEEP_INTERVAL.as_secs(),
         }
     }
 }
@@ -175,6 +187,8 @@ pub(crate) const KEYS: &[Key] = &[
     Key { toml: "delivery.mx_port", env: "AGENTKEYS_DELIVERY_MX_PORT", help: "port MX hosts are contacted on (25; a testing/ops knob)", set: |c, v| { c.delivery_mx_port = parse_positive(v)?; Ok(()) } },
     Key { toml: "delivery.backoff_scale", env: "AGENTKEYS_DELIVERY_BACKOFF_SCALE", help: "multiplies retry backoff, lease and maximum age (1; tests only use less)", set: |c, v| { c.delivery_backoff_scale = parse_scale(v)?; Ok(()) } },
     Key { toml: "delivery.max_age", env: "AGENTKEYS_DELIVERY_MAX_AGE", help: "undelivered mail bounces after this long (e.g. 5d)", set: |c, v| { c.delivery_max_age_secs = parse_secs(v)?; Ok(()) } },
+    Key { toml: "limits.retention", env: "AGENTKEYS_RETENTION", help: "messages are deleted after this long (e.g. 30d) unless their domain sets its own (agentkeys domain set-retention)", set: |c, v| { c.retention_secs = parse_secs(v)?; Ok(()) } },
+    Key { toml: "limits.retention_sweep_interval", env: "AGENTKEYS_RETENTION_SWEEP_INTERVAL", help: "how often serve deletes expired messages (e.g. 5m)", set: |c, v| { c.retention_sweep_secs = parse_secs(v)?; Ok(()) } },
     Key { toml: "log", env: "AGENTKEYS_LOG", help: "log filter (error, warn, info, debug, or a tracing directive)", set: |c, v| { c.log = v.to_owned(); Ok(()) } },
 ];
 
@@ -385,5 +399,27 @@ mod public_url_tests {
         let keys: Vec<&str> = err.0.iter().map(|p| p.key.as_str()).collect();
         assert_eq!(keys, ["AGENTKEYS_PUBLIC_URL", "AGENTKEYS_OIDC_AUDIENCE"]);
         assert!(err.to_string().contains("https://"), "{err}");
+    }
+}
+
+#[cfg(test)]
+mod retention_tests {
+    use super::*;
+
+    #[test]
+    fn retention_defaults_to_30_days_swept_every_5_minutes_and_is_configurable() {
+        assert_eq!(DEFAULT_RETENTION.as_secs(), 30 * 86_400);
+        assert_eq!(RETENTION_SWEEP_INTERVAL.as_secs(), 300);
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("agentkeys.toml");
+        std::fs::write(&p, "[limits]\nretention = \"7d\"\n").unwrap();
+        let c = load(Some(&p), &BTreeMap::new()).unwrap();
+        assert_eq!((c.retention_secs, c.retention_sweep_secs), (7 * 86_400, 300));
+        let env: BTreeMap<String, String> =
+            [("AGENTKEYS_RETENTION_SWEEP_INTERVAL".to_owned(), "1s".to_owned())].into_iter().collect();
+        assert_eq!(load(Some(&p), &env).unwrap().retention_sweep_secs, 1);
+        std::fs::write(&p, "[limits]\nretention = \"0d\"\n").unwrap();
+        let err = load(Some(&p), &BTreeMap::new()).unwrap_err();
+        assert_eq!(err.0[0].key, "limits.retention");
     }
 }

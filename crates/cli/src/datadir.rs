@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use agentkeys_broker::{AuthorityConfig, SoftwareAuthority};
 use agentkeys_core::{KeyHasher, MasterSeed};
-use agentkeys_store::{FsBlobStore, MetadataStore, SqliteStore};
+use agentkeys_store::{FsBlobStore, LocalEventHub, Mailroom, MetadataStore, SqliteStore};
 use anyhow::{Context, Result, bail};
 
 use crate::config::Config;
@@ -24,7 +24,10 @@ pub(crate) const BLOB_DIR: &str = "blobs";
 pub(crate) struct DataDir {
     pub(crate) path: PathBuf,
     pub(crate) meta: Arc<SqliteStore>,
-    pub(crate) blobs: Arc<FsBlobStore>,
+    /// The blob store as everything that writes mail must see it: a
+    /// [`Mailroom`] that indexes every inbox copy and publishes its event (the
+    /// bare `FsBlobStore` stays inside it).
+    pub(crate) blobs: Arc<Mailroom>,
     pub(crate) hasher: KeyHasher,
     /// Key for hashing third-party addresses in audit records.
     pub(crate) address_key: [u8; 32],
@@ -46,10 +49,12 @@ impl DataDir {
         let blobs = FsBlobStore::open(&path.join(BLOB_DIR))
             .with_context(|| format!("cannot open blob store in {}", path.display()))?;
         meta.ensure_domain(&config.domain, crate::now()).await?;
+        let meta = Arc::new(meta);
+        let blobs = Arc::new(Mailroom::new(Arc::new(blobs), meta.clone(), Arc::new(LocalEventHub::new())));
         Ok(Self {
             path,
-            meta: Arc::new(meta),
-            blobs: Arc::new(blobs),
+            meta,
+            blobs,
             hasher: KeyHasher::new(&seed),
             address_key: agentkeys_audit::address_key(&seed),
             seed,

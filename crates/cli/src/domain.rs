@@ -7,7 +7,7 @@ use agentkeys_audit::{Actor, AuditEvent, ops};
 use agentkeys_core::Domain;
 use agentkeys_delivery::{DomainKeyring, zone_file};
 use agentkeys_smtp::OutboundSigner;
-use agentkeys_store::{MetadataStore as _, StoreError};
+use agentkeys_store::{MessageIndex as _, MetadataStore as _, OP_DOMAIN_SET_RETENTION, StoreError};
 use anyhow::{Result, anyhow, bail};
 use clap::Subcommand;
 use serde_json::json;
@@ -29,6 +29,14 @@ pub(crate) enum DomainCmd {
     Remove {
         /// The domain.
         domain: String,
+    },
+    /// Keep a domain's messages this long (e.g. 7d), or `default` for the server's
+    /// `limits.retention`. Older messages are deleted by the server's sweeper.
+    SetRetention {
+        /// The domain.
+        domain: String,
+        /// A duration such as 12h, 7d or 90d, or `default`.
+        retention: String,
     },
     /// Print the DNS records to publish (BIND zone file syntax): MX, SPF, DMARC, DKIM.
     Dns {
@@ -67,6 +75,8 @@ pub(crate) async fn run(config: &Config, cmd: DomainCmd, json: bool) -> Result<(
         }
         DomainCmd::List => {
             let mut rows = Vec::new();
+            let retentions: std::collections::BTreeMap<String, Option<i64>> =
+                dir.meta.domain_retentions().await?.into_iter().map(|(d, r)| (d.to_string(), r)).collect();
             for domain in dir.meta.list_domains().await? {
                 let keys = dir.meta.domain_keys(&domain).await?;
                 let newest = keys.last();
@@ -76,6 +86,7 @@ pub(crate) async fn run(config: &Config, cmd: DomainCmd, json: bool) -> Result<(
                     "dkim_version": newest.map(|k| k.version),
                     "selector_ed": newest.map(|k| k.selector_ed.clone()),
                     "selector_rsa": newest.map(|k| k.selector_rsa.clone()),
+                    "retention": retentions.get(domain.as_str()).copied().flatten(),
                 }));
             }
             if json {
@@ -105,6 +116,29 @@ pub(crate) async fn run(config: &Config, cmd: DomainCmd, json: bool) -> Result<(
                 println!("{}", json!({ "removed": domain }));
             } else {
                 println!("removed {domain} and its DKIM keys; delete its DNS records too");
+            }
+        }
+        DomainCmd::SetRetention { domain, retention } => {
+            let domain = parse_domain(&domain)?;
+            let secs = match retention.as_str() {
+                "default" => None,
+                text => Some(agentkeys_core::parse_duration(text).map_err(|e| {
+                    anyhow!("{e}; or `default` to use the server's limits.retention")
+                })?),
+            };
+            let event = AuditEvent::ok(Actor::Operator, OP_DOMAIN_SET_RETENTION, domain.as_str())
+                .with_detail(json!({ "retention": secs }));
+            dir.meta.set_domain_retention(&domain, secs, &event).await.map_err(|e| match e {
+                StoreError::NotFound { .. } => anyhow!("{e}; see `agentkeys domain list`"),
+                other => anyhow!(other),
+            })?;
+            if json {
+                println!("{}", json!({ "domain": domain, "retention": secs }));
+            } else {
+                match secs {
+                    Some(s) => println!("{domain}: messages are kept {s} s, then deleted by the server's sweeper"),
+                    None => println!("{domain}: messages are kept for the server's limits.retention"),
+                }
             }
         }
         DomainCmd::Dns { domain, mx_host } => {

@@ -487,7 +487,7 @@ fn print_message(m: &agentkeys_agent::message::ParsedMessage) {
     println!("{}", text.trim_end());
 }
 
-fn print_otp(otp: &agentkeys_agent::otp::OtpResult) -> Result<()> {
+fn print_otp(otp: &agentkeys_agent::otp::Otp) -> Result<()> {
     let v = serde_json::to_value(otp)?;
     let value = v["code"].as_str().or_else(|| v["link"].as_str());
     match value {
@@ -498,7 +498,7 @@ fn print_otp(otp: &agentkeys_agent::otp::OtpResult) -> Result<()> {
                 err,
                 "{} from {} in message {}; authenticated: {}; confidence {}{}",
                 v["kind"].as_str().unwrap_or("?"),
-                v["from"].as_str().unwrap_or("-"),
+                v["from"]["address"].as_str().unwrap_or("-"),
                 v["message_id"].as_str().unwrap_or("-"),
                 v["authenticated"],
                 v["confidence"],

@@ -35,6 +35,7 @@ pub(crate) async fn run(config: Config) -> Result<()> {
 
     let dir = DataDir::open(&config).await?;
     let tls = crate::tls::load(&config)?;
+    reconcile_index(&dir).await?;
 
     let inbound = bind(config.listen_inbound, "listen.inbound / AGENTKEYS_LISTEN_INBOUND").await?;
     let submission = bind(config.listen_submission, "listen.submission / AGENTKEYS_LISTEN_SUBMISSION").await?;
@@ -80,7 +81,10 @@ pub(crate) async fn run(config: Config) -> Result<()> {
 
     let shutdown = CancellationToken::new();
     let api = agentkeys_api::router(
-        agentkeys_api::ApiState::new(broker).with_meta(dir.meta.clone()).with_shutdown(shutdown.clone()),
+        agentkeys_api::ApiState::new(broker)
+            .with_meta(dir.meta.clone())
+            .with_mailroom(dir.blobs.clone())
+            .with_shutdown(shutdown.clone()),
     );
     let sessions = TaskTracker::new();
     let listeners = TaskTracker::new();
@@ -132,6 +136,15 @@ pub(crate) async fn run(config: Config) -> Result<()> {
     };
     // ---- end of outbound delivery ----
 
+    // ---- Retention: delete messages past their domain's retention ----
+    let sweeper = tokio::spawn(sweep_retention(
+        dir.blobs.clone(),
+        config.retention_secs,
+        Duration::from_secs(config.retention_sweep_secs),
+        shutdown.clone(),
+    ));
+    // ---- end of retention ----
+
     let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
     let which = tokio::select! {
@@ -153,6 +166,45 @@ pub(crate) async fn run(config: Config) -> Result<()> {
     {
         println!("grace period over; delivery attempts in flight resume after restart");
     }
+    sweeper.await.ok();
     println!("stopped");
     Ok(())
+}
+
+/// Brings the message index up to date with the blob tree before any mail is
+/// accepted: a crash between a blob's write and its index commit left a blob
+/// without a row (`Mailroom::reconcile`).
+async fn reconcile_index(dir: &DataDir) -> Result<()> {
+    use agentkeys_store::MetadataStore as _;
+    let inboxes: Vec<_> = dir.meta.list_inboxes(None).await?.into_iter().map(|i| (i.owner, i.address)).collect();
+    let repaired = dir.blobs.reconcile(&inboxes).await.context("cannot reconcile the message index")?;
+    if repaired.indexed > 0 || repaired.dropped > 0 {
+        tracing::warn!(indexed = repaired.indexed, dropped = repaired.dropped, "message index reconciled with the blob store");
+    }
+    Ok(())
+}
+
+/// The retention sweeper: at start and then every `interval`, deletes the
+/// messages older than their domain's retention (`default_secs` where the domain
+/// sets none); each batch is audited with its count. Ends at shutdown.
+async fn sweep_retention(
+    mailroom: Arc<agentkeys_store::Mailroom>,
+    default_secs: u64,
+    interval: Duration,
+    shutdown: CancellationToken,
+) {
+    let default_retention = i64::try_from(default_secs).unwrap_or(i64::MAX);
+    let mut ticks = tokio::time::interval(interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = ticks.tick() => {}
+        }
+        match mailroom.sweep_expired(crate::now(), default_retention).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(deleted = n, "retention sweep deleted expired messages"),
+            Err(err) => tracing::error!(%err, "retention sweep failed; retrying at the next interval"),
+        }
+    }
 }

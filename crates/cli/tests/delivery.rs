@@ -264,6 +264,19 @@ fn permanent_failure_bounces_with_a_dsn_in_the_sender_inbox() {
     let (_, _, alice, key) = provision(&d, OWNER, ALICE, "alice");
     let sink = Sink::start(&dir.path().join("sink"), &["--reject"]);
     let server = start_server(&d, sink.port);
+    // The sender's agent follows its inbox: the DSN lands through the same
+    // path as any mail (indexed, then announced).
+    let cap = read_capability(&server, &key, &alice);
+    let mut events = std::process::Command::new("python3")
+        .arg(resource("sse_client.py"))
+        .arg(serde_json::json!({ "url": format!("http://{}/v1/inboxes/{alice}/events", server.http), "token": cap, "count": 1, "timeout": 90 }).to_string())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut events_out = std::io::BufReader::new(events.stdout.take().unwrap());
+    let mut ready = String::new();
+    std::io::BufRead::read_line(&mut events_out, &mut ready).unwrap();
+    assert_eq!(ready.trim(), "READY 200");
     submit(&server, &alice, &key, "nobody@example.com", "doomed");
 
     wait_for("the bounce", Duration::from_secs(60), || {
@@ -290,6 +303,38 @@ fn permanent_failure_bounces_with_a_dsn_in_the_sender_inbox() {
         "the original's headers come back: {dsn}"
     );
     assert!(sink.messages().is_empty());
+
+    let dsn_id = dsns[0].file_stem().unwrap().to_string_lossy().into_owned();
+    let mut report = String::new();
+    std::io::BufRead::read_line(&mut events_out, &mut report).unwrap();
+    events.wait().unwrap();
+    let report: Value = serde_json::from_str(&report).unwrap();
+    assert_eq!(report["events"][0]["id"], dsn_id.as_str(), "{report}");
+    let listing = curl_json(&format!("http://{}/v1/inboxes/{alice}/messages", server.http), &cap);
+    assert_eq!(listing["messages"][0]["message_id"], dsn_id.as_str(), "{listing}");
+}
+
+fn curl_json(url: &str, bearer: &str) -> Value {
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "--max-time", "30", "-H"])
+        .arg(format!("Authorization: Bearer {bearer}"))
+        .arg(url)
+        .output()
+        .unwrap();
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn read_capability(server: &Server, key: &str, inbox: &str) -> String {
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "--max-time", "30", "-H", "Content-Type: application/json", "-H"])
+        .arg(format!("Authorization: Bearer {key}"))
+        .arg("--data-binary")
+        .arg(serde_json::json!({ "inbox": inbox }).to_string())
+        .arg(format!("http://{}/v1/credentials/read", server.http))
+        .output()
+        .unwrap();
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["token"].as_str().unwrap().to_owned()
 }
 
 #[test]

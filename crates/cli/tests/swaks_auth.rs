@@ -46,6 +46,26 @@ fn every_demo_outcome_over_starttls() {
         seen += 1;
     }
     assert!(seen >= 11, "the demo seed must cover every outcome");
+
+    // Every decision is in the audit log, with its reason, and never a key.
+    let records = run_json(dir.path(), &["audit", "list", "--limit", "1000"]);
+    let auths: Vec<&serde_json::Value> =
+        records.as_array().unwrap().iter().filter(|r| r["operation"] == "submission.auth").collect();
+    assert_eq!(auths.len(), seen, "one audit record per AUTH decision");
+    for case in seed["cases"].as_array().unwrap() {
+        let outcome = case["outcome"].as_str().unwrap();
+        let recorded = auths.iter().any(|r| match outcome {
+            "ok" => r["outcome"] == "ok",
+            reason => r["outcome"] == "denied" && r["detail"]["reason"] == reason,
+        });
+        assert!(recorded, "no audit record for {outcome}");
+        let password = case["password"].as_str().unwrap();
+        if password.len() > 10 {
+            assert!(!records.to_string().contains(password), "a key is in the audit log");
+        }
+    }
+    let verify = common::run(dir.path(), &["audit", "verify"]);
+    assert!(verify.status.success(), "{}", String::from_utf8_lossy(&verify.stdout));
 }
 
 #[test]

@@ -47,6 +47,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 pub mod acceptance;
+pub mod auth_audit;
 pub mod limits;
 mod received;
 mod reply;

@@ -375,6 +375,10 @@ impl SmtpServer {
                     let facts = self.meta.auth_facts(&credentials).await;
                     session.auth_result(facts, now());
                 }
+                Step::Audit(event) => {
+                    let recorded = self.meta.audit_append(&event).await.map(drop);
+                    session.audit_result(recorded, now());
+                }
                 Step::Deliver(delivery) => {
                     let result =
                         store_delivery_signed(self.blobs.as_ref(), self.meta.as_ref(), self.signer.as_deref(), &delivery).await;

@@ -21,6 +21,7 @@ use agentkeys_core::{
     Address, AuthFacts, AuthFailure, Credentials, InboxStatus, KeyHasher, OwnerId, SendAuthorized,
     UnixTime,
 };
+use agentkeys_audit::AuditEvent;
 use agentkeys_store::{Recipient, StoreError};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -30,6 +31,7 @@ use smtp_proto::{AUTH_LOGIN, AUTH_PLAIN, MailFrom, RcptTo, Request};
 use ulid::Ulid;
 
 use crate::acceptance::DeliveryError;
+use crate::auth_audit::{self, Door, RefusalFacts};
 use crate::limits::{Limits, MAX_LINE_LENGTH};
 use crate::received::{Protocol, received_header, sanitize_helo};
 use crate::reply::Reply;
@@ -128,6 +130,10 @@ pub enum Step {
     /// Fetch `MetadataStore::auth_facts` for these credentials, answer with
     /// [`Session::auth_result`].
     Authenticate(Credentials),
+    /// Append this record of an AUTH decision to the audit log, answer with
+    /// [`Session::audit_result`]. The decision takes effect only once it is
+    /// recorded (fail-closed: no record, no `235`).
+    Audit(AuditEvent),
     /// Store the message durably, answer with [`Session::delivery_result`] (see
     /// [`crate::store_delivery`]).
     Deliver(Delivery),
@@ -240,12 +246,22 @@ enum State {
         credentials: Credentials,
         received_at: Instant,
     },
+    /// Waiting for [`Session::audit_result`].
+    AuditAuth(Box<PendingAuth>),
     /// Waiting for [`Session::delivery_result`].
     Deliver(Delivery),
     /// Waiting for [`Session::tls_started`].
     StartTls,
     /// Done; only pending replies remain to be written.
     Closed,
+}
+
+/// An AUTH decision waiting for its audit record.
+struct PendingAuth {
+    event: AuditEvent,
+    verdict: Result<SendAuthorized, AuthFailure>,
+    received_at: Instant,
+    username: Option<Address>,
 }
 
 struct Helo {
@@ -441,6 +457,7 @@ impl Session {
                 State::Authenticate { credentials, .. } => {
                     return Step::Authenticate(credentials.clone());
                 }
+                State::AuditAuth(pending) => return Step::Audit(pending.event.clone()),
                 State::Deliver(delivery) => return Step::Deliver(delivery.clone()),
                 _ => {}
             }
@@ -592,6 +609,7 @@ impl Session {
             }
             State::LookupRecipient(_)
             | State::Authenticate { .. }
+            | State::AuditAuth(_)
             | State::Deliver(_)
             | State::StartTls
             | State::Closed => (0, false),
@@ -1066,7 +1084,11 @@ impl Session {
                     {
                         self.check_credentials(user, pass);
                     }
-                    _ => self.auth_failed(AuthFailure::InvalidUsername, self.now.instant, None),
+                    _ => self.decide_auth(
+                        Err(AuthFailure::InvalidUsername),
+                        self.now.instant,
+                        RefusalFacts::default(),
+                    ),
                 }
             }
             Sasl::LoginUsername => {
@@ -1093,10 +1115,13 @@ impl Session {
                 }
             }
             Err(failure) => {
-                let inbox = std::str::from_utf8(username)
+                let username = std::str::from_utf8(username)
                     .ok()
                     .and_then(|u| u.parse::<Address>().ok());
-                self.auth_failed(failure, received_at, inbox.as_ref());
+                // Steps 1–2 fail before any lookup: whether the address is ours
+                // is not known, so it is not recorded.
+                let facts = RefusalFacts { username, hosted: false, agent: None };
+                self.decide_auth(Err(failure), received_at, facts);
             }
         }
     }
@@ -1123,7 +1148,62 @@ impl Session {
                 return self.reply(Reply::AuthUnavailable);
             }
         };
-        match credentials.evaluate(&facts, now.unix_secs()) {
+        let refusal = RefusalFacts {
+            username: Some(credentials.address.clone()),
+            hosted: facts.inbox.is_some(),
+            agent: facts.key.as_ref().map(|k| k.agent.clone()),
+        };
+        let verdict = credentials.evaluate(&facts, now.unix_secs());
+        self.decide_auth(verdict, received_at, refusal);
+    }
+
+    /// Records an AUTH decision: the session waits in [`State::AuditAuth`] until
+    /// the shell appended the record ([`Step::Audit`]).
+    fn decide_auth(
+        &mut self,
+        verdict: Result<SendAuthorized, AuthFailure>,
+        received_at: Instant,
+        refusal: RefusalFacts,
+    ) {
+        let event = match &verdict {
+            Ok(proof) => auth_audit::granted_event(proof, Door::Smtp, self.peer),
+            Err(failure) => auth_audit::refused_event(*failure, &refusal, Door::Smtp, self.peer),
+        };
+        self.state = State::AuditAuth(Box::new(PendingAuth {
+            event,
+            verdict,
+            received_at,
+            username: refusal.username,
+        }));
+    }
+
+    /// Answers a [`Step::Audit`]. Only a recorded decision takes effect; when the
+    /// record cannot be written the client gets `454 4.7.0` and stays
+    /// unauthenticated (a refusal keeps its latency floor and still counts
+    /// against the address).
+    pub fn audit_result(&mut self, result: Result<(), StoreError>, now: Now) {
+        self.now = now;
+        let pending = match mem::replace(&mut self.state, State::Command) {
+            State::AuditAuth(pending) => pending,
+            other => {
+                self.state = other;
+                tracing::error!("audit_result called while no AUTH decision was pending");
+                return;
+            }
+        };
+        let PendingAuth { verdict, received_at, username, .. } = *pending;
+        if let Err(err) = result {
+            tracing::error!(peer = %self.peer, error = %err, "AUTH decision could not be audited; refused");
+            metrics::counter!("agentkeys_smtp_auth_total", "result" => "error").increment(1);
+            return match verdict {
+                Ok(_) => self.reply(Reply::AuthUnavailable),
+                Err(_) => {
+                    self.ctx.throttle.record_failure(self.peer, self.now.instant);
+                    self.auth_refused(Reply::AuthUnavailable, received_at);
+                }
+            };
+        }
+        match verdict {
             Ok(proof) => {
                 tracing::info!(
                     peer = %self.peer,
@@ -1137,7 +1217,7 @@ impl Session {
                 self.auth = Some(proof);
                 self.reply(Reply::AuthSucceeded);
             }
-            Err(failure) => self.auth_failed(failure, received_at, Some(&credentials.address)),
+            Err(failure) => self.auth_failed(failure, received_at, username.as_ref()),
         }
     }
 

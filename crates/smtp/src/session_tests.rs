@@ -12,6 +12,8 @@ struct Harness {
     session: Session,
     now: Now,
     meta: FakeMeta,
+    /// Every AUTH decision the session asked to record.
+    audits: Vec<agentkeys_audit::AuditEvent>,
     blob_fault: BlobFault,
     deliveries: Vec<Delivery>,
     /// (time the wait was requested, time it ends)
@@ -64,6 +66,7 @@ impl Harness {
             session,
             now,
             meta: FakeMeta::new(),
+            audits: Vec::new(),
             blob_fault: BlobFault::None,
             deliveries: Vec::new(),
             waits: Vec::new(),
@@ -123,6 +126,16 @@ impl Harness {
                     self.steps.push("authenticate");
                     let facts = self.meta.facts(&c);
                     self.session.auth_result(facts, self.now);
+                }
+                Step::Audit(event) => {
+                    self.steps.push("audit");
+                    let result = if *self.meta.fault.lock().unwrap() == Fault::Audit {
+                        Err(StoreError::Backend("injected".into()))
+                    } else {
+                        self.audits.push(event);
+                        Ok(())
+                    };
+                    self.session.audit_result(result, self.now);
                 }
                 Step::Deliver(d) => {
                     self.steps.push("deliver");
@@ -688,6 +701,7 @@ fn auth_failure_jitter_varies_between_sessions() {
                 match s.poll(now) {
                     Step::Wait(until) => break until - now.instant,
                     Step::Write(_) => {}
+                    Step::Audit(_) => s.audit_result(Ok(()), now),
                     other => panic!("{other:?}"),
                 }
             }
@@ -819,6 +833,61 @@ fn auth_plain_authzid_must_be_empty_or_the_user() {
         h.send(&format!("AUTH PLAIN {same}\r\n"))
             .starts_with("235 2.7.0")
     );
+}
+
+#[test]
+fn every_auth_decision_is_audited_before_it_takes_effect() {
+    // Success: one record, actor the agent, subject the inbox, no secret.
+    let h = Harness::submission();
+    assert_eq!(h.audits.len(), 1);
+    let granted = &h.audits[0];
+    assert_eq!(granted.operation, crate::auth_audit::OP_SUBMISSION_AUTH);
+    assert_eq!(granted.outcome, agentkeys_audit::Outcome::Ok);
+    assert_eq!(granted.subject, BOT);
+    assert!(matches!(granted.actor, agentkeys_audit::Actor::Agent(_)));
+    let authenticate = h.steps.iter().position(|s| *s == "authenticate").unwrap();
+    assert_eq!(h.steps[authenticate + 1], "audit", "recorded before the 235 is written");
+
+    // Each failing step is recorded with its reason; the username only when it
+    // names one of our inboxes; never the password.
+    let cases: Vec<(&str, String, &str, &str)> = vec![
+        ("not an address", good_key(), "INVALID_USERNAME", "-"),
+        (BOT, "ak_short".into(), "MALFORMED_KEY", "-"),
+        (BOT, unknown_key(), "KEY_NOT_FOUND", BOT),
+        (BOT, revoked_key(), "KEY_REVOKED", BOT),
+        ("nobody@agents.localhost", good_key(), "INBOX_NOT_FOUND", "-"),
+        ("off@agents.localhost", good_key(), "INBOX_INACTIVE", "off@agents.localhost"),
+    ];
+    for (user, pass, reason, subject) in cases {
+        let mut h = Harness::new(ListenerKind::Submission, true);
+        h.send("EHLO c\r\n");
+        assert!(auth_plain(&mut h, user, &pass).starts_with("535 5.7.8"), "{user}");
+        assert_eq!(h.audits.len(), 1, "{user}");
+        let refused = &h.audits[0];
+        assert_eq!(refused.outcome, agentkeys_audit::Outcome::Denied, "{user}");
+        assert_eq!(refused.detail["reason"], reason, "{user}");
+        assert_eq!(refused.detail["door"], "smtp", "{user}");
+        assert_eq!(refused.subject, subject, "{user}");
+        let text = serde_json::to_string(refused).unwrap();
+        assert!(!text.contains(&pass[3..]), "{user}: the password is in {text}");
+    }
+}
+
+#[test]
+fn an_auth_decision_that_cannot_be_audited_does_not_take_effect() {
+    let mut h = Harness::new(ListenerKind::Submission, true);
+    h.send("EHLO c\r\n");
+    h.meta.set_fault(Fault::Audit);
+    assert_eq!(
+        auth_plain(&mut h, BOT, &good_key()),
+        "454 4.7.0 Temporary authentication failure, try again later\r\n"
+    );
+    // Still unauthenticated: MAIL needs AUTH.
+    assert!(h.send("MAIL FROM:<bot@agents.localhost>\r\n").starts_with("530 5.7.0"));
+    // Once the log works again, the same credentials succeed.
+    h.meta.set_fault(Fault::None);
+    assert!(auth_plain(&mut h, BOT, &good_key()).starts_with("235 2.7.0"));
+    assert_eq!(h.audits.len(), 1);
 }
 
 #[test]
@@ -1273,4 +1342,174 @@ fn random_input_never_panics_and_buffers_stay_bounded() {
             }
         }
     }
+}
+
+// ----- properties over generated input ------------------------------------------
+//
+// The same properties the fuzz target in `fuzz/fuzz_targets/smtp_session.rs`
+// checks, over a fixed, deterministic sample so every test run covers them.
+
+/// A small deterministic generator (xorshift64*), so a failure names its seed.
+struct Gen(u64);
+
+impl Gen {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+/// Pieces a client (or an attacker) might send: commands, data lines, the
+/// smuggling terminators, chunks, garbage.
+fn piece(g: &mut Gen) -> Vec<u8> {
+    const PIECES: &[&str] = &[
+        "EHLO client.test\r\n",
+        "HELO client.test\r\n",
+        "MAIL FROM:<sender@elsewhere.test>\r\n",
+        "MAIL FROM:<bot@agents.localhost>\r\n",
+        "MAIL FROM:<bot@agents.localhost> SIZE=999999999\r\n",
+        "RCPT TO:<bot@agents.localhost>\r\n",
+        "RCPT TO:<other@agents.localhost>\r\n",
+        "RCPT TO:<nobody@agents.localhost>\r\n",
+        "RCPT TO:<off@agents.localhost>\r\n",
+        "RCPT TO:<someone@elsewhere.test>\r\n",
+        "DATA\r\n",
+        "From: bot@agents.localhost\r\n",
+        "Subject: hello\r\n",
+        "\r\n",
+        "body line\r\n",
+        ".\r\n",
+        "\r\n.\r\n",
+        "\n.\n",
+        "\n.\r\n",
+        "\r.\r\n",
+        "..leading dot\r\n",
+        "BDAT 5\r\nhello",
+        "BDAT 7 LAST\r\n.\r\nabc",
+        "BDAT 0 LAST\r\n",
+        "RSET\r\n",
+        "NOOP\r\n",
+        "VRFY bot\r\n",
+        "STARTTLS\r\n",
+        "AUTH LOGIN\r\n",
+        "*\r\n",
+        "QUIT\r\n",
+        "\r",
+        "\n",
+    ];
+    if g.below(4) == 0 {
+        // A whole transaction, with a smuggling attempt inside the body half the time.
+        let mut t = b"MAIL FROM:<bot@agents.localhost>\r\nRCPT TO:<other@agents.localhost>\r\nDATA\r\n\
+                      From: bot@agents.localhost\r\nSubject: t\r\n\r\nbody\r\n"
+            .to_vec();
+        if g.below(2) == 0 {
+            t.extend_from_slice(PIECES[16 + g.below(4)].as_bytes());
+            t.extend_from_slice(b"MAIL FROM:<evil@elsewhere.test>\r\nRCPT TO:<bot@agents.localhost>\r\nDATA\r\nsmuggled\r\n");
+        }
+        t.extend_from_slice(b".\r\n");
+        return t;
+    }
+    match g.below(PIECES.len() + 4) {
+        i if i < PIECES.len() => PIECES[i].as_bytes().to_vec(),
+        i if i == PIECES.len() => format!("AUTH PLAIN {}\r\n", plain(BOT, &good_key())).into_bytes(),
+        i if i == PIECES.len() + 1 => vec![b'a'; MAX_LINE_LENGTH + g.below(64)],
+        _ => (0..g.below(24)).map(|_| g.next() as u8).collect(),
+    }
+}
+
+/// Feeds `input` in pieces cut at `cuts` (sorted offsets); returns every reply
+/// byte and the harness.
+fn drive(kind: ListenerKind, input: &[u8], cuts: &[usize]) -> (String, Harness) {
+    let mut h = Harness::new(kind, true);
+    let mut out = String::new();
+    let mut start = 0;
+    for &end in cuts.iter().chain(std::iter::once(&input.len())) {
+        if h.closed {
+            break;
+        }
+        h.session.feed(&input[start..end]);
+        out.push_str(&h.run());
+        start = end;
+    }
+    (out, h)
+}
+
+/// A reply with the message id (a fresh ULID per run) masked.
+fn masked(replies: &str) -> String {
+    replies
+        .split_inclusive("\r\n")
+        .map(|l| match l.strip_prefix("250 2.0.0 Message accepted as ") {
+            Some(_) => "250 2.0.0 Message accepted as <id>\r\n".to_owned(),
+            None => l.to_owned(),
+        })
+        .collect()
+}
+
+fn count(haystack: &[u8], needle: &[u8]) -> usize {
+    haystack.windows(needle.len()).filter(|w| *w == needle).count()
+}
+
+#[test]
+fn generated_sessions_keep_the_protocol_properties() {
+    let (mut delivered, mut authenticated, mut refused) = (0, 0, 0);
+    for seed in 1..=400u64 {
+        let mut g = Gen(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        let kind = if seed % 2 == 0 { ListenerKind::Inbound } else { ListenerKind::Submission };
+        let mut input = b"EHLO c\r\n".to_vec();
+        if seed % 4 == 1 {
+            input.extend(format!("AUTH PLAIN {}\r\n", plain(BOT, &good_key())).into_bytes());
+        }
+        for _ in 0..g.below(40) {
+            input.extend(piece(&mut g));
+        }
+        let mut cuts: Vec<usize> = (0..g.below(12)).map(|_| g.below(input.len() + 1)).collect();
+        cuts.sort_unstable();
+
+        let (whole, h1) = drive(kind, &input, &[]);
+        let (split, h2) = drive(kind, &input, &cuts);
+        delivered += h1.deliveries.len();
+        authenticated += usize::from(whole.contains("235 2.7.0"));
+        refused += usize::from(whole.contains("500 5.5.6") || whole.contains("503 5.5.1"));
+
+        // 1. Every reply is a well-formed SMTP reply line.
+        for line in whole.split_inclusive("\r\n") {
+            let b = line.as_bytes();
+            assert!(
+                line.ends_with("\r\n")
+                    && b.len() >= 6
+                    && (b'2'..=b'5').contains(&b[0])
+                    && b[1].is_ascii_digit()
+                    && b[2].is_ascii_digit()
+                    && (b[3] == b' ' || b[3] == b'-'),
+                "seed {seed}: malformed reply {line:?}"
+            );
+        }
+        // 2. No smuggling: never more messages than real terminators
+        //    (`<CRLF>.<CRLF>` or a `BDAT … LAST`).
+        let terminators = count(&input, b"\r\n.\r\n") + count(&input, b"LAST\r\n");
+        assert!(
+            h1.deliveries.len() <= terminators,
+            "seed {seed}: {} messages from {terminators} terminators",
+            h1.deliveries.len()
+        );
+        // 3. How the bytes were cut into reads changes nothing.
+        assert_eq!(masked(&whole), masked(&split), "seed {seed}: cuts {cuts:?} changed the replies");
+        assert_eq!(h1.deliveries.len(), h2.deliveries.len(), "seed {seed}");
+        for (a, b) in h1.deliveries.iter().zip(&h2.deliveries) {
+            let strip = |m: &Bytes| {
+                let s = String::from_utf8_lossy(m).into_owned();
+                s.find(" +0000\r\n").map_or(s.clone(), |i| s[i..].to_owned())
+            };
+            assert_eq!(strip(&a.message), strip(&b.message), "seed {seed}");
+            assert_eq!(a.local, b.local, "seed {seed}");
+        }
+    }
+    // The sample reaches the interesting states, so the properties are not vacuous.
+    assert!(delivered >= 20 && authenticated >= 20 && refused >= 20, "{delivered} {authenticated} {refused}");
 }

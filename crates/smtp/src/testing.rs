@@ -66,6 +66,7 @@ pub(crate) enum Fault {
     Lookup,
     AuthFacts,
     Enqueue,
+    Audit,
 }
 
 /// Metadata: hosted domain `agents.localhost`; inboxes `bot@` and `other@` (owner 1,
@@ -77,6 +78,8 @@ pub(crate) struct FakeMeta {
     grants: Vec<Grant>,
     pub(crate) fault: Mutex<Fault>,
     pub(crate) queue: Mutex<Vec<NewOutbound>>,
+    /// The audit chain: every appended event, sealed for real.
+    pub(crate) audit: Mutex<Vec<agentkeys_audit::AuditRecord>>,
 }
 
 impl FakeMeta {
@@ -132,6 +135,7 @@ impl FakeMeta {
             grants,
             fault: Mutex::new(Fault::None),
             queue: Mutex::new(Vec::new()),
+            audit: Mutex::new(Vec::new()),
         }
     }
 
@@ -308,8 +312,16 @@ impl MetadataStore for FakeMeta {
     async fn list_queue(&self) -> Result<Vec<QueueEntry>, StoreError> {
         unsupported()
     }
-    async fn audit_append(&self, _: &AuditEvent) -> Result<AuditReceipt, StoreError> {
-        unsupported()
+    async fn audit_append(&self, event: &AuditEvent) -> Result<AuditReceipt, StoreError> {
+        if self.fault() == Fault::Audit {
+            return Err(StoreError::Backend("audit append failed (injected)".into()));
+        }
+        let mut chain = self.audit.lock().unwrap();
+        let head = chain.last().map_or(ChainHead::GENESIS, |r| ChainHead { seq: r.seq, hash: r.hash });
+        let sealed = agentkeys_audit::SealedRecord::seal(&head, T0, event)
+            .map_err(|e| StoreError::Invalid(e.to_string()))?;
+        chain.push(sealed.record().clone());
+        Ok(sealed.into_receipt())
     }
     async fn audit_list(&self, _: u64, _: u32) -> Result<Vec<AuditRecord>, StoreError> {
         Ok(Vec::new())

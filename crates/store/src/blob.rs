@@ -17,6 +17,22 @@ impl BlobKey {
         Self(format!("{owner}/{inbox}/{id}.eml"))
     }
 
+    /// The owner, inbox and id of an inbox copy (`<owner>/<inbox>/<ulid>.eml`, in
+    /// the canonical form [`BlobKey::message`] writes); `None` for any other key
+    /// (the outbound queue's `queue/<ulid>.eml`, or a name that is not canonical).
+    pub fn message_parts(&self) -> Option<(OwnerId, Address, Ulid)> {
+        let mut parts = self.0.split('/');
+        let (Some(owner), Some(inbox), Some(name), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return None;
+        };
+        let owner: OwnerId = owner.parse().ok()?;
+        let inbox: Address = inbox.parse().ok()?;
+        let id = Ulid::from_string(name.strip_suffix(".eml")?).ok()?;
+        // Only the exact text `message` builds: no case or alias variants.
+        (Self::message(&owner, &inbox, id) == *self).then_some((owner, inbox, id))
+    }
+
     /// The key of a message waiting in the outbound queue: `queue/<ulid>.eml`.
     pub fn queued(id: Ulid) -> Self {
         Self(format!("queue/{id}.eml"))
@@ -80,6 +96,25 @@ mod tests {
         assert!(BlobKey::parse("0xab/bot@agents.localhost/01H.eml").is_some());
         for bad in ["", "/a", "a//b", "../a", "a/../b", "a/.hidden", "a/b c", "a\\b"] {
             assert!(BlobKey::parse(bad).is_none(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn message_keys_round_trip_and_nothing_else_is_a_message() {
+        let owner: OwnerId = "0x00000000000000000000000000000000000000ab".parse().unwrap();
+        let inbox: Address = "bot@agents.localhost".parse().unwrap();
+        let id = Ulid::from_parts(1_700_000_000_000, 42);
+        let key = BlobKey::message(&owner, &inbox, id);
+        assert_eq!(key.message_parts(), Some((owner.clone(), inbox.clone(), id)));
+        assert_eq!(BlobKey::queued(id).message_parts(), None);
+        let lower = key.as_str().to_ascii_lowercase();
+        for other in [
+            lower.as_str(),
+            "0x00000000000000000000000000000000000000ab/bot@agents.localhost/x.eml",
+            "0x00000000000000000000000000000000000000ab/bot@agents.localhost",
+            "0x00000000000000000000000000000000000000ab/bot@agents.localhost/a/b.eml",
+        ] {
+            assert_eq!(BlobKey::parse(other).and_then(|k| k.message_parts()), None, "{other}");
         }
     }
 }

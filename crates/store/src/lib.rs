@@ -5,6 +5,10 @@
 //!   the outbound queue. Embedded default: SQLite in WAL mode ([`SqliteStore`]).
 //! - [`BlobStore`]: raw messages under `<owner>/<inbox>/<ulid>.eml`. Embedded
 //!   default: a directory tree with durable writes and group commit ([`FsBlobStore`]).
+//! - [`MessageIndex`]: which messages an inbox holds, pageable by id, with a
+//!   commit-ordered `seq` for event replay; retention settings. On SQLite.
+//! - [`Mailroom`]: the one way mail lands in an inbox (blob durable → index row
+//!   committed in a group → event published to [`MailEvents`]).
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
@@ -15,13 +19,22 @@
 //! ```
 
 mod blob;
+mod events;
 mod fs;
+mod index;
+mod mailroom;
 mod meta;
 mod queue;
 mod sqlite;
 
 pub use blob::{BlobError, BlobKey};
+pub use events::{EVENT_BUFFER, LocalEventHub, MailEvents, Missed, Subscription, TooManySubscribers};
 pub use fs::FsBlobStore;
+pub use index::{IndexedMessage, ListOrder, MessageIndex, NewMessage, PageQuery, received_at};
+pub use mailroom::{
+    INDEX_QUEUE, MAX_INDEX_BATCH, Mailroom, OP_DOMAIN_SET_RETENTION, OP_MESSAGE_EXPIRE, Reconciled, SWEEP_BATCH,
+    expire_event,
+};
 pub use meta::*;
 pub use queue::{AttemptOutcome, AttemptRecord, Claim, OutboundQueue, QueueDetail, QueueStateCount};
 pub use sqlite::SqliteStore;

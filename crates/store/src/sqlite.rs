@@ -196,7 +196,7 @@ impl SqliteStore {
     /// Appends `event` to the audit log inside `tx` (which holds the write lock, so
     /// the head cannot move before the commit). The caller commits, then turns
     /// the sealed record into its receipt.
-    async fn append_in(&self, tx: &mut SqliteConnection, event: &AuditEvent) -> Result<SealedRecord, StoreError> {
+    pub(crate) async fn append_in(&self, tx: &mut SqliteConnection, event: &AuditEvent) -> Result<SealedRecord, StoreError> {
         let head = sqlx::query_as(AUDIT_HEAD).fetch_optional(&mut *tx).await.map_err(backend)?;
         let head = head_from_row(head)?;
         let sealed = SealedRecord::seal(&head, (self.clock)(), event)
@@ -233,7 +233,7 @@ async fn commit_audited(tx: Transaction<'static, Sqlite>, sealed: SealedRecord) 
 }
 
 /// An audited write describes a change that happened, so its outcome is `ok`.
-fn require_ok(event: &AuditEvent) -> Result<(), StoreError> {
+pub(crate) fn require_ok(event: &AuditEvent) -> Result<(), StoreError> {
     if event.outcome == Outcome::Ok {
         return Ok(());
     }
@@ -298,7 +298,7 @@ fn audit_from_row(
 }
 
 /// Any database failure we do not map more precisely.
-fn backend(err: sqlx::Error) -> StoreError {
+pub(crate) fn backend(err: sqlx::Error) -> StoreError {
     StoreError::Backend(err.to_string())
 }
 

@@ -1,0 +1,438 @@
+//! The read path (DESIGN.md §5 Read): list an inbox, fetch a raw message, and
+//! follow new mail as Server-Sent Events, all under a read capability
+//! (`Authorization: Bearer akcap1.…` from `POST /v1/credentials/read`).
+//!
+//! Every request verifies the capability with the broker's authority
+//! ([`TokenAuthority::verify_capability`](agentkeys_broker::TokenAuthority::verify_capability):
+//! MAC in constant time, then expiry), then requires the path's inbox to be the
+//! capability's own. The owner and inbox that reach the index and the blob store
+//! come from the verified capability, never from the request, so no path can
+//! name another owner's prefix. A capability for another inbox, an inbox that
+//! does not exist, another owner's, a message id that is unknown or malformed:
+//! one 404 body ([`ApiError::MailNotFound`]). A missing, malformed, tampered or
+//! expired capability: one 401 body ([`ApiError::InvalidCapability`]).
+//!
+//! **Listing** reads one page from the [message index](agentkeys_store::MessageIndex)
+//! (a range scan: cost follows the page size, not the inbox size). **Events**:
+//! the handler subscribes to the inbox first, then replays from the index what
+//! came after `Last-Event-ID`, then follows the subscription; rows carry their
+//! commit `seq` and events arrive in `seq` order, so anything at or below the
+//! highest `seq` already sent is a duplicate and skipped: no gap, no duplicate.
+//! A subscriber that falls behind the hub's buffer catches up from the index the
+//! same way. The stream ends when the capability expires or the server stops.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use agentkeys_broker::ReadCapability;
+use agentkeys_core::{Address, OwnerId};
+use agentkeys_store::{
+    BlobKey, BlobStore as _, IndexedMessage, ListOrder, Mailroom, MessageIndex, Missed, PageQuery, StoreError,
+    Subscription,
+};
+use axum::extract::{FromRequestParts, Path, RawQuery, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue, header};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+use ulid::Ulid;
+use utoipa::ToSchema;
+
+use crate::ApiState;
+use crate::error::{ApiError, Problem};
+
+/// Page size when the request names none.
+pub const DEFAULT_PAGE_LIMIT: u32 = 50;
+/// Largest page a request may ask for; more is a 400.
+pub const MAX_PAGE_LIMIT: u32 = 100;
+/// Most event streams open at once on one inbox (this server); more is a 429.
+pub const MAX_STREAMS_PER_INBOX: usize = 8;
+/// Longest silence on an event stream before a comment line keeps it alive.
+pub const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(15);
+/// Rows read from the index per replay query.
+pub const REPLAY_PAGE: u32 = 100;
+/// The SSE event name of a new message.
+pub const MESSAGE_RECEIVED: &str = "message.received";
+
+/// The read capability from `Authorization: Bearer akcap1.…`. `Debug` hides it.
+pub struct CapabilityBearer(String);
+
+impl CapabilityBearer {
+    /// Parses an `Authorization` header value.
+    pub fn parse(headers: &HeaderMap) -> Result<Self, &'static str> {
+        let value = headers.get(header::AUTHORIZATION).ok_or("no Authorization header")?;
+        let value = value.to_str().map_err(|_| "Authorization header is not visible ASCII")?;
+        let (scheme, token) = value.split_once(' ').ok_or("Authorization header has no scheme")?;
+        if !scheme.eq_ignore_ascii_case("bearer") {
+            return Err("Authorization scheme is not Bearer");
+        }
+        let token = token.trim_matches(' ');
+        if !token.starts_with("akcap1.") {
+            return Err("bearer token is not a read capability");
+        }
+        Ok(Self(token.to_owned()))
+    }
+}
+
+impl fmt::Debug for CapabilityBearer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("CapabilityBearer(<redacted>)")
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for CapabilityBearer {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        Self::parse(&parts.headers).map_err(|reason| {
+            tracing::info!(reason, "read capability refused");
+            ApiError::InvalidCapability
+        })
+    }
+}
+
+/// Verifies the capability now and checks that it covers `address`.
+fn authorize(state: &ApiState, bearer: &CapabilityBearer, address: &str) -> Result<ReadCapability, ApiError> {
+    let capability = state.broker.authority().verify_capability(&bearer.0, state.clock.now()).map_err(|e| {
+        tracing::info!(reason = %e, "read capability refused");
+        ApiError::InvalidCapability
+    })?;
+    let address: Address = address.parse().map_err(|_| ApiError::MailNotFound)?;
+    if &address != capability.inbox() {
+        return Err(ApiError::MailNotFound);
+    }
+    Ok(capability)
+}
+
+fn mailroom(state: &ApiState) -> Result<&Arc<Mailroom>, ApiError> {
+    state.mail.as_ref().ok_or(ApiError::Unavailable { code: "BACKEND_UNAVAILABLE" })
+}
+
+fn backend_error(err: &dyn fmt::Display) -> ApiError {
+    tracing::error!(error = %err, "read path backend failed");
+    ApiError::Unavailable { code: "BACKEND_UNAVAILABLE" }
+}
+
+/// One message in a listing or an event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct MessageSummary {
+    /// The message id (a ULID: sorts by arrival).
+    pub message_id: String,
+    /// Arrival time, seconds since the Unix epoch.
+    pub received_at: i64,
+    /// Size of the stored message in bytes.
+    pub size: u64,
+}
+
+impl From<&IndexedMessage> for MessageSummary {
+    fn from(m: &IndexedMessage) -> Self {
+        Self { message_id: m.id.to_string(), received_at: m.received_at, size: m.size }
+    }
+}
+
+/// A page of an inbox's messages.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct MessagePage {
+    /// The messages, in the requested order.
+    pub messages: Vec<MessageSummary>,
+    /// Where the next page starts, `null` on the last page: pass it as `before`
+    /// (order `desc`) or `after` (order `asc`).
+    pub next_cursor: Option<String>,
+}
+
+fn bad_query(field: &str, detail: String) -> ApiError {
+    ApiError::InvalidRequest { field: Some(field.to_owned()), detail }
+}
+
+fn parse_cursor(field: &str, value: &str) -> Result<Ulid, ApiError> {
+    Ulid::from_string(value).map_err(|_| bad_query(field, format!("{field}: {value:?} is not a message id (a ULID)")))
+}
+
+/// Parses `order`, `after`, `before`, `limit`; anything else, a repeated or a
+/// bad value is a 400 naming the parameter.
+pub fn parse_page_query(query: Option<&str>) -> Result<PageQuery, ApiError> {
+    let mut page = PageQuery { after: None, before: None, order: ListOrder::NewestFirst, limit: DEFAULT_PAGE_LIMIT };
+    let mut seen: Vec<&str> = Vec::new();
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        if seen.contains(&name) {
+            return Err(bad_query(name, format!("{name} is given more than once")));
+        }
+        seen.push(name);
+        match name {
+            "order" => {
+                page.order = match value {
+                    "desc" => ListOrder::NewestFirst,
+                    "asc" => ListOrder::OldestFirst,
+                    _ => return Err(bad_query("order", format!("order: expected desc or asc, got {value:?}"))),
+                }
+            }
+            "after" => page.after = Some(parse_cursor("after", value)?),
+            "before" => page.before = Some(parse_cursor("before", value)?),
+            "limit" => {
+                page.limit = match value.parse::<u32>() {
+                    Ok(n) if (1..=MAX_PAGE_LIMIT).contains(&n) => n,
+                    _ => {
+                        return Err(bad_query(
+                            "limit",
+                            format!("limit: expected a whole number from 1 to {MAX_PAGE_LIMIT}, got {value:?}"),
+                        ));
+                    }
+                }
+            }
+            other => {
+                return Err(bad_query(
+                    other,
+                    format!("unknown query parameter {other:?}; use order, after, before, limit"),
+                ));
+            }
+        }
+    }
+    Ok(page)
+}
+
+/// Lists an inbox's messages, newest first by default.
+#[utoipa::path(
+    get,
+    path = "/v1/inboxes/{address}/messages",
+    tag = "messages",
+    security(("read_capability" = [])),
+    params(
+        ("address" = String, Path, description = "The inbox the capability reads"),
+        ("order" = Option<String>, Query, description = "`desc` (default, newest first) or `asc`"),
+        ("after" = Option<String>, Query, description = "Only messages with a greater id (a ULID)"),
+        ("before" = Option<String>, Query, description = "Only messages with a smaller id (a ULID)"),
+        ("limit" = Option<u32>, Query, description = "Page size, 1 to 100 (default 50)"),
+    ),
+    responses(
+        (status = 200, description = "One page", body = MessagePage),
+        (status = 400, description = "INVALID_REQUEST: a bad order, cursor or limit, or an unknown parameter", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "INVALID_CAPABILITY: missing, malformed, tampered or expired", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "NOT_FOUND: not the capability's inbox (one answer for every reason)", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "BACKEND_UNAVAILABLE", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(crate) async fn list(
+    State(state): State<ApiState>,
+    Path(address): Path<String>,
+    RawQuery(query): RawQuery,
+    bearer: Result<CapabilityBearer, ApiError>,
+) -> Result<Response, ApiError> {
+    let capability = authorize(&state, &bearer?, &address)?;
+    let mut page = parse_page_query(query.as_deref())?;
+    let mail = mailroom(&state)?;
+    let limit = page.limit as usize;
+    page.limit += 1; // one more tells whether a next page exists
+    let mut rows = mail
+        .index()
+        .list_messages(capability.owner(), capability.inbox(), &page)
+        .await
+        .map_err(|e| backend_error(&e))?;
+    let next_cursor = if rows.len() > limit {
+        rows.truncate(limit);
+        rows.last().map(|m| m.id.to_string())
+    } else {
+        None
+    };
+    let body = MessagePage { messages: rows.iter().map(MessageSummary::from).collect(), next_cursor };
+    let mut response = Json(body).into_response();
+    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(response)
+}
+
+/// Fetches one message as stored: our `Received:` (and `Authentication-Results:`)
+/// headers, then the bytes as received.
+#[utoipa::path(
+    get,
+    path = "/v1/inboxes/{address}/messages/{message_id}",
+    tag = "messages",
+    security(("read_capability" = [])),
+    params(
+        ("address" = String, Path, description = "The inbox the capability reads"),
+        ("message_id" = String, Path, description = "The message id (a ULID)"),
+    ),
+    responses(
+        (status = 200, description = "The raw message", content_type = "message/rfc822", body = String),
+        (status = 401, description = "INVALID_CAPABILITY: missing, malformed, tampered or expired", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "NOT_FOUND: not the capability's inbox, or no such message (one answer)", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "BACKEND_UNAVAILABLE", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(crate) async fn fetch(
+    State(state): State<ApiState>,
+    Path((address, message_id)): Path<(String, String)>,
+    bearer: Result<CapabilityBearer, ApiError>,
+) -> Result<Response, ApiError> {
+    let capability = authorize(&state, &bearer?, &address)?;
+    let id = Ulid::from_string(&message_id).map_err(|_| ApiError::MailNotFound)?;
+    let key = BlobKey::message(capability.owner(), capability.inbox(), id);
+    if !capability.allows(key.as_str()) {
+        return Err(ApiError::MailNotFound);
+    }
+    let mail = mailroom(&state)?;
+    let bytes = mail.get(&key).await.map_err(|e| backend_error(&e))?.ok_or(ApiError::MailNotFound)?;
+    let mut response = bytes.into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("message/rfc822"));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(response)
+}
+
+/// Follows an inbox: one `message.received` event per message made durable in
+/// it, `id` = the message id. With `Last-Event-ID`, first every message stored
+/// after that one. Comment lines keep the connection alive; the stream ends when
+/// the capability expires.
+#[utoipa::path(
+    get,
+    path = "/v1/inboxes/{address}/events",
+    tag = "messages",
+    security(("read_capability" = [])),
+    params(
+        ("address" = String, Path, description = "The inbox the capability reads"),
+        ("Last-Event-ID" = Option<String>, Header, description = "The last message id received: resume after it"),
+    ),
+    responses(
+        (status = 200, description = "text/event-stream of `message.received` events with data {message_id, received_at, size}", content_type = "text/event-stream", body = String),
+        (status = 400, description = "INVALID_REQUEST: Last-Event-ID is not a message id", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "INVALID_CAPABILITY: missing, malformed, tampered or expired", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "NOT_FOUND: not the capability's inbox (one answer for every reason)", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "TOO_MANY_STREAMS: the inbox has the most open streams allowed", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(crate) async fn events(
+    State(state): State<ApiState>,
+    Path(address): Path<String>,
+    headers: HeaderMap,
+    bearer: Result<CapabilityBearer, ApiError>,
+) -> Result<Response, ApiError> {
+    let capability = authorize(&state, &bearer?, &address)?;
+    let last = match headers.get("last-event-id") {
+        None => None,
+        Some(v) => {
+            let text = v.to_str().unwrap_or("").trim();
+            Some(Ulid::from_string(text).map_err(|_| {
+                bad_query("Last-Event-ID", format!("Last-Event-ID: {text:?} is not a message id (a ULID)"))
+            })?)
+        }
+    };
+    let mail = mailroom(&state)?;
+    let owner = capability.owner().clone();
+    let inbox = capability.inbox().clone();
+    // Subscribe before reading the index, so nothing falls between the two.
+    let subscription = mail
+        .events()
+        .subscribe(&owner, &inbox, MAX_STREAMS_PER_INBOX)
+        .map_err(|_| ApiError::TooManyStreams { max: MAX_STREAMS_PER_INBOX })?;
+    let index = Arc::clone(mail.index());
+    let (high, catch_up) = match last {
+        None => (0, None),
+        Some(id) => match index.message_seq(&owner, &inbox, id).await.map_err(|e| backend_error(&e))? {
+            Some(seq) => (seq, Some((seq, None))),
+            // Not indexed (expired, or never ours): everything with a greater id.
+            None => (0, Some((0, Some(id)))),
+        },
+    };
+    let remaining = capability.expires_at().saturating_sub(state.clock.now()).max(0);
+    let feed = Feed {
+        subscription,
+        index,
+        owner,
+        inbox,
+        pending: VecDeque::new(),
+        high,
+        catch_up,
+        deadline: tokio::time::Instant::now() + Duration::from_secs(remaining.unsigned_abs()),
+        shutdown: state.shutdown.clone(),
+    };
+    let stream = futures_util::stream::unfold(feed, |mut feed| async move {
+        feed.next().await.map(|event| (Ok::<_, Infallible>(event), feed))
+    });
+    let sse = Sse::new(stream).keep_alive(KeepAlive::new().interval(KEEP_ALIVE_INTERVAL).text("keep-alive"));
+    let mut response = sse.into_response();
+    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(response)
+}
+
+/// One event stream's state: replay from the index, then the live subscription.
+struct Feed {
+    subscription: Subscription,
+    index: Arc<dyn MessageIndex>,
+    owner: OwnerId,
+    inbox: Address,
+    /// Replayed rows not sent yet.
+    pending: VecDeque<IndexedMessage>,
+    /// Highest `seq` sent or replayed through: anything at or below is a duplicate.
+    high: i64,
+    /// A replay to run: rows after this `seq` (and, if set, this id).
+    catch_up: Option<(i64, Option<Ulid>)>,
+    /// When the capability expires.
+    deadline: tokio::time::Instant,
+    shutdown: CancellationToken,
+}
+
+fn message_event(m: &IndexedMessage) -> Event {
+    let data = serde_json::to_string(&MessageSummary::from(m)).unwrap_or_default();
+    Event::default().event(MESSAGE_RECEIVED).id(m.id.to_string()).data(data)
+}
+
+impl Feed {
+    /// The next event, or `None` when the stream ends (expiry, shutdown, a
+    /// backend failure: the client reconnects with `Last-Event-ID`).
+    async fn next(&mut self) -> Option<Event> {
+        loop {
+            if self.shutdown.is_cancelled() || tokio::time::Instant::now() >= self.deadline {
+                return None;
+            }
+            if let Some(m) = self.pending.pop_front() {
+                if m.seq <= self.high {
+                    continue;
+                }
+                self.high = m.seq;
+                return Some(message_event(&m));
+            }
+            if let Some((after_seq, after_id)) = self.catch_up {
+                let rows = match self.index.messages_since(&self.owner, &self.inbox, after_seq, after_id, REPLAY_PAGE).await
+                {
+                    Ok(rows) => rows,
+                    Err(err) => {
+                        replay_failed(&err);
+                        return None;
+                    }
+                };
+                self.catch_up = match rows.last() {
+                    Some(last) if rows.len() == REPLAY_PAGE as usize => Some((last.seq, after_id)),
+                    _ => None,
+                };
+                self.pending.extend(rows);
+                continue;
+            }
+            tokio::select! {
+                biased;
+                () = self.shutdown.cancelled() => return None,
+                () = tokio::time::sleep_until(self.deadline) => return None,
+                received = self.subscription.recv() => match received {
+                    Ok(m) if m.seq <= self.high => continue,
+                    Ok(m) => {
+                        self.high = m.seq;
+                        return Some(message_event(&m));
+                    }
+                    Err(Missed::Lagged(n)) => {
+                        tracing::info!(dropped = n, "event subscriber lagged; catching up from the index");
+                        self.catch_up = Some((self.high, None));
+                    }
+                    Err(Missed::Closed) => return None,
+                },
+            }
+        }
+    }
+}
+
+fn replay_failed(err: &StoreError) {
+    tracing::error!(error = %err, "event replay from the index failed; ending the stream");
+}

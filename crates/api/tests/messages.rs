@@ -1,0 +1,351 @@
+//! The read path routes in memory (`tower::ServiceExt::oneshot`) over a real
+//! SQLite index, a real blob directory, the in-process event hub and a real
+//! software authority: paging, isolation by the capability's prefix, the event
+//! stream's replay, catch-up after lag, stream limit, keep-alive, expiry and
+//! shutdown.
+
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Duration;
+
+use agentkeys_api::messages::{DEFAULT_PAGE_LIMIT, KEEP_ALIVE_INTERVAL, MAX_PAGE_LIMIT, MAX_STREAMS_PER_INBOX};
+use agentkeys_api::{ApiState, StoreBackend, router};
+use agentkeys_broker::{
+    AuthorityConfig, BrokerConfig, BrokerParts, CapabilityClaims, Clock, SoftwareAuthority, TokenAuthority, TokenBroker,
+};
+use agentkeys_core::{KeyHasher, MasterSeed, UnixTime};
+use agentkeys_store::{BlobKey, BlobStore, EVENT_BUFFER, FsBlobStore, LocalEventHub, Mailroom, SqliteStore};
+use axum::body::{Body, BodyDataStream, Bytes};
+use axum::http::{Request, StatusCode, header};
+use axum::response::Response;
+use futures_util::StreamExt;
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
+use ulid::Ulid;
+
+const NOW: UnixTime = 1_900_000_000;
+const OWNER_A: &str = "0x00000000000000000000000000000000000000aa";
+const OWNER_B: &str = "0x00000000000000000000000000000000000000bb";
+const BOT: &str = "bot@agents.example.com";
+const OTHER: &str = "other@agents.example.com";
+
+struct TestClock(AtomicI64);
+impl Clock for TestClock {
+    fn now(&self) -> UnixTime {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+struct World {
+    _dir: tempfile::TempDir,
+    mail: Arc<Mailroom>,
+    hub: LocalEventHub,
+    authority: Arc<SoftwareAuthority>,
+    app: axum::Router,
+    shutdown: CancellationToken,
+}
+
+async fn world() -> World {
+    let seed = MasterSeed::from_bytes([5; 32]);
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(SqliteStore::open_in_memory().await.unwrap());
+    let blobs = Arc::new(FsBlobStore::open(dir.path()).unwrap());
+    let hub = LocalEventHub::new();
+    let mail = Arc::new(Mailroom::new(blobs, store.clone(), Arc::new(hub.clone())));
+    let authority = Arc::new(SoftwareAuthority::new(&seed, AuthorityConfig::default()).unwrap());
+    let backend = Arc::new(StoreBackend::new(store.clone(), authority.current_kid()));
+    let clock = Arc::new(TestClock(AtomicI64::new(NOW)));
+    let broker = TokenBroker::new(BrokerParts {
+        store: backend.clone(),
+        audit: backend,
+        authority: authority.clone(),
+        hasher: KeyHasher::new(&seed),
+        clock: clock.clone(),
+        config: BrokerConfig::new("https://mail.example.com".parse().unwrap()),
+    });
+    let shutdown = CancellationToken::new();
+    let state = ApiState::with_clock(Arc::new(broker), clock)
+        .with_mailroom(mail.clone())
+        .with_shutdown(shutdown.clone());
+    World { _dir: dir, mail, hub, authority, app: router(state), shutdown }
+}
+
+impl World {
+    fn capability(&self, owner: &str, inbox: &str, ttl: i64) -> String {
+        self.authority
+            .sign_capability(&CapabilityClaims {
+                owner: owner.parse().unwrap(),
+                inbox: inbox.parse().unwrap(),
+                issued_at: NOW - 600,
+                expires_at: NOW + ttl,
+                jti: "test".into(),
+            })
+            .unwrap()
+    }
+
+    /// Stores one message through the Mailroom (blob, index, event).
+    async fn deliver(&self, owner: &str, inbox: &str, body: &str) -> Ulid {
+        let id = Ulid::new();
+        let key = BlobKey::message(&owner.parse().unwrap(), &inbox.parse().unwrap(), id);
+        self.mail.put_durable(vec![(key, Bytes::from(body.to_owned()))]).await.unwrap();
+        id
+    }
+
+    async fn request(&self, path: &str, cap: Option<&str>, last_event_id: Option<&str>) -> Response {
+        let mut b = Request::get(path);
+        if let Some(c) = cap {
+            b = b.header(header::AUTHORIZATION, format!("Bearer {c}"));
+        }
+        if let Some(id) = last_event_id {
+            b = b.header("last-event-id", id);
+        }
+        self.app.clone().oneshot(b.body(Body::empty()).unwrap()).await.unwrap()
+    }
+
+    async fn json(&self, path: &str, cap: &str) -> (StatusCode, Value) {
+        let res = self.request(path, Some(cap), None).await;
+        let status = res.status();
+        let bytes = axum::body::to_bytes(res.into_body(), 1 << 20).await.unwrap();
+        (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+    }
+}
+
+/// Reads SSE frames from a streaming body.
+struct Frames {
+    body: BodyDataStream,
+    buf: String,
+}
+
+impl Frames {
+    fn new(res: Response) -> Self {
+        assert_eq!(res.status(), StatusCode::OK);
+        assert_eq!(res.headers()[header::CONTENT_TYPE], "text/event-stream");
+        Self { body: res.into_body().into_data_stream(), buf: String::new() }
+    }
+
+    /// The next frame (`event: …\nid: …\ndata: …` or `: keep-alive`), `None` at the end.
+    async fn next(&mut self) -> Option<String> {
+        loop {
+            if let Some(at) = self.buf.find("\n\n") {
+                let frame = self.buf[..at].to_owned();
+                self.buf.drain(..at + 2);
+                return Some(frame);
+            }
+            let chunk = self.body.next().await?.unwrap();
+            self.buf.push_str(std::str::from_utf8(&chunk).unwrap());
+        }
+    }
+
+    /// The id of the next event frame, skipping keep-alives.
+    async fn next_id(&mut self) -> String {
+        loop {
+            let frame = tokio::time::timeout(Duration::from_secs(30), self.next()).await.unwrap().unwrap();
+            if frame.starts_with(':') {
+                continue;
+            }
+            let field = |name: &str| {
+                frame.lines().find_map(|l| l.strip_prefix(&format!("{name}: ")).map(str::to_owned)).unwrap()
+            };
+            assert_eq!(field("event"), "message.received");
+            let data: Value = serde_json::from_str(&field("data")).unwrap();
+            assert_eq!(data["message_id"], field("id"));
+            return field("id");
+        }
+    }
+}
+
+#[test]
+fn limits_are_named_constants() {
+    assert_eq!((DEFAULT_PAGE_LIMIT, MAX_PAGE_LIMIT), (50, 100));
+    assert_eq!(MAX_STREAMS_PER_INBOX, 8);
+    assert_eq!(KEEP_ALIVE_INTERVAL, Duration::from_secs(15));
+}
+
+#[tokio::test]
+async fn pages_follow_the_cursor_and_stay_inside_the_capability_prefix() {
+    let w = world().await;
+    let mut ids = Vec::new();
+    for i in 0..120 {
+        ids.push(w.deliver(OWNER_A, BOT, &format!("Subject: {i}\r\n\r\nx\r\n")).await);
+    }
+    // Same inbox name under another owner's prefix (never produced by the MX,
+    // but the prefix, not the name, is the boundary) and another inbox.
+    w.deliver(OWNER_B, BOT, "Subject: not A's\r\n\r\n").await;
+    w.deliver(OWNER_A, OTHER, "Subject: other inbox\r\n\r\n").await;
+    let cap = w.capability(OWNER_A, BOT, 300);
+
+    // Listing is by id; ids made in the same millisecond sort by their random part.
+    ids.sort();
+    let (status, page) = w.json(&format!("/v1/inboxes/{BOT}/messages"), &cap).await;
+    assert_eq!(status, StatusCode::OK);
+    let first = page["messages"].as_array().unwrap();
+    assert_eq!(first.len(), DEFAULT_PAGE_LIMIT as usize);
+    assert_eq!(first[0]["message_id"], ids[119].to_string(), "newest first");
+    assert_eq!(page["next_cursor"], ids[70].to_string());
+
+    let mut seen = Vec::new();
+    let mut cursor = String::new();
+    loop {
+        let path = format!("/v1/inboxes/{BOT}/messages?order=asc&limit={MAX_PAGE_LIMIT}{cursor}");
+        let (_, page) = w.json(&path, &cap).await;
+        seen.extend(page["messages"].as_array().unwrap().iter().map(|m| m["message_id"].as_str().unwrap().to_owned()));
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = format!("&after={c}"),
+            None => break,
+        }
+    }
+    assert_eq!(seen, ids.iter().map(Ulid::to_string).collect::<Vec<_>>(), "A's inbox only, all of it, in order");
+
+    // Exactly a full last page: no cursor to an empty page.
+    let (_, page) = w.json(&format!("/v1/inboxes/{BOT}/messages?order=asc&after={}&limit=20", ids[99]), &cap).await;
+    assert_eq!((page["messages"].as_array().unwrap().len(), &page["next_cursor"]), (20, &Value::Null));
+
+    // The copy under owner B's prefix is not reachable with A's capability.
+    let (status, _) = w.json(&format!("/v1/inboxes/{OTHER}/messages"), &cap).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn replay_after_last_event_id_then_live_without_gap_or_duplicate() {
+    let w = world().await;
+    let cap = w.capability(OWNER_A, BOT, 300);
+    // Delivered one after the other: commit order is call order (ids made in
+    // the same millisecond need not sort that way, and need not here).
+    let mut early = Vec::new();
+    for i in 0..5 {
+        early.push(w.deliver(OWNER_A, BOT, &format!("{i}")).await);
+    }
+    let res = w.request(&format!("/v1/inboxes/{BOT}/events"), Some(&cap), Some(&early[1].to_string())).await;
+    let mut frames = Frames::new(res);
+    let live = w.deliver(OWNER_A, BOT, "live").await;
+    let mut got = Vec::new();
+    for _ in 0..4 {
+        got.push(frames.next_id().await);
+    }
+    // What was committed after the Last-Event-ID, in commit order, then live.
+    let expected: Vec<String> = early[2..].iter().chain([&live]).map(Ulid::to_string).collect();
+    assert_eq!(got, expected);
+
+    // An unknown Last-Event-ID (expired, or never ours) replays every greater id.
+    let res = w.request(&format!("/v1/inboxes/{BOT}/events"), Some(&cap), Some("01B00000000000000000000000")).await;
+    let mut frames = Frames::new(res);
+    let mut all = Vec::new();
+    for _ in 0..6 {
+        all.push(frames.next_id().await);
+    }
+    all.sort();
+    let mut expected: Vec<String> = early.iter().chain([&live]).map(Ulid::to_string).collect();
+    expected.sort();
+    assert_eq!(all, expected);
+}
+
+#[tokio::test]
+async fn a_lagging_stream_catches_up_from_the_index() {
+    let w = world().await;
+    let cap = w.capability(OWNER_A, BOT, 300);
+    let res = w.request(&format!("/v1/inboxes/{BOT}/events"), Some(&cap), None).await;
+    let mut frames = Frames::new(res);
+    // More events than the hub buffers, while the stream is not read.
+    let n = EVENT_BUFFER + 44;
+    let mut ids = Vec::new();
+    for i in 0..n {
+        ids.push(w.deliver(OWNER_A, BOT, &format!("{i}")).await.to_string());
+    }
+    let mut got = Vec::new();
+    for _ in 0..n {
+        got.push(frames.next_id().await);
+    }
+    assert_eq!(got, ids, "every message once, in order");
+    // Nothing more is pending: the next event is the next message.
+    let next = w.deliver(OWNER_A, BOT, "next").await;
+    assert_eq!(frames.next_id().await, next.to_string());
+}
+
+#[tokio::test]
+async fn streams_per_inbox_are_limited() {
+    let w = world().await;
+    let cap = w.capability(OWNER_A, BOT, 300);
+    let path = format!("/v1/inboxes/{BOT}/events");
+    let mut open = Vec::new();
+    for _ in 0..MAX_STREAMS_PER_INBOX {
+        let res = w.request(&path, Some(&cap), None).await;
+        assert_eq!(res.status(), StatusCode::OK);
+        open.push(res);
+    }
+    let (status, problem) = w.json(&path, &cap).await;
+    assert_eq!((status, problem["code"].as_str()), (StatusCode::TOO_MANY_REQUESTS, Some("TOO_MANY_STREAMS")));
+    // Another inbox is not affected; closing one stream frees a place.
+    let other = w.capability(OWNER_B, OTHER, 300);
+    assert_eq!(w.request(&format!("/v1/inboxes/{OTHER}/events"), Some(&other), None).await.status(), StatusCode::OK);
+    open.pop();
+    assert_eq!(w.request(&path, Some(&cap), None).await.status(), StatusCode::OK);
+    drop(open);
+    assert_eq!(w.hub.subscribers(&OWNER_A.parse().unwrap(), &BOT.parse().unwrap()), 0, "closed streams unsubscribe");
+}
+
+#[tokio::test]
+async fn keep_alives_then_the_stream_ends_when_the_capability_expires() {
+    let w = world().await;
+    let cap = w.capability(OWNER_A, BOT, 40);
+    let res = w.request(&format!("/v1/inboxes/{BOT}/events"), Some(&cap), None).await;
+    let mut frames = Frames::new(res);
+    tokio::time::pause();
+    let start = tokio::time::Instant::now();
+    let mut keep_alives = 0;
+    while let Some(frame) = frames.next().await {
+        assert_eq!(frame, ": keep-alive");
+        keep_alives += 1;
+    }
+    let elapsed = start.elapsed();
+    assert_eq!(keep_alives, 2, "at 15 s and 30 s");
+    assert!(elapsed >= Duration::from_secs(40) && elapsed < Duration::from_secs(45), "{elapsed:?}");
+}
+
+#[tokio::test]
+async fn shutdown_ends_open_streams() {
+    let w = world().await;
+    let cap = w.capability(OWNER_A, BOT, 300);
+    let res = w.request(&format!("/v1/inboxes/{BOT}/events"), Some(&cap), None).await;
+    let mut frames = Frames::new(res);
+    w.shutdown.cancel();
+    assert_eq!(tokio::time::timeout(Duration::from_secs(10), frames.next()).await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn fetch_answers_the_bytes_and_one_404_for_everything_else() {
+    let w = world().await;
+    let id = w.deliver(OWNER_A, BOT, "Subject: hi\r\n\r\nbody\r\n").await;
+    let cap = w.capability(OWNER_A, BOT, 300);
+    let res = w.request(&format!("/v1/inboxes/{BOT}/messages/{id}"), Some(&cap), None).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(res.headers()[header::CONTENT_TYPE], "message/rfc822");
+    assert_eq!(res.headers()[header::CACHE_CONTROL], "no-store");
+    assert_eq!(axum::body::to_bytes(res.into_body(), 1 << 20).await.unwrap(), "Subject: hi\r\n\r\nbody\r\n");
+
+    let (_, reference) = w.json(&format!("/v1/inboxes/{BOT}/messages/{}", Ulid::new()), &cap).await;
+    assert_eq!(reference["code"], "NOT_FOUND");
+    for path in [
+        format!("/v1/inboxes/{OTHER}/messages/{id}"),
+        format!("/v1/inboxes/BOT@agents.example.com.evil/messages/{id}"),
+        format!("/v1/inboxes/{BOT}/messages/{}", id.to_string().to_lowercase() + "0"),
+        format!("/v1/inboxes/{BOT}/messages/..%2F{id}"),
+        format!("/v1/inboxes/not-an-address/messages/{id}"),
+    ] {
+        let (status, body) = w.json(&path, &cap).await;
+        assert_eq!((status, &body), (StatusCode::NOT_FOUND, &reference), "{path}");
+    }
+    // The address in the path is matched as an address (case-insensitively).
+    let res = w.request(&format!("/v1/inboxes/BOT@Agents.Example.com/messages/{id}"), Some(&cap), None).await;
+    assert_eq!(res.status(), StatusCode::OK);
+
+    // Expired (by the injected clock) and missing capabilities: 401.
+    let expired = w.capability(OWNER_A, BOT, -1);
+    for cap in [Some(expired.as_str()), None, Some("akcap1.bad.token")] {
+        let res = w.request(&format!("/v1/inboxes/{BOT}/messages/{id}"), cap, None).await;
+        assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(res.headers()[header::WWW_AUTHENTICATE], "Bearer");
+    }
+}

@@ -1,0 +1,109 @@
+//! The audit record of a submission AUTH decision (DESIGN.md §7: "submission
+//! AUTH success and failure"). Both sending doors — SMTP submission and the HTTP
+//! send endpoint — build their record here, so the two read the same in the log.
+//!
+//! The record never holds the key or the password. The username is recorded only
+//! when it names one of our inboxes; anything else a client typed is a third
+//! party's data and is left out (`subject` is then [`UNKNOWN_SUBJECT`]).
+
+use std::net::IpAddr;
+
+use agentkeys_audit::{Actor, AuditEvent, Outcome};
+use agentkeys_core::{Address, AgentId, AuthFailure, SendAuthorized};
+use serde_json::{Map, Value, json};
+
+/// Operation name of a submission AUTH decision.
+pub const OP_SUBMISSION_AUTH: &str = "submission.auth";
+
+/// Subject of a refused AUTH whose username is not one of our inboxes.
+pub const UNKNOWN_SUBJECT: &str = "-";
+
+/// Which door the credentials came through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Door {
+    /// SMTP submission (`AUTH PLAIN` / `AUTH LOGIN`).
+    Smtp,
+    /// `POST /v1/inboxes/{address}/send`.
+    Http,
+}
+
+impl Door {
+    /// `smtp` or `http`, as recorded.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Smtp => "smtp",
+            Self::Http => "http",
+        }
+    }
+}
+
+/// What is known about a refused attempt, beyond the failing step.
+#[derive(Debug, Clone, Default)]
+pub struct RefusalFacts {
+    /// The username, when it parsed as an address.
+    pub username: Option<Address>,
+    /// Whether that address is one of our inboxes (then it is recorded).
+    pub hosted: bool,
+    /// The agent whose key was presented, when the key was found (steps 4–9).
+    pub agent: Option<AgentId>,
+}
+
+/// The record of an accepted AUTH: actor the agent, subject the inbox.
+pub fn granted_event(proof: &SendAuthorized, door: Door, peer: IpAddr) -> AuditEvent {
+    let mut detail = Map::new();
+    detail.insert("door".into(), json!(door.as_str()));
+    detail.insert("peer".into(), json!(peer.to_string()));
+    detail.insert("key_id".into(), json!(proof.key_id().as_str()));
+    detail.insert("grant_id".into(), json!(proof.grant_id().as_str()));
+    AuditEvent::ok(Actor::Agent(proof.agent().clone()), OP_SUBMISSION_AUTH, proof.inbox().as_str())
+        .with_detail(Value::Object(detail))
+}
+
+/// The record of a refused AUTH: the failing step's name as `reason`.
+pub fn refused_event(failure: AuthFailure, facts: &RefusalFacts, door: Door, peer: IpAddr) -> AuditEvent {
+    let mut detail = Map::new();
+    detail.insert("door".into(), json!(door.as_str()));
+    detail.insert("peer".into(), json!(peer.to_string()));
+    detail.insert("reason".into(), json!(failure.to_string()));
+    let actor = facts.agent.clone().map_or(Actor::System, Actor::Agent);
+    let subject = match (&facts.username, facts.hosted) {
+        (Some(address), true) => address.as_str(),
+        _ => UNKNOWN_SUBJECT,
+    };
+    let mut event = AuditEvent::ok(actor, OP_SUBMISSION_AUTH, subject).with_detail(Value::Object(detail));
+    event.outcome = Outcome::Denied;
+    event
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer() -> IpAddr {
+        IpAddr::from([127, 0, 0, 1])
+    }
+
+    #[test]
+    fn a_username_that_is_not_ours_is_not_recorded() {
+        let facts = RefusalFacts { username: Some("victim@elsewhere.example".parse().unwrap()), hosted: false, agent: None };
+        let event = refused_event(AuthFailure::InboxNotFound, &facts, Door::Smtp, peer());
+        assert_eq!(event.subject, UNKNOWN_SUBJECT);
+        assert_eq!(event.outcome, Outcome::Denied);
+        assert_eq!(event.actor, Actor::System);
+        let text = serde_json::to_string(&event.detail).unwrap();
+        assert!(!text.contains("victim"), "{text}");
+        assert!(text.contains("INBOX_NOT_FOUND"), "{text}");
+    }
+
+    #[test]
+    fn a_hosted_username_and_a_known_agent_are_recorded() {
+        let agent: AgentId = "0x1111111111111111111111111111111111111111".parse().unwrap();
+        let facts =
+            RefusalFacts { username: Some("bot@agents.localhost".parse().unwrap()), hosted: true, agent: Some(agent.clone()) };
+        let event = refused_event(AuthFailure::KeyRevoked, &facts, Door::Http, peer());
+        assert_eq!(event.subject, "bot@agents.localhost");
+        assert_eq!(event.actor, Actor::Agent(agent));
+        assert_eq!(event.detail["door"], "http");
+        assert_eq!(event.detail["reason"], "KEY_REVOKED");
+    }
+}

@@ -1,0 +1,337 @@
+//! The message index, the Mailroom (blob → grouped index commit → event),
+//! reconciliation and retention, over a real SQLite file and a real blob tree.
+
+#![allow(clippy::unwrap_used)]
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use agentkeys_audit::{Actor, AuditEvent};
+use agentkeys_core::{Address, Domain, OwnerId, UnixTime};
+use agentkeys_store::{
+    BlobKey, BlobStore, FsBlobStore, IndexedMessage, ListOrder, LocalEventHub, MailEvents, Mailroom, MessageIndex,
+    MetadataStore, NewMessage, PageQuery, SWEEP_BATCH, SqliteStore, StoreError,
+};
+use async_trait::async_trait;
+use bytes::Bytes;
+use ulid::Ulid;
+
+const OWNER: &str = "0x00000000000000000000000000000000000000aa";
+const BOT: &str = "bot@agents.localhost";
+const KEEP: &str = "keep@keep.test";
+
+fn owner() -> OwnerId {
+    OWNER.parse().unwrap()
+}
+
+fn inbox(a: &str) -> Address {
+    a.parse().unwrap()
+}
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    store: Arc<SqliteStore>,
+    raw: Arc<FsBlobStore>,
+    hub: LocalEventHub,
+}
+
+async fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(SqliteStore::open(&dir.path().join("meta.sqlite")).await.unwrap());
+    for d in ["agents.localhost", "keep.test"] {
+        store.ensure_domain(&d.parse().unwrap(), 0).await.unwrap();
+    }
+    let raw = Arc::new(FsBlobStore::open(&dir.path().join("blobs")).unwrap());
+    Fixture { _dir: dir, store, raw, hub: LocalEventHub::new() }
+}
+
+impl Fixture {
+    fn mailroom(&self, index: Arc<dyn MessageIndex>) -> Mailroom {
+        Mailroom::new(self.raw.clone(), index, Arc::new(self.hub.clone()))
+    }
+}
+
+fn page(order: ListOrder, after: Option<Ulid>, before: Option<Ulid>, limit: u32) -> PageQuery {
+    PageQuery { after, before, order, limit }
+}
+
+fn copy(address: &str, id: Ulid, body: &str) -> (BlobKey, Bytes) {
+    (BlobKey::message(&owner(), &inbox(address), id), Bytes::from(body.to_owned()))
+}
+
+#[tokio::test]
+async fn listing_pages_by_id_in_both_orders_and_replay_is_by_commit_order() {
+    let f = fixture().await;
+    let ids: Vec<Ulid> = (0..10u64).map(|i| Ulid::from_parts(1_700_000_000_000 + i, 7)).collect();
+    // Committed out of id order: newest first.
+    let rows: Vec<NewMessage> =
+        ids.iter().rev().map(|&id| NewMessage { owner: owner(), inbox: inbox(BOT), id, size: 100 }).collect();
+    let indexed = f.store.index_messages(&rows).await.unwrap();
+    let seqs: Vec<i64> = indexed.iter().map(|m| m.seq).collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "seq follows commit order: {seqs:?}");
+    assert_eq!(indexed[0].received_at, 1_700_000_000 + 0, "received_at is the ULID's second");
+    // Idempotent: the same rows keep their seq.
+    assert_eq!(f.store.index_messages(&rows[..2]).await.unwrap(), indexed[..2].to_vec());
+
+    let (o, b) = (owner(), inbox(BOT));
+    let list = |p: PageQuery| {
+        let store = f.store.clone();
+        let (o, b) = (o.clone(), b.clone());
+        async move { store.list_messages(&o, &b, &p).await.unwrap().iter().map(|m| m.id).collect::<Vec<_>>() }
+    };
+    assert_eq!(list(page(ListOrder::NewestFirst, None, None, 3)).await, vec![ids[9], ids[8], ids[7]]);
+    assert_eq!(list(page(ListOrder::NewestFirst, None, Some(ids[7]), 3)).await, vec![ids[6], ids[5], ids[4]]);
+    assert_eq!(list(page(ListOrder::OldestFirst, Some(ids[7]), None, 5)).await, vec![ids[8], ids[9]]);
+    assert_eq!(list(page(ListOrder::OldestFirst, Some(ids[2]), Some(ids[5]), 100)).await, vec![ids[3], ids[4]]);
+    // Another inbox and another owner see none of it.
+    assert!(f.store.list_messages(&o, &inbox(KEEP), &page(ListOrder::NewestFirst, None, None, 10)).await.unwrap().is_empty());
+    let other: OwnerId = "0x00000000000000000000000000000000000000bb".parse().unwrap();
+    assert!(f.store.list_messages(&other, &b, &page(ListOrder::NewestFirst, None, None, 10)).await.unwrap().is_empty());
+
+    // Replay: after a seq, in commit order; by id when the seq is unknown.
+    let seq_of_8 = f.store.message_seq(&o, &b, ids[8]).await.unwrap().unwrap();
+    let since: Vec<Ulid> = f.store.messages_since(&o, &b, seq_of_8, None, 100).await.unwrap().iter().map(|m| m.id).collect();
+    assert_eq!(since, ids[..8].iter().rev().copied().collect::<Vec<_>>(), "committed after ids[8]: the older ones");
+    let by_id: Vec<Ulid> =
+        f.store.messages_since(&o, &b, 0, Some(ids[7]), 100).await.unwrap().iter().map(|m| m.id).collect();
+    assert_eq!(by_id, vec![ids[9], ids[8]]);
+    assert_eq!(f.store.message_seq(&o, &b, Ulid::from_parts(1, 1)).await.unwrap(), None);
+}
+
+/// The query plan of `sql` on the store's database file, by the sqlite3 CLI.
+fn query_plan(f: &Fixture, sql: &str) -> String {
+    let out = std::process::Command::new("sqlite3")
+        .arg(f._dir.path().join("meta.sqlite"))
+        .arg(format!("EXPLAIN QUERY PLAN {sql}"))
+        .output()
+        .expect("the sqlite3 CLI (scripts/test.sh installs it)");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test]
+async fn listing_and_replay_are_index_range_scans() {
+    let f = fixture().await;
+    for order in ["DESC", "ASC"] {
+        let plan = query_plan(
+            &f,
+            &format!("SELECT seq, owner, inbox, id, received_at, size FROM messages WHERE owner = 'o' AND inbox = 'i' AND id > '' AND id < '~' ORDER BY id {order} LIMIT 10"),
+        );
+        assert!(plan.contains("USING INDEX messages_by_inbox "), "{plan}");
+        assert!(!plan.contains("TEMP B-TREE"), "no sort step: {plan}");
+    }
+    let plan = query_plan(
+        &f,
+        "SELECT seq FROM messages INDEXED BY messages_by_inbox_seq WHERE owner = 'o' AND inbox = 'i' AND seq > 5 AND id > '' ORDER BY seq LIMIT 10",
+    );
+    assert!(plan.contains("messages_by_inbox_seq") && plan.contains("rowid>?"), "{plan}");
+    assert!(!plan.contains("TEMP B-TREE"), "no sort step: {plan}");
+}
+
+#[tokio::test]
+async fn a_put_stores_then_indexes_then_publishes_inbox_copies_only() {
+    let f = fixture().await;
+    let mail = f.mailroom(f.store.clone());
+    let mut sub = f.hub.subscribe(&owner(), &inbox(BOT), 4).unwrap();
+    let id = Ulid::new();
+    let items = vec![copy(BOT, id, "Subject: x\r\n\r\nhello\r\n"), copy(KEEP, id, "Subject: x\r\n\r\nhello\r\n"), (BlobKey::queued(id), Bytes::from_static(b"queued"))];
+    mail.put_durable(items).await.unwrap();
+    let event = sub.recv().await.unwrap();
+    assert_eq!((event.id, event.size, &event.inbox), (id, 21, &inbox(BOT)));
+    // Indexed before it was announced, and the blob is there.
+    assert_eq!(f.store.message_seq(&owner(), &inbox(BOT), id).await.unwrap(), Some(event.seq));
+    assert!(f.raw.get(&event.key()).await.unwrap().is_some());
+    assert!(f.store.message_seq(&owner(), &inbox(KEEP), id).await.unwrap().is_some());
+    // The queue copy is not a message of any inbox.
+    let mut all = 0;
+    for a in [BOT, KEEP] {
+        all += f.store.indexed_ids(&owner(), &inbox(a)).await.unwrap().len();
+    }
+    assert_eq!(all, 2);
+    // remove() drops the row with the blob.
+    assert!(mail.remove(&event.key()).await.unwrap());
+    assert_eq!(f.store.message_seq(&owner(), &inbox(BOT), id).await.unwrap(), None);
+}
+
+/// An index that counts transactions, can be slowed down or made to fail.
+struct Instrumented {
+    inner: Arc<SqliteStore>,
+    calls: AtomicUsize,
+    delay: Duration,
+    fail: AtomicBool,
+}
+
+#[async_trait]
+impl MessageIndex for Instrumented {
+    async fn index_messages(&self, rows: &[NewMessage]) -> Result<Vec<IndexedMessage>, StoreError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        tokio::time::sleep(self.delay).await;
+        if self.fail.load(Ordering::SeqCst) {
+            return Err(StoreError::Backend("injected index failure".into()));
+        }
+        self.inner.index_messages(rows).await
+    }
+    async fn list_messages(&self, o: &OwnerId, i: &Address, p: &PageQuery) -> Result<Vec<IndexedMessage>, StoreError> {
+        self.inner.list_messages(o, i, p).await
+    }
+    async fn message_seq(&self, o: &OwnerId, i: &Address, id: Ulid) -> Result<Option<i64>, StoreError> {
+        self.inner.message_seq(o, i, id).await
+    }
+    async fn messages_since(
+        &self,
+        o: &OwnerId,
+        i: &Address,
+        s: i64,
+        a: Option<Ulid>,
+        l: u32,
+    ) -> Result<Vec<IndexedMessage>, StoreError> {
+        self.inner.messages_since(o, i, s, a, l).await
+    }
+    async fn indexed_ids(&self, o: &OwnerId, i: &Address) -> Result<HashSet<Ulid>, StoreError> {
+        self.inner.indexed_ids(o, i).await
+    }
+    async fn unindex(&self, o: &OwnerId, i: &Address, ids: &[Ulid]) -> Result<u64, StoreError> {
+        self.inner.unindex(o, i, ids).await
+    }
+    async fn domain_retentions(&self) -> Result<Vec<(Domain, Option<i64>)>, StoreError> {
+        self.inner.domain_retentions().await
+    }
+    async fn set_domain_retention(
+        &self,
+        d: &Domain,
+        r: Option<i64>,
+        e: &AuditEvent,
+    ) -> Result<agentkeys_audit::AuditReceipt, StoreError> {
+        self.inner.set_domain_retention(d, r, e).await
+    }
+    async fn expire_messages(
+        &self,
+        d: &Domain,
+        c: UnixTime,
+        l: u32,
+        e: &(dyn Fn(u64) -> AuditEvent + Send + Sync),
+    ) -> Result<Vec<IndexedMessage>, StoreError> {
+        self.inner.expire_messages(d, c, l, e).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_puts_share_index_transactions() {
+    const PUTS: usize = 40;
+    let f = fixture().await;
+    let index = Arc::new(Instrumented {
+        inner: f.store.clone(),
+        calls: AtomicUsize::new(0),
+        delay: Duration::from_millis(20),
+        fail: AtomicBool::new(false),
+    });
+    let mail = f.mailroom(index.clone());
+    let puts: Vec<_> = (0..PUTS)
+        .map(|i| {
+            let mail = mail.clone();
+            tokio::spawn(async move { mail.put_durable(vec![copy(BOT, Ulid::new(), &format!("m{i}"))]).await })
+        })
+        .collect();
+    for put in puts {
+        put.await.unwrap().unwrap();
+    }
+    let calls = index.calls.load(Ordering::SeqCst);
+    assert!(calls < PUTS, "{calls} index transactions for {PUTS} puts");
+    assert_eq!(f.store.indexed_ids(&owner(), &inbox(BOT)).await.unwrap().len(), PUTS);
+}
+
+#[tokio::test]
+async fn a_failed_index_write_fails_the_put_and_takes_the_blobs_back() {
+    let f = fixture().await;
+    let index = Arc::new(Instrumented {
+        inner: f.store.clone(),
+        calls: AtomicUsize::new(0),
+        delay: Duration::ZERO,
+        fail: AtomicBool::new(true),
+    });
+    let mail = f.mailroom(index);
+    let mut sub = f.hub.subscribe(&owner(), &inbox(BOT), 1).unwrap();
+    let id = Ulid::new();
+    let err = mail.put_durable(vec![copy(BOT, id, "x"), (BlobKey::queued(id), Bytes::from_static(b"q"))]).await;
+    assert!(err.unwrap_err().to_string().contains("injected index failure"));
+    assert!(f.raw.get(&BlobKey::message(&owner(), &inbox(BOT), id)).await.unwrap().is_none());
+    assert!(f.raw.get(&BlobKey::queued(id)).await.unwrap().is_none());
+    assert!(tokio::time::timeout(Duration::from_millis(100), sub.recv()).await.is_err(), "no event for a failed put");
+}
+
+#[tokio::test]
+async fn reconcile_indexes_orphan_blobs_and_drops_rows_without_blobs() {
+    let f = fixture().await;
+    let mail = f.mailroom(f.store.clone());
+    let (kept, orphan, gone) = (Ulid::new(), Ulid::new(), Ulid::new());
+    mail.put_durable(vec![copy(BOT, kept, "kept"), copy(BOT, gone, "gone")]).await.unwrap();
+    // A crash between the blob write and the index commit; a blob lost by hand.
+    f.raw.put_durable(vec![copy(BOT, orphan, "orphan!")]).await.unwrap();
+    f.raw.remove(&BlobKey::message(&owner(), &inbox(BOT), gone)).await.unwrap();
+    let report = mail.reconcile(&[(owner(), inbox(BOT)), (owner(), inbox(KEEP))]).await.unwrap();
+    assert_eq!((report.indexed, report.dropped), (1, 1));
+    let ids = f.store.indexed_ids(&owner(), &inbox(BOT)).await.unwrap();
+    assert_eq!(ids, HashSet::from([kept, orphan]));
+    let page = f.store.list_messages(&owner(), &inbox(BOT), &page(ListOrder::OldestFirst, None, None, 10)).await.unwrap();
+    assert_eq!(page.iter().find(|m| m.id == orphan).unwrap().size, 7);
+    // Idempotent.
+    let again = mail.reconcile(&[(owner(), inbox(BOT))]).await.unwrap();
+    assert_eq!((again.indexed, again.dropped), (0, 0));
+}
+
+#[tokio::test]
+async fn retention_expires_per_domain_in_audited_batches() {
+    let f = fixture().await;
+    let mail = f.mailroom(f.store.clone());
+    let now: UnixTime = 1_900_000_000;
+    let at = |secs_ago: i64, n: u128| Ulid::from_parts(((now - secs_ago) * 1000) as u64, n);
+    // agents.localhost: 1 day retention. keep.test: the default (10 days).
+    let day = 86_400;
+    let domain: Domain = "agents.localhost".parse().unwrap();
+    let event = AuditEvent::ok(Actor::Operator, "domain.set_retention", domain.as_str());
+    f.store.set_domain_retention(&domain, Some(day), &event).await.unwrap();
+    let old_count = SWEEP_BATCH as usize + 3;
+    let old: Vec<Ulid> = (0..old_count).map(|i| at(2 * day, i as u128)).collect();
+    let mut items: Vec<(BlobKey, Bytes)> = old.iter().map(|&id| copy(BOT, id, "old")).collect();
+    let fresh = at(day - 60, 1);
+    items.push(copy(BOT, fresh, "fresh"));
+    let keep_old = at(2 * day, 99_999);
+    items.push(copy(KEEP, keep_old, "kept by the default"));
+    mail.put_durable(items).await.unwrap();
+
+    let removed = mail.sweep_expired(now, 10 * day).await.unwrap();
+    assert_eq!(removed, old_count as u64);
+    assert_eq!(f.store.indexed_ids(&owner(), &inbox(BOT)).await.unwrap(), HashSet::from([fresh]));
+    assert!(f.raw.get(&BlobKey::message(&owner(), &inbox(BOT), old[0])).await.unwrap().is_none());
+    assert!(f.raw.get(&BlobKey::message(&owner(), &inbox(KEEP), keep_old)).await.unwrap().is_some());
+    // Two batches, two audit records, counts adding up; the chain verifies.
+    let records = f.store.audit_all().await.unwrap();
+    let sweeps: Vec<_> = records.iter().filter(|r| r.operation == "message.expire").collect();
+    let counts: Vec<u64> = sweeps.iter().map(|r| r.detail["count"].as_u64().unwrap()).collect();
+    assert_eq!(counts, vec![SWEEP_BATCH as u64, 3]);
+    assert!(sweeps.iter().all(|r| r.subject == "agents.localhost" && r.detail["retention"] == day));
+    // Nothing left to expire: no record.
+    assert_eq!(mail.sweep_expired(now, 10 * day).await.unwrap(), 0);
+    assert_eq!(f.store.audit_all().await.unwrap().len(), records.len());
+
+    // The setting's own rules.
+    let unknown: Domain = "nope.test".parse().unwrap();
+    assert!(matches!(f.store.set_domain_retention(&unknown, Some(day), &event).await, Err(StoreError::NotFound { .. })));
+    assert!(matches!(f.store.set_domain_retention(&domain, Some(0), &event).await, Err(StoreError::Invalid(_))));
+    f.store.set_domain_retention(&domain, None, &event).await.unwrap();
+    let retentions = f.store.domain_retentions().await.unwrap();
+    assert!(retentions.iter().all(|(_, r)| r.is_none()), "{retentions:?}");
+}
+
+#[tokio::test]
+async fn subscribers_are_only_told_about_their_own_inbox() {
+    let f = fixture().await;
+    let mail = f.mailroom(f.store.clone());
+    let mut keep = f.hub.subscribe(&owner(), &inbox(KEEP), 1).unwrap();
+    mail.put_durable(vec![copy(BOT, Ulid::new(), "not for keep")]).await.unwrap();
+    let mine = Ulid::new();
+    mail.put_durable(vec![copy(KEEP, mine, "for keep")]).await.unwrap();
+    assert_eq!(keep.recv().await.unwrap().id, mine);
+}
