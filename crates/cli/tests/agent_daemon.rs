@@ -3,6 +3,8 @@
 //! with `--json`, the end-to-end OTP flow (smtplib → MX → wait_for_message →
 //! extract_otp), sending through submission, and isolation through MCP.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::io::{BufRead, BufReader, Write};
