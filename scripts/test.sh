@@ -48,4 +48,10 @@ if ! python3 -c "import mcp, jsonschema" 2>/dev/null; then
   python3 -m pip install --quiet mcp jsonschema
 fi
 
+# The independent DNS client of the testdns tests (tests/resources/dns_query.py) is dnspython.
+if ! python3 -c "import dns.message" 2>/dev/null; then
+  echo "installing Python test modules: dnspython"
+  python3 -m pip install --quiet dnspython
+fi
+
 exec cargo test --workspace --locked "$@"

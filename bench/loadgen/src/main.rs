@@ -9,6 +9,7 @@ mod auth_timing;
 mod cpu;
 mod handshakes;
 mod idle;
+mod read_path;
 mod report;
 mod smtp;
 mod stats;
@@ -178,6 +179,50 @@ enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// List-page latency (GET /v1/inboxes/{inbox}/messages) with a read capability.
+    ListLatency {
+        /// HTTP listener, 127.0.0.0/8 only.
+        #[arg(long)]
+        http: SocketAddr,
+        #[arg(long)]
+        inbox: String,
+        /// A read capability (akcap1.…) for the inbox.
+        #[arg(long)]
+        token: String,
+        /// Timed requests of each kind (first page, cursor pages).
+        #[arg(long, default_value_t = 2000)]
+        requests: usize,
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        #[arg(long, default_value = "120s", value_parser = parse_duration)]
+        max_duration: Duration,
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Time from the end of SMTP DATA (and from its 250) to the message.received
+    /// event at a Server-Sent Events subscriber of the same inbox.
+    EventLatency {
+        /// Inbound MX, 127.0.0.0/8 only.
+        #[arg(long)]
+        smtp: SocketAddr,
+        /// HTTP listener, 127.0.0.0/8 only.
+        #[arg(long)]
+        http: SocketAddr,
+        #[arg(long)]
+        inbox: String,
+        /// A read capability (akcap1.…) for the inbox.
+        #[arg(long)]
+        token: String,
+        #[arg(long, default_value_t = 1000)]
+        messages: usize,
+        /// Body bytes per message.
+        #[arg(long, default_value_t = 2048)]
+        size: usize,
+        #[arg(long, default_value = "120s", value_parser = parse_duration)]
+        max_duration: Duration,
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Print N currently free TCP ports on 127.0.0.1 (space separated).
     FreePorts {
         #[arg(long, default_value_t = 1)]
@@ -308,6 +353,16 @@ async fn main() -> Result<()> {
                 sources: tls.sources,
             })
             .await?;
+            emit(&report, out.as_ref())
+        }
+        Command::ListLatency { http, inbox, token, requests, limit, max_duration, out } => {
+            let report = read_path::list(read_path::ListOptions { http, inbox, token, requests, limit, max_duration }).await?;
+            emit(&report, out.as_ref())
+        }
+        Command::EventLatency { smtp, http, inbox, token, messages, size, max_duration, out } => {
+            smtp::check_loopback(smtp)?;
+            let report =
+                read_path::events(read_path::EventOptions { smtp, http, inbox, token, messages, size, max_duration }).await?;
             emit(&report, out.as_ref())
         }
         Command::Submit {

@@ -180,6 +180,15 @@ pub fn to_text(html: &str) -> HtmlText {
             hidden = Some(tag.name.clone());
             continue;
         }
+        if name == "img" {
+            if let (Some((_, text)), Some(alt)) = (&mut open_link, &tag.href)
+                && text.len() < MAX_ANCHOR_TEXT * 4
+            {
+                text.push(' ');
+                text.push_str(alt);
+            }
+            continue;
+        }
         if name == "a" {
             if let Some((url, text)) = open_link.take() {
                 push_link(&mut links, url, text);
@@ -234,6 +243,7 @@ struct Tag {
     name: String,
     closing: bool,
     self_closing: bool,
+    /// `<a href>`, or `<img alt>`.
     href: Option<String>,
 }
 
@@ -270,10 +280,11 @@ fn read_tag(s: &str) -> Option<(Tag, &str)> {
     let attrs = &body[name_len..i.min(body.len())];
     let rest = if i < bytes.len() { &body[i + 1..] } else { "" };
     let self_closing = attrs.trim_end().ends_with('/');
-    let href = if name == "a" && !closing {
-        attribute(attrs, "href")
-    } else {
-        None
+    let href = match name.as_str() {
+        "a" if !closing => attribute(attrs, "href"),
+        // An image's alt text names an image button ("Verify email").
+        "img" => attribute(attrs, "alt"),
+        _ => None,
     };
     Some((
         Tag {
@@ -489,6 +500,15 @@ mod tests {
     }
 
     #[test]
+    fn image_buttons_are_named_by_their_alt_text() {
+        let t = to_text(
+            r#"<a href="https://x.example/v/Ab12Cd34Ef56"><img src="b.png" alt="Verify &amp; continue"></a>"#,
+        );
+        assert_eq!(t.links[0].text, "Verify & continue");
+        assert_eq!(t.text, "");
+    }
+
+    #[test]
     fn entities() {
         assert_eq!(
             decode_entities("a &lt;b&gt; &#65;&#x42; &unknown; & &"),
@@ -514,6 +534,16 @@ mod tests {
             "a".repeat(MAX_URL_LEN)
         );
         assert!(to_text(&long).links.is_empty());
+    }
+
+    #[test]
+    fn anchor_text_limit_is_enforced() {
+        let html = format!(
+            "<a href=\"https://e.example/\">{}</a>",
+            "word ".repeat(MAX_ANCHOR_TEXT)
+        );
+        let t = to_text(&html);
+        assert_eq!(t.links[0].text.len(), MAX_ANCHOR_TEXT);
     }
 
     #[test]

@@ -498,6 +498,11 @@ const KEYWORDS: &[(&str, Class, bool, bool)] = {
         ("page", Negative, false, false),
         ("step", Negative, false, false),
         ("row", Negative, false, false),
+        ("pr", Negative, false, false),
+        ("pull request", Negative, false, false),
+        ("review", Negative, false, true),
+        ("build", Negative, false, false),
+        ("release", Negative, false, false),
         // Negative: German, French, Spanish.
         ("bestell", Negative, true, true),
         ("rechnung", Negative, true, true),
@@ -807,6 +812,23 @@ impl Scan {
             line_starts,
             promo_lines,
         }
+    }
+
+    /// Whether a sentence ends within `[from, to)`: `.`, `!` or `?` followed by
+    /// a space and an upper-case letter or a digit (so `Acme Inc. is` does not
+    /// end one), or a CJK full stop. A keyword in another sentence does not
+    /// describe a number.
+    fn sentence_break(&self, from: usize, to: usize) -> bool {
+        let ch = &self.chars;
+        (from..to).any(|i| match ch[i] {
+            '。' | '！' | '？' => true,
+            '.' | '!' | '?' => {
+                i + 2 < ch.len()
+                    && ch[i + 1].is_whitespace()
+                    && (ch[i + 2].is_uppercase() || ch[i + 2].is_ascii_digit())
+            }
+            _ => false,
+        })
     }
 
     /// The hits lying within `[from, to)` (hits are sorted and do not overlap).
@@ -1147,12 +1169,14 @@ impl Scan {
             .hits_in(ls.max(s.saturating_sub(CONTEXT_BEFORE)), s)
             .iter()
             .filter(decisive)
-            .max_by_key(|h| h.end);
+            .max_by_key(|h| h.end)
+            .filter(|h| !self.sentence_break(h.end, s));
         let nearest_after = self
             .hits_in(e, le.min(e + CONTEXT_AFTER))
             .iter()
             .filter(decisive)
-            .min_by_key(|h| h.start);
+            .min_by_key(|h| h.start)
+            .filter(|h| !self.sentence_break(e, h.start));
         let standalone = self.standalone(s, e);
 
         let mut score: f64;
@@ -1559,6 +1583,18 @@ mod tests {
     }
 
     #[test]
+    fn keywords_in_another_sentence_do_not_count() {
+        assert!(codes("Verify your email. Acme Inc, 1600 Amphitheatre Pkwy, CA 94043").is_empty());
+        assert!(codes("Code review for PR 4821").is_empty());
+        assert_eq!(
+            codes("Your verification code for Acme Inc. is 482913"),
+            ["482913"]
+        );
+        assert_eq!(codes("Order 55231 shipped. Your code: 482913"), ["482913"]);
+        assert_eq!(codes("您的订单已发货。验证码：482913"), ["482913"]);
+    }
+
+    #[test]
     fn no_keyword_no_code() {
         assert!(codes("Hello\n\n482913\n\nbye").is_empty());
     }
@@ -1644,6 +1680,46 @@ mod tests {
         let mut found = Vec::new();
         Scan::new(&many).codes(Source::Text, true, &mut found);
         assert_eq!(found.len(), MAX_FINDINGS);
+    }
+
+    #[test]
+    fn code_length_limits() {
+        let digits = |n: usize| "123456789".chars().cycle().take(n).collect::<String>();
+        for n in 1..=12 {
+            let found = codes(&format!("Your code: {}", digits(n)));
+            assert_eq!(
+                !found.is_empty(),
+                NUMERIC_CODE_DIGITS.contains(&n),
+                "{n} digits: {found:?}"
+            );
+        }
+        let alnum = |n: usize| "K7Q9X2".chars().cycle().take(n).collect::<String>();
+        for n in 3..=14 {
+            let found = codes(&format!("Your code: {}", alnum(n)));
+            assert_eq!(
+                !found.is_empty(),
+                ALNUM_CODE_CHARS.contains(&n),
+                "{n} chars: {found:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn links_checked_limit() {
+        let mut links: Vec<Link> = (0..MAX_LINKS_CHECKED)
+            .map(|i| Link {
+                url: format!("https://e.example/about/{i}"),
+                text: "x".into(),
+            })
+            .collect();
+        let good = Link {
+            url: "https://e.example/verify/Ab12Cd34Ef56Gh78".into(),
+            text: "Verify".into(),
+        };
+        links.push(good.clone());
+        assert!(candidates_in(Some("Verify"), None, None, &links).is_empty());
+        links.insert(0, good);
+        assert_eq!(candidates_in(Some("Verify"), None, None, &links).len(), 1);
     }
 
     #[test]

@@ -21,6 +21,8 @@ pub const UNAUTHORIZED_DETAIL: &str =
 
 /// The `detail` of every capability 401: the same whatever the reason.
 pub const INVALID_CAPABILITY_DETAIL: &str = "send a valid read capability as `Authorization: Bearer akcap1.…` (from POST /v1/credentials/read); it is missing, malformed, tampered with or expired";
+/// The `detail` of every send 401: the same whatever the reason.
+pub const SEND_UNAUTHORIZED_DETAIL: &str = "send with `Authorization: Bearer ak_…` of an agent whose active send grant covers this inbox; the key, the grant or the inbox does not allow it";
 
 /// Why a request failed. Each variant has one status and one stable code.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -106,6 +108,23 @@ pub enum ApiError {
         /// The limit.
         max: usize,
     },
+    /// 401 `SEND_NOT_AUTHORIZED`: `POST /v1/inboxes/{address}/send` refused by the
+    /// submission AUTH order (no or malformed key, unknown, revoked or expired key,
+    /// no send grant, no such or inactive inbox, another owner's inbox, a grant
+    /// that does not cover it). One body for every reason, like SMTP's `535 5.7.8`;
+    /// the reason is logged.
+    SendUnauthorized,
+    /// 403 `FROM_NOT_AUTHORIZED`: a raw message whose `From:` is not exactly the
+    /// authenticated inbox (SMTP answers `550 5.7.1`).
+    FromNotAuthorized,
+    /// 413 `PAYLOAD_TOO_LARGE` for a message over the SMTP message size limit.
+    MessageTooLarge {
+        /// The limit in bytes.
+        limit: usize,
+    },
+    /// 415 `UNSUPPORTED_MEDIA_TYPE`: a send body that is neither
+    /// `application/json` nor `message/rfc822`.
+    UnsupportedSendMediaType,
 }
 
 /// The problem JSON body (RFC 9457) plus `code`, and `field` for input errors.
@@ -156,6 +175,10 @@ impl ApiError {
             Self::InvalidCapability => StatusCode::UNAUTHORIZED,
             Self::MailNotFound => StatusCode::NOT_FOUND,
             Self::TooManyStreams { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::SendUnauthorized => StatusCode::UNAUTHORIZED,
+            Self::FromNotAuthorized => StatusCode::FORBIDDEN,
+            Self::MessageTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UnsupportedSendMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
         }
     }
 
@@ -183,6 +206,10 @@ impl ApiError {
             Self::InvalidCapability => "INVALID_CAPABILITY",
             Self::MailNotFound => "NOT_FOUND",
             Self::TooManyStreams { .. } => "TOO_MANY_STREAMS",
+            Self::SendUnauthorized => "SEND_NOT_AUTHORIZED",
+            Self::FromNotAuthorized => "FROM_NOT_AUTHORIZED",
+            Self::MessageTooLarge { .. } => "PAYLOAD_TOO_LARGE",
+            Self::UnsupportedSendMediaType => "UNSUPPORTED_MEDIA_TYPE",
         }
     }
 
@@ -210,6 +237,10 @@ impl ApiError {
             Self::InvalidCapability => "Unauthorized",
             Self::MailNotFound => "Not found",
             Self::TooManyStreams { .. } => "Too many streams",
+            Self::SendUnauthorized => "Send not authorized",
+            Self::FromNotAuthorized => "From not authorized",
+            Self::MessageTooLarge { .. } => "Payload too large",
+            Self::UnsupportedSendMediaType => "Unsupported media type",
         }
     }
 
@@ -260,6 +291,16 @@ impl ApiError {
                 format!("this inbox already has {max} open event streams; close one or retry later"),
                 None,
             ),
+            Self::SendUnauthorized => (SEND_UNAUTHORIZED_DETAIL.to_owned(), None),
+            Self::FromNotAuthorized => (
+                "the From: header must be exactly the inbox you send from (one address)".to_owned(),
+                Some("From".to_owned()),
+            ),
+            Self::MessageTooLarge { limit } => (format!("the message is over {limit} bytes"), None),
+            Self::UnsupportedSendMediaType => (
+                "send the body as Content-Type: application/json or message/rfc822".to_owned(),
+                None,
+            ),
         };
         let code = self.code();
         Problem {
@@ -282,7 +323,7 @@ impl IntoResponse for ApiError {
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         match self {
-            Self::Unauthorized | Self::InvalidCapability => {
+            Self::Unauthorized | Self::InvalidCapability | Self::SendUnauthorized => {
                 headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             }
             Self::TooManyStreams { .. } => {

@@ -19,6 +19,7 @@
 //! | GET | `/v1/inboxes/{address}/messages` | list an inbox (read capability) |
 //! | GET | `/v1/inboxes/{address}/messages/{message_id}` | fetch a raw message (read capability) |
 //! | GET | `/v1/inboxes/{address}/events` | new-mail Server-Sent Events (read capability) |
+//! | POST | `/v1/inboxes/{address}/send` | send from an inbox, JSON or raw MIME: the SMTP submission path ([`send`]) |
 //!
 //! Owners sign requests with their master key (`Authorization: AgentKeys-Owner …`,
 //! see [`owner`]); the owner routes need the metadata store ([`ApiState::with_meta`]).
@@ -39,6 +40,7 @@ pub mod messages;
 pub mod openapi;
 pub mod owner;
 pub mod pairing;
+pub mod send;
 pub mod well_known;
 
 use std::sync::Arc;
@@ -76,6 +78,8 @@ pub struct ApiState {
     shutdown: tokio_util::sync::CancellationToken,
     /// Blobs, message index and events for the read path; without it those routes answer 503.
     mail: Option<Arc<Mailroom>>,
+    /// The HTTP send door (blobs, DKIM signer, hasher); without it the route answers 503.
+    send: Option<Arc<send::SendService>>,
 }
 
 impl std::fmt::Debug for ApiState {
@@ -103,7 +107,16 @@ impl ApiState {
             collect_wait: pairing::COLLECT_WAIT,
             shutdown: tokio_util::sync::CancellationToken::new(),
             mail: None,
+            send: None,
         }
+    }
+
+    /// The same state serving `POST /v1/inboxes/{address}/send` with `service`
+    /// (it also needs [`ApiState::with_meta`]).
+    #[must_use]
+    pub fn with_send(mut self, service: send::SendService) -> Self {
+        self.send = Some(Arc::new(service));
+        self
     }
 
     /// The same state serving the owner routes (enrollment, grants, key
@@ -203,6 +216,12 @@ fn table() -> Vec<Route> {
         route(Verb::Get, "/v1/inboxes/{address}/messages", messages::list),
         route(Verb::Get, "/v1/inboxes/{address}/messages/{message_id}", messages::fetch),
         route(Verb::Get, "/v1/inboxes/{address}/events", messages::events),
+        // A whole message: the SMTP size limit, not MAX_BODY_BYTES (the route's layer wins).
+        Route {
+            verb: Verb::Post,
+            path: "/v1/inboxes/{address}/send",
+            handler: on(Verb::Post.filter(), send::send).layer(DefaultBodyLimit::max(send::MAX_SEND_BODY_BYTES)),
+        },
     ]
 }
 

@@ -35,6 +35,7 @@ use crate::error::Problem;
         crate::messages::list,
         crate::messages::fetch,
         crate::messages::events,
+        crate::send::send,
     ),
     components(schemas(
         ReadCredentialRequest,
@@ -58,6 +59,9 @@ use crate::error::Problem;
         crate::pairing::CollectPairingResponse,
         crate::messages::MessageSummary,
         crate::messages::MessagePage,
+        crate::send::SendRequest,
+        crate::send::SendAttachment,
+        crate::send::SendResponse,
     )),
     modifiers(&AgentKeyAuth, &OwnerSignatureAuth, &ReadCapabilityAuth),
     tags(
@@ -67,6 +71,7 @@ use crate::error::Problem;
         (name = "owner", description = "Enrollment and the owner's approval gate: requests signed with the owner's master key"),
         (name = "messages", description = "The read path: list, fetch and follow one inbox with a read capability (Authorization: Bearer akcap1.…)"),
         (name = "pairing", description = "An agent asks for an agent key with its device key; its owner approves with a signed request"),
+        (name = "mail", description = "Sending from an inbox: the same checks, DKIM signing and queue as SMTP submission"),
     )
 )]
 pub struct ApiDoc;

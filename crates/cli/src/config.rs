@@ -60,6 +60,9 @@ pub(crate) struct Config {
     pub(crate) retention_secs: u64,
     /// How often `serve` sweeps expired messages.
     pub(crate) retention_sweep_secs: u64,
+    /// Name servers for every DNS lookup of the server (delivery MX lookups and
+    /// the MX's SPF/DKIM/DMARC checks); empty = the system's (`/etc/resolv.conf`).
+    pub(crate) dns_nameservers: Vec<SocketAddr>,
 }
 
 /// Default retention of messages: 30 days (DESIGN.md §5).
@@ -96,6 +99,7 @@ impl Default for Config {
             delivery_max_age_secs: agentkeys_delivery::MAX_AGE.as_secs(),
             retention_secs: DEFAULT_RETENTION.as_secs(),
             retention_sweep_secs: RETENTION_SWEEP_INTERVAL.as_secs(),
+            dns_nameservers: Vec::new(),
         }
     }
 }
@@ -159,6 +163,19 @@ fn parse_scale(v: &str) -> Result<f64, String> {
     }
 }
 
+/// `ip:port` or `ip` (port 53), comma-separated; empty means the system's.
+fn parse_nameservers(v: &str) -> Result<Vec<SocketAddr>, String> {
+    v.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            s.parse::<SocketAddr>()
+                .or_else(|_| s.parse::<std::net::IpAddr>().map(|ip| SocketAddr::new(ip, 53)))
+                .map_err(|_| format!("expected name servers like 127.0.0.1:53,[::1]:53, got {s:?}"))
+        })
+        .collect()
+}
+
 fn parse_secs(v: &str) -> Result<u64, String> {
     parse_duration(v).map(|s| s.unsigned_abs()).map_err(|e| e.to_string())
 }
@@ -189,6 +206,7 @@ pub(crate) const KEYS: &[Key] = &[
     Key { toml: "delivery.max_age", env: "AGENTKEYS_DELIVERY_MAX_AGE", help: "undelivered mail bounces after this long (e.g. 5d)", set: |c, v| { c.delivery_max_age_secs = parse_secs(v)?; Ok(()) } },
     Key { toml: "limits.retention", env: "AGENTKEYS_RETENTION", help: "messages are deleted after this long (e.g. 30d) unless their domain sets its own (agentkeys domain set-retention)", set: |c, v| { c.retention_secs = parse_secs(v)?; Ok(()) } },
     Key { toml: "limits.retention_sweep_interval", env: "AGENTKEYS_RETENTION_SWEEP_INTERVAL", help: "how often serve deletes expired messages (e.g. 5m)", set: |c, v| { c.retention_sweep_secs = parse_secs(v)?; Ok(()) } },
+    Key { toml: "dns.nameservers", env: "AGENTKEYS_DNS_NAMESERVERS", help: "name servers (ip:port, comma-separated in the env, a list in TOML) for MX lookups and SPF/DKIM/DMARC checks; default: the system's", set: |c, v| { c.dns_nameservers = parse_nameservers(v)?; Ok(()) } },
     Key { toml: "log", env: "AGENTKEYS_LOG", help: "log filter (error, warn, info, debug, or a tracing directive)", set: |c, v| { c.log = v.to_owned(); Ok(()) } },
 ];
 
@@ -230,6 +248,11 @@ fn flatten(prefix: &str, table: &toml::Table, out: &mut BTreeMap<String, Result<
             }
             toml::Value::Boolean(b) => {
                 out.insert(path, Ok(b.to_string()));
+            }
+            // A list of strings (dns.nameservers) is read like its comma-separated env form.
+            toml::Value::Array(items) if items.iter().all(|i| i.as_str().is_some_and(|s| !s.contains(','))) => {
+                let joined: Vec<&str> = items.iter().filter_map(toml::Value::as_str).collect();
+                out.insert(path, Ok(joined.join(",")));
             }
             other => {
                 out.insert(path, Err(format!("expected a string or number, got {}", other.type_str())));
@@ -368,6 +391,32 @@ mod tests {
             assert!(seen.insert(k.env), "duplicate {}", k.env);
             assert!(!k.help.is_empty());
         }
+    }
+}
+
+#[cfg(test)]
+mod dns_tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+    }
+
+    #[test]
+    fn nameservers_from_file_list_and_env() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("agentkeys.toml");
+        std::fs::write(&p, "").unwrap();
+        assert!(load(Some(&p), &env(&[])).unwrap().dns_nameservers.is_empty(), "default: system");
+        std::fs::write(&p, "[dns]\nnameservers = [\"127.0.0.1:5353\", \"::1\"]\n").unwrap();
+        let c = load(Some(&p), &env(&[])).unwrap();
+        assert_eq!(c.dns_nameservers, ["127.0.0.1:5353".parse::<SocketAddr>().unwrap(), "[::1]:53".parse().unwrap()]);
+        let c = load(Some(&p), &env(&[("AGENTKEYS_DNS_NAMESERVERS", "127.0.0.2:53, 127.0.0.3")])).unwrap();
+        assert_eq!(c.dns_nameservers, ["127.0.0.2:53".parse::<SocketAddr>().unwrap(), "127.0.0.3:53".parse().unwrap()]);
+        let err = load(Some(&p), &env(&[("AGENTKEYS_DNS_NAMESERVERS", "dns.example:53")])).unwrap_err();
+        assert_eq!(err.0[0].key, "AGENTKEYS_DNS_NAMESERVERS");
+        std::fs::write(&p, "[dns]\nnameservers = [53]\n").unwrap();
+        assert_eq!(load(Some(&p), &env(&[])).unwrap_err().0[0].key, "dns.nameservers");
     }
 }
 

@@ -4,6 +4,7 @@ mod admin;
 mod audit;
 mod config;
 mod datadir;
+mod dns;
 mod demo;
 mod domain;
 mod http;

@@ -33,6 +33,10 @@ pub(crate) async fn run(config: Config) -> Result<()> {
         .init();
     let metrics = PrometheusBuilder::new().install_recorder().context("cannot install the metrics recorder")?;
 
+    // Watch the signals before anything is announced, so a SIGTERM right after
+    // the listeners are printed is a graceful stop, not the default kill.
+    let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
     let dir = DataDir::open(&config).await?;
     let tls = crate::tls::load(&config)?;
     reconcile_index(&dir).await?;
@@ -42,16 +46,24 @@ pub(crate) async fn run(config: Config) -> Result<()> {
     let submission_tls = bind(config.listen_submission_tls, "listen.submission_tls / AGENTKEYS_LISTEN_SUBMISSION_TLS").await?;
     let http = bind(config.listen_http, "listen.http / AGENTKEYS_LISTEN_HTTP").await?;
 
+    let (dns_config, dns_options) = crate::dns::resolver_config(&config.dns_nameservers)?;
+    // SPF/DKIM/DMARC on the MX (crates/smtp/src/verdicts.rs), over the same DNS as delivery.
+    let verifier = agentkeys_smtp::MailAuthVerifier::new(dns_config.clone(), dns_options.clone())
+        .map_err(|e| anyhow::anyhow!("cannot set up the DNS resolver for SPF/DKIM/DMARC: {e}"))?;
+
     let mut smtp_config = SmtpConfig::new(config.hostname.clone());
     smtp_config.limits.max_message_size = config.max_message_size;
     smtp_config.max_connections = config.max_connections;
     smtp_config.max_connections_per_ip = config.max_connections_per_ip;
     smtp_config.auth_throttle_failures = config.auth_failures_per_ip;
     smtp_config.auth_throttle_window = Duration::from_secs(config.auth_failure_window_secs);
+    // One DKIM signer for both submission doors (SMTP and HTTP send).
+    let signer = crate::domain::DkimOutboundSigner::for_server(&dir);
     let server = Arc::new(
         SmtpServer::new(smtp_config, dir.meta.clone(), dir.blobs.clone(), dir.hasher.clone(), tls.config.clone())
             // DKIM-sign the queued copy of submitted mail (crates/cli/src/domain.rs).
-            .with_outbound_signer(crate::domain::DkimOutboundSigner::for_server(&dir)),
+            .with_outbound_signer(signer.clone())
+            .with_inbound_verifier(Arc::new(verifier)),
     );
 
     let authority = Arc::new(dir.token_authority()?);
@@ -84,7 +96,14 @@ pub(crate) async fn run(config: Config) -> Result<()> {
         agentkeys_api::ApiState::new(broker)
             .with_meta(dir.meta.clone())
             .with_mailroom(dir.blobs.clone())
-            .with_shutdown(shutdown.clone()),
+            .with_shutdown(shutdown.clone())
+            .with_send(agentkeys_api::send::SendService {
+                blobs: dir.blobs.clone(),
+                signer: Some(signer),
+                hasher: dir.hasher.clone(),
+                hostname: config.hostname.clone(),
+                max_message_size: config.max_message_size,
+            }),
     );
     let sessions = TaskTracker::new();
     let listeners = TaskTracker::new();
@@ -98,7 +117,7 @@ pub(crate) async fn run(config: Config) -> Result<()> {
     let http_shutdown = shutdown.clone();
     listeners.spawn(async move {
         let app = crate::http::router(metrics, api);
-        if let Err(e) = axum::serve(http, app).with_graceful_shutdown(http_shutdown.cancelled_owned()).await {
+        if let Err(e) = axum::serve(http, app.into_make_service_with_connect_info::<std::net::SocketAddr>()).with_graceful_shutdown(http_shutdown.cancelled_owned()).await {
             tracing::error!(error = %e, "HTTP listener failed");
         }
     });
@@ -117,7 +136,8 @@ pub(crate) async fn run(config: Config) -> Result<()> {
                 agentkeys_delivery::Route::Mx { port } => format!("MX, port {port}"),
             }
         );
-        let resolver = agentkeys_delivery::HickoryResolver::from_system().context("cannot set up the DNS resolver")?;
+        let resolver = agentkeys_delivery::HickoryResolver::new(dns_config.clone(), dns_options.clone())
+            .context("cannot set up the DNS resolver (dns.nameservers / AGENTKEYS_DNS_NAMESERVERS)")?;
         let runner = Arc::new(agentkeys_delivery::Runner::new(
             dir.meta.clone(),
             dir.blobs.clone(),
@@ -145,8 +165,6 @@ pub(crate) async fn run(config: Config) -> Result<()> {
     ));
     // ---- end of retention ----
 
-    let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
-    let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
     let which = tokio::select! {
         _ = term.recv() => "SIGTERM",
         _ = int.recv() => "SIGINT",

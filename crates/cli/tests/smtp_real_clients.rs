@@ -61,7 +61,9 @@ fn mx_stores_one_copy_per_envelope_recipient() {
         let files = stored_messages(&blobs, OWNER_A, inbox);
         assert_eq!(files.len(), 1, "{inbox}: {files:?}");
         let body = std::fs::read_to_string(&files[0]).unwrap();
-        assert!(body.starts_with("Received: from client.example.net"), "{body}");
+        // Our verdicts on top (the harness's DNS knows no sender domain), then our trace line.
+        assert!(body.starts_with("Authentication-Results: mx.agents.localhost;"), "{body}");
+        assert!(body.contains("\r\nReceived: from client.example.net"), "{body}");
         assert!(body.contains("Subject: hello-mx"));
     }
     assert!(stored_messages(&blobs, OWNER_B, "carol@agents.localhost").is_empty(), "forged To: must not route");

@@ -55,6 +55,21 @@ impl HickoryResolver {
             .map(Self)
             .map_err(|e| ResolveError::Temporary(e.to_string()))
     }
+
+    /// A resolver asking the name servers of `config` (the server's `dns.nameservers`).
+    pub fn new(
+        config: hickory_resolver::config::ResolverConfig,
+        options: hickory_resolver::config::ResolverOpts,
+    ) -> Result<Self, ResolveError> {
+        TokioResolver::builder_with_config(
+            config,
+            hickory_resolver::net::runtime::TokioRuntimeProvider::default(),
+        )
+        .with_options(options)
+        .build()
+        .map(Self)
+        .map_err(|e| ResolveError::Temporary(e.to_string()))
+    }
 }
 
 fn classify(err: &hickory_resolver::net::NetError) -> Option<ResolveError> {

@@ -13,7 +13,11 @@ use agentkeys_store::{BlobError, BlobKey, BlobStore, MetadataStore, NewOutbound,
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use crate::session::{Delivery, RecipientAnswer, RecipientQuery};
+use agentkeys_core::{Address, InboxStatus, SendAuthorized, UnixTime};
+use ulid::Ulid;
+
+use crate::session::{Delivery, InboundEnvelope, LocalRecipient, Outbound, RecipientAnswer, RecipientQuery};
+use crate::verdicts::{prepend_header, strip_own_results};
 
 /// Why a message could not be stored. Never answered with `250`.
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +43,37 @@ pub trait OutboundSigner: Send + Sync + 'static {
     async fn sign(&self, sender_domain: &str, message: &[u8]) -> Result<Vec<u8>, String>;
 }
 
+/// Evaluates SPF, DKIM and DMARC for a message that arrived on the MX
+/// (`crate::MailAuthVerifier` over mail-auth in production). The SMTP crate's
+/// session only describes the envelope; the shell calls this before storing.
+///
+/// A verdict never refuses mail: an unauthenticated message is stored with its
+/// `fail`/`none` results and the agent decides what to trust. DNS trouble is a
+/// `temperror` result, never an error, so a message is never lost or rejected
+/// because a lookup failed.
+#[async_trait]
+pub trait InboundVerifier: Send + Sync + 'static {
+    /// The complete `Authentication-Results:` header field (name, RFC 8601 value,
+    /// CRLF) for `message` as it arrived with `envelope`, with `authserv_id` (our
+    /// host name) as its authserv-id.
+    async fn verify(&self, authserv_id: &str, envelope: &InboundEnvelope, message: &[u8]) -> String;
+}
+
+/// Adds the verdicts to an inbound delivery: every `Authentication-Results`
+/// header field that claims `authserv_id` and arrived with the message is removed
+/// (RFC 8601 §5: a forged "pass" from us must not survive), others are kept, and
+/// the `verifier`'s header is prepended above our `Received:`. Deliveries without
+/// an inbound envelope (submission) are returned unchanged.
+pub async fn add_verdicts(verifier: &dyn InboundVerifier, authserv_id: &str, mut delivery: Delivery) -> Delivery {
+    let Some(envelope) = &delivery.inbound else {
+        return delivery;
+    };
+    let header = verifier.verify(authserv_id, envelope, &delivery.message).await;
+    let stripped = strip_own_results(&delivery.message, authserv_id);
+    delivery.message = prepend_header(&header, &stripped).into();
+    delivery
+}
+
 /// Answers a [`RecipientQuery`]: is the domain hosted, and if so, which inbox is it.
 ///
 /// An inbox exists only in a hosted domain, so the common case (a known inbox) costs
@@ -59,6 +94,98 @@ pub async fn lookup_recipient(
         Ok(RecipientAnswer::NotHosted)
     }
 }
+
+/// Where a submitted message's recipient goes, by the store's answer. The one
+/// rule of both submission doors (SMTP `RCPT TO` and HTTP send); the MX refuses
+/// [`RecipientRoute::Remote`] as relaying.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RecipientRoute {
+    /// A hosted, active inbox: a local copy.
+    Local(LocalRecipient),
+    /// Not a hosted domain: queued for remote delivery.
+    Remote(String),
+    /// A hosted domain without such an inbox (`550 5.1.1`).
+    Unknown,
+    /// A disabled or suspended inbox (`550 5.2.1`).
+    Inactive,
+}
+
+/// Routes one recipient ([`RecipientRoute`]).
+pub fn route_recipient(query: RecipientQuery, answer: RecipientAnswer) -> RecipientRoute {
+    match (answer, query.inbox) {
+        (RecipientAnswer::NotHosted, _) => RecipientRoute::Remote(query.address),
+        (RecipientAnswer::Hosted(None), _) | (RecipientAnswer::Hosted(Some(_)), None) => RecipientRoute::Unknown,
+        (RecipientAnswer::Hosted(Some(recipient)), Some(inbox)) => {
+            if recipient.status == InboxStatus::Active {
+                RecipientRoute::Local(LocalRecipient { inbox, owner: recipient.owner })
+            } else {
+                RecipientRoute::Inactive
+            }
+        }
+    }
+}
+
+/// A message submitted over HTTP, as the same [`Delivery`] an SMTP submission
+/// builds: a `Received:` line (`with HTTP`, RFC 5321 §4.4) prepended, local copies
+/// for hosted recipients, the remote ones queued under `sender`. The caller has
+/// already checked `From:` with [`from_header_is`].
+pub fn http_submission(
+    sender: SendAuthorized,
+    message: &[u8],
+    local: Vec<LocalRecipient>,
+    remote: Vec<String>,
+    id: Ulid,
+    received_at: UnixTime,
+    hostname: &str,
+) -> Delivery {
+    let trace = format!(
+        "Received: from agent {} (HTTP API)\r\n\tby {hostname} with HTTP id {id};\r\n\t{}\r\n",
+        sender.agent(),
+        agentkeys_core::time::rfc5322(received_at)
+    );
+    let mut bytes = Vec::with_capacity(trace.len() + message.len());
+    bytes.extend_from_slice(trace.as_bytes());
+    bytes.extend_from_slice(message);
+    Delivery {
+        id,
+        message: bytes.into(),
+        received_at,
+        local,
+        outbound: (!remote.is_empty()).then_some(Outbound { sender, recipients: remote }),
+        inbound: None,
+    }
+}
+
+/// The `From:` pinning rule of both submission doors (SMTP and HTTP): whether the
+/// header section holds exactly one `From:` field with exactly one address, equal
+/// to `inbox` ignoring case. Anything else is refused (`550 5.7.1`, HTTP 403).
+pub fn from_header_is(message: &[u8], inbox: &Address) -> bool {
+    use mail_parser::{HeaderName, HeaderValue, MessageParser};
+    let parser = MessageParser::new()
+        .header_address(HeaderName::From)
+        .default_header_ignore();
+    let Some(parsed) = parser.parse_headers(message) else {
+        return false;
+    };
+    let mut from = parsed
+        .headers()
+        .iter()
+        .filter(|h| h.name == HeaderName::From);
+    let (Some(header), None) = (from.next(), from.next()) else {
+        return false;
+    };
+    match &header.value {
+        HeaderValue::Address(mail_parser::Address::List(list)) => match list.as_slice() {
+            [only] => only
+                .address
+                .as_deref()
+                .is_some_and(|a| a.eq_ignore_ascii_case(inbox.as_str())),
+            _ => false,
+        },
+        _ => false,
+    }
+}
+
 
 /// The blob keys a delivery is written under, in order: local copies, then the
 /// outbound queue copy.

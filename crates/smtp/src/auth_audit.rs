@@ -49,10 +49,13 @@ pub struct RefusalFacts {
 }
 
 /// The record of an accepted AUTH: actor the agent, subject the inbox.
-pub fn granted_event(proof: &SendAuthorized, door: Door, peer: IpAddr) -> AuditEvent {
+/// `peer` is the client's address when the door knows it.
+pub fn granted_event(proof: &SendAuthorized, door: Door, peer: Option<IpAddr>) -> AuditEvent {
     let mut detail = Map::new();
     detail.insert("door".into(), json!(door.as_str()));
-    detail.insert("peer".into(), json!(peer.to_string()));
+    if let Some(peer) = peer {
+        detail.insert("peer".into(), json!(peer.to_string()));
+    }
     detail.insert("key_id".into(), json!(proof.key_id().as_str()));
     detail.insert("grant_id".into(), json!(proof.grant_id().as_str()));
     AuditEvent::ok(Actor::Agent(proof.agent().clone()), OP_SUBMISSION_AUTH, proof.inbox().as_str())
@@ -60,10 +63,12 @@ pub fn granted_event(proof: &SendAuthorized, door: Door, peer: IpAddr) -> AuditE
 }
 
 /// The record of a refused AUTH: the failing step's name as `reason`.
-pub fn refused_event(failure: AuthFailure, facts: &RefusalFacts, door: Door, peer: IpAddr) -> AuditEvent {
+pub fn refused_event(failure: AuthFailure, facts: &RefusalFacts, door: Door, peer: Option<IpAddr>) -> AuditEvent {
     let mut detail = Map::new();
     detail.insert("door".into(), json!(door.as_str()));
-    detail.insert("peer".into(), json!(peer.to_string()));
+    if let Some(peer) = peer {
+        detail.insert("peer".into(), json!(peer.to_string()));
+    }
     detail.insert("reason".into(), json!(failure.to_string()));
     let actor = facts.agent.clone().map_or(Actor::System, Actor::Agent);
     let subject = match (&facts.username, facts.hosted) {
@@ -79,8 +84,8 @@ pub fn refused_event(failure: AuthFailure, facts: &RefusalFacts, door: Door, pee
 mod tests {
     use super::*;
 
-    fn peer() -> IpAddr {
-        IpAddr::from([127, 0, 0, 1])
+    fn peer() -> Option<IpAddr> {
+        Some(IpAddr::from([127, 0, 0, 1]))
     }
 
     #[test]

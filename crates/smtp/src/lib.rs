@@ -7,6 +7,8 @@
 //!   and implicit TLS, and the store calls each step asks for.
 //! - [`acceptance`] holds those store calls: recipient lookup and durable storage
 //!   (one `put_durable` per message, before `250`).
+//! - [`verdicts`] evaluates SPF, DKIM and DMARC for MX mail ([`InboundVerifier`],
+//!   [`MailAuthVerifier`]) and writes `Authentication-Results:`.
 //! - [`limits`] names every abuse limit; [`AuthThrottle`] counts AUTH failures per
 //!   address.
 //!
@@ -54,18 +56,21 @@ mod reply;
 mod server;
 mod session;
 mod throttle;
+pub mod verdicts;
 
 #[cfg(test)]
 mod testing;
 
 pub use acceptance::{
-    DeliveryError, OutboundSigner, blob_keys, lookup_recipient, store_delivery, store_delivery_signed,
+    DeliveryError, InboundVerifier, OutboundSigner, RecipientRoute, add_verdicts, blob_keys, from_header_is,
+    http_submission, lookup_recipient, route_recipient, store_delivery, store_delivery_signed,
 };
 pub use limits::*;
 pub use reply::Reply;
 pub use server::{SmtpConfig, SmtpServer};
 pub use session::{
-    Delivery, ListenerKind, LocalRecipient, Now, Outbound, RecipientAnswer, RecipientQuery,
+    Delivery, InboundEnvelope, ListenerKind, LocalRecipient, Now, Outbound, RecipientAnswer, RecipientQuery,
     Session, SessionContext, Step,
 };
 pub use throttle::{AuthThrottle, address_key};
+pub use verdicts::{MailAuthVerifier, VERDICT_DNS_TIMEOUT, VERDICT_TIMEOUT};

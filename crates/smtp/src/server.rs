@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument as _;
 
-use crate::acceptance::{OutboundSigner, lookup_recipient, store_delivery_signed};
+use crate::acceptance::{InboundVerifier, OutboundSigner, add_verdicts, lookup_recipient, store_delivery_signed};
 use crate::limits::{
     DEFAULT_AUTH_THROTTLE_FAILURES, DEFAULT_AUTH_THROTTLE_WINDOW, DEFAULT_MAX_CONNECTIONS,
     DEFAULT_MAX_CONNECTIONS_PER_IP, Limits, READ_BUFFER_SIZE, TLS_HANDSHAKE_TIMEOUT, WRITE_TIMEOUT,
@@ -154,6 +154,7 @@ pub struct SmtpServer {
     submission_tls: Arc<SessionContext>,
     limiter: Arc<ConnectionLimiter>,
     signer: Option<Arc<dyn OutboundSigner>>,
+    verifier: Option<Arc<dyn InboundVerifier>>,
 }
 
 impl std::fmt::Debug for SmtpServer {
@@ -198,6 +199,7 @@ impl SmtpServer {
             submission_tls: context(ListenerKind::SubmissionImplicitTls),
             limiter: ConnectionLimiter::new(config.max_connections, config.max_connections_per_ip),
             signer: None,
+            verifier: None,
         }
     }
 
@@ -206,6 +208,16 @@ impl SmtpServer {
     #[must_use]
     pub fn with_outbound_signer(mut self, signer: Arc<dyn OutboundSigner>) -> Self {
         self.signer = Some(signer);
+        self
+    }
+
+    /// The same service, adding SPF/DKIM/DMARC verdicts (`Authentication-Results:`)
+    /// from `verifier` to every message the MX stores. Without one, MX mail is
+    /// stored without verdicts (but forged ones claiming our host name are still
+    /// removed).
+    #[must_use]
+    pub fn with_inbound_verifier(mut self, verifier: Arc<dyn InboundVerifier>) -> Self {
+        self.verifier = Some(verifier);
         self
     }
 
@@ -380,6 +392,13 @@ impl SmtpServer {
                     session.audit_result(recorded, now());
                 }
                 Step::Deliver(delivery) => {
+                    let delivery = match (&self.verifier, kind) {
+                        (Some(verifier), ListenerKind::Inbound) => {
+                            add_verdicts(verifier.as_ref(), &self.inbound.hostname, delivery).await
+                        }
+                        (None, ListenerKind::Inbound) => strip_forged_verdicts(&self.inbound.hostname, delivery),
+                        _ => delivery,
+                    };
                     let result =
                         store_delivery_signed(self.blobs.as_ref(), self.meta.as_ref(), self.signer.as_deref(), &delivery).await;
                     if result.is_ok() {
@@ -396,6 +415,12 @@ impl SmtpServer {
             }
         }
     }
+}
+
+/// Without a verifier, MX mail still loses the verdicts that claim to be ours.
+fn strip_forged_verdicts(hostname: &str, mut delivery: crate::Delivery) -> crate::Delivery {
+    delivery.message = crate::verdicts::strip_own_results(&delivery.message, hostname).into();
+    delivery
 }
 
 async fn handshake(

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use agentkeys_core::{
-    Address, AuthFacts, AuthFailure, Credentials, InboxStatus, KeyHasher, OwnerId, SendAuthorized,
+    Address, AuthFacts, AuthFailure, Credentials, KeyHasher, OwnerId, SendAuthorized,
     UnixTime,
 };
 use agentkeys_audit::AuditEvent;
@@ -30,8 +30,8 @@ use smtp_proto::request::receiver::{BdatReceiver, DataReceiver, DummyDataReceive
 use smtp_proto::{AUTH_LOGIN, AUTH_PLAIN, MailFrom, RcptTo, Request};
 use ulid::Ulid;
 
-use crate::acceptance::DeliveryError;
 use crate::auth_audit::{self, Door, RefusalFacts};
+use crate::acceptance::{DeliveryError, RecipientRoute, route_recipient};
 use crate::limits::{Limits, MAX_LINE_LENGTH};
 use crate::received::{Protocol, received_header, sanitize_helo};
 use crate::reply::Reply;
@@ -154,6 +154,21 @@ pub struct RecipientQuery {
     pub inbox: Option<Address>,
 }
 
+impl RecipientQuery {
+    /// The query for an envelope address (domain lowercased, a trailing dot
+    /// dropped); `None` without an `@` (`<>`, `<postmaster>`).
+    pub fn parse(address: &str) -> Option<Self> {
+        let (local, domain) = address.rsplit_once('@')?;
+        let domain = domain.trim_end_matches('.').to_lowercase();
+        let address = format!("{local}@{domain}");
+        Some(Self {
+            inbox: address.parse().ok(),
+            address,
+            domain,
+        })
+    }
+}
+
 /// The answer to a [`RecipientQuery`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RecipientAnswer {
@@ -182,6 +197,17 @@ pub struct Outbound {
     pub recipients: Vec<String>,
 }
 
+/// How a message reached the MX: what SPF and DMARC evaluate besides the message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InboundEnvelope {
+    /// The connecting client's address.
+    pub client_ip: IpAddr,
+    /// The `HELO`/`EHLO` name as sent (printable, comment characters replaced).
+    pub helo: String,
+    /// The `MAIL FROM` address; empty for the null sender `<>`.
+    pub mail_from: String,
+}
+
 /// A message ready to be stored, with its routing taken from the envelope only.
 #[derive(Debug, Clone)]
 pub struct Delivery {
@@ -195,6 +221,9 @@ pub struct Delivery {
     pub local: Vec<LocalRecipient>,
     /// Remote recipients (submission only).
     pub outbound: Option<Outbound>,
+    /// The envelope of a message that arrived on the MX (`None` for submission),
+    /// for the authentication verdicts ([`crate::InboundVerifier`]).
+    pub inbound: Option<Box<InboundEnvelope>>,
 }
 
 /// One transfer of message data (`DATA`, a `BDAT` chunk, or a drained one).
@@ -280,6 +309,8 @@ enum Sender {
 
 struct Transaction {
     sender: Sender,
+    /// The `MAIL FROM` address as given (empty for `<>`).
+    mail_from: String,
     local: Vec<LocalRecipient>,
     bdat: bool,
 }
@@ -780,6 +811,7 @@ impl Session {
         };
         self.tx = Some(Transaction {
             sender,
+            mail_from: from.address.to_string(),
             local: Vec::new(),
             bdat: false,
         });
@@ -794,16 +826,9 @@ impl Session {
         if tx.recipient_count() >= self.ctx.limits.max_recipients {
             return self.reply(Reply::TooManyRecipients);
         }
-        let Some((local, domain)) = to.address.rsplit_once('@') else {
+        let Some(query) = RecipientQuery::parse(&to.address) else {
             // `<>` or `<postmaster>`: no such inbox here.
             return self.reply(Reply::UnknownRecipient);
-        };
-        let domain = domain.trim_end_matches('.').to_lowercase();
-        let address = format!("{local}@{domain}");
-        let query = RecipientQuery {
-            inbox: address.parse().ok(),
-            address,
-            domain,
         };
         if tx.has_recipient(&query) {
             return self.reply(Reply::RecipientOk);
@@ -823,36 +848,33 @@ impl Session {
             }
         };
         let inbound = !self.ctx.kind.is_submission();
-        let reply = match (result, query.inbox) {
-            (Err(err), _) => {
+        let reply = match result {
+            Err(err) => {
                 tracing::warn!(error = %err, "recipient lookup failed");
                 Reply::LookupFailed
             }
-            (Ok(RecipientAnswer::NotHosted), _) if inbound => Reply::RelayDenied,
-            (Ok(RecipientAnswer::NotHosted), _) => {
-                match self.tx.as_mut().map(|tx| &mut tx.sender) {
-                    Some(Sender::Submission { remote, .. }) => {
-                        remote.push(query.address);
-                        Reply::RecipientOk
+            Ok(answer) => match route_recipient(query, answer) {
+                RecipientRoute::Remote(_) if inbound => Reply::RelayDenied,
+                RecipientRoute::Remote(address) => {
+                    match self.tx.as_mut().map(|tx| &mut tx.sender) {
+                        Some(Sender::Submission { remote, .. }) => {
+                            remote.push(address);
+                            Reply::RecipientOk
+                        }
+                        _ => Reply::RelayDenied,
                     }
-                    _ => Reply::RelayDenied,
                 }
-            }
-            (Ok(RecipientAnswer::Hosted(None)), _)
-            | (Ok(RecipientAnswer::Hosted(Some(_))), None) => Reply::UnknownRecipient,
-            (Ok(RecipientAnswer::Hosted(Some(recipient))), Some(inbox)) => {
-                if recipient.status != InboxStatus::Active {
-                    Reply::InactiveRecipient
-                } else if let Some(tx) = self.tx.as_mut() {
-                    tx.local.push(LocalRecipient {
-                        inbox,
-                        owner: recipient.owner,
-                    });
-                    Reply::RecipientOk
-                } else {
-                    Reply::BadSequence("need MAIL before RCPT")
+                RecipientRoute::Unknown => Reply::UnknownRecipient,
+                RecipientRoute::Inactive => Reply::InactiveRecipient,
+                RecipientRoute::Local(recipient) => {
+                    if let Some(tx) = self.tx.as_mut() {
+                        tx.local.push(recipient);
+                        Reply::RecipientOk
+                    } else {
+                        Reply::BadSequence("need MAIL before RCPT")
+                    }
                 }
-            }
+            },
         };
         self.reply(reply);
     }
@@ -916,7 +938,7 @@ impl Session {
         let Some(tx) = self.tx.take() else { return };
         let mut message = mem::take(&mut self.body);
         if let Sender::Submission { proof, .. } = &tx.sender
-            && !from_header_is(&message, proof.inbox())
+            && !crate::acceptance::from_header_is(&message, proof.inbox())
         {
             return self.reply(Reply::FromHeaderNotAuthorized);
         }
@@ -942,12 +964,22 @@ impl Session {
             self.now.unix_secs(),
         );
         message.splice(0..0, header.bytes());
-        let outbound = match tx.sender {
-            Sender::Inbound => None,
-            Sender::Submission { proof, remote } => (!remote.is_empty()).then_some(Outbound {
-                sender: proof,
-                recipients: remote,
-            }),
+        let (outbound, inbound) = match tx.sender {
+            Sender::Inbound => (
+                None,
+                Some(Box::new(InboundEnvelope {
+                    client_ip: self.peer,
+                    helo: helo.to_owned(),
+                    mail_from: tx.mail_from,
+                })),
+            ),
+            Sender::Submission { proof, remote } => (
+                (!remote.is_empty()).then_some(Outbound {
+                    sender: proof,
+                    recipients: remote,
+                }),
+                None,
+            ),
         };
         self.state = State::Deliver(Delivery {
             id,
@@ -955,6 +987,7 @@ impl Session {
             received_at: self.now.unix_secs(),
             local: tx.local,
             outbound,
+            inbound,
         });
     }
 
@@ -1166,8 +1199,8 @@ impl Session {
         refusal: RefusalFacts,
     ) {
         let event = match &verdict {
-            Ok(proof) => auth_audit::granted_event(proof, Door::Smtp, self.peer),
-            Err(failure) => auth_audit::refused_event(*failure, &refusal, Door::Smtp, self.peer),
+            Ok(proof) => auth_audit::granted_event(proof, Door::Smtp, Some(self.peer)),
+            Err(failure) => auth_audit::refused_event(*failure, &refusal, Door::Smtp, Some(self.peer)),
         };
         self.state = State::AuditAuth(Box::new(PendingAuth {
             event,
@@ -1250,35 +1283,6 @@ impl Session {
         if self.auth_failures >= self.ctx.limits.max_auth_failures {
             self.close_with(Reply::TooManyAuthFailures);
         }
-    }
-}
-
-/// Whether the header section holds exactly one `From:` field with exactly one
-/// address, equal to `inbox` ignoring case.
-fn from_header_is(message: &[u8], inbox: &Address) -> bool {
-    use mail_parser::{HeaderName, HeaderValue, MessageParser};
-    let parser = MessageParser::new()
-        .header_address(HeaderName::From)
-        .default_header_ignore();
-    let Some(parsed) = parser.parse_headers(message) else {
-        return false;
-    };
-    let mut from = parsed
-        .headers()
-        .iter()
-        .filter(|h| h.name == HeaderName::From);
-    let (Some(header), None) = (from.next(), from.next()) else {
-        return false;
-    };
-    match &header.value {
-        HeaderValue::Address(mail_parser::Address::List(list)) => match list.as_slice() {
-            [only] => only
-                .address
-                .as_deref()
-                .is_some_and(|a| a.eq_ignore_ascii_case(inbox.as_str())),
-            _ => false,
-        },
-        _ => false,
     }
 }
 

@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::*;
+use agentkeys_core::InboxStatus;
 use crate::limits::*;
 use crate::testing::*;
 

@@ -58,6 +58,10 @@ pub struct Server {
     pub submission_tls: SocketAddr,
     pub http: SocketAddr,
     pub stdout_lines: mpsc::Receiver<String>,
+    /// The loopback DNS server the server resolves through (empty zone: every name
+    /// NXDOMAIN) unless the test gave its own `AGENTKEYS_DNS_NAMESERVERS`, so no
+    /// test waits on, or depends on, the machine's DNS.
+    pub dns: Option<agentkeys_testdns::TestDns>,
 }
 
 fn addr_after(line: &str, label: &str) -> Option<SocketAddr> {
@@ -79,6 +83,13 @@ impl Server {
             .env("AGENTKEYS_DELIVERY_ENABLED", "false")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
+        let dns = if env.iter().any(|(k, _)| *k == "AGENTKEYS_DNS_NAMESERVERS") {
+            None
+        } else {
+            let dns = agentkeys_testdns::TestDns::start(agentkeys_testdns::Zone::new()).expect("start test DNS");
+            cmd.env("AGENTKEYS_DNS_NAMESERVERS", dns.nameserver());
+            Some(dns)
+        };
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -113,6 +124,7 @@ impl Server {
             submission_tls: submission_tls.expect("submission_tls"),
             http: http.expect("http"),
             stdout_lines: rx,
+            dns,
         }
     }
 
@@ -128,6 +140,7 @@ impl Server {
         // The process may be exiting already (an earlier signal): ignore kill's status.
         Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status().ok();
         let status = wait_timeout(&mut self.child, Duration::from_secs(60)).expect("server did not exit after SIGTERM");
+        drop(self.dns.take());
         std::mem::forget(self);
         status
     }
@@ -136,6 +149,7 @@ impl Server {
     pub fn kill(mut self) {
         self.child.kill().ok();
         self.child.wait().ok();
+        drop(self.dns.take());
         std::mem::forget(self);
     }
 

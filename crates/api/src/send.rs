@@ -1,0 +1,541 @@
+//! `POST /v1/inboxes/{address}/send`: the second door of submission.
+//!
+//! One code path, two doors: the request goes through what an SMTP submission
+//! goes through, with the same functions.
+//! 1. **AUTH.** The inbox in the path is the username and the bearer agent key the
+//!    password: `Credentials::parse` (steps 1–2), `MetadataStore::auth_facts`,
+//!    `Credentials::evaluate` (steps 3–9) → a `SendAuthorized` proof. Every
+//!    refusal is the same 401 `SEND_NOT_AUTHORIZED`, answered no earlier than
+//!    `AUTH_FAILURE_FLOOR` plus jitter after the request arrived (SMTP's `535
+//!    5.7.8` timing), the reason logged like SMTP AUTH's; a store failure is 503.
+//!    Only then is the body read.
+//! 2. **Message.** `application/json` ([`SendRequest`]) is built into MIME with
+//!    mail-builder (`From:` = the inbox, `Message-ID: <ulid@domain>`); a
+//!    `message/rfc822` body is taken as is, its envelope recipients read from
+//!    To/Cc/Bcc and every `Bcc:` field removed, `Message-ID:`/`Date:` added when
+//!    missing (RFC 6409 §8). Either is at most the SMTP message size
+//!    ([`agentkeys_smtp::DEFAULT_MAX_MESSAGE_SIZE`]; 413 beyond).
+//! 3. **Pinning.** `agentkeys_smtp::from_header_is`, the rule SMTP applies at the
+//!    end of DATA (403 `FROM_NOT_AUTHORIZED`; the envelope sender is the inbox).
+//! 4. **Routing.** `lookup_recipient` + `route_recipient` per recipient, as for
+//!    `RCPT TO`: hosted inboxes get a local copy, other domains are queued; an
+//!    unknown or inactive hosted inbox is a 400 naming the field.
+//! 5. **Storing.** `http_submission` builds the same `Delivery` (a `Received:`
+//!    line `with HTTP`), and `store_delivery_signed` with the server's DKIM
+//!    `OutboundSigner` writes it: one `put_durable`, then the queue rows. 202 only
+//!    after that.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use agentkeys_core::{Address, AuthFailure, Credentials, KeyHasher, SendAuthorized};
+use agentkeys_smtp::auth_audit::{self, Door, RefusalFacts};
+use agentkeys_smtp::{
+    AUTH_FAILURE_FLOOR, AUTH_FAILURE_JITTER, DEFAULT_MAX_MESSAGE_SIZE, DeliveryError, LocalRecipient, MAX_RECIPIENTS,
+    OutboundSigner, RecipientQuery, RecipientRoute,
+};
+use agentkeys_store::{BlobStore, MetadataStore};
+use axum::{Extension, Json};
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::ApiState;
+use crate::error::{ApiError, Problem};
+use crate::extract::{AgentBearer, decode, is_json};
+
+/// Largest request body of the send route: the SMTP message size limit. (The
+/// API's [`crate::MAX_BODY_BYTES`] does not apply here.)
+pub const MAX_SEND_BODY_BYTES: usize = DEFAULT_MAX_MESSAGE_SIZE;
+
+/// What the send route needs besides the metadata store.
+pub struct SendService {
+    /// Where messages are stored.
+    pub blobs: Arc<dyn BlobStore>,
+    /// DKIM-signs the queued copy (the same signer as SMTP submission).
+    pub signer: Option<Arc<dyn OutboundSigner>>,
+    /// Hashes presented agent keys.
+    pub hasher: KeyHasher,
+    /// This server's host name, for the `Received:` line.
+    pub hostname: String,
+    /// Largest accepted message (the server's SMTP limit, at most [`MAX_SEND_BODY_BYTES`]).
+    pub max_message_size: usize,
+}
+
+impl std::fmt::Debug for SendService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SendService").field("hostname", &self.hostname).finish_non_exhaustive()
+    }
+}
+
+/// Body of `POST /v1/inboxes/{address}/send` as JSON. `From:` is the inbox.
+#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SendRequest {
+    /// `To:` recipients.
+    #[serde(default)]
+    pub to: Vec<String>,
+    /// `Cc:` recipients.
+    #[serde(default)]
+    pub cc: Vec<String>,
+    /// Blind recipients: envelope only, never in a header.
+    #[serde(default)]
+    pub bcc: Vec<String>,
+    /// The subject (one line).
+    #[serde(default)]
+    pub subject: Option<String>,
+    /// The plain-text body.
+    #[serde(default)]
+    pub text: Option<String>,
+    /// The HTML body.
+    #[serde(default)]
+    pub html: Option<String>,
+    /// `In-Reply-To:`, a message id like `<abc@example.com>`.
+    #[serde(default)]
+    pub in_reply_to: Option<String>,
+    /// `References:`, message ids oldest first.
+    #[serde(default)]
+    pub references: Vec<String>,
+    /// Attachments.
+    #[serde(default)]
+    pub attachments: Vec<SendAttachment>,
+}
+
+/// One attachment of a [`SendRequest`].
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SendAttachment {
+    /// The file name shown to the recipient.
+    pub filename: String,
+    /// Its media type, e.g. `application/pdf`.
+    pub content_type: String,
+    /// The content, base64 (standard alphabet, padded).
+    pub content_base64: String,
+}
+
+/// A message accepted for delivery.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct SendResponse {
+    /// The stored message id (ULID): the blob name of local copies and of the
+    /// queued copy (`agentkeys queue show <id>`).
+    pub message_id: String,
+    /// The `Message-ID:` header of the message, with angle brackets.
+    pub rfc5322_message_id: String,
+}
+
+fn bad(field: impl Into<String>, detail: impl Into<String>) -> ApiError {
+    let field = field.into();
+    ApiError::InvalidRequest { detail: format!("{field}: {}", detail.into()), field: Some(field) }
+}
+
+fn unavailable(what: &str, err: &dyn std::fmt::Display) -> ApiError {
+    tracing::error!(error = %err, "HTTP send: {what} failed");
+    ApiError::Unavailable { code: "BACKEND_UNAVAILABLE" }
+}
+
+/// Why the AUTH order refused (logged and audited), or a backend failure (503).
+enum Refusal {
+    Credentials(AuthFailure, RefusalFacts),
+    Backend(ApiError),
+}
+
+/// The submission AUTH order (DESIGN.md §5), the same steps as SMTP's: the
+/// bearer key is the password, the path's address the username.
+async fn authorize(
+    meta: &dyn MetadataStore,
+    service: &SendService,
+    address: &str,
+    headers: &HeaderMap,
+    now: i64,
+) -> Result<SendAuthorized, Refusal> {
+    // Steps 1–2 fail before any lookup: whether the address is ours is not known.
+    let unlooked = |failure| Refusal::Credentials(failure, RefusalFacts { username: address.parse().ok(), ..RefusalFacts::default() });
+    let key = AgentBearer::parse(headers).map_err(|_| unlooked(AuthFailure::MalformedKey))?;
+    let credentials = Credentials::parse(address, key.key(), &service.hasher).map_err(unlooked)?;
+    let facts = meta.auth_facts(&credentials).await.map_err(|e| Refusal::Backend(unavailable("AUTH lookup", &e)))?;
+    credentials.evaluate(&facts, now).map_err(|failure| {
+        let refusal = RefusalFacts {
+            username: Some(credentials.address.clone()),
+            hosted: facts.inbox.is_some(),
+            agent: facts.key.as_ref().map(|k| k.agent.clone()),
+        };
+        Refusal::Credentials(failure, refusal)
+    })
+}
+
+/// Sends a message from an inbox (JSON or raw MIME), through the same checks,
+/// DKIM signing and queue as SMTP submission.
+#[utoipa::path(
+    post,
+    path = "/v1/inboxes/{address}/send",
+    tag = "mail",
+    params(("address" = String, Path, description = "The inbox to send from, e.g. bot@agents.example.com")),
+    request_body(content = SendRequest, description = "JSON (application/json), or the raw message as message/rfc822: envelope recipients from To/Cc/Bcc, Bcc removed"),
+    security(("agent_key" = [])),
+    responses(
+        (status = 202, description = "Stored durably: local copies written, remote recipients queued (DKIM-signed)", body = SendResponse),
+        (status = 400, description = "INVALID_REQUEST naming the field (a recipient, the subject, an attachment, …)", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "SEND_NOT_AUTHORIZED: one answer for every AUTH failure (key, grant, inbox)", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "FROM_NOT_AUTHORIZED: the raw message's From: is not the inbox", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "PAYLOAD_TOO_LARGE: over the SMTP message size limit", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "UNSUPPORTED_MEDIA_TYPE", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "BACKEND_UNAVAILABLE: nothing was sent; retry later", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(crate) async fn send(
+    State(state): State<ApiState>,
+    Path(address): Path<String>,
+    connect: Option<Extension<ConnectInfo<SocketAddr>>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let arrived = tokio::time::Instant::now();
+    let (Some(meta), Some(service)) = (state.meta.clone(), state.send.clone()) else {
+        return Err(ApiError::Unavailable { code: "BACKEND_UNAVAILABLE" });
+    };
+    let peer = connect.map(|Extension(ConnectInfo(addr))| addr.ip());
+    let verdict = authorize(meta.as_ref(), &service, &address, &headers, state.clock.now()).await;
+    // Fail-closed: the decision is recorded before it takes effect, like SMTP AUTH.
+    let event = match &verdict {
+        Ok(proof) => auth_audit::granted_event(proof, Door::Http, peer),
+        Err(Refusal::Credentials(failure, facts)) => auth_audit::refused_event(*failure, facts, Door::Http, peer),
+        Err(Refusal::Backend(_)) => return Err(ApiError::Unavailable { code: "BACKEND_UNAVAILABLE" }),
+    };
+    if let Err(e) = meta.audit_append(&event).await {
+        return Err(unavailable("recording the AUTH decision", &e));
+    }
+    let proof = match verdict {
+        Ok(proof) => proof,
+        Err(Refusal::Backend(e)) => return Err(e),
+        Err(Refusal::Credentials(failure, facts)) => {
+            match &facts.username {
+                Some(inbox) => tracing::warn!(%inbox, reason = %failure, door = "http", "send AUTH failed"),
+                None => tracing::warn!(reason = %failure, door = "http", "send AUTH failed"),
+            }
+            metrics::counter!("agentkeys_http_send_total", "result" => "unauthorized").increment(1);
+            let jitter_nanos = u64::try_from(AUTH_FAILURE_JITTER.as_nanos()).unwrap_or(u64::MAX);
+            let jitter = Duration::from_nanos(rand::random::<u64>() % jitter_nanos.saturating_add(1));
+            tokio::time::sleep_until(arrived + AUTH_FAILURE_FLOOR + jitter).await;
+            return Err(ApiError::SendUnauthorized);
+        }
+    };
+    let limit = service.max_message_size.min(MAX_SEND_BODY_BYTES);
+    let json = is_json(&headers);
+    if !json && !is_rfc822(&headers) {
+        return Err(ApiError::UnsupportedSendMediaType);
+    }
+    let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| ApiError::MessageTooLarge { limit })?;
+    let now = state.clock.now();
+    let id = ulid::Ulid::new();
+    let built = if json {
+        build_json(&decode::<SendRequest>(&bytes)?, proof.inbox(), id, now)?
+    } else {
+        take_raw(&bytes, proof.inbox(), id, now)?
+    };
+    if built.message.len() > limit {
+        return Err(ApiError::MessageTooLarge { limit });
+    }
+    if !agentkeys_smtp::from_header_is(&built.message, proof.inbox()) {
+        tracing::warn!(inbox = %proof.inbox(), door = "http", "From: header is not the authenticated inbox");
+        return Err(ApiError::FromNotAuthorized);
+    }
+    let (local, remote) = route(meta.as_ref(), &built.recipients).await?;
+    let delivery = agentkeys_smtp::http_submission(proof, &built.message, local, remote, id, now, &service.hostname);
+    agentkeys_smtp::store_delivery_signed(service.blobs.as_ref(), meta.as_ref(), service.signer.as_deref(), &delivery)
+        .await
+        .map_err(|e: DeliveryError| unavailable("storing the message", &e))?;
+    tracing::info!(
+        id = %delivery.id,
+        size = delivery.message.len(),
+        local = delivery.local.len(),
+        remote = delivery.outbound.as_ref().map_or(0, |o| o.recipients.len()),
+        door = "http",
+        "message accepted"
+    );
+    metrics::counter!("agentkeys_http_send_total", "result" => "accepted").increment(1);
+    let response = SendResponse { message_id: id.to_string(), rfc5322_message_id: built.message_id };
+    Ok((StatusCode::ACCEPTED, Json(response)).into_response())
+}
+
+fn is_rfc822(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("message/rfc822"))
+}
+
+/// A message ready for the pinning check and routing.
+#[derive(Debug)]
+struct Built {
+    message: Vec<u8>,
+    /// `(field, address)` for every envelope recipient, in order, duplicates removed.
+    recipients: Vec<(String, String)>,
+    message_id: String,
+}
+
+/// An address a recipient may be: `local@domain`, printable, no spaces or
+/// brackets, at most 254 bytes (RFC 5321 §4.5.3.1.3).
+fn check_recipient(field: &str, address: &str) -> Result<(), ApiError> {
+    let ok = address.len() <= 254
+        && address.bytes().all(|b| b.is_ascii_graphic() && !b"<>()[]\\,;:\"".contains(&b))
+        && address.rsplit_once('@').is_some_and(|(l, d)| !l.is_empty() && !d.is_empty() && !d.starts_with('.'));
+    if ok { Ok(()) } else { Err(bad(field, format!("{address:?} is not an email address like name@example.com"))) }
+}
+
+fn add_recipients(out: &mut Vec<(String, String)>, field: &str, addresses: &[String]) -> Result<(), ApiError> {
+    for (i, address) in addresses.iter().enumerate() {
+        let field = format!("{field}[{i}]");
+        let address = address.trim();
+        check_recipient(&field, address)?;
+        if !out.iter().any(|(_, a)| a.eq_ignore_ascii_case(address)) {
+            out.push((field, address.to_owned()));
+        }
+    }
+    Ok(())
+}
+
+fn check_recipient_count(recipients: &[(String, String)], field: &str) -> Result<(), ApiError> {
+    if recipients.is_empty() {
+        return Err(bad(field, "at least one recipient is needed (to, cc or bcc)"));
+    }
+    if recipients.len() > MAX_RECIPIENTS {
+        return Err(bad(field, format!("at most {MAX_RECIPIENTS} recipients per message")));
+    }
+    Ok(())
+}
+
+fn one_line(field: &str, value: &str) -> Result<(), ApiError> {
+    if value.contains(['\r', '\n']) { Err(bad(field, "must be one line")) } else { Ok(()) }
+}
+
+/// A message id without its angle brackets: `left@right`, no spaces.
+fn msg_id<'a>(field: &str, value: &'a str) -> Result<&'a str, ApiError> {
+    let id = value.trim().trim_start_matches('<').trim_end_matches('>');
+    let ok = id.contains('@') && id.bytes().all(|b| b.is_ascii_graphic() && b != b'<' && b != b'>');
+    if ok { Ok(id) } else { Err(bad(field, format!("{value:?} is not a message id like <abc@example.com>"))) }
+}
+
+/// The JSON form, built into MIME with mail-builder.
+fn build_json(request: &SendRequest, inbox: &Address, id: ulid::Ulid, now: i64) -> Result<Built, ApiError> {
+    use mail_builder::MessageBuilder;
+    use mail_builder::headers::address::Address as MbAddress;
+    let mut recipients = Vec::new();
+    add_recipients(&mut recipients, "to", &request.to)?;
+    add_recipients(&mut recipients, "cc", &request.cc)?;
+    add_recipients(&mut recipients, "bcc", &request.bcc)?;
+    check_recipient_count(&recipients, "to")?;
+    let message_id = format!("{id}@{}", inbox.domain()).to_ascii_lowercase();
+    let mut builder = MessageBuilder::new()
+        .from(inbox.as_str())
+        .message_id(message_id.as_str())
+        .date(now);
+    if !request.to.is_empty() {
+        builder = builder.to(MbAddress::new_list(request.to.iter().map(|a| MbAddress::from(a.trim())).collect()));
+    }
+    if !request.cc.is_empty() {
+        builder = builder.cc(MbAddress::new_list(request.cc.iter().map(|a| MbAddress::from(a.trim())).collect()));
+    }
+    if let Some(subject) = &request.subject {
+        one_line("subject", subject)?;
+        builder = builder.subject(subject.as_str());
+    }
+    if let Some(in_reply_to) = &request.in_reply_to {
+        builder = builder.in_reply_to(msg_id("in_reply_to", in_reply_to)?);
+    }
+    if !request.references.is_empty() {
+        let ids = request
+            .references
+            .iter()
+            .enumerate()
+            .map(|(i, r)| msg_id(&format!("references[{i}]"), r))
+            .collect::<Result<Vec<&str>, _>>()?;
+        builder = builder.references(ids);
+    }
+    match (&request.text, &request.html) {
+        (None, None) => builder = builder.text_body(""),
+        (text, html) => {
+            if let Some(text) = text {
+                builder = builder.text_body(text.as_str());
+            }
+            if let Some(html) = html {
+                builder = builder.html_body(html.as_str());
+            }
+        }
+    }
+    for (i, a) in request.attachments.iter().enumerate() {
+        let field = |name: &str| format!("attachments[{i}].{name}");
+        one_line(&field("filename"), &a.filename)?;
+        if a.filename.is_empty() || a.filename.contains('"') {
+            return Err(bad(field("filename"), "a non-empty name without double quotes"));
+        }
+        let media = a.content_type.as_str();
+        let token = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$&-^_.+".contains(&b));
+        if !media.split_once('/').is_some_and(|(t, s)| token(t) && token(s)) {
+            return Err(bad(field("content_type"), format!("{media:?} is not a media type like application/pdf")));
+        }
+        let content = base64::engine::general_purpose::STANDARD
+            .decode(a.content_base64.as_bytes())
+            .map_err(|e| bad(field("content_base64"), format!("not base64: {e}")))?;
+        builder = builder.attachment(media.to_owned(), a.filename.clone(), content);
+    }
+    let message = builder.write_to_vec().map_err(|e| {
+        tracing::error!(error = %e, "building MIME failed");
+        ApiError::Internal
+    })?;
+    Ok(Built { message, recipients, message_id: format!("<{message_id}>") })
+}
+
+/// The raw form: recipients from To/Cc/Bcc, `Bcc:` removed, `Message-ID:` and
+/// `Date:` added when missing.
+fn take_raw(bytes: &[u8], inbox: &Address, id: ulid::Ulid, now: i64) -> Result<Built, ApiError> {
+    use mail_parser::{HeaderName, MessageParser};
+    let parser = MessageParser::new()
+        .header_address(HeaderName::To)
+        .header_address(HeaderName::Cc)
+        .header_address(HeaderName::Bcc)
+        .header_id(HeaderName::MessageId)
+        .default_header_ignore();
+    let parsed = parser
+        .parse_headers(bytes)
+        .ok_or_else(|| bad("message", "not an RFC 5322 message (no header section)"))?;
+    let mut recipients = Vec::new();
+    for (field, list) in [("To", parsed.to()), ("Cc", parsed.cc()), ("Bcc", parsed.bcc())] {
+        let addresses: Vec<String> =
+            list.map(|l| l.iter().filter_map(|a| a.address()).map(str::to_owned).collect()).unwrap_or_default();
+        add_recipients(&mut recipients, field, &addresses)?;
+    }
+    check_recipient_count(&recipients, "To")?;
+    let existing_id = parsed.message_id().map(str::to_owned);
+    let mut message = agentkeys_smtp::verdicts::retain_fields(bytes, |name, _| {
+        !name.trim_ascii_end().eq_ignore_ascii_case(b"bcc")
+    });
+    let mut added = String::new();
+    let message_id = match existing_id {
+        Some(existing) => format!("<{existing}>"),
+        None => {
+            let generated = format!("<{id}@{}>", inbox.domain()).to_ascii_lowercase();
+            added.push_str(&format!("Message-ID: {generated}\r\n"));
+            generated
+        }
+    };
+    if !has_field(bytes, b"date") {
+        added.push_str(&format!("Date: {}\r\n", agentkeys_core::time::rfc5322(now)));
+    }
+    if !added.is_empty() {
+        message.splice(0..0, added.bytes());
+    }
+    Ok(Built { message, recipients, message_id })
+}
+
+fn has_field(message: &[u8], name: &[u8]) -> bool {
+    let mut found = false;
+    agentkeys_smtp::verdicts::retain_fields(message, |n, _| {
+        found |= n.trim_ascii_end().eq_ignore_ascii_case(name);
+        true
+    });
+    found
+}
+
+/// Routes every recipient with the SMTP submission's rule.
+async fn route(
+    meta: &dyn MetadataStore,
+    recipients: &[(String, String)],
+) -> Result<(Vec<LocalRecipient>, Vec<String>), ApiError> {
+    let (mut local, mut remote) = (Vec::new(), Vec::new());
+    for (field, address) in recipients {
+        let query = RecipientQuery::parse(address).ok_or_else(|| bad(field, "not an email address"))?;
+        let answer = agentkeys_smtp::lookup_recipient(meta, &query)
+            .await
+            .map_err(|e| unavailable("recipient lookup", &e))?;
+        match agentkeys_smtp::route_recipient(query, answer) {
+            RecipientRoute::Local(r) => local.push(r),
+            RecipientRoute::Remote(a) => remote.push(a),
+            RecipientRoute::Unknown => return Err(bad(field, format!("no such inbox here: {address} (5.1.1)"))),
+            RecipientRoute::Inactive => return Err(bad(field, format!("inbox disabled: {address} (5.2.1)"))),
+        }
+    }
+    Ok((local, remote))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn inbox() -> Address {
+        "bot@agents.test".parse().unwrap()
+    }
+
+    #[test]
+    fn json_builds_mime_with_pinned_from_and_no_bcc_header() {
+        let request = SendRequest {
+            to: vec!["a@example.com".into()],
+            cc: vec!["c@agents.test".into(), "A@example.com".into()],
+            bcc: vec!["hidden@example.com".into()],
+            subject: Some("Re: hi".into()),
+            text: Some("hello".into()),
+            in_reply_to: Some("<x@y>".into()),
+            references: vec!["<w@y>".into(), "x@y".into()],
+            attachments: vec![SendAttachment {
+                filename: "a.txt".into(),
+                content_type: "text/plain".into(),
+                content_base64: "aGk=".into(),
+            }],
+            ..SendRequest::default()
+        };
+        let built = build_json(&request, &inbox(), ulid::Ulid::nil(), 0).unwrap();
+        let text = String::from_utf8(built.message.clone()).unwrap();
+        assert!(agentkeys_smtp::from_header_is(&built.message, &inbox()), "{text}");
+        assert!(!text.to_ascii_lowercase().contains("hidden@"), "{text}");
+        assert!(text.contains("In-Reply-To: <x@y>"), "{text}");
+        assert!(text.contains("References: <w@y> <x@y>"), "{text}");
+        assert!(text.contains("filename=\"a.txt\""), "{text}");
+        let addrs: Vec<&str> = built.recipients.iter().map(|(_, a)| a.as_str()).collect();
+        assert_eq!(addrs, ["a@example.com", "c@agents.test", "hidden@example.com"], "deduplicated");
+        assert_eq!(built.message_id, "<00000000000000000000000000@agents.test>");
+    }
+
+    #[test]
+    fn json_input_errors_name_the_field() {
+        let field = |r: SendRequest| match build_json(&r, &inbox(), ulid::Ulid::nil(), 0) {
+            Err(ApiError::InvalidRequest { field, .. }) => field.unwrap(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(field(SendRequest::default()), "to");
+        let to = || vec!["a@example.com".to_owned()];
+        assert_eq!(field(SendRequest { to: vec!["a@example.com".into(), "not an address".into()], ..Default::default() }), "to[1]");
+        assert_eq!(field(SendRequest { to: to(), subject: Some("a\r\nBcc: x@y".into()), ..Default::default() }), "subject");
+        assert_eq!(field(SendRequest { to: to(), in_reply_to: Some("nope".into()), ..Default::default() }), "in_reply_to");
+        let att = |ct: &str, b64: &str| SendAttachment { filename: "f".into(), content_type: ct.into(), content_base64: b64.into() };
+        assert_eq!(field(SendRequest { to: to(), attachments: vec![att("text/plain", "!!")], ..Default::default() }), "attachments[0].content_base64");
+        assert_eq!(field(SendRequest { to: to(), attachments: vec![att("text", "aGk=")], ..Default::default() }), "attachments[0].content_type");
+        let many = (0..=MAX_RECIPIENTS).map(|i| format!("r{i}@example.com")).collect();
+        assert_eq!(field(SendRequest { to: many, ..Default::default() }), "to");
+    }
+
+    #[test]
+    fn raw_takes_recipients_from_headers_and_drops_bcc() {
+        let raw = b"From: bot@agents.test\r\nTo: A <a@example.com>, b@agents.test\r\nBcc: secret@example.com,\r\n\tother@example.com\r\nSubject: s\r\n\r\nbody Bcc: x\r\n";
+        let built = take_raw(raw, &inbox(), ulid::Ulid::nil(), 0).unwrap();
+        let text = String::from_utf8(built.message).unwrap();
+        assert!(!text.contains("secret@") && !text.contains("other@"), "{text}");
+        assert!(text.contains("body Bcc: x"), "the body is untouched: {text}");
+        assert!(text.starts_with("Message-ID: <00000000000000000000000000@agents.test>\r\nDate: "), "{text}");
+        let addrs: Vec<&str> = built.recipients.iter().map(|(_, a)| a.as_str()).collect();
+        assert_eq!(addrs, ["a@example.com", "b@agents.test", "secret@example.com", "other@example.com"]);
+        let raw = b"From: bot@agents.test\r\nMessage-ID: <keep@x>\r\nDate: Thu, 1 Jan 1970 00:00:00 +0000\r\nTo: a@example.com\r\n\r\n";
+        let built = take_raw(raw, &inbox(), ulid::Ulid::nil(), 0).unwrap();
+        assert_eq!(built.message_id, "<keep@x>");
+        assert_eq!(built.message, raw.to_vec(), "nothing added");
+        assert!(matches!(
+            take_raw(b"From: bot@agents.test\r\nSubject: none\r\n\r\n", &inbox(), ulid::Ulid::nil(), 0),
+            Err(ApiError::InvalidRequest { field: Some(f), .. }) if f == "To"
+        ));
+    }
+}

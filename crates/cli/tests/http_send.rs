@@ -1,0 +1,214 @@
+//! `POST /v1/inboxes/{address}/send` against the real server (curl as the client):
+//! the second door of submission lands mail locally, queues a DKIM-signed copy for
+//! remote recipients, pins `From:` like SMTP submission, and answers every
+//! credential failure with one identical 401.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::io::Write as _;
+use std::process::{Command, Stdio};
+
+use common::{Server, provision, run_json, stored_messages};
+use serde_json::{Value, json};
+
+const OWNER_A: &str = "0x000000000000000000000000000000000000000a";
+const OWNER_B: &str = "0x000000000000000000000000000000000000000b";
+const ALICE: &str = "0x00000000000000000000000000000000000000a1";
+const BOB: &str = "0x00000000000000000000000000000000000000a2";
+const DAVE: &str = "0x00000000000000000000000000000000000000a3";
+const CAROL: &str = "0x00000000000000000000000000000000000000b1";
+
+/// POSTs `body` with curl; returns (status, body text).
+fn post(server: &Server, path: &str, key: Option<&str>, content_type: &str, body: &[u8]) -> (u16, String) {
+    let url = format!("http://{}{path}", server.http);
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sS", "--max-time", "60", "-o", "-", "-w", "\n%{http_code}", "-X", "POST"]);
+    if let Some(k) = key {
+        cmd.arg("-H").arg(format!("Authorization: Bearer {k}"));
+    }
+    cmd.arg("-H").arg(format!("Content-Type: {content_type}"));
+    cmd.args(["--data-binary", "@-"]).arg(url).stdin(Stdio::piped()).stdout(Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn curl");
+    child.stdin.take().unwrap().write_all(body).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "curl failed: {}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).unwrap();
+    let (body, status) = text.rsplit_once('\n').unwrap();
+    (status.trim().parse().unwrap(), body.to_owned())
+}
+
+fn send_json(server: &Server, from: &str, key: Option<&str>, body: &Value) -> (u16, Value) {
+    let (status, text) = post(server, &format!("/v1/inboxes/{from}/send"), key, "application/json", body.to_string().as_bytes());
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+struct World {
+    dir: tempfile::TempDir,
+    server: Server,
+    alice_key: String,
+    dave_key: String,
+}
+
+fn world(env: &[(&str, &str)]) -> World {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (_, _, _, alice_key) = provision(d, OWNER_A, ALICE, "alice");
+    provision(d, OWNER_A, BOB, "bob");
+    provision(d, OWNER_B, CAROL, "carol");
+    // Dave may read his inbox but not send from it.
+    run_json(d, &["agent", "add", DAVE, "--owner", OWNER_A]);
+    run_json(d, &["inbox", "create", "--agent", DAVE, "--name", "dave"]);
+    let dave_key = run_json(d, &["key", "create", "--agent", DAVE])["key"].as_str().unwrap().to_owned();
+    run_json(d, &["grant", "add", "--agent", DAVE, "--inbox", "dave@agents.localhost", "--scopes", "read"]);
+    run_json(d, &["inbox", "create", "--agent", BOB, "--name", "off"]);
+    run_json(d, &["inbox", "set-status", "off@agents.localhost", "disabled"]);
+    let server = Server::start(d, env);
+    World { dir, server, alice_key, dave_key }
+}
+
+fn queue(server: &Server) -> Vec<Value> {
+    run_json(&server.data_dir, &["queue", "list"]).as_array().unwrap().clone()
+}
+
+#[test]
+fn json_send_lands_locally_and_queues_a_signed_copy() {
+    let w = world(&[]);
+    let (status, r) = send_json(
+        &w.server,
+        "alice@agents.localhost",
+        Some(&w.alice_key),
+        &json!({
+            "to": ["bob@agents.localhost", "friend@example.com"],
+            "bcc": ["hidden@example.net"],
+            "subject": "Re: your code",
+            "text": "It was 482913.",
+            "in_reply_to": "<orig@bank.example>",
+            "references": ["<orig@bank.example>"],
+            "attachments": [{"filename": "note.txt", "content_type": "text/plain", "content_base64": "aGVsbG8="}],
+        }),
+    );
+    assert_eq!(status, 202, "{r}");
+    let id = r["message_id"].as_str().unwrap().to_owned();
+    assert_eq!(id.len(), 26, "a ULID: {r}");
+    assert_eq!(r["rfc5322_message_id"], format!("<{}@agents.localhost>", id.to_ascii_lowercase()));
+
+    let bob = stored_messages(&w.server.blobs(), OWNER_A, "bob@agents.localhost");
+    assert_eq!(bob.len(), 1);
+    assert!(bob[0].ends_with(format!("{id}.eml")), "{bob:?}");
+    let copy = std::fs::read_to_string(&bob[0]).unwrap();
+    assert!(copy.starts_with("Received: from agent 0x00000000000000000000000000000000000000a1 (HTTP API)"), "{copy}");
+    assert!(copy.contains("From: <alice@agents.localhost>") || copy.contains("From: alice@agents.localhost"), "{copy}");
+    assert!(copy.contains("In-Reply-To: <orig@bank.example>"), "{copy}");
+    assert!(!copy.contains("hidden@"), "no Bcc in any header: {copy}");
+
+    let q = queue(&w.server);
+    let mut rcpts: Vec<&str> = q.iter().map(|e| e["recipient"].as_str().unwrap()).collect();
+    rcpts.sort_unstable();
+    assert_eq!(rcpts, ["friend@example.com", "hidden@example.net"], "{q:?}");
+    assert!(q.iter().all(|e| e["state"] == "queued" && e["sender"] == "alice@agents.localhost"), "{q:?}");
+    let queued = std::fs::read_to_string(w.server.blobs().join("queue").join(format!("{id}.eml"))).unwrap();
+    assert!(queued.starts_with("DKIM-Signature:"), "signed before queueing: {queued}");
+    assert!(queued.contains("d=agents.localhost"), "{queued}");
+    assert!(!queued.contains("hidden@"), "{queued}");
+}
+
+#[test]
+fn raw_send_pins_from_like_submission_and_drops_bcc() {
+    let w = world(&[]);
+    let key = Some(w.alice_key.as_str());
+    let path = "/v1/inboxes/alice@agents.localhost/send";
+    // From: another inbox of the same owner: refused, nothing stored or queued.
+    let spoofed = "From: bob@agents.localhost\r\nTo: friend@example.com\r\nSubject: spoof\r\n\r\nhi\r\n";
+    let (status, text) = post(&w.server, path, key, "message/rfc822", spoofed.as_bytes());
+    assert_eq!(status, 403, "{text}");
+    assert_eq!(serde_json::from_str::<Value>(&text).unwrap()["code"], "FROM_NOT_AUTHORIZED");
+    assert!(queue(&w.server).is_empty());
+    // Two From: addresses: refused the same way.
+    let two = "From: alice@agents.localhost, bob@agents.localhost\r\nTo: friend@example.com\r\n\r\nhi\r\n";
+    assert_eq!(post(&w.server, path, key, "message/rfc822", two.as_bytes()).0, 403);
+
+    let honest = "From: Alice <alice@agents.localhost>\r\nTo: bob@agents.localhost\r\nCc: friend@example.com\r\n\
+                  Bcc: secret@example.net\r\nSubject: raw\r\nMessage-ID: <raw-1@agents.localhost>\r\n\r\nbody\r\n";
+    let (status, text) = post(&w.server, path, key, "message/rfc822", honest.as_bytes());
+    assert_eq!(status, 202, "{text}");
+    let r: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(r["rfc5322_message_id"], "<raw-1@agents.localhost>");
+    let copy = std::fs::read_to_string(&stored_messages(&w.server.blobs(), OWNER_A, "bob@agents.localhost")[0]).unwrap();
+    assert!(copy.contains("Subject: raw") && !copy.contains("Bcc") && !copy.contains("secret@"), "{copy}");
+    let mut rcpts: Vec<String> = queue(&w.server).iter().map(|e| e["recipient"].as_str().unwrap().to_owned()).collect();
+    rcpts.sort_unstable();
+    assert_eq!(rcpts, ["friend@example.com", "secret@example.net"]);
+}
+
+#[test]
+fn every_credential_failure_is_the_same_401() {
+    let w = world(&[]);
+    let body = json!({"to": ["friend@example.com"], "text": "hi"}).to_string();
+    let try_send = |from: &str, key: Option<&str>| {
+        post(&w.server, &format!("/v1/inboxes/{from}/send"), key, "application/json", body.as_bytes())
+    };
+    let unknown = format!("ak_{}", "x".repeat(43));
+    let cases = [
+        ("alice@agents.localhost", Some(unknown.as_str())), // unknown key
+        ("alice@agents.localhost", Some("ak_short")),       // malformed key
+        ("alice@agents.localhost", None),                   // no key
+        ("dave@agents.localhost", Some(w.dave_key.as_str())), // read grant only
+        ("bob@agents.localhost", Some(w.alice_key.as_str())), // own owner's inbox, grant does not cover it
+        ("carol@agents.localhost", Some(w.alice_key.as_str())), // another owner's inbox
+        ("nobody@agents.localhost", Some(w.alice_key.as_str())), // no such inbox
+        ("not-an-address", Some(w.alice_key.as_str())),     // bad username
+    ];
+    let answers: Vec<(u16, String)> = cases.iter().map(|(from, key)| try_send(from, *key)).collect();
+    for ((from, _), (status, text)) in cases.iter().zip(&answers) {
+        assert_eq!(*status, 401, "{from}: {text}");
+        assert_eq!(text, &answers[0].1, "{from}: identical body");
+    }
+    let problem: Value = serde_json::from_str(&answers[0].1).unwrap();
+    assert_eq!(problem["code"], "SEND_NOT_AUTHORIZED");
+    assert!(queue(&w.server).is_empty(), "nothing was sent");
+    assert!(stored_messages(&w.server.blobs(), OWNER_A, "bob@agents.localhost").is_empty());
+
+    // Each refusal is one `submission.auth` record of the HTTP door, with its
+    // reason, like SMTP AUTH's; never the key.
+    let records = run_json(w.dir.path(), &["audit", "list", "--limit", "1000"]);
+    let refused: Vec<&Value> = records
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["operation"] == "submission.auth" && r["detail"]["door"] == "http")
+        .collect();
+    assert_eq!(refused.len(), cases.len(), "{records:#}");
+    assert!(refused.iter().all(|r| r["outcome"] == "denied" && r["detail"]["peer"] == "127.0.0.1"));
+    let reasons: Vec<&str> = refused.iter().map(|r| r["detail"]["reason"].as_str().unwrap()).collect();
+    assert!(reasons.contains(&"KEY_NOT_FOUND") && reasons.contains(&"OWNER_MISMATCH"), "{reasons:?}");
+    assert!(!records.to_string().contains(&w.alice_key), "a key is in the audit log");
+}
+
+#[test]
+fn bad_input_names_the_field_and_size_is_the_smtp_limit() {
+    let w = world(&[("AGENTKEYS_MAX_MESSAGE_SIZE", "100000")]);
+    let key = Some(w.alice_key.as_str());
+    let field = |body: Value| {
+        let (status, r) = send_json(&w.server, "alice@agents.localhost", key, &body);
+        assert_eq!(status, 400, "{r}");
+        assert_eq!(r["code"], "INVALID_REQUEST", "{r}");
+        r["field"].as_str().unwrap().to_owned()
+    };
+    assert_eq!(field(json!({"to": ["not an address"]})), "to[0]");
+    assert_eq!(field(json!({"to": ["nobody@agents.localhost"]})), "to[0]");
+    assert_eq!(field(json!({"to": ["a@example.com"], "cc": ["off@agents.localhost"]})), "cc[0]");
+    assert_eq!(field(json!({"to": ["a@example.com"], "colour": "red"})), "colour");
+    assert_eq!(field(json!({"cc": []})), "to");
+    // Bigger than the API's 16 KiB, within the SMTP limit: accepted.
+    let text = "x".repeat(50_000);
+    let (status, r) = send_json(&w.server, "alice@agents.localhost", key, &json!({"to": ["a@example.com"], "text": text}));
+    assert_eq!(status, 202, "{r}");
+    // Over the SMTP limit.
+    let big = format!("From: alice@agents.localhost\r\nTo: a@example.com\r\n\r\n{}", "y".repeat(150_000));
+    let (status, text) = post(&w.server, "/v1/inboxes/alice@agents.localhost/send", key, "message/rfc822", big.as_bytes());
+    assert_eq!(status, 413, "{text}");
+    let (status, _) = post(&w.server, "/v1/inboxes/alice@agents.localhost/send", key, "text/plain", b"hi");
+    assert_eq!(status, 415);
+}

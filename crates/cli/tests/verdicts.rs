@@ -1,0 +1,164 @@
+//! Inbound authentication verdicts end to end: the real server resolves through a
+//! real DNS server on loopback (agentkeys-testdns) that publishes a sender domain's
+//! RSA DKIM key, SPF and DMARC records; Python's smtplib sends from 127.0.0.1; the
+//! stored copies carry our `Authentication-Results:`.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use agentkeys_testdns::{TestDns, Zone};
+use aws_lc_rs::rsa::{KeyPair as RsaKeyPair, KeySize};
+use aws_lc_rs::encoding::AsDer as _;
+use aws_lc_rs::signature::KeyPair as _;
+use base64::Engine as _;
+use common::{Server, provision, python, stored_messages};
+use mail_auth::common::crypto::{RsaKey, Sha256};
+use mail_auth::common::headers::HeaderWriter as _;
+use mail_auth::dkim::{Canonicalization, DkimSigner};
+use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+use serde_json::{Value, json};
+
+const OWNER: &str = "0x000000000000000000000000000000000000000a";
+const AGENT: &str = "0x00000000000000000000000000000000000000a1";
+const HOST: &str = "mx.agents.localhost";
+
+struct Sender {
+    pkcs8: Vec<u8>,
+    spki: Vec<u8>,
+}
+
+impl Sender {
+    fn new() -> Self {
+        let rsa = RsaKeyPair::generate(KeySize::Rsa2048).unwrap();
+        let pkcs8 = rsa.as_der().unwrap().as_ref().to_vec();
+        let spki = rsa.public_key().as_der().unwrap().as_ref().to_vec();
+        Self { pkcs8, spki }
+    }
+
+    /// DKIM-signs `message` (rsa-sha256, relaxed/relaxed, d=bank.example, s=sel).
+    fn sign(&self, message: &str) -> String {
+        let key = RsaKey::<Sha256>::from_key_der(PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.pkcs8.clone()))).unwrap();
+        let signature = DkimSigner::from_key(key)
+            .domain("bank.example")
+            .selector("sel")
+            .headers(["From", "To", "Subject", "Date", "Message-ID"])
+            .header_canonicalization(Canonicalization::Relaxed)
+            .body_canonicalization(Canonicalization::Relaxed)
+            .sign(message.as_bytes())
+            .unwrap();
+        format!("{}{message}", signature.to_header())
+    }
+
+    fn zone(&self) -> Zone {
+        let p = base64::engine::general_purpose::STANDARD.encode(&self.spki);
+        Zone::new()
+            // Over 255 bytes: published as several character-strings.
+            .txt("sel._domainkey.bank.example", &format!("v=DKIM1; k=rsa; p={p}"))
+            .txt("bank.example", "v=spf1 ip4:127.0.0.1 -all")
+            .txt("_dmarc.bank.example", "v=DMARC1; p=reject; adkim=s; aspf=r")
+    }
+}
+
+fn message(subject: &str, extra_headers: &str) -> String {
+    format!(
+        "{extra_headers}From: Bank <alerts@bank.example>\r\nTo: bot@agents.localhost\r\nSubject: {subject}\r\n\
+         Date: Sat, 21 Nov 2026 10:00:00 +0000\r\nMessage-ID: <{subject}@bank.example>\r\n\r\n\
+         Your verification code is 482913.\r\nIt expires in 10 minutes.\r\n"
+    )
+}
+
+fn send(server: &Server, raw: &str) {
+    let plan = json!({"port": server.inbound.port(), "steps": [
+        ["mail", "bounce@bank.example"],
+        ["rcpt", "bot@agents.localhost"],
+        ["data", {"raw": raw}],
+    ]});
+    let r: Value = serde_json::from_str(&python("smtp_client.py", &[plan.to_string()])).unwrap();
+    let codes: Vec<i64> = r["steps"].as_array().unwrap().iter().map(|s| s[0].as_i64().unwrap()).collect();
+    assert_eq!(codes, [250, 250, 250], "authentication results never refuse mail: {r}");
+}
+
+/// The stored copy whose Subject is `subject`.
+fn stored(server: &Server, subject: &str) -> String {
+    stored_messages(&server.blobs(), OWNER, "bot@agents.localhost")
+        .iter()
+        .map(|p| std::fs::read_to_string(p).unwrap())
+        .find(|m| m.contains(&format!("Subject: {subject}\r\n")))
+        .unwrap_or_else(|| panic!("no stored message with subject {subject}"))
+}
+
+/// Our verdict: the first header field, unfolded.
+fn verdict(stored: &str) -> String {
+    assert!(stored.starts_with(&format!("Authentication-Results: {HOST};")), "ours comes first:\n{stored}");
+    let end = stored.find("\r\nReceived: ").expect("our Received: right below it");
+    stored[..end].replace("\r\n\t", " ")
+}
+
+#[test]
+fn verdicts_for_signed_unsigned_altered_and_forged_mail() {
+    let sender = Sender::new();
+    let dns = TestDns::start(sender.zone()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    provision(dir.path(), OWNER, AGENT, "bot");
+    let server = Server::start(dir.path(), &[("AGENTKEYS_DNS_NAMESERVERS", &dns.nameserver())]);
+
+    // 1. Signed by bank.example, sent from an address its SPF allows, DMARC p=reject.
+    send(&server, &sender.sign(&message("signed", "")));
+    let v = verdict(&stored(&server, "signed"));
+    assert!(v.contains("dkim=pass header.d=bank.example header.s=sel"), "{v}");
+    assert!(v.contains("spf=pass"), "{v}");
+    assert!(v.contains("smtp.mailfrom=bounce@bank.example"), "{v}");
+    assert!(v.contains("dmarc=pass header.from=bank.example"), "{v}");
+
+    // 2. Unsigned.
+    send(&server, &message("unsigned", ""));
+    let v = verdict(&stored(&server, "unsigned"));
+    assert!(v.contains("dkim=none"), "{v}");
+    assert!(v.contains("spf=pass"), "{v}");
+
+    // 3. Body altered after signing.
+    let altered = sender.sign(&message("altered", "")).replace("482913", "000000");
+    send(&server, &altered);
+    let v = verdict(&stored(&server, "altered"));
+    assert!(v.contains("dkim=fail"), "{v}");
+    assert!(v.contains("header.d=bank.example"), "{v}");
+
+    // 4. A forged verdict in our name arrives with the message; a foreign one too.
+    let forged = message(
+        "forged",
+        &format!(
+            "Authentication-Results: {HOST};\r\n\tdkim=pass header.d=bank.example;\r\n\tdmarc=pass header.from=bank.example\r\n\
+             Authentication-Results: relay.example.net; spf=pass smtp.mailfrom=bank.example\r\n"
+        ),
+    );
+    send(&server, &forged);
+    let copy = stored(&server, "forged");
+    let v = verdict(&copy);
+    assert!(v.contains("dkim=none"), "our real verdict: {v}");
+    let ours = copy.matches(&format!("Authentication-Results: {HOST};")).count();
+    assert_eq!(ours, 1, "the forged one is gone:\n{copy}");
+    assert!(!copy.contains("dkim=pass"), "{copy}");
+    assert!(
+        copy.contains("Authentication-Results: relay.example.net; spf=pass smtp.mailfrom=bank.example\r\n"),
+        "a foreign verdict stays:\n{copy}"
+    );
+
+    // The verdicts came from our DNS server, over the wire.
+    let seen = dns.queries();
+    assert!(seen.iter().any(|q| q.name == "sel._domainkey.bank.example." && q.record_type == "TXT"), "{seen:?}");
+    assert!(seen.iter().any(|q| q.name == "_dmarc.bank.example."), "{seen:?}");
+    drop(server);
+}
+
+#[test]
+fn dns_failure_is_temperror_and_the_message_is_kept() {
+    let dns = TestDns::start(Zone::new().servfail("bank.example").servfail("_dmarc.bank.example")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    provision(dir.path(), OWNER, AGENT, "bot");
+    let server = Server::start(dir.path(), &[("AGENTKEYS_DNS_NAMESERVERS", &dns.nameserver())]);
+    send(&server, &message("dns-down", ""));
+    let v = verdict(&stored(&server, "dns-down"));
+    assert!(v.contains("spf=temperror"), "{v}");
+    assert!(v.contains("dmarc=temperror"), "{v}");
+}
