@@ -98,6 +98,15 @@ pub enum ClientError {
     /// The server's answer was not what the API promises.
     #[error("unexpected answer from the server: {0}")]
     Protocol(String),
+    /// The server refused to let this agent send as the inbox (SMTP `535`, HTTP
+    /// `401 SEND_NOT_AUTHORIZED`: one answer for every reason).
+    #[error("the server refused to send as {inbox} ({reply}): the agent key must be valid and hold an active `send` grant for this inbox")]
+    SendRefused {
+        /// The inbox.
+        inbox: String,
+        /// The server's reply.
+        reply: String,
+    },
     /// SMTP submission failed.
     #[error("sending failed: {0}")]
     Submission(String),
@@ -384,6 +393,9 @@ impl ApiClient {
         let (status, problem) = Self::problem(response).await;
         match (status, problem.code.as_str()) {
             (401, "INVALID_KEY") => ClientError::InvalidKey,
+            (401, "SEND_NOT_AUTHORIZED") => {
+                ClientError::SendRefused { inbox: inbox.to_owned(), reply: format!("{status} {}", problem.code) }
+            }
             (403, code @ ("NO_GRANT" | "GRANT_EXPIRED")) => {
                 ClientError::NoGrant { inbox: inbox.to_owned(), scope, code: code.to_owned() }
             }
@@ -633,11 +645,10 @@ impl ApiClient {
             .credentials((inbox.to_owned(), self.config.agent_key.expose().to_owned()));
         let describe = |e: mail_send::Error| -> ClientError {
             match e {
-                mail_send::Error::AuthenticationFailed(r) => ClientError::Submission(format!(
-                    "the server refused AUTH for {inbox} ({} {}): the agent key must be valid and hold a `send` grant for this inbox",
-                    r.code(),
-                    r.message()
-                )),
+                mail_send::Error::AuthenticationFailed(r) => ClientError::SendRefused {
+                    inbox: inbox.to_owned(),
+                    reply: format!("{} {}", r.code(), r.message()),
+                },
                 mail_send::Error::UnexpectedReply(r) => {
                     ClientError::Submission(format!("the server answered {} {}", r.code(), r.message()))
                 }

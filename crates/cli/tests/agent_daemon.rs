@@ -12,7 +12,16 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
+use agentkeys_testdns::{TestDns, Zone};
+use aws_lc_rs::encoding::AsDer as _;
+use aws_lc_rs::rsa::{KeyPair as RsaKeyPair, KeySize};
+use aws_lc_rs::signature::KeyPair as _;
+use base64::Engine as _;
 use common::*;
+use mail_auth::common::crypto::{RsaKey, Sha256};
+use mail_auth::common::headers::HeaderWriter as _;
+use mail_auth::dkim::{Canonicalization, DkimSigner};
+use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 use serde_json::{Value, json};
 
 const OWNER_A: &str = "0xa1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1";
@@ -411,7 +420,7 @@ fn isolation_through_mcp() {
     assert!(uncovered.contains("no active grant"), "{uncovered}");
     // Sending as an inbox the agent does not hold: refused at AUTH.
     let refused = a.err("send_message", json!({"inbox": w.other, "to": [w.signup], "subject": "x", "text": "x"}));
-    assert!(refused.contains("refused AUTH"), "{refused}");
+    assert!(refused.contains("refused to send as") && refused.contains("535"), "{refused}");
 }
 
 #[test]
@@ -535,3 +544,141 @@ fn mail_cli_without_configuration_names_the_fix() {
     assert!(err.contains("cannot reach the server at http://127.0.0.1:9"), "{err}");
 }
 
+
+/// A sender domain (`bank.example`) with an RSA DKIM key, an SPF record that
+/// does not list 127.0.0.1 (so only a valid DKIM signature can authenticate what
+/// the tests send) and DMARC `p=reject`, published by a real DNS server on loopback.
+struct SignedSender {
+    pkcs8: Vec<u8>,
+    spki: Vec<u8>,
+}
+
+impl SignedSender {
+    fn new() -> Self {
+        let rsa = RsaKeyPair::generate(KeySize::Rsa2048).unwrap();
+        Self { pkcs8: rsa.as_der().unwrap().as_ref().to_vec(), spki: rsa.public_key().as_der().unwrap().as_ref().to_vec() }
+    }
+
+    fn zone(&self) -> Zone {
+        let p = base64::engine::general_purpose::STANDARD.encode(&self.spki);
+        Zone::new()
+            .txt("sel._domainkey.bank.example", &format!("v=DKIM1; k=rsa; p={p}"))
+            .txt("bank.example", "v=spf1 ip4:192.0.2.1 -all")
+            .txt("_dmarc.bank.example", "v=DMARC1; p=reject; adkim=s; aspf=r")
+    }
+
+    fn sign(&self, message: &str) -> String {
+        let key = RsaKey::<Sha256>::from_key_der(PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.pkcs8.clone()))).unwrap();
+        let signature = DkimSigner::from_key(key)
+            .domain("bank.example")
+            .selector("sel")
+            .headers(["From", "To", "Subject", "Date", "Message-ID"])
+            .header_canonicalization(Canonicalization::Relaxed)
+            .body_canonicalization(Canonicalization::Relaxed)
+            .sign(message.as_bytes())
+            .unwrap();
+        format!("{}{message}", signature.to_header())
+    }
+}
+
+fn bank_mail(to: &str, subject: &str, code: &str) -> String {
+    format!(
+        "From: Bank <alerts@bank.example>\r\nTo: {to}\r\nSubject: {subject}\r\nDate: Sat, 21 Nov 2026 10:00:00 +0000\r\n\
+         Message-ID: <{subject}@bank.example>\r\n\r\nYour verification code is {code}.\r\nIt expires in 10 minutes.\r\n"
+    )
+}
+
+#[test]
+fn extract_otp_authenticated_follows_real_dkim_spf_dmarc() {
+    let sender = SignedSender::new();
+    let dns = TestDns::start(sender.zone()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (_, _, inbox, key) = provision(dir.path(), OWNER_A, AGENT_A, "bot");
+    let server = Server::start(dir.path(), &[("AGENTKEYS_DNS_NAMESERVERS", &dns.nameserver())]);
+    let w = World {
+        _dir: dir,
+        config_dir: tempfile::tempdir().unwrap(),
+        server,
+        signup: inbox.clone(),
+        peer: String::new(),
+        other: String::new(),
+        bee: String::new(),
+        key_a: key.clone(),
+        key_b: String::new(),
+    };
+    let mut mcp = Mcp::stdio(&w, &key);
+    let send = |raw: &str| {
+        let plan = json!({"port": w.server.inbound.port(), "steps": [
+            ["mail", "bounce@bank.example"], ["rcpt", inbox], ["data", {"raw": raw}],
+        ]});
+        let r: Value = serde_json::from_str(&python("smtp_client.py", &[plan.to_string()])).unwrap();
+        assert_eq!(r["steps"][2][0], 250, "{r}");
+    };
+    let since = now() - 1;
+    // Signed by bank.example, DMARC aligned: authenticated.
+    send(&sender.sign(&bank_mail(&inbox, "signed-1", "314159")));
+    // Unsigned, from an IP the domain's SPF does not list: not authenticated.
+    send(&bank_mail(&inbox, "unsigned-1", "271828"));
+    // Signed, then the body changed in transit: the signature fails.
+    send(&sender.sign(&bank_mail(&inbox, "altered-1", "161803")).replace("161803", "141421"));
+    // A forged verdict in our name travels with an unsigned message from a domain
+    // with no records at all.
+    send(&format!(
+        "Authentication-Results: mx.agents.localhost; dkim=pass header.d=evil.example; dmarc=pass header.from=evil.example\r\n\
+         From: <no-reply@evil.example>\r\nTo: {inbox}\r\nSubject: forged-1\r\nMessage-ID: <forged-1@evil.example>\r\n\r\n\
+         Your verification code is 112358.\r\n"
+    ));
+
+    let otp = |mcp: &mut Mcp, subject: &str| mcp.ok("extract_otp", json!({"inbox": inbox, "wait": true, "subject_contains": subject, "timeout_s": 60, "since": since}));
+    let signed = otp(&mut mcp, "signed-1");
+    assert_eq!(signed["code"], "314159", "{signed}");
+    assert_eq!(signed["authenticated"], true, "{signed}");
+    let altered = otp(&mut mcp, "altered-1");
+    assert_eq!(altered["code"], "141421", "{altered}");
+    assert_eq!(altered["authenticated"], false, "a broken signature never authenticates: {altered}");
+    let forged = otp(&mut mcp, "forged-1");
+    assert_eq!(forged["code"], "112358", "{forged}");
+    assert_eq!(forged["authenticated"], false, "a forged verdict is stripped by the MX: {forged}");
+    let unsigned = otp(&mut mcp, "unsigned-1");
+    assert_eq!(unsigned["code"], "271828", "{unsigned}");
+    assert_eq!(unsigned["authenticated"], false, "unsigned, SPF fail: {unsigned}");
+    // extract_otp and get_message report the same verdict of the MX.
+    let parsed = mcp.ok("get_message", json!({"inbox": inbox, "message_id": signed["message_id"]}));
+    assert_eq!(parsed["authentication"]["authenticated"], true, "{parsed}");
+}
+
+#[test]
+fn send_reply_forward_through_the_http_send_endpoint() {
+    let w = world();
+    let mut env = w.env(&w.key_a);
+    env.push(("AGENTKEYS_SEND_VIA".into(), "http".into()));
+    let mut mcp = Mcp::spawn(&["stdio".into(), BIN.into(), "mcp".into()], &env);
+    let since = now() - 1;
+    let sent = mcp.ok(
+        "send_message",
+        json!({"inbox": w.signup, "to": [w.peer], "bcc": [w.signup], "subject": "over http", "text": "via the HTTP door"}),
+    );
+    assert_eq!(sent["via"], "http", "{sent}");
+    assert_eq!(sent["recipients"], 2, "{sent}");
+    assert!(sent["queue_id"].is_string(), "{sent}");
+    let got = mcp.ok("wait_for_message", json!({"inbox": w.peer, "subject_contains": "over http", "timeout_s": 60, "since": since}));
+    let m = mcp.ok("get_message", json!({"inbox": w.peer, "message_id": got["message_id"]}));
+    assert!(m["text"].as_str().unwrap().contains("via the HTTP door"), "{m}");
+    // The Bcc recipient got its copy, and no copy shows the Bcc header.
+    let bcc = mcp.ok("wait_for_message", json!({"inbox": w.signup, "subject_contains": "over http", "timeout_s": 60, "since": since}));
+    for (inbox, id) in [(&w.peer, &got["message_id"]), (&w.signup, &bcc["message_id"])] {
+        let out = w.mail(&w.key_a, &["show", id.as_str().unwrap(), "--inbox", inbox]);
+        assert!(out.status.success());
+        let raw = std::fs::read_dir(w.server.blobs().join(OWNER_A).join(inbox.as_str()))
+            .unwrap()
+            .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap_or_default())
+            .find(|m| m.contains("Subject: over http"))
+            .unwrap();
+        assert!(!raw.to_ascii_lowercase().contains("\nbcc:"), "{raw}");
+    }
+    mcp.ok("reply_to_message", json!({"inbox": w.peer, "message_id": got["message_id"], "text": "ok"}));
+    mcp.ok("wait_for_message", json!({"inbox": w.signup, "subject_contains": "Re: over http", "timeout_s": 60, "since": since}));
+    // Sending as an inbox the agent holds no grant for: the one 401 of the HTTP door.
+    let refused = mcp.err("send_message", json!({"inbox": w.other, "to": [w.signup], "subject": "x", "text": "x"}));
+    assert!(refused.contains("refused to send as") && refused.contains("SEND_NOT_AUTHORIZED"), "{refused}");
+}
