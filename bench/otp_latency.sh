@@ -13,10 +13,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 ROUNDS="${ROUNDS:-200}"
-cargo build --release -q -p agentkeys-cli --bin agentkeys
-cargo build --release -q -p agentkeys-agent --example otp_latency
-BIN="$PWD/target/release/agentkeys"
-EXAMPLE="$PWD/target/release/examples/otp_latency"
+PROFILE="${PROFILE:-release}"   # PROFILE=debug only to check the script itself; numbers come from release
+if [ "$PROFILE" = release ]; then FLAG=--release; else FLAG=; fi
+cargo build $FLAG -q -p agentkeys-cli --bin agentkeys
+cargo build $FLAG -q -p agentkeys-agent --example otp_latency
+BIN="$PWD/target/$PROFILE/agentkeys"
+EXAMPLE="$PWD/target/$PROFILE/examples/otp_latency"
 
 WORK="$(mktemp -d)"
 SERVER_PID=""
