@@ -43,6 +43,12 @@ pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 pub const MAX_JSON_BYTES: usize = 1024 * 1024;
 /// Largest page the list route serves.
 pub const MAX_PAGE: u32 = 100;
+/// An event stream that ends sooner than this after it was opened is reopened
+/// only after [`RECONNECT_PAUSE`], so a server that keeps closing streams at
+/// once (shutting down) is not hammered.
+pub const SHORT_STREAM: Duration = Duration::from_secs(1);
+/// See [`SHORT_STREAM`].
+pub const RECONNECT_PAUSE: Duration = Duration::from_millis(500);
 
 /// Seconds since the Unix epoch, now.
 pub fn unix_now() -> i64 {
@@ -243,6 +249,7 @@ pub struct EventStream {
     inbox: String,
     last_id: Option<String>,
     body: Option<Incoming>,
+    opened_at: std::time::Instant,
     parser: SseParser,
     queued: std::collections::VecDeque<SseEvent>,
 }
@@ -271,7 +278,11 @@ impl EventStream {
                 return Ok(entry);
             }
             let Some(body) = self.body.as_mut() else {
+                if self.opened_at.elapsed() < SHORT_STREAM {
+                    tokio::time::sleep(RECONNECT_PAUSE).await;
+                }
                 let response = self.client.open_events(&self.inbox, self.last_id.as_deref()).await?;
+                self.opened_at = std::time::Instant::now();
                 self.body = Some(response.into_body());
                 self.parser = SseParser::new();
                 continue;
@@ -531,6 +542,7 @@ impl ApiClient {
             inbox,
             last_id: after,
             body: Some(response.into_body()),
+            opened_at: std::time::Instant::now(),
             parser: SseParser::new(),
             queued: std::collections::VecDeque::new(),
         })
