@@ -626,6 +626,9 @@ impl ApiClient {
                 builder.with_root_certificates(roots).with_no_client_auth()
             }
             None => {
+                // mail-send builds this one with the process-wide provider; with
+                // more than one rustls provider in the tree there is none by default.
+                let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
                 let connector = mail_send::smtp::tls::build_tls_connector(false).map_err(|e| {
                     ClientError::Local(format!(
                         "TLS setup: {e}; set {} to the server's certificate",

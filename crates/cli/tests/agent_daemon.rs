@@ -513,6 +513,20 @@ fn mail_cli_verbs_with_json() {
     w.mail_json(&w.key_a, &["forward", &peer_id, "--inbox", &w.peer, "--to", &w.signup]);
     w.mail_json(&w.key_a, &["wait", "--inbox", &w.signup, "--subject", "Fwd: cli hello", "--timeout", "60", "--since", &since]);
 
+    // Without the server's certificate, submission TLS is refused, and the error
+    // says which setting fixes it.
+    let mut cmd = agentkeys(&w.server.data_dir);
+    cmd.args(["mail", "send", "--inbox", &w.signup, "--to", &w.peer, "--text", "x"]);
+    for (k, v) in w.env(&w.key_a) {
+        if k != "AGENTKEYS_CA_FILE" {
+            cmd.env(k, v);
+        }
+    }
+    let out = cmd.output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("TLS") && err.contains("AGENTKEYS_CA_FILE"), "{err}");
+
     // Waiting with nothing arriving ends with an error, not a hang.
     let out = w.mail(&w.key_a, &["wait", "--inbox", &w.signup, "--from", "never.example", "--timeout", "1"]);
     assert!(!out.status.success());
