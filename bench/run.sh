@@ -322,18 +322,40 @@ build_agentkeys() {
   AK_BUILT=1
 }
 
+# Grants need the owner's signature: the owner enrolls a master key (sealed under
+# a generated passphrase in $WORK/owner-DIR) and signs `grant create`, checked and
+# applied locally against the data directory (no server needed).
+#   provision_owner DATA_DIR NAME
+provision_owner() {
+  local data=$1 name=$2 code
+  local conf="$WORK/owner-$name"
+  mkdir -p "$conf"
+  head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$conf/passphrase"
+  chmod 600 "$conf/passphrase"
+  code=$( (cd "$WORK" && "$AK" --data-dir "$data" owner add "$OWNER" --json) | json_field enrollment_code)
+  [[ $code == enr_* ]] || die "owner add printed no enrollment code"
+  (cd "$WORK" && AGENTKEYS_CONFIG_DIR="$conf" "$AK" --data-dir "$data" owner enroll --owner "$OWNER" --code "$code" \
+    --passphrase-file "$conf/passphrase" --json) >/dev/null
+}
+owner_grant() {
+  local data=$1 name=$2
+  local conf="$WORK/owner-$name"
+  (cd "$WORK" && AGENTKEYS_CONFIG_DIR="$conf" "$AK" --data-dir "$data" grant create --agent "$AGENT" --inbox "$RCPT" \
+    --scopes read,send --owner "$OWNER" --passphrase-file "$conf/passphrase" --json) >/dev/null
+}
+
 setup_agentkeys() {
   build_agentkeys
   AK_DATA="$WORK/agentkeys-data"
   mkdir -p "$AK_DATA"
-  ak owner add "$OWNER" >/dev/null
+  provision_owner "$AK_DATA" inbound
   ak agent add "$AGENT" --owner "$OWNER" >/dev/null
   local address
   address=$(ak inbox create --agent "$AGENT" --name bench --json | json_field address)
   [[ $address == "$RCPT" ]] || die "inbox create answered address '$address', expected $RCPT"
   AK_KEY=$(ak key create --agent "$AGENT" --json | json_field key)
   [[ $AK_KEY == ak_* ]] || die "key create did not print a key"
-  ak grant add --agent "$AGENT" --inbox "$RCPT" --scopes read,send --json >/dev/null
+  owner_grant "$AK_DATA" inbound
   ak demo seed --json >"$WORK/auth-cases.json"
 }
 
@@ -370,14 +392,14 @@ setup_outbound() {
   OUT_DATA="$WORK/outbound-data"
   mkdir -p "$OUT_DATA"
   ako() { (cd "$WORK" && "$AK" --data-dir "$OUT_DATA" "$@"); }
-  ako owner add "$OWNER" >/dev/null
+  provision_owner "$OUT_DATA" outbound
   ako agent add "$AGENT" --owner "$OWNER" >/dev/null
   local address
   address=$(ako inbox create --agent "$AGENT" --name bench --json | json_field address)
   [[ $address == "$RCPT" ]] || die "outbound: inbox create answered '$address', expected $RCPT"
   OUT_KEY=$(ako key create --agent "$AGENT" --json | json_field key)
   [[ $OUT_KEY == ak_* ]] || die "outbound: key create did not print a key"
-  ako grant add --agent "$AGENT" --inbox "$RCPT" --scopes read,send --json >/dev/null
+  owner_grant "$OUT_DATA" outbound
 
   smtp-sink -u nobody -m 200 "127.0.0.1:$P_OSINK" 1024 >"$WORK/smtp-sink-outbound.log" 2>&1 &
   OSINK_PID=$!

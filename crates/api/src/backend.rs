@@ -4,8 +4,8 @@
 
 use std::sync::Arc;
 
-use agentkeys_audit::{Actor, AuditEvent};
-use agentkeys_broker::{BackendError, BrokerStore, MintAudit, MintEvent, MintReceipt, TokenKind};
+use agentkeys_audit::{Actor, AuditEvent, Outcome};
+use agentkeys_broker::{BackendError, BrokerStore, MintAudit, MintEvent, MintReceipt, RefusalEvent, TokenKind};
 use agentkeys_core::{Address, AgentId, Grant, KeyFacts, KeyHash, OwnerId};
 use agentkeys_store::MetadataStore;
 use async_trait::async_trait;
@@ -15,6 +15,8 @@ use serde_json::{Map, Value, json};
 pub const OP_CREDENTIAL_READ: &str = "credential.read";
 /// Audit operation of a minted OIDC token.
 pub const OP_CREDENTIAL_OIDC: &str = "credential.oidc";
+/// Audit operation of a refused mint (outcome `denied`).
+pub const OP_CREDENTIAL_REFUSED: &str = "credential.refused";
 
 /// The audit operation name of a mint of `kind`.
 pub fn mint_operation(kind: TokenKind) -> &'static str {
@@ -71,6 +73,36 @@ impl StoreBackend {
     }
 }
 
+impl StoreBackend {
+    /// The audit event of a refused mint: outcome `denied`, actor the agent when
+    /// the key identified one (else `system`: the server recording an anonymous
+    /// attempt), subject the inbox asked for (else the key id, else empty), and
+    /// the reason with what was known. Never the presented key or its hash.
+    pub fn refusal_event(event: &RefusalEvent) -> AuditEvent {
+        let mut detail = Map::new();
+        detail.insert("reason".into(), json!(event.reason));
+        if let Some(key_id) = &event.key_id {
+            detail.insert("key_id".into(), json!(key_id.as_str()));
+        }
+        if let Some(owner) = &event.owner {
+            detail.insert("owner".into(), json!(owner.as_str()));
+        }
+        if let Some(agent) = &event.agent {
+            detail.insert("agent".into(), json!(agent.as_str()));
+        }
+        if let Some(scope) = event.scope {
+            detail.insert("scope".into(), json!(scope.as_str()));
+        }
+        let actor = event.agent.clone().map_or(Actor::System, Actor::Agent);
+        let subject = match (&event.inbox, &event.key_id) {
+            (Some(inbox), _) => inbox.as_str().to_owned(),
+            (None, Some(key_id)) => key_id.as_str().to_owned(),
+            (None, None) => String::new(),
+        };
+        AuditEvent::ok(actor, OP_CREDENTIAL_REFUSED, subject).with_outcome(Outcome::Denied).with_detail(Value::Object(detail))
+    }
+}
+
 #[async_trait]
 impl BrokerStore for StoreBackend {
     async fn key_by_hash(&self, hash: &KeyHash) -> Result<Option<KeyFacts>, BackendError> {
@@ -90,6 +122,11 @@ impl BrokerStore for StoreBackend {
 impl MintAudit for StoreBackend {
     async fn record_mint(&self, event: MintEvent) -> Result<MintReceipt, BackendError> {
         let receipt = self.meta.audit_append(&self.audit_event(&event)).await.map_err(BackendError::new)?;
+        Ok(MintReceipt::new(receipt.seq()))
+    }
+
+    async fn record_refusal(&self, event: RefusalEvent) -> Result<MintReceipt, BackendError> {
+        let receipt = self.meta.audit_append(&Self::refusal_event(&event)).await.map_err(BackendError::new)?;
         Ok(MintReceipt::new(receipt.seq()))
     }
 }

@@ -7,6 +7,7 @@
 
 use agentkeys_approval::PairingError;
 use agentkeys_broker::MintError;
+use agentkeys_core::GrantChangeError;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
@@ -125,6 +126,19 @@ pub enum ApiError {
     /// 415 `UNSUPPORTED_MEDIA_TYPE`: a send body that is neither
     /// `application/json` nor `message/rfc822`.
     UnsupportedSendMediaType,
+    /// A refused grant change: 400 `SCOPE_WIDENING` (the new scopes are not within
+    /// the grant's), 400 `INVALID_REQUEST` (nothing to change, or an expiry outside
+    /// the next 30 days), 409 `GRANT_REVOKED` (revocation is final).
+    GrantChange(agentkeys_core::GrantChangeError),
+    /// 409 `CONFLICT`: the object changed between reading and writing it; read it
+    /// again and retry.
+    Conflict,
+    /// 429 `RATE_LIMITED`: too many requests (or failed authentications) from this
+    /// address; `Retry-After` says when to try again.
+    RateLimited {
+        /// Seconds until a retry may succeed (at least 1).
+        retry_after_secs: u64,
+    },
 }
 
 /// The problem JSON body (RFC 9457) plus `code`, and `field` for input errors.
@@ -171,7 +185,6 @@ impl ApiError {
                 PairingError::Pending => StatusCode::ACCEPTED,
                 PairingError::ConfirmationMismatch => StatusCode::BAD_REQUEST,
             },
-            Self::AgentExists => StatusCode::CONFLICT,
             Self::InvalidCapability => StatusCode::UNAUTHORIZED,
             Self::MailNotFound => StatusCode::NOT_FOUND,
             Self::TooManyStreams { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -179,6 +192,10 @@ impl ApiError {
             Self::FromNotAuthorized => StatusCode::FORBIDDEN,
             Self::MessageTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedSendMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::AgentExists | Self::Conflict => StatusCode::CONFLICT,
+            Self::GrantChange(GrantChangeError::Revoked) => StatusCode::CONFLICT,
+            Self::GrantChange(_) => StatusCode::BAD_REQUEST,
+            Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -210,6 +227,11 @@ impl ApiError {
             Self::FromNotAuthorized => "FROM_NOT_AUTHORIZED",
             Self::MessageTooLarge { .. } => "PAYLOAD_TOO_LARGE",
             Self::UnsupportedSendMediaType => "UNSUPPORTED_MEDIA_TYPE",
+            Self::GrantChange(GrantChangeError::Widens { .. }) => "SCOPE_WIDENING",
+            Self::GrantChange(GrantChangeError::Revoked) => "GRANT_REVOKED",
+            Self::GrantChange(_) => "INVALID_REQUEST",
+            Self::Conflict => "CONFLICT",
+            Self::RateLimited { .. } => "RATE_LIMITED",
         }
     }
 
@@ -241,6 +263,9 @@ impl ApiError {
             Self::FromNotAuthorized => "From not authorized",
             Self::MessageTooLarge { .. } => "Payload too large",
             Self::UnsupportedSendMediaType => "Unsupported media type",
+            Self::GrantChange(_) => "Grant change refused",
+            Self::Conflict => "Conflict",
+            Self::RateLimited { .. } => "Too many requests",
         }
     }
 
@@ -301,6 +326,18 @@ impl ApiError {
                 "send the body as Content-Type: application/json or message/rfc822".to_owned(),
                 None,
             ),
+            Self::GrantChange(e) => {
+                let field = match e {
+                    GrantChangeError::Widens { .. } => Some("scopes".to_owned()),
+                    GrantChangeError::Expiry { .. } => Some("ttl".to_owned()),
+                    GrantChangeError::Empty | GrantChangeError::Revoked => None,
+                };
+                (e.to_string(), field)
+            }
+            Self::Conflict => ("the object changed while this request was applied; read it again and retry".to_owned(), None),
+            Self::RateLimited { retry_after_secs } => {
+                (format!("too many requests from this address; retry after {retry_after_secs} s"), None)
+            }
         };
         let code = self.code();
         Problem {
@@ -334,6 +371,9 @@ impl IntoResponse for ApiError {
             }
             Self::Unavailable { .. } => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+            }
+            Self::RateLimited { retry_after_secs } => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs.max(1)));
             }
             _ => {}
         }

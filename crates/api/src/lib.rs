@@ -10,6 +10,7 @@
 //! | GET | `/v1/openapi.json` | the OpenAPI document of these routes |
 //! | POST | `/v1/owners/{owner}/enroll` | redeem an enrollment code, register the owner's master key |
 //! | POST, GET | `/v1/grants` | create / list the owner's grants (owner signature) |
+//! | PATCH | `/v1/grants/{id}` | narrow a grant's scopes / move its expiry (owner signature) |
 //! | DELETE | `/v1/grants/{id}`, `/v1/keys/{id}` | revoke a grant / an agent key (owner signature) |
 //! | GET | `/v1/audit` | audit records concerning the owner (owner signature) |
 //! | POST | `/v1/pairings` | open a pairing request (agent, public) |
@@ -55,7 +56,7 @@ use axum::response::IntoResponse;
 use axum::routing::{MethodFilter, MethodRouter, on};
 use utoipa::OpenApi;
 
-pub use backend::{OP_CREDENTIAL_OIDC, OP_CREDENTIAL_READ, StoreBackend};
+pub use backend::{OP_CREDENTIAL_OIDC, OP_CREDENTIAL_READ, OP_CREDENTIAL_REFUSED, StoreBackend};
 pub use credentials::{CredentialResponse, OidcCredentialRequest, ReadCredentialRequest};
 pub use error::{ApiError, PROBLEM_JSON, Problem};
 
@@ -159,6 +160,8 @@ pub enum Verb {
     Post,
     /// DELETE.
     Delete,
+    /// PATCH.
+    Patch,
 }
 
 impl Verb {
@@ -168,6 +171,7 @@ impl Verb {
             Self::Get => Method::GET,
             Self::Post => Method::POST,
             Self::Delete => Method::DELETE,
+            Self::Patch => Method::PATCH,
         }
     }
 
@@ -176,6 +180,7 @@ impl Verb {
             Self::Get => MethodFilter::GET,
             Self::Post => MethodFilter::POST,
             Self::Delete => MethodFilter::DELETE,
+            Self::Patch => MethodFilter::PATCH,
         }
     }
 }
@@ -206,6 +211,7 @@ fn table() -> Vec<Route> {
         route(Verb::Post, "/v1/owners/{owner}/enroll", owner::enroll),
         route(Verb::Post, "/v1/grants", owner::create_grant),
         route(Verb::Get, "/v1/grants", owner::list_grants),
+        route(Verb::Patch, "/v1/grants/{id}", owner::change_grant),
         route(Verb::Delete, "/v1/grants/{id}", owner::revoke_grant),
         route(Verb::Delete, "/v1/keys/{id}", owner::revoke_key),
         route(Verb::Get, "/v1/audit", owner::audit),

@@ -6,6 +6,7 @@
 //! | POST | `/v1/owners/{owner}/enroll` | redeem an enrollment code, register the master public key (public) |
 //! | POST | `/v1/grants` | create a grant for one of the owner's agents |
 //! | GET | `/v1/grants` | the owner's grants |
+//! | PATCH | `/v1/grants/{id}` | narrow a grant's scopes and/or set its expiry |
 //! | DELETE | `/v1/grants/{id}` | revoke one of the owner's grants |
 //! | DELETE | `/v1/keys/{id}` | revoke a key of one of the owner's agents |
 //! | GET | `/v1/audit?after=&limit=` | audit records that concern the owner |
@@ -34,7 +35,9 @@ use agentkeys_approval::{
 use agentkeys_approval::codes::CodeHash;
 use agentkeys_audit::{Actor, AuditEvent, ops};
 use agentkeys_core::time::rfc3339;
-use agentkeys_core::{AgentId, Grant, GrantId, InboxPattern, KeyId, MAX_GRANT_TTL_SECS, OwnerId, Scopes, UnixTime};
+use agentkeys_core::{
+    AgentId, Grant, GrantChange, GrantId, InboxPattern, KeyId, MAX_GRANT_TTL_SECS, OwnerId, Scopes, UnixTime,
+};
 use agentkeys_store::{MetadataStore, NonceUse, StoreError};
 use axum::Json;
 use axum::body::Bytes;
@@ -363,6 +366,86 @@ pub(crate) async fn list_grants(State(state): State<ApiState>, approval: OwnerAp
     let now = state.clock.now();
     let views: Vec<GrantView> = grants.iter().map(|g| grant_view(g, now)).collect();
     Ok(Json(views).into_response())
+}
+
+/// Body of `PATCH /v1/grants/{id}`: what to change; at least one field.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ChangeGrantRequest {
+    /// New scopes, a subset of the current ones (a change only narrows).
+    #[serde(default)]
+    pub scopes: Option<Vec<String>>,
+    /// New lifetime in seconds from now (the new expiry), at most 30 days.
+    #[serde(default)]
+    pub ttl: Option<i64>,
+}
+
+/// Change one of the owner's grants: narrow its scopes and/or move its expiry
+/// within the next 30 days (owner approval required). Never widens it.
+#[utoipa::path(
+    patch,
+    path = "/v1/grants/{id}",
+    tag = "owner",
+    params(("id" = String, Path, description = "The grant id (gr_…)")),
+    request_body = ChangeGrantRequest,
+    security(("owner_signature" = [])),
+    responses(
+        (status = 200, description = "Changed", body = GrantView),
+        (status = 400, description = "SCOPE_WIDENING, INVALID_TTL or INVALID_REQUEST", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Owner signature refused", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such grant among the owner's", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "GRANT_REVOKED, or CONFLICT (changed meanwhile)", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(crate) async fn change_grant(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+    approval: OwnerApproval,
+) -> Result<Response, ApiError> {
+    let meta = store(&state)?;
+    if !approval.json {
+        return Err(ApiError::UnsupportedMediaType);
+    }
+    let body: ChangeGrantRequest = decode(&approval.body)?;
+    let id: GrantId = id.parse().map_err(|_| ApiError::OwnerObjectNotFound { what: "grant" })?;
+    let owner = approval.owner().clone();
+    let scopes = body
+        .scopes
+        .map(|s| s.join(",").parse::<Scopes>().map_err(|e| field_error("scopes", e)))
+        .transpose()?;
+    let ttl = match body.ttl {
+        Some(t) if t <= 0 => return Err(ApiError::InvalidTtl { requested: t }),
+        Some(t) if t > MAX_GRANT_TTL_SECS => {
+            return Err(field_error("ttl", format!("{t} s is over the maximum of {MAX_GRANT_TTL_SECS} s (30 days)")));
+        }
+        other => other,
+    };
+    let now = state.clock.now();
+    // Another owner's grant answers exactly like a missing one.
+    let before = meta
+        .list_owner_grants(&owner)
+        .await
+        .map_err(|e| backend_error(&e))?
+        .into_iter()
+        .find(|g| g.id == id)
+        .ok_or(ApiError::OwnerObjectNotFound { what: "grant" })?;
+    let change = GrantChange { scopes, expires_at: ttl.map(|t| now + t) };
+    let after = before.changed(&change, now).map_err(ApiError::GrantChange)?;
+    let event = AuditEvent::ok(Actor::Owner(owner.clone()), ops::GRANT_CHANGE, id.as_str()).with_detail(json!({
+        "owner": owner,
+        "agent": after.agent,
+        "scopes": after.scopes.to_string(),
+        "expires_at": after.expires_at,
+        "previous_scopes": before.scopes.to_string(),
+        "previous_expires_at": before.expires_at,
+        "approval": approval.evidence(),
+    }));
+    let _receipt = meta.change_owner_grant(&owner, &before, &after, &event).await.map_err(|e| match e {
+        StoreError::NotFound { .. } => ApiError::OwnerObjectNotFound { what: "grant" },
+        StoreError::Conflict { .. } => ApiError::Conflict,
+        other => backend_error(&other),
+    })?;
+    Ok(Json(grant_view(&after, now)).into_response())
 }
 
 /// Answer of a revocation.

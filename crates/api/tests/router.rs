@@ -7,9 +7,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 
 use agentkeys_api::{ApiState, StoreBackend, router, routes};
-use agentkeys_audit::{Actor, AuditEvent};
+use agentkeys_audit::{Actor, AuditEvent, Outcome};
 use agentkeys_broker::{
-    AuthorityConfig, BackendError, BrokerConfig, BrokerParts, Clock, MintAudit, MintEvent, MintReceipt,
+    AuthorityConfig, BackendError, BrokerConfig, BrokerParts, Clock, MintAudit, MintEvent, MintReceipt, RefusalEvent,
     SoftwareAuthority, TokenAuthority, TokenBroker,
 };
 use agentkeys_core::{AgentKey, Grant, GrantId, InboxStatus, KeyHasher, KeyId, MasterSeed, UnixTime};
@@ -41,6 +41,9 @@ struct FailingAudit;
 #[async_trait::async_trait]
 impl MintAudit for FailingAudit {
     async fn record_mint(&self, _: MintEvent) -> Result<MintReceipt, BackendError> {
+        Err(BackendError::new("disk full (injected)"))
+    }
+    async fn record_refusal(&self, _: RefusalEvent) -> Result<MintReceipt, BackendError> {
         Err(BackendError::new("disk full (injected)"))
     }
 }
@@ -401,4 +404,51 @@ async fn openapi_matches_the_routes() {
         assert!(status != StatusCode::NOT_FOUND && status != StatusCode::METHOD_NOT_ALLOWED, "{method} {path}: {status}");
     }
     assert!(a.body["components"]["securitySchemes"]["agent_key"].is_object());
+}
+
+/// Every refused mint that reached the broker leaves a `credential.refused`
+/// record (outcome `denied`, the reason, what was known), never the key.
+#[tokio::test]
+async fn refused_mints_are_audited_without_secrets() {
+    let w = world().await;
+    let app = w.app();
+    let before = w.store.audit_head().await.unwrap().seq;
+    let read = |key: Option<&str>, inbox: &str| post("/v1/credentials/read", key, &json!({ "inbox": inbox }).to_string());
+    assert_problem(&send(&app, read(Some(&w.key), OTHER)).await, StatusCode::FORBIDDEN, "NO_GRANT");
+    assert_problem(&send(&app, read(Some(&w.key), OLD)).await, StatusCode::FORBIDDEN, "GRANT_EXPIRED");
+    assert_problem(&send(&app, read(Some(&w.revoked), BOT)).await, StatusCode::UNAUTHORIZED, "INVALID_KEY");
+    assert_problem(&send(&app, read(Some(&w.expired), BOT)).await, StatusCode::UNAUTHORIZED, "INVALID_KEY");
+    assert_problem(&send(&app, read(Some(&w.unknown), BOT)).await, StatusCode::UNAUTHORIZED, "INVALID_KEY");
+    assert_problem(&send(&app, read(Some("ak_short"), BOT)).await, StatusCode::UNAUTHORIZED, "INVALID_KEY");
+    // No key at all is not a mint attempt the broker saw: nothing to record.
+    assert_problem(&send(&app, read(None, BOT)).await, StatusCode::UNAUTHORIZED, "INVALID_KEY");
+
+    let records: Vec<_> = w.store.audit_all().await.unwrap().into_iter().filter(|r| r.seq > before).collect();
+    assert!(records.iter().all(|r| r.operation == agentkeys_api::OP_CREDENTIAL_REFUSED && r.outcome == Outcome::Denied));
+    let reasons: Vec<&str> = records.iter().map(|r| r.detail["reason"].as_str().unwrap()).collect();
+    assert_eq!(reasons, ["NO_GRANT", "GRANT_EXPIRED", "KEY_REVOKED", "KEY_EXPIRED", "KEY_NOT_FOUND", "MALFORMED_KEY"]);
+    let agent_actor = format!("agent:{AGENT_A}");
+    let actors: Vec<String> = records.iter().map(|r| r.actor.to_string()).collect();
+    assert_eq!(actors[..4], [agent_actor.clone(), agent_actor.clone(), agent_actor.clone(), agent_actor]);
+    assert_eq!(actors[4..], ["system", "system"]);
+    assert_eq!(records[0].subject, OTHER);
+    assert_eq!(records[0].detail["scope"], "read");
+    assert_eq!(records[2].detail["key_id"].as_str().unwrap().len(), 20);
+    let text = serde_json::to_string(&records).unwrap();
+    for secret in [&w.key, &w.revoked, &w.expired, &w.unknown] {
+        assert!(!text.contains(secret.as_str()) && !text.contains(&secret[3..]), "a presented key leaked");
+    }
+    agentkeys_audit::verify(&w.store.audit_all().await.unwrap()).unwrap();
+}
+
+/// Fail-closed for refusals too: if the refusal cannot be recorded, the answer is
+/// 503 `AUDIT_UNAVAILABLE`, not the refusal.
+#[tokio::test]
+async fn an_unrecorded_refusal_is_503() {
+    let w = world().await;
+    let app = w.app_with_audit(Arc::new(FailingAudit));
+    let read = |key: &str, inbox: &str| post("/v1/credentials/read", Some(key), &json!({ "inbox": inbox }).to_string());
+    for req in [read(&w.unknown, BOT), read(&w.revoked, BOT), read(&w.key, OTHER), read(&w.key, OLD)] {
+        assert_problem(&send(&app, req).await, StatusCode::SERVICE_UNAVAILABLE, "AUDIT_UNAVAILABLE");
+    }
 }

@@ -36,6 +36,8 @@ pub mod ops {
     pub const GRANT_CREATE: &str = "grant.create";
     /// A grant was revoked.
     pub const GRANT_REVOKE: &str = "grant.revoke";
+    /// A grant's scopes were narrowed or its expiry moved (owner-signed).
+    pub const GRANT_CHANGE: &str = "grant.change";
     /// A hosted domain was added (with its first DKIM keys).
     pub const DOMAIN_CREATE: &str = "domain.create";
     /// A hosted domain was removed (with its DKIM keys).

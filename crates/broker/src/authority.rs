@@ -8,6 +8,8 @@
 //!   version: the current key signs, previous versions stay in the JWKS until every
 //!   token they signed has expired ([`RetiredOidcKey`]).
 //! - `capability/v1` → the HMAC key of read capabilities.
+//! - `audit-checkpoint/v1` → the Ed25519 key that signs audit checkpoints
+//!   ([`crate::checkpoint`]).
 //!
 //! If the 32 derived bytes are not a valid P-256 scalar (zero or ≥ the group
 //! order, probability ≈ 2^-32), the label is re-derived deterministically with a
@@ -28,7 +30,10 @@ use p256::pkcs8::EncodePrivateKey;
 use sha2::{Digest, Sha256};
 use zeroize::Zeroize;
 
+use agentkeys_audit::Checkpoint;
+
 use crate::capability::{CapabilityClaims, CapabilityKey, ReadCapability};
+use crate::checkpoint::{CHECKPOINT_SIGNATURE_LEN, CheckpointKey, CheckpointPublicKey};
 use crate::error::{AuthorityError, CapabilityError};
 use crate::oidc::{Jwk, Jwks, OidcClaims};
 use crate::ttl::TokenKind;
@@ -66,6 +71,12 @@ pub trait TokenAuthority: Send + Sync {
 
     /// Longest lifetime this authority signs for `kind`, within the kind's bounds.
     fn max_token_ttl(&self, kind: TokenKind) -> i64;
+
+    /// Signs an audit checkpoint (the chain head at a time).
+    fn sign_checkpoint(&self, checkpoint: &Checkpoint) -> [u8; CHECKPOINT_SIGNATURE_LEN];
+
+    /// The key checkpoint signatures verify with.
+    fn checkpoint_public_key(&self) -> CheckpointPublicKey;
 }
 
 /// An OIDC key version taken out of service at `retired_at`. Its public key stays in
@@ -166,6 +177,7 @@ pub struct SoftwareAuthority {
     current: OidcKey,
     previous: Vec<(RetiredOidcKey, OidcKey)>,
     capability: CapabilityKey,
+    checkpoint: CheckpointKey,
     read_capability_max_ttl: i64,
     oidc_max_ttl: i64,
 }
@@ -191,6 +203,7 @@ impl SoftwareAuthority {
             current,
             previous,
             capability: CapabilityKey::derive(seed),
+            checkpoint: CheckpointKey::derive(seed),
             read_capability_max_ttl: config.read_capability_max_ttl,
             oidc_max_ttl: config.oidc_max_ttl,
         })
@@ -309,6 +322,14 @@ impl TokenAuthority for SoftwareAuthority {
             TokenKind::ReadCapability => self.read_capability_max_ttl,
             TokenKind::Oidc => self.oidc_max_ttl,
         }
+    }
+
+    fn sign_checkpoint(&self, checkpoint: &Checkpoint) -> [u8; CHECKPOINT_SIGNATURE_LEN] {
+        self.checkpoint.sign(checkpoint)
+    }
+
+    fn checkpoint_public_key(&self) -> CheckpointPublicKey {
+        self.checkpoint.public()
     }
 }
 

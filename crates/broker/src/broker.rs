@@ -131,12 +131,34 @@ impl MintReceipt {
     }
 }
 
+/// What a refused mint tells the audit log: why, and whatever the broker knew
+/// about the caller by then. Never the presented key nor its hash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RefusalEvent {
+    /// The refusal's code: `MALFORMED_KEY`, `KEY_NOT_FOUND`, `KEY_REVOKED`,
+    /// `KEY_EXPIRED`, `NO_GRANT` or `GRANT_EXPIRED`.
+    pub reason: &'static str,
+    /// The key's id, once the key was found.
+    pub key_id: Option<KeyId>,
+    /// The agent, once the key was found.
+    pub agent: Option<AgentId>,
+    /// The agent's owner, once the key was found.
+    pub owner: Option<OwnerId>,
+    /// The inbox asked for (grant refusals).
+    pub inbox: Option<Address>,
+    /// The scope asked for (grant refusals).
+    pub scope: Option<Scope>,
+}
+
 /// The audit seam of the mint path: the broker returns a token only after
-/// `record_mint` succeeded.
+/// `record_mint` succeeded, and a refusal only after `record_refusal` did.
 #[async_trait]
 pub trait MintAudit: Send + Sync {
     /// Appends a record of `event` durably and returns its receipt.
     async fn record_mint(&self, event: MintEvent) -> Result<MintReceipt, BackendError>;
+    /// Appends a record of a refused mint durably. If it fails, the broker answers
+    /// [`MintError::Audit`] instead of the refusal (fail-closed: no unrecorded answer).
+    async fn record_refusal(&self, event: RefusalEvent) -> Result<MintReceipt, BackendError>;
 }
 
 /// Proof that an agent key is genuine, unrevoked and unexpired. Only
@@ -384,24 +406,59 @@ impl TokenBroker {
         &self.config
     }
 
+    /// Records `refusal` and answers `error`, or [`MintError::Audit`] if the
+    /// record could not be written: a refusal is answered only once it is audited.
+    async fn refuse<T>(&self, refusal: RefusalEvent, error: MintError) -> Result<T, MintError> {
+        match self.audit.record_refusal(refusal).await {
+            Ok(_receipt) => Err(error),
+            Err(e) => Err(MintError::Audit(e)),
+        }
+    }
+
     /// Step 1: checks a presented agent key (format, existence, constant-time
-    /// match, revocation, expiry). Every failure is [`MintError::InvalidKey`].
+    /// match, revocation, expiry). Every failure is [`MintError::InvalidKey`], after
+    /// its audit record (`KEY_…` reason, the key id and agent when known).
     pub async fn authenticate(&self, presented: &str) -> Result<KeyVerified, MintError> {
-        let key =
-            AgentKey::parse(presented).ok_or(MintError::InvalidKey(KeyRejection::Malformed))?;
+        let anonymous = |reason: KeyRejection| RefusalEvent {
+            reason: reason.as_str(),
+            key_id: None,
+            agent: None,
+            owner: None,
+            inbox: None,
+            scope: None,
+        };
+        let Some(key) = AgentKey::parse(presented) else {
+            let reason = KeyRejection::Malformed;
+            return self.refuse(anonymous(reason), MintError::InvalidKey(reason)).await;
+        };
         let hash = self.hasher.hash(&key);
-        let facts = self
+        let found = self
             .store
             .key_by_hash(&hash)
             .await
             .map_err(MintError::Store)?
-            .filter(|k| k.hash.ct_eq(&hash))
-            .ok_or(MintError::InvalidKey(KeyRejection::NotFound))?;
-        if facts.revoked_at.is_some() {
-            return Err(MintError::InvalidKey(KeyRejection::Revoked));
-        }
-        if self.clock.now() >= facts.expires_at {
-            return Err(MintError::InvalidKey(KeyRejection::Expired));
+            .filter(|k| k.hash.ct_eq(&hash));
+        let Some(facts) = found else {
+            let reason = KeyRejection::NotFound;
+            return self.refuse(anonymous(reason), MintError::InvalidKey(reason)).await;
+        };
+        let rejection = if facts.revoked_at.is_some() {
+            Some(KeyRejection::Revoked)
+        } else if self.clock.now() >= facts.expires_at {
+            Some(KeyRejection::Expired)
+        } else {
+            None
+        };
+        if let Some(reason) = rejection {
+            let refusal = RefusalEvent {
+                reason: reason.as_str(),
+                key_id: Some(facts.id),
+                agent: Some(facts.agent),
+                owner: Some(facts.owner),
+                inbox: None,
+                scope: None,
+            };
+            return self.refuse(refusal, MintError::InvalidKey(reason)).await;
         }
         Ok(KeyVerified {
             key_id: facts.id,
@@ -435,16 +492,29 @@ impl TokenBroker {
             .await
             .map_err(MintError::Store)?;
         let now = self.clock.now();
+        let refusal = |reason: &'static str| RefusalEvent {
+            reason,
+            key_id: Some(verified.key_id.clone()),
+            agent: Some(verified.agent.clone()),
+            owner: Some(verified.owner.clone()),
+            inbox: Some(inbox.clone()),
+            scope: Some(S::SCOPE),
+        };
         if now >= verified.key_expires_at {
-            return Err(MintError::InvalidKey(KeyRejection::Expired));
+            let reason = KeyRejection::Expired;
+            return self.refuse(refusal(reason.as_str()), MintError::InvalidKey(reason)).await;
         }
-        if inbox_owner.as_ref() != Some(&verified.owner) {
-            return Err(MintError::NoGrant);
-        }
-        let grant = covering_grant(&grants, &verified.agent, &verified.owner, S::SCOPE, inbox, now).map_err(|miss| match miss {
-            GrantMiss::NoGrant => MintError::NoGrant,
-            GrantMiss::Expired => MintError::GrantExpired,
-        })?;
+        let covering = if inbox_owner.as_ref() == Some(&verified.owner) {
+            covering_grant(&grants, &verified.agent, &verified.owner, S::SCOPE, inbox, now)
+        } else {
+            // Not this owner's inbox, or no such inbox: the same answer as no grant.
+            Err(GrantMiss::NoGrant)
+        };
+        let grant = match covering {
+            Ok(grant) => grant,
+            Err(GrantMiss::NoGrant) => return self.refuse(refusal("NO_GRANT"), MintError::NoGrant).await,
+            Err(GrantMiss::Expired) => return self.refuse(refusal("GRANT_EXPIRED"), MintError::GrantExpired).await,
+        };
         Ok(Authorized {
             key_id: verified.key_id.clone(),
             agent: verified.agent.clone(),

@@ -45,6 +45,7 @@
 pub mod authority;
 pub mod broker;
 pub mod capability;
+pub mod checkpoint;
 pub mod error;
 pub mod oidc;
 pub mod ttl;
@@ -53,9 +54,10 @@ pub use authority::{
     AuthorityConfig, RetiredOidcKey, SoftwareAuthority, TokenAuthority, oidc_key_label,
 };
 pub use broker::{
-    Authorized, BrokerConfig, BrokerParts, BrokerStore, Clock, KeyVerified, MintAudit, MintEvent,
+    Authorized, BrokerConfig, BrokerParts, BrokerStore, Clock, KeyVerified, MintAudit, MintEvent, RefusalEvent,
     MintReceipt, Minted, ScopeMarker, SystemClock, TokenBroker, scope,
 };
+pub use checkpoint::{CHECKPOINT_KEY_LABEL, CHECKPOINT_SIGNATURE_LEN, CheckpointKey, CheckpointPublicKey};
 pub use capability::{CapabilityClaims, CapabilityKey, ReadCapability, blob_prefix};
 pub use error::{AuthorityError, BackendError, CapabilityError, KeyRejection, MintError};
 pub use oidc::{

@@ -4,11 +4,11 @@
 use agentkeys_audit::{Actor, AuditEvent, hash_address, ops};
 use agentkeys_core::time::rfc3339;
 use agentkeys_core::{
-    Address, AgentId, AgentKey, Domain, Grant, GrantId, InboxPattern, InboxStatus, KeyId,
-    MAX_AGENT_KEY_TTL_SECS, MAX_GRANT_TTL_SECS, OwnerId, Scopes, duration::parse_ttl,
+    Address, AgentId, AgentKey, Domain, Grant, InboxStatus, KeyId, MAX_AGENT_KEY_TTL_SECS, OwnerId,
+    duration::parse_ttl,
 };
 use agentkeys_store::{AgentRecord, InboxRecord, KeyRecord, MetadataStore, OwnerRecord, StoreError};
-use anyhow::{Context, Result, anyhow};
+use anyhow::{Result, anyhow};
 use clap::Subcommand;
 use serde_json::json;
 
@@ -112,7 +112,7 @@ pub(crate) enum KeyCmd {
         #[arg(long)]
         agent: String,
     },
-    /// Revoke a key (as the owner with --server, else as the operator).
+    /// Revoke a key (as the owner with --server or --owner, signed; else as the operator).
     Revoke {
         /// The key id (key_…).
         key_id: String,
@@ -121,36 +121,23 @@ pub(crate) enum KeyCmd {
     },
 }
 
-/// `agentkeys grant …`
+/// `agentkeys grant …`: every change is the owner's, signed with their master key
+/// (to a server with `--server`, else checked and applied locally over `--data-dir`).
 #[derive(Debug, Subcommand)]
 pub(crate) enum GrantCmd {
-    /// As the owner: grant one of your agents scopes on inboxes (signed with your master key).
+    /// Grant one of your agents scopes on inboxes (owner; signed with your master key).
     Create(crate::owner_client::GrantCreateArgs),
-    /// Operator path kept until the test harness enrolls owners; to be retired
-    /// (grants need the owner's approval: use `grant create`).
-    Add {
-        /// The agent.
-        #[arg(long)]
-        agent: String,
-        /// An address, a prefix ending in * (bot-*), or *@domain.
-        #[arg(long)]
-        inbox: String,
-        /// Comma-separated: read, send, admin.
-        #[arg(long)]
-        scopes: String,
-        /// Lifetime, e.g. 12h, 30d (default and maximum 30d).
-        #[arg(long, value_name = "DURATION")]
-        expires_in: Option<String>,
-    },
-    /// List grants (yours with --server, else every grant, as the operator).
+    /// Narrow a grant's scopes or set its expiry (owner; signed). Never widens it.
+    Change(crate::owner_client::GrantChangeArgs),
+    /// List grants: yours with --server or --owner (signed), else every grant (operator, read-only).
     List {
-        /// Only this agent's grants.
+        /// Only this agent's grants (operator view).
         #[arg(long)]
         agent: Option<String>,
         #[command(flatten)]
         conn: crate::owner_client::OwnerConn,
     },
-    /// Revoke a grant (as the owner with --server, else as the operator).
+    /// Revoke one of your grants (owner; signed with your master key).
     Revoke {
         /// The grant id (gr_…).
         grant_id: String,
@@ -238,7 +225,7 @@ async fn issue_enrollment(dir: &DataDir, owner: &OwnerId) -> Result<(String, i64
 }
 
 /// A new enrollment code (to show once) and the ticket to store (its hash).
-fn enrollment_ticket(owner: &OwnerId) -> (String, agentkeys_store::EnrollmentTicketRecord) {
+pub(crate) fn enrollment_ticket(owner: &OwnerId) -> (String, agentkeys_store::EnrollmentTicketRecord) {
     let (code, ticket) = agentkeys_approval::EnrollmentTicket::issue(&mut rand::rngs::OsRng, owner.clone(), crate::now());
     let rec = agentkeys_store::EnrollmentTicketRecord {
         owner: owner.clone(),
@@ -276,7 +263,7 @@ where
 pub(crate) async fn owner(config: &Config, cmd: OwnerCmd, json: bool) -> Result<()> {
     // The owner's side runs on the owner's machine: no data directory.
     if let OwnerCmd::Enroll(args) = cmd {
-        return crate::owner_client::enroll(args, json).await;
+        return crate::owner_client::enroll(args, config, json).await;
     }
     let dir = DataDir::open(config).await?;
     match cmd {
@@ -312,7 +299,7 @@ pub(crate) async fn owner(config: &Config, cmd: OwnerCmd, json: bool) -> Result<
                 enrollment_text(&id, &code, expires_at)
             });
         }
-        OwnerCmd::Enroll(args) => return crate::owner_client::enroll(args, json).await,
+        OwnerCmd::Enroll(args) => return crate::owner_client::enroll(args, config, json).await,
         OwnerCmd::List => {
             let owners = dir.meta.list_owners().await?;
             let rows: Vec<_> = owners
@@ -410,9 +397,9 @@ pub(crate) async fn inbox(config: &Config, cmd: InboxCmd, json: bool) -> Result<
 
 pub(crate) async fn key(config: &Config, cmd: KeyCmd, json: bool) -> Result<()> {
     if let KeyCmd::Revoke { key_id, conn } = &cmd
-        && conn.server.is_some()
+        && (conn.server.is_some() || conn.owner.is_some())
     {
-        return crate::owner_client::revoke(conn, "key", key_id, json).await;
+        return crate::owner_client::revoke(conn, config, "key", key_id, json).await;
     }
     let dir = DataDir::open(config).await?;
     match cmd {
@@ -475,61 +462,16 @@ pub(crate) async fn revoke_key(dir: &DataDir, id: &KeyId) -> Result<(), StoreErr
     dir.meta.revoke_key(id, crate::now(), &event).await.map(|_receipt| ())
 }
 
-/// Creates and stores a grant; returns its id.
-pub(crate) async fn create_grant(dir: &DataDir, agent: &AgentId, pattern: InboxPattern, scopes: Scopes, expires_at: i64) -> Result<GrantId> {
-    let owner = dir
-        .meta
-        .get_agent(agent)
-        .await?
-        .ok_or_else(|| anyhow!("agent {agent} not found; add it first with `agentkeys agent add`"))?
-        .owner;
-    let grant = Grant {
-        id: GrantId::generate(&mut rand::rngs::OsRng),
-        owner,
-        agent: agent.clone(),
-        pattern,
-        scopes,
-        created_at: crate::now(),
-        expires_at,
-        revoked_at: None,
-    };
-    let event = operator_event(
-        ops::GRANT_CREATE,
-        grant.id.as_str(),
-        json!({
-            "owner": grant.owner,
-            "agent": grant.agent,
-            "inbox": grant.pattern.to_string(),
-            "scopes": grant.scopes.to_string(),
-            "expires_at": grant.expires_at,
-        }),
-    );
-    let _receipt = dir.meta.add_grant(&grant, &event).await.context("cannot store the grant")?;
-    Ok(grant.id)
-}
-
 pub(crate) async fn grant(config: &Config, cmd: GrantCmd, json: bool) -> Result<()> {
-    // The owner's commands talk to the server; only the rest open the data directory.
-    let cmd = match cmd {
-        GrantCmd::Create(args) => return crate::owner_client::grant_create(args, json).await,
-        GrantCmd::List { conn, .. } if conn.server.is_some() => return crate::owner_client::grant_list(&conn, json).await,
-        GrantCmd::Revoke { grant_id, conn } if conn.server.is_some() => {
-            return crate::owner_client::revoke(&conn, "grant", &grant_id, json).await;
-        }
-        other => other,
-    };
-    let dir = DataDir::open(config).await?;
     match cmd {
-        GrantCmd::Add { agent, inbox, scopes, expires_in } => {
-            let agent: AgentId = parse("--agent", &agent)?;
-            let pattern: InboxPattern = parse("--inbox", &inbox)?;
-            let scopes: Scopes = parse("--scopes", &scopes)?;
-            let ttl = ttl(expires_in.as_deref(), MAX_GRANT_TTL_SECS)?;
-            let id = create_grant(&dir, &agent, pattern, scopes, crate::now() + ttl).await?;
-            print(json, json!({ "id": id }), || format!("grant {id} added"));
+        GrantCmd::Create(args) => crate::owner_client::grant_create(args, config, json).await,
+        GrantCmd::Change(args) => crate::owner_client::grant_change(args, config, json).await,
+        GrantCmd::Revoke { grant_id, conn } => crate::owner_client::revoke(&conn, config, "grant", &grant_id, json).await,
+        GrantCmd::List { conn, .. } if conn.server.is_some() || conn.owner.is_some() => {
+            crate::owner_client::grant_list(&conn, config, json).await
         }
-        GrantCmd::Create(args) => return crate::owner_client::grant_create(args, json).await,
         GrantCmd::List { agent, conn: _ } => {
+            let dir = DataDir::open(config).await?;
             let agent = agent.map(|a| parse::<AgentId>("--agent", &a)).transpose()?;
             let grants = dir.meta.list_grants(agent.as_ref()).await?;
             let now = crate::now();
@@ -541,19 +483,9 @@ pub(crate) async fn grant(config: &Config, cmd: GrantCmd, json: bool) -> Result<
             print(json, json!(rows), || {
                 grants.iter().map(|g| format!("{}  {}  agent {}  {}  {}  expires {}", g.id, state(g), g.agent, g.pattern, g.scopes, rfc3339(g.expires_at))).collect::<Vec<_>>().join("\n")
             });
-        }
-        GrantCmd::Revoke { grant_id, conn: _ } => {
-            let id: GrantId = parse("grant id", &grant_id)?;
-            let event = operator_event(ops::GRANT_REVOKE, id.as_str(), json!({}));
-            let _receipt = dir
-                .meta
-                .revoke_grant(&id, crate::now(), &event)
-                .await
-                .map_err(|e| hint(e, "list grants with `agentkeys grant list`"))?;
-            print(json, json!({ "id": id, "revoked": true }), || format!("grant {id} revoked"));
+            Ok(())
         }
     }
-    Ok(())
 }
 
 pub(crate) async fn queue(config: &Config, cmd: QueueCmd, json: bool) -> Result<()> {

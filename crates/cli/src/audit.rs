@@ -1,10 +1,16 @@
 //! `agentkeys audit …`: read the audit log and verify its hash chain.
 //!
 //! `verify` walks the whole chain page by page (memory stays flat however long
-//! the log is), exits 0 with `{"ok": true, "count": N, "head": "<hex>"}`, or exits
-//! 1 naming the first broken record and why.
+//! the log is), then checks every signed checkpoint: its signature (with the
+//! authority's checkpoint key, derived from the master seed) and that the chain
+//! still holds the record it vouches for, with the same hash. It exits 0 with
+//! `{"ok": true, "count": N, "head": "<hex>", "checkpoints": K}`, or exits 1
+//! naming the first broken record, else the first bad checkpoint, and why.
+//! `checkpoint` signs the current head now.
 
-use agentkeys_audit::{AuditRecord, Broken, BrokenReason, Verifier, canonical_json, hash_to_hex};
+use agentkeys_audit::{AuditRecord, Broken, BrokenReason, ChainHead, Checkpoint, Verifier, canonical_json, hash_to_hex};
+use agentkeys_broker::{CheckpointPublicKey, TokenAuthority as _};
+use agentkeys_store::CheckpointRecord;
 use agentkeys_core::time::rfc3339;
 use agentkeys_store::{MetadataStore, StoreError};
 use anyhow::{Result, anyhow};
@@ -30,32 +36,79 @@ pub(crate) enum AuditCmd {
         /// At most N records.
         #[arg(long, value_name = "N", default_value_t = DEFAULT_LIST_LIMIT)]
         limit: u32,
-        /// With --server: as the owner, only the records that concern you (signed request).
+        /// With --server or --owner: as the owner, only the records that concern you (signed request).
         #[command(flatten)]
         conn: crate::owner_client::OwnerConn,
     },
-    /// Verify the hash chain from the first record; exit 1 naming the first broken one.
+    /// Verify the hash chain from the first record and every signed checkpoint;
+    /// exit 1 naming the first broken record or bad checkpoint.
     Verify,
+    /// Sign the current head now (the server also does, periodically).
+    Checkpoint,
 }
 
 pub(crate) async fn run(config: &Config, cmd: AuditCmd, json: bool) -> Result<()> {
     if let AuditCmd::List { after, limit, conn } = &cmd
-        && conn.server.is_some()
+        && (conn.server.is_some() || conn.owner.is_some())
     {
-        return crate::owner_client::audit_list(conn, *after, *limit, json).await;
+        return crate::owner_client::audit_list(conn, config, *after, *limit, json).await;
     }
     let dir = DataDir::open(config).await?;
     match cmd {
         AuditCmd::List { after, limit, conn: _ } => list(dir.meta.as_ref(), after, limit, json).await,
+        AuditCmd::Checkpoint => {
+            let authority = dir.token_authority()?;
+            match crate::checkpoint::take(dir.meta.as_ref(), &authority, crate::now()).await? {
+                Some(c) => {
+                    let hash = hash_to_hex(&c.hash);
+                    if json {
+                        println!("{}", json!({ "seq": c.seq, "head": hash, "time": rfc3339(c.ts) }));
+                    } else {
+                        println!("checkpoint signed at record {} (head {hash})", c.seq);
+                    }
+                }
+                None => {
+                    let head = dir.meta.audit_head().await?;
+                    if json {
+                        println!("{}", json!({ "seq": head.seq, "head": hash_to_hex(&head.hash), "time": null }));
+                    } else if head.seq == 0 {
+                        println!("the audit log is empty: nothing to checkpoint");
+                    } else {
+                        println!("record {} is checkpointed already", head.seq);
+                    }
+                }
+            }
+            Ok(())
+        }
         AuditCmd::Verify => {
+            let key = dir.token_authority()?.checkpoint_public_key();
             let report = verify(dir.meta.as_ref()).await?;
             match report {
                 Ok(chain) => {
                     let head = hash_to_hex(&chain.head_hash);
+                    let (checkpoints, unreadable) = match dir.meta.list_checkpoints().await {
+                        Ok(list) => (list, None),
+                        Err(StoreError::AuditUnreadable { seq, reason }) => (Vec::new(), Some((seq, format!("unreadable: {reason}")))),
+                        Err(e) => return Err(e.into()),
+                    };
+                    let bad = match unreadable {
+                        Some(bad) => Some(bad),
+                        None => first_bad_checkpoint(dir.meta.as_ref(), &checkpoints, &chain, &key).await?,
+                    };
+                    if let Some((seq, reason)) = bad {
+                        if json {
+                            println!("{}", json!({ "ok": false, "checkpoint": seq, "reason": reason, "verified": chain.count }));
+                        }
+                        return Err(anyhow!("audit checkpoint at record {seq} is bad: {reason}"));
+                    }
                     if json {
-                        println!("{}", json!({ "ok": true, "count": chain.count, "head": head }));
+                        println!("{}", json!({ "ok": true, "count": chain.count, "head": head, "checkpoints": checkpoints.len() }));
                     } else {
-                        println!("audit log intact: {} records, head {head}", chain.count);
+                        println!(
+                            "audit log intact: {} records, head {head}; {} signed checkpoint(s) verified",
+                            chain.count,
+                            checkpoints.len()
+                        );
                     }
                     Ok(())
                 }
@@ -109,6 +162,41 @@ fn record_json(r: &AuditRecord) -> Result<serde_json::Value> {
         obj.insert("time".to_owned(), json!(rfc3339(r.ts)));
     }
     Ok(v)
+}
+
+/// The first checkpoint (by seq) whose signature does not verify with `key`, or
+/// that vouches for a record the verified `chain` does not hold with that hash;
+/// with the reason.
+async fn first_bad_checkpoint(
+    meta: &dyn MetadataStore,
+    checkpoints: &[CheckpointRecord],
+    chain: &agentkeys_audit::VerifiedChain,
+    key: &CheckpointPublicKey,
+) -> Result<Option<(u64, String)>> {
+    for c in checkpoints {
+        let signed = Checkpoint { head: ChainHead { seq: c.seq, hash: c.hash }, ts: c.ts };
+        if !key.verify(&signed, &c.signature) {
+            return Ok(Some((c.seq, "its signature does not verify with the authority's checkpoint key".to_owned())));
+        }
+        if c.seq > chain.head_seq {
+            return Ok(Some((
+                c.seq,
+                format!(
+                    "it vouches for record {} but the chain ends at record {}: records were removed from the end",
+                    c.seq, chain.head_seq
+                ),
+            )));
+        }
+        // The chain verified, so the record at c.seq is the one the walk checked.
+        let record = meta.audit_list(c.seq - 1, 1).await?;
+        if record.first().is_none_or(|r| r.seq != c.seq || r.hash != c.hash) {
+            return Ok(Some((
+                c.seq,
+                format!("record {} no longer has the signed hash: the chain was rewritten up to it", c.seq),
+            )));
+        }
+    }
+    Ok(None)
 }
 
 /// Verifies the whole chain. The outer error is a failure to read at all; the

@@ -2,12 +2,14 @@
 
 mod admin;
 mod audit;
+mod checkpoint;
 mod config;
 mod datadir;
 mod dns;
 mod demo;
 mod domain;
 mod http;
+mod local_api;
 mod mail;
 mod owner_client;
 mod pairing_client;
@@ -128,7 +130,7 @@ fn main() -> ExitCode {
             Command::Domain(c) => domain::run(&config, c, json).await,
             Command::Owner(c) => admin::owner(&config, c, json).await,
             Command::Agent(c) => admin::agent(&config, c, json).await,
-            Command::Approve(args) => pairing_client::approve(args, json).await,
+            Command::Approve(args) => pairing_client::approve(args, &config, json).await,
             Command::Inbox(c) => admin::inbox(&config, c, json).await,
             Command::Key(c) => admin::key(&config, c, json).await,
             Command::Grant(c) => admin::grant(&config, c, json).await,

@@ -7,10 +7,14 @@
 //!   [`KdfParams::PRODUCTION`] + XChaCha20-Poly1305) into
 //!   `<config dir>/owner-<id>.key` (never overwriting one), and registers the
 //!   public key with `POST /v1/owners/{id}/enroll`.
-//! - `agentkeys grant create|list|revoke`, `agentkeys key revoke`, `agentkeys audit
-//!   list` with `--server URL` (or `AGENTKEYS_SERVER`): unlock the key file and
-//!   send one signed request each. Without a server they are the operator's local
-//!   commands (`grant create` has no operator form).
+//! - `agentkeys grant create|change|revoke`, and `grant list`, `key revoke`,
+//!   `agentkeys audit list` with `--server URL` / `--owner ID`: unlock the key file
+//!   and send one signed request each.
+//!
+//! Without `--server` (or `AGENTKEYS_SERVER`) the signed request goes to the same
+//! router in-process, over `--data-dir` ([`crate::local_api`]): same signature
+//! check against the enrolled public key, same replay guard, same audit. There is
+//! no unsigned way to create, change or revoke a grant.
 //!
 //! The passphrase comes from `--passphrase-file`, else `AGENTKEYS_PASSPHRASE`,
 //! else a prompt. The HTTP client is `ureq` 3 without default features: plain
@@ -23,10 +27,13 @@ use agentkeys_approval::key_file::config_dir;
 use agentkeys_approval::{
     Confirm, EncryptedKeyFile, KdfParams, MasterKey, Nonce, SaveMode, default_path, resolve_passphrase, sign_request,
 };
+use agentkeys_core::time::rfc3339;
 use agentkeys_core::{MAX_GRANT_TTL_SECS, OwnerId, duration::parse_ttl};
 use anyhow::{Context, Result, anyhow, bail};
 use clap::Args;
 use serde_json::{Value, json};
+
+use crate::config::Config;
 
 /// Environment variable naming the server for owner commands.
 pub(crate) const SERVER_ENV: &str = "AGENTKEYS_SERVER";
@@ -34,8 +41,8 @@ pub(crate) const SERVER_ENV: &str = "AGENTKEYS_SERVER";
 /// How an owner command reaches the server and finds the key.
 #[derive(Debug, Clone, Args)]
 pub(crate) struct OwnerConn {
-    /// Act as the owner against this server's HTTP API (e.g. http://127.0.0.1:8787),
-    /// signing the request with the owner's master key. Env: AGENTKEYS_SERVER.
+    /// The server's HTTP API (e.g. http://127.0.0.1:8787); without it the signed
+    /// request is checked and applied locally against --data-dir. Env: AGENTKEYS_SERVER.
     #[arg(long, env = SERVER_ENV, value_name = "URL")]
     pub(crate) server: Option<String>,
     /// The owner (default: the only key file in the owner config directory).
@@ -49,9 +56,10 @@ pub(crate) struct OwnerConn {
 /// `agentkeys owner enroll`.
 #[derive(Debug, Clone, Args)]
 pub(crate) struct EnrollArgs {
-    /// The server's HTTP API, e.g. http://127.0.0.1:8787. Env: AGENTKEYS_SERVER.
+    /// The server's HTTP API, e.g. http://127.0.0.1:8787 (without it: locally,
+    /// against --data-dir). Env: AGENTKEYS_SERVER.
     #[arg(long, env = SERVER_ENV, value_name = "URL")]
-    server: String,
+    server: Option<String>,
     /// Your owner id, as the operator created it.
     #[arg(long, value_name = "ID")]
     owner: String,
@@ -82,6 +90,21 @@ pub(crate) struct GrantCreateArgs {
     conn: OwnerConn,
 }
 
+/// `agentkeys grant change`.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct GrantChangeArgs {
+    /// The grant id (gr_…).
+    grant_id: String,
+    /// New scopes, comma-separated; must be within the current ones (a change only narrows).
+    #[arg(long)]
+    scopes: Option<String>,
+    /// New lifetime from now, e.g. 12h, 7d (at most 30d): the new expiry.
+    #[arg(long, value_name = "DURATION")]
+    ttl: Option<String>,
+    #[command(flatten)]
+    conn: OwnerConn,
+}
+
 pub(crate) fn base_url(server: &str) -> Result<String> {
     let server = server.trim_end_matches('/');
     if !server.starts_with("http://") {
@@ -92,18 +115,6 @@ pub(crate) fn base_url(server: &str) -> Result<String> {
 
 fn agent() -> ureq::Agent {
     ureq::Agent::config_builder().http_status_as_error(false).build().into()
-}
-
-/// Sends one request; answers the JSON body of a 2xx, or an error carrying the
-/// problem's code and detail.
-pub(crate) fn send(method: &str, url: &str, authorization: Option<&str>, body: Option<&[u8]>) -> Result<Value> {
-    let (status, value, text) = send_raw(method, url, authorization, body)?;
-    if !(200..300).contains(&status) {
-        let code = value["code"].as_str().unwrap_or("?");
-        let detail = value["detail"].as_str().unwrap_or(text.trim());
-        bail!("the server refused ({status} {code}): {detail}");
-    }
-    Ok(value)
 }
 
 /// Sends one request; answers the status, the body as JSON (`Null` if it is not
@@ -129,6 +140,13 @@ pub(crate) fn send_raw(
                 req = req.header("Authorization", a);
             }
             req.call()
+        }
+        ("PATCH", body) => {
+            let mut req = agent.patch(url).header("Content-Type", "application/json");
+            if let Some(a) = authorization {
+                req = req.header("Authorization", a);
+            }
+            req.send(body.unwrap_or_default())
         }
         (_, body) => {
             let mut req = agent.post(url).header("Content-Type", "application/json");
@@ -165,32 +183,68 @@ fn key_file_path(owner: Option<&str>) -> Result<PathBuf> {
     }
 }
 
+/// Where owner requests go: a server over HTTP, or the same router in-process.
+pub(crate) enum Transport {
+    /// `--server URL`: plain HTTP.
+    Http(String),
+    /// No server: the API router over the local data directory.
+    Local(axum::Router),
+}
+
+impl Transport {
+    /// `--server`'s URL, or the router over `config`'s data directory.
+    pub(crate) async fn new(server: Option<&str>, config: &Config) -> Result<Self> {
+        match server {
+            Some(server) => Ok(Self::Http(base_url(server)?)),
+            None => Ok(Self::Local(crate::local_api::router(config).await?)),
+        }
+    }
+
+    /// One request; the JSON body of a 2xx, or an error with the problem's code and detail.
+    pub(crate) async fn call(&self, method: &str, path: &str, authorization: Option<&str>, body: Option<&[u8]>) -> Result<Value> {
+        let (status, value, text) = match self {
+            Self::Http(base) => send_raw(method, &format!("{base}{path}"), authorization, body)?,
+            Self::Local(router) => crate::local_api::call(router, method, path, authorization, body).await?,
+        };
+        if !(200..300).contains(&status) {
+            let code = value["code"].as_str().unwrap_or("?");
+            let detail = value["detail"].as_str().unwrap_or(text.trim());
+            bail!("refused ({status} {code}): {detail}");
+        }
+        Ok(value)
+    }
+}
+
 /// An unlocked owner: the key and where to send requests.
 pub(crate) struct Session {
-    base: String,
+    transport: Transport,
     owner: OwnerId,
     key: MasterKey,
 }
 
 impl Session {
-    pub(crate) fn open(conn: &OwnerConn) -> Result<Self> {
-        let server = conn.server.as_deref().ok_or_else(|| anyhow!("give --server URL (or AGENTKEYS_SERVER)"))?;
-        let base = base_url(server)?;
+    pub(crate) async fn open(conn: &OwnerConn, config: &Config) -> Result<Self> {
         let path = key_file_path(conn.owner.as_deref())?;
         let file = EncryptedKeyFile::load(&path).with_context(|| format!("cannot load the owner key {}", path.display()))?;
         let owner = file.owner().clone();
         let prompt = format!("Passphrase for owner {owner}: ");
         let passphrase = resolve_passphrase(conn.passphrase_file.as_deref(), &prompt, Confirm::Once)?;
         let key = file.unlock(&passphrase).with_context(|| format!("cannot unlock {}", path.display()))?;
-        Ok(Self { base, owner, key })
+        let transport = Transport::new(conn.server.as_deref(), config).await?;
+        Ok(Self { transport, owner, key })
+    }
+
+    /// A session over an already unlocked key (the demo fixtures' generated keys).
+    pub(crate) fn with_key(transport: Transport, owner: OwnerId, key: MasterKey) -> Self {
+        Self { transport, owner, key }
     }
 
     /// One signed request: `path` includes the query, exactly as sent.
-    pub(crate) fn call(&self, method: &str, path: &str, body: Option<&[u8]>) -> Result<Value> {
+    pub(crate) async fn call(&self, method: &str, path: &str, body: Option<&[u8]>) -> Result<Value> {
         let nonce = Nonce::generate(&mut rand::rngs::OsRng);
         let signature =
             sign_request(&self.key, &self.owner, method, path, body.unwrap_or_default(), crate::now(), &nonce)?;
-        send(method, &format!("{}{path}", self.base), Some(&signature.header_value()), body)
+        self.transport.call(method, path, Some(&signature.header_value()), body).await
     }
 }
 
@@ -203,8 +257,8 @@ fn print(json: bool, value: &Value, text: impl FnOnce() -> String) {
 }
 
 /// `agentkeys owner enroll`.
-pub(crate) async fn enroll(args: EnrollArgs, json: bool) -> Result<()> {
-    let base = base_url(&args.server)?;
+pub(crate) async fn enroll(args: EnrollArgs, config: &Config, json: bool) -> Result<()> {
+    let transport = Transport::new(args.server.as_deref(), config).await?;
     let owner: OwnerId = args.owner.parse().map_err(|e| anyhow!("--owner: {e}"))?;
     let path = default_path(&owner)?;
     if path.exists() {
@@ -223,8 +277,7 @@ pub(crate) async fn enroll(args: EnrollArgs, json: bool) -> Result<()> {
     // the server refuses.
     file.save(&path, SaveMode::CreateNew).with_context(|| format!("cannot write {}", path.display()))?;
     let body = json!({ "code": args.code, "public_key": file.public_key().to_base64() }).to_string();
-    let url = format!("{base}/v1/owners/{owner}/enroll");
-    match send("POST", &url, None, Some(body.as_bytes())) {
+    match transport.call("POST", &format!("/v1/owners/{owner}/enroll"), None, Some(body.as_bytes())).await {
         Ok(answer) => {
             let out = json!({ "owner": owner, "key_file": path, "enrolled_at": answer["enrolled_at"] });
             print(json, &out, || {
@@ -253,24 +306,54 @@ pub(crate) fn create_config_dir(path: &Path) -> Result<()> {
 }
 
 /// `agentkeys grant create`.
-pub(crate) async fn grant_create(args: GrantCreateArgs, json: bool) -> Result<()> {
+pub(crate) async fn grant_create(args: GrantCreateArgs, config: &Config, json: bool) -> Result<()> {
     let ttl = args.ttl.as_deref().map(|t| parse_ttl(t, MAX_GRANT_TTL_SECS)).transpose().map_err(|e| anyhow!("--ttl: {e}"))?;
     let scopes: Vec<&str> = args.scopes.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
     let mut body = json!({ "agent": args.agent, "inbox": args.inbox, "scopes": scopes });
     if let Some(ttl) = ttl {
         body["ttl"] = json!(ttl);
     }
-    let session = Session::open(&args.conn)?;
-    let answer = session.call("POST", "/v1/grants", Some(body.to_string().as_bytes()))?;
+    let session = Session::open(&args.conn, config).await?;
+    let answer = session.call("POST", "/v1/grants", Some(body.to_string().as_bytes())).await?;
     print(json, &answer, || {
         format!("grant {} created for agent {} on {} ({}), expires {}", answer["id"].as_str().unwrap_or("?"), args.agent, args.inbox, args.scopes, answer["expires_at"].as_str().unwrap_or("?"))
     });
     Ok(())
 }
 
+/// `agentkeys grant change ID [--scopes …] [--ttl …]`.
+pub(crate) async fn grant_change(args: GrantChangeArgs, config: &Config, json: bool) -> Result<()> {
+    valid_id("grant", &args.grant_id)?;
+    if args.scopes.is_none() && args.ttl.is_none() {
+        bail!("nothing to change: give --scopes (narrower) and/or --ttl (new lifetime from now)");
+    }
+    let ttl = args.ttl.as_deref().map(|t| parse_ttl(t, MAX_GRANT_TTL_SECS)).transpose().map_err(|e| anyhow!("--ttl: {e}"))?;
+    let mut body = json!({});
+    if let Some(scopes) = &args.scopes {
+        body["scopes"] = json!(scopes.split(',').map(str::trim).filter(|s| !s.is_empty()).collect::<Vec<_>>());
+    }
+    if let Some(ttl) = ttl {
+        body["ttl"] = json!(ttl);
+    }
+    let session = Session::open(&args.conn, config).await?;
+    let path = format!("/v1/grants/{}", args.grant_id);
+    let answer = session.call("PATCH", &path, Some(body.to_string().as_bytes())).await?;
+    print(json, &answer, || {
+        format!("grant {} now allows {} until {}", s(&answer["id"]), s(&answer["scopes"]), s(&answer["expires_at"]))
+    });
+    Ok(())
+}
+
+fn valid_id(kind: &str, id: &str) -> Result<()> {
+    if id.is_empty() || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+        bail!("{kind} id {id:?} is not valid");
+    }
+    Ok(())
+}
+
 /// `agentkeys grant list --server …`.
-pub(crate) async fn grant_list(conn: &OwnerConn, json: bool) -> Result<()> {
-    let answer = Session::open(conn)?.call("GET", "/v1/grants", None)?;
+pub(crate) async fn grant_list(conn: &OwnerConn, config: &Config, json: bool) -> Result<()> {
+    let answer = Session::open(conn, config).await?.call("GET", "/v1/grants", None).await?;
     print(json, &answer, || {
         let rows = answer.as_array().cloned().unwrap_or_default();
         rows.iter()
@@ -286,23 +369,25 @@ fn s(v: &Value) -> &str {
 }
 
 /// `agentkeys grant revoke ID --server …` and `agentkeys key revoke ID --server …`.
-pub(crate) async fn revoke(conn: &OwnerConn, kind: &str, id: &str, json: bool) -> Result<()> {
-    if id.is_empty() || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
-        bail!("{kind} id {id:?} is not valid");
-    }
+pub(crate) async fn revoke(conn: &OwnerConn, config: &Config, kind: &str, id: &str, json: bool) -> Result<()> {
+    valid_id(kind, id)?;
     let collection = if kind == "grant" { "grants" } else { "keys" };
-    let answer = Session::open(conn)?.call("DELETE", &format!("/v1/{collection}/{id}"), None)?;
+    let answer = Session::open(conn, config).await?.call("DELETE", &format!("/v1/{collection}/{id}"), None).await?;
     print(json, &answer, || format!("{kind} {id} revoked"));
     Ok(())
 }
 
 /// `agentkeys audit list --server …`: the records that concern the owner.
-pub(crate) async fn audit_list(conn: &OwnerConn, after: u64, limit: u32, json: bool) -> Result<()> {
-    let answer = Session::open(conn)?.call("GET", &format!("/v1/audit?after={after}&limit={limit}"), None)?;
+pub(crate) async fn audit_list(conn: &OwnerConn, config: &Config, after: u64, limit: u32, json: bool) -> Result<()> {
+    let answer =
+        Session::open(conn, config).await?.call("GET", &format!("/v1/audit?after={after}&limit={limit}"), None).await?;
     print(json, &answer["records"], || {
         let rows = answer["records"].as_array().cloned().unwrap_or_default();
         rows.iter()
-            .map(|r| format!("{}  {}  {}  {}  {}  {}", r["seq"], r["ts"], s(&r["actor"]), s(&r["operation"]), s(&r["subject"]), s(&r["outcome"])))
+            .map(|r| {
+                let time = r["ts"].as_i64().map_or_else(|| "-".to_owned(), rfc3339);
+                format!("{:>6}  {time}  {}  {}  {}  {}", r["seq"], s(&r["actor"]), s(&r["operation"]), s(&r["subject"]), s(&r["outcome"]))
+            })
             .collect::<Vec<_>>()
             .join("\n")
     });

@@ -182,17 +182,16 @@ fn s(v: &Value) -> &str {
 }
 
 /// `agentkeys approve PAIR-CODE`.
-pub(crate) async fn approve(args: ApproveArgs, json: bool) -> Result<()> {
-    tokio::task::spawn_blocking(move || approve_blocking(&args, json)).await.context("the approval task failed")?
-}
-
-fn approve_blocking(args: &ApproveArgs, json: bool) -> Result<()> {
+pub(crate) async fn approve(args: ApproveArgs, config: &crate::config::Config, json: bool) -> Result<()> {
+    if args.conn.server.is_none() {
+        bail!("approve talks to the server the agent is waiting on: give --server URL (or AGENTKEYS_SERVER)");
+    }
     let code: PairCode = args
         .pair_code
         .parse()
         .map_err(|_| anyhow!("{:?} is not a pair code (8 characters like ABCD-EFGH)", args.pair_code))?;
-    let session = Session::open(&args.conn)?;
-    let seen = session.call("GET", &format!("/v1/pairings/{code}"), None)?;
+    let session = Session::open(&args.conn, config).await?;
+    let seen = session.call("GET", &format!("/v1/pairings/{code}"), None).await?;
     let digits = seen["confirmation_code"].as_str().ok_or_else(|| anyhow!("the server sent no confirmation code"))?;
     let mut err = std::io::stderr().lock();
     writeln!(err, "Pairing request {code}")?;
@@ -211,7 +210,7 @@ fn approve_blocking(args: &ApproveArgs, json: bool) -> Result<()> {
     }
     drop(err);
     let body = json!({ "confirmation_code": digits }).to_string();
-    let answer = session.call("POST", &format!("/v1/pairings/{code}/approve"), Some(body.as_bytes()))?;
+    let answer = session.call("POST", &format!("/v1/pairings/{code}/approve"), Some(body.as_bytes())).await?;
     if json {
         println!("{answer}");
     } else {

@@ -5,7 +5,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use agentkeys_broker::{BrokerConfig, BrokerParts, SystemClock, TokenBroker};
 use agentkeys_smtp::{ListenerKind, SmtpConfig, SmtpServer};
 use anyhow::{Context, Result};
 use metrics_exporter_prometheus::PrometheusBuilder;
@@ -66,16 +65,7 @@ pub(crate) async fn run(config: Config) -> Result<()> {
             .with_inbound_verifier(Arc::new(verifier)),
     );
 
-    let authority = Arc::new(dir.token_authority()?);
-    let backend = Arc::new(agentkeys_api::StoreBackend::new(dir.meta.clone(), authority.current_kid()));
-    let broker = Arc::new(TokenBroker::new(BrokerParts {
-        store: backend.clone(),
-        audit: backend,
-        authority,
-        hasher: dir.hasher.clone(),
-        clock: Arc::new(SystemClock),
-        config: BrokerConfig { issuer: config.public_url.clone(), audience: config.oidc_audience.clone() },
-    }));
+    let broker = Arc::new(crate::local_api::broker(&dir, &config)?);
 
     let data_dir = std::fs::canonicalize(&dir.path).unwrap_or_else(|_| dir.path.clone());
     println!("agentkeys {} serving hosted domain {}", env!("CARGO_PKG_VERSION"), config.domain);
@@ -93,7 +83,7 @@ pub(crate) async fn run(config: Config) -> Result<()> {
 
     let shutdown = CancellationToken::new();
     let api = agentkeys_api::router(
-        agentkeys_api::ApiState::new(broker)
+        agentkeys_api::ApiState::new(broker.clone())
             .with_meta(dir.meta.clone())
             .with_mailroom(dir.blobs.clone())
             .with_shutdown(shutdown.clone())
@@ -122,6 +112,13 @@ pub(crate) async fn run(config: Config) -> Result<()> {
         }
     });
     listeners.close();
+
+    // Signed audit checkpoints (crates/cli/src/checkpoint.rs), a last one at shutdown.
+    let checkpoints = tokio::spawn(crate::checkpoint::run(
+        dir.meta.clone(),
+        broker.authority().clone(),
+        shutdown.clone(),
+    ));
 
     // ---- Outbound delivery: the queue runner (crates/delivery) ----
     let delivery = if config.delivery_enabled {
@@ -185,6 +182,9 @@ pub(crate) async fn run(config: Config) -> Result<()> {
         println!("grace period over; delivery attempts in flight resume after restart");
     }
     sweeper.await.ok();
+    if tokio::time::timeout(grace, checkpoints).await.is_err() {
+        println!("grace period over; no final audit checkpoint");
+    }
     println!("stopped");
     Ok(())
 }

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{run, run_json};
+use common::{enroll_owner, owner_config_dir, owner_json, owner_run, run, run_json};
 
 const OWNER: &str = "0x00000000000000000000000000000000000000aa";
 const AGENT: &str = "0x00000000000000000000000000000000000000bb";
@@ -35,9 +35,12 @@ fn json_shapes_and_listing() {
     assert!(key["id"].as_str().unwrap().starts_with("key_"));
     assert!(key["expires_at"].as_str().unwrap().ends_with('Z'));
 
-    let grant = run_json(d, &["grant", "add", "--agent", AGENT, "--inbox", "*@agents.localhost", "--scopes", "read,send"]);
+    enroll_owner(d, OWNER);
+    let grant =
+        owner_json(d, OWNER, &["grant", "create", "--agent", AGENT, "--inbox", "*@agents.localhost", "--scopes", "read,send"]);
     let grant_id = grant["id"].as_str().unwrap().to_owned();
     assert!(grant_id.starts_with("gr_"));
+    assert_eq!(grant["state"], "active");
 
     let inboxes = run_json(d, &["inbox", "list", "--owner", OWNER]);
     assert_eq!(inboxes.as_array().unwrap().len(), 2);
@@ -52,7 +55,7 @@ fn json_shapes_and_listing() {
     assert_eq!(set["status"], "suspended");
     run_json(d, &["key", "revoke", key["id"].as_str().unwrap()]);
     assert_eq!(run_json(d, &["key", "list", "--agent", AGENT])[0]["state"], "revoked");
-    run_json(d, &["grant", "revoke", &grant_id]);
+    owner_json(d, OWNER, &["grant", "revoke", &grant_id]);
     assert_eq!(run_json(d, &["grant", "list"])[0]["state"], "revoked");
     assert_eq!(run_json(d, &["queue", "list"]), serde_json::json!([]));
 }
@@ -74,18 +77,69 @@ fn bad_input_is_one_line_and_writes_nothing() {
     fails_with(d, &["inbox", "create", "--agent", AGENT, "--name", "x", "--domain", "elsewhere.test"], "not hosted");
     fails_with(d, &["key", "create", "--agent", AGENT, "--expires-in", "31d"], "over the maximum of 30d");
     fails_with(d, &["key", "create", "--agent", AGENT, "--expires-in", "soon"], "invalid duration");
-    fails_with(d, &["grant", "add", "--agent", AGENT, "--inbox", "dup@agents.localhost", "--scopes", "read", "--expires-in", "31d"], "over the maximum");
-    fails_with(d, &["grant", "add", "--agent", AGENT, "--inbox", "dup@agents.localhost", "--scopes", "write"], "unknown scope");
-    fails_with(d, &["grant", "add", "--agent", AGENT, "--inbox", "**", "--scopes", "read"], "--inbox");
+    enroll_owner(d, OWNER);
+    let owner_fails_with = |args: &[&str], needle: &str| {
+        let out = owner_run(d, OWNER, args);
+        assert!(!out.status.success(), "{args:?} should fail");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err.trim_end().lines().count(), 1, "{args:?}: error must be one line, got {err:?}");
+        assert!(err.contains(needle), "{args:?}: expected {needle:?} in {err:?}");
+    };
+    owner_fails_with(&["grant", "create", "--agent", AGENT, "--inbox", "dup@agents.localhost", "--scopes", "read", "--ttl", "31d"], "over the maximum");
+    owner_fails_with(&["grant", "create", "--agent", AGENT, "--inbox", "dup@agents.localhost", "--scopes", "write"], "unknown scope");
+    owner_fails_with(&["grant", "create", "--agent", AGENT, "--inbox", "**", "--scopes", "read"], "inbox");
+    owner_fails_with(&["grant", "revoke", "gr_0000000000000000000000"], "NOT_FOUND");
     fails_with(d, &["inbox", "set-status", "nobody@agents.localhost", "active"], "not found");
     fails_with(d, &["inbox", "set-status", "dup@agents.localhost", "paused"], "unknown inbox status");
     fails_with(d, &["key", "revoke", "key_0000000000000000"], "not found");
-    fails_with(d, &["grant", "revoke", "gr_0000000000000000000000"], "not found");
 
     // Nothing half-written: exactly the one inbox, no keys, no grants.
     assert_eq!(run_json(d, &["inbox", "list"]).as_array().unwrap().len(), 1);
     assert_eq!(run_json(d, &["key", "list", "--agent", AGENT]), serde_json::json!([]));
     assert_eq!(run_json(d, &["grant", "list"]), serde_json::json!([]));
+}
+
+/// The operator has no way to create, change or revoke a grant: `grant add` is
+/// gone, and the owner commands without the owner's key (or with a key the server
+/// no longer has on file) are refused.
+#[test]
+fn grants_need_the_owners_signature_even_locally() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    run_json(d, &["owner", "add", OWNER]);
+    run_json(d, &["agent", "add", AGENT, "--owner", OWNER]);
+    let add = run(d, &["grant", "add", "--agent", AGENT, "--inbox", "*@agents.localhost", "--scopes", "read"]);
+    assert!(!add.status.success());
+    assert!(String::from_utf8_lossy(&add.stderr).contains("unrecognized subcommand"), "{}", String::from_utf8_lossy(&add.stderr));
+    // No key file on this "machine".
+    let empty = d.join("empty-config");
+    std::fs::create_dir(&empty).unwrap();
+    let out = common::agentkeys(d)
+        .env("AGENTKEYS_CONFIG_DIR", &empty)
+        .args(["grant", "create", "--agent", AGENT, "--inbox", "*@agents.localhost", "--scopes", "read"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("owner enroll"), "{}", String::from_utf8_lossy(&out.stderr));
+
+    // The owner enrolls, then re-enrolls from another machine: the first key file
+    // no longer matches the public key on file, and the local path checks it.
+    enroll_owner(d, OWNER);
+    let granted = owner_json(d, OWNER, &["grant", "create", "--agent", AGENT, "--inbox", "*@agents.localhost", "--scopes", "read"]);
+    let code = run_json(d, &["owner", "enroll-code", OWNER])["enrollment_code"].as_str().unwrap().to_owned();
+    let second = d.join("second-machine");
+    let out = common::agentkeys(d)
+        .env("AGENTKEYS_CONFIG_DIR", &second)
+        .env("AGENTKEYS_PASSPHRASE", "another passphrase")
+        .args(["owner", "enroll", "--owner", OWNER, "--code", &code])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stale = owner_run(d, OWNER, &["grant", "revoke", granted["id"].as_str().unwrap()]);
+    assert!(!stale.status.success());
+    assert!(String::from_utf8_lossy(&stale.stderr).contains("OWNER_SIGNATURE_INVALID"), "{}", String::from_utf8_lossy(&stale.stderr));
+    assert_eq!(run_json(d, &["grant", "list"])[0]["state"], "active");
+    assert!(owner_config_dir(d).join(format!("owner-{OWNER}.key")).exists());
 }
 
 #[test]
@@ -100,6 +154,25 @@ fn demo_seed_covers_every_auth_outcome() {
     ] {
         assert!(outcomes.contains(expected), "missing {expected}");
     }
+    // The fixture grants are the demo owners' own, signed with master keys the seed
+    // enrolled and kept (sealed) in <data-dir>/demo.
+    let demo = dir.path().join("demo");
+    assert_eq!(v["owner_keys"].as_str().unwrap(), demo.to_str().unwrap());
+    let out = common::agentkeys(dir.path())
+        .env("AGENTKEYS_CONFIG_DIR", &demo)
+        .args(["grant", "list", "--owner", "0x1111111111111111111111111111111111111111", "--passphrase-file"])
+        .arg(demo.join("passphrase"))
+        .arg("--json")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let grants: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(grants.as_array().unwrap().len(), 2, "{grants}");
+    let records = run_json(dir.path(), &["audit", "list", "--limit", "1000"]);
+    let creates: Vec<_> =
+        records.as_array().unwrap().iter().filter(|r| r["operation"] == "grant.create").map(|r| r["actor"].clone()).collect();
+    assert_eq!(creates.len(), 3);
+    assert!(creates.iter().all(|a| a.as_str().unwrap().starts_with("owner:0x")), "{creates:?}");
     let again = run(dir.path(), &["demo", "seed"]);
     assert!(!again.status.success());
     assert!(String::from_utf8_lossy(&again.stderr).contains("fresh data directory"));

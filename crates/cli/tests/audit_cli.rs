@@ -8,7 +8,7 @@ mod common;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use common::{run, run_json};
+use common::{enroll_with_code, owner_json, run, run_json};
 
 const OWNER: &str = "0x00000000000000000000000000000000000000aa";
 const AGENT: &str = "0x00000000000000000000000000000000000000bb";
@@ -22,15 +22,17 @@ fn sqlite3(data: &Path, sql: &str) {
 fn admin_commands_are_audited_and_tampering_is_named() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    run_json(d, &["owner", "add", OWNER, "--email", "Human@Example.com"]);
+    let added = run_json(d, &["owner", "add", OWNER, "--email", "Human@Example.com"]);
     run_json(d, &["agent", "add", AGENT, "--owner", OWNER]);
     let inbox = run_json(d, &["inbox", "create", "--agent", AGENT, "--name", "signup"]);
     let key = run_json(d, &["key", "create", "--agent", AGENT]);
+    // The owner enrolls and grants (signed with the master key); the operator cannot.
+    enroll_with_code(d, OWNER, added["enrollment_code"].as_str().unwrap());
     let grant =
-        run_json(d, &["grant", "add", "--agent", AGENT, "--inbox", "signup@agents.localhost", "--scopes", "send"]);
+        owner_json(d, OWNER, &["grant", "create", "--agent", AGENT, "--inbox", "signup@agents.localhost", "--scopes", "send"]);
     run_json(d, &["inbox", "set-status", "signup@agents.localhost", "disabled"]);
     run_json(d, &["key", "revoke", key["id"].as_str().unwrap()]);
-    run_json(d, &["grant", "revoke", grant["id"].as_str().unwrap()]);
+    owner_json(d, OWNER, &["grant", "revoke", grant["id"].as_str().unwrap()]);
     // A refused command leaves no record.
     assert!(!run(d, &["owner", "add", OWNER]).status.success());
 
@@ -44,15 +46,18 @@ fn admin_commands_are_audited_and_tampering_is_named() {
             "agent.create",
             "inbox.create",
             "key.create",
+            "owner.enroll",
             "grant.create",
             "inbox.set_status",
             "key.revoke",
             "grant.revoke"
         ]
     );
+    let owner_actor = format!("owner:{OWNER}");
     for (i, r) in records.iter().enumerate() {
         assert_eq!(r["seq"], i as u64 + 1);
-        assert_eq!(r["actor"], "operator");
+        let by_owner = matches!(r["operation"].as_str().unwrap(), "owner.enroll" | "grant.create" | "grant.revoke");
+        assert_eq!(r["actor"], if by_owner { owner_actor.as_str() } else { "operator" }, "{r}");
         assert_eq!(r["outcome"], "ok");
         assert_eq!(r["hash"].as_str().unwrap().len(), 64);
         if i > 0 {
@@ -80,46 +85,46 @@ fn admin_commands_are_audited_and_tampering_is_named() {
 
     let ok = run_json(d, &["audit", "verify"]);
     assert_eq!(ok["ok"], true);
-    assert_eq!(ok["count"], 8);
-    assert_eq!(ok["head"], records[7]["hash"]);
+    assert_eq!(ok["count"], 9);
+    assert_eq!(ok["head"], records[8]["hash"]);
     let text = run(d, &["audit", "verify"]);
     assert!(text.status.success());
-    assert!(String::from_utf8_lossy(&text.stdout).contains("intact: 8 records"));
+    assert!(String::from_utf8_lossy(&text.stdout).contains("intact: 9 records"));
 
-    // Someone with the file edits record 5 (the grant) to widen its scopes. The
+    // Someone with the file edits record 6 (the grant) to widen its scopes. The
     // table refuses updates, so they drop its guard first.
     sqlite3(
         d,
-        "DROP TRIGGER audit_log_no_update; UPDATE audit_log SET detail = replace(detail, '\"send\"', '\"read,send\"') WHERE seq = 5;",
+        "DROP TRIGGER audit_log_no_update; UPDATE audit_log SET detail = replace(detail, '\"send\"', '\"read,send\"') WHERE seq = 6;",
     );
     let out = run(d, &["audit", "verify", "--json"]);
     assert_eq!(out.status.code(), Some(1));
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["ok"], false);
-    assert_eq!(report["seq"], 5);
-    assert_eq!(report["verified"], 4);
+    assert_eq!(report["seq"], 6);
+    assert_eq!(report["verified"], 5);
     assert!(report["reason"].as_str().unwrap().contains("hash does not match"), "{report}");
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("audit record 5 is broken"), "{err}");
+    assert!(err.contains("audit record 6 is broken"), "{err}");
 
     let text = run(d, &["audit", "verify"]);
     assert_eq!(text.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&text.stderr).contains("audit record 5 is broken"));
+    assert!(String::from_utf8_lossy(&text.stderr).contains("audit record 6 is broken"));
 
     // An unreadable record further on does not hide the first break; on its own
     // it is named too.
-    sqlite3(d, "UPDATE audit_log SET actor = 'nobody' WHERE seq = 7;");
+    sqlite3(d, "UPDATE audit_log SET actor = 'nobody' WHERE seq = 8;");
     let report: serde_json::Value = serde_json::from_slice(&run(d, &["audit", "verify", "--json"]).stdout).unwrap();
-    assert_eq!(report["seq"], 5);
+    assert_eq!(report["seq"], 6);
     sqlite3(
         d,
         &format!(
-            "UPDATE audit_log SET detail = '{}' WHERE seq = 5;",
-            records[4]["detail"].to_string().replace('\'', "''")
+            "UPDATE audit_log SET detail = '{}' WHERE seq = 6;",
+            records[5]["detail"].to_string().replace('\'', "''")
         ),
     );
     let report: serde_json::Value = serde_json::from_slice(&run(d, &["audit", "verify", "--json"]).stdout).unwrap();
-    assert_eq!(report["seq"], 7, "{report}");
+    assert_eq!(report["seq"], 8, "{report}");
     assert!(report["reason"].as_str().unwrap().contains("actor"), "{report}");
 }
 
@@ -161,6 +166,68 @@ fn concurrent_cli_processes_keep_one_chain() {
 fn empty_log_verifies() {
     let dir = tempfile::tempdir().unwrap();
     let ok = run_json(dir.path(), &["audit", "verify"]);
-    assert_eq!(ok, serde_json::json!({ "ok": true, "count": 0, "head": "0".repeat(64) }));
+    assert_eq!(ok, serde_json::json!({ "ok": true, "count": 0, "head": "0".repeat(64), "checkpoints": 0 }));
     assert_eq!(run_json(dir.path(), &["audit", "list"]), serde_json::json!([]));
+}
+
+fn verify_report(d: &Path) -> (Option<i32>, serde_json::Value) {
+    let out = run(d, &["audit", "verify", "--json"]);
+    (out.status.code(), serde_json::from_slice(&out.stdout).unwrap())
+}
+
+/// Checkpoints signed with the authority's key pin the chain: `audit verify`
+/// checks each signature and that the chain still holds the signed record, and
+/// names the first bad checkpoint (forged, vouching for records cut off the end,
+/// or for a record that was replaced).
+#[test]
+fn signed_checkpoints_catch_forgery_truncation_and_rewrites() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    run_json(d, &["owner", "add", OWNER]);
+    run_json(d, &["agent", "add", AGENT, "--owner", OWNER]);
+    run_json(d, &["key", "create", "--agent", AGENT]);
+    let first = run_json(d, &["audit", "checkpoint"]);
+    assert_eq!(first["seq"], 3);
+    assert_eq!(run_json(d, &["audit", "checkpoint"])["time"], serde_json::Value::Null, "head 3 is checkpointed already");
+    run_json(d, &["key", "create", "--agent", AGENT]);
+    run_json(d, &["key", "create", "--agent", AGENT]);
+    assert_eq!(run_json(d, &["audit", "checkpoint"])["seq"], 5);
+    let (code, ok) = verify_report(d);
+    assert_eq!(code, Some(0));
+    assert_eq!(ok["checkpoints"], 2);
+
+    // A forged checkpoint: its time moved, so the signature no longer matches.
+    sqlite3(d, "DROP TRIGGER audit_checkpoints_no_update; UPDATE audit_checkpoints SET ts = ts + 1 WHERE seq = 5;");
+    let (code, bad) = verify_report(d);
+    assert_eq!(code, Some(1));
+    assert_eq!(bad["checkpoint"], 5, "{bad}");
+    assert!(bad["reason"].as_str().unwrap().contains("signature does not verify"), "{bad}");
+    let text = run(d, &["audit", "verify"]);
+    assert!(String::from_utf8_lossy(&text.stderr).contains("audit checkpoint at record 5 is bad"));
+    // The first bad one is named: checkpoint 3 vouching for another hash.
+    let other = if first["head"].as_str().unwrap().starts_with('0') { "1" } else { "0" };
+    sqlite3(d, &format!("UPDATE audit_checkpoints SET head_hash = '{other}' || substr(head_hash, 2) WHERE seq = 3;"));
+    assert_eq!(verify_report(d).1["checkpoint"], 3);
+    // Unreadable is bad too, and named.
+    sqlite3(d, "UPDATE audit_checkpoints SET head_hash = 'x' || substr(head_hash, 2) WHERE seq = 3;");
+    let (code, bad) = verify_report(d);
+    assert_eq!((code, bad["checkpoint"].as_u64()), (Some(1), Some(3)), "{bad}");
+    sqlite3(d, &format!("UPDATE audit_checkpoints SET head_hash = '{}' WHERE seq = 3;", first["head"].as_str().unwrap()));
+    sqlite3(d, "UPDATE audit_checkpoints SET ts = ts - 1 WHERE seq = 5;");
+    assert_eq!(verify_report(d).0, Some(0), "restored");
+
+    // Records cut off the end: the chain alone still verifies, the checkpoint does not.
+    sqlite3(d, "DROP TRIGGER audit_log_no_delete; DELETE FROM audit_log WHERE seq >= 4;");
+    let (code, bad) = verify_report(d);
+    assert_eq!(code, Some(1));
+    assert_eq!(bad["checkpoint"], 5, "{bad}");
+    assert!(bad["reason"].as_str().unwrap().contains("removed from the end"), "{bad}");
+
+    // The end rewritten into a valid chain: records 4 and 5 again, but other ones.
+    run_json(d, &["key", "create", "--agent", AGENT]);
+    run_json(d, &["key", "create", "--agent", AGENT]);
+    let (code, bad) = verify_report(d);
+    assert_eq!(code, Some(1));
+    assert_eq!(bad["checkpoint"], 5, "{bad}");
+    assert!(bad["reason"].as_str().unwrap().contains("chain was rewritten"), "{bad}");
 }

@@ -212,3 +212,113 @@ fn bad_input_names_the_field_and_size_is_the_smtp_limit() {
     let (status, _) = post(&w.server, "/v1/inboxes/alice@agents.localhost/send", key, "text/plain", b"hi");
     assert_eq!(status, 415);
 }
+
+/// The records of `agentkeys domain dns <domain>` (BIND syntax, parenthesized
+/// TXT continuations joined) as a testdns zone, plus `mx_ip` for the MX host.
+fn published_zone(data_dir: &std::path::Path, domain: &str, mx_ip: std::net::Ipv4Addr) -> agentkeys_testdns::Zone {
+    let out = common::run(data_dir, &["domain", "dns", domain]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).unwrap();
+    let mut records: Vec<String> = Vec::new();
+    let mut open = false;
+    for line in text.lines().filter(|l| !l.trim_start().starts_with(';') && !l.trim().is_empty()) {
+        if open {
+            records.last_mut().unwrap().push_str(line);
+        } else {
+            records.push(line.to_owned());
+        }
+        open = records.last().unwrap().matches('(').count() > records.last().unwrap().matches(')').count();
+    }
+    let mut zone = agentkeys_testdns::Zone::new();
+    for record in records {
+        let mut fields = record.split_whitespace();
+        let (name, _ttl, _class, kind) = (fields.next().unwrap(), fields.next(), fields.next(), fields.next().unwrap());
+        let rest: Vec<&str> = fields.collect();
+        zone = match kind {
+            "MX" => {
+                zone = zone.a(rest[1], mx_ip);
+                zone.mx(name, rest[0].parse().unwrap(), rest[1])
+            }
+            "TXT" => {
+                let joined: String = record.split('"').skip(1).step_by(2).collect();
+                zone.txt(name, &joined)
+            }
+            other => panic!("unexpected record type {other} in:\n{text}"),
+        };
+    }
+    zone
+}
+
+#[test]
+fn http_sent_mail_passes_our_own_mx_with_the_published_records() {
+    // A world whose server resolves through a DNS server this test controls.
+    let dns = agentkeys_testdns::TestDns::start(agentkeys_testdns::Zone::new()).unwrap();
+    let w = world(&[("AGENTKEYS_DNS_NAMESERVERS", &dns.nameserver())]);
+    // A domain DNS is asked about: hickory answers every *.localhost name itself
+    // (RFC 6761), so agents.localhost can have no DKIM/SPF/DMARC records.
+    let d = &w.server.data_dir;
+    run_json(d, &["domain", "add", "mail.example.test"]);
+    run_json(d, &["inbox", "create", "--agent", ALICE, "--name", "alice", "--domain", "mail.example.test"]);
+    run_json(d, &["grant", "add", "--agent", ALICE, "--inbox", "alice@mail.example.test", "--scopes", "send"]);
+    let (status, r) = send_json(
+        &w.server,
+        "alice@mail.example.test",
+        Some(&w.alice_key),
+        &json!({"to": ["friend@example.com"], "subject": "round trip", "text": "signed by the HTTP door"}),
+    );
+    assert_eq!(status, 202, "{r}");
+    let id = r["message_id"].as_str().unwrap();
+    let queued_path = w.server.blobs().join("queue").join(format!("{id}.eml"));
+    let queued = std::fs::read_to_string(&queued_path).unwrap();
+
+    // Independent check: dkimpy verifies both signatures against the published keys.
+    let zone_text = String::from_utf8(common::run(&w.server.data_dir, &["domain", "dns", "mail.example.test"]).stdout).unwrap();
+    let mut dkim_records = serde_json::Map::new();
+    let mut current: Option<(String, String)> = None;
+    for line in zone_text.lines() {
+        let first = line.split_whitespace().next().unwrap_or("");
+        if first.contains("._domainkey.") {
+            if let Some((n, v)) = current.take() {
+                dkim_records.insert(n, Value::String(v));
+            }
+            current = Some((first.to_owned(), String::new()));
+        } else if !line.starts_with(char::is_whitespace)
+            && let Some((n, v)) = current.take()
+        {
+            dkim_records.insert(n, Value::String(v));
+        }
+        if let Some((_, v)) = current.as_mut() {
+            v.extend(line.split('"').skip(1).step_by(2));
+        }
+    }
+    if let Some((n, v)) = current.take() {
+        dkim_records.insert(n, Value::String(v));
+    }
+    assert_eq!(dkim_records.len(), 2, "{zone_text}");
+    let plan = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(plan.path(), json!({"dns": dkim_records, "messages": [queued_path]}).to_string()).unwrap();
+    let verified = common::python("verify_dkim.py", &[plan.path().display().to_string()]);
+    assert!(verified.starts_with("ok"), "{verified}");
+
+    // Our own MX, with exactly the records `domain dns` says to publish (the MX
+    // host at 127.0.0.1), gives the HTTP door's signed copy full marks.
+    dns.set_zone(published_zone(&w.server.data_dir, "mail.example.test", std::net::Ipv4Addr::LOCALHOST));
+    let plan = json!({"port": w.server.inbound.port(), "steps": [
+        ["mail", "alice@mail.example.test"],
+        ["rcpt", "bob@agents.localhost"],
+        ["data", {"raw": queued}],
+    ]});
+    let out: Value = serde_json::from_str(&common::python("smtp_client.py", &[plan.to_string()])).unwrap();
+    assert_eq!(out["steps"][2][0], 250, "{out}");
+    let bob = stored_messages(&w.server.blobs(), OWNER_A, "bob@agents.localhost");
+    assert_eq!(bob.len(), 1);
+    let copy = std::fs::read_to_string(&bob[0]).unwrap();
+    let verdict = copy[..copy.find("\r\nReceived: ").unwrap()].replace("\r\n\t", " ");
+    assert!(verdict.starts_with("Authentication-Results: mx.agents.localhost;"), "{verdict}");
+    assert!(verdict.contains("dkim=pass header.d=mail.example.test header.s=rsa1"), "{verdict}");
+    assert!(verdict.contains("dkim=pass header.d=mail.example.test header.s=ed1"), "{verdict}");
+    assert!(verdict.contains("spf=pass"), "{verdict}");
+    assert!(verdict.contains("dmarc=pass header.from=mail.example.test policy.dmarc=quarantine"), "{verdict}");
+    let seen = dns.queries();
+    assert!(seen.iter().any(|q| q.name == "rsa1._domainkey.mail.example.test."), "{seen:?}");
+}

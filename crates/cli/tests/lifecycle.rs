@@ -68,7 +68,8 @@ fn sigterm_lets_an_in_flight_message_finish_and_exits_zero() {
     // New connections are refused once shutdown began.
     assert!(std::net::TcpStream::connect(server.inbound).is_err(), "listener still accepting after SIGTERM");
     w.write_all(b"second half\r\n.\r\n").unwrap();
-    assert!(reply(&mut r).starts_with("250 "), "in-flight message must complete");
+    let done = reply(&mut r);
+    assert!(done.starts_with("250 "), "in-flight message must complete: {done:?}");
     w.write_all(b"QUIT\r\n").ok();
     let blobs = server.blobs();
     let status = server.stop();

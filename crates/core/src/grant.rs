@@ -56,6 +56,11 @@ impl Scopes {
         Scope::ALL.into_iter().filter(move |s| self.contains(*s))
     }
 
+    /// Whether every scope of `self` is also in `other` (`self` ⊆ `other`).
+    pub fn is_subset_of(self, other: Scopes) -> bool {
+        self.0 & !other.0 == 0
+    }
+
     /// Builds a set from scopes; `None` if empty.
     pub fn from_scopes(scopes: impl IntoIterator<Item = Scope>) -> Option<Self> {
         let bits = scopes.into_iter().fold(0, |acc, s| acc | s.bit());
@@ -182,6 +187,70 @@ impl Grant {
     }
 }
 
+/// What an owner may change on a grant: narrower scopes and a new expiry. The
+/// inbox pattern and the agent never change (that is a new grant).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GrantChange {
+    /// New scopes; must be a subset of the current ones. `None` keeps them.
+    pub scopes: Option<Scopes>,
+    /// New expiry; at most [`MAX_GRANT_TTL_SECS`](crate::MAX_GRANT_TTL_SECS) after
+    /// the change and after it. `None` keeps it.
+    pub expires_at: Option<UnixTime>,
+}
+
+/// Why a grant change is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GrantChangeError {
+    /// The change names nothing to change.
+    #[error("nothing to change: give new scopes, a new lifetime, or both")]
+    Empty,
+    /// The new scopes are not a subset of the current ones.
+    #[error("scopes {requested} are not within the grant's {current}: a change only narrows; create a new grant to allow more")]
+    Widens {
+        /// The grant's current scopes.
+        current: Scopes,
+        /// What was asked for.
+        requested: Scopes,
+    },
+    /// The new expiry is not in the future or more than 30 days away.
+    #[error("expiry {expires_at} is outside (now, now + 30 days]")]
+    Expiry {
+        /// What was asked for.
+        expires_at: UnixTime,
+    },
+    /// The grant was revoked; revocation is final.
+    #[error("the grant was revoked; revocation is final, create a new grant")]
+    Revoked,
+}
+
+impl Grant {
+    /// The grant after `change` at `now`, or why the change is refused. Scopes only
+    /// narrow; the expiry moves anywhere in `(now, now + 30 d]`; a revoked grant
+    /// does not change.
+    pub fn changed(&self, change: &GrantChange, now: UnixTime) -> Result<Grant, GrantChangeError> {
+        if change.scopes.is_none() && change.expires_at.is_none() {
+            return Err(GrantChangeError::Empty);
+        }
+        if self.revoked_at.is_some() {
+            return Err(GrantChangeError::Revoked);
+        }
+        let mut next = self.clone();
+        if let Some(scopes) = change.scopes {
+            if !scopes.is_subset_of(self.scopes) {
+                return Err(GrantChangeError::Widens { current: self.scopes, requested: scopes });
+            }
+            next.scopes = scopes;
+        }
+        if let Some(expires_at) = change.expires_at {
+            if expires_at <= now || expires_at > now.saturating_add(crate::MAX_GRANT_TTL_SECS) {
+                return Err(GrantChangeError::Expiry { expires_at });
+            }
+            next.expires_at = expires_at;
+        }
+        Ok(next)
+    }
+}
+
 /// Why no grant lets an agent use a scope on an inbox.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GrantMiss {
@@ -221,6 +290,61 @@ pub fn covering_grant<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn all_scope_sets() -> Vec<Scopes> {
+        (1u8..8).map(|bits| Scopes::from_scopes(Scope::ALL.into_iter().filter(|s| bits & s.bit() != 0)).unwrap()).collect()
+    }
+
+    fn sample_grant(scopes: Scopes, expires_at: UnixTime) -> Grant {
+        Grant {
+            id: format!("gr_{}", "a".repeat(22)).parse().unwrap(),
+            owner: format!("0x{}", "1".repeat(40)).parse().unwrap(),
+            agent: format!("0x{}", "a".repeat(40)).parse().unwrap(),
+            pattern: "bot-*".parse().unwrap(),
+            scopes,
+            created_at: 1_000,
+            expires_at,
+            revoked_at: None,
+        }
+    }
+
+    #[test]
+    fn a_change_never_widens_scopes() {
+        // Every (current, requested) pair of the 7 non-empty scope sets.
+        let now = 2_000;
+        for current in all_scope_sets() {
+            for requested in all_scope_sets() {
+                let g = sample_grant(current, now + 100);
+                let change = GrantChange { scopes: Some(requested), expires_at: None };
+                match g.changed(&change, now) {
+                    Ok(next) => {
+                        assert!(next.scopes.is_subset_of(current), "{current} -> {requested} widened");
+                        assert_eq!(next.scopes, requested);
+                        assert_eq!((next.pattern, next.agent, next.owner, next.id), (g.pattern, g.agent, g.owner, g.id));
+                    }
+                    Err(e) => {
+                        assert!(!requested.is_subset_of(current), "{current} -> {requested} refused: {e}");
+                        assert!(matches!(e, GrantChangeError::Widens { .. }));
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_change_keeps_expiry_within_thirty_days_and_revocation_final() {
+        let now = 10_000;
+        let g = sample_grant("read,send".parse().unwrap(), now + 60);
+        let at = |t| GrantChange { scopes: None, expires_at: Some(t) };
+        assert_eq!(g.changed(&at(now + crate::MAX_GRANT_TTL_SECS), now).unwrap().expires_at, now + crate::MAX_GRANT_TTL_SECS);
+        assert_eq!(g.changed(&at(now + 1), now).unwrap().expires_at, now + 1);
+        for bad in [now, now - 1, now + crate::MAX_GRANT_TTL_SECS + 1, i64::MAX] {
+            assert_eq!(g.changed(&at(bad), now), Err(GrantChangeError::Expiry { expires_at: bad }));
+        }
+        assert_eq!(g.changed(&GrantChange { scopes: None, expires_at: None }, now), Err(GrantChangeError::Empty));
+        let revoked = Grant { revoked_at: Some(now - 5), ..g };
+        assert_eq!(revoked.changed(&at(now + 60), now), Err(GrantChangeError::Revoked));
+    }
 
     #[test]
     fn patterns() {

@@ -23,6 +23,7 @@ mod events;
 mod fs;
 mod index;
 mod mailroom;
+pub mod group_commit;
 mod meta;
 mod queue;
 mod sqlite;

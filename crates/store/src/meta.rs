@@ -42,6 +42,21 @@ pub enum StoreError {
     },
 }
 
+/// A signed audit checkpoint as stored: the chain head (`seq`, `hash`) at `ts`
+/// and the authority's signature over `Checkpoint::signing_bytes()`. Whether it
+/// is genuine is for the verifier to decide.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckpointRecord {
+    /// Sequence number of the head record.
+    pub seq: u64,
+    /// Hash of the head record.
+    pub hash: [u8; 32],
+    /// When it was signed, Unix seconds.
+    pub ts: UnixTime,
+    /// The signature bytes (Ed25519: 64).
+    pub signature: Vec<u8>,
+}
+
 /// An owner (the human).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct OwnerRecord {
@@ -388,6 +403,38 @@ pub trait MetadataStore: Send + Sync + 'static {
         now: UnixTime,
         event: &AuditEvent,
     ) -> Result<AuditReceipt, StoreError>;
+    /// Stores a signed checkpoint; `false` if one for that seq exists already
+    /// (another process checkpointed the same head). Stores without checkpoints
+    /// answer `Backend`.
+    async fn add_checkpoint(&self, checkpoint: &CheckpointRecord) -> Result<bool, StoreError> {
+        let _ = checkpoint;
+        Err(StoreError::Backend("this store keeps no audit checkpoints".to_owned()))
+    }
+    /// Every stored checkpoint, by seq. A value that does not decode is
+    /// [`StoreError::AuditUnreadable`] with the checkpoint's seq.
+    async fn list_checkpoints(&self) -> Result<Vec<CheckpointRecord>, StoreError> {
+        Ok(Vec::new())
+    }
+    /// The checkpoint with the highest seq, if any.
+    async fn last_checkpoint(&self) -> Result<Option<CheckpointRecord>, StoreError> {
+        Ok(self.list_checkpoints().await?.pop())
+    }
+    /// Replaces `before` (a grant of `owner`, as the caller read it) with `after`
+    /// (the same grant, narrower scopes and/or a new expiry), audited, only if the
+    /// stored grant is still `before` and unrevoked (compare-and-set): otherwise
+    /// `Conflict` (changed meanwhile) or `NotFound` (no such grant of `owner`).
+    /// `after` must keep the id, owner, agent and pattern and not widen the scopes
+    /// (`Invalid`). Stores without grant changes answer `Backend`.
+    async fn change_owner_grant(
+        &self,
+        owner: &OwnerId,
+        before: &Grant,
+        after: &Grant,
+        event: &AuditEvent,
+    ) -> Result<AuditReceipt, StoreError> {
+        let _ = (owner, before, after, event);
+        Err(StoreError::Backend("this store cannot change grants".to_owned()))
+    }
     /// Revokes a key of one of `owner`'s agents, audited. A key of another owner's
     /// agent is `NotFound` exactly like a missing id.
     async fn revoke_owner_key(

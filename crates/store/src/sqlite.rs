@@ -41,7 +41,8 @@ use sqlx::{Sqlite, SqliteConnection, Transaction};
 use crate::meta::{
     AgentRecord, DomainKeyRecord, InboxRecord, KeyRecord, MetadataStore, NewOutbound, OwnerRecord, QueueEntry, Recipient, StoreError,
 };
-use crate::meta::{EnrollmentTicketRecord, NonceUse, PairingRecord, PairingStatus};
+use crate::group_commit::GroupCommit;
+use crate::meta::{CheckpointRecord, EnrollmentTicketRecord, NonceUse, PairingRecord, PairingStatus};
 
 /// Most connections the pool opens. SQLite has one writer at a time; WAL lets the
 /// others read concurrently, and a handful of readers covers the SMTP lookups.
@@ -59,7 +60,7 @@ const MIGRATION_ATTEMPTS: u32 = 3;
 static MIGRATOR: Migrator = sqlx::migrate!();
 
 /// Where the store reads the time it stamps on audit records.
-type Clock = Arc<dyn Fn() -> UnixTime + Send + Sync>;
+pub(crate) type Clock = Arc<dyn Fn() -> UnixTime + Send + Sync>;
 
 /// The system clock, in Unix seconds.
 fn system_clock() -> UnixTime {
@@ -72,7 +73,9 @@ fn system_clock() -> UnixTime {
 #[derive(Clone)]
 pub struct SqliteStore {
     pub(crate) pool: SqlitePool,
-    clock: Clock,
+    pub(crate) clock: Clock,
+    /// The writer that batches stand-alone audit appends ([`crate::group_commit`]).
+    group: GroupCommit,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -99,7 +102,7 @@ impl SqliteStore {
             .connect_with(options)
             .await
             .map_err(|e| StoreError::Backend(format!("cannot open metadata database {}: {e}", path.display())))?;
-        let store = Self { pool, clock: Arc::new(system_clock) };
+        let store = Self { pool, clock: Arc::new(system_clock), group: GroupCommit::default() };
         store.migrate().await?;
         Ok(store)
     }
@@ -120,7 +123,7 @@ impl SqliteStore {
             .connect_with(options)
             .await
             .map_err(backend)?;
-        let store = Self { pool, clock: Arc::new(system_clock) };
+        let store = Self { pool, clock: Arc::new(system_clock), group: GroupCommit::default() };
         store.migrate().await?;
         Ok(store)
     }
@@ -130,6 +133,8 @@ impl SqliteStore {
     #[must_use]
     pub fn with_clock(mut self, clock: impl Fn() -> UnixTime + Send + Sync + 'static) -> Self {
         self.clock = Arc::new(clock);
+        // A writer spawned before would stamp with the old clock.
+        self.group = GroupCommit::default();
         self
     }
 
@@ -197,33 +202,48 @@ impl SqliteStore {
     /// the head cannot move before the commit). The caller commits, then turns
     /// the sealed record into its receipt.
     pub(crate) async fn append_in(&self, tx: &mut SqliteConnection, event: &AuditEvent) -> Result<SealedRecord, StoreError> {
-        let head = sqlx::query_as(AUDIT_HEAD).fetch_optional(&mut *tx).await.map_err(backend)?;
-        let head = head_from_row(head)?;
-        let sealed = SealedRecord::seal(&head, (self.clock)(), event)
-            .map_err(|e| StoreError::Invalid(format!("cannot audit {}: {e}", event.operation)))?;
-        let r = sealed.record();
-        let seq = i64::try_from(r.seq)
-            .map_err(|_| StoreError::Backend(format!("audit seq {} does not fit the database", r.seq)))?;
-        let detail = canonical_json(&r.detail)
-            .map_err(|e| StoreError::Invalid(format!("cannot audit {}: {e}", event.operation)))?;
-        sqlx::query(
-            "INSERT INTO audit_log (seq, ts, actor, operation, subject, outcome, detail, prev_hash, hash)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-        )
-        .bind(seq)
-        .bind(r.ts)
-        .bind(r.actor.to_string())
-        .bind(&r.operation)
-        .bind(&r.subject)
-        .bind(r.outcome.as_str())
-        .bind(detail)
-        .bind(hash_to_hex(&r.prev_hash))
-        .bind(hash_to_hex(&r.hash))
-        .execute(&mut *tx)
-        .await
-        .map_err(|e| StoreError::Backend(format!("cannot write audit record {}: {e}", r.seq)))?;
+        let head = read_head(tx).await?;
+        let sealed = seal_event(&head, (self.clock)(), event)?;
+        insert_sealed(tx, &sealed).await?;
         Ok(sealed)
     }
+}
+
+/// The chain head as `tx` sees it.
+pub(crate) async fn read_head(tx: &mut SqliteConnection) -> Result<ChainHead, StoreError> {
+    let head = sqlx::query_as(AUDIT_HEAD).fetch_optional(&mut *tx).await.map_err(backend)?;
+    head_from_row(head)
+}
+
+/// Seals `event` onto `head` at `ts`; an event that breaks a limit is `Invalid`.
+pub(crate) fn seal_event(head: &ChainHead, ts: UnixTime, event: &AuditEvent) -> Result<SealedRecord, StoreError> {
+    SealedRecord::seal(head, ts, event).map_err(|e| StoreError::Invalid(format!("cannot audit {}: {e}", event.operation)))
+}
+
+/// Inserts a sealed record inside `tx`.
+pub(crate) async fn insert_sealed(tx: &mut SqliteConnection, sealed: &SealedRecord) -> Result<(), StoreError> {
+    let r = sealed.record();
+    let seq =
+        i64::try_from(r.seq).map_err(|_| StoreError::Backend(format!("audit seq {} does not fit the database", r.seq)))?;
+    let detail =
+        canonical_json(&r.detail).map_err(|e| StoreError::Invalid(format!("cannot audit {}: {e}", r.operation)))?;
+    sqlx::query(
+        "INSERT INTO audit_log (seq, ts, actor, operation, subject, outcome, detail, prev_hash, hash)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+    )
+    .bind(seq)
+    .bind(r.ts)
+    .bind(r.actor.to_string())
+    .bind(&r.operation)
+    .bind(&r.subject)
+    .bind(r.outcome.as_str())
+    .bind(detail)
+    .bind(hash_to_hex(&r.prev_hash))
+    .bind(hash_to_hex(&r.hash))
+    .execute(&mut *tx)
+    .await
+    .map_err(|e| StoreError::Backend(format!("cannot write audit record {}: {e}", r.seq)))?;
+    Ok(())
 }
 
 /// Commits `tx` and only then hands out the receipt of `sealed`.
@@ -295,6 +315,18 @@ fn audit_from_row(
         operation,
         subject,
     })
+}
+
+fn checkpoint_from_row((seq, hash, ts, signature): (i64, String, i64, String)) -> Result<CheckpointRecord, StoreError> {
+    let seq = u64::try_from(seq).map_err(|_| audit_unreadable(0, format!("checkpoint seq {seq} is negative")))?;
+    let bad = |what: &str| audit_unreadable(seq, format!("checkpoint: {what}"));
+    let hash = hash_from_hex(&hash).ok_or_else(|| bad("head_hash is not 64 hex digits"))?;
+    let signature = (0..signature.len() / 2)
+        .map(|i| signature.get(2 * i..2 * i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()))
+        .collect::<Option<Vec<u8>>>()
+        .filter(|_| signature.len() % 2 == 0 && signature.is_ascii())
+        .ok_or_else(|| bad("signature is not hex"))?;
+    Ok(CheckpointRecord { seq, hash, ts, signature })
 }
 
 /// Any database failure we do not map more precisely.
@@ -1194,6 +1226,91 @@ impl MetadataStore for SqliteStore {
         self.revoke_audited(REVOKE_GRANT, id.as_str(), Some(owner), now, format!("grant {id}"), event).await
     }
 
+    async fn add_checkpoint(&self, checkpoint: &CheckpointRecord) -> Result<bool, StoreError> {
+        let seq = i64::try_from(checkpoint.seq)
+            .map_err(|_| StoreError::Invalid(format!("checkpoint seq {} does not fit the database", checkpoint.seq)))?;
+        let signature: String = checkpoint.signature.iter().map(|b| format!("{b:02x}")).collect();
+        let done = sqlx::query(
+            "INSERT INTO audit_checkpoints (seq, head_hash, ts, signature) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (seq) DO NOTHING",
+        )
+        .bind(seq)
+        .bind(hash_to_hex(&checkpoint.hash))
+        .bind(checkpoint.ts)
+        .bind(signature)
+        .execute(&self.pool)
+        .await
+        .map_err(backend)?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn list_checkpoints(&self) -> Result<Vec<CheckpointRecord>, StoreError> {
+        let rows: Vec<(i64, String, i64, String)> =
+            sqlx::query_as("SELECT seq, head_hash, ts, signature FROM audit_checkpoints ORDER BY seq")
+                .fetch_all(&self.pool)
+                .await
+                .map_err(backend)?;
+        rows.into_iter().map(checkpoint_from_row).collect()
+    }
+
+    async fn last_checkpoint(&self) -> Result<Option<CheckpointRecord>, StoreError> {
+        let row: Option<(i64, String, i64, String)> =
+            sqlx::query_as("SELECT seq, head_hash, ts, signature FROM audit_checkpoints ORDER BY seq DESC LIMIT 1")
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(backend)?;
+        row.map(checkpoint_from_row).transpose()
+    }
+
+    async fn change_owner_grant(
+        &self,
+        owner: &OwnerId,
+        before: &Grant,
+        after: &Grant,
+        event: &AuditEvent,
+    ) -> Result<AuditReceipt, StoreError> {
+        require_ok(event)?;
+        let same = after.id == before.id
+            && after.owner == before.owner
+            && after.agent == before.agent
+            && after.pattern == before.pattern
+            && &before.owner == owner;
+        if !same || !after.scopes.is_subset_of(before.scopes) {
+            return Err(StoreError::Invalid(format!(
+                "a change of grant {} may only narrow its scopes and move its expiry",
+                before.id
+            )));
+        }
+        let mut tx = self.write_tx().await?;
+        let done = sqlx::query(
+            "UPDATE grants SET scopes = ?1, expires_at = ?2
+              WHERE id = ?3 AND owner = ?4 AND revoked_at IS NULL AND scopes = ?5 AND expires_at = ?6",
+        )
+        .bind(after.scopes.to_string())
+        .bind(after.expires_at)
+        .bind(before.id.as_str())
+        .bind(owner.as_str())
+        .bind(before.scopes.to_string())
+        .bind(before.expires_at)
+        .execute(&mut *tx)
+        .await
+        .map_err(backend)?;
+        if done.rows_affected() == 0 {
+            let exists: Option<(i64,)> = sqlx::query_as("SELECT 1 FROM grants WHERE id = ?1 AND owner = ?2")
+                .bind(before.id.as_str())
+                .bind(owner.as_str())
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(backend)?;
+            return Err(match exists {
+                Some(_) => StoreError::Conflict { what: format!("a change of grant {} made meanwhile", before.id) },
+                None => StoreError::NotFound { what: format!("grant {}", before.id) },
+            });
+        }
+        let sealed = self.append_in(&mut tx, event).await?;
+        commit_audited(tx, sealed).await
+    }
+
     async fn revoke_owner_key(
         &self,
         owner: &OwnerId,
@@ -1318,9 +1435,8 @@ impl MetadataStore for SqliteStore {
     }
 
     async fn audit_append(&self, event: &AuditEvent) -> Result<AuditReceipt, StoreError> {
-        let mut tx = self.write_tx().await?;
-        let sealed = self.append_in(&mut tx, event).await?;
-        commit_audited(tx, sealed).await
+        // Batched with every other append waiting at this moment: one commit for all.
+        self.group.append(&self.pool, &self.clock, event).await
     }
 
     async fn audit_list(&self, after_seq: u64, limit: u32) -> Result<Vec<AuditRecord>, StoreError> {

@@ -360,3 +360,32 @@ async fn tampering_with_rows_is_reported_at_the_record() {
     assert_eq!(store.list_keys(&agent(1)).await.unwrap().len(), 4);
     conn.close().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn appends_waiting_for_the_write_lock_share_one_commit() {
+    // The clock ticks once per call, and a batch reads it once: records of one
+    // batch (one transaction, one commit) share their ts.
+    let (dir, store) = open_store().await;
+    store.audit_append(&event("test.append", "first")).await.unwrap();
+    // Another process holds the write lock while 40 mints wait to be audited.
+    let mut conn = raw(dir.path()).await;
+    exec(&mut conn, "BEGIN IMMEDIATE").await;
+    let tasks: Vec<_> = (0..40)
+        .map(|n| {
+            let store = store.clone();
+            tokio::spawn(async move { store.audit_append(&event("test.append", &format!("t{n}"))).await })
+        })
+        .collect();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    exec(&mut conn, "COMMIT").await;
+    let mut seqs = Vec::new();
+    for task in tasks {
+        seqs.push(task.await.unwrap().unwrap().seq());
+    }
+    seqs.sort_unstable();
+    assert_eq!(seqs, (2..42).collect::<Vec<u64>>(), "each caller got its own record");
+    let records = store.audit_all().await.unwrap();
+    assert_eq!(verify(&records).unwrap().count, 41);
+    let batches: std::collections::BTreeSet<i64> = records[1..].iter().map(|r| r.ts).collect();
+    assert!(batches.len() < 10, "40 waiting appends took {} commits", batches.len());
+}

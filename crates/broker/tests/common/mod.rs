@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use agentkeys_broker::{
-    AuthorityConfig, BackendError, BrokerConfig, BrokerParts, BrokerStore, Clock, MintAudit,
+    AuthorityConfig, BackendError, BrokerConfig, BrokerParts, BrokerStore, Clock, MintAudit, RefusalEvent,
     MintEvent, MintReceipt, SoftwareAuthority, TokenBroker,
 };
 use agentkeys_core::{
@@ -79,6 +79,7 @@ impl BrokerStore for FakeStore {
 #[derive(Default)]
 pub struct FakeAudit {
     pub events: Mutex<Vec<MintEvent>>,
+    pub refusals: Mutex<Vec<RefusalEvent>>,
     pub seq: AtomicU64,
     pub fail: AtomicBool,
 }
@@ -90,6 +91,15 @@ impl MintAudit for FakeAudit {
             return Err(BackendError::new("audit disk full"));
         }
         self.events.lock().unwrap().push(event);
+        Ok(MintReceipt::new(
+            self.seq.fetch_add(1, Ordering::SeqCst) + 1,
+        ))
+    }
+    async fn record_refusal(&self, event: RefusalEvent) -> Result<MintReceipt, BackendError> {
+        if self.fail.load(Ordering::SeqCst) {
+            return Err(BackendError::new("audit disk full"));
+        }
+        self.refusals.lock().unwrap().push(event);
         Ok(MintReceipt::new(
             self.seq.fetch_add(1, Ordering::SeqCst) + 1,
         ))

@@ -222,18 +222,101 @@ pub fn python(script: &str, args: &[String]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// The passphrase of every owner key file the harness enrolls.
+pub const OWNER_PASSPHRASE: &str = "harness passphrase: correct horse battery staple";
+
+/// The harness owners' config directory ("their own machine"): key files and the
+/// passphrase file, inside the data directory so it goes away with it.
+pub fn owner_config_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("owner-config")
+}
+
+/// The passphrase file of the harness owners (created on first use).
+pub fn owner_passphrase_file(data_dir: &Path) -> PathBuf {
+    let dir = owner_config_dir(data_dir);
+    let path = dir.join("passphrase");
+    if !path.exists() {
+        std::fs::create_dir_all(&dir).expect("owner config dir");
+        std::fs::write(&path, OWNER_PASSPHRASE).expect("passphrase file");
+    }
+    path
+}
+
+/// An owner command run "on the owner's machine" with the harness's config
+/// directory and passphrase file, without a server: the signed request is checked
+/// and applied against `data_dir` (`--owner` picks the key).
+pub fn owner_run(data_dir: &Path, owner: &str, args: &[&str]) -> Output {
+    let passphrase = owner_passphrase_file(data_dir);
+    agentkeys(data_dir)
+        .env("AGENTKEYS_CONFIG_DIR", owner_config_dir(data_dir))
+        .args(args)
+        .arg("--owner")
+        .arg(owner)
+        .arg("--passphrase-file")
+        .arg(&passphrase)
+        .output()
+        .expect("spawn agentkeys")
+}
+
+/// [`owner_run`] with `--json`, asserting success; parses stdout.
+pub fn owner_json(data_dir: &Path, owner: &str, args: &[&str]) -> serde_json::Value {
+    let mut with_json = args.to_vec();
+    with_json.push("--json");
+    let out = owner_run(data_dir, owner, &with_json);
+    assert!(out.status.success(), "agentkeys {args:?} (as owner {owner}) failed: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!("agentkeys {args:?} printed invalid JSON ({e}): {}", String::from_utf8_lossy(&out.stdout))
+    })
+}
+
+/// Makes sure `owner` exists and has an enrolled master key in the harness's owner
+/// config directory: adds the owner if missing (the operator's enrollment code),
+/// or issues a new code for an owner someone else added, then `owner enroll`
+/// locally against `data_dir`. Idempotent.
+pub fn enroll_owner(data_dir: &Path, owner: &str) {
+    let key_file = owner_config_dir(data_dir).join(format!("owner-{}.key", owner.to_ascii_lowercase()));
+    if key_file.exists() {
+        return;
+    }
+    let added = agentkeys(data_dir).args(["owner", "add", owner, "--json"]).output().expect("spawn agentkeys");
+    let answer: serde_json::Value = if added.status.success() {
+        serde_json::from_slice(&added.stdout).expect("owner add JSON")
+    } else {
+        // The owner exists (added by the test itself): a fresh code replaces any earlier one.
+        run_json(data_dir, &["owner", "enroll-code", owner])
+    };
+    enroll_with_code(data_dir, owner, answer["enrollment_code"].as_str().expect("enrollment code"));
+}
+
+/// `owner enroll` with the operator's `code`, locally against `data_dir`, into the
+/// harness's owner config directory.
+pub fn enroll_with_code(data_dir: &Path, owner: &str, code: &str) {
+    let passphrase = owner_passphrase_file(data_dir);
+    let out = agentkeys(data_dir)
+        .env("AGENTKEYS_CONFIG_DIR", owner_config_dir(data_dir))
+        .args(["owner", "enroll", "--owner", owner, "--code", code, "--passphrase-file"])
+        .arg(&passphrase)
+        .arg("--json")
+        .output()
+        .expect("spawn agentkeys");
+    assert!(out.status.success(), "owner enroll {owner} failed: {}", String::from_utf8_lossy(&out.stderr));
+}
+
 /// Sets up an owner, an agent, an inbox with the given local part, a key and a
 /// read+send grant; returns (owner, agent, address, key).
+///
+/// The owner is enrolled with a master key ([`enroll_owner`]) and the grant is the
+/// owner's signed `grant create` (checked and applied locally against `data_dir`,
+/// so no server needs to run).
 pub fn provision(data_dir: &Path, owner: &str, agent: &str, local: &str) -> (String, String, String, String) {
-    let out = run(data_dir, &["owner", "add", owner]);
-    let _ = out; // may already exist
+    enroll_owner(data_dir, owner);
     let v = run_json(data_dir, &["agent", "add", agent, "--owner", owner]);
     assert_eq!(v["id"], agent);
     let v = run_json(data_dir, &["inbox", "create", "--agent", agent, "--name", local]);
     let address = v["address"].as_str().expect("address").to_owned();
     let v = run_json(data_dir, &["key", "create", "--agent", agent]);
     let key = v["key"].as_str().expect("key").to_owned();
-    run_json(data_dir, &["grant", "add", "--agent", agent, "--inbox", &address, "--scopes", "read,send"]);
+    owner_json(data_dir, owner, &["grant", "create", "--agent", agent, "--inbox", &address, "--scopes", "read,send"]);
     (owner.to_owned(), agent.to_owned(), address, key)
 }
 
