@@ -31,11 +31,19 @@ trap cleanup EXIT
 ak() { env -u AGENTKEYS_SERVER -u AGENTKEYS_AGENT_KEY "$BIN" --data-dir "$WORK/data" "$@"; }
 OWNER=0x0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b
 AGENT=0x0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a
-ak owner add "$OWNER" >/dev/null
+field() { python3 -c "import json,sys; print(json.load(sys.stdin)[\"$1\"])"; }
+# Grants need the owner's signature: enroll a master key (sealed under a random
+# passphrase in the work directory), then sign `grant create` locally.
+export AGENTKEYS_CONFIG_DIR="$WORK/owner"
+PASSFILE="$WORK/passphrase"
+head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$PASSFILE"
+chmod 600 "$PASSFILE"
+CODE="$(ak owner add "$OWNER" --json | field enrollment_code)"
+ak owner enroll --owner "$OWNER" --code "$CODE" --passphrase-file "$PASSFILE" --json >/dev/null
 ak agent add "$AGENT" --owner "$OWNER" --json >/dev/null
-INBOX="$(ak inbox create --agent "$AGENT" --name otpbench --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["address"])')"
-KEY="$(ak key create --agent "$AGENT" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["key"])')"
-ak grant add --agent "$AGENT" --inbox "$INBOX" --scopes read --json >/dev/null
+INBOX="$(ak inbox create --agent "$AGENT" --name otpbench --json | field address)"
+KEY="$(ak key create --agent "$AGENT" --json | field key)"
+ak grant create --agent "$AGENT" --inbox "$INBOX" --scopes read --owner "$OWNER" --passphrase-file "$PASSFILE" --json >/dev/null
 
 AGENTKEYS_LISTEN_INBOUND=127.0.0.1:0 AGENTKEYS_LISTEN_SUBMISSION=127.0.0.1:0 \
 AGENTKEYS_LISTEN_SUBMISSION_TLS=127.0.0.1:0 AGENTKEYS_LISTEN_HTTP=127.0.0.1:0 \

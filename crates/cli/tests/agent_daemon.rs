@@ -62,7 +62,7 @@ fn world() -> World {
     let (_, _, signup, key_a) = provision(d, OWNER_A, AGENT_A, "signup");
     let v = run_json(d, &["inbox", "create", "--agent", AGENT_A, "--name", "peer"]);
     let peer = v["address"].as_str().unwrap().to_owned();
-    run_json(d, &["grant", "add", "--agent", AGENT_A, "--inbox", &peer, "--scopes", "read,send"]);
+    owner_json(d, OWNER_A, &["grant", "create", "--agent", AGENT_A, "--inbox", &peer, "--scopes", "read,send"]);
     let (_, _, other, _) = provision(d, OWNER_A, AGENT_A2, "other");
     let (_, _, bee, key_b) = provision(d, OWNER_B, AGENT_B, "bee");
     let server = Server::start(d, &[]);
