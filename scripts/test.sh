@@ -41,6 +41,13 @@ if ! python3 -c "import aiosmtpd" 2>/dev/null; then
   python3 -m pip install --quiet aiosmtpd
 fi
 
+# The MCP tests drive `agentkeys mcp` with the official MCP Python SDK and check
+# its tool schemas with jsonschema (tests/resources/mcp_client.py).
+if ! python3 -c "import mcp, jsonschema" 2>/dev/null; then
+  echo "installing Python test modules: mcp jsonschema"
+  python3 -m pip install --quiet mcp jsonschema
+fi
+
 # The independent DNS client of the testdns tests (tests/resources/dns_query.py) is dnspython.
 if ! python3 -c "import dns.message" 2>/dev/null; then
   echo "installing Python test modules: dnspython"

@@ -8,9 +8,26 @@
 //! - [`otp`]: one-time code and magic-link extraction, which never guesses
 //!   silently.
 //! - [`compose`]: MIME for send, reply and forward (mail-builder).
+//!
+//! The daemon (`agentkeys mcp`, `agentkeys mail …`):
+//!
+//! - [`config`]: the agent's settings (`agent.json` from pairing, or
+//!   `AGENTKEYS_SERVER` + `AGENTKEYS_AGENT_KEY`).
+//! - [`client`]: the server connection: read capabilities minted per inbox and
+//!   reused until shortly before expiry, list/fetch/event stream, SMTP
+//!   submission or HTTP send.
+//! - [`sse`]: a sans-IO `text/event-stream` reader.
+//! - [`mailbox`]: the operations (one per MCP tool and CLI verb).
+//! - [`mcp`]: the MCP server (rmcp) over stdio or streamable HTTP.
 
 pub mod auth_results;
 pub mod compose;
 pub mod html;
 pub mod message;
 pub mod otp;
+
+pub mod client;
+pub mod config;
+pub mod mailbox;
+pub mod mcp;
+pub mod sse;

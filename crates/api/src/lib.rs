@@ -4,6 +4,7 @@
 //! |---|---|---|
 //! | POST | `/v1/credentials/read` | a read capability for one inbox (agent key) |
 //! | POST | `/v1/credentials/oidc` | an OIDC JWT for cloud federation (agent key) |
+//! | GET | `/v1/agent/inboxes` | the inboxes the agent's active grants cover (agent key) |
 //! | GET | `/.well-known/openid-configuration` | OIDC discovery (issuer = the public URL) |
 //! | GET | `/.well-known/jwks.json` | the OIDC signing keys |
 //! | GET | `/v1/openapi.json` | the OpenAPI document of these routes |
@@ -31,6 +32,7 @@
 //! [`StoreBackend`] implements the broker's [`BrokerStore`](agentkeys_broker::BrokerStore)
 //! and [`MintAudit`](agentkeys_broker::MintAudit) over the real metadata store.
 
+pub mod agent_inboxes;
 pub mod backend;
 pub mod credentials;
 pub mod error;
@@ -213,6 +215,7 @@ fn table() -> Vec<Route> {
     vec![
         route(Verb::Post, "/v1/credentials/read", credentials::mint_read),
         route(Verb::Post, "/v1/credentials/oidc", credentials::mint_oidc),
+        route(Verb::Get, "/v1/agent/inboxes", agent_inboxes::list),
         route(Verb::Get, "/.well-known/openid-configuration", well_known::openid_configuration),
         route(Verb::Get, "/.well-known/jwks.json", well_known::jwks),
         route(Verb::Get, "/v1/openapi.json", openapi_json),

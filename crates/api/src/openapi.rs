@@ -18,6 +18,7 @@ use crate::error::Problem;
     paths(
         crate::credentials::mint_read,
         crate::credentials::mint_oidc,
+        crate::agent_inboxes::list,
         crate::well_known::openid_configuration,
         crate::well_known::jwks,
         crate::openapi_json,
@@ -42,6 +43,8 @@ use crate::error::Problem;
         OidcCredentialRequest,
         CredentialResponse,
         Problem,
+        crate::agent_inboxes::AgentInbox,
+        crate::agent_inboxes::AgentInboxes,
         crate::owner::EnrollRequest,
         crate::owner::EnrollResponse,
         crate::owner::CreateGrantRequest,

@@ -10,6 +10,7 @@ mod demo;
 mod domain;
 mod http;
 mod local_api;
+mod mail;
 mod owner_client;
 mod pairing_client;
 mod serve;
@@ -88,6 +89,11 @@ enum Command {
     /// Show configuration keys.
     #[command(subcommand)]
     Config(ConfigCmd),
+    /// The agent's mail: list, show, send, reply, forward, wait, otp (agent key).
+    #[command(subcommand)]
+    Mail(mail::MailCmd),
+    /// Serve this agent's mail as MCP tools (stdio, or streamable HTTP with --http).
+    Mcp(mail::McpArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -131,6 +137,8 @@ fn main() -> ExitCode {
             Command::Queue(c) => admin::queue(&config, c, json).await,
             Command::Audit(c) => audit::run(&config, c, json).await,
             Command::Demo(c) => demo::run(&config, c, json).await,
+            Command::Mail(c) => mail::run(c, json).await,
+            Command::Mcp(args) => mail::mcp(args).await,
             Command::Config(ConfigCmd::Keys) => {
                 admin::print_config_keys(json);
                 Ok(())

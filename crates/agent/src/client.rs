@@ -1,0 +1,721 @@
+//! The daemon's connection to the server: the HTTP API (agent inboxes, read
+//! capabilities, list, fetch, the event stream, HTTP send) and SMTP submission.
+//!
+//! A read capability is minted per inbox (`POST /v1/credentials/read`) when one
+//! is first needed and reused until [`CAPABILITY_RENEW_MARGIN_SECS`] before it
+//! expires; a `401` on a read route drops it and the request is retried once
+//! with a fresh one.
+//!
+//! The HTTP client is hyper's (already in the tree through axum), plain HTTP/1.1:
+//! the API listener speaks plain HTTP and is meant for loopback or a private
+//! network (ARCHITECTURE.md). Submission uses mail-send with STARTTLS, trusting
+//! the certificates of [`AgentConfig::ca_file`] or the platform's roots.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode, header};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::config::{AgentConfig, SendVia};
+use crate::sse::{SseEvent, SseParser};
+
+/// Lifetime asked for a read capability, in seconds (the broker may clamp it).
+pub const CAPABILITY_TTL_SECS: i64 = 300;
+/// A cached capability is replaced this many seconds before it expires, so a
+/// request never starts with one about to lapse.
+pub const CAPABILITY_RENEW_MARGIN_SECS: i64 = 30;
+/// Longest wait for one API request (connect, headers and body).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest SMTP submission (connect, STARTTLS, AUTH, DATA).
+pub const SUBMISSION_TIMEOUT: Duration = Duration::from_secs(60);
+/// Largest raw message fetched, in bytes.
+pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+/// Largest JSON answer read from the API, in bytes.
+pub const MAX_JSON_BYTES: usize = 1024 * 1024;
+/// Largest page the list route serves.
+pub const MAX_PAGE: u32 = 100;
+/// An event stream that ends sooner than this after it was opened is reopened
+/// only after [`RECONNECT_PAUSE`], so a server that keeps closing streams at
+/// once (shutting down) is not hammered.
+pub const SHORT_STREAM: Duration = Duration::from_secs(1);
+/// See [`SHORT_STREAM`].
+pub const RECONNECT_PAUSE: Duration = Duration::from_millis(500);
+
+/// Seconds since the Unix epoch, now.
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+/// Why a call to the server failed. The text says what to do.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ClientError {
+    /// The server could not be reached.
+    #[error("cannot reach the server at {server}: {reason} (is `agentkeys serve` running, and {server_env} right?)", server_env = crate::config::SERVER_ENV)]
+    Unreachable {
+        /// The configured server.
+        server: String,
+        /// What failed.
+        reason: String,
+    },
+    /// The server did not answer in time.
+    #[error("the server did not answer within {0:?}")]
+    Timeout(Duration),
+    /// The agent key was refused (`401 INVALID_KEY`).
+    #[error("the server refused the agent key (missing, unknown, revoked or expired): pair again with `agentkeys agent pair` or set {} to a valid key", crate::config::AGENT_KEY_ENV)]
+    InvalidKey,
+    /// No active grant covers the inbox with the needed scope (`403`).
+    #[error("no active grant lets this agent {scope} {inbox} ({code}): ask the owner for a grant (`agentkeys grant create`)")]
+    NoGrant {
+        /// The inbox.
+        inbox: String,
+        /// `read` or `send`.
+        scope: &'static str,
+        /// `NO_GRANT` or `GRANT_EXPIRED`.
+        code: String,
+    },
+    /// The inbox or message does not exist, or this agent may not see it (`404`;
+    /// the server answers the same for both).
+    #[error("{what} not found (or not visible to this agent)")]
+    NotFound {
+        /// What was looked for.
+        what: String,
+    },
+    /// The server refused the request with another problem.
+    #[error("the server refused the request: {status} {code}: {detail}")]
+    Refused {
+        /// HTTP status.
+        status: u16,
+        /// The problem's stable code.
+        code: String,
+        /// The problem's detail.
+        detail: String,
+    },
+    /// The server's answer was not what the API promises.
+    #[error("unexpected answer from the server: {0}")]
+    Protocol(String),
+    /// The server refused to let this agent send as the inbox (SMTP `535`, HTTP
+    /// `401 SEND_NOT_AUTHORIZED`: one answer for every reason).
+    #[error("the server refused to send as {inbox} ({reply}): the agent key must be valid and hold an active `send` grant for this inbox")]
+    SendRefused {
+        /// The inbox.
+        inbox: String,
+        /// The server's reply.
+        reply: String,
+    },
+    /// SMTP submission failed.
+    #[error("sending failed: {0}")]
+    Submission(String),
+    /// A local problem (TLS configuration, a file).
+    #[error("{0}")]
+    Local(String),
+}
+
+/// One inbox this agent may use (`GET /v1/agent/inboxes`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct InboxEntry {
+    /// The address.
+    pub address: String,
+    /// What the agent may do with it: `read`, `send`, `admin`.
+    pub scopes: Vec<String>,
+    /// When the last covering grant expires (Unix seconds).
+    pub grant_expires_at: i64,
+    /// `active`, `disabled` or `suspended`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct InboxList {
+    inboxes: Vec<InboxEntry>,
+}
+
+/// One stored message, as the list route and the event stream describe it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct MessageEntry {
+    /// The message's ULID in the store (time-ordered).
+    pub message_id: String,
+    /// When it was stored (Unix seconds).
+    pub received_at: i64,
+    /// Size in bytes.
+    pub size: u64,
+}
+
+/// One page of the list route.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MessagePage {
+    /// The messages, in the asked order.
+    pub messages: Vec<MessageEntry>,
+    /// Where the next page starts (pass as `before` for newest-first, `after` for oldest-first).
+    pub next_cursor: Option<String>,
+}
+
+/// Listing order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Order {
+    /// Newest first.
+    Desc,
+    /// Oldest first.
+    Asc,
+}
+
+/// A list request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListQuery {
+    /// Order.
+    pub order: Order,
+    /// Only messages after this ULID.
+    pub after: Option<String>,
+    /// Only messages before this ULID.
+    pub before: Option<String>,
+    /// Page size, 1..=[`MAX_PAGE`].
+    pub limit: u32,
+}
+
+/// What a send returned.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct SendReceipt {
+    /// `smtp` or `http`.
+    pub via: String,
+    /// The server's ULID of the queued message (HTTP send only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_id: Option<String>,
+    /// The `Message-ID` of the message as sent.
+    pub rfc5322_message_id: Option<String>,
+    /// How many envelope recipients it went to.
+    pub recipients: usize,
+}
+
+#[derive(Debug, Clone)]
+struct Capability {
+    token: String,
+    expires_at: i64,
+}
+
+#[derive(Debug, Deserialize)]
+struct CapabilityAnswer {
+    token: String,
+    expires_at: i64,
+}
+
+#[derive(Debug, Deserialize)]
+struct ProblemBody {
+    #[serde(default)]
+    code: String,
+    #[serde(default)]
+    detail: String,
+}
+
+fn is_ulid(s: &str) -> bool {
+    s.len() == 26 && s.parse::<ulid::Ulid>().is_ok()
+}
+
+/// Checks a message id the caller gave before it goes into a URL.
+pub fn check_message_id(id: &str) -> Result<(), ClientError> {
+    if is_ulid(id) {
+        Ok(())
+    } else {
+        Err(ClientError::NotFound { what: format!("message {id:?} (message ids are 26-character ULIDs)") })
+    }
+}
+
+/// Checks an inbox address the caller gave before it goes into a URL.
+pub fn check_inbox(inbox: &str) -> Result<String, ClientError> {
+    let lower = inbox.trim().to_ascii_lowercase();
+    let ok = lower.len() <= 254
+        && lower.split_once('@').is_some_and(|(l, d)| {
+            !l.is_empty()
+                && !d.is_empty()
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-+".contains(&b))
+                && d.bytes().all(|b| b.is_ascii_alphanumeric() || b".-".contains(&b))
+        });
+    if ok { Ok(lower) } else { Err(ClientError::NotFound { what: format!("inbox {inbox:?} (not an address)") }) }
+}
+
+/// The event stream of one inbox: `message.received` events, with a fresh
+/// capability and resumption (`Last-Event-ID`) when the server ends the stream.
+pub struct EventStream {
+    client: ApiClient,
+    inbox: String,
+    last_id: Option<String>,
+    body: Option<Incoming>,
+    opened_at: std::time::Instant,
+    parser: SseParser,
+    queued: std::collections::VecDeque<SseEvent>,
+}
+
+impl std::fmt::Debug for EventStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventStream").field("inbox", &self.inbox).field("last_id", &self.last_id).finish_non_exhaustive()
+    }
+}
+
+impl EventStream {
+    /// The next `message.received` event. Reconnects (with `Last-Event-ID`) when
+    /// the server ends the stream, e.g. at capability expiry.
+    pub async fn next(&mut self) -> Result<MessageEntry, ClientError> {
+        loop {
+            while let Some(event) = self.queued.pop_front() {
+                if let Some(id) = &event.id {
+                    self.last_id = Some(id.clone());
+                }
+                if event.event != "message.received" {
+                    continue;
+                }
+                let entry: MessageEntry = serde_json::from_str(&event.data)
+                    .map_err(|e| ClientError::Protocol(format!("event data is not a message entry: {e}")))?;
+                self.last_id = Some(entry.message_id.clone());
+                return Ok(entry);
+            }
+            let Some(body) = self.body.as_mut() else {
+                if self.opened_at.elapsed() < SHORT_STREAM {
+                    tokio::time::sleep(RECONNECT_PAUSE).await;
+                }
+                let response = self.client.open_events(&self.inbox, self.last_id.as_deref()).await?;
+                self.opened_at = std::time::Instant::now();
+                self.body = Some(response.into_body());
+                self.parser = SseParser::new();
+                continue;
+            };
+            match body.frame().await {
+                Some(Ok(frame)) => {
+                    if let Some(data) = frame.data_ref() {
+                        let events = self.parser.feed(data).map_err(|e| ClientError::Protocol(e.to_string()))?;
+                        self.queued.extend(events);
+                    }
+                }
+                // The server ended the stream (capability expiry, shutdown) or the
+                // connection broke: reconnect from the last id seen.
+                Some(Err(_)) | None => self.body = None,
+            }
+        }
+    }
+
+    /// The id of the last event seen (what a reconnect resumes after).
+    pub fn last_id(&self) -> Option<&str> {
+        self.last_id.as_deref()
+    }
+}
+
+/// The connection to the server. Cheap to clone; clones share the capability cache.
+#[derive(Clone)]
+pub struct ApiClient {
+    config: Arc<AgentConfig>,
+    http: Client<HttpConnector, Full<Bytes>>,
+    caps: Arc<tokio::sync::Mutex<HashMap<String, Capability>>>,
+}
+
+impl std::fmt::Debug for ApiClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiClient").field("server", &self.config.server).finish_non_exhaustive()
+    }
+}
+
+enum Auth<'a> {
+    AgentKey,
+    Capability(&'a str),
+}
+
+impl ApiClient {
+    /// A client for `config`.
+    pub fn new(config: AgentConfig) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(REQUEST_TIMEOUT));
+        let http = Client::builder(TokioExecutor::new()).build(connector);
+        Self { config: Arc::new(config), http, caps: Arc::default() }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &AgentConfig {
+        &self.config
+    }
+
+    fn unreachable(&self, reason: impl std::fmt::Display) -> ClientError {
+        ClientError::Unreachable { server: self.config.server.clone(), reason: reason.to_string() }
+    }
+
+    async fn send_request(
+        &self,
+        method: Method,
+        path: &str,
+        auth: Auth<'_>,
+        body: Option<(&'static str, Bytes)>,
+        accept: &'static str,
+        last_event_id: Option<&str>,
+    ) -> Result<Response<Incoming>, ClientError> {
+        let bearer = match auth {
+            Auth::AgentKey => format!("Bearer {}", self.config.agent_key.expose()),
+            Auth::Capability(token) => format!("Bearer {token}"),
+        };
+        let mut builder = Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", self.config.server))
+            .header(header::HOST, self.config.http_authority.as_str())
+            .header(header::AUTHORIZATION, bearer)
+            .header(header::ACCEPT, accept)
+            .header(header::USER_AGENT, concat!("agentkeys-daemon/", env!("CARGO_PKG_VERSION")));
+        if let Some(id) = last_event_id {
+            builder = builder.header("last-event-id", id);
+        }
+        let request = match body {
+            Some((content_type, bytes)) => builder.header(header::CONTENT_TYPE, content_type).body(Full::new(bytes)),
+            None => builder.body(Full::new(Bytes::new())),
+        }
+        .map_err(|e| ClientError::Local(format!("cannot build the request: {e}")))?;
+        match tokio::time::timeout(REQUEST_TIMEOUT, self.http.request(request)).await {
+            Err(_) => Err(ClientError::Timeout(REQUEST_TIMEOUT)),
+            Ok(Err(e)) => Err(self.unreachable(error_chain(&e))),
+            Ok(Ok(r)) => Ok(r),
+        }
+    }
+
+    async fn read_body(response: Response<Incoming>, limit: usize) -> Result<Bytes, ClientError> {
+        let body = Limited::new(response.into_body(), limit);
+        match tokio::time::timeout(REQUEST_TIMEOUT, body.collect()).await {
+            Err(_) => Err(ClientError::Timeout(REQUEST_TIMEOUT)),
+            Ok(Err(e)) => Err(ClientError::Protocol(format!("cannot read the answer (over {limit} bytes?): {e}"))),
+            Ok(Ok(c)) => Ok(c.to_bytes()),
+        }
+    }
+
+    async fn problem(response: Response<Incoming>) -> (u16, ProblemBody) {
+        let status = response.status().as_u16();
+        let body = Self::read_body(response, MAX_JSON_BYTES).await.unwrap_or_default();
+        let problem = serde_json::from_slice(&body).unwrap_or(ProblemBody {
+            code: String::new(),
+            detail: String::from_utf8_lossy(&body).chars().take(200).collect(),
+        });
+        (status, problem)
+    }
+
+    /// Maps a refused answer to an error; `what` names the object for a 404.
+    async fn refusal(response: Response<Incoming>, inbox: &str, scope: &'static str, what: String) -> ClientError {
+        let (status, problem) = Self::problem(response).await;
+        match (status, problem.code.as_str()) {
+            (401, "INVALID_KEY") => ClientError::InvalidKey,
+            (401, "SEND_NOT_AUTHORIZED") => {
+                ClientError::SendRefused { inbox: inbox.to_owned(), reply: format!("{status} {}", problem.code) }
+            }
+            (403, code @ ("NO_GRANT" | "GRANT_EXPIRED")) => {
+                ClientError::NoGrant { inbox: inbox.to_owned(), scope, code: code.to_owned() }
+            }
+            (404, _) => ClientError::NotFound { what },
+            _ => ClientError::Refused { status, code: problem.code, detail: problem.detail },
+        }
+    }
+
+    async fn json<T: serde::de::DeserializeOwned>(response: Response<Incoming>) -> Result<T, ClientError> {
+        let body = Self::read_body(response, MAX_JSON_BYTES).await?;
+        serde_json::from_slice(&body).map_err(|e| ClientError::Protocol(e.to_string()))
+    }
+
+    /// `GET /v1/agent/inboxes`: the inboxes this agent's active grants cover.
+    pub async fn list_inboxes(&self) -> Result<Vec<InboxEntry>, ClientError> {
+        let r = self.send_request(Method::GET, "/v1/agent/inboxes", Auth::AgentKey, None, "application/json", None).await?;
+        if r.status() != StatusCode::OK {
+            return Err(Self::refusal(r, "any inbox", "list", "the agent inbox listing".to_owned()).await);
+        }
+        Ok(Self::json::<InboxList>(r).await?.inboxes)
+    }
+
+    /// A read capability for `inbox`: the cached one if it has more than
+    /// [`CAPABILITY_RENEW_MARGIN_SECS`] left, else a new one.
+    async fn capability(&self, inbox: &str) -> Result<String, ClientError> {
+        let mut caps = self.caps.lock().await;
+        let now = unix_now();
+        if let Some(cap) = caps.get(inbox)
+            && cap.expires_at - CAPABILITY_RENEW_MARGIN_SECS > now
+        {
+            return Ok(cap.token.clone());
+        }
+        caps.remove(inbox);
+        let body = serde_json::json!({ "inbox": inbox, "ttl": CAPABILITY_TTL_SECS }).to_string();
+        let r = self
+            .send_request(
+                Method::POST,
+                "/v1/credentials/read",
+                Auth::AgentKey,
+                Some(("application/json", Bytes::from(body))),
+                "application/json",
+                None,
+            )
+            .await?;
+        if r.status() != StatusCode::OK {
+            return Err(Self::refusal(r, inbox, "read", format!("inbox {inbox}")).await);
+        }
+        let answer: CapabilityAnswer = Self::json(r).await?;
+        caps.insert(inbox.to_owned(), Capability { token: answer.token.clone(), expires_at: answer.expires_at });
+        Ok(answer.token)
+    }
+
+    async fn forget_capability(&self, inbox: &str) {
+        self.caps.lock().await.remove(inbox);
+    }
+
+    /// A GET on a read route with the inbox's capability; on `401` the
+    /// capability is replaced and the request retried once.
+    async fn read_route(
+        &self,
+        inbox: &str,
+        path: &str,
+        accept: &'static str,
+        last_event_id: Option<&str>,
+        what: impl Fn() -> String,
+    ) -> Result<Response<Incoming>, ClientError> {
+        for attempt in 0..2 {
+            let token = self.capability(inbox).await?;
+            let r = self.send_request(Method::GET, path, Auth::Capability(&token), None, accept, last_event_id).await?;
+            match r.status() {
+                StatusCode::OK => return Ok(r),
+                StatusCode::UNAUTHORIZED if attempt == 0 => {
+                    self.forget_capability(inbox).await;
+                }
+                _ => return Err(Self::refusal(r, inbox, "read", what()).await),
+            }
+        }
+        Err(ClientError::Protocol("the server refused a freshly minted capability".to_owned()))
+    }
+
+    /// `GET /v1/inboxes/{inbox}/messages`.
+    pub async fn list_messages(&self, inbox: &str, query: &ListQuery) -> Result<MessagePage, ClientError> {
+        let inbox = check_inbox(inbox)?;
+        let mut path = format!(
+            "/v1/inboxes/{inbox}/messages?order={}&limit={}",
+            match query.order {
+                Order::Desc => "desc",
+                Order::Asc => "asc",
+            },
+            query.limit.clamp(1, MAX_PAGE)
+        );
+        for (name, value) in [("after", &query.after), ("before", &query.before)] {
+            if let Some(v) = value {
+                if !is_ulid(v) {
+                    return Err(ClientError::Local(format!("{name} {v:?} is not a message id (a 26-character ULID)")));
+                }
+                path.push_str(&format!("&{name}={v}"));
+            }
+        }
+        let r = self.read_route(&inbox, &path, "application/json", None, || format!("inbox {inbox}")).await?;
+        Self::json(r).await
+    }
+
+    /// `GET /v1/inboxes/{inbox}/messages/{id}`: the raw stored message.
+    pub async fn fetch_message(&self, inbox: &str, message_id: &str) -> Result<Bytes, ClientError> {
+        let inbox = check_inbox(inbox)?;
+        check_message_id(message_id)?;
+        let path = format!("/v1/inboxes/{inbox}/messages/{message_id}");
+        let r = self
+            .read_route(&inbox, &path, "message/rfc822", None, || format!("message {message_id} in {inbox}"))
+            .await?;
+        Self::read_body(r, MAX_MESSAGE_BYTES).await
+    }
+
+    async fn open_events(&self, inbox: &str, last_event_id: Option<&str>) -> Result<Response<Incoming>, ClientError> {
+        let path = format!("/v1/inboxes/{inbox}/events");
+        self.read_route(inbox, &path, "text/event-stream", last_event_id, || format!("inbox {inbox}")).await
+    }
+
+    /// Subscribes to `inbox`'s new-mail events. With `after`, messages stored
+    /// after that id are replayed first (no gap between a listing and the stream).
+    /// The connection is opened now, so events from this point on are not missed.
+    pub async fn events(&self, inbox: &str, after: Option<String>) -> Result<EventStream, ClientError> {
+        let inbox = check_inbox(inbox)?;
+        if let Some(a) = &after
+            && !is_ulid(a)
+        {
+            return Err(ClientError::Local(format!("{a:?} is not a message id (a 26-character ULID)")));
+        }
+        let response = self.open_events(&inbox, after.as_deref()).await?;
+        Ok(EventStream {
+            client: self.clone(),
+            inbox,
+            last_id: after,
+            body: Some(response.into_body()),
+            opened_at: std::time::Instant::now(),
+            parser: SseParser::new(),
+            queued: std::collections::VecDeque::new(),
+        })
+    }
+
+    /// Submits `message` (complete RFC 5322 bytes, no `Bcc:` header) from
+    /// `inbox` to `recipients` by the configured way.
+    pub async fn send(
+        &self,
+        inbox: &str,
+        recipients: &[String],
+        message: Vec<u8>,
+        rfc5322_message_id: Option<String>,
+    ) -> Result<SendReceipt, ClientError> {
+        let inbox = check_inbox(inbox)?;
+        if recipients.is_empty() {
+            return Err(ClientError::Local("no recipients: give at least one of to, cc, bcc".to_owned()));
+        }
+        match self.config.send_via {
+            SendVia::Smtp => self.send_smtp(&inbox, recipients, message, rfc5322_message_id).await,
+            SendVia::Http => self.send_http(&inbox, recipients, message, rfc5322_message_id).await,
+        }
+    }
+
+    async fn send_http(
+        &self,
+        inbox: &str,
+        recipients: &[String],
+        message: Vec<u8>,
+        rfc5322_message_id: Option<String>,
+    ) -> Result<SendReceipt, ClientError> {
+        #[derive(Deserialize)]
+        struct Accepted {
+            message_id: Option<String>,
+            rfc5322_message_id: Option<String>,
+        }
+        let path = format!("/v1/inboxes/{inbox}/send");
+        let r = self
+            .send_request(
+                Method::POST,
+                &path,
+                Auth::AgentKey,
+                Some(("message/rfc822", Bytes::from(message))),
+                "application/json",
+                None,
+            )
+            .await?;
+        if r.status() != StatusCode::ACCEPTED {
+            return Err(Self::refusal(r, inbox, "send", format!("inbox {inbox}")).await);
+        }
+        let a: Accepted = Self::json(r).await?;
+        Ok(SendReceipt {
+            via: "http".to_owned(),
+            queue_id: a.message_id,
+            rfc5322_message_id: a.rfc5322_message_id.or(rfc5322_message_id),
+            recipients: recipients.len(),
+        })
+    }
+
+    fn tls_connector(&self) -> Result<tokio_rustls::TlsConnector, ClientError> {
+        use rustls::pki_types::CertificateDer;
+        use rustls::pki_types::pem::PemObject;
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let builder = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| ClientError::Local(format!("TLS setup: {e}")))?;
+        let config = match &self.config.ca_file {
+            Some(path) => {
+                let mut roots = rustls::RootCertStore::empty();
+                let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+                    .and_then(Iterator::collect)
+                    .map_err(|e| ClientError::Local(format!("cannot read {}: {e}", path.display())))?;
+                for cert in certs {
+                    roots
+                        .add(cert)
+                        .map_err(|e| ClientError::Local(format!("{}: not a usable certificate: {e}", path.display())))?;
+                }
+                if roots.is_empty() {
+                    return Err(ClientError::Local(format!("{} holds no certificate", path.display())));
+                }
+                builder.with_root_certificates(roots).with_no_client_auth()
+            }
+            None => {
+                // mail-send builds this one with the process-wide provider; with
+                // more than one rustls provider in the tree there is none by default.
+                let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+                let connector = mail_send::smtp::tls::build_tls_connector(false).map_err(|e| {
+                    ClientError::Local(format!(
+                        "TLS setup: {e}; set {} to the server's certificate",
+                        crate::config::CA_FILE_ENV
+                    ))
+                })?;
+                return Ok(connector);
+            }
+        };
+        Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
+    }
+
+    async fn send_smtp(
+        &self,
+        inbox: &str,
+        recipients: &[String],
+        message: Vec<u8>,
+        rfc5322_message_id: Option<String>,
+    ) -> Result<SendReceipt, ClientError> {
+        use mail_send::SmtpClientBuilder;
+        use mail_send::smtp::message::Message;
+        let connector = self.tls_connector()?;
+        let host = self.config.submission_host.clone();
+        let port = self.config.submission_port;
+        let builder = SmtpClientBuilder::new_with_tls_connector(host.clone(), port, connector)
+            .implicit_tls(false)
+            .helo_host("agentkeys-daemon")
+            .timeout(SUBMISSION_TIMEOUT)
+            .credentials((inbox.to_owned(), self.config.agent_key.expose().to_owned()));
+        let describe = |e: mail_send::Error| -> ClientError {
+            match e {
+                mail_send::Error::AuthenticationFailed(r) => ClientError::SendRefused {
+                    inbox: inbox.to_owned(),
+                    reply: format!("{} {}", r.code(), r.message()),
+                },
+                mail_send::Error::UnexpectedReply(r) => {
+                    ClientError::Submission(format!("the server answered {} {}", r.code(), r.message()))
+                }
+                mail_send::Error::Io(e) => ClientError::Unreachable {
+                    server: format!("{host}:{port} (submission)"),
+                    reason: format!("{e}; set {} to the submission listener", crate::config::SUBMISSION_ENV),
+                },
+                mail_send::Error::Tls(e) => ClientError::Submission(format!(
+                    "TLS with {host}:{port} failed ({e}); set {} to the server's certificate (<data-dir>/tls/cert.pem)",
+                    crate::config::CA_FILE_ENV
+                )),
+                other => ClientError::Submission(other.to_string()),
+            }
+        };
+        let mut client = builder.connect().await.map_err(describe)?;
+        let to: Vec<&str> = recipients.iter().map(String::as_str).collect();
+        client.send(Message::new(inbox, to, message.as_slice())).await.map_err(describe)?;
+        let _ = client.quit().await;
+        Ok(SendReceipt { via: "smtp".to_owned(), queue_id: None, rfc5322_message_id, recipients: recipients.len() })
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_and_addresses_are_checked_before_urls() {
+        assert!(check_message_id("01HZZZZZZZZZZZZZZZZZZZZZZZ").is_ok());
+        for bad in ["", "../../etc", "01HZZZZZZZZZZZZZZZZZZZZZZZ/x", "01hz"] {
+            assert!(check_message_id(bad).is_err(), "{bad}");
+        }
+        assert_eq!(check_inbox(" Bot@Agents.Localhost ").unwrap(), "bot@agents.localhost");
+        for bad in ["", "bot", "@x", "a@", "a/b@x", "a@x/y", "a@x?y", "a b@x"] {
+            assert!(check_inbox(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn renew_margin_is_well_inside_the_ttl() {
+        const { assert!(CAPABILITY_RENEW_MARGIN_SECS > 0 && CAPABILITY_RENEW_MARGIN_SECS * 4 <= CAPABILITY_TTL_SECS) };
+        const { assert!(MAX_PAGE == 100) };
+    }
+}

@@ -1,0 +1,255 @@
+//! The MCP server (rmcp): the [`MailService`] operations as tools, over stdio
+//! (`agentkeys mcp`) or streamable HTTP on a loopback address
+//! (`agentkeys mcp --http 127.0.0.1:8788`, endpoint `/mcp`).
+//!
+//! Every tool has a JSON Schema for its input (schemars, from the parameter types
+//! in [`crate::mailbox`]) and annotations: reads and waits are `readOnlyHint`,
+//! sending, replying and forwarding are `destructiveHint` (they cannot be
+//! undone). A failure is a tool error (`isError: true`) whose text says what
+//! went wrong and what to do, never a protocol error.
+
+use std::net::SocketAddr;
+
+use rmcp::handler::server::router::tool::ToolRouter;
+use rmcp::handler::server::wrapper::Parameters;
+use rmcp::model::{Implementation, ServerCapabilities, ServerConfig};
+use rmcp::{ServerHandler, ServiceExt, tool, tool_handler, tool_router};
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+use crate::mailbox::{
+    ExtractOtpParams, ForwardParams, GetAttachmentParams, GetMessageParams, ListInboxesParams, ListMessagesParams,
+    MailError, MailService, ReplyParams, SendMessageParams, WaitParams,
+};
+
+/// The path of the streamable HTTP endpoint.
+pub const HTTP_PATH: &str = "/mcp";
+
+/// What the server tells clients about itself.
+const INSTRUCTIONS: &str = "Mail for this agent on an AgentKeys Mail server. \
+Start with list_inboxes. To receive a sign-up code: submit the form, then call \
+extract_otp with wait=true (or wait_for_message, then extract_otp with its \
+message_id); pass `since` (Unix seconds, taken before submitting) so a mail \
+that arrives first is not missed. Check `authenticated` before trusting a code. \
+send_message, reply_to_message and forward_message send real mail.";
+
+/// The tools over one [`MailService`].
+#[derive(Debug, Clone)]
+pub struct MailTools {
+    mailbox: MailService,
+    #[allow(dead_code)] // read by the `tool_handler` expansion
+    tool_router: ToolRouter<Self>,
+}
+
+fn answer<T: Serialize>(result: Result<T, MailError>) -> Result<String, String> {
+    match result {
+        Ok(v) => serde_json::to_string_pretty(&v).map_err(|e| format!("cannot encode the answer: {e}")),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+#[tool_router]
+impl MailTools {
+    /// Tools over `mailbox`.
+    pub fn new(mailbox: MailService) -> Self {
+        Self { mailbox, tool_router: Self::tool_router() }
+    }
+
+    /// The inboxes this agent may use, with its scopes (read, send) on each.
+    #[tool(
+        name = "list_inboxes",
+        annotations(title = "List inboxes", read_only_hint = true, destructive_hint = false, idempotent_hint = true, open_world_hint = false)
+    )]
+    async fn list_inboxes(&self, Parameters(_p): Parameters<ListInboxesParams>) -> Result<String, String> {
+        answer(self.mailbox.list_inboxes().await)
+    }
+
+    /// Messages of an inbox, newest first, with From and Subject; filter by
+    /// sender or subject text; page with `before` = `next_cursor`.
+    #[tool(
+        name = "list_messages",
+        annotations(title = "List messages", read_only_hint = true, destructive_hint = false, idempotent_hint = true, open_world_hint = false)
+    )]
+    async fn list_messages(&self, Parameters(p): Parameters<ListMessagesParams>) -> Result<String, String> {
+        answer(self.mailbox.list_messages(&p).await)
+    }
+
+    /// One message, parsed: headers, text, HTML converted to readable text,
+    /// attachment metadata and the server's authentication verdicts
+    /// (SPF/DKIM/DMARC, `authenticated`).
+    #[tool(
+        name = "get_message",
+        annotations(title = "Read a message", read_only_hint = true, destructive_hint = false, idempotent_hint = true, open_world_hint = false)
+    )]
+    async fn get_message(&self, Parameters(p): Parameters<GetMessageParams>) -> Result<String, String> {
+        answer(self.mailbox.get_message(&p).await)
+    }
+
+    /// One attachment's bytes (base64), by the index `get_message` lists.
+    #[tool(
+        name = "get_attachment",
+        annotations(title = "Get an attachment", read_only_hint = true, destructive_hint = false, idempotent_hint = true, open_world_hint = false)
+    )]
+    async fn get_attachment(&self, Parameters(p): Parameters<GetAttachmentParams>) -> Result<String, String> {
+        answer(self.mailbox.get_attachment(&p).await)
+    }
+
+    /// Sends a new message from an inbox (needs a `send` grant). Real mail: it cannot be recalled.
+    #[tool(
+        name = "send_message",
+        annotations(title = "Send a message", read_only_hint = false, destructive_hint = true, idempotent_hint = false, open_world_hint = true)
+    )]
+    async fn send_message(&self, Parameters(p): Parameters<SendMessageParams>) -> Result<String, String> {
+        answer(self.mailbox.send_message(&p).await)
+    }
+
+    /// Replies to a message (threaded: In-Reply-To, References, `Re:` subject);
+    /// `reply_all` also answers the other recipients. Real mail.
+    #[tool(
+        name = "reply_to_message",
+        annotations(title = "Reply to a message", read_only_hint = false, destructive_hint = true, idempotent_hint = false, open_world_hint = true)
+    )]
+    async fn reply_to_message(&self, Parameters(p): Parameters<ReplyParams>) -> Result<String, String> {
+        answer(self.mailbox.reply_to_message(&p).await)
+    }
+
+    /// Forwards a message (attached whole) to new recipients. Real mail.
+    #[tool(
+        name = "forward_message",
+        annotations(title = "Forward a message", read_only_hint = false, destructive_hint = true, idempotent_hint = false, open_world_hint = true)
+    )]
+    async fn forward_message(&self, Parameters(p): Parameters<ForwardParams>) -> Result<String, String> {
+        answer(self.mailbox.forward_message(&p).await)
+    }
+
+    /// Waits for the next message matching sender/subject to arrive (pushed by
+    /// the server, no polling), up to `timeout_s`; `since` also accepts one that
+    /// arrived since then.
+    #[tool(
+        name = "wait_for_message",
+        annotations(title = "Wait for a message", read_only_hint = true, destructive_hint = false, idempotent_hint = false, open_world_hint = false)
+    )]
+    async fn wait_for_message(&self, Parameters(p): Parameters<WaitParams>) -> Result<String, String> {
+        answer(self.mailbox.wait_for_message(&p).await)
+    }
+
+    /// The one-time code or magic link of a verification mail: of `message_id`,
+    /// of the next matching message (`wait`), or of the newest matching one.
+    /// Says when a message has several candidates (`ambiguous`) and whether the
+    /// sender was authenticated (`authenticated`).
+    #[tool(
+        name = "extract_otp",
+        annotations(title = "Extract a one-time code", read_only_hint = true, destructive_hint = false, idempotent_hint = false, open_world_hint = false)
+    )]
+    async fn extract_otp(&self, Parameters(p): Parameters<ExtractOtpParams>) -> Result<String, String> {
+        answer(self.mailbox.extract_otp(&p).await)
+    }
+}
+
+#[tool_handler(router = self.tool_router)]
+impl ServerHandler for MailTools {
+    fn get_info(&self) -> ServerConfig {
+        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
+            .with_server_info(Implementation::new("agentkeys-mail", env!("CARGO_PKG_VERSION")))
+            .with_instructions(INSTRUCTIONS)
+    }
+}
+
+/// Why the MCP server stopped or could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum McpError {
+    /// `--http` names an address that is not loopback.
+    #[error("{0} is not a loopback address: the MCP endpoint has no authentication of its own, so it only listens on 127.0.0.0/8 or ::1")]
+    NotLoopback(SocketAddr),
+    /// The listener could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The transport failed.
+    #[error("the MCP server failed: {0}")]
+    Transport(String),
+}
+
+/// Serves the tools over stdin/stdout until the client closes them or `stop` is cancelled.
+pub async fn serve_stdio(mailbox: MailService, stop: CancellationToken) -> Result<(), McpError> {
+    let running = MailTools::new(mailbox)
+        .serve_with_ct(rmcp::transport::stdio(), stop)
+        .await
+        .map_err(|e| McpError::Transport(e.to_string()))?;
+    running.waiting().await.map_err(|e| McpError::Transport(e.to_string()))?;
+    Ok(())
+}
+
+/// Binds the streamable HTTP endpoint on `addr` (loopback only).
+pub async fn bind_http(addr: SocketAddr) -> Result<tokio::net::TcpListener, McpError> {
+    if !addr.ip().is_loopback() {
+        return Err(McpError::NotLoopback(addr));
+    }
+    tokio::net::TcpListener::bind(addr).await.map_err(|source| McpError::Bind { addr, source })
+}
+
+/// Serves the tools over streamable HTTP at [`HTTP_PATH`] on `listener` until
+/// `stop` is cancelled.
+pub async fn serve_http(mailbox: MailService, listener: tokio::net::TcpListener, stop: CancellationToken) -> Result<(), McpError> {
+    use rmcp::transport::streamable_http_server::StreamableHttpServerConfig;
+    use rmcp::transport::streamable_http_server::StreamableHttpService;
+    use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+    let mut config = StreamableHttpServerConfig::default();
+    config.cancellation_token = stop.child_token();
+    let service = StreamableHttpService::new(
+        move || Ok(MailTools::new(mailbox.clone())),
+        std::sync::Arc::new(LocalSessionManager::default()),
+        config,
+    );
+    let router = axum::Router::new().nest_service(HTTP_PATH, service);
+    axum::serve(listener, router)
+        .with_graceful_shutdown(async move { stop.cancelled().await })
+        .await
+        .map_err(|e| McpError::Transport(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_tool_has_a_schema_and_the_right_annotations() {
+        let tools = MailTools::tool_router().list_all();
+        let names: Vec<&str> = tools.iter().map(|t| t.name.as_ref()).collect();
+        assert_eq!(
+            names.iter().copied().collect::<std::collections::BTreeSet<_>>(),
+            [
+                "list_inboxes",
+                "list_messages",
+                "get_message",
+                "get_attachment",
+                "send_message",
+                "reply_to_message",
+                "forward_message",
+                "wait_for_message",
+                "extract_otp"
+            ]
+            .into_iter()
+            .collect()
+        );
+        for tool in &tools {
+            assert_eq!(tool.input_schema.get("type").and_then(|t| t.as_str()), Some("object"), "{}", tool.name);
+            let a = tool.annotations.as_ref().unwrap_or_else(|| panic!("{} has no annotations", tool.name));
+            let sends = matches!(tool.name.as_ref(), "send_message" | "reply_to_message" | "forward_message");
+            assert_eq!(a.destructive_hint, Some(sends), "{}", tool.name);
+            assert_eq!(a.read_only_hint, Some(!sends), "{}", tool.name);
+            assert!(tool.description.as_deref().is_some_and(|d| d.len() > 20), "{}", tool.name);
+        }
+    }
+
+    #[tokio::test]
+    async fn http_refuses_non_loopback() {
+        let e = bind_http("0.0.0.0:0".parse().unwrap()).await.unwrap_err();
+        assert!(matches!(e, McpError::NotLoopback(_)));
+        assert!(bind_http("127.0.0.1:0".parse().unwrap()).await.is_ok());
+    }
+}

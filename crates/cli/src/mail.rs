@@ -1,0 +1,544 @@
+//! The agent's commands: `agentkeys mail list|show|send|reply|forward|wait|otp|inboxes`
+//! and `agentkeys mcp [--http ADDR]`. Both run the same operations
+//! (`agentkeys_agent::mailbox::MailService`) the MCP tools run. Configuration:
+//! the `agent.json` pairing wrote, or `AGENTKEYS_SERVER` + `AGENTKEYS_AGENT_KEY`
+//! (see `agentkeys_agent::config`). Text for people by default, `--json` for
+//! scripts; a spinner on stderr while waiting, only when stderr is a terminal.
+
+use std::collections::BTreeMap;
+use std::io::{IsTerminal as _, Read as _, Write as _};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use agentkeys_agent::client::ApiClient;
+use agentkeys_agent::config::AgentConfig;
+use agentkeys_agent::mailbox::{
+    AttachmentInput, ExtractOtpParams, ForwardParams, GetAttachmentParams, GetMessageParams, ListMessagesParams,
+    MailService, ReplyParams, SendMessageParams, WaitParams,
+};
+use anyhow::{Context, Result, anyhow, bail};
+use base64::Engine as _;
+use clap::{Args, Subcommand};
+use serde::Serialize;
+
+/// The inbox to use when `--inbox` is not given.
+pub(crate) const INBOX_ENV: &str = "AGENTKEYS_INBOX";
+
+/// Options every `mail` verb takes.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct InboxArg {
+    /// The inbox (default: the only inbox this agent may use). Env: AGENTKEYS_INBOX.
+    #[arg(long, env = INBOX_ENV, value_name = "ADDRESS")]
+    inbox: Option<String>,
+}
+
+/// `agentkeys mail …`.
+#[derive(Debug, Subcommand)]
+pub(crate) enum MailCmd {
+    /// The inboxes this agent may use.
+    Inboxes,
+    /// List messages, newest first.
+    List {
+        #[command(flatten)]
+        inbox: InboxArg,
+        /// How many (1-100).
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+        /// Only messages whose From contains this text.
+        #[arg(long)]
+        from: Option<String>,
+        /// Only messages whose subject contains this text.
+        #[arg(long)]
+        subject: Option<String>,
+        /// Only messages older than this id (the previous page's next cursor).
+        #[arg(long)]
+        before: Option<String>,
+        /// Only messages newer than this id.
+        #[arg(long)]
+        after: Option<String>,
+    },
+    /// Show one message (parsed), or save one attachment.
+    Show {
+        /// The message id.
+        message_id: String,
+        #[command(flatten)]
+        inbox: InboxArg,
+        /// Save attachment N (as `get_message` numbers them) to --out.
+        #[arg(long, value_name = "N", requires = "out")]
+        attachment: Option<u32>,
+        /// Where to save the attachment.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
+    /// Send a message.
+    Send {
+        #[command(flatten)]
+        inbox: InboxArg,
+        /// Recipient (repeat for several).
+        #[arg(long, required = true)]
+        to: Vec<String>,
+        /// Copy recipient.
+        #[arg(long)]
+        cc: Vec<String>,
+        /// Blind copy recipient.
+        #[arg(long)]
+        bcc: Vec<String>,
+        /// The subject.
+        #[arg(long, default_value = "")]
+        subject: String,
+        #[command(flatten)]
+        body: BodyArgs,
+        /// Attach a file (repeat for several).
+        #[arg(long, value_name = "FILE")]
+        attach: Vec<PathBuf>,
+    },
+    /// Reply to a message (threaded, `Re:` subject).
+    Reply {
+        /// The message to answer.
+        message_id: String,
+        #[command(flatten)]
+        inbox: InboxArg,
+        /// Also answer the original's other recipients.
+        #[arg(long)]
+        all: bool,
+        #[command(flatten)]
+        body: BodyArgs,
+        /// Attach a file (repeat for several).
+        #[arg(long, value_name = "FILE")]
+        attach: Vec<PathBuf>,
+    },
+    /// Forward a message (attached whole).
+    Forward {
+        /// The message to forward.
+        message_id: String,
+        #[command(flatten)]
+        inbox: InboxArg,
+        /// Recipient (repeat for several).
+        #[arg(long, required = true)]
+        to: Vec<String>,
+        /// Copy recipient.
+        #[arg(long)]
+        cc: Vec<String>,
+        /// Blind copy recipient.
+        #[arg(long)]
+        bcc: Vec<String>,
+        /// A note above the forwarded message.
+        #[arg(long)]
+        text: Option<String>,
+    },
+    /// Wait for the next message (pushed by the server, no polling).
+    Wait {
+        #[command(flatten)]
+        inbox: InboxArg,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
+    /// Print the one-time code or magic link of a message: the given one, the
+    /// next to arrive (--wait), or the newest matching one.
+    Otp {
+        /// The message (default: see --wait).
+        message_id: Option<String>,
+        #[command(flatten)]
+        inbox: InboxArg,
+        /// Wait for the next matching message.
+        #[arg(long)]
+        wait: bool,
+        #[command(flatten)]
+        filter: WaitArgs,
+    },
+}
+
+/// A message body: `--text`, `--text-file` (`-` for stdin), `--html-file`.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct BodyArgs {
+    /// The plain-text body.
+    #[arg(long, conflicts_with = "text_file")]
+    text: Option<String>,
+    /// Read the plain-text body from a file (`-`: stdin).
+    #[arg(long, value_name = "FILE")]
+    text_file: Option<PathBuf>,
+    /// Read an HTML body from a file.
+    #[arg(long, value_name = "FILE")]
+    html_file: Option<PathBuf>,
+}
+
+/// Filters and bounds of a wait.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct WaitArgs {
+    /// Only a message whose From contains this text.
+    #[arg(long)]
+    from: Option<String>,
+    /// Only a message whose subject contains this text.
+    #[arg(long)]
+    subject: Option<String>,
+    /// Give up after this many seconds (at most 600).
+    #[arg(long, default_value_t = 60)]
+    timeout: u64,
+    /// Also accept a message that arrived since this Unix time (seconds).
+    #[arg(long)]
+    since: Option<i64>,
+}
+
+/// `agentkeys mcp`.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct McpArgs {
+    /// Serve streamable HTTP on this loopback address (endpoint /mcp) instead of stdio.
+    #[arg(long, value_name = "ADDR")]
+    http: Option<SocketAddr>,
+}
+
+fn service() -> Result<MailService> {
+    let env: BTreeMap<String, String> = std::env::vars().collect();
+    let path = crate::pairing_client::agent_config_path().ok();
+    let config = AgentConfig::load(path.as_deref(), &env).map_err(|e| anyhow!("{}", e.to_string().trim_end()))?;
+    Ok(MailService::new(ApiClient::new(config)))
+}
+
+async fn resolve_inbox(mail: &MailService, arg: &InboxArg) -> Result<String> {
+    if let Some(inbox) = &arg.inbox {
+        return Ok(inbox.clone());
+    }
+    let list = mail.list_inboxes().await?;
+    match list.inboxes.as_slice() {
+        [only] => Ok(only.address.clone()),
+        [] => bail!("this agent has no inbox it may use: ask the owner for a grant"),
+        many => {
+            let names: Vec<&str> = many.iter().map(|i| i.address.as_str()).collect();
+            bail!("this agent may use several inboxes ({}): choose one with --inbox or {INBOX_ENV}", names.join(", "))
+        }
+    }
+}
+
+fn body(args: &BodyArgs) -> Result<(Option<String>, Option<String>)> {
+    let text = match (&args.text, &args.text_file) {
+        (Some(t), _) => Some(t.clone()),
+        (None, Some(p)) if p.as_os_str() == "-" => {
+            let mut s = String::new();
+            std::io::stdin().read_to_string(&mut s).context("cannot read the body from stdin")?;
+            Some(s)
+        }
+        (None, Some(p)) => Some(std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?),
+        (None, None) => None,
+    };
+    let html = match &args.html_file {
+        Some(p) => Some(std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?),
+        None => None,
+    };
+    if text.is_none() && html.is_none() {
+        bail!("give a body: --text, --text-file (- for stdin) or --html-file");
+    }
+    Ok((text, html))
+}
+
+fn attachments(files: &[PathBuf]) -> Result<Vec<AttachmentInput>> {
+    files
+        .iter()
+        .map(|p| {
+            let bytes = std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))?;
+            let filename = p
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .ok_or_else(|| anyhow!("{} has no file name", p.display()))?;
+            Ok(AttachmentInput {
+                filename,
+                content_type: None,
+                content_base64: base64::engine::general_purpose::STANDARD.encode(bytes),
+            })
+        })
+        .collect()
+}
+
+fn print_json<T: Serialize>(value: &T) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer(&mut out, value)?;
+    writeln!(out)?;
+    Ok(())
+}
+
+fn time(unix: i64) -> String {
+    agentkeys_core::time::rfc3339(unix)
+}
+
+/// A spinner on stderr while `work` runs, only when stderr is a terminal.
+async fn with_spinner<T>(label: String, timeout: u64, work: impl Future<Output = T>) -> T {
+    if !std::io::stderr().is_terminal() {
+        return work.await;
+    }
+    let stop = tokio_util::sync::CancellationToken::new();
+    let spin_stop = stop.clone();
+    let spinner = tokio::spawn(async move {
+        const FRAMES: [char; 10] = ['⠋', '⠙', '⠹', '⠸', '⠼', '⠴', '⠦', '⠧', '⠇', '⠏'];
+        let start = Instant::now();
+        let mut i = 0usize;
+        loop {
+            let left = timeout.saturating_sub(start.elapsed().as_secs());
+            {
+                let mut err = std::io::stderr().lock();
+                let _ = write!(err, "\r{} {label} ({left} s left) ", FRAMES[i % FRAMES.len()]);
+                let _ = err.flush();
+            }
+            i += 1;
+            tokio::select! {
+                () = spin_stop.cancelled() => break,
+                () = tokio::time::sleep(Duration::from_millis(100)) => {}
+            }
+        }
+        let mut err = std::io::stderr().lock();
+        let _ = write!(err, "\r\x1b[2K");
+        let _ = err.flush();
+    });
+    let result = work.await;
+    stop.cancel();
+    let _ = spinner.await;
+    result
+}
+
+/// `agentkeys mail …`.
+pub(crate) async fn run(cmd: MailCmd, json: bool) -> Result<()> {
+    let mail = service()?;
+    match cmd {
+        MailCmd::Inboxes => {
+            let list = mail.list_inboxes().await?;
+            if json {
+                return print_json(&list);
+            }
+            if list.inboxes.is_empty() {
+                println!("no inboxes: ask the owner for a grant");
+            }
+            for i in &list.inboxes {
+                println!(
+                    "{}  {}  grant until {}{}",
+                    i.address,
+                    i.scopes.join(","),
+                    time(i.grant_expires_at),
+                    i.status.as_deref().filter(|s| *s != "active").map(|s| format!("  ({s})")).unwrap_or_default()
+                );
+            }
+        }
+        MailCmd::List { inbox, limit, from, subject, before, after } => {
+            let inbox = resolve_inbox(&mail, &inbox).await?;
+            let list = mail
+                .list_messages(&ListMessagesParams { inbox, limit: Some(limit), after, before, from, subject_contains: subject })
+                .await?;
+            if json {
+                return print_json(&list);
+            }
+            if list.messages.is_empty() {
+                println!("no messages in {}", list.inbox);
+            }
+            for m in &list.messages {
+                println!(
+                    "{}  {}  {:<32}  {}",
+                    m.message_id,
+                    time(m.received_at),
+                    m.from.as_deref().unwrap_or("-"),
+                    m.subject.as_deref().unwrap_or("(no subject)")
+                );
+            }
+            if let Some(c) = &list.next_cursor {
+                println!("more: agentkeys mail list --before {c}");
+            }
+        }
+        MailCmd::Show { message_id, inbox, attachment, out } => {
+            let inbox = resolve_inbox(&mail, &inbox).await?;
+            if let (Some(index), Some(out)) = (attachment, out) {
+                let a = mail.get_attachment(&GetAttachmentParams { inbox, message_id, index }).await?;
+                let bytes = base64::engine::general_purpose::STANDARD.decode(&a.content_base64)?;
+                std::fs::write(&out, &bytes).with_context(|| format!("cannot write {}", out.display()))?;
+                if json {
+                    return print_json(&serde_json::json!({
+                        "index": a.index, "filename": a.filename, "content_type": a.content_type,
+                        "size": a.size, "saved_to": out,
+                    }));
+                }
+                println!("saved attachment {} ({} bytes) to {}", a.index, a.size, out.display());
+                return Ok(());
+            }
+            let m = mail.get_message(&GetMessageParams { inbox, message_id }).await?;
+            if json {
+                return print_json(&m);
+            }
+            print_message(&m);
+        }
+        MailCmd::Send { inbox, to, cc, bcc, subject, body: b, attach } => {
+            let inbox = resolve_inbox(&mail, &inbox).await?;
+            let (text, html) = body(&b)?;
+            let receipt = mail
+                .send_message(&SendMessageParams {
+                    inbox: inbox.clone(),
+                    to,
+                    cc,
+                    bcc,
+                    subject,
+                    text,
+                    html,
+                    attachments: attachments(&attach)?,
+                })
+                .await?;
+            if json {
+                return print_json(&receipt);
+            }
+            println!(
+                "sent from {inbox} to {} recipient(s) via {}{}",
+                receipt.recipients,
+                receipt.via,
+                receipt.rfc5322_message_id.map(|m| format!(", Message-ID {m}")).unwrap_or_default()
+            );
+        }
+        MailCmd::Reply { message_id, inbox, all, body: b, attach } => {
+            let inbox = resolve_inbox(&mail, &inbox).await?;
+            let (text, html) = body(&b)?;
+            let receipt = mail
+                .reply_to_message(&ReplyParams { inbox, message_id, text, html, reply_all: all, attachments: attachments(&attach)? })
+                .await?;
+            if json {
+                return print_json(&receipt);
+            }
+            println!("replied to {} recipient(s) via {}", receipt.recipients, receipt.via);
+        }
+        MailCmd::Forward { message_id, inbox, to, cc, bcc, text } => {
+            let inbox = resolve_inbox(&mail, &inbox).await?;
+            let receipt = mail.forward_message(&ForwardParams { inbox, message_id, to, cc, bcc, text }).await?;
+            if json {
+                return print_json(&receipt);
+            }
+            println!("forwarded to {} recipient(s) via {}", receipt.recipients, receipt.via);
+        }
+        MailCmd::Wait { inbox, wait } => {
+            let inbox = resolve_inbox(&mail, &inbox).await?;
+            let params = WaitParams {
+                inbox: inbox.clone(),
+                from: wait.from,
+                subject_contains: wait.subject,
+                timeout_s: Some(wait.timeout),
+                since: wait.since,
+            };
+            let m = with_spinner(format!("waiting for mail in {inbox}"), wait.timeout, mail.wait_for_message(&params)).await?;
+            if json {
+                return print_json(&m);
+            }
+            println!(
+                "{}  {}  {}  {}",
+                m.message_id,
+                time(m.received_at),
+                m.from.as_deref().unwrap_or("-"),
+                m.subject.as_deref().unwrap_or("(no subject)")
+            );
+        }
+        MailCmd::Otp { message_id, inbox, wait, filter } => {
+            let inbox = resolve_inbox(&mail, &inbox).await?;
+            let params = ExtractOtpParams {
+                inbox: inbox.clone(),
+                message_id,
+                wait,
+                from: filter.from,
+                subject_contains: filter.subject,
+                timeout_s: wait.then_some(filter.timeout),
+                since: filter.since,
+            };
+            let work = mail.extract_otp(&params);
+            let otp = if wait {
+                with_spinner(format!("waiting for a code in {inbox}"), filter.timeout, work).await?
+            } else {
+                work.await?
+            };
+            if json {
+                return print_json(&otp);
+            }
+            print_otp(&otp)?;
+        }
+    }
+    Ok(())
+}
+
+fn print_message(m: &agentkeys_agent::message::ParsedMessage) {
+    let v = serde_json::to_value(m).unwrap_or_default();
+    let s = |k: &str| v[k].as_str().map(str::to_owned);
+    let addr = |x: &serde_json::Value| match (x["name"].as_str(), x["address"].as_str()) {
+        (Some(n), Some(a)) => format!("{n} <{a}>"),
+        (None, Some(a)) => a.to_owned(),
+        _ => "-".to_owned(),
+    };
+    let list = |k: &str| v[k].as_array().map(|a| a.iter().map(addr).collect::<Vec<_>>().join(", ")).unwrap_or_default();
+    println!("Message:  {}", s("message_id").unwrap_or_default());
+    println!("From:     {}", if v["from"].is_null() { "-".to_owned() } else { addr(&v["from"]) });
+    println!("To:       {}", list("to"));
+    let cc = list("cc");
+    if !cc.is_empty() {
+        println!("Cc:       {cc}");
+    }
+    println!("Subject:  {}", s("subject").unwrap_or_default());
+    println!("Date:     {}", s("date").unwrap_or_default());
+    println!("Verified: {}", if v["authentication"]["authenticated"].as_bool() == Some(true) { "yes (SPF/DKIM/DMARC of our MX)" } else { "no" });
+    if let Some(atts) = v["attachments"].as_array().filter(|a| !a.is_empty()) {
+        for a in atts {
+            println!(
+                "Attached: [{}] {} ({}, {} bytes)",
+                a["index"],
+                a["filename"].as_str().unwrap_or("(no name)"),
+                a["content_type"].as_str().unwrap_or("?"),
+                a["size"]
+            );
+        }
+    }
+    println!();
+    let text = s("text").or_else(|| s("html_text")).unwrap_or_default();
+    println!("{}", text.trim_end());
+}
+
+fn print_otp(otp: &agentkeys_agent::otp::Otp) -> Result<()> {
+    let v = serde_json::to_value(otp)?;
+    let value = v["code"].as_str().or_else(|| v["link"].as_str());
+    match value {
+        Some(value) => {
+            println!("{value}");
+            let mut err = std::io::stderr().lock();
+            writeln!(
+                err,
+                "{} from {} in message {}; authenticated: {}; confidence {}{}",
+                v["kind"].as_str().unwrap_or("?"),
+                v["from"]["address"].as_str().unwrap_or("-"),
+                v["message_id"].as_str().unwrap_or("-"),
+                v["authenticated"],
+                v["confidence"],
+                if v["ambiguous"].as_bool() == Some(true) { "; AMBIGUOUS: several candidates, see --json" } else { "" }
+            )?;
+            Ok(())
+        }
+        None => bail!(
+            "no code or link found in message {} (see `agentkeys mail show {}`)",
+            v["message_id"].as_str().unwrap_or("-"),
+            v["message_id"].as_str().unwrap_or("ID")
+        ),
+    }
+}
+
+/// `agentkeys mcp [--http ADDR]`.
+pub(crate) async fn mcp(args: McpArgs) -> Result<()> {
+    let mail = service()?;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let on_signal = stop.clone();
+    tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+            return;
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        on_signal.cancel();
+    });
+    match args.http {
+        None => agentkeys_agent::mcp::serve_stdio(mail, stop).await?,
+        Some(addr) => {
+            let listener = agentkeys_agent::mcp::bind_http(addr).await?;
+            let local = listener.local_addr()?;
+            println!("MCP (streamable HTTP) on http://{local}{}", agentkeys_agent::mcp::HTTP_PATH);
+            std::io::stdout().flush()?;
+            agentkeys_agent::mcp::serve_http(mail, listener, stop).await?;
+        }
+    }
+    Ok(())
+}
