@@ -301,10 +301,11 @@ async fn rate_limits(
         }
         return response;
     }
-    if request.method() == Method::POST && path == "/v1/pairings" {
-        if let Err(limited) = state.throttle.check_pairing(ip) {
-            return limited.into_response();
-        }
+    if request.method() == Method::POST
+        && path == "/v1/pairings"
+        && let Err(limited) = state.throttle.check_pairing(ip)
+    {
+        return limited.into_response();
     }
     next.run(request).await
 }

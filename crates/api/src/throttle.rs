@@ -156,7 +156,7 @@ impl<C: Clock + Clone> HttpThrottle<C> {
     fn after_decision(&self) {
         let n = self.decisions.fetch_add(1, Ordering::Relaxed) + 1;
         let crowded = self.failures.len() + self.pairings.len() > MAX_TRACKED_ADDRESSES;
-        if n % PRUNE_EVERY == 0 || crowded {
+        if n.is_multiple_of(PRUNE_EVERY) || crowded {
             self.prune();
         }
     }

@@ -452,3 +452,33 @@ async fn an_unrecorded_refusal_is_503() {
         assert_problem(&send(&app, req).await, StatusCode::SERVICE_UNAVAILABLE, "AUDIT_UNAVAILABLE");
     }
 }
+
+/// The per-address limit counts refused keys only: many successful mints from one
+/// address spend nothing; the 21st refusal is a 429, and then even a valid key
+/// from that address is a 429 (nothing is learned about keys while throttled).
+#[tokio::test]
+async fn refused_keys_are_throttled_per_address_and_successes_spend_nothing() {
+    use agentkeys_api::throttle::AUTH_FAILURES_PER_IP;
+    let w = world().await;
+    let peer = std::net::SocketAddr::from(([10, 0, 0, 7], 4000));
+    let app = w.app();
+    let read = |key: &str| {
+        let mut req = post("/v1/credentials/read", Some(key), &json!({ "inbox": BOT }).to_string());
+        req.extensions_mut().insert(axum::extract::ConnectInfo(peer));
+        req
+    };
+    for _ in 0..(2 * AUTH_FAILURES_PER_IP) {
+        assert_eq!(send(&app, read(&w.key)).await.status, StatusCode::OK);
+    }
+    for _ in 0..AUTH_FAILURES_PER_IP {
+        assert_problem(&send(&app, read(&w.unknown)).await, StatusCode::UNAUTHORIZED, "INVALID_KEY");
+    }
+    let res = app.clone().oneshot(read(&w.unknown)).await.unwrap();
+    assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+    let retry: u64 = res.headers().get(header::RETRY_AFTER).unwrap().to_str().unwrap().parse().unwrap();
+    assert!(retry >= 1, "{retry}");
+    assert_problem(&send(&app, read(&w.key)).await, StatusCode::TOO_MANY_REQUESTS, "RATE_LIMITED");
+    // Throttled requests are not audited as refusals (the log is not a flood target).
+    let refused = w.store.audit_all().await.unwrap().iter().filter(|r| r.operation == "credential.refused").count();
+    assert_eq!(refused, AUTH_FAILURES_PER_IP as usize + 1);
+}
