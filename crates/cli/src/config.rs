@@ -55,6 +55,8 @@ pub(crate) struct Config {
     pub(crate) delivery_backoff_scale: f64,
     /// Undelivered mail bounces after this many seconds (5 days).
     pub(crate) delivery_max_age_secs: u64,
+    /// Never deliver without STARTTLS (a destination without it is deferred).
+    pub(crate) delivery_require_tls: bool,
 }
 
 impl Default for Config {
@@ -84,6 +86,7 @@ impl Default for Config {
             delivery_mx_port: agentkeys_delivery::SMTP_PORT,
             delivery_backoff_scale: 1.0,
             delivery_max_age_secs: agentkeys_delivery::MAX_AGE.as_secs(),
+            delivery_require_tls: false,
         }
     }
 }
@@ -175,6 +178,7 @@ pub(crate) const KEYS: &[Key] = &[
     Key { toml: "delivery.mx_port", env: "AGENTKEYS_DELIVERY_MX_PORT", help: "port MX hosts are contacted on (25; a testing/ops knob)", set: |c, v| { c.delivery_mx_port = parse_positive(v)?; Ok(()) } },
     Key { toml: "delivery.backoff_scale", env: "AGENTKEYS_DELIVERY_BACKOFF_SCALE", help: "multiplies retry backoff, lease and maximum age (1; tests only use less)", set: |c, v| { c.delivery_backoff_scale = parse_scale(v)?; Ok(()) } },
     Key { toml: "delivery.max_age", env: "AGENTKEYS_DELIVERY_MAX_AGE", help: "undelivered mail bounces after this long (e.g. 5d)", set: |c, v| { c.delivery_max_age_secs = parse_secs(v)?; Ok(()) } },
+    Key { toml: "delivery.require_tls", env: "AGENTKEYS_DELIVERY_REQUIRE_TLS", help: "deliver only over STARTTLS; a destination without it is deferred, never sent in plaintext (false)", set: |c, v| { c.delivery_require_tls = parse_bool(v)?; Ok(()) } },
     Key { toml: "log", env: "AGENTKEYS_LOG", help: "log filter (error, warn, info, debug, or a tracing directive)", set: |c, v| { c.log = v.to_owned(); Ok(()) } },
 ];
 

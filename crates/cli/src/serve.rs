@@ -47,10 +47,13 @@ pub(crate) async fn run(config: Config) -> Result<()> {
     smtp_config.max_connections_per_ip = config.max_connections_per_ip;
     smtp_config.auth_throttle_failures = config.auth_failures_per_ip;
     smtp_config.auth_throttle_window = Duration::from_secs(config.auth_failure_window_secs);
+    // Submissions that queue remote mail wake the delivery runner through this.
+    let queued = Arc::new(tokio::sync::Notify::new());
     let server = Arc::new(
         SmtpServer::new(smtp_config, dir.meta.clone(), dir.blobs.clone(), dir.hasher.clone(), tls.config.clone())
             // DKIM-sign the queued copy of submitted mail (crates/cli/src/domain.rs).
-            .with_outbound_signer(crate::domain::DkimOutboundSigner::for_server(&dir)),
+            .with_outbound_signer(crate::domain::DkimOutboundSigner::for_server(&dir))
+            .with_queue_notify(queued.clone()),
     );
 
     let authority = Arc::new(dir.token_authority()?);
@@ -123,8 +126,14 @@ pub(crate) async fn run(config: Config) -> Result<()> {
                 route,
                 backoff_scale: config.delivery_backoff_scale,
                 max_age: Duration::from_secs(config.delivery_max_age_secs),
+                tls: if config.delivery_require_tls {
+                    agentkeys_delivery::TlsPolicy::Required
+                } else {
+                    agentkeys_delivery::TlsPolicy::Opportunistic
+                },
             },
-        ));
+        )
+        .with_waker(queued));
         Some(tokio::spawn(runner.run(shutdown.clone())))
     } else {
         println!("  delivery          off (delivery.enabled = false)");

@@ -154,6 +154,7 @@ pub struct SmtpServer {
     submission_tls: Arc<SessionContext>,
     limiter: Arc<ConnectionLimiter>,
     signer: Option<Arc<dyn OutboundSigner>>,
+    queued: Option<Arc<tokio::sync::Notify>>,
 }
 
 impl std::fmt::Debug for SmtpServer {
@@ -198,6 +199,7 @@ impl SmtpServer {
             submission_tls: context(ListenerKind::SubmissionImplicitTls),
             limiter: ConnectionLimiter::new(config.max_connections, config.max_connections_per_ip),
             signer: None,
+            queued: None,
         }
     }
 
@@ -206,6 +208,15 @@ impl SmtpServer {
     #[must_use]
     pub fn with_outbound_signer(mut self, signer: Arc<dyn OutboundSigner>) -> Self {
         self.signer = Some(signer);
+        self
+    }
+
+    /// The same service, calling `notify_one` on `queued` each time a message
+    /// with remote recipients is queued, so the delivery runner starts at once
+    /// instead of at its next poll.
+    #[must_use]
+    pub fn with_queue_notify(mut self, queued: Arc<tokio::sync::Notify>) -> Self {
+        self.queued = Some(queued);
         self
     }
 
@@ -381,6 +392,9 @@ impl SmtpServer {
                     if result.is_ok() {
                         metrics::counter!("agentkeys_smtp_messages_accepted_total", "listener" => kind.label())
                             .increment(1);
+                        if let (Some(queued), Some(_)) = (&self.queued, &delivery.outbound) {
+                            queued.notify_one();
+                        }
                     }
                     session.delivery_result(result, now());
                 }

@@ -110,8 +110,10 @@ pub trait OutboundQueue: Send + Sync + 'static {
     ) -> Result<Vec<Claim>, StoreError>;
     /// Records the outcome of the attempt the `claim` was for: the row moves to the
     /// outcome's state with `next_attempt_at`, one more attempt and `response`, and
-    /// the attempt is added to the history, in one transaction. `Conflict` if the
-    /// lease was lost (expired and claimed by another worker): nothing is written.
+    /// the attempt is added to the history, in one transaction. Returns how many
+    /// of the message's rows are still unfinished afterwards (as
+    /// [`unfinished`](Self::unfinished)): at zero its blob can go. `Conflict` if
+    /// the lease was lost (expired and claimed by another worker): nothing is written.
     async fn record_attempt(
         &self,
         claim: &Claim,
@@ -119,7 +121,10 @@ pub trait OutboundQueue: Send + Sync + 'static {
         next_attempt_at: UnixTime,
         response: Option<&str>,
         now: UnixTime,
-    ) -> Result<(), StoreError>;
+    ) -> Result<u64, StoreError>;
+    /// Extends the lease of every row still `sending` under `lease` (a claim's
+    /// token) to `lease_until`, while their attempts run. Returns how many rows.
+    async fn renew_lease(&self, lease: &str, lease_until: UnixTime) -> Result<u64, StoreError>;
     /// A message's rows and attempts; `NotFound` if it has no rows.
     async fn queue_show(&self, message_id: &str) -> Result<QueueDetail, StoreError>;
     /// Makes a message's `queued`/`deferred` rows due at `now`; returns how many.
@@ -284,7 +289,7 @@ impl OutboundQueue for SqliteStore {
         next_attempt_at: UnixTime,
         response: Option<&str>,
         now: UnixTime,
-    ) -> Result<(), StoreError> {
+    ) -> Result<u64, StoreError> {
         let entry = &claim.entry;
         let mut tx = self
             .pool
@@ -328,7 +333,28 @@ impl OutboundQueue for SqliteStore {
         .execute(&mut *tx)
         .await
         .map_err(backend)?;
-        tx.commit().await.map_err(backend)
+        let (unfinished,): (i64,) = sqlx::query_as(
+            "SELECT COUNT(*) FROM outbound_queue
+              WHERE message_id = ?1 AND state IN ('queued', 'sending', 'deferred')",
+        )
+        .bind(&entry.message_id)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(backend)?;
+        tx.commit().await.map_err(backend)?;
+        Ok(count(unfinished))
+    }
+
+    async fn renew_lease(&self, lease: &str, lease_until: UnixTime) -> Result<u64, StoreError> {
+        let done = sqlx::query(
+            "UPDATE outbound_queue SET lease_until = ?2 WHERE lease_token = ?1 AND state = 'sending'",
+        )
+        .bind(lease)
+        .bind(lease_until)
+        .execute(&self.pool)
+        .await
+        .map_err(backend)?;
+        Ok(done.rows_affected())
     }
 
     async fn queue_show(&self, message_id: &str) -> Result<QueueDetail, StoreError> {
@@ -525,6 +551,28 @@ mod tests {
         assert_eq!(detail.recipients[0].attempts, 1);
         assert_eq!(detail.attempts.len(), 1);
         assert_eq!(store.unfinished("01HMSG").await.unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_renewed_lease_keeps_the_row_and_recording_counts_what_is_left() {
+        let store = store_with_message(&["a@example.com", "b@example.com"]).await;
+        let claims = store.claim_due(100, 1, 200).await.unwrap();
+        assert_eq!(store.renew_lease(&claims[0].lease, 400).await.unwrap(), 1);
+        assert_eq!(store.renew_lease("not-a-lease", 400).await.unwrap(), 0);
+        let others = store.claim_due(250, 10, 500).await.unwrap();
+        assert_eq!(others.len(), 1, "past the first lease, only the unclaimed row");
+        assert_ne!(others[0].entry.recipient, claims[0].entry.recipient);
+        let left = store
+            .record_attempt(&claims[0], AttemptOutcome::Delivered, 0, Some("250 ok"), 260)
+            .await
+            .unwrap();
+        assert_eq!(left, 1, "the other recipient is still being sent");
+        let left = store
+            .record_attempt(&others[0], AttemptOutcome::Bounced, 0, Some("550 no"), 261)
+            .await
+            .unwrap();
+        assert_eq!(left, 0);
+        assert_eq!(store.renew_lease(&claims[0].lease, 900).await.unwrap(), 0, "finished rows are not leased");
     }
 
     #[tokio::test]
