@@ -9,7 +9,8 @@
 //!   (relaxed/relaxed), through `mail-auth`'s aws-lc-rs backend (no `rsa` crate).
 //! - [`DomainKeyring`]: each hosted domain's newest keys from the store, created on
 //!   first use, signers cached.
-//! - [`zone_file`]: the MX, SPF, DMARC and DKIM records to publish, BIND syntax.
+//! - [`zone_file`]: the MX, SPF, DMARC and DKIM records to publish, BIND syntax;
+//!   [`verify_domain`]: checks them through DNS for `agentkeys domain verify`.
 //!
 //! - [`Runner`]: the queue runner: leased claims, MX or smarthost routes,
 //!   pooled SMTP connections (per-host limit, pipelining, opportunistic or
@@ -44,6 +45,7 @@ mod pool;
 mod route;
 mod runner;
 mod sign;
+mod verify;
 mod zone;
 
 pub use dsn::{Bounce, DSN_MAX_ORIGINAL_HEADERS, build_dsn};
@@ -60,6 +62,7 @@ pub use keys::{
     unwrap_rsa_key, wrap_rsa_key,
 };
 pub use sign::{DkimSigner, SIGNED_HEADERS, normalize_for_relay};
+pub use verify::{DomainStatus, Finding, RecordCheck, check_dkim, check_dmarc, check_mx, check_spf, verify_domain};
 pub use zone::{DMARC_POLICY, MAX_TXT_STRING, SPF_POLICY, ZONE_TTL, txt_rdata, zone_file};
 
 use agentkeys_store::StoreError;

@@ -15,12 +15,14 @@
 //! ```
 
 mod blob;
+mod domain_status;
 mod fs;
 mod meta;
 mod queue;
 mod sqlite;
 
 pub use blob::{BlobError, BlobKey};
+pub use domain_status::{DOMAIN_STATUSES, DomainStatusRecord, DomainStatusStore};
 pub use fs::FsBlobStore;
 pub use meta::*;
 pub use queue::{AttemptOutcome, AttemptRecord, Claim, OutboundQueue, QueueDetail, QueueStateCount};
