@@ -54,7 +54,7 @@ pub use route::{HickoryResolver, Mx, ResolveError, Resolver, Route, SMTP_PORT, S
 pub use client::TlsPolicy;
 pub use pool::{CONNECTION_IDLE, MAX_CONNECTIONS_PER_HOST, MAX_MESSAGES_PER_CONNECTION};
 pub use runner::{
-    Attempt, BACKOFF, BACKOFF_STEADY, CLAIM_BATCH, DeliveryConfig, LEASE, LEASE_MARGIN, MAX_AGE, MAX_IN_FLIGHT,
+    Attempt, BACKOFF, BACKOFF_STEADY, CLAIM_BATCH, DeliveryConfig, LEASE, LEASE_MARGIN, MAX_AGE, MAX_IN_FLIGHT, RECORD_BATCH,
     MIN_LEASE, POLL_INTERVAL, Runner, SMTP_TIMEOUT, lease_length, next_attempt, renew_every, retry_delay, send_to,
 };
 pub use keys::{

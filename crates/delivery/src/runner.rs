@@ -9,9 +9,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use agentkeys_core::UnixTime;
-use agentkeys_store::{AttemptOutcome, BlobKey, BlobStore, Claim, OutboundQueue};
+use agentkeys_store::{AttemptOutcome, AttemptToRecord, BlobKey, BlobStore, Claim, OutboundQueue, StoreError};
 use bytes::Bytes;
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::{Notify, Semaphore, mpsc, oneshot};
 use tokio_rustls::TlsConnector;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -53,6 +53,9 @@ pub const MAX_IN_FLIGHT: usize = 256;
 pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
 /// Timeout of each SMTP step (connect, each command, the data transfer).
 pub const SMTP_TIMEOUT: Duration = Duration::from_secs(5 * 60);
+/// Most finished attempts recorded in one transaction (one commit, one fsync):
+/// the recorder takes whatever has finished since its last commit, up to this.
+pub const RECORD_BATCH: usize = 64;
 
 /// Delivery settings.
 #[derive(Debug, Clone)]
@@ -184,6 +187,43 @@ pub struct Runner {
     in_flight: Arc<Semaphore>,
     /// Leases with attempts still running, by token, with how many.
     leases: Mutex<HashMap<String, (Arc<Lease>, usize)>>,
+    /// Finished attempts on their way to the recorder task ([`RECORD_BATCH`]).
+    records: mpsc::UnboundedSender<Record>,
+    record_queue: Mutex<Option<mpsc::UnboundedReceiver<Record>>>,
+}
+
+/// A finished attempt waiting to be recorded, and where its result goes.
+struct Record {
+    item: AttemptToRecord,
+    done: oneshot::Sender<Result<u64, StoreError>>,
+}
+
+/// Records finished attempts in batches: whatever arrived since the last
+/// commit, up to [`RECORD_BATCH`], in one transaction.
+async fn recorder(queue: Arc<dyn OutboundQueue>, mut records: mpsc::UnboundedReceiver<Record>) {
+    while let Some(first) = records.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < RECORD_BATCH {
+            match records.try_recv() {
+                Ok(next) => batch.push(next),
+                Err(_) => break,
+            }
+        }
+        let items: Vec<AttemptToRecord> = batch.iter().map(|r| r.item.clone()).collect();
+        match queue.record_attempts(&items).await {
+            Ok(results) => {
+                for (record, result) in batch.into_iter().zip(results) {
+                    let _ = record.done.send(result);
+                }
+            }
+            Err(err) => {
+                let text = err.to_string();
+                for record in batch {
+                    let _ = record.done.send(Err(StoreError::Backend(text.clone())));
+                }
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for Runner {
@@ -210,6 +250,7 @@ impl Runner {
     ) -> Self {
         // TLS for STARTTLS uses the process-wide provider: make it aws-lc-rs.
         let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+        let (records, record_queue) = mpsc::unbounded_channel();
         let tls = match mail_send::smtp::tls::build_tls_connector(true) {
             Ok(tls) => Some(tls),
             Err(err) => {
@@ -228,6 +269,8 @@ impl Runner {
             wake: Arc::new(Notify::new()),
             in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
             leases: Mutex::new(HashMap::new()),
+            records,
+            record_queue: Mutex::new(Some(record_queue)),
         }
     }
 
@@ -247,6 +290,12 @@ impl Runner {
     /// Claims and delivers until `shutdown`, then waits for attempts in flight
     /// (still renewing their leases).
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        let record_queue = self
+            .record_queue
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        let recording = record_queue.map(|q| tokio::spawn(recorder(Arc::clone(&self.queue), q)));
         let tasks = TaskTracker::new();
         let renew = renew_every(self.config.backoff_scale);
         let mut last_renew = Instant::now();
@@ -286,9 +335,41 @@ impl Runner {
                 () = tokio::time::sleep(renew) => self.renew_leases().await,
             }
         }
+        // Every attempt has its result back, so nothing waits for the recorder.
+        if let Some(recording) = recording {
+            recording.abort();
+        }
         for conn in self.pool.drain() {
             conn.quit().await;
         }
+    }
+
+    /// Records one finished attempt through the batching recorder (or directly
+    /// when the runner loop is not running).
+    async fn record(
+        &self,
+        claim: &Claim,
+        outcome: AttemptOutcome,
+        next: UnixTime,
+        response: &str,
+        now: UnixTime,
+    ) -> Result<u64, StoreError> {
+        let item = AttemptToRecord {
+            claim: claim.clone(),
+            outcome,
+            next_attempt_at: next,
+            response: Some(response.to_owned()),
+            now,
+        };
+        let (done, result) = oneshot::channel();
+        if self.records.send(Record { item, done }).is_ok()
+            && let Ok(result) = result.await
+        {
+            return result;
+        }
+        self.queue
+            .record_attempt(claim, outcome, next, Some(response), now)
+            .await
     }
 
     fn close_expired(&self) {
@@ -465,11 +546,7 @@ impl Runner {
             elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX), %response,
             "delivery attempt"
         );
-        let unfinished = match self
-            .queue
-            .record_attempt(&claim, outcome, next, Some(&response), now)
-            .await
-        {
+        let unfinished = match self.record(&claim, outcome, next, &response, now).await {
             Ok(unfinished) => unfinished,
             Err(err) => {
                 tracing::error!(message = %entry.message_id, %err, "cannot record the delivery attempt");

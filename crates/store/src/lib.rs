@@ -25,7 +25,7 @@ pub use blob::{BlobError, BlobKey};
 pub use domain_status::{DOMAIN_STATUSES, DomainStatusRecord, DomainStatusStore};
 pub use fs::FsBlobStore;
 pub use meta::*;
-pub use queue::{AttemptOutcome, AttemptRecord, Claim, OutboundQueue, QueueDetail, QueueStateCount};
+pub use queue::{AttemptOutcome, AttemptRecord, AttemptToRecord, Claim, OutboundQueue, QueueDetail, QueueStateCount};
 pub use sqlite::SqliteStore;
 
 use async_trait::async_trait;

@@ -61,6 +61,21 @@ pub struct Claim {
     pub lease: String,
 }
 
+/// An attempt to record ([`OutboundQueue::record_attempts`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttemptToRecord {
+    /// The claim the attempt was made under.
+    pub claim: Claim,
+    /// How it ended.
+    pub outcome: AttemptOutcome,
+    /// When to try next (deferred) or the end time.
+    pub next_attempt_at: UnixTime,
+    /// The remote reply or the local error.
+    pub response: Option<String>,
+    /// When the attempt ended.
+    pub now: UnixTime,
+}
+
 /// One recorded delivery attempt.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct AttemptRecord {
@@ -122,6 +137,11 @@ pub trait OutboundQueue: Send + Sync + 'static {
         response: Option<&str>,
         now: UnixTime,
     ) -> Result<u64, StoreError>;
+    /// [`record_attempt`](Self::record_attempt) for many attempts in one
+    /// transaction (one commit, one fsync): each gets its own result, a lost
+    /// lease (`Conflict`) affecting only its row. `Err` only when the
+    /// transaction itself fails (then nothing is written).
+    async fn record_attempts(&self, batch: &[AttemptToRecord]) -> Result<Vec<Result<u64, StoreError>>, StoreError>;
     /// Extends the lease of every row still `sending` under `lease` (a claim's
     /// token) to `lease_until`, while their attempts run. Returns how many rows.
     async fn renew_lease(&self, lease: &str, lease_until: UnixTime) -> Result<u64, StoreError>;
@@ -290,59 +310,84 @@ impl OutboundQueue for SqliteStore {
         response: Option<&str>,
         now: UnixTime,
     ) -> Result<u64, StoreError> {
-        let entry = &claim.entry;
+        let one = AttemptToRecord {
+            claim: claim.clone(),
+            outcome,
+            next_attempt_at,
+            response: response.map(str::to_owned),
+            now,
+        };
+        self.record_attempts(std::slice::from_ref(&one))
+            .await?
+            .pop()
+            .unwrap_or_else(|| Err(StoreError::Backend("no result for the recorded attempt".to_owned())))
+    }
+
+    async fn record_attempts(&self, batch: &[AttemptToRecord]) -> Result<Vec<Result<u64, StoreError>>, StoreError> {
         let mut tx = self
             .pool
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(backend)?;
-        let attempts: Option<(i64,)> = sqlx::query_as(
-            "UPDATE outbound_queue
-                SET state = ?3, next_attempt_at = ?4, last_response = ?5, attempts = attempts + 1,
-                    lease_until = NULL, lease_token = NULL
-              WHERE message_id = ?1 AND recipient = ?2 AND state = 'sending' AND lease_token = ?6
-          RETURNING attempts",
-        )
-        .bind(&entry.message_id)
-        .bind(&entry.recipient)
-        .bind(outcome.as_str())
-        .bind(next_attempt_at)
-        .bind(response)
-        .bind(&claim.lease)
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(backend)?;
-        let Some((attempt,)) = attempts else {
-            return Err(StoreError::Conflict {
-                what: format!(
-                    "a newer lease on message {} for {}",
-                    entry.message_id, entry.recipient
-                ),
-            });
-        };
-        sqlx::query(
-            "INSERT INTO outbound_attempts (message_id, recipient, attempt, at, outcome, response)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        )
-        .bind(&entry.message_id)
-        .bind(&entry.recipient)
-        .bind(attempt)
-        .bind(now)
-        .bind(outcome.as_str())
-        .bind(response)
-        .execute(&mut *tx)
-        .await
-        .map_err(backend)?;
-        let (unfinished,): (i64,) = sqlx::query_as(
-            "SELECT COUNT(*) FROM outbound_queue
-              WHERE message_id = ?1 AND state IN ('queued', 'sending', 'deferred')",
-        )
-        .bind(&entry.message_id)
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(backend)?;
+        let mut results = Vec::with_capacity(batch.len());
+        for item in batch {
+            let entry = &item.claim.entry;
+            let attempts: Option<(i64,)> = sqlx::query_as(
+                "UPDATE outbound_queue
+                    SET state = ?3, next_attempt_at = ?4, last_response = ?5, attempts = attempts + 1,
+                        lease_until = NULL, lease_token = NULL
+                  WHERE message_id = ?1 AND recipient = ?2 AND state = 'sending' AND lease_token = ?6
+              RETURNING attempts",
+            )
+            .bind(&entry.message_id)
+            .bind(&entry.recipient)
+            .bind(item.outcome.as_str())
+            .bind(item.next_attempt_at)
+            .bind(item.response.as_deref())
+            .bind(&item.claim.lease)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(backend)?;
+            let Some((attempt,)) = attempts else {
+                results.push(Err(StoreError::Conflict {
+                    what: format!(
+                        "a newer lease on message {} for {}",
+                        entry.message_id, entry.recipient
+                    ),
+                }));
+                continue;
+            };
+            sqlx::query(
+                "INSERT INTO outbound_attempts (message_id, recipient, attempt, at, outcome, response)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )
+            .bind(&entry.message_id)
+            .bind(&entry.recipient)
+            .bind(attempt)
+            .bind(item.now)
+            .bind(item.outcome.as_str())
+            .bind(item.response.as_deref())
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+            results.push(Ok(0));
+        }
+        // What is left of each message, after every row of the batch moved.
+        for (item, result) in batch.iter().zip(results.iter_mut()) {
+            if let Ok(left) = result {
+                let (unfinished,): (i64,) = sqlx::query_as(
+                    "SELECT COUNT(*) FROM outbound_queue
+                      WHERE message_id = ?1 AND state IN ('queued', 'sending', 'deferred')",
+                )
+                .bind(&item.claim.entry.message_id)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(backend)?;
+                *left = count(unfinished);
+            }
+        }
         tx.commit().await.map_err(backend)?;
-        Ok(count(unfinished))
+        Ok(results)
     }
 
     async fn renew_lease(&self, lease: &str, lease_until: UnixTime) -> Result<u64, StoreError> {
