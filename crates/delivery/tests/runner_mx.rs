@@ -154,7 +154,7 @@ async fn mx_of_the_recipient_domain_from_the_resolver_reaches_the_mta() {
     let sink = Sink::start(&dir.path().join("sink"), &["--tempfail", "1"]);
     let body = b"From: bot@agents.localhost\r\nTo: x@example.test\r\nSubject: via-mx\r\n\r\n.leading dot\r\n".to_vec();
     let (meta, blobs, runner, ids) =
-        setup(dir.path(), sink.port, &[body.clone()], TlsPolicy::Opportunistic).await;
+        setup(dir.path(), sink.port, std::slice::from_ref(&body), TlsPolicy::Opportunistic).await;
     let stop = CancellationToken::new();
     let task = tokio::spawn(runner.run(stop.clone()));
     wait_all(&meta, &ids, "delivered", Duration::from_secs(30)).await;
@@ -235,7 +235,7 @@ async fn required_tls_defers_a_plaintext_destination_and_uses_starttls() {
     let plain = Sink::start(&dir.path().join("plain"), &[]);
     let body = b"From: bot@agents.localhost\r\nSubject: secret\r\n\r\nsecret\r\n".to_vec();
     let (meta, _blobs, runner, ids) =
-        setup(&dir.path().join("a"), plain.port, &[body.clone()], TlsPolicy::Required).await;
+        setup(&dir.path().join("a"), plain.port, std::slice::from_ref(&body), TlsPolicy::Required).await;
     let stop = CancellationToken::new();
     let task = tokio::spawn(runner.run(stop.clone()));
     wait_all(&meta, &ids, "deferred", Duration::from_secs(30)).await;
@@ -249,7 +249,7 @@ async fn required_tls_defers_a_plaintext_destination_and_uses_starttls() {
 
     let tls = Sink::start(&dir.path().join("tls"), &["--starttls"]);
     let (meta, _blobs, runner, ids) =
-        setup(&dir.path().join("b"), tls.port, &[body.clone()], TlsPolicy::Required).await;
+        setup(&dir.path().join("b"), tls.port, std::slice::from_ref(&body), TlsPolicy::Required).await;
     let stop = CancellationToken::new();
     let task = tokio::spawn(runner.run(stop.clone()));
     wait_all(&meta, &ids, "delivered", Duration::from_secs(30)).await;
