@@ -65,6 +65,9 @@ pub struct SendService {
     pub hostname: String,
     /// Largest accepted message (the server's SMTP limit, at most [`MAX_SEND_BODY_BYTES`]).
     pub max_message_size: usize,
+    /// Woken when remote recipients were queued, so the delivery runner starts at
+    /// once (the same signal SMTP submission gives).
+    pub queued: Option<Arc<tokio::sync::Notify>>,
 }
 
 impl std::fmt::Debug for SendService {
@@ -249,6 +252,9 @@ pub(crate) async fn send(
     agentkeys_smtp::store_delivery_signed(service.blobs.as_ref(), meta.as_ref(), service.signer.as_deref(), &delivery)
         .await
         .map_err(|e: DeliveryError| unavailable("storing the message", &e))?;
+    if let (Some(queued), Some(_)) = (&service.queued, &delivery.outbound) {
+        queued.notify_one();
+    }
     tracing::info!(
         id = %delivery.id,
         size = delivery.message.len(),

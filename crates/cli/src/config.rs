@@ -63,6 +63,8 @@ pub(crate) struct Config {
     /// Name servers for every DNS lookup of the server (delivery MX lookups and
     /// the MX's SPF/DKIM/DMARC checks); empty = the system's (`/etc/resolv.conf`).
     pub(crate) dns_nameservers: Vec<SocketAddr>,
+    /// Never deliver without STARTTLS (a destination without it is deferred).
+    pub(crate) delivery_require_tls: bool,
 }
 
 /// Default retention of messages: 30 days (DESIGN.md §5).
@@ -100,6 +102,7 @@ impl Default for Config {
             retention_secs: DEFAULT_RETENTION.as_secs(),
             retention_sweep_secs: RETENTION_SWEEP_INTERVAL.as_secs(),
             dns_nameservers: Vec::new(),
+            delivery_require_tls: false,
         }
     }
 }
@@ -207,6 +210,7 @@ pub(crate) const KEYS: &[Key] = &[
     Key { toml: "limits.retention", env: "AGENTKEYS_RETENTION", help: "messages are deleted after this long (e.g. 30d) unless their domain sets its own (agentkeys domain set-retention)", set: |c, v| { c.retention_secs = parse_secs(v)?; Ok(()) } },
     Key { toml: "limits.retention_sweep_interval", env: "AGENTKEYS_RETENTION_SWEEP_INTERVAL", help: "how often serve deletes expired messages (e.g. 5m)", set: |c, v| { c.retention_sweep_secs = parse_secs(v)?; Ok(()) } },
     Key { toml: "dns.nameservers", env: "AGENTKEYS_DNS_NAMESERVERS", help: "name servers (ip:port, comma-separated in the env, a list in TOML) for MX lookups and SPF/DKIM/DMARC checks; default: the system's", set: |c, v| { c.dns_nameservers = parse_nameservers(v)?; Ok(()) } },
+    Key { toml: "delivery.require_tls", env: "AGENTKEYS_DELIVERY_REQUIRE_TLS", help: "deliver only over STARTTLS; a destination without it is deferred, never sent in plaintext (false)", set: |c, v| { c.delivery_require_tls = parse_bool(v)?; Ok(()) } },
     Key { toml: "log", env: "AGENTKEYS_LOG", help: "log filter (error, warn, info, debug, or a tracing directive)", set: |c, v| { c.log = v.to_owned(); Ok(()) } },
 ];
 

@@ -5,9 +5,9 @@ use std::sync::Arc;
 
 use agentkeys_audit::{Actor, AuditEvent, ops};
 use agentkeys_core::Domain;
-use agentkeys_delivery::{DomainKeyring, zone_file};
+use agentkeys_delivery::{DomainKeyring, DomainStatus, HickoryResolver, verify_domain, zone_file};
 use agentkeys_smtp::OutboundSigner;
-use agentkeys_store::{MessageIndex as _, MetadataStore as _, OP_DOMAIN_SET_RETENTION, StoreError};
+use agentkeys_store::{DomainStatusStore as _, MessageIndex as _, MetadataStore as _, OP_DOMAIN_SET_RETENTION, StoreError};
 use anyhow::{Result, anyhow, bail};
 use clap::Subcommand;
 use serde_json::json;
@@ -37,6 +37,15 @@ pub(crate) enum DomainCmd {
         domain: String,
         /// A duration such as 12h, 7d or 90d, or `default`.
         retention: String,
+    },
+    /// Check the published DNS records (MX, SPF, DMARC, each DKIM selector) and
+    /// store the domain's status (`domain list` shows it). Exit 1 unless verified.
+    Verify {
+        /// The domain.
+        domain: String,
+        /// Host name the MX record must point to (default: the configured hostname).
+        #[arg(long, value_name = "HOST")]
+        mx_host: Option<String>,
     },
     /// Print the DNS records to publish (BIND zone file syntax): MX, SPF, DMARC, DKIM.
     Dns {
@@ -74,10 +83,12 @@ pub(crate) async fn run(config: &Config, cmd: DomainCmd, json: bool) -> Result<(
             }
         }
         DomainCmd::List => {
+            let statuses = dir.meta.domain_statuses().await?;
             let mut rows = Vec::new();
             let retentions: std::collections::BTreeMap<String, Option<i64>> =
                 dir.meta.domain_retentions().await?.into_iter().map(|(d, r)| (d.to_string(), r)).collect();
             for domain in dir.meta.list_domains().await? {
+                let status = statuses.iter().find(|s| s.domain == domain);
                 let keys = dir.meta.domain_keys(&domain).await?;
                 let newest = keys.last();
                 rows.push(json!({
@@ -87,6 +98,8 @@ pub(crate) async fn run(config: &Config, cmd: DomainCmd, json: bool) -> Result<(
                     "selector_ed": newest.map(|k| k.selector_ed.clone()),
                     "selector_rsa": newest.map(|k| k.selector_rsa.clone()),
                     "retention": retentions.get(domain.as_str()).copied().flatten(),
+                    "status": status.map_or("not_started", |s| s.status.as_str()),
+                    "checked_at": status.and_then(|s| s.checked_at),
                 }));
             }
             if json {
@@ -98,7 +111,11 @@ pub(crate) async fn run(config: &Config, cmd: DomainCmd, json: bool) -> Result<(
                         None => "dkim keys created on first use".to_owned(),
                     };
                     let default = if r["default"] == true { " (default)" } else { "" };
-                    println!("{}{default}\t{dkim}", r["domain"].as_str().unwrap_or(""));
+                    println!(
+                        "{}{default}\t{}\t{dkim}",
+                        r["domain"].as_str().unwrap_or(""),
+                        r["status"].as_str().unwrap_or("")
+                    );
                 }
             }
         }
@@ -139,6 +156,38 @@ pub(crate) async fn run(config: &Config, cmd: DomainCmd, json: bool) -> Result<(
                     Some(s) => println!("{domain}: messages are kept {s} s, then deleted by the server's sweeper"),
                     None => println!("{domain}: messages are kept for the server's limits.retention"),
                 }
+            }
+        }
+        DomainCmd::Verify { domain, mx_host } => {
+            let domain = parse_domain(&domain)?;
+            let keys = keyring(&dir).domain_keys(&domain).await.map_err(|e| match e {
+                agentkeys_delivery::DkimError::Store(StoreError::NotFound { .. }) => {
+                    anyhow!("domain {domain} is not hosted here; add it with `agentkeys domain add {domain}`")
+                }
+                other => anyhow!(other),
+            })?;
+            let mx = mx_host.unwrap_or_else(|| config.hostname.clone());
+            // The server's resolver settings (dns.nameservers), so verify sees what delivery sees.
+            let (dns_config, dns_options) = crate::dns::resolver_config(&config.dns_nameservers)?;
+            let resolver = HickoryResolver::new(dns_config, dns_options)
+                .map_err(|e| anyhow!("cannot set up the DNS resolver: {e}"))?;
+            dir.meta.set_domain_status(&domain, DomainStatus::Verifying.as_str(), None, None).await?;
+            let checks = verify_domain(&resolver, &keys, &mx).await;
+            let status = DomainStatus::from_checks(&checks);
+            let detail = serde_json::to_string(&checks)?;
+            dir.meta.set_domain_status(&domain, status.as_str(), Some(&detail), Some(crate::now())).await?;
+            if json {
+                println!("{}", json!({ "domain": domain, "status": status, "checks": checks }));
+            } else {
+                for check in &checks {
+                    println!("{}", check.line());
+                }
+                println!("{domain}: {status}");
+            }
+            if status != DomainStatus::Verified {
+                bail!(
+                    "{domain} is not verified ({status}): publish the records marked above (`agentkeys domain dns {domain}`), then run `agentkeys domain verify {domain}` again"
+                );
             }
         }
         DomainCmd::Dns { domain, mx_host } => {

@@ -58,11 +58,14 @@ pub(crate) async fn run(config: Config) -> Result<()> {
     smtp_config.auth_throttle_window = Duration::from_secs(config.auth_failure_window_secs);
     // One DKIM signer for both submission doors (SMTP and HTTP send).
     let signer = crate::domain::DkimOutboundSigner::for_server(&dir);
+    // Submissions that queue remote mail wake the delivery runner through this.
+    let queued = Arc::new(tokio::sync::Notify::new());
     let server = Arc::new(
         SmtpServer::new(smtp_config, dir.meta.clone(), dir.blobs.clone(), dir.hasher.clone(), tls.config.clone())
             // DKIM-sign the queued copy of submitted mail (crates/cli/src/domain.rs).
             .with_outbound_signer(signer.clone())
-            .with_inbound_verifier(Arc::new(verifier)),
+            .with_inbound_verifier(Arc::new(verifier))
+            .with_queue_notify(queued.clone()),
     );
 
     let broker = Arc::new(crate::local_api::broker(&dir, &config)?);
@@ -93,6 +96,7 @@ pub(crate) async fn run(config: Config) -> Result<()> {
                 hasher: dir.hasher.clone(),
                 hostname: config.hostname.clone(),
                 max_message_size: config.max_message_size,
+                queued: Some(queued.clone()),
             }),
     );
     let sessions = TaskTracker::new();
@@ -146,8 +150,14 @@ pub(crate) async fn run(config: Config) -> Result<()> {
                 route,
                 backoff_scale: config.delivery_backoff_scale,
                 max_age: Duration::from_secs(config.delivery_max_age_secs),
+                tls: if config.delivery_require_tls {
+                    agentkeys_delivery::TlsPolicy::Required
+                } else {
+                    agentkeys_delivery::TlsPolicy::Opportunistic
+                },
             },
-        ));
+        )
+        .with_waker(queued));
         Some(tokio::spawn(runner.run(shutdown.clone())))
     } else {
         println!("  delivery          off (delivery.enabled = false)");

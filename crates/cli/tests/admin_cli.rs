@@ -194,3 +194,20 @@ fn bad_config_names_every_key() {
         assert!(err.contains(key), "{key} not named in {err}");
     }
 }
+
+#[test]
+fn domains_start_not_verified_and_verify_names_an_unhosted_domain() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    run_json(d, &["domain", "add", "mail.example.org"]);
+    let list = run_json(d, &["domain", "list"]);
+    let rows = list.as_array().unwrap();
+    assert!(!rows.is_empty());
+    for row in rows {
+        assert_eq!(row["status"], "not_started", "{list}");
+        assert!(row["checked_at"].is_null(), "{list}");
+    }
+    let text = run(d, &["domain", "list"]);
+    assert!(String::from_utf8_lossy(&text.stdout).contains("mail.example.org\tnot_started\t"));
+    fails_with(d, &["domain", "verify", "nowhere.example.org"], "not hosted here; add it with `agentkeys domain add nowhere.example.org`");
+}

@@ -113,9 +113,15 @@ impl DomainKeyring {
     }
 
     /// Signs `message` as `domain` ([`DkimSigner::sign`]: normalized, then two
-    /// signatures prepended).
+    /// signatures prepended). The signing (about 0.6 ms of RSA-2048 per message)
+    /// runs on tokio's blocking pool, not on the async workers that serve the
+    /// SMTP sessions.
     pub async fn sign(&self, domain: &Domain, message: &[u8]) -> Result<Vec<u8>, DkimError> {
-        self.signer(domain).await?.sign(message)
+        let signer = self.signer(domain).await?;
+        let message = message.to_vec();
+        tokio::task::spawn_blocking(move || signer.sign(&message))
+            .await
+            .map_err(|e| DkimError::Sign(format!("the signing task failed: {e}")))?
     }
 
     fn cached(&self, domain: &Domain) -> Option<Arc<DkimSigner>> {

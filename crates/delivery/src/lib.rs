@@ -9,9 +9,12 @@
 //!   (relaxed/relaxed), through `mail-auth`'s aws-lc-rs backend (no `rsa` crate).
 //! - [`DomainKeyring`]: each hosted domain's newest keys from the store, created on
 //!   first use, signers cached.
-//! - [`zone_file`]: the MX, SPF, DMARC and DKIM records to publish, BIND syntax.
+//! - [`zone_file`]: the MX, SPF, DMARC and DKIM records to publish, BIND syntax;
+//!   [`verify_domain`]: checks them through DNS for `agentkeys domain verify`.
 //!
-//! The queue runner, MX delivery, retries and bounces come later.
+//! - [`Runner`]: the queue runner: leased claims, MX or smarthost routes,
+//!   pooled SMTP connections (per-host limit, pipelining, opportunistic or
+//!   required STARTTLS), backoff, bounces with a DSN.
 //!
 //! ```
 //! use agentkeys_core::{Domain, MasterSeed};
@@ -34,26 +37,32 @@
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+mod client;
 mod dsn;
 mod keyring;
 mod keys;
+mod pool;
 mod route;
 mod runner;
 mod sign;
+mod verify;
 mod zone;
 
 pub use dsn::{Bounce, DSN_MAX_ORIGINAL_HEADERS, build_dsn};
 pub use keyring::DomainKeyring;
 pub use route::{HickoryResolver, Mx, ResolveError, Resolver, Route, SMTP_PORT, StaticResolver, Target, targets};
+pub use client::TlsPolicy;
+pub use pool::{CONNECTION_IDLE, MAX_CONNECTIONS_PER_HOST, MAX_MESSAGES_PER_CONNECTION};
 pub use runner::{
-    Attempt, BACKOFF, BACKOFF_STEADY, CLAIM_BATCH, DeliveryConfig, LEASE, MAX_AGE, MAX_PER_DESTINATION, MIN_LEASE,
-    POLL_INTERVAL, Runner, SMTP_TIMEOUT, next_attempt, retry_delay, send_to,
+    Attempt, BACKOFF, BACKOFF_STEADY, CLAIM_BATCH, DeliveryConfig, LEASE, LEASE_MARGIN, MAX_AGE, MAX_IN_FLIGHT, RECORD_BATCH,
+    MIN_LEASE, POLL_INTERVAL, Runner, SMTP_TIMEOUT, lease_length, next_attempt, renew_every, retry_delay, send_to,
 };
 pub use keys::{
     DEFAULT_ED25519_SELECTOR, DEFAULT_RSA_SELECTOR, DomainKeys, RSA_WRAP_LABEL, Selectors, ed25519_label,
     unwrap_rsa_key, wrap_rsa_key,
 };
 pub use sign::{DkimSigner, SIGNED_HEADERS, normalize_for_relay};
+pub use verify::{DomainStatus, Finding, RecordCheck, check_dkim, check_dmarc, check_mx, check_spf, verify_domain};
 pub use zone::{DMARC_POLICY, MAX_TXT_STRING, SPF_POLICY, ZONE_TTL, txt_rdata, zone_file};
 
 use agentkeys_store::StoreError;

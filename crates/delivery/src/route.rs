@@ -39,6 +39,12 @@ pub trait Resolver: Send + Sync + 'static {
     async fn mx(&self, domain: &str) -> Result<Vec<Mx>, ResolveError>;
     /// The host's A and AAAA addresses; empty if it has none.
     async fn ips(&self, host: &str) -> Result<Vec<IpAddr>, ResolveError>;
+    /// The name's TXT records, each one's character-strings joined (RFC 7208
+    /// §3.3, RFC 6376 §3.6.2.2); empty if it has none. Used by `domain verify`;
+    /// a resolver for delivery only may leave the default, which says it cannot.
+    async fn txt(&self, name: &str) -> Result<Vec<String>, ResolveError> {
+        Err(ResolveError::Temporary(format!("this resolver cannot look up TXT records ({name})")))
+    }
 }
 
 /// The system resolver (`/etc/resolv.conf`) through hickory.
@@ -120,6 +126,26 @@ impl Resolver for HickoryResolver {
             Err(err) => classify(&err).map_or(Ok(Vec::new()), Err),
         }
     }
+
+    async fn txt(&self, name: &str) -> Result<Vec<String>, ResolveError> {
+        let name = format!("{}.", name.trim_end_matches('.'));
+        match self.0.txt_lookup(name.as_str()).await {
+            Ok(lookup) => Ok(lookup
+                .answers()
+                .iter()
+                .filter_map(|r| match &r.data {
+                    RData::TXT(txt) => Some(
+                        txt.txt_data
+                            .iter()
+                            .map(|s| String::from_utf8_lossy(s).into_owned())
+                            .collect::<String>(),
+                    ),
+                    _ => None,
+                })
+                .collect()),
+            Err(err) => classify(&err).map_or(Ok(Vec::new()), Err),
+        }
+    }
 }
 
 /// A fixed map of names to records, for tests and closed setups.
@@ -127,6 +153,8 @@ impl Resolver for HickoryResolver {
 pub struct StaticResolver {
     mx: BTreeMap<String, Vec<Mx>>,
     ips: BTreeMap<String, Vec<IpAddr>>,
+    txt: BTreeMap<String, Vec<String>>,
+    failing: Vec<String>,
 }
 
 impl StaticResolver {
@@ -158,8 +186,32 @@ impl StaticResolver {
         self
     }
 
+    /// Adds a TXT record (its strings already joined) for `name`.
+    #[must_use]
+    pub fn with_txt(mut self, name: &str, value: &str) -> Self {
+        self.txt
+            .entry(name.to_ascii_lowercase())
+            .or_default()
+            .push(value.to_owned());
+        self
+    }
+
+    /// Every lookup of `name` fails temporarily (SERVFAIL, timeout).
+    #[must_use]
+    pub fn with_failure(mut self, name: &str) -> Self {
+        self.failing.push(name.to_ascii_lowercase());
+        self
+    }
+
     fn known(&self, name: &str) -> bool {
-        self.mx.contains_key(name) || self.ips.contains_key(name)
+        self.mx.contains_key(name) || self.ips.contains_key(name) || self.txt.contains_key(name)
+    }
+
+    fn check(&self, name: &str) -> Result<(), ResolveError> {
+        if self.failing.iter().any(|f| f == name) {
+            return Err(ResolveError::Temporary(format!("SERVFAIL for {name}")));
+        }
+        Ok(())
     }
 }
 
@@ -167,6 +219,7 @@ impl StaticResolver {
 impl Resolver for StaticResolver {
     async fn mx(&self, domain: &str) -> Result<Vec<Mx>, ResolveError> {
         let domain = domain.to_ascii_lowercase();
+        self.check(&domain)?;
         if !self.known(&domain) {
             return Err(ResolveError::Permanent(format!("no such domain {domain}")));
         }
@@ -175,10 +228,20 @@ impl Resolver for StaticResolver {
 
     async fn ips(&self, host: &str) -> Result<Vec<IpAddr>, ResolveError> {
         let host = host.to_ascii_lowercase();
+        self.check(&host)?;
         if !self.known(&host) {
             return Err(ResolveError::Permanent(format!("no such host {host}")));
         }
         Ok(self.ips.get(&host).cloned().unwrap_or_default())
+    }
+
+    async fn txt(&self, name: &str) -> Result<Vec<String>, ResolveError> {
+        let name = name.to_ascii_lowercase();
+        self.check(&name)?;
+        if !self.known(&name) {
+            return Err(ResolveError::Permanent(format!("no such name {name}")));
+        }
+        Ok(self.txt.get(&name).cloned().unwrap_or_default())
     }
 }
 

@@ -1,25 +1,26 @@
 //! The outbound queue runner: claim due rows → deliver over SMTP → record the
-//! outcome, with exponential backoff, a maximum age, a DSN for each bounce and a
-//! per-destination connection limit.
+//! outcome, with exponential backoff, a maximum age, a DSN for each bounce,
+//! pooled connections with a per-host limit, and leases renewed while attempts
+//! run.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use agentkeys_core::UnixTime;
-use agentkeys_store::{AttemptOutcome, BlobKey, BlobStore, Claim, OutboundQueue};
+use agentkeys_store::{AttemptOutcome, AttemptToRecord, BlobKey, BlobStore, Claim, OutboundQueue, StoreError};
 use bytes::Bytes;
-use mail_send::SmtpClient;
-use smtp_proto::EXT_START_TLS;
-use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, Semaphore, mpsc, oneshot};
+use tokio_rustls::TlsConnector;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use ulid::Ulid;
 
+use crate::client::{Connection, TlsPolicy};
 use crate::dsn::{Bounce, build_dsn};
-use crate::route::{ResolveError, Resolver, Route, targets};
+use crate::pool::Pool;
+use crate::route::{ResolveError, Resolver, Route, Target, targets};
 
 /// Waits after the 1st, 2nd, 3rd and 4th failed attempt; then [`BACKOFF_STEADY`].
 pub const BACKOFF: [Duration; 4] = [
@@ -32,20 +33,29 @@ pub const BACKOFF: [Duration; 4] = [
 pub const BACKOFF_STEADY: Duration = Duration::from_secs(4 * 3600);
 /// A message still undelivered this long after it was queued bounces.
 pub const MAX_AGE: Duration = Duration::from_secs(5 * 24 * 3600);
-/// How long a claim is leased: longer than any attempt ([`SMTP_TIMEOUT`] per
-/// step), so a live worker never loses its row; a crashed one's rows come back
-/// after it.
+/// How long a claim is leased. The runner renews the leases of attempts still
+/// running every third of it ([`renew_every`]), so a slow attempt keeps its row;
+/// a crashed worker's rows come back at most this long after its last renewal.
 pub const LEASE: Duration = Duration::from_secs(15 * 60);
 /// The shortest lease, whatever the backoff scale.
 pub const MIN_LEASE: Duration = Duration::from_secs(5);
-/// Rows claimed per round.
-pub const CLAIM_BATCH: u32 = 32;
-/// Concurrent connections to one destination domain.
-pub const MAX_PER_DESTINATION: usize = 4;
-/// How often the runner looks for due rows when idle.
+/// An attempt whose lease could not be renewed stops this long before the lease
+/// ends, so no other worker can start the same delivery while it still runs.
+pub const LEASE_MARGIN: Duration = Duration::from_secs(2);
+/// Rows claimed per round (one `UPDATE … RETURNING`).
+pub const CLAIM_BATCH: u32 = 64;
+/// Claimed rows being attempted at once, over all destinations; the runner
+/// claims no more until some finish.
+pub const MAX_IN_FLIGHT: usize = 256;
+/// The safety poll: how often the runner looks for due rows when nothing woke
+/// it. Submissions wake it at once ([`Runner::waker`]); deferred rows become
+/// due by the clock and are found by this poll, at most this late.
 pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
 /// Timeout of each SMTP step (connect, each command, the data transfer).
 pub const SMTP_TIMEOUT: Duration = Duration::from_secs(5 * 60);
+/// Most finished attempts recorded in one transaction (one commit, one fsync):
+/// the recorder takes whatever has finished since its last commit, up to this.
+pub const RECORD_BATCH: usize = 64;
 
 /// Delivery settings.
 #[derive(Debug, Clone)]
@@ -59,6 +69,8 @@ pub struct DeliveryConfig {
     pub backoff_scale: f64,
     /// Bounce after this age ([`MAX_AGE`] by default).
     pub max_age: Duration,
+    /// TLS for every destination: opportunistic (default) or required.
+    pub tls: TlsPolicy,
 }
 
 fn scaled(d: Duration, scale: f64) -> Duration {
@@ -73,6 +85,16 @@ pub fn retry_delay(failures: u32, scale: f64) -> Duration {
 
 fn secs_ceil(d: Duration) -> i64 {
     i64::try_from(d.as_secs() + u64::from(d.subsec_nanos() > 0)).unwrap_or(i64::MAX)
+}
+
+/// The lease length for a backoff scale: [`LEASE`] scaled, at least [`MIN_LEASE`].
+pub fn lease_length(scale: f64) -> Duration {
+    scaled(LEASE, scale).max(MIN_LEASE)
+}
+
+/// How often running attempts' leases are renewed: a third of the lease.
+pub fn renew_every(scale: f64) -> Duration {
+    lease_length(scale) / 3
 }
 
 /// After a temporary failure: when to try next, or `None` when the next attempt
@@ -100,41 +122,11 @@ pub enum Attempt {
     Permanent(String),
 }
 
-fn reply_text(r: &smtp_proto::Response<String>) -> String {
-    let message = r.message().replace(['\r', '\n'], " ");
-    match r.esc {
-        [0, ..] => format!("{} {message}", r.code()),
-        [a, b, c] => format!("{} {a}.{b}.{c} {message}", r.code()),
-    }
-}
-
-fn classify(err: mail_send::Error) -> Attempt {
-    match err {
-        mail_send::Error::UnexpectedReply(r) if (500..600).contains(&r.code()) => {
-            Attempt::Permanent(reply_text(&r))
-        }
-        mail_send::Error::UnexpectedReply(r) => Attempt::Temporary(reply_text(&r)),
-        other => Attempt::Temporary(format!("{other}")),
-    }
-}
-
-async fn transaction<T: AsyncRead + AsyncWrite + Unpin>(
-    client: &mut SmtpClient<T>,
-    from: &str,
-    to: &str,
-    body: &[u8],
-) -> Result<String, mail_send::Error> {
-    let params = mail_send::smtp::message::Parameters::default();
-    client.mail_from(from, &params).await?;
-    client.rcpt_to(to, &params).await?;
-    let reply = client.data(body).await?;
-    Ok(reply_text(&reply))
-}
-
-/// One SMTP delivery to one address: greeting, EHLO, STARTTLS when offered
-/// (opportunistic: the certificate is not checked, RFC 7435), MAIL, RCPT, DATA.
+/// One SMTP delivery to one address on a new connection: greeting, EHLO,
+/// STARTTLS when offered (opportunistic: the certificate is not checked, RFC
+/// 7435), MAIL, RCPT, DATA, QUIT.
 pub async fn send_to(
-    addr: SocketAddr,
+    addr: std::net::SocketAddr,
     host: &str,
     helo: &str,
     from: &str,
@@ -142,30 +134,43 @@ pub async fn send_to(
     body: &[u8],
     timeout: Duration,
 ) -> Attempt {
-    let run = async {
-        let mut client = SmtpClient::connect(addr, timeout).await?;
-        let greeting = client.read().await?;
-        if !greeting.is_positive_completion() {
-            return Err(mail_send::Error::UnexpectedReply(greeting));
+    let connector = mail_send::smtp::tls::build_tls_connector(true).ok();
+    match Connection::open(addr, host, helo, TlsPolicy::Opportunistic, connector.as_ref(), timeout).await {
+        Ok(mut conn) => {
+            let out = conn.send(from, to, body, timeout).await;
+            if out.reusable {
+                conn.quit().await;
+            }
+            out.attempt
         }
-        let ehlo = client.ehlo(helo).await?;
-        if ehlo.has_capability(EXT_START_TLS) {
-            let connector = mail_send::smtp::tls::build_tls_connector(true)
-                .map_err(|_| mail_send::Error::MissingStartTls)?;
-            let mut tls = client.start_tls(&connector, host).await?;
-            tls.ehlo(helo).await?;
-            let reply = transaction(&mut tls, from, to, body).await;
-            let _ = tls.quit().await;
-            reply
-        } else {
-            let reply = transaction(&mut client, from, to, body).await;
-            let _ = client.quit().await;
-            reply
+        Err(attempt) => attempt,
+    }
+}
+
+/// A claim batch's lease, shared by its rows' attempts and renewed while any runs.
+#[derive(Debug)]
+struct Lease {
+    token: String,
+    /// Unix seconds; moved forward by each successful renewal.
+    until: AtomicI64,
+}
+
+impl Lease {
+    /// Resolves when the lease is about to end without having been renewed.
+    async fn lost(&self, clock: &(dyn Fn() -> UnixTime + Send + Sync)) {
+        loop {
+            let until = self.until.load(Ordering::Acquire);
+            let left = until
+                .saturating_sub(clock())
+                .saturating_sub(secs_ceil(LEASE_MARGIN));
+            if left <= 0 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_secs(u64::try_from(left).unwrap_or(0))).await;
+            if self.until.load(Ordering::Acquire) == until {
+                return; // not renewed in the meantime
+            }
         }
-    };
-    match run.await {
-        Ok(reply) => Attempt::Delivered(reply),
-        Err(err) => classify(err),
     }
 }
 
@@ -176,7 +181,49 @@ pub struct Runner {
     resolver: Arc<dyn Resolver>,
     config: DeliveryConfig,
     clock: Arc<dyn Fn() -> UnixTime + Send + Sync>,
-    destinations: Mutex<HashMap<String, Arc<Semaphore>>>,
+    pool: Pool,
+    tls: Option<TlsConnector>,
+    wake: Arc<Notify>,
+    in_flight: Arc<Semaphore>,
+    /// Leases with attempts still running, by token, with how many.
+    leases: Mutex<HashMap<String, (Arc<Lease>, usize)>>,
+    /// Finished attempts on their way to the recorder task ([`RECORD_BATCH`]).
+    records: mpsc::UnboundedSender<Record>,
+    record_queue: Mutex<Option<mpsc::UnboundedReceiver<Record>>>,
+}
+
+/// A finished attempt waiting to be recorded, and where its result goes.
+struct Record {
+    item: AttemptToRecord,
+    done: oneshot::Sender<Result<u64, StoreError>>,
+}
+
+/// Records finished attempts in batches: whatever arrived since the last
+/// commit, up to [`RECORD_BATCH`], in one transaction.
+async fn recorder(queue: Arc<dyn OutboundQueue>, mut records: mpsc::UnboundedReceiver<Record>) {
+    while let Some(first) = records.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < RECORD_BATCH {
+            match records.try_recv() {
+                Ok(next) => batch.push(next),
+                Err(_) => break,
+            }
+        }
+        let items: Vec<AttemptToRecord> = batch.iter().map(|r| r.item.clone()).collect();
+        match queue.record_attempts(&items).await {
+            Ok(results) => {
+                for (record, result) in batch.into_iter().zip(results) {
+                    let _ = record.done.send(result);
+                }
+            }
+            Err(err) => {
+                let text = err.to_string();
+                for record in batch {
+                    let _ = record.done.send(Err(StoreError::Backend(text.clone())));
+                }
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for Runner {
@@ -203,56 +250,214 @@ impl Runner {
     ) -> Self {
         // TLS for STARTTLS uses the process-wide provider: make it aws-lc-rs.
         let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+        let (records, record_queue) = mpsc::unbounded_channel();
+        let tls = match mail_send::smtp::tls::build_tls_connector(true) {
+            Ok(tls) => Some(tls),
+            Err(err) => {
+                tracing::error!(%err, "no TLS client for STARTTLS; servers offering it are deferred");
+                None
+            }
+        };
         Self {
             queue,
             blobs,
             resolver,
             config,
             clock: Arc::new(system_now),
-            destinations: Mutex::new(HashMap::new()),
+            pool: Pool::default(),
+            tls,
+            wake: Arc::new(Notify::new()),
+            in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
+            leases: Mutex::new(HashMap::new()),
+            records,
+            record_queue: Mutex::new(Some(record_queue)),
         }
     }
 
-    /// Claims and delivers until `shutdown`, then waits for attempts in flight.
+    /// The same runner, woken by `wake` (give the same `Notify` to the SMTP
+    /// server's `with_queue_notify`, so a submission starts its delivery at once).
+    #[must_use]
+    pub fn with_waker(mut self, wake: Arc<Notify>) -> Self {
+        self.wake = wake;
+        self
+    }
+
+    /// What wakes the runner: `notify_one` after queueing a message.
+    pub fn waker(&self) -> Arc<Notify> {
+        Arc::clone(&self.wake)
+    }
+
+    /// Claims and delivers until `shutdown`, then waits for attempts in flight
+    /// (still renewing their leases).
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        let record_queue = self
+            .record_queue
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        let recording = record_queue.map(|q| tokio::spawn(recorder(Arc::clone(&self.queue), q)));
         let tasks = TaskTracker::new();
+        let renew = renew_every(self.config.backoff_scale);
+        let mut last_renew = Instant::now();
+        let mut last_housekeeping = Instant::now();
         loop {
-            let claimed = self.claim_round(&tasks).await;
-            self.update_depth().await;
-            let idle = if claimed == 0 {
-                POLL_INTERVAL
-            } else {
-                Duration::ZERO
-            };
+            if last_renew.elapsed() >= renew {
+                self.renew_leases().await;
+                last_renew = Instant::now();
+            }
+            if last_housekeeping.elapsed() >= POLL_INTERVAL {
+                self.update_depth().await;
+                self.close_expired();
+                last_housekeeping = Instant::now();
+            }
+            let (claimed, asked) = self.claim_round(&tasks).await;
+            if asked > 0 && claimed == asked {
+                // Probably more due: claim again (after yielding to the attempts).
+                tokio::task::yield_now().await;
+                if !shutdown.is_cancelled() {
+                    continue;
+                }
+            }
+            let wait = POLL_INTERVAL.min(renew.saturating_sub(last_renew.elapsed()));
+            let in_flight = Arc::clone(&self.in_flight);
             tokio::select! {
                 () = shutdown.cancelled() => break,
-                () = tokio::time::sleep(idle) => {}
+                () = self.wake.notified(), if asked > 0 => {}
+                // Every slot busy: go on when one frees up.
+                Ok(_) = in_flight.acquire_owned(), if asked == 0 => {}
+                () = tokio::time::sleep(wait) => {}
             }
         }
         tasks.close();
-        tasks.wait().await;
+        loop {
+            tokio::select! {
+                () = tasks.wait() => break,
+                () = tokio::time::sleep(renew) => self.renew_leases().await,
+            }
+        }
+        // Every attempt has its result back, so nothing waits for the recorder.
+        if let Some(recording) = recording {
+            recording.abort();
+        }
+        for conn in self.pool.drain() {
+            conn.quit().await;
+        }
     }
 
-    async fn claim_round(self: &Arc<Self>, tasks: &TaskTracker) -> usize {
+    /// Records one finished attempt through the batching recorder (or directly
+    /// when the runner loop is not running).
+    async fn record(
+        &self,
+        claim: &Claim,
+        outcome: AttemptOutcome,
+        next: UnixTime,
+        response: &str,
+        now: UnixTime,
+    ) -> Result<u64, StoreError> {
+        let item = AttemptToRecord {
+            claim: claim.clone(),
+            outcome,
+            next_attempt_at: next,
+            response: Some(response.to_owned()),
+            now,
+        };
+        let (done, result) = oneshot::channel();
+        if self.records.send(Record { item, done }).is_ok()
+            && let Ok(result) = result.await
+        {
+            return result;
+        }
+        self.queue
+            .record_attempt(claim, outcome, next, Some(response), now)
+            .await
+    }
+
+    fn close_expired(&self) {
+        let old = self.pool.expired();
+        if !old.is_empty() {
+            tokio::spawn(async move {
+                for conn in old {
+                    conn.quit().await;
+                }
+            });
+        }
+    }
+
+    async fn renew_leases(&self) {
+        let leases: Vec<Arc<Lease>> = self
+            .leases
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .map(|(lease, _)| Arc::clone(lease))
+            .collect();
+        let length = secs_ceil(lease_length(self.config.backoff_scale));
+        for lease in leases {
+            let until = (self.clock)().saturating_add(length);
+            match self.queue.renew_lease(&lease.token, until).await {
+                Ok(_) => lease.until.store(until, Ordering::Release),
+                Err(err) => tracing::warn!(%err, "cannot renew a delivery lease; its attempts stop before it ends"),
+            }
+        }
+    }
+
+    /// One claim: as many rows as there are free in-flight slots (at most
+    /// [`CLAIM_BATCH`]). Returns (claimed, asked for).
+    async fn claim_round(self: &Arc<Self>, tasks: &TaskTracker) -> (usize, usize) {
+        let free = self.in_flight.available_permits().min(CLAIM_BATCH as usize);
+        if free == 0 {
+            return (0, 0);
+        }
+        let Ok(permits) = Arc::clone(&self.in_flight).acquire_many_owned(u32::try_from(free).unwrap_or(1)).await else {
+            return (0, 0);
+        };
         let now = (self.clock)();
-        let lease = scaled(LEASE, self.config.backoff_scale).max(MIN_LEASE);
+        let until = now.saturating_add(secs_ceil(lease_length(self.config.backoff_scale)));
         let claims = match self
             .queue
-            .claim_due(now, CLAIM_BATCH, now.saturating_add(secs_ceil(lease)))
+            .claim_due(now, u32::try_from(free).unwrap_or(CLAIM_BATCH), until)
             .await
         {
             Ok(claims) => claims,
             Err(err) => {
                 tracing::error!(%err, "cannot claim due queue rows");
-                return 0;
+                return (0, free);
             }
         };
         let n = claims.len();
+        let mut permits = permits;
+        let Some(first) = claims.first() else {
+            return (0, free);
+        };
+        let lease = Arc::new(Lease {
+            token: first.lease.clone(),
+            until: AtomicI64::new(until),
+        });
+        self.leases
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(lease.token.clone(), (Arc::clone(&lease), n));
         for claim in claims {
             let runner = Arc::clone(self);
-            tasks.spawn(async move { runner.deliver(claim).await });
+            let lease = Arc::clone(&lease);
+            let permit = permits.split(1);
+            tasks.spawn(async move {
+                runner.deliver(claim, &lease).await;
+                runner.release(&lease);
+                drop(permit);
+            });
         }
-        n
+        (n, free)
+    }
+
+    fn release(&self, lease: &Lease) {
+        let mut leases = self.leases.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((_, running)) = leases.get_mut(&lease.token) {
+            *running = running.saturating_sub(1);
+            if *running == 0 {
+                leases.remove(&lease.token);
+            }
+        }
     }
 
     async fn update_depth(&self) {
@@ -268,19 +473,8 @@ impl Runner {
         }
     }
 
-    fn destination(&self, domain: &str) -> Arc<Semaphore> {
-        let mut map = self
-            .destinations
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        Arc::clone(
-            map.entry(domain.to_owned())
-                .or_insert_with(|| Arc::new(Semaphore::new(MAX_PER_DESTINATION))),
-        )
-    }
-
     /// One attempt for one claimed row, recorded.
-    async fn deliver(&self, claim: Claim) {
+    async fn deliver(&self, claim: Claim, lease: &Lease) {
         let entry = &claim.entry;
         let started = Instant::now();
         let key = entry.message_id.parse::<Ulid>().ok().map(BlobKey::queued);
@@ -290,8 +484,12 @@ impl Runner {
         };
         let attempt = match body {
             Ok(Some(body)) => {
-                self.attempt(entry.sender.as_str(), &entry.recipient, &body)
-                    .await
+                tokio::select! {
+                    attempt = self.attempt(entry.sender.as_str(), &entry.recipient, &body) => attempt,
+                    () = lease.lost(self.clock.as_ref()) => Attempt::Temporary(
+                        "451 4.4.7 attempt stopped: its queue lease could not be renewed".to_owned(),
+                    ),
+                }
             }
             Ok(None) => Attempt::Permanent(format!(
                 "554 5.3.0 queued message {} is missing",
@@ -343,21 +541,21 @@ impl Runner {
                 return;
             }
         }
-        tracing::info!(
+        tracing::debug!(
             message = %entry.message_id, outcome = %outcome, attempt = entry.attempts + 1,
             elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX), %response,
             "delivery attempt"
         );
-        if let Err(err) = self
-            .queue
-            .record_attempt(&claim, outcome, next, Some(&response), now)
-            .await
-        {
-            tracing::error!(message = %entry.message_id, %err, "cannot record the delivery attempt");
-            return;
-        }
+        let unfinished = match self.record(&claim, outcome, next, &response, now).await {
+            Ok(unfinished) => unfinished,
+            Err(err) => {
+                tracing::error!(message = %entry.message_id, %err, "cannot record the delivery attempt");
+                return;
+            }
+        };
         if outcome != AttemptOutcome::Deferred
-            && let (Some(key), Ok(0)) = (key, self.queue.unfinished(&entry.message_id).await)
+            && unfinished == 0
+            && let Some(key) = key
             && let Err(err) = self.blobs.remove(&key).await
         {
             tracing::warn!(message = %entry.message_id, %err, "cannot remove the delivered message");
@@ -369,10 +567,6 @@ impl Runner {
             return Attempt::Permanent(format!("553 5.1.3 {to} is not an address"));
         };
         let domain = domain.to_ascii_lowercase();
-        let slot = self.destination(&domain);
-        let Ok(_permit) = slot.acquire().await else {
-            return Attempt::Temporary("451 4.3.0 delivery is shutting down".to_owned());
-        };
         let hosts = match targets(self.resolver.as_ref(), &self.config.route, &domain).await {
             Ok(hosts) => hosts,
             Err(ResolveError::Permanent(why)) => {
@@ -384,24 +578,67 @@ impl Runner {
         };
         let mut last = Attempt::Temporary("451 4.4.1 no host answered".to_owned());
         for target in hosts {
-            for addr in &target.addrs {
-                match send_to(
-                    *addr,
-                    &target.host,
-                    &self.config.hostname,
-                    from,
-                    to,
-                    body,
-                    SMTP_TIMEOUT,
-                )
-                .await
-                {
-                    Attempt::Temporary(why) => last = Attempt::Temporary(why),
-                    done => return done,
-                }
+            let slot = self.pool.slot(&target.host);
+            let Ok(_permit) = slot.acquire().await else {
+                return Attempt::Temporary("451 4.3.0 delivery is shutting down".to_owned());
+            };
+            match self.on_host(&target, from, to, body, self.config.tls).await {
+                Attempt::Temporary(why) => last = Attempt::Temporary(why),
+                done => return done,
             }
         }
         last
+    }
+
+    /// One host: a pooled connection if there is one (a stale one is replaced
+    /// at once), else each of its addresses in turn.
+    async fn on_host(&self, target: &Target, from: &str, to: &str, body: &[u8], tls: TlsPolicy) -> Attempt {
+        if let Some(mut conn) = self.pool.take(&target.host, tls) {
+            let out = conn.send(from, to, body, SMTP_TIMEOUT).await;
+            if !out.untouched {
+                self.hand_back(&target.host, conn, out.reusable).await;
+                return out.attempt;
+            }
+            // The server closed it while idle; nothing was sent: try a new one.
+        }
+        let mut last = Attempt::Temporary("451 4.4.1 no address answered".to_owned());
+        for addr in &target.addrs {
+            let mut conn = match Connection::open(
+                *addr,
+                &target.host,
+                &self.config.hostname,
+                tls,
+                self.tls.as_ref(),
+                SMTP_TIMEOUT,
+            )
+            .await
+            {
+                Ok(conn) => conn,
+                Err(Attempt::Temporary(why)) => {
+                    last = Attempt::Temporary(why);
+                    continue;
+                }
+                Err(done) => return done,
+            };
+            let out = conn.send(from, to, body, SMTP_TIMEOUT).await;
+            self.hand_back(&target.host, conn, out.reusable).await;
+            match out.attempt {
+                Attempt::Temporary(why) => last = Attempt::Temporary(why),
+                done => return done,
+            }
+        }
+        last
+    }
+
+    async fn hand_back(&self, host: &str, conn: Connection, reusable: bool) {
+        if let Some(full) = self.pool.give_back(host, conn, reusable) {
+            full.quit().await;
+        }
+    }
+
+    /// Idle pooled connections to `host` (tests).
+    pub fn idle_connections(&self, host: &str) -> usize {
+        self.pool.idle_count(host)
     }
 
     async fn write_dsn(
@@ -444,6 +681,7 @@ mod tests {
             route: Route::Mx { port: 25 },
             backoff_scale: scale,
             max_age: MAX_AGE,
+            tls: TlsPolicy::Opportunistic,
         }
     }
 
@@ -479,43 +717,35 @@ mod tests {
     }
 
     #[test]
-    fn reply_classes_map_to_outcomes() {
-        let r = |code: u16| {
-            mail_send::Error::UnexpectedReply(smtp_proto::Response::new(
-                code,
-                0,
-                0,
-                0,
-                "x".to_owned(),
-            ))
-        };
-        assert!(matches!(classify(r(451)), Attempt::Temporary(t) if t.starts_with("451")));
-        assert!(matches!(classify(r(550)), Attempt::Permanent(t) if t.starts_with("550")));
-        assert!(matches!(
-            classify(mail_send::Error::Timeout),
-            Attempt::Temporary(_)
-        ));
-        let enhanced = mail_send::Error::UnexpectedReply(smtp_proto::Response::new(
-            550,
-            5,
-            1,
-            1,
-            "no\r\nuser".to_owned(),
-        ));
-        assert_eq!(
-            classify(enhanced),
-            Attempt::Permanent("550 5.1.1 no  user".to_owned()),
-            "one line, with the enhanced code"
+    fn limits_are_named_and_sane() {
+        assert_eq!(lease_length(1.0), LEASE);
+        assert_eq!(lease_length(0.001), MIN_LEASE, "tests still get a usable lease");
+        assert!(
+            renew_every(0.001) + LEASE_MARGIN < MIN_LEASE,
+            "a renewal comes before a running attempt would give up"
         );
+        assert!(CLAIM_BATCH as usize <= MAX_IN_FLIGHT);
+        assert!(POLL_INTERVAL < MIN_LEASE);
+        assert_eq!(MAX_AGE, Duration::from_secs(5 * 24 * 3600));
     }
 
-    #[test]
-    fn limits_are_named_and_sane() {
-        assert!(
-            LEASE > SMTP_TIMEOUT,
-            "a live attempt never outlives its lease by one step"
-        );
-        assert_eq!(MAX_PER_DESTINATION, 4);
-        assert_eq!(MAX_AGE, Duration::from_secs(5 * 24 * 3600));
+    #[tokio::test(start_paused = true)]
+    async fn an_unrenewed_lease_is_lost_before_it_ends_and_a_renewed_one_is_not() {
+        let now = Arc::new(AtomicI64::new(1_000));
+        let clock_now = Arc::clone(&now);
+        let clock = move || clock_now.load(Ordering::Acquire);
+        let lease = Arc::new(Lease { token: "t".into(), until: AtomicI64::new(1_005) });
+        // Not renewed: lost at until - LEASE_MARGIN (3 s of the 5).
+        let lost = tokio::time::timeout(Duration::from_secs(4), lease.lost(&clock)).await;
+        assert!(lost.is_ok(), "given up before the lease ended");
+        // Renewed while waiting: still held after the first deadline.
+        let lease = Arc::new(Lease { token: "t".into(), until: AtomicI64::new(1_005) });
+        let renewer = Arc::clone(&lease);
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            renewer.until.store(1_100, Ordering::Release);
+        });
+        let held = tokio::time::timeout(Duration::from_secs(10), lease.lost(&clock)).await;
+        assert!(held.is_err(), "a renewed lease is not given up");
     }
 }

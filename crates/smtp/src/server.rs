@@ -155,6 +155,7 @@ pub struct SmtpServer {
     limiter: Arc<ConnectionLimiter>,
     signer: Option<Arc<dyn OutboundSigner>>,
     verifier: Option<Arc<dyn InboundVerifier>>,
+    queued: Option<Arc<tokio::sync::Notify>>,
 }
 
 impl std::fmt::Debug for SmtpServer {
@@ -200,6 +201,7 @@ impl SmtpServer {
             limiter: ConnectionLimiter::new(config.max_connections, config.max_connections_per_ip),
             signer: None,
             verifier: None,
+            queued: None,
         }
     }
 
@@ -218,6 +220,15 @@ impl SmtpServer {
     #[must_use]
     pub fn with_inbound_verifier(mut self, verifier: Arc<dyn InboundVerifier>) -> Self {
         self.verifier = Some(verifier);
+        self
+    }
+
+    /// The same service, calling `notify_one` on `queued` each time a message
+    /// with remote recipients is queued, so the delivery runner starts at once
+    /// instead of at its next poll.
+    #[must_use]
+    pub fn with_queue_notify(mut self, queued: Arc<tokio::sync::Notify>) -> Self {
+        self.queued = Some(queued);
         self
     }
 
@@ -404,6 +415,9 @@ impl SmtpServer {
                     if result.is_ok() {
                         metrics::counter!("agentkeys_smtp_messages_accepted_total", "listener" => kind.label())
                             .increment(1);
+                        if let (Some(queued), Some(_)) = (&self.queued, &delivery.outbound) {
+                            queued.notify_one();
+                        }
                     }
                     session.delivery_result(result, now());
                 }

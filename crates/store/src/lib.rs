@@ -20,6 +20,7 @@
 
 mod blob;
 mod events;
+mod domain_status;
 mod fs;
 mod index;
 mod mailroom;
@@ -30,6 +31,7 @@ mod sqlite;
 
 pub use blob::{BlobError, BlobKey};
 pub use events::{EVENT_BUFFER, LocalEventHub, MailEvents, Missed, Subscription, TooManySubscribers};
+pub use domain_status::{DOMAIN_STATUSES, DomainStatusRecord, DomainStatusStore};
 pub use fs::FsBlobStore;
 pub use index::{IndexedMessage, ListOrder, MessageIndex, NewMessage, PageQuery, received_at};
 pub use mailroom::{
@@ -37,7 +39,7 @@ pub use mailroom::{
     expire_event,
 };
 pub use meta::*;
-pub use queue::{AttemptOutcome, AttemptRecord, Claim, OutboundQueue, QueueDetail, QueueStateCount};
+pub use queue::{AttemptOutcome, AttemptRecord, AttemptToRecord, Claim, OutboundQueue, QueueDetail, QueueStateCount};
 pub use sqlite::SqliteStore;
 
 use async_trait::async_trait;

@@ -61,6 +61,21 @@ pub struct Claim {
     pub lease: String,
 }
 
+/// An attempt to record ([`OutboundQueue::record_attempts`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttemptToRecord {
+    /// The claim the attempt was made under.
+    pub claim: Claim,
+    /// How it ended.
+    pub outcome: AttemptOutcome,
+    /// When to try next (deferred) or the end time.
+    pub next_attempt_at: UnixTime,
+    /// The remote reply or the local error.
+    pub response: Option<String>,
+    /// When the attempt ended.
+    pub now: UnixTime,
+}
+
 /// One recorded delivery attempt.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct AttemptRecord {
@@ -110,8 +125,10 @@ pub trait OutboundQueue: Send + Sync + 'static {
     ) -> Result<Vec<Claim>, StoreError>;
     /// Records the outcome of the attempt the `claim` was for: the row moves to the
     /// outcome's state with `next_attempt_at`, one more attempt and `response`, and
-    /// the attempt is added to the history, in one transaction. `Conflict` if the
-    /// lease was lost (expired and claimed by another worker): nothing is written.
+    /// the attempt is added to the history, in one transaction. Returns how many
+    /// of the message's rows are still unfinished afterwards (as
+    /// [`unfinished`](Self::unfinished)): at zero its blob can go. `Conflict` if
+    /// the lease was lost (expired and claimed by another worker): nothing is written.
     async fn record_attempt(
         &self,
         claim: &Claim,
@@ -119,7 +136,15 @@ pub trait OutboundQueue: Send + Sync + 'static {
         next_attempt_at: UnixTime,
         response: Option<&str>,
         now: UnixTime,
-    ) -> Result<(), StoreError>;
+    ) -> Result<u64, StoreError>;
+    /// [`record_attempt`](Self::record_attempt) for many attempts in one
+    /// transaction (one commit, one fsync): each gets its own result, a lost
+    /// lease (`Conflict`) affecting only its row. `Err` only when the
+    /// transaction itself fails (then nothing is written).
+    async fn record_attempts(&self, batch: &[AttemptToRecord]) -> Result<Vec<Result<u64, StoreError>>, StoreError>;
+    /// Extends the lease of every row still `sending` under `lease` (a claim's
+    /// token) to `lease_until`, while their attempts run. Returns how many rows.
+    async fn renew_lease(&self, lease: &str, lease_until: UnixTime) -> Result<u64, StoreError>;
     /// A message's rows and attempts; `NotFound` if it has no rows.
     async fn queue_show(&self, message_id: &str) -> Result<QueueDetail, StoreError>;
     /// Makes a message's `queued`/`deferred` rows due at `now`; returns how many.
@@ -284,51 +309,97 @@ impl OutboundQueue for SqliteStore {
         next_attempt_at: UnixTime,
         response: Option<&str>,
         now: UnixTime,
-    ) -> Result<(), StoreError> {
-        let entry = &claim.entry;
+    ) -> Result<u64, StoreError> {
+        let one = AttemptToRecord {
+            claim: claim.clone(),
+            outcome,
+            next_attempt_at,
+            response: response.map(str::to_owned),
+            now,
+        };
+        self.record_attempts(std::slice::from_ref(&one))
+            .await?
+            .pop()
+            .unwrap_or_else(|| Err(StoreError::Backend("no result for the recorded attempt".to_owned())))
+    }
+
+    async fn record_attempts(&self, batch: &[AttemptToRecord]) -> Result<Vec<Result<u64, StoreError>>, StoreError> {
         let mut tx = self
             .pool
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(backend)?;
-        let attempts: Option<(i64,)> = sqlx::query_as(
-            "UPDATE outbound_queue
-                SET state = ?3, next_attempt_at = ?4, last_response = ?5, attempts = attempts + 1,
-                    lease_until = NULL, lease_token = NULL
-              WHERE message_id = ?1 AND recipient = ?2 AND state = 'sending' AND lease_token = ?6
-          RETURNING attempts",
+        let mut results = Vec::with_capacity(batch.len());
+        for item in batch {
+            let entry = &item.claim.entry;
+            let attempts: Option<(i64,)> = sqlx::query_as(
+                "UPDATE outbound_queue
+                    SET state = ?3, next_attempt_at = ?4, last_response = ?5, attempts = attempts + 1,
+                        lease_until = NULL, lease_token = NULL
+                  WHERE message_id = ?1 AND recipient = ?2 AND state = 'sending' AND lease_token = ?6
+              RETURNING attempts",
+            )
+            .bind(&entry.message_id)
+            .bind(&entry.recipient)
+            .bind(item.outcome.as_str())
+            .bind(item.next_attempt_at)
+            .bind(item.response.as_deref())
+            .bind(&item.claim.lease)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(backend)?;
+            let Some((attempt,)) = attempts else {
+                results.push(Err(StoreError::Conflict {
+                    what: format!(
+                        "a newer lease on message {} for {}",
+                        entry.message_id, entry.recipient
+                    ),
+                }));
+                continue;
+            };
+            sqlx::query(
+                "INSERT INTO outbound_attempts (message_id, recipient, attempt, at, outcome, response)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )
+            .bind(&entry.message_id)
+            .bind(&entry.recipient)
+            .bind(attempt)
+            .bind(item.now)
+            .bind(item.outcome.as_str())
+            .bind(item.response.as_deref())
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+            results.push(Ok(0));
+        }
+        // What is left of each message, after every row of the batch moved.
+        for (item, result) in batch.iter().zip(results.iter_mut()) {
+            if let Ok(left) = result {
+                let (unfinished,): (i64,) = sqlx::query_as(
+                    "SELECT COUNT(*) FROM outbound_queue
+                      WHERE message_id = ?1 AND state IN ('queued', 'sending', 'deferred')",
+                )
+                .bind(&item.claim.entry.message_id)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(backend)?;
+                *left = count(unfinished);
+            }
+        }
+        tx.commit().await.map_err(backend)?;
+        Ok(results)
+    }
+
+    async fn renew_lease(&self, lease: &str, lease_until: UnixTime) -> Result<u64, StoreError> {
+        let done = sqlx::query(
+            "UPDATE outbound_queue SET lease_until = ?2 WHERE lease_token = ?1 AND state = 'sending'",
         )
-        .bind(&entry.message_id)
-        .bind(&entry.recipient)
-        .bind(outcome.as_str())
-        .bind(next_attempt_at)
-        .bind(response)
-        .bind(&claim.lease)
-        .fetch_optional(&mut *tx)
+        .bind(lease)
+        .bind(lease_until)
+        .execute(&self.pool)
         .await
         .map_err(backend)?;
-        let Some((attempt,)) = attempts else {
-            return Err(StoreError::Conflict {
-                what: format!(
-                    "a newer lease on message {} for {}",
-                    entry.message_id, entry.recipient
-                ),
-            });
-        };
-        sqlx::query(
-            "INSERT INTO outbound_attempts (message_id, recipient, attempt, at, outcome, response)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        )
-        .bind(&entry.message_id)
-        .bind(&entry.recipient)
-        .bind(attempt)
-        .bind(now)
-        .bind(outcome.as_str())
-        .bind(response)
-        .execute(&mut *tx)
-        .await
-        .map_err(backend)?;
-        tx.commit().await.map_err(backend)
+        Ok(done.rows_affected())
     }
 
     async fn queue_show(&self, message_id: &str) -> Result<QueueDetail, StoreError> {
@@ -525,6 +596,28 @@ mod tests {
         assert_eq!(detail.recipients[0].attempts, 1);
         assert_eq!(detail.attempts.len(), 1);
         assert_eq!(store.unfinished("01HMSG").await.unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_renewed_lease_keeps_the_row_and_recording_counts_what_is_left() {
+        let store = store_with_message(&["a@example.com", "b@example.com"]).await;
+        let claims = store.claim_due(100, 1, 200).await.unwrap();
+        assert_eq!(store.renew_lease(&claims[0].lease, 400).await.unwrap(), 1);
+        assert_eq!(store.renew_lease("not-a-lease", 400).await.unwrap(), 0);
+        let others = store.claim_due(250, 10, 500).await.unwrap();
+        assert_eq!(others.len(), 1, "past the first lease, only the unclaimed row");
+        assert_ne!(others[0].entry.recipient, claims[0].entry.recipient);
+        let left = store
+            .record_attempt(&claims[0], AttemptOutcome::Delivered, 0, Some("250 ok"), 260)
+            .await
+            .unwrap();
+        assert_eq!(left, 1, "the other recipient is still being sent");
+        let left = store
+            .record_attempt(&others[0], AttemptOutcome::Bounced, 0, Some("550 no"), 261)
+            .await
+            .unwrap();
+        assert_eq!(left, 0);
+        assert_eq!(store.renew_lease(&claims[0].lease, 900).await.unwrap(), 0, "finished rows are not leased");
     }
 
     #[tokio::test]

@@ -1471,24 +1471,35 @@ impl MetadataStore for SqliteStore {
         let size = i64::try_from(message.size).map_err(|_| {
             StoreError::Invalid(format!("outbound message {} is too large to record", message.message_id))
         })?;
-        let mut tx = self.write_tx().await?;
-        for recipient in recipients {
-            sqlx::query(
-                "INSERT INTO outbound_queue
-                    (message_id, recipient, sender, owner, state, size, queued_at, next_attempt_at, attempts)
-                 VALUES (?1, ?2, ?3, ?4, 'queued', ?5, ?6, ?6, 0)",
-            )
+        // One INSERT of every recipient's row: atomic on its own (autocommit), and
+        // one round trip to SQLite's thread instead of BEGIN, N inserts, COMMIT.
+        let values: Vec<String> =
+            (0..recipients.len()).map(|i| format!("(?1, ?{}, ?2, ?3, 'queued', ?4, ?5, ?5, 0)", i + 6)).collect();
+        let sql = format!(
+            "INSERT INTO outbound_queue
+                (message_id, recipient, sender, owner, state, size, queued_at, next_attempt_at, attempts)
+             VALUES {}",
+            values.join(", ")
+        );
+        let mut query = sqlx::query(&sql)
             .bind(&message.message_id)
-            .bind(recipient)
             .bind(message.sender.as_str())
             .bind(message.owner.as_str())
             .bind(size)
-            .bind(message.queued_at)
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| insert_error(e, || format!("queued message {} for {recipient}", message.message_id)))?;
+            .bind(message.queued_at);
+        for recipient in &recipients {
+            query = query.bind(*recipient);
         }
-        tx.commit().await.map_err(backend)
+        query.execute(&self.pool).await.map_err(|e| {
+            insert_error(e, || {
+                format!(
+                    "queued message {} for {}",
+                    message.message_id,
+                    recipients.iter().copied().collect::<Vec<_>>().join(", ")
+                )
+            })
+        })?;
+        Ok(())
     }
 
     async fn list_queue(&self) -> Result<Vec<QueueEntry>, StoreError> {

@@ -360,7 +360,7 @@ async fn outbound_queue() {
     // All or nothing: `a@` sorts first and would be inserted before `z@` collides.
     assert_conflict(
         store.enqueue_outbound(&outbound("01B", &["z@remote.test", "a@remote.test"], NOW)).await,
-        "queued message 01B for z@remote.test",
+        "queued message 01B for a@remote.test, z@remote.test",
     );
     assert_eq!(store.list_queue().await.unwrap().len(), 3);
     assert_invalid(store.enqueue_outbound(&outbound("01C", &[], NOW)).await, "no recipients");
