@@ -44,9 +44,9 @@ fi
 
 # The MCP tests drive `agentkeys mcp` with the official MCP Python SDK and check
 # its tool schemas with jsonschema (tests/resources/mcp_client.py).
-if ! python3 -c "import mcp, jsonschema" 2>/dev/null; then
+if ! python3 -c "import mcp, jsonschema, sys; from importlib.metadata import version; sys.exit(int(version(\"mcp\").split(\".\")[0]) != 2)" 2>/dev/null; then
   echo "installing Python test modules: mcp jsonschema"
-  python3 -m pip install --quiet mcp jsonschema
+  python3 -m pip install --quiet "mcp>=2.3,<3" jsonschema
 fi
 
 # The independent DNS client of the testdns tests (tests/resources/dns_query.py) is dnspython.
