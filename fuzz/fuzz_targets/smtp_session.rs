@@ -41,13 +41,12 @@ fn drive(kind: ListenerKind, input: &[u8], cuts: &[usize]) -> (Vec<String>, usiz
     let mut from = 0;
     let mut ends = cuts.to_vec();
     ends.push(input.len());
-    let mut pending = true; // the greeting
-    for end in ends {
-        if !pending {
+    // `None` first: poll for the greeting before any input.
+    for end in std::iter::once(None).chain(ends.into_iter().map(Some)) {
+        if let Some(end) = end {
             session.feed(&input[from..end]);
             from = end;
         }
-        pending = false;
         loop {
             match session.poll(now) {
                 Step::Write(bytes) => replies.extend(

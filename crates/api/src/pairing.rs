@@ -31,7 +31,7 @@ use agentkeys_approval::pairing;
 use agentkeys_approval::{
     ConfirmationCode, PAIRING_TTL, PairCode, PairingError, PairingRequest, PairingState, PublicKey, Signature,
 };
-use agentkeys_audit::{Actor, AuditEvent, ops};
+use agentkeys_audit::{Actor, AuditEvent, hash_to_hex, ops};
 use agentkeys_core::time::rfc3339;
 use agentkeys_core::{AgentKey, KeyId, MAX_AGENT_KEY_TTL_SECS, UnixTime};
 use agentkeys_store::{AgentRecord, KeyRecord, MetadataStore, PairingRecord, PairingStatus, StoreError};
@@ -207,8 +207,15 @@ pub(crate) async fn open(
             owner: None,
             approved_at: None,
         };
-        match meta.open_pairing(&rec, now - PAIRING_RETENTION_SECS).await {
-            Ok(()) => {
+        // Audited in the same transaction: the agent-to-be, its name and device
+        // key, the expiry; never the pair code or the confirmation digits.
+        let event = AuditEvent::ok(Actor::Agent(rec.agent.clone()), ops::PAIRING_OPEN, rec.agent.as_str()).with_detail(json!({
+            "name": rec.name,
+            "device_key": hash_to_hex(&rec.device_key),
+            "expires_at": request.expires_at(),
+        }));
+        match meta.open_pairing(&rec, now - PAIRING_RETENTION_SECS, &event).await {
+            Ok(_receipt) => {
                 let answer = OpenPairingResponse {
                     pair_code: code.to_string(),
                     confirmation_code: confirmation.to_string(),

@@ -48,6 +48,8 @@ pub mod ops {
     pub const OWNER_ENROLLMENT_ISSUE: &str = "owner.enrollment_issue";
     /// An owner redeemed an enrollment code and registered a master public key.
     pub const OWNER_ENROLL: &str = "owner.enroll";
+    /// An agent opened a pairing request (its device key; never the codes).
+    pub const PAIRING_OPEN: &str = "pairing.open";
     /// An owner approved a pairing request; the agent was created under them.
     pub const PAIRING_APPROVE: &str = "pairing.approve";
     /// A paired agent collected its agent key (minted then, stored hashed).

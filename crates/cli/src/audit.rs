@@ -36,6 +36,12 @@ pub(crate) enum AuditCmd {
         /// At most N records.
         #[arg(long, value_name = "N", default_value_t = DEFAULT_LIST_LIMIT)]
         limit: u32,
+        /// Only records about this agent (as the actor, or as the subject).
+        #[arg(long, value_name = "AGENT_ID")]
+        agent: Option<String>,
+        /// Only records of the last DURATION (e.g. 15m, 2h, 7d).
+        #[arg(long, value_name = "DURATION")]
+        since: Option<String>,
         /// With --server or --owner: as the owner, only the records that concern you (signed request).
         #[command(flatten)]
         conn: crate::owner_client::OwnerConn,
@@ -48,14 +54,18 @@ pub(crate) enum AuditCmd {
 }
 
 pub(crate) async fn run(config: &Config, cmd: AuditCmd, json: bool) -> Result<()> {
-    if let AuditCmd::List { after, limit, conn } = &cmd
+    if let AuditCmd::List { after, limit, agent, since, conn } = &cmd
         && (conn.server.is_some() || conn.owner.is_some())
     {
-        return crate::owner_client::audit_list(conn, config, *after, *limit, json).await;
+        let filter = Filter::parse(agent.as_deref(), since.as_deref(), crate::now())?;
+        return crate::owner_client::audit_list(conn, config, *after, *limit, &filter, json).await;
     }
     let dir = DataDir::open(config).await?;
     match cmd {
-        AuditCmd::List { after, limit, conn: _ } => list(dir.meta.as_ref(), after, limit, json).await,
+        AuditCmd::List { after, limit, agent, since, conn: _ } => {
+            let filter = Filter::parse(agent.as_deref(), since.as_deref(), crate::now())?;
+            list(dir.meta.as_ref(), after, limit, &filter, json).await
+        }
         AuditCmd::Checkpoint => {
             let authority = dir.token_authority()?;
             match crate::checkpoint::take(dir.meta.as_ref(), &authority, crate::now()).await? {
@@ -131,8 +141,61 @@ pub(crate) async fn run(config: &Config, cmd: AuditCmd, json: bool) -> Result<()
     }
 }
 
-async fn list(meta: &dyn MetadataStore, after: u64, limit: u32, json: bool) -> Result<()> {
-    let records = meta.audit_list(after, limit).await?;
+/// Records read per page while filtering.
+const FILTER_PAGE: u32 = 1_000;
+
+/// `audit list --agent/--since`: which records to show.
+#[derive(Debug, Default)]
+pub(crate) struct Filter {
+    /// `agent:<id>` as the actor, or `<id>` as the subject.
+    agent: Option<agentkeys_core::AgentId>,
+    /// Records at or after this time.
+    since: Option<i64>,
+}
+
+impl Filter {
+    /// Parses the flags; `since` is a duration back from `now`.
+    pub(crate) fn parse(agent: Option<&str>, since: Option<&str>, now: i64) -> Result<Self> {
+        let agent = agent
+            .map(|a| a.parse().map_err(|e| anyhow::anyhow!("--agent {a}: {e} (an agent id is 0x followed by 40 hex digits)")))
+            .transpose()?;
+        let since = since
+            .map(|d| {
+                agentkeys_core::duration::parse_duration(d)
+                    .map(|secs| now - secs)
+                    .map_err(|e| anyhow::anyhow!("--since {d}: {e} (a duration such as 15m, 2h or 7d)"))
+            })
+            .transpose()?;
+        Ok(Self { agent, since })
+    }
+
+    fn is_empty(&self) -> bool {
+        self.agent.is_none() && self.since.is_none()
+    }
+
+    /// Whether a record with this actor, subject and time is shown.
+    pub(crate) fn matches(&self, actor: &str, subject: &str, ts: i64) -> bool {
+        let agent_ok = self.agent.as_ref().is_none_or(|a| actor == format!("agent:{a}") || subject == a.as_str());
+        agent_ok && self.since.is_none_or(|t| ts >= t)
+    }
+}
+
+async fn list(meta: &dyn MetadataStore, after: u64, limit: u32, filter: &Filter, json: bool) -> Result<()> {
+    let records = if filter.is_empty() {
+        meta.audit_list(after, limit).await?
+    } else {
+        // Walk the chain page by page until `limit` records match.
+        let mut found = Vec::new();
+        let mut cursor = after;
+        while found.len() < limit as usize {
+            let page = meta.audit_list(cursor, FILTER_PAGE).await?;
+            let Some(last) = page.last() else { break };
+            cursor = last.seq;
+            found.extend(page.into_iter().filter(|r| filter.matches(&r.actor.to_string(), &r.subject, r.ts)));
+        }
+        found.truncate(limit as usize);
+        found
+    };
     if json {
         let rows = records.iter().map(record_json).collect::<Result<Vec<_>>>()?;
         println!("{}", serde_json::Value::Array(rows));

@@ -378,11 +378,30 @@ pub(crate) async fn revoke(conn: &OwnerConn, config: &Config, kind: &str, id: &s
 }
 
 /// `agentkeys audit list --server …`: the records that concern the owner.
-pub(crate) async fn audit_list(conn: &OwnerConn, config: &Config, after: u64, limit: u32, json: bool) -> Result<()> {
-    let answer =
-        Session::open(conn, config).await?.call("GET", &format!("/v1/audit?after={after}&limit={limit}"), None).await?;
-    print(json, &answer["records"], || {
-        let rows = answer["records"].as_array().cloned().unwrap_or_default();
+pub(crate) async fn audit_list(
+    conn: &OwnerConn,
+    config: &Config,
+    after: u64,
+    limit: u32,
+    filter: &crate::audit::Filter,
+    json: bool,
+) -> Result<()> {
+    let session = Session::open(conn, config).await?;
+    // Pages of the owner's records until `limit` of them pass the filter.
+    let mut rows: Vec<serde_json::Value> = Vec::new();
+    let mut cursor = after;
+    while rows.len() < limit as usize {
+        let answer = session.call("GET", &format!("/v1/audit?after={cursor}&limit={limit}"), None).await?;
+        let page = answer["records"].as_array().cloned().unwrap_or_default();
+        let Some(last) = page.last().and_then(|r| r["seq"].as_u64()) else { break };
+        cursor = last;
+        rows.extend(page.into_iter().filter(|r| {
+            filter.matches(r["actor"].as_str().unwrap_or(""), r["subject"].as_str().unwrap_or(""), r["ts"].as_i64().unwrap_or(0))
+        }));
+    }
+    rows.truncate(limit as usize);
+    let records = serde_json::Value::Array(rows.clone());
+    print(json, &records, || {
         rows.iter()
             .map(|r| {
                 let time = r["ts"].as_i64().map_or_else(|| "-".to_owned(), rfc3339);

@@ -231,3 +231,33 @@ fn signed_checkpoints_catch_forgery_truncation_and_rewrites() {
     assert_eq!(bad["checkpoint"], 5, "{bad}");
     assert!(bad["reason"].as_str().unwrap().contains("chain was rewritten"), "{bad}");
 }
+
+#[test]
+fn audit_list_filters_by_agent_and_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    const OTHER: &str = "0x00000000000000000000000000000000000000cc";
+    run_json(d, &["owner", "add", OWNER]);
+    run_json(d, &["agent", "add", AGENT, "--owner", OWNER]);
+    run_json(d, &["agent", "add", OTHER, "--owner", OWNER]);
+    run_json(d, &["key", "create", "--agent", AGENT]);
+    run_json(d, &["key", "create", "--agent", OTHER]);
+    let all = run_json(d, &["audit", "list"]).as_array().unwrap().len();
+
+    let mine = run_json(d, &["audit", "list", "--agent", AGENT]);
+    let mine = mine.as_array().unwrap();
+    assert!(!mine.is_empty() && mine.len() < all, "{mine:?}");
+    for r in mine {
+        let text = r.to_string();
+        assert!(text.contains(AGENT) && !text.contains(OTHER), "{text}");
+    }
+    // Everything happened within the last hour; nothing in the future.
+    assert_eq!(run_json(d, &["audit", "list", "--since", "1h"]).as_array().unwrap().len(), all);
+    assert_eq!(run_json(d, &["audit", "list", "--agent", AGENT, "--limit", "1"]).as_array().unwrap().len(), 1);
+
+    let bad = run(d, &["audit", "list", "--since", "yesterday"]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("such as 15m, 2h or 7d"), "{}", String::from_utf8_lossy(&bad.stderr));
+    let bad = run(d, &["audit", "list", "--agent", "bob"]);
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("0x followed by 40 hex digits"));
+}

@@ -401,7 +401,12 @@ impl MetadataStore for FakeMeta {
     ) -> Result<Vec<AuditRecord>, StoreError> {
         unsupported()
     }
-    async fn open_pairing(&self, _: &agentkeys_store::PairingRecord, _: UnixTime) -> Result<(), StoreError> {
+    async fn open_pairing(
+        &self,
+        _: &agentkeys_store::PairingRecord,
+        _: UnixTime,
+        _: &AuditEvent,
+    ) -> Result<AuditReceipt, StoreError> {
         unsupported()
     }
     async fn pairing(&self, _: &[u8; 32]) -> Result<Option<agentkeys_store::PairingRecord>, StoreError> {

@@ -470,7 +470,12 @@ pub trait MetadataStore: Send + Sync + 'static {
     /// Stores a new pending pairing request (`request.status` is ignored). First
     /// deletes requests opened before `forget_before`. `Conflict` if the code hash
     /// is taken. Not audited: nothing changes who may do what until approval.
-    async fn open_pairing(&self, request: &PairingRecord, forget_before: UnixTime) -> Result<(), StoreError>;
+    async fn open_pairing(
+        &self,
+        request: &PairingRecord,
+        forget_before: UnixTime,
+        event: &AuditEvent,
+    ) -> Result<AuditReceipt, StoreError>;
     /// The pairing request stored under `code_hash`, `None` if there is none.
     async fn pairing(&self, code_hash: &[u8; 32]) -> Result<Option<PairingRecord>, StoreError>;
     /// Approves a pending request for `agent.owner` at `approved_at` and creates

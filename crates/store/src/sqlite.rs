@@ -1124,7 +1124,12 @@ impl MetadataStore for SqliteStore {
         Ok(if done.rows_affected() == 1 { NonceUse::Fresh } else { NonceUse::Replayed })
     }
 
-    async fn open_pairing(&self, request: &PairingRecord, forget_before: UnixTime) -> Result<(), StoreError> {
+    async fn open_pairing(
+        &self,
+        request: &PairingRecord,
+        forget_before: UnixTime,
+        event: &AuditEvent,
+    ) -> Result<AuditReceipt, StoreError> {
         let mut tx = self.write_tx().await?;
         sqlx::query("DELETE FROM pairing_requests WHERE opened_at < ?1")
             .bind(forget_before)
@@ -1143,7 +1148,8 @@ impl MetadataStore for SqliteStore {
         .execute(&mut *tx)
         .await
         .map_err(|e| insert_error(e, || "a pairing request with this code".to_owned()))?;
-        tx.commit().await.map_err(backend)
+        let sealed = self.append_in(&mut tx, event).await?;
+        commit_audited(tx, sealed).await
     }
 
     async fn pairing(&self, code_hash: &[u8; 32]) -> Result<Option<PairingRecord>, StoreError> {

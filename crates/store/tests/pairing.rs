@@ -53,8 +53,8 @@ async fn transitions_are_compare_and_set_and_audited() {
     for n in [1, 2] {
         store.add_owner(&OwnerRecord { id: owner(n), email: None, created_at: NOW }, &event("owner.create")).await.unwrap();
     }
-    store.open_pairing(&request(1, NOW), NOW - 86_400).await.unwrap();
-    assert!(matches!(store.open_pairing(&request(1, NOW), NOW - 86_400).await, Err(StoreError::Conflict { .. })));
+    store.open_pairing(&request(1, NOW), NOW - 86_400, &event("pairing.open")).await.unwrap();
+    assert!(matches!(store.open_pairing(&request(1, NOW), NOW - 86_400, &event("pairing.open")).await, Err(StoreError::Conflict { .. })));
     assert_eq!(store.pairing(&[1; 32]).await.unwrap().unwrap(), request(1, NOW));
     assert!(store.pairing(&[9; 32]).await.unwrap().is_none());
 
@@ -78,9 +78,9 @@ async fn transitions_are_compare_and_set_and_audited() {
     assert_eq!(store.pairing(&[1; 32]).await.unwrap().unwrap().status, PairingStatus::Consumed);
 
     // The same device paired again by its owner keeps the agent; by another owner: Conflict.
-    store.open_pairing(&request(2, NOW + 10), NOW - 86_400).await.unwrap();
+    store.open_pairing(&request(2, NOW + 10), NOW - 86_400, &event("pairing.open")).await.unwrap();
     store.approve_pairing(&[2; 32], &rec(1), NOW + 11, &event("pairing.approve")).await.unwrap();
-    store.open_pairing(&request(3, NOW + 10), NOW - 86_400).await.unwrap();
+    store.open_pairing(&request(3, NOW + 10), NOW - 86_400, &event("pairing.open")).await.unwrap();
     let taken = store.approve_pairing(&[3; 32], &rec(2), NOW + 11, &event("pairing.approve")).await;
     assert!(matches!(taken, Err(StoreError::Conflict { .. })), "{taken:?}");
     assert_eq!(store.pairing(&[3; 32]).await.unwrap().unwrap().status, PairingStatus::Pending, "rolled back");
@@ -90,7 +90,7 @@ async fn transitions_are_compare_and_set_and_audited() {
     assert_eq!(ops.iter().filter(|o| *o == "pairing.collect").count(), 1);
 
     // Opening prunes requests opened before the cut-off.
-    store.open_pairing(&request(4, NOW + 100_000), NOW + 1_000).await.unwrap();
+    store.open_pairing(&request(4, NOW + 100_000), NOW + 1_000, &event("pairing.open")).await.unwrap();
     assert!(store.pairing(&[1; 32]).await.unwrap().is_none());
     assert!(store.pairing(&[4; 32]).await.unwrap().is_some());
 }
