@@ -24,18 +24,25 @@ impl AgentBearer {
 
     /// Parses an `Authorization` header value.
     pub fn parse(headers: &HeaderMap) -> Result<Self, &'static str> {
-        let value = headers.get(header::AUTHORIZATION).ok_or("no Authorization header")?;
-        let value = value.to_str().map_err(|_| "Authorization header is not visible ASCII")?;
-        let (scheme, token) = value.split_once(' ').ok_or("Authorization header has no scheme")?;
-        if !scheme.eq_ignore_ascii_case("bearer") {
-            return Err("Authorization scheme is not Bearer");
-        }
-        let token = token.trim_matches(' ');
-        if !token.starts_with("ak_") {
-            return Err("bearer token is not an agent key");
-        }
-        Ok(Self(token.to_owned()))
+        bearer_token(headers, "ak_", "bearer token is not an agent key").map(Self)
     }
+}
+
+/// The token of `Authorization: Bearer <token>` when it starts with `prefix`
+/// (the one reader of bearer tokens: agent keys and read capabilities); the
+/// error names what is wrong, for the log only.
+pub(crate) fn bearer_token(headers: &HeaderMap, prefix: &str, wrong_kind: &'static str) -> Result<String, &'static str> {
+    let value = headers.get(header::AUTHORIZATION).ok_or("no Authorization header")?;
+    let value = value.to_str().map_err(|_| "Authorization header is not visible ASCII")?;
+    let (scheme, token) = value.split_once(' ').ok_or("Authorization header has no scheme")?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Err("Authorization scheme is not Bearer");
+    }
+    let token = token.trim_matches(' ');
+    if !token.starts_with(prefix) {
+        return Err(wrong_kind);
+    }
+    Ok(token.to_owned())
 }
 
 impl fmt::Debug for AgentBearer {

@@ -66,17 +66,7 @@ pub struct CapabilityBearer(String);
 impl CapabilityBearer {
     /// Parses an `Authorization` header value.
     pub fn parse(headers: &HeaderMap) -> Result<Self, &'static str> {
-        let value = headers.get(header::AUTHORIZATION).ok_or("no Authorization header")?;
-        let value = value.to_str().map_err(|_| "Authorization header is not visible ASCII")?;
-        let (scheme, token) = value.split_once(' ').ok_or("Authorization header has no scheme")?;
-        if !scheme.eq_ignore_ascii_case("bearer") {
-            return Err("Authorization scheme is not Bearer");
-        }
-        let token = token.trim_matches(' ');
-        if !token.starts_with("akcap1.") {
-            return Err("bearer token is not a read capability");
-        }
-        Ok(Self(token.to_owned()))
+        crate::extract::bearer_token(headers, "akcap1.", "bearer token is not a read capability").map(Self)
     }
 }
 
