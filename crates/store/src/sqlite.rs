@@ -375,6 +375,29 @@ pub(crate) fn backend(err: sqlx::Error) -> StoreError {
     StoreError::Backend(err.to_string())
 }
 
+/// Inserts an agent key row inside `tx`; a unique-constraint failure is a
+/// conflict on `what`.
+async fn insert_key(
+    tx: &mut SqliteConnection,
+    key: &KeyRecord,
+    what: impl FnOnce() -> String,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO agent_keys (id, agent, hash, created_at, expires_at, revoked_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )
+    .bind(key.id.as_str())
+    .bind(key.agent.as_str())
+    .bind(key.hash.to_hex())
+    .bind(key.created_at)
+    .bind(key.expires_at)
+    .bind(key.revoked_at)
+    .execute(&mut *tx)
+    .await
+    .map_err(|e| insert_error(e, what))?;
+    Ok(())
+}
+
 /// Maps the error of an `INSERT`: a unique violation is a conflict on `what`.
 fn insert_error(err: sqlx::Error, what: impl FnOnce() -> String) -> StoreError {
     match &err {
@@ -877,20 +900,8 @@ impl MetadataStore for SqliteStore {
         if id_taken.is_some() {
             return Err(StoreError::Conflict { what: format!("key {}", key.id) });
         }
-        sqlx::query(
-            "INSERT INTO agent_keys (id, agent, hash, created_at, expires_at, revoked_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        )
-        .bind(key.id.as_str())
-        .bind(key.agent.as_str())
-        .bind(key.hash.to_hex())
-        .bind(key.created_at)
-        .bind(key.expires_at)
-        .bind(key.revoked_at)
-        .execute(&mut *tx)
-        .await
-        // The id is free, so the collision is on the hash: the same secret twice.
-        .map_err(|e| insert_error(e, || "an agent key with the same secret".to_owned()))?;
+        // The id is free, so a collision is on the hash: the same secret twice.
+        insert_key(&mut tx, key, || "an agent key with the same secret".to_owned()).await?;
         let sealed = self.append_in(&mut tx, event).await?;
         commit_audited(tx, sealed).await
     }
@@ -1233,19 +1244,7 @@ impl MetadataStore for SqliteStore {
         if won.rows_affected() == 0 {
             return Err(StoreError::NotFound { what: "approved pairing request".to_owned() });
         }
-        sqlx::query(
-            "INSERT INTO agent_keys (id, agent, hash, created_at, expires_at, revoked_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        )
-        .bind(key.id.as_str())
-        .bind(key.agent.as_str())
-        .bind(key.hash.to_hex())
-        .bind(key.created_at)
-        .bind(key.expires_at)
-        .bind(key.revoked_at)
-        .execute(&mut *tx)
-        .await
-        .map_err(|e| insert_error(e, || format!("key {}", key.id)))?;
+        insert_key(&mut tx, key, || format!("key {}", key.id)).await?;
         let sealed = self.append_in(&mut tx, event).await?;
         commit_audited(tx, sealed).await
     }
