@@ -184,7 +184,7 @@ impl MessageIndex for SqliteStore {
         if rows.is_empty() {
             return Ok(Vec::new());
         }
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(backend)?;
+        let mut tx = self.write_tx().await?;
         let mut out = Vec::with_capacity(rows.len());
         for m in rows {
             let size = i64::try_from(m.size)
@@ -308,7 +308,7 @@ impl MessageIndex for SqliteStore {
         if ids.is_empty() {
             return Ok(0);
         }
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(backend)?;
+        let mut tx = self.write_tx().await?;
         let mut removed = 0;
         for id in ids {
             let done = sqlx::query("DELETE FROM messages WHERE owner = ?1 AND inbox = ?2 AND id = ?3")
@@ -349,7 +349,7 @@ impl MessageIndex for SqliteStore {
         {
             return Err(StoreError::Invalid(format!("retention {secs} s is not positive")));
         }
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(backend)?;
+        let mut tx = self.write_tx().await?;
         let done = sqlx::query("UPDATE domains SET retention = ?1 WHERE name = ?2")
             .bind(retention)
             .bind(domain.as_str())
@@ -371,7 +371,7 @@ impl MessageIndex for SqliteStore {
         limit: u32,
         event: &(dyn Fn(u64) -> AuditEvent + Send + Sync),
     ) -> Result<Vec<IndexedMessage>, StoreError> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(backend)?;
+        let mut tx = self.write_tx().await?;
         // Domain names are `[a-z0-9.-]`, none of them a GLOB wildcard; GLOB is
         // exact about case, where LIKE is not.
         let rows = sqlx::query(&format!(

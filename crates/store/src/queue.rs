@@ -267,6 +267,20 @@ fn not_found(message_id: &str) -> StoreError {
     }
 }
 
+/// How many recipients of `message_id` the queue holds (inside `tx`, so the
+/// answer holds until the commit); `NotFound` for none.
+async fn queued_rows(tx: &mut sqlx::SqliteConnection, message_id: &str) -> Result<i64, StoreError> {
+    let (rows,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM outbound_queue WHERE message_id = ?1")
+        .bind(message_id)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(backend)?;
+    if rows == 0 {
+        return Err(not_found(message_id));
+    }
+    Ok(rows)
+}
+
 #[async_trait]
 impl OutboundQueue for SqliteStore {
     async fn claim_due(
@@ -324,11 +338,7 @@ impl OutboundQueue for SqliteStore {
     }
 
     async fn record_attempts(&self, batch: &[AttemptToRecord]) -> Result<Vec<Result<u64, StoreError>>, StoreError> {
-        let mut tx = self
-            .pool
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(backend)?;
+        let mut tx = self.write_tx().await?;
         let mut results = Vec::with_capacity(batch.len());
         for item in batch {
             let entry = &item.claim.entry;
@@ -444,20 +454,8 @@ impl OutboundQueue for SqliteStore {
     }
 
     async fn queue_retry(&self, message_id: &str, now: UnixTime) -> Result<u64, StoreError> {
-        let mut tx = self
-            .pool
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(backend)?;
-        let (rows,): (i64,) =
-            sqlx::query_as("SELECT COUNT(*) FROM outbound_queue WHERE message_id = ?1")
-                .bind(message_id)
-                .fetch_one(&mut *tx)
-                .await
-                .map_err(backend)?;
-        if rows == 0 {
-            return Err(not_found(message_id));
-        }
+        let mut tx = self.write_tx().await?;
+        queued_rows(&mut tx, message_id).await?;
         let done = sqlx::query(
             "UPDATE outbound_queue SET state = 'queued', next_attempt_at = ?2
               WHERE message_id = ?1 AND state IN ('queued', 'deferred')",
@@ -472,20 +470,8 @@ impl OutboundQueue for SqliteStore {
     }
 
     async fn queue_delete(&self, message_id: &str) -> Result<(u64, u64), StoreError> {
-        let mut tx = self
-            .pool
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(backend)?;
-        let (rows,): (i64,) =
-            sqlx::query_as("SELECT COUNT(*) FROM outbound_queue WHERE message_id = ?1")
-                .bind(message_id)
-                .fetch_one(&mut *tx)
-                .await
-                .map_err(backend)?;
-        if rows == 0 {
-            return Err(not_found(message_id));
-        }
+        let mut tx = self.write_tx().await?;
+        let rows = queued_rows(&mut tx, message_id).await?;
         let deleted =
             sqlx::query("DELETE FROM outbound_queue WHERE message_id = ?1 AND state <> 'sending'")
                 .bind(message_id)

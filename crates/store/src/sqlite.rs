@@ -164,7 +164,7 @@ impl SqliteStore {
 
     /// Starts a write transaction holding the write lock from the start, so the
     /// existence checks inside it cannot go stale before the commit.
-    async fn write_tx(&self) -> Result<Transaction<'static, Sqlite>, StoreError> {
+    pub(crate) async fn write_tx(&self) -> Result<Transaction<'static, Sqlite>, StoreError> {
         self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(backend)
     }
 
