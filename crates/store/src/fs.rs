@@ -6,9 +6,13 @@
 //!
 //! A durable put runs on Tokio's blocking pool, concurrently with other puts:
 //!
-//! 1. each item is written to a fresh staging file and fsynced;
-//! 2. it is hard-linked under its key (creating the key's directories if needed)
-//!    and the staging name is removed;
+//! 1. each item is written to a fresh unnamed file (`O_TMPFILE`) in its key's
+//!    directory (created if needed) and fsynced;
+//! 2. it is linked under its key (`linkat` of `/proc/self/fd/N`, following the
+//!    link). On a filesystem without `O_TMPFILE` (or without `/proc`) the file is
+//!    a named staging file instead, linked under its key and then unlinked: two
+//!    more directory changes per item, and an inode allocation in the staging
+//!    directory rather than next to the message;
 //! 3. each directory the put linked into is fsynced, through [`DirSyncs`]: the
 //!    group commit. Puts into the same directory share one fsync (a put waits for
 //!    the first fsync that *starts* after its link, and starts it if none is
@@ -37,8 +41,9 @@
 //! A prefix that no key can start with (absolute, with `..`, into `.tmp`) lists
 //! nothing and never leaves the root.
 //!
-//! A crash leaves at worst files in a staging directory, never a partial file
-//! under a key (the data is fsynced before it is linked). [`FsBlobStore::open`]
+//! A crash leaves at worst an orphan unnamed file (freed by the filesystem) or
+//! files in a staging directory, never a partial file under a key (the data is
+//! fsynced before it is linked). [`FsBlobStore::open`]
 //! removes the staging directories of stores that are gone; each live store
 //! holds an exclusive lock on `<root>/.tmp/<instance>.lock`, so two processes
 //! sharing a root (the server and the CLI) never remove each other's files.
@@ -47,9 +52,10 @@ use std::collections::hash_map::Entry;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fs::{self, DirBuilder, File, OpenOptions, TryLockError};
 use std::io::{self, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 
 use async_trait::async_trait;
@@ -88,6 +94,9 @@ struct Inner {
     lock_path: PathBuf,
     _lock: File,
     next_staged: AtomicU64,
+    /// Whether unnamed files (`O_TMPFILE` + `/proc/self/fd`) work here; cleared
+    /// at the first sign they do not, and staging files are used from then on.
+    unnamed_files: AtomicBool,
     dir_syncs: DirSyncs,
     /// Directories whose entry (and their ancestors') is known durable, so new
     /// files in them need only the directory's own fsync.
@@ -123,6 +132,7 @@ impl FsBlobStore {
                 lock_path,
                 _lock: lock,
                 next_staged: AtomicU64::new(0),
+                unnamed_files: AtomicBool::new(true),
                 dir_syncs: DirSyncs::default(),
                 known_dirs: Mutex::new(HashSet::new()),
             }),
@@ -224,27 +234,42 @@ impl Inner {
         })
     }
 
-    /// Writes and fsyncs every item in staging and links it under its key. On
-    /// error, removes everything this call created and says what failed.
+    /// Writes and fsyncs every item and links it under its key. On error, removes
+    /// everything this call created and says what failed.
     fn write_and_link(&self, items: Vec<(BlobKey, Bytes)>) -> Result<Vec<PathBuf>, BlobError> {
         let mut linked = Vec::with_capacity(items.len());
         for (key, data) in items {
-            let n = self.next_staged.fetch_add(1, Ordering::Relaxed);
-            let staged = self.staging.join(format!("{n}.tmp"));
             let dest = self.root.join(key.as_str());
-            let result = write_synced(&staged, &data)
-                .map_err(|err| (staged.clone(), err))
-                .and_then(|()| create_parent(&dest))
-                .and_then(|()| fs::hard_link(&staged, &dest).map_err(|err| (dest.clone(), err)));
-            // Linked or failed, the staging name has served its purpose.
-            let _ = fs::remove_file(&staged);
-            if let Err(err) = result {
+            if let Err(err) = self.write_one(&dest, &data) {
                 remove_files(&linked);
                 return Err(blob_error(err));
             }
             linked.push(dest);
         }
         Ok(linked)
+    }
+
+    /// Stores `data` durably-written (not yet its directory entry) under `dest`.
+    fn write_one(&self, dest: &Path, data: &[u8]) -> Result<(), PathError> {
+        if self.unnamed_files.load(Ordering::Relaxed) {
+            match write_unnamed(dest, data) {
+                Ok(()) => return Ok(()),
+                Err(Unnamed::Unsupported(err)) => {
+                    tracing::info!(%err, "unnamed files (O_TMPFILE) unavailable here; staging files from now on");
+                    self.unnamed_files.store(false, Ordering::Relaxed);
+                }
+                Err(Unnamed::Failed(err)) => return Err(err),
+            }
+        }
+        let n = self.next_staged.fetch_add(1, Ordering::Relaxed);
+        let staged = self.staging.join(format!("{n}.tmp"));
+        let result = write_synced(&staged, data)
+            .map_err(|err| (staged.clone(), err))
+            .and_then(|()| create_parent(dest))
+            .and_then(|()| fs::hard_link(&staged, dest).map_err(|err| (dest.to_path_buf(), err)));
+        // Linked or failed, the staging name has served its purpose.
+        let _ = fs::remove_file(&staged);
+        result
     }
 
     /// Makes the entries of `dir` durable: fsyncs it and, the first time we meet
@@ -263,6 +288,52 @@ impl Inner {
         }
         known.insert(dir.to_path_buf());
         Ok(())
+    }
+}
+
+/// Why an unnamed-file write did not store the item.
+enum Unnamed {
+    /// This filesystem or system cannot do it (no `O_TMPFILE`, no `/proc`):
+    /// nothing was created; use a staging file.
+    Unsupported(io::Error),
+    /// A real failure (full disk, I/O error, the key exists): the put fails.
+    Failed(PathError),
+}
+
+/// Writes `data` to an unnamed file in `dest`'s directory (creating the
+/// directory if missing), fsyncs it and links it as `dest`. An unnamed file that
+/// is never linked is freed when it is closed, or at the next mount after a crash.
+fn write_unnamed(dest: &Path, data: &[u8]) -> Result<(), Unnamed> {
+    let Some(dir) = dest.parent() else {
+        return Err(Unnamed::Unsupported(io::Error::other("key without a directory")));
+    };
+    let open = || OpenOptions::new().write(true).custom_flags(libc::O_TMPFILE).mode(FILE_MODE).open(dir);
+    let mut file = match open() {
+        Ok(file) => file,
+        Err(err) if err.kind() == io::ErrorKind::NotFound => {
+            create_parent(dest).map_err(Unnamed::Failed)?;
+            open().map_err(|err| classify_tmpfile_error(dir, err))?
+        }
+        Err(err) => return Err(classify_tmpfile_error(dir, err)),
+    };
+    file.write_all(data).and_then(|()| file.sync_data()).map_err(|err| Unnamed::Failed((dir.to_path_buf(), err)))?;
+    let fd_path = format!("/proc/self/fd/{}", file.as_raw_fd());
+    match rustix::fs::linkat(rustix::fs::CWD, fd_path.as_str(), rustix::fs::CWD, dest, rustix::fs::AtFlags::SYMLINK_FOLLOW) {
+        Ok(()) => Ok(()),
+        // The new name's directory exists (the file is in it), so a missing path
+        // is `/proc`: fall back, the unnamed file is freed on close.
+        Err(errno) if errno == rustix::io::Errno::NOENT && !Path::new("/proc/self/fd").is_dir() => {
+            Err(Unnamed::Unsupported(errno.into()))
+        }
+        Err(errno) => Err(Unnamed::Failed((dest.to_path_buf(), errno.into()))),
+    }
+}
+
+/// `O_TMPFILE` refused because the filesystem (or kernel) lacks it, or a real error.
+fn classify_tmpfile_error(dir: &Path, err: io::Error) -> Unnamed {
+    match err.raw_os_error() {
+        Some(libc::EOPNOTSUPP | libc::EISDIR | libc::EINVAL) => Unnamed::Unsupported(err),
+        _ => Unnamed::Failed((dir.to_path_buf(), err)),
     }
 }
 
@@ -611,6 +682,28 @@ mod tests {
             }
         });
         assert!(lock(&syncs.dirs).is_empty());
+    }
+
+    /// Both ways of writing an item (unnamed files, and staging files where those
+    /// are unavailable) store it whole under its key, leave nothing in staging,
+    /// keep keys write-once and create missing directories.
+    #[tokio::test]
+    async fn unnamed_and_staged_writes_store_the_same() {
+        for unnamed in [true, false] {
+            let root = tempfile::tempdir().unwrap();
+            let store = FsBlobStore::open(root.path()).unwrap();
+            store.inner.unnamed_files.store(unnamed, Ordering::Relaxed);
+            let key = BlobKey::parse("owner/inbox@x/new/01.eml").unwrap();
+            store.put_durable(vec![(key.clone(), Bytes::from_static(b"hello"))]).await.unwrap();
+            assert_eq!(store.get(&key).await.unwrap().as_deref(), Some(&b"hello"[..]), "unnamed={unnamed}");
+            let again = store.put_durable(vec![(key.clone(), Bytes::from_static(b"other"))]).await;
+            assert!(again.is_err(), "unnamed={unnamed}: a key is written once");
+            assert_eq!(store.get(&key).await.unwrap().as_deref(), Some(&b"hello"[..]));
+            assert_eq!(fs::read_dir(&store.inner.staging).unwrap().count(), 0, "unnamed={unnamed}: staging is empty");
+            // This Linux test machine has O_TMPFILE on its temporary directory:
+            // the unnamed path must not have fallen back.
+            assert_eq!(store.inner.unnamed_files.load(Ordering::Relaxed), unnamed);
+        }
     }
 
     #[test]

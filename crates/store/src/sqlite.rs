@@ -97,8 +97,12 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
             .busy_timeout(BUSY_TIMEOUT);
+        // No ping before handing out a connection: a local database file has no
+        // network to drop it, a broken connection still fails its query, and the
+        // ping is a round trip through sqlx's worker thread on every RCPT and AUTH.
         let pool = SqlitePoolOptions::new()
             .max_connections(MAX_CONNECTIONS)
+            .test_before_acquire(false)
             .connect_with(options)
             .await
             .map_err(|e| StoreError::Backend(format!("cannot open metadata database {}: {e}", path.display())))?;
