@@ -178,12 +178,69 @@ fn from_row(row: &sqlx::sqlite::SqliteRow) -> Result<IndexedMessage, StoreError>
     })
 }
 
-#[async_trait]
-impl MessageIndex for SqliteStore {
-    async fn index_messages(&self, rows: &[NewMessage]) -> Result<Vec<IndexedMessage>, StoreError> {
-        if rows.is_empty() {
-            return Ok(Vec::new());
+/// Most rows one multi-row `INSERT` of [`MessageIndex::index_messages`] carries
+/// (five bound values each, far below SQLite's limit on bound values).
+const INSERT_CHUNK: usize = 512;
+
+impl NewMessage {
+    fn indexed(&self, seq: i64) -> IndexedMessage {
+        IndexedMessage {
+            seq,
+            owner: self.owner.clone(),
+            inbox: self.inbox.clone(),
+            id: self.id,
+            received_at: self.received_at(),
+            size: self.size,
         }
+    }
+}
+
+impl SqliteStore {
+    /// The common case of [`MessageIndex::index_messages`], new messages only: one
+    /// multi-row `INSERT … RETURNING` statement, its own transaction, one round
+    /// trip to the database thread. `None` (and nothing changed that matters) if
+    /// some row was already indexed: the caller then takes the one-by-one path,
+    /// which answers the existing `seq` for those.
+    async fn insert_new_messages(&self, rows: &[NewMessage]) -> Result<Option<Vec<IndexedMessage>>, StoreError> {
+        let mut sizes = Vec::with_capacity(rows.len());
+        for m in rows {
+            sizes.push(
+                i64::try_from(m.size)
+                    .map_err(|_| StoreError::Invalid(format!("message size {} is too large", m.size)))?,
+            );
+        }
+        let mut insert =
+            sqlx::QueryBuilder::<sqlx::Sqlite>::new("INSERT INTO messages (owner, inbox, id, received_at, size) ");
+        insert.push_values(rows.iter().zip(&sizes), |mut row, (m, size)| {
+            row.push_bind(m.owner.as_str())
+                .push_bind(m.inbox.as_str())
+                .push_bind(m.id.to_string())
+                .push_bind(m.received_at())
+                .push_bind(*size);
+        });
+        insert.push(" ON CONFLICT (owner, inbox, id) DO NOTHING RETURNING seq, owner, inbox, id");
+        let returned: Vec<(i64, String, String, String)> =
+            insert.build_query_as().fetch_all(&self.pool).await.map_err(backend)?;
+        if returned.len() != rows.len() {
+            // The rows that were new are indexed now; the others already were.
+            return Ok(None);
+        }
+        let seqs: std::collections::HashMap<(&str, &str, &str), i64> =
+            returned.iter().map(|(seq, owner, inbox, id)| ((owner.as_str(), inbox.as_str(), id.as_str()), *seq)).collect();
+        let mut out = Vec::with_capacity(rows.len());
+        for m in rows {
+            let id = m.id.to_string();
+            let Some(&seq) = seqs.get(&(m.owner.as_str(), m.inbox.as_str(), id.as_str())) else {
+                return Ok(None);
+            };
+            out.push(m.indexed(seq));
+        }
+        Ok(Some(out))
+    }
+
+    /// [`MessageIndex::index_messages`] row by row in one transaction: inserts
+    /// what is new and reads the `seq` of what was already indexed.
+    async fn index_messages_one_by_one(&self, rows: &[NewMessage]) -> Result<Vec<IndexedMessage>, StoreError> {
         let mut tx = self.write_tx().await?;
         let mut out = Vec::with_capacity(rows.len());
         for m in rows {
@@ -216,17 +273,25 @@ impl MessageIndex for SqliteStore {
                     seq
                 }
             };
-            out.push(IndexedMessage {
-                seq,
-                owner: m.owner.clone(),
-                inbox: m.inbox.clone(),
-                id: m.id,
-                received_at: m.received_at(),
-                size: m.size,
-            });
+            out.push(m.indexed(seq));
         }
         tx.commit().await.map_err(backend)?;
         Ok(out)
+    }
+}
+
+#[async_trait]
+impl MessageIndex for SqliteStore {
+    async fn index_messages(&self, rows: &[NewMessage]) -> Result<Vec<IndexedMessage>, StoreError> {
+        if rows.is_empty() {
+            return Ok(Vec::new());
+        }
+        if rows.len() <= INSERT_CHUNK
+            && let Some(indexed) = self.insert_new_messages(rows).await?
+        {
+            return Ok(indexed);
+        }
+        self.index_messages_one_by_one(rows).await
     }
 
     async fn list_messages(

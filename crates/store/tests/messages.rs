@@ -98,6 +98,13 @@ async fn listing_pages_by_id_in_both_orders_and_replay_is_by_commit_order() {
         f.store.messages_since(&o, &b, 0, Some(ids[7]), 100).await.unwrap().iter().map(|m| m.id).collect();
     assert_eq!(by_id, vec![ids[9], ids[8]]);
     assert_eq!(f.store.message_seq(&o, &b, Ulid::from_parts(1, 1)).await.unwrap(), None);
+
+    // A batch mixing an indexed row and a new one: the old keeps its seq, the new
+    // one comes after every earlier commit.
+    let late = NewMessage { owner: owner(), inbox: inbox(BOT), id: Ulid::from_parts(1_700_000_000_100, 7), size: 100 };
+    let mixed = f.store.index_messages(&[rows[3].clone(), late]).await.unwrap();
+    assert_eq!(mixed[0], indexed[3]);
+    assert!(mixed[1].seq > indexed[9].seq, "{mixed:?}");
 }
 
 /// The query plan of `sql` on the store's database file, by the sqlite3 CLI.
