@@ -48,6 +48,10 @@ use crate::meta::{CheckpointRecord, EnrollmentTicketRecord, NonceUse, PairingRec
 /// others read concurrently, and a handful of readers covers the SMTP lookups.
 const MAX_CONNECTIONS: u32 = 8;
 
+/// Connections kept outside the pool for one-statement queries on the hot paths
+/// ([`SqliteStore::hot`]).
+const HOT_CONNECTIONS: usize = 4;
+
 /// How long a statement waits for a lock held by another connection or process
 /// before failing with `database is locked`.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -73,6 +77,9 @@ fn system_clock() -> UnixTime {
 #[derive(Clone)]
 pub struct SqliteStore {
     pub(crate) pool: SqlitePool,
+    /// Ping-free connections for the hot paths; `None` for an in-memory database,
+    /// which lives in its one pooled connection.
+    hot: Option<Arc<HotConnections>>,
     pub(crate) clock: Clock,
     /// The writer that batches stand-alone audit appends ([`crate::group_commit`]).
     group: GroupCommit,
@@ -103,10 +110,11 @@ impl SqliteStore {
         let pool = SqlitePoolOptions::new()
             .max_connections(MAX_CONNECTIONS)
             .test_before_acquire(false)
-            .connect_with(options)
+            .connect_with(options.clone())
             .await
             .map_err(|e| StoreError::Backend(format!("cannot open metadata database {}: {e}", path.display())))?;
-        let store = Self { pool, clock: Arc::new(system_clock), group: GroupCommit::default() };
+        let hot = Some(Arc::new(HotConnections::new(options)));
+        let store = Self { pool, hot, clock: Arc::new(system_clock), group: GroupCommit::default() };
         store.migrate().await?;
         Ok(store)
     }
@@ -127,7 +135,7 @@ impl SqliteStore {
             .connect_with(options)
             .await
             .map_err(backend)?;
-        let store = Self { pool, clock: Arc::new(system_clock), group: GroupCommit::default() };
+        let store = Self { pool, hot: None, clock: Arc::new(system_clock), group: GroupCommit::default() };
         store.migrate().await?;
         Ok(store)
     }
@@ -144,7 +152,23 @@ impl SqliteStore {
 
     /// Closes every connection, waiting for those in use to be returned.
     pub async fn close(&self) {
+        if let Some(hot) = &self.hot {
+            hot.close().await;
+        }
         self.pool.close().await;
+    }
+
+    /// A connection for ONE statement on a hot path (RCPT and AUTH lookups, index
+    /// and queue inserts). sqlx's pool pings every connection returned to it, a
+    /// second round trip through the connection's worker thread for each query;
+    /// these connections are kept apart and never pinged. A statement is atomic
+    /// on its own (autocommit), and a cancelled one leaves the connection usable
+    /// (the worker finishes it before the next). Transactions use the pool.
+    pub(crate) async fn hot(&self) -> Result<HotConnection<'_>, StoreError> {
+        match &self.hot {
+            Some(hot) => hot.get().await.map(HotConnection::Kept),
+            None => self.pool.acquire().await.map(HotConnection::Pooled).map_err(backend),
+        }
     }
 
     async fn migrate(&self) -> Result<(), StoreError> {
@@ -621,7 +645,7 @@ impl MetadataStore for SqliteStore {
     async fn is_hosted_domain(&self, domain: &str) -> Result<bool, StoreError> {
         let (hosted,): (bool,) = sqlx::query_as("SELECT EXISTS (SELECT 1 FROM domains WHERE name = ?1)")
             .bind(domain)
-            .fetch_one(&self.pool)
+            .fetch_one(&mut *self.hot().await?)
             .await
             .map_err(backend)?;
         Ok(hosted)
@@ -876,7 +900,7 @@ impl MetadataStore for SqliteStore {
     async fn recipient(&self, address: &Address) -> Result<Option<Recipient>, StoreError> {
         let row: Option<(String, String)> = sqlx::query_as("SELECT owner, status FROM inboxes WHERE address = ?1")
             .bind(address.as_str())
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut *self.hot().await?)
             .await
             .map_err(backend)?;
         row.map(|(owner, status)| {
@@ -1437,7 +1461,7 @@ impl MetadataStore for SqliteStore {
         let rows: Vec<AuthRow> = sqlx::query_as(AUTH_FACTS)
             .bind(credentials.key_hash.to_hex())
             .bind(credentials.address.as_str())
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *self.hot().await?)
             .await
             .map_err(backend)?;
         let mut facts = AuthFacts::default();
@@ -1499,7 +1523,7 @@ impl MetadataStore for SqliteStore {
         for recipient in &recipients {
             query = query.bind(*recipient);
         }
-        query.execute(&self.pool).await.map_err(|e| {
+        query.execute(&mut *self.hot().await?).await.map_err(|e| {
             insert_error(e, || {
                 format!(
                     "queued message {} for {}",
@@ -1551,5 +1575,68 @@ impl MetadataStore for SqliteStore {
     async fn audit_head(&self) -> Result<ChainHead, StoreError> {
         let head = sqlx::query_as(AUDIT_HEAD).fetch_optional(&self.pool).await.map_err(backend)?;
         head_from_row(head)
+    }
+}
+
+/// The connections behind [`SqliteStore::hot`], opened on first use.
+struct HotConnections {
+    options: SqliteConnectOptions,
+    slots: Vec<tokio::sync::Mutex<Option<SqliteConnection>>>,
+    next: std::sync::atomic::AtomicUsize,
+}
+
+impl HotConnections {
+    fn new(options: SqliteConnectOptions) -> Self {
+        Self {
+            options,
+            slots: (0..HOT_CONNECTIONS).map(|_| tokio::sync::Mutex::new(None)).collect(),
+            next: std::sync::atomic::AtomicUsize::new(0),
+        }
+    }
+
+    /// The next slot in turn, its connection opened if it was not yet.
+    async fn get(&self) -> Result<tokio::sync::MappedMutexGuard<'_, SqliteConnection>, StoreError> {
+        use sqlx::ConnectOptions;
+        let i = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % self.slots.len();
+        let mut slot = self.slots[i].lock().await;
+        if slot.is_none() {
+            *slot = Some(self.options.connect().await.map_err(backend)?);
+        }
+        tokio::sync::MutexGuard::try_map(slot, Option::as_mut)
+            .map_err(|_| StoreError::Backend("a hot database connection was not opened".to_owned()))
+    }
+
+    async fn close(&self) {
+        use sqlx::Connection;
+        for slot in &self.slots {
+            if let Some(conn) = slot.lock().await.take() {
+                let _ = conn.close().await;
+            }
+        }
+    }
+}
+
+/// A connection from [`SqliteStore::hot`].
+pub(crate) enum HotConnection<'a> {
+    Kept(tokio::sync::MappedMutexGuard<'a, SqliteConnection>),
+    Pooled(sqlx::pool::PoolConnection<Sqlite>),
+}
+
+impl std::ops::Deref for HotConnection<'_> {
+    type Target = SqliteConnection;
+    fn deref(&self) -> &SqliteConnection {
+        match self {
+            Self::Kept(conn) => conn,
+            Self::Pooled(conn) => conn,
+        }
+    }
+}
+
+impl std::ops::DerefMut for HotConnection<'_> {
+    fn deref_mut(&mut self) -> &mut SqliteConnection {
+        match self {
+            Self::Kept(conn) => conn,
+            Self::Pooled(conn) => conn,
+        }
     }
 }
