@@ -58,7 +58,7 @@ impl DomainStatusStore for SqliteStore {
             .bind(status)
             .bind(detail)
             .bind(checked_at)
-            .execute(&self.pool)
+            .execute(&mut *self.hot_write().await?)
             .await
             .map_err(|e| StoreError::Backend(e.to_string()))?;
         if done.rows_affected() == 0 {

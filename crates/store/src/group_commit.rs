@@ -28,7 +28,7 @@ use sqlx::SqlitePool;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::meta::StoreError;
-use crate::sqlite::{Clock, backend, insert_sealed_many, read_head, seal_event};
+use crate::sqlite::{Clock, WriteGate, backend, insert_sealed_many, read_head, seal_event};
 
 /// Most appends one transaction takes. Larger batches amortise the commit further
 /// but hold the write lock longer; 256 records are ~100 KB of WAL.
@@ -43,55 +43,57 @@ struct Job {
     reply: oneshot::Sender<Result<AuditReceipt, StoreError>>,
 }
 
-/// The handle a store keeps: the channel to its writer task, spawned on first use
-/// (in whatever runtime the first append runs in) and again if that runtime went away.
-#[derive(Clone, Default)]
-pub(crate) struct GroupCommit {
-    sender: Arc<Mutex<Option<mpsc::Sender<Job>>>>,
+/// A channel to one writer task, spawned on first use (in whatever runtime the
+/// first use runs in) and again if that runtime went away. The task must hold
+/// neither this handle nor a store that holds it: when the last handle is
+/// dropped the channel closes and the task ends.
+pub(crate) struct Writer<J> {
+    sender: Arc<Mutex<Option<mpsc::Sender<J>>>>,
 }
 
-impl GroupCommit {
-    /// Appends `event` through the writer; returns once the batch holding it committed.
-    pub(crate) async fn append(
-        &self,
-        pool: &SqlitePool,
-        clock: &Clock,
-        event: &AuditEvent,
-    ) -> Result<AuditReceipt, StoreError> {
-        let (reply, answer) = oneshot::channel();
-        let mut job = Job { event: event.clone(), reply };
+impl<J> Clone for Writer<J> {
+    fn clone(&self) -> Self {
+        Self { sender: Arc::clone(&self.sender) }
+    }
+}
+
+impl<J> Default for Writer<J> {
+    fn default() -> Self {
+        Self { sender: Arc::new(Mutex::new(None)) }
+    }
+}
+
+impl<J: Send + 'static> Writer<J> {
+    /// Hands `job` to the writer, spawning one with `spawn` (given the receiving
+    /// end of a channel of `depth` jobs) if none is running. `Err(job)` if no
+    /// writer took it.
+    pub(crate) async fn send(&self, mut job: J, depth: usize, spawn: impl Fn(mpsc::Receiver<J>)) -> Result<(), J> {
         // At most two tries: a writer whose runtime shut down is replaced once.
         for _ in 0..2 {
-            let sender = self.sender(pool, clock);
+            let sender = self.sender(depth, &spawn);
             match sender.send(job).await {
-                Ok(()) => {
-                    return answer.await.unwrap_or_else(|_| {
-                        Err(StoreError::Backend("the audit writer stopped before answering".to_owned()))
-                    });
-                }
+                Ok(()) => return Ok(()),
                 Err(mpsc::error::SendError(back)) => {
                     job = back;
                     self.forget(&sender);
                 }
             }
         }
-        Err(StoreError::Backend("the audit writer is not running".to_owned()))
+        Err(job)
     }
 
-    fn sender(&self, pool: &SqlitePool, clock: &Clock) -> mpsc::Sender<Job> {
+    fn sender(&self, depth: usize, spawn: &impl Fn(mpsc::Receiver<J>)) -> mpsc::Sender<J> {
         let mut slot = self.sender.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(sender) = slot.as_ref().filter(|s| !s.is_closed()) {
             return sender.clone();
         }
-        let (sender, receiver) = mpsc::channel(AUDIT_QUEUE_DEPTH);
-        // The task holds the pool and the clock, never the sender: when the last
-        // store clone is dropped the channel closes and the task ends.
-        tokio::spawn(writer(receiver, pool.clone(), clock.clone()));
+        let (sender, receiver) = mpsc::channel(depth);
+        spawn(receiver);
         *slot = Some(sender.clone());
         sender
     }
 
-    fn forget(&self, dead: &mpsc::Sender<Job>) {
+    fn forget(&self, dead: &mpsc::Sender<J>) {
         let mut slot = self.sender.lock().unwrap_or_else(PoisonError::into_inner);
         if slot.as_ref().is_some_and(|s| s.same_channel(dead)) {
             *slot = None;
@@ -99,11 +101,41 @@ impl GroupCommit {
     }
 }
 
+/// The handle a store keeps to its audit writer.
+#[derive(Clone, Default)]
+pub(crate) struct GroupCommit {
+    writer: Writer<Job>,
+}
+
+impl GroupCommit {
+    /// Appends `event` through the writer; returns once the batch holding it committed.
+    pub(crate) async fn append(
+        &self,
+        pool: &SqlitePool,
+        gate: &WriteGate,
+        clock: &Clock,
+        event: &AuditEvent,
+    ) -> Result<AuditReceipt, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        let job = Job { event: event.clone(), reply };
+        // The task holds the pool, the gate and the clock, never the sender.
+        let spawn = |receiver| {
+            tokio::spawn(writer(receiver, pool.clone(), gate.clone(), clock.clone()));
+        };
+        match self.writer.send(job, AUDIT_QUEUE_DEPTH, spawn).await {
+            Ok(()) => answer.await.unwrap_or_else(|_| {
+                Err(StoreError::Backend("the audit writer stopped before answering".to_owned()))
+            }),
+            Err(_) => Err(StoreError::Backend("the audit writer is not running".to_owned())),
+        }
+    }
+}
+
 /// The writer task: one batch at a time, as many waiting appends as fit.
-async fn writer(mut receiver: mpsc::Receiver<Job>, pool: SqlitePool, clock: Clock) {
+async fn writer(mut receiver: mpsc::Receiver<Job>, pool: SqlitePool, gate: WriteGate, clock: Clock) {
     let mut batch = Vec::with_capacity(MAX_AUDIT_BATCH);
     while receiver.recv_many(&mut batch, MAX_AUDIT_BATCH).await > 0 {
-        commit_batch(&pool, &clock, std::mem::take(&mut batch)).await;
+        commit_batch(&pool, &gate, &clock, std::mem::take(&mut batch)).await;
     }
 }
 
@@ -128,7 +160,8 @@ fn fail_all(replies: impl IntoIterator<Item = Reply>, why: &str) {
 }
 
 /// Seals and inserts `jobs` in one transaction, commits, answers every caller.
-async fn commit_batch(pool: &SqlitePool, clock: &Clock, jobs: Vec<Job>) {
+async fn commit_batch(pool: &SqlitePool, gate: &WriteGate, clock: &Clock, jobs: Vec<Job>) {
+    let _turn = gate.enter().await;
     let mut tx = match pool.begin_with("BEGIN IMMEDIATE").await {
         Ok(tx) => tx,
         Err(e) => return fail_all(jobs.into_iter().map(|j| j.reply), &reason(backend(e))),
@@ -190,7 +223,7 @@ mod tests {
             jobs.push(Job { event, reply });
             answers.push(answer);
         }
-        commit_batch(&store.pool, &store.clock, jobs).await;
+        commit_batch(&store.pool, &store.gate, &store.clock, jobs).await;
         let mut out = Vec::new();
         for a in answers {
             out.push(a.await.unwrap());

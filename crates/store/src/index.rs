@@ -220,7 +220,7 @@ impl SqliteStore {
         });
         insert.push(" ON CONFLICT (owner, inbox, id) DO NOTHING RETURNING seq, owner, inbox, id");
         let returned: Vec<(i64, String, String, String)> =
-            insert.build_query_as().fetch_all(&mut *self.hot().await?).await.map_err(backend)?;
+            insert.build_query_as().fetch_all(&mut *self.hot_write().await?).await.map_err(backend)?;
         if returned.len() != rows.len() {
             // The rows that were new are indexed now; the others already were.
             return Ok(None);

@@ -21,6 +21,7 @@
 mod blob;
 mod events;
 mod domain_status;
+pub mod enqueue;
 mod fs;
 mod index;
 mod mailroom;

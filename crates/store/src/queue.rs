@@ -308,7 +308,7 @@ impl OutboundQueue for SqliteStore {
         .bind(i64::from(limit))
         .bind(lease_until)
         .bind(&lease)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.hot_write().await?)
         .await
         .map_err(backend)?;
         rows.into_iter()
@@ -406,7 +406,7 @@ impl OutboundQueue for SqliteStore {
         )
         .bind(lease)
         .bind(lease_until)
-        .execute(&self.pool)
+        .execute(&mut *self.hot_write().await?)
         .await
         .map_err(backend)?;
         Ok(done.rows_affected())

@@ -18,7 +18,6 @@
 //! does its row change and its audit insert in the same transaction and hands
 //! out the receipt only after the commit.
 
-use std::collections::BTreeSet;
 use std::fmt::Display;
 use std::path::Path;
 use std::str::FromStr;
@@ -80,9 +79,13 @@ pub struct SqliteStore {
     /// Ping-free connections for the hot paths; `None` for an in-memory database,
     /// which lives in its one pooled connection.
     hot: Option<Arc<HotConnections>>,
+    /// One writer at a time in this process ([`WriteGate`]).
+    pub(crate) gate: WriteGate,
     pub(crate) clock: Clock,
     /// The writer that batches stand-alone audit appends ([`crate::group_commit`]).
     group: GroupCommit,
+    /// The writer that batches outbound queue inserts ([`crate::enqueue`]).
+    enqueuer: crate::enqueue::Enqueuer,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -114,7 +117,7 @@ impl SqliteStore {
             .await
             .map_err(|e| StoreError::Backend(format!("cannot open metadata database {}: {e}", path.display())))?;
         let hot = Some(Arc::new(HotConnections::new(options)));
-        let store = Self { pool, hot, clock: Arc::new(system_clock), group: GroupCommit::default() };
+        let store = Self { pool, hot, gate: WriteGate::default(), clock: Arc::new(system_clock), group: GroupCommit::default(), enqueuer: Default::default() };
         store.migrate().await?;
         Ok(store)
     }
@@ -135,7 +138,7 @@ impl SqliteStore {
             .connect_with(options)
             .await
             .map_err(backend)?;
-        let store = Self { pool, hot: None, clock: Arc::new(system_clock), group: GroupCommit::default() };
+        let store = Self { pool, hot: None, gate: WriteGate::default(), clock: Arc::new(system_clock), group: GroupCommit::default(), enqueuer: Default::default() };
         store.migrate().await?;
         Ok(store)
     }
@@ -150,12 +153,34 @@ impl SqliteStore {
         self
     }
 
+    /// The same store without its writer tasks' handles, for those tasks: a task
+    /// holding a handle to its own channel would never see it close.
+    pub(crate) fn detached(&self) -> Self {
+        Self {
+            pool: self.pool.clone(),
+            hot: self.hot.clone(),
+            gate: self.gate.clone(),
+            clock: self.clock.clone(),
+            group: GroupCommit::default(),
+            enqueuer: crate::enqueue::Enqueuer::default(),
+        }
+    }
+
     /// Closes every connection, waiting for those in use to be returned.
     pub async fn close(&self) {
         if let Some(hot) = &self.hot {
             hot.close().await;
         }
         self.pool.close().await;
+    }
+
+    /// [`SqliteStore::hot`] for one writing statement, with this process's write
+    /// turn ([`WriteGate`]) held as long as the connection.
+    pub(crate) async fn hot_write(&self) -> Result<HotConnection<'_>, StoreError> {
+        let turn = self.gate.enter().await;
+        let mut conn = self.hot().await?;
+        conn.turn = Some(turn);
+        Ok(conn)
     }
 
     /// A connection for ONE statement on a hot path (RCPT and AUTH lookups, index
@@ -165,10 +190,11 @@ impl SqliteStore {
     /// on its own (autocommit), and a cancelled one leaves the connection usable
     /// (the worker finishes it before the next). Transactions use the pool.
     pub(crate) async fn hot(&self) -> Result<HotConnection<'_>, StoreError> {
-        match &self.hot {
-            Some(hot) => hot.get().await.map(HotConnection::Kept),
-            None => self.pool.acquire().await.map(HotConnection::Pooled).map_err(backend),
-        }
+        let conn = match &self.hot {
+            Some(hot) => Hot::Kept(hot.get().await?),
+            None => Hot::Pooled(self.pool.acquire().await.map_err(backend)?),
+        };
+        Ok(HotConnection { conn, turn: None })
     }
 
     async fn migrate(&self) -> Result<(), StoreError> {
@@ -191,9 +217,12 @@ impl SqliteStore {
     }
 
     /// Starts a write transaction holding the write lock from the start, so the
-    /// existence checks inside it cannot go stale before the commit.
-    pub(crate) async fn write_tx(&self) -> Result<Transaction<'static, Sqlite>, StoreError> {
-        self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(backend)
+    /// existence checks inside it cannot go stale before the commit. Waits for
+    /// this process's [`WriteGate`] first.
+    pub(crate) async fn write_tx(&self) -> Result<WriteTx, StoreError> {
+        let gate = self.gate.enter().await;
+        let tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(backend)?;
+        Ok(WriteTx { tx, _gate: gate })
     }
 
     /// Revokes the row `statement` matches (`?1` = now, `?2` = id, `?3` = owner or
@@ -316,7 +345,7 @@ pub(crate) async fn insert_sealed(tx: &mut SqliteConnection, sealed: &SealedReco
 }
 
 /// Commits `tx` and only then hands out the receipt of `sealed`.
-async fn commit_audited(tx: Transaction<'static, Sqlite>, sealed: SealedRecord) -> Result<AuditReceipt, StoreError> {
+async fn commit_audited(tx: WriteTx, sealed: SealedRecord) -> Result<AuditReceipt, StoreError> {
     tx.commit().await.map_err(backend)?;
     Ok(sealed.into_receipt())
 }
@@ -427,7 +456,7 @@ async fn insert_key(
 }
 
 /// Maps the error of an `INSERT`: a unique violation is a conflict on `what`.
-fn insert_error(err: sqlx::Error, what: impl FnOnce() -> String) -> StoreError {
+pub(crate) fn insert_error(err: sqlx::Error, what: impl FnOnce() -> String) -> StoreError {
     match &err {
         sqlx::Error::Database(db) if db.kind() == ErrorKind::UniqueViolation => StoreError::Conflict { what: what() },
         _ => backend(err),
@@ -630,7 +659,7 @@ impl MetadataStore for SqliteStore {
         sqlx::query("INSERT INTO domains (name, created_at) VALUES (?1, ?2) ON CONFLICT (name) DO NOTHING")
             .bind(domain.as_str())
             .bind(now)
-            .execute(&self.pool)
+            .execute(&mut *self.hot_write().await?)
             .await
             .map_err(backend)?;
         Ok(())
@@ -1340,7 +1369,7 @@ impl MetadataStore for SqliteStore {
         .bind(hash_to_hex(&checkpoint.hash))
         .bind(checkpoint.ts)
         .bind(signature)
-        .execute(&self.pool)
+        .execute(&mut *self.hot_write().await?)
         .await
         .map_err(backend)?;
         Ok(done.rows_affected() == 1)
@@ -1496,43 +1525,8 @@ impl MetadataStore for SqliteStore {
     }
 
     async fn enqueue_outbound(&self, message: &NewOutbound) -> Result<(), StoreError> {
-        // The same recipient twice in one envelope is one delivery.
-        let recipients: BTreeSet<&str> = message.recipients.iter().map(String::as_str).collect();
-        if recipients.is_empty() {
-            return Err(StoreError::Invalid(format!("outbound message {} has no recipients", message.message_id)));
-        }
-        let size = i64::try_from(message.size).map_err(|_| {
-            StoreError::Invalid(format!("outbound message {} is too large to record", message.message_id))
-        })?;
-        // One INSERT of every recipient's row: atomic on its own (autocommit), and
-        // one round trip to SQLite's thread instead of BEGIN, N inserts, COMMIT.
-        let values: Vec<String> =
-            (0..recipients.len()).map(|i| format!("(?1, ?{}, ?2, ?3, 'queued', ?4, ?5, ?5, 0)", i + 6)).collect();
-        let sql = format!(
-            "INSERT INTO outbound_queue
-                (message_id, recipient, sender, owner, state, size, queued_at, next_attempt_at, attempts)
-             VALUES {}",
-            values.join(", ")
-        );
-        let mut query = sqlx::query(&sql)
-            .bind(&message.message_id)
-            .bind(message.sender.as_str())
-            .bind(message.owner.as_str())
-            .bind(size)
-            .bind(message.queued_at);
-        for recipient in &recipients {
-            query = query.bind(*recipient);
-        }
-        query.execute(&mut *self.hot().await?).await.map_err(|e| {
-            insert_error(e, || {
-                format!(
-                    "queued message {} for {}",
-                    message.message_id,
-                    recipients.iter().copied().collect::<Vec<_>>().join(", ")
-                )
-            })
-        })?;
-        Ok(())
+        let message = crate::enqueue::Queued::check(message)?;
+        self.enqueuer.enqueue(self, message).await
     }
 
     async fn list_queue(&self) -> Result<Vec<QueueEntry>, StoreError> {
@@ -1549,7 +1543,7 @@ impl MetadataStore for SqliteStore {
 
     async fn audit_append(&self, event: &AuditEvent) -> Result<AuditReceipt, StoreError> {
         // Batched with every other append waiting at this moment: one commit for all.
-        self.group.append(&self.pool, &self.clock, event).await
+        self.group.append(&self.pool, &self.gate, &self.clock, event).await
     }
 
     async fn audit_list(&self, after_seq: u64, limit: u32) -> Result<Vec<AuditRecord>, StoreError> {
@@ -1616,8 +1610,14 @@ impl HotConnections {
     }
 }
 
-/// A connection from [`SqliteStore::hot`].
-pub(crate) enum HotConnection<'a> {
+/// A connection from [`SqliteStore::hot`] (or [`SqliteStore::hot_write`], with
+/// the write turn). Dereferences to the connection.
+pub(crate) struct HotConnection<'a> {
+    conn: Hot<'a>,
+    turn: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+enum Hot<'a> {
     Kept(tokio::sync::MappedMutexGuard<'a, SqliteConnection>),
     Pooled(sqlx::pool::PoolConnection<Sqlite>),
 }
@@ -1625,18 +1625,64 @@ pub(crate) enum HotConnection<'a> {
 impl std::ops::Deref for HotConnection<'_> {
     type Target = SqliteConnection;
     fn deref(&self) -> &SqliteConnection {
-        match self {
-            Self::Kept(conn) => conn,
-            Self::Pooled(conn) => conn,
+        match &self.conn {
+            Hot::Kept(conn) => conn,
+            Hot::Pooled(conn) => conn,
         }
     }
 }
 
 impl std::ops::DerefMut for HotConnection<'_> {
     fn deref_mut(&mut self) -> &mut SqliteConnection {
-        match self {
-            Self::Kept(conn) => conn,
-            Self::Pooled(conn) => conn,
+        match &mut self.conn {
+            Hot::Kept(conn) => conn,
+            Hot::Pooled(conn) => conn,
         }
+    }
+}
+
+/// Writers of this process take turns here before they write, so they queue in
+/// order instead of meeting at SQLite's write lock: a connection that finds the
+/// lock taken sleeps in SQLite's busy handler (1, 2, 5, 10 … 100 ms) and wakes
+/// on its own schedule, which under concurrent writers (queue inserts next to
+/// the queue runner's claims and records) turned into tail latencies of a tenth
+/// of a second. Other processes (the CLI) still meet at the lock, with
+/// [`BUSY_TIMEOUT`]. A writer never waits for the gate while holding it: every
+/// write is one statement or one transaction, and nothing writes inside another.
+#[derive(Clone, Default)]
+pub(crate) struct WriteGate(Arc<tokio::sync::Mutex<()>>);
+
+impl WriteGate {
+    /// Waits for this process's turn to write; the turn ends when the guard drops.
+    pub(crate) async fn enter(&self) -> tokio::sync::OwnedMutexGuard<()> {
+        Arc::clone(&self.0).lock_owned().await
+    }
+}
+
+/// A write transaction ([`SqliteStore::write_tx`]) with this process's write turn.
+/// Dereferences to its connection (`&mut *tx` as with a [`Transaction`]); rolled
+/// back if dropped uncommitted.
+pub(crate) struct WriteTx {
+    tx: Transaction<'static, Sqlite>,
+    _gate: tokio::sync::OwnedMutexGuard<()>,
+}
+
+impl WriteTx {
+    /// Commits, then ends the write turn.
+    pub(crate) async fn commit(self) -> Result<(), sqlx::Error> {
+        self.tx.commit().await
+    }
+}
+
+impl std::ops::Deref for WriteTx {
+    type Target = SqliteConnection;
+    fn deref(&self) -> &SqliteConnection {
+        &self.tx
+    }
+}
+
+impl std::ops::DerefMut for WriteTx {
+    fn deref_mut(&mut self) -> &mut SqliteConnection {
+        &mut self.tx
     }
 }

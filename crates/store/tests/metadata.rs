@@ -368,6 +368,34 @@ async fn outbound_queue() {
     assert_invalid(store.enqueue_outbound(&huge).await, "too large");
 }
 
+/// Concurrent inserts share statements (the enqueue writer); a duplicate among
+/// them fails alone, all or nothing for its own recipients, and every other
+/// message is queued with all of its rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_enqueues_are_batched_and_a_duplicate_fails_alone() {
+    let (_dir, store) = populated().await;
+    store.enqueue_outbound(&outbound("01DUP", &["a@remote.test"], NOW)).await.unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..200u32 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let id = if i == 100 { "01DUP".to_owned() } else { format!("01M{i:04}") };
+            store.enqueue_outbound(&outbound(&id, &["a@remote.test", "b@remote.test"], NOW)).await
+        }));
+    }
+    for (i, task) in tasks.into_iter().enumerate() {
+        let result = task.await.unwrap();
+        if i == 100 {
+            assert_conflict(result, "queued message 01DUP for a@remote.test, b@remote.test");
+        } else {
+            result.unwrap();
+        }
+    }
+    let queue = store.list_queue().await.unwrap();
+    assert_eq!(queue.len(), 1 + 199 * 2);
+    assert_eq!(queue.iter().filter(|e| e.message_id == "01DUP").count(), 1, "the duplicate added no row");
+}
+
 #[tokio::test]
 async fn survives_reopen_and_shares_the_file() {
     let dir = tempfile::tempdir().unwrap();
