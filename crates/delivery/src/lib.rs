@@ -41,10 +41,13 @@ mod client;
 mod dsn;
 mod keyring;
 mod keys;
+mod mta_sts;
+mod mta_sts_client;
 mod pool;
 mod route;
 mod runner;
 mod sign;
+mod tls;
 mod verify;
 mod zone;
 
@@ -52,6 +55,15 @@ pub use dsn::{Bounce, DSN_MAX_ORIGINAL_HEADERS, build_dsn};
 pub use keyring::DomainKeyring;
 pub use route::{HickoryResolver, Mx, ResolveError, Resolver, Route, SMTP_PORT, StaticResolver, Target, targets};
 pub use client::TlsPolicy;
+pub use mta_sts::{
+    DEFAULT_MAX_AGE, MAX_EXT_NAME_LEN, MAX_HOST_LEN, MAX_ID_LEN, MAX_LABEL_LEN, MAX_MAX_AGE, MAX_POLICY_BYTES, MxPattern,
+    STS_VERSION, StsError, StsMode, StsPolicy, TLSRPT_VERSION, TlsRpt, parse_sts_record, sts_record,
+};
+pub use mta_sts_client::{
+    FETCH_RETRY_AFTER, FetchError, HttpsPolicyFetcher, MAX_CACHED_DOMAINS, MAX_FETCH_ADDRESSES, MTA_STS_PORT, MtaSts,
+    POLICY_FETCH_TIMEOUT, POLICY_PATH, PolicyFetcher,
+};
+pub use tls::{TlsClients, TlsSetupError, load_trust_anchors};
 pub use pool::{CONNECTION_IDLE, MAX_CONNECTIONS_PER_HOST, MAX_MESSAGES_PER_CONNECTION};
 pub use runner::{
     Attempt, BACKOFF, BACKOFF_STEADY, CLAIM_BATCH, DeliveryConfig, LEASE, LEASE_MARGIN, MAX_AGE, MAX_IN_FLIGHT, RECORD_BATCH,
