@@ -12,6 +12,7 @@
 //! | good.test | enforce, mx.good.test | TLS receiver, valid certificate | delivered over TLS |
 //! | plain.test | enforce, mx.plain.test | receiver without STARTTLS | deferred (MTA-STS, STARTTLS), nothing sent |
 //! | stray.test | enforce, *.elsewhere.test | mx.stray.test (TLS receiver) | deferred (MTA-STS, mx), never contacted |
+//! | bad.test | enforce, mx.bad.test | TLS receiver, certificate for other names | deferred (MTA-STS, certificate), nothing sent |
 //! | trial.test | testing, mx.trial.test | receiver without STARTTLS | delivered, the failure counted |
 
 #![allow(clippy::unwrap_used)]
@@ -106,7 +107,7 @@ fn recipient_domains_mta_sts_policies_are_honoured() {
         "test_ca.py",
         &[
             c(""),
-            "policy=mta-sts.good.test,mta-sts.plain.test,mta-sts.stray.test,mta-sts.trial.test".to_owned(),
+            "policy=mta-sts.good.test,mta-sts.plain.test,mta-sts.stray.test,mta-sts.trial.test,mta-sts.bad.test".to_owned(),
             "mx=mx.good.test,mx.stray.test".to_owned(),
         ],
     );
@@ -118,6 +119,7 @@ fn recipient_domains_mta_sts_policies_are_honoured() {
         ("plain.test", "enforce", "mx.plain.test"),
         ("stray.test", "enforce", "*.elsewhere.test"),
         ("trial.test", "testing", "mx.trial.test"),
+        ("bad.test", "enforce", "mx.bad.test"),
     ] {
         std::fs::write(policies.join(format!("mta-sts.{domain}.txt")), policy(mode, mx)).unwrap();
     }
@@ -146,6 +148,7 @@ fn recipient_domains_mta_sts_policies_are_honoured() {
         ("plain.test", plain_ip, "plain1"),
         ("stray.test", tls_ip, "stray1"),
         ("trial.test", plain_ip, "trial1"),
+        ("bad.test", tls_ip, "bad1"),
     ] {
         zone = zone
             .mx(domain, 10, &format!("mx.{domain}"))
@@ -169,7 +172,7 @@ fn recipient_domains_mta_sts_policies_are_honoured() {
         ],
     );
     let body = json!({
-        "to": ["a@good.test", "b@plain.test", "c@stray.test", "d@trial.test"],
+        "to": ["a@good.test", "b@plain.test", "c@stray.test", "d@trial.test", "e@bad.test"],
         "subject": "MTA-STS",
         "text": "hello",
     });
@@ -199,7 +202,7 @@ fn recipient_domains_mta_sts_policies_are_honoured() {
     // Several attempts each, so a retry cannot sneak through either.
     let attempts = |rcpt: &str| row(rcpt).and_then(|r| r["attempts"].as_u64()).unwrap_or(0);
     wait_for("retries of the refused recipients", Duration::from_secs(60), || {
-        attempts("b@plain.test") >= 2 && attempts("c@stray.test") >= 2
+        attempts("b@plain.test") >= 2 && attempts("c@stray.test") >= 2 && attempts("e@bad.test") >= 2
     });
 
     let plain = last("b@plain.test");
@@ -212,7 +215,13 @@ fn recipient_domains_mta_sts_policies_are_honoured() {
         stray.starts_with("451 4.7.5 MTA-STS policy of stray.test (enforce): no MX host may receive its mail (mx.stray.test not in mx: *.elsewhere.test)"),
         "{stray}"
     );
-    for rcpt in ["b@plain.test", "c@stray.test"] {
+    let bad = last("e@bad.test");
+    assert!(
+        bad.starts_with("451 4.7.5 MTA-STS policy of bad.test (enforce): STARTTLS with mx.bad.test failed:")
+            && bad.contains("certificate"),
+        "{bad}"
+    );
+    for rcpt in ["b@plain.test", "c@stray.test", "e@bad.test"] {
         assert_ne!(state(rcpt).as_deref(), Some("delivered"), "{rcpt}");
         assert_ne!(state(rcpt).as_deref(), Some("bounced"), "a temporary failure: {rcpt}");
     }
@@ -233,10 +242,10 @@ fn recipient_domains_mta_sts_policies_are_honoured() {
     assert!(counted("testing", "starttls"), "what the testing policy would have refused is counted:\n{metrics}");
     assert!(counted("enforce", "starttls"), "{metrics}");
     assert!(counted("enforce", "mx_mismatch"), "{metrics}");
-    assert!(!counted("enforce", "certificate"), "the CA-signed certificate for mx.good.test validated:\n{metrics}");
+    assert!(counted("enforce", "certificate"), "mx.bad.test's certificate is for other names:\n{metrics}");
 
     let requests = https.lines("requests");
-    for domain in ["good.test", "plain.test", "stray.test", "trial.test"] {
+    for domain in ["good.test", "plain.test", "stray.test", "trial.test", "bad.test"] {
         let wanted = format!("mta-sts.{domain} /.well-known/mta-sts.txt");
         let n = requests.iter().filter(|r| **r == wanted).count();
         assert_eq!(n, 1, "one fetch per policy id, then the cache: {requests:?}");
