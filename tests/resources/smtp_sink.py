@@ -3,6 +3,7 @@
 
 Usage: smtp_sink.py OUTDIR [--tempfail N] [--reject] [--pipelining]
                     [--data-delay SECONDS] [--starttls]
+                    [--tls-cert PEM --tls-key PEM] [--host ADDR] [--port N]
 
 Prints the port it listens on, then serves until killed. Each accepted message
 is written to OUTDIR/<n>.eml (raw bytes as received, after the SMTP layer
@@ -10,7 +11,11 @@ removed dot-stuffing) with OUTDIR/<n>.json holding the envelope; the first N
 DATA commands answer `451 4.3.0`, and with --reject every RCPT answers `550 5.1.1`.
 --pipelining advertises PIPELINING (RFC 2920; aiosmtpd reads pipelined commands
 in order); --data-delay waits that long before answering each DATA transfer;
---starttls offers STARTTLS with a self-signed certificate made at start.
+--starttls offers STARTTLS with a self-signed certificate made at start;
+--tls-cert/--tls-key offer it with the given certificate instead (e.g. one from
+test_ca.py for the MX host's name). --host and --port choose where it listens
+(default 127.0.0.1, a free port), so two sinks can share a port on two loopback
+addresses.
 OUTDIR/attempts counts DATA commands (one line per attempt), OUTDIR/connections
 counts connections and OUTDIR/tls STARTTLS upgrades (one line each).
 """
@@ -126,13 +131,21 @@ async def main():
     p.add_argument("--pipelining", action="store_true")
     p.add_argument("--data-delay", type=float, default=0.0)
     p.add_argument("--starttls", action="store_true")
+    p.add_argument("--tls-cert")
+    p.add_argument("--tls-key")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=0)
     args = p.parse_args()
     handler = Handler(args.outdir, args.tempfail, args.reject, args.pipelining, args.data_delay)
-    tls = self_signed_context() if args.starttls else None
+    if args.tls_cert:
+        tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        tls.load_cert_chain(args.tls_cert, args.tls_key)
+    else:
+        tls = self_signed_context() if args.starttls else None
     CountingSMTP._CountingSMTP__outdir = args.outdir
     loop = asyncio.get_running_loop()
     server = await loop.create_server(
-        lambda: CountingSMTP(handler, hostname="sink.test", tls_context=tls), "127.0.0.1", 0
+        lambda: CountingSMTP(handler, hostname="sink.test", tls_context=tls), args.host, args.port
     )
     print(server.sockets[0].getsockname()[1], flush=True)
     await server.serve_forever()

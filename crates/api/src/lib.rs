@@ -7,6 +7,7 @@
 //! | GET | `/v1/agent/inboxes` | the inboxes the agent's active grants cover (agent key) |
 //! | GET | `/.well-known/openid-configuration` | OIDC discovery (issuer = the public URL) |
 //! | GET | `/.well-known/jwks.json` | the OIDC signing keys |
+//! | GET | `/.well-known/mta-sts.txt` | the MTA-STS policy, for `Host: mta-sts.<hosted domain>` ([`ApiState::with_mta_sts_policy`]) |
 //! | GET | `/v1/openapi.json` | the OpenAPI document of these routes |
 //! | POST | `/v1/owners/{owner}/enroll` | redeem an enrollment code, register the owner's master key |
 //! | POST, GET | `/v1/grants` | create / list the owner's grants (owner signature) |
@@ -84,6 +85,8 @@ pub struct ApiState {
     send: Option<Arc<send::SendService>>,
     /// Per-address limits: refused agent keys, pairing opens ([`throttle`]).
     throttle: Arc<throttle::HttpThrottle>,
+    /// The MTA-STS policy file served for `mta-sts.<hosted domain>`; `None`: 404.
+    mta_sts_policy: Option<Arc<str>>,
 }
 
 impl std::fmt::Debug for ApiState {
@@ -113,7 +116,17 @@ impl ApiState {
             mail: None,
             send: None,
             throttle: Arc::default(),
+            mta_sts_policy: None,
         }
+    }
+
+    /// The same state serving `policy` (an RFC 8461 §3.2 policy file) at
+    /// `/.well-known/mta-sts.txt` to requests for `mta-sts.<domain>` where the
+    /// domain is hosted (it also needs [`ApiState::with_meta`]).
+    #[must_use]
+    pub fn with_mta_sts_policy(mut self, policy: impl Into<String>) -> Self {
+        self.mta_sts_policy = Some(Arc::from(policy.into()));
+        self
     }
 
     /// The same state serving `POST /v1/inboxes/{address}/send` with `service`
@@ -218,6 +231,7 @@ fn table() -> Vec<Route> {
         route(Verb::Get, "/v1/agent/inboxes", agent_inboxes::list),
         route(Verb::Get, "/.well-known/openid-configuration", well_known::openid_configuration),
         route(Verb::Get, "/.well-known/jwks.json", well_known::jwks),
+        route(Verb::Get, "/.well-known/mta-sts.txt", well_known::mta_sts_policy),
         route(Verb::Get, "/v1/openapi.json", openapi_json),
         route(Verb::Post, "/v1/owners/{owner}/enroll", owner::enroll),
         route(Verb::Post, "/v1/grants", owner::create_grant),

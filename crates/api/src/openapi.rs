@@ -21,6 +21,7 @@ use crate::error::Problem;
         crate::agent_inboxes::list,
         crate::well_known::openid_configuration,
         crate::well_known::jwks,
+        crate::well_known::mta_sts_policy,
         crate::openapi_json,
         crate::owner::enroll,
         crate::owner::create_grant,
@@ -69,6 +70,7 @@ use crate::error::Problem;
     tags(
         (name = "credentials", description = "Short-lived credentials minted under an agent's grants"),
         (name = "oidc", description = "OIDC issuer documents"),
+        (name = "mta-sts", description = "The MTA-STS policy (RFC 8461) of the hosted domains; serve it over HTTPS through a front with a valid certificate for mta-sts.<domain>"),
         (name = "meta", description = "This document"),
         (name = "owner", description = "Enrollment and the owner's approval gate: requests signed with the owner's master key"),
         (name = "messages", description = "The read path: list, fetch and follow one inbox with a read capability (Authorization: Bearer akcap1.…)"),

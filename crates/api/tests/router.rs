@@ -142,7 +142,7 @@ async fn world() -> World {
 }
 
 impl World {
-    fn app_with_audit(&self, audit: Arc<dyn MintAudit>) -> axum::Router {
+    fn state_with_audit(&self, audit: Arc<dyn MintAudit>) -> ApiState {
         let broker = TokenBroker::new(BrokerParts {
             store: self.backend.clone(),
             audit,
@@ -151,7 +151,20 @@ impl World {
             clock: self.clock.clone(),
             config: BrokerConfig::new(ISSUER.parse().unwrap()),
         });
-        router(ApiState::with_clock(Arc::new(broker), self.clock.clone()))
+        ApiState::with_clock(Arc::new(broker), self.clock.clone())
+    }
+
+    fn app_with_audit(&self, audit: Arc<dyn MintAudit>) -> axum::Router {
+        router(self.state_with_audit(audit))
+    }
+
+    /// The app with the store and an MTA-STS policy for the hosted domain.
+    fn app_with_mta_sts(&self) -> axum::Router {
+        router(
+            self.state_with_audit(self.backend.clone())
+                .with_meta(self.store.clone())
+                .with_mta_sts_policy("version: STSv1\r\nmode: enforce\r\nmx: mx.agents.example.com\r\nmax_age: 604800\r\n"),
+        )
     }
 
     fn app(&self) -> axum::Router {
@@ -381,7 +394,8 @@ async fn unknown_route_and_wrong_method_are_problem_json() {
 #[tokio::test]
 async fn openapi_matches_the_routes() {
     let w = world().await;
-    let app = w.app();
+    // With the store and a policy, so the MTA-STS route has something to serve.
+    let app = w.app_with_mta_sts();
     let a = send(&app, get("/v1/openapi.json")).await;
     assert_eq!(a.status, StatusCode::OK);
     assert!(a.body["openapi"].as_str().unwrap().starts_with("3."));
@@ -399,7 +413,13 @@ async fn openapi_matches_the_routes() {
     served.sort();
     assert_eq!(documented, served);
     for (method, path) in documented {
-        let req = Request::builder().method(method.as_str()).uri(&path).body(Body::empty()).unwrap();
+        // The MTA-STS policy is served by host name; every other route ignores it.
+        let req = Request::builder()
+            .method(method.as_str())
+            .uri(&path)
+            .header("host", "mta-sts.agents.example.com")
+            .body(Body::empty())
+            .unwrap();
         let status = app.clone().oneshot(req).await.unwrap().status();
         assert!(status != StatusCode::NOT_FOUND && status != StatusCode::METHOD_NOT_ALLOWED, "{method} {path}: {status}");
     }
@@ -481,4 +501,35 @@ async fn refused_keys_are_throttled_per_address_and_successes_spend_nothing() {
     // Throttled requests are not audited as refusals (the log is not a flood target).
     let refused = w.store.audit_all().await.unwrap().iter().filter(|r| r.operation == "credential.refused").count();
     assert_eq!(refused, AUTH_FAILURES_PER_IP as usize + 1);
+}
+
+/// RFC 8461 §3.2: the policy for `Host: mta-sts.<hosted domain>` (port and case
+/// ignored), `text/plain`, as configured; 404 problem JSON for any other host,
+/// a domain not hosted here, or no policy configured.
+#[tokio::test]
+async fn the_mta_sts_policy_is_served_for_hosted_domains_only() {
+    let w = world().await;
+    let policy = "version: STSv1\r\nmode: enforce\r\nmx: mx.agents.example.com\r\nmax_age: 604800\r\n";
+    let fetch = |app: axum::Router, host: &'static str| async move {
+        let req = Request::builder().uri("/.well-known/mta-sts.txt").header("host", host).body(Body::empty()).unwrap();
+        let response = app.oneshot(req).await.unwrap();
+        let status = response.status();
+        let content_type = response.headers().get("content-type").map(|v| v.to_str().unwrap().to_owned());
+        let body = axum::body::to_bytes(response.into_body(), 1 << 20).await.unwrap();
+        (status, content_type, String::from_utf8(body.to_vec()).unwrap())
+    };
+    for host in ["mta-sts.agents.example.com", "MTA-STS.Agents.Example.Com:443", "mta-sts.agents.example.com."] {
+        let (status, content_type, body) = fetch(w.app_with_mta_sts(), host).await;
+        assert_eq!(status, StatusCode::OK, "{host}");
+        assert_eq!(content_type.as_deref(), Some("text/plain"));
+        assert_eq!(body, policy, "byte for byte, CRLF");
+    }
+    for host in ["agents.example.com", "mta-sts.other.example", "mta-sts.sub.agents.example.com", "127.0.0.1:8787"] {
+        let (status, content_type, body) = fetch(w.app_with_mta_sts(), host).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{host}");
+        assert_eq!(content_type.as_deref(), Some("application/problem+json"), "{host}");
+        assert!(body.contains("\"NOT_FOUND\""), "{body}");
+    }
+    let (status, _, _) = fetch(w.app(), "mta-sts.agents.example.com").await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "no policy configured: nothing served");
 }

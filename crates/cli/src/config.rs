@@ -14,6 +14,7 @@ use std::str::FromStr;
 
 use agentkeys_broker::{DEFAULT_AUDIENCE, IssuerUrl};
 use agentkeys_core::{Domain, parse_duration};
+use agentkeys_delivery::{MAX_MAX_AGE, MxPattern, Publication, StsMode, StsPolicy, TlsRpt};
 
 /// Default data directory, relative to the working directory.
 pub(crate) const DEFAULT_DATA_DIR: &str = "./agentkeys-data";
@@ -65,6 +66,48 @@ pub(crate) struct Config {
     pub(crate) dns_nameservers: Vec<SocketAddr>,
     /// Never deliver without STARTTLS (a destination without it is deferred).
     pub(crate) delivery_require_tls: bool,
+    /// PEM trust anchors added to the webpki roots for MX certificates under
+    /// MTA-STS and for fetching MTA-STS policies.
+    pub(crate) delivery_ca_file: Option<PathBuf>,
+    /// The HTTPS port MTA-STS policies are fetched from (443; tests change it).
+    pub(crate) delivery_mta_sts_port: u16,
+    /// The MTA-STS mode we publish for our hosted domains (`none`: no policy).
+    pub(crate) mta_sts_mode: StsMode,
+    /// The policy's `max_age`, seconds.
+    pub(crate) mta_sts_max_age: u32,
+    /// The policy's `mx` patterns; empty: the hostname.
+    pub(crate) mta_sts_mx: Vec<MxPattern>,
+    /// Where TLS reports go (`_smtp._tls` record); `None`: no record.
+    pub(crate) tls_rpt: Option<TlsRpt>,
+}
+
+impl Config {
+    /// The MTA-STS policy our hosted domains publish, unless the mode is `none`:
+    /// `mta_sts.mx` (default: the hostname, the MX of `domain dns`), mode and max_age.
+    pub(crate) fn mta_sts_policy(&self) -> Result<Option<StsPolicy>, String> {
+        if self.mta_sts_mode == StsMode::None {
+            return Ok(None);
+        }
+        let mx = if self.mta_sts_mx.is_empty() {
+            vec![self.hostname.parse::<MxPattern>().map_err(|e| format!("the hostname cannot be an mx pattern ({e}); set mta_sts.mx"))?]
+        } else {
+            self.mta_sts_mx.clone()
+        };
+        StsPolicy::new(self.mta_sts_mode, mx, self.mta_sts_max_age).map(Some).map_err(|e| e.to_string())
+    }
+
+    /// What `domain dns` prints and `domain verify` checks: the MX pointing to
+    /// `mx_host`, and the MTA-STS and TLS-RPT records when configured.
+    pub(crate) fn publication(&self, mx_host: &str) -> Result<Publication, String> {
+        let mut publication = Publication::new(mx_host);
+        if let Some(policy) = self.mta_sts_policy()? {
+            publication = publication.with_mta_sts(policy);
+        }
+        if let Some(tls_rpt) = &self.tls_rpt {
+            publication = publication.with_tls_rpt(tls_rpt.clone());
+        }
+        Ok(publication)
+    }
 }
 
 /// Default retention of messages: 30 days (DESIGN.md §5).
@@ -103,6 +146,12 @@ impl Default for Config {
             retention_sweep_secs: RETENTION_SWEEP_INTERVAL.as_secs(),
             dns_nameservers: Vec::new(),
             delivery_require_tls: false,
+            delivery_ca_file: None,
+            delivery_mta_sts_port: agentkeys_delivery::MTA_STS_PORT,
+            mta_sts_mode: StsMode::None,
+            mta_sts_max_age: agentkeys_delivery::DEFAULT_MAX_AGE,
+            mta_sts_mx: Vec::new(),
+            tls_rpt: None,
         }
     }
 }
@@ -179,6 +228,38 @@ fn parse_nameservers(v: &str) -> Result<Vec<SocketAddr>, String> {
         .collect()
 }
 
+/// `none`, `testing` or `enforce`.
+fn parse_sts_mode(v: &str) -> Result<StsMode, String> {
+    v.parse().map_err(|_| format!("expected none, testing or enforce, got {v:?}"))
+}
+
+/// Whole seconds (`604800`) or a duration (`7d`), 1 s to one year (RFC 8461).
+fn parse_max_age(v: &str) -> Result<u32, String> {
+    let secs = if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) {
+        v.parse::<u64>().map_err(|_| format!("expected seconds or a duration like 7d, got {v:?}"))?
+    } else {
+        parse_secs(v)?
+    };
+    match u32::try_from(secs) {
+        Ok(s) if (1..=MAX_MAX_AGE).contains(&s) => Ok(s),
+        _ => Err(format!("expected 1 to {MAX_MAX_AGE} seconds (one year, RFC 8461), got {v:?}")),
+    }
+}
+
+/// MX host patterns (`mx.example.com`, `*.example.com`), comma-separated.
+fn parse_mx_patterns(v: &str) -> Result<Vec<MxPattern>, String> {
+    let patterns: Vec<MxPattern> = v
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse::<MxPattern>().map_err(|e| format!("{e} (expected host names or *.domain patterns)")))
+        .collect::<Result<_, _>>()?;
+    if patterns.is_empty() {
+        return Err("expected at least one MX host pattern".to_owned());
+    }
+    Ok(patterns)
+}
+
 fn parse_secs(v: &str) -> Result<u64, String> {
     parse_duration(v).map(|s| s.unsigned_abs()).map_err(|e| e.to_string())
 }
@@ -211,6 +292,12 @@ pub(crate) const KEYS: &[Key] = &[
     Key { toml: "limits.retention_sweep_interval", env: "AGENTKEYS_RETENTION_SWEEP_INTERVAL", help: "how often serve deletes expired messages (e.g. 5m)", set: |c, v| { c.retention_sweep_secs = parse_secs(v)?; Ok(()) } },
     Key { toml: "dns.nameservers", env: "AGENTKEYS_DNS_NAMESERVERS", help: "name servers (ip:port, comma-separated in the env, a list in TOML) for MX lookups and SPF/DKIM/DMARC checks; default: the system's", set: |c, v| { c.dns_nameservers = parse_nameservers(v)?; Ok(()) } },
     Key { toml: "delivery.require_tls", env: "AGENTKEYS_DELIVERY_REQUIRE_TLS", help: "deliver only over STARTTLS; a destination without it is deferred, never sent in plaintext (false)", set: |c, v| { c.delivery_require_tls = parse_bool(v)?; Ok(()) } },
+    Key { toml: "delivery.ca_file", env: "AGENTKEYS_DELIVERY_CA_FILE", help: "PEM file of extra trust anchors, besides the webpki roots, for MX certificates under MTA-STS and for fetching MTA-STS policies", set: |c, v| { if v.is_empty() { return Err("expected a file path".to_owned()); } c.delivery_ca_file = Some(PathBuf::from(v)); Ok(()) } },
+    Key { toml: "delivery.mta_sts_port", env: "AGENTKEYS_DELIVERY_MTA_STS_PORT", help: "HTTPS port MTA-STS policies are fetched from (443; for tests only)", set: |c, v| { c.delivery_mta_sts_port = parse_positive(v)?; Ok(()) } },
+    Key { toml: "mta_sts.mode", env: "AGENTKEYS_MTA_STS_MODE", help: "MTA-STS policy published for the hosted domains: none (no policy), testing or enforce (RFC 8461; mta-sts.<domain> needs an HTTPS front)", set: |c, v| { c.mta_sts_mode = parse_sts_mode(v)?; Ok(()) } },
+    Key { toml: "mta_sts.max_age", env: "AGENTKEYS_MTA_STS_MAX_AGE", help: "how long senders may cache the policy: seconds or a duration (604800 = 7d; at most 31557600)", set: |c, v| { c.mta_sts_max_age = parse_max_age(v)?; Ok(()) } },
+    Key { toml: "mta_sts.mx", env: "AGENTKEYS_MTA_STS_MX", help: "the policy's MX host patterns (comma-separated in the env, a list in TOML; *.example.com allowed); default: the hostname", set: |c, v| { c.mta_sts_mx = parse_mx_patterns(v)?; Ok(()) } },
+    Key { toml: "tls_rpt.rua", env: "AGENTKEYS_TLS_RPT_RUA", help: "where senders send TLS reports (RFC 8460), e.g. mailto:tlsrpt@example.com; publishes _smtp._tls.<domain>", set: |c, v| { c.tls_rpt = Some(TlsRpt::parse_rua(v).map_err(|e| e.to_string())?); Ok(()) } },
     Key { toml: "log", env: "AGENTKEYS_LOG", help: "log filter (error, warn, info, debug, or a tracing directive)", set: |c, v| { c.log = v.to_owned(); Ok(()) } },
 ];
 
@@ -328,6 +415,10 @@ pub(crate) fn load(
             key: "tls.cert / tls.key".to_owned(),
             message: "set both or neither".to_owned(),
         });
+    }
+
+    if let Err(message) = config.mta_sts_policy() {
+        problems.push(ConfigProblem { source: "configuration".to_owned(), key: "mta_sts.mx".to_owned(), message });
     }
 
     if problems.is_empty() { Ok(config) } else { Err(ConfigErrors(problems)) }
@@ -474,5 +565,58 @@ mod retention_tests {
         std::fs::write(&p, "[limits]\nretention = \"0d\"\n").unwrap();
         let err = load(Some(&p), &BTreeMap::new()).unwrap_err();
         assert_eq!(err.0[0].key, "limits.retention");
+    }
+}
+
+#[cfg(test)]
+mod mta_sts_tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+    }
+
+    #[test]
+    fn mta_sts_is_off_by_default_and_configurable() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("agentkeys.toml");
+        std::fs::write(&p, "").unwrap();
+        let c = load(Some(&p), &env(&[])).unwrap();
+        assert_eq!((c.mta_sts_mode, c.mta_sts_max_age, c.delivery_mta_sts_port), (StsMode::None, 604_800, 443));
+        assert_eq!(c.mta_sts_policy(), Ok(None));
+        assert!(c.tls_rpt.is_none() && c.delivery_ca_file.is_none());
+        std::fs::write(
+            &p,
+            "hostname = \"mx.example.com\"\n[mta_sts]\nmode = \"enforce\"\nmax_age = 86400\n[tls_rpt]\nrua = \"mailto:tlsrpt@example.com\"\n[delivery]\nca_file = \"/etc/ca.pem\"\nmta_sts_port = 8443\n",
+        )
+        .unwrap();
+        let c = load(Some(&p), &env(&[])).unwrap();
+        let policy = c.mta_sts_policy().unwrap().unwrap();
+        assert_eq!(policy.to_text(), "version: STSv1\r\nmode: enforce\r\nmx: mx.example.com\r\nmax_age: 86400\r\n", "mx defaults to the hostname");
+        assert_eq!(c.tls_rpt.as_ref().unwrap().record(), "v=TLSRPTv1; rua=mailto:tlsrpt@example.com");
+        assert_eq!((c.delivery_mta_sts_port, c.delivery_ca_file.as_deref()), (8443, Some(Path::new("/etc/ca.pem"))));
+        let c = load(Some(&p), &env(&[("AGENTKEYS_MTA_STS_MX", "mx1.example.com, *.mx.example.com"), ("AGENTKEYS_MTA_STS_MAX_AGE", "7d")])).unwrap();
+        assert_eq!(c.mta_sts_policy().unwrap().unwrap().mx_list(), "mx1.example.com, *.mx.example.com");
+        assert_eq!(c.mta_sts_max_age, 604_800);
+        std::fs::write(&p, "[mta_sts]\nmode = \"testing\"\nmx = [\"a.example.com\", \"*.b.example.com\"]\n").unwrap();
+        assert_eq!(load(Some(&p), &env(&[])).unwrap().mta_sts_policy().unwrap().unwrap().mx_list(), "a.example.com, *.b.example.com");
+    }
+
+    #[test]
+    fn every_bad_mta_sts_key_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("agentkeys.toml");
+        std::fs::write(
+            &p,
+            "[mta_sts]\nmode = \"strict\"\nmax_age = 31557601\nmx = [\"bad..name\"]\n[tls_rpt]\nrua = \"tlsrpt@example.com\"\n[delivery]\nmta_sts_port = 0\n",
+        )
+        .unwrap();
+        let err = load(Some(&p), &env(&[("AGENTKEYS_MTA_STS_MAX_AGE", "0")])).unwrap_err();
+        let keys: Vec<&str> = err.0.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            ["delivery.mta_sts_port", "mta_sts.max_age", "mta_sts.mode", "mta_sts.mx", "tls_rpt.rua", "AGENTKEYS_MTA_STS_MAX_AGE"]
+        );
+        assert!(err.to_string().contains("31557600"), "{err}");
     }
 }

@@ -38,8 +38,9 @@ pub(crate) enum DomainCmd {
         /// A duration such as 12h, 7d or 90d, or `default`.
         retention: String,
     },
-    /// Check the published DNS records (MX, SPF, DMARC, each DKIM selector) and
-    /// store the domain's status (`domain list` shows it). Exit 1 unless verified.
+    /// Check the published DNS records (MX, SPF, DMARC, each DKIM selector, and
+    /// MTA-STS / TLS-RPT when configured) and store the domain's status
+    /// (`domain list` shows it). Exit 1 unless verified.
     Verify {
         /// The domain.
         domain: String,
@@ -47,7 +48,8 @@ pub(crate) enum DomainCmd {
         #[arg(long, value_name = "HOST")]
         mx_host: Option<String>,
     },
-    /// Print the DNS records to publish (BIND zone file syntax): MX, SPF, DMARC, DKIM.
+    /// Print the DNS records to publish (BIND zone file syntax): MX, SPF, DMARC,
+    /// DKIM, and `_mta-sts` / `_smtp._tls` when `mta_sts.mode` / `tls_rpt.rua` are set.
     Dns {
         /// The domain.
         domain: String,
@@ -167,12 +169,13 @@ pub(crate) async fn run(config: &Config, cmd: DomainCmd, json: bool) -> Result<(
                 other => anyhow!(other),
             })?;
             let mx = mx_host.unwrap_or_else(|| config.hostname.clone());
+            let publication = config.publication(&mx).map_err(|e| anyhow!("mta_sts: {e}"))?;
             // The server's resolver settings (dns.nameservers), so verify sees what delivery sees.
             let (dns_config, dns_options) = crate::dns::resolver_config(&config.dns_nameservers)?;
             let resolver = HickoryResolver::new(dns_config, dns_options)
                 .map_err(|e| anyhow!("cannot set up the DNS resolver: {e}"))?;
             dir.meta.set_domain_status(&domain, DomainStatus::Verifying.as_str(), None, None).await?;
-            let checks = verify_domain(&resolver, &keys, &mx).await;
+            let checks = verify_domain(&resolver, &keys, &publication).await;
             let status = DomainStatus::from_checks(&checks);
             let detail = serde_json::to_string(&checks)?;
             dir.meta.set_domain_status(&domain, status.as_str(), Some(&detail), Some(crate::now())).await?;
@@ -199,7 +202,8 @@ pub(crate) async fn run(config: &Config, cmd: DomainCmd, json: bool) -> Result<(
                 other => anyhow!(other),
             })?;
             let mx = mx_host.unwrap_or_else(|| config.hostname.clone());
-            print!("{}", zone_file(&keys, &mx));
+            let publication = config.publication(&mx).map_err(|e| anyhow!("mta_sts: {e}"))?;
+            print!("{}", zone_file(&keys, &publication));
         }
     }
     Ok(())

@@ -84,9 +84,23 @@ pub(crate) async fn run(config: Config) -> Result<()> {
         if tls.generated { " (self-signed, generated now)" } else { "" }
     );
 
+    // The MTA-STS policy of the hosted domains (RFC 8461), served to mta-sts.<domain>.
+    let mta_sts_policy = config.mta_sts_policy().map_err(|e| anyhow::anyhow!("mta_sts: {e}"))?;
+    if let Some(policy) = &mta_sts_policy {
+        println!(
+            "  MTA-STS           {} (id {}), /.well-known/mta-sts.txt for mta-sts.<hosted domain> behind an HTTPS front",
+            policy.mode,
+            policy.id()
+        );
+    }
+
     let shutdown = CancellationToken::new();
+    let mut api_state = agentkeys_api::ApiState::new(broker.clone());
+    if let Some(policy) = &mta_sts_policy {
+        api_state = api_state.with_mta_sts_policy(policy.to_text());
+    }
     let api = agentkeys_api::router(
-        agentkeys_api::ApiState::new(broker.clone())
+        api_state
             .with_meta(dir.meta.clone())
             .with_mailroom(dir.blobs.clone())
             .with_shutdown(shutdown.clone())
@@ -139,15 +153,34 @@ pub(crate) async fn run(config: Config) -> Result<()> {
                 agentkeys_delivery::Route::Mx { port } => format!("MX, port {port}"),
             }
         );
-        let resolver = agentkeys_delivery::HickoryResolver::new(dns_config.clone(), dns_options.clone())
-            .context("cannot set up the DNS resolver (dns.nameservers / AGENTKEYS_DNS_NAMESERVERS)")?;
-        let runner = Arc::new(agentkeys_delivery::Runner::new(
+        let resolver: Arc<dyn agentkeys_delivery::Resolver> = Arc::new(
+            agentkeys_delivery::HickoryResolver::new(dns_config.clone(), dns_options.clone())
+                .context("cannot set up the DNS resolver (dns.nameservers / AGENTKEYS_DNS_NAMESERVERS)")?,
+        );
+        // TLS: the webpki roots plus delivery.ca_file, for MTA-STS MX connections and policy fetches.
+        let anchors = match &config.delivery_ca_file {
+            Some(path) => agentkeys_delivery::load_trust_anchors(path)
+                .map_err(|e| anyhow::anyhow!("delivery.ca_file / AGENTKEYS_DELIVERY_CA_FILE: {e}"))?,
+            None => Vec::new(),
+        };
+        let tls_clients = agentkeys_delivery::TlsClients::new(&anchors)
+            .map_err(|e| anyhow::anyhow!("cannot set up the delivery TLS clients: {e}"))?;
+        // MTA-STS (RFC 8461) for direct MX delivery: policies fetched over validated HTTPS.
+        let mta_sts = Arc::new(agentkeys_delivery::MtaSts::new(
+            resolver.clone(),
+            Arc::new(agentkeys_delivery::HttpsPolicyFetcher::new(
+                resolver.clone(),
+                tls_clients.validating_config(),
+                config.delivery_mta_sts_port,
+            )),
+        ));
+        let runner = agentkeys_delivery::Runner::new(
             dir.meta.clone(),
             dir.blobs.clone(),
-            Arc::new(resolver),
+            resolver,
             agentkeys_delivery::DeliveryConfig {
                 hostname: config.hostname.clone(),
-                route,
+                route: route.clone(),
                 backoff_scale: config.delivery_backoff_scale,
                 max_age: Duration::from_secs(config.delivery_max_age_secs),
                 tls: if config.delivery_require_tls {
@@ -157,7 +190,12 @@ pub(crate) async fn run(config: Config) -> Result<()> {
                 },
             },
         )
-        .with_waker(queued));
+        .with_tls_clients(tls_clients)
+        .with_waker(queued);
+        let runner = Arc::new(match &route {
+            agentkeys_delivery::Route::Mx { .. } => runner.with_mta_sts(mta_sts),
+            agentkeys_delivery::Route::Smarthost { .. } => runner,
+        });
         Some(tokio::spawn(runner.run(shutdown.clone())))
     } else {
         println!("  delivery          off (delivery.enabled = false)");

@@ -9,10 +9,10 @@ use mail_send::SmtpClient;
 use smtp_proto::{EXT_8BIT_MIME, EXT_PIPELINING, EXT_START_TLS, Response};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
 use crate::runner::Attempt;
+use crate::tls::TlsClients;
 
 /// Whether a connection must be encrypted before any mail is sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,9 +21,49 @@ pub enum TlsPolicy {
     /// the certificate is not checked.
     Opportunistic,
     /// STARTTLS or nothing: a server that does not offer it, or a failed
-    /// handshake, is a temporary failure, never a plaintext send (MTA-STS
-    /// `enforce`, or `[delivery] require_tls`).
+    /// handshake, is a temporary failure, never a plaintext send
+    /// (`[delivery] require_tls`). The certificate is not checked.
     Required,
+    /// STARTTLS with a certificate valid for the host name and chained to a
+    /// trust anchor (RFC 8461 §4.2, MTA-STS `enforce`); anything else is a
+    /// temporary failure.
+    Validated,
+}
+
+/// The TLS requirement a connection failed to meet (MTA-STS reports it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TlsFailure {
+    /// The server does not offer STARTTLS.
+    NoStartTls,
+    /// The certificate is not valid for the host or not trusted.
+    Certificate,
+    /// The handshake failed otherwise.
+    Handshake,
+}
+
+impl TlsFailure {
+    /// The metrics label.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Self::NoStartTls => "starttls",
+            Self::Certificate => "certificate",
+            Self::Handshake => "tls",
+        }
+    }
+}
+
+/// Why a connection could not be opened: the attempt's result, and whether a
+/// TLS requirement was what failed.
+#[derive(Debug)]
+pub(crate) struct OpenError {
+    pub(crate) attempt: Attempt,
+    pub(crate) tls: Option<TlsFailure>,
+}
+
+impl From<Attempt> for OpenError {
+    fn from(attempt: Attempt) -> Self {
+        Self { attempt, tls: None }
+    }
 }
 
 enum Stream {
@@ -34,6 +74,10 @@ enum Stream {
 /// An open, greeted connection (after EHLO, and STARTTLS if done).
 pub(crate) struct Connection {
     stream: Stream,
+    /// Upgraded with the validating client: the certificate was checked for the host.
+    validated: bool,
+    /// What [`Connection::sts_problem`] found, once checked.
+    sts_checked: Option<Option<(TlsFailure, String)>>,
     pipelining: bool,
     eight_bit: bool,
     /// The peer's address (the pool key's second half).
@@ -49,6 +93,7 @@ impl std::fmt::Debug for Connection {
         f.debug_struct("Connection")
             .field("addr", &self.addr)
             .field("tls", &matches!(self.stream, Stream::Tls(_)))
+            .field("validated", &self.validated)
             .field("pipelining", &self.pipelining)
             .field("transactions", &self.transactions)
             .finish_non_exhaustive()
@@ -124,55 +169,111 @@ async fn timed<F: Future<Output = mail_send::Result<T>>, T>(
 
 impl Connection {
     /// Connects, reads the greeting, says EHLO and upgrades with STARTTLS when
-    /// offered (or fails when `tls` is [`TlsPolicy::Required`] and it is not).
+    /// offered (or fails when `tls` asks for it and it is not offered, or the
+    /// certificate is not valid under [`TlsPolicy::Validated`]). `because`
+    /// names what requires TLS in failure replies (`delivery.require_tls`, an
+    /// MTA-STS policy).
     pub(crate) async fn open(
         addr: SocketAddr,
         host: &str,
         helo: &str,
         tls: TlsPolicy,
-        connector: Option<&TlsConnector>,
+        clients: Option<&TlsClients>,
+        because: &str,
         timeout: Duration,
-    ) -> Result<Self, Attempt> {
+    ) -> Result<Self, OpenError> {
         let mut client = SmtpClient::connect(addr, timeout).await.map_err(classify)?;
         let greeting = timed(timeout, client.read()).await.map_err(classify)?;
         if !greeting.is_positive_completion() {
-            return Err(refused(&greeting));
+            return Err(refused(&greeting).into());
         }
         let ehlo = client.ehlo(helo).await.map_err(classify)?;
         if !ehlo.has_capability(EXT_START_TLS) {
-            if tls == TlsPolicy::Required {
+            if tls != TlsPolicy::Opportunistic {
                 let _ = timed(timeout, client.cmd(b"QUIT\r\n")).await;
-                return Err(Attempt::Temporary(format!(
-                    "451 4.7.5 {host} does not offer STARTTLS and TLS is required (MTA-STS or delivery.require_tls)"
-                )));
+                return Err(OpenError {
+                    attempt: Attempt::Temporary(format!("451 4.7.5 {because}: {host} does not offer STARTTLS")),
+                    tls: Some(TlsFailure::NoStartTls),
+                });
             }
-            return Ok(Self::new(Stream::Plain(client), &ehlo, addr));
+            return Ok(Self::new(Stream::Plain(client), false, &ehlo, addr));
         }
-        let Some(connector) = connector else {
+        let Some(clients) = clients else {
             return Err(Attempt::Temporary(format!(
                 "451 4.7.5 {host} offers STARTTLS but this process has no TLS client"
-            )));
+            ))
+            .into());
         };
-        let mut tls_client = client
-            .start_tls(connector, host)
-            .await
-            .map_err(|e| match e {
-                mail_send::Error::UnexpectedReply(r) => refused(&r),
-                other => Attempt::Temporary(format!("451 4.7.5 STARTTLS with {host} failed: {other}")),
-            })?;
+        let validated = tls == TlsPolicy::Validated;
+        let connector = if validated { clients.validating() } else { clients.opportunistic().clone() };
+        let mut tls_client = client.start_tls(&connector, host).await.map_err(|e| match e {
+            mail_send::Error::UnexpectedReply(r) => OpenError::from(refused(&r)),
+            mail_send::Error::Tls(err) => {
+                let kind = if matches!(*err, rustls::Error::InvalidCertificate(_)) {
+                    TlsFailure::Certificate
+                } else {
+                    TlsFailure::Handshake
+                };
+                let context = if tls == TlsPolicy::Opportunistic { String::new() } else { format!("{because}: ") };
+                OpenError {
+                    attempt: Attempt::Temporary(format!("451 4.7.5 {context}STARTTLS with {host} failed: {err}")),
+                    tls: Some(kind),
+                }
+            }
+            other => OpenError {
+                attempt: Attempt::Temporary(format!("451 4.7.5 STARTTLS with {host} failed: {other}")),
+                tls: Some(TlsFailure::Handshake),
+            },
+        })?;
         let ehlo = tls_client.ehlo(helo).await.map_err(classify)?;
-        Ok(Self::new(Stream::Tls(Box::new(tls_client)), &ehlo, addr))
+        Ok(Self::new(Stream::Tls(Box::new(tls_client)), validated, &ehlo, addr))
     }
 
-    fn new(stream: Stream, ehlo: &smtp_proto::EhloResponse<String>, addr: SocketAddr) -> Self {
+    fn new(stream: Stream, validated: bool, ehlo: &smtp_proto::EhloResponse<String>, addr: SocketAddr) -> Self {
         Self {
             stream,
+            validated,
+            sts_checked: None,
             pipelining: ehlo.has_capability(EXT_PIPELINING),
             eight_bit: ehlo.has_capability(EXT_8BIT_MIME),
             addr,
             transactions: 0,
             idle_since: Instant::now(),
         }
+    }
+
+    /// Whether the certificate was validated for the host when the session
+    /// was upgraded ([`TlsPolicy::Validated`]).
+    pub(crate) fn is_validated(&self) -> bool {
+        self.validated
+    }
+
+    /// Whether this session meets what MTA-STS asks of an MX connection
+    /// (STARTTLS, a certificate valid for `host` from a trust anchor), and if
+    /// not, why: what a `testing` policy reports.
+    pub(crate) fn sts_problem(&mut self, clients: Option<&TlsClients>, host: &str) -> Option<(TlsFailure, String)> {
+        if let Some(found) = &self.sts_checked {
+            return found.clone();
+        }
+        let found = self.check_sts(clients, host);
+        self.sts_checked = Some(found.clone());
+        found
+    }
+
+    fn check_sts(&self, clients: Option<&TlsClients>, host: &str) -> Option<(TlsFailure, String)> {
+        let Stream::Tls(client) = &self.stream else {
+            return Some((TlsFailure::NoStartTls, format!("{host} does not offer STARTTLS")));
+        };
+        if self.validated {
+            return None;
+        }
+        let Some(clients) = clients else {
+            return Some((TlsFailure::Certificate, "no TLS client to check the certificate".to_owned()));
+        };
+        clients
+            .check_certificate(client.tls_connection(), host)
+            .err()
+            .map(|why| (TlsFailure::Certificate, format!("the certificate of {host} is not valid: {why}")))
     }
 
     /// Whether the session is encrypted.

@@ -9,8 +9,13 @@
 //!   (relaxed/relaxed), through `mail-auth`'s aws-lc-rs backend (no `rsa` crate).
 //! - [`DomainKeyring`]: each hosted domain's newest keys from the store, created on
 //!   first use, signers cached.
-//! - [`zone_file`]: the MX, SPF, DMARC and DKIM records to publish, BIND syntax;
-//!   [`verify_domain`]: checks them through DNS for `agentkeys domain verify`.
+//! - [`zone_file`]: the MX, SPF, DMARC and DKIM records to publish, and the
+//!   MTA-STS and TLS-RPT records when configured ([`Publication`]), BIND
+//!   syntax; [`verify_domain`]: checks them through DNS for `agentkeys domain verify`.
+//! - MTA-STS (RFC 8461): [`StsPolicy`] (the policy file, parsed strictly and
+//!   written), [`parse_sts_record`], and for sending, [`MtaSts`]: discovery,
+//!   HTTPS fetch ([`HttpsPolicyFetcher`]) and cache, which the runner applies
+//!   to direct MX delivery ([`Runner::with_mta_sts`]).
 //!
 //! - [`Runner`]: the queue runner: leased claims, MX or smarthost routes,
 //!   pooled SMTP connections (per-host limit, pipelining, opportunistic or
@@ -18,7 +23,7 @@
 //!
 //! ```
 //! use agentkeys_core::{Domain, MasterSeed};
-//! use agentkeys_delivery::{DomainKeys, Selectors, zone_file};
+//! use agentkeys_delivery::{DomainKeys, Publication, Selectors, zone_file};
 //!
 //! let seed = MasterSeed::from_bytes([7; 32]);
 //! let domain: Domain = "example.test".parse().unwrap();
@@ -31,7 +36,7 @@
 //! assert!(text.contains("DKIM-Signature: v=1; a=ed25519-sha256; s=ed1; d=example.test;"));
 //! assert!(text.ends_with("From: a@example.test\r\nSubject: hi\r\n\r\nhello\r\n"));
 //!
-//! let zone = zone_file(&keys, "mx.example.test");
+//! let zone = zone_file(&keys, &Publication::new("mx.example.test"));
 //! assert!(zone.contains("ed1._domainkey.example.test.\t3600\tIN\tTXT\t\"v=DKIM1; k=ed25519; p="));
 //! ```
 
@@ -41,10 +46,13 @@ mod client;
 mod dsn;
 mod keyring;
 mod keys;
+mod mta_sts;
+mod mta_sts_client;
 mod pool;
 mod route;
 mod runner;
 mod sign;
+mod tls;
 mod verify;
 mod zone;
 
@@ -52,6 +60,15 @@ pub use dsn::{Bounce, DSN_MAX_ORIGINAL_HEADERS, build_dsn};
 pub use keyring::DomainKeyring;
 pub use route::{HickoryResolver, Mx, ResolveError, Resolver, Route, SMTP_PORT, StaticResolver, Target, targets};
 pub use client::TlsPolicy;
+pub use mta_sts::{
+    DEFAULT_MAX_AGE, MAX_EXT_NAME_LEN, MAX_HOST_LEN, MAX_ID_LEN, MAX_LABEL_LEN, MAX_MAX_AGE, MAX_POLICY_BYTES, MxPattern,
+    STS_VERSION, StsError, StsMode, StsPolicy, TLSRPT_VERSION, TlsRpt, parse_sts_record, sts_record,
+};
+pub use mta_sts_client::{
+    FETCH_RETRY_AFTER, FetchError, HttpsPolicyFetcher, MAX_CACHED_DOMAINS, MAX_FETCH_ADDRESSES, MTA_STS_PORT, MtaSts,
+    POLICY_FETCH_TIMEOUT, POLICY_PATH, PolicyFetcher,
+};
+pub use tls::{TlsClients, TlsSetupError, load_trust_anchors};
 pub use pool::{CONNECTION_IDLE, MAX_CONNECTIONS_PER_HOST, MAX_MESSAGES_PER_CONNECTION};
 pub use runner::{
     Attempt, BACKOFF, BACKOFF_STEADY, CLAIM_BATCH, DeliveryConfig, LEASE, LEASE_MARGIN, MAX_AGE, MAX_IN_FLIGHT, RECORD_BATCH,
@@ -62,8 +79,11 @@ pub use keys::{
     unwrap_rsa_key, wrap_rsa_key,
 };
 pub use sign::{DkimSigner, SIGNED_HEADERS, normalize_for_relay};
-pub use verify::{DomainStatus, Finding, RecordCheck, check_dkim, check_dmarc, check_mx, check_spf, verify_domain};
-pub use zone::{DMARC_POLICY, MAX_TXT_STRING, SPF_POLICY, ZONE_TTL, txt_rdata, zone_file};
+pub use verify::{
+    DomainStatus, Finding, RecordCheck, check_dkim, check_dmarc, check_mta_sts, check_mx, check_spf, check_tls_rpt,
+    verify_domain,
+};
+pub use zone::{DMARC_POLICY, MAX_TXT_STRING, Publication, SPF_POLICY, ZONE_TTL, txt_rdata, zone_file};
 
 use agentkeys_store::StoreError;
 

@@ -49,9 +49,11 @@ impl Pool {
         let list = idle.get_mut(host)?;
         // Past their idle time they may be closed by the peer: drop them.
         list.retain(|c| c.idle_since.elapsed() < CONNECTION_IDLE);
-        let pos = list
-            .iter()
-            .rposition(|c| tls == TlsPolicy::Opportunistic || c.is_tls())?;
+        let pos = list.iter().rposition(|c| match tls {
+            TlsPolicy::Opportunistic => true,
+            TlsPolicy::Required => c.is_tls(),
+            TlsPolicy::Validated => c.is_validated(),
+        })?;
         Some(list.swap_remove(pos))
     }
 

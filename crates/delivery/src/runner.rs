@@ -12,15 +12,17 @@ use agentkeys_core::UnixTime;
 use agentkeys_store::{AttemptOutcome, AttemptToRecord, BlobKey, BlobStore, Claim, OutboundQueue, StoreError};
 use bytes::Bytes;
 use tokio::sync::{Notify, Semaphore, mpsc, oneshot};
-use tokio_rustls::TlsConnector;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use ulid::Ulid;
 
-use crate::client::{Connection, TlsPolicy};
+use crate::client::{Connection, OpenError, TlsPolicy};
 use crate::dsn::{Bounce, build_dsn};
+use crate::mta_sts::StsMode;
+use crate::mta_sts_client::{Applied, MtaSts};
 use crate::pool::Pool;
 use crate::route::{ResolveError, Resolver, Route, Target, targets};
+use crate::tls::TlsClients;
 
 /// Waits after the 1st, 2nd, 3rd and 4th failed attempt; then [`BACKOFF_STEADY`].
 pub const BACKOFF: [Duration; 4] = [
@@ -122,9 +124,22 @@ pub enum Attempt {
     Permanent(String),
 }
 
+/// Logs and counts (`agentkeys_mta_sts_failures_total{mode, reason}`) one
+/// MTA-STS failure: under `enforce` the host was not used; under `testing` it
+/// was, and this is what would have stopped it.
+fn sts_failure(sts: &Applied, reason: &'static str, host: &str, why: &str) {
+    let mode = sts.policy.mode.as_str();
+    metrics::counter!("agentkeys_mta_sts_failures_total", "mode" => mode, "reason" => reason).increment(1);
+    if sts.policy.mode == StsMode::Enforce {
+        tracing::warn!(domain = %sts.domain, %host, reason, %why, "MTA-STS enforce: not delivering to this host");
+    } else {
+        tracing::warn!(domain = %sts.domain, %host, reason, %why, "MTA-STS testing: delivering, but enforce would have refused this host");
+    }
+}
+
 /// One SMTP delivery to one address on a new connection: greeting, EHLO,
 /// STARTTLS when offered (opportunistic: the certificate is not checked, RFC
-/// 7435), MAIL, RCPT, DATA, QUIT.
+/// 7435), MAIL, RCPT, DATA, QUIT. No MTA-STS: the caller chose the host.
 pub async fn send_to(
     addr: std::net::SocketAddr,
     host: &str,
@@ -134,8 +149,8 @@ pub async fn send_to(
     body: &[u8],
     timeout: Duration,
 ) -> Attempt {
-    let connector = mail_send::smtp::tls::build_tls_connector(true).ok();
-    match Connection::open(addr, host, helo, TlsPolicy::Opportunistic, connector.as_ref(), timeout).await {
+    let clients = TlsClients::new(&[]).ok();
+    match Connection::open(addr, host, helo, TlsPolicy::Opportunistic, clients.as_ref(), "", timeout).await {
         Ok(mut conn) => {
             let out = conn.send(from, to, body, timeout).await;
             if out.reusable {
@@ -143,7 +158,7 @@ pub async fn send_to(
             }
             out.attempt
         }
-        Err(attempt) => attempt,
+        Err(err) => err.attempt,
     }
 }
 
@@ -182,7 +197,9 @@ pub struct Runner {
     config: DeliveryConfig,
     clock: Arc<dyn Fn() -> UnixTime + Send + Sync>,
     pool: Pool,
-    tls: Option<TlsConnector>,
+    tls: Option<TlsClients>,
+    /// MTA-STS discovery for direct MX delivery; `None`: not honoured.
+    sts: Option<Arc<MtaSts>>,
     wake: Arc<Notify>,
     in_flight: Arc<Semaphore>,
     /// Leases with attempts still running, by token, with how many.
@@ -251,7 +268,7 @@ impl Runner {
         // TLS for STARTTLS uses the process-wide provider: make it aws-lc-rs.
         let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
         let (records, record_queue) = mpsc::unbounded_channel();
-        let tls = match mail_send::smtp::tls::build_tls_connector(true) {
+        let tls = match TlsClients::new(&[]) {
             Ok(tls) => Some(tls),
             Err(err) => {
                 tracing::error!(%err, "no TLS client for STARTTLS; servers offering it are deferred");
@@ -266,6 +283,7 @@ impl Runner {
             clock: Arc::new(system_now),
             pool: Pool::default(),
             tls,
+            sts: None,
             wake: Arc::new(Notify::new()),
             in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
             leases: Mutex::new(HashMap::new()),
@@ -279,6 +297,23 @@ impl Runner {
     #[must_use]
     pub fn with_waker(mut self, wake: Arc<Notify>) -> Self {
         self.wake = wake;
+        self
+    }
+
+    /// The same runner with these TLS clients (trust anchors from
+    /// `[delivery] ca_file` besides the webpki roots).
+    #[must_use]
+    pub fn with_tls_clients(mut self, clients: TlsClients) -> Self {
+        self.tls = Some(clients);
+        self
+    }
+
+    /// The same runner honouring MTA-STS (RFC 8461) for direct MX delivery:
+    /// each recipient domain's policy is looked up through `sts` before its MX
+    /// hosts are contacted. The smarthost route does not use it.
+    #[must_use]
+    pub fn with_mta_sts(mut self, sts: Arc<MtaSts>) -> Self {
+        self.sts = Some(sts);
         self
     }
 
@@ -576,13 +611,37 @@ impl Runner {
                 return Attempt::Temporary(format!("451 4.4.3 DNS: {why}"));
             }
         };
+        let applied = match (&self.config.route, &self.sts) {
+            (Route::Mx { .. }, Some(sts)) => Applied::active(&domain, sts.policy_for(&domain).await),
+            _ => None,
+        };
+        let (tls, hosts) = match &applied {
+            Some(sts) if sts.policy.mode == StsMode::Enforce => {
+                let (allowed, refused): (Vec<Target>, Vec<Target>) =
+                    hosts.into_iter().partition(|t| sts.policy.allows_mx(&t.host));
+                for t in &refused {
+                    sts_failure(sts, "mx_mismatch", &t.host, "it matches no mx pattern of the policy");
+                }
+                if allowed.is_empty() {
+                    let names: Vec<&str> = refused.iter().map(|t| t.host.as_str()).collect();
+                    return Attempt::Temporary(format!(
+                        "451 4.7.5 {}: no MX host may receive its mail ({} not in mx: {})",
+                        sts.because(),
+                        names.join(", "),
+                        sts.policy.mx_list()
+                    ));
+                }
+                (TlsPolicy::Validated, allowed)
+            }
+            _ => (self.config.tls, hosts),
+        };
         let mut last = Attempt::Temporary("451 4.4.1 no host answered".to_owned());
         for target in hosts {
             let slot = self.pool.slot(&target.host);
             let Ok(_permit) = slot.acquire().await else {
                 return Attempt::Temporary("451 4.3.0 delivery is shutting down".to_owned());
             };
-            match self.on_host(&target, from, to, body, self.config.tls).await {
+            match self.on_host(&target, from, to, body, tls, applied.as_ref()).await {
                 Attempt::Temporary(why) => last = Attempt::Temporary(why),
                 done => return done,
             }
@@ -591,9 +650,27 @@ impl Runner {
     }
 
     /// One host: a pooled connection if there is one (a stale one is replaced
-    /// at once), else each of its addresses in turn.
-    async fn on_host(&self, target: &Target, from: &str, to: &str, body: &[u8], tls: TlsPolicy) -> Attempt {
+    /// at once), else each of its addresses in turn. Under an MTA-STS
+    /// `testing` policy, what would have failed `enforce` is logged and counted.
+    async fn on_host(
+        &self,
+        target: &Target,
+        from: &str,
+        to: &str,
+        body: &[u8],
+        tls: TlsPolicy,
+        sts: Option<&Applied>,
+    ) -> Attempt {
+        let testing = sts.filter(|a| a.policy.mode == StsMode::Testing);
+        if let Some(sts) = testing
+            && !sts.policy.allows_mx(&target.host)
+        {
+            sts_failure(sts, "mx_mismatch", &target.host, "it matches no mx pattern of the policy");
+        }
         if let Some(mut conn) = self.pool.take(&target.host, tls) {
+            if let Some(sts) = testing {
+                self.report_testing(sts, &mut conn, &target.host);
+            }
             let out = conn.send(from, to, body, SMTP_TIMEOUT).await;
             if !out.untouched {
                 self.hand_back(&target.host, conn, out.reusable).await;
@@ -601,6 +678,10 @@ impl Runner {
             }
             // The server closed it while idle; nothing was sent: try a new one.
         }
+        let because = match sts {
+            Some(sts) if tls == TlsPolicy::Validated => sts.because(),
+            _ => "delivery.require_tls".to_owned(),
+        };
         let mut last = Attempt::Temporary("451 4.4.1 no address answered".to_owned());
         for addr in &target.addrs {
             let mut conn = match Connection::open(
@@ -609,17 +690,24 @@ impl Runner {
                 &self.config.hostname,
                 tls,
                 self.tls.as_ref(),
+                &because,
                 SMTP_TIMEOUT,
             )
             .await
             {
                 Ok(conn) => conn,
-                Err(Attempt::Temporary(why)) => {
+                Err(OpenError { attempt: Attempt::Temporary(why), tls: failure }) => {
+                    if let (Some(sts), Some(failure)) = (sts, failure) {
+                        sts_failure(sts, failure.as_str(), &target.host, &why);
+                    }
                     last = Attempt::Temporary(why);
                     continue;
                 }
-                Err(done) => return done,
+                Err(OpenError { attempt, .. }) => return attempt,
             };
+            if let Some(sts) = testing {
+                self.report_testing(sts, &mut conn, &target.host);
+            }
             let out = conn.send(from, to, body, SMTP_TIMEOUT).await;
             self.hand_back(&target.host, conn, out.reusable).await;
             match out.attempt {
@@ -628,6 +716,13 @@ impl Runner {
             }
         }
         last
+    }
+
+    /// Under a `testing` policy: would this session have met `enforce`?
+    fn report_testing(&self, sts: &Applied, conn: &mut Connection, host: &str) {
+        if let Some((failure, why)) = conn.sts_problem(self.tls.as_ref(), host) {
+            sts_failure(sts, failure.as_str(), host, &why);
+        }
     }
 
     async fn hand_back(&self, host: &str, conn: Connection, reusable: bool) {

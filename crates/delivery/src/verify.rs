@@ -19,8 +19,9 @@ use std::fmt;
 use serde::Serialize;
 
 use crate::keys::DomainKeys;
+use crate::mta_sts::{TlsRpt, parse_sts_record, sts_record};
 use crate::route::{ResolveError, Resolver};
-use crate::zone::{DMARC_POLICY, SPF_POLICY};
+use crate::zone::{DMARC_POLICY, Publication, SPF_POLICY};
 
 /// Where a domain's DNS verification stands (see the module docs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -92,7 +93,7 @@ pub enum Finding {
 /// One record's check.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct RecordCheck {
-    /// `MX`, `SPF`, `DMARC`, or `DKIM <selector>`.
+    /// `MX`, `SPF`, `DMARC`, `DKIM <selector>`, `MTA-STS` or `TLS-RPT`.
     pub record: String,
     /// The DNS name looked up.
     pub name: String,
@@ -260,54 +261,131 @@ pub fn check_dkim(found: Result<Vec<String>, ResolveError>, expected: &str) -> F
     Finding::Wrong("the published key is not this server's key (old version, another server, or cut short)".to_owned())
 }
 
-/// Looks up every record of `keys.domain()` and checks it (MX to `mx_host`,
-/// SPF, DMARC, each DKIM selector). The order is the zone file's.
-pub async fn verify_domain(resolver: &dyn Resolver, keys: &DomainKeys, mx_host: &str) -> Vec<RecordCheck> {
+/// MTA-STS: exactly one `v=STSv1` record at `_mta-sts.<domain>` (RFC 8461
+/// §3.1), carrying the id of the policy this server serves.
+pub fn check_mta_sts(found: Result<Vec<String>, ResolveError>, id: &str) -> Finding {
+    let records = match lookup_txt(found) {
+        Ok(r) => r,
+        Err(finding) => return finding,
+    };
+    match parse_sts_record(&records) {
+        Ok(None) => Finding::Missing,
+        Ok(Some(published)) if published == id => Finding::Ok,
+        Ok(Some(published)) => Finding::Wrong(format!(
+            "id={published} is not the id of the policy served now ({id}); senders keep the old policy until it changes"
+        )),
+        Err(err) => Finding::Wrong(err.to_string()),
+    }
+}
+
+/// TLS-RPT: exactly one `v=TLSRPTv1` record at `_smtp._tls.<domain>` (RFC 8460
+/// §3) whose `rua` is the configured one.
+pub fn check_tls_rpt(found: Result<Vec<String>, ResolveError>, expected: &TlsRpt) -> Finding {
+    let records = match lookup_txt(found) {
+        Ok(r) => r,
+        Err(finding) => return finding,
+    };
+    match TlsRpt::from_records(&records) {
+        Ok(None) => Finding::Missing,
+        Ok(Some(published)) if published.rua() == expected.rua() => Finding::Ok,
+        Ok(Some(published)) => Finding::Wrong(format!(
+            "rua={} is not the configured {}",
+            published.rua().join(","),
+            expected.rua().join(",")
+        )),
+        Err(err) => Finding::Wrong(err.to_string()),
+    }
+}
+
+/// Looks up every record of `keys.domain()` that `publication` prints and
+/// checks it (MX, SPF, DMARC, each DKIM selector, then MTA-STS and TLS-RPT
+/// when published). The lookups run at once; the order is the zone file's.
+pub async fn verify_domain(resolver: &dyn Resolver, keys: &DomainKeys, publication: &Publication) -> Vec<RecordCheck> {
     let d = keys.domain().as_str();
-    let mx = mx_host.trim_end_matches('.');
+    let mx = publication.mx_host.as_str();
     let sel = keys.selectors();
     let dmarc_name = format!("_dmarc.{d}");
     let ed_name = format!("{}._domainkey.{d}", sel.ed25519);
     let rsa_name = format!("{}._domainkey.{d}", sel.rsa);
+    let sts_name = format!("_mta-sts.{d}");
+    let rpt_name = format!("_smtp._tls.{d}");
     let (ed_txt, rsa_txt) = (keys.ed25519_txt(), keys.rsa_txt());
-    vec![
+    let sts_id = publication.mta_sts.as_ref().map(|p| p.id());
+    let (mx_found, spf_found, dmarc_found, ed_found, rsa_found, sts_found, rpt_found) = tokio::join!(
+        resolver.mx(d),
+        resolver.txt(d),
+        resolver.txt(&dmarc_name),
+        resolver.txt(&ed_name),
+        resolver.txt(&rsa_name),
+        async {
+            match sts_id {
+                Some(_) => Some(resolver.txt(&sts_name).await),
+                None => None,
+            }
+        },
+        async {
+            match publication.tls_rpt {
+                Some(_) => Some(resolver.txt(&rpt_name).await),
+                None => None,
+            }
+        },
+    );
+    let mut checks = vec![
         RecordCheck {
             record: "MX".into(),
             name: d.to_owned(),
             expected: format!("\"{d}. MX 10 {mx}.\""),
-            finding: check_mx(resolver.mx(d).await, mx),
+            finding: check_mx(mx_found, mx),
         },
         RecordCheck {
             record: "SPF".into(),
             name: d.to_owned(),
             expected: format!("\"{d}. TXT {SPF_POLICY}\""),
-            finding: check_spf(resolver.txt(d).await, mx),
+            finding: check_spf(spf_found, mx),
         },
         RecordCheck {
             record: "DMARC".into(),
             name: dmarc_name.clone(),
             expected: format!("\"{dmarc_name}. TXT {DMARC_POLICY}\""),
-            finding: check_dmarc(resolver.txt(&dmarc_name).await),
+            finding: check_dmarc(dmarc_found),
         },
         RecordCheck {
             record: format!("DKIM {}", sel.ed25519),
             name: ed_name.clone(),
             expected: format!("the {} TXT record of `agentkeys domain dns {d}`", sel.ed25519),
-            finding: check_dkim(resolver.txt(&ed_name).await, &ed_txt),
+            finding: check_dkim(ed_found, &ed_txt),
         },
         RecordCheck {
             record: format!("DKIM {}", sel.rsa),
             name: rsa_name.clone(),
             expected: format!("the {} TXT record of `agentkeys domain dns {d}`", sel.rsa),
-            finding: check_dkim(resolver.txt(&rsa_name).await, &rsa_txt),
+            finding: check_dkim(rsa_found, &rsa_txt),
         },
-    ]
+    ];
+    if let (Some(id), Some(found)) = (&sts_id, sts_found) {
+        checks.push(RecordCheck {
+            record: "MTA-STS".into(),
+            name: sts_name.clone(),
+            expected: format!("\"{sts_name}. TXT {}\"", sts_record(id)),
+            finding: check_mta_sts(found, id),
+        });
+    }
+    if let (Some(tls_rpt), Some(found)) = (&publication.tls_rpt, rpt_found) {
+        checks.push(RecordCheck {
+            record: "TLS-RPT".into(),
+            name: rpt_name.clone(),
+            expected: format!("\"{rpt_name}. TXT {}\"", tls_rpt.record()),
+            finding: check_tls_rpt(found, tls_rpt),
+        });
+    }
+    checks
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::keys::Selectors;
+    use crate::mta_sts::{StsMode, StsPolicy};
     use crate::route::StaticResolver;
     use agentkeys_core::{Domain, MasterSeed};
 
@@ -335,7 +413,7 @@ mod tests {
     #[tokio::test]
     async fn every_record_published_is_verified() {
         let keys = keys();
-        let checks = verify_domain(&published(&keys), &keys, "mx.example.net.").await;
+        let checks = verify_domain(&published(&keys), &keys, &Publication::new("mx.example.net.")).await;
         assert!(checks.iter().all(|c| c.finding == Finding::Ok), "{checks:#?}");
         assert_eq!(DomainStatus::from_checks(&checks), DomainStatus::Verified);
         assert_eq!(
@@ -347,7 +425,7 @@ mod tests {
     #[tokio::test]
     async fn nothing_published_is_pending() {
         let keys = keys();
-        let checks = verify_domain(&StaticResolver::new(), &keys, "mx.example.net").await;
+        let checks = verify_domain(&StaticResolver::new(), &keys, &Publication::new("mx.example.net")).await;
         assert!(checks.iter().all(|c| c.finding == Finding::Missing), "{checks:#?}");
         assert_eq!(DomainStatus::from_checks(&checks), DomainStatus::Pending);
         assert!(checks[0].line().starts_with("MISSING     MX mail.example.com: publish"));
@@ -366,7 +444,7 @@ mod tests {
             .with_txt("mail.example.com", "v=spf1 include:_spf.example.org -all")
             .with_txt("_dmarc.mail.example.com", "v=DMARC1; rua=mailto:d@example.com")
             .with_txt("ed1._domainkey.mail.example.com", &other.ed25519_txt());
-        let checks = verify_domain(&r, &keys, "mx.example.net").await;
+        let checks = verify_domain(&r, &keys, &Publication::new("mx.example.net")).await;
         let f = findings(&checks);
         assert!(matches!(f[0], ("MX", Finding::Wrong(w)) if w.contains("elsewhere.example.org")), "{f:?}");
         assert!(matches!(f[1], ("SPF", Finding::Wrong(w)) if w.contains("does not let the MX hosts send")), "{f:?}");
@@ -385,7 +463,7 @@ mod tests {
             .with_txt("mail.example.com", SPF_POLICY)
             .with_txt("ed1._domainkey.mail.example.com", &keys.ed25519_txt())
             .with_txt("rsa1._domainkey.mail.example.com", &keys.rsa_txt());
-        let checks = verify_domain(&r, &keys, "mx.example.net").await;
+        let checks = verify_domain(&r, &keys, &Publication::new("mx.example.net")).await;
         let wrong: Vec<&str> = checks
             .iter()
             .filter(|c| c.finding != Finding::Ok)
@@ -399,10 +477,63 @@ mod tests {
     async fn a_dns_failure_is_failed_not_invalid() {
         let keys = keys();
         let r = published(&keys).with_failure("_dmarc.mail.example.com");
-        let checks = verify_domain(&r, &keys, "mx.example.net").await;
+        let checks = verify_domain(&r, &keys, &Publication::new("mx.example.net")).await;
         assert!(matches!(checks[2].finding, Finding::Unresolved(_)));
         assert_eq!(DomainStatus::from_checks(&checks), DomainStatus::Failed);
         assert!(checks[2].line().starts_with("DNS FAILED  DMARC"));
+    }
+
+    fn with_sts() -> (Publication, String) {
+        let policy = StsPolicy::new(StsMode::Enforce, vec!["mx.example.net".parse().unwrap()], 86_400).unwrap();
+        let id = policy.id();
+        let publication = Publication::new("mx.example.net")
+            .with_mta_sts(policy)
+            .with_tls_rpt(TlsRpt::parse_rua("mailto:tls@example.com").unwrap());
+        (publication, id)
+    }
+
+    #[tokio::test]
+    async fn mta_sts_and_tls_rpt_records_are_checked_when_published() {
+        let keys = keys();
+        let (publication, id) = with_sts();
+        let full = published(&keys)
+            .with_txt("_mta-sts.mail.example.com", &format!("v=STSv1; id={id}"))
+            .with_txt("_smtp._tls.mail.example.com", "v=TLSRPTv1; rua=mailto:tls@example.com");
+        let checks = verify_domain(&full, &keys, &publication).await;
+        assert_eq!(
+            checks.iter().map(|c| c.record.as_str()).collect::<Vec<_>>(),
+            ["MX", "SPF", "DMARC", "DKIM ed1", "DKIM rsa1", "MTA-STS", "TLS-RPT"]
+        );
+        assert_eq!(DomainStatus::from_checks(&checks), DomainStatus::Verified, "{checks:#?}");
+        // Without them: named as missing.
+        let checks = verify_domain(&published(&keys), &keys, &publication).await;
+        assert_eq!(DomainStatus::from_checks(&checks), DomainStatus::Invalid);
+        assert!(checks[5].line().starts_with(&format!("MISSING     MTA-STS _mta-sts.mail.example.com: publish \"_mta-sts.mail.example.com. TXT v=STSv1; id={id}\"")), "{}", checks[5].line());
+        assert!(checks[6].line().starts_with("MISSING     TLS-RPT _smtp._tls.mail.example.com"), "{}", checks[6].line());
+        // An old id, another rua.
+        let stale = published(&keys)
+            .with_txt("_mta-sts.mail.example.com", "v=STSv1; id=20240101")
+            .with_txt("_smtp._tls.mail.example.com", "v=TLSRPTv1; rua=mailto:other@example.com");
+        let checks = verify_domain(&stale, &keys, &publication).await;
+        assert!(matches!(&checks[5].finding, Finding::Wrong(w) if w.contains("id=20240101 is not the id")), "{:?}", checks[5]);
+        assert!(matches!(&checks[6].finding, Finding::Wrong(w) if w.contains("rua=mailto:other@example.com")), "{:?}", checks[6]);
+        // Not published: not checked.
+        let checks = verify_domain(&published(&keys), &keys, &Publication::new("mx.example.net")).await;
+        assert_eq!(checks.len(), 5);
+    }
+
+    #[test]
+    fn mta_sts_record_rules() {
+        let found = |r: &[&str]| Ok(r.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>());
+        assert_eq!(check_mta_sts(found(&["v=STSv1; id=abc;"]), "abc"), Finding::Ok);
+        assert_eq!(check_mta_sts(found(&["v=spf1 -all"]), "abc"), Finding::Missing);
+        assert!(matches!(check_mta_sts(found(&["v=STSv1; id=abc", "v=STSv1; id=abd"]), "abc"), Finding::Wrong(w) if w.contains("2 records")));
+        assert!(matches!(check_mta_sts(found(&["v=STSv1; id=a_b"]), "abc"), Finding::Wrong(w) if w.contains("letters and digits")));
+        assert!(matches!(check_mta_sts(Err(ResolveError::Temporary("timeout".into())), "abc"), Finding::Unresolved(_)));
+        assert_eq!(check_mta_sts(Err(ResolveError::Permanent("nxdomain".into())), "abc"), Finding::Missing);
+        let rua = TlsRpt::parse_rua("mailto:a@example.com").unwrap();
+        assert_eq!(check_tls_rpt(found(&["v=TLSRPTv1; rua=mailto:a@example.com;"]), &rua), Finding::Ok);
+        assert!(matches!(check_tls_rpt(found(&["v=TLSRPTv1"]), &rua), Finding::Wrong(w) if w.contains("no rua")));
     }
 
     #[test]
