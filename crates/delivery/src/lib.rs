@@ -49,6 +49,7 @@ mod keys;
 mod mta_sts;
 mod mta_sts_client;
 mod pool;
+mod reaper;
 mod route;
 mod runner;
 mod sign;
@@ -69,6 +70,7 @@ pub use mta_sts_client::{
     POLICY_FETCH_TIMEOUT, POLICY_PATH, PolicyFetcher,
 };
 pub use tls::{TlsClients, TlsSetupError, load_trust_anchors};
+pub use reaper::REAP_GRACE;
 pub use pool::{CONNECTION_IDLE, MAX_CONNECTIONS_PER_HOST, MAX_MESSAGES_PER_CONNECTION};
 pub use runner::{
     Attempt, BACKOFF, BACKOFF_STEADY, CLAIM_BATCH, DeliveryConfig, LEASE, LEASE_MARGIN, MAX_AGE, MAX_IN_FLIGHT, RECORD_BATCH,

@@ -207,6 +207,10 @@ pub struct Runner {
     /// Finished attempts on their way to the recorder task ([`RECORD_BATCH`]).
     records: mpsc::UnboundedSender<Record>,
     record_queue: Mutex<Option<mpsc::UnboundedReceiver<Record>>>,
+    /// Keys of finished messages' queue copies, for the reaper task
+    /// ([`crate::reaper`]).
+    reap: mpsc::UnboundedSender<BlobKey>,
+    reap_queue: Mutex<Option<mpsc::UnboundedReceiver<BlobKey>>>,
 }
 
 /// A finished attempt waiting to be recorded, and where its result goes.
@@ -268,6 +272,7 @@ impl Runner {
         // TLS for STARTTLS uses the process-wide provider: make it aws-lc-rs.
         let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
         let (records, record_queue) = mpsc::unbounded_channel();
+        let (reap, reap_queue) = mpsc::unbounded_channel();
         let tls = match TlsClients::new(&[]) {
             Ok(tls) => Some(tls),
             Err(err) => {
@@ -289,6 +294,8 @@ impl Runner {
             leases: Mutex::new(HashMap::new()),
             records,
             record_queue: Mutex::new(Some(record_queue)),
+            reap,
+            reap_queue: Mutex::new(Some(reap_queue)),
         }
     }
 
@@ -331,6 +338,12 @@ impl Runner {
             .unwrap_or_else(PoisonError::into_inner)
             .take();
         let recording = record_queue.map(|q| tokio::spawn(recorder(Arc::clone(&self.queue), q)));
+        let reap_queue = self.reap_queue.lock().unwrap_or_else(PoisonError::into_inner).take();
+        let drain = CancellationToken::new();
+        let reaping = reap_queue.map(|keys| {
+            let (blobs, queue, now) = (Arc::clone(&self.blobs), Arc::clone(&self.queue), (self.clock)());
+            tokio::spawn(crate::reaper::reaper(blobs, queue, now, keys, drain.clone()))
+        });
         let tasks = TaskTracker::new();
         let renew = renew_every(self.config.backoff_scale);
         let mut last_renew = Instant::now();
@@ -376,6 +389,11 @@ impl Runner {
         }
         for conn in self.pool.drain() {
             conn.quit().await;
+        }
+        // Every attempt has handed over its finished message: remove those, then stop.
+        drain.cancel();
+        if let Some(reaping) = reaping {
+            let _ = reaping.await;
         }
     }
 
@@ -591,9 +609,9 @@ impl Runner {
         if outcome != AttemptOutcome::Deferred
             && unfinished == 0
             && let Some(key) = key
-            && let Err(err) = self.blobs.remove(&key).await
         {
-            tracing::warn!(message = %entry.message_id, %err, "cannot remove the delivered message");
+            // Removed in the background, off every delivery's and submission's path.
+            let _ = self.reap.send(key);
         }
     }
 

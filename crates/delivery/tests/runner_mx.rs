@@ -258,3 +258,33 @@ async fn required_tls_defers_a_plaintext_destination_and_uses_starttls() {
     assert_eq!(tls.lines("tls"), 1, "delivered after STARTTLS");
     assert_eq!(tls.read("1.eml").as_bytes(), body);
 }
+
+/// What a crash left in `queue/` is swept at the next start: the copy of a
+/// finished message (old enough) goes, a young copy without rows (a submission
+/// between its blob and its rows) and the copy of an unfinished message stay.
+#[tokio::test]
+async fn the_start_up_sweep_removes_only_old_copies_of_finished_messages() {
+    let dir = tempfile::tempdir().unwrap();
+    // A sink that answers 4xx forever keeps the queued message unfinished.
+    let sink = Sink::start(&dir.path().join("sink"), &["--tempfail", "1000000"]);
+    let body = b"From: bot@agents.localhost\r\nTo: x@example.test\r\nSubject: kept\r\n\r\nkept\r\n".to_vec();
+    let (_meta, blobs, runner, ids) =
+        setup(dir.path(), sink.port, std::slice::from_ref(&body), TlsPolicy::Opportunistic).await;
+    let old_ms = u64::try_from(now() - 2 * i64::try_from(agentkeys_delivery::REAP_GRACE.as_secs()).unwrap()).unwrap() * 1000;
+    let old_finished = ulid::Ulid::from_parts(old_ms, 1);
+    let young = ulid::Ulid::new();
+    for id in [old_finished, young] {
+        blobs.put_durable(vec![(BlobKey::queued(id), Bytes::from_static(b"x"))]).await.unwrap();
+    }
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(runner.run(stop.clone()));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while blobs.get(&BlobKey::queued(old_finished)).await.unwrap().is_some() {
+        assert!(Instant::now() < deadline, "the old copy of a finished message was not swept");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.cancel();
+    task.await.unwrap();
+    assert!(blobs.get(&BlobKey::queued(young)).await.unwrap().is_some(), "a young copy stays");
+    assert!(blobs.get(&BlobKey::queued(ids[0])).await.unwrap().is_some(), "an unfinished message's copy stays");
+}

@@ -14,7 +14,7 @@
 //!    more directory changes per item, and an inode allocation in the staging
 //!    directory rather than next to the message;
 //! 3. each directory the put linked into is fsynced, through [`DirSyncs`]: the
-//!    group commit. Puts into the same directory share one fsync (a put waits for
+//!    group commit (removals share it too). Puts into the same directory share one fsync (a put waits for
 //!    the first fsync that *starts* after its link, and starts it if none is
 //!    running), and fsyncs of different directories run in parallel, so the
 //!    filesystem journal (ext4, XFS) merges them and the file fsyncs of other
@@ -192,10 +192,13 @@ impl BlobStore for FsBlobStore {
     async fn remove(&self, key: &BlobKey) -> Result<bool, BlobError> {
         let path = self.inner.root.join(key.as_str());
         let context = path.clone();
+        let inner = Arc::clone(&self.inner);
         run_blocking(context, move || match fs::remove_file(&path) {
             Ok(()) => {
+                // Shared with the puts and removals of the same directory running
+                // now (the queue runner removes every delivered message).
                 if let Some(dir) = path.parent() {
-                    fsync_dir(dir).map_err(|err| blob_error((dir.to_path_buf(), err)))?;
+                    inner.dir_syncs.sync(dir).map_err(blob_error)?;
                 }
                 Ok(true)
             }
