@@ -117,7 +117,7 @@ impl SqliteStore {
             .await
             .map_err(|e| StoreError::Backend(format!("cannot open metadata database {}: {e}", path.display())))?;
         let hot = Some(Arc::new(HotConnections::new(options)));
-        let store = Self { pool, hot, gate: WriteGate::default(), clock: Arc::new(system_clock), group: GroupCommit::default(), enqueuer: Default::default() };
+        let store = Self::from_parts(pool, hot);
         store.migrate().await?;
         Ok(store)
     }
@@ -138,7 +138,7 @@ impl SqliteStore {
             .connect_with(options)
             .await
             .map_err(backend)?;
-        let store = Self { pool, hot: None, gate: WriteGate::default(), clock: Arc::new(system_clock), group: GroupCommit::default(), enqueuer: Default::default() };
+        let store = Self::from_parts(pool, None);
         store.migrate().await?;
         Ok(store)
     }
@@ -151,6 +151,17 @@ impl SqliteStore {
         // A writer spawned before would stamp with the old clock.
         self.group = GroupCommit::default();
         self
+    }
+
+    fn from_parts(pool: SqlitePool, hot: Option<Arc<HotConnections>>) -> Self {
+        Self {
+            pool,
+            hot,
+            gate: WriteGate::default(),
+            clock: Arc::new(system_clock),
+            group: GroupCommit::default(),
+            enqueuer: crate::enqueue::Enqueuer::default(),
+        }
     }
 
     /// The same store without its writer tasks' handles, for those tasks: a task
