@@ -73,4 +73,6 @@ pub use session::{
     Session, SessionContext, Step,
 };
 pub use throttle::{AuthThrottle, address_key};
-pub use verdicts::{MailAuthVerifier, VERDICT_DNS_TIMEOUT, VERDICT_TIMEOUT};
+pub use verdicts::{
+    MailAuthVerifier, VERDICT_DNS_TIMEOUT, VERDICT_OUTAGE_TIMEOUT, VERDICT_OUTAGE_WINDOW, VERDICT_TIMEOUT,
+};

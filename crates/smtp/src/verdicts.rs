@@ -43,11 +43,21 @@ pub const VERDICT_DNS_ATTEMPTS: usize = 2;
 /// ten lookups, DKIM one per signature, DMARC one or two). When it is over, every
 /// result is `temperror` and the message is stored anyway.
 pub const VERDICT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long after an evaluation ran out of time the next ones get only
+/// [`VERDICT_OUTAGE_TIMEOUT`]: a name server that stopped answering must not
+/// hold every incoming message for [`VERDICT_TIMEOUT`] before its `250`.
+pub const VERDICT_OUTAGE_WINDOW: Duration = Duration::from_secs(60);
+/// The bound on one message's evaluation during an outage window. DNS still
+/// gets its chance (cached answers are instant), and the first evaluation after
+/// the window has the full [`VERDICT_TIMEOUT`] again.
+pub const VERDICT_OUTAGE_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// SPF, DKIM and DMARC through mail-auth and hickory.
 pub struct MailAuthVerifier {
     auth: MessageAuthenticator,
     deadline: Duration,
+    /// When an evaluation last ran out of time ([`VERDICT_OUTAGE_WINDOW`]).
+    timed_out_at: std::sync::Mutex<Option<tokio::time::Instant>>,
 }
 
 impl std::fmt::Debug for MailAuthVerifier {
@@ -64,7 +74,7 @@ impl MailAuthVerifier {
         options.timeout = VERDICT_DNS_TIMEOUT;
         options.attempts = VERDICT_DNS_ATTEMPTS;
         MessageAuthenticator::new(config, options)
-            .map(|auth| Self { auth, deadline: VERDICT_TIMEOUT })
+            .map(|auth| Self { auth, deadline: VERDICT_TIMEOUT, timed_out_at: std::sync::Mutex::new(None) })
             .map_err(|e| e.to_string())
     }
 
@@ -74,6 +84,24 @@ impl MailAuthVerifier {
     pub fn with_deadline(mut self, deadline: Duration) -> Self {
         self.deadline = deadline;
         self
+    }
+
+    /// The bound on the next evaluation: the configured one, or
+    /// [`VERDICT_OUTAGE_TIMEOUT`] within [`VERDICT_OUTAGE_WINDOW`] of a timeout.
+    pub fn current_deadline(&self) -> Duration {
+        let timed_out_at = *self.timed_out_at.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        match timed_out_at {
+            Some(at) if at.elapsed() < VERDICT_OUTAGE_WINDOW => self.deadline.min(VERDICT_OUTAGE_TIMEOUT),
+            _ => self.deadline,
+        }
+    }
+
+    /// Records a timeout; `true` if it starts an outage window (none was open).
+    fn timed_out(&self) -> bool {
+        let mut at = self.timed_out_at.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let opens = at.is_none_or(|at| at.elapsed() >= VERDICT_OUTAGE_WINDOW);
+        *at = Some(tokio::time::Instant::now());
+        opens
     }
 
     async fn evaluate(&self, authserv_id: &str, envelope: &InboundEnvelope, parsed: &AuthenticatedMessage<'_>) -> String {
@@ -92,10 +120,19 @@ impl MailAuthVerifier {
 impl InboundVerifier for MailAuthVerifier {
     async fn verify(&self, authserv_id: &str, envelope: &InboundEnvelope, message: &[u8]) -> String {
         let parsed = AuthenticatedMessage::parse(message).unwrap_or_default();
-        match tokio::time::timeout(self.deadline, self.evaluate(authserv_id, envelope, &parsed)).await {
+        let deadline = self.current_deadline();
+        match tokio::time::timeout(deadline, self.evaluate(authserv_id, envelope, &parsed)).await {
             Ok(header) => header,
             Err(_) => {
-                tracing::warn!(timeout = ?self.deadline, "authentication checks timed out; recording temperror");
+                if self.timed_out() {
+                    tracing::warn!(
+                        timeout = ?deadline, window = ?VERDICT_OUTAGE_WINDOW, short = ?VERDICT_OUTAGE_TIMEOUT,
+                        "authentication checks timed out; recording temperror, and bounding the next checks \
+                         by the short timeout during the window"
+                    );
+                } else {
+                    tracing::debug!(timeout = ?deadline, "authentication checks timed out; recording temperror");
+                }
                 temperror_header(authserv_id, envelope, first_from(&parsed))
             }
         }

@@ -216,6 +216,31 @@ async fn a_name_server_that_never_answers_ends_in_temperror_at_the_deadline() {
     assert!(h.contains("dmarc=temperror"), "{h}");
 }
 
+/// After a timeout, later messages are bounded by the short outage timeout for
+/// the window, then by the configured deadline again. The clock is paused:
+/// the durations below are virtual, exact up to the timer's millisecond.
+#[tokio::test(start_paused = true)]
+async fn a_timeout_shortens_the_next_deadlines_for_the_outage_window() {
+    use std::time::Duration;
+    let dns = TestDns::start(zone()).unwrap();
+    let message = MESSAGE.replace("bank.example", "silent.example");
+    let deadline = Duration::from_secs(1);
+    let v = verifier(&dns).with_deadline(deadline);
+    let within = |elapsed: Duration, bound: Duration| elapsed >= bound && elapsed < bound + Duration::from_millis(10);
+    assert_eq!(v.current_deadline(), deadline);
+    let started = tokio::time::Instant::now();
+    let h = verdict(&v, "x@silent.example", &message).await;
+    assert!(h.contains("spf=temperror"), "{h}");
+    assert!(within(started.elapsed(), deadline), "the first check runs to its deadline: {:?}", started.elapsed());
+    assert_eq!(v.current_deadline(), VERDICT_OUTAGE_TIMEOUT);
+    let started = tokio::time::Instant::now();
+    let h = verdict(&v, "x@silent.example", &message).await;
+    assert!(h.contains("dmarc=temperror"), "{h}");
+    assert!(within(started.elapsed(), VERDICT_OUTAGE_TIMEOUT), "during the window: {:?}", started.elapsed());
+    tokio::time::advance(VERDICT_OUTAGE_WINDOW).await;
+    assert_eq!(v.current_deadline(), deadline, "after the window: the configured deadline again");
+}
+
 #[tokio::test]
 async fn null_sender_and_no_from_still_give_a_header() {
     let dns = TestDns::start(zone()).unwrap();
