@@ -41,7 +41,7 @@ pub use mailroom::{
 };
 pub use meta::*;
 pub use queue::{AttemptOutcome, AttemptRecord, AttemptToRecord, Claim, OutboundQueue, QueueDetail, QueueStateCount};
-pub use sqlite::SqliteStore;
+pub use sqlite::{RECIPIENT_CACHE_TTL, SqliteStore};
 
 use async_trait::async_trait;
 use bytes::Bytes;

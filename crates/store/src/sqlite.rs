@@ -18,6 +18,7 @@
 //! does its row change and its audit insert in the same transaction and hands
 //! out the receipt only after the commit.
 
+use std::collections::HashMap;
 use std::fmt::Display;
 use std::path::Path;
 use std::str::FromStr;
@@ -50,6 +51,15 @@ const MAX_CONNECTIONS: u32 = 8;
 /// Connections kept outside the pool for one-statement queries on the hot paths
 /// ([`SqliteStore::hot`]).
 const HOT_CONNECTIONS: usize = 4;
+
+/// How long a recipient looked up for `RCPT TO` is reused without asking the
+/// database again. A change this server makes (inbox status, domain removal)
+/// drops the entry at once; one made by another process (the CLI next to a
+/// running server) is seen within this long. Only inboxes that exist are kept,
+/// so a new inbox receives at once.
+pub const RECIPIENT_CACHE_TTL: Duration = Duration::from_secs(1);
+/// Most recipients kept; the cache starts over when full.
+const RECIPIENT_CACHE_MAX: usize = 10_000;
 
 /// How long a statement waits for a lock held by another connection or process
 /// before failing with `database is locked`.
@@ -86,6 +96,8 @@ pub struct SqliteStore {
     group: GroupCommit,
     /// The writer that batches outbound queue inserts ([`crate::enqueue`]).
     enqueuer: crate::enqueue::Enqueuer,
+    /// Recently looked-up recipients ([`RECIPIENT_CACHE_TTL`]).
+    recipients: Arc<std::sync::Mutex<HashMap<String, (Recipient, std::time::Instant)>>>,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -161,7 +173,12 @@ impl SqliteStore {
             clock: Arc::new(system_clock),
             group: GroupCommit::default(),
             enqueuer: crate::enqueue::Enqueuer::default(),
+            recipients: Arc::default(),
         }
+    }
+
+    fn recipient_cache(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Recipient, std::time::Instant)>> {
+        self.recipients.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// The same store without its writer tasks' handles, for those tasks: a task
@@ -174,6 +191,7 @@ impl SqliteStore {
             clock: self.clock.clone(),
             group: GroupCommit::default(),
             enqueuer: crate::enqueue::Enqueuer::default(),
+            recipients: Arc::clone(&self.recipients),
         }
     }
 
@@ -750,7 +768,9 @@ impl MetadataStore for SqliteStore {
             return Err(StoreError::NotFound { what: format!("domain {domain}") });
         }
         let sealed = self.append_in(&mut tx, event).await?;
-        commit_audited(tx, sealed).await
+        let receipt = commit_audited(tx, sealed).await;
+        self.recipient_cache().clear();
+        receipt
     }
 
     async fn add_domain_keys(
@@ -934,19 +954,41 @@ impl MetadataStore for SqliteStore {
             return Err(StoreError::NotFound { what: format!("inbox {address}") });
         }
         let sealed = self.append_in(&mut tx, event).await?;
-        commit_audited(tx, sealed).await
+        let receipt = commit_audited(tx, sealed).await;
+        self.recipient_cache().remove(address.as_str());
+        receipt
     }
 
     async fn recipient(&self, address: &Address) -> Result<Option<Recipient>, StoreError> {
+        if let Some((found, at)) = self.recipient_cache().get(address.as_str())
+            && at.elapsed() < RECIPIENT_CACHE_TTL
+        {
+            return Ok(Some(found.clone()));
+        }
+        let asked = std::time::Instant::now();
         let row: Option<(String, String)> = sqlx::query_as("SELECT owner, status FROM inboxes WHERE address = ?1")
             .bind(address.as_str())
             .fetch_optional(&mut *self.hot().await?)
             .await
             .map_err(backend)?;
-        row.map(|(owner, status)| {
-            Ok(Recipient { owner: stored("owner id", &owner)?, status: stored("inbox status", &status)? })
-        })
-        .transpose()
+        let found = row
+            .map(|(owner, status)| {
+                Ok::<_, StoreError>(Recipient {
+                    owner: stored("owner id", &owner)?,
+                    status: stored("inbox status", &status)?,
+                })
+            })
+            .transpose()?;
+        if let Some(found) = &found {
+            let mut cache = self.recipient_cache();
+            if cache.len() >= RECIPIENT_CACHE_MAX {
+                cache.clear();
+            }
+            // Dated from before the query: a change committed meanwhile is not
+            // hidden for longer than the TTL.
+            cache.insert(address.as_str().to_owned(), (found.clone(), asked));
+        }
+        Ok(found)
     }
 
     async fn create_key(&self, key: &KeyRecord, event: &AuditEvent) -> Result<AuditReceipt, StoreError> {

@@ -415,6 +415,25 @@ async fn survives_reopen_and_shares_the_file() {
     assert!(again.is_hosted_domain(DOMAIN).await.unwrap());
 }
 
+/// Recipients are cached for RCPT: this store's own changes show at once, another
+/// process's (the CLI) within `RECIPIENT_CACHE_TTL`, and a missing inbox is
+/// never cached, so one created elsewhere receives at once.
+#[tokio::test]
+async fn recipient_lookups_see_changes_of_other_processes_within_the_ttl() {
+    let (dir, server) = populated().await;
+    let cli = SqliteStore::open(&dir.path().join("meta.sqlite")).await.unwrap();
+    let bot = addr("bot@agents.localhost");
+    assert_eq!(server.recipient(&bot).await.unwrap().unwrap().status, InboxStatus::Active);
+    cli.set_inbox_status(&bot, InboxStatus::Disabled, &ev()).await.unwrap();
+    tokio::time::sleep(agentkeys_store::RECIPIENT_CACHE_TTL).await;
+    assert_eq!(server.recipient(&bot).await.unwrap().unwrap().status, InboxStatus::Disabled);
+
+    let fresh = addr("fresh@agents.localhost");
+    assert_eq!(server.recipient(&fresh).await.unwrap(), None);
+    cli.create_inbox(&inbox("fresh@agents.localhost", 1, 1), &ev()).await.unwrap();
+    assert_eq!(server.recipient(&fresh).await.unwrap().unwrap().status, InboxStatus::Active);
+}
+
 #[tokio::test]
 async fn concurrent_writers_do_not_fail() {
     let (_dir, store) = open_store().await;
