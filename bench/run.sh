@@ -33,6 +33,7 @@
 #   BENCH_IDLE_CONNECTIONS=1000 BENCH_AUTH_ROUNDS=200
 #   BENCH_WORKDIR=/var/tmp (must be a real disk, not tmpfs: fsync is measured)
 #   BENCH_KEEP=1 keeps the work directory (logs, queues, data dir)
+#   BENCH_SETTLE=360 (s: how old the previous run's cleanup must be; see below)
 #   AGENTKEYS_BIN=path  use this server binary instead of building agentkeys-cli
 #   DKIM_RATE_BIN=path  use this build of the dkim_rate example instead of `cargo run`
 set -euo pipefail
@@ -58,6 +59,7 @@ BENCH_HANDSHAKE_SECONDS=${BENCH_HANDSHAKE_SECONDS:-10}
 BENCH_HANDSHAKE_CONCURRENCY=${BENCH_HANDSHAKE_CONCURRENCY:-32}
 BENCH_IDLE_CONNECTIONS=${BENCH_IDLE_CONNECTIONS:-1000}
 BENCH_AUTH_ROUNDS=${BENCH_AUTH_ROUNDS:-200}
+BENCH_SETTLE=${BENCH_SETTLE:-360}
 BENCH_WORKDIR=${BENCH_WORKDIR:-/var/tmp}
 BENCH_KEEP=${BENCH_KEEP:-0}
 
@@ -127,6 +129,7 @@ cleanup() {
     else
       log "removing $WORK"
       rm -rf "$WORK"
+      touch "$BENCH_WORKDIR/agentkeys-bench.cleaned"
     fi
   fi
   exit "$rc"
@@ -481,6 +484,22 @@ if awk -v l="${LOAD_START%% *}" -v n="$(nproc)" 'BEGIN { exit !(l > n / 2) }'; t
   log "warning: load average $LOAD_START on $(nproc) CPUs; other work on this machine will skew the figures"
 fi
 
+# ext4 without a journal (this machine) skips, one by one, inodes freed in the
+# last 60 s (360 s while their inode table block is dirty) when it allocates
+# new ones, and the allocator prefers the block groups with the most free
+# inodes: the ones a cleanup just emptied. A run started right after the
+# previous run removed its work directory (tens of thousands of files) pays
+# that on every message it stores (measured: persistent-connection throughput
+# 5,700/s instead of 11,000/s). So a run waits until the previous cleanup is
+# BENCH_SETTLE seconds old.
+SETTLE_STAMP="$BENCH_WORKDIR/agentkeys-bench.cleaned"
+if [[ -f $SETTLE_STAMP ]]; then
+  since=$(($(date +%s) - $(stat -c %Y "$SETTLE_STAMP")))
+  if ((since < BENCH_SETTLE)); then
+    log "the previous run removed its files ${since}s ago; waiting $((BENCH_SETTLE - since))s (BENCH_SETTLE)"
+    sleep $((BENCH_SETTLE - since))
+  fi
+fi
 WORK=$(mktemp -d "$BENCH_WORKDIR/agentkeys-bench.XXXXXX")
 # Each server's files in block groups of their own (ext2/3/4: the Orlov
 # allocator spreads the subdirectories of a "top directory" across groups), so
