@@ -68,6 +68,26 @@ fn keyring(dir: &DataDir) -> DomainKeyring {
 }
 
 /// Runs a `domain` subcommand.
+/// A hosted domain's DKIM keys and what we publish for it (MX `mx_host`, the
+/// server's hostname by default, and the MTA-STS/TLS-RPT settings): what
+/// `domain dns` prints and `domain verify` checks.
+async fn published(
+    dir: &DataDir,
+    config: &Config,
+    domain: &Domain,
+    mx_host: Option<String>,
+) -> Result<(agentkeys_delivery::DomainKeys, agentkeys_delivery::Publication)> {
+    let keys = keyring(dir).domain_keys(domain).await.map_err(|e| match e {
+        agentkeys_delivery::DkimError::Store(StoreError::NotFound { .. }) => {
+            anyhow!("domain {domain} is not hosted here; add it with `agentkeys domain add {domain}`")
+        }
+        other => anyhow!(other),
+    })?;
+    let mx = mx_host.unwrap_or_else(|| config.hostname.clone());
+    let publication = config.publication(&mx).map_err(|e| anyhow!("mta_sts: {e}"))?;
+    Ok((keys, publication))
+}
+
 pub(crate) async fn run(config: &Config, cmd: DomainCmd, json: bool) -> Result<()> {
     let dir = DataDir::open(config).await?;
     match cmd {
@@ -162,14 +182,7 @@ pub(crate) async fn run(config: &Config, cmd: DomainCmd, json: bool) -> Result<(
         }
         DomainCmd::Verify { domain, mx_host } => {
             let domain = parse_domain(&domain)?;
-            let keys = keyring(&dir).domain_keys(&domain).await.map_err(|e| match e {
-                agentkeys_delivery::DkimError::Store(StoreError::NotFound { .. }) => {
-                    anyhow!("domain {domain} is not hosted here; add it with `agentkeys domain add {domain}`")
-                }
-                other => anyhow!(other),
-            })?;
-            let mx = mx_host.unwrap_or_else(|| config.hostname.clone());
-            let publication = config.publication(&mx).map_err(|e| anyhow!("mta_sts: {e}"))?;
+            let (keys, publication) = published(&dir, config, &domain, mx_host).await?;
             // The server's resolver settings (dns.nameservers), so verify sees what delivery sees.
             let (dns_config, dns_options) = crate::dns::resolver_config(&config.dns_nameservers)?;
             let resolver = HickoryResolver::new(dns_config, dns_options)
@@ -195,14 +208,7 @@ pub(crate) async fn run(config: &Config, cmd: DomainCmd, json: bool) -> Result<(
         }
         DomainCmd::Dns { domain, mx_host } => {
             let domain = parse_domain(&domain)?;
-            let keys = keyring(&dir).domain_keys(&domain).await.map_err(|e| match e {
-                agentkeys_delivery::DkimError::Store(StoreError::NotFound { .. }) => {
-                    anyhow!("domain {domain} is not hosted here; add it with `agentkeys domain add {domain}`")
-                }
-                other => anyhow!(other),
-            })?;
-            let mx = mx_host.unwrap_or_else(|| config.hostname.clone());
-            let publication = config.publication(&mx).map_err(|e| anyhow!("mta_sts: {e}"))?;
+            let (keys, publication) = published(&dir, config, &domain, mx_host).await?;
             print!("{}", zone_file(&keys, &publication));
         }
     }
