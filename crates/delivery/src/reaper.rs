@@ -22,7 +22,6 @@ use agentkeys_core::UnixTime;
 use agentkeys_store::{BlobKey, BlobStore, OutboundQueue};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use ulid::Ulid;
 
 /// Queue copies younger than this are never removed by the start-up sweep.
 pub const REAP_GRACE: Duration = Duration::from_secs(3600);
@@ -74,15 +73,12 @@ async fn sweep(blobs: &dyn BlobStore, queue: &dyn OutboundQueue, now: UnixTime) 
     let grace = i64::try_from(REAP_GRACE.as_secs()).unwrap_or(i64::MAX);
     let mut removed = 0u64;
     for key in keys {
-        let Some(id) = key.as_str().strip_prefix(QUEUE_PREFIX).and_then(|name| name.strip_suffix(".eml")) else {
-            continue;
-        };
-        let Ok(ulid) = Ulid::from_string(id) else { continue };
-        let written = i64::try_from(ulid.timestamp_ms() / 1000).unwrap_or(i64::MAX);
+        let Some(id) = key.queued_id() else { continue };
+        let written = i64::try_from(id.timestamp_ms() / 1000).unwrap_or(i64::MAX);
         if now.saturating_sub(written) < grace {
             continue;
         }
-        match queue.unfinished(id).await {
+        match queue.unfinished(&id.to_string()).await {
             Ok(0) => {
                 remove(blobs, &key).await;
                 removed += 1;

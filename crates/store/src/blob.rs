@@ -38,6 +38,13 @@ impl BlobKey {
         Self(format!("queue/{id}.eml"))
     }
 
+    /// The id of an outbound queue copy (the inverse of [`BlobKey::queued`]);
+    /// `None` for any other key.
+    pub fn queued_id(&self) -> Option<Ulid> {
+        let id = Ulid::from_string(self.0.strip_prefix("queue/")?.strip_suffix(".eml")?).ok()?;
+        (Self::queued(id) == *self).then_some(id)
+    }
+
     /// Parses a stored key, refusing anything that could escape the store root.
     pub fn parse(s: &str) -> Option<Self> {
         let valid_component = |c: &str| {
@@ -107,6 +114,8 @@ mod tests {
         let key = BlobKey::message(&owner, &inbox, id);
         assert_eq!(key.message_parts(), Some((owner.clone(), inbox.clone(), id)));
         assert_eq!(BlobKey::queued(id).message_parts(), None);
+        assert_eq!(BlobKey::queued(id).queued_id(), Some(id));
+        assert_eq!(key.queued_id(), None);
         let lower = key.as_str().to_ascii_lowercase();
         for other in [
             lower.as_str(),
