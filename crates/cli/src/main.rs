@@ -102,7 +102,33 @@ enum ConfigCmd {
     Keys,
 }
 
+/// Exit status of a command whose reader went away: 128 + SIGPIPE, what a shell
+/// reports for a command a closed pipe stopped.
+const BROKEN_PIPE_EXIT: i32 = 141;
+
+/// `agentkeys inbox list | head -1`: once the reader is gone, `println!` panics
+/// with a broken pipe. Stop quietly with [`BROKEN_PIPE_EXIT`] instead of
+/// printing a panic and a backtrace; nothing was lost (the command's work is
+/// done or atomic) and there is nobody left to read a message. Any other panic
+/// is reported as before.
+fn stop_quietly_when_stdout_closes() {
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let payload = info.payload();
+        let text = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied())
+            .unwrap_or_default();
+        if text.starts_with("failed printing to stdout") && text.contains("Broken pipe") {
+            std::process::exit(BROKEN_PIPE_EXIT);
+        }
+        report(info);
+    }));
+}
+
 fn main() -> ExitCode {
+    stop_quietly_when_stdout_closes();
     let cli = Cli::parse();
     let env: BTreeMap<String, String> = std::env::vars().collect();
     let mut config = match config::load(cli.global.config.as_deref(), &env) {

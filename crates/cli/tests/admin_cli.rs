@@ -211,3 +211,25 @@ fn domains_start_not_verified_and_verify_names_an_unhosted_domain() {
     assert!(String::from_utf8_lossy(&text.stdout).contains("mail.example.org\tnot_started\t"));
     fails_with(d, &["domain", "verify", "nowhere.example.org"], "not hosted here; add it with `agentkeys domain add nowhere.example.org`");
 }
+
+/// `agentkeys … | head`: a reader that went away stops the command quietly with
+/// 141 (128 + SIGPIPE), no panic or backtrace on stderr, and what it did stays
+/// done.
+#[test]
+fn a_closed_stdout_stops_the_command_quietly() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = std::process::Command::new(common::BIN)
+        .args(["--data-dir", d.to_str().unwrap(), "owner", "add", OWNER])
+        .current_dir(d)
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(141), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(run_json(d, &["owner", "list"])[0]["id"], OWNER, "the owner was added before the output failed");
+}
