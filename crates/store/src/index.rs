@@ -26,7 +26,7 @@ use ulid::Ulid;
 
 use crate::blob::BlobKey;
 use crate::meta::StoreError;
-use crate::sqlite::{SqliteStore, backend, require_ok};
+use crate::sqlite::{SqliteStore, backend, commit_audited, require_ok};
 
 /// A message to index: one stored inbox copy.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -425,8 +425,7 @@ impl MessageIndex for SqliteStore {
             return Err(StoreError::NotFound { what: format!("domain {domain}") });
         }
         let sealed = self.append_in(&mut tx, event).await?;
-        tx.commit().await.map_err(backend)?;
-        Ok(sealed.into_receipt())
+        commit_audited(tx, sealed).await
     }
 
     async fn expire_messages(

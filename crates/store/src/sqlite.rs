@@ -374,7 +374,7 @@ pub(crate) async fn insert_sealed(tx: &mut SqliteConnection, sealed: &SealedReco
 }
 
 /// Commits `tx` and only then hands out the receipt of `sealed`.
-async fn commit_audited(tx: WriteTx, sealed: SealedRecord) -> Result<AuditReceipt, StoreError> {
+pub(crate) async fn commit_audited(tx: WriteTx, sealed: SealedRecord) -> Result<AuditReceipt, StoreError> {
     tx.commit().await.map_err(backend)?;
     Ok(sealed.into_receipt())
 }
