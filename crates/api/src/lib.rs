@@ -262,7 +262,7 @@ pub fn routes() -> Vec<(Verb, &'static str)> {
 }
 
 /// The fixed-path routes that take an agent key (`Authorization: Bearer ak_…`):
-/// their 401s spend the client address's failure budget ([`throttle`]). The
+/// their refused keys spend the client address's failure budget ([`throttle`]). The
 /// send route (`/v1/inboxes/{address}/send`) does too ([`takes_agent_key`]).
 pub const AGENT_KEY_ROUTES: [&str; 3] = ["/v1/credentials/read", "/v1/credentials/oidc", "/v1/agent/inboxes"];
 
@@ -290,9 +290,10 @@ pub fn router(state: ApiState) -> axum::Router {
 }
 
 /// The per-address limits around the routes they guard: a throttled address gets
-/// 429 before its agent key is looked at, a 401 spends its failure budget (the
-/// one that finds it spent becomes a 429), and each pairing open spends the
-/// pairing budget. Requests without a peer address are not limited.
+/// 429 before its agent key is looked at, a refused key
+/// ([`throttle::KeyRefused`]) spends its failure budget (the one that finds it
+/// spent becomes a 429), and each pairing open spends the pairing budget.
+/// Requests without a peer address are not limited.
 async fn rate_limits(
     axum::extract::State(state): axum::extract::State<ApiState>,
     request: axum::extract::Request,
@@ -308,7 +309,7 @@ async fn rate_limits(
             return limited.into_response();
         }
         let response = next.run(request).await;
-        if response.status() == axum::http::StatusCode::UNAUTHORIZED
+        if response.extensions().get::<throttle::KeyRefused>().is_some()
             && let Some(limited) = state.throttle.record_agent_key_failure(ip)
         {
             return limited.into_response();

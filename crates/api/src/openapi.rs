@@ -49,6 +49,7 @@ use crate::error::Problem;
         crate::owner::EnrollRequest,
         crate::owner::EnrollResponse,
         crate::owner::CreateGrantRequest,
+        crate::owner::ScopeName,
         crate::owner::ChangeGrantRequest,
         crate::owner::GrantView,
         crate::owner::Revoked,

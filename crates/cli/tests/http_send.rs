@@ -322,3 +322,43 @@ fn http_sent_mail_passes_our_own_mx_with_the_published_records() {
     let seen = dns.queries();
     assert!(seen.iter().any(|q| q.name == "rsa1._domainkey.mail.example.test."), "{seen:?}");
 }
+
+/// Issue 15 item 13: only refused keys spend the address's failure budget. A
+/// valid key sending from inboxes its grants do not cover (another of its
+/// owner's, another owner's, a missing one, a read-only grant) gets the one 401
+/// every time, never a 429, and its own inbox still sends; unknown keys from the
+/// same address are throttled after the budget.
+#[test]
+fn a_valid_key_refused_for_an_inbox_does_not_throttle_its_address() {
+    let budget = agentkeys_api::throttle::AUTH_FAILURES_PER_IP as usize;
+    let w = world(&[]);
+    let body = json!({"to": ["friend@example.com"], "text": "hi"});
+    let refused_for_coverage = [
+        ("bob@agents.localhost", w.alice_key.as_str()),
+        ("carol@agents.localhost", w.alice_key.as_str()),
+        ("nobody@agents.localhost", w.alice_key.as_str()),
+        ("dave@agents.localhost", w.dave_key.as_str()),
+    ];
+    // 2 x budget refusals, four at a time (each waits out the AUTH failure floor).
+    std::thread::scope(|s| {
+        for (from, key) in refused_for_coverage {
+            let (server, body) = (&w.server, &body);
+            s.spawn(move || {
+                for _ in 0..budget / 2 {
+                    let (status, problem) = send_json(server, from, Some(key), body);
+                    assert_eq!((status, problem["code"].as_str()), (401, Some("SEND_NOT_AUTHORIZED")), "{from}");
+                }
+            });
+        }
+    });
+    let (status, answer) = send_json(&w.server, "alice@agents.localhost", Some(&w.alice_key), &body);
+    assert_eq!(status, 202, "the valid key still sends: {answer}");
+
+    let unknown = format!("ak_{}", "x".repeat(43));
+    for _ in 0..budget {
+        let (status, _) = send_json(&w.server, "alice@agents.localhost", Some(&unknown), &body);
+        assert_eq!(status, 401);
+    }
+    let (status, problem) = send_json(&w.server, "alice@agents.localhost", Some(&unknown), &body);
+    assert_eq!((status, problem["code"].as_str()), (429, Some("RATE_LIMITED")), "{problem}");
+}
