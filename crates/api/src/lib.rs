@@ -274,8 +274,9 @@ pub fn takes_agent_key(path: &str) -> bool {
 
 /// The API router. Unknown paths answer 404 and wrong methods 405, both as
 /// problem JSON; bodies over [`MAX_BODY_BYTES`] answer 413; per-address limits
-/// answer 429 (needs the peer address: serve with
-/// `into_make_service_with_connect_info::<SocketAddr>()`).
+/// answer 429 (needs the peer address as a `ConnectInfo<SocketAddr>` request
+/// extension, as the CLI's listener and `into_make_service_with_connect_info`
+/// put it).
 pub fn router(state: ApiState) -> axum::Router {
     let mut router = axum::Router::new();
     for r in table() {

@@ -13,7 +13,7 @@ use crate::error::Problem;
 #[openapi(
     info(
         title = "AgentKeys Mail API",
-        description = "Credential mints for agents (Authorization: Bearer ak_…) and the OIDC issuer. Errors are RFC 9457 problem JSON with a stable `code`."
+        description = "Credential mints for agents (Authorization: Bearer ak_…) and the OIDC issuer. Errors are RFC 9457 problem JSON with a stable `code`. Every operation lists every status it answers; besides those, the listener itself answers 503 TOO_MANY_CONNECTIONS (with Retry-After) to a connection over its caps, before any request on it is read."
     ),
     paths(
         crate::credentials::mint_read,

@@ -38,7 +38,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use agentkeys_core::peer::{ACCEPT_ERROR_BACKOFF, ConnectionLimiter, ConnectionPermit};
+use agentkeys_core::peer::{ConnectionLimiter, ConnectionPermit};
 use axum::Router;
 use axum::body::Body;
 use axum::extract::ConnectInfo;
@@ -149,29 +149,15 @@ impl HttpListener {
 
     /// Accepts connections on `listener` until `shutdown` is cancelled, serving
     /// each on `connections`. A failed accept (out of descriptors, …) is logged
-    /// and retried after [`ACCEPT_ERROR_BACKOFF`]; the loop never ends on one.
+    /// and retried ([`agentkeys_smtp::next_connection`], the SMTP listeners' loop
+    /// too); the loop never ends on one.
     pub(crate) async fn serve(
         self: Arc<Self>,
         listener: TcpListener,
         shutdown: CancellationToken,
         connections: TaskTracker,
     ) {
-        loop {
-            let accepted = tokio::select! {
-                () = shutdown.cancelled() => break,
-                accepted = listener.accept() => accepted,
-            };
-            let (stream, peer) = match accepted {
-                Ok(accepted) => accepted,
-                Err(err) => {
-                    metrics::counter!("agentkeys_http_accept_errors_total").increment(1);
-                    tracing::warn!(error = %err, "HTTP accept failed; retrying");
-                    tokio::select! {
-                        () = shutdown.cancelled() => break,
-                        () = tokio::time::sleep(ACCEPT_ERROR_BACKOFF) => continue,
-                    }
-                }
-            };
+        while let Some((stream, peer)) = agentkeys_smtp::next_connection(&listener, &shutdown, "http").await {
             metrics::counter!("agentkeys_http_connections_total").increment(1);
             let Some(permit) = self.limiter.try_acquire(peer.ip()) else {
                 self.refuse(&stream, peer);

@@ -22,7 +22,12 @@ const CAROL: &str = "0x00000000000000000000000000000000000000b1";
 
 /// POSTs `body` with curl; returns (status, body text).
 fn post(server: &Server, path: &str, key: Option<&str>, content_type: &str, body: &[u8]) -> (u16, String) {
-    let url = format!("http://{}{path}", server.http);
+    post_to(server.http, path, key, content_type, body)
+}
+
+/// [`post`] to the listener at `http`.
+fn post_to(http: std::net::SocketAddr, path: &str, key: Option<&str>, content_type: &str, body: &[u8]) -> (u16, String) {
+    let url = format!("http://{http}{path}");
     let mut cmd = Command::new("curl");
     cmd.args(["-sS", "--max-time", "60", "-o", "-", "-w", "\n%{http_code}", "-X", "POST"]);
     if let Some(k) = key {
@@ -40,7 +45,11 @@ fn post(server: &Server, path: &str, key: Option<&str>, content_type: &str, body
 }
 
 fn send_json(server: &Server, from: &str, key: Option<&str>, body: &Value) -> (u16, Value) {
-    let (status, text) = post(server, &format!("/v1/inboxes/{from}/send"), key, "application/json", body.to_string().as_bytes());
+    send_json_to(server.http, from, key, body)
+}
+
+fn send_json_to(http: std::net::SocketAddr, from: &str, key: Option<&str>, body: &Value) -> (u16, Value) {
+    let (status, text) = post_to(http, &format!("/v1/inboxes/{from}/send"), key, "application/json", body.to_string().as_bytes());
     (status, serde_json::from_str(&text).unwrap_or(Value::Null))
 }
 
@@ -342,10 +351,10 @@ fn a_valid_key_refused_for_an_inbox_does_not_throttle_its_address() {
     // 2 x budget refusals, four at a time (each waits out the AUTH failure floor).
     std::thread::scope(|s| {
         for (from, key) in refused_for_coverage {
-            let (server, body) = (&w.server, &body);
+            let (http, body) = (w.server.http, &body);
             s.spawn(move || {
                 for _ in 0..budget / 2 {
-                    let (status, problem) = send_json(server, from, Some(key), body);
+                    let (status, problem) = send_json_to(http, from, Some(key), body);
                     assert_eq!((status, problem["code"].as_str()), (401, Some("SEND_NOT_AUTHORIZED")), "{from}");
                 }
             });

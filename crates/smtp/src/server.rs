@@ -191,24 +191,7 @@ impl SmtpServer {
     ) {
         let local = listener.local_addr().ok();
         tracing::info!(listener = kind.label(), addr = ?local, "SMTP listener started");
-        loop {
-            let accepted = tokio::select! {
-                () = shutdown.cancelled() => break,
-                accepted = listener.accept() => accepted,
-            };
-            let (stream, peer) = match accepted {
-                Ok(accepted) => accepted,
-                Err(err) => {
-                    // EMFILE and friends: the connection waits in the backlog; back
-                    // off instead of spinning, keep listening, stop if asked to.
-                    metrics::counter!("agentkeys_smtp_accept_errors_total", "listener" => kind.label()).increment(1);
-                    tracing::warn!(listener = kind.label(), error = %err, "accept failed; retrying");
-                    tokio::select! {
-                        () = shutdown.cancelled() => break,
-                        () = tokio::time::sleep(ACCEPT_ERROR_BACKOFF) => continue,
-                    }
-                }
-            };
+        while let Some((stream, peer)) = next_connection(&listener, &shutdown, kind.label()).await {
             metrics::counter!("agentkeys_smtp_connections_total", "listener" => kind.label())
                 .increment(1);
             let permit = self.limiter.try_acquire(peer.ip());
@@ -362,6 +345,36 @@ impl SmtpServer {
                 Step::Close => {
                     let _ = tokio::time::timeout(Duration::from_secs(5), stream.shutdown()).await;
                     return Ok(Outcome::Closed);
+                }
+            }
+        }
+    }
+}
+
+/// The next accepted connection of `listener`, or `None` once `shutdown` is
+/// cancelled (the one accept loop of every listener, SMTP and HTTP). A failed
+/// accept (`EMFILE` when descriptors run out, `ECONNABORTED`, …) is counted in
+/// `agentkeys_accept_errors_total{listener}`, logged and retried after
+/// [`ACCEPT_ERROR_BACKOFF`]: the connection waits in the backlog meanwhile, and
+/// the listener neither spins nor stops.
+pub async fn next_connection(
+    listener: &TcpListener,
+    shutdown: &CancellationToken,
+    label: &'static str,
+) -> Option<(TcpStream, SocketAddr)> {
+    loop {
+        let accepted = tokio::select! {
+            () = shutdown.cancelled() => return None,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok(accepted) => return Some(accepted),
+            Err(err) => {
+                metrics::counter!("agentkeys_accept_errors_total", "listener" => label).increment(1);
+                tracing::warn!(listener = label, error = %err, "accept failed; retrying");
+                tokio::select! {
+                    () = shutdown.cancelled() => return None,
+                    () = tokio::time::sleep(ACCEPT_ERROR_BACKOFF) => {}
                 }
             }
         }
