@@ -25,7 +25,7 @@ pub struct ReadCredentialRequest {
     pub inbox: String,
     /// Requested lifetime in seconds (default 300). Clamped to 60–1800 and to
     /// what the grant and the key have left; a clamp is not an error.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::extract::optional_integer")]
     #[schema(minimum = 1)]
     pub ttl: Option<i64>,
 }
@@ -39,7 +39,7 @@ pub struct OidcCredentialRequest {
     pub inbox: String,
     /// Requested lifetime in seconds (default 300). Clamped to 60–3600 and to
     /// what the grant and the key have left; a clamp is not an error.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::extract::optional_integer")]
     #[schema(minimum = 1)]
     pub ttl: Option<i64>,
     /// The `aud` claim. Only the server's configured audience is accepted

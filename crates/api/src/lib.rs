@@ -56,7 +56,6 @@ use axum::handler::Handler;
 use axum::http::Method;
 use axum::response::IntoResponse;
 use axum::routing::{MethodFilter, MethodRouter, on};
-use utoipa::OpenApi;
 
 pub use backend::{OP_CREDENTIAL_OIDC, OP_CREDENTIAL_READ, OP_CREDENTIAL_REFUSED, StoreBackend};
 pub use credentials::{CredentialResponse, OidcCredentialRequest, ReadCredentialRequest};
@@ -104,7 +103,7 @@ impl ApiState {
     /// State with an injected clock (use the broker's, so the JWKS and the mints
     /// agree on the time).
     pub fn with_clock(broker: Arc<TokenBroker>, clock: Arc<dyn Clock>) -> Self {
-        let openapi = serde_json::to_value(openapi::ApiDoc::openapi()).unwrap_or_default();
+        let openapi = openapi::document(&broker.config().audience);
         Self {
             broker,
             clock,

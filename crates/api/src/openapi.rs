@@ -81,6 +81,17 @@ use crate::error::Problem;
 )]
 pub struct ApiDoc;
 
+/// The document as this server serves it: [`ApiDoc`] with what only the
+/// configuration knows, the one OIDC `audience` it issues tokens for (an enum
+/// of one), so every request valid against the document is one it accepts.
+pub fn document(audience: &str) -> serde_json::Value {
+    let mut doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or_default();
+    if let Some(property) = doc.pointer_mut("/components/schemas/OidcCredentialRequest/properties/audience") {
+        property["enum"] = serde_json::json!([audience]);
+    }
+    doc
+}
+
 /// Adds the `agent_key` bearer security scheme.
 struct AgentKeyAuth;
 

@@ -258,7 +258,7 @@ pub struct CreateGrantRequest {
     #[schema(value_type = Vec<ScopeName>, min_items = 1)]
     pub scopes: Vec<String>,
     /// Lifetime in seconds; default and maximum 30 days.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::extract::optional_integer")]
     #[schema(minimum = 1, maximum = 2_592_000)]
     pub ttl: Option<i64>,
 }
@@ -404,7 +404,7 @@ pub struct ChangeGrantRequest {
     #[schema(value_type = Option<Vec<ScopeName>>, min_items = 1)]
     pub scopes: Option<Vec<String>>,
     /// New lifetime in seconds from now (the new expiry), at most 30 days.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::extract::optional_integer")]
     #[schema(minimum = 1, maximum = 2_592_000)]
     pub ttl: Option<i64>,
 }

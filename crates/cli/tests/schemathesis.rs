@@ -75,7 +75,14 @@ fn generated_requests_find_no_server_error_and_no_undocumented_answer() {
     eprintln!("schemathesis ran {:.0} s", started.elapsed().as_secs_f64());
     let status = status.unwrap_or_else(|| panic!("schemathesis ran past {RUN_LIMIT:?}:\n{out}\n{err}"));
     assert!(status.success(), "schemathesis found problems:\n{out}\n{err}");
-    // It really ran every operation (a run that tested nothing also exits 0).
-    assert!(out.contains("22 selected") || out.contains("22 total") || out.contains("/22"), "{out}");
+    // It really tested every operation and generated cases (a run that tested
+    // nothing also exits 0): "Selected: 21/21", "Tested: 21", "N generated, N passed".
+    let field = |label: &str| out.lines().find_map(|l| l.trim().strip_prefix(label)).map(str::trim).unwrap_or("");
+    let (selected, total) = field("Selected:").split_once('/').unwrap_or_else(|| panic!("no operation count:\n{out}"));
+    assert_eq!((selected, field("Tested:")), (total, total), "not every operation was tested:\n{out}");
+    assert!(total.parse::<u32>().unwrap() >= 20, "{out}");
+    let cases = out.lines().find(|l| l.contains(" generated, ")).unwrap_or_else(|| panic!("no case count:\n{out}"));
+    let generated: u32 = cases.split_whitespace().next().unwrap().parse().unwrap();
+    assert!(generated >= 2_000, "{cases}");
     assert!(server.stop().success());
 }
