@@ -175,7 +175,9 @@ impl HttpListener {
     /// Over a cap: the prepared 503, written without waiting (a fresh socket's
     /// send buffer always takes it), whatever the client already sent read and
     /// dropped (so the close is a FIN, not a reset that could discard the 503),
-    /// then closed. Nothing here waits, so refusals hold no descriptor.
+    /// then closed. Nothing here waits, so refusals hold no descriptor. (On a
+    /// TLS listener a plaintext 503 would not be understood: close only, as the
+    /// SMTP implicit-TLS listener does.)
     fn refuse(&self, stream: &TcpStream, peer: SocketAddr) {
         metrics::counter!("agentkeys_http_rejections_total").increment(1);
         tracing::info!(%peer, "HTTP connection refused: too many connections");

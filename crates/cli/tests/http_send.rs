@@ -363,11 +363,18 @@ fn a_valid_key_refused_for_an_inbox_does_not_throttle_its_address() {
     let (status, answer) = send_json(&w.server, "alice@agents.localhost", Some(&w.alice_key), &body);
     assert_eq!(status, 202, "the valid key still sends: {answer}");
 
+    // Unknown keys do spend it: the budget's refusals, then a 429 (the budget
+    // refills one cell per window/budget, so allow for what came back meanwhile).
     let unknown = format!("ak_{}", "x".repeat(43));
-    for _ in 0..budget {
-        let (status, _) = send_json(&w.server, "alice@agents.localhost", Some(&unknown), &body);
-        assert_eq!(status, 401);
-    }
-    let (status, problem) = send_json(&w.server, "alice@agents.localhost", Some(&unknown), &body);
-    assert_eq!((status, problem["code"].as_str()), (429, Some("RATE_LIMITED")), "{problem}");
+    let mut refusals = 0;
+    let limited = (0..3 * budget).any(|_| {
+        let (status, problem) = send_json(&w.server, "alice@agents.localhost", Some(&unknown), &body);
+        match status {
+            401 => refusals += 1,
+            429 => assert_eq!(problem["code"], "RATE_LIMITED"),
+            other => panic!("{other}: {problem}"),
+        }
+        status == 429
+    });
+    assert!(limited && refusals >= budget, "{refusals} refusals, limited: {limited}");
 }
