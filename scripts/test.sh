@@ -55,4 +55,16 @@ if ! python3 -c "import dns.message" 2>/dev/null; then
   python3 -m pip install --quiet dnspython
 fi
 
+# The OpenAPI property tests (crates/cli/tests/schemathesis.rs) run Schemathesis 4 against the real server.
+if ! python3 -c "import sys; from importlib.metadata import version; sys.exit(int(version('schemathesis').split('.')[0]) != 4)" 2>/dev/null \
+   || ! command -v schemathesis >/dev/null 2>&1; then
+  echo "installing Python test modules: schemathesis"
+  python3 -m pip install --quiet "schemathesis>=4,<5"
+fi
+
+# The HTTP limit tests run the server under `prlimit` (util-linux).
+command -v prlimit >/dev/null 2>&1 || {
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq util-linux >/dev/null
+}
+
 exec cargo test --workspace --locked "$@"

@@ -89,6 +89,7 @@ pub fn covered_inboxes(
         (status = 200, description = "The inboxes this agent's active grants cover (its owner's only)", body = AgentInboxes),
         (status = 401, description = "INVALID_KEY: missing, malformed, unknown, revoked or expired agent key", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "BACKEND_UNAVAILABLE", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "RATE_LIMITED: too many refused agent keys from this address; Retry-After says when to try again", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub(crate) async fn list(State(state): State<ApiState>, bearer: AgentBearer) -> Result<Response, ApiError> {

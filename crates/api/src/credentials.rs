@@ -21,10 +21,12 @@ use crate::extract::{AgentBearer, ApiJson};
 #[serde(deny_unknown_fields)]
 pub struct ReadCredentialRequest {
     /// The inbox to read, e.g. `bot-1@agents.example.com`.
+    #[schema(pattern = r#"^[A-Za-z0-9._-]{1,64}@(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.){0,2}[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$"#, example = "bot-1@agents.example.com")]
     pub inbox: String,
     /// Requested lifetime in seconds (default 300). Clamped to 60–1800 and to
     /// what the grant and the key have left; a clamp is not an error.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::extract::optional_integer")]
+    #[schema(minimum = 1)]
     pub ttl: Option<i64>,
 }
 
@@ -33,10 +35,12 @@ pub struct ReadCredentialRequest {
 #[serde(deny_unknown_fields)]
 pub struct OidcCredentialRequest {
     /// An inbox the agent holds a `read` grant for; that grant bounds the token's life.
+    #[schema(pattern = r#"^[A-Za-z0-9._-]{1,64}@(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.){0,2}[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$"#, example = "bot-1@agents.example.com")]
     pub inbox: String,
     /// Requested lifetime in seconds (default 300). Clamped to 60–3600 and to
     /// what the grant and the key have left; a clamp is not an error.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::extract::optional_integer")]
+    #[schema(minimum = 1)]
     pub ttl: Option<i64>,
     /// The `aud` claim. Only the server's configured audience is accepted
     /// (default `sts.amazonaws.com`); omit it to get that one.
@@ -98,6 +102,7 @@ fn token_response(minted: Minted) -> Response {
         (status = 413, description = "PAYLOAD_TOO_LARGE", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "UNSUPPORTED_MEDIA_TYPE", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "BACKEND_UNAVAILABLE or AUDIT_UNAVAILABLE; nothing was issued", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "RATE_LIMITED: too many refused agent keys from this address; Retry-After says when to try again", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub(crate) async fn mint_read(
@@ -129,6 +134,7 @@ pub(crate) async fn mint_read(
         (status = 413, description = "PAYLOAD_TOO_LARGE", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "UNSUPPORTED_MEDIA_TYPE", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "BACKEND_UNAVAILABLE or AUDIT_UNAVAILABLE; nothing was issued", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "RATE_LIMITED: too many refused agent keys from this address; Retry-After says when to try again", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub(crate) async fn mint_oidc(

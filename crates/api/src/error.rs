@@ -25,6 +25,9 @@ pub const INVALID_CAPABILITY_DETAIL: &str = "send a valid read capability as `Au
 /// The `detail` of every send 401: the same whatever the reason.
 pub const SEND_UNAUTHORIZED_DETAIL: &str = "send with `Authorization: Bearer ak_…` of an agent whose active send grant covers this inbox; the key, the grant or the inbox does not allow it";
 
+/// `Retry-After` of [`ApiError::TooManyConnections`], seconds.
+pub const TOO_MANY_CONNECTIONS_RETRY_AFTER_SECS: u64 = 5;
+
 /// Why a request failed. Each variant has one status and one stable code.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ApiError {
@@ -114,7 +117,13 @@ pub enum ApiError {
     /// no send grant, no such or inactive inbox, another owner's inbox, a grant
     /// that does not cover it). One body for every reason, like SMTP's `535 5.7.8`;
     /// the reason is logged.
-    SendUnauthorized,
+    SendUnauthorized {
+        /// Whether the key itself was refused (malformed, unknown, revoked,
+        /// expired: [`AuthFailure::refuses_key`](agentkeys_core::AuthFailure::refuses_key)).
+        /// Only then does the answer spend the address's failure budget
+        /// ([`crate::throttle`]); the body is the same either way.
+        key_refused: bool,
+    },
     /// 403 `FROM_NOT_AUTHORIZED`: a raw message whose `From:` is not exactly the
     /// authenticated inbox (SMTP answers `550 5.7.1`).
     FromNotAuthorized,
@@ -133,6 +142,10 @@ pub enum ApiError {
     /// 409 `CONFLICT`: the object changed between reading and writing it; read it
     /// again and retry.
     Conflict,
+    /// 503 `TOO_MANY_CONNECTIONS`: the HTTP listener has the most connections it
+    /// takes, in total or from this address; answered by the listener itself,
+    /// before any request is read, with `Retry-After`.
+    TooManyConnections,
     /// 429 `RATE_LIMITED`: too many requests (or failed authentications) from this
     /// address; `Retry-After` says when to try again.
     RateLimited {
@@ -188,7 +201,7 @@ impl ApiError {
             Self::InvalidCapability => StatusCode::UNAUTHORIZED,
             Self::MailNotFound => StatusCode::NOT_FOUND,
             Self::TooManyStreams { .. } => StatusCode::TOO_MANY_REQUESTS,
-            Self::SendUnauthorized => StatusCode::UNAUTHORIZED,
+            Self::SendUnauthorized { .. } => StatusCode::UNAUTHORIZED,
             Self::FromNotAuthorized => StatusCode::FORBIDDEN,
             Self::MessageTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedSendMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -196,6 +209,7 @@ impl ApiError {
             Self::GrantChange(GrantChangeError::Revoked) => StatusCode::CONFLICT,
             Self::GrantChange(_) => StatusCode::BAD_REQUEST,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::TooManyConnections => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -223,7 +237,7 @@ impl ApiError {
             Self::InvalidCapability => "INVALID_CAPABILITY",
             Self::MailNotFound => "NOT_FOUND",
             Self::TooManyStreams { .. } => "TOO_MANY_STREAMS",
-            Self::SendUnauthorized => "SEND_NOT_AUTHORIZED",
+            Self::SendUnauthorized { .. } => "SEND_NOT_AUTHORIZED",
             Self::FromNotAuthorized => "FROM_NOT_AUTHORIZED",
             Self::MessageTooLarge { .. } => "PAYLOAD_TOO_LARGE",
             Self::UnsupportedSendMediaType => "UNSUPPORTED_MEDIA_TYPE",
@@ -232,6 +246,7 @@ impl ApiError {
             Self::GrantChange(_) => "INVALID_REQUEST",
             Self::Conflict => "CONFLICT",
             Self::RateLimited { .. } => "RATE_LIMITED",
+            Self::TooManyConnections => "TOO_MANY_CONNECTIONS",
         }
     }
 
@@ -259,13 +274,14 @@ impl ApiError {
             Self::InvalidCapability => "Unauthorized",
             Self::MailNotFound => "Not found",
             Self::TooManyStreams { .. } => "Too many streams",
-            Self::SendUnauthorized => "Send not authorized",
+            Self::SendUnauthorized { .. } => "Send not authorized",
             Self::FromNotAuthorized => "From not authorized",
             Self::MessageTooLarge { .. } => "Payload too large",
             Self::UnsupportedSendMediaType => "Unsupported media type",
             Self::GrantChange(_) => "Grant change refused",
             Self::Conflict => "Conflict",
             Self::RateLimited { .. } => "Too many requests",
+            Self::TooManyConnections => "Too many connections",
         }
     }
 
@@ -316,7 +332,7 @@ impl ApiError {
                 format!("this inbox already has {max} open event streams; close one or retry later"),
                 None,
             ),
-            Self::SendUnauthorized => (SEND_UNAUTHORIZED_DETAIL.to_owned(), None),
+            Self::SendUnauthorized { .. } => (SEND_UNAUTHORIZED_DETAIL.to_owned(), None),
             Self::FromNotAuthorized => (
                 "the From: header must be exactly the inbox you send from (one address)".to_owned(),
                 Some("From".to_owned()),
@@ -338,6 +354,12 @@ impl ApiError {
             Self::RateLimited { retry_after_secs } => {
                 (format!("too many requests from this address; retry after {retry_after_secs} s"), None)
             }
+            Self::TooManyConnections => (
+                format!(
+                    "the server has too many open connections, in total or from your address; close idle ones or retry after {TOO_MANY_CONNECTIONS_RETRY_AFTER_SECS} s"
+                ),
+                None,
+            ),
         };
         let code = self.code();
         Problem {
@@ -359,8 +381,14 @@ impl IntoResponse for ApiError {
         let headers = response.headers_mut();
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        // A refused agent key spends the address's failure budget (crate::throttle);
+        // a valid key refused for an inbox it does not cover does not.
+        if matches!(self, Self::Unauthorized | Self::SendUnauthorized { key_refused: true }) {
+            response.extensions_mut().insert(crate::throttle::KeyRefused);
+        }
+        let headers = response.headers_mut();
         match self {
-            Self::Unauthorized | Self::InvalidCapability | Self::SendUnauthorized => {
+            Self::Unauthorized | Self::InvalidCapability | Self::SendUnauthorized { .. } => {
                 headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             }
             Self::TooManyStreams { .. } => {
@@ -374,6 +402,9 @@ impl IntoResponse for ApiError {
             }
             Self::RateLimited { retry_after_secs } => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs.max(1)));
+            }
+            Self::TooManyConnections => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(TOO_MANY_CONNECTIONS_RETRY_AFTER_SECS));
             }
             _ => {}
         }

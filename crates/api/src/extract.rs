@@ -84,6 +84,26 @@ fn backticked(message: &str) -> Option<String> {
     Some(message[start..start + len].to_owned())
 }
 
+/// Deserializes an optional JSON integer the way JSON Schema defines one: `300`
+/// and `300.0` alike (a number whose fraction is zero is an integer), so every
+/// body valid against the published schema is read; `300.5` or a value out of
+/// `i64`'s range is refused (400 naming the field).
+pub fn optional_integer<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<i64>, D::Error> {
+    use serde::de::{Error, Unexpected};
+    let Some(number) = <Option<serde_json::Number> as serde::Deserialize>::deserialize(deserializer)? else {
+        return Ok(None);
+    };
+    if let Some(n) = number.as_i64() {
+        return Ok(Some(n));
+    }
+    match number.as_f64() {
+        // i64::MAX as f64 rounds up to 2^63, so the upper bound is exclusive.
+        Some(x) if x.fract() == 0.0 && x >= i64::MIN as f64 && x < i64::MAX as f64 => Ok(Some(x as i64)),
+        Some(x) => Err(D::Error::invalid_value(Unexpected::Float(x), &"a whole number of seconds")),
+        None => Err(D::Error::invalid_value(Unexpected::Other("number"), &"a whole number of seconds")),
+    }
+}
+
 /// Decodes a JSON document into `T`, naming the field at fault.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     let mut de = serde_json::Deserializer::from_slice(bytes);
@@ -161,6 +181,28 @@ mod tests {
         match decode::<Body>(json.as_bytes()) {
             Err(ApiError::InvalidRequest { field, .. }) => field,
             other => panic!("{json}: {other:?}"),
+        }
+    }
+
+    #[derive(Debug, serde::Deserialize)]
+    struct Ttl {
+        #[serde(default, deserialize_with = "optional_integer")]
+        ttl: Option<i64>,
+    }
+
+    #[test]
+    fn integers_are_read_as_json_schema_defines_them() {
+        let ttl = |json: &str| decode::<Ttl>(json.as_bytes()).map(|t| t.ttl);
+        assert_eq!(ttl(r#"{"ttl":300}"#), Ok(Some(300)));
+        assert_eq!(ttl(r#"{"ttl":300.0}"#), Ok(Some(300)));
+        assert_eq!(ttl(r#"{"ttl":-5e2}"#), Ok(Some(-500)));
+        assert_eq!(ttl(r#"{"ttl":null}"#), Ok(None));
+        assert_eq!(ttl("{}"), Ok(None));
+        for bad in [r#"{"ttl":300.5}"#, r#"{"ttl":1e300}"#, r#"{"ttl":"300"}"#, r#"{"ttl":18446744073709551615}"#] {
+            match ttl(bad) {
+                Err(ApiError::InvalidRequest { field, .. }) => assert_eq!(field.as_deref(), Some("ttl"), "{bad}"),
+                other => panic!("{bad}: {other:?}"),
+            }
         }
     }
 

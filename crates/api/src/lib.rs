@@ -56,7 +56,6 @@ use axum::handler::Handler;
 use axum::http::Method;
 use axum::response::IntoResponse;
 use axum::routing::{MethodFilter, MethodRouter, on};
-use utoipa::OpenApi;
 
 pub use backend::{OP_CREDENTIAL_OIDC, OP_CREDENTIAL_READ, OP_CREDENTIAL_REFUSED, StoreBackend};
 pub use credentials::{CredentialResponse, OidcCredentialRequest, ReadCredentialRequest};
@@ -104,7 +103,7 @@ impl ApiState {
     /// State with an injected clock (use the broker's, so the JWKS and the mints
     /// agree on the time).
     pub fn with_clock(broker: Arc<TokenBroker>, clock: Arc<dyn Clock>) -> Self {
-        let openapi = serde_json::to_value(openapi::ApiDoc::openapi()).unwrap_or_default();
+        let openapi = openapi::document(&broker.config().audience);
         Self {
             broker,
             clock,
@@ -262,7 +261,7 @@ pub fn routes() -> Vec<(Verb, &'static str)> {
 }
 
 /// The fixed-path routes that take an agent key (`Authorization: Bearer ak_…`):
-/// their 401s spend the client address's failure budget ([`throttle`]). The
+/// their refused keys spend the client address's failure budget ([`throttle`]). The
 /// send route (`/v1/inboxes/{address}/send`) does too ([`takes_agent_key`]).
 pub const AGENT_KEY_ROUTES: [&str; 3] = ["/v1/credentials/read", "/v1/credentials/oidc", "/v1/agent/inboxes"];
 
@@ -274,8 +273,9 @@ pub fn takes_agent_key(path: &str) -> bool {
 
 /// The API router. Unknown paths answer 404 and wrong methods 405, both as
 /// problem JSON; bodies over [`MAX_BODY_BYTES`] answer 413; per-address limits
-/// answer 429 (needs the peer address: serve with
-/// `into_make_service_with_connect_info::<SocketAddr>()`).
+/// answer 429 (needs the peer address as a `ConnectInfo<SocketAddr>` request
+/// extension, as the CLI's listener and `into_make_service_with_connect_info`
+/// put it).
 pub fn router(state: ApiState) -> axum::Router {
     let mut router = axum::Router::new();
     for r in table() {
@@ -290,9 +290,10 @@ pub fn router(state: ApiState) -> axum::Router {
 }
 
 /// The per-address limits around the routes they guard: a throttled address gets
-/// 429 before its agent key is looked at, a 401 spends its failure budget (the
-/// one that finds it spent becomes a 429), and each pairing open spends the
-/// pairing budget. Requests without a peer address are not limited.
+/// 429 before its agent key is looked at, a refused key
+/// ([`throttle::KeyRefused`]) spends its failure budget (the one that finds it
+/// spent becomes a 429), and each pairing open spends the pairing budget.
+/// Requests without a peer address are not limited.
 async fn rate_limits(
     axum::extract::State(state): axum::extract::State<ApiState>,
     request: axum::extract::Request,
@@ -308,7 +309,7 @@ async fn rate_limits(
             return limited.into_response();
         }
         let response = next.run(request).await;
-        if response.status() == axum::http::StatusCode::UNAUTHORIZED
+        if response.extensions().get::<throttle::KeyRefused>().is_some()
             && let Some(limited) = state.throttle.record_agent_key_failure(ip)
         {
             return limited.into_response();

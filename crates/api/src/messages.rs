@@ -293,6 +293,7 @@ pub(crate) async fn fetch(
         (status = 401, description = "INVALID_CAPABILITY: missing, malformed, tampered or expired", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "NOT_FOUND: not the capability's inbox (one answer for every reason)", body = Problem, content_type = "application/problem+json"),
         (status = 429, description = "TOO_MANY_STREAMS: the inbox has the most open streams allowed", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "BACKEND_UNAVAILABLE: the store could not be reached; nothing was changed, retry later", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub(crate) async fn events(

@@ -13,7 +13,7 @@ use crate::error::Problem;
 #[openapi(
     info(
         title = "AgentKeys Mail API",
-        description = "Credential mints for agents (Authorization: Bearer ak_…) and the OIDC issuer. Errors are RFC 9457 problem JSON with a stable `code`."
+        description = "Credential mints for agents (Authorization: Bearer ak_…) and the OIDC issuer. Errors are RFC 9457 problem JSON with a stable `code`. Every operation lists every status it answers; besides those, the listener itself answers 503 TOO_MANY_CONNECTIONS (with Retry-After) to a connection over its caps, before any request on it is read."
     ),
     paths(
         crate::credentials::mint_read,
@@ -49,6 +49,7 @@ use crate::error::Problem;
         crate::owner::EnrollRequest,
         crate::owner::EnrollResponse,
         crate::owner::CreateGrantRequest,
+        crate::owner::ScopeName,
         crate::owner::ChangeGrantRequest,
         crate::owner::GrantView,
         crate::owner::Revoked,
@@ -79,6 +80,17 @@ use crate::error::Problem;
     )
 )]
 pub struct ApiDoc;
+
+/// The document as this server serves it: [`ApiDoc`] with what only the
+/// configuration knows, the one OIDC `audience` it issues tokens for (an enum
+/// of one), so every request valid against the document is one it accepts.
+pub fn document(audience: &str) -> serde_json::Value {
+    let mut doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or_default();
+    if let Some(property) = doc.pointer_mut("/components/schemas/OidcCredentialRequest/properties/audience") {
+        property["enum"] = serde_json::json!([audience]);
+    }
+    doc
+}
 
 /// Adds the `agent_key` bearer security scheme.
 struct AgentKeyAuth;

@@ -160,8 +160,10 @@ impl FromRequest<ApiState> for OwnerApproval {
 #[serde(deny_unknown_fields)]
 pub struct EnrollRequest {
     /// The enrollment code the operator gave (`enr_…`, any case).
+    #[schema(pattern = r#"^[eE][nN][rR]_[0-9a-hjkmnp-tv-zA-HJKMNP-TV-Z]{26}$"#)]
     pub code: String,
     /// The owner's Ed25519 master public key, standard base64 of 32 bytes.
+    #[schema(pattern = r#"^[A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]=$"#)]
     pub public_key: String,
 }
 
@@ -188,6 +190,9 @@ pub struct EnrollResponse {
         (status = 400, description = "Malformed body or public key", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "INVALID_ENROLLMENT_CODE: wrong, used or never issued (one answer)", body = Problem, content_type = "application/problem+json"),
         (status = 410, description = "EXPIRED: the right code, too late", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "PAYLOAD_TOO_LARGE: the body is over 16 KiB", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "UNSUPPORTED_MEDIA_TYPE: send the body as Content-Type: application/json", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "BACKEND_UNAVAILABLE: the store could not be reached; nothing was changed, retry later", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub(crate) async fn enroll(
@@ -226,18 +231,35 @@ pub(crate) async fn enroll(
     Ok((StatusCode::CREATED, Json(answer)).into_response())
 }
 
+/// A scope a grant gives (documentation of `scopes`; the body carries strings,
+/// and any other value is a 400 naming the field).
+#[derive(Debug, Clone, Copy, ToSchema)]
+#[schema(rename_all = "lowercase")]
+pub enum ScopeName {
+    /// List and fetch mail, follow the event stream.
+    Read,
+    /// Send as the inbox.
+    Send,
+    /// Manage the inbox.
+    Admin,
+}
+
 /// Body of `POST /v1/grants`.
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateGrantRequest {
-    /// One of the owner's agents.
+    /// One of the owner's agents (`0x` + 40 hex digits).
+    #[schema(pattern = r#"^0[xX][0-9a-fA-F]{40}$"#)]
     pub agent: String,
     /// An address, a prefix ending in `*` (`bot-*@…`), or `*@domain`.
+    #[schema(pattern = r#"^(?:\*@(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.){0,2}[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?|[A-Za-z0-9._@-]{1,64}\*|[A-Za-z0-9._-]{1,64}@(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.){0,2}[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)$"#)]
     pub inbox: String,
     /// Any of `read`, `send`, `admin`.
+    #[schema(value_type = Vec<ScopeName>, min_items = 1)]
     pub scopes: Vec<String>,
     /// Lifetime in seconds; default and maximum 30 days.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::extract::optional_integer")]
+    #[schema(minimum = 1, maximum = 2_592_000)]
     pub ttl: Option<i64>,
 }
 
@@ -301,6 +323,9 @@ fn field_error(field: &str, e: impl std::fmt::Display) -> ApiError {
         (status = 400, description = "Invalid field", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Owner signature refused", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such agent among the owner's", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "PAYLOAD_TOO_LARGE: the body is over 16 KiB", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "UNSUPPORTED_MEDIA_TYPE: send the body as Content-Type: application/json", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "BACKEND_UNAVAILABLE: the store could not be reached; nothing was changed, retry later", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub(crate) async fn create_grant(State(state): State<ApiState>, approval: OwnerApproval) -> Result<Response, ApiError> {
@@ -358,6 +383,8 @@ pub(crate) async fn create_grant(State(state): State<ApiState>, approval: OwnerA
     responses(
         (status = 200, description = "The owner's grants, oldest first", body = [GrantView]),
         (status = 401, description = "Owner signature refused", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "PAYLOAD_TOO_LARGE: the body is over 16 KiB", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "BACKEND_UNAVAILABLE: the store could not be reached; nothing was changed, retry later", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub(crate) async fn list_grants(State(state): State<ApiState>, approval: OwnerApproval) -> Result<Response, ApiError> {
@@ -374,9 +401,11 @@ pub(crate) async fn list_grants(State(state): State<ApiState>, approval: OwnerAp
 pub struct ChangeGrantRequest {
     /// New scopes, a subset of the current ones (a change only narrows).
     #[serde(default)]
+    #[schema(value_type = Option<Vec<ScopeName>>, min_items = 1)]
     pub scopes: Option<Vec<String>>,
     /// New lifetime in seconds from now (the new expiry), at most 30 days.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::extract::optional_integer")]
+    #[schema(minimum = 1, maximum = 2_592_000)]
     pub ttl: Option<i64>,
 }
 
@@ -395,6 +424,9 @@ pub struct ChangeGrantRequest {
         (status = 401, description = "Owner signature refused", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such grant among the owner's", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "GRANT_REVOKED, or CONFLICT (changed meanwhile)", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "PAYLOAD_TOO_LARGE: the body is over 16 KiB", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "UNSUPPORTED_MEDIA_TYPE: send the body as Content-Type: application/json", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "BACKEND_UNAVAILABLE: the store could not be reached; nothing was changed, retry later", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub(crate) async fn change_grant(
@@ -468,6 +500,8 @@ pub struct Revoked {
         (status = 200, description = "Revoked (revoking twice keeps the first time)", body = Revoked),
         (status = 401, description = "Owner signature refused", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such grant among the owner's", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "PAYLOAD_TOO_LARGE: the body is over 16 KiB", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "BACKEND_UNAVAILABLE: the store could not be reached; nothing was changed, retry later", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub(crate) async fn revoke_grant(
@@ -496,6 +530,8 @@ pub(crate) async fn revoke_grant(
         (status = 200, description = "Revoked (revoking twice keeps the first time)", body = Revoked),
         (status = 401, description = "Owner signature refused", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such key among the owner's agents'", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "PAYLOAD_TOO_LARGE: the body is over 16 KiB", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "BACKEND_UNAVAILABLE: the store could not be reached; nothing was changed, retry later", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub(crate) async fn revoke_key(
@@ -561,6 +597,8 @@ pub struct AuditPage {
         (status = 200, description = "Records in seq order", body = AuditPage),
         (status = 400, description = "Invalid query", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Owner signature refused", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "PAYLOAD_TOO_LARGE: the body is over 16 KiB", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "BACKEND_UNAVAILABLE: the store could not be reached; nothing was changed, retry later", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub(crate) async fn audit(

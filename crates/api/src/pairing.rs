@@ -145,6 +145,7 @@ async fn lookup(meta: &Arc<dyn MetadataStore>, code: &PairCode) -> Result<Option
 #[serde(deny_unknown_fields)]
 pub struct OpenPairingRequest {
     /// The agent's Ed25519 device public key, standard base64 of 32 bytes.
+    #[schema(pattern = r#"^[A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]=$"#)]
     pub device_public_key: String,
     /// A display name for the agent (at most 64 characters).
     #[serde(default)]
@@ -173,6 +174,10 @@ pub struct OpenPairingResponse {
     responses(
         (status = 201, description = "Opened; valid for 60 s", body = OpenPairingResponse),
         (status = 400, description = "Malformed key or name", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "PAYLOAD_TOO_LARGE: the body is over 16 KiB", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "UNSUPPORTED_MEDIA_TYPE: send the body as Content-Type: application/json", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "RATE_LIMITED: too many pairing requests from this address; Retry-After says when to try again", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "BACKEND_UNAVAILABLE: the store could not be reached; nothing was changed, retry later", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub(crate) async fn open(
@@ -264,6 +269,8 @@ pub struct PairingViewResponse {
         (status = 404, description = "NOT_FOUND: unknown, or approved by someone else (one answer)", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "ALREADY_CONSUMED: you already approved it", body = Problem, content_type = "application/problem+json"),
         (status = 410, description = "EXPIRED", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "PAYLOAD_TOO_LARGE: the body is over 16 KiB", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "BACKEND_UNAVAILABLE: the store could not be reached; nothing was changed, retry later", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub(crate) async fn view(
@@ -294,6 +301,7 @@ pub(crate) async fn view(
 #[serde(deny_unknown_fields)]
 pub struct ApprovePairingRequest {
     /// The 6 digits shown on the agent's screen.
+    #[schema(pattern = r#"^[0-9]{6}$"#)]
     pub confirmation_code: String,
 }
 
@@ -326,6 +334,9 @@ pub struct ApprovePairingResponse {
         (status = 404, description = "NOT_FOUND: unknown, or approved by someone else (one answer)", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "ALREADY_CONSUMED (you approved it already) or AGENT_EXISTS (the device is another owner's agent)", body = Problem, content_type = "application/problem+json"),
         (status = 410, description = "EXPIRED", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "PAYLOAD_TOO_LARGE: the body is over 16 KiB", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "UNSUPPORTED_MEDIA_TYPE: send the body as Content-Type: application/json", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "BACKEND_UNAVAILABLE: the store could not be reached; nothing was changed, retry later", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub(crate) async fn approve(
@@ -387,6 +398,7 @@ pub(crate) async fn approve(
 pub struct CollectPairingRequest {
     /// Standard base64 of the device key's Ed25519 signature over
     /// `"AGENTKEYS-PAIR-COLLECT-V1\n{pair code}\n{agent id}"`.
+    #[schema(pattern = r#"^[A-Za-z0-9+/]{85}[AQgw]==$"#)]
     pub signature: String,
 }
 
@@ -425,6 +437,9 @@ pub struct CollectPairingResponse {
         (status = 404, description = "NOT_FOUND: unknown code or not signed by the request's device key", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "ALREADY_CONSUMED: collected before", body = Problem, content_type = "application/problem+json"),
         (status = 410, description = "EXPIRED", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "PAYLOAD_TOO_LARGE: the body is over 16 KiB", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "UNSUPPORTED_MEDIA_TYPE: send the body as Content-Type: application/json", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "BACKEND_UNAVAILABLE: the store could not be reached; nothing was changed, retry later", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub(crate) async fn collect(

@@ -188,6 +188,7 @@ async fn authorize(
         (status = 413, description = "PAYLOAD_TOO_LARGE: over the SMTP message size limit", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "UNSUPPORTED_MEDIA_TYPE", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "BACKEND_UNAVAILABLE: nothing was sent; retry later", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "RATE_LIMITED: too many refused agent keys from this address; Retry-After says when to try again", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub(crate) async fn send(
@@ -224,7 +225,7 @@ pub(crate) async fn send(
             let jitter_nanos = u64::try_from(AUTH_FAILURE_JITTER.as_nanos()).unwrap_or(u64::MAX);
             let jitter = Duration::from_nanos(rand::random::<u64>() % jitter_nanos.saturating_add(1));
             tokio::time::sleep_until(arrived + AUTH_FAILURE_FLOOR + jitter).await;
-            return Err(ApiError::SendUnauthorized);
+            return Err(ApiError::SendUnauthorized { key_refused: failure.refuses_key() });
         }
     };
     let limit = service.max_message_size.min(MAX_SEND_BODY_BYTES);

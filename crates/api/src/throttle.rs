@@ -1,9 +1,14 @@
 //! Per-address rate limits of the HTTP API (governor, GCRA), answered as 429
 //! `RATE_LIMITED` problem JSON with `Retry-After`.
 //!
-//! - **Refused agent keys.** Every 401 on an agent-key route (the credential
-//!   mints) spends one cell of the client address's failure budget:
-//!   [`AUTH_FAILURES_PER_IP`] per [`AUTH_FAILURE_WINDOW`], as a burst. The request
+//! - **Refused agent keys.** Every answer on an agent-key route (the credential
+//!   mints, the inbox listing, the send door) that refused the key itself
+//!   (missing, malformed, unknown, revoked or expired: the response carries
+//!   [`KeyRefused`]) spends one cell of the client address's failure budget:
+//!   [`AUTH_FAILURES_PER_IP`] per [`AUTH_FAILURE_WINDOW`], as a burst. A valid key
+//!   refused for an inbox its grants do not cover (403 `NO_GRANT`, or the send
+//!   door's one 401) spends nothing, so a misconfigured agent does not throttle
+//!   its own address. The request
 //!   that finds the budget spent answers 429 instead of 401, and every request on
 //!   those routes from that address answers 429 **before the key is looked at**
 //!   until the budget has a cell again, so a valid key cannot be told from a
@@ -20,7 +25,7 @@
 //! without a peer address (the in-process router the CLI uses) are not limited.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv6Addr};
+use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
@@ -47,20 +52,13 @@ pub const MAX_TRACKED_ADDRESSES: usize = 10_000;
 /// Decisions between two routine prunes.
 pub const PRUNE_EVERY: u64 = 1_024;
 
-/// The key an address is counted under: IPv4 as is (also when IPv4-mapped), IPv6
-/// by its /64, since one host usually holds a whole /64.
-pub fn address_key(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V4(v4) => IpAddr::V4(v4),
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => {
-                let s = v6.segments();
-                IpAddr::V6(Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
-            }
-        },
-    }
-}
+/// Marks a response that refused the presented agent key itself (set by
+/// [`ApiError`]'s `IntoResponse`); the router's rate-limit layer charges the
+/// address's failure budget for exactly these responses. Never sent to the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyRefused;
+
+pub use agentkeys_core::peer::address_key;
 
 type Keyed<C> = RateLimiter<IpAddr, DefaultKeyedStateStore<IpAddr>, C, NoOpMiddleware<<C as Clock>::Instant>>;
 
@@ -131,9 +129,9 @@ impl<C: Clock + Clone> HttpThrottle<C> {
         }
     }
 
-    /// After a 401: spends a cell of `ip`'s failure budget; `Some(429)` (to answer
-    /// instead of the 401) when the budget is spent, and `ip` is blocked until a
-    /// cell is back.
+    /// After a refused key ([`KeyRefused`]): spends a cell of `ip`'s failure
+    /// budget; `Some(429)` (to answer instead of the refusal) when the budget is
+    /// spent, and `ip` is blocked until a cell is back.
     pub fn record_agent_key_failure(&self, ip: IpAddr) -> Option<ApiError> {
         let key = address_key(ip);
         let outcome = self.failures.check_key(&key);
@@ -241,15 +239,6 @@ mod tests {
         for _ in 0..PAIRINGS_PER_IP {
             t.check_pairing(ip(1)).unwrap();
         }
-    }
-
-    #[test]
-    fn ipv6_is_counted_by_its_slash_64() {
-        let a: IpAddr = "2001:db8:1:2::1".parse().unwrap();
-        let b: IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
-        let c: IpAddr = "2001:db8:1:3::1".parse().unwrap();
-        assert_eq!(address_key(a), address_key(b));
-        assert_ne!(address_key(a), address_key(c));
     }
 
     #[test]

@@ -533,3 +533,102 @@ async fn the_mta_sts_policy_is_served_for_hosted_domains_only() {
     let (status, _, _) = fetch(w.app(), "mta-sts.agents.example.com").await;
     assert_eq!(status, StatusCode::NOT_FOUND, "no policy configured: nothing served");
 }
+
+/// Only refused keys spend the failure budget: a valid key asking, again and
+/// again, for inboxes its grants do not cover (own without a grant, another
+/// owner's, missing, expired grant) answers its 403 every time and never
+/// throttles its address; malformed, unknown, revoked and expired keys do.
+#[tokio::test]
+async fn a_valid_key_refused_for_coverage_spends_no_failure_budget() {
+    use agentkeys_api::throttle::AUTH_FAILURES_PER_IP;
+    let w = world().await;
+    let app = w.app();
+    let peer = std::net::SocketAddr::from(([10, 0, 0, 8], 4000));
+    let ask = |path: &str, key: &str, inbox: &str| {
+        let mut req = post(path, Some(key), &json!({ "inbox": inbox }).to_string());
+        req.extensions_mut().insert(axum::extract::ConnectInfo(peer));
+        req
+    };
+    for round in 0..(2 * AUTH_FAILURES_PER_IP) {
+        let path = if round % 2 == 0 { "/v1/credentials/read" } else { "/v1/credentials/oidc" };
+        for inbox in [SPARE, OTHER, "nobody@agents.example.com"] {
+            assert_problem(&send(&app, ask(path, &w.key, inbox)).await, StatusCode::FORBIDDEN, "NO_GRANT");
+        }
+        assert_problem(&send(&app, ask(path, &w.key, OLD)).await, StatusCode::FORBIDDEN, "GRANT_EXPIRED");
+    }
+    assert_eq!(send(&app, ask("/v1/credentials/read", &w.key, BOT)).await.status, StatusCode::OK);
+    // Every kind of refused key counts, until the budget is spent.
+    let refused = [w.unknown.clone(), w.revoked.clone(), w.expired.clone(), "ak_short".to_owned()];
+    for n in 0..AUTH_FAILURES_PER_IP as usize {
+        let key = &refused[n % refused.len()];
+        assert_problem(&send(&app, ask("/v1/credentials/read", key, BOT)).await, StatusCode::UNAUTHORIZED, "INVALID_KEY");
+    }
+    assert_problem(&send(&app, ask("/v1/credentials/read", &w.unknown, BOT)).await, StatusCode::TOO_MANY_REQUESTS, "RATE_LIMITED");
+}
+
+/// The rule behind issue 15 item 12: every status an operation answers is one
+/// its OpenAPI entry lists. Each documented operation gets probes that trip
+/// the failures every route shares (no or a refused credential, a body over the
+/// limit, another media type, bad JSON, a throttled address, no backend), on a
+/// full and on a bare state; every answer's status must be documented for that
+/// operation (Schemathesis, in crates/cli/tests/schemathesis.rs, adds generated
+/// bodies and parameters against the real server).
+#[tokio::test]
+async fn every_status_an_operation_answers_is_documented_for_it() {
+    use agentkeys_api::throttle::HttpThrottle;
+    let w = world().await;
+    let doc = send(&w.app(), get("/v1/openapi.json")).await.body;
+    let throttled = || {
+        HttpThrottle::new(1, std::time::Duration::from_secs(600), 1, std::time::Duration::from_secs(600), governor::clock::DefaultClock::default())
+    };
+    let apps = [
+        ("full", router(w.state_with_audit(w.backend.clone()).with_meta(w.store.clone()).with_throttle(throttled()))),
+        ("bare", router(w.state_with_audit(w.backend.clone()).with_throttle(throttled()))),
+    ];
+    let big = format!(r#"{{"inbox":"{}"}}"#, "a".repeat(agentkeys_api::MAX_BODY_BYTES));
+    let owner_auth = format!("AgentKeys-Owner owner={OWNER_A}, ts={NOW}, nonce=probe-nonce-0001, sig=AAAA");
+    let mut undocumented = Vec::new();
+    let mut probes_run = 0;
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        let concrete = path
+            .replace("{owner}", OWNER_A)
+            .replace("{id}", "gr_0123456789abcdefghijkl")
+            .replace("{code}", "ABCD-EFGH")
+            .replace("{address}", BOT)
+            .replace("{message_id}", "01J00000000000000000000000");
+        for (method, op) in item.as_object().unwrap() {
+            let documented: Vec<&String> = op["responses"].as_object().unwrap().keys().collect();
+            let probes: Vec<(&str, Option<String>, Option<&str>, String)> = vec![
+                ("no credential", None, None, String::new()),
+                ("agent key, empty JSON", Some(format!("Bearer {}", w.key)), Some("application/json"), "{}".to_owned()),
+                ("unknown key", Some(format!("Bearer {}", w.unknown)), Some("application/json"), "{}".to_owned()),
+                ("unknown key again (throttled)", Some(format!("Bearer {}", w.unknown)), Some("application/json"), "{}".to_owned()),
+                ("body over the limit", Some(format!("Bearer {}", w.key)), Some("application/json"), big.clone()),
+                ("text/plain body", Some(format!("Bearer {}", w.key)), Some("text/plain"), "x".to_owned()),
+                ("bad JSON", Some(format!("Bearer {}", w.key)), Some("application/json"), "{not json".to_owned()),
+                ("owner signature", Some(owner_auth.clone()), Some("application/json"), "{}".to_owned()),
+                ("capability", Some("Bearer akcap1.x.y".to_owned()), None, String::new()),
+            ];
+            for (label, app) in &apps {
+                for (probe, auth, content_type, body) in &probes {
+                    let mut req = Request::builder().method(method.to_uppercase().as_str()).uri(&concrete);
+                    if let Some(a) = auth {
+                        req = req.header(header::AUTHORIZATION, a);
+                    }
+                    if let Some(t) = content_type {
+                        req = req.header(header::CONTENT_TYPE, *t);
+                    }
+                    let mut req = req.header("host", "mta-sts.agents.example.com").body(Body::from(body.clone())).unwrap();
+                    req.extensions_mut().insert(axum::extract::ConnectInfo(std::net::SocketAddr::from(([10, 0, 0, 9], 1))));
+                    let status = app.clone().oneshot(req).await.unwrap().status();
+                    probes_run += 1;
+                    if !documented.iter().any(|d| d.as_str() == status.as_str()) {
+                        undocumented.push(format!("{} {path} ({label}, {probe}): {status}", method.to_uppercase()));
+                    }
+                }
+            }
+        }
+    }
+    assert!(probes_run > 300, "{probes_run}");
+    assert!(undocumented.is_empty(), "answers not in the document:\n{}", undocumented.join("\n"));
+}

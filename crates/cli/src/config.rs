@@ -40,6 +40,8 @@ pub(crate) struct Config {
     pub(crate) max_message_size: usize,
     pub(crate) max_connections: usize,
     pub(crate) max_connections_per_ip: usize,
+    /// The HTTP listener's limits (`limits.http_*`, crates/cli/src/http_listener.rs).
+    pub(crate) http: crate::http_listener::HttpLimits,
     pub(crate) auth_failures_per_ip: u32,
     pub(crate) auth_failure_window_secs: u64,
     pub(crate) shutdown_grace_secs: u64,
@@ -131,6 +133,7 @@ impl Default for Config {
             max_message_size: 10 * 1024 * 1024,
             max_connections: 4096,
             max_connections_per_ip: 100,
+            http: crate::http_listener::HttpLimits::default(),
             auth_failures_per_ip: 10,
             auth_failure_window_secs: 600,
             shutdown_grace_secs: 30,
@@ -180,6 +183,11 @@ fn parse_positive<T: std::str::FromStr + PartialOrd + Default>(v: &str) -> Resul
         return Err(format!("expected a positive whole number, got {v:?}"));
     }
     Ok(n)
+}
+
+/// A duration (`30s`, `10m`) as a `Duration`; zero is refused.
+fn parse_timeout(v: &str) -> Result<std::time::Duration, String> {
+    parse_secs(v).map(std::time::Duration::from_secs)
 }
 
 fn parse_audience(v: &str) -> Result<String, String> {
@@ -278,6 +286,11 @@ pub(crate) const KEYS: &[Key] = &[
     Key { toml: "limits.max_message_size", env: "AGENTKEYS_MAX_MESSAGE_SIZE", help: "largest accepted message in bytes", set: |c, v| { c.max_message_size = parse_positive(v)?; Ok(()) } },
     Key { toml: "limits.max_connections", env: "AGENTKEYS_MAX_CONNECTIONS", help: "concurrent SMTP connections in total", set: |c, v| { c.max_connections = parse_positive(v)?; Ok(()) } },
     Key { toml: "limits.max_connections_per_ip", env: "AGENTKEYS_MAX_CONNECTIONS_PER_IP", help: "concurrent SMTP connections per client IP", set: |c, v| { c.max_connections_per_ip = parse_positive(v)?; Ok(()) } },
+    Key { toml: "limits.http_max_connections", env: "AGENTKEYS_HTTP_MAX_CONNECTIONS", help: "concurrent HTTP connections in total (also bounded by the file descriptor limit, after the SMTP listeners' share); over it: 503 and close", set: |c, v| { c.http.max_connections = parse_positive(v)?; Ok(()) } },
+    Key { toml: "limits.http_max_connections_per_ip", env: "AGENTKEYS_HTTP_MAX_CONNECTIONS_PER_IP", help: "concurrent HTTP connections per client IP (IPv6: per /64); raise it behind a reverse proxy", set: |c, v| { c.http.max_connections_per_ip = parse_positive(v)?; Ok(()) } },
+    Key { toml: "limits.http_header_timeout", env: "AGENTKEYS_HTTP_HEADER_TIMEOUT", help: "time a client has to send a whole request head, from connect or the end of the previous response (e.g. 30s)", set: |c, v| { c.http.header_timeout = parse_timeout(v)?; Ok(()) } },
+    Key { toml: "limits.http_idle_timeout", env: "AGENTKEYS_HTTP_IDLE_TIMEOUT", help: "longest time an HTTP connection may go without a byte read or written (at least 30s: event streams send a keep-alive every 15 s, pairing collects wait up to 25 s)", set: |c, v| { c.http.idle_timeout = crate::http_listener::check_idle_timeout(parse_timeout(v)?)?; Ok(()) } },
+    Key { toml: "limits.http_connection_lifetime", env: "AGENTKEYS_HTTP_CONNECTION_LIFETIME", help: "an HTTP connection is closed after this long (e.g. 10m), unless it is carrying an event stream, which ends when its capability expires", set: |c, v| { c.http.connection_lifetime = parse_timeout(v)?; Ok(()) } },
     Key { toml: "limits.auth_failures_per_ip", env: "AGENTKEYS_AUTH_FAILURES_PER_IP", help: "failed AUTHs per IP within the window before AUTH is refused with 454", set: |c, v| { c.auth_failures_per_ip = parse_positive(v)?; Ok(()) } },
     Key { toml: "limits.auth_failure_window", env: "AGENTKEYS_AUTH_FAILURE_WINDOW", help: "window of the per-IP AUTH failure count (e.g. 10m)", set: |c, v| { c.auth_failure_window_secs = parse_secs(v)?; Ok(()) } },
     Key { toml: "limits.shutdown_grace", env: "AGENTKEYS_SHUTDOWN_GRACE", help: "how long in-flight sessions may finish after SIGTERM (e.g. 30s)", set: |c, v| { c.shutdown_grace_secs = parse_secs(v)?; Ok(()) } },
@@ -414,6 +427,14 @@ pub(crate) fn load(
             source: "configuration".to_owned(),
             key: "tls.cert / tls.key".to_owned(),
             message: "set both or neither".to_owned(),
+        });
+    }
+
+    if let Err(message) = config.http.check() {
+        problems.push(ConfigProblem {
+            source: "configuration".to_owned(),
+            key: "limits.http_header_timeout / limits.http_connection_lifetime".to_owned(),
+            message,
         });
     }
 
@@ -618,5 +639,77 @@ mod mta_sts_tests {
             ["delivery.mta_sts_port", "mta_sts.max_age", "mta_sts.mode", "mta_sts.mx", "tls_rpt.rua", "AGENTKEYS_MTA_STS_MAX_AGE"]
         );
         assert!(err.to_string().contains("31557600"), "{err}");
+    }
+}
+
+#[cfg(test)]
+mod http_limits_tests {
+    use super::*;
+    use crate::http_listener::{
+        DEFAULT_HTTP_CONNECTION_LIFETIME, DEFAULT_HTTP_HEADER_TIMEOUT, DEFAULT_HTTP_IDLE_TIMEOUT,
+        DEFAULT_HTTP_MAX_CONNECTIONS, DEFAULT_HTTP_MAX_CONNECTIONS_PER_IP, MIN_HTTP_IDLE_TIMEOUT,
+    };
+    use std::time::Duration;
+
+    fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+    }
+
+    #[test]
+    fn http_limits_default_and_are_configurable() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("agentkeys.toml");
+        std::fs::write(&p, "").unwrap();
+        let h = load(Some(&p), &env(&[])).unwrap().http;
+        assert_eq!(
+            (h.max_connections, h.max_connections_per_ip, h.header_timeout, h.idle_timeout, h.connection_lifetime),
+            (
+                DEFAULT_HTTP_MAX_CONNECTIONS,
+                DEFAULT_HTTP_MAX_CONNECTIONS_PER_IP,
+                DEFAULT_HTTP_HEADER_TIMEOUT,
+                DEFAULT_HTTP_IDLE_TIMEOUT,
+                DEFAULT_HTTP_CONNECTION_LIFETIME
+            )
+        );
+        std::fs::write(
+            &p,
+            "[limits]\nhttp_max_connections = 50\nhttp_max_connections_per_ip = 5\nhttp_header_timeout = \"2s\"\nhttp_idle_timeout = \"1m\"\nhttp_connection_lifetime = \"1h\"\n",
+        )
+        .unwrap();
+        let h = load(Some(&p), &env(&[("AGENTKEYS_HTTP_MAX_CONNECTIONS_PER_IP", "7")])).unwrap().http;
+        assert_eq!((h.max_connections, h.max_connections_per_ip), (50, 7));
+        assert_eq!(
+            (h.header_timeout, h.idle_timeout, h.connection_lifetime),
+            (Duration::from_secs(2), Duration::from_secs(60), Duration::from_secs(3600))
+        );
+    }
+
+    #[test]
+    fn every_bad_http_limit_is_named_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("agentkeys.toml");
+        let too_short = format!("{}s", MIN_HTTP_IDLE_TIMEOUT.as_secs() - 1);
+        std::fs::write(
+            &p,
+            format!("[limits]\nhttp_max_connections = 0\nhttp_header_timeout = \"soon\"\nhttp_idle_timeout = \"{too_short}\"\n"),
+        )
+        .unwrap();
+        let err = load(Some(&p), &env(&[("AGENTKEYS_HTTP_CONNECTION_LIFETIME", "0s"), ("AGENTKEYS_HTTP_MAX_CONNECTIONS_PER_IP", "-1")])).unwrap_err();
+        let keys: Vec<&str> = err.0.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "limits.http_header_timeout",
+                "limits.http_idle_timeout",
+                "limits.http_max_connections",
+                "AGENTKEYS_HTTP_MAX_CONNECTIONS_PER_IP",
+                "AGENTKEYS_HTTP_CONNECTION_LIFETIME"
+            ]
+        );
+        assert!(err.to_string().contains("30s"), "{err}");
+        // A lifetime shorter than the header timeout leaves no time for a request.
+        std::fs::write(&p, "[limits]\nhttp_header_timeout = \"2m\"\nhttp_connection_lifetime = \"1m\"\n").unwrap();
+        let err = load(Some(&p), &env(&[])).unwrap_err();
+        assert_eq!(err.0[0].key, "limits.http_header_timeout / limits.http_connection_lifetime");
     }
 }

@@ -50,9 +50,17 @@ pub(crate) async fn run(config: Config) -> Result<()> {
     let verifier = agentkeys_smtp::MailAuthVerifier::new(dns_config.clone(), dns_options.clone())
         .map_err(|e| anyhow::anyhow!("cannot set up the DNS resolver for SPF/DKIM/DMARC: {e}"))?;
 
+    // Descriptors: the soft limit raised to the hard one, then shared out so
+    // HTTP clients can never take the MX's (crates/cli/src/descriptors.rs).
+    let fds = crate::descriptors::share(
+        crate::descriptors::raise_nofile_limit(),
+        config.max_connections,
+        config.http.max_connections,
+    );
+
     let mut smtp_config = SmtpConfig::new(config.hostname.clone());
     smtp_config.limits.max_message_size = config.max_message_size;
-    smtp_config.max_connections = config.max_connections;
+    smtp_config.max_connections = fds.smtp;
     smtp_config.max_connections_per_ip = config.max_connections_per_ip;
     smtp_config.auth_throttle_failures = config.auth_failures_per_ip;
     smtp_config.auth_throttle_window = Duration::from_secs(config.auth_failure_window_secs);
@@ -77,6 +85,18 @@ pub(crate) async fn run(config: Config) -> Result<()> {
     println!("  submission        {} (STARTTLS)", submission.local_addr()?);
     println!("  submission TLS    {} (implicit TLS)", submission_tls.local_addr()?);
     println!("  HTTP              {} (/healthz, /metrics, /v1)", http.local_addr()?);
+    println!(
+        "  connections       SMTP {}, HTTP {} ({} per address); {} file descriptors",
+        fds.smtp, fds.http, config.http.max_connections_per_ip, fds.limit
+    );
+    if fds.smtp < config.max_connections || fds.http < config.http.max_connections {
+        tracing::warn!(
+            limit = fds.limit,
+            smtp = fds.smtp,
+            http = fds.http,
+            "the file descriptor limit is below the configured connection caps; caps lowered (raise `ulimit -n`)"
+        );
+    }
     println!("  OIDC issuer       {} (audience {})", config.public_url, config.oidc_audience);
     println!(
         "  TLS certificate   {}{}",
@@ -122,15 +142,10 @@ pub(crate) async fn run(config: Config) -> Result<()> {
     ] {
         listeners.spawn(server.clone().serve(listener, kind, shutdown.clone(), sessions.clone()));
     }
-    let http_shutdown = shutdown.clone();
-    listeners.spawn(async move {
-        let app = crate::http::router(metrics, api);
-        // The peer address feeds the API's per-address limits.
-        let app = app.into_make_service_with_connect_info::<SocketAddr>();
-        if let Err(e) = axum::serve(http, app).with_graceful_shutdown(http_shutdown.cancelled_owned()).await {
-            tracing::error!(error = %e, "HTTP listener failed");
-        }
-    });
+    // Our own accept loop: caps, header/idle timeouts, lifetimes (crates/cli/src/http_listener.rs).
+    let http_listener =
+        crate::http_listener::HttpListener::new(crate::http::router(metrics, api), config.http.clone(), fds.http);
+    listeners.spawn(http_listener.serve(http, shutdown.clone(), sessions.clone()));
     listeners.close();
 
     // Signed audit checkpoints (crates/cli/src/checkpoint.rs), a last one at shutdown.

@@ -22,7 +22,12 @@ const CAROL: &str = "0x00000000000000000000000000000000000000b1";
 
 /// POSTs `body` with curl; returns (status, body text).
 fn post(server: &Server, path: &str, key: Option<&str>, content_type: &str, body: &[u8]) -> (u16, String) {
-    let url = format!("http://{}{path}", server.http);
+    post_to(server.http, path, key, content_type, body)
+}
+
+/// [`post`] to the listener at `http`.
+fn post_to(http: std::net::SocketAddr, path: &str, key: Option<&str>, content_type: &str, body: &[u8]) -> (u16, String) {
+    let url = format!("http://{http}{path}");
     let mut cmd = Command::new("curl");
     cmd.args(["-sS", "--max-time", "60", "-o", "-", "-w", "\n%{http_code}", "-X", "POST"]);
     if let Some(k) = key {
@@ -40,7 +45,11 @@ fn post(server: &Server, path: &str, key: Option<&str>, content_type: &str, body
 }
 
 fn send_json(server: &Server, from: &str, key: Option<&str>, body: &Value) -> (u16, Value) {
-    let (status, text) = post(server, &format!("/v1/inboxes/{from}/send"), key, "application/json", body.to_string().as_bytes());
+    send_json_to(server.http, from, key, body)
+}
+
+fn send_json_to(http: std::net::SocketAddr, from: &str, key: Option<&str>, body: &Value) -> (u16, Value) {
+    let (status, text) = post_to(http, &format!("/v1/inboxes/{from}/send"), key, "application/json", body.to_string().as_bytes());
     (status, serde_json::from_str(&text).unwrap_or(Value::Null))
 }
 
@@ -321,4 +330,51 @@ fn http_sent_mail_passes_our_own_mx_with_the_published_records() {
     assert!(verdict.contains("dmarc=pass header.from=mail.example.test policy.dmarc=quarantine"), "{verdict}");
     let seen = dns.queries();
     assert!(seen.iter().any(|q| q.name == "rsa1._domainkey.mail.example.test."), "{seen:?}");
+}
+
+/// Issue 15 item 13: only refused keys spend the address's failure budget. A
+/// valid key sending from inboxes its grants do not cover (another of its
+/// owner's, another owner's, a missing one, a read-only grant) gets the one 401
+/// every time, never a 429, and its own inbox still sends; unknown keys from the
+/// same address are throttled after the budget.
+#[test]
+fn a_valid_key_refused_for_an_inbox_does_not_throttle_its_address() {
+    let budget = agentkeys_api::throttle::AUTH_FAILURES_PER_IP as usize;
+    let w = world(&[]);
+    let body = json!({"to": ["friend@example.com"], "text": "hi"});
+    let refused_for_coverage = [
+        ("bob@agents.localhost", w.alice_key.as_str()),
+        ("carol@agents.localhost", w.alice_key.as_str()),
+        ("nobody@agents.localhost", w.alice_key.as_str()),
+        ("dave@agents.localhost", w.dave_key.as_str()),
+    ];
+    // 2 x budget refusals, four at a time (each waits out the AUTH failure floor).
+    std::thread::scope(|s| {
+        for (from, key) in refused_for_coverage {
+            let (http, body) = (w.server.http, &body);
+            s.spawn(move || {
+                for _ in 0..budget / 2 {
+                    let (status, problem) = send_json_to(http, from, Some(key), body);
+                    assert_eq!((status, problem["code"].as_str()), (401, Some("SEND_NOT_AUTHORIZED")), "{from}");
+                }
+            });
+        }
+    });
+    let (status, answer) = send_json(&w.server, "alice@agents.localhost", Some(&w.alice_key), &body);
+    assert_eq!(status, 202, "the valid key still sends: {answer}");
+
+    // Unknown keys do spend it: the budget's refusals, then a 429 (the budget
+    // refills one cell per window/budget, so allow for what came back meanwhile).
+    let unknown = format!("ak_{}", "x".repeat(43));
+    let mut refusals = 0;
+    let limited = (0..3 * budget).any(|_| {
+        let (status, problem) = send_json(&w.server, "alice@agents.localhost", Some(&unknown), &body);
+        match status {
+            401 => refusals += 1,
+            429 => assert_eq!(problem["code"], "RATE_LIMITED"),
+            other => panic!("{other}: {problem}"),
+        }
+        status == 429
+    });
+    assert!(limited && refusals >= budget, "{refusals} refusals, limited: {limited}");
 }

@@ -72,6 +72,15 @@ impl AuthFailure {
         Self::OwnerMismatch,
         Self::GrantDoesNotCover,
     ];
+
+    /// Whether the key itself was refused (steps 2–5: malformed, unknown,
+    /// revoked, expired), as opposed to a valid key asking for an inbox its
+    /// grants do not cover, or an invalid username whose key was never looked
+    /// at. Only refused keys count against a per-address failure budget: a
+    /// misconfigured agent with a valid key must not throttle its own address.
+    pub fn refuses_key(self) -> bool {
+        matches!(self, Self::MalformedKey | Self::KeyNotFound | Self::KeyRevoked | Self::KeyExpired)
+    }
 }
 
 /// Credentials that passed steps 1–2.
@@ -198,6 +207,15 @@ mod tests {
     use crate::seed::MasterSeed;
 
     const NOW: UnixTime = 1_000_000;
+
+    #[test]
+    fn only_the_key_steps_refuse_the_key() {
+        let refusing: Vec<AuthFailure> = AuthFailure::ALL.into_iter().filter(|f| f.refuses_key()).collect();
+        assert_eq!(
+            refusing,
+            [AuthFailure::MalformedKey, AuthFailure::KeyNotFound, AuthFailure::KeyRevoked, AuthFailure::KeyExpired]
+        );
+    }
 
     struct Fixture {
         hasher: KeyHasher,

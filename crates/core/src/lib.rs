@@ -19,6 +19,7 @@ pub mod grant;
 pub mod ids;
 pub mod inbox;
 pub mod key;
+pub mod peer;
 pub mod seed;
 pub mod time;
 

@@ -67,7 +67,7 @@ pub use acceptance::{
 };
 pub use limits::*;
 pub use reply::Reply;
-pub use server::{SmtpConfig, SmtpServer};
+pub use server::{SmtpConfig, SmtpServer, next_connection};
 pub use session::{
     Delivery, InboundEnvelope, ListenerKind, LocalRecipient, Now, Outbound, RecipientAnswer, RecipientQuery,
     Session, SessionContext, Step,

@@ -65,6 +65,9 @@ pub const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 100;
 /// `421 4.7.0` and close.
 pub const MAX_BAD_COMMANDS: u32 = 20;
 
+/// How long an accept loop waits after a failed `accept` (shared with the HTTP listener).
+pub use agentkeys_core::peer::ACCEPT_ERROR_BACKOFF;
+
 /// Longest TLS handshake (STARTTLS or implicit TLS).
 pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 

@@ -1,13 +1,13 @@
 //! The tokio shell: accept loop, connection caps, TLS, and the loop that carries
 //! out a [`Session`]'s [`Step`]s against a socket and the stores.
 
-use std::collections::HashMap;
 use std::io;
-use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use agentkeys_core::KeyHasher;
+use agentkeys_core::peer::{ConnectionLimiter, ConnectionPermit};
 use agentkeys_store::{BlobStore, MetadataStore};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -19,11 +19,11 @@ use tracing::Instrument as _;
 use crate::acceptance::{InboundVerifier, OutboundSigner, add_verdicts, lookup_recipient, store_delivery_signed};
 use crate::limits::{
     DEFAULT_AUTH_THROTTLE_FAILURES, DEFAULT_AUTH_THROTTLE_WINDOW, DEFAULT_MAX_CONNECTIONS,
-    DEFAULT_MAX_CONNECTIONS_PER_IP, Limits, READ_BUFFER_SIZE, TLS_HANDSHAKE_TIMEOUT, WRITE_TIMEOUT,
+    DEFAULT_MAX_CONNECTIONS_PER_IP, Limits, READ_BUFFER_SIZE, ACCEPT_ERROR_BACKOFF, TLS_HANDSHAKE_TIMEOUT, WRITE_TIMEOUT,
 };
 use crate::reply::Reply;
 use crate::session::{ListenerKind, Now, Session, SessionContext, Step};
-use crate::throttle::{AuthThrottle, address_key};
+use crate::throttle::AuthThrottle;
 
 /// Configuration of the SMTP service. [`SmtpConfig::new`] gives the defaults.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,77 +57,6 @@ impl SmtpConfig {
             auth_throttle_window: DEFAULT_AUTH_THROTTLE_WINDOW,
             allow_plaintext_auth_on_loopback: false,
         }
-    }
-}
-
-/// Counts open connections, in total and per address.
-#[derive(Debug)]
-struct ConnectionLimiter {
-    max_total: usize,
-    max_per_ip: usize,
-    state: Mutex<LimiterState>,
-}
-
-#[derive(Debug, Default)]
-struct LimiterState {
-    total: usize,
-    per_ip: HashMap<IpAddr, usize>,
-}
-
-/// One open connection; dropping it frees the slot.
-#[derive(Debug)]
-struct ConnectionPermit {
-    limiter: Arc<ConnectionLimiter>,
-    key: IpAddr,
-}
-
-impl ConnectionLimiter {
-    fn new(max_total: usize, max_per_ip: usize) -> Arc<Self> {
-        Arc::new(Self {
-            max_total,
-            max_per_ip,
-            state: Mutex::new(LimiterState::default()),
-        })
-    }
-
-    fn lock(&self) -> MutexGuard<'_, LimiterState> {
-        self.state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    fn try_acquire(self: &Arc<Self>, ip: IpAddr) -> Option<ConnectionPermit> {
-        let key = address_key(ip);
-        let mut state = self.lock();
-        let current = state.per_ip.get(&key).copied().unwrap_or(0);
-        if state.total >= self.max_total || current >= self.max_per_ip {
-            return None;
-        }
-        state.total += 1;
-        state.per_ip.insert(key, current + 1);
-        metrics::gauge!("agentkeys_smtp_active_connections").increment(1.0);
-        Some(ConnectionPermit {
-            limiter: Arc::clone(self),
-            key,
-        })
-    }
-
-    fn open(&self) -> usize {
-        self.lock().total
-    }
-}
-
-impl Drop for ConnectionPermit {
-    fn drop(&mut self) {
-        let mut state = self.limiter.lock();
-        state.total = state.total.saturating_sub(1);
-        if let Some(n) = state.per_ip.get_mut(&self.key) {
-            *n -= 1;
-            if *n == 0 {
-                state.per_ip.remove(&self.key);
-            }
-        }
-        metrics::gauge!("agentkeys_smtp_active_connections").decrement(1.0);
     }
 }
 
@@ -198,7 +127,11 @@ impl SmtpServer {
             inbound: context(ListenerKind::Inbound),
             submission: context(ListenerKind::Submission),
             submission_tls: context(ListenerKind::SubmissionImplicitTls),
-            limiter: ConnectionLimiter::new(config.max_connections, config.max_connections_per_ip),
+            limiter: ConnectionLimiter::observed(
+                config.max_connections,
+                config.max_connections_per_ip,
+                Some(|open| metrics::gauge!("agentkeys_smtp_active_connections").set(open as f64)),
+            ),
             signer: None,
             verifier: None,
             queued: None,
@@ -258,20 +191,7 @@ impl SmtpServer {
     ) {
         let local = listener.local_addr().ok();
         tracing::info!(listener = kind.label(), addr = ?local, "SMTP listener started");
-        loop {
-            let accepted = tokio::select! {
-                () = shutdown.cancelled() => break,
-                accepted = listener.accept() => accepted,
-            };
-            let (stream, peer) = match accepted {
-                Ok(accepted) => accepted,
-                Err(err) => {
-                    // EMFILE and friends: back off instead of spinning.
-                    tracing::warn!(listener = kind.label(), error = %err, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            };
+        while let Some((stream, peer)) = next_connection(&listener, &shutdown, kind.label()).await {
             metrics::counter!("agentkeys_smtp_connections_total", "listener" => kind.label())
                 .increment(1);
             let permit = self.limiter.try_acquire(peer.ip());
@@ -425,6 +345,36 @@ impl SmtpServer {
                 Step::Close => {
                     let _ = tokio::time::timeout(Duration::from_secs(5), stream.shutdown()).await;
                     return Ok(Outcome::Closed);
+                }
+            }
+        }
+    }
+}
+
+/// The next accepted connection of `listener`, or `None` once `shutdown` is
+/// cancelled (the one accept loop of every listener, SMTP and HTTP). A failed
+/// accept (`EMFILE` when descriptors run out, `ECONNABORTED`, …) is counted in
+/// `agentkeys_accept_errors_total{listener}`, logged and retried after
+/// [`ACCEPT_ERROR_BACKOFF`]: the connection waits in the backlog meanwhile, and
+/// the listener neither spins nor stops.
+pub async fn next_connection(
+    listener: &TcpListener,
+    shutdown: &CancellationToken,
+    label: &'static str,
+) -> Option<(TcpStream, SocketAddr)> {
+    loop {
+        let accepted = tokio::select! {
+            () = shutdown.cancelled() => return None,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok(accepted) => return Some(accepted),
+            Err(err) => {
+                metrics::counter!("agentkeys_accept_errors_total", "listener" => label).increment(1);
+                tracing::warn!(listener = label, error = %err, "accept failed; retrying");
+                tokio::select! {
+                    () = shutdown.cancelled() => return None,
+                    () = tokio::time::sleep(ACCEPT_ERROR_BACKOFF) => {}
                 }
             }
         }

@@ -8,26 +8,13 @@
 //! the clients do. Time is passed in, so tests drive it explicitly.
 
 use std::collections::{HashMap, VecDeque};
-use std::net::{IpAddr, Ipv6Addr};
+use std::net::IpAddr;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crate::limits::MAX_THROTTLE_KEYS;
 
-/// The key an address is counted under: IPv4 as is (also when IPv4-mapped), IPv6 by
-/// its /64, since one host usually holds a whole /64.
-pub fn address_key(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V4(v4) => IpAddr::V4(v4),
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => {
-                let s = v6.segments();
-                IpAddr::V6(Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
-            }
-        },
-    }
-}
+pub use agentkeys_core::peer::address_key;
 
 /// Counts AUTH failures per address over a sliding window. Shared by all sessions
 /// of a server (`Arc`); every method is short and takes the lock once.

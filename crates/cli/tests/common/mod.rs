@@ -25,7 +25,19 @@ pub fn resource(name: &str) -> PathBuf {
 
 /// A command for the binary with a clean AGENTKEYS_* environment and `--data-dir`.
 pub fn agentkeys(data_dir: &Path) -> Command {
-    let mut cmd = Command::new(BIN);
+    agentkeys_under(&[], data_dir)
+}
+
+/// [`agentkeys`] run by `wrapper` (e.g. `["prlimit", "--nofile=512:512", "--"]`).
+pub fn agentkeys_under(wrapper: &[&str], data_dir: &Path) -> Command {
+    let mut cmd = match wrapper.split_first() {
+        Some((program, args)) => {
+            let mut cmd = Command::new(program);
+            cmd.args(args).arg(BIN);
+            cmd
+        }
+        None => Command::new(BIN),
+    };
     for (k, _) in std::env::vars() {
         if k.starts_with("AGENTKEYS_") {
             cmd.env_remove(k);
@@ -72,7 +84,12 @@ fn addr_after(line: &str, label: &str) -> Option<SocketAddr> {
 impl Server {
     /// Starts `agentkeys serve` on ephemeral ports with extra environment.
     pub fn start(data_dir: &Path, env: &[(&str, &str)]) -> Server {
-        let mut cmd = agentkeys(data_dir);
+        Self::start_under(&[], data_dir, env)
+    }
+
+    /// [`Server::start`] run by `wrapper` (see [`agentkeys_under`]).
+    pub fn start_under(wrapper: &[&str], data_dir: &Path, env: &[(&str, &str)]) -> Server {
+        let mut cmd = agentkeys_under(wrapper, data_dir);
         cmd.arg("serve")
             .env("AGENTKEYS_LISTEN_INBOUND", "127.0.0.1:0")
             .env("AGENTKEYS_LISTEN_SUBMISSION", "127.0.0.1:0")
