@@ -9,6 +9,9 @@ Plan:
    "steps": [["mail", "a@b", ["SIZE=123"]], ["rcpt", "c@d"],
              ["data", {"from": "...", "to": "...", "subject": "...", "size": 1000, "raw": "..."}],
              ["sendmail", "from", ["to1", "to2"], {message spec}],
+             ["raw_data", "bytes as sent"],  # DATA, then the string's code points
+                                             # 0-255 as bytes, verbatim (no dot-stuffing,
+                                             # no terminator added): smuggling tests
              ["rset"], ["noop"]]}
 Output: {"connect": [code, text], "login": [code, text] | null, "steps": [[code, text], ...]}
 """
@@ -79,6 +82,13 @@ def main():
             elif op == "sendmail":
                 refused = s.sendmail(step[1], step[2], build_message(step[3]))
                 out["steps"].append([250, json.dumps({k: reply(v) for k, v in refused.items()})])
+            elif op == "raw_data":
+                code, text = s.docmd("DATA")
+                if code != 354:
+                    out["steps"].append(reply((code, text)))
+                    continue
+                s.send(step[1].encode("latin-1"))
+                out["steps"].append(reply(s.getreply()))
             elif op == "rset":
                 out["steps"].append(reply(s.rset()))
             elif op == "noop":

@@ -125,8 +125,18 @@ pub enum ApiError {
         key_refused: bool,
     },
     /// 403 `FROM_NOT_AUTHORIZED`: a raw message whose `From:` is not exactly the
-    /// authenticated inbox (SMTP answers `550 5.7.1`).
+    /// authenticated inbox, or whose display name shows another address (SMTP
+    /// answers `550 5.7.1`).
     FromNotAuthorized,
+    /// 403 `FROM_NOT_AUTHORIZED` (field `Sender`): a raw message with a `Sender:`
+    /// that is not exactly the authenticated inbox (SMTP answers `550 5.7.1`).
+    SenderNotAuthorized,
+    /// 422 `MESSAGE_INVALID`: the message holds a NUL byte, which mail may not
+    /// carry (SMTP answers `550 5.6.0`); `field` names where it was.
+    MessageContainsNul {
+        /// The request field (`text`, `subject`, …) or `message` for a raw one.
+        field: String,
+    },
     /// 413 `PAYLOAD_TOO_LARGE` for a message over the SMTP message size limit.
     MessageTooLarge {
         /// The limit in bytes.
@@ -202,7 +212,8 @@ impl ApiError {
             Self::MailNotFound => StatusCode::NOT_FOUND,
             Self::TooManyStreams { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::SendUnauthorized { .. } => StatusCode::UNAUTHORIZED,
-            Self::FromNotAuthorized => StatusCode::FORBIDDEN,
+            Self::FromNotAuthorized | Self::SenderNotAuthorized => StatusCode::FORBIDDEN,
+            Self::MessageContainsNul { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Self::MessageTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedSendMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::AgentExists | Self::Conflict => StatusCode::CONFLICT,
@@ -238,7 +249,8 @@ impl ApiError {
             Self::MailNotFound => "NOT_FOUND",
             Self::TooManyStreams { .. } => "TOO_MANY_STREAMS",
             Self::SendUnauthorized { .. } => "SEND_NOT_AUTHORIZED",
-            Self::FromNotAuthorized => "FROM_NOT_AUTHORIZED",
+            Self::FromNotAuthorized | Self::SenderNotAuthorized => "FROM_NOT_AUTHORIZED",
+            Self::MessageContainsNul { .. } => "MESSAGE_INVALID",
             Self::MessageTooLarge { .. } => "PAYLOAD_TOO_LARGE",
             Self::UnsupportedSendMediaType => "UNSUPPORTED_MEDIA_TYPE",
             Self::GrantChange(GrantChangeError::Widens { .. }) => "SCOPE_WIDENING",
@@ -275,7 +287,8 @@ impl ApiError {
             Self::MailNotFound => "Not found",
             Self::TooManyStreams { .. } => "Too many streams",
             Self::SendUnauthorized { .. } => "Send not authorized",
-            Self::FromNotAuthorized => "From not authorized",
+            Self::FromNotAuthorized | Self::SenderNotAuthorized => "From not authorized",
+            Self::MessageContainsNul { .. } => "Message invalid",
             Self::MessageTooLarge { .. } => "Payload too large",
             Self::UnsupportedSendMediaType => "Unsupported media type",
             Self::GrantChange(_) => "Grant change refused",
@@ -334,8 +347,18 @@ impl ApiError {
             ),
             Self::SendUnauthorized { .. } => (SEND_UNAUTHORIZED_DETAIL.to_owned(), None),
             Self::FromNotAuthorized => (
-                "the From: header must be exactly the inbox you send from (one address)".to_owned(),
+                "the From: header must be exactly the inbox you send from: one address, and no other address in its display name"
+                    .to_owned(),
                 Some("From".to_owned()),
+            ),
+            Self::SenderNotAuthorized => (
+                "the Sender: header must be absent or exactly the inbox you send from".to_owned(),
+                Some("Sender".to_owned()),
+            ),
+            Self::MessageContainsNul { field } => (
+                "the message contains a NUL character, which mail cannot carry; send binary content as an attachment"
+                    .to_owned(),
+                Some(field.clone()),
             ),
             Self::MessageTooLarge { limit } => (format!("the message is over {limit} bytes"), None),
             Self::UnsupportedSendMediaType => (

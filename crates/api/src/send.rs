@@ -14,9 +14,14 @@
 //!    `message/rfc822` body is taken as is, its envelope recipients read from
 //!    To/Cc/Bcc and every `Bcc:` field removed, `Message-ID:`/`Date:` added when
 //!    missing (RFC 6409 §8). Either is at most the SMTP message size
-//!    ([`agentkeys_smtp::DEFAULT_MAX_MESSAGE_SIZE`]; 413 beyond).
-//! 3. **Pinning.** `agentkeys_smtp::from_header_is`, the rule SMTP applies at the
-//!    end of DATA (403 `FROM_NOT_AUTHORIZED`; the envelope sender is the inbox).
+//!    ([`agentkeys_submission::DEFAULT_MAX_MESSAGE_SIZE`]; 413 beyond), with at
+//!    most [`MAX_RECIPIENTS`] listed recipients, repeated ones counted (SMTP
+//!    counts every `RCPT`).
+//! 3. **Message rules.** `agentkeys_submission::check_message`, what SMTP applies
+//!    at the end of DATA: no NUL (422 `MESSAGE_INVALID`; SMTP `550 5.6.0`), then
+//!    `From:` exactly the inbox with no other address in its display name, and
+//!    `Sender:` absent or the inbox (403 `FROM_NOT_AUTHORIZED`; SMTP `550 5.7.1`).
+//!    The envelope sender is the inbox.
 //! 4. **Routing.** `lookup_recipient` + `route_recipient` per recipient, as for
 //!    `RCPT TO`: hosted inboxes get a local copy, other domains are queued; an
 //!    unknown or inactive hosted inbox is a 400 naming the field.
@@ -30,10 +35,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use agentkeys_core::{Address, AuthFailure, Credentials, KeyHasher, SendAuthorized};
-use agentkeys_smtp::auth_audit::{self, Door, RefusalFacts};
-use agentkeys_smtp::{
+use agentkeys_submission::auth_audit::{self, Door, RefusalFacts};
+use agentkeys_submission::{
     AUTH_FAILURE_FLOOR, AUTH_FAILURE_JITTER, DEFAULT_MAX_MESSAGE_SIZE, DeliveryError, LocalRecipient, MAX_RECIPIENTS,
-    OutboundSigner, RecipientQuery, RecipientRoute,
+    MessageRefusal, OutboundSigner, RecipientQuery, RecipientRoute,
 };
 use agentkeys_store::{BlobStore, MetadataStore};
 use axum::{Extension, Json};
@@ -182,11 +187,12 @@ async fn authorize(
     security(("agent_key" = [])),
     responses(
         (status = 202, description = "Stored durably: local copies written, remote recipients queued (DKIM-signed)", body = SendResponse),
-        (status = 400, description = "INVALID_REQUEST naming the field (a recipient, the subject, an attachment, …)", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "INVALID_REQUEST naming the field (a recipient, the subject, an attachment, …; more than 50 listed recipients, repeated ones counted)", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "SEND_NOT_AUTHORIZED: one answer for every AUTH failure (key, grant, inbox)", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "FROM_NOT_AUTHORIZED: the raw message's From: is not the inbox", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "FROM_NOT_AUTHORIZED: the raw message's From: is not exactly the inbox, its display name shows another address, or it has a Sender: other than the inbox (field From or Sender; SMTP 550 5.7.1)", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "PAYLOAD_TOO_LARGE: over the SMTP message size limit", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "UNSUPPORTED_MEDIA_TYPE", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "MESSAGE_INVALID: the message (or the named field) contains a NUL character, which mail cannot carry (SMTP 550 5.6.0); send binary content as an attachment", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "BACKEND_UNAVAILABLE: nothing was sent; retry later", body = Problem, content_type = "application/problem+json"),
         (status = 429, description = "RATE_LIMITED: too many refused agent keys from this address; Retry-After says when to try again", body = Problem, content_type = "application/problem+json"),
     )
@@ -244,13 +250,18 @@ pub(crate) async fn send(
     if built.message.len() > limit {
         return Err(ApiError::MessageTooLarge { limit });
     }
-    if !agentkeys_smtp::from_header_is(&built.message, proof.inbox()) {
-        tracing::warn!(inbox = %proof.inbox(), door = "http", "From: header is not the authenticated inbox");
-        return Err(ApiError::FromNotAuthorized);
+    if let Err(refusal) = agentkeys_submission::check_message(&built.message, proof.inbox()) {
+        tracing::warn!(inbox = %proof.inbox(), %refusal, door = "http", "message refused");
+        return Err(match refusal {
+            MessageRefusal::Nul => ApiError::MessageContainsNul { field: "message".to_owned() },
+            MessageRefusal::From => ApiError::FromNotAuthorized,
+            MessageRefusal::Sender => ApiError::SenderNotAuthorized,
+        });
     }
     let (local, remote) = route(meta.as_ref(), &built.recipients).await?;
-    let delivery = agentkeys_smtp::http_submission(proof, &built.message, local, remote, id, now, &service.hostname);
-    agentkeys_smtp::store_delivery_signed(service.blobs.as_ref(), meta.as_ref(), service.signer.as_deref(), &delivery)
+    let delivery =
+        agentkeys_submission::http_submission(proof, &built.message, local, remote, id, now, &service.hostname);
+    agentkeys_submission::store_delivery_signed(service.blobs.as_ref(), meta.as_ref(), service.signer.as_deref(), &delivery)
         .await
         .map_err(|e: DeliveryError| unavailable("storing the message", &e))?;
     if let (Some(queued), Some(_)) = (&service.queued, &delivery.outbound) {
@@ -307,14 +318,26 @@ fn add_recipients(out: &mut Vec<(String, String)>, field: &str, addresses: &[Str
     Ok(())
 }
 
-fn check_recipient_count(recipients: &[(String, String)], field: &str) -> Result<(), ApiError> {
+/// At least one recipient, and at most [`MAX_RECIPIENTS`] listed: `listed`
+/// counts every address given, repeated ones too (as SMTP counts every `RCPT`).
+fn check_recipient_count(recipients: &[(String, String)], listed: usize, field: &str) -> Result<(), ApiError> {
     if recipients.is_empty() {
         return Err(bad(field, "at least one recipient is needed (to, cc or bcc)"));
     }
-    if recipients.len() > MAX_RECIPIENTS {
-        return Err(bad(field, format!("at most {MAX_RECIPIENTS} recipients per message")));
+    if listed > MAX_RECIPIENTS {
+        return Err(bad(field, format!("at most {MAX_RECIPIENTS} recipients per message (repeated ones count)")));
     }
     Ok(())
+}
+
+/// The NUL rule on a JSON text field (the built message is checked as a whole
+/// later; this names the field).
+fn no_nul(field: &str, value: &str) -> Result<(), ApiError> {
+    if agentkeys_submission::contains_nul(value.as_bytes()) {
+        Err(ApiError::MessageContainsNul { field: field.to_owned() })
+    } else {
+        Ok(())
+    }
 }
 
 fn one_line(field: &str, value: &str) -> Result<(), ApiError> {
@@ -336,7 +359,15 @@ fn build_json(request: &SendRequest, inbox: &Address, id: ulid::Ulid, now: i64) 
     add_recipients(&mut recipients, "to", &request.to)?;
     add_recipients(&mut recipients, "cc", &request.cc)?;
     add_recipients(&mut recipients, "bcc", &request.bcc)?;
-    check_recipient_count(&recipients, "to")?;
+    check_recipient_count(&recipients, request.to.len() + request.cc.len() + request.bcc.len(), "to")?;
+    for (field, value) in [("subject", &request.subject), ("text", &request.text), ("html", &request.html)] {
+        if let Some(value) = value {
+            no_nul(field, value)?;
+        }
+    }
+    for (i, a) in request.attachments.iter().enumerate() {
+        no_nul(&format!("attachments[{i}].filename"), &a.filename)?;
+    }
     let message_id = format!("{id}@{}", inbox.domain()).to_ascii_lowercase();
     let mut builder = MessageBuilder::new()
         .from(inbox.as_str())
@@ -398,8 +429,8 @@ fn build_json(request: &SendRequest, inbox: &Address, id: ulid::Ulid, now: i64) 
     Ok(Built { message, recipients, message_id: format!("<{message_id}>") })
 }
 
-/// The raw form: recipients from To/Cc/Bcc, `Bcc:` removed, `Message-ID:` and
-/// `Date:` added when missing.
+/// The raw form: recipients from To/Cc/Bcc, the `Bcc:` fields that parse
+/// found removed, `Message-ID:` and `Date:` added when missing.
 fn take_raw(bytes: &[u8], inbox: &Address, id: ulid::Ulid, now: i64) -> Result<Built, ApiError> {
     use mail_parser::{HeaderName, MessageParser};
     let parser = MessageParser::new()
@@ -412,16 +443,25 @@ fn take_raw(bytes: &[u8], inbox: &Address, id: ulid::Ulid, now: i64) -> Result<B
         .parse_headers(bytes)
         .ok_or_else(|| bad("message", "not an RFC 5322 message (no header section)"))?;
     let mut recipients = Vec::new();
+    let mut listed = 0;
     for (field, list) in [("To", parsed.to()), ("Cc", parsed.cc()), ("Bcc", parsed.bcc())] {
         let addresses: Vec<String> =
             list.map(|l| l.iter().filter_map(|a| a.address()).map(str::to_owned).collect()).unwrap_or_default();
+        listed += addresses.len();
         add_recipients(&mut recipients, field, &addresses)?;
     }
-    check_recipient_count(&recipients, "To")?;
+    check_recipient_count(&recipients, listed, "To")?;
     let existing_id = parsed.message_id().map(str::to_owned);
-    let mut message = agentkeys_smtp::verdicts::retain_fields(bytes, |name, _| {
-        !name.trim_ascii_end().eq_ignore_ascii_case(b"bcc")
-    });
+    let has_date = parsed.headers().iter().any(|h| h.name == HeaderName::Date);
+    // Every Bcc field the recipients were read from, whole (name to line end).
+    let mut message = Vec::with_capacity(bytes.len());
+    let mut pos = 0;
+    for bcc in parsed.headers().iter().filter(|h| h.name == HeaderName::Bcc) {
+        let (start, end) = (bcc.offset_field as usize, bcc.offset_end as usize);
+        message.extend_from_slice(bytes.get(pos..start).unwrap_or_default());
+        pos = end.max(pos);
+    }
+    message.extend_from_slice(bytes.get(pos..).unwrap_or_default());
     let mut added = String::new();
     let message_id = match existing_id {
         Some(existing) => format!("<{existing}>"),
@@ -431,22 +471,13 @@ fn take_raw(bytes: &[u8], inbox: &Address, id: ulid::Ulid, now: i64) -> Result<B
             generated
         }
     };
-    if !has_field(bytes, b"date") {
+    if !has_date {
         added.push_str(&format!("Date: {}\r\n", agentkeys_core::time::rfc5322(now)));
     }
     if !added.is_empty() {
         message.splice(0..0, added.bytes());
     }
     Ok(Built { message, recipients, message_id })
-}
-
-fn has_field(message: &[u8], name: &[u8]) -> bool {
-    let mut found = false;
-    agentkeys_smtp::verdicts::retain_fields(message, |n, _| {
-        found |= n.trim_ascii_end().eq_ignore_ascii_case(name);
-        true
-    });
-    found
 }
 
 /// Routes every recipient with the SMTP submission's rule.
@@ -457,10 +488,10 @@ async fn route(
     let (mut local, mut remote) = (Vec::new(), Vec::new());
     for (field, address) in recipients {
         let query = RecipientQuery::parse(address).ok_or_else(|| bad(field, "not an email address"))?;
-        let answer = agentkeys_smtp::lookup_recipient(meta, &query)
+        let answer = agentkeys_submission::lookup_recipient(meta, &query)
             .await
             .map_err(|e| unavailable("recipient lookup", &e))?;
-        match agentkeys_smtp::route_recipient(query, answer) {
+        match agentkeys_submission::route_recipient(query, answer) {
             RecipientRoute::Local(r) => local.push(r),
             RecipientRoute::Remote(a) => remote.push(a),
             RecipientRoute::Unknown => return Err(bad(field, format!("no such inbox here: {address} (5.1.1)"))),
@@ -498,7 +529,7 @@ mod tests {
         };
         let built = build_json(&request, &inbox(), ulid::Ulid::nil(), 0).unwrap();
         let text = String::from_utf8(built.message.clone()).unwrap();
-        assert!(agentkeys_smtp::from_header_is(&built.message, &inbox()), "{text}");
+        assert_eq!(agentkeys_submission::check_message(&built.message, &inbox()), Ok(()), "{text}");
         assert!(!text.to_ascii_lowercase().contains("hidden@"), "{text}");
         assert!(text.contains("In-Reply-To: <x@y>"), "{text}");
         assert!(text.contains("References: <w@y> <x@y>"), "{text}");
@@ -524,6 +555,40 @@ mod tests {
         assert_eq!(field(SendRequest { to: to(), attachments: vec![att("text", "aGk=")], ..Default::default() }), "attachments[0].content_type");
         let many = (0..=MAX_RECIPIENTS).map(|i| format!("r{i}@example.com")).collect();
         assert_eq!(field(SendRequest { to: many, ..Default::default() }), "to");
+    }
+
+    #[test]
+    fn repeated_recipients_count_toward_the_limit() {
+        let listed = |n: usize| SendRequest { to: vec!["a@example.com".to_owned(); n], ..SendRequest::default() };
+        assert!(build_json(&listed(MAX_RECIPIENTS), &inbox(), ulid::Ulid::nil(), 0).is_ok());
+        assert!(matches!(
+            build_json(&listed(MAX_RECIPIENTS + 1), &inbox(), ulid::Ulid::nil(), 0),
+            Err(ApiError::InvalidRequest { field: Some(f), .. }) if f == "to"
+        ));
+        let to = vec!["a@example.com"; MAX_RECIPIENTS + 1].join(", ");
+        let raw = format!("From: bot@agents.test\r\nTo: {to}\r\n\r\nhi\r\n");
+        assert!(matches!(
+            take_raw(raw.as_bytes(), &inbox(), ulid::Ulid::nil(), 0),
+            Err(ApiError::InvalidRequest { field: Some(f), .. }) if f == "To"
+        ));
+    }
+
+    #[test]
+    fn a_nul_in_a_json_text_field_is_refused_naming_the_field() {
+        let to = || vec!["a@example.com".to_owned()];
+        let field = |r: SendRequest| match build_json(&r, &inbox(), ulid::Ulid::nil(), 0) {
+            Err(ApiError::MessageContainsNul { field }) => field,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(field(SendRequest { to: to(), text: Some("a\r\n\0.\r\n".into()), ..Default::default() }), "text");
+        assert_eq!(field(SendRequest { to: to(), html: Some("<p>\0</p>".into()), ..Default::default() }), "html");
+        assert_eq!(field(SendRequest { to: to(), subject: Some("\0".into()), ..Default::default() }), "subject");
+        let att = SendAttachment { filename: "a\0".into(), content_type: "text/plain".into(), content_base64: "AA==".into() };
+        assert_eq!(field(SendRequest { to: to(), attachments: vec![att], ..Default::default() }), "attachments[0].filename");
+        // NUL bytes inside an attachment are content: base64 on the wire.
+        let att = SendAttachment { filename: "z.bin".into(), content_type: "application/octet-stream".into(), content_base64: "AAAA".into() };
+        let built = build_json(&SendRequest { to: to(), attachments: vec![att], ..Default::default() }, &inbox(), ulid::Ulid::nil(), 0).unwrap();
+        assert_eq!(agentkeys_submission::check_message(&built.message, &inbox()), Ok(()));
     }
 
     #[test]

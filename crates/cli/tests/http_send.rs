@@ -378,3 +378,37 @@ fn a_valid_key_refused_for_an_inbox_does_not_throttle_its_address() {
     });
     assert!(limited && refusals >= budget, "{refusals} refusals, limited: {limited}");
 }
+
+#[test]
+fn the_http_door_applies_the_smtp_message_rules() {
+    let w = world(&[]);
+    let key = Some(w.alice_key.as_str());
+    let raw = |message: &str| {
+        let (status, text) = post(&w.server, "/v1/inboxes/alice@agents.localhost/send", key, "message/rfc822", message.as_bytes());
+        (status, serde_json::from_str::<Value>(&text).unwrap_or(Value::Null))
+    };
+    let refusal = |(status, p): (u16, Value)| (status, p["code"].as_str().map(str::to_owned), p["field"].as_str().map(str::to_owned));
+    let expect = |status: u16, code: &str, field: &str| (status, Some(code.to_owned()), Some(field.to_owned()));
+    // Sender: another address (SMTP: 550 5.7.1).
+    let sender = "From: alice@agents.localhost\r\nSender: ceo@bank.example\r\nTo: bob@agents.localhost\r\n\r\nhi\r\n";
+    assert_eq!(refusal(raw(sender)), expect(403, "FROM_NOT_AUTHORIZED", "Sender"));
+    // A display name that is another address.
+    for from in ["\"ceo@bank.example\" <alice@agents.localhost>", "=?utf-8?q?ceo=40bank.example?= <alice@agents.localhost>"] {
+        let message = format!("From: {from}\r\nTo: bob@agents.localhost\r\n\r\nhi\r\n");
+        assert_eq!(refusal(raw(&message)), expect(403, "FROM_NOT_AUTHORIZED", "From"), "{from}");
+    }
+    // A NUL, raw (the smuggling shape) or in a JSON field (SMTP: 550 5.6.0).
+    let nul = "From: alice@agents.localhost\r\nTo: bob@agents.localhost\r\n\r\nhello\r\n\0.\r\nforged\r\n";
+    assert_eq!(refusal(raw(nul)), expect(422, "MESSAGE_INVALID", "message"));
+    let json_nul = send_json(&w.server, "alice@agents.localhost", key, &json!({"to": ["bob@agents.localhost"], "text": "a\u{0}b"}));
+    assert_eq!(refusal(json_nul), expect(422, "MESSAGE_INVALID", "text"));
+    // The limit counts repeated recipients, like SMTP counts every RCPT.
+    let repeated = send_json(&w.server, "alice@agents.localhost", key, &json!({"to": vec!["bob@agents.localhost"; 51]}));
+    assert_eq!(refusal(repeated), expect(400, "INVALID_REQUEST", "to"));
+    assert!(stored_messages(&w.server.blobs(), OWNER_A, "bob@agents.localhost").is_empty(), "nothing refused was stored");
+    assert!(queue(&w.server).is_empty());
+    // The honest form passes.
+    let honest = "From: Alice (alice@agents.localhost) <alice@agents.localhost>\r\nSender: alice@agents.localhost\r\nTo: bob@agents.localhost\r\n\r\nhi\r\n";
+    assert_eq!(raw(honest).0, 202);
+    assert_eq!(stored_messages(&w.server.blobs(), OWNER_A, "bob@agents.localhost").len(), 1);
+}

@@ -1,5 +1,6 @@
-//! swaks over STARTTLS against every AUTH outcome of `agentkeys demo seed`, and
-//! the per-IP failure throttle.
+//! swaks over STARTTLS against every AUTH outcome of `agentkeys demo seed`, the
+//! per-IP failure throttle, and the `From:`/`Sender:` pinning of what an
+//! authenticated sender submits.
 
 #![allow(clippy::unwrap_used)]
 
@@ -7,13 +8,19 @@ mod common;
 
 use std::process::Command;
 
-use common::{Server, run_json};
+use common::{Server, provision, run_json, stored_messages};
 
 fn swaks(port: u16, user: &str, pass: &str, mech: &str) -> String {
+    swaks_with(port, user, pass, mech, &["--quit-after", "AUTH"])
+}
+
+/// swaks over STARTTLS with AUTH and `extra` arguments; the whole transcript.
+fn swaks_with(port: u16, user: &str, pass: &str, mech: &str, extra: &[&str]) -> String {
     let out = Command::new("swaks")
         .args(["--server", "127.0.0.1", "--port", &port.to_string(), "--tls", "--auth", mech])
-        .args(["--auth-user", user, "--auth-password", pass, "--quit-after", "AUTH", "--timeout", "30"])
+        .args(["--auth-user", user, "--auth-password", pass, "--timeout", "30"])
         .args(["--ehlo", "swaks.example.net"])
+        .args(extra)
         .output()
         .expect("swaks is installed (.ci/run installs it)");
     String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
@@ -88,4 +95,42 @@ fn per_ip_failures_lock_out_even_correct_credentials() {
     }
     let reply = auth_reply(&swaks(port, user, valid["password"].as_str().unwrap(), "PLAIN"));
     assert!(reply.starts_with("454 4.7.0"), "throttled IP must get 454 even with the right key: {reply}");
+}
+
+/// The server's answer to the end of data in a swaks transcript.
+fn data_reply(transcript: &str) -> String {
+    transcript
+        .lines()
+        .filter_map(|l| l.strip_prefix("<~* ").or_else(|| l.strip_prefix("<~  ")))
+        .find(|l| l.contains("Message accepted") || l.starts_with("550 "))
+        .unwrap_or_else(|| panic!("no reply to the data in:\n{transcript}"))
+        .trim()
+        .to_owned()
+}
+
+#[test]
+fn a_foreign_sender_or_display_name_is_refused() {
+    const OWNER: &str = "0x000000000000000000000000000000000000000a";
+    let dir = tempfile::tempdir().unwrap();
+    let (_, _, alice, key) = provision(dir.path(), OWNER, "0x00000000000000000000000000000000000000a1", "alice");
+    provision(dir.path(), OWNER, "0x00000000000000000000000000000000000000a2", "bob");
+    let server = Server::start(dir.path(), &[]);
+    let send = |extra: &[&str]| {
+        let envelope = ["--from", alice.as_str(), "--to", "bob@agents.localhost"];
+        data_reply(&swaks_with(server.submission.port(), &alice, &key, "PLAIN", &[&envelope[..], extra].concat()))
+    };
+    let from_refused = "550 5.7.1 From: header must hold exactly the authenticated inbox";
+    for (case, extra, expected) in [
+        ("Sender: another address", &["--header", "Sender: ceo@bank.example"][..], "550 5.7.1 Sender: header must be absent or exactly the authenticated inbox"),
+        ("display name is an address", &["--h-From", "\"ceo@bank.example\" <alice@agents.localhost>"][..], from_refused),
+        ("display name with spaces", &["--h-From", "\"ceo @ bank.example\" <alice@agents.localhost>"][..], from_refused),
+        ("encoded display name", &["--h-From", "=?utf-8?b?Y2VvQGJhbmsuZXhhbXBsZQ==?= <alice@agents.localhost>"][..], from_refused),
+    ] {
+        assert_eq!(send(extra), expected, "{case}");
+    }
+    assert!(stored_messages(&server.blobs(), OWNER, "bob@agents.localhost").is_empty());
+    // Honest forms pass: a plain name, the inbox as its own Sender.
+    let honest = send(&["--h-From", "Alice Bot <alice@agents.localhost>", "--header", "Sender: alice@agents.localhost"]);
+    assert!(honest.starts_with("250 2.0.0 Message accepted"), "{honest}");
+    assert_eq!(stored_messages(&server.blobs(), OWNER, "bob@agents.localhost").len(), 1);
 }

@@ -31,7 +31,10 @@ pub enum IdError {
         value: String,
     },
     /// An address that is not `local@domain` with a valid local part and domain.
-    #[error("invalid address {value:?}: expected local@domain, local part of 1-64 characters from a-z 0-9 . _ -")]
+    #[error(
+        "invalid address {value:?}: expected local@domain, local part of 1-64 characters from a-z 0-9 . _ - \
+         with no dot first, last or next to another dot"
+    )]
     Address {
         /// The refused input.
         value: String,
@@ -174,15 +177,25 @@ impl FromStr for Address {
         let err = || IdError::Address { value: s.to_owned() };
         let (local, domain) = s.rsplit_once('@').ok_or_else(err)?;
         let local = local.to_ascii_lowercase();
-        if local.is_empty()
-            || local.len() > MAX_LOCAL_PART_LEN
-            || !local.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
-        {
+        if !is_inbox_local_part(&local) {
             return Err(err());
         }
         let domain: Domain = domain.parse().map_err(|_| err())?;
         Ok(Self(format!("{local}@{domain}")))
     }
+}
+
+/// The one rule for an inbox's local part, used wherever an inbox address is
+/// made or looked up (`inbox create`, the MX's `RCPT TO`, both sending doors):
+/// 1 to [`MAX_LOCAL_PART_LEN`] characters from `a-z 0-9 . _ -` (lowercase; callers
+/// lowercase first), forming an RFC 5321 dot-string: dot-separated atoms, so no
+/// dot first, last or next to another (`.`, `.a`, `a.`, `a..b` are refused, as
+/// every SMTP client and server refuses them unquoted).
+fn is_inbox_local_part(local: &str) -> bool {
+    let atom_char = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-';
+    !local.is_empty()
+        && local.len() <= MAX_LOCAL_PART_LEN
+        && local.split('.').all(|atom| !atom.is_empty() && atom.bytes().all(atom_char))
 }
 
 impl Address {
@@ -276,10 +289,35 @@ mod tests {
         assert_eq!(a.local_part(), "bot.one_2-x");
         assert_eq!(a.domain(), "agents.localhost");
         let long = format!("{}@a.b", "x".repeat(MAX_LOCAL_PART_LEN + 1));
-        for bad in ["", "@a.b", "a@", "a b@c.d", "a+b@c.d", "a@-c.d", "a@c..d", long.as_str()] {
+        for bad in [
+            "", "@a.b", "a@", "a b@c.d", "a+b@c.d", "a@-c.d", "a@c..d", long.as_str(),
+            // Not a dot-string: the MX could never receive mail for these.
+            ".@a.b", "..@a.b", ".a@a.b", "a.@a.b", "a..b@a.b", "a.b..c@a.b",
+        ] {
             assert!(bad.parse::<Address>().is_err(), "{bad:?}");
         }
         assert!(format!("{}@a.b", "x".repeat(MAX_LOCAL_PART_LEN)).parse::<Address>().is_ok());
+        for good in ["a.b@a.b", "a.b.c@a.b", "-@a.b", "_x_@a.b", "a-.b_@a.b"] {
+            assert!(good.parse::<Address>().is_ok(), "{good:?}");
+        }
+        assert!(matches!(Address::new("a..b", &"a.b".parse().unwrap()), Err(IdError::Address { .. })));
+    }
+
+    /// The rule over every local part of up to 5 characters from a, `.`, `-`, `_`:
+    /// accepted exactly when it is dot-separated non-empty atoms.
+    #[test]
+    fn local_parts_are_dot_strings_exhaustively() {
+        let alphabet = [b'a', b'.', b'-', b'_'];
+        let mut checked = 0;
+        for len in 1..=5u32 {
+            for n in 0..4usize.pow(len) {
+                let local: String = (0..len).map(|i| alphabet[(n >> (2 * i)) & 3] as char).collect();
+                let dot_string = !local.starts_with('.') && !local.ends_with('.') && !local.contains("..");
+                assert_eq!(format!("{local}@a.b").parse::<Address>().is_ok(), dot_string, "{local:?}");
+                checked += 1;
+            }
+        }
+        assert_eq!(checked, 4 + 16 + 64 + 256 + 1024);
     }
 
     #[test]

@@ -6,7 +6,11 @@
 //! - [`SmtpServer`] is the thin tokio shell: accept loop, connection caps, STARTTLS
 //!   and implicit TLS, and the store calls each step asks for.
 //! - [`acceptance`] holds those store calls: recipient lookup and durable storage
-//!   (one `put_durable` per message, before `250`).
+//!   (one `put_durable` per message, before `250`), shared with the HTTP send door
+//!   through `agentkeys-submission`, which also holds the message rules (NUL,
+//!   `From:`, `Sender:`) both doors apply.
+//! - `data` finds the end of `DATA` (only `<CRLF>.<CRLF>`) and undoes
+//!   dot-stuffing, and counts `BDAT` chunks; its own sans-IO receivers.
 //! - [`verdicts`] evaluates SPF, DKIM and DMARC for MX mail ([`InboundVerifier`],
 //!   [`MailAuthVerifier`]) and writes `Authentication-Results:`.
 //! - [`limits`] names every abuse limit; [`AuthThrottle`] counts AUTH failures per
@@ -49,7 +53,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 pub mod acceptance;
-pub mod auth_audit;
+mod data;
 pub mod limits;
 mod received;
 mod reply;
@@ -62,9 +66,10 @@ pub mod verdicts;
 mod testing;
 
 pub use acceptance::{
-    DeliveryError, InboundVerifier, OutboundSigner, RecipientRoute, add_verdicts, blob_keys, from_header_is,
-    http_submission, lookup_recipient, route_recipient, store_delivery, store_delivery_signed,
+    DeliveryError, InboundVerifier, OutboundSigner, RecipientRoute, add_verdicts, blob_keys, http_submission,
+    lookup_recipient, route_recipient, store_delivery, store_delivery_signed,
 };
+pub use agentkeys_submission::auth_audit;
 pub use limits::*;
 pub use reply::Reply;
 pub use server::{SmtpConfig, SmtpServer, next_connection};

@@ -7,16 +7,14 @@
 
 use std::time::Duration;
 
+// The limits both sending doors share live with the doors' shared sequence.
+pub use agentkeys_submission::limits::{
+    AUTH_FAILURE_FLOOR, AUTH_FAILURE_JITTER, DEFAULT_MAX_MESSAGE_SIZE, MAX_RECIPIENTS,
+};
+
 /// Longest command or SASL line, CRLF included (smtp-proto's own bound). Longer
 /// lines are answered `500 5.5.6` and discarded without buffering.
 pub const MAX_LINE_LENGTH: usize = smtp_proto::request::receiver::MAX_LINE_LENGTH;
-
-/// Default largest message, in bytes (10 MiB), advertised as `SIZE`. Larger
-/// messages get `552 5.3.4`.
-pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 10 * 1024 * 1024;
-
-/// Most recipients per message; the next `RCPT` gets `452 4.5.3`.
-pub const MAX_RECIPIENTS: usize = 50;
 
 /// How long a client may stay silent between commands before `421 4.4.2`.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(5 * 60);
@@ -35,13 +33,6 @@ pub const DATA_RATE_GRACE: Duration = Duration::from_secs(30);
 /// Failed `AUTH` attempts allowed on one connection; the last one is followed by
 /// `421 4.7.0` and the connection closes.
 pub const MAX_AUTH_FAILURES: u32 = 3;
-
-/// A failed `AUTH` is answered no earlier than this after the credentials arrived,
-/// whichever step failed, so the reply time does not tell the steps apart.
-pub const AUTH_FAILURE_FLOOR: Duration = Duration::from_millis(250);
-
-/// Upper bound of the random delay added on top of [`AUTH_FAILURE_FLOOR`].
-pub const AUTH_FAILURE_JITTER: Duration = Duration::from_millis(50);
 
 /// Default per-IP `AUTH` failure budget: this many failures within
 /// [`DEFAULT_AUTH_THROTTLE_WINDOW`] and every further `AUTH` from the address is
@@ -83,7 +74,7 @@ pub const READ_BUFFER_SIZE: usize = 8 * 1024;
 pub struct Limits {
     /// Largest message in bytes ([`DEFAULT_MAX_MESSAGE_SIZE`]).
     pub max_message_size: usize,
-    /// Most recipients per message ([`MAX_RECIPIENTS`]).
+    /// Most `RCPT` commands per transaction, every one counted ([`MAX_RECIPIENTS`]).
     pub max_recipients: usize,
     /// Silence allowed between commands ([`IDLE_TIMEOUT`]).
     pub idle_timeout: Duration,

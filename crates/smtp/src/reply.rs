@@ -12,6 +12,8 @@ use smtp_proto::{
 };
 use ulid::Ulid;
 
+use agentkeys_submission::MessageRefusal;
+
 use crate::acceptance::DeliveryError;
 
 /// One SMTP reply.
@@ -111,8 +113,13 @@ pub enum Reply {
     RelayDenied,
     /// `550 5.7.1`: `MAIL FROM` is not the authenticated inbox.
     SenderNotAuthorized,
-    /// `550 5.7.1`: the `From:` header is not exactly the authenticated inbox.
+    /// `550 5.7.1`: the `From:` header is not exactly the authenticated inbox, or
+    /// its display name shows another address.
     FromHeaderNotAuthorized,
+    /// `550 5.7.1`: a `Sender:` header that is not exactly the authenticated inbox.
+    SenderHeaderNotAuthorized,
+    /// `550 5.6.0`: a NUL byte in the message (every listener).
+    NulInMessage,
     /// `452 4.5.3`: over [`crate::MAX_RECIPIENTS`].
     TooManyRecipients,
     /// `552 5.3.4`: over the message size limit.
@@ -236,6 +243,16 @@ impl Reply {
                 Some([5, 7, 1]),
                 "From: header must hold exactly the authenticated inbox".into(),
             ),
+            Self::SenderHeaderNotAuthorized => (
+                550,
+                Some([5, 7, 1]),
+                "Sender: header must be absent or exactly the authenticated inbox".into(),
+            ),
+            Self::NulInMessage => (
+                550,
+                Some([5, 6, 0]),
+                "NUL characters are not allowed in messages".into(),
+            ),
             Self::TooManyRecipients => (452, Some([4, 5, 3]), "Too many recipients".into()),
             Self::MessageTooBig => (552, Some([5, 3, 4]), "Message too big".into()),
             Self::LookupFailed => (
@@ -331,6 +348,16 @@ impl From<&DeliveryError> for Reply {
             DeliveryError::Blob(_) | DeliveryError::Queue(_) | DeliveryError::Sign(_) => {
                 Self::StorageFailed
             }
+        }
+    }
+}
+
+impl From<MessageRefusal> for Reply {
+    fn from(refusal: MessageRefusal) -> Self {
+        match refusal {
+            MessageRefusal::Nul => Self::NulInMessage,
+            MessageRefusal::From => Self::FromHeaderNotAuthorized,
+            MessageRefusal::Sender => Self::SenderHeaderNotAuthorized,
         }
     }
 }

@@ -17,21 +17,22 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use agentkeys_core::{
-    Address, AuthFacts, AuthFailure, Credentials, KeyHasher, OwnerId, SendAuthorized,
-    UnixTime,
-};
+use agentkeys_core::{Address, AuthFacts, AuthFailure, Credentials, KeyHasher, SendAuthorized, UnixTime};
 use agentkeys_audit::AuditEvent;
-use agentkeys_store::{Recipient, StoreError};
+use agentkeys_store::StoreError;
+pub use agentkeys_submission::{
+    Delivery, InboundEnvelope, LocalRecipient, Outbound, RecipientAnswer, RecipientQuery,
+};
+use agentkeys_submission::auth_audit::{self, Door, RefusalFacts};
+use agentkeys_submission::contains_nul;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use bytes::Bytes;
-use smtp_proto::request::receiver::{BdatReceiver, DataReceiver, DummyDataReceiver};
 use smtp_proto::{AUTH_LOGIN, AUTH_PLAIN, MailFrom, RcptTo, Request};
 use ulid::Ulid;
 
-use crate::auth_audit::{self, Door, RefusalFacts};
 use crate::acceptance::{DeliveryError, RecipientRoute, route_recipient};
+use crate::data::{Bounded, ChunkReceiver, DataReceiver, Drain};
 use crate::limits::{Limits, MAX_LINE_LENGTH};
 use crate::received::{Protocol, received_header, sanitize_helo};
 use crate::reply::Reply;
@@ -143,89 +144,6 @@ pub enum Step {
     Close,
 }
 
-/// A recipient to look up.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RecipientQuery {
-    /// The envelope address, domain lowercased.
-    pub address: String,
-    /// Its domain, lowercased.
-    pub domain: String,
-    /// The address as an inbox id, if it is one syntactically.
-    pub inbox: Option<Address>,
-}
-
-impl RecipientQuery {
-    /// The query for an envelope address (domain lowercased, a trailing dot
-    /// dropped); `None` without an `@` (`<>`, `<postmaster>`).
-    pub fn parse(address: &str) -> Option<Self> {
-        let (local, domain) = address.rsplit_once('@')?;
-        let domain = domain.trim_end_matches('.').to_lowercase();
-        let address = format!("{local}@{domain}");
-        Some(Self {
-            inbox: address.parse().ok(),
-            address,
-            domain,
-        })
-    }
-}
-
-/// The answer to a [`RecipientQuery`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RecipientAnswer {
-    /// The domain is not hosted here.
-    NotHosted,
-    /// The domain is hosted; the inbox, if it exists.
-    Hosted(Option<Recipient>),
-}
-
-/// A hosted inbox that receives a copy.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LocalRecipient {
-    /// The inbox.
-    pub inbox: Address,
-    /// Its owner, the first component of the blob key.
-    pub owner: OwnerId,
-}
-
-/// Remote recipients of a submitted message. Only a session holding the
-/// [`SendAuthorized`] proof can build one.
-#[derive(Debug, Clone)]
-pub struct Outbound {
-    /// The proof that the sender may send as its inbox.
-    pub sender: SendAuthorized,
-    /// Envelope recipients outside the hosted domains.
-    pub recipients: Vec<String>,
-}
-
-/// How a message reached the MX: what SPF and DMARC evaluate besides the message.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct InboundEnvelope {
-    /// The connecting client's address.
-    pub client_ip: IpAddr,
-    /// The `HELO`/`EHLO` name as sent (printable, comment characters replaced).
-    pub helo: String,
-    /// The `MAIL FROM` address; empty for the null sender `<>`.
-    pub mail_from: String,
-}
-
-/// A message ready to be stored, with its routing taken from the envelope only.
-#[derive(Debug, Clone)]
-pub struct Delivery {
-    /// Message id, also the blob name.
-    pub id: Ulid,
-    /// The raw message with our `Received:` line prepended.
-    pub message: Bytes,
-    /// When it was received.
-    pub received_at: UnixTime,
-    /// Hosted inboxes that get a copy.
-    pub local: Vec<LocalRecipient>,
-    /// Remote recipients (submission only).
-    pub outbound: Option<Outbound>,
-    /// The envelope of a message that arrived on the MX (`None` for submission),
-    /// for the authentication verdicts ([`crate::InboundVerifier`]).
-    pub inbound: Option<Box<InboundEnvelope>>,
-}
-
 /// One transfer of message data (`DATA`, a `BDAT` chunk, or a drained one).
 struct Transfer<R> {
     receiver: R,
@@ -261,10 +179,10 @@ enum State {
     /// Receiving `DATA` until `<CRLF>.<CRLF>`.
     Data(Transfer<DataReceiver>),
     /// Receiving one `BDAT` chunk.
-    Bdat(Transfer<BdatReceiver>),
+    Bdat(Transfer<ChunkReceiver>),
     /// Draining data that will not be kept, then answering `reply`.
     SkipData {
-        transfer: Transfer<DummyDataReceiver>,
+        transfer: Transfer<Drain>,
         reply: Reply,
         bad_command: bool,
     },
@@ -312,6 +230,10 @@ struct Transaction {
     /// The `MAIL FROM` address as given (empty for `<>`).
     mail_from: String,
     local: Vec<LocalRecipient>,
+    /// Every `RCPT` command of the transaction, accepted, repeated or refused
+    /// (the recipient limit counts these, so a client cannot probe or repeat
+    /// without bound).
+    rcpt_commands: usize,
     bdat: bool,
 }
 
@@ -576,28 +498,25 @@ impl Session {
                 None => (input.len(), false),
             },
             State::Data(transfer) => {
-                let mut bytes = input.iter();
-                let done = transfer.receiver.ingest(&mut bytes, &mut self.body);
-                let used = input.len() - bytes.len();
+                let mut sink = Bounded::new(&mut self.body, max_size);
+                let (used, done) = transfer.receiver.ingest(input, &mut sink);
+                let overflowed = sink.overflowed();
                 transfer.received += used;
-                if self.body.len() > max_size {
-                    // Keep reading to the terminator without buffering.
-                    let skip = Transfer {
-                        receiver: DummyDataReceiver::new_data(&transfer.receiver),
+                // Oversize or NUL: the rest is drained without buffering, then refused.
+                let refusal = if overflowed {
+                    Some(Reply::MessageTooBig)
+                } else if contains_nul(&input[..used]) {
+                    Some(Reply::NulInMessage)
+                } else {
+                    None
+                };
+                if let Some(reply) = refusal {
+                    let drain = Transfer {
+                        receiver: Drain::Data(transfer.receiver.clone()),
                         started: transfer.started,
                         received: transfer.received,
                     };
-                    self.abort_transaction();
-                    if done {
-                        self.finish_transfer(Reply::MessageTooBig, false);
-                    } else {
-                        self.state = State::SkipData {
-                            transfer: skip,
-                            reply: Reply::MessageTooBig,
-                            bad_command: false,
-                        };
-                    }
-                    return (used, true);
+                    return self.refuse_transfer(drain, done, reply, used);
                 }
                 if done {
                     self.last_command_at = self.now.instant;
@@ -606,14 +525,21 @@ impl Session {
                 (used, done)
             }
             State::Bdat(transfer) => {
-                let mut bytes = input.iter();
-                let done = transfer.receiver.ingest(&mut bytes, &mut self.body);
-                let used = input.len() - bytes.len();
+                // `bdat` checked that the chunk fits, so the sink never overflows.
+                let (used, done) = transfer.receiver.ingest(input, &mut Bounded::new(&mut self.body, max_size));
                 transfer.received += used;
+                if contains_nul(&input[..used]) {
+                    let drain = Transfer {
+                        receiver: Drain::Chunk(transfer.receiver.clone()),
+                        started: transfer.started,
+                        received: transfer.received,
+                    };
+                    return self.refuse_transfer(drain, done, Reply::NulInMessage, used);
+                }
                 if done {
-                    let (is_last, size) = (transfer.receiver.is_last, transfer.received);
+                    let (last, size) = (transfer.receiver.last, transfer.received);
                     self.last_command_at = self.now.instant;
-                    if is_last {
+                    if last {
                         self.finish_message();
                     } else {
                         self.state = State::Command;
@@ -627,9 +553,7 @@ impl Session {
                 reply,
                 bad_command,
             } => {
-                let mut bytes = input.iter();
-                let done = transfer.receiver.ingest(&mut bytes);
-                let used = input.len() - bytes.len();
+                let (used, done) = transfer.receiver.ingest(input);
                 transfer.received += used;
                 if done {
                     let (reply, bad_command) = (reply.clone(), *bad_command);
@@ -645,6 +569,23 @@ impl Session {
             | State::StartTls
             | State::Closed => (0, false),
         }
+    }
+
+    /// A transfer whose message is refused (`reply`) as soon as that is known:
+    /// the transaction ends, and the rest of the data is drained, not kept.
+    fn refuse_transfer(&mut self, drain: Transfer<Drain>, done: bool, reply: Reply, used: usize) -> (usize, bool) {
+        self.abort_transaction();
+        if done {
+            self.last_command_at = self.now.instant;
+            self.finish_transfer(reply, false);
+        } else {
+            self.state = State::SkipData {
+                transfer: drain,
+                reply,
+                bad_command: false,
+            };
+        }
+        (used, true)
     }
 
     fn finish_transfer(&mut self, reply: Reply, bad_command: bool) {
@@ -813,6 +754,7 @@ impl Session {
             sender,
             mail_from: from.address.to_string(),
             local: Vec::new(),
+            rcpt_commands: 0,
             bdat: false,
         });
         self.body = Vec::new();
@@ -820,12 +762,15 @@ impl Session {
     }
 
     fn rcpt(&mut self, to: RcptTo<Cow<'_, str>>) {
-        let Some(tx) = &self.tx else {
+        let Some(tx) = &mut self.tx else {
             return self.reject(Reply::BadSequence("need MAIL before RCPT"));
         };
-        if tx.recipient_count() >= self.ctx.limits.max_recipients {
+        // Every RCPT counts, whatever its answer: repeating one address or
+        // probing unknown ones does not get past the limit.
+        if tx.rcpt_commands >= self.ctx.limits.max_recipients {
             return self.reply(Reply::TooManyRecipients);
         }
+        tx.rcpt_commands += 1;
         let Some(query) = RecipientQuery::parse(&to.address) else {
             // `<>` or `<postmaster>`: no such inbox here.
             return self.reply(Reply::UnknownRecipient);
@@ -890,13 +835,10 @@ impl Session {
             return self.reject(Reply::BadSequence("DATA after BDAT"));
         }
         self.reply(Reply::StartData);
-        let mut receiver = DataReceiver::new();
-        // smtp-proto's receiver starts as if mid-line: prime it with a line end so a
-        // `.` on the first line is seen (end of data or dot-stuffing).
-        let mut scratch = Vec::new();
-        receiver.ingest(&mut b"\r\n".iter(), &mut scratch);
         self.body = Vec::new();
-        self.state = State::Data(Transfer::new(receiver, self.now.instant));
+        // At the start of the first line: the DATA line's CRLF counts as the
+        // first CRLF of `<CRLF>.<CRLF>`.
+        self.state = State::Data(Transfer::new(DataReceiver::new(), self.now.instant));
     }
 
     fn bdat(&mut self, chunk_size: usize, is_last: bool) {
@@ -904,7 +846,7 @@ impl Session {
         // commands.
         let now = self.now.instant;
         let skip = |reply, bad_command| State::SkipData {
-            transfer: Transfer::new(DummyDataReceiver::new_bdat(chunk_size), now),
+            transfer: Transfer::new(Drain::Chunk(ChunkReceiver::new(chunk_size, is_last)), now),
             reply,
             bad_command,
         };
@@ -926,7 +868,7 @@ impl Session {
             tx.bdat = true;
         }
         self.state = State::Bdat(Transfer::new(
-            BdatReceiver::new(chunk_size, is_last),
+            ChunkReceiver::new(chunk_size, is_last),
             self.now.instant,
         ));
     }
@@ -937,10 +879,12 @@ impl Session {
         self.state = State::Command;
         let Some(tx) = self.tx.take() else { return };
         let mut message = mem::take(&mut self.body);
+        // The sending doors' message rules (the receivers already refused NUL).
         if let Sender::Submission { proof, .. } = &tx.sender
-            && !crate::acceptance::from_header_is(&message, proof.inbox())
+            && let Err(refusal) = agentkeys_submission::check_message(&message, proof.inbox())
         {
-            return self.reply(Reply::FromHeaderNotAuthorized);
+            tracing::warn!(inbox = %proof.inbox(), %refusal, door = "smtp", "message refused");
+            return self.reply(Reply::from(refusal));
         }
         let id = Ulid::from_parts(
             self.now.unix_millis(),

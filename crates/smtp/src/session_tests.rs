@@ -5,6 +5,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::*;
 use agentkeys_core::InboxStatus;
+use agentkeys_store::Recipient;
 use crate::limits::*;
 use crate::testing::*;
 
@@ -190,25 +191,52 @@ fn lines(s: &str) -> Vec<&str> {
 
 // ----- transcripts ---------------------------------------------------------------
 
+/// The bytes of a transcript's `B:` line: `\r`, `\n`, `\0` and `\\` are CR, LF,
+/// NUL and a backslash; nothing is added.
+fn unescape(text: &str) -> String {
+    let mut out = String::new();
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        out.push(if c == '\\' {
+            match chars.next() {
+                Some('r') => '\r',
+                Some('n') => '\n',
+                Some('0') => '\0',
+                Some('\\') => '\\',
+                other => panic!("unknown escape \\{other:?} in {text:?}"),
+            }
+        } else {
+            c
+        });
+    }
+    out
+}
+
 /// Runs one transcript file. Format: `C: <line>` is sent (CRLF added; consecutive
-/// C lines are sent in one read, i.e. pipelined), `S: <prefix>` must match the
-/// next reply line, `@kind …`, `@tls`, `@fault lookup|auth|enqueue|none`,
-/// `@blob full|io|none`, `X: delivered <n>` and `X: closed` check the outcome.
+/// C lines are sent in one read, i.e. pipelined), `B: <bytes>` is sent as written
+/// with escapes (see [`unescape`]) and nothing added, `S: <prefix>` must match the
+/// next reply line, `@kind …`, `@tls`, `@max-recipients <n>`, `@fault
+/// lookup|auth|enqueue|none`, `@blob full|io|none`, `X: delivered <n>` and `X:
+/// closed` check the outcome.
 fn run_transcript(name: &str, text: &str) {
     let mut header = text
         .lines()
-        .filter(|l| l.starts_with("@kind ") || *l == "@tls");
+        .filter(|l| l.starts_with("@kind ") || *l == "@tls" || l.starts_with("@max-recipients "));
     let mut kind = ListenerKind::Inbound;
     let mut tls = false;
+    let mut limits = Limits::default();
     for line in header.by_ref() {
         match line {
             "@kind inbound" => kind = ListenerKind::Inbound,
             "@kind submission" => kind = ListenerKind::Submission,
             "@tls" => tls = true,
-            other => panic!("{name}: unknown header {other}"),
+            other => match other.strip_prefix("@max-recipients ") {
+                Some(n) => limits.max_recipients = n.parse().unwrap(),
+                None => panic!("{name}: unknown header {other}"),
+            },
         }
     }
-    let mut h = Harness::new(kind, tls);
+    let mut h = Harness::with(kind, tls, limits, Arc::new(AuthThrottle::new(10, Duration::from_secs(600))));
     let mut pending = String::new();
     let mut replies: std::collections::VecDeque<String> = Default::default();
     let flush = |h: &mut Harness,
@@ -228,6 +256,10 @@ fn run_transcript(name: &str, text: &str) {
         {
             pending.push_str(c);
             pending.push_str("\r\n");
+            continue;
+        }
+        if let Some(b) = line.strip_prefix("B: ") {
+            pending.push_str(&unescape(b));
             continue;
         }
         flush(&mut h, &mut pending, &mut replies);
@@ -260,7 +292,7 @@ fn run_transcript(name: &str, text: &str) {
             assert!(h.closed, "{at}: session not closed");
         } else if line == "X: open" {
             assert!(!h.closed, "{at}: session closed");
-        } else {
+        } else if !line.starts_with("@max-recipients ") {
             assert!(
                 line.is_empty() || line.starts_with('#') || line.starts_with('@'),
                 "{at}: bad line {line:?}"
@@ -361,6 +393,71 @@ fn cve_2023_51764_cr_dot_cr_does_not_end_data() {
 }
 
 #[test]
+fn cve_2023_51764_crlf_dot_cr_crlf_does_not_end_data() {
+    // smtp-proto 0.2.5 ended DATA on `<CRLF> "." <CR>+ <LF>`.
+    assert_not_smuggled("\r\n.\r\r\n");
+}
+
+#[test]
+fn cve_2023_51764_cr_crlf_dot_cr_crlf_does_not_end_data() {
+    assert_not_smuggled("\r\r\n.\r\r\n");
+}
+
+#[test]
+fn cve_2023_51765_sendmail_lf_dot_crlf_does_not_end_data() {
+    // sendmail's form of the attack: a bare LF before the dot.
+    assert_not_smuggled("\r\n\n.\r\n");
+}
+
+#[test]
+fn cve_2023_51766_exim_lf_dot_lf_does_not_end_data() {
+    // Exim's form: bare LFs around the dot, after a proper line end.
+    assert_not_smuggled("\r\n.\n");
+    assert_not_smuggled("\n.\n\r\n");
+}
+
+#[test]
+fn nul_before_a_dot_line_is_refused_550_5_6_0_and_smuggles_nothing() {
+    // `<CRLF>NUL.<CRLF>` ends data at receivers that drop NULs; we refuse the
+    // message (on every listener) and the rest of it stays data.
+    for kind in [ListenerKind::Inbound, ListenerKind::Submission] {
+        let mut h = Harness::new(kind, true);
+        h.send("EHLO client.test\r\n");
+        if kind.is_submission() {
+            h.send(&format!("AUTH PLAIN {}\r\n", plain(BOT, &good_key())));
+        }
+        let out = h.send(&format!(
+            "MAIL FROM:<bot@agents.localhost>\r\nRCPT TO:<bot@agents.localhost>\r\nDATA\r\n\
+             From: bot@agents.localhost\r\n\r\nhello\r\n\0.\r\n{SMUGGLED}.\r\n"
+        ));
+        assert!(out.ends_with("354 Start mail input; end with <CRLF>.<CRLF>\r\n550 5.6.0 NUL characters are not allowed in messages\r\n"), "{kind:?}: {out}");
+        assert!(h.deliveries.is_empty(), "{kind:?}");
+        assert!(!h.steps.contains(&"deliver"));
+        // The transaction is over, the session is not.
+        assert!(h.send("MAIL FROM:<bot@agents.localhost>\r\n").starts_with("250 2.1.0"), "{kind:?}");
+    }
+}
+
+#[test]
+fn nul_anywhere_in_data_or_bdat_is_refused_and_not_buffered() {
+    let mut h = Harness::new(ListenerKind::Inbound, false);
+    h.send(ENVELOPE);
+    assert_eq!(h.send("a\0b\r\n"), "");
+    assert!(matches!(h.session.state, State::SkipData { .. }), "drained from the first NUL on");
+    assert_eq!(h.session.body.capacity(), 0);
+    assert_eq!(h.send("more\r\n.\r\n"), "550 5.6.0 NUL characters are not allowed in messages\r\n");
+    // BDAT: the chunk is consumed whole, then refused; the transaction is reset.
+    h.send("MAIL FROM:<a@remote.test>\r\nRCPT TO:<bot@agents.localhost>\r\n");
+    assert_eq!(h.send("BDAT 4\r\nab\0\n"), "550 5.6.0 NUL characters are not allowed in messages\r\n");
+    assert!(h.send("BDAT 2 LAST\r\nhi").starts_with("503 5.5.1"), "transaction was reset");
+    h.send("MAIL FROM:<a@remote.test>\r\nRCPT TO:<bot@agents.localhost>\r\n");
+    assert_eq!(h.send("BDAT 6 LAST\r\n\0"), "", "the chunk is drained to its end");
+    assert_eq!(h.send("QUIT\r"), "550 5.6.0 NUL characters are not allowed in messages\r\n");
+    assert!(h.deliveries.is_empty());
+    assert!(h.send("\nQUIT\r\n").starts_with("500 5.5.1"), "a partial line after the chunk is a command again");
+}
+
+#[test]
 fn cve_2023_51764_pipelined_in_one_read() {
     // Envelope, body with a bogus terminator and smuggled commands, all in one read.
     let mut h = Harness::new(ListenerKind::Inbound, false);
@@ -393,7 +490,7 @@ fn only_crlf_dot_crlf_ends_data_and_pipelined_commands_after_it_run() {
 
 #[test]
 fn dot_right_after_data_ends_an_empty_message() {
-    // Needs the primed receiver: smtp-proto starts as if mid-line.
+    // The DATA line's CRLF is the first CRLF of `<CRLF>.<CRLF>`.
     let h = data_session(b".\r\nQUIT\r\n", 0);
     assert_eq!(h.deliveries.len(), 1);
     assert_eq!(h.client_body(0), "");
@@ -478,6 +575,62 @@ fn max_recipients_then_452_4_5_3() {
         d.outbound.as_ref().unwrap().recipients.len(),
         MAX_RECIPIENTS
     );
+}
+
+#[test]
+fn max_recipients_counts_every_rcpt_command_repeated_and_refused_ones_too() {
+    // The same recipient over and over: one copy, but every command counts.
+    let mut h = Harness::new(ListenerKind::Inbound, false);
+    h.send("EHLO c\r\nMAIL FROM:<a@remote.test>\r\n");
+    let out = h.send(&"RCPT TO:<bot@agents.localhost>\r\n".repeat(MAX_RECIPIENTS + 3));
+    assert_eq!(out.matches("250 2.1.5").count(), MAX_RECIPIENTS, "{out}");
+    assert_eq!(out.matches("452 4.5.3 Too many recipients\r\n").count(), 3, "{out}");
+    // Refused recipients count too: no unbounded probing inside one transaction.
+    h.send("RSET\r\nMAIL FROM:<a@remote.test>\r\n");
+    let probes: String = (0..MAX_RECIPIENTS).map(|i| format!("RCPT TO:<nobody{i}@agents.localhost>\r\n")).collect();
+    assert_eq!(h.send(&probes).matches("550 5.1.1").count(), MAX_RECIPIENTS);
+    let lookups = h.steps.iter().filter(|s| **s == "lookup").count();
+    assert_eq!(h.send("RCPT TO:<bot@agents.localhost>\r\n"), "452 4.5.3 Too many recipients\r\n");
+    assert_eq!(h.steps.iter().filter(|s| **s == "lookup").count(), lookups, "no lookup after the limit");
+    // A new transaction starts counting again.
+    h.send("RSET\r\nMAIL FROM:<a@remote.test>\r\n");
+    assert_eq!(h.send("RCPT TO:<bot@agents.localhost>\r\n"), "250 2.1.5 Recipient OK\r\n");
+}
+
+/// One address validator: the MX takes mail for a local part exactly when
+/// `inbox create` (core's `Address`) accepts it. Every local part of up to 4
+/// characters from `a . - _ +`, created as an inbox when it can be.
+#[test]
+fn the_mx_accepts_exactly_the_local_parts_inbox_create_accepts() {
+    let domain: agentkeys_core::Domain = HOSTED.parse().unwrap();
+    let alphabet = ['a', '.', '-', '_', '+'];
+    let (mut accepted, mut refused) = (0, 0);
+    for len in 1..=4u32 {
+        for n in 0..5usize.pow(len) {
+            let local: String = (0..len).map(|i| alphabet[n / 5usize.pow(i) % 5]).collect();
+            let created = Address::new(&local, &domain).ok();
+            let mut h = Harness::new(ListenerKind::Inbound, false);
+            if let Some(inbox) = &created {
+                h.meta.recipients.insert(inbox.clone(), Recipient { owner: owner(1), status: InboxStatus::Active });
+            }
+            h.send("EHLO c\r\nMAIL FROM:<a@remote.test>\r\n");
+            let reply = h.send(&format!("RCPT TO:<{local}@{HOSTED}>\r\n"));
+            let ok = reply == "250 2.1.5 Recipient OK\r\n";
+            assert_eq!(ok, created.is_some(), "{local:?}: {reply:?}");
+            assert!(ok || reply.starts_with("550 5.1.1") || reply.starts_with("501 5.1.3"), "{local:?}: {reply:?}");
+            if ok { accepted += 1 } else { refused += 1 }
+        }
+    }
+    assert!(accepted > 100 && refused > 100, "{accepted} {refused}");
+}
+
+#[test]
+fn the_recipient_limit_follows_the_configured_limit() {
+    let limits = Limits { max_recipients: 2, ..Limits::default() };
+    let mut h = Harness::with(ListenerKind::Inbound, false, limits, Arc::new(AuthThrottle::new(10, Duration::from_secs(60))));
+    h.send("EHLO c\r\nMAIL FROM:<a@remote.test>\r\n");
+    let out = h.send("RCPT TO:<bot@agents.localhost>\r\nRCPT TO:<BOT@agents.localhost>\r\nRCPT TO:<other@agents.localhost>\r\n");
+    assert_eq!(out, "250 2.1.5 Recipient OK\r\n250 2.1.5 Recipient OK\r\n452 4.5.3 Too many recipients\r\n");
 }
 
 #[test]
@@ -1513,4 +1666,67 @@ fn generated_sessions_keep_the_protocol_properties() {
     }
     // The sample reaches the interesting states, so the properties are not vacuous.
     assert!(delivered >= 20 && authenticated >= 20 && refused >= 20, "{delivered} {authenticated} {refused}");
+}
+
+/// The DATA end rule through the whole session, over generated bodies with a
+/// forged second transaction inside, cut into reads anywhere: the message ends
+/// exactly where RFC 5321 §4.5.2 says (the data receiver's reference), its
+/// content is the input up to there with dot-stuffing undone, a NUL anywhere in
+/// it refuses it (`550 5.6.0`), and the forged transaction never runs.
+mod smuggling_properties {
+    use super::*;
+    use crate::data::tests::{piece, reference};
+    use proptest::prelude::*;
+
+    fn body() -> impl Strategy<Value = Vec<u8>> {
+        prop::collection::vec(piece(), 0..24).prop_map(|p| p.concat())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 400, ..ProptestConfig::default() })]
+
+        #[test]
+        fn data_ends_only_at_crlf_dot_crlf_in_the_session(
+            submission in any::<bool>(),
+            before in body(),
+            after in body(),
+            cut_points in prop::collection::vec(any::<prop::sample::Index>(), 0..6),
+        ) {
+            let kind = if submission { ListenerKind::Submission } else { ListenerKind::Inbound };
+            let mut data = b"From: bot@agents.localhost\r\n\r\n".to_vec();
+            data.extend_from_slice(&before);
+            data.extend_from_slice(SMUGGLED.as_bytes());
+            data.extend_from_slice(&after);
+            data.extend_from_slice(b"\r\n.\r\n");
+            let mut input = b"EHLO c\r\n".to_vec();
+            if submission {
+                input.extend(format!("AUTH PLAIN {}\r\n", plain(BOT, &good_key())).into_bytes());
+            }
+            input.extend_from_slice(b"MAIL FROM:<bot@agents.localhost>\r\nRCPT TO:<bot@agents.localhost>\r\nDATA\r\n");
+            input.extend_from_slice(&data);
+            input.extend_from_slice(b"QUIT\r\n");
+            let mut cuts: Vec<usize> = cut_points.iter().map(|i| i.index(input.len() + 1)).collect();
+            cuts.sort_unstable();
+
+            let (replies, h) = drive(kind, &input, &cuts);
+            let (content, end) = reference(&data);
+            let end = end.expect("the data is terminated");
+            let after_354 = replies.split_once("354 Start mail input; end with <CRLF>.<CRLF>\r\n").map(|(_, r)| r).unwrap_or_default();
+            if contains_nul(&content) {
+                prop_assert!(after_354.starts_with("550 5.6.0 "), "{:?}", replies);
+                prop_assert!(h.deliveries.is_empty() || end < data.len());
+            } else {
+                prop_assert!(after_354.starts_with("250 2.0.0 Message accepted as "), "{:?}", replies);
+                prop_assert_eq!(h.client_body(0).into_bytes(), content);
+            }
+            if end == data.len() {
+                // No `<CRLF>.<CRLF>` before the real one: one transaction, ours.
+                prop_assert!(h.deliveries.len() <= 1);
+                prop_assert!(h.deliveries.iter().all(|d| d.local.len() == 1 && d.local[0].inbox.as_str() == BOT));
+                prop_assert_eq!(after_354.matches("\r\n").count(), 2, "{:?}", replies);
+                prop_assert!(after_354.ends_with("221 2.0.0 Bye\r\n"));
+                prop_assert!(h.closed);
+            }
+        }
+    }
 }

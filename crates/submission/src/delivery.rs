@@ -1,0 +1,176 @@
+//! Durable acceptance: the one way a received message is stored, whichever door
+//! it came through.
+//!
+//! A message is written with ONE `BlobStore::put_durable` call: one copy per hosted
+//! recipient inbox at `<owner>/<inbox>/<ulid>.eml`, plus `queue/<ulid>.eml` when it
+//! has remote recipients. Only after that call returns are the remote recipients
+//! queued, and only after both does a door answer `250` (SMTP) or `202` (HTTP).
+
+use std::net::IpAddr;
+
+use agentkeys_core::{SendAuthorized, UnixTime};
+use agentkeys_store::{BlobError, BlobKey, BlobStore, MetadataStore, NewOutbound, StoreError};
+use async_trait::async_trait;
+use bytes::Bytes;
+use ulid::Ulid;
+
+use crate::recipient::LocalRecipient;
+
+/// Remote recipients of a submitted message, under the sender's
+/// [`SendAuthorized`] proof.
+#[derive(Debug, Clone)]
+pub struct Outbound {
+    /// The proof that the sender may send as its inbox.
+    pub sender: SendAuthorized,
+    /// Envelope recipients outside the hosted domains.
+    pub recipients: Vec<String>,
+}
+
+/// How a message reached the MX: what SPF and DMARC evaluate besides the message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InboundEnvelope {
+    /// The connecting client's address.
+    pub client_ip: IpAddr,
+    /// The `HELO`/`EHLO` name as sent (printable, comment characters replaced).
+    pub helo: String,
+    /// The `MAIL FROM` address; empty for the null sender `<>`.
+    pub mail_from: String,
+}
+
+/// A message ready to be stored, with its routing taken from the envelope only.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    /// Message id, also the blob name.
+    pub id: Ulid,
+    /// The raw message with our `Received:` line prepended.
+    pub message: Bytes,
+    /// When it was received.
+    pub received_at: UnixTime,
+    /// Hosted inboxes that get a copy.
+    pub local: Vec<LocalRecipient>,
+    /// Remote recipients (submission only).
+    pub outbound: Option<Outbound>,
+    /// The envelope of a message that arrived on the MX (`None` for submission),
+    /// for the authentication verdicts.
+    pub inbound: Option<Box<InboundEnvelope>>,
+}
+
+/// Why a message could not be stored. Never answered with `250`.
+#[derive(Debug, thiserror::Error)]
+pub enum DeliveryError {
+    /// The blob store failed: `452 4.3.1` when full, `451 4.3.0` otherwise.
+    #[error(transparent)]
+    Blob(#[from] BlobError),
+    /// Queueing the remote recipients failed (`451 4.3.0`).
+    #[error("queueing outbound message failed: {0}")]
+    Queue(#[from] StoreError),
+    /// The outbound copy could not be DKIM-signed (`451 4.3.0`).
+    #[error("signing outbound message failed: {0}")]
+    Sign(String),
+}
+
+/// Signs the outbound copy of a submitted message before it is queued (DKIM in
+/// `agentkeys-delivery`). The doors know only this trait.
+#[async_trait]
+pub trait OutboundSigner: Send + Sync + 'static {
+    /// Returns the bytes to queue for a message from `sender_domain` (the
+    /// authenticated inbox's domain, already checked against `From:`): normalized
+    /// and signed. An error refuses the message with a temporary failure.
+    async fn sign(&self, sender_domain: &str, message: &[u8]) -> Result<Vec<u8>, String>;
+}
+
+/// A message submitted over HTTP, as the same [`Delivery`] an SMTP submission
+/// builds: a `Received:` line (`with HTTP`, RFC 5321 §4.4) prepended, local copies
+/// for hosted recipients, the remote ones queued under `sender`. The caller has
+/// already applied [`crate::check_message`].
+pub fn http_submission(
+    sender: SendAuthorized,
+    message: &[u8],
+    local: Vec<LocalRecipient>,
+    remote: Vec<String>,
+    id: Ulid,
+    received_at: UnixTime,
+    hostname: &str,
+) -> Delivery {
+    let trace = format!(
+        "Received: from agent {} (HTTP API)\r\n\tby {hostname} with HTTP id {id};\r\n\t{}\r\n",
+        sender.agent(),
+        agentkeys_core::time::rfc5322(received_at)
+    );
+    let mut bytes = Vec::with_capacity(trace.len() + message.len());
+    bytes.extend_from_slice(trace.as_bytes());
+    bytes.extend_from_slice(message);
+    Delivery {
+        id,
+        message: bytes.into(),
+        received_at,
+        local,
+        outbound: (!remote.is_empty()).then_some(Outbound { sender, recipients: remote }),
+        inbound: None,
+    }
+}
+
+/// The blob keys a delivery is written under, in order: local copies, then the
+/// outbound queue copy.
+pub fn blob_keys(delivery: &Delivery) -> Vec<BlobKey> {
+    let mut keys: Vec<BlobKey> = delivery
+        .local
+        .iter()
+        .map(|r| BlobKey::message(&r.owner, &r.inbox, delivery.id))
+        .collect();
+    if delivery.outbound.is_some() {
+        keys.push(BlobKey::queued(delivery.id));
+    }
+    keys
+}
+
+/// Stores a delivery durably (one `put_durable` call), then queues its remote
+/// recipients. `Ok` means the message may be acknowledged.
+pub async fn store_delivery(
+    blobs: &dyn BlobStore,
+    meta: &dyn MetadataStore,
+    delivery: &Delivery,
+) -> Result<(), DeliveryError> {
+    store_delivery_signed(blobs, meta, None, delivery).await
+}
+
+/// [`store_delivery`], with the outbound copy (`queue/<ulid>.eml`) replaced by
+/// what `signer` returns: normalized and DKIM-signed. Hosted copies stay as
+/// received (plus `Received:`). Signing happens before anything is written, so a
+/// signing failure leaves nothing behind. Without a signer the queue copy is the
+/// message as received.
+pub async fn store_delivery_signed(
+    blobs: &dyn BlobStore,
+    meta: &dyn MetadataStore,
+    signer: Option<&dyn OutboundSigner>,
+    delivery: &Delivery,
+) -> Result<(), DeliveryError> {
+    let queued: Bytes = match (&delivery.outbound, signer) {
+        (Some(outbound), Some(signer)) => signer
+            .sign(outbound.sender.inbox().domain(), &delivery.message)
+            .await
+            .map_err(DeliveryError::Sign)?
+            .into(),
+        _ => delivery.message.clone(),
+    };
+    let items = blob_keys(delivery)
+        .into_iter()
+        .map(|key| {
+            let bytes = if key.as_str().starts_with("queue/") { queued.clone() } else { delivery.message.clone() };
+            (key, bytes)
+        })
+        .collect();
+    blobs.put_durable(items).await?;
+    if let Some(outbound) = &delivery.outbound {
+        meta.enqueue_outbound(&NewOutbound {
+            message_id: delivery.id.to_string(),
+            sender: outbound.sender.inbox().clone(),
+            owner: outbound.sender.owner().clone(),
+            recipients: outbound.recipients.clone(),
+            size: queued.len() as u64,
+            queued_at: delivery.received_at,
+        })
+        .await?;
+    }
+    Ok(())
+}
