@@ -11,6 +11,15 @@
 #     QUIT) against the same private Postfix (STARTTLS + Cyrus SASL sasldb) and us;
 #   - our peak RSS at 1,000 idle connections (smtp-sink's for reference);
 #   - our AUTH PLAIN reply latency per failure step (`agentkeys demo seed`);
+#   - realistic inbound (part `realistic`): a pool of DKIM-signed messages
+#     (RSA-2048, Ed25519, both) from sender domains whose SPF, DKIM, DMARC, MX
+#     and A records a loopback DNS server (agentkeys-testdns on port 53 of a
+#     127.0.53.x address) answers, sent by `loadgen inbound` to us (verifying,
+#     and the same load unsigned from a .localhost sender: no verification) and
+#     to the private Postfix through OpenDKIM and OpenDMARC milters pointed at
+#     the same DNS; then to us with a name server that never answers and one
+#     that drops every 10th query; each message's wait for its 250 recorded;
+#   - server CPU per accepted message next to every inbound figure;
 #   - outbound (part `outbound`): messages submitted over STARTTLS + AUTH,
 #     DKIM-signed with both keys, queued and relayed to smtp-sink (our
 #     smarthost), timed from the first submission until /metrics counts them
@@ -24,7 +33,11 @@
 # are stopped, by PID (the private Postfix by `postfix -c DIR stop`).
 #
 # Knobs (environment):
-#   BENCH_PARTS="sink postfix agentkeys outbound"  which parts to run
+#   BENCH_PARTS="sink postfix agentkeys realistic outbound"  which parts to run
+#   BENCH_REAL_MESSAGES=5000 BENCH_REAL_REPEATS=3 BENCH_REAL_WARMUP=500 (realistic: per run)
+#   BENCH_REAL_POOL=600 BENCH_REAL_DOMAINS=6 (realistic: distinct messages, sender domains)
+#   BENCH_SICK_MESSAGES=5000 (sick resolver: per run, no warm-up)
+#   TESTDNS_BIN=path POOL_BIN_PATH=path  prebuilt agentkeys-testdns / inbound_pool example
 #   BENCH_OUT_MESSAGES=5000 BENCH_OUT_SESSIONS=8 (outbound: messages, submission sessions)
 #   BENCH_OUT_TIMEOUT=180 (longest wait, in s, for submission and for delivery each)
 #   BENCH_MESSAGES=10000 BENCH_SESSIONS=20 BENCH_SIZE=10240 BENCH_REPEATS=3
@@ -44,7 +57,13 @@ RESULTS="$BENCH/results"
 LOADGEN="$BENCH/loadgen/target/release/loadgen"
 AK="${AGENTKEYS_BIN:-$REPO/target/release/agentkeys}"
 
-BENCH_PARTS=${BENCH_PARTS:-"sink postfix agentkeys outbound"}
+BENCH_PARTS=${BENCH_PARTS:-"sink postfix agentkeys realistic outbound"}
+BENCH_REAL_MESSAGES=${BENCH_REAL_MESSAGES:-5000}
+BENCH_REAL_REPEATS=${BENCH_REAL_REPEATS:-3}
+BENCH_REAL_WARMUP=${BENCH_REAL_WARMUP:-500}
+BENCH_REAL_POOL=${BENCH_REAL_POOL:-600}
+BENCH_REAL_DOMAINS=${BENCH_REAL_DOMAINS:-6}
+BENCH_SICK_MESSAGES=${BENCH_SICK_MESSAGES:-5000}
 BENCH_OUT_MESSAGES=${BENCH_OUT_MESSAGES:-5000}
 BENCH_OUT_SESSIONS=${BENCH_OUT_SESSIONS:-8}
 BENCH_OUT_TIMEOUT=${BENCH_OUT_TIMEOUT:-180}
@@ -84,6 +103,11 @@ install_prerequisites() {
   dpkg -s libsasl2-modules-db >/dev/null 2>&1 || pkgs+=(libsasl2-modules-db)
   command -v openssl >/dev/null || pkgs+=(openssl)
   command -v curl >/dev/null || pkgs+=(curl)
+  if has_part realistic; then
+    command -v opendkim >/dev/null || pkgs+=(opendkim)
+    command -v opendmarc >/dev/null || pkgs+=(opendmarc)
+    command -v unshare >/dev/null || pkgs+=(util-linux)
+  fi
   command -v cargo >/dev/null || die "cargo not found (Rust 1.95 is required)"
   if ((${#pkgs[@]})); then
     log "installing ${pkgs[*]}"
@@ -161,12 +185,14 @@ run_source() {
   local target=$1 mode=$2 port=$3 run=$4 count=$5
   local args=(-s "$BENCH_SESSIONS" -m "$count" -l "$BENCH_SIZE" -f "$FROM" -t "$RCPT" -M "$HELO")
   [[ $mode == persistent ]] && args=(-d "${args[@]}")
-  local t0 t1 ok=1
+  local t0 t1 ok=1 cpu0 cpu1
   timeout 60 sync || true
+  cpu0=$(server_cpu "$target")
   t0=$(date +%s.%N)
   timeout "$BENCH_RUN_TIMEOUT" smtp-source "${args[@]}" "127.0.0.1:$port" \
     >>"$WORK/smtp-source.log" 2>&1 || ok=0
   t1=$(date +%s.%N)
+  cpu1=$(server_cpu "$target")
   local secs rate
   secs=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f", b - a }')
   rate=$(awk -v n="$count" -v s="$secs" 'BEGIN { printf "%.0f", n / s }')
@@ -176,13 +202,27 @@ run_source() {
     tail -n 3 "$WORK/smtp-source.log" >&2
     return 1
   fi
-  printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$target" "$mode" "$run" "$count" "$secs" "$ok" >>"$RESULTS/throughput.tsv"
+  local cpu
+  cpu=$(awk -v a="$cpu0" -v b="$cpu1" 'BEGIN { if (a != "" && b != "") printf "%.3f", b - a }')
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$target" "$mode" "$run" "$count" "$secs" "$ok" "$cpu" >>"$RESULTS/throughput.tsv"
   if ((ok)); then
-    log "  $target $mode run $run: $count messages in ${secs}s = $rate/s"
+    log "  $target $mode run $run: $count messages in ${secs}s = $rate/s, server CPU ${cpu:-?}s"
   else
     log "  $target $mode run $run: FAILED (exit status or timeout); tail of smtp-source.log:"
     tail -n 3 "$WORK/smtp-source.log" >&2
   fi
+}
+
+# CPU seconds (user + system) the server behind TARGET has used so far; empty
+# when unknown. Postfix: its master and every process under it, exited ones
+# included (their time is in the parent's cutime/cstime).
+server_cpu() {
+  case $1 in
+    agentkeys) [[ -n ${AK_PID:-} ]] && "$LOADGEN" cpu-tree --pid "$AK_PID" ;;
+    smtp-sink) [[ -n ${SINK_PID:-} ]] && "$LOADGEN" cpu-tree --pid "$SINK_PID" ;;
+    postfix) [[ -n ${PF_MASTER:-} ]] && "$LOADGEN" cpu-tree --pid "$PF_MASTER" ;;
+  esac
+  return 0
 }
 
 # ---------------------------------------------------------------- smtp-sink
@@ -249,7 +289,11 @@ smtpd_banner = \$myhostname ESMTP
 # no inbound flow control pause when the queue manager lags.
 smtpd_peername_lookup = no
 in_flow_delay = 0
+# The realistic part's smtpd with milters: check@agents.localhost is held, so
+# the verification headers can be read from the queue file.
+bench_milter_recipients = check_recipient_access texthash:$PF/etc/hold, permit_mynetworks, reject_unauth_destination
 EOF
+  printf 'check@agents.localhost HOLD\n' >"$PF/etc/hold"
 
   # Only the services needed; no chroot (the queue is not in the usual place).
   cat >"$PF/etc/master.cf" <<EOF
@@ -281,6 +325,15 @@ anvil     unix  - - n - 1 anvil
 scache    unix  - - n - 1 scache
 postlog   unix-dgram n - n - 1 postlogd
 EOF
+  if has_part realistic; then
+    cat >>"$PF/etc/master.cf" <<EOF
+127.0.0.1:$P_PFM inet n - n - - smtpd
+  -o syslog_name=postfix-bench/milters
+  -o smtpd_milters=inet:127.0.0.1:$P_ODKIM,inet:127.0.0.1:$P_ODMARC
+  -o milter_default_action=tempfail
+  -o smtpd_recipient_restrictions=\$bench_milter_recipients
+EOF
+  fi
   chown postfix "$PF/data"
   postfix -c "$PF/etc" check || die "postfix check failed for $PF/etc"
 }
@@ -290,6 +343,7 @@ start_postfix() {
   PF_STARTED=1
   wait_port "$P_PF"
   wait_port "$P_PFSUB"
+  PF_MASTER=$(tr -dc 0-9 <"$PF/spool/pid/master.pid" 2>/dev/null)
   log "Postfix on 127.0.0.1:$P_PF (MX) and :$P_PFSUB (submission), config $PF/etc"
   # One message, checked end to end: accepted (250) and delivered to discard.
   run_source postfix per-connection "$P_PF" warmup 1 || die "Postfix refused the probe message; see $PF/maillog"
@@ -310,6 +364,19 @@ postfix_drain() {
 }
 
 # ---------------------------------------------------------------- AgentKeys
+# Waits (at most ~10 s) until `agentkeys serve` PID answers /healthz on HTTP
+# port PORT; shows the tail of LOG and stops the run if it exited.
+#   wait_healthy PID PORT LOG NAME
+wait_healthy() {
+  local pid=$1 port=$2 log_file=$3 name=$4
+  for _ in $(seq 1 100); do
+    curl -sf "http://127.0.0.1:$port/healthz" >/dev/null 2>&1 && return 0
+    kill -0 "$pid" 2>/dev/null || { tail -n 20 "$log_file" >&2; die "$name exited"; }
+    sleep 0.1
+  done
+  die "$name not healthy after 10 s; see $log_file"
+}
+
 # Run from the work directory, so no ./agentkeys.toml of the caller is read.
 ak() { (cd "$WORK" && "$AK" --data-dir "$AK_DATA" "$@"); }
 
@@ -374,16 +441,301 @@ start_agentkeys() {
     "$AK" --data-dir "$AK_DATA" serve >"$WORK/agentkeys.log" 2>&1 &
   AK_PID=$!
   PIDS+=("$AK_PID")
-  for _ in $(seq 1 100); do
-    curl -sf "http://127.0.0.1:$P_HTTP/healthz" >/dev/null 2>&1 && break
-    kill -0 "$AK_PID" 2>/dev/null || { tail -n 20 "$WORK/agentkeys.log" >&2; die "agentkeys serve exited"; }
-    sleep 0.1
-  done
-  curl -sf "http://127.0.0.1:$P_HTTP/healthz" >/dev/null || die "agentkeys not healthy after 10 s"
+  wait_healthy "$AK_PID" "$P_HTTP" "$WORK/agentkeys.log" "agentkeys serve"
   wait_port "$P_IN"
   wait_port "$P_SUB"
   cd "$REPO"
   log "agentkeys serve (pid $AK_PID): MX :$P_IN, submission :$P_SUB, HTTP :$P_HTTP"
+}
+
+# ---------------------------------------------------------------- realistic inbound
+# DKIM-signed mail from sender domains a loopback DNS server answers for, to us
+# (verifying) and to Postfix with OpenDKIM and OpenDMARC, the same pool for both;
+# then to us with a name server that never answers and one that loses queries.
+TESTDNS="$REPO/target/release/agentkeys-testdns"
+POOL_BIN="$REPO/target/release/examples/inbound_pool"
+
+build_realistic_tools() {
+  build_agentkeys
+  if [[ -z ${TESTDNS_BIN:-} || -z ${POOL_BIN_PATH:-} ]]; then
+    log "building agentkeys-testdns and the inbound_pool example (release)"
+    (cd "$REPO" && cargo build --release -p agentkeys-testdns --bins &&
+      cargo build --release -p agentkeys-delivery --example inbound_pool) >&2
+  fi
+  TESTDNS=${TESTDNS_BIN:-$TESTDNS}
+  POOL_BIN=${POOL_BIN_PATH:-$POOL_BIN}
+  [[ -x $TESTDNS && -x $POOL_BIN ]] || die "agentkeys-testdns or inbound_pool was not built"
+}
+
+# Starts agentkeys-testdns on port 53 of the first free 127.0.THIRD.x and sets
+# DNS_<NAME> to that address.   start_testdns NAME THIRD ZONE [--drop-every N]
+start_testdns() {
+  local name=$1 third=$2 zone=$3 ip pid i
+  shift 3
+  for i in $(seq 1 50); do
+    ip="127.0.$third.$i"
+    "$TESTDNS" --listen "$ip:53" --zone "$zone" --stats "$WORK/dns-$name.count" "$@" >"$WORK/dns-$name.log" 2>&1 &
+    pid=$!
+    for _ in $(seq 1 50); do
+      grep -q '^listening' "$WORK/dns-$name.log" 2>/dev/null && break
+      kill -0 "$pid" 2>/dev/null || break
+      sleep 0.1
+    done
+    if grep -q '^listening' "$WORK/dns-$name.log" 2>/dev/null; then
+      PIDS+=("$pid")
+      printf -v "DNS_${name^^}" '%s' "$ip"
+      log "DNS ($name${*:+, $*}) on $ip:53 (pid $pid)"
+      return 0
+    fi
+    kill "$pid" 2>/dev/null
+    wait "$pid" 2>/dev/null
+  done
+  die "no free port 53 on 127.0.$third.1-50 for the $name DNS server; see $WORK/dns-$name.log"
+}
+
+# Runs a command in a mount namespace of its own where /etc/resolv.conf names
+# the loopback DNS server: OpenDMARC (and libspf2 under it) only read that file.
+in_bench_dns() {
+  unshare --mount --propagation private sh -c 'mount --bind "$0" /etc/resolv.conf && exec "$@"' \
+    "$WORK/milters/resolv.conf" "$@"
+}
+
+start_milters() {
+  local m="$WORK/milters"
+  mkdir -p "$m"
+  chmod 755 "$m"
+  printf 'nameserver %s\n' "$DNS_HEALTHY" >"$m/resolv.conf"
+  # Mail from 127.0.0.1 is "internal" (signed, not verified) to OpenDKIM and
+  # ignored by OpenDMARC by default; the bench client is 127.0.0.1, so both
+  # lists name only a TEST-NET host.
+  printf '192.0.2.254\n' >"$m/not-local"
+  cat >"$m/opendkim.conf" <<EOF
+Syslog no
+Mode v
+Socket inet:$P_ODKIM@127.0.0.1
+UserID opendkim:opendkim
+AuthservID postfix-bench.localhost
+InternalHosts $m/not-local
+Nameservers $DNS_HEALTHY
+AlwaysAddARHeader yes
+EOF
+  cat >"$m/opendmarc.conf" <<EOF
+Syslog false
+Socket inet:$P_ODMARC@127.0.0.1
+UserID opendmarc:opendmarc
+AuthservID postfix-bench.localhost
+TrustedAuthservIDs postfix-bench.localhost
+IgnoreHosts $m/not-local
+SPFSelfValidate true
+SPFIgnoreResults true
+EOF
+  chmod 644 "$m"/*
+  in_bench_dns opendkim -f -x "$m/opendkim.conf" >"$m/opendkim.log" 2>&1 &
+  ODKIM_PID=$!
+  PIDS+=("$ODKIM_PID")
+  in_bench_dns opendmarc -f -c "$m/opendmarc.conf" >"$m/opendmarc.log" 2>&1 &
+  ODMARC_PID=$!
+  PIDS+=("$ODMARC_PID")
+  wait_port "$P_ODKIM"
+  wait_port "$P_ODMARC"
+  wait_port "$P_PFM"
+  log "OpenDKIM (pid $ODKIM_PID) :$P_ODKIM and OpenDMARC (pid $ODMARC_PID) :$P_ODMARC; Postfix with milters :$P_PFM"
+}
+
+setup_realistic_agentkeys() {
+  REAL_DATA="$WORK/realistic-data"
+  mkdir -p "$REAL_DATA"
+  provision_owner "$REAL_DATA" realistic
+  (cd "$WORK" && "$AK" --data-dir "$REAL_DATA" agent add "$AGENT" --owner "$OWNER") >/dev/null
+  local name
+  for name in bench check; do
+    (cd "$WORK" && "$AK" --data-dir "$REAL_DATA" inbox create --agent "$AGENT" --name "$name") >/dev/null
+  done
+}
+
+# Starts (or restarts) the realistic part's server resolving through $1:53.
+start_real() {
+  local dns=$1 label=$2
+  cd "$WORK"
+  AGENTKEYS_LISTEN_INBOUND="127.0.0.1:$P_RIN" \
+  AGENTKEYS_LISTEN_SUBMISSION="127.0.0.1:$P_RSUB" \
+  AGENTKEYS_LISTEN_SUBMISSION_TLS="127.0.0.1:$P_RSUBTLS" \
+  AGENTKEYS_LISTEN_HTTP="127.0.0.1:$P_RHTTP" \
+  AGENTKEYS_DNS_NAMESERVERS="$dns:53" \
+  AGENTKEYS_MAX_CONNECTIONS=100000 \
+  AGENTKEYS_MAX_CONNECTIONS_PER_IP=100000 \
+    "$AK" --data-dir "$REAL_DATA" serve >"$WORK/agentkeys-realistic-$label.log" 2>&1 &
+  REAL_PID=$!
+  PIDS+=("$REAL_PID")
+  wait_healthy "$REAL_PID" "$P_RHTTP" "$WORK/agentkeys-realistic-$label.log" "agentkeys serve (realistic, $label DNS)"
+  wait_port "$P_RIN"
+  cd "$REPO"
+  log "realistic: agentkeys serve (pid $REAL_PID, $label DNS $dns:53) MX :$P_RIN"
+}
+
+stop_real() {
+  kill "$REAL_PID" 2>/dev/null
+  wait "$REAL_PID" 2>/dev/null || true
+}
+
+# loadgen inbound once.   inbound_run LABEL OUT PORT POOL MODE COUNT [loadgen options…]
+inbound_run() {
+  local label=$1 out=$2 port=$3 pool=$4 mode=$5 count=$6
+  shift 6
+  local args=(inbound --addr "127.0.0.1:$port" --pool "$pool" --count "$count" --concurrency "$BENCH_SESSIONS"
+    --max-duration "${BENCH_RUN_TIMEOUT}s" --label "$label" "$@")
+  [[ $mode == persistent ]] && args+=(--persistent)
+  [[ -n $out ]] && args+=(--out "$out")
+  timeout 60 sync || true
+  timeout $((BENCH_RUN_TIMEOUT + 30)) "$LOADGEN" "${args[@]}" >/dev/null 2>>"$WORK/inbound.log" \
+    || log "  $label $mode: loadgen inbound failed; see $WORK/inbound.log"
+  tail -n 1 "$WORK/inbound.log" | sed 's/^/  /' >&2
+}
+
+# Our verdict (the first header field, unfolded) of a stored message.
+our_verdict() {
+  awk '/^Received: /{exit} {sub(/\r$/, ""); sub(/^[ \t]+/, " "); printf "%s", $0} END {print ""}' "$1"
+}
+
+realistic_checks() {
+  local checks="$RESULTS/realistic-checks.tsv" d=$BENCH_REAL_DOMAINS
+  # One message of each kind: RSA-2048 only, Ed25519 only, both.
+  sed -n "1p;$((d + 1))p;$((2 * d + 1))p" "$WORK/pool/signed.jsonl" >"$WORK/pool/check.jsonl"
+  inbound_run check "" "$P_RIN" "$WORK/pool/check.jsonl" per-connection 3 --rcpt check@agents.localhost
+  local ok=0 f v last=""
+  for f in "$REAL_DATA/blobs/$OWNER/check@agents.localhost"/*.eml; do
+    [[ -f $f ]] || continue
+    v=$(our_verdict "$f")
+    last=$v
+    [[ $v == *"dkim=pass"* && $v == *"spf=pass"* && $v == *"dmarc=pass"* ]] && ok=$((ok + 1))
+  done
+  printf 'AgentKeys, one message each signed RSA-2048 / Ed25519 / both\t%s of 3 stored with dkim=pass, spf=pass, dmarc=pass; e.g. `%s`\n' \
+    "$ok" "$(printf '%s' "$last" | cut -c1-400)" >"$checks"
+  ((ok == 3)) || log "warning: AgentKeys verified only $ok of 3 check messages; see $REAL_DATA/blobs/$OWNER/check@agents.localhost"
+
+  inbound_run check "" "$P_PFM" "$WORK/pool/check.jsonl" per-connection 3 --rcpt check@agents.localhost
+  local held=()
+  for _ in $(seq 1 100); do
+    mapfile -t held < <(find "$PF/spool/hold" -type f 2>/dev/null)
+    ((${#held[@]} >= 3)) && break
+    sleep 0.1
+  done
+  local pok=0 ar example=""
+  for f in "${held[@]}"; do
+    ar=$(postcat -c "$PF/etc" -h -q "$(basename "$f")" 2>/dev/null |
+      awk '/^Authentication-Results:/ { p = 1; printf "%s", $0; next } p && /^[ \t]/ { printf " %s", $0; next } { if (p) print ""; p = 0 }' |
+      tr -s ' \t' ' ')
+    [[ -z $example ]] && example=$ar
+    [[ $ar == *"dkim=pass"* && $ar == *"spf=pass"* && $ar == *"dmarc=pass"* ]] && pok=$((pok + 1))
+  done
+  printf 'Postfix + OpenDKIM + OpenDMARC, the same three messages\t%s of %s held copies with dkim=pass, spf=pass, dmarc=pass in their Authentication-Results; e.g. `%s`\n' \
+    "$pok" "${#held[@]}" "$(printf '%s' "$example" | cut -c1-500)" >>"$checks"
+  ((pok == 3)) || log "warning: Postfix + milters verified only $pok of ${#held[@]} check messages; see $WORK/milters/*.log"
+  postsuper -c "$PF/etc" -d ALL hold >/dev/null 2>&1 || true
+}
+
+# A sample of the stored copies of signed mail since SINCE_FILE: how many say VERDICT.
+#   sample_verdicts SINCE_FILE VERDICT LABEL
+sample_verdicts() {
+  local since=$1 want=$2 label=$3 files=() n=0 hit=0 f
+  mapfile -t files < <(find "$REAL_DATA/blobs/$OWNER/bench@agents.localhost" -name '*.eml' -newer "$since" 2>/dev/null | shuf -n 200)
+  for f in "${files[@]}"; do
+    [[ $(head -c 4096 "$f") == *bench-mail.test* ]] || continue
+    n=$((n + 1))
+    [[ $(our_verdict "$f") == *"$want"* ]] && hit=$((hit + 1))
+  done
+  printf '%s\t%s of %s sampled stored copies of signed mail say `%s`\n' "$label" "$hit" "$n" "$want" >>"$RESULTS/realistic-checks.tsv"
+}
+
+run_realistic() {
+  local load_before
+  load_before=$(cut -d' ' -f1-3 /proc/loadavg)
+  log "realistic: pool of $BENCH_REAL_POOL messages from $BENCH_REAL_DOMAINS domains"
+  "$POOL_BIN" --out "$WORK/pool" --messages "$BENCH_REAL_POOL" --domains "$BENCH_REAL_DOMAINS" --size "$BENCH_SIZE" \
+    >"$RESULTS/realistic-pool.json" || die "inbound_pool failed"
+  start_testdns healthy 53 "$WORK/pool/zone.txt"
+  start_testdns silent 54 "$WORK/pool/zone.txt" --drop-every 1
+  start_testdns lossy 55 "$WORK/pool/zone.txt" --drop-every 10
+  start_milters
+  setup_realistic_agentkeys
+  start_real "$DNS_HEALTHY" healthy
+  realistic_checks
+
+  local mode run t out
+  local targets=(agentkeys-plain agentkeys-verified postfix-milters)
+  touch "$WORK/healthy.start"
+  for mode in per-connection persistent; do
+    log "realistic, $mode: warm-up ($BENCH_REAL_WARMUP messages each)"
+    inbound_run warmup "" "$P_RIN" "$WORK/pool/signed.jsonl" "$mode" "$BENCH_REAL_WARMUP"
+    inbound_run warmup "" "$P_PFM" "$WORK/pool/signed.jsonl" "$mode" "$BENCH_REAL_WARMUP"
+    postfix_drain
+    for run in $(seq 1 "$BENCH_REAL_REPEATS"); do
+      for t in "${targets[@]}"; do
+        out="$RESULTS/realistic-$t-$mode-$run.json"
+        case $t in
+          agentkeys-plain)
+            inbound_run "$t" "$out" "$P_RIN" "$WORK/pool/plain.jsonl" "$mode" "$BENCH_REAL_MESSAGES" --server-pid "$REAL_PID"
+            ;;
+          agentkeys-verified)
+            inbound_run "$t" "$out" "$P_RIN" "$WORK/pool/signed.jsonl" "$mode" "$BENCH_REAL_MESSAGES" --server-pid "$REAL_PID"
+            ;;
+          postfix-milters)
+            inbound_run "$t" "$out" "$P_PFM" "$WORK/pool/signed.jsonl" "$mode" "$BENCH_REAL_MESSAGES" \
+              --server-tree "$PF_MASTER" "$ODKIM_PID" "$ODMARC_PID"
+            postfix_drain
+            ;;
+        esac
+      done
+    done
+  done
+  sample_verdicts "$WORK/healthy.start" "dmarc=pass" "AgentKeys, healthy DNS"
+
+  local kind dns_var
+  for kind in silent lossy; do
+    stop_real
+    dns_var="DNS_${kind^^}"
+    start_real "${!dns_var}" "$kind"
+    touch "$WORK/$kind.start"
+    for mode in per-connection persistent; do
+      inbound_run "sick-$kind" "$RESULTS/sick-$kind-$mode-1.json" "$P_RIN" "$WORK/pool/signed.jsonl" "$mode" \
+        "$BENCH_SICK_MESSAGES" --server-pid "$REAL_PID"
+    done
+    if [[ $kind == silent ]]; then
+      sample_verdicts "$WORK/$kind.start" "dmarc=temperror" "AgentKeys, name server never answers"
+    else
+      sample_verdicts "$WORK/$kind.start" "dmarc=pass" "AgentKeys, name server drops every 10th query"
+    fi
+  done
+  stop_real
+
+  local commit kinds
+  commit=$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)
+  [[ -n $(git -C "$REPO" status --porcelain 2>/dev/null) ]] && commit="$commit (with uncommitted changes)"
+  kinds=$(sed -n 's/.*"rsa_only": \([0-9]*\), "ed25519_only": \([0-9]*\), "both": \([0-9]*\).*/\1 RSA-2048 only, \2 Ed25519 only, \3 both/p' \
+    "$RESULTS/realistic-pool.json")
+  {
+    printf 'date\t%s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)"
+    printf 'commit\t%s\n' "$commit"
+    printf 'command\t%s\n' "bash bench/run.sh"
+    printf 'nproc\t%s\n' "$(nproc)"
+    printf 'cpu\t%s\n' "$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)"
+    printf 'rustc\t%s\n' "$(rustc -V)"
+    printf 'postfix\t%s\n' "$(postconf -h mail_version 2>/dev/null || echo '?')"
+    printf 'opendkim\t%s\n' "$(opendkim -V 2>/dev/null | awk 'NR == 1 { print $NF }')"
+    printf 'opendmarc\t%s\n' "$(opendmarc -V 2>/dev/null | awk 'NR == 1 { print $NF }')"
+    printf 'load\t%s before, %s after the realistic part\n' "$load_before" "$(cut -d' ' -f1-3 /proc/loadavg)"
+    printf 'messages\t%s\n' "$BENCH_REAL_MESSAGES"
+    printf 'sessions\t%s\n' "$BENCH_SESSIONS"
+    printf 'repeats\t%s\n' "$BENCH_REAL_REPEATS"
+    printf 'warmup\t%s\n' "$BENCH_REAL_WARMUP"
+    printf 'pool\t%s\n' "$BENCH_REAL_POOL"
+    printf 'pool_kinds\t%s\n' "$kinds"
+    printf 'domains\t%s\n' "$BENCH_REAL_DOMAINS"
+    printf 'size\t%s\n' "$BENCH_SIZE"
+    printf 'dns\t%s\n' "$DNS_HEALTHY:53 (never answering: $DNS_SILENT:53; dropping every 10th query: $DNS_LOSSY:53)"
+    printf 'dns_queries\thealthy %s, never answering %s, lossy %s\n' "$(cat "$WORK/dns-healthy.count" 2>/dev/null)" \
+      "$(cat "$WORK/dns-silent.count" 2>/dev/null)" "$(cat "$WORK/dns-lossy.count" 2>/dev/null)"
+  } >"$RESULTS/realistic-meta.tsv"
 }
 
 # ---------------------------------------------------------------- outbound
@@ -422,12 +774,7 @@ setup_outbound() {
     "$AK" --data-dir "$OUT_DATA" serve >"$WORK/agentkeys-outbound.log" 2>&1 &
   OUT_PID=$!
   PIDS+=("$OUT_PID")
-  for _ in $(seq 1 100); do
-    curl -sf "http://127.0.0.1:$P_OHTTP/healthz" >/dev/null 2>&1 && break
-    kill -0 "$OUT_PID" 2>/dev/null || { tail -n 20 "$WORK/agentkeys-outbound.log" >&2; die "agentkeys serve (outbound) exited"; }
-    sleep 0.1
-  done
-  curl -sf "http://127.0.0.1:$P_OHTTP/healthz" >/dev/null || die "agentkeys (outbound) not healthy after 10 s"
+  wait_healthy "$OUT_PID" "$P_OHTTP" "$WORK/agentkeys-outbound.log" "agentkeys serve (outbound)"
   wait_port "$P_OSUB"
   cd "$REPO"
   log "outbound: agentkeys serve (pid $OUT_PID) submission :$P_OSUB, smarthost smtp-sink :$P_OSINK (pid $OSINK_PID)"
@@ -516,11 +863,12 @@ FSTYPE=$(stat -f -c %T "$WORK")
 rm -rf "$RESULTS"
 mkdir -p "$RESULTS"
 read -r P_SINK P_PF P_PFSUB P_IN P_SUB P_SUBTLS P_HTTP P_OSINK P_OIN P_OSUB P_OSUBTLS P_OHTTP \
-  < <("$LOADGEN" free-ports --count 12)
+  P_PFM P_ODKIM P_ODMARC P_RIN P_RSUB P_RSUBTLS P_RHTTP < <("$LOADGEN" free-ports --count 19)
 
 has_part agentkeys && setup_agentkeys
+has_part realistic && build_realistic_tools
 has_part sink && start_sink
-if has_part postfix; then
+if has_part postfix || has_part realistic; then
   setup_postfix
   start_postfix
 fi
@@ -585,6 +933,9 @@ for mode in per-connection persistent; do
   done
 done
 
+# Realistic inbound: its own server, DNS servers and milters.
+has_part realistic && run_realistic
+
 # Outbound last, alone on the machine apart from idle servers.
 has_part outbound && run_outbound
 
@@ -632,6 +983,10 @@ commit=$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)
 
 "$LOADGEN" report --dir "$RESULTS" >"$RESULTS/main.md"
 cp "$RESULTS/main.md" "$RESULTS/latest.md"
+if has_part realistic; then
+  "$LOADGEN" report --dir "$RESULTS" --realistic >"$RESULTS/realistic.md"
+  { printf '\n### Realistic inbound\n\n'; cat "$RESULTS/realistic.md"; } >>"$RESULTS/latest.md"
+fi
 if has_part outbound; then
   "$LOADGEN" report --dir "$RESULTS" --outbound >"$RESULTS/outbound.md"
   { printf '\n### Outbound\n\n'; cat "$RESULTS/outbound.md"; } >>"$RESULTS/latest.md"
@@ -657,6 +1012,14 @@ if has_part outbound && [[ -s $RESULTS/outbound.md ]]; then
     log "outbound results written to BENCHMARKS.md"
   else
     log "BENCHMARKS.md has no outbound result markers; results are in $RESULTS/outbound.md"
+  fi
+fi
+
+if has_part realistic && [[ -s $RESULTS/realistic.md ]]; then
+  if splice '<!-- BEGIN REALISTIC RESULTS (written by bench/run.sh) -->' '<!-- END REALISTIC RESULTS -->' "$RESULTS/realistic.md"; then
+    log "realistic results written to BENCHMARKS.md"
+  else
+    log "BENCHMARKS.md has no realistic result markers; results are in $RESULTS/realistic.md"
   fi
 fi
 

@@ -21,6 +21,43 @@ pub fn process_seconds(pid: Option<u32>) -> Option<f64> {
     Some((utime + stime) / TICKS_PER_SECOND)
 }
 
+/// User + system CPU seconds of `pid` and every live descendant, each with the
+/// time of its reaped children (cutime + cstime), so processes that came and
+/// went during a run (Postfix's smtpd, cleanup, …) still count. 0 when `pid` is
+/// gone.
+pub fn tree_seconds(pid: u32) -> f64 {
+    // (pid, ppid, own + reaped children's ticks) of every process.
+    let mut procs = Vec::new();
+    if let Ok(dir) = std::fs::read_dir("/proc") {
+        for entry in dir.flatten() {
+            let Some(p) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else { continue };
+            let Some(close) = stat.rfind(')') else { continue };
+            let f: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+            // From `state` (index 0): ppid 1, utime 11, stime 12, cutime 13, cstime 14.
+            let num = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+            let ppid = f.get(1).and_then(|v| v.parse::<u32>().ok()).unwrap_or(0);
+            procs.push((p, ppid, num(11) + num(12) + num(13) + num(14)));
+        }
+    }
+    let mut members = vec![pid];
+    let mut total = 0.0;
+    let mut i = 0;
+    while i < members.len() {
+        let parent = members[i];
+        for (p, ppid, ticks) in &procs {
+            if *p == parent {
+                total += ticks;
+            }
+            if *ppid == parent && !members.contains(p) {
+                members.push(*p);
+            }
+        }
+        i += 1;
+    }
+    total / TICKS_PER_SECOND
+}
+
 /// Machine-wide (busy, total) CPU seconds since boot, summed over all CPUs.
 pub fn machine_seconds() -> Option<(f64, f64)> {
     let stat = std::fs::read_to_string("/proc/stat").ok()?;
@@ -88,5 +125,8 @@ mod tests {
         assert!(mine >= 0.0);
         let (busy, total) = machine_seconds().expect("/proc/stat");
         assert!(total >= busy && busy > 0.0);
+        let tree = tree_seconds(std::process::id());
+        assert!(tree >= 0.0 && tree + 0.02 >= mine, "{tree} vs {mine}");
+        assert_eq!(tree_seconds(u32::MAX), 0.0);
     }
 }

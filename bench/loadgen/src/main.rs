@@ -9,6 +9,7 @@ mod auth_timing;
 mod cpu;
 mod handshakes;
 mod idle;
+mod inbound;
 mod read_path;
 mod report;
 mod smtp;
@@ -223,6 +224,43 @@ enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// MX throughput with a pool of ready-made messages (the `inbound_pool`
+    /// example's), and each message's wait from end of data to `250`.
+    Inbound {
+        /// MX address, 127.0.0.0/8 only.
+        #[arg(long)]
+        addr: SocketAddr,
+        /// JSON lines: {"helo", "mail_from", "data"}.
+        #[arg(long)]
+        pool: PathBuf,
+        #[arg(long, default_value = "bench@agents.localhost")]
+        rcpt: String,
+        #[arg(long, default_value_t = 10000)]
+        count: u64,
+        #[arg(long, default_value_t = 20)]
+        concurrency: usize,
+        /// One session per worker, messages back to back (default: one message per connection).
+        #[arg(long)]
+        persistent: bool,
+        #[arg(long, default_value = "120s", value_parser = parse_duration)]
+        max_duration: Duration,
+        /// PID of the server, for its CPU time per message.
+        #[arg(long)]
+        server_pid: Option<u32>,
+        /// PIDs whose CPU, descendants included, is the server's (Postfix's master, the milters).
+        #[arg(long, num_args = 1.., conflicts_with = "server_pid")]
+        server_tree: Vec<u32>,
+        #[arg(long, default_value = "inbound")]
+        label: String,
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// CPU seconds (user + system) of a process and all its descendants, the
+    /// reaped ones included (cutime/cstime): for a multi-process peer like Postfix.
+    CpuTree {
+        #[arg(long, num_args = 1..)]
+        pid: Vec<u32>,
+    },
     /// Print N currently free TCP ports on 127.0.0.1 (space separated).
     FreePorts {
         #[arg(long, default_value_t = 1)]
@@ -235,6 +273,9 @@ enum Command {
         /// Render only the outbound section (outbound.json, dkim-rate.jsonl).
         #[arg(long)]
         outbound: bool,
+        /// Render only the realistic inbound section (realistic-*.json, sick-*.json).
+        #[arg(long, conflicts_with = "outbound")]
+        realistic: bool,
     },
 }
 
@@ -404,6 +445,30 @@ async fn main() -> Result<()> {
             .await?;
             emit(&report, out.as_ref())
         }
+        Command::Inbound { addr, pool, rcpt, count, concurrency, persistent, max_duration, server_pid, server_tree, label, out } => {
+            if concurrency == 0 || count == 0 {
+                bail!("--concurrency and --count must be at least 1");
+            }
+            let report = inbound::run(inbound::Options {
+                addr,
+                pool: inbound::load_pool(&pool)?,
+                rcpt,
+                count,
+                concurrency,
+                persistent,
+                max_duration,
+                server_pid,
+                server_trees: server_tree,
+                label,
+            })
+            .await?;
+            emit(&report, out.as_ref())
+        }
+        Command::CpuTree { pid } => {
+            let total: f64 = pid.iter().map(|p| cpu::tree_seconds(*p)).sum();
+            println!("{total:.3}");
+            Ok(())
+        }
         Command::FreePorts { count } => {
             // Hold every listener until all are chosen, so the ports are distinct.
             let listeners = (0..count)
@@ -416,8 +481,10 @@ async fn main() -> Result<()> {
             println!("{}", ports.join(" "));
             Ok(())
         }
-        Command::Report { dir, outbound } => {
-            if outbound {
+        Command::Report { dir, outbound, realistic } => {
+            if realistic {
+                print!("{}", report::render_realistic(&dir)?);
+            } else if outbound {
                 print!("{}", report::render_outbound(&dir)?);
             } else {
                 print!("{}", report::render(&dir)?);

@@ -2,7 +2,10 @@
 //!
 //! Inputs (any may be missing; the table then says "not measured"):
 //! - `meta.tsv`: `key<TAB>value` lines (machine, versions, load parameters);
-//! - `throughput.tsv`: `target<TAB>mode<TAB>run<TAB>messages<TAB>seconds<TAB>ok`;
+//! - `throughput.tsv`: `target<TAB>mode<TAB>run<TAB>messages<TAB>seconds<TAB>ok`
+//!   and optionally `<TAB>server_cpu_seconds` (user + system, empty if unknown);
+//! - `realistic-*.json`, `sick-*.json`, `realistic-checks.tsv`,
+//!   `realistic-meta.tsv`: the realistic inbound part ([`render_realistic`]);
 //! - `handshakes.json`, `idle.json`, `idle-tls.json`, `idle-sink.json`,
 //!   `auth-timing.json`: the JSON printed by the other subcommands.
 
@@ -45,6 +48,8 @@ struct Run {
     messages: f64,
     seconds: f64,
     ok: bool,
+    /// The server's CPU time (user + system) during the run, when measured.
+    cpu_seconds: Option<f64>,
 }
 
 fn read_meta(dir: &Path) -> BTreeMap<String, String> {
@@ -64,13 +69,14 @@ fn read_runs(dir: &Path) -> Result<Vec<Run>> {
         .filter(|l| !l.trim().is_empty())
         .map(|l| {
             let f: Vec<&str> = l.split('\t').collect();
-            anyhow::ensure!(f.len() == 6, "throughput.tsv: bad line {l:?}");
+            anyhow::ensure!(f.len() == 6 || f.len() == 7, "throughput.tsv: bad line {l:?}");
             Ok(Run {
                 target: f[0].to_string(),
                 mode: f[1].to_string(),
                 messages: f[3].parse().with_context(|| format!("messages in {l:?}"))?,
                 seconds: f[4].parse().with_context(|| format!("seconds in {l:?}"))?,
                 ok: f[5] == "1",
+                cpu_seconds: f.get(6).and_then(|c| c.parse().ok()),
             })
         })
         .collect()
@@ -101,6 +107,17 @@ fn median_rate(runs: &[Run], target: &str, mode: &str) -> Option<f64> {
         .map(|r| r.messages / r.seconds)
         .collect();
     stats::median(&rates)
+}
+
+/// Median server CPU per message (µs) over the successful runs of (target, mode)
+/// that measured it.
+fn median_cpu_us(runs: &[Run], target: &str, mode: &str) -> Option<f64> {
+    let per: Vec<f64> = runs
+        .iter()
+        .filter(|r| r.ok && r.target == target && r.mode == mode && r.messages > 0.0)
+        .filter_map(|r| Some(r.cpu_seconds? * 1e6 / r.messages))
+        .collect();
+    stats::median(&per)
 }
 
 pub fn render(dir: &Path) -> Result<String> {
@@ -181,6 +198,23 @@ pub fn render(dir: &Path) -> Result<String> {
         )?;
     }
     writeln!(out)?;
+    if runs.iter().any(|r| r.cpu_seconds.is_some()) {
+        writeln!(
+            out,
+            "Server CPU time (user + system, from `/proc/PID/stat` before and after each run; Postfix: the master and every \
+             process under it, exited ones included) per accepted message, µs, median of the runs:"
+        )?;
+        writeln!(out)?;
+        writeln!(out, "| Mode | {} | {} | {} |", TARGETS[0].1, TARGETS[1].1, TARGETS[2].1)?;
+        writeln!(out, "|---|---:|---:|---:|")?;
+        for (mode, mode_label) in MODES {
+            let cell = |t: &str| {
+                median_cpu_us(&runs, t, mode).map_or_else(|| "not measured".into(), |us| format!("{us:.0}"))
+            };
+            writeln!(out, "| {mode_label} | {} | {} | {} |", cell("smtp-sink"), cell("postfix"), cell("agentkeys"))?;
+        }
+        writeln!(out)?;
+    }
     if let Some(accounting) = meta.get("accounting").filter(|a| !a.is_empty()) {
         writeln!(
             out,
@@ -591,6 +625,195 @@ pub fn render_outbound(dir: &Path) -> Result<String> {
     Ok(out)
 }
 
+/// Bar: ours verifying over Postfix with OpenDKIM and OpenDMARC, same mail.
+pub const BAR_REALISTIC_VS_POSTFIX: f64 = 1.5;
+/// Bar: ours verifying over ours without verification.
+pub const BAR_REALISTIC_VS_PLAIN: f64 = 0.6;
+/// Bar: with a sick resolver, over the healthy figure.
+pub const BAR_SICK_VS_HEALTHY: f64 = 0.5;
+/// Bar: the longest any message may wait for its `250`, ms.
+pub const BAR_SICK_MAX_WAIT_MS: f64 = 1000.0;
+
+const REALISTIC_TARGETS: [(&str, &str); 3] = [
+    ("agentkeys-plain", "AgentKeys, no verification (unsigned, `.localhost` sender)"),
+    ("postfix-milters", "Postfix + OpenDKIM + OpenDMARC"),
+    ("agentkeys-verified", "AgentKeys, verifying"),
+];
+const SICK: [(&str, &str); 2] = [("silent", "never answers"), ("lossy", "drops every 10th query")];
+
+/// Every `loadgen inbound` report named `{prefix}-{target}-{mode}-*.json`.
+fn inbound_reports(dir: &Path, prefix: &str, target: &str, mode: &str) -> Vec<Value> {
+    let start = format!("{prefix}-{target}-{mode}-");
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().map(str::to_owned))
+        .filter(|n| n.starts_with(&start) && n.ends_with(".json"))
+        .collect();
+    names.sort();
+    names.iter().filter_map(|n| read_json(dir, n)).collect()
+}
+
+fn median_of(reports: &[Value], key: &str) -> Option<f64> {
+    let v: Vec<f64> = reports
+        .iter()
+        .filter(|r| r["errors"].as_u64() == Some(0))
+        .filter_map(|r| r[key].as_f64())
+        .collect();
+    stats::median(&v)
+}
+
+fn max_of(reports: &[Value], key: &str) -> Option<f64> {
+    reports.iter().filter_map(|r| r[key].as_f64()).reduce(f64::max)
+}
+
+fn fmt0(v: Option<f64>) -> String {
+    v.map_or_else(|| "not measured".into(), |x| format!("{x:.0}"))
+}
+
+/// The realistic inbound section: DKIM-signed mail from domains a loopback DNS
+/// server answers for, against Postfix with OpenDKIM and OpenDMARC, and with a
+/// sick resolver. Empty when the part did not run.
+pub fn render_realistic(dir: &Path) -> Result<String> {
+    let meta = {
+        let text = std::fs::read_to_string(dir.join("realistic-meta.tsv")).unwrap_or_default();
+        text.lines()
+            .filter_map(|l| l.split_once('\t'))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect::<BTreeMap<_, _>>()
+    };
+    if meta.is_empty() {
+        return Ok(String::new());
+    }
+    let m = |k: &str| meta.get(k).cloned().unwrap_or_else(|| "?".into());
+    let mut out = String::new();
+    let mut bars: Vec<(String, String, bool)> = Vec::new();
+    writeln!(out, "Run {} on commit `{}` with `{}`.", m("date"), m("commit"), m("command"))?;
+    writeln!(out)?;
+    writeln!(out, "Machine: {} CPUs ({}); {}; Postfix {}, OpenDKIM {}, OpenDMARC {}. Load average (1, 5, 15 min): {}.",
+        m("nproc"), m("cpu"), m("rustc"), m("postfix"), m("opendkim"), m("opendmarc"), m("load"))?;
+    writeln!(out)?;
+    writeln!(
+        out,
+        "`loadgen inbound`: {} messages per run, {} sessions, a pool of {} messages ({}) from {} sender domains, {} body bytes each; \
+         {} runs per server and mode after {} untimed warm-up messages, the servers alternating run by run. \
+         DNS: `agentkeys-testdns` on {} answering every SPF, DKIM, DMARC, MX and A record, for both servers.",
+        m("messages"), m("sessions"), m("pool"), m("pool_kinds"), m("domains"), m("size"), m("repeats"), m("warmup"), m("dns")
+    )?;
+    writeln!(out)?;
+    writeln!(
+        out,
+        "| Mode | {} | {} | {} | verifying / Postfix + milters (bar ≥ {BAR_REALISTIC_VS_POSTFIX}×) | verifying / no verification (bar ≥ {BAR_REALISTIC_VS_PLAIN}) |",
+        REALISTIC_TARGETS[0].1, REALISTIC_TARGETS[1].1, REALISTIC_TARGETS[2].1
+    )?;
+    writeln!(out, "|---|---:|---:|---:|---:|---:|")?;
+    let mut healthy: BTreeMap<&str, f64> = BTreeMap::new();
+    for (mode, mode_label) in MODES {
+        let rate = |t: &str| median_of(&inbound_reports(dir, "realistic", t, mode), "per_second");
+        let (plain, postfix, ours) = (rate("agentkeys-plain"), rate("postfix-milters"), rate("agentkeys-verified"));
+        if let Some(o) = ours {
+            healthy.insert(mode, o);
+        }
+        let mut ratio = |peer: Option<f64>, bar: f64, name: &str| match (ours, peer) {
+            (Some(o), Some(p)) if p > 0.0 => {
+                let r = o / p;
+                bars.push((format!("realistic inbound, {mode_label}: verifying / {name} ≥ {bar}"), format!("{r:.2}"), r >= bar));
+                format!("{r:.2} ({})", verdict(r >= bar))
+            }
+            _ => "–".into(),
+        };
+        let vs_postfix = ratio(postfix, BAR_REALISTIC_VS_POSTFIX, "Postfix + milters");
+        let vs_plain = ratio(plain, BAR_REALISTIC_VS_PLAIN, "no verification");
+        writeln!(out, "| {mode_label} | {} | {} | {} | {vs_postfix} | {vs_plain} |", fmt0(plain), fmt0(postfix), fmt0(ours))?;
+    }
+    writeln!(out)?;
+    writeln!(out, "Server CPU per accepted message (µs, median run; Postfix: master, its children and both milters) and the wait from end of data to `250` (ms, p99 of the median run / max over all runs):")?;
+    writeln!(out)?;
+    writeln!(out, "| Mode | Server | CPU µs / message | wait p99 ms | wait max ms |")?;
+    writeln!(out, "|---|---|---:|---:|---:|")?;
+    for (mode, mode_label) in MODES {
+        for (target, label) in REALISTIC_TARGETS {
+            let reports = inbound_reports(dir, "realistic", target, mode);
+            if reports.is_empty() {
+                continue;
+            }
+            let cpu = median_of(&reports, "server_cpu_per_message_ms").map(|ms| ms * 1e3);
+            writeln!(
+                out,
+                "| {mode_label} | {label} | {} | {} | {} |",
+                fmt0(cpu),
+                median_of(&reports, "wait_p99_ms").map_or("–".into(), |v| format!("{v:.1}")),
+                max_of(&reports, "wait_max_ms").map_or("–".into(), |v| format!("{v:.1}"))
+            )?;
+        }
+    }
+    writeln!(out)?;
+    if let Ok(checks) = std::fs::read_to_string(dir.join("realistic-checks.tsv")) {
+        writeln!(out, "Verification checked, not assumed:")?;
+        writeln!(out)?;
+        for line in checks.lines().filter(|l| !l.trim().is_empty()) {
+            let (what, value) = line.split_once('\t').unwrap_or((line, ""));
+            writeln!(out, "- {what}: {value}")?;
+        }
+        writeln!(out)?;
+    }
+
+    writeln!(out, "#### Sick resolver")?;
+    writeln!(out)?;
+    writeln!(
+        out,
+        "The same signed load against a freshly started AgentKeys (empty DNS cache, no warm-up; timed from the first message) whose \
+         `dns.nameservers` is an `agentkeys-testdns` that never answers, or one that drops every 10th query. The healthy figure is the \
+         verifying median above, same mode."
+    )?;
+    writeln!(out)?;
+    writeln!(out, "| Name server | Mode | messages/s | / healthy (bar ≥ {BAR_SICK_VS_HEALTHY}) | wait p50 / p99 / max ms | waits > 1 s (bar 0) | errors |")?;
+    writeln!(out, "|---|---|---:|---:|---|---:|---:|")?;
+    for (kind, kind_label) in SICK {
+        for (mode, mode_label) in MODES {
+            let reports = inbound_reports(dir, "sick", kind, mode);
+            let Some(r) = reports.first() else { continue };
+            let rate = r["per_second"].as_f64();
+            let ratio = match (rate, healthy.get(mode)) {
+                (Some(x), Some(h)) if *h > 0.0 => {
+                    let v = x / h;
+                    bars.push((format!("sick resolver ({kind_label}), {mode_label}: / healthy ≥ {BAR_SICK_VS_HEALTHY}"), format!("{v:.2}"), v >= BAR_SICK_VS_HEALTHY));
+                    format!("{v:.2} ({})", verdict(v >= BAR_SICK_VS_HEALTHY))
+                }
+                _ => "–".into(),
+            };
+            let max = r["wait_max_ms"].as_f64();
+            let over = r["waits_over_1s"].as_u64().unwrap_or(0);
+            if let Some(max) = max {
+                let pass = max <= BAR_SICK_MAX_WAIT_MS && r["errors"].as_u64() == Some(0);
+                bars.push((format!("sick resolver ({kind_label}), {mode_label}: longest wait for 250 ≤ 1 s"), format!("{max:.0} ms"), pass));
+            }
+            let ms = |k: &str| r[k].as_f64().map_or("–".into(), |v| format!("{v:.1}"));
+            writeln!(
+                out,
+                "| {kind_label} | {mode_label} | {} | {ratio} | {} / {} / {} | {over} | {} |",
+                fmt0(rate),
+                ms("wait_p50_ms"),
+                ms("wait_p99_ms"),
+                ms("wait_max_ms"),
+                r["errors"]
+            )?;
+        }
+    }
+    writeln!(out)?;
+    if let Some(queries) = meta.get("dns_queries") {
+        writeln!(out, "Queries the loopback name servers received over the whole part: {queries}.")?;
+        writeln!(out)?;
+    }
+    writeln!(out, "| Bar | Measured | Verdict |")?;
+    writeln!(out, "|---|---:|---|")?;
+    for (bar, measured, pass) in &bars {
+        writeln!(out, "| {bar} | {measured} | {} |", verdict(*pass))?;
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -618,5 +841,46 @@ mod tests {
         );
         assert!(md.contains("| persistent connections (`-d`) | not measured | not measured | not measured | – | – |"), "{md}");
         assert!(md.contains("agentkeys, persistent: failed"), "{md}");
+    }
+
+    #[test]
+    fn cpu_column_is_optional_and_reported_per_message() {
+        let dir = std::env::temp_dir().join(format!("loadgen-report-cpu-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        std::fs::write(
+            dir.join("throughput.tsv"),
+            "agentkeys\tper-connection\t1\t1000\t1.0\t1\t0.150\nagentkeys\tpersistent\t1\t1000\t1.0\t1\n",
+        )
+        .expect("write");
+        let md = render(&dir).expect("render");
+        std::fs::remove_dir_all(&dir).expect("rm");
+        assert!(md.contains("| one message per connection | not measured | not measured | 150 |"), "{md}");
+    }
+
+    #[test]
+    fn realistic_section_ratios_and_sick_bars() {
+        let dir = std::env::temp_dir().join(format!("loadgen-report-real-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        std::fs::write(dir.join("realistic-meta.tsv"), "date\tnow\nmessages\t100\n").expect("meta");
+        let report = |rate: f64, max: f64| {
+            serde_json::json!({"per_second": rate, "errors": 0, "wait_p50_ms": 1.0, "wait_p99_ms": 2.0,
+                "wait_max_ms": max, "waits_over_1s": 0, "server_cpu_per_message_ms": 0.2}).to_string()
+        };
+        for (name, rate, max) in [
+            ("realistic-agentkeys-plain-per-connection-1.json", 1000.0, 5.0),
+            ("realistic-postfix-milters-per-connection-1.json", 400.0, 5.0),
+            ("realistic-agentkeys-verified-per-connection-1.json", 800.0, 5.0),
+            ("sick-silent-per-connection-1.json", 500.0, 600.0),
+            ("sick-lossy-per-connection-1.json", 300.0, 1200.0),
+        ] {
+            std::fs::write(dir.join(name), report(rate, max)).expect("write");
+        }
+        let md = render_realistic(&dir).expect("render");
+        std::fs::remove_dir_all(&dir).expect("rm");
+        assert!(md.contains("| one message per connection | 1000 | 400 | 800 | 2.00 (pass) | 0.80 (pass) |"), "{md}");
+        assert!(md.contains("| never answers | one message per connection | 500 | 0.62 (pass) |"), "{md}");
+        assert!(md.contains("| drops every 10th query | one message per connection | 300 | 0.38 (**FAIL**) |"), "{md}");
+        assert!(md.contains("longest wait for 250 ≤ 1 s | 1200 ms | **FAIL** |"), "{md}");
+        assert!(render_realistic(&std::env::temp_dir().join("no-such-results-dir")).expect("empty").is_empty());
     }
 }

@@ -14,6 +14,48 @@ pub fn percentile(samples: &[f64], p: f64) -> Option<f64> {
     Some(sorted[lo] + (sorted[hi] - sorted[lo]) * (rank - lo as f64))
 }
 
+/// Most distinct error messages kept per measurement.
+pub const MAX_ERROR_SAMPLES: usize = 5;
+
+/// What workers of a load run gathered: one sample (ms) per completed item,
+/// the errors (a few of their messages), and when the last item completed.
+#[derive(Default)]
+pub struct Tally {
+    pub samples_ms: Vec<f64>,
+    pub errors: u64,
+    pub error_samples: Vec<String>,
+    pub last_done: Option<std::time::Instant>,
+}
+
+impl Tally {
+    /// Counts an error and keeps its message if there is room.
+    pub fn error(&mut self, e: &anyhow::Error) {
+        self.errors += 1;
+        let text = format!("{e:#}");
+        if self.error_samples.len() < MAX_ERROR_SAMPLES && !self.error_samples.contains(&text) {
+            self.error_samples.push(text);
+        }
+    }
+
+    /// Records one completed item that took until `done`.
+    pub fn done(&mut self, sample_ms: f64, done: std::time::Instant) {
+        self.samples_ms.push(sample_ms);
+        self.last_done = Some(done);
+    }
+
+    /// Adds another worker's tally to this one.
+    pub fn merge(&mut self, other: Tally) {
+        self.samples_ms.extend(other.samples_ms);
+        self.errors += other.errors;
+        for e in other.error_samples {
+            if self.error_samples.len() < MAX_ERROR_SAMPLES && !self.error_samples.contains(&e) {
+                self.error_samples.push(e);
+            }
+        }
+        self.last_done = self.last_done.max(other.last_done);
+    }
+}
+
 /// The median of `samples`.
 pub fn median(samples: &[f64]) -> Option<f64> {
     percentile(samples, 50.0)

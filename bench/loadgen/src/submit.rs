@@ -22,7 +22,6 @@ use crate::cpu;
 use crate::smtp::{self, TlsTarget};
 use crate::stats;
 
-const MAX_ERROR_SAMPLES: usize = 5;
 /// How often the delivered counter is read.
 const POLL_EVERY: Duration = Duration::from_millis(50);
 
@@ -81,14 +80,6 @@ pub struct Report {
     pub end_to_end_cpu: Option<cpu::Usage>,
 }
 
-#[derive(Default)]
-struct WorkerResult {
-    latencies_ms: Vec<f64>,
-    errors: u64,
-    error_samples: Vec<String>,
-    last_done: Option<Instant>,
-}
-
 /// The message: headers, then `size` bytes of 80-column lines (none starts with a dot).
 fn message(from: &str, to: &str, size: usize, n: u64) -> Vec<u8> {
     let mut m = format!(
@@ -123,23 +114,12 @@ pub async fn run(opts: Options) -> Result<Report> {
         let next = Arc::clone(&next);
         tasks.push(tokio::spawn(async move { worker_loop(&opts, worker, &next, deadline).await }));
     }
-    let mut latencies = Vec::new();
-    let mut errors = 0;
-    let mut error_samples: Vec<String> = Vec::new();
-    let mut last_done = start;
+    let mut tally = stats::Tally::default();
     for task in tasks {
-        let r = task.await?;
-        latencies.extend(r.latencies_ms);
-        errors += r.errors;
-        for e in r.error_samples {
-            if error_samples.len() < MAX_ERROR_SAMPLES && !error_samples.contains(&e) {
-                error_samples.push(e);
-            }
-        }
-        if let Some(t) = r.last_done {
-            last_done = last_done.max(t);
-        }
+        tally.merge(task.await?);
     }
+    let stats::Tally { samples_ms: latencies, errors, error_samples, last_done } = tally;
+    let last_done = last_done.unwrap_or(start);
     let submit_cpu = cpu::Usage::between(cpu_start, cpu::Snapshot::take(opts.server_pid));
     let accepted = latencies.len() as u64;
     let submit_seconds = (last_done - start).as_secs_f64();
@@ -203,8 +183,8 @@ pub async fn run(opts: Options) -> Result<Report> {
     Ok(report)
 }
 
-async fn worker_loop(opts: &Options, worker: usize, next: &AtomicU64, deadline: Instant) -> WorkerResult {
-    let mut result = WorkerResult::default();
+async fn worker_loop(opts: &Options, worker: usize, next: &AtomicU64, deadline: Instant) -> stats::Tally {
+    let mut result = stats::Tally::default();
     let auth = smtp::auth_plain_line(&opts.user, &opts.pass);
     // At most three sessions per worker (a failed one is replaced), bounded by the deadline.
     for attempt in 0..3 {
@@ -213,10 +193,7 @@ async fn worker_loop(opts: &Options, worker: usize, next: &AtomicU64, deadline: 
         }
         let source = smtp::source_ip(worker + attempt * opts.concurrency, opts.sources);
         if let Err(e) = session(opts, source, &auth, next, deadline, &mut result).await {
-            result.errors += 1;
-            if result.error_samples.len() < MAX_ERROR_SAMPLES {
-                result.error_samples.push(format!("{e:#}"));
-            }
+            result.error(&e);
         } else {
             break;
         }
@@ -230,7 +207,7 @@ async fn session(
     auth: &str,
     next: &AtomicU64,
     deadline: Instant,
-    result: &mut WorkerResult,
+    result: &mut stats::Tally,
 ) -> Result<()> {
     let mut s = smtp::tls_session(&opts.target, source).await?;
     s.expect(auth, 235, "AUTH PLAIN").await?;
@@ -249,8 +226,7 @@ async fn session(
         s.send_raw(&body).await?;
         s.expect_reply(250, "end of DATA").await?;
         let done = Instant::now();
-        result.latencies_ms.push((done - began).as_secs_f64() * 1e3);
-        result.last_done = Some(done);
+        result.done((done - began).as_secs_f64() * 1e3, done);
     }
     s.expect("QUIT", 221, "QUIT").await?;
     Ok(())

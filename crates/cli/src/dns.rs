@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 
 use anyhow::{Context, Result};
-use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig, ResolverOpts};
+use hickory_resolver::config::{ResolverConfig, ResolverOpts};
 
 /// The resolver configuration: the given name servers (UDP and TCP each, no search
 /// domains), or the system's (`/etc/resolv.conf`) when the list is empty.
@@ -14,18 +14,7 @@ pub(crate) fn resolver_config(nameservers: &[SocketAddr]) -> Result<(ResolverCon
         return hickory_resolver::system_conf::read_system_conf()
             .context("cannot read the system DNS configuration (/etc/resolv.conf); set dns.nameservers / AGENTKEYS_DNS_NAMESERVERS");
     }
-    let servers = nameservers
-        .iter()
-        .map(|addr| {
-            let mut udp = ConnectionConfig::udp();
-            udp.port = addr.port();
-            let mut tcp = ConnectionConfig::tcp();
-            tcp.port = addr.port();
-            let mut server = NameServerConfig::udp_and_tcp(addr.ip());
-            server.connections = vec![udp, tcp];
-            server
-        })
-        .collect();
+    let servers = nameservers.iter().copied().map(agentkeys_smtp::verdict_dns::name_server).collect();
     Ok((ResolverConfig::from_parts(None, Vec::new(), servers), ResolverOpts::default()))
 }
 

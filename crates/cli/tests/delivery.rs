@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Server, provision, python, resource, run, run_json, stored_messages};
+use common::{Server, http_get, provision, python, resource, run, run_json, stored_messages};
 use serde_json::{Value, json};
 
 const OWNER: &str = "0x000000000000000000000000000000000000000a";
@@ -421,19 +421,6 @@ fn smuggling_vectors_arrive_as_one_message() {
         assert_eq!(envelope["mail_from"], alice.as_str(), "{text}");
         assert!(text.contains("Subject: vector-"), "{text}");
     }
-}
-
-fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    out
 }
 
 /// The outbound corpus (tests/resources/outbound_corpus.py, deterministic): 120

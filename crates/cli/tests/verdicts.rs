@@ -12,7 +12,7 @@ use aws_lc_rs::rsa::{KeyPair as RsaKeyPair, KeySize};
 use aws_lc_rs::encoding::AsDer as _;
 use aws_lc_rs::signature::KeyPair as _;
 use base64::Engine as _;
-use common::{Server, provision, python, stored_messages};
+use common::{Server, metric, provision, python, send_raw, stored_messages};
 use mail_auth::common::crypto::{RsaKey, Sha256};
 use mail_auth::common::headers::HeaderWriter as _;
 use mail_auth::dkim::{Canonicalization, DkimSigner};
@@ -38,9 +38,14 @@ impl Sender {
 
     /// DKIM-signs `message` (rsa-sha256, relaxed/relaxed, d=bank.example, s=sel).
     fn sign(&self, message: &str) -> String {
+        self.sign_as("bank.example", message)
+    }
+
+    /// DKIM-signs `message` with d=`domain`, s=sel.
+    fn sign_as(&self, domain: &str, message: &str) -> String {
         let key = RsaKey::<Sha256>::from_key_der(PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.pkcs8.clone()))).unwrap();
         let signature = DkimSigner::from_key(key)
-            .domain("bank.example")
+            .domain(domain)
             .selector("sel")
             .headers(["From", "To", "Subject", "Date", "Message-ID"])
             .header_canonicalization(Canonicalization::Relaxed)
@@ -161,4 +166,92 @@ fn dns_failure_is_temperror_and_the_message_is_kept() {
     let v = verdict(&stored(&server, "dns-down"));
     assert!(v.contains("spf=temperror"), "{v}");
     assert!(v.contains("dmarc=temperror"), "{v}");
+}
+
+/// The names of `silent.example` never get an answer (its name server is down);
+/// `bank.example` answers normally.
+fn zone_with_a_silent_domain(sender: &Sender) -> Zone {
+    sender
+        .zone()
+        .no_answer("silent.example")
+        .no_answer("_dmarc.silent.example")
+        .no_answer("sel._domainkey.silent.example")
+}
+
+fn silent_message(sender: &Sender, subject: &str) -> String {
+    sender.sign_as("silent.example", &message(subject, "").replace("alerts@bank.example", "alerts@silent.example"))
+}
+
+/// Issue 15 item 5: a name server that does not answer must not hold the MX.
+/// Twenty sessions at once send mail from a domain whose name server is silent,
+/// while a signed message from a healthy domain arrives: every session gets its
+/// `250`, the silent domain's copies say `temperror`, the healthy one's verdicts
+/// are computed in full, and each silent name was asked a few times (one query,
+/// its attempts), not once per message. A message from the same domain after
+/// that is answered from the failing entries: not one more query reaches the
+/// name server.
+#[test]
+fn a_silent_name_server_does_not_hold_the_mx() {
+    let sender = Sender::new();
+    let dns = TestDns::start(zone_with_a_silent_domain(&sender)).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    provision(dir.path(), OWNER, AGENT, "bot");
+    let server = Server::start(dir.path(), &[("AGENTKEYS_DNS_NAMESERVERS", &dns.nameserver())]);
+
+    let sessions: Vec<_> = (0..20)
+        .map(|i| {
+            let raw = silent_message(&sender, &format!("silent-{i}"));
+            let addr = server.inbound;
+            std::thread::spawn(move || send_raw(addr, "bounce@silent.example", "bot@agents.localhost", &raw))
+        })
+        .collect();
+    send(&server, &sender.sign(&message("healthy", "")));
+    for (i, session) in sessions.into_iter().enumerate() {
+        assert_eq!(session.join().unwrap().unwrap(), 250, "session {i}");
+    }
+
+    let v = verdict(&stored(&server, "healthy"));
+    assert!(v.contains("dkim=pass header.d=bank.example"), "{v}");
+    assert!(v.contains("spf=pass"), "{v}");
+    assert!(v.contains("dmarc=pass header.from=bank.example"), "{v}");
+    for i in 0..20 {
+        let v = verdict(&stored(&server, &format!("silent-{i}")));
+        assert!(v.contains("dkim=temperror") && v.contains("header.d=silent.example"), "{v}");
+        assert!(v.contains("spf=temperror"), "{v}");
+        assert!(v.contains("dmarc=temperror") && v.contains("header.from=silent.example"), "{v}");
+    }
+
+    // Wait (bounded) until the server gave up on the silent names, so every
+    // attempt it will make has been made.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while metric(&server, "agentkeys_verdict_dns_upstream_total{result=\"failed\"}") < 3.0 {
+        assert!(std::time::Instant::now() < deadline, "the silent names never failed");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let silent = [
+        ("silent.example", "TXT"),
+        ("_dmarc.silent.example", "TXT"),
+        ("sel._domainkey.silent.example", "TXT"),
+    ];
+    assert_eq!(
+        metric(&server, "agentkeys_verdict_dns_upstream_total{result=\"failed\"}"),
+        3.0,
+        "one upstream query per silent name, shared by the 20 messages"
+    );
+    let asked: Vec<usize> = silent.iter().map(|(name, t)| dns.count(name, t)).collect();
+    for ((name, _), n) in silent.iter().zip(&asked) {
+        // hickory resends a lost UDP packet within a query: a few packets, never one per message.
+        assert!((1..20).contains(n), "{name} asked {n} times for 20 messages");
+    }
+
+    let failing_before = metric(&server, "agentkeys_verdict_dns_failing_answers_total");
+    assert_eq!(send_raw(server.inbound, "bounce@silent.example", "bot@agents.localhost", &silent_message(&sender, "again")).unwrap(), 250);
+    let v = verdict(&stored(&server, "again"));
+    assert!(v.contains("spf=temperror") && v.contains("dmarc=temperror"), "{v}");
+    let again: Vec<usize> = silent.iter().map(|(name, t)| dns.count(name, t)).collect();
+    assert_eq!(again, asked, "no query for names known to fail");
+    assert!(
+        metric(&server, "agentkeys_verdict_dns_failing_answers_total") > failing_before,
+        "answered from the failing entries"
+    );
 }

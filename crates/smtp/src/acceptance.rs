@@ -18,7 +18,7 @@ pub use agentkeys_submission::{
     lookup_recipient, route_recipient, store_delivery, store_delivery_signed,
 };
 
-use crate::verdicts::{prepend_header, strip_own_results};
+use crate::verdicts::stripped_with_header;
 
 /// Evaluates SPF, DKIM and DMARC for a message that arrived on the MX
 /// (`crate::MailAuthVerifier` over mail-auth in production). The SMTP crate's
@@ -46,8 +46,7 @@ pub async fn add_verdicts(verifier: &dyn InboundVerifier, authserv_id: &str, mut
         return delivery;
     };
     let header = verifier.verify(authserv_id, envelope, &delivery.message).await;
-    let stripped = strip_own_results(&delivery.message, authserv_id);
-    delivery.message = prepend_header(&header, &stripped).into();
+    delivery.message = stripped_with_header(&header, &delivery.message, authserv_id).into();
     delivery
 }
 

@@ -12,7 +12,9 @@
 //! - `data` finds the end of `DATA` (only `<CRLF>.<CRLF>`) and undoes
 //!   dot-stuffing, and counts `BDAT` chunks; its own sans-IO receivers.
 //! - [`verdicts`] evaluates SPF, DKIM and DMARC for MX mail ([`InboundVerifier`],
-//!   [`MailAuthVerifier`]) and writes `Authentication-Results:`.
+//!   [`MailAuthVerifier`]) and writes `Authentication-Results:`, over
+//!   [`verdict_dns`], the server's shared DNS answers (cache, single flight,
+//!   failing names, per-message budget).
 //! - [`limits`] names every abuse limit; [`AuthThrottle`] counts AUTH failures per
 //!   address.
 //!
@@ -60,6 +62,7 @@ mod reply;
 mod server;
 mod session;
 mod throttle;
+pub mod verdict_dns;
 pub mod verdicts;
 
 #[cfg(test)]
@@ -78,6 +81,5 @@ pub use session::{
     Session, SessionContext, Step,
 };
 pub use throttle::{AuthThrottle, address_key};
-pub use verdicts::{
-    MailAuthVerifier, VERDICT_DNS_TIMEOUT, VERDICT_OUTAGE_TIMEOUT, VERDICT_OUTAGE_WINDOW, VERDICT_TIMEOUT,
-};
+pub use verdict_dns::{AnswerTable, DnsCounts};
+pub use verdicts::{MailAuthVerifier, VERDICT_BUDGET};

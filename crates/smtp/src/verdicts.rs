@@ -3,12 +3,14 @@
 //! stored copy.
 //!
 //! - [`MailAuthVerifier`] is the production [`InboundVerifier`]: mail-auth 0.13
-//!   over a hickory resolver (the server's `dns.nameservers`, or the system's).
-//!   Every lookup is bounded by [`VERDICT_DNS_TIMEOUT`] and the whole evaluation
-//!   by [`VERDICT_TIMEOUT`]; a DNS failure or timeout is a `temperror` result.
+//!   over the server's shared DNS answers (`verdict_dns.rs`: a cache of positive,
+//!   negative and failing answers with one query per name in flight, in front of
+//!   `dns.nameservers` or the system's). One message's checks together get
+//!   [`VERDICT_BUDGET`]; a check still waiting for DNS then is `temperror`, and a
+//!   name known to be failing is `temperror` at once.
 //! - [`strip_own_results`] removes every `Authentication-Results` field that
 //!   claims our authserv-id (RFC 8601 §5), keeping the others, and
-//!   [`prepend_header`] puts ours on top. Both are pure.
+//!   [`stripped_with_header`] puts ours on top in the same pass. Both are pure.
 //!
 //! Verdicts never refuse mail: `dkim=fail` or `dmarc=fail` is recorded and the
 //! message stored; the agent reading it decides whether to trust it.
@@ -19,45 +21,46 @@
 //! `Authentication-Results` field with our authserv-id, which only we can have
 //! written.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use hickory_resolver::config::{ResolverConfig, ResolverOpts};
+use hickory_resolver::TokioResolver;
+use hickory_resolver::config::{ResolveHosts, ResolverConfig, ResolverOpts};
+use hickory_resolver::net::runtime::TokioRuntimeProvider;
+use mail_auth::common::verify::VerifySignature as _;
 use mail_auth::dkim::DkimError;
 use mail_auth::dmarc::verify::DmarcParameters;
 use mail_auth::spf::verify::SpfParameters;
 use mail_auth::{
     AuthenticatedMessage, AuthenticationResults, DkimOutput, DkimResult, DmarcOutput, DmarcResult, MessageAuthenticator,
-    SpfOutput, SpfResult,
+    Parameters, SpfOutput, SpfResult,
 };
+use tokio::time::{Instant, timeout_at};
 
 use crate::acceptance::InboundVerifier;
 use crate::session::InboundEnvelope;
+use crate::verdict_dns::{
+    AnswerTable, HickoryUpstream, NEGATIVE_TTL_MAX, Rtype, NEGATIVE_TTL_MIN, POSITIVE_TTL_MAX, POSITIVE_TTL_MIN, RecordCache,
+    SLOW_AFTER, TxtCache, TxtKind, UPSTREAM_ATTEMPTS, Upstream, VerdictDns, failing,
+};
 
-/// Longest wait for one DNS answer during verification (per attempt; see
-/// [`VERDICT_DNS_ATTEMPTS`]).
-pub const VERDICT_DNS_TIMEOUT: Duration = Duration::from_secs(3);
-/// Attempts per DNS query during verification.
-pub const VERDICT_DNS_ATTEMPTS: usize = 2;
-/// Longest time the whole evaluation of one message may take (SPF may need up to
-/// ten lookups, DKIM one per signature, DMARC one or two). When it is over, every
-/// result is `temperror` and the message is stored anyway.
-pub const VERDICT_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long after an evaluation ran out of time the next ones get only
-/// [`VERDICT_OUTAGE_TIMEOUT`]: a name server that stopped answering must not
-/// hold every incoming message for [`VERDICT_TIMEOUT`] before its `250`.
-pub const VERDICT_OUTAGE_WINDOW: Duration = Duration::from_secs(60);
-/// The bound on one message's evaluation during an outage window. DNS still
-/// gets its chance (cached answers are instant), and the first evaluation after
-/// the window has the full [`VERDICT_TIMEOUT`] again.
-pub const VERDICT_OUTAGE_TIMEOUT: Duration = Duration::from_millis(500);
+/// How long one message's SPF, DKIM and DMARC checks may wait for DNS, all
+/// together (SPF may need up to ten lookups, DKIM one per signature, DMARC a few).
+/// A check that has not finished by then is `temperror` and the message is stored
+/// anyway; the queries go on and their answers serve the next messages. Well
+/// under a second, so the `250` never waits a second for DNS.
+pub const VERDICT_BUDGET: Duration = SLOW_AFTER;
 
-/// SPF, DKIM and DMARC through mail-auth and hickory.
+/// The longest the resolver inside mail-auth waits for the front (loopback):
+/// beyond the budget, so it never gives up or retries before the budget does.
+const FRONT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// SPF, DKIM and DMARC through mail-auth over the server's shared DNS answers.
 pub struct MailAuthVerifier {
     auth: MessageAuthenticator,
-    deadline: Duration,
-    /// When an evaluation last ran out of time ([`VERDICT_OUTAGE_WINDOW`]).
-    timed_out_at: std::sync::Mutex<Option<tokio::time::Instant>>,
+    dns: VerdictDns,
+    budget: Duration,
 }
 
 impl std::fmt::Debug for MailAuthVerifier {
@@ -67,51 +70,125 @@ impl std::fmt::Debug for MailAuthVerifier {
 }
 
 impl MailAuthVerifier {
-    /// A verifier asking the name servers of `config`. `options` are kept except
-    /// the timeout and attempts, which become [`VERDICT_DNS_TIMEOUT`] and
-    /// [`VERDICT_DNS_ATTEMPTS`].
+    /// A verifier asking the name servers of `config` (with `options`, except
+    /// that the answers are cached by the verifier's table, not by hickory). Must
+    /// be called inside a Tokio runtime: it starts the loopback front
+    /// (`verdict_dns.rs`), which stops when the verifier is dropped.
     pub fn new(config: ResolverConfig, mut options: ResolverOpts) -> Result<Self, String> {
-        options.timeout = VERDICT_DNS_TIMEOUT;
-        options.attempts = VERDICT_DNS_ATTEMPTS;
-        MessageAuthenticator::new(config, options)
-            .map(|auth| Self { auth, deadline: VERDICT_TIMEOUT, timed_out_at: std::sync::Mutex::new(None) })
-            .map_err(|e| e.to_string())
+        options.cache_size = 0;
+        options.attempts = 1;
+        options.timeout = UPSTREAM_ATTEMPTS[UPSTREAM_ATTEMPTS.len() - 1];
+        let upstream = TokioResolver::builder_with_config(config, TokioRuntimeProvider::default())
+            .with_options(options)
+            .build()
+            .map_err(|e| e.to_string())?;
+        Self::over(Arc::new(HickoryUpstream(upstream)))
     }
 
-    /// The same verifier with another bound on one message's evaluation than
-    /// [`VERDICT_TIMEOUT`] (tests).
+    /// A verifier over any upstream (tests give an in-memory one).
+    pub(crate) fn over(upstream: Arc<dyn Upstream>) -> Result<Self, String> {
+        let dns = VerdictDns::start(upstream).map_err(|e| format!("cannot start the loopback DNS front: {e}"))?;
+        let mut options = ResolverOpts::default();
+        options.timeout = FRONT_TIMEOUT;
+        options.attempts = 1;
+        options.edns0 = true;
+        options.use_hosts_file = ResolveHosts::Never;
+        // hickory keeps the negative answers the front gives (mail-auth's cache
+        // hook only holds positive ones for A/AAAA/MX), for as long as the table.
+        options.cache_size = 4096;
+        options.positive_min_ttl = Some(POSITIVE_TTL_MIN);
+        options.positive_max_ttl = Some(POSITIVE_TTL_MAX);
+        options.negative_min_ttl = Some(NEGATIVE_TTL_MIN);
+        options.negative_max_ttl = Some(NEGATIVE_TTL_MAX);
+        let auth = MessageAuthenticator::new(dns.front_config(), options).map_err(|e| e.to_string())?;
+        Ok(Self { auth, dns, budget: VERDICT_BUDGET })
+    }
+
+    /// The same verifier with another per-message budget than
+    /// [`VERDICT_BUDGET`] (tests).
     #[must_use]
-    pub fn with_deadline(mut self, deadline: Duration) -> Self {
-        self.deadline = deadline;
+    pub fn with_budget(mut self, budget: Duration) -> Self {
+        self.budget = budget;
         self
     }
 
-    /// The bound on the next evaluation: the configured one, or
-    /// [`VERDICT_OUTAGE_TIMEOUT`] within [`VERDICT_OUTAGE_WINDOW`] of a timeout.
-    pub fn current_deadline(&self) -> Duration {
-        let timed_out_at = *self.timed_out_at.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        match timed_out_at {
-            Some(at) if at.elapsed() < VERDICT_OUTAGE_WINDOW => self.deadline.min(VERDICT_OUTAGE_TIMEOUT),
-            _ => self.deadline,
+    /// The shared answers (what was asked, cached, failing).
+    pub fn answers(&self) -> &AnswerTable {
+        self.dns.table()
+    }
+
+    /// Starts the lookups every check begins with, all at once: the SPF records of
+    /// the HELO and MAIL FROM domains, each signature's DKIM key, and the DMARC
+    /// tree walk of the From domain.
+    fn prefetch(&self, envelope: &InboundEnvelope, parsed: &AuthenticatedMessage<'_>) {
+        let txt = |name: &str| {
+            if let Some(fqdn) = dns_name(name) {
+                self.dns.prefetch(Rtype::Txt, &fqdn);
+            }
+        };
+        txt(&envelope.helo);
+        if let Some((_, domain)) = envelope.mail_from.rsplit_once('@') {
+            txt(domain);
+        }
+        for header in &parsed.dkim_headers {
+            txt(&header.header.domain_key());
+        }
+        if let Some(domain) = first_from(parsed).rsplit_once('@').and_then(|(_, d)| dns_name(d)) {
+            for name in dmarc_tree_walk(&domain) {
+                txt(&name);
+            }
         }
     }
 
-    /// Records a timeout; `true` if it starts an outage window (none was open).
-    fn timed_out(&self) -> bool {
-        let mut at = self.timed_out_at.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let opens = at.is_none_or(|at| at.elapsed() >= VERDICT_OUTAGE_WINDOW);
-        *at = Some(tokio::time::Instant::now());
-        opens
-    }
-
     async fn evaluate(&self, authserv_id: &str, envelope: &InboundEnvelope, parsed: &AuthenticatedMessage<'_>) -> String {
+        let deadline = Instant::now() + self.budget;
+        self.prefetch(envelope, parsed);
+        let table = self.dns.table();
+        let records = RecordCache(table);
+        let dkim_txt = TxtCache { table, kind: TxtKind::DomainKey };
+        let spf_txt = TxtCache { table, kind: TxtKind::Spf };
+        let dmarc_txt = TxtCache { table, kind: TxtKind::Dmarc };
+        // PTR (SPF's `ptr` and `%{p}`, rare) is not cached here: the front answers it.
+        macro_rules! with_caches {
+            ($params:expr, $txt:expr) => {
+                Parameters::new($params)
+                    .with_txt_cache($txt)
+                    .with_mx_cache(&records)
+                    .with_ipv4_cache(&records)
+                    .with_ipv6_cache(&records)
+            };
+        }
+
         let spf_params = SpfParameters::verify(envelope.client_ip, &envelope.helo, authserv_id, &envelope.mail_from);
-        let (dkim, spf) = tokio::join!(self.auth.verify_dkim(parsed), self.auth.verify_spf(spf_params));
-        let dkim: Vec<DkimOutput<'_>> = dkim.iter().map(body_hash_mismatch_is_fail).collect();
-        let dmarc = self
-            .auth
-            .verify_dmarc(DmarcParameters::new(parsed, &dkim, mail_from_domain(envelope), &spf))
-            .await;
+        let (dkim, spf) = tokio::join!(
+            timeout_at(deadline, self.auth.verify_dkim(with_caches!(parsed, &dkim_txt))),
+            timeout_at(deadline, self.auth.verify_spf(with_caches!(spf_params, &spf_txt))),
+        );
+        let verified;
+        let dkim: Vec<DkimOutput<'_>> = match dkim {
+            Ok(outputs) => {
+                verified = outputs;
+                verified.iter().map(body_hash_mismatch_is_fail).collect()
+            }
+            Err(_) => parsed
+                .dkim_headers
+                .iter()
+                .map(|header| DkimOutput::temp_err(failing()).with_signature(&header.header))
+                .collect(),
+        };
+        let spf = spf.unwrap_or_else(|_| {
+            SpfOutput::new(mail_from_domain(envelope).to_owned()).with_result(SpfResult::TempError)
+        });
+        let dmarc_params = DmarcParameters::new(parsed, &dkim, mail_from_domain(envelope), &spf);
+        let dmarc = timeout_at(deadline, self.auth.verify_dmarc(with_caches!(dmarc_params, &dmarc_txt)))
+            .await
+            .unwrap_or_else(|_| {
+                let from = first_from(parsed);
+                let from_domain = from.rsplit_once('@').map_or("", |(_, d)| d);
+                DmarcOutput::new(from_domain.to_ascii_lowercase())
+                    .with_dkim_result(DmarcResult::TempError(failing()))
+                    .with_spf_result(DmarcResult::TempError(failing()))
+            });
         results_header(authserv_id, envelope, first_from(parsed), &dkim, &spf, &dmarc)
     }
 }
@@ -120,22 +197,40 @@ impl MailAuthVerifier {
 impl InboundVerifier for MailAuthVerifier {
     async fn verify(&self, authserv_id: &str, envelope: &InboundEnvelope, message: &[u8]) -> String {
         let parsed = AuthenticatedMessage::parse(message).unwrap_or_default();
-        let deadline = self.current_deadline();
-        match tokio::time::timeout(deadline, self.evaluate(authserv_id, envelope, &parsed)).await {
-            Ok(header) => header,
-            Err(_) => {
-                if self.timed_out() {
-                    tracing::warn!(
-                        timeout = ?deadline, window = ?VERDICT_OUTAGE_WINDOW, short = ?VERDICT_OUTAGE_TIMEOUT,
-                        "authentication checks timed out; recording temperror, and bounding the next checks \
-                         by the short timeout during the window"
-                    );
-                } else {
-                    tracing::debug!(timeout = ?deadline, "authentication checks timed out; recording temperror");
-                }
-                temperror_header(authserv_id, envelope, first_from(&parsed))
-            }
+        self.evaluate(authserv_id, envelope, &parsed).await
+    }
+}
+
+/// `name` as the front keys it (lowercase, one trailing dot) when it can be a
+/// host name at all (letters, digits, `-`, `_`, at least two labels, none
+/// empty, at most 253 bytes): an address literal or junk in HELO or MAIL FROM
+/// is never looked up, by mail-auth either.
+fn dns_name(name: &str) -> Option<String> {
+    let name = name.strip_suffix('.').unwrap_or(name);
+    let labels_ok = name.split('.').all(|l| {
+        !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    });
+    (labels_ok && name.contains('.') && name.len() <= 253).then(|| format!("{}.", name.to_ascii_lowercase()))
+}
+
+/// The names a DMARC tree walk (RFC 9989 §4.10) asks for `domain`, in mail-auth's
+/// order: `_dmarc.` + the domain, then with the leftmost labels dropped (down to
+/// seven labels at once for longer names), one by one down to the top-level
+/// domain. Nothing for a single label.
+pub(crate) fn dmarc_tree_walk(domain: &str) -> Vec<String> {
+    let labels: Vec<&str> = domain.trim_end_matches('.').split('.').filter(|l| !l.is_empty()).collect();
+    let total = labels.len();
+    let mut names = Vec::new();
+    if total < 2 {
+        return names;
+    }
+    let mut count = total;
+    loop {
+        names.push(format!("_dmarc.{}.", labels[total - count..].join(".")));
+        if count == 1 {
+            return names;
         }
+        count = if count >= 8 { 7 } else { count - 1 };
     }
 }
 
@@ -187,18 +282,6 @@ fn results_header(
     let dkim_none = if dkim.is_empty() { ";\r\n\tdkim=none" } else { "" };
     let dmarc_none = if has_dmarc_domain { "" } else { ";\r\n\tdmarc=none" };
     format!("Authentication-Results: {authserv_id}{dkim_none}{rest}{dmarc_none}\r\n")
-}
-
-/// Every result `temperror`: the checks ran out of time.
-fn temperror_header(authserv_id: &str, envelope: &InboundEnvelope, header_from: &str) -> String {
-    let dns = || mail_auth::Error::Dns(mail_auth::DnsError::Resolver("timed out".to_owned()));
-    let dkim = [DkimOutput::temp_err(dns())];
-    let spf = SpfOutput::new(mail_from_domain(envelope).to_owned()).with_result(SpfResult::TempError);
-    let from_domain = header_from.rsplit_once('@').map_or("", |(_, d)| d);
-    let dmarc = DmarcOutput::new(from_domain.to_ascii_lowercase())
-        .with_dkim_result(DmarcResult::TempError(dns()))
-        .with_spf_result(DmarcResult::TempError(dns()));
-    results_header(authserv_id, envelope, header_from, &dkim, &spf, &dmarc)
 }
 
 /// `true` for a header field name equal to `Authentication-Results`, ignoring case
@@ -268,17 +351,33 @@ fn skip_comment(input: &[u8]) -> Option<&[u8]> {
 /// other byte, including other such fields and the body, is kept as it was.
 /// Folded fields are removed whole; CRLF and bare-LF line ends are both understood.
 pub fn strip_own_results(message: &[u8], authserv_id: &str) -> Vec<u8> {
+    stripped_with_header("", message, authserv_id)
+}
+
+/// `header` (a complete field with its CRLF, or empty) followed by `message`
+/// without our own `Authentication-Results` fields ([`strip_own_results`]), built
+/// in one buffer: the stored copy of an MX message is written once.
+pub fn stripped_with_header(header: &str, message: &[u8], authserv_id: &str) -> Vec<u8> {
     let ours = authserv_id.trim_end_matches('.').to_ascii_lowercase();
-    retain_fields(message, |name, value| {
+    let mut out = Vec::with_capacity(header.len() + message.len());
+    out.extend_from_slice(header.as_bytes());
+    retain_fields_into(&mut out, message, |name, value| {
         !(is_results_field(name) && parse_authserv_id(value).is_some_and(|id| id == ours))
-    })
+    });
+    out
 }
 
 /// The message with only the header fields for which `keep(name, value)` holds
 /// (`name` as written before the colon, `value` after it, folding included);
 /// lines without a colon are kept. The body is never touched.
-pub fn retain_fields(message: &[u8], mut keep: impl FnMut(&[u8], &[u8]) -> bool) -> Vec<u8> {
+pub fn retain_fields(message: &[u8], keep: impl FnMut(&[u8], &[u8]) -> bool) -> Vec<u8> {
     let mut out = Vec::with_capacity(message.len());
+    retain_fields_into(&mut out, message, keep);
+    out
+}
+
+/// [`retain_fields`], appending to `out`.
+fn retain_fields_into(out: &mut Vec<u8>, message: &[u8], mut keep: impl FnMut(&[u8], &[u8]) -> bool) {
     let mut pos = 0;
     // Walk the header section one field (first line plus continuation lines) at a time.
     while pos < message.len() {
@@ -303,15 +402,6 @@ pub fn retain_fields(message: &[u8], mut keep: impl FnMut(&[u8], &[u8]) -> bool)
         pos = end;
     }
     out.extend_from_slice(&message[pos..]);
-    out
-}
-
-/// `header` (a complete field with its CRLF) followed by `message`.
-pub fn prepend_header(header: &str, message: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(header.len() + message.len());
-    out.extend_from_slice(header.as_bytes());
-    out.extend_from_slice(message);
-    out
 }
 
 /// The first `Authentication-Results` value with authserv-id `authserv_id` in

@@ -1,12 +1,12 @@
 //! Verdicts: header surgery (pure) and mail-auth against a real DNS server on
 //! loopback (agentkeys-testdns) serving fixed records.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr};
 
 use agentkeys_testdns::{TestDns, Zone};
 use aws_lc_rs::signature::{Ed25519KeyPair, KeyPair as _};
 use base64::Engine as _;
-use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig, ResolverOpts};
+use hickory_resolver::config::{ResolverConfig, ResolverOpts};
 use mail_auth::common::crypto::Ed25519Key;
 use mail_auth::common::headers::HeaderWriter as _;
 use mail_auth::dkim::{Canonicalization, DkimSigner};
@@ -117,16 +117,11 @@ fn zone() -> Zone {
         .txt("_dmarc.broken.example", "v=DMARC1; p=none")
         .no_answer("silent.example")
         .no_answer("_dmarc.silent.example")
+        .no_answer("sel._domainkey.silent.example")
 }
 
 fn verifier(dns: &TestDns) -> MailAuthVerifier {
-    let addr: SocketAddr = dns.addr();
-    let mut ns = NameServerConfig::udp_and_tcp(addr.ip());
-    let mut udp = ConnectionConfig::udp();
-    udp.port = addr.port();
-    let mut tcp = ConnectionConfig::tcp();
-    tcp.port = addr.port();
-    ns.connections = vec![udp, tcp];
+    let ns = crate::verdict_dns::name_server(dns.addr());
     MailAuthVerifier::new(ResolverConfig::from_parts(None, vec![], vec![ns]), ResolverOpts::default()).unwrap()
 }
 
@@ -197,48 +192,118 @@ async fn servfail_is_temperror_and_the_header_is_still_written() {
 async fn checks_that_run_out_of_time_are_all_temperror() {
     let dns = TestDns::start(zone()).unwrap();
     // Records that would pass, but no time to look them up.
-    let v = verifier(&dns).with_deadline(std::time::Duration::ZERO);
+    let v = verifier(&dns).with_budget(std::time::Duration::ZERO);
     let h = verdict(&v, "bounce@bank.example", &sign(MESSAGE)).await;
     assert!(h.contains("dkim=temperror"), "{h}");
+    assert!(h.contains("header.d=bank.example header.s=sel"), "the signature is named: {h}");
     assert!(h.contains("spf=temperror"), "{h}");
     assert!(h.contains("dmarc=temperror"), "{h}");
     assert!(h.contains("header.from=bank.example"), "{h}");
 }
 
+fn silent_message() -> String {
+    sign(MESSAGE).replace("bank.example", "silent.example")
+}
+
 #[tokio::test]
-async fn a_name_server_that_never_answers_ends_in_temperror_at_the_deadline() {
+async fn a_name_server_that_never_answers_ends_in_temperror_within_the_budget() {
     let dns = TestDns::start(zone()).unwrap();
-    let message = MESSAGE.replace("bank.example", "silent.example");
-    let v = verifier(&dns).with_deadline(std::time::Duration::from_secs(1));
-    let h = verdict(&v, "x@silent.example", &message).await;
+    let v = verifier(&dns);
+    let h = verdict(&v, "x@silent.example", &silent_message()).await;
     assert!(h.contains("dkim=temperror"), "{h}");
     assert!(h.contains("spf=temperror"), "{h}");
     assert!(h.contains("dmarc=temperror"), "{h}");
 }
 
-/// After a timeout, later messages are bounded by the short outage timeout for
-/// the window, then by the configured deadline again. The clock is paused:
-/// the durations below are virtual, exact up to the timer's millisecond.
-#[tokio::test(start_paused = true)]
-async fn a_timeout_shortens_the_next_deadlines_for_the_outage_window() {
-    use std::time::Duration;
+/// Twenty messages at once from a domain whose name server is silent: each gets
+/// its temperror verdicts, and the names are asked upstream once each (a few
+/// attempts), not once per message. A later message from the same domain is
+/// answered from the failing entries: no upstream query at all.
+#[tokio::test]
+async fn concurrent_messages_share_the_queries_and_a_failing_name_is_not_asked_again() {
     let dns = TestDns::start(zone()).unwrap();
-    let message = MESSAGE.replace("bank.example", "silent.example");
-    let deadline = Duration::from_secs(1);
-    let v = verifier(&dns).with_deadline(deadline);
-    let within = |elapsed: Duration, bound: Duration| elapsed >= bound && elapsed < bound + Duration::from_millis(10);
-    assert_eq!(v.current_deadline(), deadline);
-    let started = tokio::time::Instant::now();
-    let h = verdict(&v, "x@silent.example", &message).await;
-    assert!(h.contains("spf=temperror"), "{h}");
-    assert!(within(started.elapsed(), deadline), "the first check runs to its deadline: {:?}", started.elapsed());
-    assert_eq!(v.current_deadline(), VERDICT_OUTAGE_TIMEOUT);
-    let started = tokio::time::Instant::now();
-    let h = verdict(&v, "x@silent.example", &message).await;
-    assert!(h.contains("dmarc=temperror"), "{h}");
-    assert!(within(started.elapsed(), VERDICT_OUTAGE_TIMEOUT), "during the window: {:?}", started.elapsed());
-    tokio::time::advance(VERDICT_OUTAGE_WINDOW).await;
-    assert_eq!(v.current_deadline(), deadline, "after the window: the configured deadline again");
+    let v = std::sync::Arc::new(verifier(&dns));
+    let tasks: Vec<_> = (0..20)
+        .map(|_| {
+            let v = std::sync::Arc::clone(&v);
+            tokio::spawn(async move { verdict(&v, "x@silent.example", &silent_message()).await })
+        })
+        .collect();
+    for task in tasks {
+        let h = task.await.unwrap();
+        assert!(h.contains("dkim=temperror") && h.contains("spf=temperror") && h.contains("dmarc=temperror"), "{h}");
+    }
+    // One upstream query per name (hickory resends a lost UDP packet within a
+    // query, so the server sees a few packets), never one per message.
+    assert_eq!(v.answers().counts().queries, 5, "{:?}", v.answers().counts());
+    for name in ["silent.example", "_dmarc.silent.example", "sel._domainkey.silent.example"] {
+        let asked = dns.count(name, "TXT");
+        assert!((1..20).contains(&asked), "{name} asked {asked} times for 20 messages");
+    }
+    let before = v.answers().counts();
+    let h = verdict(&v, "x@silent.example", &silent_message()).await;
+    assert!(h.contains("spf=temperror") && h.contains("dmarc=temperror"), "{h}");
+    let after = v.answers().counts();
+    assert_eq!(after.queries, before.queries, "no new upstream query for a name known to fail");
+    assert!(after.failing > before.failing, "answered as failing at once: {before:?} -> {after:?}");
+}
+
+/// A healthy domain's verdicts are computed while another domain's name server
+/// is silent and messages from it are waiting.
+#[tokio::test]
+async fn a_healthy_domain_passes_while_another_is_silent() {
+    let dns = TestDns::start(zone()).unwrap();
+    let v = std::sync::Arc::new(verifier(&dns));
+    let silent: Vec<_> = (0..10)
+        .map(|_| {
+            let v = std::sync::Arc::clone(&v);
+            tokio::spawn(async move { verdict(&v, "x@silent.example", &silent_message()).await })
+        })
+        .collect();
+    let h = verdict(&v, "bounce@bank.example", &sign(MESSAGE)).await;
+    assert!(h.contains("dkim=pass") && h.contains("spf=pass") && h.contains("dmarc=pass"), "{h}");
+    for task in silent {
+        assert!(task.await.unwrap().contains("spf=temperror"));
+    }
+}
+
+/// A name server that loses every third query: the lost ones are asked again,
+/// and the verdicts are the full ones.
+#[tokio::test]
+async fn a_lossy_name_server_still_gives_full_verdicts() {
+    let dns = TestDns::start(zone().drop_every(3)).unwrap();
+    let v = verifier(&dns).with_budget(std::time::Duration::from_secs(30));
+    let h = verdict(&v, "bounce@bank.example", &sign(MESSAGE)).await;
+    assert!(h.contains("dkim=pass") && h.contains("spf=pass") && h.contains("dmarc=pass"), "{h}");
+    assert!(dns.received() >= 3, "at least one query was lost (and asked again): {}", dns.received());
+}
+
+/// The prefetched DMARC names are exactly the ones mail-auth's tree walk asks,
+/// for every depth of From domain (every name NXDOMAIN, so the walk goes all
+/// the way down).
+#[tokio::test]
+async fn the_prefetched_dmarc_walk_is_mail_auths_walk() {
+    let dns = TestDns::start(Zone::new()).unwrap();
+    let v = verifier(&dns).with_budget(std::time::Duration::from_secs(30));
+    for depth in 1..=10usize {
+        let domain: Vec<String> = (0..depth).map(|i| format!("l{i}")).collect();
+        let domain = domain.join(".");
+        let walk = dmarc_tree_walk(&domain);
+        let message = format!("From: <a@{domain}>\r\nSubject: x\r\n\r\nbody\r\n");
+        let before = dns.queries().len();
+        let _ = v.verify(HOST, &envelope("x@other.test"), message.as_bytes()).await;
+        let asked: Vec<String> =
+            dns.queries()[before..].iter().filter(|q| q.name.starts_with("_dmarc.")).map(|q| q.name.clone()).collect();
+        for name in &asked {
+            assert!(walk.contains(name), "depth {depth}: mail-auth asked {name}, not in {walk:?}");
+        }
+        for name in &walk {
+            assert!(dns.count(name, "TXT") >= 1, "depth {depth}: {name} never asked");
+        }
+        if depth == 1 {
+            assert!(walk.is_empty());
+        }
+    }
 }
 
 #[tokio::test]
@@ -289,4 +354,67 @@ async fn add_verdicts_strips_forgeries_and_prepends_above_received() {
     // Submission (no inbound envelope): untouched.
     let d = crate::add_verdicts(&verifier, HOST, delivery(message, None)).await;
     assert_eq!(std::str::from_utf8(&d.message).unwrap(), message);
+}
+
+/// Over generated header sections (our fields, lookalikes, foreign ones, folded,
+/// CRLF and bare LF, with and without a body): the one-pass copy is exactly our
+/// header followed by the stripped message, and strips exactly our fields.
+#[test]
+fn stripping_and_prepending_in_one_pass_is_strip_then_prepend() {
+    use rand::{Rng as _, SeedableRng as _};
+    let fields = [
+        "Authentication-Results: mx.agents.test; dkim=pass",
+        "authentication-results:MX.AGENTS.TEST.;\r\n\tspf=pass",
+        "Authentication-Results: (c) \"mx.agents.test\"; none",
+        "Authentication-Results: relay.example; dkim=fail",
+        "Authentication-Results: mx.agents.test.evil; dkim=pass",
+        "Received: from a\r\n\tby b",
+        "Subject: hi",
+        "X-Authentication-Results: mx.agents.test; dkim=pass",
+        "no colon here",
+    ];
+    let mut rng = rand::rngs::StdRng::seed_from_u64(15);
+    for _ in 0..2000 {
+        let eol = if rng.gen_bool(0.8) { "\r\n" } else { "\n" };
+        let mut message = String::new();
+        for _ in 0..rng.gen_range(0..8) {
+            message.push_str(&fields[rng.gen_range(0..fields.len())].replace("\r\n", eol));
+            message.push_str(eol);
+        }
+        if rng.gen_bool(0.7) {
+            message.push_str(eol);
+            message.push_str(&format!("Authentication-Results: mx.agents.test; in the body{eol}"));
+        }
+        let header = "Authentication-Results: mx.agents.test;\r\n\tdkim=none\r\n";
+        let stripped = strip_own_results(message.as_bytes(), HOST);
+        let mut want = header.as_bytes().to_vec();
+        want.extend_from_slice(&stripped);
+        assert_eq!(stripped_with_header(header, message.as_bytes(), HOST), want, "{message:?}");
+        let ours_left = String::from_utf8(stripped).unwrap();
+        for line in ours_left.split(eol).take_while(|l| !l.is_empty()) {
+            assert!(
+                !(line.to_ascii_lowercase().starts_with("authentication-results") && line.to_ascii_lowercase().contains("mx.agents.test;")),
+                "{line:?} survived in {message:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn only_host_names_are_prefetched() {
+    let cases: &[(&str, Option<&str>)] = &[
+        ("Bank.Example", Some("bank.example.")),
+        ("bank.example.", Some("bank.example.")),
+        ("sel._domainkey.bank.example.", Some("sel._domainkey.bank.example.")),
+        ("", None),
+        (".", None),
+        ("[192.0.2.1]", None),
+        ("localhost", None),
+        ("a..b", None),
+        ("bad host.example", None),
+        (&"x.".repeat(130), None),
+    ];
+    for (name, want) in cases {
+        assert_eq!(dns_name(name).as_deref(), *want, "{name:?}");
+    }
 }

@@ -10,7 +10,11 @@
 //! - [`Zone`] is the record set: A, AAAA, MX, TXT (one string, or several as
 //!   DKIM keys over 255 bytes need), CNAME; a name can also be made to answer
 //!   `SERVFAIL` ([`Zone::servfail`]) or never answer ([`Zone::no_answer`]) to test
-//!   temporary DNS errors and timeouts.
+//!   temporary DNS errors and timeouts, and the whole server can leave every n-th
+//!   query unanswered ([`Zone::drop_every`]: `1` is a server that never answers,
+//!   `10` one that loses 10 % of queries).
+//! - [`Zone::parse`] reads a record set from text (one record a line), for the
+//!   `agentkeys-testdns` binary the benchmarks run on a loopback address.
 //! - [`TestDns::start`] binds UDP and TCP on the same free loopback port and serves
 //!   from two background threads (one per transport, plus one short-lived thread
 //!   per TCP connection). It is not tied to any async runtime, so it works from
@@ -46,7 +50,7 @@
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -90,11 +94,34 @@ enum Failure {
 pub struct Zone {
     records: Vec<Record>,
     failures: HashMap<Name, Failure>,
+    /// Leave every n-th query (counted over the whole server) unanswered.
+    drop_every: Option<u64>,
+}
+
+/// A line of [`Zone::parse`] input that is not a record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ZoneError {
+    /// 1-based line number.
+    pub line: usize,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+impl std::fmt::Display for ZoneError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "line {}: {}", self.line, self.reason)
+    }
+}
+
+impl std::error::Error for ZoneError {}
+
+fn parse_name(text: &str) -> Result<Name, String> {
+    let fqdn = if text.ends_with('.') { text.to_owned() } else { format!("{text}.") };
+    Name::from_ascii(&fqdn).map_err(|e| format!("{text:?} is not a DNS name: {e}"))
 }
 
 fn name(text: &str) -> Name {
-    let fqdn = if text.ends_with('.') { text.to_owned() } else { format!("{text}.") };
-    Name::from_ascii(&fqdn).unwrap_or_else(|e| panic!("testdns: {text:?} is not a DNS name: {e}"))
+    parse_name(text).unwrap_or_else(|e| panic!("testdns: {e}"))
 }
 
 impl Zone {
@@ -173,6 +200,76 @@ impl Zone {
         self
     }
 
+    /// Makes the server leave every `n`-th query it receives unanswered (counted
+    /// over all names and both transports, starting with the `n`-th): `1` never
+    /// answers, `10` loses 10 % of queries. Deterministic, so a test knows which.
+    ///
+    /// # Panics
+    /// If `n` is 0.
+    #[must_use]
+    pub fn drop_every(mut self, n: u64) -> Self {
+        assert!(n > 0, "testdns: drop_every(0)");
+        self.drop_every = Some(n);
+        self
+    }
+
+    /// A record set from text, one record a line: `name TYPE data`, where TYPE is
+    /// `A`, `AAAA`, `MX` (data `preference exchange`), `TXT` (data: the rest of the
+    /// line, split into 255-byte strings as [`Zone::txt`] does), `CNAME`, or
+    /// `SERVFAIL` / `NOANSWER` (no data). Blank lines and lines starting with `#`
+    /// are skipped. Every bad line is reported, not only the first.
+    pub fn parse(text: &str) -> Result<Self, Vec<ZoneError>> {
+        let mut zone = Zone::new();
+        let mut errors = Vec::new();
+        for (i, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            match zone.clone().parse_line(line) {
+                Ok(next) => zone = next,
+                Err(reason) => errors.push(ZoneError { line: i + 1, reason }),
+            }
+        }
+        if errors.is_empty() { Ok(zone) } else { Err(errors) }
+    }
+
+    fn parse_line(self, line: &str) -> Result<Self, String> {
+        let mut parts = line.splitn(3, char::is_whitespace);
+        let owner = parts.next().unwrap_or_default();
+        let kind = parts.next().ok_or("no record type")?.to_ascii_uppercase();
+        let data = parts.next().unwrap_or_default().trim();
+        let owner_name = parse_name(owner)?;
+        let need = |what: &str| if data.is_empty() { Err(format!("{kind} needs {what}")) } else { Ok(()) };
+        let record = |zone: Self, rdata: RData| {
+            let mut zone = zone;
+            zone.records.push(Record::from_rdata(owner_name.clone(), TTL, rdata));
+            zone
+        };
+        Ok(match kind.as_str() {
+            "A" => record(self, RData::A(A(data.parse().map_err(|e| format!("A {data:?}: {e}"))?))),
+            "AAAA" => record(self, RData::AAAA(AAAA(data.parse().map_err(|e| format!("AAAA {data:?}: {e}"))?))),
+            "MX" => {
+                let (preference, exchange) = data.split_once(char::is_whitespace).ok_or("MX needs `preference exchange`")?;
+                let preference: u16 = preference.parse().map_err(|e| format!("MX preference {preference:?}: {e}"))?;
+                let exchange = exchange.trim();
+                let exchange = if exchange == "." { Name::root() } else { parse_name(exchange)? };
+                record(self, RData::MX(MX::new(preference, exchange)))
+            }
+            "TXT" => {
+                need("text")?;
+                self.txt(owner, data)
+            }
+            "CNAME" => {
+                need("a target")?;
+                record(self, RData::CNAME(CNAME(parse_name(data)?)))
+            }
+            "SERVFAIL" => self.servfail(owner),
+            "NOANSWER" => self.no_answer(owner),
+            other => return Err(format!("unknown record type {other:?}")),
+        })
+    }
+
     /// The answer to `request`, or `None` to stay silent.
     fn respond(&self, request: &Message) -> Option<Message> {
         let mut response = Message::response(request.metadata.id, request.metadata.op_code);
@@ -243,11 +340,27 @@ pub struct SeenQuery {
     pub tcp: bool,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Shared {
     zone: Mutex<Zone>,
     seen: Mutex<Vec<SeenQuery>>,
+    /// Whether queries are kept in `seen` (the benchmark binary counts only).
+    log: AtomicBool,
+    /// Queries received (decoded), answered or not.
+    received: AtomicU64,
     stop: AtomicBool,
+}
+
+impl Default for Shared {
+    fn default() -> Self {
+        Self {
+            zone: Mutex::default(),
+            seen: Mutex::default(),
+            log: AtomicBool::new(true),
+            received: AtomicU64::new(0),
+            stop: AtomicBool::new(false),
+        }
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -258,14 +371,23 @@ impl Shared {
     /// Decodes a query, logs it, and encodes the answer; `max` bounds a UDP answer.
     fn handle(&self, packet: &[u8], tcp: bool) -> Option<Vec<u8>> {
         let request = Message::from_vec(packet).ok()?;
-        if let Some(q) = request.queries.first() {
+        let number = self.received.fetch_add(1, Ordering::SeqCst) + 1;
+        if let Some(q) = request.queries.first()
+            && self.log.load(Ordering::Relaxed)
+        {
             lock(&self.seen).push(SeenQuery {
                 name: q.name().to_lowercase().to_ascii(),
                 record_type: q.query_type().to_string(),
                 tcp,
             });
         }
-        let response = lock(&self.zone).respond(&request)?;
+        let response = {
+            let zone = lock(&self.zone);
+            if zone.drop_every.is_some_and(|n| number % n == 0) {
+                return None;
+            }
+            zone.respond(&request)?
+        };
         let bytes = response.to_vec().ok()?;
         if tcp {
             return Some(bytes);
@@ -293,6 +415,18 @@ impl TestDns {
     /// Binds UDP and TCP on one free loopback port and starts serving `zone`.
     pub fn start(zone: Zone) -> io::Result<Self> {
         let (udp, tcp) = bind_pair()?;
+        Self::serve(udp, tcp, zone)
+    }
+
+    /// Binds UDP and TCP on `addr` (e.g. `127.0.53.1:53`, for peers that only
+    /// speak to port 53) and starts serving `zone`.
+    pub fn bind(addr: SocketAddr, zone: Zone) -> io::Result<Self> {
+        let udp = UdpSocket::bind(addr)?;
+        let tcp = TcpListener::bind(udp.local_addr()?)?;
+        Self::serve(udp, tcp, zone)
+    }
+
+    fn serve(udp: UdpSocket, tcp: TcpListener, zone: Zone) -> io::Result<Self> {
         let addr = udp.local_addr()?;
         let shared = Arc::new(Shared { zone: Mutex::new(zone), ..Shared::default() });
         let udp_thread = {
@@ -322,9 +456,27 @@ impl TestDns {
         *lock(&self.shared.zone) = zone;
     }
 
-    /// Every query received so far, in order.
+    /// Every query received so far, in order (while logging is on).
     pub fn queries(&self) -> Vec<SeenQuery> {
         lock(&self.shared.seen).clone()
+    }
+
+    /// How many queries for `name` (any case, with or without the trailing dot)
+    /// of type `record_type` (`"TXT"`, `"A"`, …) were received so far.
+    pub fn count(&self, name: &str, record_type: &str) -> usize {
+        let name = format!("{}.", name.trim_end_matches('.').to_ascii_lowercase());
+        lock(&self.shared.seen).iter().filter(|q| q.name == name && q.record_type == record_type).count()
+    }
+
+    /// Queries received so far (answered or not), whether logged or not.
+    pub fn received(&self) -> u64 {
+        self.shared.received.load(Ordering::SeqCst)
+    }
+
+    /// Turns the query log ([`TestDns::queries`]) on or off; a long-running
+    /// server (the benchmark binary) turns it off so memory stays flat.
+    pub fn set_logging(&self, on: bool) {
+        self.shared.log.store(on, Ordering::SeqCst);
     }
 }
 
@@ -465,6 +617,52 @@ mod tests {
         let mut q = Message::query();
         q.add_query(Query::query(name("slow.test"), RecordType::TXT));
         assert!(zone.respond(&q).is_none());
+    }
+
+    fn query(owner: &str) -> Vec<u8> {
+        let mut q = Message::query();
+        q.add_query(Query::query(name(owner), RecordType::TXT));
+        q.to_vec().unwrap()
+    }
+
+    #[test]
+    fn drop_every_n_leaves_exactly_every_nth_query_unanswered() {
+        for n in 1..=12u64 {
+            let shared = Shared { zone: Mutex::new(Zone::new().txt("a.test", "x").drop_every(n)), ..Shared::default() };
+            let answered: Vec<bool> = (1..=60u64).map(|_| shared.handle(&query("a.test"), false).is_some()).collect();
+            for (i, answered) in answered.iter().enumerate() {
+                assert_eq!(*answered, (i as u64 + 1) % n != 0, "n={n}, query {}", i + 1);
+            }
+            assert_eq!(shared.received.load(Ordering::SeqCst), 60);
+        }
+    }
+
+    #[test]
+    fn zone_text_round_trips_every_record_type() {
+        let text = "# comment\n\nhost.test A 192.0.2.1\nhost.test AAAA ::1\nexample.test MX 10 host.test\n\
+                    example.test TXT v=spf1 ip4:127.0.0.0/8 -all\nalias.test CNAME host.test\n\
+                    bad.test SERVFAIL\nslow.test NOANSWER\nnull.test MX 0 .\n";
+        let zone = Zone::parse(text).unwrap();
+        assert_eq!(ask(&zone, "host.test", RecordType::A).answers.len(), 1);
+        assert_eq!(ask(&zone, "host.test", RecordType::AAAA).answers.len(), 1);
+        assert_eq!(ask(&zone, "example.test", RecordType::MX).answers.len(), 1);
+        let r = ask(&zone, "example.test", RecordType::TXT);
+        let RData::TXT(txt) = &r.answers[0].data else { panic!() };
+        assert_eq!(txt.txt_data[0].as_ref(), b"v=spf1 ip4:127.0.0.0/8 -all");
+        assert_eq!(ask(&zone, "alias.test", RecordType::A).answers.len(), 2);
+        assert_eq!(ask(&zone, "bad.test", RecordType::TXT).metadata.response_code, ResponseCode::ServFail);
+        let mut q = Message::query();
+        q.add_query(Query::query(name("slow.test"), RecordType::TXT));
+        assert!(zone.respond(&q).is_none());
+        assert_eq!(ask(&zone, "null.test", RecordType::MX).answers.len(), 1);
+    }
+
+    #[test]
+    fn zone_text_errors_name_every_bad_line() {
+        let errors = Zone::parse("ok.test A 192.0.2.1\nbad A 999.1.1.1\nx.test\nx.test MX ten host\nx.test WAT y\nx.test TXT\n")
+            .unwrap_err();
+        let lines: Vec<usize> = errors.iter().map(|e| e.line).collect();
+        assert_eq!(lines, [2, 3, 4, 5, 6], "{errors:?}");
     }
 
     #[test]

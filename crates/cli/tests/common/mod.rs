@@ -376,3 +376,23 @@ pub fn send_raw(addr: SocketAddr, from: &str, rcpt: &str, message: &str) -> std:
     writer.write_all(b"QUIT\r\n").ok();
     Ok(code)
 }
+
+/// A plain HTTP/1.1 GET to the server's HTTP listener; the whole response (status
+/// line, headers, body) as text.
+pub fn http_get(addr: SocketAddr, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect to HTTP");
+    write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").expect("send GET");
+    let mut out = String::new();
+    s.read_to_string(&mut out).expect("read response");
+    out
+}
+
+/// The value of one Prometheus sample on `/metrics` (`name{labels}` exactly as
+/// printed), 0 when it is not there yet.
+pub fn metric(server: &Server, sample: &str) -> f64 {
+    http_get(server.http, "/metrics")
+        .lines()
+        .find_map(|line| line.strip_prefix(sample)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
