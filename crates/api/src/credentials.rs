@@ -21,7 +21,7 @@ use crate::extract::{AgentBearer, ApiJson};
 #[serde(deny_unknown_fields)]
 pub struct ReadCredentialRequest {
     /// The inbox to read, e.g. `bot-1@agents.example.com`.
-    #[schema(pattern = r#"^[A-Za-z0-9._-]{1,64}@(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.){0,2}[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$"#, example = "bot-1@agents.example.com")]
+    #[schema(pattern = r#"^[A-Za-z0-9_-]{1,32}(?:\.[A-Za-z0-9_-]{1,15}){0,2}@(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.){0,2}[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$"#, example = "bot-1@agents.example.com")]
     pub inbox: String,
     /// Requested lifetime in seconds (default 300). Clamped to 60–1800 and to
     /// what the grant and the key have left; a clamp is not an error.
@@ -35,7 +35,7 @@ pub struct ReadCredentialRequest {
 #[serde(deny_unknown_fields)]
 pub struct OidcCredentialRequest {
     /// An inbox the agent holds a `read` grant for; that grant bounds the token's life.
-    #[schema(pattern = r#"^[A-Za-z0-9._-]{1,64}@(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.){0,2}[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$"#, example = "bot-1@agents.example.com")]
+    #[schema(pattern = r#"^[A-Za-z0-9_-]{1,32}(?:\.[A-Za-z0-9_-]{1,15}){0,2}@(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.){0,2}[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$"#, example = "bot-1@agents.example.com")]
     pub inbox: String,
     /// Requested lifetime in seconds (default 300). Clamped to 60–3600 and to
     /// what the grant and the key have left; a clamp is not an error.

@@ -252,7 +252,7 @@ pub struct CreateGrantRequest {
     #[schema(pattern = r#"^0[xX][0-9a-fA-F]{40}$"#)]
     pub agent: String,
     /// An address, a prefix ending in `*` (`bot-*@…`), or `*@domain`.
-    #[schema(pattern = r#"^(?:\*@(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.){0,2}[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?|[A-Za-z0-9._@-]{1,64}\*|[A-Za-z0-9._-]{1,64}@(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.){0,2}[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)$"#)]
+    #[schema(pattern = r#"^(?:\*@(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.){0,2}[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?|[A-Za-z0-9._@-]{1,64}\*|[A-Za-z0-9_-]{1,32}(?:\.[A-Za-z0-9_-]{1,15}){0,2}@(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.){0,2}[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)$"#)]
     pub inbox: String,
     /// Any of `read`, `send`, `admin`.
     #[schema(value_type = Vec<ScopeName>, min_items = 1)]
