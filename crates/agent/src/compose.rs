@@ -141,6 +141,13 @@ pub enum ComposeError {
     /// A reply to a message without a `From:`/`Reply-To:` to answer.
     #[error("the original message has no From: or Reply-To: to reply to")]
     NoReplyAddress,
+    /// A reply to a message that came from this inbox and went only to it (an
+    /// agent's note to itself): there is nobody else to answer.
+    #[error(
+        "the original message is from this inbox ({0}) and went only to it, so a reply has nobody to go to; \
+         send a new message with the recipient instead (`mail send --to ADDRESS`)"
+    )]
+    OnlyOurselves(String),
     /// mail-builder could not write the message.
     #[error("could not write the message: {0}")]
     Write(String),
@@ -286,9 +293,14 @@ pub fn reply(
     if to.iter().all(is_me) && !to.is_empty() {
         to = original.to.clone();
     }
+    let had_candidates = !to.is_empty();
     let mut to = dedup(to.into_iter().filter(|m| !is_me(m)), &[]);
     if to.is_empty() {
-        return Err(ComposeError::NoReplyAddress);
+        return Err(if had_candidates || original.from.iter().any(is_me) {
+            ComposeError::OnlyOurselves(me.address.clone())
+        } else {
+            ComposeError::NoReplyAddress
+        });
     }
     let mut cc = Vec::new();
     if reply_all {

@@ -226,6 +226,11 @@ fn reply_to_our_own_message_goes_to_its_recipients() {
         compose::reply(&parse(nobody.as_bytes()), &me(), None, None, false),
         Err(ComposeError::NoReplyAddress)
     );
+    // A note to itself: the error says so instead of blaming a missing From:.
+    let own = format!("From: {0}\r\nTo: {0}\r\nSubject: note\r\nMessage-ID: <s3@x>\r\n\r\nn\r\n", me().address);
+    let err = compose::reply(&parse(own.as_bytes()), &me(), None, None, false).unwrap_err();
+    assert_eq!(err, ComposeError::OnlyOurselves(me().address.clone()));
+    assert!(err.to_string().contains("mail send --to"), "{err}");
 }
 
 #[test]

@@ -21,6 +21,14 @@ use zeroize::Zeroizing;
 pub const PASSPHRASE_ENV: &str = "AGENTKEYS_PASSPHRASE";
 /// Longest accepted passphrase, in bytes.
 pub const MAX_PASSPHRASE_LEN: usize = 1024;
+/// Fewest characters of a *new* passphrase. It seals the key that approves
+/// every grant, and an attacker with the key file can guess offline at Argon2id's
+/// pace; NIST SP 800-63B asks for at least 15 characters of a single-factor
+/// secret, we ask for 12 and suggest a few words. Existing keys still unlock
+/// with whatever they were sealed with.
+pub const MIN_NEW_PASSPHRASE_CHARS: usize = 12;
+/// Fewest distinct characters of a new passphrase (refuses `aaaaaaaaaaaa`).
+pub const MIN_NEW_PASSPHRASE_DISTINCT: usize = 5;
 
 /// Whether [`prompt_passphrase`] asks a second time (for a new passphrase).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,7 +43,10 @@ pub enum Confirm {
 #[derive(Debug, thiserror::Error)]
 pub enum PassphraseError {
     /// The passphrase is empty (after removing the trailing newline).
-    #[error("the passphrase from {source_name} is empty")]
+    #[error(
+        "the passphrase from {source_name} is empty; give it with --passphrase-file FILE or the \
+         AGENTKEYS_PASSPHRASE variable, or run the command on a terminal to be asked"
+    )]
     Empty {
         /// Where it came from (`--passphrase-file PATH`, `AGENTKEYS_PASSPHRASE`, `the prompt`).
         source_name: String,
@@ -52,6 +63,13 @@ pub enum PassphraseError {
         /// Where it came from.
         source_name: String,
     },
+    /// A new passphrase shorter than [`MIN_NEW_PASSPHRASE_CHARS`] characters or
+    /// with fewer than [`MIN_NEW_PASSPHRASE_DISTINCT`] distinct ones.
+    #[error(
+        "the new passphrase is too weak: use at least {MIN_NEW_PASSPHRASE_CHARS} characters, \
+         {MIN_NEW_PASSPHRASE_DISTINCT} of them different (a few words work well)"
+    )]
+    TooWeak,
     /// The two answers to a [`Confirm::Twice`] prompt differ.
     #[error("the passphrases do not match")]
     Mismatch,
@@ -73,6 +91,7 @@ impl PassphraseError {
             Self::Empty { .. } => "PASSPHRASE_EMPTY",
             Self::TooLong { .. } => "PASSPHRASE_TOO_LONG",
             Self::NotUtf8 { .. } => "PASSPHRASE_NOT_UTF8",
+            Self::TooWeak => "PASSPHRASE_TOO_WEAK",
             Self::Mismatch => "PASSPHRASE_MISMATCH",
             Self::Io { .. } => "PASSPHRASE_IO",
         }
@@ -102,6 +121,23 @@ impl Passphrase {
     /// The secret text, for key derivation.
     pub fn expose(&self) -> &str {
         &self.0
+    }
+
+    /// Checks that this passphrase is strong enough to seal a *new* key: at
+    /// least [`MIN_NEW_PASSPHRASE_CHARS`] characters, [`MIN_NEW_PASSPHRASE_DISTINCT`]
+    /// of them distinct.
+    pub fn check_new(self) -> Result<Self, PassphraseError> {
+        let chars = self.0.chars().count();
+        let mut distinct: Vec<char> = self.0.chars().collect();
+        distinct.sort_unstable();
+        distinct.dedup();
+        let distinct_count = distinct.len();
+        // The sorted copy holds the secret too; wipe it like the rest.
+        zeroize::Zeroize::zeroize(&mut distinct);
+        if chars < MIN_NEW_PASSPHRASE_CHARS || distinct_count < MIN_NEW_PASSPHRASE_DISTINCT {
+            return Err(PassphraseError::TooWeak);
+        }
+        Ok(self)
     }
 }
 
@@ -234,6 +270,27 @@ mod tests {
         assert_eq!(passphrase_from_file(&path).unwrap().expose(), "two newlines\n");
         std::fs::write(&path, " spaces kept ").unwrap();
         assert_eq!(passphrase_from_file(&path).unwrap().expose(), " spaces kept ");
+    }
+
+    #[test]
+    fn new_passphrases_have_a_floor() {
+        let new = |s: &str| Passphrase::new(s.to_owned()).unwrap().check_new().map(|_| ());
+        assert!(matches!(new("a"), Err(PassphraseError::TooWeak)));
+        assert!(matches!(new("elevenchars"), Err(PassphraseError::TooWeak)));
+        assert!(matches!(new("aaaaaaaaaaaaaaaaaaaa"), Err(PassphraseError::TooWeak)));
+        assert!(matches!(new("abababababab"), Err(PassphraseError::TooWeak)));
+        assert!(new("correct horse battery staple").is_ok());
+        assert!(new("twelve chars").is_ok());
+        // Characters, not bytes: twelve accented letters pass, six would not.
+        assert!(new("éèêëēėęàâäæã").is_ok());
+        assert!(matches!(new("éèêëēė"), Err(PassphraseError::TooWeak)));
+    }
+
+    #[test]
+    fn empty_names_the_non_interactive_sources() {
+        let err = read_passphrase_line(&mut std::io::Cursor::new(b"\n".to_vec())).unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("standard input") && text.contains("--passphrase-file") && text.contains("AGENTKEYS_PASSPHRASE"), "{text}");
     }
 
     #[test]

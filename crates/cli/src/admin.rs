@@ -42,10 +42,10 @@ pub(crate) enum OwnerCmd {
 /// `agentkeys agent …`
 #[derive(Debug, Subcommand)]
 pub(crate) enum AgentCmd {
-    /// Add an agent under an owner.
+    /// Add an agent under an owner (prints its id).
     Add {
-        /// Agent id: 0x followed by 40 hex digits.
-        id: String,
+        /// Agent id: 0x followed by 40 hex digits (default: a new random one).
+        id: Option<String>,
         /// The owning owner's id.
         #[arg(long)]
         owner: String,
@@ -237,13 +237,36 @@ pub(crate) fn enrollment_ticket(owner: &OwnerId) -> (String, agentkeys_store::En
 }
 
 /// How the owner uses an enrollment code.
-fn enrollment_text(owner: &OwnerId, code: &str, expires_at: i64) -> String {
+fn enrollment_text(config: &Config, owner: &OwnerId, code: &str, expires_at: i64) -> String {
     format!(
         "enrollment code {code} (single use, valid until {})\n\
          give it to the owner, who runs on their own machine:\n  \
-         agentkeys owner enroll --server http://<this server's HTTP listener> --owner {owner} --code {code}",
-        rfc3339(expires_at)
+         agentkeys owner enroll --server {} --owner {owner} --code {code}",
+        rfc3339(expires_at),
+        crate::config::server_url(config)
     )
+}
+
+/// Agents' display names, so lists can show a name next to each id.
+struct AgentNames(std::collections::HashMap<AgentId, String>);
+
+impl AgentNames {
+    async fn load(dir: &DataDir, owner: Option<&OwnerId>) -> Result<Self> {
+        let agents = dir.meta.list_agents(owner).await?;
+        Ok(Self(agents.into_iter().filter_map(|a| Some((a.id, a.name?))).collect()))
+    }
+
+    fn get(&self, agent: &AgentId) -> Option<&str> {
+        self.0.get(agent).map(String::as_str)
+    }
+
+    /// `0x… (name)`, or the bare id for an agent without a name.
+    fn label(&self, agent: &AgentId) -> String {
+        match self.get(agent) {
+            Some(name) => format!("{agent} ({name})"),
+            None => agent.to_string(),
+        }
+    }
 }
 
 fn hint(err: StoreError, fix: &str) -> anyhow::Error {
@@ -265,7 +288,10 @@ pub(crate) async fn owner(config: &Config, cmd: OwnerCmd, json: bool) -> Result<
     if let OwnerCmd::Enroll(args) = cmd {
         return crate::owner_client::enroll(args, config, json).await;
     }
-    let dir = DataDir::open(config).await?;
+    let dir = match cmd {
+        OwnerCmd::Add { .. } => DataDir::create_or_open(config).await?,
+        _ => DataDir::open(config).await?,
+    };
     match cmd {
         OwnerCmd::Add { id, email } => {
             let id: OwnerId = parse("owner id", &id)?;
@@ -289,14 +315,14 @@ pub(crate) async fn owner(config: &Config, cmd: OwnerCmd, json: bool) -> Result<
                 .map_err(|e| hint(e, "owner ids are unique"))?;
             let expires_at = ticket.expires_at;
             print(json, json!({ "id": id, "enrollment_code": code, "enrollment_expires_at": rfc3339(expires_at) }), || {
-                format!("owner {id} added\n{}", enrollment_text(&id, &code, expires_at))
+                format!("owner {id} added\n{}", enrollment_text(config, &id, &code, expires_at))
             });
         }
         OwnerCmd::EnrollCode { id } => {
             let id: OwnerId = parse("owner id", &id)?;
             let (code, expires_at) = issue_enrollment(&dir, &id).await?;
             print(json, json!({ "id": id, "enrollment_code": code, "enrollment_expires_at": rfc3339(expires_at) }), || {
-                enrollment_text(&id, &code, expires_at)
+                enrollment_text(config, &id, &code, expires_at)
             });
         }
         OwnerCmd::Enroll(args) => return crate::owner_client::enroll(args, config, json).await,
@@ -320,7 +346,10 @@ pub(crate) async fn agent(config: &Config, cmd: AgentCmd, json: bool) -> Result<
         AgentCmd::Pair(args) => crate::pairing_client::pair(args, json).await?,
         AgentCmd::Add { id, owner, name } => {
             let dir = DataDir::open(config).await?;
-            let id: AgentId = parse("agent id", &id)?;
+            let id: AgentId = match id {
+                Some(id) => parse("agent id", &id)?,
+                None => AgentId::generate(&mut rand::thread_rng()),
+            };
             let owner: OwnerId = parse("--owner", &owner)?;
             let rec = AgentRecord { id: id.clone(), owner: owner.clone(), name, created_at: crate::now() };
             let _receipt = dir
@@ -328,7 +357,10 @@ pub(crate) async fn agent(config: &Config, cmd: AgentCmd, json: bool) -> Result<
                 .add_agent(&rec, &agent_event(&rec))
                 .await
                 .map_err(|e| hint(e, "add the owner first with `agentkeys owner add`, and use a new agent id"))?;
-            print(json, json!({ "id": id, "owner": owner }), || format!("agent {id} added under owner {owner}"));
+            print(json, json!({ "id": id, "owner": owner, "name": rec.name }), || match &rec.name {
+                Some(name) => format!("agent {id} ({name}) added under owner {owner}"),
+                None => format!("agent {id} added under owner {owner}"),
+            });
         }
         AgentCmd::List { owner } => {
             let dir = DataDir::open(config).await?;
@@ -372,12 +404,13 @@ pub(crate) async fn inbox(config: &Config, cmd: InboxCmd, json: bool) -> Result<
         InboxCmd::List { owner } => {
             let owner = owner.map(|o| parse::<OwnerId>("--owner", &o)).transpose()?;
             let inboxes = dir.meta.list_inboxes(owner.as_ref()).await?;
+            let names = AgentNames::load(&dir, owner.as_ref()).await?;
             let rows: Vec<_> = inboxes
                 .iter()
-                .map(|i| json!({ "address": i.address, "owner": i.owner, "agent": i.agent, "status": i.status, "created_at": rfc3339(i.created_at) }))
+                .map(|i| json!({ "address": i.address, "owner": i.owner, "agent": i.agent, "agent_name": names.get(&i.agent), "status": i.status, "created_at": rfc3339(i.created_at) }))
                 .collect();
             print(json, json!(rows), || {
-                inboxes.iter().map(|i| format!("{}  {}  owner {}  agent {}", i.address, i.status, i.owner, i.agent)).collect::<Vec<_>>().join("\n")
+                inboxes.iter().map(|i| format!("{}  {}  owner {}  agent {}", i.address, i.status, i.owner, names.label(&i.agent))).collect::<Vec<_>>().join("\n")
             });
         }
         InboxCmd::SetStatus { address, status } => {
@@ -474,14 +507,15 @@ pub(crate) async fn grant(config: &Config, cmd: GrantCmd, json: bool) -> Result<
             let dir = DataDir::open(config).await?;
             let agent = agent.map(|a| parse::<AgentId>("--agent", &a)).transpose()?;
             let grants = dir.meta.list_grants(agent.as_ref()).await?;
+            let names = AgentNames::load(&dir, None).await?;
             let now = crate::now();
             let state = |g: &Grant| if g.revoked_at.is_some() { "revoked" } else if g.is_active(now) { "active" } else { "expired" };
             let rows: Vec<_> = grants
                 .iter()
-                .map(|g| json!({ "id": g.id, "owner": g.owner, "agent": g.agent, "inbox": g.pattern.to_string(), "scopes": g.scopes.to_string(), "state": state(g), "created_at": rfc3339(g.created_at), "expires_at": rfc3339(g.expires_at) }))
+                .map(|g| json!({ "id": g.id, "owner": g.owner, "agent": g.agent, "agent_name": names.get(&g.agent), "inbox": g.pattern.to_string(), "scopes": g.scopes.to_string(), "state": state(g), "created_at": rfc3339(g.created_at), "expires_at": rfc3339(g.expires_at) }))
                 .collect();
             print(json, json!(rows), || {
-                grants.iter().map(|g| format!("{}  {}  agent {}  {}  {}  expires {}", g.id, state(g), g.agent, g.pattern, g.scopes, rfc3339(g.expires_at))).collect::<Vec<_>>().join("\n")
+                grants.iter().map(|g| format!("{}  {}  agent {}  {}  {}  expires {}", g.id, state(g), names.label(&g.agent), g.pattern, g.scopes, rfc3339(g.expires_at))).collect::<Vec<_>>().join("\n")
             });
             Ok(())
         }

@@ -25,6 +25,18 @@ pub(crate) const DEFAULT_CONFIG_FILE: &str = "agentkeys.toml";
 /// Default public URL of the HTTP listener (the OIDC issuer).
 pub(crate) const DEFAULT_PUBLIC_URL: &str = "http://127.0.0.1:8787";
 
+/// The URL owners and agents give as `--server`: `public_url` when it is set,
+/// else the HTTP listener's own address (the default `public_url` names the
+/// default listener, which may have been moved).
+pub(crate) fn server_url(config: &Config) -> String {
+    let public = config.public_url.as_str().trim_end_matches('/');
+    if public == DEFAULT_PUBLIC_URL {
+        format!("http://{}", config.listen_http)
+    } else {
+        public.to_owned()
+    }
+}
+
 /// The server's settings after defaults, file and environment are merged.
 #[derive(Debug, Clone)]
 pub(crate) struct Config {

@@ -37,8 +37,26 @@ pub(crate) struct DataDir {
 }
 
 impl DataDir {
-    /// Opens (creating on first use) the data directory and the hosted default domain.
+    /// Opens an existing data directory. Commands that only read or change what
+    /// is there never create one: run somewhere else by mistake, they would
+    /// otherwise leave a new `./agentkeys-data` with a new master seed behind
+    /// and answer as if the server had no data.
     pub(crate) async fn open(config: &Config) -> Result<Self> {
+        if !config.data_dir.join(META_FILE).exists() {
+            bail!(
+                "no data directory at {}: start the server once there (`agentkeys serve`), pass --data-dir \
+                 (or AGENTKEYS_DATA_DIR) to point at the server's, or, as an owner on another machine, \
+                 give the server's URL with --server",
+                config.data_dir.display()
+            );
+        }
+        Self::create_or_open(config).await
+    }
+
+    /// Opens the data directory, creating it on first use, and the hosted
+    /// default domain: `serve`, `demo seed` and the operator's first commands
+    /// (`owner add`, `domain add`).
+    pub(crate) async fn create_or_open(config: &Config) -> Result<Self> {
         let path = config.data_dir.clone();
         fs::create_dir_all(&path)
             .with_context(|| format!("cannot create data directory {}", path.display()))?;

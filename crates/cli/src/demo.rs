@@ -102,7 +102,7 @@ where
 
 pub(crate) async fn run(config: &Config, cmd: DemoCmd, json: bool) -> Result<()> {
     let DemoCmd::Seed = cmd;
-    let dir = DataDir::open(config).await?;
+    let dir = DataDir::create_or_open(config).await?;
     let now = crate::now();
     let (owner_a, owner_b): (OwnerId, OwnerId) = (id(DEMO_OWNER_A)?, id(DEMO_OWNER_B)?);
     let (sender, reader, other): (AgentId, AgentId, AgentId) = (id(AGENT_SENDER)?, id(AGENT_READER)?, id(AGENT_OTHER)?);

@@ -89,7 +89,10 @@ async fn published(
 }
 
 pub(crate) async fn run(config: &Config, cmd: DomainCmd, json: bool) -> Result<()> {
-    let dir = DataDir::open(config).await?;
+    let dir = match cmd {
+        DomainCmd::Add { .. } => DataDir::create_or_open(config).await?,
+        _ => DataDir::open(config).await?,
+    };
     match cmd {
         DomainCmd::Add { domain } => {
             let domain = parse_domain(&domain)?;

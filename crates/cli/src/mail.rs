@@ -60,7 +60,7 @@ pub(crate) enum MailCmd {
     },
     /// Show one message (parsed), or save one attachment.
     Show {
-        /// The message id.
+        /// The message id, or enough of its start to name one message.
         message_id: String,
         #[command(flatten)]
         inbox: InboxArg,
@@ -210,6 +210,62 @@ async fn resolve_inbox(mail: &MailService, arg: &InboxArg) -> Result<String> {
     }
 }
 
+/// Length of a full message id (a ULID).
+const MESSAGE_ID_LEN: usize = 26;
+/// Most messages a prefix is looked for among, newest first.
+const MAX_PREFIX_SCAN: usize = 2_000;
+
+/// The full id of the message `id` names: itself when it is a whole ULID, else
+/// the one message of `inbox` whose id starts with it (case-insensitive), as
+/// `git` resolves a short hash. Ids are ULIDs, so they sort by arrival: the
+/// newest-first scan stops at the first id below the prefix.
+async fn full_message_id(mail: &MailService, inbox: &str, id: &str) -> Result<String> {
+    if id.len() >= MESSAGE_ID_LEN {
+        return Ok(id.to_owned());
+    }
+    let prefix = id.to_ascii_uppercase();
+    if prefix.is_empty() || !prefix.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        bail!("{id:?} is not a message id or the start of one (ids look like 01J…; see `agentkeys mail list`)");
+    }
+    let mut found: Vec<String> = Vec::new();
+    let mut before = None;
+    let mut scanned = 0;
+    'pages: while scanned < MAX_PREFIX_SCAN {
+        let page = mail
+            .list_messages(&ListMessagesParams {
+                inbox: inbox.to_owned(),
+                limit: Some(100),
+                after: None,
+                before: before.take(),
+                from: None,
+                subject_contains: None,
+            })
+            .await?;
+        for m in &page.messages {
+            scanned += 1;
+            if m.message_id.starts_with(&prefix) {
+                found.push(m.message_id.clone());
+            } else if m.message_id.as_str() < prefix.as_str() {
+                break 'pages;
+            }
+        }
+        match page.next_cursor {
+            Some(c) => before = Some(c),
+            None => break,
+        }
+    }
+    match found.as_slice() {
+        [one] => Ok(one.clone()),
+        [] => bail!("no message in {inbox} has an id starting with {id} (see `agentkeys mail list`)"),
+        many => bail!(
+            "{} messages in {inbox} have ids starting with {id} ({}{}): give more of the id",
+            many.len(),
+            many.iter().take(3).cloned().collect::<Vec<_>>().join(", "),
+            if many.len() > 3 { ", …" } else { "" }
+        ),
+    }
+}
+
 fn body(args: &BodyArgs) -> Result<(Option<String>, Option<String>)> {
     let text = match (&args.text, &args.text_file) {
         (Some(t), _) => Some(t.clone()),
@@ -342,6 +398,7 @@ pub(crate) async fn run(cmd: MailCmd, json: bool) -> Result<()> {
         }
         MailCmd::Show { message_id, inbox, attachment, out } => {
             let inbox = resolve_inbox(&mail, &inbox).await?;
+            let message_id = full_message_id(&mail, &inbox, &message_id).await?;
             if let (Some(index), Some(out)) = (attachment, out) {
                 let a = mail.get_attachment(&GetAttachmentParams { inbox, message_id, index }).await?;
                 let bytes = base64::engine::general_purpose::STANDARD.decode(&a.content_base64)?;
@@ -388,6 +445,7 @@ pub(crate) async fn run(cmd: MailCmd, json: bool) -> Result<()> {
         }
         MailCmd::Reply { message_id, inbox, all, body: b, attach } => {
             let inbox = resolve_inbox(&mail, &inbox).await?;
+            let message_id = full_message_id(&mail, &inbox, &message_id).await?;
             let (text, html) = body(&b)?;
             let receipt = mail
                 .reply_to_message(&ReplyParams { inbox, message_id, text, html, reply_all: all, attachments: attachments(&attach)? })
@@ -399,6 +457,7 @@ pub(crate) async fn run(cmd: MailCmd, json: bool) -> Result<()> {
         }
         MailCmd::Forward { message_id, inbox, to, cc, bcc, text } => {
             let inbox = resolve_inbox(&mail, &inbox).await?;
+            let message_id = full_message_id(&mail, &inbox, &message_id).await?;
             let receipt = mail.forward_message(&ForwardParams { inbox, message_id, to, cc, bcc, text }).await?;
             if json {
                 return print_json(&receipt);

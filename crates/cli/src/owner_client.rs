@@ -119,6 +119,18 @@ fn agent() -> ureq::Agent {
 
 /// Sends one request; answers the status, the body as JSON (`Null` if it is not
 /// JSON) and the body text, whatever the status.
+/// The error for a request that got no answer: which URL, why, and what to check.
+fn unreachable(url: &str, err: ureq::Error) -> anyhow::Error {
+    let reason = match &err {
+        ureq::Error::Io(io) if io.kind() == std::io::ErrorKind::ConnectionRefused => "connection refused".to_owned(),
+        ureq::Error::Io(io) => io.to_string(),
+        other => other.to_string(),
+    };
+    anyhow!(
+        "cannot reach {url}: {reason}; is `agentkeys serve` running there? Point --server (or AGENTKEYS_SERVER) at its HTTP listener"
+    )
+}
+
 pub(crate) fn send_raw(
     method: &str,
     url: &str,
@@ -156,7 +168,7 @@ pub(crate) fn send_raw(
             req.send(body.unwrap_or_default())
         }
     };
-    let mut response = result.with_context(|| format!("cannot reach {url}"))?;
+    let mut response = result.map_err(|e| unreachable(url, e))?;
     let status = response.status().as_u16();
     let text = response.body_mut().read_to_string().with_context(|| format!("cannot read the answer of {url}"))?;
     let value: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
@@ -268,7 +280,7 @@ pub(crate) async fn enroll(args: EnrollArgs, config: &Config, json: bool) -> Res
         );
     }
     let prompt = format!("New passphrase for owner {owner}: ");
-    let passphrase = resolve_passphrase(args.passphrase_file.as_deref(), &prompt, Confirm::Twice)?;
+    let passphrase = resolve_passphrase(args.passphrase_file.as_deref(), &prompt, Confirm::Twice)?.check_new()?;
     let mut rng = rand::rngs::OsRng;
     let key = MasterKey::generate(&mut rng);
     let file = EncryptedKeyFile::seal(&key, &owner, &passphrase, KdfParams::PRODUCTION, &mut rng)?;
@@ -405,7 +417,17 @@ pub(crate) async fn audit_list(
         rows.iter()
             .map(|r| {
                 let time = r["ts"].as_i64().map_or_else(|| "-".to_owned(), rfc3339);
-                format!("{:>6}  {time}  {}  {}  {}  {}", r["seq"], s(&r["actor"]), s(&r["operation"]), s(&r["subject"]), s(&r["outcome"]))
+                // A refusal says why (an agent's AUTH refused for KEY_REVOKED, say): the
+                // SMTP reply stays uniform, so this is where the owner learns it.
+                let reason = r["detail"]["reason"].as_str().map(|why| format!("  reason {why}")).unwrap_or_default();
+                format!(
+                    "{:>6}  {time}  {}  {}  {}  {}{reason}",
+                    r["seq"],
+                    s(&r["actor"]),
+                    s(&r["operation"]),
+                    s(&r["subject"]),
+                    s(&r["outcome"])
+                )
             })
             .collect::<Vec<_>>()
             .join("\n")

@@ -36,7 +36,7 @@ pub(crate) async fn run(config: Config) -> Result<()> {
     // the listeners are printed is a graceful stop, not the default kill.
     let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
-    let dir = DataDir::open(&config).await?;
+    let dir = DataDir::create_or_open(&config).await?;
     let tls = crate::tls::load(&config)?;
     reconcile_index(&dir).await?;
 

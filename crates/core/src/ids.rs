@@ -153,6 +153,18 @@ impl FromStr for AgentId {
     }
 }
 
+impl AgentId {
+    /// A fresh random agent id (`0x` + 40 hex digits), for an agent the
+    /// operator adds without naming one. Paired agents derive theirs from the
+    /// device key instead.
+    pub fn generate(rng: &mut impl rand::RngCore) -> Self {
+        let mut bytes = [0u8; 20];
+        rng.fill_bytes(&mut bytes);
+        let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        Self(format!("0x{hex}"))
+    }
+}
+
 impl FromStr for Domain {
     type Err = IdError;
     fn from_str(s: &str) -> Result<Self, IdError> {
@@ -272,6 +284,15 @@ impl KeyId {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn generated_agent_ids_parse() {
+        let mut rng = rand::thread_rng();
+        for _ in 0..100 {
+            let id = AgentId::generate(&mut rng);
+            assert_eq!(id.as_str().parse::<AgentId>().unwrap(), id);
+        }
+    }
 
     #[test]
     fn wallet_ids_are_lowercased_and_checked() {
