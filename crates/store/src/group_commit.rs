@@ -29,6 +29,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::meta::StoreError;
 use crate::sqlite::{Clock, WriteGate, backend, insert_sealed_many, read_head, seal_event};
+use crate::write_tx::WriteTx;
 
 /// Most appends one transaction takes. Larger batches amortise the commit further
 /// but hold the write lock longer; 256 records are ~100 KB of WAL.
@@ -161,10 +162,11 @@ fn fail_all(replies: impl IntoIterator<Item = Reply>, why: &str) {
 
 /// Seals and inserts `jobs` in one transaction, commits, answers every caller.
 async fn commit_batch(pool: &SqlitePool, gate: &WriteGate, clock: &Clock, jobs: Vec<Job>) {
-    let _turn = gate.enter().await;
-    let mut tx = match pool.begin_with("BEGIN IMMEDIATE").await {
+    // Every failure below drops or fails `tx`, which settles it (crate::write_tx):
+    // the connection goes back to the pool clean or not at all.
+    let mut tx = match WriteTx::begin(pool, gate.enter().await).await {
         Ok(tx) => tx,
-        Err(e) => return fail_all(jobs.into_iter().map(|j| j.reply), &reason(backend(e))),
+        Err(e) => return fail_all(jobs.into_iter().map(|j| j.reply), &reason(e)),
     };
     let mut head = match read_head(&mut tx).await {
         Ok(head) => head,

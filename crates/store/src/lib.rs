@@ -29,6 +29,9 @@ pub mod group_commit;
 mod meta;
 mod queue;
 mod sqlite;
+mod write_tx;
+#[cfg(test)]
+mod fault_tests;
 
 pub use blob::{BlobError, BlobKey};
 pub use events::{EVENT_BUFFER, LocalEventHub, MailEvents, Missed, Subscription, TooManySubscribers};

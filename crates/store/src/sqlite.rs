@@ -36,12 +36,13 @@ use async_trait::async_trait;
 use sqlx::error::ErrorKind;
 use sqlx::migrate::Migrator;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Sqlite, SqliteConnection, Transaction};
+use sqlx::{Sqlite, SqliteConnection};
 
 use crate::meta::{
     AgentRecord, DomainKeyRecord, InboxRecord, KeyRecord, MetadataStore, NewOutbound, OwnerRecord, QueueEntry, Recipient, StoreError,
 };
 use crate::group_commit::GroupCommit;
+pub(crate) use crate::write_tx::WriteTx;
 use crate::meta::{CheckpointRecord, EnrollmentTicketRecord, NonceUse, PairingRecord, PairingStatus};
 
 /// Most connections the pool opens. SQLite has one writer at a time; WAL lets the
@@ -112,6 +113,15 @@ impl SqliteStore {
     ///
     /// The server and the CLI may open the same file at the same time.
     pub async fn open(path: &Path) -> Result<Self, StoreError> {
+        Self::open_with(path, |options| options).await
+    }
+
+    /// [`SqliteStore::open`] with `extra` applied to the connect options of every
+    /// connection (tests: `max_page_count` to make the database full).
+    pub(crate) async fn open_with(
+        path: &Path,
+        extra: impl FnOnce(SqliteConnectOptions) -> SqliteConnectOptions,
+    ) -> Result<Self, StoreError> {
         let options = SqliteConnectOptions::new()
             .filename(path)
             .create_if_missing(true)
@@ -119,12 +129,15 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
             .busy_timeout(BUSY_TIMEOUT);
+        let options = extra(options);
         // No ping before handing out a connection: a local database file has no
         // network to drop it, a broken connection still fails its query, and the
         // ping is a round trip through sqlx's worker thread on every RCPT and AUTH.
         let pool = SqlitePoolOptions::new()
             .max_connections(MAX_CONNECTIONS)
             .test_before_acquire(false)
+            // Never hand out a connection left inside a transaction (crate::write_tx).
+            .before_acquire(|conn, _| Box::pin(async move { Ok(crate::write_tx::clean_on_acquire(conn)) }))
             .connect_with(options.clone())
             .await
             .map_err(|e| StoreError::Backend(format!("cannot open metadata database {}: {e}", path.display())))?;
@@ -249,9 +262,7 @@ impl SqliteStore {
     /// existence checks inside it cannot go stale before the commit. Waits for
     /// this process's [`WriteGate`] first.
     pub(crate) async fn write_tx(&self) -> Result<WriteTx, StoreError> {
-        let gate = self.gate.enter().await;
-        let tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(backend)?;
-        Ok(WriteTx { tx, _gate: gate })
+        WriteTx::begin(&self.pool, self.gate.enter().await).await
     }
 
     /// Revokes the row `statement` matches (`?1` = now, `?2` = id, `?3` = owner or
@@ -1712,30 +1723,3 @@ impl WriteGate {
     }
 }
 
-/// A write transaction ([`SqliteStore::write_tx`]) with this process's write turn.
-/// Dereferences to its connection (`&mut *tx` as with a [`Transaction`]); rolled
-/// back if dropped uncommitted.
-pub(crate) struct WriteTx {
-    tx: Transaction<'static, Sqlite>,
-    _gate: tokio::sync::OwnedMutexGuard<()>,
-}
-
-impl WriteTx {
-    /// Commits, then ends the write turn.
-    pub(crate) async fn commit(self) -> Result<(), sqlx::Error> {
-        self.tx.commit().await
-    }
-}
-
-impl std::ops::Deref for WriteTx {
-    type Target = SqliteConnection;
-    fn deref(&self) -> &SqliteConnection {
-        &self.tx
-    }
-}
-
-impl std::ops::DerefMut for WriteTx {
-    fn deref_mut(&mut self) -> &mut SqliteConnection {
-        &mut self.tx
-    }
-}
