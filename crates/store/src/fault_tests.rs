@@ -337,6 +337,9 @@ proptest! {
                     assert!(result.is_err(), "{op:?} succeeded under the fault");
                 } else {
                     result.unwrap_or_else(|e| panic!("{op:?} failed with no fault active: {e}"));
+                    // Readiness agrees at once, and its probes append nothing.
+                    f.store.check_writable().await.unwrap();
+                    f.store.check_audit_writable().await.unwrap();
                     if op.audited() {
                         expected += 1;
                     }
@@ -346,4 +349,27 @@ proptest! {
             assert_eq!(f.audit_count().await, expected);
         });
     }
+}
+
+#[tokio::test]
+async fn readiness_probes_commit_without_touching_the_audit_chain() {
+    let f = Fixture::open(None).await;
+    let before = f.audit_count().await;
+    for _ in 0..3 {
+        f.store.check_writable().await.unwrap();
+        f.store.check_audit_writable().await.unwrap();
+    }
+    assert_eq!(f.audit_count().await, before);
+    // Probes and appends sharing batches get the batch's outcome.
+    let store = f.store.clone();
+    let probes = tokio::spawn(async move {
+        for _ in 0..20 {
+            store.check_audit_writable().await.unwrap();
+        }
+    });
+    for n in 0..20 {
+        f.store.audit_append(&event("credential.read", &format!("next {n}"))).await.unwrap();
+    }
+    probes.await.unwrap();
+    assert_eq!(f.audit_count().await, before + 20);
 }
