@@ -15,6 +15,7 @@ mod local_api;
 mod mail;
 mod owner_client;
 mod pairing_client;
+mod readiness;
 mod serve;
 mod tls;
 

@@ -84,7 +84,7 @@ pub(crate) async fn run(config: Config) -> Result<()> {
     println!("  inbound MX        {}", inbound.local_addr()?);
     println!("  submission        {} (STARTTLS)", submission.local_addr()?);
     println!("  submission TLS    {} (implicit TLS)", submission_tls.local_addr()?);
-    println!("  HTTP              {} (/healthz, /metrics, /v1)", http.local_addr()?);
+    println!("  HTTP              {} (/healthz, /readyz, /metrics, /v1)", http.local_addr()?);
     println!(
         "  connections       SMTP {}, HTTP {} ({} per address); {} file descriptors",
         fds.smtp, fds.http, config.http.max_connections_per_ip, fds.limit
@@ -143,8 +143,14 @@ pub(crate) async fn run(config: Config) -> Result<()> {
         listeners.spawn(server.clone().serve(listener, kind, shutdown.clone(), sessions.clone()));
     }
     // Our own accept loop: caps, header/idle timeouts, lifetimes (crates/cli/src/http_listener.rs).
-    let http_listener =
-        crate::http_listener::HttpListener::new(crate::http::router(metrics, api), config.http.clone(), fds.http);
+    // Readiness (crates/cli/src/readiness.rs); the queue runner beats this heartbeat.
+    let runner_heartbeat = config.delivery_enabled.then(agentkeys_delivery::Heartbeat::default);
+    let readiness = crate::readiness::Readiness::new(dir.meta.clone(), dir.blobs.clone(), runner_heartbeat.clone());
+    let http_listener = crate::http_listener::HttpListener::new(
+        crate::http::router(metrics, readiness, api),
+        config.http.clone(),
+        fds.http,
+    );
     listeners.spawn(http_listener.serve(http, shutdown.clone(), sessions.clone()));
     listeners.close();
 
@@ -206,7 +212,8 @@ pub(crate) async fn run(config: Config) -> Result<()> {
             },
         )
         .with_tls_clients(tls_clients)
-        .with_waker(queued);
+        .with_waker(queued)
+        .with_heartbeat(runner_heartbeat.clone().unwrap_or_default());
         let runner = Arc::new(match &route {
             agentkeys_delivery::Route::Mx { .. } => runner.with_mta_sts(mta_sts),
             agentkeys_delivery::Route::Smarthost { .. } => runner,

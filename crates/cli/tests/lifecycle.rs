@@ -76,3 +76,60 @@ fn sigterm_lets_an_in_flight_message_finish_and_exits_zero() {
     assert!(status.success(), "exit status {status:?}");
     assert_eq!(stored_messages(&blobs, OWNER, &inbox).len(), 1);
 }
+
+/// `/readyz`: (status code, JSON body).
+fn readyz(server: &Server) -> (u16, serde_json::Value) {
+    let text = common::http_get(server.http, "/readyz");
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    assert!(head.to_ascii_lowercase().contains("content-type: application/json"), "{head}");
+    (head.split_whitespace().nth(1).unwrap().parse().unwrap(), serde_json::from_str(body).unwrap())
+}
+
+/// Polls `/readyz` (bounded) until it answers `want`; the body.
+fn readyz_until(server: &Server, want: u16) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, body) = readyz(server);
+        if status == want {
+            return body;
+        }
+        assert!(std::time::Instant::now() < deadline, "/readyz never answered {want}; last {status} {body}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn readyz_reports_every_check_and_a_held_write_lock_until_it_is_released() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[("AGENTKEYS_DELIVERY_ENABLED", "true")]);
+    let ready = readyz_until(&server, 200);
+    assert_eq!(ready["status"], "ready");
+    for check in ["metadata", "audit", "blobs", "queue_runner"] {
+        assert_eq!(ready["checks"][check]["ok"], true, "{check}: {ready}");
+    }
+    assert!(ready["checks"]["queue_runner"].get("detail").is_none(), "delivery is on: {ready}");
+
+    // Another process (an operator's sqlite3) holds the database's write lock.
+    let mut sqlite3 = std::process::Command::new("sqlite3")
+        .arg(dir.path().join("meta.sqlite"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("sqlite3 is installed");
+    let mut stdin = sqlite3.stdin.take().unwrap();
+    stdin.write_all(b"BEGIN IMMEDIATE;\nUPDATE domains SET retention = retention;\n").unwrap();
+    stdin.flush().unwrap();
+    let held = readyz_until(&server, 503);
+    assert_eq!(held["status"], "not ready", "{held}");
+    for check in ["metadata", "audit"] {
+        assert_eq!(held["checks"][check]["ok"], false, "{check}: {held}");
+        assert!(held["checks"][check]["reason"].as_str().is_some_and(|r| !r.is_empty()), "{held}");
+    }
+    assert_eq!(held["checks"]["blobs"]["ok"], true, "{held}");
+    assert!(common::http_get(server.http, "/healthz").starts_with("HTTP/1.1 200"), "liveness is not readiness");
+
+    stdin.write_all(b"ROLLBACK;\n").unwrap();
+    drop(stdin);
+    sqlite3.wait().unwrap();
+    assert_eq!(readyz_until(&server, 200)["status"], "ready");
+}

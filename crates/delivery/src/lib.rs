@@ -44,6 +44,7 @@
 
 mod client;
 mod dsn;
+mod heartbeat;
 mod keyring;
 mod keys;
 mod mta_sts;
@@ -58,6 +59,7 @@ mod verify;
 mod zone;
 
 pub use dsn::{Bounce, DSN_MAX_ORIGINAL_HEADERS, build_dsn};
+pub use heartbeat::{HEARTBEAT_STALE, Heartbeat};
 pub use keyring::DomainKeyring;
 pub use route::{HickoryResolver, Mx, ResolveError, Resolver, Route, SMTP_PORT, StaticResolver, Target, targets};
 pub use client::TlsPolicy;

@@ -201,6 +201,8 @@ pub struct Runner {
     /// MTA-STS discovery for direct MX delivery; `None`: not honoured.
     sts: Option<Arc<MtaSts>>,
     wake: Arc<Notify>,
+    /// Beaten once per round of [`Runner::run`] (readiness).
+    heartbeat: crate::Heartbeat,
     in_flight: Arc<Semaphore>,
     /// Leases with attempts still running, by token, with how many.
     leases: Mutex<HashMap<String, (Arc<Lease>, usize)>>,
@@ -290,6 +292,7 @@ impl Runner {
             tls,
             sts: None,
             wake: Arc::new(Notify::new()),
+            heartbeat: crate::Heartbeat::default(),
             in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
             leases: Mutex::new(HashMap::new()),
             records,
@@ -329,6 +332,20 @@ impl Runner {
         Arc::clone(&self.wake)
     }
 
+    /// The same runner beating `heartbeat` (made before the runner, e.g. for a
+    /// readiness endpoint that starts first).
+    #[must_use]
+    pub fn with_heartbeat(mut self, heartbeat: crate::Heartbeat) -> Self {
+        self.heartbeat = heartbeat;
+        self
+    }
+
+    /// The heartbeat [`Runner::run`] beats every round, for readiness: alive
+    /// while the loop goes round ([`crate::HEARTBEAT_STALE`]).
+    pub fn heartbeat(&self) -> crate::Heartbeat {
+        self.heartbeat.clone()
+    }
+
     /// Claims and delivers until `shutdown`, then waits for attempts in flight
     /// (still renewing their leases).
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
@@ -349,6 +366,7 @@ impl Runner {
         let mut last_renew = Instant::now();
         let mut last_housekeeping = Instant::now();
         loop {
+            self.heartbeat.beat();
             if last_renew.elapsed() >= renew {
                 self.renew_leases().await;
                 last_renew = Instant::now();

@@ -189,6 +189,17 @@ impl BlobStore for FsBlobStore {
         run_blocking(context, move || list_keys(&root, &dir, &name_start, &prefix).map_err(blob_error)).await
     }
 
+    async fn check_writable(&self) -> Result<(), BlobError> {
+        let path = self.inner.staging.join("readiness-probe");
+        let context = path.clone();
+        run_blocking(context, move || {
+            let result = write_probe(&path);
+            let _ = fs::remove_file(&path);
+            result.map_err(|err| blob_error((path, err)))
+        })
+        .await
+    }
+
     async fn remove(&self, key: &BlobKey) -> Result<bool, BlobError> {
         let path = self.inner.root.join(key.as_str());
         let context = path.clone();
@@ -370,6 +381,15 @@ fn is_absent(err: &io::Error) -> bool {
 }
 
 /// Runs blocking file work on Tokio's blocking pool.
+/// Writes [`crate::READINESS_PROBE_BYTES`] to `path` and fsyncs them, as a blob
+/// write would (tmpfs and most filesystems allocate on write, so a full one
+/// refuses here with `ENOSPC`).
+fn write_probe(path: &Path) -> io::Result<()> {
+    let mut file = File::create(path)?;
+    file.write_all(&[0x5a; crate::READINESS_PROBE_BYTES])?;
+    file.sync_all()
+}
+
 async fn run_blocking<T: Send + 'static>(
     path: PathBuf,
     work: impl FnOnce() -> Result<T, BlobError> + Send + 'static,

@@ -29,6 +29,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::meta::StoreError;
 use crate::sqlite::{Clock, WriteGate, backend, insert_sealed_many, read_head, seal_event};
+use crate::write_tx::WriteTx;
 
 /// Most appends one transaction takes. Larger batches amortise the commit further
 /// but hold the write lock longer; 256 records are ~100 KB of WAL.
@@ -41,6 +42,13 @@ pub const AUDIT_QUEUE_DEPTH: usize = 4 * MAX_AUDIT_BATCH;
 struct Job {
     event: AuditEvent,
     reply: oneshot::Sender<Result<AuditReceipt, StoreError>>,
+}
+
+/// What the writer takes: appends, or a readiness probe
+/// ([`GroupCommit::probe`]).
+enum Work {
+    Append(Job),
+    Probe(oneshot::Sender<Result<(), StoreError>>),
 }
 
 /// A channel to one writer task, spawned on first use (in whatever runtime the
@@ -104,7 +112,7 @@ impl<J: Send + 'static> Writer<J> {
 /// The handle a store keeps to its audit writer.
 #[derive(Clone, Default)]
 pub(crate) struct GroupCommit {
-    writer: Writer<Job>,
+    writer: Writer<Work>,
 }
 
 impl GroupCommit {
@@ -117,12 +125,32 @@ impl GroupCommit {
         event: &AuditEvent,
     ) -> Result<AuditReceipt, StoreError> {
         let (reply, answer) = oneshot::channel();
-        let job = Job { event: event.clone(), reply };
+        let job = Work::Append(Job { event: event.clone(), reply });
+        self.submit(job, answer, pool, gate, clock).await
+    }
+
+    /// Readiness of the audit log: the writer takes a job and commits a write
+    /// transaction on its own path (begin, read the chain head, write, commit)
+    /// without appending a record. A batch of appends committed with the probe
+    /// answers it too.
+    pub(crate) async fn probe(&self, pool: &SqlitePool, gate: &WriteGate, clock: &Clock) -> Result<(), StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.submit(Work::Probe(reply), answer, pool, gate, clock).await
+    }
+
+    async fn submit<T>(
+        &self,
+        work: Work,
+        answer: oneshot::Receiver<Result<T, StoreError>>,
+        pool: &SqlitePool,
+        gate: &WriteGate,
+        clock: &Clock,
+    ) -> Result<T, StoreError> {
         // The task holds the pool, the gate and the clock, never the sender.
         let spawn = |receiver| {
             tokio::spawn(writer(receiver, pool.clone(), gate.clone(), clock.clone()));
         };
-        match self.writer.send(job, AUDIT_QUEUE_DEPTH, spawn).await {
+        match self.writer.send(work, AUDIT_QUEUE_DEPTH, spawn).await {
             Ok(()) => answer.await.unwrap_or_else(|_| {
                 Err(StoreError::Backend("the audit writer stopped before answering".to_owned()))
             }),
@@ -132,11 +160,34 @@ impl GroupCommit {
 }
 
 /// The writer task: one batch at a time, as many waiting appends as fit.
-async fn writer(mut receiver: mpsc::Receiver<Job>, pool: SqlitePool, gate: WriteGate, clock: Clock) {
+async fn writer(mut receiver: mpsc::Receiver<Work>, pool: SqlitePool, gate: WriteGate, clock: Clock) {
     let mut batch = Vec::with_capacity(MAX_AUDIT_BATCH);
     while receiver.recv_many(&mut batch, MAX_AUDIT_BATCH).await > 0 {
-        commit_batch(&pool, &gate, &clock, std::mem::take(&mut batch)).await;
+        let mut jobs = Vec::with_capacity(batch.len());
+        let mut probes = Vec::new();
+        for work in batch.drain(..) {
+            match work {
+                Work::Append(job) => jobs.push(job),
+                Work::Probe(reply) => probes.push(reply),
+            }
+        }
+        let outcome = if jobs.is_empty() {
+            if probes.is_empty() { Ok(()) } else { probe_tx(&pool, &gate).await }
+        } else {
+            commit_batch(&pool, &gate, &clock, jobs).await
+        };
+        for reply in probes {
+            let _ = reply.send(outcome.clone().map_err(StoreError::Backend));
+        }
     }
+}
+
+/// The probe's transaction: the batch's steps without a record.
+async fn probe_tx(pool: &SqlitePool, gate: &WriteGate) -> Result<(), String> {
+    let mut tx = WriteTx::begin(pool, gate.enter().await).await.map_err(reason)?;
+    read_head(&mut tx).await.map_err(reason)?;
+    crate::sqlite::probe_write(&mut tx).await.map_err(reason)?;
+    tx.commit().await.map_err(|e| reason(backend(e)))
 }
 
 type Reply = oneshot::Sender<Result<AuditReceipt, StoreError>>;
@@ -149,26 +200,29 @@ fn reason(e: StoreError) -> String {
     }
 }
 
-/// Answers every caller in `replies` with the same backend failure.
-fn fail_all(replies: impl IntoIterator<Item = Reply>, why: &str) {
+/// Answers every caller in `replies` with the same backend failure; `Err(why)`.
+fn fail_all(replies: impl IntoIterator<Item = Reply>, why: String) -> Result<(), String> {
     let mut n = 0usize;
     for reply in replies {
-        let _ = reply.send(Err(StoreError::Backend(why.to_owned())));
+        let _ = reply.send(Err(StoreError::Backend(why.clone())));
         n += 1;
     }
     tracing::error!(error = why, records = n, "audit batch failed; none of its records was written");
+    Err(why)
 }
 
 /// Seals and inserts `jobs` in one transaction, commits, answers every caller.
-async fn commit_batch(pool: &SqlitePool, gate: &WriteGate, clock: &Clock, jobs: Vec<Job>) {
-    let _turn = gate.enter().await;
-    let mut tx = match pool.begin_with("BEGIN IMMEDIATE").await {
+/// `Err` with the reason if the transaction failed.
+async fn commit_batch(pool: &SqlitePool, gate: &WriteGate, clock: &Clock, jobs: Vec<Job>) -> Result<(), String> {
+    // Every failure below drops or fails `tx`, which settles it (crate::write_tx):
+    // the connection goes back to the pool clean or not at all.
+    let mut tx = match WriteTx::begin(pool, gate.enter().await).await {
         Ok(tx) => tx,
-        Err(e) => return fail_all(jobs.into_iter().map(|j| j.reply), &reason(backend(e))),
+        Err(e) => return fail_all(jobs.into_iter().map(|j| j.reply), reason(e)),
     };
     let mut head = match read_head(&mut tx).await {
         Ok(head) => head,
-        Err(e) => return fail_all(jobs.into_iter().map(|j| j.reply), &reason(e)),
+        Err(e) => return fail_all(jobs.into_iter().map(|j| j.reply), reason(e)),
     };
     let ts = clock();
     let mut sealed: Vec<(Reply, SealedRecord)> = Vec::with_capacity(jobs.len());
@@ -188,17 +242,18 @@ async fn commit_batch(pool: &SqlitePool, gate: &WriteGate, clock: &Clock, jobs: 
     // not one per record.
     let records: Vec<&SealedRecord> = sealed.iter().map(|(_, r)| r).collect();
     if let Err(e) = insert_sealed_many(&mut tx, &records).await {
-        return fail_all(sealed.into_iter().map(|(r, _)| r), &reason(e));
+        return fail_all(sealed.into_iter().map(|(r, _)| r), reason(e));
     }
     if sealed.is_empty() {
-        return;
+        return Ok(());
     }
     if let Err(e) = tx.commit().await {
-        return fail_all(sealed.into_iter().map(|(r, _)| r), &reason(backend(e)));
+        return fail_all(sealed.into_iter().map(|(r, _)| r), reason(backend(e)));
     }
     for (reply, record) in sealed {
         let _ = reply.send(Ok(record.into_receipt()));
     }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -223,7 +278,7 @@ mod tests {
             jobs.push(Job { event, reply });
             answers.push(answer);
         }
-        commit_batch(&store.pool, &store.gate, &store.clock, jobs).await;
+        let _ = commit_batch(&store.pool, &store.gate, &store.clock, jobs).await;
         let mut out = Vec::new();
         for a in answers {
             out.push(a.await.unwrap());

@@ -29,6 +29,9 @@ pub mod group_commit;
 mod meta;
 mod queue;
 mod sqlite;
+mod write_tx;
+#[cfg(test)]
+mod fault_tests;
 
 pub use blob::{BlobError, BlobKey};
 pub use events::{EVENT_BUFFER, LocalEventHub, MailEvents, Missed, Subscription, TooManySubscribers};
@@ -41,7 +44,7 @@ pub use mailroom::{
 };
 pub use meta::*;
 pub use queue::{AttemptOutcome, AttemptRecord, AttemptToRecord, Claim, OutboundQueue, QueueDetail, QueueStateCount};
-pub use sqlite::{RECIPIENT_CACHE_TTL, SqliteStore};
+pub use sqlite::{READINESS_MIN_FREE_BYTES, RECIPIENT_CACHE_TTL, SqliteStore};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -65,4 +68,14 @@ pub trait BlobStore: Send + Sync + 'static {
         let _ = key;
         Ok(false)
     }
+    /// Proves the store can take a new blob now, for readiness (`/readyz`): writes
+    /// [`READINESS_PROBE_BYTES`] durably where blobs are written, then removes
+    /// them. Backends that cannot probe answer `Ok(())` (the default).
+    async fn check_writable(&self) -> Result<(), BlobError> {
+        Ok(())
+    }
 }
+
+/// How much a readiness probe writes to the blob store: a store with less room
+/// than this left would refuse most messages, so it is not ready.
+pub const READINESS_PROBE_BYTES: usize = 64 * 1024;

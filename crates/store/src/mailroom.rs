@@ -93,6 +93,12 @@ impl Mailroom {
         Self { blobs, index, events, committer }
     }
 
+    /// [`BlobStore::check_writable`](crate::BlobStore::check_writable) of the
+    /// blob store behind (readiness).
+    pub async fn check_blobs_writable(&self) -> Result<(), crate::BlobError> {
+        self.blobs.check_writable().await
+    }
+
     /// The message index (listing, replay).
     pub fn index(&self) -> &Arc<dyn MessageIndex> {
         &self.index

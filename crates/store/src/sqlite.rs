@@ -36,12 +36,13 @@ use async_trait::async_trait;
 use sqlx::error::ErrorKind;
 use sqlx::migrate::Migrator;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Sqlite, SqliteConnection, Transaction};
+use sqlx::{Sqlite, SqliteConnection};
 
 use crate::meta::{
     AgentRecord, DomainKeyRecord, InboxRecord, KeyRecord, MetadataStore, NewOutbound, OwnerRecord, QueueEntry, Recipient, StoreError,
 };
 use crate::group_commit::GroupCommit;
+pub(crate) use crate::write_tx::WriteTx;
 use crate::meta::{CheckpointRecord, EnrollmentTicketRecord, NonceUse, PairingRecord, PairingStatus};
 
 /// Most connections the pool opens. SQLite has one writer at a time; WAL lets the
@@ -60,6 +61,10 @@ const HOT_CONNECTIONS: usize = 4;
 pub const RECIPIENT_CACHE_TTL: Duration = Duration::from_secs(1);
 /// Most recipients kept; the cache starts over when full.
 const RECIPIENT_CACHE_MAX: usize = 10_000;
+
+/// Readiness (`/readyz`) wants at least this much space available on the
+/// database's filesystem: less, and the next write that grows the file fails.
+pub const READINESS_MIN_FREE_BYTES: u64 = 1024 * 1024;
 
 /// How long a statement waits for a lock held by another connection or process
 /// before failing with `database is locked`.
@@ -86,6 +91,9 @@ fn system_clock() -> UnixTime {
 #[derive(Clone)]
 pub struct SqliteStore {
     pub(crate) pool: SqlitePool,
+    /// The directory of the database file (`None` in memory), for the free-space
+    /// part of readiness ([`READINESS_MIN_FREE_BYTES`]).
+    dir: Option<Arc<std::path::PathBuf>>,
     /// Ping-free connections for the hot paths; `None` for an in-memory database,
     /// which lives in its one pooled connection.
     hot: Option<Arc<HotConnections>>,
@@ -112,6 +120,15 @@ impl SqliteStore {
     ///
     /// The server and the CLI may open the same file at the same time.
     pub async fn open(path: &Path) -> Result<Self, StoreError> {
+        Self::open_with(path, |options| options).await
+    }
+
+    /// [`SqliteStore::open`] with `extra` applied to the connect options of every
+    /// connection (tests: `max_page_count` to make the database full).
+    pub(crate) async fn open_with(
+        path: &Path,
+        extra: impl FnOnce(SqliteConnectOptions) -> SqliteConnectOptions,
+    ) -> Result<Self, StoreError> {
         let options = SqliteConnectOptions::new()
             .filename(path)
             .create_if_missing(true)
@@ -119,17 +136,21 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
             .busy_timeout(BUSY_TIMEOUT);
+        let options = extra(options);
         // No ping before handing out a connection: a local database file has no
         // network to drop it, a broken connection still fails its query, and the
         // ping is a round trip through sqlx's worker thread on every RCPT and AUTH.
         let pool = SqlitePoolOptions::new()
             .max_connections(MAX_CONNECTIONS)
             .test_before_acquire(false)
+            // Never hand out a connection left inside a transaction (crate::write_tx).
+            .before_acquire(|conn, _| Box::pin(async move { Ok(crate::write_tx::clean_on_acquire(conn)) }))
             .connect_with(options.clone())
             .await
             .map_err(|e| StoreError::Backend(format!("cannot open metadata database {}: {e}", path.display())))?;
         let hot = Some(Arc::new(HotConnections::new(options)));
-        let store = Self::from_parts(pool, hot);
+        let mut store = Self::from_parts(pool, hot);
+        store.dir = path.parent().map(|d| Arc::new(if d.as_os_str().is_empty() { Path::new(".") } else { d }.to_path_buf()));
         store.migrate().await?;
         Ok(store)
     }
@@ -168,6 +189,7 @@ impl SqliteStore {
     fn from_parts(pool: SqlitePool, hot: Option<Arc<HotConnections>>) -> Self {
         Self {
             pool,
+            dir: None,
             hot,
             gate: WriteGate::default(),
             clock: Arc::new(system_clock),
@@ -186,6 +208,7 @@ impl SqliteStore {
     pub(crate) fn detached(&self) -> Self {
         Self {
             pool: self.pool.clone(),
+            dir: self.dir.clone(),
             hot: self.hot.clone(),
             gate: self.gate.clone(),
             clock: self.clock.clone(),
@@ -249,9 +272,7 @@ impl SqliteStore {
     /// existence checks inside it cannot go stale before the commit. Waits for
     /// this process's [`WriteGate`] first.
     pub(crate) async fn write_tx(&self) -> Result<WriteTx, StoreError> {
-        let gate = self.gate.enter().await;
-        let tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(backend)?;
-        Ok(WriteTx { tx, _gate: gate })
+        WriteTx::begin(&self.pool, self.gate.enter().await).await
     }
 
     /// Revokes the row `statement` matches (`?1` = now, `?2` = id, `?3` = owner or
@@ -284,6 +305,41 @@ impl SqliteStore {
         commit_audited(tx, sealed).await
     }
 
+    /// Readiness of the metadata database: commits a write transaction (the same
+    /// path as every change) that writes one page ([`probe_write`]).
+    pub async fn check_writable(&self) -> Result<(), StoreError> {
+        self.check_free_space()?;
+        let mut tx = self.write_tx().await?;
+        probe_write(&mut tx).await?;
+        tx.commit().await.map_err(backend)
+    }
+
+    /// Readiness of the audit log: the audit writer ([`crate::group_commit`]) is
+    /// running and commits a transaction on its path (without a record).
+    pub async fn check_audit_writable(&self) -> Result<(), StoreError> {
+        self.check_free_space()?;
+        self.group.probe(&self.pool, &self.gate, &self.clock).await
+    }
+
+    /// `Err` when the database's filesystem has less than
+    /// [`READINESS_MIN_FREE_BYTES`] available: SQLite may still commit small
+    /// transactions into WAL space it already has, but the next one that needs
+    /// the file to grow fails with `SQLITE_FULL`.
+    fn check_free_space(&self) -> Result<(), StoreError> {
+        let Some(dir) = &self.dir else {
+            return Ok(());
+        };
+        let stat = rustix::fs::statvfs(dir.as_path())
+            .map_err(|e| StoreError::Backend(format!("cannot read the database filesystem's free space: {e}")))?;
+        let free = stat.f_bavail.saturating_mul(stat.f_frsize);
+        if free < READINESS_MIN_FREE_BYTES {
+            return Err(StoreError::Backend(format!(
+                "database or disk is full: {free} bytes free on the database's filesystem, below {READINESS_MIN_FREE_BYTES}"
+            )));
+        }
+        Ok(())
+    }
+
     /// Appends `event` to the audit log inside `tx` (which holds the write lock, so
     /// the head cannot move before the commit). The caller commits, then turns
     /// the sealed record into its receipt.
@@ -293,6 +349,17 @@ impl SqliteStore {
         insert_sealed(tx, &sealed).await?;
         Ok(sealed)
     }
+}
+
+/// The readiness probe's write inside `tx`: a new value in the database header's
+/// `user_version` (the schema does not use it: sqlx tracks migrations in a
+/// table), so the commit writes a page and syncs like any other, and no table
+/// grows.
+pub(crate) async fn probe_write(tx: &mut SqliteConnection) -> Result<(), StoreError> {
+    static PROBES: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = PROBES.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 1_000_000;
+    sqlx::query(&format!("PRAGMA user_version = {n}")).persistent(false).execute(&mut *tx).await.map_err(backend)?;
+    Ok(())
 }
 
 /// The chain head as `tx` sees it.
@@ -1712,30 +1779,3 @@ impl WriteGate {
     }
 }
 
-/// A write transaction ([`SqliteStore::write_tx`]) with this process's write turn.
-/// Dereferences to its connection (`&mut *tx` as with a [`Transaction`]); rolled
-/// back if dropped uncommitted.
-pub(crate) struct WriteTx {
-    tx: Transaction<'static, Sqlite>,
-    _gate: tokio::sync::OwnedMutexGuard<()>,
-}
-
-impl WriteTx {
-    /// Commits, then ends the write turn.
-    pub(crate) async fn commit(self) -> Result<(), sqlx::Error> {
-        self.tx.commit().await
-    }
-}
-
-impl std::ops::Deref for WriteTx {
-    type Target = SqliteConnection;
-    fn deref(&self) -> &SqliteConnection {
-        &self.tx
-    }
-}
-
-impl std::ops::DerefMut for WriteTx {
-    fn deref_mut(&mut self) -> &mut SqliteConnection {
-        &mut self.tx
-    }
-}

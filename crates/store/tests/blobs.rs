@@ -257,3 +257,15 @@ fn storage_full_is_classified() {
     let other = BlobError::from_io("x", std::io::Error::from_raw_os_error(5)); // EIO
     assert!(matches!(other, BlobError::Io { .. }));
 }
+
+#[tokio::test]
+async fn the_readiness_probe_writes_durably_and_leaves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = FsBlobStore::open(dir.path()).unwrap();
+    for _ in 0..3 {
+        store.check_writable().await.unwrap();
+    }
+    assert_eq!(staged_files(dir.path()), 0);
+    assert!(store.list("").await.unwrap().is_empty());
+    assert_eq!(entries(dir.path()), [".tmp"]);
+}
