@@ -338,8 +338,11 @@ pub trait MetadataStore: Send + Sync + 'static {
     /// if there is none: the token broker's agent-key lookup (unique index on the hash).
     async fn key_facts_by_hash(&self, hash: &KeyHash) -> Result<Option<KeyFacts>, StoreError>;
 
-    /// Stores a grant, audited. `NotFound` if the agent is unknown, `Invalid` if the
-    /// grant's owner is not the agent's owner.
+    /// Stores a grant, audited. `NotFound` if the agent is unknown, or if the
+    /// pattern is an exact address that is not an inbox of the grant's owner
+    /// (another owner's inbox answers like a missing one); `Invalid` if the
+    /// grant's owner is not the agent's owner. Prefix and domain patterns are
+    /// stored as given and only ever cover the owner's inboxes (`Grant::covers`).
     async fn add_grant(&self, grant: &Grant, event: &AuditEvent) -> Result<AuditReceipt, StoreError>;
     /// Lists grants, optionally of one agent.
     async fn list_grants(&self, agent: Option<&AgentId>) -> Result<Vec<Grant>, StoreError>;

@@ -29,7 +29,7 @@ use agentkeys_audit::{
     AuditEvent, AuditReceipt, AuditRecord, ChainHead, Outcome, SealedRecord, canonical_json, hash_from_hex, hash_to_hex,
 };
 use agentkeys_core::{
-    Address, AgentId, AuthFacts, Credentials, Domain, Grant, GrantId, InboxStatus, KeyFacts, KeyHash, KeyId, OwnerId,
+    Address, AgentId, AuthFacts, Credentials, Domain, Grant, GrantId, InboxPattern, InboxStatus, KeyFacts, KeyHash, KeyId, OwnerId,
     UnixTime,
 };
 use async_trait::async_trait;
@@ -1067,6 +1067,19 @@ impl MetadataStore for SqliteStore {
                 "grant owner {} is not the owner of agent {} ({agent_owner}): only an agent's owner can grant it access",
                 grant.owner, grant.agent
             )));
+        }
+        // A grant is scoped to its owner's inboxes (`Grant::covers`). An exact
+        // address must be one of them: another owner's inbox answers exactly like
+        // a missing one, so the refusal tells nothing about who has it.
+        if let InboxPattern::Exact(address) = &grant.pattern {
+            let inbox_owner: Option<(String,)> = sqlx::query_as("SELECT owner FROM inboxes WHERE address = ?1")
+                .bind(address.as_str())
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(backend)?;
+            if inbox_owner.is_none_or(|(o,)| o != grant.owner.as_str()) {
+                return Err(StoreError::NotFound { what: format!("inbox {address}") });
+            }
         }
         sqlx::query(
             "INSERT INTO grants (id, owner, agent, pattern, scopes, created_at, expires_at, revoked_at)
