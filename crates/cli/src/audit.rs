@@ -67,6 +67,10 @@ pub(crate) enum AuditCmd {
         /// may have changed.
         #[arg(long, value_name = "FILE")]
         against: Option<PathBuf>,
+        /// How old a record may be without a checkpoint covering it (default:
+        /// the checkpoint interval, one poll and a minute: 6m).
+        #[arg(long, value_name = "DURATION")]
+        max_age: Option<String>,
     },
     /// Sign the current head now (the server also does, periodically).
     Checkpoint {
@@ -127,7 +131,12 @@ pub(crate) async fn run(config: &Config, cmd: AuditCmd, json: bool) -> Result<()
             }
             Ok(())
         }
-        AuditCmd::Verify { against } => {
+        AuditCmd::Verify { against, max_age } => {
+            let max_age = match max_age {
+                Some(d) => agentkeys_core::duration::parse_duration(&d)
+                    .map_err(|e| anyhow!("--max-age {d}: {e} (a duration such as 30s, 6m or 1h)"))?,
+                None => i64::try_from(crate::checkpoint::CHECKPOINT_MAX_AGE.as_secs()).unwrap_or(i64::MAX),
+            };
             let key = dir.token_authority()?.checkpoint_public_key();
             let exported = against.as_deref().map(read_export).transpose()?;
             let stored = match (dir.meta.list_checkpoints().await, dir.meta.checkpoint_start().await) {
@@ -187,10 +196,7 @@ pub(crate) async fn run(config: &Config, cmd: AuditCmd, json: bool) -> Result<()
             let signed: Vec<SignedCheckpoint> = list.iter().map(CheckpointRecord::signed).collect();
             let start = start.map(|s| s.signed());
             let head = ChainHead { seq: chain.head_seq, hash: chain.head_hash };
-            let rules = CheckpointRules {
-                now: crate::now(),
-                max_age: i64::try_from(crate::checkpoint::CHECKPOINT_MAX_AGE.as_secs()).unwrap_or(i64::MAX),
-            };
+            let rules = CheckpointRules { now: crate::now(), max_age };
             let report = verify_checkpoints(&signed, start.as_ref(), head, record_at, |m, s| key.verify_bytes(m, s), rules);
             let verified = match report {
                 Ok(v) => v,
