@@ -78,6 +78,11 @@ pub(crate) enum AuditCmd {
         /// machine for `audit verify --against FILE`.
         #[arg(long, value_name = "FILE")]
         export: Option<PathBuf>,
+        /// Start the checkpoint chain even though records older than the
+        /// allowed age exist and no checkpoint covers them (a log from before
+        /// checkpoints; otherwise a sign that checkpoints were deleted).
+        #[arg(long)]
+        start_over: bool,
     },
 }
 
@@ -94,9 +99,9 @@ pub(crate) async fn run(config: &Config, cmd: AuditCmd, json: bool) -> Result<()
             let filter = Filter::parse(agent.as_deref(), since.as_deref(), crate::now())?;
             list(dir.meta.as_ref(), after, limit, &filter, json).await
         }
-        AuditCmd::Checkpoint { export } => {
+        AuditCmd::Checkpoint { export, start_over } => {
             let authority = dir.token_authority()?;
-            match crate::checkpoint::take(dir.meta.as_ref(), &authority, crate::now()).await? {
+            match crate::checkpoint::take(dir.meta.as_ref(), &authority, crate::now(), start_over).await? {
                 Some(c) => {
                     let hash = hash_to_hex(&c.hash);
                     if json {

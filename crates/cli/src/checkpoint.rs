@@ -53,11 +53,15 @@ pub(crate) fn due(last: Option<(u64, UnixTime)>, head_seq: u64, now: UnixTime) -
 /// Signs the current head at `now` as the next chained checkpoint and stores it;
 /// `None` when the log is empty, the head is already checkpointed, or another
 /// process stored the next checkpoint first. Refuses (`Invalid`) when the
-/// records since the last checkpoint do not extend it.
+/// records since the last checkpoint do not extend it, and, unless
+/// `start_over`, to start a chain (no checkpoint at all) over records older
+/// than [`CHECKPOINT_MAX_AGE`]: that log had checkpoints once, and signing it
+/// now would vouch for whatever happened to it since.
 pub(crate) async fn take(
     meta: &dyn MetadataStore,
     authority: &dyn TokenAuthority,
     now: UnixTime,
+    start_over: bool,
 ) -> Result<Option<CheckpointRecord>, StoreError> {
     let head: ChainHead = meta.audit_head().await?;
     if head.seq == 0 {
@@ -66,6 +70,19 @@ pub(crate) async fn take(
     let last = meta.last_checkpoint().await?;
     if last.as_ref().is_some_and(|l| l.seq >= head.seq) {
         return Ok(None);
+    }
+    if last.is_none() && !start_over {
+        let max_age = i64::try_from(CHECKPOINT_MAX_AGE.as_secs()).unwrap_or(i64::MAX);
+        if let Some(first) = meta.audit_list(0, 1).await?.first()
+            && now.saturating_sub(first.ts) > max_age
+        {
+            return Err(StoreError::Invalid(format!(
+                "not starting the audit checkpoint chain over records up to {} s old that no checkpoint covers: \
+                 checkpoints may have been deleted. Run `agentkeys audit verify` (with --against an exported \
+                 checkpoint if you have one); if you trust the log, `agentkeys audit checkpoint --start-over`",
+                now.saturating_sub(first.ts)
+            )));
+        }
     }
     let from = last.as_ref().map_or(ChainHead::GENESIS, |l| ChainHead { seq: l.seq, hash: l.hash });
     check_tail(meta, from, head).await?;
@@ -114,7 +131,7 @@ async fn tick(meta: &dyn MetadataStore, authority: &dyn TokenAuthority, force: b
     let last = meta.last_checkpoint().await?.map(|c| (c.seq, c.ts));
     let moved = last.is_none_or(|(seq, _)| head.seq > seq) && head.seq > 0;
     if (force && moved) || due(last, head.seq, now) {
-        if let Some(c) = take(meta, authority, now).await? {
+        if let Some(c) = take(meta, authority, now, false).await? {
             tracing::info!(seq = c.seq, counter = c.counter, "audit checkpoint signed");
         }
     }
@@ -184,6 +201,47 @@ mod tests {
         assert!(!due(Some((10, 100)), 11, 100 + interval - 1));
         assert!(due(Some((10, 100)), 11, 100 + interval));
         assert!(!due(Some((10, 100)), 10, 100 + 10 * interval), "the head did not move");
+    }
+
+    #[tokio::test]
+    async fn take_extends_the_chain_and_will_not_restart_over_old_records() {
+        use agentkeys_audit::{Actor, AuditEvent};
+        use agentkeys_broker::{AuthorityConfig, SoftwareAuthority};
+        use agentkeys_core::MasterSeed;
+        use agentkeys_store::SqliteStore;
+
+        let meta = SqliteStore::open_in_memory().await.unwrap();
+        let authority = SoftwareAuthority::new(&MasterSeed::from_bytes([4; 32]), AuthorityConfig::default()).unwrap();
+        let event = AuditEvent::ok(Actor::System, "test.op", "x");
+        let now = crate::now();
+        assert_eq!(take(&meta, &authority, now, false).await.unwrap(), None, "nothing to sign");
+        meta.audit_append(&event).await.unwrap();
+        // Much later, with no checkpoint ever: refused unless told to start over.
+        let later = now + 10 * CHECKPOINT_MAX_AGE.as_secs() as i64;
+        match take(&meta, &authority, later, false).await {
+            Err(StoreError::Invalid(m)) => assert!(m.contains("--start-over"), "{m}"),
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        let first = take(&meta, &authority, later, true).await.unwrap().unwrap();
+        assert_eq!((first.counter, first.seq, first.prev), (Some(1), 1, Some([0; 32])));
+        assert_eq!(meta.checkpoint_start().await.unwrap(), Some(first.clone()));
+        assert_eq!(take(&meta, &authority, later, false).await.unwrap(), None, "the head did not move");
+        meta.audit_append(&event).await.unwrap();
+        meta.audit_append(&event).await.unwrap();
+        // Once a chain exists, an old tail is signed (the server was only down).
+        let second = take(&meta, &authority, later + 1, false).await.unwrap().unwrap();
+        assert_eq!((second.counter, second.seq), (Some(2), 3));
+        let (SignedCheckpoint::V2 { checkpoint: a, .. }, SignedCheckpoint::V2 { checkpoint: b, .. }) = (first.signed(), second.signed())
+        else {
+            panic!("chained checkpoints expected")
+        };
+        assert_eq!(b.prev, a.hash());
+        let key = authority.checkpoint_public_key();
+        assert!(key.verify_signed(&first.signed()) && key.verify_signed(&second.signed()));
+        // A stale signer (it read the chain before `second`) loses the race quietly.
+        let stale = CheckpointRecord::chained(&a.next(b.head, later).unwrap(), vec![0; 64]);
+        assert!(!meta.add_checkpoint(&stale).await.unwrap());
+        assert_eq!(meta.list_checkpoints().await.unwrap(), vec![first, second]);
     }
 
     #[test]

@@ -358,6 +358,10 @@ fn the_reported_attack_fails_verify() {
     let text = run(d, &["audit", "verify"]);
     assert_eq!(text.status.code(), Some(1));
     assert!(!String::from_utf8_lossy(&text.stdout).contains("0 signed checkpoint(s) verified"));
+    // Nothing restarts the chain over the deletion, not even on the operator's word.
+    let out = run(d, &["audit", "checkpoint", "--start-over"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("its checkpoints are gone"), "{}", String::from_utf8_lossy(&out.stderr));
 
     // And the start too: the head is then not covered by any checkpoint, which
     // verify refuses once the records are older than the allowed age.
