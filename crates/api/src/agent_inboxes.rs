@@ -54,7 +54,7 @@ pub fn covered_inboxes(
     let active: Vec<&Grant> = grants.iter().filter(|g| g.held_by(agent, owner) && g.is_active(now)).collect();
     let mut out: BTreeMap<&str, AgentInbox> = BTreeMap::new();
     for inbox in inboxes.iter().filter(|i| &i.owner == owner) {
-        let covering: Vec<&&Grant> = active.iter().filter(|g| g.pattern.covers(&inbox.address)).collect();
+        let covering: Vec<&&Grant> = active.iter().filter(|g| g.covers(&inbox.address, &inbox.owner)).collect();
         let Some(expires) = covering.iter().map(|g| g.expires_at).max() else { continue };
         let scopes: Vec<String> = [Scope::Read, Scope::Send, Scope::Admin]
             .into_iter()

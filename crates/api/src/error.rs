@@ -91,7 +91,7 @@ pub enum ApiError {
     /// 404 `NOT_FOUND`: no such object among the signing owner's; an object of
     /// another owner answers the same.
     OwnerObjectNotFound {
-        /// `agent`, `grant` or `key`.
+        /// `agent`, `grant`, `key` or `inbox`.
         what: &'static str,
     },
     /// A pairing refusal: 404 `NOT_FOUND` (unknown, spent or someone else's; one
@@ -330,6 +330,12 @@ impl ApiError {
                 "this enrollment code has expired; ask the operator for a new one (`agentkeys owner enroll-code`)"
                     .to_owned(),
                 Some("code".to_owned()),
+            ),
+            Self::OwnerObjectNotFound { what: "inbox" } => (
+                "no inbox with this address among yours: an exact address must be one of your inboxes \
+                 (a pattern such as bot-* or *@domain covers only your own inboxes)"
+                    .to_owned(),
+                Some("inbox".to_owned()),
             ),
             Self::OwnerObjectNotFound { what } => (format!("no {what} with this id among yours"), None),
             Self::Pairing(PairingError::NotFound) => ("no such pairing request".to_owned(), None),

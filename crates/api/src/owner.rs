@@ -322,7 +322,7 @@ fn field_error(field: &str, e: impl std::fmt::Display) -> ApiError {
         (status = 201, description = "Created", body = GrantView),
         (status = 400, description = "Invalid field", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Owner signature refused", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such agent among the owner's", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such agent among the owner's, or `inbox` is an address that is not one of the owner's inboxes", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "PAYLOAD_TOO_LARGE: the body is over 16 KiB", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "UNSUPPORTED_MEDIA_TYPE: send the body as Content-Type: application/json", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "BACKEND_UNAVAILABLE: the store could not be reached; nothing was changed, retry later", body = Problem, content_type = "application/problem+json"),
@@ -370,7 +370,12 @@ pub(crate) async fn create_grant(State(state): State<ApiState>, approval: OwnerA
         "expires_at": grant.expires_at,
         "approval": approval.evidence(),
     }));
-    let _receipt = meta.add_grant(&grant, &event).await.map_err(|e| write_error(e, "agent"))?;
+    // An exact address that is not one of the owner's inboxes (another owner's,
+    // or none) is NOT_FOUND from the store, like another owner's agent.
+    let _receipt = meta.add_grant(&grant, &event).await.map_err(|e| match e {
+        StoreError::NotFound { what } if what.starts_with("inbox ") => ApiError::OwnerObjectNotFound { what: "inbox" },
+        e => write_error(e, "agent"),
+    })?;
     Ok((StatusCode::CREATED, Json(grant_view(&grant, now))).into_response())
 }
 

@@ -263,3 +263,75 @@ async fn signed_grant_lifecycle_and_refusals() {
     *req.uri_mut() = "/v1/audit?limit=2".parse().unwrap();
     assert_eq!(send(&w.app, req).await.0, StatusCode::UNAUTHORIZED);
 }
+
+/// Issue 15 item 7: a grant names only the owner's inboxes. An exact address of
+/// another owner's inbox answers 404 `NOT_FOUND` exactly like one that does not
+/// exist, and nothing is stored or audited; a domain or prefix pattern is stored
+/// but covers only the owner's inboxes (token minting and the agent's inbox list).
+#[tokio::test]
+async fn grants_name_only_the_owners_inboxes() {
+    use agentkeys_core::{AgentKey, InboxStatus};
+    use agentkeys_store::InboxRecord;
+    let w = world().await;
+    enroll_both(&w).await;
+    w.store.ensure_domain(&"agents.example.com".parse().unwrap(), NOW).await.unwrap();
+    for (address, o, a) in [("bot-a@agents.example.com", OWNER_A, AGENT_A), ("bot-b@agents.example.com", OWNER_B, AGENT_B)] {
+        let rec = InboxRecord {
+            address: address.parse().unwrap(),
+            owner: owner(o),
+            agent: a.parse().unwrap(),
+            status: InboxStatus::Active,
+            created_at: NOW,
+        };
+        w.store.create_inbox(&rec, &op()).await.unwrap();
+    }
+    let create = |inbox: &str| json!({ "agent": AGENT_A, "inbox": inbox, "scopes": ["read", "send"], "ttl": 3600 }).to_string();
+    let head = w.store.audit_head().await.unwrap();
+    let foreign = create("bot-b@agents.example.com");
+    let (status, refused) = send(&w.app, signed(&w.key_a, OWNER_A, "POST", "/v1/grants", &foreign, NOW, &foreign)).await;
+    assert_eq!((status, refused["code"].as_str(), refused["field"].as_str()), (StatusCode::NOT_FOUND, Some("NOT_FOUND"), Some("inbox")));
+    let ghost = create("ghost@agents.example.com");
+    let (_, missing) = send(&w.app, signed(&w.key_a, OWNER_A, "POST", "/v1/grants", &ghost, NOW, &ghost)).await;
+    assert_eq!(refused, missing, "another owner's inbox answers exactly like a missing one");
+    assert_eq!(w.store.audit_head().await.unwrap(), head, "a refused grant is not audited as made");
+    let (_, list) = send(&w.app, signed(&w.key_a, OWNER_A, "GET", "/v1/grants", "", NOW, "")).await;
+    assert_eq!(list, json!([]));
+
+    // Own exact address, a prefix and the whole domain: stored.
+    for inbox in ["bot-a@agents.example.com", "bot-*", "*@agents.example.com"] {
+        let body = create(inbox);
+        let (status, grant) = send(&w.app, signed(&w.key_a, OWNER_A, "POST", "/v1/grants", &body, NOW, &body)).await;
+        assert_eq!(status, StatusCode::CREATED, "{inbox}: {grant}");
+    }
+
+    // A's agent, holding all three: its own inbox only.
+    let hasher = agentkeys_core::KeyHasher::new(&MasterSeed::from_bytes([9; 32]));
+    let secret = AgentKey::generate(&mut rand::rngs::OsRng);
+    let rec = KeyRecord {
+        id: KeyId::generate(&mut rand::rngs::OsRng),
+        agent: AGENT_A.parse().unwrap(),
+        hash: hasher.hash(&secret),
+        created_at: NOW,
+        expires_at: NOW + 86_400,
+        revoked_at: None,
+    };
+    w.store.create_key(&rec, &op()).await.unwrap();
+    let bearer = format!("Bearer {}", secret.expose());
+    let agent_req = |method: &str, path: &str, body: String| {
+        Request::builder()
+            .method(method)
+            .uri(path)
+            .header(header::AUTHORIZATION, &bearer)
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(body))
+            .unwrap()
+    };
+    let (status, inboxes) = send(&w.app, agent_req("GET", "/v1/agent/inboxes", String::new())).await;
+    assert_eq!(status, StatusCode::OK, "{inboxes}");
+    let listed: Vec<&str> = inboxes["inboxes"].as_array().unwrap().iter().map(|i| i["address"].as_str().unwrap()).collect();
+    assert_eq!(listed, ["bot-a@agents.example.com"]);
+    let (status, own) = send(&w.app, agent_req("POST", "/v1/credentials/read", json!({ "inbox": "bot-a@agents.example.com" }).to_string())).await;
+    assert_eq!(status, StatusCode::OK, "{own}");
+    let (status, other) = send(&w.app, agent_req("POST", "/v1/credentials/read", json!({ "inbox": "bot-b@agents.example.com" }).to_string())).await;
+    assert_eq!((status, other["code"].as_str()), (StatusCode::FORBIDDEN, Some("NO_GRANT")));
+}

@@ -14,7 +14,8 @@
 //! written, the operation does not happen.
 //!
 //! Addresses of third parties go into `detail` only through [`hash_address`].
-//! Signed checkpoints are a seam for the token authority ([`Checkpoint`]).
+//! Signed checkpoints ([`ChainedCheckpoint`], checked by [`verify_checkpoints`])
+//! pin the chain: the token authority signs them, the store keeps them.
 //!
 //! ```
 //! use agentkeys_audit::{Actor, AuditEvent, ChainHead, SealedRecord, verify};
@@ -47,7 +48,10 @@ mod verify;
 
 pub use address::{ADDRESS_KEY_LABEL, address_key, hash_address};
 pub use canonical::{FORMAT_TAG, canonical_json};
-pub use checkpoint::{CHECKPOINT_TAG, Checkpoint};
+pub use checkpoint::{
+    CHECKPOINT_GENESIS_PREV, CHECKPOINT_TAG, CHECKPOINT_TAG_V2, ChainedCheckpoint, Checkpoint, CheckpointFault,
+    CheckpointProblem, CheckpointRules, CheckpointsVerified, SignedCheckpoint, verify_checkpoints,
+};
 pub use error::AuditError;
 pub use event::{Actor, AuditEvent, MAX_DETAIL_LEN, MAX_OPERATION_LEN, MAX_SUBJECT_LEN, Outcome, ops};
 pub use record::{

@@ -30,7 +30,7 @@ use p256::pkcs8::EncodePrivateKey;
 use sha2::{Digest, Sha256};
 use zeroize::Zeroize;
 
-use agentkeys_audit::Checkpoint;
+use agentkeys_audit::{ChainedCheckpoint, Checkpoint};
 
 use crate::capability::{CapabilityClaims, CapabilityKey, ReadCapability};
 use crate::checkpoint::{CHECKPOINT_SIGNATURE_LEN, CheckpointKey, CheckpointPublicKey};
@@ -74,6 +74,9 @@ pub trait TokenAuthority: Send + Sync {
 
     /// Signs an audit checkpoint (the chain head at a time).
     fn sign_checkpoint(&self, checkpoint: &Checkpoint) -> [u8; CHECKPOINT_SIGNATURE_LEN];
+
+    /// Signs a chained (format v2) audit checkpoint.
+    fn sign_chained_checkpoint(&self, checkpoint: &ChainedCheckpoint) -> [u8; CHECKPOINT_SIGNATURE_LEN];
 
     /// The key checkpoint signatures verify with.
     fn checkpoint_public_key(&self) -> CheckpointPublicKey;
@@ -326,6 +329,10 @@ impl TokenAuthority for SoftwareAuthority {
 
     fn sign_checkpoint(&self, checkpoint: &Checkpoint) -> [u8; CHECKPOINT_SIGNATURE_LEN] {
         self.checkpoint.sign(checkpoint)
+    }
+
+    fn sign_chained_checkpoint(&self, checkpoint: &ChainedCheckpoint) -> [u8; CHECKPOINT_SIGNATURE_LEN] {
+        self.checkpoint.sign_chained(checkpoint)
     }
 
     fn checkpoint_public_key(&self) -> CheckpointPublicKey {

@@ -509,11 +509,11 @@ impl TokenBroker {
             let reason = KeyRejection::Expired;
             return self.refuse(refusal(reason.as_str()), MintError::InvalidKey(reason)).await;
         }
-        let covering = if inbox_owner.as_ref() == Some(&verified.owner) {
-            covering_grant(&grants, &verified.agent, &verified.owner, S::SCOPE, inbox, now)
-        } else {
-            // Not this owner's inbox, or no such inbox: the same answer as no grant.
-            Err(GrantMiss::NoGrant)
+        let covering = match &inbox_owner {
+            // Another owner's inbox is never covered (`Grant::covers`): NO_GRANT.
+            Some(inbox_owner) => covering_grant(&grants, &verified.agent, &verified.owner, S::SCOPE, inbox, inbox_owner, now),
+            // No such inbox: the same answer as no grant.
+            None => Err(GrantMiss::NoGrant),
         };
         let grant = match covering {
             Ok(grant) => grant,

@@ -24,7 +24,7 @@
 
 use std::fmt;
 
-use agentkeys_audit::Checkpoint;
+use agentkeys_audit::{ChainedCheckpoint, Checkpoint, SignedCheckpoint};
 use agentkeys_core::MasterSeed;
 use ed25519_dalek::{Signer as _, SigningKey, VerifyingKey};
 
@@ -53,6 +53,11 @@ impl CheckpointKey {
         self.signing.sign(&checkpoint.signing_bytes()).to_bytes()
     }
 
+    /// Signs a chained (format v2) checkpoint's [`signing_bytes`](ChainedCheckpoint::signing_bytes).
+    pub fn sign_chained(&self, checkpoint: &ChainedCheckpoint) -> [u8; CHECKPOINT_SIGNATURE_LEN] {
+        self.signing.sign(&checkpoint.signing_bytes()).to_bytes()
+    }
+
     /// The public key verifiers use.
     pub fn public(&self) -> CheckpointPublicKey {
         CheckpointPublicKey(self.signing.verifying_key())
@@ -73,11 +78,27 @@ impl CheckpointPublicKey {
     /// Whether `signature` is this key's signature over `checkpoint` (strict
     /// Ed25519 verification: no malleable or small-order forms).
     pub fn verify(&self, checkpoint: &Checkpoint, signature: &[u8]) -> bool {
+        self.verify_bytes(&checkpoint.signing_bytes(), signature)
+    }
+
+    /// Whether a stored checkpoint of either format carries this key's signature.
+    pub fn verify_signed(&self, checkpoint: &SignedCheckpoint) -> bool {
+        self.verify_bytes(&checkpoint.signing_bytes(), checkpoint.signature())
+    }
+
+    /// Whether `signature` is this key's strict Ed25519 signature over `message`
+    /// (the form [`agentkeys_audit::verify_checkpoints`] takes).
+    pub fn verify_bytes(&self, message: &[u8], signature: &[u8]) -> bool {
         let Ok(bytes) = <[u8; CHECKPOINT_SIGNATURE_LEN]>::try_from(signature) else {
             return false;
         };
         let signature = ed25519_dalek::Signature::from_bytes(&bytes);
-        self.0.verify_strict(&checkpoint.signing_bytes(), &signature).is_ok()
+        self.0.verify_strict(message, &signature).is_ok()
+    }
+
+    /// Parses 32 public key bytes; `None` if they are not a valid Ed25519 point.
+    pub fn from_bytes(bytes: &[u8; 32]) -> Option<Self> {
+        VerifyingKey::from_bytes(bytes).ok().map(Self)
     }
 
     /// The 32 public key bytes.
@@ -124,6 +145,20 @@ mod tests {
         flipped[0] ^= 1;
         assert!(!a.public().verify(&c, &flipped));
         assert!(!a.public().verify(&c, &sig[..63]));
+    }
+
+    #[test]
+    fn chained_signatures_bind_every_field() {
+        let key = CheckpointKey::derive(&MasterSeed::from_bytes([1; 32]));
+        let first = ChainedCheckpoint::first(ChainHead { seq: 3, hash: [7; 32] }, 1_700_000_000);
+        let sig = key.sign_chained(&first).to_vec();
+        let signed = SignedCheckpoint::V2 { checkpoint: first, signature: sig.clone() };
+        assert!(key.public().verify_signed(&signed));
+        let next = first.next(first.head, first.ts).unwrap();
+        assert!(!key.public().verify_signed(&SignedCheckpoint::V2 { checkpoint: next, signature: sig.clone() }));
+        let v1 = Checkpoint { head: first.head, ts: first.ts };
+        assert!(!key.public().verify_signed(&SignedCheckpoint::V1 { checkpoint: v1, signature: sig }), "v2 bytes are not v1 bytes");
+        assert_eq!(CheckpointPublicKey::from_bytes(&key.public().to_bytes()), Some(key.public()));
     }
 
     #[test]

@@ -154,7 +154,14 @@ fn main() -> ExitCode {
     };
     let json = cli.global.json;
     let result = runtime.block_on(async move {
-        match cli.command {
+        // Local commands that may write audit records sign the head before they
+        // exit (crates/cli/src/checkpoint.rs); the server signs its own.
+        let writes = !matches!(
+            cli.command,
+            Command::Serve | Command::Audit(_) | Command::Mail(_) | Command::Mcp(_) | Command::Config(_)
+        );
+        let checkpoint_config = writes.then(|| config.clone());
+        let result = match cli.command {
             Command::Serve => serve::run(config).await,
             Command::Domain(c) => domain::run(&config, c, json).await,
             Command::Owner(c) => admin::owner(&config, c, json).await,
@@ -172,7 +179,11 @@ fn main() -> ExitCode {
                 admin::print_config_keys(json);
                 Ok(())
             }
+        };
+        if let Some(config) = checkpoint_config {
+            checkpoint::after_local_command(&config).await;
         }
+        result
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -188,7 +188,7 @@ impl Credentials {
         if *inbox_owner != key.owner {
             return Err(AuthFailure::OwnerMismatch);
         }
-        let grant = covering_grant(&facts.grants, &key.agent, &key.owner, Scope::Send, &self.address, now)
+        let grant = covering_grant(&facts.grants, &key.agent, &key.owner, Scope::Send, &self.address, inbox_owner, now)
             .map_err(|_| AuthFailure::GrantDoesNotCover)?;
         Ok(SendAuthorized {
             inbox: self.address.clone(),

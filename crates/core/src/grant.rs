@@ -111,7 +111,10 @@ pub enum InboxPattern {
 }
 
 impl InboxPattern {
-    /// Whether `address` falls under the pattern.
+    /// Whether `address` falls under the pattern, by its text alone. This is only
+    /// half of a grant's coverage: a grant covers an inbox when the pattern
+    /// matches its address **and** the inbox belongs to the grant's owner
+    /// ([`Grant::covers`]); every door decides through that.
     pub fn covers(&self, address: &Address) -> bool {
         match self {
             Self::Exact(a) => a == address,
@@ -176,9 +179,20 @@ impl Grant {
         self.revoked_at.is_none() && now < self.expires_at
     }
 
-    /// Active at `now`, carries `scope` and covers `address`.
-    pub fn allows(&self, scope: Scope, address: &Address, now: UnixTime) -> bool {
-        self.is_active(now) && self.scopes.contains(scope) && self.pattern.covers(address)
+    /// Whether the grant covers the inbox `address` owned by `inbox_owner`.
+    ///
+    /// A grant is scoped to its owner's inboxes: its pattern (`bot-*`,
+    /// `*@domain`, an address) only ever matches inboxes that belong to
+    /// [`owner`](Self::owner), whoever else has an inbox the text would match.
+    /// (Creation also refuses an exact address that is not an inbox of the owner,
+    /// `NOT_FOUND`, so such a grant is never stored.)
+    pub fn covers(&self, address: &Address, inbox_owner: &OwnerId) -> bool {
+        &self.owner == inbox_owner && self.pattern.covers(address)
+    }
+
+    /// Active at `now`, carries `scope` and covers the inbox `address` of `inbox_owner`.
+    pub fn allows(&self, scope: Scope, address: &Address, inbox_owner: &OwnerId, now: UnixTime) -> bool {
+        self.is_active(now) && self.scopes.contains(scope) && self.covers(address, inbox_owner)
     }
 
     /// Granted by `owner` to `agent`.
@@ -262,17 +276,20 @@ pub enum GrantMiss {
 
 /// The one rule that decides grant coverage, shared by SMTP submission and the
 /// token broker: among the grants `owner` gave `agent`, the unrevoked ones carrying
-/// `scope` and covering `inbox`; of those, the active one that lasts longest.
+/// `scope` and covering `inbox` (owned by `inbox_owner`, see [`Grant::covers`]);
+/// of those, the active one that lasts longest. An inbox of another owner is
+/// never covered, whatever the patterns say.
 pub fn covering_grant<'a>(
     grants: &'a [Grant],
     agent: &AgentId,
     owner: &OwnerId,
     scope: Scope,
     inbox: &Address,
+    inbox_owner: &OwnerId,
     now: UnixTime,
 ) -> Result<&'a Grant, GrantMiss> {
     let mut covering = grants.iter().filter(|g| {
-        g.held_by(agent, owner) && g.revoked_at.is_none() && g.scopes.contains(scope) && g.pattern.covers(inbox)
+        g.held_by(agent, owner) && g.revoked_at.is_none() && g.scopes.contains(scope) && g.covers(inbox, inbox_owner)
     });
     let mut any = false;
     let best = covering
@@ -382,7 +399,7 @@ mod tests {
             revoked_at: revoked.then_some(1),
         };
         let now = 100;
-        let pick = |grants: &[Grant]| covering_grant(grants, &agent, &owner, Scope::Send, &inbox, now).map(|g| g.id.clone());
+        let pick = |grants: &[Grant]| covering_grant(grants, &agent, &owner, Scope::Send, &inbox, &owner, now).map(|g| g.id.clone());
         assert_eq!(pick(&[]), Err(GrantMiss::NoGrant));
         // Wrong scope, revoked, another owner's, not covering: none count.
         let ignored = [
@@ -400,6 +417,14 @@ mod tests {
             grant(7, "bot-1@agents.localhost", "send", 50, false, &owner),
         ];
         assert_eq!(pick(&mixed).unwrap(), mixed[1].id);
+        // The same grants never cover an inbox of another owner, even one whose
+        // address every pattern matches.
+        let foreign = covering_grant(&mixed, &agent, &owner, Scope::Send, &inbox, &other, now);
+        assert_eq!(foreign.map(|g| g.id.clone()), Err(GrantMiss::NoGrant));
+        for g in &mixed {
+            assert!(g.pattern.covers(&inbox) && g.covers(&inbox, &owner) && !g.covers(&inbox, &other));
+            assert!(!g.allows(Scope::Send, &inbox, &other, now));
+        }
     }
 
     #[test]

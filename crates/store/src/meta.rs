@@ -42,9 +42,10 @@ pub enum StoreError {
     },
 }
 
-/// A signed audit checkpoint as stored: the chain head (`seq`, `hash`) at `ts`
-/// and the authority's signature over `Checkpoint::signing_bytes()`. Whether it
-/// is genuine is for the verifier to decide.
+/// A signed audit checkpoint as stored: the chain head (`seq`, `hash`) at `ts`,
+/// for format v2 its place in the checkpoint chain (`counter`, `prev`), and the
+/// authority's signature over the format's signing bytes. Whether it is genuine
+/// is for the verifier to decide ([`agentkeys_audit::verify_checkpoints`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CheckpointRecord {
     /// Sequence number of the head record.
@@ -55,6 +56,38 @@ pub struct CheckpointRecord {
     pub ts: UnixTime,
     /// The signature bytes (Ed25519: 64).
     pub signature: Vec<u8>,
+    /// Format v2: the checkpoint's counter (from 1); `None` for format v1.
+    pub counter: Option<u64>,
+    /// Format v2: the hash of checkpoint `counter - 1` (zeros for 1).
+    pub prev: Option<[u8; 32]>,
+}
+
+impl CheckpointRecord {
+    /// A record of a signed chained (v2) checkpoint.
+    pub fn chained(checkpoint: &agentkeys_audit::ChainedCheckpoint, signature: Vec<u8>) -> Self {
+        Self {
+            seq: checkpoint.head.seq,
+            hash: checkpoint.head.hash,
+            ts: checkpoint.ts,
+            signature,
+            counter: Some(checkpoint.counter),
+            prev: Some(checkpoint.prev),
+        }
+    }
+
+    /// What was signed, in its format: v2 when both `counter` and `prev` are
+    /// there, v1 otherwise (so a v2 row stripped of them fails its signature).
+    pub fn signed(&self) -> agentkeys_audit::SignedCheckpoint {
+        use agentkeys_audit::{ChainHead, ChainedCheckpoint, Checkpoint, SignedCheckpoint};
+        let head = ChainHead { seq: self.seq, hash: self.hash };
+        let signature = self.signature.clone();
+        match (self.counter, self.prev) {
+            (Some(counter), Some(prev)) => {
+                SignedCheckpoint::V2 { checkpoint: ChainedCheckpoint { counter, prev, head, ts: self.ts }, signature }
+            }
+            _ => SignedCheckpoint::V1 { checkpoint: Checkpoint { head, ts: self.ts }, signature },
+        }
+    }
 }
 
 /// An owner (the human).
@@ -338,8 +371,11 @@ pub trait MetadataStore: Send + Sync + 'static {
     /// if there is none: the token broker's agent-key lookup (unique index on the hash).
     async fn key_facts_by_hash(&self, hash: &KeyHash) -> Result<Option<KeyFacts>, StoreError>;
 
-    /// Stores a grant, audited. `NotFound` if the agent is unknown, `Invalid` if the
-    /// grant's owner is not the agent's owner.
+    /// Stores a grant, audited. `NotFound` if the agent is unknown, or if the
+    /// pattern is an exact address that is not an inbox of the grant's owner
+    /// (another owner's inbox answers like a missing one); `Invalid` if the
+    /// grant's owner is not the agent's owner. Prefix and domain patterns are
+    /// stored as given and only ever cover the owner's inboxes (`Grant::covers`).
     async fn add_grant(&self, grant: &Grant, event: &AuditEvent) -> Result<AuditReceipt, StoreError>;
     /// Lists grants, optionally of one agent.
     async fn list_grants(&self, agent: Option<&AgentId>) -> Result<Vec<Grant>, StoreError>;
@@ -414,9 +450,13 @@ pub trait MetadataStore: Send + Sync + 'static {
         let owner = self.recipient(inbox).await?.map(|r| r.owner);
         Ok((grants, owner))
     }
-    /// Stores a signed checkpoint; `false` if one for that seq exists already
-    /// (another process checkpointed the same head). Stores without checkpoints
-    /// answer `Backend`.
+    /// Stores a signed checkpoint. A chained (v2) one must extend the stored
+    /// chain: counter 1 with zero `prev` when there is none (then it is also
+    /// kept as the chain's start), else the last counter + 1 linked to its hash
+    /// and past its seq. `false` if another process stored that checkpoint (or
+    /// one for that head) first; `Invalid` when the recorded start exists but its
+    /// checkpoints are gone (the chain is not restarted over a deletion). Stores
+    /// without checkpoints answer `Backend`.
     async fn add_checkpoint(&self, checkpoint: &CheckpointRecord) -> Result<bool, StoreError> {
         let _ = checkpoint;
         Err(StoreError::Backend("this store keeps no audit checkpoints".to_owned()))
@@ -429,6 +469,11 @@ pub trait MetadataStore: Send + Sync + 'static {
     /// The checkpoint with the highest seq, if any.
     async fn last_checkpoint(&self) -> Result<Option<CheckpointRecord>, StoreError> {
         Ok(self.list_checkpoints().await?.pop())
+    }
+    /// The recorded start of the checkpoint chain (a copy of checkpoint 1), if
+    /// the chain has started.
+    async fn checkpoint_start(&self) -> Result<Option<CheckpointRecord>, StoreError> {
+        Ok(None)
     }
     /// Replaces `before` (a grant of `owner`, as the caller read it) with `after`
     /// (the same grant, narrower scopes and/or a new expiry), audited, only if the

@@ -29,7 +29,7 @@ use agentkeys_audit::{
     AuditEvent, AuditReceipt, AuditRecord, ChainHead, Outcome, SealedRecord, canonical_json, hash_from_hex, hash_to_hex,
 };
 use agentkeys_core::{
-    Address, AgentId, AuthFacts, Credentials, Domain, Grant, GrantId, InboxStatus, KeyFacts, KeyHash, KeyId, OwnerId,
+    Address, AgentId, AuthFacts, Credentials, Domain, Grant, GrantId, InboxPattern, InboxStatus, KeyFacts, KeyHash, KeyId, OwnerId,
     UnixTime,
 };
 use async_trait::async_trait;
@@ -511,7 +511,13 @@ fn audit_from_row(
     })
 }
 
-fn checkpoint_from_row((seq, hash, ts, signature): (i64, String, i64, String)) -> Result<CheckpointRecord, StoreError> {
+/// A checkpoint row: seq, head hash, ts, signature, counter, prev hash.
+type CheckpointRow = (i64, String, i64, String, Option<i64>, Option<String>);
+
+/// The columns of a [`CheckpointRow`], in order.
+const CHECKPOINT_COLUMNS: &str = "seq, head_hash, ts, signature, counter, prev_hash";
+
+fn checkpoint_from_row((seq, hash, ts, signature, counter, prev): CheckpointRow) -> Result<CheckpointRecord, StoreError> {
     let seq = u64::try_from(seq).map_err(|_| audit_unreadable(0, format!("checkpoint seq {seq} is negative")))?;
     let bad = |what: &str| audit_unreadable(seq, format!("checkpoint: {what}"));
     let hash = hash_from_hex(&hash).ok_or_else(|| bad("head_hash is not 64 hex digits"))?;
@@ -520,7 +526,9 @@ fn checkpoint_from_row((seq, hash, ts, signature): (i64, String, i64, String)) -
         .collect::<Option<Vec<u8>>>()
         .filter(|_| signature.len() % 2 == 0 && signature.is_ascii())
         .ok_or_else(|| bad("signature is not hex"))?;
-    Ok(CheckpointRecord { seq, hash, ts, signature })
+    let counter = counter.map(|c| u64::try_from(c).map_err(|_| bad("counter is negative"))).transpose()?;
+    let prev = prev.map(|p| hash_from_hex(&p).ok_or_else(|| bad("prev_hash is not 64 hex digits"))).transpose()?;
+    Ok(CheckpointRecord { seq, hash, ts, signature, counter, prev })
 }
 
 /// Any database failure we do not map more precisely.
@@ -1135,6 +1143,19 @@ impl MetadataStore for SqliteStore {
                 grant.owner, grant.agent
             )));
         }
+        // A grant is scoped to its owner's inboxes (`Grant::covers`). An exact
+        // address must be one of them: another owner's inbox answers exactly like
+        // a missing one, so the refusal tells nothing about who has it.
+        if let InboxPattern::Exact(address) = &grant.pattern {
+            let inbox_owner: Option<(String,)> = sqlx::query_as("SELECT owner FROM inboxes WHERE address = ?1")
+                .bind(address.as_str())
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(backend)?;
+            if inbox_owner.is_none_or(|(o,)| o != grant.owner.as_str()) {
+                return Err(StoreError::NotFound { what: format!("inbox {address}") });
+            }
+        }
         sqlx::query(
             "INSERT INTO grants (id, owner, agent, pattern, scopes, created_at, expires_at, revoked_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
@@ -1478,26 +1499,84 @@ impl MetadataStore for SqliteStore {
     }
 
     async fn add_checkpoint(&self, checkpoint: &CheckpointRecord) -> Result<bool, StoreError> {
-        let seq = i64::try_from(checkpoint.seq)
-            .map_err(|_| StoreError::Invalid(format!("checkpoint seq {} does not fit the database", checkpoint.seq)))?;
+        let to_i64 = |v: u64, what: &str| {
+            i64::try_from(v).map_err(|_| StoreError::Invalid(format!("checkpoint {what} {v} does not fit the database")))
+        };
+        let seq = to_i64(checkpoint.seq, "seq")?;
+        let counter = checkpoint.counter.map(|c| to_i64(c, "counter")).transpose()?;
         let signature: String = checkpoint.signature.iter().map(|b| format!("{b:02x}")).collect();
+        let prev = checkpoint.prev.as_ref().map(hash_to_hex);
+        let mut tx = self.write_tx().await?;
+        if let Some(counter) = checkpoint.counter {
+            // The chain only grows by its next link; anything else lost a race
+            // with another process (or the chain was tampered with: verify says).
+            let last: Option<CheckpointRow> = sqlx::query_as(&format!(
+                "SELECT {CHECKPOINT_COLUMNS} FROM audit_checkpoints WHERE counter IS NOT NULL ORDER BY counter DESC LIMIT 1"
+            ))
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(backend)?;
+            let last = last.map(checkpoint_from_row).transpose()?;
+            let max_seq: Option<i64> =
+                sqlx::query_scalar("SELECT MAX(seq) FROM audit_checkpoints").fetch_one(&mut *tx).await.map_err(backend)?;
+            let extends = match last.as_ref().map(|l| l.signed()) {
+                None => counter == 1 && checkpoint.prev == Some(agentkeys_audit::CHECKPOINT_GENESIS_PREV),
+                Some(agentkeys_audit::SignedCheckpoint::V2 { checkpoint: l, .. }) => {
+                    Some(counter) == l.counter.checked_add(1) && checkpoint.prev == Some(l.hash())
+                }
+                Some(agentkeys_audit::SignedCheckpoint::V1 { .. }) => false,
+            };
+            if !extends || max_seq.is_some_and(|m| m >= seq) {
+                return Ok(false);
+            }
+            if counter == 1 {
+                let started: Option<(i64,)> = sqlx::query_as("SELECT ts FROM audit_checkpoint_start WHERE id = 1")
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(backend)?;
+                if let Some((ts,)) = started {
+                    return Err(StoreError::Invalid(format!(
+                        "the audit checkpoint chain started at Unix time {ts} but its checkpoints are gone; \
+                         run `agentkeys audit verify` and investigate before signing anything"
+                    )));
+                }
+                sqlx::query(
+                    "INSERT INTO audit_checkpoint_start (id, seq, head_hash, ts, signature, counter, prev_hash)
+                     VALUES (1, ?1, ?2, ?3, ?4, 1, ?5)",
+                )
+                .bind(seq)
+                .bind(hash_to_hex(&checkpoint.hash))
+                .bind(checkpoint.ts)
+                .bind(&signature)
+                .bind(&prev)
+                .execute(&mut *tx)
+                .await
+                .map_err(backend)?;
+            }
+        }
         let done = sqlx::query(
-            "INSERT INTO audit_checkpoints (seq, head_hash, ts, signature) VALUES (?1, ?2, ?3, ?4)
-             ON CONFLICT (seq) DO NOTHING",
+            "INSERT INTO audit_checkpoints (seq, head_hash, ts, signature, counter, prev_hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+             ON CONFLICT DO NOTHING",
         )
         .bind(seq)
         .bind(hash_to_hex(&checkpoint.hash))
         .bind(checkpoint.ts)
-        .bind(signature)
-        .execute(&mut *self.hot_write().await?)
+        .bind(&signature)
+        .bind(counter)
+        .bind(&prev)
+        .execute(&mut *tx)
         .await
         .map_err(backend)?;
-        Ok(done.rows_affected() == 1)
+        if done.rows_affected() != 1 {
+            return Ok(false);
+        }
+        tx.commit().await.map_err(backend)?;
+        Ok(true)
     }
 
     async fn list_checkpoints(&self) -> Result<Vec<CheckpointRecord>, StoreError> {
-        let rows: Vec<(i64, String, i64, String)> =
-            sqlx::query_as("SELECT seq, head_hash, ts, signature FROM audit_checkpoints ORDER BY seq")
+        let rows: Vec<CheckpointRow> =
+            sqlx::query_as(&format!("SELECT {CHECKPOINT_COLUMNS} FROM audit_checkpoints ORDER BY seq"))
                 .fetch_all(&self.pool)
                 .await
                 .map_err(backend)?;
@@ -1505,8 +1584,17 @@ impl MetadataStore for SqliteStore {
     }
 
     async fn last_checkpoint(&self) -> Result<Option<CheckpointRecord>, StoreError> {
-        let row: Option<(i64, String, i64, String)> =
-            sqlx::query_as("SELECT seq, head_hash, ts, signature FROM audit_checkpoints ORDER BY seq DESC LIMIT 1")
+        let row: Option<CheckpointRow> =
+            sqlx::query_as(&format!("SELECT {CHECKPOINT_COLUMNS} FROM audit_checkpoints ORDER BY seq DESC LIMIT 1"))
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(backend)?;
+        row.map(checkpoint_from_row).transpose()
+    }
+
+    async fn checkpoint_start(&self) -> Result<Option<CheckpointRecord>, StoreError> {
+        let row: Option<CheckpointRow> =
+            sqlx::query_as(&format!("SELECT {CHECKPOINT_COLUMNS} FROM audit_checkpoint_start WHERE id = 1"))
                 .fetch_optional(&self.pool)
                 .await
                 .map_err(backend)?;

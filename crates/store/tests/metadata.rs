@@ -259,6 +259,13 @@ async fn grants() {
     assert_not_found(store.add_grant(&grant(9, 1, 9, "bot-*", "send"), &ev()).await, &format!("agent {}", agent(9)));
     assert_invalid(store.add_grant(&grant(9, 2, 1, "bot-*", "send"), &ev()).await, "is not the owner of agent");
     assert_conflict(store.add_grant(&grant(1, 1, 1, "bot-*", "send"), &ev()).await, &format!("grant {}", grant_id(1)));
+    // An exact address must be an inbox of the grant's owner: another owner's
+    // inbox and a missing one answer alike, and nothing is stored or audited.
+    let head = store.audit_head().await.unwrap();
+    for foreign in ["other@agents.localhost", "nobody@agents.localhost"] {
+        assert_not_found(store.add_grant(&grant(9, 1, 1, foreign, "read"), &ev()).await, &format!("inbox {foreign}"));
+    }
+    assert_eq!(store.audit_head().await.unwrap(), head);
 
     let wide = grant(3, 1, 1, "bot-*", "admin,send,read");
     store.add_grant(&wide, &ev()).await.unwrap();
@@ -479,4 +486,113 @@ async fn simultaneous_first_opens_both_succeed() {
     a.add_owner(&owner_record(1), &ev()).await.unwrap();
     assert_eq!(b.list_owners().await.unwrap().len(), 1);
     assert_eq!(c.list_owners().await.unwrap().len(), 1);
+}
+
+/// Issue 15 item 7, over generated worlds: owners with inboxes whose addresses
+/// share prefixes and domains, and grants naming any address, any prefix of one
+/// and any domain, by any owner. Whatever is stored, no grant ever covers an
+/// inbox of another owner (through the store's `grants_and_inbox_owner` and the
+/// shared `covering_grant` rule), and an exact address of another owner's inbox
+/// (or of none) is refused as not found.
+mod grants_stay_with_their_owner {
+    use super::*;
+    use agentkeys_core::{Scope, covering_grant};
+    use proptest::prelude::*;
+
+    const LOCALS: [&str; 6] = ["bot", "bot-1", "bot-12", "b", "ops", "ops.x"];
+    const DOMAINS: [&str; 2] = ["agents.localhost", "else.test"];
+
+    #[derive(Debug, Clone)]
+    enum Pat {
+        Exact(usize),
+        Prefix(usize, usize),
+        Domain(usize),
+        Unknown,
+    }
+
+    fn world() -> impl Strategy<Value = (Vec<(usize, usize, u8)>, Vec<(u8, Pat)>)> {
+        // Inboxes: (local, domain, owner 1..=3); grants: (owner, pattern).
+        let inboxes = prop::collection::vec((0..LOCALS.len(), 0..DOMAINS.len(), 1u8..=3), 1..8);
+        let pat = prop_oneof![
+            (0usize..8).prop_map(Pat::Exact),
+            (0usize..8, 1usize..12).prop_map(|(i, n)| Pat::Prefix(i, n)),
+            (0..DOMAINS.len()).prop_map(Pat::Domain),
+            Just(Pat::Unknown),
+        ];
+        let grants = prop::collection::vec((1u8..=3, pat), 1..10);
+        (inboxes, grants)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+        #[test]
+        fn no_grant_covers_another_owners_inbox((inboxes, grants) in world()) {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async {
+                let (_dir, store) = open_store().await;
+                for d in DOMAINS {
+                    store.ensure_domain(&d.parse().unwrap(), NOW).await.unwrap();
+                }
+                for n in 1..=3 {
+                    store.add_owner(&owner_record(n), &ev()).await.unwrap();
+                    store.add_agent(&agent_record(n, n), &ev()).await.unwrap();
+                }
+                let mut made: Vec<(Address, u8)> = Vec::new();
+                for (l, d, o) in &inboxes {
+                    let a = format!("{}@{}", LOCALS[*l], DOMAINS[*d]);
+                    if made.iter().any(|(m, _)| m.as_str() == a) {
+                        continue;
+                    }
+                    store.create_inbox(&inbox(&a, *o, *o), &ev()).await.unwrap();
+                    made.push((addr(&a), *o));
+                }
+                for (i, (o, pat)) in grants.iter().enumerate() {
+                    let text = match pat {
+                        Pat::Exact(i) => made[i % made.len()].0.to_string(),
+                        Pat::Prefix(i, n) => {
+                            let a = made[i % made.len()].0.to_string();
+                            format!("{}*", &a[..(*n).min(a.len())])
+                        }
+                        Pat::Domain(d) => format!("*@{}", DOMAINS[*d]),
+                        Pat::Unknown => "ghost@agents.localhost".to_owned(),
+                    };
+                    let n = u8::try_from(i + 10).unwrap();
+                    let result = store.add_grant(&grant(n, *o, *o, &text, "read,send"), &ev()).await;
+                    let exact_owner = match pat {
+                        Pat::Exact(i) => Some(Some(made[i % made.len()].1)),
+                        Pat::Unknown => Some(None),
+                        _ => None,
+                    };
+                    match exact_owner {
+                        Some(found) if found != Some(*o) => {
+                            assert!(matches!(result, Err(StoreError::NotFound { .. })), "{text} by owner {o}: {result:?}");
+                        }
+                        _ => { result.unwrap(); }
+                    }
+                }
+                for n in 1..=3u8 {
+                    for (address, inbox_owner) in &made {
+                        let (stored, found_owner) = store.grants_and_inbox_owner(&agent(n), address).await.unwrap();
+                        let found_owner = found_owner.unwrap();
+                        assert_eq!(found_owner, owner(*inbox_owner));
+                        for g in &stored {
+                            assert!(g.covers(address, &found_owner) == (g.owner == found_owner && g.pattern.covers(address)));
+                            if *inbox_owner != n {
+                                assert!(!g.covers(address, &found_owner), "grant {} of owner {n} covers {address} of owner {inbox_owner}", g.pattern);
+                            }
+                            if let agentkeys_core::InboxPattern::Exact(a) = &g.pattern {
+                                assert!(made.iter().any(|(m, o)| m == a && *o == n), "a stored exact grant names a foreign inbox");
+                            }
+                        }
+                        for scope in [Scope::Read, Scope::Send] {
+                            let hit = covering_grant(&stored, &agent(n), &owner(n), scope, address, &found_owner, NOW);
+                            if *inbox_owner != n {
+                                assert!(hit.is_err(), "owner {n}'s agent covered by {hit:?} on {address} of owner {inbox_owner}");
+                            }
+                        }
+                    }
+                }
+            });
+        }
+    }
 }
