@@ -152,6 +152,8 @@ pub enum ApiError {
     /// 409 `CONFLICT`: the object changed between reading and writing it; read it
     /// again and retry.
     Conflict,
+    /// 409 `ADDRESS_TAKEN`: an inbox with this address exists already.
+    AddressTaken,
     /// 503 `TOO_MANY_CONNECTIONS`: the HTTP listener has the most connections it
     /// takes, in total or from this address; answered by the listener itself,
     /// before any request is read, with `Retry-After`.
@@ -216,7 +218,7 @@ impl ApiError {
             Self::MessageContainsNul { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Self::MessageTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedSendMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            Self::AgentExists | Self::Conflict => StatusCode::CONFLICT,
+            Self::AgentExists | Self::Conflict | Self::AddressTaken => StatusCode::CONFLICT,
             Self::GrantChange(GrantChangeError::Revoked) => StatusCode::CONFLICT,
             Self::GrantChange(_) => StatusCode::BAD_REQUEST,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -257,6 +259,7 @@ impl ApiError {
             Self::GrantChange(GrantChangeError::Revoked) => "GRANT_REVOKED",
             Self::GrantChange(_) => "INVALID_REQUEST",
             Self::Conflict => "CONFLICT",
+            Self::AddressTaken => "ADDRESS_TAKEN",
             Self::RateLimited { .. } => "RATE_LIMITED",
             Self::TooManyConnections => "TOO_MANY_CONNECTIONS",
         }
@@ -293,6 +296,7 @@ impl ApiError {
             Self::UnsupportedSendMediaType => "Unsupported media type",
             Self::GrantChange(_) => "Grant change refused",
             Self::Conflict => "Conflict",
+            Self::AddressTaken => "Address taken",
             Self::RateLimited { .. } => "Too many requests",
             Self::TooManyConnections => "Too many connections",
         }
@@ -380,6 +384,9 @@ impl ApiError {
                 (e.to_string(), field)
             }
             Self::Conflict => ("the object changed while this request was applied; read it again and retry".to_owned(), None),
+            Self::AddressTaken => {
+                ("an inbox with this address exists already; pick another name".to_owned(), Some("address".to_owned()))
+            }
             Self::RateLimited { retry_after_secs } => {
                 (format!("too many requests from this address; retry after {retry_after_secs} s"), None)
             }

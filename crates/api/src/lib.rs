@@ -14,6 +14,8 @@
 //! | PATCH | `/v1/grants/{id}` | narrow a grant's scopes / move its expiry (owner signature) |
 //! | DELETE | `/v1/grants/{id}`, `/v1/keys/{id}` | revoke a grant / an agent key (owner signature) |
 //! | GET | `/v1/audit` | audit records concerning the owner (owner signature) |
+//! | GET | `/v1/agents`, `/v1/inboxes` | the owner's agents (with keys) and inboxes (owner signature) |
+//! | POST | `/v1/inboxes` | an inbox for one of the owner's agents (owner signature) |
 //! | POST | `/v1/pairings` | open a pairing request (agent, public) |
 //! | GET | `/v1/pairings/{code}` | show a pairing request (owner signature) |
 //! | POST | `/v1/pairings/{code}/approve` | approve it: the agent is created (owner signature) |
@@ -41,6 +43,7 @@ pub mod extract;
 pub mod messages;
 pub mod openapi;
 pub mod owner;
+pub mod owner_directory;
 pub mod pairing;
 pub mod send;
 pub mod throttle;
@@ -239,6 +242,9 @@ fn table() -> Vec<Route> {
         route(Verb::Delete, "/v1/grants/{id}", owner::revoke_grant),
         route(Verb::Delete, "/v1/keys/{id}", owner::revoke_key),
         route(Verb::Get, "/v1/audit", owner::audit),
+        route(Verb::Get, "/v1/agents", owner_directory::list_agents),
+        route(Verb::Get, "/v1/inboxes", owner_directory::list_inboxes),
+        route(Verb::Post, "/v1/inboxes", owner_directory::create_inbox),
         route(Verb::Post, "/v1/pairings", pairing::open),
         route(Verb::Get, "/v1/pairings/{code}", pairing::view),
         route(Verb::Post, "/v1/pairings/{code}/approve", pairing::approve),

@@ -57,14 +57,14 @@ pub const AUDIT_PAGE_DEFAULT: u32 = 100;
 /// Largest `limit` of `GET /v1/audit`.
 pub const AUDIT_PAGE_MAX: u32 = 1000;
 
-fn store(state: &ApiState) -> Result<&Arc<dyn MetadataStore>, ApiError> {
+pub(crate) fn store(state: &ApiState) -> Result<&Arc<dyn MetadataStore>, ApiError> {
     state.meta.as_ref().ok_or_else(|| {
         tracing::error!("owner route called on an API without a metadata store");
         ApiError::Unavailable { code: "BACKEND_UNAVAILABLE" }
     })
 }
 
-fn backend_error(e: &StoreError) -> ApiError {
+pub(crate) fn backend_error(e: &StoreError) -> ApiError {
     tracing::error!(error = %e, "owner request failed in the store");
     ApiError::Unavailable { code: "BACKEND_UNAVAILABLE" }
 }
@@ -307,7 +307,7 @@ fn grant_view(g: &Grant, now: UnixTime) -> GrantView {
     }
 }
 
-fn field_error(field: &str, e: impl std::fmt::Display) -> ApiError {
+pub(crate) fn field_error(field: &str, e: impl std::fmt::Display) -> ApiError {
     ApiError::InvalidRequest { field: Some(field.to_owned()), detail: format!("{field}: {e}") }
 }
 

@@ -79,6 +79,8 @@ fn documented_patterns_are_accepted_by_the_parsers() {
         let n = check::<Address>(&pattern(&doc, schema, "inbox"), schema, addresses.iter().cloned());
         assert!(n > 1_000, "{schema}: only {n} generated addresses matched");
     }
+    let n = check::<Address>(&pattern(&doc, "CreateInboxRequest", "address"), "new inbox", addresses.iter().cloned());
+    assert!(n > 1_000, "new inbox: only {n} generated addresses matched");
     let n = check::<InboxPattern>(&pattern(&doc, "CreateGrantRequest", "inbox"), "grant inbox", addresses.iter().cloned());
     assert!(n > 1_000, "grant inbox: {n}");
 

@@ -53,11 +53,13 @@ pub(crate) enum AgentCmd {
         #[arg(long)]
         name: Option<String>,
     },
-    /// List agents.
+    /// List agents: your own and their keys with --server (signed), else every agent (operator).
     List {
-        /// Only this owner's agents.
+        /// Only this owner's agents (operator); with --server, which key signs.
         #[arg(long)]
         owner: Option<String>,
+        #[command(flatten)]
+        remote: crate::owner_client::RemoteOwner,
     },
     /// Pair this machine as an agent: open a pairing request on a server, wait for
     /// the owner's `agentkeys approve`, save the agent key in <config dir>/agent.json.
@@ -67,7 +69,8 @@ pub(crate) enum AgentCmd {
 /// `agentkeys inbox …`
 #[derive(Debug, Subcommand)]
 pub(crate) enum InboxCmd {
-    /// Create an inbox for an agent; prints its address.
+    /// Create an inbox for an agent; prints its address (as the owner, signed,
+    /// with --server or --owner; else as the operator).
     Create {
         /// The agent the inbox is for.
         #[arg(long)]
@@ -78,12 +81,16 @@ pub(crate) enum InboxCmd {
         /// Hosted domain (default: the configured domain).
         #[arg(long)]
         domain: Option<String>,
+        #[command(flatten)]
+        conn: crate::owner_client::OwnerConn,
     },
-    /// List inboxes.
+    /// List inboxes: your own with --server (signed), else every inbox (operator).
     List {
-        /// Only this owner's inboxes.
+        /// Only this owner's inboxes (operator); with --server, which key signs.
         #[arg(long)]
         owner: Option<String>,
+        #[command(flatten)]
+        remote: crate::owner_client::RemoteOwner,
     },
     /// Set an inbox's status.
     SetStatus {
@@ -362,7 +369,10 @@ pub(crate) async fn agent(config: &Config, cmd: AgentCmd, json: bool) -> Result<
                 None => format!("agent {id} added under owner {owner}"),
             });
         }
-        AgentCmd::List { owner } => {
+        AgentCmd::List { owner, remote } if remote.server.is_some() => {
+            crate::owner_client::agent_list(&remote.conn(owner), config, json).await?;
+        }
+        AgentCmd::List { owner, remote: _ } => {
             let dir = DataDir::open(config).await?;
             let owner = owner.map(|o| parse::<OwnerId>("--owner", &o)).transpose()?;
             let agents = dir.meta.list_agents(owner.as_ref()).await?;
@@ -379,9 +389,26 @@ pub(crate) async fn agent(config: &Config, cmd: AgentCmd, json: bool) -> Result<
 }
 
 pub(crate) async fn inbox(config: &Config, cmd: InboxCmd, json: bool) -> Result<()> {
+    match cmd {
+        InboxCmd::Create { agent, name, domain, conn } if conn.server.is_some() || conn.owner.is_some() => {
+            let domain: Domain = match domain {
+                Some(d) => parse("--domain", &d)?,
+                None => config.domain.clone(),
+            };
+            let address = match name {
+                Some(local) => Address::new(&local, &domain).map_err(|e| anyhow!("--name: {e}"))?,
+                None => Address::random_bot(&mut rand::thread_rng(), &domain),
+            };
+            return crate::owner_client::inbox_create(&conn, config, &agent, &address, json).await;
+        }
+        InboxCmd::List { owner, remote } if remote.server.is_some() => {
+            return crate::owner_client::inbox_list(&remote.conn(owner), config, json).await;
+        }
+        _ => {}
+    }
     let dir = DataDir::open(config).await?;
     match cmd {
-        InboxCmd::Create { agent, name, domain } => {
+        InboxCmd::Create { agent, name, domain, conn: _ } => {
             let agent: AgentId = parse("--agent", &agent)?;
             let domain: Domain = match domain {
                 Some(d) => parse("--domain", &d)?,
@@ -401,7 +428,7 @@ pub(crate) async fn inbox(config: &Config, cmd: InboxCmd, json: bool) -> Result<
             let _receipt = dir.meta.create_inbox(&rec, &inbox_event(&rec)).await.map_err(|e| hint(e, "pick another --name"))?;
             print(json, json!({ "address": address }), || address.to_string());
         }
-        InboxCmd::List { owner } => {
+        InboxCmd::List { owner, remote: _ } => {
             let owner = owner.map(|o| parse::<OwnerId>("--owner", &o)).transpose()?;
             let inboxes = dir.meta.list_inboxes(owner.as_ref()).await?;
             let names = AgentNames::load(&dir, owner.as_ref()).await?;

@@ -53,6 +53,26 @@ pub(crate) struct OwnerConn {
     pub(crate) passphrase_file: Option<PathBuf>,
 }
 
+/// The owner side of a list command whose `--owner` is already the operator's
+/// filter: `--server` (or AGENTKEYS_SERVER) turns it into the owner's signed
+/// request, and `--owner` then picks the key.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct RemoteOwner {
+    /// The server's HTTP API: list your own, signed with your master key. Env: AGENTKEYS_SERVER.
+    #[arg(long, env = SERVER_ENV, value_name = "URL")]
+    pub(crate) server: Option<String>,
+    /// Read the passphrase from this file (default: AGENTKEYS_PASSPHRASE, else a prompt).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) passphrase_file: Option<PathBuf>,
+}
+
+impl RemoteOwner {
+    /// The connection, with `owner` picking the key file.
+    pub(crate) fn conn(self, owner: Option<String>) -> OwnerConn {
+        OwnerConn { server: self.server, owner, passphrase_file: self.passphrase_file }
+    }
+}
+
 /// `agentkeys owner enroll`.
 #[derive(Debug, Clone, Args)]
 pub(crate) struct EnrollArgs {
@@ -373,6 +393,49 @@ pub(crate) async fn grant_list(conn: &OwnerConn, config: &Config, json: bool) ->
             .collect::<Vec<_>>()
             .join("\n")
     });
+    Ok(())
+}
+
+/// `agentkeys agent list --server …`: the owner's agents and their keys.
+pub(crate) async fn agent_list(conn: &OwnerConn, config: &Config, json: bool) -> Result<()> {
+    let answer = Session::open(conn, config).await?.call("GET", "/v1/agents", None).await?;
+    print(json, &answer, || {
+        let mut lines = Vec::new();
+        for a in answer.as_array().cloned().unwrap_or_default() {
+            lines.push(format!("{}  {}", s(&a["id"]), a["name"].as_str().unwrap_or("")));
+            for k in a["keys"].as_array().cloned().unwrap_or_default() {
+                lines.push(format!("    {}  {}  expires {}", s(&k["id"]), s(&k["state"]), s(&k["expires_at"])));
+            }
+        }
+        lines.join("\n")
+    });
+    Ok(())
+}
+
+/// `agentkeys inbox list --server …`: the owner's inboxes.
+pub(crate) async fn inbox_list(conn: &OwnerConn, config: &Config, json: bool) -> Result<()> {
+    let answer = Session::open(conn, config).await?.call("GET", "/v1/inboxes", None).await?;
+    print(json, &answer, || {
+        let rows = answer.as_array().cloned().unwrap_or_default();
+        rows.iter()
+            .map(|i| format!("{}  {}  agent {}", s(&i["address"]), s(&i["status"]), s(&i["agent"])))
+            .collect::<Vec<_>>()
+            .join("\n")
+    });
+    Ok(())
+}
+
+/// `agentkeys inbox create --agent ID --server …`: an inbox for one of the owner's agents.
+pub(crate) async fn inbox_create(
+    conn: &OwnerConn,
+    config: &Config,
+    agent: &str,
+    address: &agentkeys_core::Address,
+    json: bool,
+) -> Result<()> {
+    let body = json!({ "agent": agent, "address": address }).to_string();
+    let answer = Session::open(conn, config).await?.call("POST", "/v1/inboxes", Some(body.as_bytes())).await?;
+    print(json, &answer, || s(&answer["address"]).to_owned());
     Ok(())
 }
 

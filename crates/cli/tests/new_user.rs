@@ -220,3 +220,61 @@ fn short_ids_and_notes_to_self() {
     assert!(!err.contains("no From:"), "{err}");
     let _ = std::io::stderr().flush();
 }
+
+/// An owner on another machine (their own config directory, `--server`) lists
+/// their agents with keys and their inboxes, and creates an inbox for their
+/// agent without the operator; another owner's agent is "not found".
+#[test]
+fn an_owner_manages_inboxes_over_http() {
+    let dir = tempfile::tempdir().unwrap();
+    let (alice, bob) = ("0x1111111111111111111111111111111111111111", "0x2222222222222222222222222222222222222222");
+    let alice_agent = "0xa1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1";
+    provision(dir.path(), alice, alice_agent, "hello");
+    provision(dir.path(), bob, "0xb2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2", "other");
+    let server = Server::start(dir.path(), &[]);
+    let url = format!("http://{}", server.http);
+    let as_owner = |owner: &str, args: &[&str]| {
+        let mut all = args.to_vec();
+        all.extend(["--server", &url]);
+        owner_run(dir.path(), owner, &all)
+    };
+
+    let out = as_owner(alice, &["agent", "list", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let agents: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(agents.as_array().unwrap().len(), 1, "{agents}");
+    assert_eq!(agents[0]["id"], alice_agent);
+    assert_eq!(agents[0]["keys"][0]["state"], "active");
+    assert!(!agents.to_string().contains("ak_"), "a key secret is listed");
+
+    let out = as_owner(alice, &["inbox", "create", "--agent", alice_agent, "--name", "signup", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let created: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(created["address"], "signup@agents.localhost");
+
+    // Bob cannot give Alice's agent an inbox, and learns nothing from trying.
+    let out = as_owner(bob, &["inbox", "create", "--agent", alice_agent, "--name", "sneaky"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("404 NOT_FOUND"), "{}", stderr(&out));
+    // A taken address is a conflict, a foreign domain a field error.
+    let out = as_owner(alice, &["inbox", "create", "--agent", alice_agent, "--name", "other"]);
+    assert!(stderr(&out).contains("409 ADDRESS_TAKEN"), "{}", stderr(&out));
+    let out = as_owner(alice, &["inbox", "create", "--agent", alice_agent, "--name", "x", "--domain", "example.com"]);
+    assert!(stderr(&out).contains("400") && stderr(&out).contains("not a domain this server hosts"), "{}", stderr(&out));
+
+    let out = as_owner(alice, &["inbox", "list", "--json"]);
+    let inboxes: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let addresses: Vec<&str> = inboxes.as_array().unwrap().iter().map(|i| i["address"].as_str().unwrap()).collect();
+    assert_eq!(addresses.len(), 2, "{inboxes}");
+    assert!(addresses.contains(&"signup@agents.localhost") && addresses.contains(&"hello@agents.localhost"));
+
+    // The new inbox receives mail at once, and the creation is audited as Alice's.
+    assert_eq!(common::send_raw(server.inbound, "a@example.net", "signup@agents.localhost", "Subject: hi\r\n\r\nhi\r\n").unwrap(), 250);
+    let records = run_json(dir.path(), &["audit", "list", "--limit", "1000"]);
+    assert!(
+        records.as_array().unwrap().iter().any(|r| r["operation"] == "inbox.create"
+            && r["subject"] == "signup@agents.localhost"
+            && r["actor"].as_str().unwrap_or("").contains(alice)),
+        "{records}"
+    );
+}
