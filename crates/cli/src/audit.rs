@@ -182,15 +182,15 @@ pub(crate) async fn run(config: &Config, cmd: AuditCmd, json: bool) -> Result<()
                 Err(anyhow!(message))
             };
             let record_at = |seq: u64| seen.get(&seq).copied();
-            if let Some(e) = &exported {
-                if let Err(reason) = check_exported(e, &key, &record_at, chain.head_seq, stored.as_ref().ok().map(|s| &s.0)) {
-                    let seq = e.checkpoint.head.seq;
-                    return fail(
-                        Some(seq),
-                        reason.clone(),
-                        format!("exported audit checkpoint {} (record {seq}) does not match: {reason}", e.checkpoint.counter),
-                    );
-                }
+            if let Some(e) = &exported
+                && let Err(reason) = check_exported(e, &key, &record_at, chain.head_seq, stored.as_ref().ok().map(|s| &s.0))
+            {
+                let seq = e.checkpoint.head.seq;
+                return fail(
+                    Some(seq),
+                    reason.clone(),
+                    format!("exported audit checkpoint {} (record {seq}) does not match: {reason}", e.checkpoint.counter),
+                );
             }
             let (list, start) = match stored {
                 Ok(s) => s,
