@@ -335,7 +335,8 @@ fn check_exported(
             c.head.seq
         ));
     }
-    let same = stored.is_some_and(|list| {
+    // Unreadable stored checkpoints are reported by the checkpoint rules next.
+    let same = stored.is_none_or(|list| {
         list.iter().any(|s| s.counter == Some(c.counter) && s.seq == c.head.seq && s.hash == c.head.hash && s.ts == c.ts && s.prev == Some(c.prev))
     });
     if !same {
