@@ -27,11 +27,11 @@ fn signature_ok(bytes: &[u8], sig: &[u8]) -> bool {
 
 /// Record `i` (from 0): alternating outcomes so a rewrite has something to flip.
 fn event(i: usize) -> AuditEvent {
-    let e = AuditEvent::ok(Actor::Operator, "key.create", &format!("key_{i:016}"));
+    let e = AuditEvent::ok(Actor::Operator, "key.create", format!("key_{i:016}"));
     if i % 3 == 2 { e.with_outcome(Outcome::Denied) } else { e }
 }
 
-/// Seals `events` from genesis, record `i` at `T0 + 60 i`.
+/// Seals `events` from genesis at the given times.
 fn seal_all(events: &[AuditEvent], times: &[i64]) -> Vec<AuditRecord> {
     let mut head = ChainHead::GENESIS;
     let mut out = Vec::new();

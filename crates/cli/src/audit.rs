@@ -182,15 +182,15 @@ pub(crate) async fn run(config: &Config, cmd: AuditCmd, json: bool) -> Result<()
                 Err(anyhow!(message))
             };
             let record_at = |seq: u64| seen.get(&seq).copied();
-            if let Some(e) = &exported {
-                if let Err(reason) = check_exported(e, &key, &record_at, chain.head_seq, stored.as_ref().ok().map(|s| &s.0)) {
-                    let seq = e.checkpoint.head.seq;
-                    return fail(
-                        Some(seq),
-                        reason.clone(),
-                        format!("exported audit checkpoint {} (record {seq}) does not match: {reason}", e.checkpoint.counter),
-                    );
-                }
+            if let Some(e) = &exported
+                && let Err(reason) = check_exported(e, &key, &record_at, chain.head_seq, stored.as_ref().ok().map(|s| &s.0))
+            {
+                let seq = e.checkpoint.head.seq;
+                return fail(
+                    Some(seq),
+                    reason.clone(),
+                    format!("exported audit checkpoint {} (record {seq}) does not match: {reason}", e.checkpoint.counter),
+                );
             }
             let (list, start) = match stored {
                 Ok(s) => s,
@@ -335,7 +335,8 @@ fn check_exported(
             c.head.seq
         ));
     }
-    let same = stored.is_some_and(|list| {
+    // Unreadable stored checkpoints are reported by the checkpoint rules next.
+    let same = stored.is_none_or(|list| {
         list.iter().any(|s| s.counter == Some(c.counter) && s.seq == c.head.seq && s.hash == c.head.hash && s.ts == c.ts && s.prev == Some(c.prev))
     });
     if !same {

@@ -130,10 +130,10 @@ async fn tick(meta: &dyn MetadataStore, authority: &dyn TokenAuthority, force: b
     let head = meta.audit_head().await?;
     let last = meta.last_checkpoint().await?.map(|c| (c.seq, c.ts));
     let moved = last.is_none_or(|(seq, _)| head.seq > seq) && head.seq > 0;
-    if (force && moved) || due(last, head.seq, now) {
-        if let Some(c) = take(meta, authority, now, false).await? {
-            tracing::info!(seq = c.seq, counter = c.counter, "audit checkpoint signed");
-        }
+    if ((force && moved) || due(last, head.seq, now))
+        && let Some(c) = take(meta, authority, now, false).await?
+    {
+        tracing::info!(seq = c.seq, counter = c.counter, "audit checkpoint signed");
     }
     Ok(())
 }

@@ -389,3 +389,58 @@ async fn appends_waiting_for_the_write_lock_share_one_commit() {
     let batches: std::collections::BTreeSet<i64> = records[1..].iter().map(|r| r.ts).collect();
     assert!(batches.len() < 10, "40 waiting appends took {} commits", batches.len());
 }
+
+/// Chained checkpoints in the store (issue 15 item 4): rows of format v1 stay
+/// readable and the chain starts after them; only the next link is appended
+/// (a stale, duplicate, gapped or unlinked one is `false`, nothing stored);
+/// checkpoint 1 is also kept as the chain's start, and the chain does not
+/// restart once that start is recorded.
+#[tokio::test]
+async fn checkpoints_append_only_the_next_link() {
+    use agentkeys_audit::{ChainedCheckpoint, Checkpoint, SignedCheckpoint};
+    use agentkeys_store::CheckpointRecord;
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("meta.sqlite");
+    let store = SqliteStore::open(&path).await.unwrap();
+    for n in 0..6 {
+        store.audit_append(&AuditEvent::ok(Actor::System, "test.op", format!("r{n}"))).await.unwrap();
+    }
+    let records = store.audit_list(0, 10).await.unwrap();
+    let head = |seq: usize| records[seq - 1].head();
+    let sig = vec![7; 64];
+    let v1 = CheckpointRecord { seq: 1, hash: head(1).hash, ts: NOW, signature: sig.clone(), counter: None, prev: None };
+    assert!(store.add_checkpoint(&v1).await.unwrap());
+    assert!(matches!(v1.signed(), SignedCheckpoint::V1 { checkpoint: Checkpoint { .. }, .. }));
+
+    let first = ChainedCheckpoint::first(head(2), NOW + 1);
+    let second = first.next(head(4), NOW + 2).unwrap();
+    let record = |c: &ChainedCheckpoint| CheckpointRecord::chained(c, sig.clone());
+    // Out of turn: checkpoint 2 before 1, a non-zero prev for 1.
+    assert!(!store.add_checkpoint(&record(&second)).await.unwrap());
+    assert!(!store.add_checkpoint(&record(&ChainedCheckpoint { prev: [1; 32], ..first })).await.unwrap());
+    assert!(store.add_checkpoint(&record(&first)).await.unwrap());
+    assert_eq!(store.checkpoint_start().await.unwrap(), Some(record(&first)));
+    // A duplicate, a gap, a wrong link, a head not past the last: refused quietly.
+    assert!(!store.add_checkpoint(&record(&first)).await.unwrap());
+    assert!(!store.add_checkpoint(&record(&ChainedCheckpoint { counter: 3, ..second })).await.unwrap());
+    assert!(!store.add_checkpoint(&record(&ChainedCheckpoint { prev: [2; 32], ..second })).await.unwrap());
+    assert!(!store.add_checkpoint(&record(&first.next(head(2), NOW + 2).unwrap())).await.unwrap());
+    assert!(store.add_checkpoint(&record(&second)).await.unwrap());
+    let listed = store.list_checkpoints().await.unwrap();
+    assert_eq!(listed, vec![v1, record(&first), record(&second)]);
+    assert_eq!(store.last_checkpoint().await.unwrap(), Some(record(&second)));
+
+    // Someone deletes every checkpoint but the start survives: the chain does
+    // not start again over the deletion.
+    let mut raw = SqliteConnectOptions::new().filename(&path).connect().await.unwrap();
+    sqlx::query("DROP TRIGGER audit_checkpoints_no_delete").execute(&mut raw).await.unwrap();
+    sqlx::query("DELETE FROM audit_checkpoints").execute(&mut raw).await.unwrap();
+    raw.close().await.unwrap();
+    let again = ChainedCheckpoint::first(head(6), NOW + 3);
+    match store.add_checkpoint(&record(&again)).await {
+        Err(StoreError::Invalid(m)) => assert!(m.contains("its checkpoints are gone"), "{m}"),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    assert_eq!(store.list_checkpoints().await.unwrap(), vec![]);
+}

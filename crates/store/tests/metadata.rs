@@ -510,7 +510,10 @@ mod grants_stay_with_their_owner {
         Unknown,
     }
 
-    fn world() -> impl Strategy<Value = (Vec<(usize, usize, u8)>, Vec<(u8, Pat)>)> {
+    /// Inboxes as (local part, domain, owner); grants as (owner, pattern).
+    type World = (Vec<(usize, usize, u8)>, Vec<(u8, Pat)>);
+
+    fn world() -> impl Strategy<Value = World> {
         // Inboxes: (local, domain, owner 1..=3); grants: (owner, pattern).
         let inboxes = prop::collection::vec((0..LOCALS.len(), 0..DOMAINS.len(), 1u8..=3), 1..8);
         let pat = prop_oneof![
