@@ -166,6 +166,13 @@ fn concurrent_cli_processes_keep_one_chain() {
 #[test]
 fn empty_log_verifies() {
     let dir = tempfile::tempdir().unwrap();
+    // No data directory: verify says so and creates none.
+    let out = run(dir.path(), &["audit", "verify"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no data directory"));
+    assert!(!dir.path().join("meta.sqlite").exists());
+    // An empty database (an empty file is one) holds an empty log, which verifies.
+    std::fs::write(dir.path().join("meta.sqlite"), b"").unwrap();
     let ok = run_json(dir.path(), &["audit", "verify"]);
     assert_eq!(
         ok,
