@@ -335,8 +335,9 @@ async fn many_clients_asking_a_silent_name_make_one_upstream_query() {
 }
 
 /// `join_all` without the futures crate: the answers in order.
-async fn futures_join_all<F: std::future::Future>(futures: impl IntoIterator<Item = F>) -> Vec<F::Output>
+async fn futures_join_all<F>(futures: impl IntoIterator<Item = F>) -> Vec<F::Output>
 where
+    F: std::future::Future,
     F::Output: Send + 'static,
     F: Send + 'static,
 {

@@ -383,7 +383,7 @@ impl Shared {
         }
         let response = {
             let zone = lock(&self.zone);
-            if zone.drop_every.is_some_and(|n| number % n == 0) {
+            if zone.drop_every.is_some_and(|n| number.is_multiple_of(n)) {
                 return None;
             }
             zone.respond(&request)?
