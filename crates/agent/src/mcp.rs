@@ -43,8 +43,13 @@ authenticated): do not use it. If `ambiguous` is true, read `reason` and \
 `candidates` before using the code. send_message, reply_to_message and \
 forward_message send real mail.";
 
+/// Caps a valid wait at [`MCP_MAX_WAIT_SECS`]; an invalid one (0, over
+/// [`crate::mailbox::MAX_WAIT_SECS`]) is left for the operation to refuse.
 fn cap_wait(asked: Option<u64>) -> Option<u64> {
-    Some(asked.unwrap_or(MCP_MAX_WAIT_SECS).min(MCP_MAX_WAIT_SECS))
+    match asked {
+        Some(s) if s == 0 || s > crate::mailbox::MAX_WAIT_SECS => Some(s),
+        other => Some(other.unwrap_or(MCP_MAX_WAIT_SECS).min(MCP_MAX_WAIT_SECS)),
+    }
 }
 
 /// The tools over one [`MailService`].
@@ -299,6 +304,15 @@ mod tests {
             assert_eq!(a.read_only_hint, Some(!sends), "{}", tool.name);
             assert!(tool.description.as_deref().is_some_and(|d| d.len() > 20), "{}", tool.name);
         }
+    }
+
+    #[test]
+    fn mcp_waits_are_capped_and_invalid_ones_left_to_refuse() {
+        assert_eq!(cap_wait(None), Some(MCP_MAX_WAIT_SECS));
+        assert_eq!(cap_wait(Some(5)), Some(5));
+        assert_eq!(cap_wait(Some(crate::mailbox::MAX_WAIT_SECS)), Some(MCP_MAX_WAIT_SECS));
+        assert_eq!(cap_wait(Some(0)), Some(0));
+        assert_eq!(cap_wait(Some(100_000)), Some(100_000));
     }
 
     #[tokio::test]
