@@ -146,7 +146,10 @@ impl MailTools {
     /// out, else the first to arrive (pushed, no polling). At most 40 s per
     /// call: on "timed out", call again with `since` = the cursor it names.
     /// `from_domain` matches the From address's domain or a subdomain only.
-    /// The answer lists `other_messages` it looked at and why they were skipped.
+    /// The message is then handed out: later waits skip it (`include_seen`
+    /// shows it again; `get_message`/`extract_otp` with its `message_id` always
+    /// read it). The answer lists `other_messages` it looked at and why they
+    /// were skipped. For a sign-up code, use `wait_for_otp` instead.
     #[tool(
         name = "wait_for_message",
         annotations(title = "Wait for a message", read_only_hint = true, destructive_hint = false, idempotent_hint = false, open_world_hint = false)

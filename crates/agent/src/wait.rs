@@ -345,18 +345,29 @@ impl SenderRule {
         }
         let name = from.name.as_deref().unwrap_or("").to_lowercase();
         let wanted: Vec<&str> = self.domain.iter().chain(self.address.iter()).map(String::as_str).collect();
-        let detail = if wanted.iter().any(|w| name.contains(w)) {
-            Some(format!("the display name {:?} names {} but the address is {address}", from.name.as_deref().unwrap_or(""), wanted.join(" / ")))
-        } else if let Some(d) = self.domain.as_deref().filter(|d| domain.contains(d) || address.contains(d)) {
-            Some(format!("{domain} is neither {d} nor a subdomain of it"))
-        } else if let Some(a) = self.address.as_deref().filter(|a| {
-            let local = a.split('@').next().unwrap_or(a);
-            address.contains(a) || (domain_ok && address.starts_with(local))
-        }) {
-            Some(format!("{address} is not exactly {a}"))
-        } else {
-            None
+        let by_name = wanted.iter().any(|w| name.contains(w)).then(|| {
+            format!(
+                "the display name {:?} names {} but the address is {address}",
+                from.name.as_deref().unwrap_or(""),
+                wanted.join(" / ")
+            )
+        });
+        let by_domain = || {
+            self.domain
+                .as_deref()
+                .filter(|d| domain.contains(d) || address.contains(d))
+                .map(|d| format!("{domain} is neither {d} nor a subdomain of it"))
         };
+        let by_address = || {
+            self.address
+                .as_deref()
+                .filter(|a| {
+                    let local = a.split('@').next().unwrap_or(a);
+                    address.contains(a) || (domain_ok && address.starts_with(local))
+                })
+                .map(|a| format!("{address} is not exactly {a}"))
+        };
+        let detail = by_name.or_else(by_domain).or_else(by_address);
         Err(match detail {
             Some(detail) => Refusal::LookAlike { from: from.address.clone(), detail },
             None => Refusal::OtherSender { from: from.address.clone() },
