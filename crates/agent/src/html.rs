@@ -493,6 +493,19 @@ mod tests {
     }
 
     #[test]
+    fn blockquotes_are_marked_as_quoted_history() {
+        let t = to_text(
+            "<p>New code 111111</p><blockquote><p>Old code 222222</p><a href=\"https://x.example/old\">old</a>\
+             <blockquote>older</blockquote></blockquote><p>after <a href=\"https://x.example/new\">new</a></p>",
+        );
+        assert_eq!(t.text, "New code 111111\n> Old code 222222\n> old\n> older\nafter new");
+        assert_eq!(t.links.iter().map(|l| (l.url.as_str(), l.quoted)).collect::<Vec<_>>(), vec![
+            ("https://x.example/old", true),
+            ("https://x.example/new", false)
+        ]);
+    }
+
+    #[test]
     fn links_keep_href_and_text() {
         let html = r#"<p>Click <a class="btn" href="https://x.example/verify?t=a&amp;b=1">Verify <b>now</b></a>
             or <A HREF='https://x.example/unsubscribe'>unsubscribe</A> <a name=x>no href</a></p>"#;

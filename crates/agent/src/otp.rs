@@ -1632,6 +1632,19 @@ mod tests {
     }
 
     #[test]
+    fn quoted_history_is_not_the_message() {
+        let reply = "New code: 111111\n\nOn Mon, 7 Dec 2026, Example <a@example.com> wrote:\n> Your code is 222222\n";
+        assert_eq!(own_part(reply), "New code: 111111\n\n");
+        assert_eq!(own_part("Hi\n> code 1\nstill mine\n"), "Hi\nstill mine\n");
+        let outlook = "Code 111111\n\nFrom: Example <a@example.com>\nSent: Monday\nSubject: x\n\nCode 222222\n";
+        assert_eq!(own_part(outlook), "Code 111111\n\n");
+        // A forwarded message is content, not history.
+        let fwd = "FYI\n---------- Forwarded message ---------\nFrom: Example <a@example.com>\nDate: Mon\n\nYour code is 333333\n";
+        assert_eq!(own_part(fwd), fwd);
+        assert_eq!(codes(&own_part(reply)), vec!["111111"]);
+    }
+
+    #[test]
     fn code_after_keyword() {
         assert_eq!(codes("Your verification code is 482913."), ["482913"]);
         assert_eq!(codes("Ihr Bestätigungscode lautet: 4829"), ["4829"]);
