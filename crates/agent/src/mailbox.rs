@@ -802,10 +802,26 @@ impl MailService {
         Ok(None)
     }
 
-    async fn evaluate(&self, spec: &WaitSpec, entry: &MessageEntry) -> Result<(crate::message::ParsedMessage, Result<Option<crate::otp::Otp>, (String, bool)>), MailError> {
-        let parsed = self.fetch_parsed(&spec.inbox, &entry.message_id).await?;
-        let verdict = Self::judge(spec, &parsed);
-        Ok((parsed, verdict))
+    /// Fetches, parses and judges one message. `None` for a message that is
+    /// gone (expired between listing and fetch) or cannot be parsed: one bad
+    /// message must not stop every wait on the inbox.
+    #[allow(clippy::type_complexity)]
+    async fn evaluate(
+        &self,
+        spec: &WaitSpec,
+        entry: &MessageEntry,
+    ) -> Result<Option<(crate::message::ParsedMessage, Result<Option<crate::otp::Otp>, (String, bool)>)>, MailError> {
+        match self.fetch_parsed(&spec.inbox, &entry.message_id).await {
+            Ok(parsed) => {
+                let verdict = Self::judge(spec, &parsed);
+                Ok(Some((parsed, verdict)))
+            }
+            Err(e @ (MailError::Message(_) | MailError::Client(ClientError::NotFound { .. }))) => {
+                tracing::info!(message_id = %entry.message_id, error = %e, "a wait skipped a message it cannot read");
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// The wait itself: the look-back window on the server's clock, newest
@@ -876,7 +892,7 @@ impl MailService {
                 break;
             }
             looked.insert(entry.message_id.clone());
-            let (parsed, verdict) = self.evaluate(spec, entry).await?;
+            let Some((parsed, verdict)) = self.evaluate(spec, entry).await? else { continue };
             match verdict {
                 Ok(otp) if chosen.is_none() => {
                     if self.claim(spec, &entry.message_id)? {
@@ -921,7 +937,7 @@ impl MailService {
                 if !window.contains(id) || !looked.insert(entry.message_id.clone()) {
                     continue;
                 }
-                let (parsed, verdict) = self.evaluate(spec, &entry).await?;
+                let Some((parsed, verdict)) = self.evaluate(spec, &entry).await? else { continue };
                 match verdict {
                     Ok(otp) => {
                         if self.claim(spec, &entry.message_id)? {
