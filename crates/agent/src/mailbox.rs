@@ -50,7 +50,8 @@ pub enum MailError {
     },
     /// A message claimed to come from the sender asked for, but did not pass:
     /// a look-alike address or display name, or no authentication by our MX.
-    #[error("refused sender: {}; nothing from {wanted} passed within {secs} s (cursor \"{cursor}\"){}", reasons.join("; "), notes(seen))]
+    /// (`wanted` is empty when one given message was refused.)
+    #[error("refused sender: {}{}{}", reasons.join("; "), refused_tail(wanted, *secs, cursor), notes(seen))]
     Refused {
         /// The sender rule in words.
         wanted: String,
@@ -72,6 +73,16 @@ pub enum MailError {
     /// The message holds no code or link (the extractor does not guess).
     #[error("{0}")]
     NoCode(String),
+}
+
+/// "; nothing from X passed within N s (cursor …)" for a wait; nothing for one
+/// given message (`wanted` empty).
+fn refused_tail(wanted: &str, secs: u64, cursor: &str) -> String {
+    if wanted.is_empty() {
+        return String::new();
+    }
+    let within = if secs > 0 { format!(" within {secs} s") } else { String::new() };
+    format!("; nothing from {wanted} passed{within} (cursor \"{cursor}\")")
 }
 
 fn notes(seen: &[String]) -> String {
@@ -1005,7 +1016,7 @@ impl MailService {
                     }
                     Ok(otp_answer(Found { entry: MessageEntry { message_id: id.clone(), received_at: 0, size: 0 }, parsed, otp: Some(otp), others: Vec::new(), cursor: id.clone() }))
                 }
-                Err((why, true)) => Err(MailError::Refused { wanted: spec.rule.describe(), reasons: vec![why], secs: 0, cursor: id.clone(), seen: Vec::new() }),
+                Err((why, true)) => Err(MailError::Refused { wanted: String::new(), reasons: vec![why], secs: 0, cursor: id.clone(), seen: Vec::new() }),
                 Err((why, false)) if why.contains("no code") => Err(MailError::NoCode(format!(
                     "message {id} (from {}, subject {:?}) holds no code or link",
                     parsed.from_address().unwrap_or("-"),
