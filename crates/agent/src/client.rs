@@ -158,6 +158,10 @@ pub struct MessagePage {
     pub messages: Vec<MessageEntry>,
     /// Where the next page starts (pass as `before` for newest-first, `after` for oldest-first).
     pub next_cursor: Option<String>,
+    /// The server's clock when it read the page (Unix milliseconds; the clock
+    /// that stamps message ids). Absent from older servers.
+    #[serde(default)]
+    pub server_time_ms: Option<i64>,
 }
 
 /// Listing order.

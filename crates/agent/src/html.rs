@@ -26,6 +26,9 @@ pub struct Link {
     pub url: String,
     /// The anchor's visible text (whitespace collapsed), possibly empty.
     pub text: String,
+    /// Inside a `<blockquote>`: quoted history of a thread, not this message's own.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub quoted: bool,
 }
 
 /// The result of [`to_text`].
@@ -88,6 +91,9 @@ const CELL: &[&str] = &["td", "th"];
 struct Out {
     text: String,
     pending_space: bool,
+    /// Open `<blockquote>` elements: their lines are written with a `> ` mark,
+    /// as a plain-text reply quotes, so the OTP extractor can skip them.
+    quote_depth: usize,
 }
 
 impl Out {
@@ -95,6 +101,10 @@ impl Out {
         if c.is_whitespace() {
             self.pending_space = true;
             return;
+        }
+        if self.quote_depth > 0 && (self.text.is_empty() || self.text.ends_with('\n')) {
+            self.text.push_str("> ");
+            self.pending_space = false;
         }
         if self.pending_space {
             if !self.text.is_empty() && !self.text.ends_with(['\n', '\t', ' ']) {
@@ -132,6 +142,7 @@ pub fn to_text(html: &str) -> HtmlText {
     let mut out = Out {
         text: String::with_capacity(html.len() / 2),
         pending_space: false,
+        quote_depth: 0,
     };
     let mut links = Vec::new();
     // The link being read: (href, text).
@@ -191,7 +202,7 @@ pub fn to_text(html: &str) -> HtmlText {
         }
         if name == "a" {
             if let Some((url, text)) = open_link.take() {
-                push_link(&mut links, url, text);
+                push_link(&mut links, url, text, out.quote_depth > 0);
             }
             if !tag.closing
                 && let Some(href) = tag.href
@@ -209,22 +220,25 @@ pub fn to_text(html: &str) -> HtmlText {
         if BLOCK.contains(&name) {
             out.newline();
         }
+        if name == "blockquote" && !tag.self_closing {
+            out.quote_depth = if tag.closing { out.quote_depth.saturating_sub(1) } else { out.quote_depth + 1 };
+        }
     }
     if let Some((url, text)) = open_link.take() {
-        push_link(&mut links, url, text);
+        push_link(&mut links, url, text, out.quote_depth > 0);
     }
     let text = out.text.trim().to_owned();
     HtmlText { text, links }
 }
 
-fn push_link(links: &mut Vec<Link>, url: String, text: String) {
+fn push_link(links: &mut Vec<Link>, url: String, text: String, quoted: bool) {
     let url = url.trim().to_owned();
     if url.is_empty() || url.len() > MAX_URL_LEN || links.len() >= MAX_LINKS {
         return;
     }
     let text = collapse_ws(&text);
     let text = truncate(&text, MAX_ANCHOR_TEXT).to_owned();
-    links.push(Link { url, text });
+    links.push(Link { url, text, quoted });
 }
 
 fn emit_text(raw: &str, out: &mut Out, open_link: &mut Option<(String, String)>) {
@@ -479,6 +493,19 @@ mod tests {
     }
 
     #[test]
+    fn blockquotes_are_marked_as_quoted_history() {
+        let t = to_text(
+            "<p>New code 111111</p><blockquote><p>Old code 222222</p><a href=\"https://x.example/old\">old</a>\
+             <blockquote>older</blockquote></blockquote><p>after <a href=\"https://x.example/new\">new</a></p>",
+        );
+        assert_eq!(t.text, "New code 111111\n> Old code 222222\n> old\n> older\nafter new");
+        assert_eq!(t.links.iter().map(|l| (l.url.as_str(), l.quoted)).collect::<Vec<_>>(), vec![
+            ("https://x.example/old", true),
+            ("https://x.example/new", false)
+        ]);
+    }
+
+    #[test]
     fn links_keep_href_and_text() {
         let html = r#"<p>Click <a class="btn" href="https://x.example/verify?t=a&amp;b=1">Verify <b>now</b></a>
             or <A HREF='https://x.example/unsubscribe'>unsubscribe</A> <a name=x>no href</a></p>"#;
@@ -488,11 +515,13 @@ mod tests {
             vec![
                 Link {
                     url: "https://x.example/verify?t=a&b=1".into(),
-                    text: "Verify now".into()
+                    text: "Verify now".into(),
+                    quoted: false
                 },
                 Link {
                     url: "https://x.example/unsubscribe".into(),
-                    text: "unsubscribe".into()
+                    text: "unsubscribe".into(),
+                    quoted: false
                 },
             ]
         );

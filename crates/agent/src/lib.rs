@@ -7,6 +7,9 @@
 //! - [`auth_results`]: the RFC 8601 parser behind those verdicts.
 //! - [`otp`]: one-time code and magic-link extraction, which never guesses
 //!   silently.
+//! - [`wait`]: the rules of a wait: the look-back window on the server's clock,
+//!   the sender rule (domain or subdomain, never a substring), and the choice of
+//!   the newest matching message not handed out before.
 //! - [`compose`]: MIME for send, reply and forward (mail-builder).
 //!
 //! The daemon (`agentkeys mcp`, `agentkeys mail …`):
@@ -17,6 +20,8 @@
 //!   reused until shortly before expiry, list/fetch/event stream, SMTP
 //!   submission or HTTP send.
 //! - [`sse`]: a sans-IO `text/event-stream` reader.
+//! - [`handout`]: the per-agent, per-inbox record of messages already handed
+//!   out by a wait (shared by the CLI and the MCP daemon through a locked file).
 //! - [`mailbox`]: the operations (one per MCP tool and CLI verb).
 //! - [`mcp`]: the MCP server (rmcp) over stdio or streamable HTTP.
 
@@ -25,8 +30,10 @@ pub mod compose;
 pub mod html;
 pub mod message;
 pub mod otp;
+pub mod wait;
 
 pub mod client;
+pub mod handout;
 pub mod config;
 pub mod mailbox;
 pub mod mcp;

@@ -11,7 +11,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::config::SendVia;
-use crate::client::{ApiClient, ClientError, InboxEntry, ListQuery, MessageEntry, Order, SendReceipt, unix_now};
+use crate::client::{ApiClient, ClientError, InboxEntry, ListQuery, MessageEntry, Order, SendReceipt};
 
 /// Default page size of `list_messages`.
 pub const DEFAULT_LIST_LIMIT: u32 = 20;
@@ -37,15 +37,56 @@ pub enum MailError {
     /// The request is invalid; the text names the field and the fix.
     #[error("{0}")]
     Invalid(String),
-    /// Nothing matching arrived in time.
-    #[error("no matching message arrived within {0} s")]
-    TimedOut(u64),
+    /// Nothing matching arrived in time. Passing `cursor` back as `since`
+    /// continues the same wait without losing anything.
+    #[error("timed out: no matching message arrived within {secs} s; call again with since = \"{cursor}\" (the cursor) to keep waiting without missing anything{}", notes(seen))]
+    TimedOut {
+        /// How long it waited.
+        secs: u64,
+        /// The window's cursor.
+        cursor: String,
+        /// What else it saw, one line each.
+        seen: Vec<String>,
+    },
+    /// A message claimed to come from the sender asked for, but did not pass:
+    /// a look-alike address or display name, or no authentication by our MX.
+    /// (`wanted` is empty when one given message was refused.)
+    #[error("refused sender: {}{}{}", reasons.join("; "), refused_tail(wanted, *secs, cursor), notes(seen))]
+    Refused {
+        /// The sender rule in words.
+        wanted: String,
+        /// Why each claimant was refused.
+        reasons: Vec<String>,
+        /// How long it waited.
+        secs: u64,
+        /// The window's cursor.
+        cursor: String,
+        /// What else it saw.
+        seen: Vec<String>,
+    },
+    /// The hand-out record could not be used.
+    #[error(transparent)]
+    Record(#[from] crate::handout::HandoutError),
     /// The message could not be parsed or composed.
     #[error("{0}")]
     Message(String),
     /// The message holds no code or link (the extractor does not guess).
     #[error("{0}")]
     NoCode(String),
+}
+
+/// "; nothing from X passed within N s (cursor …)" for a wait; nothing for one
+/// given message (`wanted` empty).
+fn refused_tail(wanted: &str, secs: u64, cursor: &str) -> String {
+    if wanted.is_empty() {
+        return String::new();
+    }
+    let within = if secs > 0 { format!(" within {secs} s") } else { String::new() };
+    format!("; nothing from {wanted} passed{within} (cursor \"{cursor}\")")
+}
+
+fn notes(seen: &[String]) -> String {
+    if seen.is_empty() { String::new() } else { format!(". Also seen: {}", seen.join("; ")) }
 }
 
 /// `list_inboxes`: no parameters.
@@ -243,20 +284,64 @@ pub struct ForwardParams {
 pub struct WaitParams {
     /// The inbox address.
     pub inbox: String,
-    /// Only a message whose From address or name contains this text (case-insensitive).
+    /// Only mail whose From address is in this domain or a subdomain
+    /// (`example.com` matches `mail.example.com`; never a substring, never the display name).
     #[serde(default)]
-    pub from: Option<String>,
+    pub from_domain: Option<String>,
+    /// Only mail from exactly this From address.
+    #[serde(default)]
+    pub from_address: Option<String>,
     /// Only a message whose subject contains this text (case-insensitive).
     #[serde(default)]
     pub subject_contains: Option<String>,
-    /// How long to wait, in seconds (default 60, at most 600).
+    /// How long to wait, in seconds (default 60, at most 600; over MCP at most 40 per call).
     #[serde(default)]
     #[schemars(range(min = 1, max = 600))]
     pub timeout_s: Option<u64>,
-    /// Also accept messages that arrived since this Unix time (seconds), e.g. just
-    /// before the sign-up form was submitted. Default: the moment of the call.
+    /// How far back to look, on the server's clock: `2m` (default), `90s`, an
+    /// RFC 3339 time, or a message id / the `cursor` of a timed-out call (after it).
     #[serde(default)]
-    pub since: Option<i64>,
+    pub since: Option<String>,
+    /// Also return a message an earlier wait already handed out.
+    #[serde(default)]
+    pub include_seen: bool,
+    /// Only a sender our MX authenticated (DMARC pass, or aligned DKIM pass). Default false here.
+    #[serde(default)]
+    pub require_authenticated: Option<bool>,
+}
+
+/// `wait_for_otp`: the common case in one call.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WaitForOtpParams {
+    /// The inbox address (the address given to the service).
+    pub inbox: String,
+    /// The service's domain: the From address must be in it or a subdomain
+    /// (`example.com` matches `mail.example.com`, never `notexample.com`).
+    #[serde(default)]
+    pub from_domain: Option<String>,
+    /// Instead of or with `from_domain`: exactly this From address.
+    #[serde(default)]
+    pub from_address: Option<String>,
+    /// Only a message whose subject contains this text (case-insensitive).
+    #[serde(default)]
+    pub subject_contains: Option<String>,
+    /// How far back to look, on the server's clock: `2m` (default), `90s`, an
+    /// RFC 3339 time, or a message id / the `cursor` of a timed-out call.
+    #[serde(default)]
+    pub since: Option<String>,
+    /// How long to wait, in seconds (default 60, at most 600; over MCP at most 40 per call).
+    #[serde(default)]
+    #[schemars(range(min = 1, max = 600))]
+    pub timeout_s: Option<u64>,
+    /// Only a sender our MX authenticated (DMARC pass, or DKIM pass aligned
+    /// with the From domain). Default true; false accepts unauthenticated mail
+    /// and the answer then carries a warning.
+    #[serde(default)]
+    pub require_authenticated: Option<bool>,
+    /// Also return a code an earlier wait already handed out.
+    #[serde(default)]
+    pub include_seen: bool,
 }
 
 /// `extract_otp`.
@@ -265,16 +350,19 @@ pub struct WaitParams {
 pub struct ExtractOtpParams {
     /// The inbox address.
     pub inbox: String,
-    /// The message to read. Without it: with `wait`, the next matching message;
-    /// otherwise the newest matching message already there.
+    /// The message to read. Without it: with `wait`, as `wait_for_otp`;
+    /// otherwise the newest matching message not handed out yet, without waiting.
     #[serde(default)]
     pub message_id: Option<String>,
-    /// Wait for the next matching message (see `wait_for_message`).
+    /// Wait for a matching message (as `wait_for_otp`).
     #[serde(default)]
     pub wait: bool,
-    /// Only a message whose From address or name contains this text (case-insensitive).
+    /// The From address must be in this domain or a subdomain.
     #[serde(default)]
-    pub from: Option<String>,
+    pub from_domain: Option<String>,
+    /// The From address must be exactly this.
+    #[serde(default)]
+    pub from_address: Option<String>,
     /// Only a message whose subject contains this text (case-insensitive).
     #[serde(default)]
     pub subject_contains: Option<String>,
@@ -282,15 +370,122 @@ pub struct ExtractOtpParams {
     #[serde(default)]
     #[schemars(range(min = 1, max = 600))]
     pub timeout_s: Option<u64>,
-    /// With `wait`: also accept messages that arrived since this Unix time (seconds).
+    /// How far back to look: `2m` (default), `90s`, an RFC 3339 time, a message id.
     #[serde(default)]
-    pub since: Option<i64>,
+    pub since: Option<String>,
+    /// Only a sender our MX authenticated (default true).
+    #[serde(default)]
+    pub require_authenticated: Option<bool>,
+    /// Also return a code an earlier wait already handed out.
+    #[serde(default)]
+    pub include_seen: bool,
+}
+
+/// `mark_messages`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MarkParams {
+    /// The inbox address.
+    pub inbox: String,
+    /// The message ids.
+    pub message_ids: Vec<String>,
+    /// true: handed out (waits skip them); false: not yet (waits may return them again).
+    pub read: bool,
+}
+
+/// What `mark_messages` changed.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct MarkAnswer {
+    /// The inbox.
+    pub inbox: String,
+    /// How many ids changed state.
+    pub changed: usize,
+    /// `read` or `unread`.
+    pub now: String,
+}
+
+/// Another message a wait looked at, and why it was not the answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct SeenMessage {
+    /// Its id.
+    pub message_id: String,
+    /// Its From address.
+    pub from: Option<String>,
+    /// Its subject.
+    pub subject: Option<String>,
+    /// Why it was not returned (or, for an older match, that a newer one won).
+    pub why_not: String,
+}
+
+impl SeenMessage {
+    fn line(&self) -> String {
+        format!("{} from {}: {}", self.message_id, self.from.as_deref().unwrap_or("-"), self.why_not)
+    }
+}
+
+/// What `wait_for_message` returns.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct WaitAnswer {
+    /// The message.
+    #[serde(flatten)]
+    pub message: MessageSummary,
+    /// Whether our MX authenticated the sender.
+    pub authenticated: bool,
+    /// Other messages in the window and why they were not returned.
+    pub other_messages: Vec<SeenMessage>,
+    /// Pass as `since` to continue from the same window later.
+    pub cursor: String,
+}
+
+/// What `wait_for_otp` (and `extract_otp`) return.
+#[derive(Debug, Clone, Serialize)]
+pub struct OtpAnswer {
+    /// The code or link, the message, the sender, `authenticated`, `ambiguous`,
+    /// `reason` and every candidate.
+    #[serde(flatten)]
+    pub otp: crate::otp::Otp,
+    /// Present when the sender was NOT authenticated (only with
+    /// `require_authenticated: false`): do not trust the code blindly.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub warning: Option<String>,
+    /// Other messages in the window and why they were not returned.
+    pub other_messages: Vec<SeenMessage>,
+    /// Pass as `since` to continue from the same window later.
+    pub cursor: String,
 }
 
 /// The agent's mailbox operations over one [`ApiClient`].
 #[derive(Debug, Clone)]
 pub struct MailService {
     client: ApiClient,
+    handouts: crate::handout::Handouts,
+}
+
+/// Other messages reported per answer.
+pub const MAX_OTHERS_REPORTED: usize = 10;
+/// Older unseen messages still looked at, after the answer was found, to report them.
+pub const MAX_OTHERS_EVALUATED: usize = 5;
+
+/// One wait, validated.
+#[derive(Debug, Clone)]
+struct WaitSpec {
+    inbox: String,
+    rule: crate::wait::SenderRule,
+    subject: Option<String>,
+    since: crate::wait::Since,
+    secs: u64,
+    include_seen: bool,
+    require_authenticated: bool,
+    want_code: bool,
+}
+
+/// The message a wait hands out.
+struct Found {
+    entry: MessageEntry,
+    parsed: crate::message::ParsedMessage,
+    otp: Option<crate::otp::Otp>,
+    others: Vec<SeenMessage>,
+    cursor: String,
 }
 
 /// Case-insensitive filters on From and Subject.
@@ -340,12 +535,6 @@ fn wait_secs(asked: Option<u64>) -> Result<u64, MailError> {
     }
 }
 
-/// The ULID just below every message stored at or after `unix_secs`.
-fn ulid_floor(unix_secs: i64) -> String {
-    let ms = u64::try_from(unix_secs.max(0)).unwrap_or(0).saturating_mul(1000);
-    ulid::Ulid::from_parts(ms, 0).to_string()
-}
-
 fn decode_attachments(list: &[AttachmentInput]) -> Result<Vec<(String, String, Vec<u8>)>, MailError> {
     let mut total = 0usize;
     let mut out = Vec::with_capacity(list.len());
@@ -390,7 +579,14 @@ fn check_recipients(lists: &[&[String]]) -> Result<Vec<String>, MailError> {
 impl MailService {
     /// Operations over `client`.
     pub fn new(client: ApiClient) -> Self {
-        Self { client }
+        Self { client, handouts: crate::handout::Handouts::in_memory() }
+    }
+
+    /// The same operations with the hand-out record `handouts` (a file shared
+    /// by every process of this agent).
+    pub fn with_handouts(mut self, handouts: crate::handout::Handouts) -> Self {
+        self.handouts = handouts;
+        self
     }
 
     /// The client.
@@ -523,78 +719,363 @@ impl MailService {
         Ok(self.client.send(&inbox, &recipients, built.bytes, Some(built.message_id)).await?)
     }
 
-    /// `wait_for_message`: the first message matching the filters that arrives
-    /// (or arrived since `since`), from the inbox's event stream; no polling.
-    pub async fn wait_for_message(&self, p: &WaitParams) -> Result<MessageSummary, MailError> {
-        let secs = wait_secs(p.timeout_s)?;
-        let filter = Filter::new(p.from.as_deref(), p.subject_contains.as_deref());
-        self.wait_matching(&p.inbox, &filter, p.since, secs).await
+    /// `wait_for_message`: the newest message in the look-back window that
+    /// matches and was not handed out before; if none is there yet, the first
+    /// that arrives (pushed by the server, no polling), up to `timeout_s`.
+    pub async fn wait_for_message(&self, p: &WaitParams) -> Result<WaitAnswer, MailError> {
+        let spec = self.spec(
+            &p.inbox,
+            p.from_domain.as_deref(),
+            p.from_address.as_deref(),
+            p.subject_contains.as_deref(),
+            p.since.as_deref(),
+            Some(wait_secs(p.timeout_s)?),
+            p.include_seen,
+            p.require_authenticated.unwrap_or(false),
+            false,
+        )?;
+        let found = self.wait_core(&spec).await?;
+        Ok(WaitAnswer {
+            message: summarize(&found.entry, found.parsed.raw()),
+            authenticated: found.parsed.authentication.authenticated,
+            other_messages: found.others,
+            cursor: found.cursor,
+        })
     }
 
-    async fn wait_matching(&self, inbox: &str, filter: &Filter, since: Option<i64>, secs: u64) -> Result<MessageSummary, MailError> {
+    /// `wait_for_otp`: the code or link of the newest matching message not
+    /// handed out before (waiting for one if none is there yet).
+    pub async fn wait_for_otp(&self, p: &WaitForOtpParams) -> Result<OtpAnswer, MailError> {
+        let spec = self.spec(
+            &p.inbox,
+            p.from_domain.as_deref(),
+            p.from_address.as_deref(),
+            p.subject_contains.as_deref(),
+            p.since.as_deref(),
+            Some(wait_secs(p.timeout_s)?),
+            p.include_seen,
+            p.require_authenticated.unwrap_or(true),
+            true,
+        )?;
+        let found = self.wait_core(&spec).await?;
+        Ok(otp_answer(found))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn spec(
+        &self,
+        inbox: &str,
+        from_domain: Option<&str>,
+        from_address: Option<&str>,
+        subject: Option<&str>,
+        since: Option<&str>,
+        secs: Option<u64>,
+        include_seen: bool,
+        require_authenticated: bool,
+        want_code: bool,
+    ) -> Result<WaitSpec, MailError> {
         let inbox = crate::client::check_inbox(inbox)?;
-        let deadline = Instant::now() + Duration::from_secs(secs);
-        let start = since.unwrap_or_else(unix_now);
-        let work = async {
-            let mut events = self.client.events(&inbox, Some(ulid_floor(start))).await?;
-            loop {
-                let entry = events.next().await?;
-                let summary = self.summary(&inbox, &entry).await?;
-                if filter.matches(&summary) {
-                    return Ok::<_, MailError>(summary);
-                }
-            }
+        let rule = crate::wait::SenderRule::new(from_domain, from_address).map_err(MailError::Invalid)?;
+        let since = match since.map(str::trim).filter(|s| !s.is_empty()) {
+            None => crate::wait::Since::default(),
+            Some(s) => crate::wait::Since::parse(s).map_err(MailError::Invalid)?,
         };
-        match tokio::time::timeout_at(deadline.into(), work).await {
-            Ok(result) => result,
-            Err(_) => Err(MailError::TimedOut(secs)),
+        let subject = subject.map(str::trim).filter(|s| !s.is_empty()).map(str::to_lowercase);
+        Ok(WaitSpec { inbox, rule, subject, since, secs: secs.unwrap_or(0), include_seen, require_authenticated, want_code })
+    }
+
+    /// Judges one parsed message against a wait: `Ok(otp)` when it may be handed
+    /// out, otherwise why not.
+    fn judge(spec: &WaitSpec, parsed: &crate::message::ParsedMessage) -> Result<Option<crate::otp::Otp>, (String, bool)> {
+        if let Err(r) = spec.rule.check(parsed.from.as_ref()) {
+            return Err((r.describe(), r.is_spoof_like()));
+        }
+        if let Some(want) = &spec.subject
+            && !parsed.subject.as_deref().unwrap_or("").to_lowercase().contains(want.as_str())
+        {
+            return Err((format!("subject does not contain {want:?}"), false));
+        }
+        if spec.require_authenticated && !parsed.authentication.authenticated {
+            let r = crate::wait::Refusal::Unauthenticated {
+                from: parsed.from_address().unwrap_or("-").to_owned(),
+                basis: parsed.authentication.basis.clone(),
+            };
+            // Only a claim to be the service counts as a spoof; with no sender
+            // rule, it is just unauthenticated mail.
+            return Err((r.describe(), !spec.rule.is_any()));
+        }
+        if spec.want_code {
+            return match crate::otp::extract(parsed) {
+                Some(otp) => Ok(Some(otp)),
+                None => Err(("holds no code or link".to_owned(), false)),
+            };
+        }
+        Ok(None)
+    }
+
+    /// Fetches, parses and judges one message. `None` for a message that is
+    /// gone (expired between listing and fetch) or cannot be parsed: one bad
+    /// message must not stop every wait on the inbox.
+    #[allow(clippy::type_complexity)]
+    async fn evaluate(
+        &self,
+        spec: &WaitSpec,
+        entry: &MessageEntry,
+    ) -> Result<Option<(crate::message::ParsedMessage, Result<Option<crate::otp::Otp>, (String, bool)>)>, MailError> {
+        match self.fetch_parsed(&spec.inbox, &entry.message_id).await {
+            Ok(parsed) => {
+                let verdict = Self::judge(spec, &parsed);
+                Ok(Some((parsed, verdict)))
+            }
+            Err(e @ (MailError::Message(_) | MailError::Client(ClientError::NotFound { .. }))) => {
+                tracing::info!(message_id = %entry.message_id, error = %e, "a wait skipped a message it cannot read");
+                Ok(None)
+            }
+            Err(e) => Err(e),
         }
     }
 
-    /// `extract_otp`: the one-time code or magic link of a message (given, the
-    /// next to arrive with `wait`, or the newest matching one).
-    pub async fn extract_otp(&self, p: &ExtractOtpParams) -> Result<crate::otp::Otp, MailError> {
-        let inbox = crate::client::check_inbox(&p.inbox)?;
-        let filter = Filter::new(p.from.as_deref(), p.subject_contains.as_deref());
-        let message_id = match (&p.message_id, p.wait) {
-            (Some(id), false) => id.clone(),
-            (Some(_), true) => {
-                return Err(MailError::Invalid("give either message_id or wait, not both".to_owned()));
+    /// The wait itself: the look-back window on the server's clock, newest
+    /// unseen match first, then the event stream from where the listing ended.
+    async fn wait_core(&self, spec: &WaitSpec) -> Result<Found, MailError> {
+        let deadline = Instant::now() + Duration::from_secs(spec.secs);
+        let handed = self.handouts.snapshot(&spec.inbox)?;
+        let mut others: Vec<SeenMessage> = Vec::new();
+        let mut spoofs: Vec<String> = Vec::new();
+        let mut looked = std::collections::HashSet::new();
+        let note = |others: &mut Vec<SeenMessage>, spoofs: &mut Vec<String>, parsed: &crate::message::ParsedMessage, why: String, spoof: bool| {
+            if spoof {
+                spoofs.push(why.clone());
             }
-            (None, true) => {
-                let secs = wait_secs(p.timeout_s)?;
-                self.wait_matching(&inbox, &filter, p.since, secs).await?.message_id
+            if others.len() < MAX_OTHERS_REPORTED {
+                others.push(SeenMessage {
+                    message_id: parsed.message_id.clone(),
+                    from: parsed.from_address().map(str::to_owned),
+                    subject: parsed.subject.clone(),
+                    why_not: why,
+                });
             }
-            (None, false) => {
-                let list = self
-                    .list_messages(&ListMessagesParams {
-                        inbox: inbox.clone(),
-                        limit: Some(1),
-                        from: p.from.clone(),
-                        subject_contains: p.subject_contains.clone(),
-                        ..ListMessagesParams::default()
-                    })
-                    .await?;
-                match list.messages.into_iter().next() {
-                    Some(m) => m.message_id,
-                    None => {
-                        return Err(MailError::Invalid(format!(
-                            "no matching message in {inbox} (looked at {}); use wait to wait for one",
-                            list.scanned
-                        )));
+        };
+
+        // 1. What is already there, newest first, within the window.
+        let mut in_window: Vec<MessageEntry> = Vec::new();
+        let mut before = None;
+        let mut window = None;
+        loop {
+            let page = self
+                .client
+                .list_messages(&spec.inbox, &ListQuery { order: Order::Desc, after: None, before: before.clone(), limit: crate::client::MAX_PAGE })
+                .await?;
+            let w = match window {
+                Some(w) => w,
+                None => {
+                    let now_ms = page.server_time_ms.unwrap_or_else(now_ms);
+                    let w = spec.since.window(now_ms).map_err(MailError::Invalid)?;
+                    window = Some(w);
+                    w
+                }
+            };
+            let mut past = false;
+            for e in page.messages {
+                match ulid::Ulid::from_string(&e.message_id) {
+                    Ok(id) if w.contains(id) => in_window.push(e),
+                    Ok(_) => past = true,
+                    Err(_) => {}
+                }
+            }
+            if past || page.next_cursor.is_none() || in_window.len() >= MAX_SCAN {
+                break;
+            }
+            before = page.next_cursor;
+        }
+        let window = window.ok_or_else(|| MailError::Invalid("the server answered no page".to_owned()))?;
+        let cursor = window.cursor();
+        let resume_after = in_window.first().map_or_else(|| cursor.clone(), |e| e.message_id.clone());
+        let skipped = in_window.iter().filter(|e| id_in(&handed, &e.message_id) && !spec.include_seen).count();
+
+        let mut chosen: Option<(MessageEntry, crate::message::ParsedMessage, Option<crate::otp::Otp>)> = None;
+        let mut extra = 0usize;
+        let ids: Vec<ulid::Ulid> = in_window.iter().filter_map(|e| ulid::Ulid::from_string(&e.message_id).ok()).collect();
+        let order = crate::wait::evaluation_order(&ids, window, &handed, spec.include_seen);
+        for id in order {
+            let Some(entry) = in_window.iter().find(|e| ulid::Ulid::from_string(&e.message_id).ok() == Some(id)) else { continue };
+            if chosen.is_some() && extra >= MAX_OTHERS_EVALUATED {
+                break;
+            }
+            looked.insert(entry.message_id.clone());
+            let Some((parsed, verdict)) = self.evaluate(spec, entry).await? else { continue };
+            match verdict {
+                Ok(otp) if chosen.is_none() => {
+                    if self.claim(spec, &entry.message_id)? {
+                        chosen = Some((entry.clone(), parsed, otp));
+                    } else {
+                        note(&mut others, &mut spoofs, &parsed, "handed out to another waiter just now".to_owned(), false);
                     }
+                }
+                Ok(_) => {
+                    extra += 1;
+                    note(&mut others, &mut spoofs, &parsed, "also matches, but a newer match was returned (still unseen: call again to get it)".to_owned(), false);
+                }
+                Err((why, spoof)) => {
+                    if chosen.is_some() {
+                        extra += 1;
+                    }
+                    note(&mut others, &mut spoofs, &parsed, why, spoof);
+                }
+            }
+        }
+        let finish = |entry, parsed, otp, mut others: Vec<SeenMessage>| {
+            if skipped > 0 && others.len() < MAX_OTHERS_REPORTED {
+                others.push(SeenMessage {
+                    message_id: String::new(),
+                    from: None,
+                    subject: None,
+                    why_not: format!("{skipped} message(s) in the window were handed out before (include_seen to see them again)"),
+                });
+            }
+            Found { entry, parsed, otp, others, cursor: cursor.clone() }
+        };
+        if let Some((entry, parsed, otp)) = chosen {
+            return Ok(finish(entry, parsed, otp, others));
+        }
+
+        // 2. Nothing there yet: follow the inbox from where the listing ended.
+        let work = async {
+            let mut events = self.client.events(&spec.inbox, Some(resume_after)).await?;
+            loop {
+                let entry = events.next().await?;
+                let Ok(id) = ulid::Ulid::from_string(&entry.message_id) else { continue };
+                if !window.contains(id) || !looked.insert(entry.message_id.clone()) {
+                    continue;
+                }
+                let Some((parsed, verdict)) = self.evaluate(spec, &entry).await? else { continue };
+                match verdict {
+                    Ok(otp) => {
+                        if self.claim(spec, &entry.message_id)? {
+                            return Ok::<_, MailError>((entry, parsed, otp));
+                        }
+                        note(&mut others, &mut spoofs, &parsed, "handed out before (or to another waiter)".to_owned(), false);
+                    }
+                    Err((why, spoof)) => note(&mut others, &mut spoofs, &parsed, why, spoof),
                 }
             }
         };
-        let parsed = self.fetch_parsed(&inbox, &message_id).await?;
-        crate::otp::extract(&parsed).ok_or_else(|| {
-            MailError::NoCode(format!(
-                "message {message_id} (from {}, subject {:?}) holds no code or link",
-                parsed.from.as_ref().map_or("-", |m| m.address.as_str()),
-                parsed.subject.as_deref().unwrap_or("")
-            ))
-        })
+        let outcome = tokio::time::timeout_at(deadline.into(), work).await;
+        match outcome {
+            Ok(Ok((entry, parsed, otp))) => Ok(finish(entry, parsed, otp, others)),
+            Ok(Err(e)) => Err(e),
+            Err(_) => {
+                let seen = others.iter().map(SeenMessage::line).collect();
+                if spoofs.is_empty() {
+                    Err(MailError::TimedOut { secs: spec.secs, cursor, seen })
+                } else {
+                    Err(MailError::Refused { wanted: spec.rule.describe(), reasons: spoofs, secs: spec.secs, cursor, seen })
+                }
+            }
+        }
     }
+
+    /// Records `id` as handed out (with `include_seen`, an id handed out before passes too).
+    fn claim(&self, spec: &WaitSpec, id: &str) -> Result<bool, MailError> {
+        let Ok(ulid) = ulid::Ulid::from_string(id) else { return Ok(false) };
+        let fresh = self.handouts.claim(&spec.inbox, ulid, now_ms())?;
+        Ok(fresh || spec.include_seen)
+    }
+
+    /// `mark_messages`: read (handed out) or unread.
+    pub fn mark_messages(&self, p: &MarkParams) -> Result<MarkAnswer, MailError> {
+        let inbox = crate::client::check_inbox(&p.inbox)?;
+        if p.message_ids.is_empty() {
+            return Err(MailError::Invalid("message_ids is empty: give at least one message id".to_owned()));
+        }
+        let ids = p
+            .message_ids
+            .iter()
+            .map(|m| ulid::Ulid::from_string(m.trim()).map_err(|_| MailError::Invalid(format!("{m:?} is not a message id (a 26-character ULID)"))))
+            .collect::<Result<Vec<_>, _>>()?;
+        let changed = self.handouts.mark(&inbox, &ids, p.read, now_ms())?;
+        Ok(MarkAnswer { inbox, changed, now: if p.read { "read" } else { "unread" }.to_owned() })
+    }
+
+    /// `extract_otp`: the code or link of a given message, or as `wait_for_otp`
+    /// (with `wait`; without it, only what is already there).
+    pub async fn extract_otp(&self, p: &ExtractOtpParams) -> Result<OtpAnswer, MailError> {
+        let require = p.require_authenticated.unwrap_or(true);
+        if let Some(id) = &p.message_id {
+            if p.wait {
+                return Err(MailError::Invalid("give either message_id or wait, not both".to_owned()));
+            }
+            let inbox = crate::client::check_inbox(&p.inbox)?;
+            let spec = self.spec(&inbox, p.from_domain.as_deref(), p.from_address.as_deref(), p.subject_contains.as_deref(), None, None, true, require, true)?;
+            let parsed = self.fetch_parsed(&inbox, id).await?;
+            return match Self::judge(&spec, &parsed) {
+                Ok(otp) => {
+                    let otp = otp.ok_or_else(|| MailError::NoCode(format!("message {id} holds no code or link")))?;
+                    if let Ok(u) = ulid::Ulid::from_string(id) {
+                        self.handouts.claim(&inbox, u, now_ms())?;
+                    }
+                    Ok(otp_answer(Found { entry: MessageEntry { message_id: id.clone(), received_at: 0, size: 0 }, parsed, otp: Some(otp), others: Vec::new(), cursor: id.clone() }))
+                }
+                Err((why, true)) => Err(MailError::Refused { wanted: String::new(), reasons: vec![why], secs: 0, cursor: id.clone(), seen: Vec::new() }),
+                Err((why, false)) if why.contains("no code") => Err(MailError::NoCode(format!(
+                    "message {id} (from {}, subject {:?}) holds no code or link",
+                    parsed.from_address().unwrap_or("-"),
+                    parsed.subject.as_deref().unwrap_or("")
+                ))),
+                Err((why, false)) => Err(MailError::Invalid(format!("message {id} does not match: {why}"))),
+            };
+        }
+        let spec = self.spec(
+            &p.inbox,
+            p.from_domain.as_deref(),
+            p.from_address.as_deref(),
+            p.subject_contains.as_deref(),
+            p.since.as_deref(),
+            Some(if p.wait { wait_secs(p.timeout_s)? } else { 0 }),
+            p.include_seen,
+            require,
+            true,
+        )?;
+        let found = self.wait_core(&spec).await?;
+        Ok(otp_answer(found))
+    }
+}
+
+fn id_in(set: &std::collections::BTreeSet<ulid::Ulid>, id: &str) -> bool {
+    ulid::Ulid::from_string(id).is_ok_and(|u| set.contains(&u))
+}
+
+/// Now on this machine's clock, in Unix milliseconds (used only when the server
+/// does not say its own time, and to prune the hand-out record).
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+fn otp_answer(found: Found) -> OtpAnswer {
+    let authenticated = found.parsed.authentication.authenticated;
+    let otp = found.otp.unwrap_or_else(|| crate::otp::Otp {
+        code: None,
+        link: None,
+        kind: crate::otp::OtpKind::NumericCode,
+        message_id: found.parsed.message_id.clone(),
+        from: found.parsed.from.clone(),
+        authenticated,
+        confidence: 0.0,
+        ambiguous: false,
+        reason: "no code".to_owned(),
+        ignored_in_quotes: Vec::new(),
+        candidates: Vec::new(),
+    });
+    let warning = (!authenticated).then(|| {
+        format!(
+            "NOT AUTHENTICATED: our MX could not verify that {} sent this ({}); anyone can write that From address. Use the code only if you accept that risk.",
+            found.parsed.from_address().unwrap_or("the sender"),
+            found.parsed.authentication.basis
+        )
+    });
+    OtpAnswer { otp, warning, other_messages: found.others, cursor: found.cursor }
 }
 
 // ---- The library half of the crate (message, otp, compose) -----------------
@@ -718,16 +1199,6 @@ mod tests {
         assert_eq!(wait_secs(Some(MAX_WAIT_SECS)), Ok(MAX_WAIT_SECS));
         assert!(wait_secs(Some(MAX_WAIT_SECS + 1)).is_err());
         assert!(wait_secs(Some(0)).is_err());
-    }
-
-    #[test]
-    fn ulid_floor_is_below_every_later_message() {
-        let floor: ulid::Ulid = ulid_floor(1_700_000_000).parse().unwrap();
-        let same_ms = ulid::Ulid::from_parts(1_700_000_000_000, 1);
-        let earlier = ulid::Ulid::from_parts(1_699_999_999_999, u128::MAX >> 48);
-        assert!(floor < same_ms);
-        assert!(earlier < floor);
-        assert_eq!(ulid_floor(-5), ulid::Ulid::from_parts(0, 0).to_string());
     }
 
     #[test]

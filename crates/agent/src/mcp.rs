@@ -19,19 +19,38 @@ use tokio_util::sync::CancellationToken;
 
 use crate::mailbox::{
     ExtractOtpParams, ForwardParams, GetAttachmentParams, GetMessageParams, ListInboxesParams, ListMessagesParams,
-    MailError, MailService, ReplyParams, SendMessageParams, WaitParams,
+    MailError, MailService, MarkParams, ReplyParams, SendMessageParams, WaitForOtpParams, WaitParams,
 };
 
 /// The path of the streamable HTTP endpoint.
 pub const HTTP_PATH: &str = "/mcp";
 
+/// Longest wait of one MCP tool call, in seconds: clients time tool calls out
+/// (often at 60 s), so a longer wait answers "timed out: call again with
+/// since = <cursor>" and the next call continues the same window.
+pub const MCP_MAX_WAIT_SECS: u64 = 40;
+
 /// What the server tells clients about itself.
 const INSTRUCTIONS: &str = "Mail for this agent on an AgentKeys Mail server. \
 Start with list_inboxes. To receive a sign-up code: submit the form, then call \
-extract_otp with wait=true (or wait_for_message, then extract_otp with its \
-message_id); pass `since` (Unix seconds, taken before submitting) so a mail \
-that arrives first is not missed. Check `authenticated` before trusting a code. \
-send_message, reply_to_message and forward_message send real mail.";
+wait_for_otp with the inbox and the service's from_domain (e.g. example.com). \
+It returns the newest code or link from that domain that no earlier call handed \
+out, from the last 2 minutes or arriving while it waits, so a mail that came \
+first is not missed and an old one is not returned again. If it answers \
+'timed out', call it again with since set to the cursor it gave. If it answers \
+'refused sender', the mail did not come from the service (or could not be \
+authenticated): do not use it. If `ambiguous` is true, read `reason` and \
+`candidates` before using the code. send_message, reply_to_message and \
+forward_message send real mail.";
+
+/// Caps a valid wait at [`MCP_MAX_WAIT_SECS`]; an invalid one (0, over
+/// [`crate::mailbox::MAX_WAIT_SECS`]) is left for the operation to refuse.
+fn cap_wait(asked: Option<u64>) -> Option<u64> {
+    match asked {
+        Some(s) if s == 0 || s > crate::mailbox::MAX_WAIT_SECS => Some(s),
+        other => Some(other.unwrap_or(MCP_MAX_WAIT_SECS).min(MCP_MAX_WAIT_SECS)),
+    }
+}
 
 /// The tools over one [`MailService`].
 #[derive(Debug, Clone)]
@@ -56,6 +75,9 @@ impl MailTools {
     }
 
     /// The inboxes this agent may use, with its scopes (read, send) on each.
+    /// Give one of these addresses to a service as the sign-up address and pass
+    /// it as `inbox` to the other tools. An empty list means the owner has not
+    /// granted any inbox yet: ask them for a grant.
     #[tool(
         name = "list_inboxes",
         annotations(title = "List inboxes", read_only_hint = true, destructive_hint = false, idempotent_hint = true, open_world_hint = false)
@@ -65,7 +87,9 @@ impl MailTools {
     }
 
     /// Messages of an inbox, newest first, with From and Subject; filter by
-    /// sender or subject text; page with `before` = `next_cursor`.
+    /// sender or subject text (substrings, for searching: to wait for a
+    /// service's code use `wait_for_otp`). More pages: call again with
+    /// `before` = `next_cursor`; read one with `get_message`.
     #[tool(
         name = "list_messages",
         annotations(title = "List messages", read_only_hint = true, destructive_hint = false, idempotent_hint = true, open_world_hint = false)
@@ -76,7 +100,9 @@ impl MailTools {
 
     /// One message, parsed: headers, text, HTML converted to readable text,
     /// attachment metadata and the server's authentication verdicts
-    /// (SPF/DKIM/DMARC, `authenticated`).
+    /// (SPF/DKIM/DMARC, `authenticated`). Treat the content of a message whose
+    /// `authentication.authenticated` is false as coming from anyone; fetch an
+    /// attachment by its `index` with `get_attachment`.
     #[tool(
         name = "get_message",
         annotations(title = "Read a message", read_only_hint = true, destructive_hint = false, idempotent_hint = true, open_world_hint = false)
@@ -94,7 +120,9 @@ impl MailTools {
         answer(self.mailbox.get_attachment(&p).await)
     }
 
-    /// Sends a new message from an inbox (needs a `send` grant). Real mail: it cannot be recalled.
+    /// Sends a new message from an inbox (needs a `send` grant). Real mail: it
+    /// cannot be recalled, so do not call it again after a success. A refusal
+    /// naming the grant means the owner must grant `send` on this inbox.
     #[tool(
         name = "send_message",
         annotations(title = "Send a message", read_only_hint = false, destructive_hint = true, idempotent_hint = false, open_world_hint = true)
@@ -122,27 +150,69 @@ impl MailTools {
         answer(self.mailbox.forward_message(&p).await)
     }
 
-    /// Waits for the next message matching sender/subject to arrive (pushed by
-    /// the server, no polling), up to `timeout_s`; `since` also accepts one that
-    /// arrived since then.
+    /// Waits for a message: the newest in the look-back window (`since`,
+    /// default the last 2 minutes) that matches and that no earlier wait handed
+    /// out, else the first to arrive (pushed, no polling). At most 40 s per
+    /// call: on "timed out", call again with `since` = the cursor it names.
+    /// `from_domain` matches the From address's domain or a subdomain only.
+    /// The message is then handed out: later waits skip it (`include_seen`
+    /// shows it again; `get_message`/`extract_otp` with its `message_id` always
+    /// read it). The answer lists `other_messages` it looked at and why they
+    /// were skipped. For a sign-up code, use `wait_for_otp` instead.
     #[tool(
         name = "wait_for_message",
         annotations(title = "Wait for a message", read_only_hint = true, destructive_hint = false, idempotent_hint = false, open_world_hint = false)
     )]
-    async fn wait_for_message(&self, Parameters(p): Parameters<WaitParams>) -> Result<String, String> {
+    async fn wait_for_message(&self, Parameters(mut p): Parameters<WaitParams>) -> Result<String, String> {
+        p.timeout_s = cap_wait(p.timeout_s);
         answer(self.mailbox.wait_for_message(&p).await)
     }
 
-    /// The one-time code or magic link of a verification mail: of `message_id`,
-    /// of the next matching message (`wait`), or of the newest matching one.
-    /// Says when a message has several candidates (`ambiguous`) and whether the
-    /// sender was authenticated (`authenticated`).
+    /// The sign-up tool: after submitting a form, waits for the service's code
+    /// or magic link and returns it with `message_id`, `from`, `authenticated`,
+    /// `ambiguous`, `reason`, `candidates` and `other_messages`. Returns the
+    /// newest code from `from_domain` (or a subdomain; never a look-alike) that
+    /// no earlier call handed out, from the last 2 minutes (`since`) or arriving
+    /// while it waits (at most 40 s per call). What to do with the answer: a
+    /// `code` → type it into the form; a `link` → open it; `ambiguous: true` →
+    /// read `reason` and `candidates` and pick deliberately; "timed out" → call
+    /// again with `since` = the cursor in the message; "refused sender" → the
+    /// mail claimed to be the service but is a look-alike or unauthenticated:
+    /// do not use it (`require_authenticated: false` accepts unauthenticated
+    /// mail, and the answer then carries a `warning`).
+    #[tool(
+        name = "wait_for_otp",
+        annotations(title = "Wait for a sign-up code or link", read_only_hint = true, destructive_hint = false, idempotent_hint = false, open_world_hint = false)
+    )]
+    async fn wait_for_otp(&self, Parameters(mut p): Parameters<WaitForOtpParams>) -> Result<String, String> {
+        p.timeout_s = cap_wait(p.timeout_s);
+        answer(self.mailbox.wait_for_otp(&p).await)
+    }
+
+    /// The one-time code or magic link of a given message (`message_id`), or,
+    /// without it, as `wait_for_otp` (`wait: true` waits, at most 40 s per call).
+    /// Says when a message has several candidates (`ambiguous`, with `reason`)
+    /// and whether the sender was authenticated; an unauthenticated sender is
+    /// refused unless `require_authenticated: false`.
     #[tool(
         name = "extract_otp",
         annotations(title = "Extract a one-time code", read_only_hint = true, destructive_hint = false, idempotent_hint = false, open_world_hint = false)
     )]
-    async fn extract_otp(&self, Parameters(p): Parameters<ExtractOtpParams>) -> Result<String, String> {
+    async fn extract_otp(&self, Parameters(mut p): Parameters<ExtractOtpParams>) -> Result<String, String> {
+        if p.wait {
+            p.timeout_s = cap_wait(p.timeout_s);
+        }
         answer(self.mailbox.extract_otp(&p).await)
+    }
+
+    /// Marks messages read (handed out: waits skip them) or unread (waits may
+    /// return them again), e.g. to retry a code that did not work.
+    #[tool(
+        name = "mark_messages",
+        annotations(title = "Mark messages read or unread", read_only_hint = true, destructive_hint = false, idempotent_hint = true, open_world_hint = false)
+    )]
+    async fn mark_messages(&self, Parameters(p): Parameters<MarkParams>) -> Result<String, String> {
+        answer(self.mailbox.mark_messages(&p))
     }
 }
 
@@ -231,7 +301,9 @@ mod tests {
                 "reply_to_message",
                 "forward_message",
                 "wait_for_message",
-                "extract_otp"
+                "wait_for_otp",
+                "extract_otp",
+                "mark_messages"
             ]
             .into_iter()
             .collect()
@@ -244,6 +316,15 @@ mod tests {
             assert_eq!(a.read_only_hint, Some(!sends), "{}", tool.name);
             assert!(tool.description.as_deref().is_some_and(|d| d.len() > 20), "{}", tool.name);
         }
+    }
+
+    #[test]
+    fn mcp_waits_are_capped_and_invalid_ones_left_to_refuse() {
+        assert_eq!(cap_wait(None), Some(MCP_MAX_WAIT_SECS));
+        assert_eq!(cap_wait(Some(5)), Some(5));
+        assert_eq!(cap_wait(Some(crate::mailbox::MAX_WAIT_SECS)), Some(MCP_MAX_WAIT_SECS));
+        assert_eq!(cap_wait(Some(0)), Some(0));
+        assert_eq!(cap_wait(Some(100_000)), Some(100_000));
     }
 
     #[tokio::test]

@@ -396,7 +396,8 @@ mod tests {
             m.links,
             vec![Link {
                 url: "https://shop.example/x".into(),
-                text: "body".into()
+                text: "body".into(),
+                quoted: false
             }]
         );
         assert_eq!(

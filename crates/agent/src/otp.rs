@@ -133,6 +133,14 @@ pub struct Otp {
     /// Several distinct codes (or, without codes, several distinct links):
     /// the top-level value is only the highest-scoring; look at `candidates`.
     pub ambiguous: bool,
+    /// Why the top-level value was chosen, in words (and what to do when
+    /// `ambiguous`).
+    pub reason: String,
+    /// Codes and links seen only in quoted history (a reply's `> ` lines, an
+    /// `On … wrote:` or `-----Original Message-----` tail, a `<blockquote>`):
+    /// never candidates, listed so a reader knows they were seen.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub ignored_in_quotes: Vec<String>,
     /// Every candidate, codes first, each kind best first.
     pub candidates: Vec<Candidate>,
 }
@@ -156,6 +164,33 @@ pub fn extract(message: &ParsedMessage) -> OtpResult {
     } else {
         best.confidence
     };
+    let what = if best.kind == OtpKind::MagicLink { "link" } else { "code" };
+    let reason = if ambiguous {
+        let same_kind: Vec<&Candidate> = candidates
+            .iter()
+            .filter(|c| (c.kind == OtpKind::MagicLink) == (best.kind == OtpKind::MagicLink))
+            .collect();
+        format!(
+            "{} distinct {what}s in one message; this one scored highest ({:.2}, next {:.2}) in {:?}; \
+             compare `candidates` (an old and a new {what} in one thread look like this) before using it",
+            same_kind.len(),
+            best.confidence,
+            same_kind.get(1).map_or(0.0, |c| c.confidence),
+            best.context
+        )
+    } else {
+        format!("the only {what} in the message (confidence {:.2}), seen in {:?}", best.confidence, best.context)
+    };
+    let own: std::collections::HashSet<&str> = candidates.iter().map(Candidate::value).collect();
+    let ignored_in_quotes = if has_quotes(message) {
+        candidates_in(message.subject.as_deref(), message.text.as_deref(), message.html_text.as_deref(), &message.links)
+            .into_iter()
+            .map(|c| c.value().to_owned())
+            .filter(|v| !own.contains(v.as_str()))
+            .collect()
+    } else {
+        Vec::new()
+    };
     Some(Otp {
         code: best.code.clone(),
         link: best.link.clone(),
@@ -165,18 +200,88 @@ pub fn extract(message: &ParsedMessage) -> OtpResult {
         authenticated: message.authentication.authenticated,
         confidence,
         ambiguous,
+        reason,
+        ignored_in_quotes,
         candidates,
     })
 }
 
 /// Every candidate of `message`: codes first, then links, each best first.
+/// Quoted history (see [`own_part`]) and links inside a `<blockquote>` are left
+/// out: in a thread, the old code sits in the quote.
 pub fn candidates(message: &ParsedMessage) -> Vec<Candidate> {
-    candidates_in(
-        message.subject.as_deref(),
-        message.text.as_deref(),
-        message.html_text.as_deref(),
-        &message.links,
-    )
+    let text = message.text.as_deref().map(own_part);
+    let html = message.html_text.as_deref().map(own_part);
+    let links: Vec<Link> = message.links.iter().filter(|l| !l.quoted).cloned().collect();
+    candidates_in(message.subject.as_deref(), text.as_deref(), html.as_deref(), &links)
+}
+
+fn has_quotes(message: &ParsedMessage) -> bool {
+    message.links.iter().any(|l| l.quoted)
+        || [&message.text, &message.html_text]
+            .into_iter()
+            .flatten()
+            .any(|t| own_part(t).len() != t.len())
+}
+
+/// Most lines of an `Outlook`-style header block (`From:` … `Sent:`) looked at.
+const QUOTE_HEADER_LINES: usize = 5;
+
+/// The message's own text: without quoted lines (`> …`) and without the
+/// quoted history below an attribution (`On … wrote:`, `Am … schrieb …:`,
+/// `Le … a écrit :`, `El … escribió:`, `…写道：`, `-----Original Message-----`,
+/// an Outlook `From:`/`Sent:` block).
+pub fn own_part(text: &str) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    let mut out = String::with_capacity(text.len());
+    for (i, line) in lines.iter().enumerate() {
+        let t = line.trim();
+        if i > 0 && starts_history(t, &lines[..i], &lines[i + 1..]) {
+            break;
+        }
+        if t.starts_with('>') {
+            continue;
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
+}
+
+fn starts_history(line: &str, before: &[&str], after: &[&str]) -> bool {
+    let l = line.to_lowercase();
+    let ends_colon = l.ends_with(':') || l.ends_with('：');
+    let attribution = ends_colon
+        && ((l.starts_with("on ") && l.contains("wrote"))
+            || (l.starts_with("am ") && l.contains("schrieb"))
+            || (l.starts_with("le ") && l.contains("a écrit"))
+            || (l.starts_with("el ") && l.contains("escribió"))
+            || (l.starts_with("il ") && l.contains("ha scritto"))
+            || (l.starts_with("em ") && l.contains("escreveu"))
+            || (l.starts_with("op ") && l.contains("schreef"))
+            || l.contains("写道")
+            || l.contains("寫道")
+            || l.contains("のメッセージ")
+            || l.contains("書きました"));
+    let separator = {
+        let core = l.trim_matches(|c: char| c == '-' || c == '_' || c.is_whitespace());
+        l.starts_with("---")
+            && ["original message", "ursprüngliche nachricht", "message d'origine", "mensaje original", "messaggio originale"]
+                .contains(&core)
+    };
+    // A forwarded message is the content, not history: its header block stays.
+    let forwarded = before.iter().rev().filter(|b| !b.trim().is_empty()).take(1).any(|b| {
+        let b = b.to_lowercase();
+        ["forwarded message", "weitergeleitete nachricht", "message transféré", "mensaje reenviado", "转发的邮件"]
+            .iter()
+            .any(|w| b.contains(w))
+    });
+    let header_block = !forwarded && ["from:", "von:", "de :", "de:", "发件人", "差出人"].iter().any(|p| l.starts_with(p))
+        && after.iter().take(QUOTE_HEADER_LINES).any(|n| {
+            let n = n.trim().to_lowercase();
+            ["sent:", "date:", "gesendet:", "envoyé :", "envoyé:", "enviado:", "发送时间", "送信日時"].iter().any(|p| n.starts_with(p))
+        });
+    attribution || separator || header_block
 }
 
 /// [`candidates`] over the parts of a message.
@@ -1527,6 +1632,19 @@ mod tests {
     }
 
     #[test]
+    fn quoted_history_is_not_the_message() {
+        let reply = "New code: 111111\n\nOn Mon, 7 Dec 2026, Example <a@example.com> wrote:\n> Your code is 222222\n";
+        assert_eq!(own_part(reply), "New code: 111111\n\n");
+        assert_eq!(own_part("Hi\n> code 1\nstill mine\n"), "Hi\nstill mine\n");
+        let outlook = "Code 111111\n\nFrom: Example <a@example.com>\nSent: Monday\nSubject: x\n\nCode 222222\n";
+        assert_eq!(own_part(outlook), "Code 111111\n\n");
+        // A forwarded message is content, not history.
+        let fwd = "FYI\n---------- Forwarded message ---------\nFrom: Example <a@example.com>\nDate: Mon\n\nYour code is 333333\n";
+        assert_eq!(own_part(fwd), fwd);
+        assert_eq!(codes(&own_part(reply)), vec!["111111"]);
+    }
+
+    #[test]
     fn code_after_keyword() {
         assert_eq!(codes("Your verification code is 482913."), ["482913"]);
         assert_eq!(codes("Ihr Bestätigungscode lautet: 4829"), ["4829"]);
@@ -1615,6 +1733,7 @@ mod tests {
                 &[Link {
                     url: url.into(),
                     text: text.into(),
+                    quoted: false,
                 }],
             )
         };
@@ -1710,11 +1829,13 @@ mod tests {
             .map(|i| Link {
                 url: format!("https://e.example/about/{i}"),
                 text: "x".into(),
+                quoted: false,
             })
             .collect();
         let good = Link {
             url: "https://e.example/verify/Ab12Cd34Ef56Gh78".into(),
             text: "Verify".into(),
+            quoted: false,
         };
         links.push(good.clone());
         assert!(candidates_in(Some("Verify"), None, None, &links).is_empty());

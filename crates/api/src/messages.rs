@@ -134,6 +134,17 @@ pub struct MessagePage {
     /// Where the next page starts, `null` on the last page: pass it as `before`
     /// (order `desc`) or `after` (order `asc`).
     pub next_cursor: Option<String>,
+    /// The server's clock when the page was read, in Unix milliseconds: the clock
+    /// that stamps message ids, so a client can place a look-back window ("the
+    /// last 2 minutes") on it without trusting its own clock.
+    pub server_time_ms: i64,
+}
+
+/// Now on the clock that stamps message ids (the MX's ULIDs), in Unix milliseconds.
+fn server_time_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 fn bad_query(field: &str, detail: String) -> ApiError {
@@ -219,6 +230,7 @@ pub(crate) async fn list(
     let mail = mailroom(&state)?;
     let limit = page.limit as usize;
     page.limit += 1; // one more tells whether a next page exists
+    let server_time_ms = server_time_ms();
     let mut rows = mail
         .index()
         .list_messages(capability.owner(), capability.inbox(), &page)
@@ -230,7 +242,7 @@ pub(crate) async fn list(
     } else {
         None
     };
-    let body = MessagePage { messages: rows.iter().map(MessageSummary::from).collect(), next_cursor };
+    let body = MessagePage { messages: rows.iter().map(MessageSummary::from).collect(), next_cursor, server_time_ms };
     let mut response = Json(body).into_response();
     response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     Ok(response)

@@ -185,6 +185,9 @@ async fn pages_follow_the_cursor_and_stay_inside_the_capability_prefix() {
     assert_eq!(first.len(), DEFAULT_PAGE_LIMIT as usize);
     assert_eq!(first[0]["message_id"], ids[119].to_string(), "newest first");
     assert_eq!(page["next_cursor"], ids[70].to_string());
+    // The server's clock, the one that stamped the ids: never before the newest.
+    let server_ms = page["server_time_ms"].as_i64().expect("server_time_ms");
+    assert!(u64::try_from(server_ms).unwrap() >= ids[119].timestamp_ms(), "{page}");
 
     let mut seen = Vec::new();
     let mut cursor = String::new();

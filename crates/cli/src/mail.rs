@@ -15,7 +15,7 @@ use agentkeys_agent::client::ApiClient;
 use agentkeys_agent::config::AgentConfig;
 use agentkeys_agent::mailbox::{
     AttachmentInput, ExtractOtpParams, ForwardParams, GetAttachmentParams, GetMessageParams, ListMessagesParams,
-    MailService, ReplyParams, SendMessageParams, WaitParams,
+    MailError, MailService, MarkParams, ReplyParams, SendMessageParams, WaitParams,
 };
 use anyhow::{Context, Result, anyhow, bail};
 use base64::Engine as _;
@@ -24,6 +24,42 @@ use serde::Serialize;
 
 /// The inbox to use when `--inbox` is not given.
 pub(crate) const INBOX_ENV: &str = "AGENTKEYS_INBOX";
+
+/// Exit status of `mail wait`/`mail otp` when nothing matching arrived in time.
+pub(crate) const EXIT_TIMED_OUT: u8 = 3;
+/// Exit status of `mail otp` when the message holds several distinct codes
+/// (or links) and `--first` was not given; the best is still printed.
+pub(crate) const EXIT_AMBIGUOUS: u8 = 4;
+/// Exit status when the only claimants were refused: a look-alike sender, or
+/// one our MX did not authenticate (without `--allow-unauthenticated`).
+pub(crate) const EXIT_REFUSED_SENDER: u8 = 5;
+
+/// A failure with its own exit status (see the `EXIT_*` constants).
+#[derive(Debug)]
+pub(crate) struct Exit {
+    /// The status.
+    pub(crate) code: u8,
+    /// What to print after `error: `.
+    pub(crate) message: String,
+}
+
+impl std::fmt::Display for Exit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Exit {}
+
+/// Maps the wait errors to their exit statuses.
+fn exit_for(e: MailError) -> anyhow::Error {
+    let code = match &e {
+        MailError::TimedOut { .. } => EXIT_TIMED_OUT,
+        MailError::Refused { .. } => EXIT_REFUSED_SENDER,
+        _ => return e.into(),
+    };
+    Exit { code, message: e.to_string() }.into()
+}
 
 /// Options every `mail` verb takes.
 #[derive(Debug, Clone, Args)]
@@ -127,25 +163,49 @@ pub(crate) enum MailCmd {
         #[arg(long)]
         text: Option<String>,
     },
-    /// Wait for the next message (pushed by the server, no polling).
+    /// Wait for a message: the newest in the look-back window (--since, default
+    /// 2m) that matches and no earlier wait handed out, else the next to arrive.
+    /// Exit status 3: timed out.
     Wait {
         #[command(flatten)]
         inbox: InboxArg,
         #[command(flatten)]
         wait: WaitArgs,
     },
-    /// Print the one-time code or magic link of a message: the given one, the
-    /// next to arrive (--wait), or the newest matching one.
+    /// Print the one-time code or magic link: of the given message, or of the
+    /// newest message from --from not handed out before (--wait: waiting for
+    /// one). Only senders our MX authenticated count, unless
+    /// --allow-unauthenticated. Exit status 3: timed out; 4: ambiguous (several
+    /// codes; the best is printed; --first accepts it); 5: refused sender
+    /// (look-alike or unauthenticated).
     Otp {
         /// The message (default: see --wait).
         message_id: Option<String>,
         #[command(flatten)]
         inbox: InboxArg,
-        /// Wait for the next matching message.
+        /// Wait for a matching message if none is there yet.
         #[arg(long)]
         wait: bool,
         #[command(flatten)]
         filter: WaitArgs,
+        /// Accept a sender our MX did not authenticate (the answer says so on stderr).
+        #[arg(long)]
+        allow_unauthenticated: bool,
+        /// With several codes in the message, accept the best instead of exiting with status 4.
+        #[arg(long)]
+        first: bool,
+    },
+    /// Mark messages read (handed out: waits skip them) or unread (waits may
+    /// return them again).
+    Mark {
+        /// `read` or `unread`.
+        #[arg(value_parser = ["read", "unread"])]
+        state: String,
+        /// The message ids.
+        #[arg(required = true)]
+        message_ids: Vec<String>,
+        #[command(flatten)]
+        inbox: InboxArg,
     },
 }
 
@@ -166,18 +226,26 @@ pub(crate) struct BodyArgs {
 /// Filters and bounds of a wait.
 #[derive(Debug, Clone, Args)]
 pub(crate) struct WaitArgs {
-    /// Only a message whose From contains this text.
-    #[arg(long)]
+    /// Only mail whose From address is in this domain or a subdomain
+    /// (example.com matches mail.example.com; never a substring, never the display name).
+    #[arg(long, value_name = "DOMAIN")]
     from: Option<String>,
+    /// Only mail from exactly this From address.
+    #[arg(long, value_name = "ADDRESS")]
+    from_address: Option<String>,
     /// Only a message whose subject contains this text.
     #[arg(long)]
     subject: Option<String>,
     /// Give up after this many seconds (at most 600).
     #[arg(long, default_value_t = 60)]
     timeout: u64,
-    /// Also accept a message that arrived since this Unix time (seconds).
+    /// How far back to look, on the server's clock: 2m (default), 90s, an RFC
+    /// 3339 time, or a message id (after it).
+    #[arg(long, value_name = "WHEN")]
+    since: Option<String>,
+    /// Also return a message an earlier wait already handed out.
     #[arg(long)]
-    since: Option<i64>,
+    include_seen: bool,
 }
 
 /// `agentkeys mcp`.
@@ -192,7 +260,14 @@ fn service() -> Result<MailService> {
     let env: BTreeMap<String, String> = std::env::vars().collect();
     let path = crate::pairing_client::agent_config_path().ok();
     let config = AgentConfig::load(path.as_deref(), &env).map_err(|e| anyhow!("{}", e.to_string().trim_end()))?;
-    Ok(MailService::new(ApiClient::new(config)))
+    // The hand-out record sits next to agent.json, shared by every process of this agent.
+    let handouts = match agentkeys_approval::key_file::config_dir() {
+        Ok(dir) => agentkeys_agent::handout::Handouts::at(
+            dir.join(agentkeys_agent::handout::file_name(&config.server, config.agent_key.expose())),
+        ),
+        Err(_) => agentkeys_agent::handout::Handouts::in_memory(),
+    };
+    Ok(MailService::new(ApiClient::new(config)).with_handouts(handouts))
 }
 
 async fn resolve_inbox(mail: &MailService, arg: &InboxArg) -> Result<String> {
@@ -468,44 +543,73 @@ pub(crate) async fn run(cmd: MailCmd, json: bool) -> Result<()> {
             let inbox = resolve_inbox(&mail, &inbox).await?;
             let params = WaitParams {
                 inbox: inbox.clone(),
-                from: wait.from,
+                from_domain: wait.from,
+                from_address: wait.from_address,
                 subject_contains: wait.subject,
                 timeout_s: Some(wait.timeout),
                 since: wait.since,
+                include_seen: wait.include_seen,
+                require_authenticated: None,
             };
-            let m = with_spinner(format!("waiting for mail in {inbox}"), wait.timeout, mail.wait_for_message(&params)).await?;
+            let m = with_spinner(format!("waiting for mail in {inbox}"), wait.timeout, mail.wait_for_message(&params))
+                .await
+                .map_err(exit_for)?;
             if json {
                 return print_json(&m);
             }
             println!(
                 "{}  {}  {}  {}",
-                m.message_id,
-                time(m.received_at),
-                m.from.as_deref().unwrap_or("-"),
-                m.subject.as_deref().unwrap_or("(no subject)")
+                m.message.message_id,
+                time(m.message.received_at),
+                m.message.from.as_deref().unwrap_or("-"),
+                m.message.subject.as_deref().unwrap_or("(no subject)")
             );
         }
-        MailCmd::Otp { message_id, inbox, wait, filter } => {
+        MailCmd::Otp { message_id, inbox, wait, filter, allow_unauthenticated, first } => {
             let inbox = resolve_inbox(&mail, &inbox).await?;
             let params = ExtractOtpParams {
                 inbox: inbox.clone(),
                 message_id,
                 wait,
-                from: filter.from,
+                from_domain: filter.from,
+                from_address: filter.from_address,
                 subject_contains: filter.subject,
                 timeout_s: wait.then_some(filter.timeout),
                 since: filter.since,
+                require_authenticated: Some(!allow_unauthenticated),
+                include_seen: filter.include_seen,
             };
             let work = mail.extract_otp(&params);
-            let otp = if wait {
-                with_spinner(format!("waiting for a code in {inbox}"), filter.timeout, work).await?
+            let answer = if wait {
+                with_spinner(format!("waiting for a code in {inbox}"), filter.timeout, work).await
             } else {
-                work.await?
-            };
-            if json {
-                return print_json(&otp);
+                work.await
             }
-            print_otp(&otp)?;
+            .map_err(exit_for)?;
+            if json {
+                print_json(&answer)?;
+            } else {
+                print_otp(&answer)?;
+            }
+            if answer.otp.ambiguous && !first {
+                return Err(Exit {
+                    code: EXIT_AMBIGUOUS,
+                    message: format!(
+                        "ambiguous: {}; printed the best, candidates: {}; pass --first to accept it",
+                        answer.otp.reason,
+                        answer.otp.candidates.iter().map(|c| c.value().to_owned()).collect::<Vec<_>>().join(", ")
+                    ),
+                }
+                .into());
+            }
+        }
+        MailCmd::Mark { state, message_ids, inbox } => {
+            let inbox = resolve_inbox(&mail, &inbox).await?;
+            let answer = mail.mark_messages(&MarkParams { inbox, message_ids, read: state == "read" })?;
+            if json {
+                return print_json(&answer);
+            }
+            println!("{} message(s) now {} in {}", answer.changed, answer.now, answer.inbox);
         }
     }
     Ok(())
@@ -546,31 +650,31 @@ fn print_message(m: &agentkeys_agent::message::ParsedMessage) {
     println!("{}", text.trim_end());
 }
 
-fn print_otp(otp: &agentkeys_agent::otp::Otp) -> Result<()> {
-    let v = serde_json::to_value(otp)?;
-    let value = v["code"].as_str().or_else(|| v["link"].as_str());
-    match value {
-        Some(value) => {
-            println!("{value}");
-            let mut err = std::io::stderr().lock();
-            writeln!(
-                err,
-                "{} from {} in message {}; authenticated: {}; confidence {}{}",
-                v["kind"].as_str().unwrap_or("?"),
-                v["from"]["address"].as_str().unwrap_or("-"),
-                v["message_id"].as_str().unwrap_or("-"),
-                v["authenticated"],
-                v["confidence"],
-                if v["ambiguous"].as_bool() == Some(true) { "; AMBIGUOUS: several candidates, see --json" } else { "" }
-            )?;
-            Ok(())
-        }
-        None => bail!(
-            "no code or link found in message {} (see `agentkeys mail show {}`)",
-            v["message_id"].as_str().unwrap_or("-"),
-            v["message_id"].as_str().unwrap_or("ID")
-        ),
+fn print_otp(answer: &agentkeys_agent::mailbox::OtpAnswer) -> Result<()> {
+    let otp = &answer.otp;
+    let Some(value) = otp.code.as_deref().or(otp.link.as_deref()) else {
+        bail!("no code or link found in message {} (see `agentkeys mail show {}`)", otp.message_id, otp.message_id);
+    };
+    println!("{value}");
+    let mut err = std::io::stderr().lock();
+    if let Some(w) = &answer.warning {
+        writeln!(err, "WARNING: {w}")?;
     }
+    let kind = serde_json::to_value(otp.kind)?;
+    writeln!(
+        err,
+        "{} from {} in message {}; authenticated: {}; confidence {}; {}",
+        kind.as_str().unwrap_or("?"),
+        otp.from.as_ref().map_or("-", |m| m.address.as_str()),
+        otp.message_id,
+        otp.authenticated,
+        otp.confidence,
+        otp.reason
+    )?;
+    for other in &answer.other_messages {
+        writeln!(err, "  also seen: {} from {}: {}", other.message_id, other.from.as_deref().unwrap_or("-"), other.why_not)?;
+    }
+    Ok(())
 }
 
 /// `agentkeys mcp [--http ADDR]`.

@@ -191,7 +191,10 @@ fn main() -> ExitCode {
             // One line: the outermost message and its causes, joined.
             let chain: Vec<String> = e.chain().map(ToString::to_string).collect();
             eprintln!("error: {}", chain.join(": "));
-            ExitCode::FAILURE
+            match e.downcast_ref::<mail::Exit>() {
+                Some(exit) => ExitCode::from(exit.code),
+                None => ExitCode::FAILURE,
+            }
         }
     }
 }

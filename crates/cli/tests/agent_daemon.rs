@@ -29,7 +29,7 @@ const OWNER_B: &str = "0xb2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2";
 const AGENT_A: &str = "0xa100000000000000000000000000000000000001";
 const AGENT_A2: &str = "0xa100000000000000000000000000000000000002";
 const AGENT_B: &str = "0xb200000000000000000000000000000000000001";
-const TOOLS: [&str; 9] = [
+const TOOLS: [&str; 11] = [
     "list_inboxes",
     "list_messages",
     "get_message",
@@ -38,7 +38,9 @@ const TOOLS: [&str; 9] = [
     "reply_to_message",
     "forward_message",
     "wait_for_message",
+    "wait_for_otp",
     "extract_otp",
+    "mark_messages",
 ];
 
 /// A server with: owner A's agent (inboxes `signup` and `peer`, read+send on
@@ -253,10 +255,6 @@ fn check_tool_list(mcp: &mut Mcp) {
     assert_eq!(v["valid"], false, "{v}");
 }
 
-fn now() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64
-}
-
 #[test]
 fn mcp_over_stdio_every_tool_against_the_real_server() {
     let w = world();
@@ -274,8 +272,7 @@ fn mcp_over_stdio_every_tool_against_the_real_server() {
     assert_eq!(addresses, want, "{inboxes}");
     assert_eq!(inboxes["inboxes"][0]["scopes"], json!(["read", "send"]));
 
-    // The OTP flow: wait (live or replayed from `since`), then extract.
-    let since = now() - 1;
+    // The OTP flow: wait (live, or found in the look-back window), then extract.
     let signup = w.signup.clone();
     let inbound = w.server.inbound.port();
     let sender = std::thread::spawn(move || {
@@ -285,17 +282,24 @@ fn mcp_over_stdio_every_tool_against_the_real_server() {
         ]});
         python("smtp_client.py", &[plan.to_string()])
     });
-    let got = mcp.ok("wait_for_message", json!({"inbox": w.signup, "from": "service.example", "timeout_s": 60, "since": since}));
+    let got = mcp.ok("wait_for_message", json!({"inbox": w.signup, "from_domain": "service.example", "timeout_s": 60}));
     sender.join().unwrap();
     assert_eq!(got["subject"], "Verify your email for Example", "{got}");
     assert_eq!(got["from"], "no-reply@service.example");
     let id = got["message_id"].as_str().unwrap().to_owned();
-    let otp = mcp.ok("extract_otp", json!({"inbox": w.signup, "message_id": id}));
+    let otp = mcp.ok("extract_otp", json!({"inbox": w.signup, "message_id": id, "require_authenticated": false}));
     assert_eq!(otp["code"], "483920", "{otp}");
     assert_eq!(otp["message_id"], id.as_str());
     assert_eq!(otp["authenticated"], false, "an unsigned mail from an unknown domain is not authenticated: {otp}");
-    // Without message_id: the newest matching message.
-    let otp = mcp.ok("extract_otp", json!({"inbox": w.signup, "from": "no-reply@service"}));
+    // Unauthenticated: refused unless asked for, and then with a warning.
+    let refused = mcp.err("extract_otp", json!({"inbox": w.signup, "message_id": id}));
+    assert!(refused.contains("refused sender") && refused.contains("not authenticated"), "{refused}");
+    assert!(otp["warning"].as_str().unwrap().starts_with("NOT AUTHENTICATED"), "{otp}");
+    // Without message_id: the newest matching message (handed out already, so include_seen).
+    let otp = mcp.ok(
+        "extract_otp",
+        json!({"inbox": w.signup, "from_address": "no-reply@service.example", "require_authenticated": false, "include_seen": true}),
+    );
     assert_eq!(otp["code"], "483920", "{otp}");
 
     // get_message (parsed), list_messages with filters, get_attachment.
@@ -320,21 +324,20 @@ fn mcp_over_stdio_every_tool_against_the_real_server() {
     assert!(mcp.err("get_attachment", json!({"inbox": w.signup, "message_id": report_id, "index": 7})).contains("no attachment 7"));
 
     // send_message through submission to the agent's other inbox; it arrives.
-    let since = now() - 1;
     let sent = mcp.ok(
         "send_message",
         json!({"inbox": w.signup, "to": [w.peer], "subject": "hello peer", "text": "ping",
                "attachments": [{"filename": "n.txt", "content_type": "text/plain", "content_base64": "bm90ZQ=="}]}),
     );
     assert_eq!(sent["via"], "smtp", "{sent}");
-    let arrived = mcp.ok("wait_for_message", json!({"inbox": w.peer, "subject_contains": "hello peer", "timeout_s": 60, "since": since}));
+    let arrived = mcp.ok("wait_for_message", json!({"inbox": w.peer, "subject_contains": "hello peer", "timeout_s": 60}));
     assert_eq!(arrived["from"], w.signup.as_str(), "{arrived}");
     let peer_id = arrived["message_id"].as_str().unwrap().to_owned();
 
     // reply_to_message: threaded, back to the sender.
     let reply = mcp.ok("reply_to_message", json!({"inbox": w.peer, "message_id": peer_id, "text": "pong"}));
     assert_eq!(reply["recipients"], 1, "{reply}");
-    let back = mcp.ok("wait_for_message", json!({"inbox": w.signup, "subject_contains": "Re: hello peer", "timeout_s": 60, "since": since}));
+    let back = mcp.ok("wait_for_message", json!({"inbox": w.signup, "subject_contains": "Re: hello peer", "timeout_s": 60}));
     let back_msg = mcp.ok("get_message", json!({"inbox": w.signup, "message_id": back["message_id"]}));
     assert_eq!(back_msg["subject"], "Re: hello peer", "{back_msg}");
     let original = mcp.ok("get_message", json!({"inbox": w.peer, "message_id": peer_id}));
@@ -344,7 +347,7 @@ fn mcp_over_stdio_every_tool_against_the_real_server() {
 
     // forward_message: Fwd: subject, the original attached.
     mcp.ok("forward_message", json!({"inbox": w.signup, "message_id": id, "to": [w.peer], "text": "fyi"}));
-    let fwd = mcp.ok("wait_for_message", json!({"inbox": w.peer, "subject_contains": "Fwd: Verify", "timeout_s": 60, "since": since}));
+    let fwd = mcp.ok("wait_for_message", json!({"inbox": w.peer, "subject_contains": "Fwd: Verify", "timeout_s": 60}));
     let fwd_msg = mcp.ok("get_message", json!({"inbox": w.peer, "message_id": fwd["message_id"]}));
     assert!(
         fwd_msg["attachments"].as_array().unwrap().iter().any(|a| a["content_type"] == "message/rfc822"),
@@ -356,7 +359,7 @@ fn mcp_over_stdio_every_tool_against_the_real_server() {
     assert!(mcp.err("get_message", json!({"inbox": w.signup, "message_id": "../../x"})).contains("ULID"));
     assert!(mcp.err("wait_for_message", json!({"inbox": w.signup, "timeout_s": 100000})).contains("over the limit"));
     assert!(mcp.err("send_message", json!({"inbox": w.signup, "to": [], "text": "x"})).contains("no recipients"));
-    let timed_out = mcp.err("wait_for_message", json!({"inbox": w.signup, "from": "never.example", "timeout_s": 1}));
+    let timed_out = mcp.err("wait_for_message", json!({"inbox": w.signup, "from_domain": "never.example", "timeout_s": 1}));
     assert!(timed_out.contains("within 1 s"), "{timed_out}");
 }
 
@@ -441,9 +444,8 @@ fn mcp_over_streamable_http() {
         check_tool_list(&mut mcp);
         let inboxes = mcp.ok("list_inboxes", json!({}));
         assert_eq!(inboxes["inboxes"].as_array().unwrap().len(), 2, "{inboxes}");
-        let since = now() - 1;
         w.deliver(&w.signup, &verification_mail(&w.signup, "909192"));
-        let otp = mcp.ok("extract_otp", json!({"inbox": w.signup, "wait": true, "from": "service.example", "timeout_s": 60, "since": since}));
+        let otp = mcp.ok("extract_otp", json!({"inbox": w.signup, "wait": true, "from_domain": "service.example", "timeout_s": 60, "require_authenticated": false}));
         assert_eq!(otp["code"], "909192", "{otp}");
         let list = mcp.ok("list_messages", json!({"inbox": w.signup}));
         assert_eq!(list["messages"][0]["message_id"], otp["message_id"], "{list}");
@@ -490,11 +492,11 @@ fn mail_cli_verbs_with_json() {
     assert_eq!(list["messages"][0]["subject"], "Verify your email for Example");
     let shown = w.mail_json(&w.key_a, &["show", &id, "--inbox", &w.signup]);
     assert!(shown["text"].as_str().unwrap().contains("246810"), "{shown}");
-    let otp = w.mail_json(&w.key_a, &["otp", &id, "--inbox", &w.signup]);
+    let otp = w.mail_json(&w.key_a, &["otp", &id, "--inbox", &w.signup, "--allow-unauthenticated"]);
     assert_eq!(otp["code"], "246810", "{otp}");
     // Human output: the code alone on stdout.
     let mut cmd = agentkeys(&w.server.data_dir);
-    cmd.args(["mail", "otp", &id, "--inbox", &w.signup]);
+    cmd.args(["mail", "otp", &id, "--inbox", &w.signup, "--allow-unauthenticated"]);
     for (k, v) in w.env(&w.key_a) {
         cmd.env(k, v);
     }
@@ -502,16 +504,15 @@ fn mail_cli_verbs_with_json() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "246810");
 
-    let since = (now() - 1).to_string();
     let sent = w.mail_json(&w.key_a, &["send", "--inbox", &w.signup, "--to", &w.peer, "--subject", "cli hello", "--text", "hi"]);
     assert_eq!(sent["recipients"], 1, "{sent}");
-    let got = w.mail_json(&w.key_a, &["wait", "--inbox", &w.peer, "--subject", "cli hello", "--timeout", "60", "--since", &since]);
+    let got = w.mail_json(&w.key_a, &["wait", "--inbox", &w.peer, "--subject", "cli hello", "--timeout", "60"]);
     let peer_id = got["message_id"].as_str().unwrap().to_owned();
     w.mail_json(&w.key_a, &["reply", &peer_id, "--inbox", &w.peer, "--text", "back"]);
-    let back = w.mail_json(&w.key_a, &["wait", "--inbox", &w.signup, "--subject", "Re: cli hello", "--timeout", "60", "--since", &since]);
+    let back = w.mail_json(&w.key_a, &["wait", "--inbox", &w.signup, "--subject", "Re: cli hello", "--timeout", "60"]);
     assert_eq!(back["from"], w.peer.as_str(), "{back}");
     w.mail_json(&w.key_a, &["forward", &peer_id, "--inbox", &w.peer, "--to", &w.signup]);
-    w.mail_json(&w.key_a, &["wait", "--inbox", &w.signup, "--subject", "Fwd: cli hello", "--timeout", "60", "--since", &since]);
+    w.mail_json(&w.key_a, &["wait", "--inbox", &w.signup, "--subject", "Fwd: cli hello", "--timeout", "60"]);
 
     // Without the server's certificate, submission TLS is refused, and the error
     // says which setting fixes it.
@@ -628,11 +629,10 @@ fn extract_otp_authenticated_follows_real_dkim_spf_dmarc() {
         let r: Value = serde_json::from_str(&python("smtp_client.py", &[plan.to_string()])).unwrap();
         assert_eq!(r["steps"][2][0], 250, "{r}");
     };
-    let since = now() - 1;
     // Signed by bank.example, DMARC aligned: authenticated.
     send(&sender.sign(&bank_mail(&inbox, "signed-1", "314159")));
     // Unsigned, from an IP the domain's SPF does not list: not authenticated.
-    send(&bank_mail(&inbox, "unsigned-1", "271828"));
+    send(&bank_mail(&inbox, "plain-1", "271828"));
     // Signed, then the body changed in transit: the signature fails.
     send(&sender.sign(&bank_mail(&inbox, "altered-1", "161803")).replace("161803", "141421"));
     // A forged verdict in our name travels with an unsigned message from a domain
@@ -643,7 +643,7 @@ fn extract_otp_authenticated_follows_real_dkim_spf_dmarc() {
          Your verification code is 112358.\r\n"
     ));
 
-    let otp = |mcp: &mut Mcp, subject: &str| mcp.ok("extract_otp", json!({"inbox": inbox, "wait": true, "subject_contains": subject, "timeout_s": 60, "since": since}));
+    let otp = |mcp: &mut Mcp, subject: &str| mcp.ok("extract_otp", json!({"inbox": inbox, "wait": true, "subject_contains": subject, "timeout_s": 60, "require_authenticated": false}));
     let signed = otp(&mut mcp, "signed-1");
     assert_eq!(signed["code"], "314159", "{signed}");
     assert_eq!(signed["authenticated"], true, "{signed}");
@@ -653,7 +653,7 @@ fn extract_otp_authenticated_follows_real_dkim_spf_dmarc() {
     let forged = otp(&mut mcp, "forged-1");
     assert_eq!(forged["code"], "112358", "{forged}");
     assert_eq!(forged["authenticated"], false, "a forged verdict is stripped by the MX: {forged}");
-    let unsigned = otp(&mut mcp, "unsigned-1");
+    let unsigned = otp(&mut mcp, "plain-1");
     assert_eq!(unsigned["code"], "271828", "{unsigned}");
     assert_eq!(unsigned["authenticated"], false, "unsigned, SPF fail: {unsigned}");
     // extract_otp and get_message report the same verdict of the MX.
@@ -667,7 +667,6 @@ fn send_reply_forward_through_the_http_send_endpoint() {
     let mut env = w.env(&w.key_a);
     env.push(("AGENTKEYS_SEND_VIA".into(), "http".into()));
     let mut mcp = Mcp::spawn(&["stdio".into(), BIN.into(), "mcp".into()], &env);
-    let since = now() - 1;
     let sent = mcp.ok(
         "send_message",
         json!({"inbox": w.signup, "to": [w.peer], "bcc": [w.signup], "subject": "over http", "text": "via the HTTP door"}),
@@ -675,11 +674,11 @@ fn send_reply_forward_through_the_http_send_endpoint() {
     assert_eq!(sent["via"], "http", "{sent}");
     assert_eq!(sent["recipients"], 2, "{sent}");
     assert!(sent["queue_id"].is_string(), "{sent}");
-    let got = mcp.ok("wait_for_message", json!({"inbox": w.peer, "subject_contains": "over http", "timeout_s": 60, "since": since}));
+    let got = mcp.ok("wait_for_message", json!({"inbox": w.peer, "subject_contains": "over http", "timeout_s": 60}));
     let m = mcp.ok("get_message", json!({"inbox": w.peer, "message_id": got["message_id"]}));
     assert!(m["text"].as_str().unwrap().contains("via the HTTP door"), "{m}");
     // The Bcc recipient got its copy, and no copy shows the Bcc header.
-    let bcc = mcp.ok("wait_for_message", json!({"inbox": w.signup, "subject_contains": "over http", "timeout_s": 60, "since": since}));
+    let bcc = mcp.ok("wait_for_message", json!({"inbox": w.signup, "subject_contains": "over http", "timeout_s": 60}));
     for (inbox, id) in [(&w.peer, &got["message_id"]), (&w.signup, &bcc["message_id"])] {
         let out = w.mail(&w.key_a, &["show", id.as_str().unwrap(), "--inbox", inbox]);
         assert!(out.status.success());
@@ -691,7 +690,7 @@ fn send_reply_forward_through_the_http_send_endpoint() {
         assert!(!raw.to_ascii_lowercase().contains("\nbcc:"), "{raw}");
     }
     mcp.ok("reply_to_message", json!({"inbox": w.peer, "message_id": got["message_id"], "text": "ok"}));
-    mcp.ok("wait_for_message", json!({"inbox": w.signup, "subject_contains": "Re: over http", "timeout_s": 60, "since": since}));
+    mcp.ok("wait_for_message", json!({"inbox": w.signup, "subject_contains": "Re: over http", "timeout_s": 60}));
     // Sending as an inbox the agent holds no grant for: the one 401 of the HTTP door.
     let refused = mcp.err("send_message", json!({"inbox": w.other, "to": [w.signup], "subject": "x", "text": "x"}));
     assert!(refused.contains("refused to send as") && refused.contains("SEND_NOT_AUTHORIZED"), "{refused}");

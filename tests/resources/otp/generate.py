@@ -538,6 +538,84 @@ def negatives():
                    "Account ID: 88412093\r\nAmount due: 84.10 USD by 12/15/2026\r\n")]))
 
 
+def button(url, label, lang="en", intro=""):
+    """An HTML mail whose only action is one button (plus the usual footer)."""
+    return (f'<html lang="{lang}"><body><table role="presentation" width="100%"><tr><td align="center">'
+            f'<img src="https://cdn.example.com/logo.png" alt="Example" width="120"><br>{intro}'
+            f'<table role="presentation"><tr><td style="background:#1a73e8;border-radius:6px">'
+            f'<a href="{url}" style="color:#fff;padding:12px 24px;display:inline-block">{label}</a>'
+            f'</td></tr></table></td></tr></table>' + FOOTER_HTML + '</body></html>')
+
+
+def issue11():
+    """Magic-link-only mails (a button and nothing else to act on) and thread
+    replies whose quoted history holds an old code (issue 11 section 1)."""
+    ex = "Example <no-reply@example.com>"
+    buttons = [
+        ("p40_button_only_sign_in", "en", "Sign in to Example", "Sign in to Example",
+         "https://links.example.com/ls/click?upn=u001.Zk3Jd9aQ2mXy8pLk7Rt5Vw", ""),
+        ("p41_button_only_verify_email", "en", "Verify email", "Please verify your email address",
+         "https://example.com/e/c/7fKq2LmX9pRt3ZwY8vBn", ""),
+        ("p42_button_only_confirm_account", "en", "Confirm your account", "Welcome to Example",
+         "https://example.com/c/aB3dE5fG7hJ9kL2mN4pQ", "Thanks for signing up.<br>"),
+        ("p43_button_only_german", "de", "Konto bestätigen", "Willkommen bei Example",
+         "https://example.com/k/8fK2mQ9xLp3Rt7VwZ5", "Danke für Ihre Anmeldung.<br>"),
+        ("p44_button_only_french", "fr", "Confirmer votre compte", "Bienvenue chez Example",
+         "https://example.com/f/Qp81Zt7wXk29fLm3", "Merci de votre inscription.<br>"),
+        ("p45_button_only_spanish", "es", "Iniciar sesión en Example", "Tu enlace de acceso",
+         "https://example.com/s/Lm3Qp81Zt7wXk29f", ""),
+        ("p46_button_only_japanese", "ja", "メールアドレスを確認", "Exampleへようこそ",
+         "https://example.com/j/Zt7wXk29fLm3Qp81", "ご登録ありがとうございます。<br>"),
+        ("p47_button_only_chinese", "zh", "验证邮箱", "欢迎使用 Example",
+         "https://example.com/z/Xk29fLm3Qp81Zt7w", "感谢您的注册。<br>"),
+    ]
+    for name, lang, label, subject, url, intro in buttons:
+        write("positive", name, message(
+            name[:3], ex, subject, [text_part(button(url, label, lang, intro), "html", cte="qp")],
+            subject_charset="utf-8" if any(ord(c) > 127 for c in subject) else None),
+            link(url))
+
+    old = "Your verification code is 123456. It expires in 10 minutes."
+    write("positive", "p48_thread_quoted_old_code_text", message(
+        "p48", ex, "Re: Your Example verification code",
+        [text_part("Your new verification code is 654321.\r\n\r\n"
+                   "On Sat, 21 Nov 2026 at 09:00, Example <no-reply@example.com> wrote:\r\n"
+                   f"> {old}\r\n>\r\n> The Example team\r\n")]),
+        code("654321", candidates=["654321"]))
+    write("positive", "p49_thread_quoted_old_code_html", message(
+        "p49", ex, "Re: Your Example verification code",
+        [text_part("<html><body><p>Your new verification code is <b>908172</b>.</p>"
+                   "<div class=\"gmail_quote\"><div class=\"gmail_attr\">On Sat, 21 Nov 2026 at 09:00, Example wrote:</div>"
+                   f"<blockquote class=\"gmail_quote\"><p>{old}</p></blockquote></div></body></html>", "html")]),
+        code("908172", candidates=["908172"]))
+    write("positive", "p50_outlook_original_message", message(
+        "p50", ex, "RE: code",
+        [text_part("Here is your verification code: 778899\r\n\r\n-----Original Message-----\r\n"
+                   "From: Example <no-reply@example.com>\r\nSent: Saturday, November 21, 2026 9:00 AM\r\n"
+                   "Subject: code\r\n\r\nYour verification code is 112233.\r\n")]),
+        code("778899", candidates=["778899"]))
+    write("positive", "p51_thread_quoted_german", message(
+        "p51", ex, "AW: Ihr Bestätigungscode",
+        [text_part("Ihr neuer Bestätigungscode lautet 246810.\r\n\r\n"
+                   "Am Sa., 21. Nov. 2026 um 09:00 Uhr schrieb Example <no-reply@example.com>:\r\n"
+                   "> Ihr Bestätigungscode lautet 135790.\r\n", cte="qp")],
+        subject_charset="utf-8"),
+        code("246810", candidates=["246810"]))
+    new_url = "https://example.com/auth/magic?token=N3wT0k3nAbCdEf123456"
+    write("positive", "p52_thread_quoted_old_link", message(
+        "p52", ex, "Re: Sign in to Example",
+        [text_part(f"<html><body><p>Here is a fresh link:</p><p><a href=\"{new_url}\">Sign in to Example</a></p>"
+                   "<blockquote><p>Sign in with this link:</p>"
+                   "<p><a href=\"https://example.com/auth/magic?token=0ldT0k3nZyXwVu654321\">Sign in to Example</a></p>"
+                   "</blockquote></body></html>", "html")]),
+        link(new_url, candidates=[new_url]))
+    write("negative", "n21_reply_with_only_a_quoted_code", message(
+        "n21", "Sam <sam@friends.example>", "Re: Your Example verification code",
+        [text_part("Thanks, that worked!\r\n\r\nOn Sat, 21 Nov 2026 at 09:00, Example <no-reply@example.com> wrote:\r\n"
+                   f"> {old}\r\n")]))
+
+
 if __name__ == "__main__":
     positives()
     negatives()
+    issue11()
