@@ -16,6 +16,9 @@
 //! - [`client`]: the server connection: read capabilities minted per inbox and
 //!   reused until shortly before expiry, list/fetch/event stream, SMTP
 //!   submission or HTTP send.
+//! - [`tls`] and [`https`]: whom every client of the server trusts (the
+//!   certificate pinned at pairing/enrollment, `AGENTKEYS_CA_FILE`, the webpki
+//!   roots) and the HTTP/HTTPS transport built on it.
 //! - [`sse`]: a sans-IO `text/event-stream` reader.
 //! - [`mailbox`]: the operations (one per MCP tool and CLI verb).
 //! - [`mcp`]: the MCP server (rmcp) over stdio or streamable HTTP.
@@ -28,6 +31,8 @@ pub mod otp;
 
 pub mod client;
 pub mod config;
+pub mod https;
 pub mod mailbox;
 pub mod mcp;
 pub mod sse;
+pub mod tls;

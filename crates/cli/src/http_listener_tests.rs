@@ -49,7 +49,7 @@ async fn start(limits: HttpLimits) -> Running {
     let addr = socket.local_addr().unwrap();
     let listener = HttpListener::new(app(), limits.clone(), limits.max_connections);
     let (shutdown, connections) = (CancellationToken::new(), TaskTracker::new());
-    tokio::spawn(Arc::clone(&listener).serve(socket, shutdown.clone(), connections.clone()));
+    tokio::spawn(Arc::clone(&listener).serve(socket, None, shutdown.clone(), connections.clone()));
     Running { addr, listener, shutdown, connections }
 }
 

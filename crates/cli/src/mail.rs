@@ -192,7 +192,7 @@ fn service() -> Result<MailService> {
     let env: BTreeMap<String, String> = std::env::vars().collect();
     let path = crate::pairing_client::agent_config_path().ok();
     let config = AgentConfig::load(path.as_deref(), &env).map_err(|e| anyhow!("{}", e.to_string().trim_end()))?;
-    Ok(MailService::new(ApiClient::new(config)))
+    Ok(MailService::new(ApiClient::new(config)?))
 }
 
 async fn resolve_inbox(mail: &MailService, arg: &InboxArg) -> Result<String> {
