@@ -668,6 +668,29 @@ impl ApiClient {
     }
 }
 
+/// Whether the submission listener at `host:port` answers and completes
+/// STARTTLS under `trust` (no AUTH, nothing sent): pairing's check before it
+/// chooses SMTP over the HTTP send route. The error says what failed.
+pub async fn probe_submission(host: &str, port: u16, trust: &crate::tls::Trust, timeout: Duration) -> Result<(), String> {
+    let (config, log) = crate::tls::client_config(trust, &[])?;
+    let builder = mail_send::SmtpClientBuilder::new_with_tls_connector(
+        host.to_owned(),
+        port,
+        tokio_rustls::TlsConnector::from(config),
+    )
+    .implicit_tls(false)
+    .helo_host("agentkeys-daemon")
+    .timeout(timeout);
+    match tokio::time::timeout(timeout, builder.connect()).await {
+        Ok(Ok(client)) => {
+            let _ = client.quit().await;
+            Ok(())
+        }
+        Ok(Err(e)) => Err(log.take_refusal().unwrap_or_else(|| e.to_string())),
+        Err(_) => Err(format!("no answer within {timeout:?}")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

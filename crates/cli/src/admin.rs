@@ -236,12 +236,20 @@ pub(crate) fn enrollment_ticket(owner: &OwnerId) -> (String, agentkeys_store::En
     (code.expose().to_owned(), rec)
 }
 
-/// How the owner uses an enrollment code.
-fn enrollment_text(owner: &OwnerId, code: &str, expires_at: i64) -> String {
+/// How the owner uses an enrollment code. With an HTTPS listener, the
+/// certificate's fingerprint goes with it: the owner's client pins it.
+fn enrollment_text(config: &Config, owner: &OwnerId, code: &str, expires_at: i64) -> String {
+    let fingerprint = crate::tls::existing_fingerprint(config);
+    let server = match (config.listen_https, fingerprint) {
+        (Some(addr), Some(fp)) => {
+            format!("--server https://<this server's HTTPS listener, {addr}> --server-fingerprint {fp}")
+        }
+        _ => "--server http://<this server's HTTP listener>".to_owned(),
+    };
     format!(
         "enrollment code {code} (single use, valid until {})\n\
          give it to the owner, who runs on their own machine:\n  \
-         agentkeys owner enroll --server http://<this server's HTTP listener> --owner {owner} --code {code}",
+         agentkeys owner enroll {server} --owner {owner} --code {code}",
         rfc3339(expires_at)
     )
 }
@@ -288,15 +296,15 @@ pub(crate) async fn owner(config: &Config, cmd: OwnerCmd, json: bool) -> Result<
                 .await
                 .map_err(|e| hint(e, "owner ids are unique"))?;
             let expires_at = ticket.expires_at;
-            print(json, json!({ "id": id, "enrollment_code": code, "enrollment_expires_at": rfc3339(expires_at) }), || {
-                format!("owner {id} added\n{}", enrollment_text(&id, &code, expires_at))
+            print(json, json!({ "id": id, "enrollment_code": code, "enrollment_expires_at": rfc3339(expires_at), "server_fingerprint": crate::tls::existing_fingerprint(config).map(|f| f.to_string()) }), || {
+                format!("owner {id} added\n{}", enrollment_text(config, &id, &code, expires_at))
             });
         }
         OwnerCmd::EnrollCode { id } => {
             let id: OwnerId = parse("owner id", &id)?;
             let (code, expires_at) = issue_enrollment(&dir, &id).await?;
-            print(json, json!({ "id": id, "enrollment_code": code, "enrollment_expires_at": rfc3339(expires_at) }), || {
-                enrollment_text(&id, &code, expires_at)
+            print(json, json!({ "id": id, "enrollment_code": code, "enrollment_expires_at": rfc3339(expires_at), "server_fingerprint": crate::tls::existing_fingerprint(config).map(|f| f.to_string()) }), || {
+                enrollment_text(config, &id, &code, expires_at)
             });
         }
         OwnerCmd::Enroll(args) => return crate::owner_client::enroll(args, config, json).await,

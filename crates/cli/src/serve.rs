@@ -127,6 +127,11 @@ pub(crate) async fn run(config: Config) -> Result<()> {
     if let Some(policy) = &mta_sts_policy {
         api_state = api_state.with_mta_sts_policy(policy.to_text());
     }
+    // What a paired agent needs to send (crates/api/src/pairing.rs `ServerInfo`).
+    api_state = api_state.with_server_info(agentkeys_api::pairing::ServerInfo {
+        hostname: config.hostname.clone(),
+        submission_port: submission.local_addr()?.port(),
+    });
     let api = agentkeys_api::router(
         api_state
             .with_meta(dir.meta.clone())
