@@ -197,6 +197,9 @@ pub(crate) fn pin_server(base: &str, fingerprint: Fingerprint) -> Result<PathBuf
 pub(crate) struct Remote {
     pub(crate) base: String,
     client: SimpleClient,
+    /// `--server-fingerprint` when it differs from the pin on file: pinned once
+    /// a request has gone through with it.
+    repin: Option<Fingerprint>,
 }
 
 impl Remote {
@@ -204,18 +207,19 @@ impl Remote {
     pub(crate) fn new(server: &str, trust: &Trust) -> Result<Self> {
         let base = base_url(server)?;
         let client = SimpleClient::new(trust, OWNER_REQUEST_TIMEOUT).map_err(|e| anyhow!(e))?;
-        Ok(Self { base, client })
+        Ok(Self { base, client, repin: None })
     }
 
     /// A client of `server` for an owner command: the flag's fingerprint, else
     /// the one pinned at enrollment, else the CA file and the webpki roots.
     pub(crate) fn for_owner(server: &str, tls: &TlsArgs) -> Result<Self> {
         let base = base_url(server)?;
-        let pin = match tls.fingerprint()? {
-            Some(f) => Some(f),
-            None => pinned_fingerprint(&base)?,
-        };
-        Self::new(server, &Trust { ca_file: tls.ca_file.clone(), pin, first_contact: false })
+        let on_file = pinned_fingerprint(&base)?;
+        let flag = tls.fingerprint()?;
+        let pin = flag.or(on_file);
+        let mut remote = Self::new(server, &Trust { ca_file: tls.ca_file.clone(), pin, first_contact: false })?;
+        remote.repin = flag.filter(|f| base.starts_with("https://") && Some(*f) != on_file);
+        Ok(remote)
     }
 
     /// The certificate the last HTTPS request met.
@@ -234,6 +238,14 @@ impl Remote {
     ) -> std::result::Result<(u16, Value, String), SimpleError> {
         let url = format!("{}{path}", self.base);
         let (status, bytes) = self.client.request(method, &url, authorization, body, MAX_ANSWER_BYTES).await?;
+        if let Some(fp) = self.repin
+            && self.seen().is_some_and(|c| c.fingerprint == fp)
+        {
+            // Best effort: the request itself succeeded.
+            if let Err(e) = pin_server(&self.base, fp) {
+                eprintln!("warning: cannot pin the server certificate: {e:#}");
+            }
+        }
         let text = String::from_utf8_lossy(&bytes).into_owned();
         let value: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
         Ok((status, value, text))
