@@ -186,7 +186,7 @@ fn over_https_the_first_send_after_pairing_works_and_another_certificate_is_refu
     std::fs::write(&agent_config, serde_json::to_vec(&moved).unwrap()).unwrap();
     let err = refused(&elsewhere(&agent_home).args(["mail", "list"]).output().unwrap());
     assert!(
-        err.contains(&other_url) && err.contains(&other_fingerprint) && err.contains(&fingerprint) && err.contains("pair again"),
+        err.contains(&other_url) && err.contains(&other_fingerprint) && err.contains(&fingerprint) && err.contains("agentkeys agent pair"),
         "{err}"
     );
     // Submission is pinned too.
@@ -194,7 +194,7 @@ fn over_https_the_first_send_after_pairing_works_and_another_certificate_is_refu
     moved["submission"] = Value::from(format!("127.0.0.1:{}", other.submission.port()));
     std::fs::write(&agent_config, serde_json::to_vec(&moved).unwrap()).unwrap();
     let err = refused(&elsewhere(&agent_home).args(["mail", "send", "--to", &inbox, "--text", "x"]).output().unwrap());
-    assert!(err.contains("submission") && err.contains(&other_fingerprint) && err.contains("pair again"), "{err}");
+    assert!(err.contains("submission") && err.contains(&other_fingerprint) && err.contains("agentkeys agent pair"), "{url} {other_url} {err}");
     // The owner: the pin for this URL does not fit the other server's certificate.
     let mut known = known.clone();
     known[&other_url] = Value::from(fingerprint.as_str());
