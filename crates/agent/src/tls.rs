@@ -348,6 +348,26 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        /// Every digest prints as 32 colon-joined pairs that parse back to it,
+        /// with or without colons and in either case; any other string of hex
+        /// digits and colons parses only if it has exactly 64 digits in pairs.
+        #[test]
+        fn display_and_parse_agree(bytes in proptest::array::uniform32(proptest::num::u8::ANY), noise in "[0-9a-fA-F:]{0,100}") {
+            let f = Fingerprint(bytes);
+            let shown = f.to_string();
+            proptest::prop_assert_eq!(shown.parse::<Fingerprint>().unwrap(), f);
+            proptest::prop_assert_eq!(shown.replace(':', "").to_ascii_lowercase().parse::<Fingerprint>().unwrap(), f);
+            let digits = noise.chars().filter(char::is_ascii_hexdigit).count();
+            let well_formed = if noise.contains(':') {
+                noise.split(':').count() == 32 && noise.split(':').all(|p| p.len() == 2)
+            } else {
+                digits == 64
+            };
+            proptest::prop_assert_eq!(noise.parse::<Fingerprint>().is_ok(), well_formed, "{}", noise);
+        }
+    }
+
     #[test]
     fn a_missing_or_empty_ca_file_is_refused_by_name() {
         let dir = tempfile::tempdir().unwrap();
