@@ -275,7 +275,7 @@ fn key_file_path(owner: Option<&str>) -> Result<PathBuf> {
 /// Where owner requests go: a server over HTTP(S), or the same router in-process.
 pub(crate) enum Transport {
     /// `--server URL`.
-    Http(Remote),
+    Http(Box<Remote>),
     /// No server: the API router over the local data directory.
     Local(axum::Router),
 }
@@ -284,7 +284,7 @@ impl Transport {
     /// `--server`'s URL, or the router over `config`'s data directory.
     pub(crate) async fn new(server: Option<&str>, tls: &TlsArgs, config: &Config) -> Result<Self> {
         match server {
-            Some(server) => Ok(Self::Http(Remote::for_owner(server, tls)?)),
+            Some(server) => Ok(Self::Http(Box::new(Remote::for_owner(server, tls)?))),
             None => Ok(Self::Local(crate::local_api::router(config).await?)),
         }
     }
