@@ -238,10 +238,10 @@ impl ServerCertVerifier for PinnedVerifier {
             Err(e) => {
                 let why = match self.pin {
                     Some(pin) => format!(
-                        "the server's certificate (SHA-256 {fingerprint}) is not the one pinned at pairing/enrollment (SHA-256 {pin}) and no trusted CA vouches for it ({e}). If the server's certificate was replaced on purpose (`agentkeys serve` prints its fingerprint), trust the new one: an agent pairs again (`agentkeys agent pair --server URL`), an owner runs the command once with `--server-fingerprint {fingerprint}` (it is pinned again); or set {CA_FILE_ENV} to the new certificate. Otherwise something is intercepting the connection: do not go on"
+                        "the server's TLS certificate (SHA-256 {fingerprint}) is not the one pinned at pairing/enrollment (SHA-256 {pin}) and no trusted CA vouches for it ({e}). If the server's certificate was replaced on purpose (`agentkeys serve` prints its fingerprint), trust the new one: an agent pairs again (`agentkeys agent pair --server URL`), an owner runs the command once with `--server-fingerprint {fingerprint}` (it is pinned again); or set {CA_FILE_ENV} to the new certificate. Otherwise something is intercepting the connection: do not go on"
                     ),
                     None => format!(
-                        "the server's certificate (SHA-256 {fingerprint}) is not trusted ({e}). Compare it with the fingerprint `agentkeys serve` printed (ask the operator); if they match, give `--server-fingerprint {fingerprint}` (it is pinned), or set {CA_FILE_ENV} to the server's certificate; an agent pairs with `agentkeys agent pair --server URL`, which shows it for the owner to confirm"
+                        "the server's TLS certificate (SHA-256 {fingerprint}) is not trusted ({e}). Compare it with the fingerprint `agentkeys serve` printed (ask the operator); if they match, trust it with `--server-fingerprint {fingerprint}` (owner commands; it is then pinned) or {SERVER_FINGERPRINT_ENV} (the agent), or set {CA_FILE_ENV} to the server's certificate. An agent that pairs (`agentkeys agent pair --server URL`) pins it for good"
                     ),
                 };
                 self.log.refuse(why.clone());
