@@ -4,7 +4,7 @@
 //! operator printed is given, then pinned) and manages grants with no flags; an
 //! agent in a third HOME pairs over `https://` (the certificate is shown on both
 //! screens and pinned), and its first `mail send` right after pairing succeeds
-//! with no environment at all. A server presenting another certificate is
+//! with no environment at all, from the CLI and over MCP. A server presenting another certificate is
 //! refused by the agent, its submission, and the owner, each naming the URL and
 //! the fix. TLS below 1.2 is refused.
 
@@ -113,6 +113,40 @@ fn pair(home: &Path, owner_home: &Path, url: &str) -> (Value, Value, String) {
     (first, last, screen)
 }
 
+/// `send_message` through `agentkeys mcp` on stdio; answers the tool call's JSON-RPC line.
+fn mcp_send(home: &Path, inbox: &str) -> String {
+    use std::io::Write as _;
+    let mut child = elsewhere(home).arg("mcp").stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
+    let call = serde_json::json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "send_message",
+        "arguments": {"inbox": inbox, "to": [inbox], "subject": "over mcp", "text": "hi"}}});
+    let mut stdin = child.stdin.take().unwrap();
+    for line in [
+        r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"https-test","version":"1"}}}"#.to_owned(),
+        r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#.to_owned(),
+        call.to_string(),
+    ] {
+        writeln!(stdin, "{line}").unwrap();
+    }
+    let (tx, rx) = mpsc::channel();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let answer = loop {
+        let line = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())).expect("no MCP answer");
+        if line.contains(r#""id":2"#) {
+            break line;
+        }
+    };
+    drop(stdin);
+    let _ = child.kill();
+    let _ = child.wait();
+    answer
+}
+
 #[test]
 fn over_https_the_first_send_after_pairing_works_and_another_certificate_is_refused() {
     let dir = tempfile::tempdir().unwrap();
@@ -174,6 +208,9 @@ fn over_https_the_first_send_after_pairing_works_and_another_certificate_is_refu
     assert_eq!(sent["via"], "smtp", "{sent}");
     let listed = ok(&elsewhere(&agent_home).args(["mail", "list", "--json"]).output().unwrap());
     assert!(listed.contains("first"), "{listed}");
+    // And over MCP (stdio JSON-RPC), the same: `send_message` with nothing set.
+    let answer = mcp_send(&agent_home, &inbox);
+    assert!(answer.contains(r#""isError":false"#) && answer.contains(r#"\"via\": \"smtp\""#), "{answer}");
 
     // Another server (another self-signed certificate) at the agent's and owner's URLs.
     let d2 = dir.path().join("data2");
