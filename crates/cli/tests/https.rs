@@ -238,6 +238,11 @@ fn over_https_the_first_send_after_pairing_works_and_another_certificate_is_refu
     std::fs::write(owner_home.join(".config/agentkeys/known_servers.json"), serde_json::to_vec(&known).unwrap()).unwrap();
     let err = refused(&owner(&owner_home, &["grant", "list", "--server", &other_url]));
     assert!(err.contains(&other_url) && err.contains(&other_fingerprint) && err.contains("--server-fingerprint"), "{err}");
+    // --ca-file with the other server's certificate: TLS is trusted (the owner is
+    // simply unknown there, so the signed request itself is refused).
+    let cert = d2.join("tls/cert.pem");
+    let err = refused(&owner(&owner_home, &["grant", "list", "--server", &other_url, "--ca-file", cert.to_str().unwrap()]));
+    assert!(err.contains("refused (") && !err.contains("certificate"), "{err}");
     drop(other);
     drop(server);
 }
