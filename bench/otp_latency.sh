@@ -46,7 +46,7 @@ KEY="$(ak key create --agent "$AGENT" --json | field key)"
 ak grant create --agent "$AGENT" --inbox "$INBOX" --scopes read --owner "$OWNER" --passphrase-file "$PASSFILE" --json >/dev/null
 
 AGENTKEYS_LISTEN_INBOUND=127.0.0.1:0 AGENTKEYS_LISTEN_SUBMISSION=127.0.0.1:0 \
-AGENTKEYS_LISTEN_SUBMISSION_TLS=127.0.0.1:0 AGENTKEYS_LISTEN_HTTP=127.0.0.1:0 \
+AGENTKEYS_LISTEN_SUBMISSION_TLS=127.0.0.1:0 AGENTKEYS_LISTEN_HTTP=127.0.0.1:0 AGENTKEYS_LISTEN_HTTPS=off \
 AGENTKEYS_DELIVERY_ENABLED=false AGENTKEYS_LOG=warn \
   "$BIN" --data-dir "$WORK/data" serve >"$WORK/serve.out" 2>"$WORK/serve.err" &
 SERVER_PID=$!

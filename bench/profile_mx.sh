@@ -70,7 +70,7 @@ print(*[s.getsockname()[1] for s in socks])')
 OUT="$PROFILE_OUT/callgrind.out.$PROFILE_MODE"
 rm -f "$OUT"*
 (cd "$WORK" && AGENTKEYS_LISTEN_INBOUND="127.0.0.1:$P_IN" AGENTKEYS_LISTEN_SUBMISSION="127.0.0.1:$P_SUB" \
-  AGENTKEYS_LISTEN_SUBMISSION_TLS="127.0.0.1:$P_TLS" AGENTKEYS_LISTEN_HTTP="127.0.0.1:$P_HTTP" \
+  AGENTKEYS_LISTEN_SUBMISSION_TLS="127.0.0.1:$P_TLS" AGENTKEYS_LISTEN_HTTP="127.0.0.1:$P_HTTP" AGENTKEYS_LISTEN_HTTPS=off \
   AGENTKEYS_MAX_CONNECTIONS_PER_IP=100000 AGENTKEYS_DELIVERY_ENABLED=false \
   exec valgrind --tool=callgrind --collect-atstart=no --callgrind-out-file="$OUT" \
   "$AK" --data-dir "$DATA" serve) >"$WORK/serve.log" 2>&1 &

@@ -102,7 +102,7 @@ async fn main() -> Result<(), Error> {
     let mx = env.get("BENCH_MX").ok_or("set BENCH_MX")?.clone();
     let rounds: usize = env.get("BENCH_ROUNDS").map_or(Ok(200), |r| r.parse())?;
     let rounds = rounds.min(MAX_ROUNDS);
-    let client = ApiClient::new(config);
+    let client = ApiClient::new(config)?;
     let mail_service = MailService::new(client.clone());
     let started = Instant::now();
     let (mut otp_ms, mut event_ms) = (Vec::new(), Vec::new());

@@ -6,10 +6,10 @@
 //! expires; a `401` on a read route drops it and the request is retried once
 //! with a fresh one.
 //!
-//! The HTTP client is hyper's (already in the tree through axum), plain HTTP/1.1:
-//! the API listener speaks plain HTTP and is meant for loopback or a private
-//! network (ARCHITECTURE.md). Submission uses mail-send with STARTTLS, trusting
-//! the certificates of [`AgentConfig::ca_file`] or the platform's roots.
+//! The HTTP client is hyper's (already in the tree through axum), HTTP/1.1 over
+//! plain TCP or rustls ([`crate::https`]). HTTPS and submission's STARTTLS trust
+//! the same certificates ([`crate::tls`]): the one pinned at pairing
+//! ([`AgentConfig::server_fingerprint`]), [`AgentConfig::ca_file`], the webpki roots.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -19,13 +19,12 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode, header};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{AgentConfig, SendVia};
+use crate::https::{HttpClient, error_chain};
+use crate::tls::TrustLog;
 use crate::sse::{SseEvent, SseParser};
 
 /// Lifetime asked for a read capability, in seconds (the broker may clamp it).
@@ -60,6 +59,14 @@ pub fn unix_now() -> i64 {
 /// Why a call to the server failed. The text says what to do.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ClientError {
+    /// The server's certificate was refused; the text says why and what to do.
+    #[error("refusing the server at {server}: {detail}")]
+    Untrusted {
+        /// The configured server (or submission listener).
+        server: String,
+        /// What was wrong and the fix.
+        detail: String,
+    },
     /// The server could not be reached.
     #[error("cannot reach the server at {server}: {reason} (is `agentkeys serve` running, and {server_env} right?)", server_env = crate::config::SERVER_ENV)]
     Unreachable {
@@ -315,7 +322,8 @@ impl EventStream {
 #[derive(Clone)]
 pub struct ApiClient {
     config: Arc<AgentConfig>,
-    http: Client<HttpConnector, Full<Bytes>>,
+    http: HttpClient,
+    trust_log: Arc<TrustLog>,
     caps: Arc<tokio::sync::Mutex<HashMap<String, Capability>>>,
 }
 
@@ -331,13 +339,10 @@ enum Auth<'a> {
 }
 
 impl ApiClient {
-    /// A client for `config`.
-    pub fn new(config: AgentConfig) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(REQUEST_TIMEOUT));
-        let http = Client::builder(TokioExecutor::new()).build(connector);
-        Self { config: Arc::new(config), http, caps: Arc::default() }
+    /// A client for `config`; fails only when the CA file cannot be used.
+    pub fn new(config: AgentConfig) -> Result<Self, ClientError> {
+        let (http, trust_log) = crate::https::http_client(&config.trust(), REQUEST_TIMEOUT).map_err(ClientError::Local)?;
+        Ok(Self { config: Arc::new(config), http, trust_log, caps: Arc::default() })
     }
 
     /// The configuration.
@@ -346,7 +351,10 @@ impl ApiClient {
     }
 
     fn unreachable(&self, reason: impl std::fmt::Display) -> ClientError {
-        ClientError::Unreachable { server: self.config.server.clone(), reason: reason.to_string() }
+        match self.trust_log.take_refusal() {
+            Some(detail) => ClientError::Untrusted { server: self.config.server.clone(), detail },
+            None => ClientError::Unreachable { server: self.config.server.clone(), reason: reason.to_string() },
+        }
     }
 
     async fn send_request(
@@ -606,43 +614,10 @@ impl ApiClient {
         })
     }
 
-    fn tls_connector(&self) -> Result<tokio_rustls::TlsConnector, ClientError> {
-        use rustls::pki_types::CertificateDer;
-        use rustls::pki_types::pem::PemObject;
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let builder = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|e| ClientError::Local(format!("TLS setup: {e}")))?;
-        let config = match &self.config.ca_file {
-            Some(path) => {
-                let mut roots = rustls::RootCertStore::empty();
-                let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
-                    .and_then(Iterator::collect)
-                    .map_err(|e| ClientError::Local(format!("cannot read {}: {e}", path.display())))?;
-                for cert in certs {
-                    roots
-                        .add(cert)
-                        .map_err(|e| ClientError::Local(format!("{}: not a usable certificate: {e}", path.display())))?;
-                }
-                if roots.is_empty() {
-                    return Err(ClientError::Local(format!("{} holds no certificate", path.display())));
-                }
-                builder.with_root_certificates(roots).with_no_client_auth()
-            }
-            None => {
-                // mail-send builds this one with the process-wide provider; with
-                // more than one rustls provider in the tree there is none by default.
-                let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-                let connector = mail_send::smtp::tls::build_tls_connector(false).map_err(|e| {
-                    ClientError::Local(format!(
-                        "TLS setup: {e}; set {} to the server's certificate",
-                        crate::config::CA_FILE_ENV
-                    ))
-                })?;
-                return Ok(connector);
-            }
-        };
-        Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
+    /// The submission TLS client: the same trust as HTTPS ([`crate::tls`]).
+    fn tls_connector(&self) -> Result<(tokio_rustls::TlsConnector, Arc<TrustLog>), ClientError> {
+        let (config, log) = crate::tls::client_config(&self.config.trust(), &[]).map_err(ClientError::Local)?;
+        Ok((tokio_rustls::TlsConnector::from(config), log))
     }
 
     async fn send_smtp(
@@ -654,7 +629,7 @@ impl ApiClient {
     ) -> Result<SendReceipt, ClientError> {
         use mail_send::SmtpClientBuilder;
         use mail_send::smtp::message::Message;
-        let connector = self.tls_connector()?;
+        let (connector, trust_log) = self.tls_connector()?;
         let host = self.config.submission_host.clone();
         let port = self.config.submission_port;
         let builder = SmtpClientBuilder::new_with_tls_connector(host.clone(), port, connector)
@@ -673,12 +648,19 @@ impl ApiClient {
                 }
                 mail_send::Error::Io(e) => ClientError::Unreachable {
                     server: format!("{host}:{port} (submission)"),
-                    reason: format!("{e}; set {} to the submission listener", crate::config::SUBMISSION_ENV),
+                    reason: format!(
+                        "{e}; set {}=http to send through the HTTP API, or {} to the submission listener",
+                        crate::config::SEND_VIA_ENV,
+                        crate::config::SUBMISSION_ENV
+                    ),
                 },
-                mail_send::Error::Tls(e) => ClientError::Submission(format!(
-                    "TLS with {host}:{port} failed ({e}); set {} to the server's certificate (<data-dir>/tls/cert.pem)",
-                    crate::config::CA_FILE_ENV
-                )),
+                mail_send::Error::Tls(e) => match trust_log.take_refusal() {
+                    Some(detail) => ClientError::Untrusted { server: format!("{host}:{port} (submission)"), detail },
+                    None => ClientError::Submission(format!(
+                        "TLS with {host}:{port} failed ({e}); pair again, or set {} to the server's certificate (<data-dir>/tls/cert.pem)",
+                        crate::config::CA_FILE_ENV
+                    )),
+                },
                 other => ClientError::Submission(other.to_string()),
             }
         };
@@ -690,15 +672,27 @@ impl ApiClient {
     }
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
+/// Whether the submission listener at `host:port` answers and completes
+/// STARTTLS under `trust` (no AUTH, nothing sent): pairing's check before it
+/// chooses SMTP over the HTTP send route. The error says what failed.
+pub async fn probe_submission(host: &str, port: u16, trust: &crate::tls::Trust, timeout: Duration) -> Result<(), String> {
+    let (config, log) = crate::tls::client_config(trust, &[])?;
+    let builder = mail_send::SmtpClientBuilder::new_with_tls_connector(
+        host.to_owned(),
+        port,
+        tokio_rustls::TlsConnector::from(config),
+    )
+    .implicit_tls(false)
+    .helo_host("agentkeys-daemon")
+    .timeout(timeout);
+    match tokio::time::timeout(timeout, builder.connect()).await {
+        Ok(Ok(client)) => {
+            let _ = client.quit().await;
+            Ok(())
+        }
+        Ok(Err(e)) => Err(log.take_refusal().unwrap_or_else(|| e.to_string())),
+        Err(_) => Err(format!("no answer within {timeout:?}")),
     }
-    text
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
 //! The daemon's configuration: the `agent.json` that pairing writes
-//! (`{server, agent_id, agent_key}`), overridden by the environment
+//! (`{server, agent_id, agent_key, server_fingerprint, send_via, submission,
+//! hostname}`: everything needed to read and send), overridden by the environment
 //! (`AGENTKEYS_SERVER`, `AGENTKEYS_AGENT_KEY`, …). Every problem is reported at
 //! once, each naming the fix.
 
@@ -10,15 +11,18 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-/// The server's HTTP API, e.g. `http://127.0.0.1:8787`.
+use crate::tls::{Fingerprint, Trust};
+
+/// The server's HTTP API, e.g. `https://mail.example.com:8443` or `http://127.0.0.1:8787`.
 pub const SERVER_ENV: &str = "AGENTKEYS_SERVER";
 /// The agent key (`ak_…`).
 pub const AGENT_KEY_ENV: &str = "AGENTKEYS_AGENT_KEY";
 /// The submission listener (`host:port`, STARTTLS); default: the server's host, port [`DEFAULT_SUBMISSION_PORT`].
 pub const SUBMISSION_ENV: &str = "AGENTKEYS_SUBMISSION";
-/// A PEM file of certificates to trust for submission TLS (the server's
-/// self-signed `<data-dir>/tls/cert.pem`). Without it, the system's web roots.
-pub const CA_FILE_ENV: &str = "AGENTKEYS_CA_FILE";
+/// A PEM file of certificates to trust for HTTPS and submission TLS (a private
+/// CA, or the server's own `<data-dir>/tls/cert.pem`), besides the pinned
+/// certificate and the webpki roots.
+pub use crate::tls::{CA_FILE_ENV, SERVER_FINGERPRINT_ENV};
 /// How mail is sent: `smtp` (submission, the default) or `http` (`POST /v1/inboxes/{address}/send`).
 pub const SEND_VIA_ENV: &str = "AGENTKEYS_SEND_VIA";
 /// The server's hostname: the authserv-id of the `Authentication-Results`
@@ -59,7 +63,7 @@ impl fmt::Debug for AgentKeySecret {
 /// The daemon's settings.
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
-    /// Base URL of the HTTP API, without a trailing slash (`http://host:port`).
+    /// Base URL of the HTTP API, without a trailing slash (`https://host:port` or `http://host:port`).
     pub server: String,
     /// Host and port of the HTTP API, from [`server`](Self::server).
     pub http_authority: String,
@@ -71,8 +75,10 @@ pub struct AgentConfig {
     pub submission_host: String,
     /// Submission port.
     pub submission_port: u16,
-    /// Certificates to trust for submission TLS.
+    /// Certificates to trust for HTTPS and submission TLS.
     pub ca_file: Option<PathBuf>,
+    /// The server certificate pinned at pairing (HTTPS and submission).
+    pub server_fingerprint: Option<Fingerprint>,
     /// How mail is sent.
     pub send_via: SendVia,
     /// The server's hostname (authserv-id of its `Authentication-Results`).
@@ -97,22 +103,24 @@ struct AgentFile {
     agent_key: Option<String>,
     submission: Option<String>,
     ca_file: Option<PathBuf>,
+    server_fingerprint: Option<String>,
     send_via: Option<String>,
     hostname: Option<String>,
 }
 
-/// Splits `http://host:port[/]` into (base URL without trailing slash, `host:port`, host).
-fn parse_server(url: &str) -> Result<(String, String, String), String> {
+/// Splits `https://host:port[/]` or `http://…` into (base URL without trailing
+/// slash, `host:port`, host).
+pub fn parse_server(url: &str) -> Result<(String, String, String), String> {
     let trimmed = url.trim().trim_end_matches('/');
-    let Some(rest) = trimmed.strip_prefix("http://") else {
-        return Err(if trimmed.starts_with("https://") {
-            format!("server {url:?}: the daemon speaks plain HTTP to the API (run it on the server's machine or a private network, or put a local TLS tunnel in front); use http://")
-        } else {
-            format!("server {url:?} is not an http:// URL (e.g. http://127.0.0.1:8787)")
-        });
+    let (scheme, default_port, rest) = if let Some(rest) = trimmed.strip_prefix("https://") {
+        ("https", 443, rest)
+    } else if let Some(rest) = trimmed.strip_prefix("http://") {
+        ("http", 80, rest)
+    } else {
+        return Err(format!("server {url:?} is not an https:// or http:// URL (e.g. https://mail.example.com:8443)"));
     };
     if rest.is_empty() || rest.contains('/') || rest.contains('@') || rest.contains('?') || rest.contains('#') {
-        return Err(format!("server {url:?}: give only scheme, host and port, e.g. http://127.0.0.1:8787"));
+        return Err(format!("server {url:?}: give only scheme, host and port, e.g. https://mail.example.com:8443"));
     }
     let (host, authority) = match rest.rsplit_once(':') {
         Some((h, p)) if !h.ends_with(']') || rest.starts_with('[') => {
@@ -121,9 +129,9 @@ fn parse_server(url: &str) -> Result<(String, String, String), String> {
             }
             (h.trim_start_matches('[').trim_end_matches(']').to_owned(), rest.to_owned())
         }
-        _ => (rest.to_owned(), format!("{rest}:80")),
+        _ => (rest.to_owned(), format!("{rest}:{default_port}")),
     };
-    Ok((format!("http://{rest}"), authority, host))
+    Ok((format!("{scheme}://{rest}"), authority, host))
 }
 
 fn parse_send_via(v: &str) -> Result<SendVia, String> {
@@ -147,6 +155,11 @@ fn parse_submission(v: &str) -> Result<(String, u16), String> {
 }
 
 impl AgentConfig {
+    /// Whom this agent trusts for HTTPS and submission TLS.
+    pub fn trust(&self) -> Trust {
+        Trust { ca_file: self.ca_file.clone(), pin: self.server_fingerprint, first_contact: false }
+    }
+
     /// Loads `file` (if it exists) and applies `env` over it. `file` is the
     /// `agent.json` pairing writes (`agentkeys agent pair`).
     pub fn load(file: Option<&Path>, env: &BTreeMap<String, String>) -> Result<Self, ConfigError> {
@@ -176,6 +189,7 @@ impl AgentConfig {
             agent_key: None,
             submission: None,
             ca_file: None,
+            server_fingerprint: None,
             send_via: None,
             hostname: None,
         });
@@ -185,7 +199,7 @@ impl AgentConfig {
         let parsed_server = match &server {
             None => {
                 problems.push(format!(
-                    "no server: pair with `agentkeys agent pair --server URL` (writes {where_file}) or set {SERVER_ENV}=http://host:8787"
+                    "no server: pair with `agentkeys agent pair --server URL` (writes {where_file}) or set {SERVER_ENV}=https://host:8443"
                 ));
                 None
             }
@@ -238,6 +252,16 @@ impl AgentConfig {
                 ca.display()
             ));
         }
+        let server_fingerprint = match var(SERVER_FINGERPRINT_ENV).or(f.server_fingerprint) {
+            None => None,
+            Some(v) => match v.parse::<Fingerprint>() {
+                Ok(fp) => Some(fp),
+                Err(e) => {
+                    problems.push(format!("{e} (set {SERVER_FINGERPRINT_ENV} or `server_fingerprint` in {where_file}, or pair again)"));
+                    None
+                }
+            },
+        };
         let hostname = var(HOSTNAME_ENV).or(f.hostname).unwrap_or_else(|| DEFAULT_HOSTNAME.to_owned());
         match (parsed_server, key) {
             (Some((server, http_authority, host)), Some(agent_key)) if problems.is_empty() => {
@@ -250,6 +274,7 @@ impl AgentConfig {
                     submission_host,
                     submission_port,
                     ca_file,
+                    server_fingerprint,
                     send_via,
                     hostname: hostname.to_ascii_lowercase(),
                     source,
@@ -295,15 +320,16 @@ mod tests {
         let e = AgentConfig::load(
             None,
             &env(&[
-                (SERVER_ENV, "https://mail.example.com"),
+                (SERVER_ENV, "ftp://mail.example.com"),
                 (AGENT_KEY_ENV, "secret"),
                 (SEND_VIA_ENV, "pigeon"),
                 (SUBMISSION_ENV, "nope"),
                 (CA_FILE_ENV, "/nonexistent/ca.pem"),
+                (SERVER_FINGERPRINT_ENV, "AB:CD"),
             ]),
         )
         .unwrap_err();
-        assert_eq!(e.problems.len(), 5, "{e}");
+        assert_eq!(e.problems.len(), 6, "{e}");
         assert!(!e.to_string().contains("secret"));
     }
 
@@ -331,6 +357,8 @@ mod tests {
     #[test]
     fn server_urls() {
         assert_eq!(parse_server("http://localhost").unwrap().1, "localhost:80");
+        assert_eq!(parse_server("https://mail.example.com/").unwrap(), ("https://mail.example.com".to_owned(), "mail.example.com:443".to_owned(), "mail.example.com".to_owned()));
+        assert_eq!(parse_server("https://127.0.0.1:8443").unwrap().1, "127.0.0.1:8443");
         assert_eq!(parse_server("http://[::1]:8787").unwrap().2, "::1");
         assert!(parse_server("http://h:8787/path").is_err());
         assert!(parse_server("ftp://h").is_err());

@@ -19,6 +19,9 @@
 //! - [`client`]: the server connection: read capabilities minted per inbox and
 //!   reused until shortly before expiry, list/fetch/event stream, SMTP
 //!   submission or HTTP send.
+//! - [`tls`] and [`https`]: whom every client of the server trusts (the
+//!   certificate pinned at pairing/enrollment, `AGENTKEYS_CA_FILE`, the webpki
+//!   roots) and the HTTP/HTTPS transport built on it.
 //! - [`sse`]: a sans-IO `text/event-stream` reader.
 //! - [`handout`]: the per-agent, per-inbox record of messages already handed
 //!   out by a wait (shared by the CLI and the MCP daemon through a locked file).
@@ -35,6 +38,8 @@ pub mod wait;
 pub mod client;
 pub mod handout;
 pub mod config;
+pub mod https;
 pub mod mailbox;
 pub mod mcp;
 pub mod sse;
+pub mod tls;

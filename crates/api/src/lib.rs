@@ -89,6 +89,8 @@ pub struct ApiState {
     throttle: Arc<throttle::HttpThrottle>,
     /// The MTA-STS policy file served for `mta-sts.<hosted domain>`; `None`: 404.
     mta_sts_policy: Option<Arc<str>>,
+    /// Handed to a paired agent with its key ([`pairing::ServerInfo`]).
+    server_info: Option<Arc<pairing::ServerInfo>>,
 }
 
 impl std::fmt::Debug for ApiState {
@@ -119,6 +121,7 @@ impl ApiState {
             send: None,
             throttle: Arc::default(),
             mta_sts_policy: None,
+            server_info: None,
         }
     }
 
@@ -128,6 +131,13 @@ impl ApiState {
     #[must_use]
     pub fn with_mta_sts_policy(mut self, policy: impl Into<String>) -> Self {
         self.mta_sts_policy = Some(Arc::from(policy.into()));
+        self
+    }
+
+    /// The same state handing `info` to agents at pairing (the collect's answer).
+    #[must_use]
+    pub fn with_server_info(mut self, info: pairing::ServerInfo) -> Self {
+        self.server_info = Some(Arc::new(info));
         self
     }
 

@@ -68,6 +68,7 @@ use crate::error::Problem;
         crate::pairing::ApprovePairingResponse,
         crate::pairing::CollectPairingRequest,
         crate::pairing::CollectPairingResponse,
+        crate::pairing::ServerInfo,
         crate::messages::MessageSummary,
         crate::messages::MessagePage,
         crate::send::SendRequest,

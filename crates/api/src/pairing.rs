@@ -420,6 +420,20 @@ pub struct CollectPairingResponse {
     pub key_id: Option<String>,
     /// When the key (approved) or the request (pending) expires (RFC 3339).
     pub expires_at: String,
+    /// What the agent needs to send (approved only, when the server knows it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server: Option<ServerInfo>,
+}
+
+/// The server facts pairing hands the agent with its key, so the first send
+/// works without settings: the submission listener (STARTTLS) and the server's
+/// hostname (the authserv-id of the `Authentication-Results` its MX writes).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ServerInfo {
+    /// The server's hostname.
+    pub hostname: String,
+    /// The submission (STARTTLS) listener's port, on the API's host.
+    pub submission_port: u16,
 }
 
 /// Collect the agent key of an approved request, waiting up to 25 s for the
@@ -491,6 +505,7 @@ pub(crate) async fn collect(
                             agent_key: Some(key.expose().to_owned()),
                             key_id: Some(rec.id.to_string()),
                             expires_at: rfc3339(rec.expires_at),
+                            server: state.server_info.as_deref().cloned(),
                         })
                         .into_response());
                     }
@@ -511,6 +526,7 @@ pub(crate) async fn collect(
                         agent_key: None,
                         key_id: None,
                         expires_at: rfc3339(deadline.unwrap_or(now)),
+                        server: None,
                     };
                     return Ok((StatusCode::ACCEPTED, Json(answer)).into_response());
                 }

@@ -243,14 +243,22 @@ pub(crate) fn enrollment_ticket(owner: &OwnerId) -> (String, agentkeys_store::En
     (code.expose().to_owned(), rec)
 }
 
-/// How the owner uses an enrollment code.
+/// How the owner uses an enrollment code. With an HTTPS listener, the
+/// certificate's fingerprint goes with it: the owner's client pins it.
 fn enrollment_text(config: &Config, owner: &OwnerId, code: &str, expires_at: i64) -> String {
+    let server = match (config.listen_https, crate::tls::existing_fingerprint(config)) {
+        (Some(addr), Some(fp)) => {
+            let public = crate::config::server_url(config);
+            let url = if public.starts_with("https://") { public } else { format!("https://{addr}") };
+            format!("--server {url} --server-fingerprint {fp}")
+        }
+        _ => format!("--server {}", crate::config::server_url(config)),
+    };
     format!(
         "enrollment code {code} (single use, valid until {})\n\
          give it to the owner, who runs on their own machine:\n  \
-         agentkeys owner enroll --server {} --owner {owner} --code {code}",
-        rfc3339(expires_at),
-        crate::config::server_url(config)
+         agentkeys owner enroll {server} --owner {owner} --code {code}",
+        rfc3339(expires_at)
     )
 }
 
@@ -321,14 +329,14 @@ pub(crate) async fn owner(config: &Config, cmd: OwnerCmd, json: bool) -> Result<
                 .await
                 .map_err(|e| hint(e, "owner ids are unique"))?;
             let expires_at = ticket.expires_at;
-            print(json, json!({ "id": id, "enrollment_code": code, "enrollment_expires_at": rfc3339(expires_at) }), || {
+            print(json, json!({ "id": id, "enrollment_code": code, "enrollment_expires_at": rfc3339(expires_at), "server_fingerprint": crate::tls::existing_fingerprint(config).map(|f| f.to_string()) }), || {
                 format!("owner {id} added\n{}", enrollment_text(config, &id, &code, expires_at))
             });
         }
         OwnerCmd::EnrollCode { id } => {
             let id: OwnerId = parse("owner id", &id)?;
             let (code, expires_at) = issue_enrollment(&dir, &id).await?;
-            print(json, json!({ "id": id, "enrollment_code": code, "enrollment_expires_at": rfc3339(expires_at) }), || {
+            print(json, json!({ "id": id, "enrollment_code": code, "enrollment_expires_at": rfc3339(expires_at), "server_fingerprint": crate::tls::existing_fingerprint(config).map(|f| f.to_string()) }), || {
                 enrollment_text(config, &id, &code, expires_at)
             });
         }

@@ -47,6 +47,9 @@ pub(crate) struct Config {
     pub(crate) listen_submission: SocketAddr,
     pub(crate) listen_submission_tls: SocketAddr,
     pub(crate) listen_http: SocketAddr,
+    /// The HTTPS listener (same router, caps and timeouts as `listen_http`, the
+    /// `tls.cert` certificate); `None`: none.
+    pub(crate) listen_https: Option<SocketAddr>,
     pub(crate) tls_cert: Option<PathBuf>,
     pub(crate) tls_key: Option<PathBuf>,
     pub(crate) max_message_size: usize,
@@ -140,6 +143,7 @@ impl Default for Config {
             listen_submission: addr(2587),
             listen_submission_tls: addr(2465),
             listen_http: addr(8787),
+            listen_https: Some(addr(8443)),
             tls_cert: None,
             tls_key: None,
             max_message_size: 10 * 1024 * 1024,
@@ -293,6 +297,7 @@ pub(crate) const KEYS: &[Key] = &[
     Key { toml: "listen.submission", env: "AGENTKEYS_LISTEN_SUBMISSION", help: "submission listener (STARTTLS)", set: |c, v| { c.listen_submission = parse_addr(v)?; Ok(()) } },
     Key { toml: "listen.submission_tls", env: "AGENTKEYS_LISTEN_SUBMISSION_TLS", help: "submission listener (implicit TLS)", set: |c, v| { c.listen_submission_tls = parse_addr(v)?; Ok(()) } },
     Key { toml: "listen.http", env: "AGENTKEYS_LISTEN_HTTP", help: "HTTP listener (/healthz, /readyz, /metrics, /v1 API, OIDC issuer)", set: |c, v| { c.listen_http = parse_addr(v)?; Ok(()) } },
+    Key { toml: "listen.https", env: "AGENTKEYS_LISTEN_HTTPS", help: "HTTPS listener: the HTTP listener's API over TLS 1.2+ with tls.cert (or the generated self-signed certificate); \"off\": none", set: |c, v| { c.listen_https = if v == "off" { None } else { Some(parse_addr(v)?) }; Ok(()) } },
     Key { toml: "tls.cert", env: "AGENTKEYS_TLS_CERT", help: "PEM certificate chain; a self-signed one is generated when unset", set: |c, v| { c.tls_cert = Some(PathBuf::from(v)); Ok(()) } },
     Key { toml: "tls.key", env: "AGENTKEYS_TLS_KEY", help: "PEM private key for tls.cert", set: |c, v| { c.tls_key = Some(PathBuf::from(v)); Ok(()) } },
     Key { toml: "limits.max_message_size", env: "AGENTKEYS_MAX_MESSAGE_SIZE", help: "largest accepted message in bytes", set: |c, v| { c.max_message_size = parse_positive(v)?; Ok(()) } },

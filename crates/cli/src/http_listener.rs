@@ -27,6 +27,14 @@
 //!   connections close at once and busy ones after their response
 //!   (`graceful_shutdown`); the caller bounds the wait on the connection tracker.
 //!
+//! - **HTTPS.** [`HttpListener::serve`] with a TLS acceptor (`listen.https`, the
+//!   certificate SMTP's STARTTLS uses, `crate::tls`) serves the same router over
+//!   TLS 1.2/1.3. The connection holds its permit from the accept, so the caps
+//!   count handshakes too, and the handshake must finish within the header
+//!   timeout (a client that opens TCP and sends nothing, or a ClientHello at a
+//!   byte a second, is closed like a slowloris). Over a cap a TLS connection is
+//!   closed without an answer: a plaintext 503 would not be understood.
+//!
 //! The accept loop hands each accepted socket to [`HttpListener::connection`],
 //! which is generic over the stream, so a TLS handshake can sit in between.
 
@@ -151,25 +159,68 @@ impl HttpListener {
     /// each on `connections`. A failed accept (out of descriptors, …) is logged
     /// and retried ([`agentkeys_smtp::next_connection`], the SMTP listeners' loop
     /// too); the loop never ends on one.
+    /// With `tls`, every connection is a TLS session first (HTTPS).
     pub(crate) async fn serve(
         self: Arc<Self>,
         listener: TcpListener,
+        tls: Option<tokio_rustls::TlsAcceptor>,
         shutdown: CancellationToken,
         connections: TaskTracker,
     ) {
-        while let Some((stream, peer)) = agentkeys_smtp::next_connection(&listener, &shutdown, "http").await {
+        let name = if tls.is_some() { "https" } else { "http" };
+        while let Some((stream, peer)) = agentkeys_smtp::next_connection(&listener, &shutdown, name).await {
             metrics::counter!("agentkeys_http_connections_total").increment(1);
             let Some(permit) = self.limiter.try_acquire(peer.ip()) else {
-                self.refuse(&stream, peer);
+                if tls.is_some() {
+                    metrics::counter!("agentkeys_http_rejections_total").increment(1);
+                    tracing::info!(%peer, "HTTPS connection refused: too many connections");
+                    drop(stream);
+                } else {
+                    self.refuse(&stream, peer);
+                }
                 continue;
             };
             let _ = stream.set_nodelay(true);
             let listener = Arc::clone(&self);
             let shutdown = shutdown.clone();
-            let span = tracing::debug_span!("http", %peer);
-            connections.spawn(listener.connection(stream, peer, shutdown, permit).instrument(span));
+            let span = tracing::debug_span!("http", %peer, tls = tls.is_some());
+            match &tls {
+                None => connections.spawn(listener.connection(stream, peer, shutdown, permit).instrument(span)),
+                Some(acceptor) => connections
+                    .spawn(listener.tls_connection(acceptor.clone(), stream, peer, shutdown, permit).instrument(span)),
+            };
         }
-        tracing::info!("HTTP listener stopped accepting");
+        tracing::info!("{} listener stopped accepting", name.to_ascii_uppercase());
+    }
+
+    /// The TLS handshake, within the header timeout (and abandoned when the
+    /// server stops), then the connection as over plain TCP.
+    async fn tls_connection(
+        self: Arc<Self>,
+        acceptor: tokio_rustls::TlsAcceptor,
+        stream: TcpStream,
+        peer: SocketAddr,
+        shutdown: CancellationToken,
+        permit: ConnectionPermit,
+    ) {
+        let handshake = tokio::time::timeout(self.limits.header_timeout, acceptor.accept(stream));
+        let tls = tokio::select! {
+            done = handshake => match done {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(err)) => {
+                    metrics::counter!("agentkeys_http_tls_failures_total").increment(1);
+                    tracing::debug!(error = %err, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    metrics::counter!("agentkeys_http_tls_failures_total").increment(1);
+                    tracing::debug!("TLS handshake not done within the header timeout");
+                    return;
+                }
+            },
+            () = shutdown.cancelled() => return,
+        };
+        self.connection(tls, peer, shutdown, permit).await;
     }
 
     /// Over a cap: the prepared 503, written without waiting (a fresh socket's

@@ -49,7 +49,7 @@ async fn start(limits: HttpLimits) -> Running {
     let addr = socket.local_addr().unwrap();
     let listener = HttpListener::new(app(), limits.clone(), limits.max_connections);
     let (shutdown, connections) = (CancellationToken::new(), TaskTracker::new());
-    tokio::spawn(Arc::clone(&listener).serve(socket, shutdown.clone(), connections.clone()));
+    tokio::spawn(Arc::clone(&listener).serve(socket, None, shutdown.clone(), connections.clone()));
     Running { addr, listener, shutdown, connections }
 }
 
@@ -257,4 +257,87 @@ async fn shutdown_closes_idle_connections_and_finishes_streams_in_flight() {
     assert!(rest.contains("data: 29\n"), "the stream in flight was cut: {rest}");
     tokio::time::timeout(PATIENCE, r.connections.wait()).await.unwrap();
     assert_eq!(r.listener.open_connections(), 0);
+}
+
+/// A listener serving [`app`] over TLS with a fresh self-signed certificate,
+/// and the certificate's fingerprint.
+async fn start_tls(limits: HttpLimits) -> (Running, agentkeys_agent::tls::Fingerprint) {
+    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let fingerprint = agentkeys_agent::tls::Fingerprint::of(certified.cert.der());
+    let key = rustls::pki_types::PrivateKeyDer::try_from(certified.signing_key.serialize_der()).unwrap();
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![certified.cert.der().clone()], key)
+        .unwrap();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let socket = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = socket.local_addr().unwrap();
+    let listener = HttpListener::new(app(), limits.clone(), limits.max_connections);
+    let (shutdown, connections) = (CancellationToken::new(), TaskTracker::new());
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    tokio::spawn(Arc::clone(&listener).serve(socket, Some(acceptor), shutdown.clone(), connections.clone()));
+    (Running { addr, listener, shutdown, connections }, fingerprint)
+}
+
+/// `GET /ok` over TLS from `source`, trusting only `pin`.
+async fn tls_get(addr: SocketAddr, source: [u8; 4], pin: agentkeys_agent::tls::Fingerprint) -> std::io::Result<String> {
+    let trust = agentkeys_agent::tls::Trust { pin: Some(pin), ..Default::default() };
+    let (config, _log) = agentkeys_agent::tls::client_config(&trust, &[b"http/1.1"]).unwrap();
+    let tcp = connect_from(addr, source).await;
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(config).connect(name, tcp).await?;
+    tls.write_all(b"GET /ok HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").await?;
+    let mut out = Vec::new();
+    tokio::time::timeout(PATIENCE, tls.read_to_end(&mut out)).await.expect("no answer")?;
+    Ok(String::from_utf8_lossy(&out).into_owned())
+}
+
+#[tokio::test]
+async fn https_serves_the_router_and_handshakes_count_against_the_caps() {
+    let limits = HttpLimits { header_timeout: Duration::from_secs(30), ..limits() };
+    let (r, pin) = start_tls(limits.clone()).await;
+    let answer = tls_get(r.addr, [127, 0, 0, 1], pin).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200") && answer.ends_with("ok"), "{answer}");
+    wait_until("the TLS connection is still counted", || r.listener.open_connections() == 0).await;
+    // Connections that never finish their handshake hold their slots…
+    let mut held = Vec::new();
+    for _ in 0..limits.max_connections_per_ip {
+        held.push(connect_from(r.addr, [127, 0, 0, 2]).await);
+    }
+    wait_until("stalled handshakes are not counted", || r.listener.open_connections() == limits.max_connections_per_ip)
+        .await;
+    // …so the next one from that address is closed without a (plaintext) answer,
+    assert!(tls_get(r.addr, [127, 0, 0, 2], pin).await.is_err(), "over the per-address cap");
+    let mut over = connect_from(r.addr, [127, 0, 0, 2]).await;
+    assert!(read_to_close(&mut over).await.is_empty(), "a TLS listener must not answer in plaintext");
+    // while another address is served.
+    assert!(tls_get(r.addr, [127, 0, 0, 3], pin).await.unwrap().starts_with("HTTP/1.1 200"));
+    drop(held);
+    wait_until("the slots were not freed", || r.listener.open_connections() == 0).await;
+    r.shutdown.cancel();
+    r.connections.close();
+}
+
+#[tokio::test]
+async fn a_silent_or_trickling_tls_handshake_is_closed_by_the_header_timeout() {
+    let (r, pin) = start_tls(HttpLimits { idle_timeout: Duration::from_secs(60), ..limits() }).await;
+    let mut silent = connect_from(r.addr, [127, 0, 0, 1]).await;
+    // A TLS record header announcing a 512-byte ClientHello, then a byte every 200 ms.
+    let mut slow = connect_from(r.addr, [127, 0, 0, 1]).await;
+    let trickle = tokio::spawn(async move {
+        for byte in [0x16u8, 0x03, 0x01, 0x02, 0x00, 0x01].iter().chain(std::iter::repeat(&0u8)).take(200) {
+            if slow.write_all(&[*byte]).await.is_err() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        false
+    });
+    assert!(read_to_close(&mut silent).await.is_empty());
+    assert!(tokio::time::timeout(PATIENCE, trickle).await.unwrap().unwrap(), "the slow handshake was never cut off");
+    wait_until("connections still counted", || r.listener.open_connections() == 0).await;
+    // The listener still serves.
+    assert!(tls_get(r.addr, [127, 0, 0, 1], pin).await.unwrap().starts_with("HTTP/1.1 200"));
 }

@@ -267,7 +267,7 @@ fn service() -> Result<MailService> {
         ),
         Err(_) => agentkeys_agent::handout::Handouts::in_memory(),
     };
-    Ok(MailService::new(ApiClient::new(config)).with_handouts(handouts))
+    Ok(MailService::new(ApiClient::new(config)?).with_handouts(handouts))
 }
 
 async fn resolve_inbox(mail: &MailService, arg: &InboxArg) -> Result<String> {

@@ -17,9 +17,15 @@
 //! no unsigned way to create, change or revoke a grant.
 //!
 //! The passphrase comes from `--passphrase-file`, else `AGENTKEYS_PASSPHRASE`,
-//! else a prompt. The HTTP client is `ureq` 3 without default features: plain
-//! HTTP only, so point `--server` at loopback or a TLS-terminating proxy's
-//! plain-HTTP side.
+//! else a prompt. The HTTP client is the daemon's ([`agentkeys_agent::https`]):
+//! `https://` with rustls (TLS 1.2+) or `http://`. An HTTPS server is trusted
+//! when its certificate is the one pinned for that URL at enrollment
+//! (`<config dir>/known_servers.json`), or `--server-fingerprint`, or chains to
+//! `--ca-file`/`AGENTKEYS_CA_FILE` or the webpki roots ([`agentkeys_agent::tls`]).
+//! Enrollment over a certificate nothing vouches for is refused with its
+//! fingerprint: the owner compares it with the one the operator gave
+//! (`agentkeys serve` and `agentkeys owner add` print it) and runs again with
+//! `--server-fingerprint`; it is then pinned for every later command.
 
 use std::path::{Path, PathBuf};
 
@@ -27,6 +33,8 @@ use agentkeys_approval::key_file::config_dir;
 use agentkeys_approval::{
     Confirm, EncryptedKeyFile, KdfParams, MasterKey, Nonce, SaveMode, default_path, resolve_passphrase, sign_request,
 };
+use agentkeys_agent::https::{SimpleClient, SimpleError};
+use agentkeys_agent::tls::{Accepted, CA_FILE_ENV, Fingerprint, SERVER_FINGERPRINT_ENV, Trust};
 use agentkeys_core::time::rfc3339;
 use agentkeys_core::{MAX_GRANT_TTL_SECS, OwnerId, duration::parse_ttl};
 use anyhow::{Context, Result, anyhow, bail};
@@ -38,13 +46,47 @@ use crate::config::Config;
 /// Environment variable naming the server for owner commands.
 pub(crate) const SERVER_ENV: &str = "AGENTKEYS_SERVER";
 
+/// Longest wait for one owner request, answer included (a pairing collect
+/// long-polls for 25 s).
+pub(crate) const OWNER_REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(40);
+/// Largest answer read.
+const MAX_ANSWER_BYTES: usize = 4 * 1024 * 1024;
+/// The owner's pinned server certificates, in the config directory.
+pub(crate) const KNOWN_SERVERS_FILE: &str = "known_servers.json";
+
+/// Whom an HTTPS `--server` is trusted as (besides a pin from enrollment).
+#[derive(Debug, Clone, Default, Args)]
+pub(crate) struct TlsArgs {
+    /// PEM certificates to trust for https:// besides the webpki roots (a private
+    /// CA, or the server's own certificate). Env: AGENTKEYS_CA_FILE.
+    #[arg(long, env = CA_FILE_ENV, value_name = "FILE")]
+    pub(crate) ca_file: Option<PathBuf>,
+    /// The server certificate's SHA-256 fingerprint, as `agentkeys serve` prints
+    /// it: trusted and pinned. Env: AGENTKEYS_SERVER_FINGERPRINT.
+    #[arg(long, env = SERVER_FINGERPRINT_ENV, value_name = "SHA256")]
+    pub(crate) server_fingerprint: Option<String>,
+}
+
+impl TlsArgs {
+    /// The flag's fingerprint, checked.
+    pub(crate) fn fingerprint(&self) -> Result<Option<Fingerprint>> {
+        self.server_fingerprint
+            .as_deref()
+            .map(|f| f.parse::<Fingerprint>().map_err(|e| anyhow!("--server-fingerprint: {e}")))
+            .transpose()
+    }
+}
+
 /// How an owner command reaches the server and finds the key.
 #[derive(Debug, Clone, Args)]
 pub(crate) struct OwnerConn {
-    /// The server's HTTP API (e.g. http://127.0.0.1:8787); without it the signed
+    /// The server's API (e.g. https://mail.example.com:8443, or
+    /// http://127.0.0.1:8787 on the server's machine); without it the signed
     /// request is checked and applied locally against --data-dir. Env: AGENTKEYS_SERVER.
     #[arg(long, env = SERVER_ENV, value_name = "URL")]
     pub(crate) server: Option<String>,
+    #[command(flatten)]
+    pub(crate) tls: TlsArgs,
     /// The owner (default: the only key file in the owner config directory).
     #[arg(long, value_name = "ID")]
     pub(crate) owner: Option<String>,
@@ -58,9 +100,11 @@ pub(crate) struct OwnerConn {
 /// request, and `--owner` then picks the key.
 #[derive(Debug, Clone, Args)]
 pub(crate) struct RemoteOwner {
-    /// The server's HTTP API: list your own, signed with your master key. Env: AGENTKEYS_SERVER.
+    /// The server's API: list your own, signed with your master key. Env: AGENTKEYS_SERVER.
     #[arg(long, env = SERVER_ENV, value_name = "URL")]
     pub(crate) server: Option<String>,
+    #[command(flatten)]
+    pub(crate) tls: TlsArgs,
     /// Read the passphrase from this file (default: AGENTKEYS_PASSPHRASE, else a prompt).
     #[arg(long, value_name = "FILE")]
     pub(crate) passphrase_file: Option<PathBuf>,
@@ -69,17 +113,19 @@ pub(crate) struct RemoteOwner {
 impl RemoteOwner {
     /// The connection, with `owner` picking the key file.
     pub(crate) fn conn(self, owner: Option<String>) -> OwnerConn {
-        OwnerConn { server: self.server, owner, passphrase_file: self.passphrase_file }
+        OwnerConn { server: self.server, tls: self.tls, owner, passphrase_file: self.passphrase_file }
     }
 }
 
 /// `agentkeys owner enroll`.
 #[derive(Debug, Clone, Args)]
 pub(crate) struct EnrollArgs {
-    /// The server's HTTP API, e.g. http://127.0.0.1:8787 (without it: locally,
+    /// The server's API, e.g. https://mail.example.com:8443 (without it: locally,
     /// against --data-dir). Env: AGENTKEYS_SERVER.
     #[arg(long, env = SERVER_ENV, value_name = "URL")]
     server: Option<String>,
+    #[command(flatten)]
+    tls: TlsArgs,
     /// Your owner id, as the operator created it.
     #[arg(long, value_name = "ID")]
     owner: String,
@@ -125,74 +171,107 @@ pub(crate) struct GrantChangeArgs {
     conn: OwnerConn,
 }
 
+/// `--server` without its trailing slash, checked: `https://` or `http://`,
+/// scheme, host and port only.
 pub(crate) fn base_url(server: &str) -> Result<String> {
-    let server = server.trim_end_matches('/');
-    if !server.starts_with("http://") {
-        bail!("--server {server:?}: give the API's plain-HTTP URL, e.g. http://127.0.0.1:8787 (https is not supported by this client; use a local TLS-terminating proxy)");
+    let (base, _, _) = agentkeys_agent::config::parse_server(server).map_err(|e| anyhow!("--server: {e}"))?;
+    Ok(base)
+}
+
+/// `<config dir>/known_servers.json`: `{"<base URL>": "<fingerprint>"}`.
+fn known_servers_path() -> Result<PathBuf> {
+    Ok(config_dir()?.join(KNOWN_SERVERS_FILE))
+}
+
+fn known_servers() -> Result<serde_json::Map<String, Value>> {
+    let path = known_servers_path()?;
+    match std::fs::read(&path) {
+        Ok(bytes) => serde_json::from_slice::<serde_json::Map<String, Value>>(&bytes)
+            .with_context(|| format!("{} is not valid JSON (remove it and give --server-fingerprint once)", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(serde_json::Map::new()),
+        Err(e) => Err(anyhow!("cannot read {}: {e}", path.display())),
     }
-    Ok(server.to_owned())
 }
 
-fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder().http_status_as_error(false).build().into()
+/// The fingerprint pinned for `base` at enrollment, if any.
+pub(crate) fn pinned_fingerprint(base: &str) -> Result<Option<Fingerprint>> {
+    let servers = known_servers()?;
+    servers
+        .get(base)
+        .and_then(Value::as_str)
+        .map(|f| f.parse::<Fingerprint>().map_err(|e| anyhow!("{} for {base}: {e}", KNOWN_SERVERS_FILE)))
+        .transpose()
 }
 
-/// Sends one request; answers the status, the body as JSON (`Null` if it is not
-/// JSON) and the body text, whatever the status.
-/// The error for a request that got no answer: which URL, why, and what to check.
-fn unreachable(url: &str, err: ureq::Error) -> anyhow::Error {
-    let reason = match &err {
-        ureq::Error::Io(io) if io.kind() == std::io::ErrorKind::ConnectionRefused => "connection refused".to_owned(),
-        ureq::Error::Io(io) => io.to_string(),
-        other => other.to_string(),
-    };
-    anyhow!(
-        "cannot reach {url}: {reason}; is `agentkeys serve` running there? Point --server (or AGENTKEYS_SERVER) at its HTTP listener"
-    )
+/// Pins `fingerprint` for `base` (atomic replace, mode 0600).
+pub(crate) fn pin_server(base: &str, fingerprint: Fingerprint) -> Result<PathBuf> {
+    let path = known_servers_path()?;
+    let mut servers = known_servers()?;
+    servers.insert(base.to_owned(), Value::String(fingerprint.to_string()));
+    let mut bytes = serde_json::to_vec_pretty(&Value::Object(servers))?;
+    bytes.push(b'\n');
+    crate::pairing_client::write_private_atomic(&path, &bytes)?;
+    Ok(path)
 }
 
-pub(crate) fn send_raw(
-    method: &str,
-    url: &str,
-    authorization: Option<&str>,
-    body: Option<&[u8]>,
-) -> Result<(u16, Value, String)> {
-    let agent = agent();
-    let result = match (method, body) {
-        ("GET", _) => {
-            let mut req = agent.get(url);
-            if let Some(a) = authorization {
-                req = req.header("Authorization", a);
+/// An HTTP(S) connection to `--server`: the URL and the client.
+#[derive(Clone)]
+pub(crate) struct Remote {
+    pub(crate) base: String,
+    client: SimpleClient,
+    /// `--server-fingerprint` when it differs from the pin on file: pinned once
+    /// a request has gone through with it.
+    repin: Option<Fingerprint>,
+}
+
+impl Remote {
+    /// A client of `server` trusting `trust`.
+    pub(crate) fn new(server: &str, trust: &Trust) -> Result<Self> {
+        let base = base_url(server)?;
+        let client = SimpleClient::new(trust, OWNER_REQUEST_TIMEOUT).map_err(|e| anyhow!(e))?;
+        Ok(Self { base, client, repin: None })
+    }
+
+    /// A client of `server` for an owner command: the flag's fingerprint, else
+    /// the one pinned at enrollment, else the CA file and the webpki roots.
+    pub(crate) fn for_owner(server: &str, tls: &TlsArgs) -> Result<Self> {
+        let base = base_url(server)?;
+        let on_file = pinned_fingerprint(&base)?;
+        let flag = tls.fingerprint()?;
+        let pin = flag.or(on_file);
+        let mut remote = Self::new(server, &Trust { ca_file: tls.ca_file.clone(), pin, first_contact: false })?;
+        remote.repin = flag.filter(|f| base.starts_with("https://") && Some(*f) != on_file);
+        Ok(remote)
+    }
+
+    /// The certificate the last HTTPS request met.
+    pub(crate) fn seen(&self) -> Option<agentkeys_agent::tls::SeenCert> {
+        self.client.seen()
+    }
+
+    /// Sends one request to `base + path`; answers the status, the body as JSON
+    /// (`Null` if it is not JSON) and the body text, whatever the status.
+    pub(crate) async fn send_raw(
+        &self,
+        method: &str,
+        path: &str,
+        authorization: Option<&str>,
+        body: Option<&[u8]>,
+    ) -> std::result::Result<(u16, Value, String), SimpleError> {
+        let url = format!("{}{path}", self.base);
+        let (status, bytes) = self.client.request(method, &url, authorization, body, MAX_ANSWER_BYTES).await?;
+        if let Some(fp) = self.repin
+            && self.seen().is_some_and(|c| c.fingerprint == fp)
+        {
+            // Best effort: the request itself succeeded.
+            if let Err(e) = pin_server(&self.base, fp) {
+                eprintln!("warning: cannot pin the server certificate: {e:#}");
             }
-            req.call()
         }
-        ("DELETE", _) => {
-            let mut req = agent.delete(url);
-            if let Some(a) = authorization {
-                req = req.header("Authorization", a);
-            }
-            req.call()
-        }
-        ("PATCH", body) => {
-            let mut req = agent.patch(url).header("Content-Type", "application/json");
-            if let Some(a) = authorization {
-                req = req.header("Authorization", a);
-            }
-            req.send(body.unwrap_or_default())
-        }
-        (_, body) => {
-            let mut req = agent.post(url).header("Content-Type", "application/json");
-            if let Some(a) = authorization {
-                req = req.header("Authorization", a);
-            }
-            req.send(body.unwrap_or_default())
-        }
-    };
-    let mut response = result.map_err(|e| unreachable(url, e))?;
-    let status = response.status().as_u16();
-    let text = response.body_mut().read_to_string().with_context(|| format!("cannot read the answer of {url}"))?;
-    let value: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
-    Ok((status, value, text))
+        let text = String::from_utf8_lossy(&bytes).into_owned();
+        let value: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        Ok((status, value, text))
+    }
 }
 
 /// The key file to use: `--owner`'s, else the only `owner-*.key` in the config dir.
@@ -215,27 +294,35 @@ fn key_file_path(owner: Option<&str>) -> Result<PathBuf> {
     }
 }
 
-/// Where owner requests go: a server over HTTP, or the same router in-process.
+/// Where owner requests go: a server over HTTP(S), or the same router in-process.
 pub(crate) enum Transport {
-    /// `--server URL`: plain HTTP.
-    Http(String),
+    /// `--server URL`.
+    Http(Box<Remote>),
     /// No server: the API router over the local data directory.
     Local(axum::Router),
 }
 
 impl Transport {
     /// `--server`'s URL, or the router over `config`'s data directory.
-    pub(crate) async fn new(server: Option<&str>, config: &Config) -> Result<Self> {
+    pub(crate) async fn new(server: Option<&str>, tls: &TlsArgs, config: &Config) -> Result<Self> {
         match server {
-            Some(server) => Ok(Self::Http(base_url(server)?)),
+            Some(server) => Ok(Self::Http(Box::new(Remote::for_owner(server, tls)?))),
             None => Ok(Self::Local(crate::local_api::router(config).await?)),
+        }
+    }
+
+    /// The server certificate the last request met (HTTPS only).
+    pub(crate) fn seen(&self) -> Option<agentkeys_agent::tls::SeenCert> {
+        match self {
+            Self::Http(remote) => remote.seen(),
+            Self::Local(_) => None,
         }
     }
 
     /// One request; the JSON body of a 2xx, or an error with the problem's code and detail.
     pub(crate) async fn call(&self, method: &str, path: &str, authorization: Option<&str>, body: Option<&[u8]>) -> Result<Value> {
         let (status, value, text) = match self {
-            Self::Http(base) => send_raw(method, &format!("{base}{path}"), authorization, body)?,
+            Self::Http(remote) => remote.send_raw(method, path, authorization, body).await?,
             Self::Local(router) => crate::local_api::call(router, method, path, authorization, body).await?,
         };
         if !(200..300).contains(&status) {
@@ -262,8 +349,13 @@ impl Session {
         let prompt = format!("Passphrase for owner {owner}: ");
         let passphrase = resolve_passphrase(conn.passphrase_file.as_deref(), &prompt, Confirm::Once)?;
         let key = file.unlock(&passphrase).with_context(|| format!("cannot unlock {}", path.display()))?;
-        let transport = Transport::new(conn.server.as_deref(), config).await?;
+        let transport = Transport::new(conn.server.as_deref(), &conn.tls, config).await?;
         Ok(Self { transport, owner, key })
+    }
+
+    /// The server certificate the last request met (HTTPS only).
+    pub(crate) fn seen(&self) -> Option<agentkeys_agent::tls::SeenCert> {
+        self.transport.seen()
     }
 
     /// A session over an already unlocked key (the demo fixtures' generated keys).
@@ -290,7 +382,7 @@ fn print(json: bool, value: &Value, text: impl FnOnce() -> String) {
 
 /// `agentkeys owner enroll`.
 pub(crate) async fn enroll(args: EnrollArgs, config: &Config, json: bool) -> Result<()> {
-    let transport = Transport::new(args.server.as_deref(), config).await?;
+    let transport = Transport::new(args.server.as_deref(), &args.tls, config).await?;
     let owner: OwnerId = args.owner.parse().map_err(|e| anyhow!("--owner: {e}"))?;
     let path = default_path(&owner)?;
     if path.exists() {
@@ -311,9 +403,29 @@ pub(crate) async fn enroll(args: EnrollArgs, config: &Config, json: bool) -> Res
     let body = json!({ "code": args.code, "public_key": file.public_key().to_base64() }).to_string();
     match transport.call("POST", &format!("/v1/owners/{owner}/enroll"), None, Some(body.as_bytes())).await {
         Ok(answer) => {
-            let out = json!({ "owner": owner, "key_file": path, "enrolled_at": answer["enrolled_at"] });
+            // The certificate this enrollment went over is pinned for later commands.
+            let pinned = match (&transport, transport.seen()) {
+                (Transport::Http(remote), Some(seen)) if seen.accepted != Accepted::FirstContact => {
+                    pin_server(&remote.base, seen.fingerprint)?;
+                    Some(seen.fingerprint)
+                }
+                _ => None,
+            };
+            let out = json!({
+                "owner": owner,
+                "key_file": path,
+                "enrolled_at": answer["enrolled_at"],
+                "server_fingerprint": pinned.map(|f| f.to_string()),
+            });
             print(json, &out, || {
-                format!("owner {owner} enrolled; master key sealed in {} (keep the passphrase: it approves every grant)", path.display())
+                let mut text = format!(
+                    "owner {owner} enrolled; master key sealed in {} (keep the passphrase: it approves every grant)",
+                    path.display()
+                );
+                if let Some(f) = pinned {
+                    text.push_str(&format!("\nserver certificate pinned: SHA-256 {f}"));
+                }
+                text
             });
             Ok(())
         }

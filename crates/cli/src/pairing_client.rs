@@ -4,15 +4,25 @@
 //!   generates an Ed25519 device key, opens a pairing request (`POST
 //!   /v1/pairings`, 60 s), prints the pair code and the 6-digit confirmation
 //!   code, and long-polls `POST /v1/pairings/{code}/collect` (signed with the
-//!   device key) until the owner approves or the request expires. The agent key
-//!   it receives is written with the server URL and the agent id to
-//!   `<config dir>/agent.json` (mode 0600, atomic replace). With `--json` it
-//!   prints one line at once (`pair_code`, `confirmation_code`, `expires_at`,
-//!   `agent_id`) and one when it ends (`status`: `approved`, `expired`,
-//!   `already_consumed`, `not_found` or `error`, and `agent_id`).
+//!   device key) until the owner approves or the request expires. Over
+//!   `https://` the server's certificate is accepted on first contact unless
+//!   `--server-fingerprint` or a CA vouches for it; its SHA-256 fingerprint is
+//!   printed with the codes, every later request of the pairing must meet the
+//!   same certificate, and it is **pinned** in `agent.json`.
+//!   The agent key it receives is written to `<config dir>/agent.json` (mode
+//!   0600, atomic replace) with everything the first send needs: the server
+//!   URL, the agent id, the pinned fingerprint, the server's hostname, and how to
+//!   send: SMTP submission (host and port from the server) when a STARTTLS
+//!   session under the same trust succeeds now, else the HTTP send route. With
+//!   `--json` it prints one line at once (`pair_code`, `confirmation_code`,
+//!   `expires_at`, `agent_id`, `server_fingerprint`) and one when it ends
+//!   (`status`: `approved`, `expired`, `already_consumed`, `not_found` or
+//!   `error`, and `agent_id`).
 //! - `agentkeys approve PAIR-CODE [--yes]` (the owner's machine): unlocks the
 //!   master key, shows the request (agent id and name, device fingerprint, the 6
-//!   digits), asks y/N unless `--yes`, and approves with a signed request.
+//!   digits, and the server certificate its own pinned connection met, which
+//!   must match the agent's screen), asks y/N unless `--yes`, and approves with
+//!   a signed request.
 
 use std::io::{BufRead as _, Write as _};
 use std::path::{Path, PathBuf};
@@ -24,7 +34,12 @@ use base64::Engine as _;
 use clap::Args;
 use serde_json::{Value, json};
 
-use crate::owner_client::{OwnerConn, SERVER_ENV, Session, base_url, create_config_dir, send_raw};
+use agentkeys_agent::tls::{Accepted, Trust};
+
+use crate::owner_client::{OwnerConn, Remote, SERVER_ENV, Session, TlsArgs, base_url, create_config_dir};
+
+/// Longest wait for pairing's STARTTLS check of the submission listener.
+pub(crate) const SUBMISSION_PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// File name of the agent's configuration in the config directory.
 pub(crate) const AGENT_CONFIG_FILE: &str = "agent.json";
@@ -32,9 +47,11 @@ pub(crate) const AGENT_CONFIG_FILE: &str = "agent.json";
 /// `agentkeys agent pair`.
 #[derive(Debug, Clone, Args)]
 pub(crate) struct PairArgs {
-    /// The server's HTTP API, e.g. http://127.0.0.1:8787. Env: AGENTKEYS_SERVER.
+    /// The server's API, e.g. https://mail.example.com:8443. Env: AGENTKEYS_SERVER.
     #[arg(long, env = SERVER_ENV, value_name = "URL")]
     server: String,
+    #[command(flatten)]
+    tls: TlsArgs,
     /// A display name for this agent, shown to the owner.
     #[arg(long)]
     name: Option<String>,
@@ -59,11 +76,12 @@ pub(crate) fn agent_config_path() -> Result<PathBuf> {
 
 /// Writes `contents` to `path` with mode 0600: a temporary file in the same
 /// directory, fsynced, renamed over `path`, then the directory fsynced.
-fn write_private_atomic(path: &Path, contents: &[u8]) -> Result<()> {
+pub(crate) fn write_private_atomic(path: &Path, contents: &[u8]) -> Result<()> {
     use std::os::unix::fs::OpenOptionsExt as _;
     create_config_dir(path)?;
     let dir = path.parent().ok_or_else(|| anyhow!("{} has no directory", path.display()))?;
-    let tmp = dir.join(format!(".{AGENT_CONFIG_FILE}.{}.tmp", std::process::id()));
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or(AGENT_CONFIG_FILE);
+    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
     let _ = std::fs::remove_file(&tmp);
     let result = (|| -> Result<()> {
         let mut file = std::fs::OpenOptions::new()
@@ -92,47 +110,90 @@ fn line(value: &Value) {
 
 /// `agentkeys agent pair`.
 pub(crate) async fn pair(args: PairArgs, json: bool) -> Result<()> {
-    tokio::task::spawn_blocking(move || pair_blocking(&args, json)).await.context("the pairing task failed")?
-}
-
-fn pair_blocking(args: &PairArgs, json: bool) -> Result<()> {
     let base = base_url(&args.server)?;
+    let (_, _, host) = agentkeys_agent::config::parse_server(&base).map_err(|e| anyhow!(e))?;
+    let https = base.starts_with("https://");
+    let flag = args.tls.fingerprint()?;
+    let ca_file = args.tls.ca_file.as_deref().map(std::path::absolute).transpose()?;
+    let first = Remote::new(&base, &Trust { ca_file: ca_file.clone(), pin: flag, first_contact: flag.is_none() })?;
     let config_path = agent_config_path()?;
     let device = DeviceKey::generate(&mut rand::rngs::OsRng);
     let body = json!({ "device_public_key": device.public_key().to_base64(), "name": args.name }).to_string();
-    let (status, opened, text) = send_raw("POST", &format!("{base}/v1/pairings"), None, Some(body.as_bytes()))?;
+    let (status, opened, text) = first.send_raw("POST", "/v1/pairings", None, Some(body.as_bytes())).await?;
     if status != 201 {
         bail!("the server refused ({status} {}): {}", s(&opened["code"]), opened["detail"].as_str().unwrap_or(text.trim()));
     }
     let code: PairCode =
         opened["pair_code"].as_str().unwrap_or_default().parse().map_err(|_| anyhow!("the server sent no valid pair code"))?;
+    // The 6 digits bind the pair code to this device key: computed here, so a
+    // device key swapped on the way shows as different digits on the owner's screen.
+    let digits = agentkeys_approval::ConfirmationCode::derive(&code, &device.public_key()).to_string();
+    if opened["confirmation_code"].as_str() != Some(digits.as_str()) {
+        bail!("the server's confirmation code does not match this device key: the request was altered on the way to {base}; do not approve it");
+    }
+    // From here on the pairing talks only to the certificate it met first.
+    let seen = if https { first.seen() } else { None };
+    let pin = seen.map(|c| c.fingerprint);
+    let remote = Remote::new(&base, &Trust { ca_file: ca_file.clone(), pin, first_contact: false })?;
     let agent_id = device.agent_id();
     if json {
         line(&json!({
             "pair_code": code.as_str(),
-            "confirmation_code": opened["confirmation_code"],
+            "confirmation_code": digits,
             "expires_at": opened["expires_at"],
             "agent_id": agent_id,
+            "server_fingerprint": pin.map(|f| f.to_string()),
         }));
     } else {
+        println!("Pair code:          {code}\nConfirmation code:  {digits}");
+        match seen {
+            Some(c) => println!(
+                "Server certificate: SHA-256 {}{}",
+                c.fingerprint,
+                match c.accepted {
+                    Accepted::FirstContact => "\n                    (not vouched for by any CA: it is pinned now; the owner's `agentkeys approve` shows the certificate the server presents to the owner, and it must be this one)",
+                    Accepted::Pinned => " (as given)",
+                    Accepted::Chain => " (CA-signed)",
+                }
+            ),
+            None => println!("Server certificate: none (plain HTTP: use https:// unless the server is on this machine or a private network)"),
+        }
         println!(
-            "Pair code:         {code}\nConfirmation code: {}\nOn the owner's machine run `agentkeys approve {code}` and check that the 6 digits match.\nWaiting for approval (expires {}) …",
-            s(&opened["confirmation_code"]),
+            "On the owner's machine run `agentkeys approve {code}` and check that the 6 digits and the certificate match.\nWaiting for approval (expires {}) …",
             s(&opened["expires_at"]),
         );
     }
     let signature = base64::engine::general_purpose::STANDARD.encode(device.sign_collect(&code).to_bytes());
     let collect = json!({ "signature": signature }).to_string();
-    let url = format!("{base}/v1/pairings/{code}/collect");
+    let path = format!("/v1/pairings/{code}/collect");
     let (outcome, detail) = loop {
-        let (status, answer, text) = match send_raw("POST", &url, None, Some(collect.as_bytes())) {
+        let (status, answer, text) = match remote.send_raw("POST", &path, None, Some(collect.as_bytes())).await {
             Ok(r) => r,
-            Err(e) => break ("error", format!("{e:#}")),
+            Err(e) => break ("error", e.to_string()),
         };
         match status {
             200 => {
                 let key = answer["agent_key"].as_str().ok_or_else(|| anyhow!("the server sent no agent key"))?;
-                let config = json!({ "server": base, "agent_id": agent_id, "agent_key": key });
+                let trust = Trust { ca_file: ca_file.clone(), pin, first_contact: false };
+                let (send_via, submission, why) = choose_send_route(&host, &answer["server"], &trust).await;
+                let mut config = json!({
+                    "server": base,
+                    "agent_id": agent_id,
+                    "agent_key": key,
+                    "send_via": send_via,
+                });
+                if let Some(fp) = pin {
+                    config["server_fingerprint"] = json!(fp.to_string());
+                }
+                if let Some(ca) = &ca_file {
+                    config["ca_file"] = json!(ca);
+                }
+                if let Some(sub) = &submission {
+                    config["submission"] = json!(sub);
+                }
+                if let Some(hostname) = answer["server"]["hostname"].as_str() {
+                    config["hostname"] = json!(hostname);
+                }
                 let mut bytes = serde_json::to_vec_pretty(&config)?;
                 bytes.push(b'\n');
                 write_private_atomic(&config_path, &bytes)?;
@@ -144,10 +205,13 @@ fn pair_blocking(args: &PairArgs, json: bool) -> Result<()> {
                         "key_id": answer["key_id"],
                         "expires_at": answer["expires_at"],
                         "config": config_path,
+                        "send_via": send_via,
+                        "submission": submission,
+                        "server_fingerprint": pin.map(|f| f.to_string()),
                     }));
                 } else {
                     println!(
-                        "Approved by owner {}: agent {agent_id}; key saved in {} (expires {})",
+                        "Approved by owner {}: agent {agent_id}; key saved in {} (expires {})\nSending: {why}",
                         s(&answer["owner"]),
                         config_path.display(),
                         s(&answer["expires_at"])
@@ -177,6 +241,21 @@ fn pair_blocking(args: &PairArgs, json: bool) -> Result<()> {
     }
 }
 
+/// How the paired agent will send: `smtp` with `host:port` when the server
+/// named its submission port and a STARTTLS session under `trust` succeeds
+/// now, else `http` (the API's send route, which needs nothing more). The
+/// third value says why, for the owner of the agent.
+async fn choose_send_route(host: &str, server: &Value, trust: &Trust) -> (&'static str, Option<String>, String) {
+    let Some(port) = server["submission_port"].as_u64().and_then(|p| u16::try_from(p).ok()) else {
+        return ("http", None, "through the HTTP API (the server did not name its submission port)".to_owned());
+    };
+    let target = if host.contains(':') { format!("[{host}]:{port}") } else { format!("{host}:{port}") };
+    match agentkeys_agent::client::probe_submission(host, port, trust, SUBMISSION_PROBE_TIMEOUT).await {
+        Ok(()) => ("smtp", Some(target.clone()), format!("SMTP submission at {target} (STARTTLS, checked now)")),
+        Err(e) => ("http", None, format!("through the HTTP API (submission at {target} is not usable from here: {e})")),
+    }
+}
+
 fn s(v: &Value) -> &str {
     v.as_str().unwrap_or("-")
 }
@@ -198,6 +277,13 @@ pub(crate) async fn approve(args: ApproveArgs, config: &crate::config::Config, j
     writeln!(err, "  agent:              {} ({})", s(&seen["agent_id"]), seen["name"].as_str().unwrap_or("no name"))?;
     writeln!(err, "  device fingerprint: {}", s(&seen["device_fingerprint"]))?;
     writeln!(err, "  confirmation code:  {digits}   (must match the agent's screen)")?;
+    match session.seen() {
+        Some(c) => writeln!(err, "  server certificate: SHA-256 {}   (must match the agent's screen)", c.fingerprint)?,
+        None => writeln!(
+            err,
+            "  server certificate: not seen from here (plain HTTP or local); compare the agent's with the TLS fingerprint `agentkeys serve` printed"
+        )?,
+    }
     writeln!(err, "  expires:            {}", s(&seen["expires_at"]))?;
     if !args.yes {
         write!(err, "Approve this agent? [y/N] ")?;

@@ -44,6 +44,10 @@ pub(crate) async fn run(config: Config) -> Result<()> {
     let submission = bind(config.listen_submission, "listen.submission / AGENTKEYS_LISTEN_SUBMISSION").await?;
     let submission_tls = bind(config.listen_submission_tls, "listen.submission_tls / AGENTKEYS_LISTEN_SUBMISSION_TLS").await?;
     let http = bind(config.listen_http, "listen.http / AGENTKEYS_LISTEN_HTTP").await?;
+    let https = match config.listen_https {
+        Some(addr) => Some(bind(addr, "listen.https / AGENTKEYS_LISTEN_HTTPS").await?),
+        None => None,
+    };
 
     let (dns_config, dns_options) = crate::dns::resolver_config(&config.dns_nameservers)?;
     // SPF/DKIM/DMARC on the MX (crates/smtp/src/verdicts.rs), over the same DNS as delivery.
@@ -85,6 +89,9 @@ pub(crate) async fn run(config: Config) -> Result<()> {
     println!("  submission        {} (STARTTLS)", submission.local_addr()?);
     println!("  submission TLS    {} (implicit TLS)", submission_tls.local_addr()?);
     println!("  HTTP              {} (/healthz, /readyz, /metrics, /v1)", http.local_addr()?);
+    if let Some(https) = &https {
+        println!("  HTTPS             {} (the same API over TLS 1.2+)", https.local_addr()?);
+    }
     println!(
         "  connections       SMTP {}, HTTP {} ({} per address); {} file descriptors",
         fds.smtp, fds.http, config.http.max_connections_per_ip, fds.limit
@@ -103,6 +110,7 @@ pub(crate) async fn run(config: Config) -> Result<()> {
         tls.cert_path.display(),
         if tls.generated { " (self-signed, generated now)" } else { "" }
     );
+    println!("  TLS fingerprint   SHA-256 {}", tls.fingerprint);
 
     // The MTA-STS policy of the hosted domains (RFC 8461), served to mta-sts.<domain>.
     let mta_sts_policy = config.mta_sts_policy().map_err(|e| anyhow::anyhow!("mta_sts: {e}"))?;
@@ -119,6 +127,11 @@ pub(crate) async fn run(config: Config) -> Result<()> {
     if let Some(policy) = &mta_sts_policy {
         api_state = api_state.with_mta_sts_policy(policy.to_text());
     }
+    // What a paired agent needs to send (crates/api/src/pairing.rs `ServerInfo`).
+    api_state = api_state.with_server_info(agentkeys_api::pairing::ServerInfo {
+        hostname: config.hostname.clone(),
+        submission_port: submission.local_addr()?.port(),
+    });
     let api = agentkeys_api::router(
         api_state
             .with_meta(dir.meta.clone())
@@ -151,7 +164,12 @@ pub(crate) async fn run(config: Config) -> Result<()> {
         config.http.clone(),
         fds.http,
     );
-    listeners.spawn(http_listener.serve(http, shutdown.clone(), sessions.clone()));
+    if let Some(https) = https {
+        // Same listener object: HTTP and HTTPS share the caps and the limits.
+        let acceptor = tls.https_acceptor();
+        listeners.spawn(Arc::clone(&http_listener).serve(https, Some(acceptor), shutdown.clone(), sessions.clone()));
+    }
+    listeners.spawn(http_listener.serve(http, None, shutdown.clone(), sessions.clone()));
     listeners.close();
 
     // Signed audit checkpoints (crates/cli/src/checkpoint.rs), a last one at shutdown.

@@ -1,5 +1,7 @@
-//! TLS for submission: the configured certificate, or a self-signed one generated
-//! on first start (rcgen) and kept in `<data-dir>/tls/`.
+//! TLS for submission and HTTPS: the configured certificate, or a self-signed one
+//! generated on first start (rcgen) and kept in `<data-dir>/tls/`. Its SHA-256
+//! fingerprint is what clients pin at pairing and enrollment
+//! (`agentkeys_agent::tls`).
 
 use std::fs;
 use std::io::Write;
@@ -19,6 +21,28 @@ pub(crate) struct TlsMaterial {
     pub(crate) config: Arc<ServerConfig>,
     pub(crate) cert_path: PathBuf,
     pub(crate) generated: bool,
+    /// SHA-256 of the end-entity certificate.
+    pub(crate) fingerprint: agentkeys_agent::tls::Fingerprint,
+}
+
+impl TlsMaterial {
+    /// The HTTPS listener's acceptor: the same certificate and key, offering
+    /// ALPN `http/1.1` (TLS 1.2 and 1.3 only, like submission).
+    pub(crate) fn https_acceptor(&self) -> tokio_rustls::TlsAcceptor {
+        let mut config = (*self.config).clone();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        tokio_rustls::TlsAcceptor::from(Arc::new(config))
+    }
+}
+
+/// The fingerprint of the certificate `serve` would present (configured, or
+/// generated in the data dir), if it exists yet; for the operator's commands.
+pub(crate) fn existing_fingerprint(config: &Config) -> Option<agentkeys_agent::tls::Fingerprint> {
+    let path = match &config.tls_cert {
+        Some(c) => c.clone(),
+        None => config.data_dir.join("tls").join("cert.pem"),
+    };
+    agentkeys_agent::tls::Fingerprint::of_pem_file(&path).ok()
 }
 
 /// Loads the configured pair, or the generated one (creating it if needed).
@@ -41,6 +65,7 @@ pub(crate) fn load(config: &Config) -> Result<TlsMaterial> {
     if certs.is_empty() {
         return Err(anyhow!("TLS certificate {} holds no certificate", cert_path.display()));
     }
+    let fingerprint = agentkeys_agent::tls::Fingerprint::of(&certs[0]);
     let key = PrivateKeyDer::from_pem_file(&key_path)
         .map_err(|e| anyhow!("cannot read TLS key {}: {e}", key_path.display()))?;
     let mut server = ServerConfig::builder_with_provider(provider())
@@ -54,7 +79,7 @@ pub(crate) fn load(config: &Config) -> Result<TlsMaterial> {
     // SMTP clients rarely resume TLS 1.3 sessions; one ticket keeps resumption
     // possible without paying for two on every handshake.
     server.send_tls13_tickets = 1;
-    Ok(TlsMaterial { config: Arc::new(server), cert_path, generated })
+    Ok(TlsMaterial { config: Arc::new(server), cert_path, generated, fingerprint })
 }
 
 fn generate(dir: &Path, cert: &Path, key: &Path, hostname: &str) -> Result<()> {

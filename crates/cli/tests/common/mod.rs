@@ -95,6 +95,8 @@ impl Server {
             .env("AGENTKEYS_LISTEN_SUBMISSION", "127.0.0.1:0")
             .env("AGENTKEYS_LISTEN_SUBMISSION_TLS", "127.0.0.1:0")
             .env("AGENTKEYS_LISTEN_HTTP", "127.0.0.1:0")
+            // HTTPS is on by default (8443): tests that want it set their own port.
+            .env("AGENTKEYS_LISTEN_HTTPS", "off")
             .env("AGENTKEYS_LOG", "warn")
             // No outbound delivery unless a test asks for it (no real DNS or port 25).
             .env("AGENTKEYS_DELIVERY_ENABLED", "false")
