@@ -396,17 +396,23 @@ pub(crate) async fn agent(config: &Config, cmd: AgentCmd, json: bool) -> Result<
     Ok(())
 }
 
+/// The address `inbox create` makes: `--name` (else a random `bot-…`) at
+/// `--domain` (else the configured domain).
+fn new_address(config: &Config, name: Option<&str>, domain: Option<&str>) -> Result<Address> {
+    let domain: Domain = match domain {
+        Some(d) => parse("--domain", d)?,
+        None => config.domain.clone(),
+    };
+    match name {
+        Some(local) => Address::new(local, &domain).map_err(|e| anyhow!("--name: {e}")),
+        None => Ok(Address::random_bot(&mut rand::thread_rng(), &domain)),
+    }
+}
+
 pub(crate) async fn inbox(config: &Config, cmd: InboxCmd, json: bool) -> Result<()> {
     match cmd {
         InboxCmd::Create { agent, name, domain, conn } if conn.server.is_some() || conn.owner.is_some() => {
-            let domain: Domain = match domain {
-                Some(d) => parse("--domain", &d)?,
-                None => config.domain.clone(),
-            };
-            let address = match name {
-                Some(local) => Address::new(&local, &domain).map_err(|e| anyhow!("--name: {e}"))?,
-                None => Address::random_bot(&mut rand::thread_rng(), &domain),
-            };
+            let address = new_address(config, name.as_deref(), domain.as_deref())?;
             return crate::owner_client::inbox_create(&conn, config, &agent, &address, json).await;
         }
         InboxCmd::List { owner, remote } if remote.server.is_some() => {
@@ -418,14 +424,7 @@ pub(crate) async fn inbox(config: &Config, cmd: InboxCmd, json: bool) -> Result<
     match cmd {
         InboxCmd::Create { agent, name, domain, conn: _ } => {
             let agent: AgentId = parse("--agent", &agent)?;
-            let domain: Domain = match domain {
-                Some(d) => parse("--domain", &d)?,
-                None => config.domain.clone(),
-            };
-            let address = match name {
-                Some(local) => Address::new(&local, &domain).map_err(|e| anyhow!("--name: {e}"))?,
-                None => Address::random_bot(&mut rand::thread_rng(), &domain),
-            };
+            let address = new_address(config, name.as_deref(), domain.as_deref())?;
             let owner = dir
                 .meta
                 .get_agent(&agent)

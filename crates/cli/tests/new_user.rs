@@ -107,7 +107,7 @@ fn an_unreachable_server_is_named_with_the_fix() {
         .unwrap();
     let err = stderr(&out);
     assert!(!out.status.success());
-    assert!(err.contains(&url) && err.contains("connection refused") && err.contains("agentkeys serve"), "{err}");
+    assert!(err.contains(&url) && err.to_lowercase().contains("connection refused") && err.contains("agentkeys serve"), "{err}");
     assert!(!err.contains("io: Connection refused"), "{err}");
 }
 
