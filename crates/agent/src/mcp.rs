@@ -65,7 +65,8 @@ impl MailTools {
     }
 
     /// Messages of an inbox, newest first, with From and Subject; filter by
-    /// sender or subject text; page with `before` = `next_cursor`.
+    /// sender or subject text, or by `to_tag` (mail sent to `inbox-local+tag@domain`:
+    /// give each service its own tagged address); page with `before` = `next_cursor`.
     #[tool(
         name = "list_messages",
         annotations(title = "List messages", read_only_hint = true, destructive_hint = false, idempotent_hint = true, open_world_hint = false)

@@ -89,6 +89,8 @@ pub struct ApiState {
     throttle: Arc<throttle::HttpThrottle>,
     /// The MTA-STS policy file served for `mta-sts.<hosted domain>`; `None`: 404.
     mta_sts_policy: Option<Arc<str>>,
+    /// How recipients with a tag resolve, and which inbox names are refused.
+    subaddressing: agentkeys_core::Subaddressing,
 }
 
 impl std::fmt::Debug for ApiState {
@@ -119,7 +121,17 @@ impl ApiState {
             send: None,
             throttle: Arc::default(),
             mta_sts_policy: None,
+            subaddressing: agentkeys_core::Subaddressing::default(),
         }
+    }
+
+    /// The same state with another subaddress separator (default `+`): sending
+    /// to `bot+tag@<hosted>` reaches `bot@<hosted>`, and inboxes containing the
+    /// separator cannot be created.
+    #[must_use]
+    pub fn with_subaddressing(mut self, subaddressing: agentkeys_core::Subaddressing) -> Self {
+        self.subaddressing = subaddressing;
+        self
     }
 
     /// The same state serving `policy` (an RFC 8461 §3.2 policy file) at

@@ -34,7 +34,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use agentkeys_core::{Address, AuthFailure, Credentials, KeyHasher, SendAuthorized};
+use agentkeys_core::{Address, AuthFailure, Credentials, KeyHasher, SendAuthorized, Subaddressing};
 use agentkeys_submission::auth_audit::{self, Door, RefusalFacts};
 use agentkeys_submission::{
     AUTH_FAILURE_FLOOR, AUTH_FAILURE_JITTER, DEFAULT_MAX_MESSAGE_SIZE, DeliveryError, LocalRecipient, MAX_RECIPIENTS,
@@ -258,7 +258,7 @@ pub(crate) async fn send(
             MessageRefusal::Sender => ApiError::SenderNotAuthorized,
         });
     }
-    let (local, remote) = route(meta.as_ref(), &built.recipients).await?;
+    let (local, remote) = route(meta.as_ref(), &state.subaddressing, &built.recipients).await?;
     let delivery =
         agentkeys_submission::http_submission(proof, &built.message, local, remote, id, now, &service.hostname);
     agentkeys_submission::store_delivery_signed(service.blobs.as_ref(), meta.as_ref(), service.signer.as_deref(), &delivery)
@@ -481,13 +481,19 @@ fn take_raw(bytes: &[u8], inbox: &Address, id: ulid::Ulid, now: i64) -> Result<B
 }
 
 /// Routes every recipient with the SMTP submission's rule.
+/// Two addresses of one inbox (`bot+a@d`, `bot+b@d`) make one copy, as in SMTP.
 async fn route(
     meta: &dyn MetadataStore,
+    subaddressing: &Subaddressing,
     recipients: &[(String, String)],
 ) -> Result<(Vec<LocalRecipient>, Vec<String>), ApiError> {
-    let (mut local, mut remote) = (Vec::new(), Vec::new());
+    let (mut local, mut remote) = (Vec::<LocalRecipient>::new(), Vec::new());
     for (field, address) in recipients {
-        let query = RecipientQuery::parse(address).ok_or_else(|| bad(field, "not an email address"))?;
+        let query =
+            RecipientQuery::parse_with(address, subaddressing).ok_or_else(|| bad(field, "not an email address"))?;
+        if query.inbox.as_ref().is_some_and(|inbox| local.iter().any(|r| &r.inbox == inbox)) {
+            continue;
+        }
         let answer = agentkeys_submission::lookup_recipient(meta, &query)
             .await
             .map_err(|e| unavailable("recipient lookup", &e))?;

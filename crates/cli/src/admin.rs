@@ -397,8 +397,9 @@ pub(crate) async fn inbox(config: &Config, cmd: InboxCmd, json: bool) -> Result<
             };
             let address = match name {
                 Some(local) => Address::new(&local, &domain).map_err(|e| anyhow!("--name: {e}"))?,
-                None => Address::random_bot(&mut rand::thread_rng(), &domain),
+                None => config.subaddressing.random_inbox(&mut rand::thread_rng(), &domain),
             };
+            config.subaddressing.check_inbox(&address).map_err(|e| anyhow!("--name: {e} (subaddress_separator)"))?;
             return crate::owner_client::inbox_create(&conn, config, &agent, &address, json).await;
         }
         InboxCmd::List { owner, remote } if remote.server.is_some() => {
@@ -416,8 +417,9 @@ pub(crate) async fn inbox(config: &Config, cmd: InboxCmd, json: bool) -> Result<
             };
             let address = match name {
                 Some(local) => Address::new(&local, &domain).map_err(|e| anyhow!("--name: {e}"))?,
-                None => Address::random_bot(&mut rand::thread_rng(), &domain),
+                None => config.subaddressing.random_inbox(&mut rand::thread_rng(), &domain),
             };
+            config.subaddressing.check_inbox(&address).map_err(|e| anyhow!("--name: {e} (subaddress_separator)"))?;
             let owner = dir
                 .meta
                 .get_agent(&agent)

@@ -51,6 +51,9 @@ pub(crate) enum MailCmd {
         /// Only messages whose subject contains this text.
         #[arg(long)]
         subject: Option<String>,
+        /// Only messages sent to the subaddress with this tag (`github` for bot+github@domain).
+        #[arg(long)]
+        to_tag: Option<String>,
         /// Only messages older than this id (the previous page's next cursor).
         #[arg(long)]
         before: Option<String>,
@@ -239,6 +242,7 @@ async fn full_message_id(mail: &MailService, inbox: &str, id: &str) -> Result<St
                 before: before.take(),
                 from: None,
                 subject_contains: None,
+                to_tag: None,
             })
             .await?;
         for m in &page.messages {
@@ -372,10 +376,18 @@ pub(crate) async fn run(cmd: MailCmd, json: bool) -> Result<()> {
                 );
             }
         }
-        MailCmd::List { inbox, limit, from, subject, before, after } => {
+        MailCmd::List { inbox, limit, from, subject, to_tag, before, after } => {
             let inbox = resolve_inbox(&mail, &inbox).await?;
             let list = mail
-                .list_messages(&ListMessagesParams { inbox, limit: Some(limit), after, before, from, subject_contains: subject })
+                .list_messages(&ListMessagesParams {
+                    inbox,
+                    limit: Some(limit),
+                    after,
+                    before,
+                    from,
+                    subject_contains: subject,
+                    to_tag,
+                })
                 .await?;
             if json {
                 return print_json(&list);
@@ -385,11 +397,12 @@ pub(crate) async fn run(cmd: MailCmd, json: bool) -> Result<()> {
             }
             for m in &list.messages {
                 println!(
-                    "{}  {}  {:<32}  {}",
+                    "{}  {}  {:<32}  {}{}",
                     m.message_id,
                     time(m.received_at),
                     m.from.as_deref().unwrap_or("-"),
-                    m.subject.as_deref().unwrap_or("(no subject)")
+                    m.subject.as_deref().unwrap_or("(no subject)"),
+                    m.to_tag.as_deref().map(|t| format!("  (to tag {t})")).unwrap_or_default()
                 );
             }
             if let Some(c) = &list.next_cursor {
