@@ -202,6 +202,13 @@ pub struct SendMessageParams {
     /// Attachments.
     #[serde(default)]
     pub attachments: Vec<AttachmentInput>,
+    /// Makes a retry safe: give a new unique value (e.g. a UUID) for each new
+    /// message, and the same value when retrying the same send after a timeout
+    /// or error. Within 24 h the same key and message send only once (the answer
+    /// then says `replayed: true`); the same key with a different message is
+    /// refused (IDEMPOTENCY_KEY_REUSED) and sends nothing.
+    #[serde(default)]
+    pub idempotency_key: Option<String>,
 }
 
 /// `reply_to_message`.
@@ -543,6 +550,20 @@ impl MailService {
             return Err(MailError::Invalid("give a body: text or html".to_owned()));
         }
         let attachments = decode_attachments(&p.attachments)?;
+        if let Some(key) = &p.idempotency_key {
+            // The server builds the message from the request, so a retry sends
+            // the same request bytes (a message built here would differ in its
+            // Date, Message-ID and MIME boundaries).
+            let request = serde_json::json!({
+                "to": p.to, "cc": p.cc, "bcc": p.bcc,
+                "subject": (!p.subject.is_empty()).then_some(&p.subject),
+                "text": p.text, "html": p.html,
+                "attachments": p.attachments.iter().zip(&attachments).map(|(a, (_, content_type, _))| serde_json::json!({
+                    "filename": a.filename, "content_type": content_type, "content_base64": a.content_base64.trim(),
+                })).collect::<Vec<_>>(),
+            });
+            return Ok(self.client.send_json_idempotent(&inbox, &request, key, recipients.len()).await?);
+        }
         let built = compose_new(&inbox, p, attachments, self.client.config().send_via)?;
         Ok(self.client.send(&inbox, &recipients, built.bytes, Some(built.message_id)).await?)
     }

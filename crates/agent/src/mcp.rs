@@ -96,6 +96,8 @@ impl MailTools {
     }
 
     /// Sends a new message from an inbox (needs a `send` grant). Real mail: it cannot be recalled.
+    /// Pass `idempotency_key` (a new UUID per message) and reuse it when retrying
+    /// after a timeout or error: the message is then sent at most once.
     #[tool(
         name = "send_message",
         annotations(title = "Send a message", read_only_hint = false, destructive_hint = true, idempotent_hint = false, open_world_hint = true)

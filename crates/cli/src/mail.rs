@@ -95,6 +95,10 @@ pub(crate) enum MailCmd {
         /// Attach a file (repeat for several).
         #[arg(long, value_name = "FILE")]
         attach: Vec<PathBuf>,
+        /// Send at most once per key: rerunning with the same key and message
+        /// within 24 h sends nothing again (a new message needs a new key, e.g. a UUID).
+        #[arg(long, value_name = "KEY")]
+        idempotency_key: Option<String>,
     },
     /// Reply to a message (threaded, `Re:` subject).
     Reply {
@@ -431,7 +435,7 @@ pub(crate) async fn run(cmd: MailCmd, json: bool) -> Result<()> {
             }
             print_message(&m);
         }
-        MailCmd::Send { inbox, to, cc, bcc, subject, body: b, attach } => {
+        MailCmd::Send { inbox, to, cc, bcc, subject, body: b, attach, idempotency_key } => {
             let inbox = resolve_inbox(&mail, &inbox).await?;
             let (text, html) = body(&b)?;
             let receipt = mail
@@ -444,10 +448,14 @@ pub(crate) async fn run(cmd: MailCmd, json: bool) -> Result<()> {
                     text,
                     html,
                     attachments: attachments(&attach)?,
+                    idempotency_key,
                 })
                 .await?;
             if json {
                 return print_json(&receipt);
+            }
+            if receipt.replayed {
+                println!("already sent with this idempotency key: nothing sent again");
             }
             println!(
                 "sent from {inbox} to {} recipient(s) via {}{}",

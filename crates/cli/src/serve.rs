@@ -134,6 +134,7 @@ pub(crate) async fn run(config: Config) -> Result<()> {
                 hostname: config.hostname.clone(),
                 max_message_size: config.max_message_size,
                 queued: Some(queued.clone()),
+                idempotency: Some(dir.meta.clone()),
             }),
     );
     let sessions = TaskTracker::new();
