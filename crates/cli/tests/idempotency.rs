@@ -23,6 +23,18 @@ const BOB: &str = "0xa100000000000000000000000000000000000002";
 
 /// POSTs `body` with curl and extra headers; (status, response headers, body).
 fn post(server: &Server, path: &str, key: &str, content_type: &str, headers: &[&str], body: &[u8]) -> (u16, String, String) {
+    post_to(server.http, path, key, content_type, headers, body)
+}
+
+/// [`post`] to the HTTP listener at `http`.
+fn post_to(
+    http: std::net::SocketAddr,
+    path: &str,
+    key: &str,
+    content_type: &str,
+    headers: &[&str],
+    body: &[u8],
+) -> (u16, String, String) {
     let dir = tempfile::tempdir().unwrap();
     let head = dir.path().join("headers");
     let mut cmd = Command::new("curl");
@@ -32,7 +44,7 @@ fn post(server: &Server, path: &str, key: &str, content_type: &str, headers: &[&
     for h in headers {
         cmd.arg("-H").arg(h);
     }
-    cmd.args(["--data-binary", "@-"]).arg(format!("http://{}{path}", server.http));
+    cmd.args(["--data-binary", "@-"]).arg(format!("http://{http}{path}"));
     cmd.stdin(Stdio::piped()).stdout(Stdio::piped());
     let mut child = cmd.spawn().expect("spawn curl");
     child.stdin.take().unwrap().write_all(body).unwrap();
@@ -136,6 +148,35 @@ fn a_retried_http_send_mails_once_and_another_body_is_409() {
     assert_eq!(s7, 400, "{b7}");
     assert!(b7.contains("Idempotency-Key"), "{b7}");
     assert_eq!((w.stored(&w.bob), queue_len(&w.server)), (2, 1));
+}
+
+/// Concurrent retries of one send: one message, every answer a 202 (first or
+/// replayed) or 409 IDEMPOTENCY_KEY_IN_USE.
+#[test]
+fn concurrent_retries_send_once() {
+    let w = world();
+    let path = format!("/v1/inboxes/{}/send", w.alice);
+    let body = json!({"to": [w.bob.clone()], "subject": "race", "text": "once"}).to_string();
+    let (http, key) = (w.server.http, w.alice_key.as_str());
+    let answers: Vec<(u16, String)> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..6)
+            .map(|_| {
+                s.spawn(|| {
+                    let (status, _, text) =
+                        post_to(http, &path, key, "application/json", &["Idempotency-Key: race-1"], body.as_bytes());
+                    (status, text)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let accepted: Vec<&String> = answers.iter().filter(|(s, _)| *s == 202).map(|(_, t)| t).collect();
+    assert!(!accepted.is_empty(), "{answers:?}");
+    assert!(accepted.windows(2).all(|p| p[0] == p[1]), "{answers:?}");
+    for (status, text) in &answers {
+        assert!(*status == 202 || (*status == 409 && text.contains("IDEMPOTENCY_KEY_IN_USE")), "{status} {text}");
+    }
+    assert_eq!(w.stored(&w.bob), 1);
 }
 
 #[test]

@@ -162,3 +162,22 @@ fn a_separator_inside_inbox_names_is_refused_at_create_and_at_start() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("AGENTKEYS_SUBADDRESS_SEPARATOR"), "{err}");
 }
+
+/// The owner's API refuses an inbox name containing the server's separator.
+#[test]
+fn the_owner_api_refuses_an_inbox_name_with_the_separator() {
+    let dir = tempfile::tempdir().unwrap();
+    provision(dir.path(), OWNER, AGENT, "hello");
+    let server = Server::start(dir.path(), &[("AGENTKEYS_SUBADDRESS_SEPARATOR", "_")]);
+    let url = format!("http://{}", server.http);
+    let out = owner_run(dir.path(), OWNER, &["inbox", "create", "--agent", AGENT, "--name", "shop_x", "--server", &url]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("400") && err.contains("separator"), "{err}");
+    let out = owner_run(dir.path(), OWNER, &["inbox", "create", "--agent", AGENT, "--name", "shop-x", "--server", &url, "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // And the MX resolves with it.
+    let (ok, t) = swaks(server.inbound.port(), "hello_github@agents.localhost", "tagged");
+    assert!(ok, "{t}");
+    assert_eq!(stored_messages(&server.blobs(), OWNER, "hello@agents.localhost").len(), 1);
+    server.stop();
+}
