@@ -319,23 +319,34 @@ pub(crate) async fn send(
         }
         Ok(IdempotencyClaim::Claimed) => {}
     }
-    match deliver(&state, meta.as_ref(), &service, proof, json, &bytes, limit).await {
-        Ok(response) => {
-            let text = serde_json::to_string(&response).map_err(|e| unavailable("encoding the answer", &e))?;
-            // Stored already: a failure to record the answer leaves the key
-            // "in use" (never sent twice), and this request still succeeded.
-            if let Err(e) = keys.finish(scope, &text).await {
-                tracing::error!(error = %e, "HTTP send: recording the idempotency key's answer failed");
+    // Run to the end even if the client goes away, so the claim is always
+    // finished or released (only a crash leaves it "in use").
+    let task = tokio::spawn(async move {
+        let scope = IdempotencyScope { inbox: &inbox, agent: &agent, key_hash: &key_hash };
+        match deliver(&state, meta.as_ref(), &service, proof, json, &bytes, limit).await {
+            Ok(response) => {
+                match serde_json::to_string(&response) {
+                    // Stored already: a failure to record the answer leaves the
+                    // key "in use" (never sent twice); this request succeeded.
+                    Ok(text) => {
+                        if let Err(e) = keys.finish(scope, &text).await {
+                            tracing::error!(error = %e, "HTTP send: recording the idempotency key's answer failed");
+                        }
+                    }
+                    Err(e) => tracing::error!(error = %e, "HTTP send: encoding the idempotent answer failed"),
+                }
+                Ok(response)
             }
-            Ok((StatusCode::ACCEPTED, Json(response)).into_response())
-        }
-        Err(refused) => {
-            if let Err(e) = keys.release(scope).await {
-                tracing::error!(error = %e, "HTTP send: releasing the idempotency key failed");
+            Err(refused) => {
+                if let Err(e) = keys.release(scope).await {
+                    tracing::error!(error = %e, "HTTP send: releasing the idempotency key failed");
+                }
+                Err(refused)
             }
-            Err(refused)
         }
-    }
+    });
+    let response = task.await.map_err(|e| unavailable("the send task", &e))??;
+    Ok((StatusCode::ACCEPTED, Json(response)).into_response())
 }
 
 /// Builds, checks, routes and stores one message: steps 2-5 of the module docs.
