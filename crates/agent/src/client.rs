@@ -205,6 +205,10 @@ pub struct SendReceipt {
     pub rfc5322_message_id: Option<String>,
     /// How many envelope recipients it went to.
     pub recipients: usize,
+    /// True when this was a retry with an idempotency key already used for this
+    /// message: nothing was sent now; the ids are those of the first send.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub replayed: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -366,6 +370,18 @@ impl ApiClient {
         accept: &'static str,
         last_event_id: Option<&str>,
     ) -> Result<Response<Incoming>, ClientError> {
+        self.send_request_with(method, path, auth, body, accept, last_event_id.map(|id| ("last-event-id", id))).await
+    }
+
+    async fn send_request_with(
+        &self,
+        method: Method,
+        path: &str,
+        auth: Auth<'_>,
+        body: Option<(&'static str, Bytes)>,
+        accept: &'static str,
+        extra_header: Option<(&'static str, &str)>,
+    ) -> Result<Response<Incoming>, ClientError> {
         let bearer = match auth {
             Auth::AgentKey => format!("Bearer {}", self.config.agent_key.expose()),
             Auth::Capability(token) => format!("Bearer {token}"),
@@ -377,8 +393,8 @@ impl ApiClient {
             .header(header::AUTHORIZATION, bearer)
             .header(header::ACCEPT, accept)
             .header(header::USER_AGENT, concat!("agentkeys-daemon/", env!("CARGO_PKG_VERSION")));
-        if let Some(id) = last_event_id {
-            builder = builder.header("last-event-id", id);
+        if let Some((name, value)) = extra_header {
+            builder = builder.header(name, value);
         }
         let request = match body {
             Some((content_type, bytes)) => builder.header(header::CONTENT_TYPE, content_type).body(Full::new(bytes)),
@@ -611,6 +627,55 @@ impl ApiClient {
             queue_id: a.message_id,
             rfc5322_message_id: a.rfc5322_message_id.or(rfc5322_message_id),
             recipients: recipients.len(),
+            replayed: false,
+        })
+    }
+
+    /// Sends a JSON send request (`POST /v1/inboxes/{inbox}/send`, the server
+    /// builds the message) with an `Idempotency-Key`: a retry with the same key
+    /// and request sends nothing and answers the first send's ids.
+    pub async fn send_json_idempotent(
+        &self,
+        inbox: &str,
+        request: &serde_json::Value,
+        idempotency_key: &str,
+        recipients: usize,
+    ) -> Result<SendReceipt, ClientError> {
+        #[derive(Deserialize)]
+        struct Accepted {
+            message_id: Option<String>,
+            rfc5322_message_id: Option<String>,
+        }
+        let inbox = check_inbox(inbox)?;
+        let key = idempotency_key.trim();
+        if key.is_empty() || key.len() > 255 || !key.bytes().all(|b| b == b' ' || b.is_ascii_graphic()) {
+            return Err(ClientError::Local(
+                "idempotency_key must be 1-255 printable ASCII characters, e.g. a UUID".to_owned(),
+            ));
+        }
+        let body = serde_json::to_vec(request).map_err(|e| ClientError::Local(e.to_string()))?;
+        let path = format!("/v1/inboxes/{inbox}/send");
+        let r = self
+            .send_request_with(
+                Method::POST,
+                &path,
+                Auth::AgentKey,
+                Some(("application/json", Bytes::from(body))),
+                "application/json",
+                Some(("idempotency-key", key)),
+            )
+            .await?;
+        if r.status() != StatusCode::ACCEPTED {
+            return Err(Self::refusal(r, &inbox, "send", format!("inbox {inbox}")).await);
+        }
+        let replayed = r.headers().get("idempotent-replayed").is_some_and(|v| v.as_bytes() == b"true");
+        let a: Accepted = Self::json(r).await?;
+        Ok(SendReceipt {
+            via: "http".to_owned(),
+            queue_id: a.message_id,
+            rfc5322_message_id: a.rfc5322_message_id,
+            recipients,
+            replayed,
         })
     }
 
@@ -668,7 +733,13 @@ impl ApiClient {
         let to: Vec<&str> = recipients.iter().map(String::as_str).collect();
         client.send(Message::new(inbox, to, message.as_slice())).await.map_err(describe)?;
         let _ = client.quit().await;
-        Ok(SendReceipt { via: "smtp".to_owned(), queue_id: None, rfc5322_message_id, recipients: recipients.len() })
+        Ok(SendReceipt {
+            via: "smtp".to_owned(),
+            queue_id: None,
+            rfc5322_message_id,
+            recipients: recipients.len(),
+            replayed: false,
+        })
     }
 }
 

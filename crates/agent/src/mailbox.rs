@@ -123,6 +123,10 @@ pub struct ListMessagesParams {
     /// Only messages whose subject contains this text (case-insensitive).
     #[serde(default)]
     pub subject_contains: Option<String>,
+    /// Only messages sent to the inbox's subaddress with this tag: `github`
+    /// matches mail to `bot+github@domain` (give each service its own address).
+    #[serde(default)]
+    pub to_tag: Option<String>,
 }
 
 /// One message in a listing: the store's facts and the main headers.
@@ -140,6 +144,13 @@ pub struct MessageSummary {
     pub from_name: Option<String>,
     /// The subject.
     pub subject: Option<String>,
+    /// The address the mail was sent to, when it was a subaddress of the inbox
+    /// (`bot+github@domain`; the server's `Delivered-To:`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivered_to: Option<String>,
+    /// The subaddress tag (`github` for `bot+github@domain`), when there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to_tag: Option<String>,
 }
 
 /// A page of `list_messages`.
@@ -232,6 +243,13 @@ pub struct SendMessageParams {
     /// Attachments.
     #[serde(default)]
     pub attachments: Vec<AttachmentInput>,
+    /// Makes a retry safe: give a new unique value (e.g. a UUID) for each new
+    /// message, and the same value when retrying the same send after a timeout
+    /// or error. Within 24 h the same key and message send only once (the answer
+    /// then says `replayed: true`); the same key with a different message is
+    /// refused (IDEMPOTENCY_KEY_REUSED) and sends nothing.
+    #[serde(default)]
+    pub idempotency_key: Option<String>,
 }
 
 /// `reply_to_message`.
@@ -523,7 +541,39 @@ pub fn summarize(entry: &MessageEntry, raw: &[u8]) -> MessageSummary {
         from: first.and_then(|a| a.address()).map(str::to_owned),
         from_name: first.and_then(|a| a.name()).map(str::to_owned),
         subject: parsed.as_ref().and_then(|m| m.subject()).map(str::to_owned),
+        delivered_to: delivered_to(raw),
+        to_tag: None,
     }
+}
+
+/// The server's `Delivered-To:` address: only when it is the message's first
+/// field (the server writes it there for mail to a subaddress; every stored
+/// message starts with a field the server wrote, so a sender's cannot be first).
+pub fn delivered_to(raw: &[u8]) -> Option<String> {
+    const NAME: &[u8] = b"delivered-to:";
+    let head = raw.get(..NAME.len())?;
+    if !head.eq_ignore_ascii_case(NAME) {
+        return None;
+    }
+    let rest = &raw[NAME.len()..];
+    let end = rest.iter().position(|&b| b == b'\r' || b == b'\n').unwrap_or(rest.len());
+    let value = std::str::from_utf8(&rest[..end]).ok()?.trim();
+    (!value.is_empty()).then(|| value.to_ascii_lowercase())
+}
+
+/// The subaddress tag of `delivered_to` for `inbox`: what follows the inbox's
+/// local part and one separator character, in the same domain.
+pub fn to_tag(delivered_to: &str, inbox: &str) -> Option<String> {
+    let (local, domain) = delivered_to.rsplit_once('@')?;
+    let (base, inbox_domain) = inbox.rsplit_once('@')?;
+    if !domain.eq_ignore_ascii_case(inbox_domain) {
+        return None;
+    }
+    let rest = local.to_ascii_lowercase().strip_prefix(&base.to_ascii_lowercase())?.to_owned();
+    let mut chars = rest.chars();
+    chars.next().filter(|c| !c.is_ascii_alphanumeric() && *c != '.')?;
+    let tag = chars.as_str();
+    (!tag.is_empty()).then(|| tag.to_owned())
 }
 
 fn wait_secs(asked: Option<u64>) -> Result<u64, MailError> {
@@ -601,7 +651,9 @@ impl MailService {
 
     async fn summary(&self, inbox: &str, entry: &MessageEntry) -> Result<MessageSummary, MailError> {
         let raw = self.client.fetch_message(inbox, &entry.message_id).await?;
-        Ok(summarize(entry, &raw))
+        let mut summary = summarize(entry, &raw);
+        summary.to_tag = summary.delivered_to.as_deref().and_then(|d| to_tag(d, inbox));
+        Ok(summary)
     }
 
     /// `list_messages`: newest first; with filters, pages are scanned until
@@ -613,12 +665,14 @@ impl MailService {
             return Err(MailError::Invalid(format!("limit {limit} is outside 1-{}", crate::client::MAX_PAGE)));
         }
         let filter = Filter::new(p.from.as_deref(), p.subject_contains.as_deref());
+        let tag = p.to_tag.as_deref().map(str::trim).filter(|t| !t.is_empty()).map(str::to_ascii_lowercase);
+        let unfiltered = filter.is_empty() && tag.is_none();
         let mut out = Vec::new();
         let mut before = p.before.clone();
         let mut scanned = 0usize;
         let mut next_cursor;
         loop {
-            let page_size = if filter.is_empty() { limit } else { crate::client::MAX_PAGE.min(u32::try_from(MAX_SCAN - scanned).unwrap_or(1)).max(1) };
+            let page_size = if unfiltered { limit } else { crate::client::MAX_PAGE.min(u32::try_from(MAX_SCAN - scanned).unwrap_or(1)).max(1) };
             let page = self
                 .client
                 .list_messages(&inbox, &ListQuery { order: Order::Desc, after: p.after.clone(), before: before.clone(), limit: page_size })
@@ -628,7 +682,7 @@ impl MailService {
             for entry in &page.messages {
                 scanned += 1;
                 let summary = self.summary(&inbox, entry).await?;
-                if filter.matches(&summary) {
+                if filter.matches(&summary) && tag.as_ref().is_none_or(|t| summary.to_tag.as_ref() == Some(t)) {
                     out.push(summary);
                 }
                 if out.len() >= limit as usize || scanned >= MAX_SCAN {
@@ -644,7 +698,7 @@ impl MailService {
                 }
                 break;
             }
-            if filter.is_empty() || next_cursor.is_none() || page.messages.is_empty() {
+            if unfiltered || next_cursor.is_none() || page.messages.is_empty() {
                 break;
             }
             before = next_cursor.clone();
@@ -692,6 +746,20 @@ impl MailService {
             return Err(MailError::Invalid("give a body: text or html".to_owned()));
         }
         let attachments = decode_attachments(&p.attachments)?;
+        if let Some(key) = &p.idempotency_key {
+            // The server builds the message from the request, so a retry sends
+            // the same request bytes (a message built here would differ in its
+            // Date, Message-ID and MIME boundaries).
+            let request = serde_json::json!({
+                "to": p.to, "cc": p.cc, "bcc": p.bcc,
+                "subject": (!p.subject.is_empty()).then_some(&p.subject),
+                "text": p.text, "html": p.html,
+                "attachments": p.attachments.iter().zip(&attachments).map(|(a, (_, content_type, _))| serde_json::json!({
+                    "filename": a.filename, "content_type": content_type, "content_base64": a.content_base64.trim(),
+                })).collect::<Vec<_>>(),
+            });
+            return Ok(self.client.send_json_idempotent(&inbox, &request, key, recipients.len()).await?);
+        }
         let built = compose_new(&inbox, p, attachments, self.client.config().send_via)?;
         Ok(self.client.send(&inbox, &recipients, built.bytes, Some(built.message_id)).await?)
     }
@@ -1178,6 +1246,8 @@ mod tests {
             from: from.map(str::to_owned),
             from_name: name.map(str::to_owned),
             subject: subject.map(str::to_owned),
+            delivered_to: None,
+            to_tag: None,
         }
     }
 
@@ -1229,5 +1299,27 @@ mod tests {
         assert_eq!(s.from.as_deref(), Some("no-reply@acme.example"));
         assert_eq!(s.from_name.as_deref(), Some("Acme"));
         assert_eq!(s.subject.as_deref(), Some("Your code"));
+        assert_eq!(s.delivered_to, None);
+    }
+
+    #[test]
+    fn the_tag_comes_from_a_first_delivered_to_only() {
+        let e = MessageEntry { message_id: "01HZZZZZZZZZZZZZZZZZZZZZZZ".into(), received_at: 5, size: 9 };
+        let ours = b"Delivered-To: hello+github@agents.localhost\r\nReceived: x\r\nFrom: a@b.c\r\n\r\nbody";
+        let s = summarize(&e, ours);
+        assert_eq!(s.delivered_to.as_deref(), Some("hello+github@agents.localhost"));
+        assert_eq!(to_tag("hello+github@agents.localhost", "hello@agents.localhost").as_deref(), Some("github"));
+        assert_eq!(to_tag("hello-a.b@agents.localhost", "hello@agents.localhost").as_deref(), Some("a.b"));
+        // A sender's own Delivered-To below our fields is not read.
+        let forged = b"Received: x\r\nDelivered-To: hello+bank@agents.localhost\r\n\r\nbody";
+        assert_eq!(summarize(&e, forged).delivered_to, None);
+        for (to, inbox) in [
+            ("hello@agents.localhost", "hello@agents.localhost"),
+            ("hello+x@other.test", "hello@agents.localhost"),
+            ("helloo+x@agents.localhost", "hello@agents.localhost"),
+            ("hello+@agents.localhost", "hello@agents.localhost"),
+        ] {
+            assert_eq!(to_tag(to, inbox), None, "{to}");
+        }
     }
 }

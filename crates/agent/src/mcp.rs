@@ -88,8 +88,9 @@ impl MailTools {
 
     /// Messages of an inbox, newest first, with From and Subject; filter by
     /// sender or subject text (substrings, for searching: to wait for a
-    /// service's code use `wait_for_otp`). More pages: call again with
-    /// `before` = `next_cursor`; read one with `get_message`.
+    /// service's code use `wait_for_otp`), or by `to_tag` (mail sent to
+    /// `inbox-local+tag@domain`: give each service its own tagged address).
+    /// More pages: call again with `before` = `next_cursor`; read one with `get_message`.
     #[tool(
         name = "list_messages",
         annotations(title = "List messages", read_only_hint = true, destructive_hint = false, idempotent_hint = true, open_world_hint = false)
@@ -121,8 +122,10 @@ impl MailTools {
     }
 
     /// Sends a new message from an inbox (needs a `send` grant). Real mail: it
-    /// cannot be recalled, so do not call it again after a success. A refusal
-    /// naming the grant means the owner must grant `send` on this inbox.
+    /// cannot be recalled. Pass `idempotency_key` (a new UUID per message) and
+    /// reuse it when retrying after a timeout or error: the message is then sent
+    /// at most once. A refusal naming the grant means the owner must grant `send`
+    /// on this inbox.
     #[tool(
         name = "send_message",
         annotations(title = "Send a message", read_only_hint = false, destructive_hint = true, idempotent_hint = false, open_world_hint = true)

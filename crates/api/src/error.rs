@@ -154,6 +154,12 @@ pub enum ApiError {
     Conflict,
     /// 409 `ADDRESS_TAKEN`: an inbox with this address exists already.
     AddressTaken,
+    /// 409 `IDEMPOTENCY_KEY_REUSED`: the send's `Idempotency-Key` was used (within
+    /// 24 h, for this inbox and agent) with another request.
+    IdempotencyKeyReused,
+    /// 409 `IDEMPOTENCY_KEY_IN_USE`: a send with this `Idempotency-Key` is still
+    /// running, or a server failure left its outcome unknown; nothing was sent.
+    IdempotencyKeyInUse,
     /// 503 `TOO_MANY_CONNECTIONS`: the HTTP listener has the most connections it
     /// takes, in total or from this address; answered by the listener itself,
     /// before any request is read, with `Retry-After`.
@@ -219,6 +225,7 @@ impl ApiError {
             Self::MessageTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedSendMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::AgentExists | Self::Conflict | Self::AddressTaken => StatusCode::CONFLICT,
+            Self::IdempotencyKeyReused | Self::IdempotencyKeyInUse => StatusCode::CONFLICT,
             Self::GrantChange(GrantChangeError::Revoked) => StatusCode::CONFLICT,
             Self::GrantChange(_) => StatusCode::BAD_REQUEST,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -260,6 +267,8 @@ impl ApiError {
             Self::GrantChange(_) => "INVALID_REQUEST",
             Self::Conflict => "CONFLICT",
             Self::AddressTaken => "ADDRESS_TAKEN",
+            Self::IdempotencyKeyReused => "IDEMPOTENCY_KEY_REUSED",
+            Self::IdempotencyKeyInUse => "IDEMPOTENCY_KEY_IN_USE",
             Self::RateLimited { .. } => "RATE_LIMITED",
             Self::TooManyConnections => "TOO_MANY_CONNECTIONS",
         }
@@ -297,6 +306,8 @@ impl ApiError {
             Self::GrantChange(_) => "Grant change refused",
             Self::Conflict => "Conflict",
             Self::AddressTaken => "Address taken",
+            Self::IdempotencyKeyReused => "Idempotency key reused",
+            Self::IdempotencyKeyInUse => "Idempotency key in use",
             Self::RateLimited { .. } => "Too many requests",
             Self::TooManyConnections => "Too many connections",
         }
@@ -387,6 +398,18 @@ impl ApiError {
             Self::AddressTaken => {
                 ("an inbox with this address exists already; pick another name".to_owned(), Some("address".to_owned()))
             }
+            Self::IdempotencyKeyReused => (
+                "this Idempotency-Key was used within 24 h with a different message; nothing was sent. Use a new key \
+                 for a new message, or resend the first message unchanged to get its answer"
+                    .to_owned(),
+                Some("Idempotency-Key".to_owned()),
+            ),
+            Self::IdempotencyKeyInUse => (
+                "a send with this Idempotency-Key is still running (or the server failed while sending it); nothing \
+                 was sent now. Retry in a few seconds; if it persists, check the sent messages before using a new key"
+                    .to_owned(),
+                Some("Idempotency-Key".to_owned()),
+            ),
             Self::RateLimited { retry_after_secs } => {
                 (format!("too many requests from this address; retry after {retry_after_secs} s"), None)
             }

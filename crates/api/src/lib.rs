@@ -91,6 +91,8 @@ pub struct ApiState {
     mta_sts_policy: Option<Arc<str>>,
     /// Handed to a paired agent with its key ([`pairing::ServerInfo`]).
     server_info: Option<Arc<pairing::ServerInfo>>,
+    /// How recipients with a tag resolve, and which inbox names are refused.
+    subaddressing: agentkeys_core::Subaddressing,
 }
 
 impl std::fmt::Debug for ApiState {
@@ -122,7 +124,17 @@ impl ApiState {
             throttle: Arc::default(),
             mta_sts_policy: None,
             server_info: None,
+            subaddressing: agentkeys_core::Subaddressing::default(),
         }
+    }
+
+    /// The same state with another subaddress separator (default `+`): sending
+    /// to `bot+tag@<hosted>` reaches `bot@<hosted>`, and inboxes containing the
+    /// separator cannot be created.
+    #[must_use]
+    pub fn with_subaddressing(mut self, subaddressing: agentkeys_core::Subaddressing) -> Self {
+        self.subaddressing = subaddressing;
+        self
     }
 
     /// The same state serving `policy` (an RFC 8461 §3.2 policy file) at

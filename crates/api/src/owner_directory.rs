@@ -180,6 +180,7 @@ pub(crate) async fn create_inbox(State(state): State<ApiState>, approval: OwnerA
     let owner = approval.owner().clone();
     let agent: AgentId = body.agent.parse().map_err(|e| field_error("agent", e))?;
     let address: Address = body.address.parse().map_err(|e| field_error("address", e))?;
+    state.subaddressing.check_inbox(&address).map_err(|e| field_error("address", e))?;
     if !meta.is_hosted_domain(address.domain()).await.map_err(|e| backend_error(&e))? {
         return Err(field_error("address", format!("{} is not a domain this server hosts", address.domain())));
     }

@@ -29,18 +29,28 @@
 //!    line `with HTTP`), and `store_delivery_signed` with the server's DKIM
 //!    `OutboundSigner` writes it: one `put_durable`, then the queue rows. 202 only
 //!    after that.
+//!
+//! **Idempotency.** With an `Idempotency-Key` header (1 to
+//! [`MAX_IDEMPOTENCY_KEY_LEN`] printable characters), after AUTH and reading the
+//! body the key is claimed in the store (SHA-256 of the key, with SHA-256 of
+//! the media type and body; per inbox and agent; kept
+//! [`agentkeys_store::IDEMPOTENCY_KEY_TTL_SECS`]): the same key and body again
+//! answer the first 202 (`Idempotent-Replayed: true`) and send nothing, another
+//! body is 409 `IDEMPOTENCY_KEY_REUSED`, a send still running (or cut off by a
+//! crash after storing) is 409 `IDEMPOTENCY_KEY_IN_USE`. A request refused or
+//! failed after the claim releases it.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use agentkeys_core::{Address, AuthFailure, Credentials, KeyHasher, SendAuthorized};
+use agentkeys_core::{Address, AuthFailure, Credentials, KeyHasher, SendAuthorized, Subaddressing};
 use agentkeys_submission::auth_audit::{self, Door, RefusalFacts};
 use agentkeys_submission::{
     AUTH_FAILURE_FLOOR, AUTH_FAILURE_JITTER, DEFAULT_MAX_MESSAGE_SIZE, DeliveryError, LocalRecipient, MAX_RECIPIENTS,
     MessageRefusal, OutboundSigner, RecipientQuery, RecipientRoute,
 };
-use agentkeys_store::{BlobStore, MetadataStore};
+use agentkeys_store::{BlobStore, IdempotencyClaim, IdempotencyScope, MetadataStore, SendIdempotency};
 use axum::{Extension, Json};
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Path, State};
@@ -48,6 +58,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
 use utoipa::ToSchema;
 
 use crate::ApiState;
@@ -57,6 +68,42 @@ use crate::extract::{AgentBearer, decode, is_json};
 /// Largest request body of the send route: the SMTP message size limit. (The
 /// API's [`crate::MAX_BODY_BYTES`] does not apply here.)
 pub const MAX_SEND_BODY_BYTES: usize = DEFAULT_MAX_MESSAGE_SIZE;
+
+/// Longest `Idempotency-Key` accepted.
+pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
+
+/// The request header carrying the client's idempotency key.
+pub const IDEMPOTENCY_KEY_HEADER: &str = "idempotency-key";
+
+/// The `Idempotency-Key` header, if present: 1 to [`MAX_IDEMPOTENCY_KEY_LEN`]
+/// printable ASCII characters (spaces allowed inside), else 400.
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<[u8; 32]>, ApiError> {
+    let mut values = headers.get_all(IDEMPOTENCY_KEY_HEADER).iter();
+    let Some(value) = values.next() else { return Ok(None) };
+    let refuse = || {
+        bad(
+            "Idempotency-Key",
+            format!("must be one header of 1-{MAX_IDEMPOTENCY_KEY_LEN} printable ASCII characters, e.g. a UUID"),
+        )
+    };
+    let key = value.to_str().map_err(|_| refuse())?.trim();
+    if values.next().is_some()
+        || key.is_empty()
+        || key.len() > MAX_IDEMPOTENCY_KEY_LEN
+        || !key.bytes().all(|b| b == b' ' || b.is_ascii_graphic())
+    {
+        return Err(refuse());
+    }
+    Ok(Some(Sha256::digest(key.as_bytes()).into()))
+}
+
+/// SHA-256 over the media type and the body: what "the same request" means.
+fn request_hash(json: bool, body: &[u8]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(if json { b"json\n".as_slice() } else { b"rfc822\n".as_slice() });
+    h.update(body);
+    h.finalize().into()
+}
 
 /// What the send route needs besides the metadata store.
 pub struct SendService {
@@ -73,6 +120,8 @@ pub struct SendService {
     /// Woken when remote recipients were queued, so the delivery runner starts at
     /// once (the same signal SMTP submission gives).
     pub queued: Option<Arc<tokio::sync::Notify>>,
+    /// Where `Idempotency-Key`s are kept; without it a request with one is 503.
+    pub idempotency: Option<Arc<dyn SendIdempotency>>,
 }
 
 impl std::fmt::Debug for SendService {
@@ -182,7 +231,10 @@ async fn authorize(
     post,
     path = "/v1/inboxes/{address}/send",
     tag = "mail",
-    params(("address" = String, Path, description = "The inbox to send from, e.g. bot@agents.example.com")),
+    params(
+        ("address" = String, Path, description = "The inbox to send from, e.g. bot@agents.example.com"),
+        ("Idempotency-Key" = Option<String>, Header, description = "Makes a retry safe: the same key (1-255 printable characters, e.g. a UUID) with the same body within 24 h answers the first 202 (header Idempotent-Replayed: true) and sends nothing; with another body 409 IDEMPOTENCY_KEY_REUSED. Per inbox and agent."),
+    ),
     request_body(content = SendRequest, description = "JSON (application/json), or the raw message as message/rfc822: envelope recipients from To/Cc/Bcc, Bcc removed"),
     security(("agent_key" = [])),
     responses(
@@ -191,6 +243,7 @@ async fn authorize(
         (status = 401, description = "SEND_NOT_AUTHORIZED: one answer for every AUTH failure (key, grant, inbox)", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "FROM_NOT_AUTHORIZED: the raw message's From: is not exactly the inbox, its display name shows another address, or it has a Sender: other than the inbox (field From or Sender; SMTP 550 5.7.1)", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "PAYLOAD_TOO_LARGE: over the SMTP message size limit", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "IDEMPOTENCY_KEY_REUSED: the Idempotency-Key was used within 24 h with another body; IDEMPOTENCY_KEY_IN_USE: a send with this key is still running. Nothing was sent", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "UNSUPPORTED_MEDIA_TYPE", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "MESSAGE_INVALID: the message (or the named field) contains a NUL character, which mail cannot carry (SMTP 550 5.6.0); send binary content as an attachment", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "BACKEND_UNAVAILABLE: nothing was sent; retry later", body = Problem, content_type = "application/problem+json"),
@@ -239,13 +292,79 @@ pub(crate) async fn send(
     if !json && !is_rfc822(&headers) {
         return Err(ApiError::UnsupportedSendMediaType);
     }
+    let key = idempotency_key(&headers)?;
     let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| ApiError::MessageTooLarge { limit })?;
+    let Some(key_hash) = key else {
+        let response = deliver(&state, meta.as_ref(), &service, proof, json, &bytes, limit).await?;
+        return Ok((StatusCode::ACCEPTED, Json(response)).into_response());
+    };
+    let Some(keys) = service.idempotency.clone() else {
+        return Err(ApiError::Unavailable { code: "BACKEND_UNAVAILABLE" });
+    };
+    let (inbox, agent) = (proof.inbox().clone(), proof.agent().clone());
+    let scope = IdempotencyScope { inbox: &inbox, agent: &agent, key_hash: &key_hash };
+    match keys.claim(scope, &request_hash(json, &bytes), state.clock.now()).await {
+        Err(e) => return Err(unavailable("claiming the idempotency key", &e)),
+        Ok(IdempotencyClaim::Mismatch) => return Err(ApiError::IdempotencyKeyReused),
+        Ok(IdempotencyClaim::InProgress) => return Err(ApiError::IdempotencyKeyInUse),
+        Ok(IdempotencyClaim::Replay(first)) => {
+            metrics::counter!("agentkeys_http_send_total", "result" => "replayed").increment(1);
+            let response = Response::builder()
+                .status(StatusCode::ACCEPTED)
+                .header(header::CONTENT_TYPE, "application/json")
+                .header("idempotent-replayed", "true")
+                .body(Body::from(first))
+                .map_err(|e| unavailable("answering a replay", &e))?;
+            return Ok(response);
+        }
+        Ok(IdempotencyClaim::Claimed) => {}
+    }
+    // Run to the end even if the client goes away, so the claim is always
+    // finished or released (only a crash leaves it "in use").
+    let task = tokio::spawn(async move {
+        let scope = IdempotencyScope { inbox: &inbox, agent: &agent, key_hash: &key_hash };
+        match deliver(&state, meta.as_ref(), &service, proof, json, &bytes, limit).await {
+            Ok(response) => {
+                match serde_json::to_string(&response) {
+                    // Stored already: a failure to record the answer leaves the
+                    // key "in use" (never sent twice); this request succeeded.
+                    Ok(text) => {
+                        if let Err(e) = keys.finish(scope, &text).await {
+                            tracing::error!(error = %e, "HTTP send: recording the idempotency key's answer failed");
+                        }
+                    }
+                    Err(e) => tracing::error!(error = %e, "HTTP send: encoding the idempotent answer failed"),
+                }
+                Ok(response)
+            }
+            Err(refused) => {
+                if let Err(e) = keys.release(scope).await {
+                    tracing::error!(error = %e, "HTTP send: releasing the idempotency key failed");
+                }
+                Err(refused)
+            }
+        }
+    });
+    let response = task.await.map_err(|e| unavailable("the send task", &e))??;
+    Ok((StatusCode::ACCEPTED, Json(response)).into_response())
+}
+
+/// Builds, checks, routes and stores one message: steps 2-5 of the module docs.
+async fn deliver(
+    state: &ApiState,
+    meta: &dyn MetadataStore,
+    service: &SendService,
+    proof: SendAuthorized,
+    json: bool,
+    bytes: &[u8],
+    limit: usize,
+) -> Result<SendResponse, ApiError> {
     let now = state.clock.now();
     let id = ulid::Ulid::new();
     let built = if json {
-        build_json(&decode::<SendRequest>(&bytes)?, proof.inbox(), id, now)?
+        build_json(&decode::<SendRequest>(bytes)?, proof.inbox(), id, now)?
     } else {
-        take_raw(&bytes, proof.inbox(), id, now)?
+        take_raw(bytes, proof.inbox(), id, now)?
     };
     if built.message.len() > limit {
         return Err(ApiError::MessageTooLarge { limit });
@@ -258,10 +377,10 @@ pub(crate) async fn send(
             MessageRefusal::Sender => ApiError::SenderNotAuthorized,
         });
     }
-    let (local, remote) = route(meta.as_ref(), &built.recipients).await?;
+    let (local, remote) = route(meta, &state.subaddressing, &built.recipients).await?;
     let delivery =
         agentkeys_submission::http_submission(proof, &built.message, local, remote, id, now, &service.hostname);
-    agentkeys_submission::store_delivery_signed(service.blobs.as_ref(), meta.as_ref(), service.signer.as_deref(), &delivery)
+    agentkeys_submission::store_delivery_signed(service.blobs.as_ref(), meta, service.signer.as_deref(), &delivery)
         .await
         .map_err(|e: DeliveryError| unavailable("storing the message", &e))?;
     if let (Some(queued), Some(_)) = (&service.queued, &delivery.outbound) {
@@ -276,8 +395,7 @@ pub(crate) async fn send(
         "message accepted"
     );
     metrics::counter!("agentkeys_http_send_total", "result" => "accepted").increment(1);
-    let response = SendResponse { message_id: id.to_string(), rfc5322_message_id: built.message_id };
-    Ok((StatusCode::ACCEPTED, Json(response)).into_response())
+    Ok(SendResponse { message_id: id.to_string(), rfc5322_message_id: built.message_id })
 }
 
 fn is_rfc822(headers: &HeaderMap) -> bool {
@@ -481,13 +599,19 @@ fn take_raw(bytes: &[u8], inbox: &Address, id: ulid::Ulid, now: i64) -> Result<B
 }
 
 /// Routes every recipient with the SMTP submission's rule.
+/// Two addresses of one inbox (`bot+a@d`, `bot+b@d`) make one copy, as in SMTP.
 async fn route(
     meta: &dyn MetadataStore,
+    subaddressing: &Subaddressing,
     recipients: &[(String, String)],
 ) -> Result<(Vec<LocalRecipient>, Vec<String>), ApiError> {
-    let (mut local, mut remote) = (Vec::new(), Vec::new());
+    let (mut local, mut remote) = (Vec::<LocalRecipient>::new(), Vec::new());
     for (field, address) in recipients {
-        let query = RecipientQuery::parse(address).ok_or_else(|| bad(field, "not an email address"))?;
+        let query =
+            RecipientQuery::parse_with(address, subaddressing).ok_or_else(|| bad(field, "not an email address"))?;
+        if query.inbox.as_ref().is_some_and(|inbox| local.iter().any(|r| &r.inbox == inbox)) {
+            continue;
+        }
         let answer = agentkeys_submission::lookup_recipient(meta, &query)
             .await
             .map_err(|e| unavailable("recipient lookup", &e))?;

@@ -397,16 +397,18 @@ pub(crate) async fn agent(config: &Config, cmd: AgentCmd, json: bool) -> Result<
 }
 
 /// The address `inbox create` makes: `--name` (else a random `bot-…`) at
-/// `--domain` (else the configured domain).
+/// `--domain` (else the configured domain); never one with the subaddress separator.
 fn new_address(config: &Config, name: Option<&str>, domain: Option<&str>) -> Result<Address> {
     let domain: Domain = match domain {
         Some(d) => parse("--domain", d)?,
         None => config.domain.clone(),
     };
-    match name {
-        Some(local) => Address::new(local, &domain).map_err(|e| anyhow!("--name: {e}")),
-        None => Ok(Address::random_bot(&mut rand::thread_rng(), &domain)),
-    }
+    let address = match name {
+        Some(local) => Address::new(local, &domain).map_err(|e| anyhow!("--name: {e}"))?,
+        None => config.subaddressing.random_inbox(&mut rand::thread_rng(), &domain),
+    };
+    config.subaddressing.check_inbox(&address).map_err(|e| anyhow!("--name: {e} (subaddress_separator)"))?;
+    Ok(address)
 }
 
 pub(crate) async fn inbox(config: &Config, cmd: InboxCmd, json: bool) -> Result<()> {

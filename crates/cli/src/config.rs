@@ -43,6 +43,8 @@ pub(crate) struct Config {
     pub(crate) data_dir: PathBuf,
     pub(crate) hostname: String,
     pub(crate) domain: Domain,
+    /// `local<sep>tag@domain` is delivered to `local@domain` (default `+`; empty: off).
+    pub(crate) subaddressing: agentkeys_core::Subaddressing,
     pub(crate) listen_inbound: SocketAddr,
     pub(crate) listen_submission: SocketAddr,
     pub(crate) listen_submission_tls: SocketAddr,
@@ -171,6 +173,7 @@ impl Default for Config {
             mta_sts_max_age: agentkeys_delivery::DEFAULT_MAX_AGE,
             mta_sts_mx: Vec::new(),
             tls_rpt: None,
+            subaddressing: agentkeys_core::Subaddressing::default(),
         }
     }
 }
@@ -293,6 +296,7 @@ pub(crate) const KEYS: &[Key] = &[
     Key { toml: "data_dir", env: "AGENTKEYS_DATA_DIR", help: "where metadata, blobs, the master seed and the TLS certificate live", set: |c, v| { c.data_dir = PathBuf::from(v); Ok(()) } },
     Key { toml: "hostname", env: "AGENTKEYS_HOSTNAME", help: "this server's name in the SMTP greeting and Received: lines", set: |c, v| { let d: Domain = v.parse().map_err(|e: agentkeys_core::IdError| e.to_string())?; c.hostname = d.to_string(); Ok(()) } },
     Key { toml: "domain", env: "AGENTKEYS_DOMAIN", help: "the hosted domain created at start and used when no --domain is given", set: |c, v| { c.domain = v.parse().map_err(|e: agentkeys_core::IdError| e.to_string())?; Ok(()) } },
+    Key { toml: "subaddress_separator", env: "AGENTKEYS_SUBADDRESS_SEPARATOR", help: "mail to local<sep>tag@domain goes to the inbox local@domain, the tag kept in Delivered-To: (one of + - _ =; empty turns it off; default +); inbox names containing it are refused", set: |c, v| { c.subaddressing = agentkeys_core::Subaddressing::parse(v)?; Ok(()) } },
     Key { toml: "listen.inbound", env: "AGENTKEYS_LISTEN_INBOUND", help: "inbound MX listener", set: |c, v| { c.listen_inbound = parse_addr(v)?; Ok(()) } },
     Key { toml: "listen.submission", env: "AGENTKEYS_LISTEN_SUBMISSION", help: "submission listener (STARTTLS)", set: |c, v| { c.listen_submission = parse_addr(v)?; Ok(()) } },
     Key { toml: "listen.submission_tls", env: "AGENTKEYS_LISTEN_SUBMISSION_TLS", help: "submission listener (implicit TLS)", set: |c, v| { c.listen_submission_tls = parse_addr(v)?; Ok(()) } },
@@ -728,5 +732,27 @@ mod http_limits_tests {
         std::fs::write(&p, "[limits]\nhttp_header_timeout = \"2m\"\nhttp_connection_lifetime = \"1m\"\n").unwrap();
         let err = load(Some(&p), &env(&[])).unwrap_err();
         assert_eq!(err.0[0].key, "limits.http_header_timeout / limits.http_connection_lifetime");
+    }
+}
+
+#[cfg(test)]
+mod subaddress_tests {
+    use super::*;
+
+    #[test]
+    fn the_subaddress_separator_defaults_to_plus_and_is_configurable() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("agentkeys.toml");
+        std::fs::write(&p, "subaddress_separator = \"-\"\n").unwrap();
+        let none = BTreeMap::new();
+        assert_eq!(load(Some(&p), &none).unwrap().subaddressing.separator(), Some('-'));
+        let env: BTreeMap<String, String> =
+            [("AGENTKEYS_SUBADDRESS_SEPARATOR".to_owned(), String::new())].into_iter().collect();
+        assert_eq!(load(Some(&p), &env).unwrap().subaddressing.separator(), None);
+        std::fs::write(&p, "").unwrap();
+        assert_eq!(load(Some(&p), &none).unwrap().subaddressing.separator(), Some('+'));
+        std::fs::write(&p, "subaddress_separator = \".\"\n").unwrap();
+        let err = load(Some(&p), &none).unwrap_err();
+        assert_eq!(err.0[0].key, "subaddress_separator");
     }
 }

@@ -87,6 +87,9 @@ pub(crate) enum MailCmd {
         /// Only messages whose subject contains this text.
         #[arg(long)]
         subject: Option<String>,
+        /// Only messages sent to the subaddress with this tag (`github` for bot+github@domain).
+        #[arg(long)]
+        to_tag: Option<String>,
         /// Only messages older than this id (the previous page's next cursor).
         #[arg(long)]
         before: Option<String>,
@@ -128,6 +131,10 @@ pub(crate) enum MailCmd {
         /// Attach a file (repeat for several).
         #[arg(long, value_name = "FILE")]
         attach: Vec<PathBuf>,
+        /// Send at most once per key: rerunning with the same key and message
+        /// within 24 h sends nothing again (a new message needs a new key, e.g. a UUID).
+        #[arg(long, value_name = "KEY")]
+        idempotency_key: Option<String>,
     },
     /// Reply to a message (threaded, `Re:` subject).
     Reply {
@@ -314,6 +321,7 @@ async fn full_message_id(mail: &MailService, inbox: &str, id: &str) -> Result<St
                 before: before.take(),
                 from: None,
                 subject_contains: None,
+                to_tag: None,
             })
             .await?;
         for m in &page.messages {
@@ -447,10 +455,18 @@ pub(crate) async fn run(cmd: MailCmd, json: bool) -> Result<()> {
                 );
             }
         }
-        MailCmd::List { inbox, limit, from, subject, before, after } => {
+        MailCmd::List { inbox, limit, from, subject, to_tag, before, after } => {
             let inbox = resolve_inbox(&mail, &inbox).await?;
             let list = mail
-                .list_messages(&ListMessagesParams { inbox, limit: Some(limit), after, before, from, subject_contains: subject })
+                .list_messages(&ListMessagesParams {
+                    inbox,
+                    limit: Some(limit),
+                    after,
+                    before,
+                    from,
+                    subject_contains: subject,
+                    to_tag,
+                })
                 .await?;
             if json {
                 return print_json(&list);
@@ -460,11 +476,12 @@ pub(crate) async fn run(cmd: MailCmd, json: bool) -> Result<()> {
             }
             for m in &list.messages {
                 println!(
-                    "{}  {}  {:<32}  {}",
+                    "{}  {}  {:<32}  {}{}",
                     m.message_id,
                     time(m.received_at),
                     m.from.as_deref().unwrap_or("-"),
-                    m.subject.as_deref().unwrap_or("(no subject)")
+                    m.subject.as_deref().unwrap_or("(no subject)"),
+                    m.to_tag.as_deref().map(|t| format!("  (to tag {t})")).unwrap_or_default()
                 );
             }
             if let Some(c) = &list.next_cursor {
@@ -493,7 +510,7 @@ pub(crate) async fn run(cmd: MailCmd, json: bool) -> Result<()> {
             }
             print_message(&m);
         }
-        MailCmd::Send { inbox, to, cc, bcc, subject, body: b, attach } => {
+        MailCmd::Send { inbox, to, cc, bcc, subject, body: b, attach, idempotency_key } => {
             let inbox = resolve_inbox(&mail, &inbox).await?;
             let (text, html) = body(&b)?;
             let receipt = mail
@@ -506,10 +523,14 @@ pub(crate) async fn run(cmd: MailCmd, json: bool) -> Result<()> {
                     text,
                     html,
                     attachments: attachments(&attach)?,
+                    idempotency_key,
                 })
                 .await?;
             if json {
                 return print_json(&receipt);
+            }
+            if receipt.replayed {
+                println!("already sent with this idempotency key: nothing sent again");
             }
             println!(
                 "sent from {inbox} to {} recipient(s) via {}{}",

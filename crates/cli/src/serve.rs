@@ -39,6 +39,7 @@ pub(crate) async fn run(config: Config) -> Result<()> {
     let dir = DataDir::create_or_open(&config).await?;
     let tls = crate::tls::load(&config)?;
     reconcile_index(&dir).await?;
+    check_subaddressing(&dir, &config).await?;
 
     let inbound = bind(config.listen_inbound, "listen.inbound / AGENTKEYS_LISTEN_INBOUND").await?;
     let submission = bind(config.listen_submission, "listen.submission / AGENTKEYS_LISTEN_SUBMISSION").await?;
@@ -63,6 +64,7 @@ pub(crate) async fn run(config: Config) -> Result<()> {
     );
 
     let mut smtp_config = SmtpConfig::new(config.hostname.clone());
+    smtp_config.subaddressing = config.subaddressing;
     smtp_config.limits.max_message_size = config.max_message_size;
     smtp_config.max_connections = fds.smtp;
     smtp_config.max_connections_per_ip = config.max_connections_per_ip;
@@ -135,6 +137,7 @@ pub(crate) async fn run(config: Config) -> Result<()> {
     let api = agentkeys_api::router(
         api_state
             .with_meta(dir.meta.clone())
+            .with_subaddressing(config.subaddressing)
             .with_mailroom(dir.blobs.clone())
             .with_shutdown(shutdown.clone())
             .with_send(agentkeys_api::send::SendService {
@@ -144,6 +147,7 @@ pub(crate) async fn run(config: Config) -> Result<()> {
                 hostname: config.hostname.clone(),
                 max_message_size: config.max_message_size,
                 queued: Some(queued.clone()),
+                idempotency: Some(dir.meta.clone()),
             }),
     );
     let sessions = TaskTracker::new();
@@ -315,4 +319,27 @@ async fn sweep_retention(
             Err(err) => tracing::error!(%err, "retention sweep failed; retrying at the next interval"),
         }
     }
+}
+
+/// Refuses to start when an existing inbox's name contains the configured
+/// subaddress separator: mail to it would silently go to another inbox.
+async fn check_subaddressing(dir: &DataDir, config: &Config) -> anyhow::Result<()> {
+    use agentkeys_store::MetadataStore as _;
+    let clashing: Vec<String> = dir
+        .meta
+        .list_inboxes(None)
+        .await?
+        .into_iter()
+        .filter(|i| config.subaddressing.check_inbox(&i.address).is_err())
+        .map(|i| i.address.to_string())
+        .collect();
+    if let Some(first) = clashing.first() {
+        anyhow::bail!(
+            "subaddress_separator / AGENTKEYS_SUBADDRESS_SEPARATOR {:?} occurs in {} existing inbox name(s), e.g. {first}: \
+             mail to them would go to the name before the separator; pick another separator (+ is the default)",
+            config.subaddressing.separator().map(String::from).unwrap_or_default(),
+            clashing.len()
+        );
+    }
+    Ok(())
 }

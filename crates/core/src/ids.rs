@@ -234,6 +234,111 @@ impl Address {
     }
 }
 
+/// The subaddress separator when none is configured (RFC 5233's `+`).
+pub const DEFAULT_SUBADDRESS_SEPARATOR: char = '+';
+/// The characters that may separate an inbox's local part from a tag.
+pub const SUBADDRESS_SEPARATORS: [char; 4] = ['+', '-', '_', '='];
+
+/// Subaddressing (RFC 5233 style): `local<sep>tag@domain` is delivered to the
+/// inbox `local@domain`. With a separator from inside the inbox alphabet (`-`,
+/// `_`) inboxes whose local part contains it cannot be created
+/// ([`Subaddressing::check_inbox`]), so every address resolves to one inbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Subaddressing {
+    separator: Option<char>,
+}
+
+impl Default for Subaddressing {
+    fn default() -> Self {
+        Self { separator: Some(DEFAULT_SUBADDRESS_SEPARATOR) }
+    }
+}
+
+/// A recipient resolved by [`Subaddressing::resolve`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resolved {
+    /// The inbox that receives the mail.
+    pub inbox: Address,
+    /// The tag after the separator, lowercase; `None` for the plain address.
+    pub tag: Option<String>,
+}
+
+impl Subaddressing {
+    /// Subaddressing with `separator`, or none at all (`None`: `a+b@d` is no inbox).
+    /// A separator outside [`SUBADDRESS_SEPARATORS`] is refused.
+    pub fn new(separator: Option<char>) -> Result<Self, String> {
+        match separator {
+            Some(c) if !SUBADDRESS_SEPARATORS.contains(&c) => Err(format!(
+                "subaddress separator {c:?} is not one of + - _ = (or empty to turn subaddressing off)"
+            )),
+            _ => Ok(Self { separator }),
+        }
+    }
+
+    /// Parses a configured separator: one of `+ - _ =`, or empty for none.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let mut chars = s.chars();
+        match (chars.next(), chars.next()) {
+            (None, _) => Self::new(None),
+            (Some(c), None) => Self::new(Some(c)),
+            _ => Err(format!("subaddress separator {s:?} must be one character of + - _ = (or empty)")),
+        }
+    }
+
+    /// The separator, if subaddressing is on.
+    pub fn separator(&self) -> Option<char> {
+        self.separator
+    }
+
+    /// The inbox an envelope address is delivered to, and its tag: the local part
+    /// up to the first separator must be an inbox local part (the one address
+    /// rule); the tag after it is 1 or more characters from `a-z 0-9 . _ - + =`,
+    /// and the whole local part at most [`MAX_LOCAL_PART_LEN`] characters and a
+    /// dot-string. Without a separator in it, exactly `address.parse::<Address>()`.
+    pub fn resolve(&self, address: &str) -> Option<Resolved> {
+        let (local, domain) = address.rsplit_once('@')?;
+        let local = local.to_ascii_lowercase();
+        let split = self.separator.and_then(|sep| local.split_once(sep));
+        let Some((base, tag)) = split else {
+            return address.parse().ok().map(|inbox| Resolved { inbox, tag: None });
+        };
+        let tag_char = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-+=".contains(&b);
+        let tag_ok = !tag.is_empty()
+            && tag.bytes().all(tag_char)
+            && !tag.ends_with('.')
+            && !tag.starts_with('.')
+            && !tag.contains("..");
+        if !tag_ok || local.len() > MAX_LOCAL_PART_LEN || !is_inbox_local_part(base) {
+            return None;
+        }
+        let domain: Domain = domain.parse().ok()?;
+        Some(Resolved { inbox: Address(format!("{base}@{domain}")), tag: Some(tag.to_owned()) })
+    }
+
+    /// Refuses an inbox whose local part contains the separator: mail to it would
+    /// go to the part before the separator.
+    pub fn check_inbox(&self, inbox: &Address) -> Result<(), String> {
+        match self.separator {
+            Some(sep) if inbox.local_part().contains(sep) => Err(format!(
+                "{inbox} contains the subaddress separator {sep:?}: mail to it would be delivered to {}@{}; \
+                 pick a name without {sep:?}",
+                inbox.local_part().split(sep).next().unwrap_or(""),
+                inbox.domain()
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// A random inbox address (`bot-<10 base32>`, `bot.<...>` when `-` is the separator).
+    pub fn random_inbox(&self, rng: &mut impl rand::RngCore, domain: &Domain) -> Address {
+        let bot = Address::random_bot(rng, domain);
+        match self.separator {
+            Some('-') => Address(bot.0.replacen('-', ".", 1)),
+            _ => bot,
+        }
+    }
+}
+
 fn parse_random(
     s: &str,
     kind: &'static str,
@@ -353,5 +458,82 @@ mod tests {
         let k = KeyId::generate(&mut rng);
         assert_eq!(k.as_str().parse::<KeyId>().unwrap(), k);
         assert!("gr_short".parse::<GrantId>().is_err());
+    }
+
+    #[test]
+    fn subaddresses_resolve_to_the_base_inbox() {
+        let plus = Subaddressing::default();
+        let r = plus.resolve("Hello+GitHub@Agents.Localhost").unwrap();
+        assert_eq!((r.inbox.as_str(), r.tag.as_deref()), ("hello@agents.localhost", Some("github")));
+        let r = plus.resolve("hello+a+b@agents.localhost").unwrap();
+        assert_eq!(r.tag.as_deref(), Some("a+b"));
+        assert_eq!(plus.resolve("hello@agents.localhost").unwrap().tag, None);
+        for none in ["+x@a.b", "hello+@a.b", "a..b+x@a.b", "hello+x.@a.b", "hello+x y@a.b", "hello+x@-a.b"] {
+            assert_eq!(plus.resolve(none), None, "{none}");
+        }
+        let long = format!("{}+x@a.b", "h".repeat(MAX_LOCAL_PART_LEN - 1));
+        assert_eq!(plus.resolve(&long), None);
+        let off = Subaddressing::new(None).unwrap();
+        assert_eq!(off.resolve("hello+x@a.b"), None);
+        let dash = Subaddressing::parse("-").unwrap();
+        assert_eq!(dash.resolve("a-b-c@a.b").unwrap().inbox.as_str(), "a@a.b");
+        assert!(dash.check_inbox(&"a-b@a.b".parse().unwrap()).unwrap_err().contains("a@a.b"));
+        assert!(plus.check_inbox(&"a-b@a.b".parse().unwrap()).is_ok());
+        let bot = dash.random_inbox(&mut rand::thread_rng(), &"a.b".parse().unwrap());
+        assert!(dash.check_inbox(&bot).is_ok() && bot.local_part().starts_with("bot."));
+        assert!(Subaddressing::parse(".").is_err() && Subaddressing::parse("++").is_err() && Subaddressing::parse("@").is_err());
+        assert_eq!(Subaddressing::parse("").unwrap().separator(), None);
+    }
+
+    proptest::proptest! {
+        /// Resolution agrees with the one address rule: whatever resolves names an
+        /// inbox that can be created (a valid address without the separator) and
+        /// is the local part up to the first separator; an address without the
+        /// separator resolves exactly when it is an inbox address.
+        #[test]
+        fn resolution_is_consistent_with_the_address_rule(
+            local in "[a-cA._+=-]{0,70}",
+            sep in proptest::sample::select(vec![None, Some('+'), Some('-'), Some('_'), Some('=')]),
+        ) {
+            let rule = Subaddressing::new(sep).unwrap();
+            let address = format!("{local}@agents.localhost");
+            let lower = local.to_ascii_lowercase();
+            match rule.resolve(&address) {
+                Some(Resolved { inbox, tag }) => {
+                    proptest::prop_assert_eq!(inbox.as_str().parse::<Address>().ok(), Some(inbox.clone()));
+                    proptest::prop_assert!(rule.check_inbox(&inbox).is_ok());
+                    let rebuilt = match (&tag, sep) {
+                        (Some(t), Some(s)) => format!("{}{s}{t}", inbox.local_part()),
+                        (None, _) => inbox.local_part().to_owned(),
+                        (Some(_), None) => unreachable!("a tag without a separator"),
+                    };
+                    proptest::prop_assert_eq!(&rebuilt, &lower);
+                }
+                None => {
+                    let has_sep = sep.is_some_and(|s| lower.contains(s));
+                    if !has_sep {
+                        proptest::prop_assert!(address.parse::<Address>().is_err());
+                    }
+                }
+            }
+            if !sep.is_some_and(|s| lower.contains(s)) {
+                proptest::prop_assert_eq!(rule.resolve(&address).map(|r| r.inbox), address.parse::<Address>().ok());
+            }
+        }
+
+        /// Every creatable inbox with every valid tag resolves back to that inbox and tag.
+        #[test]
+        fn every_inbox_and_tag_round_trips(
+            base in "[a-z0-9_-]{1,10}(\\.[a-z0-9_-]{1,10}){0,2}",
+            tag in "[a-z0-9_=+-]{1,10}(\\.[a-z0-9_=+-]{1,10}){0,2}",
+            sep in proptest::sample::select(SUBADDRESS_SEPARATORS.to_vec()),
+        ) {
+            let rule = Subaddressing::new(Some(sep)).unwrap();
+            let inbox: Address = format!("{base}@agents.localhost").parse().unwrap();
+            proptest::prop_assume!(rule.check_inbox(&inbox).is_ok());
+            let r = rule.resolve(&format!("{base}{sep}{tag}@Agents.Localhost")).unwrap();
+            proptest::prop_assert_eq!(r.inbox, inbox);
+            proptest::prop_assert_eq!(r.tag.as_deref(), Some(tag.as_str()));
+        }
     }
 }

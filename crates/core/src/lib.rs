@@ -26,7 +26,7 @@ pub mod time;
 pub use auth::{AuthFacts, AuthFailure, Credentials, KeyFacts, SendAuthorized};
 pub use duration::{TtlError, format_duration, parse_duration, parse_ttl};
 pub use grant::{Grant, GrantChange, GrantChangeError, GrantMiss, InboxPattern, Scope, Scopes, covering_grant};
-pub use ids::{Address, AgentId, Domain, GrantId, IdError, KeyId, OwnerId};
+pub use ids::{Address, AgentId, Domain, GrantId, IdError, KeyId, OwnerId, Resolved, Subaddressing};
 pub use inbox::InboxStatus;
 pub use key::{AgentKey, KeyHash, KeyHasher};
 pub use seed::MasterSeed;

@@ -34,6 +34,7 @@
 //!     throttle: Arc::new(AuthThrottle::new(10, Duration::from_secs(600))),
 //!     tls_available: false,
 //!     allow_plaintext_auth_on_loopback: false,
+//!     subaddressing: Default::default(),
 //! });
 //! let now = Now { instant: Instant::now(), system: SystemTime::now() };
 //! let mut session = Session::new(ctx, "192.0.2.1".parse().unwrap(), false, now, 42);

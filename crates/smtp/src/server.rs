@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use agentkeys_core::KeyHasher;
+use agentkeys_core::{KeyHasher, Subaddressing};
 use agentkeys_core::peer::{ConnectionLimiter, ConnectionPermit};
 use agentkeys_store::{BlobStore, MetadataStore};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -43,6 +43,8 @@ pub struct SmtpConfig {
     pub auth_throttle_window: Duration,
     /// Development only: allow AUTH without TLS from loopback (default false).
     pub allow_plaintext_auth_on_loopback: bool,
+    /// Subaddressing of `RCPT TO` (default: `+`).
+    pub subaddressing: Subaddressing,
 }
 
 impl SmtpConfig {
@@ -56,6 +58,7 @@ impl SmtpConfig {
             auth_throttle_failures: DEFAULT_AUTH_THROTTLE_FAILURES,
             auth_throttle_window: DEFAULT_AUTH_THROTTLE_WINDOW,
             allow_plaintext_auth_on_loopback: false,
+            subaddressing: Subaddressing::default(),
         }
     }
 }
@@ -118,6 +121,7 @@ impl SmtpServer {
                 throttle: Arc::clone(&throttle),
                 tls_available: true,
                 allow_plaintext_auth_on_loopback: config.allow_plaintext_auth_on_loopback,
+                subaddressing: config.subaddressing,
             })
         };
         Self {

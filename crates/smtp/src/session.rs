@@ -17,7 +17,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use agentkeys_core::{Address, AuthFacts, AuthFailure, Credentials, KeyHasher, SendAuthorized, UnixTime};
+use agentkeys_core::{Address, AuthFacts, AuthFailure, Credentials, KeyHasher, SendAuthorized, Subaddressing, UnixTime};
 use agentkeys_audit::AuditEvent;
 use agentkeys_store::StoreError;
 pub use agentkeys_submission::{
@@ -87,6 +87,8 @@ pub struct SessionContext {
     pub tls_available: bool,
     /// Development only: allow AUTH without TLS from loopback addresses.
     pub allow_plaintext_auth_on_loopback: bool,
+    /// How `RCPT TO` addresses with a tag (`bot+tag@d`) resolve to inboxes.
+    pub subaddressing: Subaddressing,
 }
 
 /// The current time, as the shell sees it: a monotonic instant for timeouts and the
@@ -771,7 +773,7 @@ impl Session {
             return self.reply(Reply::TooManyRecipients);
         }
         tx.rcpt_commands += 1;
-        let Some(query) = RecipientQuery::parse(&to.address) else {
+        let Some(query) = RecipientQuery::parse_with(&to.address, &self.ctx.subaddressing) else {
             // `<>` or `<postmaster>`: no such inbox here.
             return self.reply(Reply::UnknownRecipient);
         };

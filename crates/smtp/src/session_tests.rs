@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::*;
-use agentkeys_core::InboxStatus;
+use agentkeys_core::{InboxStatus, Subaddressing};
 use agentkeys_store::Recipient;
 use crate::limits::*;
 use crate::testing::*;
@@ -35,6 +35,7 @@ fn context(kind: ListenerKind, limits: Limits, throttle: Arc<AuthThrottle>) -> A
         throttle,
         tls_available: true,
         allow_plaintext_auth_on_loopback: false,
+        subaddressing: Subaddressing::default(),
     })
 }
 
@@ -1082,7 +1083,8 @@ fn submission_routes_local_and_remote_recipients_from_the_envelope_only() {
         d.local,
         vec![LocalRecipient {
             inbox: "other@agents.localhost".parse().unwrap(),
-            owner: owner(1)
+            owner: owner(1),
+            delivered_to: None,
         }]
     );
     let outbound = d.outbound.as_ref().unwrap();
@@ -1121,6 +1123,24 @@ fn inbound_routes_by_envelope_never_by_to_header() {
     assert_eq!(d.local[0].owner, owner(1));
     assert!(d.outbound.is_none());
     assert!(h.body(0).contains("with ESMTP id"));
+}
+
+#[test]
+fn a_subaddress_reaches_its_base_inbox_once_and_keeps_its_address() {
+    let mut h = Harness::new(ListenerKind::Inbound, false);
+    let out = h.send(concat!(
+        "EHLO c\r\nMAIL FROM:<a@remote.test>\r\n",
+        "RCPT TO:<Bot+GitHub@agents.localhost>\r\n",
+        "RCPT TO:<bot+other@agents.localhost>\r\n",
+        "RCPT TO:<nobody+github@agents.localhost>\r\n",
+        "DATA\r\n",
+    ));
+    assert!(out.contains("250 2.1.5 Recipient OK\r\n250 2.1.5 Recipient OK\r\n550 5.1.1"), "{out}");
+    h.send("Subject: x\r\n\r\nhi\r\n.\r\n");
+    let d = &h.deliveries[0];
+    assert_eq!(d.local.len(), 1, "one copy per inbox");
+    assert_eq!(d.local[0].inbox.as_str(), BOT);
+    assert_eq!(d.local[0].delivered_to.as_deref(), Some("bot+github@agents.localhost"));
 }
 
 #[test]
@@ -1350,6 +1370,7 @@ async fn lookup_recipient_checks_the_domain_first() {
             address: a.into(),
             domain: domain.into(),
             inbox: a.parse().ok(),
+            tag: None,
         }
     };
     assert_eq!(

@@ -23,6 +23,7 @@ mod events;
 mod domain_status;
 pub mod enqueue;
 mod fs;
+mod idempotency;
 mod index;
 mod mailroom;
 pub mod group_commit;
@@ -37,6 +38,7 @@ pub use blob::{BlobError, BlobKey};
 pub use events::{EVENT_BUFFER, LocalEventHub, MailEvents, Missed, Subscription, TooManySubscribers};
 pub use domain_status::{DOMAIN_STATUSES, DomainStatusRecord, DomainStatusStore};
 pub use fs::FsBlobStore;
+pub use idempotency::{IDEMPOTENCY_KEY_TTL_SECS, IdempotencyClaim, IdempotencyScope, SendIdempotency};
 pub use index::{IndexedMessage, ListOrder, MessageIndex, NewMessage, PageQuery, received_at};
 pub use mailroom::{
     INDEX_QUEUE, MAX_INDEX_BATCH, Mailroom, OP_DOMAIN_SET_RETENTION, OP_MESSAGE_EXPIRE, Reconciled, SWEEP_BATCH,

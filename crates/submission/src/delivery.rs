@@ -124,6 +124,24 @@ pub fn blob_keys(delivery: &Delivery) -> Vec<BlobKey> {
     keys
 }
 
+/// The bytes of `recipient`'s copy: the message, with `Delivered-To: <address>`
+/// (the envelope address as given) as its first field when the address carried
+/// a subaddress tag. Every stored message starts with a field we wrote
+/// (`Received:`, `Authentication-Results:` or this), so a `Delivered-To:` first
+/// is ours, never the sender's.
+pub fn local_copy(message: &Bytes, recipient: &LocalRecipient) -> Bytes {
+    match &recipient.delivered_to {
+        None => message.clone(),
+        Some(address) => {
+            let field = format!("Delivered-To: {address}\r\n");
+            let mut bytes = Vec::with_capacity(field.len() + message.len());
+            bytes.extend_from_slice(field.as_bytes());
+            bytes.extend_from_slice(message);
+            bytes.into()
+        }
+    }
+}
+
 /// Stores a delivery durably (one `put_durable` call), then queues its remote
 /// recipients. `Ok` means the message may be acknowledged.
 pub async fn store_delivery(
@@ -153,13 +171,14 @@ pub async fn store_delivery_signed(
             .into(),
         _ => delivery.message.clone(),
     };
-    let items = blob_keys(delivery)
-        .into_iter()
-        .map(|key| {
-            let bytes = if key.as_str().starts_with("queue/") { queued.clone() } else { delivery.message.clone() };
-            (key, bytes)
-        })
+    let mut items: Vec<(BlobKey, Bytes)> = delivery
+        .local
+        .iter()
+        .map(|r| (BlobKey::message(&r.owner, &r.inbox, delivery.id), local_copy(&delivery.message, r)))
         .collect();
+    if delivery.outbound.is_some() {
+        items.push((BlobKey::queued(delivery.id), queued.clone()));
+    }
     blobs.put_durable(items).await?;
     if let Some(outbound) = &delivery.outbound {
         meta.enqueue_outbound(&NewOutbound {

@@ -1,7 +1,7 @@
 //! Where a recipient goes: the one `RCPT TO` rule of both sending doors (and the
 //! MX, which refuses [`RecipientRoute::Remote`] as relaying).
 
-use agentkeys_core::{Address, InboxStatus, OwnerId};
+use agentkeys_core::{Address, InboxStatus, OwnerId, Subaddressing};
 use agentkeys_store::{MetadataStore, Recipient, StoreError};
 
 /// A recipient to look up.
@@ -11,20 +11,31 @@ pub struct RecipientQuery {
     pub address: String,
     /// Its domain, lowercased.
     pub domain: String,
-    /// The address as an inbox id, if it is one by the one inbox address rule
-    /// ([`Address`]'s `FromStr`, the rule `inbox create` applies).
+    /// The inbox the address is delivered to, if it names one by the one inbox
+    /// address rule ([`Address`]'s `FromStr`, the rule `inbox create` applies),
+    /// after subaddressing ([`Subaddressing::resolve`]: `bot+tag@d` is `bot@d`).
+    /// The inbox lookup and the RCPT cache use this base address only.
     pub inbox: Option<Address>,
+    /// The subaddress tag, if the address had one.
+    pub tag: Option<String>,
 }
 
 impl RecipientQuery {
     /// The query for an envelope address (domain lowercased, a trailing dot
     /// dropped); `None` without an `@` (`<>`, `<postmaster>`).
     pub fn parse(address: &str) -> Option<Self> {
+        Self::parse_with(address, &Subaddressing::default())
+    }
+
+    /// [`RecipientQuery::parse`] under the configured subaddressing.
+    pub fn parse_with(address: &str, subaddressing: &Subaddressing) -> Option<Self> {
         let (local, domain) = address.rsplit_once('@')?;
         let domain = domain.trim_end_matches('.').to_lowercase();
         let address = format!("{local}@{domain}");
+        let resolved = subaddressing.resolve(&address);
         Some(Self {
-            inbox: address.parse().ok(),
+            tag: resolved.as_ref().and_then(|r| r.tag.clone()),
+            inbox: resolved.map(|r| r.inbox),
             address,
             domain,
         })
@@ -47,6 +58,9 @@ pub struct LocalRecipient {
     pub inbox: Address,
     /// Its owner, the first component of the blob key.
     pub owner: OwnerId,
+    /// The envelope address as given, lowercased, when it carried a subaddress
+    /// tag: the inbox copy starts with `Delivered-To: <it>`.
+    pub delivered_to: Option<String>,
 }
 
 /// Answers a [`RecipientQuery`]: is the domain hosted, and if so, which inbox is it.
@@ -92,7 +106,8 @@ pub fn route_recipient(query: RecipientQuery, answer: RecipientAnswer) -> Recipi
         (RecipientAnswer::Hosted(None), _) | (RecipientAnswer::Hosted(Some(_)), None) => RecipientRoute::Unknown,
         (RecipientAnswer::Hosted(Some(recipient)), Some(inbox)) => {
             if recipient.status == InboxStatus::Active {
-                RecipientRoute::Local(LocalRecipient { inbox, owner: recipient.owner })
+                let delivered_to = query.tag.is_some().then(|| query.address.to_ascii_lowercase());
+                RecipientRoute::Local(LocalRecipient { inbox, owner: recipient.owner, delivered_to })
             } else {
                 RecipientRoute::Inactive
             }
@@ -111,9 +126,13 @@ mod tests {
         assert_eq!(q.domain, "agents.localhost");
         assert_eq!(q.inbox.unwrap().as_str(), "bot@agents.localhost");
         // The inbox address rule: not a dot-string, not an inbox (so never a local copy).
-        for not_inbox in ["a..b@agents.localhost", ".a@agents.localhost", "a+b@agents.localhost"] {
+        for not_inbox in ["a..b@agents.localhost", ".a@agents.localhost", "a..b+c@agents.localhost", "+b@agents.localhost"] {
             assert_eq!(RecipientQuery::parse(not_inbox).unwrap().inbox, None, "{not_inbox}");
         }
+        let tagged = RecipientQuery::parse("Bot+GitHub@Agents.Localhost").unwrap();
+        assert_eq!((tagged.inbox.unwrap().as_str(), tagged.tag.as_deref()), ("bot@agents.localhost", Some("github")));
+        let off = Subaddressing::new(None).unwrap();
+        assert_eq!(RecipientQuery::parse_with("a+b@agents.localhost", &off).unwrap().inbox, None);
         assert_eq!(RecipientQuery::parse("postmaster"), None);
     }
 }

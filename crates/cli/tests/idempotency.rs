@@ -1,0 +1,307 @@
+//! `Idempotency-Key` on the send route (issue 11 §5) against the real binary:
+//! a retried HTTP send mails once (stored copies and queue rows counted), the
+//! same key with another body is 409 `IDEMPOTENCY_KEY_REUSED`, keys are per
+//! agent, and `mail send --idempotency-key` / the MCP `send_message` tool
+//! (official Python SDK client) called twice with one key send once. The MCP
+//! `list_messages` `to_tag` filter is checked on the same server.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use common::*;
+use serde_json::{Value, json};
+
+const OWNER: &str = "0xa1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1";
+const ALICE: &str = "0xa100000000000000000000000000000000000001";
+const BOB: &str = "0xa100000000000000000000000000000000000002";
+
+/// POSTs `body` with curl and extra headers; (status, response headers, body).
+fn post(server: &Server, path: &str, key: &str, content_type: &str, headers: &[&str], body: &[u8]) -> (u16, String, String) {
+    post_to(server.http, path, key, content_type, headers, body)
+}
+
+/// [`post`] to the HTTP listener at `http`.
+fn post_to(
+    http: std::net::SocketAddr,
+    path: &str,
+    key: &str,
+    content_type: &str,
+    headers: &[&str],
+    body: &[u8],
+) -> (u16, String, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let head = dir.path().join("headers");
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sS", "--max-time", "60", "-o", "-", "-w", "\n%{http_code}", "-X", "POST", "-D"]).arg(&head);
+    cmd.arg("-H").arg(format!("Authorization: Bearer {key}"));
+    cmd.arg("-H").arg(format!("Content-Type: {content_type}"));
+    for h in headers {
+        cmd.arg("-H").arg(h);
+    }
+    cmd.args(["--data-binary", "@-"]).arg(format!("http://{http}{path}"));
+    cmd.stdin(Stdio::piped()).stdout(Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn curl");
+    child.stdin.take().unwrap().write_all(body).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "curl failed: {}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).unwrap();
+    let (body, status) = text.rsplit_once('\n').unwrap();
+    (status.trim().parse().unwrap(), std::fs::read_to_string(head).unwrap().to_ascii_lowercase(), body.to_owned())
+}
+
+fn queue_len(server: &Server) -> usize {
+    run_json(&server.data_dir, &["queue", "list"]).as_array().unwrap().len()
+}
+
+struct World {
+    _dir: tempfile::TempDir,
+    config_dir: tempfile::TempDir,
+    server: Server,
+    alice: String,
+    alice_key: String,
+    bob: String,
+    bob_key: String,
+}
+
+fn world() -> World {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, _, alice, alice_key) = provision(dir.path(), OWNER, ALICE, "alice");
+    let (_, _, bob, bob_key) = provision(dir.path(), OWNER, BOB, "bob");
+    let server = Server::start(dir.path(), &[]);
+    World { _dir: dir, config_dir: tempfile::tempdir().unwrap(), server, alice, alice_key, bob, bob_key }
+}
+
+impl World {
+    fn env(&self, key: &str) -> Vec<(String, String)> {
+        vec![
+            ("AGENTKEYS_SERVER".into(), format!("http://{}", self.server.http)),
+            ("AGENTKEYS_AGENT_KEY".into(), key.into()),
+            ("AGENTKEYS_SUBMISSION".into(), self.server.submission.to_string()),
+            ("AGENTKEYS_CA_FILE".into(), self.server.data_dir.join("tls/cert.pem").display().to_string()),
+            ("AGENTKEYS_CONFIG_DIR".into(), self.config_dir.path().display().to_string()),
+        ]
+    }
+
+    fn stored(&self, inbox: &str) -> usize {
+        stored_messages(&self.server.blobs(), OWNER, inbox).len()
+    }
+}
+
+#[test]
+fn a_retried_http_send_mails_once_and_another_body_is_409() {
+    let w = world();
+    let path = format!("/v1/inboxes/{}/send", w.alice);
+    let body = json!({"to": [w.bob.clone(), "someone@remote.test"], "subject": "invoice 7", "text": "pay me"}).to_string();
+    let key = "Idempotency-Key: 4f1c2a9e-7b1d-4c55-9e0f-000000000001";
+    let (s1, h1, b1) = post(&w.server, &path, &w.alice_key, "application/json", &[key], body.as_bytes());
+    assert_eq!(s1, 202, "{b1}");
+    assert!(!h1.contains("idempotent-replayed"), "{h1}");
+    let first: Value = serde_json::from_str(&b1).unwrap();
+    let (s2, h2, b2) = post(&w.server, &path, &w.alice_key, "application/json", &[key], body.as_bytes());
+    assert_eq!(s2, 202, "{b2}");
+    assert!(h2.contains("idempotent-replayed: true"), "{h2}");
+    assert_eq!(serde_json::from_str::<Value>(&b2).unwrap(), first);
+    assert_eq!((w.stored(&w.bob), queue_len(&w.server)), (1, 1), "one local copy and one queued copy");
+
+    // The same key with another body sends nothing and says why.
+    let other = json!({"to": [w.bob.clone()], "subject": "invoice 8", "text": "pay me more"}).to_string();
+    let (s3, h3, b3) = post(&w.server, &path, &w.alice_key, "application/json", &[key], other.as_bytes());
+    assert_eq!(s3, 409, "{b3}");
+    assert!(h3.contains("content-type: application/problem+json"), "{h3}");
+    let problem: Value = serde_json::from_str(&b3).unwrap();
+    assert_eq!(problem["code"], "IDEMPOTENCY_KEY_REUSED", "{problem}");
+    assert_eq!(problem["status"], 409);
+    assert_eq!((w.stored(&w.bob), queue_len(&w.server)), (1, 1));
+
+    // The key is the agent's own: Bob's send with the same key is a new send.
+    let bob_path = format!("/v1/inboxes/{}/send", w.bob);
+    let to_alice = json!({"to": [w.alice.clone()], "subject": "hi", "text": "hi"}).to_string();
+    let (s4, _, b4) = post(&w.server, &bob_path, &w.bob_key, "application/json", &[key], to_alice.as_bytes());
+    assert_eq!(s4, 202, "{b4}");
+    assert_eq!(w.stored(&w.alice), 1);
+
+    // A raw message retried unchanged is one message too.
+    let raw = format!("From: {}\r\nTo: {}\r\nSubject: raw\r\nMessage-ID: <raw-1@agents.localhost>\r\n\r\nraw body\r\n", w.alice, w.bob);
+    let raw_key = "Idempotency-Key: raw-1";
+    for _ in 0..3 {
+        let (s, _, b) = post(&w.server, &path, &w.alice_key, "message/rfc822", &[raw_key], raw.as_bytes());
+        assert_eq!(s, 202, "{b}");
+    }
+    assert_eq!(w.stored(&w.bob), 2);
+
+    // A refused request releases its key: fixed, the same key sends.
+    let bad = json!({"to": ["nobody@agents.localhost"], "subject": "x", "text": "x"}).to_string();
+    let (s5, _, b5) = post(&w.server, &path, &w.alice_key, "application/json", &["Idempotency-Key: fix-me"], bad.as_bytes());
+    assert_eq!(s5, 400, "{b5}");
+    let (s6, _, b6) = post(&w.server, &path, &w.alice_key, "application/json", &["Idempotency-Key: fix-me"], to_alice.as_bytes());
+    assert_eq!(s6, 202, "{b6}");
+
+    // A malformed key is refused before anything is sent.
+    let long = format!("Idempotency-Key: {}", "k".repeat(256));
+    let (s7, _, b7) = post(&w.server, &path, &w.alice_key, "application/json", &[&long], body.as_bytes());
+    assert_eq!(s7, 400, "{b7}");
+    assert!(b7.contains("Idempotency-Key"), "{b7}");
+    assert_eq!((w.stored(&w.bob), queue_len(&w.server)), (2, 1));
+}
+
+/// Concurrent retries of one send: one message, every answer a 202 (first or
+/// replayed) or 409 IDEMPOTENCY_KEY_IN_USE.
+#[test]
+fn concurrent_retries_send_once() {
+    let w = world();
+    let path = format!("/v1/inboxes/{}/send", w.alice);
+    let body = json!({"to": [w.bob.clone()], "subject": "race", "text": "once"}).to_string();
+    let (http, key) = (w.server.http, w.alice_key.as_str());
+    let answers: Vec<(u16, String)> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..6)
+            .map(|_| {
+                s.spawn(|| {
+                    let (status, _, text) =
+                        post_to(http, &path, key, "application/json", &["Idempotency-Key: race-1"], body.as_bytes());
+                    (status, text)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let accepted: Vec<&String> = answers.iter().filter(|(s, _)| *s == 202).map(|(_, t)| t).collect();
+    assert!(!accepted.is_empty(), "{answers:?}");
+    assert!(accepted.windows(2).all(|p| p[0] == p[1]), "{answers:?}");
+    for (status, text) in &answers {
+        assert!(*status == 202 || (*status == 409 && text.contains("IDEMPOTENCY_KEY_IN_USE")), "{status} {text}");
+    }
+    assert_eq!(w.stored(&w.bob), 1);
+}
+
+#[test]
+fn mail_send_with_a_key_twice_sends_once() {
+    let w = world();
+    let run = || {
+        let mut cmd = agentkeys(&w.server.data_dir);
+        cmd.args(["mail", "send", "--inbox", &w.alice, "--to", &w.bob, "--subject", "once", "--text", "only once"]);
+        cmd.args(["--idempotency-key", "cli-key-1", "--json"]);
+        for (k, v) in w.env(&w.alice_key) {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice::<Value>(&out.stdout).unwrap()
+    };
+    let first = run();
+    let second = run();
+    assert_eq!(first["replayed"], Value::Null, "{first}");
+    assert_eq!(second["replayed"], true, "{second}");
+    assert_eq!(first["queue_id"], second["queue_id"]);
+    assert_eq!(w.stored(&w.bob), 1);
+}
+
+/// The official MCP Python SDK client over stdio (tests/resources/mcp_client.py).
+struct Mcp {
+    child: Child,
+    stdin: ChildStdin,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Mcp {
+    fn spawn(env: &[(String, String)]) -> Mcp {
+        let mut cmd = Command::new("python3");
+        cmd.arg(resource("mcp_client.py")).args(["stdio", BIN, "mcp"]);
+        cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::inherit());
+        for (k, _) in std::env::vars() {
+            if k.starts_with("AGENTKEYS_") {
+                cmd.env_remove(k);
+            }
+        }
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("python3 mcp_client.py");
+        let stdin = child.stdin.take().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut mcp = Mcp { child, stdin, lines };
+        let ready = mcp.read();
+        assert_eq!(ready["ready"], true, "{ready}");
+        mcp
+    }
+
+    fn read(&mut self) -> Value {
+        let line = self.lines.recv_timeout(Duration::from_secs(120)).expect("the MCP client answered in time");
+        let v: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(v.get("fatal").is_none(), "MCP client failed: {v}");
+        v
+    }
+
+    fn ok(&mut self, name: &str, arguments: Value) -> Value {
+        writeln!(self.stdin, "{}", json!({"op": "call", "name": name, "arguments": arguments})).unwrap();
+        self.stdin.flush().unwrap();
+        let r = self.read();
+        assert_eq!(r["is_error"], false, "{name} {arguments}: {r}");
+        r["json"].clone()
+    }
+
+    fn err(&mut self, name: &str, arguments: Value) -> String {
+        writeln!(self.stdin, "{}", json!({"op": "call", "name": name, "arguments": arguments})).unwrap();
+        self.stdin.flush().unwrap();
+        let r = self.read();
+        assert_eq!(r["is_error"], true, "{name} {arguments} should fail: {r}");
+        r["text"].as_str().unwrap().to_owned()
+    }
+}
+
+impl Drop for Mcp {
+    fn drop(&mut self) {
+        let _ = writeln!(self.stdin, "{}", json!({"op": "quit"}));
+        let _ = self.stdin.flush();
+        if wait_timeout(&mut self.child, Duration::from_secs(20)).is_none() {
+            self.child.kill().ok();
+            self.child.wait().ok();
+        }
+    }
+}
+
+#[test]
+fn mcp_send_message_with_one_key_twice_sends_once_and_list_messages_filters_by_tag() {
+    let w = world();
+    let mut mcp = Mcp::spawn(&w.env(&w.alice_key));
+    let tagged = w.bob.replace('@', "+billing@");
+    let args = json!({"inbox": w.alice, "to": [tagged], "subject": "invoice", "text": "hello", "idempotency_key": "mcp-1"});
+    let first = mcp.ok("send_message", args.clone());
+    let second = mcp.ok("send_message", args.clone());
+    assert_eq!(first["queue_id"], second["queue_id"], "{first} {second}");
+    assert_eq!(second["replayed"], true, "{second}");
+    assert_eq!(w.stored(&w.bob), 1);
+    let mut changed = args.clone();
+    changed["text"] = json!("hello again");
+    let refused = mcp.err("send_message", changed);
+    assert!(refused.contains("IDEMPOTENCY_KEY_REUSED"), "{refused}");
+    assert_eq!(w.stored(&w.bob), 1);
+    drop(mcp);
+
+    // Bob's MCP sees the tag and filters by it.
+    let plain = json!({"inbox": w.alice, "to": [w.bob.clone()], "subject": "plain", "text": "x"});
+    let mut alice = Mcp::spawn(&w.env(&w.alice_key));
+    alice.ok("send_message", plain);
+    drop(alice);
+    let mut bob = Mcp::spawn(&w.env(&w.bob_key));
+    let all = bob.ok("list_messages", json!({"inbox": w.bob}));
+    assert_eq!(all["messages"].as_array().unwrap().len(), 2, "{all}");
+    let billing = bob.ok("list_messages", json!({"inbox": w.bob, "to_tag": "billing"}));
+    let got = billing["messages"].as_array().unwrap();
+    assert_eq!(got.len(), 1, "{billing}");
+    assert_eq!(got[0]["subject"], "invoice");
+    assert_eq!(got[0]["to_tag"], "billing");
+}
