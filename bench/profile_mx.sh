@@ -18,6 +18,7 @@
 #
 # Knobs: PROFILE_MESSAGES=1000 PROFILE_WARMUP=200 PROFILE_SESSIONS=4
 #        PROFILE_MODE=per-connection|persistent PROFILE_OUT=bench/results/profile
+#        PROFILE_PORT_BASE=N (ports N..N+3 instead of free ones)
 # Loopback only, free ports, bounded; stops only the server it started.
 set -euo pipefail
 
@@ -61,11 +62,15 @@ head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$WORK/pass"
 ak agent add "$AGENT" --owner "$OWNER" >/dev/null
 ak inbox create --agent "$AGENT" --name bench >/dev/null
 
-read -r P_IN P_SUB P_TLS P_HTTP < <(python3 -c '
+if [[ -n ${PROFILE_PORT_BASE:-} ]]; then
+  read -r P_IN P_SUB P_TLS P_HTTP < <(seq -s ' ' "$PROFILE_PORT_BASE" $((PROFILE_PORT_BASE + 3)))
+else
+  read -r P_IN P_SUB P_TLS P_HTTP < <(python3 -c '
 import socket
 socks = [socket.socket() for _ in range(4)]
 for s in socks: s.bind(("127.0.0.1", 0))
 print(*[s.getsockname()[1] for s in socks])')
+fi
 
 OUT="$PROFILE_OUT/callgrind.out.$PROFILE_MODE"
 rm -f "$OUT"*

@@ -48,13 +48,16 @@
 #   BENCH_KEEP=1 keeps the work directory (logs, queues, data dir)
 #   BENCH_SETTLE=360 (s: how old the previous run's cleanup must be; see below)
 #   AGENTKEYS_BIN=path  use this server binary instead of building agentkeys-cli
+#   BENCH_PORT_BASE=N  listen on 127.0.0.1 ports N..N+18 instead of free ones chosen at start
+#   LOADGEN_TARGET_DIR=dir  cargo target directory for bench/loadgen (default bench/loadgen/target)
 #   DKIM_RATE_BIN=path  use this build of the dkim_rate example instead of `cargo run`
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 BENCH="$REPO/bench"
 RESULTS="$BENCH/results"
-LOADGEN="$BENCH/loadgen/target/release/loadgen"
+LOADGEN_TARGET_DIR=${LOADGEN_TARGET_DIR:-$BENCH/loadgen/target}
+LOADGEN="$LOADGEN_TARGET_DIR/release/loadgen"
 AK="${AGENTKEYS_BIN:-$REPO/target/release/agentkeys}"
 
 BENCH_PARTS=${BENCH_PARTS:-"sink postfix agentkeys realistic outbound"}
@@ -81,6 +84,7 @@ BENCH_AUTH_ROUNDS=${BENCH_AUTH_ROUNDS:-200}
 BENCH_SETTLE=${BENCH_SETTLE:-360}
 BENCH_WORKDIR=${BENCH_WORKDIR:-/var/tmp}
 BENCH_KEEP=${BENCH_KEEP:-0}
+BENCH_PORT_BASE=${BENCH_PORT_BASE:-}
 
 RCPT="bench@agents.localhost"
 FROM="sender@loadgen.localhost"
@@ -824,7 +828,7 @@ install_prerequisites
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 
 log "building the load generator"
-cargo build --release --locked --manifest-path "$BENCH/loadgen/Cargo.toml" >&2
+cargo build --release --locked --manifest-path "$BENCH/loadgen/Cargo.toml" --target-dir "$LOADGEN_TARGET_DIR" >&2
 
 LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
 if awk -v l="${LOAD_START%% *}" -v n="$(nproc)" 'BEGIN { exit !(l > n / 2) }'; then
@@ -862,8 +866,14 @@ FSTYPE=$(stat -f -c %T "$WORK")
 
 rm -rf "$RESULTS"
 mkdir -p "$RESULTS"
-read -r P_SINK P_PF P_PFSUB P_IN P_SUB P_SUBTLS P_HTTP P_OSINK P_OIN P_OSUB P_OSUBTLS P_OHTTP \
-  P_PFM P_ODKIM P_ODMARC P_RIN P_RSUB P_RSUBTLS P_RHTTP < <("$LOADGEN" free-ports --count 19)
+if [[ -n $BENCH_PORT_BASE ]]; then
+  # A fixed range (a shared machine may assign each user one): BASE .. BASE+18.
+  read -r P_SINK P_PF P_PFSUB P_IN P_SUB P_SUBTLS P_HTTP P_OSINK P_OIN P_OSUB P_OSUBTLS P_OHTTP \
+    P_PFM P_ODKIM P_ODMARC P_RIN P_RSUB P_RSUBTLS P_RHTTP < <(seq -s ' ' "$BENCH_PORT_BASE" $((BENCH_PORT_BASE + 18)))
+else
+  read -r P_SINK P_PF P_PFSUB P_IN P_SUB P_SUBTLS P_HTTP P_OSINK P_OIN P_OSUB P_OSUBTLS P_OHTTP \
+    P_PFM P_ODKIM P_ODMARC P_RIN P_RSUB P_RSUBTLS P_RHTTP < <("$LOADGEN" free-ports --count 19)
+fi
 
 has_part agentkeys && setup_agentkeys
 has_part realistic && build_realistic_tools
