@@ -6,7 +6,7 @@
 #   bash bench/profile_mx.sh                 # release build of this tree
 #   AGENTKEYS_BIN=path bash bench/profile_mx.sh
 #
-# Starts `agentkeys serve` under `valgrind --tool=callgrind` with collection
+# Starts `agentkeys serve` under `valgrind --tool=callgrind` with instrumentation
 # off, provisions the inbox bench@agents.localhost, warms up, then turns
 # collection on, sends PROFILE_MESSAGES messages with Postfix's smtp-source
 # (PROFILE_SESSIONS sessions, 10 KB, from loadgen.localhost: no DNS lookups;
@@ -77,7 +77,7 @@ rm -f "$OUT"*
 (cd "$WORK" && AGENTKEYS_LISTEN_INBOUND="127.0.0.1:$P_IN" AGENTKEYS_LISTEN_SUBMISSION="127.0.0.1:$P_SUB" \
   AGENTKEYS_LISTEN_SUBMISSION_TLS="127.0.0.1:$P_TLS" AGENTKEYS_LISTEN_HTTP="127.0.0.1:$P_HTTP" \
   AGENTKEYS_MAX_CONNECTIONS_PER_IP=100000 AGENTKEYS_DELIVERY_ENABLED=false \
-  exec valgrind --tool=callgrind --collect-atstart=no --callgrind-out-file="$OUT" \
+  exec valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$OUT" \
   "$AK" --data-dir "$DATA" serve) >"$WORK/serve.log" 2>&1 &
 PID=$!
 for _ in $(seq 1 600); do
