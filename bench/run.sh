@@ -773,7 +773,7 @@ run_realistic() {
     printf 'domains\t%s\n' "$BENCH_REAL_DOMAINS"
     printf 'size\t%s\n' "$BENCH_SIZE"
     printf 'dns\t%s\n' "$DNS_HEALTHY:53 (never answering: $DNS_SILENT:53; dropping every 10th query: $DNS_LOSSY:53)"
-    printf 'dns_queries\thealthy %s (OpenDKIM: %s more), never answering %s, lossy %s\n' "$(cat "$WORK/dns-healthy.count" 2>/dev/null)" \
+    printf 'dns_queries\thealthy %s (the name server of the milters: %s), never answering %s, lossy %s\n' "$(cat "$WORK/dns-healthy.count" 2>/dev/null)" \
       "$(cat "$WORK/dns-odkim.count" 2>/dev/null)" \
       "$(cat "$WORK/dns-silent.count" 2>/dev/null)" "$(cat "$WORK/dns-lossy.count" 2>/dev/null)"
   } >"$RESULTS/realistic-meta.tsv"
