@@ -138,7 +138,7 @@ pub(crate) enum Outcome {
     Records(Vec<Record>),
     /// NXDOMAIN or NODATA (`NoError` without records), with the zone's SOA when
     /// the server sent it.
-    NotFound { code: ResponseCode, soa: Option<Record>, negative_ttl: Option<u32> },
+    NotFound { code: ResponseCode, soa: Option<Box<Record>>, negative_ttl: Option<u32> },
     /// No usable answer: timeouts, `SERVFAIL`, `REFUSED`, a network error.
     Failed(String),
 }
@@ -165,7 +165,7 @@ impl Upstream for HickoryUpstream {
             Ok(lookup) => Outcome::Records(lookup.answers().to_vec()),
             Err(NetError::Dns(NetDnsError::NoRecordsFound(no))) => Outcome::NotFound {
                 code: no.response_code,
-                soa: no.soa.map(|soa| (*soa).into_record_of_rdata()),
+                soa: no.soa.map(|soa| Box::new((*soa).into_record_of_rdata())),
                 negative_ttl: no.negative_ttl,
             },
             Err(e) => Outcome::Failed(e.to_string()),
@@ -290,7 +290,7 @@ impl Parsed {
 #[derive(Debug)]
 pub(crate) enum Known {
     Positive { records: Arc<[Record]>, parsed: Parsed },
-    Negative { code: ResponseCode, soa: Option<Record> },
+    Negative { code: ResponseCode, soa: Option<Box<Record>> },
 }
 
 #[derive(Debug)]

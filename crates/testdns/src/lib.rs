@@ -383,7 +383,7 @@ impl Shared {
         }
         let response = {
             let zone = lock(&self.zone);
-            if zone.drop_every.is_some_and(|n| number % n == 0) {
+            if zone.drop_every.is_some_and(|n| number.is_multiple_of(n)) {
                 return None;
             }
             zone.respond(&request)?
@@ -631,7 +631,7 @@ mod tests {
             let shared = Shared { zone: Mutex::new(Zone::new().txt("a.test", "x").drop_every(n)), ..Shared::default() };
             let answered: Vec<bool> = (1..=60u64).map(|_| shared.handle(&query("a.test"), false).is_some()).collect();
             for (i, answered) in answered.iter().enumerate() {
-                assert_eq!(*answered, (i as u64 + 1) % n != 0, "n={n}, query {}", i + 1);
+                assert_eq!(*answered, !(i as u64 + 1).is_multiple_of(n), "n={n}, query {}", i + 1);
             }
             assert_eq!(shared.received.load(Ordering::SeqCst), 60);
         }
