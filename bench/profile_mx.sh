@@ -6,7 +6,7 @@
 #   bash bench/profile_mx.sh                 # release build of this tree
 #   AGENTKEYS_BIN=path bash bench/profile_mx.sh
 #
-# Starts `agentkeys serve` under `valgrind --tool=callgrind` with collection
+# Starts `agentkeys serve` under `valgrind --tool=callgrind` with instrumentation
 # off, provisions the inbox bench@agents.localhost, warms up, then turns
 # collection on, sends PROFILE_MESSAGES messages with Postfix's smtp-source
 # (PROFILE_SESSIONS sessions, 10 KB, from loadgen.localhost: no DNS lookups;
@@ -18,6 +18,7 @@
 #
 # Knobs: PROFILE_MESSAGES=1000 PROFILE_WARMUP=200 PROFILE_SESSIONS=4
 #        PROFILE_MODE=per-connection|persistent PROFILE_OUT=bench/results/profile
+#        PROFILE_PORT_BASE=N (ports N..N+3 instead of free ones)
 # Loopback only, free ports, bounded; stops only the server it started.
 set -euo pipefail
 
@@ -61,18 +62,22 @@ head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$WORK/pass"
 ak agent add "$AGENT" --owner "$OWNER" >/dev/null
 ak inbox create --agent "$AGENT" --name bench >/dev/null
 
-read -r P_IN P_SUB P_TLS P_HTTP < <(python3 -c '
+if [[ -n ${PROFILE_PORT_BASE:-} ]]; then
+  read -r P_IN P_SUB P_TLS P_HTTP < <(seq -s ' ' "$PROFILE_PORT_BASE" $((PROFILE_PORT_BASE + 3)))
+else
+  read -r P_IN P_SUB P_TLS P_HTTP < <(python3 -c '
 import socket
 socks = [socket.socket() for _ in range(4)]
 for s in socks: s.bind(("127.0.0.1", 0))
 print(*[s.getsockname()[1] for s in socks])')
+fi
 
 OUT="$PROFILE_OUT/callgrind.out.$PROFILE_MODE"
 rm -f "$OUT"*
 (cd "$WORK" && AGENTKEYS_LISTEN_INBOUND="127.0.0.1:$P_IN" AGENTKEYS_LISTEN_SUBMISSION="127.0.0.1:$P_SUB" \
   AGENTKEYS_LISTEN_SUBMISSION_TLS="127.0.0.1:$P_TLS" AGENTKEYS_LISTEN_HTTP="127.0.0.1:$P_HTTP" AGENTKEYS_LISTEN_HTTPS=off \
   AGENTKEYS_MAX_CONNECTIONS_PER_IP=100000 AGENTKEYS_DELIVERY_ENABLED=false \
-  exec valgrind --tool=callgrind --collect-atstart=no --callgrind-out-file="$OUT" \
+  exec valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$OUT" \
   "$AK" --data-dir "$DATA" serve) >"$WORK/serve.log" 2>&1 &
 PID=$!
 for _ in $(seq 1 600); do

@@ -48,13 +48,16 @@
 #   BENCH_KEEP=1 keeps the work directory (logs, queues, data dir)
 #   BENCH_SETTLE=360 (s: how old the previous run's cleanup must be; see below)
 #   AGENTKEYS_BIN=path  use this server binary instead of building agentkeys-cli
+#   BENCH_PORT_BASE=N  listen on 127.0.0.1 ports N..N+18 instead of free ones chosen at start
+#   LOADGEN_TARGET_DIR=dir  cargo target directory for bench/loadgen (default bench/loadgen/target)
 #   DKIM_RATE_BIN=path  use this build of the dkim_rate example instead of `cargo run`
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 BENCH="$REPO/bench"
 RESULTS="$BENCH/results"
-LOADGEN="$BENCH/loadgen/target/release/loadgen"
+LOADGEN_TARGET_DIR=${LOADGEN_TARGET_DIR:-$BENCH/loadgen/target}
+LOADGEN="$LOADGEN_TARGET_DIR/release/loadgen"
 AK="${AGENTKEYS_BIN:-$REPO/target/release/agentkeys}"
 
 BENCH_PARTS=${BENCH_PARTS:-"sink postfix agentkeys realistic outbound"}
@@ -81,6 +84,7 @@ BENCH_AUTH_ROUNDS=${BENCH_AUTH_ROUNDS:-200}
 BENCH_SETTLE=${BENCH_SETTLE:-360}
 BENCH_WORKDIR=${BENCH_WORKDIR:-/var/tmp}
 BENCH_KEEP=${BENCH_KEEP:-0}
+BENCH_PORT_BASE=${BENCH_PORT_BASE:-}
 
 RCPT="bench@agents.localhost"
 FROM="sender@loadgen.localhost"
@@ -122,6 +126,8 @@ install_prerequisites() {
 
 # ---------------------------------------------------------------- cleanup
 PIDS=()
+ODKIM_DNS_ADDR=${ODKIM_DNS_ADDR:-192.0.2.53}
+LO_ADDR_ADDED=0
 PF=""
 PF_STARTED=0
 WORK=""
@@ -147,6 +153,7 @@ cleanup() {
       kill -0 "$mpid" 2>/dev/null && kill "$mpid"
     fi
   fi
+  ((LO_ADDR_ADDED)) && ip addr del "$ODKIM_DNS_ADDR/32" dev lo
   if [[ -n $WORK && -d $WORK ]]; then
     if [[ $BENCH_KEEP == 1 ]]; then
       log "kept $WORK"
@@ -496,19 +503,51 @@ start_testdns() {
 # Runs a command in a mount namespace of its own where /etc/resolv.conf names
 # the loopback DNS server: OpenDMARC (and libspf2 under it) only read that file.
 in_bench_dns() {
-  unshare --mount --propagation private sh -c 'mount --bind "$0" /etc/resolv.conf && exec "$@"' \
+  # exec: run in the background, `$!` is the milter's own PID (not a subshell's).
+  exec unshare --mount --propagation private sh -c 'mount --bind "$0" /etc/resolv.conf && exec "$@"' \
     "$WORK/milters/resolv.conf" "$@"
+}
+
+# agentkeys-testdns for OpenDKIM on ODKIM_DNS_ADDR:53, an address put on `lo`
+# for the run (cleanup removes it).
+start_odkim_dns() {
+  if ! ip -4 addr show dev lo | grep -q " $ODKIM_DNS_ADDR/"; then
+    ip addr add "$ODKIM_DNS_ADDR/32" dev lo || die "cannot add $ODKIM_DNS_ADDR to lo"
+    LO_ADDR_ADDED=1
+  fi
+  "$TESTDNS" --listen "$ODKIM_DNS_ADDR:53" --zone "$WORK/pool/zone.txt" --stats "$WORK/dns-odkim.count" \
+    >"$WORK/dns-odkim.log" 2>&1 &
+  local pid=$!
+  PIDS+=("$pid")
+  for _ in $(seq 1 50); do
+    grep -q '^listening' "$WORK/dns-odkim.log" 2>/dev/null && break
+    kill -0 "$pid" 2>/dev/null || die "agentkeys-testdns for OpenDKIM exited; see $WORK/dns-odkim.log"
+    sleep 0.1
+  done
+  DNS_ODKIM=$ODKIM_DNS_ADDR
+  log "DNS (healthy, for OpenDKIM) on $ODKIM_DNS_ADDR:53 (pid $pid)"
 }
 
 start_milters() {
   local m="$WORK/milters"
   mkdir -p "$m"
   chmod 755 "$m"
-  printf 'nameserver %s\n' "$DNS_HEALTHY" >"$m/resolv.conf"
+
   # Mail from 127.0.0.1 is "internal" (signed, not verified) to OpenDKIM and
   # ignored by OpenDMARC by default; the bench client is 127.0.0.1, so both
   # lists name only a TEST-NET host.
   printf '192.0.2.254\n' >"$m/not-local"
+  # libunbound (OpenDKIM's resolver) never sends a query to 127.0.0.0/8
+  # (`do-not-query-localhost`, default yes; every key lookup then fails with
+  # "key not found in DNS"), and OpenDKIM 2.11 crashes on a
+  # `ResolverConfiguration` file that would turn it off. So OpenDKIM asks a
+  # second agentkeys-testdns with the same zone on a TEST-NET address added to
+  # the loopback interface for the run (removed at exit): still loopback traffic.
+  # OpenDMARC (libspf2, the C library's resolver) asks it too.
+  start_odkim_dns
+  # OpenDKIM's libunbound also reads /etc/resolv.conf: both milters see this one.
+  printf 'nameserver %s\n' "$DNS_ODKIM" >"$m/resolv.conf"
+  # QueryCache: OpenDKIM keeps answers for their TTL, as our answer table does.
   cat >"$m/opendkim.conf" <<EOF
 Syslog no
 Mode v
@@ -516,7 +555,8 @@ Socket inet:$P_ODKIM@127.0.0.1
 UserID opendkim:opendkim
 AuthservID postfix-bench.localhost
 InternalHosts $m/not-local
-Nameservers $DNS_HEALTHY
+Nameservers $DNS_ODKIM
+QueryCache yes
 AlwaysAddARHeader yes
 EOF
   cat >"$m/opendmarc.conf" <<EOF
@@ -623,8 +663,8 @@ realistic_checks() {
   local pok=0 ar example=""
   for f in "${held[@]}"; do
     ar=$(postcat -c "$PF/etc" -h -q "$(basename "$f")" 2>/dev/null |
-      awk '/^Authentication-Results:/ { p = 1; printf "%s", $0; next } p && /^[ \t]/ { printf " %s", $0; next } { if (p) print ""; p = 0 }' |
-      tr -s ' \t' ' ')
+      awk '/^Authentication-Results:/ { if (p) print ""; p = 1; printf "%s", $0; next } p && /^[ \t]/ { printf " %s", $0; next } { if (p) print ""; p = 0 }' |
+      tr -s ' \t\n' ' ')
     [[ -z $example ]] && example=$ar
     [[ $ar == *"dkim=pass"* && $ar == *"spf=pass"* && $ar == *"dmarc=pass"* ]] && pok=$((pok + 1))
   done
@@ -640,7 +680,7 @@ sample_verdicts() {
   local since=$1 want=$2 label=$3 files=() n=0 hit=0 f
   mapfile -t files < <(find "$REAL_DATA/blobs/$OWNER/bench@agents.localhost" -name '*.eml' -newer "$since" 2>/dev/null | shuf -n 200)
   for f in "${files[@]}"; do
-    [[ $(head -c 4096 "$f") == *bench-mail.test* ]] || continue
+    [[ $(head -c 4096 "$f") == *bench-mail.example* ]] || continue
     n=$((n + 1))
     [[ $(our_verdict "$f") == *"$want"* ]] && hit=$((hit + 1))
   done
@@ -720,7 +760,7 @@ run_realistic() {
     printf 'nproc\t%s\n' "$(nproc)"
     printf 'cpu\t%s\n' "$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)"
     printf 'rustc\t%s\n' "$(rustc -V)"
-    printf 'postfix\t%s\n' "$(postconf -h mail_version 2>/dev/null || echo '?')"
+    printf 'postfix\t%s\n' "$(postconf -d -h mail_version 2>/dev/null || echo '?')"
     printf 'opendkim\t%s\n' "$(opendkim -V 2>/dev/null | awk 'NR == 1 { print $NF }')"
     printf 'opendmarc\t%s\n' "$(opendmarc -V 2>/dev/null | awk 'NR == 1 { print $NF }')"
     printf 'load\t%s before, %s after the realistic part\n' "$load_before" "$(cut -d' ' -f1-3 /proc/loadavg)"
@@ -733,7 +773,8 @@ run_realistic() {
     printf 'domains\t%s\n' "$BENCH_REAL_DOMAINS"
     printf 'size\t%s\n' "$BENCH_SIZE"
     printf 'dns\t%s\n' "$DNS_HEALTHY:53 (never answering: $DNS_SILENT:53; dropping every 10th query: $DNS_LOSSY:53)"
-    printf 'dns_queries\thealthy %s, never answering %s, lossy %s\n' "$(cat "$WORK/dns-healthy.count" 2>/dev/null)" \
+    printf 'dns_queries\thealthy %s (the name server of the milters: %s), never answering %s, lossy %s\n' "$(cat "$WORK/dns-healthy.count" 2>/dev/null)" \
+      "$(cat "$WORK/dns-odkim.count" 2>/dev/null)" \
       "$(cat "$WORK/dns-silent.count" 2>/dev/null)" "$(cat "$WORK/dns-lossy.count" 2>/dev/null)"
   } >"$RESULTS/realistic-meta.tsv"
 }
@@ -824,7 +865,7 @@ install_prerequisites
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 
 log "building the load generator"
-cargo build --release --locked --manifest-path "$BENCH/loadgen/Cargo.toml" >&2
+cargo build --release --locked --manifest-path "$BENCH/loadgen/Cargo.toml" --target-dir "$LOADGEN_TARGET_DIR" >&2
 
 LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
 if awk -v l="${LOAD_START%% *}" -v n="$(nproc)" 'BEGIN { exit !(l > n / 2) }'; then
@@ -862,8 +903,14 @@ FSTYPE=$(stat -f -c %T "$WORK")
 
 rm -rf "$RESULTS"
 mkdir -p "$RESULTS"
-read -r P_SINK P_PF P_PFSUB P_IN P_SUB P_SUBTLS P_HTTP P_OSINK P_OIN P_OSUB P_OSUBTLS P_OHTTP \
-  P_PFM P_ODKIM P_ODMARC P_RIN P_RSUB P_RSUBTLS P_RHTTP < <("$LOADGEN" free-ports --count 19)
+if [[ -n $BENCH_PORT_BASE ]]; then
+  # A fixed range (a shared machine may assign each user one): BASE .. BASE+18.
+  read -r P_SINK P_PF P_PFSUB P_IN P_SUB P_SUBTLS P_HTTP P_OSINK P_OIN P_OSUB P_OSUBTLS P_OHTTP \
+    P_PFM P_ODKIM P_ODMARC P_RIN P_RSUB P_RSUBTLS P_RHTTP < <(seq -s ' ' "$BENCH_PORT_BASE" $((BENCH_PORT_BASE + 18)))
+else
+  read -r P_SINK P_PF P_PFSUB P_IN P_SUB P_SUBTLS P_HTTP P_OSINK P_OIN P_OSUB P_OSUBTLS P_OHTTP \
+    P_PFM P_ODKIM P_ODMARC P_RIN P_RSUB P_RSUBTLS P_RHTTP < <("$LOADGEN" free-ports --count 19)
+fi
 
 has_part agentkeys && setup_agentkeys
 has_part realistic && build_realistic_tools
@@ -933,6 +980,10 @@ for mode in per-connection persistent; do
   done
 done
 
+# Counted before the realistic part, whose Postfix deliveries go to the same log.
+PF_SENT_MAIN=0
+has_part postfix && PF_SENT_MAIN=$(grep -c "status=sent" "$PF/maillog" || true)
+
 # Realistic inbound: its own server, DNS servers and milters.
 has_part realistic && run_realistic
 
@@ -944,8 +995,7 @@ sent=$((2 * BENCH_WARMUP + 2 * BENCH_REPEATS * BENCH_MESSAGES))
 accounting=()
 if has_part postfix; then
   # +1: the probe message sent before the warm-up.
-  pf_sent=$(grep -c "status=sent" "$PF/maillog" || true)
-  accounting+=("Postfix delivered $pf_sent of $((sent + 1)) messages to discard(8)")
+  accounting+=("Postfix delivered $PF_SENT_MAIN of $((sent + 1)) messages to discard(8)")
 fi
 if has_part agentkeys; then
   kill -0 "$AK_PID" 2>/dev/null || die "agentkeys serve died during the run; see $WORK/agentkeys.log"
@@ -971,7 +1021,7 @@ commit=$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)
   printf 'filesystem\t%s\n' "$FSTYPE"
   printf 'load\t%s at start, %s at end\n' "$LOAD_START" "$(cut -d' ' -f1-3 /proc/loadavg)"
   printf 'rustc\t%s\n' "$(rustc -V)"
-  printf 'postfix\t%s\n' "$(postconf -h mail_version 2>/dev/null || echo '?')"
+  printf 'postfix\t%s\n' "$(postconf -d -h mail_version 2>/dev/null || echo '?')"
   printf 'messages\t%s\n' "$BENCH_MESSAGES"
   printf 'sessions\t%s\n' "$BENCH_SESSIONS"
   printf 'size\t%s\n' "$BENCH_SIZE"

@@ -3,13 +3,15 @@
 //!
 //! Writes into `--out DIR`:
 //!
-//! - `zone.txt`: the records of `--domains` sender domains `sN.bench-mail.test`
+//! - `zone.txt`: the records of `--domains` sender domains `sN.bench-mail.example`
 //!   for `agentkeys-testdns` (crates/testdns): an RSA-2048 DKIM key (selector
 //!   `rsa`) and an Ed25519 one (selector `ed`); SPF `v=spf1 mx include:_spf.<d>
 //!   -all` (an MX whose address does not match, then an include that allows
 //!   127.0.0.0/8: three lookups, as real senders' records need); a HELO name
 //!   `mail.<d>` with `v=spf1 a -all` and an A record 127.0.0.1; DMARC
-//!   `v=DMARC1; p=reject`.
+//!   `v=DMARC1; p=reject`. Not under `.test`: libunbound (OpenDKIM's resolver,
+//!   the peer) answers every `.test` name NXDOMAIN itself (RFC 6761 default
+//!   local zone) without asking the name server.
 //! - `signed.jsonl`: `--messages` messages, one JSON object a line (`helo`,
 //!   `mail_from`, `data`), from the domains in turn, each `--size` body bytes,
 //!   DKIM-signed by its domain: RSA-2048 only, Ed25519 only, or both, in turn.
@@ -140,7 +142,7 @@ fn main() {
     let args = args();
     std::fs::create_dir_all(&args.out).unwrap();
     let domains: Vec<SenderDomain> =
-        (0..args.domains).map(|i| SenderDomain::new(format!("s{i}.bench-mail.test"))).collect();
+        (0..args.domains).map(|i| SenderDomain::new(format!("s{i}.bench-mail.example"))).collect();
     let mut zone = String::from("# The realistic inbound benchmark's sender domains (inbound_pool example).\n");
     for d in &domains {
         d.zone(&mut zone);

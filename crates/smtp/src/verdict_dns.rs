@@ -132,16 +132,13 @@ impl Rtype {
 }
 
 /// What the upstream said about one name and type (one query, all its attempts).
-// The SOA makes `NotFound` the large variant; an Outcome lives for one query and
-// is moved once into the table, so boxing would only add an allocation.
-#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub(crate) enum Outcome {
     /// The answer section (CNAMEs included).
     Records(Vec<Record>),
     /// NXDOMAIN or NODATA (`NoError` without records), with the zone's SOA when
     /// the server sent it.
-    NotFound { code: ResponseCode, soa: Option<Record>, negative_ttl: Option<u32> },
+    NotFound { code: ResponseCode, soa: Option<Box<Record>>, negative_ttl: Option<u32> },
     /// No usable answer: timeouts, `SERVFAIL`, `REFUSED`, a network error.
     Failed(String),
 }
@@ -168,7 +165,7 @@ impl Upstream for HickoryUpstream {
             Ok(lookup) => Outcome::Records(lookup.answers().to_vec()),
             Err(NetError::Dns(NetDnsError::NoRecordsFound(no))) => Outcome::NotFound {
                 code: no.response_code,
-                soa: no.soa.map(|soa| (*soa).into_record_of_rdata()),
+                soa: no.soa.map(|soa| Box::new((*soa).into_record_of_rdata())),
                 negative_ttl: no.negative_ttl,
             },
             Err(e) => Outcome::Failed(e.to_string()),
@@ -290,12 +287,10 @@ impl Parsed {
 }
 
 /// A settled answer.
-// Held behind an `Arc` in the table, so the size difference costs nothing per copy.
-#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub(crate) enum Known {
     Positive { records: Arc<[Record]>, parsed: Parsed },
-    Negative { code: ResponseCode, soa: Option<Record> },
+    Negative { code: ResponseCode, soa: Option<Box<Record>> },
 }
 
 #[derive(Debug)]

@@ -92,7 +92,7 @@ fn negative_answers_live_for_the_soa_ttl_or_the_floor() {
         for code in [ResponseCode::NXDomain, ResponseCode::NoError] {
             let table = AnswerTable::default();
             let t0 = Instant::now();
-            let soa = negative_ttl.map(|ttl| soa(ttl, ttl));
+            let soa = negative_ttl.map(|ttl| Box::new(soa(ttl, ttl)));
             table.settle(Rtype::Txt, "_dmarc.example.", Outcome::NotFound { code, soa, negative_ttl }, t0);
             let life = Duration::from_secs(negative_ttl.unwrap_or(0).into()).clamp(NEGATIVE_TTL_MIN, NEGATIVE_TTL_MAX);
             let before = t0 + life - Duration::from_millis(1);
@@ -287,7 +287,7 @@ async fn the_front_answers_like_a_name_server_and_asks_upstream_once() {
         ("ok.example.".to_owned(), Outcome::Records(vec![txt_record("ok.example.", 60, &[&big, &big, &big])])),
         (
             "none.example.".to_owned(),
-            Outcome::NotFound { code: ResponseCode::NXDomain, soa: Some(soa(600, 600)), negative_ttl: Some(600) },
+            Outcome::NotFound { code: ResponseCode::NXDomain, soa: Some(Box::new(soa(600, 600))), negative_ttl: Some(600) },
         ),
         ("broken.example.".to_owned(), Outcome::Failed("SERVFAIL".into())),
     ]);
@@ -337,9 +337,8 @@ async fn many_clients_asking_a_silent_name_make_one_upstream_query() {
 /// `join_all` without the futures crate: the answers in order.
 async fn futures_join_all<F>(futures: impl IntoIterator<Item = F>) -> Vec<F::Output>
 where
-    F: std::future::Future,
+    F: std::future::Future + Send + 'static,
     F::Output: Send + 'static,
-    F: Send + 'static,
 {
     let handles: Vec<_> = futures.into_iter().map(tokio::spawn).collect();
     let mut out = Vec::new();
