@@ -7,7 +7,7 @@
 //! file per agent (`handouts-<fingerprint>.json`, the fingerprint a hash of the
 //! server URL and the agent key, never the key itself), so the CLI's one-shot
 //! processes and a long-running `agentkeys mcp` share it. A claim is atomic
-//! across processes: an exclusive lock on `<file>.lock`, re-read, check, insert,
+//! across processes: an exclusive lock on the file beside it with the extension `.lock`, re-read, check, insert,
 //! write to a temporary file and rename. Two waiters on one inbox never hand out
 //! one message twice. Ids older than [`KEEP_MS`] are pruned, and each inbox
 //! keeps at most [`MAX_PER_INBOX`] ids (the oldest go first). Without a

@@ -1,7 +1,8 @@
 //! `POST /v1/credentials/read` and `POST /v1/credentials/oidc`: the broker's mint
-//! path over HTTP. Each request authenticates the agent key, then reads the body,
-//! then authorizes and mints; the token is answered only after its audit record
-//! was appended (the broker enforces the order).
+//! path over HTTP. The body (at most 16 KiB) is read by the extractor first, but
+//! the agent key is checked before anything about the body is answered, then the
+//! request is authorized and minted; the token is answered only after its audit
+//! record was appended (the broker enforces the order).
 
 use agentkeys_broker::{Minted, scope};
 use agentkeys_core::Address;
