@@ -159,7 +159,7 @@ impl Fixture {
                 .map(drop),
             Op::IndexMessage => {
                 let row = NewMessage { owner: owner(), inbox, id: Ulid::new(), size: 100 + u64::from(n) };
-                store.index_messages(&[row.clone()]).await?;
+                store.index_messages(std::slice::from_ref(&row)).await?;
                 self.indexed.push(row.id);
                 Ok(())
             }
