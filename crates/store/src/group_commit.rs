@@ -171,10 +171,11 @@ async fn writer(mut receiver: mpsc::Receiver<Work>, pool: SqlitePool, gate: Writ
                 Work::Probe(reply) => probes.push(reply),
             }
         }
-        let outcome = if jobs.is_empty() {
-            if probes.is_empty() { Ok(()) } else { probe_tx(&pool, &gate).await }
-        } else {
-            commit_batch(&pool, &gate, &clock, jobs).await
+        let committed = if jobs.is_empty() { Ok(false) } else { commit_batch(&pool, &gate, &clock, jobs).await };
+        // A probe is answered by a commit: the batch's, or its own.
+        let outcome = match committed {
+            Ok(false) if !probes.is_empty() => probe_tx(&pool, &gate).await,
+            other => other.map(drop),
         };
         for reply in probes {
             let _ = reply.send(outcome.clone().map_err(StoreError::Backend));
@@ -201,7 +202,7 @@ fn reason(e: StoreError) -> String {
 }
 
 /// Answers every caller in `replies` with the same backend failure; `Err(why)`.
-fn fail_all(replies: impl IntoIterator<Item = Reply>, why: String) -> Result<(), String> {
+fn fail_all(replies: impl IntoIterator<Item = Reply>, why: String) -> Result<bool, String> {
     let mut n = 0usize;
     for reply in replies {
         let _ = reply.send(Err(StoreError::Backend(why.clone())));
@@ -212,8 +213,9 @@ fn fail_all(replies: impl IntoIterator<Item = Reply>, why: String) -> Result<(),
 }
 
 /// Seals and inserts `jobs` in one transaction, commits, answers every caller.
-/// `Err` with the reason if the transaction failed.
-async fn commit_batch(pool: &SqlitePool, gate: &WriteGate, clock: &Clock, jobs: Vec<Job>) -> Result<(), String> {
+/// `Ok(true)` if it committed, `Ok(false)` if there was nothing to commit (every
+/// event refused alone), `Err` with the reason if the transaction failed.
+async fn commit_batch(pool: &SqlitePool, gate: &WriteGate, clock: &Clock, jobs: Vec<Job>) -> Result<bool, String> {
     // Every failure below drops or fails `tx`, which settles it (crate::write_tx):
     // the connection goes back to the pool clean or not at all.
     let mut tx = match WriteTx::begin(pool, gate.enter().await).await {
@@ -245,7 +247,7 @@ async fn commit_batch(pool: &SqlitePool, gate: &WriteGate, clock: &Clock, jobs: 
         return fail_all(sealed.into_iter().map(|(r, _)| r), reason(e));
     }
     if sealed.is_empty() {
-        return Ok(());
+        return Ok(false);
     }
     if let Err(e) = tx.commit().await {
         return fail_all(sealed.into_iter().map(|(r, _)| r), reason(backend(e)));
@@ -253,7 +255,7 @@ async fn commit_batch(pool: &SqlitePool, gate: &WriteGate, clock: &Clock, jobs: 
     for (reply, record) in sealed {
         let _ = reply.send(Ok(record.into_receipt()));
     }
-    Ok(())
+    Ok(true)
 }
 
 #[cfg(test)]
