@@ -10,31 +10,13 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
-use common::{Server, owner_config_dir, owner_json, owner_passphrase_file, provision, run_json};
+use common::{curl, Server, owner_config_dir, owner_json, owner_passphrase_file, provision, run_json};
 use serde_json::{Value, json};
 
 const OWNER: &str = "0x00000000000000000000000000000000000000aa";
 const OTHER_OWNER: &str = "0x00000000000000000000000000000000000000bb";
 const AGENT: &str = "0x00000000000000000000000000000000000000a1";
 const OTHER_AGENT: &str = "0x00000000000000000000000000000000000000b1";
-
-/// One request with curl: (status, headers lowercased, JSON body or Null).
-fn curl(method: &str, url: &str, bearer: Option<&str>, body: Option<&str>) -> (u16, String, Value) {
-    let mut cmd = Command::new("curl");
-    cmd.args(["-sS", "--max-time", "30", "-D", "-", "-o", "-", "-X", method]);
-    if let Some(key) = bearer {
-        cmd.args(["-H", &format!("Authorization: Bearer {key}")]);
-    }
-    if let Some(b) = body {
-        cmd.args(["-H", "Content-Type: application/json", "--data-binary", b]);
-    }
-    let out = cmd.arg(url).output().expect("spawn curl");
-    assert!(out.status.success(), "curl failed: {}", String::from_utf8_lossy(&out.stderr));
-    let text = String::from_utf8(out.stdout).unwrap();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
-    (status, head.to_ascii_lowercase(), serde_json::from_str(body).unwrap_or(Value::Null))
-}
 
 fn mint(base: &str, key: &str, inbox: &str) -> (u16, String, Value) {
     curl("POST", &format!("{base}/v1/credentials/read"), Some(key), Some(&json!({ "inbox": inbox }).to_string()))

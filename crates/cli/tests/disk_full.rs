@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{Server, all_files, provision, run_json, send_raw, stored_messages};
+use common::{curl, Server, all_files, provision, run_json, send_raw, stored_messages};
 use serde_json::{Value, json};
 
 const OWNER: &str = "0x00000000000000000000000000000000000000e0";
@@ -99,24 +99,6 @@ const FULL_AGENT: &str = "0x00000000000000000000000000000000000000e3";
 
 /// Most mints tried before SQLite must have refused one on the full disk.
 const MAX_MINTS_WHILE_FULL: usize = 3000;
-
-/// One request with curl: (status, headers lowercased, JSON body or Null).
-fn curl(method: &str, url: &str, bearer: Option<&str>, body: Option<&str>) -> (u16, String, Value) {
-    let mut cmd = Command::new("curl");
-    cmd.args(["-sS", "--max-time", "30", "-D", "-", "-o", "-", "-X", method]);
-    if let Some(key) = bearer {
-        cmd.args(["-H", &format!("Authorization: Bearer {key}")]);
-    }
-    if let Some(b) = body {
-        cmd.args(["-H", "Content-Type: application/json", "--data-binary", b]);
-    }
-    let out = cmd.arg(url).output().expect("spawn curl");
-    assert!(out.status.success(), "curl failed: {}", String::from_utf8_lossy(&out.stderr));
-    let text = String::from_utf8(out.stdout).unwrap();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
-    (status, head.to_ascii_lowercase(), serde_json::from_str(body).unwrap_or(Value::Null))
-}
 
 fn mint(server: &Server, key: &str, inbox: &str) -> (u16, String, Value) {
     let body = json!({ "inbox": inbox }).to_string();

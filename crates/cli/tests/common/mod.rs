@@ -398,3 +398,23 @@ pub fn metric(server: &Server, sample: &str) -> f64 {
         .find_map(|line| line.strip_prefix(sample)?.strip_prefix(' ')?.trim().parse().ok())
         .unwrap_or(0.0)
 }
+
+/// One request with the curl binary (an HTTP client we did not write): the
+/// status, the response head lowercased, and the body as JSON (`Null` if it is
+/// not JSON).
+pub fn curl(method: &str, url: &str, bearer: Option<&str>, body: Option<&str>) -> (u16, String, serde_json::Value) {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sS", "--max-time", "30", "-D", "-", "-o", "-", "-X", method]);
+    if let Some(key) = bearer {
+        cmd.args(["-H", &format!("Authorization: Bearer {key}")]);
+    }
+    if let Some(b) = body {
+        cmd.args(["-H", "Content-Type: application/json", "--data-binary", b]);
+    }
+    let out = cmd.arg(url).output().expect("spawn curl");
+    assert!(out.status.success(), "curl failed: {}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).expect("curl printed UTF-8");
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).expect("an HTTP status line");
+    (status, head.to_ascii_lowercase(), serde_json::from_str(body).unwrap_or(serde_json::Value::Null))
+}
