@@ -375,6 +375,18 @@ impl MetadataStore for FakeMeta {
     async fn list_owner_grants(&self, _: &OwnerId) -> Result<Vec<Grant>, StoreError> {
         unsupported()
     }
+    async fn add_checkpoint(&self, _: &agentkeys_store::CheckpointRecord) -> Result<bool, StoreError> {
+        unsupported()
+    }
+    async fn list_checkpoints(&self) -> Result<Vec<agentkeys_store::CheckpointRecord>, StoreError> {
+        unsupported()
+    }
+    async fn checkpoint_start(&self) -> Result<Option<agentkeys_store::CheckpointRecord>, StoreError> {
+        unsupported()
+    }
+    async fn change_owner_grant(&self, _: &OwnerId, _: &Grant, _: &Grant, _: &AuditEvent) -> Result<AuditReceipt, StoreError> {
+        unsupported()
+    }
     async fn revoke_owner_grant(
         &self,
         _: &OwnerId,

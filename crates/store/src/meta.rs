@@ -455,42 +455,34 @@ pub trait MetadataStore: Send + Sync + 'static {
     /// kept as the chain's start), else the last counter + 1 linked to its hash
     /// and past its seq. `false` if another process stored that checkpoint (or
     /// one for that head) first; `Invalid` when the recorded start exists but its
-    /// checkpoints are gone (the chain is not restarted over a deletion). Stores
-    /// without checkpoints answer `Backend`.
-    async fn add_checkpoint(&self, checkpoint: &CheckpointRecord) -> Result<bool, StoreError> {
-        let _ = checkpoint;
-        Err(StoreError::Backend("this store keeps no audit checkpoints".to_owned()))
-    }
+    /// checkpoints are gone (the chain is not restarted over a deletion). No
+    /// default: a store that forgot checkpoints must not pass for one that has none.
+    async fn add_checkpoint(&self, checkpoint: &CheckpointRecord) -> Result<bool, StoreError>;
     /// Every stored checkpoint, by seq. A value that does not decode is
     /// [`StoreError::AuditUnreadable`] with the checkpoint's seq.
-    async fn list_checkpoints(&self) -> Result<Vec<CheckpointRecord>, StoreError> {
-        Ok(Vec::new())
-    }
+    /// No default: an empty answer would let `audit verify` pass on a backend
+    /// that never stored its checkpoints.
+    async fn list_checkpoints(&self) -> Result<Vec<CheckpointRecord>, StoreError>;
     /// The checkpoint with the highest seq, if any.
     async fn last_checkpoint(&self) -> Result<Option<CheckpointRecord>, StoreError> {
         Ok(self.list_checkpoints().await?.pop())
     }
     /// The recorded start of the checkpoint chain (a copy of checkpoint 1), if
-    /// the chain has started.
-    async fn checkpoint_start(&self) -> Result<Option<CheckpointRecord>, StoreError> {
-        Ok(None)
-    }
+    /// the chain has started. No default, for the same reason.
+    async fn checkpoint_start(&self) -> Result<Option<CheckpointRecord>, StoreError>;
     /// Replaces `before` (a grant of `owner`, as the caller read it) with `after`
     /// (the same grant, narrower scopes and/or a new expiry), audited, only if the
     /// stored grant is still `before` and unrevoked (compare-and-set): otherwise
     /// `Conflict` (changed meanwhile) or `NotFound` (no such grant of `owner`).
     /// `after` must keep the id, owner, agent and pattern and not widen the scopes
-    /// (`Invalid`). Stores without grant changes answer `Backend`.
+    /// (`Invalid`).
     async fn change_owner_grant(
         &self,
         owner: &OwnerId,
         before: &Grant,
         after: &Grant,
         event: &AuditEvent,
-    ) -> Result<AuditReceipt, StoreError> {
-        let _ = (owner, before, after, event);
-        Err(StoreError::Backend("this store cannot change grants".to_owned()))
-    }
+    ) -> Result<AuditReceipt, StoreError>;
     /// Revokes a key of one of `owner`'s agents, audited. A key of another owner's
     /// agent is `NotFound` exactly like a missing id.
     async fn revoke_owner_key(
