@@ -51,6 +51,7 @@ fuzz_target!(|data: &[u8]| {
         throttle: Arc::new(AuthThrottle::new(10, Duration::from_secs(600))),
         tls_available: false,
         allow_plaintext_auth_on_loopback: false,
+        subaddressing: agentkeys_core::Subaddressing::default(),
     });
     let now = Now { instant: Instant::now(), system: UNIX_EPOCH + Duration::from_secs(1_700_000_000) };
     let mut session = Session::new(ctx, "192.0.2.1".parse().unwrap(), false, now, 7);

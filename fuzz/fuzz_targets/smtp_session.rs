@@ -26,6 +26,7 @@ fn context(kind: ListenerKind) -> Arc<SessionContext> {
         throttle: Arc::new(AuthThrottle::new(10, Duration::from_secs(600))),
         tls_available: true,
         allow_plaintext_auth_on_loopback: false,
+        subaddressing: agentkeys_core::Subaddressing::default(),
     })
 }
 
@@ -73,7 +74,11 @@ fn drive(kind: ListenerKind, input: &[u8], cuts: &[usize]) -> (Vec<String>, usiz
                     session.recipient_result(Ok(answer), now);
                 }
                 Step::Authenticate(_) => session.auth_result(Ok(AuthFacts::default()), now),
-                Step::Audit(_) => session.audit_result(Ok(()), now),
+                Step::Audit(event) => {
+                    // A receipt exists only for a sealed record: seal it as the chain's first.
+                    let sealed = agentkeys_audit::SealedRecord::seal(&agentkeys_audit::ChainHead::GENESIS, 0, &event);
+                    session.audit_result(Ok(sealed.expect("sealable event").into_receipt()), now);
+                }
                 Step::Deliver(_) => {
                     delivered += 1;
                     session.delivery_result(Ok(()), now);

@@ -323,7 +323,7 @@ impl SmtpServer {
                     session.auth_result(facts, now());
                 }
                 Step::Audit(event) => {
-                    let recorded = self.meta.audit_append(&event).await.map(drop);
+                    let recorded = self.meta.audit_append(&event).await;
                     session.audit_result(recorded, now());
                 }
                 Step::Deliver(delivery) => {

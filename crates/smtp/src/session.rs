@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use agentkeys_core::{Address, AuthFacts, AuthFailure, Credentials, KeyHasher, SendAuthorized, Subaddressing, UnixTime};
-use agentkeys_audit::AuditEvent;
+use agentkeys_audit::{AuditEvent, AuditReceipt};
 use agentkeys_store::StoreError;
 pub use agentkeys_submission::{
     Delivery, InboundEnvelope, LocalRecipient, Outbound, RecipientAnswer, RecipientQuery,
@@ -1156,11 +1156,13 @@ impl Session {
         }));
     }
 
-    /// Answers a [`Step::Audit`]. Only a recorded decision takes effect; when the
-    /// record cannot be written the client gets `454 4.7.0` and stays
-    /// unauthenticated (a refusal keeps its latency floor and still counts
-    /// against the address).
-    pub fn audit_result(&mut self, result: Result<(), StoreError>, now: Now) {
+    /// Answers a [`Step::Audit`] with the receipt of the appended record: only a
+    /// recorded decision takes effect, and only the audit log can make a receipt
+    /// ([`AuditReceipt`] comes from sealing the record into the chain), so no
+    /// shell can answer "recorded" without recording. When the record cannot be
+    /// written the client gets `454 4.7.0` and stays unauthenticated (a refusal
+    /// keeps its latency floor and still counts against the address).
+    pub fn audit_result(&mut self, result: Result<AuditReceipt, StoreError>, now: Now) {
         self.now = now;
         let pending = match mem::replace(&mut self.state, State::Command) {
             State::AuditAuth(pending) => pending,
@@ -1171,21 +1173,25 @@ impl Session {
             }
         };
         let PendingAuth { verdict, received_at, username, .. } = *pending;
-        if let Err(err) = result {
-            tracing::error!(peer = %self.peer, error = %err, "AUTH decision could not be audited; refused");
-            metrics::counter!("agentkeys_smtp_auth_total", "result" => "error").increment(1);
-            return match verdict {
-                Ok(_) => self.reply(Reply::AuthUnavailable),
-                Err(_) => {
-                    self.ctx.throttle.record_failure(self.peer, self.now.instant);
-                    self.auth_refused(Reply::AuthUnavailable, received_at);
-                }
-            };
-        }
+        let receipt = match result {
+            Ok(receipt) => receipt,
+            Err(err) => {
+                tracing::error!(peer = %self.peer, error = %err, "AUTH decision could not be audited; refused");
+                metrics::counter!("agentkeys_smtp_auth_total", "result" => "error").increment(1);
+                return match verdict {
+                    Ok(_) => self.reply(Reply::AuthUnavailable),
+                    Err(_) => {
+                        self.ctx.throttle.record_failure(self.peer, self.now.instant);
+                        self.auth_refused(Reply::AuthUnavailable, received_at);
+                    }
+                };
+            }
+        };
         match verdict {
             Ok(proof) => {
                 tracing::info!(
                     peer = %self.peer,
+                    audit_seq = receipt.seq(),
                     inbox = %proof.inbox(),
                     agent = %proof.agent(),
                     key = %proof.key_id(),

@@ -9,6 +9,13 @@ use agentkeys_store::Recipient;
 use crate::limits::*;
 use crate::testing::*;
 
+/// The receipt a real audit log gives for `event` as its record number `n + 1`:
+/// sealed into a chain, the only way to make one.
+fn receipt_for(event: &agentkeys_audit::AuditEvent, n: usize) -> agentkeys_audit::AuditReceipt {
+    let head = agentkeys_audit::ChainHead { seq: n as u64, ..agentkeys_audit::ChainHead::GENESIS };
+    agentkeys_audit::SealedRecord::seal(&head, 0, event).unwrap().into_receipt()
+}
+
 /// Drives a session the way the shell does, answering steps from the fakes.
 struct Harness {
     session: Session,
@@ -135,8 +142,9 @@ impl Harness {
                     let result = if *self.meta.fault.lock().unwrap() == Fault::Audit {
                         Err(StoreError::Backend("injected".into()))
                     } else {
+                        let receipt = receipt_for(&event, self.audits.len());
                         self.audits.push(event);
-                        Ok(())
+                        Ok(receipt)
                     };
                     self.session.audit_result(result, self.now);
                 }
@@ -856,7 +864,7 @@ fn auth_failure_jitter_varies_between_sessions() {
                 match s.poll(now) {
                     Step::Wait(until) => break until - now.instant,
                     Step::Write(_) => {}
-                    Step::Audit(_) => s.audit_result(Ok(()), now),
+                    Step::Audit(event) => s.audit_result(Ok(receipt_for(&event, 0)), now),
                     other => panic!("{other:?}"),
                 }
             }
