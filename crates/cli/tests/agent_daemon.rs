@@ -7,9 +7,8 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::mpsc;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use agentkeys_testdns::{TestDns, Zone};
@@ -131,90 +130,6 @@ fn mail_with_attachment(to: &str) -> String {
     )
 }
 
-/// The Python SDK client, line-driven (tests/resources/mcp_client.py).
-struct Mcp {
-    child: Child,
-    stdin: ChildStdin,
-    lines: mpsc::Receiver<String>,
-    ready: Value,
-}
-
-impl Mcp {
-    fn spawn(args: &[String], env: &[(String, String)]) -> Mcp {
-        let mut cmd = Command::new("python3");
-        cmd.arg(resource("mcp_client.py")).args(args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::inherit());
-        for (k, _) in std::env::vars() {
-            if k.starts_with("AGENTKEYS_") {
-                cmd.env_remove(k);
-            }
-        }
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let mut child = cmd.spawn().expect("python3 mcp_client.py");
-        let stdin = child.stdin.take().unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut mcp = Mcp { child, stdin, lines, ready: Value::Null };
-        mcp.ready = mcp.read();
-        assert_eq!(mcp.ready["ready"], true, "{}", mcp.ready);
-        mcp
-    }
-
-    fn stdio(w: &World, key: &str) -> Mcp {
-        Mcp::spawn(&["stdio".into(), BIN.into(), "mcp".into()], &w.env(key))
-    }
-
-    fn read(&mut self) -> Value {
-        let line = self.lines.recv_timeout(Duration::from_secs(120)).expect("the MCP client answered in time");
-        let v: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
-        assert!(v.get("fatal").is_none(), "MCP client failed: {v}");
-        v
-    }
-
-    fn send(&mut self, req: Value) -> Value {
-        writeln!(self.stdin, "{req}").unwrap();
-        self.stdin.flush().unwrap();
-        self.read()
-    }
-
-    fn call(&mut self, name: &str, arguments: Value) -> Value {
-        self.send(json!({"op": "call", "name": name, "arguments": arguments}))
-    }
-
-    /// A successful call's JSON answer.
-    fn ok(&mut self, name: &str, arguments: Value) -> Value {
-        let r = self.call(name, arguments.clone());
-        assert_eq!(r["is_error"], false, "{name} {arguments}: {r}");
-        r["json"].clone()
-    }
-
-    /// A failed call's text.
-    fn err(&mut self, name: &str, arguments: Value) -> String {
-        let r = self.call(name, arguments.clone());
-        assert_eq!(r["is_error"], true, "{name} {arguments} should fail: {r}");
-        r["text"].as_str().unwrap().to_owned()
-    }
-}
-
-impl Drop for Mcp {
-    fn drop(&mut self) {
-        let _ = writeln!(self.stdin, "{}", json!({"op": "quit"}));
-        let _ = self.stdin.flush();
-        if wait_timeout(&mut self.child, Duration::from_secs(20)).is_none() {
-            self.child.kill().ok();
-            self.child.wait().ok();
-        }
-    }
-}
-
 /// A child process killed (and reaped) when the test ends, even by a panic.
 struct KillOnDrop(Child);
 
@@ -258,7 +173,7 @@ fn check_tool_list(mcp: &mut Mcp) {
 #[test]
 fn mcp_over_stdio_every_tool_against_the_real_server() {
     let w = world();
-    let mut mcp = Mcp::stdio(&w, &w.key_a);
+    let mut mcp = Mcp::stdio(&w.env(&w.key_a));
     assert_eq!(mcp.ready["server"], "agentkeys-mail");
     assert_eq!(mcp.ready["tools_capability"], true);
     check_tool_list(&mut mcp);
@@ -367,7 +282,7 @@ fn mcp_over_stdio_every_tool_against_the_real_server() {
 fn read_capabilities_are_reused_within_a_daemon() {
     let w = world();
     w.deliver(&w.signup, &verification_mail(&w.signup, "111222"));
-    let mut mcp = Mcp::stdio(&w, &w.key_a);
+    let mut mcp = Mcp::stdio(&w.env(&w.key_a));
     for _ in 0..3 {
         let list = mcp.ok("list_messages", json!({"inbox": w.signup}));
         assert_eq!(list["messages"].as_array().unwrap().len(), 1, "{list}");
@@ -388,11 +303,11 @@ fn isolation_through_mcp() {
     let w = world();
     w.deliver(&w.signup, &verification_mail(&w.signup, "555666"));
     w.deliver(&w.other, &verification_mail(&w.other, "777888"));
-    let mut a = Mcp::stdio(&w, &w.key_a);
+    let mut a = Mcp::stdio(&w.env(&w.key_a));
     let own = a.ok("list_messages", json!({"inbox": w.signup}));
     let a_id = own["messages"][0]["message_id"].as_str().unwrap().to_owned();
 
-    let mut b = Mcp::stdio(&w, &w.key_b);
+    let mut b = Mcp::stdio(&w.env(&w.key_b));
     let b_inboxes = b.ok("list_inboxes", json!({}));
     assert_eq!(b_inboxes["inboxes"].as_array().unwrap().len(), 1, "{b_inboxes}");
     assert_eq!(b_inboxes["inboxes"][0]["address"], w.bee.as_str());
@@ -621,7 +536,7 @@ fn extract_otp_authenticated_follows_real_dkim_spf_dmarc() {
         key_a: key.clone(),
         key_b: String::new(),
     };
-    let mut mcp = Mcp::stdio(&w, &key);
+    let mut mcp = Mcp::stdio(&w.env(&key));
     let send = |raw: &str| {
         let plan = json!({"port": w.server.inbound.port(), "steps": [
             ["mail", "bounce@bank.example"], ["rcpt", inbox], ["data", {"raw": raw}],

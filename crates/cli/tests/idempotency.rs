@@ -9,10 +9,8 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::mpsc;
-use std::time::Duration;
+use std::process::{Command, Stdio};
+use std::io::Write as _;
 
 use common::*;
 use serde_json::{Value, json};
@@ -201,82 +199,10 @@ fn mail_send_with_a_key_twice_sends_once() {
     assert_eq!(w.stored(&w.bob), 1);
 }
 
-/// The official MCP Python SDK client over stdio (tests/resources/mcp_client.py).
-struct Mcp {
-    child: Child,
-    stdin: ChildStdin,
-    lines: mpsc::Receiver<String>,
-}
-
-impl Mcp {
-    fn spawn(env: &[(String, String)]) -> Mcp {
-        let mut cmd = Command::new("python3");
-        cmd.arg(resource("mcp_client.py")).args(["stdio", BIN, "mcp"]);
-        cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::inherit());
-        for (k, _) in std::env::vars() {
-            if k.starts_with("AGENTKEYS_") {
-                cmd.env_remove(k);
-            }
-        }
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let mut child = cmd.spawn().expect("python3 mcp_client.py");
-        let stdin = child.stdin.take().unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut mcp = Mcp { child, stdin, lines };
-        let ready = mcp.read();
-        assert_eq!(ready["ready"], true, "{ready}");
-        mcp
-    }
-
-    fn read(&mut self) -> Value {
-        let line = self.lines.recv_timeout(Duration::from_secs(120)).expect("the MCP client answered in time");
-        let v: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
-        assert!(v.get("fatal").is_none(), "MCP client failed: {v}");
-        v
-    }
-
-    fn ok(&mut self, name: &str, arguments: Value) -> Value {
-        writeln!(self.stdin, "{}", json!({"op": "call", "name": name, "arguments": arguments})).unwrap();
-        self.stdin.flush().unwrap();
-        let r = self.read();
-        assert_eq!(r["is_error"], false, "{name} {arguments}: {r}");
-        r["json"].clone()
-    }
-
-    fn err(&mut self, name: &str, arguments: Value) -> String {
-        writeln!(self.stdin, "{}", json!({"op": "call", "name": name, "arguments": arguments})).unwrap();
-        self.stdin.flush().unwrap();
-        let r = self.read();
-        assert_eq!(r["is_error"], true, "{name} {arguments} should fail: {r}");
-        r["text"].as_str().unwrap().to_owned()
-    }
-}
-
-impl Drop for Mcp {
-    fn drop(&mut self) {
-        let _ = writeln!(self.stdin, "{}", json!({"op": "quit"}));
-        let _ = self.stdin.flush();
-        if wait_timeout(&mut self.child, Duration::from_secs(20)).is_none() {
-            self.child.kill().ok();
-            self.child.wait().ok();
-        }
-    }
-}
-
 #[test]
 fn mcp_send_message_with_one_key_twice_sends_once_and_list_messages_filters_by_tag() {
     let w = world();
-    let mut mcp = Mcp::spawn(&w.env(&w.alice_key));
+    let mut mcp = Mcp::stdio(&w.env(&w.alice_key));
     let tagged = w.bob.replace('@', "+billing@");
     let args = json!({"inbox": w.alice, "to": [tagged], "subject": "invoice", "text": "hello", "idempotency_key": "mcp-1"});
     let first = mcp.ok("send_message", args.clone());
@@ -293,10 +219,10 @@ fn mcp_send_message_with_one_key_twice_sends_once_and_list_messages_filters_by_t
 
     // Bob's MCP sees the tag and filters by it.
     let plain = json!({"inbox": w.alice, "to": [w.bob.clone()], "subject": "plain", "text": "x"});
-    let mut alice = Mcp::spawn(&w.env(&w.alice_key));
+    let mut alice = Mcp::stdio(&w.env(&w.alice_key));
     alice.ok("send_message", plain);
     drop(alice);
-    let mut bob = Mcp::spawn(&w.env(&w.bob_key));
+    let mut bob = Mcp::stdio(&w.env(&w.bob_key));
     let all = bob.ok("list_messages", json!({"inbox": w.bob}));
     assert_eq!(all["messages"].as_array().unwrap().len(), 2, "{all}");
     let billing = bob.ok("list_messages", json!({"inbox": w.bob, "to_tag": "billing"}));

@@ -10,9 +10,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, ChildStdin, Command, Output, Stdio};
-use std::sync::mpsc;
+use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
 use agentkeys_testdns::{TestDns, Zone};
@@ -320,72 +318,11 @@ fn magic_link_only_mail_quoted_history_and_ambiguity() {
     assert_eq!(text(&out.stdout), "118844");
 }
 
-/// The official MCP Python SDK client, line-driven (tests/resources/mcp_client.py).
-struct Mcp {
-    child: Child,
-    stdin: ChildStdin,
-    lines: mpsc::Receiver<String>,
-}
-
-impl Mcp {
-    fn stdio(w: &World) -> Mcp {
-        let mut cmd = Command::new("python3");
-        cmd.arg(resource("mcp_client.py")).args(["stdio", BIN, "mcp"]).stdin(Stdio::piped()).stdout(Stdio::piped());
-        for (k, _) in std::env::vars() {
-            if k.starts_with("AGENTKEYS_") {
-                cmd.env_remove(k);
-            }
-        }
-        for (k, v) in w.env() {
-            cmd.env(k, v);
-        }
-        let mut child = cmd.spawn().expect("python3 mcp_client.py");
-        let stdin = child.stdin.take().unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut mcp = Mcp { child, stdin, lines };
-        assert_eq!(mcp.read()["ready"], true);
-        mcp
-    }
-
-    fn read(&mut self) -> Value {
-        let line = self.lines.recv_timeout(Duration::from_secs(120)).expect("the MCP client answered in time");
-        let v: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
-        assert!(v.get("fatal").is_none(), "MCP client failed: {v}");
-        v
-    }
-
-    fn call(&mut self, name: &str, arguments: Value) -> Value {
-        writeln!(self.stdin, "{}", json!({"op": "call", "name": name, "arguments": arguments})).unwrap();
-        self.stdin.flush().unwrap();
-        self.read()
-    }
-}
-
-impl Drop for Mcp {
-    fn drop(&mut self) {
-        let _ = writeln!(self.stdin, "{}", json!({"op": "quit"}));
-        let _ = self.stdin.flush();
-        if wait_timeout(&mut self.child, Duration::from_secs(20)).is_none() {
-            self.child.kill().ok();
-            self.child.wait().ok();
-        }
-    }
-}
-
 #[test]
 fn the_mcp_sdk_drives_a_sign_up_with_wait_for_otp() {
     let w = world();
-    let mut mcp = Mcp::stdio(&w);
-    writeln!(mcp.stdin, "{}", json!({"op": "list_tools"})).unwrap();
-    let tools = mcp.read();
+    let mut mcp = Mcp::stdio(&w.env());
+    let tools = mcp.send(json!({"op": "list_tools"}));
     let tool = tools["tools"].as_array().unwrap().iter().find(|t| t["name"] == "wait_for_otp").expect("wait_for_otp is listed").clone();
     assert_eq!(tools["schema_errors"], json!({}), "{tools}");
     let props = &tool["input_schema"]["properties"];

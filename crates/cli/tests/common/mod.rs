@@ -418,3 +418,97 @@ pub fn curl(method: &str, url: &str, bearer: Option<&str>, body: Option<&str>) -
     let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).expect("an HTTP status line");
     (status, head.to_ascii_lowercase(), serde_json::from_str(body).unwrap_or(serde_json::Value::Null))
 }
+
+/// The official MCP Python SDK client (`tests/resources/mcp_client.py`) driving
+/// `agentkeys mcp`: one JSON request per line in, one answer per line out.
+pub struct Mcp {
+    child: Child,
+    stdin: std::process::ChildStdin,
+    lines: mpsc::Receiver<String>,
+    /// The client's first line: server name, capabilities.
+    pub ready: serde_json::Value,
+}
+
+impl Mcp {
+    /// Starts the client with `args` (`stdio BIN mcp` or `http URL`) and only
+    /// `env` of the AGENTKEYS_* variables; waits for it to be ready.
+    pub fn spawn(args: &[String], env: &[(String, String)]) -> Mcp {
+        let mut cmd = Command::new("python3");
+        cmd.arg(resource("mcp_client.py")).args(args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::inherit());
+        for (k, _) in std::env::vars() {
+            if k.starts_with("AGENTKEYS_") {
+                cmd.env_remove(k);
+            }
+        }
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("python3 mcp_client.py");
+        let stdin = child.stdin.take().expect("stdin");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut mcp = Mcp { child, stdin, lines, ready: serde_json::Value::Null };
+        mcp.ready = mcp.read();
+        assert_eq!(mcp.ready["ready"], true, "{}", mcp.ready);
+        mcp
+    }
+
+    /// The client over stdio against `agentkeys mcp` with `env`.
+    pub fn stdio(env: &[(String, String)]) -> Mcp {
+        Mcp::spawn(&["stdio".into(), BIN.into(), "mcp".into()], env)
+    }
+
+    /// The client's next line.
+    pub fn read(&mut self) -> serde_json::Value {
+        let line = self.lines.recv_timeout(Duration::from_secs(120)).expect("the MCP client answered in time");
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(v.get("fatal").is_none(), "MCP client failed: {v}");
+        v
+    }
+
+    /// One request and its answer.
+    pub fn send(&mut self, req: serde_json::Value) -> serde_json::Value {
+        use std::io::Write as _;
+        writeln!(self.stdin, "{req}").expect("write to the MCP client");
+        self.stdin.flush().expect("flush the MCP client");
+        self.read()
+    }
+
+    /// One tool call: the whole answer (`is_error`, `json`, `text`).
+    pub fn call(&mut self, name: &str, arguments: serde_json::Value) -> serde_json::Value {
+        self.send(serde_json::json!({"op": "call", "name": name, "arguments": arguments}))
+    }
+
+    /// A successful call's JSON answer.
+    pub fn ok(&mut self, name: &str, arguments: serde_json::Value) -> serde_json::Value {
+        let r = self.call(name, arguments.clone());
+        assert_eq!(r["is_error"], false, "{name} {arguments}: {r}");
+        r["json"].clone()
+    }
+
+    /// A failed call's text.
+    pub fn err(&mut self, name: &str, arguments: serde_json::Value) -> String {
+        let r = self.call(name, arguments.clone());
+        assert_eq!(r["is_error"], true, "{name} {arguments} should fail: {r}");
+        r["text"].as_str().unwrap_or_default().to_owned()
+    }
+}
+
+impl Drop for Mcp {
+    fn drop(&mut self) {
+        use std::io::Write as _;
+        let _ = writeln!(self.stdin, "{}", serde_json::json!({"op": "quit"}));
+        let _ = self.stdin.flush();
+        if wait_timeout(&mut self.child, Duration::from_secs(20)).is_none() {
+            self.child.kill().ok();
+            self.child.wait().ok();
+        }
+    }
+}
