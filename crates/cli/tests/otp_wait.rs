@@ -14,15 +14,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
 use agentkeys_testdns::{TestDns, Zone};
-use aws_lc_rs::encoding::AsDer as _;
-use aws_lc_rs::rsa::{KeyPair as RsaKeyPair, KeySize};
-use aws_lc_rs::signature::KeyPair as _;
-use base64::Engine as _;
 use common::*;
-use mail_auth::common::crypto::{RsaKey, Sha256};
-use mail_auth::common::headers::HeaderWriter as _;
-use mail_auth::dkim::{Canonicalization, DkimSigner};
-use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 use serde_json::{Value, json};
 
 const OWNER: &str = "0xa1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1";
@@ -31,36 +23,22 @@ const SERVICE: &str = "example.com";
 
 /// `example.com` with an RSA DKIM key, an SPF record that does not list
 /// 127.0.0.1 (only a valid signature authenticates) and DMARC `p=reject`.
-struct Service {
-    pkcs8: Vec<u8>,
-    spki: Vec<u8>,
-}
+struct Service(DkimKey);
 
 impl Service {
     fn new() -> Self {
-        let rsa = RsaKeyPair::generate(KeySize::Rsa2048).unwrap();
-        Self { pkcs8: rsa.as_der().unwrap().as_ref().to_vec(), spki: rsa.public_key().as_der().unwrap().as_ref().to_vec() }
+        Self(DkimKey::generate())
     }
 
     fn zone(&self) -> Zone {
-        let p = base64::engine::general_purpose::STANDARD.encode(&self.spki);
         Zone::new()
-            .txt(&format!("sel._domainkey.{SERVICE}"), &format!("v=DKIM1; k=rsa; p={p}"))
+            .txt(&format!("sel._domainkey.{SERVICE}"), &self.0.dns_txt())
             .txt(SERVICE, "v=spf1 ip4:192.0.2.1 -all")
             .txt(&format!("_dmarc.{SERVICE}"), "v=DMARC1; p=reject; adkim=r; aspf=r")
     }
 
     fn sign(&self, message: &str) -> String {
-        let key = RsaKey::<Sha256>::from_key_der(PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.pkcs8.clone()))).unwrap();
-        let signature = DkimSigner::from_key(key)
-            .domain(SERVICE)
-            .selector("sel")
-            .headers(["From", "To", "Subject", "Date", "Message-ID"])
-            .header_canonicalization(Canonicalization::Relaxed)
-            .body_canonicalization(Canonicalization::Relaxed)
-            .sign(message.as_bytes())
-            .unwrap();
-        format!("{}{message}", signature.to_header())
+        self.0.sign(SERVICE, message)
     }
 }
 

@@ -8,58 +8,34 @@
 mod common;
 
 use agentkeys_testdns::{TestDns, Zone};
-use aws_lc_rs::rsa::{KeyPair as RsaKeyPair, KeySize};
-use aws_lc_rs::encoding::AsDer as _;
-use aws_lc_rs::signature::KeyPair as _;
-use base64::Engine as _;
-use common::{Server, metric, provision, python, send_raw, stored_messages};
-use mail_auth::common::crypto::{RsaKey, Sha256};
-use mail_auth::common::headers::HeaderWriter as _;
-use mail_auth::dkim::{Canonicalization, DkimSigner};
-use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+use common::{DkimKey, Server, metric, provision, python, send_raw, stored_messages};
 use serde_json::{Value, json};
 
 const OWNER: &str = "0x000000000000000000000000000000000000000a";
 const AGENT: &str = "0x00000000000000000000000000000000000000a1";
 const HOST: &str = "mx.agents.localhost";
 
-struct Sender {
-    pkcs8: Vec<u8>,
-    spki: Vec<u8>,
-}
+struct Sender(DkimKey);
 
 impl Sender {
     fn new() -> Self {
-        let rsa = RsaKeyPair::generate(KeySize::Rsa2048).unwrap();
-        let pkcs8 = rsa.as_der().unwrap().as_ref().to_vec();
-        let spki = rsa.public_key().as_der().unwrap().as_ref().to_vec();
-        Self { pkcs8, spki }
+        Self(DkimKey::generate())
     }
 
     /// DKIM-signs `message` (rsa-sha256, relaxed/relaxed, d=bank.example, s=sel).
     fn sign(&self, message: &str) -> String {
-        self.sign_as("bank.example", message)
+        self.0.sign("bank.example", message)
     }
 
     /// DKIM-signs `message` with d=`domain`, s=sel.
     fn sign_as(&self, domain: &str, message: &str) -> String {
-        let key = RsaKey::<Sha256>::from_key_der(PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.pkcs8.clone()))).unwrap();
-        let signature = DkimSigner::from_key(key)
-            .domain(domain)
-            .selector("sel")
-            .headers(["From", "To", "Subject", "Date", "Message-ID"])
-            .header_canonicalization(Canonicalization::Relaxed)
-            .body_canonicalization(Canonicalization::Relaxed)
-            .sign(message.as_bytes())
-            .unwrap();
-        format!("{}{message}", signature.to_header())
+        self.0.sign(domain, message)
     }
 
     fn zone(&self) -> Zone {
-        let p = base64::engine::general_purpose::STANDARD.encode(&self.spki);
         Zone::new()
             // Over 255 bytes: published as several character-strings.
-            .txt("sel._domainkey.bank.example", &format!("v=DKIM1; k=rsa; p={p}"))
+            .txt("sel._domainkey.bank.example", &self.0.dns_txt())
             .txt("bank.example", "v=spf1 ip4:127.0.0.1 -all")
             .txt("_dmarc.bank.example", "v=DMARC1; p=reject; adkim=s; aspf=r")
     }

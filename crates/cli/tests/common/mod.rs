@@ -512,3 +512,49 @@ impl Drop for Mcp {
         }
     }
 }
+
+/// An RSA-2048 DKIM key of a sender domain the tests publish through
+/// `crates/testdns`, and mail-auth's signer (rsa-sha256, relaxed/relaxed,
+/// selector `sel`).
+pub struct DkimKey {
+    pkcs8: Vec<u8>,
+    spki: Vec<u8>,
+}
+
+impl DkimKey {
+    /// A fresh key.
+    pub fn generate() -> Self {
+        use aws_lc_rs::encoding::AsDer as _;
+        use aws_lc_rs::signature::KeyPair as _;
+        let rsa = aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).expect("RSA key");
+        Self {
+            pkcs8: rsa.as_der().expect("PKCS#8").as_ref().to_vec(),
+            spki: rsa.public_key().as_der().expect("SPKI").as_ref().to_vec(),
+        }
+    }
+
+    /// The TXT record to publish at `sel._domainkey.<domain>`.
+    pub fn dns_txt(&self) -> String {
+        use base64::Engine as _;
+        format!("v=DKIM1; k=rsa; p={}", base64::engine::general_purpose::STANDARD.encode(&self.spki))
+    }
+
+    /// `message` with a DKIM-Signature of `domain` (s=sel) in front.
+    pub fn sign(&self, domain: &str, message: &str) -> String {
+        use mail_auth::common::crypto::{RsaKey, Sha256};
+        use mail_auth::common::headers::HeaderWriter as _;
+        use mail_auth::dkim::{Canonicalization, DkimSigner};
+        use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+        let key = RsaKey::<Sha256>::from_key_der(PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.pkcs8.clone())))
+            .expect("RSA signing key");
+        let signature = DkimSigner::from_key(key)
+            .domain(domain)
+            .selector("sel")
+            .headers(["From", "To", "Subject", "Date", "Message-ID"])
+            .header_canonicalization(Canonicalization::Relaxed)
+            .body_canonicalization(Canonicalization::Relaxed)
+            .sign(message.as_bytes())
+            .expect("DKIM signature");
+        format!("{}{message}", signature.to_header())
+    }
+}
