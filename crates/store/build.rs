@@ -1,5 +1,5 @@
 //! Rebuilds the crate when a migration changes: `sqlx::migrate!()` embeds
-//! `migrations/` at compile time, and stable Rust cannot track those files itself.
+//! `migrations/<backend>/` at compile time, and stable Rust cannot track those files itself.
 
 fn main() {
     println!("cargo:rerun-if-changed=migrations");

@@ -74,8 +74,8 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// and CLI starting together) applied them at the same moment.
 const MIGRATION_ATTEMPTS: u32 = 3;
 
-/// The schema, embedded from `crates/store/migrations/` at compile time.
-static MIGRATOR: Migrator = sqlx::migrate!();
+/// The schema, embedded from `crates/store/migrations/sqlite/` at compile time (each backend has its own directory).
+static MIGRATOR: Migrator = sqlx::migrate!("migrations/sqlite");
 
 /// Where the store reads the time it stamps on audit records.
 pub(crate) type Clock = Arc<dyn Fn() -> UnixTime + Send + Sync>;
