@@ -4,7 +4,8 @@
 //! - [`MetadataStore`]: owners, agents, domains, inboxes, agent keys, grants and
 //!   the outbound queue. Embedded default: SQLite in WAL mode ([`SqliteStore`]).
 //! - [`BlobStore`]: raw messages under `<owner>/<inbox>/<ulid>.eml`. Embedded
-//!   default: a directory tree with durable writes and group commit ([`FsBlobStore`]).
+//!   default: a directory tree with durable writes and group commit ([`FsBlobStore`]);
+//!   with the `s3` feature, an S3 bucket (`s3::S3BlobStore`).
 //! - [`MessageIndex`]: which messages an inbox holds, pageable by id, with a
 //!   commit-ordered `seq` for event replay; retention settings. On SQLite.
 //! - [`Mailroom`]: the one way mail lands in an inbox (blob durable → index row
@@ -29,6 +30,8 @@ mod mailroom;
 pub mod group_commit;
 mod meta;
 mod queue;
+#[cfg(feature = "s3")]
+pub mod s3;
 mod sqlite;
 mod write_tx;
 #[cfg(test)]
@@ -46,6 +49,8 @@ pub use mailroom::{
 };
 pub use meta::*;
 pub use queue::{AttemptOutcome, AttemptRecord, AttemptToRecord, Claim, OutboundQueue, QueueDetail, QueueStateCount};
+#[cfg(feature = "s3")]
+pub use s3::{S3BlobStore, S3Config, S3ConfigError, S3Error, S3Limits};
 pub use sqlite::{READINESS_MIN_FREE_BYTES, RECIPIENT_CACHE_TTL, SqliteStore};
 
 use async_trait::async_trait;
