@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use agentkeys_store::s3::{
-    ENV_ACCESS_KEY_ID, ENV_ENDPOINT, ENV_SECRET_ACCESS_KEY, MAX_PRESIGN_TTL, S3BlobStore, S3Config, S3Limits,
+    ENV_ACCESS_KEY_ID, ENV_CA_BUNDLE, ENV_ENDPOINT, ENV_SECRET_ACCESS_KEY, MAX_PRESIGN_TTL, S3BlobStore, S3Config, S3Limits,
 };
 use agentkeys_store::{BlobError, BlobKey, BlobStore};
 use bytes::Bytes;
@@ -149,14 +149,25 @@ impl Drop for S3sFs {
 
 /// A configuration for `location` at `endpoint`, with `secret`.
 fn config_at(endpoint: &str, location: &str, secret: &str) -> S3Config {
+    config_with(endpoint, location, secret, &[]).unwrap()
+}
+
+/// [`config_at`] with more variables.
+fn config_with(
+    endpoint: &str,
+    location: &str,
+    secret: &str,
+    more: &[(&'static str, String)],
+) -> Result<S3Config, agentkeys_store::S3ConfigError> {
     let vars: HashMap<&str, String> = [
         (ENV_ENDPOINT, endpoint.to_owned()),
         (ENV_ACCESS_KEY_ID, ACCESS_KEY.to_owned()),
         (ENV_SECRET_ACCESS_KEY, secret.to_owned()),
     ]
     .into_iter()
+    .chain(more.iter().cloned())
     .collect();
-    S3Config::from_vars(location, |name| vars.get(name).cloned()).unwrap()
+    S3Config::from_vars(location, |name| vars.get(name).cloned())
 }
 
 /// Limits for faults: short waits, so failing tests fail fast.
@@ -404,6 +415,11 @@ impl Drop for Proxy {
 
 impl Proxy {
     fn start(upstream: u16, rule: Rule) -> Self {
+        Self::start_with(upstream, rule, None)
+    }
+
+    /// With `tls`, the proxy is an HTTPS endpoint (TLS ends here).
+    fn start_with(upstream: u16, rule: Rule, tls: Option<tokio_rustls::TlsAcceptor>) -> Self {
         let listener = listener_in_range();
         listener.set_nonblocking(true).unwrap();
         let port = listener.local_addr().unwrap().port();
@@ -413,14 +429,19 @@ impl Proxy {
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else { continue };
-                let (rule, hits) = (Arc::clone(&rule), Arc::clone(&counts));
+                let (rule, hits, tls) = (Arc::clone(&rule), Arc::clone(&counts), tls.clone());
                 tokio::spawn(async move {
                     let service = hyper::service::service_fn(move |req| {
                         Self::handle(upstream, Arc::clone(&rule), Arc::clone(&hits), req)
                     });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
+                    let http = hyper::server::conn::http1::Builder::new();
+                    let _ = match tls {
+                        None => http.serve_connection(TokioIo::new(stream), service).await,
+                        Some(tls) => match tls.accept(stream).await {
+                            Ok(stream) => http.serve_connection(TokioIo::new(stream), service).await,
+                            Err(_) => return,
+                        },
+                    };
                 });
             }
         });
@@ -714,4 +735,58 @@ async fn a_presigned_list_lists_its_prefix_only() {
     assert_eq!(curl(&with_param(&url, "prefix", None)).await.0, 403, "without a prefix");
     assert_eq!(curl(&with_param(&url, "X-Amz-Expires", Some("1800"))).await.0, 403);
     assert_eq!(curl(&with_param(&url, "max-keys", Some("1000"))).await.0, 403, "no unsigned parameter");
+}
+
+// ------------------------------------------------------------------ HTTPS
+
+/// A test CA (PEM) and a TLS acceptor for `localhost` with a leaf it signed.
+fn test_ca_and_acceptor() -> (String, tokio_rustls::TlsAcceptor) {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+    let leaf_key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec!["localhost".to_owned()]).unwrap().signed_by(&leaf_key, &ca).unwrap();
+    let key = rustls::pki_types::PrivateKeyDer::try_from(leaf_key.serialize_der()).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![leaf.der().clone()], key)
+        .unwrap();
+    (ca.pem(), tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+}
+
+#[tokio::test]
+async fn an_https_endpoint_is_verified_against_the_ca_bundle() {
+    let (server, direct) = server_and_store(S3Limits::default()).await;
+    let (ca_pem, acceptor) = test_ca_and_acceptor();
+    let proxy = Proxy::start_with(server.port, Arc::new(|_: &Method, _: &str, _| Fault::Pass), Some(acceptor));
+    let endpoint = format!("https://localhost:{}", proxy.port);
+    let dir = tempfile::Builder::new().prefix("s3-ca-").tempdir().unwrap();
+    let bundle = dir.path().join("ca.pem");
+    std::fs::write(&bundle, &ca_pem).unwrap();
+
+    let config = config_with(&endpoint, "s3://mail/prod", SECRET_KEY, &[(ENV_CA_BUNDLE, bundle.display().to_string())]);
+    let store = S3BlobStore::with_limits(&config.unwrap(), quick_limits()).unwrap();
+    let k = message_key("0xaa", "bot@a.test");
+    store.put_durable(vec![(k.clone(), Bytes::from_static(b"over TLS"))]).await.unwrap();
+    assert_eq!(store.get(&k).await.unwrap(), Some(Bytes::from_static(b"over TLS")));
+    assert_eq!(store.list("0xaa/").await.unwrap(), std::slice::from_ref(&k));
+    assert!(proxy.hits(&Method::PUT, "/prod/") >= 1, "the requests went through the HTTPS endpoint");
+
+    // Without the CA, the certificate is unknown: nothing is sent.
+    let untrusting = S3BlobStore::with_limits(&config_at(&endpoint, "s3://mail/prod", SECRET_KEY), quick_limits()).unwrap();
+    let err = untrusting.put_durable(vec![(message_key("0xaa", "bot@a.test"), Bytes::from_static(b"x"))]).await.unwrap_err();
+    assert!(err.to_string().to_lowercase().contains("certificate"), "{err}");
+    assert_eq!(direct.list("").await.unwrap(), std::slice::from_ref(&k));
+
+    // A bundle that is not there, or holds no certificate, is refused at open.
+    let missing = config_with(&endpoint, "s3://mail", SECRET_KEY, &[(ENV_CA_BUNDLE, "/nonexistent/s3-ca.pem".to_owned())]);
+    assert!(S3BlobStore::open(&missing.unwrap()).is_err());
+    let empty = dir.path().join("empty.pem");
+    std::fs::write(&empty, "not a certificate\n").unwrap();
+    let empty = config_with(&endpoint, "s3://mail", SECRET_KEY, &[(ENV_CA_BUNDLE, empty.display().to_string())]);
+    let err = S3BlobStore::open(&empty.unwrap()).unwrap_err();
+    assert!(err.to_string().contains("no certificate"), "{err}");
 }
