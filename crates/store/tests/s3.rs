@@ -20,7 +20,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use agentkeys_store::s3::{
-    ENV_ACCESS_KEY_ID, ENV_CA_BUNDLE, ENV_ENDPOINT, ENV_SECRET_ACCESS_KEY, MAX_PRESIGN_TTL, S3BlobStore, S3Config, S3Limits,
+    ENV_ACCESS_KEY_ID, ENV_CA_BUNDLE, ENV_ENDPOINT, ENV_SECRET_ACCESS_KEY, MAX_ERROR_BODY_BYTES, MAX_LIST_PAGE_BYTES,
+    MAX_PRESIGN_TTL, S3BlobStore, S3Config, S3Limits,
 };
 use agentkeys_store::{BlobError, BlobKey, BlobStore};
 use bytes::Bytes;
@@ -253,7 +254,8 @@ fn generated_batches_round_trip() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let (_server, store) = runtime.block_on(server_and_store(S3Limits::default()));
     let batch = proptest::collection::vec((0usize..3, proptest::collection::vec(any::<u8>(), 0..2048)), 1..10);
-    let mut runner = TestRunner::new(ProptestConfig { cases: 24, failure_persistence: None, ..ProptestConfig::default() });
+    let mut runner =
+        TestRunner::new(ProptestConfig { cases: 24, failure_persistence: None, ..ProptestConfig::default() });
     runner
         .run(&batch, |batch| {
             runtime.block_on(async {
@@ -314,7 +316,10 @@ async fn listing_follows_continuation_tokens_across_pages() {
 async fn remove_answers_whether_it_removed() {
     let (server, store) = server_and_store(S3Limits::default()).await;
     let (a, b) = (message_key("0xaa", "bot@a.test"), message_key("0xaa", "bot@a.test"));
-    store.put_durable(vec![(a.clone(), Bytes::from_static(b"a")), (b.clone(), Bytes::from_static(b"b"))]).await.unwrap();
+    store
+        .put_durable(vec![(a.clone(), Bytes::from_static(b"a")), (b.clone(), Bytes::from_static(b"b"))])
+        .await
+        .unwrap();
     assert!(store.remove(&a).await.unwrap());
     assert_eq!(store.get(&a).await.unwrap(), None);
     assert!(!store.remove(&a).await.unwrap(), "already gone");
@@ -341,7 +346,8 @@ async fn a_put_over_an_existing_key_fails_whole_and_keeps_the_stored_blob() {
     let existing = message_key("0xaa", "bot@a.test");
     store.put_durable(vec![(existing.clone(), Bytes::from_static(b"first"))]).await.unwrap();
 
-    let mut batch: Vec<(BlobKey, Bytes)> = (0..20).map(|_| (message_key("0xaa", "bot@a.test"), random_bytes(300))).collect();
+    let mut batch: Vec<(BlobKey, Bytes)> =
+        (0..20).map(|_| (message_key("0xaa", "bot@a.test"), random_bytes(300))).collect();
     batch.insert(10, (existing.clone(), Bytes::from_static(b"second")));
     let err = store.put_durable(batch).await.unwrap_err();
     assert_eq!(io_kind(&err), std::io::ErrorKind::AlreadyExists, "{err}");
@@ -396,6 +402,8 @@ enum Fault {
     Answer(u16),
     /// Forward, let the server apply it, then lose its answer: this status instead.
     ForwardThenAnswer(u16),
+    /// Answer this status with a body of this many bytes.
+    Oversized(u16, usize),
 }
 
 type Rule = Arc<dyn Fn(&Method, &str, u32) -> Fault + Send + Sync>;
@@ -475,6 +483,11 @@ impl Proxy {
         match rule(&parts.method, &path, count) {
             Fault::Pass => Ok(forward(upstream, parts, body).await),
             Fault::Answer(status) => Ok(error_answer(status)),
+            Fault::Oversized(status, len) => {
+                let mut response = Response::new(Full::new(Bytes::from(vec![b'x'; len])));
+                *response.status_mut() = StatusCode::from_u16(status).unwrap();
+                Ok(response)
+            }
             Fault::ForwardThenAnswer(status) => {
                 let _ = forward(upstream, parts, body).await;
                 Ok(error_answer(status))
@@ -484,7 +497,9 @@ impl Proxy {
 }
 
 fn error_answer(status: u16) -> Response<Full<Bytes>> {
-    let body = format!("<?xml version=\"1.0\"?><Error><Code>Injected{status}</Code><Message>injected by the test proxy</Message></Error>");
+    let body = format!(
+        "<?xml version=\"1.0\"?><Error><Code>Injected{status}</Code><Message>injected by the test proxy</Message></Error>"
+    );
     let mut response = Response::new(Full::new(Bytes::from(body)));
     *response.status_mut() = StatusCode::from_u16(status).unwrap();
     response
@@ -505,14 +520,18 @@ async fn forward(upstream: u16, mut parts: hyper::http::request::Parts, body: By
 #[tokio::test]
 async fn a_batch_with_one_failing_item_is_undone_whole() {
     let (server, direct) = server_and_store(S3Limits::default()).await;
-    let rule: Rule = Arc::new(|method, path, _| {
-        if method == Method::PUT && path.contains("poison") { Fault::Answer(503) } else { Fault::Pass }
-    });
+    let rule: Rule =
+        Arc::new(
+            |method, path, _| {
+                if method == Method::PUT && path.contains("poison") { Fault::Answer(503) } else { Fault::Pass }
+            },
+        );
     let proxy = Proxy::start(server.port, rule);
     let limits = S3Limits { max_parallel_puts: 4, ..quick_limits() };
     let store = store_at(&proxy.endpoint(), "s3://mail/prod", limits.clone()).await;
 
-    let mut batch: Vec<(BlobKey, Bytes)> = (0..30).map(|_| (message_key("0xaa", "bot@a.test"), random_bytes(2000))).collect();
+    let mut batch: Vec<(BlobKey, Bytes)> =
+        (0..30).map(|_| (message_key("0xaa", "bot@a.test"), random_bytes(2000))).collect();
     batch.insert(3, (key("0xaa/bot@a.test/poison.eml"), random_bytes(10)));
     let err = store.put_durable(batch).await.unwrap_err();
     assert!(err.to_string().contains("poison"), "{err}");
@@ -525,14 +544,19 @@ async fn a_batch_with_one_failing_item_is_undone_whole() {
 #[tokio::test]
 async fn items_after_a_failure_are_not_started() {
     let (server, _direct) = server_and_store(S3Limits::default()).await;
-    let rule: Rule = Arc::new(|method, path, _| {
-        if method == Method::PUT && path.contains("poison") { Fault::Answer(403) } else { Fault::Pass }
-    });
+    let rule: Rule =
+        Arc::new(
+            |method, path, _| {
+                if method == Method::PUT && path.contains("poison") { Fault::Answer(403) } else { Fault::Pass }
+            },
+        );
     let proxy = Proxy::start(server.port, rule);
     // One at a time, the failing item first (tasks start in order on this
     // single-threaded runtime, and the semaphore is fair).
-    let store = store_at(&proxy.endpoint(), "s3://mail/prod", S3Limits { max_parallel_puts: 1, ..quick_limits() }).await;
-    let mut batch: Vec<(BlobKey, Bytes)> = (0..10).map(|_| (message_key("0xaa", "bot@a.test"), random_bytes(10))).collect();
+    let store =
+        store_at(&proxy.endpoint(), "s3://mail/prod", S3Limits { max_parallel_puts: 1, ..quick_limits() }).await;
+    let mut batch: Vec<(BlobKey, Bytes)> =
+        (0..10).map(|_| (message_key("0xaa", "bot@a.test"), random_bytes(10))).collect();
     batch.insert(0, (key("0xaa/bot@a.test/poison.eml"), random_bytes(10)));
     let err = store.put_durable(batch).await.unwrap_err();
     assert_eq!(io_kind(&err), std::io::ErrorKind::PermissionDenied, "{err}");
@@ -563,7 +587,11 @@ async fn server_errors_are_retried_until_they_pass() {
 async fn a_lost_answer_to_a_stored_put_is_recognised_on_retry() {
     let (server, direct) = server_and_store(S3Limits::default()).await;
     let rule: Rule = Arc::new(|method, path, count| {
-        if method == Method::PUT && path.contains("lost") && count == 1 { Fault::ForwardThenAnswer(502) } else { Fault::Pass }
+        if method == Method::PUT && path.contains("lost") && count == 1 {
+            Fault::ForwardThenAnswer(502)
+        } else {
+            Fault::Pass
+        }
     });
     let proxy = Proxy::start(server.port, rule);
     let store = store_at(&proxy.endpoint(), "s3://mail/prod", quick_limits()).await;
@@ -591,6 +619,25 @@ async fn insufficient_storage_is_storage_full_and_not_retried() {
     let err = store.put_durable(vec![(message_key("0xaa", "bot@a.test"), random_bytes(10))]).await.unwrap_err();
     assert!(matches!(err, BlobError::StorageFull(_)), "{err}");
     assert_eq!(proxy.hits(&Method::PUT, "/prod/"), 1);
+}
+
+#[tokio::test]
+async fn oversized_answers_are_not_read_whole() {
+    let (server, _direct) = server_and_store(S3Limits::default()).await;
+    let rule: Rule = Arc::new(|method, path, _| match (method.as_str(), path) {
+        // A listing one byte over its limit.
+        ("GET", "/mail/") => Fault::Oversized(200, MAX_LIST_PAGE_BYTES + 1),
+        // A refusal whose error document is over its limit.
+        ("PUT", _) => Fault::Oversized(403, MAX_ERROR_BODY_BYTES * 8),
+        _ => Fault::Pass,
+    });
+    let proxy = Proxy::start(server.port, rule);
+    let store = store_at(&proxy.endpoint(), "s3://mail/prod", quick_limits()).await;
+    let err = store.list("0xaa/").await.unwrap_err();
+    assert!(err.to_string().contains(&format!("answer larger than {MAX_LIST_PAGE_BYTES} bytes")), "{err}");
+    assert_eq!(proxy.hits(&Method::GET, "/mail/"), 1, "an oversized answer is not retried");
+    let err = store.put_durable(vec![(message_key("0xaa", "bot@a.test"), random_bytes(10))]).await.unwrap_err();
+    assert_eq!(io_kind(&err), std::io::ErrorKind::PermissionDenied, "the status still counts: {err}");
 }
 
 #[tokio::test]
@@ -660,7 +707,10 @@ async fn a_presigned_get_reads_one_blob_and_nothing_else() {
     let (_server, store) = server_and_store(S3Limits::default()).await;
     let (mine, other) = (message_key("0xaa", "bot@a.test"), message_key("0xbb", "bot@b.test"));
     let body = random_bytes(100_000);
-    store.put_durable(vec![(mine.clone(), body.clone()), (other.clone(), Bytes::from_static(b"secret"))]).await.unwrap();
+    store
+        .put_durable(vec![(mine.clone(), body.clone()), (other.clone(), Bytes::from_static(b"secret"))])
+        .await
+        .unwrap();
 
     let url = store.presign_get(&mine, Duration::from_secs(60));
     assert_eq!(curl(&url).await, (200, body.to_vec()));
@@ -776,13 +826,16 @@ async fn an_https_endpoint_is_verified_against_the_ca_bundle() {
     assert!(proxy.hits(&Method::PUT, "/prod/") >= 1, "the requests went through the HTTPS endpoint");
 
     // Without the CA, the certificate is unknown: nothing is sent.
-    let untrusting = S3BlobStore::with_limits(&config_at(&endpoint, "s3://mail/prod", SECRET_KEY), quick_limits()).unwrap();
-    let err = untrusting.put_durable(vec![(message_key("0xaa", "bot@a.test"), Bytes::from_static(b"x"))]).await.unwrap_err();
+    let untrusting =
+        S3BlobStore::with_limits(&config_at(&endpoint, "s3://mail/prod", SECRET_KEY), quick_limits()).unwrap();
+    let err =
+        untrusting.put_durable(vec![(message_key("0xaa", "bot@a.test"), Bytes::from_static(b"x"))]).await.unwrap_err();
     assert!(err.to_string().to_lowercase().contains("certificate"), "{err}");
     assert_eq!(direct.list("").await.unwrap(), std::slice::from_ref(&k));
 
     // A bundle that is not there, or holds no certificate, is refused at open.
-    let missing = config_with(&endpoint, "s3://mail", SECRET_KEY, &[(ENV_CA_BUNDLE, "/nonexistent/s3-ca.pem".to_owned())]);
+    let missing =
+        config_with(&endpoint, "s3://mail", SECRET_KEY, &[(ENV_CA_BUNDLE, "/nonexistent/s3-ca.pem".to_owned())]);
     assert!(S3BlobStore::open(&missing.unwrap()).is_err());
     let empty = dir.path().join("empty.pem");
     std::fs::write(&empty, "not a certificate\n").unwrap();

@@ -156,8 +156,8 @@ impl S3Config {
         let (endpoint, addressing) = match custom_endpoint {
             Some(endpoint) => (endpoint, Addressing::Path),
             None => {
-                let endpoint = Url::parse(&format!("https://s3.{region}.amazonaws.com")).map_err(|e| S3ConfigError {
-                    problems: vec![format!("{ENV_REGION}: {region:?} gives no endpoint URL: {e}")],
+                let endpoint = Url::parse(&format!("https://s3.{region}.amazonaws.com")).map_err(|e| {
+                    S3ConfigError { problems: vec![format!("{ENV_REGION}: {region:?} gives no endpoint URL: {e}")] }
                 })?;
                 // AWS's wildcard certificate covers one label before `s3.<region>`.
                 let addressing = if bucket.contains('.') { Addressing::Path } else { Addressing::VirtualHost };
@@ -228,7 +228,9 @@ fn parse_endpoint(value: &str) -> Result<Url, String> {
         return Err(format!("{value:?}: no host"));
     }
     if !url.username().is_empty() || url.password().is_some() {
-        return Err(format!("{value:?}: credentials belong in {ENV_ACCESS_KEY_ID}/{ENV_SECRET_ACCESS_KEY}, not the URL"));
+        return Err(format!(
+            "{value:?}: credentials belong in {ENV_ACCESS_KEY_ID}/{ENV_SECRET_ACCESS_KEY}, not the URL"
+        ));
     }
     if url.query().is_some() || url.fragment().is_some() {
         return Err(format!("{value:?}: no query or fragment"));
@@ -304,11 +306,9 @@ mod tests {
 
     #[test]
     fn every_problem_is_reported_at_once() {
-        let err = S3Config::from_vars(
-            "s3://Bad_Bucket/../x",
-            vars(&[(ENV_ENDPOINT, "ftp://x"), (ENV_ACCESS_KEY_ID, "  ")]),
-        )
-        .unwrap_err();
+        let err =
+            S3Config::from_vars("s3://Bad_Bucket/../x", vars(&[(ENV_ENDPOINT, "ftp://x"), (ENV_ACCESS_KEY_ID, "  ")]))
+                .unwrap_err();
         let text = err.to_string();
         assert_eq!(err.problems.len(), 4, "{text}");
         for needle in ["Bad_Bucket", ENV_ENDPOINT, ENV_ACCESS_KEY_ID, ENV_SECRET_ACCESS_KEY] {
@@ -318,7 +318,8 @@ mod tests {
 
     #[test]
     fn bad_locations_and_endpoints() {
-        for url in ["mail", "http://mail/x", "s3://", "s3://ab", "s3://-mail", "s3://mail./", "s3://a..b", "s3://mail/a//b"]
+        for url in
+            ["mail", "http://mail/x", "s3://", "s3://ab", "s3://-mail", "s3://mail./", "s3://a..b", "s3://mail/a//b"]
         {
             assert!(S3Config::from_vars(url, vars(&[KEYS[0], KEYS[1], (ENV_REGION, "x")])).is_err(), "{url}");
         }

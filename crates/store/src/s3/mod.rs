@@ -66,8 +66,7 @@ use url::Url;
 
 pub use self::config::{
     Addressing, DEFAULT_CUSTOM_REGION, ENV_ACCESS_KEY_ID, ENV_AWS_ENDPOINT, ENV_AWS_ENDPOINT_S3, ENV_CA_BUNDLE,
-    ENV_DEFAULT_REGION, ENV_ENDPOINT, ENV_REGION, ENV_SECRET_ACCESS_KEY, ENV_SESSION_TOKEN, S3Config,
-    S3ConfigError,
+    ENV_DEFAULT_REGION, ENV_ENDPOINT, ENV_REGION, ENV_SECRET_ACCESS_KEY, ENV_SESSION_TOKEN, S3Config, S3ConfigError,
 };
 pub use self::transport::{MAX_ERROR_BODY_BYTES, MAX_RETRY_BACKOFF, S3Error};
 use self::transport::{Reply, Request, Transport};
@@ -285,7 +284,10 @@ impl S3BlobStore {
     pub fn presign_get_at(&self, key: &BlobKey, ttl: Duration, signed_at: SystemTime) -> Url {
         let inner = &self.inner;
         let object = inner.object_key(key.as_str());
-        inner.bucket.get_object(Some(&inner.credentials), &object).sign_with_time(clamp_presign_ttl(ttl), &timestamp(signed_at))
+        inner
+            .bucket
+            .get_object(Some(&inner.credentials), &object)
+            .sign_with_time(clamp_presign_ttl(ttl), &timestamp(signed_at))
     }
 
     /// A URL that lists (`ListObjectsV2`, the first page of up to 1000 keys,
@@ -383,7 +385,15 @@ impl Inner {
                 Ok((id, outcome)) => (id, outcome),
                 Err(err) => {
                     let detail = format!("the PUT task failed: {err}");
-                    (err.id(), PutOutcome::Failed(S3Error::Transport { op: "PUT", object: String::new(), detail, attempts: 0 }))
+                    (
+                        err.id(),
+                        PutOutcome::Failed(S3Error::Transport {
+                            op: "PUT",
+                            object: String::new(),
+                            detail,
+                            attempts: 0,
+                        }),
+                    )
                 }
             };
             let Some(object) = keys.remove(&id) else { continue };
@@ -539,8 +549,7 @@ impl Inner {
             if !reply.status.is_success() {
                 return Err(reply.refusal("LIST", full_prefix));
             }
-            let malformed =
-                |detail: String| S3Error::Response { op: "LIST", object: full_prefix.to_owned(), detail };
+            let malformed = |detail: String| S3Error::Response { op: "LIST", object: full_prefix.to_owned(), detail };
             let text = std::str::from_utf8(&reply.body).map_err(|e| malformed(format!("not UTF-8: {e}")))?;
             let page = ListObjectsV2::parse_response(text).map_err(|e| malformed(format!("malformed listing: {e}")))?;
             objects.extend(page.contents.into_iter().map(|object| object.key));
@@ -597,7 +606,8 @@ impl BlobStore for S3BlobStore {
 
     async fn list(&self, prefix: &str) -> Result<Vec<BlobKey>, BlobError> {
         let full_prefix = self.inner.object_key(prefix);
-        let objects = self.inner.list_objects(&full_prefix).await.map_err(|e| self.inner.blob_error(&full_prefix, e))?;
+        let objects =
+            self.inner.list_objects(&full_prefix).await.map_err(|e| self.inner.blob_error(&full_prefix, e))?;
         let mut keys: Vec<BlobKey> = objects.iter().filter_map(|object| self.blob_key(object)).collect();
         keys.sort();
         keys.dedup();
@@ -655,7 +665,8 @@ mod tests {
         let store = store("p");
         let key = BlobKey::parse("0xaa/bot@a.test/01A.eml").unwrap();
         let url = store.presign_get(&key, Duration::from_secs(86_400));
-        let expires: Vec<_> = url.query_pairs().filter(|(k, _)| k == "X-Amz-Expires").map(|(_, v)| v.into_owned()).collect();
+        let expires: Vec<_> =
+            url.query_pairs().filter(|(k, _)| k == "X-Amz-Expires").map(|(_, v)| v.into_owned()).collect();
         assert_eq!(expires, [MAX_PRESIGN_TTL.as_secs().to_string()]);
     }
 

@@ -126,9 +126,8 @@ impl Reply {
     /// This answer as an [`S3Error::Status`], with S3's code and message.
     pub(crate) fn refusal(&self, op: &'static str, object: &str) -> S3Error {
         let text = String::from_utf8_lossy(&self.body);
-        let code = xml_field(&text, "Code").unwrap_or_else(|| {
-            self.status.canonical_reason().unwrap_or("unexpected status").replace(' ', "")
-        });
+        let code = xml_field(&text, "Code")
+            .unwrap_or_else(|| self.status.canonical_reason().unwrap_or("unexpected status").replace(' ', ""));
         S3Error::Status {
             op,
             object: object.to_owned(),
@@ -210,6 +209,10 @@ impl Transport {
                 Ok(reply) => {
                     tracing::debug!(op = request.op, object = request.object, status = %reply.status, attempt, "S3 request retried");
                 }
+                // Retrying cannot help an answer too large or a request we cannot build.
+                Err(err @ (AttemptError::TooLarge(_) | AttemptError::Local(_))) => {
+                    return Err(err.into_error(request, attempt));
+                }
                 Err(err) if last => return Err(err.into_error(request, attempts)),
                 Err(err) => {
                     tracing::debug!(op = request.op, object = request.object, %err, attempt, "S3 request retried");
@@ -269,10 +272,9 @@ impl Transport {
 enum AttemptError {
     Transport(String),
     Timeout(Duration),
-    /// The answer is larger than the request allows (retrying will not help,
-    /// but it is rare enough not to special-case).
+    /// The answer is larger than the request allows (not retried).
     TooLarge(usize),
-    /// The request could not be built.
+    /// The request could not be built (not retried).
     Local(String),
 }
 
@@ -282,8 +284,12 @@ impl AttemptError {
         match self {
             Self::Transport(detail) => S3Error::Transport { op, object, detail, attempts },
             Self::Timeout(after) => S3Error::Timeout { op, object, after, attempts },
-            Self::TooLarge(limit) => S3Error::Response { op, object, detail: format!("answer larger than {limit} bytes") },
-            Self::Local(detail) => S3Error::Response { op, object, detail: format!("cannot build the request: {detail}") },
+            Self::TooLarge(limit) => {
+                S3Error::Response { op, object, detail: format!("answer larger than {limit} bytes") }
+            }
+            Self::Local(detail) => {
+                S3Error::Response { op, object, detail: format!("cannot build the request: {detail}") }
+            }
         }
     }
 }
