@@ -843,3 +843,35 @@ async fn an_https_endpoint_is_verified_against_the_ca_bundle() {
     let err = S3BlobStore::open(&empty.unwrap()).unwrap_err();
     assert!(err.to_string().contains("no certificate"), "{err}");
 }
+
+// ------------------------------------------------------------ the Mailroom
+
+#[tokio::test]
+async fn the_mailroom_over_s3_indexes_and_reconciles() {
+    use agentkeys_core::{Address, OwnerId};
+    use agentkeys_store::{LocalEventHub, Mailroom, MessageIndex, MetadataStore, SqliteStore};
+
+    let (_server, s3) = server_and_store(S3Limits::default()).await;
+    let dir = tempfile::Builder::new().prefix("s3-meta-").tempdir().unwrap();
+    let meta = Arc::new(SqliteStore::open(&dir.path().join("meta.sqlite")).await.unwrap());
+    meta.ensure_domain(&"agents.localhost".parse().unwrap(), 0).await.unwrap();
+    let raw = Arc::new(s3.clone());
+    let mail = Mailroom::new(raw.clone(), meta.clone(), Arc::new(LocalEventHub::new()));
+    let owner: OwnerId = "0x00000000000000000000000000000000000000aa".parse().unwrap();
+    let inbox: Address = "bot@agents.localhost".parse().unwrap();
+    let (kept, orphan, gone) = (Ulid::new(), Ulid::new(), Ulid::new());
+    let copy =
+        |id: Ulid, body: &'static str| (BlobKey::message(&owner, &inbox, id), Bytes::from_static(body.as_bytes()));
+
+    mail.put_durable(vec![copy(kept, "kept"), copy(gone, "gone")]).await.unwrap();
+    assert_eq!(meta.indexed_ids(&owner, &inbox).await.unwrap().len(), 2);
+    // A crash between the blob write and the index commit; a blob lost by hand.
+    raw.put_durable(vec![copy(orphan, "orphan!")]).await.unwrap();
+    assert!(raw.remove(&BlobKey::message(&owner, &inbox, gone)).await.unwrap());
+    let report = mail.reconcile(&[(owner.clone(), inbox.clone())]).await.unwrap();
+    assert_eq!((report.indexed, report.dropped), (1, 1));
+    assert_eq!(meta.indexed_ids(&owner, &inbox).await.unwrap(), [kept, orphan].into_iter().collect());
+    // Removing through the Mailroom drops the row and the object.
+    assert!(mail.remove(&BlobKey::message(&owner, &inbox, kept)).await.unwrap());
+    assert_eq!(s3.list("").await.unwrap(), [BlobKey::message(&owner, &inbox, orphan)]);
+}
