@@ -136,7 +136,12 @@ fn open_blobs(location: &BlobLocation) -> Result<Arc<dyn BlobStore>> {
             let store = FsBlobStore::open(dir).with_context(|| format!("cannot open the blob store {}", dir.display()))?;
             Ok(Arc::new(store))
         }
-        BlobLocation::S3 { .. } => bail!("cannot open {location}: this build has no S3 blob store"),
+        BlobLocation::S3 { bucket, prefix } => {
+            let url = format!("s3://{bucket}/{prefix}");
+            let config = agentkeys_store::S3Config::from_env(&url).with_context(|| format!("cannot configure {location}"))?;
+            let store = agentkeys_store::S3BlobStore::open(&config).with_context(|| format!("cannot open {location}"))?;
+            Ok(Arc::new(store))
+        }
     }
 }
 
