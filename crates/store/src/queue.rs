@@ -170,7 +170,7 @@ fn count(value: i64) -> u64 {
 }
 
 /// A claimed row as `claim_due` returns it.
-type ClaimRow = (
+pub(crate) type ClaimRow = (
     String,
     String,
     String,
@@ -183,7 +183,7 @@ type ClaimRow = (
     Option<String>,
 );
 
-fn claim_from_row(
+pub(crate) fn claim_from_row(
     (
         message_id,
         recipient,
@@ -221,7 +221,7 @@ fn claim_from_row(
     })
 }
 
-type EntryRow = (
+pub(crate) type EntryRow = (
     String,
     String,
     String,
@@ -233,7 +233,7 @@ type EntryRow = (
     Option<String>,
 );
 
-fn entry_from_row(
+pub(crate) fn entry_from_row(
     (
         message_id,
         recipient,
