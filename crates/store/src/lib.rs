@@ -2,7 +2,8 @@
 //! touching the SMTP code:
 //!
 //! - [`MetadataStore`]: owners, agents, domains, inboxes, agent keys, grants and
-//!   the outbound queue. Embedded default: SQLite in WAL mode ([`SqliteStore`]).
+//!   the outbound queue. Embedded default: SQLite in WAL mode ([`SqliteStore`]);
+//!   for several nodes on one database, PostgreSQL (`PgStore`, feature `postgres`).
 //! - [`BlobStore`]: raw messages under `<owner>/<inbox>/<ulid>.eml`. Embedded
 //!   default: a directory tree with durable writes and group commit ([`FsBlobStore`]).
 //! - [`MessageIndex`]: which messages an inbox holds, pageable by id, with a
@@ -28,6 +29,8 @@ mod index;
 mod mailroom;
 pub mod group_commit;
 mod meta;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 mod queue;
 mod sqlite;
 mod write_tx;
@@ -47,6 +50,8 @@ pub use mailroom::{
 pub use meta::*;
 pub use queue::{AttemptOutcome, AttemptRecord, AttemptToRecord, Claim, OutboundQueue, QueueDetail, QueueStateCount};
 pub use sqlite::{READINESS_MIN_FREE_BYTES, RECIPIENT_CACHE_TTL, SqliteStore};
+#[cfg(feature = "postgres")]
+pub use postgres::{PgEvents, PgStore};
 
 use async_trait::async_trait;
 use bytes::Bytes;

@@ -81,7 +81,7 @@ static MIGRATOR: Migrator = sqlx::migrate!("migrations/sqlite");
 pub(crate) type Clock = Arc<dyn Fn() -> UnixTime + Send + Sync>;
 
 /// The system clock, in Unix seconds.
-fn system_clock() -> UnixTime {
+pub(crate) fn system_clock() -> UnixTime {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
