@@ -218,6 +218,84 @@ async fn readiness_probes_pass_and_fail_without_panicking() {
 }
 
 #[tokio::test]
+async fn a_full_disk_is_a_backend_error_and_the_next_write_works_again() {
+    let (db, store) = fresh().await;
+    populate(&store).await;
+    // What PostgreSQL answers when it cannot extend a file (SQLSTATE 53100).
+    psql(
+        &db,
+        "CREATE FUNCTION full_disk() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN RAISE EXCEPTION 'could not extend file: No space left on device' USING ERRCODE = 'disk_full'; END $$;
+         CREATE TRIGGER full_disk BEFORE INSERT ON messages FOR EACH ROW EXECUTE FUNCTION full_disk();
+         CREATE TRIGGER full_disk BEFORE INSERT ON audit_log FOR EACH ROW EXECUTE FUNCTION full_disk();",
+    )
+    .await
+    .unwrap();
+    let row = message(1, "bot@agents.localhost", 1);
+    let err = store.index_messages(std::slice::from_ref(&row)).await.unwrap_err();
+    assert!(matches!(&err, StoreError::Backend(m) if m.contains("53100")), "{err}");
+    let err = store.audit_append(&ev()).await.unwrap_err();
+    assert!(matches!(&err, StoreError::Backend(m) if m.contains("No space left")), "{err}");
+    assert!(matches!(store.add_owner(&owner_record(3), &ev()).await, Err(StoreError::Backend(_))));
+    assert_eq!(store.list_owners().await.unwrap().len(), 2, "nothing half-written");
+    psql(&db, "DROP TRIGGER full_disk ON messages; DROP TRIGGER full_disk ON audit_log").await.unwrap();
+    // Space is back: the same store writes again, no restart, and the seq
+    // counter did not move for the failed batch.
+    assert_eq!(store.index_messages(&[row]).await.unwrap()[0].seq, 1);
+    assert_eq!(store.audit_append(&ev()).await.unwrap().seq(), 7);
+    store.check_writable().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_connections_are_errors_and_the_pool_recovers() {
+    let (db, store) = fresh().await;
+    populate(&store).await;
+    // A statement in flight when its connection is killed fails; it does not panic.
+    let slow = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            // A long claim: the lock held by the other connection below keeps it waiting.
+            store.claim_due(NOW, 10, NOW + 60).await
+        })
+    };
+    use sqlx::{Connection, Executor};
+    let mut holder = sqlx::PgConnection::connect(db.url()).await.unwrap();
+    holder.execute("BEGIN; LOCK TABLE outbound_queue IN ACCESS EXCLUSIVE MODE").await.unwrap();
+    let blocked = store.clone();
+    let waiting = tokio::spawn(async move { blocked.list_queue().await });
+    // Wait until the store's statement is waiting for the lock, then kill the store's sessions.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let (n,): (i64,) = sqlx::query_as(
+            "SELECT COUNT(*) FROM pg_stat_activity
+              WHERE application_name = 'agentkeys' AND datname = current_database() AND wait_event_type = 'Lock'",
+        )
+        .fetch_one(&mut holder)
+        .await
+        .unwrap();
+        if n > 0 || tokio::time::Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    holder
+        .execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+              WHERE application_name = 'agentkeys' AND datname = current_database() AND pid <> pg_backend_pid()",
+        )
+        .await
+        .unwrap();
+    holder.execute("ROLLBACK").await.unwrap();
+    let lost = waiting.await.unwrap();
+    assert!(matches!(lost, Err(StoreError::Backend(_))), "{lost:?}");
+    let _ = slow.await.unwrap(); // an error or an answer, never a panic
+    // The pool replaces the dead connections: the next calls work.
+    assert_eq!(store.list_owners().await.unwrap().len(), 2);
+    store.audit_append(&ev()).await.unwrap();
+    verify(&store.audit_all().await.unwrap()).unwrap();
+}
+
+#[tokio::test]
 async fn a_closed_store_refuses_everything() {
     let (_db, store) = fresh().await;
     store.close().await;
