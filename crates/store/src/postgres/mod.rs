@@ -183,8 +183,9 @@ impl PgStore {
         self.audit.probe(self).await
     }
 
-    /// The pool's connect options, for a connection of its own ([`PgEvents`]).
-    pub(crate) fn connect_options(&self) -> PgConnectOptions {
+    /// Where this store connects: for a connection of its own ([`PgEvents`]),
+    /// or another store on the same database ([`PgStore::connect_with`]).
+    pub fn connect_options(&self) -> PgConnectOptions {
         (*self.options).clone()
     }
 }
