@@ -10,7 +10,8 @@
 //!   is all of them together, for the composition root. Embedded default: SQLite
 //!   in WAL mode ([`SqliteStore`]).
 //! - [`BlobStore`]: raw messages under `<owner>/<inbox>/<ulid>.eml`. Embedded
-//!   default: a directory tree with durable writes and group commit ([`FsBlobStore`]).
+//!   default: a directory tree with durable writes and group commit ([`FsBlobStore`]);
+//!   with the `s3` feature, an S3 bucket (`s3::S3BlobStore`).
 //! - [`Mailroom`]: the one way mail lands in an inbox (blob durable → index row
 //!   committed in a group → event published to [`MailEvents`]).
 //!
@@ -34,6 +35,8 @@ pub mod group_commit;
 mod meta;
 mod queue;
 mod recipients;
+#[cfg(feature = "s3")]
+pub mod s3;
 mod sqlite;
 mod write_tx;
 #[cfg(test)]
@@ -65,8 +68,14 @@ pub mod roles {
     pub use crate::queue::OutboundQueue;
 }
 pub use queue::{AttemptOutcome, AttemptRecord, AttemptToRecord, Claim, OutboundQueue, QueueDetail, QueueStateCount};
+<<<<<<< HEAD
 pub use recipients::{CachedRecipients, RECIPIENT_CACHE_MAX, RECIPIENT_CACHE_TTL};
 pub use sqlite::{READINESS_MIN_FREE_BYTES, SqliteStore};
+=======
+#[cfg(feature = "s3")]
+pub use s3::{S3BlobStore, S3Config, S3ConfigError, S3Error, S3Limits};
+pub use sqlite::{READINESS_MIN_FREE_BYTES, RECIPIENT_CACHE_TTL, SqliteStore};
+>>>>>>> s3
 
 use async_trait::async_trait;
 use bytes::Bytes;
