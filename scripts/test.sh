@@ -68,4 +68,11 @@ command -v prlimit >/dev/null 2>&1 || {
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq util-linux >/dev/null
 }
 
+# The S3 blob store tests (crates/store/tests/s3.rs) run against s3s-fs, a real
+# S3-compatible server that checks SigV4 signatures, presigned URLs included.
+command -v s3s-fs >/dev/null 2>&1 || {
+  echo "installing test peer: s3s-fs"
+  cargo install --quiet s3s-fs --version 0.14.1 --features binary --locked
+}
+
 exec cargo test --workspace --locked "$@"

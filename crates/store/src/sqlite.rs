@@ -18,7 +18,6 @@
 //! does its row change and its audit insert in the same transaction and hands
 //! out the receipt only after the commit.
 
-use std::collections::HashMap;
 use std::fmt::Display;
 use std::path::Path;
 use std::str::FromStr;
@@ -39,7 +38,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePo
 use sqlx::{Sqlite, SqliteConnection};
 
 use crate::meta::{
-    AgentRecord, DomainKeyRecord, InboxRecord, KeyRecord, MetadataStore, NewOutbound, OwnerRecord, QueueEntry, Recipient, StoreError,
+    AgentRecord, DomainKeyRecord, InboxRecord, KeyRecord, AuditLog, AuthLookup, Checkpoints, Directory, KeysAndGrants, OwnerApproval, Outbox, Pairing, Recipients, StoreHealth, NewOutbound, OwnerRecord, QueueEntry, Recipient, StoreError,
 };
 use crate::group_commit::GroupCommit;
 pub(crate) use crate::write_tx::WriteTx;
@@ -53,14 +52,6 @@ const MAX_CONNECTIONS: u32 = 8;
 /// ([`SqliteStore::hot`]).
 const HOT_CONNECTIONS: usize = 4;
 
-/// How long a recipient looked up for `RCPT TO` is reused without asking the
-/// database again. A change this server makes (inbox status, domain removal)
-/// drops the entry at once; one made by another process (the CLI next to a
-/// running server) is seen within this long. Only inboxes that exist are kept,
-/// so a new inbox receives at once.
-pub const RECIPIENT_CACHE_TTL: Duration = Duration::from_secs(1);
-/// Most recipients kept; the cache starts over when full.
-const RECIPIENT_CACHE_MAX: usize = 10_000;
 
 /// Readiness (`/readyz`) wants at least this much space available on the
 /// database's filesystem: less, and the next write that grows the file fails.
@@ -104,8 +95,6 @@ pub struct SqliteStore {
     group: GroupCommit,
     /// The writer that batches outbound queue inserts ([`crate::enqueue`]).
     enqueuer: crate::enqueue::Enqueuer,
-    /// Recently looked-up recipients ([`RECIPIENT_CACHE_TTL`]).
-    recipients: Arc<std::sync::Mutex<HashMap<String, (Recipient, std::time::Instant)>>>,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -195,12 +184,7 @@ impl SqliteStore {
             clock: Arc::new(system_clock),
             group: GroupCommit::default(),
             enqueuer: crate::enqueue::Enqueuer::default(),
-            recipients: Arc::default(),
         }
-    }
-
-    fn recipient_cache(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Recipient, std::time::Instant)>> {
-        self.recipients.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// The same store without its writer tasks' handles, for those tasks: a task
@@ -214,7 +198,6 @@ impl SqliteStore {
             clock: self.clock.clone(),
             group: GroupCommit::default(),
             enqueuer: crate::enqueue::Enqueuer::default(),
-            recipients: Arc::clone(&self.recipients),
         }
     }
 
@@ -303,22 +286,6 @@ impl SqliteStore {
         }
         let sealed = self.append_in(&mut tx, event).await?;
         commit_audited(tx, sealed).await
-    }
-
-    /// Readiness of the metadata database: commits a write transaction (the same
-    /// path as every change) that writes one page ([`probe_write`]).
-    pub async fn check_writable(&self) -> Result<(), StoreError> {
-        self.check_free_space()?;
-        let mut tx = self.write_tx().await?;
-        probe_write(&mut tx).await?;
-        tx.commit().await.map_err(backend)
-    }
-
-    /// Readiness of the audit log: the audit writer ([`crate::group_commit`]) is
-    /// running and commits a transaction on its path (without a record).
-    pub async fn check_audit_writable(&self) -> Result<(), StoreError> {
-        self.check_free_space()?;
-        self.group.probe(&self.pool, &self.gate, &self.clock).await
     }
 
     /// `Err` when the database's filesystem has less than
@@ -791,7 +758,50 @@ pub(crate) fn auth_facts_from_rows(rows: Vec<AuthRow>) -> Result<AuthFacts, Stor
 }
 
 #[async_trait]
-impl MetadataStore for SqliteStore {
+impl StoreHealth for SqliteStore {
+    /// Readiness of the metadata database: commits a write transaction (the same
+    /// path as every change) that writes one page (`probe_write`).
+    async fn check_writable(&self) -> Result<(), StoreError> {
+        self.check_free_space()?;
+        let mut tx = self.write_tx().await?;
+        probe_write(&mut tx).await?;
+        tx.commit().await.map_err(backend)
+    }
+
+    /// Readiness of the audit log: the audit writer ([`crate::group_commit`]) is
+    /// running and commits a transaction on its path (without a record).
+    async fn check_audit_writable(&self) -> Result<(), StoreError> {
+        self.check_free_space()?;
+        self.group.probe(&self.pool, &self.gate, &self.clock).await
+    }
+}
+
+#[async_trait]
+impl Recipients for SqliteStore {
+    async fn is_hosted_domain(&self, domain: &str) -> Result<bool, StoreError> {
+        let (hosted,): (bool,) = sqlx::query_as("SELECT EXISTS (SELECT 1 FROM domains WHERE name = ?1)")
+            .bind(domain)
+            .fetch_one(&mut *self.hot().await?)
+            .await
+            .map_err(backend)?;
+        Ok(hosted)
+    }
+
+    async fn recipient(&self, address: &Address) -> Result<Option<Recipient>, StoreError> {
+        let row: Option<(String, String)> = sqlx::query_as("SELECT owner, status FROM inboxes WHERE address = ?1")
+            .bind(address.as_str())
+            .fetch_optional(&mut *self.hot().await?)
+            .await
+            .map_err(backend)?;
+        row.map(|(owner, status)| {
+            Ok(Recipient { owner: stored("owner id", &owner)?, status: stored("inbox status", &status)? })
+        })
+        .transpose()
+    }
+}
+
+#[async_trait]
+impl Directory for SqliteStore {
     async fn ensure_domain(&self, domain: &Domain, now: UnixTime) -> Result<(), StoreError> {
         sqlx::query("INSERT INTO domains (name, created_at) VALUES (?1, ?2) ON CONFLICT (name) DO NOTHING")
             .bind(domain.as_str())
@@ -806,15 +816,6 @@ impl MetadataStore for SqliteStore {
         let rows: Vec<(String,)> =
             sqlx::query_as("SELECT name FROM domains ORDER BY name").fetch_all(&self.pool).await.map_err(backend)?;
         rows.iter().map(|(name,)| stored("domain", name)).collect()
-    }
-
-    async fn is_hosted_domain(&self, domain: &str) -> Result<bool, StoreError> {
-        let (hosted,): (bool,) = sqlx::query_as("SELECT EXISTS (SELECT 1 FROM domains WHERE name = ?1)")
-            .bind(domain)
-            .fetch_one(&mut *self.hot().await?)
-            .await
-            .map_err(backend)?;
-        Ok(hosted)
     }
 
     async fn add_domain(
@@ -876,9 +877,7 @@ impl MetadataStore for SqliteStore {
             return Err(StoreError::NotFound { what: format!("domain {domain}") });
         }
         let sealed = self.append_in(&mut tx, event).await?;
-        let receipt = commit_audited(tx, sealed).await;
-        self.recipient_cache().clear();
-        receipt
+        commit_audited(tx, sealed).await
     }
 
     async fn add_domain_keys(
@@ -1062,43 +1061,12 @@ impl MetadataStore for SqliteStore {
             return Err(StoreError::NotFound { what: format!("inbox {address}") });
         }
         let sealed = self.append_in(&mut tx, event).await?;
-        let receipt = commit_audited(tx, sealed).await;
-        self.recipient_cache().remove(address.as_str());
-        receipt
+        commit_audited(tx, sealed).await
     }
+}
 
-    async fn recipient(&self, address: &Address) -> Result<Option<Recipient>, StoreError> {
-        if let Some((found, at)) = self.recipient_cache().get(address.as_str())
-            && at.elapsed() < RECIPIENT_CACHE_TTL
-        {
-            return Ok(Some(found.clone()));
-        }
-        let asked = std::time::Instant::now();
-        let row: Option<(String, String)> = sqlx::query_as("SELECT owner, status FROM inboxes WHERE address = ?1")
-            .bind(address.as_str())
-            .fetch_optional(&mut *self.hot().await?)
-            .await
-            .map_err(backend)?;
-        let found = row
-            .map(|(owner, status)| {
-                Ok::<_, StoreError>(Recipient {
-                    owner: stored("owner id", &owner)?,
-                    status: stored("inbox status", &status)?,
-                })
-            })
-            .transpose()?;
-        if let Some(found) = &found {
-            let mut cache = self.recipient_cache();
-            if cache.len() >= RECIPIENT_CACHE_MAX {
-                cache.clear();
-            }
-            // Dated from before the query: a change committed meanwhile is not
-            // hidden for longer than the TTL.
-            cache.insert(address.as_str().to_owned(), (found.clone(), asked));
-        }
-        Ok(found)
-    }
-
+#[async_trait]
+impl KeysAndGrants for SqliteStore {
     async fn create_key(&self, key: &KeyRecord, event: &AuditEvent) -> Result<AuditReceipt, StoreError> {
         require_ok(event)?;
         let mut tx = self.write_tx().await?;
@@ -1139,29 +1107,6 @@ impl MetadataStore for SqliteStore {
 
     async fn revoke_key(&self, id: &KeyId, now: UnixTime, event: &AuditEvent) -> Result<AuditReceipt, StoreError> {
         self.revoke_audited(REVOKE_KEY, id.as_str(), None, now, format!("key {id}"), event).await
-    }
-
-    async fn key_facts_by_hash(&self, hash: &KeyHash) -> Result<Option<KeyFacts>, StoreError> {
-        let row: Option<(String, String, String, String, i64, Option<i64>)> = sqlx::query_as(
-            "SELECT k.id, k.hash, k.agent, a.owner, k.expires_at, k.revoked_at
-               FROM agent_keys k JOIN agents a ON a.id = k.agent
-              WHERE k.hash = ?1",
-        )
-        .bind(hash.to_hex())
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(backend)?;
-        row.map(|(id, hash, agent, owner, expires_at, revoked_at)| {
-            Ok(KeyFacts {
-                hash: stored_key_hash(&id, &hash)?,
-                id: stored("key id", &id)?,
-                agent: stored("agent id", &agent)?,
-                owner: stored("owner id", &owner)?,
-                expires_at,
-                revoked_at,
-            })
-        })
-        .transpose()
     }
 
     async fn add_grant(&self, grant: &Grant, event: &AuditEvent) -> Result<AuditReceipt, StoreError> {
@@ -1224,7 +1169,74 @@ impl MetadataStore for SqliteStore {
     async fn revoke_grant(&self, id: &GrantId, now: UnixTime, event: &AuditEvent) -> Result<AuditReceipt, StoreError> {
         self.revoke_audited(REVOKE_GRANT, id.as_str(), None, now, format!("grant {id}"), event).await
     }
+}
 
+#[async_trait]
+impl AuthLookup for SqliteStore {
+    async fn auth_facts(&self, credentials: &Credentials) -> Result<AuthFacts, StoreError> {
+        let rows: Vec<AuthRow> = sqlx::query_as(AUTH_FACTS)
+            .bind(credentials.key_hash.to_hex())
+            .bind(credentials.address.as_str())
+            .fetch_all(&mut *self.hot().await?)
+            .await
+            .map_err(backend)?;
+        auth_facts_from_rows(rows)
+    }
+
+    async fn key_facts_by_hash(&self, hash: &KeyHash) -> Result<Option<KeyFacts>, StoreError> {
+        let row: Option<(String, String, String, String, i64, Option<i64>)> = sqlx::query_as(
+            "SELECT k.id, k.hash, k.agent, a.owner, k.expires_at, k.revoked_at
+               FROM agent_keys k JOIN agents a ON a.id = k.agent
+              WHERE k.hash = ?1",
+        )
+        .bind(hash.to_hex())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(backend)?;
+        row.map(|(id, hash, agent, owner, expires_at, revoked_at)| {
+            Ok(KeyFacts {
+                hash: stored_key_hash(&id, &hash)?,
+                id: stored("key id", &id)?,
+                agent: stored("agent id", &agent)?,
+                owner: stored("owner id", &owner)?,
+                expires_at,
+                revoked_at,
+            })
+        })
+        .transpose()
+    }
+
+    async fn grants_and_inbox_owner(
+        &self,
+        agent: &AgentId,
+        inbox: &Address,
+    ) -> Result<(Vec<Grant>, Option<OwnerId>), StoreError> {
+        // One statement (one round trip, one snapshot): the grants, then the inbox.
+        let rows: Vec<GrantRow> = sqlx::query_as(
+            "SELECT id, owner, agent, pattern, scopes, created_at, expires_at, revoked_at FROM grants WHERE agent = ?1
+             UNION ALL
+             SELECT '', owner, '', '', '', 0, 0, NULL FROM inboxes WHERE address = ?2",
+        )
+        .bind(agent.as_str())
+        .bind(inbox.as_str())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend)?;
+        let mut grants = Vec::with_capacity(rows.len());
+        let mut owner = None;
+        for row in rows {
+            if row.0.is_empty() {
+                owner = Some(stored("owner id", &row.1)?);
+            } else {
+                grants.push(grant_from_row(row)?);
+            }
+        }
+        Ok((grants, owner))
+    }
+}
+
+#[async_trait]
+impl OwnerApproval for SqliteStore {
     async fn add_owner_with_enrollment(
         &self,
         owner: &OwnerRecord,
@@ -1366,6 +1378,91 @@ impl MetadataStore for SqliteStore {
         Ok(if done.rows_affected() == 1 { NonceUse::Fresh } else { NonceUse::Replayed })
     }
 
+    async fn list_owner_grants(&self, owner: &OwnerId) -> Result<Vec<Grant>, StoreError> {
+        let rows: Vec<GrantRow> = sqlx::query_as(
+            "SELECT id, owner, agent, pattern, scopes, created_at, expires_at, revoked_at FROM grants
+              WHERE owner = ?1
+              ORDER BY created_at, id",
+        )
+        .bind(owner.as_str())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend)?;
+        rows.into_iter().map(grant_from_row).collect()
+    }
+
+    async fn revoke_owner_grant(
+        &self,
+        owner: &OwnerId,
+        id: &GrantId,
+        now: UnixTime,
+        event: &AuditEvent,
+    ) -> Result<AuditReceipt, StoreError> {
+        self.revoke_audited(REVOKE_GRANT, id.as_str(), Some(owner), now, format!("grant {id}"), event).await
+    }
+
+    async fn change_owner_grant(
+        &self,
+        owner: &OwnerId,
+        before: &Grant,
+        after: &Grant,
+        event: &AuditEvent,
+    ) -> Result<AuditReceipt, StoreError> {
+        require_ok(event)?;
+        let same = after.id == before.id
+            && after.owner == before.owner
+            && after.agent == before.agent
+            && after.pattern == before.pattern
+            && &before.owner == owner;
+        if !same || !after.scopes.is_subset_of(before.scopes) {
+            return Err(StoreError::Invalid(format!(
+                "a change of grant {} may only narrow its scopes and move its expiry",
+                before.id
+            )));
+        }
+        let mut tx = self.write_tx().await?;
+        let done = sqlx::query(
+            "UPDATE grants SET scopes = ?1, expires_at = ?2
+              WHERE id = ?3 AND owner = ?4 AND revoked_at IS NULL AND scopes = ?5 AND expires_at = ?6",
+        )
+        .bind(after.scopes.to_string())
+        .bind(after.expires_at)
+        .bind(before.id.as_str())
+        .bind(owner.as_str())
+        .bind(before.scopes.to_string())
+        .bind(before.expires_at)
+        .execute(&mut *tx)
+        .await
+        .map_err(backend)?;
+        if done.rows_affected() == 0 {
+            let exists: Option<(i64,)> = sqlx::query_as("SELECT 1 FROM grants WHERE id = ?1 AND owner = ?2")
+                .bind(before.id.as_str())
+                .bind(owner.as_str())
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(backend)?;
+            return Err(match exists {
+                Some(_) => StoreError::Conflict { what: format!("a change of grant {} made meanwhile", before.id) },
+                None => StoreError::NotFound { what: format!("grant {}", before.id) },
+            });
+        }
+        let sealed = self.append_in(&mut tx, event).await?;
+        commit_audited(tx, sealed).await
+    }
+
+    async fn revoke_owner_key(
+        &self,
+        owner: &OwnerId,
+        id: &KeyId,
+        now: UnixTime,
+        event: &AuditEvent,
+    ) -> Result<AuditReceipt, StoreError> {
+        self.revoke_audited(REVOKE_KEY, id.as_str(), Some(owner), now, format!("key {id}"), event).await
+    }
+}
+
+#[async_trait]
+impl Pairing for SqliteStore {
     async fn open_pairing(
         &self,
         request: &PairingRecord,
@@ -1479,58 +1576,77 @@ impl MetadataStore for SqliteStore {
         let sealed = self.append_in(&mut tx, event).await?;
         commit_audited(tx, sealed).await
     }
+}
 
-    async fn list_owner_grants(&self, owner: &OwnerId) -> Result<Vec<Grant>, StoreError> {
-        let rows: Vec<GrantRow> = sqlx::query_as(
-            "SELECT id, owner, agent, pattern, scopes, created_at, expires_at, revoked_at FROM grants
-              WHERE owner = ?1
-              ORDER BY created_at, id",
+#[async_trait]
+impl AuditLog for SqliteStore {
+    async fn audit_append(&self, event: &AuditEvent) -> Result<AuditReceipt, StoreError> {
+        // Batched with every other append waiting at this moment: one commit for all.
+        self.group.append(&self.pool, &self.gate, &self.clock, event).await
+    }
+
+    async fn audit_list(&self, after_seq: u64, limit: u32) -> Result<Vec<AuditRecord>, StoreError> {
+        // Past i64::MAX there is nothing: seq is a SQLite INTEGER.
+        let Ok(after) = i64::try_from(after_seq) else {
+            return Ok(Vec::new());
+        };
+        let rows: Vec<AuditRow> = sqlx::query_as(
+            "SELECT seq, ts, actor, operation, subject, outcome, detail, prev_hash, hash
+               FROM audit_log
+              WHERE seq > ?1
+              ORDER BY seq
+              LIMIT ?2",
         )
-        .bind(owner.as_str())
+        .bind(after)
+        .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await
         .map_err(backend)?;
-        rows.into_iter().map(grant_from_row).collect()
+        rows.into_iter().map(audit_from_row).collect()
     }
 
-    async fn revoke_owner_grant(
+    async fn audit_head(&self) -> Result<ChainHead, StoreError> {
+        let head = sqlx::query_as(AUDIT_HEAD).fetch_optional(&self.pool).await.map_err(backend)?;
+        head_from_row(head)
+    }
+
+    async fn audit_list_for_owner(
         &self,
         owner: &OwnerId,
-        id: &GrantId,
-        now: UnixTime,
-        event: &AuditEvent,
-    ) -> Result<AuditReceipt, StoreError> {
-        self.revoke_audited(REVOKE_GRANT, id.as_str(), Some(owner), now, format!("grant {id}"), event).await
-    }
-
-    async fn grants_and_inbox_owner(
-        &self,
-        agent: &AgentId,
-        inbox: &Address,
-    ) -> Result<(Vec<Grant>, Option<OwnerId>), StoreError> {
-        // One statement (one round trip, one snapshot): the grants, then the inbox.
-        let rows: Vec<GrantRow> = sqlx::query_as(
-            "SELECT id, owner, agent, pattern, scopes, created_at, expires_at, revoked_at FROM grants WHERE agent = ?1
-             UNION ALL
-             SELECT '', owner, '', '', '', 0, 0, NULL FROM inboxes WHERE address = ?2",
+        after_seq: u64,
+        limit: u32,
+    ) -> Result<Vec<AuditRecord>, StoreError> {
+        let Ok(after) = i64::try_from(after_seq) else {
+            return Ok(Vec::new());
+        };
+        let rows: Vec<AuditRow> = sqlx::query_as(
+            "SELECT seq, ts, actor, operation, subject, outcome, detail, prev_hash, hash
+               FROM audit_log
+              WHERE seq > ?1
+                AND (actor = ?2
+                     OR subject = ?3
+                     OR json_extract(detail, '$.owner') = ?3
+                     OR json_extract(detail, '$.agent') IN (SELECT id FROM agents WHERE owner = ?3)
+                     OR subject IN (SELECT id FROM agents WHERE owner = ?3)
+                     OR subject IN (SELECT address FROM inboxes WHERE owner = ?3)
+                     OR subject IN (SELECT k.id FROM agent_keys k JOIN agents a ON a.id = k.agent WHERE a.owner = ?3)
+                     OR subject IN (SELECT id FROM grants WHERE owner = ?3))
+              ORDER BY seq
+              LIMIT ?4",
         )
-        .bind(agent.as_str())
-        .bind(inbox.as_str())
+        .bind(after)
+        .bind(format!("owner:{owner}"))
+        .bind(owner.as_str())
+        .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await
         .map_err(backend)?;
-        let mut grants = Vec::with_capacity(rows.len());
-        let mut owner = None;
-        for row in rows {
-            if row.0.is_empty() {
-                owner = Some(stored("owner id", &row.1)?);
-            } else {
-                grants.push(grant_from_row(row)?);
-            }
-        }
-        Ok((grants, owner))
+        rows.into_iter().map(audit_from_row).collect()
     }
+}
 
+#[async_trait]
+impl Checkpoints for SqliteStore {
     async fn add_checkpoint(&self, checkpoint: &CheckpointRecord) -> Result<bool, StoreError> {
         let to_i64 = |v: u64, what: &str| {
             i64::try_from(v).map_err(|_| StoreError::Invalid(format!("checkpoint {what} {v} does not fit the database")))
@@ -1633,155 +1749,13 @@ impl MetadataStore for SqliteStore {
                 .map_err(backend)?;
         row.map(checkpoint_from_row).transpose()
     }
+}
 
-    async fn change_owner_grant(
-        &self,
-        owner: &OwnerId,
-        before: &Grant,
-        after: &Grant,
-        event: &AuditEvent,
-    ) -> Result<AuditReceipt, StoreError> {
-        require_ok(event)?;
-        let same = after.id == before.id
-            && after.owner == before.owner
-            && after.agent == before.agent
-            && after.pattern == before.pattern
-            && &before.owner == owner;
-        if !same || !after.scopes.is_subset_of(before.scopes) {
-            return Err(StoreError::Invalid(format!(
-                "a change of grant {} may only narrow its scopes and move its expiry",
-                before.id
-            )));
-        }
-        let mut tx = self.write_tx().await?;
-        let done = sqlx::query(
-            "UPDATE grants SET scopes = ?1, expires_at = ?2
-              WHERE id = ?3 AND owner = ?4 AND revoked_at IS NULL AND scopes = ?5 AND expires_at = ?6",
-        )
-        .bind(after.scopes.to_string())
-        .bind(after.expires_at)
-        .bind(before.id.as_str())
-        .bind(owner.as_str())
-        .bind(before.scopes.to_string())
-        .bind(before.expires_at)
-        .execute(&mut *tx)
-        .await
-        .map_err(backend)?;
-        if done.rows_affected() == 0 {
-            let exists: Option<(i64,)> = sqlx::query_as("SELECT 1 FROM grants WHERE id = ?1 AND owner = ?2")
-                .bind(before.id.as_str())
-                .bind(owner.as_str())
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(backend)?;
-            return Err(match exists {
-                Some(_) => StoreError::Conflict { what: format!("a change of grant {} made meanwhile", before.id) },
-                None => StoreError::NotFound { what: format!("grant {}", before.id) },
-            });
-        }
-        let sealed = self.append_in(&mut tx, event).await?;
-        commit_audited(tx, sealed).await
-    }
-
-    async fn revoke_owner_key(
-        &self,
-        owner: &OwnerId,
-        id: &KeyId,
-        now: UnixTime,
-        event: &AuditEvent,
-    ) -> Result<AuditReceipt, StoreError> {
-        self.revoke_audited(REVOKE_KEY, id.as_str(), Some(owner), now, format!("key {id}"), event).await
-    }
-
-    async fn audit_list_for_owner(
-        &self,
-        owner: &OwnerId,
-        after_seq: u64,
-        limit: u32,
-    ) -> Result<Vec<AuditRecord>, StoreError> {
-        let Ok(after) = i64::try_from(after_seq) else {
-            return Ok(Vec::new());
-        };
-        let rows: Vec<AuditRow> = sqlx::query_as(
-            "SELECT seq, ts, actor, operation, subject, outcome, detail, prev_hash, hash
-               FROM audit_log
-              WHERE seq > ?1
-                AND (actor = ?2
-                     OR subject = ?3
-                     OR json_extract(detail, '$.owner') = ?3
-                     OR json_extract(detail, '$.agent') IN (SELECT id FROM agents WHERE owner = ?3)
-                     OR subject IN (SELECT id FROM agents WHERE owner = ?3)
-                     OR subject IN (SELECT address FROM inboxes WHERE owner = ?3)
-                     OR subject IN (SELECT k.id FROM agent_keys k JOIN agents a ON a.id = k.agent WHERE a.owner = ?3)
-                     OR subject IN (SELECT id FROM grants WHERE owner = ?3))
-              ORDER BY seq
-              LIMIT ?4",
-        )
-        .bind(after)
-        .bind(format!("owner:{owner}"))
-        .bind(owner.as_str())
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(backend)?;
-        rows.into_iter().map(audit_from_row).collect()
-    }
-
-    async fn auth_facts(&self, credentials: &Credentials) -> Result<AuthFacts, StoreError> {
-        let rows: Vec<AuthRow> = sqlx::query_as(AUTH_FACTS)
-            .bind(credentials.key_hash.to_hex())
-            .bind(credentials.address.as_str())
-            .fetch_all(&mut *self.hot().await?)
-            .await
-            .map_err(backend)?;
-        auth_facts_from_rows(rows)
-    }
-
+#[async_trait]
+impl Outbox for SqliteStore {
     async fn enqueue_outbound(&self, message: &NewOutbound) -> Result<(), StoreError> {
         let message = crate::enqueue::Queued::check(message)?;
         self.enqueuer.enqueue(self, message).await
-    }
-
-    async fn list_queue(&self) -> Result<Vec<QueueEntry>, StoreError> {
-        let rows: Vec<QueueRow> = sqlx::query_as(
-            "SELECT message_id, recipient, sender, state, size, queued_at, next_attempt_at, attempts, last_response
-               FROM outbound_queue
-              ORDER BY queued_at, message_id, recipient",
-        )
-        .fetch_all(&self.pool)
-        .await
-        .map_err(backend)?;
-        rows.into_iter().map(queue_entry_from_row).collect()
-    }
-
-    async fn audit_append(&self, event: &AuditEvent) -> Result<AuditReceipt, StoreError> {
-        // Batched with every other append waiting at this moment: one commit for all.
-        self.group.append(&self.pool, &self.gate, &self.clock, event).await
-    }
-
-    async fn audit_list(&self, after_seq: u64, limit: u32) -> Result<Vec<AuditRecord>, StoreError> {
-        // Past i64::MAX there is nothing: seq is a SQLite INTEGER.
-        let Ok(after) = i64::try_from(after_seq) else {
-            return Ok(Vec::new());
-        };
-        let rows: Vec<AuditRow> = sqlx::query_as(
-            "SELECT seq, ts, actor, operation, subject, outcome, detail, prev_hash, hash
-               FROM audit_log
-              WHERE seq > ?1
-              ORDER BY seq
-              LIMIT ?2",
-        )
-        .bind(after)
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(backend)?;
-        rows.into_iter().map(audit_from_row).collect()
-    }
-
-    async fn audit_head(&self) -> Result<ChainHead, StoreError> {
-        let head = sqlx::query_as(AUDIT_HEAD).fetch_optional(&self.pool).await.map_err(backend)?;
-        head_from_row(head)
     }
 }
 

@@ -24,12 +24,12 @@ use agentkeys_core::{
 };
 use agentkeys_store::postgres::TempDatabase;
 use agentkeys_store::postgres::events::LISTENER_APPLICATION_NAME;
+use agentkeys_store::roles::*;
 use agentkeys_store::{
-    AgentRecord, AttemptOutcome, AttemptToRecord, CheckpointRecord, DomainKeyRecord, DomainStatusStore,
-    EnrollmentTicketRecord, IDEMPOTENCY_KEY_TTL_SECS, IdempotencyClaim, IdempotencyScope, InboxRecord, KeyRecord,
-    ListOrder, LocalEventHub, MailEvents, MessageIndex, Missed, NewMessage, NewOutbound, NonceUse, OutboundQueue,
-    OwnerRecord, PageQuery, PairingRecord, PairingStatus, PgEvents, PgStore, QueueStateCount, SendIdempotency,
-    StoreError, MetadataStore,
+    AgentRecord, AttemptOutcome, AttemptToRecord, CheckpointRecord, DomainKeyRecord, EnrollmentTicketRecord,
+    IDEMPOTENCY_KEY_TTL_SECS, IdempotencyClaim, IdempotencyScope, InboxRecord, KeyRecord, ListOrder, LocalEventHub,
+    MailEvents, Missed, NewMessage, NewOutbound, NonceUse, OwnerRecord, PageQuery, PairingRecord, PairingStatus, PgEvents,
+    PgStore, QueueStateCount, StoreError,
 };
 use proptest::prelude::*;
 use serde_json::json;

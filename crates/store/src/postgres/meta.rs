@@ -1,6 +1,8 @@
-//! [`MetadataStore`] for [`PgStore`]: the same statements as the SQLite
-//! backend, with the locks and conditions that keep each contract when several
-//! nodes write at once (module docs of [`super`]).
+//! The metadata role traits ([`Recipients`], [`Directory`], [`KeysAndGrants`],
+//! [`AuthLookup`], [`OwnerApproval`], [`Pairing`], [`AuditLog`], [`Checkpoints`],
+//! [`Outbox`]) for [`PgStore`]: the same statements as the SQLite backend, with
+//! the locks and conditions that keep each contract when several nodes write at
+//! once (module docs of [`super`]).
 
 use agentkeys_audit::{AuditEvent, AuditReceipt, AuditRecord, ChainHead, hash_from_hex, hash_to_hex};
 use agentkeys_core::{
@@ -13,14 +15,15 @@ use sqlx::PgConnection;
 use super::audit::commit_audited;
 use super::{PgStore, backend, constraint, hex32, insert_error, is_foreign_key_violation, is_unique_violation, to_i64};
 use crate::meta::{
-    AgentRecord, CheckpointRecord, DomainKeyRecord, EnrollmentTicketRecord, InboxRecord, KeyRecord, MetadataStore,
-    NewOutbound, NonceUse, OwnerRecord, PairingRecord, QueueEntry, Recipient, StoreError,
+    AgentRecord, AuditLog, AuthLookup, CheckpointRecord, Checkpoints, Directory, DomainKeyRecord, EnrollmentTicketRecord,
+    InboxRecord, KeyRecord, KeysAndGrants, NewOutbound, NonceUse, Outbox, OwnerApproval, OwnerRecord, Pairing,
+    PairingRecord, Recipient, Recipients, StoreError,
 };
 use crate::sqlite::{
     AgentRow, AuditRow, AuthRow, CHECKPOINT_COLUMNS, CheckpointRow, DOMAIN_KEYS_COLUMNS, DomainKeyRow, GrantRow, InboxRow,
-    KeyRow, OwnerRow, PairingRow, QueueRow, agent_from_row, audit_from_row, auth_facts_from_rows, checkpoint_from_row,
+    KeyRow, OwnerRow, PairingRow, agent_from_row, audit_from_row, auth_facts_from_rows, checkpoint_from_row,
     domain_keys_from_row, domain_not_hosted, grant_from_row, head_from_row, inbox_from_row, key_from_row, owner_from_row,
-    pairing_from_row, queue_entry_from_row, require_ok, stored, stored_key_hash,
+    pairing_from_row, require_ok, stored, stored_key_hash,
 };
 
 /// Key of the transaction-scoped advisory lock that serializes checkpoint
@@ -36,7 +39,6 @@ const REVOKE_KEY: &str = "UPDATE agent_keys SET revoked_at = COALESCE(revoked_at
 
 const AUDIT_COLUMNS: &str = "seq, ts, actor, operation, subject, outcome, detail, prev_hash, hash";
 const GRANT_COLUMNS: &str = "id, owner, agent, pattern, scopes, created_at, expires_at, revoked_at";
-const QUEUE_COLUMNS: &str = "message_id, recipient, sender, state, size, queued_at, next_attempt_at, attempts, last_response";
 
 /// Everything `auth_facts` needs in one statement, hence one snapshot (the
 /// SQLite backend's `AUTH_FACTS`, typed for PostgreSQL).
@@ -208,7 +210,33 @@ impl PgStore {
 }
 
 #[async_trait]
-impl MetadataStore for PgStore {
+impl Recipients for PgStore {
+    async fn is_hosted_domain(&self, domain: &str) -> Result<bool, StoreError> {
+        let (hosted,): (bool,) = sqlx::query_as("SELECT EXISTS (SELECT 1 FROM domains WHERE name = $1)")
+            .bind(domain)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(backend)?;
+        Ok(hosted)
+    }
+
+    async fn recipient(&self, address: &Address) -> Result<Option<Recipient>, StoreError> {
+        // No cache: another node may change the inbox at any time (a cache in
+        // front of any store belongs in a decorator).
+        let row: Option<(String, String)> = sqlx::query_as("SELECT owner, status FROM inboxes WHERE address = $1")
+            .bind(address.as_str())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(backend)?;
+        row.map(|(owner, status)| {
+            Ok(Recipient { owner: stored("owner id", &owner)?, status: stored("inbox status", &status)? })
+        })
+        .transpose()
+    }
+}
+
+#[async_trait]
+impl Directory for PgStore {
     async fn ensure_domain(&self, domain: &Domain, now: UnixTime) -> Result<(), StoreError> {
         sqlx::query("INSERT INTO domains (name, created_at) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING")
             .bind(domain.as_str())
@@ -223,15 +251,6 @@ impl MetadataStore for PgStore {
         let rows: Vec<(String,)> =
             sqlx::query_as("SELECT name FROM domains ORDER BY name").fetch_all(&self.pool).await.map_err(backend)?;
         rows.iter().map(|(name,)| stored("domain", name)).collect()
-    }
-
-    async fn is_hosted_domain(&self, domain: &str) -> Result<bool, StoreError> {
-        let (hosted,): (bool,) = sqlx::query_as("SELECT EXISTS (SELECT 1 FROM domains WHERE name = $1)")
-            .bind(domain)
-            .fetch_one(&self.pool)
-            .await
-            .map_err(backend)?;
-        Ok(hosted)
     }
 
     async fn add_domain(
@@ -452,21 +471,10 @@ impl MetadataStore for PgStore {
         let sealed = self.append_in(&mut tx, event).await?;
         commit_audited(tx, sealed).await
     }
+}
 
-    async fn recipient(&self, address: &Address) -> Result<Option<Recipient>, StoreError> {
-        // No cache: another node may change the inbox at any time (a cache in
-        // front of any store belongs in a decorator).
-        let row: Option<(String, String)> = sqlx::query_as("SELECT owner, status FROM inboxes WHERE address = $1")
-            .bind(address.as_str())
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(backend)?;
-        row.map(|(owner, status)| {
-            Ok(Recipient { owner: stored("owner id", &owner)?, status: stored("inbox status", &status)? })
-        })
-        .transpose()
-    }
-
+#[async_trait]
+impl KeysAndGrants for PgStore {
     async fn create_key(&self, key: &KeyRecord, event: &AuditEvent) -> Result<AuditReceipt, StoreError> {
         require_ok(event)?;
         let mut tx = self.begin().await?;
@@ -494,29 +502,6 @@ impl MetadataStore for PgStore {
 
     async fn revoke_key(&self, id: &KeyId, now: UnixTime, event: &AuditEvent) -> Result<AuditReceipt, StoreError> {
         self.revoke_audited(REVOKE_KEY, id.as_str(), None, now, format!("key {id}"), event).await
-    }
-
-    async fn key_facts_by_hash(&self, hash: &KeyHash) -> Result<Option<KeyFacts>, StoreError> {
-        let row: Option<(String, String, String, String, i64, Option<i64>)> = sqlx::query_as(
-            "SELECT k.id, k.hash, k.agent, a.owner, k.expires_at, k.revoked_at
-               FROM agent_keys k JOIN agents a ON a.id = k.agent
-              WHERE k.hash = $1",
-        )
-        .bind(hash.to_hex())
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(backend)?;
-        row.map(|(id, hash, agent, owner, expires_at, revoked_at)| {
-            Ok(KeyFacts {
-                hash: stored_key_hash(&id, &hash)?,
-                id: stored("key id", &id)?,
-                agent: stored("agent id", &agent)?,
-                owner: stored("owner id", &owner)?,
-                expires_at,
-                revoked_at,
-            })
-        })
-        .transpose()
     }
 
     async fn add_grant(&self, grant: &Grant, event: &AuditEvent) -> Result<AuditReceipt, StoreError> {
@@ -573,7 +558,74 @@ impl MetadataStore for PgStore {
     async fn revoke_grant(&self, id: &GrantId, now: UnixTime, event: &AuditEvent) -> Result<AuditReceipt, StoreError> {
         self.revoke_audited(REVOKE_GRANT, id.as_str(), None, now, format!("grant {id}"), event).await
     }
+}
 
+#[async_trait]
+impl AuthLookup for PgStore {
+    async fn auth_facts(&self, credentials: &Credentials) -> Result<AuthFacts, StoreError> {
+        let rows: Vec<AuthRow> = sqlx::query_as(AUTH_FACTS)
+            .bind(credentials.key_hash.to_hex())
+            .bind(credentials.address.as_str())
+            .fetch_all(&self.pool)
+            .await
+            .map_err(backend)?;
+        auth_facts_from_rows(rows)
+    }
+
+    async fn key_facts_by_hash(&self, hash: &KeyHash) -> Result<Option<KeyFacts>, StoreError> {
+        let row: Option<(String, String, String, String, i64, Option<i64>)> = sqlx::query_as(
+            "SELECT k.id, k.hash, k.agent, a.owner, k.expires_at, k.revoked_at
+               FROM agent_keys k JOIN agents a ON a.id = k.agent
+              WHERE k.hash = $1",
+        )
+        .bind(hash.to_hex())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(backend)?;
+        row.map(|(id, hash, agent, owner, expires_at, revoked_at)| {
+            Ok(KeyFacts {
+                hash: stored_key_hash(&id, &hash)?,
+                id: stored("key id", &id)?,
+                agent: stored("agent id", &agent)?,
+                owner: stored("owner id", &owner)?,
+                expires_at,
+                revoked_at,
+            })
+        })
+        .transpose()
+    }
+
+    async fn grants_and_inbox_owner(
+        &self,
+        agent: &AgentId,
+        inbox: &Address,
+    ) -> Result<(Vec<Grant>, Option<OwnerId>), StoreError> {
+        // One statement (one round trip, one snapshot): the grants, then the inbox.
+        let rows: Vec<GrantRow> = sqlx::query_as(&format!(
+            "SELECT {GRANT_COLUMNS} FROM grants WHERE agent = $1
+             UNION ALL
+             SELECT '', owner, '', '', '', 0, 0, NULL::bigint FROM inboxes WHERE address = $2"
+        ))
+        .bind(agent.as_str())
+        .bind(inbox.as_str())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend)?;
+        let mut grants = Vec::with_capacity(rows.len());
+        let mut owner = None;
+        for row in rows {
+            if row.0.is_empty() {
+                owner = Some(stored("owner id", &row.1)?);
+            } else {
+                grants.push(grant_from_row(row)?);
+            }
+        }
+        Ok((grants, owner))
+    }
+}
+
+#[async_trait]
+impl OwnerApproval for PgStore {
     async fn add_owner_with_enrollment(
         &self,
         owner: &OwnerRecord,
@@ -718,137 +770,6 @@ impl MetadataStore for PgStore {
         self.revoke_audited(REVOKE_GRANT, id.as_str(), Some(owner), now, format!("grant {id}"), event).await
     }
 
-    async fn grants_and_inbox_owner(
-        &self,
-        agent: &AgentId,
-        inbox: &Address,
-    ) -> Result<(Vec<Grant>, Option<OwnerId>), StoreError> {
-        // One statement (one round trip, one snapshot): the grants, then the inbox.
-        let rows: Vec<GrantRow> = sqlx::query_as(&format!(
-            "SELECT {GRANT_COLUMNS} FROM grants WHERE agent = $1
-             UNION ALL
-             SELECT '', owner, '', '', '', 0, 0, NULL::bigint FROM inboxes WHERE address = $2"
-        ))
-        .bind(agent.as_str())
-        .bind(inbox.as_str())
-        .fetch_all(&self.pool)
-        .await
-        .map_err(backend)?;
-        let mut grants = Vec::with_capacity(rows.len());
-        let mut owner = None;
-        for row in rows {
-            if row.0.is_empty() {
-                owner = Some(stored("owner id", &row.1)?);
-            } else {
-                grants.push(grant_from_row(row)?);
-            }
-        }
-        Ok((grants, owner))
-    }
-
-    async fn add_checkpoint(&self, checkpoint: &CheckpointRecord) -> Result<bool, StoreError> {
-        let seq = to_i64(checkpoint.seq, "checkpoint seq")?;
-        let counter = checkpoint.counter.map(|c| to_i64(c, "checkpoint counter")).transpose()?;
-        let signature: String = checkpoint.signature.iter().map(|b| format!("{b:02x}")).collect();
-        let prev = checkpoint.prev.as_ref().map(hash_to_hex);
-        let mut tx = self.begin().await?;
-        // Nodes add checkpoints one at a time; every read below, in its own
-        // statement, sees what the previous holder committed.
-        sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(CHECKPOINT_LOCK).execute(&mut *tx).await.map_err(backend)?;
-        if let Some(counter) = checkpoint.counter {
-            // The chain only grows by its next link; anything else lost a race
-            // with another node (or the chain was tampered with: verify says).
-            let last: Option<CheckpointRow> = sqlx::query_as(&format!(
-                "SELECT {CHECKPOINT_COLUMNS} FROM audit_checkpoints WHERE counter IS NOT NULL ORDER BY counter DESC LIMIT 1"
-            ))
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(backend)?;
-            let last = last.map(checkpoint_from_row).transpose()?;
-            let max_seq: Option<i64> =
-                sqlx::query_scalar("SELECT MAX(seq) FROM audit_checkpoints").fetch_one(&mut *tx).await.map_err(backend)?;
-            let extends = match last.as_ref().map(CheckpointRecord::signed) {
-                None => counter == 1 && checkpoint.prev == Some(agentkeys_audit::CHECKPOINT_GENESIS_PREV),
-                Some(agentkeys_audit::SignedCheckpoint::V2 { checkpoint: l, .. }) => {
-                    Some(counter) == l.counter.checked_add(1) && checkpoint.prev == Some(l.hash())
-                }
-                Some(agentkeys_audit::SignedCheckpoint::V1 { .. }) => false,
-            };
-            if !extends || max_seq.is_some_and(|m| m >= seq) {
-                return Ok(false);
-            }
-            if counter == 1 {
-                let started: Option<(i64,)> = sqlx::query_as("SELECT ts FROM audit_checkpoint_start WHERE id = 1")
-                    .fetch_optional(&mut *tx)
-                    .await
-                    .map_err(backend)?;
-                if let Some((ts,)) = started {
-                    return Err(StoreError::Invalid(format!(
-                        "the audit checkpoint chain started at Unix time {ts} but its checkpoints are gone; \
-                         run `agentkeys audit verify` and investigate before signing anything"
-                    )));
-                }
-                sqlx::query(
-                    "INSERT INTO audit_checkpoint_start (id, seq, head_hash, ts, signature, counter, prev_hash)
-                     VALUES (1, $1, $2, $3, $4, 1, $5)",
-                )
-                .bind(seq)
-                .bind(hash_to_hex(&checkpoint.hash))
-                .bind(checkpoint.ts)
-                .bind(&signature)
-                .bind(&prev)
-                .execute(&mut *tx)
-                .await
-                .map_err(backend)?;
-            }
-        }
-        let done = sqlx::query(
-            "INSERT INTO audit_checkpoints (seq, head_hash, ts, signature, counter, prev_hash) VALUES ($1, $2, $3, $4, $5, $6)
-             ON CONFLICT DO NOTHING",
-        )
-        .bind(seq)
-        .bind(hash_to_hex(&checkpoint.hash))
-        .bind(checkpoint.ts)
-        .bind(&signature)
-        .bind(counter)
-        .bind(&prev)
-        .execute(&mut *tx)
-        .await
-        .map_err(backend)?;
-        if done.rows_affected() != 1 {
-            return Ok(false);
-        }
-        tx.commit().await.map_err(backend)?;
-        Ok(true)
-    }
-
-    async fn list_checkpoints(&self) -> Result<Vec<CheckpointRecord>, StoreError> {
-        let rows: Vec<CheckpointRow> =
-            sqlx::query_as(&format!("SELECT {CHECKPOINT_COLUMNS} FROM audit_checkpoints ORDER BY seq"))
-                .fetch_all(&self.pool)
-                .await
-                .map_err(backend)?;
-        rows.into_iter().map(checkpoint_from_row).collect()
-    }
-
-    async fn last_checkpoint(&self) -> Result<Option<CheckpointRecord>, StoreError> {
-        let row: Option<CheckpointRow> =
-            sqlx::query_as(&format!("SELECT {CHECKPOINT_COLUMNS} FROM audit_checkpoints ORDER BY seq DESC LIMIT 1"))
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(backend)?;
-        row.map(checkpoint_from_row).transpose()
-    }
-
-    async fn checkpoint_start(&self) -> Result<Option<CheckpointRecord>, StoreError> {
-        let row: Option<CheckpointRow> =
-            sqlx::query_as(&format!("SELECT {CHECKPOINT_COLUMNS} FROM audit_checkpoint_start WHERE id = 1"))
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(backend)?;
-        row.map(checkpoint_from_row).transpose()
-    }
-
     async fn change_owner_grant(
         &self,
         owner: &OwnerId,
@@ -910,43 +831,10 @@ impl MetadataStore for PgStore {
     ) -> Result<AuditReceipt, StoreError> {
         self.revoke_audited(REVOKE_KEY, id.as_str(), Some(owner), now, format!("key {id}"), event).await
     }
+}
 
-    async fn audit_list_for_owner(
-        &self,
-        owner: &OwnerId,
-        after_seq: u64,
-        limit: u32,
-    ) -> Result<Vec<AuditRecord>, StoreError> {
-        let Ok(after) = i64::try_from(after_seq) else {
-            return Ok(Vec::new());
-        };
-        // SQLite's query; the detail's `owner` and `agent` strings are columns
-        // copied at insert (`audit::insert_sealed`) instead of json_extract.
-        let rows: Vec<AuditRow> = sqlx::query_as(&format!(
-            "SELECT {AUDIT_COLUMNS}
-               FROM audit_log
-              WHERE seq > $1
-                AND (actor = $2
-                     OR subject = $3
-                     OR detail_owner = $3
-                     OR detail_agent IN (SELECT id FROM agents WHERE owner = $3)
-                     OR subject IN (SELECT id FROM agents WHERE owner = $3)
-                     OR subject IN (SELECT address FROM inboxes WHERE owner = $3)
-                     OR subject IN (SELECT k.id FROM agent_keys k JOIN agents a ON a.id = k.agent WHERE a.owner = $3)
-                     OR subject IN (SELECT id FROM grants WHERE owner = $3))
-              ORDER BY seq
-              LIMIT $4"
-        ))
-        .bind(after)
-        .bind(format!("owner:{owner}"))
-        .bind(owner.as_str())
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(backend)?;
-        rows.into_iter().map(audit_from_row).collect()
-    }
-
+#[async_trait]
+impl Pairing for PgStore {
     async fn open_pairing(
         &self,
         request: &PairingRecord,
@@ -1062,32 +950,10 @@ impl MetadataStore for PgStore {
         let sealed = self.append_in(&mut tx, event).await?;
         commit_audited(tx, sealed).await
     }
+}
 
-    async fn auth_facts(&self, credentials: &Credentials) -> Result<AuthFacts, StoreError> {
-        let rows: Vec<AuthRow> = sqlx::query_as(AUTH_FACTS)
-            .bind(credentials.key_hash.to_hex())
-            .bind(credentials.address.as_str())
-            .fetch_all(&self.pool)
-            .await
-            .map_err(backend)?;
-        auth_facts_from_rows(rows)
-    }
-
-    async fn enqueue_outbound(&self, message: &NewOutbound) -> Result<(), StoreError> {
-        let message = crate::enqueue::Queued::check(message)?;
-        super::queue::insert_outbound(self, &message).await
-    }
-
-    async fn list_queue(&self) -> Result<Vec<QueueEntry>, StoreError> {
-        let rows: Vec<QueueRow> = sqlx::query_as(&format!(
-            "SELECT {QUEUE_COLUMNS} FROM outbound_queue ORDER BY queued_at, message_id, recipient"
-        ))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(backend)?;
-        rows.into_iter().map(queue_entry_from_row).collect()
-    }
-
+#[async_trait]
+impl AuditLog for PgStore {
     async fn audit_append(&self, event: &AuditEvent) -> Result<AuditReceipt, StoreError> {
         // Batched with every other append waiting in this process: one commit for all.
         self.audit.append(self, event).await
@@ -1113,5 +979,155 @@ impl MetadataStore for PgStore {
             .await
             .map_err(backend)?;
         head_from_row(head)
+    }
+
+    async fn audit_list_for_owner(
+        &self,
+        owner: &OwnerId,
+        after_seq: u64,
+        limit: u32,
+    ) -> Result<Vec<AuditRecord>, StoreError> {
+        let Ok(after) = i64::try_from(after_seq) else {
+            return Ok(Vec::new());
+        };
+        // SQLite's query; the detail's `owner` and `agent` strings are columns
+        // copied at insert (`audit::insert_sealed`) instead of json_extract.
+        let rows: Vec<AuditRow> = sqlx::query_as(&format!(
+            "SELECT {AUDIT_COLUMNS}
+               FROM audit_log
+              WHERE seq > $1
+                AND (actor = $2
+                     OR subject = $3
+                     OR detail_owner = $3
+                     OR detail_agent IN (SELECT id FROM agents WHERE owner = $3)
+                     OR subject IN (SELECT id FROM agents WHERE owner = $3)
+                     OR subject IN (SELECT address FROM inboxes WHERE owner = $3)
+                     OR subject IN (SELECT k.id FROM agent_keys k JOIN agents a ON a.id = k.agent WHERE a.owner = $3)
+                     OR subject IN (SELECT id FROM grants WHERE owner = $3))
+              ORDER BY seq
+              LIMIT $4"
+        ))
+        .bind(after)
+        .bind(format!("owner:{owner}"))
+        .bind(owner.as_str())
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend)?;
+        rows.into_iter().map(audit_from_row).collect()
+    }
+}
+
+#[async_trait]
+impl Checkpoints for PgStore {
+    async fn add_checkpoint(&self, checkpoint: &CheckpointRecord) -> Result<bool, StoreError> {
+        let seq = to_i64(checkpoint.seq, "checkpoint seq")?;
+        let counter = checkpoint.counter.map(|c| to_i64(c, "checkpoint counter")).transpose()?;
+        let signature: String = checkpoint.signature.iter().map(|b| format!("{b:02x}")).collect();
+        let prev = checkpoint.prev.as_ref().map(hash_to_hex);
+        let mut tx = self.begin().await?;
+        // Nodes add checkpoints one at a time; every read below, in its own
+        // statement, sees what the previous holder committed.
+        sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(CHECKPOINT_LOCK).execute(&mut *tx).await.map_err(backend)?;
+        if let Some(counter) = checkpoint.counter {
+            // The chain only grows by its next link; anything else lost a race
+            // with another node (or the chain was tampered with: verify says).
+            let last: Option<CheckpointRow> = sqlx::query_as(&format!(
+                "SELECT {CHECKPOINT_COLUMNS} FROM audit_checkpoints WHERE counter IS NOT NULL ORDER BY counter DESC LIMIT 1"
+            ))
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(backend)?;
+            let last = last.map(checkpoint_from_row).transpose()?;
+            let max_seq: Option<i64> =
+                sqlx::query_scalar("SELECT MAX(seq) FROM audit_checkpoints").fetch_one(&mut *tx).await.map_err(backend)?;
+            let extends = match last.as_ref().map(CheckpointRecord::signed) {
+                None => counter == 1 && checkpoint.prev == Some(agentkeys_audit::CHECKPOINT_GENESIS_PREV),
+                Some(agentkeys_audit::SignedCheckpoint::V2 { checkpoint: l, .. }) => {
+                    Some(counter) == l.counter.checked_add(1) && checkpoint.prev == Some(l.hash())
+                }
+                Some(agentkeys_audit::SignedCheckpoint::V1 { .. }) => false,
+            };
+            if !extends || max_seq.is_some_and(|m| m >= seq) {
+                return Ok(false);
+            }
+            if counter == 1 {
+                let started: Option<(i64,)> = sqlx::query_as("SELECT ts FROM audit_checkpoint_start WHERE id = 1")
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(backend)?;
+                if let Some((ts,)) = started {
+                    return Err(StoreError::Invalid(format!(
+                        "the audit checkpoint chain started at Unix time {ts} but its checkpoints are gone; \
+                         run `agentkeys audit verify` and investigate before signing anything"
+                    )));
+                }
+                sqlx::query(
+                    "INSERT INTO audit_checkpoint_start (id, seq, head_hash, ts, signature, counter, prev_hash)
+                     VALUES (1, $1, $2, $3, $4, 1, $5)",
+                )
+                .bind(seq)
+                .bind(hash_to_hex(&checkpoint.hash))
+                .bind(checkpoint.ts)
+                .bind(&signature)
+                .bind(&prev)
+                .execute(&mut *tx)
+                .await
+                .map_err(backend)?;
+            }
+        }
+        let done = sqlx::query(
+            "INSERT INTO audit_checkpoints (seq, head_hash, ts, signature, counter, prev_hash) VALUES ($1, $2, $3, $4, $5, $6)
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(seq)
+        .bind(hash_to_hex(&checkpoint.hash))
+        .bind(checkpoint.ts)
+        .bind(&signature)
+        .bind(counter)
+        .bind(&prev)
+        .execute(&mut *tx)
+        .await
+        .map_err(backend)?;
+        if done.rows_affected() != 1 {
+            return Ok(false);
+        }
+        tx.commit().await.map_err(backend)?;
+        Ok(true)
+    }
+
+    async fn list_checkpoints(&self) -> Result<Vec<CheckpointRecord>, StoreError> {
+        let rows: Vec<CheckpointRow> =
+            sqlx::query_as(&format!("SELECT {CHECKPOINT_COLUMNS} FROM audit_checkpoints ORDER BY seq"))
+                .fetch_all(&self.pool)
+                .await
+                .map_err(backend)?;
+        rows.into_iter().map(checkpoint_from_row).collect()
+    }
+
+    async fn last_checkpoint(&self) -> Result<Option<CheckpointRecord>, StoreError> {
+        let row: Option<CheckpointRow> =
+            sqlx::query_as(&format!("SELECT {CHECKPOINT_COLUMNS} FROM audit_checkpoints ORDER BY seq DESC LIMIT 1"))
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(backend)?;
+        row.map(checkpoint_from_row).transpose()
+    }
+
+    async fn checkpoint_start(&self) -> Result<Option<CheckpointRecord>, StoreError> {
+        let row: Option<CheckpointRow> =
+            sqlx::query_as(&format!("SELECT {CHECKPOINT_COLUMNS} FROM audit_checkpoint_start WHERE id = 1"))
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(backend)?;
+        row.map(checkpoint_from_row).transpose()
+    }
+}
+
+#[async_trait]
+impl Outbox for PgStore {
+    async fn enqueue_outbound(&self, message: &NewOutbound) -> Result<(), StoreError> {
+        let message = crate::enqueue::Queued::check(message)?;
+        super::queue::insert_outbound(self, &message).await
     }
 }

@@ -53,7 +53,7 @@ pub use events::{MAIL_CHANNEL, PgEvents};
 #[doc(hidden)]
 pub use testing::{TEST_DATABASE_ENV, TEST_DATABASE_URL, TempDatabase};
 
-use crate::meta::StoreError;
+use crate::meta::{StoreError, StoreHealth};
 use crate::sqlite::Clock;
 
 /// Most connections one store (one node) keeps open to the database.
@@ -168,10 +168,19 @@ impl PgStore {
         Ok(())
     }
 
+    /// Where this store connects: for a connection of its own ([`PgEvents`]),
+    /// or another store on the same database ([`PgStore::connect_with`]).
+    pub fn connect_options(&self) -> PgConnectOptions {
+        (*self.options).clone()
+    }
+}
+
+#[async_trait::async_trait]
+impl StoreHealth for PgStore {
     /// Readiness of the metadata database: commits a transaction that is given a
     /// transaction id (so its commit is written and flushed like any change)
     /// without touching a table.
-    pub async fn check_writable(&self) -> Result<(), StoreError> {
+    async fn check_writable(&self) -> Result<(), StoreError> {
         let mut tx = self.begin().await?;
         sqlx::query("SELECT pg_current_xact_id()::text").execute(&mut *tx).await.map_err(backend)?;
         tx.commit().await.map_err(backend)
@@ -179,14 +188,8 @@ impl PgStore {
 
     /// Readiness of the audit log: the audit writer is running and commits a
     /// transaction on its path (locking the chain head) without a record.
-    pub async fn check_audit_writable(&self) -> Result<(), StoreError> {
+    async fn check_audit_writable(&self) -> Result<(), StoreError> {
         self.audit.probe(self).await
-    }
-
-    /// Where this store connects: for a connection of its own ([`PgEvents`]),
-    /// or another store on the same database ([`PgStore::connect_with`]).
-    pub fn connect_options(&self) -> PgConnectOptions {
-        (*self.options).clone()
     }
 }
 

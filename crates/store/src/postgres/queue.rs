@@ -14,7 +14,8 @@ use async_trait::async_trait;
 
 use super::{PgStore, backend, insert_error};
 use crate::enqueue::Queued;
-use crate::meta::StoreError;
+use crate::meta::{QueueEntry, StoreError};
+use crate::sqlite::{QueueRow, queue_entry_from_row};
 use crate::queue::{
     AttemptOutcome, AttemptRecord, AttemptToRecord, Claim, ClaimRow, EntryRow, OutboundQueue, QueueDetail,
     QueueStateCount, claim_from_row, entry_from_row,
@@ -286,5 +287,16 @@ impl OutboundQueue for PgStore {
                 .await
                 .map_err(backend)?;
         Ok(rows.into_iter().map(|(state, n)| QueueStateCount { state, count: count(n) }).collect())
+    }
+    async fn list_queue(&self) -> Result<Vec<QueueEntry>, StoreError> {
+        let rows: Vec<QueueRow> = sqlx::query_as(
+            "SELECT message_id, recipient, sender, state, size, queued_at, next_attempt_at, attempts, last_response
+               FROM outbound_queue
+              ORDER BY queued_at, message_id, recipient",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend)?;
+        rows.into_iter().map(queue_entry_from_row).collect()
     }
 }
