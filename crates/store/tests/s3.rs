@@ -849,7 +849,8 @@ async fn an_https_endpoint_is_verified_against_the_ca_bundle() {
 #[tokio::test]
 async fn the_mailroom_over_s3_indexes_and_reconciles() {
     use agentkeys_core::{Address, OwnerId};
-    use agentkeys_store::{LocalEventHub, Mailroom, MessageIndex, MetadataStore, SqliteStore};
+    use agentkeys_store::roles::{Directory, MessageIndex};
+    use agentkeys_store::{LocalEventHub, Mailroom, SqliteStore};
 
     let (_server, s3) = server_and_store(S3Limits::default()).await;
     let dir = tempfile::Builder::new().prefix("s3-meta-").tempdir().unwrap();
