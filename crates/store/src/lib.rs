@@ -8,7 +8,8 @@
 //!   [`MessageIndex`] (which messages an inbox holds, with a commit-ordered `seq`),
 //!   [`SendIdempotency`], [`DomainStatusStore`], [`StoreHealth`]. [`MetadataStore`]
 //!   is all of them together, for the composition root. Embedded default: SQLite
-//!   in WAL mode ([`SqliteStore`]).
+//!   in WAL mode ([`SqliteStore`]); for several nodes on one database, PostgreSQL
+//!   (`PgStore`, feature `postgres`).
 //! - [`BlobStore`]: raw messages under `<owner>/<inbox>/<ulid>.eml`. Embedded
 //!   default: a directory tree with durable writes and group commit ([`FsBlobStore`]);
 //!   with the `s3` feature, an S3 bucket (`s3::S3BlobStore`).
@@ -33,6 +34,8 @@ mod index;
 mod mailroom;
 pub mod group_commit;
 mod meta;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 mod queue;
 mod recipients;
 #[cfg(feature = "s3")]
@@ -72,6 +75,8 @@ pub use recipients::{CachedRecipients, RECIPIENT_CACHE_MAX, RECIPIENT_CACHE_TTL}
 #[cfg(feature = "s3")]
 pub use s3::{S3BlobStore, S3Config, S3ConfigError, S3Error, S3Limits};
 pub use sqlite::{READINESS_MIN_FREE_BYTES, SqliteStore};
+#[cfg(feature = "postgres")]
+pub use postgres::{PgEvents, PgStore};
 
 use async_trait::async_trait;
 use bytes::Bytes;

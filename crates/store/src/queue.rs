@@ -172,7 +172,7 @@ fn count(value: i64) -> u64 {
 }
 
 /// A claimed row as `claim_due` returns it.
-type ClaimRow = (
+pub(crate) type ClaimRow = (
     String,
     String,
     String,
@@ -185,7 +185,7 @@ type ClaimRow = (
     Option<String>,
 );
 
-fn claim_from_row(
+pub(crate) fn claim_from_row(
     (
         message_id,
         recipient,
@@ -223,7 +223,7 @@ fn claim_from_row(
     })
 }
 
-type EntryRow = (
+pub(crate) type EntryRow = (
     String,
     String,
     String,
@@ -235,7 +235,7 @@ type EntryRow = (
     Option<String>,
 );
 
-fn entry_from_row(
+pub(crate) fn entry_from_row(
     (
         message_id,
         recipient,

@@ -72,7 +72,7 @@ static MIGRATOR: Migrator = sqlx::migrate!("migrations/sqlite");
 pub(crate) type Clock = Arc<dyn Fn() -> UnixTime + Send + Sync>;
 
 /// The system clock, in Unix seconds.
-fn system_clock() -> UnixTime {
+pub(crate) fn system_clock() -> UnixTime {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
@@ -449,7 +449,7 @@ const REVOKE_KEY: &str = "UPDATE agent_keys SET revoked_at = COALESCE(revoked_at
 
 const AUDIT_HEAD: &str = "SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1";
 
-fn head_from_row(row: Option<(i64, String)>) -> Result<ChainHead, StoreError> {
+pub(crate) fn head_from_row(row: Option<(i64, String)>) -> Result<ChainHead, StoreError> {
     let Some((seq, hash)) = row else {
         return Ok(ChainHead::GENESIS);
     };
@@ -458,9 +458,9 @@ fn head_from_row(row: Option<(i64, String)>) -> Result<ChainHead, StoreError> {
     Ok(ChainHead { seq, hash })
 }
 
-type AuditRow = (i64, i64, String, String, String, String, String, String, String);
+pub(crate) type AuditRow = (i64, i64, String, String, String, String, String, String, String);
 
-fn audit_from_row(
+pub(crate) fn audit_from_row(
     (seq, ts, actor, operation, subject, outcome, detail, prev_hash, hash): AuditRow,
 ) -> Result<AuditRecord, StoreError> {
     let seq = u64::try_from(seq).map_err(|_| audit_unreadable(0, format!("seq {seq} is negative")))?;
@@ -479,12 +479,12 @@ fn audit_from_row(
 }
 
 /// A checkpoint row: seq, head hash, ts, signature, counter, prev hash.
-type CheckpointRow = (i64, String, i64, String, Option<i64>, Option<String>);
+pub(crate) type CheckpointRow = (i64, String, i64, String, Option<i64>, Option<String>);
 
 /// The columns of a [`CheckpointRow`], in order.
-const CHECKPOINT_COLUMNS: &str = "seq, head_hash, ts, signature, counter, prev_hash";
+pub(crate) const CHECKPOINT_COLUMNS: &str = "seq, head_hash, ts, signature, counter, prev_hash";
 
-fn checkpoint_from_row((seq, hash, ts, signature, counter, prev): CheckpointRow) -> Result<CheckpointRecord, StoreError> {
+pub(crate) fn checkpoint_from_row((seq, hash, ts, signature, counter, prev): CheckpointRow) -> Result<CheckpointRecord, StoreError> {
     let seq = u64::try_from(seq).map_err(|_| audit_unreadable(0, format!("checkpoint seq {seq} is negative")))?;
     let bad = |what: &str| audit_unreadable(seq, format!("checkpoint: {what}"));
     let hash = hash_from_hex(&hash).ok_or_else(|| bad("head_hash is not 64 hex digits"))?;
@@ -536,7 +536,7 @@ pub(crate) fn insert_error(err: sqlx::Error, what: impl FnOnce() -> String) -> S
 
 /// Parses a stored value; a value that does not parse means the database was
 /// edited by hand or corrupted.
-fn stored<T>(what: &str, value: &str) -> Result<T, StoreError>
+pub(crate) fn stored<T>(what: &str, value: &str) -> Result<T, StoreError>
 where
     T: FromStr,
     T::Err: Display,
@@ -544,7 +544,7 @@ where
     value.parse().map_err(|e| StoreError::Backend(format!("stored {what} {value:?} is invalid: {e}")))
 }
 
-fn stored_key_hash(key: &str, hex: &str) -> Result<KeyHash, StoreError> {
+pub(crate) fn stored_key_hash(key: &str, hex: &str) -> Result<KeyHash, StoreError> {
     KeyHash::from_hex(hex).ok_or_else(|| StoreError::Backend(format!("stored hash of key {key} is not 64 hex digits")))
 }
 
@@ -556,13 +556,13 @@ fn stored_u32(what: &str, value: i64) -> Result<u32, StoreError> {
     u32::try_from(value).map_err(|_| StoreError::Backend(format!("stored {what} {value} is out of range")))
 }
 
-fn domain_not_hosted(domain: &str) -> StoreError {
+pub(crate) fn domain_not_hosted(domain: &str) -> StoreError {
     StoreError::Invalid(format!("domain {domain} is not hosted here; add it with `agentkeys domain add {domain}`"))
 }
 
-type DomainKeyRow = (String, i64, String, String, Vec<u8>, i64);
+pub(crate) type DomainKeyRow = (String, i64, String, String, Vec<u8>, i64);
 
-fn domain_keys_from_row(
+pub(crate) fn domain_keys_from_row(
     (domain, version, selector_ed, selector_rsa, rsa_key_wrapped, created_at): DomainKeyRow,
 ) -> Result<DomainKeyRecord, StoreError> {
     Ok(DomainKeyRecord {
@@ -575,7 +575,7 @@ fn domain_keys_from_row(
     })
 }
 
-const DOMAIN_KEYS_COLUMNS: &str = "domain, version, selector_ed, selector_rsa, rsa_key_wrapped, created_at";
+pub(crate) const DOMAIN_KEYS_COLUMNS: &str = "domain, version, selector_ed, selector_rsa, rsa_key_wrapped, created_at";
 
 /// Stores `ticket` as its owner's only enrollment ticket inside `tx`.
 async fn upsert_ticket(tx: &mut SqliteConnection, ticket: &EnrollmentTicketRecord) -> Result<(), StoreError> {
@@ -613,14 +613,14 @@ async fn insert_domain_keys(tx: &mut SqliteConnection, keys: &DomainKeyRecord) -
     Ok(done.rows_affected() == 1)
 }
 
-type OwnerRow = (String, Option<String>, i64);
-type AgentRow = (String, String, Option<String>, i64);
-type InboxRow = (String, String, String, String, i64);
-type KeyRow = (String, String, String, i64, i64, Option<i64>);
-type GrantRow = (String, String, String, String, String, i64, i64, Option<i64>);
-type PairingRow = (String, String, String, Option<String>, i64, String, Option<String>, Option<i64>);
+pub(crate) type OwnerRow = (String, Option<String>, i64);
+pub(crate) type AgentRow = (String, String, Option<String>, i64);
+pub(crate) type InboxRow = (String, String, String, String, i64);
+pub(crate) type KeyRow = (String, String, String, i64, i64, Option<i64>);
+pub(crate) type GrantRow = (String, String, String, String, String, i64, i64, Option<i64>);
+pub(crate) type PairingRow = (String, String, String, Option<String>, i64, String, Option<String>, Option<i64>);
 
-fn pairing_from_row(
+pub(crate) fn pairing_from_row(
     (code_hash, device_key, agent, name, opened_at, status, owner, approved_at): PairingRow,
 ) -> Result<PairingRecord, StoreError> {
     let bytes = |what: &str, hex: &str| {
@@ -645,15 +645,15 @@ fn pairing_from_row(
 }
 pub(crate) type QueueRow = (String, String, String, String, i64, i64, i64, i64, Option<String>);
 
-fn owner_from_row((id, email, created_at): OwnerRow) -> Result<OwnerRecord, StoreError> {
+pub(crate) fn owner_from_row((id, email, created_at): OwnerRow) -> Result<OwnerRecord, StoreError> {
     Ok(OwnerRecord { id: stored("owner id", &id)?, email, created_at })
 }
 
-fn agent_from_row((id, owner, name, created_at): AgentRow) -> Result<AgentRecord, StoreError> {
+pub(crate) fn agent_from_row((id, owner, name, created_at): AgentRow) -> Result<AgentRecord, StoreError> {
     Ok(AgentRecord { id: stored("agent id", &id)?, owner: stored("owner id", &owner)?, name, created_at })
 }
 
-fn inbox_from_row((address, owner, agent, status, created_at): InboxRow) -> Result<InboxRecord, StoreError> {
+pub(crate) fn inbox_from_row((address, owner, agent, status, created_at): InboxRow) -> Result<InboxRecord, StoreError> {
     Ok(InboxRecord {
         address: stored("inbox address", &address)?,
         owner: stored("owner id", &owner)?,
@@ -663,7 +663,7 @@ fn inbox_from_row((address, owner, agent, status, created_at): InboxRow) -> Resu
     })
 }
 
-fn key_from_row((id, agent, hash, created_at, expires_at, revoked_at): KeyRow) -> Result<KeyRecord, StoreError> {
+pub(crate) fn key_from_row((id, agent, hash, created_at, expires_at, revoked_at): KeyRow) -> Result<KeyRecord, StoreError> {
     Ok(KeyRecord {
         hash: stored_key_hash(&id, &hash)?,
         id: stored("key id", &id)?,
@@ -674,7 +674,7 @@ fn key_from_row((id, agent, hash, created_at, expires_at, revoked_at): KeyRow) -
     })
 }
 
-fn grant_from_row(
+pub(crate) fn grant_from_row(
     (id, owner, agent, pattern, scopes, created_at, expires_at, revoked_at): GrantRow,
 ) -> Result<Grant, StoreError> {
     Ok(Grant {
@@ -706,7 +706,7 @@ pub(crate) fn queue_entry_from_row(
 }
 
 /// One row of the [`AUTH_FACTS`] query: `kind` says which of the three parts it is.
-type AuthRow = (String, String, String, String, String, Option<String>, i64, Option<i64>, Option<i64>);
+pub(crate) type AuthRow = (String, String, String, String, String, Option<String>, i64, Option<i64>, Option<i64>);
 
 /// Everything `auth_facts` needs in one statement, hence one consistent snapshot:
 /// the key found by its hash (unique index) with its agent's owner, that agent's
@@ -723,6 +723,39 @@ UNION ALL
 SELECT 'inbox', i.address, i.status, i.agent, i.owner, NULL, i.created_at, NULL, NULL
   FROM inboxes i
  WHERE i.address = ?2";
+
+/// Folds the rows of an [`AUTH_FACTS`]-shaped query (any backend) into the facts.
+pub(crate) fn auth_facts_from_rows(rows: Vec<AuthRow>) -> Result<AuthFacts, StoreError> {
+    let mut facts = AuthFacts::default();
+    for (kind, id, text, agent, owner, scopes, created_at, expires_at, revoked_at) in rows {
+        match kind.as_str() {
+            "key" => {
+                let expires_at =
+                    expires_at.ok_or_else(|| StoreError::Backend(format!("key {id} has no expiry")))?;
+                facts.key = Some(KeyFacts {
+                    hash: stored_key_hash(&id, &text)?,
+                    id: stored("key id", &id)?,
+                    agent: stored("agent id", &agent)?,
+                    owner: stored("owner id", &owner)?,
+                    expires_at,
+                    revoked_at,
+                });
+            }
+            "grant" => {
+                let scopes = scopes.unwrap_or_default();
+                let expires_at =
+                    expires_at.ok_or_else(|| StoreError::Backend(format!("grant {id} has no expiry")))?;
+                facts
+                    .grants
+                    .push(grant_from_row((id, owner, agent, text, scopes, created_at, expires_at, revoked_at))?);
+            }
+            _ => {
+                facts.inbox = Some((stored("owner id", &owner)?, stored("inbox status", &text)?));
+            }
+        }
+    }
+    Ok(facts)
+}
 
 #[async_trait]
 impl StoreHealth for SqliteStore {
@@ -1147,35 +1180,7 @@ impl AuthLookup for SqliteStore {
             .fetch_all(&mut *self.hot().await?)
             .await
             .map_err(backend)?;
-        let mut facts = AuthFacts::default();
-        for (kind, id, text, agent, owner, scopes, created_at, expires_at, revoked_at) in rows {
-            match kind.as_str() {
-                "key" => {
-                    let expires_at =
-                        expires_at.ok_or_else(|| StoreError::Backend(format!("key {id} has no expiry")))?;
-                    facts.key = Some(KeyFacts {
-                        hash: stored_key_hash(&id, &text)?,
-                        id: stored("key id", &id)?,
-                        agent: stored("agent id", &agent)?,
-                        owner: stored("owner id", &owner)?,
-                        expires_at,
-                        revoked_at,
-                    });
-                }
-                "grant" => {
-                    let scopes = scopes.unwrap_or_default();
-                    let expires_at =
-                        expires_at.ok_or_else(|| StoreError::Backend(format!("grant {id} has no expiry")))?;
-                    facts
-                        .grants
-                        .push(grant_from_row((id, owner, agent, text, scopes, created_at, expires_at, revoked_at))?);
-                }
-                _ => {
-                    facts.inbox = Some((stored("owner id", &owner)?, stored("inbox status", &text)?));
-                }
-            }
-        }
-        Ok(facts)
+        auth_facts_from_rows(rows)
     }
 
     async fn key_facts_by_hash(&self, hash: &KeyHash) -> Result<Option<KeyFacts>, StoreError> {
