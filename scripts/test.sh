@@ -81,8 +81,18 @@ command -v s3s-fs >/dev/null 2>&1 || {
 # trust-auth server at 127.0.0.1:5432.
 pg_url="${AGENTKEYS_TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
 if command -v pg_isready >/dev/null 2>&1 && ! pg_isready -q -d "$pg_url"; then
-  echo "no PostgreSQL answers at $pg_url: start one (trust auth for the test user) or set AGENTKEYS_TEST_DATABASE_URL" >&2
-  exit 1
+  # The machine's own cluster (Debian's packaging), started if it is down.
+  if [ -z "${AGENTKEYS_TEST_DATABASE_URL:-}" ] && [ "$(id -u)" -eq 0 ] && command -v pg_ctlcluster >/dev/null 2>&1; then
+    for version in $(ls /etc/postgresql 2>/dev/null); do
+      echo "starting PostgreSQL $version/main"
+      pg_ctlcluster --skip-systemctl-redirect "$version" main start || true
+    done
+    for _ in $(seq 1 30); do pg_isready -q -d "$pg_url" && break; sleep 1; done
+  fi
+  if ! pg_isready -q -d "$pg_url"; then
+    echo "no PostgreSQL answers at $pg_url: start one (trust auth for the test user) or set AGENTKEYS_TEST_DATABASE_URL" >&2
+    exit 1
+  fi
 fi
 
 exec cargo test --workspace --locked "$@"

@@ -8,7 +8,9 @@ use std::sync::Arc;
 
 use agentkeys_broker::{AuthorityConfig, SoftwareAuthority};
 use agentkeys_core::{KeyHasher, MasterSeed};
-use agentkeys_store::{BlobStore, FsBlobStore, LocalEventHub, Mailroom, MetadataStore, SqliteStore};
+use agentkeys_store::{
+    BlobStore, FsBlobStore, LocalEventHub, MailEvents, Mailroom, MetadataStore, PgEvents, PgStore, SqliteStore,
+};
 use anyhow::{Context, Result, bail};
 
 use crate::config::Config;
@@ -72,10 +74,11 @@ impl DataDir {
         let seed = load_or_create_seed(&path.join(SEED_FILE))?;
         let metadata_location = metadata_location(config);
         let blob_location = blob_location(config);
-        let meta = open_metadata(&metadata_location).await?;
+        let (meta, events) = open_metadata(&metadata_location).await?;
         let blobs = open_blobs(&blob_location)?;
+        check_seed(meta.as_ref(), &seed, &metadata_location).await?;
         meta.ensure_domain(&config.domain, crate::now()).await?;
-        let blobs = Arc::new(Mailroom::new(blobs, meta.clone(), Arc::new(LocalEventHub::new())));
+        let blobs = Arc::new(Mailroom::new(blobs, meta.clone(), events));
         Ok(Self {
             path,
             meta,
@@ -114,19 +117,43 @@ pub(crate) fn blob_location(config: &Config) -> BlobLocation {
     config.store_blobs.clone().unwrap_or_else(|| BlobLocation::Files(config.data_dir.join(BLOB_DIR)))
 }
 
-/// Opens (and migrates) the metadata backend.
-async fn open_metadata(location: &MetadataLocation) -> Result<Arc<dyn MetadataStore>> {
+/// Opens (and migrates) the metadata backend, with the new-mail events that
+/// match it: one process's hub for SQLite; for PostgreSQL a hub fed by the
+/// database's notifications, so a waiter on this node hears of mail that any
+/// node accepted.
+async fn open_metadata(location: &MetadataLocation) -> Result<(Arc<dyn MetadataStore>, Arc<dyn MailEvents>)> {
     match location {
         MetadataLocation::Sqlite(file) => {
             let store = SqliteStore::open(file)
                 .await
                 .with_context(|| format!("cannot open the metadata database {}", file.display()))?;
-            Ok(Arc::new(store))
+            Ok((Arc::new(store), Arc::new(LocalEventHub::new())))
         }
-        MetadataLocation::Postgres(_) => {
-            bail!("cannot open {location}: this build has no PostgreSQL backend")
+        MetadataLocation::Postgres(url) => {
+            let store = PgStore::connect(url).await.with_context(|| format!("cannot open {location}"))?;
+            let events = PgEvents::start(&store, LocalEventHub::new());
+            Ok((Arc::new(store), Arc::new(events)))
         }
     }
+}
+
+/// Label of the seed fingerprint (a one-way derivation) the database records.
+const SEED_FINGERPRINT_LABEL: &str = "agentkeys deployment seed fingerprint v1";
+
+/// Refuses a master seed other than the one the metadata was created with: keys
+/// hashed and tokens signed under another seed would fail everywhere, silently.
+/// Several nodes share one database, and each must be given the first node's seed.
+async fn check_seed(meta: &dyn MetadataStore, seed: &MasterSeed, location: &MetadataLocation) -> Result<()> {
+    let ours = seed.derive(SEED_FINGERPRINT_LABEL);
+    let recorded = meta.seed_fingerprint(&ours).await.with_context(|| format!("cannot read the deployment's seed fingerprint from {location}"))?;
+    if recorded != ours {
+        bail!(
+            "this data directory's master seed is not the one {location} was created with: every node sharing \
+             the metadata needs the same master.seed (copy it from the first node's data directory, mode 0600) \
+             before it may serve"
+        );
+    }
+    Ok(())
 }
 
 /// Opens the blob store.

@@ -23,8 +23,13 @@ async fn bind(addr: SocketAddr, key: &str) -> Result<TcpListener> {
 }
 
 pub(crate) async fn run(config: Config) -> Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_new(&config.log)
+    let mut filter = tracing_subscriber::EnvFilter::try_new(&config.log)
         .with_context(|| format!("log filter {:?} is not valid (AGENTKEYS_LOG)", config.log))?;
+    if !config.log.contains("sqlx") {
+        // PostgreSQL's NOTICEs ("relation … already exists, skipping" at every
+        // start) are not the operator's business unless the filter names sqlx.
+        filter = filter.add_directive("sqlx::postgres::notice=warn".parse().context("log directive")?);
+    }
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

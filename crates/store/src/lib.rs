@@ -66,7 +66,7 @@ pub mod roles {
     pub use crate::index::MessageIndex;
     pub use crate::meta::{
         AuditLog, AuthLookup, Checkpoints, Directory, KeysAndGrants, MetadataStore, Outbox, OwnerApproval, Pairing,
-        Recipients, StoreHealth,
+        Deployment, Recipients, StoreHealth,
     };
     pub use crate::queue::OutboundQueue;
 }

@@ -316,6 +316,7 @@ pub trait MetadataStore:
     + crate::SendIdempotency
     + crate::DomainStatusStore
     + StoreHealth
+    + Deployment
 {
 }
 
@@ -335,6 +336,7 @@ impl<T> MetadataStore for T where
         + crate::SendIdempotency
         + crate::DomainStatusStore
         + StoreHealth
+        + Deployment
 {
 }
 
@@ -652,4 +654,21 @@ pub trait StoreHealth: Send + Sync + 'static {
     async fn check_writable(&self) -> Result<(), StoreError>;
     /// The audit writer is running and commits on its path (without a record).
     async fn check_audit_writable(&self) -> Result<(), StoreError>;
+}
+
+/// What every process sharing the store must agree on.
+#[async_trait]
+pub trait Deployment: Send + Sync + 'static {
+    /// Records `fingerprint` (a one-way derivation of the master seed) as the
+    /// deployment's unless one is recorded, and returns the recorded one. A
+    /// caller whose fingerprint differs holds another seed and must not serve:
+    /// its key hashes and token signatures would not match the others'.
+    async fn seed_fingerprint(&self, fingerprint: &[u8; 32]) -> Result<[u8; 32], StoreError>;
+}
+
+/// Decodes a stored seed fingerprint.
+pub(crate) fn fingerprint_from(stored: &[u8]) -> Result<[u8; 32], StoreError> {
+    stored
+        .try_into()
+        .map_err(|_| StoreError::Backend(format!("stored seed fingerprint has {} bytes, not 32", stored.len())))
 }

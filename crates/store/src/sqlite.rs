@@ -38,7 +38,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePo
 use sqlx::{Sqlite, SqliteConnection};
 
 use crate::meta::{
-    AgentRecord, DomainKeyRecord, InboxRecord, KeyRecord, AuditLog, AuthLookup, Checkpoints, Directory, KeysAndGrants, OwnerApproval, Outbox, Pairing, Recipients, StoreHealth, NewOutbound, OwnerRecord, QueueEntry, Recipient, StoreError,
+    AgentRecord, DomainKeyRecord, InboxRecord, KeyRecord, AuditLog, AuthLookup, Checkpoints, Directory, KeysAndGrants, OwnerApproval, Outbox, Deployment, Pairing, Recipients, StoreHealth, NewOutbound, OwnerRecord, QueueEntry, Recipient, StoreError,
 };
 use crate::group_commit::GroupCommit;
 pub(crate) use crate::write_tx::WriteTx;
@@ -755,6 +755,24 @@ pub(crate) fn auth_facts_from_rows(rows: Vec<AuthRow>) -> Result<AuthFacts, Stor
         }
     }
     Ok(facts)
+}
+
+#[async_trait]
+impl Deployment for SqliteStore {
+    async fn seed_fingerprint(&self, fingerprint: &[u8; 32]) -> Result<[u8; 32], StoreError> {
+        let mut tx = self.write_tx().await?;
+        sqlx::query("INSERT INTO deployment (name, value) VALUES ('seed_fingerprint', ?1) ON CONFLICT (name) DO NOTHING")
+            .bind(fingerprint.as_slice())
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        let (stored,): (Vec<u8>,) = sqlx::query_as("SELECT value FROM deployment WHERE name = 'seed_fingerprint'")
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(backend)?;
+        tx.commit().await.map_err(backend)?;
+        crate::meta::fingerprint_from(&stored)
+    }
 }
 
 #[async_trait]

@@ -601,3 +601,14 @@ mod grants_stay_with_their_owner {
         }
     }
 }
+
+/// The first process records the deployment's seed fingerprint; later ones with
+/// another seed read the first one back (and `serve` refuses to start).
+#[tokio::test]
+async fn the_first_seed_fingerprint_recorded_is_the_deployments() {
+    let (dir, store) = open_store().await;
+    assert_eq!(store.seed_fingerprint(&[1; 32]).await.unwrap(), [1; 32]);
+    let other = SqliteStore::open(&dir.path().join("meta.sqlite")).await.unwrap();
+    assert_eq!(other.seed_fingerprint(&[2; 32]).await.unwrap(), [1; 32]);
+    assert_eq!(store.seed_fingerprint(&[1; 32]).await.unwrap(), [1; 32]);
+}

@@ -1314,3 +1314,22 @@ async fn a_dropped_listener_reconnects_and_tells_subscribers_to_catch_up() {
     }
     assert_eq!(got.unwrap(), after[0]);
 }
+
+/// The first node records the deployment's seed fingerprint; every node, the
+/// first included, reads that one back, also when several race to record theirs.
+#[tokio::test]
+async fn the_first_seed_fingerprint_recorded_is_the_deployments() {
+    let (_db, a, b) = two_nodes().await;
+    let tries: Vec<_> = (0u8..8)
+        .map(|n| {
+            let node = if n % 2 == 0 { a.clone() } else { b.clone() };
+            tokio::spawn(async move { node.seed_fingerprint(&[n; 32]).await.unwrap() })
+        })
+        .collect();
+    let mut seen = Vec::new();
+    for t in tries {
+        seen.push(t.await.unwrap());
+    }
+    assert!(seen.windows(2).all(|w| w[0] == w[1]), "{seen:?}");
+    assert_eq!(a.seed_fingerprint(&[99; 32]).await.unwrap(), seen[0]);
+}

@@ -176,6 +176,24 @@ impl PgStore {
 }
 
 #[async_trait::async_trait]
+impl crate::meta::Deployment for PgStore {
+    async fn seed_fingerprint(&self, fingerprint: &[u8; 32]) -> Result<[u8; 32], StoreError> {
+        // Whoever inserts first wins (the primary key); everyone then reads the
+        // winner's value in a statement of its own (a fresh snapshot).
+        sqlx::query("INSERT INTO deployment (name, value) VALUES ('seed_fingerprint', $1) ON CONFLICT (name) DO NOTHING")
+            .bind(fingerprint.as_slice())
+            .execute(&self.pool)
+            .await
+            .map_err(backend)?;
+        let (stored,): (Vec<u8>,) = sqlx::query_as("SELECT value FROM deployment WHERE name = 'seed_fingerprint'")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(backend)?;
+        crate::meta::fingerprint_from(&stored)
+    }
+}
+
+#[async_trait::async_trait]
 impl StoreHealth for PgStore {
     /// Readiness of the metadata database: commits a transaction that is given a
     /// transaction id (so its commit is written and flushed like any change)
