@@ -7,7 +7,7 @@
 //! [`conformance_tests!`](crate::conformance_tests) turns the whole list into one
 //! `#[test]` per contract, so a failure names the contract it broke:
 //!
-//! ```ignore
+//! ```text
 //! agentkeys_store::conformance_tests!(MyBackend);
 //! ```
 //!
@@ -380,8 +380,9 @@ where
 }
 
 /// Checks `property` over `cases` inputs from `strategy()` with proptest
-/// (shrinking included), each case on this runtime. Writes no failure files:
-/// the shrunk input is in the panic message.
+/// (shrinking included), each case on this runtime; `PROPTEST_CASES` in the
+/// environment overrides `cases` for a deeper run. Writes no failure files: the
+/// shrunk input is in the panic message.
 async fn for_generated<St, F, Fut>(contract: &'static str, cases: u32, strategy: fn() -> St, property: F)
 where
     St: Strategy + 'static,
@@ -390,6 +391,7 @@ where
 {
     let handle = tokio::runtime::Handle::current();
     let outcome = tokio::task::spawn_blocking(move || {
+        let cases = std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(cases);
         let config = Config { cases, failure_persistence: None, ..Config::default() };
         let mut runner = TestRunner::new(config);
         runner
