@@ -147,6 +147,8 @@ macro_rules! conformance_tests {
             grant_changes_only_narrow_generated,
             owners_see_only_their_own_rows,
             owners_see_only_their_own_rows_generated,
+            combined_reads_agree_with_single_reads,
+            combined_reads_agree_generated,
             owner_nonces_are_single_use_across_handles,
             owner_nonces_generated,
             idempotency_keys_are_claimed_once_across_handles,
@@ -720,6 +722,25 @@ pub async fn index_seq_follows_commit_order_and_indexing_is_idempotent<B: Backen
     assert_eq!(a.unindex(&o, &bot, &[ulid(1), ulid(77)]).await.unwrap(), 1);
     assert_eq!(b.message_seq(&o, &bot, ulid(1)).await.unwrap(), None);
     assert_eq!(b.message_seq(&o, &bot, ulid(2)).await.unwrap(), Some(seqs[3]));
+    // Several processes indexing overlapping batches at once (a reconcile in
+    // each): every answer for a row carries the same seq, and the row is there
+    // once.
+    let batches: Arc<Vec<Vec<NewMessage>>> = Arc::new((0..6).map(|t| (10 + t..16 + t).map(row).collect()).collect());
+    let answers = on_both(&a, &b, 6, |s, t| {
+        let batches = Arc::clone(&batches);
+        async move { s.index_messages(&batches[t]).await.unwrap() }
+    })
+    .await;
+    let mut seq_of: HashMap<Ulid, i64> = HashMap::new();
+    for m in answers.iter().flatten() {
+        let first = *seq_of.entry(m.id).or_insert(m.seq);
+        assert_eq!(first, m.seq, "two answers for row {} disagree on its seq", m.id);
+    }
+    let all = b.messages_since(&o, &bot, 0, None, ALL).await.unwrap();
+    for (id, seq) in &seq_of {
+        let stored: Vec<i64> = all.iter().filter(|m| m.id == *id).map(|m| m.seq).collect();
+        assert_eq!(stored, vec![*seq], "row {id} is indexed once, with the seq every answer gave");
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -1259,6 +1280,8 @@ struct Built {
     agents: Vec<(AgentId, usize)>,
     inboxes: Vec<(Address, usize)>,
     keys: Vec<(KeyId, usize)>,
+    /// The hash of each key of `keys`, in the same order.
+    key_hashes: Vec<KeyHash>,
     grants: Vec<(GrantId, usize)>,
     messages: Vec<(usize, Address, Ulid)>,
 }
@@ -1334,6 +1357,7 @@ async fn build_world<S: StoreUnderTest>(a: &S, b: &S, plan: &WorldPlan) -> Built
                     .with_detail(serde_json::json!({ "agent": a_id.as_str() }));
                 pick(next()).create_key(&key_record(key_n, agent_n), &ev).await.unwrap();
                 built.keys.push((key_id(key_n), o));
+                built.key_hashes.push(key_hash(key_n));
             }
             for kind in &ap.grants {
                 grant_n += 1;
@@ -1518,6 +1542,86 @@ pub async fn owners_see_only_their_own_rows_generated<B: Backend>(backend: Arc<B
             let (a, b) = pair(&*backend).await;
             let built = build_world(&a, &b, &plan).await;
             assert_isolated(&a, &b, &built, "generated world").await;
+        }
+    })
+    .await;
+}
+
+/// Grants in a comparable order (by id).
+fn by_id(mut grants: Vec<Grant>) -> Vec<Grant> {
+    grants.sort_by(|x, y| x.id.cmp(&y.id));
+    grants
+}
+
+/// The reads that gather several facts at once agree with the single reads
+/// they stand for, through either handle: `auth_facts` with
+/// `key_facts_by_hash`, `list_grants` of the key's agent and `recipient`;
+/// `grants_and_inbox_owner` with `list_grants` and `recipient`. Unknown keys and
+/// inboxes included.
+async fn assert_combined_reads_agree<S: StoreUnderTest>(a: &S, b: &S, built: &Built, context: &str) {
+    let hashes: Vec<KeyHash> = built.key_hashes.iter().copied().chain([key_hash(999_999)]).collect();
+    let inboxes: Vec<Address> = built.inboxes.iter().map(|(x, _)| x.clone()).chain([address("nobody")]).collect();
+    let agents: Vec<AgentId> = built.agents.iter().map(|(x, _)| x.clone()).chain([agent(999_999)]).collect();
+    for (i, s) in [a, b].into_iter().enumerate() {
+        for hash in &hashes {
+            let key = s.key_facts_by_hash(hash).await.unwrap();
+            let grants = match &key {
+                Some(k) => by_id(s.list_grants(Some(&k.agent)).await.unwrap()),
+                None => Vec::new(),
+            };
+            for inbox in &inboxes {
+                let ctx = format!("{context}, handle {i}, key {}, inbox {inbox}", hash.to_hex());
+                let facts =
+                    s.auth_facts(&agentkeys_core::Credentials { address: inbox.clone(), key_hash: *hash }).await;
+                let facts = facts.unwrap();
+                let fields = |k: &agentkeys_core::KeyFacts| {
+                    (k.id.clone(), k.hash.0, k.agent.clone(), k.owner.clone(), k.expires_at, k.revoked_at)
+                };
+                assert_eq!(facts.key.as_ref().map(fields), key.as_ref().map(fields), "{ctx}: auth_facts' key");
+                assert_eq!(by_id(facts.grants), grants, "{ctx}: auth_facts' grants are the key's agent's");
+                let rcpt = s.recipient(inbox).await.unwrap().map(|r| (r.owner, r.status));
+                assert_eq!(facts.inbox, rcpt, "{ctx}: auth_facts' inbox");
+            }
+        }
+        for x in &agents {
+            let grants = by_id(s.list_grants(Some(x)).await.unwrap());
+            for inbox in &inboxes {
+                let (together, owner_of) = s.grants_and_inbox_owner(x, inbox).await.unwrap();
+                let ctx = format!("{context}, handle {i}, agent {x}, inbox {inbox}");
+                assert_eq!(by_id(together), grants, "{ctx}: grants_and_inbox_owner's grants");
+                let rcpt = s.recipient(inbox).await.unwrap().map(|r| r.owner);
+                assert_eq!(owner_of, rcpt, "{ctx}: grants_and_inbox_owner's owner");
+            }
+        }
+    }
+}
+
+/// Combined reads, named case: the world of [`owners_see_only_their_own_rows`]
+/// with some keys revoked and some grants revoked.
+pub async fn combined_reads_agree_with_single_reads<B: Backend>(backend: Arc<B>) {
+    let (a, b) = pair(&*backend).await;
+    let agent_plan = |inboxes: Vec<u8>, keys, grants| AgentPlan { inboxes, keys, grants };
+    let plan = WorldPlan {
+        owners: vec![
+            vec![agent_plan(vec![0, 0], 2, vec![0, 1, 2]), agent_plan(vec![0], 1, vec![0])],
+            vec![agent_plan(vec![0], 2, vec![2, 0])],
+        ],
+        appends: Vec::new(),
+    };
+    let built = build_world(&a, &b, &plan).await;
+    a.revoke_key(&built.keys[0].0, NOW, &event("key.revoke", "k")).await.unwrap();
+    b.revoke_grant(&built.grants[1].0, NOW, &event("grant.revoke", "g")).await.unwrap();
+    assert_combined_reads_agree(&a, &b, &built, "combined_reads_agree_with_single_reads").await;
+}
+
+/// Combined reads over generated worlds.
+pub async fn combined_reads_agree_generated<B: Backend>(backend: Arc<B>) {
+    for_generated("combined reads agree with single reads", 12, world_plans, move |plan| {
+        let backend = Arc::clone(&backend);
+        async move {
+            let (a, b) = pair(&*backend).await;
+            let built = build_world(&a, &b, &plan).await;
+            assert_combined_reads_agree(&a, &b, &built, "generated world").await;
         }
     })
     .await;
@@ -1757,6 +1861,18 @@ pub async fn pairing_approval_and_collection_are_single_use<B: Backend>(backend:
     let log = verified_log(&a, "refused pairings").await;
     let approvals = log.iter().filter(|r| r.operation == "pairing.approve" || r.operation == "pairing.collect").count();
     assert_eq!(approvals, 2, "refused approvals and collections are not recorded");
+    // Opening prunes requests opened before `forget_before`.
+    b.open_pairing(
+        &PairingRecord { opened_at: NOW + 10, ..pairing_request(4, 52) },
+        NOW + 1,
+        &event("pairing.open", "p4"),
+    )
+    .await
+    .unwrap();
+    for s in [&a, &b] {
+        assert_eq!(s.pairing(&[2; 32]).await.unwrap(), None, "pruned");
+        assert!(s.pairing(&[4; 32]).await.unwrap().is_some());
+    }
 }
 
 /// Contract 6, enrollment, named case: of concurrent redemptions of one code
@@ -1791,6 +1907,16 @@ pub async fn enrollment_redemption_is_single_use<B: Backend>(backend: Arc<B>) {
         assert_eq!(s.owner_public_key(&owner(1)).await.unwrap(), Some(pk), "the winner's key");
         assert_eq!(s.enrollment_ticket(&owner(1)).await.unwrap(), None, "spent");
     }
+    // A new ticket makes the owner's earlier code useless; the new one works
+    // and replaces the key.
+    let first = EnrollmentTicketRecord { code_hash: [20; 32], ..ticket.clone() };
+    a.issue_enrollment(&first, &event("owner.enrollment_issue", "o1")).await.unwrap();
+    let second = EnrollmentTicketRecord { code_hash: [21; 32], ..ticket };
+    b.issue_enrollment(&second, &event("owner.enrollment_issue", "o1")).await.unwrap();
+    let stale = a.redeem_enrollment(&owner(1), &[20; 32], &[30; 32], NOW + 2, &event("owner.enroll", "o1")).await;
+    not_found(stale, "a code replaced by a newer ticket");
+    b.redeem_enrollment(&owner(1), &[21; 32], &[31; 32], NOW + 2, &event("owner.enroll", "o1")).await.unwrap();
+    assert_eq!(a.owner_public_key(&owner(1)).await.unwrap(), Some([31; 32]), "re-enrollment replaces the key");
 }
 
 fn single_use_races() -> impl Strategy<Value = (Vec<(u32, bool)>, Vec<bool>, Vec<bool>)> {
