@@ -156,6 +156,9 @@ macro_rules! conformance_tests {
             pairing_approval_and_collection_are_single_use,
             enrollment_redemption_is_single_use,
             single_use_transitions_generated,
+            domain_key_versions_are_stored_once,
+            expiry_removes_each_row_once,
+            revoking_twice_keeps_the_first_time,
             writes_answer_errors_as_documented,
             audited_writes_refuse_events_that_are_not_ok,
         );
@@ -934,6 +937,34 @@ pub async fn an_expired_lease_hands_the_row_out_again<B: Backend>(backend: Arc<B
     assert_eq!(a.unfinished(&first[0].entry.message_id).await.unwrap(), 0);
     let detail = a.queue_show(&first[0].entry.message_id).await.unwrap();
     assert_eq!(detail.attempts.len(), 3, "one history entry per recorded attempt");
+    // A batch: a lost lease fails alone.
+    b.enqueue_outbound(&outbound(2, 2, 0)).await.unwrap();
+    let old = a.claim_due(NOW, 10, NOW + 10).await.unwrap();
+    assert_eq!(old.len(), 2);
+    let new = b.claim_due(NOW + 10, 1, NOW + 100).await.unwrap();
+    assert_eq!(new.len(), 1);
+    let (lost, kept) =
+        if old[0].entry.recipient == new[0].entry.recipient { (&old[0], &old[1]) } else { (&old[1], &old[0]) };
+    let item = |claim: &crate::Claim| crate::AttemptToRecord {
+        claim: claim.clone(),
+        outcome: crate::AttemptOutcome::Delivered,
+        next_attempt_at: 0,
+        response: Some("250 ok".to_owned()),
+        now: NOW + 11,
+    };
+    let results = a.record_attempts(&[item(lost), item(kept)]).await.unwrap();
+    assert_eq!(results.len(), 2);
+    conflict(clone_u64(&results[0]), "a lost lease in a batch");
+    assert_eq!(clone_u64(&results[1]).unwrap(), 1, "the other row is recorded; the re-claimed one is unfinished");
+    let detail = b.queue_show(&outbound(2, 2, 0).message_id).await.unwrap();
+    assert_eq!(detail.attempts.len(), 1, "only the kept lease's attempt: {detail:?}");
+    // Delete keeps the row being sent; retry touches only waiting rows.
+    assert_eq!(a.queue_retry(&outbound(2, 2, 0).message_id, NOW + 12).await.unwrap(), 0, "nothing is waiting");
+    assert_eq!(b.queue_delete(&outbound(2, 2, 0).message_id).await.unwrap(), (1, 1), "the sending row stays");
+}
+
+fn clone_u64(r: &Result<u64, StoreError>) -> Result<u64, StoreError> {
+    r.as_ref().map(|n| *n).map_err(clone_error)
 }
 
 // ---------------------------------------------------------------------------
@@ -1952,6 +1983,120 @@ pub async fn single_use_transitions_generated<B: Backend>(backend: Arc<B>) {
     .await;
 }
 
+/// Of concurrent stores of one DKIM key version on both handles, one stores
+/// it (and gets a receipt); every caller gets the stored version back, the
+/// winner's. Hosting a domain that is hosted already is a no-op from any
+/// handle.
+pub async fn domain_key_versions_are_stored_once<B: Backend>(backend: Arc<B>) {
+    let (a, b) = pair(&*backend).await;
+    let hosted = on_both(&a, &b, 4, |s, _| async move { s.ensure_domain(&domain(), NOW).await }).await;
+    assert!(hosted.iter().all(Result::is_ok), "ensure_domain is a no-op when hosted: {hosted:?}");
+    assert_eq!(b.list_domains().await.unwrap(), vec![domain()]);
+    let raced = on_both(&a, &b, 6, |s, i| async move {
+        let keys = DomainKeyRecord { rsa_key_wrapped: vec![u8::try_from(i).unwrap(); 8], ..domain_keys(1) };
+        let (stored, receipt) = s.add_domain_keys(&keys, &event("domain.keys", DOMAIN)).await.unwrap();
+        (stored, receipt.is_some(), keys)
+    })
+    .await;
+    let winners: Vec<&DomainKeyRecord> = raced.iter().filter(|(_, won, _)| *won).map(|(_, _, k)| k).collect();
+    assert_eq!(winners.len(), 1, "exactly one process stores version 1");
+    for (stored, _, _) in &raced {
+        assert_eq!(stored, winners[0], "every caller gets the stored version back");
+    }
+    for s in [&a, &b] {
+        assert_eq!(s.domain_keys(&domain()).await.unwrap(), vec![winners[0].clone()]);
+    }
+    let (two, receipt) = b.add_domain_keys(&domain_keys(2), &event("domain.keys", DOMAIN)).await.unwrap();
+    assert!(receipt.is_some());
+    assert_eq!(two, domain_keys(2));
+    assert_eq!(a.domain_keys(&domain()).await.unwrap(), vec![winners[0].clone(), domain_keys(2)], "oldest first");
+}
+
+/// A message id whose time is `secs` seconds after the ULID epoch.
+fn ulid_at(secs: u64, n: u64) -> Ulid {
+    Ulid::from_parts(ULID_EPOCH_MS + secs * 1000, u128::from(n))
+}
+
+/// Retention sweepers on both handles at once remove each expired row
+/// exactly once, only rows of the domain and before the cutoff, oldest first
+/// within a batch, and each batch that removed anything is one audit record
+/// with its count. Retention settings round-trip.
+pub async fn expiry_removes_each_row_once<B: Backend>(backend: Arc<B>) {
+    let (a, b) = pair(&*backend).await;
+    two_owners(&a, &b).await;
+    let keep_domain: Domain = "keep.test".parse().unwrap();
+    a.ensure_domain(&keep_domain, NOW).await.unwrap();
+    let keep = InboxRecord { address: "keep@keep.test".parse().unwrap(), ..inbox_record("x", 1, 1) };
+    b.create_inbox(&keep, &event("inbox.create", "keep")).await.unwrap();
+    // Forty messages a second apart in each domain's inboxes.
+    let rows: Vec<NewMessage> = (0..40u64)
+        .map(|n| {
+            let (o, inbox) = match n % 3 {
+                0 => (owner(1), address("bot")),
+                1 => (owner(2), address("other")),
+                _ => (owner(1), keep.address.clone()),
+            };
+            NewMessage { owner: o, inbox, id: ulid_at(n, n), size: 10 }
+        })
+        .collect();
+    a.index_messages(&rows).await.unwrap();
+    let cutoff = crate::received_at(ulid_at(30, 0));
+    let expected: BTreeSet<Ulid> =
+        rows.iter().filter(|m| m.inbox.domain() == DOMAIN && m.received_at() < cutoff).map(|m| m.id).collect();
+    assert!(!expected.is_empty());
+    let head = a.audit_head().await.unwrap();
+    let swept = on_both(&a, &b, 4, |s, _| async move {
+        let mut batches = Vec::new();
+        loop {
+            let ev = |count: u64| {
+                AuditEvent::ok(Actor::System, "message.expire", DOMAIN)
+                    .with_detail(serde_json::json!({ "count": count }))
+            };
+            let batch = s.expire_messages(&domain(), cutoff, 3, &ev).await.unwrap();
+            if batch.is_empty() {
+                return batches;
+            }
+            assert!(batch.len() <= 3, "at most the limit");
+            batches.push(batch);
+        }
+    })
+    .await;
+    let batches: Vec<Vec<crate::IndexedMessage>> = swept.into_iter().flatten().collect();
+    let removed: Vec<Ulid> = batches.iter().flatten().map(|m| m.id).collect();
+    let unique: BTreeSet<Ulid> = removed.iter().copied().collect();
+    assert_eq!(unique.len(), removed.len(), "a row was expired by two sweepers");
+    assert_eq!(unique, expected, "exactly the domain's rows before the cutoff");
+    for batch in &batches {
+        let times: Vec<UnixTime> = batch.iter().map(|m| m.received_at).collect();
+        assert!(times.windows(2).all(|w| w[0] <= w[1]), "oldest first within a batch: {times:?}");
+    }
+    let log = verified_log(&b, "expiry").await;
+    let records: Vec<&AuditRecord> = log.iter().filter(|r| r.seq > head.seq).collect();
+    assert_eq!(records.len(), batches.len(), "one record per batch that removed rows");
+    let counted: u64 = records.iter().map(|r| r.detail["count"].as_u64().unwrap_or(0)).sum();
+    assert_eq!(counted, removed.len() as u64, "the records count the removed rows");
+    for s in [&a, &b] {
+        for inbox in [address("bot"), address("other"), keep.address.clone()] {
+            for m in s
+                .messages_since(&owner(1), &inbox, 0, None, ALL)
+                .await
+                .unwrap()
+                .into_iter()
+                .chain(s.messages_since(&owner(2), &inbox, 0, None, ALL).await.unwrap())
+            {
+                assert!(!expected.contains(&m.id), "expired row {} is still listed", m.id);
+            }
+        }
+    }
+    // Retention settings round-trip through either handle.
+    a.set_domain_retention(&domain(), Some(DAY), &event("domain.retention", DOMAIN)).await.unwrap();
+    let retentions: BTreeMap<Domain, Option<i64>> = b.domain_retentions().await.unwrap().into_iter().collect();
+    assert_eq!(retentions, BTreeMap::from([(domain(), Some(DAY)), (keep_domain.clone(), None)]));
+    b.set_domain_retention(&domain(), None, &event("domain.retention", DOMAIN)).await.unwrap();
+    let retentions: BTreeMap<Domain, Option<i64>> = a.domain_retentions().await.unwrap().into_iter().collect();
+    assert_eq!(retentions, BTreeMap::from([(domain(), None), (keep_domain, None)]), "cleared");
+}
+
 // ---------------------------------------------------------------------------
 // 7. Errors as documented; refused writes change nothing.
 
@@ -1981,7 +2126,8 @@ pub async fn writes_answer_errors_as_documented<B: Backend>(backend: Arc<B>) {
             s.remove_domain(&"nowhere.test".parse().unwrap(), &e("domain.remove")).await,
             &c("remove_domain unknown"),
         );
-        invalid(s.remove_domain(&domain(), &e("domain.remove")).await, &c("remove_domain with inboxes"));
+        let text = invalid(s.remove_domain(&domain(), &e("domain.remove")).await, &c("remove_domain with inboxes"));
+        assert!(text.contains("bot@conformance.test"), "{}: the refusal names the inboxes: {text}", c("remove_domain"));
         let unhosted = DomainKeyRecord { domain: "nowhere.test".parse().unwrap(), ..domain_keys(2) };
         not_found(s.add_domain_keys(&unhosted, &e("domain.keys")).await, &c("add_domain_keys of an unhosted domain"));
         not_found(
@@ -2099,6 +2245,34 @@ pub async fn writes_answer_errors_as_documented<B: Backend>(backend: Arc<B>) {
         assert_eq!(s.domain_keys(&domain()).await.unwrap(), vec![], "no keys for the refused domain");
         assert_eq!(s.enrollment_ticket(&owner(8)).await.unwrap(), None);
     }
+}
+
+/// Revoking a key or grant twice (any of the three doors) succeeds, keeps the
+/// first revocation time and records both attempts.
+pub async fn revoking_twice_keeps_the_first_time<B: Backend>(backend: Arc<B>) {
+    let (a, b) = pair(&*backend).await;
+    two_owners(&a, &b).await;
+    for n in [1, 2] {
+        a.create_key(&key_record(n, 1), &event("key.create", "k")).await.unwrap();
+        b.add_grant(&grant_record(n, 1, 1, "bot@conformance.test", "read"), &event("grant.create", "g")).await.unwrap();
+    }
+    let head = a.audit_head().await.unwrap();
+    a.revoke_key(&key_id(1), NOW + 1, &event("key.revoke", "k1")).await.unwrap();
+    b.revoke_owner_key(&owner(1), &key_id(1), NOW + 2, &event("key.revoke", "k1")).await.unwrap();
+    b.revoke_owner_key(&owner(1), &key_id(2), NOW + 3, &event("key.revoke", "k2")).await.unwrap();
+    a.revoke_key(&key_id(2), NOW + 4, &event("key.revoke", "k2")).await.unwrap();
+    b.revoke_grant(&grant_id(1), NOW + 5, &event("grant.revoke", "g1")).await.unwrap();
+    a.revoke_owner_grant(&owner(1), &grant_id(1), NOW + 6, &event("grant.revoke", "g1")).await.unwrap();
+    a.revoke_owner_grant(&owner(1), &grant_id(2), NOW + 7, &event("grant.revoke", "g2")).await.unwrap();
+    b.revoke_grant(&grant_id(2), NOW + 8, &event("grant.revoke", "g2")).await.unwrap();
+    for s in [&a, &b] {
+        let keys: Vec<Option<UnixTime>> = s.list_keys(&agent(1)).await.unwrap().iter().map(|k| k.revoked_at).collect();
+        assert_eq!(keys, vec![Some(NOW + 1), Some(NOW + 3)], "the first revocation time stays");
+        let grants: Vec<Option<UnixTime>> =
+            by_id(s.list_owner_grants(&owner(1)).await.unwrap()).iter().map(|g| g.revoked_at).collect();
+        assert_eq!(grants, vec![Some(NOW + 5), Some(NOW + 7)], "the first revocation time stays");
+    }
+    assert_eq!(b.audit_head().await.unwrap().seq, head.seq + 8, "every attempt is recorded");
 }
 
 /// Audited writes describe a change that happened: an event whose outcome is
