@@ -31,11 +31,17 @@
 //! 7. **Errors as documented**: `NotFound`, `Conflict` and `Invalid` where the
 //!    trait documents them, and a refused write changes nothing.
 //!
+//! And with them: reads that gather several facts at once (`auth_facts`,
+//! `grants_and_inbox_owner`) agree with the single reads they stand for;
+//! concurrent retention sweeps expire each row once, with one audit record per
+//! batch; a DKIM key version is stored once; revoking twice keeps the first
+//! time.
+//!
 //! Each contract is checked with named cases and, where a property exists, over
 //! generated inputs ([`proptest`], bounded sizes, no failure files written).
 //!
 //! Test support: a broken contract is a panic that names it.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt::Debug;
