@@ -68,4 +68,21 @@ command -v prlimit >/dev/null 2>&1 || {
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq util-linux >/dev/null
 }
 
+# The S3 blob store tests (crates/store/tests/s3.rs) run against s3s-fs, a real
+# S3-compatible server that checks SigV4 signatures, presigned URLs included.
+command -v s3s-fs >/dev/null 2>&1 || {
+  echo "installing test peer: s3s-fs"
+  cargo install --quiet s3s-fs --version 0.14.1 --features binary --locked
+}
+
+# The PostgreSQL metadata store tests (crates/store/tests/postgres.rs) need a real
+# server that lets the test user create databases (each test makes its own
+# `ak_test_<ulid>` and drops it): AGENTKEYS_TEST_DATABASE_URL, by default the
+# trust-auth server at 127.0.0.1:5432.
+pg_url="${AGENTKEYS_TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
+if command -v pg_isready >/dev/null 2>&1 && ! pg_isready -q -d "$pg_url"; then
+  echo "no PostgreSQL answers at $pg_url: start one (trust auth for the test user) or set AGENTKEYS_TEST_DATABASE_URL" >&2
+  exit 1
+fi
+
 exec cargo test --workspace --locked "$@"

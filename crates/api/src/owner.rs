@@ -16,11 +16,11 @@
 //! …`, looks up the owner's registered key, checks timestamp and signature over
 //! method, path with query and the exact body bytes
 //! ([`OwnerSignature::verify_signature`]), records the nonce in the shared store
-//! ([`MetadataStore::record_owner_nonce`]) and only then yields the
+//! ([`OwnerApproval::record_owner_nonce`](agentkeys_store::OwnerApproval::record_owner_nonce)) and only then yields the
 //! [`OwnerVerified`] proof the handlers require. An owner acts only on their own
 //! agents, grants and keys; anything else answers 404 exactly like a missing id.
 //!
-//! The audit filter of `GET /v1/audit` is [`MetadataStore::audit_list_for_owner`]'s:
+//! The audit filter of `GET /v1/audit` is [`AuditLog::audit_list_for_owner`](agentkeys_store::AuditLog::audit_list_for_owner)'s:
 //! records whose actor is the owner, whose subject is the owner or one of their
 //! agents, inboxes, keys or grants, or whose detail names the owner (`owner`) or
 //! one of their agents (`agent`).

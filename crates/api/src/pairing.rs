@@ -10,8 +10,8 @@
 //! | POST | `/v1/pairings/{code}/collect` | device signature | long-poll (up to [`COLLECT_WAIT`]): 200 the agent key once, 202 pending, 410 expired, 404 otherwise |
 //!
 //! Requests are stored under the pair code's [`CodeHash`]; state changes are
-//! compare-and-set in the store ([`MetadataStore::approve_pairing`],
-//! [`MetadataStore::collect_pairing`]), so two approvals or two collections
+//! compare-and-set in the store ([`Pairing::approve_pairing`](agentkeys_store::Pairing::approve_pairing),
+//! [`Pairing::collect_pairing`](agentkeys_store::Pairing::collect_pairing)), so two approvals or two collections
 //! cannot both win. Approval creates the agent, and collection mints the agent
 //! key (30 days, stored hashed), each atomically with its audit record. A
 //! collect that finds the request pending waits on a [`tokio::sync::Notify`]

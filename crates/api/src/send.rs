@@ -3,7 +3,7 @@
 //! One code path, two doors: the request goes through what an SMTP submission
 //! goes through, with the same functions.
 //! 1. **AUTH.** The inbox in the path is the username and the bearer agent key the
-//!    password: `Credentials::parse` (steps 1–2), `MetadataStore::auth_facts`,
+//!    password: `Credentials::parse` (steps 1–2), `AuthLookup::auth_facts`,
 //!    `Credentials::evaluate` (steps 3–9) → a `SendAuthorized` proof. Every
 //!    refusal is the same 401 `SEND_NOT_AUTHORIZED`, answered no earlier than
 //!    `AUTH_FAILURE_FLOOR` plus jitter after the request arrived (SMTP's `535

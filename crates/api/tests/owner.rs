@@ -3,6 +3,7 @@
 
 #![allow(clippy::unwrap_used)]
 
+use agentkeys_store::roles::*;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 
@@ -11,7 +12,7 @@ use agentkeys_approval::{EnrollmentTicket, MasterKey, Nonce, sign_request};
 use agentkeys_audit::{Actor, AuditEvent};
 use agentkeys_broker::{AuthorityConfig, BrokerConfig, BrokerParts, Clock, SoftwareAuthority, TokenBroker};
 use agentkeys_core::{KeyHash, KeyHasher, KeyId, MasterSeed, OwnerId, UnixTime};
-use agentkeys_store::{AgentRecord, EnrollmentTicketRecord, KeyRecord, MetadataStore, OwnerRecord, SqliteStore};
+use agentkeys_store::{AgentRecord, EnrollmentTicketRecord, KeyRecord, OwnerRecord, SqliteStore};
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use serde_json::{Value, json};

@@ -4,6 +4,7 @@
 
 #![allow(clippy::unwrap_used)]
 
+use agentkeys_store::roles::*;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant};
@@ -13,7 +14,7 @@ use agentkeys_approval::{DeviceKey, EnrollmentTicket, MasterKey, Nonce, PairCode
 use agentkeys_audit::{Actor, AuditEvent};
 use agentkeys_broker::{AuthorityConfig, BrokerConfig, BrokerParts, Clock, SoftwareAuthority, TokenBroker};
 use agentkeys_core::{AgentKey, KeyHasher, MasterSeed, OwnerId, UnixTime};
-use agentkeys_store::{EnrollmentTicketRecord, MetadataStore, OwnerRecord, SqliteStore};
+use agentkeys_store::{EnrollmentTicketRecord, OwnerRecord, SqliteStore};
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use base64::Engine as _;

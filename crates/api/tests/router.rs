@@ -3,6 +3,7 @@
 
 #![allow(clippy::unwrap_used)]
 
+use agentkeys_store::roles::*;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 
@@ -13,7 +14,7 @@ use agentkeys_broker::{
     SoftwareAuthority, TokenAuthority, TokenBroker,
 };
 use agentkeys_core::{AgentKey, Grant, GrantId, InboxStatus, KeyHasher, KeyId, MasterSeed, UnixTime};
-use agentkeys_store::{AgentRecord, InboxRecord, KeyRecord, MetadataStore, OwnerRecord, SqliteStore};
+use agentkeys_store::{AgentRecord, InboxRecord, KeyRecord, OwnerRecord, SqliteStore};
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use serde_json::{Value, json};

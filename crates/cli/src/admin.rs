@@ -7,7 +7,7 @@ use agentkeys_core::{
     Address, AgentId, AgentKey, Domain, Grant, InboxStatus, KeyId, MAX_AGENT_KEY_TTL_SECS, OwnerId,
     duration::parse_ttl,
 };
-use agentkeys_store::{AgentRecord, InboxRecord, KeyRecord, MetadataStore, OwnerRecord, StoreError};
+use agentkeys_store::{AgentRecord, InboxRecord, KeyRecord, OwnerRecord, StoreError};
 use anyhow::{Result, anyhow};
 use clap::Subcommand;
 use serde_json::json;
@@ -575,7 +575,6 @@ pub(crate) async fn queue(config: &Config, cmd: QueueCmd, json: bool) -> Result<
             });
         }
         QueueCmd::Show { id } => {
-            use agentkeys_store::OutboundQueue as _;
             let detail = dir.meta.queue_show(&id).await?;
             let recipients: Vec<_> = detail
                 .recipients
@@ -602,12 +601,11 @@ pub(crate) async fn queue(config: &Config, cmd: QueueCmd, json: bool) -> Result<
             });
         }
         QueueCmd::Retry { id } => {
-            use agentkeys_store::OutboundQueue as _;
             let n = dir.meta.queue_retry(&id, crate::now()).await?;
             print(json, json!({ "id": id, "due_now": n }), || format!("{n} recipient(s) of {id} due now"));
         }
         QueueCmd::Delete { id } => {
-            use agentkeys_store::{BlobKey, BlobStore as _, OutboundQueue as _};
+            use agentkeys_store::{BlobKey, BlobStore as _};
             let (deleted, remaining) = dir.meta.queue_delete(&id).await?;
             let mut blob_removed = false;
             if remaining == 0

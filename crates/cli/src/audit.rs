@@ -24,7 +24,8 @@ use agentkeys_audit::{
 };
 use agentkeys_broker::{CheckpointPublicKey, TokenAuthority as _};
 use agentkeys_core::time::rfc3339;
-use agentkeys_store::{CheckpointRecord, MetadataStore, StoreError};
+use agentkeys_store::roles::*;
+use agentkeys_store::{CheckpointRecord, StoreError};
 use anyhow::{Context as _, Result, anyhow};
 use clap::Subcommand;
 use serde_json::json;

@@ -22,7 +22,8 @@ use std::time::Duration;
 use agentkeys_audit::{ChainHead, ChainedCheckpoint, SignedCheckpoint, Verifier};
 use agentkeys_broker::TokenAuthority;
 use agentkeys_core::UnixTime;
-use agentkeys_store::{CheckpointRecord, MetadataStore, StoreError};
+use agentkeys_store::roles::*;
+use agentkeys_store::{CheckpointRecord, StoreError};
 use tokio_util::sync::CancellationToken;
 
 /// Records appended since the last checkpoint that make the next one due.

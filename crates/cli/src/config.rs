@@ -98,6 +98,10 @@ pub(crate) struct Config {
     pub(crate) mta_sts_mx: Vec<MxPattern>,
     /// Where TLS reports go (`_smtp._tls` record); `None`: no record.
     pub(crate) tls_rpt: Option<TlsRpt>,
+    /// Where metadata lives; `None`: SQLite in the data directory.
+    pub(crate) store_metadata: Option<crate::store_location::MetadataLocation>,
+    /// Where blobs live; `None`: files in the data directory.
+    pub(crate) store_blobs: Option<crate::store_location::BlobLocation>,
 }
 
 impl Config {
@@ -173,6 +177,8 @@ impl Default for Config {
             mta_sts_max_age: agentkeys_delivery::DEFAULT_MAX_AGE,
             mta_sts_mx: Vec::new(),
             tls_rpt: None,
+            store_metadata: None,
+            store_blobs: None,
             subaddressing: agentkeys_core::Subaddressing::default(),
         }
     }
@@ -294,6 +300,8 @@ fn parse_secs(v: &str) -> Result<u64, String> {
 /// Every key, in the order the docs list them.
 pub(crate) const KEYS: &[Key] = &[
     Key { toml: "data_dir", env: "AGENTKEYS_DATA_DIR", help: "where metadata, blobs, the master seed and the TLS certificate live", set: |c, v| { c.data_dir = PathBuf::from(v); Ok(()) } },
+    Key { toml: "store.metadata", env: "AGENTKEYS_DATABASE_URL", help: "where metadata lives: sqlite:<file> (default: meta.sqlite in the data directory) or postgres://user@host:5432/database, shared by every node", set: |c, v| { c.store_metadata = Some(crate::store_location::parse_metadata(v)?); Ok(()) } },
+    Key { toml: "store.blobs", env: "AGENTKEYS_BLOBS", help: "where raw messages live: file:<directory> (default: blobs/ in the data directory) or s3://bucket/prefix (with AWS_ENDPOINT_URL, AWS_REGION, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY), shared by every node", set: |c, v| { c.store_blobs = Some(crate::store_location::parse_blobs(v)?); Ok(()) } },
     Key { toml: "hostname", env: "AGENTKEYS_HOSTNAME", help: "this server's name in the SMTP greeting and Received: lines", set: |c, v| { let d: Domain = v.parse().map_err(|e: agentkeys_core::IdError| e.to_string())?; c.hostname = d.to_string(); Ok(()) } },
     Key { toml: "domain", env: "AGENTKEYS_DOMAIN", help: "the hosted domain created at start and used when no --domain is given", set: |c, v| { c.domain = v.parse().map_err(|e: agentkeys_core::IdError| e.to_string())?; Ok(()) } },
     Key { toml: "subaddress_separator", env: "AGENTKEYS_SUBADDRESS_SEPARATOR", help: "mail to local<sep>tag@domain goes to the inbox local@domain, the tag kept in Delivered-To: (one of + - _ =; empty turns it off; default +); inbox names containing it are refused", set: |c, v| { c.subaddressing = agentkeys_core::Subaddressing::parse(v)?; Ok(()) } },

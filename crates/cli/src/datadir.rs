@@ -8,10 +8,11 @@ use std::sync::Arc;
 
 use agentkeys_broker::{AuthorityConfig, SoftwareAuthority};
 use agentkeys_core::{KeyHasher, MasterSeed};
-use agentkeys_store::{FsBlobStore, LocalEventHub, Mailroom, MetadataStore, SqliteStore};
+use agentkeys_store::{BlobStore, FsBlobStore, LocalEventHub, Mailroom, MetadataStore, SqliteStore};
 use anyhow::{Context, Result, bail};
 
 use crate::config::Config;
+use crate::store_location::{BlobLocation, MetadataLocation};
 
 /// File name of the master seed inside the data directory.
 pub(crate) const SEED_FILE: &str = "master.seed";
@@ -23,7 +24,11 @@ pub(crate) const BLOB_DIR: &str = "blobs";
 /// Everything opened from the data directory.
 pub(crate) struct DataDir {
     pub(crate) path: PathBuf,
-    pub(crate) meta: Arc<SqliteStore>,
+    /// The metadata backend the configuration names (SQLite by default).
+    pub(crate) meta: Arc<dyn MetadataStore>,
+    /// Where metadata and blobs live, for the start-up lines.
+    pub(crate) metadata_location: MetadataLocation,
+    pub(crate) blob_location: BlobLocation,
     /// The blob store as everything that writes mail must see it: a
     /// [`Mailroom`] that indexes every inbox copy and publishes its event (the
     /// bare `FsBlobStore` stays inside it).
@@ -42,7 +47,11 @@ impl DataDir {
     /// otherwise leave a new `./agentkeys-data` with a new master seed behind
     /// and answer as if the server had no data.
     pub(crate) async fn open(config: &Config) -> Result<Self> {
-        if !config.data_dir.join(META_FILE).exists() {
+        let exists = match metadata_location(config) {
+            MetadataLocation::Sqlite(file) => file.exists(),
+            MetadataLocation::Postgres(_) => config.data_dir.join(SEED_FILE).exists(),
+        };
+        if !exists {
             bail!(
                 "no data directory at {}: start the server once there (`agentkeys serve`), pass --data-dir \
                  (or AGENTKEYS_DATA_DIR) to point at the server's, or, as an owner on another machine, \
@@ -61,17 +70,17 @@ impl DataDir {
         fs::create_dir_all(&path)
             .with_context(|| format!("cannot create data directory {}", path.display()))?;
         let seed = load_or_create_seed(&path.join(SEED_FILE))?;
-        let meta = SqliteStore::open(&path.join(META_FILE))
-            .await
-            .with_context(|| format!("cannot open metadata database in {}", path.display()))?;
-        let blobs = FsBlobStore::open(&path.join(BLOB_DIR))
-            .with_context(|| format!("cannot open blob store in {}", path.display()))?;
+        let metadata_location = metadata_location(config);
+        let blob_location = blob_location(config);
+        let meta = open_metadata(&metadata_location).await?;
+        let blobs = open_blobs(&blob_location)?;
         meta.ensure_domain(&config.domain, crate::now()).await?;
-        let meta = Arc::new(meta);
-        let blobs = Arc::new(Mailroom::new(Arc::new(blobs), meta.clone(), Arc::new(LocalEventHub::new())));
+        let blobs = Arc::new(Mailroom::new(blobs, meta.clone(), Arc::new(LocalEventHub::new())));
         Ok(Self {
             path,
             meta,
+            metadata_location,
+            blob_location,
             blobs,
             hasher: KeyHasher::new(&seed),
             address_key: agentkeys_audit::address_key(&seed),
@@ -92,6 +101,47 @@ impl DataDir {
     /// stored wrapped under a seed-derived key. Keys it creates are audited as `actor`.
     pub(crate) fn dkim_keyring(&self, actor: agentkeys_audit::Actor) -> agentkeys_delivery::DomainKeyring {
         agentkeys_delivery::DomainKeyring::new(self.seed.clone(), self.meta.clone()).with_actor(actor)
+    }
+}
+
+/// Where metadata lives: `[store] metadata`, else `meta.sqlite` in the data directory.
+pub(crate) fn metadata_location(config: &Config) -> MetadataLocation {
+    config.store_metadata.clone().unwrap_or_else(|| MetadataLocation::Sqlite(config.data_dir.join(META_FILE)))
+}
+
+/// Where blobs live: `[store] blobs`, else `blobs/` in the data directory.
+pub(crate) fn blob_location(config: &Config) -> BlobLocation {
+    config.store_blobs.clone().unwrap_or_else(|| BlobLocation::Files(config.data_dir.join(BLOB_DIR)))
+}
+
+/// Opens (and migrates) the metadata backend.
+async fn open_metadata(location: &MetadataLocation) -> Result<Arc<dyn MetadataStore>> {
+    match location {
+        MetadataLocation::Sqlite(file) => {
+            let store = SqliteStore::open(file)
+                .await
+                .with_context(|| format!("cannot open the metadata database {}", file.display()))?;
+            Ok(Arc::new(store))
+        }
+        MetadataLocation::Postgres(_) => {
+            bail!("cannot open {location}: this build has no PostgreSQL backend")
+        }
+    }
+}
+
+/// Opens the blob store.
+fn open_blobs(location: &BlobLocation) -> Result<Arc<dyn BlobStore>> {
+    match location {
+        BlobLocation::Files(dir) => {
+            let store = FsBlobStore::open(dir).with_context(|| format!("cannot open the blob store {}", dir.display()))?;
+            Ok(Arc::new(store))
+        }
+        BlobLocation::S3 { bucket, prefix } => {
+            let url = format!("s3://{bucket}/{prefix}");
+            let config = agentkeys_store::S3Config::from_env(&url).with_context(|| format!("cannot configure {location}"))?;
+            let store = agentkeys_store::S3BlobStore::open(&config).with_context(|| format!("cannot open {location}"))?;
+            Ok(Arc::new(store))
+        }
     }
 }
 

@@ -10,7 +10,7 @@
 //! --passphrase-file <data-dir>/demo/passphrase`.
 
 use agentkeys_core::{Address, AgentId, AgentKey, AuthFailure, InboxStatus, MAX_GRANT_TTL_SECS, OwnerId};
-use agentkeys_store::{AgentRecord, InboxRecord, MetadataStore, OwnerRecord, StoreError};
+use agentkeys_store::{AgentRecord, InboxRecord, OwnerRecord, StoreError};
 use anyhow::{Result, anyhow, bail};
 use clap::Subcommand;
 use serde_json::json;

@@ -7,7 +7,7 @@ use agentkeys_audit::{Actor, AuditEvent, ops};
 use agentkeys_core::Domain;
 use agentkeys_delivery::{DomainKeyring, DomainStatus, HickoryResolver, verify_domain, zone_file};
 use agentkeys_smtp::OutboundSigner;
-use agentkeys_store::{DomainStatusStore as _, MessageIndex as _, MetadataStore as _, OP_DOMAIN_SET_RETENTION, StoreError};
+use agentkeys_store::{OP_DOMAIN_SET_RETENTION, StoreError};
 use anyhow::{Result, anyhow, bail};
 use clap::Subcommand;
 use serde_json::json;

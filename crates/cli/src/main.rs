@@ -17,6 +17,7 @@ mod owner_client;
 mod pairing_client;
 mod readiness;
 mod serve;
+mod store_location;
 mod tls;
 
 use std::collections::BTreeMap;

@@ -22,7 +22,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use agentkeys_delivery::Heartbeat;
-use agentkeys_store::{BlobError, Mailroom, SqliteStore};
+use agentkeys_store::roles::StoreHealth;
+use agentkeys_store::{BlobError, Mailroom};
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -38,7 +39,7 @@ pub(crate) const READINESS_CACHE: Duration = Duration::from_secs(1);
 /// What `/readyz` probes. Cheap to clone.
 #[derive(Clone)]
 pub(crate) struct Readiness {
-    meta: Arc<SqliteStore>,
+    meta: Arc<dyn StoreHealth>,
     mailroom: Arc<Mailroom>,
     /// The queue runner's heartbeat; `None` when delivery is off.
     runner: Option<Heartbeat>,
@@ -102,7 +103,7 @@ fn blob_reason(err: BlobError) -> String {
 }
 
 impl Readiness {
-    pub(crate) fn new(meta: Arc<SqliteStore>, mailroom: Arc<Mailroom>, runner: Option<Heartbeat>) -> Self {
+    pub(crate) fn new(meta: Arc<dyn StoreHealth>, mailroom: Arc<Mailroom>, runner: Option<Heartbeat>) -> Self {
         Self { meta, mailroom, runner, last: Arc::default(), was_ready: Arc::new(AtomicBool::new(true)) }
     }
 

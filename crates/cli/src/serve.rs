@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use agentkeys_smtp::{ListenerKind, SmtpConfig, SmtpServer};
+use agentkeys_smtp::{ListenerKind, SmtpConfig, SmtpServer, SmtpStores};
 use anyhow::{Context, Result};
 use metrics_exporter_prometheus::PrometheusBuilder;
 use tokio::net::TcpListener;
@@ -75,7 +75,7 @@ pub(crate) async fn run(config: Config) -> Result<()> {
     // Submissions that queue remote mail wake the delivery runner through this.
     let queued = Arc::new(tokio::sync::Notify::new());
     let server = Arc::new(
-        SmtpServer::new(smtp_config, dir.meta.clone(), dir.blobs.clone(), dir.hasher.clone(), tls.config.clone())
+        SmtpServer::new(smtp_config, smtp_stores(&dir), dir.blobs.clone(), dir.hasher.clone(), tls.config.clone())
             // DKIM-sign the queued copy of submitted mail (crates/cli/src/domain.rs).
             .with_outbound_signer(signer.clone())
             .with_inbound_verifier(Arc::new(verifier))
@@ -87,6 +87,8 @@ pub(crate) async fn run(config: Config) -> Result<()> {
     let data_dir = std::fs::canonicalize(&dir.path).unwrap_or_else(|_| dir.path.clone());
     println!("agentkeys {} serving hosted domain {}", env!("CARGO_PKG_VERSION"), config.domain);
     println!("  data dir          {}", data_dir.display());
+    println!("  metadata          {}", dir.metadata_location);
+    println!("  blobs             {}", dir.blob_location);
     println!("  inbound MX        {}", inbound.local_addr()?);
     println!("  submission        {} (STARTTLS)", submission.local_addr()?);
     println!("  submission TLS    {} (implicit TLS)", submission_tls.local_addr()?);
@@ -283,11 +285,17 @@ pub(crate) async fn run(config: Config) -> Result<()> {
     Ok(())
 }
 
+/// The store roles the MX uses, with RCPT asked through the recipient cache.
+fn smtp_stores(dir: &DataDir) -> SmtpStores {
+    let mut stores = SmtpStores::from(dir.meta.clone());
+    stores.recipients = Arc::new(agentkeys_store::CachedRecipients::new(stores.recipients));
+    stores
+}
+
 /// Brings the message index up to date with the blob tree before any mail is
 /// accepted: a crash between a blob's write and its index commit left a blob
 /// without a row (`Mailroom::reconcile`).
 async fn reconcile_index(dir: &DataDir) -> Result<()> {
-    use agentkeys_store::MetadataStore as _;
     let inboxes: Vec<_> = dir.meta.list_inboxes(None).await?.into_iter().map(|i| (i.owner, i.address)).collect();
     let repaired = dir.blobs.reconcile(&inboxes).await.context("cannot reconcile the message index")?;
     if repaired.indexed > 0 || repaired.dropped > 0 {
@@ -324,7 +332,6 @@ async fn sweep_retention(
 /// Refuses to start when an existing inbox's name contains the configured
 /// subaddress separator: mail to it would silently go to another inbox.
 async fn check_subaddressing(dir: &DataDir, config: &Config) -> anyhow::Result<()> {
-    use agentkeys_store::MetadataStore as _;
     let clashing: Vec<String> = dir
         .meta
         .list_inboxes(None)

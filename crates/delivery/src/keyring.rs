@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use agentkeys_audit::{Actor, AuditEvent, ops};
 use agentkeys_core::{Domain, MasterSeed, UnixTime};
-use agentkeys_store::MetadataStore;
+use agentkeys_store::roles::Directory;
 use serde_json::json;
 
 use crate::DkimError;
@@ -19,7 +19,7 @@ use crate::sign::DkimSigner;
 /// process is seen after a restart.
 pub struct DomainKeyring {
     seed: MasterSeed,
-    meta: Arc<dyn MetadataStore>,
+    meta: Arc<dyn Directory>,
     selectors: Selectors,
     actor: Actor,
     clock: fn() -> UnixTime,
@@ -41,7 +41,7 @@ fn system_clock() -> UnixTime {
 impl DomainKeyring {
     /// A keyring over `meta`; keys it creates get the default selectors and are
     /// audited as done by [`Actor::System`].
-    pub fn new(seed: MasterSeed, meta: Arc<dyn MetadataStore>) -> Self {
+    pub fn new(seed: MasterSeed, meta: Arc<dyn Directory>) -> Self {
         Self {
             seed,
             meta,
@@ -67,7 +67,7 @@ impl DomainKeyring {
     }
 
     /// A new first key version for `domain`, ready for
-    /// [`MetadataStore::add_domain`], with its audit event (`domain.create`).
+    /// [`Directory::add_domain`], with its audit event (`domain.create`).
     pub fn new_domain(&self, domain: &Domain) -> Result<(agentkeys_store::DomainKeyRecord, AuditEvent), DkimError> {
         let record = DomainKeys::generate_record(&self.seed, domain, 1, &self.selectors, (self.clock)())?;
         let event = AuditEvent::ok(self.actor.clone(), ops::DOMAIN_CREATE, domain.as_str()).with_detail(json!({

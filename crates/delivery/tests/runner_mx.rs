@@ -4,6 +4,7 @@
 
 #![allow(clippy::unwrap_used, missing_docs)]
 
+use agentkeys_store::roles::*;
 use std::io::{BufRead, BufReader};
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
@@ -16,7 +17,7 @@ use agentkeys_delivery::{
     TlsPolicy,
 };
 use agentkeys_store::{
-    BlobKey, BlobStore, FsBlobStore, MetadataStore, NewOutbound, OutboundQueue, SqliteStore,
+    BlobKey, BlobStore, FsBlobStore, NewOutbound, OutboundQueue, SqliteStore,
 };
 use bytes::Bytes;
 use tokio_util::sync::CancellationToken;

@@ -8,7 +8,8 @@ use std::time::{Duration, SystemTime};
 
 use agentkeys_core::{KeyHasher, Subaddressing};
 use agentkeys_core::peer::{ConnectionLimiter, ConnectionPermit};
-use agentkeys_store::{BlobStore, MetadataStore};
+use agentkeys_store::BlobStore;
+use agentkeys_store::roles::{AuditLog, AuthLookup, MetadataStore, Outbox, Recipients};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
@@ -76,9 +77,48 @@ fn now() -> Now {
     }
 }
 
+/// What the SMTP service needs from the metadata store, and nothing else: the
+/// RCPT lookup, the AUTH facts, the audit log and the outbox. Each is a role of
+/// the store ([`agentkeys_store::roles`]); a backend provides all four, a test
+/// fake only these.
+#[derive(Clone)]
+pub struct SmtpStores {
+    /// RCPT: is the domain ours, whose inbox is the address.
+    pub recipients: Arc<dyn Recipients>,
+    /// AUTH: the key, its agent's grants and the inbox, in one read.
+    pub auth: Arc<dyn AuthLookup>,
+    /// Where AUTH outcomes are recorded; the session waits for the receipt.
+    pub audit: Arc<dyn AuditLog>,
+    /// Where submitted mail for remote recipients is queued.
+    pub outbox: Arc<dyn Outbox>,
+}
+
+impl SmtpStores {
+    /// All four roles from one backend.
+    pub fn of<S: Recipients + AuthLookup + AuditLog + Outbox>(store: &Arc<S>) -> Self {
+        Self {
+            recipients: store.clone(),
+            auth: store.clone(),
+            audit: store.clone(),
+            outbox: store.clone(),
+        }
+    }
+}
+
+impl From<Arc<dyn MetadataStore>> for SmtpStores {
+    fn from(store: Arc<dyn MetadataStore>) -> Self {
+        Self {
+            recipients: store.clone(),
+            auth: store.clone(),
+            audit: store.clone(),
+            outbox: store,
+        }
+    }
+}
+
 /// The SMTP service: one per process, shared by its listeners.
 pub struct SmtpServer {
-    meta: Arc<dyn MetadataStore>,
+    stores: SmtpStores,
     blobs: Arc<dyn BlobStore>,
     acceptor: TlsAcceptor,
     inbound: Arc<SessionContext>,
@@ -103,7 +143,7 @@ impl SmtpServer {
     /// STARTTLS and the implicit-TLS listener.
     pub fn new(
         config: SmtpConfig,
-        meta: Arc<dyn MetadataStore>,
+        stores: SmtpStores,
         blobs: Arc<dyn BlobStore>,
         hasher: KeyHasher,
         tls: Arc<rustls::ServerConfig>,
@@ -125,7 +165,7 @@ impl SmtpServer {
             })
         };
         Self {
-            meta,
+            stores,
             blobs,
             acceptor: TlsAcceptor::from(tls),
             inbound: context(ListenerKind::Inbound),
@@ -315,15 +355,15 @@ impl SmtpServer {
                     tokio::time::sleep_until(tokio::time::Instant::from_std(until)).await
                 }
                 Step::LookupRecipient(query) => {
-                    let answer = lookup_recipient(self.meta.as_ref(), &query).await;
+                    let answer = lookup_recipient(self.stores.recipients.as_ref(), &query).await;
                     session.recipient_result(answer, now());
                 }
                 Step::Authenticate(credentials) => {
-                    let facts = self.meta.auth_facts(&credentials).await;
+                    let facts = self.stores.auth.auth_facts(&credentials).await;
                     session.auth_result(facts, now());
                 }
                 Step::Audit(event) => {
-                    let recorded = self.meta.audit_append(&event).await;
+                    let recorded = self.stores.audit.audit_append(&event).await;
                     session.audit_result(recorded, now());
                 }
                 Step::Deliver(delivery) => {
@@ -335,7 +375,7 @@ impl SmtpServer {
                         _ => delivery,
                     };
                     let result =
-                        store_delivery_signed(self.blobs.as_ref(), self.meta.as_ref(), self.signer.as_deref(), &delivery).await;
+                        store_delivery_signed(self.blobs.as_ref(), self.stores.outbox.as_ref(), self.signer.as_deref(), &delivery).await;
                     if result.is_ok() {
                         metrics::counter!("agentkeys_smtp_messages_accepted_total", "listener" => kind.label())
                             .increment(1);

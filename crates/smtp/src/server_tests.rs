@@ -67,7 +67,7 @@ async fn start_with_tls(
     let blobs = Arc::new(FakeBlobs::default());
     let server = Arc::new(SmtpServer::new(
         config,
-        Arc::clone(&meta) as Arc<dyn MetadataStore>,
+        SmtpStores::of(&meta),
         Arc::clone(&blobs) as Arc<dyn BlobStore>,
         hasher(),
         server_tls,

@@ -130,7 +130,7 @@ pub enum Step {
     /// Look a recipient up, answer with [`Session::recipient_result`] (see
     /// [`crate::lookup_recipient`]).
     LookupRecipient(RecipientQuery),
-    /// Fetch `MetadataStore::auth_facts` for these credentials, answer with
+    /// Fetch `AuthLookup::auth_facts` for these credentials, answer with
     /// [`Session::auth_result`].
     Authenticate(Credentials),
     /// Append this record of an AUTH decision to the audit log, answer with

@@ -6,13 +6,11 @@ use std::sync::Mutex;
 
 use agentkeys_audit::{AuditEvent, AuditReceipt, AuditRecord, ChainHead};
 use agentkeys_core::{
-    Address, AgentId, AgentKey, AuthFacts, Credentials, Domain, Grant, GrantId, InboxPattern,
-    InboxStatus, KeyFacts, KeyHash, KeyHasher, KeyId, MasterSeed, OwnerId, Scopes, UnixTime,
+    Address, AgentId, AgentKey, AuthFacts, Credentials, Grant, GrantId, InboxPattern,
+    InboxStatus, KeyFacts, KeyHash, KeyHasher, MasterSeed, OwnerId, Scopes, UnixTime,
 };
-use agentkeys_store::{
-    AgentRecord, BlobError, BlobKey, BlobStore, DomainKeyRecord, InboxRecord, KeyRecord, MetadataStore, NewOutbound,
-    OwnerRecord, QueueEntry, Recipient, StoreError,
-};
+use agentkeys_store::roles::{AuditLog, AuthLookup, Outbox, Recipients};
+use agentkeys_store::{BlobError, BlobKey, BlobStore, NewOutbound, Recipient, StoreError};
 use async_trait::async_trait;
 use bytes::Bytes;
 
@@ -195,72 +193,12 @@ fn unsupported<T>() -> Result<T, StoreError> {
 }
 
 #[async_trait]
-impl MetadataStore for FakeMeta {
-    async fn ensure_domain(&self, _: &Domain, _: UnixTime) -> Result<(), StoreError> {
-        unsupported()
-    }
-    async fn list_domains(&self) -> Result<Vec<Domain>, StoreError> {
-        Ok(vec![HOSTED.parse().unwrap()])
-    }
+impl Recipients for FakeMeta {
     async fn is_hosted_domain(&self, domain: &str) -> Result<bool, StoreError> {
         if self.fault() == Fault::Lookup {
             return Err(StoreError::Backend("lookup failed (injected)".into()));
         }
         Ok(domain == HOSTED)
-    }
-    async fn add_domain(
-        &self,
-        _: &DomainKeyRecord,
-        _: UnixTime,
-        _: &AuditEvent,
-    ) -> Result<AuditReceipt, StoreError> {
-        unsupported()
-    }
-    async fn remove_domain(&self, _: &Domain, _: &AuditEvent) -> Result<AuditReceipt, StoreError> {
-        unsupported()
-    }
-    async fn add_domain_keys(
-        &self,
-        _: &DomainKeyRecord,
-        _: &AuditEvent,
-    ) -> Result<(DomainKeyRecord, Option<AuditReceipt>), StoreError> {
-        unsupported()
-    }
-    async fn domain_keys(&self, _: &Domain) -> Result<Vec<DomainKeyRecord>, StoreError> {
-        unsupported()
-    }
-    async fn add_owner(&self, _: &OwnerRecord, _: &AuditEvent) -> Result<AuditReceipt, StoreError> {
-        unsupported()
-    }
-    async fn list_owners(&self) -> Result<Vec<OwnerRecord>, StoreError> {
-        unsupported()
-    }
-    async fn add_agent(&self, _: &AgentRecord, _: &AuditEvent) -> Result<AuditReceipt, StoreError> {
-        unsupported()
-    }
-    async fn get_agent(&self, _: &AgentId) -> Result<Option<AgentRecord>, StoreError> {
-        unsupported()
-    }
-    async fn list_agents(&self, _: Option<&OwnerId>) -> Result<Vec<AgentRecord>, StoreError> {
-        unsupported()
-    }
-    async fn create_inbox(
-        &self,
-        _: &InboxRecord,
-        _: &AuditEvent,
-    ) -> Result<AuditReceipt, StoreError> {
-        unsupported()
-    }
-    async fn list_inboxes(&self, _: Option<&OwnerId>) -> Result<Vec<InboxRecord>, StoreError> {
-        unsupported()
-    }
-    async fn set_inbox_status(
-        &self,
-        _: &Address,
-        _: InboxStatus,
-        _: &AuditEvent,
-    ) -> Result<AuditReceipt, StoreError> {
-        unsupported()
     }
     async fn recipient(&self, address: &Address) -> Result<Option<Recipient>, StoreError> {
         if self.fault() == Fault::Lookup {
@@ -268,50 +206,28 @@ impl MetadataStore for FakeMeta {
         }
         Ok(self.recipients.get(address).cloned())
     }
-    async fn create_key(&self, _: &KeyRecord, _: &AuditEvent) -> Result<AuditReceipt, StoreError> {
-        unsupported()
-    }
-    async fn list_keys(&self, _: &AgentId) -> Result<Vec<KeyRecord>, StoreError> {
-        unsupported()
-    }
-    async fn revoke_key(
-        &self,
-        _: &KeyId,
-        _: UnixTime,
-        _: &AuditEvent,
-    ) -> Result<AuditReceipt, StoreError> {
-        unsupported()
-    }
-    async fn key_facts_by_hash(&self, _: &KeyHash) -> Result<Option<KeyFacts>, StoreError> {
-        unsupported()
-    }
-    async fn add_grant(&self, _: &Grant, _: &AuditEvent) -> Result<AuditReceipt, StoreError> {
-        unsupported()
-    }
-    async fn list_grants(&self, _: Option<&AgentId>) -> Result<Vec<Grant>, StoreError> {
-        unsupported()
-    }
-    async fn revoke_grant(
-        &self,
-        _: &GrantId,
-        _: UnixTime,
-        _: &AuditEvent,
-    ) -> Result<AuditReceipt, StoreError> {
-        unsupported()
-    }
+}
+
+#[async_trait]
+impl AuthLookup for FakeMeta {
     async fn auth_facts(&self, credentials: &Credentials) -> Result<AuthFacts, StoreError> {
         self.facts(credentials)
     }
-    async fn enqueue_outbound(&self, message: &NewOutbound) -> Result<(), StoreError> {
-        if self.fault() == Fault::Enqueue {
-            return Err(StoreError::Backend("enqueue failed (injected)".into()));
-        }
-        self.queue.lock().unwrap().push(message.clone());
-        Ok(())
+    async fn key_facts_by_hash(&self, hash: &KeyHash) -> Result<Option<KeyFacts>, StoreError> {
+        Ok(self.keys.iter().find(|(_, facts)| &facts.hash == hash).map(|(_, facts)| facts.clone()))
     }
-    async fn list_queue(&self) -> Result<Vec<QueueEntry>, StoreError> {
-        unsupported()
+    async fn grants_and_inbox_owner(
+        &self,
+        agent: &AgentId,
+        inbox: &Address,
+    ) -> Result<(Vec<Grant>, Option<OwnerId>), StoreError> {
+        let grants = self.grants.iter().filter(|g| &g.agent == agent).cloned().collect();
+        Ok((grants, self.recipients.get(inbox).map(|r| r.owner.clone())))
     }
+}
+
+#[async_trait]
+impl AuditLog for FakeMeta {
     async fn audit_append(&self, event: &AuditEvent) -> Result<AuditReceipt, StoreError> {
         if self.fault() == Fault::Audit {
             return Err(StoreError::Backend("audit append failed (injected)".into()));
@@ -323,124 +239,27 @@ impl MetadataStore for FakeMeta {
         chain.push(sealed.record().clone());
         Ok(sealed.into_receipt())
     }
-    async fn audit_list(&self, _: u64, _: u32) -> Result<Vec<AuditRecord>, StoreError> {
-        Ok(Vec::new())
+    async fn audit_list(&self, after_seq: u64, limit: u32) -> Result<Vec<AuditRecord>, StoreError> {
+        let chain = self.audit.lock().unwrap();
+        Ok(chain.iter().filter(|r| r.seq > after_seq).take(limit as usize).cloned().collect())
     }
     async fn audit_head(&self) -> Result<ChainHead, StoreError> {
-        Ok(ChainHead::GENESIS)
+        let chain = self.audit.lock().unwrap();
+        Ok(chain.last().map_or(ChainHead::GENESIS, |r| ChainHead { seq: r.seq, hash: r.hash }))
     }
-    async fn add_owner_with_enrollment(
-        &self,
-        _: &OwnerRecord,
-        _: &agentkeys_store::EnrollmentTicketRecord,
-        _: &AuditEvent,
-    ) -> Result<AuditReceipt, StoreError> {
+    async fn audit_list_for_owner(&self, _: &OwnerId, _: u64, _: u32) -> Result<Vec<AuditRecord>, StoreError> {
         unsupported()
     }
-    async fn issue_enrollment(
-        &self,
-        _: &agentkeys_store::EnrollmentTicketRecord,
-        _: &AuditEvent,
-    ) -> Result<AuditReceipt, StoreError> {
-        unsupported()
-    }
-    async fn enrollment_ticket(
-        &self,
-        _: &OwnerId,
-    ) -> Result<Option<agentkeys_store::EnrollmentTicketRecord>, StoreError> {
-        unsupported()
-    }
-    async fn redeem_enrollment(
-        &self,
-        _: &OwnerId,
-        _: &[u8; 32],
-        _: &[u8; 32],
-        _: UnixTime,
-        _: &AuditEvent,
-    ) -> Result<AuditReceipt, StoreError> {
-        unsupported()
-    }
-    async fn owner_public_key(&self, _: &OwnerId) -> Result<Option<[u8; 32]>, StoreError> {
-        unsupported()
-    }
-    async fn record_owner_nonce(
-        &self,
-        _: &OwnerId,
-        _: &str,
-        _: UnixTime,
-        _: UnixTime,
-    ) -> Result<agentkeys_store::NonceUse, StoreError> {
-        unsupported()
-    }
-    async fn list_owner_grants(&self, _: &OwnerId) -> Result<Vec<Grant>, StoreError> {
-        unsupported()
-    }
-    async fn add_checkpoint(&self, _: &agentkeys_store::CheckpointRecord) -> Result<bool, StoreError> {
-        unsupported()
-    }
-    async fn list_checkpoints(&self) -> Result<Vec<agentkeys_store::CheckpointRecord>, StoreError> {
-        unsupported()
-    }
-    async fn checkpoint_start(&self) -> Result<Option<agentkeys_store::CheckpointRecord>, StoreError> {
-        unsupported()
-    }
-    async fn change_owner_grant(&self, _: &OwnerId, _: &Grant, _: &Grant, _: &AuditEvent) -> Result<AuditReceipt, StoreError> {
-        unsupported()
-    }
-    async fn revoke_owner_grant(
-        &self,
-        _: &OwnerId,
-        _: &GrantId,
-        _: UnixTime,
-        _: &AuditEvent,
-    ) -> Result<AuditReceipt, StoreError> {
-        unsupported()
-    }
-    async fn revoke_owner_key(
-        &self,
-        _: &OwnerId,
-        _: &KeyId,
-        _: UnixTime,
-        _: &AuditEvent,
-    ) -> Result<AuditReceipt, StoreError> {
-        unsupported()
-    }
-    async fn audit_list_for_owner(
-        &self,
-        _: &OwnerId,
-        _: u64,
-        _: u32,
-    ) -> Result<Vec<AuditRecord>, StoreError> {
-        unsupported()
-    }
-    async fn open_pairing(
-        &self,
-        _: &agentkeys_store::PairingRecord,
-        _: UnixTime,
-        _: &AuditEvent,
-    ) -> Result<AuditReceipt, StoreError> {
-        unsupported()
-    }
-    async fn pairing(&self, _: &[u8; 32]) -> Result<Option<agentkeys_store::PairingRecord>, StoreError> {
-        unsupported()
-    }
-    async fn approve_pairing(
-        &self,
-        _: &[u8; 32],
-        _: &AgentRecord,
-        _: UnixTime,
-        _: &AuditEvent,
-    ) -> Result<AuditReceipt, StoreError> {
-        unsupported()
-    }
-    async fn collect_pairing(
-        &self,
-        _: &[u8; 32],
-        _: &KeyRecord,
-        _: UnixTime,
-        _: &AuditEvent,
-    ) -> Result<AuditReceipt, StoreError> {
-        unsupported()
+}
+
+#[async_trait]
+impl Outbox for FakeMeta {
+    async fn enqueue_outbound(&self, message: &NewOutbound) -> Result<(), StoreError> {
+        if self.fault() == Fault::Enqueue {
+            return Err(StoreError::Backend("enqueue failed (injected)".into()));
+        }
+        self.queue.lock().unwrap().push(message.clone());
+        Ok(())
     }
 }
 

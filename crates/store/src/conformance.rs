@@ -58,16 +58,18 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 use ulid::Ulid;
 
+use crate::roles::*;
 use crate::{
     AgentRecord, CheckpointRecord, DomainKeyRecord, EnrollmentTicketRecord, IDEMPOTENCY_KEY_TTL_SECS, IdempotencyClaim,
-    IdempotencyScope, InboxRecord, KeyRecord, ListOrder, MessageIndex, MetadataStore, NewMessage, NewOutbound,
-    NonceUse, OutboundQueue, OwnerRecord, PageQuery, PairingRecord, PairingStatus, SendIdempotency, StoreError,
+    IdempotencyScope, InboxRecord, KeyRecord, ListOrder, NewMessage, NewOutbound, NonceUse, OwnerRecord, PageQuery,
+    PairingRecord, PairingStatus, StoreError,
 };
 
-/// Everything a metadata backend implements, as one bound.
-pub trait StoreUnderTest: MetadataStore + MessageIndex + OutboundQueue + SendIdempotency + Clone {}
+/// Everything a metadata backend implements (every role trait, bundled by
+/// [`MetadataStore`]), and cheap clones for concurrent tasks.
+pub trait StoreUnderTest: MetadataStore + Clone {}
 
-impl<T> StoreUnderTest for T where T: MetadataStore + MessageIndex + OutboundQueue + SendIdempotency + Clone {}
+impl<T> StoreUnderTest for T where T: MetadataStore + Clone {}
 
 /// A metadata backend under test: makes empty stores and second handles on them.
 pub trait Backend: Send + Sync + Sized + 'static {

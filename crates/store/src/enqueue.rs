@@ -35,12 +35,12 @@ const ENQUEUE_QUEUE_DEPTH: usize = 4 * MAX_ENQUEUE_BATCH;
 /// A checked outbound message: recipients deduplicated, size in range.
 #[derive(Debug)]
 pub(crate) struct Queued {
-    message_id: String,
-    sender: Address,
-    owner: OwnerId,
-    recipients: Vec<String>,
-    size: i64,
-    queued_at: UnixTime,
+    pub(crate) message_id: String,
+    pub(crate) sender: Address,
+    pub(crate) owner: OwnerId,
+    pub(crate) recipients: Vec<String>,
+    pub(crate) size: i64,
+    pub(crate) queued_at: UnixTime,
 }
 
 impl Queued {
@@ -71,7 +71,7 @@ impl Queued {
         })
     }
 
-    fn conflict(&self) -> String {
+    pub(crate) fn conflict(&self) -> String {
         format!("queued message {} for {}", self.message_id, self.recipients.join(", "))
     }
 }

@@ -3,17 +3,23 @@
 //!
 //! [`MailEvents`] is the seam: [`LocalEventHub`] (one Tokio broadcast channel per
 //! inbox that has a subscriber, removed with its last subscriber) is the
-//! embedded implementation; a PostgreSQL `LISTEN/NOTIFY` one, for several
-//! `serve` nodes, can replace it. [`Mailroom`](crate::Mailroom) publishes only
-//! after the message is durable and indexed, from its single committer, so a
-//! subscriber sees an inbox's events in `seq` order. Nothing polls.
+//! embedded implementation. For several `serve` nodes on one PostgreSQL
+//! database, `PgEvents` (feature `postgres`) feeds a `LocalEventHub` from the
+//! database's `LISTEN/NOTIFY`, so mail accepted on one node wakes waiters on
+//! every node. [`Mailroom`](crate::Mailroom) publishes only after the message is
+//! durable and indexed, from its single committer, so a subscriber sees an
+//! inbox's events in `seq` order. Nothing polls.
+//!
+//! When a hub cannot know what it missed (its feed from another node was cut),
+//! [`LocalEventHub::announce_gap`] tells every subscriber
+//! [`Missed::Lagged`]`(0)`: re-read from the index, as after an overflow.
 
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use agentkeys_core::{Address, OwnerId};
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, watch};
 
 use crate::index::IndexedMessage;
 
@@ -24,8 +30,10 @@ pub const EVENT_BUFFER: usize = 256;
 /// Why a subscription yielded no event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum Missed {
-    /// The subscriber fell behind and this many events were dropped for it.
-    #[error("{0} events were dropped for a slow subscriber")]
+    /// Events may have been lost for this subscriber: it fell behind and this
+    /// many were dropped, or (`0`: how many is unknown) the hub's feed was cut
+    /// ([`LocalEventHub::announce_gap`]). Either way, catch up from the index.
+    #[error("events were dropped for this subscriber ({0}; 0 = unknown)")]
     Lagged(u64),
     /// The hub is gone (the server is stopping).
     #[error("the event hub is closed")]
@@ -54,6 +62,8 @@ pub trait MailEvents: Send + Sync + 'static {
 /// One subscriber's stream of an inbox's events. Dropping it unsubscribes.
 pub struct Subscription {
     rx: Option<broadcast::Receiver<IndexedMessage>>,
+    /// Gap announcements of the hub ([`LocalEventHub::announce_gap`]), if it has any.
+    gaps: Option<watch::Receiver<u64>>,
     on_drop: Option<Box<dyn FnOnce() + Send + Sync>>,
 }
 
@@ -67,13 +77,35 @@ impl Subscription {
     /// A subscription over a broadcast receiver; `on_drop` runs after the
     /// receiver is dropped (an implementation's bookkeeping).
     pub fn new(rx: broadcast::Receiver<IndexedMessage>, on_drop: impl FnOnce() + Send + Sync + 'static) -> Self {
-        Self { rx: Some(rx), on_drop: Some(Box::new(on_drop)) }
+        Self { rx: Some(rx), gaps: None, on_drop: Some(Box::new(on_drop)) }
     }
 
-    /// The next event. Cancel-safe.
+    /// Also yield [`Missed::Lagged`]`(0)` whenever `gaps` changes.
+    fn with_gaps(mut self, gaps: watch::Receiver<u64>) -> Self {
+        self.gaps = Some(gaps);
+        self
+    }
+
+    /// The next event; [`Missed::Lagged`] when events may have been lost (a gap
+    /// announced since the last call comes first). Cancel-safe.
     pub async fn recv(&mut self) -> Result<IndexedMessage, Missed> {
         let Some(rx) = self.rx.as_mut() else { return Err(Missed::Closed) };
-        rx.recv().await.map_err(|e| match e {
+        let received = loop {
+            let Some(gaps) = self.gaps.as_mut() else { break rx.recv().await };
+            tokio::select! {
+                biased;
+                changed = gaps.changed() => match changed {
+                    Ok(()) => {
+                        gaps.borrow_and_update();
+                        return Err(Missed::Lagged(0));
+                    }
+                    // The hub's gap sender is gone: no more announcements.
+                    Err(_) => self.gaps = None,
+                },
+                received = rx.recv() => break received,
+            }
+        };
+        received.map_err(|e| match e {
             broadcast::error::RecvError::Lagged(n) => Missed::Lagged(n),
             broadcast::error::RecvError::Closed => Missed::Closed,
         })
@@ -92,9 +124,17 @@ impl Drop for Subscription {
 type Channels = Mutex<HashMap<String, broadcast::Sender<IndexedMessage>>>;
 
 /// The in-process [`MailEvents`]: one broadcast channel per subscribed inbox.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Clone)]
 pub struct LocalEventHub {
     channels: Arc<Channels>,
+    /// Bumped by [`LocalEventHub::announce_gap`]; every subscription watches it.
+    gaps: Arc<watch::Sender<u64>>,
+}
+
+impl Default for LocalEventHub {
+    fn default() -> Self {
+        Self { channels: Arc::default(), gaps: Arc::new(watch::channel(0).0) }
+    }
 }
 
 fn lock(channels: &Channels) -> MutexGuard<'_, HashMap<String, broadcast::Sender<IndexedMessage>>> {
@@ -114,6 +154,14 @@ impl LocalEventHub {
     /// How many inboxes have a channel (for tests: idle inboxes keep none).
     pub fn channels(&self) -> usize {
         lock(&self.channels).len()
+    }
+
+    /// Tells every current subscriber that events may have been lost (their
+    /// next [`Subscription::recv`] is [`Missed::Lagged`]`(0)`), so each catches
+    /// up from the index. For a feed that was cut and restored, such as
+    /// `PgEvents`' database listener after a reconnect.
+    pub fn announce_gap(&self) {
+        self.gaps.send_modify(|n| *n = n.wrapping_add(1));
     }
 
     /// Current subscribers of one inbox.
@@ -150,6 +198,7 @@ impl MailEvents for LocalEventHub {
             tx.subscribe()
         };
         let channels = Arc::clone(&self.channels);
+        let gaps = self.gaps.subscribe();
         Ok(Subscription::new(rx, move || {
             // Prune the inbox's channel with its last subscriber (checked under
             // the lock, so a subscriber arriving meanwhile keeps it).
@@ -159,7 +208,8 @@ impl MailEvents for LocalEventHub {
             {
                 entry.remove();
             }
-        }))
+        })
+        .with_gaps(gaps))
     }
 }
 
@@ -209,6 +259,25 @@ mod tests {
         drop(first);
         assert!(hub.subscribe(&a.owner, &a.inbox, 2).is_ok());
         assert_eq!(hub.subscribers(&a.owner, &a.inbox), 1, "the dropped one is gone");
+    }
+
+    #[tokio::test]
+    async fn an_announced_gap_reaches_every_subscriber_once_before_later_events() {
+        let hub = LocalEventHub::new();
+        let a = message("a@x.test", 1);
+        let b = message("b@x.test", 1);
+        let mut sub_a = hub.subscribe(&a.owner, &a.inbox, 4).unwrap();
+        let mut sub_b = hub.subscribe(&b.owner, &b.inbox, 4).unwrap();
+        hub.announce_gap();
+        hub.publish(&a);
+        assert_eq!(sub_a.recv().await, Err(Missed::Lagged(0)), "the gap comes first");
+        assert_eq!(sub_a.recv().await.unwrap(), a, "then the events, and the gap only once");
+        assert_eq!(sub_b.recv().await, Err(Missed::Lagged(0)));
+        // A subscriber arriving after the announcement is not told about it.
+        let mut late = hub.subscribe(&a.owner, &a.inbox, 4).unwrap();
+        let next = message("a@x.test", 2);
+        hub.publish(&next);
+        assert_eq!(late.recv().await.unwrap(), next);
     }
 
     #[tokio::test]

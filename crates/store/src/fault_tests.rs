@@ -9,6 +9,7 @@
 //!   which sqlx's own `ROLLBACK` fails and its transaction count stuck at 1.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use crate::roles::*;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 
@@ -17,7 +18,7 @@ use agentkeys_core::{AgentId, Grant, GrantId, KeyHash, KeyId, OwnerId};
 use proptest::prelude::*;
 use ulid::Ulid;
 
-use crate::meta::{AgentRecord, InboxRecord, KeyRecord, MetadataStore, NewOutbound, OwnerRecord, StoreError};
+use crate::meta::{AgentRecord, InboxRecord, KeyRecord, NewOutbound, OwnerRecord, StoreError};
 use crate::{MessageIndex, NewMessage, SqliteStore};
 
 const NOW: i64 = 1_700_000_000;

@@ -264,7 +264,7 @@ mod tests {
 
     use super::*;
     use crate::SqliteStore;
-    use crate::meta::MetadataStore;
+    use crate::roles::*;
     use agentkeys_audit::{Actor, verify};
 
     fn event(subject: &str) -> AuditEvent {

@@ -1,12 +1,18 @@
-//! Storage for AgentKeys Mail, behind two traits so backends can change without
-//! touching the SMTP code:
+//! Storage for AgentKeys Mail, as role traits so that each consumer names only
+//! what it uses and a second backend implements storage, not rules:
 //!
-//! - [`MetadataStore`]: owners, agents, domains, inboxes, agent keys, grants and
-//!   the outbound queue. Embedded default: SQLite in WAL mode ([`SqliteStore`]).
+//! - metadata roles ([`roles`]): [`Recipients`] (the MX's RCPT lookup; the
+//!   [`CachedRecipients`] decorator works over any backend), [`Directory`],
+//!   [`KeysAndGrants`], [`AuthLookup`], [`OwnerApproval`], [`Pairing`],
+//!   [`AuditLog`], [`Checkpoints`], [`Outbox`] and [`OutboundQueue`],
+//!   [`MessageIndex`] (which messages an inbox holds, with a commit-ordered `seq`),
+//!   [`SendIdempotency`], [`DomainStatusStore`], [`StoreHealth`]. [`MetadataStore`]
+//!   is all of them together, for the composition root. Embedded default: SQLite
+//!   in WAL mode ([`SqliteStore`]); for several nodes on one database, PostgreSQL
+//!   (`PgStore`, feature `postgres`).
 //! - [`BlobStore`]: raw messages under `<owner>/<inbox>/<ulid>.eml`. Embedded
-//!   default: a directory tree with durable writes and group commit ([`FsBlobStore`]).
-//! - [`MessageIndex`]: which messages an inbox holds, pageable by id, with a
-//!   commit-ordered `seq` for event replay; retention settings. On SQLite.
+//!   default: a directory tree with durable writes and group commit ([`FsBlobStore`]);
+//!   with the `s3` feature, an S3 bucket (`s3::S3BlobStore`).
 //! - [`Mailroom`]: the one way mail lands in an inbox (blob durable → index row
 //!   committed in a group → event published to [`MailEvents`]).
 //!
@@ -31,7 +37,12 @@ mod index;
 mod mailroom;
 pub mod group_commit;
 mod meta;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 mod queue;
+mod recipients;
+#[cfg(feature = "s3")]
+pub mod s3;
 mod sqlite;
 mod write_tx;
 #[cfg(test)]
@@ -48,8 +59,27 @@ pub use mailroom::{
     expire_event,
 };
 pub use meta::*;
+
+/// Every role trait, for code that holds a whole backend (the composition root,
+/// tests) and calls across roles: `use agentkeys_store::roles::*;`. Library code
+/// names the roles it uses instead.
+pub mod roles {
+    pub use crate::domain_status::DomainStatusStore;
+    pub use crate::idempotency::SendIdempotency;
+    pub use crate::index::MessageIndex;
+    pub use crate::meta::{
+        AuditLog, AuthLookup, Checkpoints, Directory, KeysAndGrants, MetadataStore, Outbox, OwnerApproval, Pairing,
+        Recipients, StoreHealth,
+    };
+    pub use crate::queue::OutboundQueue;
+}
 pub use queue::{AttemptOutcome, AttemptRecord, AttemptToRecord, Claim, OutboundQueue, QueueDetail, QueueStateCount};
-pub use sqlite::{READINESS_MIN_FREE_BYTES, RECIPIENT_CACHE_TTL, SqliteStore};
+pub use recipients::{CachedRecipients, RECIPIENT_CACHE_MAX, RECIPIENT_CACHE_TTL};
+#[cfg(feature = "s3")]
+pub use s3::{S3BlobStore, S3Config, S3ConfigError, S3Error, S3Limits};
+pub use sqlite::{READINESS_MIN_FREE_BYTES, SqliteStore};
+#[cfg(feature = "postgres")]
+pub use postgres::{PgEvents, PgStore};
 
 use async_trait::async_trait;
 use bytes::Bytes;

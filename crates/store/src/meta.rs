@@ -229,7 +229,7 @@ pub struct EnrollmentTicketRecord {
     pub consumed_at: Option<UnixTime>,
 }
 
-/// Whether [`MetadataStore::record_owner_nonce`] saw the nonce for the first time.
+/// Whether [`OwnerApproval::record_owner_nonce`] saw the nonce for the first time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NonceUse {
     /// First use: recorded now.
@@ -282,11 +282,12 @@ pub struct PairingRecord {
     pub approved_at: Option<UnixTime>,
 }
 
-/// Most audit records [`MetadataStore::audit_all`] fetches per page.
+/// Most audit records [`AuditLog::audit_all`] fetches per page.
 pub const AUDIT_PAGE: u32 = 1000;
 
-/// Owners, agents, domains, inboxes, keys, grants, the outbound queue and the
-/// audit log.
+/// Everything a metadata backend provides, for the composition root (`serve`, the
+/// operator's CLI) that hands each consumer the roles it names. Consumers take the
+/// narrowest role trait they use; nothing implements this by hand (blanket impl).
 ///
 /// Every write is atomic: an error leaves nothing half-written.
 ///
@@ -297,17 +298,64 @@ pub const AUDIT_PAGE: u32 = 1000;
 /// return the [`AuditReceipt`] of the record, which later steps require. The
 /// event's outcome must be [`Outcome::Ok`](agentkeys_audit::Outcome::Ok) (the
 /// change happened); a refused or failed operation is recorded with
-/// [`audit_append`](Self::audit_append). The caller chooses the event's subject
+/// [`AuditLog::audit_append`]. The caller chooses the event's subject
 /// and detail: never secrets, key material or key hashes, and third-party
 /// addresses only through [`agentkeys_audit::hash_address`].
+pub trait MetadataStore:
+    Recipients
+    + Directory
+    + KeysAndGrants
+    + AuthLookup
+    + OwnerApproval
+    + Pairing
+    + AuditLog
+    + Checkpoints
+    + Outbox
+    + crate::OutboundQueue
+    + crate::MessageIndex
+    + crate::SendIdempotency
+    + crate::DomainStatusStore
+    + StoreHealth
+{
+}
+
+impl<T> MetadataStore for T where
+    T: ?Sized
+        + Recipients
+        + Directory
+        + KeysAndGrants
+        + AuthLookup
+        + OwnerApproval
+        + Pairing
+        + AuditLog
+        + Checkpoints
+        + Outbox
+        + crate::OutboundQueue
+        + crate::MessageIndex
+        + crate::SendIdempotency
+        + crate::DomainStatusStore
+        + StoreHealth
+{
+}
+
+/// The MX's view of the directory: is a domain ours, and whose inbox is an address.
+/// The hot RCPT path; [`CachedRecipients`](crate::CachedRecipients) wraps any implementation.
 #[async_trait]
-pub trait MetadataStore: Send + Sync + 'static {
+pub trait Recipients: Send + Sync + 'static {
+    /// Whether mail for `domain` (already lowercase) is ours.
+    async fn is_hosted_domain(&self, domain: &str) -> Result<bool, StoreError>;
+    /// The MX's RCPT lookup: owner and status of an inbox, `None` if unknown.
+    async fn recipient(&self, address: &Address) -> Result<Option<Recipient>, StoreError>;
+}
+
+/// Hosted domains and their DKIM keys, owners, agents and inboxes: the operator's and
+/// owner's administration. Every change is audited in the same transaction.
+#[async_trait]
+pub trait Directory: Send + Sync + 'static {
     /// Adds a hosted domain; no-op if it exists.
     async fn ensure_domain(&self, domain: &Domain, now: UnixTime) -> Result<(), StoreError>;
     /// Lists hosted domains.
     async fn list_domains(&self) -> Result<Vec<Domain>, StoreError>;
-    /// Whether mail for `domain` (already lowercase) is ours.
-    async fn is_hosted_domain(&self, domain: &str) -> Result<bool, StoreError>;
     /// Adds a hosted domain together with its first DKIM key version, audited.
     /// `Conflict` if the domain is already hosted; `Invalid` if `keys` is for
     /// another domain.
@@ -331,7 +379,6 @@ pub trait MetadataStore: Send + Sync + 'static {
     ) -> Result<(DomainKeyRecord, Option<AuditReceipt>), StoreError>;
     /// A domain's DKIM key versions, oldest first (empty if none yet).
     async fn domain_keys(&self, domain: &Domain) -> Result<Vec<DomainKeyRecord>, StoreError>;
-
     /// Adds an owner, audited. `Conflict` if it exists.
     async fn add_owner(&self, owner: &OwnerRecord, event: &AuditEvent) -> Result<AuditReceipt, StoreError>;
     /// Lists owners.
@@ -343,7 +390,6 @@ pub trait MetadataStore: Send + Sync + 'static {
     async fn get_agent(&self, id: &AgentId) -> Result<Option<AgentRecord>, StoreError>;
     /// Lists agents, optionally of one owner.
     async fn list_agents(&self, owner: Option<&OwnerId>) -> Result<Vec<AgentRecord>, StoreError>;
-
     /// Creates an inbox, audited. `Invalid` if its domain is not hosted, `NotFound` if
     /// the agent is unknown, `Conflict` if the address is taken. The owner is the
     /// agent's owner.
@@ -357,9 +403,12 @@ pub trait MetadataStore: Send + Sync + 'static {
         status: InboxStatus,
         event: &AuditEvent,
     ) -> Result<AuditReceipt, StoreError>;
-    /// The MX's RCPT lookup: owner and status of an inbox, `None` if unknown.
-    async fn recipient(&self, address: &Address) -> Result<Option<Recipient>, StoreError>;
+}
 
+/// Agent keys and grants, created, listed and revoked by the operator or an owner.
+/// Every change is audited in the same transaction.
+#[async_trait]
+pub trait KeysAndGrants: Send + Sync + 'static {
     /// Stores a new agent key, audited. `NotFound` if the agent is unknown.
     async fn create_key(&self, key: &KeyRecord, event: &AuditEvent) -> Result<AuditReceipt, StoreError>;
     /// Lists an agent's keys.
@@ -367,10 +416,6 @@ pub trait MetadataStore: Send + Sync + 'static {
     /// Revokes a key, audited. `NotFound` if unknown; revoking twice keeps the first
     /// time (and records the second attempt too).
     async fn revoke_key(&self, id: &KeyId, now: UnixTime, event: &AuditEvent) -> Result<AuditReceipt, StoreError>;
-    /// The key whose stored hash is `hash` (any state) with its agent's owner, `None`
-    /// if there is none: the token broker's agent-key lookup (unique index on the hash).
-    async fn key_facts_by_hash(&self, hash: &KeyHash) -> Result<Option<KeyFacts>, StoreError>;
-
     /// Stores a grant, audited. `NotFound` if the agent is unknown, or if the
     /// pattern is an exact address that is not an inbox of the grant's owner
     /// (another owner's inbox answers like a missing one); `Invalid` if the
@@ -382,7 +427,31 @@ pub trait MetadataStore: Send + Sync + 'static {
     /// Revokes a grant, audited. `NotFound` if unknown; revoking twice keeps the
     /// first time.
     async fn revoke_grant(&self, id: &GrantId, now: UnixTime, event: &AuditEvent) -> Result<AuditReceipt, StoreError>;
+}
 
+/// The reads behind every authorization decision (SMTP AUTH, HTTP send, the token
+/// broker): each a single consistent read.
+#[async_trait]
+pub trait AuthLookup: Send + Sync + 'static {
+    /// Gathers the facts for steps 3–9 of the AUTH order in one read: the key with
+    /// this hash, its agent's grants, and the inbox's owner and status.
+    async fn auth_facts(&self, credentials: &Credentials) -> Result<AuthFacts, StoreError>;
+    /// The key whose stored hash is `hash` (any state) with its agent's owner, `None`
+    /// if there is none: the token broker's agent-key lookup (unique index on the hash).
+    async fn key_facts_by_hash(&self, hash: &KeyHash) -> Result<Option<KeyFacts>, StoreError>;
+    /// `agent`'s grants (any state) and the owner of `inbox` (`None` if no such
+    /// inbox), read together: the broker's authorization step in one lookup.
+    async fn grants_and_inbox_owner(
+        &self,
+        agent: &AgentId,
+        inbox: &Address,
+    ) -> Result<(Vec<Grant>, Option<OwnerId>), StoreError>;
+}
+
+/// What an owner's master key proves: enrollment, the registered public key, single-use
+/// request nonces, and the owner's own grants and keys, changed only by compare-and-set.
+#[async_trait]
+pub trait OwnerApproval: Send + Sync + 'static {
     /// Adds an owner together with their first enrollment ticket, with one audit
     /// record (`event`, typically `owner.create`), in one transaction. `Conflict`
     /// if the owner exists; `Invalid` if the ticket is for another owner.
@@ -439,37 +508,6 @@ pub trait MetadataStore: Send + Sync + 'static {
         now: UnixTime,
         event: &AuditEvent,
     ) -> Result<AuditReceipt, StoreError>;
-    /// `agent`'s grants (any state) and the owner of `inbox` (`None` if no such
-    /// inbox), read together: the broker's authorization step in one lookup.
-    async fn grants_and_inbox_owner(
-        &self,
-        agent: &AgentId,
-        inbox: &Address,
-    ) -> Result<(Vec<Grant>, Option<OwnerId>), StoreError> {
-        let grants = self.list_grants(Some(agent)).await?;
-        let owner = self.recipient(inbox).await?.map(|r| r.owner);
-        Ok((grants, owner))
-    }
-    /// Stores a signed checkpoint. A chained (v2) one must extend the stored
-    /// chain: counter 1 with zero `prev` when there is none (then it is also
-    /// kept as the chain's start), else the last counter + 1 linked to its hash
-    /// and past its seq. `false` if another process stored that checkpoint (or
-    /// one for that head) first; `Invalid` when the recorded start exists but its
-    /// checkpoints are gone (the chain is not restarted over a deletion). No
-    /// default: a store that forgot checkpoints must not pass for one that has none.
-    async fn add_checkpoint(&self, checkpoint: &CheckpointRecord) -> Result<bool, StoreError>;
-    /// Every stored checkpoint, by seq. A value that does not decode is
-    /// [`StoreError::AuditUnreadable`] with the checkpoint's seq.
-    /// No default: an empty answer would let `audit verify` pass on a backend
-    /// that never stored its checkpoints.
-    async fn list_checkpoints(&self) -> Result<Vec<CheckpointRecord>, StoreError>;
-    /// The checkpoint with the highest seq, if any.
-    async fn last_checkpoint(&self) -> Result<Option<CheckpointRecord>, StoreError> {
-        Ok(self.list_checkpoints().await?.pop())
-    }
-    /// The recorded start of the checkpoint chain (a copy of checkpoint 1), if
-    /// the chain has started. No default, for the same reason.
-    async fn checkpoint_start(&self) -> Result<Option<CheckpointRecord>, StoreError>;
     /// Replaces `before` (a grant of `owner`, as the caller read it) with `after`
     /// (the same grant, narrower scopes and/or a new expiry), audited, only if the
     /// stored grant is still `before` and unrevoked (compare-and-set): otherwise
@@ -492,18 +530,11 @@ pub trait MetadataStore: Send + Sync + 'static {
         now: UnixTime,
         event: &AuditEvent,
     ) -> Result<AuditReceipt, StoreError>;
-    /// Up to `limit` audit records with `seq > after_seq` that concern `owner`, in
-    /// seq order. A record concerns the owner when its actor is `owner:<id>`, its
-    /// subject is the owner or one of the owner's agents, inboxes, keys or grants,
-    /// or its detail's `owner` is the owner or its detail's `agent` is one of the
-    /// owner's agents.
-    async fn audit_list_for_owner(
-        &self,
-        owner: &OwnerId,
-        after_seq: u64,
-        limit: u32,
-    ) -> Result<Vec<AuditRecord>, StoreError>;
+}
 
+/// Agent pairing requests: opened by the agent, approved by the owner, collected once.
+#[async_trait]
+pub trait Pairing: Send + Sync + 'static {
     /// Stores a new pending pairing request (`request.status` is ignored). First
     /// deletes requests opened before `forget_before`. `Conflict` if the code hash
     /// is taken. Not audited: nothing changes who may do what until approval.
@@ -537,16 +568,12 @@ pub trait MetadataStore: Send + Sync + 'static {
         now: UnixTime,
         event: &AuditEvent,
     ) -> Result<AuditReceipt, StoreError>;
+}
 
-    /// Gathers the facts for steps 3–9 of the AUTH order in one read: the key with
-    /// this hash, its agent's grants, and the inbox's owner and status.
-    async fn auth_facts(&self, credentials: &Credentials) -> Result<AuthFacts, StoreError>;
-
-    /// Queues an outbound message, one row per recipient, state `queued`.
-    async fn enqueue_outbound(&self, message: &NewOutbound) -> Result<(), StoreError>;
-    /// Lists the outbound queue, oldest first.
-    async fn list_queue(&self) -> Result<Vec<QueueEntry>, StoreError>;
-
+/// The tamper-evident audit log: one hash chain, appended by every process that shares
+/// the store.
+#[async_trait]
+pub trait AuditLog: Send + Sync + 'static {
     /// Appends a record with no row change of its own: a refused or failed
     /// operation, or one whose effect lives elsewhere (a minted capability). Any
     /// outcome. Safe under concurrent writers, in this process and others.
@@ -571,4 +598,58 @@ pub trait MetadataStore: Send + Sync + 'static {
             }
         }
     }
+    /// Up to `limit` audit records with `seq > after_seq` that concern `owner`, in
+    /// seq order. A record concerns the owner when its actor is `owner:<id>`, its
+    /// subject is the owner or one of the owner's agents, inboxes, keys or grants,
+    /// or its detail's `owner` is the owner or its detail's `agent` is one of the
+    /// owner's agents.
+    async fn audit_list_for_owner(
+        &self,
+        owner: &OwnerId,
+        after_seq: u64,
+        limit: u32,
+    ) -> Result<Vec<AuditRecord>, StoreError>;
+}
+
+/// Signed checkpoints of the audit chain. No defaults: a store that forgot its
+/// checkpoints must not pass for one that has none.
+#[async_trait]
+pub trait Checkpoints: Send + Sync + 'static {
+    /// Stores a signed checkpoint. A chained (v2) one must extend the stored
+    /// chain: counter 1 with zero `prev` when there is none (then it is also
+    /// kept as the chain's start), else the last counter + 1 linked to its hash
+    /// and past its seq. `false` if another process stored that checkpoint (or
+    /// one for that head) first; `Invalid` when the recorded start exists but its
+    /// checkpoints are gone (the chain is not restarted over a deletion). No
+    /// default: a store that forgot checkpoints must not pass for one that has none.
+    async fn add_checkpoint(&self, checkpoint: &CheckpointRecord) -> Result<bool, StoreError>;
+    /// Every stored checkpoint, by seq. A value that does not decode is
+    /// [`StoreError::AuditUnreadable`] with the checkpoint's seq.
+    /// No default: an empty answer would let `audit verify` pass on a backend
+    /// that never stored its checkpoints.
+    async fn list_checkpoints(&self) -> Result<Vec<CheckpointRecord>, StoreError>;
+    /// The checkpoint with the highest seq, if any.
+    async fn last_checkpoint(&self) -> Result<Option<CheckpointRecord>, StoreError> {
+        Ok(self.list_checkpoints().await?.pop())
+    }
+    /// The recorded start of the checkpoint chain (a copy of checkpoint 1), if
+    /// the chain has started. No default, for the same reason.
+    async fn checkpoint_start(&self) -> Result<Option<CheckpointRecord>, StoreError>;
+}
+
+/// Where senders (SMTP submission, HTTP send) queue outbound mail.
+#[async_trait]
+pub trait Outbox: Send + Sync + 'static {
+    /// Queues an outbound message, one row per recipient, state `queued`.
+    async fn enqueue_outbound(&self, message: &NewOutbound) -> Result<(), StoreError>;
+}
+
+/// Whether the store can take writes now, for readiness (`/readyz`): a node whose
+/// database cannot commit must leave the load balancer's rotation.
+#[async_trait]
+pub trait StoreHealth: Send + Sync + 'static {
+    /// Commits a write transaction on the path every change takes.
+    async fn check_writable(&self) -> Result<(), StoreError>;
+    /// The audit writer is running and commits on its path (without a record).
+    async fn check_audit_writable(&self) -> Result<(), StoreError>;
 }

@@ -19,7 +19,7 @@ use async_trait::async_trait;
 use serde::Serialize;
 
 use crate::meta::{QueueEntry, StoreError};
-use crate::sqlite::SqliteStore;
+use crate::sqlite::{QueueRow, SqliteStore, queue_entry_from_row};
 
 /// How one delivery attempt ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -159,6 +159,8 @@ pub trait OutboundQueue: Send + Sync + 'static {
     async fn unfinished(&self, message_id: &str) -> Result<u64, StoreError>;
     /// Row counts per state, for metrics.
     async fn queue_counts(&self) -> Result<Vec<QueueStateCount>, StoreError>;
+    /// Lists the outbound queue, oldest first.
+    async fn list_queue(&self) -> Result<Vec<QueueEntry>, StoreError>;
 }
 
 fn backend(err: sqlx::Error) -> StoreError {
@@ -170,7 +172,7 @@ fn count(value: i64) -> u64 {
 }
 
 /// A claimed row as `claim_due` returns it.
-type ClaimRow = (
+pub(crate) type ClaimRow = (
     String,
     String,
     String,
@@ -183,7 +185,7 @@ type ClaimRow = (
     Option<String>,
 );
 
-fn claim_from_row(
+pub(crate) fn claim_from_row(
     (
         message_id,
         recipient,
@@ -221,7 +223,7 @@ fn claim_from_row(
     })
 }
 
-type EntryRow = (
+pub(crate) type EntryRow = (
     String,
     String,
     String,
@@ -233,7 +235,7 @@ type EntryRow = (
     Option<String>,
 );
 
-fn entry_from_row(
+pub(crate) fn entry_from_row(
     (
         message_id,
         recipient,
@@ -518,6 +520,18 @@ impl OutboundQueue for SqliteStore {
             })
             .collect())
     }
+
+    async fn list_queue(&self) -> Result<Vec<QueueEntry>, StoreError> {
+        let rows: Vec<QueueRow> = sqlx::query_as(
+            "SELECT message_id, recipient, sender, state, size, queued_at, next_attempt_at, attempts, last_response
+               FROM outbound_queue
+              ORDER BY queued_at, message_id, recipient",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend)?;
+        rows.into_iter().map(queue_entry_from_row).collect()
+    }
 }
 
 #[cfg(test)]
@@ -525,7 +539,8 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
-    use crate::meta::{MetadataStore, NewOutbound};
+    use crate::meta::NewOutbound;
+    use crate::roles::*;
 
     async fn store_with_message(recipients: &[&str]) -> SqliteStore {
         let store = SqliteStore::open_in_memory().await.unwrap();

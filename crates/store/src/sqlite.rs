@@ -18,7 +18,6 @@
 //! does its row change and its audit insert in the same transaction and hands
 //! out the receipt only after the commit.
 
-use std::collections::HashMap;
 use std::fmt::Display;
 use std::path::Path;
 use std::str::FromStr;
@@ -39,7 +38,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePo
 use sqlx::{Sqlite, SqliteConnection};
 
 use crate::meta::{
-    AgentRecord, DomainKeyRecord, InboxRecord, KeyRecord, MetadataStore, NewOutbound, OwnerRecord, QueueEntry, Recipient, StoreError,
+    AgentRecord, DomainKeyRecord, InboxRecord, KeyRecord, AuditLog, AuthLookup, Checkpoints, Directory, KeysAndGrants, OwnerApproval, Outbox, Pairing, Recipients, StoreHealth, NewOutbound, OwnerRecord, QueueEntry, Recipient, StoreError,
 };
 use crate::group_commit::GroupCommit;
 pub(crate) use crate::write_tx::WriteTx;
@@ -53,14 +52,6 @@ const MAX_CONNECTIONS: u32 = 8;
 /// ([`SqliteStore::hot`]).
 const HOT_CONNECTIONS: usize = 4;
 
-/// How long a recipient looked up for `RCPT TO` is reused without asking the
-/// database again. A change this server makes (inbox status, domain removal)
-/// drops the entry at once; one made by another process (the CLI next to a
-/// running server) is seen within this long. Only inboxes that exist are kept,
-/// so a new inbox receives at once.
-pub const RECIPIENT_CACHE_TTL: Duration = Duration::from_secs(1);
-/// Most recipients kept; the cache starts over when full.
-const RECIPIENT_CACHE_MAX: usize = 10_000;
 
 /// Readiness (`/readyz`) wants at least this much space available on the
 /// database's filesystem: less, and the next write that grows the file fails.
@@ -81,7 +72,7 @@ static MIGRATOR: Migrator = sqlx::migrate!("migrations/sqlite");
 pub(crate) type Clock = Arc<dyn Fn() -> UnixTime + Send + Sync>;
 
 /// The system clock, in Unix seconds.
-fn system_clock() -> UnixTime {
+pub(crate) fn system_clock() -> UnixTime {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
@@ -106,8 +97,6 @@ pub struct SqliteStore {
     group: GroupCommit,
     /// The writer that batches outbound queue inserts ([`crate::enqueue`]).
     enqueuer: crate::enqueue::Enqueuer,
-    /// Recently looked-up recipients ([`RECIPIENT_CACHE_TTL`]).
-    recipients: Arc<std::sync::Mutex<HashMap<String, (Recipient, std::time::Instant)>>>,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -199,12 +188,7 @@ impl SqliteStore {
             clock: Arc::new(system_clock),
             group: GroupCommit::default(),
             enqueuer: crate::enqueue::Enqueuer::default(),
-            recipients: Arc::default(),
         }
-    }
-
-    fn recipient_cache(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Recipient, std::time::Instant)>> {
-        self.recipients.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// The same store without its writer tasks' handles, for those tasks: a task
@@ -219,7 +203,6 @@ impl SqliteStore {
             clock: self.clock.clone(),
             group: GroupCommit::default(),
             enqueuer: crate::enqueue::Enqueuer::default(),
-            recipients: Arc::clone(&self.recipients),
         }
     }
 
@@ -314,22 +297,6 @@ impl SqliteStore {
         }
         let sealed = self.append_in(&mut tx, event).await?;
         commit_audited(tx, sealed).await
-    }
-
-    /// Readiness of the metadata database: commits a write transaction (the same
-    /// path as every change) that writes one page ([`probe_write`]).
-    pub async fn check_writable(&self) -> Result<(), StoreError> {
-        self.check_free_space()?;
-        let mut tx = self.write_tx().await?;
-        probe_write(&mut tx).await?;
-        tx.commit().await.map_err(backend)
-    }
-
-    /// Readiness of the audit log: the audit writer ([`crate::group_commit`]) is
-    /// running and commits a transaction on its path (without a record).
-    pub async fn check_audit_writable(&self) -> Result<(), StoreError> {
-        self.check_free_space()?;
-        self.group.probe(&self.pool, &self.gate, &self.clock).await
     }
 
     /// `Err` when the database's filesystem has less than
@@ -493,7 +460,7 @@ const REVOKE_KEY: &str = "UPDATE agent_keys SET revoked_at = COALESCE(revoked_at
 
 const AUDIT_HEAD: &str = "SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1";
 
-fn head_from_row(row: Option<(i64, String)>) -> Result<ChainHead, StoreError> {
+pub(crate) fn head_from_row(row: Option<(i64, String)>) -> Result<ChainHead, StoreError> {
     let Some((seq, hash)) = row else {
         return Ok(ChainHead::GENESIS);
     };
@@ -502,9 +469,9 @@ fn head_from_row(row: Option<(i64, String)>) -> Result<ChainHead, StoreError> {
     Ok(ChainHead { seq, hash })
 }
 
-type AuditRow = (i64, i64, String, String, String, String, String, String, String);
+pub(crate) type AuditRow = (i64, i64, String, String, String, String, String, String, String);
 
-fn audit_from_row(
+pub(crate) fn audit_from_row(
     (seq, ts, actor, operation, subject, outcome, detail, prev_hash, hash): AuditRow,
 ) -> Result<AuditRecord, StoreError> {
     let seq = u64::try_from(seq).map_err(|_| audit_unreadable(0, format!("seq {seq} is negative")))?;
@@ -523,12 +490,12 @@ fn audit_from_row(
 }
 
 /// A checkpoint row: seq, head hash, ts, signature, counter, prev hash.
-type CheckpointRow = (i64, String, i64, String, Option<i64>, Option<String>);
+pub(crate) type CheckpointRow = (i64, String, i64, String, Option<i64>, Option<String>);
 
 /// The columns of a [`CheckpointRow`], in order.
-const CHECKPOINT_COLUMNS: &str = "seq, head_hash, ts, signature, counter, prev_hash";
+pub(crate) const CHECKPOINT_COLUMNS: &str = "seq, head_hash, ts, signature, counter, prev_hash";
 
-fn checkpoint_from_row((seq, hash, ts, signature, counter, prev): CheckpointRow) -> Result<CheckpointRecord, StoreError> {
+pub(crate) fn checkpoint_from_row((seq, hash, ts, signature, counter, prev): CheckpointRow) -> Result<CheckpointRecord, StoreError> {
     let seq = u64::try_from(seq).map_err(|_| audit_unreadable(0, format!("checkpoint seq {seq} is negative")))?;
     let bad = |what: &str| audit_unreadable(seq, format!("checkpoint: {what}"));
     let hash = hash_from_hex(&hash).ok_or_else(|| bad("head_hash is not 64 hex digits"))?;
@@ -580,7 +547,7 @@ pub(crate) fn insert_error(err: sqlx::Error, what: impl FnOnce() -> String) -> S
 
 /// Parses a stored value; a value that does not parse means the database was
 /// edited by hand or corrupted.
-fn stored<T>(what: &str, value: &str) -> Result<T, StoreError>
+pub(crate) fn stored<T>(what: &str, value: &str) -> Result<T, StoreError>
 where
     T: FromStr,
     T::Err: Display,
@@ -588,7 +555,7 @@ where
     value.parse().map_err(|e| StoreError::Backend(format!("stored {what} {value:?} is invalid: {e}")))
 }
 
-fn stored_key_hash(key: &str, hex: &str) -> Result<KeyHash, StoreError> {
+pub(crate) fn stored_key_hash(key: &str, hex: &str) -> Result<KeyHash, StoreError> {
     KeyHash::from_hex(hex).ok_or_else(|| StoreError::Backend(format!("stored hash of key {key} is not 64 hex digits")))
 }
 
@@ -600,13 +567,13 @@ fn stored_u32(what: &str, value: i64) -> Result<u32, StoreError> {
     u32::try_from(value).map_err(|_| StoreError::Backend(format!("stored {what} {value} is out of range")))
 }
 
-fn domain_not_hosted(domain: &str) -> StoreError {
+pub(crate) fn domain_not_hosted(domain: &str) -> StoreError {
     StoreError::Invalid(format!("domain {domain} is not hosted here; add it with `agentkeys domain add {domain}`"))
 }
 
-type DomainKeyRow = (String, i64, String, String, Vec<u8>, i64);
+pub(crate) type DomainKeyRow = (String, i64, String, String, Vec<u8>, i64);
 
-fn domain_keys_from_row(
+pub(crate) fn domain_keys_from_row(
     (domain, version, selector_ed, selector_rsa, rsa_key_wrapped, created_at): DomainKeyRow,
 ) -> Result<DomainKeyRecord, StoreError> {
     Ok(DomainKeyRecord {
@@ -619,7 +586,7 @@ fn domain_keys_from_row(
     })
 }
 
-const DOMAIN_KEYS_COLUMNS: &str = "domain, version, selector_ed, selector_rsa, rsa_key_wrapped, created_at";
+pub(crate) const DOMAIN_KEYS_COLUMNS: &str = "domain, version, selector_ed, selector_rsa, rsa_key_wrapped, created_at";
 
 /// Stores `ticket` as its owner's only enrollment ticket inside `tx`.
 async fn upsert_ticket(tx: &mut SqliteConnection, ticket: &EnrollmentTicketRecord) -> Result<(), StoreError> {
@@ -657,14 +624,14 @@ async fn insert_domain_keys(tx: &mut SqliteConnection, keys: &DomainKeyRecord) -
     Ok(done.rows_affected() == 1)
 }
 
-type OwnerRow = (String, Option<String>, i64);
-type AgentRow = (String, String, Option<String>, i64);
-type InboxRow = (String, String, String, String, i64);
-type KeyRow = (String, String, String, i64, i64, Option<i64>);
-type GrantRow = (String, String, String, String, String, i64, i64, Option<i64>);
-type PairingRow = (String, String, String, Option<String>, i64, String, Option<String>, Option<i64>);
+pub(crate) type OwnerRow = (String, Option<String>, i64);
+pub(crate) type AgentRow = (String, String, Option<String>, i64);
+pub(crate) type InboxRow = (String, String, String, String, i64);
+pub(crate) type KeyRow = (String, String, String, i64, i64, Option<i64>);
+pub(crate) type GrantRow = (String, String, String, String, String, i64, i64, Option<i64>);
+pub(crate) type PairingRow = (String, String, String, Option<String>, i64, String, Option<String>, Option<i64>);
 
-fn pairing_from_row(
+pub(crate) fn pairing_from_row(
     (code_hash, device_key, agent, name, opened_at, status, owner, approved_at): PairingRow,
 ) -> Result<PairingRecord, StoreError> {
     let bytes = |what: &str, hex: &str| {
@@ -687,17 +654,17 @@ fn pairing_from_row(
         approved_at,
     })
 }
-type QueueRow = (String, String, String, String, i64, i64, i64, i64, Option<String>);
+pub(crate) type QueueRow = (String, String, String, String, i64, i64, i64, i64, Option<String>);
 
-fn owner_from_row((id, email, created_at): OwnerRow) -> Result<OwnerRecord, StoreError> {
+pub(crate) fn owner_from_row((id, email, created_at): OwnerRow) -> Result<OwnerRecord, StoreError> {
     Ok(OwnerRecord { id: stored("owner id", &id)?, email, created_at })
 }
 
-fn agent_from_row((id, owner, name, created_at): AgentRow) -> Result<AgentRecord, StoreError> {
+pub(crate) fn agent_from_row((id, owner, name, created_at): AgentRow) -> Result<AgentRecord, StoreError> {
     Ok(AgentRecord { id: stored("agent id", &id)?, owner: stored("owner id", &owner)?, name, created_at })
 }
 
-fn inbox_from_row((address, owner, agent, status, created_at): InboxRow) -> Result<InboxRecord, StoreError> {
+pub(crate) fn inbox_from_row((address, owner, agent, status, created_at): InboxRow) -> Result<InboxRecord, StoreError> {
     Ok(InboxRecord {
         address: stored("inbox address", &address)?,
         owner: stored("owner id", &owner)?,
@@ -707,7 +674,7 @@ fn inbox_from_row((address, owner, agent, status, created_at): InboxRow) -> Resu
     })
 }
 
-fn key_from_row((id, agent, hash, created_at, expires_at, revoked_at): KeyRow) -> Result<KeyRecord, StoreError> {
+pub(crate) fn key_from_row((id, agent, hash, created_at, expires_at, revoked_at): KeyRow) -> Result<KeyRecord, StoreError> {
     Ok(KeyRecord {
         hash: stored_key_hash(&id, &hash)?,
         id: stored("key id", &id)?,
@@ -718,7 +685,7 @@ fn key_from_row((id, agent, hash, created_at, expires_at, revoked_at): KeyRow) -
     })
 }
 
-fn grant_from_row(
+pub(crate) fn grant_from_row(
     (id, owner, agent, pattern, scopes, created_at, expires_at, revoked_at): GrantRow,
 ) -> Result<Grant, StoreError> {
     Ok(Grant {
@@ -733,7 +700,7 @@ fn grant_from_row(
     })
 }
 
-fn queue_entry_from_row(
+pub(crate) fn queue_entry_from_row(
     (message_id, recipient, sender, state, size, queued_at, next_attempt_at, attempts, last_response): QueueRow,
 ) -> Result<QueueEntry, StoreError> {
     Ok(QueueEntry {
@@ -750,7 +717,7 @@ fn queue_entry_from_row(
 }
 
 /// One row of the [`AUTH_FACTS`] query: `kind` says which of the three parts it is.
-type AuthRow = (String, String, String, String, String, Option<String>, i64, Option<i64>, Option<i64>);
+pub(crate) type AuthRow = (String, String, String, String, String, Option<String>, i64, Option<i64>, Option<i64>);
 
 /// Everything `auth_facts` needs in one statement, hence one consistent snapshot:
 /// the key found by its hash (unique index) with its agent's owner, that agent's
@@ -768,8 +735,84 @@ SELECT 'inbox', i.address, i.status, i.agent, i.owner, NULL, i.created_at, NULL,
   FROM inboxes i
  WHERE i.address = ?2";
 
+/// Folds the rows of an [`AUTH_FACTS`]-shaped query (any backend) into the facts.
+pub(crate) fn auth_facts_from_rows(rows: Vec<AuthRow>) -> Result<AuthFacts, StoreError> {
+    let mut facts = AuthFacts::default();
+    for (kind, id, text, agent, owner, scopes, created_at, expires_at, revoked_at) in rows {
+        match kind.as_str() {
+            "key" => {
+                let expires_at =
+                    expires_at.ok_or_else(|| StoreError::Backend(format!("key {id} has no expiry")))?;
+                facts.key = Some(KeyFacts {
+                    hash: stored_key_hash(&id, &text)?,
+                    id: stored("key id", &id)?,
+                    agent: stored("agent id", &agent)?,
+                    owner: stored("owner id", &owner)?,
+                    expires_at,
+                    revoked_at,
+                });
+            }
+            "grant" => {
+                let scopes = scopes.unwrap_or_default();
+                let expires_at =
+                    expires_at.ok_or_else(|| StoreError::Backend(format!("grant {id} has no expiry")))?;
+                facts
+                    .grants
+                    .push(grant_from_row((id, owner, agent, text, scopes, created_at, expires_at, revoked_at))?);
+            }
+            _ => {
+                facts.inbox = Some((stored("owner id", &owner)?, stored("inbox status", &text)?));
+            }
+        }
+    }
+    Ok(facts)
+}
+
 #[async_trait]
-impl MetadataStore for SqliteStore {
+impl StoreHealth for SqliteStore {
+    /// Readiness of the metadata database: commits a write transaction (the same
+    /// path as every change) that writes one page (`probe_write`).
+    async fn check_writable(&self) -> Result<(), StoreError> {
+        self.check_free_space()?;
+        let mut tx = self.write_tx().await?;
+        probe_write(&mut tx).await?;
+        tx.commit().await.map_err(backend)
+    }
+
+    /// Readiness of the audit log: the audit writer ([`crate::group_commit`]) is
+    /// running and commits a transaction on its path (without a record).
+    async fn check_audit_writable(&self) -> Result<(), StoreError> {
+        self.check_free_space()?;
+        self.group.probe(&self.pool, &self.gate, &self.clock).await
+    }
+}
+
+#[async_trait]
+impl Recipients for SqliteStore {
+    async fn is_hosted_domain(&self, domain: &str) -> Result<bool, StoreError> {
+        let (hosted,): (bool,) = sqlx::query_as("SELECT EXISTS (SELECT 1 FROM domains WHERE name = ?1)")
+            .bind(domain)
+            .fetch_one(&mut *self.hot().await?)
+            .await
+            .map_err(backend)?;
+        Ok(hosted)
+    }
+
+    async fn recipient(&self, address: &Address) -> Result<Option<Recipient>, StoreError> {
+        let row: Option<(String, String)> = sqlx::query_as("SELECT owner, status FROM inboxes WHERE address = ?1")
+            .bind(address.as_str())
+            .fetch_optional(&mut *self.hot().await?)
+            .await
+            .map_err(backend)?;
+        row.map(|(owner, status)| {
+            Ok(Recipient { owner: stored("owner id", &owner)?, status: stored("inbox status", &status)? })
+        })
+        .transpose()
+    }
+}
+
+#[async_trait]
+impl Directory for SqliteStore {
     async fn ensure_domain(&self, domain: &Domain, now: UnixTime) -> Result<(), StoreError> {
         sqlx::query("INSERT INTO domains (name, created_at) VALUES (?1, ?2) ON CONFLICT (name) DO NOTHING")
             .bind(domain.as_str())
@@ -784,15 +827,6 @@ impl MetadataStore for SqliteStore {
         let rows: Vec<(String,)> =
             sqlx::query_as("SELECT name FROM domains ORDER BY name").fetch_all(&self.pool).await.map_err(backend)?;
         rows.iter().map(|(name,)| stored("domain", name)).collect()
-    }
-
-    async fn is_hosted_domain(&self, domain: &str) -> Result<bool, StoreError> {
-        let (hosted,): (bool,) = sqlx::query_as("SELECT EXISTS (SELECT 1 FROM domains WHERE name = ?1)")
-            .bind(domain)
-            .fetch_one(&mut *self.hot().await?)
-            .await
-            .map_err(backend)?;
-        Ok(hosted)
     }
 
     async fn add_domain(
@@ -854,9 +888,7 @@ impl MetadataStore for SqliteStore {
             return Err(StoreError::NotFound { what: format!("domain {domain}") });
         }
         let sealed = self.append_in(&mut tx, event).await?;
-        let receipt = commit_audited(tx, sealed).await;
-        self.recipient_cache().clear();
-        receipt
+        commit_audited(tx, sealed).await
     }
 
     async fn add_domain_keys(
@@ -1040,43 +1072,12 @@ impl MetadataStore for SqliteStore {
             return Err(StoreError::NotFound { what: format!("inbox {address}") });
         }
         let sealed = self.append_in(&mut tx, event).await?;
-        let receipt = commit_audited(tx, sealed).await;
-        self.recipient_cache().remove(address.as_str());
-        receipt
+        commit_audited(tx, sealed).await
     }
+}
 
-    async fn recipient(&self, address: &Address) -> Result<Option<Recipient>, StoreError> {
-        if let Some((found, at)) = self.recipient_cache().get(address.as_str())
-            && at.elapsed() < RECIPIENT_CACHE_TTL
-        {
-            return Ok(Some(found.clone()));
-        }
-        let asked = std::time::Instant::now();
-        let row: Option<(String, String)> = sqlx::query_as("SELECT owner, status FROM inboxes WHERE address = ?1")
-            .bind(address.as_str())
-            .fetch_optional(&mut *self.hot().await?)
-            .await
-            .map_err(backend)?;
-        let found = row
-            .map(|(owner, status)| {
-                Ok::<_, StoreError>(Recipient {
-                    owner: stored("owner id", &owner)?,
-                    status: stored("inbox status", &status)?,
-                })
-            })
-            .transpose()?;
-        if let Some(found) = &found {
-            let mut cache = self.recipient_cache();
-            if cache.len() >= RECIPIENT_CACHE_MAX {
-                cache.clear();
-            }
-            // Dated from before the query: a change committed meanwhile is not
-            // hidden for longer than the TTL.
-            cache.insert(address.as_str().to_owned(), (found.clone(), asked));
-        }
-        Ok(found)
-    }
-
+#[async_trait]
+impl KeysAndGrants for SqliteStore {
     async fn create_key(&self, key: &KeyRecord, event: &AuditEvent) -> Result<AuditReceipt, StoreError> {
         require_ok(event)?;
         let mut tx = self.write_tx().await?;
@@ -1117,29 +1118,6 @@ impl MetadataStore for SqliteStore {
 
     async fn revoke_key(&self, id: &KeyId, now: UnixTime, event: &AuditEvent) -> Result<AuditReceipt, StoreError> {
         self.revoke_audited(REVOKE_KEY, id.as_str(), None, now, format!("key {id}"), event).await
-    }
-
-    async fn key_facts_by_hash(&self, hash: &KeyHash) -> Result<Option<KeyFacts>, StoreError> {
-        let row: Option<(String, String, String, String, i64, Option<i64>)> = sqlx::query_as(
-            "SELECT k.id, k.hash, k.agent, a.owner, k.expires_at, k.revoked_at
-               FROM agent_keys k JOIN agents a ON a.id = k.agent
-              WHERE k.hash = ?1",
-        )
-        .bind(hash.to_hex())
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(backend)?;
-        row.map(|(id, hash, agent, owner, expires_at, revoked_at)| {
-            Ok(KeyFacts {
-                hash: stored_key_hash(&id, &hash)?,
-                id: stored("key id", &id)?,
-                agent: stored("agent id", &agent)?,
-                owner: stored("owner id", &owner)?,
-                expires_at,
-                revoked_at,
-            })
-        })
-        .transpose()
     }
 
     async fn add_grant(&self, grant: &Grant, event: &AuditEvent) -> Result<AuditReceipt, StoreError> {
@@ -1202,7 +1180,74 @@ impl MetadataStore for SqliteStore {
     async fn revoke_grant(&self, id: &GrantId, now: UnixTime, event: &AuditEvent) -> Result<AuditReceipt, StoreError> {
         self.revoke_audited(REVOKE_GRANT, id.as_str(), None, now, format!("grant {id}"), event).await
     }
+}
 
+#[async_trait]
+impl AuthLookup for SqliteStore {
+    async fn auth_facts(&self, credentials: &Credentials) -> Result<AuthFacts, StoreError> {
+        let rows: Vec<AuthRow> = sqlx::query_as(AUTH_FACTS)
+            .bind(credentials.key_hash.to_hex())
+            .bind(credentials.address.as_str())
+            .fetch_all(&mut *self.hot().await?)
+            .await
+            .map_err(backend)?;
+        auth_facts_from_rows(rows)
+    }
+
+    async fn key_facts_by_hash(&self, hash: &KeyHash) -> Result<Option<KeyFacts>, StoreError> {
+        let row: Option<(String, String, String, String, i64, Option<i64>)> = sqlx::query_as(
+            "SELECT k.id, k.hash, k.agent, a.owner, k.expires_at, k.revoked_at
+               FROM agent_keys k JOIN agents a ON a.id = k.agent
+              WHERE k.hash = ?1",
+        )
+        .bind(hash.to_hex())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(backend)?;
+        row.map(|(id, hash, agent, owner, expires_at, revoked_at)| {
+            Ok(KeyFacts {
+                hash: stored_key_hash(&id, &hash)?,
+                id: stored("key id", &id)?,
+                agent: stored("agent id", &agent)?,
+                owner: stored("owner id", &owner)?,
+                expires_at,
+                revoked_at,
+            })
+        })
+        .transpose()
+    }
+
+    async fn grants_and_inbox_owner(
+        &self,
+        agent: &AgentId,
+        inbox: &Address,
+    ) -> Result<(Vec<Grant>, Option<OwnerId>), StoreError> {
+        // One statement (one round trip, one snapshot): the grants, then the inbox.
+        let rows: Vec<GrantRow> = sqlx::query_as(
+            "SELECT id, owner, agent, pattern, scopes, created_at, expires_at, revoked_at FROM grants WHERE agent = ?1
+             UNION ALL
+             SELECT '', owner, '', '', '', 0, 0, NULL FROM inboxes WHERE address = ?2",
+        )
+        .bind(agent.as_str())
+        .bind(inbox.as_str())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend)?;
+        let mut grants = Vec::with_capacity(rows.len());
+        let mut owner = None;
+        for row in rows {
+            if row.0.is_empty() {
+                owner = Some(stored("owner id", &row.1)?);
+            } else {
+                grants.push(grant_from_row(row)?);
+            }
+        }
+        Ok((grants, owner))
+    }
+}
+
+#[async_trait]
+impl OwnerApproval for SqliteStore {
     async fn add_owner_with_enrollment(
         &self,
         owner: &OwnerRecord,
@@ -1344,6 +1389,91 @@ impl MetadataStore for SqliteStore {
         Ok(if done.rows_affected() == 1 { NonceUse::Fresh } else { NonceUse::Replayed })
     }
 
+    async fn list_owner_grants(&self, owner: &OwnerId) -> Result<Vec<Grant>, StoreError> {
+        let rows: Vec<GrantRow> = sqlx::query_as(
+            "SELECT id, owner, agent, pattern, scopes, created_at, expires_at, revoked_at FROM grants
+              WHERE owner = ?1
+              ORDER BY created_at, id",
+        )
+        .bind(owner.as_str())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend)?;
+        rows.into_iter().map(grant_from_row).collect()
+    }
+
+    async fn revoke_owner_grant(
+        &self,
+        owner: &OwnerId,
+        id: &GrantId,
+        now: UnixTime,
+        event: &AuditEvent,
+    ) -> Result<AuditReceipt, StoreError> {
+        self.revoke_audited(REVOKE_GRANT, id.as_str(), Some(owner), now, format!("grant {id}"), event).await
+    }
+
+    async fn change_owner_grant(
+        &self,
+        owner: &OwnerId,
+        before: &Grant,
+        after: &Grant,
+        event: &AuditEvent,
+    ) -> Result<AuditReceipt, StoreError> {
+        require_ok(event)?;
+        let same = after.id == before.id
+            && after.owner == before.owner
+            && after.agent == before.agent
+            && after.pattern == before.pattern
+            && &before.owner == owner;
+        if !same || !after.scopes.is_subset_of(before.scopes) {
+            return Err(StoreError::Invalid(format!(
+                "a change of grant {} may only narrow its scopes and move its expiry",
+                before.id
+            )));
+        }
+        let mut tx = self.write_tx().await?;
+        let done = sqlx::query(
+            "UPDATE grants SET scopes = ?1, expires_at = ?2
+              WHERE id = ?3 AND owner = ?4 AND revoked_at IS NULL AND scopes = ?5 AND expires_at = ?6",
+        )
+        .bind(after.scopes.to_string())
+        .bind(after.expires_at)
+        .bind(before.id.as_str())
+        .bind(owner.as_str())
+        .bind(before.scopes.to_string())
+        .bind(before.expires_at)
+        .execute(&mut *tx)
+        .await
+        .map_err(backend)?;
+        if done.rows_affected() == 0 {
+            let exists: Option<(i64,)> = sqlx::query_as("SELECT 1 FROM grants WHERE id = ?1 AND owner = ?2")
+                .bind(before.id.as_str())
+                .bind(owner.as_str())
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(backend)?;
+            return Err(match exists {
+                Some(_) => StoreError::Conflict { what: format!("a change of grant {} made meanwhile", before.id) },
+                None => StoreError::NotFound { what: format!("grant {}", before.id) },
+            });
+        }
+        let sealed = self.append_in(&mut tx, event).await?;
+        commit_audited(tx, sealed).await
+    }
+
+    async fn revoke_owner_key(
+        &self,
+        owner: &OwnerId,
+        id: &KeyId,
+        now: UnixTime,
+        event: &AuditEvent,
+    ) -> Result<AuditReceipt, StoreError> {
+        self.revoke_audited(REVOKE_KEY, id.as_str(), Some(owner), now, format!("key {id}"), event).await
+    }
+}
+
+#[async_trait]
+impl Pairing for SqliteStore {
     async fn open_pairing(
         &self,
         request: &PairingRecord,
@@ -1457,58 +1587,77 @@ impl MetadataStore for SqliteStore {
         let sealed = self.append_in(&mut tx, event).await?;
         commit_audited(tx, sealed).await
     }
+}
 
-    async fn list_owner_grants(&self, owner: &OwnerId) -> Result<Vec<Grant>, StoreError> {
-        let rows: Vec<GrantRow> = sqlx::query_as(
-            "SELECT id, owner, agent, pattern, scopes, created_at, expires_at, revoked_at FROM grants
-              WHERE owner = ?1
-              ORDER BY created_at, id",
+#[async_trait]
+impl AuditLog for SqliteStore {
+    async fn audit_append(&self, event: &AuditEvent) -> Result<AuditReceipt, StoreError> {
+        // Batched with every other append waiting at this moment: one commit for all.
+        self.group.append(&self.pool, &self.gate, &self.clock, event).await
+    }
+
+    async fn audit_list(&self, after_seq: u64, limit: u32) -> Result<Vec<AuditRecord>, StoreError> {
+        // Past i64::MAX there is nothing: seq is a SQLite INTEGER.
+        let Ok(after) = i64::try_from(after_seq) else {
+            return Ok(Vec::new());
+        };
+        let rows: Vec<AuditRow> = sqlx::query_as(
+            "SELECT seq, ts, actor, operation, subject, outcome, detail, prev_hash, hash
+               FROM audit_log
+              WHERE seq > ?1
+              ORDER BY seq
+              LIMIT ?2",
         )
-        .bind(owner.as_str())
+        .bind(after)
+        .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await
         .map_err(backend)?;
-        rows.into_iter().map(grant_from_row).collect()
+        rows.into_iter().map(audit_from_row).collect()
     }
 
-    async fn revoke_owner_grant(
+    async fn audit_head(&self) -> Result<ChainHead, StoreError> {
+        let head = sqlx::query_as(AUDIT_HEAD).fetch_optional(&self.pool).await.map_err(backend)?;
+        head_from_row(head)
+    }
+
+    async fn audit_list_for_owner(
         &self,
         owner: &OwnerId,
-        id: &GrantId,
-        now: UnixTime,
-        event: &AuditEvent,
-    ) -> Result<AuditReceipt, StoreError> {
-        self.revoke_audited(REVOKE_GRANT, id.as_str(), Some(owner), now, format!("grant {id}"), event).await
-    }
-
-    async fn grants_and_inbox_owner(
-        &self,
-        agent: &AgentId,
-        inbox: &Address,
-    ) -> Result<(Vec<Grant>, Option<OwnerId>), StoreError> {
-        // One statement (one round trip, one snapshot): the grants, then the inbox.
-        let rows: Vec<GrantRow> = sqlx::query_as(
-            "SELECT id, owner, agent, pattern, scopes, created_at, expires_at, revoked_at FROM grants WHERE agent = ?1
-             UNION ALL
-             SELECT '', owner, '', '', '', 0, 0, NULL FROM inboxes WHERE address = ?2",
+        after_seq: u64,
+        limit: u32,
+    ) -> Result<Vec<AuditRecord>, StoreError> {
+        let Ok(after) = i64::try_from(after_seq) else {
+            return Ok(Vec::new());
+        };
+        let rows: Vec<AuditRow> = sqlx::query_as(
+            "SELECT seq, ts, actor, operation, subject, outcome, detail, prev_hash, hash
+               FROM audit_log
+              WHERE seq > ?1
+                AND (actor = ?2
+                     OR subject = ?3
+                     OR json_extract(detail, '$.owner') = ?3
+                     OR json_extract(detail, '$.agent') IN (SELECT id FROM agents WHERE owner = ?3)
+                     OR subject IN (SELECT id FROM agents WHERE owner = ?3)
+                     OR subject IN (SELECT address FROM inboxes WHERE owner = ?3)
+                     OR subject IN (SELECT k.id FROM agent_keys k JOIN agents a ON a.id = k.agent WHERE a.owner = ?3)
+                     OR subject IN (SELECT id FROM grants WHERE owner = ?3))
+              ORDER BY seq
+              LIMIT ?4",
         )
-        .bind(agent.as_str())
-        .bind(inbox.as_str())
+        .bind(after)
+        .bind(format!("owner:{owner}"))
+        .bind(owner.as_str())
+        .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await
         .map_err(backend)?;
-        let mut grants = Vec::with_capacity(rows.len());
-        let mut owner = None;
-        for row in rows {
-            if row.0.is_empty() {
-                owner = Some(stored("owner id", &row.1)?);
-            } else {
-                grants.push(grant_from_row(row)?);
-            }
-        }
-        Ok((grants, owner))
+        rows.into_iter().map(audit_from_row).collect()
     }
+}
 
+#[async_trait]
+impl Checkpoints for SqliteStore {
     async fn add_checkpoint(&self, checkpoint: &CheckpointRecord) -> Result<bool, StoreError> {
         let to_i64 = |v: u64, what: &str| {
             i64::try_from(v).map_err(|_| StoreError::Invalid(format!("checkpoint {what} {v} does not fit the database")))
@@ -1611,183 +1760,13 @@ impl MetadataStore for SqliteStore {
                 .map_err(backend)?;
         row.map(checkpoint_from_row).transpose()
     }
+}
 
-    async fn change_owner_grant(
-        &self,
-        owner: &OwnerId,
-        before: &Grant,
-        after: &Grant,
-        event: &AuditEvent,
-    ) -> Result<AuditReceipt, StoreError> {
-        require_ok(event)?;
-        let same = after.id == before.id
-            && after.owner == before.owner
-            && after.agent == before.agent
-            && after.pattern == before.pattern
-            && &before.owner == owner;
-        if !same || !after.scopes.is_subset_of(before.scopes) {
-            return Err(StoreError::Invalid(format!(
-                "a change of grant {} may only narrow its scopes and move its expiry",
-                before.id
-            )));
-        }
-        let mut tx = self.write_tx().await?;
-        let done = sqlx::query(
-            "UPDATE grants SET scopes = ?1, expires_at = ?2
-              WHERE id = ?3 AND owner = ?4 AND revoked_at IS NULL AND scopes = ?5 AND expires_at = ?6",
-        )
-        .bind(after.scopes.to_string())
-        .bind(after.expires_at)
-        .bind(before.id.as_str())
-        .bind(owner.as_str())
-        .bind(before.scopes.to_string())
-        .bind(before.expires_at)
-        .execute(&mut *tx)
-        .await
-        .map_err(backend)?;
-        if done.rows_affected() == 0 {
-            let exists: Option<(i64,)> = sqlx::query_as("SELECT 1 FROM grants WHERE id = ?1 AND owner = ?2")
-                .bind(before.id.as_str())
-                .bind(owner.as_str())
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(backend)?;
-            return Err(match exists {
-                Some(_) => StoreError::Conflict { what: format!("a change of grant {} made meanwhile", before.id) },
-                None => StoreError::NotFound { what: format!("grant {}", before.id) },
-            });
-        }
-        let sealed = self.append_in(&mut tx, event).await?;
-        commit_audited(tx, sealed).await
-    }
-
-    async fn revoke_owner_key(
-        &self,
-        owner: &OwnerId,
-        id: &KeyId,
-        now: UnixTime,
-        event: &AuditEvent,
-    ) -> Result<AuditReceipt, StoreError> {
-        self.revoke_audited(REVOKE_KEY, id.as_str(), Some(owner), now, format!("key {id}"), event).await
-    }
-
-    async fn audit_list_for_owner(
-        &self,
-        owner: &OwnerId,
-        after_seq: u64,
-        limit: u32,
-    ) -> Result<Vec<AuditRecord>, StoreError> {
-        let Ok(after) = i64::try_from(after_seq) else {
-            return Ok(Vec::new());
-        };
-        let rows: Vec<AuditRow> = sqlx::query_as(
-            "SELECT seq, ts, actor, operation, subject, outcome, detail, prev_hash, hash
-               FROM audit_log
-              WHERE seq > ?1
-                AND (actor = ?2
-                     OR subject = ?3
-                     OR json_extract(detail, '$.owner') = ?3
-                     OR json_extract(detail, '$.agent') IN (SELECT id FROM agents WHERE owner = ?3)
-                     OR subject IN (SELECT id FROM agents WHERE owner = ?3)
-                     OR subject IN (SELECT address FROM inboxes WHERE owner = ?3)
-                     OR subject IN (SELECT k.id FROM agent_keys k JOIN agents a ON a.id = k.agent WHERE a.owner = ?3)
-                     OR subject IN (SELECT id FROM grants WHERE owner = ?3))
-              ORDER BY seq
-              LIMIT ?4",
-        )
-        .bind(after)
-        .bind(format!("owner:{owner}"))
-        .bind(owner.as_str())
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(backend)?;
-        rows.into_iter().map(audit_from_row).collect()
-    }
-
-    async fn auth_facts(&self, credentials: &Credentials) -> Result<AuthFacts, StoreError> {
-        let rows: Vec<AuthRow> = sqlx::query_as(AUTH_FACTS)
-            .bind(credentials.key_hash.to_hex())
-            .bind(credentials.address.as_str())
-            .fetch_all(&mut *self.hot().await?)
-            .await
-            .map_err(backend)?;
-        let mut facts = AuthFacts::default();
-        for (kind, id, text, agent, owner, scopes, created_at, expires_at, revoked_at) in rows {
-            match kind.as_str() {
-                "key" => {
-                    let expires_at =
-                        expires_at.ok_or_else(|| StoreError::Backend(format!("key {id} has no expiry")))?;
-                    facts.key = Some(KeyFacts {
-                        hash: stored_key_hash(&id, &text)?,
-                        id: stored("key id", &id)?,
-                        agent: stored("agent id", &agent)?,
-                        owner: stored("owner id", &owner)?,
-                        expires_at,
-                        revoked_at,
-                    });
-                }
-                "grant" => {
-                    let scopes = scopes.unwrap_or_default();
-                    let expires_at =
-                        expires_at.ok_or_else(|| StoreError::Backend(format!("grant {id} has no expiry")))?;
-                    facts
-                        .grants
-                        .push(grant_from_row((id, owner, agent, text, scopes, created_at, expires_at, revoked_at))?);
-                }
-                _ => {
-                    facts.inbox = Some((stored("owner id", &owner)?, stored("inbox status", &text)?));
-                }
-            }
-        }
-        Ok(facts)
-    }
-
+#[async_trait]
+impl Outbox for SqliteStore {
     async fn enqueue_outbound(&self, message: &NewOutbound) -> Result<(), StoreError> {
         let message = crate::enqueue::Queued::check(message)?;
         self.enqueuer.enqueue(self, message).await
-    }
-
-    async fn list_queue(&self) -> Result<Vec<QueueEntry>, StoreError> {
-        let rows: Vec<QueueRow> = sqlx::query_as(
-            "SELECT message_id, recipient, sender, state, size, queued_at, next_attempt_at, attempts, last_response
-               FROM outbound_queue
-              ORDER BY queued_at, message_id, recipient",
-        )
-        .fetch_all(&self.pool)
-        .await
-        .map_err(backend)?;
-        rows.into_iter().map(queue_entry_from_row).collect()
-    }
-
-    async fn audit_append(&self, event: &AuditEvent) -> Result<AuditReceipt, StoreError> {
-        // Batched with every other append waiting at this moment: one commit for all.
-        self.group.append(&self.pool, &self.gate, &self.clock, event).await
-    }
-
-    async fn audit_list(&self, after_seq: u64, limit: u32) -> Result<Vec<AuditRecord>, StoreError> {
-        // Past i64::MAX there is nothing: seq is a SQLite INTEGER.
-        let Ok(after) = i64::try_from(after_seq) else {
-            return Ok(Vec::new());
-        };
-        let rows: Vec<AuditRow> = sqlx::query_as(
-            "SELECT seq, ts, actor, operation, subject, outcome, detail, prev_hash, hash
-               FROM audit_log
-              WHERE seq > ?1
-              ORDER BY seq
-              LIMIT ?2",
-        )
-        .bind(after)
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(backend)?;
-        rows.into_iter().map(audit_from_row).collect()
-    }
-
-    async fn audit_head(&self) -> Result<ChainHead, StoreError> {
-        let head = sqlx::query_as(AUDIT_HEAD).fetch_optional(&self.pool).await.map_err(backend)?;
-        head_from_row(head)
     }
 }
 

@@ -4,13 +4,14 @@
 //! the table shows up in verification.
 #![allow(clippy::unwrap_used)]
 
+use agentkeys_store::roles::*;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 
 use agentkeys_audit::{Actor, AuditEvent, BrokenReason, ChainHead, Outcome, ops, verify};
 use agentkeys_core::{Address, AgentId, Grant, GrantId, InboxStatus, KeyHash, KeyId, OwnerId};
-use agentkeys_store::{AgentRecord, InboxRecord, KeyRecord, MetadataStore, OwnerRecord, SqliteStore, StoreError};
+use agentkeys_store::{AgentRecord, InboxRecord, KeyRecord, OwnerRecord, SqliteStore, StoreError};
 use serde_json::json;
 use sqlx::{ConnectOptions, Connection, SqliteConnection, sqlite::SqliteConnectOptions};
 

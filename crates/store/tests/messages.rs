@@ -3,6 +3,7 @@
 
 #![allow(clippy::unwrap_used)]
 
+use agentkeys_store::roles::*;
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -12,7 +13,7 @@ use agentkeys_audit::{Actor, AuditEvent};
 use agentkeys_core::{Address, Domain, OwnerId, UnixTime};
 use agentkeys_store::{
     BlobKey, BlobStore, FsBlobStore, IndexedMessage, ListOrder, LocalEventHub, MailEvents, Mailroom, MessageIndex,
-    MetadataStore, NewMessage, PageQuery, SWEEP_BATCH, SqliteStore, StoreError,
+    NewMessage, PageQuery, SWEEP_BATCH, SqliteStore, StoreError,
 };
 use async_trait::async_trait;
 use bytes::Bytes;

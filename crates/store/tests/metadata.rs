@@ -3,12 +3,13 @@
 //! order needs.
 #![allow(clippy::unwrap_used)]
 
+use agentkeys_store::roles::*;
 use agentkeys_audit::{Actor, AuditEvent};
 use agentkeys_core::{
     Address, AgentId, AuthFailure, Credentials, Domain, Grant, GrantId, InboxStatus, KeyHash, KeyId, OwnerId, UnixTime,
 };
 use agentkeys_store::{
-    AgentRecord, InboxRecord, KeyRecord, MetadataStore, NewOutbound, OwnerRecord, SqliteStore, StoreError,
+    AgentRecord, InboxRecord, KeyRecord, NewOutbound, OwnerRecord, SqliteStore, StoreError,
 };
 
 const NOW: UnixTime = 1_700_000_000;
@@ -422,12 +423,13 @@ async fn survives_reopen_and_shares_the_file() {
     assert!(again.is_hosted_domain(DOMAIN).await.unwrap());
 }
 
-/// Recipients are cached for RCPT: this store's own changes show at once, another
-/// process's (the CLI) within `RECIPIENT_CACHE_TTL`, and a missing inbox is
-/// never cached, so one created elsewhere receives at once.
+/// The MX asks through the RCPT cache (`CachedRecipients` around the store): a
+/// change made by another process (the CLI) shows within `RECIPIENT_CACHE_TTL`,
+/// and a missing inbox is never cached, so one created elsewhere receives at once.
 #[tokio::test]
 async fn recipient_lookups_see_changes_of_other_processes_within_the_ttl() {
-    let (dir, server) = populated().await;
+    let (dir, store) = populated().await;
+    let server = agentkeys_store::CachedRecipients::new(std::sync::Arc::new(store));
     let cli = SqliteStore::open(&dir.path().join("meta.sqlite")).await.unwrap();
     let bot = addr("bot@agents.localhost");
     assert_eq!(server.recipient(&bot).await.unwrap().unwrap().status, InboxStatus::Active);

@@ -3,10 +3,11 @@
 //! audit operations.
 #![allow(clippy::unwrap_used)]
 
+use agentkeys_store::roles::*;
 use agentkeys_audit::{Actor, AuditEvent};
 use agentkeys_core::{AgentId, Grant, GrantId, KeyHash, KeyId, OwnerId, UnixTime};
 use agentkeys_store::{
-    AgentRecord, EnrollmentTicketRecord, KeyRecord, MetadataStore, NonceUse, OwnerRecord, SqliteStore, StoreError,
+    AgentRecord, EnrollmentTicketRecord, KeyRecord, NonceUse, OwnerRecord, SqliteStore, StoreError,
 };
 
 const NOW: UnixTime = 1_700_000_000;

@@ -2,10 +2,11 @@
 //! transitions, the agent and key written with their audit records, pruning.
 #![allow(clippy::unwrap_used)]
 
+use agentkeys_store::roles::*;
 use agentkeys_audit::{Actor, AuditEvent};
 use agentkeys_core::{AgentId, KeyHash, KeyId, OwnerId, UnixTime};
 use agentkeys_store::{
-    AgentRecord, KeyRecord, MetadataStore, OwnerRecord, PairingRecord, PairingStatus, SqliteStore, StoreError,
+    AgentRecord, KeyRecord, OwnerRecord, PairingRecord, PairingStatus, SqliteStore, StoreError,
 };
 
 const NOW: UnixTime = 1_700_000_000;

@@ -9,7 +9,7 @@
 use std::net::IpAddr;
 
 use agentkeys_core::{SendAuthorized, UnixTime};
-use agentkeys_store::{BlobError, BlobKey, BlobStore, MetadataStore, NewOutbound, StoreError};
+use agentkeys_store::{BlobError, BlobKey, BlobStore, NewOutbound, Outbox, StoreError};
 use async_trait::async_trait;
 use bytes::Bytes;
 use ulid::Ulid;
@@ -146,10 +146,10 @@ pub fn local_copy(message: &Bytes, recipient: &LocalRecipient) -> Bytes {
 /// recipients. `Ok` means the message may be acknowledged.
 pub async fn store_delivery(
     blobs: &dyn BlobStore,
-    meta: &dyn MetadataStore,
+    outbox: &dyn Outbox,
     delivery: &Delivery,
 ) -> Result<(), DeliveryError> {
-    store_delivery_signed(blobs, meta, None, delivery).await
+    store_delivery_signed(blobs, outbox, None, delivery).await
 }
 
 /// [`store_delivery`], with the outbound copy (`queue/<ulid>.eml`) replaced by
@@ -159,7 +159,7 @@ pub async fn store_delivery(
 /// message as received.
 pub async fn store_delivery_signed(
     blobs: &dyn BlobStore,
-    meta: &dyn MetadataStore,
+    outbox: &dyn Outbox,
     signer: Option<&dyn OutboundSigner>,
     delivery: &Delivery,
 ) -> Result<(), DeliveryError> {
@@ -181,7 +181,7 @@ pub async fn store_delivery_signed(
     }
     blobs.put_durable(items).await?;
     if let Some(outbound) = &delivery.outbound {
-        meta.enqueue_outbound(&NewOutbound {
+        outbox.enqueue_outbound(&NewOutbound {
             message_id: delivery.id.to_string(),
             sender: outbound.sender.inbox().clone(),
             owner: outbound.sender.owner().clone(),

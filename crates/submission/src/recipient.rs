@@ -2,7 +2,7 @@
 //! MX, which refuses [`RecipientRoute::Remote`] as relaying).
 
 use agentkeys_core::{Address, InboxStatus, OwnerId, Subaddressing};
-use agentkeys_store::{MetadataStore, Recipient, StoreError};
+use agentkeys_store::{Recipient, Recipients, StoreError};
 
 /// A recipient to look up.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,15 +69,15 @@ pub struct LocalRecipient {
 /// one lookup; the domain is consulted only to tell an unknown inbox (`550 5.1.1`)
 /// from a relay attempt (`550 5.7.1`).
 pub async fn lookup_recipient(
-    meta: &dyn MetadataStore,
+    recipients: &dyn Recipients,
     query: &RecipientQuery,
 ) -> Result<RecipientAnswer, StoreError> {
     if let Some(inbox) = &query.inbox
-        && let Some(found) = meta.recipient(inbox).await?
+        && let Some(found) = recipients.recipient(inbox).await?
     {
         return Ok(RecipientAnswer::Hosted(Some(found)));
     }
-    if meta.is_hosted_domain(&query.domain).await? {
+    if recipients.is_hosted_domain(&query.domain).await? {
         Ok(RecipientAnswer::Hosted(None))
     } else {
         Ok(RecipientAnswer::NotHosted)

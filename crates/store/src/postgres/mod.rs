@@ -1,0 +1,255 @@
+//! The metadata store on PostgreSQL ([`PgStore`]), for several `serve` nodes
+//! sharing one database (feature `postgres`).
+//!
+//! It implements every trait [`SqliteStore`](crate::SqliteStore) does, with the
+//! same documented contracts. What SQLite got from having one writer at a time,
+//! this backend states and enforces for writers in many processes:
+//!
+//! - **One audit chain.** Every append locks the one-row chain head
+//!   (`audit_chain`, `SELECT … FOR UPDATE`) inside its transaction and moves it
+//!   before the commit, so appends from all nodes are serialized onto one chain,
+//!   hashed by [`agentkeys_audit`] exactly as on SQLite. An audited write does
+//!   its row change and its record in one transaction ([`audit`]).
+//! - **Index rows visible in `seq` order** ([`index`]): `seq` comes from a
+//!   counter row held locked until the indexing transaction commits.
+//! - **Single claim** of outbound rows: `FOR UPDATE SKIP LOCKED` plus leases
+//!   ([`queue`]).
+//! - **Compare-and-set** writes (owner nonces, idempotency keys, pairing,
+//!   grant changes, enrollment redemption) are single conditional statements or
+//!   rely on unique constraints, which PostgreSQL re-checks against concurrent
+//!   transactions.
+//! - **Cross-node events**: the index transaction notifies `agentkeys_mail` and
+//!   [`PgEvents`] turns notifications into local events ([`events`]).
+//!
+//! Transactions run at PostgreSQL's default `READ COMMITTED`: every statement
+//! sees what was committed before it started, and a statement that waited for a
+//! row lock re-reads the row it waited for. Objects that existence checks rely
+//! on are never deleted (owners, agents, inboxes, keys, grants); a domain, which
+//! can be removed, is locked (`FOR SHARE`) by the writes that need it.
+//!
+//! Errors map like SQLite's: a unique violation is `Conflict`, everything the
+//! database or the network does wrong is `Backend` (a full disk, a lost
+//! connection, a pool timeout), never a panic.
+
+pub(crate) mod audit;
+mod domain_status;
+pub mod events;
+mod idempotency;
+pub(crate) mod index;
+mod meta;
+pub(crate) mod queue;
+mod testing;
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use agentkeys_core::UnixTime;
+use sqlx::migrate::Migrator;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::{Executor as _, Postgres, Transaction};
+
+pub use events::{MAIL_CHANNEL, PgEvents};
+#[doc(hidden)]
+pub use testing::{TEST_DATABASE_ENV, TEST_DATABASE_URL, TempDatabase};
+
+use crate::meta::{StoreError, StoreHealth};
+use crate::sqlite::Clock;
+
+/// Most connections one store (one node) keeps open to the database.
+pub const MAX_CONNECTIONS: u32 = 16;
+
+/// How long a request waits for a free pooled connection before it fails with
+/// `Backend` (the database is unreachable or every connection is busy).
+pub const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Key of the session-level advisory lock held while the schema migrates, so
+/// nodes starting together migrate one after the other (`0x616b6d6967`, "akmig").
+const MIGRATION_LOCK: i64 = 0x0061_6b6d_6967;
+
+/// The schema, embedded from `crates/store/migrations/postgres/` at compile time.
+static MIGRATOR: Migrator = sqlx::migrate!("migrations/postgres");
+
+/// The PostgreSQL metadata store. Cheap to clone: clones share the pool and the
+/// audit writer.
+#[derive(Clone)]
+pub struct PgStore {
+    pub(crate) pool: PgPool,
+    /// Where the connections go (for [`PgEvents`]' own listening connection).
+    options: Arc<PgConnectOptions>,
+    pub(crate) clock: Clock,
+    /// The writer that batches stand-alone audit appends ([`audit`]).
+    audit: audit::AuditWriter,
+}
+
+impl std::fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgStore").field("pool", &self.pool).finish_non_exhaustive()
+    }
+}
+
+impl PgStore {
+    /// Connects to the database at `url` (`postgres://user@host:port/db`) with a
+    /// pool of up to [`MAX_CONNECTIONS`] and brings its schema up to date.
+    ///
+    /// Several nodes may connect at the same moment: the migration runs under a
+    /// session advisory lock, so the first migrates and the others find the
+    /// schema done.
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        let options = PgConnectOptions::from_str(url)
+            .map_err(|e| StoreError::Backend(format!("invalid PostgreSQL URL: {e}")))?
+            .application_name("agentkeys");
+        Self::connect_with(options, MAX_CONNECTIONS).await
+    }
+
+    /// [`PgStore::connect`] with explicit options and pool size.
+    pub async fn connect_with(options: PgConnectOptions, max_connections: u32) -> Result<Self, StoreError> {
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections.max(1))
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect_with(options.clone())
+            .await
+            .map_err(|e| StoreError::Backend(format!("cannot connect to the PostgreSQL metadata database: {e}")))?;
+        let store = Self {
+            pool,
+            options: Arc::new(options),
+            clock: Arc::new(crate::sqlite::system_clock),
+            audit: audit::AuditWriter::default(),
+        };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// The same store stamping audit records with `clock` (Unix seconds) instead
+    /// of the system clock, for deterministic tests.
+    #[must_use]
+    pub fn with_clock(mut self, clock: impl Fn() -> UnixTime + Send + Sync + 'static) -> Self {
+        self.clock = Arc::new(clock);
+        // A writer spawned before would stamp with the old clock.
+        self.audit = audit::AuditWriter::default();
+        self
+    }
+
+    /// Closes every pooled connection, waiting for those in use to be returned.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    /// Runs the embedded migrations while one connection holds
+    /// [`MIGRATION_LOCK`]. The lock is a session lock: if this process dies, the
+    /// server drops it with the connection.
+    async fn migrate(&self) -> Result<(), StoreError> {
+        let failed = |e: &dyn std::fmt::Display| StoreError::Backend(format!("cannot migrate the metadata schema: {e}"));
+        let mut conn = self.pool.acquire().await.map_err(|e| failed(&e))?;
+        sqlx::query("SELECT pg_advisory_lock($1)").bind(MIGRATION_LOCK).execute(&mut *conn).await.map_err(|e| failed(&e))?;
+        // On another pooled connection (sqlx's `run` on a borrowed connection
+        // makes this future unusable in `tokio::spawn`); the lock above is what
+        // orders the nodes.
+        let migrated = MIGRATOR.run(&self.pool).await;
+        let unlocked = sqlx::query("SELECT pg_advisory_unlock($1)").bind(MIGRATION_LOCK).execute(&mut *conn).await;
+        migrated.map_err(|e| failed(&e))?;
+        if let Err(e) = unlocked {
+            // The lock must not outlive this attempt: close the session instead.
+            conn.close_on_drop();
+            return Err(failed(&e));
+        }
+        Ok(())
+    }
+
+    /// Starts a transaction. Dropped without commit, it is rolled back before
+    /// its connection is reused (sqlx queues the `ROLLBACK`).
+    pub(crate) async fn begin(&self) -> Result<Transaction<'static, Postgres>, StoreError> {
+        self.pool.begin().await.map_err(backend)
+    }
+
+    /// Readiness: the database answers a query (`SELECT 1`).
+    pub async fn check_ready(&self) -> Result<(), StoreError> {
+        self.pool.execute("SELECT 1").await.map_err(backend)?;
+        Ok(())
+    }
+
+    /// Where this store connects: for a connection of its own ([`PgEvents`]),
+    /// or another store on the same database ([`PgStore::connect_with`]).
+    pub fn connect_options(&self) -> PgConnectOptions {
+        (*self.options).clone()
+    }
+}
+
+#[async_trait::async_trait]
+impl StoreHealth for PgStore {
+    /// Readiness of the metadata database: commits a transaction that is given a
+    /// transaction id (so its commit is written and flushed like any change)
+    /// without touching a table.
+    async fn check_writable(&self) -> Result<(), StoreError> {
+        let mut tx = self.begin().await?;
+        sqlx::query("SELECT pg_current_xact_id()::text").execute(&mut *tx).await.map_err(backend)?;
+        tx.commit().await.map_err(backend)
+    }
+
+    /// Readiness of the audit log: the audit writer is running and commits a
+    /// transaction on its path (locking the chain head) without a record.
+    async fn check_audit_writable(&self) -> Result<(), StoreError> {
+        self.audit.probe(self).await
+    }
+}
+
+/// Any database failure we do not map more precisely: the database's message
+/// (with its SQLSTATE when it has one), or the I/O or pool failure.
+pub(crate) fn backend(err: sqlx::Error) -> StoreError {
+    match &err {
+        sqlx::Error::Database(db) => match db.code() {
+            Some(code) => StoreError::Backend(format!("{} (SQLSTATE {code})", db.message())),
+            None => StoreError::Backend(db.message().to_owned()),
+        },
+        _ => StoreError::Backend(err.to_string()),
+    }
+}
+
+/// The SQLSTATE of a database error.
+fn sqlstate(err: &sqlx::Error) -> Option<String> {
+    match err {
+        sqlx::Error::Database(db) => db.code().map(|c| c.into_owned()),
+        _ => None,
+    }
+}
+
+/// SQLSTATE `unique_violation`.
+const UNIQUE_VIOLATION: &str = "23505";
+/// SQLSTATE `foreign_key_violation`.
+const FOREIGN_KEY_VIOLATION: &str = "23503";
+
+/// Whether `err` is a unique violation.
+pub(crate) fn is_unique_violation(err: &sqlx::Error) -> bool {
+    sqlstate(err).as_deref() == Some(UNIQUE_VIOLATION)
+}
+
+/// Whether `err` is a foreign-key violation.
+pub(crate) fn is_foreign_key_violation(err: &sqlx::Error) -> bool {
+    sqlstate(err).as_deref() == Some(FOREIGN_KEY_VIOLATION)
+}
+
+/// The constraint an integrity error names.
+pub(crate) fn constraint(err: &sqlx::Error) -> Option<&str> {
+    match err {
+        sqlx::Error::Database(db) => db.constraint(),
+        _ => None,
+    }
+}
+
+/// Maps the error of an `INSERT`: a unique violation is a conflict on `what`.
+pub(crate) fn insert_error(err: sqlx::Error, what: impl FnOnce() -> String) -> StoreError {
+    if is_unique_violation(&err) {
+        return StoreError::Conflict { what: what() };
+    }
+    backend(err)
+}
+
+/// `v` as a database BIGINT; `Invalid` naming `what` if it does not fit.
+pub(crate) fn to_i64(v: u64, what: &str) -> Result<i64, StoreError> {
+    i64::try_from(v).map_err(|_| StoreError::Invalid(format!("{what} {v} does not fit the database")))
+}
+
+/// Lowercase hex of 32 bytes.
+pub(crate) fn hex32(bytes: &[u8; 32]) -> String {
+    agentkeys_audit::hash_to_hex(bytes)
+}
