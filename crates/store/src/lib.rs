@@ -25,6 +25,9 @@
 //! ```
 
 mod blob;
+#[cfg(feature = "conformance")]
+#[doc(hidden)]
+pub mod conformance;
 mod events;
 mod domain_status;
 pub mod enqueue;

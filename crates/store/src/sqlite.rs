@@ -82,6 +82,8 @@ pub(crate) fn system_clock() -> UnixTime {
 #[derive(Clone)]
 pub struct SqliteStore {
     pub(crate) pool: SqlitePool,
+    /// The database file (`None` in memory), for [`SqliteStore::path`].
+    file: Option<Arc<std::path::PathBuf>>,
     /// The directory of the database file (`None` in memory), for the free-space
     /// part of readiness ([`READINESS_MIN_FREE_BYTES`]).
     dir: Option<Arc<std::path::PathBuf>>,
@@ -139,6 +141,7 @@ impl SqliteStore {
             .map_err(|e| StoreError::Backend(format!("cannot open metadata database {}: {e}", path.display())))?;
         let hot = Some(Arc::new(HotConnections::new(options)));
         let mut store = Self::from_parts(pool, hot);
+        store.file = Some(Arc::new(path.to_path_buf()));
         store.dir = path.parent().map(|d| Arc::new(if d.as_os_str().is_empty() { Path::new(".") } else { d }.to_path_buf()));
         store.migrate().await?;
         Ok(store)
@@ -178,6 +181,7 @@ impl SqliteStore {
     fn from_parts(pool: SqlitePool, hot: Option<Arc<HotConnections>>) -> Self {
         Self {
             pool,
+            file: None,
             dir: None,
             hot,
             gate: WriteGate::default(),
@@ -192,6 +196,7 @@ impl SqliteStore {
     pub(crate) fn detached(&self) -> Self {
         Self {
             pool: self.pool.clone(),
+            file: self.file.clone(),
             dir: self.dir.clone(),
             hot: self.hot.clone(),
             gate: self.gate.clone(),
@@ -199,6 +204,12 @@ impl SqliteStore {
             group: GroupCommit::default(),
             enqueuer: crate::enqueue::Enqueuer::default(),
         }
+    }
+
+    /// The database file this store opened; `None` for an in-memory database.
+    /// Another [`SqliteStore::open`] of it is what a second process has.
+    pub fn path(&self) -> Option<&Path> {
+        self.file.as_deref().map(std::path::PathBuf::as_path)
     }
 
     /// Closes every connection, waiting for those in use to be returned.
