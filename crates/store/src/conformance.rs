@@ -169,6 +169,7 @@ macro_rules! conformance_tests {
             revoking_twice_keeps_the_first_time,
             writes_answer_errors_as_documented,
             audited_writes_refuse_events_that_are_not_ok,
+            the_first_seed_fingerprint_is_the_deployments,
         );
     };
     (@checks $backend:ty; $ignores:tt; $($check:ident),* $(,)?) => {
@@ -1673,6 +1674,15 @@ pub async fn combined_reads_agree_generated<B: Backend>(backend: Arc<B>) {
 /// (owner, nonce) on both handles exactly one is `Fresh`; another owner's use
 /// of the same nonce is its own; a nonce older than `forget_before` is
 /// forgotten first.
+/// Deployment identity: of several processes recording their seed fingerprint
+/// at once, the first wins and every process (the winner included) reads it back.
+pub async fn the_first_seed_fingerprint_is_the_deployments<B: Backend>(backend: Arc<B>) {
+    let (a, b) = pair(&*backend).await;
+    let seen = on_both(&a, &b, 8, |s, n| async move { s.seed_fingerprint(&[n as u8; 32]).await.unwrap() }).await;
+    assert!(seen.windows(2).all(|w| w[0] == w[1]), "one fingerprint: {seen:?}");
+    assert_eq!(b.seed_fingerprint(&[0xee; 32]).await.unwrap(), seen[0]);
+}
+
 pub async fn owner_nonces_are_single_use_across_handles<B: Backend>(backend: Arc<B>) {
     let (a, b) = pair(&*backend).await;
     two_owners(&a, &b).await;

@@ -539,7 +539,8 @@ pub trait OwnerApproval: Send + Sync + 'static {
 pub trait Pairing: Send + Sync + 'static {
     /// Stores a new pending pairing request (`request.status` is ignored). First
     /// deletes requests opened before `forget_before`. `Conflict` if the code hash
-    /// is taken. Not audited: nothing changes who may do what until approval.
+    /// is taken. Audited with `event` in the same transaction (the request is
+    /// recorded; nothing changes who may do what until approval).
     async fn open_pairing(
         &self,
         request: &PairingRecord,
@@ -643,6 +644,7 @@ pub trait Checkpoints: Send + Sync + 'static {
 #[async_trait]
 pub trait Outbox: Send + Sync + 'static {
     /// Queues an outbound message, one row per recipient, state `queued`.
+    /// `Conflict` if the message is already queued; `Invalid` with no recipients.
     async fn enqueue_outbound(&self, message: &NewOutbound) -> Result<(), StoreError>;
 }
 
