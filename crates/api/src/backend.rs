@@ -130,11 +130,11 @@ impl BrokerStore for StoreBackend {
 impl MintAudit for StoreBackend {
     async fn record_mint(&self, event: MintEvent) -> Result<MintReceipt, BackendError> {
         let receipt = self.meta.audit_append(&self.audit_event(&event)).await.map_err(BackendError::new)?;
-        Ok(MintReceipt::new(receipt.seq()))
+        Ok(MintReceipt::from(receipt))
     }
 
     async fn record_refusal(&self, event: RefusalEvent) -> Result<MintReceipt, BackendError> {
         let receipt = self.meta.audit_append(&Self::refusal_event(&event)).await.map_err(BackendError::new)?;
-        Ok(MintReceipt::new(receipt.seq()))
+        Ok(MintReceipt::from(receipt))
     }
 }

@@ -122,19 +122,22 @@ pub struct MintEvent {
     pub audience: Option<String>,
 }
 
-/// Proof that a mint was recorded: the audit log's sequence number of the record.
+/// Proof that a mint (or a refusal) was recorded: made only from the
+/// [`AuditReceipt`](agentkeys_audit::AuditReceipt) of the appended record, which
+/// only sealing a record makes, so no audit seam can answer "recorded" without
+/// an append (STYLE.md: proof values).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 pub struct MintReceipt {
     seq: u64,
 }
 
-impl MintReceipt {
-    /// A receipt for the record at `seq`. Only an audit log that has durably
-    /// appended the record should make one.
-    pub fn new(seq: u64) -> Self {
-        Self { seq }
+impl From<agentkeys_audit::AuditReceipt> for MintReceipt {
+    fn from(receipt: agentkeys_audit::AuditReceipt) -> Self {
+        Self { seq: receipt.seq() }
     }
+}
 
+impl MintReceipt {
     /// The record's sequence number.
     pub fn seq(&self) -> u64 {
         self.seq

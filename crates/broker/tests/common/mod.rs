@@ -84,6 +84,16 @@ pub struct FakeAudit {
     pub fail: AtomicBool,
 }
 
+impl FakeAudit {
+    /// Seals a record for real (the only way to get a receipt) after the last one.
+    fn seal(&self) -> MintReceipt {
+        let seq = self.seq.fetch_add(1, Ordering::SeqCst);
+        let head = agentkeys_audit::ChainHead { seq, hash: [0; 32] };
+        let event = agentkeys_audit::AuditEvent::ok(agentkeys_audit::Actor::System, "credential.read", "test");
+        MintReceipt::from(agentkeys_audit::SealedRecord::seal(&head, 0, &event).unwrap().into_receipt())
+    }
+}
+
 #[async_trait]
 impl MintAudit for FakeAudit {
     async fn record_mint(&self, event: MintEvent) -> Result<MintReceipt, BackendError> {
@@ -91,18 +101,14 @@ impl MintAudit for FakeAudit {
             return Err(BackendError::new("audit disk full"));
         }
         self.events.lock().unwrap().push(event);
-        Ok(MintReceipt::new(
-            self.seq.fetch_add(1, Ordering::SeqCst) + 1,
-        ))
+        Ok(self.seal())
     }
     async fn record_refusal(&self, event: RefusalEvent) -> Result<MintReceipt, BackendError> {
         if self.fail.load(Ordering::SeqCst) {
             return Err(BackendError::new("audit disk full"));
         }
         self.refusals.lock().unwrap().push(event);
-        Ok(MintReceipt::new(
-            self.seq.fetch_add(1, Ordering::SeqCst) + 1,
-        ))
+        Ok(self.seal())
     }
 }
 
