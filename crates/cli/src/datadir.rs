@@ -135,8 +135,11 @@ async fn open_metadata(location: &MetadataLocation) -> Result<Arc<dyn MetadataSt
     }
 }
 
+/// An open blob store, and for an object store its URL signer.
+type OpenBlobs = (Arc<dyn BlobStore>, Option<Arc<dyn Presigner>>);
+
 /// Opens the blob store, and for an object store its URL signer.
-fn open_blobs(location: &BlobLocation) -> Result<(Arc<dyn BlobStore>, Option<Arc<dyn Presigner>>)> {
+fn open_blobs(location: &BlobLocation) -> Result<OpenBlobs> {
     match location {
         BlobLocation::Files(dir) => {
             let store = FsBlobStore::open(dir).with_context(|| format!("cannot open the blob store {}", dir.display()))?;

@@ -50,7 +50,8 @@ fn world(ports: std::ops::RangeInclusive<u16>) -> World {
     let dir = tempfile::Builder::new().prefix("s3read-").tempdir().unwrap();
     let d = dir.path();
     let (_, _, signup, key_a) = provision(d, OWNER_A, AGENT_A, "signup");
-    let peer = run_json(d, &["inbox", "create", "--agent", AGENT_A, "--name", "peer"])["address"].as_str().unwrap().to_owned();
+    let peer =
+        run_json(d, &["inbox", "create", "--agent", AGENT_A, "--name", "peer"])["address"].as_str().unwrap().to_owned();
     owner_json(d, OWNER_A, &["grant", "create", "--agent", AGENT_A, "--inbox", &peer, "--scopes", "read,send"]);
     let (_, _, bee, key_b) = provision(d, OWNER_B, AGENT_B, "bee");
     let s3 = S3sFs::start(BUCKET, ports);
@@ -116,7 +117,8 @@ impl World {
 
     /// Mints a read capability for `inbox` with agent key `key` over HTTP: the whole answer.
     fn mint(&self, key: &str, inbox: &str) -> Value {
-        let (status, head, body) = curl(&format!("{}/v1/credentials/read", self.base()), Some(key), Some(&json!({ "inbox": inbox })));
+        let (status, head, body) =
+            curl(&format!("{}/v1/credentials/read", self.base()), Some(key), Some(&json!({ "inbox": inbox })));
         assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
         assert_eq!(header(&head, "cache-control"), Some("no-store"), "{head}");
         serde_json::from_slice(&body).unwrap()
@@ -124,7 +126,8 @@ impl World {
 
     /// One page of `inbox`'s listing under capability `cap`.
     fn list(&self, cap: &str, inbox: &str) -> (u16, Value) {
-        let (status, _, body) = curl(&format!("{}/v1/inboxes/{inbox}/messages?order=asc", self.base()), Some(cap), None);
+        let (status, _, body) =
+            curl(&format!("{}/v1/inboxes/{inbox}/messages?order=asc", self.base()), Some(cap), None);
         (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
     }
 
@@ -187,7 +190,13 @@ fn percent_decode(s: &str) -> String {
 /// `%`-encodes what a query value or a path segment must not hold raw.
 fn percent_encode(s: &str) -> String {
     s.bytes()
-        .map(|b| if b.is_ascii_alphanumeric() || b"-._~".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") })
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
         .collect()
 }
 
@@ -210,7 +219,8 @@ fn param(url: &str, name: &str) -> Option<String> {
 /// `url` with parameter `name` set to `value` (or removed), the rest as it was.
 fn with_param(url: &str, name: &str, value: Option<&str>) -> String {
     let (base, q) = url.split_once('?').unwrap();
-    let mut parts: Vec<String> = q.split('&').filter(|p| p.split_once('=').map_or(*p, |(k, _)| k) != name).map(str::to_owned).collect();
+    let mut parts: Vec<String> =
+        q.split('&').filter(|p| p.split_once('=').map_or(*p, |(k, _)| k) != name).map(str::to_owned).collect();
     if let Some(v) = value {
         parts.push(format!("{name}={}", percent_encode(v)));
     }
@@ -220,7 +230,8 @@ fn with_param(url: &str, name: &str, value: Option<&str>) -> String {
 /// The decoded object path of a presigned GET URL (`/bucket/key`).
 fn object_path(url: &str) -> String {
     let no_query = url.split_once('?').map_or(url, |(p, _)| p);
-    let path = no_query.split_once("://").map(|(_, rest)| rest).and_then(|rest| rest.find('/').map(|i| &rest[i..])).unwrap();
+    let path =
+        no_query.split_once("://").map(|(_, rest)| rest).and_then(|rest| rest.find('/').map(|i| &rest[i..])).unwrap();
     percent_decode(path)
 }
 
@@ -285,7 +296,8 @@ fn the_agent_reads_mail_straight_from_the_object_store() {
     assert_eq!(list["messages"].as_array().unwrap().len(), 1, "{list}");
     assert_eq!(list["messages"][0]["subject"], "Verify your email for Example", "{list}");
     let id = list["messages"][0]["message_id"].as_str().unwrap().to_owned();
-    let stored = w.s3.object(&World::object_key(OWNER_A, &w.signup, &id)).expect("the message is an object of the bucket");
+    let stored =
+        w.s3.object(&World::object_key(OWNER_A, &w.signup, &id)).expect("the message is an object of the bucket");
     assert!(String::from_utf8_lossy(&stored).contains("246810"));
     assert!(common::stored_messages(&w.server.blobs(), OWNER_A, &w.signup).is_empty(), "no copy in files");
     let text = serde_json::to_string(&list).unwrap();
@@ -298,7 +310,17 @@ fn the_agent_reads_mail_straight_from_the_object_store() {
 
     // `mail otp --wait`: the wait begins, then the code arrives (found through
     // the event stream, then read through the raw route's 307).
-    let wait = ["otp", "--wait", "--inbox", w.signup.as_str(), "--from", SERVICE, "--allow-unauthenticated", "--timeout", "60"];
+    let wait = [
+        "otp",
+        "--wait",
+        "--inbox",
+        w.signup.as_str(),
+        "--from",
+        SERVICE,
+        "--allow-unauthenticated",
+        "--timeout",
+        "60",
+    ];
     let child = w.mail_cmd(&w.key_a, &wait).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
     std::thread::sleep(Duration::from_millis(500));
     w.deliver(&w.signup, &verification_mail(&w.signup, "135790"));
@@ -316,7 +338,10 @@ fn the_agent_reads_mail_straight_from_the_object_store() {
     let got = mcp.ok("wait_for_otp", json!({"inbox": w.signup, "from_domain": SERVICE, "require_authenticated": false, "include_seen": true, "timeout_s": 5}));
     assert_eq!(got["code"], "135790", "{got}");
     assert!(!format!("{listed}{m}{got}").contains("X-Amz"), "no presigned URL reaches the MCP client");
-    assert!(mcp.err("get_message", json!({"inbox": w.signup, "message_id": "01JZZZZZZZZZZZZZZZZZZZZZZZ"})).contains("not found"));
+    assert!(
+        mcp.err("get_message", json!({"inbox": w.signup, "message_id": "01JZZZZZZZZZZZZZZZZZZZZZZZ"}))
+            .contains("not found")
+    );
     drop(mcp);
 
     // Sending between the agent's inboxes: stored on S3, read from there.
@@ -356,7 +381,12 @@ fn presigned_urls_are_confined_to_their_capability_and_expire_with_it() {
             .as_array()
             .unwrap()
             .iter()
-            .map(|m| (m["message_id"].as_str().unwrap().to_owned(), m["raw_url"].as_str().expect("a raw_url on S3").to_owned()))
+            .map(|m| {
+                (
+                    m["message_id"].as_str().unwrap().to_owned(),
+                    m["raw_url"].as_str().expect("a raw_url on S3").to_owned(),
+                )
+            })
             .collect()
     };
     let mine = ids(&cap, &w.signup);
@@ -385,7 +415,10 @@ fn presigned_urls_are_confined_to_their_capability_and_expire_with_it() {
         String::new(),
         format!("{my_prefix}x"),
     ] {
-        assert_refused_by_s3(&with_param(&list_url, "prefix", Some(&other)), &format!("list_url edited to prefix {other:?}"));
+        assert_refused_by_s3(
+            &with_param(&list_url, "prefix", Some(&other)),
+            &format!("list_url edited to prefix {other:?}"),
+        );
     }
     assert_refused_by_s3(&with_param(&list_url, "prefix", None), "list_url without its prefix");
     assert_refused_by_s3(&with_param(&list_url, "X-Amz-Expires", Some("1800")), "list_url with a longer life");
@@ -428,7 +461,11 @@ fn presigned_urls_are_confined_to_their_capability_and_expire_with_it() {
         .arg(format!("{}/v1/inboxes/{}/messages/{my_id}", w.base(), w.signup))
         .output()
         .unwrap();
-    assert_eq!(Some(followed.stdout), w.s3.object(&World::object_key(OWNER_A, &w.signup, my_id)), "curl -L reads the message");
+    assert_eq!(
+        Some(followed.stdout),
+        w.s3.object(&World::object_key(OWNER_A, &w.signup, my_id)),
+        "curl -L reads the message"
+    );
 
     // A capability for one inbox never yields a URL under another: the other
     // inbox's routes, or its message ids under our own inbox, are one 404, with no Location.
