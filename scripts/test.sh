@@ -95,4 +95,4 @@ if command -v pg_isready >/dev/null 2>&1 && ! pg_isready -q -d "$pg_url"; then
   fi
 fi
 
-exec cargo test --workspace --locked "$@"
+exec cargo test --workspace --locked --no-fail-fast "$@"

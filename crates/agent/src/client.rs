@@ -6,6 +6,15 @@
 //! expires; a `401` on a read route drops it and the request is retried once
 //! with a fresh one.
 //!
+//! **Message bytes from the object store.** When the server keeps blobs in an
+//! object store (S3) it brokers instead of proxying: listings carry a
+//! presigned `raw_url` per message and the raw-message route answers `307` to
+//! one. The client GETs that URL directly, with no credential of ours (the
+//! signature is in the URL), over the same HTTP client and trust as the API;
+//! plain `http://` is followed only to a loopback host. A `raw_url` that no
+//! longer works (expired) falls back to the raw-message route, which hands out
+//! a fresh one.
+//!
 //! The HTTP client is hyper's (already in the tree through axum), HTTP/1.1 over
 //! plain TCP or rustls ([`crate::https`]). HTTPS and submission's STARTTLS trust
 //! the same certificates ([`crate::tls`]): the one pinned at pairing
@@ -126,6 +135,15 @@ pub enum ClientError {
     /// A local problem (TLS configuration, a file).
     #[error("{0}")]
     Local(String),
+    /// Reading a message from the object store the server handed out a URL
+    /// of failed (unreachable, refused, or a URL this client does not follow).
+    #[error("cannot read the message from the object store at {host}: {detail}")]
+    ObjectStore {
+        /// The store's host (never the whole URL: its query is a credential).
+        host: String,
+        /// What failed.
+        detail: String,
+    },
 }
 
 /// One inbox this agent may use (`GET /v1/agent/inboxes`).
@@ -148,7 +166,8 @@ struct InboxList {
 }
 
 /// One stored message, as the list route and the event stream describe it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+/// `Debug` hides the `raw_url`.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct MessageEntry {
     /// The message's ULID in the store (time-ordered).
     pub message_id: String,
@@ -156,6 +175,23 @@ pub struct MessageEntry {
     pub received_at: i64,
     /// Size in bytes.
     pub size: u64,
+    /// A presigned URL of the raw message in the server's object store, when
+    /// the server handed one out. A bearer credential: never printed, never
+    /// part of an answer to the MCP client.
+    #[serde(default, skip_serializing)]
+    #[schemars(skip)]
+    pub raw_url: Option<String>,
+}
+
+impl std::fmt::Debug for MessageEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MessageEntry")
+            .field("message_id", &self.message_id)
+            .field("received_at", &self.received_at)
+            .field("size", &self.size)
+            .field("raw_url", &self.raw_url.as_ref().map(|_| "<presigned>"))
+            .finish()
+    }
 }
 
 /// One page of the list route.
@@ -255,6 +291,29 @@ pub fn check_inbox(inbox: &str) -> Result<String, ClientError> {
                 && d.bytes().all(|b| b.is_ascii_alphanumeric() || b".-".contains(&b))
         });
     if ok { Ok(lower) } else { Err(ClientError::NotFound { what: format!("inbox {inbox:?} (not an address)") }) }
+}
+
+/// The host of an object-store URL this client will GET: `https`, or `http`
+/// to a loopback host only (a test or a local S3 server).
+pub fn object_store_host(uri: &hyper::Uri) -> Result<String, ClientError> {
+    let host = uri.host().unwrap_or_default().trim_start_matches('[').trim_end_matches(']').to_owned();
+    let refuse = |why: &str| Err(ClientError::ObjectStore { host: host.clone(), detail: why.to_owned() });
+    if host.is_empty() {
+        return refuse("the URL has no host");
+    }
+    match uri.scheme_str() {
+        Some("https") => Ok(host),
+        Some("http") => {
+            let loopback = host.eq_ignore_ascii_case("localhost")
+                || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+            if loopback {
+                Ok(host)
+            } else {
+                refuse("refusing plain http to a host that is not loopback: the object store must use https")
+            }
+        }
+        _ => refuse("not an http(s) URL"),
+    }
 }
 
 /// The event stream of one inbox: `message.received` events, with a fresh
@@ -505,7 +564,8 @@ impl ApiClient {
             let token = self.capability(inbox).await?;
             let r = self.send_request(Method::GET, path, Auth::Capability(&token), None, accept, last_event_id).await?;
             match r.status() {
-                StatusCode::OK => return Ok(r),
+                // 307: the raw-message route pointing at the object store.
+                StatusCode::OK | StatusCode::TEMPORARY_REDIRECT => return Ok(r),
                 StatusCode::UNAUTHORIZED if attempt == 0 => {
                     self.forget_capability(inbox).await;
                 }
@@ -538,15 +598,70 @@ impl ApiClient {
         Self::json(r).await
     }
 
-    /// `GET /v1/inboxes/{inbox}/messages/{id}`: the raw stored message.
+    /// `GET /v1/inboxes/{inbox}/messages/{id}`: the raw stored message, from
+    /// the server or, when it answers `307`, from the object store it points at.
     pub async fn fetch_message(&self, inbox: &str, message_id: &str) -> Result<Bytes, ClientError> {
         let inbox = check_inbox(inbox)?;
         check_message_id(message_id)?;
         let path = format!("/v1/inboxes/{inbox}/messages/{message_id}");
-        let r = self
-            .read_route(&inbox, &path, "message/rfc822", None, || format!("message {message_id} in {inbox}"))
-            .await?;
+        let what = || format!("message {message_id} in {inbox}");
+        let r = self.read_route(&inbox, &path, "message/rfc822", None, what).await?;
+        if r.status() == StatusCode::TEMPORARY_REDIRECT {
+            let location = r.headers().get(header::LOCATION).and_then(|v| v.to_str().ok()).map(str::to_owned);
+            let location = location
+                .ok_or_else(|| ClientError::Protocol("a 307 without a usable Location header".to_owned()))?;
+            return self.fetch_object(&location, what).await;
+        }
         Self::read_body(r, MAX_MESSAGE_BYTES).await
+    }
+
+    /// The raw message of a listed `entry`: straight from its `raw_url` when
+    /// the listing carried one, else (or if that URL no longer works, e.g.
+    /// expired) through [`Self::fetch_message`].
+    pub async fn fetch_entry(&self, inbox: &str, entry: &MessageEntry) -> Result<Bytes, ClientError> {
+        if let Some(url) = &entry.raw_url {
+            match self.fetch_object(url, || format!("message {}", entry.message_id)).await {
+                Ok(bytes) => return Ok(bytes),
+                Err(e) => tracing::info!(message_id = %entry.message_id, error = %e, "the listed raw_url did not work; asking the server again"),
+            }
+        }
+        self.fetch_message(inbox, &entry.message_id).await
+    }
+
+    /// GETs a presigned object-store URL the server handed out: no
+    /// credential of ours goes with it, `https` under the API's trust, plain
+    /// `http` only to a loopback host.
+    async fn fetch_object(&self, url: &str, what: impl Fn() -> String) -> Result<Bytes, ClientError> {
+        let uri: hyper::Uri = url
+            .parse()
+            .map_err(|e| ClientError::Protocol(format!("the server handed out a message URL that does not parse: {e}")))?;
+        let host = object_store_host(&uri)?;
+        let store_error = |detail: String| ClientError::ObjectStore { host: host.clone(), detail };
+        let request = Request::get(uri.clone())
+            .header(header::USER_AGENT, concat!("agentkeys-daemon/", env!("CARGO_PKG_VERSION")))
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| ClientError::Local(format!("cannot build the request: {e}")))?;
+        let response = match tokio::time::timeout(REQUEST_TIMEOUT, self.http.request(request)).await {
+            Err(_) => return Err(ClientError::Timeout(REQUEST_TIMEOUT)),
+            Ok(Err(e)) => {
+                return Err(match self.trust_log.take_refusal() {
+                    Some(detail) => ClientError::Untrusted { server: host.clone(), detail },
+                    None => store_error(error_chain(&e)),
+                });
+            }
+            Ok(Ok(r)) => r,
+        };
+        match response.status() {
+            StatusCode::OK => Self::read_body(response, MAX_MESSAGE_BYTES).await,
+            StatusCode::NOT_FOUND => Err(ClientError::NotFound { what: what() }),
+            status => {
+                // S3 answers XML; its <Code> says why (AccessDenied: expired or not signed for this).
+                let body = Self::read_body(response, MAX_JSON_BYTES).await.unwrap_or_default();
+                let text = String::from_utf8_lossy(&body);
+                let code = text.split_once("<Code>").and_then(|(_, rest)| rest.split_once("</Code>")).map(|(c, _)| c);
+                Err(store_error(format!("{status} {}", code.unwrap_or("(no S3 error code)"))))
+            }
+        }
     }
 
     async fn open_events(&self, inbox: &str, last_event_id: Option<&str>) -> Result<Response<Incoming>, ClientError> {
@@ -780,6 +895,43 @@ mod tests {
         for bad in ["", "bot", "@x", "a@", "a/b@x", "a@x/y", "a@x?y", "a b@x"] {
             assert!(check_inbox(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn object_store_urls_are_followed_over_https_or_to_loopback_only() {
+        for ok in [
+            "https://s3.eu-west-1.amazonaws.com/mail/p/x.eml?X-Amz-Signature=1",
+            "https://mail.s3.example.com/x.eml",
+            "http://127.0.0.1:9000/mail/x.eml",
+            "http://127.8.9.10/x",
+            "http://[::1]:9000/mail/x.eml",
+            "http://localhost:9000/x",
+        ] {
+            assert!(object_store_host(&ok.parse().unwrap()).is_ok(), "{ok}");
+        }
+        for bad in [
+            "http://s3.amazonaws.com/mail/x.eml",
+            "http://10.0.0.1/x",
+            "http://[::2]/x",
+            "http://localhost.example.com/x",
+            "ftp://127.0.0.1/x",
+            "/relative/x.eml",
+        ] {
+            let err = object_store_host(&bad.parse().unwrap()).unwrap_err();
+            assert!(matches!(err, ClientError::ObjectStore { .. }), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_listed_raw_url_is_read_but_never_written_out() {
+        let json = r#"{"message_id":"01HZZZZZZZZZZZZZZZZZZZZZZZ","received_at":5,"size":9,"raw_url":"https://s3.example/x?X-Amz-Signature=s"}"#;
+        let entry: MessageEntry = serde_json::from_str(json).unwrap();
+        assert_eq!(entry.raw_url.as_deref(), Some("https://s3.example/x?X-Amz-Signature=s"));
+        let out = serde_json::to_string(&entry).unwrap();
+        assert!(!out.contains("raw_url") && !out.contains("Signature"), "{out}");
+        let schema = serde_json::to_value(schemars::schema_for!(MessageEntry)).unwrap();
+        assert!(schema["properties"]["message_id"].is_object() && schema["properties"].get("raw_url").is_none(), "{schema}");
+        assert!(!format!("{entry:?}").contains("Signature"));
     }
 
     #[test]

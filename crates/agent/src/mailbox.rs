@@ -650,7 +650,7 @@ impl MailService {
     }
 
     async fn summary(&self, inbox: &str, entry: &MessageEntry) -> Result<MessageSummary, MailError> {
-        let raw = self.client.fetch_message(inbox, &entry.message_id).await?;
+        let raw = self.client.fetch_entry(inbox, entry).await?;
         let mut summary = summarize(entry, &raw);
         summary.to_tag = summary.delivered_to.as_deref().and_then(|d| to_tag(d, inbox));
         Ok(summary)
@@ -710,6 +710,12 @@ impl MailService {
     pub async fn fetch_parsed(&self, inbox: &str, message_id: &str) -> Result<crate::message::ParsedMessage, MailError> {
         let raw = self.client.fetch_message(inbox, message_id).await?;
         parse(message_id, &raw, &self.client.config().hostname)
+    }
+
+    /// Fetches (by its `raw_url` when listed with one) and parses a listed message.
+    async fn fetch_parsed_entry(&self, inbox: &str, entry: &MessageEntry) -> Result<crate::message::ParsedMessage, MailError> {
+        let raw = self.client.fetch_entry(inbox, entry).await?;
+        parse(&entry.message_id, &raw, &self.client.config().hostname)
     }
 
     /// `get_message`: the parsed message (headers, text, HTML as text,
@@ -890,7 +896,7 @@ impl MailService {
         spec: &WaitSpec,
         entry: &MessageEntry,
     ) -> Result<Option<(crate::message::ParsedMessage, Result<Option<crate::otp::Otp>, (String, bool)>)>, MailError> {
-        match self.fetch_parsed(&spec.inbox, &entry.message_id).await {
+        match self.fetch_parsed_entry(&spec.inbox, entry).await {
             Ok(parsed) => {
                 let verdict = Self::judge(spec, &parsed);
                 Ok(Some((parsed, verdict)))
@@ -1082,7 +1088,7 @@ impl MailService {
                     if let Ok(u) = ulid::Ulid::from_string(id) {
                         self.handouts.claim(&inbox, u, now_ms())?;
                     }
-                    Ok(otp_answer(Found { entry: MessageEntry { message_id: id.clone(), received_at: 0, size: 0 }, parsed, otp: Some(otp), others: Vec::new(), cursor: id.clone() }))
+                    Ok(otp_answer(Found { entry: MessageEntry { message_id: id.clone(), received_at: 0, size: 0, raw_url: None }, parsed, otp: Some(otp), others: Vec::new(), cursor: id.clone() }))
                 }
                 Err((why, true)) => Err(MailError::Refused { wanted: String::new(), reasons: vec![why], secs: 0, cursor: id.clone(), seen: Vec::new() }),
                 Err((why, false)) if why.contains("no code") => Err(MailError::NoCode(format!(
@@ -1294,7 +1300,7 @@ mod tests {
     #[test]
     fn summaries_read_headers() {
         let raw = b"From: \"Acme\" <no-reply@acme.example>\r\nSubject: Your code\r\n\r\nbody";
-        let e = MessageEntry { message_id: "01HZZZZZZZZZZZZZZZZZZZZZZZ".into(), received_at: 5, size: 9 };
+        let e = MessageEntry { message_id: "01HZZZZZZZZZZZZZZZZZZZZZZZ".into(), received_at: 5, size: 9, raw_url: None };
         let s = summarize(&e, raw);
         assert_eq!(s.from.as_deref(), Some("no-reply@acme.example"));
         assert_eq!(s.from_name.as_deref(), Some("Acme"));
@@ -1304,7 +1310,7 @@ mod tests {
 
     #[test]
     fn the_tag_comes_from_a_first_delivered_to_only() {
-        let e = MessageEntry { message_id: "01HZZZZZZZZZZZZZZZZZZZZZZZ".into(), received_at: 5, size: 9 };
+        let e = MessageEntry { message_id: "01HZZZZZZZZZZZZZZZZZZZZZZZ".into(), received_at: 5, size: 9, raw_url: None };
         let ours = b"Delivered-To: hello+github@agents.localhost\r\nReceived: x\r\nFrom: a@b.c\r\n\r\nbody";
         let s = summarize(&e, ours);
         assert_eq!(s.delivered_to.as_deref(), Some("hello+github@agents.localhost"));

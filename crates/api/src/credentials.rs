@@ -60,11 +60,21 @@ pub struct CredentialResponse {
     pub ttl: i64,
     /// Whether the lifetime differs from the one asked for (or the default).
     pub clamped: bool,
+    /// Read capabilities on servers whose blobs are in an object store (S3)
+    /// only: a presigned `ListObjectsV2` URL (first page, up to 1000 keys) of
+    /// the inbox's own prefix `<prefix>/<owner>/<inbox>/`, to GET without any
+    /// other credential. The prefix is signed: the URL edited to list anything
+    /// else is refused by the store. It expires no later than the capability
+    /// (`expires_at`), sooner if the store caps presigned URLs (30 min). Absent
+    /// when blobs are in files and for OIDC tokens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(format = "uri")]
+    pub list_url: Option<String>,
 }
 
 impl From<Minted> for CredentialResponse {
     fn from(m: Minted) -> Self {
-        Self { token: m.token, expires_at: m.expires_at, ttl: m.ttl, clamped: m.clamped }
+        Self { token: m.token, expires_at: m.expires_at, ttl: m.ttl, clamped: m.clamped, list_url: None }
     }
 }
 
@@ -82,8 +92,8 @@ fn check_ttl(ttl: Option<i64>) -> Result<(), ApiError> {
     }
 }
 
-fn token_response(minted: Minted) -> Response {
-    let mut response = Json(CredentialResponse::from(minted)).into_response();
+fn token_response(body: CredentialResponse) -> Response {
+    let mut response = Json(body).into_response();
     response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
 }
@@ -96,7 +106,7 @@ fn token_response(minted: Minted) -> Response {
     request_body = ReadCredentialRequest,
     security(("agent_key" = [])),
     responses(
-        (status = 200, description = "A read capability for the inbox's messages", body = CredentialResponse),
+        (status = 200, description = "A read capability for the inbox's messages; on object-store deployments with `list_url`", body = CredentialResponse),
         (status = 400, description = "INVALID_REQUEST or INVALID_TTL", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "INVALID_KEY: missing, malformed, unknown, revoked or expired agent key", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "NO_GRANT (also for an inbox that does not exist or is another owner's) or GRANT_EXPIRED", body = Problem, content_type = "application/problem+json"),
@@ -117,7 +127,14 @@ pub(crate) async fn mint_read(
     check_ttl(request.ttl)?;
     let authorized = state.broker.authorize(&verified, &inbox, scope::Read).await?;
     let minted = state.broker.mint_read(&authorized, request.ttl).await?;
-    Ok(token_response(minted))
+    let mut body = CredentialResponse::from(minted);
+    // The inbox's prefix comes from the authorization the capability was minted from.
+    body.list_url = state
+        .presigned
+        .as_ref()
+        .and_then(|reads| reads.inbox_list_url(authorized.owner(), authorized.inbox(), body.expires_at, state.clock.now()))
+        .map(String::from);
+    Ok(token_response(body))
 }
 
 /// Mints an OIDC ID token (ES256 JWT) for cloud federation.
@@ -155,5 +172,5 @@ pub(crate) async fn mint_oidc(
     }
     let authorized = state.broker.authorize(&verified, &inbox, scope::Read).await?;
     let minted = state.broker.mint_oidc(&authorized, request.ttl).await?;
-    Ok(token_response(minted))
+    Ok(token_response(CredentialResponse::from(minted)))
 }

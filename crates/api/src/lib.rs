@@ -21,7 +21,7 @@
 //! | POST | `/v1/pairings/{code}/approve` | approve it: the agent is created (owner signature) |
 //! | POST | `/v1/pairings/{code}/collect` | the agent collects its key (device signature, long-poll) |
 //! | GET | `/v1/inboxes/{address}/messages` | list an inbox (read capability) |
-//! | GET | `/v1/inboxes/{address}/messages/{message_id}` | fetch a raw message (read capability) |
+//! | GET | `/v1/inboxes/{address}/messages/{message_id}` | fetch a raw message, or `307` to a presigned object-store URL (read capability) |
 //! | GET | `/v1/inboxes/{address}/events` | new-mail Server-Sent Events (read capability) |
 //! | POST | `/v1/inboxes/{address}/send` | send from an inbox, JSON or raw MIME: the SMTP submission path ([`send`]) |
 //!
@@ -45,6 +45,7 @@ pub mod openapi;
 pub mod owner;
 pub mod owner_directory;
 pub mod pairing;
+pub mod presign;
 pub mod send;
 pub mod throttle;
 pub mod well_known;
@@ -63,6 +64,7 @@ use axum::routing::{MethodFilter, MethodRouter, on};
 pub use backend::{OP_CREDENTIAL_OIDC, OP_CREDENTIAL_READ, OP_CREDENTIAL_REFUSED, StoreBackend};
 pub use credentials::{CredentialResponse, OidcCredentialRequest, ReadCredentialRequest};
 pub use error::{ApiError, PROBLEM_JSON, Problem};
+pub use presign::{PresignedReads, Presigner};
 
 /// Largest accepted request body, in bytes.
 pub const MAX_BODY_BYTES: usize = 16 * 1024;
@@ -83,6 +85,9 @@ pub struct ApiState {
     shutdown: tokio_util::sync::CancellationToken,
     /// Blobs, message index and events for the read path; without it those routes answer 503.
     mail: Option<Arc<Mailroom>>,
+    /// Presigned object-store URLs for the read path (blobs on S3); without
+    /// it the server serves message bytes itself ([`presign`]).
+    presigned: Option<PresignedReads>,
     /// The HTTP send door (blobs, DKIM signer, hasher); without it the route answers 503.
     send: Option<Arc<send::SendService>>,
     /// Per-address limits: refused agent keys, pairing opens ([`throttle`]).
@@ -120,6 +125,7 @@ impl ApiState {
             collect_wait: pairing::COLLECT_WAIT,
             shutdown: tokio_util::sync::CancellationToken::new(),
             mail: None,
+            presigned: None,
             send: None,
             throttle: Arc::default(),
             mta_sts_policy: None,
@@ -180,6 +186,17 @@ impl ApiState {
     #[must_use]
     pub fn with_mailroom(mut self, mail: Arc<Mailroom>) -> Self {
         self.mail = Some(mail);
+        self
+    }
+
+    /// The same state reading message bytes straight from the object store:
+    /// listings carry a presigned `raw_url` per message, the raw-message route
+    /// answers `307` to one, and read capabilities come with a presigned
+    /// `list_url` of their inbox ([`presign`]). Every URL expires no later than
+    /// the capability it was handed out under.
+    #[must_use]
+    pub fn with_presigner(mut self, presigner: Arc<dyn Presigner>) -> Self {
+        self.presigned = Some(PresignedReads::new(presigner));
         self
     }
 

@@ -13,7 +13,11 @@
 //! expired capability: one 401 body ([`ApiError::InvalidCapability`]).
 //!
 //! **Listing** reads one page from the [message index](agentkeys_store::MessageIndex)
-//! (a range scan: cost follows the page size, not the inbox size). **Events**:
+//! (a range scan: cost follows the page size, not the inbox size). **Bytes**:
+//! with blobs in files the server reads and sends them; with blobs in an object
+//! store it is a broker, not a proxy ([`crate::presign`]): listing entries carry
+//! a presigned `raw_url` and the raw-message route answers `307` to one, each
+//! for a key built from the capability and expiring no later than it. **Events**:
 //! the handler subscribes to the inbox first, then replays from the index what
 //! came after `Last-Event-ID`, then follows the subscription; rows carry their
 //! commit `seq` and events arrive in `seq` order, so anything at or below the
@@ -35,7 +39,7 @@ use agentkeys_store::{
 };
 use axum::extract::{FromRequestParts, Path, RawQuery, State};
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, HeaderValue, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -118,11 +122,20 @@ pub struct MessageSummary {
     pub received_at: i64,
     /// Size of the stored message in bytes.
     pub size: u64,
+    /// In listings on servers whose blobs are in an object store (S3) only: a
+    /// presigned URL that GETs this message's raw bytes straight from the
+    /// store, with no other credential. It expires no later than the read
+    /// capability the listing was made with, sooner if the store caps
+    /// presigned URLs (30 min); after that the raw-message route hands out a
+    /// fresh one. Absent when blobs are in files, and in events.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(format = "uri")]
+    pub raw_url: Option<String>,
 }
 
 impl From<&IndexedMessage> for MessageSummary {
     fn from(m: &IndexedMessage) -> Self {
-        Self { message_id: m.id.to_string(), received_at: m.received_at, size: m.size }
+        Self { message_id: m.id.to_string(), received_at: m.received_at, size: m.size, raw_url: None }
     }
 }
 
@@ -242,14 +255,24 @@ pub(crate) async fn list(
     } else {
         None
     };
-    let body = MessagePage { messages: rows.iter().map(MessageSummary::from).collect(), next_cursor, server_time_ms };
+    let now = state.clock.now();
+    let messages = rows
+        .iter()
+        .map(|m| MessageSummary {
+            raw_url: state.presigned.as_ref().and_then(|p| p.message_url(&capability, m.id, now)).map(String::from),
+            ..MessageSummary::from(m)
+        })
+        .collect();
+    let body = MessagePage { messages, next_cursor, server_time_ms };
     let mut response = Json(body).into_response();
     response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     Ok(response)
 }
 
 /// Fetches one message as stored: our `Received:` (and `Authentication-Results:`)
-/// headers, then the bytes as received.
+/// headers, then the bytes as received. When blobs are in an object store, the
+/// bytes do not pass through this server: the answer is `307` to a presigned
+/// URL of the message that expires no later than the capability.
 #[utoipa::path(
     get,
     path = "/v1/inboxes/{address}/messages/{message_id}",
@@ -260,7 +283,8 @@ pub(crate) async fn list(
         ("message_id" = String, Path, description = "The message id (a ULID)"),
     ),
     responses(
-        (status = 200, description = "The raw message", content_type = "message/rfc822", body = String),
+        (status = 200, description = "The raw message (blobs in files)", content_type = "message/rfc822", body = String),
+        (status = 307, description = "Blobs in an object store (S3): GET the raw message from `Location`, a presigned URL of the store that needs no other credential and expires no later than the capability (at most 30 min)", headers(("Location" = String, description = "The presigned URL"))),
         (status = 401, description = "INVALID_CAPABILITY: missing, malformed, tampered or expired", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "NOT_FOUND: not the capability's inbox, or no such message (one answer)", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "BACKEND_UNAVAILABLE", body = Problem, content_type = "application/problem+json"),
@@ -278,6 +302,23 @@ pub(crate) async fn fetch(
         return Err(ApiError::MailNotFound);
     }
     let mail = mailroom(&state)?;
+    if let Some(presigned) = &state.presigned {
+        // Broker, not proxy: the index says whether it is there, the store serves it.
+        let indexed = mail
+            .index()
+            .message_seq(capability.owner(), capability.inbox(), id)
+            .await
+            .map_err(|e| backend_error(&e))?
+            .is_some();
+        let url = presigned.message_url(&capability, id, state.clock.now()).filter(|_| indexed);
+        let url = url.ok_or(ApiError::MailNotFound)?;
+        let location = HeaderValue::from_str(url.as_str()).map_err(|e| backend_error(&e))?;
+        let mut response = StatusCode::TEMPORARY_REDIRECT.into_response();
+        let headers = response.headers_mut();
+        headers.insert(header::LOCATION, location);
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        return Ok(response);
+    }
     let bytes = mail.get(&key).await.map_err(|e| backend_error(&e))?.ok_or(ApiError::MailNotFound)?;
     let mut response = bytes.into_response();
     let headers = response.headers_mut();

@@ -49,6 +49,11 @@ struct World {
 }
 
 async fn world() -> World {
+    world_with(None).await
+}
+
+/// [`world`] reading through `presigner` (blobs on an object store) when given.
+async fn world_with(presigner: Option<Arc<dyn agentkeys_api::Presigner>>) -> World {
     let seed = MasterSeed::from_bytes([5; 32]);
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(SqliteStore::open_in_memory().await.unwrap());
@@ -67,9 +72,12 @@ async fn world() -> World {
         config: BrokerConfig::new("https://mail.example.com".parse().unwrap()),
     });
     let shutdown = CancellationToken::new();
-    let state = ApiState::with_clock(Arc::new(broker), clock)
+    let mut state = ApiState::with_clock(Arc::new(broker), clock)
         .with_mailroom(mail.clone())
         .with_shutdown(shutdown.clone());
+    if let Some(presigner) = presigner {
+        state = state.with_presigner(presigner);
+    }
     World { _dir: dir, mail, hub, authority, app: router(state), shutdown }
 }
 
@@ -183,6 +191,7 @@ async fn pages_follow_the_cursor_and_stay_inside_the_capability_prefix() {
     assert_eq!(status, StatusCode::OK);
     let first = page["messages"].as_array().unwrap();
     assert_eq!(first.len(), DEFAULT_PAGE_LIMIT as usize);
+    assert!(first.iter().all(|m| m.get("raw_url").is_none()), "blobs in files: no presigned URLs");
     assert_eq!(first[0]["message_id"], ids[119].to_string(), "newest first");
     assert_eq!(page["next_cursor"], ids[70].to_string());
     // The server's clock, the one that stamped the ids: never before the newest.
@@ -351,4 +360,88 @@ async fn fetch_answers_the_bytes_and_one_404_for_everything_else() {
         assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
         assert_eq!(res.headers()[header::WWW_AUTHENTICATE], "Bearer");
     }
+}
+
+/// Blobs on S3 (the real signer, offline: signing does no I/O): listings carry
+/// a `raw_url` per message and the raw route answers 307 to the same URL, each
+/// for the capability's own key and ending when the capability does (or at the
+/// store's 30 min ceiling); what the capability does not cover is one 404 with
+/// no URL. Events carry no URL.
+#[cfg(feature = "s3")]
+#[tokio::test]
+async fn on_s3_listings_and_the_raw_route_hand_out_presigned_urls_bounded_by_the_capability() {
+    use agentkeys_store::S3BlobStore;
+    use agentkeys_store::s3::{ENV_ACCESS_KEY_ID, ENV_ENDPOINT, ENV_SECRET_ACCESS_KEY, MAX_PRESIGN_TTL, S3Config};
+
+    let config = S3Config::from_vars("s3://mail/prod", |name| {
+        match name {
+            ENV_ENDPOINT => Some("http://127.0.0.1:9"),
+            ENV_ACCESS_KEY_ID => Some("AKID"),
+            ENV_SECRET_ACCESS_KEY => Some("secret"),
+            _ => None,
+        }
+        .map(str::to_owned)
+    })
+    .unwrap();
+    let w = world_with(Some(Arc::new(S3BlobStore::open(&config).unwrap()))).await;
+    let mut mine = Vec::new();
+    for i in 0..3 {
+        mine.push(w.deliver(OWNER_A, BOT, &format!("Subject: {i}\r\n\r\nx\r\n")).await);
+    }
+    let b_id = w.deliver(OWNER_B, BOT, "Subject: B's\r\n\r\n").await;
+    let other_id = w.deliver(OWNER_A, OTHER, "Subject: other\r\n\r\n").await;
+    let signed_at = jiff::Timestamp::from_second(NOW).unwrap().strftime("%Y%m%dT%H%M%SZ").to_string();
+    let query = |url: &str, name: &str| {
+        let q = url.split_once('?').unwrap().1;
+        q.split('&').find_map(|p| p.strip_prefix(&format!("{name}="))).map(str::to_owned)
+    };
+    let bot_path = BOT.replace('@', "%40");
+
+    for (ttl, lives) in [(300, 300), (1, 1), (86_400, MAX_PRESIGN_TTL.as_secs())] {
+        let cap = w.capability(OWNER_A, BOT, ttl);
+        let (status, page) = w.json(&format!("/v1/inboxes/{BOT}/messages?order=asc"), &cap).await;
+        assert_eq!(status, StatusCode::OK);
+        let listed = page["messages"].as_array().unwrap();
+        assert_eq!(listed.len(), 3, "{page}");
+        for (m, id) in listed.iter().zip(&mine) {
+            let url = m["raw_url"].as_str().expect("a raw_url on S3");
+            assert!(url.starts_with(&format!("http://127.0.0.1:9/mail/prod/{OWNER_A}/{bot_path}/{id}.eml?")), "{url}");
+            assert_eq!(query(url, "X-Amz-Date"), Some(signed_at.clone()), "signed on the broker's clock");
+            assert_eq!(query(url, "X-Amz-Expires"), Some(lives.to_string()), "capability of {ttl} s: {url}");
+
+            let res = w.request(&format!("/v1/inboxes/{BOT}/messages/{id}"), Some(&cap), None).await;
+            assert_eq!(res.status(), StatusCode::TEMPORARY_REDIRECT);
+            assert_eq!(res.headers()[header::CACHE_CONTROL], "no-store");
+            assert_eq!(res.headers()[header::LOCATION], url, "the route hands out the listing's URL");
+        }
+        // Ids of other inboxes (same name under another owner, another inbox of
+        // the owner), an unknown id, another inbox's path: 404, no URL.
+        for path in [
+            format!("/v1/inboxes/{BOT}/messages/{b_id}"),
+            format!("/v1/inboxes/{BOT}/messages/{other_id}"),
+            format!("/v1/inboxes/{BOT}/messages/{}", Ulid::new()),
+            format!("/v1/inboxes/{OTHER}/messages/{other_id}"),
+        ] {
+            let res = w.request(&path, Some(&cap), None).await;
+            assert_eq!(res.status(), StatusCode::NOT_FOUND, "{path}");
+            assert!(res.headers().get(header::LOCATION).is_none(), "{path}");
+        }
+    }
+    // Expired: 401, nothing handed out.
+    let expired = w.capability(OWNER_A, BOT, 0);
+    let res = w.request(&format!("/v1/inboxes/{BOT}/messages/{}", mine[0]), Some(&expired), None).await;
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    assert!(res.headers().get(header::LOCATION).is_none());
+
+    // Events: ids and sizes only.
+    let cap = w.capability(OWNER_A, BOT, 300);
+    let res = w.request(&format!("/v1/inboxes/{BOT}/events"), Some(&cap), Some(&mine[0].to_string())).await;
+    let mut frames = Frames::new(res);
+    let frame = loop {
+        let f = tokio::time::timeout(Duration::from_secs(30), frames.next()).await.unwrap().unwrap();
+        if !f.starts_with(':') {
+            break f;
+        }
+    };
+    assert!(frame.contains(&mine[1].to_string()) && !frame.contains("raw_url"), "{frame}");
 }

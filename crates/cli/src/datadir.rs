@@ -6,6 +6,7 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use agentkeys_api::Presigner;
 use agentkeys_broker::{AuthorityConfig, SoftwareAuthority};
 use agentkeys_core::{KeyHasher, MasterSeed};
 use agentkeys_store::{
@@ -35,6 +36,10 @@ pub(crate) struct DataDir {
     /// [`Mailroom`] that indexes every inbox copy and publishes its event (the
     /// bare `FsBlobStore` stays inside it).
     pub(crate) blobs: Arc<Mailroom>,
+    /// Signs URLs that read the blob store directly, when it is an object
+    /// store (S3): the read path then brokers instead of proxying. `None` for
+    /// files, whose bytes the server serves itself.
+    pub(crate) presigner: Option<Arc<dyn Presigner>>,
     pub(crate) hasher: KeyHasher,
     /// Key for hashing third-party addresses in audit records.
     pub(crate) address_key: [u8; 32],
@@ -75,7 +80,7 @@ impl DataDir {
         let metadata_location = metadata_location(config);
         let blob_location = blob_location(config);
         let (meta, events) = open_metadata(&metadata_location).await?;
-        let blobs = open_blobs(&blob_location)?;
+        let (blobs, presigner) = open_blobs(&blob_location)?;
         check_seed(meta.as_ref(), &seed, &metadata_location).await?;
         meta.ensure_domain(&config.domain, crate::now()).await?;
         let blobs = Arc::new(Mailroom::new(blobs, meta.clone(), events));
@@ -85,6 +90,7 @@ impl DataDir {
             metadata_location,
             blob_location,
             blobs,
+            presigner,
             hasher: KeyHasher::new(&seed),
             address_key: agentkeys_audit::address_key(&seed),
             seed,
@@ -156,18 +162,22 @@ async fn check_seed(meta: &dyn MetadataStore, seed: &MasterSeed, location: &Meta
     Ok(())
 }
 
-/// Opens the blob store.
-fn open_blobs(location: &BlobLocation) -> Result<Arc<dyn BlobStore>> {
+/// An open blob store, and for an object store its URL signer.
+type OpenBlobs = (Arc<dyn BlobStore>, Option<Arc<dyn Presigner>>);
+
+/// Opens the blob store, and for an object store its URL signer.
+fn open_blobs(location: &BlobLocation) -> Result<OpenBlobs> {
     match location {
         BlobLocation::Files(dir) => {
             let store = FsBlobStore::open(dir).with_context(|| format!("cannot open the blob store {}", dir.display()))?;
-            Ok(Arc::new(store))
+            Ok((Arc::new(store), None))
         }
         BlobLocation::S3 { bucket, prefix } => {
             let url = format!("s3://{bucket}/{prefix}");
             let config = agentkeys_store::S3Config::from_env(&url).with_context(|| format!("cannot configure {location}"))?;
             let store = agentkeys_store::S3BlobStore::open(&config).with_context(|| format!("cannot open {location}"))?;
-            Ok(Arc::new(store))
+            // Clones share the connection pool and the credentials.
+            Ok((Arc::new(store.clone()), Some(Arc::new(store))))
         }
     }
 }

@@ -94,6 +94,14 @@ pub(crate) async fn run(config: Config) -> Result<()> {
     println!("  data dir          {}", data_dir.display());
     println!("  metadata          {}", dir.metadata_location);
     println!("  blobs             {}", dir.blob_location);
+    println!(
+        "  message bytes     {}",
+        if dir.presigner.is_some() {
+            "read by agents straight from the object store (presigned URLs)"
+        } else {
+            "served by this server"
+        }
+    );
     println!("  inbound MX        {}", inbound.local_addr()?);
     println!("  submission        {} (STARTTLS)", submission.local_addr()?);
     println!("  submission TLS    {} (implicit TLS)", submission_tls.local_addr()?);
@@ -141,6 +149,10 @@ pub(crate) async fn run(config: Config) -> Result<()> {
         hostname: config.hostname.clone(),
         submission_port: submission.local_addr()?.port(),
     });
+    if let Some(presigner) = &dir.presigner {
+        // Broker, not proxy: message bytes go from the object store to the agent.
+        api_state = api_state.with_presigner(presigner.clone());
+    }
     let api = agentkeys_api::router(
         api_state
             .with_meta(dir.meta.clone())

@@ -117,7 +117,9 @@ fn readyz_reports_every_check_and_a_held_write_lock_until_it_is_released() {
         .spawn()
         .expect("sqlite3 is installed");
     let mut stdin = sqlite3.stdin.take().unwrap();
-    stdin.write_all(b"BEGIN IMMEDIATE;\nUPDATE domains SET retention = retention;\n").unwrap();
+    // `.timeout`: under load the server may be mid-write; without a busy timeout
+    // sqlite3 would fail BEGIN and run the UPDATE on its own, holding nothing.
+    stdin.write_all(b".timeout 10000\nBEGIN IMMEDIATE;\nUPDATE domains SET retention = retention;\n").unwrap();
     stdin.flush().unwrap();
     let held = readyz_until(&server, 503);
     assert_eq!(held["status"], "not ready", "{held}");

@@ -51,6 +51,7 @@ fn capability(base: &str, key: &str, inbox: &str) -> String {
     let (status, _, body) = curl(&format!("{base}/v1/credentials/read"), Some(key), Some(&json!({ "inbox": inbox })));
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
     let v: Value = serde_json::from_slice(&body).unwrap();
+    assert!(v.get("list_url").is_none(), "blobs in files: no presigned listing: {v}");
     v["token"].as_str().unwrap().to_owned()
 }
 
@@ -95,6 +96,7 @@ fn list_all(base: &str, cap: &str, inbox: &str, order: &str, limit: u32) -> Vec<
         for m in messages {
             assert!(m["received_at"].as_i64().unwrap() > 1_700_000_000);
             assert!(m["size"].as_u64().unwrap() > 0);
+            assert!(m.get("raw_url").is_none(), "blobs in files: the server serves the bytes: {m}");
             ids.push(m["message_id"].as_str().unwrap().to_owned());
         }
         match page["next_cursor"].as_str() {

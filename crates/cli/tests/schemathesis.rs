@@ -15,7 +15,7 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Server, provision, wait_timeout};
+use common::{Server, owner_json, provision, run_json, wait_timeout};
 
 const OWNER: &str = "0x00000000000000000000000000000000000000d1";
 const AGENT: &str = "0x00000000000000000000000000000000000000d2";
@@ -25,14 +25,51 @@ const EXAMPLES_PER_OPERATION: &str = "200";
 /// The whole run's bound: it is killed, and the test fails, past this.
 const RUN_LIMIT: Duration = Duration::from_secs(8 * 60);
 
+/// The runs take turns (each uses two workers of a small machine).
+static ONE_RUN_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[test]
 fn generated_requests_find_no_server_error_and_no_undocumented_answer() {
-    let available = Command::new("schemathesis").arg("--version").output().is_ok_and(|o| o.status.success());
-    assert!(available, "schemathesis is not installed (scripts/test.sh installs it: pip install 'schemathesis>=4,<5')");
     let dir = tempfile::tempdir().unwrap();
     let (_, _, _, key) = provision(dir.path(), OWNER, AGENT, "fuzzed");
-    let server = Server::start(dir.path(), &[]);
-    let report = dir.path().join("schemathesis-report");
+    run_against(dir.path(), &key, &[]);
+}
+
+/// The inbox of the document's own examples (`ReadCredentialRequest.inbox`).
+const EXAMPLE_INBOX: &str = "bot-1@agents.example.com";
+
+/// The same with blobs on S3 (`s3s-fs`). The agent also holds a grant on the
+/// inbox of the document's example, so the example's mint succeeds and its
+/// answer, with the presigned `list_url`, is checked against the schema too.
+#[test]
+fn the_same_with_blobs_on_s3() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (_, _, _, key) = provision(d, OWNER, AGENT, "fuzzed");
+    let (local, domain) = EXAMPLE_INBOX.split_once('@').unwrap();
+    run_json(d, &["domain", "add", domain]);
+    run_json(d, &["inbox", "create", "--agent", AGENT, "--name", local, "--domain", domain]);
+    owner_json(d, OWNER, &["grant", "create", "--agent", AGENT, "--inbox", EXAMPLE_INBOX, "--scopes", "read"]);
+    let s3 = common::S3sFs::start("mail", 19420..=19439);
+    let env = s3.serve_env("fuzz");
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    run_against(d, &key, &env);
+    let minted = run_json(d, &["audit", "list", "--agent", AGENT, "--limit", "100000"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["operation"] == "credential.read" && r["subject"] == EXAMPLE_INBOX)
+        .count();
+    assert!(minted > 0, "the run minted no read capability (with list_url) for {EXAMPLE_INBOX}");
+}
+
+/// A server on `dir` with `env`, and a bounded run with agent key `key`.
+fn run_against(dir: &std::path::Path, key: &str, env: &[(&str, &str)]) {
+    let _turn = ONE_RUN_AT_A_TIME.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let available = Command::new("schemathesis").arg("--version").output().is_ok_and(|o| o.status.success());
+    assert!(available, "schemathesis is not installed (scripts/test.sh installs it: pip install 'schemathesis>=4,<5')");
+    let server = Server::start(dir, env);
+    let report = dir.join("schemathesis-report");
     let started = Instant::now();
     let mut run = Command::new("schemathesis")
         .arg("run")
@@ -48,7 +85,7 @@ fn generated_requests_find_no_server_error_and_no_undocumented_answer() {
         .arg(&report)
         .arg("-H")
         .arg(format!("Authorization: Bearer {key}"))
-        .current_dir(dir.path())
+        .current_dir(dir)
         .env("SCHEMATHESIS_HOOKS", "")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

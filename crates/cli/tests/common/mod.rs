@@ -558,3 +558,88 @@ impl DkimKey {
         format!("{}{message}", signature.to_header())
     }
 }
+
+/// A running `s3s-fs` (an S3 server that checks SigV4 signatures, presigned
+/// URLs included) over a temporary root with one bucket, on a loopback port of
+/// the caller's range; killed by its PID when dropped. Installed by
+/// `scripts/test.sh` (`cargo install s3s-fs --version 0.14.1 --features binary --locked`).
+pub struct S3sFs {
+    child: Child,
+    pub port: u16,
+    /// The server's root directory: bucket `b`'s object `k` is the file `root/b/k`.
+    pub root: PathBuf,
+    pub bucket: String,
+    _dir: tempfile::TempDir,
+}
+
+/// The access key of every [`S3sFs`].
+pub const S3_ACCESS_KEY: &str = "s3-harness-access";
+/// The secret key of every [`S3sFs`].
+pub const S3_SECRET_KEY: &str = "s3-harness-secret-0123456789";
+
+impl S3sFs {
+    /// Starts the server with `bucket` on the first free port of `ports` and
+    /// waits until it listens.
+    pub fn start(bucket: &str, ports: std::ops::RangeInclusive<u16>) -> S3sFs {
+        let dir = tempfile::Builder::new().prefix("s3read-s3s-").tempdir().expect("temp dir");
+        let root = dir.path().join("root");
+        std::fs::create_dir_all(root.join(bucket)).expect("bucket directory");
+        let port = ports
+            .clone()
+            .find(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok())
+            .unwrap_or_else(|| panic!("no free port in {ports:?}"));
+        let log = std::fs::File::create(dir.path().join("s3s-fs.log")).expect("log file");
+        let child = Command::new("s3s-fs")
+            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--access-key", S3_ACCESS_KEY, "--secret-key", S3_SECRET_KEY])
+            .arg(&root)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log file"))
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot run s3s-fs ({e}); install it: cargo install s3s-fs --version 0.14.1 --features binary --locked")
+            });
+        let server = S3sFs { child, port, root, bucket: bucket.to_owned(), _dir: dir };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "s3s-fs did not listen on {port} in time");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        server
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The environment that makes `agentkeys serve` keep blobs here, under `prefix`.
+    pub fn serve_env(&self, prefix: &str) -> Vec<(&'static str, String)> {
+        vec![
+            ("AGENTKEYS_BLOBS", format!("s3://{}/{prefix}", self.bucket)),
+            ("AWS_ENDPOINT_URL", self.endpoint()),
+            ("AWS_REGION", "us-east-1".to_owned()),
+            ("AWS_ACCESS_KEY_ID", S3_ACCESS_KEY.to_owned()),
+            ("AWS_SECRET_ACCESS_KEY", S3_SECRET_KEY.to_owned()),
+        ]
+    }
+
+    /// The stored bytes of object `key` of the bucket, read from disk (not through S3).
+    pub fn object(&self, key: &str) -> Option<Vec<u8>> {
+        std::fs::read(self.root.join(&self.bucket).join(key)).ok()
+    }
+
+    /// Kills the server (by its PID) and reaps it.
+    pub fn stop(&mut self) {
+        self.child.kill().ok();
+        self.child.wait().ok();
+    }
+}
+
+impl Drop for S3sFs {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
