@@ -23,8 +23,11 @@ pub fn resource(name: &str) -> PathBuf {
     repo_root().join("tests/resources").join(name)
 }
 
+/// Environment variables, in order.
+type Env = Vec<(String, String)>;
+
 /// The deployment environments registered with [`share_deployment`], by data directory.
-static DEPLOYMENTS: std::sync::Mutex<Vec<(PathBuf, Vec<(String, String)>)>> = std::sync::Mutex::new(Vec::new());
+static DEPLOYMENTS: std::sync::Mutex<Vec<(PathBuf, Env)>> = std::sync::Mutex::new(Vec::new());
 
 /// Registers environment that every command run against `data_dir` gets, the
 /// server's included: where a multi-node deployment keeps its metadata and
@@ -37,7 +40,7 @@ pub fn share_deployment(data_dir: &Path, env: &[(String, String)]) {
     all.push((data_dir.to_path_buf(), env.to_vec()));
 }
 
-fn deployment_env(data_dir: &Path) -> Vec<(String, String)> {
+fn deployment_env(data_dir: &Path) -> Env {
     let all = DEPLOYMENTS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     all.iter().find(|(dir, _)| dir == data_dir).map(|(_, env)| env.clone()).unwrap_or_default()
 }
