@@ -492,6 +492,18 @@ impl Drop for Senders {
     }
 }
 
+/// A child process killed (by its PID) and reaped if the test ends before it does.
+struct KilledOnDrop(Option<Child>);
+
+impl Drop for KilledOnDrop {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            child.kill().ok();
+            child.wait().ok();
+        }
+    }
+}
+
 /// The value of `name:` in a message's header (first occurrence).
 fn header<'a>(message: &'a str, name: &str) -> Option<&'a str> {
     let head = message.split("\r\n\r\n").next()?;
@@ -599,7 +611,7 @@ fn any_one_node_may_die() {
 
     // The agent waits for a sign-up code on a node that survives.
     let config_dir = tempfile::Builder::new().prefix("multinode-agent-").tempdir().unwrap();
-    let mut waiter = agentkeys(&survivor.dir)
+    let mut waiter = KilledOnDrop(Some(agentkeys(&survivor.dir)
         .args(["mail", "otp", "--wait", "--from", SERVICE, "--timeout", "150"])
         .env("AGENTKEYS_SERVER", format!("http://{}", local(survivor.http)))
         .env("AGENTKEYS_AGENT_KEY", &key)
@@ -608,7 +620,7 @@ fn any_one_node_may_die() {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .unwrap();
+        .unwrap()));
 
     // The load, through HAProxy.
     let run_id = ulid::Ulid::new().to_string().to_lowercase();
@@ -670,11 +682,13 @@ fn any_one_node_may_die() {
     let reply = deliver_retrying(local(haproxy.mx), &format!("bounce@{SERVICE}"), &signup, &signup_mail(&service_key, &signup, &code));
     assert_eq!(reply, 250, "the sign-up mail was refused");
     println!("[{:>6.1?}] sign-up code {code} accepted with {} down", started.elapsed(), victim.name);
-    let status = wait_timeout(&mut waiter, OTP_LIMIT);
+    let child = waiter.0.as_mut().unwrap();
+    let status = wait_timeout(child, OTP_LIMIT);
     if status.is_none() {
-        waiter.kill().ok();
+        child.kill().ok();
     }
-    let waited = waiter.wait_with_output().unwrap();
+    // Exited or killed: nothing is left to end.
+    let waited = waiter.0.take().unwrap().wait_with_output().unwrap();
     let status = status.unwrap_or_else(|| {
         panic!(
             "the waiting agent got no code: {}\nindexed for {signup}: {:?}\nstored: {:?}",
