@@ -10,6 +10,8 @@ command -v python3 >/dev/null 2>&1 || missing+=(python3)
 command -v sqlite3 >/dev/null 2>&1 || missing+=(sqlite3)  # audit tamper tests edit the database
 command -v curl >/dev/null 2>&1 || missing+=(curl)  # HTTP tests against the real server (owner gate, broker)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)  # the HTTPS tests check TLS versions and fingerprints with s_client/x509
+command -v haproxy >/dev/null 2>&1 || missing+=(haproxy)  # the multi-node test's L4 balancer in front of the nodes (crates/cli/tests/multinode.rs)
+command -v psql >/dev/null 2>&1 || missing+=(postgresql-client)  # the multi-node test creates its database and reads the index with psql
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "installing test peers: ${missing[*]}"

@@ -122,10 +122,21 @@ impl Mailroom {
     /// Makes the index match the blobs of `inboxes`: indexes every inbox copy
     /// without a row (a crash between the blob write and the index commit) and
     /// drops rows whose blob is gone. Publishes nothing. Run at start, before
-    /// the listeners accept mail.
+    /// this node's listeners accept mail, while other nodes sharing the
+    /// metadata and blobs may be storing mail.
+    ///
+    /// The index is read **before** the blobs are listed. A row is committed
+    /// only after its blob is durable, so every row read first has its blob in
+    /// the later listing, unless it was removed meanwhile (row first, then
+    /// blob: dropping that row again is a no-op). Listed first, a blob another
+    /// node stored between the two reads would look gone while its row is
+    /// there, and the message, acknowledged already, would be dropped from the
+    /// index. A blob stored between the reads is indexed here as well, which
+    /// is harmless: indexing is idempotent and keeps the first `seq`.
     pub async fn reconcile(&self, inboxes: &[(OwnerId, Address)]) -> Result<Reconciled, StoreError> {
         let mut report = Reconciled::default();
         for (owner, inbox) in inboxes {
+            let indexed = self.index.indexed_ids(owner, inbox).await?;
             let prefix = format!("{owner}/{inbox}/");
             let stored: Vec<(Ulid, BlobKey)> = self
                 .blobs
@@ -135,7 +146,6 @@ impl Mailroom {
                 .into_iter()
                 .filter_map(|key| key.message_parts().map(|(_, _, id)| (id, key)))
                 .collect();
-            let indexed = self.index.indexed_ids(owner, inbox).await?;
             let mut missing = Vec::new();
             for (id, key) in &stored {
                 if indexed.contains(id) {

@@ -289,6 +289,83 @@ async fn reconcile_indexes_orphan_blobs_and_drops_rows_without_blobs() {
     assert_eq!((again.indexed, again.dropped), (0, 0));
 }
 
+/// When, relative to the reconciling node's blob listing, another node stores
+/// a message (blob, then index row) in [`RacingList`].
+#[derive(Clone, Copy, Debug)]
+enum Race {
+    BeforeListing,
+    AfterListing,
+}
+
+/// The reconciling node's view of the blob store: while armed, its next
+/// `list` lets another node (a second [`Mailroom`] over the same blobs and
+/// index) store one message just before or just after the listing is taken.
+struct RacingList {
+    inner: Arc<FsBlobStore>,
+    other: Mailroom,
+    race: Race,
+    stored: std::sync::Mutex<Option<Ulid>>,
+}
+
+impl RacingList {
+    async fn other_node_stores(&self) {
+        let Some(id) = self.stored.lock().unwrap().take() else { return };
+        self.other.put_durable(vec![copy(BOT, id, "stored by another node")]).await.unwrap();
+    }
+}
+
+#[async_trait]
+impl BlobStore for RacingList {
+    async fn put_durable(&self, items: Vec<(BlobKey, Bytes)>) -> Result<(), agentkeys_store::BlobError> {
+        self.inner.put_durable(items).await
+    }
+    async fn get(&self, key: &BlobKey) -> Result<Option<Bytes>, agentkeys_store::BlobError> {
+        self.inner.get(key).await
+    }
+    async fn list(&self, prefix: &str) -> Result<Vec<BlobKey>, agentkeys_store::BlobError> {
+        if matches!(self.race, Race::BeforeListing) {
+            self.other_node_stores().await;
+        }
+        let listed = self.inner.list(prefix).await;
+        if matches!(self.race, Race::AfterListing) {
+            self.other_node_stores().await;
+        }
+        listed
+    }
+    async fn remove(&self, key: &BlobKey) -> Result<bool, agentkeys_store::BlobError> {
+        self.inner.remove(key).await
+    }
+}
+
+/// Found by crates/cli/tests/multinode.rs's review of a restarting node:
+/// reconcile listed the blobs before reading the index, so a message another
+/// node stored (and acknowledged) between the two reads looked like a row
+/// without a blob and was dropped from the index.
+#[tokio::test]
+async fn a_reconcile_never_drops_mail_another_node_stores_meanwhile() {
+    for race in [Race::BeforeListing, Race::AfterListing] {
+        let f = fixture().await;
+        let other = f.mailroom(f.store.clone());
+        let before = Ulid::new();
+        other.put_durable(vec![copy(BOT, before, "stored earlier")]).await.unwrap();
+        let racing = Ulid::new();
+        let blobs = Arc::new(RacingList {
+            inner: f.raw.clone(),
+            other,
+            race,
+            stored: std::sync::Mutex::new(Some(racing)),
+        });
+        let restarting = Mailroom::new(blobs, f.store.clone(), Arc::new(f.hub.clone()));
+        let report = restarting.reconcile(&[(owner(), inbox(BOT))]).await.unwrap();
+        assert_eq!(report.dropped, 0, "{race:?}: {report:?}");
+        let ids = f.store.indexed_ids(&owner(), &inbox(BOT)).await.unwrap();
+        assert_eq!(ids, HashSet::from([before, racing]), "{race:?}");
+        // Indexed once, whoever indexed it: one row, with the seq it was first given.
+        let rows = f.store.list_messages(&owner(), &inbox(BOT), &page(ListOrder::OldestFirst, None, None, 10)).await.unwrap();
+        assert_eq!(rows.len(), 2, "{race:?}: {rows:?}");
+    }
+}
+
 #[tokio::test]
 async fn retention_expires_per_domain_in_audited_batches() {
     let f = fixture().await;

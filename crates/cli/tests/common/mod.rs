@@ -23,7 +23,30 @@ pub fn resource(name: &str) -> PathBuf {
     repo_root().join("tests/resources").join(name)
 }
 
-/// A command for the binary with a clean AGENTKEYS_* environment and `--data-dir`.
+/// Environment variables, in order.
+type Env = Vec<(String, String)>;
+
+/// The deployment environments registered with [`share_deployment`], by data directory.
+static DEPLOYMENTS: std::sync::Mutex<Vec<(PathBuf, Env)>> = std::sync::Mutex::new(Vec::new());
+
+/// Registers environment that every command run against `data_dir` gets, the
+/// server's included: where a multi-node deployment keeps its metadata and
+/// blobs (`AGENTKEYS_DATABASE_URL`, `AGENTKEYS_BLOBS`, the `AWS_*` variables),
+/// so the harness's admin helpers ([`provision`], [`run_json`], …) work against
+/// a node's data directory unchanged. Replaces an earlier registration.
+pub fn share_deployment(data_dir: &Path, env: &[(String, String)]) {
+    let mut all = DEPLOYMENTS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    all.retain(|(dir, _)| dir != data_dir);
+    all.push((data_dir.to_path_buf(), env.to_vec()));
+}
+
+fn deployment_env(data_dir: &Path) -> Env {
+    let all = DEPLOYMENTS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    all.iter().find(|(dir, _)| dir == data_dir).map(|(_, env)| env.clone()).unwrap_or_default()
+}
+
+/// A command for the binary with a clean AGENTKEYS_* environment (plus the
+/// data directory's [`share_deployment`] environment) and `--data-dir`.
 pub fn agentkeys(data_dir: &Path) -> Command {
     agentkeys_under(&[], data_dir)
 }
@@ -42,6 +65,9 @@ pub fn agentkeys_under(wrapper: &[&str], data_dir: &Path) -> Command {
         if k.starts_with("AGENTKEYS_") {
             cmd.env_remove(k);
         }
+    }
+    for (k, v) in deployment_env(data_dir) {
+        cmd.env(k, v);
     }
     cmd.arg("--data-dir").arg(data_dir);
     cmd
