@@ -1333,3 +1333,16 @@ async fn the_first_seed_fingerprint_recorded_is_the_deployments() {
     assert!(seen.windows(2).all(|w| w[0] == w[1]), "{seen:?}");
     assert_eq!(a.seed_fingerprint(&[99; 32]).await.unwrap(), seen[0]);
 }
+
+/// A node that stalls inside a transaction cannot hold the shared locks (chain
+/// head, seq counter) for longer than `IDLE_IN_TRANSACTION_TIMEOUT`: every
+/// session the store opens carries the setting.
+#[tokio::test]
+async fn sessions_carry_the_idle_in_transaction_timeout() {
+    let (_db, store) = fresh().await;
+    let pool = sqlx::postgres::PgPoolOptions::new().max_connections(1).connect_with(store.connect_options()).await.unwrap();
+    let (shown,): (String,) = sqlx::query_as("SHOW idle_in_transaction_session_timeout").fetch_one(&pool).await.unwrap();
+    let want = agentkeys_store::postgres::IDLE_IN_TRANSACTION_TIMEOUT.as_secs();
+    assert_eq!(shown, format!("{want}s"));
+    pool.close().await;
+}

@@ -59,6 +59,13 @@ use crate::sqlite::Clock;
 /// Most connections one store (one node) keeps open to the database.
 pub const MAX_CONNECTIONS: u32 = 16;
 
+/// How long one of our sessions may sit idle inside an open transaction before
+/// PostgreSQL ends it. A node that freezes (or whose host dies without closing
+/// its sockets) between statements would otherwise hold the audit chain head and
+/// the index `seq` counter locked, stalling every node, until TCP noticed.
+/// Every transaction of ours runs its statements back to back, far below this.
+pub const IDLE_IN_TRANSACTION_TIMEOUT: Duration = Duration::from_secs(15);
+
 /// How long a request waits for a free pooled connection before it fails with
 /// `Backend` (the database is unreachable or every connection is busy).
 pub const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -104,6 +111,10 @@ impl PgStore {
 
     /// [`PgStore::connect`] with explicit options and pool size.
     pub async fn connect_with(options: PgConnectOptions, max_connections: u32) -> Result<Self, StoreError> {
+        let options = options.options([(
+            "idle_in_transaction_session_timeout",
+            IDLE_IN_TRANSACTION_TIMEOUT.as_millis().to_string(),
+        )]);
         let pool = PgPoolOptions::new()
             .max_connections(max_connections.max(1))
             .acquire_timeout(ACQUIRE_TIMEOUT)
