@@ -433,7 +433,7 @@ pub(crate) async fn inbox(config: &Config, cmd: InboxCmd, json: bool) -> Result<
                 .await?
                 .ok_or_else(|| anyhow!("agent {agent} not found; add it first with `agentkeys agent add`"))?
                 .owner;
-            let rec = InboxRecord { address: address.clone(), owner, agent, status: InboxStatus::Active, created_at: crate::now() };
+            let rec = InboxRecord { address: address.clone(), owner, agent, status: InboxStatus::Active, created_at: crate::now(), expires_at: None };
             let _receipt = dir.meta.create_inbox(&rec, &inbox_event(&rec)).await.map_err(|e| hint(e, "pick another --name"))?;
             print(json, json!({ "address": address }), || address.to_string());
         }
