@@ -303,7 +303,7 @@ impl Directory for PgStore {
                 names.push_str(&format!(" and {} more", inboxes.len() - SHOWN));
             }
             return Err(StoreError::Invalid(format!(
-                "domain {domain} still has {} inbox(es): {names}; an inbox is never deleted, so a domain with inboxes cannot be removed",
+                "domain {domain} still has {} inbox(es): {names}; inboxes are not deleted (only expired ones, by the sweeper), so a domain with inboxes cannot be removed",
                 inboxes.len()
             )));
         }
