@@ -69,6 +69,7 @@ fuzz_target!(|data: &[u8]| {
                     let answer = RecipientAnswer::Hosted(q.inbox.map(|_| Recipient {
                         owner: "0x1111111111111111111111111111111111111111".parse().unwrap(),
                         status: InboxStatus::Active,
+                        expires_at: None,
                     }));
                     session.recipient_result(Ok(answer), now);
                 }

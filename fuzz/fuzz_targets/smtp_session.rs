@@ -67,6 +67,7 @@ fn drive(kind: ListenerKind, input: &[u8], cuts: &[usize]) -> (Vec<String>, usiz
                         RecipientAnswer::Hosted(q.inbox.map(|_| Recipient {
                             owner: "0x1111111111111111111111111111111111111111".parse().unwrap(),
                             status: InboxStatus::Active,
+                            expires_at: None,
                         }))
                     } else {
                         RecipientAnswer::NotHosted

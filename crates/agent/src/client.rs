@@ -95,7 +95,7 @@ pub enum ClientError {
     NoGrant {
         /// The inbox.
         inbox: String,
-        /// `read` or `send`.
+        /// `read`, `send` or `create`.
         scope: &'static str,
         /// `NO_GRANT` or `GRANT_EXPIRED`.
         code: String,
@@ -151,13 +151,30 @@ pub enum ClientError {
 pub struct InboxEntry {
     /// The address.
     pub address: String,
-    /// What the agent may do with it: `read`, `send`, `admin`.
+    /// What the agent may do with it: `read`, `send`, `admin`, `create`.
     pub scopes: Vec<String>,
     /// When the last covering grant expires (Unix seconds).
     pub grant_expires_at: i64,
     /// `active`, `disabled` or `suspended`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<String>,
+    /// When the inbox itself expires and is removed with its mail (Unix
+    /// seconds); absent for an inbox that does not expire.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<i64>,
+}
+
+/// An inbox this agent created (`POST /v1/agent/inboxes`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct CreatedInbox {
+    /// The new address: give it to the service as the sign-up address.
+    pub address: String,
+    /// When it stops receiving and is removed with its mail (Unix seconds).
+    pub expires_at: i64,
+    /// The grant that allowed it.
+    pub grant_id: String,
+    /// When that grant expires (Unix seconds).
+    pub grant_expires_at: i64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -514,6 +531,48 @@ impl ApiClient {
             return Err(Self::refusal(r, "any inbox", "list", "the agent inbox listing".to_owned()).await);
         }
         Ok(Self::json::<InboxList>(r).await?.inboxes)
+    }
+
+    /// `POST /v1/agent/inboxes`: a new inbox for this agent under its `create`
+    /// grant; `name`, `domain` and the lifetime `expires_in` (seconds) are
+    /// optional (the server picks a name under the grant's pattern, the domain
+    /// the grant names, and as long as the grant allows).
+    pub async fn create_inbox(
+        &self,
+        name: Option<&str>,
+        domain: Option<&str>,
+        expires_in: Option<i64>,
+    ) -> Result<CreatedInbox, ClientError> {
+        let mut body = serde_json::Map::new();
+        if let Some(name) = name {
+            body.insert("name".into(), name.into());
+        }
+        if let Some(domain) = domain {
+            body.insert("domain".into(), domain.into());
+        }
+        if let Some(secs) = expires_in {
+            body.insert("expires_in".into(), secs.into());
+        }
+        let body = serde_json::Value::Object(body).to_string();
+        let r = self
+            .send_request(
+                Method::POST,
+                "/v1/agent/inboxes",
+                Auth::AgentKey,
+                Some(("application/json", Bytes::from(body))),
+                "application/json",
+                None,
+            )
+            .await?;
+        if r.status() != StatusCode::CREATED {
+            let what = match (name, domain) {
+                (Some(n), Some(d)) => format!("{n}@{d}"),
+                (Some(n), None) => n.to_owned(),
+                _ => "a new inbox".to_owned(),
+            };
+            return Err(Self::refusal(r, &what, "create", what.clone()).await);
+        }
+        Self::json(r).await
     }
 
     /// A read capability for `inbox`: the cached one if it has more than

@@ -11,7 +11,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::config::SendVia;
-use crate::client::{ApiClient, ClientError, InboxEntry, ListQuery, MessageEntry, Order, SendReceipt};
+use crate::client::{ApiClient, ClientError, CreatedInbox, InboxEntry, ListQuery, MessageEntry, Order, SendReceipt};
 
 /// Default page size of `list_messages`.
 pub const DEFAULT_LIST_LIMIT: u32 = 20;
@@ -99,6 +99,26 @@ pub struct ListInboxesParams {}
 pub struct InboxList {
     /// The inboxes, by address.
     pub inboxes: Vec<InboxEntry>,
+}
+
+/// `create_inbox`: every field optional.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateInboxParams {
+    /// The local part, e.g. `signup-github` (a-z 0-9 . _ -). It must fall under
+    /// a pattern the owner granted with the `create` scope (`signup-*@domain`
+    /// needs a name starting `signup-`). Default: a fresh random name under it.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// The domain. Default: the one the agent's create grant names.
+    #[serde(default)]
+    pub domain: Option<String>,
+    /// How long the inbox lives, in seconds: it then stops receiving and is
+    /// deleted with its mail. At most until the grant expires and 30 days.
+    /// Default: as long as the grant allows.
+    #[serde(default)]
+    #[schemars(range(min = 1, max = 2_592_000))]
+    pub expires_in_s: Option<u64>,
 }
 
 /// `list_messages`.
@@ -647,6 +667,20 @@ impl MailService {
     /// `list_inboxes`.
     pub async fn list_inboxes(&self) -> Result<InboxList, MailError> {
         Ok(InboxList { inboxes: self.client.list_inboxes().await? })
+    }
+
+    /// `create_inbox`: a new inbox for this agent under its `create` grant.
+    pub async fn create_inbox(&self, p: &CreateInboxParams) -> Result<CreatedInbox, MailError> {
+        let trimmed = |v: &Option<String>| v.as_deref().map(str::trim).filter(|t| !t.is_empty()).map(str::to_owned);
+        let expires_in = match p.expires_in_s {
+            Some(0) => return Err(MailError::Invalid("expires_in_s must be at least 1 second".to_owned())),
+            Some(secs) => Some(i64::try_from(secs).map_err(|_| {
+                MailError::Invalid(format!("expires_in_s {secs} is too large: at most 30 days (2592000)"))
+            })?),
+            None => None,
+        };
+        let (name, domain) = (trimmed(&p.name), trimmed(&p.domain));
+        Ok(self.client.create_inbox(name.as_deref(), domain.as_deref(), expires_in).await?)
     }
 
     async fn summary(&self, inbox: &str, entry: &MessageEntry) -> Result<MessageSummary, MailError> {

@@ -5,7 +5,7 @@
 //! Every tool has a JSON Schema for its input (schemars, from the parameter types
 //! in [`crate::mailbox`]) and annotations: reads and waits are `readOnlyHint`,
 //! sending, replying and forwarding are `destructiveHint` (they cannot be
-//! undone). A failure is a tool error (`isError: true`) whose text says what
+//! undone), and `create_inbox` is neither (it adds an inbox that expires). A failure is a tool error (`isError: true`) whose text says what
 //! went wrong and what to do, never a protocol error.
 
 use std::net::SocketAddr;
@@ -18,7 +18,7 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use crate::mailbox::{
-    ExtractOtpParams, ForwardParams, GetAttachmentParams, GetMessageParams, ListInboxesParams, ListMessagesParams,
+    CreateInboxParams, ExtractOtpParams, ForwardParams, GetAttachmentParams, GetMessageParams, ListInboxesParams, ListMessagesParams,
     MailError, MailService, MarkParams, ReplyParams, SendMessageParams, WaitForOtpParams, WaitParams,
 };
 
@@ -32,7 +32,9 @@ pub const MCP_MAX_WAIT_SECS: u64 = 40;
 
 /// What the server tells clients about itself.
 const INSTRUCTIONS: &str = "Mail for this agent on an AgentKeys Mail server. \
-Start with list_inboxes. To receive a sign-up code: submit the form, then call \
+Start with list_inboxes. If the owner allows it (a grant with the create scope), \
+create_inbox makes a fresh address per service (e.g. signup-github@…) that \
+expires on its own. To receive a sign-up code: submit the form, then call \
 wait_for_otp with the inbox and the service's from_domain (e.g. example.com). \
 It returns the newest code or link from that domain that no earlier call handed \
 out, from the last 2 minutes or arriving while it waits, so a mail that came \
@@ -74,7 +76,8 @@ impl MailTools {
         Self { mailbox, tool_router: Self::tool_router() }
     }
 
-    /// The inboxes this agent may use, with its scopes (read, send) on each.
+    /// The inboxes this agent may use, with its scopes (read, send, create) on
+    /// each and, for one it created, when it expires.
     /// Give one of these addresses to a service as the sign-up address and pass
     /// it as `inbox` to the other tools. An empty list means the owner has not
     /// granted any inbox yet: ask them for a grant.
@@ -84,6 +87,24 @@ impl MailTools {
     )]
     async fn list_inboxes(&self, Parameters(_p): Parameters<ListInboxesParams>) -> Result<String, String> {
         answer(self.mailbox.list_inboxes().await)
+    }
+
+    /// Creates a new inbox for this agent, to use as the sign-up address of
+    /// one service (one per service: mail and codes stay apart, and the address
+    /// can simply expire afterwards). Only works where the owner granted the
+    /// `create` scope on a pattern such as `signup-*@domain`: the name must fall
+    /// under it (omit `name` for a fresh random one). `expires_in_s` sets when
+    /// it stops receiving and is deleted with all its mail (default and maximum:
+    /// when the grant ends, at most 30 days); asking for longer than the grant
+    /// is refused. Returns the `address` and `expires_at` (Unix seconds); then
+    /// use `wait_for_otp` with that address as `inbox`. A refusal naming the
+    /// grant means the owner has not allowed creating this address.
+    #[tool(
+        name = "create_inbox",
+        annotations(title = "Create an inbox", read_only_hint = false, destructive_hint = false, idempotent_hint = false, open_world_hint = false)
+    )]
+    async fn create_inbox(&self, Parameters(p): Parameters<CreateInboxParams>) -> Result<String, String> {
+        answer(self.mailbox.create_inbox(&p).await)
     }
 
     /// Messages of an inbox, newest first, with From and Subject; filter by
@@ -297,6 +318,7 @@ mod tests {
             names.iter().copied().collect::<std::collections::BTreeSet<_>>(),
             [
                 "list_inboxes",
+                "create_inbox",
                 "list_messages",
                 "get_message",
                 "get_attachment",
@@ -315,8 +337,10 @@ mod tests {
             assert_eq!(tool.input_schema.get("type").and_then(|t| t.as_str()), Some("object"), "{}", tool.name);
             let a = tool.annotations.as_ref().unwrap_or_else(|| panic!("{} has no annotations", tool.name));
             let sends = matches!(tool.name.as_ref(), "send_message" | "reply_to_message" | "forward_message");
+            // Creating an inbox changes state but destroys nothing.
+            let creates = tool.name == "create_inbox";
             assert_eq!(a.destructive_hint, Some(sends), "{}", tool.name);
-            assert_eq!(a.read_only_hint, Some(!sends), "{}", tool.name);
+            assert_eq!(a.read_only_hint, Some(!sends && !creates), "{}", tool.name);
             assert!(tool.description.as_deref().is_some_and(|d| d.len() > 20), "{}", tool.name);
         }
     }

@@ -154,6 +154,10 @@ pub enum ApiError {
     Conflict,
     /// 409 `ADDRESS_TAKEN`: an inbox with this address exists already.
     AddressTaken,
+    /// 400 `INVALID_EXPIRY` (field `expires_in`): an agent asked for an inbox
+    /// lifetime that is not positive, ends after the grant that allows it, or
+    /// is longer than 30 days. Refused, not clamped.
+    InboxExpiry(agentkeys_core::InboxExpiryError),
     /// 409 `IDEMPOTENCY_KEY_REUSED`: the send's `Idempotency-Key` was used (within
     /// 24 h, for this inbox and agent) with another request.
     IdempotencyKeyReused,
@@ -197,9 +201,10 @@ impl ApiError {
         match self {
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::NoGrant | Self::GrantExpired => StatusCode::FORBIDDEN,
-            Self::InvalidRequest { .. } | Self::InvalidTtl { .. } | Self::AudienceNotAllowed { .. } => {
-                StatusCode::BAD_REQUEST
-            }
+            Self::InvalidRequest { .. }
+            | Self::InvalidTtl { .. }
+            | Self::AudienceNotAllowed { .. }
+            | Self::InboxExpiry(_) => StatusCode::BAD_REQUEST,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::NotFound => StatusCode::NOT_FOUND,
@@ -267,6 +272,7 @@ impl ApiError {
             Self::GrantChange(_) => "INVALID_REQUEST",
             Self::Conflict => "CONFLICT",
             Self::AddressTaken => "ADDRESS_TAKEN",
+            Self::InboxExpiry(_) => "INVALID_EXPIRY",
             Self::IdempotencyKeyReused => "IDEMPOTENCY_KEY_REUSED",
             Self::IdempotencyKeyInUse => "IDEMPOTENCY_KEY_IN_USE",
             Self::RateLimited { .. } => "RATE_LIMITED",
@@ -306,6 +312,7 @@ impl ApiError {
             Self::GrantChange(_) => "Grant change refused",
             Self::Conflict => "Conflict",
             Self::AddressTaken => "Address taken",
+            Self::InboxExpiry(_) => "Invalid inbox expiry",
             Self::IdempotencyKeyReused => "Idempotency key reused",
             Self::IdempotencyKeyInUse => "Idempotency key in use",
             Self::RateLimited { .. } => "Too many requests",
@@ -398,6 +405,7 @@ impl ApiError {
             Self::AddressTaken => {
                 ("an inbox with this address exists already; pick another name".to_owned(), Some("address".to_owned()))
             }
+            Self::InboxExpiry(e) => (e.to_string(), Some("expires_in".to_owned())),
             Self::IdempotencyKeyReused => (
                 "this Idempotency-Key was used within 24 h with a different message; nothing was sent. Use a new key \
                  for a new message, or resend the first message unchanged to get its answer"

@@ -5,6 +5,7 @@
 //! | POST | `/v1/credentials/read` | a read capability for one inbox (agent key) |
 //! | POST | `/v1/credentials/oidc` | an OIDC JWT for cloud federation (agent key) |
 //! | GET | `/v1/agent/inboxes` | the inboxes the agent's active grants cover (agent key) |
+//! | POST | `/v1/agent/inboxes` | a new inbox for the agent under its `create` grant, with an expiry (agent key) |
 //! | GET | `/.well-known/openid-configuration` | OIDC discovery (issuer = the public URL) |
 //! | GET | `/.well-known/jwks.json` | the OIDC signing keys |
 //! | GET | `/.well-known/mta-sts.txt` | the MTA-STS policy, for `Host: mta-sts.<hosted domain>` ([`ApiState::with_mta_sts_policy`]) |
@@ -270,6 +271,7 @@ fn table() -> Vec<Route> {
         route(Verb::Post, "/v1/credentials/read", credentials::mint_read),
         route(Verb::Post, "/v1/credentials/oidc", credentials::mint_oidc),
         route(Verb::Get, "/v1/agent/inboxes", agent_inboxes::list),
+        route(Verb::Post, "/v1/agent/inboxes", agent_inboxes::create),
         route(Verb::Get, "/.well-known/openid-configuration", well_known::openid_configuration),
         route(Verb::Get, "/.well-known/jwks.json", well_known::jwks),
         route(Verb::Get, "/.well-known/mta-sts.txt", well_known::mta_sts_policy),

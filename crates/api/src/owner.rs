@@ -242,6 +242,9 @@ pub enum ScopeName {
     Send,
     /// Manage the inbox.
     Admin,
+    /// Create inboxes under the grant's pattern for the agent itself
+    /// (`POST /v1/agent/inboxes`), each expiring no later than the grant.
+    Create,
 }
 
 /// Body of `POST /v1/grants`.
@@ -251,10 +254,11 @@ pub struct CreateGrantRequest {
     /// One of the owner's agents (`0x` + 40 hex digits).
     #[schema(pattern = r#"^0[xX][0-9a-fA-F]{40}$"#)]
     pub agent: String,
-    /// An address, a prefix ending in `*` (`bot-*@…`), or `*@domain`.
-    #[schema(pattern = r#"^(?:\*@(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.){0,2}[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?|[A-Za-z0-9._@-]{1,64}\*|[A-Za-z0-9_-]{1,32}(?:\.[A-Za-z0-9_-]{1,15}){0,2}@(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.){0,2}[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)$"#)]
+    /// An address, a prefix ending in `*` (`bot-*`), a prefix in a domain
+    /// (`signup-*@domain`), or `*@domain`.
+    #[schema(pattern = r#"^(?:\*@(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.){0,2}[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?|[A-Za-z0-9_-]{1,32}\*@(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.){0,2}[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?|[A-Za-z0-9._@-]{1,64}\*|[A-Za-z0-9_-]{1,32}(?:\.[A-Za-z0-9_-]{1,15}){0,2}@(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.){0,2}[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)$"#)]
     pub inbox: String,
-    /// Any of `read`, `send`, `admin`.
+    /// Any of `read`, `send`, `admin`, `create`.
     #[schema(value_type = Vec<ScopeName>, min_items = 1)]
     pub scopes: Vec<String>,
     /// Lifetime in seconds; default and maximum 30 days.

@@ -65,6 +65,10 @@ pub struct InboxView {
     pub status: String,
     /// RFC 3339.
     pub created_at: String,
+    /// RFC 3339: when it stops receiving and is removed with its mail (inboxes
+    /// an agent created under a `create` grant); absent if it never expires.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<String>,
 }
 
 /// Body of `POST /v1/inboxes`.
@@ -100,6 +104,7 @@ fn inbox_view(i: &InboxRecord) -> InboxView {
         agent: i.agent.to_string(),
         status: i.status.to_string(),
         created_at: rfc3339(i.created_at),
+        expires_at: i.expires_at.map(rfc3339),
     }
 }
 
@@ -195,6 +200,7 @@ pub(crate) async fn create_inbox(State(state): State<ApiState>, approval: OwnerA
         agent: agent.clone(),
         status: InboxStatus::Active,
         created_at: state.clock.now(),
+        expires_at: None,
     };
     let event = AuditEvent::ok(Actor::Owner(owner.clone()), ops::INBOX_CREATE, address.as_str()).with_detail(json!({
         "owner": owner,

@@ -283,6 +283,7 @@ async fn grants_name_only_the_owners_inboxes() {
             agent: a.parse().unwrap(),
             status: InboxStatus::Active,
             created_at: NOW,
+            expires_at: None,
         };
         w.store.create_inbox(&rec, &op()).await.unwrap();
     }

@@ -117,6 +117,7 @@ async fn world() -> World {
             agent: agent.parse().unwrap(),
             status: InboxStatus::Active,
             created_at: NOW,
+            expires_at: None,
         };
         store.create_inbox(&rec, &op()).await.unwrap();
     }
@@ -632,4 +633,90 @@ async fn every_status_an_operation_answers_is_documented_for_it() {
     }
     assert!(probes_run > 300, "{probes_run}");
     assert!(undocumented.is_empty(), "answers not in the document:\n{}", undocumented.join("\n"));
+}
+
+async fn add_scoped_grant(store: &SqliteStore, agent: &str, owner: &str, pattern: &str, scopes: &str, expires_at: i64) {
+    let g = Grant {
+        id: GrantId::generate(&mut rand::rngs::OsRng),
+        owner: owner.parse().unwrap(),
+        agent: agent.parse().unwrap(),
+        pattern: pattern.parse().unwrap(),
+        scopes: scopes.parse().unwrap(),
+        created_at: NOW - 1000,
+        expires_at,
+        revoked_at: None,
+    };
+    store.add_grant(&g, &op()).await.unwrap();
+}
+
+#[tokio::test]
+async fn an_agent_creates_inboxes_only_under_its_create_grant_and_within_its_lifetime() {
+    let w = world().await;
+    let app = router(w.state_with_audit(w.backend.clone()).with_meta(w.store.clone()));
+    let create = |key: &str, body: &str| post("/v1/agent/inboxes", Some(key), body);
+    // Read and send on the pattern do not allow creating under it.
+    add_scoped_grant(&w.store, AGENT_A, OWNER_A, "signup-*@agents.example.com", "read,send", NOW + 86_400).await;
+    let body = r#"{"name":"signup-gh","domain":"agents.example.com"}"#;
+    assert_problem(&send(&app, create(&w.key, body)).await, StatusCode::FORBIDDEN, "NO_GRANT");
+    // Without a domain, and no create grant to name one: the request must name it.
+    let a = send(&app, create(&w.key, r#"{"name":"signup-gh"}"#)).await;
+    assert_problem(&a, StatusCode::BAD_REQUEST, "INVALID_REQUEST");
+    assert_eq!(a.body["field"], "domain");
+    add_scoped_grant(&w.store, AGENT_A, OWNER_A, "signup-*@agents.example.com", "read,create", NOW + 600).await;
+
+    // A named inbox with a short life: 201, owned by the grant's owner, audited with the agent as actor.
+    let a = send(&app, create(&w.key, r#"{"name":"signup-gh","expires_in":60}"#)).await;
+    assert_eq!(a.status, StatusCode::CREATED, "{}", a.body);
+    assert_eq!(a.body["address"], "signup-gh@agents.example.com");
+    assert_eq!((a.body["expires_at"].as_i64(), a.body["grant_expires_at"].as_i64()), (Some(NOW + 60), Some(NOW + 600)));
+    let listed = w.store.list_inboxes(Some(&OWNER_A.parse().unwrap())).await.unwrap();
+    let made = listed.iter().find(|i| i.address.as_str() == "signup-gh@agents.example.com").unwrap();
+    assert_eq!((made.agent.as_str(), made.expires_at, made.created_at), (AGENT_A, Some(NOW + 60), NOW));
+    let records = w.store.audit_all().await.unwrap();
+    let created = records.iter().rev().find(|r| r.operation == "inbox.create").unwrap();
+    assert_eq!((created.actor.to_string(), created.subject.as_str()), (format!("agent:{AGENT_A}"), "signup-gh@agents.example.com"));
+    assert_eq!((&created.detail["owner"], &created.detail["expires_at"]), (&json!(OWNER_A), &json!(NOW + 60)));
+    // It is the agent's to use: listed with its expiry and the grant's scopes.
+    let mine = send(&app, Request::get("/v1/agent/inboxes").header(header::AUTHORIZATION, format!("Bearer {}", w.key)).body(Body::empty()).unwrap()).await;
+    let entry = mine.body["inboxes"].as_array().unwrap().iter().find(|i| i["address"] == "signup-gh@agents.example.com").cloned().unwrap();
+    assert_eq!((entry["expires_at"].as_i64(), entry["scopes"].clone()), (Some(NOW + 60), json!(["read", "send", "create"])));
+
+    // Without a name or a domain: a fresh name under the pattern, as long as the grant allows.
+    let a = send(&app, create(&w.key, "{}")).await;
+    assert_eq!(a.status, StatusCode::CREATED, "{}", a.body);
+    let address = a.body["address"].as_str().unwrap();
+    assert!(address.starts_with("signup-") && address.ends_with("@agents.example.com"), "{address}");
+    assert_eq!(a.body["expires_at"].as_i64(), Some(NOW + 600), "the grant's expiry bounds the default");
+
+    // Refusals: past the grant (not clamped), outside the pattern, taken, bad names and domains.
+    let a = send(&app, create(&w.key, r#"{"name":"signup-late","expires_in":601}"#)).await;
+    assert_problem(&a, StatusCode::BAD_REQUEST, "INVALID_EXPIRY");
+    assert_eq!(a.body["field"], "expires_in");
+    assert_problem(&send(&app, create(&w.key, r#"{"name":"signup-zero","expires_in":0}"#)).await, StatusCode::BAD_REQUEST, "INVALID_EXPIRY");
+    assert_problem(&send(&app, create(&w.key, r#"{"name":"login-gh"}"#)).await, StatusCode::FORBIDDEN, "NO_GRANT");
+    assert_problem(&send(&app, create(&w.key, r#"{"name":"signup-gh"}"#)).await, StatusCode::CONFLICT, "ADDRESS_TAKEN");
+    assert_problem(&send(&app, create(&w.key, r#"{"name":"signup..x"}"#)).await, StatusCode::BAD_REQUEST, "INVALID_REQUEST");
+    assert_problem(&send(&app, create(&w.key, r#"{"name":"signup+x"}"#)).await, StatusCode::BAD_REQUEST, "INVALID_REQUEST");
+    let a = send(&app, create(&w.key, r#"{"name":"signup-x","domain":"not-hosted.example"}"#)).await;
+    assert_problem(&a, StatusCode::BAD_REQUEST, "INVALID_REQUEST");
+    assert_eq!(a.body["field"], "domain");
+    assert_problem(&send(&app, create(&w.key, r#"{"name":"signup-x","ttl":5}"#)).await, StatusCode::BAD_REQUEST, "INVALID_REQUEST");
+    assert_problem(&send(&app, create(&w.revoked, r#"{"name":"signup-x"}"#)).await, StatusCode::UNAUTHORIZED, "INVALID_KEY");
+
+    // Another owner's agent, even with its own create grant on the same pattern,
+    // never creates for this owner: its inbox would be its own owner's.
+    let key_b = add_key(&w.store, &w.hasher, AGENT_B, NOW + 86_400, false).await;
+    assert_problem(&send(&app, create(&key_b, r#"{"name":"signup-b"}"#)).await, StatusCode::BAD_REQUEST, "INVALID_REQUEST");
+    assert_problem(
+        &send(&app, create(&key_b, r#"{"name":"signup-b","domain":"agents.example.com"}"#)).await,
+        StatusCode::FORBIDDEN,
+        "NO_GRANT",
+    );
+    let refusal = w.store.audit_all().await.unwrap().into_iter().rev().find(|r| r.operation == "credential.refused").unwrap();
+    assert_eq!((refusal.detail["scope"].as_str(), refusal.subject.as_str()), (Some("create"), "signup-b@agents.example.com"));
+
+    // Once the grant has expired: GRANT_EXPIRED, nothing created.
+    w.clock.0.store(NOW + 600, Ordering::SeqCst);
+    assert_problem(&send(&app, create(&w.key, r#"{"name":"signup-after"}"#)).await, StatusCode::FORBIDDEN, "GRANT_EXPIRED");
+    assert!(w.store.list_inboxes(None).await.unwrap().iter().all(|i| i.address.local_part() != "signup-after"));
 }

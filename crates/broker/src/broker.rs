@@ -215,6 +215,10 @@ pub mod scope {
     /// The `admin` scope.
     #[derive(Debug, Clone, Copy, PartialEq, Eq)]
     pub struct Admin;
+    /// The `create` scope: a new inbox under the grant's pattern
+    /// ([`TokenBroker::authorize_create`](super::TokenBroker::authorize_create)).
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct Create;
 }
 
 mod sealed {
@@ -222,9 +226,10 @@ mod sealed {
     impl Sealed for super::scope::Read {}
     impl Sealed for super::scope::Send {}
     impl Sealed for super::scope::Admin {}
+    impl Sealed for super::scope::Create {}
 }
 
-/// A scope marker type: [`scope::Read`], [`scope::Send`] or [`scope::Admin`].
+/// A scope marker type: [`scope::Read`], [`scope::Send`], [`scope::Admin`] or [`scope::Create`].
 pub trait ScopeMarker: sealed::Sealed + Copy + Send + Sync + 'static {
     /// The scope it stands for.
     const SCOPE: Scope;
@@ -239,6 +244,9 @@ impl ScopeMarker for scope::Send {
 impl ScopeMarker for scope::Admin {
     const SCOPE: Scope = Scope::Admin;
 }
+impl ScopeMarker for scope::Create {
+    const SCOPE: Scope = Scope::Create;
+}
 
 /// Proof that a verified agent holds an active grant with scope `S` covering
 /// one inbox of its own owner. Only [`TokenBroker::authorize`] makes one. A
@@ -251,6 +259,7 @@ pub struct Authorized<S: ScopeMarker> {
     owner: OwnerId,
     inbox: Address,
     grant_id: GrantId,
+    grant_expires_at: UnixTime,
     expires_at: UnixTime,
     scope: PhantomData<S>,
 }
@@ -275,6 +284,10 @@ impl<S: ScopeMarker> Authorized<S> {
     /// The grant that allowed it.
     pub fn grant_id(&self) -> &GrantId {
         &self.grant_id
+    }
+    /// When that grant expires (what bounds an inbox created under it).
+    pub fn grant_expires_at(&self) -> UnixTime {
+        self.grant_expires_at
     }
     /// End of the authorization: the earlier of the grant's and the key's expiry.
     /// No token minted from it outlives this.
@@ -529,6 +542,56 @@ impl TokenBroker {
             owner: verified.owner.clone(),
             inbox: inbox.clone(),
             grant_id: grant.id.clone(),
+            grant_expires_at: grant.expires_at,
+            expires_at: grant.expires_at.min(verified.key_expires_at),
+            scope: PhantomData,
+        })
+    }
+
+    /// Authorizes the verified agent to create the inbox `address`, which does
+    /// not exist yet and would belong to the agent's own owner: an active grant
+    /// of the agent, from that owner, with the `create` scope, must cover the
+    /// address (the same rule as every other door, [`covering_grant`] with the
+    /// agent's owner as the inbox's). The owner's grant stays the limit: the
+    /// proof carries [`Authorized::grant_expires_at`], which bounds the inbox's
+    /// life. Whether the address is free is the store's to say.
+    ///
+    /// Errors, each recorded like a mint refusal first: [`MintError::GrantExpired`]
+    /// when covering `create` grants exist but all have expired,
+    /// [`MintError::NoGrant`] when none does.
+    pub async fn authorize_create(
+        &self,
+        verified: &KeyVerified,
+        address: &Address,
+    ) -> Result<Authorized<scope::Create>, MintError> {
+        let grants = self.store.grants_of_agent(&verified.agent).await.map_err(MintError::Store)?;
+        let now = self.clock.now();
+        let refusal = |reason: &'static str| RefusalEvent {
+            reason,
+            key_id: Some(verified.key_id.clone()),
+            agent: Some(verified.agent.clone()),
+            owner: Some(verified.owner.clone()),
+            inbox: Some(address.clone()),
+            scope: Some(Scope::Create),
+        };
+        if now >= verified.key_expires_at {
+            let reason = KeyRejection::Expired;
+            return self.refuse(refusal(reason.as_str()), MintError::InvalidKey(reason)).await;
+        }
+        let covering =
+            covering_grant(&grants, &verified.agent, &verified.owner, Scope::Create, address, &verified.owner, now);
+        let grant = match covering {
+            Ok(grant) => grant,
+            Err(GrantMiss::NoGrant) => return self.refuse(refusal("NO_GRANT"), MintError::NoGrant).await,
+            Err(GrantMiss::Expired) => return self.refuse(refusal("GRANT_EXPIRED"), MintError::GrantExpired).await,
+        };
+        Ok(Authorized {
+            key_id: verified.key_id.clone(),
+            agent: verified.agent.clone(),
+            owner: verified.owner.clone(),
+            inbox: address.clone(),
+            grant_id: grant.id.clone(),
+            grant_expires_at: grant.expires_at,
             expires_at: grant.expires_at.min(verified.key_expires_at),
             scope: PhantomData,
         })

@@ -383,3 +383,42 @@ fn base64_decode(s: &str) -> Vec<u8> {
         .decode(s)
         .unwrap()
 }
+
+async fn create(w: &World, address: &str) -> Result<agentkeys_broker::Authorized<scope::Create>, MintError> {
+    let verified = w.broker.authenticate(w.key.expose()).await?;
+    w.broker.authorize_create(&verified, &address.parse::<Address>().unwrap()).await
+}
+
+#[tokio::test]
+async fn creating_an_inbox_needs_an_active_create_grant_covering_it() {
+    let w = world();
+    let code_of = |r: Result<agentkeys_broker::Authorized<scope::Create>, MintError>| r.map(|_| "OK").unwrap_or_else(|e| e.code());
+    assert_eq!(code_of(create(&w, "signup-gh@agents.localhost").await), "NO_GRANT");
+    // Every other scope, even all of them on the pattern, does not allow creating.
+    w.add_grant(grant("signup-*@agents.localhost", "read,send,admin", NOW + 86_400));
+    assert_eq!(code_of(create(&w, "signup-gh@agents.localhost").await), "NO_GRANT");
+    // An expired create grant: GRANT_EXPIRED.
+    w.add_grant(grant("signup-*@agents.localhost", "read,create", NOW));
+    assert_eq!(code_of(create(&w, "signup-gh@agents.localhost").await), "GRANT_EXPIRED");
+    // An active one covers its pattern only; the proof carries the grant's expiry.
+    let active = grant("signup-*@agents.localhost", "read,create", NOW + 600);
+    let active_id = active.id.clone();
+    w.add_grant(active);
+    let auth = create(&w, "signup-gh@agents.localhost").await.unwrap();
+    assert_eq!(auth.scope(), agentkeys_core::Scope::Create);
+    assert_eq!((auth.grant_id(), auth.grant_expires_at()), (&active_id, NOW + 600));
+    assert_eq!(auth.owner().as_str(), OWNER, "the new inbox is the agent's owner's");
+    for outside in ["login-gh@agents.localhost", "signup-gh@else.test"] {
+        assert_eq!(code_of(create(&w, outside).await), "NO_GRANT", "{outside}");
+    }
+    // A grant recorded under another owner (corrupt data) never lets the agent create.
+    let w = world();
+    let mut foreign = grant("*@agents.localhost", "create", NOW + 86_400);
+    foreign.owner = OTHER_OWNER.parse().unwrap();
+    w.add_grant(foreign);
+    assert_eq!(code_of(create(&w, "signup-gh@agents.localhost").await), "NO_GRANT");
+    // Every refusal was recorded with the create scope before it was answered.
+    let refusals = w.audit.refusals.lock().unwrap();
+    assert_eq!(refusals.len(), 1);
+    assert_eq!((refusals[0].reason, refusals[0].scope), ("NO_GRANT", Some(agentkeys_core::Scope::Create)));
+}

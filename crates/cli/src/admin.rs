@@ -433,7 +433,7 @@ pub(crate) async fn inbox(config: &Config, cmd: InboxCmd, json: bool) -> Result<
                 .await?
                 .ok_or_else(|| anyhow!("agent {agent} not found; add it first with `agentkeys agent add`"))?
                 .owner;
-            let rec = InboxRecord { address: address.clone(), owner, agent, status: InboxStatus::Active, created_at: crate::now() };
+            let rec = InboxRecord { address: address.clone(), owner, agent, status: InboxStatus::Active, created_at: crate::now(), expires_at: None };
             let _receipt = dir.meta.create_inbox(&rec, &inbox_event(&rec)).await.map_err(|e| hint(e, "pick another --name"))?;
             print(json, json!({ "address": address }), || address.to_string());
         }
@@ -443,10 +443,17 @@ pub(crate) async fn inbox(config: &Config, cmd: InboxCmd, json: bool) -> Result<
             let names = AgentNames::load(&dir, owner.as_ref()).await?;
             let rows: Vec<_> = inboxes
                 .iter()
-                .map(|i| json!({ "address": i.address, "owner": i.owner, "agent": i.agent, "agent_name": names.get(&i.agent), "status": i.status, "created_at": rfc3339(i.created_at) }))
+                .map(|i| json!({ "address": i.address, "owner": i.owner, "agent": i.agent, "agent_name": names.get(&i.agent), "status": i.status, "created_at": rfc3339(i.created_at), "expires_at": i.expires_at.map(rfc3339) }))
                 .collect();
             print(json, json!(rows), || {
-                inboxes.iter().map(|i| format!("{}  {}  owner {}  agent {}", i.address, i.status, i.owner, names.label(&i.agent))).collect::<Vec<_>>().join("\n")
+                inboxes
+                    .iter()
+                    .map(|i| {
+                        let expiry = i.expires_at.map(|t| format!("  expires {}", rfc3339(t))).unwrap_or_default();
+                        format!("{}  {}  owner {}  agent {}{expiry}", i.address, i.status, i.owner, names.label(&i.agent))
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n")
             });
         }
         InboxCmd::SetStatus { address, status } => {

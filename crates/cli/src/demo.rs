@@ -147,7 +147,7 @@ pub(crate) async fn run(config: &Config, cmd: DemoCmd, json: bool) -> Result<()>
         (addr("other")?, &owner_b, &other, InboxStatus::Active),
     ];
     for (address, owner, agent, status) in &inboxes {
-        let rec = InboxRecord { address: address.clone(), owner: (*owner).clone(), agent: (*agent).clone(), status: *status, created_at: now };
+        let rec = InboxRecord { address: address.clone(), owner: (*owner).clone(), agent: (*agent).clone(), status: *status, created_at: now, expires_at: None };
         let _receipt = dir.meta.create_inbox(&rec, &inbox_event(&rec)).await?;
     }
 

@@ -1,4 +1,4 @@
-//! The agent's commands: `agentkeys mail list|show|send|reply|forward|wait|otp|inboxes`
+//! The agent's commands: `agentkeys mail list|show|send|reply|forward|wait|otp|inboxes|inbox-create`
 //! and `agentkeys mcp [--http ADDR]`. Both run the same operations
 //! (`agentkeys_agent::mailbox::MailService`) the MCP tools run. Configuration:
 //! the `agent.json` pairing wrote, or `AGENTKEYS_SERVER` + `AGENTKEYS_AGENT_KEY`
@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use agentkeys_agent::client::ApiClient;
 use agentkeys_agent::config::AgentConfig;
 use agentkeys_agent::mailbox::{
-    AttachmentInput, ExtractOtpParams, ForwardParams, GetAttachmentParams, GetMessageParams, ListMessagesParams,
+    AttachmentInput, CreateInboxParams, ExtractOtpParams, ForwardParams, GetAttachmentParams, GetMessageParams, ListMessagesParams,
     MailError, MailService, MarkParams, ReplyParams, SendMessageParams, WaitParams,
 };
 use anyhow::{Context, Result, anyhow, bail};
@@ -74,6 +74,20 @@ pub(crate) struct InboxArg {
 pub(crate) enum MailCmd {
     /// The inboxes this agent may use.
     Inboxes,
+    /// Create an inbox for this agent (one per service's sign-up), under a grant
+    /// with the `create` scope; it stops receiving and is deleted with its mail
+    /// when it expires. Prints the address.
+    InboxCreate {
+        /// The local part, e.g. signup-github (default: a fresh name under the grant's pattern).
+        #[arg(long)]
+        name: Option<String>,
+        /// The domain (default: the one the agent's create grant names).
+        #[arg(long)]
+        domain: Option<String>,
+        /// Lifetime, e.g. 10m, 2h, 7d (default: as long as the grant allows; at most 30d).
+        #[arg(long, value_name = "DURATION")]
+        expires_in: Option<String>,
+    },
     /// List messages, newest first.
     List {
         #[command(flatten)]
@@ -447,13 +461,28 @@ pub(crate) async fn run(cmd: MailCmd, json: bool) -> Result<()> {
             }
             for i in &list.inboxes {
                 println!(
-                    "{}  {}  grant until {}{}",
+                    "{}  {}  grant until {}{}{}",
                     i.address,
                     i.scopes.join(","),
                     time(i.grant_expires_at),
+                    i.expires_at.map(|t| format!("  inbox expires {}", time(t))).unwrap_or_default(),
                     i.status.as_deref().filter(|s| *s != "active").map(|s| format!("  ({s})")).unwrap_or_default()
                 );
             }
+        }
+        MailCmd::InboxCreate { name, domain, expires_in } => {
+            let expires_in_s = expires_in
+                .as_deref()
+                .map(|d| {
+                    let secs = agentkeys_core::parse_duration(d).map_err(|e| anyhow!("--expires-in: {e}"))?;
+                    u64::try_from(secs).map_err(|_| anyhow!("--expires-in: {d} is not a positive duration"))
+                })
+                .transpose()?;
+            let created = mail.create_inbox(&CreateInboxParams { name, domain, expires_in_s }).await?;
+            if json {
+                return print_json(&created);
+            }
+            println!("{}  expires {}", created.address, time(created.expires_at));
         }
         MailCmd::List { inbox, limit, from, subject, to_tag, before, after } => {
             let inbox = resolve_inbox(&mail, &inbox).await?;

@@ -143,10 +143,12 @@ pub(crate) struct GrantCreateArgs {
     /// One of your agents.
     #[arg(long)]
     agent: String,
-    /// An address, a prefix ending in * (bot-*@…), or *@domain.
+    /// An address, a prefix ending in * (bot-*), a prefix in a domain
+    /// (signup-*@domain), or *@domain.
     #[arg(long)]
     inbox: String,
-    /// Comma-separated: read, send, admin.
+    /// Comma-separated: read, send, admin, create (create: the agent may create
+    /// inboxes under the pattern for itself, e.g. `signup-*@domain`).
     #[arg(long)]
     scopes: String,
     /// Lifetime, e.g. 12h, 30d (default and maximum 30d).
@@ -530,7 +532,10 @@ pub(crate) async fn inbox_list(conn: &OwnerConn, config: &Config, json: bool) ->
     print(json, &answer, || {
         let rows = answer.as_array().cloned().unwrap_or_default();
         rows.iter()
-            .map(|i| format!("{}  {}  agent {}", s(&i["address"]), s(&i["status"]), s(&i["agent"])))
+            .map(|i| {
+                let expiry = i["expires_at"].as_str().map(|t| format!("  expires {t}")).unwrap_or_default();
+                format!("{}  {}  agent {}{expiry}", s(&i["address"]), s(&i["status"]), s(&i["agent"]))
+            })
             .collect::<Vec<_>>()
             .join("\n")
     });

@@ -266,9 +266,10 @@ pub(crate) async fn run(config: Config) -> Result<()> {
     };
     // ---- end of outbound delivery ----
 
-    // ---- Retention: delete messages past their domain's retention ----
+    // ---- Retention: delete messages past their domain's retention, and expired inboxes ----
     let sweeper = tokio::spawn(sweep_retention(
         dir.blobs.clone(),
+        dir.meta.clone(),
         config.retention_secs,
         Duration::from_secs(config.retention_sweep_secs),
         shutdown.clone(),
@@ -323,9 +324,12 @@ async fn reconcile_index(dir: &DataDir) -> Result<()> {
 
 /// The retention sweeper: at start and then every `interval`, deletes the
 /// messages older than their domain's retention (`default_secs` where the domain
-/// sets none); each batch is audited with its count. Ends at shutdown.
+/// sets none), each batch audited with its count, then removes the inboxes whose
+/// expiry has passed with all their mail, one `inbox.expire` record each. Ends
+/// at shutdown.
 async fn sweep_retention(
     mailroom: Arc<agentkeys_store::Mailroom>,
+    meta: Arc<dyn agentkeys_store::MetadataStore>,
     default_secs: u64,
     interval: Duration,
     shutdown: CancellationToken,
@@ -342,6 +346,11 @@ async fn sweep_retention(
             Ok(0) => {}
             Ok(n) => tracing::info!(deleted = n, "retention sweep deleted expired messages"),
             Err(err) => tracing::error!(%err, "retention sweep failed; retrying at the next interval"),
+        }
+        match mailroom.sweep_expired_inboxes(meta.as_ref(), crate::now()).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(removed = n, "expiry sweep removed expired inboxes with their mail"),
+            Err(err) => tracing::error!(%err, "expiry sweep failed; retrying at the next interval"),
         }
     }
 }

@@ -20,8 +20,9 @@ const OWNER_B: &str = "0xb2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2";
 const AGENT_A: &str = "0xa100000000000000000000000000000000000001";
 const AGENT_A2: &str = "0xa100000000000000000000000000000000000002";
 const AGENT_B: &str = "0xb200000000000000000000000000000000000001";
-const TOOLS: [&str; 11] = [
+const TOOLS: [&str; 12] = [
     "list_inboxes",
+    "create_inbox",
     "list_messages",
     "get_message",
     "get_attachment",
@@ -144,10 +145,11 @@ fn check_tool_list(mcp: &mut Mcp) {
     for t in tools {
         let name = t["name"].as_str().unwrap();
         let sends = matches!(name, "send_message" | "reply_to_message" | "forward_message");
+        let creates = name == "create_inbox";
         assert_eq!(t["annotations"]["destructive_hint"], sends, "{t}");
-        assert_eq!(t["annotations"]["read_only_hint"], !sends, "{t}");
+        assert_eq!(t["annotations"]["read_only_hint"], !sends && !creates, "{t}");
         assert_eq!(t["input_schema"]["type"], "object", "{t}");
-        if name != "list_inboxes" {
+        if !matches!(name, "list_inboxes" | "create_inbox") {
             let required: Vec<&str> =
                 t["input_schema"]["required"].as_array().unwrap().iter().map(|r| r.as_str().unwrap()).collect();
             assert!(required.contains(&"inbox"), "{name} must require inbox: {t}");

@@ -18,16 +18,21 @@ pub enum Scope {
     Send,
     /// Manage the inbox.
     Admin,
+    /// Create new inboxes under the grant's pattern, for the agent itself, each
+    /// with an expiry within the grant's ([`crate::inbox::agent_inbox_expiry`]).
+    Create,
 }
 
 impl Scope {
-    const ALL: [Scope; 3] = [Scope::Read, Scope::Send, Scope::Admin];
+    /// Every scope, in canonical order.
+    pub const ALL: [Scope; 4] = [Scope::Read, Scope::Send, Scope::Admin, Scope::Create];
 
     fn bit(self) -> u8 {
         match self {
             Self::Read => 1,
             Self::Send => 2,
             Self::Admin => 4,
+            Self::Create => 8,
         }
     }
 
@@ -37,7 +42,17 @@ impl Scope {
             Self::Read => "read",
             Self::Send => "send",
             Self::Admin => "admin",
+            Self::Create => "create",
         }
+    }
+}
+
+impl FromStr for Scope {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Scope::ALL.into_iter().find(|scope| scope.as_str() == s).ok_or_else(|| {
+            format!("unknown scope {s:?}: expected a comma-separated list of read, send, admin, create")
+        })
     }
 }
 
@@ -86,16 +101,9 @@ impl FromStr for Scopes {
     fn from_str(s: &str) -> Result<Self, String> {
         let mut scopes = Vec::new();
         for part in s.split(',').map(str::trim) {
-            scopes.push(match part {
-                "read" => Scope::Read,
-                "send" => Scope::Send,
-                "admin" => Scope::Admin,
-                other => {
-                    return Err(format!("unknown scope {other:?}: expected a comma-separated list of read, send, admin"));
-                }
-            });
+            scopes.push(part.parse::<Scope>()?);
         }
-        Self::from_scopes(scopes).ok_or_else(|| "no scopes given: expected read, send or admin".to_owned())
+        Self::from_scopes(scopes).ok_or_else(|| "no scopes given: expected read, send, admin or create".to_owned())
     }
 }
 
@@ -106,8 +114,33 @@ pub enum InboxPattern {
     Exact(Address),
     /// Every address starting with the given text (written `prefix*`).
     Prefix(String),
+    /// Every address of one domain whose local part starts with the given text
+    /// (written `prefix*@domain`, e.g. `signup-*@agents.example.com`).
+    PrefixInDomain {
+        /// The start of every covered local part (lowercase, not empty).
+        prefix: String,
+        /// The domain of every covered address.
+        domain: Domain,
+    },
     /// Every address in a domain (written `*@domain`).
     Domain(Domain),
+}
+
+/// Length of the random tail of a generated inbox name ([`InboxPattern::random_address`]).
+pub const RANDOM_NAME_LEN: usize = 10;
+
+/// The characters a random tail is drawn from: lowercase letters and digits
+/// (base32 without look-alikes), valid in every local part and subaddress-free.
+const RANDOM_NAME_ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz234567";
+
+/// Whether `prefix` may start a pattern's local parts: characters of the
+/// inbox alphabet only (`a-z 0-9 . _ -`), not empty, not starting with a dot
+/// and without two dots in a row (no covered address could have them).
+fn is_local_prefix(prefix: &str) -> bool {
+    !prefix.is_empty()
+        && !prefix.starts_with('.')
+        && !prefix.contains("..")
+        && prefix.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
 }
 
 impl InboxPattern {
@@ -119,8 +152,48 @@ impl InboxPattern {
         match self {
             Self::Exact(a) => a == address,
             Self::Prefix(p) => address.as_str().starts_with(p.as_str()),
+            Self::PrefixInDomain { prefix, domain } => {
+                address.domain() == domain.as_str() && address.local_part().starts_with(prefix.as_str())
+            }
             Self::Domain(d) => address.domain() == d.as_str(),
         }
+    }
+
+    /// The one domain every covered address is in, when the pattern fixes it.
+    pub fn domain(&self) -> Option<Domain> {
+        match self {
+            Self::Exact(a) => a.domain().parse().ok(),
+            Self::PrefixInDomain { domain, .. } | Self::Domain(domain) => Some(domain.clone()),
+            Self::Prefix(_) => None,
+        }
+    }
+
+    /// A fresh address under the pattern in `domain` (or the pattern's own
+    /// domain when `None`): the pattern's local-part prefix (`bot-` for a
+    /// domain pattern) followed by [`RANDOM_NAME_LEN`] random characters.
+    /// `None` when the pattern cannot name a new address there: an exact
+    /// address, another domain, a text prefix that reaches into the domain
+    /// (`bot@agents.*`), or no domain at all.
+    pub fn random_address(&self, rng: &mut impl rand::RngCore, domain: Option<&Domain>) -> Option<Address> {
+        use rand::Rng as _;
+        let (prefix, fixed) = match self {
+            Self::Exact(_) => return None,
+            Self::Prefix(p) if p.contains('@') => return None,
+            Self::Prefix(p) => (p.as_str(), None),
+            Self::PrefixInDomain { prefix, domain } => (prefix.as_str(), Some(domain)),
+            Self::Domain(d) => ("bot-", Some(d)),
+        };
+        let domain = match (fixed, domain) {
+            (Some(f), Some(d)) if f != d => return None,
+            (Some(f), _) => f,
+            (None, Some(d)) => d,
+            (None, None) => return None,
+        };
+        let tail: String = (0..RANDOM_NAME_LEN)
+            .map(|_| char::from(RANDOM_NAME_ALPHABET[rng.gen_range(0..RANDOM_NAME_ALPHABET.len())]))
+            .collect();
+        let address = Address::new(&format!("{prefix}{tail}"), domain).ok()?;
+        self.covers(&address).then_some(address)
     }
 }
 
@@ -129,6 +202,7 @@ impl fmt::Display for InboxPattern {
         match self {
             Self::Exact(a) => write!(f, "{a}"),
             Self::Prefix(p) => write!(f, "{p}*"),
+            Self::PrefixInDomain { prefix, domain } => write!(f, "{prefix}*@{domain}"),
             Self::Domain(d) => write!(f, "*@{d}"),
         }
     }
@@ -137,9 +211,17 @@ impl fmt::Display for InboxPattern {
 impl FromStr for InboxPattern {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        let hint = "expected an address, a prefix ending in * (bot-*), or *@domain";
+        let hint = "expected an address, a prefix ending in * (bot-*), a prefix in a domain (signup-*@domain), or *@domain";
         if let Some(domain) = s.strip_prefix("*@") {
             return domain.parse().map(Self::Domain).map_err(|e| format!("{e}; {hint}"));
+        }
+        if let Some((prefix, domain)) = s.split_once("*@") {
+            let prefix = prefix.to_ascii_lowercase();
+            if !is_local_prefix(&prefix) {
+                return Err(format!("invalid inbox pattern {s:?}: {hint}"));
+            }
+            let domain: Domain = domain.parse().map_err(|e| format!("{e}; {hint}"))?;
+            return Ok(Self::PrefixInDomain { prefix, domain });
         }
         if let Some(prefix) = s.strip_suffix('*') {
             let prefix = prefix.to_ascii_lowercase();
@@ -309,7 +391,7 @@ mod tests {
     use super::*;
 
     fn all_scope_sets() -> Vec<Scopes> {
-        (1u8..8).map(|bits| Scopes::from_scopes(Scope::ALL.into_iter().filter(|s| bits & s.bit() != 0)).unwrap()).collect()
+        (1u8..16).map(|bits| Scopes::from_scopes(Scope::ALL.into_iter().filter(|s| bits & s.bit() != 0)).unwrap()).collect()
     }
 
     fn sample_grant(scopes: Scopes, expires_at: UnixTime) -> Grant {
@@ -327,7 +409,7 @@ mod tests {
 
     #[test]
     fn a_change_never_widens_scopes() {
-        // Every (current, requested) pair of the 7 non-empty scope sets.
+        // Every (current, requested) pair of the 15 non-empty scope sets.
         let now = 2_000;
         for current in all_scope_sets() {
             for requested in all_scope_sets() {
@@ -434,5 +516,119 @@ mod tests {
         assert!(s.contains(Scope::Send) && !s.contains(Scope::Admin));
         assert!("".parse::<Scopes>().is_err());
         assert!("read,write".parse::<Scopes>().is_err());
+        let c: Scopes = "create, read".parse().unwrap();
+        assert_eq!(c.to_string(), "read,create");
+        assert!(c.contains(Scope::Create) && !c.contains(Scope::Send));
+        assert!("read".parse::<Scopes>().unwrap().is_subset_of(c));
+        assert!(!c.is_subset_of("read,send,admin".parse().unwrap()), "create is not implied by the others");
+        for set in all_scope_sets() {
+            assert_eq!(set.to_string().parse::<Scopes>().unwrap(), set, "{set}");
+        }
+    }
+
+    #[test]
+    fn prefix_in_domain_patterns() {
+        let signup: InboxPattern = "Signup-*@Agents.Localhost".parse().unwrap();
+        assert_eq!(signup.to_string(), "signup-*@agents.localhost");
+        assert_eq!(signup.domain(), Some("agents.localhost".parse().unwrap()));
+        for (address, covered) in [
+            ("signup-gh@agents.localhost", true),
+            ("signup-@agents.localhost", true), // `*` matches the empty tail too
+            ("signup@agents.localhost", false),
+            ("xsignup-gh@agents.localhost", false),
+            ("signup-gh@agents.localhost.evil", false),
+            ("signup-gh@sub.agents.localhost", false),
+        ] {
+            let a: Address = address.parse().unwrap();
+            assert_eq!(signup.covers(&a), covered, "{address}");
+        }
+        for bad in ["@x*@agents.localhost", ".a*@agents.localhost", "a..b*@agents.localhost", "a*b*@agents.localhost", "a*@", "a*@bad domain"] {
+            assert!(bad.parse::<InboxPattern>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn random_addresses_stay_under_their_pattern() {
+        let d: Domain = "agents.localhost".parse().unwrap();
+        let other: Domain = "else.test".parse().unwrap();
+        let mut rng = rand::thread_rng();
+        let signup: InboxPattern = "signup-*@agents.localhost".parse().unwrap();
+        let a = signup.random_address(&mut rng, None).unwrap();
+        assert!(a.local_part().starts_with("signup-") && a.local_part().len() == "signup-".len() + RANDOM_NAME_LEN);
+        assert_eq!(signup.random_address(&mut rng, Some(&d)).map(|a| signup.covers(&a)), Some(true));
+        assert_eq!(signup.random_address(&mut rng, Some(&other)), None, "another domain");
+        let domain: InboxPattern = "*@agents.localhost".parse().unwrap();
+        assert!(domain.random_address(&mut rng, None).unwrap().local_part().starts_with("bot-"));
+        let prefix: InboxPattern = "bot-*".parse().unwrap();
+        assert_eq!(prefix.random_address(&mut rng, None), None, "a text prefix needs a domain");
+        assert_eq!(prefix.random_address(&mut rng, Some(&other)).map(|a| a.domain().to_owned()), Some("else.test".to_owned()));
+        let exact: InboxPattern = "bot-1@agents.localhost".parse().unwrap();
+        assert_eq!(exact.random_address(&mut rng, Some(&d)), None);
+        let into_domain: InboxPattern = "bot@agents.*".parse().unwrap();
+        assert_eq!(into_domain.random_address(&mut rng, Some(&d)), None);
+    }
+
+    mod generated {
+        use proptest::prelude::*;
+
+        use super::super::*;
+
+        fn pattern() -> impl Strategy<Value = InboxPattern> {
+            let domain = "[a-z]{1,8}(\\.[a-z]{1,8}){0,2}".prop_map(|d| d.parse::<Domain>().unwrap());
+            let local = "[a-z0-9]{1,6}([-_.][a-z0-9]{1,6}){0,2}";
+            prop_oneof![
+                (local, domain.clone()).prop_map(|(l, d)| InboxPattern::Exact(Address::new(&l, &d).unwrap())),
+                "[a-z0-9][a-z0-9_-]{0,8}".prop_map(InboxPattern::Prefix),
+                ("[a-z0-9][a-z0-9_-]{0,8}", domain.clone())
+                    .prop_map(|(prefix, domain)| InboxPattern::PrefixInDomain { prefix, domain }),
+                domain.prop_map(InboxPattern::Domain),
+            ]
+        }
+
+        fn scopes() -> impl Strategy<Value = Scopes> {
+            (1u8..16).prop_map(|bits| Scopes::from_scopes(Scope::ALL.into_iter().filter(|s| bits & s.bit() != 0)).unwrap())
+        }
+
+        proptest! {
+            /// Every pattern prints to text that parses back to it (grants are
+            /// stored as text), and a random address it names is one it covers.
+            #[test]
+            fn patterns_round_trip_and_name_only_covered_addresses(p in pattern(), seed: u64) {
+                prop_assert_eq!(&p.to_string().parse::<InboxPattern>().unwrap(), &p);
+                let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(seed);
+                let fallback: Domain = "fallback.test".parse().unwrap();
+                if let Some(a) = p.random_address(&mut rng, Some(&fallback)) {
+                    prop_assert!(p.covers(&a), "{} does not cover {}", p, a);
+                    if let Some(d) = p.domain() {
+                        prop_assert_eq!(a.domain(), d.as_str());
+                    }
+                }
+            }
+
+            /// Scopes print and parse back; a change narrows to exactly the
+            /// requested set when it is a subset (create included) and is
+            /// refused otherwise.
+            #[test]
+            fn scopes_round_trip_and_changes_only_narrow(current in scopes(), requested in scopes()) {
+                prop_assert_eq!(current.to_string().parse::<Scopes>().unwrap(), current);
+                let g = sample_grant(current, 3_000);
+                let change = GrantChange { scopes: Some(requested), expires_at: None };
+                match g.changed(&change, 2_000) {
+                    Ok(next) => {
+                        prop_assert!(requested.is_subset_of(current));
+                        prop_assert_eq!(next.scopes, requested);
+                    }
+                    Err(e) => {
+                        prop_assert!(!requested.is_subset_of(current));
+                        let widens = matches!(e, GrantChangeError::Widens { .. });
+                        prop_assert!(widens);
+                    }
+                }
+            }
+        }
+
+        fn sample_grant(scopes: Scopes, expires_at: UnixTime) -> Grant {
+            super::sample_grant(scopes, expires_at)
+        }
     }
 }

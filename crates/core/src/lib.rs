@@ -25,9 +25,11 @@ pub mod time;
 
 pub use auth::{AuthFacts, AuthFailure, Credentials, KeyFacts, SendAuthorized};
 pub use duration::{TtlError, format_duration, parse_duration, parse_ttl};
-pub use grant::{Grant, GrantChange, GrantChangeError, GrantMiss, InboxPattern, Scope, Scopes, covering_grant};
+pub use grant::{
+    Grant, GrantChange, GrantChangeError, GrantMiss, InboxPattern, RANDOM_NAME_LEN, Scope, Scopes, covering_grant,
+};
 pub use ids::{Address, AgentId, Domain, GrantId, IdError, KeyId, OwnerId, Resolved, Subaddressing};
-pub use inbox::InboxStatus;
+pub use inbox::{InboxExpiryError, InboxStatus, MAX_AGENT_INBOX_LIFETIME_SECS, agent_inbox_expiry, is_expired};
 pub use key::{AgentKey, KeyHash, KeyHasher};
 pub use seed::MasterSeed;
 

@@ -620,7 +620,7 @@ fn the_mx_accepts_exactly_the_local_parts_inbox_create_accepts() {
             let created = Address::new(&local, &domain).ok();
             let mut h = Harness::new(ListenerKind::Inbound, false);
             if let Some(inbox) = &created {
-                h.meta.recipients.insert(inbox.clone(), Recipient { owner: owner(1), status: InboxStatus::Active });
+                h.meta.recipients.insert(inbox.clone(), Recipient { owner: owner(1), status: InboxStatus::Active, expires_at: None });
             }
             h.send("EHLO c\r\nMAIL FROM:<a@remote.test>\r\n");
             let reply = h.send(&format!("RCPT TO:<{local}@{HOSTED}>\r\n"));

@@ -96,6 +96,7 @@ impl FakeMeta {
                 Recipient {
                     owner: owner(own),
                     status,
+                    expires_at: None,
                 },
             );
         }

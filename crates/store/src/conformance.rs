@@ -34,7 +34,9 @@
 //! And with them: reads that gather several facts at once (`auth_facts`,
 //! `grants_and_inbox_owner`) agree with the single reads they stand for;
 //! concurrent retention sweeps expire each row once, with one audit record per
-//! batch; a DKIM key version is stored once; revoking twice keeps the first
+//! batch; an expired inbox is absent to every lookup and is removed with its
+//! index rows once across handles, one audit record each; a DKIM key version is
+//! stored once; revoking twice keeps the first
 //! time.
 //!
 //! Each contract is checked with named cases and, where a property exists, over
@@ -166,6 +168,7 @@ macro_rules! conformance_tests {
             single_use_transitions_generated,
             domain_key_versions_are_stored_once,
             expiry_removes_each_row_once,
+            expired_inboxes_are_absent_and_swept_once,
             revoking_twice_keeps_the_first_time,
             writes_answer_errors_as_documented,
             audited_writes_refuse_events_that_are_not_ok,
@@ -280,6 +283,7 @@ fn inbox_record(local: &str, owner_n: u32, agent_n: u32) -> InboxRecord {
         agent: agent(agent_n),
         status: InboxStatus::Active,
         created_at: NOW,
+        expires_at: None,
     }
 }
 
@@ -2113,6 +2117,134 @@ pub async fn expiry_removes_each_row_once<B: Backend>(backend: Arc<B>) {
     b.set_domain_retention(&domain(), None, &event("domain.retention", DOMAIN)).await.unwrap();
     let retentions: BTreeMap<Domain, Option<i64>> = a.domain_retentions().await.unwrap().into_iter().collect();
     assert_eq!(retentions, BTreeMap::from([(domain(), None), (keep_domain, None)]), "cleared");
+}
+
+/// The wall clock in Unix seconds (lookups answer expiry at the store's clock,
+/// which is the system's for every backend under test).
+fn wall_clock() -> UnixTime {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+/// An inbox whose expiry has passed is absent to RCPT, AUTH and the broker's
+/// lookup on both handles (while still listed, and still taken for creation);
+/// an inbox expiring later and one without expiry are present. Removal
+/// (`remove_expired_inbox`) racing on both handles removes each expired inbox
+/// with its index rows exactly once, with one `inbox.expire` record per inbox
+/// counting its messages, and never touches a live one. An expiry not after
+/// the creation is `Invalid`.
+pub async fn expired_inboxes_are_absent_and_swept_once<B: Backend>(backend: Arc<B>) {
+    let (a, b) = pair(&*backend).await;
+    two_owners(&a, &b).await;
+    let wall = wall_clock();
+    // Expired long ago (by every clock), four of each owner; one expiring tomorrow.
+    let expired: Vec<InboxRecord> = (0..8u32)
+        .map(|n| InboxRecord {
+            expires_at: Some(NOW + 10 + i64::from(n)),
+            ..inbox_record(&format!("gone-{n}"), 1 + n % 2, 1 + n % 2)
+        })
+        .collect();
+    let live = InboxRecord { expires_at: Some(wall + DAY), ..inbox_record("live", 1, 1) };
+    for (i, inbox) in expired.iter().chain([&live]).enumerate() {
+        let s = if i % 2 == 0 { &a } else { &b };
+        s.create_inbox(inbox, &event("inbox.create", inbox.address.as_str())).await.unwrap();
+    }
+    let backwards = InboxRecord { expires_at: Some(NOW), ..inbox_record("backwards", 1, 1) };
+    invalid(a.create_inbox(&backwards, &event("inbox.create", "backwards")).await, "an expiry not after creation");
+    let taken = InboxRecord { expires_at: None, ..expired[0].clone() };
+    conflict(b.create_inbox(&taken, &event("inbox.create", "again")).await, "an expired inbox not swept yet is still taken");
+    // Messages in every inbox: 1 + n in gone-n, 2 in live, 1 in bot.
+    let mut rows = Vec::new();
+    for (n, inbox) in expired.iter().enumerate() {
+        for m in 0..=n as u64 {
+            rows.push(NewMessage { owner: inbox.owner.clone(), inbox: inbox.address.clone(), id: ulid(n as u64 * 100 + m), size: 1 });
+        }
+    }
+    for m in 0..2 {
+        rows.push(NewMessage { owner: owner(1), inbox: live.address.clone(), id: ulid(10_000 + m), size: 1 });
+    }
+    rows.push(NewMessage { owner: owner(1), inbox: address("bot"), id: ulid(20_000), size: 1 });
+    a.index_messages(&rows).await.unwrap();
+
+    for (i, s) in [&a, &b].into_iter().enumerate() {
+        let ctx = format!("handle {i}");
+        for inbox in &expired {
+            assert_eq!(s.recipient(&inbox.address).await.unwrap(), None, "{ctx}: RCPT to expired {}", inbox.address);
+            let facts = s
+                .auth_facts(&agentkeys_core::Credentials { address: inbox.address.clone(), key_hash: key_hash(1) })
+                .await
+                .unwrap();
+            assert_eq!(facts.inbox, None, "{ctx}: AUTH facts of expired {}", inbox.address);
+            let (_, owner_of) = s.grants_and_inbox_owner(&inbox.agent, &inbox.address).await.unwrap();
+            assert_eq!(owner_of, None, "{ctx}: the broker's lookup of expired {}", inbox.address);
+        }
+        let found = s.recipient(&live.address).await.unwrap();
+        assert_eq!(found.map(|r| (r.owner, r.expires_at)), Some((owner(1), live.expires_at)), "{ctx}: live inbox");
+        let found = s.recipient(&address("bot")).await.unwrap();
+        assert_eq!(found.map(|r| r.expires_at), Some(None), "{ctx}: an inbox without expiry");
+        let listed: BTreeMap<Address, Option<UnixTime>> =
+            s.list_inboxes(None).await.unwrap().into_iter().map(|i| (i.address, i.expires_at)).collect();
+        for inbox in expired.iter().chain([&live]) {
+            assert_eq!(listed.get(&inbox.address), Some(&inbox.expires_at), "{ctx}: listed with its expiry");
+        }
+        let due: Vec<Address> = s.expired_inboxes(wall, 100).await.unwrap().into_iter().map(|i| i.address).collect();
+        let want: Vec<Address> = expired.iter().map(|i| i.address.clone()).collect();
+        assert_eq!(due, want, "{ctx}: the expired ones, earliest expiry first");
+        assert_eq!(s.expired_inboxes(wall, 3).await.unwrap().len(), 3, "{ctx}: at most the limit");
+    }
+
+    // Sweepers on both handles race over every expired inbox (and the live one).
+    let head = a.audit_head().await.unwrap();
+    let mut targets: Vec<Address> = expired.iter().map(|i| i.address.clone()).collect();
+    targets.push(live.address.clone());
+    targets.push(address("nobody"));
+    let targets = Arc::new(targets);
+    let results = on_both(&a, &b, 6, |s, task| {
+        let targets = Arc::clone(&targets);
+        async move {
+            let mut removed = Vec::new();
+            // Each task walks the list from another start.
+            for k in 0..targets.len() {
+                let target = &targets[(k + task * 3) % targets.len()];
+                let ev = |messages: u64| {
+                    AuditEvent::ok(Actor::System, crate::OP_INBOX_EXPIRE, target.as_str())
+                        .with_detail(serde_json::json!({ "messages": messages }))
+                };
+                if s.remove_expired_inbox(target, wall, &ev).await.unwrap().is_some() {
+                    removed.push(target.clone());
+                }
+            }
+            removed
+        }
+    })
+    .await;
+    let removed: Vec<Address> = results.into_iter().flatten().collect();
+    let unique: BTreeSet<Address> = removed.iter().cloned().collect();
+    assert_eq!(unique.len(), removed.len(), "an inbox was removed by two sweepers: {removed:?}");
+    assert_eq!(unique, expired.iter().map(|i| i.address.clone()).collect(), "exactly the expired inboxes");
+    let log = verified_log(&b, "inbox expiry").await;
+    let records: Vec<&AuditRecord> = log.iter().filter(|r| r.seq > head.seq).collect();
+    assert_eq!(records.len(), expired.len(), "one record per removed inbox");
+    for (n, inbox) in expired.iter().enumerate() {
+        let record = records.iter().find(|r| r.subject == inbox.address.as_str()).expect("a record per inbox");
+        assert_eq!(record.detail["messages"].as_u64(), Some(n as u64 + 1), "{}: counts its index rows", inbox.address);
+    }
+    for (i, s) in [&a, &b].into_iter().enumerate() {
+        assert!(s.expired_inboxes(wall, 100).await.unwrap().is_empty(), "handle {i}: nothing left to sweep");
+        let listed: BTreeSet<Address> = s.list_inboxes(None).await.unwrap().into_iter().map(|i| i.address).collect();
+        for inbox in &expired {
+            assert!(!listed.contains(&inbox.address), "handle {i}: {} is still listed", inbox.address);
+            let left = s.messages_since(&inbox.owner, &inbox.address, 0, None, ALL).await.unwrap();
+            assert!(left.is_empty(), "handle {i}: index rows of {} remain", inbox.address);
+        }
+        assert_eq!(s.messages_since(&owner(1), &live.address, 0, None, ALL).await.unwrap().len(), 2, "handle {i}");
+        assert_eq!(s.messages_since(&owner(1), &address("bot"), 0, None, ALL).await.unwrap().len(), 1, "handle {i}");
+        assert!(listed.contains(&live.address) && listed.contains(&address("bot")), "handle {i}");
+    }
+    // Removed, the address is free again.
+    a.create_inbox(&taken, &event("inbox.create", "again")).await.unwrap();
+    assert_eq!(b.recipient(&taken.address).await.unwrap().map(|r| r.expires_at), Some(None));
 }
 
 // ---------------------------------------------------------------------------

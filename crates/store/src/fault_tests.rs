@@ -107,6 +107,7 @@ impl Fixture {
             agent: agent(),
             status: agentkeys_core::InboxStatus::Active,
             created_at: NOW,
+            expires_at: None,
         };
         store.create_inbox(&inbox, &event(ops::INBOX_CREATE, "bot")).await.unwrap();
         let mut fixture = Self { _dir: dir, store, next: 0, indexed: Vec::new() };

@@ -6,7 +6,8 @@
 //!   [`KeysAndGrants`], [`AuthLookup`], [`OwnerApproval`], [`Pairing`],
 //!   [`AuditLog`], [`Checkpoints`], [`Outbox`] and [`OutboundQueue`],
 //!   [`MessageIndex`] (which messages an inbox holds, with a commit-ordered `seq`),
-//!   [`SendIdempotency`], [`DomainStatusStore`], [`StoreHealth`]. [`MetadataStore`]
+//!   [`SendIdempotency`], [`DomainStatusStore`], [`StoreHealth`], [`InboxExpiry`]
+//!   (inboxes past their expiry, removed once each). [`MetadataStore`]
 //!   is all of them together, for the composition root. Embedded default: SQLite
 //!   in WAL mode ([`SqliteStore`]); for several nodes on one database, PostgreSQL
 //!   (`PgStore`, feature `postgres`).
@@ -55,8 +56,8 @@ pub use fs::FsBlobStore;
 pub use idempotency::{IDEMPOTENCY_KEY_TTL_SECS, IdempotencyClaim, IdempotencyScope, SendIdempotency};
 pub use index::{IndexedMessage, ListOrder, MessageIndex, NewMessage, PageQuery, received_at};
 pub use mailroom::{
-    INDEX_QUEUE, MAX_INDEX_BATCH, Mailroom, OP_DOMAIN_SET_RETENTION, OP_MESSAGE_EXPIRE, Reconciled, SWEEP_BATCH,
-    expire_event,
+    INBOX_SWEEP_BATCH, INDEX_QUEUE, MAX_INDEX_BATCH, Mailroom, OP_DOMAIN_SET_RETENTION, OP_MESSAGE_EXPIRE, Reconciled,
+    SWEEP_BATCH, expire_event, inbox_expire_event,
 };
 pub use meta::*;
 
@@ -68,8 +69,8 @@ pub mod roles {
     pub use crate::idempotency::SendIdempotency;
     pub use crate::index::MessageIndex;
     pub use crate::meta::{
-        AuditLog, AuthLookup, Checkpoints, Directory, KeysAndGrants, MetadataStore, Outbox, OwnerApproval, Pairing,
-        Deployment, Recipients, StoreHealth,
+        AuditLog, AuthLookup, Checkpoints, Deployment, Directory, InboxExpiry, KeysAndGrants, MetadataStore, Outbox,
+        OwnerApproval, Pairing, Recipients, StoreHealth,
     };
     pub use crate::queue::OutboundQueue;
 }

@@ -22,7 +22,8 @@
 //!
 //! Retention: [`Mailroom::sweep_expired`] removes, per domain, the rows older
 //! than the domain's retention (audited with a count, in the row deletion's
-//! transaction), then their blobs.
+//! transaction), then their blobs. [`Mailroom::sweep_expired_inboxes`] removes
+//! inboxes past their expiry with all their mail (one audit record each).
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -39,7 +40,7 @@ use crate::BlobStore;
 use crate::blob::{BlobError, BlobKey};
 use crate::events::MailEvents;
 use crate::index::{MessageIndex, NewMessage};
-use crate::meta::StoreError;
+use crate::meta::{InboxExpiry, InboxRecord, OP_INBOX_EXPIRE, StoreError};
 
 /// Most rows the committer writes in one transaction.
 pub const MAX_INDEX_BATCH: usize = 512;
@@ -51,6 +52,8 @@ pub const SWEEP_BATCH: u32 = 1000;
 pub const OP_MESSAGE_EXPIRE: &str = "message.expire";
 /// Audit operation of a domain retention change.
 pub const OP_DOMAIN_SET_RETENTION: &str = "domain.set_retention";
+/// Most expired inboxes one round of [`Mailroom::sweep_expired_inboxes`] looks at.
+pub const INBOX_SWEEP_BATCH: u32 = 100;
 /// Rows per transaction when [`Mailroom::reconcile`] re-indexes.
 const RECONCILE_BATCH: usize = 1000;
 
@@ -200,6 +203,64 @@ impl Mailroom {
         }
         Ok(total)
     }
+}
+
+impl Mailroom {
+    /// Removes every inbox whose expiry is at or before `now` ([`InboxExpiry`]),
+    /// with its mail: for each, its blobs first, then in one transaction the
+    /// inbox, its index rows and one `inbox.expire` record (actor `system`,
+    /// subject the address, detail `{owner, agent, expires_at, messages}`), then
+    /// any blob that arrived meanwhile (a session that passed RCPT before the
+    /// expiry). Returns how many inboxes this call removed; sweepers on several
+    /// nodes remove and record each inbox once.
+    ///
+    /// A crash before the transaction leaves the expired inbox in place (absent
+    /// to every lookup) and the next sweep finishes it; one between the
+    /// transaction and the last blob removal can leave a late blob under the
+    /// removed inbox's prefix, which nothing lists or serves.
+    pub async fn sweep_expired_inboxes(&self, inboxes: &dyn InboxExpiry, now: UnixTime) -> Result<u64, StoreError> {
+        let mut removed = 0;
+        loop {
+            let batch = inboxes.expired_inboxes(now, INBOX_SWEEP_BATCH).await?;
+            let mut removed_now = 0;
+            for inbox in &batch {
+                self.remove_inbox_blobs(inbox).await?;
+                let event = |messages: u64| inbox_expire_event(inbox, messages);
+                if inboxes.remove_expired_inbox(&inbox.address, now, &event).await?.is_some() {
+                    removed_now += 1;
+                }
+                self.remove_inbox_blobs(inbox).await?;
+            }
+            removed += removed_now;
+            // Stop when the batch was the last one, or another sweeper took it.
+            if batch.len() < INBOX_SWEEP_BATCH as usize || removed_now == 0 {
+                return Ok(removed);
+            }
+        }
+    }
+
+    /// Removes every blob under the inbox's prefix (not its index rows).
+    async fn remove_inbox_blobs(&self, inbox: &InboxRecord) -> Result<(), StoreError> {
+        let prefix = format!("{}/{}/", inbox.owner, inbox.address);
+        let keys = self.blobs.list(&prefix).await.map_err(|e| StoreError::Backend(e.to_string()))?;
+        for key in keys {
+            self.blobs.remove(&key).await.map_err(|e| StoreError::Backend(e.to_string()))?;
+        }
+        Ok(())
+    }
+}
+
+/// The audit event of an expired inbox's removal: actor `system`, operation
+/// [`inbox.expire`](OP_INBOX_EXPIRE), subject the address, detail the owner
+/// (so the owner's audit view shows it), the agent, the expiry and how many
+/// messages went with it.
+pub fn inbox_expire_event(inbox: &InboxRecord, messages: u64) -> AuditEvent {
+    AuditEvent::ok(Actor::System, OP_INBOX_EXPIRE, inbox.address.as_str()).with_detail(json!({
+        "owner": inbox.owner,
+        "agent": inbox.agent,
+        "expires_at": inbox.expires_at,
+        "messages": messages,
+    }))
 }
 
 /// The audit event of one retention batch.

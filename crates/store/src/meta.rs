@@ -127,6 +127,17 @@ pub struct InboxRecord {
     pub status: InboxStatus,
     /// Creation time.
     pub created_at: UnixTime,
+    /// When it stops existing (`None`: never). From this second on it is absent
+    /// to every lookup (RCPT, AUTH, mints) and the sweeper removes it with its
+    /// mail ([`InboxExpiry`]). Set for inboxes agents create (`create` scope).
+    pub expires_at: Option<UnixTime>,
+}
+
+impl InboxRecord {
+    /// Whether the inbox has expired at `now` ([`agentkeys_core::is_expired`]).
+    pub fn is_expired(&self, now: UnixTime) -> bool {
+        agentkeys_core::is_expired(self.expires_at, now)
+    }
 }
 
 /// What the MX needs to accept a recipient.
@@ -136,6 +147,9 @@ pub struct Recipient {
     pub owner: OwnerId,
     /// Whether the inbox takes mail.
     pub status: InboxStatus,
+    /// When the inbox expires (`None`: never), so a cache never answers for it
+    /// past that second ([`CachedRecipients`](crate::CachedRecipients)).
+    pub expires_at: Option<UnixTime>,
 }
 
 /// An agent key as stored (never the secret).
@@ -317,11 +331,13 @@ pub trait MetadataStore:
     + crate::DomainStatusStore
     + StoreHealth
     + Deployment
+    + InboxExpiry
 {
 }
 
 impl<T> MetadataStore for T where
     T: ?Sized
+        + InboxExpiry
         + Recipients
         + Directory
         + KeysAndGrants
@@ -346,8 +362,34 @@ impl<T> MetadataStore for T where
 pub trait Recipients: Send + Sync + 'static {
     /// Whether mail for `domain` (already lowercase) is ours.
     async fn is_hosted_domain(&self, domain: &str) -> Result<bool, StoreError>;
-    /// The MX's RCPT lookup: owner and status of an inbox, `None` if unknown.
+    /// The MX's RCPT lookup: owner, status and expiry of an inbox, `None` if
+    /// unknown or expired (at the store's clock): an expired inbox is absent.
     async fn recipient(&self, address: &Address) -> Result<Option<Recipient>, StoreError>;
+}
+
+/// Audit operation of an expired inbox's removal (one record per inbox).
+pub const OP_INBOX_EXPIRE: &str = "inbox.expire";
+
+/// Inboxes with an expiry, and their removal once it has passed: the sweeper's
+/// role ([`Mailroom::sweep_expired_inboxes`](crate::Mailroom::sweep_expired_inboxes)).
+#[async_trait]
+pub trait InboxExpiry: Send + Sync + 'static {
+    /// Up to `limit` inboxes whose expiry is at or before `now`, earliest expiry
+    /// first (then by address).
+    async fn expired_inboxes(&self, now: UnixTime, limit: u32) -> Result<Vec<InboxRecord>, StoreError>;
+    /// Removes the inbox `address` if it has expired at `now`, together with its
+    /// message index rows, and appends `event(messages)` (`messages`: how many
+    /// index rows went), all in one transaction. `Some` with the receipt if this
+    /// call removed it; `None` if there was nothing to remove (no such inbox, not
+    /// expired, or another handle removed it first), and then nothing is
+    /// recorded: across any number of handles, each expired inbox is removed and
+    /// recorded once. Its blobs are the caller's to remove.
+    async fn remove_expired_inbox(
+        &self,
+        address: &Address,
+        now: UnixTime,
+        event: &(dyn Fn(u64) -> AuditEvent + Send + Sync),
+    ) -> Result<Option<AuditReceipt>, StoreError>;
 }
 
 /// Hosted domains and their DKIM keys, owners, agents and inboxes: the operator's and
@@ -393,10 +435,12 @@ pub trait Directory: Send + Sync + 'static {
     /// Lists agents, optionally of one owner.
     async fn list_agents(&self, owner: Option<&OwnerId>) -> Result<Vec<AgentRecord>, StoreError>;
     /// Creates an inbox, audited. `Invalid` if its domain is not hosted, `NotFound` if
-    /// the agent is unknown, `Conflict` if the address is taken. The owner is the
-    /// agent's owner.
+    /// the agent is unknown, `Conflict` if the address is taken (also by an expired
+    /// inbox the sweeper has not removed yet). The owner is the agent's owner; the
+    /// expiry, if any, must be after the creation time (`Invalid`).
     async fn create_inbox(&self, inbox: &InboxRecord, event: &AuditEvent) -> Result<AuditReceipt, StoreError>;
-    /// Lists inboxes, optionally of one owner, by address.
+    /// Lists inboxes, optionally of one owner, by address (expired ones the
+    /// sweeper has not removed yet included, with their expiry).
     async fn list_inboxes(&self, owner: Option<&OwnerId>) -> Result<Vec<InboxRecord>, StoreError>;
     /// Sets an inbox's status, audited. `NotFound` if it does not exist.
     async fn set_inbox_status(
@@ -436,13 +480,15 @@ pub trait KeysAndGrants: Send + Sync + 'static {
 #[async_trait]
 pub trait AuthLookup: Send + Sync + 'static {
     /// Gathers the facts for steps 3–9 of the AUTH order in one read: the key with
-    /// this hash, its agent's grants, and the inbox's owner and status.
+    /// this hash, its agent's grants, and the inbox's owner and status (no inbox if
+    /// it has expired at the store's clock, like [`Recipients::recipient`]).
     async fn auth_facts(&self, credentials: &Credentials) -> Result<AuthFacts, StoreError>;
     /// The key whose stored hash is `hash` (any state) with its agent's owner, `None`
     /// if there is none: the token broker's agent-key lookup (unique index on the hash).
     async fn key_facts_by_hash(&self, hash: &KeyHash) -> Result<Option<KeyFacts>, StoreError>;
     /// `agent`'s grants (any state) and the owner of `inbox` (`None` if no such
-    /// inbox), read together: the broker's authorization step in one lookup.
+    /// inbox or it has expired), read together: the broker's authorization step
+    /// in one lookup.
     async fn grants_and_inbox_owner(
         &self,
         agent: &AgentId,

@@ -38,7 +38,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePo
 use sqlx::{Sqlite, SqliteConnection};
 
 use crate::meta::{
-    AgentRecord, DomainKeyRecord, InboxRecord, KeyRecord, AuditLog, AuthLookup, Checkpoints, Directory, KeysAndGrants, OwnerApproval, Outbox, Deployment, Pairing, Recipients, StoreHealth, NewOutbound, OwnerRecord, QueueEntry, Recipient, StoreError,
+    AgentRecord, DomainKeyRecord, InboxExpiry, InboxRecord, KeyRecord, AuditLog, AuthLookup, Checkpoints, Directory, KeysAndGrants, OwnerApproval, Outbox, Deployment, Pairing, Recipients, StoreHealth, NewOutbound, OwnerRecord, QueueEntry, Recipient, StoreError,
 };
 use crate::group_commit::GroupCommit;
 pub(crate) use crate::write_tx::WriteTx;
@@ -626,7 +626,7 @@ async fn insert_domain_keys(tx: &mut SqliteConnection, keys: &DomainKeyRecord) -
 
 pub(crate) type OwnerRow = (String, Option<String>, i64);
 pub(crate) type AgentRow = (String, String, Option<String>, i64);
-pub(crate) type InboxRow = (String, String, String, String, i64);
+pub(crate) type InboxRow = (String, String, String, String, i64, Option<i64>);
 pub(crate) type KeyRow = (String, String, String, i64, i64, Option<i64>);
 pub(crate) type GrantRow = (String, String, String, String, String, i64, i64, Option<i64>);
 pub(crate) type PairingRow = (String, String, String, Option<String>, i64, String, Option<String>, Option<i64>);
@@ -664,14 +664,31 @@ pub(crate) fn agent_from_row((id, owner, name, created_at): AgentRow) -> Result<
     Ok(AgentRecord { id: stored("agent id", &id)?, owner: stored("owner id", &owner)?, name, created_at })
 }
 
-pub(crate) fn inbox_from_row((address, owner, agent, status, created_at): InboxRow) -> Result<InboxRecord, StoreError> {
+pub(crate) fn inbox_from_row(
+    (address, owner, agent, status, created_at, expires_at): InboxRow,
+) -> Result<InboxRecord, StoreError> {
     Ok(InboxRecord {
         address: stored("inbox address", &address)?,
         owner: stored("owner id", &owner)?,
         agent: stored("agent id", &agent)?,
         status: stored("inbox status", &status)?,
         created_at,
+        expires_at,
     })
+}
+
+/// The columns of an [`InboxRow`], in its order.
+pub(crate) const INBOX_COLUMNS: &str = "address, owner, agent, status, created_at, expires_at";
+
+/// `Invalid` unless an inbox's expiry (if any) is after its creation.
+pub(crate) fn check_inbox_expiry(inbox: &InboxRecord) -> Result<(), StoreError> {
+    match inbox.expires_at {
+        Some(t) if t <= inbox.created_at => Err(StoreError::Invalid(format!(
+            "inbox {} would expire at {t}, not after its creation at {}",
+            inbox.address, inbox.created_at
+        ))),
+        _ => Ok(()),
+    }
 }
 
 pub(crate) fn key_from_row((id, agent, hash, created_at, expires_at, revoked_at): KeyRow) -> Result<KeyRecord, StoreError> {
@@ -721,7 +738,8 @@ pub(crate) type AuthRow = (String, String, String, String, String, Option<String
 
 /// Everything `auth_facts` needs in one statement, hence one consistent snapshot:
 /// the key found by its hash (unique index) with its agent's owner, that agent's
-/// grants (index on `grants.agent`) and the inbox (primary key).
+/// grants (index on `grants.agent`) and the inbox (primary key) unless it has
+/// expired at `?3`.
 const AUTH_FACTS: &str = "\
 SELECT 'key', k.id, k.hash, k.agent, a.owner, NULL, k.created_at, k.expires_at, k.revoked_at
   FROM agent_keys k JOIN agents a ON a.id = k.agent
@@ -733,7 +751,7 @@ SELECT 'grant', g.id, g.pattern, g.agent, g.owner, g.scopes, g.created_at, g.exp
 UNION ALL
 SELECT 'inbox', i.address, i.status, i.agent, i.owner, NULL, i.created_at, NULL, NULL
   FROM inboxes i
- WHERE i.address = ?2";
+ WHERE i.address = ?2 AND (i.expires_at IS NULL OR i.expires_at > ?3)";
 
 /// Folds the rows of an [`AUTH_FACTS`]-shaped query (any backend) into the facts.
 pub(crate) fn auth_facts_from_rows(rows: Vec<AuthRow>) -> Result<AuthFacts, StoreError> {
@@ -817,13 +835,17 @@ impl Recipients for SqliteStore {
     }
 
     async fn recipient(&self, address: &Address) -> Result<Option<Recipient>, StoreError> {
-        let row: Option<(String, String)> = sqlx::query_as("SELECT owner, status FROM inboxes WHERE address = ?1")
-            .bind(address.as_str())
-            .fetch_optional(&mut *self.hot().await?)
-            .await
-            .map_err(backend)?;
-        row.map(|(owner, status)| {
-            Ok(Recipient { owner: stored("owner id", &owner)?, status: stored("inbox status", &status)? })
+        let row: Option<(String, String, Option<i64>)> = sqlx::query_as(
+            "SELECT owner, status, expires_at FROM inboxes
+              WHERE address = ?1 AND (expires_at IS NULL OR expires_at > ?2)",
+        )
+        .bind(address.as_str())
+        .bind((self.clock)())
+        .fetch_optional(&mut *self.hot().await?)
+        .await
+        .map_err(backend)?;
+        row.map(|(owner, status, expires_at)| {
+            Ok(Recipient { owner: stored("owner id", &owner)?, status: stored("inbox status", &status)?, expires_at })
         })
         .transpose()
     }
@@ -888,7 +910,7 @@ impl Directory for SqliteStore {
                 names.push_str(&format!(" and {} more", inboxes.len() - SHOWN));
             }
             return Err(StoreError::Invalid(format!(
-                "domain {domain} still has {} inbox(es): {names}; an inbox is never deleted, so a domain with inboxes cannot be removed",
+                "domain {domain} still has {} inbox(es): {names}; inboxes are not deleted (only expired ones, by the sweeper), so a domain with inboxes cannot be removed",
                 inboxes.len()
             )));
         }
@@ -1019,6 +1041,7 @@ impl Directory for SqliteStore {
 
     async fn create_inbox(&self, inbox: &InboxRecord, event: &AuditEvent) -> Result<AuditReceipt, StoreError> {
         require_ok(event)?;
+        check_inbox_expiry(inbox)?;
         let mut tx = self.write_tx().await?;
         let domain = inbox.address.domain();
         let (hosted,): (bool,) = sqlx::query_as("SELECT EXISTS (SELECT 1 FROM domains WHERE name = ?1)")
@@ -1046,13 +1069,16 @@ impl Directory for SqliteStore {
         if taken.is_some() {
             return Err(StoreError::Conflict { what: format!("inbox {}", inbox.address) });
         }
-        sqlx::query("INSERT INTO inboxes (address, owner, agent, status, created_at) VALUES (?1, ?2, ?3, ?4, ?5)")
-            .bind(inbox.address.as_str())
-            .bind(inbox.owner.as_str())
-            .bind(inbox.agent.as_str())
-            .bind(inbox.status.as_str())
-            .bind(inbox.created_at)
-            .execute(&mut *tx)
+        sqlx::query(
+            "INSERT INTO inboxes (address, owner, agent, status, created_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )
+        .bind(inbox.address.as_str())
+        .bind(inbox.owner.as_str())
+        .bind(inbox.agent.as_str())
+        .bind(inbox.status.as_str())
+        .bind(inbox.created_at)
+        .bind(inbox.expires_at)
+        .execute(&mut *tx)
             .await
             .map_err(|e| insert_error(e, || format!("inbox {}", inbox.address)))?;
         let sealed = self.append_in(&mut tx, event).await?;
@@ -1060,11 +1086,11 @@ impl Directory for SqliteStore {
     }
 
     async fn list_inboxes(&self, owner: Option<&OwnerId>) -> Result<Vec<InboxRecord>, StoreError> {
-        let rows: Vec<InboxRow> = sqlx::query_as(
-            "SELECT address, owner, agent, status, created_at FROM inboxes
+        let rows: Vec<InboxRow> = sqlx::query_as(&format!(
+            "SELECT {INBOX_COLUMNS} FROM inboxes
               WHERE ?1 IS NULL OR owner = ?1
-              ORDER BY address",
-        )
+              ORDER BY address"
+        ))
         .bind(owner.map(OwnerId::as_str))
         .fetch_all(&self.pool)
         .await
@@ -1091,6 +1117,57 @@ impl Directory for SqliteStore {
         }
         let sealed = self.append_in(&mut tx, event).await?;
         commit_audited(tx, sealed).await
+    }
+}
+
+#[async_trait]
+impl InboxExpiry for SqliteStore {
+    async fn expired_inboxes(&self, now: UnixTime, limit: u32) -> Result<Vec<InboxRecord>, StoreError> {
+        let rows: Vec<InboxRow> = sqlx::query_as(&format!(
+            "SELECT {INBOX_COLUMNS} FROM inboxes
+              WHERE expires_at IS NOT NULL AND expires_at <= ?1
+              ORDER BY expires_at, address
+              LIMIT ?2"
+        ))
+        .bind(now)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend)?;
+        rows.into_iter().map(inbox_from_row).collect()
+    }
+
+    async fn remove_expired_inbox(
+        &self,
+        address: &Address,
+        now: UnixTime,
+        event: &(dyn Fn(u64) -> AuditEvent + Send + Sync),
+    ) -> Result<Option<AuditReceipt>, StoreError> {
+        let mut tx = self.write_tx().await?;
+        // Under the write lock: whoever deletes the row first records it; a
+        // second sweeper finds nothing to delete.
+        let owner: Option<(String,)> = sqlx::query_as(
+            "DELETE FROM inboxes WHERE address = ?1 AND expires_at IS NOT NULL AND expires_at <= ?2 RETURNING owner",
+        )
+        .bind(address.as_str())
+        .bind(now)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(backend)?;
+        let Some((owner,)) = owner else {
+            return Ok(None);
+        };
+        let messages = sqlx::query("DELETE FROM messages WHERE owner = ?1 AND inbox = ?2")
+            .bind(&owner)
+            .bind(address.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?
+            .rows_affected();
+        let event = event(messages);
+        require_ok(&event)?;
+        let sealed = self.append_in(&mut tx, &event).await?;
+        commit_audited(tx, sealed).await.map(Some)
     }
 }
 
@@ -1206,6 +1283,7 @@ impl AuthLookup for SqliteStore {
         let rows: Vec<AuthRow> = sqlx::query_as(AUTH_FACTS)
             .bind(credentials.key_hash.to_hex())
             .bind(credentials.address.as_str())
+            .bind((self.clock)())
             .fetch_all(&mut *self.hot().await?)
             .await
             .map_err(backend)?;
@@ -1244,10 +1322,12 @@ impl AuthLookup for SqliteStore {
         let rows: Vec<GrantRow> = sqlx::query_as(
             "SELECT id, owner, agent, pattern, scopes, created_at, expires_at, revoked_at FROM grants WHERE agent = ?1
              UNION ALL
-             SELECT '', owner, '', '', '', 0, 0, NULL FROM inboxes WHERE address = ?2",
+             SELECT '', owner, '', '', '', 0, 0, NULL FROM inboxes
+              WHERE address = ?2 AND (expires_at IS NULL OR expires_at > ?3)",
         )
         .bind(agent.as_str())
         .bind(inbox.as_str())
+        .bind((self.clock)())
         .fetch_all(&self.pool)
         .await
         .map_err(backend)?;

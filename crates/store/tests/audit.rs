@@ -116,7 +116,7 @@ fn assert_audit_write_failed<T: std::fmt::Debug>(result: Result<T, StoreError>) 
 async fn every_audited_write_appends_one_record_and_returns_its_receipt() {
     let (_dir, store) = with_agent().await;
     let inbox =
-        InboxRecord { address: bot(), owner: owner(1), agent: agent(1), status: InboxStatus::Active, created_at: NOW };
+        InboxRecord { address: bot(), owner: owner(1), agent: agent(1), status: InboxStatus::Active, created_at: NOW, expires_at: None };
     let receipts = [
         store.create_inbox(&inbox, &event(ops::INBOX_CREATE, bot().as_str())).await.unwrap(),
         store
@@ -177,7 +177,7 @@ async fn a_refused_write_appends_nothing() {
 async fn no_side_effect_when_the_audit_record_cannot_be_written() {
     let (dir, store) = with_agent().await;
     let inbox =
-        InboxRecord { address: bot(), owner: owner(1), agent: agent(1), status: InboxStatus::Active, created_at: NOW };
+        InboxRecord { address: bot(), owner: owner(1), agent: agent(1), status: InboxStatus::Active, created_at: NOW, expires_at: None };
     store.create_inbox(&inbox, &event(ops::INBOX_CREATE, bot().as_str())).await.unwrap();
     store.create_key(&key(1, 1), &event(ops::KEY_CREATE, "k1")).await.unwrap();
     store.add_grant(&grant(1), &event(ops::GRANT_CREATE, "g1")).await.unwrap();

@@ -411,6 +411,63 @@ async fn retention_expires_per_domain_in_audited_batches() {
 }
 
 #[tokio::test]
+async fn expired_inboxes_are_swept_with_their_blobs_and_index_rows_once_each() {
+    use agentkeys_core::InboxStatus;
+    use agentkeys_store::{AgentRecord, InboxRecord, OwnerRecord};
+    let f = fixture().await;
+    let mail = f.mailroom(f.store.clone());
+    let agent: agentkeys_core::AgentId = "0x00000000000000000000000000000000000000a1".parse().unwrap();
+    let ev = |op: &str| AuditEvent::ok(Actor::Operator, op, "x");
+    f.store.add_owner(&OwnerRecord { id: owner(), email: None, created_at: 0 }, &ev("owner.create")).await.unwrap();
+    f.store
+        .add_agent(&AgentRecord { id: agent.clone(), owner: owner(), name: None, created_at: 0 }, &ev("agent.create"))
+        .await
+        .unwrap();
+    let now: UnixTime = 1_900_000_000;
+    let record = |a: &str, expires_at: Option<UnixTime>| InboxRecord {
+        address: inbox(a),
+        owner: owner(),
+        agent: agent.clone(),
+        status: InboxStatus::Active,
+        created_at: 1_000,
+        expires_at,
+    };
+    let gone = record("signup-gh@agents.localhost", Some(now - 5));
+    let later = record("signup-later@agents.localhost", Some(now + 60));
+    for i in [&gone, &later, &record(BOT, None)] {
+        f.store.create_inbox(i, &ev("inbox.create")).await.unwrap();
+    }
+    let at = |n: u128| Ulid::from_parts(((now - 100) * 1000) as u64, n);
+    mail.put_durable(vec![
+        copy("signup-gh@agents.localhost", at(1), "otp 1"),
+        copy("signup-gh@agents.localhost", at(2), "otp 2"),
+        copy("signup-later@agents.localhost", at(3), "stays"),
+        copy(BOT, at(4), "stays too"),
+    ])
+    .await
+    .unwrap();
+
+    assert_eq!(mail.sweep_expired_inboxes(f.store.as_ref(), now).await.unwrap(), 1);
+    assert!(f.raw.list(&format!("{OWNER}/signup-gh@agents.localhost/")).await.unwrap().is_empty(), "its blobs");
+    assert!(f.store.indexed_ids(&owner(), &gone.address).await.unwrap().is_empty(), "its index rows");
+    let left: Vec<Address> = f.store.list_inboxes(None).await.unwrap().into_iter().map(|i| i.address).collect();
+    assert_eq!(left, vec![inbox(BOT), later.address.clone()]);
+    assert_eq!(f.raw.list(&format!("{OWNER}/signup-later@agents.localhost/")).await.unwrap().len(), 1);
+    assert_eq!(f.store.indexed_ids(&owner(), &inbox(BOT)).await.unwrap(), HashSet::from([at(4)]));
+    let records = f.store.audit_all().await.unwrap();
+    let expired: Vec<_> = records.iter().filter(|r| r.operation == "inbox.expire").collect();
+    assert_eq!(expired.len(), 1);
+    assert_eq!(expired[0].subject, "signup-gh@agents.localhost");
+    assert_eq!((expired[0].actor.to_string().as_str(), &expired[0].detail["owner"], &expired[0].detail["messages"]),
+        ("system", &serde_json::json!(OWNER), &serde_json::json!(2)));
+    // Swept already: nothing more, no record; the later one goes at its time.
+    assert_eq!(mail.sweep_expired_inboxes(f.store.as_ref(), now).await.unwrap(), 0);
+    assert_eq!(f.store.audit_all().await.unwrap().len(), records.len());
+    assert_eq!(mail.sweep_expired_inboxes(f.store.as_ref(), now + 60).await.unwrap(), 1);
+    assert!(f.raw.list(&format!("{OWNER}/signup-later@agents.localhost/")).await.unwrap().is_empty());
+}
+
+#[tokio::test]
 async fn subscribers_are_only_told_about_their_own_inbox() {
     let f = fixture().await;
     let mail = f.mailroom(f.store.clone());

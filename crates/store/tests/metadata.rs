@@ -60,6 +60,7 @@ fn inbox(address: &str, owner_n: u8, agent_n: u8) -> InboxRecord {
         agent: agent(agent_n),
         status: InboxStatus::Active,
         created_at: NOW,
+        expires_at: None,
     }
 }
 

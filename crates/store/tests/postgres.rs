@@ -75,7 +75,7 @@ fn agent_record(n: u8, owner_n: u8) -> AgentRecord {
 }
 
 fn inbox(address: &str, owner_n: u8, agent_n: u8) -> InboxRecord {
-    InboxRecord { address: addr(address), owner: owner(owner_n), agent: agent(agent_n), status: InboxStatus::Active, created_at: NOW }
+    InboxRecord { address: addr(address), owner: owner(owner_n), agent: agent(agent_n), status: InboxStatus::Active, created_at: NOW, expires_at: None }
 }
 
 fn key(n: u8, agent_n: u8) -> KeyRecord {

@@ -16,11 +16,12 @@ use super::audit::commit_audited;
 use super::{PgStore, backend, constraint, hex32, insert_error, is_foreign_key_violation, is_unique_violation, to_i64};
 use crate::meta::{
     AgentRecord, AuditLog, AuthLookup, CheckpointRecord, Checkpoints, Directory, DomainKeyRecord, EnrollmentTicketRecord,
-    InboxRecord, KeyRecord, KeysAndGrants, NewOutbound, NonceUse, Outbox, OwnerApproval, OwnerRecord, Pairing,
+    InboxExpiry, InboxRecord, KeyRecord, KeysAndGrants, NewOutbound, NonceUse, Outbox, OwnerApproval, OwnerRecord, Pairing,
     PairingRecord, Recipient, Recipients, StoreError,
 };
 use crate::sqlite::{
-    AgentRow, AuditRow, AuthRow, CHECKPOINT_COLUMNS, CheckpointRow, DOMAIN_KEYS_COLUMNS, DomainKeyRow, GrantRow, InboxRow,
+    AgentRow, AuditRow, AuthRow, CHECKPOINT_COLUMNS, CheckpointRow, DOMAIN_KEYS_COLUMNS, DomainKeyRow, GrantRow,
+    INBOX_COLUMNS, InboxRow, check_inbox_expiry,
     KeyRow, OwnerRow, PairingRow, agent_from_row, audit_from_row, auth_facts_from_rows, checkpoint_from_row,
     domain_keys_from_row, domain_not_hosted, grant_from_row, head_from_row, inbox_from_row, key_from_row, owner_from_row,
     pairing_from_row, require_ok, stored, stored_key_hash,
@@ -53,7 +54,7 @@ SELECT 'grant'::text, g.id, g.pattern, g.agent, g.owner, g.scopes, g.created_at,
 UNION ALL
 SELECT 'inbox'::text, i.address, i.status, i.agent, i.owner, NULL::text, i.created_at, NULL::bigint, NULL::bigint
   FROM inboxes i
- WHERE i.address = $2";
+ WHERE i.address = $2 AND (i.expires_at IS NULL OR i.expires_at > $3)";
 
 /// The owner of `agent` as `tx` sees it; `None` if the agent does not exist.
 async fn agent_owner_in(tx: &mut PgConnection, agent: &AgentId) -> Result<Option<String>, StoreError> {
@@ -223,13 +224,17 @@ impl Recipients for PgStore {
     async fn recipient(&self, address: &Address) -> Result<Option<Recipient>, StoreError> {
         // No cache: another node may change the inbox at any time (a cache in
         // front of any store belongs in a decorator).
-        let row: Option<(String, String)> = sqlx::query_as("SELECT owner, status FROM inboxes WHERE address = $1")
-            .bind(address.as_str())
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(backend)?;
-        row.map(|(owner, status)| {
-            Ok(Recipient { owner: stored("owner id", &owner)?, status: stored("inbox status", &status)? })
+        let row: Option<(String, String, Option<i64>)> = sqlx::query_as(
+            "SELECT owner, status, expires_at FROM inboxes
+              WHERE address = $1 AND (expires_at IS NULL OR expires_at > $2)",
+        )
+        .bind(address.as_str())
+        .bind((self.clock)())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(backend)?;
+        row.map(|(owner, status, expires_at)| {
+            Ok(Recipient { owner: stored("owner id", &owner)?, status: stored("inbox status", &status)?, expires_at })
         })
         .transpose()
     }
@@ -298,7 +303,7 @@ impl Directory for PgStore {
                 names.push_str(&format!(" and {} more", inboxes.len() - SHOWN));
             }
             return Err(StoreError::Invalid(format!(
-                "domain {domain} still has {} inbox(es): {names}; an inbox is never deleted, so a domain with inboxes cannot be removed",
+                "domain {domain} still has {} inbox(es): {names}; inboxes are not deleted (only expired ones, by the sweeper), so a domain with inboxes cannot be removed",
                 inboxes.len()
             )));
         }
@@ -411,6 +416,7 @@ impl Directory for PgStore {
 
     async fn create_inbox(&self, inbox: &InboxRecord, event: &AuditEvent) -> Result<AuditReceipt, StoreError> {
         require_ok(event)?;
+        check_inbox_expiry(inbox)?;
         let mut tx = self.begin().await?;
         let domain = inbox.address.domain();
         if !domain_hosted_locked(&mut tx, domain).await? {
@@ -425,13 +431,16 @@ impl Directory for PgStore {
                 inbox.address, inbox.agent, inbox.owner
             )));
         }
-        sqlx::query("INSERT INTO inboxes (address, owner, agent, status, created_at) VALUES ($1, $2, $3, $4, $5)")
-            .bind(inbox.address.as_str())
-            .bind(inbox.owner.as_str())
-            .bind(inbox.agent.as_str())
-            .bind(inbox.status.as_str())
-            .bind(inbox.created_at)
-            .execute(&mut *tx)
+        sqlx::query(
+            "INSERT INTO inboxes (address, owner, agent, status, created_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(inbox.address.as_str())
+        .bind(inbox.owner.as_str())
+        .bind(inbox.agent.as_str())
+        .bind(inbox.status.as_str())
+        .bind(inbox.created_at)
+        .bind(inbox.expires_at)
+        .execute(&mut *tx)
             .await
             .map_err(|e| insert_error(e, || format!("inbox {}", inbox.address)))?;
         let sealed = self.append_in(&mut tx, event).await?;
@@ -439,11 +448,11 @@ impl Directory for PgStore {
     }
 
     async fn list_inboxes(&self, owner: Option<&OwnerId>) -> Result<Vec<InboxRecord>, StoreError> {
-        let rows: Vec<InboxRow> = sqlx::query_as(
-            "SELECT address, owner, agent, status, created_at FROM inboxes
+        let rows: Vec<InboxRow> = sqlx::query_as(&format!(
+            "SELECT {INBOX_COLUMNS} FROM inboxes
               WHERE $1::text IS NULL OR owner = $1
-              ORDER BY address",
-        )
+              ORDER BY address"
+        ))
         .bind(owner.map(OwnerId::as_str))
         .fetch_all(&self.pool)
         .await
@@ -561,11 +570,63 @@ impl KeysAndGrants for PgStore {
 }
 
 #[async_trait]
+impl InboxExpiry for PgStore {
+    async fn expired_inboxes(&self, now: UnixTime, limit: u32) -> Result<Vec<InboxRecord>, StoreError> {
+        let rows: Vec<InboxRow> = sqlx::query_as(&format!(
+            "SELECT {INBOX_COLUMNS} FROM inboxes
+              WHERE expires_at IS NOT NULL AND expires_at <= $1
+              ORDER BY expires_at, address
+              LIMIT $2"
+        ))
+        .bind(now)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend)?;
+        rows.into_iter().map(inbox_from_row).collect()
+    }
+
+    async fn remove_expired_inbox(
+        &self,
+        address: &Address,
+        now: UnixTime,
+        event: &(dyn Fn(u64) -> AuditEvent + Send + Sync),
+    ) -> Result<Option<AuditReceipt>, StoreError> {
+        let mut tx = self.begin().await?;
+        // A second node's DELETE waits for this row lock, then re-reads the row,
+        // finds it gone and deletes nothing: each inbox is removed (and recorded) once.
+        let owner: Option<(String,)> = sqlx::query_as(
+            "DELETE FROM inboxes WHERE address = $1 AND expires_at IS NOT NULL AND expires_at <= $2 RETURNING owner",
+        )
+        .bind(address.as_str())
+        .bind(now)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(backend)?;
+        let Some((owner,)) = owner else {
+            return Ok(None);
+        };
+        let messages = sqlx::query("DELETE FROM messages WHERE owner = $1 AND inbox = $2")
+            .bind(&owner)
+            .bind(address.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?
+            .rows_affected();
+        let event = event(messages);
+        require_ok(&event)?;
+        let sealed = self.append_in(&mut tx, &event).await?;
+        commit_audited(tx, sealed).await.map(Some)
+    }
+}
+
+#[async_trait]
 impl AuthLookup for PgStore {
     async fn auth_facts(&self, credentials: &Credentials) -> Result<AuthFacts, StoreError> {
         let rows: Vec<AuthRow> = sqlx::query_as(AUTH_FACTS)
             .bind(credentials.key_hash.to_hex())
             .bind(credentials.address.as_str())
+            .bind((self.clock)())
             .fetch_all(&self.pool)
             .await
             .map_err(backend)?;
@@ -604,10 +665,12 @@ impl AuthLookup for PgStore {
         let rows: Vec<GrantRow> = sqlx::query_as(&format!(
             "SELECT {GRANT_COLUMNS} FROM grants WHERE agent = $1
              UNION ALL
-             SELECT '', owner, '', '', '', 0, 0, NULL::bigint FROM inboxes WHERE address = $2"
+             SELECT '', owner, '', '', '', 0, 0, NULL::bigint FROM inboxes
+              WHERE address = $2 AND (expires_at IS NULL OR expires_at > $3)"
         ))
         .bind(agent.as_str())
         .bind(inbox.as_str())
+        .bind((self.clock)())
         .fetch_all(&self.pool)
         .await
         .map_err(backend)?;

@@ -24,8 +24,11 @@
 //! Transactions run at PostgreSQL's default `READ COMMITTED`: every statement
 //! sees what was committed before it started, and a statement that waited for a
 //! row lock re-reads the row it waited for. Objects that existence checks rely
-//! on are never deleted (owners, agents, inboxes, keys, grants); a domain, which
-//! can be removed, is locked (`FOR SHARE`) by the writes that need it.
+//! on are never deleted (owners, agents, keys, grants); a domain, which can be
+//! removed, is locked (`FOR SHARE`) by the writes that need it. An inbox is
+//! deleted only once it has expired, and by then every lookup already answers
+//! it as absent; the deletion is one conditional `DELETE … RETURNING`, so two
+//! sweeping nodes remove (and record) it once.
 //!
 //! Errors map like SQLite's: a unique violation is `Conflict`, everything the
 //! database or the network does wrong is `Backend` (a full disk, a lost
