@@ -6,7 +6,9 @@
 //!   [`KeysAndGrants`], [`AuthLookup`], [`OwnerApproval`], [`Pairing`],
 //!   [`AuditLog`], [`Checkpoints`], [`Outbox`] and [`OutboundQueue`],
 //!   [`MessageIndex`] (which messages an inbox holds, with a commit-ordered `seq`),
-//!   [`SendIdempotency`], [`DomainStatusStore`], [`StoreHealth`]. [`MetadataStore`]
+//!   [`SendIdempotency`], [`DomainStatusStore`], [`StoreHealth`], [`Throttles`]
+//!   (failure counters every node shares; [`LocalThrottles`] and
+//!   [`CachedThrottles`] for one process and the hot path). [`MetadataStore`]
 //!   is all of them together, for the composition root. Embedded default: SQLite
 //!   in WAL mode ([`SqliteStore`]); for several nodes on one database, PostgreSQL
 //!   (`PgStore`, feature `postgres`).
@@ -44,6 +46,7 @@ mod recipients;
 #[cfg(feature = "s3")]
 pub mod s3;
 mod sqlite;
+mod throttles;
 mod write_tx;
 #[cfg(test)]
 mod fault_tests;
@@ -72,12 +75,17 @@ pub mod roles {
         Deployment, Recipients, StoreHealth,
     };
     pub use crate::queue::OutboundQueue;
+    pub use crate::throttles::Throttles;
 }
 pub use queue::{AttemptOutcome, AttemptRecord, AttemptToRecord, Claim, OutboundQueue, QueueDetail, QueueStateCount};
 pub use recipients::{CachedRecipients, RECIPIENT_CACHE_MAX, RECIPIENT_CACHE_TTL};
 #[cfg(feature = "s3")]
 pub use s3::{S3BlobStore, S3Config, S3ConfigError, S3Error, S3Limits};
 pub use sqlite::{READINESS_MIN_FREE_BYTES, SqliteStore};
+pub use throttles::{
+    CachedThrottles, FailureTally, FailureWindow, LOCAL_SWEEP_INTERVAL, LocalThrottles, MAX_CACHED_FULL_KEYS,
+    MAX_LOCAL_THROTTLE_KEYS, MAX_THROTTLE_KEY_BYTES, ThrottleKey, Throttles, UnixMillis, tally, unix_millis,
+};
 #[cfg(feature = "postgres")]
 pub use postgres::{PgEvents, PgStore};
 

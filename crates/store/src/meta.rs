@@ -317,6 +317,7 @@ pub trait MetadataStore:
     + crate::DomainStatusStore
     + StoreHealth
     + Deployment
+    + crate::Throttles
 {
 }
 
@@ -337,6 +338,7 @@ impl<T> MetadataStore for T where
         + crate::DomainStatusStore
         + StoreHealth
         + Deployment
+        + crate::Throttles
 {
 }
 

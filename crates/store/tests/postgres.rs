@@ -1333,3 +1333,43 @@ async fn the_first_seed_fingerprint_recorded_is_the_deployments() {
     assert!(seen.windows(2).all(|w| w[0] == w[1]), "{seen:?}");
     assert_eq!(a.seed_fingerprint(&[99; 32]).await.unwrap(), seen[0]);
 }
+
+// ---------------------------------------------------------------------------
+// Shared failure counters: what the contract cannot see, the storage's bound.
+// ---------------------------------------------------------------------------
+
+/// Rows and array lengths of `throttle_failures`, read directly.
+async fn throttle_rows(db: &TempDatabase) -> Vec<(String, i32)> {
+    use sqlx::Connection;
+    let mut conn = sqlx::PgConnection::connect(db.url()).await.unwrap();
+    let rows = sqlx::query_as("SELECT key, cardinality(times) FROM throttle_failures ORDER BY key")
+        .fetch_all(&mut conn)
+        .await
+        .unwrap();
+    conn.close().await.unwrap();
+    rows
+}
+
+/// A key keeps at most `limit` failure times however many are recorded, on
+/// both nodes; once its window has passed, a node's next prune (every
+/// THROTTLE_PRUNE_INTERVAL) deletes its row, and the other key's stays.
+#[tokio::test]
+async fn throttle_counters_keep_at_most_the_limit_and_expired_keys_are_pruned() {
+    use agentkeys_store::postgres::THROTTLE_PRUNE_INTERVAL;
+    use agentkeys_store::{FailureWindow, ThrottleKey};
+    let (db, a, b) = two_nodes().await;
+    let rule = FailureWindow::new(3, Duration::from_secs(60)).unwrap();
+    let (busy, quiet) = (ThrottleKey::new("test/busy").unwrap(), ThrottleKey::new("test/quiet").unwrap());
+    let t0 = NOW * 1000;
+    for i in 0..50 {
+        let node = if i % 2 == 0 { &a } else { &b };
+        assert_eq!(node.record_failure(&busy, t0 + i, rule).await.unwrap().count, 3.min(u32::try_from(i + 1).unwrap()));
+    }
+    assert_eq!(throttle_rows(&db).await, [("test/busy".to_owned(), 3)]);
+    // Past busy's window and a prune interval: the next failure on either node prunes it.
+    let later = t0 + 50 + 60_000 + i64::try_from(THROTTLE_PRUNE_INTERVAL.as_millis()).unwrap();
+    a.record_failure(&quiet, later, rule).await.unwrap();
+    b.record_failure(&quiet, later, rule).await.unwrap();
+    assert_eq!(throttle_rows(&db).await, [("test/quiet".to_owned(), 2)]);
+    assert_eq!(a.failures(&busy, later, rule).await.unwrap().count, 0);
+}
