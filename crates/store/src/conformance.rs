@@ -2404,9 +2404,12 @@ pub async fn throttle_failures_add_up_across_handles<B: Backend>(backend: Arc<B>
     assert_eq!(b.record_failure(&throttle_key(5), at(70_000), narrow).await.unwrap().count, 1);
 }
 
-/// A generated history of failure-counter calls: limit, window (seconds), and
-/// steps of (key, milliseconds later, through the second handle, record or read).
-fn throttle_history() -> impl Strategy<Value = (u32, u64, Vec<(u32, u16, bool, bool)>)> {
+/// One generated failure-counter call: key, milliseconds after the previous
+/// call, through the second handle, record (or read).
+type ThrottleStep = (u32, u16, bool, bool);
+
+/// A generated history of failure-counter calls: limit, window (seconds), steps.
+fn throttle_history() -> impl Strategy<Value = (u32, u64, Vec<ThrottleStep>)> {
     (1u32..6, 1u64..30, prop::collection::vec((0u32..3, 0u16..12_000, any::<bool>(), any::<bool>()), 1..40))
 }
 
