@@ -333,12 +333,12 @@ async fn rate_limits(
     };
     let path = request.uri().path();
     if takes_agent_key(path) {
-        if let Err(limited) = state.throttle.check_agent_key(ip) {
+        if let Err(limited) = state.throttle.check_agent_key(ip).await {
             return limited.into_response();
         }
         let response = next.run(request).await;
         if response.extensions().get::<throttle::KeyRefused>().is_some()
-            && let Some(limited) = state.throttle.record_agent_key_failure(ip)
+            && let Some(limited) = state.throttle.record_agent_key_failure(ip).await
         {
             return limited.into_response();
         }
