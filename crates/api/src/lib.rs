@@ -75,8 +75,9 @@ pub struct ApiState {
     openapi: Arc<serde_json::Value>,
     /// The metadata store the owner routes use; without it they answer 503.
     meta: Option<Arc<dyn MetadataStore>>,
-    /// Wake-ups of collects waiting for an approval.
-    pairings: Arc<pairing::PairingWaiters>,
+    /// Wake-ups of collects waiting for an approval (shared with the store's
+    /// listener on PostgreSQL, so approvals on other nodes wake them too).
+    pairings: agentkeys_store::PairingWakeups,
     /// How long a collect waits for the approval ([`pairing::COLLECT_WAIT`]).
     collect_wait: std::time::Duration,
     /// Cancelled when the server stops: waiting collects answer 202 at once.
@@ -116,7 +117,7 @@ impl ApiState {
             clock,
             openapi: Arc::new(openapi),
             meta: None,
-            pairings: Arc::default(),
+            pairings: agentkeys_store::PairingWakeups::default(),
             collect_wait: pairing::COLLECT_WAIT,
             shutdown: tokio_util::sync::CancellationToken::new(),
             mail: None,
@@ -161,7 +162,19 @@ impl ApiState {
         self
     }
 
-    /// The same state with other per-address limits (tests).
+    /// The same state waking pairing collects through `wakeups`: give it the
+    /// ones `PgEvents` wakes when an approval commits on any node
+    /// (`PgEvents::pairings`), so an agent long-polling this node is answered
+    /// when its owner approves on another.
+    #[must_use]
+    pub fn with_pairing_wakeups(mut self, wakeups: agentkeys_store::PairingWakeups) -> Self {
+        self.pairings = wakeups;
+        self
+    }
+
+    /// The same state with other per-address limits: other budgets (tests), or
+    /// refused-key counters shared by every node
+    /// ([`throttle::HttpThrottle::with_failure_counters`]).
     #[must_use]
     pub fn with_throttle(mut self, throttle: throttle::HttpThrottle) -> Self {
         self.throttle = Arc::new(throttle);

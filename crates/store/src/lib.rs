@@ -39,6 +39,7 @@ mod index;
 mod mailroom;
 pub mod group_commit;
 mod meta;
+mod pairing_wakeups;
 #[cfg(feature = "postgres")]
 pub mod postgres;
 mod queue;
@@ -62,6 +63,7 @@ pub use mailroom::{
     expire_event,
 };
 pub use meta::*;
+pub use pairing_wakeups::PairingWakeups;
 
 /// Every role trait, for code that holds a whole backend (the composition root,
 /// tests) and calls across roles: `use agentkeys_store::roles::*;`. Library code
