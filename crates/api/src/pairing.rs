@@ -61,6 +61,24 @@ pub const MAX_AGENT_NAME_CHARS: usize = 64;
 /// collision is already unlikely once).
 const OPEN_ATTEMPTS: u32 = 3;
 
+/// The gauge `agentkeys_pairing_collects_waiting`: collects long-polling for
+/// their approval right now, up while one waits, down when it stops (also when
+/// its request is dropped).
+struct WaitingCollect;
+
+impl WaitingCollect {
+    fn enter() -> Self {
+        metrics::gauge!("agentkeys_pairing_collects_waiting").increment(1.0);
+        Self
+    }
+}
+
+impl Drop for WaitingCollect {
+    fn drop(&mut self) {
+        metrics::gauge!("agentkeys_pairing_collects_waiting").decrement(1.0);
+    }
+}
+
 fn store(state: &ApiState) -> Result<&Arc<dyn MetadataStore>, ApiError> {
     state.meta.as_ref().ok_or_else(|| {
         tracing::error!("pairing route called on an API without a metadata store");
@@ -500,6 +518,7 @@ pub(crate) async fn collect(
                     };
                     return Ok((StatusCode::ACCEPTED, Json(answer)).into_response());
                 }
+                let _waiting = WaitingCollect::enter();
                 tokio::select! {
                     _ = tokio::time::timeout(wait, notified) => {}
                     () = state.shutdown.cancelled() => {}

@@ -141,11 +141,11 @@ async fn tick(meta: &dyn MetadataStore, authority: &dyn TokenAuthority, force: b
 
 /// After a local command that may have written audit records: sign the head if
 /// it moved, so the records never wait for a server to cover them. Only when
-/// the data directory's database exists (nothing is created for a command that
+/// the data directory exists (nothing is created for a command that
 /// failed before touching it); a failure is a warning on stderr, not the
 /// command's failure.
 pub(crate) async fn after_local_command(config: &crate::config::Config) {
-    if !config.data_dir.join(crate::datadir::META_FILE).exists() {
+    if !crate::datadir::DataDir::exists(config) {
         return;
     }
     let result = async {

@@ -57,11 +57,7 @@ impl DataDir {
     /// otherwise leave a new `./agentkeys-data` with a new master seed behind
     /// and answer as if the server had no data.
     pub(crate) async fn open(config: &Config) -> Result<Self> {
-        let exists = match metadata_location(config) {
-            MetadataLocation::Sqlite(file) => file.exists(),
-            MetadataLocation::Postgres(_) => config.data_dir.join(SEED_FILE).exists(),
-        };
-        if !exists {
+        if !Self::exists(config) {
             bail!(
                 "no data directory at {}: start the server once there (`agentkeys serve`), pass --data-dir \
                  (or AGENTKEYS_DATA_DIR) to point at the server's, or, as an owner on another machine, \
@@ -70,6 +66,15 @@ impl DataDir {
             );
         }
         Self::create_or_open(config).await
+    }
+
+    /// Whether the configured data directory was created: its SQLite database,
+    /// or, with metadata elsewhere (PostgreSQL), its master seed.
+    pub(crate) fn exists(config: &Config) -> bool {
+        match metadata_location(config) {
+            MetadataLocation::Sqlite(file) => file.exists(),
+            MetadataLocation::Postgres(_) => config.data_dir.join(SEED_FILE).exists(),
+        }
     }
 
     /// Opens the data directory, creating it on first use, and the hosted

@@ -22,7 +22,7 @@ use serde_json::Value;
 use tower::ServiceExt as _;
 
 use crate::config::Config;
-use crate::datadir::{DataDir, META_FILE};
+use crate::datadir::DataDir;
 
 /// The token broker of a data directory, as `serve` builds it.
 pub(crate) fn broker(dir: &DataDir, config: &Config) -> Result<TokenBroker> {
@@ -48,7 +48,7 @@ pub(crate) fn router_for(dir: &DataDir, config: &Config) -> Result<axum::Router>
 /// an owner command without `--server` on a machine without the server's data
 /// would otherwise create an empty one and fail with a confusing answer.
 pub(crate) async fn router(config: &Config) -> Result<axum::Router> {
-    if !config.data_dir.join(META_FILE).exists() {
+    if !DataDir::exists(config) {
         bail!(
             "no --server given and no data directory at {}; give the server's URL with --server (or AGENTKEYS_SERVER), or the data directory with --data-dir",
             config.data_dir.display()

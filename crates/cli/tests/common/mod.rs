@@ -7,7 +7,7 @@ use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
+use std::sync::{Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 /// The binary under test.
@@ -23,7 +23,20 @@ pub fn resource(name: &str) -> PathBuf {
     repo_root().join("tests/resources").join(name)
 }
 
-/// A command for the binary with a clean AGENTKEYS_* environment and `--data-dir`.
+/// Data directories whose commands and servers keep their metadata in an
+/// external database (`AGENTKEYS_DATABASE_URL`): several nodes on one PostgreSQL.
+static DATABASES: Mutex<Vec<(PathBuf, String)>> = Mutex::new(Vec::new());
+
+/// From now on, every command and server the harness runs with `data_dir`
+/// keeps its metadata at `url` (`postgres://…`), as nodes sharing it do.
+pub fn use_database(data_dir: &Path, url: &str) {
+    let mut databases = DATABASES.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    databases.retain(|(dir, _)| dir != data_dir);
+    databases.push((data_dir.to_path_buf(), url.to_owned()));
+}
+
+/// A command for the binary with a clean AGENTKEYS_* environment and `--data-dir`
+/// (and the data directory's external database, [`use_database`]).
 pub fn agentkeys(data_dir: &Path) -> Command {
     agentkeys_under(&[], data_dir)
 }
@@ -44,6 +57,10 @@ pub fn agentkeys_under(wrapper: &[&str], data_dir: &Path) -> Command {
         }
     }
     cmd.arg("--data-dir").arg(data_dir);
+    let databases = DATABASES.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some((_, url)) = databases.iter().find(|(dir, _)| dir == data_dir) {
+        cmd.env("AGENTKEYS_DATABASE_URL", url);
+    }
     cmd
 }
 
