@@ -123,7 +123,7 @@ fn smtp_auth_failures_spread_over_two_nodes_refuse_the_address_at_the_limit_in_t
     let env = [("AGENTKEYS_AUTH_FAILURES_PER_IP", limit.as_str()), ("AGENTKEYS_AUTH_FAILURE_WINDOW", "10m")];
     let (nodes, address, key) = cluster(19500, &env);
     let wrong = another_key(&key);
-    let node = |i: u32| if i % 2 == 0 { &nodes.a } else { &nodes.b };
+    let node = |i: u32| if i.is_multiple_of(2) { &nodes.a } else { &nodes.b };
     for n in [&nodes.a, &nodes.b] {
         assert!(smtp_auth(n, &address, &key).starts_with("235 2.7.0"), "the key works on both nodes");
     }
@@ -150,7 +150,7 @@ fn smtp_auth_failures_spread_over_two_nodes_refuse_the_address_at_the_limit_in_t
 fn refused_agent_keys_spread_over_two_nodes_spend_one_http_budget() {
     use agentkeys_api::throttle::AUTH_FAILURES_PER_IP;
     let (nodes, address, key) = cluster(19520, &[]);
-    let node = |i: u32| if i % 2 == 0 { &nodes.a } else { &nodes.b };
+    let node = |i: u32| if i.is_multiple_of(2) { &nodes.a } else { &nodes.b };
     let unknown = another_key(&key);
     for i in 0..AUTH_FAILURES_PER_IP {
         assert_eq!(mint(node(i), &unknown, &address), (401, "INVALID_KEY".to_owned()), "refusal {i} is answered as is");
