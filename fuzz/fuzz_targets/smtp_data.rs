@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use agentkeys_core::{InboxStatus, KeyHasher, MasterSeed};
-use agentkeys_smtp::{AuthThrottle, Limits, ListenerKind, Now, RecipientAnswer, Session, SessionContext, Step};
+use agentkeys_smtp::{Limits, ListenerKind, Now, RecipientAnswer, Session, SessionContext, Step};
 use agentkeys_store::Recipient;
 use libfuzzer_sys::fuzz_target;
 
@@ -48,7 +48,6 @@ fuzz_target!(|data: &[u8]| {
         kind: ListenerKind::Inbound,
         limits: Limits::default(),
         hasher: KeyHasher::new(&MasterSeed::from_bytes([3; 32])),
-        throttle: Arc::new(AuthThrottle::new(10, Duration::from_secs(600))),
         tls_available: false,
         allow_plaintext_auth_on_loopback: false,
         subaddressing: agentkeys_core::Subaddressing::default(),
@@ -79,7 +78,11 @@ fuzz_target!(|data: &[u8]| {
                 }
                 Step::StartTls => session.tls_started(now),
                 // Inbound: no AUTH; no failure latency.
-                Step::Authenticate(_) | Step::Audit(_) | Step::Wait(_) => break 'feed,
+                Step::CheckThrottle(_)
+                | Step::Authenticate(_)
+                | Step::Audit(_)
+                | Step::RecordFailure(_)
+                | Step::Wait(_) => break 'feed,
             }
         }
         if from == input.len() {

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use agentkeys_core::{AuthFacts, InboxStatus, KeyHasher, MasterSeed};
 use agentkeys_smtp::{
-    AuthThrottle, ListenerKind, Limits, Now, RecipientAnswer, Session, SessionContext, Step,
+    ListenerKind, Limits, Now, RecipientAnswer, Session, SessionContext, Step,
 };
 use agentkeys_store::Recipient;
 use libfuzzer_sys::fuzz_target;
@@ -23,7 +23,6 @@ fn context(kind: ListenerKind) -> Arc<SessionContext> {
         kind,
         limits: Limits::default(),
         hasher: KeyHasher::new(&MasterSeed::from_bytes([3; 32])),
-        throttle: Arc::new(AuthThrottle::new(10, Duration::from_secs(600))),
         tls_available: true,
         allow_plaintext_auth_on_loopback: false,
         subaddressing: agentkeys_core::Subaddressing::default(),
@@ -74,6 +73,8 @@ fn drive(kind: ListenerKind, input: &[u8], cuts: &[usize]) -> (Vec<String>, usiz
                     };
                     session.recipient_result(Ok(answer), now);
                 }
+                Step::CheckThrottle(_) => session.throttle_result(Ok(false), now),
+                Step::RecordFailure(_) => session.failure_recorded(Ok(()), now),
                 Step::Authenticate(_) => session.auth_result(Ok(AuthFacts::default()), now),
                 Step::Audit(event) => {
                     // A receipt exists only for a sealed record: seal it as the chain's first.

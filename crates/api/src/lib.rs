@@ -78,8 +78,9 @@ pub struct ApiState {
     openapi: Arc<serde_json::Value>,
     /// The metadata store the owner routes use; without it they answer 503.
     meta: Option<Arc<dyn MetadataStore>>,
-    /// Wake-ups of collects waiting for an approval.
-    pairings: Arc<pairing::PairingWaiters>,
+    /// Wake-ups of collects waiting for an approval (shared with the store's
+    /// listener on PostgreSQL, so approvals on other nodes wake them too).
+    pairings: agentkeys_store::PairingWakeups,
     /// How long a collect waits for the approval ([`pairing::COLLECT_WAIT`]).
     collect_wait: std::time::Duration,
     /// Cancelled when the server stops: waiting collects answer 202 at once.
@@ -122,7 +123,7 @@ impl ApiState {
             clock,
             openapi: Arc::new(openapi),
             meta: None,
-            pairings: Arc::default(),
+            pairings: agentkeys_store::PairingWakeups::default(),
             collect_wait: pairing::COLLECT_WAIT,
             shutdown: tokio_util::sync::CancellationToken::new(),
             mail: None,
@@ -168,7 +169,19 @@ impl ApiState {
         self
     }
 
-    /// The same state with other per-address limits (tests).
+    /// The same state waking pairing collects through `wakeups`: give it the
+    /// ones `PgEvents` wakes when an approval commits on any node
+    /// (`PgEvents::pairings`), so an agent long-polling this node is answered
+    /// when its owner approves on another.
+    #[must_use]
+    pub fn with_pairing_wakeups(mut self, wakeups: agentkeys_store::PairingWakeups) -> Self {
+        self.pairings = wakeups;
+        self
+    }
+
+    /// The same state with other per-address limits: other budgets (tests), or
+    /// refused-key counters shared by every node
+    /// ([`throttle::HttpThrottle::with_failure_counters`]).
     #[must_use]
     pub fn with_throttle(mut self, throttle: throttle::HttpThrottle) -> Self {
         self.throttle = Arc::new(throttle);
@@ -352,12 +365,12 @@ async fn rate_limits(
     };
     let path = request.uri().path();
     if takes_agent_key(path) {
-        if let Err(limited) = state.throttle.check_agent_key(ip) {
+        if let Err(limited) = state.throttle.check_agent_key(ip).await {
             return limited.into_response();
         }
         let response = next.run(request).await;
         if response.extensions().get::<throttle::KeyRefused>().is_some()
-            && let Some(limited) = state.throttle.record_agent_key_failure(ip)
+            && let Some(limited) = state.throttle.record_agent_key_failure(ip).await
         {
             return limited.into_response();
         }

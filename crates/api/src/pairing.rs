@@ -14,16 +14,17 @@
 //! [`Pairing::collect_pairing`](agentkeys_store::Pairing::collect_pairing)), so two approvals or two collections
 //! cannot both win. Approval creates the agent, and collection mints the agent
 //! key (30 days, stored hashed), each atomically with its audit record. A
-//! collect that finds the request pending waits on a [`tokio::sync::Notify`]
-//! keyed by the code hash, which an approval in this process wakes; there is
+//! collect that finds the request pending waits on its code's wake-up
+//! ([`agentkeys_store::PairingWakeups`]), which an approval in this process
+//! wakes, and, on PostgreSQL, an approval committed on any node (the store
+//! notifies the database, every node's listener wakes its waiters); there is
 //! no busy polling.
 //!
 //! Who sees what is the state machine's: anyone who cannot prove a stake (an
 //! owner who did not approve it, a poller without the device key) gets the same
 //! 404 `NOT_FOUND` for an unknown, spent or foreign request.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::Arc;
 use std::time::Duration;
 
 use agentkeys_approval::codes::CodeHash;
@@ -43,7 +44,6 @@ use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sha2::{Digest as _, Sha256};
-use tokio::sync::Notify;
 use utoipa::ToSchema;
 
 use crate::ApiState;
@@ -61,33 +61,21 @@ pub const MAX_AGENT_NAME_CHARS: usize = 64;
 /// collision is already unlikely once).
 const OPEN_ATTEMPTS: u32 = 3;
 
-/// Wake-ups of waiting collects, keyed by code hash. Entries live as long as
-/// someone waits on them.
-#[derive(Debug, Default)]
-pub struct PairingWaiters {
-    map: Mutex<HashMap<[u8; 32], Weak<Notify>>>,
+/// The gauge `agentkeys_pairing_collects_waiting`: collects long-polling for
+/// their approval right now, up while one waits, down when it stops (also when
+/// its request is dropped).
+struct WaitingCollect;
+
+impl WaitingCollect {
+    fn enter() -> Self {
+        metrics::gauge!("agentkeys_pairing_collects_waiting").increment(1.0);
+        Self
+    }
 }
 
-impl PairingWaiters {
-    fn subscribe(&self, hash: &CodeHash) -> Arc<Notify> {
-        let mut map = self.map.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(existing) = map.get(&hash.0).and_then(Weak::upgrade) {
-            return existing;
-        }
-        map.retain(|_, w| w.strong_count() > 0);
-        let notify = Arc::new(Notify::new());
-        map.insert(hash.0, Arc::downgrade(&notify));
-        notify
-    }
-
-    fn wake(&self, hash: &CodeHash) {
-        let notify = {
-            let map = self.map.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            map.get(&hash.0).and_then(Weak::upgrade)
-        };
-        if let Some(notify) = notify {
-            notify.notify_waiters();
-        }
+impl Drop for WaitingCollect {
+    fn drop(&mut self) {
+        metrics::gauge!("agentkeys_pairing_collects_waiting").decrement(1.0);
     }
 }
 
@@ -382,7 +370,7 @@ pub(crate) async fn approve(
         Err(StoreError::Conflict { .. }) => return Err(ApiError::AgentExists),
         Err(e) => return Err(backend_error(&e)),
     }
-    state.pairings.wake(&code.hash());
+    state.pairings.wake(&code.hash().0);
     Ok(Json(ApprovePairingResponse {
         agent_id: agent.id.to_string(),
         owner: owner.to_string(),
@@ -470,7 +458,7 @@ pub(crate) async fn collect(
     let signature = Signature::from_slice(&raw).map_err(|_| bad_signature())?;
     let code = parse_code(&code)?;
     let hash = code.hash();
-    let notify = state.pairings.subscribe(&hash);
+    let notify = state.pairings.subscribe(&hash.0);
     let give_up = tokio::time::Instant::now() + state.collect_wait;
     loop {
         // Registered before the read, so an approval between the read and the
@@ -530,6 +518,7 @@ pub(crate) async fn collect(
                     };
                     return Ok((StatusCode::ACCEPTED, Json(answer)).into_response());
                 }
+                let _waiting = WaitingCollect::enter();
                 tokio::select! {
                     _ = tokio::time::timeout(wait, notified) => {}
                     () = state.shutdown.cancelled() => {}

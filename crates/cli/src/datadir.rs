@@ -10,7 +10,8 @@ use agentkeys_api::Presigner;
 use agentkeys_broker::{AuthorityConfig, SoftwareAuthority};
 use agentkeys_core::{KeyHasher, MasterSeed};
 use agentkeys_store::{
-    BlobStore, FsBlobStore, LocalEventHub, MailEvents, Mailroom, MetadataStore, PgEvents, PgStore, SqliteStore,
+    BlobStore, CachedThrottles, FsBlobStore, LocalEventHub, MailEvents, Mailroom, MetadataStore, PairingWakeups, PgEvents,
+    PgStore, SqliteStore, Throttles,
 };
 use anyhow::{Context, Result, bail};
 
@@ -40,6 +41,13 @@ pub(crate) struct DataDir {
     /// store (S3): the read path then brokers instead of proxying. `None` for
     /// files, whose bytes the server serves itself.
     pub(crate) presigner: Option<Arc<dyn Presigner>>,
+    /// The failure counters every node sharing the metadata counts in (SMTP AUTH
+    /// failures, refused agent keys), behind a cache of full keys; `None` on
+    /// SQLite, where `serve` is the one process that counts and counts in memory.
+    pub(crate) shared_counters: Option<Arc<dyn Throttles>>,
+    /// What wakes pairing collects: on PostgreSQL also approvals committed on
+    /// other nodes (`PgEvents`).
+    pub(crate) pairings: PairingWakeups,
     pub(crate) hasher: KeyHasher,
     /// Key for hashing third-party addresses in audit records.
     pub(crate) address_key: [u8; 32],
@@ -85,7 +93,7 @@ impl DataDir {
         let seed = load_or_create_seed(&path.join(SEED_FILE))?;
         let metadata_location = metadata_location(config);
         let blob_location = blob_location(config);
-        let (meta, events) = open_metadata(&metadata_location).await?;
+        let Metadata { meta, events, shared_counters, pairings } = open_metadata(&metadata_location).await?;
         let (blobs, presigner) = open_blobs(&blob_location)?;
         check_seed(meta.as_ref(), &seed, &metadata_location).await?;
         meta.ensure_domain(&config.domain, crate::now()).await?;
@@ -97,6 +105,8 @@ impl DataDir {
             blob_location,
             blobs,
             presigner,
+            shared_counters,
+            pairings,
             hasher: KeyHasher::new(&seed),
             address_key: agentkeys_audit::address_key(&seed),
             seed,
@@ -129,22 +139,44 @@ pub(crate) fn blob_location(config: &Config) -> BlobLocation {
     config.store_blobs.clone().unwrap_or_else(|| BlobLocation::Files(config.data_dir.join(BLOB_DIR)))
 }
 
-/// Opens (and migrates) the metadata backend, with the new-mail events that
-/// match it: one process's hub for SQLite; for PostgreSQL a hub fed by the
-/// database's notifications, so a waiter on this node hears of mail that any
-/// node accepted.
-async fn open_metadata(location: &MetadataLocation) -> Result<(Arc<dyn MetadataStore>, Arc<dyn MailEvents>)> {
+/// The metadata backend and what goes with it.
+struct Metadata {
+    meta: Arc<dyn MetadataStore>,
+    events: Arc<dyn MailEvents>,
+    shared_counters: Option<Arc<dyn Throttles>>,
+    pairings: PairingWakeups,
+}
+
+/// Opens (and migrates) the metadata backend, with the new-mail events, failure
+/// counters and pairing wake-ups that match it: for SQLite one process's hub,
+/// its memory and its own approvals; for PostgreSQL a hub fed by the database's
+/// notifications (a waiter on this node hears of mail any node accepted, a
+/// collect of an approval any node committed) and the database's counters
+/// (an address's failures on every node count together).
+async fn open_metadata(location: &MetadataLocation) -> Result<Metadata> {
     match location {
         MetadataLocation::Sqlite(file) => {
             let store = SqliteStore::open(file)
                 .await
                 .with_context(|| format!("cannot open the metadata database {}", file.display()))?;
-            Ok((Arc::new(store), Arc::new(LocalEventHub::new())))
+            Ok(Metadata {
+                meta: Arc::new(store),
+                events: Arc::new(LocalEventHub::new()),
+                shared_counters: None,
+                pairings: PairingWakeups::default(),
+            })
         }
         MetadataLocation::Postgres(url) => {
             let store = PgStore::connect(url).await.with_context(|| format!("cannot open {location}"))?;
-            let events = PgEvents::start(&store, LocalEventHub::new());
-            Ok((Arc::new(store), Arc::new(events)))
+            let pairings = PairingWakeups::default();
+            let events = PgEvents::start_with(&store, LocalEventHub::new(), pairings.clone());
+            let counters: Arc<dyn Throttles> = Arc::new(CachedThrottles::new(Arc::new(store.clone())));
+            Ok(Metadata {
+                meta: Arc::new(store),
+                events: Arc::new(events),
+                shared_counters: Some(counters),
+                pairings,
+            })
         }
     }
 }

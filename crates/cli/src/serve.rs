@@ -79,13 +79,20 @@ pub(crate) async fn run(config: Config) -> Result<()> {
     let signer = crate::domain::DkimOutboundSigner::for_server(&dir);
     // Submissions that queue remote mail wake the delivery runner through this.
     let queued = Arc::new(tokio::sync::Notify::new());
-    let server = Arc::new(
+    let mut smtp =
         SmtpServer::new(smtp_config, smtp_stores(&dir), dir.blobs.clone(), dir.hasher.clone(), tls.config.clone())
             // DKIM-sign the queued copy of submitted mail (crates/cli/src/domain.rs).
             .with_outbound_signer(signer.clone())
             .with_inbound_verifier(Arc::new(verifier))
-            .with_queue_notify(queued.clone()),
-    );
+            .with_queue_notify(queued.clone());
+    // Several nodes on one database: an address's AUTH failures on any node count
+    // against one budget (crates/store/src/throttles.rs).
+    let mut http_throttle = agentkeys_api::throttle::HttpThrottle::default();
+    if let Some(counters) = &dir.shared_counters {
+        smtp = smtp.with_auth_counters(counters.clone());
+        http_throttle = http_throttle.with_failure_counters(counters.clone());
+    }
+    let server = Arc::new(smtp);
 
     let broker = Arc::new(crate::local_api::broker(&dir, &config)?);
 
@@ -159,6 +166,8 @@ pub(crate) async fn run(config: Config) -> Result<()> {
             .with_subaddressing(config.subaddressing)
             .with_mailroom(dir.blobs.clone())
             .with_shutdown(shutdown.clone())
+            .with_throttle(http_throttle)
+            .with_pairing_wakeups(dir.pairings.clone())
             .with_send(agentkeys_api::send::SendService {
                 blobs: dir.blobs.clone(),
                 signer: Some(signer),

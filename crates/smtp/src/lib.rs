@@ -16,22 +16,21 @@
 //!   [`verdict_dns`], the server's shared DNS answers (cache, single flight,
 //!   failing names, per-message budget).
 //! - [`limits`] names every abuse limit; [`AuthThrottle`] counts AUTH failures per
-//!   address.
+//!   address, in memory or, for several nodes, in the store they share.
 //!
 //! Driving a session by hand, as the tests do:
 //!
 //! ```
 //! use std::sync::Arc;
-//! use std::time::{Duration, Instant, SystemTime};
+//! use std::time::{Instant, SystemTime};
 //! use agentkeys_core::{KeyHasher, MasterSeed};
-//! use agentkeys_smtp::{AuthThrottle, Limits, ListenerKind, Now, Session, SessionContext, Step};
+//! use agentkeys_smtp::{Limits, ListenerKind, Now, Session, SessionContext, Step};
 //!
 //! let ctx = Arc::new(SessionContext {
 //!     hostname: "mx.example.test".into(),
 //!     kind: ListenerKind::Inbound,
 //!     limits: Limits::default(),
 //!     hasher: KeyHasher::new(&MasterSeed::from_bytes([7; 32])),
-//!     throttle: Arc::new(AuthThrottle::new(10, Duration::from_secs(600))),
 //!     tls_available: false,
 //!     allow_plaintext_auth_on_loopback: false,
 //!     subaddressing: Default::default(),
@@ -81,6 +80,6 @@ pub use session::{
     Delivery, InboundEnvelope, ListenerKind, LocalRecipient, Now, Outbound, RecipientAnswer, RecipientQuery,
     Session, SessionContext, Step,
 };
-pub use throttle::{AuthThrottle, address_key};
+pub use throttle::{AUTH_THROTTLE_BUDGET, AuthThrottle, address_key};
 pub use verdict_dns::{AnswerTable, DnsCounts};
 pub use verdicts::{MailAuthVerifier, VERDICT_BUDGET};

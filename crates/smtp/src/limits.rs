@@ -3,7 +3,7 @@
 //! The constants are the defaults; [`Limits`] and [`crate::SmtpConfig`] carry the
 //! values a deployment actually uses, so tests and operators can change them. Each
 //! limit has a test named after it in `session_tests.rs`, `throttle.rs` or
-//! `server.rs`.
+//! `server.rs` (the AUTH throttle's key cap in `agentkeys_store::throttles`).
 
 use std::time::Duration;
 
@@ -42,9 +42,11 @@ pub const DEFAULT_AUTH_THROTTLE_FAILURES: u32 = 10;
 /// Default sliding window of the per-IP `AUTH` failure budget.
 pub const DEFAULT_AUTH_THROTTLE_WINDOW: Duration = Duration::from_secs(10 * 60);
 
-/// Most addresses the `AUTH` throttle tracks at once; beyond it the entry with the
-/// oldest last failure is forgotten, so memory stays bounded under address spraying.
-pub const MAX_THROTTLE_KEYS: usize = 16_384;
+/// Most addresses the `AUTH` throttle tracks at once when it counts in memory;
+/// beyond it the entry with the oldest last failure is forgotten, so memory stays
+/// bounded under address spraying (the store's `LocalThrottles`, tested there;
+/// shared counters bound their rows by the window instead).
+pub const MAX_THROTTLE_KEYS: usize = agentkeys_store::MAX_LOCAL_THROTTLE_KEYS;
 
 /// Default cap on concurrent connections over all listeners (`421 4.7.0` beyond).
 pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;

@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime};
 use agentkeys_core::{KeyHasher, Subaddressing};
 use agentkeys_core::peer::{ConnectionLimiter, ConnectionPermit};
 use agentkeys_store::BlobStore;
-use agentkeys_store::roles::{AuditLog, AuthLookup, MetadataStore, Outbox, Recipients};
+use agentkeys_store::roles::{AuditLog, AuthLookup, MetadataStore, Outbox, Recipients, Throttles};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
@@ -124,6 +124,9 @@ pub struct SmtpServer {
     inbound: Arc<SessionContext>,
     submission: Arc<SessionContext>,
     submission_tls: Arc<SessionContext>,
+    /// AUTH failures per address, shared by every listener (and, with shared
+    /// counters, by every node).
+    throttle: AuthThrottle,
     limiter: Arc<ConnectionLimiter>,
     signer: Option<Arc<dyn OutboundSigner>>,
     verifier: Option<Arc<dyn InboundVerifier>>,
@@ -148,17 +151,13 @@ impl SmtpServer {
         hasher: KeyHasher,
         tls: Arc<rustls::ServerConfig>,
     ) -> Self {
-        let throttle = Arc::new(AuthThrottle::new(
-            config.auth_throttle_failures,
-            config.auth_throttle_window,
-        ));
+        let throttle = AuthThrottle::new(config.auth_throttle_failures, config.auth_throttle_window);
         let context = |kind| {
             Arc::new(SessionContext {
                 hostname: config.hostname.clone(),
                 kind,
                 limits: config.limits.clone(),
                 hasher: hasher.clone(),
-                throttle: Arc::clone(&throttle),
                 tls_available: true,
                 allow_plaintext_auth_on_loopback: config.allow_plaintext_auth_on_loopback,
                 subaddressing: config.subaddressing,
@@ -171,6 +170,7 @@ impl SmtpServer {
             inbound: context(ListenerKind::Inbound),
             submission: context(ListenerKind::Submission),
             submission_tls: context(ListenerKind::SubmissionImplicitTls),
+            throttle,
             limiter: ConnectionLimiter::observed(
                 config.max_connections,
                 config.max_connections_per_ip,
@@ -180,6 +180,16 @@ impl SmtpServer {
             verifier: None,
             queued: None,
         }
+    }
+
+    /// The same service, counting AUTH failures in `counters` instead of this
+    /// process's memory: nodes sharing a store (PostgreSQL) then refuse an
+    /// address at the configured limit in total, not per node. Same limit and
+    /// window ([`SmtpConfig`]).
+    #[must_use]
+    pub fn with_auth_counters(mut self, counters: Arc<dyn Throttles>) -> Self {
+        self.throttle = self.throttle.with_counters(counters);
+        self
     }
 
     /// The same service, signing the queued copy of submitted mail with `signer`
@@ -358,9 +368,17 @@ impl SmtpServer {
                     let answer = lookup_recipient(self.stores.recipients.as_ref(), &query).await;
                     session.recipient_result(answer, now());
                 }
+                Step::CheckThrottle(peer) => {
+                    let blocked = self.throttle.is_blocked(peer, SystemTime::now()).await;
+                    session.throttle_result(blocked, now());
+                }
                 Step::Authenticate(credentials) => {
                     let facts = self.stores.auth.auth_facts(&credentials).await;
                     session.auth_result(facts, now());
+                }
+                Step::RecordFailure(peer) => {
+                    let recorded = self.throttle.record_failure(peer, SystemTime::now()).await;
+                    session.failure_recorded(recorded, now());
                 }
                 Step::Audit(event) => {
                     let recorded = self.stores.audit.audit_append(&event).await;

@@ -36,7 +36,6 @@ use crate::data::{Bounded, ChunkReceiver, DataReceiver, Drain};
 use crate::limits::{Limits, MAX_LINE_LENGTH};
 use crate::received::{Protocol, received_header, sanitize_helo};
 use crate::reply::Reply;
-use crate::throttle::AuthThrottle;
 
 /// `Username:` in base64, the first AUTH LOGIN challenge.
 const LOGIN_USERNAME_CHALLENGE: &str = "VXNlcm5hbWU6";
@@ -81,8 +80,6 @@ pub struct SessionContext {
     pub limits: Limits,
     /// Hashes presented agent keys (AUTH step 2).
     pub hasher: KeyHasher,
-    /// The per-address AUTH failure counter, shared by all listeners.
-    pub throttle: Arc<AuthThrottle>,
     /// Whether `STARTTLS` can be offered.
     pub tls_available: bool,
     /// Development only: allow AUTH without TLS from loopback addresses.
@@ -130,6 +127,10 @@ pub enum Step {
     /// Look a recipient up, answer with [`Session::recipient_result`] (see
     /// [`crate::lookup_recipient`]).
     LookupRecipient(RecipientQuery),
+    /// Ask the AUTH throttle ([`crate::AuthThrottle::is_blocked`]) whether this
+    /// client address must be refused AUTH, answer with
+    /// [`Session::throttle_result`].
+    CheckThrottle(IpAddr),
     /// Fetch `AuthLookup::auth_facts` for these credentials, answer with
     /// [`Session::auth_result`].
     Authenticate(Credentials),
@@ -137,6 +138,11 @@ pub enum Step {
     /// [`Session::audit_result`]. The decision takes effect only once it is
     /// recorded (fail-closed: no record, no `235`).
     Audit(AuditEvent),
+    /// Count a failed AUTH from this client address
+    /// ([`crate::AuthThrottle::record_failure`]), answer with
+    /// [`Session::failure_recorded`]. The refusal is sent after it, no earlier
+    /// than its latency floor from when the credentials arrived.
+    RecordFailure(IpAddr),
     /// Store the message durably, answer with [`Session::delivery_result`] (see
     /// [`crate::store_delivery`]).
     Deliver(Delivery),
@@ -190,6 +196,12 @@ enum State {
     },
     /// Waiting for [`Session::recipient_result`].
     LookupRecipient(RecipientQuery),
+    /// Waiting for [`Session::throttle_result`] before going on with `AUTH`.
+    CheckThrottle {
+        mechanism: u64,
+        initial_response: String,
+        asked_at: Instant,
+    },
     /// Waiting for [`Session::auth_result`].
     Authenticate {
         credentials: Credentials,
@@ -197,6 +209,11 @@ enum State {
     },
     /// Waiting for [`Session::audit_result`].
     AuditAuth(Box<PendingAuth>),
+    /// Waiting for [`Session::failure_recorded`], then refusing with `reply`.
+    RecordFailure {
+        reply: Reply,
+        received_at: Instant,
+    },
     /// Waiting for [`Session::delivery_result`].
     Deliver(Delivery),
     /// Waiting for [`Session::tls_started`].
@@ -409,6 +426,8 @@ impl Session {
                 State::Closed => return self.flush_or(Step::Close),
                 State::StartTls => return self.flush_or(Step::StartTls),
                 State::LookupRecipient(query) => return Step::LookupRecipient(query.clone()),
+                State::CheckThrottle { .. } => return Step::CheckThrottle(self.peer),
+                State::RecordFailure { .. } => return Step::RecordFailure(self.peer),
                 State::Authenticate { credentials, .. } => {
                     return Step::Authenticate(credentials.clone());
                 }
@@ -565,8 +584,10 @@ impl Session {
                 (used, done)
             }
             State::LookupRecipient(_)
+            | State::CheckThrottle { .. }
             | State::Authenticate { .. }
             | State::AuditAuth(_)
+            | State::RecordFailure { .. }
             | State::Deliver(_)
             | State::StartTls
             | State::Closed => (0, false),
@@ -1017,11 +1038,47 @@ impl Session {
         if mechanism != AUTH_PLAIN && mechanism != AUTH_LOGIN {
             return self.reply(Reply::MechanismUnsupported);
         }
-        if self.ctx.throttle.is_blocked(self.peer, self.now.instant) {
-            tracing::warn!(peer = %self.peer, "AUTH refused: address throttled after repeated failures");
-            metrics::counter!("agentkeys_smtp_auth_total", "result" => "throttled").increment(1);
-            return self.auth_refused(Reply::AuthThrottled, self.now.instant);
+        // The throttle first: a refused address is answered without its
+        // credentials being read.
+        self.state = State::CheckThrottle {
+            mechanism,
+            initial_response: initial_response.to_owned(),
+            asked_at: self.now.instant,
+        };
+    }
+
+    /// Answers a [`Step::CheckThrottle`]: whether the client's address is
+    /// refused AUTH. A throttled address gets `454 4.7.0` with a failure's
+    /// latency floor; when the counters cannot be read, `454 4.7.0` too (the
+    /// credentials could not be checked either).
+    pub fn throttle_result(&mut self, blocked: Result<bool, StoreError>, now: Now) {
+        self.now = now;
+        let (mechanism, initial_response, asked_at) = match mem::replace(&mut self.state, State::Command) {
+            State::CheckThrottle { mechanism, initial_response, asked_at } => (mechanism, initial_response, asked_at),
+            other => {
+                self.state = other;
+                tracing::error!("throttle_result called while no AUTH was waiting for the throttle");
+                return;
+            }
+        };
+        match blocked {
+            Ok(false) => self.auth_unthrottled(mechanism, &initial_response),
+            Ok(true) => {
+                tracing::warn!(peer = %self.peer, "AUTH refused: address throttled after repeated failures");
+                metrics::counter!("agentkeys_smtp_auth_total", "result" => "throttled").increment(1);
+                self.auth_refused(Reply::AuthThrottled, asked_at);
+            }
+            Err(err) => {
+                tracing::error!(peer = %self.peer, error = %err, "AUTH refused: the failure counters cannot be read");
+                metrics::counter!("agentkeys_smtp_auth_total", "result" => "error").increment(1);
+                self.reply(Reply::AuthUnavailable);
+            }
         }
+    }
+
+    /// `AUTH` once the address is not throttled: the first challenge, or the
+    /// initial response.
+    fn auth_unthrottled(&mut self, mechanism: u64, initial_response: &str) {
         if initial_response.is_empty() {
             if mechanism == AUTH_PLAIN {
                 self.reply(Reply::AuthChallenge(""));
@@ -1180,10 +1237,7 @@ impl Session {
                 metrics::counter!("agentkeys_smtp_auth_total", "result" => "error").increment(1);
                 return match verdict {
                     Ok(_) => self.reply(Reply::AuthUnavailable),
-                    Err(_) => {
-                        self.ctx.throttle.record_failure(self.peer, self.now.instant);
-                        self.auth_refused(Reply::AuthUnavailable, received_at);
-                    }
+                    Err(_) => self.count_failure(Reply::AuthUnavailable, received_at),
                 };
             }
         };
@@ -1216,10 +1270,34 @@ impl Session {
             None => tracing::warn!(peer = %self.peer, reason = %failure, "AUTH failed"),
         }
         metrics::counter!("agentkeys_smtp_auth_total", "result" => "failure").increment(1);
-        self.ctx
-            .throttle
-            .record_failure(self.peer, self.now.instant);
-        self.auth_refused(Reply::AuthFailed, received_at);
+        self.count_failure(Reply::AuthFailed, received_at);
+    }
+
+    /// A failed AUTH counts against the address ([`Step::RecordFailure`]) before
+    /// its refusal `reply` is sent.
+    fn count_failure(&mut self, reply: Reply, received_at: Instant) {
+        self.state = State::RecordFailure { reply, received_at };
+    }
+
+    /// Answers a [`Step::RecordFailure`]: the refusal goes out now, held to its
+    /// latency floor from when the credentials arrived (so the time the count
+    /// took is not seen). A count that could not be written is logged; the
+    /// refusal stands.
+    pub fn failure_recorded(&mut self, result: Result<(), StoreError>, now: Now) {
+        self.now = now;
+        let (reply, received_at) = match mem::replace(&mut self.state, State::Command) {
+            State::RecordFailure { reply, received_at } => (reply, received_at),
+            other => {
+                self.state = other;
+                tracing::error!("failure_recorded called while no AUTH failure was being counted");
+                return;
+            }
+        };
+        if let Err(err) = result {
+            tracing::error!(peer = %self.peer, error = %err, "a failed AUTH could not be counted against its address");
+            metrics::counter!("agentkeys_smtp_auth_throttle_errors_total").increment(1);
+        }
+        self.auth_refused(reply, received_at);
     }
 
     /// A refused AUTH: answered no earlier than the floor plus jitter after the

@@ -4,6 +4,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::*;
+use crate::throttle::AuthThrottle;
+use agentkeys_store::LocalThrottles;
 use agentkeys_core::{InboxStatus, Subaddressing};
 use agentkeys_store::Recipient;
 use crate::limits::*;
@@ -30,16 +32,70 @@ struct Harness {
     /// Every step the harness saw, by name, for assertions on what was asked.
     steps: Vec<&'static str>,
     closed: bool,
-    throttle: Arc<AuthThrottle>,
+    throttle: Throttle,
 }
 
-fn context(kind: ListenerKind, limits: Limits, throttle: Arc<AuthThrottle>) -> Arc<SessionContext> {
+/// The AUTH throttle the harness answers [`Step::CheckThrottle`] and
+/// [`Step::RecordFailure`] from: counters in memory, kept to look at, and a
+/// switch that makes them fail like an unreachable store.
+#[derive(Clone)]
+struct Throttle {
+    counters: Arc<LocalThrottles>,
+    auth: AuthThrottle,
+    broken: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Throttle {
+    fn new(max_failures: u32, window: Duration) -> Self {
+        let counters = Arc::new(LocalThrottles::new());
+        let auth = AuthThrottle::over(counters.clone(), max_failures, window);
+        Self { counters, auth, broken: Arc::default() }
+    }
+
+    fn tracked(&self) -> usize {
+        self.counters.tracked()
+    }
+
+    fn fail(&self, broken: bool) {
+        self.broken.store(broken, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn fault(&self) -> Option<StoreError> {
+        self.broken
+            .load(std::sync::atomic::Ordering::SeqCst)
+            .then(|| StoreError::Backend("injected".into()))
+    }
+
+    fn is_blocked(&self, peer: std::net::IpAddr, now: Now) -> Result<bool, StoreError> {
+        match self.fault() {
+            Some(err) => Err(err),
+            None => ready(self.auth.is_blocked(peer, now.system)),
+        }
+    }
+
+    fn record_failure(&self, peer: std::net::IpAddr, now: Now) -> Result<(), StoreError> {
+        match self.fault() {
+            Some(err) => Err(err),
+            None => ready(self.auth.record_failure(peer, now.system)),
+        }
+    }
+}
+
+/// The value of a future that is ready at once (the in-memory counters').
+fn ready<T>(future: impl std::future::Future<Output = T>) -> T {
+    let mut future = std::pin::pin!(future);
+    match future.as_mut().poll(&mut std::task::Context::from_waker(std::task::Waker::noop())) {
+        std::task::Poll::Ready(value) => value,
+        std::task::Poll::Pending => panic!("in-memory counters answer at once"),
+    }
+}
+
+fn context(kind: ListenerKind, limits: Limits) -> Arc<SessionContext> {
     Arc::new(SessionContext {
         hostname: "mx.agents.localhost".into(),
         kind,
         limits,
         hasher: hasher(),
-        throttle,
         tls_available: true,
         allow_plaintext_auth_on_loopback: false,
         subaddressing: Subaddressing::default(),
@@ -59,18 +115,19 @@ impl Harness {
             kind,
             tls,
             Limits::default(),
-            Arc::new(AuthThrottle::new(10, Duration::from_secs(600))),
+            Throttle::new(10, Duration::from_secs(600)),
         )
     }
 
-    fn with(kind: ListenerKind, tls: bool, limits: Limits, throttle: Arc<AuthThrottle>) -> Self {
-        let ctx = context(kind, limits, Arc::clone(&throttle));
-        Self::with_context(ctx, "192.0.2.10", tls)
+    fn with(kind: ListenerKind, tls: bool, limits: Limits, throttle: Throttle) -> Self {
+        let mut h = Self::with_context(context(kind, limits), "192.0.2.10", tls);
+        h.throttle = throttle;
+        h
     }
 
     fn with_context(ctx: Arc<SessionContext>, peer: &str, tls: bool) -> Self {
         let now = start_now();
-        let throttle = Arc::clone(&ctx.throttle);
+        let throttle = Throttle::new(10, Duration::from_secs(600));
         let session = Session::new(ctx, peer.parse().unwrap(), tls, now, 7);
         let mut h = Self {
             session,
@@ -131,6 +188,16 @@ impl Harness {
                     self.steps.push("lookup");
                     let answer = self.meta.answer_recipient(&q);
                     self.session.recipient_result(answer, self.now);
+                }
+                Step::CheckThrottle(peer) => {
+                    self.steps.push("throttle");
+                    let blocked = self.throttle.is_blocked(peer, self.now);
+                    self.session.throttle_result(blocked, self.now);
+                }
+                Step::RecordFailure(peer) => {
+                    self.steps.push("count failure");
+                    let recorded = self.throttle.record_failure(peer, self.now);
+                    self.session.failure_recorded(recorded, self.now);
                 }
                 Step::Authenticate(c) => {
                     self.steps.push("authenticate");
@@ -245,7 +312,7 @@ fn run_transcript(name: &str, text: &str) {
             },
         }
     }
-    let mut h = Harness::with(kind, tls, limits, Arc::new(AuthThrottle::new(10, Duration::from_secs(600))));
+    let mut h = Harness::with(kind, tls, limits, Throttle::new(10, Duration::from_secs(600)));
     let mut pending = String::new();
     let mut replies: std::collections::VecDeque<String> = Default::default();
     let flush = |h: &mut Harness,
@@ -636,7 +703,7 @@ fn the_mx_accepts_exactly_the_local_parts_inbox_create_accepts() {
 #[test]
 fn the_recipient_limit_follows_the_configured_limit() {
     let limits = Limits { max_recipients: 2, ..Limits::default() };
-    let mut h = Harness::with(ListenerKind::Inbound, false, limits, Arc::new(AuthThrottle::new(10, Duration::from_secs(60))));
+    let mut h = Harness::with(ListenerKind::Inbound, false, limits, Throttle::new(10, Duration::from_secs(60)));
     h.send("EHLO c\r\nMAIL FROM:<a@remote.test>\r\n");
     let out = h.send("RCPT TO:<bot@agents.localhost>\r\nRCPT TO:<BOT@agents.localhost>\r\nRCPT TO:<other@agents.localhost>\r\n");
     assert_eq!(out, "250 2.1.5 Recipient OK\r\n250 2.1.5 Recipient OK\r\n452 4.5.3 Too many recipients\r\n");
@@ -699,7 +766,7 @@ fn configurable_message_size_applies_to_bdat() {
         ListenerKind::Inbound,
         false,
         limits,
-        Arc::new(AuthThrottle::new(10, Duration::from_secs(60))),
+        Throttle::new(10, Duration::from_secs(60)),
     );
     h.send("EHLO c\r\nMAIL FROM:<a@remote.test>\r\nRCPT TO:<bot@agents.localhost>\r\n");
     assert_eq!(h.send("BDAT 6\r\n123456"), "250 2.0.0 6 bytes received\r\n");
@@ -856,14 +923,15 @@ fn auth_failure_jitter_varies_between_sessions() {
     let delays: std::collections::HashSet<Duration> = (0..8u64)
         .map(|seed| {
             let now = start_now();
-            let throttle = Arc::new(AuthThrottle::new(10, Duration::from_secs(600)));
-            let ctx = context(ListenerKind::Submission, Limits::default(), throttle);
+            let ctx = context(ListenerKind::Submission, Limits::default());
             let mut s = Session::new(ctx, "192.0.2.1".parse().unwrap(), true, now, seed);
             s.feed(format!("EHLO c\r\nAUTH PLAIN {}\r\n", plain("x", "y")).as_bytes());
             loop {
                 match s.poll(now) {
                     Step::Wait(until) => break until - now.instant,
                     Step::Write(_) => {}
+                    Step::CheckThrottle(_) => s.throttle_result(Ok(false), now),
+                    Step::RecordFailure(_) => s.failure_recorded(Ok(()), now),
                     Step::Audit(event) => s.audit_result(Ok(receipt_for(&event, 0)), now),
                     other => panic!("{other:?}"),
                 }
@@ -875,10 +943,7 @@ fn auth_failure_jitter_varies_between_sessions() {
 
 #[test]
 fn default_auth_throttle_refuses_even_correct_credentials_with_454_4_7_0() {
-    let throttle = Arc::new(AuthThrottle::new(
-        DEFAULT_AUTH_THROTTLE_FAILURES,
-        DEFAULT_AUTH_THROTTLE_WINDOW,
-    ));
+    let throttle = Throttle::new(DEFAULT_AUTH_THROTTLE_FAILURES, DEFAULT_AUTH_THROTTLE_WINDOW);
     let mut failures = 0;
     // Several connections from the same address, each below the per-connection cap.
     while failures < DEFAULT_AUTH_THROTTLE_FAILURES {
@@ -886,7 +951,7 @@ fn default_auth_throttle_refuses_even_correct_credentials_with_454_4_7_0() {
             ListenerKind::Submission,
             true,
             Limits::default(),
-            Arc::clone(&throttle),
+            throttle.clone(),
         );
         h.send("EHLO c\r\n");
         for _ in 0..2 {
@@ -900,7 +965,7 @@ fn default_auth_throttle_refuses_even_correct_credentials_with_454_4_7_0() {
         ListenerKind::Submission,
         true,
         Limits::default(),
-        Arc::clone(&throttle),
+        throttle.clone(),
     );
     h.send("EHLO c\r\n");
     assert_eq!(
@@ -920,7 +985,7 @@ fn default_auth_throttle_refuses_even_correct_credentials_with_454_4_7_0() {
         ListenerKind::Submission,
         true,
         Limits::default(),
-        Arc::clone(&throttle),
+        throttle.clone(),
     );
     h.advance(DEFAULT_AUTH_THROTTLE_WINDOW + Duration::from_secs(10));
     h.send("EHLO c\r\n");
@@ -929,6 +994,79 @@ fn default_auth_throttle_refuses_even_correct_credentials_with_454_4_7_0() {
         "235 2.7.0 Authentication successful\r\n"
     );
     assert_eq!(h.throttle.tracked(), 0, "expired entries are pruned");
+}
+
+/// The order of a failed AUTH's steps: the throttle before anything of the
+/// credentials is looked at, the failure counted after the decision is
+/// recorded, and the refusal held to its floor from when the credentials
+/// arrived (the count's time included).
+#[test]
+fn a_failed_auth_asks_the_throttle_first_and_counts_the_failure_before_answering() {
+    let mut h = Harness::new(ListenerKind::Submission, true);
+    h.send("EHLO c\r\n");
+    let asked = h.steps.len();
+    let before = h.now.instant;
+    assert!(auth_plain(&mut h, BOT, &unknown_key()).starts_with("535 5.7.8"));
+    assert_eq!(h.steps[asked..], ["throttle", "authenticate", "audit", "count failure", "wait", "write"]);
+    assert_eq!(h.waits[0].0, before);
+    assert!(h.waits[0].1 >= before + AUTH_FAILURE_FLOOR);
+    assert_eq!(h.throttle.tracked(), 1, "counted against the address");
+    // A success is counted nowhere.
+    let mut ok = Harness::new(ListenerKind::Submission, true);
+    ok.send("EHLO c\r\n");
+    assert!(auth_plain(&mut ok, BOT, &good_key()).starts_with("235 2.7.0"));
+    assert!(!ok.steps.contains(&"count failure"));
+    assert_eq!(ok.throttle.tracked(), 0);
+}
+
+/// When the failure counters cannot be read (the shared store is down) AUTH
+/// is `454 4.7.0` without the credentials being checked; when a failure cannot
+/// be counted, its refusal still goes out, held to its floor.
+#[test]
+fn failure_counters_that_fail_refuse_auth_with_454_and_never_let_a_refusal_through() {
+    let mut h = Harness::new(ListenerKind::Submission, true);
+    h.send("EHLO c\r\n");
+    h.throttle.fail(true);
+    assert_eq!(
+        auth_plain(&mut h, BOT, &good_key()),
+        "454 4.7.0 Temporary authentication failure, try again later\r\n"
+    );
+    assert!(!h.steps.contains(&"authenticate"), "credentials were not checked");
+    assert!(h.send("MAIL FROM:<bot@agents.localhost>\r\n").starts_with("530 5.7.0"), "not authenticated");
+
+    // Counters readable, but the write fails: the refusal stands, after its floor.
+    let mut h = Harness::new(ListenerKind::Submission, true);
+    h.send("EHLO c\r\n");
+    let throttle = h.throttle.clone();
+    let mut steps = 0;
+    h.session.feed(format!("AUTH PLAIN {}\r\n", plain(BOT, &unknown_key())).as_bytes());
+    let received = h.now.instant;
+    let mut out = String::new();
+    loop {
+        match h.session.poll(h.now) {
+            Step::CheckThrottle(peer) => h.session.throttle_result(throttle.is_blocked(peer, h.now), h.now),
+            Step::Authenticate(c) => {
+                let facts = h.meta.facts(&c);
+                h.session.auth_result(facts, h.now);
+            }
+            Step::Audit(event) => h.session.audit_result(Ok(receipt_for(&event, 0)), h.now),
+            Step::RecordFailure(_) => {
+                steps += 1;
+                h.session.failure_recorded(Err(StoreError::Backend("injected".into())), h.now);
+            }
+            Step::Wait(until) => {
+                assert!(until >= received + AUTH_FAILURE_FLOOR);
+                let d = until - h.now.instant;
+                h.advance(d);
+            }
+            Step::Write(bytes) => out.push_str(std::str::from_utf8(&bytes).unwrap()),
+            Step::NeedInput => break,
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(steps, 1);
+    assert_eq!(out, "535 5.7.8 Authentication credentials invalid\r\n");
+    assert_eq!(throttle.tracked(), 0, "nothing was counted");
 }
 
 #[test]
@@ -1413,15 +1551,9 @@ async fn lookup_recipient_checks_the_domain_first() {
 #[test]
 fn plaintext_auth_only_from_loopback_and_only_when_enabled() {
     let dev = |enabled| {
-        let throttle = Arc::new(AuthThrottle::new(10, Duration::from_secs(600)));
         let ctx = SessionContext {
             allow_plaintext_auth_on_loopback: enabled,
-            ..Arc::try_unwrap(context(
-                ListenerKind::Submission,
-                Limits::default(),
-                throttle,
-            ))
-            .unwrap()
+            ..Arc::try_unwrap(context(ListenerKind::Submission, Limits::default())).unwrap()
         };
         Arc::new(ctx)
     };

@@ -1,132 +1,82 @@
-//! Per-address AUTH failure throttling: a keyed sliding-window counter.
+//! Per-address AUTH failure throttling: a sliding window per address (an IPv4
+//! address, or the /64 of an IPv6 address) over the store's failure counters
+//! ([`Throttles`]).
 //!
-//! Each address (an IPv4 address, or the /64 of an IPv6 address) keeps the times
-//! of its most recent failures, at most `max_failures` of them. An address with
-//! `max_failures` failures inside the window is blocked until the oldest of them
-//! leaves the window. Expired entries are swept regularly and the number of tracked
-//! addresses is capped ([`MAX_THROTTLE_KEYS`]), so memory stays bounded whatever
-//! the clients do. Time is passed in, so tests drive it explicitly.
+//! An address with `max_failures` failures inside the window is refused AUTH
+//! without its credentials being checked until the oldest of them leaves the
+//! window. The counters are this process's memory ([`LocalThrottles`],
+//! bounded) unless the server is given shared ones
+//! ([`SmtpServer::with_auth_counters`](crate::SmtpServer::with_auth_counters)):
+//! nodes sharing PostgreSQL count together, so spreading attempts over the
+//! nodes buys nothing. The session asks through its shell
+//! ([`Step::CheckThrottle`](crate::Step::CheckThrottle),
+//! [`Step::RecordFailure`](crate::Step::RecordFailure)); time is passed in, so
+//! tests drive it explicitly.
 
-use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
-use std::sync::{Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
-use crate::limits::MAX_THROTTLE_KEYS;
+use agentkeys_store::{FailureWindow, LocalThrottles, StoreError, ThrottleKey, Throttles, unix_millis};
 
 pub use agentkeys_core::peer::address_key;
 
-/// Counts AUTH failures per address over a sliding window. Shared by all sessions
-/// of a server (`Arc`); every method is short and takes the lock once.
-#[derive(Debug)]
+/// The budget name of SMTP AUTH failures in the shared counters
+/// (`smtp-auth/<address>`).
+pub const AUTH_THROTTLE_BUDGET: &str = "smtp-auth";
+
+/// Counts AUTH failures per address over a sliding window. Shared by all
+/// sessions of a server; cheap to clone.
+#[derive(Clone)]
 pub struct AuthThrottle {
-    max_failures: usize,
-    window: Duration,
-    max_keys: usize,
-    state: Mutex<State>,
+    counters: Arc<dyn Throttles>,
+    /// `None`: switched off (`max_failures == 0`).
+    rule: Option<FailureWindow>,
 }
 
-#[derive(Debug, Default)]
-struct State {
-    entries: HashMap<IpAddr, VecDeque<Instant>>,
-    last_sweep: Option<Instant>,
+impl std::fmt::Debug for AuthThrottle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthThrottle").field("rule", &self.rule).finish_non_exhaustive()
+    }
 }
 
 impl AuthThrottle {
-    /// A throttle blocking an address after `max_failures` failures within `window`.
-    /// `max_failures == 0` disables it.
+    /// A throttle refusing an address after `max_failures` failures within
+    /// `window`, counting in this process's memory. `max_failures == 0`
+    /// switches it off.
     pub fn new(max_failures: u32, window: Duration) -> Self {
-        Self::with_capacity(max_failures, window, MAX_THROTTLE_KEYS)
+        Self::over(Arc::new(LocalThrottles::new()), max_failures, window)
     }
 
-    fn with_capacity(max_failures: u32, window: Duration, max_keys: usize) -> Self {
-        Self {
-            max_failures: max_failures as usize,
-            window,
-            max_keys: max_keys.max(1),
-            state: Mutex::new(State::default()),
-        }
+    /// The same throttle counting in `counters` (shared by every node on the store).
+    pub fn over(counters: Arc<dyn Throttles>, max_failures: u32, window: Duration) -> Self {
+        Self { counters, rule: FailureWindow::new(max_failures, window) }
     }
 
-    fn lock(&self) -> MutexGuard<'_, State> {
-        // The state stays consistent even if a holder panicked: every update is a
-        // single push or retain.
-        self.state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    fn in_window(&self, t: Instant, now: Instant) -> bool {
-        now.saturating_duration_since(t) < self.window
-    }
-
-    fn sweep(&self, state: &mut State, now: Instant) {
-        state.entries.retain(|_, times| {
-            while times.front().is_some_and(|t| !self.in_window(*t, now)) {
-                times.pop_front();
-            }
-            !times.is_empty()
-        });
-        state.last_sweep = Some(now);
-    }
-
-    fn sweep_if_due(&self, state: &mut State, now: Instant) {
-        let due = state
-            .last_sweep
-            .is_none_or(|t| now.saturating_duration_since(t) >= self.window / 4);
-        if due {
-            self.sweep(state, now);
-        }
+    /// The same rule, counting in `counters`.
+    #[must_use]
+    pub fn with_counters(self, counters: Arc<dyn Throttles>) -> Self {
+        Self { counters, ..self }
     }
 
     /// Whether AUTH from `ip` must be refused without checking credentials.
-    pub fn is_blocked(&self, ip: IpAddr, now: Instant) -> bool {
-        if self.max_failures == 0 {
-            return false;
-        }
-        let mut state = self.lock();
-        self.sweep_if_due(&mut state, now);
-        let Some(times) = state.entries.get_mut(&address_key(ip)) else {
-            return false;
+    pub async fn is_blocked(&self, ip: IpAddr, now: SystemTime) -> Result<bool, StoreError> {
+        let Some(rule) = self.rule else {
+            return Ok(false);
         };
-        while times.front().is_some_and(|t| !self.in_window(*t, now)) {
-            times.pop_front();
-        }
-        times.len() >= self.max_failures
+        let now = unix_millis(now);
+        let tally = self.counters.failures(&ThrottleKey::address(AUTH_THROTTLE_BUDGET, ip), now, rule).await?;
+        Ok(tally.is_full_at(now))
     }
 
     /// Records one failed AUTH from `ip`.
-    pub fn record_failure(&self, ip: IpAddr, now: Instant) {
-        if self.max_failures == 0 {
-            return;
-        }
-        let key = address_key(ip);
-        let mut state = self.lock();
-        self.sweep_if_due(&mut state, now);
-        if !state.entries.contains_key(&key) && state.entries.len() >= self.max_keys {
-            self.sweep(&mut state, now);
-            if state.entries.len() >= self.max_keys {
-                // Forget the address whose last failure is the oldest.
-                let oldest = state
-                    .entries
-                    .iter()
-                    .min_by_key(|(_, times)| times.back().copied())
-                    .map(|(k, _)| *k);
-                if let Some(k) = oldest {
-                    state.entries.remove(&k);
-                }
-            }
-        }
-        let times = state.entries.entry(key).or_default();
-        times.push_back(now);
-        while times.len() > self.max_failures {
-            times.pop_front();
-        }
-    }
-
-    /// Number of addresses currently tracked (for tests and metrics).
-    pub fn tracked(&self) -> usize {
-        self.lock().entries.len()
+    pub async fn record_failure(&self, ip: IpAddr, now: SystemTime) -> Result<(), StoreError> {
+        let Some(rule) = self.rule else {
+            return Ok(());
+        };
+        let key = ThrottleKey::address(AUTH_THROTTLE_BUDGET, ip);
+        self.counters.record_failure(&key, unix_millis(now), rule).await?;
+        Ok(())
     }
 }
 
@@ -134,91 +84,82 @@ impl AuthThrottle {
 mod tests {
     use super::*;
     use crate::limits::{DEFAULT_AUTH_THROTTLE_FAILURES, DEFAULT_AUTH_THROTTLE_WINDOW};
+    use std::time::UNIX_EPOCH;
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
     }
 
-    #[test]
-    fn default_auth_throttle_blocks_after_ten_failures_in_ten_minutes() {
+    fn at(ms: u64) -> SystemTime {
+        UNIX_EPOCH + Duration::from_millis(1_700_000_000_000 + ms)
+    }
+
+    #[tokio::test]
+    async fn default_auth_throttle_blocks_after_ten_failures_in_ten_minutes() {
         let t = AuthThrottle::new(DEFAULT_AUTH_THROTTLE_FAILURES, DEFAULT_AUTH_THROTTLE_WINDOW);
-        let start = Instant::now();
         let a = ip("192.0.2.7");
         for i in 0..DEFAULT_AUTH_THROTTLE_FAILURES {
-            assert!(!t.is_blocked(a, start), "blocked after {i} failures");
-            t.record_failure(a, start + Duration::from_secs(u64::from(i)));
+            let now = at(u64::from(i) * 1000);
+            assert!(!t.is_blocked(a, now).await.unwrap(), "blocked after {i} failures");
+            t.record_failure(a, now).await.unwrap();
         }
-        let last = start + Duration::from_secs(u64::from(DEFAULT_AUTH_THROTTLE_FAILURES - 1));
-        assert!(t.is_blocked(a, last));
-        // Another address is unaffected.
-        assert!(!t.is_blocked(ip("192.0.2.8"), last));
-        // Still blocked just before the first failure leaves the window…
-        assert!(t.is_blocked(
-            a,
-            start + DEFAULT_AUTH_THROTTLE_WINDOW - Duration::from_millis(1)
-        ));
-        // …and free once it has.
-        assert!(!t.is_blocked(a, start + DEFAULT_AUTH_THROTTLE_WINDOW));
+        let last = at(u64::from(DEFAULT_AUTH_THROTTLE_FAILURES - 1) * 1000);
+        assert!(t.is_blocked(a, last).await.unwrap());
+        assert!(!t.is_blocked(ip("192.0.2.8"), last).await.unwrap(), "another address is unaffected");
+        let window = u64::try_from(DEFAULT_AUTH_THROTTLE_WINDOW.as_millis()).unwrap();
+        assert!(t.is_blocked(a, at(window - 1)).await.unwrap(), "still blocked just before the first failure leaves");
+        assert!(!t.is_blocked(a, at(window)).await.unwrap(), "free once it has");
     }
 
-    #[test]
-    fn sliding_window_counts_only_recent_failures() {
+    #[tokio::test]
+    async fn sliding_window_counts_only_recent_failures() {
         let t = AuthThrottle::new(3, Duration::from_secs(60));
-        let s = Instant::now();
         let a = ip("198.51.100.1");
-        t.record_failure(a, s);
-        t.record_failure(a, s + Duration::from_secs(50));
+        t.record_failure(a, at(0)).await.unwrap();
+        t.record_failure(a, at(50_000)).await.unwrap();
         // The first failure expired before the third arrives.
-        t.record_failure(a, s + Duration::from_secs(70));
-        assert!(!t.is_blocked(a, s + Duration::from_secs(70)));
-        t.record_failure(a, s + Duration::from_secs(71));
-        assert!(t.is_blocked(a, s + Duration::from_secs(71)));
+        t.record_failure(a, at(70_000)).await.unwrap();
+        assert!(!t.is_blocked(a, at(70_000)).await.unwrap());
+        t.record_failure(a, at(71_000)).await.unwrap();
+        assert!(t.is_blocked(a, at(71_000)).await.unwrap());
     }
 
-    #[test]
-    fn ipv6_is_counted_per_64_and_mapped_v4_as_v4() {
+    #[tokio::test]
+    async fn ipv6_is_counted_per_64_and_mapped_v4_as_v4() {
         let t = AuthThrottle::new(2, Duration::from_secs(60));
-        let s = Instant::now();
-        t.record_failure(ip("2001:db8:1:2::1"), s);
-        t.record_failure(ip("2001:db8:1:2:ffff::9"), s);
-        assert!(t.is_blocked(ip("2001:db8:1:2::77"), s));
-        assert!(!t.is_blocked(ip("2001:db8:1:3::1"), s));
-        t.record_failure(ip("::ffff:192.0.2.1"), s);
-        t.record_failure(ip("192.0.2.1"), s);
-        assert!(t.is_blocked(ip("192.0.2.1"), s));
+        t.record_failure(ip("2001:db8:1:2::1"), at(0)).await.unwrap();
+        t.record_failure(ip("2001:db8:1:2:ffff::9"), at(0)).await.unwrap();
+        assert!(t.is_blocked(ip("2001:db8:1:2::77"), at(0)).await.unwrap());
+        assert!(!t.is_blocked(ip("2001:db8:1:3::1"), at(0)).await.unwrap());
+        t.record_failure(ip("::ffff:192.0.2.1"), at(0)).await.unwrap();
+        t.record_failure(ip("192.0.2.1"), at(0)).await.unwrap();
+        assert!(t.is_blocked(ip("192.0.2.1"), at(0)).await.unwrap());
     }
 
-    #[test]
-    fn max_throttle_keys_bounds_memory_and_expired_entries_are_pruned() {
-        let t = AuthThrottle::with_capacity(5, Duration::from_secs(60), 100);
-        let s = Instant::now();
-        for i in 0..1000u32 {
-            let a = IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0000 + i));
-            t.record_failure(a, s + Duration::from_millis(u64::from(i)));
-            assert!(t.tracked() <= 100);
+    #[tokio::test]
+    async fn zero_disables_and_records_nothing() {
+        let counters = Arc::new(LocalThrottles::new());
+        let t = AuthThrottle::over(counters.clone(), 0, Duration::from_secs(60));
+        t.record_failure(ip("192.0.2.1"), at(0)).await.unwrap();
+        assert!(!t.is_blocked(ip("192.0.2.1"), at(0)).await.unwrap());
+        assert_eq!(counters.tracked(), 0);
+    }
+
+    /// Two servers' throttles over one set of counters (two nodes on one
+    /// store) refuse the address at the limit in total, not per node.
+    #[tokio::test]
+    async fn throttles_sharing_counters_block_at_the_limit_in_total() {
+        let shared: Arc<dyn Throttles> = Arc::new(LocalThrottles::new());
+        let nodes = [AuthThrottle::over(shared.clone(), 4, Duration::from_secs(600)), AuthThrottle::new(4, Duration::from_secs(600))
+            .with_counters(shared)];
+        let a = ip("203.0.113.9");
+        for i in 0..4u64 {
+            let node = &nodes[usize::try_from(i % 2).unwrap()];
+            assert!(!node.is_blocked(a, at(i)).await.unwrap(), "blocked after {i}");
+            node.record_failure(a, at(i)).await.unwrap();
         }
-        // The most recent offender is still tracked.
-        assert!(
-            t.lock()
-                .entries
-                .contains_key(&IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0000 + 999)))
-        );
-        // After the window everything is swept on the next use.
-        t.record_failure(ip("192.0.2.200"), s + Duration::from_secs(120));
-        assert_eq!(t.tracked(), 1);
-        // The real cap is the named constant.
-        assert_eq!(
-            AuthThrottle::new(1, Duration::from_secs(1)).max_keys,
-            MAX_THROTTLE_KEYS
-        );
-    }
-
-    #[test]
-    fn zero_disables() {
-        let t = AuthThrottle::new(0, Duration::from_secs(60));
-        let s = Instant::now();
-        t.record_failure(ip("192.0.2.1"), s);
-        assert!(!t.is_blocked(ip("192.0.2.1"), s));
-        assert_eq!(t.tracked(), 0);
+        for node in &nodes {
+            assert!(node.is_blocked(a, at(10)).await.unwrap());
+        }
     }
 }

@@ -30,6 +30,10 @@
 //!    approval and collection, enrollment redemption.
 //! 7. **Errors as documented**: `NotFound`, `Conflict` and `Invalid` where the
 //!    trait documents them, and a refused write changes nothing.
+//! 8. **Failure counters are shared** ([`Throttles`]): failures recorded through
+//!    any handles add up, concurrent records lose none and each counts itself
+//!    and those before it, and every answer is the sliding-window rule
+//!    ([`crate::tally`]) over every failure recorded.
 //!
 //! And with them: reads that gather several facts at once (`auth_facts`,
 //! `grants_and_inbox_owner`) agree with the single reads they stand for;
@@ -62,9 +66,10 @@ use ulid::Ulid;
 
 use crate::roles::*;
 use crate::{
-    AgentRecord, CheckpointRecord, DomainKeyRecord, EnrollmentTicketRecord, IDEMPOTENCY_KEY_TTL_SECS, IdempotencyClaim,
-    IdempotencyScope, InboxRecord, KeyRecord, ListOrder, NewMessage, NewOutbound, NonceUse, OwnerRecord, PageQuery,
-    PairingRecord, PairingStatus, StoreError,
+    AgentRecord, CheckpointRecord, DomainKeyRecord, EnrollmentTicketRecord, FailureTally, FailureWindow,
+    IDEMPOTENCY_KEY_TTL_SECS, IdempotencyClaim, IdempotencyScope, InboxRecord, KeyRecord, ListOrder, NewMessage,
+    NewOutbound, NonceUse, OwnerRecord, PageQuery, PairingRecord, PairingStatus, StoreError, ThrottleKey, UnixMillis,
+    tally,
 };
 
 /// Everything a metadata backend implements (every role trait, bundled by
@@ -173,6 +178,8 @@ macro_rules! conformance_tests {
             writes_answer_errors_as_documented,
             audited_writes_refuse_events_that_are_not_ok,
             the_first_seed_fingerprint_is_the_deployments,
+            throttle_failures_add_up_across_handles,
+            throttle_failures_generated,
         );
     };
     (@checks $backend:ty; $ignores:tt; $($check:ident),* $(,)?) => {
@@ -2453,4 +2460,115 @@ pub async fn audited_writes_refuse_events_that_are_not_ok<B: Backend>(backend: A
     assert_eq!(r.seq(), head.seq + 1);
     let log = verified_log(&b, "refusal appended").await;
     assert_eq!(log.last().map(|r| r.outcome), Some(Outcome::Denied));
+}
+
+// ---------------------------------------------------------------------------
+// 8. Failure counters are shared.
+
+/// [`NOW`] in milliseconds: the clock of the failure counters.
+const NOW_MS: UnixMillis = NOW * 1000;
+
+fn throttle_key(n: u32) -> ThrottleKey {
+    ThrottleKey::new(format!("conformance/{n}")).expect("throttle key")
+}
+
+fn failure_window(limit: u32, secs: u64) -> FailureWindow {
+    FailureWindow::new(limit, Duration::from_secs(secs)).expect("a window that is on")
+}
+
+/// Contract 8, named cases: failures recorded through two handles add up and
+/// are read the same through both; reading records nothing; 24 concurrent
+/// records on both handles answer the counts 1 to 24, each once; past the
+/// limit a key counts its `limit` newest failures and is full until the oldest
+/// of them leaves the window; a window's end forgets its failures.
+pub async fn throttle_failures_add_up_across_handles<B: Backend>(backend: Arc<B>) {
+    let (a, b) = pair(&*backend).await;
+    let wide = failure_window(1000, 600);
+    for i in 0..3 {
+        let t = a.record_failure(&throttle_key(1), NOW_MS + i, wide).await.unwrap();
+        assert_eq!(t.count, u32::try_from(i + 1).unwrap(), "record {i} through the first handle");
+    }
+    for i in 3..7 {
+        let t = b.record_failure(&throttle_key(1), NOW_MS + i, wide).await.unwrap();
+        assert_eq!(t.count, u32::try_from(i + 1).unwrap(), "record {i} through the second handle adds to the first's");
+    }
+    for s in [&a, &b, &a] {
+        assert_eq!(s.failures(&throttle_key(1), NOW_MS + 10, wide).await.unwrap(), FailureTally { count: 7, full_until: None });
+    }
+    assert_eq!(b.failures(&throttle_key(2), NOW_MS + 10, wide).await.unwrap().count, 0, "another key is its own");
+
+    // Concurrent records on both handles: none lost, each counted once.
+    let mut counts = on_both(&a, &b, 24, |s, i| async move {
+        s.record_failure(&throttle_key(3), NOW_MS + 100 + i as i64, wide).await.unwrap().count
+    })
+    .await;
+    counts.sort_unstable();
+    assert_eq!(counts, (1..=24).collect::<Vec<u32>>(), "concurrent records answer 1..=24");
+    assert_eq!(a.failures(&throttle_key(3), NOW_MS + 200, wide).await.unwrap().count, 24);
+
+    // Concurrent records past the limit: the answers climb to the limit and stay.
+    let five = failure_window(5, 60);
+    let mut counts =
+        on_both(&a, &b, 12, |s, _| async move { s.record_failure(&throttle_key(4), NOW_MS, five).await.unwrap().count })
+            .await;
+    counts.sort_unstable();
+    assert_eq!(counts, [1, 2, 3, 4, 5, 5, 5, 5, 5, 5, 5, 5]);
+    let full = b.failures(&throttle_key(4), NOW_MS + 1, five).await.unwrap();
+    assert_eq!(full, FailureTally { count: 5, full_until: Some(NOW_MS + 60_000) });
+
+    // The limit and the window, one failure a second on alternating handles.
+    let narrow = failure_window(3, 60);
+    let mut answers = Vec::new();
+    for i in 0..5i64 {
+        let s = if i % 2 == 0 { &a } else { &b };
+        answers.push(s.record_failure(&throttle_key(5), NOW_MS + i * 1000, narrow).await.unwrap());
+    }
+    let expected: Vec<FailureTally> = [(1, None), (2, None), (3, Some(0)), (3, Some(1000)), (3, Some(2000))]
+        .into_iter()
+        .map(|(count, oldest): (u32, Option<i64>)| FailureTally { count, full_until: oldest.map(|o| NOW_MS + o + 60_000) })
+        .collect();
+    assert_eq!(answers, expected, "the newest three count; full until the oldest of them leaves");
+    let at = |ms: i64| NOW_MS + ms;
+    assert!(a.failures(&throttle_key(5), at(61_999), narrow).await.unwrap().is_full_at(at(61_999)));
+    assert_eq!(b.failures(&throttle_key(5), at(62_000), narrow).await.unwrap(), FailureTally { count: 2, full_until: None });
+    assert_eq!(a.failures(&throttle_key(5), at(64_000), narrow).await.unwrap().count, 0, "the window passed");
+    // Reading recorded nothing: a new failure after the window counts alone.
+    assert_eq!(b.record_failure(&throttle_key(5), at(70_000), narrow).await.unwrap().count, 1);
+}
+
+/// One generated failure-counter call: key, milliseconds after the previous
+/// call, through the second handle, record (or read).
+type ThrottleStep = (u32, u16, bool, bool);
+
+/// A generated history of failure-counter calls: limit, window (seconds), steps.
+fn throttle_history() -> impl Strategy<Value = (u32, u64, Vec<ThrottleStep>)> {
+    (1u32..6, 1u64..30, prop::collection::vec((0u32..3, 0u16..12_000, any::<bool>(), any::<bool>()), 1..40))
+}
+
+/// Contract 8 over generated histories on both handles: every answer, of a
+/// record or a read, is the rule ([`tally`]) over every failure recorded for
+/// the key so far.
+pub async fn throttle_failures_generated<B: Backend>(backend: Arc<B>) {
+    for_generated("failure counters are shared", 12, throttle_history, move |(limit, secs, steps)| {
+        let backend = Arc::clone(&backend);
+        async move {
+            let (a, b) = pair(&*backend).await;
+            let rule = failure_window(limit, secs);
+            let mut recorded: HashMap<u32, Vec<UnixMillis>> = HashMap::new();
+            let mut now = NOW_MS;
+            for (i, (key, later, second, record)) in steps.into_iter().enumerate() {
+                now += i64::from(later);
+                let s = if second { &b } else { &a };
+                let answer = if record {
+                    recorded.entry(key).or_default().push(now);
+                    s.record_failure(&throttle_key(key), now, rule).await.unwrap()
+                } else {
+                    s.failures(&throttle_key(key), now, rule).await.unwrap()
+                };
+                let expected = tally(recorded.get(&key).cloned().unwrap_or_default(), now, rule);
+                assert_eq!(answer, expected, "step {i} (key {key}, record {record}) at +{} ms", now - NOW_MS);
+            }
+        }
+    })
+    .await;
 }

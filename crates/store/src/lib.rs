@@ -7,7 +7,9 @@
 //!   [`AuditLog`], [`Checkpoints`], [`Outbox`] and [`OutboundQueue`],
 //!   [`MessageIndex`] (which messages an inbox holds, with a commit-ordered `seq`),
 //!   [`SendIdempotency`], [`DomainStatusStore`], [`StoreHealth`], [`InboxExpiry`]
-//!   (inboxes past their expiry, removed once each). [`MetadataStore`]
+//!   (inboxes past their expiry, removed once each), [`Throttles`]
+//!   (failure counters every node shares; [`LocalThrottles`] and
+//!   [`CachedThrottles`] for one process and the hot path). [`MetadataStore`]
 //!   is all of them together, for the composition root. Embedded default: SQLite
 //!   in WAL mode ([`SqliteStore`]); for several nodes on one database, PostgreSQL
 //!   (`PgStore`, feature `postgres`).
@@ -38,6 +40,7 @@ mod index;
 mod mailroom;
 pub mod group_commit;
 mod meta;
+mod pairing_wakeups;
 #[cfg(feature = "postgres")]
 pub mod postgres;
 mod queue;
@@ -45,6 +48,7 @@ mod recipients;
 #[cfg(feature = "s3")]
 pub mod s3;
 mod sqlite;
+mod throttles;
 mod write_tx;
 #[cfg(test)]
 mod fault_tests;
@@ -60,6 +64,7 @@ pub use mailroom::{
     SWEEP_BATCH, expire_event, inbox_expire_event,
 };
 pub use meta::*;
+pub use pairing_wakeups::PairingWakeups;
 
 /// Every role trait, for code that holds a whole backend (the composition root,
 /// tests) and calls across roles: `use agentkeys_store::roles::*;`. Library code
@@ -73,12 +78,17 @@ pub mod roles {
         OwnerApproval, Pairing, Recipients, StoreHealth,
     };
     pub use crate::queue::OutboundQueue;
+    pub use crate::throttles::Throttles;
 }
 pub use queue::{AttemptOutcome, AttemptRecord, AttemptToRecord, Claim, OutboundQueue, QueueDetail, QueueStateCount};
 pub use recipients::{CachedRecipients, RECIPIENT_CACHE_MAX, RECIPIENT_CACHE_TTL};
 #[cfg(feature = "s3")]
 pub use s3::{S3BlobStore, S3Config, S3ConfigError, S3Error, S3Limits};
 pub use sqlite::{READINESS_MIN_FREE_BYTES, SqliteStore};
+pub use throttles::{
+    CachedThrottles, FailureTally, FailureWindow, LOCAL_SWEEP_INTERVAL, LocalThrottles, MAX_CACHED_FULL_KEYS,
+    MAX_LOCAL_THROTTLE_KEYS, MAX_THROTTLE_KEY_BYTES, ThrottleKey, Throttles, UnixMillis, tally, unix_millis,
+};
 #[cfg(feature = "postgres")]
 pub use postgres::{PgEvents, PgStore};
 

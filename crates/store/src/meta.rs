@@ -332,6 +332,7 @@ pub trait MetadataStore:
     + StoreHealth
     + Deployment
     + InboxExpiry
+    + crate::Throttles
 {
 }
 
@@ -353,6 +354,7 @@ impl<T> MetadataStore for T where
         + crate::DomainStatusStore
         + StoreHealth
         + Deployment
+        + crate::Throttles
 {
 }
 

@@ -1346,3 +1346,84 @@ async fn sessions_carry_the_idle_in_transaction_timeout() {
     assert_eq!(shown, format!("{want}s"));
     pool.close().await;
 }
+
+// ---------------------------------------------------------------------------
+// Shared failure counters: what the contract cannot see, the storage's bound.
+// ---------------------------------------------------------------------------
+
+/// Rows and array lengths of `throttle_failures`, read directly.
+async fn throttle_rows(db: &TempDatabase) -> Vec<(String, i32)> {
+    use sqlx::Connection;
+    let mut conn = sqlx::PgConnection::connect(db.url()).await.unwrap();
+    let rows = sqlx::query_as("SELECT key, cardinality(times) FROM throttle_failures ORDER BY key")
+        .fetch_all(&mut conn)
+        .await
+        .unwrap();
+    conn.close().await.unwrap();
+    rows
+}
+
+/// A key keeps at most `limit` failure times however many are recorded, on
+/// both nodes; once its window has passed, a node's next prune (every
+/// THROTTLE_PRUNE_INTERVAL) deletes its row, and the other key's stays.
+#[tokio::test]
+async fn throttle_counters_keep_at_most_the_limit_and_expired_keys_are_pruned() {
+    use agentkeys_store::postgres::THROTTLE_PRUNE_INTERVAL;
+    use agentkeys_store::{FailureWindow, ThrottleKey};
+    let (db, a, b) = two_nodes().await;
+    let rule = FailureWindow::new(3, Duration::from_secs(60)).unwrap();
+    let (busy, quiet) = (ThrottleKey::new("test/busy").unwrap(), ThrottleKey::new("test/quiet").unwrap());
+    let t0 = NOW * 1000;
+    for i in 0..50 {
+        let node = if i % 2 == 0 { &a } else { &b };
+        assert_eq!(node.record_failure(&busy, t0 + i, rule).await.unwrap().count, 3.min(u32::try_from(i + 1).unwrap()));
+    }
+    assert_eq!(throttle_rows(&db).await, [("test/busy".to_owned(), 3)]);
+    // Past busy's window and a prune interval: the next failure on either node prunes it.
+    let later = t0 + 50 + 60_000 + i64::try_from(THROTTLE_PRUNE_INTERVAL.as_millis()).unwrap();
+    a.record_failure(&quiet, later, rule).await.unwrap();
+    b.record_failure(&quiet, later, rule).await.unwrap();
+    assert_eq!(throttle_rows(&db).await, [("test/quiet".to_owned(), 2)]);
+    assert_eq!(a.failures(&busy, later, rule).await.unwrap().count, 0);
+}
+
+/// An approval committed on node A wakes the collect waiting on node B for
+/// that code, and no other; a refused approval (not committed) wakes nobody;
+/// a listener that reconnects wakes every waiter once, to re-read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_pairing_approval_on_one_node_wakes_the_collect_waiting_on_another() {
+    use agentkeys_store::PairingWakeups;
+    let (db, a, b) = two_nodes().await;
+    a.add_owner(&owner_record(1), &ev()).await.unwrap();
+    for n in [1, 2] {
+        let request = PairingRecord { agent: agent(n), ..pairing_request(n, NOW) };
+        a.open_pairing(&request, NOW - DAY, &ev()).await.unwrap();
+    }
+    let events_b = PgEvents::start_with(&b, LocalEventHub::new(), PairingWakeups::default());
+    events_b.listening().await;
+    let (one, two) = (events_b.pairings().subscribe(&[1; 32]), events_b.pairings().subscribe(&[2; 32]));
+    let (woken_one, woken_two) = (one.notified(), two.notified());
+    tokio::pin!(woken_one, woken_two);
+    woken_one.as_mut().enable();
+    woken_two.as_mut().enable();
+
+    // A refused approval (another agent's request) commits nothing: no wake-up.
+    let wrong = AgentRecord { id: agent(9), owner: owner(1), name: None, created_at: NOW };
+    assert!(is_not_found(a.approve_pairing(&[1; 32], &wrong, NOW, &ev()).await));
+    let approved = AgentRecord { id: agent(1), owner: owner(1), name: None, created_at: NOW };
+    a.approve_pairing(&[1; 32], &approved, NOW, &ev()).await.unwrap();
+    tokio::time::timeout(PATIENCE, woken_one).await.expect("node B's waiter on code 1 is woken");
+    assert_eq!(b.pairing(&[1; 32]).await.unwrap().unwrap().status, PairingStatus::Approved);
+    // Code 2's waiter sleeps on; a reconnect of the listener wakes it to re-read.
+    assert!(tokio::time::timeout(Duration::from_millis(200), woken_two.as_mut()).await.is_err());
+    psql(
+        &db,
+        &format!(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+              WHERE application_name = '{LISTENER_APPLICATION_NAME}' AND datname = current_database()"
+        ),
+    )
+    .await
+    .unwrap();
+    tokio::time::timeout(PATIENCE, woken_two).await.expect("woken after the reconnect");
+}

@@ -45,6 +45,13 @@ fn deployment_env(data_dir: &Path) -> Env {
     all.iter().find(|(dir, _)| dir == data_dir).map(|(_, env)| env.clone()).unwrap_or_default()
 }
 
+/// [`share_deployment`] of just the metadata: from now on, every command and
+/// server the harness runs with `data_dir` keeps its metadata at `url`
+/// (`postgres://…`), as nodes sharing it do.
+pub fn use_database(data_dir: &Path, url: &str) {
+    share_deployment(data_dir, &[("AGENTKEYS_DATABASE_URL".to_owned(), url.to_owned())]);
+}
+
 /// A command for the binary with a clean AGENTKEYS_* environment (plus the
 /// data directory's [`share_deployment`] environment) and `--data-dir`.
 pub fn agentkeys(data_dir: &Path) -> Command {

@@ -19,6 +19,13 @@
 //! last `seq` it saw, which covers everything committed before the `LISTEN`.
 //! Reconnection is retried with a backoff from [`RECONNECT_MIN`] to
 //! [`RECONNECT_MAX`].
+//!
+//! **Pairing approvals.** The same listener also hears [`PAIRING_CHANNEL`]:
+//! `approve_pairing` notifies it with the pair code's hash when the approval
+//! commits, and the listener wakes this node's collects waiting on that code
+//! ([`PairingWakeups`]), so an agent long-polling node B is answered as soon
+//! as its owner approves on node A. After every (re)connect every waiting
+//! collect is woken once, to re-read what it may have missed.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,9 +39,14 @@ use ulid::Ulid;
 use super::PgStore;
 use crate::events::{LocalEventHub, MailEvents, Subscription, TooManySubscribers};
 use crate::index::{IndexedMessage, received_at};
+use crate::pairing_wakeups::PairingWakeups;
 
 /// The notification channel of new index rows.
 pub const MAIL_CHANNEL: &str = "agentkeys_mail";
+
+/// The notification channel of pairing approvals (payload: the pair code's
+/// SHA-256, lowercase hex).
+pub const PAIRING_CHANNEL: &str = "agentkeys_pairing";
 
 /// `application_name` of the listener's connection (to find it in
 /// `pg_stat_activity`).
@@ -51,6 +63,7 @@ pub const RECONNECT_MAX: Duration = Duration::from_secs(5);
 #[derive(Clone)]
 pub struct PgEvents {
     hub: LocalEventHub,
+    pairings: PairingWakeups,
     listening: watch::Receiver<bool>,
     /// Dropped with the last clone: the listener task sees its channel close.
     _stop: Arc<watch::Sender<()>>,
@@ -91,6 +104,12 @@ impl PgEvents {
     /// called inside a Tokio runtime. Returns at once; [`PgEvents::listening`]
     /// waits for the first `LISTEN`.
     pub fn start(store: &PgStore, hub: LocalEventHub) -> Self {
+        Self::start_with(store, hub, PairingWakeups::default())
+    }
+
+    /// [`PgEvents::start`], also waking `pairings`' collects when an approval
+    /// of their code commits on any node.
+    pub fn start_with(store: &PgStore, hub: LocalEventHub, pairings: PairingWakeups) -> Self {
         let options = store.connect_options().application_name(LISTENER_APPLICATION_NAME);
         // One connection of its own, opened (and reopened) on demand.
         let pool = PgPoolOptions::new()
@@ -101,8 +120,13 @@ impl PgEvents {
             .connect_lazy_with(options);
         let (stop, stopped) = watch::channel(());
         let (state, listening) = watch::channel(false);
-        tokio::spawn(listen(pool, hub.clone(), state, stopped));
-        Self { hub, listening, _stop: Arc::new(stop) }
+        tokio::spawn(listen(pool, hub.clone(), pairings.clone(), state, stopped));
+        Self { hub, pairings, listening, _stop: Arc::new(stop) }
+    }
+
+    /// The pairing wake-ups this node's collects wait on.
+    pub fn pairings(&self) -> &PairingWakeups {
+        &self.pairings
     }
 
     /// The local hub this node's subscribers use.
@@ -135,7 +159,13 @@ impl MailEvents for PgEvents {
 
 /// The listener task: connect and `LISTEN`, announce a gap, republish until the
 /// connection fails; again, with a growing pause, until `stop` closes.
-async fn listen(pool: PgPool, hub: LocalEventHub, state: watch::Sender<bool>, mut stop: watch::Receiver<()>) {
+async fn listen(
+    pool: PgPool,
+    hub: LocalEventHub,
+    pairings: PairingWakeups,
+    state: watch::Sender<bool>,
+    mut stop: watch::Receiver<()>,
+) {
     let mut pause = RECONNECT_MIN;
     loop {
         let connected = tokio::select! {
@@ -159,6 +189,7 @@ async fn listen(pool: PgPool, hub: LocalEventHub, state: watch::Sender<bool>, mu
         // before `listening` turns true, so a subscriber that waited for it and
         // subscribed afterwards has nothing to catch up on.
         hub.announce_gap();
+        pairings.wake_all();
         state.send_replace(true);
         loop {
             let received = tokio::select! {
@@ -166,6 +197,9 @@ async fn listen(pool: PgPool, hub: LocalEventHub, state: watch::Sender<bool>, mu
                 received = listener.try_recv() => received,
             };
             match received {
+                Ok(Some(notification)) if notification.channel() == PAIRING_CHANNEL => {
+                    wake_pairing(&pairings, notification.payload());
+                }
                 Ok(Some(notification)) => deliver(&hub, notification.payload()),
                 Ok(None) => {
                     tracing::warn!("the new-mail listener lost its connection; reconnecting");
@@ -188,7 +222,7 @@ async fn connect(pool: &PgPool) -> Result<PgListener, sqlx::Error> {
     let mut listener = PgListener::connect_with(pool).await?;
     listener.eager_reconnect(false);
     listener.ignore_pool_close_event(true);
-    listener.listen(MAIL_CHANNEL).await?;
+    listener.listen_all([MAIL_CHANNEL, PAIRING_CHANNEL]).await?;
     Ok(listener)
 }
 
@@ -198,5 +232,14 @@ fn deliver(hub: &LocalEventHub, payload: &str) {
     match serde_json::from_str::<Payload>(payload).ok().and_then(Payload::message) {
         Some(message) => hub.publish(&message),
         None => tracing::warn!(payload, "ignoring a malformed new-mail notification"),
+    }
+}
+
+/// Wakes the collects waiting on the code whose hash `payload` is; a payload
+/// that does not parse is logged and skipped.
+fn wake_pairing(pairings: &PairingWakeups, payload: &str) {
+    match agentkeys_audit::hash_from_hex(payload) {
+        Some(hash) => pairings.wake(&hash),
+        None => tracing::warn!(payload, "ignoring a malformed pairing notification"),
     }
 }

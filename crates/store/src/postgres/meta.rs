@@ -983,6 +983,14 @@ impl Pairing for PgStore {
             Some(owner) if owner == agent.owner.as_str() => {}
             _ => return Err(StoreError::Conflict { what: format!("agent {}", agent.id) }),
         }
+        // Delivered to every node's listener when, and only if, this commits:
+        // collects waiting on other nodes wake and read the approval (events.rs).
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(super::events::PAIRING_CHANNEL)
+            .bind(hex32(code_hash))
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
         let sealed = self.append_in(&mut tx, event).await?;
         commit_audited(tx, sealed).await
     }

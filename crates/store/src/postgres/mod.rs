@@ -20,6 +20,8 @@
 //!   transactions.
 //! - **Cross-node events**: the index transaction notifies `agentkeys_mail` and
 //!   [`PgEvents`] turns notifications into local events ([`events`]).
+//! - **Shared failure counters** (`Throttles`): one row per key rewritten by
+//!   one upsert under its row lock, so no node's failure is lost ([`throttles`]).
 //!
 //! Transactions run at PostgreSQL's default `READ COMMITTED`: every statement
 //! sees what was committed before it started, and a statement that waited for a
@@ -42,6 +44,7 @@ pub(crate) mod index;
 mod meta;
 pub(crate) mod queue;
 mod testing;
+mod throttles;
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -52,7 +55,8 @@ use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{Executor as _, Postgres, Transaction};
 
-pub use events::{MAIL_CHANNEL, PgEvents};
+pub use events::{MAIL_CHANNEL, PAIRING_CHANNEL, PgEvents};
+pub use throttles::THROTTLE_PRUNE_INTERVAL;
 #[doc(hidden)]
 pub use testing::{TEST_DATABASE_ENV, TEST_DATABASE_URL, TempDatabase};
 
@@ -90,6 +94,8 @@ pub struct PgStore {
     pub(crate) clock: Clock,
     /// The writer that batches stand-alone audit appends ([`audit`]).
     audit: audit::AuditWriter,
+    /// When this handle last pruned expired throttle counters (Unix ms, 0: never).
+    throttles_pruned: Arc<std::sync::atomic::AtomicI64>,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -129,6 +135,7 @@ impl PgStore {
             options: Arc::new(options),
             clock: Arc::new(crate::sqlite::system_clock),
             audit: audit::AuditWriter::default(),
+            throttles_pruned: Arc::default(),
         };
         store.migrate().await?;
         Ok(store)
