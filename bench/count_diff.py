@@ -15,7 +15,7 @@ import json
 import sys
 
 KEYS = ("pg_round_trips", "pg_executes", "pg_simple_queries", "s3_requests", "s3_PUT", "s3_GET", "s3_HEAD",
-        "s3_DELETE", "s3_LIST", "pg_connections", "s3_connections")
+        "s3_DELETE", "s3_LIST", "pg_connections", "http_connections")
 
 
 def diff(a, b):

@@ -130,6 +130,7 @@ ak() { (cd "$WORK" && env "${STORE_ENV[@]}" "$AK" --data-dir "$DATA" "$@"); }
 log "provisioning through the owner gate in $WORK (store: $BENCH_STORE, $BENCH_NODES node(s))"
 CODE=$(ak owner add "$OWNER" --json | json_field enrollment_code)
 [[ $CODE == enr_* ]] || die "owner add printed no enrollment code"
+store_local_owner_marker "$DATA"
 ak owner enroll --owner "$OWNER" --code "$CODE" --passphrase-file "$PASSFILE" --json >/dev/null
 ak agent add "$AGENT" --owner "$OWNER" >/dev/null
 ak inbox create --agent "$AGENT" --name mints --json >/dev/null

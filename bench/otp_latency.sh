@@ -66,6 +66,7 @@ PASSFILE="$WORK/passphrase"
 head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$PASSFILE"
 chmod 600 "$PASSFILE"
 CODE="$(ak owner add "$OWNER" --json | field enrollment_code)"
+store_local_owner_marker "$WORK/data"
 ak owner enroll --owner "$OWNER" --code "$CODE" --passphrase-file "$PASSFILE" --json >/dev/null
 ak agent add "$AGENT" --owner "$OWNER" --json >/dev/null
 INBOX="$(ak inbox create --agent "$AGENT" --name otpbench --json | field address)"

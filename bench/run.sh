@@ -400,17 +400,19 @@ postfix_drain() {
 }
 
 # ---------------------------------------------------------------- AgentKeys
-# Waits (at most ~10 s) until `agentkeys serve` PID answers /healthz on HTTP
-# port PORT; shows the tail of LOG and stops the run if it exited.
+# Waits (at most ~10 s; 120 s with a shared store, where a node's start-up
+# reconciliation lists the whole inbox in S3) until `agentkeys serve` PID answers
+# /healthz on HTTP port PORT; shows the tail of LOG and stops the run if it exited.
 #   wait_healthy PID PORT LOG NAME
 wait_healthy() {
-  local pid=$1 port=$2 log_file=$3 name=$4
-  for _ in $(seq 1 100); do
+  local pid=$1 port=$2 log_file=$3 name=$4 tries=100
+  store_is_shared && tries=1200
+  for _ in $(seq 1 "$tries"); do
     curl -sf "http://127.0.0.1:$port/healthz" >/dev/null 2>&1 && return 0
     kill -0 "$pid" 2>/dev/null || { tail -n 20 "$log_file" >&2; die "$name exited"; }
     sleep 0.1
   done
-  die "$name not healthy after 10 s; see $log_file"
+  die "$name not healthy after $((tries / 10)) s; see $log_file"
 }
 
 # Run from the work directory, so no ./agentkeys.toml of the caller is read.
@@ -443,6 +445,7 @@ provision_owner() {
   chmod 600 "$conf/passphrase"
   code=$( (cd "$WORK" && env "${penv[@]}" "$AK" --data-dir "$data" owner add "$OWNER" --json) | json_field enrollment_code)
   [[ $code == enr_* ]] || die "owner add printed no enrollment code"
+  ((${#penv[@]})) && store_local_owner_marker "$data"
   (cd "$WORK" && env "${penv[@]}" AGENTKEYS_CONFIG_DIR="$conf" "$AK" --data-dir "$data" owner enroll --owner "$OWNER" --code "$code" \
     --passphrase-file "$conf/passphrase" --json) >/dev/null
 }

@@ -209,7 +209,7 @@ store_haproxy() {
   command -v haproxy >/dev/null || die "haproxy is required for BENCH_NODES=2 (apt-get install haproxy)"
   mkdir -p "$dir"
   {
-    printf 'global\n  maxconn 50000\n\n'
+    printf 'global\n  maxconn 9000\n\n'
     printf 'defaults\n  mode tcp\n  timeout connect 5s\n  timeout client 300s\n  timeout server 300s\n\n'
     local spec front backs b i=0
     for spec in "$@"; do
@@ -278,4 +278,15 @@ store_extra_env() {
     "AWS_ACCESS_KEY_ID=$STORE_S3_KEY"
     "AWS_SECRET_ACCESS_KEY=$STORE_S3_SECRET"
   )
+}
+
+# Owner commands run locally (no --server: `owner enroll`, `grant create`) refuse
+# a data directory without meta.sqlite even when the metadata is in PostgreSQL
+# (crates/cli/src/local_api.rs `router` checks the SQLite file, not the
+# configured location; DataDir::open itself checks the right thing). Until that
+# is fixed, an empty meta.sqlite marks the data directory for them; nothing
+# opens it, the metadata location is PostgreSQL.   store_local_owner_marker DATA_DIR
+store_local_owner_marker() {
+  store_is_shared || return 0
+  [[ -e $1/meta.sqlite ]] || : >"$1/meta.sqlite"
 }
