@@ -204,7 +204,8 @@ run_wrk() {
   [[ $label == warmup ]] && return 0
   local cpu_s store_s
   cpu_s=$(awk -v a="$t0" -v b="$t1" -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%.2f", (b - a) / hz }')
-  store_s=$(awk -v a="$s0" -v b="$s1" 'BEGIN { if (a != "" && b != "") printf "%.2f", b - a; else printf "null" }')
+  # store_cpu: "POSTGRESQL S3" seconds; both together here.
+  store_s=$(awk -v a="$s0" -v b="$s1" 'BEGIN { split(a, x, " "); split(b, y, " "); if (a != "" && b != "") printf "%.2f", y[1] + y[2] - x[1] - x[2]; else printf "null" }')
   printf '{"label": "%s", "target": "%s", "server_cpu_s": %s, "store_cpu_s": %s, %s\n' "$label" "$what" "$cpu_s" "$store_s" \
     "${out#\{}" >>"$RESULTS/mints.jsonl"
   log "  $label: $(python3 -c 'import json,sys; r=json.loads(sys.argv[1]); print("%.0f/s p50 %.2f ms p99 %.2f ms non-2xx %d" % (r["requests"]/(r["duration_us"]/1e6), r["p50_us"]/1000, r["p99_us"]/1000, r["non_2xx"]))' "$(tail -n1 "$RESULTS/mints.jsonl")")"

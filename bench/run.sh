@@ -234,10 +234,12 @@ run_source() {
   local cpu
   cpu=$(awk -v a="$cpu0" -v b="$cpu1" 'BEGIN { if (a != "" && b != "") printf "%.3f", b - a }')
   printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$target" "$mode" "$run" "$count" "$secs" "$ok" "$cpu" >>"$RESULTS/throughput.tsv"
-  # The store's processes (PostgreSQL backends of our database, s3s-fs) and HAProxy, when there are any.
+  # The store's processes (PostgreSQL backends of our databases; s3s-fs) and HAProxy, when there are any:
+  # target mode run postgresql_s s3s-fs_s haproxy_s
   if [[ $target == agentkeys* && ( -n $scpu0 || -n $hcpu0 ) ]]; then
-    printf '%s\t%s\t%s\t%s\t%s\n' "$target" "$mode" "$run" \
-      "$(awk -v a="$scpu0" -v b="$scpu1" 'BEGIN { if (a != "" && b != "") printf "%.3f", b - a }')" \
+    printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$target" "$mode" "$run" \
+      "$(awk -v a="${scpu0% *}" -v b="${scpu1% *}" 'BEGIN { if (a != "" && b != "") printf "%.3f", b - a }')" \
+      "$(awk -v a="${scpu0#* }" -v b="${scpu1#* }" 'BEGIN { if (a != "" && b != "") printf "%.3f", b - a }')" \
       "$(awk -v a="$hcpu0" -v b="$hcpu1" 'BEGIN { if (a != "" && b != "") printf "%.3f", b - a }')" >>"$RESULTS/store-cpu.tsv"
   fi
   if ((ok)); then

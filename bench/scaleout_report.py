@@ -48,14 +48,15 @@ def main(d):
         tp[(target, mode)].append({"run": run, "rate": int(count) / float(secs), "count": int(count),
                                    "cpu": float(cpu) if cpu else None})
     scpu = {}
-    for f in load_tsv(os.path.join(d, "store-cpu.tsv"), 4):
-        scpu[(f[0], f[1], f[2])] = (float(f[3]) if f[3] else None, float(f[4]) if len(f) > 4 and f[4] else None)
+    num = lambda x: float(x) if x else None
+    for f in load_tsv(os.path.join(d, "store-cpu.tsv"), 6):
+        scpu[(f[0], f[1], f[2])] = (num(f[3]), num(f[4]), num(f[5]))
     if tp:
         out.append(f"Store `{meta.get('store', '?')}`, {meta.get('nodes', '?')} node(s); load {meta.get('load', '?')}; "
                    f"{meta.get('messages', '?')} messages × {meta.get('repeats', '?')} runs per server and mode, "
                    f"{meta.get('sessions', '?')} sessions, {meta.get('size', '?')} bytes.\n")
-        out.append("| mode | target | msg/s (median) | every run | / Postfix | server CPU µs/msg | store CPU µs/msg | HAProxy CPU µs/msg |")
-        out.append("|---|---|---:|---|---:|---:|---:|---:|")
+        out.append("| mode | target | msg/s (median) | every run | / Postfix | server CPU µs/msg | PostgreSQL CPU µs/msg | s3s-fs CPU µs/msg | HAProxy CPU µs/msg |")
+        out.append("|---|---|---:|---|---:|---:|---:|---:|---:|")
         for mode in ("per-connection", "persistent"):
             pf = tp.get(("postfix", mode))
             pf_rate = median_run(pf)["rate"] if pf else None
@@ -67,15 +68,16 @@ def main(d):
                 every = ", ".join(f"{r['rate']:.0f}" for r in sorted(runs, key=lambda r: r["run"]))
                 ratio = f"{m['rate'] / pf_rate:.2f}" if pf_rate and target != "postfix" else "–"
                 cpu = f"{m['cpu'] * 1e6 / m['count']:.0f}" if m["cpu"] is not None else "–"
-                s, h = scpu.get((target, mode, m["run"]), (None, None))
-                st = f"{s * 1e6 / m['count']:.0f}" if s is not None else "–"
-                hp = f"{h * 1e6 / m['count']:.0f}" if h is not None else "–"
+                pg, s3, h = scpu.get((target, mode, m["run"]), (None, None, None))
+                per = lambda x: f"{x * 1e6 / m['count']:.0f}" if x is not None else "–"
+                st = f"{per(pg)} | {per(s3)}"
+                hp = per(h)
                 name = {"postfix": "Postfix", "agentkeys-1": "AgentKeys, HAProxy → node A only",
                         "agentkeys": "AgentKeys" + (", HAProxy → both nodes" if meta.get("nodes") == "2" else "")}[target]
                 out.append(f"| {mode} | {name} | {m['rate']:.0f} | {every} | {ratio} | {cpu} | {st} | {hp} |")
             one, two = tp.get(("agentkeys-1", mode)), tp.get(("agentkeys", mode))
             if one and two:
-                out.append(f"| {mode} | two nodes / one node | {median_run(two)['rate'] / median_run(one)['rate']:.2f} | | | | | |")
+                out.append(f"| {mode} | two nodes / one node | {median_run(two)['rate'] / median_run(one)['rate']:.2f} | | | | | | |")
         out.append("")
         if meta.get("accounting"):
             out.append(f"Accounting: {meta['accounting']}.\n")

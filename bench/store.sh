@@ -158,17 +158,22 @@ print(json.dumps(out))
 EOF
 }
 
-# Seconds of CPU (user + system) used so far by the store's own processes:
-# s3s-fs and the PostgreSQL backends connected to our database (backends that
-# already exited are not counted; the pools keep theirs open). Empty for sqlite.
+# Seconds of CPU (user + system) used so far by the store's own processes, as
+# "POSTGRESQL S3": the PostgreSQL backends connected to our databases (backends
+# that already exited are not counted; the pools keep theirs open) and s3s-fs.
+# Empty for sqlite.
 store_cpu() {
   store_is_shared || return 0
   local pids p files=()
   pids=$(STORE_PSQL_DB=postgres store_psql -c "SELECT pid FROM pg_stat_activity WHERE datname IN ($(store_db_list))" 2>/dev/null)
-  for p in $STORE_S3_PID $pids; do [[ -r /proc/$p/stat ]] && files+=("/proc/$p/stat"); done
-  ((${#files[@]})) || return 0
+  for p in $pids; do [[ -r /proc/$p/stat ]] && files+=("/proc/$p/stat"); done
   # Field 2 (comm) has no spaces for these processes, so $14/$15 are utime/stime.
-  awk -v hz="$(getconf CLK_TCK)" '{ s += $14 + $15 } END { printf "%.3f\n", s / hz }' "${files[@]}" 2>/dev/null || true
+  local hz pg s3
+  hz=$(getconf CLK_TCK)
+  pg=0
+  ((${#files[@]})) && pg=$(awk -v hz="$hz" '{ s += $14 + $15 } END { printf "%.3f", s / hz }' "${files[@]}" 2>/dev/null)
+  s3=$(awk -v hz="$hz" '{ printf "%.3f", ($14 + $15) / hz }' "/proc/$STORE_S3_PID/stat" 2>/dev/null)
+  printf '%s %s\n' "${pg:-0}" "${s3:-0}"
 }
 
 # Our databases, quoted and comma-separated, for SQL.
