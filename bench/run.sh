@@ -219,10 +219,12 @@ run_source() {
   scpu0=$(store_cpu)
   [[ -n ${STORE_HAPROXY_PID:-} ]] && hcpu0=$("$LOADGEN" cpu-tree --pid "$STORE_HAPROXY_PID")
   cpu0=$(server_cpu "$target")
+  [[ $target == agentkeys* && $run != warmup ]] && store_wait_sampler_start "$RESULTS/pg-waits-$target-$mode-$run.txt" "$BENCH_RUN_TIMEOUT"
   t0=$(date +%s.%N)
   timeout "$BENCH_RUN_TIMEOUT" smtp-source "${args[@]}" "127.0.0.1:$port" \
     >>"$WORK/smtp-source.log" 2>&1 || ok=0
   t1=$(date +%s.%N)
+  store_wait_sampler_stop
   cpu1=$(server_cpu "$target")
   scpu1=$(store_cpu)
   [[ -n ${STORE_HAPROXY_PID:-} ]] && hcpu1=$("$LOADGEN" cpu-tree --pid "$STORE_HAPROXY_PID")

@@ -81,6 +81,23 @@ def main(d):
         out.append("")
         if meta.get("accounting"):
             out.append(f"Accounting: {meta['accounting']}.\n")
+        waits = defaultdict(lambda: defaultdict(int))
+        import glob
+        for f in glob.glob(os.path.join(d, "pg-waits-*.txt")):
+            name = os.path.basename(f)[len("pg-waits-"):-len(".txt")]
+            target_mode = name.rsplit("-", 1)[0]
+            for line in open(f):
+                line = line.strip()
+                if line:
+                    waits[target_mode][line] += 1
+        if waits:
+            out.append("PostgreSQL backends of our database that were not idle, sampled every 0.2 s during the timed runs "
+                       "(`pg_stat_activity`; share of samples, top 6):\n")
+            for tm in sorted(waits):
+                total = sum(waits[tm].values())
+                top = sorted(waits[tm].items(), key=lambda kv: -kv[1])[:6]
+                out.append(f"- {tm} ({total} samples): " + ", ".join(f"`{k}` {100 * v / total:.0f} %" for k, v in top))
+            out.append("")
     for name, label in (("counts/inbound-counts.json", "accepted message"), ("mint-counts.json", "mint")):
         p = os.path.join(d, name)
         if not os.path.exists(p):

@@ -295,3 +295,31 @@ store_local_owner_marker() {
   store_is_shared || return 0
   [[ -e $1/meta.sqlite ]] || : >"$1/meta.sqlite"
 }
+
+# Samples, every 0.2 s until store_wait_sampler_stop (at most MAX_S seconds),
+# what the PostgreSQL backends of our databases that are not idle are doing:
+# one line per sample and backend, "wait_event_type:wait_event" ("CPU:-" when
+# running), appended to FILE. One psql session for the whole window.
+#   store_wait_sampler_start FILE MAX_S ; … ; store_wait_sampler_stop
+store_wait_sampler_start() {
+  store_is_shared || return 0
+  local file=$1 max=$2
+  local q="SELECT coalesce(wait_event_type, 'CPU') || ':' || coalesce(wait_event, '-') FROM pg_stat_activity WHERE datname IN ($(store_db_list)) AND state <> 'idle' AND pid <> pg_backend_pid();"
+  STORE_SAMPLER_STOP="$file.stop"
+  rm -f "$STORE_SAMPLER_STOP"
+  (
+    end=$((SECONDS + max))
+    while [[ ! -e $STORE_SAMPLER_STOP ]] && ((SECONDS < end)); do
+      printf '%s\n' "$q"
+      sleep 0.2
+    done | STORE_PSQL_DB=postgres store_psql >>"$file" 2>/dev/null
+  ) &
+  STORE_SAMPLER_PID=$!
+}
+store_wait_sampler_stop() {
+  [[ -n ${STORE_SAMPLER_PID:-} ]] || return 0
+  : >"$STORE_SAMPLER_STOP"
+  wait "$STORE_SAMPLER_PID" 2>/dev/null
+  rm -f "$STORE_SAMPLER_STOP"
+  STORE_SAMPLER_PID=""
+}
