@@ -36,7 +36,7 @@
 #   BENCH_COUNT_SECONDS=3 BENCH_COUNT_IDLE=5 (count phase: seconds of mints, idle window)
 #   BENCH_WORKDIR=/var/tmp (a real disk: fsync is measured)   BENCH_KEEP=1
 #   BENCH_RESULTS=dir (default bench/results)   BENCH_PORT_BASE=N (ports N..N+12)
-#   BENCH_STORE, BENCH_NODES, BENCH_PG, BENCH_PG_PARAMS, BENCH_COUNT: bench/store.sh
+#   BENCH_STORE, BENCH_NODES, BENCH_PG, BENCH_PG_PARAMS, BENCH_PG_ANALYZE, BENCH_COUNT: bench/store.sh
 #   AGENTKEYS_BIN=path  use this server binary instead of building agentkeys-cli
 set -euo pipefail
 
@@ -218,6 +218,7 @@ else
 fi
 log "warm-up: ${BENCH_MINT_WARMUP}s of mints"
 run_wrk warmup "$BENCH_MINT_WARMUP" mint "$URL_ALL" "${NODE_PIDS[@]}"
+store_analyze
 MINTS_BEFORE=$(audited)
 for run in $(seq 1 "$BENCH_MINT_REPEATS"); do
   run_wrk "healthz-$run" "$BENCH_MINT_SECONDS" healthz "$URL_ALL" "${NODE_PIDS[@]}"

@@ -62,7 +62,7 @@
 #     the timed runs, database round trips and S3 requests per accepted message,
 #     counted by proxies in front of a third, untimed node (idle seconds first)
 #   BENCH_RESULTS=dir  where results go (default bench/results)
-#   BENCH_PG=postgres://postgres@127.0.0.1:5432  BENCH_PG_PARAMS=  (see bench/store.sh)
+#   BENCH_PG=postgres://postgres@127.0.0.1:5432  BENCH_PG_PARAMS=  BENCH_PG_ANALYZE=1  (see bench/store.sh)
 #   With BENCH_PORT_BASE, the store's ports are N+19..N+31.
 set -euo pipefail
 
@@ -1093,6 +1093,7 @@ for mode in per-connection persistent; do
     run_source "${t%%:*}" "$mode" "${t##*:}" warmup "$BENCH_WARMUP" || true
     [[ ${t%%:*} == postfix ]] && postfix_drain
   done
+  store_analyze
   for run in $(seq 1 "$BENCH_REPEATS"); do
     for t in "${targets[@]}"; do
       run_source "${t%%:*}" "$mode" "${t##*:}" "$run" "$BENCH_MESSAGES"
@@ -1156,6 +1157,7 @@ commit=$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)
   printf 'accounting\t%s\n' "${acc_text%; }"
   printf 'store\t%s\n' "$BENCH_STORE"
   printf 'nodes\t%s\n' "$BENCH_NODES"
+  store_is_shared && printf 'pg_analyze\t%s\n' "$BENCH_PG_ANALYZE"
 } >"$RESULTS/meta.tsv"
 
 "$LOADGEN" report --dir "$RESULTS" >"$RESULTS/main.md"

@@ -52,7 +52,8 @@ def main(d):
     for f in load_tsv(os.path.join(d, "store-cpu.tsv"), 6):
         scpu[(f[0], f[1], f[2])] = (num(f[3]), num(f[4]), num(f[5]))
     if tp:
-        out.append(f"Store `{meta.get('store', '?')}`, {meta.get('nodes', '?')} node(s); load {meta.get('load', '?')}; "
+        analyze = {"1": "; ANALYZE after each warm-up", "0": "; no ANALYZE (autovacuum is off on this server)"}.get(meta.get("pg_analyze"), "")
+        out.append(f"Store `{meta.get('store', '?')}`, {meta.get('nodes', '?')} node(s){analyze}; load {meta.get('load', '?')}; "
                    f"{meta.get('messages', '?')} messages × {meta.get('repeats', '?')} runs per server and mode, "
                    f"{meta.get('sessions', '?')} sessions, {meta.get('size', '?')} bytes.\n")
         out.append("| mode | target | msg/s (median) | every run | / Postfix | server CPU µs/msg | PostgreSQL CPU µs/msg | s3s-fs CPU µs/msg | HAProxy CPU µs/msg |")

@@ -323,3 +323,18 @@ store_wait_sampler_stop() {
   rm -f "$STORE_SAMPLER_STOP"
   STORE_SAMPLER_PID=""
 }
+
+# ANALYZE on our databases. This machine's PostgreSQL runs with autovacuum =
+# off, so without it the planner keeps the statistics of an empty `messages`
+# table and picks messages_by_inbox_seq (owner, inbox) with a filter on id for
+# the index transaction's lookup of already indexed rows: a scan of the whole
+# inbox per message, under the message_seq row lock (BENCHMARKS.md, "Scale-out
+# stores"). BENCH_PG_ANALYZE=1 (default) runs it after every warm-up, as
+# autovacuum's auto-analyze would on a server that has it on.
+BENCH_PG_ANALYZE=${BENCH_PG_ANALYZE:-1}
+store_analyze() {
+  store_is_shared && [[ $BENCH_PG_ANALYZE == 1 ]] || return 0
+  local db
+  for db in "${STORE_DBS[@]}"; do STORE_PSQL_DB=$db store_psql -c "ANALYZE" >/dev/null 2>&1 || log "store: ANALYZE on $db failed"; done
+  log "store: ANALYZE on our database(s) (BENCH_PG_ANALYZE=1)"
+}
