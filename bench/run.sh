@@ -51,11 +51,24 @@
 #   BENCH_PORT_BASE=N  listen on 127.0.0.1 ports N..N+18 instead of free ones chosen at start
 #   LOADGEN_TARGET_DIR=dir  cargo target directory for bench/loadgen (default bench/loadgen/target)
 #   DKIM_RATE_BIN=path  use this build of the dkim_rate example instead of `cargo run`
+#   BENCH_STORE=sqlite|postgres+s3  the store of the inbound AgentKeys (and the
+#     outbound part's server): SQLite + files in its data directory (default), or
+#     its own PostgreSQL database and an s3s-fs bucket (bench/store.sh)
+#   BENCH_NODES=1|2  with 2, a second node on the same database and bucket and
+#     HAProxy (TCP) in front: the inbound runs alternate "agentkeys-1" (HAProxy to
+#     node A only) and "agentkeys" (HAProxy to both); handshakes, idle and AUTH
+#     timing use node A directly
+#   BENCH_COUNT=1 BENCH_COUNT_MESSAGES=1000 BENCH_COUNT_IDLE=5  (postgres+s3) after
+#     the timed runs, database round trips and S3 requests per accepted message,
+#     counted by proxies in front of a third, untimed node (idle seconds first)
+#   BENCH_RESULTS=dir  where results go (default bench/results)
+#   BENCH_PG=postgres://postgres@127.0.0.1:5432  BENCH_PG_PARAMS=  BENCH_PG_ANALYZE=1  (see bench/store.sh)
+#   With BENCH_PORT_BASE, the store's ports are N+19..N+31.
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 BENCH="$REPO/bench"
-RESULTS="$BENCH/results"
+RESULTS="${BENCH_RESULTS:-$BENCH/results}"
 LOADGEN_TARGET_DIR=${LOADGEN_TARGET_DIR:-$BENCH/loadgen/target}
 LOADGEN="$LOADGEN_TARGET_DIR/release/loadgen"
 AK="${AGENTKEYS_BIN:-$REPO/target/release/agentkeys}"
@@ -85,6 +98,8 @@ BENCH_SETTLE=${BENCH_SETTLE:-360}
 BENCH_WORKDIR=${BENCH_WORKDIR:-/var/tmp}
 BENCH_KEEP=${BENCH_KEEP:-0}
 BENCH_PORT_BASE=${BENCH_PORT_BASE:-}
+BENCH_COUNT_MESSAGES=${BENCH_COUNT_MESSAGES:-1000}
+BENCH_COUNT_IDLE=${BENCH_COUNT_IDLE:-5}
 
 RCPT="bench@agents.localhost"
 FROM="sender@loadgen.localhost"
@@ -96,6 +111,8 @@ AGENT="0xbe4c0000000000000000000000000000000000a1"
 log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
 has_part() { [[ " $BENCH_PARTS " == *" $1 "* ]]; }
+# shellcheck source=bench/store.sh
+source "$BENCH/store.sh"
 
 [[ $EUID -eq 0 ]] || die "run as root (a private Postfix instance is started)"
 
@@ -137,9 +154,14 @@ cleanup() {
   for pid in "${PIDS[@]}"; do
     kill "$pid" 2>/dev/null
   done
+  # A server still in its start-up reconciliation does not act on SIGTERM
+  # (seen: over a minute with 62,000 messages in S3); after 15 s, SIGKILL.
   for pid in "${PIDS[@]}"; do
+    for _ in $(seq 1 150); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -0 "$pid" 2>/dev/null && { log "pid $pid ignored SIGTERM for 15 s; SIGKILL"; kill -9 "$pid" 2>/dev/null; }
     wait "$pid" 2>/dev/null
   done
+  store_cleanup
   if ((PF_STARTED)); then
     postfix -c "$PF/etc" stop >/dev/null 2>&1
     # Give master up to 10 s to exit, then stop it by its PID.
@@ -192,14 +214,20 @@ run_source() {
   local target=$1 mode=$2 port=$3 run=$4 count=$5
   local args=(-s "$BENCH_SESSIONS" -m "$count" -l "$BENCH_SIZE" -f "$FROM" -t "$RCPT" -M "$HELO")
   [[ $mode == persistent ]] && args=(-d "${args[@]}")
-  local t0 t1 ok=1 cpu0 cpu1
+  local t0 t1 ok=1 cpu0 cpu1 scpu0 scpu1 hcpu0="" hcpu1=""
   timeout 60 sync || true
+  scpu0=$(store_cpu)
+  [[ -n ${STORE_HAPROXY_PID:-} ]] && hcpu0=$("$LOADGEN" cpu-tree --pid "$STORE_HAPROXY_PID")
   cpu0=$(server_cpu "$target")
+  [[ $target == agentkeys* && $run != warmup ]] && store_wait_sampler_start "$RESULTS/pg-waits-$target-$mode-$run.txt" "$BENCH_RUN_TIMEOUT"
   t0=$(date +%s.%N)
   timeout "$BENCH_RUN_TIMEOUT" smtp-source "${args[@]}" "127.0.0.1:$port" \
     >>"$WORK/smtp-source.log" 2>&1 || ok=0
   t1=$(date +%s.%N)
+  store_wait_sampler_stop
   cpu1=$(server_cpu "$target")
+  scpu1=$(store_cpu)
+  [[ -n ${STORE_HAPROXY_PID:-} ]] && hcpu1=$("$LOADGEN" cpu-tree --pid "$STORE_HAPROXY_PID")
   local secs rate
   secs=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f", b - a }')
   rate=$(awk -v n="$count" -v s="$secs" 'BEGIN { printf "%.0f", n / s }')
@@ -212,6 +240,14 @@ run_source() {
   local cpu
   cpu=$(awk -v a="$cpu0" -v b="$cpu1" 'BEGIN { if (a != "" && b != "") printf "%.3f", b - a }')
   printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$target" "$mode" "$run" "$count" "$secs" "$ok" "$cpu" >>"$RESULTS/throughput.tsv"
+  # The store's processes (PostgreSQL backends of our databases; s3s-fs) and HAProxy, when there are any:
+  # target mode run postgresql_s s3s-fs_s haproxy_s
+  if [[ $target == agentkeys* && ( -n $scpu0 || -n $hcpu0 ) ]]; then
+    printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$target" "$mode" "$run" \
+      "$(awk -v a="${scpu0% *}" -v b="${scpu1% *}" 'BEGIN { if (a != "" && b != "") printf "%.3f", b - a }')" \
+      "$(awk -v a="${scpu0#* }" -v b="${scpu1#* }" 'BEGIN { if (a != "" && b != "") printf "%.3f", b - a }')" \
+      "$(awk -v a="$hcpu0" -v b="$hcpu1" 'BEGIN { if (a != "" && b != "") printf "%.3f", b - a }')" >>"$RESULTS/store-cpu.tsv"
+  fi
   if ((ok)); then
     log "  $target $mode run $run: $count messages in ${secs}s = $rate/s, server CPU ${cpu:-?}s"
   else
@@ -225,7 +261,8 @@ run_source() {
 # included (their time is in the parent's cutime/cstime).
 server_cpu() {
   case $1 in
-    agentkeys) [[ -n ${AK_PID:-} ]] && "$LOADGEN" cpu-tree --pid "$AK_PID" ;;
+    agentkeys) [[ -n ${AK_PID:-} ]] && "$LOADGEN" cpu-tree --pid "$AK_PID" ${AK_PID_B:-} ;;
+    agentkeys-1) [[ -n ${AK_PID:-} ]] && "$LOADGEN" cpu-tree --pid "$AK_PID" ;;
     smtp-sink) [[ -n ${SINK_PID:-} ]] && "$LOADGEN" cpu-tree --pid "$SINK_PID" ;;
     postfix) [[ -n ${PF_MASTER:-} ]] && "$LOADGEN" cpu-tree --pid "$PF_MASTER" ;;
   esac
@@ -371,21 +408,24 @@ postfix_drain() {
 }
 
 # ---------------------------------------------------------------- AgentKeys
-# Waits (at most ~10 s) until `agentkeys serve` PID answers /healthz on HTTP
-# port PORT; shows the tail of LOG and stops the run if it exited.
+# Waits (at most ~10 s; 120 s with a shared store, where a node's start-up
+# reconciliation lists the whole inbox in S3) until `agentkeys serve` PID answers
+# /healthz on HTTP port PORT; shows the tail of LOG and stops the run if it exited.
 #   wait_healthy PID PORT LOG NAME
 wait_healthy() {
-  local pid=$1 port=$2 log_file=$3 name=$4
-  for _ in $(seq 1 100); do
+  local pid=$1 port=$2 log_file=$3 name=$4 tries=100
+  store_is_shared && tries=1200
+  for _ in $(seq 1 "$tries"); do
     curl -sf "http://127.0.0.1:$port/healthz" >/dev/null 2>&1 && return 0
     kill -0 "$pid" 2>/dev/null || { tail -n 20 "$log_file" >&2; die "$name exited"; }
     sleep 0.1
   done
-  die "$name not healthy after 10 s; see $log_file"
+  die "$name not healthy after $((tries / 10)) s; see $log_file"
 }
 
 # Run from the work directory, so no ./agentkeys.toml of the caller is read.
-ak() { (cd "$WORK" && "$AK" --data-dir "$AK_DATA" "$@"); }
+AK_ENV=()
+ak() { (cd "$WORK" && env "${AK_ENV[@]}" "$AK" --data-dir "$AK_DATA" "$@"); }
 
 AK_BUILT=0
 build_agentkeys() {
@@ -402,57 +442,122 @@ build_agentkeys() {
 # Grants need the owner's signature: the owner enrolls a master key (sealed under
 # a generated passphrase in $WORK/owner-DIR) and signs `grant create`, checked and
 # applied locally against the data directory (no server needed).
-#   provision_owner DATA_DIR NAME
+# ENV_ARRAY names an array of VAR=value the server's store needs (none: default store).
+#   provision_owner DATA_DIR NAME [ENV_ARRAY]
 provision_owner() {
   local data=$1 name=$2 code
+  local -n penv=${3:-NO_ENV}
   local conf="$WORK/owner-$name"
   mkdir -p "$conf"
   head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$conf/passphrase"
   chmod 600 "$conf/passphrase"
-  code=$( (cd "$WORK" && "$AK" --data-dir "$data" owner add "$OWNER" --json) | json_field enrollment_code)
+  code=$( (cd "$WORK" && env "${penv[@]}" "$AK" --data-dir "$data" owner add "$OWNER" --json) | json_field enrollment_code)
   [[ $code == enr_* ]] || die "owner add printed no enrollment code"
-  (cd "$WORK" && AGENTKEYS_CONFIG_DIR="$conf" "$AK" --data-dir "$data" owner enroll --owner "$OWNER" --code "$code" \
+  ((${#penv[@]})) && store_local_owner_marker "$data"
+  (cd "$WORK" && env "${penv[@]}" AGENTKEYS_CONFIG_DIR="$conf" "$AK" --data-dir "$data" owner enroll --owner "$OWNER" --code "$code" \
     --passphrase-file "$conf/passphrase" --json) >/dev/null
 }
+#   owner_grant DATA_DIR NAME [ENV_ARRAY]
 owner_grant() {
   local data=$1 name=$2
+  local -n genv=${3:-NO_ENV}
   local conf="$WORK/owner-$name"
-  (cd "$WORK" && AGENTKEYS_CONFIG_DIR="$conf" "$AK" --data-dir "$data" grant create --agent "$AGENT" --inbox "$RCPT" \
+  (cd "$WORK" && env "${genv[@]}" AGENTKEYS_CONFIG_DIR="$conf" "$AK" --data-dir "$data" grant create --agent "$AGENT" --inbox "$RCPT" \
     --scopes read,send --owner "$OWNER" --passphrase-file "$conf/passphrase" --json) >/dev/null
 }
+NO_ENV=()
 
 setup_agentkeys() {
   build_agentkeys
   AK_DATA="$WORK/agentkeys-data"
   mkdir -p "$AK_DATA"
-  provision_owner "$AK_DATA" inbound
+  store_init "$WORK" "$P_S3"
+  AK_ENV=("${STORE_ENV[@]}")
+  provision_owner "$AK_DATA" inbound AK_ENV
   ak agent add "$AGENT" --owner "$OWNER" >/dev/null
   local address
   address=$(ak inbox create --agent "$AGENT" --name bench --json | json_field address)
   [[ $address == "$RCPT" ]] || die "inbox create answered address '$address', expected $RCPT"
   AK_KEY=$(ak key create --agent "$AGENT" --json | json_field key)
   [[ $AK_KEY == ak_* ]] || die "key create did not print a key"
-  owner_grant "$AK_DATA" inbound
+  owner_grant "$AK_DATA" inbound AK_ENV
   ak demo seed --json >"$WORK/auth-cases.json"
 }
 
-start_agentkeys() {
+# Starts one inbound `agentkeys serve`; sets NODE_PID.
+#   start_ak_node LABEL DATA_DIR MX SUBMISSION SUBMISSION_TLS HTTP ENV_ARRAY
+start_ak_node() {
+  local label=$1 data=$2 p_in=$3 p_sub=$4 p_subtls=$5 p_http=$6
+  local -n nenv=$7
   cd "$WORK"
-  AGENTKEYS_LISTEN_INBOUND="127.0.0.1:$P_IN" \
-  AGENTKEYS_LISTEN_SUBMISSION="127.0.0.1:$P_SUB" \
-  AGENTKEYS_LISTEN_SUBMISSION_TLS="127.0.0.1:$P_SUBTLS" \
-  AGENTKEYS_LISTEN_HTTP="127.0.0.1:$P_HTTP" AGENTKEYS_LISTEN_HTTPS=off \
+  env "${nenv[@]}" \
+  AGENTKEYS_LISTEN_INBOUND="127.0.0.1:$p_in" \
+  AGENTKEYS_LISTEN_SUBMISSION="127.0.0.1:$p_sub" \
+  AGENTKEYS_LISTEN_SUBMISSION_TLS="127.0.0.1:$p_subtls" \
+  AGENTKEYS_LISTEN_HTTP="127.0.0.1:$p_http" AGENTKEYS_LISTEN_HTTPS=off \
   AGENTKEYS_MAX_CONNECTIONS=100000 \
   AGENTKEYS_MAX_CONNECTIONS_PER_IP=100000 \
   AGENTKEYS_AUTH_FAILURES_PER_IP=100000000 \
-    "$AK" --data-dir "$AK_DATA" serve >"$WORK/agentkeys.log" 2>&1 &
-  AK_PID=$!
-  PIDS+=("$AK_PID")
-  wait_healthy "$AK_PID" "$P_HTTP" "$WORK/agentkeys.log" "agentkeys serve"
-  wait_port "$P_IN"
-  wait_port "$P_SUB"
+    "$AK" --data-dir "$data" serve >"$WORK/$label.log" 2>&1 &
+  NODE_PID=$!
+  PIDS+=("$NODE_PID")
+  wait_healthy "$NODE_PID" "$p_http" "$WORK/$label.log" "agentkeys serve ($label)"
+  wait_port "$p_in"
+  wait_port "$p_sub"
   cd "$REPO"
-  log "agentkeys serve (pid $AK_PID): MX :$P_IN, submission :$P_SUB, HTTP :$P_HTTP"
+  log "$label (pid $NODE_PID, store $BENCH_STORE): MX :$p_in, submission :$p_sub, HTTP :$p_http"
+}
+
+start_agentkeys() {
+  start_ak_node agentkeys "$AK_DATA" "$P_IN" "$P_SUB" "$P_SUBTLS" "$P_HTTP" AK_ENV
+  AK_PID=$NODE_PID
+  AK_MX=$P_IN
+  if ((BENCH_NODES == 2)); then
+    AK_DATA_B="$WORK/agentkeys-data-b"
+    store_second_data "$AK_DATA" "$AK_DATA_B"
+    start_ak_node agentkeys-b "$AK_DATA_B" "$P_IN_B" "$P_SUB_B" "$P_SUBTLS_B" "$P_HTTP_B" AK_ENV
+    AK_PID_B=$NODE_PID
+    # P_LB1: HAProxy to node A only (the one-node figure with the same hop);
+    # P_LB2: HAProxy to both nodes.
+    store_haproxy "$WORK/haproxy" "$P_LB1=$P_IN" "$P_LB2=$P_IN,$P_IN_B"
+    AK_MX=$P_LB2
+  fi
+}
+
+# Database round trips and S3 requests per accepted message: a third node whose
+# database and S3 endpoint are counting proxies (bench/wirecount.py), untimed,
+# before the timed runs: an idle window first (what a node does on its own),
+# then BENCH_COUNT_MESSAGES messages per connection and as many over persistent
+# connections. The node is stopped afterwards.
+run_count_phase() {
+  local dir="$RESULTS/counts"
+  store_count_proxies "$dir" "$P_CPG" "$P_CS3"
+  AK_DATA_C="$WORK/agentkeys-data-count"
+  store_second_data "$AK_DATA" "$AK_DATA_C"
+  start_ak_node agentkeys-count "$AK_DATA_C" "$P_IN_C" "$P_SUB_C" "$P_SUBTLS_C" "$P_HTTP_C" STORE_COUNT_ENV
+  local cpid=$NODE_PID
+  sleep 2
+  local s0 s1 t0 t1 mode
+  s0=$(store_count_snapshot)
+  sleep "$BENCH_COUNT_IDLE"
+  s1=$(store_count_snapshot)
+  local snaps=("$s1") secs=()
+  for mode in per-connection persistent; do
+    local args=(-s "$BENCH_SESSIONS" -m "$BENCH_COUNT_MESSAGES" -l "$BENCH_SIZE" -f "$FROM" -t "$RCPT" -M "$HELO")
+    [[ $mode == persistent ]] && args=(-d "${args[@]}")
+    t0=$(date +%s.%N)
+    timeout "$BENCH_RUN_TIMEOUT" smtp-source "${args[@]}" "127.0.0.1:$P_IN_C" >>"$WORK/smtp-source.log" 2>&1 \
+      || log "count phase: smtp-source ($mode) failed"
+    t1=$(date +%s.%N)
+    secs+=("$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f", b - a }')")
+    snaps+=("$(store_count_snapshot)")
+  done
+  kill "$cpid" 2>/dev/null
+  wait "$cpid" 2>/dev/null || true
+  python3 "$BENCH/count_diff.py" "$BENCH_COUNT_IDLE" "$s0" "$s1" \
+    "per-connection:$BENCH_COUNT_MESSAGES:${secs[0]}" "${snaps[1]}" \
+    "persistent:$BENCH_COUNT_MESSAGES:${secs[1]}" "${snaps[2]}" >"$dir/inbound-counts.json"
+  log "count phase: $(python3 "$BENCH/count_diff.py" --brief "$dir/inbound-counts.json")"
 }
 
 # ---------------------------------------------------------------- realistic inbound
@@ -787,15 +892,19 @@ setup_outbound() {
   build_agentkeys
   OUT_DATA="$WORK/outbound-data"
   mkdir -p "$OUT_DATA"
-  ako() { (cd "$WORK" && "$AK" --data-dir "$OUT_DATA" "$@"); }
-  provision_owner "$OUT_DATA" outbound
+  # With a shared store: a database of its own and its own prefix in the bucket.
+  [[ -n ${STORE_S3_PID:-} ]] || store_init "$WORK" "$P_S3"
+  store_extra_env outbound
+  OUT_ENV=("${STORE_EXTRA_ENV[@]}")
+  ako() { (cd "$WORK" && env "${OUT_ENV[@]}" "$AK" --data-dir "$OUT_DATA" "$@"); }
+  provision_owner "$OUT_DATA" outbound OUT_ENV
   ako agent add "$AGENT" --owner "$OWNER" >/dev/null
   local address
   address=$(ako inbox create --agent "$AGENT" --name bench --json | json_field address)
   [[ $address == "$RCPT" ]] || die "outbound: inbox create answered '$address', expected $RCPT"
   OUT_KEY=$(ako key create --agent "$AGENT" --json | json_field key)
   [[ $OUT_KEY == ak_* ]] || die "outbound: key create did not print a key"
-  owner_grant "$OUT_DATA" outbound
+  owner_grant "$OUT_DATA" outbound OUT_ENV
 
   smtp-sink -u nobody -m 200 "127.0.0.1:$P_OSINK" 1024 >"$WORK/smtp-sink-outbound.log" 2>&1 &
   OSINK_PID=$!
@@ -803,6 +912,7 @@ setup_outbound() {
   wait_port "$P_OSINK"
 
   cd "$WORK"
+  env "${OUT_ENV[@]}" \
   AGENTKEYS_LISTEN_INBOUND="127.0.0.1:$P_OIN" \
   AGENTKEYS_LISTEN_SUBMISSION="127.0.0.1:$P_OSUB" \
   AGENTKEYS_LISTEN_SUBMISSION_TLS="127.0.0.1:$P_OSUBTLS" \
@@ -844,7 +954,7 @@ run_outbound() {
     --metrics-url "http://127.0.0.1:$P_OHTTP/metrics" --deliver-timeout "${BENCH_OUT_TIMEOUT}s" \
     --out "$RESULTS/outbound.json" >/dev/null || log "outbound submit failed"
   local queue_left
-  queue_left=$( (cd "$WORK" && "$AK" --data-dir "$OUT_DATA" queue list --json 2>/dev/null) | grep -o '"state": *"[a-z]*"' | grep -vc delivered || true)
+  queue_left=$( (cd "$WORK" && env "${OUT_ENV[@]}" "$AK" --data-dir "$OUT_DATA" queue list --json 2>/dev/null) | grep -o '"state": *"[a-z]*"' | grep -vc delivered || true)
   log "outbound: queue rows not delivered afterwards: $queue_left"
   commit=$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)
   [[ -n $(git -C "$REPO" status --porcelain 2>/dev/null) ]] && commit="$commit (with uncommitted changes)"
@@ -906,10 +1016,14 @@ mkdir -p "$RESULTS"
 if [[ -n $BENCH_PORT_BASE ]]; then
   # A fixed range (a shared machine may assign each user one): BASE .. BASE+18.
   read -r P_SINK P_PF P_PFSUB P_IN P_SUB P_SUBTLS P_HTTP P_OSINK P_OIN P_OSUB P_OSUBTLS P_OHTTP \
-    P_PFM P_ODKIM P_ODMARC P_RIN P_RSUB P_RSUBTLS P_RHTTP < <(seq -s ' ' "$BENCH_PORT_BASE" $((BENCH_PORT_BASE + 18)))
+    P_PFM P_ODKIM P_ODMARC P_RIN P_RSUB P_RSUBTLS P_RHTTP \
+    P_S3 P_IN_B P_SUB_B P_SUBTLS_B P_HTTP_B P_LB1 P_LB2 P_CPG P_CS3 P_IN_C P_SUB_C P_SUBTLS_C P_HTTP_C \
+    < <(seq -s ' ' "$BENCH_PORT_BASE" $((BENCH_PORT_BASE + 31)))
 else
   read -r P_SINK P_PF P_PFSUB P_IN P_SUB P_SUBTLS P_HTTP P_OSINK P_OIN P_OSUB P_OSUBTLS P_OHTTP \
-    P_PFM P_ODKIM P_ODMARC P_RIN P_RSUB P_RSUBTLS P_RHTTP < <("$LOADGEN" free-ports --count 19)
+    P_PFM P_ODKIM P_ODMARC P_RIN P_RSUB P_RSUBTLS P_RHTTP \
+    P_S3 P_IN_B P_SUB_B P_SUBTLS_B P_HTTP_B P_LB1 P_LB2 P_CPG P_CS3 P_IN_C P_SUB_C P_SUBTLS_C P_HTTP_C \
+    < <("$LOADGEN" free-ports --count 32)
 fi
 
 has_part agentkeys && setup_agentkeys
@@ -920,6 +1034,10 @@ if has_part postfix || has_part realistic; then
   start_postfix
 fi
 has_part agentkeys && start_agentkeys
+# Counted first, while the bucket is nearly empty: a node's start-up
+# reconciliation lists every inbox in S3, and through the counting proxy that
+# took 30 s with 31,000 messages and over 120 s with 62,000.
+if has_part agentkeys && store_is_shared && [[ $BENCH_COUNT == 1 ]]; then run_count_phase; fi
 has_part outbound && setup_outbound
 
 # Idle connections first, while the servers are fresh (VmHWM is reset anyway).
@@ -964,7 +1082,10 @@ fi
 targets=()
 has_part sink && targets+=("smtp-sink:$P_SINK")
 has_part postfix && targets+=("postfix:$P_PF")
-has_part agentkeys && targets+=("agentkeys:$P_IN")
+if has_part agentkeys; then
+  ((BENCH_NODES == 2)) && targets+=("agentkeys-1:$P_LB1")
+  targets+=("agentkeys:$AK_MX")
+fi
 : >"$RESULTS/throughput.tsv"
 for mode in per-connection persistent; do
   log "throughput, $mode: warm-up ($BENCH_WARMUP messages each)"
@@ -972,6 +1093,7 @@ for mode in per-connection persistent; do
     run_source "${t%%:*}" "$mode" "${t##*:}" warmup "$BENCH_WARMUP" || true
     [[ ${t%%:*} == postfix ]] && postfix_drain
   done
+  store_analyze
   for run in $(seq 1 "$BENCH_REPEATS"); do
     for t in "${targets[@]}"; do
       run_source "${t%%:*}" "$mode" "${t##*:}" "$run" "$BENCH_MESSAGES"
@@ -1001,9 +1123,13 @@ if has_part agentkeys; then
   kill -0 "$AK_PID" 2>/dev/null || die "agentkeys serve died during the run; see $WORK/agentkeys.log"
   ak_hwm=$(awk '/^VmHWM:/ { print $2 }' "/proc/$AK_PID/status")
   log "agentkeys VmHWM after the whole run: ${ak_hwm} kB"
-  # The file blob store keeps one .eml per delivered message under blobs/.
-  ak_stored=$(find "$AK_DATA/blobs" -type f -name '*.eml' 2>/dev/null | wc -l)
-  accounting+=("AgentKeys stored $ak_stored of $sent messages (.eml files in its blob store)")
+  # The blob store keeps one .eml per delivered message (files under blobs/, or
+  # s3s-fs's files under the bucket); the index one row per message.
+  ak_sent=$(( (BENCH_NODES == 2 ? 2 : 1) * sent ))
+  store_is_shared && [[ $BENCH_COUNT == 1 ]] && ak_sent=$((ak_sent + 2 * BENCH_COUNT_MESSAGES))
+  ak_stored=$(store_count_eml "$AK_DATA")
+  ak_indexed=$(store_query "$AK_DATA" "SELECT count(*) FROM messages" 2>/dev/null || echo '?')
+  accounting+=("AgentKeys ($BENCH_STORE, $BENCH_NODES node(s)) stored $ak_stored of $ak_sent messages (.eml objects in its blob store), $ak_indexed index rows")
 fi
 for line in "${accounting[@]}"; do log "$line"; done
 
@@ -1029,6 +1155,9 @@ commit=$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)
   acc_text=""
   ((${#accounting[@]})) && acc_text=$(printf '%s; ' "${accounting[@]}")
   printf 'accounting\t%s\n' "${acc_text%; }"
+  printf 'store\t%s\n' "$BENCH_STORE"
+  printf 'nodes\t%s\n' "$BENCH_NODES"
+  store_is_shared && printf 'pg_analyze\t%s\n' "$BENCH_PG_ANALYZE"
 } >"$RESULTS/meta.tsv"
 
 "$LOADGEN" report --dir "$RESULTS" >"$RESULTS/main.md"
