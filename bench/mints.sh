@@ -177,7 +177,7 @@ probe=$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $KEY" -
 [[ $probe == 200 ]] || die "probe mint answered $probe"
 log "server pid(s) ${NODE_PIDS[*]}, HTTP $HTTP, data on $FSTYPE"
 
-rm -rf "$RESULTS/mints.md" "$RESULTS/mints.jsonl" "$RESULTS/mint-counts.json"
+rm -rf "$RESULTS/mints.md" "$RESULTS/mints.jsonl" "$RESULTS/mint-counts.json" "$RESULTS"/pg-waits-mints-*.txt
 mkdir -p "$RESULTS"
 LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
 # CPU ticks of the given processes.
@@ -196,8 +196,10 @@ run_wrk() {
   [[ $what == mint ]] && env=(BENCH_MINT_PATH=/v1/credentials/read "BENCH_MINT_KEY=$KEY" "BENCH_MINT_BODY=$BODY")
   t0=$(cpu_ticks "$@")
   s0=$(store_cpu)
+  [[ $what == mint && $label != warmup ]] && store_wait_sampler_start "$RESULTS/pg-waits-$label.txt" $((secs + 30))
   out=$(env "${env[@]}" timeout $((secs + 30)) wrk -t "$BENCH_MINT_THREADS" -c "$BENCH_MINT_CONNECTIONS" \
     -d "${secs}s" --timeout 10s -s "$BENCH/mints.lua" "$url" | tail -n 1)
+  store_wait_sampler_stop
   t1=$(cpu_ticks "$@")
   s1=$(store_cpu)
   [[ $out == \{* ]] || die "wrk printed no summary for $label"
