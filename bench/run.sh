@@ -1093,7 +1093,7 @@ for mode in per-connection persistent; do
     run_source "${t%%:*}" "$mode" "${t##*:}" warmup "$BENCH_WARMUP" || true
     [[ ${t%%:*} == postfix ]] && postfix_drain
   done
-  store_analyze
+  has_part agentkeys && store_analyze
   for run in $(seq 1 "$BENCH_REPEATS"); do
     for t in "${targets[@]}"; do
       run_source "${t%%:*}" "$mode" "${t##*:}" "$run" "$BENCH_MESSAGES"
