@@ -629,6 +629,19 @@ impl Webhooks for SqliteStore {
         limit: u32,
         lease_until_ms: i64,
     ) -> Result<Vec<DeliveryClaim>, StoreError> {
+        // A read first: an idle outbox never takes the write lock.
+        let due: Option<(i64,)> = sqlx::query_as(
+            "SELECT 1 FROM webhook_deliveries
+              WHERE (state = 'pending' AND next_attempt_ms <= ?1) OR (state = 'sending' AND lease_until_ms <= ?1)
+              LIMIT 1",
+        )
+        .bind(now_ms)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(backend)?;
+        if due.is_none() {
+            return Ok(Vec::new());
+        }
         let lease = lease_token();
         let mut tx = self.write_tx().await?;
         // One statement under SQLite's write lock: no row is claimed twice.

@@ -17,7 +17,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use agentkeys_store::{BlobKey, BlobStore, NewWebhookEvent, OutboundFact, StoreError, Webhooks};
+use agentkeys_core::OwnerId;
+use agentkeys_store::{BlobKey, BlobStore, NewWebhookEvent, OutboundFact, StoreError, WebhookRecord, Webhooks};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -108,8 +109,24 @@ impl Feeder {
     async fn feed_messages(&self) -> Result<usize, StoreError> {
         let (from, messages) = self.store.message_feed(FEED_BATCH).await?;
         let Some(last) = messages.last().map(|m| m.seq) else { return Ok(0) };
+        // Only messages someone subscribed to are read and recorded (a
+        // subscription applies from its creation on, not to mail before it).
+        let mut wanted: BTreeMap<&OwnerId, Vec<WebhookRecord>> = BTreeMap::new();
+        for m in &messages {
+            if !wanted.contains_key(&m.owner) {
+                let hooks = self.store.list_webhooks(&m.owner).await?;
+                let hooks = hooks.into_iter().filter(|w| w.events.iter().any(|e| e == events::MESSAGE_RECEIVED)).collect();
+                wanted.insert(&m.owner, hooks);
+            }
+        }
         let mut events = Vec::with_capacity(messages.len());
         for m in &messages {
+            let subscribed = wanted
+                .get(&m.owner)
+                .is_some_and(|hooks| hooks.iter().any(|w| w.inbox.as_ref().is_none_or(|i| i == &m.inbox)));
+            if !subscribed {
+                continue;
+            }
             let facts = match ulid::Ulid::from_string(&m.id) {
                 Ok(id) => match self.blobs.get(&BlobKey::message(&m.owner, &m.inbox, id)).await {
                     Ok(Some(raw)) => HeaderFacts::read(&m.id, &raw, &self.config.hostname),
