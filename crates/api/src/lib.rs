@@ -22,6 +22,7 @@
 //! | POST | `/v1/webhooks/{id}/rotate` | a new secret, the previous one signing during the overlap (owner signature) |
 //! | GET | `/v1/webhooks/{id}/deliveries` | a subscription's delivery log (owner signature) |
 //! | POST | `/v1/webhook-deliveries/{id}/redeliver` | send a delivery again (owner signature) |
+//! | POST, GET, DELETE | `/v1/agent/webhooks[/{id}]` | an agent's own subscriptions, scoped by its grants (agent key) |
 //! | POST | `/v1/pairings` | open a pairing request (agent, public) |
 //! | GET | `/v1/pairings/{code}` | show a pairing request (owner signature) |
 //! | POST | `/v1/pairings/{code}/approve` | approve it: the agent is created (owner signature) |
@@ -323,6 +324,9 @@ fn table() -> Vec<Route> {
         route(Verb::Post, "/v1/webhooks/{id}/rotate", webhooks::rotate),
         route(Verb::Get, "/v1/webhooks/{id}/deliveries", webhooks::deliveries),
         route(Verb::Post, "/v1/webhook-deliveries/{id}/redeliver", webhooks::redeliver),
+        route(Verb::Post, "/v1/agent/webhooks", webhooks::agent_create),
+        route(Verb::Get, "/v1/agent/webhooks", webhooks::agent_list),
+        route(Verb::Delete, "/v1/agent/webhooks/{id}", webhooks::agent_delete),
         route(Verb::Post, "/v1/pairings", pairing::open),
         route(Verb::Get, "/v1/pairings/{code}", pairing::view),
         route(Verb::Post, "/v1/pairings/{code}/approve", pairing::approve),

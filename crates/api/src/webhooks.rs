@@ -10,6 +10,17 @@
 //! | POST | `/v1/webhooks/{id}/rotate` | a new secret; the previous one keeps signing for the overlap |
 //! | GET | `/v1/webhooks/{id}/deliveries` | its delivery log, newest first |
 //! | POST | `/v1/webhook-deliveries/{id}/redeliver` | send a delivery again (same `webhook-id`) |
+//! | POST, GET | `/v1/agent/webhooks` | an agent subscribes one inbox its grants cover / lists its own (agent key) |
+//! | DELETE | `/v1/agent/webhooks/{id}` | an agent deletes one of its own (agent key) |
+//!
+//! An agent's subscription is scoped by its grants: one inbox, the `message.*`
+//! events only, `message.received` under a grant with `read` on that inbox and
+//! the outbound events under one with `send`. The grants are recorded with it
+//! and its events are recorded only while they are active (revoke the grant and
+//! it falls silent). The owner sees, deletes and rotates it like their own.
+//! `include_body` puts the message's text into `message.received`; an agent can
+//! only ask for it on a subscription that has the `read` grant, which every
+//! agent subscription to `message.received` has.
 //!
 //! The target URL is checked at creation ([`agentkeys_webhooks::target`]:
 //! `https://` or `http://`, its host's addresses public unless the operator
@@ -18,7 +29,8 @@
 use agentkeys_audit::{Actor, AuditEvent};
 use agentkeys_core::time::rfc3339;
 use agentkeys_core::{Address, UnixTime};
-use agentkeys_store::{DeliveryRecord, StoreError, WebhookRecord};
+use agentkeys_broker::scope;
+use agentkeys_store::{AgentSubscriber, DeliveryRecord, StoreError, WebhookRecord};
 use agentkeys_webhooks::events::{EVENT_TYPES, is_inbox_event};
 use agentkeys_webhooks::{
     DEFAULT_ROTATION_OVERLAP_SECS, MAX_ROTATION_OVERLAP_SECS, MAX_WEBHOOKS_PER_OWNER, OP_WEBHOOK_CREATE,
@@ -34,7 +46,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use crate::ApiState;
 use crate::error::{ApiError, Problem};
-use crate::extract::decode;
+use crate::extract::{AgentBearer, ApiJson, decode};
 use crate::owner::{OwnerApproval, backend_error, field_error, store};
 
 /// Default and largest page of a delivery log.
@@ -68,6 +80,10 @@ pub struct CreateWebhookRequest {
     /// owner-wide events (`grant.expiring`, `key.expiring`).
     #[serde(default)]
     pub inbox: Option<String>,
+    /// `message.received` carries the message's text (`data.text`, at most
+    /// 64 KiB, `data.text_truncated`); default false: sender, subject, size only.
+    #[serde(default)]
+    pub include_body: bool,
 }
 
 /// An event type (documentation of `events`; any other value is a 400 naming the field).
@@ -111,6 +127,11 @@ pub struct WebhookView {
     pub created_at: String,
     /// RFC 3339: until when the previous secret also signs (after a rotation).
     pub previous_secret_until: Option<String>,
+    /// Whether `message.received` carries the message's text.
+    pub include_body: bool,
+    /// The agent that made it (under its grants); absent: the owner.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<String>,
 }
 
 /// Answer of `POST /v1/webhooks` and of a rotation: the secret, shown this once.
@@ -133,6 +154,8 @@ fn view(w: &WebhookRecord, now: UnixTime) -> WebhookView {
         inbox: w.inbox.as_ref().map(ToString::to_string),
         created_at: rfc3339(w.created_at),
         previous_secret_until: w.previous_until.filter(|&t| t > now).map(rfc3339),
+        include_body: w.include_body,
+        agent: w.agent.as_ref().map(|a| a.agent.to_string()),
     }
 }
 
@@ -204,6 +227,37 @@ pub(crate) async fn create(State(state): State<ApiState>, approval: OwnerApprova
             return Err(ApiError::OwnerObjectNotFound { what: "inbox" });
         }
     }
+    let created = store_new(&state, NewSubscription {
+        owner: owner.clone(),
+        target,
+        events,
+        inbox,
+        agent: None,
+        include_body: body.include_body,
+        actor: Actor::Owner(owner.clone()),
+        approval: Some(approval.evidence()),
+    })
+    .await?;
+    Ok((StatusCode::CREATED, Json(created)).into_response())
+}
+
+/// A subscription about to be stored, checked already.
+struct NewSubscription {
+    owner: agentkeys_core::OwnerId,
+    target: Target,
+    events: Vec<String>,
+    inbox: Option<Address>,
+    agent: Option<AgentSubscriber>,
+    include_body: bool,
+    actor: Actor,
+    approval: Option<serde_json::Value>,
+}
+
+/// Stores `new` (within the owner's limit) with a fresh secret, audited; the answer shows the secret once.
+async fn store_new(state: &ApiState, new: NewSubscription) -> Result<WebhookCreated, ApiError> {
+    let meta = store(state)?;
+    let settings = settings(state)?;
+    let NewSubscription { owner, target, events, inbox, agent, include_body, actor, approval } = new;
     let existing = meta.list_webhooks(&owner).await.map_err(|e| backend_error(&e))?;
     if existing.len() >= MAX_WEBHOOKS_PER_OWNER {
         return Err(field_error(
@@ -228,19 +282,26 @@ pub(crate) async fn create(State(state): State<ApiState>, approval: OwnerApprova
         previous_secret_sealed: None,
         previous_until: None,
         created_at: now,
+        agent,
+        include_body,
     };
     // The URL's path and query may carry a receiver's token: the record keeps the host only.
-    let event = AuditEvent::ok(Actor::Owner(owner.clone()), OP_WEBHOOK_CREATE, id.as_str()).with_detail(json!({
+    let event = AuditEvent::ok(actor, OP_WEBHOOK_CREATE, id.as_str()).with_detail(json!({
         "owner": owner,
         "host": target.host,
         "events": record.events,
         "inbox": record.inbox,
-        "approval": approval.evidence(),
+        "include_body": include_body,
+        "grants": record.agent.as_ref().map(|a| json!({
+            "read": a.read_grant.as_ref().map(agentkeys_core::GrantId::as_str),
+            "send": a.send_grant.as_ref().map(agentkeys_core::GrantId::as_str),
+        })),
+        "approval": approval,
     }));
     let _receipt = meta.create_webhook(&record, &event).await.map_err(|e| backend_error(&e))?;
-    let answer = WebhookCreated { id: id.clone(), secret: secret.to_text().to_string(), webhook: view(&record, now) };
-    Ok((StatusCode::CREATED, Json(answer)).into_response())
+    Ok(WebhookCreated { id: id.clone(), secret: secret.to_text().to_string(), webhook: view(&record, now) })
 }
+
 
 /// List the owner's subscriptions (owner approval required).
 #[utoipa::path(
@@ -496,4 +557,146 @@ pub(crate) async fn redeliver(
         other => backend_error(&other),
     })?;
     Ok((StatusCode::ACCEPTED, Json(delivery_view(&record))).into_response())
+}
+
+/// Body of `POST /v1/agent/webhooks`.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateAgentWebhookRequest {
+    /// Where to POST events (the same rules as the owner's subscriptions).
+    #[schema(max_length = 2048)]
+    pub url: String,
+    /// `message.*` event types, at least one: `message.received` needs a grant
+    /// with `read` on the inbox, the others one with `send`.
+    #[schema(value_type = Vec<EventType>, min_items = 1)]
+    pub events: Vec<String>,
+    /// The inbox: one that this agent's grants cover.
+    pub inbox: String,
+    /// `message.received` carries the message's text (the `read` grant allows it).
+    #[serde(default)]
+    pub include_body: bool,
+}
+
+fn agent_unavailable(e: &StoreError) -> ApiError {
+    tracing::error!(error = %e, "agent webhook route failed in the store");
+    ApiError::Unavailable { code: "BACKEND_UNAVAILABLE" }
+}
+
+/// Subscribe a URL to one inbox's events, under this agent's grants (agent key).
+#[utoipa::path(
+    post,
+    path = "/v1/agent/webhooks",
+    tag = "webhooks",
+    request_body = CreateAgentWebhookRequest,
+    security(("agent_key" = [])),
+    responses(
+        (status = 201, description = "Created; the secret is shown this once", body = WebhookCreated),
+        (status = 400, description = "INVALID_REQUEST: a bad url (scheme, form, or an address refused by the SSRF rules), an event type that is not message.*, or the owner's subscription limit", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "INVALID_KEY: missing, malformed, unknown, revoked or expired agent key", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "NO_GRANT: no active grant of this agent covers the inbox with read (message.received) or send (the outbound events); GRANT_EXPIRED: the covering ones have expired", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "PAYLOAD_TOO_LARGE", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "UNSUPPORTED_MEDIA_TYPE", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "RATE_LIMITED: too many refused agent keys from this address; Retry-After says when to try again", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "BACKEND_UNAVAILABLE: nothing was created", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(crate) async fn agent_create(
+    State(state): State<ApiState>,
+    bearer: AgentBearer,
+    body: Result<ApiJson<CreateAgentWebhookRequest>, ApiError>,
+) -> Result<Response, ApiError> {
+    let verified = state.broker.authenticate(bearer.key()).await?;
+    let ApiJson(request) = body?;
+    let settings = settings(&state)?;
+    let inbox: Address = request.inbox.parse().map_err(|e| field_error("inbox", e))?;
+    let events = check_events(&request.events, true)?;
+    let target = check_url(&request.url, settings).await?;
+    // Each kind of event is proven by its own scope on this inbox; the proofs'
+    // grants are stored, and the subscription lives only while they do.
+    let read_grant = if events.iter().any(|e| e == agentkeys_webhooks::events::MESSAGE_RECEIVED) {
+        Some(state.broker.authorize(&verified, &inbox, scope::Read).await?.grant_id().clone())
+    } else {
+        None
+    };
+    let send_grant = if events.iter().any(|e| e != agentkeys_webhooks::events::MESSAGE_RECEIVED) {
+        Some(state.broker.authorize(&verified, &inbox, scope::Send).await?.grant_id().clone())
+    } else {
+        None
+    };
+    if request.include_body && read_grant.is_none() {
+        return Err(field_error("include_body", "only message.received carries a body; add it to events or leave include_body out"));
+    }
+    let created = store_new(&state, NewSubscription {
+        owner: verified.owner().clone(),
+        target,
+        events,
+        inbox: Some(inbox),
+        agent: Some(AgentSubscriber { agent: verified.agent().clone(), read_grant, send_grant }),
+        include_body: request.include_body,
+        actor: Actor::Agent(verified.agent().clone()),
+        approval: None,
+    })
+    .await?;
+    Ok((StatusCode::CREATED, Json(created)).into_response())
+}
+
+/// This agent's own subscriptions, oldest first (agent key).
+#[utoipa::path(
+    get,
+    path = "/v1/agent/webhooks",
+    tag = "webhooks",
+    security(("agent_key" = [])),
+    responses(
+        (status = 200, description = "The subscriptions this agent made (never their secrets)", body = [WebhookView]),
+        (status = 401, description = "INVALID_KEY: missing, malformed, unknown, revoked or expired agent key", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "RATE_LIMITED: too many refused agent keys from this address; Retry-After says when to try again", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "BACKEND_UNAVAILABLE", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(crate) async fn agent_list(State(state): State<ApiState>, bearer: AgentBearer) -> Result<Response, ApiError> {
+    let verified = state.broker.authenticate(bearer.key()).await?;
+    let meta = store(&state)?;
+    let now = state.clock.now();
+    let hooks = meta.list_webhooks(verified.owner()).await.map_err(|e| agent_unavailable(&e))?;
+    let mine: Vec<WebhookView> =
+        hooks.iter().filter(|w| w.agent.as_ref().is_some_and(|a| &a.agent == verified.agent())).map(|w| view(w, now)).collect();
+    Ok(Json(mine).into_response())
+}
+
+/// Delete one of this agent's own subscriptions (agent key); the owner's and
+/// other agents' answer 404 like missing ones.
+#[utoipa::path(
+    delete,
+    path = "/v1/agent/webhooks/{id}",
+    tag = "webhooks",
+    params(("id" = String, Path, description = "The subscription id (wh_…)")),
+    security(("agent_key" = [])),
+    responses(
+        (status = 200, description = "Deleted; pending deliveries are dropped", body = WebhookDeleted),
+        (status = 401, description = "INVALID_KEY: missing, malformed, unknown, revoked or expired agent key", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such subscription among this agent's", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "RATE_LIMITED: too many refused agent keys from this address; Retry-After says when to try again", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "BACKEND_UNAVAILABLE: nothing was changed", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(crate) async fn agent_delete(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+    bearer: AgentBearer,
+) -> Result<Response, ApiError> {
+    let verified = state.broker.authenticate(bearer.key()).await?;
+    let meta = store(&state)?;
+    let hooks = meta.list_webhooks(verified.owner()).await.map_err(|e| agent_unavailable(&e))?;
+    // The agent that made a subscription never changes: checked here, deleted by owner and id.
+    let mine = hooks.iter().any(|w| w.id == id && w.agent.as_ref().is_some_and(|a| &a.agent == verified.agent()));
+    if !mine {
+        return Err(not_found());
+    }
+    let event = AuditEvent::ok(Actor::Agent(verified.agent().clone()), OP_WEBHOOK_DELETE, id.as_str())
+        .with_detail(json!({ "owner": verified.owner() }));
+    meta.delete_webhook(verified.owner(), &id, &event).await.map_err(|e| match e {
+        StoreError::NotFound { .. } => not_found(),
+        other => agent_unavailable(&other),
+    })?;
+    Ok(Json(WebhookDeleted { id, deleted: true }).into_response())
 }

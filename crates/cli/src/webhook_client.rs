@@ -70,6 +70,9 @@ pub(crate) struct CreateArgs {
     /// Only events of this inbox (one of yours).
     #[arg(long, value_name = "ADDR")]
     inbox: Option<String>,
+    /// message.received carries the message's text (at most 64 KiB), not only sender, subject and size.
+    #[arg(long)]
+    include_body: bool,
     #[command(flatten)]
     conn: OwnerConn,
 }
@@ -105,6 +108,9 @@ pub(crate) async fn run(config: &Config, cmd: WebhookCmd, json: bool) -> Result<
                 bail!("--events: give at least one event type, e.g. --events message.received,message.bounced");
             }
             let mut body = json!({ "url": args.url, "events": events });
+            if args.include_body {
+                body["include_body"] = json!(true);
+            }
             if let Some(inbox) = &args.inbox {
                 body["inbox"] = json!(inbox);
             }

@@ -471,3 +471,66 @@ fn a_rotated_secret_signs_beside_the_previous_one_during_the_overlap() {
     wait_for("the second delivery", Duration::from_secs(60), || receiver.requests().len() == 2);
     assert_eq!(receiver.requests()[1]["verified_with"], json!([2]));
 }
+
+#[test]
+fn an_agent_subscribes_under_its_grant_and_only_it_gets_the_body_until_the_grant_is_revoked() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    // alice holds read,send on alice@ only; a second inbox of hers has no grant.
+    let (_, _, alice, alice_key) = provision(d, OWNER_A, ALICE, "alice");
+    let other = run_json(d, &["inbox", "create", "--agent", ALICE, "--name", "ungranted"])["address"].as_str().unwrap().to_owned();
+    let server = start(d, &webhook_env(&[]));
+    let url = format!("{}/v1/agent/webhooks", api(&server));
+    let mut agent_rx = Receiver::start(d, "agent", &[]);
+    let mut owner_rx = Receiver::start(d, "owner", &[]);
+    let create = |inbox: &str, events: &[&str], body: bool, target: &str| {
+        let request = json!({"url": target, "events": events, "inbox": inbox, "include_body": body}).to_string();
+        curl("POST", &url, Some(&alice_key), Some(&request))
+    };
+    // Refused: an inbox no grant covers, owner-wide events, a bad key.
+    let (status, _, answer) = create(&other, &["message.received"], false, &agent_rx.url("/"));
+    assert_eq!((status, answer["code"].as_str()), (403, Some("NO_GRANT")), "{answer}");
+    let (status, _, answer) = create(&alice, &["grant.expiring"], false, &agent_rx.url("/"));
+    assert_eq!(status, 400, "{answer}");
+    let (status, _, _) = curl("POST", &url, Some("akey_not_a_key"), Some(&json!({"url": agent_rx.url("/"), "events": ["message.received"], "inbox": alice}).to_string()));
+    assert_eq!(status, 401);
+    // The agent's subscription asks for the body; the owner's does not.
+    let (status, _, created) = create(&alice, &["message.received", "message.sent"], true, &agent_rx.url("/agent"));
+    assert_eq!(status, 201, "{created}");
+    agent_rx.command(&format!("SECRET {}", created["secret"].as_str().unwrap()));
+    let agent_hook = created["id"].as_str().unwrap().to_owned();
+    assert_eq!((created["webhook"]["agent"].as_str(), created["webhook"]["include_body"].as_bool()), (Some(ALICE), Some(true)));
+    let owner_hook = webhook_ok(&server, OWNER_A, &["create", "--url", &owner_rx.url("/owner"), "--events", "message.received"]);
+    owner_rx.command(&format!("SECRET {}", owner_hook["secret"].as_str().unwrap()));
+    // The agent lists its own only; the owner sees both.
+    let (status, _, listed) = curl("GET", &url, Some(&alice_key), None);
+    assert_eq!(status, 200);
+    assert_eq!(listed.as_array().unwrap().iter().map(|w| w["id"].as_str().unwrap()).collect::<Vec<_>>(), [agent_hook.as_str()]);
+    assert_eq!(webhook_ok(&server, OWNER_A, &["list"]).as_array().unwrap().len(), 2);
+    // The agent cannot delete the owner's subscription (404 like a missing one).
+    let (status, _, _) = curl("DELETE", &format!("{url}/{}", owner_hook["id"].as_str().unwrap()), Some(&alice_key), None);
+    assert_eq!(status, 404);
+
+    assert_eq!(send_raw(server.inbound, "s@example.net", &alice, &mx_message("s@example.net", &alice, "b1")).unwrap(), 250);
+    wait_for("both deliveries", Duration::from_secs(60), || !agent_rx.delivered().is_empty() && !owner_rx.delivered().is_empty());
+    let agent_got = &agent_rx.delivered()["message.received"][0];
+    assert_eq!(agent_got["verified"], true);
+    assert!(agent_got["body"]["data"]["text"].as_str().unwrap().contains("8d1f"), "the body for the subscription that asked: {agent_got}");
+    assert_eq!(agent_got["body"]["data"]["text_truncated"], false);
+    assert!(!std::fs::read_to_string(&owner_rx.log).unwrap().contains("8d1f"), "never the body for one that did not ask");
+
+    // The grant revoked: the owner's subscription goes on, the agent's falls silent.
+    let grants = run_json(d, &["grant", "list"]);
+    let grant = grants.as_array().unwrap().iter().find(|g| g["agent"] == ALICE).unwrap()["id"].as_str().unwrap().to_owned();
+    let out = owner_run(d, OWNER_A, &["grant", "revoke", &grant, "--server", &api(&server), "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(send_raw(server.inbound, "s@example.net", &alice, &mx_message("s@example.net", &alice, "b2")).unwrap(), 250);
+    wait_for("the owner's second delivery", Duration::from_secs(60), || owner_rx.delivered().get("message.received").is_some_and(|r| r.len() == 2));
+    // Both events of one feed batch are recorded in one transaction: the agent's log is final.
+    let log = deliveries(&server, OWNER_A, &agent_hook);
+    assert_eq!(log.len(), 1, "nothing recorded for the agent after the revocation: {log:?}");
+    // The agent deletes its own.
+    let (status, _, deleted) = curl("DELETE", &format!("{url}/{agent_hook}"), Some(&alice_key), None);
+    assert_eq!((status, deleted["deleted"].as_bool()), (200, Some(true)), "{deleted}");
+    assert_eq!(webhook_ok(&server, OWNER_A, &["list"]).as_array().unwrap().len(), 1);
+}

@@ -95,7 +95,7 @@ pub use throttles::{
 #[cfg(feature = "postgres")]
 pub use postgres::{PgEvents, PgStore};
 pub use webhooks::{
-    DeliveryAttempt, DeliveryClaim, DeliveryRecord, DeliveryState, ExpiringCredential, FedMessage, MESSAGE_FEED,
+    AgentSubscriber, DeliveryAttempt, DeliveryClaim, DeliveryRecord, DeliveryState, ExpiringCredential, FedMessage, MESSAGE_FEED,
     NewWebhookEvent, OutboundFact, WebhookRecord, Webhooks,
 };
 

@@ -14,7 +14,7 @@
 //! Secrets are stored sealed (the caller seals them under a seed-derived key).
 
 use agentkeys_audit::{AuditEvent, AuditReceipt};
-use agentkeys_core::{Address, OwnerId, UnixTime};
+use agentkeys_core::{Address, AgentId, GrantId, OwnerId, UnixTime};
 use async_trait::async_trait;
 use serde::Serialize;
 
@@ -43,6 +43,23 @@ pub struct WebhookRecord {
     pub previous_until: Option<UnixTime>,
     /// Creation time.
     pub created_at: UnixTime,
+    /// Made by one of the owner's agents under its grants; `None`: by the owner.
+    pub agent: Option<AgentSubscriber>,
+    /// `message.received` carries the message's text.
+    pub include_body: bool,
+}
+
+/// The agent behind a subscription and the grants it lives under: each kind
+/// of event is recorded only while the grant that allowed it is active
+/// (neither revoked nor expired), so revoking the grant silences it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentSubscriber {
+    /// The agent.
+    pub agent: AgentId,
+    /// The grant with the `read` scope on the inbox (for `message.received`).
+    pub read_grant: Option<GrantId>,
+    /// The grant with the `send` scope on the inbox (for the outbound events).
+    pub send_grant: Option<GrantId>,
 }
 
 /// An event to deliver to every matching subscription of `owner`.
@@ -59,6 +76,9 @@ pub struct NewWebhookEvent {
     pub event_key: String,
     /// The JSON body to send, fixed at feed time (every attempt sends the same bytes).
     pub payload: String,
+    /// The body for subscriptions with `include_body` (`message.received`
+    /// with the message's text); `None`: they get `payload` too.
+    pub payload_with_body: Option<String>,
 }
 
 /// Where a delivery stands.
@@ -303,11 +323,36 @@ pub(crate) fn events_from_column(column: &str) -> Vec<String> {
     column.split(',').filter(|s| !s.is_empty()).map(str::to_owned).collect()
 }
 
-pub(crate) type WebhookRow = (String, String, String, String, Option<String>, Vec<u8>, Option<Vec<u8>>, Option<i64>, i64);
+/// The columns of a [`WebhookRow`].
+pub(crate) const WEBHOOK_COLUMNS: &str = "id, owner, url, events, inbox, secret_sealed, previous_secret_sealed, previous_until, created_at, agent, read_grant, send_grant, include_body";
+
+pub(crate) type WebhookRow = (
+    String,
+    String,
+    String,
+    String,
+    Option<String>,
+    Vec<u8>,
+    Option<Vec<u8>>,
+    Option<i64>,
+    i64,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    bool,
+);
 
 pub(crate) fn webhook_from_row(
-    (id, owner, url, events, inbox, secret_sealed, previous_secret_sealed, previous_until, created_at): WebhookRow,
+    (id, owner, url, events, inbox, secret_sealed, previous_secret_sealed, previous_until, created_at, agent, read_grant, send_grant, include_body): WebhookRow,
 ) -> Result<WebhookRecord, StoreError> {
+    let agent = match agent {
+        Some(agent) => Some(AgentSubscriber {
+            agent: crate::sqlite::stored("agent", &agent)?,
+            read_grant: read_grant.map(|g| crate::sqlite::stored("grant", &g)).transpose()?,
+            send_grant: send_grant.map(|g| crate::sqlite::stored("grant", &g)).transpose()?,
+        }),
+        None => None,
+    };
     Ok(WebhookRecord {
         id,
         owner: crate::sqlite::stored("owner", &owner)?,
@@ -318,6 +363,8 @@ pub(crate) fn webhook_from_row(
         previous_secret_sealed,
         previous_until,
         created_at,
+        agent,
+        include_body,
     })
 }
 
@@ -380,17 +427,25 @@ async fn insert_events_sqlite(
 ) -> Result<u64, StoreError> {
     let mut added = 0;
     for e in events {
-        let subs: Vec<(String,)> = sqlx::query_as(
-            "SELECT id FROM webhook_subscriptions
-              WHERE owner = ?1 AND (inbox IS NULL OR inbox = ?2) AND instr(events, ',' || ?3 || ',') > 0",
+        // An agent's subscription only while the grant behind this kind of event is active.
+        let subs: Vec<(String, bool)> = sqlx::query_as(
+            "SELECT s.id, s.include_body FROM webhook_subscriptions s
+              WHERE s.owner = ?1 AND (s.inbox IS NULL OR s.inbox = ?2) AND instr(s.events, ',' || ?3 || ',') > 0
+                AND (s.agent IS NULL OR EXISTS (
+                      SELECT 1 FROM grants g
+                       WHERE g.id = CASE WHEN ?3 = 'message.received' THEN s.read_grant ELSE s.send_grant END
+                         AND g.agent = s.agent AND g.revoked_at IS NULL AND g.expires_at > ?4
+                         AND instr(',' || g.scopes || ',', CASE WHEN ?3 = 'message.received' THEN ',read,' ELSE ',send,' END) > 0))",
         )
         .bind(e.owner.as_str())
         .bind(e.inbox.as_ref().map(Address::as_str))
         .bind(&e.event_type)
+        .bind(now_ms / 1000)
         .fetch_all(&mut *tx)
         .await
         .map_err(backend)?;
-        for (sub,) in subs {
+        for (sub, include_body) in subs {
+            let payload = if include_body { e.payload_with_body.as_ref().unwrap_or(&e.payload) } else { &e.payload };
             let done = sqlx::query(
                 "INSERT INTO webhook_deliveries
                     (id, subscription_id, owner, event_type, event_key, payload, state, created_at, next_attempt_ms)
@@ -402,7 +457,7 @@ async fn insert_events_sqlite(
             .bind(e.owner.as_str())
             .bind(&e.event_type)
             .bind(&e.event_key)
-            .bind(&e.payload)
+            .bind(payload)
             .bind(now_ms / 1000)
             .bind(now_ms)
             .execute(&mut *tx)
@@ -421,8 +476,9 @@ impl Webhooks for SqliteStore {
         let mut tx = self.write_tx().await?;
         sqlx::query(
             "INSERT INTO webhook_subscriptions
-                (id, owner, url, events, inbox, secret_sealed, previous_secret_sealed, previous_until, created_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                (id, owner, url, events, inbox, secret_sealed, previous_secret_sealed, previous_until, created_at,
+                 agent, read_grant, send_grant, include_body)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
         )
         .bind(&webhook.id)
         .bind(webhook.owner.as_str())
@@ -433,6 +489,10 @@ impl Webhooks for SqliteStore {
         .bind(webhook.previous_secret_sealed.as_deref())
         .bind(webhook.previous_until)
         .bind(webhook.created_at)
+        .bind(webhook.agent.as_ref().map(|a| a.agent.as_str()))
+        .bind(webhook.agent.as_ref().and_then(|a| a.read_grant.as_ref()).map(GrantId::as_str))
+        .bind(webhook.agent.as_ref().and_then(|a| a.send_grant.as_ref()).map(GrantId::as_str))
+        .bind(webhook.include_body)
         .execute(&mut *tx)
         .await
         .map_err(|e| crate::sqlite::insert_error(e, || format!("webhook {}", webhook.id)))?;
@@ -441,10 +501,9 @@ impl Webhooks for SqliteStore {
     }
 
     async fn list_webhooks(&self, owner: &OwnerId) -> Result<Vec<WebhookRecord>, StoreError> {
-        let rows: Vec<WebhookRow> = sqlx::query_as(
-            "SELECT id, owner, url, events, inbox, secret_sealed, previous_secret_sealed, previous_until, created_at
-               FROM webhook_subscriptions WHERE owner = ?1 ORDER BY created_at, id",
-        )
+        let rows: Vec<WebhookRow> = sqlx::query_as(&format!(
+            "SELECT {WEBHOOK_COLUMNS} FROM webhook_subscriptions WHERE owner = ?1 ORDER BY created_at, id"
+        ))
         .bind(owner.as_str())
         .fetch_all(&self.pool)
         .await

@@ -32,7 +32,7 @@ pub fn is_inbox_event(event_type: &str) -> bool {
     event_type.starts_with("message.")
 }
 
-fn body(event_type: &str, at: UnixTime, data: Value) -> String {
+fn envelope(event_type: &str, at: UnixTime, data: Value) -> String {
     json!({ "type": event_type, "timestamp": rfc3339(at), "data": data }).to_string()
 }
 
@@ -73,8 +73,44 @@ fn memchr_header_end(raw: &[u8]) -> Option<usize> {
     raw.windows(4).position(|w| w == b"\r\n\r\n").or_else(|| raw.windows(2).position(|w| w == b"\n\n"))
 }
 
-/// `message.received` for an index row.
-pub fn message_received(m: &FedMessage, facts: &HeaderFacts) -> NewWebhookEvent {
+/// Longest text carried by a `message.received` of a subscription that asks
+/// for the body, in bytes (cut at a character boundary, `text_truncated` then true).
+pub const MAX_BODY_TEXT_BYTES: usize = 64 * 1024;
+
+/// The text of a message for subscriptions that ask for it (`include_body`):
+/// the plain-text part, else the HTML part as text; never attachments.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BodyText {
+    /// At most [`MAX_BODY_TEXT_BYTES`].
+    pub text: String,
+    /// Whether it was cut.
+    pub truncated: bool,
+}
+
+impl BodyText {
+    /// Parses the whole of `raw`; `None` when it has no text.
+    pub fn read(message_id: &str, raw: &[u8], our_hostname: &str) -> Option<Self> {
+        let parsed = agentkeys_agent::message::ParsedMessage::parse(message_id, raw, our_hostname).ok()?;
+        let text = parsed.text.or(parsed.html_text)?;
+        Some(Self::cut(text))
+    }
+
+    fn cut(mut text: String) -> Self {
+        if text.len() <= MAX_BODY_TEXT_BYTES {
+            return Self { text, truncated: false };
+        }
+        let mut end = MAX_BODY_TEXT_BYTES;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        Self { text, truncated: true }
+    }
+}
+
+/// `message.received` for an index row; with `body` (read only when a
+/// subscription asks for it), also the payload those subscriptions get.
+pub fn message_received(m: &FedMessage, facts: &HeaderFacts, body: Option<&BodyText>) -> NewWebhookEvent {
     let mut data = json!({
         "inbox": m.inbox,
         "message_id": m.id,
@@ -90,12 +126,19 @@ pub fn message_received(m: &FedMessage, facts: &HeaderFacts) -> NewWebhookEvent 
     if let Some(authenticated) = facts.authenticated {
         data["authenticated"] = json!(authenticated);
     }
+    let payload_with_body = body.map(|b| {
+        let mut with = data.clone();
+        with["text"] = json!(b.text);
+        with["text_truncated"] = json!(b.truncated);
+        envelope(MESSAGE_RECEIVED, m.received_at, with)
+    });
     NewWebhookEvent {
         owner: m.owner.clone(),
         inbox: Some(m.inbox.clone()),
         event_type: MESSAGE_RECEIVED.to_owned(),
         event_key: format!("{MESSAGE_RECEIVED}:{}:{}", m.inbox, m.id),
-        payload: body(MESSAGE_RECEIVED, m.received_at, data),
+        payload: envelope(MESSAGE_RECEIVED, m.received_at, data),
+        payload_with_body,
     }
 }
 
@@ -107,7 +150,8 @@ pub fn message_sent(owner: &OwnerId, sender: &Address, message_id: &str, recipie
         inbox: Some(sender.clone()),
         event_type: MESSAGE_SENT.to_owned(),
         event_key: format!("{MESSAGE_SENT}:{message_id}"),
-        payload: body(MESSAGE_SENT, at, data),
+        payload: envelope(MESSAGE_SENT, at, data),
+        payload_with_body: None,
     }
 }
 
@@ -134,7 +178,8 @@ pub fn message_attempt(fact: &OutboundFact) -> Option<NewWebhookEvent> {
         inbox: Some(fact.sender.clone()),
         event_type: event_type.to_owned(),
         event_key: format!("{event_type}:{}:{}:{attempt}", fact.message_id, fact.recipient),
-        payload: body(event_type, fact.at, data),
+        payload: envelope(event_type, fact.at, data),
+        payload_with_body: None,
     })
 }
 
@@ -150,7 +195,8 @@ pub fn expiring(c: &ExpiringCredential, now: UnixTime) -> NewWebhookEvent {
         inbox: None,
         event_type: event_type.to_owned(),
         event_key: format!("{event_type}:{}:{}", c.id, c.expires_at),
-        payload: body(event_type, now, data),
+        payload: envelope(event_type, now, data),
+        payload_with_body: None,
     }
 }
 
@@ -174,11 +220,33 @@ mod tests {
             size: raw.len() as u64,
             received_at: 1_700_000_000,
         };
-        let event = message_received(&m, &facts);
+        let event = message_received(&m, &facts, None);
         assert!(!event.payload.contains("secret body"));
+        assert_eq!(event.payload_with_body, None);
+        let body = BodyText::read("01J", raw, "mx.test").unwrap();
+        assert_eq!(body, BodyText { text: "secret body 123456\r\n".to_owned(), truncated: false });
+        let with = message_received(&m, &facts, Some(&body));
+        assert!(!with.payload.contains("secret body"), "only subscriptions asking for it get the body");
+        let v: Value = serde_json::from_str(with.payload_with_body.as_deref().unwrap()).unwrap();
+        assert_eq!((v["data"]["text"].as_str(), v["data"]["text_truncated"].as_bool()), (Some(body.text.as_str()), Some(false)));
         let v: Value = serde_json::from_str(&event.payload).unwrap();
         assert_eq!(v["type"], "message.received");
         assert_eq!(v["data"]["from"], "alice@example.com");
         assert_eq!(v["data"]["size"], raw.len());
+    }
+}
+
+#[cfg(test)]
+mod body_tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn a_long_text_is_cut_at_the_limit_on_a_character_boundary() {
+        let exact = BodyText::cut("a".repeat(MAX_BODY_TEXT_BYTES));
+        assert_eq!((exact.text.len(), exact.truncated), (MAX_BODY_TEXT_BYTES, false));
+        // 'é' is two bytes: the limit falls inside one, the cut goes before it.
+        let long = BodyText::cut(format!("{}é{}", "a".repeat(MAX_BODY_TEXT_BYTES - 1), "b".repeat(10)));
+        assert_eq!((long.text.len(), long.truncated), (MAX_BODY_TEXT_BYTES - 1, true));
     }
 }

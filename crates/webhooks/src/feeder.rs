@@ -22,7 +22,7 @@ use agentkeys_store::{BlobKey, BlobStore, NewWebhookEvent, OutboundFact, StoreEr
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::events::{self, HeaderFacts};
+use crate::events::{self, BodyText, HeaderFacts};
 use crate::now_ms;
 
 /// Most index rows (or outbound facts) turned into events per transaction.
@@ -121,22 +121,28 @@ impl Feeder {
         }
         let mut events = Vec::with_capacity(messages.len());
         for m in &messages {
-            let subscribed = wanted
+            let matching: Vec<&WebhookRecord> = wanted
                 .get(&m.owner)
-                .is_some_and(|hooks| hooks.iter().any(|w| w.inbox.as_ref().is_none_or(|i| i == &m.inbox)));
-            if !subscribed {
+                .map(|hooks| hooks.iter().filter(|w| w.inbox.as_ref().is_none_or(|i| i == &m.inbox)).collect())
+                .unwrap_or_default();
+            if matching.is_empty() {
                 continue;
             }
-            let facts = match ulid::Ulid::from_string(&m.id) {
+            // The whole message is parsed only when a subscription asks for its text.
+            let with_body = matching.iter().any(|w| w.include_body);
+            let (facts, body) = match ulid::Ulid::from_string(&m.id) {
                 Ok(id) => match self.blobs.get(&BlobKey::message(&m.owner, &m.inbox, id)).await {
-                    Ok(Some(raw)) => HeaderFacts::read(&m.id, &raw, &self.config.hostname),
+                    Ok(Some(raw)) => (
+                        HeaderFacts::read(&m.id, &raw, &self.config.hostname),
+                        if with_body { BodyText::read(&m.id, &raw, &self.config.hostname) } else { None },
+                    ),
                     // Removed meanwhile (retention, expiry): the event goes without them.
-                    Ok(None) => HeaderFacts::default(),
+                    Ok(None) => (HeaderFacts::default(), None),
                     Err(err) => return Err(StoreError::Backend(format!("cannot read message {}: {err}", m.id))),
                 },
-                Err(_) => HeaderFacts::default(),
+                Err(_) => (HeaderFacts::default(), None),
             };
-            events.push(events::message_received(m, &facts));
+            events.push(events::message_received(m, &facts, body.as_ref()));
         }
         // Another feeder (node) may have moved the position first: then its
         // rows stand and ours are dropped.

@@ -8,7 +8,11 @@ CREATE TABLE webhook_subscriptions (
     secret_sealed          BYTEA NOT NULL,
     previous_secret_sealed BYTEA,
     previous_until         BIGINT,
-    created_at             BIGINT NOT NULL
+    created_at             BIGINT NOT NULL,
+    agent                  TEXT COLLATE "C",
+    read_grant             TEXT COLLATE "C",
+    send_grant             TEXT COLLATE "C",
+    include_body           BOOLEAN NOT NULL DEFAULT FALSE
 );
 CREATE INDEX webhook_subscriptions_by_owner ON webhook_subscriptions (owner);
 

@@ -5,6 +5,11 @@
 -- so a match is one `instr`. The secrets are sealed under a key derived from
 -- the master seed (the store never sees them in the clear); during a rotation
 -- the previous one keeps signing until `previous_until`.
+--
+-- An agent's subscription (`agent` set) lives under its grants: events of
+-- `message.received` go out only while `read_grant` is active, the outbound
+-- events only while `send_grant` is (checked when each event is recorded).
+-- `include_body`: `message.received` carries the message's text.
 CREATE TABLE webhook_subscriptions (
     id                     TEXT    NOT NULL PRIMARY KEY,
     owner                  TEXT    NOT NULL,
@@ -14,7 +19,11 @@ CREATE TABLE webhook_subscriptions (
     secret_sealed          BLOB    NOT NULL,
     previous_secret_sealed BLOB,
     previous_until         INTEGER,
-    created_at             INTEGER NOT NULL
+    created_at             INTEGER NOT NULL,
+    agent                  TEXT,
+    read_grant             TEXT,
+    send_grant             TEXT,
+    include_body           INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX webhook_subscriptions_by_owner ON webhook_subscriptions (owner);
 

@@ -10,6 +10,11 @@
 //!   object exactly like a missing one, and an owner's events never reach
 //!   another owner's subscriptions (nor an inbox filter's other inboxes).
 //!
+//! - **An agent's subscription lives under its grants**: an event is recorded
+//!   for it only while the grant behind that kind of event (`read` for
+//!   `message.received`, `send` for the outbound events) is active and still
+//!   has that scope; a subscription asking for the body gets the body's payload.
+//!
 //! Run with [`webhook_conformance_tests!`](crate::webhook_conformance_tests).
 
 use std::collections::BTreeMap;
@@ -27,6 +32,7 @@ macro_rules! webhook_conformance_tests {
             webhook_claims_generated,
             webhook_events_make_one_delivery_per_subscription,
             webhook_owners_see_only_their_own,
+            webhook_agent_subscriptions_live_under_their_grants,
         );
     };
 }
@@ -42,6 +48,8 @@ fn hook(id: &str, owner_n: u32, events: &[&str], inbox: Option<&str>) -> Webhook
         previous_secret_sealed: None,
         previous_until: None,
         created_at: NOW,
+        agent: None,
+        include_body: false,
     }
 }
 
@@ -52,6 +60,7 @@ fn received(owner_n: u32, inbox: &str, n: usize) -> NewWebhookEvent {
         event_type: "message.received".to_owned(),
         event_key: format!("message.received:{inbox}:{n}"),
         payload: format!("{{\"n\":{n}}}"),
+        payload_with_body: Some(format!("{{\"n\":{n},\"body\":true}}")),
     }
 }
 
@@ -176,6 +185,7 @@ pub async fn webhook_events_make_one_delivery_per_subscription<B: Backend>(backe
         event_type: "grant.expiring".to_owned(),
         event_key: "grant.expiring:g:1".to_owned(),
         payload: "{}".to_owned(),
+        payload_with_body: None,
     };
     assert_eq!(a.enqueue_webhook_events(&[grant], NOW_MS).await.unwrap(), 1);
     // The message feed moves by compare-and-set: of two commits from one position, one wins.
@@ -244,4 +254,70 @@ pub async fn webhook_owners_see_only_their_own<B: Backend>(backend: Arc<B>) {
     a.delete_webhook(&owner(1), "wh_one", &event("webhook.delete", "wh_one")).await.unwrap();
     not_found(a.list_webhook_deliveries(&owner(1), "wh_one", 10).await, "deleted");
     not_found(a.redeliver_webhook(&owner(1), &ones[0].id, NOW_MS).await, "a deleted subscription's delivery");
+}
+
+/// Agent subscriptions: recorded only under an active grant with the event's
+/// scope; revoking it (or the payload asked for) changes what is recorded.
+pub async fn webhook_agent_subscriptions_live_under_their_grants<B: Backend>(backend: Arc<B>) {
+    let (a, b) = pair(backend.as_ref()).await;
+    two_owners(&a, &b).await;
+    let bot = format!("bot@{DOMAIN}");
+    a.add_grant(&grant_record(1, 1, 1, &bot, "read"), &event("grant.create", "g1")).await.unwrap();
+    a.add_grant(&grant_record(2, 1, 1, &bot, "send"), &event("grant.create", "g2")).await.unwrap();
+    let by_agent = |id: &str, events: &[&str], read: Option<u32>, send: Option<u32>, body: bool| WebhookRecord {
+        agent: Some(crate::AgentSubscriber {
+            agent: agent(1),
+            read_grant: read.map(grant_id),
+            send_grant: send.map(grant_id),
+        }),
+        include_body: body,
+        ..hook(id, 1, events, Some("bot"))
+    };
+    let hooks = [
+        by_agent("wh_read", &["message.received", "message.sent"], Some(1), None, false),
+        by_agent("wh_body", &["message.received"], Some(1), None, true),
+        by_agent("wh_send", &["message.sent"], None, Some(2), false),
+        // A `send` grant named where a `read` one is needed records nothing.
+        by_agent("wh_wrong", &["message.received"], Some(2), None, true),
+    ];
+    for h in &hooks {
+        a.create_webhook(h, &event("webhook.create", &h.id)).await.unwrap();
+    }
+    let listed = b.list_webhooks(&owner(1)).await.unwrap();
+    assert_eq!(listed.iter().find(|w| w.id == "wh_body"), Some(&hooks[1]), "stored as given");
+    let sent = |n: usize| NewWebhookEvent {
+        owner: owner(1),
+        inbox: Some(address("bot")),
+        event_type: "message.sent".to_owned(),
+        event_key: format!("message.sent:{n}"),
+        payload: format!("{{\"sent\":{n}}}"),
+        payload_with_body: None,
+    };
+    assert_eq!(b.enqueue_webhook_events(&[received(1, "bot", 1), sent(1)], NOW_MS).await.unwrap(), 3);
+    let payloads = |id: &'static str| {
+        let a = a.clone();
+        async move {
+            let claims = a.claim_webhook_deliveries(NOW_MS, 1000, NOW_MS + 1000).await.unwrap();
+            let mut mine: Vec<String> = claims.into_iter().filter(|c| c.delivery.subscription_id == id).map(|c| c.payload).collect();
+            mine.sort();
+            mine
+        }
+    };
+    // Claimed once each: the first call takes every row, keep them by subscription.
+    let claims = a.claim_webhook_deliveries(NOW_MS, 1000, NOW_MS + 1000).await.unwrap();
+    let mut by_sub: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for c in claims {
+        by_sub.entry(c.delivery.subscription_id.clone()).or_default().push(c.payload);
+    }
+    assert_eq!(by_sub.get("wh_read"), Some(&vec!["{\"n\":1}".to_owned()]), "message.sent needs the send grant: {by_sub:?}");
+    assert_eq!(by_sub.get("wh_body"), Some(&vec!["{\"n\":1,\"body\":true}".to_owned()]), "{by_sub:?}");
+    assert_eq!(by_sub.get("wh_send"), Some(&vec!["{\"sent\":1}".to_owned()]), "{by_sub:?}");
+    assert_eq!(by_sub.get("wh_wrong"), None, "{by_sub:?}");
+    // Revoked: nothing more for the read grant's subscriptions; the send grant's go on.
+    a.revoke_grant(&grant_id(1), NOW, &event("grant.revoke", "g1")).await.unwrap();
+    assert_eq!(b.enqueue_webhook_events(&[received(1, "bot", 2), sent(2)], NOW_MS).await.unwrap(), 1);
+    assert_eq!(payloads("wh_send").await, ["{\"sent\":2}"]);
+    // Past the send grant's expiry: nothing.
+    let later = (NOW + DAY + 1) * 1000;
+    assert_eq!(b.enqueue_webhook_events(&[sent(3)], later).await.unwrap(), 0);
 }

@@ -6,7 +6,7 @@
 //! `(subscription_id, event_key)`.
 
 use agentkeys_audit::{AuditEvent, AuditReceipt};
-use agentkeys_core::{Address, OwnerId, UnixTime};
+use agentkeys_core::{Address, GrantId, OwnerId, UnixTime};
 use async_trait::async_trait;
 use sqlx::PgConnection;
 
@@ -17,24 +17,32 @@ use crate::sqlite::require_ok;
 use crate::webhooks::{
     ClaimRow, DELIVERY_COLUMNS, DeliveryAttempt, DeliveryClaim, DeliveryRecord, DeliveryRow, DeliveryState,
     ExpiringCredential, FedMessage, MESSAGE_FEED, NewWebhookEvent, OutboundFact, OutboundFactRow, WebhookRecord,
-    WebhookRow, Webhooks, attempt_state, claim_from_row, delivery_from_row, delivery_id, events_column,
+    WEBHOOK_COLUMNS, WebhookRow, Webhooks, attempt_state, claim_from_row, delivery_from_row, delivery_id, events_column,
     expiring_from_rows, fact_from_row, lease_token, not_found, webhook_from_row,
 };
 
 async fn insert_events(tx: &mut PgConnection, events: &[NewWebhookEvent], now_ms: i64) -> Result<u64, StoreError> {
     let mut added = 0;
     for e in events {
-        let subs: Vec<(String,)> = sqlx::query_as(
-            "SELECT id FROM webhook_subscriptions
-              WHERE owner = $1 AND (inbox IS NULL OR inbox = $2) AND strpos(events, ',' || $3 || ',') > 0",
+        // An agent's subscription only while the grant behind this kind of event is active.
+        let subs: Vec<(String, bool)> = sqlx::query_as(
+            "SELECT s.id, s.include_body FROM webhook_subscriptions s
+              WHERE s.owner = $1 AND (s.inbox IS NULL OR s.inbox = $2) AND strpos(s.events, ',' || $3 || ',') > 0
+                AND (s.agent IS NULL OR EXISTS (
+                      SELECT 1 FROM grants g
+                       WHERE g.id = CASE WHEN $3 = 'message.received' THEN s.read_grant ELSE s.send_grant END
+                         AND g.agent = s.agent AND g.revoked_at IS NULL AND g.expires_at > $4
+                         AND strpos(',' || g.scopes || ',', CASE WHEN $3 = 'message.received' THEN ',read,' ELSE ',send,' END) > 0))",
         )
         .bind(e.owner.as_str())
         .bind(e.inbox.as_ref().map(Address::as_str))
         .bind(&e.event_type)
+        .bind(now_ms / 1000)
         .fetch_all(&mut *tx)
         .await
         .map_err(backend)?;
-        for (sub,) in subs {
+        for (sub, include_body) in subs {
+            let payload = if include_body { e.payload_with_body.as_ref().unwrap_or(&e.payload) } else { &e.payload };
             let done = sqlx::query(
                 "INSERT INTO webhook_deliveries
                     (id, subscription_id, owner, event_type, event_key, payload, state, created_at, next_attempt_ms)
@@ -46,7 +54,7 @@ async fn insert_events(tx: &mut PgConnection, events: &[NewWebhookEvent], now_ms
             .bind(e.owner.as_str())
             .bind(&e.event_type)
             .bind(&e.event_key)
-            .bind(&e.payload)
+            .bind(payload)
             .bind(now_ms / 1000)
             .bind(now_ms)
             .execute(&mut *tx)
@@ -65,8 +73,9 @@ impl Webhooks for PgStore {
         let mut tx = self.begin().await?;
         sqlx::query(
             "INSERT INTO webhook_subscriptions
-                (id, owner, url, events, inbox, secret_sealed, previous_secret_sealed, previous_until, created_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                (id, owner, url, events, inbox, secret_sealed, previous_secret_sealed, previous_until, created_at,
+                 agent, read_grant, send_grant, include_body)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
         )
         .bind(&webhook.id)
         .bind(webhook.owner.as_str())
@@ -77,6 +86,10 @@ impl Webhooks for PgStore {
         .bind(webhook.previous_secret_sealed.as_deref())
         .bind(webhook.previous_until)
         .bind(webhook.created_at)
+        .bind(webhook.agent.as_ref().map(|a| a.agent.as_str()))
+        .bind(webhook.agent.as_ref().and_then(|a| a.read_grant.as_ref()).map(GrantId::as_str))
+        .bind(webhook.agent.as_ref().and_then(|a| a.send_grant.as_ref()).map(GrantId::as_str))
+        .bind(webhook.include_body)
         .execute(&mut *tx)
         .await
         .map_err(|e| insert_error(e, || format!("webhook {}", webhook.id)))?;
@@ -85,10 +98,9 @@ impl Webhooks for PgStore {
     }
 
     async fn list_webhooks(&self, owner: &OwnerId) -> Result<Vec<WebhookRecord>, StoreError> {
-        let rows: Vec<WebhookRow> = sqlx::query_as(
-            "SELECT id, owner, url, events, inbox, secret_sealed, previous_secret_sealed, previous_until, created_at
-               FROM webhook_subscriptions WHERE owner = $1 ORDER BY created_at, id",
-        )
+        let rows: Vec<WebhookRow> = sqlx::query_as(&format!(
+            "SELECT {WEBHOOK_COLUMNS} FROM webhook_subscriptions WHERE owner = $1 ORDER BY created_at, id"
+        ))
         .bind(owner.as_str())
         .fetch_all(&self.pool)
         .await
