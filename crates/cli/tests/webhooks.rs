@@ -534,3 +534,38 @@ fn an_agent_subscribes_under_its_grant_and_only_it_gets_the_body_until_the_grant
     assert_eq!((status, deleted["deleted"].as_bool()), (200, Some(true)), "{deleted}");
     assert_eq!(webhook_ok(&server, OWNER_A, &["list"]).as_array().unwrap().len(), 1);
 }
+
+#[test]
+fn a_receiver_down_for_the_whole_retry_period_leaves_the_delivery_failed_after_the_schedule() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let (_, _, alice, _) = provision(d, OWNER_A, ALICE, "alice");
+    // 0.0002: the 24 h period is 17.3 s, the schedule (5 s … 8 h) 17.1 s of it.
+    let server = start(d, &webhook_env(&[("AGENTKEYS_WEBHOOKS_BACKOFF_SCALE", "0.0002".to_owned())]));
+    let mut receiver = Receiver::start(d, "down", &[]);
+    receiver.command("MODE fail");
+    let created = webhook_ok(&server, OWNER_A, &["create", "--url", &receiver.url("/"), "--events", "message.received"]);
+    receiver.command(&format!("SECRET {}", created["secret"].as_str().unwrap()));
+    let id = created["id"].as_str().unwrap().to_owned();
+    assert_eq!(send_raw(server.inbound, "s@example.net", &alice, &mx_message("s@example.net", &alice, "down")).unwrap(), 250);
+    wait_for("the delivery to fail for good", Duration::from_secs(90), || {
+        deliveries(&server, OWNER_A, &id).first().is_some_and(|d| d["state"] == "failed")
+    });
+    let log = deliveries(&server, OWNER_A, &id);
+    let attempts = log[0]["attempts"].as_u64().unwrap();
+    // The first attempt and one per schedule entry that fits in the period:
+    // 11 on time; the last retry falls 1% before the period's end, so a worker
+    // that polled late may find it past the end (10).
+    assert!((10..=11).contains(&attempts), "{}", log[0]);
+    assert_eq!((log[0]["last_status"].as_u64(), log[0]["next_attempt_at"].is_null()), (Some(500), true), "{}", log[0]);
+    std::thread::sleep(Duration::from_secs(2));
+    let requests = receiver.requests();
+    assert_eq!(requests.len() as u64, attempts, "no attempt after it failed");
+    assert!(requests.iter().all(|r| r["status"] == 500 && r["verified"] == true && r["id"] == log[0]["id"]));
+    // Redelivered after it failed: one more attempt with the same id.
+    receiver.command("MODE ok");
+    webhook_ok(&server, OWNER_A, &["redeliver", log[0]["id"].as_str().unwrap()]);
+    wait_for("the redelivery", Duration::from_secs(30), || deliveries(&server, OWNER_A, &id)[0]["state"] == "delivered");
+    assert_eq!(deliveries(&server, OWNER_A, &id)[0]["attempts"].as_u64(), Some(attempts + 1));
+    assert_eq!(receiver.requests().last().unwrap()["id"], log[0]["id"]);
+}
