@@ -64,6 +64,12 @@
 #   BENCH_RESULTS=dir  where results go (default bench/results)
 #   BENCH_PG=postgres://postgres@127.0.0.1:5432  BENCH_PG_PARAMS=  BENCH_PG_ANALYZE=1  (see bench/store.sh)
 #   With BENCH_PORT_BASE, the store's ports are N+19..N+31.
+#   BENCH_WEBHOOKS=N  (N > 0; default SQLite store, one node) a second AgentKeys
+#     server "agentkeys-webhooks", set up like the first, with N webhook
+#     subscriptions to message.received of the bench inbox, all to a local
+#     receiver (bench/webhook_sink.py, 204 at once); its inbound runs alternate
+#     with the first server's, and webhooks.md gives the ratio (bar: >= 0.9).
+#     Ports N+32..N+36 with BENCH_PORT_BASE.
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -100,6 +106,7 @@ BENCH_KEEP=${BENCH_KEEP:-0}
 BENCH_PORT_BASE=${BENCH_PORT_BASE:-}
 BENCH_COUNT_MESSAGES=${BENCH_COUNT_MESSAGES:-1000}
 BENCH_COUNT_IDLE=${BENCH_COUNT_IDLE:-5}
+BENCH_WEBHOOKS=${BENCH_WEBHOOKS:-0}
 
 RCPT="bench@agents.localhost"
 FROM="sender@loadgen.localhost"
@@ -263,6 +270,7 @@ server_cpu() {
   case $1 in
     agentkeys) [[ -n ${AK_PID:-} ]] && "$LOADGEN" cpu-tree --pid "$AK_PID" ${AK_PID_B:-} ;;
     agentkeys-1) [[ -n ${AK_PID:-} ]] && "$LOADGEN" cpu-tree --pid "$AK_PID" ;;
+    agentkeys-webhooks) [[ -n ${AK_PID_W:-} ]] && "$LOADGEN" cpu-tree --pid "$AK_PID_W" ;;
     smtp-sink) [[ -n ${SINK_PID:-} ]] && "$LOADGEN" cpu-tree --pid "$SINK_PID" ;;
     postfix) [[ -n ${PF_MASTER:-} ]] && "$LOADGEN" cpu-tree --pid "$PF_MASTER" ;;
   esac
@@ -522,6 +530,56 @@ start_agentkeys() {
     store_haproxy "$WORK/haproxy" "$P_LB1=$P_IN" "$P_LB2=$P_IN,$P_IN_B"
     AK_MX=$P_LB2
   fi
+}
+
+# The webhook comparison (BENCH_WEBHOOKS): a second server set up like the
+# first, with BENCH_WEBHOOKS subscriptions to message.received of the bench
+# inbox, every one to the local receiver.
+setup_webhooks_node() {
+  AK_DATA_W="$WORK/agentkeys-data-webhooks"
+  mkdir -p "$AK_DATA_W"
+  provision_owner "$AK_DATA_W" webhooks
+  local akw=("$AK" --data-dir "$AK_DATA_W")
+  (cd "$WORK" && "${akw[@]}" agent add "$AGENT" --owner "$OWNER") >/dev/null
+  (cd "$WORK" && "${akw[@]}" inbox create --agent "$AGENT" --name bench --json) | grep -qF "$RCPT" \
+    || die "webhooks node: inbox create failed"
+  owner_grant "$AK_DATA_W" webhooks
+}
+
+start_webhooks_node() {
+  python3 "$BENCH/webhook_sink.py" "$P_WRX" "$RESULTS/webhook-sink-count.txt" >"$WORK/webhook-sink.log" 2>&1 &
+  WRX_PID=$!
+  PIDS+=("$WRX_PID")
+  wait_port "$P_WRX"
+  W_ENV=(AGENTKEYS_WEBHOOKS_ALLOW_PRIVATE=true)
+  start_ak_node agentkeys-webhooks "$AK_DATA_W" "$P_IN_W" "$P_SUB_W" "$P_SUBTLS_W" "$P_HTTP_W" W_ENV
+  AK_PID_W=$NODE_PID
+  local conf="$WORK/owner-webhooks" i
+  for i in $(seq 1 "$BENCH_WEBHOOKS"); do
+    (cd "$WORK" && AGENTKEYS_CONFIG_DIR="$conf" "$AK" --data-dir "$AK_DATA_W" webhook create \
+      --url "http://127.0.0.1:$P_WRX/hook-$i" --events message.received --inbox "$RCPT" \
+      --owner "$OWNER" --passphrase-file "$conf/passphrase" --server "http://127.0.0.1:$P_HTTP_W" --json) \
+      | grep -q '"secret"' || die "webhook create $i failed"
+  done
+  log "agentkeys-webhooks: $BENCH_WEBHOOKS subscriptions to the receiver on :$P_WRX"
+}
+
+# Median rate per (target, mode) from throughput.tsv, and the webhook ratio.
+webhooks_report() {
+  local tsv="$RESULTS/throughput.tsv" mode base with ratio verdict
+  printf '%s subscriptions to message.received of the bench inbox on the second server, all to one local receiver (`bench/webhook_sink.py`, 204 at once); both servers SQLite, same settings, runs alternating. Median of %s runs of %s messages each (smtp-source, %s sessions, %s bytes).\n\n' \
+    "$BENCH_WEBHOOKS" "$BENCH_REPEATS" "$BENCH_MESSAGES" "$BENCH_SESSIONS" "$BENCH_SIZE"
+  printf '| Mode | without webhooks (msg/s) | with %s subscriptions (msg/s) | ratio (bar >= 0.9) |\n|---|---|---|---|\n' "$BENCH_WEBHOOKS"
+  for mode in per-connection persistent; do
+    base=$(awk -F'\t' -v m="$mode" '$1 == "agentkeys" && $2 == m && $6 == 1 { print $4 / $5 }' "$tsv" | sort -n | awk '{ a[NR] = $1 } END { if (NR) printf "%.0f", a[int((NR + 1) / 2)] }')
+    with=$(awk -F'\t' -v m="$mode" '$1 == "agentkeys-webhooks" && $2 == m && $6 == 1 { print $4 / $5 }' "$tsv" | sort -n | awk '{ a[NR] = $1 } END { if (NR) printf "%.0f", a[int((NR + 1) / 2)] }')
+    ratio=$(awk -v a="$base" -v b="$with" 'BEGIN { if (a > 0 && b != "") printf "%.2f", b / a; else print "?" }')
+    verdict=$(awk -v r="$ratio" 'BEGIN { if (r == "?") print "?"; else if (r >= 0.9) print "pass"; else print "FAIL" }')
+    printf '| %s | %s | %s | %s %s |\n' "$mode" "${base:-?}" "${with:-?}" "$ratio" "$verdict"
+  done
+  printf '\nDeliveries on the webhooks server at the end of the run (state: count): %s; requests the receiver answered: %s.\n' \
+    "$(sqlite3 "$AK_DATA_W/meta.sqlite" "SELECT state || ': ' || count(*) FROM webhook_deliveries GROUP BY state" | paste -sd ',' | sed 's/,/, /g')" \
+    "$(cat "$RESULTS/webhook-sink-count.txt" 2>/dev/null || echo '?')"
 }
 
 # Database round trips and S3 requests per accepted message: a third node whose
@@ -1018,15 +1076,21 @@ if [[ -n $BENCH_PORT_BASE ]]; then
   read -r P_SINK P_PF P_PFSUB P_IN P_SUB P_SUBTLS P_HTTP P_OSINK P_OIN P_OSUB P_OSUBTLS P_OHTTP \
     P_PFM P_ODKIM P_ODMARC P_RIN P_RSUB P_RSUBTLS P_RHTTP \
     P_S3 P_IN_B P_SUB_B P_SUBTLS_B P_HTTP_B P_LB1 P_LB2 P_CPG P_CS3 P_IN_C P_SUB_C P_SUBTLS_C P_HTTP_C \
-    < <(seq -s ' ' "$BENCH_PORT_BASE" $((BENCH_PORT_BASE + 31)))
+    P_IN_W P_SUB_W P_SUBTLS_W P_HTTP_W P_WRX \
+    < <(seq -s ' ' "$BENCH_PORT_BASE" $((BENCH_PORT_BASE + 36)))
 else
   read -r P_SINK P_PF P_PFSUB P_IN P_SUB P_SUBTLS P_HTTP P_OSINK P_OIN P_OSUB P_OSUBTLS P_OHTTP \
     P_PFM P_ODKIM P_ODMARC P_RIN P_RSUB P_RSUBTLS P_RHTTP \
     P_S3 P_IN_B P_SUB_B P_SUBTLS_B P_HTTP_B P_LB1 P_LB2 P_CPG P_CS3 P_IN_C P_SUB_C P_SUBTLS_C P_HTTP_C \
-    < <("$LOADGEN" free-ports --count 32)
+    P_IN_W P_SUB_W P_SUBTLS_W P_HTTP_W P_WRX \
+    < <("$LOADGEN" free-ports --count 37)
 fi
 
 has_part agentkeys && setup_agentkeys
+if has_part agentkeys && ((BENCH_WEBHOOKS > 0)); then
+  { store_is_shared || ((BENCH_NODES == 2)); } && die "BENCH_WEBHOOKS needs the default store and one node"
+  setup_webhooks_node
+fi
 has_part realistic && build_realistic_tools
 has_part sink && start_sink
 if has_part postfix || has_part realistic; then
@@ -1034,6 +1098,7 @@ if has_part postfix || has_part realistic; then
   start_postfix
 fi
 has_part agentkeys && start_agentkeys
+has_part agentkeys && ((BENCH_WEBHOOKS > 0)) && start_webhooks_node
 # Counted first, while the bucket is nearly empty: a node's start-up
 # reconciliation lists every inbox in S3, and through the counting proxy that
 # took 30 s with 31,000 messages and over 120 s with 62,000.
@@ -1085,6 +1150,7 @@ has_part postfix && targets+=("postfix:$P_PF")
 if has_part agentkeys; then
   ((BENCH_NODES == 2)) && targets+=("agentkeys-1:$P_LB1")
   targets+=("agentkeys:$AK_MX")
+  ((BENCH_WEBHOOKS > 0)) && targets+=("agentkeys-webhooks:$P_IN_W")
 fi
 : >"$RESULTS/throughput.tsv"
 for mode in per-connection persistent; do
@@ -1130,6 +1196,10 @@ if has_part agentkeys; then
   ak_stored=$(store_count_eml "$AK_DATA")
   ak_indexed=$(store_query "$AK_DATA" "SELECT count(*) FROM messages" 2>/dev/null || echo '?')
   accounting+=("AgentKeys ($BENCH_STORE, $BENCH_NODES node(s)) stored $ak_stored of $ak_sent messages (.eml objects in its blob store), $ak_indexed index rows")
+  if ((BENCH_WEBHOOKS > 0)); then
+    kill -0 "$AK_PID_W" 2>/dev/null || die "agentkeys serve (webhooks) died during the run; see $WORK/agentkeys-webhooks.log"
+    accounting+=("AgentKeys with webhooks stored $(store_count_eml "$AK_DATA_W") of $sent messages, $(sqlite3 "$AK_DATA_W/meta.sqlite" "SELECT count(*) FROM messages") index rows")
+  fi
 fi
 for line in "${accounting[@]}"; do log "$line"; done
 
@@ -1170,6 +1240,12 @@ if has_part outbound; then
   "$LOADGEN" report --dir "$RESULTS" --outbound >"$RESULTS/outbound.md"
   { printf '\n### Outbound\n\n'; cat "$RESULTS/outbound.md"; } >>"$RESULTS/latest.md"
 fi
+if has_part agentkeys && ((BENCH_WEBHOOKS > 0)); then
+  # The receiver writes its count when stopped.
+  kill "$WRX_PID" 2>/dev/null && for _ in $(seq 1 50); do [[ -s $RESULTS/webhook-sink-count.txt ]] && break; sleep 0.1; done
+  webhooks_report >"$RESULTS/webhooks.md"
+  { printf '\n### Inbound with webhooks\n\n'; cat "$RESULTS/webhooks.md"; } >>"$RESULTS/latest.md"
+fi
 cat "$RESULTS/latest.md"
 
 # Splices FILE between the lines BEGIN and END of BENCHMARKS.md.
@@ -1199,6 +1275,14 @@ if has_part realistic && [[ -s $RESULTS/realistic.md ]]; then
     log "realistic results written to BENCHMARKS.md"
   else
     log "BENCHMARKS.md has no realistic result markers; results are in $RESULTS/realistic.md"
+  fi
+fi
+
+if has_part agentkeys && ((BENCH_WEBHOOKS > 0)) && [[ -s $RESULTS/webhooks.md ]]; then
+  if splice '<!-- BEGIN WEBHOOK RESULTS (written by bench/run.sh) -->' '<!-- END WEBHOOK RESULTS -->' "$RESULTS/webhooks.md"; then
+    log "webhook results written to BENCHMARKS.md"
+  else
+    log "BENCHMARKS.md has no webhook result markers; results are in $RESULTS/webhooks.md"
   fi
 fi
 

@@ -52,6 +52,13 @@ if ! python3 -c "import mcp, jsonschema, sys; from importlib.metadata import ver
   python3 -m pip install --quiet "mcp>=2.3,<3" jsonschema
 fi
 
+# The webhook tests' receiver (tests/resources/webhook_receiver.py) verifies with the
+# Standard Webhooks reference library.
+if ! python3 -c "import standardwebhooks" 2>/dev/null; then
+  echo "installing Python test modules: standardwebhooks"
+  python3 -m pip install --quiet standardwebhooks
+fi
+
 # The independent DNS client of the testdns tests (tests/resources/dns_query.py) is dnspython.
 if ! python3 -c "import dns.message" 2>/dev/null; then
   echo "installing Python test modules: dnspython"

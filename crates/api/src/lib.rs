@@ -17,6 +17,12 @@
 //! | GET | `/v1/audit` | audit records concerning the owner (owner signature) |
 //! | GET | `/v1/agents`, `/v1/inboxes` | the owner's agents (with keys) and inboxes (owner signature) |
 //! | POST | `/v1/inboxes` | an inbox for one of the owner's agents (owner signature) |
+//! | POST, GET | `/v1/webhooks` | subscribe a URL to events / list subscriptions (owner signature, [`webhooks`]) |
+//! | DELETE | `/v1/webhooks/{id}` | delete a subscription (owner signature) |
+//! | POST | `/v1/webhooks/{id}/rotate` | a new secret, the previous one signing during the overlap (owner signature) |
+//! | GET | `/v1/webhooks/{id}/deliveries` | a subscription's delivery log (owner signature) |
+//! | POST | `/v1/webhook-deliveries/{id}/redeliver` | send a delivery again (owner signature) |
+//! | POST, GET, DELETE | `/v1/agent/webhooks[/{id}]` | an agent's own subscriptions, scoped by its grants (agent key) |
 //! | POST | `/v1/pairings` | open a pairing request (agent, public) |
 //! | GET | `/v1/pairings/{code}` | show a pairing request (owner signature) |
 //! | POST | `/v1/pairings/{code}/approve` | approve it: the agent is created (owner signature) |
@@ -49,6 +55,7 @@ pub mod pairing;
 pub mod presign;
 pub mod send;
 pub mod throttle;
+pub mod webhooks;
 pub mod well_known;
 
 use std::sync::Arc;
@@ -100,6 +107,9 @@ pub struct ApiState {
     server_info: Option<Arc<pairing::ServerInfo>>,
     /// How recipients with a tag resolve, and which inbox names are refused.
     subaddressing: agentkeys_core::Subaddressing,
+    /// Seals new webhook secrets and checks targets; without it the webhook
+    /// routes that create secrets answer 503.
+    webhooks: Option<agentkeys_webhooks::WebhookSettings>,
 }
 
 impl std::fmt::Debug for ApiState {
@@ -133,7 +143,16 @@ impl ApiState {
             mta_sts_policy: None,
             server_info: None,
             subaddressing: agentkeys_core::Subaddressing::default(),
+            webhooks: None,
         }
+    }
+
+    /// The same state serving the webhook routes ([`webhooks`]): new secrets
+    /// sealed by `settings.sealer`, targets checked under `settings.policy`.
+    #[must_use]
+    pub fn with_webhooks(mut self, settings: agentkeys_webhooks::WebhookSettings) -> Self {
+        self.webhooks = Some(settings);
+        self
     }
 
     /// The same state with another subaddress separator (default `+`): sending
@@ -299,6 +318,15 @@ fn table() -> Vec<Route> {
         route(Verb::Get, "/v1/agents", owner_directory::list_agents),
         route(Verb::Get, "/v1/inboxes", owner_directory::list_inboxes),
         route(Verb::Post, "/v1/inboxes", owner_directory::create_inbox),
+        route(Verb::Post, "/v1/webhooks", webhooks::create),
+        route(Verb::Get, "/v1/webhooks", webhooks::list),
+        route(Verb::Delete, "/v1/webhooks/{id}", webhooks::delete),
+        route(Verb::Post, "/v1/webhooks/{id}/rotate", webhooks::rotate),
+        route(Verb::Get, "/v1/webhooks/{id}/deliveries", webhooks::deliveries),
+        route(Verb::Post, "/v1/webhook-deliveries/{id}/redeliver", webhooks::redeliver),
+        route(Verb::Post, "/v1/agent/webhooks", webhooks::agent_create),
+        route(Verb::Get, "/v1/agent/webhooks", webhooks::agent_list),
+        route(Verb::Delete, "/v1/agent/webhooks/{id}", webhooks::agent_delete),
         route(Verb::Post, "/v1/pairings", pairing::open),
         route(Verb::Get, "/v1/pairings/{code}", pairing::view),
         route(Verb::Post, "/v1/pairings/{code}/approve", pairing::approve),

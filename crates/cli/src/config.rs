@@ -102,6 +102,16 @@ pub(crate) struct Config {
     pub(crate) store_metadata: Option<crate::store_location::MetadataLocation>,
     /// Where blobs live; `None`: files in the data directory.
     pub(crate) store_blobs: Option<crate::store_location::BlobLocation>,
+    /// Webhooks may target loopback, private, link-local, … addresses (false).
+    pub(crate) webhooks_allow_private: bool,
+    /// Multiplies the webhook retry schedule and retry period (1; tests use less).
+    pub(crate) webhooks_backoff_scale: f64,
+    /// Most webhook attempts in flight per node.
+    pub(crate) webhooks_concurrency: usize,
+    /// `grant.expiring` / `key.expiring` are raised this long before the expiry.
+    pub(crate) webhooks_expiry_notice_secs: u64,
+    /// How often expiring credentials are looked for.
+    pub(crate) webhooks_expiry_check_secs: u64,
 }
 
 impl Config {
@@ -179,6 +189,11 @@ impl Default for Config {
             tls_rpt: None,
             store_metadata: None,
             store_blobs: None,
+            webhooks_allow_private: false,
+            webhooks_backoff_scale: 1.0,
+            webhooks_concurrency: agentkeys_webhooks::worker::DEFAULT_CONCURRENCY,
+            webhooks_expiry_notice_secs: agentkeys_webhooks::feeder::EXPIRY_NOTICE.as_secs(),
+            webhooks_expiry_check_secs: agentkeys_webhooks::feeder::EXPIRY_CHECK.as_secs(),
             subaddressing: agentkeys_core::Subaddressing::default(),
         }
     }
@@ -340,6 +355,11 @@ pub(crate) const KEYS: &[Key] = &[
     Key { toml: "mta_sts.max_age", env: "AGENTKEYS_MTA_STS_MAX_AGE", help: "how long senders may cache the policy: seconds or a duration (604800 = 7d; at most 31557600)", set: |c, v| { c.mta_sts_max_age = parse_max_age(v)?; Ok(()) } },
     Key { toml: "mta_sts.mx", env: "AGENTKEYS_MTA_STS_MX", help: "the policy's MX host patterns (comma-separated in the env, a list in TOML; *.example.com allowed); default: the hostname", set: |c, v| { c.mta_sts_mx = parse_mx_patterns(v)?; Ok(()) } },
     Key { toml: "tls_rpt.rua", env: "AGENTKEYS_TLS_RPT_RUA", help: "where senders send TLS reports (RFC 8460), e.g. mailto:tlsrpt@example.com; publishes _smtp._tls.<domain>", set: |c, v| { c.tls_rpt = Some(TlsRpt::parse_rua(v).map_err(|e| e.to_string())?); Ok(()) } },
+    Key { toml: "webhooks.allow_private", env: "AGENTKEYS_WEBHOOKS_ALLOW_PRIVATE", help: "let webhooks target loopback, private (RFC 1918, ULA), link-local, CGNAT and other non-public addresses (false: refused at creation and at every connect)", set: |c, v| { c.webhooks_allow_private = parse_bool(v)?; Ok(()) } },
+    Key { toml: "webhooks.backoff_scale", env: "AGENTKEYS_WEBHOOKS_BACKOFF_SCALE", help: "multiplies the webhook retry schedule and its 24 h retry period (1; tests only use less)", set: |c, v| { c.webhooks_backoff_scale = parse_scale(v)?; Ok(()) } },
+    Key { toml: "webhooks.concurrency", env: "AGENTKEYS_WEBHOOKS_CONCURRENCY", help: "most webhook deliveries in flight per node (16)", set: |c, v| { c.webhooks_concurrency = parse_positive(v)?; Ok(()) } },
+    Key { toml: "webhooks.expiry_notice", env: "AGENTKEYS_WEBHOOKS_EXPIRY_NOTICE", help: "grant.expiring and key.expiring are sent this long before the expiry (e.g. 3d)", set: |c, v| { c.webhooks_expiry_notice_secs = parse_secs(v)?; Ok(()) } },
+    Key { toml: "webhooks.expiry_check_interval", env: "AGENTKEYS_WEBHOOKS_EXPIRY_CHECK_INTERVAL", help: "how often serve looks for expiring grants and keys (e.g. 10m)", set: |c, v| { c.webhooks_expiry_check_secs = parse_secs(v)?; Ok(()) } },
     Key { toml: "log", env: "AGENTKEYS_LOG", help: "log filter (error, warn, info, debug, or a tracing directive)", set: |c, v| { c.log = v.to_owned(); Ok(()) } },
 ];
 

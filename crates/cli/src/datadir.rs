@@ -122,6 +122,19 @@ impl DataDir {
 }
 
 impl DataDir {
+    /// Seals and opens webhook secrets under a key derived from the master seed.
+    pub(crate) fn webhook_sealer(&self) -> agentkeys_webhooks::SecretSealer {
+        agentkeys_webhooks::SecretSealer::new(self.seed.derive(agentkeys_webhooks::secret::SEALING_KEY_LABEL))
+    }
+
+    /// What the API's webhook routes need, under `config`'s target policy.
+    pub(crate) fn webhook_settings(&self, config: &Config) -> agentkeys_webhooks::WebhookSettings {
+        agentkeys_webhooks::WebhookSettings {
+            sealer: self.webhook_sealer(),
+            policy: agentkeys_webhooks::TargetPolicy { allow_private: config.webhooks_allow_private },
+        }
+    }
+
     /// The hosted domains' DKIM keys: Ed25519 derived from the master seed, RSA
     /// stored wrapped under a seed-derived key. Keys it creates are audited as `actor`.
     pub(crate) fn dkim_keyring(&self, actor: agentkeys_audit::Actor) -> agentkeys_delivery::DomainKeyring {

@@ -41,7 +41,9 @@ pub(crate) fn broker(dir: &DataDir, config: &Config) -> Result<TokenBroker> {
 /// The API router over an already open data directory.
 pub(crate) fn router_for(dir: &DataDir, config: &Config) -> Result<axum::Router> {
     let broker = Arc::new(broker(dir, config)?);
-    Ok(agentkeys_api::router(agentkeys_api::ApiState::new(broker).with_meta(dir.meta.clone())))
+    Ok(agentkeys_api::router(
+        agentkeys_api::ApiState::new(broker).with_meta(dir.meta.clone()).with_webhooks(dir.webhook_settings(config)),
+    ))
 }
 
 /// The API router over the configured data directory, which must exist already:

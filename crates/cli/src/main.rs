@@ -19,6 +19,7 @@ mod readiness;
 mod serve;
 mod store_location;
 mod tls;
+mod webhook_client;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -81,6 +82,9 @@ enum Command {
     /// Manage grants (what an agent may do with which inboxes).
     #[command(subcommand)]
     Grant(admin::GrantCmd),
+    /// Webhook subscriptions: events POSTed to your URLs, Standard Webhooks signed (owner).
+    #[command(subcommand)]
+    Webhook(webhook_client::WebhookCmd),
     /// Inspect the outbound queue.
     #[command(subcommand)]
     Queue(admin::QueueCmd),
@@ -172,6 +176,7 @@ fn main() -> ExitCode {
             Command::Key(c) => admin::key(&config, c, json).await,
             Command::Grant(c) => admin::grant(&config, c, json).await,
             Command::Queue(c) => admin::queue(&config, c, json).await,
+            Command::Webhook(c) => webhook_client::run(&config, c, json).await,
             Command::Audit(c) => audit::run(&config, c, json).await,
             Command::Demo(c) => demo::run(&config, c, json).await,
             Command::Mail(c) => mail::run(c, json).await,

@@ -168,6 +168,7 @@ pub(crate) async fn run(config: Config) -> Result<()> {
             .with_shutdown(shutdown.clone())
             .with_throttle(http_throttle)
             .with_pairing_wakeups(dir.pairings.clone())
+            .with_webhooks(dir.webhook_settings(&config))
             .with_send(agentkeys_api::send::SendService {
                 blobs: dir.blobs.clone(),
                 signer: Some(signer),
@@ -275,6 +276,15 @@ pub(crate) async fn run(config: Config) -> Result<()> {
     };
     // ---- end of outbound delivery ----
 
+    // ---- Webhooks: events fed from the store, delivered by a worker (crates/webhooks) ----
+    let webhooks = start_webhooks(&dir, &config, shutdown.clone())?;
+    println!(
+        "  webhooks          {} deliveries at once; private targets {}",
+        config.webhooks_concurrency,
+        if config.webhooks_allow_private { "allowed (webhooks.allow_private)" } else { "refused" }
+    );
+    // ---- end of webhooks ----
+
     // ---- Retention: delete messages past their domain's retention, and expired inboxes ----
     let sweeper = tokio::spawn(sweep_retention(
         dir.blobs.clone(),
@@ -305,11 +315,54 @@ pub(crate) async fn run(config: Config) -> Result<()> {
         println!("grace period over; delivery attempts in flight resume after restart");
     }
     sweeper.await.ok();
+    // Attempts in flight end within their timeout; unrecorded ones are sent
+    // again after their lease by the next start (at least once).
+    if tokio::time::timeout(grace, webhooks).await.is_err() {
+        println!("grace period over; webhook attempts in flight resume after restart");
+    }
     if tokio::time::timeout(grace, checkpoints).await.is_err() {
         println!("grace period over; no final audit checkpoint");
     }
     println!("stopped");
     Ok(())
+}
+
+/// Starts the webhook feeder and delivery worker; the handle ends when both have.
+fn start_webhooks(dir: &DataDir, config: &Config, shutdown: CancellationToken) -> Result<tokio::task::JoinHandle<()>> {
+    let store: Arc<dyn agentkeys_store::Webhooks> = dir.meta.clone();
+    let added = Arc::new(tokio::sync::Notify::new());
+    let feeder = agentkeys_webhooks::Feeder::new(
+        store.clone(),
+        dir.blobs.clone(),
+        agentkeys_webhooks::FeederConfig {
+            hostname: config.hostname.clone(),
+            expiry_notice: Duration::from_secs(config.webhooks_expiry_notice_secs),
+            expiry_check: Duration::from_secs(config.webhooks_expiry_check_secs.max(1)),
+        },
+        added.clone(),
+    );
+    let tls = agentkeys_webhooks::client::default_tls_config()
+        .map_err(|e| anyhow::anyhow!("cannot set up the webhook TLS client: {e}"))?;
+    let client = agentkeys_webhooks::WebhookClient::new(
+        agentkeys_webhooks::TargetPolicy { allow_private: config.webhooks_allow_private },
+        tls,
+    );
+    let worker = Arc::new(agentkeys_webhooks::Worker::new(
+        store,
+        dir.webhook_sealer(),
+        client,
+        agentkeys_webhooks::WorkerConfig {
+            concurrency: config.webhooks_concurrency,
+            backoff_scale: config.webhooks_backoff_scale,
+        },
+        added,
+    ));
+    let feeding = tokio::spawn(feeder.run(shutdown.clone()));
+    let delivering = tokio::spawn(worker.run(shutdown));
+    Ok(tokio::spawn(async move {
+        feeding.await.ok();
+        delivering.await.ok();
+    }))
 }
 
 /// The store roles the MX uses, with RCPT asked through the recipient cache.

@@ -72,6 +72,9 @@ use crate::{
     tally,
 };
 
+mod webhooks;
+pub use webhooks::*;
+
 /// Everything a metadata backend implements (every role trait, bundled by
 /// [`MetadataStore`]), and cheap clones for concurrent tasks.
 pub trait StoreUnderTest: MetadataStore + Clone {}

@@ -9,7 +9,8 @@
 //!   [`SendIdempotency`], [`DomainStatusStore`], [`StoreHealth`], [`InboxExpiry`]
 //!   (inboxes past their expiry, removed once each), [`Throttles`]
 //!   (failure counters every node shares; [`LocalThrottles`] and
-//!   [`CachedThrottles`] for one process and the hot path). [`MetadataStore`]
+//!   [`CachedThrottles`] for one process and the hot path), [`Webhooks`]
+//!   (subscriptions and the delivery outbox). [`MetadataStore`]
 //!   is all of them together, for the composition root. Embedded default: SQLite
 //!   in WAL mode ([`SqliteStore`]); for several nodes on one database, PostgreSQL
 //!   (`PgStore`, feature `postgres`).
@@ -49,6 +50,7 @@ mod recipients;
 pub mod s3;
 mod sqlite;
 mod throttles;
+mod webhooks;
 mod write_tx;
 #[cfg(test)]
 mod fault_tests;
@@ -79,6 +81,7 @@ pub mod roles {
     };
     pub use crate::queue::OutboundQueue;
     pub use crate::throttles::Throttles;
+    pub use crate::webhooks::Webhooks;
 }
 pub use queue::{AttemptOutcome, AttemptRecord, AttemptToRecord, Claim, OutboundQueue, QueueDetail, QueueStateCount};
 pub use recipients::{CachedRecipients, RECIPIENT_CACHE_MAX, RECIPIENT_CACHE_TTL};
@@ -91,6 +94,10 @@ pub use throttles::{
 };
 #[cfg(feature = "postgres")]
 pub use postgres::{PgEvents, PgStore};
+pub use webhooks::{
+    AgentSubscriber, DeliveryAttempt, DeliveryClaim, DeliveryRecord, DeliveryState, ExpiringCredential, FedMessage, MESSAGE_FEED,
+    NewWebhookEvent, OutboundFact, WebhookRecord, Webhooks,
+};
 
 use async_trait::async_trait;
 use bytes::Bytes;

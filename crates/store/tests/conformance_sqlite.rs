@@ -35,3 +35,4 @@ impl Backend for SqliteBackend {
 }
 
 agentkeys_store::conformance_tests!(SqliteBackend);
+agentkeys_store::webhook_conformance_tests!(SqliteBackend);

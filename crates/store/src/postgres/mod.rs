@@ -45,6 +45,7 @@ mod meta;
 pub(crate) mod queue;
 mod testing;
 mod throttles;
+mod webhooks;
 
 use std::str::FromStr;
 use std::sync::Arc;
