@@ -4,7 +4,10 @@
 //! and the MCP tool `create_inbox` through the official SDK); swaks gets `250`
 //! before the expiry and `550 5.1.1` after it; the sweeper removes the inbox
 //! with its mail, audited. Creating outside the pattern, without `create`,
-//! beyond the grant's expiry, or as another owner's agent is refused.
+//! beyond the grant's expiry, or as another owner's agent is refused. Revoking
+//! the grant ends the inboxes created under it (`550 5.1.1`, swept); agents
+//! create only on a domain assigned to their owner (`domain assign`); the
+//! owner's own `inbox create --expires-in` has the agent's limits.
 
 #![allow(clippy::unwrap_used)]
 
@@ -95,6 +98,9 @@ fn an_agent_creates_a_signup_inbox_that_receives_until_it_expires_and_is_swept()
     let config_dir = tempfile::tempdir().unwrap();
     enroll_owner(d, OWNER_A);
     run_json(d, &["agent", "add", AGENT_A, "--owner", OWNER_A]);
+    // Agents create inboxes only on a domain the operator assigned to their owner.
+    let assigned = run_json(d, &["domain", "assign", "agents.localhost", "--owner", OWNER_A]);
+    assert_eq!(assigned["owner"], OWNER_A, "{assigned}");
     let key_a = run_json(d, &["key", "create", "--agent", AGENT_A])["key"].as_str().unwrap().to_owned();
     let grant = owner_json(
         d,
@@ -106,6 +112,11 @@ fn an_agent_creates_a_signup_inbox_that_receives_until_it_expires_and_is_swept()
     owner_json(d, OWNER_A, &["grant", "create", "--agent", AGENT_A, "--inbox", "login-*@agents.localhost", "--scopes", "read"]);
     // Owner B's agent, with an inbox and a read+send grant of its own.
     let (_, _, _bee, key_b) = provision(d, OWNER_B, AGENT_B, "bee");
+    // Owner B may not claim names on A's domain: the create grant is refused.
+    let out = owner_run(d, OWNER_B, &["grant", "create", "--agent", AGENT_B, "--inbox", "signup-*@agents.localhost", "--scopes", "read,create"]);
+    assert!(!out.status.success(), "a create grant on another owner's domain");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("DOMAIN_NOT_ASSIGNED") && err.contains("domain assign"), "{err}");
     let server = Server::start(d, &[("AGENTKEYS_RETENTION_SWEEP_INTERVAL", "1s")]);
     let a = Agent { server: &server, key: key_a, config_dir: config_dir.path() };
     let b = Agent { server: &server, key: key_b, config_dir: config_dir.path() };
@@ -206,6 +217,7 @@ fn revoking_the_grant_ends_the_inboxes_created_under_it() {
     let config_dir = tempfile::tempdir().unwrap();
     enroll_owner(d, OWNER_A);
     run_json(d, &["agent", "add", AGENT_A, "--owner", OWNER_A]);
+    run_json(d, &["domain", "assign", "agents.localhost", "--owner", OWNER_A]);
     let key_a = run_json(d, &["key", "create", "--agent", AGENT_A])["key"].as_str().unwrap().to_owned();
     let signup = ["grant", "create", "--agent", AGENT_A, "--inbox", "signup-*@agents.localhost", "--scopes", "read,create", "--ttl", "1h"];
     let grant = owner_json(d, OWNER_A, &signup);
@@ -257,6 +269,10 @@ fn revoking_the_grant_ends_the_inboxes_created_under_it() {
     }
     let transcript = swaks(&server, &kept);
     assert!(transcript.contains("<-  250 2.0.0 Message accepted as"), "{transcript}");
+    // Shared again, the domain takes no new agent-created inboxes under any grant.
+    run_json(d, &["domain", "assign", "agents.localhost", "--shared"]);
+    let err = a.refused(&["inbox-create", "--name", "login-late", "--expires-in", "5m"]);
+    assert!(err.contains("DOMAIN_NOT_ASSIGNED"), "{err}");
     assert!(server.stop().success());
 
     // Audited: the revocation, then the inbox it ended (actor the owner), then its removal.
@@ -267,7 +283,7 @@ fn revoking_the_grant_ends_the_inboxes_created_under_it() {
     assert_eq!((&ends[0]["detail"]["count"], &ends[0]["detail"]["inboxes"]), (&json!(1), &json!([ended])));
     let expired: Vec<Value> = audit_records(d, "inbox.expire").into_iter().filter(|r| r["subject"] == ended.as_str()).collect();
     assert_eq!(expired.len(), 1, "{expired:?}");
-    let _ = other;
+    assert_eq!(other["scopes"], "read,create");
     let verify = run(d, &["audit", "verify"]);
     assert!(verify.status.success(), "{}", String::from_utf8_lossy(&verify.stdout));
 }
