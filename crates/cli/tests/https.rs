@@ -196,8 +196,15 @@ fn over_https_the_first_send_after_pairing_works_and_another_certificate_is_refu
     assert_eq!((config["server"].as_str(), config["server_fingerprint"].as_str()), (Some(url.as_str()), Some(fingerprint.as_str())));
     let agent_id = last["agent_id"].as_str().unwrap().to_owned();
 
-    // The operator makes an inbox; the owner grants it over HTTPS with no TLS flag (the pin).
-    let inbox = run_json(&d, &["inbox", "create", "--agent", &agent_id, "--name", "signup"])["address"].as_str().unwrap().to_owned();
+    // The owner, in their own HOME, makes the agent an inbox and grants it over
+    // HTTPS with no TLS flag (the pin), without the operator; lists show both.
+    let created = ok(&owner(&owner_home, &["inbox", "create", "--agent", &agent_id, "--name", "signup", "--server", &url, "--json"]));
+    let inbox = serde_json::from_str::<Value>(&created).unwrap()["address"].as_str().unwrap().to_owned();
+    assert_eq!(inbox, "signup@agents.localhost");
+    let inboxes = ok(&owner(&owner_home, &["inbox", "list", "--server", &url, "--json"]));
+    assert!(inboxes.contains(&inbox), "{inboxes}");
+    let agents = ok(&owner(&owner_home, &["agent", "list", "--server", &url, "--json"]));
+    assert!(agents.contains(&agent_id), "{agents}");
     ok(&owner(&owner_home, &["grant", "create", "--agent", &agent_id, "--inbox", &inbox, "--scopes", "read,send", "--server", &url]));
     let grants = ok(&owner(&owner_home, &["grant", "list", "--server", &url, "--json"]));
     assert!(grants.contains(&inbox), "{grants}");
