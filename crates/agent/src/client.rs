@@ -198,6 +198,33 @@ pub struct MessageEntry {
     #[serde(default, skip_serializing)]
     #[schemars(skip)]
     pub raw_url: Option<String>,
+    /// The server's summary of the `From:` **header** (its first mailbox;
+    /// never the envelope sender), decoded and cut to a bounded length. Free
+    /// text chosen by the sender: believe it only when `authenticated` is true.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header_from: Option<crate::message::Mailbox>,
+    /// The server's summary of the decoded `Subject:` (at most 200 characters).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+    /// The server's verdict on `header_from` at arrival: DMARC pass, or a DKIM
+    /// pass aligned with its domain. Absent from servers without summaries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authenticated: Option<bool>,
+}
+
+impl MessageEntry {
+    /// An entry with only the store's facts (no header summary).
+    pub fn bare(message_id: impl Into<String>, received_at: i64, size: u64) -> Self {
+        Self {
+            message_id: message_id.into(),
+            received_at,
+            size,
+            raw_url: None,
+            header_from: None,
+            subject: None,
+            authenticated: None,
+        }
+    }
 }
 
 impl std::fmt::Debug for MessageEntry {
@@ -207,6 +234,9 @@ impl std::fmt::Debug for MessageEntry {
             .field("received_at", &self.received_at)
             .field("size", &self.size)
             .field("raw_url", &self.raw_url.as_ref().map(|_| "<presigned>"))
+            .field("header_from", &self.header_from)
+            .field("subject", &self.subject)
+            .field("authenticated", &self.authenticated)
             .finish()
     }
 }

@@ -28,7 +28,9 @@
 //! - [`mailbox`]: the operations (one per MCP tool and CLI verb).
 //! - [`mcp`]: the MCP server (rmcp) over stdio or streamable HTTP.
 
-pub mod auth_results;
+/// The RFC 8601 parser and the `authenticated` rule live in `agentkeys_core`
+/// (the server's message index applies the same rule to its header summary).
+pub use agentkeys_core::auth_results;
 pub mod compose;
 pub mod html;
 pub mod message;

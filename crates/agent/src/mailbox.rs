@@ -171,6 +171,11 @@ pub struct MessageSummary {
     /// The subaddress tag (`github` for `bot+github@domain`), when there is one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub to_tag: Option<String>,
+    /// Whether our MX authenticated the From: header's domain when the mail
+    /// arrived (DMARC pass, or aligned DKIM pass). `false`: anyone could have
+    /// written this From:. Absent when the server gives no verdict.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authenticated: Option<bool>,
 }
 
 /// A page of `list_messages`.
@@ -563,6 +568,7 @@ pub fn summarize(entry: &MessageEntry, raw: &[u8]) -> MessageSummary {
         subject: parsed.as_ref().and_then(|m| m.subject()).map(str::to_owned),
         delivered_to: delivered_to(raw),
         to_tag: None,
+        authenticated: entry.authenticated,
     }
 }
 
@@ -1122,7 +1128,7 @@ impl MailService {
                     if let Ok(u) = ulid::Ulid::from_string(id) {
                         self.handouts.claim(&inbox, u, now_ms())?;
                     }
-                    Ok(otp_answer(Found { entry: MessageEntry { message_id: id.clone(), received_at: 0, size: 0, raw_url: None }, parsed, otp: Some(otp), others: Vec::new(), cursor: id.clone() }))
+                    Ok(otp_answer(Found { entry: MessageEntry::bare(id.clone(), 0, 0), parsed, otp: Some(otp), others: Vec::new(), cursor: id.clone() }))
                 }
                 Err((why, true)) => Err(MailError::Refused { wanted: String::new(), reasons: vec![why], secs: 0, cursor: id.clone(), seen: Vec::new() }),
                 Err((why, false)) if why.contains("no code") => Err(MailError::NoCode(format!(
@@ -1288,6 +1294,7 @@ mod tests {
             subject: subject.map(str::to_owned),
             delivered_to: None,
             to_tag: None,
+            authenticated: None,
         }
     }
 
@@ -1334,7 +1341,7 @@ mod tests {
     #[test]
     fn summaries_read_headers() {
         let raw = b"From: \"Acme\" <no-reply@acme.example>\r\nSubject: Your code\r\n\r\nbody";
-        let e = MessageEntry { message_id: "01HZZZZZZZZZZZZZZZZZZZZZZZ".into(), received_at: 5, size: 9, raw_url: None };
+        let e = MessageEntry::bare("01HZZZZZZZZZZZZZZZZZZZZZZZ", 5, 9);
         let s = summarize(&e, raw);
         assert_eq!(s.from.as_deref(), Some("no-reply@acme.example"));
         assert_eq!(s.from_name.as_deref(), Some("Acme"));
@@ -1344,7 +1351,7 @@ mod tests {
 
     #[test]
     fn the_tag_comes_from_a_first_delivered_to_only() {
-        let e = MessageEntry { message_id: "01HZZZZZZZZZZZZZZZZZZZZZZZ".into(), received_at: 5, size: 9, raw_url: None };
+        let e = MessageEntry::bare("01HZZZZZZZZZZZZZZZZZZZZZZZ", 5, 9);
         let ours = b"Delivered-To: hello+github@agents.localhost\r\nReceived: x\r\nFrom: a@b.c\r\n\r\nbody";
         let s = summarize(&e, ours);
         assert_eq!(s.delivered_to.as_deref(), Some("hello+github@agents.localhost"));

@@ -29,7 +29,7 @@ pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 pub const MAX_REFERENCES: usize = 64;
 
 /// A display name and an address, as in `"Ann" <ann@example.com>`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize, schemars::JsonSchema)]
 pub struct Mailbox {
     /// The display name, if any.
     #[serde(skip_serializing_if = "Option::is_none", default)]

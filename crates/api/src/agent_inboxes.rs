@@ -19,7 +19,7 @@ use std::collections::BTreeMap;
 
 use agentkeys_audit::{Actor, AuditEvent, ops};
 use agentkeys_core::{
-    Address, AgentId, Domain, Grant, InboxStatus, OwnerId, Scope, UnixTime, agent_inbox_expiry,
+    Address, AgentId, Domain, Grant, InboxStatus, OwnerId, Scope, UnixTime, agent_inbox_expiry, may_create_on_domain,
 };
 use agentkeys_store::{InboxRecord, StoreError};
 use axum::Json;
@@ -225,7 +225,7 @@ fn new_address(
         (status = 201, description = "Created: the address and when it expires", body = CreatedAgentInbox),
         (status = 400, description = "INVALID_REQUEST (name, domain, or a domain this server does not host) or INVALID_EXPIRY (expires_in not positive, after the grant's expiry, or over 30 days)", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "INVALID_KEY: missing, malformed, unknown, revoked or expired agent key", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "NO_GRANT: no active grant of this agent with the create scope covers the address; GRANT_EXPIRED: the covering ones have expired", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "NO_GRANT: no active grant of this agent with the create scope covers the address; GRANT_EXPIRED: the covering ones have expired; DOMAIN_NOT_ASSIGNED: the domain is not assigned to the grant's owner", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "ADDRESS_TAKEN: an inbox with this address exists", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "PAYLOAD_TOO_LARGE", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "UNSUPPORTED_MEDIA_TYPE", body = Problem, content_type = "application/problem+json"),
@@ -266,6 +266,14 @@ pub(crate) async fn create(
     }
     // The one coverage rule, audited when it refuses.
     let authorized = state.broker.authorize_create(&verified, &address).await?;
+    // And only on a domain the operator assigned to the grant's owner (a grant
+    // made before the domain was reassigned or shared again creates nothing).
+    let domain = address.domain().parse::<Domain>().map_err(|e| field("domain", e))?;
+    let domain_owner = meta.domain_owner(&domain).await.map_err(unavailable)?;
+    if !may_create_on_domain(authorized.owner(), domain_owner.as_ref()) {
+        tracing::info!(agent = %authorized.agent(), %domain, "inbox creation refused: the domain is not assigned to the grant's owner");
+        return Err(ApiError::DomainNotAssigned { domain: domain.to_string() });
+    }
     let expires_at =
         agent_inbox_expiry(request.expires_in, authorized.grant_expires_at(), now).map_err(ApiError::InboxExpiry)?;
     let rec = InboxRecord {
@@ -284,7 +292,7 @@ pub(crate) async fn create(
         "grant_id": authorized.grant_id(),
         "key_id": authorized.key_id(),
     }));
-    let _receipt = meta.create_inbox(&rec, &event).await.map_err(|e| match e {
+    let _receipt = meta.create_granted_inbox(&rec, authorized.grant_id(), &event).await.map_err(|e| match e {
         StoreError::Conflict { .. } => ApiError::AddressTaken,
         // The domain stopped being hosted since the check above.
         StoreError::Invalid(detail) => field("domain", detail),

@@ -154,6 +154,13 @@ pub enum ApiError {
     Conflict,
     /// 409 `ADDRESS_TAKEN`: an inbox with this address exists already.
     AddressTaken,
+    /// 403 `DOMAIN_NOT_ASSIGNED`: inboxes may be created under a `create`
+    /// grant only on a domain the operator assigned to the grant's owner
+    /// ([`agentkeys_core::may_create_on_domain`]).
+    DomainNotAssigned {
+        /// The domain.
+        domain: String,
+    },
     /// 400 `INVALID_EXPIRY` (field `expires_in`): an agent asked for an inbox
     /// lifetime that is not positive, ends after the grant that allows it, or
     /// is longer than 30 days. Refused, not clamped.
@@ -200,7 +207,7 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
-            Self::NoGrant | Self::GrantExpired => StatusCode::FORBIDDEN,
+            Self::NoGrant | Self::GrantExpired | Self::DomainNotAssigned { .. } => StatusCode::FORBIDDEN,
             Self::InvalidRequest { .. }
             | Self::InvalidTtl { .. }
             | Self::AudienceNotAllowed { .. }
@@ -272,6 +279,7 @@ impl ApiError {
             Self::GrantChange(_) => "INVALID_REQUEST",
             Self::Conflict => "CONFLICT",
             Self::AddressTaken => "ADDRESS_TAKEN",
+            Self::DomainNotAssigned { .. } => "DOMAIN_NOT_ASSIGNED",
             Self::InboxExpiry(_) => "INVALID_EXPIRY",
             Self::IdempotencyKeyReused => "IDEMPOTENCY_KEY_REUSED",
             Self::IdempotencyKeyInUse => "IDEMPOTENCY_KEY_IN_USE",
@@ -312,6 +320,7 @@ impl ApiError {
             Self::GrantChange(_) => "Grant change refused",
             Self::Conflict => "Conflict",
             Self::AddressTaken => "Address taken",
+            Self::DomainNotAssigned { .. } => "Domain not assigned",
             Self::InboxExpiry(_) => "Invalid inbox expiry",
             Self::IdempotencyKeyReused => "Idempotency key reused",
             Self::IdempotencyKeyInUse => "Idempotency key in use",
@@ -406,6 +415,14 @@ impl ApiError {
                 ("an inbox with this address exists already; pick another name".to_owned(), Some("address".to_owned()))
             }
             Self::InboxExpiry(e) => (e.to_string(), Some("expires_in".to_owned())),
+            Self::DomainNotAssigned { domain } => (
+                format!(
+                    "inboxes are created under a create grant only on a domain assigned to the grant's owner, and \
+                     {domain} is not assigned to this owner (a shared domain's names would be first come, first \
+                     served across owners). Ask the operator: agentkeys domain assign {domain} --owner <owner id>"
+                ),
+                None,
+            ),
             Self::IdempotencyKeyReused => (
                 "this Idempotency-Key was used within 24 h with a different message; nothing was sent. Use a new key \
                  for a new message, or resend the first message unchanged to get its answer"

@@ -131,11 +131,51 @@ pub struct MessageSummary {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(format = "uri")]
     pub raw_url: Option<String>,
+    /// The message's `From:` **header** field (RFC 5322), its first mailbox:
+    /// the field `authenticated` is about, never the SMTP envelope sender.
+    /// Decoded (RFC 2047), control and bidi characters removed, the name cut
+    /// to 100 and the address limited to 254 characters. `null` when the
+    /// header has no usable address, and for messages indexed before
+    /// summaries existed. Anyone can write any `From:`: trust it only when
+    /// `authenticated` is true.
+    #[serde(default)]
+    pub header_from: Option<HeaderFromView>,
+    /// The decoded `Subject:`, cleaned like `header_from` and cut to 200
+    /// characters (`…` marks a cut); `null` when absent.
+    #[serde(default)]
+    pub subject: Option<String>,
+    /// Our MX's verdict on `header_from` when the message arrived: DMARC
+    /// passed, or a DKIM signature aligned with its domain passed. False for
+    /// unauthenticated mail and mail that did not come through our MX.
+    #[serde(default)]
+    pub authenticated: bool,
+}
+
+/// The `From:` header's first mailbox (not the envelope sender).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct HeaderFromView {
+    /// The address, as written in the header.
+    pub address: String,
+    /// The decoded display name, if any. Free text chosen by the sender.
+    #[serde(default)]
+    pub name: Option<String>,
 }
 
 impl From<&IndexedMessage> for MessageSummary {
     fn from(m: &IndexedMessage) -> Self {
-        Self { message_id: m.id.to_string(), received_at: m.received_at, size: m.size, raw_url: None }
+        Self {
+            message_id: m.id.to_string(),
+            received_at: m.received_at,
+            size: m.size,
+            raw_url: None,
+            header_from: m
+                .summary
+                .header_from
+                .as_ref()
+                .map(|f| HeaderFromView { address: f.address.clone(), name: f.name.clone() }),
+            subject: m.summary.subject.clone(),
+            authenticated: m.summary.authenticated,
+        }
     }
 }
 
@@ -341,7 +381,7 @@ pub(crate) async fn fetch(
         ("Last-Event-ID" = Option<String>, Header, description = "The last message id received: resume after it"),
     ),
     responses(
-        (status = 200, description = "text/event-stream of `message.received` events with data {message_id, received_at, size}", content_type = "text/event-stream", body = String),
+        (status = 200, description = "text/event-stream of `message.received` events; each event's data is one MessageSummary as JSON: {message_id, received_at, size, header_from: {address, name} (the From: header, not the envelope), subject, authenticated}", content_type = "text/event-stream", body = String),
         (status = 400, description = "INVALID_REQUEST: Last-Event-ID is not a message id", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "INVALID_CAPABILITY: missing, malformed, tampered or expired", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "NOT_FOUND: not the capability's inbox (one answer for every reason)", body = Problem, content_type = "application/problem+json"),

@@ -57,6 +57,8 @@ use crate::error::Problem;
         OidcCredentialRequest,
         CredentialResponse,
         Problem,
+        crate::messages::MessageSummary,
+        crate::messages::HeaderFromView,
         crate::agent_inboxes::AgentInbox,
         crate::agent_inboxes::AgentInboxes,
         crate::agent_inboxes::CreateAgentInboxRequest,

@@ -36,7 +36,8 @@ use agentkeys_approval::codes::CodeHash;
 use agentkeys_audit::{Actor, AuditEvent, ops};
 use agentkeys_core::time::rfc3339;
 use agentkeys_core::{
-    AgentId, Grant, GrantChange, GrantId, InboxPattern, KeyId, MAX_GRANT_TTL_SECS, OwnerId, Scopes, UnixTime,
+    AgentId, Grant, GrantChange, GrantId, InboxPattern, KeyId, MAX_GRANT_TTL_SECS, OwnerId, Scope, Scopes, UnixTime,
+    may_create_on_domain,
 };
 use agentkeys_store::{MetadataStore, NonceUse, StoreError};
 use axum::Json;
@@ -326,6 +327,7 @@ pub(crate) fn field_error(field: &str, e: impl std::fmt::Display) -> ApiError {
         (status = 201, description = "Created", body = GrantView),
         (status = 400, description = "Invalid field", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Owner signature refused", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "DOMAIN_NOT_ASSIGNED: the create scope on a domain the operator has not assigned to this owner", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such agent among the owner's, or `inbox` is an address that is not one of the owner's inboxes", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "PAYLOAD_TOO_LARGE: the body is over 16 KiB", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "UNSUPPORTED_MEDIA_TYPE: send the body as Content-Type: application/json", body = Problem, content_type = "application/problem+json"),
@@ -354,6 +356,14 @@ pub(crate) async fn create_grant(State(state): State<ApiState>, approval: OwnerA
     let found = meta.get_agent(&agent).await.map_err(|e| backend_error(&e))?;
     if found.is_none_or(|a| a.owner != owner) {
         return Err(ApiError::OwnerObjectNotFound { what: "agent" });
+    }
+    // `create` names a domain only the operator may have given this owner
+    // (a pattern without a domain lets the agent create on such domains only).
+    if scopes.contains(Scope::Create)
+        && let Some(domain) = pattern.domain()
+        && !may_create_on_domain(&owner, meta.domain_owner(&domain).await.map_err(|e| backend_error(&e))?.as_ref())
+    {
+        return Err(ApiError::DomainNotAssigned { domain: domain.to_string() });
     }
     let now = state.clock.now();
     let grant = Grant {

@@ -11,7 +11,7 @@
 
 use agentkeys_audit::{Actor, AuditEvent, ops};
 use agentkeys_core::time::rfc3339;
-use agentkeys_core::{Address, AgentId, InboxStatus, UnixTime};
+use agentkeys_core::{Address, AgentId, Domain, InboxStatus, UnixTime, owner_inbox_expiry};
 use agentkeys_store::{InboxRecord, KeyRecord, StoreError};
 use axum::Json;
 use axum::extract::State;
@@ -81,6 +81,12 @@ pub struct CreateInboxRequest {
     /// The new address, in a domain this server hosts.
     #[schema(pattern = r#"^[A-Za-z0-9_-]{1,32}(?:\.[A-Za-z0-9_-]{1,15}){0,2}@(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.){0,2}[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$"#, example = "signup@agents.example.com")]
     pub address: String,
+    /// Seconds until the inbox stops receiving (`550 5.1.1`) and the retention
+    /// sweeper removes it with its mail; at most 30 days (2592000), else 400
+    /// `INVALID_EXPIRY`. Absent: the inbox does not expire.
+    #[serde(default)]
+    #[schema(minimum = 1, maximum = 2592000)]
+    pub expires_in: Option<i64>,
 }
 
 fn key_view(k: &KeyRecord, now: UnixTime) -> KeyView {
@@ -167,7 +173,7 @@ pub(crate) async fn list_inboxes(State(state): State<ApiState>, approval: OwnerA
     security(("owner_signature" = [])),
     responses(
         (status = 201, description = "Created", body = InboxView),
-        (status = 400, description = "Invalid field, or a domain this server does not host", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "INVALID_REQUEST (a field, or a domain this server does not host) or INVALID_EXPIRY (expires_in not positive or over 30 days)", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Owner signature refused", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such agent among the owner's", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "ADDRESS_TAKEN: an inbox with this address exists", body = Problem, content_type = "application/problem+json"),
@@ -186,7 +192,13 @@ pub(crate) async fn create_inbox(State(state): State<ApiState>, approval: OwnerA
     let agent: AgentId = body.agent.parse().map_err(|e| field_error("agent", e))?;
     let address: Address = body.address.parse().map_err(|e| field_error("address", e))?;
     state.subaddressing.check_inbox(&address).map_err(|e| field_error("address", e))?;
-    if !meta.is_hosted_domain(address.domain()).await.map_err(|e| backend_error(&e))? {
+    let now = state.clock.now();
+    let expires_at = owner_inbox_expiry(body.expires_in, now).map_err(ApiError::InboxExpiry)?;
+    // A domain assigned to another owner answers like one this server does not host.
+    let domain: Domain = address.domain().parse().map_err(|e| field_error("address", e))?;
+    let assigned_elsewhere =
+        meta.domain_owner(&domain).await.map_err(|e| backend_error(&e))?.is_some_and(|o| o != *approval.owner());
+    if assigned_elsewhere || !meta.is_hosted_domain(address.domain()).await.map_err(|e| backend_error(&e))? {
         return Err(field_error("address", format!("{} is not a domain this server hosts", address.domain())));
     }
     // Another owner's agent answers exactly like a missing one.
@@ -199,13 +211,14 @@ pub(crate) async fn create_inbox(State(state): State<ApiState>, approval: OwnerA
         owner: owner.clone(),
         agent: agent.clone(),
         status: InboxStatus::Active,
-        created_at: state.clock.now(),
-        expires_at: None,
+        created_at: now,
+        expires_at,
     };
     let event = AuditEvent::ok(Actor::Owner(owner.clone()), ops::INBOX_CREATE, address.as_str()).with_detail(json!({
         "owner": owner,
         "agent": agent,
         "status": rec.status,
+        "expires_at": rec.expires_at,
         "approval": approval.evidence(),
     }));
     let _receipt = meta.create_inbox(&rec, &event).await.map_err(|e| match e {

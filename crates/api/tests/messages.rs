@@ -59,7 +59,7 @@ async fn world_with(presigner: Option<Arc<dyn agentkeys_api::Presigner>>) -> Wor
     let store = Arc::new(SqliteStore::open_in_memory().await.unwrap());
     let blobs = Arc::new(FsBlobStore::open(dir.path()).unwrap());
     let hub = LocalEventHub::new();
-    let mail = Arc::new(Mailroom::new(blobs, store.clone(), Arc::new(hub.clone())));
+    let mail = Arc::new(Mailroom::new(blobs, store.clone(), Arc::new(hub.clone()), "mx.agents.localhost"));
     let authority = Arc::new(SoftwareAuthority::new(&seed, AuthorityConfig::default()).unwrap());
     let backend = Arc::new(StoreBackend::new(store.clone(), authority.current_kid()));
     let clock = Arc::new(TestClock(AtomicI64::new(NOW)));

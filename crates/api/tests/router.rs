@@ -663,6 +663,13 @@ async fn an_agent_creates_inboxes_only_under_its_create_grant_and_within_its_lif
     assert_problem(&a, StatusCode::BAD_REQUEST, "INVALID_REQUEST");
     assert_eq!(a.body["field"], "domain");
     add_scoped_grant(&w.store, AGENT_A, OWNER_A, "signup-*@agents.example.com", "read,create", NOW + 600).await;
+    // Only on a domain assigned to the grant's owner: shared, or another owner's, nothing is created.
+    let body = r#"{"name":"signup-gh","expires_in":60}"#;
+    assert_problem(&send(&app, create(&w.key, body)).await, StatusCode::FORBIDDEN, "DOMAIN_NOT_ASSIGNED");
+    let domain: agentkeys_core::Domain = "agents.example.com".parse().unwrap();
+    w.store.assign_domain(&domain, Some(&OWNER_B.parse().unwrap()), &op()).await.unwrap();
+    assert_problem(&send(&app, create(&w.key, body)).await, StatusCode::FORBIDDEN, "DOMAIN_NOT_ASSIGNED");
+    w.store.assign_domain(&domain, Some(&OWNER_A.parse().unwrap()), &op()).await.unwrap();
 
     // A named inbox with a short life: 201, owned by the grant's owner, audited with the agent as actor.
     let a = send(&app, create(&w.key, r#"{"name":"signup-gh","expires_in":60}"#)).await;

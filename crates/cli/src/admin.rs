@@ -81,6 +81,10 @@ pub(crate) enum InboxCmd {
         /// Hosted domain (default: the configured domain).
         #[arg(long)]
         domain: Option<String>,
+        /// Lifetime, e.g. 2h, 7d (at most 30d): after it the inbox stops
+        /// receiving (550 5.1.1) and is removed with its mail. Default: never.
+        #[arg(long, value_name = "DURATION")]
+        expires_in: Option<String>,
         #[command(flatten)]
         conn: crate::owner_client::OwnerConn,
     },
@@ -207,7 +211,7 @@ pub(crate) fn inbox_event(rec: &InboxRecord) -> AuditEvent {
     operator_event(
         ops::INBOX_CREATE,
         rec.address.as_str(),
-        json!({ "owner": rec.owner, "agent": rec.agent, "status": rec.status }),
+        json!({ "owner": rec.owner, "agent": rec.agent, "status": rec.status, "expires_at": rec.expires_at }),
     )
 }
 
@@ -411,11 +415,19 @@ fn new_address(config: &Config, name: Option<&str>, domain: Option<&str>) -> Res
     Ok(address)
 }
 
+/// `--expires-in` of `inbox create` in seconds (the server checks the limits).
+fn inbox_lifetime(expires_in: Option<&str>) -> Result<Option<i64>> {
+    expires_in
+        .map(|d| agentkeys_core::parse_duration(d).map_err(|e| anyhow!("--expires-in: {e} (e.g. 2h, 7d; at most 30d)")))
+        .transpose()
+}
+
 pub(crate) async fn inbox(config: &Config, cmd: InboxCmd, json: bool) -> Result<()> {
     match cmd {
-        InboxCmd::Create { agent, name, domain, conn } if conn.server.is_some() || conn.owner.is_some() => {
+        InboxCmd::Create { agent, name, domain, expires_in, conn } if conn.server.is_some() || conn.owner.is_some() => {
             let address = new_address(config, name.as_deref(), domain.as_deref())?;
-            return crate::owner_client::inbox_create(&conn, config, &agent, &address, json).await;
+            let expires_in = inbox_lifetime(expires_in.as_deref())?;
+            return crate::owner_client::inbox_create(&conn, config, &agent, &address, expires_in, json).await;
         }
         InboxCmd::List { owner, remote } if remote.server.is_some() => {
             return crate::owner_client::inbox_list(&remote.conn(owner), config, json).await;
@@ -424,16 +436,19 @@ pub(crate) async fn inbox(config: &Config, cmd: InboxCmd, json: bool) -> Result<
     }
     let dir = DataDir::open(config).await?;
     match cmd {
-        InboxCmd::Create { agent, name, domain, conn: _ } => {
+        InboxCmd::Create { agent, name, domain, expires_in, conn: _ } => {
             let agent: AgentId = parse("--agent", &agent)?;
             let address = new_address(config, name.as_deref(), domain.as_deref())?;
+            let now = crate::now();
+            let expires_at = agentkeys_core::owner_inbox_expiry(inbox_lifetime(expires_in.as_deref())?, now)
+                .map_err(|e| anyhow!("--expires-in: {e}"))?;
             let owner = dir
                 .meta
                 .get_agent(&agent)
                 .await?
                 .ok_or_else(|| anyhow!("agent {agent} not found; add it first with `agentkeys agent add`"))?
                 .owner;
-            let rec = InboxRecord { address: address.clone(), owner, agent, status: InboxStatus::Active, created_at: crate::now(), expires_at: None };
+            let rec = InboxRecord { address: address.clone(), owner, agent, status: InboxStatus::Active, created_at: now, expires_at };
             let _receipt = dir.meta.create_inbox(&rec, &inbox_event(&rec)).await.map_err(|e| hint(e, "pick another --name"))?;
             print(json, json!({ "address": address }), || address.to_string());
         }

@@ -97,7 +97,7 @@ impl DataDir {
         let (blobs, presigner) = open_blobs(&blob_location)?;
         check_seed(meta.as_ref(), &seed, &metadata_location).await?;
         meta.ensure_domain(&config.domain, crate::now()).await?;
-        let blobs = Arc::new(Mailroom::new(blobs, meta.clone(), events));
+        let blobs = Arc::new(Mailroom::new(blobs, meta.clone(), events, &config.hostname));
         Ok(Self {
             path,
             meta,

@@ -7,7 +7,7 @@ use agentkeys_audit::{Actor, AuditEvent, ops};
 use agentkeys_core::Domain;
 use agentkeys_delivery::{DomainKeyring, DomainStatus, HickoryResolver, verify_domain, zone_file};
 use agentkeys_smtp::OutboundSigner;
-use agentkeys_store::{OP_DOMAIN_SET_RETENTION, StoreError};
+use agentkeys_store::{OP_DOMAIN_ASSIGN, OP_DOMAIN_SET_RETENTION, StoreError};
 use anyhow::{Result, anyhow, bail};
 use clap::Subcommand;
 use serde_json::json;
@@ -29,6 +29,19 @@ pub(crate) enum DomainCmd {
     Remove {
         /// The domain.
         domain: String,
+    },
+    /// Assign a domain to one owner: only then may that owner's agents create
+    /// inboxes on it (`create` grants). `--shared` makes it shared again (no
+    /// agent creates inboxes there; the operator and owners still can).
+    Assign {
+        /// The domain.
+        domain: String,
+        /// The owner it is assigned to (`0x` + 40 hex digits).
+        #[arg(long, required_unless_present = "shared", conflicts_with = "shared")]
+        owner: Option<String>,
+        /// Share it among every owner again.
+        #[arg(long)]
+        shared: bool,
     },
     /// Keep a domain's messages this long (e.g. 7d), or `default` for the server's
     /// `limits.retention`. Older messages are deleted by the server's sweeper.
@@ -123,6 +136,7 @@ pub(crate) async fn run(config: &Config, cmd: DomainCmd, json: bool) -> Result<(
                     "selector_ed": newest.map(|k| k.selector_ed.clone()),
                     "selector_rsa": newest.map(|k| k.selector_rsa.clone()),
                     "retention": retentions.get(domain.as_str()).copied().flatten(),
+                    "owner": dir.meta.domain_owner(&domain).await?,
                     "status": status.map_or("not_started", |s| s.status.as_str()),
                     "checked_at": status.and_then(|s| s.checked_at),
                 }));
@@ -158,6 +172,25 @@ pub(crate) async fn run(config: &Config, cmd: DomainCmd, json: bool) -> Result<(
                 println!("{}", json!({ "removed": domain }));
             } else {
                 println!("removed {domain} and its DKIM keys; delete its DNS records too");
+            }
+        }
+        DomainCmd::Assign { domain, owner, shared: _ } => {
+            let domain = parse_domain(&domain)?;
+            let owner: Option<agentkeys_core::OwnerId> =
+                owner.map(|o| o.parse().map_err(|e| anyhow!("--owner: {e}"))).transpose()?;
+            let event = AuditEvent::ok(Actor::Operator, OP_DOMAIN_ASSIGN, domain.as_str())
+                .with_detail(json!({ "owner": owner }));
+            dir.meta.assign_domain(&domain, owner.as_ref(), &event).await.map_err(|e| match e {
+                StoreError::NotFound { .. } => anyhow!("{e}; see `agentkeys domain list` and `agentkeys owner list`"),
+                other => anyhow!(other),
+            })?;
+            if json {
+                println!("{}", json!({ "domain": domain, "owner": owner }));
+            } else {
+                match owner {
+                    Some(o) => println!("{domain} is assigned to {o}: only that owner's agents may create inboxes on it"),
+                    None => println!("{domain} is shared: agents create no inboxes on it"),
+                }
             }
         }
         DomainCmd::SetRetention { domain, retention } => {

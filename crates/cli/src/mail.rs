@@ -505,12 +505,14 @@ pub(crate) async fn run(cmd: MailCmd, json: bool) -> Result<()> {
             }
             for m in &list.messages {
                 println!(
-                    "{}  {}  {:<32}  {}{}",
+                    "{}  {}  {:<32}  {}{}{}",
                     m.message_id,
                     time(m.received_at),
                     m.from.as_deref().unwrap_or("-"),
                     m.subject.as_deref().unwrap_or("(no subject)"),
-                    m.to_tag.as_deref().map(|t| format!("  (to tag {t})")).unwrap_or_default()
+                    m.to_tag.as_deref().map(|t| format!("  (to tag {t})")).unwrap_or_default(),
+                    // Our MX's verdict on the From: header, said where it matters.
+                    if m.authenticated == Some(false) { "  (From not authenticated)" } else { "" }
                 );
             }
             if let Some(c) = &list.next_cursor {

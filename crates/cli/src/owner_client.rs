@@ -548,9 +548,14 @@ pub(crate) async fn inbox_create(
     config: &Config,
     agent: &str,
     address: &agentkeys_core::Address,
+    expires_in: Option<i64>,
     json: bool,
 ) -> Result<()> {
-    let body = json!({ "agent": agent, "address": address }).to_string();
+    let mut body = json!({ "agent": agent, "address": address });
+    if let Some(secs) = expires_in {
+        body["expires_in"] = json!(secs);
+    }
+    let body = body.to_string();
     let answer = Session::open(conn, config).await?.call("POST", "/v1/inboxes", Some(body.as_bytes())).await?;
     print(json, &answer, || s(&answer["address"]).to_owned());
     Ok(())

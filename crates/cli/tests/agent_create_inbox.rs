@@ -4,7 +4,10 @@
 //! and the MCP tool `create_inbox` through the official SDK); swaks gets `250`
 //! before the expiry and `550 5.1.1` after it; the sweeper removes the inbox
 //! with its mail, audited. Creating outside the pattern, without `create`,
-//! beyond the grant's expiry, or as another owner's agent is refused.
+//! beyond the grant's expiry, or as another owner's agent is refused. Revoking
+//! the grant ends the inboxes created under it (`550 5.1.1`, swept); agents
+//! create only on a domain assigned to their owner (`domain assign`); the
+//! owner's own `inbox create --expires-in` has the agent's limits.
 
 #![allow(clippy::unwrap_used)]
 
@@ -14,6 +17,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
+use agentkeys_core::time::rfc3339;
 use common::*;
 use serde_json::{Value, json};
 
@@ -94,6 +98,9 @@ fn an_agent_creates_a_signup_inbox_that_receives_until_it_expires_and_is_swept()
     let config_dir = tempfile::tempdir().unwrap();
     enroll_owner(d, OWNER_A);
     run_json(d, &["agent", "add", AGENT_A, "--owner", OWNER_A]);
+    // Agents create inboxes only on a domain the operator assigned to their owner.
+    let assigned = run_json(d, &["domain", "assign", "agents.localhost", "--owner", OWNER_A]);
+    assert_eq!(assigned["owner"], OWNER_A, "{assigned}");
     let key_a = run_json(d, &["key", "create", "--agent", AGENT_A])["key"].as_str().unwrap().to_owned();
     let grant = owner_json(
         d,
@@ -105,6 +112,11 @@ fn an_agent_creates_a_signup_inbox_that_receives_until_it_expires_and_is_swept()
     owner_json(d, OWNER_A, &["grant", "create", "--agent", AGENT_A, "--inbox", "login-*@agents.localhost", "--scopes", "read"]);
     // Owner B's agent, with an inbox and a read+send grant of its own.
     let (_, _, _bee, key_b) = provision(d, OWNER_B, AGENT_B, "bee");
+    // Owner B may not claim names on A's domain: the create grant is refused.
+    let out = owner_run(d, OWNER_B, &["grant", "create", "--agent", AGENT_B, "--inbox", "signup-*@agents.localhost", "--scopes", "read,create"]);
+    assert!(!out.status.success(), "a create grant on another owner's domain");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("DOMAIN_NOT_ASSIGNED") && err.contains("domain assign"), "{err}");
     let server = Server::start(d, &[("AGENTKEYS_RETENTION_SWEEP_INTERVAL", "1s")]);
     let a = Agent { server: &server, key: key_a, config_dir: config_dir.path() };
     let b = Agent { server: &server, key: key_b, config_dir: config_dir.path() };
@@ -192,4 +204,118 @@ fn an_agent_creates_a_signup_inbox_that_receives_until_it_expires_and_is_swept()
     assert!(text.lines().any(|l| l.contains("inbox.expire") && l.contains(&address)), "{text}");
     let verify = run(d, &["audit", "verify"]);
     assert!(verify.status.success(), "{}", String::from_utf8_lossy(&verify.stdout));
+}
+
+/// How long the test waits, at most, for the MX to stop taking mail for an
+/// ended inbox (the RCPT cache keeps a found inbox for 1 s).
+const END_WAIT: Duration = Duration::from_secs(20);
+
+#[test]
+fn revoking_the_grant_ends_the_inboxes_created_under_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let config_dir = tempfile::tempdir().unwrap();
+    enroll_owner(d, OWNER_A);
+    run_json(d, &["agent", "add", AGENT_A, "--owner", OWNER_A]);
+    run_json(d, &["domain", "assign", "agents.localhost", "--owner", OWNER_A]);
+    let key_a = run_json(d, &["key", "create", "--agent", AGENT_A])["key"].as_str().unwrap().to_owned();
+    let signup = ["grant", "create", "--agent", AGENT_A, "--inbox", "signup-*@agents.localhost", "--scopes", "read,create", "--ttl", "1h"];
+    let grant = owner_json(d, OWNER_A, &signup);
+    let grant_id = grant["id"].as_str().unwrap().to_owned();
+    // A second create grant whose inbox must outlive the first grant's revocation.
+    let other = owner_json(d, OWNER_A, &["grant", "create", "--agent", AGENT_A, "--inbox", "login-*@agents.localhost", "--scopes", "read,create", "--ttl", "1h"]);
+    let server = Server::start(d, &[("AGENTKEYS_RETENTION_SWEEP_INTERVAL", "1s")]);
+    let a = Agent { server: &server, key: key_a, config_dir: config_dir.path() };
+    let ended = a.mail_json(&["inbox-create", "--name", "signup-rv", "--expires-in", "30m"])["address"].as_str().unwrap().to_owned();
+    let kept = a.mail_json(&["inbox-create", "--name", "login-rv", "--expires-in", "30m"])["address"].as_str().unwrap().to_owned();
+    for rcpt in [&ended, &kept] {
+        let transcript = swaks(&server, rcpt);
+        assert!(transcript.contains("<-  250 2.0.0 Message accepted as"), "{transcript}");
+    }
+
+    // The owner revokes the signup grant (signed, in-process, while the server runs).
+    let revoked_at = unix_now();
+    let out = owner_run(d, OWNER_A, &["grant", "revoke", &grant_id]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let listed = run_json(d, &["inbox", "list"]);
+    let expiry = |address: &str| listed.as_array().unwrap().iter().find(|i| i["address"] == address).map(|i| i["expires_at"].clone());
+    // Removed already, or listed with an expiry at the revocation.
+    if let Some(at) = expiry(&ended) {
+        // RFC 3339 in one fixed format sorts like the times it names.
+        let (lo, hi) = (rfc3339(revoked_at), rfc3339(unix_now()));
+        let at = at.as_str().unwrap();
+        assert!(lo.as_str() <= at && at <= hi.as_str(), "ends at the revocation: {listed}");
+    }
+    assert!(expiry(&kept).is_some(), "another grant's inbox stays: {listed}");
+
+    // The MX refuses it (550 5.1.1) and the sweeper removes it with its mail;
+    // the other grant's inbox still receives.
+    let deadline = Instant::now() + END_WAIT;
+    loop {
+        let transcript = swaks(&server, &ended);
+        if transcript.contains("<** 550 5.1.1") {
+            break;
+        }
+        assert!(transcript.contains("<-  250 2.0.0"), "{transcript}");
+        assert!(Instant::now() < deadline, "still receiving after the revocation: {transcript}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let deadline = Instant::now() + SWEEP_WAIT;
+    while !stored_messages(&server.blobs(), OWNER_A, &ended).is_empty()
+        || run_json(d, &["inbox", "list"]).as_array().unwrap().iter().any(|i| i["address"] == ended.as_str())
+    {
+        assert!(Instant::now() < deadline, "not swept in time");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let transcript = swaks(&server, &kept);
+    assert!(transcript.contains("<-  250 2.0.0 Message accepted as"), "{transcript}");
+    // Shared again, the domain takes no new agent-created inboxes under any grant.
+    run_json(d, &["domain", "assign", "agents.localhost", "--shared"]);
+    let err = a.refused(&["inbox-create", "--name", "login-late", "--expires-in", "5m"]);
+    assert!(err.contains("DOMAIN_NOT_ASSIGNED"), "{err}");
+    assert!(server.stop().success());
+
+    // Audited: the revocation, then the inbox it ended (actor the owner), then its removal.
+    let ends = audit_records(d, "inbox.end_with_grant");
+    assert_eq!(ends.len(), 1, "{ends:?}");
+    assert_eq!(ends[0]["subject"], grant_id.as_str());
+    assert_eq!(ends[0]["actor"], format!("owner:{OWNER_A}"));
+    assert_eq!((&ends[0]["detail"]["count"], &ends[0]["detail"]["inboxes"]), (&json!(1), &json!([ended])));
+    let expired: Vec<Value> = audit_records(d, "inbox.expire").into_iter().filter(|r| r["subject"] == ended.as_str()).collect();
+    assert_eq!(expired.len(), 1, "{expired:?}");
+    assert_eq!(other["scopes"], "read,create");
+    let verify = run(d, &["audit", "verify"]);
+    assert!(verify.status.success(), "{}", String::from_utf8_lossy(&verify.stdout));
+}
+
+#[test]
+fn the_owner_creates_an_inbox_with_an_expiry_within_the_same_limits() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    enroll_owner(d, OWNER_A);
+    run_json(d, &["agent", "add", AGENT_A, "--owner", OWNER_A]);
+    // Beyond 30 days: the agent's error, INVALID_EXPIRY, and nothing created.
+    let out = owner_run(d, OWNER_A, &["inbox", "create", "--agent", AGENT_A, "--name", "long", "--expires-in", "31d"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("INVALID_EXPIRY") && err.contains("30 days"), "{err}");
+    let out = owner_run(d, OWNER_A, &["inbox", "create", "--agent", AGENT_A, "--name", "bad", "--expires-in", "soon"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--expires-in"), "names the flag");
+    // Within: created with its expiry, signed and audited with it.
+    let before = unix_now();
+    let made = owner_json(d, OWNER_A, &["inbox", "create", "--agent", AGENT_A, "--name", "short", "--expires-in", "2h"]);
+    let at = made["expires_at"].as_str().unwrap().to_owned();
+    let (lo, hi) = (rfc3339(before + 7200), rfc3339(unix_now() + 7200));
+    assert!(lo <= at && at <= hi, "{made}");
+    let forever = owner_json(d, OWNER_A, &["inbox", "create", "--agent", AGENT_A, "--name", "forever"]);
+    assert!(forever.get("expires_at").is_none(), "no expiry unless asked: {forever}");
+    let listed = run_json(d, &["inbox", "list"]);
+    let names: Vec<&str> = listed.as_array().unwrap().iter().map(|i| i["address"].as_str().unwrap()).collect();
+    assert!(!names.iter().any(|n| n.starts_with("long@") || n.starts_with("bad@")), "{names:?}");
+    let creates = audit_records(d, "inbox.create");
+    let record = creates.iter().find(|r| r["subject"] == "short@agents.localhost").unwrap();
+    assert_eq!(record["actor"], format!("owner:{OWNER_A}"));
+    assert_eq!(rfc3339(record["detail"]["expires_at"].as_i64().unwrap()), at, "{record}");
+    assert!(record["detail"]["approval"].is_object(), "signed by the owner: {record}");
 }

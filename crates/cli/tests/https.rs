@@ -196,8 +196,15 @@ fn over_https_the_first_send_after_pairing_works_and_another_certificate_is_refu
     assert_eq!((config["server"].as_str(), config["server_fingerprint"].as_str()), (Some(url.as_str()), Some(fingerprint.as_str())));
     let agent_id = last["agent_id"].as_str().unwrap().to_owned();
 
-    // The operator makes an inbox; the owner grants it over HTTPS with no TLS flag (the pin).
-    let inbox = run_json(&d, &["inbox", "create", "--agent", &agent_id, "--name", "signup"])["address"].as_str().unwrap().to_owned();
+    // The owner, in their own HOME, makes the agent an inbox and grants it over
+    // HTTPS with no TLS flag (the pin), without the operator; lists show both.
+    let created = ok(&owner(&owner_home, &["inbox", "create", "--agent", &agent_id, "--name", "signup", "--server", &url, "--json"]));
+    let inbox = serde_json::from_str::<Value>(&created).unwrap()["address"].as_str().unwrap().to_owned();
+    assert_eq!(inbox, "signup@agents.localhost");
+    let inboxes = ok(&owner(&owner_home, &["inbox", "list", "--server", &url, "--json"]));
+    assert!(inboxes.contains(&inbox), "{inboxes}");
+    let agents = ok(&owner(&owner_home, &["agent", "list", "--server", &url, "--json"]));
+    assert!(agents.contains(&agent_id), "{agents}");
     ok(&owner(&owner_home, &["grant", "create", "--agent", &agent_id, "--inbox", &inbox, "--scopes", "read,send", "--server", &url]));
     let grants = ok(&owner(&owner_home, &["grant", "list", "--server", &url, "--json"]));
     assert!(grants.contains(&inbox), "{grants}");
@@ -267,4 +274,46 @@ fn paired_over_plain_http_without_a_trusted_submission_certificate_the_agent_sen
     ok(&owner(&owner_home, &["grant", "create", "--agent", &agent_id, "--inbox", &inbox, "--scopes", "read,send", "--server", &url]));
     let sent = ok(&elsewhere(&agent_home).args(["mail", "send", "--to", &inbox, "--text", "hi", "--json"]).output().unwrap());
     assert!(sent.contains("\"via\":\"http\""), "{sent}");
+}
+
+/// An operator-supplied certificate (`tls.cert`/`tls.key`, here issued by a
+/// test CA for `localhost`) is the one HTTPS serves and `serve` prints; an
+/// owner elsewhere who does not trust that CA is refused, shown its
+/// fingerprint; with the CA (`--ca-file`, no fingerprint) they enroll and then
+/// manage inboxes and grants with no TLS flag.
+#[test]
+fn an_operator_supplied_certificate_is_served_and_trusted_through_its_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().join("data");
+    std::fs::create_dir(&d).unwrap();
+    let certs = dir.path().join("certs");
+    common::python("test_ca.py", &[certs.display().to_string(), "server=localhost".to_owned()]);
+    let (cert, key, ca) = (certs.join("server.pem"), certs.join("server.key"), certs.join("ca.pem"));
+    let code = run_json(&d, &["owner", "add", OWNER])["enrollment_code"].as_str().unwrap().to_owned();
+    let agent = run_json(&d, &["agent", "add", "--owner", OWNER])["id"].as_str().unwrap().to_owned();
+    let server = Server::start(
+        &d,
+        &[
+            ("AGENTKEYS_LISTEN_HTTPS", "127.0.0.1:0"),
+            ("AGENTKEYS_TLS_CERT", cert.to_str().unwrap()),
+            ("AGENTKEYS_TLS_KEY", key.to_str().unwrap()),
+        ],
+    );
+    let (url, fingerprint) = https_and_fingerprint(&server);
+    assert_eq!(fingerprint, openssl_fingerprint(&cert), "serve presents the operator's certificate");
+    // The certificate names localhost, not the address.
+    let url = url.replace("https://127.0.0.1:", "https://localhost:");
+
+    let owner_home = dir.path().join("owner-home");
+    let enroll = ["owner", "enroll", "--server", &url, "--owner", OWNER, "--code", &code];
+    let err = refused(&owner(&owner_home, &enroll));
+    assert!(err.contains(&url) && err.contains(&fingerprint), "{err}");
+    let ca_file = ca.to_str().unwrap();
+    ok(&owner(&owner_home, &[&enroll[..], &["--ca-file", ca_file]].concat()));
+    let created = ok(&owner(&owner_home, &["inbox", "create", "--agent", &agent, "--name", "ops", "--server", &url, "--json"]));
+    let inbox = serde_json::from_str::<Value>(&created).unwrap()["address"].as_str().unwrap().to_owned();
+    ok(&owner(&owner_home, &["grant", "create", "--agent", &agent, "--inbox", &inbox, "--scopes", "read", "--server", &url]));
+    let grants = ok(&owner(&owner_home, &["grant", "list", "--server", &url, "--json"]));
+    assert!(grants.contains(&inbox), "{grants}");
+    drop(server);
 }

@@ -262,6 +262,13 @@ fn an_owner_manages_inboxes_over_http() {
     let out = as_owner(alice, &["inbox", "create", "--agent", alice_agent, "--name", "x", "--domain", "example.com"]);
     assert!(stderr(&out).contains("400") && stderr(&out).contains("not a domain this server hosts"), "{}", stderr(&out));
 
+    // A grant for an exact address that does not exist: 404, nothing granted.
+    let out = as_owner(alice, &["grant", "create", "--agent", alice_agent, "--inbox", "ghost@agents.localhost", "--scopes", "read"]);
+    assert!(!out.status.success() && stderr(&out).contains("404 NOT_FOUND"), "{}", stderr(&out));
+    let out = as_owner(alice, &["grant", "list", "--json"]);
+    let grants = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && !grants.contains("ghost@"), "{grants}");
+
     let out = as_owner(alice, &["inbox", "list", "--json"]);
     let inboxes: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let addresses: Vec<&str> = inboxes.as_array().unwrap().iter().map(|i| i["address"].as_str().unwrap()).collect();

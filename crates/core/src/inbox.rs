@@ -123,6 +123,25 @@ pub fn agent_inbox_expiry(
     Ok(expires_at)
 }
 
+/// Whether `owner`'s agents may create inboxes (`create` scope) on a domain
+/// the operator assigned to `domain_owner` (`None`: a shared domain). Only on
+/// a domain assigned to that owner: on a shared domain, names under a pattern
+/// would be first come, first served across owners, and an address one
+/// owner's agent gave a service could, once ended, be created again by
+/// another owner's agent and receive the first owner's password resets.
+/// Exact inboxes on shared domains stay the operator's and owners' to create.
+pub fn may_create_on_domain(owner: &crate::OwnerId, domain_owner: Option<&crate::OwnerId>) -> bool {
+    domain_owner == Some(owner)
+}
+
+/// The expiry of an inbox its owner creates at `now` asking for `expires_in`
+/// seconds: `None` (never) without a request; else the same limits as an
+/// agent's inbox without a grant to stay within: positive and at most
+/// [`MAX_AGENT_INBOX_LIFETIME_SECS`], refused (never clamped) otherwise.
+pub fn owner_inbox_expiry(expires_in: Option<i64>, now: UnixTime) -> Result<Option<UnixTime>, InboxExpiryError> {
+    expires_in.map(|requested| agent_inbox_expiry(Some(requested), UnixTime::MAX, now)).transpose()
+}
+
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;
@@ -147,6 +166,20 @@ mod tests {
             Err(InboxExpiryError::TooLong { .. })
         ));
         assert_eq!(agent_inbox_expiry(Some(i64::MAX), i64::MAX, NOW).ok(), None);
+        // Agents create only on a domain assigned to their owner.
+        let (a, b): (crate::OwnerId, crate::OwnerId) = (
+            "0x000000000000000000000000000000000000000a".parse().unwrap(),
+            "0x000000000000000000000000000000000000000b".parse().unwrap(),
+        );
+        assert!(may_create_on_domain(&a, Some(&a)));
+        assert!(!may_create_on_domain(&a, Some(&b)), "another owner's domain");
+        assert!(!may_create_on_domain(&a, None), "a shared domain");
+        // The owner's own inboxes: no expiry unless asked, the same limits when asked.
+        assert_eq!(owner_inbox_expiry(None, NOW), Ok(None));
+        assert_eq!(owner_inbox_expiry(Some(60), NOW), Ok(Some(NOW + 60)));
+        assert_eq!(owner_inbox_expiry(Some(MAX_AGENT_INBOX_LIFETIME_SECS), NOW), Ok(Some(NOW + MAX_AGENT_INBOX_LIFETIME_SECS)));
+        assert!(matches!(owner_inbox_expiry(Some(MAX_AGENT_INBOX_LIFETIME_SECS + 1), NOW), Err(InboxExpiryError::TooLong { .. })));
+        assert!(matches!(owner_inbox_expiry(Some(0), NOW), Err(InboxExpiryError::NotPositive { .. })));
         assert!(!is_expired(None, i64::MAX));
         assert!(is_expired(Some(NOW), NOW), "the expiry second itself is past");
         assert!(!is_expired(Some(NOW + 1), NOW));

@@ -14,6 +14,7 @@
 //! ```
 
 pub mod auth;
+pub mod auth_results;
 pub mod duration;
 pub mod grant;
 pub mod ids;
@@ -29,7 +30,9 @@ pub use grant::{
     Grant, GrantChange, GrantChangeError, GrantMiss, InboxPattern, RANDOM_NAME_LEN, Scope, Scopes, covering_grant,
 };
 pub use ids::{Address, AgentId, Domain, GrantId, IdError, KeyId, OwnerId, Resolved, Subaddressing};
-pub use inbox::{InboxExpiryError, InboxStatus, MAX_AGENT_INBOX_LIFETIME_SECS, agent_inbox_expiry, is_expired};
+pub use inbox::{
+    InboxExpiryError, InboxStatus, MAX_AGENT_INBOX_LIFETIME_SECS, agent_inbox_expiry, is_expired, may_create_on_domain, owner_inbox_expiry,
+};
 pub use key::{AgentKey, KeyHash, KeyHasher};
 pub use seed::MasterSeed;
 

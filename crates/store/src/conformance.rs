@@ -177,6 +177,8 @@ macro_rules! conformance_tests {
             domain_key_versions_are_stored_once,
             expiry_removes_each_row_once,
             expired_inboxes_are_absent_and_swept_once,
+            inboxes_end_with_the_grant_that_created_them,
+            domains_are_assigned_to_one_owner_or_shared,
             revoking_twice_keeps_the_first_time,
             writes_answer_errors_as_documented,
             audited_writes_refuse_events_that_are_not_ok,
@@ -574,7 +576,7 @@ async fn index_and_follow<S: StoreUnderTest>(a: &S, b: &S, writers: Vec<WriterPl
                 next_id += 1;
                 let id = ulid(next_id);
                 expected[i % inboxes.len()].insert(id);
-                msgs.push(NewMessage { owner: o.clone(), inbox: inbox.clone(), id, size: 100 + next_id });
+                msgs.push(NewMessage { owner: o.clone(), inbox: inbox.clone(), id, size: 100 + next_id, summary: Default::default() });
             }
             rows.push(msgs);
         }
@@ -702,7 +704,7 @@ pub async fn index_seq_follows_commit_order_and_indexing_is_idempotent<B: Backen
     let (a, b) = pair(&*backend).await;
     index_world(&a, &b).await;
     let (o, bot) = (owner(1), address("bot"));
-    let row = |n: u64| NewMessage { owner: o.clone(), inbox: bot.clone(), id: ulid(n), size: n };
+    let row = |n: u64| NewMessage { owner: o.clone(), inbox: bot.clone(), id: ulid(n), size: n, summary: Default::default() };
     // Committed newest id first.
     let first: Vec<NewMessage> = (1..=5).rev().map(row).collect();
     let indexed = a.index_messages(&first).await.unwrap();
@@ -1395,7 +1397,7 @@ async fn build_world<S: StoreUnderTest>(a: &S, b: &S, plan: &WorldPlan) -> Built
                 let rows: Vec<NewMessage> = (0..*messages)
                     .map(|_| {
                         msg_n += 1;
-                        NewMessage { owner: owner(owner_n), inbox: rec.address.clone(), id: ulid(msg_n), size: 10 }
+                        NewMessage { owner: owner(owner_n), inbox: rec.address.clone(), id: ulid(msg_n), size: 10, summary: Default::default() }
                     })
                     .collect();
                 if !rows.is_empty() {
@@ -2068,7 +2070,7 @@ pub async fn expiry_removes_each_row_once<B: Backend>(backend: Arc<B>) {
                 1 => (owner(2), address("other")),
                 _ => (owner(1), keep.address.clone()),
             };
-            NewMessage { owner: o, inbox, id: ulid_at(n, n), size: 10 }
+            NewMessage { owner: o, inbox, id: ulid_at(n, n), size: 10, summary: Default::default() }
         })
         .collect();
     a.index_messages(&rows).await.unwrap();
@@ -2168,13 +2170,13 @@ pub async fn expired_inboxes_are_absent_and_swept_once<B: Backend>(backend: Arc<
     let mut rows = Vec::new();
     for (n, inbox) in expired.iter().enumerate() {
         for m in 0..=n as u64 {
-            rows.push(NewMessage { owner: inbox.owner.clone(), inbox: inbox.address.clone(), id: ulid(n as u64 * 100 + m), size: 1 });
+            rows.push(NewMessage { owner: inbox.owner.clone(), inbox: inbox.address.clone(), id: ulid(n as u64 * 100 + m), size: 1, summary: Default::default() });
         }
     }
     for m in 0..2 {
-        rows.push(NewMessage { owner: owner(1), inbox: live.address.clone(), id: ulid(10_000 + m), size: 1 });
+        rows.push(NewMessage { owner: owner(1), inbox: live.address.clone(), id: ulid(10_000 + m), size: 1, summary: Default::default() });
     }
-    rows.push(NewMessage { owner: owner(1), inbox: address("bot"), id: ulid(20_000), size: 1 });
+    rows.push(NewMessage { owner: owner(1), inbox: address("bot"), id: ulid(20_000), size: 1, summary: Default::default() });
     a.index_messages(&rows).await.unwrap();
 
     for (i, s) in [&a, &b].into_iter().enumerate() {
@@ -2255,6 +2257,114 @@ pub async fn expired_inboxes_are_absent_and_swept_once<B: Backend>(backend: Arc<
     // Removed, the address is free again.
     a.create_inbox(&taken, &event("inbox.create", "again")).await.unwrap();
     assert_eq!(b.recipient(&taken.address).await.unwrap().map(|r| r.expires_at), Some(None));
+}
+
+/// Inboxes an agent created under a grant (`create_granted_inbox`) end with
+/// it: shortening the grant ends them no later than its new expiry, narrowing
+/// away `create` ends them now (the store's clock), revoking it ends them at
+/// the revocation time (a second revocation changes nothing). Each change that
+/// ends inboxes appends one `inbox.end_with_grant` record, with the change's
+/// actor, in its transaction; other grants' inboxes, inboxes created without a
+/// grant and another owner's are untouched. A granted inbox needs an expiry.
+pub async fn inboxes_end_with_the_grant_that_created_them<B: Backend>(backend: Arc<B>) {
+    let (a, b) = pair(&*backend).await;
+    two_owners(&a, &b).await;
+    let g1 = grant_record(11, 1, 1, "signup-*@conformance.test", "read,create");
+    let g3 = grant_record(13, 1, 1, "signup-*@conformance.test", "read,create");
+    let g2 = grant_record(12, 2, 2, "signup-*@conformance.test", "read,create");
+    for g in [&g1, &g2, &g3] {
+        a.add_grant(g, &event("grant.create", g.id.as_str())).await.unwrap();
+    }
+    let granted = |local: &str, owner_n: u32, expires_at: UnixTime| InboxRecord {
+        expires_at: Some(expires_at),
+        ..inbox_record(local, owner_n, owner_n)
+    };
+    let s1 = granted("signup-1", 1, NOW + DAY - 10);
+    let s2 = granted("signup-2", 1, NOW + DAY);
+    // Ends "now" only if it would live past the store's clock.
+    let wall = wall_clock();
+    let s3 = granted("signup-3", 1, wall + DAY);
+    let o1 = granted("signup-o", 2, NOW + DAY);
+    let plain = inbox_record("signup-plain", 1, 1);
+    a.create_granted_inbox(&s1, &g1.id, &event("inbox.create", "s1")).await.unwrap();
+    b.create_granted_inbox(&s2, &g1.id, &event("inbox.create", "s2")).await.unwrap();
+    a.create_granted_inbox(&s3, &g3.id, &event("inbox.create", "s3")).await.unwrap();
+    b.create_granted_inbox(&o1, &g2.id, &event("inbox.create", "o1")).await.unwrap();
+    a.create_inbox(&plain, &event("inbox.create", "plain")).await.unwrap();
+    let no_expiry = inbox_record("signup-x", 1, 1);
+    invalid(a.create_granted_inbox(&no_expiry, &g1.id, &event("inbox.create", "x")).await, "a granted inbox without expiry");
+    let head = a.audit_head().await.unwrap();
+
+    // Shortened: g1's inboxes end no later than the grant.
+    let shorter = Grant { expires_at: NOW + 100, ..g1.clone() };
+    b.change_owner_grant(&owner(1), &g1, &shorter, &AuditEvent::ok(Actor::Owner(owner(1)), "grant.change", "g11")).await.unwrap();
+    for s in [&a, &b] {
+        let e = expiries(s).await;
+        assert_eq!((e["signup-1"], e["signup-2"]), (Some(NOW + 100), Some(NOW + 100)), "shortened with the grant");
+        assert_eq!((e["signup-3"], e["signup-o"], e["signup-plain"]), (Some(wall + DAY), Some(NOW + DAY), None), "others untouched");
+    }
+    // Narrowed away `create`: g3's inbox ends now.
+    let before_narrowing = wall_clock();
+    let narrowed = Grant { scopes: "read".parse().unwrap(), ..g3.clone() };
+    a.change_owner_grant(&owner(1), &g3, &narrowed, &event("grant.change", "g13")).await.unwrap();
+    let s3_end = expiries(&b).await["signup-3"].unwrap();
+    assert!((before_narrowing..=wall_clock()).contains(&s3_end), "ended at the store's now: {s3_end}");
+    let due: Vec<String> = b.expired_inboxes(wall_clock(), 100).await.unwrap().iter().map(|i| i.address.local_part().to_owned()).collect();
+    assert!(due.contains(&"signup-3".to_owned()), "the sweeper sees it: {due:?}");
+    // Revoked (twice): ends at the first revocation; another owner's grant alike.
+    a.revoke_owner_grant(&owner(1), &g1.id, NOW + 50, &event("grant.revoke", "g11")).await.unwrap();
+    b.revoke_owner_grant(&owner(1), &g1.id, NOW + 60, &event("grant.revoke", "g11")).await.unwrap();
+    b.revoke_grant(&g2.id, NOW + 70, &event("grant.revoke", "g12")).await.unwrap();
+    for s in [&a, &b] {
+        let e = expiries(s).await;
+        assert_eq!((e["signup-1"], e["signup-2"], e["signup-o"]), (Some(NOW + 50), Some(NOW + 50), Some(NOW + 70)));
+        assert_eq!(e["signup-plain"], None, "an inbox created without a grant never ends with one");
+    }
+
+    let log = verified_log(&a, "grant-ended inboxes").await;
+    let ended: Vec<&AuditRecord> =
+        log.iter().filter(|r| r.seq > head.seq && r.operation == crate::OP_INBOX_END_WITH_GRANT).collect();
+    let summary: Vec<(String, u64, String)> = ended
+        .iter()
+        .map(|r| (r.subject.clone(), r.detail["count"].as_u64().unwrap(), r.detail["owner"].as_str().unwrap().to_owned()))
+        .collect();
+    let row = |g: &Grant, count: u64, o: u32| (g.id.to_string(), count, owner(o).to_string());
+    assert_eq!(
+        summary,
+        vec![row(&g1, 2, 1), row(&g3, 1, 1), row(&g1, 2, 1), row(&g2, 1, 2)],
+        "one record per ending change, none for the second revocation"
+    );
+    assert_eq!(ended[0].actor, Actor::Owner(owner(1)), "with the change's actor");
+    assert_eq!(ended[0].detail["inboxes"], serde_json::json!([address("signup-1"), address("signup-2")]));
+}
+
+/// A hosted domain is shared until assigned; `assign_domain` sets (or, with
+/// `None`, clears) its owner, audited, seen by every handle; an unknown domain
+/// or owner is `NotFound` and records nothing.
+pub async fn domains_are_assigned_to_one_owner_or_shared<B: Backend>(backend: Arc<B>) {
+    let (a, b) = pair(&*backend).await;
+    two_owners(&a, &b).await;
+    assert_eq!(b.domain_owner(&domain()).await.unwrap(), None, "shared until assigned");
+    a.assign_domain(&domain(), Some(&owner(2)), &event(crate::OP_DOMAIN_ASSIGN, DOMAIN)).await.unwrap();
+    assert_eq!(b.domain_owner(&domain()).await.unwrap(), Some(owner(2)));
+    b.assign_domain(&domain(), Some(&owner(1)), &event(crate::OP_DOMAIN_ASSIGN, DOMAIN)).await.unwrap();
+    assert_eq!(a.domain_owner(&domain()).await.unwrap(), Some(owner(1)));
+    let head = a.audit_head().await.unwrap();
+    let elsewhere: Domain = "elsewhere.test".parse().unwrap();
+    not_found(a.assign_domain(&elsewhere, Some(&owner(1)), &event(crate::OP_DOMAIN_ASSIGN, "x")).await, "a domain not hosted");
+    not_found(b.assign_domain(&domain(), Some(&owner(9)), &event(crate::OP_DOMAIN_ASSIGN, "x")).await, "an unknown owner");
+    assert_eq!(a.audit_head().await.unwrap().seq, head.seq, "refusals record nothing");
+    assert_eq!(b.domain_owner(&domain()).await.unwrap(), Some(owner(1)), "a refused change changes nothing");
+    assert_eq!(b.domain_owner(&elsewhere).await.unwrap(), None);
+    a.assign_domain(&domain(), None, &event(crate::OP_DOMAIN_ASSIGN, DOMAIN)).await.unwrap();
+    assert_eq!(b.domain_owner(&domain()).await.unwrap(), None, "shared again");
+    let log = verified_log(&b, "domain assignment").await;
+    assert_eq!(log.iter().filter(|r| r.operation == crate::OP_DOMAIN_ASSIGN).count(), 3);
+}
+
+/// Every inbox's expiry by local part, as `s` lists them.
+async fn expiries<S: StoreUnderTest>(s: &S) -> BTreeMap<String, Option<UnixTime>> {
+    s.list_inboxes(None).await.unwrap().into_iter().map(|i| (i.address.local_part().to_owned(), i.expires_at)).collect()
 }
 
 // ---------------------------------------------------------------------------

@@ -228,6 +228,7 @@ mod tests {
             id: Ulid::new(),
             received_at: 1,
             size: 10,
+            summary: Default::default(),
         }
     }
 

@@ -25,6 +25,7 @@ use sqlx::Row;
 use ulid::Ulid;
 
 use crate::blob::BlobKey;
+use crate::header_summary::{HeaderFrom, HeaderSummary};
 use crate::meta::StoreError;
 use crate::sqlite::{SqliteStore, backend, commit_audited, require_ok};
 
@@ -39,6 +40,8 @@ pub struct NewMessage {
     pub id: Ulid,
     /// The stored copy's length in bytes.
     pub size: u64,
+    /// Its header summary ([`HeaderSummary::of_message`] of the stored copy).
+    pub summary: HeaderSummary,
 }
 
 impl NewMessage {
@@ -73,6 +76,9 @@ pub struct IndexedMessage {
     pub received_at: UnixTime,
     /// Size of the stored copy in bytes.
     pub size: u64,
+    /// The header summary taken when it was indexed (empty for rows indexed
+    /// before summaries existed).
+    pub summary: HeaderSummary,
 }
 
 impl IndexedMessage {
@@ -159,7 +165,18 @@ pub trait MessageIndex: Send + Sync + 'static {
     ) -> Result<Vec<IndexedMessage>, StoreError>;
 }
 
-const COLUMNS: &str = "seq, owner, inbox, id, received_at, size";
+const COLUMNS: &str = "seq, owner, inbox, id, received_at, size, header_from_address, header_from_name, subject, authenticated";
+
+/// The summary read back from its columns (an address-less name is dropped,
+/// as [`HeaderSummary::of_message`] never writes one).
+pub(crate) fn summary_from_columns(
+    address: Option<String>,
+    name: Option<String>,
+    subject: Option<String>,
+    authenticated: bool,
+) -> HeaderSummary {
+    HeaderSummary { header_from: address.map(|address| HeaderFrom { address, name }), subject, authenticated }
+}
 
 fn from_row(row: &sqlx::sqlite::SqliteRow) -> Result<IndexedMessage, StoreError> {
     let text = |i: usize| row.try_get::<String, _>(i).map_err(backend);
@@ -168,6 +185,8 @@ fn from_row(row: &sqlx::sqlite::SqliteRow) -> Result<IndexedMessage, StoreError>
     let id = text(3)?;
     let bad = |what: &str, v: &str| StoreError::Backend(format!("stored message {what} {v:?} is invalid"));
     let size: i64 = row.try_get(5).map_err(backend)?;
+    let opt = |i: usize| row.try_get::<Option<String>, _>(i).map_err(backend);
+    let summary = summary_from_columns(opt(6)?, opt(7)?, opt(8)?, row.try_get(9).map_err(backend)?);
     Ok(IndexedMessage {
         seq: row.try_get(0).map_err(backend)?,
         owner: owner.parse().map_err(|_| bad("owner", &owner))?,
@@ -175,11 +194,12 @@ fn from_row(row: &sqlx::sqlite::SqliteRow) -> Result<IndexedMessage, StoreError>
         id: Ulid::from_string(&id).map_err(|_| bad("id", &id))?,
         received_at: row.try_get(4).map_err(backend)?,
         size: u64::try_from(size).map_err(|_| bad("size", &size.to_string()))?,
+        summary,
     })
 }
 
 /// Most rows one multi-row `INSERT` of [`MessageIndex::index_messages`] carries
-/// (five bound values each, far below SQLite's limit on bound values).
+/// (nine bound values each, far below SQLite's limit on bound values).
 const INSERT_CHUNK: usize = 512;
 
 impl NewMessage {
@@ -191,6 +211,7 @@ impl NewMessage {
             id: self.id,
             received_at: self.received_at(),
             size: self.size,
+            summary: self.summary.clone(),
         }
     }
 }
@@ -210,13 +231,17 @@ impl SqliteStore {
             );
         }
         let mut insert =
-            sqlx::QueryBuilder::<sqlx::Sqlite>::new("INSERT INTO messages (owner, inbox, id, received_at, size) ");
+            sqlx::QueryBuilder::<sqlx::Sqlite>::new("INSERT INTO messages (owner, inbox, id, received_at, size, header_from_address, header_from_name, subject, authenticated) ");
         insert.push_values(rows.iter().zip(&sizes), |mut row, (m, size)| {
             row.push_bind(m.owner.as_str())
                 .push_bind(m.inbox.as_str())
                 .push_bind(m.id.to_string())
                 .push_bind(m.received_at())
-                .push_bind(*size);
+                .push_bind(*size)
+                .push_bind(m.summary.header_from.as_ref().map(|f| f.address.as_str()))
+                .push_bind(m.summary.header_from.as_ref().and_then(|f| f.name.as_deref()))
+                .push_bind(m.summary.subject.as_deref())
+                .push_bind(m.summary.authenticated);
         });
         insert.push(" ON CONFLICT (owner, inbox, id) DO NOTHING RETURNING seq, owner, inbox, id");
         let returned: Vec<(i64, String, String, String)> =
@@ -248,7 +273,8 @@ impl SqliteStore {
                 .map_err(|_| StoreError::Invalid(format!("message size {} is too large", m.size)))?;
             let id = m.id.to_string();
             let inserted: Option<(i64,)> = sqlx::query_as(
-                "INSERT INTO messages (owner, inbox, id, received_at, size) VALUES (?1, ?2, ?3, ?4, ?5)
+                "INSERT INTO messages (owner, inbox, id, received_at, size, header_from_address, header_from_name, subject, authenticated)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
                  ON CONFLICT (owner, inbox, id) DO NOTHING RETURNING seq",
             )
             .bind(m.owner.as_str())
@@ -256,6 +282,10 @@ impl SqliteStore {
             .bind(&id)
             .bind(m.received_at())
             .bind(size)
+            .bind(m.summary.header_from.as_ref().map(|f| f.address.as_str()))
+            .bind(m.summary.header_from.as_ref().and_then(|f| f.name.as_deref()))
+            .bind(m.summary.subject.as_deref())
+            .bind(m.summary.authenticated)
             .fetch_optional(&mut *tx)
             .await
             .map_err(backend)?;

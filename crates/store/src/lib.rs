@@ -36,6 +36,7 @@ mod events;
 mod domain_status;
 pub mod enqueue;
 mod fs;
+mod header_summary;
 mod idempotency;
 mod index;
 mod mailroom;
@@ -59,6 +60,10 @@ pub use blob::{BlobError, BlobKey};
 pub use events::{EVENT_BUFFER, LocalEventHub, MailEvents, Missed, Subscription, TooManySubscribers};
 pub use domain_status::{DOMAIN_STATUSES, DomainStatusRecord, DomainStatusStore};
 pub use fs::FsBlobStore;
+pub use header_summary::{
+    HeaderFrom, HeaderSummary, MAX_SUMMARY_FROM_ADDRESS_CHARS, MAX_SUMMARY_FROM_NAME_CHARS, MAX_SUMMARY_HEADER_BYTES,
+    MAX_SUMMARY_SUBJECT_CHARS,
+};
 pub use idempotency::{IDEMPOTENCY_KEY_TTL_SECS, IdempotencyClaim, IdempotencyScope, SendIdempotency};
 pub use index::{IndexedMessage, ListOrder, MessageIndex, NewMessage, PageQuery, received_at};
 pub use mailroom::{

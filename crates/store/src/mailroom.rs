@@ -6,7 +6,8 @@
 //! delivery (`store_delivery_signed`), the queue runner's bounces (DSNs) and the
 //! HTTP send endpoint. Its `put_durable`:
 //!
-//! 1. writes every item durably through the wrapped store (fsync before return);
+//! 1. takes each inbox copy's [`HeaderSummary`] (bounded, never failing) and
+//!    writes every item durably through the wrapped store (fsync before return);
 //! 2. hands the inbox copies among them (keys `<owner>/<inbox>/<ulid>.eml`) to
 //!    the **index committer**, one task that drains every request waiting and
 //!    writes them in ONE transaction (one WAL fsync for many messages: group
@@ -39,6 +40,7 @@ use ulid::Ulid;
 use crate::BlobStore;
 use crate::blob::{BlobError, BlobKey};
 use crate::events::MailEvents;
+use crate::header_summary::HeaderSummary;
 use crate::index::{MessageIndex, NewMessage};
 use crate::meta::{InboxExpiry, InboxRecord, OP_INBOX_EXPIRE, StoreError};
 
@@ -70,6 +72,8 @@ pub struct Mailroom {
     index: Arc<dyn MessageIndex>,
     events: Arc<dyn MailEvents>,
     committer: mpsc::Sender<IndexRequest>,
+    /// Our MX's hostname: the authserv-id whose verdicts a summary believes.
+    authserv_id: Arc<str>,
 }
 
 impl std::fmt::Debug for Mailroom {
@@ -90,10 +94,23 @@ pub struct Reconciled {
 impl Mailroom {
     /// Joins the three and starts the index committer (a Tokio task that ends
     /// when the last clone is dropped). Must be called inside a Tokio runtime.
-    pub fn new(blobs: Arc<dyn BlobStore>, index: Arc<dyn MessageIndex>, events: Arc<dyn MailEvents>) -> Self {
+    /// `authserv_id` is our MX's hostname: each message's [`HeaderSummary`]
+    /// believes only the `Authentication-Results` field with that id.
+    pub fn new(
+        blobs: Arc<dyn BlobStore>,
+        index: Arc<dyn MessageIndex>,
+        events: Arc<dyn MailEvents>,
+        authserv_id: &str,
+    ) -> Self {
         let (committer, requests) = mpsc::channel(INDEX_QUEUE);
         tokio::spawn(commit_loop(requests, Arc::clone(&index), Arc::clone(&events)));
-        Self { blobs, index, events, committer }
+        Self { blobs, index, events, committer, authserv_id: Arc::from(authserv_id) }
+    }
+
+    /// The index row of a stored inbox copy, summary included.
+    fn new_message(&self, owner: OwnerId, inbox: Address, id: Ulid, bytes: &[u8]) -> NewMessage {
+        let summary = HeaderSummary::of_message(bytes, &self.authserv_id);
+        NewMessage { owner, inbox, id, size: bytes.len() as u64, summary }
     }
 
     /// [`BlobStore::check_writable`](crate::BlobStore::check_writable) of the
@@ -154,11 +171,11 @@ impl Mailroom {
                 if indexed.contains(id) {
                     continue;
                 }
-                // Rare (crash recovery): read the blob for its size.
+                // Rare (crash recovery): read the blob for its size and summary.
                 let Some(bytes) = self.blobs.get(key).await.map_err(|e| StoreError::Backend(e.to_string()))? else {
                     continue;
                 };
-                missing.push(NewMessage { owner: owner.clone(), inbox: inbox.clone(), id: *id, size: bytes.len() as u64 });
+                missing.push(self.new_message(owner.clone(), inbox.clone(), *id, &bytes));
             }
             for chunk in missing.chunks(RECONCILE_BATCH) {
                 self.index.index_messages(chunk).await?;
@@ -308,7 +325,7 @@ impl BlobStore for Mailroom {
         let rows: Vec<NewMessage> = items
             .iter()
             .filter_map(|(key, bytes)| {
-                key.message_parts().map(|(owner, inbox, id)| NewMessage { owner, inbox, id, size: bytes.len() as u64 })
+                key.message_parts().map(|(owner, inbox, id)| self.new_message(owner, inbox, id, bytes))
             })
             .collect();
         let keys: Vec<BlobKey> = items.iter().map(|(key, _)| key.clone()).collect();

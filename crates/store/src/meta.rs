@@ -371,8 +371,36 @@ pub trait Recipients: Send + Sync + 'static {
     async fn recipient(&self, address: &Address) -> Result<Option<Recipient>, StoreError>;
 }
 
+/// Audit operation of a domain's assignment to an owner (or back to shared),
+/// detail `{owner}` (`null`: shared).
+pub const OP_DOMAIN_ASSIGN: &str = "domain.assign";
 /// Audit operation of an expired inbox's removal (one record per inbox).
 pub const OP_INBOX_EXPIRE: &str = "inbox.expire";
+/// Audit operation recorded when revoking, shortening or narrowing a grant ends
+/// inboxes an agent created under it (one record per grant change, subject the
+/// grant, detail `{owner, grant, expires_at, count, inboxes}`), in the grant
+/// change's transaction and with its actor.
+pub const OP_INBOX_END_WITH_GRANT: &str = "inbox.end_with_grant";
+/// Most addresses one `inbox.end_with_grant` record names (its `count` is exact).
+pub const MAX_ENDED_INBOXES_NAMED: usize = 100;
+
+/// The audit event of inboxes ended with the grant that created them (see
+/// [`OP_INBOX_END_WITH_GRANT`]): `actor` is the grant change's.
+pub fn inbox_end_with_grant_event(
+    grant_change: &AuditEvent,
+    owner: &str,
+    grant: &str,
+    expires_at: UnixTime,
+    addresses: &[String],
+) -> AuditEvent {
+    AuditEvent::ok(grant_change.actor.clone(), OP_INBOX_END_WITH_GRANT, grant).with_detail(serde_json::json!({
+        "owner": owner,
+        "grant": grant,
+        "expires_at": expires_at,
+        "count": addresses.len(),
+        "inboxes": addresses.iter().take(MAX_ENDED_INBOXES_NAMED).collect::<Vec<_>>(),
+    }))
+}
 
 /// Inboxes with an expiry, and their removal once it has passed: the sweeper's
 /// role ([`Mailroom::sweep_expired_inboxes`](crate::Mailroom::sweep_expired_inboxes)).
@@ -425,6 +453,17 @@ pub trait Directory: Send + Sync + 'static {
         keys: &DomainKeyRecord,
         event: &AuditEvent,
     ) -> Result<(DomainKeyRecord, Option<AuditReceipt>), StoreError>;
+    /// The owner a hosted domain is assigned to; `None` for a shared domain or
+    /// one that is not hosted ([`agentkeys_core::may_create_on_domain`]).
+    async fn domain_owner(&self, domain: &Domain) -> Result<Option<OwnerId>, StoreError>;
+    /// Assigns a hosted domain to `owner` (`None`: shared again), audited.
+    /// `NotFound` if the domain is not hosted or the owner is unknown.
+    async fn assign_domain(
+        &self,
+        domain: &Domain,
+        owner: Option<&OwnerId>,
+        event: &AuditEvent,
+    ) -> Result<AuditReceipt, StoreError>;
     /// A domain's DKIM key versions, oldest first (empty if none yet).
     async fn domain_keys(&self, domain: &Domain) -> Result<Vec<DomainKeyRecord>, StoreError>;
     /// Adds an owner, audited. `Conflict` if it exists.
@@ -443,6 +482,19 @@ pub trait Directory: Send + Sync + 'static {
     /// inbox the sweeper has not removed yet). The owner is the agent's owner; the
     /// expiry, if any, must be after the creation time (`Invalid`).
     async fn create_inbox(&self, inbox: &InboxRecord, event: &AuditEvent) -> Result<AuditReceipt, StoreError>;
+    /// [`create_inbox`](Self::create_inbox) for an inbox an agent creates under
+    /// `grant` (`create` scope), remembering the grant: revoking it later ends
+    /// the inbox at once, shortening it ends the inbox no later than the grant,
+    /// and narrowing away `create` ends it at once (each audited
+    /// [`OP_INBOX_END_WITH_GRANT`] in the grant change's transaction). The
+    /// grant is not checked here (the broker did); the inbox needs an expiry
+    /// (`Invalid`).
+    async fn create_granted_inbox(
+        &self,
+        inbox: &InboxRecord,
+        grant: &GrantId,
+        event: &AuditEvent,
+    ) -> Result<AuditReceipt, StoreError>;
     /// Lists inboxes, optionally of one owner, by address (expired ones the
     /// sweeper has not removed yet included, with their expiry).
     async fn list_inboxes(&self, owner: Option<&OwnerId>) -> Result<Vec<InboxRecord>, StoreError>;
@@ -475,7 +527,8 @@ pub trait KeysAndGrants: Send + Sync + 'static {
     /// Lists grants, optionally of one agent.
     async fn list_grants(&self, agent: Option<&AgentId>) -> Result<Vec<Grant>, StoreError>;
     /// Revokes a grant, audited. `NotFound` if unknown; revoking twice keeps the
-    /// first time.
+    /// first time. Inboxes created under the grant end at once
+    /// ([`Directory::create_granted_inbox`]).
     async fn revoke_grant(&self, id: &GrantId, now: UnixTime, event: &AuditEvent) -> Result<AuditReceipt, StoreError>;
 }
 
@@ -552,7 +605,8 @@ pub trait OwnerApproval: Send + Sync + 'static {
     /// The grants of one owner, oldest first.
     async fn list_owner_grants(&self, owner: &OwnerId) -> Result<Vec<Grant>, StoreError>;
     /// Revokes a grant of `owner`, audited. A grant of another owner is `NotFound`
-    /// exactly like a missing id.
+    /// exactly like a missing id. Inboxes created under the grant end at once
+    /// ([`Directory::create_granted_inbox`]).
     async fn revoke_owner_grant(
         &self,
         owner: &OwnerId,
@@ -565,7 +619,9 @@ pub trait OwnerApproval: Send + Sync + 'static {
     /// stored grant is still `before` and unrevoked (compare-and-set): otherwise
     /// `Conflict` (changed meanwhile) or `NotFound` (no such grant of `owner`).
     /// `after` must keep the id, owner, agent and pattern and not widen the scopes
-    /// (`Invalid`).
+    /// (`Invalid`). Inboxes created under the grant end no later than `after`'s
+    /// expiry, or at once if `after` lacks the `create` scope
+    /// ([`Directory::create_granted_inbox`]).
     async fn change_owner_grant(
         &self,
         owner: &OwnerId,

@@ -296,7 +296,37 @@ impl SqliteStore {
             return Err(StoreError::NotFound { what });
         }
         let sealed = self.append_in(&mut tx, event).await?;
-        commit_audited(tx, sealed).await
+        let ended = if statement == REVOKE_GRANT { self.end_grant_inboxes(&mut tx, id, now, event).await? } else { None };
+        let receipt = commit_audited(tx, sealed).await?;
+        let _ended = ended.map(SealedRecord::into_receipt);
+        Ok(receipt)
+    }
+
+    /// Ends the inboxes an agent created under grant `grant` no later than
+    /// `end` and, if any ended, appends their `inbox.end_with_grant` record
+    /// (after `change`'s, with its actor) inside `tx`.
+    async fn end_grant_inboxes(
+        &self,
+        tx: &mut SqliteConnection,
+        grant: &str,
+        end: UnixTime,
+        change: &AuditEvent,
+    ) -> Result<Option<SealedRecord>, StoreError> {
+        let rows: Vec<(String, String)> = sqlx::query_as(
+            "UPDATE inboxes SET expires_at = ?2
+              WHERE created_by_grant = ?1 AND (expires_at IS NULL OR expires_at > ?2)
+              RETURNING address, owner",
+        )
+        .bind(grant)
+        .bind(end)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(backend)?;
+        let Some((_, owner)) = rows.first() else { return Ok(None) };
+        let mut addresses: Vec<String> = rows.iter().map(|(a, _)| a.clone()).collect();
+        addresses.sort();
+        let event = crate::meta::inbox_end_with_grant_event(change, owner, grant, end, &addresses);
+        Ok(Some(self.append_in(tx, &event).await?))
     }
 
     /// `Err` when the database's filesystem has less than
@@ -851,6 +881,62 @@ impl Recipients for SqliteStore {
     }
 }
 
+impl SqliteStore {
+    /// [`Directory::create_inbox`], remembering the creating grant if any.
+    async fn insert_inbox(
+        &self,
+        inbox: &InboxRecord,
+        grant: Option<&GrantId>,
+        event: &AuditEvent,
+    ) -> Result<AuditReceipt, StoreError> {
+        require_ok(event)?;
+        check_inbox_expiry(inbox)?;
+        let mut tx = self.write_tx().await?;
+        let domain = inbox.address.domain();
+        let (hosted,): (bool,) = sqlx::query_as("SELECT EXISTS (SELECT 1 FROM domains WHERE name = ?1)")
+            .bind(domain)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(backend)?;
+        if !hosted {
+            return Err(domain_not_hosted(domain));
+        }
+        let Some(agent_owner) = agent_owner_in(&mut tx, &inbox.agent).await? else {
+            return Err(StoreError::NotFound { what: format!("agent {}", inbox.agent) });
+        };
+        if agent_owner != inbox.owner.as_str() {
+            return Err(StoreError::Invalid(format!(
+                "inbox {} must belong to {agent_owner}, the owner of agent {}, not to {}",
+                inbox.address, inbox.agent, inbox.owner
+            )));
+        }
+        let taken: Option<(i64,)> = sqlx::query_as("SELECT 1 FROM inboxes WHERE address = ?1")
+            .bind(inbox.address.as_str())
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(backend)?;
+        if taken.is_some() {
+            return Err(StoreError::Conflict { what: format!("inbox {}", inbox.address) });
+        }
+        sqlx::query(
+            "INSERT INTO inboxes (address, owner, agent, status, created_at, expires_at, created_by_grant)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        )
+        .bind(inbox.address.as_str())
+        .bind(inbox.owner.as_str())
+        .bind(inbox.agent.as_str())
+        .bind(inbox.status.as_str())
+        .bind(inbox.created_at)
+        .bind(inbox.expires_at)
+        .bind(grant.map(GrantId::as_str))
+        .execute(&mut *tx)
+            .await
+            .map_err(|e| insert_error(e, || format!("inbox {}", inbox.address)))?;
+        let sealed = self.append_in(&mut tx, event).await?;
+        commit_audited(tx, sealed).await
+    }
+}
+
 #[async_trait]
 impl Directory for SqliteStore {
     async fn ensure_domain(&self, domain: &Domain, now: UnixTime) -> Result<(), StoreError> {
@@ -884,6 +970,46 @@ impl Directory for SqliteStore {
             .await
             .map_err(|e| insert_error(e, || format!("domain {}", keys.domain)))?;
         insert_domain_keys(&mut tx, keys).await?;
+        let sealed = self.append_in(&mut tx, event).await?;
+        commit_audited(tx, sealed).await
+    }
+
+    async fn domain_owner(&self, domain: &Domain) -> Result<Option<OwnerId>, StoreError> {
+        let row: Option<(Option<String>,)> = sqlx::query_as("SELECT owner FROM domains WHERE name = ?1")
+            .bind(domain.as_str())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(backend)?;
+        row.and_then(|(o,)| o).map(|o| stored("domain owner", &o)).transpose()
+    }
+
+    async fn assign_domain(
+        &self,
+        domain: &Domain,
+        owner: Option<&OwnerId>,
+        event: &AuditEvent,
+    ) -> Result<AuditReceipt, StoreError> {
+        require_ok(event)?;
+        let mut tx = self.write_tx().await?;
+        if let Some(o) = owner {
+            let known: Option<(i64,)> = sqlx::query_as("SELECT 1 FROM owners WHERE id = ?1")
+                .bind(o.as_str())
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(backend)?;
+            if known.is_none() {
+                return Err(StoreError::NotFound { what: format!("owner {o}") });
+            }
+        }
+        let done = sqlx::query("UPDATE domains SET owner = ?1 WHERE name = ?2")
+            .bind(owner.map(OwnerId::as_str))
+            .bind(domain.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound { what: format!("domain {domain}") });
+        }
         let sealed = self.append_in(&mut tx, event).await?;
         commit_audited(tx, sealed).await
     }
@@ -1040,51 +1166,20 @@ impl Directory for SqliteStore {
     }
 
     async fn create_inbox(&self, inbox: &InboxRecord, event: &AuditEvent) -> Result<AuditReceipt, StoreError> {
-        require_ok(event)?;
-        check_inbox_expiry(inbox)?;
-        let mut tx = self.write_tx().await?;
-        let domain = inbox.address.domain();
-        let (hosted,): (bool,) = sqlx::query_as("SELECT EXISTS (SELECT 1 FROM domains WHERE name = ?1)")
-            .bind(domain)
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(backend)?;
-        if !hosted {
-            return Err(domain_not_hosted(domain));
-        }
-        let Some(agent_owner) = agent_owner_in(&mut tx, &inbox.agent).await? else {
-            return Err(StoreError::NotFound { what: format!("agent {}", inbox.agent) });
-        };
-        if agent_owner != inbox.owner.as_str() {
-            return Err(StoreError::Invalid(format!(
-                "inbox {} must belong to {agent_owner}, the owner of agent {}, not to {}",
-                inbox.address, inbox.agent, inbox.owner
-            )));
-        }
-        let taken: Option<(i64,)> = sqlx::query_as("SELECT 1 FROM inboxes WHERE address = ?1")
-            .bind(inbox.address.as_str())
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(backend)?;
-        if taken.is_some() {
-            return Err(StoreError::Conflict { what: format!("inbox {}", inbox.address) });
-        }
-        sqlx::query(
-            "INSERT INTO inboxes (address, owner, agent, status, created_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        )
-        .bind(inbox.address.as_str())
-        .bind(inbox.owner.as_str())
-        .bind(inbox.agent.as_str())
-        .bind(inbox.status.as_str())
-        .bind(inbox.created_at)
-        .bind(inbox.expires_at)
-        .execute(&mut *tx)
-            .await
-            .map_err(|e| insert_error(e, || format!("inbox {}", inbox.address)))?;
-        let sealed = self.append_in(&mut tx, event).await?;
-        commit_audited(tx, sealed).await
+        self.insert_inbox(inbox, None, event).await
     }
 
+    async fn create_granted_inbox(
+        &self,
+        inbox: &InboxRecord,
+        grant: &GrantId,
+        event: &AuditEvent,
+    ) -> Result<AuditReceipt, StoreError> {
+        if inbox.expires_at.is_none() {
+            return Err(StoreError::Invalid(format!("inbox {} created under grant {grant} needs an expiry", inbox.address)));
+        }
+        self.insert_inbox(inbox, Some(grant), event).await
+    }
     async fn list_inboxes(&self, owner: Option<&OwnerId>) -> Result<Vec<InboxRecord>, StoreError> {
         let rows: Vec<InboxRow> = sqlx::query_as(&format!(
             "SELECT {INBOX_COLUMNS} FROM inboxes
@@ -1556,7 +1651,11 @@ impl OwnerApproval for SqliteStore {
             });
         }
         let sealed = self.append_in(&mut tx, event).await?;
-        commit_audited(tx, sealed).await
+        let end = if after.scopes.contains(agentkeys_core::Scope::Create) { after.expires_at } else { (self.clock)() };
+        let ended = self.end_grant_inboxes(&mut tx, before.id.as_str(), end, event).await?;
+        let receipt = commit_audited(tx, sealed).await?;
+        let _ended = ended.map(SealedRecord::into_receipt);
+        Ok(receipt)
     }
 
     async fn revoke_owner_key(

@@ -50,7 +50,7 @@ async fn fixture() -> Fixture {
 
 impl Fixture {
     fn mailroom(&self, index: Arc<dyn MessageIndex>) -> Mailroom {
-        Mailroom::new(self.raw.clone(), index, Arc::new(self.hub.clone()))
+        Mailroom::new(self.raw.clone(), index, Arc::new(self.hub.clone()), "mx.agents.localhost")
     }
 }
 
@@ -68,7 +68,7 @@ async fn listing_pages_by_id_in_both_orders_and_replay_is_by_commit_order() {
     let ids: Vec<Ulid> = (0..10u64).map(|i| Ulid::from_parts(1_700_000_000_000 + i, 7)).collect();
     // Committed out of id order: newest first.
     let rows: Vec<NewMessage> =
-        ids.iter().rev().map(|&id| NewMessage { owner: owner(), inbox: inbox(BOT), id, size: 100 }).collect();
+        ids.iter().rev().map(|&id| NewMessage { owner: owner(), inbox: inbox(BOT), id, size: 100, summary: Default::default() }).collect();
     let indexed = f.store.index_messages(&rows).await.unwrap();
     let seqs: Vec<i64> = indexed.iter().map(|m| m.seq).collect();
     assert!(seqs.windows(2).all(|w| w[0] < w[1]), "seq follows commit order: {seqs:?}");
@@ -102,7 +102,7 @@ async fn listing_pages_by_id_in_both_orders_and_replay_is_by_commit_order() {
 
     // A batch mixing an indexed row and a new one: the old keeps its seq, the new
     // one comes after every earlier commit.
-    let late = NewMessage { owner: owner(), inbox: inbox(BOT), id: Ulid::from_parts(1_700_000_000_100, 7), size: 100 };
+    let late = NewMessage { owner: owner(), inbox: inbox(BOT), id: Ulid::from_parts(1_700_000_000_100, 7), size: 100, summary: Default::default() };
     let mixed = f.store.index_messages(&[rows[3].clone(), late]).await.unwrap();
     assert_eq!(mixed[0], indexed[3]);
     assert!(mixed[1].seq > indexed[9].seq, "{mixed:?}");
@@ -355,7 +355,7 @@ async fn a_reconcile_never_drops_mail_another_node_stores_meanwhile() {
             race,
             stored: std::sync::Mutex::new(Some(racing)),
         });
-        let restarting = Mailroom::new(blobs, f.store.clone(), Arc::new(f.hub.clone()));
+        let restarting = Mailroom::new(blobs, f.store.clone(), Arc::new(f.hub.clone()), "mx.agents.localhost");
         let report = restarting.reconcile(&[(owner(), inbox(BOT))]).await.unwrap();
         assert_eq!(report.dropped, 0, "{race:?}: {report:?}");
         let ids = f.store.indexed_ids(&owner(), &inbox(BOT)).await.unwrap();

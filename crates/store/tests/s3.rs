@@ -857,7 +857,7 @@ async fn the_mailroom_over_s3_indexes_and_reconciles() {
     let meta = Arc::new(SqliteStore::open(&dir.path().join("meta.sqlite")).await.unwrap());
     meta.ensure_domain(&"agents.localhost".parse().unwrap(), 0).await.unwrap();
     let raw = Arc::new(s3.clone());
-    let mail = Mailroom::new(raw.clone(), meta.clone(), Arc::new(LocalEventHub::new()));
+    let mail = Mailroom::new(raw.clone(), meta.clone(), Arc::new(LocalEventHub::new()), "mx.agents.localhost");
     let owner: OwnerId = "0x00000000000000000000000000000000000000aa".parse().unwrap();
     let inbox: Address = "bot@agents.localhost".parse().unwrap();
     let (kept, orphan, gone) = (Ulid::new(), Ulid::new(), Ulid::new());

@@ -38,7 +38,7 @@ use ulid::Ulid;
 
 use super::PgStore;
 use crate::events::{LocalEventHub, MailEvents, Subscription, TooManySubscribers};
-use crate::index::{IndexedMessage, received_at};
+use crate::index::{IndexedMessage, received_at, summary_from_columns};
 use crate::pairing_wakeups::PairingWakeups;
 
 /// The notification channel of new index rows.
@@ -83,6 +83,14 @@ struct Payload {
     inbox: String,
     id: String,
     size: u64,
+    #[serde(default)]
+    from_address: Option<String>,
+    #[serde(default)]
+    from_name: Option<String>,
+    #[serde(default)]
+    subject: Option<String>,
+    #[serde(default)]
+    authenticated: bool,
 }
 
 impl Payload {
@@ -95,6 +103,7 @@ impl Payload {
             id,
             received_at: received_at(id),
             size: self.size,
+            summary: summary_from_columns(self.from_address, self.from_name, self.subject, self.authenticated),
         })
     }
 }

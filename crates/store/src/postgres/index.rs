@@ -30,16 +30,19 @@ use ulid::Ulid;
 
 use super::audit::commit_audited;
 use super::{PgStore, backend};
-use crate::index::{IndexedMessage, ListOrder, MessageIndex, NewMessage, PageQuery};
+use crate::index::{summary_from_columns, IndexedMessage, ListOrder, MessageIndex, NewMessage, PageQuery};
 use crate::meta::StoreError;
 use crate::sqlite::require_ok;
 
-const COLUMNS: &str = "seq, owner, inbox, id, received_at, size";
+const COLUMNS: &str =
+    "seq, owner, inbox, id, received_at, size, header_from_address, header_from_name, subject, authenticated";
 
 /// A row of [`COLUMNS`].
-type MessageRow = (i64, String, String, String, i64, i64);
+type MessageRow = (i64, String, String, String, i64, i64, Option<String>, Option<String>, Option<String>, bool);
 
-fn from_row((seq, owner, inbox, id, received_at, size): MessageRow) -> Result<IndexedMessage, StoreError> {
+fn from_row(
+    (seq, owner, inbox, id, received_at, size, from_address, from_name, subject, authenticated): MessageRow,
+) -> Result<IndexedMessage, StoreError> {
     let bad = |what: &str, v: &str| StoreError::Backend(format!("stored message {what} {v:?} is invalid"));
     Ok(IndexedMessage {
         seq,
@@ -48,16 +51,47 @@ fn from_row((seq, owner, inbox, id, received_at, size): MessageRow) -> Result<In
         id: Ulid::from_string(&id).map_err(|_| bad("id", &id))?,
         received_at,
         size: u64::try_from(size).map_err(|_| bad("size", &size.to_string()))?,
+        summary: summary_from_columns(from_address, from_name, subject, authenticated),
     })
 }
 
 fn indexed(m: &NewMessage, seq: i64) -> IndexedMessage {
-    IndexedMessage { seq, owner: m.owner.clone(), inbox: m.inbox.clone(), id: m.id, received_at: m.received_at(), size: m.size }
+    IndexedMessage {
+        seq,
+        owner: m.owner.clone(),
+        inbox: m.inbox.clone(),
+        id: m.id,
+        received_at: m.received_at(),
+        size: m.size,
+        summary: m.summary.clone(),
+    }
 }
 
+/// Longest notification payload PostgreSQL accepts: "shorter than 8000 bytes"
+/// (`pg_notify`), beyond which the whole indexing transaction would fail.
+pub const MAX_NOTIFY_PAYLOAD_BYTES: usize = 7999;
+
 /// The notification payload announcing one indexed row (read back by
-/// [`super::events`]).
+/// [`super::events`]). Its summary is bounded (`header_summary`'s limits), so
+/// the payload stays far below [`MAX_NOTIFY_PAYLOAD_BYTES`]; should it ever
+/// not, the summary is left out (listeners then see an empty summary) rather
+/// than fail the transaction that makes the mail durable.
 pub(crate) fn payload(m: &IndexedMessage) -> String {
+    let full = serde_json::json!({
+        "seq": m.seq,
+        "owner": m.owner.as_str(),
+        "inbox": m.inbox.as_str(),
+        "id": m.id.to_string(),
+        "size": m.size,
+        "from_address": m.summary.header_from.as_ref().map(|f| f.address.as_str()),
+        "from_name": m.summary.header_from.as_ref().and_then(|f| f.name.as_deref()),
+        "subject": m.summary.subject.as_deref(),
+        "authenticated": m.summary.authenticated,
+    })
+    .to_string();
+    if full.len() <= MAX_NOTIFY_PAYLOAD_BYTES {
+        return full;
+    }
     serde_json::json!({
         "seq": m.seq,
         "owner": m.owner.as_str(),
@@ -122,8 +156,10 @@ impl MessageIndex for PgStore {
         }
         if !new.is_empty() {
             sqlx::query(
-                "INSERT INTO messages (seq, owner, inbox, id, received_at, size)
-                 SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::bigint[])",
+                "INSERT INTO messages (seq, owner, inbox, id, received_at, size,
+                                   header_from_address, header_from_name, subject, authenticated)
+                 SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::bigint[],
+                                      $7::text[], $8::text[], $9::text[], $10::boolean[])",
             )
             .bind(new.iter().map(|(seq, ..)| *seq).collect::<Vec<i64>>())
             .bind(new.iter().map(|(_, m, ..)| m.owner.as_str()).collect::<Vec<&str>>())
@@ -131,6 +167,10 @@ impl MessageIndex for PgStore {
             .bind(new.iter().map(|(_, _, id, _)| id.as_str()).collect::<Vec<&str>>())
             .bind(new.iter().map(|(_, m, ..)| m.received_at()).collect::<Vec<i64>>())
             .bind(new.iter().map(|(.., size)| *size).collect::<Vec<i64>>())
+            .bind(new.iter().map(|(_, m, ..)| m.summary.header_from.as_ref().map(|f| f.address.as_str())).collect::<Vec<Option<&str>>>())
+            .bind(new.iter().map(|(_, m, ..)| m.summary.header_from.as_ref().and_then(|f| f.name.as_deref())).collect::<Vec<Option<&str>>>())
+            .bind(new.iter().map(|(_, m, ..)| m.summary.subject.as_deref()).collect::<Vec<Option<&str>>>())
+            .bind(new.iter().map(|(_, m, ..)| m.summary.authenticated).collect::<Vec<bool>>())
             .execute(&mut *tx)
             .await
             .map_err(backend)?;
@@ -309,5 +349,40 @@ impl MessageIndex for PgStore {
         let sealed = self.append_in(&mut tx, &audit).await?;
         let _receipt = commit_audited(tx, sealed).await?;
         Ok(expired)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::header_summary::{
+        HeaderFrom, HeaderSummary, MAX_SUMMARY_FROM_ADDRESS_CHARS, MAX_SUMMARY_FROM_NAME_CHARS, MAX_SUMMARY_SUBJECT_CHARS,
+    };
+
+    /// The largest summary there can be (every character the longest to
+    /// escape in JSON) still fits a notification, and travels in it whole.
+    #[test]
+    fn the_largest_summary_fits_a_notification() {
+        let wide = |n: usize| "\u{10FFFF}\"\\".chars().cycle().take(n).collect::<String>();
+        let m = IndexedMessage {
+            seq: i64::MAX,
+            owner: "0x00000000000000000000000000000000000000aa".parse().unwrap(),
+            inbox: format!("{}@{}.test", "a".repeat(64), "d".repeat(60)).parse().unwrap(),
+            id: Ulid::new(),
+            received_at: 0,
+            size: u64::MAX,
+            summary: HeaderSummary {
+                header_from: Some(HeaderFrom {
+                    address: wide(MAX_SUMMARY_FROM_ADDRESS_CHARS),
+                    name: Some(wide(MAX_SUMMARY_FROM_NAME_CHARS)),
+                }),
+                subject: Some(wide(MAX_SUMMARY_SUBJECT_CHARS)),
+                authenticated: true,
+            },
+        };
+        let p = payload(&m);
+        assert!(p.len() <= MAX_NOTIFY_PAYLOAD_BYTES, "{} bytes", p.len());
+        let back: serde_json::Value = serde_json::from_str(&p).unwrap();
+        assert_eq!(back["subject"].as_str(), m.summary.subject.as_deref());
     }
 }

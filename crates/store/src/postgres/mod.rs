@@ -57,6 +57,7 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{Executor as _, Postgres, Transaction};
 
 pub use events::{MAIL_CHANNEL, PAIRING_CHANNEL, PgEvents};
+pub use index::MAX_NOTIFY_PAYLOAD_BYTES;
 pub use throttles::THROTTLE_PRUNE_INTERVAL;
 #[doc(hidden)]
 pub use testing::{TEST_DATABASE_ENV, TEST_DATABASE_URL, TempDatabase};
