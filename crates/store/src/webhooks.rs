@@ -193,6 +193,30 @@ pub struct FedMessage {
     pub size: u64,
     /// Unix seconds.
     pub received_at: UnixTime,
+    /// Sender, subject and verdict, as indexed (no blob read needed).
+    pub summary: crate::HeaderSummary,
+}
+
+/// A `message_feed` row: seq, owner, inbox, id, size, received_at and the
+/// summary columns (from address, from name, subject, authenticated).
+pub(crate) type FeedRow = (i64, String, String, String, i64, i64, Option<String>, Option<String>, Option<String>, bool);
+
+/// The SQL of a feed read after a position (`$1`/`?1`) with a limit (`$2`/`?2`).
+pub(crate) const FEED_COLUMNS: &str =
+    "seq, owner, inbox, id, size, received_at, header_from_address, header_from_name, subject, authenticated";
+
+/// A feed row as a [`FedMessage`].
+pub(crate) fn fed_message(row: FeedRow) -> Result<FedMessage, StoreError> {
+    let (seq, owner, inbox, id, size, received_at, from_address, from_name, subject, authenticated) = row;
+    Ok(FedMessage {
+        seq,
+        owner: crate::sqlite::stored("owner", &owner)?,
+        inbox: crate::sqlite::stored("inbox", &inbox)?,
+        id,
+        size: u64::try_from(size).unwrap_or(0),
+        received_at,
+        summary: crate::index::summary_from_columns(from_address, from_name, subject, authenticated),
+    })
 }
 
 /// An outbound fact not yet turned into events: a queued message (`attempt`
@@ -573,27 +597,14 @@ impl Webhooks for SqliteStore {
             .fetch_one(&mut *conn)
             .await
             .map_err(backend)?;
-        let rows: Vec<(i64, String, String, String, i64, i64)> = sqlx::query_as(
-            "SELECT seq, owner, inbox, id, size, received_at FROM messages WHERE seq > ?1 ORDER BY seq LIMIT ?2",
-        )
-        .bind(position)
-        .bind(i64::from(limit))
-        .fetch_all(&mut *conn)
-        .await
-        .map_err(backend)?;
-        let messages = rows
-            .into_iter()
-            .map(|(seq, owner, inbox, id, size, received_at)| {
-                Ok(FedMessage {
-                    seq,
-                    owner: crate::sqlite::stored("owner", &owner)?,
-                    inbox: crate::sqlite::stored("inbox", &inbox)?,
-                    id,
-                    size: u64::try_from(size).unwrap_or(0),
-                    received_at,
-                })
-            })
-            .collect::<Result<Vec<_>, StoreError>>()?;
+        let rows: Vec<FeedRow> =
+            sqlx::query_as(&format!("SELECT {FEED_COLUMNS} FROM messages WHERE seq > ?1 ORDER BY seq LIMIT ?2"))
+                .bind(position)
+                .bind(i64::from(limit))
+                .fetch_all(&mut *conn)
+                .await
+                .map_err(backend)?;
+        let messages = rows.into_iter().map(fed_message).collect::<Result<Vec<_>, StoreError>>()?;
         Ok((position, messages))
     }
 

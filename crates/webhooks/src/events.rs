@@ -4,7 +4,7 @@
 
 use agentkeys_core::time::rfc3339;
 use agentkeys_core::{Address, OwnerId, UnixTime};
-use agentkeys_store::{ExpiringCredential, FedMessage, NewWebhookEvent, OutboundFact};
+use agentkeys_store::{ExpiringCredential, FedMessage, HeaderSummary, NewWebhookEvent, OutboundFact};
 use serde_json::{Value, json};
 
 /// A message arrived in an inbox (MX, or a local copy of a sent message, or a DSN).
@@ -36,41 +36,27 @@ fn envelope(event_type: &str, at: UnixTime, data: Value) -> String {
     json!({ "type": event_type, "timestamp": rfc3339(at), "data": data }).to_string()
 }
 
-/// What `message.received` tells about a message, read from its header block.
+/// What `message.received` tells about a message: the header summary the
+/// index took when the message was stored (no blob read per event).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct HeaderFacts {
     /// The `From:` address.
     pub from: Option<String>,
-    /// The decoded subject.
+    /// The decoded subject (at most the index's
+    /// [`MAX_SUMMARY_SUBJECT_CHARS`](agentkeys_store::MAX_SUMMARY_SUBJECT_CHARS)).
     pub subject: Option<String>,
     /// Our MX's verdict (DMARC pass or aligned DKIM pass).
     pub authenticated: Option<bool>,
 }
 
-/// Longest subject carried in an event, in characters.
-pub const MAX_SUBJECT_CHARS: usize = 512;
-
-impl HeaderFacts {
-    /// Reads `raw`'s header block (the body is not parsed) for sender, subject
-    /// and our MX's verdict; `our_hostname` is the authserv-id we write.
-    pub fn read(message_id: &str, raw: &[u8], our_hostname: &str) -> Self {
-        let end = memchr_header_end(raw).unwrap_or(raw.len());
-        let mut header = raw[..end].to_vec();
-        header.extend_from_slice(b"\r\n\r\n");
-        match agentkeys_agent::message::ParsedMessage::parse(message_id, &header, our_hostname) {
-            Ok(parsed) => Self {
-                from: parsed.from.as_ref().map(|m| m.address.clone()),
-                subject: parsed.subject.map(|s| s.chars().take(MAX_SUBJECT_CHARS).collect()),
-                authenticated: Some(parsed.authentication.authenticated),
-            },
-            Err(_) => Self::default(),
+impl From<&HeaderSummary> for HeaderFacts {
+    fn from(summary: &HeaderSummary) -> Self {
+        Self {
+            from: summary.header_from.as_ref().map(|f| f.address.clone()),
+            subject: summary.subject.clone(),
+            authenticated: Some(summary.authenticated),
         }
     }
-}
-
-/// Where the header block ends (the blank line), if it does.
-fn memchr_header_end(raw: &[u8]) -> Option<usize> {
-    raw.windows(4).position(|w| w == b"\r\n\r\n").or_else(|| raw.windows(2).position(|w| w == b"\n\n"))
 }
 
 /// Longest text carried by a `message.received` of a subscription that asks
@@ -208,7 +194,8 @@ mod tests {
     #[test]
     fn the_header_block_gives_sender_and_subject_and_never_the_body() {
         let raw = b"From: Alice <alice@example.com>\r\nSubject: =?utf-8?q?h=C3=A9llo?=\r\n\r\nsecret body 123456\r\n";
-        let facts = HeaderFacts::read("01J", raw, "mx.test");
+        let summary = HeaderSummary::of_message(raw, "mx.test");
+        let facts = HeaderFacts::from(&summary);
         assert_eq!(facts.from.as_deref(), Some("alice@example.com"));
         assert_eq!(facts.subject.as_deref(), Some("héllo"));
         assert_eq!(facts.authenticated, Some(false));
@@ -219,6 +206,7 @@ mod tests {
             id: "01J".to_owned(),
             size: raw.len() as u64,
             received_at: 1_700_000_000,
+            summary,
         };
         let event = message_received(&m, &facts, None);
         assert!(!event.payload.contains("secret body"));

@@ -3,7 +3,8 @@
 //!
 //! - `message.received`: the message index after the stored feed position, by
 //!   `seq` (commit order on both backends, so no row is skipped); each row's
-//!   header block is read from the blob store for sender, subject and verdict.
+//!   sender, subject and verdict come from the index's header summary (the blob
+//!   is read only for subscriptions that ask for the text).
 //!   The position moves by compare-and-set together with the inserted rows, so
 //!   a crash repeats a batch at worst, and repeats are absorbed by the unique
 //!   `(subscription, event key)`.
@@ -61,7 +62,7 @@ impl std::fmt::Debug for Feeder {
 }
 
 impl Feeder {
-    /// A feeder over `store`, reading headers from `blobs`, waking `added`.
+    /// A feeder over `store`, reading message text (when asked for) from `blobs`, waking `added`.
     pub fn new(store: Arc<dyn Webhooks>, blobs: Arc<dyn BlobStore>, config: FeederConfig, added: Arc<Notify>) -> Self {
         Self { store, blobs, config, added }
     }
@@ -128,19 +129,21 @@ impl Feeder {
             if matching.is_empty() {
                 continue;
             }
-            // The whole message is parsed only when a subscription asks for its text.
-            let with_body = matching.iter().any(|w| w.include_body);
-            let (facts, body) = match ulid::Ulid::from_string(&m.id) {
-                Ok(id) => match self.blobs.get(&BlobKey::message(&m.owner, &m.inbox, id)).await {
-                    Ok(Some(raw)) => (
-                        HeaderFacts::read(&m.id, &raw, &self.config.hostname),
-                        if with_body { BodyText::read(&m.id, &raw, &self.config.hostname) } else { None },
-                    ),
-                    // Removed meanwhile (retention, expiry): the event goes without them.
-                    Ok(None) => (HeaderFacts::default(), None),
-                    Err(err) => return Err(StoreError::Backend(format!("cannot read message {}: {err}", m.id))),
-                },
-                Err(_) => (HeaderFacts::default(), None),
+            // Sender, subject and verdict come from the index; the blob is read
+            // (and the whole message parsed) only when a subscription asks for its text.
+            let facts = HeaderFacts::from(&m.summary);
+            let body = if matching.iter().any(|w| w.include_body) {
+                match ulid::Ulid::from_string(&m.id) {
+                    Ok(id) => match self.blobs.get(&BlobKey::message(&m.owner, &m.inbox, id)).await {
+                        Ok(Some(raw)) => BodyText::read(&m.id, &raw, &self.config.hostname),
+                        // Removed meanwhile (retention, expiry): the event goes without it.
+                        Ok(None) => None,
+                        Err(err) => return Err(StoreError::Backend(format!("cannot read message {}: {err}", m.id))),
+                    },
+                    Err(_) => None,
+                }
+            } else {
+                None
             };
             events.push(events::message_received(m, &facts, body.as_ref()));
         }

@@ -16,7 +16,7 @@ use crate::meta::StoreError;
 use crate::sqlite::require_ok;
 use crate::webhooks::{
     ClaimRow, DELIVERY_COLUMNS, DeliveryAttempt, DeliveryClaim, DeliveryRecord, DeliveryRow, DeliveryState,
-    ExpiringCredential, FedMessage, MESSAGE_FEED, NewWebhookEvent, OutboundFact, OutboundFactRow, WebhookRecord,
+    ExpiringCredential, FEED_COLUMNS, FeedRow, FedMessage, MESSAGE_FEED, fed_message, NewWebhookEvent, OutboundFact, OutboundFactRow, WebhookRecord,
     WEBHOOK_COLUMNS, WebhookRow, Webhooks, attempt_state, claim_from_row, delivery_from_row, delivery_id, events_column,
     expiring_from_rows, fact_from_row, lease_token, not_found, webhook_from_row,
 };
@@ -169,27 +169,14 @@ impl Webhooks for PgStore {
             .fetch_one(&self.pool)
             .await
             .map_err(backend)?;
-        let rows: Vec<(i64, String, String, String, i64, i64)> = sqlx::query_as(
-            "SELECT seq, owner, inbox, id, size, received_at FROM messages WHERE seq > $1 ORDER BY seq LIMIT $2",
-        )
-        .bind(position)
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(backend)?;
-        let messages = rows
-            .into_iter()
-            .map(|(seq, owner, inbox, id, size, received_at)| {
-                Ok(FedMessage {
-                    seq,
-                    owner: crate::sqlite::stored("owner", &owner)?,
-                    inbox: crate::sqlite::stored("inbox", &inbox)?,
-                    id,
-                    size: u64::try_from(size).unwrap_or(0),
-                    received_at,
-                })
-            })
-            .collect::<Result<Vec<_>, StoreError>>()?;
+        let rows: Vec<FeedRow> =
+            sqlx::query_as(&format!("SELECT {FEED_COLUMNS} FROM messages WHERE seq > $1 ORDER BY seq LIMIT $2"))
+                .bind(position)
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+                .await
+                .map_err(backend)?;
+        let messages = rows.into_iter().map(fed_message).collect::<Result<Vec<_>, StoreError>>()?;
         Ok((position, messages))
     }
 
