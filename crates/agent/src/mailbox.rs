@@ -70,6 +70,11 @@ pub enum MailError {
     /// The message could not be parsed or composed.
     #[error("{0}")]
     Message(String),
+    /// The inbox's allow/block policy withholds this message from the agent
+    /// (issue 13 §2): its sender is refused by the receive lists, or it is
+    /// unauthenticated under `unauthenticated: hide`.
+    #[error("message {0} is withheld by the inbox's allow/block policy (its owner sets it: agentkeys inbox policy)")]
+    Withheld(String),
     /// The message holds no code or link (the extractor does not guess).
     #[error("{0}")]
     NoCode(String),
@@ -184,6 +189,14 @@ pub struct MessageList {
     pub next_cursor: Option<String>,
     /// How many messages were looked at (more than returned when filters are set).
     pub scanned: usize,
+    /// How many of them the inbox's allow/block policy withholds (their
+    /// senders are refused by its receive lists); never described.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub withheld: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 /// `get_message`.
@@ -515,6 +528,8 @@ struct WaitSpec {
     include_seen: bool,
     require_authenticated: bool,
     want_code: bool,
+    /// The inbox's allow/block lists, read from the server when the wait starts.
+    policy: agentkeys_core::policy::InboxPolicy,
 }
 
 /// The message a wait hands out.
@@ -701,6 +716,8 @@ impl MailService {
         let filter = Filter::new(p.from.as_deref(), p.subject_contains.as_deref());
         let tag = p.to_tag.as_deref().map(str::trim).filter(|t| !t.is_empty()).map(str::to_ascii_lowercase);
         let unfiltered = filter.is_empty() && tag.is_none();
+        let policy = self.client.inbox_policy(&inbox).await?;
+        let mut withheld = 0usize;
         let mut out = Vec::new();
         let mut before = p.before.clone();
         let mut scanned = 0usize;
@@ -716,7 +733,9 @@ impl MailService {
             for entry in &page.messages {
                 scanned += 1;
                 let summary = self.summary(&inbox, entry).await?;
-                if filter.matches(&summary) && tag.as_ref().is_none_or(|t| summary.to_tag.as_ref() == Some(t)) {
+                if !policy.allows_sender(summary.from.as_deref()) {
+                    withheld += 1;
+                } else if filter.matches(&summary) && tag.as_ref().is_none_or(|t| summary.to_tag.as_ref() == Some(t)) {
                     out.push(summary);
                 }
                 if out.len() >= limit as usize || scanned >= MAX_SCAN {
@@ -737,7 +756,7 @@ impl MailService {
             }
             before = next_cursor.clone();
         }
-        Ok(MessageList { inbox, messages: out, next_cursor, scanned })
+        Ok(MessageList { inbox, messages: out, next_cursor, scanned, withheld })
     }
 
     /// Fetches and parses one message.
@@ -755,7 +774,13 @@ impl MailService {
     /// `get_message`: the parsed message (headers, text, HTML as text,
     /// attachment metadata, authentication verdicts).
     pub async fn get_message(&self, p: &GetMessageParams) -> Result<crate::message::ParsedMessage, MailError> {
-        self.fetch_parsed(&p.inbox, &p.message_id).await
+        let policy = self.client.inbox_policy(&p.inbox).await?;
+        let parsed = self.fetch_parsed(&p.inbox, &p.message_id).await?;
+        let hidden = policy.unauthenticated == agentkeys_core::policy::Unauthenticated::Hide && !parsed.authentication.authenticated;
+        if !policy.allows_sender(parsed.from_address()) || hidden {
+            return Err(MailError::Withheld(p.message_id.clone()));
+        }
+        Ok(parsed)
     }
 
     /// `get_attachment`: one attachment's bytes (base64), at most [`MAX_INLINE_ATTACHMENT`].
@@ -841,7 +866,8 @@ impl MailService {
             p.include_seen,
             p.require_authenticated.unwrap_or(false),
             false,
-        )?;
+        )
+        .await?;
         let found = self.wait_core(&spec).await?;
         Ok(WaitAnswer {
             message: summarize(&found.entry, found.parsed.raw()),
@@ -864,13 +890,14 @@ impl MailService {
             p.include_seen,
             p.require_authenticated.unwrap_or(true),
             true,
-        )?;
+        )
+        .await?;
         let found = self.wait_core(&spec).await?;
         Ok(otp_answer(found))
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn spec(
+    async fn spec(
         &self,
         inbox: &str,
         from_domain: Option<&str>,
@@ -889,12 +916,32 @@ impl MailService {
             Some(s) => crate::wait::Since::parse(s).map_err(MailError::Invalid)?,
         };
         let subject = subject.map(str::trim).filter(|s| !s.is_empty()).map(str::to_lowercase);
-        Ok(WaitSpec { inbox, rule, subject, since, secs: secs.unwrap_or(0), include_seen, require_authenticated, want_code })
+        let policy = self.client.inbox_policy(&inbox).await?;
+        Ok(WaitSpec { inbox, rule, subject, since, secs: secs.unwrap_or(0), include_seen, require_authenticated, want_code, policy })
+    }
+
+    /// Why the inbox's policy withholds a message from the agent (issue 13
+    /// §2), if it does: a sender refused by its receive lists (with a receive
+    /// allow list, only the senders on it pass: no code is ever read from
+    /// anyone else), or unauthenticated mail under `unauthenticated: hide`.
+    /// Withheld mail is counted in answers, never described (its sender and
+    /// subject are what an injection would use).
+    fn withheld(spec: &WaitSpec, parsed: &crate::message::ParsedMessage) -> Option<&'static str> {
+        if !spec.policy.allows_sender(parsed.from_address()) {
+            return Some("its sender is refused by the inbox's receive lists");
+        }
+        if spec.policy.unauthenticated == agentkeys_core::policy::Unauthenticated::Hide && !parsed.authentication.authenticated {
+            return Some("it is not authenticated and the inbox's policy hides such mail");
+        }
+        None
     }
 
     /// Judges one parsed message against a wait: `Ok(otp)` when it may be handed
     /// out, otherwise why not.
     fn judge(spec: &WaitSpec, parsed: &crate::message::ParsedMessage) -> Result<Option<crate::otp::Otp>, (String, bool)> {
+        if let Some(why) = Self::withheld(spec, parsed) {
+            return Err((format!("withheld by the inbox's policy: {why}"), false));
+        }
         if let Err(r) = spec.rule.check(parsed.from.as_ref()) {
             return Err((r.describe(), r.is_spoof_like()));
         }
@@ -951,6 +998,7 @@ impl MailService {
         let mut others: Vec<SeenMessage> = Vec::new();
         let mut spoofs: Vec<String> = Vec::new();
         let mut looked = std::collections::HashSet::new();
+        let withheld = std::sync::atomic::AtomicUsize::new(0);
         let note = |others: &mut Vec<SeenMessage>, spoofs: &mut Vec<String>, parsed: &crate::message::ParsedMessage, why: String, spoof: bool| {
             if spoof {
                 spoofs.push(why.clone());
@@ -1012,6 +1060,10 @@ impl MailService {
             }
             looked.insert(entry.message_id.clone());
             let Some((parsed, verdict)) = self.evaluate(spec, entry).await? else { continue };
+            if Self::withheld(spec, &parsed).is_some() {
+                withheld.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                continue;
+            }
             match verdict {
                 Ok(otp) if chosen.is_none() => {
                     if self.claim(spec, &entry.message_id)? {
@@ -1032,7 +1084,19 @@ impl MailService {
                 }
             }
         }
+        let withheld_line = |others: &mut Vec<SeenMessage>| {
+            let n = withheld.load(std::sync::atomic::Ordering::Relaxed);
+            if n > 0 && others.len() < MAX_OTHERS_REPORTED {
+                others.push(SeenMessage {
+                    message_id: String::new(),
+                    from: None,
+                    subject: None,
+                    why_not: format!("{n} message(s) withheld by the inbox's allow/block policy (its owner sets it)"),
+                });
+            }
+        };
         let finish = |entry, parsed, otp, mut others: Vec<SeenMessage>| {
+            withheld_line(&mut others);
             if skipped > 0 && others.len() < MAX_OTHERS_REPORTED {
                 others.push(SeenMessage {
                     message_id: String::new(),
@@ -1057,6 +1121,10 @@ impl MailService {
                     continue;
                 }
                 let Some((parsed, verdict)) = self.evaluate(spec, &entry).await? else { continue };
+                if Self::withheld(spec, &parsed).is_some() {
+                    withheld.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    continue;
+                }
                 match verdict {
                     Ok(otp) => {
                         if self.claim(spec, &entry.message_id)? {
@@ -1073,6 +1141,7 @@ impl MailService {
             Ok(Ok((entry, parsed, otp))) => Ok(finish(entry, parsed, otp, others)),
             Ok(Err(e)) => Err(e),
             Err(_) => {
+                withheld_line(&mut others);
                 let seen = others.iter().map(SeenMessage::line).collect();
                 if spoofs.is_empty() {
                     Err(MailError::TimedOut { secs: spec.secs, cursor, seen })
@@ -1114,7 +1183,7 @@ impl MailService {
                 return Err(MailError::Invalid("give either message_id or wait, not both".to_owned()));
             }
             let inbox = crate::client::check_inbox(&p.inbox)?;
-            let spec = self.spec(&inbox, p.from_domain.as_deref(), p.from_address.as_deref(), p.subject_contains.as_deref(), None, None, true, require, true)?;
+            let spec = self.spec(&inbox, p.from_domain.as_deref(), p.from_address.as_deref(), p.subject_contains.as_deref(), None, None, true, require, true).await?;
             let parsed = self.fetch_parsed(&inbox, id).await?;
             return match Self::judge(&spec, &parsed) {
                 Ok(otp) => {
@@ -1143,7 +1212,8 @@ impl MailService {
             p.include_seen,
             require,
             true,
-        )?;
+        )
+        .await?;
         let found = self.wait_core(&spec).await?;
         Ok(otp_answer(found))
     }

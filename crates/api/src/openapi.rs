@@ -42,6 +42,8 @@ use crate::error::Problem;
         crate::messages::fetch,
         crate::messages::events,
         crate::send::send,
+        crate::inbox_policy::get_policy,
+        crate::inbox_policy::change_policy,
     ),
     components(schemas(
         ReadCredentialRequest,
@@ -77,6 +79,8 @@ use crate::error::Problem;
         crate::send::SendRequest,
         crate::send::SendAttachment,
         crate::send::SendResponse,
+        crate::inbox_policy::PolicyView,
+        crate::inbox_policy::PolicyChange,
     )),
     modifiers(&AgentKeyAuth, &OwnerSignatureAuth, &ReadCapabilityAuth),
     tags(
@@ -87,6 +91,7 @@ use crate::error::Problem;
         (name = "owner", description = "Enrollment and the owner's approval gate: requests signed with the owner's master key"),
         (name = "messages", description = "The read path: list, fetch and follow one inbox with a read capability (Authorization: Bearer akcap1.…)"),
         (name = "pairing", description = "An agent asks for an agent key with its device key; its owner approves with a signed request"),
+        (name = "policy", description = "An inbox's allow and block lists: read by its agent (read capability) or owner, changed by its owner (signed)"),
         (name = "mail", description = "Sending from an inbox: the same checks, DKIM signing and queue as SMTP submission"),
     )
 )]
