@@ -759,10 +759,18 @@ impl MailService {
         Ok(MessageList { inbox, messages: out, next_cursor, scanned, withheld })
     }
 
-    /// Fetches and parses one message.
+    /// Fetches and parses one message the inbox's policy lets the agent see
+    /// ([`MailError::Withheld`] otherwise): `get_message`, attachments,
+    /// replies and forwards all come through here.
     pub async fn fetch_parsed(&self, inbox: &str, message_id: &str) -> Result<crate::message::ParsedMessage, MailError> {
+        let policy = self.client.inbox_policy(inbox).await?;
         let raw = self.client.fetch_message(inbox, message_id).await?;
-        parse(message_id, &raw, &self.client.config().hostname)
+        let parsed = parse(message_id, &raw, &self.client.config().hostname)?;
+        let hidden = policy.unauthenticated == agentkeys_core::policy::Unauthenticated::Hide && !parsed.authentication.authenticated;
+        if !policy.allows_sender(parsed.from_address()) || hidden {
+            return Err(MailError::Withheld(message_id.to_owned()));
+        }
+        Ok(parsed)
     }
 
     /// Fetches (by its `raw_url` when listed with one) and parses a listed message.
@@ -774,13 +782,7 @@ impl MailService {
     /// `get_message`: the parsed message (headers, text, HTML as text,
     /// attachment metadata, authentication verdicts).
     pub async fn get_message(&self, p: &GetMessageParams) -> Result<crate::message::ParsedMessage, MailError> {
-        let policy = self.client.inbox_policy(&p.inbox).await?;
-        let parsed = self.fetch_parsed(&p.inbox, &p.message_id).await?;
-        let hidden = policy.unauthenticated == agentkeys_core::policy::Unauthenticated::Hide && !parsed.authentication.authenticated;
-        if !policy.allows_sender(parsed.from_address()) || hidden {
-            return Err(MailError::Withheld(p.message_id.clone()));
-        }
-        Ok(parsed)
+        self.fetch_parsed(&p.inbox, &p.message_id).await
     }
 
     /// `get_attachment`: one attachment's bytes (base64), at most [`MAX_INLINE_ATTACHMENT`].

@@ -782,12 +782,16 @@ mod subaddress_tests {
     #[test]
     fn receive_policy_action_refuses_by_default() {
         let dir = tempfile::tempdir().unwrap();
-        assert!(load(Some(&write(&dir, "")), &env(&[])).unwrap().refuse_blocked_senders);
-        let p = write(&dir, "[policy]\nreceive_action = \"withhold\"\n");
-        assert!(!load(Some(&p), &env(&[])).unwrap().refuse_blocked_senders);
-        let c = load(Some(&p), &env(&[("AGENTKEYS_RECEIVE_POLICY_ACTION", "refuse")])).unwrap();
-        assert!(c.refuse_blocked_senders);
-        let err = load(Some(&p), &env(&[("AGENTKEYS_RECEIVE_POLICY_ACTION", "flag")])).unwrap_err();
-        assert_eq!(err.0[0].key, "policy.receive_action");
+        let p = dir.path().join("agentkeys.toml");
+        let env = |v: Option<&str>| -> BTreeMap<String, String> {
+            v.map(|v| ("AGENTKEYS_RECEIVE_POLICY_ACTION".to_owned(), v.to_owned())).into_iter().collect()
+        };
+        std::fs::write(&p, "").unwrap();
+        assert!(load(Some(&p), &env(None)).unwrap().refuse_blocked_senders);
+        std::fs::write(&p, "[policy]\nreceive_action = \"withhold\"\n").unwrap();
+        assert!(!load(Some(&p), &env(None)).unwrap().refuse_blocked_senders);
+        assert!(load(Some(&p), &env(Some("refuse"))).unwrap().refuse_blocked_senders);
+        let err = load(Some(&p), &env(Some("flag"))).unwrap_err();
+        assert_eq!(err.0[0].key, "AGENTKEYS_RECEIVE_POLICY_ACTION");
     }
 }

@@ -35,6 +35,10 @@ struct World {
 }
 
 fn world() -> World {
+    world_with(&[])
+}
+
+fn world_with(env: &[(&str, &str)]) -> World {
     let dkim = DkimKey::generate();
     let zone = Zone::new()
         .txt(&format!("sel._domainkey.{SERVICE}"), &dkim.dns_txt())
@@ -45,7 +49,10 @@ fn world() -> World {
     let (_, _, _, alice_key) = provision(dir.path(), OWNER_A, ALICE, "alice");
     provision(dir.path(), OWNER_A, BOB, "bob");
     enroll_owner(dir.path(), OWNER_B);
-    let server = Server::start(dir.path(), &[("AGENTKEYS_DNS_NAMESERVERS", &dns.nameserver())]);
+    let nameserver = dns.nameserver();
+    let mut env = env.to_vec();
+    env.push(("AGENTKEYS_DNS_NAMESERVERS", &nameserver));
+    let server = Server::start(dir.path(), &env);
     World { _dir: dir, config_dir: tempfile::tempdir().unwrap(), server, _dns: dns, dkim, alice_key }
 }
 
@@ -301,4 +308,44 @@ fn receive_lists_refuse_at_data_and_the_otp_tools_read_only_allowed_senders() {
     w.set_policy(&["--unauthenticated", "show"]);
     let out = w.agent(&["otp", "--from", SERVICE, "--allow-unauthenticated"]);
     assert_eq!(text(&out.stdout), "777777", "{}", text(&out.stderr));
+}
+
+/// `policy.receive_action = withhold`: the MX stores mail the receive lists
+/// refuse, and the agent's tools never show it: not in `mail list` (counted
+/// as withheld), not by id (`mail show`), not as a code.
+#[test]
+fn withhold_mode_stores_refused_mail_and_the_agent_tools_never_show_it() {
+    let w = world_with(&[("AGENTKEYS_RECEIVE_POLICY_ACTION", "withhold")]);
+    w.set_policy(&["--receive-block", "evil.test"]);
+    let t = w.mx("bounce@example.com", ALICE_INBOX, &w.dkim.sign(SERVICE, &code_mail("Example <no-reply@example.com>", "999999")));
+    assert!(t.contains("250 2.0.0"), "{t}");
+    let before: std::collections::BTreeSet<_> = stored_messages(&w.server.blobs(), OWNER_A, ALICE_INBOX).into_iter().collect();
+    let t = w.mx("attacker@evil.test", ALICE_INBOX, &code_mail("\"Example\" <attacker@evil.test>", "121212"));
+    assert!(t.contains("250 2.0.0"), "stored, not refused: {t}");
+    let after: Vec<_> = stored_messages(&w.server.blobs(), OWNER_A, ALICE_INBOX).into_iter().filter(|p| !before.contains(p)).collect();
+    assert_eq!(after.len(), 1, "the refused sender's copy is stored");
+    let evil_id = after[0].file_stem().unwrap().to_str().unwrap().to_owned();
+
+    let out = w.agent(&["list", "--json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let list: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let froms: Vec<&str> = list["messages"].as_array().unwrap().iter().map(|m| m["from"].as_str().unwrap()).collect();
+    assert_eq!(froms, ["no-reply@example.com"], "{list}");
+    assert_eq!(list["withheld"], 1, "{list}");
+    assert!(!list.to_string().contains("evil.test"), "{list}");
+
+    let out = w.agent(&["show", &evil_id]);
+    assert!(!out.status.success(), "{}", text(&out.stdout));
+    assert!(text(&out.stderr).contains("withheld by the inbox's allow/block policy"), "{}", text(&out.stderr));
+    assert!(!text(&out.stdout).contains("121212"));
+
+    // The newest code is the refused sender's; the tools read the allowed one.
+    let out = w.agent(&["otp", "--allow-unauthenticated"]);
+    assert_eq!(text(&out.stdout), "999999", "{}", text(&out.stderr));
+
+    // Lifting the block shows it again (it was stored all along).
+    w.set_policy(&["--clear", "receive-block"]);
+    let out = w.agent(&["show", &evil_id]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("121212"), "{}", text(&out.stdout));
 }

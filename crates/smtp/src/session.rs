@@ -1005,6 +1005,9 @@ impl Session {
                 );
                 self.reply(Reply::MessageAccepted(delivery.id));
             }
+            // A refusal by the recipients' lists is a decision, not a failure
+            // (the shell logged each refusing inbox).
+            Err(err @ DeliveryError::RefusedByPolicy) => self.reply(Reply::from(&err)),
             Err(err) => {
                 tracing::error!(id = %delivery.id, error = %err, "storing message failed");
                 self.reply(Reply::from(&err));
