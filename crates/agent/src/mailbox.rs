@@ -6,6 +6,7 @@
 
 use std::time::{Duration, Instant};
 
+use agentkeys_core::policy::Unauthenticated;
 use base64::Engine as _;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -176,6 +177,10 @@ pub struct MessageSummary {
     /// The subaddress tag (`github` for `bot+github@domain`), when there is one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub to_tag: Option<String>,
+    /// Whether our MX authenticated the sender: present only when the
+    /// inbox's policy is `unauthenticated: label` (issue 13 §2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authenticated: Option<bool>,
 }
 
 /// A page of `list_messages`.
@@ -189,8 +194,9 @@ pub struct MessageList {
     pub next_cursor: Option<String>,
     /// How many messages were looked at (more than returned when filters are set).
     pub scanned: usize,
-    /// How many of them the inbox's allow/block policy withholds (their
-    /// senders are refused by its receive lists); never described.
+    /// How many of them the inbox's allow/block policy withholds (senders
+    /// its receive lists refuse; unauthenticated mail under `hide`); never
+    /// described.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub withheld: usize,
 }
@@ -578,6 +584,7 @@ pub fn summarize(entry: &MessageEntry, raw: &[u8]) -> MessageSummary {
         subject: parsed.as_ref().and_then(|m| m.subject()).map(str::to_owned),
         delivered_to: delivered_to(raw),
         to_tag: None,
+        authenticated: None,
     }
 }
 
@@ -698,10 +705,16 @@ impl MailService {
         Ok(self.client.create_inbox(name.as_deref(), domain.as_deref(), expires_in).await?)
     }
 
-    async fn summary(&self, inbox: &str, entry: &MessageEntry) -> Result<MessageSummary, MailError> {
+    /// The summary of a listed message; with `with_auth`, whether our MX
+    /// authenticated it (a full parse; an unparsable message counts as not).
+    async fn summary(&self, inbox: &str, entry: &MessageEntry, with_auth: bool) -> Result<MessageSummary, MailError> {
         let raw = self.client.fetch_entry(inbox, entry).await?;
         let mut summary = summarize(entry, &raw);
         summary.to_tag = summary.delivered_to.as_deref().and_then(|d| to_tag(d, inbox));
+        if with_auth {
+            let parsed = parse(&entry.message_id, &raw, &self.client.config().hostname);
+            summary.authenticated = Some(parsed.is_ok_and(|m| m.authentication.authenticated));
+        }
         Ok(summary)
     }
 
@@ -732,8 +745,12 @@ impl MailService {
             let mut stopped_early = None;
             for entry in &page.messages {
                 scanned += 1;
-                let summary = self.summary(&inbox, entry).await?;
-                if !policy.allows_sender(summary.from.as_deref()) {
+                let mut summary = self.summary(&inbox, entry, policy.unauthenticated != Unauthenticated::Show).await?;
+                let hidden = policy.unauthenticated == Unauthenticated::Hide && summary.authenticated == Some(false);
+                if policy.unauthenticated == Unauthenticated::Hide {
+                    summary.authenticated = None;
+                }
+                if !policy.allows_sender(summary.from.as_deref()) || hidden {
                     withheld += 1;
                 } else if filter.matches(&summary) && tag.as_ref().is_none_or(|t| summary.to_tag.as_ref() == Some(t)) {
                     out.push(summary);
@@ -766,7 +783,7 @@ impl MailService {
         let policy = self.client.inbox_policy(inbox).await?;
         let raw = self.client.fetch_message(inbox, message_id).await?;
         let parsed = parse(message_id, &raw, &self.client.config().hostname)?;
-        let hidden = policy.unauthenticated == agentkeys_core::policy::Unauthenticated::Hide && !parsed.authentication.authenticated;
+        let hidden = policy.unauthenticated == Unauthenticated::Hide && !parsed.authentication.authenticated;
         if !policy.allows_sender(parsed.from_address()) || hidden {
             return Err(MailError::Withheld(message_id.to_owned()));
         }
@@ -932,7 +949,7 @@ impl MailService {
         if !spec.policy.allows_sender(parsed.from_address()) {
             return Some("its sender is refused by the inbox's receive lists");
         }
-        if spec.policy.unauthenticated == agentkeys_core::policy::Unauthenticated::Hide && !parsed.authentication.authenticated {
+        if spec.policy.unauthenticated == Unauthenticated::Hide && !parsed.authentication.authenticated {
             return Some("it is not authenticated and the inbox's policy hides such mail");
         }
         None
@@ -1360,6 +1377,7 @@ mod tests {
             subject: subject.map(str::to_owned),
             delivered_to: None,
             to_tag: None,
+            authenticated: None,
         }
     }
 

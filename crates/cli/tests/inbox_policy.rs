@@ -304,8 +304,22 @@ fn receive_lists_refuse_at_data_and_the_otp_tools_read_only_allowed_senders() {
     w.mx("bounce@example.com", ALICE_INBOX, &signed("888888"));
     let out = w.agent(&["otp", "--from", SERVICE, "--allow-unauthenticated"]);
     assert_eq!(text(&out.stdout), "888888", "{}", text(&out.stderr));
-    // show again: the unsigned code is read with the opt-out.
+    // The listing withholds it too; under label it is listed, marked.
+    let list = |w: &World| -> Value { serde_json::from_slice(&w.agent(&["list", "--json", "--limit", "100"]).stdout).unwrap() };
+    let v = list(&w);
+    let unsigned = v["messages"].as_array().unwrap().iter().filter(|m| m["authenticated"].is_null()).count();
+    // The first attacker mail (off the allow list) and the unsigned one.
+    assert_eq!(v["withheld"], 2, "{v}");
+    assert_eq!(unsigned, v["messages"].as_array().unwrap().len(), "no marks under hide: {v}");
+    w.set_policy(&["--unauthenticated", "label"]);
+    let v = list(&w);
+    assert_eq!(v["withheld"], 1, "only the attacker's: {v}");
+    let marks: Vec<bool> = v["messages"].as_array().unwrap().iter().map(|m| m["authenticated"].as_bool().unwrap()).collect();
+    assert_eq!(marks.iter().filter(|a| !**a).count(), 1, "the unsigned one is marked: {v}");
+    assert!(marks.iter().filter(|a| **a).count() >= 2, "{v}");
+    // show again: no marks, and the unsigned code is read with the opt-out.
     w.set_policy(&["--unauthenticated", "show"]);
+    assert!(list(&w)["messages"].as_array().unwrap().iter().all(|m| m.get("authenticated").is_none()));
     let out = w.agent(&["otp", "--from", SERVICE, "--allow-unauthenticated"]);
     assert_eq!(text(&out.stdout), "777777", "{}", text(&out.stderr));
 }
