@@ -26,9 +26,11 @@ const BOB_INBOX: &str = "bob@agents.localhost";
 const SERVICE: &str = "example.com";
 
 struct World {
+    /// Declared first: the server stops before its database is dropped.
+    server: Server,
+    _db: Option<agentkeys_store::postgres::TempDatabase>,
     _dir: tempfile::TempDir,
     config_dir: tempfile::TempDir,
-    server: Server,
     _dns: TestDns,
     dkim: DkimKey,
     alice_key: String,
@@ -39,6 +41,12 @@ fn world() -> World {
 }
 
 fn world_with(env: &[(&str, &str)]) -> World {
+    world_on(env, false)
+}
+
+/// A world whose metadata is in SQLite, or with `postgres` in a fresh
+/// PostgreSQL database of its own (`AGENTKEYS_TEST_DATABASE_URL`).
+fn world_on(env: &[(&str, &str)], postgres: bool) -> World {
     let dkim = DkimKey::generate();
     let zone = Zone::new()
         .txt(&format!("sel._domainkey.{SERVICE}"), &dkim.dns_txt())
@@ -46,6 +54,12 @@ fn world_with(env: &[(&str, &str)]) -> World {
         .txt(&format!("_dmarc.{SERVICE}"), "v=DMARC1; p=reject; adkim=r; aspf=r");
     let dns = TestDns::start(zone).unwrap();
     let dir = tempfile::tempdir().unwrap();
+    let db = postgres.then(|| {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let db = runtime.block_on(agentkeys_store::postgres::TempDatabase::create()).expect("a PostgreSQL for tests");
+        use_database(dir.path(), db.url());
+        db
+    });
     let (_, _, _, alice_key) = provision(dir.path(), OWNER_A, ALICE, "alice");
     provision(dir.path(), OWNER_A, BOB, "bob");
     enroll_owner(dir.path(), OWNER_B);
@@ -53,7 +67,7 @@ fn world_with(env: &[(&str, &str)]) -> World {
     let mut env = env.to_vec();
     env.push(("AGENTKEYS_DNS_NAMESERVERS", &nameserver));
     let server = Server::start(dir.path(), &env);
-    World { _dir: dir, config_dir: tempfile::tempdir().unwrap(), server, _dns: dns, dkim, alice_key }
+    World { server, _db: db, _dir: dir, config_dir: tempfile::tempdir().unwrap(), _dns: dns, dkim, alice_key }
 }
 
 fn text(b: &[u8]) -> String {
@@ -362,4 +376,26 @@ fn withhold_mode_stores_refused_mail_and_the_agent_tools_never_show_it() {
     let out = w.agent(&["show", &evil_id]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(text(&out.stdout).contains("121212"), "{}", text(&out.stdout));
+}
+
+/// The same doors on the PostgreSQL backend (the scale-out deployment): the
+/// owner's lists are stored there and every door reads them from there.
+#[test]
+fn the_lists_hold_on_postgresql() {
+    let w = world_on(&[], true);
+    let v = w.set_policy(&["--send-block", "blocked.test", "--receive-allow", SERVICE]);
+    assert_eq!(v["send_block"], json!(["blocked.test"]), "{v}");
+    let t = w.submit("x@blocked.test");
+    assert!(replies(&t).iter().any(|r| r == "550 5.7.1 Recipient refused by the inbox's send policy (send_block)"), "{t}");
+    let (status, v) = w.http_send("y@blocked.test");
+    assert_eq!((status, v["code"].as_str()), (403, Some("SEND_POLICY")), "{v}");
+    assert_eq!(w.http_send("y@partner.test").0, 202);
+    let t = w.mx("attacker@evil.test", ALICE_INBOX, &code_mail("attacker@evil.test", "222222"));
+    assert!(replies(&t).iter().any(|r| r == "550 5.7.1 Refused by the recipient's sender policy"), "{t}");
+    let t = w.mx("bounce@example.com", ALICE_INBOX, &w.dkim.sign(SERVICE, &code_mail("Example <no-reply@example.com>", "424242")));
+    assert!(t.contains("250 2.0.0"), "{t}");
+    let out = w.agent(&["otp", "--from", SERVICE]);
+    assert_eq!(text(&out.stdout), "424242", "{}", text(&out.stderr));
+    let out = w.policy(OWNER_B, &[ALICE_INBOX, "--send-allow", "evil.test"]);
+    assert!(text(&out.stderr).contains("404"), "{}", text(&out.stderr));
 }
