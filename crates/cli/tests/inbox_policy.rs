@@ -398,4 +398,11 @@ fn the_lists_hold_on_postgresql() {
     assert_eq!(text(&out.stdout), "424242", "{}", text(&out.stderr));
     let out = w.policy(OWNER_B, &[ALICE_INBOX, "--send-allow", "evil.test"]);
     assert!(text(&out.stderr).contains("404"), "{}", text(&out.stderr));
+    // The same change over the network: the signed PATCH to the server.
+    let server = format!("http://{}", w.server.http);
+    let out = w.policy(OWNER_A, &[ALICE_INBOX, "--clear", "send-block", "--server", &server, "--json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((v["send_block"].clone(), v["receive_allow"].clone()), (json!([]), json!([SERVICE])), "{v}");
+    assert_eq!(w.http_send("x@blocked.test").0, 202);
 }
