@@ -687,6 +687,21 @@ impl ApiClient {
         Self::json(r).await
     }
 
+    /// `GET /v1/inboxes/{inbox}/policy`: the inbox's allow/block lists as its
+    /// owner set them (issue 13 §2). The waits and the OTP tools apply them to
+    /// every message they would hand out.
+    pub async fn inbox_policy(&self, inbox: &str) -> Result<agentkeys_core::policy::InboxPolicy, ClientError> {
+        let inbox = check_inbox(inbox)?;
+        let path = format!("/v1/inboxes/{inbox}/policy");
+        let r = self.read_route(&inbox, &path, "application/json", None, || format!("the policy of inbox {inbox}")).await?;
+        let mut view: serde_json::Value = Self::json(r).await?;
+        // The view names the inbox besides the policy's own fields.
+        if let Some(o) = view.as_object_mut() {
+            o.remove("inbox");
+        }
+        serde_json::from_value(view).map_err(|e| ClientError::Protocol(format!("the inbox policy does not parse: {e}")))
+    }
+
     /// `GET /v1/inboxes/{inbox}/messages/{id}`: the raw stored message, from
     /// the server or, when it answers `307`, from the object store it points at.
     pub async fn fetch_message(&self, inbox: &str, message_id: &str) -> Result<Bytes, ClientError> {

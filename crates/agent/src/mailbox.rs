@@ -6,6 +6,7 @@
 
 use std::time::{Duration, Instant};
 
+use agentkeys_core::policy::Unauthenticated;
 use base64::Engine as _;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -70,6 +71,11 @@ pub enum MailError {
     /// The message could not be parsed or composed.
     #[error("{0}")]
     Message(String),
+    /// The inbox's allow/block policy withholds this message from the agent
+    /// (issue 13 §2): its sender is refused by the receive lists, or it is
+    /// unauthenticated under `unauthenticated: hide`.
+    #[error("message {0} is withheld by the inbox's allow/block policy (its owner sets it: agentkeys inbox policy)")]
+    Withheld(String),
     /// The message holds no code or link (the extractor does not guess).
     #[error("{0}")]
     NoCode(String),
@@ -173,7 +179,10 @@ pub struct MessageSummary {
     pub to_tag: Option<String>,
     /// Whether our MX authenticated the From: header's domain when the mail
     /// arrived (DMARC pass, or aligned DKIM pass). `false`: anyone could have
-    /// written this From:. Absent when the server gives no verdict.
+    /// written this From:. Absent when the server gives no verdict (rows
+    /// indexed before verdicts were kept, unless the inbox's policy is
+    /// `unauthenticated: label`, which then parses the message) and under
+    /// `unauthenticated: hide`, where every listed message is authenticated.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub authenticated: Option<bool>,
 }
@@ -189,6 +198,15 @@ pub struct MessageList {
     pub next_cursor: Option<String>,
     /// How many messages were looked at (more than returned when filters are set).
     pub scanned: usize,
+    /// How many of them the inbox's allow/block policy withholds (senders
+    /// its receive lists refuse; unauthenticated mail under `hide`); never
+    /// described.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub withheld: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 /// `get_message`.
@@ -520,6 +538,8 @@ struct WaitSpec {
     include_seen: bool,
     require_authenticated: bool,
     want_code: bool,
+    /// The inbox's allow/block lists, read from the server when the wait starts.
+    policy: agentkeys_core::policy::InboxPolicy,
 }
 
 /// The message a wait hands out.
@@ -689,10 +709,17 @@ impl MailService {
         Ok(self.client.create_inbox(name.as_deref(), domain.as_deref(), expires_in).await?)
     }
 
-    async fn summary(&self, inbox: &str, entry: &MessageEntry) -> Result<MessageSummary, MailError> {
+    /// The summary of a listed message; with `with_auth`, whether our MX
+    /// authenticated it even when the index recorded no verdict (then a full
+    /// parse; an unparsable message counts as not).
+    async fn summary(&self, inbox: &str, entry: &MessageEntry, with_auth: bool) -> Result<MessageSummary, MailError> {
         let raw = self.client.fetch_entry(inbox, entry).await?;
         let mut summary = summarize(entry, &raw);
         summary.to_tag = summary.delivered_to.as_deref().and_then(|d| to_tag(d, inbox));
+        if with_auth && summary.authenticated.is_none() {
+            let parsed = parse(&entry.message_id, &raw, &self.client.config().hostname);
+            summary.authenticated = Some(parsed.is_ok_and(|m| m.authentication.authenticated));
+        }
         Ok(summary)
     }
 
@@ -707,6 +734,8 @@ impl MailService {
         let filter = Filter::new(p.from.as_deref(), p.subject_contains.as_deref());
         let tag = p.to_tag.as_deref().map(str::trim).filter(|t| !t.is_empty()).map(str::to_ascii_lowercase);
         let unfiltered = filter.is_empty() && tag.is_none();
+        let policy = self.client.inbox_policy(&inbox).await?;
+        let mut withheld = 0usize;
         let mut out = Vec::new();
         let mut before = p.before.clone();
         let mut scanned = 0usize;
@@ -721,8 +750,14 @@ impl MailService {
             let mut stopped_early = None;
             for entry in &page.messages {
                 scanned += 1;
-                let summary = self.summary(&inbox, entry).await?;
-                if filter.matches(&summary) && tag.as_ref().is_none_or(|t| summary.to_tag.as_ref() == Some(t)) {
+                let mut summary = self.summary(&inbox, entry, policy.unauthenticated != Unauthenticated::Show).await?;
+                let hidden = policy.unauthenticated == Unauthenticated::Hide && summary.authenticated == Some(false);
+                if policy.unauthenticated == Unauthenticated::Hide {
+                    summary.authenticated = None;
+                }
+                if !policy.allows_sender(summary.from.as_deref()) || hidden {
+                    withheld += 1;
+                } else if filter.matches(&summary) && tag.as_ref().is_none_or(|t| summary.to_tag.as_ref() == Some(t)) {
                     out.push(summary);
                 }
                 if out.len() >= limit as usize || scanned >= MAX_SCAN {
@@ -743,13 +778,21 @@ impl MailService {
             }
             before = next_cursor.clone();
         }
-        Ok(MessageList { inbox, messages: out, next_cursor, scanned })
+        Ok(MessageList { inbox, messages: out, next_cursor, scanned, withheld })
     }
 
-    /// Fetches and parses one message.
+    /// Fetches and parses one message the inbox's policy lets the agent see
+    /// ([`MailError::Withheld`] otherwise): `get_message`, attachments,
+    /// replies and forwards all come through here.
     pub async fn fetch_parsed(&self, inbox: &str, message_id: &str) -> Result<crate::message::ParsedMessage, MailError> {
+        let policy = self.client.inbox_policy(inbox).await?;
         let raw = self.client.fetch_message(inbox, message_id).await?;
-        parse(message_id, &raw, &self.client.config().hostname)
+        let parsed = parse(message_id, &raw, &self.client.config().hostname)?;
+        let hidden = policy.unauthenticated == Unauthenticated::Hide && !parsed.authentication.authenticated;
+        if !policy.allows_sender(parsed.from_address()) || hidden {
+            return Err(MailError::Withheld(message_id.to_owned()));
+        }
+        Ok(parsed)
     }
 
     /// Fetches (by its `raw_url` when listed with one) and parses a listed message.
@@ -847,7 +890,8 @@ impl MailService {
             p.include_seen,
             p.require_authenticated.unwrap_or(false),
             false,
-        )?;
+        )
+        .await?;
         let found = self.wait_core(&spec).await?;
         Ok(WaitAnswer {
             message: summarize(&found.entry, found.parsed.raw()),
@@ -870,13 +914,14 @@ impl MailService {
             p.include_seen,
             p.require_authenticated.unwrap_or(true),
             true,
-        )?;
+        )
+        .await?;
         let found = self.wait_core(&spec).await?;
         Ok(otp_answer(found))
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn spec(
+    async fn spec(
         &self,
         inbox: &str,
         from_domain: Option<&str>,
@@ -895,12 +940,32 @@ impl MailService {
             Some(s) => crate::wait::Since::parse(s).map_err(MailError::Invalid)?,
         };
         let subject = subject.map(str::trim).filter(|s| !s.is_empty()).map(str::to_lowercase);
-        Ok(WaitSpec { inbox, rule, subject, since, secs: secs.unwrap_or(0), include_seen, require_authenticated, want_code })
+        let policy = self.client.inbox_policy(&inbox).await?;
+        Ok(WaitSpec { inbox, rule, subject, since, secs: secs.unwrap_or(0), include_seen, require_authenticated, want_code, policy })
+    }
+
+    /// Why the inbox's policy withholds a message from the agent (issue 13
+    /// §2), if it does: a sender refused by its receive lists (with a receive
+    /// allow list, only the senders on it pass: no code is ever read from
+    /// anyone else), or unauthenticated mail under `unauthenticated: hide`.
+    /// Withheld mail is counted in answers, never described (its sender and
+    /// subject are what an injection would use).
+    fn withheld(spec: &WaitSpec, parsed: &crate::message::ParsedMessage) -> Option<&'static str> {
+        if !spec.policy.allows_sender(parsed.from_address()) {
+            return Some("its sender is refused by the inbox's receive lists");
+        }
+        if spec.policy.unauthenticated == Unauthenticated::Hide && !parsed.authentication.authenticated {
+            return Some("it is not authenticated and the inbox's policy hides such mail");
+        }
+        None
     }
 
     /// Judges one parsed message against a wait: `Ok(otp)` when it may be handed
     /// out, otherwise why not.
     fn judge(spec: &WaitSpec, parsed: &crate::message::ParsedMessage) -> Result<Option<crate::otp::Otp>, (String, bool)> {
+        if let Some(why) = Self::withheld(spec, parsed) {
+            return Err((format!("withheld by the inbox's policy: {why}"), false));
+        }
         if let Err(r) = spec.rule.check(parsed.from.as_ref()) {
             return Err((r.describe(), r.is_spoof_like()));
         }
@@ -957,6 +1022,7 @@ impl MailService {
         let mut others: Vec<SeenMessage> = Vec::new();
         let mut spoofs: Vec<String> = Vec::new();
         let mut looked = std::collections::HashSet::new();
+        let withheld = std::sync::atomic::AtomicUsize::new(0);
         let note = |others: &mut Vec<SeenMessage>, spoofs: &mut Vec<String>, parsed: &crate::message::ParsedMessage, why: String, spoof: bool| {
             if spoof {
                 spoofs.push(why.clone());
@@ -1018,6 +1084,10 @@ impl MailService {
             }
             looked.insert(entry.message_id.clone());
             let Some((parsed, verdict)) = self.evaluate(spec, entry).await? else { continue };
+            if Self::withheld(spec, &parsed).is_some() {
+                withheld.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                continue;
+            }
             match verdict {
                 Ok(otp) if chosen.is_none() => {
                     if self.claim(spec, &entry.message_id)? {
@@ -1038,7 +1108,19 @@ impl MailService {
                 }
             }
         }
+        let withheld_line = |others: &mut Vec<SeenMessage>| {
+            let n = withheld.load(std::sync::atomic::Ordering::Relaxed);
+            if n > 0 && others.len() < MAX_OTHERS_REPORTED {
+                others.push(SeenMessage {
+                    message_id: String::new(),
+                    from: None,
+                    subject: None,
+                    why_not: format!("{n} message(s) withheld by the inbox's allow/block policy (its owner sets it)"),
+                });
+            }
+        };
         let finish = |entry, parsed, otp, mut others: Vec<SeenMessage>| {
+            withheld_line(&mut others);
             if skipped > 0 && others.len() < MAX_OTHERS_REPORTED {
                 others.push(SeenMessage {
                     message_id: String::new(),
@@ -1063,6 +1145,10 @@ impl MailService {
                     continue;
                 }
                 let Some((parsed, verdict)) = self.evaluate(spec, &entry).await? else { continue };
+                if Self::withheld(spec, &parsed).is_some() {
+                    withheld.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    continue;
+                }
                 match verdict {
                     Ok(otp) => {
                         if self.claim(spec, &entry.message_id)? {
@@ -1079,6 +1165,7 @@ impl MailService {
             Ok(Ok((entry, parsed, otp))) => Ok(finish(entry, parsed, otp, others)),
             Ok(Err(e)) => Err(e),
             Err(_) => {
+                withheld_line(&mut others);
                 let seen = others.iter().map(SeenMessage::line).collect();
                 if spoofs.is_empty() {
                     Err(MailError::TimedOut { secs: spec.secs, cursor, seen })
@@ -1120,7 +1207,7 @@ impl MailService {
                 return Err(MailError::Invalid("give either message_id or wait, not both".to_owned()));
             }
             let inbox = crate::client::check_inbox(&p.inbox)?;
-            let spec = self.spec(&inbox, p.from_domain.as_deref(), p.from_address.as_deref(), p.subject_contains.as_deref(), None, None, true, require, true)?;
+            let spec = self.spec(&inbox, p.from_domain.as_deref(), p.from_address.as_deref(), p.subject_contains.as_deref(), None, None, true, require, true).await?;
             let parsed = self.fetch_parsed(&inbox, id).await?;
             return match Self::judge(&spec, &parsed) {
                 Ok(otp) => {
@@ -1149,7 +1236,8 @@ impl MailService {
             p.include_seen,
             require,
             true,
-        )?;
+        )
+        .await?;
         let found = self.wait_core(&spec).await?;
         Ok(otp_answer(found))
     }

@@ -323,10 +323,8 @@ impl SenderRule {
     pub fn domain_matches(&self, domain: &str) -> bool {
         match &self.domain {
             None => true,
-            Some(want) => {
-                let got = normalize_domain(domain);
-                got == *want || got.strip_suffix(want.as_str()).is_some_and(|head| head.ends_with('.') && head.len() > 1)
-            }
+            // The one exact-or-subdomain rule, shared with the inbox allow/block lists.
+            Some(want) => agentkeys_core::policy::domain_is_or_under(domain, want),
         }
     }
 

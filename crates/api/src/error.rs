@@ -131,6 +131,14 @@ pub enum ApiError {
     /// 403 `FROM_NOT_AUTHORIZED` (field `Sender`): a raw message with a `Sender:`
     /// that is not exactly the authenticated inbox (SMTP answers `550 5.7.1`).
     SenderNotAuthorized,
+    /// 403 `SEND_POLICY`: the sending inbox's send allow or block list refuses a
+    /// recipient (SMTP answers `550 5.7.1`); nothing was sent.
+    SendPolicy {
+        /// `send_allow` or `send_block`.
+        list: &'static str,
+        /// The refused recipient, as given.
+        recipient: String,
+    },
     /// 422 `MESSAGE_INVALID`: the message holds a NUL byte, which mail may not
     /// carry (SMTP answers `550 5.6.0`); `field` names where it was.
     MessageContainsNul {
@@ -233,6 +241,7 @@ impl ApiError {
             Self::TooManyStreams { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::SendUnauthorized { .. } => StatusCode::UNAUTHORIZED,
             Self::FromNotAuthorized | Self::SenderNotAuthorized => StatusCode::FORBIDDEN,
+            Self::SendPolicy { .. } => StatusCode::FORBIDDEN,
             Self::MessageContainsNul { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Self::MessageTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedSendMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -271,6 +280,7 @@ impl ApiError {
             Self::TooManyStreams { .. } => "TOO_MANY_STREAMS",
             Self::SendUnauthorized { .. } => "SEND_NOT_AUTHORIZED",
             Self::FromNotAuthorized | Self::SenderNotAuthorized => "FROM_NOT_AUTHORIZED",
+            Self::SendPolicy { .. } => "SEND_POLICY",
             Self::MessageContainsNul { .. } => "MESSAGE_INVALID",
             Self::MessageTooLarge { .. } => "PAYLOAD_TOO_LARGE",
             Self::UnsupportedSendMediaType => "UNSUPPORTED_MEDIA_TYPE",
@@ -314,6 +324,7 @@ impl ApiError {
             Self::TooManyStreams { .. } => "Too many streams",
             Self::SendUnauthorized { .. } => "Send not authorized",
             Self::FromNotAuthorized | Self::SenderNotAuthorized => "From not authorized",
+            Self::SendPolicy { .. } => "Refused by the inbox's send policy",
             Self::MessageContainsNul { .. } => "Message invalid",
             Self::MessageTooLarge { .. } => "Payload too large",
             Self::UnsupportedSendMediaType => "Unsupported media type",
@@ -391,6 +402,19 @@ impl ApiError {
             Self::SenderNotAuthorized => (
                 "the Sender: header must be absent or exactly the inbox you send from".to_owned(),
                 Some("Sender".to_owned()),
+            ),
+            Self::SendPolicy { list, recipient } => (
+                match *list {
+                    "send_block" => format!(
+                        "the inbox's send block list ({list}) refuses the recipient {recipient}; nothing was sent. \
+                         Its owner sets the lists (agentkeys inbox policy)"
+                    ),
+                    _ => format!(
+                        "the recipient {recipient} is not on the inbox's send allow list ({list}); nothing was sent. \
+                         Its owner sets the lists (agentkeys inbox policy)"
+                    ),
+                },
+                Some("to".to_owned()),
             ),
             Self::MessageContainsNul { field } => (
                 "the message contains a NUL character, which mail cannot carry; send binary content as an attachment"

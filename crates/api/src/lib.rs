@@ -30,6 +30,7 @@
 //! | GET | `/v1/inboxes/{address}/messages` | list an inbox (read capability) |
 //! | GET | `/v1/inboxes/{address}/messages/{message_id}` | fetch a raw message, or `307` to a presigned object-store URL (read capability) |
 //! | GET | `/v1/inboxes/{address}/events` | new-mail Server-Sent Events (read capability) |
+//! | GET, PATCH | `/v1/inboxes/{address}/policy` | an inbox's allow/block lists: read (read capability or owner), change (owner signature) ([`inbox_policy`]) |
 //! | POST | `/v1/inboxes/{address}/send` | send from an inbox, JSON or raw MIME: the SMTP submission path ([`send`]) |
 //!
 //! Owners sign requests with their master key (`Authorization: AgentKeys-Owner …`,
@@ -47,6 +48,7 @@ pub mod backend;
 pub mod credentials;
 pub mod error;
 pub mod extract;
+pub mod inbox_policy;
 pub mod messages;
 pub mod openapi;
 pub mod owner;
@@ -334,6 +336,8 @@ fn table() -> Vec<Route> {
         route(Verb::Get, "/v1/inboxes/{address}/messages", messages::list),
         route(Verb::Get, "/v1/inboxes/{address}/messages/{message_id}", messages::fetch),
         route(Verb::Get, "/v1/inboxes/{address}/events", messages::events),
+        route(Verb::Get, "/v1/inboxes/{address}/policy", inbox_policy::get_policy),
+        route(Verb::Patch, "/v1/inboxes/{address}/policy", inbox_policy::change_policy),
         // A whole message: the SMTP size limit, not MAX_BODY_BYTES (the route's layer wins).
         Route {
             verb: Verb::Post,

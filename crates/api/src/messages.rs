@@ -92,7 +92,7 @@ impl<S: Send + Sync> FromRequestParts<S> for CapabilityBearer {
 }
 
 /// Verifies the capability now and checks that it covers `address`.
-fn authorize(state: &ApiState, bearer: &CapabilityBearer, address: &str) -> Result<ReadCapability, ApiError> {
+pub(crate) fn authorize(state: &ApiState, bearer: &CapabilityBearer, address: &str) -> Result<ReadCapability, ApiError> {
     let capability = state.broker.authority().verify_capability(&bearer.0, state.clock.now()).map_err(|e| {
         tracing::info!(reason = %e, "read capability refused");
         ApiError::InvalidCapability

@@ -51,6 +51,8 @@ use crate::error::Problem;
         crate::messages::fetch,
         crate::messages::events,
         crate::send::send,
+        crate::inbox_policy::get_policy,
+        crate::inbox_policy::change_policy,
     ),
     components(schemas(
         ReadCredentialRequest,
@@ -96,6 +98,8 @@ use crate::error::Problem;
         crate::send::SendRequest,
         crate::send::SendAttachment,
         crate::send::SendResponse,
+        crate::inbox_policy::PolicyView,
+        crate::inbox_policy::PolicyChange,
     )),
     modifiers(&AgentKeyAuth, &OwnerSignatureAuth, &ReadCapabilityAuth),
     tags(
@@ -107,6 +111,7 @@ use crate::error::Problem;
         (name = "messages", description = "The read path: list, fetch and follow one inbox with a read capability (Authorization: Bearer akcap1.…)"),
         (name = "pairing", description = "An agent asks for an agent key with its device key; its owner approves with a signed request"),
         (name = "webhooks", description = "Events pushed to the owner's URLs, signed with the Standard Webhooks scheme (webhook-id, webhook-timestamp, webhook-signature)"),
+        (name = "policy", description = "An inbox's allow and block lists: read by its agent (read capability) or owner, changed by its owner (signed)"),
         (name = "mail", description = "Sending from an inbox: the same checks, DKIM signing and queue as SMTP submission"),
     )
 )]

@@ -241,7 +241,7 @@ async fn authorize(
         (status = 202, description = "Stored durably: local copies written, remote recipients queued (DKIM-signed)", body = SendResponse),
         (status = 400, description = "INVALID_REQUEST naming the field (a recipient, the subject, an attachment, …; more than 50 listed recipients, repeated ones counted)", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "SEND_NOT_AUTHORIZED: one answer for every AUTH failure (key, grant, inbox)", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "FROM_NOT_AUTHORIZED: the raw message's From: is not exactly the inbox, its display name shows another address, or it has a Sender: other than the inbox (field From or Sender; SMTP 550 5.7.1)", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "FROM_NOT_AUTHORIZED: the raw message's From: is not exactly the inbox, its display name shows another address, or it has a Sender: other than the inbox (field From or Sender; SMTP 550 5.7.1); or SEND_POLICY: the inbox's send allow or block list refuses a recipient (SMTP 550 5.7.1 at RCPT)", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "PAYLOAD_TOO_LARGE: over the SMTP message size limit", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "IDEMPOTENCY_KEY_REUSED: the Idempotency-Key was used within 24 h with another body; IDEMPOTENCY_KEY_IN_USE: a send with this key is still running. Nothing was sent", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "UNSUPPORTED_MEDIA_TYPE", body = Problem, content_type = "application/problem+json"),
@@ -376,6 +376,19 @@ async fn deliver(
             MessageRefusal::From => ApiError::FromNotAuthorized,
             MessageRefusal::Sender => ApiError::SenderNotAuthorized,
         });
+    }
+    // The inbox's send lists, before anything is routed or stored (SMTP: at RCPT).
+    for (_, address) in &built.recipients {
+        match agentkeys_submission::guard::send_policy(meta, proof.inbox(), address).await {
+            Ok(Ok(())) => {}
+            Ok(Err(refusal)) => {
+                tracing::info!(inbox = %proof.inbox(), list = refusal.list().as_str(), door = "http", "recipient refused by the send policy");
+                metrics::counter!("agentkeys_policy_refusals_total", "door" => "http", "list" => refusal.list().as_str())
+                    .increment(1);
+                return Err(ApiError::SendPolicy { list: refusal.list().as_str(), recipient: address.clone() });
+            }
+            Err(e) => return Err(unavailable("reading the inbox policy", &e)),
+        }
     }
     let (local, remote) = route(meta, &state.subaddressing, &built.recipients).await?;
     let delivery =

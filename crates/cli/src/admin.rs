@@ -96,6 +96,9 @@ pub(crate) enum InboxCmd {
         #[command(flatten)]
         remote: crate::owner_client::RemoteOwner,
     },
+    /// Show or change an inbox's allow/block lists (as its owner, signed):
+    /// patterns are added to the lists given; `--clear LIST` empties one first.
+    Policy(crate::inbox_policy::PolicyArgs),
     /// Set an inbox's status.
     SetStatus {
         /// The inbox address.
@@ -432,6 +435,7 @@ pub(crate) async fn inbox(config: &Config, cmd: InboxCmd, json: bool) -> Result<
         InboxCmd::List { owner, remote } if remote.server.is_some() => {
             return crate::owner_client::inbox_list(&remote.conn(owner), config, json).await;
         }
+        InboxCmd::Policy(args) => return crate::inbox_policy::run(args, config, json).await,
         _ => {}
     }
     let dir = DataDir::open(config).await?;
@@ -471,6 +475,8 @@ pub(crate) async fn inbox(config: &Config, cmd: InboxCmd, json: bool) -> Result<
                     .join("\n")
             });
         }
+        // Answered above, always as the owner.
+        InboxCmd::Policy(_) => {}
         InboxCmd::SetStatus { address, status } => {
             let address: Address = parse("address", &address)?;
             let status: InboxStatus = parse("status", &status)?;

@@ -45,6 +45,10 @@ pub(crate) struct Config {
     pub(crate) domain: Domain,
     /// `local<sep>tag@domain` is delivered to `local@domain` (default `+`; empty: off).
     pub(crate) subaddressing: agentkeys_core::Subaddressing,
+    /// What the MX does with mail an inbox's receive lists refuse: `true`
+    /// (default) refuses it at the end of DATA with `550 5.7.1`; `false`
+    /// stores it and the agent's tools withhold it (issue 13 §2, ARCHITECTURE.md).
+    pub(crate) refuse_blocked_senders: bool,
     pub(crate) listen_inbound: SocketAddr,
     pub(crate) listen_submission: SocketAddr,
     pub(crate) listen_submission_tls: SocketAddr,
@@ -195,6 +199,7 @@ impl Default for Config {
             webhooks_expiry_notice_secs: agentkeys_webhooks::feeder::EXPIRY_NOTICE.as_secs(),
             webhooks_expiry_check_secs: agentkeys_webhooks::feeder::EXPIRY_CHECK.as_secs(),
             subaddressing: agentkeys_core::Subaddressing::default(),
+            refuse_blocked_senders: true,
         }
     }
 }
@@ -235,6 +240,15 @@ fn parse_audience(v: &str) -> Result<String, String> {
         return Err(format!("expected 1-255 visible ASCII characters without spaces, got {v:?}"));
     }
     Ok(v.to_owned())
+}
+
+/// `policy.receive_action`: `true` for refuse, `false` for withhold.
+fn parse_receive_action(v: &str) -> Result<bool, String> {
+    match v {
+        "refuse" => Ok(true),
+        "withhold" => Ok(false),
+        _ => Err(format!("expected refuse or withhold, got {v:?}")),
+    }
 }
 
 fn parse_bool(v: &str) -> Result<bool, String> {
@@ -340,6 +354,7 @@ pub(crate) const KEYS: &[Key] = &[
     Key { toml: "limits.shutdown_grace", env: "AGENTKEYS_SHUTDOWN_GRACE", help: "how long in-flight sessions may finish after SIGTERM (e.g. 30s)", set: |c, v| { c.shutdown_grace_secs = parse_secs(v)?; Ok(()) } },
     Key { toml: "public_url", env: "AGENTKEYS_PUBLIC_URL", help: "the URL clients reach the HTTP listener at; the OIDC issuer (https://, or http:// for localhost)", set: |c, v| { c.public_url = v.parse().map_err(|e: agentkeys_broker::IssuerUrlError| e.reason.to_owned())?; Ok(()) } },
     Key { toml: "oidc_audience", env: "AGENTKEYS_OIDC_AUDIENCE", help: "the aud claim of minted OIDC tokens", set: |c, v| { c.oidc_audience = parse_audience(v)?; Ok(()) } },
+    Key { toml: "policy.receive_action", env: "AGENTKEYS_RECEIVE_POLICY_ACTION", help: "mail an inbox's receive allow/block lists refuse: refuse (550 5.7.1 at the end of DATA, nothing stored; the default) or withhold (stored; the agent's list, get, wait and OTP tools never show it)", set: |c, v| { c.refuse_blocked_senders = parse_receive_action(v)?; Ok(()) } },
     Key { toml: "delivery.enabled", env: "AGENTKEYS_DELIVERY_ENABLED", help: "run the outbound queue runner in serve (true/false)", set: |c, v| { c.delivery_enabled = parse_bool(v)?; Ok(()) } },
     Key { toml: "delivery.smarthost", env: "AGENTKEYS_SMARTHOST", help: "relay all outbound mail through host:port instead of MX delivery", set: |c, v| { c.delivery_smarthost = Some(parse_host_port(v)?); Ok(()) } },
     Key { toml: "delivery.mx_port", env: "AGENTKEYS_DELIVERY_MX_PORT", help: "port MX hosts are contacted on (25; a testing/ops knob)", set: |c, v| { c.delivery_mx_port = parse_positive(v)?; Ok(()) } },
@@ -782,5 +797,21 @@ mod subaddress_tests {
         std::fs::write(&p, "subaddress_separator = \".\"\n").unwrap();
         let err = load(Some(&p), &none).unwrap_err();
         assert_eq!(err.0[0].key, "subaddress_separator");
+    }
+
+    #[test]
+    fn receive_policy_action_refuses_by_default() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("agentkeys.toml");
+        let env = |v: Option<&str>| -> BTreeMap<String, String> {
+            v.map(|v| ("AGENTKEYS_RECEIVE_POLICY_ACTION".to_owned(), v.to_owned())).into_iter().collect()
+        };
+        std::fs::write(&p, "").unwrap();
+        assert!(load(Some(&p), &env(None)).unwrap().refuse_blocked_senders);
+        std::fs::write(&p, "[policy]\nreceive_action = \"withhold\"\n").unwrap();
+        assert!(!load(Some(&p), &env(None)).unwrap().refuse_blocked_senders);
+        assert!(load(Some(&p), &env(Some("refuse"))).unwrap().refuse_blocked_senders);
+        let err = load(Some(&p), &env(Some("flag"))).unwrap_err();
+        assert_eq!(err.0[0].key, "AGENTKEYS_RECEIVE_POLICY_ACTION");
     }
 }

@@ -11,6 +11,7 @@ mod demo;
 mod domain;
 mod http;
 mod http_listener;
+mod inbox_policy;
 mod local_api;
 mod mail;
 mod owner_client;

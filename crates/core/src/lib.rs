@@ -21,6 +21,7 @@ pub mod ids;
 pub mod inbox;
 pub mod key;
 pub mod peer;
+pub mod policy;
 pub mod seed;
 pub mod time;
 

@@ -111,6 +111,12 @@ pub enum Reply {
     InactiveRecipient,
     /// `550 5.7.1`: recipient domain not hosted here, and no relaying.
     RelayDenied,
+    /// `550 5.7.1`: the sending inbox's send allow/block list refuses this
+    /// recipient (submission); the text names the list (`send_allow`, `send_block`).
+    SendPolicy(&'static str),
+    /// `550 5.7.1`: every recipient inbox's receive allow/block list refuses
+    /// the sender (MX). The text does not say which list.
+    ReceivePolicy,
     /// `550 5.7.1`: `MAIL FROM` is not the authenticated inbox.
     SenderNotAuthorized,
     /// `550 5.7.1`: the `From:` header is not exactly the authenticated inbox, or
@@ -233,6 +239,12 @@ impl Reply {
             Self::UnknownRecipient => (550, Some([5, 1, 1]), "Mailbox unknown".into()),
             Self::InactiveRecipient => (550, Some([5, 2, 1]), "Mailbox disabled".into()),
             Self::RelayDenied => (550, Some([5, 7, 1]), "Relay access denied".into()),
+            Self::SendPolicy(list) => (
+                550,
+                Some([5, 7, 1]),
+                format!("Recipient refused by the inbox's send policy ({list})").into(),
+            ),
+            Self::ReceivePolicy => (550, Some([5, 7, 1]), "Refused by the recipient's sender policy".into()),
             Self::SenderNotAuthorized => (
                 550,
                 Some([5, 7, 1]),
@@ -348,6 +360,7 @@ impl From<&DeliveryError> for Reply {
             DeliveryError::Blob(_) | DeliveryError::Queue(_) | DeliveryError::Sign(_) => {
                 Self::StorageFailed
             }
+            DeliveryError::RefusedByPolicy => Self::ReceivePolicy,
         }
     }
 }

@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument as _;
 
-use crate::acceptance::{InboundVerifier, OutboundSigner, add_verdicts, lookup_recipient, store_delivery_signed};
+use crate::acceptance::{DeliveryError, InboundVerifier, OutboundSigner, add_verdicts, lookup_recipient, store_delivery_signed};
 use crate::limits::{
     DEFAULT_AUTH_THROTTLE_FAILURES, DEFAULT_AUTH_THROTTLE_WINDOW, DEFAULT_MAX_CONNECTIONS,
     DEFAULT_MAX_CONNECTIONS_PER_IP, Limits, READ_BUFFER_SIZE, ACCEPT_ERROR_BACKOFF, TLS_HANDSHAKE_TIMEOUT, WRITE_TIMEOUT,
@@ -131,6 +131,11 @@ pub struct SmtpServer {
     signer: Option<Arc<dyn OutboundSigner>>,
     verifier: Option<Arc<dyn InboundVerifier>>,
     queued: Option<Arc<tokio::sync::Notify>>,
+    /// Inbox allow/block lists; without them every inbox is open.
+    policies: Option<Arc<dyn agentkeys_store::InboxPolicies>>,
+    /// Whether the MX refuses mail the receive lists refuse (else it stores
+    /// it and the agent's tools withhold it).
+    refuse_blocked_senders: bool,
 }
 
 impl std::fmt::Debug for SmtpServer {
@@ -179,6 +184,8 @@ impl SmtpServer {
             signer: None,
             verifier: None,
             queued: None,
+            policies: None,
+            refuse_blocked_senders: true,
         }
     }
 
@@ -216,6 +223,21 @@ impl SmtpServer {
     #[must_use]
     pub fn with_queue_notify(mut self, queued: Arc<tokio::sync::Notify>) -> Self {
         self.queued = Some(queued);
+        self
+    }
+
+    /// The same service, applying each inbox's allow/block lists
+    /// ([`agentkeys_submission::guard`]): a submission's recipients against the
+    /// sending inbox's send lists at `RCPT` (`550 5.7.1`), an MX message's
+    /// sender against each recipient inbox's receive lists at the end of
+    /// `DATA` (refused copies are not stored; `550 5.7.1` when none is left).
+    /// With `refuse_blocked_senders` false the MX stores every copy and only
+    /// the send lists apply here (the agent's tools withhold what the receive
+    /// lists refuse).
+    #[must_use]
+    pub fn with_inbox_policies(mut self, policies: Arc<dyn agentkeys_store::InboxPolicies>, refuse_blocked_senders: bool) -> Self {
+        self.policies = Some(policies);
+        self.refuse_blocked_senders = refuse_blocked_senders;
         self
     }
 
@@ -365,6 +387,22 @@ impl SmtpServer {
                     tokio::time::sleep_until(tokio::time::Instant::from_std(until)).await
                 }
                 Step::LookupRecipient(query) => {
+                    if let (Some(policies), Some(inbox)) = (&self.policies, session.sending_inbox()) {
+                        match agentkeys_submission::guard::send_policy(policies.as_ref(), inbox, &query.address).await {
+                            Ok(Ok(())) => {}
+                            Ok(Err(refusal)) => {
+                                tracing::info!(%inbox, list = refusal.list().as_str(), "recipient refused by the send policy");
+                                metrics::counter!("agentkeys_policy_refusals_total", "door" => "smtp", "list" => refusal.list().as_str())
+                                    .increment(1);
+                                session.recipient_refused_by_policy(refusal.list(), now());
+                                continue;
+                            }
+                            Err(err) => {
+                                session.recipient_result(Err(err), now());
+                                continue;
+                            }
+                        }
+                    }
                     let answer = lookup_recipient(self.stores.recipients.as_ref(), &query).await;
                     session.recipient_result(answer, now());
                 }
@@ -392,8 +430,14 @@ impl SmtpServer {
                         (None, ListenerKind::Inbound) => strip_forged_verdicts(&self.inbound.hostname, delivery),
                         _ => delivery,
                     };
-                    let result =
-                        store_delivery_signed(self.blobs.as_ref(), self.stores.outbox.as_ref(), self.signer.as_deref(), &delivery).await;
+                    let (delivery, refused) = self.apply_receive_policies(delivery).await;
+                    let result = match refused {
+                        Some(err) => Err(err),
+                        None => {
+                            store_delivery_signed(self.blobs.as_ref(), self.stores.outbox.as_ref(), self.signer.as_deref(), &delivery)
+                                .await
+                        }
+                    };
                     if result.is_ok() {
                         metrics::counter!("agentkeys_smtp_messages_accepted_total", "listener" => kind.label())
                             .increment(1);
@@ -408,6 +452,30 @@ impl SmtpServer {
                     let _ = tokio::time::timeout(Duration::from_secs(5), stream.shutdown()).await;
                     return Ok(Outcome::Closed);
                 }
+            }
+        }
+    }
+}
+
+impl SmtpServer {
+    /// Drops the copies of an MX delivery whose inbox's receive lists refuse
+    /// its sender; `Some(error)` when nothing is left to store (every
+    /// recipient refused, `550 5.7.1`) or the lists could not be read (`451`).
+    async fn apply_receive_policies(&self, mut delivery: crate::Delivery) -> (crate::Delivery, Option<DeliveryError>) {
+        let Some(policies) = &self.policies else { return (delivery, None) };
+        if delivery.inbound.is_none() || !self.refuse_blocked_senders {
+            return (delivery, None);
+        }
+        match agentkeys_submission::guard::apply_receive_policies(policies.as_ref(), &mut delivery).await {
+            Err(err) => (delivery, Some(DeliveryError::Queue(err))),
+            Ok(refused) => {
+                for r in &refused {
+                    tracing::info!(id = %delivery.id, inbox = %r.inbox, list = r.refusal.list().as_str(), "inbound copy refused by the receive policy");
+                    metrics::counter!("agentkeys_policy_refusals_total", "door" => "mx", "list" => r.refusal.list().as_str())
+                        .increment(1);
+                }
+                let none_left = !refused.is_empty() && delivery.local.is_empty();
+                (delivery, none_left.then_some(DeliveryError::RefusedByPolicy))
             }
         }
     }

@@ -847,6 +847,30 @@ impl Session {
         self.reply(reply);
     }
 
+    /// The inbox this submission session sends as, once `MAIL FROM` opened a
+    /// transaction: the shell checks its send lists before answering a
+    /// [`Step::LookupRecipient`] ([`agentkeys_submission::guard`]).
+    pub fn sending_inbox(&self) -> Option<&agentkeys_core::Address> {
+        match self.tx.as_ref().map(|tx| &tx.sender) {
+            Some(Sender::Submission { proof, .. }) => Some(proof.inbox()),
+            _ => None,
+        }
+    }
+
+    /// Answers a [`Step::LookupRecipient`] with a refusal by the sending
+    /// inbox's send lists (`550 5.7.1`, naming the list); the recipient is not
+    /// added and the transaction goes on.
+    pub fn recipient_refused_by_policy(&mut self, list: agentkeys_core::policy::PolicyList, now: Now) {
+        self.now = now;
+        match mem::replace(&mut self.state, State::Command) {
+            State::LookupRecipient(_) => self.reply(Reply::SendPolicy(list.as_str())),
+            other => {
+                self.state = other;
+                tracing::error!("recipient_refused_by_policy called while no lookup was pending");
+            }
+        }
+    }
+
     fn data(&mut self) {
         let Some(tx) = &self.tx else {
             return self.reject(Reply::BadSequence("need MAIL before DATA"));
@@ -981,6 +1005,9 @@ impl Session {
                 );
                 self.reply(Reply::MessageAccepted(delivery.id));
             }
+            // A refusal by the recipients' lists is a decision, not a failure
+            // (the shell logged each refusing inbox).
+            Err(err @ DeliveryError::RefusedByPolicy) => self.reply(Reply::from(&err)),
             Err(err) => {
                 tracing::error!(id = %delivery.id, error = %err, "storing message failed");
                 self.reply(Reply::from(&err));

@@ -185,6 +185,7 @@ macro_rules! conformance_tests {
             the_first_seed_fingerprint_is_the_deployments,
             throttle_failures_add_up_across_handles,
             throttle_failures_generated,
+            inbox_policies_are_owner_scoped,
         );
     };
     (@checks $backend:ty; $ignores:tt; $($check:ident),* $(,)?) => {
@@ -2684,4 +2685,51 @@ pub async fn throttle_failures_generated<B: Backend>(backend: Arc<B>) {
         }
     })
     .await;
+}
+
+/// Inbox policies (issue 13 §2) are owner-scoped: an owner reads and sets the
+/// policy of their own inboxes only; another owner's inbox answers `NotFound`
+/// exactly like a missing one, writes nothing and records nothing; the
+/// unscoped read (MX, sending doors) sees the policy the inbox's owner set,
+/// through either handle, and the open default for inboxes without one.
+pub async fn inbox_policies_are_owner_scoped<B: Backend>(backend: Arc<B>) {
+    use agentkeys_core::policy::{InboxPolicy, Unauthenticated};
+    let (a, b) = pair(&*backend).await;
+    two_owners(&a, &b).await;
+    let (bot, other, missing) = (address("bot"), address("other"), address("nobody"));
+    let policy = InboxPolicy {
+        receive_allow: vec!["github.com".parse().unwrap()],
+        send_block: vec!["x@evil.test".parse().unwrap()],
+        unauthenticated: Unauthenticated::Hide,
+        ..Default::default()
+    };
+    for s in [&a, &b] {
+        assert_eq!(s.inbox_policy(&bot).await.unwrap(), InboxPolicy::default(), "no policy yet: open");
+        assert_eq!(s.owner_inbox_policy(&owner(1), &bot).await.unwrap(), InboxPolicy::default());
+    }
+    a.set_inbox_policy(&owner(1), &bot, &policy, NOW, &event("inbox.policy", bot.as_str())).await.unwrap();
+    let before = verified_log(&a, "after the owner's own change").await.len();
+    // Owner 2 on owner 1's inbox, and anyone on a missing inbox: one NotFound.
+    let theirs = not_found(b.set_inbox_policy(&owner(2), &bot, &InboxPolicy::default(), NOW, &event("inbox.policy", "x")).await, "another owner's inbox");
+    let nobody = not_found(b.set_inbox_policy(&owner(2), &missing, &InboxPolicy::default(), NOW, &event("inbox.policy", "x")).await, "a missing inbox");
+    assert_eq!(theirs.replace(bot.as_str(), "?"), nobody.replace(missing.as_str(), "?"), "same answer as a missing inbox");
+    not_found(b.owner_inbox_policy(&owner(2), &bot).await, "another owner's policy");
+    not_found(a.owner_inbox_policy(&owner(1), &missing).await, "a missing inbox's policy");
+    assert_eq!(verified_log(&b, "after refused changes").await.len(), before, "refused changes record nothing");
+    for s in [&a, &b] {
+        assert_eq!(s.inbox_policy(&bot).await.unwrap(), policy, "the owner's policy, through either handle");
+        assert_eq!(s.owner_inbox_policy(&owner(1), &bot).await.unwrap(), policy);
+        assert_eq!(s.inbox_policy(&other).await.unwrap(), InboxPolicy::default(), "other inboxes stay open");
+        assert_eq!(s.inbox_policy(&missing).await.unwrap(), InboxPolicy::default());
+    }
+    // A replacement is whole, and the second handle sees it.
+    b.set_inbox_policy(&owner(1), &bot, &InboxPolicy::default(), NOW + 1, &event("inbox.policy", bot.as_str())).await.unwrap();
+    assert_eq!(a.inbox_policy(&bot).await.unwrap(), InboxPolicy::default());
+    // Over the limit: Invalid, nothing written.
+    let too_many = InboxPolicy {
+        send_block: vec!["a.test".parse().unwrap(); agentkeys_core::policy::MAX_POLICY_PATTERNS + 1],
+        ..Default::default()
+    };
+    invalid(a.set_inbox_policy(&owner(1), &bot, &too_many, NOW, &event("inbox.policy", bot.as_str())).await, "too many patterns");
+    assert_eq!(a.inbox_policy(&bot).await.unwrap(), InboxPolicy::default());
 }

@@ -43,6 +43,7 @@ mod mailroom;
 pub mod group_commit;
 mod meta;
 mod pairing_wakeups;
+mod policies;
 #[cfg(feature = "postgres")]
 pub mod postgres;
 mod queue;
@@ -72,6 +73,7 @@ pub use mailroom::{
 };
 pub use meta::*;
 pub use pairing_wakeups::PairingWakeups;
+pub use policies::InboxPolicies;
 
 /// Every role trait, for code that holds a whole backend (the composition root,
 /// tests) and calls across roles: `use agentkeys_store::roles::*;`. Library code
@@ -80,6 +82,7 @@ pub mod roles {
     pub use crate::domain_status::DomainStatusStore;
     pub use crate::idempotency::SendIdempotency;
     pub use crate::index::MessageIndex;
+    pub use crate::policies::InboxPolicies;
     pub use crate::meta::{
         AuditLog, AuthLookup, Checkpoints, Deployment, Directory, InboxExpiry, KeysAndGrants, MetadataStore, Outbox,
         OwnerApproval, Pairing, Recipients, StoreHealth,

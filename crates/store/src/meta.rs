@@ -334,6 +334,7 @@ pub trait MetadataStore:
     + InboxExpiry
     + crate::Throttles
     + crate::Webhooks
+    + crate::InboxPolicies
 {
 }
 
@@ -357,6 +358,7 @@ impl<T> MetadataStore for T where
         + Deployment
         + crate::Throttles
         + crate::Webhooks
+        + crate::InboxPolicies
 {
 }
 

@@ -67,6 +67,10 @@ pub enum DeliveryError {
     /// The outbound copy could not be DKIM-signed (`451 4.3.0`).
     #[error("signing outbound message failed: {0}")]
     Sign(String),
+    /// Every recipient inbox's receive lists refused the message (MX only,
+    /// `550 5.7.1`; [`crate::guard`]). Nothing was stored.
+    #[error("refused by every recipient's receive policy")]
+    RefusedByPolicy,
 }
 
 /// Signs the outbound copy of a submitted message before it is queued (DKIM in

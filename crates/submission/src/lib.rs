@@ -9,7 +9,9 @@
 //!    most [`MAX_RECIPIENTS`].
 //! 3. **The message** passes [`check_message`]: no NUL, `From:` and `Sender:`
 //!    pinned to the inbox (the MX applies [`contains_nul`] only).
-//! 4. **Storing** is one [`Delivery`] written by [`store_delivery_signed`]: one
+//! 4. **Allow/block lists** ([`guard`]): recipients against the sending inbox's
+//!    send lists; on the MX, the sender against each recipient inbox's receive lists.
+//! 5. **Storing** is one [`Delivery`] written by [`store_delivery_signed`]: one
 //!    durable write, then the queue rows, before the door says yes.
 //!
 //! ```
@@ -27,6 +29,7 @@
 
 pub mod auth_audit;
 mod delivery;
+pub mod guard;
 pub mod limits;
 mod message;
 mod recipient;

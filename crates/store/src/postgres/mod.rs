@@ -42,6 +42,7 @@ pub mod events;
 mod idempotency;
 pub(crate) mod index;
 mod meta;
+mod policies;
 pub(crate) mod queue;
 mod testing;
 mod throttles;
