@@ -17,6 +17,7 @@
 //! | GET | `/v1/audit` | audit records concerning the owner (owner signature) |
 //! | GET | `/v1/agents`, `/v1/inboxes` | the owner's agents (with keys) and inboxes (owner signature) |
 //! | POST | `/v1/inboxes` | an inbox for one of the owner's agents (owner signature) |
+//! | POST | `/v1/owner/passkey-links` | a one-time passkey registration link for the console (owner signature) |
 //! | POST | `/v1/pairings` | open a pairing request (agent, public) |
 //! | GET | `/v1/pairings/{code}` | show a pairing request (owner signature) |
 //! | POST | `/v1/pairings/{code}/approve` | approve it: the agent is created (owner signature) |
@@ -25,6 +26,7 @@
 //! | GET | `/v1/inboxes/{address}/messages/{message_id}` | fetch a raw message, or `307` to a presigned object-store URL (read capability) |
 //! | GET | `/v1/inboxes/{address}/events` | new-mail Server-Sent Events (read capability) |
 //! | POST | `/v1/inboxes/{address}/send` | send from an inbox, JSON or raw MIME: the SMTP submission path ([`send`]) |
+//! | GET, POST | `/console/…` | the owner's web console, HTML ([`console`]; its own table, not in the OpenAPI document) |
 //!
 //! Owners sign requests with their master key (`Authorization: AgentKeys-Owner …`,
 //! see [`owner`]); the owner routes need the metadata store ([`ApiState::with_meta`]).
@@ -38,6 +40,7 @@
 
 pub mod agent_inboxes;
 pub mod backend;
+pub mod console;
 pub mod credentials;
 pub mod error;
 pub mod extract;
@@ -100,6 +103,8 @@ pub struct ApiState {
     server_info: Option<Arc<pairing::ServerInfo>>,
     /// How recipients with a tag resolve, and which inbox names are refused.
     subaddressing: agentkeys_core::Subaddressing,
+    /// The owner's web console under `/console` ([`console`]); `None`: 404.
+    console: Option<Arc<console::ConsoleConfig>>,
 }
 
 impl std::fmt::Debug for ApiState {
@@ -133,6 +138,7 @@ impl ApiState {
             mta_sts_policy: None,
             server_info: None,
             subaddressing: agentkeys_core::Subaddressing::default(),
+            console: None,
         }
     }
 
@@ -222,6 +228,15 @@ impl ApiState {
         self
     }
 
+    /// The same state serving the owner's web console under `/console`
+    /// ([`console`]; it also needs [`ApiState::with_meta`], and
+    /// [`ApiState::with_mailroom`] for the inbox pages).
+    #[must_use]
+    pub fn with_console(mut self, console: console::ConsoleConfig) -> Self {
+        self.console = Some(Arc::new(console));
+        self
+    }
+
     /// The same state with another long-poll limit for pairing collects (tests).
     #[must_use]
     pub fn with_collect_wait(mut self, wait: std::time::Duration) -> Self {
@@ -299,6 +314,7 @@ fn table() -> Vec<Route> {
         route(Verb::Get, "/v1/agents", owner_directory::list_agents),
         route(Verb::Get, "/v1/inboxes", owner_directory::list_inboxes),
         route(Verb::Post, "/v1/inboxes", owner_directory::create_inbox),
+        route(Verb::Post, "/v1/owner/passkey-links", console::links::create_link),
         route(Verb::Post, "/v1/pairings", pairing::open),
         route(Verb::Get, "/v1/pairings/{code}", pairing::view),
         route(Verb::Post, "/v1/pairings/{code}/approve", pairing::approve),
@@ -342,6 +358,7 @@ pub fn router(state: ApiState) -> axum::Router {
         router = router.route(r.path, r.handler);
     }
     router
+        .merge(console::router(state.clone()))
         .fallback(|| async { ApiError::NotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))

@@ -42,6 +42,7 @@ use crate::error::Problem;
         crate::messages::fetch,
         crate::messages::events,
         crate::send::send,
+        crate::console::links::create_link,
     ),
     components(schemas(
         ReadCredentialRequest,
@@ -77,6 +78,7 @@ use crate::error::Problem;
         crate::send::SendRequest,
         crate::send::SendAttachment,
         crate::send::SendResponse,
+        crate::console::links::PasskeyLink,
     )),
     modifiers(&AgentKeyAuth, &OwnerSignatureAuth, &ReadCapabilityAuth),
     tags(

@@ -111,7 +111,7 @@ impl OwnerApproval {
 
     /// The audit detail that ties a change to the approval that allowed it.
     pub(crate) fn evidence(&self) -> serde_json::Value {
-        json!({ "ts": self.proof.timestamp(), "nonce": self.proof.nonce().as_str() })
+        json!({ "gate": agentkeys_approval::Gate::MasterKey.as_str(), "ts": self.proof.timestamp(), "nonce": self.proof.nonce().as_str() })
     }
 }
 

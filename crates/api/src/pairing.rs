@@ -30,7 +30,7 @@ use std::time::Duration;
 use agentkeys_approval::codes::CodeHash;
 use agentkeys_approval::pairing;
 use agentkeys_approval::{
-    ConfirmationCode, PAIRING_TTL, PairCode, PairingError, PairingRequest, PairingState, PublicKey, Signature,
+    ConfirmationCode, OwnerGate, PAIRING_TTL, PairCode, PairingError, PairingRequest, PairingState, PublicKey, Signature,
 };
 use agentkeys_audit::{Actor, AuditEvent, hash_to_hex, ops};
 use agentkeys_core::time::rfc3339;
@@ -99,7 +99,7 @@ pub fn device_fingerprint(key: &PublicKey) -> String {
 }
 
 /// A malformed pair code names no request: the same 404 as an unknown one.
-fn parse_code(code: &str) -> Result<PairCode, ApiError> {
+pub(crate) fn parse_code(code: &str) -> Result<PairCode, ApiError> {
     code.parse().map_err(|_| ApiError::Pairing(PairingError::NotFound))
 }
 
@@ -123,7 +123,7 @@ fn restore(rec: &PairingRecord) -> Result<PairingState, ApiError> {
     })
 }
 
-async fn lookup(meta: &Arc<dyn MetadataStore>, code: &PairCode) -> Result<Option<(PairingRecord, PairingState)>, ApiError> {
+pub(crate) async fn lookup(meta: &Arc<dyn MetadataStore>, code: &PairCode) -> Result<Option<(PairingRecord, PairingState)>, ApiError> {
     let found = meta.pairing(&code.hash().0).await.map_err(|e| backend_error(&e))?;
     found.map(|rec| restore(&rec).map(|state| (rec, state))).transpose()
 }
@@ -332,21 +332,36 @@ pub(crate) async fn approve(
     Path(code): Path<String>,
     approval: OwnerApproval,
 ) -> Result<Response, ApiError> {
-    let meta = store(&state)?;
     if !approval.json {
         return Err(ApiError::UnsupportedMediaType);
     }
     let body: ApprovePairingRequest = decode(&approval.body)?;
-    let confirmation: ConfirmationCode = body.confirmation_code.parse().map_err(|_| ApiError::InvalidRequest {
+    let answer = approve_as(&state, &code, &body.confirmation_code, &approval.proof, approval.evidence()).await?;
+    Ok(Json(answer).into_response())
+}
+
+/// Approves the pairing request `code` for the owner who passed `gate` (the
+/// master key's signature, or a console passkey assertion for this action),
+/// who confirmed the 6 digits `confirmation`; `evidence` goes into the audit
+/// record. The agent is created under that owner.
+pub(crate) async fn approve_as(
+    state: &ApiState,
+    code: &str,
+    confirmation: &str,
+    gate: &impl OwnerGate,
+    evidence: serde_json::Value,
+) -> Result<ApprovePairingResponse, ApiError> {
+    let meta = store(state)?;
+    let confirmation: ConfirmationCode = confirmation.parse().map_err(|_| ApiError::InvalidRequest {
         field: Some("confirmation_code".to_owned()),
         detail: "confirmation_code: exactly 6 digits".to_owned(),
     })?;
-    let code = parse_code(&code)?;
+    let code = parse_code(code)?;
     let now = state.clock.now();
     let found = lookup(meta, &code).await?;
     let name = found.as_ref().and_then(|(rec, _)| rec.name.clone());
-    let approved = pairing::approve(found.map(|(_, s)| s), &code, &confirmation, &approval.proof, now)
-        .map_err(ApiError::Pairing)?;
+    let approved =
+        pairing::approve(found.map(|(_, s)| s), &code, &confirmation, gate, now).map_err(ApiError::Pairing)?;
     let PairingState::Approved { request, owner, approved_at } = approved else {
         return Err(ApiError::Internal);
     };
@@ -355,14 +370,14 @@ pub(crate) async fn approve(
         "owner": owner,
         "agent": agent.id,
         "device_fingerprint": device_fingerprint(request.device_key()),
-        "approval": approval.evidence(),
+        "approval": evidence,
     }));
     match meta.approve_pairing(&code.hash().0, &agent, approved_at, &event).await {
         Ok(_receipt) => {}
         // A concurrent approval won: answer what this owner may learn about it now.
         Err(StoreError::NotFound { .. }) => {
             let found = lookup(meta, &code).await?.map(|(_, s)| s);
-            let e = pairing::approve(found, &code, &confirmation, &approval.proof, now)
+            let e = pairing::approve(found, &code, &confirmation, gate, now)
                 .err()
                 .unwrap_or(PairingError::AlreadyConsumed);
             return Err(ApiError::Pairing(e));
@@ -371,13 +386,12 @@ pub(crate) async fn approve(
         Err(e) => return Err(backend_error(&e)),
     }
     state.pairings.wake(&code.hash().0);
-    Ok(Json(ApprovePairingResponse {
+    Ok(ApprovePairingResponse {
         agent_id: agent.id.to_string(),
         owner: owner.to_string(),
         status: "approved".to_owned(),
         collect_by: rfc3339(approved_at + PAIRING_TTL),
     })
-    .into_response())
 }
 
 /// Body of `POST /v1/pairings/{code}/collect`.

@@ -24,7 +24,7 @@
 //! A pair code alone is not a credential, and callers who cannot prove a stake
 //! in the request see one answer, [`PairingError::NotFound`], whether the code is
 //! unknown, spent or approved by someone else:
-//! - the **approving owner** ([`approve`], [`view`], with an [`OwnerVerified`] proof)
+//! - the **approving owner** ([`approve`], [`view`], with an [`OwnerGate`] proof: the master key's [`OwnerVerified`](crate::OwnerVerified) or a console passkey's [`PasskeyVerified`](crate::PasskeyVerified))
 //!   sees `ALREADY_CONSUMED` for a request *they* approved (a second approve),
 //!   `EXPIRED` after the 60 s, `NOT_FOUND` for one approved by another owner;
 //! - the **agent** ([`collect`], with a signature by the request's device key)
@@ -40,7 +40,7 @@ use agentkeys_core::{AgentId, OwnerId, UnixTime};
 use crate::codes::{CodeHash, ConfirmationCode, PAIRING_TTL, PairCode};
 use crate::device_key::{agent_id_from_device_key, collect_message};
 use crate::public_key::{PublicKey, Signature};
-use crate::signed_request::OwnerVerified;
+use crate::passkey::OwnerGate;
 
 /// Why a pairing operation was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -264,7 +264,7 @@ impl PairingState {
     pub fn view(
         &self,
         pair_code: &PairCode,
-        owner: &OwnerVerified,
+        owner: &impl OwnerGate,
         now: UnixTime,
     ) -> Result<PairingView, PairingError> {
         if !self.request().code_hash.ct_eq(&pair_code.hash()) {
@@ -287,7 +287,7 @@ impl PairingState {
         self,
         pair_code: &PairCode,
         confirmation: &ConfirmationCode,
-        owner: &OwnerVerified,
+        owner: &impl OwnerGate,
         now: UnixTime,
     ) -> Result<Self, PairingError> {
         if !self.request().code_hash.ct_eq(&pair_code.hash()) {
@@ -339,7 +339,7 @@ impl PairingState {
 pub fn view(
     found: Option<&PairingState>,
     pair_code: &PairCode,
-    owner: &OwnerVerified,
+    owner: &impl OwnerGate,
     now: UnixTime,
 ) -> Result<PairingView, PairingError> {
     found.ok_or(PairingError::NotFound)?.view(pair_code, owner, now)
@@ -351,7 +351,7 @@ pub fn approve(
     found: Option<PairingState>,
     pair_code: &PairCode,
     confirmation: &ConfirmationCode,
-    owner: &OwnerVerified,
+    owner: &impl OwnerGate,
     now: UnixTime,
 ) -> Result<PairingState, PairingError> {
     found.ok_or(PairingError::NotFound)?.approve(pair_code, confirmation, owner, now)

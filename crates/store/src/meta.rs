@@ -333,6 +333,7 @@ pub trait MetadataStore:
     + Deployment
     + InboxExpiry
     + crate::Throttles
+    + crate::Console
 {
 }
 
@@ -355,6 +356,7 @@ impl<T> MetadataStore for T where
         + StoreHealth
         + Deployment
         + crate::Throttles
+        + crate::Console
 {
 }
 
