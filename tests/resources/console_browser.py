@@ -170,7 +170,7 @@ def main():
     base = args.base
     shots = Shots(args.artifacts)
 
-    with sync_playwright() as pw:
+    with sync_playwright() as pw, DumpOnFailure(args.artifacts):
         browser = pw.chromium.launch(
             executable_path=CHROMIUM,
             args=["--host-resolver-rules=MAP localhost 127.0.0.1", "--no-sandbox"],
@@ -178,6 +178,7 @@ def main():
         # Phone-sized.
         context = browser.new_context(viewport={"width": 390, "height": 844})
         page = context.new_page()
+        LIVE.append(page)
         errors = []
         page.on("pageerror", lambda e: errors.append(str(e)))
         cdp, authenticator = add_authenticator(context, page)
@@ -307,6 +308,7 @@ def main():
         # The second owner: its own browser and authenticator; sees none of the first's objects.
         context2 = browser.new_context(viewport={"width": 390, "height": 844})
         page2 = context2.new_page()
+        LIVE.append(page2)
         cdp2, authenticator2 = add_authenticator(context2, page2)
         register_and_sign_in(page2, cdp2, authenticator2, base, setup["link2"], setup["owner2"], shots, "owner2")
         for path in ["/console/agents", "/console/inboxes", "/console/audit"]:
@@ -349,6 +351,29 @@ def main():
         assert not errors, f"page errors: {errors}"
         browser.close()
     emit({"step": "done", "screenshots": shots.taken, "axe": axe})
+
+
+# Pages open now: on a failure each is saved and its text printed, to see why.
+LIVE = []
+
+
+class DumpOnFailure:
+    def __init__(self, directory):
+        self.directory = directory
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, value, tb):
+        if kind is None:
+            return False
+        for i, p in enumerate(LIVE):
+            try:
+                print(f"--- page {i}: {p.url}\n{p.inner_text('body')[:3000]}", file=sys.stderr)
+                p.screenshot(path=os.path.join(self.directory, f"failure-{i}.png"), full_page=True)
+            except Exception as e:  # the page may be gone
+                print(f"--- page {i}: {e}", file=sys.stderr)
+        return False
 
 
 if __name__ == "__main__":
