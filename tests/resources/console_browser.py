@@ -208,11 +208,16 @@ def main():
         page.wait_for_selector("text=do not match")
         shots(page, "pairing-wrong-digits")
         assert sign_count(cdp, authenticator) == count + 1, "the wrong digits still asked the authenticator"
-        page.go_back()
-        page.wait_for_selector("#confirmation")
-        page.fill("#confirmation", args.digits)
+        # The request is addressed to this owner (`agent pair --owner`): it waits on
+        # the approvals page; approve it there with the pair code and the digits.
+        page.goto(f"{base}/console")
+        page.wait_for_selector("article.request")
+        assert "ci bot" in page.inner_text("article.request"), page.inner_text("main")
+        shots(page, "approvals-pending")
+        page.fill("#pair-code-0", args.pair_code)
+        page.fill("#digits-0", args.digits)
         with page.expect_navigation(url=f"{base}/console/agents?done=paired"):
-            page.click("text=Approve with my passkey")
+            page.click("article.request >> text=Approve with my passkey")
         assert sign_count(cdp, authenticator) == count + 2, "approving asked the authenticator again"
         shots(page, "agents-after-pairing")
         emit({"step": "approved"})
@@ -291,10 +296,13 @@ def main():
         # Audit: the owner's records with the gate used; filter by operation.
         page.goto(f"{base}/console/audit")
         shots(page, "audit")
-        text = page.inner_text("table")
+        text = page.inner_text("ol.audit")
         assert "grant.revoke" in text and "pairing.approve" in text and "passkey" in text, text[:2000]
+        assert "credential.read × 3 in this hour" in text, text[:2000]
+        assert "agent ci bot" in text and "you" in text, "actors by name"
+        assert "Chain intact" in page.inner_text("main"), page.inner_text("main")[:500]
         page.goto(f"{base}/console/audit?operation=grant.revoke")
-        rows = page.locator("tbody tr").all_inner_texts()
+        rows = page.locator("ol.audit li").all_inner_texts()
         assert rows and all("grant.revoke" in r for r in rows), rows
         shots(page, "audit-filtered")
         page.goto(f"{base}/console/passkeys")

@@ -109,7 +109,8 @@ fn restore(rec: &PairingRecord) -> Result<PairingState, ApiError> {
         ApiError::Unavailable { code: "BACKEND_UNAVAILABLE" }
     };
     let device_key = PublicKey::from_bytes(&rec.device_key).map_err(|_| corrupt("device key"))?;
-    let request = PairingRequest::restore(CodeHash(rec.code_hash), device_key, rec.opened_at);
+    let request =
+        PairingRequest::restore(CodeHash(rec.code_hash), device_key, rec.opened_at).with_addressee(rec.addressed_to.clone());
     Ok(match rec.status {
         PairingStatus::Pending => PairingState::Pending(request),
         PairingStatus::Approved => PairingState::Approved {
@@ -128,6 +129,30 @@ pub(crate) async fn lookup(meta: &Arc<dyn MetadataStore>, code: &PairCode) -> Re
     found.map(|rec| restore(&rec).map(|state| (rec, state))).transpose()
 }
 
+/// Longest `owner` an agent may address a pairing request to.
+pub const MAX_ADDRESSEE_CHARS: usize = 254;
+
+/// Whom a request addressed to `given` (an owner id or an email) is for: the
+/// owner id, or, if no owner has that email, the address itself in lower
+/// case, which no owner id equals (nobody can approve it, and the agent is
+/// told nothing about which owners exist).
+async fn addressee(meta: &dyn MetadataStore, given: &str) -> Result<String, ApiError> {
+    if let Ok(id) = given.parse::<agentkeys_core::OwnerId>() {
+        return Ok(id.as_str().to_owned());
+    }
+    if given.chars().count() > MAX_ADDRESSEE_CHARS || given.chars().any(char::is_control) || !given.contains('@') {
+        return Err(ApiError::InvalidRequest {
+            field: Some("owner".to_owned()),
+            detail: format!("owner: an owner id (0x and 40 hex digits) or an email address of at most {MAX_ADDRESSEE_CHARS} characters"),
+        });
+    }
+    let owners = meta.list_owners().await.map_err(|e| backend_error(&e))?;
+    Ok(owners
+        .into_iter()
+        .find(|o| o.email.as_deref().is_some_and(|e| e.eq_ignore_ascii_case(given)))
+        .map_or_else(|| given.to_ascii_lowercase(), |o| o.id.as_str().to_owned()))
+}
+
 /// Body of `POST /v1/pairings`.
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -138,6 +163,11 @@ pub struct OpenPairingRequest {
     /// A display name for the agent (at most 64 characters).
     #[serde(default)]
     pub name: Option<String>,
+    /// The owner whose approval the agent asks for: an owner id (`0x…`) or an
+    /// owner's email address. Only that owner can approve it; the answer is the
+    /// same whether or not such an owner exists.
+    #[serde(default)]
+    pub owner: Option<String>,
 }
 
 /// Answer of `POST /v1/pairings`.
@@ -160,7 +190,7 @@ pub struct OpenPairingResponse {
     tag = "pairing",
     request_body = OpenPairingRequest,
     responses(
-        (status = 201, description = "Opened; valid for 60 s", body = OpenPairingResponse),
+        (status = 201, description = "Opened; valid for 10 minutes", body = OpenPairingResponse),
         (status = 400, description = "Malformed key or name", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "PAYLOAD_TOO_LARGE: the body is over 16 KiB", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "UNSUPPORTED_MEDIA_TYPE: send the body as Content-Type: application/json", body = Problem, content_type = "application/problem+json"),
@@ -186,9 +216,14 @@ pub(crate) async fn open(
         }
         other => other,
     };
+    let addressed_to = match body.owner.as_deref().map(str::trim).filter(|o| !o.is_empty()) {
+        None => None,
+        Some(given) => Some(addressee(meta.as_ref(), given).await?),
+    };
     let now = state.clock.now();
     for _ in 0..OPEN_ATTEMPTS {
         let (code, confirmation, opened) = PairingState::open(&mut rand::rngs::OsRng, device_key, now);
+        let opened = opened.with_addressee(addressed_to.clone());
         let request = opened.request();
         let rec = PairingRecord {
             code_hash: code.hash().0,
@@ -199,6 +234,7 @@ pub(crate) async fn open(
             status: PairingStatus::Pending,
             owner: None,
             approved_at: None,
+            addressed_to: addressed_to.clone(),
         };
         // Audited in the same transaction: the agent-to-be, its name and device
         // key, the expiry; never the pair code or the confirmation digits.
@@ -206,6 +242,7 @@ pub(crate) async fn open(
             "name": rec.name,
             "device_key": hash_to_hex(&rec.device_key),
             "expires_at": request.expires_at(),
+            "addressed_to": rec.addressed_to,
         }));
         match meta.open_pairing(&rec, now - PAIRING_RETENTION_SECS, &event).await {
             Ok(_receipt) => {

@@ -183,3 +183,31 @@ fn a_restored_request_is_the_same_request() {
         agentkeys_approval::PairingRequest::restore(*r.code_hash(), *r.device_key(), r.opened_at());
     assert_eq!(&restored, r);
 }
+
+/// `agent pair --owner`: a request addressed to one owner is that owner's
+/// alone. Any other owner who types its pair code and digits gets the same
+/// `NOT_FOUND` as for an unknown code, and an address no owner has (the
+/// server keeps the address then) can be approved by nobody.
+#[test]
+fn an_addressed_request_is_its_owners_alone() {
+    let o = open();
+    let (mine, other) = (proof(1, T0 + 5), proof(2, T0 + 5));
+    let addressed = o.state.clone().with_addressee(Some(owner_id(1).as_str().to_owned()));
+    assert_eq!(addressed.request().addressed_to(), Some(owner_id(1).as_str()));
+    for who in [&other] {
+        assert_eq!(pairing::view(Some(&addressed), &o.code, who, T0 + 5).unwrap_err(), PairingError::NotFound);
+        let refused = pairing::approve(Some(addressed.clone()), &o.code, &o.confirmation, who, T0 + 5).unwrap_err();
+        assert_eq!(refused, PairingError::NotFound, "not even the digits' mismatch is revealed");
+        let wrong = ConfirmationCode::derive(&PairCode::generate(&mut rand::rngs::OsRng), &o.device.public_key());
+        assert_eq!(pairing::approve(Some(addressed.clone()), &o.code, &wrong, who, T0 + 5).unwrap_err(), PairingError::NotFound);
+    }
+    assert!(pairing::view(Some(&addressed), &o.code, &mine, T0 + 5).is_ok());
+    let approved = pairing::approve(Some(addressed), &o.code, &o.confirmation, &mine, T0 + 6).unwrap();
+    assert_eq!(approved.status(), "approved");
+
+    let nobodys = o.state.with_addressee(Some("nobody@example.com".to_owned()));
+    for who in [&mine, &other] {
+        let refused = pairing::approve(Some(nobodys.clone()), &o.code, &o.confirmation, who, T0 + 5).unwrap_err();
+        assert_eq!(refused, PairingError::NotFound);
+    }
+}

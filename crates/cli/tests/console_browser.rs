@@ -20,7 +20,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Server, agentkeys, enroll_owner, owner_json, resource, run_json, send_raw, stored_messages};
+use common::{Server, agentkeys, curl, enroll_owner, owner_json, owner_run, resource, run_json, send_raw, stored_messages};
 use serde_json::{Value, json};
 
 const OWNER: &str = "0x00000000000000000000000000000000000000c1";
@@ -77,7 +77,7 @@ fn owner_console_in_a_real_browser() {
     // The agent asks to be paired and waits.
     let mut agent_pair = agentkeys(&d)
         .env("AGENTKEYS_CONFIG_DIR", dir.path().join("agent"))
-        .args(["agent", "pair", "--server", &base, "--name", "ci bot", "--json"])
+        .args(["agent", "pair", "--server", &base, "--name", "ci bot", "--owner", OWNER, "--json"])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -90,6 +90,13 @@ fn owner_console_in_a_real_browser() {
         first["confirmation_code"].as_str().unwrap().to_owned(),
         first["agent_id"].as_str().unwrap().to_owned(),
     );
+
+    // Addressed to OWNER: another owner, even with the pair code and the master
+    // key, finds nothing (the same 404 as an unknown code).
+    enroll_owner(&d, OWNER2);
+    let foreign = owner_run(&d, OWNER2, &["approve", &pair_code, "--yes", "--server", &base]);
+    let err = String::from_utf8_lossy(&foreign.stderr).into_owned();
+    assert!(!foreign.status.success() && err.contains("404 NOT_FOUND"), "{err}");
 
     let shots = artifacts();
     let mut browser = Command::new("python3")
@@ -125,13 +132,19 @@ fn owner_console_in_a_real_browser() {
     let inbox = run_json(&d, &["inbox", "create", "--agent", &agent, "--name", "ci"])["address"].as_str().unwrap().to_owned();
     let grant = owner_json(&d, OWNER, &["grant", "create", "--agent", &agent, "--inbox", &inbox, "--scopes", "read"]);
     let grant = grant["id"].as_str().unwrap().to_owned();
+    // Three credential reads by the agent: one line "× 3" on the audit page.
+    let config: Value = serde_json::from_slice(&std::fs::read(dir.path().join("agent").join("agent.json")).unwrap()).unwrap();
+    let agent_key = config["agent_key"].as_str().unwrap().to_owned();
+    for _ in 0..3 {
+        let (status, _, _) = curl("POST", &format!("{base}/v1/credentials/read"), Some(&agent_key), Some(&json!({ "inbox": inbox }).to_string()));
+        assert_eq!(status, 200);
+    }
     assert_eq!(send_raw(server.inbound, "mallory@evil.example", &inbox, HOSTILE).unwrap(), 250);
     let deadline = Instant::now() + Duration::from_secs(30);
     while stored_messages(&server.blobs(), OWNER, &inbox).is_empty() {
         assert!(Instant::now() < deadline, "the message was not stored");
         std::thread::sleep(Duration::from_millis(100));
     }
-    enroll_owner(&d, OWNER2);
     let link2 = owner_json(&d, OWNER2, &["owner", "passkey", "add", "--server", &base]);
     let setup = json!({
         "grant": grant, "key": key, "agent": agent, "inbox": inbox,

@@ -1854,6 +1854,7 @@ fn pairing_request(hash: u8, agent_n: u32) -> PairingRecord {
         status: PairingStatus::Pending,
         owner: None,
         approved_at: None,
+        addressed_to: None,
     }
 }
 
@@ -2756,4 +2757,27 @@ pub async fn console_owners_see_only_their_own<B: Backend>(backend: Arc<B>) {
     assert_eq!(revoked.iter().filter(|r| **r == Some(NOW + 1)).count(), 1, "an earlier revocation keeps its time");
     assert_eq!(revoked.iter().filter(|r| **r == Some(NOW + 10)).count(), 1);
     assert_eq!(a.list_grants(Some(&agent(1))).await.unwrap()[0].revoked_at, Some(NOW + 10));
+
+    // Pending pairing requests addressed to an owner: theirs only, pending, in the window.
+    let to = |n: u32| Some(owner(n).as_str().to_owned());
+    let opened = [
+        PairingRecord { addressed_to: to(1), ..pairing_request(41, 41) },
+        PairingRecord { addressed_to: to(2), ..pairing_request(42, 42) },
+        PairingRecord { addressed_to: Some("nobody@conformance.test".to_owned()), ..pairing_request(43, 43) },
+        PairingRecord { addressed_to: None, ..pairing_request(44, 44) },
+        PairingRecord { addressed_to: to(1), opened_at: NOW - 700, ..pairing_request(45, 45) },
+    ];
+    for (i, p) in opened.iter().enumerate() {
+        let s = if i % 2 == 0 { &a } else { &b };
+        s.open_pairing(p, NOW - DAY, &event("pairing.open", "p")).await.unwrap();
+    }
+    for s in [&a, &b] {
+        assert_eq!(s.pending_pairings_for(&owner(1), NOW - 600).await.unwrap(), vec![opened[0].clone()]);
+        assert_eq!(s.pending_pairings_for(&owner(2), NOW - 600).await.unwrap(), vec![opened[1].clone()]);
+        assert_eq!(s.pairing(&[43; 32]).await.unwrap(), Some(opened[2].clone()), "the addressee is stored as given");
+    }
+    assert_eq!(a.pending_pairings_for(&owner(1), NOW - 800).await.unwrap(), vec![opened[4].clone(), opened[0].clone()]);
+    let agent41 = AgentRecord { id: agent(41), owner: owner(1), name: None, created_at: NOW + 1 };
+    b.approve_pairing(&[41; 32], &agent41, NOW + 1, &event("pairing.approve", "p")).await.unwrap();
+    assert_eq!(a.pending_pairings_for(&owner(1), NOW - 600).await.unwrap(), vec![], "approved: no longer pending");
 }

@@ -13,8 +13,8 @@ use agentkeys_audit::{AuditEvent, AuditReceipt, hash_to_hex};
 use agentkeys_core::{AgentId, OwnerId, UnixTime};
 use async_trait::async_trait;
 
-use crate::meta::StoreError;
-use crate::sqlite::{SqliteStore, backend, commit_audited, insert_error, require_ok};
+use crate::meta::{PairingRecord, StoreError};
+use crate::sqlite::{PairingRow, SqliteStore, backend, commit_audited, insert_error, pairing_from_row, require_ok};
 
 /// A one-time passkey registration link as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -127,6 +127,9 @@ pub trait Console: Send + Sync + 'static {
     ) -> Result<Option<SessionRecord>, StoreError>;
     /// Ends a session (signing out). Unknown tokens are not an error.
     async fn end_session(&self, token_hash: &[u8; 32]) -> Result<(), StoreError>;
+    /// The pending pairing requests addressed to `owner` opened at or after
+    /// `opened_since` (the caller's approval window), oldest first.
+    async fn pending_pairings_for(&self, owner: &OwnerId, opened_since: UnixTime) -> Result<Vec<PairingRecord>, StoreError>;
     /// "Stop this agent": revokes every key and grant of `owner`'s `agent` at
     /// `now` (earlier revocations keep their time), audited, in one
     /// transaction; returns how many keys and grants this revoked. `NotFound`
@@ -146,6 +149,8 @@ pub(crate) type SessionRow = (String, String, i64, i64, i64);
 
 pub(crate) const PASSKEY_COLUMNS: &str = "credential_id, owner, name, passkey, created_at, last_used_at";
 pub(crate) const CHALLENGE_COLUMNS: &str = "id, owner, purpose, bound_to, state, expires_at";
+/// The columns of a pairing request, in [`PairingRow`] order.
+pub(crate) const PAIRING_COLUMNS: &str = "code_hash, device_key, agent, name, opened_at, status, owner, approved_at, addressed_to";
 pub(crate) const SESSION_COLUMNS: &str = "token_hash, owner, created_at, last_seen_at, expires_at";
 
 pub(crate) fn owner_from(s: &str) -> Result<OwnerId, StoreError> {
@@ -369,6 +374,19 @@ impl Console for SqliteStore {
             .await
             .map_err(backend)?;
         tx.commit().await.map_err(backend)
+    }
+
+    async fn pending_pairings_for(&self, owner: &OwnerId, opened_since: UnixTime) -> Result<Vec<PairingRecord>, StoreError> {
+        let rows: Vec<PairingRow> = sqlx::query_as(&format!(
+            "SELECT {PAIRING_COLUMNS} FROM pairing_requests
+              WHERE addressed_to = ?1 AND status = 'pending' AND opened_at >= ?2 ORDER BY opened_at, code_hash"
+        ))
+        .bind(owner.as_str())
+        .bind(opened_since)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend)?;
+        rows.into_iter().map(pairing_from_row).collect()
     }
 
     async fn stop_owner_agent(

@@ -2,7 +2,7 @@
 //! Every object is found through the signed-in owner; anything else is the
 //! same 404 page as a missing one.
 
-use agentkeys_approval::PairingState;
+use agentkeys_approval::{PAIRING_TTL, PairingState};
 use agentkeys_core::{Address, Grant};
 use agentkeys_store::{BlobKey, BlobStore as _, InboxRecord, KeyRecord, ListOrder, PageQuery};
 use axum::extract::{Path, State};
@@ -41,15 +41,41 @@ fn flash(uri: &Uri) -> Option<&'static str> {
     }
 }
 
-pub(crate) async fn overview(session: Session, uri: Uri) -> Response {
-    layout(
+pub(crate) async fn overview(State(state): State<ApiState>, session: Session, uri: Uri) -> Result<Response, ConsoleError> {
+    let meta = meta(&state)?;
+    let now = state.clock.now();
+    let waiting = meta.pending_pairings_for(&session.owner, now - PAIRING_TTL + 1).await.map_err(|e| unavailable(&e))?;
+    let csrf = session.csrf.as_str();
+    Ok(layout(
         "Pending approvals",
         Nav::Approvals,
-        Some(&session.csrf),
+        Some(csrf),
         flash(&uri),
         html! {
             section {
-                h2 { "Approve a pairing" }
+                h2 { "Pairing requests addressed to you" }
+                @if waiting.is_empty() { p { "None waiting. An agent asks with " code { "agentkeys agent pair --owner <your id or email>" } "." } }
+                @for (i, rec) in waiting.iter().enumerate() {
+                    @let fingerprint = agentkeys_approval::PublicKey::from_bytes(&rec.device_key).map(|k| crate::pairing::device_fingerprint(&k)).unwrap_or_default();
+                    article.request {
+                        dl.facts {
+                            dt { "Agent" } dd { (rec.name.as_deref().unwrap_or("(no name)")) }
+                            dt { "Agent id" } dd { code { (rec.agent.as_str()) } }
+                            dt { "Device fingerprint" } dd { code { (fingerprint) } }
+                            dt { "Expires" } dd { (when(rec.opened_at + PAIRING_TTL)) }
+                        }
+                        p { "Type the pair code and the 6 digits the agent shows. Your passkey is asked for this approval." }
+                        (gated_form("/console/pairings/approve", csrf, "Approve with my passkey", false, html! {
+                            label for=(format!("pair-code-{i}")) { "Pair code" }
+                            input id=(format!("pair-code-{i}")) type="text" name="pair_code" placeholder="ABCD-EFGH" autocomplete="off" required;
+                            label for=(format!("digits-{i}")) { "The agent's 6 digits" }
+                            input id=(format!("digits-{i}")) type="text" name="confirmation" inputmode="numeric" pattern="[0-9]{6}" maxlength="6" autocomplete="off" required;
+                        }))
+                    }
+                }
+            }
+            section {
+                h2 { "Approve a pairing by its code" }
                 p { "An agent that runs " code { "agentkeys agent pair" } " shows a pair code and 6 digits. Enter the pair code to see the request." }
                 form method="get" action="/console/pairings" {
                     label for="code" { "Pair code" }
@@ -59,7 +85,7 @@ pub(crate) async fn overview(session: Session, uri: Uri) -> Response {
             }
         },
     )
-    .into_response()
+    .into_response())
 }
 
 pub(crate) async fn pairing(State(state): State<ApiState>, session: Session, uri: Uri) -> Result<Response, ConsoleError> {
@@ -68,6 +94,10 @@ pub(crate) async fn pairing(State(state): State<ApiState>, session: Session, uri
     let code = crate::pairing::parse_code(param(&q, "code").unwrap_or("").trim()).map_err(|_| ConsoleError::NotFound)?;
     let found = crate::pairing::lookup(meta, &code).await.map_err(|e| unavailable(&format!("{e:?}")))?;
     let (rec, pairing) = found.ok_or(ConsoleError::NotFound)?;
+    // Addressed to another owner: as if it did not exist.
+    if !pairing.request().is_open_to(&session.owner) {
+        return Err(ConsoleError::NotFound);
+    }
     let now = state.clock.now();
     let request = match pairing.expire_if_due(now) {
         PairingState::Pending(request) => request,
@@ -295,6 +325,77 @@ pub(crate) async fn message(
     .into_response())
 }
 
+/// Records the chain check reads per store call.
+pub const VERIFY_PAGE: u32 = 1000;
+
+/// What the audit page says about the whole chain (the same walk as
+/// `agentkeys audit verify`; the checkpoint's signature is the CLI's to check).
+enum ChainCheck {
+    Intact { records: u64, head: u64, checkpoint: Option<(u64, agentkeys_core::UnixTime, bool)> },
+    Broken { seq: u64, reason: String },
+}
+
+async fn check_chain(meta: &dyn agentkeys_store::MetadataStore) -> Result<ChainCheck, ConsoleError> {
+    let checkpoint = meta.last_checkpoint().await.map_err(|e| unavailable(&e))?;
+    let mut verifier = agentkeys_audit::Verifier::new();
+    let (mut records, mut at_checkpoint) = (0u64, None);
+    loop {
+        let after = verifier.head().seq;
+        let page = match meta.audit_list(after, VERIFY_PAGE).await {
+            Ok(page) => page,
+            Err(e @ agentkeys_store::StoreError::AuditUnreadable { .. }) => {
+                return Ok(ChainCheck::Broken { seq: after + 1, reason: e.to_string() });
+            }
+            Err(e) => return Err(unavailable(&e)),
+        };
+        if page.is_empty() {
+            break;
+        }
+        for r in &page {
+            if let Err(broken) = verifier.push(r) {
+                return Ok(ChainCheck::Broken { seq: broken.seq, reason: broken.reason.to_string() });
+            }
+            records += 1;
+            if checkpoint.as_ref().is_some_and(|c| c.seq == r.seq) {
+                at_checkpoint = Some(r.hash);
+            }
+        }
+    }
+    Ok(ChainCheck::Intact {
+        records,
+        head: verifier.head().seq,
+        checkpoint: checkpoint.map(|c| (c.seq, c.ts, at_checkpoint == Some(c.hash))),
+    })
+}
+
+/// One line of the audit page: a record, or the credential reads of one agent
+/// in one hour folded into a count.
+struct AuditLine<'r> {
+    record: &'r agentkeys_audit::AuditRecord,
+    reads: usize,
+}
+
+/// Folds credential reads (`credential.read`, `credential.oidc`; newest
+/// first) into one line per agent, operation and hour.
+fn collapse(records: &[&agentkeys_audit::AuditRecord]) -> Vec<AuditLine<'_>> {
+    let mut lines: Vec<AuditLine<'_>> = Vec::new();
+    let mut folded: std::collections::HashMap<(String, i64), usize> = std::collections::HashMap::new();
+    for r in records {
+        if r.operation == crate::backend::OP_CREDENTIAL_READ || r.operation == crate::backend::OP_CREDENTIAL_OIDC {
+            let key = (format!("{} {}", r.actor, r.operation), r.ts.div_euclid(3600));
+            if let Some(&i) = folded.get(&key) {
+                lines[i].reads += 1;
+                continue;
+            }
+            folded.insert(key, lines.len());
+            lines.push(AuditLine { record: r, reads: 1 });
+        } else {
+            lines.push(AuditLine { record: r, reads: 0 });
+        }
+    }
+    lines
+}
+
 pub(crate) async fn audit(State(state): State<ApiState>, session: Session, uri: Uri) -> Result<Response, ConsoleError> {
     let meta = meta(&state)?;
     let q = query(&uri);
@@ -320,13 +421,48 @@ pub(crate) async fn audit(State(state): State<ApiState>, session: Session, uri: 
             _ => break,
         }
     }
-    let shown: Vec<_> = records.iter().rev().take(AUDIT_SHOWN).collect();
+    let names: std::collections::HashMap<String, String> = meta
+        .list_agents(Some(&session.owner))
+        .await
+        .map_err(|e| unavailable(&e))?
+        .into_iter()
+        .map(|a| (a.id.to_string(), a.name.unwrap_or_else(|| "(no name)".to_owned())))
+        .collect();
+    let who = |actor: &agentkeys_audit::Actor| -> String {
+        match actor {
+            agentkeys_audit::Actor::Owner(o) if *o == session.owner => "you".to_owned(),
+            agentkeys_audit::Actor::Agent(a) => match names.get(a.as_str()) {
+                Some(name) => format!("agent {name}"),
+                None => format!("agent {a}"),
+            },
+            other => other.to_string(),
+        }
+    };
+    let newest: Vec<&agentkeys_audit::AuditRecord> = records.iter().rev().collect();
+    let lines = collapse(&newest);
+    let shown: Vec<&AuditLine<'_>> = lines.iter().take(AUDIT_SHOWN).collect();
+    let chain = check_chain(meta.as_ref()).await?;
     Ok(layout(
         "Audit",
         Nav::Audit,
         Some(&session.csrf),
         None,
         html! {
+            @match &chain {
+                ChainCheck::Intact { records, head, checkpoint } => {
+                    p.flash role="status" {
+                        "Chain intact: " (records) " records verified, head #" (head) "."
+                        @match checkpoint {
+                            Some((seq, ts, true)) => { " Last checkpoint #" (seq) " (" (when(*ts)) ") matches the chain." }
+                            Some((seq, _, false)) => { strong { " Last checkpoint #" (seq) " does NOT match the chain." } }
+                            None => { " No checkpoint yet." }
+                        }
+                    }
+                }
+                ChainCheck::Broken { seq, reason } => {
+                    p.error role="alert" { "The audit chain is broken at record #" (seq) ": " (reason) ". Run agentkeys audit verify on the server." }
+                }
+            }
             form.filters method="get" action="/console/audit" {
                 label for="agent" { "Agent id" }
                 input #agent type="text" name="agent" value=(agent.unwrap_or(""));
@@ -334,17 +470,22 @@ pub(crate) async fn audit(State(state): State<ApiState>, session: Session, uri: 
                 input #operation type="text" name="operation" value=(operation.unwrap_or("")) placeholder="grant.revoke";
                 button type="submit" { "Filter" }
             }
-            p { (records.len()) " records; the newest " (shown.len()) " shown." }
-            div.table-wrap {
-                table {
-                    thead { tr { th { "#" } th { "When" } th { "Who" } th { "Operation" } th { "Subject" } th { "Outcome" } th { "Gate" } } }
-                    tbody {
-                        @for r in &shown {
-                            tr {
-                                td { (r.seq) } td { (when(r.ts)) } td { code { (r.actor.to_string()) } } td { (r.operation) }
-                                td { code { (r.subject) } } td { (r.outcome.as_str()) }
-                                td { (r.detail.pointer("/approval/gate").or_else(|| r.detail.get("gate")).and_then(|g| g.as_str()).unwrap_or("")) }
-                            }
+            p { (records.len()) " records (credential reads counted per agent and hour); the newest " (shown.len()) " lines shown." }
+            ol.audit {
+                @for line in &shown {
+                    @let r = line.record;
+                    li {
+                        div.head {
+                            span.op { (r.operation) @if line.reads > 1 { " × " (line.reads) " in this hour" } }
+                            " " span.state { (r.outcome.as_str()) }
+                        }
+                        div { (who(&r.actor)) " · " (when(r.ts)) " · #" (r.seq) }
+                        div { "Subject " code { (names.get(r.subject.as_str()).map_or(r.subject.as_str(), |n| n.as_str())) } }
+                        @if let Some(gate) = r.detail.pointer("/approval/gate").or_else(|| r.detail.get("gate")).and_then(|g| g.as_str()) {
+                            div { "Gate " strong { (gate) } }
+                        }
+                        @if let Some(reason) = r.detail.get("reason").and_then(|g| g.as_str()) {
+                            div.reason { "Reason: " (reason) }
                         }
                     }
                 }

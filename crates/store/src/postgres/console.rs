@@ -12,10 +12,10 @@ use super::{PgStore, backend, hex32, insert_error};
 use crate::console::{
     CHALLENGE_COLUMNS, ChallengeRecord, ChallengeRow, Console, PASSKEY_COLUMNS, PasskeyLinkRecord, PasskeyRecord,
     PasskeyRow, SESSION_COLUMNS, SessionRecord, SessionRow, challenge_from_row, owner_from, passkey_from_row,
-    session_from_row,
+    session_from_row, PAIRING_COLUMNS,
 };
-use crate::meta::StoreError;
-use crate::sqlite::require_ok;
+use crate::meta::{PairingRecord, StoreError};
+use crate::sqlite::{PairingRow, pairing_from_row, require_ok};
 
 #[async_trait]
 impl Console for PgStore {
@@ -211,6 +211,19 @@ impl Console for PgStore {
             .await
             .map_err(backend)?;
         tx.commit().await.map_err(backend)
+    }
+
+    async fn pending_pairings_for(&self, owner: &OwnerId, opened_since: UnixTime) -> Result<Vec<PairingRecord>, StoreError> {
+        let rows: Vec<PairingRow> = sqlx::query_as(&format!(
+            "SELECT {PAIRING_COLUMNS} FROM pairing_requests
+              WHERE addressed_to = $1 AND status = 'pending' AND opened_at >= $2 ORDER BY opened_at, code_hash"
+        ))
+        .bind(owner.as_str())
+        .bind(opened_since)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend)?;
+        rows.into_iter().map(pairing_from_row).collect()
     }
 
     async fn stop_owner_agent(
