@@ -51,7 +51,7 @@ mod pages;
 mod reads;
 
 pub use auth::MAX_PASSKEY_NAME_CHARS;
-pub use reads::{AUDIT_SCANNED, AUDIT_SHOWN, INBOX_PAGE};
+pub use reads::{AUDIT_SCANNED, AUDIT_SHOWN, INBOX_PAGE, VERIFY_PAGE};
 
 use std::sync::Arc;
 

@@ -377,8 +377,8 @@ struct AuditLine<'r> {
 
 /// Folds credential reads (`credential.read`, `credential.oidc`; newest
 /// first) into one line per agent, operation and hour.
-fn collapse(records: &[&agentkeys_audit::AuditRecord]) -> Vec<AuditLine<'_>> {
-    let mut lines: Vec<AuditLine<'_>> = Vec::new();
+fn collapse<'r>(records: &[&'r agentkeys_audit::AuditRecord]) -> Vec<AuditLine<'r>> {
+    let mut lines: Vec<AuditLine<'r>> = Vec::new();
     let mut folded: std::collections::HashMap<(String, i64), usize> = std::collections::HashMap::new();
     for r in records {
         if r.operation == crate::backend::OP_CREDENTIAL_READ || r.operation == crate::backend::OP_CREDENTIAL_OIDC {
