@@ -268,6 +268,31 @@ def main():
         except urllib.error.HTTPError as e:
             assert e.code == 403, e.code
 
+        # Create a grant from the agent's form, then change the first one (shorter,
+        # same scope): each asks the authenticator again.
+        page.goto(f"{base}/console/agents")
+        count = sign_count(cdp, authenticator)
+        page.fill(f"#inbox-{agent}", inbox)
+        page.select_option(f"#new-scopes-{agent}", "read,send")
+        page.fill(f"#new-days-{agent}", "7")
+        with page.expect_navigation(url=f"{base}/console/agents?done=grant-created"):
+            page.click("form[action='/console/grants'] button")
+        assert sign_count(cdp, authenticator) == count + 1, "creating a grant asked the authenticator"
+        assert page.locator("li", has_text="read,send").count() >= 1, "the new grant is listed"
+        page.select_option(f"#scopes-{grant}", "read")
+        page.fill(f"#days-{grant}", "3")
+        with page.expect_navigation(url=f"{base}/console/agents?done=grant-changed"):
+            page.click(f"form[action='/console/grants/{grant}/change'] button")
+        assert sign_count(cdp, authenticator) == count + 2, "changing a grant asked the authenticator"
+        shots(page, "grant-created-and-changed")
+        # Over 30 days is refused by the server, whatever the form allows.
+        out = page.evaluate(FORGE_JS, [f"/console/grants/{grant}/change", {"scopes": "", "days": "31"}, None])
+        assert out["first"][0] == 400, f"31 days: {out['first'][0]}"
+        # A field given twice is refused (the action hash keeps one value per name).
+        dup = page.evaluate("""async ([path, csrf]) => { const b = new URLSearchParams([["csrf", csrf], ["path", path], ["days", "3"], ["days", "30"]]);
+            const r = await fetch("/console/gate", { method: "POST", body: b }); return r.status; }""", [f"/console/grants/{grant}/change", csrf])
+        assert dup == 400, f"duplicate field: {dup}"
+
         # Revoke the grant from its button: the authenticator is asked again.
         page.goto(f"{base}/console/agents")
         count = sign_count(cdp, authenticator)

@@ -119,10 +119,10 @@ fn unknown_and_consumed_look_the_same_to_everyone_else() {
 }
 
 #[test]
-fn expiry_after_sixty_seconds() {
+fn expiry_after_the_pairing_ttl() {
     let o = open();
     let owner = proof(1, T0 + PAIRING_TTL);
-    // At T0 + 59 it can be approved; at T0 + 60 it is EXPIRED.
+    // One second before PAIRING_TTL it can be approved; at PAIRING_TTL it is EXPIRED.
     assert!(o.state.clone().approve(&o.code, &o.confirmation, &owner, T0 + PAIRING_TTL - 1).is_ok());
     let err = o.state.clone().approve(&o.code, &o.confirmation, &owner, T0 + PAIRING_TTL).unwrap_err();
     assert_eq!((err.clone(), err.code()), (PairingError::Expired, "EXPIRED"));
@@ -130,16 +130,17 @@ fn expiry_after_sixty_seconds() {
     let sig = o.device.sign_collect(&o.code);
     assert_eq!(o.state.clone().collect(&o.code, &sig, T0 + PAIRING_TTL).unwrap_err(), PairingError::Expired);
 
-    // Approved at T0 + 30: the agent has until T0 + 90 to collect.
+    // Approved at T0 + 30: the agent has until T0 + 30 + PAIRING_TTL to collect.
     let approved = o.state.clone().approve(&o.code, &o.confirmation, &owner, T0 + 30).unwrap();
-    assert_eq!(approved.deadline(), Some(T0 + 30 + PAIRING_TTL));
-    assert!(approved.clone().collect(&o.code, &sig, T0 + 89).is_ok());
-    assert_eq!(approved.clone().collect(&o.code, &sig, T0 + 90).unwrap_err(), PairingError::Expired);
+    let end = T0 + 30 + PAIRING_TTL;
+    assert_eq!(approved.deadline(), Some(end));
+    assert!(approved.clone().collect(&o.code, &sig, end - 1).is_ok());
+    assert_eq!(approved.clone().collect(&o.code, &sig, end).unwrap_err(), PairingError::Expired);
     // The approving owner sees EXPIRED for their own stale approval.
-    let expired = approved.expire_if_due(T0 + 90);
+    let expired = approved.expire_if_due(end);
     assert_eq!(expired.status(), "expired");
     assert_eq!(expired.deadline(), None);
-    let err = expired.approve(&o.code, &o.confirmation, &proof(1, T0 + 90), T0 + 90).unwrap_err();
+    let err = expired.approve(&o.code, &o.confirmation, &proof(1, end), end).unwrap_err();
     assert_eq!(err, PairingError::Expired);
 
     // Terminal states do not expire further.

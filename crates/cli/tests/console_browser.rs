@@ -174,7 +174,8 @@ fn owner_console_in_a_real_browser() {
     };
     assert_eq!(gate_of("pairing.approve"), ["passkey"]);
     assert_eq!(gate_of("key.revoke"), ["passkey"]);
-    assert_eq!(gate_of("grant.create"), ["master_key"]);
+    assert_eq!(gate_of("grant.create"), ["master_key", "passkey"]);
+    assert_eq!(gate_of("grant.change"), ["passkey"]);
     assert_eq!(gate_of("grant.revoke"), ["passkey"]);
     assert_eq!(gate_of("agent.stop"), ["passkey"]);
     assert_eq!(run_json(&d, &["audit", "verify"])["ok"], true);

@@ -21,12 +21,12 @@ use crate::error::ApiError;
 
 /// Whether `path` is a gated action's path (the gate issues challenges for nothing else).
 fn is_gated(path: &str) -> bool {
-    if path == "/console/pairings/approve" {
+    if path == "/console/pairings/approve" || path == "/console/grants" {
         return true;
     }
     let Some(rest) = path.strip_prefix("/console/") else { return false };
     let parts: Vec<&str> = rest.split('/').collect();
-    matches!(parts.as_slice(), ["agents", id, "stop"] | ["grants", id, "revoke"] | ["keys", id, "revoke"] if !id.is_empty())
+    matches!(parts.as_slice(), ["agents", id, "stop"] | ["grants", id, "revoke" | "change"] | ["keys", id, "revoke"] if !id.is_empty())
 }
 
 const NEEDS_PASSKEY: &str = "This action needs a fresh passkey check made for it. Try again from the console page.";
@@ -38,6 +38,7 @@ pub(crate) async fn gate(State(state): State<ApiState>, session: Session, body: 
     let meta = meta(&state)?;
     let mut fields = FormFields::parse(&body);
     session.check_csrf(fields.get("csrf"))?;
+    fields.single_valued()?;
     let path = fields.get("path").unwrap_or("").to_owned();
     if !is_gated(&path) {
         return Err(ConsoleError::BadRequest("path: not a gated console action".to_owned()));
@@ -65,6 +66,7 @@ async fn verified(
     let meta = meta(state)?;
     let fields = FormFields::parse(body);
     session.check_csrf(fields.get("csrf"))?;
+    fields.single_valued()?;
     let action = action_hash(&session.owner, uri.path(), &fields);
     let challenge = fields.get("challenge").filter(|c| !c.is_empty()).ok_or(ConsoleError::Forbidden(NEEDS_PASSKEY))?;
     let assertion: PublicKeyCredential = fields
@@ -127,6 +129,72 @@ pub(crate) async fn approve_pairing(
     }
 }
 
+/// Days a console grant form may ask for: 1 to 30 (the grant maximum).
+pub const MAX_GRANT_DAYS: i64 = agentkeys_core::MAX_GRANT_TTL_SECS / 86_400;
+
+fn days(fields: &FormFields) -> Result<Option<i64>, ConsoleError> {
+    match fields.get("days").map(str::trim).filter(|d| !d.is_empty()) {
+        None => Ok(None),
+        Some(d) => match d.parse::<i64>() {
+            Ok(n) if (1..=MAX_GRANT_DAYS).contains(&n) => Ok(Some(n * 86_400)),
+            _ => Err(ConsoleError::BadRequest(format!("days: a whole number from 1 to {MAX_GRANT_DAYS}"))),
+        },
+    }
+}
+
+fn scopes(fields: &FormFields) -> Option<Vec<String>> {
+    fields.get("scopes").filter(|s| !s.is_empty()).map(|s| s.split(',').map(|x| x.trim().to_owned()).collect())
+}
+
+/// What the console says when the grant routes refuse.
+fn grant_refusal(e: ApiError) -> ConsoleError {
+    match e {
+        ApiError::OwnerObjectNotFound { .. } => ConsoleError::NotFound,
+        ApiError::InvalidRequest { detail, .. } => ConsoleError::BadRequest(detail),
+        ApiError::InvalidTtl { .. } => ConsoleError::BadRequest(format!("days: a whole number from 1 to {MAX_GRANT_DAYS}")),
+        ApiError::GrantChange(e) => ConsoleError::BadRequest(e.to_string()),
+        ApiError::Conflict => ConsoleError::BadRequest("The grant changed meanwhile; reload and try again.".to_owned()),
+        other => unavailable(&format!("{other:?}")),
+    }
+}
+
+/// `POST /console/grants`: a grant for one of the owner's agents (agent,
+/// inbox or pattern, scopes, days up to 30).
+pub(crate) async fn create_grant(
+    State(state): State<ApiState>,
+    session: Session,
+    uri: Uri,
+    body: Bytes,
+) -> Result<Response, ConsoleError> {
+    let (proof, fields) = verified(&state, &session, &uri, &body).await?;
+    let request = crate::owner::CreateGrantRequest {
+        agent: fields.get("agent").unwrap_or("").to_owned(),
+        inbox: fields.get("inbox").unwrap_or("").trim().to_owned(),
+        scopes: scopes(&fields).ok_or_else(|| ConsoleError::BadRequest("scopes: choose read, send or both".to_owned()))?,
+        ttl: days(&fields)?,
+    };
+    crate::owner::create_grant_as(&state, &proof, &request, evidence(&proof)).await.map_err(grant_refusal)?;
+    Ok(done("/console/agents?done=grant-created"))
+}
+
+/// `POST /console/grants/{id}/change`: narrow the scopes and/or set the expiry
+/// to `days` from now (at most 30; never widens).
+pub(crate) async fn change_grant(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+    session: Session,
+    uri: Uri,
+    body: Bytes,
+) -> Result<Response, ConsoleError> {
+    let (proof, fields) = verified(&state, &session, &uri, &body).await?;
+    let request = crate::owner::ChangeGrantRequest { scopes: scopes(&fields), ttl: days(&fields)? };
+    if request.scopes.is_none() && request.ttl.is_none() {
+        return Err(ConsoleError::BadRequest("Nothing to change: choose scopes or days.".to_owned()));
+    }
+    crate::owner::change_grant_as(&state, &proof, &id, &request, evidence(&proof)).await.map_err(grant_refusal)?;
+    Ok(done("/console/agents?done=grant-changed"))
+}
+
 /// `POST /console/grants/{id}/revoke`.
 pub(crate) async fn revoke_grant(
     State(state): State<ApiState>,
@@ -187,7 +255,7 @@ mod tests {
 
     #[test]
     fn only_gated_actions_get_challenges() {
-        for p in ["/console/pairings/approve", "/console/agents/0xab/stop", "/console/grants/gr_1/revoke", "/console/keys/key_1/revoke"] {
+        for p in ["/console/pairings/approve", "/console/grants", "/console/agents/0xab/stop", "/console/grants/gr_1/revoke", "/console/grants/gr_1/change", "/console/keys/key_1/revoke"] {
             assert!(is_gated(p), "{p}");
         }
         for p in ["/console", "/console/login/finish", "/console/agents//stop", "/console/grants/a/b/revoke", "/v1/grants", "/console/gate"] {

@@ -13,7 +13,7 @@
 //! | GET | `/console/pairings?code=` | session | a pending pairing: agent, name, device fingerprint |
 //! | GET | `/console/agents`, `/console/inboxes`, `/console/inboxes/{address}`, `/console/inboxes/{address}/messages/{id}`, `/console/audit` | session | reads |
 //! | POST | `/console/gate` | session + CSRF | a WebAuthn challenge bound to one gated action (JSON) |
-//! | POST | `/console/pairings/approve`, `/console/grants/{id}/revoke`, `/console/keys/{id}/revoke`, `/console/agents/{id}/stop` | session + CSRF + a fresh assertion for exactly this action | gated actions, audited with `gate: passkey` |
+//! | POST | `/console/pairings/approve`, `/console/grants`, `/console/grants/{id}/change`, `/console/grants/{id}/revoke`, `/console/keys/{id}/revoke`, `/console/agents/{id}/stop` | session + CSRF + a fresh assertion for exactly this action | gated actions, audited with `gate: passkey` |
 //!
 //! **Sessions.** Signing in with a passkey makes a random token; the cookie
 //! ([`SESSION_COOKIE`]) is `HttpOnly; Secure; SameSite=Strict; Path=/console`,
@@ -238,6 +238,16 @@ impl FormFields {
     pub(crate) fn get(&self, name: &str) -> Option<&str> {
         self.0.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
     }
+
+    /// Refuses a form that names a field twice: the action hash keeps one
+    /// value per name, so a second one could act without being approved.
+    pub(crate) fn single_valued(&self) -> Result<(), ConsoleError> {
+        let mut seen = std::collections::HashSet::new();
+        match self.0.iter().find(|(k, _)| !seen.insert(k.as_str())) {
+            Some((k, _)) => Err(ConsoleError::BadRequest(format!("{k}: given more than once"))),
+            None => Ok(()),
+        }
+    }
 }
 
 /// Fields that carry the gate itself, not the action.
@@ -299,7 +309,7 @@ async fn style() -> Response {
 }
 
 /// Every console route, as (method, path): the router is built from the same list.
-pub const ROUTES: [(&str, &str); 22] = [
+pub const ROUTES: [(&str, &str); 24] = [
     ("GET", "/console"),
     ("GET", "/console/static/console.js"),
     ("GET", "/console/static/console.css"),
@@ -314,6 +324,8 @@ pub const ROUTES: [(&str, &str); 22] = [
     ("POST", "/console/pairings/approve"),
     ("GET", "/console/agents"),
     ("POST", "/console/agents/{id}/stop"),
+    ("POST", "/console/grants"),
+    ("POST", "/console/grants/{id}/change"),
     ("POST", "/console/grants/{id}/revoke"),
     ("POST", "/console/keys/{id}/revoke"),
     ("GET", "/console/inboxes"),
@@ -343,6 +355,8 @@ pub(crate) fn router(state: ApiState) -> axum::Router<ApiState> {
         .route("/console/pairings/approve", post(actions::approve_pairing))
         .route("/console/agents", get(reads::agents))
         .route("/console/agents/{id}/stop", post(actions::stop_agent))
+        .route("/console/grants", post(actions::create_grant))
+        .route("/console/grants/{id}/change", post(actions::change_grant))
         .route("/console/grants/{id}/revoke", post(actions::revoke_grant))
         .route("/console/keys/{id}/revoke", post(actions::revoke_key))
         .route("/console/inboxes", get(reads::inboxes))

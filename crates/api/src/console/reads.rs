@@ -35,6 +35,8 @@ fn flash(uri: &Uri) -> Option<&'static str> {
     match param(&query(uri), "done")? {
         "paired" => Some("Pairing approved: the agent can collect its key now."),
         "grant-revoked" => Some("Grant revoked."),
+        "grant-created" => Some("Grant created."),
+        "grant-changed" => Some("Grant changed."),
         "key-revoked" => Some("Key revoked."),
         "agent-stopped" => Some("Agent stopped: every key and grant of it is revoked."),
         _ => None,
@@ -189,11 +191,35 @@ pub(crate) async fn agents(State(state): State<ApiState>, session: Session, uri:
                             code { (g.id.as_str()) } " · " (g.pattern.to_string()) " · " (g.scopes.to_string()) " · "
                             span.state { (grant_state(g, now)) } " · expires " (when(g.expires_at))
                             @if grant_state(g, now) == "active" {
+                                (gated_form(&format!("/console/grants/{}/change", g.id), csrf, "Change grant", false, html! {
+                                    label for=(format!("scopes-{}", g.id)) { "Scopes (only narrower)" }
+                                    select id=(format!("scopes-{}", g.id)) name="scopes" {
+                                        option value="" { "unchanged" }
+                                        option value="read" { "read" }
+                                        option value="send" { "send" }
+                                    }
+                                    label for=(format!("days-{}", g.id)) { "Expires in days (1 to 30)" }
+                                    input id=(format!("days-{}", g.id)) type="number" name="days" min="1" max="30";
+                                }))
                                 (gated_form(&format!("/console/grants/{}/revoke", g.id), csrf, "Revoke grant", true, html! {}))
                             }
                         }
                     }
                 }
+                h3 { "Grant an inbox" }
+                (gated_form("/console/grants", csrf, "Create grant", false, html! {
+                    input type="hidden" name="agent" value=(a.id.as_str());
+                    label for=(format!("inbox-{}", a.id)) { "Inbox or pattern" }
+                    input id=(format!("inbox-{}", a.id)) type="text" name="inbox" placeholder="bot@example.com" required;
+                    label for=(format!("new-scopes-{}", a.id)) { "Scopes" }
+                    select id=(format!("new-scopes-{}", a.id)) name="scopes" {
+                        option value="read" { "read" }
+                        option value="send" { "send" }
+                        option value="read,send" { "read and send" }
+                    }
+                    label for=(format!("new-days-{}", a.id)) { "Days (1 to 30)" }
+                    input id=(format!("new-days-{}", a.id)) type="number" name="days" min="1" max="30" value="30" required;
+                }))
                 (gated_form(&format!("/console/agents/{}/stop", a.id), csrf, "Stop this agent now", true, html! {}))
             }
         });
