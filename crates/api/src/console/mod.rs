@@ -51,6 +51,7 @@ mod pages;
 mod reads;
 
 pub use auth::MAX_PASSKEY_NAME_CHARS;
+pub use actions::MAX_GRANT_DAYS;
 pub use reads::{AUDIT_SCANNED, AUDIT_SHOWN, INBOX_PAGE, VERIFY_PAGE};
 
 use std::sync::Arc;
