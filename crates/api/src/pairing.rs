@@ -191,7 +191,7 @@ pub struct OpenPairingResponse {
     request_body = OpenPairingRequest,
     responses(
         (status = 201, description = "Opened; valid for 10 minutes", body = OpenPairingResponse),
-        (status = 400, description = "Malformed key or name", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "Malformed key, name or owner", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "PAYLOAD_TOO_LARGE: the body is over 16 KiB", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "UNSUPPORTED_MEDIA_TYPE: send the body as Content-Type: application/json", body = Problem, content_type = "application/problem+json"),
         (status = 429, description = "RATE_LIMITED: too many pairing requests from this address; Retry-After says when to try again", body = Problem, content_type = "application/problem+json"),

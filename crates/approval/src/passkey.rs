@@ -277,13 +277,13 @@ impl PasskeyGate {
         &self,
         stored: &PendingChallenge,
         purpose: &str,
-        bound_to: &[u8; 32],
         owner: &OwnerId,
         action: ActionHash,
         answer: &PublicKeyCredential,
         passkeys: &[StoredPasskey],
     ) -> Result<PasskeyVerified, PasskeyError> {
-        if stored.purpose != purpose || !bool::from(stored.bound_to.ct_eq(bound_to)) {
+        // The challenge must have been issued for this purpose and bound to this action.
+        if stored.purpose != purpose || !bool::from(stored.bound_to.ct_eq(&action.0)) {
             return Err(PasskeyError::WrongBinding);
         }
         let state: PasskeyAuthentication = serde_json::from_str(&stored.state).map_err(ceremony)?;
@@ -322,7 +322,7 @@ impl PasskeyGate {
         passkeys: &[StoredPasskey],
     ) -> Result<PasskeyVerified, PasskeyError> {
         let binding = sign_in_binding(owner);
-        self.finish_assertion(stored, "sign-in", &binding, owner, ActionHash(binding), answer, passkeys)
+        self.finish_assertion(stored, "sign-in", owner, ActionHash(binding), answer, passkeys)
     }
 
     /// Starts the assertion that approves one action.
@@ -344,7 +344,7 @@ impl PasskeyGate {
         answer: &PublicKeyCredential,
         passkeys: &[StoredPasskey],
     ) -> Result<PasskeyVerified, PasskeyError> {
-        self.finish_assertion(stored, "action", &action.0, owner, *action, answer, passkeys)
+        self.finish_assertion(stored, "action", owner, *action, answer, passkeys)
     }
 }
 

@@ -2643,11 +2643,14 @@ pub async fn console_challenges_generated<B: Backend>(backend: Arc<B>) {
                     let result = s.put_challenge(&challenge(n, Some(1), expires), now).await;
                     // Putting prunes expired ones first: an id is free again once its challenge expired.
                     live.retain(|_, e| *e > now);
-                    if live.contains_key(&n) {
-                        conflict(result, "a live challenge id");
-                    } else {
-                        result.unwrap();
-                        live.insert(n, expires);
+                    match live.entry(n) {
+                        std::collections::hash_map::Entry::Occupied(_) => {
+                            conflict(result, "a live challenge id");
+                        }
+                        std::collections::hash_map::Entry::Vacant(slot) => {
+                            result.unwrap();
+                            slot.insert(expires);
+                        }
                     }
                 } else {
                     let got = s.take_challenge(&format!("ch{n:04}"), now).await.unwrap();
