@@ -84,6 +84,27 @@ command -v s3s-fs >/dev/null 2>&1 || {
   cargo install --quiet s3s-fs --version 0.14.1 --features binary --locked
 }
 
+# The console's browser test (crates/cli/tests/console_browser.rs) drives Debian's
+# Chromium with Playwright (PyPI, using the system browser: no browser download)
+# and checks accessibility with axe-core (npm), kept outside the work tree.
+command -v chromium >/dev/null 2>&1 || {
+  echo "installing test peer: chromium"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+}
+if ! python3 -c "import playwright.sync_api" 2>/dev/null; then
+  echo "installing Python test modules: playwright"
+  python3 -m pip install --quiet "playwright>=1.50,<2"
+fi
+axe_dir="${AGENTKEYS_AXE_DIR:-/opt/agentkeys-test-node}"
+if [ ! -f "$axe_dir/node_modules/axe-core/axe.min.js" ]; then
+  command -v npm >/dev/null 2>&1 || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq npm >/dev/null
+  echo "installing test module: axe-core (npm)"
+  mkdir -p "$axe_dir"
+  npm install --silent --no-audit --no-fund --prefix "$axe_dir" "axe-core@4" >/dev/null
+fi
+export AGENTKEYS_AXE="$axe_dir/node_modules/axe-core/axe.min.js"
+
 # The PostgreSQL metadata store tests (crates/store/tests/postgres.rs) need a real
 # server that lets the test user create databases (each test makes its own
 # `ak_test_<ulid>` and drops it): AGENTKEYS_TEST_DATABASE_URL, by default the

@@ -23,6 +23,7 @@
 //! | GET | `/v1/webhooks/{id}/deliveries` | a subscription's delivery log (owner signature) |
 //! | POST | `/v1/webhook-deliveries/{id}/redeliver` | send a delivery again (owner signature) |
 //! | POST, GET, DELETE | `/v1/agent/webhooks[/{id}]` | an agent's own subscriptions, scoped by its grants (agent key) |
+//! | POST | `/v1/owner/passkey-links` | a one-time passkey registration link for the console (owner signature) |
 //! | POST | `/v1/pairings` | open a pairing request (agent, public) |
 //! | GET | `/v1/pairings/{code}` | show a pairing request (owner signature) |
 //! | POST | `/v1/pairings/{code}/approve` | approve it: the agent is created (owner signature) |
@@ -32,6 +33,7 @@
 //! | GET | `/v1/inboxes/{address}/events` | new-mail Server-Sent Events (read capability) |
 //! | GET, PATCH | `/v1/inboxes/{address}/policy` | an inbox's allow/block lists: read (read capability or owner), change (owner signature) ([`inbox_policy`]) |
 //! | POST | `/v1/inboxes/{address}/send` | send from an inbox, JSON or raw MIME: the SMTP submission path ([`send`]) |
+//! | GET, POST | `/console/…` | the owner's web console, HTML ([`console`]; its own table, not in the OpenAPI document) |
 //!
 //! Owners sign requests with their master key (`Authorization: AgentKeys-Owner …`,
 //! see [`owner`]); the owner routes need the metadata store ([`ApiState::with_meta`]).
@@ -45,6 +47,7 @@
 
 pub mod agent_inboxes;
 pub mod backend;
+pub mod console;
 pub mod credentials;
 pub mod error;
 pub mod extract;
@@ -112,6 +115,8 @@ pub struct ApiState {
     /// Seals new webhook secrets and checks targets; without it the webhook
     /// routes that create secrets answer 503.
     webhooks: Option<agentkeys_webhooks::WebhookSettings>,
+    /// The owner's web console under `/console` ([`console`]); `None`: 404.
+    console: Option<Arc<console::ConsoleConfig>>,
 }
 
 impl std::fmt::Debug for ApiState {
@@ -146,6 +151,7 @@ impl ApiState {
             server_info: None,
             subaddressing: agentkeys_core::Subaddressing::default(),
             webhooks: None,
+            console: None,
         }
     }
 
@@ -243,6 +249,15 @@ impl ApiState {
         self
     }
 
+    /// The same state serving the owner's web console under `/console`
+    /// ([`console`]; it also needs [`ApiState::with_meta`], and
+    /// [`ApiState::with_mailroom`] for the inbox pages).
+    #[must_use]
+    pub fn with_console(mut self, console: console::ConsoleConfig) -> Self {
+        self.console = Some(Arc::new(console));
+        self
+    }
+
     /// The same state with another long-poll limit for pairing collects (tests).
     #[must_use]
     pub fn with_collect_wait(mut self, wait: std::time::Duration) -> Self {
@@ -329,6 +344,7 @@ fn table() -> Vec<Route> {
         route(Verb::Post, "/v1/agent/webhooks", webhooks::agent_create),
         route(Verb::Get, "/v1/agent/webhooks", webhooks::agent_list),
         route(Verb::Delete, "/v1/agent/webhooks/{id}", webhooks::agent_delete),
+        route(Verb::Post, "/v1/owner/passkey-links", console::links::create_link),
         route(Verb::Post, "/v1/pairings", pairing::open),
         route(Verb::Get, "/v1/pairings/{code}", pairing::view),
         route(Verb::Post, "/v1/pairings/{code}/approve", pairing::approve),
@@ -374,6 +390,7 @@ pub fn router(state: ApiState) -> axum::Router {
         router = router.route(r.path, r.handler);
     }
     router
+        .merge(console::router(state.clone()))
         .fallback(|| async { ApiError::NotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))

@@ -53,6 +53,7 @@ use crate::error::Problem;
         crate::send::send,
         crate::inbox_policy::get_policy,
         crate::inbox_policy::change_policy,
+        crate::console::links::create_link,
     ),
     components(schemas(
         ReadCredentialRequest,
@@ -100,6 +101,7 @@ use crate::error::Problem;
         crate::send::SendResponse,
         crate::inbox_policy::PolicyView,
         crate::inbox_policy::PolicyChange,
+        crate::console::links::PasskeyLink,
     )),
     modifiers(&AgentKeyAuth, &OwnerSignatureAuth, &ReadCapabilityAuth),
     tags(

@@ -112,7 +112,7 @@ impl OwnerApproval {
 
     /// The audit detail that ties a change to the approval that allowed it.
     pub(crate) fn evidence(&self) -> serde_json::Value {
-        json!({ "ts": self.proof.timestamp(), "nonce": self.proof.nonce().as_str() })
+        json!({ "gate": agentkeys_approval::Gate::MasterKey.as_str(), "ts": self.proof.timestamp(), "nonce": self.proof.nonce().as_str() })
     }
 }
 
@@ -335,12 +335,25 @@ pub(crate) fn field_error(field: &str, e: impl std::fmt::Display) -> ApiError {
     )
 )]
 pub(crate) async fn create_grant(State(state): State<ApiState>, approval: OwnerApproval) -> Result<Response, ApiError> {
-    let meta = store(&state)?;
     if !approval.json {
         return Err(ApiError::UnsupportedMediaType);
     }
     let body: CreateGrantRequest = decode(&approval.body)?;
-    let owner = approval.owner().clone();
+    let grant = create_grant_as(&state, &approval.proof, &body, approval.evidence()).await?;
+    Ok((StatusCode::CREATED, Json(grant_view(&grant, state.clock.now()))).into_response())
+}
+
+/// Creates the grant `body` describes for the owner who passed `gate` (the
+/// master key's signature, or a console passkey assertion for this action);
+/// `evidence` goes into the audit record.
+pub(crate) async fn create_grant_as(
+    state: &ApiState,
+    gate: &impl agentkeys_approval::OwnerGate,
+    body: &CreateGrantRequest,
+    evidence: serde_json::Value,
+) -> Result<Grant, ApiError> {
+    let meta = store(state)?;
+    let owner = gate.owner().clone();
     let agent: AgentId = body.agent.parse().map_err(|e| field_error("agent", e))?;
     let pattern: InboxPattern = body.inbox.parse().map_err(|e| field_error("inbox", e))?;
     let scopes: Scopes = body.scopes.join(",").parse().map_err(|e| field_error("scopes", e))?;
@@ -382,7 +395,7 @@ pub(crate) async fn create_grant(State(state): State<ApiState>, approval: OwnerA
         "inbox": grant.pattern.to_string(),
         "scopes": grant.scopes.to_string(),
         "expires_at": grant.expires_at,
-        "approval": approval.evidence(),
+        "approval": evidence,
     }));
     // An exact address that is not one of the owner's inboxes (another owner's,
     // or none) is NOT_FOUND from the store, like another owner's agent.
@@ -390,7 +403,7 @@ pub(crate) async fn create_grant(State(state): State<ApiState>, approval: OwnerA
         StoreError::NotFound { what } if what.starts_with("inbox ") => ApiError::OwnerObjectNotFound { what: "inbox" },
         e => write_error(e, "agent"),
     })?;
-    Ok((StatusCode::CREATED, Json(grant_view(&grant, now))).into_response())
+    Ok(grant)
 }
 
 /// List the owner's grants (owner approval required).
@@ -453,15 +466,30 @@ pub(crate) async fn change_grant(
     Path(id): Path<String>,
     approval: OwnerApproval,
 ) -> Result<Response, ApiError> {
-    let meta = store(&state)?;
     if !approval.json {
         return Err(ApiError::UnsupportedMediaType);
     }
     let body: ChangeGrantRequest = decode(&approval.body)?;
+    let after = change_grant_as(&state, &approval.proof, &id, &body, approval.evidence()).await?;
+    Ok(Json(grant_view(&after, state.clock.now())).into_response())
+}
+
+/// Narrows and/or moves the expiry of grant `id` of the owner who passed
+/// `gate`, as `body` says (never widens it, never beyond 30 days from now);
+/// `evidence` goes into the audit record.
+pub(crate) async fn change_grant_as(
+    state: &ApiState,
+    gate: &impl agentkeys_approval::OwnerGate,
+    id: &str,
+    body: &ChangeGrantRequest,
+    evidence: serde_json::Value,
+) -> Result<Grant, ApiError> {
+    let meta = store(state)?;
     let id: GrantId = id.parse().map_err(|_| ApiError::OwnerObjectNotFound { what: "grant" })?;
-    let owner = approval.owner().clone();
+    let owner = gate.owner().clone();
     let scopes = body
         .scopes
+        .as_ref()
         .map(|s| s.join(",").parse::<Scopes>().map_err(|e| field_error("scopes", e)))
         .transpose()?;
     let ttl = match body.ttl {
@@ -489,14 +517,14 @@ pub(crate) async fn change_grant(
         "expires_at": after.expires_at,
         "previous_scopes": before.scopes.to_string(),
         "previous_expires_at": before.expires_at,
-        "approval": approval.evidence(),
+        "approval": evidence,
     }));
     let _receipt = meta.change_owner_grant(&owner, &before, &after, &event).await.map_err(|e| match e {
         StoreError::NotFound { .. } => ApiError::OwnerObjectNotFound { what: "grant" },
         StoreError::Conflict { .. } => ApiError::Conflict,
         other => backend_error(&other),
     })?;
-    Ok(Json(grant_view(&after, now)).into_response())
+    Ok(after)
 }
 
 /// Answer of a revocation.

@@ -30,7 +30,7 @@ use std::time::Duration;
 use agentkeys_approval::codes::CodeHash;
 use agentkeys_approval::pairing;
 use agentkeys_approval::{
-    ConfirmationCode, PAIRING_TTL, PairCode, PairingError, PairingRequest, PairingState, PublicKey, Signature,
+    ConfirmationCode, OwnerGate, PAIRING_TTL, PairCode, PairingError, PairingRequest, PairingState, PublicKey, Signature,
 };
 use agentkeys_audit::{Actor, AuditEvent, hash_to_hex, ops};
 use agentkeys_core::time::rfc3339;
@@ -99,7 +99,7 @@ pub fn device_fingerprint(key: &PublicKey) -> String {
 }
 
 /// A malformed pair code names no request: the same 404 as an unknown one.
-fn parse_code(code: &str) -> Result<PairCode, ApiError> {
+pub(crate) fn parse_code(code: &str) -> Result<PairCode, ApiError> {
     code.parse().map_err(|_| ApiError::Pairing(PairingError::NotFound))
 }
 
@@ -109,7 +109,8 @@ fn restore(rec: &PairingRecord) -> Result<PairingState, ApiError> {
         ApiError::Unavailable { code: "BACKEND_UNAVAILABLE" }
     };
     let device_key = PublicKey::from_bytes(&rec.device_key).map_err(|_| corrupt("device key"))?;
-    let request = PairingRequest::restore(CodeHash(rec.code_hash), device_key, rec.opened_at);
+    let request =
+        PairingRequest::restore(CodeHash(rec.code_hash), device_key, rec.opened_at).with_addressee(rec.addressed_to.clone());
     Ok(match rec.status {
         PairingStatus::Pending => PairingState::Pending(request),
         PairingStatus::Approved => PairingState::Approved {
@@ -123,9 +124,33 @@ fn restore(rec: &PairingRecord) -> Result<PairingState, ApiError> {
     })
 }
 
-async fn lookup(meta: &Arc<dyn MetadataStore>, code: &PairCode) -> Result<Option<(PairingRecord, PairingState)>, ApiError> {
+pub(crate) async fn lookup(meta: &Arc<dyn MetadataStore>, code: &PairCode) -> Result<Option<(PairingRecord, PairingState)>, ApiError> {
     let found = meta.pairing(&code.hash().0).await.map_err(|e| backend_error(&e))?;
     found.map(|rec| restore(&rec).map(|state| (rec, state))).transpose()
+}
+
+/// Longest `owner` an agent may address a pairing request to.
+pub const MAX_ADDRESSEE_CHARS: usize = 254;
+
+/// Whom a request addressed to `given` (an owner id or an email) is for: the
+/// owner id, or, if no owner has that email, the address itself in lower
+/// case, which no owner id equals (nobody can approve it, and the agent is
+/// told nothing about which owners exist).
+async fn addressee(meta: &dyn MetadataStore, given: &str) -> Result<String, ApiError> {
+    if let Ok(id) = given.parse::<agentkeys_core::OwnerId>() {
+        return Ok(id.as_str().to_owned());
+    }
+    if given.chars().count() > MAX_ADDRESSEE_CHARS || given.chars().any(char::is_control) || !given.contains('@') {
+        return Err(ApiError::InvalidRequest {
+            field: Some("owner".to_owned()),
+            detail: format!("owner: an owner id (0x and 40 hex digits) or an email address of at most {MAX_ADDRESSEE_CHARS} characters"),
+        });
+    }
+    let owners = meta.list_owners().await.map_err(|e| backend_error(&e))?;
+    Ok(owners
+        .into_iter()
+        .find(|o| o.email.as_deref().is_some_and(|e| e.eq_ignore_ascii_case(given)))
+        .map_or_else(|| given.to_ascii_lowercase(), |o| o.id.as_str().to_owned()))
 }
 
 /// Body of `POST /v1/pairings`.
@@ -138,6 +163,11 @@ pub struct OpenPairingRequest {
     /// A display name for the agent (at most 64 characters).
     #[serde(default)]
     pub name: Option<String>,
+    /// The owner whose approval the agent asks for: an owner id (`0x…`) or an
+    /// owner's email address. Only that owner can approve it; the answer is the
+    /// same whether or not such an owner exists.
+    #[serde(default)]
+    pub owner: Option<String>,
 }
 
 /// Answer of `POST /v1/pairings`.
@@ -160,8 +190,8 @@ pub struct OpenPairingResponse {
     tag = "pairing",
     request_body = OpenPairingRequest,
     responses(
-        (status = 201, description = "Opened; valid for 60 s", body = OpenPairingResponse),
-        (status = 400, description = "Malformed key or name", body = Problem, content_type = "application/problem+json"),
+        (status = 201, description = "Opened; valid for 10 minutes", body = OpenPairingResponse),
+        (status = 400, description = "Malformed key, name or owner", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "PAYLOAD_TOO_LARGE: the body is over 16 KiB", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "UNSUPPORTED_MEDIA_TYPE: send the body as Content-Type: application/json", body = Problem, content_type = "application/problem+json"),
         (status = 429, description = "RATE_LIMITED: too many pairing requests from this address; Retry-After says when to try again", body = Problem, content_type = "application/problem+json"),
@@ -186,9 +216,14 @@ pub(crate) async fn open(
         }
         other => other,
     };
+    let addressed_to = match body.owner.as_deref().map(str::trim).filter(|o| !o.is_empty()) {
+        None => None,
+        Some(given) => Some(addressee(meta.as_ref(), given).await?),
+    };
     let now = state.clock.now();
     for _ in 0..OPEN_ATTEMPTS {
         let (code, confirmation, opened) = PairingState::open(&mut rand::rngs::OsRng, device_key, now);
+        let opened = opened.with_addressee(addressed_to.clone());
         let request = opened.request();
         let rec = PairingRecord {
             code_hash: code.hash().0,
@@ -199,6 +234,7 @@ pub(crate) async fn open(
             status: PairingStatus::Pending,
             owner: None,
             approved_at: None,
+            addressed_to: addressed_to.clone(),
         };
         // Audited in the same transaction: the agent-to-be, its name and device
         // key, the expiry; never the pair code or the confirmation digits.
@@ -206,6 +242,7 @@ pub(crate) async fn open(
             "name": rec.name,
             "device_key": hash_to_hex(&rec.device_key),
             "expires_at": request.expires_at(),
+            "addressed_to": rec.addressed_to,
         }));
         match meta.open_pairing(&rec, now - PAIRING_RETENTION_SECS, &event).await {
             Ok(_receipt) => {
@@ -332,21 +369,36 @@ pub(crate) async fn approve(
     Path(code): Path<String>,
     approval: OwnerApproval,
 ) -> Result<Response, ApiError> {
-    let meta = store(&state)?;
     if !approval.json {
         return Err(ApiError::UnsupportedMediaType);
     }
     let body: ApprovePairingRequest = decode(&approval.body)?;
-    let confirmation: ConfirmationCode = body.confirmation_code.parse().map_err(|_| ApiError::InvalidRequest {
+    let answer = approve_as(&state, &code, &body.confirmation_code, &approval.proof, approval.evidence()).await?;
+    Ok(Json(answer).into_response())
+}
+
+/// Approves the pairing request `code` for the owner who passed `gate` (the
+/// master key's signature, or a console passkey assertion for this action),
+/// who confirmed the 6 digits `confirmation`; `evidence` goes into the audit
+/// record. The agent is created under that owner.
+pub(crate) async fn approve_as(
+    state: &ApiState,
+    code: &str,
+    confirmation: &str,
+    gate: &impl OwnerGate,
+    evidence: serde_json::Value,
+) -> Result<ApprovePairingResponse, ApiError> {
+    let meta = store(state)?;
+    let confirmation: ConfirmationCode = confirmation.parse().map_err(|_| ApiError::InvalidRequest {
         field: Some("confirmation_code".to_owned()),
         detail: "confirmation_code: exactly 6 digits".to_owned(),
     })?;
-    let code = parse_code(&code)?;
+    let code = parse_code(code)?;
     let now = state.clock.now();
     let found = lookup(meta, &code).await?;
     let name = found.as_ref().and_then(|(rec, _)| rec.name.clone());
-    let approved = pairing::approve(found.map(|(_, s)| s), &code, &confirmation, &approval.proof, now)
-        .map_err(ApiError::Pairing)?;
+    let approved =
+        pairing::approve(found.map(|(_, s)| s), &code, &confirmation, gate, now).map_err(ApiError::Pairing)?;
     let PairingState::Approved { request, owner, approved_at } = approved else {
         return Err(ApiError::Internal);
     };
@@ -355,14 +407,14 @@ pub(crate) async fn approve(
         "owner": owner,
         "agent": agent.id,
         "device_fingerprint": device_fingerprint(request.device_key()),
-        "approval": approval.evidence(),
+        "approval": evidence,
     }));
     match meta.approve_pairing(&code.hash().0, &agent, approved_at, &event).await {
         Ok(_receipt) => {}
         // A concurrent approval won: answer what this owner may learn about it now.
         Err(StoreError::NotFound { .. }) => {
             let found = lookup(meta, &code).await?.map(|(_, s)| s);
-            let e = pairing::approve(found, &code, &confirmation, &approval.proof, now)
+            let e = pairing::approve(found, &code, &confirmation, gate, now)
                 .err()
                 .unwrap_or(PairingError::AlreadyConsumed);
             return Err(ApiError::Pairing(e));
@@ -371,13 +423,12 @@ pub(crate) async fn approve(
         Err(e) => return Err(backend_error(&e)),
     }
     state.pairings.wake(&code.hash().0);
-    Ok(Json(ApprovePairingResponse {
+    Ok(ApprovePairingResponse {
         agent_id: agent.id.to_string(),
         owner: owner.to_string(),
         status: "approved".to_owned(),
         collect_by: rfc3339(approved_at + PAIRING_TTL),
     })
-    .into_response())
 }
 
 /// Body of `POST /v1/pairings/{code}/collect`.

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
 use agentkeys_api::{ApiState, StoreBackend, router};
-use agentkeys_approval::{DeviceKey, EnrollmentTicket, MasterKey, Nonce, PairCode, sign_request};
+use agentkeys_approval::{DeviceKey, EnrollmentTicket, MasterKey, Nonce, PAIRING_TTL, PairCode, sign_request};
 use agentkeys_audit::{Actor, AuditEvent};
 use agentkeys_broker::{AuthorityConfig, BrokerConfig, BrokerParts, Clock, SoftwareAuthority, TokenBroker};
 use agentkeys_core::{AgentKey, KeyHasher, MasterSeed, OwnerId, UnixTime};
@@ -130,7 +130,7 @@ async fn pair_approve_collect_once() {
     let code = opened["pair_code"].as_str().unwrap().to_owned();
     let digits = opened["confirmation_code"].as_str().unwrap().to_owned();
     assert_eq!(opened["agent_id"], device.agent_id().to_string());
-    assert_eq!(opened["expires_at"], agentkeys_core::time::rfc3339(NOW + 60));
+    assert_eq!(opened["expires_at"], agentkeys_core::time::rfc3339(NOW + PAIRING_TTL));
     assert_eq!(digits.len(), 6);
 
     // Pending: the long-poll answers 202 after its wait.
@@ -210,21 +210,21 @@ async fn expiry_with_an_injected_clock() {
     let opened = open(&w, &device, None).await;
     let code = opened["pair_code"].as_str().unwrap().to_owned();
     let digits = opened["confirmation_code"].as_str().unwrap().to_owned();
-    w.clock.0.store(NOW + 60, Ordering::SeqCst);
+    w.clock.0.store(NOW + PAIRING_TTL, Ordering::SeqCst);
     for req in [view(&w, &w.key_a, OWNER_A, &code), approve(&w, &w.key_a, OWNER_A, &code, &digits), collect(&code, &device)] {
         let (status, answer) = send(&w.app, req).await;
         assert_eq!((status, answer["code"].as_str()), (StatusCode::GONE, Some("EXPIRED")), "{answer}");
     }
     assert!(w.store.get_agent(&device.agent_id()).await.unwrap().is_none());
 
-    // Approved at the last second, then not collected within 60 s: EXPIRED too.
+    // Approved at the last second, then not collected within PAIRING_TTL: EXPIRED too.
     w.clock.0.store(NOW, Ordering::SeqCst);
     let opened = open(&w, &device, None).await;
     let code = opened["pair_code"].as_str().unwrap().to_owned();
-    w.clock.0.store(NOW + 59, Ordering::SeqCst);
+    w.clock.0.store(NOW + PAIRING_TTL - 1, Ordering::SeqCst);
     let digits = opened["confirmation_code"].as_str().unwrap();
     assert_eq!(send(&w.app, approve(&w, &w.key_a, OWNER_A, &code, digits)).await.0, StatusCode::OK);
-    w.clock.0.store(NOW + 59 + 60, Ordering::SeqCst);
+    w.clock.0.store(NOW + PAIRING_TTL - 1 + PAIRING_TTL, Ordering::SeqCst);
     let (status, answer) = send(&w.app, collect(&code, &device)).await;
     assert_eq!((status, answer["code"].as_str()), (StatusCode::GONE, Some("EXPIRED")));
 }

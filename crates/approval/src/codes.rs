@@ -3,7 +3,7 @@
 //! | code | format | entropy | lifetime | stored as |
 //! |---|---|---|---|---|
 //! | enrollment code | `enr_` + 26 Crockford base32 (lowercase) | 130 bits | [`ENROLLMENT_CODE_TTL`] (24 h), single use | [`CodeHash`] |
-//! | pair code | `ABCD-EFGH`, 8 of `A-Z 2-9` without `I O 0 1` | 40 bits | [`PAIRING_TTL`] (60 s), single use | [`CodeHash`] |
+//! | pair code | `ABCD-EFGH`, 8 of `A-Z 2-9` without `I O 0 1` | 40 bits | [`PAIRING_TTL`] (10 min), single use | [`CodeHash`] |
 //! | confirmation code | 6 decimal digits | 20 bits | that of its pair code | derived, not stored |
 //!
 //! Input is accepted in any case (and pair codes with or without the dash);
@@ -23,7 +23,7 @@ use crate::public_key::PublicKey;
 /// Lifetime of an enrollment code, in seconds (24 h).
 pub const ENROLLMENT_CODE_TTL: i64 = 24 * 3_600;
 /// Lifetime of a pairing request, in seconds (DESIGN.md §4).
-pub const PAIRING_TTL: i64 = 60;
+pub const PAIRING_TTL: i64 = 600;
 /// Prefix of an enrollment code.
 pub const ENROLLMENT_CODE_PREFIX: &str = "enr_";
 /// Characters after the prefix (26 × 5 = 130 bits).
@@ -343,6 +343,6 @@ mod tests {
     #[test]
     fn ttls_are_the_documented_values() {
         assert_eq!(ENROLLMENT_CODE_TTL, 86_400);
-        assert_eq!(PAIRING_TTL, 60);
+        assert_eq!(PAIRING_TTL, 600);
     }
 }

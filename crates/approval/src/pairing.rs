@@ -4,12 +4,12 @@
 //!            open (agent: device public key)
 //!                 │
 //!                 ▼
-//!   ┌────────── Pending ──────────┐   60 s without approval
+//!   ┌────────── Pending ──────────┐   10 min without approval
 //!   │ approve (owner proof,       ├──────────────────────────► Expired
 //!   │  pair code, 6 digits)       │
 //!   ▼                             │
 //! Approved ───────────────────────┴──────────────────────────► Expired
-//!   │ collect (device signature)      60 s after approval without collection
+//!   │ collect (device signature)      10 min after approval without collection
 //!   ▼
 //! Consumed  (the agent key was handed out once)
 //! ```
@@ -24,9 +24,9 @@
 //! A pair code alone is not a credential, and callers who cannot prove a stake
 //! in the request see one answer, [`PairingError::NotFound`], whether the code is
 //! unknown, spent or approved by someone else:
-//! - the **approving owner** ([`approve`], [`view`], with an [`OwnerVerified`] proof)
+//! - the **approving owner** ([`approve`], [`view`], with an [`OwnerGate`] proof: the master key's [`OwnerVerified`](crate::OwnerVerified) or a console passkey's [`PasskeyVerified`](crate::PasskeyVerified))
 //!   sees `ALREADY_CONSUMED` for a request *they* approved (a second approve),
-//!   `EXPIRED` after the 60 s, `NOT_FOUND` for one approved by another owner;
+//!   `EXPIRED` after the 10 minutes, `NOT_FOUND` for one approved by another owner;
 //! - the **agent** ([`collect`], with a signature by the request's device key)
 //!   sees `PENDING` until approval, then its key once, then `ALREADY_CONSUMED`,
 //!   or `EXPIRED`; a poller without the device key sees only `NOT_FOUND`.
@@ -40,7 +40,7 @@ use agentkeys_core::{AgentId, OwnerId, UnixTime};
 use crate::codes::{CodeHash, ConfirmationCode, PAIRING_TTL, PairCode};
 use crate::device_key::{agent_id_from_device_key, collect_message};
 use crate::public_key::{PublicKey, Signature};
-use crate::signed_request::OwnerVerified;
+use crate::passkey::OwnerGate;
 
 /// Why a pairing operation was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -83,13 +83,34 @@ pub struct PairingRequest {
     device_key: PublicKey,
     agent_id: AgentId,
     opened_at: UnixTime,
+    addressed_to: Option<String>,
 }
 
 impl PairingRequest {
     /// Rebuilds a request from its stored fields (the agent id is re-derived).
     pub fn restore(code_hash: CodeHash, device_key: PublicKey, opened_at: UnixTime) -> Self {
         let agent_id = agent_id_from_device_key(&device_key.to_bytes());
-        Self { code_hash, device_key, agent_id, opened_at }
+        Self { code_hash, device_key, agent_id, opened_at, addressed_to: None }
+    }
+
+    /// The same request addressed to one owner (`agent pair --owner`): the
+    /// owner id, or, when the agent named an address no owner has, that address
+    /// (which no owner id equals, so nobody can approve it). Only that owner
+    /// can view or approve it; every other owner gets [`PairingError::NotFound`].
+    #[must_use]
+    pub fn with_addressee(mut self, addressed_to: Option<String>) -> Self {
+        self.addressed_to = addressed_to;
+        self
+    }
+
+    /// Whom the agent addressed, if anyone.
+    pub fn addressed_to(&self) -> Option<&str> {
+        self.addressed_to.as_deref()
+    }
+
+    /// Whether `owner` may view and approve it: it names nobody, or them.
+    pub fn is_open_to(&self, owner: &OwnerId) -> bool {
+        self.addressed_to.as_deref().is_none_or(|a| a == owner.as_str())
     }
 
     /// The stored form of the pair code (the lookup key).
@@ -206,6 +227,21 @@ impl PairingState {
         (code, confirmation, Self::Pending(request))
     }
 
+    /// The same state, its request addressed as [`PairingRequest::with_addressee`] says.
+    #[must_use]
+    pub fn with_addressee(self, addressed_to: Option<String>) -> Self {
+        match self {
+            Self::Pending(request) => Self::Pending(request.with_addressee(addressed_to)),
+            Self::Approved { request, owner, approved_at } => {
+                Self::Approved { request: request.with_addressee(addressed_to), owner, approved_at }
+            }
+            Self::Consumed { request, owner } => Self::Consumed { request: request.with_addressee(addressed_to), owner },
+            Self::Expired { request, approved_by } => {
+                Self::Expired { request: request.with_addressee(addressed_to), approved_by }
+            }
+        }
+    }
+
     /// The underlying request.
     pub fn request(&self) -> &PairingRequest {
         match self {
@@ -264,10 +300,10 @@ impl PairingState {
     pub fn view(
         &self,
         pair_code: &PairCode,
-        owner: &OwnerVerified,
+        owner: &impl OwnerGate,
         now: UnixTime,
     ) -> Result<PairingView, PairingError> {
-        if !self.request().code_hash.ct_eq(&pair_code.hash()) {
+        if !self.request().code_hash.ct_eq(&pair_code.hash()) || !self.request().is_open_to(owner.owner()) {
             return Err(PairingError::NotFound);
         }
         match self.clone().expire_if_due(now) {
@@ -287,10 +323,10 @@ impl PairingState {
         self,
         pair_code: &PairCode,
         confirmation: &ConfirmationCode,
-        owner: &OwnerVerified,
+        owner: &impl OwnerGate,
         now: UnixTime,
     ) -> Result<Self, PairingError> {
-        if !self.request().code_hash.ct_eq(&pair_code.hash()) {
+        if !self.request().code_hash.ct_eq(&pair_code.hash()) || !self.request().is_open_to(owner.owner()) {
             return Err(PairingError::NotFound);
         }
         match self.expire_if_due(now) {
@@ -339,7 +375,7 @@ impl PairingState {
 pub fn view(
     found: Option<&PairingState>,
     pair_code: &PairCode,
-    owner: &OwnerVerified,
+    owner: &impl OwnerGate,
     now: UnixTime,
 ) -> Result<PairingView, PairingError> {
     found.ok_or(PairingError::NotFound)?.view(pair_code, owner, now)
@@ -351,7 +387,7 @@ pub fn approve(
     found: Option<PairingState>,
     pair_code: &PairCode,
     confirmation: &ConfirmationCode,
-    owner: &OwnerVerified,
+    owner: &impl OwnerGate,
     now: UnixTime,
 ) -> Result<PairingState, PairingError> {
     found.ok_or(PairingError::NotFound)?.approve(pair_code, confirmation, owner, now)

@@ -119,10 +119,10 @@ fn unknown_and_consumed_look_the_same_to_everyone_else() {
 }
 
 #[test]
-fn expiry_after_sixty_seconds() {
+fn expiry_after_the_pairing_ttl() {
     let o = open();
     let owner = proof(1, T0 + PAIRING_TTL);
-    // At T0 + 59 it can be approved; at T0 + 60 it is EXPIRED.
+    // One second before PAIRING_TTL it can be approved; at PAIRING_TTL it is EXPIRED.
     assert!(o.state.clone().approve(&o.code, &o.confirmation, &owner, T0 + PAIRING_TTL - 1).is_ok());
     let err = o.state.clone().approve(&o.code, &o.confirmation, &owner, T0 + PAIRING_TTL).unwrap_err();
     assert_eq!((err.clone(), err.code()), (PairingError::Expired, "EXPIRED"));
@@ -130,16 +130,17 @@ fn expiry_after_sixty_seconds() {
     let sig = o.device.sign_collect(&o.code);
     assert_eq!(o.state.clone().collect(&o.code, &sig, T0 + PAIRING_TTL).unwrap_err(), PairingError::Expired);
 
-    // Approved at T0 + 30: the agent has until T0 + 90 to collect.
+    // Approved at T0 + 30: the agent has until T0 + 30 + PAIRING_TTL to collect.
     let approved = o.state.clone().approve(&o.code, &o.confirmation, &owner, T0 + 30).unwrap();
-    assert_eq!(approved.deadline(), Some(T0 + 30 + PAIRING_TTL));
-    assert!(approved.clone().collect(&o.code, &sig, T0 + 89).is_ok());
-    assert_eq!(approved.clone().collect(&o.code, &sig, T0 + 90).unwrap_err(), PairingError::Expired);
+    let end = T0 + 30 + PAIRING_TTL;
+    assert_eq!(approved.deadline(), Some(end));
+    assert!(approved.clone().collect(&o.code, &sig, end - 1).is_ok());
+    assert_eq!(approved.clone().collect(&o.code, &sig, end).unwrap_err(), PairingError::Expired);
     // The approving owner sees EXPIRED for their own stale approval.
-    let expired = approved.expire_if_due(T0 + 90);
+    let expired = approved.expire_if_due(end);
     assert_eq!(expired.status(), "expired");
     assert_eq!(expired.deadline(), None);
-    let err = expired.approve(&o.code, &o.confirmation, &proof(1, T0 + 90), T0 + 90).unwrap_err();
+    let err = expired.approve(&o.code, &o.confirmation, &proof(1, end), end).unwrap_err();
     assert_eq!(err, PairingError::Expired);
 
     // Terminal states do not expire further.
@@ -182,4 +183,31 @@ fn a_restored_request_is_the_same_request() {
     let restored =
         agentkeys_approval::PairingRequest::restore(*r.code_hash(), *r.device_key(), r.opened_at());
     assert_eq!(&restored, r);
+}
+
+/// `agent pair --owner`: a request addressed to one owner is that owner's
+/// alone. Any other owner who types its pair code and digits gets the same
+/// `NOT_FOUND` as for an unknown code, and an address no owner has (the
+/// server keeps the address then) can be approved by nobody.
+#[test]
+fn an_addressed_request_is_its_owners_alone() {
+    let o = open();
+    let (mine, other) = (proof(1, T0 + 5), proof(2, T0 + 5));
+    let addressed = o.state.clone().with_addressee(Some(owner_id(1).as_str().to_owned()));
+    assert_eq!(addressed.request().addressed_to(), Some(owner_id(1).as_str()));
+    assert_eq!(pairing::view(Some(&addressed), &o.code, &other, T0 + 5).unwrap_err(), PairingError::NotFound);
+    let refused = pairing::approve(Some(addressed.clone()), &o.code, &o.confirmation, &other, T0 + 5).unwrap_err();
+    assert_eq!(refused, PairingError::NotFound);
+    // Not even a mismatch of the digits is revealed.
+    let wrong = ConfirmationCode::derive(&PairCode::generate(&mut rand::rngs::OsRng), &o.device.public_key());
+    assert_eq!(pairing::approve(Some(addressed.clone()), &o.code, &wrong, &other, T0 + 5).unwrap_err(), PairingError::NotFound);
+    assert!(pairing::view(Some(&addressed), &o.code, &mine, T0 + 5).is_ok());
+    let approved = pairing::approve(Some(addressed), &o.code, &o.confirmation, &mine, T0 + 6).unwrap();
+    assert_eq!(approved.status(), "approved");
+
+    let nobodys = o.state.with_addressee(Some("nobody@example.com".to_owned()));
+    for who in [&mine, &other] {
+        let refused = pairing::approve(Some(nobodys.clone()), &o.code, &o.confirmation, who, T0 + 5).unwrap_err();
+        assert_eq!(refused, PairingError::NotFound);
+    }
 }

@@ -54,6 +54,14 @@ pub mod ops {
     pub const PAIRING_APPROVE: &str = "pairing.approve";
     /// A paired agent collected its agent key (minted then, stored hashed).
     pub const PAIRING_COLLECT: &str = "pairing.collect";
+    /// An owner asked for a one-time passkey registration link (master key).
+    pub const OWNER_PASSKEY_LINK: &str = "owner.passkey_link";
+    /// An owner registered a passkey with such a link.
+    pub const OWNER_PASSKEY_ADD: &str = "owner.passkey_add";
+    /// An owner signed in to the console with a passkey.
+    pub const CONSOLE_SIGN_IN: &str = "console.sign_in";
+    /// An owner stopped an agent: every key and grant of it revoked at once.
+    pub const AGENT_STOP: &str = "agent.stop";
 }
 
 /// Who caused an audited operation.

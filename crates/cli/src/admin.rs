@@ -37,6 +37,17 @@ pub(crate) enum OwnerCmd {
     /// On the owner's machine: create the master key, seal it with a passphrase
     /// and register it with the server using the operator's enrollment code.
     Enroll(crate::owner_client::EnrollArgs),
+    /// The owner's passkeys for the web console (`/console`).
+    #[command(subcommand)]
+    Passkey(PasskeyCmd),
+}
+
+/// `agentkeys owner passkey …`
+#[derive(Debug, Subcommand)]
+pub(crate) enum PasskeyCmd {
+    /// Print a one-time link (15 minutes, single use) that registers a passkey
+    /// for the console; signed with your master key.
+    Add(crate::owner_client::OwnerConn),
 }
 
 /// `agentkeys agent …`
@@ -310,6 +321,9 @@ pub(crate) async fn owner(config: &Config, cmd: OwnerCmd, json: bool) -> Result<
     if let OwnerCmd::Enroll(args) = cmd {
         return crate::owner_client::enroll(args, config, json).await;
     }
+    if let OwnerCmd::Passkey(PasskeyCmd::Add(conn)) = cmd {
+        return crate::owner_client::passkey_add(&conn, config, json).await;
+    }
     let dir = match cmd {
         OwnerCmd::Add { .. } => DataDir::create_or_open(config).await?,
         _ => DataDir::open(config).await?,
@@ -348,6 +362,7 @@ pub(crate) async fn owner(config: &Config, cmd: OwnerCmd, json: bool) -> Result<
             });
         }
         OwnerCmd::Enroll(args) => return crate::owner_client::enroll(args, config, json).await,
+        OwnerCmd::Passkey(PasskeyCmd::Add(conn)) => return crate::owner_client::passkey_add(&conn, config, json).await,
         OwnerCmd::List => {
             let owners = dir.meta.list_owners().await?;
             let rows: Vec<_> = owners

@@ -41,9 +41,13 @@ pub(crate) fn broker(dir: &DataDir, config: &Config) -> Result<TokenBroker> {
 /// The API router over an already open data directory.
 pub(crate) fn router_for(dir: &DataDir, config: &Config) -> Result<axum::Router> {
     let broker = Arc::new(broker(dir, config)?);
-    Ok(agentkeys_api::router(
-        agentkeys_api::ApiState::new(broker).with_meta(dir.meta.clone()).with_webhooks(dir.webhook_settings(config)),
-    ))
+    let mut state =
+        agentkeys_api::ApiState::new(broker).with_meta(dir.meta.clone()).with_webhooks(dir.webhook_settings(config));
+    // The console's settings, so `owner passkey add` prints the server's link.
+    if let Ok(console) = agentkeys_api::console::ConsoleConfig::new(config.public_url.as_str()) {
+        state = state.with_console(console);
+    }
+    Ok(agentkeys_api::router(state))
 }
 
 /// The API router over the configured data directory, which must exist already:

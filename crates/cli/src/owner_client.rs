@@ -497,6 +497,20 @@ fn valid_id(kind: &str, id: &str) -> Result<()> {
     Ok(())
 }
 
+/// `agentkeys owner passkey add`: a one-time link that registers a passkey for
+/// the web console (`POST /v1/owner/passkey-links`, signed).
+pub(crate) async fn passkey_add(conn: &OwnerConn, config: &Config, json: bool) -> Result<()> {
+    let answer = Session::open(conn, config).await?.call("POST", "/v1/owner/passkey-links", None).await?;
+    print(json, &answer, || {
+        format!(
+            "Open this link in the browser you will approve with, before {} (single use):\n{}",
+            s(&answer["expires_at"]),
+            s(&answer["url"])
+        )
+    });
+    Ok(())
+}
+
 /// `agentkeys grant list --server …`.
 pub(crate) async fn grant_list(conn: &OwnerConn, config: &Config, json: bool) -> Result<()> {
     let answer = Session::open(conn, config).await?.call("GET", "/v1/grants", None).await?;

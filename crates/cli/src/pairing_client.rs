@@ -55,6 +55,10 @@ pub(crate) struct PairArgs {
     /// A display name for this agent, shown to the owner.
     #[arg(long)]
     name: Option<String>,
+    /// The owner whose approval this asks for (their owner id or email): only
+    /// they can approve it, and it waits for them on their console's approvals page.
+    #[arg(long, value_name = "ID_OR_EMAIL")]
+    owner: Option<String>,
 }
 
 /// `agentkeys approve`.
@@ -118,7 +122,7 @@ pub(crate) async fn pair(args: PairArgs, json: bool) -> Result<()> {
     let first = Remote::new(&base, &Trust { ca_file: ca_file.clone(), pin: flag, first_contact: flag.is_none() })?;
     let config_path = agent_config_path()?;
     let device = DeviceKey::generate(&mut rand::rngs::OsRng);
-    let body = json!({ "device_public_key": device.public_key().to_base64(), "name": args.name }).to_string();
+    let body = json!({ "device_public_key": device.public_key().to_base64(), "name": args.name, "owner": args.owner }).to_string();
     let (status, opened, text) = first.send_raw("POST", "/v1/pairings", None, Some(body.as_bytes())).await?;
     if status != 201 {
         bail!("the server refused ({status} {}): {}", s(&opened["code"]), opened["detail"].as_str().unwrap_or(text.trim()));
@@ -158,10 +162,13 @@ pub(crate) async fn pair(args: PairArgs, json: bool) -> Result<()> {
             ),
             None => println!("Server certificate: none (plain HTTP: use https:// unless the server is on this machine or a private network)"),
         }
-        println!(
-            "On the owner's machine run `agentkeys approve {code}` and check that the 6 digits and the certificate match.\nWaiting for approval (expires {}) …",
-            s(&opened["expires_at"]),
-        );
+        match &args.owner {
+            Some(owner) => println!(
+                "Asked {owner} to approve: on their console's approvals page (or `agentkeys approve {code}` on their machine) they type the 6 digits above."
+            ),
+            None => println!("On the owner's machine run `agentkeys approve {code}` and check that the 6 digits and the certificate match."),
+        }
+        println!("Waiting for approval, 10 minutes (expires {}) …", s(&opened["expires_at"]));
     }
     let signature = base64::engine::general_purpose::STANDARD.encode(device.sign_collect(&code).to_bytes());
     let collect = json!({ "signature": signature }).to_string();

@@ -158,6 +158,15 @@ pub(crate) async fn run(config: Config) -> Result<()> {
         hostname: config.hostname.clone(),
         submission_port: submission.local_addr()?.port(),
     });
+    // The owner's web console (crates/api/src/console): passkeys need the public
+    // URL to be https:// or http://localhost.
+    match agentkeys_api::console::ConsoleConfig::new(config.public_url.as_str()) {
+        Ok(console) => {
+            println!("  console           {}/console (owners sign in with passkeys)", console.origin());
+            api_state = api_state.with_console(console);
+        }
+        Err(e) => println!("  console           off ({e})"),
+    }
     if let Some(presigner) = &dir.presigner {
         // Broker, not proxy: message bytes go from the object store to the agent.
         api_state = api_state.with_presigner(presigner.clone());

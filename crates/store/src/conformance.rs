@@ -186,6 +186,10 @@ macro_rules! conformance_tests {
             throttle_failures_add_up_across_handles,
             throttle_failures_generated,
             inbox_policies_are_owner_scoped,
+            console_challenges_are_single_use_across_handles,
+            console_challenges_generated,
+            console_passkey_links_register_once,
+            console_owners_see_only_their_own,
         );
     };
     (@checks $backend:ty; $ignores:tt; $($check:ident),* $(,)?) => {
@@ -1856,6 +1860,7 @@ fn pairing_request(hash: u8, agent_n: u32) -> PairingRecord {
         status: PairingStatus::Pending,
         owner: None,
         approved_at: None,
+        addressed_to: None,
     }
 }
 
@@ -2732,4 +2737,209 @@ pub async fn inbox_policies_are_owner_scoped<B: Backend>(backend: Arc<B>) {
     };
     invalid(a.set_inbox_policy(&owner(1), &bot, &too_many, NOW, &event("inbox.policy", bot.as_str())).await, "too many patterns");
     assert_eq!(a.inbox_policy(&bot).await.unwrap(), InboxPolicy::default());
+// ---------------------------------------------------------------------------
+// The owner's console (crate::Console): challenges, passkey links, sessions.
+
+fn challenge(n: u32, owner_n: Option<u32>, expires_at: UnixTime) -> crate::ChallengeRecord {
+    crate::ChallengeRecord {
+        id: format!("ch{n:04}"),
+        owner: owner_n.map(owner),
+        purpose: "action".to_owned(),
+        bound_to: [u8::try_from(n % 251).unwrap(); 32],
+        state: format!("{{\"state\":{n}}}"),
+        expires_at,
+    }
+}
+
+fn passkey(n: u32, owner_n: u32) -> crate::PasskeyRecord {
+    crate::PasskeyRecord {
+        credential_id: format!("cred{n}"),
+        owner: owner(owner_n),
+        name: format!("passkey {n}"),
+        passkey: format!("{{\"pk\":{n}}}"),
+        created_at: NOW,
+        last_used_at: None,
+    }
+}
+
+/// Contract 6, console challenges: of concurrent takes of one challenge on
+/// both handles exactly one gets it, with what was stored; an expired one is
+/// never handed out; a taken one is gone for every handle.
+pub async fn console_challenges_are_single_use_across_handles<B: Backend>(backend: Arc<B>) {
+    let (a, b) = pair(&*backend).await;
+    two_owners(&a, &b).await;
+    let stored = challenge(1, Some(1), NOW + 60);
+    a.put_challenge(&stored, NOW).await.unwrap();
+    conflict(b.put_challenge(&stored, NOW).await, "a taken challenge id");
+    let raced = on_both(&a, &b, 8, |s, _| async move { s.take_challenge("ch0001", NOW + 1).await.unwrap() }).await;
+    let won: Vec<_> = raced.into_iter().flatten().collect();
+    assert_eq!(won, vec![stored], "exactly one take gets the challenge, as stored");
+    for s in [&a, &b] {
+        assert_eq!(s.take_challenge("ch0001", NOW + 1).await.unwrap(), None, "taken once");
+        assert_eq!(s.take_challenge("unknown", NOW).await.unwrap(), None, "unknown");
+    }
+    b.put_challenge(&challenge(2, None, NOW + 60), NOW).await.unwrap();
+    assert_eq!(a.take_challenge("ch0002", NOW + 60).await.unwrap(), None, "expired at its expiry second");
+    assert_eq!(b.take_challenge("ch0002", NOW).await.unwrap(), None, "an expired take still spends it");
+}
+
+/// Contract 6 over generated histories: challenges put and taken in any order
+/// through either handle, at any time: each is handed out at most once, only
+/// before its expiry, and exactly when it was live and not taken before.
+pub async fn console_challenges_generated<B: Backend>(backend: Arc<B>) {
+    let strategy = || prop::collection::vec((0u32..6, 0i64..120, any::<bool>(), any::<bool>()), 1..30);
+    for_generated("console challenges are single use", 12, strategy, move |steps| {
+        let backend = Arc::clone(&backend);
+        async move {
+            let (a, b) = pair(&*backend).await;
+            let mut live: HashMap<u32, UnixTime> = HashMap::new();
+            let mut now = NOW;
+            for (i, (n, later, second, put)) in steps.into_iter().enumerate() {
+                now += later / 10;
+                let s = if second { &b } else { &a };
+                if put {
+                    let expires = now + later;
+                    let result = s.put_challenge(&challenge(n, Some(1), expires), now).await;
+                    // Putting prunes expired ones first: an id is free again once its challenge expired.
+                    live.retain(|_, e| *e > now);
+                    match live.entry(n) {
+                        std::collections::hash_map::Entry::Occupied(_) => {
+                            conflict(result, "a live challenge id");
+                        }
+                        std::collections::hash_map::Entry::Vacant(slot) => {
+                            result.unwrap();
+                            slot.insert(expires);
+                        }
+                    }
+                } else {
+                    let got = s.take_challenge(&format!("ch{n:04}"), now).await.unwrap();
+                    let expected = live.remove(&n).filter(|e| *e > now);
+                    assert_eq!(got.map(|c| c.expires_at), expected, "step {i}: take of {n} at +{}", now - NOW);
+                }
+            }
+        }
+    })
+    .await;
+}
+
+/// Contract 6, passkey links: of concurrent registrations with one link on
+/// both handles exactly one stores its passkey; an expired link, another
+/// owner's and a spent one are the same `NotFound`, and change nothing.
+pub async fn console_passkey_links_register_once<B: Backend>(backend: Arc<B>) {
+    let (a, b) = pair(&*backend).await;
+    two_owners(&a, &b).await;
+    let link = crate::PasskeyLinkRecord { token_hash: [5; 32], owner: owner(1), expires_at: NOW + 600 };
+    a.issue_passkey_link(&link, &event("owner.passkey_link", "o1")).await.unwrap();
+    not_found(
+        b.issue_passkey_link(
+            &crate::PasskeyLinkRecord { owner: owner(9), token_hash: [6; 32], ..link.clone() },
+            &event("owner.passkey_link", "o9"),
+        )
+        .await,
+        "a link for an unknown owner",
+    );
+    assert_eq!(b.passkey_link_owner(&[5; 32], NOW).await.unwrap(), Some(owner(1)));
+    assert_eq!(b.passkey_link_owner(&[5; 32], NOW + 600).await.unwrap(), None, "expired");
+    not_found(a.add_passkey(&[5; 32], &passkey(1, 1), NOW + 600, &event("owner.passkey_add", "o1")).await, "expired link");
+    not_found(a.add_passkey(&[5; 32], &passkey(2, 2), NOW, &event("owner.passkey_add", "o2")).await, "another owner's link");
+    let raced = on_both(&a, &b, 6, |s, i| async move {
+        let n = u32::try_from(10 + i).unwrap();
+        s.add_passkey(&[5; 32], &passkey(n, 1), NOW + 1, &event("owner.passkey_add", "o1")).await
+    })
+    .await;
+    let won = one_winner(&raced, is_not_found, "concurrent registrations with one link");
+    let expected = vec![passkey(u32::try_from(10 + won).unwrap(), 1)];
+    assert_eq!(a.list_passkeys(&owner(1)).await.unwrap(), expected);
+    assert_eq!(b.passkey_link_owner(&[5; 32], NOW + 2).await.unwrap(), None, "spent");
+    let log = verified_log(&a, "passkey links").await;
+    assert_eq!(log.iter().filter(|r| r.operation == "owner.passkey_add").count(), 1, "one registration recorded");
+    // A credential is registered once, whoever's link.
+    b.issue_passkey_link(&crate::PasskeyLinkRecord { token_hash: [7; 32], owner: owner(2), expires_at: NOW + 600 }, &event("owner.passkey_link", "o2"))
+        .await
+        .unwrap();
+    let taken = crate::PasskeyRecord { owner: owner(2), ..expected[0].clone() };
+    conflict(b.add_passkey(&[7; 32], &taken, NOW, &event("owner.passkey_add", "o2")).await, "a registered credential");
+    assert_eq!(a.passkey_link_owner(&[7; 32], NOW).await.unwrap(), Some(owner(2)), "the refused registration spent nothing");
+}
+
+/// Contract 5, console: one owner never sees or changes another's passkeys,
+/// sessions or agents; sessions end when idle or past their end.
+pub async fn console_owners_see_only_their_own<B: Backend>(backend: Arc<B>) {
+    let (a, b) = pair(&*backend).await;
+    two_owners(&a, &b).await;
+    for (n, s) in [(1u32, &a), (2, &b)] {
+        let link = crate::PasskeyLinkRecord { token_hash: [u8::try_from(n).unwrap(); 32], owner: owner(n), expires_at: NOW + 600 };
+        s.issue_passkey_link(&link, &event("owner.passkey_link", "o")).await.unwrap();
+        s.add_passkey(&link.token_hash, &passkey(n, n), NOW, &event("owner.passkey_add", "o")).await.unwrap();
+    }
+    for s in [&a, &b] {
+        assert_eq!(s.list_passkeys(&owner(1)).await.unwrap(), vec![passkey(1, 1)]);
+        assert_eq!(s.list_passkeys(&owner(2)).await.unwrap(), vec![passkey(2, 2)]);
+    }
+    not_found(b.update_passkey(&owner(2), "cred1", "{}", NOW + 5).await, "another owner's passkey");
+    assert_eq!(a.list_passkeys(&owner(1)).await.unwrap(), vec![passkey(1, 1)], "unchanged");
+    b.update_passkey(&owner(1), "cred1", "{\"pk\":\"moved\"}", NOW + 5).await.unwrap();
+    let moved = a.list_passkeys(&owner(1)).await.unwrap();
+    assert_eq!((moved[0].passkey.as_str(), moved[0].last_used_at), ("{\"pk\":\"moved\"}", Some(NOW + 5)));
+
+    // Sessions: touched through either handle; idle or past the end, gone.
+    let session = crate::SessionRecord { token_hash: [8; 32], owner: owner(1), created_at: NOW, last_seen_at: NOW, expires_at: NOW + 3600 };
+    a.create_session(&session, NOW).await.unwrap();
+    let seen = b.touch_session(&[8; 32], NOW + 100, NOW - 100).await.unwrap();
+    assert_eq!(seen, Some(crate::SessionRecord { last_seen_at: NOW + 100, ..session.clone() }));
+    assert_eq!(a.touch_session(&[9; 32], NOW + 100, NOW).await.unwrap(), None, "unknown token");
+    assert_eq!(a.touch_session(&[8; 32], NOW + 200, NOW + 101).await.unwrap(), None, "idle since before the limit");
+    assert_eq!(b.touch_session(&[8; 32], NOW + 201, NOW).await.unwrap(), None, "an idle session is deleted");
+    a.create_session(&crate::SessionRecord { token_hash: [10; 32], ..session.clone() }, NOW).await.unwrap();
+    assert_eq!(b.touch_session(&[10; 32], NOW + 3600, NOW).await.unwrap(), None, "past its absolute end");
+    a.create_session(&crate::SessionRecord { token_hash: [11; 32], ..session.clone() }, NOW).await.unwrap();
+    b.end_session(&[11; 32]).await.unwrap();
+    assert_eq!(a.touch_session(&[11; 32], NOW + 1, NOW).await.unwrap(), None, "signed out");
+
+    // Stopping an agent: only the owner's, every live key and grant at once.
+    a.create_key(&key_record(1, 1), &event("key.create", "k1")).await.unwrap();
+    a.create_key(&key_record(2, 1), &event("key.create", "k2")).await.unwrap();
+    a.revoke_key(&key_id(2), NOW + 1, &event("key.revoke", "k2")).await.unwrap();
+    let grant = Grant {
+        id: grant_id(901),
+        owner: owner(1),
+        agent: agent(1),
+        pattern: "bot@conformance.test".parse().unwrap(),
+        scopes: "read,send".parse().unwrap(),
+        created_at: NOW,
+        expires_at: NOW + DAY,
+        revoked_at: None,
+    };
+    a.add_grant(&grant, &event("grant.create", "g1")).await.unwrap();
+    not_found(b.stop_owner_agent(&owner(2), &agent(1), NOW + 10, &event("agent.stop", "a1")).await, "another owner's agent");
+    assert!(a.list_keys(&agent(1)).await.unwrap().iter().any(|k| k.revoked_at.is_none()), "nothing revoked by the refusal");
+    let (_, keys, grants) = b.stop_owner_agent(&owner(1), &agent(1), NOW + 10, &event("agent.stop", "a1")).await.unwrap();
+    assert_eq!((keys, grants), (1, 1), "the live key and grant");
+    let revoked: Vec<Option<UnixTime>> = a.list_keys(&agent(1)).await.unwrap().iter().map(|k| k.revoked_at).collect();
+    assert_eq!(revoked.iter().filter(|r| **r == Some(NOW + 1)).count(), 1, "an earlier revocation keeps its time");
+    assert_eq!(revoked.iter().filter(|r| **r == Some(NOW + 10)).count(), 1);
+    assert_eq!(a.list_grants(Some(&agent(1))).await.unwrap()[0].revoked_at, Some(NOW + 10));
+
+    // Pending pairing requests addressed to an owner: theirs only, pending, in the window.
+    let to = |n: u32| Some(owner(n).as_str().to_owned());
+    let opened = [
+        PairingRecord { addressed_to: to(1), ..pairing_request(41, 41) },
+        PairingRecord { addressed_to: to(2), ..pairing_request(42, 42) },
+        PairingRecord { addressed_to: Some("nobody@conformance.test".to_owned()), ..pairing_request(43, 43) },
+        PairingRecord { addressed_to: None, ..pairing_request(44, 44) },
+        PairingRecord { addressed_to: to(1), opened_at: NOW - 700, ..pairing_request(45, 45) },
+    ];
+    for (i, p) in opened.iter().enumerate() {
+        let s = if i % 2 == 0 { &a } else { &b };
+        s.open_pairing(p, NOW - DAY, &event("pairing.open", "p")).await.unwrap();
+    }
+    for s in [&a, &b] {
+        assert_eq!(s.pending_pairings_for(&owner(1), NOW - 600).await.unwrap(), vec![opened[0].clone()]);
+        assert_eq!(s.pending_pairings_for(&owner(2), NOW - 600).await.unwrap(), vec![opened[1].clone()]);
+        assert_eq!(s.pairing(&[43; 32]).await.unwrap(), Some(opened[2].clone()), "the addressee is stored as given");
+    }
+    assert_eq!(a.pending_pairings_for(&owner(1), NOW - 800).await.unwrap(), vec![opened[4].clone(), opened[0].clone()]);
+    let agent41 = AgentRecord { id: agent(41), owner: owner(1), name: None, created_at: NOW + 1 };
+    b.approve_pairing(&[41; 32], &agent41, NOW + 1, &event("pairing.approve", "p")).await.unwrap();
+    assert_eq!(a.pending_pairings_for(&owner(1), NOW - 600).await.unwrap(), vec![], "approved: no longer pending");
 }

@@ -29,6 +29,7 @@
 //! ```
 
 mod blob;
+mod console;
 #[cfg(feature = "conformance")]
 #[doc(hidden)]
 pub mod conformance;
@@ -58,6 +59,7 @@ mod write_tx;
 mod fault_tests;
 
 pub use blob::{BlobError, BlobKey};
+pub use console::{ChallengeRecord, Console, PasskeyLinkRecord, PasskeyRecord, SessionRecord};
 pub use events::{EVENT_BUFFER, LocalEventHub, MailEvents, Missed, Subscription, TooManySubscribers};
 pub use domain_status::{DOMAIN_STATUSES, DomainStatusRecord, DomainStatusStore};
 pub use fs::FsBlobStore;
@@ -79,6 +81,7 @@ pub use policies::InboxPolicies;
 /// tests) and calls across roles: `use agentkeys_store::roles::*;`. Library code
 /// names the roles it uses instead.
 pub mod roles {
+    pub use crate::console::Console;
     pub use crate::domain_status::DomainStatusStore;
     pub use crate::idempotency::SendIdempotency;
     pub use crate::index::MessageIndex;

@@ -294,6 +294,9 @@ pub struct PairingRecord {
     pub owner: Option<OwnerId>,
     /// When it was approved.
     pub approved_at: Option<UnixTime>,
+    /// The owner the agent addressed (`agent pair --owner`): an owner id, or
+    /// an address no owner had when it was opened; `None`: any owner.
+    pub addressed_to: Option<String>,
 }
 
 /// Most audit records [`AuditLog::audit_all`] fetches per page.
@@ -335,6 +338,7 @@ pub trait MetadataStore:
     + crate::Throttles
     + crate::Webhooks
     + crate::InboxPolicies
+    + crate::Console
 {
 }
 
@@ -359,6 +363,7 @@ impl<T> MetadataStore for T where
         + crate::Throttles
         + crate::Webhooks
         + crate::InboxPolicies
+        + crate::Console
 {
 }
 

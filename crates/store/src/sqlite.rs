@@ -659,10 +659,10 @@ pub(crate) type AgentRow = (String, String, Option<String>, i64);
 pub(crate) type InboxRow = (String, String, String, String, i64, Option<i64>);
 pub(crate) type KeyRow = (String, String, String, i64, i64, Option<i64>);
 pub(crate) type GrantRow = (String, String, String, String, String, i64, i64, Option<i64>);
-pub(crate) type PairingRow = (String, String, String, Option<String>, i64, String, Option<String>, Option<i64>);
+pub(crate) type PairingRow = (String, String, String, Option<String>, i64, String, Option<String>, Option<i64>, Option<String>);
 
 pub(crate) fn pairing_from_row(
-    (code_hash, device_key, agent, name, opened_at, status, owner, approved_at): PairingRow,
+    (code_hash, device_key, agent, name, opened_at, status, owner, approved_at, addressed_to): PairingRow,
 ) -> Result<PairingRecord, StoreError> {
     let bytes = |what: &str, hex: &str| {
         hash_from_hex(hex).ok_or_else(|| StoreError::Backend(format!("stored pairing {what} is not 64 hex digits")))
@@ -682,6 +682,7 @@ pub(crate) fn pairing_from_row(
         status,
         owner: owner.map(|o| stored("owner id", &o)).transpose()?,
         approved_at,
+        addressed_to,
     })
 }
 pub(crate) type QueueRow = (String, String, String, String, i64, i64, i64, i64, Option<String>);
@@ -1684,14 +1685,15 @@ impl Pairing for SqliteStore {
             .await
             .map_err(backend)?;
         sqlx::query(
-            "INSERT INTO pairing_requests (code_hash, device_key, agent, name, opened_at, status)
-             VALUES (?1, ?2, ?3, ?4, ?5, 'pending')",
+            "INSERT INTO pairing_requests (code_hash, device_key, agent, name, opened_at, status, addressed_to)
+             VALUES (?1, ?2, ?3, ?4, ?5, 'pending', ?6)",
         )
         .bind(hash_to_hex(&request.code_hash))
         .bind(hash_to_hex(&request.device_key))
         .bind(request.agent.as_str())
         .bind(request.name.as_deref())
         .bind(request.opened_at)
+        .bind(request.addressed_to.as_deref())
         .execute(&mut *tx)
         .await
         .map_err(|e| insert_error(e, || "a pairing request with this code".to_owned()))?;
@@ -1701,7 +1703,7 @@ impl Pairing for SqliteStore {
 
     async fn pairing(&self, code_hash: &[u8; 32]) -> Result<Option<PairingRecord>, StoreError> {
         let row: Option<PairingRow> = sqlx::query_as(
-            "SELECT code_hash, device_key, agent, name, opened_at, status, owner, approved_at
+            "SELECT code_hash, device_key, agent, name, opened_at, status, owner, approved_at, addressed_to
                FROM pairing_requests WHERE code_hash = ?1",
         )
         .bind(hash_to_hex(code_hash))

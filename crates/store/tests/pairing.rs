@@ -33,6 +33,7 @@ fn request(hash: u8, opened_at: UnixTime) -> PairingRecord {
         status: PairingStatus::Pending,
         owner: None,
         approved_at: None,
+        addressed_to: None,
     }
 }
 

@@ -528,6 +528,7 @@ fn pairing_request(hash: u8, opened_at: UnixTime) -> PairingRecord {
         status: PairingStatus::Pending,
         owner: None,
         approved_at: None,
+        addressed_to: None,
     }
 }
 

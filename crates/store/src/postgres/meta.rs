@@ -1005,14 +1005,15 @@ impl Pairing for PgStore {
         prune(&self.pool, "pairing_requests", "opened_at < $1", forget_before).await?;
         let mut tx = self.begin().await?;
         sqlx::query(
-            "INSERT INTO pairing_requests (code_hash, device_key, agent, name, opened_at, status)
-             VALUES ($1, $2, $3, $4, $5, 'pending')",
+            "INSERT INTO pairing_requests (code_hash, device_key, agent, name, opened_at, status, addressed_to)
+             VALUES ($1, $2, $3, $4, $5, 'pending', $6)",
         )
         .bind(hex32(&request.code_hash))
         .bind(hex32(&request.device_key))
         .bind(request.agent.as_str())
         .bind(request.name.as_deref())
         .bind(request.opened_at)
+        .bind(request.addressed_to.as_deref())
         .execute(&mut *tx)
         .await
         .map_err(|e| insert_error(e, || "a pairing request with this code".to_owned()))?;
@@ -1022,7 +1023,7 @@ impl Pairing for PgStore {
 
     async fn pairing(&self, code_hash: &[u8; 32]) -> Result<Option<PairingRecord>, StoreError> {
         let row: Option<PairingRow> = sqlx::query_as(
-            "SELECT code_hash, device_key, agent, name, opened_at, status, owner, approved_at
+            "SELECT code_hash, device_key, agent, name, opened_at, status, owner, approved_at, addressed_to
                FROM pairing_requests WHERE code_hash = $1",
         )
         .bind(hex32(code_hash))

@@ -37,6 +37,7 @@
 //! connection, a pool timeout), never a panic.
 
 pub(crate) mod audit;
+mod console;
 mod domain_status;
 pub mod events;
 mod idempotency;

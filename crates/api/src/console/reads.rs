@@ -1,0 +1,543 @@
+//! The console's pages that only read: they need the session, nothing more.
+//! Every object is found through the signed-in owner; anything else is the
+//! same 404 page as a missing one.
+
+use agentkeys_approval::{PAIRING_TTL, PairingState};
+use agentkeys_core::{Address, Grant};
+use agentkeys_store::{BlobKey, BlobStore as _, InboxRecord, KeyRecord, ListOrder, PageQuery};
+use axum::extract::{Path, State};
+use axum::http::Uri;
+use axum::response::{IntoResponse, Response};
+use maud::{Markup, html};
+use ulid::Ulid;
+
+use super::pages::{Nav, gated_form, layout, sanitized, when};
+use super::{ConsoleError, Session, mail_view, meta, unavailable};
+use crate::ApiState;
+
+/// Most messages an inbox page lists (newest first).
+pub const INBOX_PAGE: u32 = 50;
+/// Most audit records the audit page shows (newest first, after filtering).
+pub const AUDIT_SHOWN: usize = 200;
+/// Most audit records of the owner read to filter (newest kept).
+pub const AUDIT_SCANNED: usize = 20_000;
+
+fn query(uri: &Uri) -> Vec<(String, String)> {
+    url::form_urlencoded::parse(uri.query().unwrap_or("").as_bytes()).map(|(k, v)| (k.into_owned(), v.into_owned())).collect()
+}
+
+fn param<'q>(q: &'q [(String, String)], name: &str) -> Option<&'q str> {
+    q.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str()).filter(|v| !v.is_empty())
+}
+
+/// The fixed texts `?done=` may select (nothing of the query is echoed).
+fn flash(uri: &Uri) -> Option<&'static str> {
+    match param(&query(uri), "done")? {
+        "paired" => Some("Pairing approved: the agent can collect its key now."),
+        "grant-revoked" => Some("Grant revoked."),
+        "grant-created" => Some("Grant created."),
+        "grant-changed" => Some("Grant changed."),
+        "key-revoked" => Some("Key revoked."),
+        "agent-stopped" => Some("Agent stopped: every key and grant of it is revoked."),
+        _ => None,
+    }
+}
+
+pub(crate) async fn overview(State(state): State<ApiState>, session: Session, uri: Uri) -> Result<Response, ConsoleError> {
+    let meta = meta(&state)?;
+    let now = state.clock.now();
+    let waiting = meta.pending_pairings_for(&session.owner, now - PAIRING_TTL + 1).await.map_err(|e| unavailable(&e))?;
+    let csrf = session.csrf.as_str();
+    Ok(layout(
+        "Pending approvals",
+        Nav::Approvals,
+        Some(csrf),
+        flash(&uri),
+        html! {
+            section {
+                h2 { "Pairing requests addressed to you" }
+                @if waiting.is_empty() { p { "None waiting. An agent asks with " code { "agentkeys agent pair --owner <your id or email>" } "." } }
+                @for (i, rec) in waiting.iter().enumerate() {
+                    @let fingerprint = agentkeys_approval::PublicKey::from_bytes(&rec.device_key).map(|k| crate::pairing::device_fingerprint(&k)).unwrap_or_default();
+                    article.request {
+                        dl.facts {
+                            dt { "Agent" } dd { (rec.name.as_deref().unwrap_or("(no name)")) }
+                            dt { "Agent id" } dd { code { (rec.agent.as_str()) } }
+                            dt { "Device fingerprint" } dd { code { (fingerprint) } }
+                            dt { "Expires" } dd { (when(rec.opened_at + PAIRING_TTL)) }
+                        }
+                        p { "Type the pair code and the 6 digits the agent shows. Your passkey is asked for this approval." }
+                        (gated_form("/console/pairings/approve", csrf, "Approve with my passkey", false, html! {
+                            label for=(format!("pair-code-{i}")) { "Pair code" }
+                            input id=(format!("pair-code-{i}")) type="text" name="pair_code" placeholder="ABCD-EFGH" autocomplete="off" required;
+                            label for=(format!("digits-{i}")) { "The agent's 6 digits" }
+                            input id=(format!("digits-{i}")) type="text" name="confirmation" inputmode="numeric" pattern="[0-9]{6}" maxlength="6" autocomplete="off" required;
+                        }))
+                    }
+                }
+            }
+            section {
+                h2 { "Approve a pairing by its code" }
+                p { "An agent that runs " code { "agentkeys agent pair" } " shows a pair code and 6 digits. Enter the pair code to see the request." }
+                form method="get" action="/console/pairings" {
+                    label for="code" { "Pair code" }
+                    input #code type="text" name="code" placeholder="ABCD-EFGH" autocomplete="off" required;
+                    button type="submit" { "Show the request" }
+                }
+            }
+        },
+    )
+    .into_response())
+}
+
+pub(crate) async fn pairing(State(state): State<ApiState>, session: Session, uri: Uri) -> Result<Response, ConsoleError> {
+    let meta = meta(&state)?;
+    let q = query(&uri);
+    let code = crate::pairing::parse_code(param(&q, "code").unwrap_or("").trim()).map_err(|_| ConsoleError::NotFound)?;
+    let found = crate::pairing::lookup(meta, &code).await.map_err(|e| unavailable(&format!("{e:?}")))?;
+    let (rec, pairing) = found.ok_or(ConsoleError::NotFound)?;
+    // Addressed to another owner: as if it did not exist.
+    if !pairing.request().is_open_to(&session.owner) {
+        return Err(ConsoleError::NotFound);
+    }
+    let now = state.clock.now();
+    let request = match pairing.expire_if_due(now) {
+        PairingState::Pending(request) => request,
+        PairingState::Approved { owner, .. } | PairingState::Consumed { owner, .. } if owner == session.owner => {
+            return Err(ConsoleError::BadRequest("You approved this pairing request already.".to_owned()));
+        }
+        PairingState::Expired { approved_by: None, .. } => {
+            return Err(ConsoleError::BadRequest("This pairing request expired; pair again.".to_owned()));
+        }
+        _ => return Err(ConsoleError::NotFound),
+    };
+    let fingerprint = crate::pairing::device_fingerprint(request.device_key());
+    Ok(layout(
+        "Approve a pairing",
+        Nav::Approvals,
+        Some(&session.csrf),
+        None,
+        html! {
+            dl.facts {
+                dt { "Agent" } dd { (rec.name.as_deref().unwrap_or("(no name)")) }
+                dt { "Agent id" } dd { code { (request.agent_id().as_str()) } }
+                dt { "Device fingerprint" } dd { code { (fingerprint) } }
+                dt { "Pair code" } dd { code { (code.to_string()) } }
+                dt { "Expires" } dd { (when(request.expires_at())) }
+            }
+            p { "Type the 6 digits the agent shows. Your passkey is asked for this approval." }
+            (gated_form("/console/pairings/approve", &session.csrf, "Approve with my passkey", false, html! {
+                input type="hidden" name="pair_code" value=(code.to_string());
+                label for="confirmation" { "The agent's 6 digits" }
+                input #confirmation type="text" name="confirmation" inputmode="numeric" pattern="[0-9]{6}" maxlength="6" autocomplete="off" required;
+            }))
+        },
+    )
+    .into_response())
+}
+
+fn key_state(k: &KeyRecord, now: i64) -> &'static str {
+    if k.revoked_at.is_some() {
+        "revoked"
+    } else if k.expires_at <= now {
+        "expired"
+    } else {
+        "active"
+    }
+}
+
+fn grant_state(g: &Grant, now: i64) -> &'static str {
+    if g.revoked_at.is_some() {
+        "revoked"
+    } else if g.is_active(now) {
+        "active"
+    } else {
+        "expired"
+    }
+}
+
+pub(crate) async fn agents(State(state): State<ApiState>, session: Session, uri: Uri) -> Result<Response, ConsoleError> {
+    let meta = meta(&state)?;
+    let now = state.clock.now();
+    let agents = meta.list_agents(Some(&session.owner)).await.map_err(|e| unavailable(&e))?;
+    let grants = meta.list_owner_grants(&session.owner).await.map_err(|e| unavailable(&e))?;
+    let mut sections: Vec<Markup> = Vec::with_capacity(agents.len());
+    for a in &agents {
+        let keys = meta.list_keys(&a.id).await.map_err(|e| unavailable(&e))?;
+        let mine: Vec<&Grant> = grants.iter().filter(|g| g.agent == a.id).collect();
+        let csrf = session.csrf.as_str();
+        sections.push(html! {
+            section.agent {
+                h2 { (a.name.as_deref().unwrap_or("(no name)")) }
+                p { "Id " code { (a.id.as_str()) } " · since " (when(a.created_at)) }
+                h3 { "Keys" }
+                @if keys.is_empty() { p { "No keys." } }
+                ul.items {
+                    @for k in &keys {
+                        li {
+                            code { (k.id.as_str()) } " · " span.state { (key_state(k, now)) }
+                            " · created " (when(k.created_at)) " · expires " (when(k.expires_at))
+                            @if key_state(k, now) == "active" {
+                                (gated_form(&format!("/console/keys/{}/revoke", k.id), csrf, "Revoke key", true, html! {}))
+                            }
+                        }
+                    }
+                }
+                h3 { "Grants" }
+                @if mine.is_empty() { p { "No grants." } }
+                ul.items {
+                    @for g in &mine {
+                        li {
+                            code { (g.id.as_str()) } " · " (g.pattern.to_string()) " · " (g.scopes.to_string()) " · "
+                            span.state { (grant_state(g, now)) } " · expires " (when(g.expires_at))
+                            @if grant_state(g, now) == "active" {
+                                (gated_form(&format!("/console/grants/{}/change", g.id), csrf, "Change grant", false, html! {
+                                    label for=(format!("scopes-{}", g.id)) { "Scopes (only narrower)" }
+                                    select id=(format!("scopes-{}", g.id)) name="scopes" {
+                                        option value="" { "unchanged" }
+                                        option value="read" { "read" }
+                                        option value="send" { "send" }
+                                    }
+                                    label for=(format!("days-{}", g.id)) { "Expires in days (1 to 30)" }
+                                    input id=(format!("days-{}", g.id)) type="number" name="days" min="1" max="30";
+                                }))
+                                (gated_form(&format!("/console/grants/{}/revoke", g.id), csrf, "Revoke grant", true, html! {}))
+                            }
+                        }
+                    }
+                }
+                h3 { "Grant an inbox" }
+                (gated_form("/console/grants", csrf, "Create grant", false, html! {
+                    input type="hidden" name="agent" value=(a.id.as_str());
+                    label for=(format!("inbox-{}", a.id)) { "Inbox or pattern" }
+                    input id=(format!("inbox-{}", a.id)) type="text" name="inbox" placeholder="bot@example.com" required;
+                    label for=(format!("new-scopes-{}", a.id)) { "Scopes" }
+                    select id=(format!("new-scopes-{}", a.id)) name="scopes" {
+                        option value="read" { "read" }
+                        option value="send" { "send" }
+                        option value="read,send" { "read and send" }
+                    }
+                    label for=(format!("new-days-{}", a.id)) { "Days (1 to 30)" }
+                    input id=(format!("new-days-{}", a.id)) type="number" name="days" min="1" max="30" value="30" required;
+                }))
+                (gated_form(&format!("/console/agents/{}/stop", a.id), csrf, "Stop this agent now", true, html! {}))
+            }
+        });
+    }
+    Ok(layout(
+        "Agents",
+        Nav::Agents,
+        Some(&session.csrf),
+        flash(&uri),
+        html! {
+            @if agents.is_empty() { p { "No agents yet: approve a pairing first." } }
+            @for s in &sections { (s) }
+        },
+    )
+    .into_response())
+}
+
+/// The owner's inbox with this address; another owner's is missing.
+async fn own_inbox(state: &ApiState, session: &Session, address: &str) -> Result<InboxRecord, ConsoleError> {
+    let meta = meta(state)?;
+    let address: Address = address.parse().map_err(|_| ConsoleError::NotFound)?;
+    let inboxes = meta.list_inboxes(Some(&session.owner)).await.map_err(|e| unavailable(&e))?;
+    inboxes.into_iter().find(|i| i.address == address).ok_or(ConsoleError::NotFound)
+}
+
+pub(crate) async fn inboxes(State(state): State<ApiState>, session: Session) -> Result<Response, ConsoleError> {
+    let meta = meta(&state)?;
+    let inboxes = meta.list_inboxes(Some(&session.owner)).await.map_err(|e| unavailable(&e))?;
+    Ok(layout(
+        "Inboxes",
+        Nav::Inboxes,
+        Some(&session.csrf),
+        None,
+        html! {
+            @if inboxes.is_empty() { p { "No inboxes yet." } }
+            ul.items {
+                @for i in &inboxes {
+                    li {
+                        a href=(format!("/console/inboxes/{}", i.address)) { (i.address.as_str()) }
+                        " · " span.state { (format!("{:?}", i.status).to_lowercase()) }
+                        " · agent " code { (i.agent.as_str()) }
+                        @if let Some(e) = i.expires_at { " · expires " (when(e)) }
+                    }
+                }
+            }
+        },
+    )
+    .into_response())
+}
+
+pub(crate) async fn inbox(
+    State(state): State<ApiState>,
+    session: Session,
+    Path(address): Path<String>,
+) -> Result<Response, ConsoleError> {
+    let inbox = own_inbox(&state, &session, &address).await?;
+    let mail = state.mail.as_ref().ok_or(ConsoleError::Unavailable)?;
+    let page = PageQuery { after: None, before: None, order: ListOrder::default(), limit: INBOX_PAGE };
+    let rows = mail.index().list_messages(&session.owner, &inbox.address, &page).await.map_err(|e| unavailable(&e))?;
+    let mut listed = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let raw = mail.get(&row.key()).await.map_err(|e| unavailable(&e))?;
+        let shown = raw.as_deref().and_then(mail_view::view).unwrap_or_default();
+        listed.push((row, shown));
+    }
+    Ok(layout(
+        inbox.address.as_str(),
+        Nav::Inboxes,
+        Some(&session.csrf),
+        None,
+        html! {
+            @if listed.is_empty() { p { "No messages." } }
+            ul.items {
+                @for (row, v) in &listed {
+                    li {
+                        a href=(format!("/console/inboxes/{}/messages/{}", inbox.address, row.id)) {
+                            @if v.subject.is_empty() { "(no subject)" } @else { (v.subject) }
+                        }
+                        " · from " (v.from) " · " (when(row.received_at)) " · " (row.size) " bytes"
+                    }
+                }
+            }
+        },
+    )
+    .into_response())
+}
+
+pub(crate) async fn message(
+    State(state): State<ApiState>,
+    session: Session,
+    Path((address, id)): Path<(String, String)>,
+) -> Result<Response, ConsoleError> {
+    let inbox = own_inbox(&state, &session, &address).await?;
+    let id = Ulid::from_string(&id).map_err(|_| ConsoleError::NotFound)?;
+    let mail = state.mail.as_ref().ok_or(ConsoleError::Unavailable)?;
+    let raw = mail
+        .get(&BlobKey::message(&session.owner, &inbox.address, id))
+        .await
+        .map_err(|e| unavailable(&e))?
+        .ok_or(ConsoleError::NotFound)?;
+    let v = mail_view::view(&raw).ok_or(ConsoleError::NotFound)?;
+    Ok(layout(
+        if v.subject.is_empty() { "(no subject)" } else { &v.subject },
+        Nav::Inboxes,
+        Some(&session.csrf),
+        None,
+        html! {
+            dl.facts {
+                dt { "From" } dd { (v.from) }
+                dt { "To" } dd { (v.to) }
+                dt { "Date" } dd { (v.date) }
+                dt { "Verdicts" } dd { (v.verdicts.as_deref().unwrap_or("none")) }
+            }
+            @if !v.attachments.is_empty() {
+                h2 { "Attachments" }
+                ul.items { @for (name, size) in &v.attachments { li { (name) " · " (size) " bytes" } } }
+            }
+            @if let Some(html) = &v.html {
+                h2 { "HTML part (sanitized; images and remote content blocked)" }
+                div.mail-html { (sanitized(html)) }
+            }
+            @if let Some(text) = &v.text {
+                h2 { "Text" }
+                pre.mail-text { (text) }
+            }
+            p { a href=(format!("/console/inboxes/{}", inbox.address)) { "Back to " (inbox.address.as_str()) } }
+        },
+    )
+    .into_response())
+}
+
+/// Records the chain check reads per store call.
+pub const VERIFY_PAGE: u32 = 1000;
+
+/// What the audit page says about the whole chain (the same walk as
+/// `agentkeys audit verify`; the checkpoint's signature is the CLI's to check).
+enum ChainCheck {
+    Intact { records: u64, head: u64, checkpoint: Option<(u64, agentkeys_core::UnixTime, bool)> },
+    Broken { seq: u64, reason: String },
+}
+
+async fn check_chain(meta: &dyn agentkeys_store::MetadataStore) -> Result<ChainCheck, ConsoleError> {
+    let checkpoint = meta.last_checkpoint().await.map_err(|e| unavailable(&e))?;
+    let mut verifier = agentkeys_audit::Verifier::new();
+    let (mut records, mut at_checkpoint) = (0u64, None);
+    loop {
+        let after = verifier.head().seq;
+        let page = match meta.audit_list(after, VERIFY_PAGE).await {
+            Ok(page) => page,
+            Err(e @ agentkeys_store::StoreError::AuditUnreadable { .. }) => {
+                return Ok(ChainCheck::Broken { seq: after + 1, reason: e.to_string() });
+            }
+            Err(e) => return Err(unavailable(&e)),
+        };
+        if page.is_empty() {
+            break;
+        }
+        for r in &page {
+            if let Err(broken) = verifier.push(r) {
+                return Ok(ChainCheck::Broken { seq: broken.seq, reason: broken.reason.to_string() });
+            }
+            records += 1;
+            if checkpoint.as_ref().is_some_and(|c| c.seq == r.seq) {
+                at_checkpoint = Some(r.hash);
+            }
+        }
+    }
+    Ok(ChainCheck::Intact {
+        records,
+        head: verifier.head().seq,
+        checkpoint: checkpoint.map(|c| (c.seq, c.ts, at_checkpoint == Some(c.hash))),
+    })
+}
+
+/// One line of the audit page: a record, or the credential reads of one agent
+/// in one hour folded into a count.
+struct AuditLine<'r> {
+    record: &'r agentkeys_audit::AuditRecord,
+    reads: usize,
+}
+
+/// Folds credential reads (`credential.read`, `credential.oidc`; newest
+/// first) into one line per agent, operation and hour.
+fn collapse<'r>(records: &[&'r agentkeys_audit::AuditRecord]) -> Vec<AuditLine<'r>> {
+    let mut lines: Vec<AuditLine<'r>> = Vec::new();
+    let mut folded: std::collections::HashMap<(String, i64), usize> = std::collections::HashMap::new();
+    for r in records {
+        if r.operation == crate::backend::OP_CREDENTIAL_READ || r.operation == crate::backend::OP_CREDENTIAL_OIDC {
+            let key = (format!("{} {}", r.actor, r.operation), r.ts.div_euclid(3600));
+            if let Some(&i) = folded.get(&key) {
+                lines[i].reads += 1;
+                continue;
+            }
+            folded.insert(key, lines.len());
+            lines.push(AuditLine { record: r, reads: 1 });
+        } else {
+            lines.push(AuditLine { record: r, reads: 0 });
+        }
+    }
+    lines
+}
+
+pub(crate) async fn audit(State(state): State<ApiState>, session: Session, uri: Uri) -> Result<Response, ConsoleError> {
+    let meta = meta(&state)?;
+    let q = query(&uri);
+    let agent = param(&q, "agent");
+    let operation = param(&q, "operation");
+    let mut records = Vec::new();
+    let mut after = 0;
+    loop {
+        let page = meta.audit_list_for_owner(&session.owner, after, 1000).await.map_err(|e| unavailable(&e))?;
+        let last = page.last().map(|r| r.seq);
+        let full = page.len() == 1000;
+        records.extend(page.into_iter().filter(|r| {
+            operation.is_none_or(|op| r.operation == op)
+                && agent.is_none_or(|a| {
+                    r.subject == a || r.detail.get("agent").and_then(|v| v.as_str()) == Some(a) || r.actor.to_string() == format!("agent:{a}")
+                })
+        }));
+        if records.len() > AUDIT_SCANNED {
+            records.drain(..records.len() - AUDIT_SCANNED);
+        }
+        match last {
+            Some(seq) if full => after = seq,
+            _ => break,
+        }
+    }
+    let names: std::collections::HashMap<String, String> = meta
+        .list_agents(Some(&session.owner))
+        .await
+        .map_err(|e| unavailable(&e))?
+        .into_iter()
+        .map(|a| (a.id.to_string(), a.name.unwrap_or_else(|| "(no name)".to_owned())))
+        .collect();
+    let who = |actor: &agentkeys_audit::Actor| -> String {
+        match actor {
+            agentkeys_audit::Actor::Owner(o) if *o == session.owner => "you".to_owned(),
+            agentkeys_audit::Actor::Agent(a) => match names.get(a.as_str()) {
+                Some(name) => format!("agent {name}"),
+                None => format!("agent {a}"),
+            },
+            other => other.to_string(),
+        }
+    };
+    let newest: Vec<&agentkeys_audit::AuditRecord> = records.iter().rev().collect();
+    let lines = collapse(&newest);
+    let shown: Vec<&AuditLine<'_>> = lines.iter().take(AUDIT_SHOWN).collect();
+    let chain = check_chain(meta.as_ref()).await?;
+    Ok(layout(
+        "Audit",
+        Nav::Audit,
+        Some(&session.csrf),
+        None,
+        html! {
+            @match &chain {
+                ChainCheck::Intact { records, head, checkpoint } => {
+                    p.flash role="status" {
+                        "Chain intact: " (records) " records verified, head #" (head) "."
+                        @match checkpoint {
+                            Some((seq, ts, true)) => { " Last checkpoint #" (seq) " (" (when(*ts)) ") matches the chain." }
+                            Some((seq, _, false)) => { strong { " Last checkpoint #" (seq) " does NOT match the chain." } }
+                            None => { " No checkpoint yet." }
+                        }
+                    }
+                }
+                ChainCheck::Broken { seq, reason } => {
+                    p.error role="alert" { "The audit chain is broken at record #" (seq) ": " (reason) ". Run agentkeys audit verify on the server." }
+                }
+            }
+            form.filters method="get" action="/console/audit" {
+                label for="agent" { "Agent id" }
+                input #agent type="text" name="agent" value=(agent.unwrap_or(""));
+                label for="operation" { "Operation" }
+                input #operation type="text" name="operation" value=(operation.unwrap_or("")) placeholder="grant.revoke";
+                button type="submit" { "Filter" }
+            }
+            p { (records.len()) " records (credential reads counted per agent and hour); the newest " (shown.len()) " lines shown." }
+            ol.audit {
+                @for line in &shown {
+                    @let r = line.record;
+                    li {
+                        div.head {
+                            span.op { (r.operation) @if line.reads > 1 { " × " (line.reads) " in this hour" } }
+                            " " span.state { (r.outcome.as_str()) }
+                        }
+                        div { (who(&r.actor)) " · " (when(r.ts)) " · #" (r.seq) }
+                        div { "Subject " code { (names.get(r.subject.as_str()).map_or(r.subject.as_str(), |n| n.as_str())) } }
+                        @if let Some(gate) = r.detail.pointer("/approval/gate").or_else(|| r.detail.get("gate")).and_then(|g| g.as_str()) {
+                            div { "Gate " strong { (gate) } }
+                        }
+                        @if let Some(reason) = r.detail.get("reason").and_then(|g| g.as_str()) {
+                            div.reason { "Reason: " (reason) }
+                        }
+                    }
+                }
+            }
+        },
+    )
+    .into_response())
+}
+
+pub(crate) async fn passkeys(State(state): State<ApiState>, session: Session) -> Result<Response, ConsoleError> {
+    let meta = meta(&state)?;
+    let passkeys = meta.list_passkeys(&session.owner).await.map_err(|e| unavailable(&e))?;
+    Ok(layout(
+        "Passkeys",
+        Nav::Passkeys,
+        Some(&session.csrf),
+        None,
+        html! {
+            ul.items {
+                @for p in &passkeys {
+                    li { (p.name) " · registered " (when(p.created_at)) " · last used "
+                        (p.last_used_at.map_or_else(|| "never".to_owned(), when)) }
+                }
+            }
+            p.hint { "Add another with " code { "agentkeys owner passkey add" } "." }
+        },
+    )
+    .into_response())
+}

@@ -1,0 +1,129 @@
+// The AgentKeys console's only script: WebAuthn. It converts between the
+// server's JSON (base64url strings, as webauthn-rs writes them) and the
+// browser's ArrayBuffers, and asks the authenticator when a form needs it.
+// Everything else on the pages works without script.
+"use strict";
+(function () {
+  function enc(buf) {
+    const bytes = new Uint8Array(buf);
+    let s = "";
+    for (let i = 0; i < bytes.length; i++) s += String.fromCharCode(bytes[i]);
+    return btoa(s).replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
+  }
+  function dec(text) {
+    const b64 = text.replace(/-/g, "+").replace(/_/g, "/") + "===".slice((text.length + 3) % 4);
+    const s = atob(b64);
+    const out = new Uint8Array(s.length);
+    for (let i = 0; i < s.length; i++) out[i] = s.charCodeAt(i);
+    return out.buffer;
+  }
+  function creationOptions(o) {
+    const pk = o.publicKey;
+    pk.challenge = dec(pk.challenge);
+    pk.user.id = dec(pk.user.id);
+    (pk.excludeCredentials || []).forEach(function (c) { c.id = dec(c.id); });
+    return pk;
+  }
+  function requestOptions(o) {
+    const pk = o.publicKey;
+    pk.challenge = dec(pk.challenge);
+    (pk.allowCredentials || []).forEach(function (c) { c.id = dec(c.id); });
+    return pk;
+  }
+  function registration(cred) {
+    return {
+      id: cred.id,
+      rawId: enc(cred.rawId),
+      type: cred.type,
+      response: {
+        attestationObject: enc(cred.response.attestationObject),
+        clientDataJSON: enc(cred.response.clientDataJSON),
+      },
+      extensions: cred.getClientExtensionResults(),
+    };
+  }
+  function assertion(cred) {
+    return {
+      id: cred.id,
+      rawId: enc(cred.rawId),
+      type: cred.type,
+      response: {
+        authenticatorData: enc(cred.response.authenticatorData),
+        clientDataJSON: enc(cred.response.clientDataJSON),
+        signature: enc(cred.response.signature),
+        userHandle: cred.response.userHandle ? enc(cred.response.userHandle) : null,
+      },
+      extensions: {},
+    };
+  }
+  function showError(text) {
+    const el = document.getElementById("gate-error");
+    if (el) {
+      el.textContent = text;
+      el.hidden = false;
+    }
+  }
+  async function post(url, body, json) {
+    const response = await fetch(url, {
+      method: "POST",
+      credentials: "same-origin",
+      headers: json ? { "Content-Type": "application/json" } : {},
+      body: json ? JSON.stringify(body) : body,
+    });
+    if (!response.ok) throw new Error("the server refused (" + response.status + ")");
+    return response.json();
+  }
+
+  const login = document.getElementById("login");
+  if (login) {
+    login.addEventListener("submit", async function (ev) {
+      ev.preventDefault();
+      try {
+        const begun = await post("/console/login/begin", { owner: login.elements.owner.value }, true);
+        const cred = await navigator.credentials.get({ publicKey: requestOptions(begun.options) });
+        const done = await post("/console/login/finish", { owner: begun.owner, challenge: begun.challenge, credential: assertion(cred) }, true);
+        window.location.assign(done.redirect);
+      } catch (e) {
+        showError("Sign-in failed: " + e.message);
+      }
+    });
+  }
+
+  const register = document.getElementById("register");
+  if (register) {
+    register.addEventListener("submit", async function (ev) {
+      ev.preventDefault();
+      const token = new URLSearchParams(window.location.hash.slice(1)).get("t") || "";
+      try {
+        const begun = await post("/console/passkey/begin", { token: token }, true);
+        const cred = await navigator.credentials.create({ publicKey: creationOptions(begun.options) });
+        const done = await post("/console/passkey/finish", {
+          token: token, challenge: begun.challenge, name: register.elements.name.value, credential: registration(cred),
+        }, true);
+        window.location.assign(done.redirect);
+      } catch (e) {
+        showError("Registration failed: " + e.message);
+      }
+    });
+  }
+
+  document.querySelectorAll("form.gated").forEach(function (form) {
+    form.addEventListener("submit", async function (ev) {
+      ev.preventDefault();
+      const fields = new URLSearchParams();
+      fields.append("path", form.getAttribute("action"));
+      new FormData(form).forEach(function (value, name) {
+        if (name !== "challenge" && name !== "assertion") fields.append(name, value);
+      });
+      try {
+        const begun = await post("/console/gate", fields, false);
+        const cred = await navigator.credentials.get({ publicKey: requestOptions(begun.options) });
+        form.elements.challenge.value = begun.challenge;
+        form.elements.assertion.value = JSON.stringify(assertion(cred));
+        form.submit();
+      } catch (e) {
+        showError("The passkey check did not complete: " + e.message);
+      }
+    });
+  });
+})();
