@@ -60,8 +60,8 @@ pub use fs::FsBlobStore;
 pub use idempotency::{IDEMPOTENCY_KEY_TTL_SECS, IdempotencyClaim, IdempotencyScope, SendIdempotency};
 pub use index::{IndexedMessage, ListOrder, MessageIndex, NewMessage, PageQuery, received_at};
 pub use mailroom::{
-    INBOX_SWEEP_BATCH, INDEX_QUEUE, MAX_INDEX_BATCH, Mailroom, OP_DOMAIN_SET_RETENTION, OP_MESSAGE_EXPIRE, Reconciled,
-    SWEEP_BATCH, expire_event, inbox_expire_event,
+    ACK_WINDOW_SECS, CLOCK_SKEW_SECS, INBOX_SWEEP_BATCH, INDEX_QUEUE, MAX_INDEX_BATCH, Mailroom, OP_DOMAIN_SET_RETENTION,
+    OP_MESSAGE_EXPIRE, Reconciled, SWEEP_BATCH, expire_event, inbox_expire_event, never_acknowledged,
 };
 pub use meta::*;
 pub use pairing_wakeups::PairingWakeups;
