@@ -19,6 +19,7 @@ pub mod grant;
 pub mod ids;
 pub mod inbox;
 pub mod key;
+pub mod nonce;
 pub mod peer;
 pub mod seed;
 pub mod time;
@@ -31,6 +32,7 @@ pub use grant::{
 pub use ids::{Address, AgentId, Domain, GrantId, IdError, KeyId, OwnerId, Resolved, Subaddressing};
 pub use inbox::{InboxExpiryError, InboxStatus, MAX_AGENT_INBOX_LIFETIME_SECS, agent_inbox_expiry, is_expired};
 pub use key::{AgentKey, KeyHash, KeyHasher};
+pub use nonce::NonceRecord;
 pub use seed::MasterSeed;
 
 /// Seconds since the Unix epoch. All stored times use this unit.

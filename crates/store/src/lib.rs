@@ -57,10 +57,10 @@ pub use blob::{BlobError, BlobKey};
 pub use events::{EVENT_BUFFER, LocalEventHub, MailEvents, Missed, Subscription, TooManySubscribers};
 pub use domain_status::{DOMAIN_STATUSES, DomainStatusRecord, DomainStatusStore};
 pub use fs::FsBlobStore;
-pub use idempotency::{IDEMPOTENCY_KEY_TTL_SECS, IdempotencyClaim, IdempotencyScope, SendIdempotency};
+pub use idempotency::{IDEMPOTENCY_KEY_TTL_SECS, IdempotencyClaim, IdempotencyScope, STALE_CLAIM_SECS, SendIdempotency};
 pub use index::{IndexedMessage, ListOrder, MessageIndex, NewMessage, PageQuery, received_at};
 pub use mailroom::{
-    ACK_WINDOW_SECS, CLOCK_SKEW_SECS, INBOX_SWEEP_BATCH, INDEX_QUEUE, MAX_INDEX_BATCH, Mailroom, OP_DOMAIN_SET_RETENTION,
+    ACK_WINDOW_SECS, CLOCK_SKEW_SECS, INBOX_SWEEP_BATCH, acknowledgement_closed, INDEX_QUEUE, MAX_INDEX_BATCH, Mailroom, OP_DOMAIN_SET_RETENTION,
     OP_MESSAGE_EXPIRE, Reconciled, SWEEP_BATCH, expire_event, inbox_expire_event, never_acknowledged,
 };
 pub use meta::*;

@@ -123,6 +123,15 @@ fn too_late_to_acknowledge(id: Ulid, now_ms: u64) -> bool {
     id.timestamp_ms().saturating_add(ACK_WINDOW_SECS as u64 * 1000) < now_ms
 }
 
+/// Whether message `id` is past its acknowledgement window now (received more
+/// than [`ACK_WINDOW_SECS`] ago, by this node's clock): the index committer
+/// refuses it, and so must every other first write of it (the sender queueing
+/// its remote recipients), so that a send stuck that long can no longer store
+/// anything that a retry, taking over its idempotency claim, stores as well.
+pub fn acknowledgement_closed(id: Ulid) -> bool {
+    too_late_to_acknowledge(id, unix_millis())
+}
+
 fn unix_millis() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
