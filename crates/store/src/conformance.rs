@@ -1703,13 +1703,13 @@ pub async fn owner_nonces_are_single_use_across_handles<B: Backend>(backend: Arc
     })
     .await;
     assert_eq!(uses.iter().filter(|u| u.is_fresh()).count(), 1, "one Fresh: {uses:?}");
-    assert_eq!(b.record_owner_nonce(&owner(2), "nonce-0123456789ab", NOW, NOW - 120).await.unwrap().is_fresh(), true);
+    assert!(b.record_owner_nonce(&owner(2), "nonce-0123456789ab", NOW, NOW - 120).await.unwrap().is_fresh());
     assert_eq!(
         a.record_owner_nonce(&owner(2), "nonce-0123456789ab", NOW, NOW - 120).await.unwrap(),
         NonceUse::Replayed
     );
     // Forgotten once its time is before forget_before.
-    assert_eq!(a.record_owner_nonce(&owner(1), "nonce-0123456789ab", NOW, NOW + 1).await.unwrap().is_fresh(), true);
+    assert!(a.record_owner_nonce(&owner(1), "nonce-0123456789ab", NOW, NOW + 1).await.unwrap().is_fresh());
 }
 
 fn nonce_uses() -> impl Strategy<Value = Vec<(u32, u8, bool)>> {

@@ -511,11 +511,11 @@ async fn enrollment_is_single_use_and_uniform() {
 #[tokio::test]
 async fn nonces_are_fresh_once_and_forgotten_after_the_window() {
     let (_db, store) = fresh().await;
-    assert_eq!(store.record_owner_nonce(&owner(1), "n1", NOW, NOW - 60).await.unwrap().is_fresh(), true);
+    assert!(store.record_owner_nonce(&owner(1), "n1", NOW, NOW - 60).await.unwrap().is_fresh());
     assert_eq!(store.record_owner_nonce(&owner(1), "n1", NOW, NOW - 60).await.unwrap(), NonceUse::Replayed);
-    assert_eq!(store.record_owner_nonce(&owner(2), "n1", NOW, NOW - 60).await.unwrap().is_fresh(), true, "per owner");
+    assert!(store.record_owner_nonce(&owner(2), "n1", NOW, NOW - 60).await.unwrap().is_fresh(), "per owner");
     // Past the window the old nonce is pruned first, so it is fresh again.
-    assert_eq!(store.record_owner_nonce(&owner(1), "n1", NOW + 200, NOW + 100).await.unwrap().is_fresh(), true);
+    assert!(store.record_owner_nonce(&owner(1), "n1", NOW + 200, NOW + 100).await.unwrap().is_fresh());
 }
 
 fn pairing_request(hash: u8, opened_at: UnixTime) -> PairingRecord {
@@ -1125,7 +1125,7 @@ fn claims_stay_single_over_generated_sizes_and_limits() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_nonce_recorded_on_one_node_is_a_replay_on_the_other() {
     let (_db, a, b) = two_nodes().await;
-    assert_eq!(a.record_owner_nonce(&owner(1), "n1", NOW, NOW - 60).await.unwrap().is_fresh(), true);
+    assert!(a.record_owner_nonce(&owner(1), "n1", NOW, NOW - 60).await.unwrap().is_fresh());
     assert_eq!(b.record_owner_nonce(&owner(1), "n1", NOW, NOW - 60).await.unwrap(), NonceUse::Replayed);
     // The same nonce on both at once: exactly one is fresh.
     let o1 = owner(1);
