@@ -10,7 +10,9 @@
 //! So `seq` comes from a one-row counter, `message_seq`. An indexing
 //! transaction locks the row (`SELECT … FOR UPDATE`), takes the next values,
 //! inserts its rows, moves the counter and commits; the lock is released only
-//! after the commit has made its rows visible. The next indexer, on any node,
+//! after the commit has made its rows visible. The transaction is one
+//! statement, `agentkeys_index_messages` (migration 0006), so the row is held
+//! for the server's work and the commit, not across the node's round trips. The next indexer, on any node,
 //! waits at the lock and takes its values only then, so every row with a larger
 //! `seq` becomes visible after every row with a smaller one. Indexers take
 //! turns, but one turn covers a whole batch ([`crate::Mailroom`] commits many
@@ -21,7 +23,7 @@
 //! when it commits, in commit order, so every node's [`PgEvents`](super::PgEvents)
 //! hears about rows in `seq` order and never before they are visible.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
 use agentkeys_audit::{AuditEvent, AuditReceipt};
 use agentkeys_core::{Address, Domain, OwnerId, UnixTime};
@@ -55,19 +57,6 @@ fn indexed(m: &NewMessage, seq: i64) -> IndexedMessage {
     IndexedMessage { seq, owner: m.owner.clone(), inbox: m.inbox.clone(), id: m.id, received_at: m.received_at(), size: m.size }
 }
 
-/// The notification payload announcing one indexed row (read back by
-/// [`super::events`]).
-pub(crate) fn payload(m: &IndexedMessage) -> String {
-    serde_json::json!({
-        "seq": m.seq,
-        "owner": m.owner.as_str(),
-        "inbox": m.inbox.as_str(),
-        "id": m.id.to_string(),
-        "size": m.size,
-    })
-    .to_string()
-}
-
 #[async_trait]
 impl MessageIndex for PgStore {
     async fn index_messages(&self, rows: &[NewMessage]) -> Result<Vec<IndexedMessage>, StoreError> {
@@ -81,71 +70,25 @@ impl MessageIndex for PgStore {
         let owners: Vec<&str> = rows.iter().map(|m| m.owner.as_str()).collect();
         let inboxes: Vec<&str> = rows.iter().map(|m| m.inbox.as_str()).collect();
         let ids: Vec<String> = rows.iter().map(|m| m.id.to_string()).collect();
-
-        let mut tx = self.begin().await?;
-        // The counter row, held until the commit (module docs).
-        let (last,): (i64,) = sqlx::query_as("SELECT last FROM message_seq WHERE id = 1 FOR UPDATE")
-            .fetch_one(&mut *tx)
+        let received: Vec<i64> = rows.iter().map(NewMessage::received_at).collect();
+        // One statement, in its own transaction: the server locks the counter,
+        // skips rows indexed before (they keep their seq), numbers and inserts
+        // the new ones, moves the counter and notifies, then commits (module
+        // docs; migration 0006).
+        let seqs: Vec<(i64, i64)> = sqlx::query_as("SELECT n, seq FROM agentkeys_index_messages($1, $2, $3, $4, $5, $6)")
+            .bind(&owners)
+            .bind(&inboxes)
+            .bind(&ids)
+            .bind(&received)
+            .bind(&sizes)
+            .bind(super::MAIL_CHANNEL)
+            .fetch_all(&self.pool)
             .await
             .map_err(backend)?;
-        // Rows indexed before keep their seq. Every inserter holds the counter,
-        // so none can appear between this read and the insert.
-        let existing: Vec<(String, String, String, i64)> = sqlx::query_as(
-            "SELECT m.owner, m.inbox, m.id, m.seq
-               FROM messages m
-               JOIN unnest($1::text[], $2::text[], $3::text[]) AS k (owner, inbox, id)
-                 ON m.owner = k.owner AND m.inbox = k.inbox AND m.id = k.id",
-        )
-        .bind(&owners)
-        .bind(&inboxes)
-        .bind(&ids)
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(backend)?;
-        let mut seqs: HashMap<(String, String, String), i64> =
-            existing.into_iter().map(|(o, i, id, seq)| ((o, i, id), seq)).collect();
-        let mut next = last;
-        let mut out = Vec::with_capacity(rows.len());
-        let mut new = Vec::new();
-        for ((m, id), size) in rows.iter().zip(&ids).zip(&sizes) {
-            let key = (m.owner.as_str().to_owned(), m.inbox.as_str().to_owned(), id.clone());
-            let seq = match seqs.get(&key) {
-                Some(&seq) => seq,
-                None => {
-                    next += 1;
-                    seqs.insert(key, next);
-                    new.push((next, m, id, *size));
-                    next
-                }
-            };
-            out.push(indexed(m, seq));
+        if seqs.len() != rows.len() || seqs.iter().enumerate().any(|(i, (n, _))| usize::try_from(*n) != Ok(i + 1)) {
+            return Err(StoreError::Backend(format!("indexing {} rows answered {} seqs", rows.len(), seqs.len())));
         }
-        if !new.is_empty() {
-            sqlx::query(
-                "INSERT INTO messages (seq, owner, inbox, id, received_at, size)
-                 SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::bigint[])",
-            )
-            .bind(new.iter().map(|(seq, ..)| *seq).collect::<Vec<i64>>())
-            .bind(new.iter().map(|(_, m, ..)| m.owner.as_str()).collect::<Vec<&str>>())
-            .bind(new.iter().map(|(_, m, ..)| m.inbox.as_str()).collect::<Vec<&str>>())
-            .bind(new.iter().map(|(_, _, id, _)| id.as_str()).collect::<Vec<&str>>())
-            .bind(new.iter().map(|(_, m, ..)| m.received_at()).collect::<Vec<i64>>())
-            .bind(new.iter().map(|(.., size)| *size).collect::<Vec<i64>>())
-            .execute(&mut *tx)
-            .await
-            .map_err(backend)?;
-            sqlx::query("UPDATE message_seq SET last = $1 WHERE id = 1").bind(next).execute(&mut *tx).await.map_err(backend)?;
-            // In seq order: a function scan over an array yields it in order.
-            let payloads: Vec<String> = new.iter().map(|(seq, m, ..)| payload(&indexed(m, *seq))).collect();
-            sqlx::query("SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p")
-                .bind(super::MAIL_CHANNEL)
-                .bind(&payloads)
-                .execute(&mut *tx)
-                .await
-                .map_err(backend)?;
-        }
-        tx.commit().await.map_err(backend)?;
-        Ok(out)
+        Ok(rows.iter().zip(&seqs).map(|(m, (_, seq))| indexed(m, *seq)).collect())
     }
 
     async fn list_messages(
