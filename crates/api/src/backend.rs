@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use agentkeys_audit::{Actor, AuditEvent, Outcome};
 use agentkeys_broker::{BackendError, BrokerStore, MintAudit, MintEvent, MintReceipt, RefusalEvent, TokenKind};
-use agentkeys_core::{Address, AgentId, Grant, KeyFacts, KeyHash, OwnerId};
+use agentkeys_core::{Address, AgentId, Credentials, Grant, KeyFacts, KeyHash, OwnerId};
 use agentkeys_store::MetadataStore;
 use async_trait::async_trait;
 use serde_json::{Map, Value, json};
@@ -123,6 +123,17 @@ impl BrokerStore for StoreBackend {
         inbox: &Address,
     ) -> Result<(Vec<Grant>, Option<OwnerId>), BackendError> {
         self.meta.grants_and_inbox_owner(agent, inbox).await.map_err(BackendError::new)
+    }
+
+    async fn key_grants_and_inbox_owner(
+        &self,
+        hash: &KeyHash,
+        inbox: &Address,
+    ) -> Result<(Option<KeyFacts>, Vec<Grant>, Option<OwnerId>), BackendError> {
+        // The SMTP AUTH read (key, its agent's grants, the inbox): one statement.
+        let credentials = Credentials { address: inbox.clone(), key_hash: *hash };
+        let facts = self.meta.auth_facts(&credentials).await.map_err(BackendError::new)?;
+        Ok((facts.key, facts.grants, facts.inbox.map(|(owner, _)| owner)))
     }
 }
 

@@ -2,7 +2,9 @@
 //! path over HTTP. The body (at most 16 KiB) is read by the extractor first, but
 //! the agent key is checked before anything about the body is answered, then the
 //! request is authorized and minted; the token is answered only after its audit
-//! record was appended (the broker enforces the order).
+//! record was appended (the broker enforces the order). A valid body is
+//! authenticated and authorized with one read of the store
+//! (`TokenBroker::authenticate_for`).
 
 use agentkeys_broker::{Minted, scope};
 use agentkeys_core::Address;
@@ -92,6 +94,13 @@ fn check_ttl(ttl: Option<i64>) -> Result<(), ApiError> {
     }
 }
 
+/// A request whose body was `refused`: the key is checked first anyway (an
+/// invalid key is answered, and audited, before anything about the body).
+async fn refuse_after_key<T>(state: &ApiState, bearer: &AgentBearer, refused: ApiError) -> Result<T, ApiError> {
+    state.broker.authenticate(bearer.key()).await?;
+    Err(refused)
+}
+
 fn token_response(body: CredentialResponse) -> Response {
     let mut response = Json(body).into_response();
     response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
@@ -121,11 +130,16 @@ pub(crate) async fn mint_read(
     bearer: AgentBearer,
     body: Result<ApiJson<ReadCredentialRequest>, ApiError>,
 ) -> Result<Response, ApiError> {
-    let verified = state.broker.authenticate(bearer.key()).await?;
-    let ApiJson(request) = body?;
-    let inbox = parse_inbox(&request.inbox)?;
-    check_ttl(request.ttl)?;
-    let authorized = state.broker.authorize(&verified, &inbox, scope::Read).await?;
+    let checked = body.and_then(|ApiJson(request)| {
+        let inbox = parse_inbox(&request.inbox)?;
+        check_ttl(request.ttl)?;
+        Ok((inbox, request))
+    });
+    let (inbox, request) = match checked {
+        Ok(checked) => checked,
+        Err(refused) => return refuse_after_key(&state, &bearer, refused).await,
+    };
+    let authorized = state.broker.authenticate_for(bearer.key(), &inbox, scope::Read).await?;
     let minted = state.broker.mint_read(&authorized, request.ttl).await?;
     let mut body = CredentialResponse::from(minted);
     // The inbox's prefix comes from the authorization the capability was minted from.
@@ -160,17 +174,22 @@ pub(crate) async fn mint_oidc(
     bearer: AgentBearer,
     body: Result<ApiJson<OidcCredentialRequest>, ApiError>,
 ) -> Result<Response, ApiError> {
-    let verified = state.broker.authenticate(bearer.key()).await?;
-    let ApiJson(request) = body?;
-    let inbox = parse_inbox(&request.inbox)?;
-    check_ttl(request.ttl)?;
     let allowed = &state.broker.config().audience;
-    if let Some(aud) = &request.audience
-        && aud != allowed
-    {
-        return Err(ApiError::AudienceNotAllowed { allowed: allowed.clone() });
-    }
-    let authorized = state.broker.authorize(&verified, &inbox, scope::Read).await?;
+    let checked = body.and_then(|ApiJson(request)| {
+        let inbox = parse_inbox(&request.inbox)?;
+        check_ttl(request.ttl)?;
+        if let Some(aud) = &request.audience
+            && aud != allowed
+        {
+            return Err(ApiError::AudienceNotAllowed { allowed: allowed.clone() });
+        }
+        Ok((inbox, request))
+    });
+    let (inbox, request) = match checked {
+        Ok(checked) => checked,
+        Err(refused) => return refuse_after_key(&state, &bearer, refused).await,
+    };
+    let authorized = state.broker.authenticate_for(bearer.key(), &inbox, scope::Read).await?;
     let minted = state.broker.mint_oidc(&authorized, request.ttl).await?;
     Ok(token_response(CredentialResponse::from(minted)))
 }

@@ -147,7 +147,7 @@ impl FromRequest<ApiState> for OwnerApproval {
             .record_owner_nonce(checked.owner(), checked.nonce().as_str(), checked.timestamp(), now - 2 * MAX_CLOCK_SKEW)
             .await
         {
-            Ok(NonceUse::Fresh) => Ok(()),
+            Ok(NonceUse::Fresh(record)) => Ok(record),
             Ok(NonceUse::Replayed) => Err(Replay::Seen),
             Err(e) => Err(Replay::Unavailable { reason: e.to_string() }),
         };

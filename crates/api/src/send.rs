@@ -36,9 +36,16 @@
 //! the media type and body; per inbox and agent; kept
 //! [`agentkeys_store::IDEMPOTENCY_KEY_TTL_SECS`]): the same key and body again
 //! answer the first 202 (`Idempotent-Replayed: true`) and send nothing, another
-//! body is 409 `IDEMPOTENCY_KEY_REUSED`, a send still running (or cut off by a
-//! crash after storing) is 409 `IDEMPOTENCY_KEY_IN_USE`. A request refused or
-//! failed after the claim releases it.
+//! body is 409 `IDEMPOTENCY_KEY_REUSED`, a send still running is 409
+//! `IDEMPOTENCY_KEY_IN_USE`. A request refused or failed after the claim
+//! releases it, unless something was stored. The claim records the id of the
+//! message it will store, so a claim left behind by a node that died mid-send
+//! is resolved after [`agentkeys_store::STALE_CLAIM_SECS`] (15 min) by what
+//! was stored: the message is there (indexed or queued) and the retry gets its
+//! answer, queueing its remote recipients if the send died before it did; or
+//! it is not and the retry sends it. A send stuck that long can store nothing
+//! more (its id is past [`agentkeys_store::ACK_WINDOW_SECS`]: the index
+//! committer and the queueing step refuse it), so it is never sent twice.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -294,8 +301,10 @@ pub(crate) async fn send(
     }
     let key = idempotency_key(&headers)?;
     let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| ApiError::MessageTooLarge { limit })?;
+    // The message's id, chosen before the idempotency claim records it.
+    let id = ulid::Ulid::new();
     let Some(key_hash) = key else {
-        let response = deliver(&state, meta.as_ref(), &service, proof, json, &bytes, limit).await?;
+        let response = deliver(&state, meta.as_ref(), &service, proof, json, &bytes, limit, id).await?;
         return Ok((StatusCode::ACCEPTED, Json(response)).into_response());
     };
     let Some(keys) = service.idempotency.clone() else {
@@ -303,19 +312,20 @@ pub(crate) async fn send(
     };
     let (inbox, agent) = (proof.inbox().clone(), proof.agent().clone());
     let scope = IdempotencyScope { inbox: &inbox, agent: &agent, key_hash: &key_hash };
-    match keys.claim(scope, &request_hash(json, &bytes), state.clock.now()).await {
+    match keys.claim(scope, &request_hash(json, &bytes), id, state.clock.now()).await {
         Err(e) => return Err(unavailable("claiming the idempotency key", &e)),
         Ok(IdempotencyClaim::Mismatch) => return Err(ApiError::IdempotencyKeyReused),
         Ok(IdempotencyClaim::InProgress) => return Err(ApiError::IdempotencyKeyInUse),
-        Ok(IdempotencyClaim::Replay(first)) => {
-            metrics::counter!("agentkeys_http_send_total", "result" => "replayed").increment(1);
-            let response = Response::builder()
-                .status(StatusCode::ACCEPTED)
-                .header(header::CONTENT_TYPE, "application/json")
-                .header("idempotent-replayed", "true")
-                .body(Body::from(first))
-                .map_err(|e| unavailable("answering a replay", &e))?;
-            return Ok(response);
+        Ok(IdempotencyClaim::Replay(first)) => return replayed(first),
+        Ok(IdempotencyClaim::Stored { message, queued }) => {
+            // The first send died after storing `message` and before recording
+            // its answer: it completes (its remote recipients queued if they
+            // were not), and the answer is rebuilt from the same request.
+            let first = complete(&state, meta.as_ref(), &service, proof, json, &bytes, message, queued).await?;
+            if let Err(e) = keys.finish(scope, message, &first).await {
+                tracing::error!(error = %e, "HTTP send: recording the idempotency key's answer failed");
+            }
+            return replayed(first);
         }
         Ok(IdempotencyClaim::Claimed) => {}
     }
@@ -323,13 +333,13 @@ pub(crate) async fn send(
     // finished or released (only a crash leaves it "in use").
     let task = tokio::spawn(async move {
         let scope = IdempotencyScope { inbox: &inbox, agent: &agent, key_hash: &key_hash };
-        match deliver(&state, meta.as_ref(), &service, proof, json, &bytes, limit).await {
+        match deliver(&state, meta.as_ref(), &service, proof, json, &bytes, limit, id).await {
             Ok(response) => {
                 match serde_json::to_string(&response) {
                     // Stored already: a failure to record the answer leaves the
                     // key "in use" (never sent twice); this request succeeded.
                     Ok(text) => {
-                        if let Err(e) = keys.finish(scope, &text).await {
+                        if let Err(e) = keys.finish(scope, id, &text).await {
                             tracing::error!(error = %e, "HTTP send: recording the idempotency key's answer failed");
                         }
                     }
@@ -338,7 +348,8 @@ pub(crate) async fn send(
                 Ok(response)
             }
             Err(refused) => {
-                if let Err(e) = keys.release(scope).await {
+                // Kept if anything was stored: the retry completes it instead.
+                if let Err(e) = keys.release(scope, id).await {
                     tracing::error!(error = %e, "HTTP send: releasing the idempotency key failed");
                 }
                 Err(refused)
@@ -349,7 +360,64 @@ pub(crate) async fn send(
     Ok((StatusCode::ACCEPTED, Json(response)).into_response())
 }
 
-/// Builds, checks, routes and stores one message: steps 2-5 of the module docs.
+/// The first answer again (`Idempotent-Replayed: true`).
+fn replayed(first: String) -> Result<Response, ApiError> {
+    metrics::counter!("agentkeys_http_send_total", "result" => "replayed").increment(1);
+    Response::builder()
+        .status(StatusCode::ACCEPTED)
+        .header(header::CONTENT_TYPE, "application/json")
+        .header("idempotent-replayed", "true")
+        .body(Body::from(first))
+        .map_err(|e| unavailable("answering a replay", &e))
+}
+
+/// Completes message `id`, stored by a send that died before recording its
+/// answer, and returns that answer: the request is built again as message
+/// `id`; if it has remote recipients and they were not `queued`, they are
+/// queued from the stored queue copy. Recipients are routed as they are now.
+#[allow(clippy::too_many_arguments)]
+async fn complete(
+    state: &ApiState,
+    meta: &dyn MetadataStore,
+    service: &SendService,
+    proof: SendAuthorized,
+    json: bool,
+    bytes: &[u8],
+    id: ulid::Ulid,
+    queued: bool,
+) -> Result<String, ApiError> {
+    let now = state.clock.now();
+    let built = build(json, bytes, proof.inbox(), id, now)?;
+    if !queued {
+        let (local, remote) = route(meta, &state.subaddressing, &built.recipients).await?;
+        let delivery =
+            agentkeys_submission::http_submission(proof, &built.message, local, remote, id, now, &service.hostname);
+        agentkeys_submission::queue_stored(service.blobs.as_ref(), meta, &delivery)
+            .await
+            .map_err(|e: DeliveryError| unavailable("queueing the stored message", &e))?;
+        if let Some(outbound) = &delivery.outbound {
+            let remote = outbound.recipients.len();
+            tracing::warn!(%id, remote, door = "http", "a retry queued the remote recipients of a message stored by a send that died");
+            if let Some(notify) = &service.queued {
+                notify.notify_one();
+            }
+        }
+    }
+    serde_json::to_string(&SendResponse { message_id: id.to_string(), rfc5322_message_id: built.message_id })
+        .map_err(|e| unavailable("encoding the idempotent answer", &e))
+}
+
+/// The message of a request (JSON or `message/rfc822`), as message `id`.
+fn build(json: bool, bytes: &[u8], inbox: &Address, id: ulid::Ulid, now: i64) -> Result<Built, ApiError> {
+    if json {
+        build_json(&decode::<SendRequest>(bytes)?, inbox, id, now)
+    } else {
+        take_raw(bytes, inbox, id, now)
+    }
+}
+
+/// Builds, checks, routes and stores message `id`: steps 2-5 of the module docs.
+#[allow(clippy::too_many_arguments)]
 async fn deliver(
     state: &ApiState,
     meta: &dyn MetadataStore,
@@ -358,14 +426,10 @@ async fn deliver(
     json: bool,
     bytes: &[u8],
     limit: usize,
+    id: ulid::Ulid,
 ) -> Result<SendResponse, ApiError> {
     let now = state.clock.now();
-    let id = ulid::Ulid::new();
-    let built = if json {
-        build_json(&decode::<SendRequest>(bytes)?, proof.inbox(), id, now)?
-    } else {
-        take_raw(bytes, proof.inbox(), id, now)?
-    };
+    let built = build(json, bytes, proof.inbox(), id, now)?;
     if built.message.len() > limit {
         return Err(ApiError::MessageTooLarge { limit });
     }

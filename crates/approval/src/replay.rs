@@ -8,7 +8,7 @@
 use std::collections::{BTreeSet, HashSet};
 use std::sync::Mutex;
 
-use agentkeys_core::{OwnerId, UnixTime};
+use agentkeys_core::{NonceRecord, OwnerId, UnixTime};
 
 use crate::signed_request::{MAX_CLOCK_SKEW, Nonce};
 
@@ -37,7 +37,8 @@ pub enum Replay {
 /// [`verify_request`](crate::verify_request) calls it last, after the signature is
 /// valid, so a forger cannot burn a victim's nonces.
 pub trait ReplayGuard {
-    /// Accepts and records `(owner, nonce)` if unseen; `ts` is the request's signed
+    /// Accepts and records `(owner, nonce)` if unseen, answering the record
+    /// ([`NonceRecord::first_use`]) that completes the verification; `ts` is the request's signed
     /// timestamp (already checked to be within [`MAX_CLOCK_SKEW`] of `now`).
     fn check_and_record(
         &self,
@@ -45,7 +46,7 @@ pub trait ReplayGuard {
         nonce: &Nonce,
         ts: UnixTime,
         now: UnixTime,
-    ) -> Result<(), Replay>;
+    ) -> Result<NonceRecord, Replay>;
 }
 
 #[derive(Default)]
@@ -111,7 +112,7 @@ impl ReplayGuard for MemoryReplayGuard {
         nonce: &Nonce,
         ts: UnixTime,
         now: UnixTime,
-    ) -> Result<(), Replay> {
+    ) -> Result<NonceRecord, Replay> {
         let mut entries =
             self.entries.lock().map_err(|_| Replay::Unavailable { reason: "lock poisoned".to_owned() })?;
         entries.horizon = entries.horizon.max(now);
@@ -137,7 +138,7 @@ impl ReplayGuard for MemoryReplayGuard {
         }
         entries.by_ts.insert((ts, key.0.clone(), key.1.clone()));
         entries.seen.insert(key);
-        Ok(())
+        Ok(NonceRecord::first_use(owner, nonce.as_str()))
     }
 }
 
@@ -157,10 +158,10 @@ mod tests {
     fn second_use_is_refused_per_owner() {
         let guard = MemoryReplayGuard::new();
         let n = nonce("nonce-0000000000001");
-        assert_eq!(guard.check_and_record(&owner(1), &n, 1000, 1000), Ok(()));
+        assert_eq!(guard.check_and_record(&owner(1), &n, 1000, 1000), Ok(NonceRecord::first_use(&owner(1), n.as_str())));
         assert_eq!(guard.check_and_record(&owner(1), &n, 1000, 1001), Err(Replay::Seen));
         // Nonces are per owner.
-        assert_eq!(guard.check_and_record(&owner(2), &n, 1000, 1001), Ok(()));
+        assert_eq!(guard.check_and_record(&owner(2), &n, 1000, 1001), Ok(NonceRecord::first_use(&owner(2), n.as_str())));
     }
 
     #[test]

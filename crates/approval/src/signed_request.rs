@@ -48,7 +48,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use agentkeys_core::{OwnerId, UnixTime};
+use agentkeys_core::{NonceRecord, OwnerId, UnixTime};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use sha2::{Digest as _, Sha256};
@@ -421,13 +421,20 @@ impl SignatureVerified {
     }
 
     /// Completes verification with the replay store's answer for
-    /// `(owner, nonce)`: [`Replay::Seen`] is [`ApprovalError::Replayed`],
-    /// [`Replay::Unavailable`] fails closed.
-    pub fn finish(self, replay: Result<(), Replay>) -> Result<OwnerVerified, ApprovalError> {
-        replay.map_err(|e| match e {
+    /// `(owner, nonce)`: its [`NonceRecord`] of this request's nonce (which only
+    /// a nonce store makes, when it records the first use), or why not:
+    /// [`Replay::Seen`] is [`ApprovalError::Replayed`], [`Replay::Unavailable`]
+    /// fails closed, and so does a record of another request's nonce.
+    pub fn finish(self, replay: Result<NonceRecord, Replay>) -> Result<OwnerVerified, ApprovalError> {
+        let record = replay.map_err(|e| match e {
             Replay::Seen => ApprovalError::Replayed,
             Replay::Unavailable { reason } => ApprovalError::ReplayGuardUnavailable { reason },
         })?;
+        if !record.is_for(&self.owner, self.nonce.as_str()) {
+            return Err(ApprovalError::ReplayGuardUnavailable {
+                reason: "the nonce record is for another request".to_owned(),
+            });
+        }
         Ok(OwnerVerified { owner: self.owner, ts: self.ts, nonce: self.nonce })
     }
 }

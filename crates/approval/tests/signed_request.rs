@@ -8,7 +8,7 @@ use agentkeys_approval::{
     ApprovalError, HeaderError, MAX_CLOCK_SKEW, MasterKey, MemoryReplayGuard, Nonce, OwnerSignature,
     PublicKey, Replay, ReplayGuard, sign_request, verify_request,
 };
-use agentkeys_core::{OwnerId, UnixTime};
+use agentkeys_core::{NonceRecord, OwnerId, UnixTime};
 
 const NOW: UnixTime = 1_767_225_600;
 const PATH: &str = "/v1/agents?limit=10";
@@ -128,9 +128,9 @@ struct Spy {
 }
 
 impl ReplayGuard for Spy {
-    fn check_and_record(&self, _: &OwnerId, _: &Nonce, _: UnixTime, _: UnixTime) -> Result<(), Replay> {
+    fn check_and_record(&self, owner: &OwnerId, nonce: &Nonce, _: UnixTime, _: UnixTime) -> Result<NonceRecord, Replay> {
         self.calls.set(self.calls.get() + 1);
-        self.answer.clone()
+        self.answer.clone().map(|()| NonceRecord::first_use(owner, nonce.as_str()))
     }
 }
 
@@ -289,8 +289,17 @@ fn split_verification_for_async_replay_stores() {
     let checked = sig.verify_signature("POST", PATH, BODY, NOW, lookup).unwrap();
     assert_eq!((checked.owner(), checked.timestamp(), checked.nonce()), (&owner(), NOW, &nonce(1)));
     assert_eq!(checked.finish(Err(Replay::Seen)).unwrap_err(), ApprovalError::Replayed);
+    // Only the record of this request's nonce completes it (the nonce store's
+    // answer, never a bare "ok").
     let checked = sig.verify_signature("POST", PATH, BODY, NOW, lookup).unwrap();
-    assert_eq!(checked.finish(Ok(())).unwrap().owner(), &owner());
+    let other_nonce = NonceRecord::first_use(&owner(), nonce(2).as_str());
+    assert_eq!(checked.finish(Ok(other_nonce)).unwrap_err().code(), "REPLAY_GUARD_UNAVAILABLE");
+    let checked = sig.verify_signature("POST", PATH, BODY, NOW, lookup).unwrap();
+    let other_owner: OwnerId = "0xb2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2".parse().unwrap();
+    assert!(checked.finish(Ok(NonceRecord::first_use(&other_owner, nonce(1).as_str()))).is_err());
+    let checked = sig.verify_signature("POST", PATH, BODY, NOW, lookup).unwrap();
+    let record = NonceRecord::first_use(&owner(), nonce(1).as_str());
+    assert_eq!(checked.finish(Ok(record)).unwrap().owner(), &owner());
     // The signature is checked before any store is involved.
     assert_eq!(
         sig.verify_signature("GET", PATH, BODY, NOW, lookup).unwrap_err(),

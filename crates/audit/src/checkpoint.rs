@@ -107,6 +107,28 @@ impl ChainedCheckpoint {
     }
 }
 
+impl ChainedCheckpoint {
+    /// Whether `self` may be stored as the next link of the checkpoint chain,
+    /// whose last chained checkpoint is `last` (`None`: the chain has not
+    /// started) and whose highest checkpointed head seq is `highest_seq` (any
+    /// format): checkpoint 1 with [`CHECKPOINT_GENESIS_PREV`] on an empty
+    /// chain, else `last.counter + 1` linked to `last`'s hash; in both cases
+    /// for a head past every checkpointed one. A v1 checkpoint is never
+    /// extended. The one rule every store applies under its lock; anything
+    /// else lost a race with another writer (or the chain was tampered with:
+    /// [`verify_checkpoints`] says which).
+    pub fn extends(&self, last: Option<&SignedCheckpoint>, highest_seq: Option<u64>) -> bool {
+        let linked = match last {
+            None => self.counter == 1 && self.prev == CHECKPOINT_GENESIS_PREV,
+            Some(SignedCheckpoint::V2 { checkpoint: last, .. }) => {
+                Some(self.counter) == last.counter.checked_add(1) && self.prev == last.hash()
+            }
+            Some(SignedCheckpoint::V1 { .. }) => false,
+        };
+        linked && highest_seq.is_none_or(|highest| self.head.seq > highest)
+    }
+}
+
 /// A checkpoint as read back from storage (or an export), either format, with
 /// its signature. Whether it is genuine is what [`verify_checkpoints`] decides.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -361,6 +383,25 @@ pub fn verify_checkpoints(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_checkpoint_extends_only_the_last_link_past_its_head() {
+        let head = |seq: u64| ChainHead { seq, hash: [seq as u8; 32] };
+        let v2 = |c: ChainedCheckpoint| SignedCheckpoint::V2 { checkpoint: c, signature: vec![1; 64] };
+        let first = ChainedCheckpoint::first(head(5), 100);
+        assert!(first.extends(None, None), "checkpoint 1 starts an empty chain");
+        assert!(!ChainedCheckpoint { counter: 2, ..first }.extends(None, None), "a chain starts at 1");
+        assert!(!ChainedCheckpoint { prev: [1; 32], ..first }.extends(None, None), "1 links to the genesis prev");
+        assert!(!first.extends(None, Some(5)), "a v1 checkpoint of that head exists");
+        let second = first.next(head(9), 200).unwrap();
+        assert!(second.extends(Some(&v2(first)), Some(5)));
+        assert!(!second.extends(Some(&v2(first)), Some(9)), "not past the highest checkpointed head");
+        assert!(!first.extends(Some(&v2(first)), Some(5)), "the same link twice");
+        assert!(!second.next(head(12), 300).unwrap().extends(Some(&v2(first)), Some(5)), "a gap");
+        assert!(!ChainedCheckpoint { prev: [7; 32], ..second }.extends(Some(&v2(first)), Some(5)), "another prev");
+        let v1 = SignedCheckpoint::V1 { checkpoint: Checkpoint { head: head(5), ts: 100 }, signature: vec![1; 64] };
+        assert!(!second.extends(Some(&v1), Some(5)), "v1 is never extended");
+    }
 
     #[test]
     fn signing_bytes_layout() {

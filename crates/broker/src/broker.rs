@@ -89,6 +89,27 @@ pub trait BrokerStore: Send + Sync {
         let owner = self.inbox_owner(inbox).await?;
         Ok((self.grants_of_agent(agent).await?, owner))
     }
+    /// The key whose stored hash is `hash`, the grants of its agent and the
+    /// owner of `inbox`, for [`TokenBroker::authenticate_for`]; stores that can
+    /// read them in one go (one round trip, one snapshot) override it.
+    async fn key_grants_and_inbox_owner(
+        &self,
+        hash: &KeyHash,
+        inbox: &Address,
+    ) -> Result<(Option<KeyFacts>, Vec<Grant>, Option<OwnerId>), BackendError> {
+        let Some(key) = self.key_by_hash(hash).await? else {
+            // Both lookups always run (timing), as in `authorize`.
+            let _ = self.inbox_owner(inbox).await?;
+            return Ok((None, Vec::new(), None));
+        };
+        let (grants, owner) = self.grants_and_inbox_owner(&key.agent, inbox).await?;
+        Ok((Some(key), grants, owner))
+    }
+}
+
+/// The refusal of a key refused before anything about it is known.
+fn anonymous(reason: KeyRejection) -> RefusalEvent {
+    RefusalEvent { reason: reason.as_str(), key_id: None, agent: None, owner: None, inbox: None, scope: None }
 }
 
 /// What a mint tells the audit log. Carries no token, only its id.
@@ -445,25 +466,37 @@ impl TokenBroker {
     /// match, revocation, expiry). Every failure is [`MintError::InvalidKey`], after
     /// its audit record (`KEY_…` reason, the key id and agent when known).
     pub async fn authenticate(&self, presented: &str) -> Result<KeyVerified, MintError> {
-        let anonymous = |reason: KeyRejection| RefusalEvent {
-            reason: reason.as_str(),
-            key_id: None,
-            agent: None,
-            owner: None,
-            inbox: None,
-            scope: None,
-        };
         let Some(key) = AgentKey::parse(presented) else {
-            let reason = KeyRejection::Malformed;
-            return self.refuse(anonymous(reason), MintError::InvalidKey(reason)).await;
+            return self.refuse(anonymous(KeyRejection::Malformed), MintError::InvalidKey(KeyRejection::Malformed)).await;
         };
         let hash = self.hasher.hash(&key);
-        let found = self
-            .store
-            .key_by_hash(&hash)
-            .await
-            .map_err(MintError::Store)?
-            .filter(|k| k.hash.ct_eq(&hash));
+        let found = self.store.key_by_hash(&hash).await.map_err(MintError::Store)?;
+        self.verify_key(&hash, found).await
+    }
+
+    /// Steps 1 and 2 with one read of the store ([`BrokerStore::key_grants_and_inbox_owner`]):
+    /// [`authenticate`](Self::authenticate) then [`authorize`](Self::authorize),
+    /// the same checks, refusals and audit records, in that order.
+    pub async fn authenticate_for<S: ScopeMarker>(
+        &self,
+        presented: &str,
+        inbox: &Address,
+        scope: S,
+    ) -> Result<Authorized<S>, MintError> {
+        let Some(key) = AgentKey::parse(presented) else {
+            return self.refuse(anonymous(KeyRejection::Malformed), MintError::InvalidKey(KeyRejection::Malformed)).await;
+        };
+        let hash = self.hasher.hash(&key);
+        let (found, grants, inbox_owner) =
+            self.store.key_grants_and_inbox_owner(&hash, inbox).await.map_err(MintError::Store)?;
+        let verified = self.verify_key(&hash, found).await?;
+        self.authorize_from(&verified, inbox, scope, grants, inbox_owner).await
+    }
+
+    /// Checks the key found for `hash` (constant-time match, revocation,
+    /// expiry); every failure audited as in [`authenticate`](Self::authenticate).
+    async fn verify_key(&self, hash: &KeyHash, found: Option<KeyFacts>) -> Result<KeyVerified, MintError> {
+        let found = found.filter(|k| k.hash.ct_eq(hash));
         let Some(facts) = found else {
             let reason = KeyRejection::NotFound;
             return self.refuse(anonymous(reason), MintError::InvalidKey(reason)).await;
@@ -504,7 +537,7 @@ impl TokenBroker {
         &self,
         verified: &KeyVerified,
         inbox: &Address,
-        _scope: S,
+        scope: S,
     ) -> Result<Authorized<S>, MintError> {
         // Both lookups always run, so timing does not tell a foreign inbox from an own one.
         let (grants, inbox_owner) = self
@@ -512,6 +545,19 @@ impl TokenBroker {
             .grants_and_inbox_owner(&verified.agent, inbox)
             .await
             .map_err(MintError::Store)?;
+        self.authorize_from(verified, inbox, scope, grants, inbox_owner).await
+    }
+
+    /// [`authorize`](Self::authorize) on what the store returned: the verified
+    /// agent's `grants` and the `inbox_owner`.
+    async fn authorize_from<S: ScopeMarker>(
+        &self,
+        verified: &KeyVerified,
+        inbox: &Address,
+        _scope: S,
+        grants: Vec<Grant>,
+        inbox_owner: Option<OwnerId>,
+    ) -> Result<Authorized<S>, MintError> {
         let now = self.clock.now();
         let refusal = |reason: &'static str| RefusalEvent {
             reason,

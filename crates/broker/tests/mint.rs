@@ -422,3 +422,46 @@ async fn creating_an_inbox_needs_an_active_create_grant_covering_it() {
     assert_eq!(refusals.len(), 1);
     assert_eq!((refusals[0].reason, refusals[0].scope), ("NO_GRANT", Some(agentkeys_core::Scope::Create)));
 }
+
+/// `authenticate_for` (one store read, the mint route's path) decides and
+/// records exactly what `authenticate` then `authorize` do, case by case: the
+/// same answer and the same refusal records.
+#[tokio::test]
+async fn authenticate_for_is_authenticate_then_authorize() {
+    type Setup = fn(&World);
+    let cases: [(&str, &str, &str, Setup); 8] = [
+        ("granted", "KEY", INBOX, |w| w.add_grant(grant(INBOX, "read", NOW + 86_400))),
+        ("no grant", "KEY", INBOX, |_| {}),
+        ("expired grant", "KEY", INBOX, |w| w.add_grant(grant(INBOX, "read", NOW))),
+        ("foreign inbox", "KEY", FOREIGN_INBOX, |w| w.add_grant(grant("*@agents.localhost", "read", NOW + 86_400))),
+        ("unknown inbox", "KEY", "nobody@agents.localhost", |w| w.add_grant(grant("*@agents.localhost", "read", NOW + 86_400))),
+        ("malformed key", "ak_short", INBOX, |w| w.add_grant(grant(INBOX, "read", NOW + 86_400))),
+        ("unknown key", "ak_0000000000000000000000000000000000000000000", INBOX, |_| {}),
+        ("revoked key", "KEY", INBOX, |w| {
+            w.add_grant(grant(INBOX, "read", NOW + 86_400));
+            w.store.keys.lock().unwrap()[0].revoked_at = Some(NOW - 1);
+        }),
+    ];
+    for (name, key, inbox, setup) in cases {
+        let inbox: Address = inbox.parse().unwrap();
+        let (two, one) = (world(), world());
+        setup(&two);
+        setup(&one);
+        let key_of = |w: &World| if key == "KEY" { w.key.expose().to_owned() } else { key.to_owned() };
+        let stepwise = async {
+            let verified = two.broker.authenticate(&key_of(&two)).await?;
+            two.broker.authorize(&verified, &inbox, scope::Read).await
+        }
+        .await;
+        let combined = one.broker.authenticate_for(&key_of(&one), &inbox, scope::Read).await;
+        let outcome = |r: &Result<agentkeys_broker::Authorized<scope::Read>, MintError>| match r {
+            Ok(a) => format!("OK {} {}", a.inbox(), a.expires_at()),
+            Err(e) => format!("{} {e}", e.code()),
+        };
+        assert_eq!(outcome(&combined), outcome(&stepwise), "{name}");
+        let reasons = |w: &World| -> Vec<_> {
+            w.audit.refusals.lock().unwrap().iter().map(|r| (r.reason, r.key_id.is_some(), r.inbox.clone())).collect()
+        };
+        assert_eq!(reasons(&one), reasons(&two), "{name}: the same refusal records");
+    }
+}

@@ -24,6 +24,9 @@ pub(crate) const SEED_FILE: &str = "master.seed";
 pub(crate) const META_FILE: &str = "meta.sqlite";
 /// Directory of the blob tree inside the data directory.
 pub(crate) const BLOB_DIR: &str = "blobs";
+/// Set (to anything), the server aborts after storing a message's blob and
+/// before its index commit: fault injection for crash tests, never for use.
+const CRASH_BEFORE_INDEX_ENV: &str = "AGENTKEYS_TEST_CRASH_BEFORE_INDEX";
 
 /// Everything opened from the data directory.
 pub(crate) struct DataDir {
@@ -97,7 +100,13 @@ impl DataDir {
         let (blobs, presigner) = open_blobs(&blob_location)?;
         check_seed(meta.as_ref(), &seed, &metadata_location).await?;
         meta.ensure_domain(&config.domain, crate::now()).await?;
-        let blobs = Arc::new(Mailroom::new(blobs, meta.clone(), events, &config.hostname));
+        let mut mailroom = Mailroom::new(blobs, meta.clone(), events, &config.hostname);
+        if std::env::var_os(CRASH_BEFORE_INDEX_ENV).is_some() {
+            // Crash tests only (crates/cli/tests/crash.rs): die in the window
+            // between a durable blob and its index commit.
+            mailroom = mailroom.crash_before_indexing();
+        }
+        let blobs = Arc::new(mailroom);
         Ok(Self {
             path,
             meta,

@@ -43,7 +43,6 @@ pub(crate) async fn run(config: Config) -> Result<()> {
     let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
     let dir = DataDir::create_or_open(&config).await?;
     let tls = crate::tls::load(&config)?;
-    reconcile_index(&dir).await?;
     check_subaddressing(&dir, &config).await?;
 
     let inbound = bind(config.listen_inbound, "listen.inbound / AGENTKEYS_LISTEN_INBOUND").await?;
@@ -305,6 +304,8 @@ pub(crate) async fn run(config: Config) -> Result<()> {
         shutdown.clone(),
     ));
     // ---- end of retention ----
+    // Crash leftovers (blobs no commit acknowledged), after readiness: see reconcile_blobs.
+    let reconciler = tokio::spawn(reconcile_blobs(dir.blobs.clone(), dir.meta.clone(), shutdown.clone()));
 
     let which = tokio::select! {
         _ = term.recv() => "SIGTERM",
@@ -331,6 +332,7 @@ pub(crate) async fn run(config: Config) -> Result<()> {
     if tokio::time::timeout(grace, webhooks).await.is_err() {
         println!("grace period over; webhook attempts in flight resume after restart");
     }
+    reconciler.await.ok();
     if tokio::time::timeout(grace, checkpoints).await.is_err() {
         println!("grace period over; no final audit checkpoint");
     }
@@ -383,16 +385,53 @@ fn smtp_stores(dir: &DataDir) -> SmtpStores {
     stores
 }
 
-/// Brings the message index up to date with the blob tree before any mail is
-/// accepted: a crash between a blob's write and its index commit left a blob
-/// without a row (`Mailroom::reconcile`).
-async fn reconcile_index(dir: &DataDir) -> Result<()> {
-    let inboxes: Vec<_> = dir.meta.list_inboxes(None).await?.into_iter().map(|i| (i.owner, i.address)).collect();
-    let repaired = dir.blobs.reconcile(&inboxes).await.context("cannot reconcile the message index")?;
-    if repaired.indexed > 0 || repaired.dropped > 0 {
-        tracing::warn!(indexed = repaired.indexed, dropped = repaired.dropped, "message index reconciled with the blob store");
+/// Removes the blobs no index commit acknowledged (a crash between a blob's
+/// write and its index commit; the sender got no `250` and sent again) and the
+/// rows whose blob is gone (`Mailroom::reconcile`). Runs in the background once
+/// the node serves: the index, not the blob listing, decides what is delivered,
+/// so nothing waits for it. Blobs too young to be judged (a node may still
+/// commit them) are looked at once more when they are old enough. Ends at
+/// shutdown.
+async fn reconcile_blobs(
+    mailroom: Arc<agentkeys_store::Mailroom>,
+    meta: Arc<dyn agentkeys_store::MetadataStore>,
+    shutdown: CancellationToken,
+) {
+    let later = Duration::from_secs((agentkeys_store::ACK_WINDOW_SECS + agentkeys_store::CLOCK_SKEW_SECS + 1).unsigned_abs());
+    for pass in 0..2 {
+        if pass > 0 {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(later) => {}
+            }
+        }
+        let inboxes = match meta.list_inboxes(None).await {
+            Ok(inboxes) => inboxes.into_iter().map(|i| (i.owner, i.address)).collect::<Vec<_>>(),
+            Err(err) => {
+                tracing::error!(%err, "cannot list inboxes to reconcile the blob store");
+                return;
+            }
+        };
+        let report = tokio::select! {
+            () = shutdown.cancelled() => return,
+            report = mailroom.reconcile(&inboxes, crate::now()) => report,
+        };
+        match report {
+            Ok(r) => {
+                if r.removed > 0 || r.dropped > 0 {
+                    tracing::warn!(
+                        removed = r.removed,
+                        dropped = r.dropped,
+                        "blob store reconciled with the message index (unacknowledged blobs removed, rows without blob dropped)"
+                    );
+                }
+                if r.pending == 0 {
+                    return;
+                }
+            }
+            Err(err) => tracing::error!(%err, "cannot reconcile the blob store with the message index"),
+        }
     }
-    Ok(())
 }
 
 /// The retention sweeper: at start and then every `interval`, deletes the

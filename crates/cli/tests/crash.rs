@@ -89,3 +89,67 @@ fn sigkill_mid_stream_loses_no_acknowledged_message() {
     assert!(counts.values().all(|&n| n == 1), "duplicates stored");
     drop(server);
 }
+
+/// Issue 10: exactly-once inbound across a crash in the one window that used
+/// to store a message twice. The server dies (a real abort, by the
+/// `AGENTKEYS_TEST_CRASH_BEFORE_INDEX` fault hook) after the message's blob is
+/// durable and before its index commit, so the sender gets no `250` and sends
+/// again to the restarted server. Afterwards the inbox lists the message
+/// exactly once: the unacknowledged blob is not indexed by the restart (the
+/// index commit is the acknowledgement). `blobs` counts the stored copies.
+fn a_crash_before_the_index_commit_leaves_one_copy(d: &std::path::Path, env: &[(&str, &str)], blobs: &dyn Fn() -> usize) {
+    let (_, _, inbox, key) = provision(d, OWNER, AGENT, "once");
+    let body = "From: once@example.net\r\nSubject: exactly once\r\nX-Crash-Token: once-1\r\n\r\nhello\r\n";
+    let mut with_fault = env.to_vec();
+    with_fault.push(("AGENTKEYS_TEST_CRASH_BEFORE_INDEX", "1"));
+    let mut crashing = Server::start(d, &with_fault);
+    let first = send_raw(crashing.inbound, "once@example.net", &inbox, body);
+    assert!(first.is_err(), "the fault hook must cut the session before the 250: {first:?}");
+    let status = common::wait_timeout(&mut crashing.child, Duration::from_secs(30)).expect("the server died");
+    assert!(!status.success(), "the server crashed: {status:?}");
+    crashing.kill();
+    assert_eq!(blobs(), 1, "the crashed write left its (unacknowledged) blob");
+
+    // The sender retries at the restarted server, as an MTA does.
+    let server = Server::start(d, env);
+    assert_eq!(send_raw(server.inbound, "once@example.net", &inbox, body).unwrap(), 250);
+    let base = format!("http://{}", server.http);
+    let (status, _, cap) = common::curl("POST", &format!("{base}/v1/credentials/read"), Some(&key), Some(&format!("{{\"inbox\":\"{inbox}\"}}")));
+    assert_eq!(status, 200, "{cap}");
+    let token = cap["token"].as_str().unwrap();
+    let (status, _, page) = common::curl("GET", &format!("{base}/v1/inboxes/{inbox}/messages?limit=100"), Some(token), None);
+    assert_eq!(status, 200, "{page}");
+    let listed = page["messages"].as_array().unwrap();
+    assert_eq!(listed.len(), 1, "the retried message is listed exactly once: {page}");
+    let stored = blobs();
+    assert!(stored <= 2, "at most the acknowledged copy and the crashed one: {stored}");
+    server.stop();
+}
+
+#[test]
+fn sqlite_files_a_crash_before_the_index_commit_leaves_one_copy() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_path_buf();
+    let count = || {
+        let blobs = d.join("blobs");
+        all_files(&blobs).iter().filter(|f| f.extension().is_some_and(|e| e == "eml")).count()
+    };
+    a_crash_before_the_index_commit_leaves_one_copy(dir.path(), &[], &count);
+}
+
+#[test]
+fn postgres_s3_a_crash_before_the_index_commit_leaves_one_copy() {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let db = runtime
+        .block_on(agentkeys_store::postgres::TempDatabase::create())
+        .expect("a PostgreSQL for tests (AGENTKEYS_TEST_DATABASE_URL)");
+    drop(runtime);
+    let s3 = common::S3sFs::start("mail", 19880..=19899);
+    let dir = tempfile::tempdir().unwrap();
+    let mut shared: Vec<(String, String)> = s3.serve_env("ak").into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
+    shared.push(("AGENTKEYS_DATABASE_URL".to_owned(), db.url().to_owned()));
+    common::share_deployment(dir.path(), &shared);
+    let objects = s3.root.join(&s3.bucket).join("ak");
+    let count = || all_files(&objects).iter().filter(|f| f.extension().is_some_and(|e| e == "eml")).count();
+    a_crash_before_the_index_commit_leaves_one_copy(dir.path(), &[], &count);
+}

@@ -231,3 +231,119 @@ fn mcp_send_message_with_one_key_twice_sends_once_and_list_messages_filters_by_t
     assert_eq!(got[0]["subject"], "invoice");
     assert_eq!(got[0]["to_tag"], "billing");
 }
+
+/// Ids of the messages indexed in `inbox` (what its owner's agents can list).
+fn indexed(d: &std::path::Path, inbox: &str) -> Vec<String> {
+    let db = d.join("meta.sqlite");
+    let out = Command::new("sqlite3")
+        .arg(&db)
+        .arg(format!("SELECT id FROM messages WHERE inbox = '{inbox}' ORDER BY id"))
+        .output()
+        .expect("sqlite3 is installed (scripts/test.sh)");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap().lines().map(str::to_owned).collect()
+}
+
+/// Message ids in the outbound queue, one per row.
+fn queued(d: &std::path::Path) -> Vec<String> {
+    let out = Command::new("sqlite3")
+        .arg(d.join("meta.sqlite"))
+        .arg("SELECT message_id FROM outbound_queue ORDER BY message_id")
+        .output()
+        .expect("sqlite3");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap().lines().map(str::to_owned).collect()
+}
+
+/// Runs `sql` on the data directory's database (the server stopped).
+fn sqlite(d: &std::path::Path, sql: &str) {
+    let out = Command::new("sqlite3").arg(d.join("meta.sqlite")).arg(sql).output().expect("sqlite3");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// Issue 10: a node that dies between claiming an `Idempotency-Key` and
+/// recording the answer no longer leaves the key "in use" for 24 h. The claim
+/// records the message id; once stale (`STALE_CLAIM_SECS`, moved into the past
+/// here by editing `created_at`, as the clock would) it is resolved by what was
+/// stored.
+///
+/// 1. A real crash (the `AGENTKEYS_TEST_CRASH_BEFORE_INDEX` fault hook aborts
+///    the server after the blob write, before the index commit): nothing was
+///    stored, so the retry sends the message, once.
+/// 2. The state a crash after storing and before recording the answer leaves
+///    (the answer erased): the retry gets the first answer, nothing is sent again.
+/// 3. The state a crash after the index commit and before queueing the remote
+///    recipient leaves (the answer and the queue row erased): the retry gets the
+///    first answer and queues the remote recipient, once, under the first id.
+#[test]
+fn a_claim_left_by_a_crashed_send_is_resolved_by_what_was_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (_, _, alice, alice_key) = provision(d, OWNER, ALICE, "alice");
+    let (_, _, bob, _) = provision(d, OWNER, BOB, "bob");
+    let path = format!("/v1/inboxes/{alice}/send");
+    let body = json!({"to": [bob.clone(), "someone@remote.test"], "subject": "sign-up", "text": "once"}).to_string();
+    let key = "Idempotency-Key: crash-1";
+
+    let mut crashing = Server::start(d, &[("AGENTKEYS_TEST_CRASH_BEFORE_INDEX", "1")]);
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "30", "-X", "POST", "-H", key, "-H", "Content-Type: application/json"])
+        .arg("-H")
+        .arg(format!("Authorization: Bearer {alice_key}"))
+        .args(["--data-binary", &body])
+        .arg(format!("http://{}{path}", crashing.http))
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "the server died mid-send: {}", String::from_utf8_lossy(&out.stdout));
+    let status = wait_timeout(&mut crashing.child, std::time::Duration::from_secs(30)).expect("the server died");
+    assert!(!status.success(), "{status:?}");
+    crashing.kill();
+    assert!(indexed(d, &bob).is_empty());
+
+    // Within STALE_CLAIM_SECS the key is still in use (the send might be running).
+    let server = Server::start(d, &[]);
+    let (s, _, b) = post(&server, &path, &alice_key, "application/json", &[key], body.as_bytes());
+    assert_eq!(s, 409, "{b}");
+    assert!(b.contains("IDEMPOTENCY_KEY_IN_USE"), "{b}");
+    server.stop();
+    let stale = agentkeys_store::STALE_CLAIM_SECS;
+    sqlite(d, &format!("UPDATE send_idempotency SET created_at = created_at - {stale}"));
+
+    // Stale, its message never stored: the retry sends it.
+    let server = Server::start(d, &[]);
+    let (s, h, b) = post(&server, &path, &alice_key, "application/json", &[key], body.as_bytes());
+    assert_eq!(s, 202, "{b}");
+    assert!(!h.contains("idempotent-replayed"), "{h}");
+    let sent: Value = serde_json::from_str(&b).unwrap();
+    let id = sent["message_id"].as_str().unwrap().to_owned();
+    assert_eq!(indexed(d, &bob), vec![id.clone()], "sent exactly once");
+    assert_eq!(queued(d), vec![id.clone()], "queued exactly once");
+    let (s, h, b) = post(&server, &path, &alice_key, "application/json", &[key], body.as_bytes());
+    assert_eq!((s, h.contains("idempotent-replayed: true")), (202, true), "{b}");
+    server.stop();
+
+    // Stored, answer not recorded: what a crash after the index commit leaves.
+    sqlite(d, &format!("UPDATE send_idempotency SET response = NULL, created_at = created_at - {stale}"));
+    let server = Server::start(d, &[]);
+    let (s, h, b) = post(&server, &path, &alice_key, "application/json", &[key], body.as_bytes());
+    assert_eq!(s, 202, "{b}");
+    assert!(h.contains("idempotent-replayed: true"), "{h}");
+    assert_eq!(serde_json::from_str::<Value>(&b).unwrap(), sent, "the first answer, rebuilt from the stored message");
+    assert_eq!((indexed(d, &bob).len(), queued(d)), (1, vec![id.clone()]), "nothing sent again");
+    server.stop();
+
+    // Indexed, not queued, answer not recorded: what a crash between the
+    // index commit and queueing leaves. The retry queues it, under its id.
+    sqlite(d, "DELETE FROM outbound_queue");
+    sqlite(d, &format!("UPDATE send_idempotency SET response = NULL, created_at = created_at - {stale}"));
+    let server = Server::start(d, &[]);
+    let (s, h, b) = post(&server, &path, &alice_key, "application/json", &[key], body.as_bytes());
+    assert_eq!(s, 202, "{b}");
+    assert!(h.contains("idempotent-replayed: true"), "{h}");
+    assert_eq!(serde_json::from_str::<Value>(&b).unwrap(), sent);
+    assert_eq!((indexed(d, &bob), queued(d)), (vec![id.clone()], vec![id.clone()]), "completed exactly once");
+    let (s, h, _) = post(&server, &path, &alice_key, "application/json", &[key], body.as_bytes());
+    assert_eq!((s, h.contains("idempotent-replayed: true")), (202, true));
+    assert_eq!(queued(d), vec![id], "the replay queues nothing more");
+    server.stop();
+}

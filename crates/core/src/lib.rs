@@ -20,6 +20,7 @@ pub mod grant;
 pub mod ids;
 pub mod inbox;
 pub mod key;
+pub mod nonce;
 pub mod peer;
 pub mod policy;
 pub mod seed;
@@ -35,6 +36,7 @@ pub use inbox::{
     InboxExpiryError, InboxStatus, MAX_AGENT_INBOX_LIFETIME_SECS, agent_inbox_expiry, is_expired, may_create_on_domain, owner_inbox_expiry,
 };
 pub use key::{AgentKey, KeyHash, KeyHasher};
+pub use nonce::NonceRecord;
 pub use seed::MasterSeed;
 
 /// Seconds since the Unix epoch. All stored times use this unit.

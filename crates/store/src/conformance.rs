@@ -68,8 +68,8 @@ use crate::roles::*;
 use crate::{
     AgentRecord, CheckpointRecord, DomainKeyRecord, EnrollmentTicketRecord, FailureTally, FailureWindow,
     IDEMPOTENCY_KEY_TTL_SECS, IdempotencyClaim, IdempotencyScope, InboxRecord, KeyRecord, ListOrder, NewMessage,
-    NewOutbound, NonceUse, OwnerRecord, PageQuery, PairingRecord, PairingStatus, StoreError, ThrottleKey, UnixMillis,
-    tally,
+    NewOutbound, NonceUse, OwnerRecord, PageQuery, PairingRecord, PairingStatus, STALE_CLAIM_SECS, StoreError, ThrottleKey,
+    UnixMillis, tally,
 };
 
 mod webhooks;
@@ -171,6 +171,7 @@ macro_rules! conformance_tests {
             owner_nonces_generated,
             idempotency_keys_are_claimed_once_across_handles,
             idempotency_claims_generated,
+            a_stale_idempotency_claim_is_resolved_by_what_was_stored,
             pairing_approval_and_collection_are_single_use,
             enrollment_redemption_is_single_use,
             single_use_transitions_generated,
@@ -1711,14 +1712,14 @@ pub async fn owner_nonces_are_single_use_across_handles<B: Backend>(backend: Arc
         s.record_owner_nonce(&owner(1), "nonce-0123456789ab", NOW, NOW - 120).await.unwrap()
     })
     .await;
-    assert_eq!(uses.iter().filter(|u| **u == NonceUse::Fresh).count(), 1, "one Fresh: {uses:?}");
-    assert_eq!(b.record_owner_nonce(&owner(2), "nonce-0123456789ab", NOW, NOW - 120).await.unwrap(), NonceUse::Fresh);
+    assert_eq!(uses.iter().filter(|u| u.is_fresh()).count(), 1, "one Fresh: {uses:?}");
+    assert!(b.record_owner_nonce(&owner(2), "nonce-0123456789ab", NOW, NOW - 120).await.unwrap().is_fresh());
     assert_eq!(
         a.record_owner_nonce(&owner(2), "nonce-0123456789ab", NOW, NOW - 120).await.unwrap(),
         NonceUse::Replayed
     );
     // Forgotten once its time is before forget_before.
-    assert_eq!(a.record_owner_nonce(&owner(1), "nonce-0123456789ab", NOW, NOW + 1).await.unwrap(), NonceUse::Fresh);
+    assert!(a.record_owner_nonce(&owner(1), "nonce-0123456789ab", NOW, NOW + 1).await.unwrap().is_fresh());
 }
 
 fn nonce_uses() -> impl Strategy<Value = Vec<(u32, u8, bool)>> {
@@ -1746,7 +1747,7 @@ pub async fn owner_nonces_generated<B: Backend>(backend: Arc<B>) {
             .await;
             let mut fresh: BTreeMap<(u32, u8), usize> = BTreeMap::new();
             for ((o, n, _), answer) in uses.iter().zip(&answers) {
-                *fresh.entry((*o, *n)).or_default() += usize::from(*answer == NonceUse::Fresh);
+                *fresh.entry((*o, *n)).or_default() += usize::from(answer.is_fresh());
             }
             assert!(fresh.values().all(|f| *f == 1), "each (owner, nonce) Fresh exactly once: {fresh:?}");
         }
@@ -1769,40 +1770,113 @@ pub async fn idempotency_keys_are_claimed_once_across_handles<B: Backend>(backen
         async move {
             let scope = IdempotencyScope { inbox: &bot, agent: &agent1, key_hash: &key };
             let body = if i == 9 { [3u8; 32] } else { [2u8; 32] };
-            (s.claim(scope, &body, NOW).await.unwrap(), body)
+            (s.claim(scope, &body, ulid(i as u64), NOW).await.unwrap(), body, ulid(i as u64))
         }
     })
     .await;
-    let winners: Vec<&[u8; 32]> =
-        claims.iter().filter(|(c, _)| *c == IdempotencyClaim::Claimed).map(|(_, body)| body).collect();
+    let winners: Vec<(&[u8; 32], Ulid)> =
+        claims.iter().filter(|(c, _, _)| *c == IdempotencyClaim::Claimed).map(|(_, body, id)| (body, *id)).collect();
     assert_eq!(winners.len(), 1, "exactly one claim of a key: {claims:?}");
-    let won_body = *winners[0];
-    for (c, body) in &claims {
+    let (won_body, won_id) = (*winners[0].0, winners[0].1);
+    for (c, body, _) in &claims {
         match c {
             IdempotencyClaim::Claimed => {}
             IdempotencyClaim::InProgress => assert_eq!(body, &won_body, "InProgress only for the same request"),
             IdempotencyClaim::Mismatch => assert_ne!(body, &won_body, "Mismatch only for another request"),
-            IdempotencyClaim::Replay(_) => panic!("nothing was finished, yet {c:?}"),
+            IdempotencyClaim::Replay(_) | IdempotencyClaim::Stored { .. } => panic!("nothing was finished, yet {c:?}"),
         }
     }
     let scope = IdempotencyScope { inbox: &bot, agent: &agent1, key_hash: &key };
     // Per inbox and per agent.
     let agent2 = agent(2);
     let elsewhere = IdempotencyScope { inbox: &other, ..scope };
-    assert_eq!(b.claim(elsewhere, &won_body, NOW).await.unwrap(), IdempotencyClaim::Claimed);
+    assert_eq!(b.claim(elsewhere, &won_body, ulid(20), NOW).await.unwrap(), IdempotencyClaim::Claimed);
     let other_agent = IdempotencyScope { agent: &agent2, ..scope };
-    assert_eq!(a.claim(other_agent, &won_body, NOW).await.unwrap(), IdempotencyClaim::Claimed);
+    assert_eq!(a.claim(other_agent, &won_body, ulid(21), NOW).await.unwrap(), IdempotencyClaim::Claimed);
+    // Finish and release name the claim's message: another id changes nothing.
+    a.finish(scope, ulid(99), "{\"message_id\":\"m0\"}").await.unwrap();
+    b.release(scope, ulid(99)).await.unwrap();
+    assert_eq!(b.claim(scope, &won_body, ulid(22), NOW).await.unwrap(), IdempotencyClaim::InProgress);
     // Finished: replayed through the other handle; release keeps it.
-    a.finish(scope, "{\"message_id\":\"m1\"}").await.unwrap();
-    b.release(scope).await.unwrap();
+    a.finish(scope, won_id, "{\"message_id\":\"m1\"}").await.unwrap();
+    b.release(scope, won_id).await.unwrap();
     let replay = IdempotencyClaim::Replay("{\"message_id\":\"m1\"}".to_owned());
-    assert_eq!(b.claim(scope, &won_body, NOW + 1).await.unwrap(), replay);
+    assert_eq!(b.claim(scope, &won_body, ulid(22), NOW + 1).await.unwrap(), replay);
     // Released before finishing: claimable again.
-    b.release(elsewhere).await.unwrap();
-    assert_eq!(a.claim(elsewhere, &[9u8; 32], NOW + 1).await.unwrap(), IdempotencyClaim::Claimed);
+    b.release(elsewhere, ulid(20)).await.unwrap();
+    assert_eq!(a.claim(elsewhere, &[9u8; 32], ulid(23), NOW + 1).await.unwrap(), IdempotencyClaim::Claimed);
     // Forgotten after the TTL.
     let later = NOW + IDEMPOTENCY_KEY_TTL_SECS;
-    assert_eq!(b.claim(scope, &[5u8; 32], later).await.unwrap(), IdempotencyClaim::Claimed);
+    assert_eq!(b.claim(scope, &[5u8; 32], ulid(24), later).await.unwrap(), IdempotencyClaim::Claimed);
+}
+
+/// Contract 6, a claim whose send died (issue 10): a claim unfinished for
+/// `STALE_CLAIM_SECS` is resolved by what was stored. Its message not stored:
+/// of concurrent retries on both handles exactly one takes the claim over
+/// (with its own message id), the rest see it in progress. Its message
+/// indexed in some inbox, or queued: every retry, through either handle, is
+/// `Stored` with the claim's message id, and once finished, replayed.
+pub async fn a_stale_idempotency_claim_is_resolved_by_what_was_stored<B: Backend>(backend: Arc<B>) {
+    let (a, b) = pair(&*backend).await;
+    two_owners(&a, &b).await;
+    let (bot, agent1) = (address("bot"), agent(1));
+    let body = [2u8; 32];
+    let scope = |key: &'static [u8; 32]| IdempotencyScope { inbox: &bot, agent: &agent1, key_hash: key };
+    // The keys (static: the concurrent retries borrow one).
+    static LOST: [u8; 32] = [1u8; 32];
+    static INDEXED: [u8; 32] = [3u8; 32];
+    static QUEUED: [u8; 32] = [4u8; 32];
+    for (key, id) in [(&LOST, ulid(100)), (&INDEXED, ulid(101)), (&QUEUED, ulid(102))] {
+        assert_eq!(a.claim(scope(key), &body, id, NOW).await.unwrap(), IdempotencyClaim::Claimed);
+    }
+    // Not yet stale: in use, whatever was stored.
+    let fresh = NOW + STALE_CLAIM_SECS - 1;
+    assert_eq!(b.claim(scope(&LOST), &body, ulid(110), fresh).await.unwrap(), IdempotencyClaim::InProgress);
+    // What the crashed sends stored: one message indexed (in another owner's
+    // inbox: any inbox counts), one queued.
+    let other_inbox = NewMessage { owner: owner(2), inbox: address("other"), id: ulid(101), size: 10 };
+    b.index_messages(&[other_inbox]).await.unwrap();
+    a.enqueue_outbound(&NewOutbound { message_id: ulid(102).to_string(), ..outbound(1, 1, 0) }).await.unwrap();
+
+    let stale = NOW + STALE_CLAIM_SECS;
+    let retries = on_both(&a, &b, 6, |s, i| {
+        let (bot, agent1) = (bot.clone(), agent1.clone());
+        async move {
+            let scope = IdempotencyScope { inbox: &bot, agent: &agent1, key_hash: &LOST };
+            (s.claim(scope, &body, ulid(200 + i as u64), stale).await.unwrap(), ulid(200 + i as u64))
+        }
+    })
+    .await;
+    let winners: Vec<Ulid> =
+        retries.iter().filter(|(c, _)| *c == IdempotencyClaim::Claimed).map(|(_, id)| *id).collect();
+    assert_eq!(winners.len(), 1, "exactly one retry takes a stale claim over: {retries:?}");
+    assert!(retries.iter().all(|(c, _)| matches!(c, IdempotencyClaim::Claimed | IdempotencyClaim::InProgress)), "{retries:?}");
+    // The new claim is fresh again, and carries the winner's message id.
+    assert_eq!(a.claim(scope(&LOST), &body, ulid(300), stale + 1).await.unwrap(), IdempotencyClaim::InProgress);
+    b.index_messages(&[NewMessage { owner: owner(1), inbox: address("bot"), id: winners[0], size: 1 }]).await.unwrap();
+    let later = stale + STALE_CLAIM_SECS;
+    assert_eq!(a.claim(scope(&LOST), &body, ulid(301), later).await.unwrap(), IdempotencyClaim::Stored { message: winners[0], queued: false });
+    // Another request with the key is still refused.
+    assert_eq!(b.claim(scope(&LOST), &[9u8; 32], ulid(302), later).await.unwrap(), IdempotencyClaim::Mismatch);
+    // The dead send, waking up, can neither release nor finish the claim it lost.
+    a.release(scope(&LOST), ulid(100)).await.unwrap();
+    b.finish(scope(&LOST), ulid(100), "{}").await.unwrap();
+    assert_eq!(a.claim(scope(&LOST), &body, ulid(303), later).await.unwrap(), IdempotencyClaim::Stored { message: winners[0], queued: false });
+    // A claim whose message was stored is never released (a retry must not
+    // send it again), even by its own send failing late.
+    b.release(scope(&LOST), winners[0]).await.unwrap();
+    b.release(scope(&QUEUED), ulid(102)).await.unwrap();
+    assert_eq!(a.claim(scope(&LOST), &body, ulid(304), later).await.unwrap(), IdempotencyClaim::Stored { message: winners[0], queued: false });
+
+    for (key, id, queued) in [(&INDEXED, ulid(101), false), (&QUEUED, ulid(102), true)] {
+        for s in [&a, &b] {
+            let claim = s.claim(scope(key), &body, ulid(400), stale).await.unwrap();
+            assert_eq!(claim, IdempotencyClaim::Stored { message: id, queued });
+        }
+    }
+    let answer = format!("{{\"message_id\":\"{}\"}}", ulid(101));
+    a.finish(scope(&INDEXED), ulid(101), &answer).await.unwrap();
+    assert_eq!(b.claim(scope(&INDEXED), &body, ulid(401), stale).await.unwrap(), IdempotencyClaim::Replay(answer));
 }
 
 fn idempotency_races() -> impl Strategy<Value = Vec<(u8, u8, bool)>> {
@@ -1826,7 +1900,7 @@ pub async fn idempotency_claims_generated<B: Backend>(backend: Arc<B>) {
                     let (k, body, _) = race[i];
                     let (inbox, agent1) = (address("bot"), agent(1));
                     let scope = IdempotencyScope { inbox: &inbox, agent: &agent1, key_hash: &[k; 32] };
-                    s.claim(scope, &[body; 32], NOW).await.unwrap()
+                    s.claim(scope, &[body; 32], ulid(i as u64), NOW).await.unwrap()
                 }
             })
             .await;
@@ -1842,7 +1916,9 @@ pub async fn idempotency_claims_generated<B: Backend>(backend: Arc<B>) {
                     IdempotencyClaim::Claimed => {}
                     IdempotencyClaim::InProgress => assert_eq!(body, won),
                     IdempotencyClaim::Mismatch => assert_ne!(body, won),
-                    IdempotencyClaim::Replay(_) => panic!("nothing finished, yet {answer:?}"),
+                    IdempotencyClaim::Replay(_) | IdempotencyClaim::Stored { .. } => {
+                        panic!("nothing finished, yet {answer:?}")
+                    }
                 }
             }
         }

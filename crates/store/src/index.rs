@@ -1,12 +1,12 @@
 //! The message index: which messages an inbox holds, in an order a page can be
 //! cut from without reading the whole inbox.
 //!
-//! A derived, rebuildable cache of the blob store (DESIGN.md §5: no per-message
-//! row is the source of truth): every column follows from an inbox copy's key
-//! `<owner>/<inbox>/<ulid>.eml` and its length, `received_at` being the ULID's
-//! time. Rows are written by [`Mailroom`](crate::Mailroom) after the blob is
-//! durable, and [`Mailroom::reconcile`](crate::Mailroom::reconcile) rebuilds what
-//! a crash lost. Listing is one range scan of the `(owner, inbox, id)` index, so
+//! Every column follows from an inbox copy's key `<owner>/<inbox>/<ulid>.eml`
+//! and its length, `received_at` being the ULID's time. Rows are written by
+//! [`Mailroom`](crate::Mailroom) after the blob is durable, and the row's commit
+//! is the message's acknowledgement: a blob without a row was never delivered
+//! (a crash before the commit) and [`Mailroom::reconcile`](crate::Mailroom::reconcile)
+//! removes it rather than indexing it. Listing is one range scan of the `(owner, inbox, id)` index, so
 //! its cost depends on the page size, not on the inbox size.
 //!
 //! Each row has a `seq`, its commit order: SQLite has one writer at a time and

@@ -67,11 +67,11 @@ pub use header_summary::{
     HeaderFrom, HeaderSummary, MAX_SUMMARY_FROM_ADDRESS_CHARS, MAX_SUMMARY_FROM_NAME_CHARS, MAX_SUMMARY_HEADER_BYTES,
     MAX_SUMMARY_SUBJECT_CHARS,
 };
-pub use idempotency::{IDEMPOTENCY_KEY_TTL_SECS, IdempotencyClaim, IdempotencyScope, SendIdempotency};
+pub use idempotency::{IDEMPOTENCY_KEY_TTL_SECS, IdempotencyClaim, IdempotencyScope, STALE_CLAIM_SECS, SendIdempotency};
 pub use index::{IndexedMessage, ListOrder, MessageIndex, NewMessage, PageQuery, received_at};
 pub use mailroom::{
-    INBOX_SWEEP_BATCH, INDEX_QUEUE, MAX_INDEX_BATCH, Mailroom, OP_DOMAIN_SET_RETENTION, OP_MESSAGE_EXPIRE, Reconciled,
-    SWEEP_BATCH, expire_event, inbox_expire_event,
+    ACK_WINDOW_SECS, CLOCK_SKEW_SECS, INBOX_SWEEP_BATCH, acknowledgement_closed, INDEX_QUEUE, MAX_INDEX_BATCH, Mailroom, OP_DOMAIN_SET_RETENTION,
+    OP_MESSAGE_EXPIRE, Reconciled, SWEEP_BATCH, expire_event, inbox_expire_event, never_acknowledged,
 };
 pub use meta::*;
 pub use pairing_wakeups::PairingWakeups;

@@ -17,9 +17,20 @@
 //!    committed index row and a published event.
 //!
 //! If indexing fails, the put removes what it wrote and fails (`451`): the
-//! sender retries and nothing half-visible remains. A crash between 1 and 2
-//! leaves a blob without a row; [`Mailroom::reconcile`], run by `serve` at
-//! start, indexes it (and drops rows whose blob is gone).
+//! sender retries and nothing half-visible remains.
+//!
+//! **The index commit is the acknowledgement.** A message was delivered if and
+//! only if its index row committed: the `250` (or the HTTP `202`) follows that
+//! commit, nothing before it. A crash between 1 and 2 therefore leaves a blob
+//! that nobody acknowledged, and the sender, who got no answer, sends again; a
+//! blob without a row is such a crashed write, or the leftover of a removal
+//! (row first, then blob), never mail that must be kept. [`Mailroom::reconcile`]
+//! removes it rather than indexing it, which would store the retried message
+//! twice. Other nodes may be between 1 and 2 at that moment, so a blob is
+//! removed only once no commit can ever index it: the committer refuses a row
+//! whose id (a ULID, stamped with the time the message was received) is older
+//! than [`ACK_WINDOW_SECS`], and reconcile removes only blobs older than that
+//! plus [`CLOCK_SKEW_SECS`] (younger ones are left, unlisted, for a later pass).
 //!
 //! Retention: [`Mailroom::sweep_expired`] removes, per domain, the rows older
 //! than the domain's retention (audited with a count, in the row deletion's
@@ -56,8 +67,15 @@ pub const OP_MESSAGE_EXPIRE: &str = "message.expire";
 pub const OP_DOMAIN_SET_RETENTION: &str = "domain.set_retention";
 /// Most expired inboxes one round of [`Mailroom::sweep_expired_inboxes`] looks at.
 pub const INBOX_SWEEP_BATCH: u32 = 100;
-/// Rows per transaction when [`Mailroom::reconcile`] re-indexes.
-const RECONCILE_BATCH: usize = 1000;
+/// Longest time, in seconds, from a message's id (the ULID's timestamp, taken
+/// when the message was received) to its index commit. The committer refuses a
+/// row older than this (the put fails: `451`, the sender retries), so a blob
+/// without a row older than this (plus [`CLOCK_SKEW_SECS`]) can never become a
+/// delivered message and [`Mailroom::reconcile`] may remove it.
+pub const ACK_WINDOW_SECS: i64 = 10 * 60;
+/// How far apart the clocks of nodes sharing the blobs may be (NTP keeps them
+/// within milliseconds; this is the margin reconcile adds to [`ACK_WINDOW_SECS`]).
+pub const CLOCK_SKEW_SECS: i64 = 5 * 60;
 
 struct IndexRequest {
     rows: Vec<NewMessage>,
@@ -74,6 +92,8 @@ pub struct Mailroom {
     committer: mpsc::Sender<IndexRequest>,
     /// Our MX's hostname: the authserv-id whose verdicts a summary believes.
     authserv_id: Arc<str>,
+    /// Test hook ([`Mailroom::crash_before_indexing`]).
+    crash_before_indexing: bool,
 }
 
 impl std::fmt::Debug for Mailroom {
@@ -85,10 +105,41 @@ impl std::fmt::Debug for Mailroom {
 /// What [`Mailroom::reconcile`] repaired.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Reconciled {
-    /// Blobs that had no index row and got one.
-    pub indexed: u64,
+    /// Blobs without an index row, old enough that no commit can index them
+    /// (crashed, never acknowledged writes; leftovers of removals), removed.
+    pub removed: u64,
+    /// Blobs without an index row still young enough that a node may be about
+    /// to commit it: left in place (nothing lists them) for a later pass.
+    pub pending: u64,
     /// Index rows whose blob was gone, removed.
     pub dropped: u64,
+}
+
+/// Whether no index commit can make message `id` visible any more at `now`
+/// (Unix seconds, on a clock at most [`CLOCK_SKEW_SECS`] from the writer's).
+pub fn never_acknowledged(id: Ulid, now: UnixTime) -> bool {
+    crate::index::received_at(id) < now.saturating_sub(ACK_WINDOW_SECS + CLOCK_SKEW_SECS)
+}
+
+/// Whether the committer refuses to index message `id` at `now_ms` (Unix
+/// milliseconds): received more than [`ACK_WINDOW_SECS`] ago.
+fn too_late_to_acknowledge(id: Ulid, now_ms: u64) -> bool {
+    id.timestamp_ms().saturating_add(ACK_WINDOW_SECS as u64 * 1000) < now_ms
+}
+
+/// Whether message `id` is past its acknowledgement window now (received more
+/// than [`ACK_WINDOW_SECS`] ago, by this node's clock): the index committer
+/// refuses it, and so must every other first write of it (the sender queueing
+/// its remote recipients), so that a send stuck that long can no longer store
+/// anything that a retry, taking over its idempotency claim, stores as well.
+pub fn acknowledgement_closed(id: Ulid) -> bool {
+    too_late_to_acknowledge(id, unix_millis())
+}
+
+fn unix_millis() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 impl Mailroom {
@@ -104,13 +155,22 @@ impl Mailroom {
     ) -> Self {
         let (committer, requests) = mpsc::channel(INDEX_QUEUE);
         tokio::spawn(commit_loop(requests, Arc::clone(&index), Arc::clone(&events)));
-        Self { blobs, index, events, committer, authserv_id: Arc::from(authserv_id) }
+        Self { blobs, index, events, committer, authserv_id: Arc::from(authserv_id), crash_before_indexing: false }
     }
 
     /// The index row of a stored inbox copy, summary included.
     fn new_message(&self, owner: OwnerId, inbox: Address, id: Ulid, bytes: &[u8]) -> NewMessage {
         let summary = HeaderSummary::of_message(bytes, &self.authserv_id);
         NewMessage { owner, inbox, id, size: bytes.len() as u64, summary }
+    }
+
+    /// Fault injection for crash tests (`serve` sets it from
+    /// `AGENTKEYS_TEST_CRASH_BEFORE_INDEX`): every put that stores an inbox copy
+    /// aborts the process once the blobs are durable, before the index commit,
+    /// the window in which a crash leaves an unacknowledged blob.
+    pub fn crash_before_indexing(mut self) -> Self {
+        self.crash_before_indexing = true;
+        self
     }
 
     /// [`BlobStore::check_writable`](crate::BlobStore::check_writable) of the
@@ -139,11 +199,13 @@ impl Mailroom {
         wait.await.map_err(|_| "the index committer has stopped".to_owned())?
     }
 
-    /// Makes the index match the blobs of `inboxes`: indexes every inbox copy
-    /// without a row (a crash between the blob write and the index commit) and
-    /// drops rows whose blob is gone. Publishes nothing. Run at start, before
-    /// this node's listeners accept mail, while other nodes sharing the
-    /// metadata and blobs may be storing mail.
+    /// Makes the blobs of `inboxes` match the index, at `now` (Unix seconds):
+    /// removes every inbox copy without a row that no commit can index any more
+    /// ([`never_acknowledged`]: a crashed write, whose sender got no `250` and
+    /// sent again, or the blob of a removed row), leaves younger ones (counted
+    /// as `pending`; nothing lists them) and drops rows whose blob is gone.
+    /// Publishes nothing. Safe while this node and others sharing the metadata
+    /// and blobs store mail, so `serve` runs it after it is ready.
     ///
     /// The index is read **before** the blobs are listed. A row is committed
     /// only after its blob is durable, so every row read first has its blob in
@@ -151,9 +213,9 @@ impl Mailroom {
     /// blob: dropping that row again is a no-op). Listed first, a blob another
     /// node stored between the two reads would look gone while its row is
     /// there, and the message, acknowledged already, would be dropped from the
-    /// index. A blob stored between the reads is indexed here as well, which
-    /// is harmless: indexing is idempotent and keeps the first `seq`.
-    pub async fn reconcile(&self, inboxes: &[(OwnerId, Address)]) -> Result<Reconciled, StoreError> {
+    /// index. A blob stored between the reads has no row in the first read; it
+    /// is young, so it is left alone.
+    pub async fn reconcile(&self, inboxes: &[(OwnerId, Address)], now: UnixTime) -> Result<Reconciled, StoreError> {
         let mut report = Reconciled::default();
         for (owner, inbox) in inboxes {
             let indexed = self.index.indexed_ids(owner, inbox).await?;
@@ -166,20 +228,16 @@ impl Mailroom {
                 .into_iter()
                 .filter_map(|key| key.message_parts().map(|(_, _, id)| (id, key)))
                 .collect();
-            let mut missing = Vec::new();
             for (id, key) in &stored {
                 if indexed.contains(id) {
                     continue;
                 }
-                // Rare (crash recovery): read the blob for its size and summary.
-                let Some(bytes) = self.blobs.get(key).await.map_err(|e| StoreError::Backend(e.to_string()))? else {
-                    continue;
-                };
-                missing.push(self.new_message(owner.clone(), inbox.clone(), *id, &bytes));
-            }
-            for chunk in missing.chunks(RECONCILE_BATCH) {
-                self.index.index_messages(chunk).await?;
-                report.indexed += chunk.len() as u64;
+                if never_acknowledged(*id, now) {
+                    self.blobs.remove(key).await.map_err(|e| StoreError::Backend(e.to_string()))?;
+                    report.removed += 1;
+                } else {
+                    report.pending += 1;
+                }
             }
             let on_disk: HashSet<Ulid> = stored.iter().map(|(id, _)| *id).collect();
             let gone: Vec<Ulid> = indexed.difference(&on_disk).copied().collect();
@@ -194,9 +252,8 @@ impl Mailroom {
     /// subject the domain, detail `{count, retention, cutoff}`) in its own
     /// transaction, then the blobs. Returns how many messages were removed.
     ///
-    /// A crash after a batch's commit leaves blobs without rows; the next start's
-    /// [`reconcile`](Self::reconcile) indexes them again and the next sweep
-    /// removes them.
+    /// A crash after a batch's commit leaves blobs without rows; the next
+    /// [`reconcile`](Self::reconcile) removes them.
     pub async fn sweep_expired(&self, now: UnixTime, default_retention: i64) -> Result<u64, StoreError> {
         let mut total = 0;
         for (domain, retention) in self.index.domain_retentions().await? {
@@ -207,8 +264,7 @@ impl Mailroom {
                 let expired = self.index.expire_messages(&domain, cutoff, SWEEP_BATCH, &event).await?;
                 for m in &expired {
                     if let Err(err) = self.blobs.remove(&m.key()).await {
-                        // Unindexed but still on disk: the next start re-indexes it and
-                        // a later sweep tries again.
+                        // Unindexed but still stored: the next reconcile removes it.
                         tracing::warn!(key = %m.key(), %err, "cannot remove an expired message");
                     }
                 }
@@ -294,12 +350,27 @@ async fn commit_loop(
     events: Arc<dyn MailEvents>,
 ) {
     while let Some(first) = requests.recv().await {
-        let mut rows = first.rows;
-        let mut waiting = vec![first.done];
-        while rows.len() < MAX_INDEX_BATCH {
-            let Ok(next) = requests.try_recv() else { break };
-            rows.extend(next.rows);
-            waiting.push(next.done);
+        let mut rows = Vec::new();
+        let mut waiting = Vec::new();
+        let mut next = Some(first);
+        let now_ms = unix_millis();
+        while let Some(request) = next.take() {
+            // Past the acknowledgement window, reconcile may have removed the
+            // blob already (or may at any moment): refuse, the sender retries.
+            if request.rows.iter().any(|row| too_late_to_acknowledge(row.id, now_ms)) {
+                let _ = request.done.send(Err(format!(
+                    "the message was received more than {ACK_WINDOW_SECS} s ago; not indexed"
+                )));
+            } else {
+                rows.extend(request.rows);
+                waiting.push(request.done);
+            }
+            if rows.len() < MAX_INDEX_BATCH {
+                next = requests.try_recv().ok();
+            }
+        }
+        if rows.is_empty() {
+            continue;
         }
         let outcome = match index.index_messages(&rows).await {
             Ok(indexed) => {
@@ -333,9 +404,13 @@ impl BlobStore for Mailroom {
         if rows.is_empty() {
             return Ok(());
         }
+        if self.crash_before_indexing {
+            tracing::error!("AGENTKEYS_TEST_CRASH_BEFORE_INDEX: aborting after the blob write, before the index commit");
+            std::process::abort();
+        }
         if let Err(err) = self.index_and_publish(rows).await {
             // Not indexed, so not delivered: take the blobs back (best effort; a
-            // leftover is re-indexed at the next start) and fail the put.
+            // leftover is removed by a later reconcile) and fail the put.
             for key in &keys {
                 let _ = self.blobs.remove(key).await;
             }
@@ -364,5 +439,35 @@ impl BlobStore for Mailroom {
             })?;
         }
         self.blobs.remove(key).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// The two halves of "the index commit is the acknowledgement" agree:
+        /// a row the committer accepts at `commit` (its clock) is never judged
+        /// unacknowledged by a reconcile at the same moment on a node whose
+        /// clock is off by at most CLOCK_SKEW_SECS; and once a message is that
+        /// old everywhere, the committer refuses it.
+        #[test]
+        fn no_reconcile_removes_a_blob_the_committer_may_still_index(
+            received_ms in 1_000_000_000_000u64..3_000_000_000_000,
+            delay_ms in 0u64..2 * ACK_WINDOW_SECS as u64 * 1000,
+            skew_ms in -CLOCK_SKEW_SECS * 1000..=CLOCK_SKEW_SECS * 1000,
+        ) {
+            let id = Ulid::from_parts(received_ms, 7);
+            let commit_ms = received_ms + delay_ms;
+            let reconcile_secs = i64::try_from(commit_ms).unwrap_or(i64::MAX).saturating_add(skew_ms) / 1000;
+            if !too_late_to_acknowledge(id, commit_ms) {
+                prop_assert!(!never_acknowledged(id, reconcile_secs));
+            }
+            if never_acknowledged(id, reconcile_secs) {
+                prop_assert!(too_late_to_acknowledge(id, commit_ms));
+            }
+        }
     }
 }

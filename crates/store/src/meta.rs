@@ -244,12 +244,20 @@ pub struct EnrollmentTicketRecord {
 }
 
 /// Whether [`OwnerApproval::record_owner_nonce`] saw the nonce for the first time.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NonceUse {
-    /// First use: recorded now.
-    Fresh,
+    /// First use: recorded now; the record is what completes the owner's
+    /// signature check (`SignatureVerified::finish`).
+    Fresh(agentkeys_core::NonceRecord),
     /// Already recorded: a replayed request.
     Replayed,
+}
+
+impl NonceUse {
+    /// Whether the nonce was seen for the first time.
+    pub fn is_fresh(&self) -> bool {
+        matches!(self, Self::Fresh(_))
+    }
 }
 
 /// Where a stored pairing request stands. Expiry is not stored: it follows from

@@ -12,7 +12,7 @@ use std::time::Duration;
 use agentkeys_audit::{Actor, AuditEvent};
 use agentkeys_core::{Address, Domain, OwnerId, UnixTime};
 use agentkeys_store::{
-    BlobKey, BlobStore, FsBlobStore, IndexedMessage, ListOrder, LocalEventHub, MailEvents, Mailroom, MessageIndex,
+    ACK_WINDOW_SECS, BlobKey, BlobStore, CLOCK_SKEW_SECS, FsBlobStore, IndexedMessage, ListOrder, LocalEventHub, MailEvents, Mailroom, MessageIndex,
     NewMessage, PageQuery, SWEEP_BATCH, SqliteStore, StoreError,
 };
 use async_trait::async_trait;
@@ -269,8 +269,16 @@ async fn a_failed_index_write_fails_the_put_and_takes_the_blobs_back() {
     assert!(tokio::time::timeout(Duration::from_millis(100), sub.recv()).await.is_err(), "no event for a failed put");
 }
 
+fn unix_now() -> UnixTime {
+    i64::try_from(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()).unwrap()
+}
+
+/// Issue 10: a blob without an index row is a write nobody acknowledged (the
+/// index commit is the acknowledgement), so reconcile removes it instead of
+/// indexing it (which made the sender's retry a second copy), but only once no
+/// node can still commit it.
 #[tokio::test]
-async fn reconcile_indexes_orphan_blobs_and_drops_rows_without_blobs() {
+async fn reconcile_removes_unacknowledged_blobs_once_settled_and_drops_rows_without_blobs() {
     let f = fixture().await;
     let mail = f.mailroom(f.store.clone());
     let (kept, orphan, gone) = (Ulid::new(), Ulid::new(), Ulid::new());
@@ -278,15 +286,42 @@ async fn reconcile_indexes_orphan_blobs_and_drops_rows_without_blobs() {
     // A crash between the blob write and the index commit; a blob lost by hand.
     f.raw.put_durable(vec![copy(BOT, orphan, "orphan!")]).await.unwrap();
     f.raw.remove(&BlobKey::message(&owner(), &inbox(BOT), gone)).await.unwrap();
-    let report = mail.reconcile(&[(owner(), inbox(BOT)), (owner(), inbox(KEEP))]).await.unwrap();
-    assert_eq!((report.indexed, report.dropped), (1, 1));
-    let ids = f.store.indexed_ids(&owner(), &inbox(BOT)).await.unwrap();
-    assert_eq!(ids, HashSet::from([kept, orphan]));
-    let page = f.store.list_messages(&owner(), &inbox(BOT), &page(ListOrder::OldestFirst, None, None, 10)).await.unwrap();
-    assert_eq!(page.iter().find(|m| m.id == orphan).unwrap().size, 7);
+    let orphan_key = BlobKey::message(&owner(), &inbox(BOT), orphan);
+    let inboxes = [(owner(), inbox(BOT)), (owner(), inbox(KEEP))];
+    // Now: another node might still be about to commit the orphan: left alone, unlisted.
+    let report = mail.reconcile(&inboxes, unix_now()).await.unwrap();
+    assert_eq!((report.removed, report.pending, report.dropped), (0, 1, 1));
+    assert_eq!(f.store.indexed_ids(&owner(), &inbox(BOT)).await.unwrap(), HashSet::from([kept]));
+    assert!(f.raw.get(&orphan_key).await.unwrap().is_some());
+    // One second before it settles, still left; from then on removed.
+    let settled = unix_now() + ACK_WINDOW_SECS + CLOCK_SKEW_SECS + 1;
+    let report = mail.reconcile(&inboxes, settled - 2).await.unwrap();
+    assert_eq!((report.removed, report.pending), (0, 1));
+    let report = mail.reconcile(&inboxes, settled).await.unwrap();
+    assert_eq!((report.removed, report.pending, report.dropped), (1, 0, 0));
+    assert!(f.raw.get(&orphan_key).await.unwrap().is_none());
+    assert_eq!(f.store.indexed_ids(&owner(), &inbox(BOT)).await.unwrap(), HashSet::from([kept]));
+    assert!(f.raw.get(&BlobKey::message(&owner(), &inbox(BOT), kept)).await.unwrap().is_some());
     // Idempotent.
-    let again = mail.reconcile(&[(owner(), inbox(BOT))]).await.unwrap();
-    assert_eq!((again.indexed, again.dropped), (0, 0));
+    let again = mail.reconcile(&inboxes, settled).await.unwrap();
+    assert_eq!(again, Default::default());
+}
+
+/// The other half of the rule: the committer never indexes a message received
+/// more than ACK_WINDOW_SECS ago (reconcile may have removed its blob), so the
+/// put fails (451) and leaves nothing.
+#[tokio::test]
+async fn a_message_past_the_acknowledgement_window_is_refused_and_taken_back() {
+    let f = fixture().await;
+    let mail = f.mailroom(f.store.clone());
+    let ms = |secs_ago: i64| u64::try_from((unix_now() - secs_ago) * 1000).unwrap();
+    let late = Ulid::from_parts(ms(ACK_WINDOW_SECS + 5), 1);
+    let fresh = Ulid::from_parts(ms(ACK_WINDOW_SECS - 60), 2);
+    let err = mail.put_durable(vec![copy(BOT, late, "late")]).await.unwrap_err();
+    assert!(err.to_string().contains("not indexed"), "{err}");
+    assert!(f.raw.get(&BlobKey::message(&owner(), &inbox(BOT), late)).await.unwrap().is_none());
+    mail.put_durable(vec![copy(BOT, fresh, "fresh")]).await.unwrap();
+    assert_eq!(f.store.indexed_ids(&owner(), &inbox(BOT)).await.unwrap(), HashSet::from([fresh]));
 }
 
 /// When, relative to the reconciling node's blob listing, another node stores
@@ -356,7 +391,7 @@ async fn a_reconcile_never_drops_mail_another_node_stores_meanwhile() {
             stored: std::sync::Mutex::new(Some(racing)),
         });
         let restarting = Mailroom::new(blobs, f.store.clone(), Arc::new(f.hub.clone()), "mx.agents.localhost");
-        let report = restarting.reconcile(&[(owner(), inbox(BOT))]).await.unwrap();
+        let report = restarting.reconcile(&[(owner(), inbox(BOT))], unix_now()).await.unwrap();
         assert_eq!(report.dropped, 0, "{race:?}: {report:?}");
         let ids = f.store.indexed_ids(&owner(), &inbox(BOT)).await.unwrap();
         assert_eq!(ids, HashSet::from([before, racing]), "{race:?}");

@@ -76,18 +76,18 @@ async fn enrollment_is_single_use_and_uniform() {
 async fn nonces_are_fresh_once_and_pruned() {
     let (dir, store) = store().await;
     let again = SqliteStore::open(&dir.path().join("meta.sqlite")).await.unwrap();
-    assert_eq!(store.record_owner_nonce(&owner(1), "nonce-aaaaaaaaaaaa", NOW, NOW - 120).await.unwrap(), NonceUse::Fresh);
+    assert!(store.record_owner_nonce(&owner(1), "nonce-aaaaaaaaaaaa", NOW, NOW - 120).await.unwrap().is_fresh());
     // Another process (a second pool on the same file) sees it.
     assert_eq!(
         again.record_owner_nonce(&owner(1), "nonce-aaaaaaaaaaaa", NOW, NOW - 120).await.unwrap(),
         NonceUse::Replayed
     );
     // Per owner.
-    assert_eq!(store.record_owner_nonce(&owner(2), "nonce-aaaaaaaaaaaa", NOW, NOW - 120).await.unwrap(), NonceUse::Fresh);
+    assert!(store.record_owner_nonce(&owner(2), "nonce-aaaaaaaaaaaa", NOW, NOW - 120).await.unwrap().is_fresh());
     // Pruned once outside the window (the timestamp check refuses it by then anyway).
     assert_eq!(
         store.record_owner_nonce(&owner(1), "nonce-aaaaaaaaaaaa", NOW, NOW + 1).await.unwrap(),
-        NonceUse::Fresh
+        NonceUse::Fresh(agentkeys_core::NonceRecord::first_use(&owner(1), "nonce-aaaaaaaaaaaa"))
     );
 }
 

@@ -511,11 +511,11 @@ async fn enrollment_is_single_use_and_uniform() {
 #[tokio::test]
 async fn nonces_are_fresh_once_and_forgotten_after_the_window() {
     let (_db, store) = fresh().await;
-    assert_eq!(store.record_owner_nonce(&owner(1), "n1", NOW, NOW - 60).await.unwrap(), NonceUse::Fresh);
+    assert!(store.record_owner_nonce(&owner(1), "n1", NOW, NOW - 60).await.unwrap().is_fresh());
     assert_eq!(store.record_owner_nonce(&owner(1), "n1", NOW, NOW - 60).await.unwrap(), NonceUse::Replayed);
-    assert_eq!(store.record_owner_nonce(&owner(2), "n1", NOW, NOW - 60).await.unwrap(), NonceUse::Fresh, "per owner");
+    assert!(store.record_owner_nonce(&owner(2), "n1", NOW, NOW - 60).await.unwrap().is_fresh(), "per owner");
     // Past the window the old nonce is pruned first, so it is fresh again.
-    assert_eq!(store.record_owner_nonce(&owner(1), "n1", NOW + 200, NOW + 100).await.unwrap(), NonceUse::Fresh);
+    assert!(store.record_owner_nonce(&owner(1), "n1", NOW + 200, NOW + 100).await.unwrap().is_fresh());
 }
 
 fn pairing_request(hash: u8, opened_at: UnixTime) -> PairingRecord {
@@ -936,18 +936,19 @@ async fn an_idempotency_key_is_claimed_once_replayed_refused_for_another_body_an
     let scope = IdempotencyScope { inbox: &inbox, agent: &agent, key_hash: &key };
     let (body, other_body) = ([2u8; 32], [3u8; 32]);
     let t0 = 1_000_000;
-    assert_eq!(store.claim(scope, &body, t0).await.unwrap(), IdempotencyClaim::Claimed);
-    assert_eq!(store.claim(scope, &body, t0).await.unwrap(), IdempotencyClaim::InProgress);
-    assert_eq!(store.claim(scope, &other_body, t0).await.unwrap(), IdempotencyClaim::Mismatch);
+    let id = ulid::Ulid::new();
+    assert_eq!(store.claim(scope, &body, id, t0).await.unwrap(), IdempotencyClaim::Claimed);
+    assert_eq!(store.claim(scope, &body, id, t0).await.unwrap(), IdempotencyClaim::InProgress);
+    assert_eq!(store.claim(scope, &other_body, id, t0).await.unwrap(), IdempotencyClaim::Mismatch);
     let elsewhere = IdempotencyScope { inbox: &other_inbox, ..scope };
-    assert_eq!(store.claim(elsewhere, &other_body, t0).await.unwrap(), IdempotencyClaim::Claimed);
-    store.finish(scope, "{\"message_id\":\"x\"}").await.unwrap();
-    store.release(scope).await.unwrap();
+    assert_eq!(store.claim(elsewhere, &other_body, id, t0).await.unwrap(), IdempotencyClaim::Claimed);
+    store.finish(scope, id, "{\"message_id\":\"x\"}").await.unwrap();
+    store.release(scope, id).await.unwrap();
     let replay = IdempotencyClaim::Replay("{\"message_id\":\"x\"}".to_owned());
-    assert_eq!(store.claim(scope, &body, t0 + IDEMPOTENCY_KEY_TTL_SECS - 1).await.unwrap(), replay);
-    assert_eq!(store.claim(scope, &body, t0 + IDEMPOTENCY_KEY_TTL_SECS).await.unwrap(), IdempotencyClaim::Claimed);
-    store.release(scope).await.unwrap();
-    assert_eq!(store.claim(scope, &other_body, t0 + IDEMPOTENCY_KEY_TTL_SECS).await.unwrap(), IdempotencyClaim::Claimed);
+    assert_eq!(store.claim(scope, &body, id, t0 + IDEMPOTENCY_KEY_TTL_SECS - 1).await.unwrap(), replay);
+    assert_eq!(store.claim(scope, &body, id, t0 + IDEMPOTENCY_KEY_TTL_SECS).await.unwrap(), IdempotencyClaim::Claimed);
+    store.release(scope, id).await.unwrap();
+    assert_eq!(store.claim(scope, &other_body, id, t0 + IDEMPOTENCY_KEY_TTL_SECS).await.unwrap(), IdempotencyClaim::Claimed);
 }
 
 #[tokio::test]
@@ -1125,7 +1126,7 @@ fn claims_stay_single_over_generated_sizes_and_limits() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_nonce_recorded_on_one_node_is_a_replay_on_the_other() {
     let (_db, a, b) = two_nodes().await;
-    assert_eq!(a.record_owner_nonce(&owner(1), "n1", NOW, NOW - 60).await.unwrap(), NonceUse::Fresh);
+    assert!(a.record_owner_nonce(&owner(1), "n1", NOW, NOW - 60).await.unwrap().is_fresh());
     assert_eq!(b.record_owner_nonce(&owner(1), "n1", NOW, NOW - 60).await.unwrap(), NonceUse::Replayed);
     // The same nonce on both at once: exactly one is fresh.
     let o1 = owner(1);
@@ -1135,7 +1136,7 @@ async fn a_nonce_recorded_on_one_node_is_a_replay_on_the_other() {
             a.record_owner_nonce(&o1, &nonce, NOW, NOW - 60),
             b.record_owner_nonce(&o1, &nonce, NOW, NOW - 60)
         );
-        let fresh = [ra.unwrap(), rb.unwrap()].iter().filter(|u| **u == NonceUse::Fresh).count();
+        let fresh = [ra.unwrap(), rb.unwrap()].iter().filter(|u| u.is_fresh()).count();
         assert_eq!(fresh, 1, "{nonce}");
     }
 }
@@ -1195,7 +1196,7 @@ async fn one_time_things_are_taken_once_across_nodes() {
         let agent1 = agent(1);
         let scope = IdempotencyScope { inbox: &inbox, agent: &agent1, key_hash: &key };
         let body = [0; 32];
-        let (ra, rb) = tokio::join!(a.claim(scope, &body, NOW), b.claim(scope, &body, NOW));
+        let (ra, rb) = tokio::join!(a.claim(scope, &body, ulid::Ulid::new(), NOW), b.claim(scope, &body, ulid::Ulid::new(), NOW));
         let claimed = [ra.unwrap(), rb.unwrap()].iter().filter(|c| **c == IdempotencyClaim::Claimed).count();
         assert_eq!(claimed, 1, "idempotency key {n}");
     }

@@ -869,10 +869,17 @@ async fn the_mailroom_over_s3_indexes_and_reconciles() {
     // A crash between the blob write and the index commit; a blob lost by hand.
     raw.put_durable(vec![copy(orphan, "orphan!")]).await.unwrap();
     assert!(raw.remove(&BlobKey::message(&owner, &inbox, gone)).await.unwrap());
-    let report = mail.reconcile(&[(owner.clone(), inbox.clone())]).await.unwrap();
-    assert_eq!((report.indexed, report.dropped), (1, 1));
-    assert_eq!(meta.indexed_ids(&owner, &inbox).await.unwrap(), [kept, orphan].into_iter().collect());
+    // Too young to judge: left, not indexed; settled: removed (never acknowledged).
+    let now = i64::try_from(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()).unwrap();
+    let report = mail.reconcile(&[(owner.clone(), inbox.clone())], now).await.unwrap();
+    assert_eq!((report.removed, report.pending, report.dropped), (0, 1, 1));
+    assert_eq!(meta.indexed_ids(&owner, &inbox).await.unwrap(), [kept].into_iter().collect());
+    let settled = now + agentkeys_store::ACK_WINDOW_SECS + agentkeys_store::CLOCK_SKEW_SECS + 1;
+    let report = mail.reconcile(&[(owner.clone(), inbox.clone())], settled).await.unwrap();
+    assert_eq!((report.removed, report.pending, report.dropped), (1, 0, 0));
+    assert_eq!(s3.list("").await.unwrap(), [BlobKey::message(&owner, &inbox, kept)]);
     // Removing through the Mailroom drops the row and the object.
     assert!(mail.remove(&BlobKey::message(&owner, &inbox, kept)).await.unwrap());
-    assert_eq!(s3.list("").await.unwrap(), [BlobKey::message(&owner, &inbox, orphan)]);
+    assert!(s3.list("").await.unwrap().is_empty());
+    assert!(meta.indexed_ids(&owner, &inbox).await.unwrap().is_empty());
 }

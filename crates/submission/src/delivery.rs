@@ -185,6 +185,16 @@ pub async fn store_delivery_signed(
     }
     blobs.put_durable(items).await?;
     if let Some(outbound) = &delivery.outbound {
+        // Stuck past the acknowledgement window: a retry may have taken its
+        // idempotency claim over and sent the message already (as the index
+        // committer refuses it for the local copies).
+        if agentkeys_store::acknowledgement_closed(delivery.id) {
+            return Err(DeliveryError::Queue(StoreError::Backend(format!(
+                "message {} was received more than {} s ago; not queued",
+                delivery.id,
+                agentkeys_store::ACK_WINDOW_SECS
+            ))));
+        }
         outbox.enqueue_outbound(&NewOutbound {
             message_id: delivery.id.to_string(),
             sender: outbound.sender.inbox().clone(),
@@ -196,4 +206,37 @@ pub async fn store_delivery_signed(
         .await?;
     }
     Ok(())
+}
+
+/// Queues the remote recipients of `delivery`, stored earlier by a send that
+/// died after its index commit and before queueing them
+/// ([`IdempotencyClaim::Stored`](agentkeys_store::IdempotencyClaim::Stored)
+/// with `queued` false), from the queue copy it wrote with the inbox copies.
+/// The queue takes a message once: `Conflict` (queued meanwhile by another
+/// retry, or by the stuck send itself) is success. Nothing to do without
+/// remote recipients.
+pub async fn queue_stored(
+    blobs: &dyn BlobStore,
+    outbox: &dyn Outbox,
+    delivery: &Delivery,
+) -> Result<(), DeliveryError> {
+    let Some(outbound) = &delivery.outbound else { return Ok(()) };
+    let Some(queued) = blobs.get(&BlobKey::queued(delivery.id)).await? else {
+        return Err(DeliveryError::Queue(StoreError::Backend(format!(
+            "message {} was stored without its queue copy",
+            delivery.id
+        ))));
+    };
+    let queued = NewOutbound {
+        message_id: delivery.id.to_string(),
+        sender: outbound.sender.inbox().clone(),
+        owner: outbound.sender.owner().clone(),
+        recipients: outbound.recipients.clone(),
+        size: queued.len() as u64,
+        queued_at: delivery.received_at,
+    };
+    match outbox.enqueue_outbound(&queued).await {
+        Ok(()) | Err(StoreError::Conflict { .. }) => Ok(()),
+        Err(e) => Err(DeliveryError::Queue(e)),
+    }
 }

@@ -36,7 +36,7 @@ mod recipient;
 
 pub use delivery::{
     Delivery, DeliveryError, InboundEnvelope, Outbound, OutboundSigner, blob_keys, http_submission, local_copy,
-    store_delivery, store_delivery_signed,
+    queue_stored, store_delivery, store_delivery_signed,
 };
 pub use limits::{AUTH_FAILURE_FLOOR, AUTH_FAILURE_JITTER, DEFAULT_MAX_MESSAGE_SIZE, MAX_RECIPIENTS};
 pub use message::{MessageRefusal, check_message, contains_nul};

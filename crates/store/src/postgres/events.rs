@@ -75,7 +75,7 @@ impl std::fmt::Debug for PgEvents {
     }
 }
 
-/// A notification's payload (`index::payload`).
+/// A notification's payload (written by `agentkeys_index_messages`, migration 0006).
 #[derive(Deserialize)]
 struct Payload {
     seq: i64,

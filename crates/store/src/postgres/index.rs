@@ -10,7 +10,9 @@
 //! So `seq` comes from a one-row counter, `message_seq`. An indexing
 //! transaction locks the row (`SELECT … FOR UPDATE`), takes the next values,
 //! inserts its rows, moves the counter and commits; the lock is released only
-//! after the commit has made its rows visible. The next indexer, on any node,
+//! after the commit has made its rows visible. The transaction is one
+//! statement, `agentkeys_index_messages` (migration 0006), so the row is held
+//! for the server's work and the commit, not across the node's round trips. The next indexer, on any node,
 //! waits at the lock and takes its values only then, so every row with a larger
 //! `seq` becomes visible after every row with a smaller one. Indexers take
 //! turns, but one turn covers a whole batch ([`crate::Mailroom`] commits many
@@ -21,7 +23,7 @@
 //! when it commits, in commit order, so every node's [`PgEvents`](super::PgEvents)
 //! hears about rows in `seq` order and never before they are visible.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
 use agentkeys_audit::{AuditEvent, AuditReceipt};
 use agentkeys_core::{Address, Domain, OwnerId, UnixTime};
@@ -68,39 +70,11 @@ fn indexed(m: &NewMessage, seq: i64) -> IndexedMessage {
 }
 
 /// Longest notification payload PostgreSQL accepts: "shorter than 8000 bytes"
-/// (`pg_notify`), beyond which the whole indexing transaction would fail.
+/// (`pg_notify`). `agentkeys_index_messages` (migration 0006) leaves the
+/// summary out of a payload that would be longer, rather than fail the
+/// transaction that makes the mail durable; the summary's own limits
+/// (`header_summary`) keep every real payload far below it.
 pub const MAX_NOTIFY_PAYLOAD_BYTES: usize = 7999;
-
-/// The notification payload announcing one indexed row (read back by
-/// [`super::events`]). Its summary is bounded (`header_summary`'s limits), so
-/// the payload stays far below [`MAX_NOTIFY_PAYLOAD_BYTES`]; should it ever
-/// not, the summary is left out (listeners then see an empty summary) rather
-/// than fail the transaction that makes the mail durable.
-pub(crate) fn payload(m: &IndexedMessage) -> String {
-    let full = serde_json::json!({
-        "seq": m.seq,
-        "owner": m.owner.as_str(),
-        "inbox": m.inbox.as_str(),
-        "id": m.id.to_string(),
-        "size": m.size,
-        "from_address": m.summary.header_from.as_ref().map(|f| f.address.as_str()),
-        "from_name": m.summary.header_from.as_ref().and_then(|f| f.name.as_deref()),
-        "subject": m.summary.subject.as_deref(),
-        "authenticated": m.summary.authenticated,
-    })
-    .to_string();
-    if full.len() <= MAX_NOTIFY_PAYLOAD_BYTES {
-        return full;
-    }
-    serde_json::json!({
-        "seq": m.seq,
-        "owner": m.owner.as_str(),
-        "inbox": m.inbox.as_str(),
-        "id": m.id.to_string(),
-        "size": m.size,
-    })
-    .to_string()
-}
 
 #[async_trait]
 impl MessageIndex for PgStore {
@@ -115,77 +89,35 @@ impl MessageIndex for PgStore {
         let owners: Vec<&str> = rows.iter().map(|m| m.owner.as_str()).collect();
         let inboxes: Vec<&str> = rows.iter().map(|m| m.inbox.as_str()).collect();
         let ids: Vec<String> = rows.iter().map(|m| m.id.to_string()).collect();
-
-        let mut tx = self.begin().await?;
-        // The counter row, held until the commit (module docs).
-        let (last,): (i64,) = sqlx::query_as("SELECT last FROM message_seq WHERE id = 1 FOR UPDATE")
-            .fetch_one(&mut *tx)
+        let received: Vec<i64> = rows.iter().map(NewMessage::received_at).collect();
+        let from_address: Vec<Option<&str>> =
+            rows.iter().map(|m| m.summary.header_from.as_ref().map(|f| f.address.as_str())).collect();
+        let from_name: Vec<Option<&str>> =
+            rows.iter().map(|m| m.summary.header_from.as_ref().and_then(|f| f.name.as_deref())).collect();
+        let subject: Vec<Option<&str>> = rows.iter().map(|m| m.summary.subject.as_deref()).collect();
+        let authenticated: Vec<bool> = rows.iter().map(|m| m.summary.authenticated).collect();
+        // One statement, in its own transaction: the server locks the counter,
+        // skips rows indexed before (they keep their seq), numbers and inserts
+        // the new ones, moves the counter and notifies, then commits (module
+        // docs; migration 0006).
+        let seqs: Vec<(i64, i64)> = sqlx::query_as("SELECT n, seq FROM agentkeys_index_messages($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)")
+            .bind(&owners)
+            .bind(&inboxes)
+            .bind(&ids)
+            .bind(&received)
+            .bind(&sizes)
+            .bind(&from_address)
+            .bind(&from_name)
+            .bind(&subject)
+            .bind(&authenticated)
+            .bind(super::MAIL_CHANNEL)
+            .fetch_all(&self.pool)
             .await
             .map_err(backend)?;
-        // Rows indexed before keep their seq. Every inserter holds the counter,
-        // so none can appear between this read and the insert.
-        let existing: Vec<(String, String, String, i64)> = sqlx::query_as(
-            "SELECT m.owner, m.inbox, m.id, m.seq
-               FROM messages m
-               JOIN unnest($1::text[], $2::text[], $3::text[]) AS k (owner, inbox, id)
-                 ON m.owner = k.owner AND m.inbox = k.inbox AND m.id = k.id",
-        )
-        .bind(&owners)
-        .bind(&inboxes)
-        .bind(&ids)
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(backend)?;
-        let mut seqs: HashMap<(String, String, String), i64> =
-            existing.into_iter().map(|(o, i, id, seq)| ((o, i, id), seq)).collect();
-        let mut next = last;
-        let mut out = Vec::with_capacity(rows.len());
-        let mut new = Vec::new();
-        for ((m, id), size) in rows.iter().zip(&ids).zip(&sizes) {
-            let key = (m.owner.as_str().to_owned(), m.inbox.as_str().to_owned(), id.clone());
-            let seq = match seqs.get(&key) {
-                Some(&seq) => seq,
-                None => {
-                    next += 1;
-                    seqs.insert(key, next);
-                    new.push((next, m, id, *size));
-                    next
-                }
-            };
-            out.push(indexed(m, seq));
+        if seqs.len() != rows.len() || seqs.iter().enumerate().any(|(i, (n, _))| usize::try_from(*n) != Ok(i + 1)) {
+            return Err(StoreError::Backend(format!("indexing {} rows answered {} seqs", rows.len(), seqs.len())));
         }
-        if !new.is_empty() {
-            sqlx::query(
-                "INSERT INTO messages (seq, owner, inbox, id, received_at, size,
-                                   header_from_address, header_from_name, subject, authenticated)
-                 SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::bigint[],
-                                      $7::text[], $8::text[], $9::text[], $10::boolean[])",
-            )
-            .bind(new.iter().map(|(seq, ..)| *seq).collect::<Vec<i64>>())
-            .bind(new.iter().map(|(_, m, ..)| m.owner.as_str()).collect::<Vec<&str>>())
-            .bind(new.iter().map(|(_, m, ..)| m.inbox.as_str()).collect::<Vec<&str>>())
-            .bind(new.iter().map(|(_, _, id, _)| id.as_str()).collect::<Vec<&str>>())
-            .bind(new.iter().map(|(_, m, ..)| m.received_at()).collect::<Vec<i64>>())
-            .bind(new.iter().map(|(.., size)| *size).collect::<Vec<i64>>())
-            .bind(new.iter().map(|(_, m, ..)| m.summary.header_from.as_ref().map(|f| f.address.as_str())).collect::<Vec<Option<&str>>>())
-            .bind(new.iter().map(|(_, m, ..)| m.summary.header_from.as_ref().and_then(|f| f.name.as_deref())).collect::<Vec<Option<&str>>>())
-            .bind(new.iter().map(|(_, m, ..)| m.summary.subject.as_deref()).collect::<Vec<Option<&str>>>())
-            .bind(new.iter().map(|(_, m, ..)| m.summary.authenticated).collect::<Vec<bool>>())
-            .execute(&mut *tx)
-            .await
-            .map_err(backend)?;
-            sqlx::query("UPDATE message_seq SET last = $1 WHERE id = 1").bind(next).execute(&mut *tx).await.map_err(backend)?;
-            // In seq order: a function scan over an array yields it in order.
-            let payloads: Vec<String> = new.iter().map(|(seq, m, ..)| payload(&indexed(m, *seq))).collect();
-            sqlx::query("SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p")
-                .bind(super::MAIL_CHANNEL)
-                .bind(&payloads)
-                .execute(&mut *tx)
-                .await
-                .map_err(backend)?;
-        }
-        tx.commit().await.map_err(backend)?;
-        Ok(out)
+        Ok(rows.iter().zip(&seqs).map(|(m, (_, seq))| indexed(m, *seq)).collect())
     }
 
     async fn list_messages(
@@ -349,40 +281,5 @@ impl MessageIndex for PgStore {
         let sealed = self.append_in(&mut tx, &audit).await?;
         let _receipt = commit_audited(tx, sealed).await?;
         Ok(expired)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::header_summary::{
-        HeaderFrom, HeaderSummary, MAX_SUMMARY_FROM_ADDRESS_CHARS, MAX_SUMMARY_FROM_NAME_CHARS, MAX_SUMMARY_SUBJECT_CHARS,
-    };
-
-    /// The largest summary there can be (every character the longest to
-    /// escape in JSON) still fits a notification, and travels in it whole.
-    #[test]
-    fn the_largest_summary_fits_a_notification() {
-        let wide = |n: usize| "\u{10FFFF}\"\\".chars().cycle().take(n).collect::<String>();
-        let m = IndexedMessage {
-            seq: i64::MAX,
-            owner: "0x00000000000000000000000000000000000000aa".parse().unwrap(),
-            inbox: format!("{}@{}.test", "a".repeat(64), "d".repeat(60)).parse().unwrap(),
-            id: Ulid::new(),
-            received_at: 0,
-            size: u64::MAX,
-            summary: HeaderSummary {
-                header_from: Some(HeaderFrom {
-                    address: wide(MAX_SUMMARY_FROM_ADDRESS_CHARS),
-                    name: Some(wide(MAX_SUMMARY_FROM_NAME_CHARS)),
-                }),
-                subject: Some(wide(MAX_SUMMARY_SUBJECT_CHARS)),
-                authenticated: true,
-            },
-        };
-        let p = payload(&m);
-        assert!(p.len() <= MAX_NOTIFY_PAYLOAD_BYTES, "{} bytes", p.len());
-        let back: serde_json::Value = serde_json::from_str(&p).unwrap();
-        assert_eq!(back["subject"].as_str(), m.summary.subject.as_deref());
     }
 }

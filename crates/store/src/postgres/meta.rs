@@ -904,7 +904,7 @@ impl OwnerApproval for PgStore {
         .fetch_optional(&self.pool)
         .await
         .map_err(backend)?;
-        Ok(if inserted.is_some() { NonceUse::Fresh } else { NonceUse::Replayed })
+        Ok(if inserted.is_some() { NonceUse::Fresh(agentkeys_core::NonceRecord::first_use(owner, nonce)) } else { NonceUse::Replayed })
     }
 
     async fn list_owner_grants(&self, owner: &OwnerId) -> Result<Vec<Grant>, StoreError> {
@@ -1211,14 +1211,11 @@ impl Checkpoints for PgStore {
             let last = last.map(checkpoint_from_row).transpose()?;
             let max_seq: Option<i64> =
                 sqlx::query_scalar("SELECT MAX(seq) FROM audit_checkpoints").fetch_one(&mut *tx).await.map_err(backend)?;
-            let extends = match last.as_ref().map(CheckpointRecord::signed) {
-                None => counter == 1 && checkpoint.prev == Some(agentkeys_audit::CHECKPOINT_GENESIS_PREV),
-                Some(agentkeys_audit::SignedCheckpoint::V2 { checkpoint: l, .. }) => {
-                    Some(counter) == l.counter.checked_add(1) && checkpoint.prev == Some(l.hash())
-                }
-                Some(agentkeys_audit::SignedCheckpoint::V1 { .. }) => false,
+            let highest = max_seq.map(|m| u64::try_from(m).unwrap_or(u64::MAX));
+            let agentkeys_audit::SignedCheckpoint::V2 { checkpoint: next, .. } = checkpoint.signed() else {
+                return Ok(false);
             };
-            if !extends || max_seq.is_some_and(|m| m >= seq) {
+            if !next.extends(last.map(|l| l.signed()).as_ref(), highest) {
                 return Ok(false);
             }
             if counter == 1 {
