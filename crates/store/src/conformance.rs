@@ -2813,6 +2813,8 @@ pub async fn inbox_policies_are_owner_scoped<B: Backend>(backend: Arc<B>) {
     };
     invalid(a.set_inbox_policy(&owner(1), &bot, &too_many, NOW, &event("inbox.policy", bot.as_str())).await, "too many patterns");
     assert_eq!(a.inbox_policy(&bot).await.unwrap(), InboxPolicy::default());
+}
+
 // ---------------------------------------------------------------------------
 // The owner's console (crate::Console): challenges, passkey links, sessions.
 
