@@ -153,11 +153,15 @@ impl Worker {
                     Err(err) => tracing::error!(%err, "cannot claim webhook deliveries; retrying"),
                 }
             }
-            // More may be due right away when the batch filled the free slots.
+            // More may be due right away when the batch filled the free slots:
+            // claim again once half of them are free, not at every freed slot
+            // (each claim is a write transaction, on SQLite under the lock
+            // mail acceptance needs too).
             if claimed > 0 && claimed == free {
+                let half = u32::try_from(self.config.concurrency.max(1).div_ceil(2)).unwrap_or(1);
                 tokio::select! {
                     () = shutdown.cancelled() => break,
-                    _ = slots.acquire() => continue,
+                    _ = slots.acquire_many(half) => continue,
                 }
             }
             tokio::select! {
