@@ -702,7 +702,8 @@ impl Webhooks for SqliteStore {
         // A read first: an idle outbox never takes the write lock.
         let due: Option<(i64,)> = sqlx::query_as(
             "SELECT 1 FROM webhook_deliveries
-              WHERE (state = 'pending' AND next_attempt_ms <= ?1) OR (state = 'sending' AND lease_until_ms <= ?1)
+              WHERE state IN ('pending', 'sending')
+                AND ((state = 'pending' AND next_attempt_ms <= ?1) OR (state = 'sending' AND lease_until_ms <= ?1))
               LIMIT 1",
         )
         .bind(now_ms)
@@ -714,12 +715,16 @@ impl Webhooks for SqliteStore {
         }
         let lease = lease_token();
         let mut tx = self.write_tx().await?;
-        // One statement under SQLite's write lock: no row is claimed twice.
+        // One statement under SQLite's write lock: no row is claimed twice. The
+        // `state IN (…)` term is the partial index's own, so SQLite walks
+        // `webhook_deliveries_due` in order and stops at the limit (without it,
+        // every claim scanned and sorted the whole outbox under the lock).
         sqlx::query(
             "UPDATE webhook_deliveries SET state = 'sending', lease_until_ms = ?3, lease_token = ?4
               WHERE id IN (SELECT id FROM webhook_deliveries
-                            WHERE (state = 'pending' AND next_attempt_ms <= ?1)
-                               OR (state = 'sending' AND lease_until_ms <= ?1)
+                            WHERE state IN ('pending', 'sending')
+                              AND ((state = 'pending' AND next_attempt_ms <= ?1)
+                                OR (state = 'sending' AND lease_until_ms <= ?1))
                             ORDER BY next_attempt_ms, id LIMIT ?2)",
         )
         .bind(now_ms)

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use agentkeys_store::{DeliveryAttempt, DeliveryClaim, Webhooks};
 use bytes::Bytes;
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -41,6 +41,11 @@ pub const RETRY_SCHEDULE: [Duration; 10] = [
 ];
 /// How long after its event a delivery is retried before it is marked failed.
 pub const RETRY_PERIOD: Duration = Duration::from_secs(24 * 3600);
+/// Most finished attempts recorded in one transaction. Attempts are recorded
+/// by one task, in batches of whatever has finished meanwhile: on SQLite every
+/// write transaction takes the lock mail acceptance needs too, so ten
+/// subscriptions must not mean ten transactions per message.
+pub const RECORD_BATCH: usize = 256;
 /// Default cap on concurrent attempts per node.
 pub const DEFAULT_CONCURRENCY: usize = 16;
 /// How often the worker looks for due deliveries when nothing wakes it.
@@ -79,6 +84,20 @@ pub fn next_attempt(attempts: u32, created_at: i64, now_ms: i64, scale: f64) -> 
     (at <= deadline).then_some(at)
 }
 
+/// Records finished attempts until every sender is gone, each batch (what has
+/// finished meanwhile, at most [`RECORD_BATCH`]) in one transaction. A failed
+/// write loses nothing: those leases run out and the deliveries are tried
+/// again, with the same ids (at least once).
+async fn record_batches(store: Arc<dyn Webhooks>, mut finished: mpsc::UnboundedReceiver<DeliveryAttempt>) {
+    let mut batch = Vec::with_capacity(RECORD_BATCH);
+    while finished.recv_many(&mut batch, RECORD_BATCH).await > 0 {
+        if let Err(err) = store.record_webhook_attempts(&batch).await {
+            tracing::error!(%err, attempts = batch.len(), "cannot record webhook attempts; they are repeated after their leases");
+        }
+        batch.clear();
+    }
+}
+
 /// Sends deliveries.
 pub struct Worker {
     store: Arc<dyn Webhooks>,
@@ -110,6 +129,8 @@ impl Worker {
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
         let slots = Arc::new(Semaphore::new(self.config.concurrency.max(1)));
         let tasks = TaskTracker::new();
+        let (records, finished) = mpsc::unbounded_channel();
+        let recorder = tokio::spawn(record_batches(Arc::clone(&self.store), finished));
         loop {
             let free = slots.available_permits();
             let mut claimed = 0;
@@ -122,8 +143,9 @@ impl Worker {
                         for claim in claims {
                             let Ok(permit) = slots.clone().try_acquire_owned() else { break };
                             let worker = Arc::clone(&self);
+                            let records = records.clone();
                             tasks.spawn(async move {
-                                worker.attempt(claim).await;
+                                worker.attempt(claim, &records).await;
                                 drop(permit);
                             });
                         }
@@ -131,11 +153,15 @@ impl Worker {
                     Err(err) => tracing::error!(%err, "cannot claim webhook deliveries; retrying"),
                 }
             }
-            // More may be due right away when the batch filled the free slots.
+            // More may be due right away when the batch filled the free slots:
+            // claim again once half of them are free, not at every freed slot
+            // (each claim is a write transaction, on SQLite under the lock
+            // mail acceptance needs too).
             if claimed > 0 && claimed == free {
+                let half = u32::try_from(self.config.concurrency.max(1).div_ceil(2)).unwrap_or(1);
                 tokio::select! {
                     () = shutdown.cancelled() => break,
-                    _ = slots.acquire() => continue,
+                    _ = slots.acquire_many(half) => continue,
                 }
             }
             tokio::select! {
@@ -146,10 +172,13 @@ impl Worker {
         }
         tasks.close();
         tasks.wait().await;
+        // Every attempt has sent its record: the recorder drains them and ends.
+        drop(records);
+        recorder.await.ok();
     }
 
-    /// One attempt of `claim`, recorded under its lease.
-    async fn attempt(&self, claim: DeliveryClaim) {
+    /// One attempt of `claim`; its outcome goes to the recorder (written under its lease).
+    async fn attempt(&self, claim: DeliveryClaim, records: &mpsc::UnboundedSender<DeliveryAttempt>) {
         let id = claim.delivery.id.clone();
         let outcome = self.send(&claim).await;
         let now = now_ms();
@@ -175,9 +204,8 @@ impl Worker {
             error,
             now: now / 1000,
         };
-        if let Err(err) = self.store.record_webhook_attempts(std::slice::from_ref(&record)).await {
-            // The lease runs out and the delivery is tried again: at least once.
-            tracing::error!(delivery = %id, %err, "cannot record a webhook attempt");
+        if records.send(record).is_err() {
+            tracing::error!(delivery = %id, "the webhook recorder has stopped; the attempt is repeated after its lease");
         }
         // A retry due before the next poll wakes the loop itself.
         if let Some(at) = retry_at_ms {

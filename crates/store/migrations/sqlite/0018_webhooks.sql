@@ -49,7 +49,8 @@ CREATE TABLE webhook_deliveries (
     last_error      TEXT,
     UNIQUE (subscription_id, event_key)
 );
-CREATE INDEX webhook_deliveries_due ON webhook_deliveries (next_attempt_ms) WHERE state IN ('pending', 'sending');
+-- The claim's order (next_attempt_ms, id): walked in order, stopped at the limit.
+CREATE INDEX webhook_deliveries_due ON webhook_deliveries (next_attempt_ms, id) WHERE state IN ('pending', 'sending');
 CREATE INDEX webhook_deliveries_by_subscription ON webhook_deliveries (subscription_id, created_at);
 CREATE INDEX webhook_deliveries_by_lease ON webhook_deliveries (lease_token) WHERE lease_token IS NOT NULL;
 

@@ -279,8 +279,9 @@ impl Webhooks for PgStore {
         sqlx::query(
             "UPDATE webhook_deliveries d SET state = 'sending', lease_until_ms = $3, lease_token = $4
                FROM (SELECT id FROM webhook_deliveries
-                      WHERE (state = 'pending' AND next_attempt_ms <= $1)
-                         OR (state = 'sending' AND lease_until_ms <= $1)
+                      WHERE state IN ('pending', 'sending')
+                        AND ((state = 'pending' AND next_attempt_ms <= $1)
+                          OR (state = 'sending' AND lease_until_ms <= $1))
                       ORDER BY next_attempt_ms, id
                       LIMIT $2
                         FOR UPDATE SKIP LOCKED) due
