@@ -1834,7 +1834,7 @@ pub async fn a_stale_idempotency_claim_is_resolved_by_what_was_stored<B: Backend
     assert_eq!(b.claim(scope(&LOST), &body, ulid(110), fresh).await.unwrap(), IdempotencyClaim::InProgress);
     // What the crashed sends stored: one message indexed (in another owner's
     // inbox: any inbox counts), one queued.
-    let other_inbox = NewMessage { owner: owner(2), inbox: address("other"), id: ulid(101), size: 10 };
+    let other_inbox = NewMessage { owner: owner(2), inbox: address("other"), id: ulid(101), size: 10, summary: Default::default() };
     b.index_messages(&[other_inbox]).await.unwrap();
     a.enqueue_outbound(&NewOutbound { message_id: ulid(102).to_string(), ..outbound(1, 1, 0) }).await.unwrap();
 
@@ -1853,7 +1853,7 @@ pub async fn a_stale_idempotency_claim_is_resolved_by_what_was_stored<B: Backend
     assert!(retries.iter().all(|(c, _)| matches!(c, IdempotencyClaim::Claimed | IdempotencyClaim::InProgress)), "{retries:?}");
     // The new claim is fresh again, and carries the winner's message id.
     assert_eq!(a.claim(scope(&LOST), &body, ulid(300), stale + 1).await.unwrap(), IdempotencyClaim::InProgress);
-    b.index_messages(&[NewMessage { owner: owner(1), inbox: address("bot"), id: winners[0], size: 1 }]).await.unwrap();
+    b.index_messages(&[NewMessage { owner: owner(1), inbox: address("bot"), id: winners[0], size: 1, summary: Default::default() }]).await.unwrap();
     let later = stale + STALE_CLAIM_SECS;
     assert_eq!(a.claim(scope(&LOST), &body, ulid(301), later).await.unwrap(), IdempotencyClaim::Stored { message: winners[0], queued: false });
     // Another request with the key is still refused.
