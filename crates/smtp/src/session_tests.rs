@@ -1431,7 +1431,7 @@ async fn store_delivery_uses_one_put_durable_then_enqueues() {
     let mut h = Harness::submission();
     h.send("MAIL FROM:<bot@agents.localhost>\r\nRCPT TO:<other@agents.localhost>\r\nRCPT TO:<foreign@agents.localhost>\r\nRCPT TO:<x@remote.test>\r\nDATA\r\n");
     h.send("From: bot@agents.localhost\r\n\r\nhi\r\n.\r\n");
-    let d = h.deliveries.pop().unwrap();
+    let d = received_now(h.deliveries.pop().unwrap());
     store_delivery_ok(&blobs, &meta, &d).await;
     let puts = blobs.puts.lock().unwrap().clone();
     assert_eq!(puts.len(), 1, "one put_durable per message");
@@ -1482,7 +1482,7 @@ async fn only_the_queued_copy_is_signed_and_a_signing_failure_stores_nothing() {
     let mut h = Harness::submission();
     h.send("MAIL FROM:<bot@agents.localhost>\r\nRCPT TO:<other@agents.localhost>\r\nRCPT TO:<x@remote.test>\r\nDATA\r\n");
     h.send("From: bot@agents.localhost\r\n\r\nhi\r\n.\r\n");
-    let d = h.deliveries.pop().unwrap();
+    let d = received_now(h.deliveries.pop().unwrap());
     let signer = TagSigner(std::sync::Mutex::new(Vec::new()), false);
     crate::store_delivery_signed(&blobs, &meta, Some(&signer), &d).await.unwrap();
     assert_eq!(*signer.0.lock().unwrap(), vec!["agents.localhost".to_owned()]);
@@ -1501,6 +1501,14 @@ async fn only_the_queued_copy_is_signed_and_a_signing_failure_stores_nothing() {
     assert_eq!(Reply::from(&err), Reply::StorageFailed);
     assert!(blobs.puts.lock().unwrap().is_empty(), "nothing written");
     assert!(meta.queue.lock().unwrap().is_empty());
+}
+
+/// `d` with an id of now: the harness's clock stands at `T0`, but queueing
+/// refuses an id whose acknowledgement window has closed by the wall clock
+/// (`agentkeys_store::acknowledgement_closed`).
+fn received_now(mut d: Delivery) -> Delivery {
+    d.id = ulid::Ulid::new();
+    d
 }
 
 async fn store_delivery_ok(blobs: &FakeBlobs, meta: &FakeMeta, d: &Delivery) {

@@ -128,15 +128,16 @@ impl PgStore {
             "idle_in_transaction_session_timeout",
             IDLE_IN_TRANSACTION_TIMEOUT.as_millis().to_string(),
         )]);
-        // No ping when an idle connection is handed out (sqlx's default sends a
-        // `Sync` and waits for the answer): one round trip fewer per checkout.
-        // A connection that died while idle fails its next statement (that one
-        // request answers 503/451 and its caller retries), and sqlx closes it
-        // when its release ping fails, so the pool heals without the ping.
+        // sqlx pings an idle connection before handing it out (one round trip
+        // per checkout). Turning that off saved ~2 round trips per mint, but a
+        // PostgreSQL restart or failover then fails one request per dead idle
+        // connection instead of none (`lost_connections_are_errors_and_the_pool_recovers`
+        // in tests/postgres.rs), so the ping stays until statements retry on a
+        // lost connection themselves.
         let pool = PgPoolOptions::new()
             .max_connections(max_connections.max(1))
             .acquire_timeout(ACQUIRE_TIMEOUT)
-            .test_before_acquire(false)
+            .test_before_acquire(true)
             .connect_with(options.clone())
             .await
             .map_err(|e| StoreError::Backend(format!("cannot connect to the PostgreSQL metadata database: {e}")))?;
