@@ -95,10 +95,21 @@ pub struct ConsoleConfig {
 
 impl ConsoleConfig {
     /// The console for a server reached at `public_url` (`https://…`, or
-    /// `http://localhost…`: browsers refuse passkeys anywhere else).
+    /// `http://localhost…`: browsers refuse passkeys anywhere else). A loopback
+    /// address (`http://127.0.0.1:8787`, the zero-configuration default) is
+    /// served as `localhost` on the same port, so the console works on this
+    /// machine with no setup; other IP addresses are refused.
     pub fn new(public_url: &str) -> Result<Self, agentkeys_approval::PasskeyError> {
         let bad = |why: &str| agentkeys_approval::PasskeyError::Config(format!("{public_url}: {why}"));
-        let url = url::Url::parse(public_url).map_err(|e| bad(&e.to_string()))?;
+        let mut url = url::Url::parse(public_url).map_err(|e| bad(&e.to_string()))?;
+        let loopback = match url.host() {
+            Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+            Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+            _ => false,
+        };
+        if loopback {
+            url.set_host(Some("localhost")).map_err(|e| bad(&e.to_string()))?;
+        }
         match (url.scheme(), url.host()) {
             (_, Some(url::Host::Ipv4(_) | url::Host::Ipv6(_))) => {
                 return Err(bad("passkeys need a host name, not an IP address (use http://localhost:PORT on this machine)"));
@@ -107,8 +118,8 @@ impl ConsoleConfig {
             ("http", Some(url::Host::Domain("localhost"))) => {}
             _ => return Err(bad("passkeys need https:// (or http://localhost)")),
         }
-        let gate = PasskeyGate::new(public_url, "AgentKeys")?;
         let origin = url.origin().ascii_serialization();
+        let gate = PasskeyGate::new(&origin, "AgentKeys")?;
         Ok(Self { gate, origin })
     }
 
@@ -388,6 +399,18 @@ mod tests {
         let path = "/console/pairings/approve";
         assert_eq!(action_hash(&owner(), path, &plain), action_hash(&owner(), path, &gated));
         assert_ne!(action_hash(&owner(), path, &plain), action_hash(&owner(), "/console/keys/key_1/revoke", &plain));
+    }
+
+    #[test]
+    fn loopback_addresses_are_served_as_localhost_and_other_ips_refused() {
+        let origin = |u: &str| ConsoleConfig::new(u).map(|c| c.origin().to_owned());
+        assert_eq!(origin("http://127.0.0.1:8787").unwrap(), "http://localhost:8787");
+        assert_eq!(origin("http://[::1]:8787/").unwrap(), "http://localhost:8787");
+        assert_eq!(origin("http://localhost:9000").unwrap(), "http://localhost:9000");
+        assert_eq!(origin("https://mail.example.com").unwrap(), "https://mail.example.com");
+        assert!(origin("http://192.0.2.7:8787").is_err(), "another machine's IP");
+        assert!(origin("https://192.0.2.7").is_err());
+        assert!(origin("http://mail.example.com").is_err(), "plain http off localhost");
     }
 
     #[test]
