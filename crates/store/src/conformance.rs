@@ -179,6 +179,7 @@ macro_rules! conformance_tests {
             expiry_removes_each_row_once,
             expired_inboxes_are_absent_and_swept_once,
             inboxes_end_with_the_grant_that_created_them,
+            a_grant_ended_in_its_inboxs_creation_second_ends_it_a_second_later,
             domains_are_assigned_to_one_owner_or_shared,
             revoking_twice_keeps_the_first_time,
             writes_answer_errors_as_documented,
@@ -2418,6 +2419,23 @@ pub async fn inboxes_end_with_the_grant_that_created_them<B: Backend>(backend: A
     );
     assert_eq!(ended[0].actor, Actor::Owner(owner(1)), "with the change's actor");
     assert_eq!(ended[0].detail["inboxes"], serde_json::json!([address("signup-1"), address("signup-2")]));
+}
+
+/// A grant revoked in the very second an inbox was created under it (an agent
+/// creates a sign-up inbox, its owner stops it at once): the revocation
+/// succeeds and the inbox ends one second after its creation, since an
+/// expiry is always after the creation.
+pub async fn a_grant_ended_in_its_inboxs_creation_second_ends_it_a_second_later<B: Backend>(backend: Arc<B>) {
+    let (a, b) = pair(&*backend).await;
+    two_owners(&a, &b).await;
+    let g = grant_record(21, 1, 1, "signup-*@conformance.test", "read,create");
+    a.add_grant(&g, &event("grant.create", g.id.as_str())).await.unwrap();
+    let created = InboxRecord { created_at: NOW + 50, expires_at: Some(NOW + DAY), ..inbox_record("signup-now", 1, 1) };
+    b.create_granted_inbox(&created, &g.id, &event("inbox.create", "now")).await.unwrap();
+    b.revoke_owner_grant(&owner(1), &g.id, NOW + 50, &event("grant.revoke", "g21")).await.unwrap();
+    for s in [&a, &b] {
+        assert_eq!(expiries(s).await["signup-now"], Some(NOW + 51), "one second after its creation");
+    }
 }
 
 /// A hosted domain is shared until assigned; `assign_domain` sets (or, with

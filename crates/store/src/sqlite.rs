@@ -313,7 +313,9 @@ impl SqliteStore {
         change: &AuditEvent,
     ) -> Result<Option<SealedRecord>, StoreError> {
         let rows: Vec<(String, String)> = sqlx::query_as(
-            "UPDATE inboxes SET expires_at = ?2
+            // An inbox created in the second the grant ends ends one second
+            // after its creation (an expiry is always after the creation).
+            "UPDATE inboxes SET expires_at = MAX(?2, created_at + 1)
               WHERE created_by_grant = ?1 AND (expires_at IS NULL OR expires_at > ?2)
               RETURNING address, owner",
         )
