@@ -459,7 +459,7 @@ async fn sweep_retention(
             Ok(n) => tracing::info!(deleted = n, "retention sweep deleted expired messages"),
             Err(err) => tracing::error!(%err, "retention sweep failed; retrying at the next interval"),
         }
-        match mailroom.sweep_expired_inboxes(meta.as_ref(), crate::now()).await {
+        match mailroom.sweep_expired_inboxes(meta.as_ref(), crate::now() - agentkeys_store::INBOX_SWEEP_GRACE_SECS).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(removed = n, "expiry sweep removed expired inboxes with their mail"),
             Err(err) => tracing::error!(%err, "expiry sweep failed; retrying at the next interval"),
