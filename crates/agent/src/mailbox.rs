@@ -107,6 +107,32 @@ pub struct InboxList {
     pub inboxes: Vec<InboxEntry>,
 }
 
+/// A change an agent makes to its own inbox's allow/block lists: it may
+/// only tighten them (the owner loosens).
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TightenPolicyParams {
+    /// The inbox.
+    pub inbox: String,
+    /// Senders (addresses or domains) to add to the receive block list.
+    #[serde(default)]
+    pub block_senders: Vec<String>,
+    /// Recipients (addresses or domains) to add to the send block list.
+    #[serde(default)]
+    pub block_recipients: Vec<String>,
+    /// The only senders to accept from now on (replaces the receive allow
+    /// list; must be within the one there is, if any).
+    #[serde(default)]
+    pub allow_senders: Option<Vec<String>>,
+    /// The only recipients to send to from now on (replaces the send allow
+    /// list; must be within the one there is, if any).
+    #[serde(default)]
+    pub allow_recipients: Option<Vec<String>>,
+    /// `label` or `hide` (never back towards `show`).
+    #[serde(default)]
+    pub unauthenticated: Option<String>,
+}
+
 /// `create_inbox`: every field optional.
 #[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -695,6 +721,46 @@ impl MailService {
         Ok(InboxList { inboxes: self.client.list_inboxes().await? })
     }
 
+    /// The inbox's allow/block lists as they are now.
+    pub async fn inbox_policy(&self, inbox: &str) -> Result<agentkeys_core::policy::InboxPolicy, MailError> {
+        Ok(self.client.inbox_policy(inbox).await?)
+    }
+
+    /// Tightens the inbox's lists: block patterns are added to the lists
+    /// there are, allow lists replaced (the server refuses anything that
+    /// would let more through, and any agent without `admin` on the inbox).
+    pub async fn tighten_policy(&self, p: &TightenPolicyParams) -> Result<agentkeys_core::policy::InboxPolicy, MailError> {
+        let inbox = crate::client::check_inbox(&p.inbox)?;
+        let current = self.client.inbox_policy(&inbox).await?;
+        let mut change = serde_json::Map::new();
+        let added = |list: &[agentkeys_core::policy::AddressPattern], more: &[String]| -> serde_json::Value {
+            let mut all: Vec<String> = list.iter().map(ToString::to_string).collect();
+            all.extend(more.iter().map(|m| m.trim().to_owned()));
+            all.into()
+        };
+        if !p.block_senders.is_empty() {
+            change.insert("receive_block".into(), added(&current.receive_block, &p.block_senders));
+        }
+        if !p.block_recipients.is_empty() {
+            change.insert("send_block".into(), added(&current.send_block, &p.block_recipients));
+        }
+        for (field, list) in [("receive_allow", &p.allow_senders), ("send_allow", &p.allow_recipients)] {
+            if let Some(list) = list {
+                if list.is_empty() {
+                    return Err(MailError::Invalid(format!("{field}: an empty allow list would allow everyone; only the owner opens a list")));
+                }
+                change.insert(field.into(), list.iter().map(|m| m.trim().to_owned()).collect::<Vec<_>>().into());
+            }
+        }
+        if let Some(u) = &p.unauthenticated {
+            change.insert("unauthenticated".into(), u.trim().into());
+        }
+        if change.is_empty() {
+            return Err(MailError::Invalid("nothing to change: name senders or recipients to block or allow, or an unauthenticated mode".to_owned()));
+        }
+        Ok(self.client.change_policy(&inbox, &serde_json::Value::Object(change)).await?)
+    }
+
     /// `create_inbox`: a new inbox for this agent under its `create` grant.
     pub async fn create_inbox(&self, p: &CreateInboxParams) -> Result<CreatedInbox, MailError> {
         let trimmed = |v: &Option<String>| v.as_deref().map(str::trim).filter(|t| !t.is_empty()).map(str::to_owned);
@@ -747,6 +813,9 @@ impl MailService {
                 .list_messages(&inbox, &ListQuery { order: Order::Desc, after: p.after.clone(), before: before.clone(), limit: page_size })
                 .await?;
             next_cursor = page.next_cursor.clone();
+            // The server withholds what the policy refuses (older servers listed
+            // it, and the check below still catches it).
+            withheld += page.withheld_ids.len();
             let mut stopped_early = None;
             for entry in &page.messages {
                 scanned += 1;
@@ -786,10 +855,12 @@ impl MailService {
     /// replies and forwards all come through here.
     pub async fn fetch_parsed(&self, inbox: &str, message_id: &str) -> Result<crate::message::ParsedMessage, MailError> {
         let policy = self.client.inbox_policy(inbox).await?;
-        let raw = self.client.fetch_message(inbox, message_id).await?;
+        let raw = match self.client.fetch_message(inbox, message_id).await {
+            Err(ClientError::Withheld { .. }) => return Err(MailError::Withheld(message_id.to_owned())),
+            other => other?,
+        };
         let parsed = parse(message_id, &raw, &self.client.config().hostname)?;
-        let hidden = policy.unauthenticated == Unauthenticated::Hide && !parsed.authentication.authenticated;
-        if !policy.allows_sender(parsed.from_address()) || hidden {
+        if !policy.shows(parsed.from_address(), parsed.authentication.authenticated) {
             return Err(MailError::Withheld(message_id.to_owned()));
         }
         Ok(parsed)
@@ -951,13 +1022,13 @@ impl MailService {
     /// Withheld mail is counted in answers, never described (its sender and
     /// subject are what an injection would use).
     fn withheld(spec: &WaitSpec, parsed: &crate::message::ParsedMessage) -> Option<&'static str> {
-        if !spec.policy.allows_sender(parsed.from_address()) {
-            return Some("its sender is refused by the inbox's receive lists");
+        if spec.policy.shows(parsed.from_address(), parsed.authentication.authenticated) {
+            None
+        } else if !spec.policy.allows_sender(parsed.from_address()) {
+            Some("its sender is refused by the inbox's receive lists")
+        } else {
+            Some("it is not authenticated and the inbox's policy hides such mail")
         }
-        if spec.policy.unauthenticated == Unauthenticated::Hide && !parsed.authentication.authenticated {
-            return Some("it is not authenticated and the inbox's policy hides such mail");
-        }
-        None
     }
 
     /// Judges one parsed message against a wait: `Ok(otp)` when it may be handed
@@ -1006,7 +1077,7 @@ impl MailService {
                 let verdict = Self::judge(spec, &parsed);
                 Ok(Some((parsed, verdict)))
             }
-            Err(e @ (MailError::Message(_) | MailError::Client(ClientError::NotFound { .. }))) => {
+            Err(e @ (MailError::Message(_) | MailError::Client(ClientError::NotFound { .. } | ClientError::Withheld { .. }))) => {
                 tracing::info!(message_id = %entry.message_id, error = %e, "a wait skipped a message it cannot read");
                 Ok(None)
             }
@@ -1056,6 +1127,12 @@ impl MailService {
                 }
             };
             let mut past = false;
+            let withheld_in_window = page
+                .withheld_ids
+                .iter()
+                .filter(|id| ulid::Ulid::from_string(id).is_ok_and(|id| w.contains(id)))
+                .count();
+            withheld.fetch_add(withheld_in_window, std::sync::atomic::Ordering::Relaxed);
             for e in page.messages {
                 match ulid::Ulid::from_string(&e.message_id) {
                     Ok(id) if w.contains(id) => in_window.push(e),

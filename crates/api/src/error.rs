@@ -107,6 +107,11 @@ pub enum ApiError {
     /// the capability does not cover, another owner's, a missing or malformed
     /// message id: all the same body, so nothing tells them apart.
     MailNotFound,
+    /// 403 `MESSAGE_WITHHELD`: the message is in the capability's inbox, but the
+    /// inbox's allow/block policy withholds it from the agent (its sender is
+    /// refused, or it is unauthenticated under `unauthenticated: hide`). Nothing
+    /// of it is described; only its owner reads it.
+    MessageWithheld,
     /// 429 `TOO_MANY_STREAMS`: the inbox already has the most event streams allowed.
     TooManyStreams {
         /// The limit.
@@ -138,6 +143,12 @@ pub enum ApiError {
         list: &'static str,
         /// The refused recipient, as given.
         recipient: String,
+    },
+    /// 403 `POLICY_OWNER_ONLY`: an agent's change of its inbox's policy would
+    /// let more through on `list`; only the owner loosens a policy.
+    PolicyOwnerOnly {
+        /// The first list that would loosen.
+        list: &'static str,
     },
     /// 422 `MESSAGE_INVALID`: the message holds a NUL byte, which mail may not
     /// carry (SMTP answers `550 5.6.0`); `field` names where it was.
@@ -238,10 +249,11 @@ impl ApiError {
             },
             Self::InvalidCapability => StatusCode::UNAUTHORIZED,
             Self::MailNotFound => StatusCode::NOT_FOUND,
+            Self::MessageWithheld => StatusCode::FORBIDDEN,
             Self::TooManyStreams { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::SendUnauthorized { .. } => StatusCode::UNAUTHORIZED,
             Self::FromNotAuthorized | Self::SenderNotAuthorized => StatusCode::FORBIDDEN,
-            Self::SendPolicy { .. } => StatusCode::FORBIDDEN,
+            Self::SendPolicy { .. } | Self::PolicyOwnerOnly { .. } => StatusCode::FORBIDDEN,
             Self::MessageContainsNul { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Self::MessageTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedSendMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -277,10 +289,12 @@ impl ApiError {
             Self::AgentExists => "AGENT_EXISTS",
             Self::InvalidCapability => "INVALID_CAPABILITY",
             Self::MailNotFound => "NOT_FOUND",
+            Self::MessageWithheld => "MESSAGE_WITHHELD",
             Self::TooManyStreams { .. } => "TOO_MANY_STREAMS",
             Self::SendUnauthorized { .. } => "SEND_NOT_AUTHORIZED",
             Self::FromNotAuthorized | Self::SenderNotAuthorized => "FROM_NOT_AUTHORIZED",
             Self::SendPolicy { .. } => "SEND_POLICY",
+            Self::PolicyOwnerOnly { .. } => "POLICY_OWNER_ONLY",
             Self::MessageContainsNul { .. } => "MESSAGE_INVALID",
             Self::MessageTooLarge { .. } => "PAYLOAD_TOO_LARGE",
             Self::UnsupportedSendMediaType => "UNSUPPORTED_MEDIA_TYPE",
@@ -321,10 +335,12 @@ impl ApiError {
             Self::AgentExists => "Agent exists",
             Self::InvalidCapability => "Unauthorized",
             Self::MailNotFound => "Not found",
+            Self::MessageWithheld => "Withheld by the inbox's policy",
             Self::TooManyStreams { .. } => "Too many streams",
             Self::SendUnauthorized { .. } => "Send not authorized",
             Self::FromNotAuthorized | Self::SenderNotAuthorized => "From not authorized",
             Self::SendPolicy { .. } => "Refused by the inbox's send policy",
+            Self::PolicyOwnerOnly { .. } => "Only the owner loosens a policy",
             Self::MessageContainsNul { .. } => "Message invalid",
             Self::MessageTooLarge { .. } => "Payload too large",
             Self::UnsupportedSendMediaType => "Unsupported media type",
@@ -389,6 +405,10 @@ impl ApiError {
             ),
             Self::InvalidCapability => (INVALID_CAPABILITY_DETAIL.to_owned(), None),
             Self::MailNotFound => ("no such inbox or message for this capability".to_owned(), None),
+            Self::MessageWithheld => (
+                "this message is withheld by the inbox's allow/block policy; its owner sets it (agentkeys inbox policy)".to_owned(),
+                None,
+            ),
             Self::TooManyStreams { max } => (
                 format!("this inbox already has {max} open event streams; close one or retry later"),
                 None,
@@ -415,6 +435,13 @@ impl ApiError {
                     ),
                 },
                 Some("to".to_owned()),
+            ),
+            Self::PolicyOwnerOnly { list } => (
+                format!(
+                    "this change would let more through on {list}; an agent may only tighten its inbox's policy \
+                     (add to a block list, narrow an allow list, show -> label -> hide). Ask the owner: agentkeys inbox policy"
+                ),
+                Some((*list).to_owned()),
             ),
             Self::MessageContainsNul { field } => (
                 "the message contains a NUL character, which mail cannot carry; send binary content as an attachment"

@@ -5,7 +5,7 @@
 //! | method | path | what |
 //! |---|---|---|
 //! | GET | `/v1/inboxes/{address}/policy` | the policy: the inbox's agent (read capability) or its owner (owner signature) |
-//! | PATCH | `/v1/inboxes/{address}/policy` | change lists given in the body, keep the others (owner signature, audited `inbox.policy`) |
+//! | PATCH | `/v1/inboxes/{address}/policy` | change lists given in the body, keep the others (owner signature, audited `inbox.policy`); an agent with `admin` on the inbox may tighten it (agent key) |
 //!
 //! Another owner's inbox answers 404 exactly like a missing one; a capability
 //! for another inbox answers 404 like the message routes.
@@ -25,7 +25,8 @@ use utoipa::ToSchema;
 
 use crate::ApiState;
 use crate::error::{ApiError, Problem};
-use crate::extract::decode;
+use crate::extract::{AgentBearer, ApiJson, decode};
+use agentkeys_broker::scope;
 use crate::owner::{OwnerApproval, backend_error, field_error, store};
 
 /// The audit operation of a policy change.
@@ -161,18 +162,20 @@ pub(crate) async fn get_policy(
     Ok(Json(PolicyView::new(capability.inbox(), &policy)).into_response())
 }
 
-/// Change an inbox's allow/block lists (owner approval required; audited).
+/// Change an inbox's allow/block lists (owner approval; or an agent key whose
+/// grant has `admin` on the inbox, tightening only; audited).
 #[utoipa::path(
     patch,
     path = "/v1/inboxes/{address}/policy",
     tag = "policy",
     params(("address" = String, Path, description = "One of the owner's inboxes")),
     request_body = PolicyChange,
-    security(("owner_signature" = [])),
+    security(("owner_signature" = []), ("agent_key" = [])),
     responses(
         (status = 200, description = "The policy now in force", body = PolicyView),
         (status = 400, description = "INVALID_REQUEST: a pattern that is neither an address nor a domain (field names the list), an unknown unauthenticated mode, or a list over its size limit", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Owner signature refused", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Owner signature refused, or INVALID_KEY: the agent key refused", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "NO_GRANT / GRANT_EXPIRED: the agent holds no active admin grant on the inbox; POLICY_OWNER_ONLY: the agent's change would loosen a list (field names it)", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such inbox among the owner's (another owner's inbox answers the same)", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "PAYLOAD_TOO_LARGE: the body is over 16 KiB", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "UNSUPPORTED_MEDIA_TYPE: send application/json", body = Problem, content_type = "application/problem+json"),
@@ -182,8 +185,12 @@ pub(crate) async fn get_policy(
 pub(crate) async fn change_policy(
     State(state): State<ApiState>,
     Path(address): Path<String>,
-    approval: OwnerApproval,
+    request: Request,
 ) -> Result<Response, ApiError> {
+    if let Ok(bearer) = AgentBearer::parse(request.headers()) {
+        return change_by_agent(state, address, bearer, request).await;
+    }
+    let approval = OwnerApproval::from_request(request, &state).await?;
     let meta = store(&state)?;
     if !approval.json {
         return Err(ApiError::UnsupportedMediaType);
@@ -193,11 +200,36 @@ pub(crate) async fn change_policy(
     let inbox = inbox_path(&address)?;
     let current = meta.owner_inbox_policy(&owner, &inbox).await.map_err(not_found)?;
     let policy = change.apply(current)?;
-    // Patterns may name third parties' addresses: the record carries sizes and
-    // a digest of the policy, never the addresses (DESIGN.md §7).
-    let encoded = serde_json::to_vec(&policy).map_err(|_| ApiError::Internal)?;
+    let event = AuditEvent::ok(Actor::Owner(owner.clone()), OP_INBOX_POLICY, inbox.as_str())
+        .with_detail(change_detail(&owner, &policy, json!({ "approval": approval.evidence() }))?);
+    store_policy(&state, &owner, &inbox, &policy, &event).await
+}
+
+/// An agent tightens its own inbox's policy: its key, an active grant with
+/// `admin` on the inbox, and a change that refuses at least everything the
+/// policy refused ([`InboxPolicy::tightens`]); loosening is the owner's.
+async fn change_by_agent(state: ApiState, address: String, bearer: AgentBearer, request: Request) -> Result<Response, ApiError> {
+    let verified = state.broker.authenticate(bearer.key()).await?;
+    let ApiJson(change) = ApiJson::<PolicyChange>::from_request(request, &state).await?;
+    let inbox = inbox_path(&address)?;
+    let authorized = state.broker.authorize(&verified, &inbox, scope::Admin).await?;
+    let meta = store(&state)?;
+    let owner = verified.owner().clone();
+    let current = meta.owner_inbox_policy(&owner, &inbox).await.map_err(not_found)?;
+    let policy = change.apply(current.clone())?;
+    policy.tightens(&current).map_err(|list| ApiError::PolicyOwnerOnly { list: list.as_str() })?;
+    let event = AuditEvent::ok(Actor::Agent(verified.agent().clone()), OP_INBOX_POLICY, inbox.as_str())
+        .with_detail(change_detail(&owner, &policy, json!({ "grant": authorized.grant_id() }))?);
+    store_policy(&state, &owner, &inbox, &policy, &event).await
+}
+
+/// The audit detail of a policy change. Patterns may name third parties'
+/// addresses: the record carries sizes and a digest of the policy, never the
+/// addresses (DESIGN.md §7); `by` says what allowed the change.
+fn change_detail(owner: &agentkeys_core::OwnerId, policy: &InboxPolicy, by: serde_json::Value) -> Result<serde_json::Value, ApiError> {
+    let encoded = serde_json::to_vec(policy).map_err(|_| ApiError::Internal)?;
     let digest: String = Sha256::digest(&encoded).iter().map(|b| format!("{b:02x}")).collect();
-    let event = AuditEvent::ok(Actor::Owner(owner.clone()), OP_INBOX_POLICY, inbox.as_str()).with_detail(json!({
+    let mut detail = json!({
         "owner": owner,
         "receive_allow": policy.receive_allow.len(),
         "receive_block": policy.receive_block.len(),
@@ -205,14 +237,27 @@ pub(crate) async fn change_policy(
         "send_block": policy.send_block.len(),
         "unauthenticated": policy.unauthenticated.as_str(),
         "policy_sha256": digest,
-        "approval": approval.evidence(),
-    }));
+    });
+    if let (Some(d), Some(b)) = (detail.as_object_mut(), by.as_object()) {
+        d.extend(b.clone());
+    }
+    Ok(detail)
+}
+
+async fn store_policy(
+    state: &ApiState,
+    owner: &agentkeys_core::OwnerId,
+    inbox: &Address,
+    policy: &InboxPolicy,
+    event: &AuditEvent,
+) -> Result<Response, ApiError> {
+    let meta = store(state)?;
     let _receipt = meta
-        .set_inbox_policy(&owner, &inbox, &policy, state.clock.now(), &event)
+        .set_inbox_policy(owner, inbox, policy, state.clock.now(), event)
         .await
         .map_err(|e| match e {
             StoreError::Invalid(detail) => ApiError::InvalidRequest { field: None, detail },
             other => not_found(other),
         })?;
-    Ok(Json(PolicyView::new(&inbox, &policy)).into_response())
+    Ok(Json(PolicyView::new(inbox, policy)).into_response())
 }

@@ -32,6 +32,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use agentkeys_broker::ReadCapability;
+use agentkeys_core::policy::InboxPolicy;
 use agentkeys_core::{Address, OwnerId};
 use agentkeys_store::{
     BlobKey, BlobStore as _, IndexedMessage, ListOrder, Mailroom, MessageIndex, Missed, PageQuery, StoreError,
@@ -191,6 +192,12 @@ pub struct MessagePage {
     /// that stamps message ids, so a client can place a look-back window ("the
     /// last 2 minutes") on it without trusting its own clock.
     pub server_time_ms: i64,
+    /// The ids of the messages in this page's range that the inbox's
+    /// allow/block policy withholds from the agent: not listed, never described
+    /// (an id says only when). A page may so hold fewer than `limit` messages
+    /// while `next_cursor` still leads on.
+    #[serde(default)]
+    pub withheld_ids: Vec<String>,
 }
 
 /// Now on the clock that stamps message ids (the MX's ULIDs), in Unix milliseconds.
@@ -284,6 +291,7 @@ pub(crate) async fn list(
     let limit = page.limit as usize;
     page.limit += 1; // one more tells whether a next page exists
     let server_time_ms = server_time_ms();
+    let policy = agent_view(&state, capability.inbox()).await?;
     let mut rows = mail
         .index()
         .list_messages(capability.owner(), capability.inbox(), &page)
@@ -296,14 +304,16 @@ pub(crate) async fn list(
         None
     };
     let now = state.clock.now();
+    let (rows, withheld): (Vec<_>, Vec<_>) = rows.iter().partition(|m| shown(&policy, m));
     let messages = rows
-        .iter()
+        .into_iter()
         .map(|m| MessageSummary {
             raw_url: state.presigned.as_ref().and_then(|p| p.message_url(&capability, m.id, now)).map(String::from),
             ..MessageSummary::from(m)
         })
         .collect();
-    let body = MessagePage { messages, next_cursor, server_time_ms };
+    let withheld_ids = withheld.into_iter().map(|m| m.id.to_string()).collect();
+    let body = MessagePage { messages, next_cursor, server_time_ms, withheld_ids };
     let mut response = Json(body).into_response();
     response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     Ok(response)
@@ -326,6 +336,7 @@ pub(crate) async fn list(
         (status = 200, description = "The raw message (blobs in files)", content_type = "message/rfc822", body = String),
         (status = 307, description = "Blobs in an object store (S3): GET the raw message from `Location`, a presigned URL of the store that needs no other credential and expires no later than the capability (at most 30 min)", headers(("Location" = String, description = "The presigned URL"))),
         (status = 401, description = "INVALID_CAPABILITY: missing, malformed, tampered or expired", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "MESSAGE_WITHHELD: the inbox's allow/block policy withholds this message from the agent (its owner reads it)", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "NOT_FOUND: not the capability's inbox, or no such message (one answer)", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "BACKEND_UNAVAILABLE", body = Problem, content_type = "application/problem+json"),
     )
@@ -342,15 +353,22 @@ pub(crate) async fn fetch(
         return Err(ApiError::MailNotFound);
     }
     let mail = mailroom(&state)?;
+    let policy = agent_view(&state, capability.inbox()).await?;
+    // The index row: whether the message is there (for a presigned answer) and
+    // what the policy judges it by. Not needed for a file read under an open policy.
+    let indexed = if state.presigned.is_some() || !policy.is_open() {
+        let row = mail.index().indexed_message(capability.owner(), capability.inbox(), id).await;
+        let row = row.map_err(|e| backend_error(&e))?.ok_or(ApiError::MailNotFound)?;
+        if !shown(&policy, &row) {
+            return Err(ApiError::MessageWithheld);
+        }
+        Some(row)
+    } else {
+        None
+    };
     if let Some(presigned) = &state.presigned {
         // Broker, not proxy: the index says whether it is there, the store serves it.
-        let indexed = mail
-            .index()
-            .message_seq(capability.owner(), capability.inbox(), id)
-            .await
-            .map_err(|e| backend_error(&e))?
-            .is_some();
-        let url = presigned.message_url(&capability, id, state.clock.now()).filter(|_| indexed);
+        let url = presigned.message_url(&capability, id, state.clock.now()).filter(|_| indexed.is_some());
         let url = url.ok_or(ApiError::MailNotFound)?;
         let location = HeaderValue::from_str(url.as_str()).map_err(|e| backend_error(&e))?;
         let mut response = StatusCode::TEMPORARY_REDIRECT.into_response();
@@ -416,8 +434,8 @@ pub(crate) async fn events(
     let index = Arc::clone(mail.index());
     let (high, catch_up) = match last {
         None => (0, None),
-        Some(id) => match index.message_seq(&owner, &inbox, id).await.map_err(|e| backend_error(&e))? {
-            Some(seq) => (seq, Some((seq, None))),
+        Some(id) => match index.indexed_message(&owner, &inbox, id).await.map_err(|e| backend_error(&e))? {
+            Some(row) => (row.seq, Some((row.seq, None))),
             // Not indexed (expired, or never ours): everything with a greater id.
             None => (0, Some((0, Some(id)))),
         },
@@ -426,6 +444,7 @@ pub(crate) async fn events(
     let feed = Feed {
         subscription,
         index,
+        meta: state.meta.clone(),
         owner,
         inbox,
         pending: VecDeque::new(),
@@ -447,6 +466,8 @@ pub(crate) async fn events(
 struct Feed {
     subscription: Subscription,
     index: Arc<dyn MessageIndex>,
+    /// Where the inbox's policy is read, once per event (a change applies at once).
+    meta: Option<Arc<dyn agentkeys_store::MetadataStore>>,
     owner: OwnerId,
     inbox: Address,
     /// Replayed rows not sent yet.
@@ -478,7 +499,11 @@ impl Feed {
                     continue;
                 }
                 self.high = m.seq;
-                return Some(message_event(&m));
+                match self.shows(&m).await {
+                    Some(true) => return Some(message_event(&m)),
+                    Some(false) => continue,
+                    None => return None,
+                }
             }
             if let Some((after_seq, after_id)) = self.catch_up {
                 let rows = match self.index.messages_since(&self.owner, &self.inbox, after_seq, after_id, REPLAY_PAGE).await
@@ -504,7 +529,11 @@ impl Feed {
                     Ok(m) if m.seq <= self.high => continue,
                     Ok(m) => {
                         self.high = m.seq;
-                        return Some(message_event(&m));
+                        match self.shows(&m).await {
+                            Some(true) => return Some(message_event(&m)),
+                            Some(false) => continue,
+                            None => return None,
+                        }
                     }
                     Err(Missed::Lagged(n)) => {
                         tracing::info!(dropped = n, "event subscriber lagged; catching up from the index");
@@ -515,6 +544,40 @@ impl Feed {
             }
         }
     }
+}
+
+impl Feed {
+    /// Whether the inbox's policy, as it is now, shows `m` to the agent; `None`
+    /// when the policy could not be read (the stream ends; the client
+    /// reconnects with `Last-Event-ID` and misses nothing).
+    async fn shows(&self, m: &IndexedMessage) -> Option<bool> {
+        let Some(meta) = &self.meta else { return Some(true) };
+        match meta.inbox_policy(&self.inbox).await {
+            Ok(policy) => Some(shown(&policy, m)),
+            Err(err) => {
+                tracing::error!(error = %err, "reading the inbox policy for an event failed; ending the stream");
+                None
+            }
+        }
+    }
+}
+
+/// The inbox's allow/block policy as the read routes apply it to the agent
+/// (open without a metadata store).
+async fn agent_view(state: &ApiState, inbox: &Address) -> Result<InboxPolicy, ApiError> {
+    match &state.meta {
+        Some(meta) => meta.inbox_policy(inbox).await.map_err(|e| backend_error(&e)),
+        None => Ok(InboxPolicy::default()),
+    }
+}
+
+/// Whether `policy` shows the agent this message, judged on the header summary
+/// the index took at acceptance ([`InboxPolicy::shows`]: the rule the agent's
+/// tools apply too). The server enforces it so that a capability cannot read
+/// past the tools: listing skips and counts it, fetching answers `403
+/// MESSAGE_WITHHELD`, events skip it.
+fn shown(policy: &InboxPolicy, m: &IndexedMessage) -> bool {
+    policy.is_open() || policy.shows(m.summary.header_from.as_ref().map(|f| f.address.as_str()), m.summary.authenticated)
 }
 
 fn replay_failed(err: &StoreError) {

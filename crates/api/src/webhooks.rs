@@ -28,7 +28,7 @@
 
 use agentkeys_audit::{Actor, AuditEvent};
 use agentkeys_core::time::rfc3339;
-use agentkeys_core::{Address, UnixTime};
+use agentkeys_core::{Address, OwnerId, UnixTime};
 use agentkeys_broker::scope;
 use agentkeys_store::{AgentSubscriber, DeliveryRecord, StoreError, WebhookRecord};
 use agentkeys_webhooks::events::{EVENT_TYPES, is_inbox_event};
@@ -38,7 +38,8 @@ use agentkeys_webhooks::{
 };
 use axum::Json;
 use axum::extract::{Path, State};
-use axum::http::{StatusCode, Uri};
+use axum::body::Bytes;
+use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -46,7 +47,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use crate::ApiState;
 use crate::error::{ApiError, Problem};
-use crate::extract::{AgentBearer, ApiJson, decode};
+use crate::extract::{AgentBearer, ApiJson, decode, is_json};
 use crate::owner::{OwnerApproval, backend_error, field_error, store};
 
 /// Default and largest page of a delivery log.
@@ -398,33 +399,46 @@ pub(crate) async fn rotate(
     Path(id): Path<String>,
     approval: OwnerApproval,
 ) -> Result<Response, ApiError> {
-    let meta = store(&state)?;
-    let settings = settings(&state)?;
-    let body: RotateWebhookRequest = if approval.body.is_empty() {
+    let overlap = rotation_overlap(approval.json, &approval.body)?;
+    let owner = approval.owner().clone();
+    let event = AuditEvent::ok(Actor::Owner(owner.clone()), OP_WEBHOOK_ROTATE, id.as_str())
+        .with_detail(json!({ "owner": owner, "overlap": overlap, "approval": approval.evidence() }));
+    rotate_secret(&state, &owner, id, overlap, &event).await
+}
+
+/// The overlap a rotation asks for: an empty body is the default, anything
+/// else must be a JSON [`RotateWebhookRequest`] within range.
+fn rotation_overlap(json: bool, body: &[u8]) -> Result<i64, ApiError> {
+    let body: RotateWebhookRequest = if body.is_empty() {
         RotateWebhookRequest::default()
-    } else if !approval.json {
+    } else if !json {
         return Err(ApiError::UnsupportedMediaType);
     } else {
-        decode(&approval.body)?
+        decode(body)?
     };
     let overlap = body.overlap.unwrap_or(DEFAULT_ROTATION_OVERLAP_SECS);
     if !(0..=MAX_ROTATION_OVERLAP_SECS).contains(&overlap) {
         return Err(field_error("overlap", format!("{overlap} s is not between 0 and {MAX_ROTATION_OVERLAP_SECS} s (7 days)")));
     }
-    let owner = approval.owner().clone();
+    Ok(overlap)
+}
+
+/// Seals a new secret for `owner`'s subscription `id`, keeps the previous one
+/// signing for `overlap` s, records `event`; answers the new secret, once.
+async fn rotate_secret(state: &ApiState, owner: &OwnerId, id: String, overlap: i64, event: &AuditEvent) -> Result<Response, ApiError> {
+    let meta = store(state)?;
+    let settings = settings(state)?;
     let now = state.clock.now();
     let secret = WebhookSecret::generate();
     let sealed = settings.sealer.seal(&id, &secret).map_err(|e| {
         tracing::error!(error = %e, "cannot seal a webhook secret");
         ApiError::Internal
     })?;
-    let event = AuditEvent::ok(Actor::Owner(owner.clone()), OP_WEBHOOK_ROTATE, id.as_str())
-        .with_detail(json!({ "owner": owner, "overlap": overlap, "approval": approval.evidence() }));
-    meta.rotate_webhook_secret(&owner, &id, &sealed, now + overlap, &event).await.map_err(|e| match e {
+    meta.rotate_webhook_secret(owner, &id, &sealed, now + overlap, event).await.map_err(|e| match e {
         StoreError::NotFound { .. } => not_found(),
         other => backend_error(&other),
     })?;
-    let hooks = meta.list_webhooks(&owner).await.map_err(|e| backend_error(&e))?;
+    let hooks = meta.list_webhooks(owner).await.map_err(|e| backend_error(&e))?;
     let record = hooks.into_iter().find(|w| w.id == id).ok_or_else(not_found)?;
     let answer = WebhookCreated { id, secret: secret.to_text().to_string(), webhook: view(&record, now) };
     Ok(Json(answer).into_response())
@@ -517,12 +531,17 @@ pub(crate) async fn deliveries(
     uri: Uri,
     approval: OwnerApproval,
 ) -> Result<Response, ApiError> {
-    let meta = store(&state)?;
+    delivery_log(&state, approval.owner(), &id, &uri).await
+}
+
+/// The delivery log of `owner`'s subscription `id` (`?limit=`), newest first.
+async fn delivery_log(state: &ApiState, owner: &OwnerId, id: &str, uri: &Uri) -> Result<Response, ApiError> {
+    let meta = store(state)?;
     let limit = DeliveryQuery::parse(uri.query().unwrap_or(""))?.limit.unwrap_or(DELIVERY_PAGE_DEFAULT);
     if !(1..=DELIVERY_PAGE_MAX).contains(&limit) {
         return Err(field_error("limit", format!("{limit} is not between 1 and {DELIVERY_PAGE_MAX}")));
     }
-    let rows = meta.list_webhook_deliveries(approval.owner(), &id, limit).await.map_err(|e| match e {
+    let rows = meta.list_webhook_deliveries(owner, id, limit).await.map_err(|e| match e {
         StoreError::NotFound { .. } => not_found(),
         other => backend_error(&other),
     })?;
@@ -550,8 +569,13 @@ pub(crate) async fn redeliver(
     Path(id): Path<String>,
     approval: OwnerApproval,
 ) -> Result<Response, ApiError> {
-    let meta = store(&state)?;
-    let record = meta.redeliver_webhook(approval.owner(), &id, state.clock.now() * 1000).await.map_err(|e| match e {
+    redeliver_one(&state, approval.owner(), None, &id).await
+}
+
+/// Makes `owner`'s delivery `id` (of `subscription`, when given) due now.
+async fn redeliver_one(state: &ApiState, owner: &OwnerId, subscription: Option<&str>, id: &str) -> Result<Response, ApiError> {
+    let meta = store(state)?;
+    let record = meta.redeliver_webhook(owner, subscription, id, state.clock.now() * 1000).await.map_err(|e| match e {
         StoreError::NotFound { .. } => ApiError::OwnerObjectNotFound { what: "delivery" },
         StoreError::Conflict { .. } => ApiError::Conflict,
         other => backend_error(&other),
@@ -686,12 +710,7 @@ pub(crate) async fn agent_delete(
 ) -> Result<Response, ApiError> {
     let verified = state.broker.authenticate(bearer.key()).await?;
     let meta = store(&state)?;
-    let hooks = meta.list_webhooks(verified.owner()).await.map_err(|e| agent_unavailable(&e))?;
-    // The agent that made a subscription never changes: checked here, deleted by owner and id.
-    let mine = hooks.iter().any(|w| w.id == id && w.agent.as_ref().is_some_and(|a| &a.agent == verified.agent()));
-    if !mine {
-        return Err(not_found());
-    }
+    agents_own(&state, &verified, &id).await?;
     let event = AuditEvent::ok(Actor::Agent(verified.agent().clone()), OP_WEBHOOK_DELETE, id.as_str())
         .with_detail(json!({ "owner": verified.owner() }));
     meta.delete_webhook(verified.owner(), &id, &event).await.map_err(|e| match e {
@@ -699,4 +718,106 @@ pub(crate) async fn agent_delete(
         other => agent_unavailable(&other),
     })?;
     Ok(Json(WebhookDeleted { id, deleted: true }).into_response())
+}
+
+/// Checks that `id` is a subscription `verified`'s agent made; the owner's and
+/// other agents' answer 404 like missing ones. The agent that made a
+/// subscription never changes, so the change that follows acts by owner and id.
+async fn agents_own(state: &ApiState, verified: &agentkeys_broker::KeyVerified, id: &str) -> Result<(), ApiError> {
+    let meta = store(state)?;
+    let hooks = meta.list_webhooks(verified.owner()).await.map_err(|e| agent_unavailable(&e))?;
+    let mine = hooks.iter().any(|w| w.id == id && w.agent.as_ref().is_some_and(|a| &a.agent == verified.agent()));
+    if mine { Ok(()) } else { Err(not_found()) }
+}
+
+/// Rotate the secret of one of this agent's own subscriptions (agent key).
+#[utoipa::path(
+    post,
+    path = "/v1/agent/webhooks/{id}/rotate",
+    tag = "webhooks",
+    params(("id" = String, Path, description = "The subscription id (wh_…)")),
+    request_body = RotateWebhookRequest,
+    security(("agent_key" = [])),
+    responses(
+        (status = 200, description = "Rotated; the new secret is shown this once", body = WebhookCreated),
+        (status = 400, description = "INVALID_REQUEST: overlap out of range", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "INVALID_KEY: missing, malformed, unknown, revoked or expired agent key", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such subscription among this agent's", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "PAYLOAD_TOO_LARGE", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "UNSUPPORTED_MEDIA_TYPE: send the body as Content-Type: application/json", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "RATE_LIMITED: too many refused agent keys from this address; Retry-After says when to try again", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "BACKEND_UNAVAILABLE: nothing was changed", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(crate) async fn agent_rotate(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+    bearer: AgentBearer,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let verified = state.broker.authenticate(bearer.key()).await?;
+    let overlap = rotation_overlap(is_json(&headers), &body)?;
+    agents_own(&state, &verified, &id).await?;
+    let event = AuditEvent::ok(Actor::Agent(verified.agent().clone()), OP_WEBHOOK_ROTATE, id.as_str())
+        .with_detail(json!({ "owner": verified.owner(), "overlap": overlap }));
+    rotate_secret(&state, verified.owner(), id, overlap, &event).await
+}
+
+/// The delivery log of one of this agent's own subscriptions, newest first (agent key).
+#[utoipa::path(
+    get,
+    path = "/v1/agent/webhooks/{id}/deliveries",
+    tag = "webhooks",
+    params(("id" = String, Path, description = "The subscription id (wh_…)"), DeliveryQuery),
+    security(("agent_key" = [])),
+    responses(
+        (status = 200, description = "Deliveries, newest first", body = [DeliveryView]),
+        (status = 400, description = "INVALID_REQUEST: limit out of range", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "INVALID_KEY: missing, malformed, unknown, revoked or expired agent key", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such subscription among this agent's", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "RATE_LIMITED: too many refused agent keys from this address; Retry-After says when to try again", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "BACKEND_UNAVAILABLE", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(crate) async fn agent_deliveries(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+    uri: Uri,
+    bearer: AgentBearer,
+) -> Result<Response, ApiError> {
+    let verified = state.broker.authenticate(bearer.key()).await?;
+    agents_own(&state, &verified, &id).await?;
+    delivery_log(&state, verified.owner(), &id, &uri).await
+}
+
+/// Send a delivery of one of this agent's own subscriptions again, with the
+/// same `webhook-id` (agent key).
+#[utoipa::path(
+    post,
+    path = "/v1/agent/webhooks/{id}/deliveries/{delivery}/redeliver",
+    tag = "webhooks",
+    params(
+        ("id" = String, Path, description = "The subscription id (wh_…)"),
+        ("delivery" = String, Path, description = "The delivery id (msg_…)"),
+    ),
+    security(("agent_key" = [])),
+    responses(
+        (status = 202, description = "Due now; the worker sends it", body = DeliveryView),
+        (status = 401, description = "INVALID_KEY: missing, malformed, unknown, revoked or expired agent key", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such subscription among this agent's, or no such delivery of it", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "CONFLICT: an attempt is running right now; retry after it", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "PAYLOAD_TOO_LARGE", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "RATE_LIMITED: too many refused agent keys from this address; Retry-After says when to try again", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "BACKEND_UNAVAILABLE: nothing was changed", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(crate) async fn agent_redeliver(
+    State(state): State<ApiState>,
+    Path((id, delivery)): Path<(String, String)>,
+    bearer: AgentBearer,
+) -> Result<Response, ApiError> {
+    let verified = state.broker.authenticate(bearer.key()).await?;
+    agents_own(&state, &verified, &id).await?;
+    redeliver_one(&state, verified.owner(), Some(&id), &delivery).await
 }

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use agentkeys_agent::client::ApiClient;
 use agentkeys_agent::config::AgentConfig;
 use agentkeys_agent::mailbox::{
-    AttachmentInput, CreateInboxParams, ExtractOtpParams, ForwardParams, GetAttachmentParams, GetMessageParams, ListMessagesParams,
+    AttachmentInput, CreateInboxParams, TightenPolicyParams, ExtractOtpParams, ForwardParams, GetAttachmentParams, GetMessageParams, ListMessagesParams,
     MailError, MailService, MarkParams, ReplyParams, SendMessageParams, WaitParams,
 };
 use anyhow::{Context, Result, anyhow, bail};
@@ -87,6 +87,29 @@ pub(crate) enum MailCmd {
         /// Lifetime, e.g. 10m, 2h, 7d (default: as long as the grant allows; at most 30d).
         #[arg(long, value_name = "DURATION")]
         expires_in: Option<String>,
+    },
+    /// Show the inbox's allow/block lists, or tighten them (needs a grant with
+    /// `admin` on the inbox; only the owner loosens them: agentkeys inbox policy).
+    Policy {
+        #[command(flatten)]
+        inbox: InboxArg,
+        /// Refuse mail from this sender (an address or a domain; repeatable).
+        #[arg(long, value_name = "PATTERN")]
+        block_sender: Vec<String>,
+        /// Never send to this recipient (an address or a domain; repeatable).
+        #[arg(long, value_name = "PATTERN")]
+        block_recipient: Vec<String>,
+        /// Accept mail only from these senders (repeatable; replaces the receive
+        /// allow list, within the one there is).
+        #[arg(long, value_name = "PATTERN")]
+        allow_sender: Vec<String>,
+        /// Send only to these recipients (repeatable; replaces the send allow
+        /// list, within the one there is).
+        #[arg(long, value_name = "PATTERN")]
+        allow_recipient: Vec<String>,
+        /// Unauthenticated mail: label or hide (never back to show).
+        #[arg(long, value_name = "MODE")]
+        unauthenticated: Option<String>,
     },
     /// List messages, newest first.
     List {
@@ -483,6 +506,35 @@ pub(crate) async fn run(cmd: MailCmd, json: bool) -> Result<()> {
                 return print_json(&created);
             }
             println!("{}  expires {}", created.address, time(created.expires_at));
+        }
+        MailCmd::Policy { inbox, block_sender, block_recipient, allow_sender, allow_recipient, unauthenticated } => {
+            let inbox = resolve_inbox(&mail, &inbox).await?;
+            let params = TightenPolicyParams {
+                inbox: inbox.clone(),
+                block_senders: block_sender,
+                block_recipients: block_recipient,
+                allow_senders: (!allow_sender.is_empty()).then_some(allow_sender),
+                allow_recipients: (!allow_recipient.is_empty()).then_some(allow_recipient),
+                unauthenticated,
+            };
+            let unchanged = params.block_senders.is_empty()
+                && params.block_recipients.is_empty()
+                && params.allow_senders.is_none()
+                && params.allow_recipients.is_none()
+                && params.unauthenticated.is_none();
+            let policy = if unchanged { mail.inbox_policy(&inbox).await? } else { mail.tighten_policy(&params).await? };
+            if json {
+                return print_json(&policy);
+            }
+            let list = |l: &[agentkeys_core::policy::AddressPattern]| {
+                if l.is_empty() { "-".to_owned() } else { l.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ") }
+            };
+            println!("{inbox}");
+            println!("  receive allow: {}", list(&policy.receive_allow));
+            println!("  receive block: {}", list(&policy.receive_block));
+            println!("  send allow:    {}", list(&policy.send_allow));
+            println!("  send block:    {}", list(&policy.send_block));
+            println!("  unauthenticated: {}", policy.unauthenticated.as_str());
         }
         MailCmd::List { inbox, limit, from, subject, to_tag, before, after } => {
             let inbox = resolve_inbox(&mail, &inbox).await?;

@@ -370,6 +370,36 @@ fn withhold_mode_stores_refused_mail_and_the_agent_tools_never_show_it() {
     assert!(text(&out.stderr).contains("withheld by the inbox's allow/block policy"), "{}", text(&out.stderr));
     assert!(!text(&out.stdout).contains("121212"));
 
+    // The server enforces it, not only the agent's tools: a read capability
+    // used directly lists it only as an id, cannot fetch it, and its event
+    // stream skips it.
+    let good_id = before.iter().next().unwrap().file_stem().unwrap().to_str().unwrap().to_owned();
+    let base = format!("http://{}", w.server.http);
+    let body = json!({ "inbox": ALICE_INBOX }).to_string();
+    let (status, _, minted) = curl("POST", &format!("{base}/v1/credentials/read"), Some(&w.alice_key), Some(&body));
+    assert_eq!(status, 200, "{minted}");
+    let cap = minted["token"].as_str().unwrap();
+    let (status, _, page) = curl("GET", &format!("{base}/v1/inboxes/{ALICE_INBOX}/messages?limit=100"), Some(cap), None);
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(page["withheld_ids"], json!([evil_id]), "{page}");
+    assert_eq!(page["messages"].as_array().unwrap().len(), 1, "{page}");
+    assert!(!page.to_string().contains("evil.test"), "{page}");
+    let (status, _, problem) = curl("GET", &format!("{base}/v1/inboxes/{ALICE_INBOX}/messages/{evil_id}"), Some(cap), None);
+    assert_eq!((status, problem["code"].as_str()), (403, Some("MESSAGE_WITHHELD")), "{problem}");
+    assert!(!problem.to_string().contains("121212") && !problem.to_string().contains("evil.test"), "{problem}");
+    let (status, _, _) = curl("GET", &format!("{base}/v1/inboxes/{ALICE_INBOX}/messages/{good_id}"), Some(cap), None);
+    assert_eq!(status, 200);
+    // Replay from the beginning (an id before every message) for 3 s.
+    let sse = Command::new("curl")
+        .args(["-sS", "-N", "--max-time", "3", "-H", &format!("Authorization: Bearer {cap}")])
+        .args(["-H", "Last-Event-ID: 00000000000000000000000000"])
+        .arg(format!("{base}/v1/inboxes/{ALICE_INBOX}/events"))
+        .output()
+        .unwrap();
+    let events = String::from_utf8_lossy(&sse.stdout);
+    assert!(events.contains(&format!("id: {good_id}")), "{events}");
+    assert!(!events.contains(&evil_id) && !events.contains("evil.test"), "{events}");
+
     // The newest code is the refused sender's; the tools read the allowed one.
     let out = w.agent(&["otp", "--allow-unauthenticated"]);
     assert_eq!(text(&out.stdout), "999999", "{}", text(&out.stderr));
@@ -408,4 +438,77 @@ fn the_lists_hold_on_postgresql() {
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!((v["send_block"].clone(), v["receive_allow"].clone()), (json!([]), json!([SERVICE])), "{v}");
     assert_eq!(w.http_send("x@blocked.test").0, 202);
+}
+
+/// An agent tightens its own inbox's lists under a grant with `admin` on it
+/// (`agentkeys mail policy`); without one, or to loosen them, it is refused
+/// and nothing changes; the records name the agent and its grant.
+#[test]
+fn an_agent_with_admin_tightens_its_own_lists_and_only_the_owner_loosens_them() {
+    let w = world();
+    let agent_json = |args: &[&str]| -> Value {
+        let mut all = vec!["policy", "--inbox", ALICE_INBOX, "--json"];
+        all.extend_from_slice(args);
+        let out = w.agent(&all);
+        assert!(out.status.success(), "{args:?}: {}", text(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let agent_err = |args: &[&str]| -> String {
+        let mut all = vec!["policy", "--inbox", ALICE_INBOX];
+        all.extend_from_slice(args);
+        let out = w.agent(&all);
+        assert!(!out.status.success(), "{args:?}: {}", text(&out.stdout));
+        text(&out.stderr)
+    };
+    // Reading needs only the read grant; changing needs admin.
+    assert_eq!(agent_json(&[])["receive_block"], json!([]));
+    let err = agent_err(&["--block-sender", "evil.test"]);
+    assert!(err.contains("NO_GRANT") && err.contains("admin"), "{err}");
+    assert_eq!(w.set_policy(&[])["receive_block"], json!([]), "nothing changed");
+    owner_json(w.data_dir(), OWNER_A, &["grant", "create", "--agent", ALICE, "--inbox", ALICE_INBOX, "--scopes", "read,admin"]);
+
+    // Tightening: blocks are added to the lists there are.
+    assert_eq!(agent_json(&["--block-sender", "evil.test"])["receive_block"], json!(["evil.test"]));
+    let v = agent_json(&["--block-sender", "spam.test", "--block-recipient", "x@leak.test"]);
+    assert_eq!((v["receive_block"].clone(), v["send_block"].clone()), (json!(["evil.test", "spam.test"]), json!(["x@leak.test"])), "{v}");
+    let t = w.mx("attacker@evil.test", ALICE_INBOX, &code_mail("attacker@evil.test", "222222"));
+    assert!(replies(&t).iter().any(|r| r == "550 5.7.1 Refused by the recipient's sender policy"), "{t}");
+    assert_eq!(w.http_send("x@leak.test").1["code"], "SEND_POLICY");
+    // An allow list the owner set may be narrowed, never widened or emptied.
+    w.set_policy(&["--receive-allow", "example.com", "--receive-allow", "github.com"]);
+    assert_eq!(agent_json(&["--allow-sender", "github.com"])["receive_allow"], json!(["github.com"]));
+    let err = agent_err(&["--allow-sender", "example.com"]);
+    assert!(err.contains("POLICY_OWNER_ONLY") && err.contains("receive_allow"), "{err}");
+    assert_eq!(agent_json(&["--unauthenticated", "hide"])["unauthenticated"], "hide");
+    let err = agent_err(&["--unauthenticated", "label"]);
+    assert!(err.contains("POLICY_OWNER_ONLY") && err.contains("unauthenticated"), "{err}");
+    // Removing a block over HTTP directly (a PATCH naming the shorter list) is refused too.
+    let base = format!("http://{}", w.server.http);
+    let (status, _, problem) = curl(
+        "PATCH",
+        &format!("{base}/v1/inboxes/{ALICE_INBOX}/policy"),
+        Some(&w.alice_key),
+        Some(r#"{"receive_block":["spam.test"]}"#),
+    );
+    assert_eq!((status, problem["code"].as_str(), problem["field"].as_str()), (403, Some("POLICY_OWNER_ONLY"), Some("receive_block")), "{problem}");
+    // Another inbox (no admin grant there) answers like one that does not exist for it.
+    let (status, _, problem) = curl("PATCH", &format!("{base}/v1/inboxes/{BOB_INBOX}/policy"), Some(&w.alice_key), Some(r#"{"receive_block":["a.test"]}"#));
+    assert_eq!((status, problem["code"].as_str()), (403, Some("NO_GRANT")), "{problem}");
+    let (status, _, problem) = curl("PATCH", &format!("{base}/v1/inboxes/nobody@agents.localhost/policy"), Some(&w.alice_key), Some(r#"{"receive_block":["a.test"]}"#));
+    assert_eq!((status, problem["code"].as_str()), (403, Some("NO_GRANT")), "{problem}");
+    // The owner loosens.
+    assert_eq!(w.set_policy(&["--clear", "receive-block"])["receive_block"], json!([]));
+
+    // Audited as the agent, under its grant; never the addresses.
+    let records = run_json(w.data_dir(), &["audit", "list", "--limit", "1000"]);
+    let by_agent: Vec<&Value> = records
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["operation"] == "inbox.policy" && r["actor"].to_string().contains(ALICE))
+        .collect();
+    assert_eq!(by_agent.len(), 4, "{by_agent:?}");
+    assert!(by_agent.iter().all(|r| r["detail"]["grant"].is_string()), "{by_agent:?}");
+    assert!(!serde_json::to_string(&by_agent).unwrap().contains("evil.test"));
+    assert!(run(w.data_dir(), &["audit", "verify"]).status.success());
 }

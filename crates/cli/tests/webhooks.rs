@@ -519,6 +519,40 @@ fn an_agent_subscribes_under_its_grant_and_only_it_gets_the_body_until_the_grant
     assert_eq!(agent_got["body"]["data"]["text_truncated"], false);
     assert!(!std::fs::read_to_string(&owner_rx.log).unwrap().contains("8d1f"), "never the body for one that did not ask");
 
+    // The agent's own delivery log, redelivery and rotation; the owner's
+    // subscription and its deliveries answer 404 like missing ones.
+    let owner_id = owner_hook["id"].as_str().unwrap();
+    let (status, _, log) = curl("GET", &format!("{url}/{agent_hook}/deliveries"), Some(&alice_key), None);
+    assert_eq!(status, 200, "{log}");
+    let delivery = log[0]["id"].as_str().unwrap().to_owned();
+    assert_eq!((log.as_array().unwrap().len(), log[0]["state"].as_str()), (1, Some("delivered")), "{log}");
+    let owner_delivery = deliveries(&server, OWNER_A, owner_id)[0]["id"].as_str().unwrap().to_owned();
+    for path in [
+        format!("{url}/{owner_id}/deliveries"),
+        format!("{url}/wh_missing/deliveries"),
+    ] {
+        let (status, _, answer) = curl("GET", &path, Some(&alice_key), None);
+        assert_eq!(status, 404, "{path}: {answer}");
+    }
+    for path in [
+        format!("{url}/{owner_id}/deliveries/{owner_delivery}/redeliver"),
+        format!("{url}/{agent_hook}/deliveries/{owner_delivery}/redeliver"),
+        format!("{url}/{owner_id}/rotate"),
+    ] {
+        let (status, _, answer) = curl("POST", &path, Some(&alice_key), None);
+        assert_eq!(status, 404, "{path}: {answer}");
+    }
+    let (status, _, again) = curl("POST", &format!("{url}/{agent_hook}/deliveries/{delivery}/redeliver"), Some(&alice_key), None);
+    assert_eq!((status, again["id"].as_str()), (202, Some(delivery.as_str())), "{again}");
+    wait_for("the redelivery", Duration::from_secs(60), || {
+        agent_rx.requests().iter().filter(|r| r["id"] == delivery.as_str() && r["verified"] == true).count() == 2
+    });
+    let (status, _, rotated) = curl("POST", &format!("{url}/{agent_hook}/rotate"), Some(&alice_key), Some(r#"{"overlap":60}"#));
+    assert_eq!(status, 200, "{rotated}");
+    assert!(rotated["secret"].as_str().unwrap().starts_with("whsec_") && rotated["webhook"]["previous_secret_until"].is_string(), "{rotated}");
+    let (status, _, refused) = curl("POST", &format!("{url}/{agent_hook}/rotate"), Some(&alice_key), Some(r#"{"overlap":-1}"#));
+    assert_eq!((status, refused["code"].as_str()), (400, Some("INVALID_REQUEST")), "{refused}");
+
     // The grant revoked: the owner's subscription goes on, the agent's falls silent.
     let grants = run_json(d, &["grant", "list"]);
     let grant = grants.as_array().unwrap().iter().find(|g| g["agent"] == ALICE).unwrap()["id"].as_str().unwrap().to_owned();

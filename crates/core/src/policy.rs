@@ -196,6 +196,8 @@ pub enum PolicyList {
     SendAllow,
     /// `send_block`.
     SendBlock,
+    /// `unauthenticated` (in a refused change only).
+    Unauthenticated,
 }
 
 impl PolicyList {
@@ -206,6 +208,7 @@ impl PolicyList {
             Self::ReceiveBlock => "receive_block",
             Self::SendAllow => "send_allow",
             Self::SendBlock => "send_block",
+            Self::Unauthenticated => "unauthenticated",
         }
     }
 }
@@ -326,6 +329,50 @@ impl InboxPolicy {
         self.receive(from, "").is_ok()
     }
 
+    /// Whether the inbox's agent is shown a stored message whose `From:` is
+    /// `header_from` and whose verdict (our MX's, from the header summary) is
+    /// `authenticated`: its sender passes the receive lists
+    /// ([`allows_sender`](Self::allows_sender)) and, under
+    /// `unauthenticated: hide`, it is authenticated. The one rule of the
+    /// server's read routes (list, fetch, events) and the agent's tools, applied
+    /// with the policy as it is now, so a list changed after mail arrived
+    /// applies to that mail too.
+    pub fn shows(&self, header_from: Option<&str>, authenticated: bool) -> bool {
+        self.allows_sender(header_from) && (authenticated || self.unauthenticated != Unauthenticated::Hide)
+    }
+
+    /// Whether `self` refuses at least everything `previous` refuses, on every
+    /// list: each block list keeps every pattern it had; each allow list is,
+    /// when `previous`'s was empty, anything, and otherwise a non-empty subset
+    /// of it; `unauthenticated` moves only from `show` towards `hide`. The
+    /// change an agent may make to its own inbox's policy (loosening is its
+    /// owner's): `Err` names the first list that would let more through.
+    pub fn tightens(&self, previous: &InboxPolicy) -> Result<(), PolicyList> {
+        let keeps = |new: &[AddressPattern], old: &[AddressPattern]| old.iter().all(|p| new.contains(p));
+        let narrows = |new: &[AddressPattern], old: &[AddressPattern]| old.is_empty() || (!new.is_empty() && keeps(old, new));
+        let strictness = |u: Unauthenticated| match u {
+            Unauthenticated::Show => 0,
+            Unauthenticated::Label => 1,
+            Unauthenticated::Hide => 2,
+        };
+        if !narrows(&self.receive_allow, &previous.receive_allow) {
+            return Err(PolicyList::ReceiveAllow);
+        }
+        if !keeps(&self.receive_block, &previous.receive_block) {
+            return Err(PolicyList::ReceiveBlock);
+        }
+        if !narrows(&self.send_allow, &previous.send_allow) {
+            return Err(PolicyList::SendAllow);
+        }
+        if !keeps(&self.send_block, &previous.send_block) {
+            return Err(PolicyList::SendBlock);
+        }
+        if strictness(self.unauthenticated) < strictness(previous.unauthenticated) {
+            return Err(PolicyList::Unauthenticated);
+        }
+        Ok(())
+    }
+
     /// Whether the inbox may send to `recipient`: the block list first, then
     /// the allow list when there is one.
     pub fn send(&self, recipient: &str) -> Result<(), SendRefusal> {
@@ -402,6 +449,24 @@ mod tests {
     }
 
     #[test]
+    fn what_the_agent_is_shown() {
+        let open = InboxPolicy::default();
+        assert!(open.shows(None, false) && open.shows(Some("a@x.test"), false));
+        let label = InboxPolicy { unauthenticated: Unauthenticated::Label, ..Default::default() };
+        assert!(label.shows(Some("a@x.test"), false));
+        let hide = InboxPolicy { unauthenticated: Unauthenticated::Hide, ..Default::default() };
+        assert!(hide.shows(Some("a@x.test"), true));
+        assert!(!hide.shows(Some("a@x.test"), false));
+        let allow = InboxPolicy { receive_allow: vec![p("github.com")], ..Default::default() };
+        assert!(allow.shows(Some("noreply@github.com"), false));
+        assert!(!allow.shows(Some("noreply@github.com.evil"), true));
+        assert!(!allow.shows(None, true), "no From: is no allowed sender");
+        let block = InboxPolicy { receive_block: vec![p("spam.test")], ..Default::default() };
+        assert!(!block.shows(Some("a@spam.test"), true));
+        assert!(block.shows(None, true));
+    }
+
+    #[test]
     fn list_size_limit() {
         let mut policy = InboxPolicy { send_block: vec![p("a.test"); MAX_POLICY_PATTERNS], ..Default::default() };
         assert!(policy.validate().is_ok());
@@ -417,6 +482,61 @@ mod tests {
         assert_eq!(serde_json::to_value(&policy).unwrap()["send_block"][0], "x@y.test");
         assert!(serde_json::from_str::<InboxPolicy>(r#"{"receive_allow":["a b"]}"#).is_err());
         assert!(serde_json::from_str::<InboxPolicy>(r#"{"bogus":[]}"#).is_err());
+    }
+
+    #[test]
+    fn tightening_named_cases() {
+        let open = InboxPolicy::default();
+        let allow = InboxPolicy { receive_allow: vec![p("a.test"), p("b.test")], ..Default::default() };
+        assert_eq!(allow.tightens(&open), Ok(()));
+        assert_eq!(open.tightens(&allow), Err(PolicyList::ReceiveAllow), "emptying an allow list opens it");
+        let narrower = InboxPolicy { receive_allow: vec![p("a.test")], ..Default::default() };
+        assert_eq!(narrower.tightens(&allow), Ok(()));
+        assert_eq!(allow.tightens(&narrower), Err(PolicyList::ReceiveAllow));
+        let blocked = InboxPolicy { send_block: vec![p("x.test")], ..Default::default() };
+        assert_eq!(open.tightens(&blocked), Err(PolicyList::SendBlock));
+        let hide = InboxPolicy { unauthenticated: Unauthenticated::Hide, ..Default::default() };
+        assert_eq!(hide.tightens(&open), Ok(()));
+        assert_eq!(open.tightens(&hide), Err(PolicyList::Unauthenticated));
+    }
+
+    fn pattern() -> impl Strategy<Value = AddressPattern> {
+        prop_oneof![
+            prop::sample::select(vec!["a.test", "b.test", "x.a.test", "c.test"]).prop_map(p),
+            prop::sample::select(vec!["u@a.test", "v@x.a.test", "w@c.test"]).prop_map(p),
+        ]
+    }
+
+    fn policy() -> impl Strategy<Value = InboxPolicy> {
+        let list = || prop::collection::vec(pattern(), 0..3);
+        let mode = prop::sample::select(vec![Unauthenticated::Show, Unauthenticated::Label, Unauthenticated::Hide]);
+        (list(), list(), list(), list(), mode).prop_map(|(ra, rb, sa, sb, u)| InboxPolicy {
+            receive_allow: ra,
+            receive_block: rb,
+            send_allow: sa,
+            send_block: sb,
+            unauthenticated: u,
+        })
+    }
+
+    proptest! {
+        /// A change that `tightens` never lets through anything the previous
+        /// policy refused: no sender, no recipient, no unauthenticated mail.
+        #[test]
+        fn a_tightened_policy_refuses_everything_the_previous_refused(
+            old in policy(),
+            new in policy(),
+            sender in prop::sample::select(vec!["u@a.test", "v@x.a.test", "w@c.test", "z@b.test", "q@other.test"]),
+            authenticated in any::<bool>(),
+        ) {
+            if new.tightens(&old).is_ok() {
+                prop_assert!(old.receive(Some(sender), "").is_ok() || new.receive(Some(sender), "").is_err());
+                prop_assert!(old.send(sender).is_ok() || new.send(sender).is_err());
+                prop_assert!(old.shows(Some(sender), authenticated) || !new.shows(Some(sender), authenticated));
+            }
+            // Every policy tightens itself.
+            prop_assert_eq!(old.tightens(&old), Ok(()));
+        }
     }
 
     fn label() -> impl Strategy<Value = String> {

@@ -728,9 +728,9 @@ pub async fn index_seq_follows_commit_order_and_indexing_is_idempotent<B: Backen
     assert!(mixed[1].seq > seqs[4], "a later commit's seq is higher than every earlier one: {mixed:?}");
     for (store, name) in [(&a, "first"), (&b, "second")] {
         for m in indexed.iter().chain(&mixed[1..]) {
-            assert_eq!(store.message_seq(&o, &bot, m.id).await.unwrap(), Some(m.seq), "{name} handle: message_seq");
+            assert_eq!(store.indexed_message(&o, &bot, m.id).await.unwrap().map(|m| m.seq), Some(m.seq), "{name} handle: message_seq");
         }
-        assert_eq!(store.message_seq(&o, &bot, ulid(99)).await.unwrap(), None);
+        assert_eq!(store.indexed_message(&o, &bot, ulid(99)).await.unwrap().map(|m| m.seq), None);
         let ids: HashSet<Ulid> = (1..=6).map(ulid).collect();
         assert_eq!(store.indexed_ids(&o, &bot).await.unwrap(), ids, "{name} handle: indexed_ids");
     }
@@ -755,8 +755,8 @@ pub async fn index_seq_follows_commit_order_and_indexing_is_idempotent<B: Backen
     );
     // Unindex counts what existed; the rest keeps its seq.
     assert_eq!(a.unindex(&o, &bot, &[ulid(1), ulid(77)]).await.unwrap(), 1);
-    assert_eq!(b.message_seq(&o, &bot, ulid(1)).await.unwrap(), None);
-    assert_eq!(b.message_seq(&o, &bot, ulid(2)).await.unwrap(), Some(seqs[3]));
+    assert_eq!(b.indexed_message(&o, &bot, ulid(1)).await.unwrap().map(|m| m.seq), None);
+    assert_eq!(b.indexed_message(&o, &bot, ulid(2)).await.unwrap().map(|m| m.seq), Some(seqs[3]));
     // Several processes indexing overlapping batches at once (a reconcile in
     // each): every answer for a row carries the same seq, and the row is there
     // once.

@@ -126,8 +126,8 @@ pub trait MessageIndex: Send + Sync + 'static {
         inbox: &Address,
         page: &PageQuery,
     ) -> Result<Vec<IndexedMessage>, StoreError>;
-    /// The `seq` of one message, `None` if it is not indexed.
-    async fn message_seq(&self, owner: &OwnerId, inbox: &Address, id: Ulid) -> Result<Option<i64>, StoreError>;
+    /// One message's row (its `seq`, header summary, …), `None` if it is not indexed.
+    async fn indexed_message(&self, owner: &OwnerId, inbox: &Address, id: Ulid) -> Result<Option<IndexedMessage>, StoreError>;
     /// Up to `limit` messages of the inbox with `seq > after_seq` (and, if
     /// given, `id > after_id`), by `seq`: what a reader who saw `after_seq` missed.
     async fn messages_since(
@@ -352,15 +352,16 @@ impl MessageIndex for SqliteStore {
         rows.iter().map(from_row).collect()
     }
 
-    async fn message_seq(&self, owner: &OwnerId, inbox: &Address, id: Ulid) -> Result<Option<i64>, StoreError> {
-        let row: Option<(i64,)> = sqlx::query_as("SELECT seq FROM messages WHERE owner = ?1 AND inbox = ?2 AND id = ?3")
+    async fn indexed_message(&self, owner: &OwnerId, inbox: &Address, id: Ulid) -> Result<Option<IndexedMessage>, StoreError> {
+        let sql = format!("SELECT {COLUMNS} FROM messages WHERE owner = ?1 AND inbox = ?2 AND id = ?3");
+        let row = sqlx::query(&sql)
             .bind(owner.as_str())
             .bind(inbox.as_str())
             .bind(id.to_string())
             .fetch_optional(&self.pool)
             .await
             .map_err(backend)?;
-        Ok(row.map(|(seq,)| seq))
+        row.as_ref().map(from_row).transpose()
     }
 
     async fn messages_since(

@@ -333,9 +333,17 @@ pub trait Webhooks: Send + Sync + 'static {
         limit: u32,
     ) -> Result<Vec<DeliveryRecord>, StoreError>;
     /// Makes one of the owner's deliveries due again at `now_ms` (same id,
-    /// attempts counted on); `NotFound` for another owner's or a missing one.
-    /// A delivery being sent right now is left to its attempt (`Conflict`).
-    async fn redeliver_webhook(&self, owner: &OwnerId, delivery: &str, now_ms: i64) -> Result<DeliveryRecord, StoreError>;
+    /// attempts counted on); `NotFound` for another owner's or a missing one,
+    /// and, with `subscription`, for a delivery of any other subscription (an
+    /// agent redelivers only its own subscriptions' deliveries). A delivery
+    /// being sent right now is left to its attempt (`Conflict`).
+    async fn redeliver_webhook(
+        &self,
+        owner: &OwnerId,
+        subscription: Option<&str>,
+        delivery: &str,
+        now_ms: i64,
+    ) -> Result<DeliveryRecord, StoreError>;
 }
 
 /// `events` as stored: `,a,b,`.
@@ -803,13 +811,21 @@ impl Webhooks for SqliteStore {
         rows.into_iter().map(delivery_from_row).collect()
     }
 
-    async fn redeliver_webhook(&self, owner: &OwnerId, delivery: &str, now_ms: i64) -> Result<DeliveryRecord, StoreError> {
+    async fn redeliver_webhook(
+        &self,
+        owner: &OwnerId,
+        subscription: Option<&str>,
+        delivery: &str,
+        now_ms: i64,
+    ) -> Result<DeliveryRecord, StoreError> {
         let mut tx = self.write_tx().await?;
         let row: Option<DeliveryRow> = sqlx::query_as(&format!(
-            "SELECT {DELIVERY_COLUMNS} FROM webhook_deliveries d WHERE d.id = ?1 AND d.owner = ?2"
+            "SELECT {DELIVERY_COLUMNS} FROM webhook_deliveries d
+              WHERE d.id = ?1 AND d.owner = ?2 AND (?3 IS NULL OR d.subscription_id = ?3)"
         ))
         .bind(delivery)
         .bind(owner.as_str())
+        .bind(subscription)
         .fetch_optional(&mut *tx)
         .await
         .map_err(backend)?;

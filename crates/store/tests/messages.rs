@@ -92,13 +92,13 @@ async fn listing_pages_by_id_in_both_orders_and_replay_is_by_commit_order() {
     assert!(f.store.list_messages(&other, &b, &page(ListOrder::NewestFirst, None, None, 10)).await.unwrap().is_empty());
 
     // Replay: after a seq, in commit order; by id when the seq is unknown.
-    let seq_of_8 = f.store.message_seq(&o, &b, ids[8]).await.unwrap().unwrap();
+    let seq_of_8 = f.store.indexed_message(&o, &b, ids[8]).await.unwrap().map(|m| m.seq).unwrap();
     let since: Vec<Ulid> = f.store.messages_since(&o, &b, seq_of_8, None, 100).await.unwrap().iter().map(|m| m.id).collect();
     assert_eq!(since, ids[..8].iter().rev().copied().collect::<Vec<_>>(), "committed after ids[8]: the older ones");
     let by_id: Vec<Ulid> =
         f.store.messages_since(&o, &b, 0, Some(ids[7]), 100).await.unwrap().iter().map(|m| m.id).collect();
     assert_eq!(by_id, vec![ids[9], ids[8]]);
-    assert_eq!(f.store.message_seq(&o, &b, Ulid::from_parts(1, 1)).await.unwrap(), None);
+    assert_eq!(f.store.indexed_message(&o, &b, Ulid::from_parts(1, 1)).await.unwrap().map(|m| m.seq), None);
 
     // A batch mixing an indexed row and a new one: the old keeps its seq, the new
     // one comes after every earlier commit.
@@ -149,9 +149,9 @@ async fn a_put_stores_then_indexes_then_publishes_inbox_copies_only() {
     let event = sub.recv().await.unwrap();
     assert_eq!((event.id, event.size, &event.inbox), (id, 21, &inbox(BOT)));
     // Indexed before it was announced, and the blob is there.
-    assert_eq!(f.store.message_seq(&owner(), &inbox(BOT), id).await.unwrap(), Some(event.seq));
+    assert_eq!(f.store.indexed_message(&owner(), &inbox(BOT), id).await.unwrap().map(|m| m.seq), Some(event.seq));
     assert!(f.raw.get(&event.key()).await.unwrap().is_some());
-    assert!(f.store.message_seq(&owner(), &inbox(KEEP), id).await.unwrap().is_some());
+    assert!(f.store.indexed_message(&owner(), &inbox(KEEP), id).await.unwrap().map(|m| m.seq).is_some());
     // The queue copy is not a message of any inbox.
     let mut all = 0;
     for a in [BOT, KEEP] {
@@ -160,7 +160,7 @@ async fn a_put_stores_then_indexes_then_publishes_inbox_copies_only() {
     assert_eq!(all, 2);
     // remove() drops the row with the blob.
     assert!(mail.remove(&event.key()).await.unwrap());
-    assert_eq!(f.store.message_seq(&owner(), &inbox(BOT), id).await.unwrap(), None);
+    assert_eq!(f.store.indexed_message(&owner(), &inbox(BOT), id).await.unwrap().map(|m| m.seq), None);
 }
 
 /// An index that counts transactions, can be slowed down or made to fail.
@@ -184,8 +184,8 @@ impl MessageIndex for Instrumented {
     async fn list_messages(&self, o: &OwnerId, i: &Address, p: &PageQuery) -> Result<Vec<IndexedMessage>, StoreError> {
         self.inner.list_messages(o, i, p).await
     }
-    async fn message_seq(&self, o: &OwnerId, i: &Address, id: Ulid) -> Result<Option<i64>, StoreError> {
-        self.inner.message_seq(o, i, id).await
+    async fn indexed_message(&self, o: &OwnerId, i: &Address, id: Ulid) -> Result<Option<IndexedMessage>, StoreError> {
+        self.inner.indexed_message(o, i, id).await
     }
     async fn messages_since(
         &self,

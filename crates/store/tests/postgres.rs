@@ -764,8 +764,8 @@ async fn the_index_lists_pages_and_replays_by_seq() {
     assert_eq!(ids(store.list_messages(&o1, &inbox, &page(Some(0), Some(3), ListOrder::OldestFirst, 10)).await.unwrap()), [rows[1].id, rows[2].id]);
     assert!(store.list_messages(&owner(2), &inbox, &page(None, None, ListOrder::NewestFirst, 10)).await.unwrap().is_empty());
 
-    assert_eq!(store.message_seq(&o1, &inbox, rows[4].id).await.unwrap(), Some(5));
-    assert_eq!(store.message_seq(&o1, &inbox, Ulid::new()).await.unwrap(), None);
+    assert_eq!(store.indexed_message(&o1, &inbox, rows[4].id).await.unwrap().map(|m| m.seq), Some(5));
+    assert_eq!(store.indexed_message(&o1, &inbox, Ulid::new()).await.unwrap().map(|m| m.seq), None);
     assert_eq!(store.messages_since(&o1, &inbox, 2, None, 10).await.unwrap().iter().map(|m| m.seq).collect::<Vec<_>>(), [3, 4, 5]);
     assert_eq!(store.messages_since(&o1, &inbox, 2, Some(rows[3].id), 10).await.unwrap().iter().map(|m| m.seq).collect::<Vec<_>>(), [5]);
     assert_eq!(store.messages_since(&o1, &inbox, 0, None, 2).await.unwrap().len(), 2);

@@ -223,9 +223,9 @@ pub async fn webhook_owners_see_only_their_own<B: Backend>(backend: Arc<B>) {
         context,
     );
     same_not_found(
-        b.redeliver_webhook(&owner(2), &ones[0].id, NOW_MS).await,
+        b.redeliver_webhook(&owner(2), None, &ones[0].id, NOW_MS).await,
         &ones[0].id,
-        b.redeliver_webhook(&owner(2), "msg_none", NOW_MS).await,
+        b.redeliver_webhook(&owner(2), None, "msg_none", NOW_MS).await,
         "msg_none",
         context,
     );
@@ -251,9 +251,13 @@ pub async fn webhook_owners_see_only_their_own<B: Backend>(backend: Arc<B>) {
     a.rotate_webhook_secret(&owner(1), "wh_one", &[4], NOW + 60, &event("webhook.rotate", "wh_one")).await.unwrap();
     let rotated = a.list_webhooks(&owner(1)).await.unwrap().remove(0);
     assert_eq!((rotated.secret_sealed, rotated.previous_secret_sealed, rotated.previous_until), (vec![4], Some(vec![1, 2, 3]), Some(NOW + 60)));
+    // Scoped to a subscription (an agent's own): another's delivery is not found.
+    not_found(a.redeliver_webhook(&owner(1), Some("wh_two"), &ones[0].id, NOW_MS).await, "another subscription's delivery");
+    let again = a.redeliver_webhook(&owner(1), Some("wh_one"), &ones[0].id, NOW_MS + 1).await.unwrap();
+    assert_eq!((again.id.as_str(), again.next_attempt_ms), (ones[0].id.as_str(), NOW_MS + 1));
     a.delete_webhook(&owner(1), "wh_one", &event("webhook.delete", "wh_one")).await.unwrap();
     not_found(a.list_webhook_deliveries(&owner(1), "wh_one", 10).await, "deleted");
-    not_found(a.redeliver_webhook(&owner(1), &ones[0].id, NOW_MS).await, "a deleted subscription's delivery");
+    not_found(a.redeliver_webhook(&owner(1), None, &ones[0].id, NOW_MS).await, "a deleted subscription's delivery");
 }
 
 /// Agent subscriptions: recorded only under an active grant with the event's

@@ -146,15 +146,16 @@ impl MessageIndex for PgStore {
         rows.into_iter().map(from_row).collect()
     }
 
-    async fn message_seq(&self, owner: &OwnerId, inbox: &Address, id: Ulid) -> Result<Option<i64>, StoreError> {
-        let row: Option<(i64,)> = sqlx::query_as("SELECT seq FROM messages WHERE owner = $1 AND inbox = $2 AND id = $3")
+    async fn indexed_message(&self, owner: &OwnerId, inbox: &Address, id: Ulid) -> Result<Option<IndexedMessage>, StoreError> {
+        let sql = format!("SELECT {COLUMNS} FROM messages WHERE owner = $1 AND inbox = $2 AND id = $3");
+        let row: Option<MessageRow> = sqlx::query_as(&sql)
             .bind(owner.as_str())
             .bind(inbox.as_str())
             .bind(id.to_string())
             .fetch_optional(&self.pool)
             .await
             .map_err(backend)?;
-        Ok(row.map(|(seq,)| seq))
+        row.map(from_row).transpose()
     }
 
     async fn messages_since(

@@ -362,13 +362,21 @@ impl Webhooks for PgStore {
         rows.into_iter().map(delivery_from_row).collect()
     }
 
-    async fn redeliver_webhook(&self, owner: &OwnerId, delivery: &str, now_ms: i64) -> Result<DeliveryRecord, StoreError> {
+    async fn redeliver_webhook(
+        &self,
+        owner: &OwnerId,
+        subscription: Option<&str>,
+        delivery: &str,
+        now_ms: i64,
+    ) -> Result<DeliveryRecord, StoreError> {
         let mut tx = self.begin().await?;
         let row: Option<DeliveryRow> = sqlx::query_as(&format!(
-            "SELECT {DELIVERY_COLUMNS} FROM webhook_deliveries d WHERE d.id = $1 AND d.owner = $2 FOR UPDATE"
+            "SELECT {DELIVERY_COLUMNS} FROM webhook_deliveries d
+              WHERE d.id = $1 AND d.owner = $2 AND ($3::text IS NULL OR d.subscription_id = $3) FOR UPDATE"
         ))
         .bind(delivery)
         .bind(owner.as_str())
+        .bind(subscription)
         .fetch_optional(&mut *tx)
         .await
         .map_err(backend)?;
