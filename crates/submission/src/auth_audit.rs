@@ -71,9 +71,12 @@ pub fn granted_event(proof: &SendAuthorized, door: Door, peer: Option<IpAddr>) -
 /// record was appended.
 ///
 /// ```compile_fail
-/// // Built only by `AuthRecorded::new`, which needs a receipt.
-/// fn forge(proof: agentkeys_core::SendAuthorized) -> agentkeys_submission::auth_audit::AuthRecorded {
-///     agentkeys_submission::auth_audit::AuthRecorded { proof }
+/// // Built only by `AuthRecorded::new`, which needs a receipt: the fields are private.
+/// fn forge(
+///     proof: agentkeys_core::SendAuthorized,
+///     receipt: agentkeys_audit::AuditReceipt,
+/// ) -> agentkeys_submission::auth_audit::AuthRecorded {
+///     agentkeys_submission::auth_audit::AuthRecorded { proof, receipt }
 /// }
 /// ```
 #[derive(Debug, Clone)]
