@@ -8,7 +8,10 @@
 //!    refusal is the same 401 `SEND_NOT_AUTHORIZED`, answered no earlier than
 //!    `AUTH_FAILURE_FLOOR` plus jitter after the request arrived (SMTP's `535
 //!    5.7.8` timing), the reason logged like SMTP AUTH's; a store failure is 503.
-//!    Only then is the body read.
+//!    The decision's `submission.auth` record is appended first (503 if it
+//!    cannot be), and the proof goes on only paired with that record's receipt
+//!    (`AuthRecorded`), which storing and queueing require. Only then is the
+//!    body read.
 //! 2. **Message.** `application/json` ([`SendRequest`]) is built into MIME with
 //!    mail-builder (`From:` = the inbox, `Message-ID: <ulid@domain>`); a
 //!    `message/rfc822` body is taken as is, its envelope recipients read from
@@ -52,7 +55,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use agentkeys_core::{Address, AuthFailure, Credentials, KeyHasher, SendAuthorized, Subaddressing};
-use agentkeys_submission::auth_audit::{self, Door, RefusalFacts};
+use agentkeys_submission::auth_audit::{self, AuthRecorded, Door, RefusalFacts};
 use agentkeys_submission::{
     AUTH_FAILURE_FLOOR, AUTH_FAILURE_JITTER, DEFAULT_MAX_MESSAGE_SIZE, DeliveryError, LocalRecipient, MAX_RECIPIENTS,
     MessageRefusal, OutboundSigner, RecipientQuery, RecipientRoute,
@@ -276,16 +279,20 @@ pub(crate) async fn send(
         Err(Refusal::Credentials(failure, facts)) => auth_audit::refused_event(*failure, facts, Door::Http, peer),
         Err(Refusal::Backend(_)) => return Err(ApiError::Unavailable { code: "BACKEND_UNAVAILABLE" }),
     };
-    if let Err(e) = meta.audit_append(&event).await {
-        return Err(unavailable("recording the AUTH decision", &e));
-    }
+    let receipt = match meta.audit_append(&event).await {
+        Ok(receipt) => receipt,
+        Err(e) => return Err(unavailable("recording the AUTH decision", &e)),
+    };
+    // The proof goes on only with the receipt of its record: everything that
+    // stores or queues mail below takes the pair (`AuthRecorded`).
     let proof = match verdict {
-        Ok(proof) => proof,
+        Ok(proof) => AuthRecorded::new(proof, receipt),
         Err(Refusal::Backend(e)) => return Err(e),
         Err(Refusal::Credentials(failure, facts)) => {
+            let audit_seq = receipt.seq();
             match &facts.username {
-                Some(inbox) => tracing::warn!(%inbox, reason = %failure, door = "http", "send AUTH failed"),
-                None => tracing::warn!(reason = %failure, door = "http", "send AUTH failed"),
+                Some(inbox) => tracing::warn!(%inbox, reason = %failure, audit_seq, door = "http", "send AUTH failed"),
+                None => tracing::warn!(reason = %failure, audit_seq, door = "http", "send AUTH failed"),
             }
             metrics::counter!("agentkeys_http_send_total", "result" => "unauthorized").increment(1);
             let jitter_nanos = u64::try_from(AUTH_FAILURE_JITTER.as_nanos()).unwrap_or(u64::MAX);
@@ -310,7 +317,7 @@ pub(crate) async fn send(
     let Some(keys) = service.idempotency.clone() else {
         return Err(ApiError::Unavailable { code: "BACKEND_UNAVAILABLE" });
     };
-    let (inbox, agent) = (proof.inbox().clone(), proof.agent().clone());
+    let (inbox, agent) = (proof.proof().inbox().clone(), proof.proof().agent().clone());
     let scope = IdempotencyScope { inbox: &inbox, agent: &agent, key_hash: &key_hash };
     match keys.claim(scope, &request_hash(json, &bytes), id, state.clock.now()).await {
         Err(e) => return Err(unavailable("claiming the idempotency key", &e)),
@@ -380,14 +387,14 @@ async fn complete(
     state: &ApiState,
     meta: &dyn MetadataStore,
     service: &SendService,
-    proof: SendAuthorized,
+    proof: AuthRecorded,
     json: bool,
     bytes: &[u8],
     id: ulid::Ulid,
     queued: bool,
 ) -> Result<String, ApiError> {
     let now = state.clock.now();
-    let built = build(json, bytes, proof.inbox(), id, now)?;
+    let built = build(json, bytes, proof.proof().inbox(), id, now)?;
     if !queued {
         let (local, remote) = route(meta, &state.subaddressing, &built.recipients).await?;
         let delivery =
@@ -422,13 +429,14 @@ async fn deliver(
     state: &ApiState,
     meta: &dyn MetadataStore,
     service: &SendService,
-    proof: SendAuthorized,
+    recorded: AuthRecorded,
     json: bool,
     bytes: &[u8],
     limit: usize,
     id: ulid::Ulid,
 ) -> Result<SendResponse, ApiError> {
     let now = state.clock.now();
+    let proof = recorded.proof();
     let built = build(json, bytes, proof.inbox(), id, now)?;
     if built.message.len() > limit {
         return Err(ApiError::MessageTooLarge { limit });
@@ -455,8 +463,9 @@ async fn deliver(
         }
     }
     let (local, remote) = route(meta, &state.subaddressing, &built.recipients).await?;
+    let auth_seq = recorded.receipt().seq();
     let delivery =
-        agentkeys_submission::http_submission(proof, &built.message, local, remote, id, now, &service.hostname);
+        agentkeys_submission::http_submission(recorded, &built.message, local, remote, id, now, &service.hostname);
     agentkeys_submission::store_delivery_signed(service.blobs.as_ref(), meta, service.signer.as_deref(), &delivery)
         .await
         .map_err(|e: DeliveryError| unavailable("storing the message", &e))?;
@@ -468,6 +477,7 @@ async fn deliver(
         size = delivery.message.len(),
         local = delivery.local.len(),
         remote = delivery.outbound.as_ref().map_or(0, |o| o.recipients.len()),
+        auth_seq,
         door = "http",
         "message accepted"
     );

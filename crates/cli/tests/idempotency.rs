@@ -3,7 +3,9 @@
 //! same key with another body is 409 `IDEMPOTENCY_KEY_REUSED`, keys are per
 //! agent, and `mail send --idempotency-key` / the MCP `send_message` tool
 //! (official Python SDK client) called twice with one key send once. The MCP
-//! `list_messages` `to_tag` filter is checked on the same server.
+//! `list_messages` `to_tag` filter is checked on the same server. A claim left
+//! by a crashed send is resolved by what was stored, on SQLite + files and on
+//! PostgreSQL + S3.
 
 #![allow(clippy::unwrap_used)]
 
@@ -232,33 +234,41 @@ fn mcp_send_message_with_one_key_twice_sends_once_and_list_messages_filters_by_t
     assert_eq!(got[0]["to_tag"], "billing");
 }
 
-/// Ids of the messages indexed in `inbox` (what its owner's agents can list).
-fn indexed(d: &std::path::Path, inbox: &str) -> Vec<String> {
-    let db = d.join("meta.sqlite");
-    let out = Command::new("sqlite3")
-        .arg(&db)
-        .arg(format!("SELECT id FROM messages WHERE inbox = '{inbox}' ORDER BY id"))
-        .output()
-        .expect("sqlite3 is installed (scripts/test.sh)");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap().lines().map(str::to_owned).collect()
+/// Where a test's metadata lives, for the checks that read or edit it directly
+/// (as an operator would, with the database's own client).
+enum Meta {
+    /// The data directory's `meta.sqlite` (`sqlite3`).
+    Sqlite(std::path::PathBuf),
+    /// A PostgreSQL database (`psql`).
+    Postgres(String),
 }
 
-/// Message ids in the outbound queue, one per row.
-fn queued(d: &std::path::Path) -> Vec<String> {
-    let out = Command::new("sqlite3")
-        .arg(d.join("meta.sqlite"))
-        .arg("SELECT message_id FROM outbound_queue ORDER BY message_id")
-        .output()
-        .expect("sqlite3");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap().lines().map(str::to_owned).collect()
-}
+impl Meta {
+    /// The rows of `sql`, one line each.
+    fn query(&self, sql: &str) -> Vec<String> {
+        let out = match self {
+            Meta::Sqlite(d) => Command::new("sqlite3").arg(d.join("meta.sqlite")).arg(sql).output(),
+            Meta::Postgres(url) => Command::new("psql").args(["-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", url, "-c", sql]).output(),
+        }
+        .expect("sqlite3 and psql are installed (scripts/test.sh)");
+        assert!(out.status.success(), "{sql}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap().lines().map(str::to_owned).collect()
+    }
 
-/// Runs `sql` on the data directory's database (the server stopped).
-fn sqlite(d: &std::path::Path, sql: &str) {
-    let out = Command::new("sqlite3").arg(d.join("meta.sqlite")).arg(sql).output().expect("sqlite3");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    /// Runs `sql` (the server stopped).
+    fn exec(&self, sql: &str) {
+        self.query(sql);
+    }
+
+    /// Ids of the messages indexed in `inbox` (what its owner's agents can list).
+    fn indexed(&self, inbox: &str) -> Vec<String> {
+        self.query(&format!("SELECT id FROM messages WHERE inbox = '{inbox}' ORDER BY id"))
+    }
+
+    /// Message ids in the outbound queue, one per row.
+    fn queued(&self) -> Vec<String> {
+        self.query("SELECT message_id FROM outbound_queue ORDER BY message_id")
+    }
 }
 
 /// Issue 10: a node that dies between claiming an `Idempotency-Key` and
@@ -275,10 +285,10 @@ fn sqlite(d: &std::path::Path, sql: &str) {
 /// 3. The state a crash after the index commit and before queueing the remote
 ///    recipient leaves (the answer and the queue row erased): the retry gets the
 ///    first answer and queues the remote recipient, once, under the first id.
-#[test]
-fn a_claim_left_by_a_crashed_send_is_resolved_by_what_was_stored() {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
+///
+/// `d` is the data directory (with its deployment shared when the stores are
+/// PostgreSQL and S3), `meta` where its metadata is.
+fn a_crashed_sends_claim_is_resolved_by_what_was_stored(d: &std::path::Path, meta: &Meta) {
     let (_, _, alice, alice_key) = provision(d, OWNER, ALICE, "alice");
     let (_, _, bob, _) = provision(d, OWNER, BOB, "bob");
     let path = format!("/v1/inboxes/{alice}/send");
@@ -298,7 +308,8 @@ fn a_claim_left_by_a_crashed_send_is_resolved_by_what_was_stored() {
     let status = wait_timeout(&mut crashing.child, std::time::Duration::from_secs(30)).expect("the server died");
     assert!(!status.success(), "{status:?}");
     crashing.kill();
-    assert!(indexed(d, &bob).is_empty());
+    assert!(meta.indexed(&bob).is_empty());
+    assert_eq!(meta.query("SELECT count(*) FROM send_idempotency WHERE response IS NULL"), ["1"], "the crash left the claim");
 
     // Within STALE_CLAIM_SECS the key is still in use (the send might be running).
     let server = Server::start(d, &[]);
@@ -307,7 +318,7 @@ fn a_claim_left_by_a_crashed_send_is_resolved_by_what_was_stored() {
     assert!(b.contains("IDEMPOTENCY_KEY_IN_USE"), "{b}");
     server.stop();
     let stale = agentkeys_store::STALE_CLAIM_SECS;
-    sqlite(d, &format!("UPDATE send_idempotency SET created_at = created_at - {stale}"));
+    meta.exec(&format!("UPDATE send_idempotency SET created_at = created_at - {stale}"));
 
     // Stale, its message never stored: the retry sends it.
     let server = Server::start(d, &[]);
@@ -316,34 +327,62 @@ fn a_claim_left_by_a_crashed_send_is_resolved_by_what_was_stored() {
     assert!(!h.contains("idempotent-replayed"), "{h}");
     let sent: Value = serde_json::from_str(&b).unwrap();
     let id = sent["message_id"].as_str().unwrap().to_owned();
-    assert_eq!(indexed(d, &bob), vec![id.clone()], "sent exactly once");
-    assert_eq!(queued(d), vec![id.clone()], "queued exactly once");
+    assert_eq!(meta.indexed(&bob), vec![id.clone()], "sent exactly once");
+    assert_eq!(meta.queued(), vec![id.clone()], "queued exactly once");
     let (s, h, b) = post(&server, &path, &alice_key, "application/json", &[key], body.as_bytes());
     assert_eq!((s, h.contains("idempotent-replayed: true")), (202, true), "{b}");
     server.stop();
 
     // Stored, answer not recorded: what a crash after the index commit leaves.
-    sqlite(d, &format!("UPDATE send_idempotency SET response = NULL, created_at = created_at - {stale}"));
+    meta.exec(&format!("UPDATE send_idempotency SET response = NULL, created_at = created_at - {stale}"));
     let server = Server::start(d, &[]);
     let (s, h, b) = post(&server, &path, &alice_key, "application/json", &[key], body.as_bytes());
     assert_eq!(s, 202, "{b}");
     assert!(h.contains("idempotent-replayed: true"), "{h}");
     assert_eq!(serde_json::from_str::<Value>(&b).unwrap(), sent, "the first answer, rebuilt from the stored message");
-    assert_eq!((indexed(d, &bob).len(), queued(d)), (1, vec![id.clone()]), "nothing sent again");
+    assert_eq!((meta.indexed(&bob).len(), meta.queued()), (1, vec![id.clone()]), "nothing sent again");
     server.stop();
 
     // Indexed, not queued, answer not recorded: what a crash between the
     // index commit and queueing leaves. The retry queues it, under its id.
-    sqlite(d, "DELETE FROM outbound_queue");
-    sqlite(d, &format!("UPDATE send_idempotency SET response = NULL, created_at = created_at - {stale}"));
+    meta.exec("DELETE FROM outbound_queue");
+    meta.exec(&format!("UPDATE send_idempotency SET response = NULL, created_at = created_at - {stale}"));
     let server = Server::start(d, &[]);
     let (s, h, b) = post(&server, &path, &alice_key, "application/json", &[key], body.as_bytes());
     assert_eq!(s, 202, "{b}");
     assert!(h.contains("idempotent-replayed: true"), "{h}");
     assert_eq!(serde_json::from_str::<Value>(&b).unwrap(), sent);
-    assert_eq!((indexed(d, &bob), queued(d)), (vec![id.clone()], vec![id.clone()]), "completed exactly once");
+    assert_eq!((meta.indexed(&bob), meta.queued()), (vec![id.clone()], vec![id.clone()]), "completed exactly once");
     let (s, h, _) = post(&server, &path, &alice_key, "application/json", &[key], body.as_bytes());
     assert_eq!((s, h.contains("idempotent-replayed: true")), (202, true));
-    assert_eq!(queued(d), vec![id], "the replay queues nothing more");
+    assert_eq!(meta.queued(), vec![id], "the replay queues nothing more");
     server.stop();
+}
+
+#[test]
+fn a_claim_left_by_a_crashed_send_is_resolved_by_what_was_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    a_crashed_sends_claim_is_resolved_by_what_was_stored(dir.path(), &Meta::Sqlite(dir.path().to_path_buf()));
+}
+
+/// The same on PostgreSQL metadata and S3 blobs (`s3s-fs`): the claim, the
+/// crash and its resolution go through the shared stores several nodes use.
+#[test]
+fn postgres_s3_a_claim_left_by_a_crashed_send_is_resolved_by_what_was_stored() {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let db = runtime
+        .block_on(agentkeys_store::postgres::TempDatabase::create())
+        .expect("a PostgreSQL for tests (AGENTKEYS_TEST_DATABASE_URL)");
+    drop(runtime);
+    let s3 = S3sFs::start("mail", 21500..=21519);
+    let dir = tempfile::tempdir().unwrap();
+    let mut shared: Vec<(String, String)> = s3.serve_env("ak").into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
+    shared.push(("AGENTKEYS_DATABASE_URL".to_owned(), db.url().to_owned()));
+    share_deployment(dir.path(), &shared);
+    a_crashed_sends_claim_is_resolved_by_what_was_stored(dir.path(), &Meta::Postgres(db.url().to_owned()));
+    // The crashed write's blob (never indexed) and the sent message's copies are
+    // objects in the bucket, not files in the data directory.
+    let objects = s3.root.join(&s3.bucket).join("ak");
+    assert!(all_files(&objects).iter().any(|f| f.extension().is_some_and(|e| e == "eml")), "the blobs are in S3");
+    assert!(!dir.path().join("blobs").exists(), "nothing was written to the file blob store");
 }

@@ -23,7 +23,7 @@ use agentkeys_store::StoreError;
 pub use agentkeys_submission::{
     Delivery, InboundEnvelope, LocalRecipient, Outbound, RecipientAnswer, RecipientQuery,
 };
-use agentkeys_submission::auth_audit::{self, Door, RefusalFacts};
+use agentkeys_submission::auth_audit::{self, AuthRecorded, Door, RefusalFacts};
 use agentkeys_submission::contains_nul;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -239,7 +239,7 @@ struct Helo {
 enum Sender {
     Inbound,
     Submission {
-        proof: SendAuthorized,
+        proof: AuthRecorded,
         remote: Vec<String>,
     },
 }
@@ -288,7 +288,9 @@ pub struct Session {
     consumed: usize,
     out: Vec<u8>,
     helo: Option<Helo>,
-    auth: Option<SendAuthorized>,
+    /// The AUTH proof with the receipt of its audit record: the only way to a
+    /// submission transaction.
+    auth: Option<AuthRecorded>,
     tx: Option<Transaction>,
     body: Vec<u8>,
     auth_failures: u32,
@@ -357,7 +359,7 @@ impl Session {
 
     /// The authenticated sender, if any.
     pub fn authenticated(&self) -> Option<&SendAuthorized> {
-        self.auth.as_ref()
+        self.auth.as_ref().map(AuthRecorded::proof)
     }
 
     /// Asks the session to end at the next command boundary with `421 4.3.2`.
@@ -754,9 +756,10 @@ impl Session {
         }
         let sender = if self.ctx.kind.is_submission() {
             // The only way to a submission transaction is through the AUTH proof.
-            let Some(proof) = &self.auth else {
+            let Some(recorded) = &self.auth else {
                 return self.reply(Reply::AuthRequired);
             };
+            let proof = recorded.proof();
             if from.size > self.ctx.limits.max_message_size {
                 return self.reply(Reply::MessageTooBig);
             }
@@ -764,7 +767,7 @@ impl Session {
                 return self.reply(Reply::SenderNotAuthorized);
             }
             Sender::Submission {
-                proof: proof.clone(),
+                proof: recorded.clone(),
                 remote: Vec::new(),
             }
         } else {
@@ -852,7 +855,7 @@ impl Session {
     /// [`Step::LookupRecipient`] ([`agentkeys_submission::guard`]).
     pub fn sending_inbox(&self) -> Option<&agentkeys_core::Address> {
         match self.tx.as_ref().map(|tx| &tx.sender) {
-            Some(Sender::Submission { proof, .. }) => Some(proof.inbox()),
+            Some(Sender::Submission { proof, .. }) => Some(proof.proof().inbox()),
             _ => None,
         }
     }
@@ -928,9 +931,9 @@ impl Session {
         let mut message = mem::take(&mut self.body);
         // The sending doors' message rules (the receivers already refused NUL).
         if let Sender::Submission { proof, .. } = &tx.sender
-            && let Err(refusal) = agentkeys_submission::check_message(&message, proof.inbox())
+            && let Err(refusal) = agentkeys_submission::check_message(&message, proof.proof().inbox())
         {
-            tracing::warn!(inbox = %proof.inbox(), %refusal, door = "smtp", "message refused");
+            tracing::warn!(inbox = %proof.proof().inbox(), %refusal, door = "smtp", "message refused");
             return self.reply(Reply::from(refusal));
         }
         let id = Ulid::from_parts(
@@ -1280,7 +1283,9 @@ impl Session {
                     "AUTH succeeded"
                 );
                 metrics::counter!("agentkeys_smtp_auth_total", "result" => "success").increment(1);
-                self.auth = Some(proof);
+                // The receipt goes with the proof: every submission
+                // transaction, and the outbound copy it queues, carries it.
+                self.auth = Some(AuthRecorded::new(proof, receipt));
                 self.reply(Reply::AuthSucceeded);
             }
             Err(failure) => self.auth_failed(failure, received_at, username.as_ref()),

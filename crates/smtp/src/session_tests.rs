@@ -1241,7 +1241,10 @@ fn submission_routes_local_and_remote_recipients_from_the_envelope_only() {
             "someone+tag@gmail.test".to_owned()
         ]
     );
-    assert_eq!(outbound.sender.inbox().as_str(), BOT);
+    assert_eq!(outbound.sender.proof().inbox().as_str(), BOT);
+    // The queued copy carries the receipt of this session's AUTH record.
+    let auth = h.audits.iter().position(|e| e.operation == "submission.auth").unwrap();
+    assert_eq!(outbound.sender.receipt(), &receipt_for(&h.audits[auth], auth));
     let body = h.body(0);
     assert!(
         body.starts_with(

@@ -17,7 +17,8 @@ use std::sync::atomic::{AtomicI64, AtomicU32, Ordering};
 use std::time::Duration;
 
 use agentkeys_audit::{
-    Actor, AuditEvent, BrokenReason, ChainHead, ChainedCheckpoint, Outcome, Verifier, verify,
+    Actor, AuditEvent, AuditRecord, BrokenReason, ChainHead, ChainedCheckpoint, FORMAT_TAG, Outcome, Verifier,
+    canonical_json, hash_to_hex, verify,
 };
 use agentkeys_core::{
     Address, AgentId, Credentials, Domain, Grant, GrantId, InboxStatus, KeyHash, KeyId, OwnerId, UnixTime,
@@ -649,6 +650,125 @@ async fn the_log_is_append_only_and_tampering_is_reported() {
     assert_eq!((broken.seq, broken.reason), (2, BrokenReason::HashMismatch));
     psql(&db, "UPDATE audit_log SET detail = 'not json' WHERE seq = 3").await.unwrap();
     assert!(matches!(store.audit_list(2, 5).await, Err(StoreError::AuditUnreadable { seq: 3, .. })));
+}
+
+/// The columns `agentkeys_audit_hash` takes, one array each: prev_hash (hex),
+/// seq, ts, actor, operation, subject, outcome, canonical detail.
+type HashColumns = (Vec<String>, Vec<i64>, Vec<i64>, Vec<String>, Vec<String>, Vec<String>, Vec<String>, Vec<String>);
+
+/// `agentkeys_audit_hash` (migration 0017) of each record, computed by the
+/// database in one query.
+async fn sql_hashes(pool: &sqlx::PgPool, records: &[AuditRecord]) -> Vec<String> {
+    let mut cols: HashColumns = Default::default();
+    for r in records {
+        cols.0.push(hash_to_hex(&r.prev_hash));
+        cols.1.push(i64::try_from(r.seq).unwrap());
+        cols.2.push(r.ts);
+        cols.3.push(r.actor.to_string());
+        cols.4.push(r.operation.clone());
+        cols.5.push(r.subject.clone());
+        cols.6.push(r.outcome.as_str().to_owned());
+        cols.7.push(canonical_json(&r.detail).unwrap());
+    }
+    sqlx::query_scalar(
+        "SELECT encode(agentkeys_audit_hash(decode(k.prev, 'hex'), $1, k.seq, k.ts, k.actor, k.op, k.subject, k.outcome, k.detail), 'hex')
+           FROM unnest($2::text[], $3::bigint[], $4::bigint[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[])
+                WITH ORDINALITY AS k (prev, seq, ts, actor, op, subject, outcome, detail, n)
+          ORDER BY k.n",
+    )
+    .bind(FORMAT_TAG)
+    .bind(&cols.0)
+    .bind(&cols.1)
+    .bind(&cols.2)
+    .bind(&cols.3)
+    .bind(&cols.4)
+    .bind(&cols.5)
+    .bind(&cols.6)
+    .bind(&cols.7)
+    .fetch_all(pool)
+    .await
+    .unwrap()
+}
+
+/// Generated records at any place of a chain: any link, seq from 1 to the
+/// largest the database stores, any ts (negative included).
+fn any_record() -> impl Strategy<Value = AuditRecord> {
+    (any::<[u8; 32]>(), 1..=i64::MAX, any::<i64>(), agentkeys_store::conformance::audit_events()).prop_map(
+        |(prev_hash, seq, ts, e)| AuditRecord {
+            seq: u64::try_from(seq).unwrap(),
+            ts,
+            actor: e.actor,
+            operation: e.operation,
+            subject: e.subject,
+            outcome: e.outcome,
+            detail: e.detail,
+            prev_hash,
+            hash: [0; 32],
+        },
+    )
+}
+
+/// The hash the database computes when it appends (`agentkeys_audit_hash`) is
+/// the audit crate's, byte for byte: on the committed vectors
+/// (`crates/audit/testdata/vectors.json`, made by an independent Python
+/// implementation) and over generated records.
+#[test]
+fn the_databases_record_hash_is_the_audit_crates() {
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let db = runtime.block_on(TempDatabase::create()).unwrap();
+    let pool = runtime.block_on(async {
+        PgStore::connect(db.url()).await.unwrap().close().await; // the schema
+        sqlx::PgPool::connect(db.url()).await.unwrap()
+    });
+    let vectors: serde_json::Value = serde_json::from_str(include_str!("../../audit/testdata/vectors.json")).unwrap();
+    let records: Vec<AuditRecord> = vectors["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| {
+            let mut v = v.clone();
+            v.as_object_mut().unwrap().remove("canonical");
+            serde_json::from_value(v).unwrap()
+        })
+        .collect();
+    assert!(records.len() >= 5, "the vectors are there");
+    let expected: Vec<String> = records.iter().map(|r| hash_to_hex(&r.hash)).collect();
+    assert_eq!(runtime.block_on(sql_hashes(&pool, &records)), expected, "the committed vectors");
+    let config = ProptestConfig { cases: 64, failure_persistence: None, ..ProptestConfig::default() };
+    proptest!(config, |(records in proptest::collection::vec(any_record(), 1..24))| {
+        let rust: Vec<String> = records.iter().map(|r| hash_to_hex(&r.compute_hash().unwrap())).collect();
+        prop_assert_eq!(runtime.block_on(sql_hashes(&pool, &records)), rust);
+    });
+    runtime.block_on(pool.close());
+    drop(db);
+}
+
+/// The node seals every record the database appended again in Rust: if the
+/// database's hash differed, no receipt is handed out, an audited change rolls
+/// back, and `audit verify` reports the committed stand-alone record.
+#[tokio::test]
+async fn a_record_the_database_hashes_otherwise_gets_no_receipt() {
+    let (db, store) = fresh().await;
+    populate(&store).await;
+    psql(
+        &db,
+        "CREATE OR REPLACE FUNCTION agentkeys_audit_hash(
+             p_prev bytea, p_tag text, p_seq bigint, p_ts bigint, p_actor text, p_operation text,
+             p_subject text, p_outcome text, p_detail text) RETURNS bytea
+         LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$ SELECT sha256(p_prev || convert_to(p_subject, 'UTF8')) $$",
+    )
+    .await
+    .unwrap();
+    // Fresh connections, so no cached plan keeps the real function.
+    let node = PgStore::connect(db.url()).await.unwrap();
+    let err = node.add_owner(&owner_record(3), &ev()).await.unwrap_err();
+    assert!(matches!(&err, StoreError::Backend(m) if m.contains("the audit crate computes")), "{err}");
+    assert_eq!(node.list_owners().await.unwrap().len(), 2, "the owner rolled back with its record");
+    assert_eq!(node.audit_head().await.unwrap().seq, 6);
+    let err = node.audit_append(&ev()).await.unwrap_err();
+    assert!(matches!(&err, StoreError::Backend(m) if m.contains("the audit crate computes")), "{err}");
+    let broken = verify(&node.audit_all().await.unwrap()).unwrap_err();
+    assert_eq!((broken.seq, broken.reason), (7, BrokenReason::HashMismatch));
 }
 
 #[tokio::test]

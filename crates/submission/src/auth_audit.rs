@@ -8,7 +8,7 @@
 
 use std::net::IpAddr;
 
-use agentkeys_audit::{Actor, AuditEvent, Outcome};
+use agentkeys_audit::{Actor, AuditEvent, AuditReceipt, Outcome};
 use agentkeys_core::{Address, AgentId, AuthFailure, SendAuthorized};
 use serde_json::{Map, Value, json};
 
@@ -60,6 +60,47 @@ pub fn granted_event(proof: &SendAuthorized, door: Door, peer: Option<IpAddr>) -
     detail.insert("grant_id".into(), json!(proof.grant_id().as_str()));
     AuditEvent::ok(Actor::Agent(proof.agent().clone()), OP_SUBMISSION_AUTH, proof.inbox().as_str())
         .with_detail(Value::Object(detail))
+}
+
+/// A send authorization whose `submission.auth` record is in the audit log:
+/// the [`SendAuthorized`] proof together with the [`AuditReceipt`] of its
+/// [`granted_event`]. The sending side effects take this, not the bare proof
+/// (`http_submission`, [`Outbound`](crate::Outbound), the SMTP session's
+/// submission transaction), so a door cannot send before its AUTH decision
+/// is recorded (STYLE.md practice 3): the receipt exists only once the
+/// record was appended.
+///
+/// ```compile_fail
+/// // Built only by `AuthRecorded::new`, which needs a receipt: the fields are private.
+/// fn forge(
+///     proof: agentkeys_core::SendAuthorized,
+///     receipt: agentkeys_audit::AuditReceipt,
+/// ) -> agentkeys_submission::auth_audit::AuthRecorded {
+///     agentkeys_submission::auth_audit::AuthRecorded { proof, receipt }
+/// }
+/// ```
+#[derive(Debug, Clone)]
+pub struct AuthRecorded {
+    proof: SendAuthorized,
+    receipt: AuditReceipt,
+}
+
+impl AuthRecorded {
+    /// `proof`, once `receipt` came back for the append of its
+    /// [`granted_event`].
+    pub fn new(proof: SendAuthorized, receipt: AuditReceipt) -> Self {
+        Self { proof, receipt }
+    }
+
+    /// The authorization.
+    pub fn proof(&self) -> &SendAuthorized {
+        &self.proof
+    }
+
+    /// The receipt of the AUTH record.
+    pub fn receipt(&self) -> &AuditReceipt {
+        &self.receipt
+    }
 }
 
 /// The record of a refused AUTH: the failing step's name as `reason`.

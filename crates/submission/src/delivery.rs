@@ -8,20 +8,22 @@
 
 use std::net::IpAddr;
 
-use agentkeys_core::{SendAuthorized, UnixTime};
+use agentkeys_core::UnixTime;
 use agentkeys_store::{BlobError, BlobKey, BlobStore, NewOutbound, Outbox, StoreError};
 use async_trait::async_trait;
 use bytes::Bytes;
 use ulid::Ulid;
 
+use crate::auth_audit::AuthRecorded;
 use crate::recipient::LocalRecipient;
 
-/// Remote recipients of a submitted message, under the sender's
-/// [`SendAuthorized`] proof.
+/// Remote recipients of a submitted message, under the sender's recorded
+/// authorization ([`AuthRecorded`]).
 #[derive(Debug, Clone)]
 pub struct Outbound {
-    /// The proof that the sender may send as its inbox.
-    pub sender: SendAuthorized,
+    /// The proof that the sender may send as its inbox, with the receipt of its
+    /// audited AUTH decision.
+    pub sender: AuthRecorded,
     /// Envelope recipients outside the hosted domains.
     pub recipients: Vec<String>,
 }
@@ -85,10 +87,11 @@ pub trait OutboundSigner: Send + Sync + 'static {
 
 /// A message submitted over HTTP, as the same [`Delivery`] an SMTP submission
 /// builds: a `Received:` line (`with HTTP`, RFC 5321 §4.4) prepended, local copies
-/// for hosted recipients, the remote ones queued under `sender`. The caller has
-/// already applied [`crate::check_message`].
+/// for hosted recipients, the remote ones queued under `sender` (an AUTH whose
+/// record is in the audit log). The caller has already applied
+/// [`crate::check_message`].
 pub fn http_submission(
-    sender: SendAuthorized,
+    sender: AuthRecorded,
     message: &[u8],
     local: Vec<LocalRecipient>,
     remote: Vec<String>,
@@ -98,7 +101,7 @@ pub fn http_submission(
 ) -> Delivery {
     let trace = format!(
         "Received: from agent {} (HTTP API)\r\n\tby {hostname} with HTTP id {id};\r\n\t{}\r\n",
-        sender.agent(),
+        sender.proof().agent(),
         agentkeys_core::time::rfc5322(received_at)
     );
     let mut bytes = Vec::with_capacity(trace.len() + message.len());
@@ -169,7 +172,7 @@ pub async fn store_delivery_signed(
 ) -> Result<(), DeliveryError> {
     let queued: Bytes = match (&delivery.outbound, signer) {
         (Some(outbound), Some(signer)) => signer
-            .sign(outbound.sender.inbox().domain(), &delivery.message)
+            .sign(outbound.sender.proof().inbox().domain(), &delivery.message)
             .await
             .map_err(DeliveryError::Sign)?
             .into(),
@@ -197,8 +200,8 @@ pub async fn store_delivery_signed(
         }
         outbox.enqueue_outbound(&NewOutbound {
             message_id: delivery.id.to_string(),
-            sender: outbound.sender.inbox().clone(),
-            owner: outbound.sender.owner().clone(),
+            sender: outbound.sender.proof().inbox().clone(),
+            owner: outbound.sender.proof().owner().clone(),
             recipients: outbound.recipients.clone(),
             size: queued.len() as u64,
             queued_at: delivery.received_at,
@@ -229,8 +232,8 @@ pub async fn queue_stored(
     };
     let queued = NewOutbound {
         message_id: delivery.id.to_string(),
-        sender: outbound.sender.inbox().clone(),
-        owner: outbound.sender.owner().clone(),
+        sender: outbound.sender.proof().inbox().clone(),
+        owner: outbound.sender.proof().owner().clone(),
         recipients: outbound.recipients.clone(),
         size: queued.len() as u64,
         queued_at: delivery.received_at,

@@ -1163,7 +1163,7 @@ impl AuditLog for PgStore {
             return Ok(Vec::new());
         };
         // SQLite's query; the detail's `owner` and `agent` strings are columns
-        // copied at insert (`audit::insert_sealed`) instead of json_extract.
+        // copied at insert (`audit::prepare`) instead of json_extract.
         let rows: Vec<AuditRow> = sqlx::query_as(&format!(
             "SELECT {AUDIT_COLUMNS}
                FROM audit_log

@@ -5,11 +5,13 @@
 //! same documented contracts. What SQLite got from having one writer at a time,
 //! this backend states and enforces for writers in many processes:
 //!
-//! - **One audit chain.** Every append locks the one-row chain head
-//!   (`audit_chain`, `SELECT … FOR UPDATE`) inside its transaction and moves it
-//!   before the commit, so appends from all nodes are serialized onto one chain,
-//!   hashed by [`agentkeys_audit`] exactly as on SQLite. An audited write does
-//!   its row change and its record in one transaction ([`audit`]).
+//! - **One audit chain.** Every append is one statement
+//!   (`agentkeys_audit_append`) that locks the one-row chain head
+//!   (`audit_chain`, `FOR UPDATE`) inside its transaction, seals, inserts and
+//!   moves it in the server, so appends from all nodes are serialized onto one
+//!   chain without holding the head across a node's round trips; each returned
+//!   hash is recomputed by [`agentkeys_audit`] before a receipt exists. An
+//!   audited write does its row change and its record in one transaction ([`audit`]).
 //! - **Index rows visible in `seq` order** ([`index`]): `seq` comes from a
 //!   counter row held locked until the indexing transaction commits.
 //! - **Single claim** of outbound rows: `FOR UPDATE SKIP LOCKED` plus leases
