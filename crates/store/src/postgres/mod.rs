@@ -43,6 +43,7 @@ pub mod events;
 mod idempotency;
 pub(crate) mod index;
 mod meta;
+mod owner_mail;
 mod policies;
 pub(crate) mod queue;
 mod testing;
