@@ -77,7 +77,7 @@ class Mailbox:
                 text = m.get_body(preferencelist=("plain",)).get_content()
                 code = re.search(r"Approval code: (\d{6})", text).group(1)
                 link = re.search(r"(http://localhost:\d+/console/email-link/\S+)", text).group(1)
-                return {"code": code, "link": link, "text": text, "file": os.path.join(self.directory, f)}
+                return {"code": code, "link": link, "text": text, "raw": raw.decode("utf-8", "replace"), "file": os.path.join(self.directory, f)}
             time.sleep(0.2)
         raise AssertionError("no code mail arrived")
 
@@ -131,6 +131,11 @@ def main():
         mail = mails.next_code()
         assert phrase in mail["text"], f"the mail shows the screen's phrase {phrase!r}: {mail['text']}"
         assert mail["link"].split("#")[0].endswith(f"/console/email-link/{code_id}"), mail["link"]
+        # The code mail carries the code and the link's token, nothing else secret.
+        session = [c["value"] for c in context.cookies() if c["name"] == "agentkeys_console"][0]
+        csrf = page.get_attribute("input[name=csrf]", "value")
+        for secret in (session, csrf):
+            assert secret not in mail["raw"], "a session secret in the code mail"
         page.fill(f"form[action='{key1_path}'] input[name=email_code]", mail["code"])
         with page.expect_navigation(url=f"{base}/console/agents?done=key-revoked"):
             page.click(f"form[action='{key1_path}'] button.email-submit")

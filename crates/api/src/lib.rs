@@ -272,6 +272,12 @@ impl ApiState {
         self
     }
 
+    /// The notifier given with [`ApiState::with_notifier`], for other senders
+    /// of owner notices (bounce rates, send limits: [`notify::NoticeKind`]).
+    pub fn notifier(&self) -> Option<&Arc<notify::Notifier>> {
+        self.notifier.as_ref()
+    }
+
     /// The same state with another long-poll limit for pairing collects (tests).
     #[must_use]
     pub fn with_collect_wait(mut self, wait: std::time::Duration) -> Self {
