@@ -24,6 +24,7 @@
 //! | POST | `/v1/webhook-deliveries/{id}/redeliver` | send a delivery again (owner signature) |
 //! | POST, GET, DELETE | `/v1/agent/webhooks[/{id}]` | an agent's own subscriptions, scoped by its grants (agent key) |
 //! | POST | `/v1/owner/passkey-links` | a one-time passkey registration link for the console (owner signature) |
+//! | GET, PATCH | `/v1/owner/notifications` | which notices the owner gets at their address (owner signature, [`notify`]) |
 //! | POST | `/v1/pairings` | open a pairing request (agent, public) |
 //! | GET | `/v1/pairings/{code}` | show a pairing request (owner signature) |
 //! | POST | `/v1/pairings/{code}/approve` | approve it: the agent is created (owner signature) |
@@ -53,6 +54,7 @@ pub mod error;
 pub mod extract;
 pub mod inbox_policy;
 pub mod messages;
+pub mod notify;
 pub mod openapi;
 pub mod owner;
 pub mod owner_directory;
@@ -117,6 +119,9 @@ pub struct ApiState {
     webhooks: Option<agentkeys_webhooks::WebhookSettings>,
     /// The owner's web console under `/console` ([`console`]); `None`: 404.
     console: Option<Arc<console::ConsoleConfig>>,
+    /// Mail to owners' addresses ([`notify`]): pairing notices and the
+    /// console's emailed codes; `None`: neither is sent.
+    notifier: Option<Arc<notify::Notifier>>,
 }
 
 impl std::fmt::Debug for ApiState {
@@ -152,6 +157,7 @@ impl ApiState {
             subaddressing: agentkeys_core::Subaddressing::default(),
             webhooks: None,
             console: None,
+            notifier: None,
         }
     }
 
@@ -258,6 +264,20 @@ impl ApiState {
         self
     }
 
+    /// The same state mailing owners through `notifier` ([`notify`]): a new
+    /// pairing request addressed to an owner, and the console's emailed codes.
+    #[must_use]
+    pub fn with_notifier(mut self, notifier: Arc<notify::Notifier>) -> Self {
+        self.notifier = Some(notifier);
+        self
+    }
+
+    /// The notifier given with [`ApiState::with_notifier`], for other senders
+    /// of owner notices (bounce rates, send limits: [`notify::NoticeKind`]).
+    pub fn notifier(&self) -> Option<&Arc<notify::Notifier>> {
+        self.notifier.as_ref()
+    }
+
     /// The same state with another long-poll limit for pairing collects (tests).
     #[must_use]
     pub fn with_collect_wait(mut self, wait: std::time::Duration) -> Self {
@@ -348,6 +368,8 @@ fn table() -> Vec<Route> {
         route(Verb::Get, "/v1/agent/webhooks/{id}/deliveries", webhooks::agent_deliveries),
         route(Verb::Post, "/v1/agent/webhooks/{id}/deliveries/{delivery}/redeliver", webhooks::agent_redeliver),
         route(Verb::Post, "/v1/owner/passkey-links", console::links::create_link),
+        route(Verb::Get, "/v1/owner/notifications", notify::get_settings),
+        route(Verb::Patch, "/v1/owner/notifications", notify::put_settings),
         route(Verb::Post, "/v1/pairings", pairing::open),
         route(Verb::Get, "/v1/pairings/{code}", pairing::view),
         route(Verb::Post, "/v1/pairings/{code}/approve", pairing::approve),

@@ -57,6 +57,8 @@ use crate::error::Problem;
         crate::inbox_policy::get_policy,
         crate::inbox_policy::change_policy,
         crate::console::links::create_link,
+        crate::notify::get_settings,
+        crate::notify::put_settings,
     ),
     components(schemas(
         ReadCredentialRequest,
@@ -105,6 +107,8 @@ use crate::error::Problem;
         crate::inbox_policy::PolicyView,
         crate::inbox_policy::PolicyChange,
         crate::console::links::PasskeyLink,
+        crate::notify::NotificationSettings,
+        crate::notify::ChangeNotifications,
     )),
     modifiers(&AgentKeyAuth, &OwnerSignatureAuth, &ReadCapabilityAuth),
     tags(

@@ -246,6 +246,7 @@ pub(crate) async fn open(
         }));
         match meta.open_pairing(&rec, now - PAIRING_RETENTION_SECS, &event).await {
             Ok(_receipt) => {
+                notify_addressee(&state, &rec, &device_key, request.expires_at());
                 let answer = OpenPairingResponse {
                     pair_code: code.to_string(),
                     confirmation_code: confirmation.to_string(),
@@ -260,6 +261,37 @@ pub(crate) async fn open(
     }
     tracing::error!("could not draw an unused pair code");
     Err(ApiError::Unavailable { code: "BACKEND_UNAVAILABLE" })
+}
+
+/// Mails the owner a request is addressed to (if any, and if their settings
+/// want it), off the answer's path: the agent's name and id, the device
+/// fingerprint, the expiry and a link to the console, never the pair code or
+/// the 6 digits.
+fn notify_addressee(state: &ApiState, rec: &PairingRecord, device_key: &PublicKey, expires_at: i64) {
+    let (Some(notifier), Some(owner)) =
+        (state.notifier.clone(), rec.addressed_to.as_deref().and_then(|a| a.parse::<agentkeys_core::OwnerId>().ok()))
+    else {
+        return;
+    };
+    let name = rec.name.clone().unwrap_or_else(|| "(no name)".to_owned());
+    let mut notice = crate::notify::Notice::new(
+        crate::notify::NoticeKind::Pairing,
+        format!("Pairing request from agent \"{name}\""),
+        vec![
+            format!("An agent asks to be paired with you: \"{name}\", agent id {}.", rec.agent),
+            format!("Device fingerprint: {}.", device_fingerprint(device_key)),
+            format!("The request expires at {}. Approve it only if you started this agent: type the pair code and the 6 digits its screen shows.", rfc3339(expires_at)),
+        ],
+    );
+    if let Some(origin) = notifier.origin() {
+        notice = notice.with_link("Open your pending approvals", format!("{origin}/console"));
+    }
+    let now = state.clock.now();
+    tokio::spawn(async move {
+        if let Err(e) = notifier.notify(&owner, &notice, now).await {
+            tracing::warn!(error = %e, %owner, "the pairing notice was not sent");
+        }
+    });
 }
 
 /// What the owner confirms before approving.

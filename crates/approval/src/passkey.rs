@@ -35,14 +35,18 @@ pub enum Gate {
     MasterKey,
     /// A WebAuthn assertion bound to the action (console).
     Passkey,
+    /// A single-use code (or its scanner-safe link) mailed to the owner's
+    /// address for the action (console fallback).
+    EmailCode,
 }
 
 impl Gate {
-    /// `master_key` or `passkey`.
+    /// `master_key`, `passkey` or `email_code`.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::MasterKey => "master_key",
             Self::Passkey => "passkey",
+            Self::EmailCode => "email_code",
         }
     }
 }
@@ -362,6 +366,7 @@ mod tests {
     fn gate_names_are_the_audit_words() {
         assert_eq!(Gate::MasterKey.as_str(), "master_key");
         assert_eq!(Gate::Passkey.as_str(), "passkey");
+        assert_eq!(Gate::EmailCode.as_str(), "email_code");
     }
 
     #[test]

@@ -40,6 +40,9 @@ pub(crate) enum OwnerCmd {
     /// The owner's passkeys for the web console (`/console`).
     #[command(subcommand)]
     Passkey(PasskeyCmd),
+    /// Which notices are mailed to your address (signed with your master key);
+    /// without flags, shows them.
+    Notifications(crate::owner_client::NotificationArgs),
 }
 
 /// `agentkeys owner passkey …`
@@ -324,6 +327,9 @@ pub(crate) async fn owner(config: &Config, cmd: OwnerCmd, json: bool) -> Result<
     if let OwnerCmd::Passkey(PasskeyCmd::Add(conn)) = cmd {
         return crate::owner_client::passkey_add(&conn, config, json).await;
     }
+    if let OwnerCmd::Notifications(args) = cmd {
+        return crate::owner_client::notifications(&args, config, json).await;
+    }
     let dir = match cmd {
         OwnerCmd::Add { .. } => DataDir::create_or_open(config).await?,
         _ => DataDir::open(config).await?,
@@ -363,6 +369,7 @@ pub(crate) async fn owner(config: &Config, cmd: OwnerCmd, json: bool) -> Result<
         }
         OwnerCmd::Enroll(args) => return crate::owner_client::enroll(args, config, json).await,
         OwnerCmd::Passkey(PasskeyCmd::Add(conn)) => return crate::owner_client::passkey_add(&conn, config, json).await,
+        OwnerCmd::Notifications(args) => return crate::owner_client::notifications(&args, config, json).await,
         OwnerCmd::List => {
             let owners = dir.meta.list_owners().await?;
             let rows: Vec<_> = owners

@@ -436,12 +436,12 @@ fn record_json(r: &AuditRecord) -> Result<serde_json::Value> {
 }
 
 /// The verified chain, with the hash and time of each `wanted` record it holds.
-type Walked = (agentkeys_audit::VerifiedChain, BTreeMap<u64, (Hash, i64)>);
+pub(crate) type Walked = (agentkeys_audit::VerifiedChain, BTreeMap<u64, (Hash, i64)>);
 
 /// Verifies the whole chain, keeping the hash and time of the `wanted` records.
 /// The outer error is a failure to read at all; the inner one is the first
 /// broken record with the number verified before it.
-async fn verify(meta: &dyn MetadataStore, wanted: &BTreeSet<u64>) -> Result<Result<Walked, (Broken, u64)>> {
+pub(crate) async fn verify(meta: &dyn MetadataStore, wanted: &BTreeSet<u64>) -> Result<Result<Walked, (Broken, u64)>> {
     let mut verifier = Verifier::new();
     let mut verified = 0u64;
     let mut seen = BTreeMap::new();

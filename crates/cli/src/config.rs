@@ -84,6 +84,11 @@ pub(crate) struct Config {
     pub(crate) retention_secs: u64,
     /// How often `serve` sweeps expired messages.
     pub(crate) retention_sweep_secs: u64,
+    /// How often `serve` looks for things to tell owners (expiring grants and
+    /// keys, refused AUTHs; `crates/cli/src/notices.rs`).
+    pub(crate) notice_sweep_secs: u64,
+    /// How often `serve` verifies the whole audit chain and tells owners when it fails.
+    pub(crate) notice_audit_secs: u64,
     /// Name servers for every DNS lookup of the server (delivery MX lookups and
     /// the MX's SPF/DKIM/DMARC checks); empty = the system's (`/etc/resolv.conf`).
     pub(crate) dns_nameservers: Vec<SocketAddr>,
@@ -149,6 +154,10 @@ impl Config {
 
 /// Default retention of messages: 30 days (DESIGN.md §5).
 pub(crate) const DEFAULT_RETENTION: std::time::Duration = std::time::Duration::from_secs(30 * 86_400);
+/// Default interval of the owner-notice sweep.
+pub(crate) const NOTICE_SWEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(300);
+/// Default interval of the audit chain's verification for owner notices.
+pub(crate) const NOTICE_AUDIT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(3600);
 /// Default interval of the retention sweeper.
 pub(crate) const RETENTION_SWEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(300);
 
@@ -183,6 +192,8 @@ impl Default for Config {
             delivery_max_age_secs: agentkeys_delivery::MAX_AGE.as_secs(),
             retention_secs: DEFAULT_RETENTION.as_secs(),
             retention_sweep_secs: RETENTION_SWEEP_INTERVAL.as_secs(),
+            notice_sweep_secs: NOTICE_SWEEP_INTERVAL.as_secs(),
+            notice_audit_secs: NOTICE_AUDIT_INTERVAL.as_secs(),
             dns_nameservers: Vec::new(),
             delivery_require_tls: false,
             delivery_ca_file: None,
@@ -362,6 +373,8 @@ pub(crate) const KEYS: &[Key] = &[
     Key { toml: "delivery.max_age", env: "AGENTKEYS_DELIVERY_MAX_AGE", help: "undelivered mail bounces after this long (e.g. 5d)", set: |c, v| { c.delivery_max_age_secs = parse_secs(v)?; Ok(()) } },
     Key { toml: "limits.retention", env: "AGENTKEYS_RETENTION", help: "messages are deleted after this long (e.g. 30d) unless their domain sets its own (agentkeys domain set-retention)", set: |c, v| { c.retention_secs = parse_secs(v)?; Ok(()) } },
     Key { toml: "limits.retention_sweep_interval", env: "AGENTKEYS_RETENTION_SWEEP_INTERVAL", help: "how often serve deletes expired messages (e.g. 5m)", set: |c, v| { c.retention_sweep_secs = parse_secs(v)?; Ok(()) } },
+    Key { toml: "notices.sweep_interval", env: "AGENTKEYS_NOTICE_SWEEP_INTERVAL", help: "how often serve looks for expiring grants/keys and refused AUTHs to tell owners about (e.g. 5m)", set: |c, v| { c.notice_sweep_secs = parse_secs(v)?; Ok(()) } },
+    Key { toml: "notices.audit_interval", env: "AGENTKEYS_NOTICE_AUDIT_INTERVAL", help: "how often serve verifies the audit chain and tells owners when it fails (e.g. 1h)", set: |c, v| { c.notice_audit_secs = parse_secs(v)?; Ok(()) } },
     Key { toml: "dns.nameservers", env: "AGENTKEYS_DNS_NAMESERVERS", help: "name servers (ip:port, comma-separated in the env, a list in TOML) for MX lookups and SPF/DKIM/DMARC checks; default: the system's", set: |c, v| { c.dns_nameservers = parse_nameservers(v)?; Ok(()) } },
     Key { toml: "delivery.require_tls", env: "AGENTKEYS_DELIVERY_REQUIRE_TLS", help: "deliver only over STARTTLS; a destination without it is deferred, never sent in plaintext (false)", set: |c, v| { c.delivery_require_tls = parse_bool(v)?; Ok(()) } },
     Key { toml: "delivery.ca_file", env: "AGENTKEYS_DELIVERY_CA_FILE", help: "PEM file of extra trust anchors, besides the webpki roots, for MX certificates under MTA-STS and for fetching MTA-STS policies", set: |c, v| { if v.is_empty() { return Err("expected a file path".to_owned()); } c.delivery_ca_file = Some(PathBuf::from(v)); Ok(()) } },

@@ -14,6 +14,7 @@ mod http_listener;
 mod inbox_policy;
 mod local_api;
 mod mail;
+mod notices;
 mod owner_client;
 mod pairing_client;
 mod readiness;

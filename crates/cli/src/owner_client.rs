@@ -511,6 +511,65 @@ pub(crate) async fn passkey_add(conn: &OwnerConn, config: &Config, json: bool) -
     Ok(())
 }
 
+/// `agentkeys owner notifications`: each kind of notice on or off.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct NotificationArgs {
+    #[command(flatten)]
+    pub(crate) conn: OwnerConn,
+    /// A new pairing request addressed to you.
+    #[arg(long, value_name = "on|off", value_parser = ["on", "off"])]
+    pub(crate) pairing: Option<String>,
+    /// A grant or key of your agents expiring within 3 days.
+    #[arg(long, value_name = "on|off", value_parser = ["on", "off"])]
+    pub(crate) expiring: Option<String>,
+    /// An agent's refused logins (AUTH) crossing the threshold.
+    #[arg(long, value_name = "on|off", value_parser = ["on", "off"])]
+    pub(crate) refused_auth: Option<String>,
+    /// The audit chain failing verification.
+    #[arg(long, value_name = "on|off", value_parser = ["on", "off"])]
+    pub(crate) audit: Option<String>,
+    /// An agent's bounces crossing the threshold.
+    #[arg(long, value_name = "on|off", value_parser = ["on", "off"])]
+    pub(crate) bounces: Option<String>,
+    /// An agent reaching its send limit.
+    #[arg(long, value_name = "on|off", value_parser = ["on", "off"])]
+    pub(crate) send_limit: Option<String>,
+}
+
+/// `agentkeys owner notifications [--pairing on|off] …` (`GET`/`PATCH
+/// /v1/owner/notifications`, signed).
+pub(crate) async fn notifications(args: &NotificationArgs, config: &Config, json: bool) -> Result<()> {
+    let changes: serde_json::Map<String, serde_json::Value> = [
+        ("pairing", &args.pairing),
+        ("expiring", &args.expiring),
+        ("refused_auth", &args.refused_auth),
+        ("audit", &args.audit),
+        ("bounces", &args.bounces),
+        ("send_limit", &args.send_limit),
+    ]
+    .into_iter()
+    .filter_map(|(k, v)| v.as_deref().map(|v| (k.to_owned(), json!(v == "on"))))
+    .collect();
+    let session = Session::open(&args.conn, config).await?;
+    let answer = if changes.is_empty() {
+        session.call("GET", "/v1/owner/notifications", None).await?
+    } else {
+        let body = json!({ "notices": changes }).to_string();
+        session.call("PATCH", "/v1/owner/notifications", Some(body.as_bytes())).await?
+    };
+    print(json, &answer, || {
+        let mut lines = vec![match answer["address"].as_str() {
+            Some(a) => format!("notices are mailed to {a}"),
+            None => "no email address is on file for you: no notice can be sent (the operator sets it with `owner add --email`)".to_owned(),
+        }];
+        if let Some(map) = answer["notices"].as_object() {
+            lines.extend(map.iter().map(|(k, v)| format!("  {k:<13} {}", if v.as_bool() == Some(true) { "on" } else { "off" })));
+        }
+        lines.join("\n")
+    });
+    Ok(())
+}
+
 /// `agentkeys grant list --server …`.
 pub(crate) async fn grant_list(conn: &OwnerConn, config: &Config, json: bool) -> Result<()> {
     let answer = Session::open(conn, config).await?.call("GET", "/v1/grants", None).await?;

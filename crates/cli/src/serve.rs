@@ -159,13 +159,35 @@ pub(crate) async fn run(config: Config) -> Result<()> {
     });
     // The owner's web console (crates/api/src/console): passkeys need the public
     // URL to be https:// or http://localhost.
+    let mut console_origin = None;
     match agentkeys_api::console::ConsoleConfig::new(config.public_url.as_str()) {
         Ok(console) => {
             println!("  console           {}/console (owners sign in with passkeys)", console.origin());
+            console_origin = Some(console.origin().to_owned());
             api_state = api_state.with_console(console);
         }
         Err(e) => println!("  console           off ({e})"),
     }
+    // Mail to owners' addresses (crates/api/src/notify.rs): DKIM-signed and
+    // queued like any outbound mail, from notifications@<domain>.
+    let notifier = if config.delivery_enabled {
+        let notifier = agentkeys_api::notify::Notifier::new(
+            dir.meta.clone(),
+            dir.blobs.clone(),
+            signer.clone(),
+            &config.domain,
+            console_origin,
+            Some(queued.clone()),
+        )
+        .map_err(|e| anyhow::anyhow!("the notification sender: {e}"))?;
+        println!("  owner notices     from {} (pairing requests, expiries, refused AUTHs, audit)", notifier.from_address().as_str());
+        let notifier = Arc::new(notifier);
+        api_state = api_state.with_notifier(notifier.clone());
+        Some(notifier)
+    } else {
+        println!("  owner notices     off (delivery.enabled = false)");
+        None
+    };
     if let Some(presigner) = &dir.presigner {
         // Broker, not proxy: message bytes go from the object store to the agent.
         api_state = api_state.with_presigner(presigner.clone());
@@ -181,7 +203,7 @@ pub(crate) async fn run(config: Config) -> Result<()> {
             .with_webhooks(dir.webhook_settings(&config))
             .with_send(agentkeys_api::send::SendService {
                 blobs: dir.blobs.clone(),
-                signer: Some(signer),
+                signer: Some(signer.clone()),
                 hasher: dir.hasher.clone(),
                 hostname: config.hostname.clone(),
                 max_message_size: config.max_message_size,
@@ -295,6 +317,18 @@ pub(crate) async fn run(config: Config) -> Result<()> {
     );
     // ---- end of webhooks ----
 
+    // ---- Owner notices: expiring grants and keys, refused AUTHs, the audit chain (crates/cli/src/notices.rs) ----
+    let notices = notifier.map(|notifier| {
+        tokio::spawn(crate::notices::run(
+            notifier,
+            dir.meta.clone(),
+            Duration::from_secs(config.notice_sweep_secs),
+            Duration::from_secs(config.notice_audit_secs),
+            shutdown.clone(),
+        ))
+    });
+    // ---- end of owner notices ----
+
     // ---- Retention: delete messages past their domain's retention, and expired inboxes ----
     let sweeper = tokio::spawn(sweep_retention(
         dir.blobs.clone(),
@@ -327,6 +361,9 @@ pub(crate) async fn run(config: Config) -> Result<()> {
         println!("grace period over; delivery attempts in flight resume after restart");
     }
     sweeper.await.ok();
+    if let Some(notices) = notices {
+        notices.await.ok();
+    }
     // Attempts in flight end within their timeout; unrecorded ones are sent
     // again after their lease by the next start (at least once).
     if tokio::time::timeout(grace, webhooks).await.is_err() {

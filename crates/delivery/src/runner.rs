@@ -592,7 +592,11 @@ impl Runner {
             #[allow(clippy::cast_precision_loss)]
             metrics::histogram!("agentkeys_delivery_latency_seconds").record(latency as f64);
         }
-        if outcome == AttemptOutcome::Bounced {
+        if outcome == AttemptOutcome::Bounced && claim.owner.as_str() == agentkeys_store::SYSTEM_OWNER {
+            // System mail (a notice to an owner's address) has no inbox to
+            // bounce into: the failure stays in the queue's record only.
+            tracing::warn!(message = %entry.message_id, %response, "a notice to an owner bounced");
+        } else if outcome == AttemptOutcome::Bounced {
             // The DSN is durable before the row says bounced: a crash in between
             // retries (and may bounce twice), never loses the notice.
             if let Err(err) = self.write_dsn(&claim, &response, now).await {

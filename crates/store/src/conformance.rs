@@ -72,7 +72,9 @@ use crate::{
     UnixMillis, tally,
 };
 
+mod owner_mail;
 mod webhooks;
+pub use owner_mail::*;
 pub use webhooks::*;
 
 /// Everything a metadata backend implements (every role trait, bundled by

@@ -43,6 +43,7 @@ mod index;
 mod mailroom;
 pub mod group_commit;
 mod meta;
+mod owner_mail;
 mod pairing_wakeups;
 mod policies;
 #[cfg(feature = "postgres")]
@@ -60,6 +61,10 @@ mod fault_tests;
 
 pub use blob::{BlobError, BlobKey};
 pub use console::{ChallengeRecord, Console, PasskeyLinkRecord, PasskeyRecord, SessionRecord};
+pub use owner_mail::{
+    CodeCheck, EMAIL_CODE_RETENTION_SECS, EmailCodeIssue, EmailCodeLimits, EmailCodeRecord, EmailCodeState, EmailLinkView,
+    LinkApproval, OwnerMail, SYSTEM_OWNER,
+};
 pub use events::{EVENT_BUFFER, LocalEventHub, MailEvents, Missed, Subscription, TooManySubscribers};
 pub use domain_status::{DOMAIN_STATUSES, DomainStatusRecord, DomainStatusStore};
 pub use fs::FsBlobStore;
@@ -82,6 +87,7 @@ pub use policies::InboxPolicies;
 /// names the roles it uses instead.
 pub mod roles {
     pub use crate::console::Console;
+    pub use crate::owner_mail::OwnerMail;
     pub use crate::domain_status::DomainStatusStore;
     pub use crate::idempotency::SendIdempotency;
     pub use crate::index::MessageIndex;

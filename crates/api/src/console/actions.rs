@@ -20,8 +20,8 @@ use crate::ApiState;
 use crate::error::ApiError;
 
 /// Whether `path` is a gated action's path (the gate issues challenges for nothing else).
-fn is_gated(path: &str) -> bool {
-    if path == "/console/pairings/approve" || path == "/console/grants" {
+pub(crate) fn is_gated(path: &str) -> bool {
+    if path == "/console/pairings/approve" || path == "/console/grants" || path == "/console/notifications" {
         return true;
     }
     let Some(rest) = path.strip_prefix("/console/") else { return false };
@@ -54,20 +54,49 @@ pub(crate) async fn gate(State(state): State<ApiState>, session: Session, body: 
     Ok(Json(json!({ "challenge": challenge, "options": options })).into_response())
 }
 
-/// Checks the CSRF token and the assertion for exactly this request; the
-/// proof and the form.
-async fn verified(
+/// How the owner approved a console action: a passkey assertion, or a mailed
+/// code ([`super::email_gate`]), each for exactly this request.
+#[derive(Debug)]
+pub(crate) enum ConsoleProof {
+    Passkey(PasskeyVerified),
+    EmailCode(super::email_gate::EmailCodeVerified),
+}
+
+impl agentkeys_approval::OwnerGate for ConsoleProof {
+    fn owner(&self) -> &agentkeys_core::OwnerId {
+        match self {
+            Self::Passkey(p) => p.owner(),
+            Self::EmailCode(p) => p.owner(),
+        }
+    }
+
+    fn gate(&self) -> agentkeys_approval::Gate {
+        match self {
+            Self::Passkey(p) => p.gate(),
+            Self::EmailCode(p) => p.gate(),
+        }
+    }
+}
+
+/// Checks the CSRF token and the approval for exactly this request: the
+/// mailed code named by `email_code_id` if there is one, else the passkey
+/// assertion. The proof and the form.
+pub(crate) async fn verified(
     state: &ApiState,
     session: &Session,
     uri: &Uri,
     body: &Bytes,
-) -> Result<(PasskeyVerified, FormFields), ConsoleError> {
+) -> Result<(ConsoleProof, FormFields), ConsoleError> {
     let console = config(state)?;
     let meta = meta(state)?;
     let fields = FormFields::parse(body);
     session.check_csrf(fields.get("csrf"))?;
     fields.single_valued()?;
     let action = action_hash(&session.owner, uri.path(), &fields);
+    if let Some(id) = fields.get("email_code_id").filter(|c| !c.is_empty()) {
+        let proof = super::email_gate::check(state, session, &action, id, fields.get("email_code")).await?;
+        return Ok((ConsoleProof::EmailCode(proof), fields));
+    }
     let challenge = fields.get("challenge").filter(|c| !c.is_empty()).ok_or(ConsoleError::Forbidden(NEEDS_PASSKEY))?;
     let assertion: PublicKeyCredential = fields
         .get("assertion")
@@ -83,12 +112,15 @@ async fn verified(
         ConsoleError::Forbidden(NEEDS_PASSKEY)
     })?;
     save_counter(meta.as_ref(), &session.owner, &proof, now).await?;
-    Ok((proof, fields))
+    Ok((ConsoleProof::Passkey(proof), fields))
 }
 
-/// The audit detail that ties a change to the passkey assertion that allowed it.
-fn evidence(proof: &PasskeyVerified) -> serde_json::Value {
-    json!({ "gate": proof.gate().as_str(), "credential": proof.credential_id() })
+/// The audit detail that ties a change to the approval that allowed it.
+pub(crate) fn evidence(proof: &ConsoleProof) -> serde_json::Value {
+    match proof {
+        ConsoleProof::Passkey(p) => json!({ "gate": p.gate().as_str(), "credential": p.credential_id() }),
+        ConsoleProof::EmailCode(p) => json!({ "gate": p.gate().as_str(), "code": p.code_id() }),
+    }
 }
 
 fn done(to: &str) -> Response {
@@ -258,6 +290,7 @@ mod tests {
         for p in ["/console/pairings/approve", "/console/grants", "/console/agents/0xab/stop", "/console/grants/gr_1/revoke", "/console/grants/gr_1/change", "/console/keys/key_1/revoke"] {
             assert!(is_gated(p), "{p}");
         }
+        assert!(is_gated("/console/notifications"));
         for p in ["/console", "/console/login/finish", "/console/agents//stop", "/console/grants/a/b/revoke", "/v1/grants", "/console/gate"] {
             assert!(!is_gated(p), "{p}");
         }

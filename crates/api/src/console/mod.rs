@@ -13,6 +13,9 @@
 //! | GET | `/console/pairings?code=` | session | a pending pairing: agent, name, device fingerprint |
 //! | GET | `/console/agents`, `/console/inboxes`, `/console/inboxes/{address}`, `/console/inboxes/{address}/messages/{id}`, `/console/audit` | session | reads |
 //! | POST | `/console/gate` | session + CSRF | a WebAuthn challenge bound to one gated action (JSON) |
+//! | POST | `/console/email-code` | session + CSRF | mail the owner a code for one gated action (JSON; [`email_gate`]) |
+//! | GET, POST | `/console/email-link/{id}` | the link's token (POST) | the scanner-safe approval page; only the POST approves |
+//! | GET, POST | `/console/notifications` | session (+ CSRF and a gate for POST) | which notices the owner gets |
 //! | POST | `/console/pairings/approve`, `/console/grants`, `/console/grants/{id}/change`, `/console/grants/{id}/revoke`, `/console/keys/{id}/revoke`, `/console/agents/{id}/stop` | session + CSRF + a fresh assertion for exactly this action | gated actions, audited with `gate: passkey` |
 //!
 //! **Sessions.** Signing in with a passkey makes a random token; the cookie
@@ -45,10 +48,12 @@
 
 mod actions;
 mod auth;
+pub mod email_gate;
 pub mod links;
 pub mod mail_view;
 mod pages;
 mod reads;
+mod settings;
 
 pub use auth::MAX_PASSKEY_NAME_CHARS;
 pub use actions::MAX_GRANT_DAYS;
@@ -263,7 +268,7 @@ impl FormFields {
 }
 
 /// Fields that carry the gate itself, not the action.
-const GATE_FIELDS: [&str; 3] = ["csrf", "challenge", "assertion"];
+const GATE_FIELDS: [&str; 5] = ["csrf", "challenge", "assertion", "email_code_id", "email_code"];
 
 /// The canonical hash of a gated action: its path (ids included) and every
 /// form field but the gate's own.
@@ -321,7 +326,7 @@ async fn style() -> Response {
 }
 
 /// Every console route, as (method, path): the router is built from the same list.
-pub const ROUTES: [(&str, &str); 24] = [
+pub const ROUTES: [(&str, &str); 29] = [
     ("GET", "/console"),
     ("GET", "/console/static/console.js"),
     ("GET", "/console/static/console.css"),
@@ -346,6 +351,11 @@ pub const ROUTES: [(&str, &str); 24] = [
     ("GET", "/console/audit"),
     ("POST", "/console/gate"),
     ("GET", "/console/passkeys"),
+    ("POST", "/console/email-code"),
+    ("GET", "/console/email-link/{id}"),
+    ("POST", "/console/email-link/{id}"),
+    ("GET", "/console/notifications"),
+    ("POST", "/console/notifications"),
 ];
 
 /// The console's routes, with their origin check and security headers; merged
@@ -376,6 +386,9 @@ pub(crate) fn router(state: ApiState) -> axum::Router<ApiState> {
         .route("/console/inboxes/{address}/messages/{id}", get(reads::message))
         .route("/console/audit", get(reads::audit))
         .route("/console/gate", post(actions::gate))
+        .route("/console/email-code", post(email_gate::request))
+        .route("/console/email-link/{id}", get(email_gate::link_page).post(email_gate::link_approve))
+        .route("/console/notifications", get(settings::page).post(settings::save))
         .layer(axum::middleware::from_fn_with_state(state, same_origin_posts))
 }
 

@@ -27,6 +27,7 @@ pub(crate) enum Nav {
     Inboxes,
     Audit,
     Passkeys,
+    Notifications,
     None,
 }
 
@@ -57,6 +58,7 @@ pub(crate) fn layout(title: &str, nav: Nav, csrf: Option<&str>, flash: Option<&s
                             (link("/console/inboxes", "Inboxes", Nav::Inboxes))
                             (link("/console/audit", "Audit", Nav::Audit))
                             (link("/console/passkeys", "Passkeys", Nav::Passkeys))
+                            (link("/console/notifications", "Notifications", Nav::Notifications))
                         }
                         form.signout method="post" action="/console/logout" {
                             input type="hidden" name="csrf" value=(csrf);

@@ -45,6 +45,7 @@ pub mod events;
 mod idempotency;
 pub(crate) mod index;
 mod meta;
+mod owner_mail;
 mod policies;
 pub(crate) mod queue;
 mod testing;

@@ -107,23 +107,75 @@
     });
   }
 
+  // The fields a gate's challenge or mailed code is bound to: the form's
+  // path and its own fields, never the gate's.
+  const GATE_FIELDS = ["challenge", "assertion", "email_code_id", "email_code"];
+  function actionFields(form) {
+    const fields = new URLSearchParams();
+    fields.append("path", form.getAttribute("action"));
+    new FormData(form).forEach(function (value, name) {
+      if (GATE_FIELDS.indexOf(name) < 0) fields.append(name, value);
+    });
+    return fields;
+  }
+  function element(tag, attrs, text) {
+    const el = document.createElement(tag);
+    Object.keys(attrs).forEach(function (k) { el.setAttribute(k, attrs[k]); });
+    if (text) el.textContent = text;
+    return el;
+  }
+  let emailForms = 0;
+  // The email fallback: a code mailed to the owner for exactly this form's action.
+  async function askEmailCode(form) {
+    try {
+      const asked = await post("/console/email-code", actionFields(form), false);
+      const n = ++emailForms;
+      let panel = form.querySelector(".email-gate");
+      if (panel) panel.remove();
+      panel = element("div", { class: "email-gate", role: "group", "aria-label": "Emailed code" });
+      const said = element("p", {}, "We mailed a 6-digit code and a link to your address. The mail shows the phrase ");
+      said.appendChild(element("strong", { class: "email-phrase" }, asked.phrase));
+      said.appendChild(document.createTextNode("; use it only if it does."));
+      panel.appendChild(said);
+      panel.appendChild(element("label", { for: "email-code-" + n }, "Code from the mail"));
+      panel.appendChild(element("input", { id: "email-code-" + n, type: "text", name: "email_code", inputmode: "numeric", autocomplete: "one-time-code", maxlength: "6" }));
+      panel.appendChild(element("input", { type: "hidden", name: "email_code_id", value: asked.id }));
+      panel.appendChild(element("button", { type: "submit", class: "email-submit" }, "Approve with the emailed code"));
+      panel.appendChild(element("p", { class: "hint" }, "Or open the link in the mail, press its button, then press this button with the code field empty."));
+      form.appendChild(panel);
+    } catch (e) {
+      showError("No code was mailed: " + e.message);
+    }
+  }
+
   document.querySelectorAll("form.gated").forEach(function (form) {
+    // Next to the form, not in it: the form keeps one button until a code is asked for.
+    const email = element("button", { type: "button", class: "email-ask secondary", "data-for": form.getAttribute("action") }, "Email me a code instead");
+    email.addEventListener("click", function () { askEmailCode(form); });
+    form.after(email);
     form.addEventListener("submit", async function (ev) {
+      // Approving with the mailed code: the form goes as it is.
+      if (ev.submitter && ev.submitter.classList.contains("email-submit")) return;
       ev.preventDefault();
-      const fields = new URLSearchParams();
-      fields.append("path", form.getAttribute("action"));
-      new FormData(form).forEach(function (value, name) {
-        if (name !== "challenge" && name !== "assertion") fields.append(name, value);
-      });
       try {
-        const begun = await post("/console/gate", fields, false);
+        const begun = await post("/console/gate", actionFields(form), false);
         const cred = await navigator.credentials.get({ publicKey: requestOptions(begun.options) });
         form.elements.challenge.value = begun.challenge;
         form.elements.assertion.value = JSON.stringify(assertion(cred));
+        const panel = form.querySelector(".email-gate");
+        if (panel) panel.remove();
         form.submit();
       } catch (e) {
         showError("The passkey check did not complete: " + e.message);
       }
     });
   });
+
+  // The emailed link's page: its token is in the fragment (never sent in a
+  // request or a referrer); the button's POST carries it. Loading the page
+  // sends nothing.
+  const linkToken = document.getElementById("email-link-token");
+  if (linkToken) {
+    linkToken.value = new URLSearchParams(window.location.hash.slice(1)).get("t") || "";
+  }
 })();

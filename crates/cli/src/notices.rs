@@ -1,0 +1,289 @@
+//! What `serve` tells owners by mail on its own (issue 12), through
+//! [`Notifier`] (`crates/api/src/notify.rs`): a bounded sweep every
+//! `notices.sweep_interval` for grants and keys expiring within
+//! [`EXPIRY_NOTICE_SECS`] and agents whose refused AUTHs in one hour reach
+//! [`REFUSED_AUTH_THRESHOLD`], and a verification of the whole audit chain
+//! every `notices.audit_interval`. Each notice is sent once across every
+//! node: its key is marked in the store (`mark_notice_sent`) before it is
+//! queued (at most once: a failed queueing is logged, not retried).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use agentkeys_api::notify::{Notice, NoticeKind, Notifier};
+use agentkeys_audit::{Actor, Outcome};
+use agentkeys_core::time::rfc3339;
+use agentkeys_core::{AgentId, OwnerId, UnixTime};
+use agentkeys_store::MetadataStore;
+use tokio_util::sync::CancellationToken;
+
+/// Grants and keys expiring within this many seconds are announced (3 days).
+pub(crate) const EXPIRY_NOTICE_SECS: i64 = 3 * 86_400;
+/// Refused AUTHs of one agent within one clock hour that make a notice.
+pub(crate) const REFUSED_AUTH_THRESHOLD: u32 = 10;
+/// The most notices one sweep sends (the rest wait for the next sweep).
+pub(crate) const MAX_NOTICES_PER_SWEEP: usize = 100;
+/// The most audit records one sweep reads for refused AUTHs.
+pub(crate) const MAX_AUDIT_SCAN: u32 = 10_000;
+/// Audit records read per page.
+const AUDIT_PAGE: u32 = 1_000;
+/// The audit operation of an SMTP/HTTP send AUTH (`submission::auth_audit`).
+const OP_SUBMISSION_AUTH: &str = "submission.auth";
+
+/// Counts refused AUTHs per agent and clock hour from the audit log.
+#[derive(Debug, Default)]
+pub(crate) struct RefusedAuths {
+    after: u64,
+    counts: HashMap<(AgentId, i64), u32>,
+}
+
+impl RefusedAuths {
+    /// Counts the refusals in `records` at or after `since`; returns the
+    /// (agent, hour) pairs that reached the threshold with this batch.
+    pub(crate) fn count(&mut self, records: &[agentkeys_audit::AuditRecord], since: UnixTime) -> Vec<(AgentId, i64)> {
+        let mut crossed = Vec::new();
+        for r in records {
+            self.after = self.after.max(r.seq);
+            if r.ts < since || r.operation != OP_SUBMISSION_AUTH || r.outcome != Outcome::Denied {
+                continue;
+            }
+            let Actor::Agent(agent) = &r.actor else { continue };
+            let n = self.counts.entry((agent.clone(), r.ts.div_euclid(3600))).or_insert(0);
+            *n += 1;
+            if *n == REFUSED_AUTH_THRESHOLD {
+                crossed.push((agent.clone(), r.ts.div_euclid(3600)));
+            }
+        }
+        let oldest = since.div_euclid(3600);
+        self.counts.retain(|(_, hour), _| *hour >= oldest);
+        crossed
+    }
+}
+
+/// Runs the sweeps until `shutdown`.
+pub(crate) async fn run(
+    notifier: Arc<Notifier>,
+    meta: Arc<dyn MetadataStore>,
+    sweep: Duration,
+    audit_every: Duration,
+    shutdown: CancellationToken,
+) {
+    let mut refused = RefusedAuths::default();
+    // Start from the records of the last two hours' worth of scanning at most.
+    if let Ok(head) = meta.audit_head().await {
+        refused.after = head.seq.saturating_sub(u64::from(MAX_AUDIT_SCAN));
+    }
+    let mut sweep_tick = tokio::time::interval(sweep.max(Duration::from_secs(1)));
+    let mut audit_tick = tokio::time::interval(audit_every.max(Duration::from_secs(1)));
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = sweep_tick.tick() => {
+                let now = crate::now();
+                if let Err(e) = expiring(&notifier, meta.as_ref(), now).await {
+                    tracing::warn!(error = %e, "expiry notices: the sweep failed");
+                }
+                if let Err(e) = refused_auths(&notifier, meta.as_ref(), &mut refused, now).await {
+                    tracing::warn!(error = %e, "refused-AUTH notices: the sweep failed");
+                }
+            }
+            _ = audit_tick.tick() => {
+                if let Err(e) = audit_chain(&notifier, meta.as_ref()).await {
+                    tracing::warn!(error = %e, "audit notices: the verification failed to run");
+                }
+            }
+        }
+    }
+}
+
+async fn agent_names(meta: &dyn MetadataStore) -> anyhow::Result<HashMap<String, (OwnerId, Option<String>)>> {
+    Ok(meta.list_agents(None).await?.into_iter().map(|a| (a.id.as_str().to_owned(), (a.owner, a.name))).collect())
+}
+
+fn label(id: &str, name: Option<&String>) -> String {
+    match name {
+        Some(n) => format!("\"{n}\" ({id})"),
+        None => id.to_owned(),
+    }
+}
+
+/// One notice per grant or key expiring within [`EXPIRY_NOTICE_SECS`], once.
+pub(crate) async fn expiring(notifier: &Notifier, meta: &dyn MetadataStore, now: UnixTime) -> anyhow::Result<usize> {
+    let soon = meta.expiring_credentials(now, now + EXPIRY_NOTICE_SECS).await?;
+    let names = agent_names(meta).await?;
+    let mut sent = 0;
+    for c in soon {
+        if sent >= MAX_NOTICES_PER_SWEEP {
+            break;
+        }
+        if !notifier.wants(&c.owner, NoticeKind::Expiring).await? {
+            continue;
+        }
+        let key = format!("expiring/{}/{}/{}", c.kind, c.id, c.expires_at);
+        if !meta.mark_notice_sent(&c.owner, &key, now).await? {
+            continue;
+        }
+        let agent = label(&c.agent, names.get(&c.agent).and_then(|(_, n)| n.as_ref()));
+        let hours = (c.expires_at - now).max(0) / 3600;
+        let mut paragraphs = vec![format!(
+            "The {} {} of agent {agent} expires at {} (in about {hours} hours).",
+            c.kind,
+            c.id,
+            rfc3339(c.expires_at)
+        )];
+        if let Some(pattern) = &c.pattern {
+            paragraphs.push(format!("It covers {pattern}."));
+        }
+        paragraphs.push(if c.kind == "grant" {
+            format!("To keep it, extend it (at most 30 days): agentkeys grant change {} --ttl 30d, or in the console.", c.id)
+        } else {
+            "When it expires the agent can no longer sign in with it; pair the agent again or issue a new key.".to_owned()
+        });
+        let mut notice = Notice::new(NoticeKind::Expiring, format!("A {} of agent {agent} expires soon", c.kind), paragraphs);
+        if let Some(origin) = notifier.origin() {
+            notice = notice.with_link("Open your agents", format!("{origin}/console/agents"));
+        }
+        match notifier.notify(&c.owner, &notice, now).await {
+            Ok(_) => sent += 1,
+            Err(e) => tracing::warn!(error = %e, owner = %c.owner, "an expiry notice was not sent"),
+        }
+    }
+    Ok(sent)
+}
+
+/// Reads the audit records since the last sweep (at most [`MAX_AUDIT_SCAN`])
+/// and mails the owner of each agent whose refusals crossed the threshold.
+pub(crate) async fn refused_auths(
+    notifier: &Notifier,
+    meta: &dyn MetadataStore,
+    counter: &mut RefusedAuths,
+    now: UnixTime,
+) -> anyhow::Result<usize> {
+    let mut crossed = Vec::new();
+    let mut read = 0;
+    while read < MAX_AUDIT_SCAN {
+        let page = meta.audit_list(counter.after, AUDIT_PAGE).await?;
+        if page.is_empty() {
+            break;
+        }
+        read += u32::try_from(page.len()).unwrap_or(u32::MAX);
+        crossed.extend(counter.count(&page, now - 3600));
+    }
+    if crossed.is_empty() {
+        return Ok(0);
+    }
+    let names = agent_names(meta).await?;
+    let mut sent = 0;
+    let mut seen = HashSet::new();
+    for (agent, hour) in crossed {
+        let Some((owner, name)) = names.get(agent.as_str()) else { continue };
+        if !seen.insert((agent.clone(), hour)) || !notifier.wants(owner, NoticeKind::RefusedAuth).await? {
+            continue;
+        }
+        if !meta.mark_notice_sent(owner, &format!("refused-auth/{agent}/{hour}"), now).await? {
+            continue;
+        }
+        let who = label(agent.as_str(), name.as_ref());
+        let notice = Notice::new(
+            NoticeKind::RefusedAuth,
+            format!("Agent {who}: {REFUSED_AUTH_THRESHOLD} refused logins within an hour"),
+            vec![
+                format!(
+                    "At least {REFUSED_AUTH_THRESHOLD} sending logins (SMTP or HTTP AUTH) of agent {who} were refused since {}.",
+                    rfc3339(hour * 3600)
+                ),
+                "A revoked or expired key still in use, a missing grant, or someone trying its inboxes. The reasons are in the audit log: agentkeys audit list --agent ".to_owned()
+                    + agent.as_str()
+                    + ", or the console's audit page.",
+            ],
+        );
+        match notifier.notify(owner, &notice, now).await {
+            Ok(_) => sent += 1,
+            Err(e) => tracing::warn!(error = %e, %owner, "a refused-AUTH notice was not sent"),
+        }
+    }
+    Ok(sent)
+}
+
+/// Verifies the whole chain; on a break, every owner is told once per broken record.
+pub(crate) async fn audit_chain(notifier: &Notifier, meta: &dyn MetadataStore) -> anyhow::Result<usize> {
+    let Err((broken, verified)) = crate::audit::verify(meta, &std::collections::BTreeSet::new()).await? else {
+        return Ok(0);
+    };
+    tracing::error!(%broken, "the audit chain failed verification");
+    let now = crate::now();
+    let mut sent = 0;
+    for owner in meta.list_owners().await? {
+        if sent >= MAX_NOTICES_PER_SWEEP || !notifier.wants(&owner.id, NoticeKind::Audit).await? {
+            continue;
+        }
+        if !meta.mark_notice_sent(&owner.id, &format!("audit-broken/{}", broken.seq), now).await? {
+            continue;
+        }
+        let notice = Notice::new(
+            NoticeKind::Audit,
+            "The audit log failed verification",
+            vec![
+                format!("Audit record {} does not verify: {}. The {verified} records before it do.", broken.seq, broken.reason),
+                "Records may have been edited or removed. Ask the operator to run agentkeys audit verify on the server and compare with an exported checkpoint (agentkeys audit verify --against).".to_owned(),
+            ],
+        );
+        match notifier.notify(&owner.id, &notice, now).await {
+            Ok(_) => sent += 1,
+            Err(e) => tracing::warn!(error = %e, owner = %owner.id, "an audit notice was not sent"),
+        }
+    }
+    Ok(sent)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use agentkeys_audit::{AuditEvent, ChainHead, SealedRecord};
+    use proptest::prelude::*;
+
+    fn agent(n: u8) -> AgentId {
+        format!("0x{n:040x}").parse().unwrap()
+    }
+
+    fn records(events: &[(u8, bool, i64)]) -> Vec<agentkeys_audit::AuditRecord> {
+        let mut head = ChainHead::GENESIS;
+        let mut out = Vec::new();
+        for (a, denied, ts) in events {
+            let mut e = AuditEvent::ok(Actor::Agent(agent(*a)), OP_SUBMISSION_AUTH, "bot@x.test");
+            if *denied {
+                e.outcome = Outcome::Denied;
+            }
+            let r = SealedRecord::seal(&head, *ts, &e).unwrap().record().clone();
+            head = r.head();
+            out.push(r);
+        }
+        out
+    }
+
+    proptest! {
+        /// An (agent, hour) is reported exactly when its refusals in that hour
+        /// reach the threshold, once, however the records are paged.
+        #[test]
+        fn the_threshold_is_crossed_once(events in prop::collection::vec((0u8..3, any::<bool>(), 7_200i64..14_400), 0..60), split in 0usize..60) {
+            let rs = records(&events);
+            let split = split.min(rs.len());
+            let mut counter = RefusedAuths::default();
+            let mut got = counter.count(&rs[..split], 0);
+            got.extend(counter.count(&rs[split..], 0));
+            let mut expected = HashMap::new();
+            for (a, denied, ts) in &events {
+                if *denied {
+                    *expected.entry((agent(*a), ts.div_euclid(3600))).or_insert(0u32) += 1;
+                }
+            }
+            let mut want: Vec<_> = expected.into_iter().filter(|(_, n)| *n >= REFUSED_AUTH_THRESHOLD).map(|(k, _)| k).collect();
+            want.sort();
+            got.sort();
+            prop_assert_eq!(got, want);
+            prop_assert_eq!(counter.after, rs.len() as u64);
+        }
+    }
+}
