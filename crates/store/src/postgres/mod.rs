@@ -42,6 +42,7 @@ mod domain_status;
 pub mod events;
 mod idempotency;
 pub(crate) mod index;
+mod mail_backends;
 mod meta;
 mod policies;
 pub(crate) mod queue;
