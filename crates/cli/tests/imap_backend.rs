@@ -357,6 +357,10 @@ fn wait_output(child: Child) -> Output {
     child.wait_with_output().unwrap()
 }
 
+/// Rounds of APPEND → `mail otp --wait` measured (each must finish within 2 s;
+/// the p50/p99 are printed for BENCHMARKS.md).
+const OTP_ROUNDS: usize = 20;
+
 /// A verification mail delivered into the provider's mailbox reaches a waiting
 /// `mail otp --wait` within 2 s (IDLE, not polling), authenticated by our own
 /// DKIM/DMARC evaluation, with the same `Received:`/verdict fields as MX mail.
@@ -368,26 +372,47 @@ fn mail_appended_at_the_provider_reaches_otp_wait_within_two_seconds() {
     let server = w.serve(&[]);
     w.wait_for_backend_status("running");
 
-    let waiter = w
-        .mail(&server, &["otp", "--wait", "--from", SERVICE, "--timeout", "30"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(500));
-    let appender = w.append(&[w.signed("Your Example code", "Your verification code is 482913.\r\n")], 0);
-    let appended = wait_output(appender);
-    assert!(appended.status.success());
-    let appended_at = Instant::now();
-    let out = wait_output(waiter);
-    let elapsed = appended_at.elapsed();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "482913");
-    assert!(elapsed < Duration::from_secs(2), "APPEND to OTP took {elapsed:?}");
+    let mut latencies = Vec::new();
+    for round in 0..OTP_ROUNDS {
+        let code = format!("{}", 400_000 + round * 7_919);
+        let waiter = w
+            .mail(&server, &["otp", "--wait", "--from", SERVICE, "--timeout", "30"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // The wait is following the event stream before the mail arrives.
+        std::thread::sleep(Duration::from_millis(400));
+        let appender = w.append(&[w.signed("Your Example code", &format!("Your verification code is {code}.\r\n"))], 0);
+        let out = wait_output(waiter);
+        let done = unix_now();
+        let appended = wait_output(appender);
+        assert!(appended.status.success());
+        // `appended 1 <unix time>`: when the APPEND's OK arrived.
+        let appended_at: f64 = String::from_utf8_lossy(&appended.stdout)
+            .split_whitespace()
+            .nth(2)
+            .and_then(|t| t.parse().ok())
+            .unwrap();
+        assert!(out.status.success(), "round {round}: {}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), code, "round {round}");
+        let latency = done - appended_at;
+        assert!(latency < 2.0, "round {round}: APPEND to OTP took {latency:.3} s");
+        latencies.push(latency);
+    }
+    latencies.sort_by(f64::total_cmp);
+    let pick = |q: f64| latencies[((latencies.len() as f64 * q).ceil() as usize).clamp(1, latencies.len()) - 1];
+    println!(
+        "IMAP APPEND -> mail otp --wait: n={} p50={:.0} ms p99={:.0} ms max={:.0} ms",
+        latencies.len(),
+        pick(0.50) * 1000.0,
+        pick(0.99) * 1000.0,
+        latencies[latencies.len() - 1] * 1000.0
+    );
 
     // Stored as the MX stores: our Received: and verdicts on top.
     let files = stored_messages(&server.blobs(), OWNER, &w.inbox);
-    assert_eq!(files.len(), 1);
+    assert_eq!(files.len(), OTP_ROUNDS, "each message copied once");
     let stored = std::fs::read_to_string(&files[0]).unwrap();
     let results = stored.lines().find(|l| l.starts_with("Authentication-Results:")).unwrap();
     assert!(results.contains("mx.agents.localhost"), "{results}");
@@ -395,6 +420,10 @@ fn mail_appended_at_the_provider_reaches_otp_wait_within_two_seconds() {
     assert!(stored.contains("via IMAP"), "{stored}");
     assert!(!stored.contains(PASSWORD));
     server.stop();
+}
+
+fn unix_now() -> f64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64()
 }
 
 /// SIGKILL in the middle of a burst, then a restart: every message is in the
