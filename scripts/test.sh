@@ -12,6 +12,8 @@ command -v curl >/dev/null 2>&1 || missing+=(curl)  # HTTP tests against the rea
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)  # the HTTPS tests check TLS versions and fingerprints with s_client/x509
 command -v haproxy >/dev/null 2>&1 || missing+=(haproxy)  # the multi-node test's L4 balancer in front of the nodes (crates/cli/tests/multinode.rs)
 command -v psql >/dev/null 2>&1 || missing+=(postgresql-client)  # the multi-node test creates its database and reads the index with psql
+command -v dovecot >/dev/null 2>&1 || missing+=(dovecot-imapd)  # the IMAP/SMTP mail backend's provider: IMAP with IDLE (crates/cli/tests/imap_backend.rs)
+[ -x /usr/lib/postfix/sbin/master ] || missing+=(postfix)  # ... and its submission server with AUTH (same test); started by the test, never as a service
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "installing test peers: ${missing[*]}"

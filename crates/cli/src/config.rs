@@ -115,6 +115,8 @@ pub(crate) struct Config {
     pub(crate) webhooks_allow_private: bool,
     /// Multiplies the webhook retry schedule and retry period (1; tests use less).
     pub(crate) webhooks_backoff_scale: f64,
+    /// Multiplies the mail backends' reconnect and refused-login waits (1; tests use less).
+    pub(crate) backends_backoff_scale: f64,
     /// Most webhook attempts in flight per node.
     pub(crate) webhooks_concurrency: usize,
     /// `grant.expiring` / `key.expiring` are raised this long before the expiry.
@@ -206,6 +208,7 @@ impl Default for Config {
             store_blobs: None,
             webhooks_allow_private: false,
             webhooks_backoff_scale: 1.0,
+            backends_backoff_scale: 1.0,
             webhooks_concurrency: agentkeys_webhooks::worker::DEFAULT_CONCURRENCY,
             webhooks_expiry_notice_secs: agentkeys_webhooks::feeder::EXPIRY_NOTICE.as_secs(),
             webhooks_expiry_check_secs: agentkeys_webhooks::feeder::EXPIRY_CHECK.as_secs(),
@@ -384,6 +387,7 @@ pub(crate) const KEYS: &[Key] = &[
     Key { toml: "mta_sts.mx", env: "AGENTKEYS_MTA_STS_MX", help: "the policy's MX host patterns (comma-separated in the env, a list in TOML; *.example.com allowed); default: the hostname", set: |c, v| { c.mta_sts_mx = parse_mx_patterns(v)?; Ok(()) } },
     Key { toml: "tls_rpt.rua", env: "AGENTKEYS_TLS_RPT_RUA", help: "where senders send TLS reports (RFC 8460), e.g. mailto:tlsrpt@example.com; publishes _smtp._tls.<domain>", set: |c, v| { c.tls_rpt = Some(TlsRpt::parse_rua(v).map_err(|e| e.to_string())?); Ok(()) } },
     Key { toml: "webhooks.allow_private", env: "AGENTKEYS_WEBHOOKS_ALLOW_PRIVATE", help: "let webhooks target loopback, private (RFC 1918, ULA), link-local, CGNAT and other non-public addresses (false: refused at creation and at every connect)", set: |c, v| { c.webhooks_allow_private = parse_bool(v)?; Ok(()) } },
+    Key { toml: "backends.backoff_scale", env: "AGENTKEYS_BACKENDS_BACKOFF_SCALE", help: "multiplies the mail backends' reconnect backoff and the wait after a provider refused the login (1; tests only use less)", set: |c, v| { c.backends_backoff_scale = parse_scale(v)?; Ok(()) } },
     Key { toml: "webhooks.backoff_scale", env: "AGENTKEYS_WEBHOOKS_BACKOFF_SCALE", help: "multiplies the webhook retry schedule and its 24 h retry period (1; tests only use less)", set: |c, v| { c.webhooks_backoff_scale = parse_scale(v)?; Ok(()) } },
     Key { toml: "webhooks.concurrency", env: "AGENTKEYS_WEBHOOKS_CONCURRENCY", help: "most webhook deliveries in flight per node (16)", set: |c, v| { c.webhooks_concurrency = parse_positive(v)?; Ok(()) } },
     Key { toml: "webhooks.expiry_notice", env: "AGENTKEYS_WEBHOOKS_EXPIRY_NOTICE", help: "grant.expiring and key.expiring are sent this long before the expiry (e.g. 3d)", set: |c, v| { c.webhooks_expiry_notice_secs = parse_secs(v)?; Ok(()) } },

@@ -131,6 +131,12 @@ impl DataDir {
 }
 
 impl DataDir {
+    /// Seals and opens mail backends' provider credentials under a key derived
+    /// from the master seed.
+    pub(crate) fn backend_sealer(&self) -> agentkeys_backends::CredentialSealer {
+        agentkeys_backends::CredentialSealer::new(self.seed.derive(agentkeys_backends::CREDENTIAL_SEAL_LABEL))
+    }
+
     /// Seals and opens webhook secrets under a key derived from the master seed.
     pub(crate) fn webhook_sealer(&self) -> agentkeys_webhooks::SecretSealer {
         agentkeys_webhooks::SecretSealer::new(self.seed.derive(agentkeys_webhooks::secret::SEALING_KEY_LABEL))

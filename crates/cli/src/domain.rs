@@ -7,7 +7,7 @@ use agentkeys_audit::{Actor, AuditEvent, ops};
 use agentkeys_core::Domain;
 use agentkeys_delivery::{DomainKeyring, DomainStatus, HickoryResolver, verify_domain, zone_file};
 use agentkeys_smtp::OutboundSigner;
-use agentkeys_store::{OP_DOMAIN_ASSIGN, OP_DOMAIN_SET_RETENTION, StoreError};
+use agentkeys_store::{OP_DOMAIN_ASSIGN, OP_DOMAIN_SET_BACKEND, OP_DOMAIN_SET_RETENTION, StoreError};
 use anyhow::{Result, anyhow, bail};
 use clap::Subcommand;
 use serde_json::json;
@@ -19,9 +19,21 @@ use crate::datadir::DataDir;
 #[derive(Debug, Subcommand)]
 pub(crate) enum DomainCmd {
     /// Host a domain: creates its DKIM keys (Ed25519 derived, RSA-2048 stored wrapped).
+    /// `--backend imap` receives and sends its mail through an external mailbox.
     Add {
         /// The domain, e.g. mail.example.com.
         domain: String,
+        #[command(flatten)]
+        backend: BackendArgs,
+    },
+    /// Choose how a hosted domain's mail is received and sent: `native` (our own
+    /// MX and delivery) or `imap` (an external mailbox: IMAP IDLE in, the
+    /// provider's submission server out). Takes effect at the server's next start.
+    SetBackend {
+        /// The domain.
+        domain: String,
+        #[command(flatten)]
+        backend: BackendArgs,
     },
     /// List hosted domains with their DKIM key versions and selectors.
     List,
@@ -72,6 +84,124 @@ pub(crate) enum DomainCmd {
     },
 }
 
+/// A domain's mail backend, as `domain add` and `domain set-backend` take it.
+#[derive(Debug, clap::Args)]
+pub(crate) struct BackendArgs {
+    /// native (our own MTA, the default) or imap (an external IMAP/SMTP mailbox).
+    #[arg(long, default_value = "native")]
+    backend: String,
+    /// imap: the IMAP server (TLS from the first byte).
+    #[arg(long, value_name = "HOST")]
+    imap_host: Option<String>,
+    /// imap: its port.
+    #[arg(long, default_value_t = 993)]
+    imap_port: u16,
+    /// imap: the mailbox followed.
+    #[arg(long, default_value = "INBOX")]
+    mailbox: String,
+    /// imap: the submission server outbound mail goes through (with AUTH).
+    #[arg(long, value_name = "HOST")]
+    smtp_host: Option<String>,
+    /// imap: its port.
+    #[arg(long, default_value_t = 587)]
+    smtp_port: u16,
+    /// imap: `starttls` (required, never plaintext) or `implicit` (port 465).
+    #[arg(long, default_value = "starttls")]
+    smtp_tls: String,
+    /// imap: the login of both servers.
+    #[arg(long)]
+    username: Option<String>,
+    /// imap: a file holding the password (an app password); or set
+    /// AGENTKEYS_BACKEND_PASSWORD. Never given on the command line.
+    #[arg(long, value_name = "PATH")]
+    password_file: Option<std::path::PathBuf>,
+    /// imap: the hosted inbox the mailbox's messages are delivered to.
+    #[arg(long, value_name = "ADDRESS")]
+    deliver_to: Option<String>,
+}
+
+/// The environment variable `--password-file` may be replaced by.
+const BACKEND_PASSWORD_ENV: &str = "AGENTKEYS_BACKEND_PASSWORD";
+
+/// What `args` asks for: `None` for the native MTA, else the settings and
+/// the credential of an IMAP/SMTP backend (checked, not yet stored).
+fn backend_choice(
+    domain: &Domain,
+    args: BackendArgs,
+) -> Result<Option<(agentkeys_backends::ImapSettings, agentkeys_backends::Credential)>> {
+    let kind: agentkeys_backends::BackendKind = args.backend.parse().map_err(|e: String| anyhow!("--backend: {e}"))?;
+    if kind == agentkeys_backends::BackendKind::Native {
+        return Ok(None);
+    }
+    let need = |v: Option<String>, flag: &str| v.ok_or_else(|| anyhow!("--backend imap needs {flag}"));
+    let smtp_tls = match args.smtp_tls.as_str() {
+        "starttls" => agentkeys_backends::SmtpTls::Starttls,
+        "implicit" => agentkeys_backends::SmtpTls::Implicit,
+        other => bail!("--smtp-tls {other:?}: expected starttls or implicit"),
+    };
+    let deliver_to = need(args.deliver_to, "--deliver-to ADDRESS (the hosted inbox that receives the mailbox's mail)")?;
+    let settings = agentkeys_backends::ImapSettings {
+        imap_host: need(args.imap_host, "--imap-host HOST")?,
+        imap_port: args.imap_port,
+        mailbox: args.mailbox,
+        smtp_host: need(args.smtp_host, "--smtp-host HOST")?,
+        smtp_port: args.smtp_port,
+        smtp_tls,
+        username: need(args.username, "--username USER")?,
+        deliver_to: deliver_to.parse().map_err(|e| anyhow!("--deliver-to {deliver_to}: {e}"))?,
+    };
+    settings.validate(domain).map_err(|e| anyhow!("{e}"))?;
+    let text = match (&args.password_file, std::env::var(BACKEND_PASSWORD_ENV)) {
+        (Some(path), _) => std::fs::read_to_string(path)
+            .map_err(|e| anyhow!("--password-file {}: {e}", path.display()))?,
+        (None, Ok(text)) => text,
+        (None, Err(_)) => bail!("--backend imap needs the password: --password-file PATH or {BACKEND_PASSWORD_ENV}"),
+    };
+    let credential = agentkeys_backends::Credential::new(text).map_err(|e| anyhow!("the password: {e}"))?;
+    Ok(Some((settings, credential)))
+}
+
+/// Stores (or, for `native`, clears) `domain`'s backend, audited; the
+/// credential sealed under the seed-derived key.
+async fn store_backend(
+    dir: &DataDir,
+    domain: &Domain,
+    choice: Option<(agentkeys_backends::ImapSettings, agentkeys_backends::Credential)>,
+) -> Result<&'static str> {
+    let Some((settings, credential)) = choice else {
+        let event = AuditEvent::ok(Actor::Operator, OP_DOMAIN_SET_BACKEND, domain.as_str())
+            .with_detail(json!({ "backend": "native" }));
+        return match dir.meta.clear_mail_backend(domain, &event).await {
+            Ok(_) | Err(StoreError::NotFound { .. }) => Ok("native"),
+            Err(e) => Err(anyhow!(e)),
+        };
+    };
+    let sealed = dir.backend_sealer().seal(domain.as_str(), &credential).map_err(|e| anyhow!("{e}"))?;
+    let record = agentkeys_store::MailBackendRecord {
+        domain: domain.clone(),
+        kind: "imap".to_owned(),
+        settings: serde_json::to_string(&settings)?,
+        secret_sealed: sealed,
+        status: "connecting".to_owned(),
+        status_detail: None,
+        status_at: None,
+        updated_at: crate::now(),
+    };
+    // The audit detail names the servers and the login, never the password.
+    let event = AuditEvent::ok(Actor::Operator, OP_DOMAIN_SET_BACKEND, domain.as_str()).with_detail(json!({
+        "backend": "imap",
+        "imap": format!("{}:{}", settings.imap_host, settings.imap_port),
+        "smtp": format!("{}:{}", settings.smtp_host, settings.smtp_port),
+        "user": settings.username,
+        "deliver_to": settings.deliver_to,
+    }));
+    dir.meta.set_mail_backend(&record, &event).await.map_err(|e| match e {
+        StoreError::NotFound { .. } => anyhow!("{e}; add it first with `agentkeys domain add {domain}`"),
+        other => anyhow!(other),
+    })?;
+    Ok("imap")
+}
+
 fn parse_domain(s: &str) -> Result<Domain> {
     s.parse().map_err(|e| anyhow!("{e}"))
 }
@@ -107,17 +237,30 @@ pub(crate) async fn run(config: &Config, cmd: DomainCmd, json: bool) -> Result<(
         _ => DataDir::open(config).await?,
     };
     match cmd {
-        DomainCmd::Add { domain } => {
+        DomainCmd::Add { domain, backend } => {
             let domain = parse_domain(&domain)?;
+            // Checked before anything is stored: a bad flag adds nothing.
+            let choice = backend_choice(&domain, backend)?;
             let (record, event) = keyring(&dir).new_domain(&domain)?;
             dir.meta.add_domain(&record, crate::now(), &event).await.map_err(|e| match e {
                 StoreError::Conflict { .. } => anyhow!("{e}; see `agentkeys domain list`"),
                 other => anyhow!(other),
             })?;
+            let kind = if choice.is_some() { store_backend(&dir, &domain, choice).await? } else { "native" };
             if json {
-                println!("{}", json!({ "domain": domain, "version": record.version, "selector_ed": record.selector_ed, "selector_rsa": record.selector_rsa }));
+                println!("{}", json!({ "domain": domain, "backend": kind, "version": record.version, "selector_ed": record.selector_ed, "selector_rsa": record.selector_rsa }));
             } else {
-                println!("added {domain} (DKIM selectors {}, {}); publish its records: agentkeys domain dns {domain}", record.selector_ed, record.selector_rsa);
+                println!("added {domain} (backend {kind}; DKIM selectors {}, {}); publish its records: agentkeys domain dns {domain}", record.selector_ed, record.selector_rsa);
+            }
+        }
+        DomainCmd::SetBackend { domain, backend } => {
+            let domain = parse_domain(&domain)?;
+            let choice = backend_choice(&domain, backend)?;
+            let kind = store_backend(&dir, &domain, choice).await?;
+            if json {
+                println!("{}", json!({ "domain": domain, "backend": kind }));
+            } else {
+                println!("{domain}: backend {kind}; it takes effect when the server starts next");
             }
         }
         DomainCmd::List => {
@@ -125,8 +268,10 @@ pub(crate) async fn run(config: &Config, cmd: DomainCmd, json: bool) -> Result<(
             let mut rows = Vec::new();
             let retentions: std::collections::BTreeMap<String, Option<i64>> =
                 dir.meta.domain_retentions().await?.into_iter().map(|(d, r)| (d.to_string(), r)).collect();
+            let backends = dir.meta.mail_backends().await?;
             for domain in dir.meta.list_domains().await? {
                 let status = statuses.iter().find(|s| s.domain == domain);
+                let backend = backends.iter().find(|b| b.domain == domain);
                 let keys = dir.meta.domain_keys(&domain).await?;
                 let newest = keys.last();
                 rows.push(json!({
@@ -139,6 +284,9 @@ pub(crate) async fn run(config: &Config, cmd: DomainCmd, json: bool) -> Result<(
                     "owner": dir.meta.domain_owner(&domain).await?,
                     "status": status.map_or("not_started", |s| s.status.as_str()),
                     "checked_at": status.and_then(|s| s.checked_at),
+                    "backend": backend.map_or("native", |b| b.kind.as_str()),
+                    "backend_status": backend.map(|b| b.status.clone()),
+                    "backend_detail": backend.and_then(|b| b.status_detail.clone()),
                 }));
             }
             if json {
@@ -150,11 +298,18 @@ pub(crate) async fn run(config: &Config, cmd: DomainCmd, json: bool) -> Result<(
                         None => "dkim keys created on first use".to_owned(),
                     };
                     let default = if r["default"] == true { " (default)" } else { "" };
+                    let backend = match r["backend_status"].as_str() {
+                        Some(status) => format!("{} ({status})", r["backend"].as_str().unwrap_or("")),
+                        None => "native".to_owned(),
+                    };
                     println!(
-                        "{}{default}\t{}\t{dkim}",
+                        "{}{default}\t{}\tbackend {backend}\t{dkim}",
                         r["domain"].as_str().unwrap_or(""),
                         r["status"].as_str().unwrap_or("")
                     );
+                    if let Some(detail) = r["backend_detail"].as_str() {
+                        println!("\t{detail}");
+                    }
                 }
             }
         }

@@ -244,6 +244,39 @@ pub(crate) async fn run(config: Config) -> Result<()> {
         shutdown.clone(),
     ));
 
+    // ---- Mail backends (crates/backends): domains whose mail lives at an external provider ----
+    // TLS to providers always validates certificates: webpki roots plus delivery.ca_file.
+    let provider_anchors = match &config.delivery_ca_file {
+        Some(path) => agentkeys_delivery::load_trust_anchors(path)
+            .map_err(|e| anyhow::anyhow!("delivery.ca_file / AGENTKEYS_DELIVERY_CA_FILE: {e}"))?,
+        None => Vec::new(),
+    };
+    let provider_tls = agentkeys_delivery::TlsClients::new(&provider_anchors)
+        .map_err(|e| anyhow::anyhow!("cannot set up the TLS client for mail backends: {e}"))?
+        .validating_config();
+    let backend_tasks = TaskTracker::new();
+    let backends = Arc::new(
+        agentkeys_backends::Backends::start(
+            agentkeys_backends::BackendContext {
+                store: dir.meta.clone(),
+                smtp: server.clone(),
+                sealer: dir.backend_sealer(),
+                tls: provider_tls,
+                hostname: config.hostname.clone(),
+                backoff_scale: config.backends_backoff_scale,
+            },
+            shutdown.clone(),
+            &backend_tasks,
+        )
+        .await
+        .context("cannot start the mail backends (see `agentkeys domain list`)")?,
+    );
+    backend_tasks.close();
+    for (domain, kind) in backends.domains() {
+        println!("  backend           {domain}: {kind}");
+    }
+    // ---- end of mail backends ----
+
     // ---- Outbound delivery: the queue runner (crates/delivery) ----
     let delivery = if config.delivery_enabled {
         let route = match &config.delivery_smarthost {
@@ -295,6 +328,7 @@ pub(crate) async fn run(config: Config) -> Result<()> {
             },
         )
         .with_tls_clients(tls_clients)
+        .with_send_sinks(backends.clone())
         .with_waker(queued)
         .with_heartbeat(runner_heartbeat.clone().unwrap_or_default());
         let runner = Arc::new(match &route {
@@ -363,6 +397,9 @@ pub(crate) async fn run(config: Config) -> Result<()> {
     sweeper.await.ok();
     if let Some(notices) = notices {
         notices.await.ok();
+    }
+    if tokio::time::timeout(grace, backend_tasks.wait()).await.is_err() {
+        println!("grace period over; mail backends stop mid-copy and resume after restart");
     }
     // Attempts in flight end within their timeout; unrecorded ones are sent
     // again after their lease by the next start (at least once).

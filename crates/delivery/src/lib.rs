@@ -76,7 +76,7 @@ pub use reaper::REAP_GRACE;
 pub use pool::{CONNECTION_IDLE, MAX_CONNECTIONS_PER_HOST, MAX_MESSAGES_PER_CONNECTION};
 pub use runner::{
     Attempt, BACKOFF, BACKOFF_STEADY, CLAIM_BATCH, DeliveryConfig, LEASE, LEASE_MARGIN, MAX_AGE, MAX_IN_FLIGHT, RECORD_BATCH,
-    MIN_LEASE, POLL_INTERVAL, Runner, SMTP_TIMEOUT, lease_length, next_attempt, renew_every, retry_delay, send_to,
+    MIN_LEASE, POLL_INTERVAL, Runner, SMTP_TIMEOUT, SendSink, SendSinks, lease_length, next_attempt, renew_every, retry_delay, send_to,
 };
 pub use keys::{
     DEFAULT_ED25519_SELECTOR, DEFAULT_RSA_SELECTOR, DomainKeys, RSA_WRAP_LABEL, Selectors, ed25519_label,

@@ -124,6 +124,25 @@ pub enum Attempt {
     Permanent(String),
 }
 
+/// Where a hosted domain's outbound mail goes when it is not our own MTA (issue
+/// 14): a mail backend's send side (an IMAP/SMTP provider's submission server).
+/// The runner asks [`SendSinks::sink_for`] with the sender's domain before each
+/// attempt; `None` is the native path (MX or smarthost, below). The queue's
+/// states, backoff, bounces (DSN into the sender's inbox) and records are the
+/// same for every sink: a sink only answers how one attempt ended.
+#[async_trait::async_trait]
+pub trait SendSink: Send + Sync + 'static {
+    /// One attempt to hand `body` (already DKIM-signed) from `from` to `to`.
+    async fn send(&self, from: &str, to: &str, body: &[u8]) -> Attempt;
+}
+
+/// Finds the send side of a sender domain's backend.
+#[async_trait::async_trait]
+pub trait SendSinks: Send + Sync + 'static {
+    /// The sink of `sender_domain` (lowercase), or `None` for the native MTA.
+    async fn sink_for(&self, sender_domain: &str) -> Option<Arc<dyn SendSink>>;
+}
+
 /// Logs and counts (`agentkeys_mta_sts_failures_total{mode, reason}`) one
 /// MTA-STS failure: under `enforce` the host was not used; under `testing` it
 /// was, and this is what would have stopped it.
@@ -213,6 +232,8 @@ pub struct Runner {
     /// ([`crate::reaper`]).
     reap: mpsc::UnboundedSender<BlobKey>,
     reap_queue: Mutex<Option<mpsc::UnboundedReceiver<BlobKey>>>,
+    /// The send sides of domains with a mail backend.
+    sinks: Option<Arc<dyn SendSinks>>,
 }
 
 /// A finished attempt waiting to be recorded, and where its result goes.
@@ -299,7 +320,16 @@ impl Runner {
             record_queue: Mutex::new(Some(record_queue)),
             reap,
             reap_queue: Mutex::new(Some(reap_queue)),
+            sinks: None,
         }
+    }
+
+    /// The same runner, sending the mail of domains with a mail backend through
+    /// that backend ([`SendSinks`]); other domains' mail goes the native way.
+    #[must_use]
+    pub fn with_send_sinks(mut self, sinks: Arc<dyn SendSinks>) -> Self {
+        self.sinks = Some(sinks);
+        self
     }
 
     /// The same runner, woken by `wake` (give the same `Notify` to the SMTP
@@ -638,6 +668,16 @@ impl Runner {
     }
 
     async fn attempt(&self, from: &str, to: &str, body: &[u8]) -> Attempt {
+        if let (Some(sinks), Some((_, sender_domain))) = (&self.sinks, from.rsplit_once('@'))
+            && let Some(sink) = sinks.sink_for(&sender_domain.to_ascii_lowercase()).await
+        {
+            return sink.send(from, to, body).await;
+        }
+        self.attempt_native(from, to, body).await
+    }
+
+    /// The native MTA's attempt: MX (or smarthost) routing, MTA-STS, the pool.
+    async fn attempt_native(&self, from: &str, to: &str, body: &[u8]) -> Attempt {
         let Some((_, domain)) = to.rsplit_once('@') else {
             return Attempt::Permanent(format!("553 5.1.3 {to} is not an address"));
         };

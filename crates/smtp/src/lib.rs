@@ -75,7 +75,7 @@ pub use acceptance::{
 pub use agentkeys_submission::auth_audit;
 pub use limits::*;
 pub use reply::Reply;
-pub use server::{SmtpConfig, SmtpServer, SmtpStores, next_connection};
+pub use server::{Fetched, IngestError, Ingested, SmtpConfig, SmtpServer, SmtpStores, next_connection};
 pub use session::{
     Delivery, InboundEnvelope, ListenerKind, LocalRecipient, Now, Outbound, RecipientAnswer, RecipientQuery,
     Session, SessionContext, Step,

@@ -481,6 +481,130 @@ impl SmtpServer {
     }
 }
 
+/// A message an external mail backend fetched (an IMAP mailbox), with the
+/// envelope its provider recorded: what [`SmtpServer::ingest`] stores.
+#[derive(Debug, Clone)]
+pub struct Fetched {
+    /// The id to store it under (chosen by the caller, which records it first
+    /// so that a restart can tell whether it was stored).
+    pub id: ulid::Ulid,
+    /// Where it came from, for `Received:` (`imap.provider.example`).
+    pub source: String,
+    /// How (`IMAP`), for `Received:`'s `via`.
+    pub via: &'static str,
+    /// The envelope sender the provider recorded (`Return-Path`), `""` if none.
+    pub mail_from: String,
+    /// The envelope recipients: the only routing (never `To:`).
+    pub recipients: Vec<String>,
+    /// The raw message as the provider holds it.
+    pub message: bytes::Bytes,
+    /// When we fetched it.
+    pub received_at: agentkeys_core::UnixTime,
+}
+
+/// What [`SmtpServer::ingest`] did with a [`Fetched`] message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ingested {
+    /// The inboxes that got a copy.
+    pub stored: Vec<agentkeys_core::Address>,
+    /// Recipients that are not a hosted, active inbox (their copy was not stored).
+    pub unroutable: Vec<String>,
+}
+
+/// Why a fetched message was not stored.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    /// No recipient is a hosted, active inbox: nothing stored; the caller keeps
+    /// the message where it is and reports it.
+    #[error("no envelope recipient is a hosted, active inbox: {}", .0.join(", "))]
+    Unroutable(Vec<String>),
+    /// Larger than the MX accepts.
+    #[error("the message is {0} bytes, over the {1}-byte limit")]
+    TooLarge(usize, usize),
+    /// Every recipient inbox's receive lists refuse the sender: nothing stored.
+    #[error("every recipient inbox's receive policy refuses the sender")]
+    Refused,
+    /// The store failed; nothing visible; try again.
+    #[error(transparent)]
+    Store(DeliveryError),
+}
+
+impl SmtpServer {
+    /// Stores a message an external backend fetched exactly as the MX stores
+    /// what it accepts: routed by the envelope recipients only (subaddressing
+    /// included), a `Received:` field, our `Authentication-Results` (the MX's
+    /// verifier; no client address, so SPF is `none`), the inboxes' receive
+    /// lists, then the one durable write through the `Mailroom` (blob, index
+    /// row, `message.received` event). `Ok` once it is acknowledged (indexed).
+    pub async fn ingest(&self, fetched: Fetched) -> Result<Ingested, IngestError> {
+        use agentkeys_submission::{LocalRecipient, RecipientQuery, RecipientRoute, route_recipient};
+        let ctx = &self.inbound;
+        if fetched.message.len() > ctx.limits.max_message_size {
+            return Err(IngestError::TooLarge(fetched.message.len(), ctx.limits.max_message_size));
+        }
+        let mut local: Vec<LocalRecipient> = Vec::new();
+        let mut unroutable = Vec::new();
+        for rcpt in &fetched.recipients {
+            let Some(query) = RecipientQuery::parse_with(rcpt, &ctx.subaddressing) else {
+                unroutable.push(rcpt.clone());
+                continue;
+            };
+            let answer = lookup_recipient(self.stores.recipients.as_ref(), &query)
+                .await
+                .map_err(|e| IngestError::Store(DeliveryError::Queue(e)))?;
+            match route_recipient(query, answer) {
+                RecipientRoute::Local(r) => {
+                    if !local.iter().any(|l| l.inbox == r.inbox) {
+                        local.push(r);
+                    }
+                }
+                _ => unroutable.push(rcpt.clone()),
+            }
+        }
+        if local.is_empty() {
+            return Err(IngestError::Unroutable(unroutable));
+        }
+        let source = crate::received::sanitize_helo(&fetched.source);
+        let received = format!(
+            "Received: from {source}\r\n\tby {} via {} id {};\r\n\t{}\r\n",
+            ctx.hostname,
+            fetched.via,
+            fetched.id,
+            agentkeys_core::time::rfc5322(fetched.received_at)
+        );
+        let mut message = Vec::with_capacity(received.len() + fetched.message.len());
+        message.extend_from_slice(received.as_bytes());
+        message.extend_from_slice(&fetched.message);
+        let delivery = crate::Delivery {
+            id: fetched.id,
+            message: message.into(),
+            received_at: fetched.received_at,
+            local,
+            outbound: None,
+            inbound: Some(Box::new(crate::InboundEnvelope {
+                client_ip: std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+                helo: source,
+                mail_from: fetched.mail_from,
+            })),
+        };
+        let delivery = match &self.verifier {
+            Some(verifier) => add_verdicts(verifier.as_ref(), &ctx.hostname, delivery).await,
+            None => strip_forged_verdicts(&ctx.hostname, delivery),
+        };
+        let (delivery, refused) = self.apply_receive_policies(delivery).await;
+        match refused {
+            Some(DeliveryError::RefusedByPolicy) => return Err(IngestError::Refused),
+            Some(err) => return Err(IngestError::Store(err)),
+            None => {}
+        }
+        store_delivery_signed(self.blobs.as_ref(), self.stores.outbox.as_ref(), None, &delivery)
+            .await
+            .map_err(IngestError::Store)?;
+        metrics::counter!("agentkeys_smtp_messages_accepted_total", "listener" => fetched.via).increment(1);
+        Ok(Ingested { stored: delivery.local.iter().map(|l| l.inbox.clone()).collect(), unroutable })
+    }
+}
+
 /// The next accepted connection of `listener`, or `None` once `shutdown` is
 /// cancelled (the one accept loop of every listener, SMTP and HTTP). A failed
 /// accept (`EMFILE` when descriptors run out, `ECONNABORTED`, …) is counted in

@@ -160,9 +160,20 @@ impl MailAuthVerifier {
         }
 
         let spf_params = SpfParameters::verify(envelope.client_ip, &envelope.helo, authserv_id, &envelope.mail_from);
+        // Mail fetched from an external mailbox (IMAP) reaches us without its
+        // client's address (unspecified): SPF is `none`, not evaluated; DKIM, and
+        // DMARC through DKIM alignment, are evaluated as for MX mail.
+        let fetched = envelope.client_ip.is_unspecified();
+        let spf_check = async {
+            if fetched {
+                Ok(SpfOutput::new(mail_from_domain(envelope).to_owned()).with_result(SpfResult::None))
+            } else {
+                timeout_at(deadline, self.auth.verify_spf(with_caches!(spf_params, &spf_txt))).await
+            }
+        };
         let (dkim, spf) = tokio::join!(
             timeout_at(deadline, self.auth.verify_dkim(with_caches!(parsed, &dkim_txt))),
-            timeout_at(deadline, self.auth.verify_spf(with_caches!(spf_params, &spf_txt))),
+            spf_check,
         );
         let verified;
         let dkim: Vec<DkimOutput<'_>> = match dkim {

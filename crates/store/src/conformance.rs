@@ -76,6 +76,8 @@ mod owner_mail;
 mod webhooks;
 pub use owner_mail::*;
 pub use webhooks::*;
+mod mail_backends;
+pub use mail_backends::*;
 
 /// Everything a metadata backend implements (every role trait, bundled by
 /// [`MetadataStore`]), and cheap clones for concurrent tasks.

@@ -41,6 +41,7 @@ mod header_summary;
 mod idempotency;
 mod index;
 mod mailroom;
+mod mail_backends;
 pub mod group_commit;
 mod meta;
 mod owner_mail;
@@ -79,6 +80,10 @@ pub use mailroom::{
     OP_MESSAGE_EXPIRE, Reconciled, SWEEP_BATCH, expire_event, inbox_expire_event, never_acknowledged,
 };
 pub use meta::*;
+pub use mail_backends::{
+    ImportCursor, MAIL_BACKEND_KINDS, MAIL_BACKEND_STATUSES, MailBackendRecord, MailBackends, OP_BACKEND_AUTH_FAILED,
+    OP_DOMAIN_SET_BACKEND,
+};
 pub use pairing_wakeups::PairingWakeups;
 pub use policies::InboxPolicies;
 
@@ -91,6 +96,7 @@ pub mod roles {
     pub use crate::domain_status::DomainStatusStore;
     pub use crate::idempotency::SendIdempotency;
     pub use crate::index::MessageIndex;
+    pub use crate::mail_backends::MailBackends;
     pub use crate::policies::InboxPolicies;
     pub use crate::meta::{
         AuditLog, AuthLookup, Checkpoints, Deployment, Directory, InboxExpiry, KeysAndGrants, MetadataStore, Outbox,

@@ -348,6 +348,7 @@ pub trait MetadataStore:
     + crate::InboxPolicies
     + crate::Console
     + crate::OwnerMail
+    + crate::MailBackends
 {
 }
 
@@ -374,6 +375,7 @@ impl<T> MetadataStore for T where
         + crate::InboxPolicies
         + crate::Console
         + crate::OwnerMail
+        + crate::MailBackends
 {
 }
 

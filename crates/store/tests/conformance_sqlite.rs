@@ -37,3 +37,4 @@ impl Backend for SqliteBackend {
 agentkeys_store::conformance_tests!(SqliteBackend);
 agentkeys_store::webhook_conformance_tests!(SqliteBackend);
 agentkeys_store::owner_mail_conformance_tests!(SqliteBackend);
+agentkeys_store::mail_backend_conformance_tests!(SqliteBackend);

@@ -44,6 +44,7 @@ mod domain_status;
 pub mod events;
 mod idempotency;
 pub(crate) mod index;
+mod mail_backends;
 mod meta;
 mod owner_mail;
 mod policies;

@@ -1,0 +1,132 @@
+//! The mail backends' contracts ([`MailBackends`]), for any backend:
+//!
+//! - **A backend belongs to a hosted domain**: setting one on a domain that is
+//!   not hosted is `NotFound`, an unknown kind or status is `Invalid`, and a
+//!   refused write changes nothing (no row, no audit record); a set or a clear
+//!   is one audit record; removing the domain removes its backend.
+//! - **An import cursor is what was last written**, through any handle: the
+//!   position, the generation and the pending message read back exactly, so a
+//!   restarted follower (another process) resumes where the last one stopped.
+//!
+//! Run with [`mail_backend_conformance_tests!`](crate::mail_backend_conformance_tests).
+
+use super::*;
+use crate::{ImportCursor, MailBackendRecord};
+
+/// One `#[test]` per mail backend contract for the backend given.
+#[macro_export]
+macro_rules! mail_backend_conformance_tests {
+    ($backend:ty) => {
+        $crate::conformance_tests!(@checks $backend; [];
+            mail_backends_belong_to_hosted_domains,
+            import_cursors_read_back_what_was_written_generated,
+        );
+    };
+}
+
+fn imap_backend(domain: Domain) -> MailBackendRecord {
+    MailBackendRecord {
+        domain,
+        kind: "imap".to_owned(),
+        settings: r#"{"host":"imap.provider.test"}"#.to_owned(),
+        secret_sealed: vec![9, 8, 7],
+        status: "connecting".to_owned(),
+        status_detail: None,
+        status_at: None,
+        updated_at: NOW,
+    }
+}
+
+/// Backends exist only on hosted domains; errors change nothing; writes are audited.
+pub async fn mail_backends_belong_to_hosted_domains<B: Backend>(backend: Arc<B>) {
+    let (a, b) = pair(&*backend).await;
+    a.ensure_domain(&domain(), NOW).await.unwrap();
+    let head = a.audit_head().await.unwrap();
+    let e = |op: &str| event(op, "refused");
+    let nowhere: Domain = "nowhere.test".parse().unwrap();
+    for s in [&a, &b] {
+        not_found(s.set_mail_backend(&imap_backend(nowhere.clone()), &e("domain.set_backend")).await, "backend of an unhosted domain");
+        invalid(
+            s.set_mail_backend(&MailBackendRecord { kind: "pigeon".to_owned(), ..imap_backend(domain()) }, &e("domain.set_backend"))
+                .await,
+            "unknown kind",
+        );
+        not_found(s.clear_mail_backend(&domain(), &e("domain.clear_backend")).await, "clear without a backend");
+        not_found(s.set_mail_backend_status(&domain(), "running", None, NOW).await, "status without a backend");
+        not_found(
+            s.save_import_cursor(&nowhere, "INBOX", &ImportCursor::default()).await,
+            "cursor of an unhosted domain",
+        );
+    }
+    assert_eq!(a.audit_head().await.unwrap(), head, "refused writes append no audit record");
+    assert!(b.mail_backends().await.unwrap().is_empty(), "refused writes leave no row");
+
+    a.set_mail_backend(&imap_backend(domain()), &event("domain.set_backend", DOMAIN)).await.unwrap();
+    let listed = b.mail_backends().await.unwrap();
+    assert_eq!(listed, vec![imap_backend(domain())], "the other handle reads the backend as written, status connecting");
+    invalid(b.set_mail_backend_status(&domain(), "sleeping", None, NOW).await, "unknown status");
+    b.set_mail_backend_status(&domain(), "auth_failed", Some("login refused"), NOW + 5).await.unwrap();
+    let row = a.mail_backends().await.unwrap().remove(0);
+    assert_eq!(
+        (row.status.as_str(), row.status_detail.as_deref(), row.status_at),
+        ("auth_failed", Some("login refused"), Some(NOW + 5))
+    );
+    // Setting it again (a new password) starts over at `connecting`.
+    b.set_mail_backend(&imap_backend(domain()), &event("domain.set_backend", DOMAIN)).await.unwrap();
+    assert_eq!(a.mail_backends().await.unwrap()[0].status, "connecting");
+    a.save_import_cursor(&domain(), "INBOX", &ImportCursor { uid_validity: 3, last_uid: 9, pending: None }).await.unwrap();
+    b.clear_mail_backend(&domain(), &event("domain.clear_backend", DOMAIN)).await.unwrap();
+    assert!(a.mail_backends().await.unwrap().is_empty());
+    assert_eq!(a.import_cursor(&domain(), "INBOX").await.unwrap(), None, "clearing a backend forgets its cursors");
+    let audited: Vec<String> = a.audit_all().await.unwrap().into_iter().map(|r| r.operation.clone()).collect();
+    assert_eq!(
+        audited.iter().filter(|op| op.starts_with("domain.") && op.contains("backend")).count(),
+        3,
+        "two sets and a clear, one record each: {audited:?}"
+    );
+
+    // Removing the domain removes its backend.
+    let hosted: Domain = "hosted.test".parse().unwrap();
+    a.add_domain(&DomainKeyRecord { domain: hosted.clone(), ..domain_keys(1) }, NOW, &event("domain.add", "h"))
+        .await
+        .unwrap();
+    a.set_mail_backend(&imap_backend(hosted.clone()), &event("domain.set_backend", "h")).await.unwrap();
+    b.remove_domain(&hosted, &event("domain.remove", "h")).await.unwrap();
+    assert!(a.mail_backends().await.unwrap().is_empty(), "a removed domain has no backend");
+}
+
+fn cursor_strategy() -> impl Strategy<Value = Vec<(bool, u32, u32, Option<u32>)>> {
+    proptest::collection::vec((any::<bool>(), 1..5u32, 0..1000u32, proptest::option::of(0..1000u32)), 1..12)
+}
+
+/// Whatever sequence of cursors is written through either handle, both read
+/// back the last one exactly, per mailbox.
+pub async fn import_cursors_read_back_what_was_written_generated<B: Backend>(backend: Arc<B>) {
+    let (a, b) = pair(&*backend).await;
+    a.ensure_domain(&domain(), NOW).await.unwrap();
+    assert_eq!(b.import_cursor(&domain(), "INBOX").await.unwrap(), None, "no cursor before the first import");
+    let (a, b) = (Arc::new(a), Arc::new(b));
+    for_generated("import cursors read back", 24, cursor_strategy, move |writes| {
+        let (a, b) = (Arc::clone(&a), Arc::clone(&b));
+        async move {
+            let mut last: BTreeMap<&str, ImportCursor> = BTreeMap::new();
+            for (i, (second, validity, uid, pending)) in writes.into_iter().enumerate() {
+                let mailbox = if i % 3 == 0 { "Archive" } else { "INBOX" };
+                let cursor = ImportCursor {
+                    uid_validity: i64::from(validity),
+                    last_uid: i64::from(uid),
+                    pending: pending.map(|p| (i64::from(uid) + i64::from(p) + 1, ulid(u64::from(p)).to_string())),
+                };
+                let s = if second { &b } else { &a };
+                s.save_import_cursor(&domain(), mailbox, &cursor).await.unwrap();
+                last.insert(mailbox, cursor);
+            }
+            for (mailbox, cursor) in last {
+                for s in [&a, &b] {
+                    assert_eq!(s.import_cursor(&domain(), mailbox).await.unwrap().as_ref(), Some(&cursor), "{mailbox}");
+                }
+            }
+        }
+    })
+    .await;
+}
