@@ -74,6 +74,8 @@ use crate::{
 
 mod webhooks;
 pub use webhooks::*;
+mod guardrails;
+pub use guardrails::*;
 
 /// Everything a metadata backend implements (every role trait, bundled by
 /// [`MetadataStore`]), and cheap clones for concurrent tasks.

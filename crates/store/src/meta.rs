@@ -346,6 +346,7 @@ pub trait MetadataStore:
     + crate::Throttles
     + crate::Webhooks
     + crate::InboxPolicies
+    + crate::SendGuardrails
     + crate::Console
 {
 }
@@ -371,6 +372,7 @@ impl<T> MetadataStore for T where
         + crate::Throttles
         + crate::Webhooks
         + crate::InboxPolicies
+        + crate::SendGuardrails
         + crate::Console
 {
 }

@@ -44,6 +44,7 @@ mod idempotency;
 pub(crate) mod index;
 mod meta;
 mod policies;
+mod guardrails;
 pub(crate) mod queue;
 mod testing;
 mod throttles;
