@@ -957,7 +957,7 @@ impl Session {
         );
         message.splice(0..0, header.bytes());
         let submitted = match &tx.sender {
-            Sender::Submission { proof, .. } => Some(proof.clone()),
+            Sender::Submission { proof, .. } => Some(Box::new(proof.clone())),
             Sender::Inbound => None,
         };
         let (outbound, inbound) = match tx.sender {
@@ -970,7 +970,7 @@ impl Session {
                 })),
             ),
             Sender::Submission { proof, remote } => (
-                (!remote.is_empty()).then(|| Outbound {
+                (!remote.is_empty()).then_some(Outbound {
                     sender: proof,
                     recipients: remote,
                 }),

@@ -55,7 +55,7 @@ pub struct Delivery {
     pub inbound: Option<Box<InboundEnvelope>>,
     /// Who submitted it (`None` on the MX): what the send limits and review
     /// ([`crate::guardrails`]) are decided for.
-    pub submitted: Option<SendAuthorized>,
+    pub submitted: Option<Box<SendAuthorized>>,
 }
 
 /// Why a message could not be stored. Never answered with `250`.
@@ -118,7 +118,7 @@ pub fn http_submission(
         local,
         outbound: (!remote.is_empty()).then(|| Outbound { sender: sender.clone(), recipients: remote }),
         inbound: None,
-        submitted: Some(sender),
+        submitted: Some(Box::new(sender)),
     }
 }
 

@@ -125,7 +125,7 @@ pub async fn accept_submission(
     delivery: &Delivery,
     now: UnixTime,
 ) -> Result<Accepted, DeliveryError> {
-    let Some(sender) = &delivery.submitted else {
+    let Some(sender) = delivery.submitted.as_deref() else {
         store_delivery_signed(stores.blobs, stores.outbox, signer, delivery).await?;
         return Ok(Accepted::Stored);
     };
@@ -241,7 +241,7 @@ pub async fn release_held(
         local,
         outbound: (!remote.is_empty()).then(|| Outbound { sender: sender.clone(), recipients: remote }),
         inbound: None,
-        submitted: Some(sender),
+        submitted: Some(Box::new(sender)),
     };
     store_delivery_signed(stores.blobs, stores.outbox, signer, &delivery).await?;
     if let Ok(held) = approved.held_id().parse::<Ulid>() {
