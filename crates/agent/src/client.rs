@@ -739,6 +739,26 @@ impl ApiClient {
         serde_json::from_value(view).map_err(|e| ClientError::Protocol(format!("the inbox policy does not parse: {e}")))
     }
 
+    /// `GET /v1/inboxes/{inbox}/sent[/{id}]`: what the inbox sent, with each
+    /// message's delivery state (issue 13 §3), as the server answers it.
+    pub async fn sent(&self, inbox: &str, message_id: Option<&str>) -> Result<serde_json::Value, ClientError> {
+        let inbox = check_inbox(inbox)?;
+        let path = match message_id {
+            Some(id) => {
+                check_message_id(id)?;
+                format!("/v1/inboxes/{inbox}/sent/{id}")
+            }
+            None => format!("/v1/inboxes/{inbox}/sent"),
+        };
+        let r = self
+            .read_route(&inbox, &path, "application/json", None, || match message_id {
+                Some(id) => format!("sent message {id} of {inbox}"),
+                None => format!("the sent messages of {inbox}"),
+            })
+            .await?;
+        Self::json(r).await
+    }
+
     /// `GET /v1/inboxes/{inbox}/messages/{id}`: the raw stored message, from
     /// the server or, when it answers `307`, from the object store it points at.
     pub async fn fetch_message(&self, inbox: &str, message_id: &str) -> Result<Bytes, ClientError> {

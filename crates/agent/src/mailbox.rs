@@ -245,6 +245,58 @@ pub struct GetMessageParams {
     pub message_id: String,
 }
 
+/// `list_sent`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ListSentParams {
+    /// The inbox address.
+    pub inbox: String,
+    /// Only this message (the id its send answered with).
+    #[serde(default)]
+    pub message_id: Option<String>,
+}
+
+/// One remote recipient's delivery of a sent message.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct SentDelivery {
+    /// The recipient.
+    pub recipient: String,
+    /// `queued`, `sending`, `delivered`, `deferred` or `bounced`.
+    pub state: String,
+    /// Attempts made.
+    pub attempts: u32,
+    /// The receiving server's last response (or the reason it failed).
+    pub last_response: Option<String>,
+}
+
+/// A message the inbox sent and where it stands.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct SentMessage {
+    /// The id the send answered with.
+    pub message_id: String,
+    /// When it was accepted (Unix seconds).
+    pub sent_at: i64,
+    /// Every envelope recipient.
+    pub recipients: Vec<String>,
+    /// `held` (waiting for the owner's review), `rejected` (by the owner:
+    /// never sent), `queued`, `sending`, `deferred` (retrying), `bounced`
+    /// (failed for good; a DSN is in the inbox) or `delivered`.
+    pub state: String,
+    /// The last response behind `state`.
+    pub last_response: Option<String>,
+    /// Per remote recipient.
+    pub deliveries: Vec<SentDelivery>,
+}
+
+/// `list_sent`'s answer.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct SentList {
+    /// The inbox.
+    pub inbox: String,
+    /// Newest first.
+    pub sent: Vec<SentMessage>,
+}
+
 /// `get_attachment`.
 #[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -876,6 +928,29 @@ impl MailService {
     /// attachment metadata, authentication verdicts).
     pub async fn get_message(&self, p: &GetMessageParams) -> Result<crate::message::ParsedMessage, MailError> {
         self.fetch_parsed(&p.inbox, &p.message_id).await
+    }
+
+    /// `list_sent`: what the inbox sent, newest first, with each message's
+    /// delivery state (held for review, queued, deferred, bounced, delivered)
+    /// and the last response.
+    pub async fn list_sent(&self, p: &ListSentParams) -> Result<SentList, MailError> {
+        let inbox = crate::client::check_inbox(&p.inbox)?;
+        let sent = match &p.message_id {
+            Some(id) => vec![self.sent_message(&inbox, id).await?],
+            None => {
+                let v = self.client.sent(&inbox, None).await?;
+                serde_json::from_value(v["sent"].clone())
+                    .map_err(|e| ClientError::Protocol(format!("the sent list does not parse: {e}")))?
+            }
+        };
+        Ok(SentList { inbox, sent })
+    }
+
+    /// One message the inbox sent, with its delivery state; `NotFound` when
+    /// the inbox sent no message with this id.
+    pub async fn sent_message(&self, inbox: &str, message_id: &str) -> Result<SentMessage, MailError> {
+        let v = self.client.sent(inbox, Some(message_id)).await?;
+        Ok(serde_json::from_value(v).map_err(|e| ClientError::Protocol(format!("the sent message does not parse: {e}")))?)
     }
 
     /// `get_attachment`: one attachment's bytes (base64), at most [`MAX_INLINE_ATTACHMENT`].

@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::mailbox::{
     CreateInboxParams, ExtractOtpParams, ForwardParams, GetAttachmentParams, GetMessageParams, ListInboxesParams, ListMessagesParams,
-    MailError, MailService, MarkParams, ReplyParams, SendMessageParams, WaitForOtpParams, WaitParams,
+    ListSentParams, MailError, MailService, MarkParams, ReplyParams, SendMessageParams, WaitForOtpParams, WaitParams,
 };
 
 /// The path of the streamable HTTP endpoint.
@@ -126,13 +126,36 @@ impl MailTools {
     /// attachment metadata and the server's authentication verdicts
     /// (SPF/DKIM/DMARC, `authenticated`). Treat the content of a message whose
     /// `authentication.authenticated` is false as coming from anyone; fetch an
-    /// attachment by its `index` with `get_attachment`.
+    /// attachment by its `index` with `get_attachment`. The id of a message
+    /// this inbox sent answers its delivery state instead (as `list_sent`).
     #[tool(
         name = "get_message",
         annotations(title = "Read a message", read_only_hint = true, destructive_hint = false, idempotent_hint = true, open_world_hint = false)
     )]
     async fn get_message(&self, Parameters(p): Parameters<GetMessageParams>) -> Result<String, String> {
-        answer(self.mailbox.get_message(&p).await)
+        match self.mailbox.get_message(&p).await {
+            // Not in the inbox: a message it sent answers its delivery state.
+            Err(e @ MailError::Client(crate::client::ClientError::NotFound { .. })) => {
+                match self.mailbox.sent_message(&p.inbox, &p.message_id).await {
+                    Ok(sent) => answer(Ok(sent)),
+                    Err(_) => answer::<()>(Err(e)),
+                }
+            }
+            other => answer(other),
+        }
+    }
+
+    /// Messages this inbox sent, newest first, with where each stands:
+    /// `held` (waiting for the owner's review), `rejected`, `queued`,
+    /// `deferred` (retrying), `bounced` (a DSN is in the inbox) or
+    /// `delivered`, with the receiving server's last response per recipient.
+    /// Give `message_id` for one (the id `send_message` answered with).
+    #[tool(
+        name = "list_sent",
+        annotations(title = "List sent messages", read_only_hint = true, destructive_hint = false, idempotent_hint = true, open_world_hint = false)
+    )]
+    async fn list_sent(&self, Parameters(p): Parameters<ListSentParams>) -> Result<String, String> {
+        answer(self.mailbox.list_sent(&p).await)
     }
 
     /// One attachment's bytes (base64), by the index `get_message` lists.
@@ -323,6 +346,7 @@ mod tests {
                 "create_inbox",
                 "list_messages",
                 "get_message",
+                "list_sent",
                 "get_attachment",
                 "send_message",
                 "reply_to_message",

@@ -150,6 +150,15 @@ pub enum ApiError {
         /// The first list that would loosen.
         list: &'static str,
     },
+    /// 429 `SEND_LIMIT`: one of the agent's send limits (issue 13 §3) refuses
+    /// the message (SMTP answers `452 4.7.0`); `field` names the limit and
+    /// `Retry-After` says when the same send would fit. Nothing was sent.
+    SendLimit {
+        /// Which limit, its value, and when to retry.
+        refusal: agentkeys_core::send_limits::LimitRefusal,
+    },
+    /// 409 `ALREADY_DECIDED`: the held message was approved or rejected already.
+    AlreadyDecided,
     /// 422 `MESSAGE_INVALID`: the message holds a NUL byte, which mail may not
     /// carry (SMTP answers `550 5.6.0`); `field` names where it was.
     MessageContainsNul {
@@ -254,6 +263,8 @@ impl ApiError {
             Self::SendUnauthorized { .. } => StatusCode::UNAUTHORIZED,
             Self::FromNotAuthorized | Self::SenderNotAuthorized => StatusCode::FORBIDDEN,
             Self::SendPolicy { .. } | Self::PolicyOwnerOnly { .. } => StatusCode::FORBIDDEN,
+            Self::SendLimit { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::AlreadyDecided => StatusCode::CONFLICT,
             Self::MessageContainsNul { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Self::MessageTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedSendMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -295,6 +306,8 @@ impl ApiError {
             Self::FromNotAuthorized | Self::SenderNotAuthorized => "FROM_NOT_AUTHORIZED",
             Self::SendPolicy { .. } => "SEND_POLICY",
             Self::PolicyOwnerOnly { .. } => "POLICY_OWNER_ONLY",
+            Self::SendLimit { .. } => "SEND_LIMIT",
+            Self::AlreadyDecided => "ALREADY_DECIDED",
             Self::MessageContainsNul { .. } => "MESSAGE_INVALID",
             Self::MessageTooLarge { .. } => "PAYLOAD_TOO_LARGE",
             Self::UnsupportedSendMediaType => "UNSUPPORTED_MEDIA_TYPE",
@@ -341,6 +354,8 @@ impl ApiError {
             Self::FromNotAuthorized | Self::SenderNotAuthorized => "From not authorized",
             Self::SendPolicy { .. } => "Refused by the inbox's send policy",
             Self::PolicyOwnerOnly { .. } => "Only the owner loosens a policy",
+            Self::SendLimit { .. } => "Refused by a send limit",
+            Self::AlreadyDecided => "Already decided",
             Self::MessageContainsNul { .. } => "Message invalid",
             Self::MessageTooLarge { .. } => "Payload too large",
             Self::UnsupportedSendMediaType => "Unsupported media type",
@@ -443,6 +458,16 @@ impl ApiError {
                 ),
                 Some((*list).to_owned()),
             ),
+            Self::SendLimit { refusal } => (
+                format!(
+                    "{refusal}; nothing was sent. The agent's owner sets its limits (agentkeys agent limits)"
+                ),
+                Some(refusal.limit.as_str().to_owned()),
+            ),
+            Self::AlreadyDecided => (
+                "this held message was approved or rejected already (agentkeys review show ID)".to_owned(),
+                None,
+            ),
             Self::MessageContainsNul { field } => (
                 "the message contains a NUL character, which mail cannot carry; send binary content as an attachment"
                     .to_owned(),
@@ -537,6 +562,9 @@ impl IntoResponse for ApiError {
             }
             Self::RateLimited { retry_after_secs } => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs.max(1)));
+            }
+            Self::SendLimit { refusal } => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(refusal.retry_after_secs.max(1)));
             }
             Self::TooManyConnections => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(TOO_MANY_CONNECTIONS_RETRY_AFTER_SECS));

@@ -60,6 +60,7 @@ pub mod owner;
 pub mod owner_directory;
 pub mod pairing;
 pub mod presign;
+pub mod review;
 pub mod send;
 pub mod throttle;
 pub mod webhooks;
@@ -297,6 +298,8 @@ pub enum Verb {
     Delete,
     /// PATCH.
     Patch,
+    /// PUT.
+    Put,
 }
 
 impl Verb {
@@ -307,6 +310,7 @@ impl Verb {
             Self::Post => Method::POST,
             Self::Delete => Method::DELETE,
             Self::Patch => Method::PATCH,
+            Self::Put => Method::PUT,
         }
     }
 
@@ -316,6 +320,7 @@ impl Verb {
             Self::Post => MethodFilter::POST,
             Self::Delete => MethodFilter::DELETE,
             Self::Patch => MethodFilter::PATCH,
+            Self::Put => MethodFilter::PUT,
         }
     }
 }
@@ -379,6 +384,19 @@ fn table() -> Vec<Route> {
         route(Verb::Get, "/v1/inboxes/{address}/events", messages::events),
         route(Verb::Get, "/v1/inboxes/{address}/policy", inbox_policy::get_policy),
         route(Verb::Patch, "/v1/inboxes/{address}/policy", inbox_policy::change_policy),
+        route(Verb::Get, "/v1/inboxes/{address}/sent", review::list_sent),
+        route(Verb::Get, "/v1/inboxes/{address}/sent/{message_id}", review::show_sent),
+        route(Verb::Get, "/v1/agents/{agent}/limits", review::get_limits),
+        route(Verb::Put, "/v1/agents/{agent}/limits", review::set_limits),
+        route(Verb::Get, "/v1/review", review::list),
+        route(Verb::Get, "/v1/review/{id}", review::show),
+        route(Verb::Post, "/v1/review/{id}/reject", review::reject),
+        // The owner's replacement is a whole message: the SMTP size limit.
+        Route {
+            verb: Verb::Post,
+            path: "/v1/review/{id}/approve",
+            handler: on(Verb::Post.filter(), review::approve).layer(DefaultBodyLimit::max(send::MAX_SEND_BODY_BYTES)),
+        },
         // A whole message: the SMTP size limit, not MAX_BODY_BYTES (the route's layer wins).
         Route {
             verb: Verb::Post,

@@ -56,6 +56,7 @@ use std::time::Duration;
 
 use agentkeys_core::{Address, AuthFailure, Credentials, KeyHasher, SendAuthorized, Subaddressing};
 use agentkeys_submission::auth_audit::{self, AuthRecorded, Door, RefusalFacts};
+use agentkeys_submission::guardrails::{Accepted, SubmissionStores, accept_submission};
 use agentkeys_submission::{
     AUTH_FAILURE_FLOOR, AUTH_FAILURE_JITTER, DEFAULT_MAX_MESSAGE_SIZE, DeliveryError, LocalRecipient, MAX_RECIPIENTS,
     MessageRefusal, OutboundSigner, RecipientQuery, RecipientRoute,
@@ -193,6 +194,14 @@ pub struct SendResponse {
     pub message_id: String,
     /// The `Message-ID:` header of the message, with angle brackets.
     pub rfc5322_message_id: String,
+    /// `queued` (stored, remote recipients queued) or `held` (held for the
+    /// owner's review: signed and queued only once approved).
+    #[serde(default = "queued")]
+    pub status: String,
+}
+
+fn queued() -> String {
+    "queued".to_owned()
 }
 
 fn bad(field: impl Into<String>, detail: impl Into<String>) -> ApiError {
@@ -248,7 +257,7 @@ async fn authorize(
     request_body(content = SendRequest, description = "JSON (application/json), or the raw message as message/rfc822: envelope recipients from To/Cc/Bcc, Bcc removed"),
     security(("agent_key" = [])),
     responses(
-        (status = 202, description = "Stored durably: local copies written, remote recipients queued (DKIM-signed)", body = SendResponse),
+        (status = 202, description = "Stored durably: local copies written, remote recipients queued (DKIM-signed), status queued; or held for the owner's review (status held): signed and queued only once the owner approves", body = SendResponse),
         (status = 400, description = "INVALID_REQUEST naming the field (a recipient, the subject, an attachment, …; more than 50 listed recipients, repeated ones counted)", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "SEND_NOT_AUTHORIZED: one answer for every AUTH failure (key, grant, inbox)", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "FROM_NOT_AUTHORIZED: the raw message's From: is not exactly the inbox, its display name shows another address, or it has a Sender: other than the inbox (field From or Sender; SMTP 550 5.7.1); or SEND_POLICY: the inbox's send allow or block list refuses a recipient (SMTP 550 5.7.1 at RCPT)", body = Problem, content_type = "application/problem+json"),
@@ -257,7 +266,7 @@ async fn authorize(
         (status = 415, description = "UNSUPPORTED_MEDIA_TYPE", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "MESSAGE_INVALID: the message (or the named field) contains a NUL character, which mail cannot carry (SMTP 550 5.6.0); send binary content as an attachment", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "BACKEND_UNAVAILABLE: nothing was sent; retry later", body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "RATE_LIMITED: too many refused agent keys from this address; Retry-After says when to try again", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "RATE_LIMITED: too many refused agent keys from this address; or SEND_LIMIT: one of the agent's send limits (field: per-hour, per-day, new-recipients-per-day or bounce-rate; SMTP 452 4.7.0) refuses the message, nothing was sent. Retry-After says when to try again", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub(crate) async fn send(
@@ -410,7 +419,7 @@ async fn complete(
             }
         }
     }
-    serde_json::to_string(&SendResponse { message_id: id.to_string(), rfc5322_message_id: built.message_id })
+    serde_json::to_string(&SendResponse { message_id: id.to_string(), rfc5322_message_id: built.message_id, status: "queued".to_owned() })
         .map_err(|e| unavailable("encoding the idempotent answer", &e))
 }
 
@@ -441,14 +450,7 @@ async fn deliver(
     if built.message.len() > limit {
         return Err(ApiError::MessageTooLarge { limit });
     }
-    if let Err(refusal) = agentkeys_submission::check_message(&built.message, proof.inbox()) {
-        tracing::warn!(inbox = %proof.inbox(), %refusal, door = "http", "message refused");
-        return Err(match refusal {
-            MessageRefusal::Nul => ApiError::MessageContainsNul { field: "message".to_owned() },
-            MessageRefusal::From => ApiError::FromNotAuthorized,
-            MessageRefusal::Sender => ApiError::SenderNotAuthorized,
-        });
-    }
+    check_replacement(&built.message, proof.inbox())?;
     // The inbox's send lists, before anything is routed or stored (SMTP: at RCPT).
     for (_, address) in &built.recipients {
         match agentkeys_submission::guard::send_policy(meta, proof.inbox(), address).await {
@@ -466,9 +468,20 @@ async fn deliver(
     let auth_seq = recorded.receipt().seq();
     let delivery =
         agentkeys_submission::http_submission(recorded, &built.message, local, remote, id, now, &service.hostname);
-    agentkeys_submission::store_delivery_signed(service.blobs.as_ref(), meta, service.signer.as_deref(), &delivery)
-        .await
-        .map_err(|e: DeliveryError| unavailable("storing the message", &e))?;
+    // The agent's limits and review (issue 13 §3), then the one durable write.
+    let stores = SubmissionStores { blobs: service.blobs.as_ref(), outbox: meta, guardrails: meta, audit: meta };
+    let accepted = accept_submission(stores, service.signer.as_deref(), &delivery, now).await.map_err(|e| match e {
+        DeliveryError::SendLimit(refusal) => ApiError::SendLimit { refusal },
+        e => unavailable("storing the message", &e),
+    })?;
+    if accepted == Accepted::Held {
+        metrics::counter!("agentkeys_http_send_total", "result" => "held").increment(1);
+        return Ok(SendResponse {
+            message_id: id.to_string(),
+            rfc5322_message_id: built.message_id,
+            status: "held".to_owned(),
+        });
+    }
     if let (Some(queued), Some(_)) = (&service.queued, &delivery.outbound) {
         queued.notify_one();
     }
@@ -482,7 +495,20 @@ async fn deliver(
         "message accepted"
     );
     metrics::counter!("agentkeys_http_send_total", "result" => "accepted").increment(1);
-    Ok(SendResponse { message_id: id.to_string(), rfc5322_message_id: built.message_id })
+    Ok(SendResponse { message_id: id.to_string(), rfc5322_message_id: built.message_id, status: queued() })
+}
+
+/// The sending doors' message rules (`check_message`) as API errors: for a
+/// sent message, and for the owner's replacement of a held one.
+pub(crate) fn check_replacement(message: &[u8], inbox: &Address) -> Result<(), ApiError> {
+    agentkeys_submission::check_message(message, inbox).map_err(|refusal| {
+        tracing::warn!(%inbox, %refusal, door = "http", "message refused");
+        match refusal {
+            MessageRefusal::Nul => ApiError::MessageContainsNul { field: "message".to_owned() },
+            MessageRefusal::From => ApiError::FromNotAuthorized,
+            MessageRefusal::Sender => ApiError::SenderNotAuthorized,
+        }
+    })
 }
 
 fn is_rfc822(headers: &HeaderMap) -> bool {
@@ -687,7 +713,7 @@ fn take_raw(bytes: &[u8], inbox: &Address, id: ulid::Ulid, now: i64) -> Result<B
 
 /// Routes every recipient with the SMTP submission's rule.
 /// Two addresses of one inbox (`bot+a@d`, `bot+b@d`) make one copy, as in SMTP.
-async fn route(
+pub(crate) async fn route(
     meta: &dyn MetadataStore,
     subaddressing: &Subaddressing,
     recipients: &[(String, String)],

@@ -111,6 +111,12 @@ pub enum EventType {
     /// An agent key expires within the notice period.
     #[schema(rename = "key.expiring")]
     KeyExpiring,
+    /// One of an agent's send limits refused a send (once per agent, limit and hour).
+    #[schema(rename = "send.limited")]
+    SendLimited,
+    /// A message was held for the owner's review.
+    #[schema(rename = "message.held")]
+    MessageHeld,
 }
 
 /// A subscription as its owner sees it (never its secret).

@@ -292,7 +292,7 @@ impl Follower {
         let Ok(id) = id.parse::<Ulid>() else { return Ok(false) };
         let inbox = &self.settings.deliver_to;
         let Some(recipient) = self.ctx.store.recipient(inbox).await.map_err(store_failed)? else { return Ok(false) };
-        Ok(self.ctx.store.message_seq(&recipient.owner, inbox, id).await.map_err(store_failed)?.is_some())
+        Ok(self.ctx.store.indexed_message(&recipient.owner, inbox, id).await.map_err(store_failed)?.is_some())
     }
 
     async fn save(&self, cursor: &ImportCursor) -> Result<(), Stop> {

@@ -78,6 +78,9 @@ pub(crate) enum AgentCmd {
     /// Pair this machine as an agent: open a pairing request on a server, wait for
     /// the owner's `agentkeys approve`, save the agent key in <config dir>/agent.json.
     Pair(crate::pairing_client::PairArgs),
+    /// An agent's send limits and review mode (owner; signed): messages per
+    /// hour and day, new recipients per day, the bounce pause, hold for review.
+    Limits(crate::guardrails_client::LimitsArgs),
 }
 
 /// `agentkeys inbox …`
@@ -388,6 +391,7 @@ pub(crate) async fn agent(config: &Config, cmd: AgentCmd, json: bool) -> Result<
     match cmd {
         // An HTTP client of a server; it never opens a data directory.
         AgentCmd::Pair(args) => crate::pairing_client::pair(args, json).await?,
+        AgentCmd::Limits(args) => crate::guardrails_client::limits(args, config, json).await?,
         AgentCmd::Add { id, owner, name } => {
             let dir = DataDir::open(config).await?;
             let id: AgentId = match id {

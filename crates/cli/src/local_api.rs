@@ -41,8 +41,21 @@ pub(crate) fn broker(dir: &DataDir, config: &Config) -> Result<TokenBroker> {
 /// The API router over an already open data directory.
 pub(crate) fn router_for(dir: &DataDir, config: &Config) -> Result<axum::Router> {
     let broker = Arc::new(broker(dir, config)?);
-    let mut state =
-        agentkeys_api::ApiState::new(broker).with_meta(dir.meta.clone()).with_webhooks(dir.webhook_settings(config));
+    let signer = crate::domain::DkimOutboundSigner::for_server(dir);
+    let mut state = agentkeys_api::ApiState::new(broker)
+        .with_meta(dir.meta.clone())
+        .with_webhooks(dir.webhook_settings(config))
+        // `review approve` releases a held message here: signed with the
+        // server's DKIM keys and queued for the server's runner (its 1 s poll).
+        .with_send(agentkeys_api::send::SendService {
+            blobs: dir.blobs.clone(),
+            signer: Some(signer),
+            hasher: dir.hasher.clone(),
+            hostname: config.hostname.clone(),
+            max_message_size: config.max_message_size,
+            queued: None,
+            idempotency: Some(dir.meta.clone()),
+        });
     // The console's settings, so `owner passkey add` prints the server's link.
     if let Ok(console) = agentkeys_api::console::ConsoleConfig::new(config.public_url.as_str()) {
         state = state.with_console(console);

@@ -147,6 +147,14 @@ pub(crate) enum MailCmd {
         #[arg(long, value_name = "FILE")]
         out: Option<PathBuf>,
     },
+    /// Messages this inbox sent, newest first, with their delivery state
+    /// (held, rejected, queued, deferred, bounced, delivered) and last response.
+    Sent {
+        /// Only this message (the id the send answered with).
+        message_id: Option<String>,
+        #[command(flatten)]
+        inbox: InboxArg,
+    },
     /// Send a message.
     Send {
         #[command(flatten)]
@@ -425,6 +433,14 @@ fn attachments(files: &[PathBuf]) -> Result<Vec<AttachmentInput>> {
         .collect()
 }
 
+/// One sent message: id, state, recipients, then each delivery's state and response.
+fn print_sent(m: &agentkeys_agent::mailbox::SentMessage) {
+    println!("{}  {:<9}  to {}", m.message_id, m.state, m.recipients.join(", "));
+    for d in &m.deliveries {
+        println!("    {:<30} {:<9} attempts {}  {}", d.recipient, d.state, d.attempts, d.last_response.as_deref().unwrap_or(""));
+    }
+}
+
 fn print_json<T: Serialize>(value: &T) -> Result<()> {
     let mut out = std::io::stdout().lock();
     serde_json::to_writer(&mut out, value)?;
@@ -587,11 +603,35 @@ pub(crate) async fn run(cmd: MailCmd, json: bool) -> Result<()> {
                 println!("saved attachment {} ({} bytes) to {}", a.index, a.size, out.display());
                 return Ok(());
             }
-            let m = mail.get_message(&GetMessageParams { inbox, message_id }).await?;
+            let m = match mail.get_message(&GetMessageParams { inbox: inbox.clone(), message_id: message_id.clone() }).await {
+                // Not in the inbox: a message it sent shows its delivery state.
+                Err(e @ agentkeys_agent::mailbox::MailError::Client(agentkeys_agent::client::ClientError::NotFound { .. })) => {
+                    let Ok(sent) = mail.sent_message(&inbox, &message_id).await else { return Err(e.into()) };
+                    if json {
+                        return print_json(&sent);
+                    }
+                    print_sent(&sent);
+                    return Ok(());
+                }
+                other => other?,
+            };
             if json {
                 return print_json(&m);
             }
             print_message(&m);
+        }
+        MailCmd::Sent { message_id, inbox } => {
+            let inbox = resolve_inbox(&mail, &inbox).await?;
+            let list = mail.list_sent(&agentkeys_agent::mailbox::ListSentParams { inbox, message_id }).await?;
+            if json {
+                return print_json(&list);
+            }
+            if list.sent.is_empty() {
+                println!("nothing sent from {}", list.inbox);
+            }
+            for m in &list.sent {
+                print_sent(m);
+            }
         }
         MailCmd::Send { inbox, to, cc, bcc, subject, body: b, attach, idempotency_key } => {
             let inbox = resolve_inbox(&mail, &inbox).await?;

@@ -11,6 +11,7 @@ mod demo;
 mod domain;
 mod http;
 mod http_listener;
+mod guardrails_client;
 mod inbox_policy;
 mod local_api;
 mod mail;
@@ -87,6 +88,9 @@ enum Command {
     /// Webhook subscriptions: events POSTed to your URLs, Standard Webhooks signed (owner).
     #[command(subcommand)]
     Webhook(webhook_client::WebhookCmd),
+    /// Messages held for your review: list, show, approve, reject (owner; signed).
+    #[command(subcommand)]
+    Review(guardrails_client::ReviewCmd),
     /// Inspect the outbound queue.
     #[command(subcommand)]
     Queue(admin::QueueCmd),
@@ -179,6 +183,7 @@ fn main() -> ExitCode {
             Command::Grant(c) => admin::grant(&config, c, json).await,
             Command::Queue(c) => admin::queue(&config, c, json).await,
             Command::Webhook(c) => webhook_client::run(&config, c, json).await,
+            Command::Review(c) => guardrails_client::review(&config, c, json).await,
             Command::Audit(c) => audit::run(&config, c, json).await,
             Command::Demo(c) => demo::run(&config, c, json).await,
             Command::Mail(c) => mail::run(c, json).await,

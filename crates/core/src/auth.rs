@@ -131,6 +131,13 @@ pub struct SendAuthorized {
 }
 
 impl SendAuthorized {
+    /// The authorization a held message was submitted under, restored by the
+    /// owner's approval ([`crate::send_limits::ReleaseApproved::recorded`], its
+    /// only caller).
+    pub(crate) fn held(inbox: Address, owner: OwnerId, agent: AgentId, key_id: KeyId, grant_id: GrantId) -> Self {
+        Self { inbox, owner, agent, key_id, grant_id }
+    }
+
     /// The inbox the session may send as.
     pub fn inbox(&self) -> &Address {
         &self.inbox

@@ -24,6 +24,7 @@ pub mod nonce;
 pub mod peer;
 pub mod policy;
 pub mod seed;
+pub mod send_limits;
 pub mod time;
 
 pub use auth::{AuthFacts, AuthFailure, Credentials, KeyFacts, SendAuthorized};

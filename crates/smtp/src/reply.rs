@@ -42,6 +42,12 @@ pub enum Reply {
     StartData,
     /// `250 2.0.0` once a message is durably stored.
     MessageAccepted(Ulid),
+    /// `250 2.0.0` once a submitted message is durably held for its owner's
+    /// review (issue 13 §3): accepted, not yet sent.
+    MessageHeld(Ulid),
+    /// `452 4.7.0`: one of the agent's send limits refuses the message; the
+    /// text names the limit and when to try again.
+    SendLimit(agentkeys_core::send_limits::LimitRefusal),
     /// `250 2.0.0` to a non-final `BDAT` chunk.
     ChunkAccepted(usize),
     /// `221 2.0.0` to `QUIT`.
@@ -153,6 +159,12 @@ impl Reply {
                 250,
                 Some([2, 0, 0]),
                 format!("Message accepted as {id}").into(),
+            ),
+            Self::MessageHeld(id) => (250, Some([2, 0, 0]), format!("Message {id} held for review by the inbox's owner").into()),
+            Self::SendLimit(refusal) => (
+                452,
+                Some([4, 7, 0]),
+                format!("Send limit: {refusal} ({})", refusal.limit.as_str()).into(),
             ),
             Self::ChunkAccepted(n) => (250, Some([2, 0, 0]), format!("{n} bytes received").into()),
             Self::Bye => (221, Some([2, 0, 0]), "Bye".into()),
@@ -361,6 +373,7 @@ impl From<&DeliveryError> for Reply {
                 Self::StorageFailed
             }
             DeliveryError::RefusedByPolicy => Self::ReceivePolicy,
+            DeliveryError::SendLimit(refusal) => Self::SendLimit(*refusal),
         }
     }
 }

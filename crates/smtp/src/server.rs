@@ -25,6 +25,7 @@ use crate::limits::{
 use crate::reply::Reply;
 use crate::session::{ListenerKind, Now, Session, SessionContext, Step};
 use crate::throttle::AuthThrottle;
+use agentkeys_submission::guardrails::Accepted;
 
 /// Configuration of the SMTP service. [`SmtpConfig::new`] gives the defaults.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -136,6 +137,9 @@ pub struct SmtpServer {
     /// Whether the MX refuses mail the receive lists refuse (else it stores
     /// it and the agent's tools withhold it).
     refuse_blocked_senders: bool,
+    /// Per-agent send limits and review; without them submissions are stored
+    /// as they come.
+    guardrails: Option<Arc<dyn agentkeys_store::SendGuardrails>>,
 }
 
 impl std::fmt::Debug for SmtpServer {
@@ -185,6 +189,7 @@ impl SmtpServer {
             verifier: None,
             queued: None,
             policies: None,
+            guardrails: None,
             refuse_blocked_senders: true,
         }
     }
@@ -223,6 +228,15 @@ impl SmtpServer {
     #[must_use]
     pub fn with_queue_notify(mut self, queued: Arc<tokio::sync::Notify>) -> Self {
         self.queued = Some(queued);
+        self
+    }
+
+    /// Applies the agents' send limits and review to submitted mail
+    /// ([`agentkeys_submission::guardrails`]): `452 4.7.0` over a limit, `250
+    /// … held for review` when held.
+    #[must_use]
+    pub fn with_send_guardrails(mut self, guardrails: Arc<dyn agentkeys_store::SendGuardrails>) -> Self {
+        self.guardrails = Some(guardrails);
         self
     }
 
@@ -433,12 +447,24 @@ impl SmtpServer {
                     let (delivery, refused) = self.apply_receive_policies(delivery).await;
                     let result = match refused {
                         Some(err) => Err(err),
-                        None => {
-                            store_delivery_signed(self.blobs.as_ref(), self.stores.outbox.as_ref(), self.signer.as_deref(), &delivery)
+                        None => match (&self.guardrails, delivery.submitted.is_some()) {
+                            (Some(guardrails), true) => {
+                                let stores = agentkeys_submission::guardrails::SubmissionStores {
+                                    blobs: self.blobs.as_ref(),
+                                    outbox: self.stores.outbox.as_ref(),
+                                    guardrails: guardrails.as_ref(),
+                                    audit: self.stores.audit.as_ref(),
+                                };
+                                let unix = now().unix_secs();
+                                agentkeys_submission::guardrails::accept_submission(stores, self.signer.as_deref(), &delivery, unix)
+                                    .await
+                            }
+                            _ => store_delivery_signed(self.blobs.as_ref(), self.stores.outbox.as_ref(), self.signer.as_deref(), &delivery)
                                 .await
-                        }
+                                .map(|()| Accepted::Stored),
+                        },
                     };
-                    if result.is_ok() {
+                    if result.as_ref().is_ok_and(|a| *a == Accepted::Stored) {
                         metrics::counter!("agentkeys_smtp_messages_accepted_total", "listener" => kind.label())
                             .increment(1);
                         if let (Some(queued), Some(_)) = (&self.queued, &delivery.outbound) {
@@ -586,6 +612,7 @@ impl SmtpServer {
                 helo: source,
                 mail_from: fetched.mail_from,
             })),
+            submitted: None,
         };
         let delivery = match &self.verifier {
             Some(verifier) => add_verdicts(verifier.as_ref(), &ctx.hostname, delivery).await,

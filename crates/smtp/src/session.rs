@@ -25,6 +25,7 @@ pub use agentkeys_submission::{
 };
 use agentkeys_submission::auth_audit::{self, AuthRecorded, Door, RefusalFacts};
 use agentkeys_submission::contains_nul;
+use agentkeys_submission::guardrails::Accepted;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use bytes::Bytes;
@@ -958,6 +959,10 @@ impl Session {
             self.now.unix_secs(),
         );
         message.splice(0..0, header.bytes());
+        let submitted = match &tx.sender {
+            Sender::Submission { proof, .. } => Some(Box::new(proof.clone())),
+            Sender::Inbound => None,
+        };
         let (outbound, inbound) = match tx.sender {
             Sender::Inbound => (
                 None,
@@ -982,11 +987,13 @@ impl Session {
             local: tx.local,
             outbound,
             inbound,
+            submitted,
         });
     }
 
-    /// Answers a [`Step::Deliver`]: `250` only if everything is durably stored.
-    pub fn delivery_result(&mut self, result: Result<(), DeliveryError>, now: Now) {
+    /// Answers a [`Step::Deliver`]: `250` only if everything is durably stored
+    /// (or, for a submission under review, held: `250 … held for review`).
+    pub fn delivery_result(&mut self, result: Result<Accepted, DeliveryError>, now: Now) {
         self.now = now;
         self.last_command_at = now.instant;
         let delivery = match mem::replace(&mut self.state, State::Command) {
@@ -998,7 +1005,7 @@ impl Session {
             }
         };
         match result {
-            Ok(()) => {
+            Ok(Accepted::Stored) => {
                 tracing::info!(
                     id = %delivery.id,
                     size = delivery.message.len(),
@@ -1008,6 +1015,12 @@ impl Session {
                 );
                 self.reply(Reply::MessageAccepted(delivery.id));
             }
+            Ok(Accepted::Held) => {
+                tracing::info!(id = %delivery.id, size = delivery.message.len(), "message held for review");
+                self.reply(Reply::MessageHeld(delivery.id));
+            }
+            // A limit's refusal is a decision (the guardrails logged it).
+            Err(err @ DeliveryError::SendLimit(_)) => self.reply(Reply::from(&err)),
             // A refusal by the recipients' lists is a decision, not a failure
             // (the shell logged each refusing inbox).
             Err(err @ DeliveryError::RefusedByPolicy) => self.reply(Reply::from(&err)),

@@ -226,7 +226,7 @@ impl Harness {
                         }
                         None => {
                             self.deliveries.push(d);
-                            Ok(())
+                            Ok(agentkeys_submission::guardrails::Accepted::Stored)
                         }
                     };
                     self.session.delivery_result(result, self.now);

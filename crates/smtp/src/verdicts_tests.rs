@@ -334,6 +334,7 @@ fn delivery(message: &str, inbound: Option<Box<InboundEnvelope>>) -> crate::Deli
         local: Vec::new(),
         outbound: None,
         inbound,
+        submitted: None,
     }
 }
 

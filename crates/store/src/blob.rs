@@ -45,6 +45,12 @@ impl BlobKey {
         (Self::queued(id) == *self).then_some(id)
     }
 
+    /// The key of a message held for the owner's review: `held/<ulid>.eml`
+    /// (issue 13 §3). Released or rejected, it is removed.
+    pub fn held(id: Ulid) -> Self {
+        Self(format!("held/{id}.eml"))
+    }
+
     /// Parses a stored key, refusing anything that could escape the store root.
     pub fn parse(s: &str) -> Option<Self> {
         let valid_component = |c: &str| {

@@ -78,6 +78,8 @@ pub use owner_mail::*;
 pub use webhooks::*;
 mod mail_backends;
 pub use mail_backends::*;
+mod guardrails;
+pub use guardrails::*;
 
 /// Everything a metadata backend implements (every role trait, bundled by
 /// [`MetadataStore`]), and cheap clones for concurrent tasks.

@@ -47,6 +47,7 @@ mod meta;
 mod owner_mail;
 mod pairing_wakeups;
 mod policies;
+mod guardrails;
 #[cfg(feature = "postgres")]
 pub mod postgres;
 mod queue;
@@ -86,6 +87,10 @@ pub use mail_backends::{
 };
 pub use pairing_wakeups::PairingWakeups;
 pub use policies::InboxPolicies;
+pub use guardrails::{
+    HeldDecided, HeldDecision, HeldRecord, HeldState, MAX_LISTED, OwnerNotice, SendAdmission, SendAttempt, SendGuardrails,
+    SentDelivery, SentRecord,
+};
 
 /// Every role trait, for code that holds a whole backend (the composition root,
 /// tests) and calls across roles: `use agentkeys_store::roles::*;`. Library code
@@ -98,6 +103,7 @@ pub mod roles {
     pub use crate::index::MessageIndex;
     pub use crate::mail_backends::MailBackends;
     pub use crate::policies::InboxPolicies;
+    pub use crate::guardrails::SendGuardrails;
     pub use crate::meta::{
         AuditLog, AuthLookup, Checkpoints, Deployment, Directory, InboxExpiry, KeysAndGrants, MetadataStore, Outbox,
         OwnerApproval, Pairing, Recipients, StoreHealth,

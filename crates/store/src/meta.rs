@@ -346,6 +346,7 @@ pub trait MetadataStore:
     + crate::Throttles
     + crate::Webhooks
     + crate::InboxPolicies
+    + crate::SendGuardrails
     + crate::Console
     + crate::OwnerMail
     + crate::MailBackends
@@ -373,6 +374,7 @@ impl<T> MetadataStore for T where
         + crate::Throttles
         + crate::Webhooks
         + crate::InboxPolicies
+        + crate::SendGuardrails
         + crate::Console
         + crate::OwnerMail
         + crate::MailBackends

@@ -452,7 +452,7 @@ pub(crate) fn lease_token() -> String {
     ulid::Ulid::new().to_string()
 }
 
-async fn insert_events_sqlite(
+pub(crate) async fn insert_events_sqlite(
     tx: &mut sqlx::SqliteConnection,
     events: &[NewWebhookEvent],
     now_ms: i64,

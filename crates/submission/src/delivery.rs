@@ -55,6 +55,9 @@ pub struct Delivery {
     /// The envelope of a message that arrived on the MX (`None` for submission),
     /// for the authentication verdicts.
     pub inbound: Option<Box<InboundEnvelope>>,
+    /// Who submitted it (`None` on the MX): what the send limits and review
+    /// ([`crate::guardrails`]) are decided for.
+    pub submitted: Option<Box<AuthRecorded>>,
 }
 
 /// Why a message could not be stored. Never answered with `250`.
@@ -73,6 +76,10 @@ pub enum DeliveryError {
     /// `550 5.7.1`; [`crate::guard`]). Nothing was stored.
     #[error("refused by every recipient's receive policy")]
     RefusedByPolicy,
+    /// A send limit of the agent refused the message (`452 4.7.0`, HTTP 429
+    /// with `Retry-After`; [`crate::guardrails`]). Nothing was stored.
+    #[error("{0}")]
+    SendLimit(agentkeys_core::send_limits::LimitRefusal),
 }
 
 /// Signs the outbound copy of a submitted message before it is queued (DKIM in
@@ -112,8 +119,9 @@ pub fn http_submission(
         message: bytes.into(),
         received_at,
         local,
-        outbound: (!remote.is_empty()).then_some(Outbound { sender, recipients: remote }),
+        outbound: (!remote.is_empty()).then(|| Outbound { sender: sender.clone(), recipients: remote }),
         inbound: None,
+        submitted: Some(Box::new(sender)),
     }
 }
 

@@ -11,7 +11,9 @@
 //!    pinned to the inbox (the MX applies [`contains_nul`] only).
 //! 4. **Allow/block lists** ([`guard`]): recipients against the sending inbox's
 //!    send lists; on the MX, the sender against each recipient inbox's receive lists.
-//! 5. **Storing** is one [`Delivery`] written by [`store_delivery_signed`]: one
+//! 5. **Send limits and review** ([`guardrails`]): the agent's limits refuse
+//!    (`452 4.7.0` / 429), or the message is held for its owner's review.
+//! 6. **Storing** is one [`Delivery`] written by [`store_delivery_signed`]: one
 //!    durable write, then the queue rows, before the door says yes.
 //!
 //! ```
@@ -30,6 +32,7 @@
 pub mod auth_audit;
 mod delivery;
 pub mod guard;
+pub mod guardrails;
 pub mod limits;
 mod message;
 mod recipient;

@@ -22,14 +22,29 @@ pub const GRANT_EXPIRING: &str = "grant.expiring";
 /// An agent key of the owner expires soon.
 pub const KEY_EXPIRING: &str = "key.expiring";
 
+/// One of an agent's send limits refused a send (issue 13 §3; once per agent,
+/// limit and hour). Fed by `agentkeys_submission::guardrails`.
+pub const SEND_LIMITED: &str = "send.limited";
+/// A message was held for the owner's review (issue 13 §3).
+pub const MESSAGE_HELD: &str = "message.held";
+
 /// Every event type a subscription may ask for.
-pub const EVENT_TYPES: [&str; 7] =
-    [MESSAGE_RECEIVED, MESSAGE_SENT, MESSAGE_DELIVERED, MESSAGE_DEFERRED, MESSAGE_BOUNCED, GRANT_EXPIRING, KEY_EXPIRING];
+pub const EVENT_TYPES: [&str; 9] = [
+    MESSAGE_RECEIVED,
+    MESSAGE_SENT,
+    MESSAGE_DELIVERED,
+    MESSAGE_DEFERRED,
+    MESSAGE_BOUNCED,
+    GRANT_EXPIRING,
+    KEY_EXPIRING,
+    SEND_LIMITED,
+    MESSAGE_HELD,
+];
 
 /// Event types that concern one inbox (the others are owner-wide and go only
 /// to subscriptions without an inbox filter).
 pub fn is_inbox_event(event_type: &str) -> bool {
-    event_type.starts_with("message.")
+    event_type.starts_with("message.") || event_type.starts_with("send.")
 }
 
 fn envelope(event_type: &str, at: UnixTime, data: Value) -> String {

@@ -48,6 +48,7 @@ mod mail_backends;
 mod meta;
 mod owner_mail;
 mod policies;
+mod guardrails;
 pub(crate) mod queue;
 mod testing;
 mod throttles;

@@ -21,7 +21,7 @@ use crate::webhooks::{
     expiring_from_rows, fact_from_row, lease_token, not_found, webhook_from_row,
 };
 
-async fn insert_events(tx: &mut PgConnection, events: &[NewWebhookEvent], now_ms: i64) -> Result<u64, StoreError> {
+pub(crate) async fn insert_events(tx: &mut PgConnection, events: &[NewWebhookEvent], now_ms: i64) -> Result<u64, StoreError> {
     let mut added = 0;
     for e in events {
         // An agent's subscription only while the grant behind this kind of event is active.
