@@ -61,3 +61,4 @@ impl Backend for PgBackend {
 
 agentkeys_store::conformance_tests!(PgBackend);
 agentkeys_store::webhook_conformance_tests!(PgBackend);
+agentkeys_store::search_conformance_tests!(PgBackend);
