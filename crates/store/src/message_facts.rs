@@ -99,6 +99,7 @@ impl MessageFacts {
                 text.push_str(name);
             }
             facts.sender_terms = terms(&text, MAX_BODY_TERMS);
+            facts.sender_terms.extend(address_words(&from.address.to_lowercase()));
         }
         let Some(msg) = MessageParser::default().parse(head) else {
             facts.has_attachment = attachment_beyond(raw, head.len());
@@ -139,6 +140,13 @@ impl MessageFacts {
             }
         }
         facts.recipient_terms = terms(&recipients.join(" "), MAX_BODY_TERMS);
+        for r in &recipients {
+            for w in address_words(r) {
+                if !facts.recipient_terms.contains(&w) {
+                    facts.recipient_terms.push(w);
+                }
+            }
+        }
         facts.recipients = recipients;
 
         facts.has_attachment = msg.attachment_count() > 0 || attachment_beyond(raw, head.len());
@@ -195,6 +203,52 @@ impl MessageFacts {
         }
         keys
     }
+}
+
+/// Most domain suffixes of one address indexed as words ([`address_words`]).
+pub const MAX_DOMAIN_SUFFIXES: usize = 8;
+
+/// FNV-1a, 64 bits (a word naming a value; a collision only adds candidates,
+/// which the exact check on the row removes).
+pub(crate) fn fnv64(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in bytes {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+/// The word that names a whole address (lower-cased) in the index.
+pub fn address_word(address: &str) -> String {
+    format!("a{:016x}", fnv64(address.as_bytes()))
+}
+
+/// The word that names a domain (lower-cased) in the index.
+pub fn domain_word(domain: &str) -> String {
+    format!("d{:016x}", fnv64(domain.as_bytes()))
+}
+
+/// The words an address (lower-cased) is found by as a whole: its own, and
+/// one per domain suffix (`mail.github.com`, `github.com`, `com`; at most
+/// [`MAX_DOMAIN_SUFFIXES`]), so an address or domain filter reads one short
+/// list of the full-text index instead of intersecting common words.
+pub fn address_words(address: &str) -> Vec<String> {
+    let mut out = vec![address_word(address)];
+    if let Some((_, domain)) = address.rsplit_once('@') {
+        let mut d = domain;
+        for _ in 0..MAX_DOMAIN_SUFFIXES {
+            if d.is_empty() {
+                break;
+            }
+            out.push(domain_word(d));
+            match d.split_once('.') {
+                Some((_, rest)) => d = rest,
+                None => break,
+            }
+        }
+    }
+    out
 }
 
 /// A message id as a thread key: trimmed, without `<>`, at most
@@ -438,7 +492,9 @@ Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: quoted-pri
         assert_eq!(f.recipients, ["bob@example.org", "carol@example.net", "dave@example.com"]);
         assert!(f.has_attachment);
         assert!(f.body_terms.contains(&"café".to_owned()), "{:?}", f.body_terms);
-        assert_eq!(f.sender_terms, ["alice", "example", "com"]);
+        assert_eq!(f.sender_terms[..3], ["alice", "example", "com"]);
+        assert_eq!(f.sender_terms[3..], address_words("alice@example.com"));
+        assert_eq!(address_words("a@mail.x.com"), [address_word("a@mail.x.com"), domain_word("mail.x.com"), domain_word("x.com"), domain_word("com")]);
         assert!(!facts("Subject: x\r\n\r\nplain\r\n").has_attachment);
     }
 
