@@ -265,6 +265,67 @@ pub struct MessagePage {
     pub withheld_ids: Vec<String>,
 }
 
+/// One thread of `GET …/threads`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct ThreadEntry {
+    /// The thread id (the id of its first message in the inbox).
+    pub thread_id: String,
+    /// How many of its messages the inbox holds.
+    pub message_count: u64,
+    /// Its newest message.
+    pub latest: MessageEntry,
+}
+
+/// A page of `GET …/threads`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct ThreadPage {
+    /// Threads, the most recently active first.
+    pub threads: Vec<ThreadEntry>,
+    /// Pass as `before` for the next page.
+    pub next_cursor: Option<String>,
+}
+
+/// `GET …/threads/{id}`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct ThreadMessagesPage {
+    /// The thread id.
+    pub thread_id: String,
+    /// Its messages, oldest first.
+    pub messages: Vec<MessageEntry>,
+}
+
+/// One answer of `GET …/search`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct SearchEntry {
+    /// The message.
+    #[serde(flatten)]
+    pub message: MessageEntry,
+    /// Its thread.
+    pub thread_id: String,
+}
+
+/// A page of `GET …/search`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct SearchPage {
+    /// Matching messages, newest first.
+    pub messages: Vec<SearchEntry>,
+    /// Pass as `cursor` for the next page.
+    pub next_cursor: Option<String>,
+}
+
+/// `%`-encodes a query value (everything but RFC 3986 unreserved characters).
+pub fn query_escape(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    for b in v.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 /// Listing order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Order {
@@ -695,6 +756,41 @@ impl ApiClient {
                 path.push_str(&format!("&{name}={v}"));
             }
         }
+        let r = self.read_route(&inbox, &path, "application/json", None, || format!("inbox {inbox}")).await?;
+        Self::json(r).await
+    }
+
+    /// `GET /v1/inboxes/{inbox}/threads`: threads, the most recently active first.
+    pub async fn list_threads(&self, inbox: &str, before: Option<&str>, limit: u32) -> Result<ThreadPage, ClientError> {
+        let inbox = check_inbox(inbox)?;
+        let mut path = format!("/v1/inboxes/{inbox}/threads?limit={}", limit.clamp(1, MAX_PAGE));
+        if let Some(b) = before {
+            if !is_ulid(b) {
+                return Err(ClientError::Local(format!("before {b:?} is not a message id (a 26-character ULID)")));
+            }
+            path.push_str(&format!("&before={b}"));
+        }
+        let r = self.read_route(&inbox, &path, "application/json", None, || format!("inbox {inbox}")).await?;
+        Self::json(r).await
+    }
+
+    /// `GET /v1/inboxes/{inbox}/threads/{thread_id}`: one thread's messages, oldest first.
+    pub async fn get_thread(&self, inbox: &str, thread_id: &str) -> Result<ThreadMessagesPage, ClientError> {
+        let inbox = check_inbox(inbox)?;
+        if !is_ulid(thread_id) {
+            return Err(ClientError::Local(format!("thread id {thread_id:?} is not a 26-character ULID")));
+        }
+        let path = format!("/v1/inboxes/{inbox}/threads/{thread_id}");
+        let r = self.read_route(&inbox, &path, "application/json", None, || format!("thread {thread_id} in {inbox}")).await?;
+        Self::json(r).await
+    }
+
+    /// `GET /v1/inboxes/{inbox}/search?…`: `params` are (name, value) pairs of
+    /// the route's parameters, escaped here.
+    pub async fn search(&self, inbox: &str, params: &[(&str, String)]) -> Result<SearchPage, ClientError> {
+        let inbox = check_inbox(inbox)?;
+        let query: Vec<String> = params.iter().map(|(k, v)| format!("{k}={}", query_escape(v))).collect();
+        let path = format!("/v1/inboxes/{inbox}/search?{}", query.join("&"));
         let r = self.read_route(&inbox, &path, "application/json", None, || format!("inbox {inbox}")).await?;
         Self::json(r).await
     }

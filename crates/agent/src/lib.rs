@@ -33,6 +33,7 @@
 pub use agentkeys_core::auth_results;
 pub mod compose;
 pub mod html;
+pub mod latest;
 pub mod message;
 pub mod otp;
 pub mod wait;

@@ -235,6 +235,131 @@ fn is_zero(n: &usize) -> bool {
     *n == 0
 }
 
+/// `list_threads`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ListThreadsParams {
+    /// The inbox address.
+    pub inbox: String,
+    /// How many threads to return, most recently active first (1-100, default 20).
+    #[serde(default)]
+    #[schemars(range(min = 1, max = 100))]
+    pub limit: Option<u32>,
+    /// The previous answer's `next_cursor`, for the next page.
+    #[serde(default)]
+    pub before: Option<String>,
+}
+
+/// One thread in `list_threads`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct ThreadSummary {
+    /// The thread id: pass it to `get_thread`.
+    pub thread_id: String,
+    /// How many messages of the thread the inbox holds.
+    pub message_count: u64,
+    /// Its newest message.
+    pub latest: MessageSummary,
+}
+
+/// The answer of `list_threads`.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct ThreadList {
+    /// The inbox.
+    pub inbox: String,
+    /// Threads, most recently active first.
+    pub threads: Vec<ThreadSummary>,
+    /// Pass as `before` for the next page; absent on the last.
+    pub next_cursor: Option<String>,
+    /// Threads whose newest message the inbox's policy withholds (not shown).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub withheld: usize,
+}
+
+/// `get_thread`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GetThreadParams {
+    /// The inbox address.
+    pub inbox: String,
+    /// The thread id (from `list_threads` or `search_messages`).
+    pub thread_id: String,
+}
+
+/// The answer of `get_thread`.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct ThreadAnswer {
+    /// The inbox.
+    pub inbox: String,
+    /// The thread id.
+    pub thread_id: String,
+    /// Its messages, oldest first: read one with `get_message` (its
+    /// `latest_text` is the new part of a reply).
+    pub messages: Vec<MessageSummary>,
+    /// Messages of the thread the inbox's policy withholds (not shown).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub withheld: usize,
+}
+
+/// `search_messages`: every given field must hold.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SearchParams {
+    /// The inbox address.
+    pub inbox: String,
+    /// From address (exactly, any case) or domain (with its subdomains), e.g. `github.com`.
+    #[serde(default)]
+    pub from: Option<String>,
+    /// A To/Cc address or domain, the same rule.
+    #[serde(default)]
+    pub to: Option<String>,
+    /// Words that must all be in the subject (whole words, any case).
+    #[serde(default)]
+    pub subject: Option<String>,
+    /// Words that must each be in the subject or the body (whole words, any case).
+    #[serde(default)]
+    pub text: Option<String>,
+    /// Received at or after this time (Unix seconds).
+    #[serde(default)]
+    pub since: Option<i64>,
+    /// Received before this time (Unix seconds).
+    #[serde(default)]
+    pub until: Option<i64>,
+    /// Only messages with (true) or without (false) attachments.
+    #[serde(default)]
+    pub has_attachment: Option<bool>,
+    /// How many messages to return, newest first (1-100, default 20).
+    #[serde(default)]
+    #[schemars(range(min = 1, max = 100))]
+    pub limit: Option<u32>,
+    /// The previous answer's `next_cursor`, for the next page.
+    #[serde(default)]
+    pub cursor: Option<String>,
+}
+
+/// One message found by `search_messages`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct SearchHit {
+    /// The message.
+    #[serde(flatten)]
+    pub message: MessageSummary,
+    /// Its thread: `get_thread` shows the conversation.
+    pub thread_id: String,
+}
+
+/// The answer of `search_messages`.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct SearchAnswer {
+    /// The inbox.
+    pub inbox: String,
+    /// Matching messages, newest first.
+    pub messages: Vec<SearchHit>,
+    /// Pass as `cursor` for the next page; absent on the last.
+    pub next_cursor: Option<String>,
+    /// Matches the inbox's policy withholds (not shown).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub withheld: usize,
+}
+
 /// `get_message`.
 #[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -900,6 +1025,105 @@ impl MailService {
             before = next_cursor.clone();
         }
         Ok(MessageList { inbox, messages: out, next_cursor, scanned, withheld })
+    }
+
+    /// The summary of an entry of a thread or search answer, from the
+    /// index's header summary (no fetch, unless the policy needs a verdict the
+    /// index lacks); `None` when the inbox's policy withholds it.
+    async fn visible_summary(
+        &self,
+        inbox: &str,
+        entry: &MessageEntry,
+        policy: &agentkeys_core::policy::InboxPolicy,
+    ) -> Result<Option<MessageSummary>, MailError> {
+        let mut summary = if entry.authenticated.is_none() && policy.unauthenticated != Unauthenticated::Show {
+            self.summary(inbox, entry, true).await?
+        } else {
+            MessageSummary {
+                message_id: entry.message_id.clone(),
+                received_at: entry.received_at,
+                size: entry.size,
+                from: entry.header_from.as_ref().map(|f| f.address.clone()),
+                from_name: entry.header_from.as_ref().and_then(|f| f.name.clone()),
+                subject: entry.subject.clone(),
+                delivered_to: None,
+                to_tag: None,
+                authenticated: entry.authenticated,
+            }
+        };
+        let hidden = policy.unauthenticated == Unauthenticated::Hide && summary.authenticated != Some(true);
+        if policy.unauthenticated == Unauthenticated::Hide {
+            summary.authenticated = None;
+        }
+        Ok((policy.allows_sender(summary.from.as_deref()) && !hidden).then_some(summary))
+    }
+
+    /// `list_threads`: the inbox's threads, most recently active first.
+    pub async fn list_threads(&self, p: &ListThreadsParams) -> Result<ThreadList, MailError> {
+        let inbox = crate::client::check_inbox(&p.inbox)?;
+        let limit = p.limit.unwrap_or(DEFAULT_LIST_LIMIT);
+        if !(1..=crate::client::MAX_PAGE).contains(&limit) {
+            return Err(MailError::Invalid(format!("limit {limit} is outside 1-{}", crate::client::MAX_PAGE)));
+        }
+        let policy = self.client.inbox_policy(&inbox).await?;
+        let page = self.client.list_threads(&inbox, p.before.as_deref(), limit).await?;
+        let (mut threads, mut withheld) = (Vec::new(), 0);
+        for t in &page.threads {
+            match self.visible_summary(&inbox, &t.latest, &policy).await? {
+                Some(latest) => threads.push(ThreadSummary { thread_id: t.thread_id.clone(), message_count: t.message_count, latest }),
+                None => withheld += 1,
+            }
+        }
+        Ok(ThreadList { inbox, threads, next_cursor: page.next_cursor, withheld })
+    }
+
+    /// `get_thread`: one thread's messages, oldest first.
+    pub async fn get_thread(&self, p: &GetThreadParams) -> Result<ThreadAnswer, MailError> {
+        let inbox = crate::client::check_inbox(&p.inbox)?;
+        let policy = self.client.inbox_policy(&inbox).await?;
+        let page = self.client.get_thread(&inbox, p.thread_id.trim()).await?;
+        let (mut messages, mut withheld) = (Vec::new(), 0);
+        for entry in &page.messages {
+            match self.visible_summary(&inbox, entry, &policy).await? {
+                Some(m) => messages.push(m),
+                None => withheld += 1,
+            }
+        }
+        Ok(ThreadAnswer { inbox, thread_id: page.thread_id, messages, withheld })
+    }
+
+    /// `search_messages`: the server's index answers (from, to, subject,
+    /// text of the decoded body, dates, attachments), newest first.
+    pub async fn search_messages(&self, p: &SearchParams) -> Result<SearchAnswer, MailError> {
+        let inbox = crate::client::check_inbox(&p.inbox)?;
+        let limit = p.limit.unwrap_or(DEFAULT_LIST_LIMIT);
+        if !(1..=crate::client::MAX_PAGE).contains(&limit) {
+            return Err(MailError::Invalid(format!("limit {limit} is outside 1-{}", crate::client::MAX_PAGE)));
+        }
+        let mut params: Vec<(&str, String)> = vec![("limit", limit.to_string())];
+        for (k, v) in [("from", &p.from), ("to", &p.to), ("subject", &p.subject), ("text", &p.text), ("cursor", &p.cursor)] {
+            if let Some(v) = v.as_deref().map(str::trim).filter(|v| !v.is_empty()) {
+                params.push((k, v.to_owned()));
+            }
+        }
+        for (k, v) in [("since", p.since), ("until", p.until)] {
+            if let Some(v) = v {
+                params.push((k, v.to_string()));
+            }
+        }
+        if let Some(a) = p.has_attachment {
+            params.push(("has_attachment", a.to_string()));
+        }
+        let policy = self.client.inbox_policy(&inbox).await?;
+        let page = self.client.search(&inbox, &params).await?;
+        let (mut messages, mut withheld) = (Vec::new(), 0);
+        for hit in &page.messages {
+            match self.visible_summary(&inbox, &hit.message, &policy).await? {
+                Some(message) => messages.push(SearchHit { message, thread_id: hit.thread_id.clone() }),
+                None => withheld += 1,
+            }
+        }
+        Ok(SearchAnswer { inbox, messages, next_cursor: page.next_cursor, withheld })
     }
 
     /// Fetches and parses one message the inbox's policy lets the agent see

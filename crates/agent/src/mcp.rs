@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use crate::mailbox::{
     CreateInboxParams, ExtractOtpParams, ForwardParams, GetAttachmentParams, GetMessageParams, ListInboxesParams, ListMessagesParams,
     ListSentParams, MailError, MailService, MarkParams, ReplyParams, SendMessageParams, WaitForOtpParams, WaitParams,
+    GetThreadParams, ListThreadsParams, SearchParams,
 };
 
 /// The path of the streamable HTTP endpoint.
@@ -120,6 +121,41 @@ impl MailTools {
     )]
     async fn list_messages(&self, Parameters(p): Parameters<ListMessagesParams>) -> Result<String, String> {
         answer(self.mailbox.list_messages(&p).await)
+    }
+
+    /// Conversations of an inbox, the most recently active first: each thread
+    /// with its message count and newest message (replies are joined by their
+    /// Message-ID/In-Reply-To/References headers, or by subject when a reply
+    /// has none). Read one with `get_thread`.
+    #[tool(
+        name = "list_threads",
+        annotations(title = "List threads", read_only_hint = true, destructive_hint = false, idempotent_hint = true, open_world_hint = false)
+    )]
+    async fn list_threads(&self, Parameters(p): Parameters<ListThreadsParams>) -> Result<String, String> {
+        answer(self.mailbox.list_threads(&p).await)
+    }
+
+    /// One conversation's messages, oldest first (From, Subject,
+    /// `authenticated`); read each with `get_message`, whose `latest_text` is
+    /// the new part of a reply without the quoted history.
+    #[tool(
+        name = "get_thread",
+        annotations(title = "Read a thread", read_only_hint = true, destructive_hint = false, idempotent_hint = true, open_world_hint = false)
+    )]
+    async fn get_thread(&self, Parameters(p): Parameters<GetThreadParams>) -> Result<String, String> {
+        answer(self.mailbox.get_thread(&p).await)
+    }
+
+    /// Searches an inbox on the server's index: From or To address/domain,
+    /// subject words, words of the subject or decoded body (`text`), received
+    /// time range (`since`/`until`, Unix seconds) and attachments, newest
+    /// first, each with its `thread_id`. Words match whole and in any case.
+    #[tool(
+        name = "search_messages",
+        annotations(title = "Search messages", read_only_hint = true, destructive_hint = false, idempotent_hint = true, open_world_hint = false)
+    )]
+    async fn search_messages(&self, Parameters(p): Parameters<SearchParams>) -> Result<String, String> {
+        answer(self.mailbox.search_messages(&p).await)
     }
 
     /// One message, parsed: headers, text, HTML converted to readable text,
@@ -354,7 +390,10 @@ mod tests {
                 "wait_for_message",
                 "wait_for_otp",
                 "extract_otp",
-                "mark_messages"
+                "mark_messages",
+                "list_threads",
+                "get_thread",
+                "search_messages"
             ]
             .into_iter()
             .collect()

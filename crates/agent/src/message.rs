@@ -89,7 +89,15 @@ pub struct AttachmentInfo {
     pub content_type: String,
     /// Decoded size in bytes.
     pub size: usize,
+    /// The attachment's text, for text attachments (`text/*`, JSON, XML)
+    /// of at most [`MAX_ATTACHMENT_TEXT_BYTES`], decoded by their charset;
+    /// absent for anything else. Read as data, never executed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
 }
+
+/// Largest text attachment whose text `get_message` returns.
+pub const MAX_ATTACHMENT_TEXT_BYTES: usize = 256 * 1024;
 
 /// An attachment with its decoded bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -147,6 +155,14 @@ pub struct ParsedMessage {
     pub html_text: Option<String>,
     /// The links of the HTML body parts.
     pub links: Vec<Link>,
+    /// The `text/html` body parts as Markdown, links kept as `[text](url)`
+    /// (htmd; scripts, styles and images left out). Absent when the HTML is
+    /// larger than [`crate::html::MAX_HTML_INPUT`] or nested deeper than
+    /// [`MAX_MARKDOWN_DEPTH`].
+    pub html_markdown: Option<String>,
+    /// The new part of a reply: the text (or, without one, the HTML's text)
+    /// with quoted history and signature removed ([`crate::latest`]).
+    pub latest_text: Option<String>,
     /// Attachment metadata (bytes via [`ParsedMessage::attachment`]).
     pub attachments: Vec<AttachmentInfo>,
     /// The verdicts of our MX.
@@ -208,6 +224,7 @@ impl ParsedMessage {
             }
         }
         let mut html_texts = Vec::new();
+        let mut markdowns = Vec::new();
         let mut links = Vec::new();
         for id in &msg.html_body {
             if let Some(part) = msg.parts.get(*id as usize)
@@ -215,6 +232,9 @@ impl ParsedMessage {
             {
                 let converted = crate::html::to_text(h);
                 html_texts.push(converted.text);
+                if let Some(md) = html_to_markdown(h) {
+                    markdowns.push(md);
+                }
                 links.extend(converted.links);
             }
         }
@@ -244,6 +264,9 @@ impl ParsedMessage {
             references.drain(..references.len() - MAX_REFERENCES);
         }
 
+        let text = (!text_parts.is_empty()).then(|| text_parts.join("\n\n"));
+        let html_text = (!html_texts.is_empty()).then(|| html_texts.join("\n\n"));
+        let latest_text = text.as_deref().or(html_text.as_deref()).map(crate::latest::latest_text);
         Ok(ParsedMessage {
             message_id: message_id.to_owned(),
             rfc5322_message_id: msg.message_id().map(bracket),
@@ -256,9 +279,11 @@ impl ParsedMessage {
             date_unix: msg.date().map(|d| d.to_timestamp()),
             in_reply_to: ids(msg.in_reply_to()).into_iter().next(),
             references,
-            text: (!text_parts.is_empty()).then(|| text_parts.join("\n\n")),
-            html_text: (!html_texts.is_empty()).then(|| html_texts.join("\n\n")),
+            text,
+            html_text,
             links,
+            html_markdown: (!markdowns.is_empty()).then(|| markdowns.join("\n\n")),
+            latest_text,
             attachments,
             authentication,
             raw: RawBytes(Arc::from(raw)),
@@ -315,12 +340,69 @@ fn attachment_info(index: usize, part: &mail_parser::MessagePart<'_>) -> Attachm
         (None, _) => "application/octet-stream".to_owned(),
     }
     .to_ascii_lowercase();
+    let texty = content_type.starts_with("text/")
+        || matches!(content_type.as_str(), "application/json" | "application/xml" | "message/delivery-status");
+    let text = (texty && part.len() <= MAX_ATTACHMENT_TEXT_BYTES)
+        .then(|| match &part.body {
+            PartType::Text(t) | PartType::Html(t) => Some(t.to_string()),
+            PartType::Binary(b) | PartType::InlineBinary(b) => std::str::from_utf8(b).ok().map(str::to_owned),
+            _ => None,
+        })
+        .flatten();
     AttachmentInfo {
         index,
         filename: part.attachment_name().map(str::to_owned),
         content_type,
         size: part.len(),
+        text,
     }
+}
+
+/// Deepest HTML element nesting converted to Markdown (the converter walks the
+/// tree recursively; deeper documents keep only `html_text`).
+pub const MAX_MARKDOWN_DEPTH: usize = 256;
+
+/// The HTML as Markdown with its links (htmd), or `None` when it is too large
+/// or too deep (see [`ParsedMessage::html_markdown`]).
+pub fn html_to_markdown(html: &str) -> Option<String> {
+    if html.len() > crate::html::MAX_HTML_INPUT || nesting_estimate(html) > MAX_MARKDOWN_DEPTH {
+        return None;
+    }
+    let converter = htmd::HtmlToMarkdown::builder()
+        .skip_tags(vec!["script", "style", "head", "title", "img", "svg", "template", "noscript"])
+        .build();
+    let md = converter.convert(html).ok()?;
+    let md = md.trim();
+    (!md.is_empty()).then(|| md.to_owned())
+}
+
+/// An upper estimate of the element nesting of `html`: opening tags not closed
+/// yet, counted by a scan (void elements and `/>` not counted).
+fn nesting_estimate(html: &str) -> usize {
+    const VOID: &[&str] = &["br", "hr", "img", "meta", "link", "input", "area", "base", "col", "embed", "source", "track", "wbr"];
+    let bytes = html.as_bytes();
+    let (mut depth, mut max) = (0usize, 0usize);
+    let mut i = 0;
+    while let Some(off) = bytes[i..].iter().position(|&b| b == b'<') {
+        let start = i + off + 1;
+        let end = bytes[start..].iter().position(|&b| b == b'>').map_or(bytes.len(), |e| start + e);
+        let tag = &html[start..end];
+        if let Some(close) = tag.strip_prefix('/') {
+            let _ = close;
+            depth = depth.saturating_sub(1);
+        } else if tag.starts_with(|c: char| c.is_ascii_alphabetic()) && !tag.ends_with('/') {
+            let name: String = tag.chars().take_while(char::is_ascii_alphanumeric).collect::<String>().to_ascii_lowercase();
+            if !VOID.contains(&name.as_str()) {
+                depth += 1;
+                max = max.max(depth);
+            }
+        }
+        if end >= bytes.len() {
+            break;
+        }
+        i = end + 1;
+    }
+    max
 }
 
 fn bracket(id: &str) -> String {
@@ -406,7 +488,8 @@ mod tests {
                 index: 0,
                 filename: Some("r.pdf".into()),
                 content_type: "application/pdf".into(),
-                size: 9
+                size: 9,
+                text: None,
             }]
         );
         let a = m.attachment(0).unwrap();
@@ -505,5 +588,40 @@ mod tests {
             m.references.last().map(String::as_str),
             Some(&*format!("<r{}@x>", MAX_REFERENCES + 9))
         );
+    }
+
+    #[test]
+    fn html_becomes_markdown_with_links_and_replies_get_their_latest_text() {
+        let raw = "From: a@example.com\r\nSubject: Re: x\r\nMIME-Version: 1.0\r\nContent-Type: text/html; charset=utf-8\r\n\r\n\
+<html><head><style>p{}</style></head><body><h1>Confirm</h1><p>Click <a href=\"https://example.com/c?t=1\">here</a>.</p>\
+<script>alert(1)</script></body></html>\r\n";
+        let m = ParsedMessage::parse("01J00000000000000000000000", raw.as_bytes(), "mx.test").unwrap();
+        let md = m.html_markdown.unwrap();
+        assert!(md.contains("# Confirm"), "{md}");
+        assert!(md.contains("[here](https://example.com/c?t=1)"), "{md}");
+        assert!(!md.contains("alert") && !md.contains("p{}"), "{md}");
+        assert!(m.latest_text.unwrap().contains("Confirm"));
+    }
+
+    #[test]
+    fn deep_html_keeps_only_its_text() {
+        let deep = format!("{}x{}", "<div>".repeat(MAX_MARKDOWN_DEPTH + 1), "</div>".repeat(MAX_MARKDOWN_DEPTH + 1));
+        assert_eq!(html_to_markdown(&deep), None);
+        let ok = format!("{}x{}", "<div>".repeat(MAX_MARKDOWN_DEPTH), "</div>".repeat(MAX_MARKDOWN_DEPTH));
+        assert_eq!(html_to_markdown(&ok).as_deref(), Some("x"));
+    }
+
+    #[test]
+    fn text_attachments_carry_their_text_within_the_limit() {
+        let big = "y".repeat(MAX_ATTACHMENT_TEXT_BYTES + 1);
+        let raw = format!("From: a@example.com\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n\
+--b\r\nContent-Type: text/plain\r\n\r\nbody\r\n\
+--b\r\nContent-Type: text/csv; charset=utf-8\r\nContent-Disposition: attachment; filename=a.csv\r\n\r\nname,code\r\nx,1\r\n\
+--b\r\nContent-Type: text/plain\r\nContent-Disposition: attachment; filename=big.txt\r\n\r\n{big}\r\n\
+--b\r\nContent-Type: application/octet-stream\r\nContent-Disposition: attachment; filename=x.bin\r\n\r\nabc\r\n--b--\r\n");
+        let m = ParsedMessage::parse("01J00000000000000000000000", raw.as_bytes(), "mx.test").unwrap();
+        assert_eq!(m.attachments[0].text.as_deref().map(str::trim_end), Some("name,code\r\nx,1"));
+        assert_eq!(m.attachments[1].text, None, "over the limit");
+        assert_eq!(m.attachments[2].text, None, "not text");
     }
 }

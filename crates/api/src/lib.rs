@@ -62,6 +62,7 @@ pub mod pairing;
 pub mod presign;
 pub mod review;
 pub mod send;
+pub mod threads;
 pub mod throttle;
 pub mod webhooks;
 pub mod well_known;
@@ -382,6 +383,9 @@ fn table() -> Vec<Route> {
         route(Verb::Get, "/v1/inboxes/{address}/messages", messages::list),
         route(Verb::Get, "/v1/inboxes/{address}/messages/{message_id}", messages::fetch),
         route(Verb::Get, "/v1/inboxes/{address}/events", messages::events),
+        route(Verb::Get, "/v1/inboxes/{address}/threads", threads::list_threads),
+        route(Verb::Get, "/v1/inboxes/{address}/threads/{thread_id}", threads::get_thread),
+        route(Verb::Get, "/v1/inboxes/{address}/search", threads::search),
         route(Verb::Get, "/v1/inboxes/{address}/policy", inbox_policy::get_policy),
         route(Verb::Patch, "/v1/inboxes/{address}/policy", inbox_policy::change_policy),
         route(Verb::Get, "/v1/inboxes/{address}/sent", review::list_sent),

@@ -16,6 +16,7 @@ use agentkeys_agent::config::AgentConfig;
 use agentkeys_agent::mailbox::{
     AttachmentInput, CreateInboxParams, TightenPolicyParams, ExtractOtpParams, ForwardParams, GetAttachmentParams, GetMessageParams, ListMessagesParams,
     MailError, MailService, MarkParams, ReplyParams, SendMessageParams, WaitParams,
+    GetThreadParams, ListThreadsParams, SearchParams,
 };
 use anyhow::{Context, Result, anyhow, bail};
 use base64::Engine as _;
@@ -133,6 +134,56 @@ pub(crate) enum MailCmd {
         /// Only messages newer than this id.
         #[arg(long)]
         after: Option<String>,
+    },
+    /// List conversations (threads), the most recently active first.
+    Threads {
+        #[command(flatten)]
+        inbox: InboxArg,
+        /// How many (1-100).
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+        /// The previous page's next cursor.
+        #[arg(long)]
+        before: Option<String>,
+    },
+    /// Show one thread's messages, oldest first.
+    Thread {
+        /// The thread id (from `mail threads` or `mail search`).
+        thread_id: String,
+        #[command(flatten)]
+        inbox: InboxArg,
+    },
+    /// Search an inbox (the server's index): every option given must hold.
+    Search {
+        #[command(flatten)]
+        inbox: InboxArg,
+        /// From address (exactly) or domain (with subdomains), e.g. github.com.
+        #[arg(long)]
+        from: Option<String>,
+        /// To/Cc address or domain.
+        #[arg(long)]
+        to: Option<String>,
+        /// Words that must all be in the subject.
+        #[arg(long)]
+        subject: Option<String>,
+        /// Words that must each be in the subject or the body (whole words, any case).
+        #[arg(long, value_name = "WORDS")]
+        text: Option<String>,
+        /// Received since T: a duration ago (30m, 2h, 7d), a date (2026-12-07, UTC) or Unix seconds.
+        #[arg(long, value_name = "T")]
+        since: Option<String>,
+        /// Received before T (same forms as --since).
+        #[arg(long, value_name = "T")]
+        until: Option<String>,
+        /// Only messages with (true) or without (false) attachments.
+        #[arg(long, value_name = "BOOL")]
+        has_attachment: Option<bool>,
+        /// How many (1-100).
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+        /// The previous page's next cursor.
+        #[arg(long)]
+        cursor: Option<String>,
     },
     /// Show one message (parsed), or save one attachment.
     Show {
@@ -587,6 +638,78 @@ pub(crate) async fn run(cmd: MailCmd, json: bool) -> Result<()> {
                 println!("more: agentkeys mail list --before {c}");
             }
         }
+        MailCmd::Threads { inbox, limit, before } => {
+            let inbox = resolve_inbox(&mail, &inbox).await?;
+            let list = mail.list_threads(&ListThreadsParams { inbox, limit: Some(limit), before }).await?;
+            if json {
+                return print_json(&list);
+            }
+            if list.threads.is_empty() {
+                println!("no threads in {}", list.inbox);
+            }
+            for t in &list.threads {
+                let m = &t.latest;
+                println!(
+                    "{}  {:>3} msg  {}  {:<32}  {}",
+                    t.thread_id,
+                    t.message_count,
+                    time(m.received_at),
+                    m.from.as_deref().unwrap_or("-"),
+                    m.subject.as_deref().unwrap_or("(no subject)")
+                );
+            }
+            if let Some(c) = &list.next_cursor {
+                println!("more: agentkeys mail threads --before {c}");
+            }
+        }
+        MailCmd::Thread { thread_id, inbox } => {
+            let inbox = resolve_inbox(&mail, &inbox).await?;
+            let t = mail.get_thread(&GetThreadParams { inbox, thread_id }).await?;
+            if json {
+                return print_json(&t);
+            }
+            println!("thread {} in {} ({} messages)", t.thread_id, t.inbox, t.messages.len());
+            for m in &t.messages {
+                println!(
+                    "{}  {}  {:<32}  {}{}",
+                    m.message_id,
+                    time(m.received_at),
+                    m.from.as_deref().unwrap_or("-"),
+                    m.subject.as_deref().unwrap_or("(no subject)"),
+                    if m.authenticated == Some(false) { "  (From not authenticated)" } else { "" }
+                );
+            }
+        }
+        MailCmd::Search { inbox, from, to, subject, text, since, until, has_attachment, limit, cursor } => {
+            let inbox = resolve_inbox(&mail, &inbox).await?;
+            let now = agentkeys_agent::client::unix_now();
+            let since = since.as_deref().map(|t| point_in_time(t, now).map_err(|e| anyhow!("--since: {e}"))).transpose()?;
+            let until = until.as_deref().map(|t| point_in_time(t, now).map_err(|e| anyhow!("--until: {e}"))).transpose()?;
+            let found = mail
+                .search_messages(&SearchParams { inbox, from, to, subject, text, since, until, has_attachment, limit: Some(limit), cursor })
+                .await?;
+            if json {
+                return print_json(&found);
+            }
+            if found.messages.is_empty() {
+                println!("nothing found in {}", found.inbox);
+            }
+            for h in &found.messages {
+                let m = &h.message;
+                println!(
+                    "{}  {}  {:<32}  {}  (thread {}){}",
+                    m.message_id,
+                    time(m.received_at),
+                    m.from.as_deref().unwrap_or("-"),
+                    m.subject.as_deref().unwrap_or("(no subject)"),
+                    h.thread_id,
+                    if m.authenticated == Some(false) { "  (From not authenticated)" } else { "" }
+                );
+            }
+            if let Some(c) = &found.next_cursor {
+                println!("more: agentkeys mail search --cursor {c} (same options)");
+            }
+        }
         MailCmd::Show { message_id, inbox, attachment, out } => {
             let inbox = resolve_inbox(&mail, &inbox).await?;
             let message_id = full_message_id(&mail, &inbox, &message_id).await?;
@@ -757,6 +880,35 @@ pub(crate) async fn run(cmd: MailCmd, json: bool) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// A point in time from `--since`/`--until`: Unix seconds, a date
+/// (`YYYY-MM-DD`, midnight UTC) or a duration before `now` (`30m`, `2h`, `7d`).
+fn point_in_time(t: &str, now: i64) -> Result<i64, String> {
+    let t = t.trim();
+    if let Ok(secs) = t.parse::<i64>() {
+        return if secs >= 0 { Ok(secs) } else { Err(format!("{t} is before 1970")) };
+    }
+    let parts: Vec<&str> = t.split('-').collect();
+    if let [y, m, d] = parts[..]
+        && y.len() == 4
+        && let (Ok(y), Ok(m), Ok(d)) = (y.parse::<i64>(), m.parse::<i64>(), d.parse::<i64>())
+    {
+        if !(1..=12).contains(&m) || !(1..=31).contains(&d) || y < 1970 {
+            return Err(format!("{t} is not a date (YYYY-MM-DD)"));
+        }
+        // Days from the civil date (Howard Hinnant's algorithm).
+        let y2 = if m <= 2 { y - 1 } else { y };
+        let era = y2.div_euclid(400);
+        let yoe = y2 - era * 400;
+        let mp = (m + 9) % 12;
+        let doy = (153 * mp + 2) / 5 + d - 1;
+        let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+        return Ok((era * 146_097 + doe - 719_468) * 86_400);
+    }
+    agentkeys_core::parse_duration(t)
+        .map(|d| now - d)
+        .map_err(|e| format!("{e}; give a duration (30m, 2h, 7d), a date (2026-12-07) or Unix seconds"))
 }
 
 fn print_message(m: &agentkeys_agent::message::ParsedMessage) {

@@ -20,7 +20,7 @@ const OWNER_B: &str = "0xb2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2";
 const AGENT_A: &str = "0xa100000000000000000000000000000000000001";
 const AGENT_A2: &str = "0xa100000000000000000000000000000000000002";
 const AGENT_B: &str = "0xb200000000000000000000000000000000000001";
-const TOOLS: [&str; 12] = [
+const TOOLS: [&str; 16] = [
     "list_inboxes",
     "create_inbox",
     "list_messages",
@@ -33,6 +33,10 @@ const TOOLS: [&str; 12] = [
     "wait_for_otp",
     "extract_otp",
     "mark_messages",
+    "list_threads",
+    "get_thread",
+    "search_messages",
+    "list_sent",
 ];
 
 /// A server with: owner A's agent (inboxes `signup` and `peer`, read+send on

@@ -73,8 +73,10 @@ use crate::{
 };
 
 mod owner_mail;
+mod search;
 mod webhooks;
 pub use owner_mail::*;
+pub use search::*;
 pub use webhooks::*;
 mod mail_backends;
 pub use mail_backends::*;
@@ -590,7 +592,7 @@ async fn index_and_follow<S: StoreUnderTest>(a: &S, b: &S, writers: Vec<WriterPl
                 next_id += 1;
                 let id = ulid(next_id);
                 expected[i % inboxes.len()].insert(id);
-                msgs.push(NewMessage { owner: o.clone(), inbox: inbox.clone(), id, size: 100 + next_id, summary: Default::default() });
+                msgs.push(NewMessage { owner: o.clone(), inbox: inbox.clone(), id, size: 100 + next_id, summary: Default::default(), facts: Default::default() });
             }
             rows.push(msgs);
         }
@@ -718,7 +720,7 @@ pub async fn index_seq_follows_commit_order_and_indexing_is_idempotent<B: Backen
     let (a, b) = pair(&*backend).await;
     index_world(&a, &b).await;
     let (o, bot) = (owner(1), address("bot"));
-    let row = |n: u64| NewMessage { owner: o.clone(), inbox: bot.clone(), id: ulid(n), size: n, summary: Default::default() };
+    let row = |n: u64| NewMessage { owner: o.clone(), inbox: bot.clone(), id: ulid(n), size: n, summary: Default::default(), facts: Default::default() };
     // Committed newest id first.
     let first: Vec<NewMessage> = (1..=5).rev().map(row).collect();
     let indexed = a.index_messages(&first).await.unwrap();
@@ -1483,7 +1485,7 @@ async fn build_world<S: StoreUnderTest>(a: &S, b: &S, plan: &WorldPlan) -> Built
                 let rows: Vec<NewMessage> = (0..*messages)
                     .map(|_| {
                         msg_n += 1;
-                        NewMessage { owner: owner(owner_n), inbox: rec.address.clone(), id: ulid(msg_n), size: 10, summary: Default::default() }
+                        NewMessage { owner: owner(owner_n), inbox: rec.address.clone(), id: ulid(msg_n), size: 10, summary: Default::default(), facts: Default::default() }
                     })
                     .collect();
                 if !rows.is_empty() {
@@ -1914,7 +1916,7 @@ pub async fn a_stale_idempotency_claim_is_resolved_by_what_was_stored<B: Backend
     assert_eq!(b.claim(scope(&LOST), &body, ulid(110), fresh).await.unwrap(), IdempotencyClaim::InProgress);
     // What the crashed sends stored: one message indexed (in another owner's
     // inbox: any inbox counts), one queued.
-    let other_inbox = NewMessage { owner: owner(2), inbox: address("other"), id: ulid(101), size: 10, summary: Default::default() };
+    let other_inbox = NewMessage { owner: owner(2), inbox: address("other"), id: ulid(101), size: 10, summary: Default::default(), facts: Default::default() };
     b.index_messages(&[other_inbox]).await.unwrap();
     a.enqueue_outbound(&NewOutbound { message_id: ulid(102).to_string(), ..outbound(1, 1, 0) }).await.unwrap();
 
@@ -1933,7 +1935,7 @@ pub async fn a_stale_idempotency_claim_is_resolved_by_what_was_stored<B: Backend
     assert!(retries.iter().all(|(c, _)| matches!(c, IdempotencyClaim::Claimed | IdempotencyClaim::InProgress)), "{retries:?}");
     // The new claim is fresh again, and carries the winner's message id.
     assert_eq!(a.claim(scope(&LOST), &body, ulid(300), stale + 1).await.unwrap(), IdempotencyClaim::InProgress);
-    b.index_messages(&[NewMessage { owner: owner(1), inbox: address("bot"), id: winners[0], size: 1, summary: Default::default() }]).await.unwrap();
+    b.index_messages(&[NewMessage { owner: owner(1), inbox: address("bot"), id: winners[0], size: 1, summary: Default::default(), facts: Default::default() }]).await.unwrap();
     let later = stale + STALE_CLAIM_SECS;
     assert_eq!(a.claim(scope(&LOST), &body, ulid(301), later).await.unwrap(), IdempotencyClaim::Stored { message: winners[0], queued: false });
     // Another request with the key is still refused.
@@ -2232,7 +2234,7 @@ pub async fn expiry_removes_each_row_once<B: Backend>(backend: Arc<B>) {
                 1 => (owner(2), address("other")),
                 _ => (owner(1), keep.address.clone()),
             };
-            NewMessage { owner: o, inbox, id: ulid_at(n, n), size: 10, summary: Default::default() }
+            NewMessage { owner: o, inbox, id: ulid_at(n, n), size: 10, summary: Default::default(), facts: Default::default() }
         })
         .collect();
     a.index_messages(&rows).await.unwrap();
@@ -2332,13 +2334,13 @@ pub async fn expired_inboxes_are_absent_and_swept_once<B: Backend>(backend: Arc<
     let mut rows = Vec::new();
     for (n, inbox) in expired.iter().enumerate() {
         for m in 0..=n as u64 {
-            rows.push(NewMessage { owner: inbox.owner.clone(), inbox: inbox.address.clone(), id: ulid(n as u64 * 100 + m), size: 1, summary: Default::default() });
+            rows.push(NewMessage { owner: inbox.owner.clone(), inbox: inbox.address.clone(), id: ulid(n as u64 * 100 + m), size: 1, summary: Default::default(), facts: Default::default() });
         }
     }
     for m in 0..2 {
-        rows.push(NewMessage { owner: owner(1), inbox: live.address.clone(), id: ulid(10_000 + m), size: 1, summary: Default::default() });
+        rows.push(NewMessage { owner: owner(1), inbox: live.address.clone(), id: ulid(10_000 + m), size: 1, summary: Default::default(), facts: Default::default() });
     }
-    rows.push(NewMessage { owner: owner(1), inbox: address("bot"), id: ulid(20_000), size: 1, summary: Default::default() });
+    rows.push(NewMessage { owner: owner(1), inbox: address("bot"), id: ulid(20_000), size: 1, summary: Default::default(), facts: Default::default() });
     a.index_messages(&rows).await.unwrap();
 
     for (i, s) in [&a, &b].into_iter().enumerate() {

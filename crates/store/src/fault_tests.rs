@@ -160,7 +160,7 @@ impl Fixture {
                 .await
                 .map(drop),
             Op::IndexMessage => {
-                let row = NewMessage { owner: owner(), inbox, id: Ulid::new(), size: 100 + u64::from(n), summary: Default::default() };
+                let row = NewMessage { owner: owner(), inbox, id: Ulid::new(), size: 100 + u64::from(n), summary: Default::default(), facts: Default::default() };
                 store.index_messages(std::slice::from_ref(&row)).await?;
                 self.indexed.push(row.id);
                 Ok(())

@@ -26,6 +26,8 @@ use ulid::Ulid;
 
 use crate::blob::BlobKey;
 use crate::header_summary::{HeaderFrom, HeaderSummary};
+use crate::message_facts::MessageFacts;
+use crate::search::{SearchHit, SearchQuery, ThreadSummary};
 use crate::meta::StoreError;
 use crate::sqlite::{SqliteStore, backend, commit_audited, require_ok};
 
@@ -42,6 +44,10 @@ pub struct NewMessage {
     pub size: u64,
     /// Its header summary ([`HeaderSummary::of_message`] of the stored copy).
     pub summary: HeaderSummary,
+    /// What threads and search need ([`MessageFacts::of_message`] of the stored
+    /// copy; `Default` gives a message that threads alone and is found only by
+    /// its summary's fields).
+    pub facts: MessageFacts,
 }
 
 impl NewMessage {
@@ -163,6 +169,33 @@ pub trait MessageIndex: Send + Sync + 'static {
         limit: u32,
         event: &(dyn Fn(u64) -> AuditEvent + Send + Sync),
     ) -> Result<Vec<IndexedMessage>, StoreError>;
+
+    /// The inbox's threads, the one with the newest message first, only those
+    /// whose newest message id is below `before`; at most `limit`.
+    async fn list_threads(
+        &self,
+        owner: &OwnerId,
+        inbox: &Address,
+        before: Option<Ulid>,
+        limit: u32,
+    ) -> Result<Vec<ThreadSummary>, StoreError>;
+    /// The messages of one thread of the inbox, oldest first, at most `limit`
+    /// (and [`MAX_THREAD_MESSAGES`](crate::search::MAX_THREAD_MESSAGES)).
+    /// Empty when the inbox has no such thread (another inbox's, another owner's).
+    async fn thread_messages(
+        &self,
+        owner: &OwnerId,
+        inbox: &Address,
+        thread: Ulid,
+        limit: u32,
+    ) -> Result<Vec<IndexedMessage>, StoreError>;
+    /// The inbox's messages matching `query`, newest first (by `seq`).
+    async fn search_messages(
+        &self,
+        owner: &OwnerId,
+        inbox: &Address,
+        query: &SearchQuery,
+    ) -> Result<Vec<SearchHit>, StoreError>;
 }
 
 const COLUMNS: &str = "seq, owner, inbox, id, received_at, size, header_from_address, header_from_name, subject, authenticated";
@@ -178,7 +211,7 @@ pub(crate) fn summary_from_columns(
     HeaderSummary { header_from: address.map(|address| HeaderFrom { address, name }), subject, authenticated }
 }
 
-fn from_row(row: &sqlx::sqlite::SqliteRow) -> Result<IndexedMessage, StoreError> {
+pub(crate) fn from_row(row: &sqlx::sqlite::SqliteRow) -> Result<IndexedMessage, StoreError> {
     let text = |i: usize| row.try_get::<String, _>(i).map_err(backend);
     let owner = text(1)?;
     let inbox = text(2)?;
@@ -198,12 +231,8 @@ fn from_row(row: &sqlx::sqlite::SqliteRow) -> Result<IndexedMessage, StoreError>
     })
 }
 
-/// Most rows one multi-row `INSERT` of [`MessageIndex::index_messages`] carries
-/// (nine bound values each, far below SQLite's limit on bound values).
-const INSERT_CHUNK: usize = 512;
-
 impl NewMessage {
-    fn indexed(&self, seq: i64) -> IndexedMessage {
+    pub(crate) fn indexed(&self, seq: i64) -> IndexedMessage {
         IndexedMessage {
             seq,
             owner: self.owner.clone(),
@@ -216,112 +245,34 @@ impl NewMessage {
     }
 }
 
-impl SqliteStore {
-    /// The common case of [`MessageIndex::index_messages`], new messages only: one
-    /// multi-row `INSERT … RETURNING` statement, its own transaction, one round
-    /// trip to the database thread. `None` (and nothing changed that matters) if
-    /// some row was already indexed: the caller then takes the one-by-one path,
-    /// which answers the existing `seq` for those.
-    async fn insert_new_messages(&self, rows: &[NewMessage]) -> Result<Option<Vec<IndexedMessage>>, StoreError> {
-        let mut sizes = Vec::with_capacity(rows.len());
-        for m in rows {
-            sizes.push(
-                i64::try_from(m.size)
-                    .map_err(|_| StoreError::Invalid(format!("message size {} is too large", m.size)))?,
-            );
-        }
-        let mut insert =
-            sqlx::QueryBuilder::<sqlx::Sqlite>::new("INSERT INTO messages (owner, inbox, id, received_at, size, header_from_address, header_from_name, subject, authenticated) ");
-        insert.push_values(rows.iter().zip(&sizes), |mut row, (m, size)| {
-            row.push_bind(m.owner.as_str())
-                .push_bind(m.inbox.as_str())
-                .push_bind(m.id.to_string())
-                .push_bind(m.received_at())
-                .push_bind(*size)
-                .push_bind(m.summary.header_from.as_ref().map(|f| f.address.as_str()))
-                .push_bind(m.summary.header_from.as_ref().and_then(|f| f.name.as_deref()))
-                .push_bind(m.summary.subject.as_deref())
-                .push_bind(m.summary.authenticated);
-        });
-        insert.push(" ON CONFLICT (owner, inbox, id) DO NOTHING RETURNING seq, owner, inbox, id");
-        let returned: Vec<(i64, String, String, String)> =
-            insert.build_query_as().fetch_all(&mut *self.hot_write().await?).await.map_err(backend)?;
-        if returned.len() != rows.len() {
-            // The rows that were new are indexed now; the others already were.
-            return Ok(None);
-        }
-        let seqs: std::collections::HashMap<(&str, &str, &str), i64> =
-            returned.iter().map(|(seq, owner, inbox, id)| ((owner.as_str(), inbox.as_str(), id.as_str()), *seq)).collect();
-        let mut out = Vec::with_capacity(rows.len());
-        for m in rows {
-            let id = m.id.to_string();
-            let Some(&seq) = seqs.get(&(m.owner.as_str(), m.inbox.as_str(), id.as_str())) else {
-                return Ok(None);
-            };
-            out.push(m.indexed(seq));
-        }
-        Ok(Some(out))
-    }
-
-    /// [`MessageIndex::index_messages`] row by row in one transaction: inserts
-    /// what is new and reads the `seq` of what was already indexed.
-    async fn index_messages_one_by_one(&self, rows: &[NewMessage]) -> Result<Vec<IndexedMessage>, StoreError> {
-        let mut tx = self.write_tx().await?;
-        let mut out = Vec::with_capacity(rows.len());
-        for m in rows {
-            let size = i64::try_from(m.size)
-                .map_err(|_| StoreError::Invalid(format!("message size {} is too large", m.size)))?;
-            let id = m.id.to_string();
-            let inserted: Option<(i64,)> = sqlx::query_as(
-                "INSERT INTO messages (owner, inbox, id, received_at, size, header_from_address, header_from_name, subject, authenticated)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
-                 ON CONFLICT (owner, inbox, id) DO NOTHING RETURNING seq",
-            )
-            .bind(m.owner.as_str())
-            .bind(m.inbox.as_str())
-            .bind(&id)
-            .bind(m.received_at())
-            .bind(size)
-            .bind(m.summary.header_from.as_ref().map(|f| f.address.as_str()))
-            .bind(m.summary.header_from.as_ref().and_then(|f| f.name.as_deref()))
-            .bind(m.summary.subject.as_deref())
-            .bind(m.summary.authenticated)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(backend)?;
-            let seq = match inserted {
-                Some((seq,)) => seq,
-                None => {
-                    let (seq,): (i64,) =
-                        sqlx::query_as("SELECT seq FROM messages WHERE owner = ?1 AND inbox = ?2 AND id = ?3")
-                            .bind(m.owner.as_str())
-                            .bind(m.inbox.as_str())
-                            .bind(&id)
-                            .fetch_one(&mut *tx)
-                            .await
-                            .map_err(backend)?;
-                    seq
-                }
-            };
-            out.push(m.indexed(seq));
-        }
-        tx.commit().await.map_err(backend)?;
-        Ok(out)
-    }
-}
-
 #[async_trait]
 impl MessageIndex for SqliteStore {
     async fn index_messages(&self, rows: &[NewMessage]) -> Result<Vec<IndexedMessage>, StoreError> {
         if rows.is_empty() {
             return Ok(Vec::new());
         }
-        if rows.len() <= INSERT_CHUNK
-            && let Some(indexed) = self.insert_new_messages(rows).await?
-        {
-            return Ok(indexed);
+        // One transaction for the batch: each new row with its thread (found
+        // among rows committed or written earlier in it), thread keys and words
+        // (search.rs); a row already indexed keeps its seq.
+        let mut tx = self.write_tx().await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for m in rows {
+            let existing: Option<(i64,)> =
+                sqlx::query_as("SELECT seq FROM messages WHERE owner = ?1 AND inbox = ?2 AND id = ?3")
+                    .bind(m.owner.as_str())
+                    .bind(m.inbox.as_str())
+                    .bind(m.id.to_string())
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(backend)?;
+            let seq = match existing {
+                Some((seq,)) => seq,
+                None => crate::search::insert_message(&mut tx, m).await?,
+            };
+            out.push(m.indexed(seq));
         }
-        self.index_messages_one_by_one(rows).await
+        tx.commit().await.map_err(backend)?;
+        Ok(out)
     }
 
     async fn list_messages(
@@ -493,5 +444,34 @@ impl MessageIndex for SqliteStore {
         tx.commit().await.map_err(backend)?;
         let _receipt = sealed.into_receipt();
         Ok(expired)
+    }
+
+    async fn list_threads(
+        &self,
+        owner: &OwnerId,
+        inbox: &Address,
+        before: Option<Ulid>,
+        limit: u32,
+    ) -> Result<Vec<ThreadSummary>, StoreError> {
+        self.list_threads_sqlite(owner, inbox, before, limit).await
+    }
+
+    async fn thread_messages(
+        &self,
+        owner: &OwnerId,
+        inbox: &Address,
+        thread: Ulid,
+        limit: u32,
+    ) -> Result<Vec<IndexedMessage>, StoreError> {
+        self.thread_messages_sqlite(owner, inbox, thread, limit).await
+    }
+
+    async fn search_messages(
+        &self,
+        owner: &OwnerId,
+        inbox: &Address,
+        query: &SearchQuery,
+    ) -> Result<Vec<SearchHit>, StoreError> {
+        self.search_sqlite(owner, inbox, query).await
     }
 }

@@ -42,6 +42,8 @@ mod idempotency;
 mod index;
 mod mailroom;
 mod mail_backends;
+pub mod message_facts;
+pub mod search;
 pub mod group_commit;
 mod meta;
 mod owner_mail;
@@ -75,6 +77,8 @@ pub use header_summary::{
     MAX_SUMMARY_SUBJECT_CHARS,
 };
 pub use idempotency::{IDEMPOTENCY_KEY_TTL_SECS, IdempotencyClaim, IdempotencyScope, STALE_CLAIM_SECS, SendIdempotency};
+pub use message_facts::MessageFacts;
+pub use search::{MAX_QUERY_TERMS, MAX_THREAD_MESSAGES, SearchHit, SearchQuery, ThreadSummary};
 pub use index::{IndexedMessage, ListOrder, MessageIndex, NewMessage, PageQuery, received_at};
 pub use mailroom::{
     ACK_WINDOW_SECS, CLOCK_SKEW_SECS, INBOX_SWEEP_BATCH, INBOX_SWEEP_GRACE_SECS, acknowledgement_closed, INDEX_QUEUE, MAX_INDEX_BATCH, Mailroom, OP_DOMAIN_SET_RETENTION,

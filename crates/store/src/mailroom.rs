@@ -168,7 +168,8 @@ impl Mailroom {
     /// The index row of a stored inbox copy, summary included.
     fn new_message(&self, owner: OwnerId, inbox: Address, id: Ulid, bytes: &[u8]) -> NewMessage {
         let summary = HeaderSummary::of_message(bytes, &self.authserv_id);
-        NewMessage { owner, inbox, id, size: bytes.len() as u64, summary }
+        let facts = crate::message_facts::MessageFacts::of_message(bytes, &summary);
+        NewMessage { owner, inbox, id, size: bytes.len() as u64, summary, facts }
     }
 
     /// Fault injection for crash tests (`serve` sets it from

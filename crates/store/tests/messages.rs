@@ -68,7 +68,7 @@ async fn listing_pages_by_id_in_both_orders_and_replay_is_by_commit_order() {
     let ids: Vec<Ulid> = (0..10u64).map(|i| Ulid::from_parts(1_700_000_000_000 + i, 7)).collect();
     // Committed out of id order: newest first.
     let rows: Vec<NewMessage> =
-        ids.iter().rev().map(|&id| NewMessage { owner: owner(), inbox: inbox(BOT), id, size: 100, summary: Default::default() }).collect();
+        ids.iter().rev().map(|&id| NewMessage { owner: owner(), inbox: inbox(BOT), id, size: 100, summary: Default::default(), facts: Default::default() }).collect();
     let indexed = f.store.index_messages(&rows).await.unwrap();
     let seqs: Vec<i64> = indexed.iter().map(|m| m.seq).collect();
     assert!(seqs.windows(2).all(|w| w[0] < w[1]), "seq follows commit order: {seqs:?}");
@@ -102,7 +102,7 @@ async fn listing_pages_by_id_in_both_orders_and_replay_is_by_commit_order() {
 
     // A batch mixing an indexed row and a new one: the old keeps its seq, the new
     // one comes after every earlier commit.
-    let late = NewMessage { owner: owner(), inbox: inbox(BOT), id: Ulid::from_parts(1_700_000_000_100, 7), size: 100, summary: Default::default() };
+    let late = NewMessage { owner: owner(), inbox: inbox(BOT), id: Ulid::from_parts(1_700_000_000_100, 7), size: 100, summary: Default::default(), facts: Default::default() };
     let mixed = f.store.index_messages(&[rows[3].clone(), late]).await.unwrap();
     assert_eq!(mixed[0], indexed[3]);
     assert!(mixed[1].seq > indexed[9].seq, "{mixed:?}");
@@ -222,6 +222,26 @@ impl MessageIndex for Instrumented {
         e: &(dyn Fn(u64) -> AuditEvent + Send + Sync),
     ) -> Result<Vec<IndexedMessage>, StoreError> {
         self.inner.expire_messages(d, c, l, e).await
+    }
+    async fn list_threads(
+        &self,
+        o: &OwnerId,
+        i: &Address,
+        b: Option<Ulid>,
+        l: u32,
+    ) -> Result<Vec<agentkeys_store::ThreadSummary>, StoreError> {
+        self.inner.list_threads(o, i, b, l).await
+    }
+    async fn thread_messages(&self, o: &OwnerId, i: &Address, t: Ulid, l: u32) -> Result<Vec<IndexedMessage>, StoreError> {
+        self.inner.thread_messages(o, i, t, l).await
+    }
+    async fn search_messages(
+        &self,
+        o: &OwnerId,
+        i: &Address,
+        q: &agentkeys_store::SearchQuery,
+    ) -> Result<Vec<agentkeys_store::SearchHit>, StoreError> {
+        self.inner.search_messages(o, i, q).await
     }
 }
 

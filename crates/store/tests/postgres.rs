@@ -214,7 +214,7 @@ async fn readiness_probes_pass_and_fail_without_panicking() {
     assert!(matches!(store.audit_append(&ev()).await, Err(StoreError::Backend(_))));
     assert!(matches!(store.add_owner(&owner_record(1), &ev()).await, Err(StoreError::Backend(_))));
     assert!(matches!(store.claim_due(NOW, 10, NOW + 60).await, Err(StoreError::Backend(_))));
-    let row = NewMessage { owner: owner(1), inbox: addr("bot@agents.localhost"), id: Ulid::new(), size: 1, summary: Default::default() };
+    let row = NewMessage { owner: owner(1), inbox: addr("bot@agents.localhost"), id: Ulid::new(), size: 1, summary: Default::default(), facts: Default::default() };
     assert!(matches!(store.index_messages(&[row]).await, Err(StoreError::Backend(_))));
 }
 
@@ -854,7 +854,7 @@ async fn a_chain_whose_checkpoints_vanished_is_not_restarted() {
 // ---------------------------------------------------------------------------
 
 fn message(owner_n: u8, inbox: &str, ms: u64) -> NewMessage {
-    NewMessage { owner: owner(owner_n), inbox: addr(inbox), id: Ulid::from_parts(ms, u128::from(ms)), size: ms, summary: Default::default() }
+    NewMessage { owner: owner(owner_n), inbox: addr(inbox), id: Ulid::from_parts(ms, u128::from(ms)), size: ms, summary: Default::default(), facts: Default::default() }
 }
 
 #[tokio::test]
@@ -1129,7 +1129,7 @@ async fn index_batches(node: PgStore, inbox: Address, batches: Vec<usize>, tag: 
     let mut seqs = Vec::new();
     for (b, size) in batches.into_iter().enumerate() {
         let rows: Vec<NewMessage> = (0..size)
-            .map(|i| NewMessage { owner: owner(1), inbox: inbox.clone(), id: Ulid::from_parts(tag, ((b * 1000 + i) as u128) << 8 | u128::from(tag as u8)), size: 1, summary: Default::default() })
+            .map(|i| NewMessage { owner: owner(1), inbox: inbox.clone(), id: Ulid::from_parts(tag, ((b * 1000 + i) as u128) << 8 | u128::from(tag as u8)), size: 1, summary: Default::default(), facts: Default::default() })
             .collect();
         seqs.extend(node.index_messages(&rows).await.unwrap().iter().map(|m| m.seq));
     }

@@ -33,6 +33,7 @@ use ulid::Ulid;
 use super::audit::commit_audited;
 use super::{PgStore, backend};
 use crate::index::{summary_from_columns, IndexedMessage, ListOrder, MessageIndex, NewMessage, PageQuery};
+use crate::search::{Bind, SearchHit, SearchQuery, ThreadSummary, MAX_THREAD_MESSAGES, can_match, exact_rules, pg_terms, pg_tsquery};
 use crate::meta::StoreError;
 use crate::sqlite::require_ok;
 
@@ -96,11 +97,27 @@ impl MessageIndex for PgStore {
             rows.iter().map(|m| m.summary.header_from.as_ref().and_then(|f| f.name.as_deref())).collect();
         let subject: Vec<Option<&str>> = rows.iter().map(|m| m.summary.subject.as_deref()).collect();
         let authenticated: Vec<bool> = rows.iter().map(|m| m.summary.authenticated).collect();
+        let has_attachment: Vec<bool> = rows.iter().map(|m| m.facts.has_attachment).collect();
+        let recipients: Vec<String> = rows.iter().map(|m| m.facts.recipients.join(" ")).collect();
+        let terms: Vec<String> = rows.iter().map(pg_terms).collect();
+        // Thread keys, flat: the input position (from 1) of each, the key, and
+        // whether the row looks it up (MessageFacts::thread_lookup_keys).
+        let (mut key_n, mut key, mut key_lookup) = (Vec::<i64>::new(), Vec::<String>::new(), Vec::<bool>::new());
+        for (i, m) in rows.iter().enumerate() {
+            let lookup = m.facts.thread_lookup_keys();
+            let mut keys = m.facts.thread_keys();
+            keys.extend(lookup.iter().filter(|k| !keys.contains(k)).cloned().collect::<Vec<_>>());
+            for k in keys {
+                key_n.push(i as i64 + 1);
+                key_lookup.push(lookup.contains(&k));
+                key.push(k);
+            }
+        }
         // One statement, in its own transaction: the server locks the counter,
         // skips rows indexed before (they keep their seq), numbers and inserts
         // the new ones, moves the counter and notifies, then commits (module
         // docs; migration 0006).
-        let seqs: Vec<(i64, i64)> = sqlx::query_as("SELECT n, seq FROM agentkeys_index_messages($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)")
+        let seqs: Vec<(i64, i64)> = sqlx::query_as("SELECT n, seq FROM agentkeys_index_messages($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)")
             .bind(&owners)
             .bind(&inboxes)
             .bind(&ids)
@@ -110,6 +127,12 @@ impl MessageIndex for PgStore {
             .bind(&from_name)
             .bind(&subject)
             .bind(&authenticated)
+            .bind(&has_attachment)
+            .bind(&recipients)
+            .bind(&terms)
+            .bind(&key_n)
+            .bind(&key)
+            .bind(&key_lookup)
             .bind(super::MAIL_CHANNEL)
             .fetch_all(&self.pool)
             .await
@@ -283,4 +306,111 @@ impl MessageIndex for PgStore {
         let _receipt = commit_audited(tx, sealed).await?;
         Ok(expired)
     }
+
+    async fn list_threads(
+        &self,
+        owner: &OwnerId,
+        inbox: &Address,
+        before: Option<Ulid>,
+        limit: u32,
+    ) -> Result<Vec<ThreadSummary>, StoreError> {
+        let rows: Vec<ThreadRow> = sqlx::query_as(&format!(
+            "SELECT {SEARCH_COLUMNS}, t.n FROM
+               (SELECT thread_id, count(*) AS n, max(id) AS last_id FROM messages
+                 WHERE owner = $1 AND inbox = $2 GROUP BY thread_id
+                HAVING ($3::text IS NULL OR max(id) < $3)
+                 ORDER BY last_id DESC LIMIT $4) t
+               JOIN messages m ON m.owner = $1 AND m.inbox = $2 AND m.id = t.last_id
+              ORDER BY t.last_id DESC"
+        ))
+        .bind(owner.as_str())
+        .bind(inbox.as_str())
+        .bind(before.map(|u| u.to_string()))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend)?;
+        rows.into_iter()
+            .map(|(a, b, c, d, e, f, g, h, i, j, k, n)| {
+                let (latest, thread_id) = hit_from_row((a, b, c, d, e, f, g, h, i, j, k))?;
+                Ok(ThreadSummary { thread_id, message_count: u64::try_from(n).unwrap_or(0), latest })
+            })
+            .collect()
+    }
+
+    async fn thread_messages(
+        &self,
+        owner: &OwnerId,
+        inbox: &Address,
+        thread: Ulid,
+        limit: u32,
+    ) -> Result<Vec<IndexedMessage>, StoreError> {
+        let rows: Vec<MessageRow> = sqlx::query_as(&format!(
+            "SELECT {COLUMNS} FROM messages WHERE owner = $1 AND inbox = $2 AND thread_id = $3 ORDER BY id LIMIT $4"
+        ))
+        .bind(owner.as_str())
+        .bind(inbox.as_str())
+        .bind(thread.to_string())
+        .bind(i64::from(limit.min(MAX_THREAD_MESSAGES)))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend)?;
+        rows.into_iter().map(from_row).collect()
+    }
+
+    async fn search_messages(
+        &self,
+        owner: &OwnerId,
+        inbox: &Address,
+        query: &SearchQuery,
+    ) -> Result<Vec<SearchHit>, StoreError> {
+        let words = query.words();
+        if !can_match(query, &words) || query.limit == 0 {
+            return Ok(Vec::new());
+        }
+        let mut next = 4;
+        let (rules, binds) = exact_rules(query, &|n| format!("${n}"), &mut next);
+        let rules = rules.replace("strpos_(", "strpos(");
+        let sql = format!(
+            "SELECT {SEARCH_COLUMNS} FROM messages m
+              WHERE m.search @@ $1::tsquery AND m.owner = $2 AND m.inbox = $3{rules}
+              ORDER BY m.seq DESC LIMIT ${next}"
+        );
+        let mut q = sqlx::query_as::<_, HitRow>(&sql)
+            .bind(pg_tsquery(owner, inbox, &words))
+            .bind(owner.as_str())
+            .bind(inbox.as_str());
+        for b in binds {
+            q = match b {
+                Bind::Text(s) => q.bind(s),
+                Bind::Int(i) => q.bind(i),
+                Bind::Bool(v) => q.bind(v),
+            };
+        }
+        let rows = q.bind(i64::from(query.limit)).fetch_all(&self.pool).await.map_err(backend)?;
+        rows.into_iter()
+            .map(|row| {
+                let (message, thread_id) = hit_from_row(row)?;
+                Ok(SearchHit { message, thread_id })
+            })
+            .collect()
+    }
+}
+
+const SEARCH_COLUMNS: &str = "m.seq, m.owner, m.inbox, m.id, m.received_at, m.size, m.header_from_address, m.header_from_name, m.subject, m.authenticated, m.thread_id";
+
+/// A row of [`SEARCH_COLUMNS`].
+type HitRow = (i64, String, String, String, i64, i64, Option<String>, Option<String>, Option<String>, bool, Option<String>);
+/// A row of [`SEARCH_COLUMNS`] and a count.
+type ThreadRow = (i64, String, String, String, i64, i64, Option<String>, Option<String>, Option<String>, bool, Option<String>, i64);
+
+fn hit_from_row(
+    (seq, owner, inbox, id, received_at, size, from_address, from_name, subject, authenticated, thread): HitRow,
+) -> Result<(IndexedMessage, Ulid), StoreError> {
+    let message = from_row((seq, owner, inbox, id, received_at, size, from_address, from_name, subject, authenticated))?;
+    let thread_id = match thread {
+        None => message.id,
+        Some(t) => Ulid::from_string(&t).map_err(|_| StoreError::Backend(format!("stored thread id {t:?} is invalid")))?,
+    };
+    Ok((message, thread_id))
 }
