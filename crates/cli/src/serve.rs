@@ -160,7 +160,11 @@ pub(crate) async fn run(config: Config) -> Result<()> {
     // The owner's web console (crates/api/src/console): passkeys need the public
     // URL to be https:// or http://localhost.
     match agentkeys_api::console::ConsoleConfig::new(config.public_url.as_str()) {
-        Ok(console) => {
+        Ok(mut console) => {
+            // Agents pairing over HTTPS pin this certificate: the approvals page shows it to compare.
+            if https.is_some() {
+                console = console.with_certificate_fingerprint(tls.fingerprint.to_string());
+            }
             println!("  console           {}/console (owners sign in with passkeys)", console.origin());
             api_state = api_state.with_console(console);
         }

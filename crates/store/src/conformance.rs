@@ -74,6 +74,8 @@ use crate::{
 
 mod webhooks;
 pub use webhooks::*;
+mod console_views;
+pub use console_views::*;
 
 /// Everything a metadata backend implements (every role trait, bundled by
 /// [`MetadataStore`]), and cheap clones for concurrent tasks.

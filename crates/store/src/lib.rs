@@ -30,6 +30,7 @@
 
 mod blob;
 mod console;
+mod console_views;
 #[cfg(feature = "conformance")]
 #[doc(hidden)]
 pub mod conformance;
@@ -60,6 +61,7 @@ mod fault_tests;
 
 pub use blob::{BlobError, BlobKey};
 pub use console::{ChallengeRecord, Console, PasskeyLinkRecord, PasskeyRecord, SessionRecord};
+pub use console_views::{ConsoleViews, GrantDecision, GrantRequestRecord, GrantRequestStatus, KEY_USE_RESOLUTION_SECS};
 pub use events::{EVENT_BUFFER, LocalEventHub, MailEvents, Missed, Subscription, TooManySubscribers};
 pub use domain_status::{DOMAIN_STATUSES, DomainStatusRecord, DomainStatusStore};
 pub use fs::FsBlobStore;
@@ -82,6 +84,7 @@ pub use policies::InboxPolicies;
 /// names the roles it uses instead.
 pub mod roles {
     pub use crate::console::Console;
+    pub use crate::console_views::ConsoleViews;
     pub use crate::domain_status::DomainStatusStore;
     pub use crate::idempotency::SendIdempotency;
     pub use crate::index::MessageIndex;

@@ -347,6 +347,7 @@ pub trait MetadataStore:
     + crate::Webhooks
     + crate::InboxPolicies
     + crate::Console
+    + crate::ConsoleViews
 {
 }
 
@@ -372,6 +373,7 @@ impl<T> MetadataStore for T where
         + crate::Webhooks
         + crate::InboxPolicies
         + crate::Console
+        + crate::ConsoleViews
 {
 }
 

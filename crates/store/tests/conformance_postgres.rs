@@ -61,3 +61,4 @@ impl Backend for PgBackend {
 
 agentkeys_store::conformance_tests!(PgBackend);
 agentkeys_store::webhook_conformance_tests!(PgBackend);
+agentkeys_store::console_views_conformance_tests!(PgBackend);

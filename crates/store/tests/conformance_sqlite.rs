@@ -36,3 +36,4 @@ impl Backend for SqliteBackend {
 
 agentkeys_store::conformance_tests!(SqliteBackend);
 agentkeys_store::webhook_conformance_tests!(SqliteBackend);
+agentkeys_store::console_views_conformance_tests!(SqliteBackend);

@@ -13,7 +13,8 @@
 //! | GET | `/console/pairings?code=` | session | a pending pairing: agent, name, device fingerprint |
 //! | GET | `/console/agents`, `/console/inboxes`, `/console/inboxes/{address}`, `/console/inboxes/{address}/messages/{id}`, `/console/audit` | session | reads |
 //! | POST | `/console/gate` | session + CSRF | a WebAuthn challenge bound to one gated action (JSON) |
-//! | POST | `/console/pairings/approve`, `/console/grants`, `/console/grants/{id}/change`, `/console/grants/{id}/revoke`, `/console/keys/{id}/revoke`, `/console/agents/{id}/stop` | session + CSRF + a fresh assertion for exactly this action | gated actions, audited with `gate: passkey` |
+//! | GET | `/console/sent?inbox=` | session | the owner's outbound queue rows: delivery state, attempts, bounces |
+//! | POST | `/console/pairings/approve`, `/console/grants`, `/console/grants/{id}/change`, `/console/grants/{id}/revoke`, `/console/keys/{id}/revoke`, `/console/agents/{id}/stop`, `/console/inboxes`, `/console/inboxes/{address}/disable`, `/console/inboxes/{address}/enable`, `/console/grant-requests/{id}/approve`, `/console/grant-requests/{id}/deny` | session + CSRF + a fresh assertion for exactly this action | gated actions, audited with `gate: passkey` |
 //!
 //! **Sessions.** Signing in with a passkey makes a random token; the cookie
 //! ([`SESSION_COOKIE`]) is `HttpOnly; Secure; SameSite=Strict; Path=/console`,
@@ -51,8 +52,8 @@ mod pages;
 mod reads;
 
 pub use auth::MAX_PASSKEY_NAME_CHARS;
-pub use actions::MAX_GRANT_DAYS;
-pub use reads::{AUDIT_SCANNED, AUDIT_SHOWN, INBOX_PAGE, VERIFY_PAGE};
+pub use actions::{MAX_GRANT_DAYS, MAX_INBOX_HOURS};
+pub use reads::{AUDIT_SCANNED, AUDIT_SHOWN, INBOX_PAGE, SENT_SHOWN, VERIFY_PAGE};
 
 use std::sync::Arc;
 
@@ -91,6 +92,7 @@ connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
 pub struct ConsoleConfig {
     gate: PasskeyGate,
     origin: String,
+    certificate: Option<String>,
 }
 
 impl ConsoleConfig {
@@ -120,7 +122,16 @@ impl ConsoleConfig {
         }
         let origin = url.origin().ascii_serialization();
         let gate = PasskeyGate::new(&origin, "AgentKeys")?;
-        Ok(Self { gate, origin })
+        Ok(Self { gate, origin, certificate: None })
+    }
+
+    /// The same console showing, on the approvals page, the SHA-256
+    /// fingerprint of the certificate the HTTPS listener presents (what an
+    /// agent pairing over HTTPS pins and prints), so the owner can compare it.
+    #[must_use]
+    pub fn with_certificate_fingerprint(mut self, fingerprint: String) -> Self {
+        self.certificate = Some(fingerprint);
+        self
     }
 
     /// The origin POSTs must come from.
@@ -321,7 +332,7 @@ async fn style() -> Response {
 }
 
 /// Every console route, as (method, path): the router is built from the same list.
-pub const ROUTES: [(&str, &str); 24] = [
+pub const ROUTES: [(&str, &str); 30] = [
     ("GET", "/console"),
     ("GET", "/console/static/console.js"),
     ("GET", "/console/static/console.css"),
@@ -341,7 +352,13 @@ pub const ROUTES: [(&str, &str); 24] = [
     ("POST", "/console/grants/{id}/revoke"),
     ("POST", "/console/keys/{id}/revoke"),
     ("GET", "/console/inboxes"),
+    ("POST", "/console/inboxes"),
     ("GET", "/console/inboxes/{address}"),
+    ("POST", "/console/inboxes/{address}/disable"),
+    ("POST", "/console/inboxes/{address}/enable"),
+    ("GET", "/console/sent"),
+    ("POST", "/console/grant-requests/{id}/approve"),
+    ("POST", "/console/grant-requests/{id}/deny"),
     ("GET", "/console/inboxes/{address}/messages/{id}"),
     ("GET", "/console/audit"),
     ("POST", "/console/gate"),
@@ -371,8 +388,13 @@ pub(crate) fn router(state: ApiState) -> axum::Router<ApiState> {
         .route("/console/grants/{id}/change", post(actions::change_grant))
         .route("/console/grants/{id}/revoke", post(actions::revoke_grant))
         .route("/console/keys/{id}/revoke", post(actions::revoke_key))
-        .route("/console/inboxes", get(reads::inboxes))
+        .route("/console/inboxes", get(reads::inboxes).post(actions::create_inbox))
         .route("/console/inboxes/{address}", get(reads::inbox))
+        .route("/console/inboxes/{address}/disable", post(actions::set_inbox_status))
+        .route("/console/inboxes/{address}/enable", post(actions::set_inbox_status))
+        .route("/console/sent", get(reads::sent))
+        .route("/console/grant-requests/{id}/approve", post(actions::decide_grant_request))
+        .route("/console/grant-requests/{id}/deny", post(actions::decide_grant_request))
         .route("/console/inboxes/{address}/messages/{id}", get(reads::message))
         .route("/console/audit", get(reads::audit))
         .route("/console/gate", post(actions::gate))
