@@ -436,7 +436,9 @@ def main():
         LIVE.append(page2)
         cdp2, authenticator2 = add_authenticator(context2, page2)
         register_and_sign_in(page2, cdp2, authenticator2, base, setup["link2"], setup["owner2"], shots, "owner2")
-        for path in ["/console/agents", "/console/inboxes", "/console/audit", "/console/sent", f"/console/audit?agent={agent}"]:
+        page2.goto(f"{base}/console/audit?agent={agent}")
+        assert page2.locator("ol.audit li").count() == 0, "filtering by the first owner's agent shows nothing"
+        for path in ["/console/agents", "/console/inboxes", "/console/audit", "/console/sent"]:
             page2.goto(base + path)
             content = page2.content()
             for foreign in [agent, inbox, grant, key, args.owner]:

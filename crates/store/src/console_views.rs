@@ -101,7 +101,7 @@ pub trait ConsoleViews: Send + Sync + 'static {
     /// `limit` tries are spent. Across handles, at most `limit` tries are ever
     /// given out.
     async fn take_pairing_try(&self, code_hash: &[u8; 32], limit: u32) -> Result<Option<u32>, StoreError>;
-    /// Records that key `id` minted at `now`, unless a use at or after
+    /// Records that key `id` minted at `now`, unless a use after
     /// `now - KEY_USE_RESOLUTION_SECS` is recorded already; whether it wrote.
     /// An unknown key is not an error (false).
     async fn record_key_use(&self, id: &KeyId, now: UnixTime) -> Result<bool, StoreError>;
@@ -232,7 +232,7 @@ impl ConsoleViews for SqliteStore {
         let mut tx = self.write_tx().await?;
         let done = sqlx::query(
             "UPDATE agent_keys SET last_used_at = ?1
-              WHERE id = ?2 AND (last_used_at IS NULL OR last_used_at < ?1 - ?3)",
+              WHERE id = ?2 AND (last_used_at IS NULL OR last_used_at <= ?1 - ?3)",
         )
         .bind(now)
         .bind(id.as_str())

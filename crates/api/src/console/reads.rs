@@ -104,7 +104,7 @@ pub(crate) async fn overview(State(state): State<ApiState>, session: Session, ur
                             dt { "Agent" } dd { (names.get(r.agent.as_str()).map_or("(no name)", String::as_str)) " " code { (r.agent.as_str()) } }
                             dt { "Inboxes" } dd { code { (r.pattern.to_string()) } }
                             dt { "Scopes" } dd { (r.scopes.to_string()) }
-                            dt { "For" } dd { (r.ttl / 86_400) " days " (r.ttl % 86_400 / 3600) " hours" }
+                            dt { "For" } dd { (lifetime(r.ttl)) }
                             dt { "Reason" } dd { (r.reason.as_deref().unwrap_or("(none given)")) }
                             dt { "Asked" } dd { (when(r.created_at)) }
                         }
@@ -300,6 +300,22 @@ async fn own_inbox(state: &ApiState, session: &Session, address: &str) -> Result
     inboxes.into_iter().find(|i| i.address == address).ok_or(ConsoleError::NotFound)
 }
 
+/// `1 attempt`, `2 attempts`.
+fn count(n: usize, what: &str) -> String {
+    if n == 1 { format!("1 {what}") } else { format!("{n} {what}s") }
+}
+
+/// A lifetime in days and hours: `2 days`, `1 day 6 hours`, `5 hours`, `under an hour`.
+fn lifetime(secs: i64) -> String {
+    let (days, hours) = (secs / 86_400, secs % 86_400 / 3600);
+    match (days, hours) {
+        (0, 0) => "under an hour".to_owned(),
+        (0, h) => count(usize::try_from(h).unwrap_or(0), "hour"),
+        (d, 0) => count(usize::try_from(d).unwrap_or(0), "day"),
+        (d, h) => format!("{} {}", count(usize::try_from(d).unwrap_or(0), "day"), count(usize::try_from(h).unwrap_or(0), "hour")),
+    }
+}
+
 /// Most outbound rows the sent page shows (newest first).
 pub const SENT_SHOWN: u32 = 200;
 
@@ -399,7 +415,7 @@ pub(crate) async fn sent(State(state): State<ApiState>, session: Session, uri: U
         Some(&session.csrf),
         None,
         html! {
-            p { (rows.len()) " recipients (newest first, at most " (SENT_SHOWN) "), " (bounced) " bounced. Mail to inboxes on this server is delivered at once and not listed." }
+            p { (count(rows.len(), "recipient")) " (newest first, at most " (SENT_SHOWN) "), " (bounced) " bounced. Mail to inboxes on this server is delivered at once and not listed." }
             @if rows.is_empty() { p { "Nothing sent to other servers yet." } }
             ul.items.sent {
                 @for r in &rows {
@@ -408,7 +424,7 @@ pub(crate) async fn sent(State(state): State<ApiState>, session: Session, uri: U
                             span class=(format!("state {}", r.state)) { (r.state) } " to " code { (r.recipient) }
                         }
                         div { "From " (r.sender.as_str()) " (agent " (agent_of(&r.sender)) ") · queued " (when(r.queued_at)) " · " (r.size) " bytes" }
-                        div { (r.attempts) " attempts"
+                        div { (count(usize::try_from(r.attempts).unwrap_or(usize::MAX), "attempt"))
                             @if r.state == "queued" || r.state == "deferred" { " · next try " (when(r.next_attempt_at)) } }
                         @if let Some(reply) = &r.last_response { div.reason { "Last reply: " (reply) } }
                     }
@@ -716,6 +732,16 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::parse_time;
     use proptest::prelude::*;
+
+    #[test]
+    fn lifetimes_and_counts_read_as_words() {
+        use super::{count, lifetime};
+        assert_eq!(lifetime(2 * 86_400), "2 days");
+        assert_eq!(lifetime(86_400 + 6 * 3600 + 59), "1 day 6 hours");
+        assert_eq!(lifetime(3600), "1 hour");
+        assert_eq!(lifetime(59), "under an hour");
+        assert_eq!((count(1, "attempt"), count(0, "attempt")), ("1 attempt".to_owned(), "0 attempts".to_owned()));
+    }
 
     #[test]
     fn audit_times_are_utc_minutes_seconds_or_dates() {

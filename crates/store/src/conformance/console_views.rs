@@ -89,11 +89,11 @@ pub async fn key_uses_are_written_once_per_resolution<B: Backend>(backend: Arc<B
     assert_eq!(a.key_last_uses(&owner(1), &agent(1)).await.unwrap(), vec![], "never used");
     let wrote = on_both(&a, &b, 6, |s, _| async move { s.record_key_use(&key_id(1), NOW + 10).await.unwrap() }).await;
     assert_eq!(wrote.iter().filter(|w| **w).count(), 1, "one write for concurrent uses in one second: {wrote:?}");
-    assert!(!b.record_key_use(&key_id(1), NOW + 10 + KEY_USE_RESOLUTION_SECS).await.unwrap(), "within the resolution");
+    assert!(!b.record_key_use(&key_id(1), NOW + 9 + KEY_USE_RESOLUTION_SECS).await.unwrap(), "within the resolution");
     assert_eq!(b.key_last_uses(&owner(1), &agent(1)).await.unwrap(), vec![(key_id(1), NOW + 10)]);
-    assert!(a.record_key_use(&key_id(1), NOW + 11 + KEY_USE_RESOLUTION_SECS).await.unwrap(), "past it");
+    assert!(a.record_key_use(&key_id(1), NOW + 10 + KEY_USE_RESOLUTION_SECS).await.unwrap(), "a resolution later");
     assert!(!a.record_key_use(&key_id(99), NOW).await.unwrap(), "an unknown key writes nothing");
-    assert_eq!(a.key_last_uses(&owner(1), &agent(1)).await.unwrap(), vec![(key_id(1), NOW + 11 + KEY_USE_RESOLUTION_SECS)]);
+    assert_eq!(a.key_last_uses(&owner(1), &agent(1)).await.unwrap(), vec![(key_id(1), NOW + 10 + KEY_USE_RESOLUTION_SECS)]);
     assert_eq!(a.key_last_uses(&owner(2), &agent(1)).await.unwrap(), vec![], "another owner's agent");
 }
 

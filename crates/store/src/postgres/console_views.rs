@@ -35,7 +35,7 @@ impl ConsoleViews for PgStore {
     async fn record_key_use(&self, id: &KeyId, now: UnixTime) -> Result<bool, StoreError> {
         let done = sqlx::query(
             "UPDATE agent_keys SET last_used_at = $1
-              WHERE id = $2 AND (last_used_at IS NULL OR last_used_at < $1 - $3)",
+              WHERE id = $2 AND (last_used_at IS NULL OR last_used_at <= $1 - $3)",
         )
         .bind(now)
         .bind(id.as_str())
