@@ -201,7 +201,7 @@ pub async fn grant_requests_are_decided_once_by_their_owner<B: Backend>(backend:
     let results = on_both(&a, &b, 6, |s, i| async move {
         let request = grant_request(1, 1, 1, "bot@conformance.test", NOW + 1);
         let g = granted(&request, 810 + u32::try_from(i).unwrap());
-        let decision = if i % 3 == 0 { GrantDecision::Deny } else { GrantDecision::Approve(&g) };
+        let decision = if i.is_multiple_of(3) { GrantDecision::Deny } else { GrantDecision::Approve(&g) };
         s.decide_grant_request(&owner(1), &request.id, NOW - DAY, decision, NOW + 5, &event("grant.create", "g")).await.map(|_| i)
     })
     .await;
@@ -213,7 +213,7 @@ pub async fn grant_requests_are_decided_once_by_their_owner<B: Backend>(backend:
         }
     }
     let grants = b.list_owner_grants(&owner(1)).await.unwrap();
-    let expected = if won[0] % 3 == 0 { 0 } else { 1 };
+    let expected = if won[0].is_multiple_of(3) { 0 } else { 1 };
     assert_eq!(grants.iter().filter(|g| g.pattern == first.pattern).count(), expected, "a grant only for an approval: {grants:?}");
     assert_eq!(a.pending_grant_requests(&owner(1), since).await.unwrap().len(), 3);
 
