@@ -14,9 +14,12 @@ non-zero with the reason. Screenshots of every page go to --artifacts.
 """
 
 import argparse
+import datetime
 import http.server
 import json
 import os
+import re
+import smtplib
 import sys
 import threading
 import urllib.error
@@ -136,16 +139,18 @@ def serve_attacker_page(target, fields):
     return server
 
 
-def check_axe(browser, cookies, urls, axe_path, shots_dir):
-    """axe-core in the page (CSP bypassed for this context only: axe is injected inline)."""
+def check_axe(browser, cookies, urls, axe_path, shots_dir, shots):
+    """axe-core in the page (CSP bypassed for this context only: axe is injected
+    inline), at a desktop size; a screenshot of each page at that size too."""
     if not axe_path:
         return {}
-    context = browser.new_context(bypass_csp=True)
+    context = browser.new_context(bypass_csp=True, viewport={"width": 1280, "height": 800})
     context.add_cookies(cookies)
     page = context.new_page()
     found = {}
     for url in urls:
         page.goto(url)
+        shots(page, "desktop-" + (re.sub(r"[^a-z0-9]+", "-", url.split("/console", 1)[1].lower()).strip("-") or "approvals")[:40])
         page.add_script_tag(path=axe_path)
         result = page.evaluate("async () => (await axe.run()).violations.map(v => [v.id, v.impact, v.nodes.length])")
         found[url] = result
@@ -227,6 +232,9 @@ def main():
 
         page.goto(f"{base}/console/agents")
         assert grant in page.content() and key in page.content(), "the agents page lists the key and the grant"
+        # The key minted three times: its last use is shown (written once a minute at most).
+        key_line = page.locator("li", has_text=key).first.inner_text()
+        assert re.search(r"last used \d{4}-\d\d-\d\d \d\d:\d\d", key_line), key_line
         shots(page, "agents")
         csrf = page.get_attribute("input[name=csrf]", "value")
         grant_path = f"/console/grants/{grant}/revoke"
@@ -330,13 +338,97 @@ def main():
         rows = page.locator("ol.audit li").all_inner_texts()
         assert rows and all("grant.revoke" in r for r in rows), rows
         shots(page, "audit-filtered")
+        # The audit time filter (UTC, the form's datetime-local fields): the
+        # last hour to the next holds today's records, a window in the future none.
+        now = datetime.datetime.now(datetime.timezone.utc)
+        fmt = lambda t: t.strftime("%Y-%m-%dT%H:%M")
+        page.goto(f"{base}/console/audit")
+        page.fill("#from", fmt(now - datetime.timedelta(hours=1)))
+        page.fill("#to", fmt(now + datetime.timedelta(hours=1)))
+        page.fill("#operation", "pairing.approve")
+        with page.expect_navigation(url=re.compile(r".*from=.*")):
+            page.click("form.filters button")
+        rows = page.locator("ol.audit li").all_inner_texts()
+        assert len(rows) == 2 and all("pairing.approve" in r for r in rows), rows
+        assert any("denied" in r and "6 digits" in r for r in rows), "the wrong digits are on record with the reason"
+        shots(page, "audit-time-filter")
+        page.fill("#from", fmt(now + datetime.timedelta(days=1)))
+        page.fill("#to", "")
+        with page.expect_navigation():
+            page.click("form.filters button")
+        assert page.locator("ol.audit li").count() == 0, page.inner_text("main")[:500]
+        assert page.goto(f"{base}/console/audit?from=yesterday").status == 400
+
+        # Grant requests the agent made: approve the first, deny the second (each
+        # asks the authenticator); the grant exists only for the first.
+        r_approve, r_deny, r_left = setup["requests"]
+        page.goto(f"{base}/console")
+        requests_text = page.inner_text("main")
+        assert "request 0: sign up at example.com" in requests_text and "2 days" in requests_text, requests_text[:2000]
+        shots(page, "grant-requests")
+        count = sign_count(cdp, authenticator)
+        with page.expect_navigation(url=f"{base}/console?done=grant-request-approved"):
+            page.click(f"form[action='/console/grant-requests/{r_approve}/approve'] button")
+        with page.expect_navigation(url=f"{base}/console?done=grant-request-denied"):
+            page.click(f"form[action='/console/grant-requests/{r_deny}/deny'] button")
+        assert sign_count(cdp, authenticator) == count + 2, "each decision asked the authenticator"
+        assert page.locator(f"form[action='/console/grant-requests/{r_approve}/approve']").count() == 0, "decided: gone"
+        assert page.locator(f"form[action='/console/grant-requests/{r_left}/approve']").count() == 1
+        shots(page, "grant-requests-decided")
+        # A decided request cannot be decided again (the same 404 as a missing one).
+        again = page.evaluate(FORGE_JS, [f"/console/grant-requests/{r_approve}/approve", {}, None])
+        assert again["first"][0] == 404, again["first"][:2]
+
+        # Create an inbox for the agent, then disable it: each asks the authenticator.
+        domain = inbox.split("@")[1]
+        made = f"made-in-console@{domain}"
+        page.goto(f"{base}/console/inboxes")
+        count = sign_count(cdp, authenticator)
+        page.select_option("#new-inbox-agent", agent)
+        page.fill("#new-inbox-address", made)
+        page.fill("#new-inbox-hours", "48")
+        with page.expect_navigation(url=f"{base}/console/inboxes?done=inbox-created"):
+            page.click("form[action='/console/inboxes'] button")
+        assert sign_count(cdp, authenticator) == count + 1, "creating an inbox asked the authenticator"
+        line = page.locator("li", has_text=made).first.inner_text()
+        assert "active" in line and "expires" in line and "ci bot" in line, line
+        shots(page, "inbox-created")
+        with page.expect_navigation(url=f"{base}/console/inboxes?done=inbox-disabled"):
+            page.click(f"form[action='/console/inboxes/{made}/disable'] button")
+        assert sign_count(cdp, authenticator) == count + 2, "disabling asked the authenticator"
+        assert "disabled" in page.locator("li", has_text=made).first.inner_text()
+        shots(page, "inbox-disabled")
+        # The MX refuses the disabled inbox now.
+        with smtplib.SMTP("127.0.0.1", setup["mx"], timeout=30) as smtp:
+            try:
+                smtp.sendmail("someone@example.net", [made], b"Subject: hi\r\n\r\nhi\r\n")
+                raise AssertionError("mail to a disabled inbox was accepted")
+            except smtplib.SMTPRecipientsRefused as e:
+                code, text = e.recipients[made]
+                assert code == 550 and b"5.2.1" in text, (code, text)
+        # A taken address is refused with its reason, nothing created.
+        out = page.evaluate(FORGE_JS, ["/console/inboxes", {"agent": agent, "address": made, "hours": ""}, None])
+        assert out["first"][0] == 400 and "exists" in out["first"][2], out["first"][:2]
+
+        # What the agent sent: the bounce from the receiving MTA, with its reply.
+        page.goto(f"{base}/console/sent")
+        sent_text = page.inner_text("main")
+        assert setup["sent_to"] in sent_text and "bounced" in sent_text and "550" in sent_text, sent_text[:1500]
+        assert "ci bot" in sent_text, "the sending agent by name"
+        shots(page, "sent")
+        page.goto(f"{base}/console/sent?inbox={inbox}")
+        assert setup["sent_to"] in page.inner_text("main")
+        page.goto(f"{base}/console/sent?inbox={made}")
+        assert setup["sent_to"] not in page.inner_text("main"), "only the chosen inbox's mail"
+
         page.goto(f"{base}/console/passkeys")
         shots(page, "passkeys")
 
         axe = check_axe(browser, context.cookies(), [
             f"{base}/console", f"{base}/console/agents", f"{base}/console/inboxes", message_url,
             f"{base}/console/audit", f"{base}/console/passkeys", f"{base}/console/login",
-        ], args.axe, args.artifacts)
+            f"{base}/console/sent", f"{base}/console/audit?agent={agent}&from=2026-01-01T00:00",
+        ], args.axe, args.artifacts, shots)
 
         # The second owner: its own browser and authenticator; sees none of the first's objects.
         context2 = browser.new_context(viewport={"width": 390, "height": 844})
@@ -344,27 +436,46 @@ def main():
         LIVE.append(page2)
         cdp2, authenticator2 = add_authenticator(context2, page2)
         register_and_sign_in(page2, cdp2, authenticator2, base, setup["link2"], setup["owner2"], shots, "owner2")
-        for path in ["/console/agents", "/console/inboxes", "/console/audit"]:
+        page2.goto(f"{base}/console/audit?agent={agent}")
+        assert page2.locator("ol.audit li").count() == 0, "filtering by the first owner's agent shows nothing"
+        for path in ["/console/agents", "/console/inboxes", "/console/audit", "/console/sent"]:
             page2.goto(base + path)
             content = page2.content()
             for foreign in [agent, inbox, grant, key, args.owner]:
                 assert foreign not in content, f"{path} shows the first owner's {foreign}"
-            shots(page2, "owner2-" + path.rsplit("/", 1)[1])
+            shots(page2, "owner2-" + re.sub(r"[^a-z0-9]+", "-", path.rsplit("/", 1)[1])[:30])
+            assert setup["sent_to"] not in content, f"{path} shows the first owner's sent mail"
         get = "async (u) => { const r = await fetch(u); return [r.status, await r.text()]; }"
         missing = page2.evaluate(get, f"/console/inboxes/nobody@{inbox.split('@')[1]}")
         assert missing[0] == 404, missing[0]
         missing_body = missing[1]
-        for url in [f"/console/inboxes/{inbox}", message_url.replace(base, ""), f"/console/pairings?code={args.pair_code}"]:
+        for url in [f"/console/inboxes/{inbox}", message_url.replace(base, ""), f"/console/pairings?code={args.pair_code}",
+                    f"/console/sent?inbox={inbox}", f"/console/sent?inbox={made}"]:
             status, body = page2.evaluate(get, url)
             assert status == 404 and body == missing_body, f"{url}: {status}"
         page2.goto(f"{base}/console/inboxes/{inbox}")
         shots(page2, "owner2-not-found")
         # Gated actions on the first owner's ids, with a valid assertion of the second owner: 404.
-        for path in [f"/console/grants/{grant}/revoke", f"/console/keys/{key}/revoke", f"/console/agents/{agent}/stop"]:
+        for path, fields in [(f"/console/grants/{grant}/revoke", {}), (f"/console/keys/{key}/revoke", {}),
+                             (f"/console/agents/{agent}/stop", {}), (f"/console/inboxes/{made}/enable", {}),
+                             (f"/console/inboxes/{inbox}/disable", {}),
+                             ("/console/inboxes", {"agent": agent, "address": f"theirs@{domain}", "hours": ""}),
+                             ("/console/grants", {"agent": agent, "inbox": inbox, "scopes": "read", "days": "1"}),
+                             (f"/console/grant-requests/{r_left}/approve", {}),
+                             (f"/console/grant-requests/{r_left}/deny", {})]:
             page2.goto(f"{base}/console/agents")
-            out = page2.evaluate(FORGE_JS, [path, {}, None])
+            out = page2.evaluate(FORGE_JS, [path, fields, None])
             assert out["first"][0] == 404, f"{path}: {out['first'][0]}"
-            assert out["first"][2] == missing_body, "the same 404 page as a missing object"
+            assert out["first"][2] == missing_body, f"{path}: the same 404 page as a missing object"
+        # Nothing of it happened: the first owner's inboxes are as they were.
+        page.goto(f"{base}/console/inboxes")
+        assert "disabled" in page.locator("li", has_text=made).first.inner_text()
+        assert "active" in page.locator("li", has_text=inbox).first.inner_text()
+        assert page.locator("li", has_text=f"theirs@{domain}").count() == 0
+        page.goto(f"{base}/console")
+        assert page.locator(f"form[action='/console/grant-requests/{r_left}/approve']").count() == 1, "still pending"
+        page2.goto(f"{base}/console")
+        assert r_left not in page2.content() and "sign up at example.com" not in page2.content(), "owner2 sees no request"
 
         # Stop the first owner's agent from the console: every key and grant revoked.
         page.goto(f"{base}/console/agents")

@@ -636,6 +636,34 @@ impl ApiClient {
         Ok(Self::json::<InboxList>(r).await?.inboxes)
     }
 
+    /// `POST /v1/agent/grant-requests`: asks the owner for a grant on `inbox`
+    /// (an address or pattern) with `scopes`, for `ttl` seconds (default 30
+    /// days), saying why; the owner decides on the console. The server's
+    /// answer: the pending request (`id`, `status`, `decide_by`).
+    pub async fn request_grant(
+        &self,
+        inbox: &str,
+        scopes: &[String],
+        ttl: Option<i64>,
+        reason: Option<&str>,
+    ) -> Result<serde_json::Value, ClientError> {
+        let body = serde_json::json!({ "inbox": inbox, "scopes": scopes, "ttl": ttl, "reason": reason }).to_string();
+        let r = self
+            .send_request(
+                Method::POST,
+                "/v1/agent/grant-requests",
+                Auth::AgentKey,
+                Some(("application/json", Bytes::from(body))),
+                "application/json",
+                None,
+            )
+            .await?;
+        if r.status() != StatusCode::CREATED {
+            return Err(Self::refusal(r, inbox, "request", format!("a grant request for {inbox}")).await);
+        }
+        Self::json(r).await
+    }
+
     /// `POST /v1/agent/inboxes`: a new inbox for this agent under its `create`
     /// grant; `name`, `domain` and the lifetime `expires_in` (seconds) are
     /// optional (the server picks a name under the grant's pattern, the domain

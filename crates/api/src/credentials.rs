@@ -141,6 +141,7 @@ pub(crate) async fn mint_read(
     };
     let authorized = state.broker.authenticate_for(bearer.key(), &inbox, scope::Read).await?;
     let minted = state.broker.mint_read(&authorized, request.ttl).await?;
+    state.key_uses.record(state.meta.as_ref(), authorized.key_id(), state.clock.now());
     let mut body = CredentialResponse::from(minted);
     // The inbox's prefix comes from the authorization the capability was minted from.
     body.list_url = state
@@ -191,5 +192,6 @@ pub(crate) async fn mint_oidc(
     };
     let authorized = state.broker.authenticate_for(bearer.key(), &inbox, scope::Read).await?;
     let minted = state.broker.mint_oidc(&authorized, request.ttl).await?;
+    state.key_uses.record(state.meta.as_ref(), authorized.key_id(), state.clock.now());
     Ok(token_response(CredentialResponse::from(minted)))
 }

@@ -182,6 +182,12 @@ pub enum ApiError {
     Conflict,
     /// 409 `ADDRESS_TAKEN`: an inbox with this address exists already.
     AddressTaken,
+    /// 409 `TOO_MANY_GRANT_REQUESTS`: the agent has this many requests waiting
+    /// for its owner already.
+    TooManyGrantRequests {
+        /// The limit.
+        max: u32,
+    },
     /// 403 `DOMAIN_NOT_ASSIGNED`: inboxes may be created under a `create`
     /// grant only on a domain the operator assigned to the grant's owner
     /// ([`agentkeys_core::may_create_on_domain`]).
@@ -255,6 +261,7 @@ impl ApiError {
                 PairingError::Expired => StatusCode::GONE,
                 PairingError::Pending => StatusCode::ACCEPTED,
                 PairingError::ConfirmationMismatch => StatusCode::BAD_REQUEST,
+                PairingError::ConfirmationLocked => StatusCode::CONFLICT,
             },
             Self::InvalidCapability => StatusCode::UNAUTHORIZED,
             Self::MailNotFound => StatusCode::NOT_FOUND,
@@ -268,7 +275,7 @@ impl ApiError {
             Self::MessageContainsNul { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Self::MessageTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedSendMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            Self::AgentExists | Self::Conflict | Self::AddressTaken => StatusCode::CONFLICT,
+            Self::AgentExists | Self::Conflict | Self::AddressTaken | Self::TooManyGrantRequests { .. } => StatusCode::CONFLICT,
             Self::IdempotencyKeyReused | Self::IdempotencyKeyInUse => StatusCode::CONFLICT,
             Self::GrantChange(GrantChangeError::Revoked) => StatusCode::CONFLICT,
             Self::GrantChange(_) => StatusCode::BAD_REQUEST,
@@ -316,6 +323,7 @@ impl ApiError {
             Self::GrantChange(_) => "INVALID_REQUEST",
             Self::Conflict => "CONFLICT",
             Self::AddressTaken => "ADDRESS_TAKEN",
+            Self::TooManyGrantRequests { .. } => "TOO_MANY_GRANT_REQUESTS",
             Self::DomainNotAssigned { .. } => "DOMAIN_NOT_ASSIGNED",
             Self::InboxExpiry(_) => "INVALID_EXPIRY",
             Self::IdempotencyKeyReused => "IDEMPOTENCY_KEY_REUSED",
@@ -362,6 +370,7 @@ impl ApiError {
             Self::GrantChange(_) => "Grant change refused",
             Self::Conflict => "Conflict",
             Self::AddressTaken => "Address taken",
+            Self::TooManyGrantRequests { .. } => "Too many grant requests",
             Self::DomainNotAssigned { .. } => "Domain not assigned",
             Self::InboxExpiry(_) => "Invalid inbox expiry",
             Self::IdempotencyKeyReused => "Idempotency key reused",
@@ -490,6 +499,10 @@ impl ApiError {
             Self::AddressTaken => {
                 ("an inbox with this address exists already; pick another name".to_owned(), Some("address".to_owned()))
             }
+            Self::TooManyGrantRequests { max } => (
+                format!("this agent has {max} grant requests waiting for its owner already; wait until the owner decides them"),
+                None,
+            ),
             Self::InboxExpiry(e) => (e.to_string(), Some("expires_in".to_owned())),
             Self::DomainNotAssigned { domain } => (
                 format!(

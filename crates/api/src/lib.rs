@@ -52,7 +52,9 @@ pub mod console;
 pub mod credentials;
 pub mod error;
 pub mod extract;
+pub mod grant_requests;
 pub mod inbox_policy;
+pub mod key_use;
 pub mod messages;
 pub mod notify;
 pub mod openapi;
@@ -124,6 +126,8 @@ pub struct ApiState {
     /// Mail to owners' addresses ([`notify`]): pairing notices and the
     /// console's emailed codes; `None`: neither is sent.
     notifier: Option<Arc<notify::Notifier>>,
+    /// When keys last minted, written at most once a minute per key ([`key_use`]).
+    key_uses: Arc<key_use::KeyUses>,
 }
 
 impl std::fmt::Debug for ApiState {
@@ -160,6 +164,7 @@ impl ApiState {
             webhooks: None,
             console: None,
             notifier: None,
+            key_uses: Arc::default(),
         }
     }
 
@@ -347,6 +352,7 @@ fn table() -> Vec<Route> {
         route(Verb::Post, "/v1/credentials/oidc", credentials::mint_oidc),
         route(Verb::Get, "/v1/agent/inboxes", agent_inboxes::list),
         route(Verb::Post, "/v1/agent/inboxes", agent_inboxes::create),
+        route(Verb::Post, "/v1/agent/grant-requests", grant_requests::create),
         route(Verb::Get, "/.well-known/openid-configuration", well_known::openid_configuration),
         route(Verb::Get, "/.well-known/jwks.json", well_known::jwks),
         route(Verb::Get, "/.well-known/mta-sts.txt", well_known::mta_sts_policy),
@@ -418,7 +424,8 @@ pub fn routes() -> Vec<(Verb, &'static str)> {
 /// The fixed-path routes that take an agent key (`Authorization: Bearer ak_…`):
 /// their refused keys spend the client address's failure budget ([`throttle`]). The
 /// send route (`/v1/inboxes/{address}/send`) does too ([`takes_agent_key`]).
-pub const AGENT_KEY_ROUTES: [&str; 3] = ["/v1/credentials/read", "/v1/credentials/oidc", "/v1/agent/inboxes"];
+pub const AGENT_KEY_ROUTES: [&str; 4] =
+    ["/v1/credentials/read", "/v1/credentials/oidc", "/v1/agent/inboxes", "/v1/agent/grant-requests"];
 
 /// Whether `path` is a route that authenticates with an agent key.
 pub fn takes_agent_key(path: &str) -> bool {
@@ -500,7 +507,7 @@ mod agent_key_routes {
 
     #[test]
     fn every_agent_key_route_spends_the_failure_budget_and_nothing_else_does() {
-        for path in ["/v1/credentials/read", "/v1/credentials/oidc", "/v1/agent/inboxes", "/v1/inboxes/bot@agents.localhost/send"] {
+        for path in ["/v1/credentials/read", "/v1/credentials/oidc", "/v1/agent/inboxes", "/v1/agent/grant-requests", "/v1/inboxes/bot@agents.localhost/send"] {
             assert!(takes_agent_key(path), "{path}");
         }
         for path in [

@@ -183,21 +183,37 @@ pub(crate) async fn list_inboxes(State(state): State<ApiState>, approval: OwnerA
     )
 )]
 pub(crate) async fn create_inbox(State(state): State<ApiState>, approval: OwnerApproval) -> Result<Response, ApiError> {
-    let meta = store(&state)?;
     if !approval.json {
         return Err(ApiError::UnsupportedMediaType);
     }
     let body: CreateInboxRequest = decode(&approval.body)?;
-    let owner = approval.owner().clone();
-    let agent: AgentId = body.agent.parse().map_err(|e| field_error("agent", e))?;
-    let address: Address = body.address.parse().map_err(|e| field_error("address", e))?;
+    let rec = create_inbox_as(&state, &approval.proof, &body.agent, &body.address, body.expires_in, approval.evidence()).await?;
+    Ok((StatusCode::CREATED, Json(inbox_view(&rec))).into_response())
+}
+
+/// Creates the inbox `address` for `agent`, one of the agents of the owner who
+/// passed `gate` (the master key's signature, or a console passkey assertion
+/// for this action), ending after `expires_in` seconds if given; `evidence`
+/// goes into the audit record. Another owner's agent is the same 404 as a
+/// missing one.
+pub(crate) async fn create_inbox_as(
+    state: &ApiState,
+    gate: &impl agentkeys_approval::OwnerGate,
+    agent: &str,
+    address: &str,
+    expires_in: Option<i64>,
+    evidence: serde_json::Value,
+) -> Result<InboxRecord, ApiError> {
+    let meta = store(state)?;
+    let owner = gate.owner().clone();
+    let agent: AgentId = agent.parse().map_err(|e| field_error("agent", e))?;
+    let address: Address = address.parse().map_err(|e| field_error("address", e))?;
     state.subaddressing.check_inbox(&address).map_err(|e| field_error("address", e))?;
     let now = state.clock.now();
-    let expires_at = owner_inbox_expiry(body.expires_in, now).map_err(ApiError::InboxExpiry)?;
+    let expires_at = owner_inbox_expiry(expires_in, now).map_err(ApiError::InboxExpiry)?;
     // A domain assigned to another owner answers like one this server does not host.
     let domain: Domain = address.domain().parse().map_err(|e| field_error("address", e))?;
-    let assigned_elsewhere =
-        meta.domain_owner(&domain).await.map_err(|e| backend_error(&e))?.is_some_and(|o| o != *approval.owner());
+    let assigned_elsewhere = meta.domain_owner(&domain).await.map_err(|e| backend_error(&e))?.is_some_and(|o| o != owner);
     if assigned_elsewhere || !meta.is_hosted_domain(address.domain()).await.map_err(|e| backend_error(&e))? {
         return Err(field_error("address", format!("{} is not a domain this server hosts", address.domain())));
     }
@@ -219,12 +235,12 @@ pub(crate) async fn create_inbox(State(state): State<ApiState>, approval: OwnerA
         "agent": agent,
         "status": rec.status,
         "expires_at": rec.expires_at,
-        "approval": approval.evidence(),
+        "approval": evidence,
     }));
     let _receipt = meta.create_inbox(&rec, &event).await.map_err(|e| match e {
         StoreError::Conflict { .. } => ApiError::AddressTaken,
         StoreError::NotFound { .. } => ApiError::OwnerObjectNotFound { what: "agent" },
         other => backend_error(&other),
     })?;
-    Ok((StatusCode::CREATED, Json(inbox_view(&rec))).into_response())
+    Ok(rec)
 }

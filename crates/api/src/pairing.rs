@@ -5,8 +5,8 @@
 //! | method | path | who | what |
 //! |---|---|---|---|
 //! | POST | `/v1/pairings` | agent (public) | open a request for a device public key: 201 pair code, 6 digits, expiry |
-//! | GET | `/v1/pairings/{code}` | owner signature | what the owner confirms: agent id, name, device fingerprint, 6 digits |
-//! | POST | `/v1/pairings/{code}/approve` | owner signature | approve with the 6 digits: creates the agent under the owner |
+//! | GET | `/v1/pairings/{code}` | owner signature | what the owner confirms: agent id, name, device fingerprint (never the 6 digits) |
+//! | POST | `/v1/pairings/{code}/approve` | owner signature | approve with the 6 digits the owner typed from the agent's screen: creates the agent under the owner |
 //! | POST | `/v1/pairings/{code}/collect` | device signature | long-poll (up to [`COLLECT_WAIT`]): 200 the agent key once, 202 pending, 410 expired, 404 otherwise |
 //!
 //! Requests are stored under the pair code's [`CodeHash`]; state changes are
@@ -20,6 +20,15 @@
 //! notifies the database, every node's listener wakes its waiters); there is
 //! no busy polling.
 //!
+//! **The 6 digits are typed, not shown.** The owner's view never carries them:
+//! the owner types what the agent's screen shows and the server compares
+//! (derived from the pair code and the device key, so nothing is stored; in
+//! constant time). Every approval attempt first spends one of
+//! [`MAX_CONFIRMATION_TRIES`] (`Pairing` row counter, compare-and-set across
+//! nodes), so at most that many comparisons are ever made; a wrong try is
+//! recorded `pairing.approve` / `denied` with its reason, and past the limit
+//! the request answers 409 `CONFIRMATION_LOCKED` until it expires.
+//!
 //! Who sees what is the state machine's: anyone who cannot prove a stake (an
 //! owner who did not approve it, a poller without the device key) gets the same
 //! 404 `NOT_FOUND` for an unknown, spent or foreign request.
@@ -30,7 +39,7 @@ use std::time::Duration;
 use agentkeys_approval::codes::CodeHash;
 use agentkeys_approval::pairing;
 use agentkeys_approval::{
-    ConfirmationCode, OwnerGate, PAIRING_TTL, PairCode, PairingError, PairingRequest, PairingState, PublicKey, Signature,
+    ConfirmationCode, MAX_CONFIRMATION_TRIES, OwnerGate, PAIRING_TTL, PairCode, PairingError, PairingRequest, PairingState, PublicKey, Signature,
 };
 use agentkeys_audit::{Actor, AuditEvent, hash_to_hex, ops};
 use agentkeys_core::time::rfc3339;
@@ -307,8 +316,6 @@ pub struct PairingViewResponse {
     pub device_public_key: String,
     /// `SHA256:` + base64 of the key's SHA-256.
     pub device_fingerprint: String,
-    /// The 6 digits the agent's screen shows.
-    pub confirmation_code: String,
     /// When the request expires (RFC 3339).
     pub expires_at: String,
 }
@@ -347,7 +354,6 @@ pub(crate) async fn view(
         name,
         device_public_key: seen.device_key.to_base64(),
         device_fingerprint: device_fingerprint(&seen.device_key),
-        confirmation_code: seen.confirmation_code.to_string(),
         expires_at: rfc3339(seen.expires_at),
     })
     .into_response())
@@ -389,7 +395,7 @@ pub struct ApprovePairingResponse {
         (status = 400, description = "CONFIRMATION_MISMATCH or a malformed body", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Owner signature refused", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "NOT_FOUND: unknown, or approved by someone else (one answer)", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "ALREADY_CONSUMED (you approved it already) or AGENT_EXISTS (the device is another owner's agent)", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "ALREADY_CONSUMED (you approved it already), AGENT_EXISTS (the device is another owner's agent) or CONFIRMATION_LOCKED (its 5 tries of the 6 digits are spent; the agent pairs again)", body = Problem, content_type = "application/problem+json"),
         (status = 410, description = "EXPIRED", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "PAYLOAD_TOO_LARGE: the body is over 16 KiB", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "UNSUPPORTED_MEDIA_TYPE: send the body as Content-Type: application/json", body = Problem, content_type = "application/problem+json"),
@@ -429,8 +435,41 @@ pub(crate) async fn approve_as(
     let now = state.clock.now();
     let found = lookup(meta, &code).await?;
     let name = found.as_ref().and_then(|(rec, _)| rec.name.clone());
-    let approved =
-        pairing::approve(found.map(|(_, s)| s), &code, &confirmation, gate, now).map_err(ApiError::Pairing)?;
+    let agent_to_be = found.as_ref().map(|(rec, _)| rec.agent.to_string()).unwrap_or_default();
+    // Only a request this owner may approve now spends a try (unknown, foreign,
+    // expired or spent: the state machine's answer, nothing counted)…
+    pairing::view(found.as_ref().map(|(_, s)| s), &code, gate, now).map_err(ApiError::Pairing)?;
+    // …and it spends one before the digits are compared, so at most
+    // MAX_CONFIRMATION_TRIES comparisons are ever made, across nodes.
+    let tries = meta.take_pairing_try(&code.hash().0, MAX_CONFIRMATION_TRIES).await.map_err(|e| backend_error(&e))?;
+    let Some(tries) = tries else {
+        // Approved meanwhile, or locked.
+        let again = lookup(meta, &code).await?.map(|(_, s)| s);
+        let e = pairing::view(again.as_ref(), &code, gate, now).err().unwrap_or(PairingError::ConfirmationLocked);
+        return Err(ApiError::Pairing(e));
+    };
+    let approved = match pairing::approve(found.map(|(_, s)| s), &code, &confirmation, gate, now) {
+        Ok(approved) => approved,
+        Err(e) => {
+            if e == PairingError::ConfirmationMismatch {
+                // Recorded before it is answered (fail closed like every refusal).
+                let refused = AuditEvent {
+                    outcome: agentkeys_audit::Outcome::Denied,
+                    ..AuditEvent::ok(Actor::Owner(gate.owner().clone()), ops::PAIRING_APPROVE, agent_to_be.clone())
+                }
+                .with_detail(json!({
+                    "owner": gate.owner(),
+                    "agent": agent_to_be,
+                    "reason": "the 6 digits do not match the agent's",
+                    "tries": tries,
+                    "max_tries": MAX_CONFIRMATION_TRIES,
+                    "approval": evidence,
+                }));
+                meta.audit_append(&refused).await.map_err(|e| backend_error(&e))?;
+            }
+            return Err(ApiError::Pairing(e));
+        }
+    };
     let PairingState::Approved { request, owner, approved_at } = approved else {
         return Err(ApiError::Internal);
     };

@@ -137,14 +137,16 @@ async fn pair_approve_collect_once() {
     let (status, answer) = send(&w.app, collect(&code, &device)).await;
     assert_eq!((status, answer["status"].as_str()), (StatusCode::ACCEPTED, Some("pending")), "{answer}");
 
-    // The owner's view: name, fingerprint, the same digits.
+    // The owner's view: name and fingerprint, never the digits (the owner types
+    // what the agent's screen shows; the server compares).
     let (status, seen) = send(&w.app, view(&w, &w.key_a, OWNER_A, &code)).await;
     assert_eq!(status, StatusCode::OK, "{seen}");
-    assert_eq!((seen["name"].as_str(), seen["confirmation_code"].as_str()), (Some("build bot"), Some(digits.as_str())));
+    assert_eq!(seen["name"].as_str(), Some("build bot"));
+    assert!(seen.get("confirmation_code").is_none() && !seen.to_string().contains(&digits), "{seen}");
     assert!(seen["device_fingerprint"].as_str().unwrap().starts_with("SHA256:"));
     assert_eq!(seen["agent_id"], device.agent_id().to_string());
 
-    // Wrong digits: refused, nothing spent.
+    // Wrong digits: refused (one of MAX_CONFIRMATION_TRIES spent), nothing approved.
     let (status, answer) = send(&w.app, approve(&w, &w.key_a, OWNER_A, &code, &wrong_digits(&digits))).await;
     assert_eq!((status, answer["code"].as_str()), (StatusCode::BAD_REQUEST, Some("CONFIRMATION_MISMATCH")));
     let (status, answer) = send(&w.app, approve(&w, &w.key_a, OWNER_A, &code, "12345")).await;
@@ -324,4 +326,52 @@ async fn shutdown_ends_a_waiting_collect() {
     let (status, answer) = waiting.await.unwrap();
     assert_eq!((status, answer["status"].as_str()), (StatusCode::ACCEPTED, Some("pending")));
     assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+/// Every approval attempt spends one of MAX_CONFIRMATION_TRIES before the
+/// digits are compared: after `wrong` wrong tries the right digits approve
+/// exactly when a try is left; past the limit the request is locked (409
+/// CONFIRMATION_LOCKED), no agent is created, and each wrong try is one
+/// `pairing.approve` record with outcome `denied` and its reason.
+#[tokio::test]
+async fn wrong_digits_count_and_lock_the_request() {
+    use agentkeys_approval::MAX_CONFIRMATION_TRIES;
+    let limit = usize::try_from(MAX_CONFIRMATION_TRIES).unwrap();
+    let w = world(Duration::from_millis(50)).await;
+    for wrong in 0..=limit + 1 {
+        let device = DeviceKey::generate(&mut rand::rngs::OsRng);
+        let opened = open(&w, &device, None).await;
+        let code = opened["pair_code"].as_str().unwrap().to_owned();
+        let digits = opened["confirmation_code"].as_str().unwrap().to_owned();
+        for n in 0..wrong {
+            let (status, answer) = send(&w.app, approve(&w, &w.key_a, OWNER_A, &code, &wrong_digits(&digits))).await;
+            let expected = if n < limit { "CONFIRMATION_MISMATCH" } else { "CONFIRMATION_LOCKED" };
+            assert_eq!(answer["code"].as_str(), Some(expected), "wrong try {} of {wrong}: {answer}", n + 1);
+            assert_eq!(status, if n < limit { StatusCode::BAD_REQUEST } else { StatusCode::CONFLICT });
+        }
+        let (status, answer) = send(&w.app, approve(&w, &w.key_a, OWNER_A, &code, &digits)).await;
+        if wrong < limit {
+            assert_eq!(status, StatusCode::OK, "right digits after {wrong} wrong: {answer}");
+            assert!(w.store.get_agent(&device.agent_id()).await.unwrap().is_some());
+        } else {
+            assert_eq!((status, answer["code"].as_str()), (StatusCode::CONFLICT, Some("CONFIRMATION_LOCKED")), "after {wrong} wrong");
+            assert!(w.store.get_agent(&device.agent_id()).await.unwrap().is_none(), "locked: nothing approved");
+            // The agent still waits (pending) until the request expires.
+            let (status, _) = send(&w.app, collect(&code, &device)).await;
+            assert_eq!(status, StatusCode::ACCEPTED);
+        }
+    }
+    let denied: Vec<_> = w
+        .store
+        .audit_all()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.operation == "pairing.approve" && r.outcome.as_str() == "denied")
+        .collect();
+    // Wrong tries within the limit are recorded (the ones past it are refused before the comparison).
+    let expected: usize = (0..=limit + 1).map(|wrong: usize| wrong.min(limit)).sum();
+    assert_eq!(denied.len(), expected);
+    assert!(denied.iter().all(|r| r.detail["reason"].as_str().is_some_and(|t| t.contains("6 digits"))), "{denied:?}");
+    assert!(denied.iter().all(|r| r.actor.to_string() == format!("owner:{OWNER_A}")));
 }

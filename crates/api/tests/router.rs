@@ -727,3 +727,88 @@ async fn an_agent_creates_inboxes_only_under_its_create_grant_and_within_its_lif
     assert_problem(&send(&app, create(&w.key, r#"{"name":"signup-after"}"#)).await, StatusCode::FORBIDDEN, "GRANT_EXPIRED");
     assert!(w.store.list_inboxes(None).await.unwrap().iter().all(|i| i.address.local_part() != "signup-after"));
 }
+
+/// An agent asks its owner for a grant: 201 pending, audited with the agent
+/// as actor, visible to its owner only; at most MAX_PENDING_GRANT_REQUESTS
+/// wait at once (409 TOO_MANY_GRANT_REQUESTS); bad fields are 400 with the
+/// field; an unknown key is 401 and asks nothing.
+#[tokio::test]
+async fn an_agent_asks_its_owner_for_a_grant() {
+    use agentkeys_api::grant_requests::{GRANT_REQUEST_TTL_SECS, MAX_PENDING_GRANT_REQUESTS};
+    let w = world().await;
+    let app = router(w.state_with_audit(w.backend.clone()).with_meta(w.store.clone()));
+    let ask = |key: &str, body: &Value| post("/v1/agent/grant-requests", Some(key), &body.to_string());
+    let body = json!({ "inbox": SPARE, "scopes": ["read", "send"], "ttl": 7200, "reason": "sign up at example.com" });
+    let a = send(&app, ask(&w.key, &body)).await;
+    assert_eq!(a.status, StatusCode::CREATED, "{}", a.body);
+    assert_eq!((a.body["status"].as_str(), a.body["scopes"].as_str(), a.body["ttl"].as_i64()), (Some("pending"), Some("read,send"), Some(7200)));
+    let id = a.body["id"].as_str().unwrap().to_owned();
+    assert!(id.starts_with("ar_") && id.len() == 19, "{id}");
+    let owner_a = OWNER_A.parse().unwrap();
+    let pending = w.store.pending_grant_requests(&owner_a, NOW - GRANT_REQUEST_TTL_SECS).await.unwrap();
+    assert_eq!(pending.len(), 1);
+    assert_eq!((pending[0].id.as_str(), pending[0].agent.as_str(), pending[0].reason.as_deref()), (id.as_str(), AGENT_A, Some("sign up at example.com")));
+    assert!(w.store.pending_grant_requests(&OWNER_B.parse().unwrap(), 0).await.unwrap().is_empty(), "another owner sees none");
+    let record = w.store.audit_all().await.unwrap().into_iter().rev().find(|r| r.operation == "grant.request").unwrap();
+    assert_eq!((record.actor.to_string(), record.subject.as_str()), (format!("agent:{AGENT_A}"), id.as_str()));
+    // Nothing is granted by asking.
+    assert!(w.store.list_owner_grants(&owner_a).await.unwrap().iter().all(|g| g.pattern.to_string() != SPARE));
+
+    // Bad fields, and keys that are not an agent's.
+    for (bad, field) in [
+        (json!({ "inbox": "not an inbox", "scopes": ["read"] }), "inbox"),
+        (json!({ "inbox": SPARE, "scopes": ["fly"] }), "scopes"),
+        (json!({ "inbox": SPARE, "scopes": ["read"], "ttl": 2_592_001 }), "ttl"),
+        (json!({ "inbox": SPARE, "scopes": ["read"], "reason": "x".repeat(201) }), "reason"),
+    ] {
+        let a = send(&app, ask(&w.key, &bad)).await;
+        assert_problem(&a, StatusCode::BAD_REQUEST, "INVALID_REQUEST");
+        assert_eq!(a.body["field"], field, "{bad}");
+    }
+    for key in [&w.unknown, &w.revoked, &w.expired] {
+        assert_problem(&send(&app, ask(key, &body)).await, StatusCode::UNAUTHORIZED, "INVALID_KEY");
+    }
+    // The limit of waiting requests.
+    for _ in 1..MAX_PENDING_GRANT_REQUESTS {
+        assert_eq!(send(&app, ask(&w.key, &body)).await.status, StatusCode::CREATED);
+    }
+    assert_problem(&send(&app, ask(&w.key, &body)).await, StatusCode::CONFLICT, "TOO_MANY_GRANT_REQUESTS");
+    let waiting = w.store.pending_grant_requests(&owner_a, NOW - GRANT_REQUEST_TTL_SECS).await.unwrap();
+    assert_eq!(waiting.len(), usize::try_from(MAX_PENDING_GRANT_REQUESTS).unwrap());
+}
+
+/// A mint records its key's last use, at most once per KEY_USE_RESOLUTION_SECS.
+#[tokio::test]
+async fn mints_record_the_keys_last_use_once_a_minute() {
+    use agentkeys_store::KEY_USE_RESOLUTION_SECS;
+    let w = world().await;
+    let app = router(w.state_with_audit(w.backend.clone()).with_meta(w.store.clone()));
+    let read = || post("/v1/credentials/read", Some(&w.key), &json!({ "inbox": BOT }).to_string());
+    let last_use = || async {
+        let uses = w.store.key_last_uses(&OWNER_A.parse().unwrap(), &AGENT_A.parse().unwrap()).await.unwrap();
+        uses.into_iter().map(|(_, at)| at).max()
+    };
+    assert_eq!(last_use().await, None, "never used");
+    assert_eq!(send(&app, read()).await.status, StatusCode::OK);
+    // The write runs after the answer: wait for it (bounded).
+    for _ in 0..100 {
+        if last_use().await.is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(last_use().await, Some(NOW));
+    w.clock.0.store(NOW + KEY_USE_RESOLUTION_SECS - 1, Ordering::SeqCst);
+    assert_eq!(send(&app, read()).await.status, StatusCode::OK);
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert_eq!(last_use().await, Some(NOW), "within the resolution: not written");
+    w.clock.0.store(NOW + KEY_USE_RESOLUTION_SECS, Ordering::SeqCst);
+    assert_eq!(send(&app, read()).await.status, StatusCode::OK);
+    for _ in 0..100 {
+        if last_use().await == Some(NOW + KEY_USE_RESOLUTION_SECS) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(last_use().await, Some(NOW + KEY_USE_RESOLUTION_SECS));
+}

@@ -24,6 +24,12 @@ use crate::public_key::PublicKey;
 pub const ENROLLMENT_CODE_TTL: i64 = 24 * 3_600;
 /// Lifetime of a pairing request, in seconds (DESIGN.md §4).
 pub const PAIRING_TTL: i64 = 600;
+/// How many approvals (typed 6 digits) one pairing request takes: every
+/// attempt spends one before the digits are compared, so a wrong guess counts
+/// and at most this many comparisons are ever made; then the request is locked
+/// ([`PairingError::ConfirmationLocked`](crate::PairingError::ConfirmationLocked))
+/// and the agent pairs again.
+pub const MAX_CONFIRMATION_TRIES: u32 = 5;
 /// Prefix of an enrollment code.
 pub const ENROLLMENT_CODE_PREFIX: &str = "enr_";
 /// Characters after the prefix (26 × 5 = 130 bits).
@@ -344,5 +350,6 @@ mod tests {
     fn ttls_are_the_documented_values() {
         assert_eq!(ENROLLMENT_CODE_TTL, 86_400);
         assert_eq!(PAIRING_TTL, 600);
+        assert_eq!(MAX_CONFIRMATION_TRIES, 5);
     }
 }

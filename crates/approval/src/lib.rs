@@ -61,7 +61,7 @@ pub mod replay;
 pub mod signed_request;
 
 pub use codes::{
-    CodeError, CodeHash, ConfirmationCode, ENROLLMENT_CODE_TTL, EnrollmentCode, PAIRING_TTL, PairCode,
+    CodeError, CodeHash, ConfirmationCode, ENROLLMENT_CODE_TTL, EnrollmentCode, MAX_CONFIRMATION_TRIES, PAIRING_TTL, PairCode,
 };
 pub use device_key::{DeviceKey, agent_id_from_device_key};
 pub use enrollment::{EnrollmentError, EnrollmentRedeemed, EnrollmentTicket};

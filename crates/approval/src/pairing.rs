@@ -61,6 +61,10 @@ pub enum PairingError {
     /// The 6 digits the owner confirmed are not those of this request.
     #[error("the confirmation code does not match this pairing request")]
     ConfirmationMismatch,
+    /// Its [`MAX_CONFIRMATION_TRIES`](crate::MAX_CONFIRMATION_TRIES) tries of
+    /// the 6 digits are spent: it cannot be approved any more; pair again.
+    #[error("too many tries of the 6 digits: this pairing request is locked; the agent must pair again")]
+    ConfirmationLocked,
 }
 
 impl PairingError {
@@ -72,6 +76,7 @@ impl PairingError {
             Self::Expired => "EXPIRED",
             Self::Pending => "PENDING",
             Self::ConfirmationMismatch => "CONFIRMATION_MISMATCH",
+            Self::ConfirmationLocked => "CONFIRMATION_LOCKED",
         }
     }
 }

@@ -1,4 +1,4 @@
-//! The agent's commands: `agentkeys mail list|show|send|reply|forward|wait|otp|inboxes|inbox-create`
+//! The agent's commands: `agentkeys mail list|show|send|reply|forward|wait|otp|inboxes|inbox-create|grant-request`
 //! and `agentkeys mcp [--http ADDR]`. Both run the same operations
 //! (`agentkeys_agent::mailbox::MailService`) the MCP tools run. Configuration:
 //! the `agent.json` pairing wrote, or `AGENTKEYS_SERVER` + `AGENTKEYS_AGENT_KEY`
@@ -111,6 +111,23 @@ pub(crate) enum MailCmd {
         /// Unauthenticated mail: label or hide (never back to show).
         #[arg(long, value_name = "MODE")]
         unauthenticated: Option<String>,
+    },
+    /// Ask the owner for a grant: it waits on the owner's console (approvals
+    /// page), where the owner approves it with a passkey or denies it. Prints
+    /// the request's id; mint once the owner approved.
+    GrantRequest {
+        /// The inbox or pattern (bot@example.com, signup-*@example.com, *@example.com).
+        #[arg(long, value_name = "INBOX")]
+        inbox: String,
+        /// Comma-separated: read, send, admin, create.
+        #[arg(long, value_delimiter = ',', required = true)]
+        scopes: Vec<String>,
+        /// Lifetime, e.g. 2h, 7d (default and at most 30d).
+        #[arg(long, value_name = "DURATION")]
+        ttl: Option<String>,
+        /// Why, shown to the owner (at most 200 characters).
+        #[arg(long)]
+        reason: Option<String>,
     },
     /// List messages, newest first.
     List {
@@ -602,6 +619,20 @@ pub(crate) async fn run(cmd: MailCmd, json: bool) -> Result<()> {
             println!("  send allow:    {}", list(&policy.send_allow));
             println!("  send block:    {}", list(&policy.send_block));
             println!("  unauthenticated: {}", policy.unauthenticated.as_str());
+        }
+        MailCmd::GrantRequest { inbox, scopes, ttl, reason } => {
+            let ttl = ttl.as_deref().map(|d| agentkeys_core::parse_duration(d).map_err(|e| anyhow!("--ttl: {e}"))).transpose()?;
+            let asked = mail.client().request_grant(&inbox, &scopes, ttl, reason.as_deref()).await?;
+            if json {
+                return print_json(&asked);
+            }
+            println!(
+                "asked: {}  {} on {}  (waiting for the owner's console until {})",
+                asked["id"].as_str().unwrap_or("-"),
+                asked["scopes"].as_str().unwrap_or("-"),
+                asked["inbox"].as_str().unwrap_or("-"),
+                asked["decide_by"].as_str().unwrap_or("-")
+            );
         }
         MailCmd::List { inbox, limit, from, subject, to_tag, before, after } => {
             let inbox = resolve_inbox(&mail, &inbox).await?;

@@ -18,11 +18,13 @@
 //!   `expires_at`, `agent_id`, `server_fingerprint`) and one when it ends
 //!   (`status`: `approved`, `expired`, `already_consumed`, `not_found` or
 //!   `error`, and `agent_id`).
-//! - `agentkeys approve PAIR-CODE [--yes]` (the owner's machine): unlocks the
-//!   master key, shows the request (agent id and name, device fingerprint, the 6
-//!   digits, and the server certificate its own pinned connection met, which
-//!   must match the agent's screen), asks y/N unless `--yes`, and approves with
-//!   a signed request.
+//! - `agentkeys approve PAIR-CODE [--digits NNNNNN]` (the owner's machine):
+//!   unlocks the master key, shows the request (agent id and name, device
+//!   fingerprint, and the server certificate its own pinned connection met,
+//!   which must match the agent's screen), asks for the 6 digits the agent
+//!   shows unless `--digits` gives them, and approves with a signed request;
+//!   the server compares the digits (it never shows them to the owner), at most
+//!   `MAX_CONFIRMATION_TRIES` (5) times per request.
 
 use std::io::{BufRead as _, Write as _};
 use std::path::{Path, PathBuf};
@@ -66,9 +68,10 @@ pub(crate) struct PairArgs {
 pub(crate) struct ApproveArgs {
     /// The pair code the agent printed (ABCD-EFGH).
     pair_code: String,
-    /// Approve without asking (the master key is still unlocked with the passphrase).
-    #[arg(long)]
-    yes: bool,
+    /// The 6 digits the agent's screen shows, for scripts; without it approve
+    /// asks for them. The server compares them (at most 5 tries per request).
+    #[arg(long, value_name = "NNNNNN")]
+    digits: Option<String>,
     #[command(flatten)]
     conn: OwnerConn,
 }
@@ -263,6 +266,15 @@ async fn choose_send_route(host: &str, server: &Value, trust: &Trust) -> (&'stat
     }
 }
 
+/// The confirmation digits as typed: exactly 6 ASCII digits.
+fn check_digits(d: &str) -> Result<()> {
+    if d.len() == 6 && d.bytes().all(|b| b.is_ascii_digit()) {
+        Ok(())
+    } else {
+        bail!("{d:?} is not the confirmation code: type the 6 digits the agent shows (like 123456)")
+    }
+}
+
 fn s(v: &Value) -> &str {
     v.as_str().unwrap_or("-")
 }
@@ -277,13 +289,14 @@ pub(crate) async fn approve(args: ApproveArgs, config: &crate::config::Config, j
         .parse()
         .map_err(|_| anyhow!("{:?} is not a pair code (8 characters like ABCD-EFGH)", args.pair_code))?;
     let session = Session::open(&args.conn, config).await?;
+    if let Some(d) = &args.digits {
+        check_digits(d)?;
+    }
     let seen = session.call("GET", &format!("/v1/pairings/{code}"), None).await?;
-    let digits = seen["confirmation_code"].as_str().ok_or_else(|| anyhow!("the server sent no confirmation code"))?;
     let mut err = std::io::stderr().lock();
     writeln!(err, "Pairing request {code}")?;
     writeln!(err, "  agent:              {} ({})", s(&seen["agent_id"]), seen["name"].as_str().unwrap_or("no name"))?;
     writeln!(err, "  device fingerprint: {}", s(&seen["device_fingerprint"]))?;
-    writeln!(err, "  confirmation code:  {digits}   (must match the agent's screen)")?;
     match session.seen() {
         Some(c) => writeln!(err, "  server certificate: SHA-256 {}   (must match the agent's screen)", c.fingerprint)?,
         None => writeln!(
@@ -292,15 +305,21 @@ pub(crate) async fn approve(args: ApproveArgs, config: &crate::config::Config, j
         )?,
     }
     writeln!(err, "  expires:            {}", s(&seen["expires_at"]))?;
-    if !args.yes {
-        write!(err, "Approve this agent? [y/N] ")?;
-        err.flush()?;
-        let mut answer = String::new();
-        std::io::stdin().lock().read_line(&mut answer)?;
-        if !matches!(answer.trim(), "y" | "Y" | "yes" | "YES" | "Yes") {
-            bail!("not approved");
+    let digits = match args.digits {
+        Some(d) => d,
+        None => {
+            write!(err, "To approve, type the 6 digits the agent shows (empty: do not approve): ")?;
+            err.flush()?;
+            let mut answer = String::new();
+            std::io::stdin().lock().read_line(&mut answer)?;
+            let answer = answer.trim().replace(' ', "");
+            if answer.is_empty() {
+                bail!("not approved");
+            }
+            check_digits(&answer)?;
+            answer
         }
-    }
+    };
     drop(err);
     let body = json!({ "confirmation_code": digits }).to_string();
     let answer = session.call("POST", &format!("/v1/pairings/{code}/approve"), Some(body.as_bytes())).await?;

@@ -163,7 +163,11 @@ pub(crate) async fn run(config: Config) -> Result<()> {
     // URL to be https:// or http://localhost.
     let mut console_origin = None;
     match agentkeys_api::console::ConsoleConfig::new(config.public_url.as_str()) {
-        Ok(console) => {
+        Ok(mut console) => {
+            // Agents pairing over HTTPS pin this certificate: the approvals page shows it to compare.
+            if https.is_some() {
+                console = console.with_certificate_fingerprint(tls.fingerprint.to_string());
+            }
             println!("  console           {}/console (owners sign in with passkeys)", console.origin());
             console_origin = Some(console.origin().to_owned());
             api_state = api_state.with_console(console);

@@ -2,9 +2,12 @@
 //! `chromium`, driven by Playwright with a virtual WebAuthn authenticator, user
 //! verification on) against the real server: register a passkey with the link
 //! `agentkeys owner passkey add` prints, sign in, approve a pairing by typing the
-//! 6 digits while a real `agentkeys agent pair` waits, revoke a key and a grant
-//! (each asking the authenticator again), read a hostile HTML message, see the
-//! audit; a second owner sees none of it. The checks are in
+//! 6 digits while a real `agentkeys agent pair` waits (wrong digits refused),
+//! revoke a key and a grant (each asking the authenticator again), create an
+//! inbox and disable it (the MX then refuses it), read a hostile HTML message,
+//! see what the agent sent (a bounce from a real receiving MTA), the keys' last
+//! use, the audit with its time filter; a second owner sees none of it, and
+//! every route tried with the first owner's ids answers like a missing object. The checks are in
 //! `tests/resources/console_browser.py`; screenshots of every page, and the
 //! axe-core results, are kept under `target/tmp/console-browser/`.
 //!
@@ -45,6 +48,35 @@ const HOSTILE: &str = concat!(
     "--b--\r\n"
 );
 
+/// A real receiving MTA (aiosmtpd, `smtp_sink.py --reject`) as the smarthost:
+/// every recipient answers `550 5.1.1`, so the agent's mail bounces.
+struct Sink(std::process::Child, u16);
+
+impl Sink {
+    fn start(dir: &std::path::Path) -> Sink {
+        std::fs::create_dir_all(dir).unwrap();
+        let mut child = Command::new("python3")
+            .arg(resource("smtp_sink.py"))
+            .arg(dir)
+            .arg("--reject")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn python3 smtp_sink.py");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        let port = line.trim().parse().unwrap();
+        Sink(child, port)
+    }
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        self.0.kill().ok();
+        self.0.wait().ok();
+    }
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
@@ -68,7 +100,18 @@ fn owner_console_in_a_real_browser() {
     let port = free_port();
     let base = format!("http://localhost:{port}");
     let listen = format!("127.0.0.1:{port}");
-    let server = Server::start(&d, &[("AGENTKEYS_LISTEN_HTTP", &listen), ("AGENTKEYS_PUBLIC_URL", &base)]);
+    let sink = Sink::start(&dir.path().join("sink"));
+    let smarthost = format!("127.0.0.1:{}", sink.1);
+    let server = Server::start(
+        &d,
+        &[
+            ("AGENTKEYS_LISTEN_HTTP", &listen),
+            ("AGENTKEYS_PUBLIC_URL", &base),
+            ("AGENTKEYS_DELIVERY_ENABLED", "true"),
+            ("AGENTKEYS_SMARTHOST", &smarthost),
+            ("AGENTKEYS_DELIVERY_BACKOFF_SCALE", "0.001"),
+        ],
+    );
 
     let link = owner_json(&d, OWNER, &["owner", "passkey", "add", "--server", &base]);
     let link = link["url"].as_str().unwrap().to_owned();
@@ -94,7 +137,7 @@ fn owner_console_in_a_real_browser() {
     // Addressed to OWNER: another owner, even with the pair code and the master
     // key, finds nothing (the same 404 as an unknown code).
     enroll_owner(&d, OWNER2);
-    let foreign = owner_run(&d, OWNER2, &["approve", &pair_code, "--yes", "--server", &base]);
+    let foreign = owner_run(&d, OWNER2, &["approve", &pair_code, "--digits", &digits, "--server", &base]);
     let err = String::from_utf8_lossy(&foreign.stderr).into_owned();
     assert!(!foreign.status.success() && err.contains("404 NOT_FOUND"), "{err}");
 
@@ -139,16 +182,50 @@ fn owner_console_in_a_real_browser() {
         let (status, _, _) = curl("POST", &format!("{base}/v1/credentials/read"), Some(&agent_key), Some(&json!({ "inbox": inbox }).to_string()));
         assert_eq!(status, 200);
     }
+    // The agent sends to another server under a send grant; the receiving MTA
+    // refuses it: a bounce for the sent view.
+    owner_json(&d, OWNER, &["grant", "create", "--agent", &agent, "--inbox", &inbox, "--scopes", "send"]);
+    let out = json!({ "to": ["bob@remote.example"], "subject": "hello from ci bot", "text": "hi" }).to_string();
+    let (status, _, answer) = curl("POST", &format!("{base}/v1/inboxes/{inbox}/send"), Some(&agent_key), Some(&out));
+    assert_eq!(status, 202, "{answer}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let queue = run_json(&d, &["queue", "list"]);
+        if queue.as_array().unwrap().iter().any(|q| q["recipient"] == "bob@remote.example" && q["state"] == "bounced") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the message did not bounce: {queue}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
     assert_eq!(send_raw(server.inbound, "mallory@evil.example", &inbox, HOSTILE).unwrap(), 250);
     let deadline = Instant::now() + Duration::from_secs(30);
     while stored_messages(&server.blobs(), OWNER, &inbox).is_empty() {
         assert!(Instant::now() < deadline, "the message was not stored");
         std::thread::sleep(Duration::from_millis(100));
     }
+    // The agent asks its owner for three grants (`mail grant-request`): the
+    // browser approves one, denies one, and the second owner tries the third.
+    let requests: Vec<String> = ["read", "send", "read"]
+        .iter()
+        .enumerate()
+        .map(|(i, scopes)| {
+            let out = agentkeys(&d)
+                .env("AGENTKEYS_CONFIG_DIR", dir.path().join("agent"))
+                .args(["mail", "grant-request", "--inbox", &inbox, "--scopes", scopes, "--ttl", "2d"])
+                .args(["--reason", &format!("request {i}: sign up at example.com"), "--json"])
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            let asked: Value = serde_json::from_slice(&out.stdout).unwrap();
+            assert_eq!(asked["status"], "pending", "{asked}");
+            asked["id"].as_str().unwrap().to_owned()
+        })
+        .collect();
     let link2 = owner_json(&d, OWNER2, &["owner", "passkey", "add", "--server", &base]);
     let setup = json!({
         "grant": grant, "key": key, "agent": agent, "inbox": inbox,
-        "owner2": OWNER2, "link2": link2["url"],
+        "owner2": OWNER2, "link2": link2["url"], "mx": server.inbound.port(),
+        "sent_to": "bob@remote.example", "requests": requests,
     });
     writeln!(browser_in, "{setup}").unwrap();
     browser_in.flush().unwrap();
@@ -168,16 +245,33 @@ fn owner_console_in_a_real_browser() {
             .as_array()
             .unwrap()
             .iter()
-            .filter(|r| r["operation"] == op)
+            .filter(|r| r["operation"] == op && r["outcome"] == "ok")
             .map(|r| r["detail"]["approval"]["gate"].as_str().unwrap_or("").to_owned())
             .collect()
     };
     assert_eq!(gate_of("pairing.approve"), ["passkey"]);
     assert_eq!(gate_of("key.revoke"), ["passkey"]);
-    assert_eq!(gate_of("grant.create"), ["master_key", "passkey"]);
+    assert_eq!(gate_of("grant.create"), ["master_key", "master_key", "passkey", "passkey"]);
+    assert_eq!(gate_of("grant.request_deny"), ["passkey"]);
+    let approved: Vec<&Value> =
+        records.as_array().unwrap().iter().filter(|r| r["operation"] == "grant.create" && r["detail"]["request"].is_string()).collect();
+    assert_eq!(approved.len(), 1, "the approved request's grant names it");
+    assert_eq!(approved[0]["detail"]["request"], requests[0].as_str());
     assert_eq!(gate_of("grant.change"), ["passkey"]);
     assert_eq!(gate_of("grant.revoke"), ["passkey"]);
     assert_eq!(gate_of("agent.stop"), ["passkey"]);
+    assert_eq!(gate_of("inbox.set_status"), ["passkey"]);
+    assert_eq!(gate_of("inbox.create").iter().filter(|g| *g == "passkey").count(), 1, "the console's inbox");
+    // The wrong digits are on record, refused, with the reason.
+    let denied: Vec<&Value> = records
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["operation"] == "pairing.approve" && r["outcome"] == "denied")
+        .collect();
+    assert_eq!(denied.len(), 1, "{denied:?}");
+    assert!(denied[0]["detail"]["reason"].as_str().unwrap().contains("6 digits"), "{}", denied[0]);
+    drop(sink);
     assert_eq!(run_json(&d, &["audit", "verify"])["ok"], true);
     assert!(server.stop().success());
 }

@@ -1,5 +1,5 @@
 //! Pairing end to end against the real server process: the agent runs `agent
-//! pair --json` in the background, the owner runs `approve CODE --yes`, the agent
+//! pair --json` in the background, the owner runs `approve CODE --digits N`, the agent
 //! saves its key (0600) and, once the owner grants it an inbox, mints with it.
 
 #![allow(clippy::unwrap_used)]
@@ -72,11 +72,22 @@ fn agent_pairs_owner_approves_key_works_after_grant() {
     let agent_id = first["agent_id"].as_str().unwrap().to_owned();
     assert!(first["expires_at"].is_string() && digits.len() == 6 && agent_id.len() == 42, "{first}");
 
-    // The owner approves (no prompt with --yes; the passphrase still unlocks the key).
-    let approved = ok_json(&owner_cmd(&d, &home_owner, &base, &["approve", &pair_code, "--yes"]));
+    // Wrong digits: refused by the server, nothing approved (a try spent).
+    let wrong = if digits == "000000" { "111111" } else { "000000" };
+    let refused = owner_cmd(&d, &home_owner, &base, &["approve", &pair_code, "--digits", wrong]);
+    assert!(!refused.status.success());
+    let err = String::from_utf8_lossy(&refused.stderr).into_owned();
+    assert!(err.contains("CONFIRMATION_MISMATCH"), "{err}");
+    // Not 6 digits: refused before anything is sent.
+    let malformed = owner_cmd(&d, &home_owner, &base, &["approve", &pair_code, "--digits", "12345"]);
+    let err = String::from_utf8_lossy(&malformed.stderr).into_owned();
+    assert!(!malformed.status.success() && err.contains("type the 6 digits"), "{err}");
+    // The owner approves with the digits the agent shows (no prompt with
+    // --digits; the passphrase still unlocks the key).
+    let approved = ok_json(&owner_cmd(&d, &home_owner, &base, &["approve", &pair_code, "--digits", &digits]));
     assert_eq!((approved["agent_id"].as_str(), approved["owner"].as_str()), (Some(agent_id.as_str()), Some(OWNER)));
     // A second approval of the same code: ALREADY_CONSUMED.
-    let again = owner_cmd(&d, &home_owner, &base, &["approve", &pair_code, "--yes"]);
+    let again = owner_cmd(&d, &home_owner, &base, &["approve", &pair_code, "--digits", &digits]);
     assert!(!again.status.success());
     let err = String::from_utf8_lossy(&again.stderr).into_owned();
     assert!(err.contains("409 ALREADY_CONSUMED"), "{err}");
@@ -101,7 +112,8 @@ fn agent_pairs_owner_approves_key_works_after_grant() {
     ok_json(&owner_cmd(&d, &home_owner, &base, &["grant", "create", "--agent", &agent_id, "--inbox", &inbox, "--scopes", "read"]));
     assert_eq!(mint(&base, &agent_key, &inbox), 200);
 
-    // An interactive approve answered "no" approves nothing.
+    // An interactive approve answered with nothing approves nothing; the
+    // owner's screen never shows the digits (they come from the agent's).
     let mut child = agentkeys(&d)
         .env("AGENTKEYS_CONFIG_DIR", dir.path().join("agent2"))
         .args(["agent", "pair", "--server", &base, "--json"])
@@ -115,7 +127,28 @@ fn agent_pairs_owner_approves_key_works_after_grant() {
     let declined = owner_cmd(&d, &home_owner, &base, &["approve", first["pair_code"].as_str().unwrap()]);
     assert!(!declined.status.success());
     let err = String::from_utf8_lossy(&declined.stderr).into_owned();
-    assert!(err.contains("not approved") && err.contains(first["confirmation_code"].as_str().unwrap()), "{err}");
+    assert!(err.contains("not approved") && err.contains("type the 6 digits"), "{err}");
+    assert!(!err.contains(first["confirmation_code"].as_str().unwrap()), "{err}");
+    // Typed at the prompt, they approve.
+    let mut typed = agentkeys(&d)
+        .env("AGENTKEYS_CONFIG_DIR", &home_owner)
+        .env("AGENTKEYS_PASSPHRASE", PASSPHRASE)
+        .env("AGENTKEYS_SERVER", &base)
+        .args(["approve", first["pair_code"].as_str().unwrap(), "--json"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write as _;
+        let mut stdin = typed.stdin.take().unwrap();
+        writeln!(stdin, "{}", first["confirmation_code"].as_str().unwrap()).unwrap();
+    }
+    let typed = typed.wait_with_output().unwrap();
+    assert!(typed.status.success(), "{}", String::from_utf8_lossy(&typed.stderr));
+    let last: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    assert_eq!(last["status"], "approved", "{last}");
     let _ = child.kill();
     let _ = child.wait();
 

@@ -219,8 +219,12 @@ impl Walk {
         let mut cmd = self.command(machine, &filled[0]);
         cmd.args(&filled[1..]).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = cmd.spawn().unwrap_or_else(|e| panic!("`{command}`: {e}"));
-        // `approve` asks y/N on a terminal; the walk-through's owner answers y.
-        let answer = if filled.get(1).map(String::as_str) == Some("approve") { "y\n" } else { "" };
+        // `approve` asks for the 6 digits; the walk-through's owner types the ones the agent printed.
+        let answer = if filled.get(1).map(String::as_str) == Some("approve") {
+            format!("{}\n", self.filled.get("123456").expect("agent pair printed the confirmation code"))
+        } else {
+            String::new()
+        };
         child.stdin.take().unwrap().write_all(answer.as_bytes()).unwrap();
         let out = child.wait_with_output().unwrap();
         assert!(
@@ -276,13 +280,18 @@ impl Walk {
             });
         }
         let deadline = Instant::now() + Duration::from_secs(30);
-        let code = loop {
+        let (mut code, mut digits) = (None, None);
+        while code.is_none() || digits.is_none() {
             let line = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())).expect("agent pair printed no pair code");
-            if let Some(code) = line.trim().strip_prefix("Pair code:") {
-                break code.trim().to_owned();
+            if let Some(c) = line.trim().strip_prefix("Pair code:") {
+                code = Some(c.trim().to_owned());
             }
-        };
-        self.filled.insert("ABCD-EFGH", code);
+            if let Some(d) = line.trim().strip_prefix("Confirmation code:") {
+                digits = Some(d.trim().to_owned());
+            }
+        }
+        self.filled.insert("ABCD-EFGH", code.unwrap_or_default());
+        self.filled.insert("123456", digits.unwrap_or_default());
         self.pairing = Some((child, rx));
     }
 

@@ -198,7 +198,8 @@ fn a_pairing_opened_on_one_node_and_approved_through_another_is_collected_by_the
     }
 
     // The owner approves through node B.
-    let approved = owner_run(&nodes.dir_a, OWNER, &["approve", code.as_str(), "--yes", "--server", &base(&nodes.b), "--json"]);
+    let digits = opened["confirmation_code"].as_str().unwrap();
+    let approved = owner_run(&nodes.dir_a, OWNER, &["approve", code.as_str(), "--digits", digits, "--server", &base(&nodes.b), "--json"]);
     assert!(approved.status.success(), "approve via node B: {}", String::from_utf8_lossy(&approved.stderr));
 
     // The waiting long-poll answers with the key. Had node A not heard of the

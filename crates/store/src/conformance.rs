@@ -82,6 +82,8 @@ mod mail_backends;
 pub use mail_backends::*;
 mod guardrails;
 pub use guardrails::*;
+mod console_views;
+pub use console_views::*;
 
 /// Everything a metadata backend implements (every role trait, bundled by
 /// [`MetadataStore`]), and cheap clones for concurrent tasks.

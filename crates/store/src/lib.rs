@@ -30,6 +30,7 @@
 
 mod blob;
 mod console;
+mod console_views;
 #[cfg(feature = "conformance")]
 #[doc(hidden)]
 pub mod conformance;
@@ -69,6 +70,7 @@ pub use owner_mail::{
     CodeCheck, EMAIL_CODE_RETENTION_SECS, EmailCodeIssue, EmailCodeLimits, EmailCodeRecord, EmailCodeState, EmailLinkView,
     LinkApproval, OwnerMail, SYSTEM_OWNER,
 };
+pub use console_views::{ConsoleViews, GrantDecision, GrantRequestRecord, GrantRequestStatus, KEY_USE_RESOLUTION_SECS};
 pub use events::{EVENT_BUFFER, LocalEventHub, MailEvents, Missed, Subscription, TooManySubscribers};
 pub use domain_status::{DOMAIN_STATUSES, DomainStatusRecord, DomainStatusStore};
 pub use fs::FsBlobStore;
@@ -102,6 +104,7 @@ pub use guardrails::{
 pub mod roles {
     pub use crate::console::Console;
     pub use crate::owner_mail::OwnerMail;
+    pub use crate::console_views::ConsoleViews;
     pub use crate::domain_status::DomainStatusStore;
     pub use crate::idempotency::SendIdempotency;
     pub use crate::index::MessageIndex;

@@ -350,6 +350,7 @@ pub trait MetadataStore:
     + crate::Console
     + crate::OwnerMail
     + crate::MailBackends
+    + crate::ConsoleViews
 {
 }
 
@@ -378,6 +379,7 @@ impl<T> MetadataStore for T where
         + crate::Console
         + crate::OwnerMail
         + crate::MailBackends
+        + crate::ConsoleViews
 {
 }
 

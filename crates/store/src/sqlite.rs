@@ -474,6 +474,51 @@ fn audit_unreadable(seq: u64, reason: String) -> StoreError {
 /// The last record's seq and hash (the primary key index makes this one lookup).
 /// The owner of `agent`, read inside a write transaction; `None` if the agent
 /// does not exist.
+/// Inserts `grant` in `tx` after the checks every grant passes (its owner owns
+/// the agent; an exact address is one of the owner's inboxes, else `NotFound`
+/// like a missing one): [`KeysAndGrants::add_grant`] and an approved grant
+/// request share it.
+pub(crate) async fn insert_grant_in(tx: &mut SqliteConnection, grant: &Grant) -> Result<(), StoreError> {
+    let Some(agent_owner) = agent_owner_in(tx, &grant.agent).await? else {
+        return Err(StoreError::NotFound { what: format!("agent {}", grant.agent) });
+    };
+    if agent_owner != grant.owner.as_str() {
+        return Err(StoreError::Invalid(format!(
+            "grant owner {} is not the owner of agent {} ({agent_owner}): only an agent's owner can grant it access",
+            grant.owner, grant.agent
+        )));
+    }
+    // A grant is scoped to its owner's inboxes (`Grant::covers`). An exact
+    // address must be one of them: another owner's inbox answers exactly like
+    // a missing one, so the refusal tells nothing about who has it.
+    if let InboxPattern::Exact(address) = &grant.pattern {
+        let inbox_owner: Option<(String,)> = sqlx::query_as("SELECT owner FROM inboxes WHERE address = ?1")
+            .bind(address.as_str())
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(backend)?;
+        if inbox_owner.is_none_or(|(o,)| o != grant.owner.as_str()) {
+            return Err(StoreError::NotFound { what: format!("inbox {address}") });
+        }
+    }
+    sqlx::query(
+        "INSERT INTO grants (id, owner, agent, pattern, scopes, created_at, expires_at, revoked_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )
+    .bind(grant.id.as_str())
+    .bind(grant.owner.as_str())
+    .bind(grant.agent.as_str())
+    .bind(grant.pattern.to_string())
+    .bind(grant.scopes.to_string())
+    .bind(grant.created_at)
+    .bind(grant.expires_at)
+    .bind(grant.revoked_at)
+    .execute(&mut *tx)
+    .await
+    .map_err(|e| insert_error(e, || format!("grant {}", grant.id)))?;
+    Ok(())
+}
+
 async fn agent_owner_in(tx: &mut SqliteConnection, agent: &AgentId) -> Result<Option<String>, StoreError> {
     let row: Option<(String,)> = sqlx::query_as("SELECT owner FROM agents WHERE id = ?1")
         .bind(agent.as_str())
@@ -1316,43 +1361,7 @@ impl KeysAndGrants for SqliteStore {
     async fn add_grant(&self, grant: &Grant, event: &AuditEvent) -> Result<AuditReceipt, StoreError> {
         require_ok(event)?;
         let mut tx = self.write_tx().await?;
-        let Some(agent_owner) = agent_owner_in(&mut tx, &grant.agent).await? else {
-            return Err(StoreError::NotFound { what: format!("agent {}", grant.agent) });
-        };
-        if agent_owner != grant.owner.as_str() {
-            return Err(StoreError::Invalid(format!(
-                "grant owner {} is not the owner of agent {} ({agent_owner}): only an agent's owner can grant it access",
-                grant.owner, grant.agent
-            )));
-        }
-        // A grant is scoped to its owner's inboxes (`Grant::covers`). An exact
-        // address must be one of them: another owner's inbox answers exactly like
-        // a missing one, so the refusal tells nothing about who has it.
-        if let InboxPattern::Exact(address) = &grant.pattern {
-            let inbox_owner: Option<(String,)> = sqlx::query_as("SELECT owner FROM inboxes WHERE address = ?1")
-                .bind(address.as_str())
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(backend)?;
-            if inbox_owner.is_none_or(|(o,)| o != grant.owner.as_str()) {
-                return Err(StoreError::NotFound { what: format!("inbox {address}") });
-            }
-        }
-        sqlx::query(
-            "INSERT INTO grants (id, owner, agent, pattern, scopes, created_at, expires_at, revoked_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-        )
-        .bind(grant.id.as_str())
-        .bind(grant.owner.as_str())
-        .bind(grant.agent.as_str())
-        .bind(grant.pattern.to_string())
-        .bind(grant.scopes.to_string())
-        .bind(grant.created_at)
-        .bind(grant.expires_at)
-        .bind(grant.revoked_at)
-        .execute(&mut *tx)
-        .await
-        .map_err(|e| insert_error(e, || format!("grant {}", grant.id)))?;
+        insert_grant_in(&mut tx, grant).await?;
         let sealed = self.append_in(&mut tx, event).await?;
         commit_audited(tx, sealed).await
     }

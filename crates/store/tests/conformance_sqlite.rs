@@ -40,3 +40,4 @@ agentkeys_store::owner_mail_conformance_tests!(SqliteBackend);
 agentkeys_store::mail_backend_conformance_tests!(SqliteBackend);
 agentkeys_store::guardrail_conformance_tests!(SqliteBackend);
 agentkeys_store::search_conformance_tests!(SqliteBackend);
+agentkeys_store::console_views_conformance_tests!(SqliteBackend);

@@ -21,12 +21,16 @@ use crate::error::ApiError;
 
 /// Whether `path` is a gated action's path (the gate issues challenges for nothing else).
 pub(crate) fn is_gated(path: &str) -> bool {
-    if path == "/console/pairings/approve" || path == "/console/grants" || path == "/console/notifications" {
+    if path == "/console/pairings/approve"
+        || path == "/console/grants"
+        || path == "/console/notifications"
+        || path == "/console/inboxes"
+    {
         return true;
     }
     let Some(rest) = path.strip_prefix("/console/") else { return false };
     let parts: Vec<&str> = rest.split('/').collect();
-    matches!(parts.as_slice(), ["agents", id, "stop"] | ["grants", id, "revoke" | "change"] | ["keys", id, "revoke"] if !id.is_empty())
+    matches!(parts.as_slice(), ["agents", id, "stop"] | ["grants", id, "revoke" | "change"] | ["keys", id, "revoke"] | ["inboxes", id, "disable" | "enable"] | ["grant-requests", id, "approve" | "deny"] if !id.is_empty())
 }
 
 const NEEDS_PASSKEY: &str = "This action needs a fresh passkey check made for it. Try again from the console page.";
@@ -146,8 +150,13 @@ pub(crate) async fn approve_pairing(
     let confirmation = fields.get("confirmation").unwrap_or("");
     match crate::pairing::approve_as(&state, code, confirmation, &proof, evidence(&proof)).await {
         Ok(_) => Ok(done("/console/agents?done=paired")),
-        Err(ApiError::Pairing(agentkeys_approval::PairingError::ConfirmationMismatch)) => Err(ConsoleError::BadRequest(
-            "The 6 digits do not match the ones the agent shows. Nothing was approved.".to_owned(),
+        Err(ApiError::Pairing(agentkeys_approval::PairingError::ConfirmationMismatch)) => Err(ConsoleError::BadRequest(format!(
+            "The 6 digits do not match the ones the agent shows. Nothing was approved. \
+             A request takes at most {} tries of its digits.",
+            agentkeys_approval::MAX_CONFIRMATION_TRIES
+        ))),
+        Err(ApiError::Pairing(agentkeys_approval::PairingError::ConfirmationLocked)) => Err(ConsoleError::BadRequest(
+            "Too many wrong tries of the 6 digits: this request is locked. The agent must pair again.".to_owned(),
         )),
         Err(ApiError::Pairing(agentkeys_approval::PairingError::Expired)) => {
             Err(ConsoleError::BadRequest("This pairing request expired; pair again.".to_owned()))
@@ -281,17 +290,96 @@ pub(crate) async fn stop_agent(
     Ok(done("/console/agents?done=agent-stopped"))
 }
 
+/// `POST /console/grant-requests/{id}/approve` and `…/deny`: the owner decides
+/// an agent's grant request; an approval creates the grant it asked for.
+pub(crate) async fn decide_grant_request(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+    session: Session,
+    uri: Uri,
+    body: Bytes,
+) -> Result<Response, ConsoleError> {
+    let (proof, _) = verified(&state, &session, &uri, &body).await?;
+    let approve = uri.path().ends_with("/approve");
+    match crate::grant_requests::decide_as(&state, &proof, &id, approve, evidence(&proof)).await {
+        Ok(_) => Ok(done(if approve { "/console?done=grant-request-approved" } else { "/console?done=grant-request-denied" })),
+        Err(ApiError::DomainNotAssigned { domain }) => Err(ConsoleError::BadRequest(format!(
+            "The request asks to create inboxes on {domain}, which is not assigned to you; deny it."
+        ))),
+        Err(e) => Err(grant_refusal(e)),
+    }
+}
+
+/// What the console says when inbox creation is refused.
+fn inbox_refusal(e: ApiError) -> ConsoleError {
+    match e {
+        ApiError::OwnerObjectNotFound { .. } => ConsoleError::NotFound,
+        ApiError::InvalidRequest { detail, .. } => ConsoleError::BadRequest(detail),
+        ApiError::InboxExpiry(e) => ConsoleError::BadRequest(format!("hours: {e}")),
+        ApiError::AddressTaken => ConsoleError::BadRequest("address: an inbox with this address exists already".to_owned()),
+        other => unavailable(&format!("{other:?}")),
+    }
+}
+
+/// Hours a console inbox form may ask it to live: empty (forever) or 1 to 720 (30 days).
+pub const MAX_INBOX_HOURS: i64 = agentkeys_core::MAX_AGENT_INBOX_LIFETIME_SECS / 3600;
+
+/// `POST /console/inboxes`: a new inbox (`address`) for one of the owner's
+/// agents (`agent`), optionally ending after `hours`.
+pub(crate) async fn create_inbox(
+    State(state): State<ApiState>,
+    session: Session,
+    uri: Uri,
+    body: Bytes,
+) -> Result<Response, ConsoleError> {
+    let (proof, fields) = verified(&state, &session, &uri, &body).await?;
+    let hours = match fields.get("hours").map(str::trim).filter(|h| !h.is_empty()) {
+        None => None,
+        Some(h) => match h.parse::<i64>() {
+            Ok(n) if (1..=MAX_INBOX_HOURS).contains(&n) => Some(n * 3600),
+            _ => return Err(ConsoleError::BadRequest(format!("hours: empty (no end) or a whole number from 1 to {MAX_INBOX_HOURS}"))),
+        },
+    };
+    let agent = fields.get("agent").unwrap_or("");
+    let address = fields.get("address").unwrap_or("").trim();
+    crate::owner_directory::create_inbox_as(&state, &proof, agent, address, hours, evidence(&proof))
+        .await
+        .map_err(inbox_refusal)?;
+    Ok(done("/console/inboxes?done=inbox-created"))
+}
+
+/// `POST /console/inboxes/{address}/disable` and `…/enable`: the owner's
+/// inbox stops (`550 5.2.1` at RCPT, no AUTH) or takes mail again.
+pub(crate) async fn set_inbox_status(
+    State(state): State<ApiState>,
+    Path(address): Path<String>,
+    session: Session,
+    uri: Uri,
+    body: Bytes,
+) -> Result<Response, ConsoleError> {
+    let (proof, _) = verified(&state, &session, &uri, &body).await?;
+    let meta = meta(&state)?;
+    let disable = uri.path().ends_with("/disable");
+    let status = if disable { agentkeys_core::InboxStatus::Disabled } else { agentkeys_core::InboxStatus::Active };
+    let address: agentkeys_core::Address = address.parse().map_err(|_| ConsoleError::NotFound)?;
+    let owner = proof.owner().clone();
+    let event = AuditEvent::ok(Actor::Owner(owner.clone()), ops::INBOX_SET_STATUS, address.as_str())
+        .with_detail(json!({ "owner": owner, "status": status, "approval": evidence(&proof) }));
+    meta.set_owner_inbox_status(&owner, &address, status, &event).await.map_err(not_found_or_unavailable)?;
+    Ok(done(if disable { "/console/inboxes?done=inbox-disabled" } else { "/console/inboxes?done=inbox-enabled" }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::is_gated;
 
     #[test]
     fn only_gated_actions_get_challenges() {
-        for p in ["/console/pairings/approve", "/console/grants", "/console/agents/0xab/stop", "/console/grants/gr_1/revoke", "/console/grants/gr_1/change", "/console/keys/key_1/revoke"] {
+        for p in ["/console/pairings/approve", "/console/grants", "/console/inboxes", "/console/inboxes/a@b.test/disable", "/console/inboxes/a@b.test/enable", "/console/grant-requests/ar_1/approve", "/console/grant-requests/ar_1/deny", "/console/agents/0xab/stop", "/console/grants/gr_1/revoke", "/console/grants/gr_1/change", "/console/keys/key_1/revoke"] {
             assert!(is_gated(p), "{p}");
         }
         assert!(is_gated("/console/notifications"));
-        for p in ["/console", "/console/login/finish", "/console/agents//stop", "/console/grants/a/b/revoke", "/v1/grants", "/console/gate"] {
+        for p in ["/console", "/console/login/finish", "/console/agents//stop", "/console/inboxes//disable", "/console/inboxes/a@b.test", "/console/grants/a/b/revoke", "/v1/grants", "/console/gate"] {
             assert!(!is_gated(p), "{p}");
         }
     }

@@ -16,7 +16,8 @@
 //! | POST | `/console/email-code` | session + CSRF | mail the owner a code for one gated action (JSON; [`email_gate`]) |
 //! | GET, POST | `/console/email-link/{id}` | the link's token (POST) | the scanner-safe approval page; only the POST approves |
 //! | GET, POST | `/console/notifications` | session (+ CSRF and a gate for POST) | which notices the owner gets |
-//! | POST | `/console/pairings/approve`, `/console/grants`, `/console/grants/{id}/change`, `/console/grants/{id}/revoke`, `/console/keys/{id}/revoke`, `/console/agents/{id}/stop` | session + CSRF + a fresh assertion for exactly this action | gated actions, audited with `gate: passkey` |
+//! | GET | `/console/sent?inbox=` | session | the owner's outbound queue rows: delivery state, attempts, bounces |
+//! | POST | `/console/pairings/approve`, `/console/grants`, `/console/grants/{id}/change`, `/console/grants/{id}/revoke`, `/console/keys/{id}/revoke`, `/console/agents/{id}/stop`, `/console/inboxes`, `/console/inboxes/{address}/disable`, `/console/inboxes/{address}/enable`, `/console/grant-requests/{id}/approve`, `/console/grant-requests/{id}/deny` | session + CSRF + a fresh assertion (or an emailed code) for exactly this action | gated actions, audited with their `gate` |
 //!
 //! **Sessions.** Signing in with a passkey makes a random token; the cookie
 //! ([`SESSION_COOKIE`]) is `HttpOnly; Secure; SameSite=Strict; Path=/console`,
@@ -56,8 +57,8 @@ mod reads;
 mod settings;
 
 pub use auth::MAX_PASSKEY_NAME_CHARS;
-pub use actions::MAX_GRANT_DAYS;
-pub use reads::{AUDIT_SCANNED, AUDIT_SHOWN, INBOX_PAGE, VERIFY_PAGE};
+pub use actions::{MAX_GRANT_DAYS, MAX_INBOX_HOURS};
+pub use reads::{AUDIT_SCANNED, AUDIT_SHOWN, INBOX_PAGE, SENT_SHOWN, VERIFY_PAGE};
 
 use std::sync::Arc;
 
@@ -96,6 +97,7 @@ connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
 pub struct ConsoleConfig {
     gate: PasskeyGate,
     origin: String,
+    certificate: Option<String>,
 }
 
 impl ConsoleConfig {
@@ -125,7 +127,16 @@ impl ConsoleConfig {
         }
         let origin = url.origin().ascii_serialization();
         let gate = PasskeyGate::new(&origin, "AgentKeys")?;
-        Ok(Self { gate, origin })
+        Ok(Self { gate, origin, certificate: None })
+    }
+
+    /// The same console showing, on the approvals page, the SHA-256
+    /// fingerprint of the certificate the HTTPS listener presents (what an
+    /// agent pairing over HTTPS pins and prints), so the owner can compare it.
+    #[must_use]
+    pub fn with_certificate_fingerprint(mut self, fingerprint: String) -> Self {
+        self.certificate = Some(fingerprint);
+        self
     }
 
     /// The origin POSTs must come from.
@@ -326,7 +337,7 @@ async fn style() -> Response {
 }
 
 /// Every console route, as (method, path): the router is built from the same list.
-pub const ROUTES: [(&str, &str); 29] = [
+pub const ROUTES: [(&str, &str); 35] = [
     ("GET", "/console"),
     ("GET", "/console/static/console.js"),
     ("GET", "/console/static/console.css"),
@@ -346,7 +357,13 @@ pub const ROUTES: [(&str, &str); 29] = [
     ("POST", "/console/grants/{id}/revoke"),
     ("POST", "/console/keys/{id}/revoke"),
     ("GET", "/console/inboxes"),
+    ("POST", "/console/inboxes"),
     ("GET", "/console/inboxes/{address}"),
+    ("POST", "/console/inboxes/{address}/disable"),
+    ("POST", "/console/inboxes/{address}/enable"),
+    ("GET", "/console/sent"),
+    ("POST", "/console/grant-requests/{id}/approve"),
+    ("POST", "/console/grant-requests/{id}/deny"),
     ("GET", "/console/inboxes/{address}/messages/{id}"),
     ("GET", "/console/audit"),
     ("POST", "/console/gate"),
@@ -381,8 +398,13 @@ pub(crate) fn router(state: ApiState) -> axum::Router<ApiState> {
         .route("/console/grants/{id}/change", post(actions::change_grant))
         .route("/console/grants/{id}/revoke", post(actions::revoke_grant))
         .route("/console/keys/{id}/revoke", post(actions::revoke_key))
-        .route("/console/inboxes", get(reads::inboxes))
+        .route("/console/inboxes", get(reads::inboxes).post(actions::create_inbox))
         .route("/console/inboxes/{address}", get(reads::inbox))
+        .route("/console/inboxes/{address}/disable", post(actions::set_inbox_status))
+        .route("/console/inboxes/{address}/enable", post(actions::set_inbox_status))
+        .route("/console/sent", get(reads::sent))
+        .route("/console/grant-requests/{id}/approve", post(actions::decide_grant_request))
+        .route("/console/grant-requests/{id}/deny", post(actions::decide_grant_request))
         .route("/console/inboxes/{address}/messages/{id}", get(reads::message))
         .route("/console/audit", get(reads::audit))
         .route("/console/gate", post(actions::gate))

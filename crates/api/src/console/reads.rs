@@ -2,7 +2,7 @@
 //! Every object is found through the signed-in owner; anything else is the
 //! same 404 page as a missing one.
 
-use agentkeys_approval::{PAIRING_TTL, PairingState};
+use agentkeys_approval::{MAX_CONFIRMATION_TRIES, PAIRING_TTL, PairingState};
 use agentkeys_core::{Address, Grant};
 use agentkeys_store::{BlobKey, BlobStore as _, InboxRecord, KeyRecord, ListOrder, PageQuery};
 use axum::extract::{Path, State};
@@ -39,6 +39,11 @@ fn flash(uri: &Uri) -> Option<&'static str> {
         "grant-changed" => Some("Grant changed."),
         "key-revoked" => Some("Key revoked."),
         "agent-stopped" => Some("Agent stopped: every key and grant of it is revoked."),
+        "grant-request-approved" => Some("Grant request approved: the grant exists now."),
+        "grant-request-denied" => Some("Grant request denied: nothing was granted."),
+        "inbox-created" => Some("Inbox created: it receives mail now; grant it to the agent to read or send."),
+        "inbox-disabled" => Some("Inbox disabled: mail to it is refused (550 5.2.1) and it cannot send."),
+        "inbox-enabled" => Some("Inbox enabled again."),
         _ => None,
     }
 }
@@ -48,6 +53,15 @@ pub(crate) async fn overview(State(state): State<ApiState>, session: Session, ur
     let now = state.clock.now();
     let waiting = meta.pending_pairings_for(&session.owner, now - PAIRING_TTL + 1).await.map_err(|e| unavailable(&e))?;
     let csrf = session.csrf.as_str();
+    let certificate = super::config(&state)?.certificate.clone();
+    let asked = crate::grant_requests::pending_for(&state, &session.owner).await.map_err(|e| unavailable(&format!("{e:?}")))?;
+    let names: std::collections::HashMap<String, String> = meta
+        .list_agents(Some(&session.owner))
+        .await
+        .map_err(|e| unavailable(&e))?
+        .into_iter()
+        .map(|a| (a.id.to_string(), a.name.unwrap_or_else(|| "(no name)".to_owned())))
+        .collect();
     Ok(layout(
         "Pending approvals",
         Nav::Approvals,
@@ -65,8 +79,13 @@ pub(crate) async fn overview(State(state): State<ApiState>, session: Session, ur
                             dt { "Agent id" } dd { code { (rec.agent.as_str()) } }
                             dt { "Device fingerprint" } dd { code { (fingerprint) } }
                             dt { "Expires" } dd { (when(rec.opened_at + PAIRING_TTL)) }
+                            @if let Some(fp) = &certificate {
+                                dt { "Server certificate" } dd { code.fingerprint { "SHA-256 " (fp) } }
+                            }
                         }
-                        p { "Type the pair code and the 6 digits the agent shows. Your passkey is asked for this approval." }
+                        p { "Type the pair code and the 6 digits the agent shows (at most " (MAX_CONFIRMATION_TRIES) " tries). "
+                            @if certificate.is_some() { "Check that the agent shows the same server certificate. " }
+                            "Your passkey is asked for this approval." }
                         (gated_form("/console/pairings/approve", csrf, "Approve with my passkey", false, html! {
                             label for=(format!("pair-code-{i}")) { "Pair code" }
                             input id=(format!("pair-code-{i}")) type="text" name="pair_code" placeholder="ABCD-EFGH" autocomplete="off" required;
@@ -74,6 +93,30 @@ pub(crate) async fn overview(State(state): State<ApiState>, session: Session, ur
                             input id=(format!("digits-{i}")) type="text" name="confirmation" inputmode="numeric" pattern="[0-9]{6}" maxlength="6" autocomplete="off" required;
                         }))
                     }
+                }
+            }
+            section {
+                h2 { "Grant requests from your agents" }
+                @if asked.is_empty() { p { "None waiting. An agent asks with " code { "agentkeys mail grant-request" } "." } }
+                @for r in &asked {
+                    article.request {
+                        dl.facts {
+                            dt { "Agent" } dd { (names.get(r.agent.as_str()).map_or("(no name)", String::as_str)) " " code { (r.agent.as_str()) } }
+                            dt { "Inboxes" } dd { code { (r.pattern.to_string()) } }
+                            dt { "Scopes" } dd { (r.scopes.to_string()) }
+                            dt { "For" } dd { (lifetime(r.ttl)) }
+                            dt { "Reason" } dd { (r.reason.as_deref().unwrap_or("(none given)")) }
+                            dt { "Asked" } dd { (when(r.created_at)) }
+                        }
+                        (gated_form(&format!("/console/grant-requests/{}/approve", r.id), csrf, "Approve grant with my passkey", false, html! {}))
+                        (gated_form(&format!("/console/grant-requests/{}/deny", r.id), csrf, "Deny", true, html! {}))
+                    }
+                }
+            }
+            @if let Some(fp) = &certificate {
+                section {
+                    h2 { "This server's certificate" }
+                    p { "An agent pairing over HTTPS pins and prints it; it must be " code.fingerprint { "SHA-256 " (fp) } "." }
                 }
             }
             section {
@@ -112,6 +155,7 @@ pub(crate) async fn pairing(State(state): State<ApiState>, session: Session, uri
         _ => return Err(ConsoleError::NotFound),
     };
     let fingerprint = crate::pairing::device_fingerprint(request.device_key());
+    let certificate = super::config(&state)?.certificate.clone();
     Ok(layout(
         "Approve a pairing",
         Nav::Approvals,
@@ -124,8 +168,11 @@ pub(crate) async fn pairing(State(state): State<ApiState>, session: Session, uri
                 dt { "Device fingerprint" } dd { code { (fingerprint) } }
                 dt { "Pair code" } dd { code { (code.to_string()) } }
                 dt { "Expires" } dd { (when(request.expires_at())) }
+                @if let Some(fp) = &certificate {
+                    dt { "Server certificate" } dd { code.fingerprint { "SHA-256 " (fp) } }
+                }
             }
-            p { "Type the 6 digits the agent shows. Your passkey is asked for this approval." }
+            p { "Type the 6 digits the agent shows (at most " (MAX_CONFIRMATION_TRIES) " tries). Your passkey is asked for this approval." }
             (gated_form("/console/pairings/approve", &session.csrf, "Approve with my passkey", false, html! {
                 input type="hidden" name="pair_code" value=(code.to_string());
                 label for="confirmation" { "The agent's 6 digits" }
@@ -164,6 +211,13 @@ pub(crate) async fn agents(State(state): State<ApiState>, session: Session, uri:
     let mut sections: Vec<Markup> = Vec::with_capacity(agents.len());
     for a in &agents {
         let keys = meta.list_keys(&a.id).await.map_err(|e| unavailable(&e))?;
+        let used: std::collections::HashMap<String, agentkeys_core::UnixTime> = meta
+            .key_last_uses(&session.owner, &a.id)
+            .await
+            .map_err(|e| unavailable(&e))?
+            .into_iter()
+            .map(|(id, at)| (id.to_string(), at))
+            .collect();
         let mine: Vec<&Grant> = grants.iter().filter(|g| g.agent == a.id).collect();
         let csrf = session.csrf.as_str();
         sections.push(html! {
@@ -177,6 +231,7 @@ pub(crate) async fn agents(State(state): State<ApiState>, session: Session, uri:
                         li {
                             code { (k.id.as_str()) } " · " span.state { (key_state(k, now)) }
                             " · created " (when(k.created_at)) " · expires " (when(k.expires_at))
+                            " · last used " (used.get(k.id.as_str()).map_or_else(|| "never".to_owned(), |t| when(*t)))
                             @if key_state(k, now) == "active" {
                                 (gated_form(&format!("/console/keys/{}/revoke", k.id), csrf, "Revoke key", true, html! {}))
                             }
@@ -245,23 +300,133 @@ async fn own_inbox(state: &ApiState, session: &Session, address: &str) -> Result
     inboxes.into_iter().find(|i| i.address == address).ok_or(ConsoleError::NotFound)
 }
 
-pub(crate) async fn inboxes(State(state): State<ApiState>, session: Session) -> Result<Response, ConsoleError> {
+/// `1 attempt`, `2 attempts`.
+fn count(n: usize, what: &str) -> String {
+    if n == 1 { format!("1 {what}") } else { format!("{n} {what}s") }
+}
+
+/// A lifetime in days and hours: `2 days`, `1 day 6 hours`, `5 hours`, `under an hour`.
+fn lifetime(secs: i64) -> String {
+    let (days, hours) = (secs / 86_400, secs % 86_400 / 3600);
+    match (days, hours) {
+        (0, 0) => "under an hour".to_owned(),
+        (0, h) => count(usize::try_from(h).unwrap_or(0), "hour"),
+        (d, 0) => count(usize::try_from(d).unwrap_or(0), "day"),
+        (d, h) => format!("{} {}", count(usize::try_from(d).unwrap_or(0), "day"), count(usize::try_from(h).unwrap_or(0), "hour")),
+    }
+}
+
+/// Most outbound rows the sent page shows (newest first).
+pub const SENT_SHOWN: u32 = 200;
+
+pub(crate) async fn inboxes(State(state): State<ApiState>, session: Session, uri: Uri) -> Result<Response, ConsoleError> {
     let meta = meta(&state)?;
+    let now = state.clock.now();
     let inboxes = meta.list_inboxes(Some(&session.owner)).await.map_err(|e| unavailable(&e))?;
+    let agents = meta.list_agents(Some(&session.owner)).await.map_err(|e| unavailable(&e))?;
+    let names: std::collections::HashMap<String, String> =
+        agents.iter().map(|a| (a.id.to_string(), a.name.clone().unwrap_or_else(|| "(no name)".to_owned()))).collect();
+    let csrf = session.csrf.as_str();
     Ok(layout(
         "Inboxes",
+        Nav::Inboxes,
+        Some(csrf),
+        flash(&uri),
+        html! {
+            p { a href="/console/sent" { "What your agents sent: delivery state and bounces" } }
+            @if inboxes.is_empty() { p { "No inboxes yet." } }
+            ul.items {
+                @for i in &inboxes {
+                    @let expired = i.expires_at.is_some_and(|e| e <= now);
+                    @let status = if expired { "expired".to_owned() } else { i.status.to_string() };
+                    li {
+                        a href=(format!("/console/inboxes/{}", i.address)) { (i.address.as_str()) }
+                        " · " span.state { (status) }
+                        " · agent " (names.get(i.agent.as_str()).map_or("(another)", String::as_str)) " " code { (i.agent.as_str()) }
+                        @if let Some(e) = i.expires_at { " · expires " (when(e)) }
+                        " · " a href=(format!("/console/sent?inbox={}", i.address)) { "sent" }
+                        @if !expired {
+                            @if i.status == agentkeys_core::InboxStatus::Active {
+                                (gated_form(&format!("/console/inboxes/{}/disable", i.address), csrf, "Disable inbox", true, html! {}))
+                            } @else {
+                                (gated_form(&format!("/console/inboxes/{}/enable", i.address), csrf, "Enable inbox", false, html! {}))
+                            }
+                        }
+                    }
+                }
+            }
+            h2 { "Create an inbox for an agent" }
+            @if agents.is_empty() { p { "No agents yet: approve a pairing first." } }
+            @else {
+                (gated_form("/console/inboxes", csrf, "Create inbox", false, html! {
+                    label for="new-inbox-agent" { "Agent" }
+                    select #new-inbox-agent name="agent" {
+                        @for a in &agents { option value=(a.id.as_str()) { (a.name.as_deref().unwrap_or("(no name)")) " (" (a.id.as_str()) ")" } }
+                    }
+                    label for="new-inbox-address" { "Address (on a domain this server hosts)" }
+                    input #new-inbox-address type="email" name="address" placeholder="signup@example.com" autocomplete="off" required;
+                    label for="new-inbox-hours" { "Ends after hours (empty: no end; at most " (super::actions::MAX_INBOX_HOURS) ")" }
+                    input #new-inbox-hours type="number" name="hours" min="1" max=(super::actions::MAX_INBOX_HOURS);
+                }))
+                p.hint { "The agent reads or sends from it once a grant covers it (Agents page)." }
+            }
+        },
+    )
+    .into_response())
+}
+
+/// The owner's sent mail: outbound queue rows (to other servers) with their
+/// delivery state, attempts and last reply; `?inbox=` narrows to one of the
+/// owner's inboxes (another owner's is the 404 page).
+pub(crate) async fn sent(State(state): State<ApiState>, session: Session, uri: Uri) -> Result<Response, ConsoleError> {
+    let meta = meta(&state)?;
+    let q = query(&uri);
+    let inbox = match param(&q, "inbox") {
+        Some(address) => Some(own_inbox(&state, &session, address).await?),
+        None => None,
+    };
+    let rows = meta
+        .sent_by_owner(&session.owner, inbox.as_ref().map(|i| &i.address), SENT_SHOWN)
+        .await
+        .map_err(|e| unavailable(&e))?;
+    let inboxes = meta.list_inboxes(Some(&session.owner)).await.map_err(|e| unavailable(&e))?;
+    let names: std::collections::HashMap<String, String> = meta
+        .list_agents(Some(&session.owner))
+        .await
+        .map_err(|e| unavailable(&e))?
+        .into_iter()
+        .map(|a| (a.id.to_string(), a.name.unwrap_or_else(|| "(no name)".to_owned())))
+        .collect();
+    let agent_of = |sender: &agentkeys_core::Address| -> String {
+        inboxes
+            .iter()
+            .find(|i| i.address == *sender)
+            .and_then(|i| names.get(i.agent.as_str()).cloned())
+            .unwrap_or_else(|| "(inbox removed)".to_owned())
+    };
+    let bounced = rows.iter().filter(|r| r.state == "bounced").count();
+    let title = match &inbox {
+        Some(i) => format!("Sent from {}", i.address),
+        None => "Sent mail".to_owned(),
+    };
+    Ok(layout(
+        &title,
         Nav::Inboxes,
         Some(&session.csrf),
         None,
         html! {
-            @if inboxes.is_empty() { p { "No inboxes yet." } }
-            ul.items {
-                @for i in &inboxes {
+            p { (count(rows.len(), "recipient")) " (newest first, at most " (SENT_SHOWN) "), " (bounced) " bounced. Mail to inboxes on this server is delivered at once and not listed." }
+            @if rows.is_empty() { p { "Nothing sent to other servers yet." } }
+            ul.items.sent {
+                @for r in &rows {
                     li {
-                        a href=(format!("/console/inboxes/{}", i.address)) { (i.address.as_str()) }
-                        " · " span.state { (format!("{:?}", i.status).to_lowercase()) }
-                        " · agent " code { (i.agent.as_str()) }
-                        @if let Some(e) = i.expires_at { " · expires " (when(e)) }
+                        div.head {
+                            span class=(format!("state {}", r.state)) { (r.state) } " to " code { (r.recipient) }
+                        }
+                        div { "From " (r.sender.as_str()) " (agent " (agent_of(&r.sender)) ") · queued " (when(r.queued_at)) " · " (r.size) " bytes" }
+                        div { (count(usize::try_from(r.attempts).unwrap_or(usize::MAX), "attempt"))
+                            @if r.state == "queued" || r.state == "deferred" { " · next try " (when(r.next_attempt_at)) } }
+                        @if let Some(reply) = &r.last_response { div.reason { "Last reply: " (reply) } }
                     }
                 }
             }
@@ -394,6 +559,18 @@ async fn check_chain(meta: &dyn agentkeys_store::MetadataStore) -> Result<ChainC
     })
 }
 
+/// A time of the audit filter, in UTC: `2026-12-07T16:05` (what a
+/// `datetime-local` field sends), with seconds, or a date alone (midnight).
+pub(crate) fn parse_time(field: &str, text: &str) -> Result<agentkeys_core::UnixTime, ConsoleError> {
+    let bad = || ConsoleError::BadRequest(format!("{field}: a UTC time like 2026-12-07T16:05 or a date like 2026-12-07"));
+    let civil = text
+        .trim()
+        .parse::<jiff::civil::DateTime>()
+        .or_else(|_| text.trim().parse::<jiff::civil::Date>().map(|d| d.to_datetime(jiff::civil::Time::midnight())))
+        .map_err(|_| bad())?;
+    Ok(civil.to_zoned(jiff::tz::TimeZone::UTC).map_err(|_| bad())?.timestamp().as_second())
+}
+
 /// One line of the audit page: a record, or the credential reads of one agent
 /// in one hour folded into a count.
 struct AuditLine<'r> {
@@ -427,6 +604,8 @@ pub(crate) async fn audit(State(state): State<ApiState>, session: Session, uri: 
     let q = query(&uri);
     let agent = param(&q, "agent");
     let operation = param(&q, "operation");
+    let from = param(&q, "from").map(|t| parse_time("from", t)).transpose()?;
+    let to = param(&q, "to").map(|t| parse_time("to", t)).transpose()?;
     let mut records = Vec::new();
     let mut after = 0;
     loop {
@@ -435,6 +614,8 @@ pub(crate) async fn audit(State(state): State<ApiState>, session: Session, uri: 
         let full = page.len() == 1000;
         records.extend(page.into_iter().filter(|r| {
             operation.is_none_or(|op| r.operation == op)
+                && from.is_none_or(|t| r.ts >= t)
+                && to.is_none_or(|t| r.ts < t)
                 && agent.is_none_or(|a| {
                     r.subject == a || r.detail.get("agent").and_then(|v| v.as_str()) == Some(a) || r.actor.to_string() == format!("agent:{a}")
                 })
@@ -494,6 +675,10 @@ pub(crate) async fn audit(State(state): State<ApiState>, session: Session, uri: 
                 input #agent type="text" name="agent" value=(agent.unwrap_or(""));
                 label for="operation" { "Operation" }
                 input #operation type="text" name="operation" value=(operation.unwrap_or("")) placeholder="grant.revoke";
+                label for="from" { "From (UTC)" }
+                input #from type="datetime-local" name="from" value=(param(&q, "from").unwrap_or(""));
+                label for="to" { "To (UTC, not included)" }
+                input #to type="datetime-local" name="to" value=(param(&q, "to").unwrap_or(""));
                 button type="submit" { "Filter" }
             }
             p { (records.len()) " records (credential reads counted per agent and hour); the newest " (shown.len()) " lines shown." }
@@ -540,4 +725,41 @@ pub(crate) async fn passkeys(State(state): State<ApiState>, session: Session) ->
         },
     )
     .into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::parse_time;
+    use proptest::prelude::*;
+
+    #[test]
+    fn lifetimes_and_counts_read_as_words() {
+        use super::{count, lifetime};
+        assert_eq!(lifetime(2 * 86_400), "2 days");
+        assert_eq!(lifetime(86_400 + 6 * 3600 + 59), "1 day 6 hours");
+        assert_eq!(lifetime(3600), "1 hour");
+        assert_eq!(lifetime(59), "under an hour");
+        assert_eq!((count(1, "attempt"), count(0, "attempt")), ("1 attempt".to_owned(), "0 attempts".to_owned()));
+    }
+
+    #[test]
+    fn audit_times_are_utc_minutes_seconds_or_dates() {
+        assert_eq!(parse_time("from", "2026-12-07T16:05").unwrap(), 1_796_659_500);
+        assert_eq!(parse_time("from", "2026-12-07T16:05:09").unwrap(), 1_796_659_509);
+        assert_eq!(parse_time("from", "2026-12-07").unwrap(), 1_796_601_600);
+        for bad in ["yesterday", "2026-13-01", "16:05", "2026-12-07T25:00", "1796659500"] {
+            assert!(parse_time("to", bad).is_err(), "{bad}");
+        }
+    }
+
+    proptest! {
+        /// Every second from 1970 to 2100 printed as the console prints it
+        /// (minus the zone) parses back to itself.
+        #[test]
+        fn printed_times_parse_back(t in 0i64..4_102_444_800) {
+            let printed = agentkeys_core::time::rfc3339(t);
+            prop_assert_eq!(parse_time("from", printed.trim_end_matches('Z')).unwrap(), t);
+        }
+    }
 }

@@ -57,6 +57,45 @@ SELECT 'inbox'::text, i.address, i.status, i.agent, i.owner, NULL::text, i.creat
  WHERE i.address = $2 AND (i.expires_at IS NULL OR i.expires_at > $3)";
 
 /// The owner of `agent` as `tx` sees it; `None` if the agent does not exist.
+/// Inserts `grant` in `tx` after the checks every grant passes (the SQLite
+/// twin: `sqlite::insert_grant_in`).
+pub(crate) async fn insert_grant_in(tx: &mut PgConnection, grant: &Grant) -> Result<(), StoreError> {
+    let Some(agent_owner) = agent_owner_in(tx, &grant.agent).await? else {
+        return Err(StoreError::NotFound { what: format!("agent {}", grant.agent) });
+    };
+    if agent_owner != grant.owner.as_str() {
+        return Err(StoreError::Invalid(format!(
+            "grant owner {} is not the owner of agent {} ({agent_owner}): only an agent's owner can grant it access",
+            grant.owner, grant.agent
+        )));
+    }
+    // An exact address must be one of the owner's inboxes; another owner's
+    // answers exactly like a missing one. (Inboxes never change owner.)
+    if let InboxPattern::Exact(address) = &grant.pattern {
+        let inbox_owner: Option<(String,)> = sqlx::query_as("SELECT owner FROM inboxes WHERE address = $1")
+            .bind(address.as_str())
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(backend)?;
+        if inbox_owner.is_none_or(|(o,)| o != grant.owner.as_str()) {
+            return Err(StoreError::NotFound { what: format!("inbox {address}") });
+        }
+    }
+    sqlx::query(&format!("INSERT INTO grants ({GRANT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"))
+        .bind(grant.id.as_str())
+        .bind(grant.owner.as_str())
+        .bind(grant.agent.as_str())
+        .bind(grant.pattern.to_string())
+        .bind(grant.scopes.to_string())
+        .bind(grant.created_at)
+        .bind(grant.expires_at)
+        .bind(grant.revoked_at)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| insert_error(e, || format!("grant {}", grant.id)))?;
+    Ok(())
+}
+
 async fn agent_owner_in(tx: &mut PgConnection, agent: &AgentId) -> Result<Option<String>, StoreError> {
     let row: Option<(String,)> = sqlx::query_as("SELECT owner FROM agents WHERE id = $1")
         .bind(agent.as_str())
@@ -612,39 +651,7 @@ impl KeysAndGrants for PgStore {
     async fn add_grant(&self, grant: &Grant, event: &AuditEvent) -> Result<AuditReceipt, StoreError> {
         require_ok(event)?;
         let mut tx = self.begin().await?;
-        let Some(agent_owner) = agent_owner_in(&mut tx, &grant.agent).await? else {
-            return Err(StoreError::NotFound { what: format!("agent {}", grant.agent) });
-        };
-        if agent_owner != grant.owner.as_str() {
-            return Err(StoreError::Invalid(format!(
-                "grant owner {} is not the owner of agent {} ({agent_owner}): only an agent's owner can grant it access",
-                grant.owner, grant.agent
-            )));
-        }
-        // An exact address must be one of the owner's inboxes; another owner's
-        // answers exactly like a missing one. (Inboxes never change owner.)
-        if let InboxPattern::Exact(address) = &grant.pattern {
-            let inbox_owner: Option<(String,)> = sqlx::query_as("SELECT owner FROM inboxes WHERE address = $1")
-                .bind(address.as_str())
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(backend)?;
-            if inbox_owner.is_none_or(|(o,)| o != grant.owner.as_str()) {
-                return Err(StoreError::NotFound { what: format!("inbox {address}") });
-            }
-        }
-        sqlx::query(&format!("INSERT INTO grants ({GRANT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"))
-            .bind(grant.id.as_str())
-            .bind(grant.owner.as_str())
-            .bind(grant.agent.as_str())
-            .bind(grant.pattern.to_string())
-            .bind(grant.scopes.to_string())
-            .bind(grant.created_at)
-            .bind(grant.expires_at)
-            .bind(grant.revoked_at)
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| insert_error(e, || format!("grant {}", grant.id)))?;
+        insert_grant_in(&mut tx, grant).await?;
         let sealed = self.append_in(&mut tx, event).await?;
         commit_audited(tx, sealed).await
     }

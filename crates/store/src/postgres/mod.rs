@@ -40,6 +40,7 @@
 
 pub(crate) mod audit;
 mod console;
+mod console_views;
 mod domain_status;
 pub mod events;
 mod idempotency;
