@@ -215,7 +215,7 @@ fn owner_notices_arrive_signed_once_and_follow_the_settings() {
     let envelope: Value = serde_json::from_str(&std::fs::read_to_string(sink.messages()[0].0.with_extension("json")).unwrap()).unwrap();
     assert_eq!(envelope["rcpt_tos"], json!([OWNER_MAIL]), "{envelope}");
     assert_eq!(envelope["mail_from"], "notifications@agents.localhost", "{envelope}");
-    let approved = owner_run(&d, OWNER, &["approve", &code, "--yes", "--server", &base]);
+    let approved = owner_run(&d, OWNER, &["approve", &code, "--digits", &digits, "--server", &base]);
     assert!(approved.status.success(), "{}", String::from_utf8_lossy(&approved.stderr));
     let mut last = String::new();
     lines.read_line(&mut last).unwrap();
