@@ -28,6 +28,11 @@ pub(crate) const MAX_NOTICES_PER_SWEEP: usize = 100;
 pub(crate) const MAX_AUDIT_SCAN: u32 = 10_000;
 /// Audit records read per page.
 const AUDIT_PAGE: u32 = 1_000;
+/// Guardrail notices read per owner and sweep (issue 13 §3's `owner_notices`).
+const GUARD_NOTICE_PAGE: u32 = 100;
+/// Guardrail notices older than this when first read (after a restart) are
+/// not mailed any more.
+pub(crate) const GUARD_NOTICE_MAX_AGE_SECS: i64 = 86_400;
 /// The audit operation of an SMTP/HTTP send AUTH (`submission::auth_audit`).
 const OP_SUBMISSION_AUTH: &str = "submission.auth";
 
@@ -70,6 +75,7 @@ pub(crate) async fn run(
     shutdown: CancellationToken,
 ) {
     let mut refused = RefusedAuths::default();
+    let mut guard_cursors = HashMap::new();
     // Start from the records of the last two hours' worth of scanning at most.
     if let Ok(head) = meta.audit_head().await {
         refused.after = head.seq.saturating_sub(u64::from(MAX_AUDIT_SCAN));
@@ -86,6 +92,9 @@ pub(crate) async fn run(
                 }
                 if let Err(e) = refused_auths(&notifier, meta.as_ref(), &mut refused, now).await {
                     tracing::warn!(error = %e, "refused-AUTH notices: the sweep failed");
+                }
+                if let Err(e) = guardrail_notices(&notifier, meta.as_ref(), &mut guard_cursors, now).await {
+                    tracing::warn!(error = %e, "send-limit notices: the sweep failed");
                 }
             }
             _ = audit_tick.tick() => {
@@ -204,6 +213,88 @@ pub(crate) async fn refused_auths(
         }
     }
     Ok(sent)
+}
+
+/// The notices the send guardrails recorded (`owner_notices`: a send refused
+/// by a limit, the bounce pause, a message held for review), mailed once each
+/// under the kind the owner's settings name (`send_limit`, or `bounces` for
+/// the pause). `cursors` keeps each owner's position; after a restart the
+/// notices are read again from the start, and the once-only marks and
+/// [`GUARD_NOTICE_MAX_AGE_SECS`] keep them from being mailed twice or late.
+pub(crate) async fn guardrail_notices(
+    notifier: &Notifier,
+    meta: &dyn MetadataStore,
+    cursors: &mut HashMap<OwnerId, i64>,
+    now: UnixTime,
+) -> anyhow::Result<usize> {
+    let names = agent_names(meta).await?;
+    let mut sent = 0;
+    for owner in meta.list_owners().await? {
+        let after = cursors.get(&owner.id).copied().unwrap_or(0);
+        for (position, n) in meta.owner_notices(&owner.id, after, GUARD_NOTICE_PAGE).await? {
+            if sent >= MAX_NOTICES_PER_SWEEP {
+                return Ok(sent);
+            }
+            cursors.insert(owner.id.clone(), position);
+            if n.at < now - GUARD_NOTICE_MAX_AGE_SECS {
+                continue;
+            }
+            let Some(notice) = guardrail_notice(&n, names.get(n.agent.as_str()).and_then(|(_, name)| name.as_ref())) else {
+                continue;
+            };
+            if !notice.kind.is_some_and(|k| k == NoticeKind::Bounces || k == NoticeKind::SendLimit)
+                || !notifier.wants(&owner.id, notice.kind.unwrap_or(NoticeKind::SendLimit)).await?
+                || !meta.mark_notice_sent(&owner.id, &format!("guard/{}", n.key), now).await?
+            {
+                continue;
+            }
+            match notifier.notify(&owner.id, &notice, now).await {
+                Ok(_) => sent += 1,
+                Err(e) => tracing::warn!(error = %e, owner = %owner.id, "a send-limit notice was not sent"),
+            }
+        }
+    }
+    Ok(sent)
+}
+
+/// The mail for one guardrail notice; `None` for a kind this server does not mail.
+fn guardrail_notice(n: &agentkeys_store::OwnerNotice, name: Option<&String>) -> Option<Notice> {
+    let detail: serde_json::Value = serde_json::from_str(&n.detail).unwrap_or_default();
+    let text = |key: &str| detail[key].as_str().map(str::to_owned).unwrap_or_else(|| "-".to_owned());
+    let agent = label(n.agent.as_str(), name);
+    let inbox = text("inbox");
+    match n.kind.as_str() {
+        "send.limited" if detail["limit"] == "bounce-rate" => Some(Notice::new(
+            NoticeKind::Bounces,
+            format!("Agent {agent}'s sending is paused: too many bounces"),
+            vec![
+                format!("Mail from {inbox} bounced at more than {}% over the last 24 hours, so its sends are refused until the rate falls.", detail["max"]),
+                format!("See what bounced with agentkeys queue list, and change the limit with agentkeys agent limits {}.", n.agent),
+            ],
+        )),
+        "send.limited" => Some(Notice::new(
+            NoticeKind::SendLimit,
+            format!("Agent {agent} reached its send limit ({})", text("limit")),
+            vec![
+                format!(
+                    "A message from {inbox} was refused: the {} limit of {} is reached. The agent may send again in {} s.",
+                    text("limit"),
+                    detail["max"],
+                    detail["retry_after_secs"]
+                ),
+                format!("Change the limits with agentkeys agent limits {}.", n.agent),
+            ],
+        )),
+        "message.held" => Some(Notice::new(
+            NoticeKind::SendLimit,
+            format!("A message from agent {agent} is held for your review"),
+            vec![
+                format!("{inbox} sent a message to {} recipient(s); it waits for your decision.", detail["recipients"]),
+                format!("Review it with agentkeys review show {}, then approve or reject it.", text("id")),
+            ],
+        )),
+        _ => None,
+    }
 }
 
 /// Verifies the whole chain; on a break, every owner is told once per broken record.

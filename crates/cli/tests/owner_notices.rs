@@ -244,6 +244,21 @@ fn owner_notices_arrive_signed_once_and_follow_the_settings() {
     let (_, mail) = sink.wait_for("refused logins", Duration::from_secs(30));
     assert!(mail.contains(&agent) && mail.contains("audit list --agent"), "{mail}");
 
+    // A send limit (issue 13 §3): the second send within the hour is refused,
+    // and the owner is told once.
+    owner_json(&d, OWNER, &["grant", "create", "--agent", &agent, "--inbox", &inbox, "--scopes", "send"]);
+    owner_json(&d, OWNER, &["agent", "limits", &agent, "--per-hour", "1"]);
+    let to_self = json!({"to": [inbox.clone()], "subject": "x", "text": "x"}).to_string();
+    assert_eq!(curl("POST", &send, Some(&agent_key), Some(&to_self)).0, 202);
+    for _ in 0..2 {
+        assert_eq!(curl("POST", &send, Some(&agent_key), Some(&to_self)).0, 429);
+    }
+    let (_, mail) = sink.wait_for("reached its send limit", Duration::from_secs(30));
+    assert!(mail.contains("per-hour") && mail.contains("agentkeys agent limits"), "{mail}");
+    std::thread::sleep(Duration::from_secs(3));
+    let limit_notices = sink.messages().iter().filter(|(_, m)| m.contains("reached its send limit")).count();
+    assert_eq!(limit_notices, 1, "one notice per agent, limit and hour: {:#?}", sink.subjects());
+
     // Settings: the owner turns pairing notices off (signed), pairs a second
     // agent (no notice), turns them on again and pairs a third (a notice).
     let shown = owner_json(&d, OWNER, &["owner", "notifications"]);
