@@ -18,7 +18,7 @@ use std::io::{BufRead as _, BufReader};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
-use common::{Server, enroll_owner, owner_json, resource, run, run_json};
+use common::{Server, dkim_dns, enroll_owner, owner_json, resource, run_json};
 use serde_json::Value;
 
 const OWNER: &str = "0x00000000000000000000000000000000000000e1";
@@ -119,9 +119,7 @@ fn email_codes_and_links_approve_once_in_a_real_browser() {
         .map(|p| p.display().to_string())
         .collect();
     assert_eq!(mails.len(), 10, "one mail per code");
-    let dns = run(&d, &["domain", "dns", "agents.localhost"]);
-    assert!(dns.status.success());
-    let plan = serde_json::json!({ "dns": dkim_records(&String::from_utf8_lossy(&dns.stdout)), "messages": mails });
+    let plan = serde_json::json!({ "dns": dkim_dns(&d, "agents.localhost"), "messages": mails });
     let plan_path = dir.path().join("dkim-plan.json");
     std::fs::write(&plan_path, plan.to_string()).unwrap();
     let verified = Command::new("python3").arg(resource("verify_dkim.py")).arg(&plan_path).output().unwrap();
@@ -132,40 +130,3 @@ fn email_codes_and_links_approve_once_in_a_real_browser() {
     sink.wait().ok();
 }
 
-/// The two DKIM TXT records of `agentkeys domain dns` (name → value).
-fn dkim_records(zone: &str) -> serde_json::Map<String, Value> {
-    let mut records = serde_json::Map::new();
-    let mut current: Option<(String, String)> = None;
-    let mut depth = 0i32;
-    for raw in zone.lines() {
-        let trimmed = raw.trim_start();
-        if depth == 0 {
-            if let Some((name, value)) = current.take() {
-                records.insert(name, Value::String(value));
-            }
-            let first = trimmed.split_whitespace().next().unwrap_or("");
-            if !first.contains("._domainkey.") || !trimmed.contains("TXT") {
-                continue;
-            }
-            let name = if first.ends_with('.') { first.to_owned() } else { format!("{first}.") };
-            current = Some((name, String::new()));
-        }
-        let Some((_, value)) = current.as_mut() else { continue };
-        let mut in_quote = false;
-        for c in raw.chars() {
-            match (in_quote, c) {
-                (false, '"') => in_quote = true,
-                (true, '"') => in_quote = false,
-                (true, c) => value.push(c),
-                (false, '(') => depth += 1,
-                (false, ')') => depth -= 1,
-                _ => {}
-            }
-        }
-    }
-    if let Some((name, value)) = current.take() {
-        records.insert(name, Value::String(value));
-    }
-    assert_eq!(records.len(), 2, "two DKIM records in:\n{zone}");
-    records
-}

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Server, http_get, provision, python, resource, run, run_json, stored_messages};
+use common::{Server, dkim_dns, http_get, provision, python, resource, run_json, stored_messages};
 use serde_json::{Value, json};
 
 const OWNER: &str = "0x000000000000000000000000000000000000000a";
@@ -125,60 +125,6 @@ fn all_in_state(data_dir: &Path, state: &str) -> bool {
     !q.is_empty() && q.iter().all(|e| e["state"] == state)
 }
 
-/// The DKIM TXT records of `agentkeys domain dns` as verify_dkim.py wants them.
-fn dkim_dns(data_dir: &Path, domain: &str) -> serde_json::Map<String, Value> {
-    let out = run(data_dir, &["domain", "dns", domain]);
-    assert!(out.status.success());
-    let zone = String::from_utf8(out.stdout).unwrap();
-    let mut records = serde_json::Map::new();
-    let mut current: Option<(String, String)> = None;
-    // Simple zone reader: a record starts at a name containing `._domainkey.` and
-    // collects every quoted string up to its closing parenthesis or line end.
-    let mut depth = 0i32;
-    for raw in zone.lines() {
-        let trimmed = raw.trim_start();
-        if depth == 0 {
-            if let Some((name, value)) = current.take() {
-                records.insert(name, Value::String(value));
-            }
-            let first = trimmed.split_whitespace().next().unwrap_or("");
-            if !first.contains("._domainkey.") || !trimmed.contains("TXT") {
-                continue;
-            }
-            let name = if first.ends_with('.') {
-                first.to_owned()
-            } else {
-                format!("{first}.")
-            };
-            current = Some((name, String::new()));
-        }
-        let Some((_, value)) = current.as_mut() else {
-            continue;
-        };
-        let mut in_quote = false;
-        for c in raw.chars() {
-            match (in_quote, c) {
-                (false, '"') => in_quote = true,
-                (true, '"') => in_quote = false,
-                (true, c) => value.push(c),
-                (false, '(') => depth += 1,
-                (false, ')') => depth -= 1,
-                _ => {}
-            }
-        }
-    }
-    if let Some((name, value)) = current.take() {
-        records.insert(name, Value::String(value));
-    }
-    assert_eq!(records.len(), 2, "two DKIM records in:\n{zone}");
-    assert!(
-        records
-            .keys()
-            .all(|k| k.ends_with(&format!("._domainkey.{domain}."))),
-        "{records:?}"
-    );
-    records
-}
 
 #[test]
 fn temporary_failures_retry_with_backoff_and_deliver_exactly_once() {

@@ -382,42 +382,7 @@ fn a_held_message_reaches_the_mta_only_after_approval_signed_and_a_rejected_one_
 
 /// The delivered copy verifies under both DKIM keys with dkimpy.
 fn verify_dkim(w: &World, message: &Path) {
-    let out = run(w.data(), &["domain", "dns", "agents.localhost"]);
-    assert!(out.status.success());
-    let zone = String::from_utf8(out.stdout).unwrap();
-    let mut records = serde_json::Map::new();
-    let mut current: Option<(String, String)> = None;
-    let mut depth = 0i32;
-    for raw in zone.lines() {
-        let trimmed = raw.trim_start();
-        if depth == 0 {
-            if let Some((name, value)) = current.take() {
-                records.insert(name, Value::String(value));
-            }
-            let first = trimmed.split_whitespace().next().unwrap_or("");
-            if !first.contains("._domainkey.") || !trimmed.contains("TXT") {
-                continue;
-            }
-            let name = if first.ends_with('.') { first.to_owned() } else { format!("{first}.") };
-            current = Some((name, String::new()));
-        }
-        let Some((_, value)) = current.as_mut() else { continue };
-        let mut in_quote = false;
-        for c in raw.chars() {
-            match (in_quote, c) {
-                (false, '"') => in_quote = true,
-                (true, '"') => in_quote = false,
-                (true, c) => value.push(c),
-                (false, '(') => depth += 1,
-                (false, ')') => depth -= 1,
-                _ => {}
-            }
-        }
-    }
-    if let Some((name, value)) = current.take() {
-        records.insert(name, Value::String(value));
-    }
-    assert_eq!(records.len(), 2, "two DKIM records in:\n{zone}");
+    let records = dkim_dns(w.data(), "agents.localhost");
     let plan = json!({"dns": records, "messages": [message.display().to_string()]});
     let plan_path = w.dir.path().join("dkim-plan.json");
     std::fs::write(&plan_path, plan.to_string()).unwrap();

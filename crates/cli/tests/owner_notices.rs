@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Server, agentkeys, curl, enroll_owner, owner_json, owner_run, resource, run, run_json};
+use common::{Server, agentkeys, curl, enroll_owner, owner_json, owner_run, resource, run_json, dkim_dns};
 use serde_json::{Value, json};
 
 const OWNER: &str = "0x00000000000000000000000000000000000000d1";
@@ -110,46 +110,6 @@ impl Drop for Sink {
     }
 }
 
-/// The DKIM TXT records of `agentkeys domain dns` as verify_dkim.py wants them.
-fn dkim_dns(data_dir: &Path, domain: &str) -> serde_json::Map<String, Value> {
-    let out = run(data_dir, &["domain", "dns", domain]);
-    assert!(out.status.success());
-    let zone = String::from_utf8(out.stdout).unwrap();
-    let mut records = serde_json::Map::new();
-    let mut current: Option<(String, String)> = None;
-    let mut depth = 0i32;
-    for raw in zone.lines() {
-        let trimmed = raw.trim_start();
-        if depth == 0 {
-            if let Some((name, value)) = current.take() {
-                records.insert(name, Value::String(value));
-            }
-            let first = trimmed.split_whitespace().next().unwrap_or("");
-            if !first.contains("._domainkey.") || !trimmed.contains("TXT") {
-                continue;
-            }
-            let name = if first.ends_with('.') { first.to_owned() } else { format!("{first}.") };
-            current = Some((name, String::new()));
-        }
-        let Some((_, value)) = current.as_mut() else { continue };
-        let mut in_quote = false;
-        for c in raw.chars() {
-            match (in_quote, c) {
-                (false, '"') => in_quote = true,
-                (true, '"') => in_quote = false,
-                (true, c) => value.push(c),
-                (false, '(') => depth += 1,
-                (false, ')') => depth -= 1,
-                _ => {}
-            }
-        }
-    }
-    if let Some((name, value)) = current.take() {
-        records.insert(name, Value::String(value));
-    }
-    assert_eq!(records.len(), 2, "two DKIM records in:\n{zone}");
-    records
-}
 
 /// Both DKIM signatures of every message verify with dkimpy.
 pub fn assert_dkim(data_dir: &Path, work: &Path, messages: &[PathBuf]) {

@@ -676,3 +676,48 @@ impl Drop for S3sFs {
         self.stop();
     }
 }
+
+/// The DKIM TXT records of `agentkeys domain dns DOMAIN` (name with its
+/// trailing dot → the joined value), as tests/resources/verify_dkim.py wants
+/// them. A simple zone reader: a record starts at a name containing
+/// `._domainkey.` and collects every quoted string up to its closing
+/// parenthesis or the line's end. Asserts both keys (RSA, Ed25519) are there.
+pub fn dkim_dns(data_dir: &Path, domain: &str) -> serde_json::Map<String, serde_json::Value> {
+    let out = run(data_dir, &["domain", "dns", domain]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let zone = String::from_utf8(out.stdout).unwrap();
+    let mut records = serde_json::Map::new();
+    let mut current: Option<(String, String)> = None;
+    let mut depth = 0i32;
+    for raw in zone.lines() {
+        let trimmed = raw.trim_start();
+        if depth == 0 {
+            if let Some((name, value)) = current.take() {
+                records.insert(name, serde_json::Value::String(value));
+            }
+            let first = trimmed.split_whitespace().next().unwrap_or("");
+            if !first.contains("._domainkey.") || !trimmed.contains("TXT") {
+                continue;
+            }
+            let name = if first.ends_with('.') { first.to_owned() } else { format!("{first}.") };
+            current = Some((name, String::new()));
+        }
+        let Some((_, value)) = current.as_mut() else { continue };
+        let mut in_quote = false;
+        for c in raw.chars() {
+            match (in_quote, c) {
+                (false, '"') => in_quote = true,
+                (true, '"') => in_quote = false,
+                (true, c) => value.push(c),
+                (false, '(') => depth += 1,
+                (false, ')') => depth -= 1,
+                _ => {}
+            }
+        }
+    }
+    if let Some((name, value)) = current.take() {
+        records.insert(name, serde_json::Value::String(value));
+    }
+    assert_eq!(records.len(), 2, "two DKIM records in:\n{zone}");
+    records
+}
