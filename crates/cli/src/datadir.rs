@@ -137,6 +137,11 @@ impl DataDir {
         agentkeys_backends::CredentialSealer::new(self.seed.derive(agentkeys_backends::CREDENTIAL_SEAL_LABEL))
     }
 
+    /// The key the console stores emailed codes under, the same on every node.
+    pub(crate) fn console_code_key(&self) -> [u8; 32] {
+        self.seed.derive(agentkeys_api::console::CODE_KEY_LABEL)
+    }
+
     /// Seals and opens webhook secrets under a key derived from the master seed.
     pub(crate) fn webhook_sealer(&self) -> agentkeys_webhooks::SecretSealer {
         agentkeys_webhooks::SecretSealer::new(self.seed.derive(agentkeys_webhooks::secret::SEALING_KEY_LABEL))

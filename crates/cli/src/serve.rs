@@ -164,6 +164,7 @@ pub(crate) async fn run(config: Config) -> Result<()> {
     let mut console_origin = None;
     match agentkeys_api::console::ConsoleConfig::new(config.public_url.as_str()) {
         Ok(mut console) => {
+            console = console.with_code_key(dir.console_code_key());
             // Agents pairing over HTTPS pin this certificate: the approvals page shows it to compare.
             if https.is_some() {
                 console = console.with_certificate_fingerprint(tls.fingerprint.to_string());

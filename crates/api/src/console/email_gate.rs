@@ -37,7 +37,8 @@ use base64::Engine as _;
 use maud::html;
 use rand::{Rng as _, RngCore as _};
 use serde_json::json;
-use sha2::{Digest as _, Sha256};
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
 
 use super::pages::{Nav, layout, when};
 use super::{ConsoleError, FormFields, Session, action_hash, meta, token_hash, unavailable};
@@ -91,14 +92,16 @@ impl OwnerGate for EmailCodeVerified {
     }
 }
 
-/// The keyed hash a code's digits are stored as (its id is the salt).
-fn code_hash(id: &str, digits: &str) -> [u8; 32] {
-    let mut h = Sha256::new();
-    h.update(b"agentkeys-email-code-v1\n");
-    h.update(id.as_bytes());
-    h.update(b"\n");
-    h.update(digits.trim().as_bytes());
-    h.finalize().into()
+/// What a code's digits are stored as: HMAC-SHA256 under the server's code
+/// key (seed-derived) of the code's id and digits, so the stored value says
+/// nothing about the digits to anyone without the seed.
+fn code_hash(key: &[u8; 32], id: &str, digits: &str) -> [u8; 32] {
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key).unwrap_or_else(|_| unreachable!("HMAC takes any key length"));
+    mac.update(b"agentkeys-email-code-v2\n");
+    mac.update(id.as_bytes());
+    mac.update(b"\n");
+    mac.update(digits.trim().as_bytes());
+    mac.finalize().into_bytes().into()
 }
 
 /// The hash a link's token is stored as.
@@ -152,7 +155,8 @@ pub(crate) async fn request(
     let notifier = state.notifier.as_ref().ok_or(ConsoleError::Forbidden(
         "This server cannot send mail, so there is no email fallback here. Use your passkey.",
     ))?;
-    let origin = super::config(&state)?.origin().to_owned();
+    let console = super::config(&state)?;
+    let origin = console.origin().to_owned();
     let mut fields = FormFields::parse(&body);
     session.check_csrf(fields.get("csrf"))?;
     fields.single_valued()?;
@@ -177,7 +181,7 @@ pub(crate) async fn request(
         id: id.clone(),
         owner: session.owner.clone(),
         bound_to: action.0,
-        code_hash: code_hash(&id, &digits),
+        code_hash: code_hash(console.code_key(), &id, &digits),
         link_hash: link_hash(&token),
         phrase: phrase(),
         summary: summary.clone(),
@@ -225,7 +229,8 @@ pub(crate) async fn check(
     digits: Option<&str>,
 ) -> Result<EmailCodeVerified, ConsoleError> {
     let meta = meta(state)?;
-    let presented = digits.map(str::trim).filter(|d| !d.is_empty()).map(|d| code_hash(id, d));
+    let key = super::config(state)?.code_key();
+    let presented = digits.map(str::trim).filter(|d| !d.is_empty()).map(|d| code_hash(key, id, d));
     let now = state.clock.now();
     let outcome = meta
         .consume_email_code(&session.owner, id, &action.0, presented.as_ref(), EMAIL_CODE_MAX_TRIES, now)
@@ -354,10 +359,14 @@ mod tests {
     }
 
     proptest! {
-        /// A code's hash depends on its id and digits, so one code's digits never open another.
+        /// A code's hash depends on its id, digits and the server's key, so
+        /// one code's digits never open another, and without the key the
+        /// stored value cannot be matched to digits.
         #[test]
-        fn code_hashes_are_per_code(a in "[A-Za-z0-9]{8}", b in "[A-Za-z0-9]{8}", d in "[0-9]{6}", e in "[0-9]{6}") {
-            prop_assert_eq!(code_hash(&a, &d) == code_hash(&b, &e), a == b && d == e);
+        fn code_hashes_are_per_code(a in "[A-Za-z0-9]{8}", b in "[A-Za-z0-9]{8}", d in "[0-9]{6}", e in "[0-9]{6}", k in any::<[u8; 32]>()) {
+            let key = [7u8; 32];
+            prop_assert_eq!(code_hash(&key, &a, &d) == code_hash(&key, &b, &e), a == b && d == e);
+            prop_assert_eq!(code_hash(&key, &a, &d) == code_hash(&k, &a, &d), k == key);
             prop_assert_ne!(link_hash(&a), token_hash(&a));
         }
 

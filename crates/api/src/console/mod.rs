@@ -93,11 +93,22 @@ connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
 
 /// The console's settings: the relying party (from the public URL) and the
 /// origin every POST must come from.
-#[derive(Debug)]
 pub struct ConsoleConfig {
     gate: PasskeyGate,
     origin: String,
     certificate: Option<String>,
+    /// The key emailed codes' digits are stored under (HMAC-SHA256): six
+    /// digits under a plain hash are one million guesses away for anyone who
+    /// reads the database. Every node derives the same one from the seed
+    /// ([`ConsoleConfig::with_code_key`]); without it, a random key of this
+    /// process's.
+    code_key: zeroize::Zeroizing<[u8; 32]>,
+}
+
+impl std::fmt::Debug for ConsoleConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConsoleConfig").field("origin", &self.origin).finish_non_exhaustive()
+    }
 }
 
 impl ConsoleConfig {
@@ -127,7 +138,22 @@ impl ConsoleConfig {
         }
         let origin = url.origin().ascii_serialization();
         let gate = PasskeyGate::new(&origin, "AgentKeys")?;
-        Ok(Self { gate, origin, certificate: None })
+        let mut code_key = zeroize::Zeroizing::new([0u8; 32]);
+        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, code_key.as_mut());
+        Ok(Self { gate, origin, certificate: None, code_key })
+    }
+
+    /// The same console storing emailed codes under `key` (derive it from the
+    /// seed with [`CODE_KEY_LABEL`], so every node checks every node's codes).
+    #[must_use]
+    pub fn with_code_key(mut self, key: [u8; 32]) -> Self {
+        self.code_key = zeroize::Zeroizing::new(key);
+        self
+    }
+
+    /// The key emailed codes are stored under.
+    pub(crate) fn code_key(&self) -> &[u8; 32] {
+        &self.code_key
     }
 
     /// The same console showing, on the approvals page, the SHA-256
@@ -144,6 +170,9 @@ impl ConsoleConfig {
         &self.origin
     }
 }
+
+/// The seed derivation label of [`ConsoleConfig::with_code_key`].
+pub const CODE_KEY_LABEL: &str = "console-email-code/v1";
 
 /// What went wrong, as the console answers it (an HTML page, or JSON for the
 /// script's endpoints).
