@@ -432,13 +432,14 @@ mod tests {
         /// Whatever the paragraphs say, the HTML part escapes it: no markup of theirs survives.
         #[test]
         fn the_html_part_escapes_everything(p in ".{0,80}", url in "[a-z:/.\"<>]{0,30}") {
-            let notice = Notice::new(NoticeKind::Pairing, "s", vec![p.clone()]).with_link("open", url);
+            // A tag no template writes, so its survival can only be the paragraph's
+            // (a bare `<` also starts the template's own tags).
+            let marked = format!("<zq{p}<script>");
+            let notice = Notice::new(NoticeKind::Pairing, "s", vec![marked.clone()]).with_link("open", url);
             let html = notice.html();
             prop_assert!(!html.contains("<script"));
-            if p.contains('<') {
-                prop_assert!(!html.contains(&p));
-            }
-            prop_assert!(notice.text().contains(&p));
+            prop_assert!(!html.contains("<zq"));
+            prop_assert!(notice.text().contains(&marked));
         }
     }
 }
