@@ -187,7 +187,7 @@ pub(crate) async fn run(config: Config) -> Result<()> {
             Some(queued.clone()),
         )
         .map_err(|e| anyhow::anyhow!("the notification sender: {e}"))?;
-        println!("  owner notices     from {} (pairing requests, expiries, refused AUTHs, audit)", notifier.from_address().as_str());
+        println!("  owner notices     from {} (pairing requests, expiries, refused AUTHs, send limits and reviews, audit)", notifier.from_address().as_str());
         let notifier = Arc::new(notifier);
         api_state = api_state.with_notifier(notifier.clone());
         Some(notifier)
