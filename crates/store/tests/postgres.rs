@@ -23,7 +23,7 @@ use agentkeys_audit::{
 use agentkeys_core::{
     Address, AgentId, Credentials, Domain, Grant, GrantId, InboxStatus, KeyHash, KeyId, OwnerId, UnixTime,
 };
-use agentkeys_store::postgres::TempDatabase;
+use agentkeys_store::postgres::{ALIVE_BYPASS_WINDOW, MAX_CONNECTIONS, TempDatabase};
 use agentkeys_store::postgres::events::LISTENER_APPLICATION_NAME;
 use agentkeys_store::roles::*;
 use agentkeys_store::{
@@ -290,10 +290,47 @@ async fn lost_connections_are_errors_and_the_pool_recovers() {
     let lost = waiting.await.unwrap();
     assert!(matches!(lost, Err(StoreError::Backend(_))), "{lost:?}");
     let _ = slow.await.unwrap(); // an error or an answer, never a panic
-    // The pool replaces the dead connections: the next calls work.
-    assert_eq!(store.list_owners().await.unwrap().len(), 2);
+    // Every pooled connection is dead now, each idle for less than the alive
+    // bypass window, so none is pinged when handed out. A transaction still
+    // starts at once: its BEGIN moves on to another connection until a fresh
+    // one answers.
+    store.add_owner(&owner_record(3), &ev()).await.unwrap();
+    // Past the window every idle connection is pinged before it is handed out,
+    // so no statement meets a dead one. Fill the pool with live connections,
+    // end them all, wait out the window: as many calls at once as the pool holds.
+    let owners_at_once = || async {
+        let calls: Vec<_> = (0..MAX_CONNECTIONS)
+            .map(|_| {
+                let store = store.clone();
+                tokio::spawn(async move { store.list_owners().await })
+            })
+            .collect();
+        let mut answers = Vec::new();
+        for call in calls {
+            answers.push(call.await.unwrap().map(|owners| owners.len()));
+        }
+        answers
+    };
+    assert!(owners_at_once().await.iter().all(|n| matches!(n, Ok(3))));
+    assert!(kill_sessions(&mut holder).await > 1, "the pool held several connections");
+    tokio::time::sleep(ALIVE_BYPASS_WINDOW).await;
+    let answers = owners_at_once().await;
+    assert!(answers.iter().all(|n| matches!(n, Ok(3))), "{answers:?}");
     store.audit_append(&ev()).await.unwrap();
     verify(&store.audit_all().await.unwrap()).unwrap();
+}
+
+/// Ends every session of ours on this database (as a restart or failover
+/// does); returns how many there were.
+async fn kill_sessions(holder: &mut sqlx::PgConnection) -> i64 {
+    let (ended,): (i64,) = sqlx::query_as(
+        "SELECT COUNT(pg_terminate_backend(pid)) FROM pg_stat_activity
+          WHERE application_name = 'agentkeys' AND datname = current_database() AND pid <> pg_backend_pid()",
+    )
+    .fetch_one(holder)
+    .await
+    .unwrap();
+    ended
 }
 
 #[tokio::test]

@@ -83,6 +83,17 @@ pub const MAX_CONNECTIONS: u32 = 16;
 /// Every transaction of ours runs its statements back to back, far below this.
 pub const IDLE_IN_TRANSACTION_TIMEOUT: Duration = Duration::from_secs(15);
 
+/// A pooled connection idle at least this long is pinged before it is handed
+/// out; one used more recently is handed out as it is. This is HikariCP's
+/// `aliveBypassWindowMs` (500 ms): under load every connection is reused within
+/// milliseconds and pays no ping (sqlx already pings each one as it returns to
+/// the pool), while after a quiet spell, the usual moment of a database restart
+/// or failover, a dead connection is found and replaced before any statement
+/// meets it. A connection that died within the window fails the statement it is
+/// handed to, as one in flight at the moment of the restart does; transactions
+/// retry their `BEGIN` on another connection ([`PgStore::begin`]).
+pub const ALIVE_BYPASS_WINDOW: Duration = Duration::from_millis(500);
+
 /// How long a request waits for a free pooled connection before it fails with
 /// `Backend` (the database is unreachable or every connection is busy).
 pub const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -134,16 +145,22 @@ impl PgStore {
             "idle_in_transaction_session_timeout",
             IDLE_IN_TRANSACTION_TIMEOUT.as_millis().to_string(),
         )]);
-        // sqlx pings an idle connection before handing it out (one round trip
-        // per checkout). Turning that off saved ~2 round trips per mint, but a
-        // PostgreSQL restart or failover then fails one request per dead idle
-        // connection instead of none (`lost_connections_are_errors_and_the_pool_recovers`
-        // in tests/postgres.rs), so the ping stays until statements retry on a
-        // lost connection themselves.
+        // sqlx's own test pings every connection on every checkout, a round
+        // trip per checkout on top of the one it spends as the connection
+        // returns; ours pings only a connection idle for ALIVE_BYPASS_WINDOW.
         let pool = PgPoolOptions::new()
             .max_connections(max_connections.max(1))
             .acquire_timeout(ACQUIRE_TIMEOUT)
-            .test_before_acquire(true)
+            .test_before_acquire(false)
+            .before_acquire(|conn, meta| {
+                Box::pin(async move {
+                    if meta.idle_for >= ALIVE_BYPASS_WINDOW {
+                        // An error closes this connection; sqlx takes another.
+                        sqlx::Connection::ping(conn).await?;
+                    }
+                    Ok(true)
+                })
+            })
             .connect_with(options.clone())
             .await
             .map_err(|e| StoreError::Backend(format!("cannot connect to the PostgreSQL metadata database: {e}")))?;
@@ -196,8 +213,25 @@ impl PgStore {
 
     /// Starts a transaction. Dropped without commit, it is rolled back before
     /// its connection is reused (sqlx queues the `ROLLBACK`).
+    ///
+    /// A `BEGIN` that meets a lost connection (one the database ended while it
+    /// sat in the pool, see [`ALIVE_BYPASS_WINDOW`]) is sent again on another:
+    /// `BEGIN` changes nothing, so repeating it is safe, and the failed
+    /// connection is closed, not pooled again. At most one attempt per pooled
+    /// connection and one more, so a database that is really gone still fails
+    /// fast. Nothing after `BEGIN` is ever repeated: a statement or `COMMIT`
+    /// whose connection is lost may or may not have taken effect.
     pub(crate) async fn begin(&self) -> Result<Transaction<'static, Postgres>, StoreError> {
-        self.pool.begin().await.map_err(backend)
+        let mut attempts = self.pool.options().get_max_connections() + 1;
+        loop {
+            attempts -= 1;
+            match self.pool.begin().await {
+                Err(err) if attempts > 0 && connection_lost(&err) => {
+                    tracing::info!(error = %err, "BEGIN met a lost database connection; starting it on another");
+                }
+                other => return other.map_err(backend),
+            }
+        }
     }
 
     /// Readiness: the database answers a query (`SELECT 1`).
@@ -246,6 +280,17 @@ impl StoreHealth for PgStore {
     /// transaction on its path (locking the chain head) without a record.
     async fn check_audit_writable(&self) -> Result<(), StoreError> {
         self.audit.probe(self).await
+    }
+}
+
+/// Whether `err` says the connection itself is gone: an I/O failure, or the
+/// server ending the session (SQLSTATE class 57P0x: administrator command,
+/// crash or start-up shutdown) or a connection exception (class 08).
+fn connection_lost(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::Io(_) => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| code.starts_with("57P0") || code.starts_with("08")),
+        _ => false,
     }
 }
 
