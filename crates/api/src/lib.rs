@@ -220,8 +220,8 @@ impl ApiState {
     }
 
     /// The same state with other per-address limits: other budgets (tests), or
-    /// refused-key counters shared by every node
-    /// ([`throttle::HttpThrottle::with_failure_counters`]).
+    /// counters shared by every node
+    /// ([`throttle::HttpThrottle::with_shared_counters`]).
     #[must_use]
     pub fn with_throttle(mut self, throttle: throttle::HttpThrottle) -> Self {
         self.throttle = Arc::new(throttle);
@@ -481,7 +481,7 @@ async fn rate_limits(
     }
     if request.method() == Method::POST
         && path == "/v1/pairings"
-        && let Err(limited) = state.throttle.check_pairing(ip)
+        && let Err(limited) = state.throttle.check_pairing(ip).await
     {
         return limited.into_response();
     }

@@ -19,28 +19,23 @@
 //!   ([`HttpThrottle::with_failure_counters`]), so an address gets the budget
 //!   once however many nodes it spreads its attempts over.
 //! - **Pairing opens.** `POST /v1/pairings` is public: each address may open
-//!   [`PAIRINGS_PER_IP`] per [`PAIRING_WINDOW`], as a burst (governor, GCRA, per
-//!   process).
+//!   [`PAIRINGS_PER_IP`] per sliding [`PAIRING_WINDOW`]; the next is answered
+//!   429 until the oldest counted open leaves the window. Opens are counted
+//!   in the same counters (budget [`PAIRING_BUDGET`]), with the decision and
+//!   the count one atomic step ([`Throttles::record_unless_full`]): concurrent
+//!   opens on several nodes get the budget once, and refused ones count
+//!   nothing, so `Retry-After` is when an open will be admitted.
 //!
 //! Addresses are counted as the SMTP throttle counts them: IPv4 as is (also
-//! IPv4-mapped), IPv6 by its /64. Memory stays bounded: the failure counters
-//! bound themselves (`LocalThrottles`, or rows pruned by their window); the
-//! pairing budgets are pruned every [`PRUNE_EVERY`] decisions and whenever more
-//! than [`MAX_TRACKED_ADDRESSES`] are tracked (`retain_recent` +
-//! `shrink_to_fit`). Requests without a peer address (the in-process router the
-//! CLI uses) are not limited.
+//! IPv4-mapped), IPv6 by its /64. Memory stays bounded: the counters bound
+//! themselves (`LocalThrottles`, or rows pruned by their window). Requests
+//! without a peer address (the in-process router the CLI uses) are not limited.
 
 use std::net::IpAddr;
-use std::num::NonZeroU32;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use agentkeys_store::{FailureWindow, LocalThrottles, ThrottleKey, Throttles, UnixMillis, unix_millis};
-use governor::clock::{Clock, DefaultClock, Reference};
-use governor::middleware::NoOpMiddleware;
-use governor::state::keyed::DefaultKeyedStateStore;
-use governor::{Quota, RateLimiter};
 
 use crate::error::ApiError;
 
@@ -54,12 +49,10 @@ pub const AUTH_FAILURE_WINDOW: Duration = Duration::from_secs(60);
 pub const AGENT_KEY_BUDGET: &str = "http-agent-key";
 /// Pairing requests an address may open per [`PAIRING_WINDOW`].
 pub const PAIRINGS_PER_IP: u32 = 10;
-/// The window of [`PAIRINGS_PER_IP`].
+/// The sliding window of [`PAIRINGS_PER_IP`].
 pub const PAIRING_WINDOW: Duration = Duration::from_secs(60);
-/// Tracked addresses above which the pairing budgets are pruned at once.
-pub const MAX_TRACKED_ADDRESSES: usize = 10_000;
-/// Decisions between two routine prunes of the pairing budgets.
-pub const PRUNE_EVERY: u64 = 1_024;
+/// The budget name of pairing opens in the counters (`http-pairing-open/<address>`).
+pub const PAIRING_BUDGET: &str = "http-pairing-open";
 
 /// Marks a response that refused the presented agent key itself (set by
 /// [`ApiError`]'s `IntoResponse`); the router's rate-limit layer charges the
@@ -69,41 +62,31 @@ pub struct KeyRefused;
 
 pub use agentkeys_core::peer::address_key;
 
-type Keyed<C> = RateLimiter<IpAddr, DefaultKeyedStateStore<IpAddr>, C, NoOpMiddleware<<C as Clock>::Instant>>;
-
 /// The API's rate limits, shared by every request (`Arc` in the state).
-pub struct HttpThrottle<C: Clock + Clone = DefaultClock> {
-    clock: C,
-    /// Where refused keys are counted.
-    failures: Arc<dyn Throttles>,
+pub struct HttpThrottle {
+    /// Where refused keys and pairing opens are counted.
+    counters: Arc<dyn Throttles>,
     /// The counters of [`HttpThrottle::new`], while they are the ones in use (for [`HttpThrottle::tracked`]).
     local: Option<Arc<LocalThrottles>>,
     /// The budget plus the refusal that finds it spent; `None`: switched off.
     failure_rule: Option<FailureWindow>,
-    pairings: Keyed<C>,
-    decisions: AtomicU64,
+    /// Pairing opens per window; `None`: switched off.
+    pairing_rule: Option<FailureWindow>,
 }
 
-impl<C: Clock + Clone> std::fmt::Debug for HttpThrottle<C> {
+impl std::fmt::Debug for HttpThrottle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("HttpThrottle")
             .field("failure_rule", &self.failure_rule)
-            .field("pairing_keys", &self.pairings.len())
+            .field("pairing_rule", &self.pairing_rule)
             .finish_non_exhaustive()
     }
 }
 
-impl Default for HttpThrottle<DefaultClock> {
+impl Default for HttpThrottle {
     fn default() -> Self {
-        Self::new(AUTH_FAILURES_PER_IP, AUTH_FAILURE_WINDOW, PAIRINGS_PER_IP, PAIRING_WINDOW, DefaultClock::default())
+        Self::new(AUTH_FAILURES_PER_IP, AUTH_FAILURE_WINDOW, PAIRINGS_PER_IP, PAIRING_WINDOW)
     }
-}
-
-fn quota(count: u32, window: Duration) -> Quota {
-    let count = NonZeroU32::new(count).unwrap_or(NonZeroU32::MIN);
-    // `window / count` is never zero for the windows above; fall back to 1 ns.
-    let period = (window / count.get()).max(Duration::from_nanos(1));
-    Quota::with_period(period).unwrap_or_else(|| Quota::per_second(count)).allow_burst(count)
 }
 
 /// 429 with `Retry-After` rounded up to whole seconds (a client that waits
@@ -113,27 +96,32 @@ fn retry_after_millis(wait_ms: i64) -> ApiError {
     ApiError::RateLimited { retry_after_secs: wait_ms.div_ceil(1000).max(1) }
 }
 
-impl<C: Clock + Clone> HttpThrottle<C> {
+/// 503: the counters cannot be read, so whether the address may go on is not known.
+fn counters_down(err: &agentkeys_store::StoreError, which: &str) -> ApiError {
+    tracing::error!(%err, "cannot read the {which} counters; answering 503");
+    ApiError::Unavailable { code: "BACKEND_UNAVAILABLE" }
+}
+
+impl HttpThrottle {
     /// A throttle allowing `auth_failures` refused keys per sliding
-    /// `auth_window` (counted in this process's memory) and `pairings` pairing
-    /// opens per `pairing_window` per address, on `clock` (pairings).
-    pub fn new(auth_failures: u32, auth_window: Duration, pairings: u32, pairing_window: Duration, clock: C) -> Self {
+    /// `auth_window` and `pairings` pairing opens per sliding `pairing_window`
+    /// per address, counted in this process's memory. A zero count or window
+    /// switches that limit off.
+    pub fn new(auth_failures: u32, auth_window: Duration, pairings: u32, pairing_window: Duration) -> Self {
         let local = Arc::new(LocalThrottles::new());
         Self {
-            failures: local.clone(),
+            counters: local.clone(),
             local: Some(local),
             failure_rule: FailureWindow::new(auth_failures.saturating_add(1), auth_window),
-            pairings: RateLimiter::new(quota(pairings, pairing_window), DefaultKeyedStateStore::default(), clock.clone()),
-            decisions: AtomicU64::new(0),
-            clock,
+            pairing_rule: FailureWindow::new(pairings, pairing_window),
         }
     }
 
-    /// The same throttle counting refused keys in `counters` (the store's,
-    /// shared by every node on it) instead of this process's memory.
+    /// The same throttle counting refused keys and pairing opens in `counters`
+    /// (the store's, shared by every node on it) instead of this process's memory.
     #[must_use]
-    pub fn with_failure_counters(self, counters: Arc<dyn Throttles>) -> Self {
-        Self { failures: counters, local: None, ..self }
+    pub fn with_shared_counters(self, counters: Arc<dyn Throttles>) -> Self {
+        Self { counters, local: None, ..self }
     }
 
     fn failure_key(ip: IpAddr) -> ThrottleKey {
@@ -152,10 +140,8 @@ impl<C: Clock + Clone> HttpThrottle<C> {
         let Some(rule) = self.failure_rule else {
             return Ok(());
         };
-        let tally = self.failures.failures(&Self::failure_key(ip), now, rule).await.map_err(|err| {
-            tracing::error!(%err, "cannot read the refused-key counters; answering 503");
-            ApiError::Unavailable { code: "BACKEND_UNAVAILABLE" }
-        })?;
+        let tally =
+            self.counters.failures(&Self::failure_key(ip), now, rule).await.map_err(|err| counters_down(&err, "refused-key"))?;
         match tally.full_until {
             Some(until) if until > now => Err(retry_after_millis(until - now)),
             _ => Ok(()),
@@ -173,7 +159,7 @@ impl<C: Clock + Clone> HttpThrottle<C> {
     pub async fn record_agent_key_failure_at(&self, ip: IpAddr, now: UnixMillis) -> Option<ApiError> {
         let rule = self.failure_rule?;
         let key = Self::failure_key(ip);
-        let tally = match self.failures.record_failure(&key, now, rule).await {
+        let tally = match self.counters.record_failure(&key, now, rule).await {
             Ok(tally) => tally,
             Err(err) => {
                 tracing::error!(%err, address = %address_key(ip), "a refused agent key could not be counted");
@@ -185,39 +171,31 @@ impl<C: Clock + Clone> HttpThrottle<C> {
         Some(retry_after_millis(until - now))
     }
 
-    fn retry_after(&self, until: C::Instant) -> ApiError {
-        let wait: Duration = until.duration_since(self.clock.now()).into();
-        // Round up: a client that waits Retry-After seconds must find a cell.
-        let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-        ApiError::RateLimited { retry_after_secs: secs.max(1) }
+    /// Before a pairing request is opened: counts the open against `ip`, or
+    /// 429 (nothing counted) when `ip` opened its budget within the window; 503
+    /// when the counters cannot be written.
+    pub async fn check_pairing(&self, ip: IpAddr) -> Result<(), ApiError> {
+        self.check_pairing_at(ip, unix_millis(SystemTime::now())).await
     }
 
-    /// Before a pairing request is opened: spends a cell of `ip`'s pairing
-    /// budget, or 429.
-    pub fn check_pairing(&self, ip: IpAddr) -> Result<(), ApiError> {
-        let outcome = self.pairings.check_key(&address_key(ip));
-        self.after_decision();
-        outcome.map_err(|not_until| self.retry_after(not_until.earliest_possible()))
-    }
-
-    fn after_decision(&self) {
-        let n = self.decisions.fetch_add(1, Ordering::Relaxed) + 1;
-        let crowded = self.pairings.len() > MAX_TRACKED_ADDRESSES;
-        if n.is_multiple_of(PRUNE_EVERY) || crowded {
-            self.prune();
+    /// [`HttpThrottle::check_pairing`] at `now` (tests drive the clock).
+    pub async fn check_pairing_at(&self, ip: IpAddr, now: UnixMillis) -> Result<(), ApiError> {
+        let Some(rule) = self.pairing_rule else {
+            return Ok(());
+        };
+        let key = ThrottleKey::address(PAIRING_BUDGET, ip);
+        let admission = self.counters.record_unless_full(&key, now, rule).await.map_err(|err| counters_down(&err, "pairing"))?;
+        if admission.recorded {
+            return Ok(());
         }
+        let until = admission.tally.full_until.unwrap_or_else(|| rule.leaves_at(now));
+        Err(retry_after_millis(until - now))
     }
 
-    /// Drops the pairing budgets of addresses that are back to a fresh budget.
-    pub fn prune(&self) {
-        self.pairings.retain_recent();
-        self.pairings.shrink_to_fit();
-    }
-
-    /// Addresses tracked (refused-key counters when they are this process's,
-    /// else 0; pairing budgets), for tests and metrics.
-    pub fn tracked(&self) -> (usize, usize) {
-        (self.local.as_ref().map_or(0, |l| l.tracked()), self.pairings.len())
+    /// Addresses tracked in this process's memory (0 when the counters are
+    /// shared), for tests and metrics.
+    pub fn tracked(&self) -> usize {
+        self.local.as_ref().map_or(0, |l| l.tracked())
     }
 }
 
@@ -226,7 +204,6 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
-    use governor::clock::FakeRelativeClock;
 
     const T0: UnixMillis = 1_700_000_000_000;
 
@@ -234,8 +211,8 @@ mod tests {
         IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, n))
     }
 
-    fn throttle(clock: &FakeRelativeClock) -> HttpThrottle<FakeRelativeClock> {
-        HttpThrottle::new(AUTH_FAILURES_PER_IP, AUTH_FAILURE_WINDOW, PAIRINGS_PER_IP, PAIRING_WINDOW, clock.clone())
+    fn throttle() -> HttpThrottle {
+        HttpThrottle::default()
     }
 
     fn retry(e: &ApiError) -> u64 {
@@ -247,7 +224,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_failure_budget_blocks_the_address_until_the_oldest_refusal_leaves_the_window() {
-        let t = throttle(&FakeRelativeClock::default());
+        let t = throttle();
         let step = 1000;
         for i in 0..i64::from(AUTH_FAILURES_PER_IP) {
             t.check_agent_key_at(ip(1), T0 + i * step).await.unwrap();
@@ -275,9 +252,8 @@ mod tests {
     /// spread over both are counted once, and both refuse the address.
     #[tokio::test]
     async fn throttles_sharing_failure_counters_spend_one_budget() {
-        let clock = FakeRelativeClock::default();
         let shared: Arc<dyn Throttles> = Arc::new(LocalThrottles::new());
-        let nodes = [throttle(&clock).with_failure_counters(shared.clone()), throttle(&clock).with_failure_counters(shared)];
+        let nodes = [throttle().with_shared_counters(shared.clone()), throttle().with_shared_counters(shared)];
         for i in 0..AUTH_FAILURES_PER_IP {
             let node = &nodes[usize::try_from(i % 2).unwrap()];
             node.check_agent_key_at(ip(3), T0).await.unwrap();
@@ -287,7 +263,7 @@ mod tests {
         for node in &nodes {
             assert!(node.check_agent_key_at(ip(3), T0 + 2).await.is_err());
         }
-        assert_eq!(nodes[0].tracked().0, 0, "nothing counted in this process's memory");
+        assert_eq!(nodes[0].tracked(), 0, "nothing counted in this process's memory");
     }
 
     /// Counters that cannot be read refuse the agent-key routes with 503; a
@@ -313,62 +289,80 @@ mod tests {
             ) -> Result<agentkeys_store::FailureTally, agentkeys_store::StoreError> {
                 Err(agentkeys_store::StoreError::Backend("down".into()))
             }
+            async fn record_unless_full(
+                &self,
+                _: &ThrottleKey,
+                _: UnixMillis,
+                _: FailureWindow,
+            ) -> Result<agentkeys_store::Admission, agentkeys_store::StoreError> {
+                Err(agentkeys_store::StoreError::Backend("down".into()))
+            }
         }
-        let t = throttle(&FakeRelativeClock::default()).with_failure_counters(Arc::new(Down));
+        let t = throttle().with_shared_counters(Arc::new(Down));
         assert!(matches!(t.check_agent_key_at(ip(1), T0).await, Err(ApiError::Unavailable { .. })));
         assert!(t.record_agent_key_failure_at(ip(1), T0).await.is_none());
-    }
-
-    #[test]
-    fn pairing_opens_are_limited_per_address() {
-        let clock = FakeRelativeClock::default();
-        let t = throttle(&clock);
-        for _ in 0..PAIRINGS_PER_IP {
-            t.check_pairing(ip(1)).unwrap();
-        }
-        let e = t.check_pairing(ip(1)).unwrap_err();
-        assert_eq!(retry(&e), PAIRING_WINDOW.as_secs() / u64::from(PAIRINGS_PER_IP));
-        t.check_pairing(ip(2)).unwrap();
-        clock.advance(PAIRING_WINDOW);
-        for _ in 0..PAIRINGS_PER_IP {
-            t.check_pairing(ip(1)).unwrap();
-        }
+        assert!(matches!(t.check_pairing_at(ip(1), T0).await, Err(ApiError::Unavailable { .. })), "pairing: 503 too");
     }
 
     #[tokio::test]
-    async fn state_is_pruned_once_addresses_are_fresh_again() {
-        let clock = FakeRelativeClock::default();
-        let t = throttle(&clock);
+    async fn pairing_opens_are_limited_per_address_and_refusals_count_nothing() {
+        let t = throttle();
+        let step = 1000;
+        for i in 0..i64::from(PAIRINGS_PER_IP) {
+            t.check_pairing_at(ip(1), T0 + i * step).await.unwrap();
+        }
+        let window = i64::try_from(PAIRING_WINDOW.as_millis()).unwrap();
+        // Refused until the first open leaves the window, however often it is tried.
+        for at in [10 * step, 30 * step, window - 1] {
+            let e = t.check_pairing_at(ip(1), T0 + at).await.unwrap_err();
+            assert_eq!(retry(&e), u64::try_from(window - at).unwrap().div_ceil(1000), "at +{at} ms");
+        }
+        t.check_pairing_at(ip(2), T0 + 10 * step).await.unwrap();
+        // Retry-After was true: at the first open's end one more is admitted, then refused again.
+        t.check_pairing_at(ip(1), T0 + window).await.unwrap();
+        assert!(t.check_pairing_at(ip(1), T0 + window).await.is_err());
+        // Switched off with a zero budget.
+        let off = HttpThrottle::new(AUTH_FAILURES_PER_IP, AUTH_FAILURE_WINDOW, 0, PAIRING_WINDOW);
+        for _ in 0..100 {
+            off.check_pairing_at(ip(1), T0).await.unwrap();
+        }
+    }
+
+    /// Two nodes' throttles over one set of counters: concurrent opens from
+    /// one address spread over both are admitted [`PAIRINGS_PER_IP`] times in
+    /// all, not per node.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn pairing_opens_spread_over_nodes_spend_one_budget() {
+        let shared: Arc<dyn Throttles> = Arc::new(LocalThrottles::new());
+        let nodes = [Arc::new(throttle().with_shared_counters(shared.clone())), Arc::new(throttle().with_shared_counters(shared))];
+        let tries: Vec<_> = (0..64usize)
+            .map(|i| {
+                let node = nodes[i % 2].clone();
+                tokio::spawn(async move { node.check_pairing_at(ip(4), T0).await.is_ok() })
+            })
+            .collect();
+        let mut admitted = 0;
+        for attempt in tries {
+            admitted += u32::from(attempt.await.unwrap());
+        }
+        assert_eq!(admitted, PAIRINGS_PER_IP);
+    }
+
+    #[tokio::test]
+    async fn state_is_dropped_once_addresses_are_fresh_again() {
+        let t = throttle();
         for n in 0..50 {
-            t.check_pairing(ip(n)).unwrap();
+            t.check_pairing_at(ip(n), T0).await.unwrap();
             for _ in 0..=AUTH_FAILURES_PER_IP {
                 t.record_agent_key_failure_at(ip(n), T0).await;
             }
         }
-        assert_eq!(t.tracked(), (50, 50));
-        t.prune();
-        assert_eq!(t.tracked(), (50, 50), "nothing is fresh yet");
-        clock.advance(PAIRING_WINDOW * 2);
-        t.prune();
-        // The refused-key counters sweep themselves at their next use past the window.
-        let later = T0 + i64::try_from((AUTH_FAILURE_WINDOW + agentkeys_store::LOCAL_SWEEP_INTERVAL).as_millis()).unwrap();
+        assert_eq!(t.tracked(), 100, "two budgets of 50 addresses");
+        // The counters sweep themselves at their next use past the windows.
+        let later = T0
+            + i64::try_from((AUTH_FAILURE_WINDOW.max(PAIRING_WINDOW) + agentkeys_store::LOCAL_SWEEP_INTERVAL).as_millis())
+                .unwrap();
         t.check_agent_key_at(ip(200), later).await.unwrap();
-        assert_eq!(t.tracked(), (0, 0));
-    }
-
-    #[test]
-    fn pruning_runs_by_itself_every_prune_every_decisions() {
-        let clock = FakeRelativeClock::default();
-        let t = throttle(&clock);
-        t.check_pairing(ip(1)).unwrap();
-        clock.advance(PAIRING_WINDOW * 2);
-        for n in 1..PRUNE_EVERY {
-            // Distinct addresses (not 10.0.0.1), one decision each.
-            let addr = IpAddr::V4(std::net::Ipv4Addr::from(0x0b00_0000 + u32::try_from(n).unwrap()));
-            let _ = t.check_pairing(addr);
-        }
-        // The PRUNE_EVERY-th decision pruned 10.0.0.1 (fresh again); the others are recent.
-        let (_, pairings) = t.tracked();
-        assert_eq!(pairings, usize::try_from(PRUNE_EVERY - 1).unwrap());
+        assert_eq!(t.tracked(), 0);
     }
 }

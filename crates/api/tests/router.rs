@@ -581,7 +581,7 @@ async fn every_status_an_operation_answers_is_documented_for_it() {
     let w = world().await;
     let doc = send(&w.app(), get("/v1/openapi.json")).await.body;
     let throttled = || {
-        HttpThrottle::new(1, std::time::Duration::from_secs(600), 1, std::time::Duration::from_secs(600), governor::clock::DefaultClock::default())
+        HttpThrottle::new(1, std::time::Duration::from_secs(600), 1, std::time::Duration::from_secs(600))
     };
     let apps = [
         ("full", router(w.state_with_audit(w.backend.clone()).with_meta(w.store.clone()).with_throttle(throttled()))),

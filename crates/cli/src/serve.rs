@@ -88,12 +88,13 @@ pub(crate) async fn run(config: Config) -> Result<()> {
             .with_inbox_policies(dir.meta.clone(), config.refuse_blocked_senders)
             // Per-agent send limits and review (issue 13 §3).
             .with_send_guardrails(dir.meta.clone());
-    // Several nodes on one database: an address's AUTH failures on any node count
-    // against one budget (crates/store/src/throttles.rs).
+    // Several nodes on one database: an address's AUTH failures, refused agent
+    // keys and pairing opens on any node count against one budget
+    // (crates/store/src/throttles.rs).
     let mut http_throttle = agentkeys_api::throttle::HttpThrottle::default();
     if let Some(counters) = &dir.shared_counters {
         smtp = smtp.with_auth_counters(counters.clone());
-        http_throttle = http_throttle.with_failure_counters(counters.clone());
+        http_throttle = http_throttle.with_shared_counters(counters.clone());
     }
     let server = Arc::new(smtp);
 

@@ -214,3 +214,28 @@ fn a_pairing_opened_on_one_node_and_approved_through_another_is_collected_by_the
     // The key is known to node B too (a valid key without a grant: 403, not 401).
     assert_eq!(mint(&nodes.b, &agent_key, &address), (403, "NO_GRANT".to_owned()));
 }
+
+#[test]
+fn pairing_opens_spread_over_two_nodes_spend_one_budget() {
+    use agentkeys_api::throttle::PAIRINGS_PER_IP;
+    use agentkeys_approval::DeviceKey;
+    let (nodes, _, _) = cluster(19560, &[]);
+    enroll_owner(&nodes.dir_a, OWNER);
+    let open = |n: &Server| {
+        let device = DeviceKey::generate(&mut rand::rngs::OsRng);
+        let body = json!({ "device_public_key": device.public_key().to_base64(), "name": "bot" }).to_string();
+        let (status, head, answer) = curl("POST", &format!("{}/v1/pairings", base(n)), None, Some(&body));
+        (status, head, answer)
+    };
+    // Alternating nodes: each saw half the opens, the address the whole budget.
+    for i in 0..PAIRINGS_PER_IP {
+        let n = if i.is_multiple_of(2) { &nodes.a } else { &nodes.b };
+        let (status, _, answer) = open(n);
+        assert_eq!(status, 201, "open {i}: {answer}");
+    }
+    for (name, n) in [("A", &nodes.a), ("B", &nodes.b)] {
+        let (status, head, answer) = open(n);
+        assert_eq!((status, answer["code"].as_str()), (429, Some("RATE_LIMITED")), "node {name}: {answer}");
+        assert!(head.contains("retry-after: "), "{head}");
+    }
+}

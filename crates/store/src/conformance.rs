@@ -66,7 +66,7 @@ use ulid::Ulid;
 
 use crate::roles::*;
 use crate::{
-    AgentRecord, CheckpointRecord, DomainKeyRecord, EnrollmentTicketRecord, FailureTally, FailureWindow,
+    Admission, AgentRecord, CheckpointRecord, DomainKeyRecord, EnrollmentTicketRecord, FailureTally, FailureWindow,
     IDEMPOTENCY_KEY_TTL_SECS, IdempotencyClaim, IdempotencyScope, InboxRecord, KeyRecord, ListOrder, NewMessage,
     NewOutbound, NonceUse, OwnerRecord, PageQuery, PairingRecord, PairingStatus, STALE_CLAIM_SECS, StoreError, ThrottleKey,
     UnixMillis, tally,
@@ -198,6 +198,8 @@ macro_rules! conformance_tests {
             the_first_seed_fingerprint_is_the_deployments,
             throttle_failures_add_up_across_handles,
             throttle_failures_generated,
+            throttle_uses_are_admitted_up_to_the_limit_across_handles,
+            throttle_uses_generated,
             inbox_policies_are_owner_scoped,
             console_challenges_are_single_use_across_handles,
             console_challenges_generated,
@@ -2772,6 +2774,48 @@ fn failure_window(limit: u32, secs: u64) -> FailureWindow {
     FailureWindow::new(limit, Duration::from_secs(secs)).expect("a window that is on")
 }
 
+/// Contract 8, a budget of uses: concurrent `record_unless_full` through two
+/// handles admits exactly `limit` uses of a fresh key; a full key records
+/// nothing (its refusals do not push its end later) and admits again once the
+/// oldest counted use has left the window; failures and uses share a key's tally.
+pub async fn throttle_uses_are_admitted_up_to_the_limit_across_handles<B: Backend>(backend: Arc<B>) {
+    let (a, b) = pair(&*backend).await;
+    let five = failure_window(5, 60);
+    for round in 0..3u32 {
+        let key = throttle_key(100 + round);
+        let admitted = on_both(&a, &b, 16, |s, i| {
+            let key = key.clone();
+            async move { s.record_unless_full(&key, NOW_MS + i as i64, five).await.unwrap() }
+        })
+        .await;
+        let recorded: Vec<u32> = admitted.iter().filter(|x| x.recorded).map(|x| x.tally.count).collect();
+        let mut counts = recorded.clone();
+        counts.sort_unstable();
+        assert_eq!(counts, [1, 2, 3, 4, 5], "round {round}: exactly the limit admitted, each count once");
+        assert!(admitted.iter().filter(|x| !x.recorded).all(|x| x.tally.is_full_at(NOW_MS + 16)), "refusals see it full");
+    }
+    // One use a second: the sixth is refused until the first leaves, and a
+    // refusal does not move that time.
+    let key = throttle_key(110);
+    for i in 0..5i64 {
+        let s = if i % 2 == 0 { &a } else { &b };
+        assert!(s.record_unless_full(&key, NOW_MS + i * 1000, five).await.unwrap().recorded);
+    }
+    for at in [5_000, 30_000, 59_999] {
+        let refused = a.record_unless_full(&key, NOW_MS + at, five).await.unwrap();
+        assert_eq!(refused, Admission { recorded: false, tally: FailureTally { count: 5, full_until: Some(NOW_MS + 60_000) } });
+    }
+    let again = b.record_unless_full(&key, NOW_MS + 60_000, five).await.unwrap();
+    assert!(again.recorded, "admitted when the oldest use left the window");
+    assert_eq!(again.tally, FailureTally { count: 5, full_until: Some(NOW_MS + 61_000) });
+    // Failures recorded on a key count against its uses.
+    let key = throttle_key(111);
+    for _ in 0..5 {
+        a.record_failure(&key, NOW_MS, five).await.unwrap();
+    }
+    assert!(!b.record_unless_full(&key, NOW_MS + 1, five).await.unwrap().recorded);
+}
+
 /// Contract 8, named cases: failures recorded through two handles add up and
 /// are read the same through both; reading records nothing; 24 concurrent
 /// records on both handles answer the counts 1 to 24, each once; past the
@@ -2839,6 +2883,35 @@ type ThrottleStep = (u32, u16, bool, bool);
 /// A generated history of failure-counter calls: limit, window (seconds), steps.
 fn throttle_history() -> impl Strategy<Value = (u32, u64, Vec<ThrottleStep>)> {
     (1u32..6, 1u64..30, prop::collection::vec((0u32..3, 0u16..12_000, any::<bool>(), any::<bool>()), 1..40))
+}
+
+/// Contract 8, a budget of uses, over generated histories on both handles:
+/// `record_unless_full` admits exactly when the rule ([`tally`]) over the uses
+/// admitted so far says the key is not full, and answers that tally.
+pub async fn throttle_uses_generated<B: Backend>(backend: Arc<B>) {
+    for_generated("a budget of uses is shared", 12, throttle_history, move |(limit, secs, steps)| {
+        let backend = Arc::clone(&backend);
+        async move {
+            let (a, b) = pair(&*backend).await;
+            let rule = failure_window(limit, secs);
+            let mut admitted: HashMap<u32, Vec<UnixMillis>> = HashMap::new();
+            let mut now = NOW_MS;
+            for (i, (key, later, second, _)) in steps.into_iter().enumerate() {
+                now += i64::from(later);
+                let s = if second { &b } else { &a };
+                let before = tally(admitted.get(&key).cloned().unwrap_or_default(), now, rule);
+                let expected = if before.is_full_at(now) {
+                    Admission { recorded: false, tally: before }
+                } else {
+                    admitted.entry(key).or_default().push(now);
+                    Admission { recorded: true, tally: tally(admitted[&key].clone(), now, rule) }
+                };
+                let answer = s.record_unless_full(&throttle_key(key + 1000), now, rule).await.unwrap();
+                assert_eq!(answer, expected, "step {i} (key {key}) at +{} ms", now - NOW_MS);
+            }
+        }
+    })
+    .await;
 }
 
 /// Contract 8 over generated histories on both handles: every answer, of a

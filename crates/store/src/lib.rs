@@ -125,7 +125,7 @@ pub use recipients::{CachedRecipients, RECIPIENT_CACHE_MAX, RECIPIENT_CACHE_TTL}
 pub use s3::{S3BlobStore, S3Config, S3ConfigError, S3Error, S3Limits};
 pub use sqlite::{READINESS_MIN_FREE_BYTES, SqliteStore};
 pub use throttles::{
-    CachedThrottles, FailureTally, FailureWindow, LOCAL_SWEEP_INTERVAL, LocalThrottles, MAX_CACHED_FULL_KEYS,
+    Admission, CachedThrottles, FailureTally, FailureWindow, LOCAL_SWEEP_INTERVAL, LocalThrottles, MAX_CACHED_FULL_KEYS,
     MAX_LOCAL_THROTTLE_KEYS, MAX_THROTTLE_KEY_BYTES, ThrottleKey, Throttles, UnixMillis, tally, unix_millis,
 };
 #[cfg(feature = "postgres")]

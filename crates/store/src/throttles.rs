@@ -145,6 +145,17 @@ impl FailureTally {
     }
 }
 
+/// What [`Throttles::record_unless_full`] did: recorded the use (the tally
+/// counts it) or found the key full (the tally says until when) and recorded
+/// nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Admission {
+    /// Whether the use was recorded.
+    pub recorded: bool,
+    /// The key's tally after the call.
+    pub tally: FailureTally,
+}
+
 /// The tally of the failure times `times` (any order, any number) at `now`
 /// under `rule`: the rule itself, which every backend answers with.
 pub fn tally(times: impl IntoIterator<Item = UnixMillis>, now: UnixMillis, rule: FailureWindow) -> FailureTally {
@@ -172,6 +183,10 @@ pub fn unix_millis(at: SystemTime) -> UnixMillis {
 ///   and each answers a tally that includes itself and every record that
 ///   finished before it started (so `n` concurrent records of a fresh key,
 ///   `n` at most the limit, answer the counts 1 to `n`, each once);
+/// - [`record_unless_full`](Throttles::record_unless_full) decides and records
+///   in the same atomic step: through any handles, concurrently, a fresh key
+///   admits exactly `limit` uses within a window, never more (a budget of uses,
+///   such as pairing opens, is a key whose refusals are not counted);
 /// - [`failures`](Throttles::failures) records nothing;
 /// - storage stays bounded: a key keeps at most `limit` failure times, and a
 ///   key whose newest failure left its window is removed in time.
@@ -190,6 +205,14 @@ pub trait Throttles: Send + Sync + 'static {
     /// The key's tally at `now`, recording nothing.
     async fn failures(&self, key: &ThrottleKey, now: UnixMillis, rule: FailureWindow)
     -> Result<FailureTally, StoreError>;
+    /// Records one use of `key` at `now` unless the key is full at `now`, in
+    /// one atomic step; a full key keeps its tally.
+    async fn record_unless_full(
+        &self,
+        key: &ThrottleKey,
+        now: UnixMillis,
+        rule: FailureWindow,
+    ) -> Result<Admission, StoreError>;
 }
 
 #[async_trait]
@@ -210,6 +233,15 @@ impl<T: Throttles + ?Sized> Throttles for Arc<T> {
         rule: FailureWindow,
     ) -> Result<FailureTally, StoreError> {
         (**self).failures(key, now, rule).await
+    }
+
+    async fn record_unless_full(
+        &self,
+        key: &ThrottleKey,
+        now: UnixMillis,
+        rule: FailureWindow,
+    ) -> Result<Admission, StoreError> {
+        (**self).record_unless_full(key, now, rule).await
     }
 }
 
@@ -285,8 +317,27 @@ impl LocalThrottles {
     pub fn record_now(&self, key: &ThrottleKey, now: UnixMillis, rule: FailureWindow) -> FailureTally {
         let mut state = self.lock();
         Self::sweep_if_due(&mut state, now);
+        self.record_locked(&mut state, key, now, rule)
+    }
+
+    /// [`Throttles::record_unless_full`] without an `await`: one lock for the
+    /// decision and the record.
+    pub fn record_unless_full_now(&self, key: &ThrottleKey, now: UnixMillis, rule: FailureWindow) -> Admission {
+        let mut state = self.lock();
+        Self::sweep_if_due(&mut state, now);
+        let before = state.keys.get(key.as_str()).map_or_else(
+            || tally([], now, rule),
+            |entry| tally(entry.times.iter().copied(), now, rule),
+        );
+        if before.is_full_at(now) {
+            return Admission { recorded: false, tally: before };
+        }
+        Admission { recorded: true, tally: self.record_locked(&mut state, key, now, rule) }
+    }
+
+    fn record_locked(&self, state: &mut LocalState, key: &ThrottleKey, now: UnixMillis, rule: FailureWindow) -> FailureTally {
         if !state.keys.contains_key(key.as_str()) && state.keys.len() >= self.max_keys {
-            Self::sweep(&mut state, now);
+            Self::sweep(state, now);
             if state.keys.len() >= self.max_keys {
                 let oldest = state
                     .keys
@@ -339,6 +390,15 @@ impl Throttles for LocalThrottles {
         rule: FailureWindow,
     ) -> Result<FailureTally, StoreError> {
         Ok(self.failures_now(key, now, rule))
+    }
+
+    async fn record_unless_full(
+        &self,
+        key: &ThrottleKey,
+        now: UnixMillis,
+        rule: FailureWindow,
+    ) -> Result<Admission, StoreError> {
+        Ok(self.record_unless_full_now(key, now, rule))
     }
 }
 
@@ -431,6 +491,20 @@ impl Throttles for CachedThrottles {
         self.remember(key, tally, now);
         Ok(tally)
     }
+
+    async fn record_unless_full(
+        &self,
+        key: &ThrottleKey,
+        now: UnixMillis,
+        rule: FailureWindow,
+    ) -> Result<Admission, StoreError> {
+        if let Some(until) = self.cached_until(key, now) {
+            return Ok(Admission { recorded: false, tally: FailureTally { count: rule.limit(), full_until: Some(until) } });
+        }
+        let admission = self.inner.record_unless_full(key, now, rule).await?;
+        self.remember(key, admission.tally, now);
+        Ok(admission)
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -492,6 +566,44 @@ impl Throttles for crate::SqliteStore {
             .await
             .map_err(crate::sqlite::backend)?;
         Ok(tally(times.into_iter().map(|(t,)| t), now, rule))
+    }
+
+    /// One write transaction (SQLite's one writer makes the read and the
+    /// insert one step): forgets expired failures, reads the key's times; full,
+    /// it records nothing; else inserts this use (the key then holds at most
+    /// `limit` times inside the window).
+    async fn record_unless_full(
+        &self,
+        key: &ThrottleKey,
+        now: UnixMillis,
+        rule: FailureWindow,
+    ) -> Result<Admission, StoreError> {
+        use crate::sqlite::backend;
+        let mut tx = self.write_tx().await?;
+        sqlx::query("DELETE FROM throttle_failures WHERE expires_ms <= ?1")
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        let times: Vec<(i64,)> = sqlx::query_as("SELECT at_ms FROM throttle_failures WHERE key = ?1")
+            .bind(key.as_str())
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(backend)?;
+        let before = tally(times.iter().map(|(t,)| *t), now, rule);
+        if before.is_full_at(now) {
+            return Ok(Admission { recorded: false, tally: before });
+        }
+        sqlx::query("INSERT INTO throttle_failures (key, at_ms, expires_ms) VALUES (?1, ?2, ?3)")
+            .bind(key.as_str())
+            .bind(now)
+            .bind(rule.leaves_at(now))
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        tx.commit().await.map_err(backend)?;
+        let after = tally(times.into_iter().map(|(t,)| t).chain([now]), now, rule);
+        Ok(Admission { recorded: true, tally: after })
     }
 }
 

@@ -16,7 +16,7 @@ use async_trait::async_trait;
 use super::meta::prune;
 use super::{PgStore, backend};
 use crate::meta::StoreError;
-use crate::throttles::{FailureTally, FailureWindow, ThrottleKey, Throttles, UnixMillis, tally};
+use crate::throttles::{Admission, FailureTally, FailureWindow, ThrottleKey, Throttles, UnixMillis, tally};
 
 /// How often a node deletes the rows of keys whose window has ended.
 pub const THROTTLE_PRUNE_INTERVAL: Duration = Duration::from_secs(60);
@@ -77,5 +77,39 @@ impl Throttles for PgStore {
             .await
             .map_err(backend)?;
         Ok(tally(found.map(|(times,)| times).unwrap_or_default(), now, rule))
+    }
+
+    /// One statement: the upsert of [`record_failure`](Throttles::record_failure)
+    /// whose update applies only while fewer than `limit` kept times are inside
+    /// the window, decided under the row lock (a statement that waited for it
+    /// re-checks the row it waited for). A full key returns no row; its tally
+    /// is then read.
+    async fn record_unless_full(
+        &self,
+        key: &ThrottleKey,
+        now: UnixMillis,
+        rule: FailureWindow,
+    ) -> Result<Admission, StoreError> {
+        self.prune_throttles_if_due(now).await;
+        let recorded: Option<(Vec<i64>,)> = sqlx::query_as(
+            "INSERT INTO throttle_failures AS f (key, times, expires_ms) VALUES ($1, ARRAY[$2::bigint], $2 + $3)
+             ON CONFLICT (key) DO UPDATE SET
+                 times = ARRAY(SELECT t FROM unnest(f.times || $2::bigint) AS t
+                                WHERE t > $2 - $3 ORDER BY t DESC LIMIT $4),
+                 expires_ms = GREATEST(f.expires_ms, $2 + $3)
+               WHERE (SELECT count(*) FROM unnest(f.times) AS t WHERE t > $2 - $3) < $4
+             RETURNING times",
+        )
+        .bind(key.as_str())
+        .bind(now)
+        .bind(rule.window_ms())
+        .bind(i64::from(rule.limit()))
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(backend)?;
+        match recorded {
+            Some((times,)) => Ok(Admission { recorded: true, tally: tally(times, now, rule) }),
+            None => Ok(Admission { recorded: false, tally: self.failures(key, now, rule).await? }),
+        }
     }
 }
