@@ -273,10 +273,10 @@ impl CredentialCache {
         let body = form(&[
             ("Action", "AssumeRoleWithWebIdentity"),
             ("Version", "2011-06-15"),
-            ("RoleArn", role_arn),
-            ("RoleSessionName", &self.session_name),
-            ("WebIdentityToken", &token),
-            ("DurationSeconds", &duration),
+            ("RoleArn", role_arn.as_str()),
+            ("RoleSessionName", self.session_name.as_str()),
+            ("WebIdentityToken", token.as_str()),
+            ("DurationSeconds", duration.as_str()),
         ]);
         self.sts_calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         // Unsigned: the web identity token is the credential.
@@ -415,7 +415,7 @@ pub async fn send_raw_email(
         ("Version", "2010-12-01"),
         ("Source", source),
         ("Destinations.member.1", to),
-        ("RawMessage.Data", &data),
+        ("RawMessage.Data", data.as_str()),
     ]);
     let url = &endpoints.ses;
     let host = match (url.host_str(), url.port()) {

@@ -314,18 +314,23 @@ fn results_from(ses_results: Option<&str>, spam: Option<&str>, virus: Option<&st
             }
         }
     }
-    let mut out = String::new();
+    // Each result on a line of its own; the scan verdicts (no RFC 8601
+    // method exists for them) ride in the first result's comment.
     let verdict = |v: Option<&str>| v.map_or("none".to_owned(), |v| v.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '_').take(32).collect());
-    out.push_str(&format!(" (Amazon SES: spam {}, virus {})", verdict(spam), verdict(virus)));
+    let scans = format!("Amazon SES, spam verdict {}, virus verdict {}", verdict(spam), verdict(virus));
+    let mut lines = Vec::with_capacity(3);
     for method in ["spf", "dkim", "dmarc"] {
-        let (word, props) = found.iter().find(|(m, ..)| *m == method).map_or(("none", &Vec::new()), |(_, w, p)| (*w, p));
-        out.push_str(&format!(";\r\n\t{method}={word} (Amazon SES)"));
-        for prop in props {
-            out.push(' ');
-            out.push_str(prop);
+        let found = found.iter().find(|(m, ..)| *m == method);
+        let word = found.map_or("none", |(_, w, _)| *w);
+        let comment = if method == "spf" { scans.as_str() } else { "Amazon SES" };
+        let mut line = format!("{method}={word} ({comment})");
+        for prop in found.map(|(_, _, p)| p.as_slice()).unwrap_or_default() {
+            line.push(' ');
+            line.push_str(prop);
         }
+        lines.push(line);
     }
-    out
+    format!("\r\n\t{}", lines.join(";\r\n\t"))
 }
 
 /// What SES recorded in the fields it prepended to `message` (sans-IO).
@@ -333,15 +338,22 @@ pub fn read_receipt(message: &[u8]) -> SesReceipt {
     let all = fields(message);
     let block = ses_block(&all);
     let first = |name: &str| block.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str());
-    let (received_by, recipient) = match first("received").and_then(ses_received) {
+    // The object's first `Received` field is SES's (it prepends it above
+    // everything the sender wrote), even below a header a receipt rule's
+    // add-header action put on top.
+    let first_received = all.iter().find(|(n, _)| n == "received").map(|(_, v)| v.as_str());
+    let (received_by, recipient) = match first_received.and_then(ses_received) {
         Some((by, rcpt)) => (Some(by), rcpt),
         None => (None, None),
     };
     let spam = first("x-ses-spam-verdict").map(str::trim).map(str::to_owned);
     let virus = first("x-ses-virus-verdict").map(str::trim).map(str::to_owned);
-    // Verdicts only from a block SES wrote (its `Received` first).
-    let (ses_results, spam, virus) =
-        if received_by.is_some() { (first("authentication-results"), spam, virus) } else { (None, None, None) };
+    // Verdicts only from the block SES wrote (with its `Received` in it).
+    let (ses_results, spam, virus) = if received_by.is_some() && first("received").is_some() {
+        (first("authentication-results"), spam, virus)
+    } else {
+        (None, None, None)
+    };
     SesReceipt {
         recipient: received_by.as_ref().and(recipient),
         mail_from: first("return-path").map(bare_address).unwrap_or_default(),
@@ -453,6 +465,7 @@ impl Receiver {
                     && !object.key.ends_with('/')
                     && !object.key.ends_with(SES_SETUP_NOTIFICATION)
                     && !self.done.contains(&object.key)
+                    && !self.reported.contains(&object.key)
                 {
                     objects.push(object);
                 }
