@@ -6,6 +6,7 @@ usage: ses_moto.py ENDPOINT setup BUCKET DOMAIN | put BUCKET KEY FILE |
 import base64
 import json
 import sys
+import time
 import urllib.parse
 import urllib.request
 
@@ -24,6 +25,8 @@ elif command == "put":
     bucket, key, path = args
     with open(path, "rb") as f:
         boto3.client("s3", **kw).put_object(Bucket=bucket, Key=key, Body=f.read())
+    # When the object exists (the PUT answered), for the latency measurement.
+    print(json.dumps({"at": time.time()}))
 elif command == "keys":
     bucket, prefix = args
     listed = boto3.client("s3", **kw).list_objects_v2(Bucket=bucket, Prefix=prefix)
