@@ -348,3 +348,54 @@ fn an_agents_send_goes_through_ses_send_raw_email_and_a_refusal_bounces() {
 fn unix_now() -> f64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64()
 }
+
+/// `domain set-backend --backend ses` says what is missing or wrong, and the
+/// static-keys fallback (explicit, sealed, never printed) works without STS.
+#[test]
+fn ses_settings_are_checked_and_static_keys_are_an_explicit_fallback() {
+    let w = world();
+    let set = |args: &[&str]| {
+        agentkeys(w.data())
+            .args(["domain", "set-backend", "agents.localhost", "--backend", "ses"])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let err = |args: &[&str]| {
+        let out = set(args);
+        assert!(!out.status.success(), "{args:?} was accepted");
+        String::from_utf8_lossy(&out.stderr).to_string()
+    };
+    assert!(err(&["--role-arn", ROLE]).contains("--bucket"));
+    assert!(err(&["--bucket", BUCKET]).contains("--role-arn"), "no credentials at all");
+    assert!(err(&["--bucket", "Not_A_Bucket", "--role-arn", ROLE]).contains("bucket"));
+    assert!(err(&["--bucket", BUCKET, "--role-arn", "arn:aws:iam::1:user/x"]).contains("role ARN"));
+    assert!(err(&["--bucket", BUCKET, "--role-arn", ROLE, "--poll-seconds", "0"]).contains("poll seconds"));
+    let keys = w.data().join("aws-keys");
+    std::fs::write(&keys, "AKIASTATICEXAMPLE:static/Secret+Key\n").unwrap();
+    let keys = keys.to_str().unwrap();
+    assert!(err(&["--bucket", BUCKET, "--role-arn", ROLE, "--aws-keys-file", keys]).contains("not both"));
+
+    let out = set(&["--bucket", BUCKET, "--prefix", PREFIX, "--endpoint", &w.moto.endpoint(), "--poll-seconds", "1", "--aws-keys-file", keys]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let audit = run_json(w.data(), &["audit", "list", "--limit", "100000"]).to_string();
+    assert!(audit.contains("\"static_keys\":true") && !audit.contains("static/Secret"), "audited without the secret");
+    let server = w.serve(&[]);
+    w.wait_for_row("backend running", |r| r["backend_status"] == "running");
+    w.put("static", &ses_object(Some(&w.inbox), &w.inbox, "Static", "Your verification code is 313131.\r\n"));
+    wait_for("the message", Duration::from_secs(20), || {
+        (!stored_messages(&server.blobs(), OWNER, &w.inbox).is_empty()).then_some(())
+    });
+    let tokens = w.moto.json(&["sts-tokens", "{\"keys\":[]}"]);
+    assert_eq!(tokens.as_array().unwrap().len(), 0, "static keys: no STS call");
+    let recording = http_get_text(&format!("{}/moto-api/recorder/download-recording", w.moto.endpoint()));
+    assert!(recording.contains("AKIASTATICEXAMPLE"), "the S3 calls are signed with the static key id");
+    assert!(!recording.contains("static/Secret"), "the secret never travels");
+    server.stop();
+}
+
+fn http_get_text(url: &str) -> String {
+    let out = Command::new("curl").args(["-sf", url]).output().unwrap();
+    assert!(out.status.success(), "curl {url}");
+    String::from_utf8_lossy(&out.stdout).to_string()
+}

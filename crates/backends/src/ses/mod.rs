@@ -391,6 +391,8 @@ pub struct Receiver {
     reported: HashSet<String>,
     /// Where the unfinished lap continues, and the newest time it saw.
     lap: Option<(String, i64)>,
+    /// Whether `running` (with no detail) is the status last written.
+    running: bool,
 }
 
 impl std::fmt::Debug for Receiver {
@@ -407,7 +409,17 @@ enum Outcome {
 impl Receiver {
     /// A receiver of `settings`' bucket for `domain`.
     pub fn new(ctx: BackendContext, domain: Domain, settings: SesSettings, endpoints: Endpoints, credentials: Arc<CredentialCache>) -> Self {
-        Self { ctx, domain, settings, endpoints, credentials, done: HashSet::new(), reported: HashSet::new(), lap: None }
+        Self {
+            ctx,
+            domain,
+            settings,
+            endpoints,
+            credentials,
+            done: HashSet::new(),
+            reported: HashSet::new(),
+            lap: None,
+            running: false,
+        }
     }
 
     /// Lists and stores until `shutdown`.
@@ -427,6 +439,7 @@ impl Receiver {
                     tracing::warn!(domain = %self.domain, %why, ?wait, "SES backend: the listing pass failed");
                     metrics::counter!("agentkeys_backend_reconnects_total", "kind" => "ses").increment(1);
                     self.status("failing", Some(&why)).await;
+                    self.running = false;
                     wait
                 }
             };
@@ -500,8 +513,14 @@ impl Receiver {
         } else if let Some(token) = token {
             self.lap = Some((token, newest));
         }
-        if self.reported.is_empty() {
+        if self.reported.is_empty() && !self.running {
             self.status("running", None).await;
+            self.running = true;
+        } else if !self.reported.is_empty() && !self.running {
+            // Back from a failure with kept objects: say so again.
+            let detail = format!("{} object(s) kept in s3://{}/ and not delivered", self.reported.len(), self.settings.bucket);
+            self.status("running", Some(&detail)).await;
+            self.running = true;
         }
         Ok(())
     }
@@ -609,6 +628,7 @@ impl Receiver {
             self.settings.bucket
         );
         self.status("running", Some(&detail)).await;
+        self.running = true;
     }
 }
 
