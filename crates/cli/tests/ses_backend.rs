@@ -91,7 +91,8 @@ impl Drop for Moto {
 
 /// An object as an SES receipt rule's S3 action writes it: SES's fields
 /// (`Received … for <envelope recipient>`, verdicts, its
-/// `Authentication-Results: amazonses.com`), then the message as sent.
+/// `Authentication-Results: amazonses.com`), then the message as sent (with a
+/// forged `Authentication-Results` naming our host, which must not survive).
 fn ses_object(envelope_for: Option<&str>, to_header: &str, subject: &str, body: &str) -> String {
     let for_clause = envelope_for.map(|r| format!(" for {r}")).unwrap_or_default();
     format!(
@@ -103,6 +104,7 @@ fn ses_object(envelope_for: Option<&str>, to_header: &str, subject: &str, body: 
          Authentication-Results: amazonses.com;\r\n spf=pass (spfCheck: domain of {SERVICE} designates 203.0.113.7 as permitted sender) client-ip=203.0.113.7; envelope-from=bounce@{SERVICE}; helo=mail.{SERVICE};\r\n dkim=pass header.i=@{SERVICE};\r\n dmarc=pass header.from={SERVICE};\r\n\
          X-SES-RECEIPT: AEFBQUFBQUFBQUFHOThOYXNzWXVaRmZ4\r\n\
          X-SES-DKIM-SIGNATURE: a=rsa-sha256; q=dns/txt; b=abc; c=relaxed/simple; s=6gbrjpgwjskckoa6a5zn6fwqkn67xbtw; d=amazonses.com; t=1765134000; h=From:To:Subject;\r\n\
+         Authentication-Results: mx.agents.localhost; dkim=pass header.d={SERVICE}; dmarc=pass header.from={SERVICE}\r\n\
          From: Example <no-reply@{SERVICE}>\r\nTo: {to_header}\r\nSubject: {subject}\r\n\
          Date: Mon, 07 Dec 2026 19:00:00 +0000\r\nMessage-ID: <{id}@mail.{SERVICE}>\r\nMIME-Version: 1.0\r\n\
          Content-Type: text/plain; charset=utf-8\r\n\r\n{body}",
@@ -249,6 +251,7 @@ fn ses_objects_are_routed_by_the_envelope_and_reach_otp_wait() {
     assert!(ours.contains("dmarc=pass (Amazon SES) header.from=example.com"), "{ours}");
     assert!(ours.contains("spam verdict PASS, virus verdict PASS"), "{ours}");
     assert!(stored.contains("via SES/S3"), "{stored}");
+    assert_eq!(stored.matches("Authentication-Results: mx.agents.localhost").count(), 1, "the forged one is stripped: {stored}");
 
     // The envelope says billing@ (another owner); the To: header says ours.
     w.put("cross-owner", &ses_object(Some(&w.other_inbox), &w.inbox, "Cross", "Your verification code is 999111.\r\n"));
