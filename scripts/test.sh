@@ -61,6 +61,12 @@ if ! python3 -c "import standardwebhooks" 2>/dev/null; then
   python3 -m pip install --quiet standardwebhooks
 fi
 
+# The SES backend test (crates/cli/tests/ses_backend.rs) runs moto's AWS emulator server (S3, SES, STS).
+if ! command -v moto_server >/dev/null 2>&1; then
+  echo "installing Python test modules: moto[server]"
+  python3 -m pip install --quiet "moto[server]>=5,<6"
+fi
+
 # The independent DNS client of the testdns tests (tests/resources/dns_query.py) is dnspython.
 if ! python3 -c "import dns.message" 2>/dev/null; then
   echo "installing Python test modules: dnspython"

@@ -323,6 +323,7 @@ impl Follower {
                     recipients: vec![self.settings.deliver_to.to_string()],
                     message: body.into(),
                     received_at: now(),
+                    results: None,
                 };
                 match self.ctx.smtp.ingest(fetched).await {
                     Ok(_) => metrics::counter!("agentkeys_backend_messages_total", "kind" => "imap", "result" => "stored").increment(1),

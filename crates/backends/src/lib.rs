@@ -15,7 +15,9 @@
 //! The native MTA is the default implementation (no stored row): its receive
 //! source is our MX listener, its send sink the runner's own MX path. The
 //! [`imap`] backend follows an external mailbox with IMAP IDLE and sends through
-//! the provider's submission server with AUTH ([`submit`]). The agent never
+//! the provider's submission server with AUTH ([`submit`]). The [`ses`]
+//! backend reads what an SES receipt rule writes to S3 and sends with SES
+//! `SendRawEmail`, federated into AWS with our own OIDC tokens. The agent never
 //! sees the provider's credentials: they are sealed here ([`CredentialSealer`])
 //! and opened only by the server.
 
@@ -38,6 +40,7 @@ use tokio_util::task::TaskTracker;
 use zeroize::{Zeroize as _, Zeroizing};
 
 pub mod imap;
+pub mod ses;
 pub mod submit;
 
 /// The seed derivation label of the key that seals provider credentials.
@@ -74,6 +77,8 @@ pub enum BackendKind {
     Native,
     /// An external IMAP/SMTP mailbox.
     Imap,
+    /// AWS SES receiving into S3, sending with `SendRawEmail` ([`ses`]).
+    Ses,
 }
 
 impl std::str::FromStr for BackendKind {
@@ -82,8 +87,8 @@ impl std::str::FromStr for BackendKind {
         match s {
             "native" => Ok(Self::Native),
             "imap" => Ok(Self::Imap),
-            "ses" => Err("the ses backend (AWS SES + S3) is not available yet; use native or imap".to_owned()),
-            other => Err(format!("unknown backend {other:?}; expected native or imap")),
+            "ses" => Ok(Self::Ses),
+            other => Err(format!("unknown backend {other:?}; expected native, imap or ses")),
         }
     }
 }
@@ -261,6 +266,8 @@ pub struct BackendContext {
     /// Multiplies [`RECONNECT_BACKOFF`] and [`AUTH_FAILED_BACKOFF`] (1 in
     /// production; tests use less).
     pub backoff_scale: f64,
+    /// Our OIDC issuer, for the SES backend's `AssumeRoleWithWebIdentity`.
+    pub web_identity: Option<Arc<dyn ses::aws::WebIdentityTokens>>,
 }
 
 impl std::fmt::Debug for BackendContext {
@@ -314,6 +321,13 @@ impl Backends {
         let mut backends = Self::default();
         for record in ctx.store.mail_backends().await? {
             let domain = record.domain.to_string();
+            if record.kind == "ses" {
+                let (receiver, sink) = open_ses(&ctx, &record)?;
+                tasks.spawn(receiver.run(shutdown.clone()));
+                backends.sinks.insert(domain.clone(), Arc::new(sink));
+                backends.domains.push((domain, "ses"));
+                continue;
+            }
             let (settings, credential) = open_imap(&ctx.sealer, &record)?;
             let follower = imap::Follower::new(ctx.clone(), record.domain.clone(), settings.clone(), credential.clone());
             tasks.spawn(follower.run(shutdown.clone()));
@@ -327,6 +341,34 @@ impl Backends {
     pub fn domains(&self) -> &[(String, &'static str)] {
         &self.domains
     }
+}
+
+/// Reads an SES backend's settings, opens its static keys if it has them,
+/// and builds its receiver and send sink over one credential cache.
+pub fn open_ses(ctx: &BackendContext, record: &MailBackendRecord) -> Result<(ses::Receiver, ses::SesSink), StartError> {
+    let unusable = |why: String| StartError::Unusable { domain: record.domain.to_string(), why };
+    let settings: ses::SesSettings =
+        serde_json::from_str(&record.settings).map_err(|e| unusable(format!("stored settings are invalid: {e}")))?;
+    let keys = if record.secret_sealed.is_empty() {
+        None
+    } else {
+        let text = ctx.sealer.open(record.domain.as_str(), &record.secret_sealed).map_err(|e| unusable(e.to_string()))?;
+        Some(ses::static_keys(text.expose()).map_err(unusable)?)
+    };
+    settings.validate(keys.is_some()).map_err(unusable)?;
+    let endpoints = ses::aws::Endpoints::new(&settings.region, settings.endpoint.as_deref()).map_err(unusable)?;
+    let source = match (keys, &settings.role_arn, &ctx.web_identity) {
+        (Some(keys), _, _) => ses::aws::CredentialSource::Static(keys),
+        (None, Some(role_arn), Some(tokens)) => {
+            ses::aws::CredentialSource::WebIdentity { role_arn: role_arn.clone(), tokens: tokens.clone() }
+        }
+        (None, _, None) => return Err(unusable("no OIDC issuer to federate with".to_owned())),
+        (None, None, _) => return Err(unusable("neither a role nor static keys".to_owned())),
+    };
+    let session = format!("agentkeys-{}", record.domain);
+    let credentials = Arc::new(ses::aws::CredentialCache::new(source, endpoints.clone(), ctx.tls.clone(), session));
+    let receiver = ses::Receiver::new(ctx.clone(), record.domain.clone(), settings, endpoints.clone(), credentials.clone());
+    Ok((receiver, ses::SesSink::new(ctx.clone(), endpoints, credentials)))
 }
 
 /// Reads an IMAP backend's settings and opens its credential.
@@ -386,11 +428,11 @@ mod tests {
     }
 
     #[test]
-    fn backend_kinds_parse_and_ses_says_it_is_not_available() {
+    fn backend_kinds_parse() {
         assert_eq!("native".parse::<BackendKind>(), Ok(BackendKind::Native));
         assert_eq!("imap".parse::<BackendKind>(), Ok(BackendKind::Imap));
-        assert!("ses".parse::<BackendKind>().unwrap_err().contains("not available"));
-        assert!("pop3".parse::<BackendKind>().unwrap_err().contains("native or imap"));
+        assert_eq!("ses".parse::<BackendKind>(), Ok(BackendKind::Ses));
+        assert!("pop3".parse::<BackendKind>().unwrap_err().contains("native, imap or ses"));
     }
 
     fn settings() -> ImapSettings {

@@ -19,7 +19,8 @@ use crate::datadir::DataDir;
 #[derive(Debug, Subcommand)]
 pub(crate) enum DomainCmd {
     /// Host a domain: creates its DKIM keys (Ed25519 derived, RSA-2048 stored wrapped).
-    /// `--backend imap` receives and sends its mail through an external mailbox.
+    /// `--backend imap` receives and sends its mail through an external mailbox,
+    /// `--backend ses` through AWS SES and an S3 bucket.
     Add {
         /// The domain, e.g. mail.example.com.
         domain: String,
@@ -27,8 +28,9 @@ pub(crate) enum DomainCmd {
         backend: BackendArgs,
     },
     /// Choose how a hosted domain's mail is received and sent: `native` (our own
-    /// MX and delivery) or `imap` (an external mailbox: IMAP IDLE in, the
-    /// provider's submission server out). Takes effect at the server's next start.
+    /// MX and delivery), `imap` (an external mailbox: IMAP IDLE in, the
+    /// provider's submission server out) or `ses` (AWS SES: its receipt rule's
+    /// S3 objects in, SendRawEmail out). Takes effect at the server's next start.
     SetBackend {
         /// The domain.
         domain: String,
@@ -87,7 +89,8 @@ pub(crate) enum DomainCmd {
 /// A domain's mail backend, as `domain add` and `domain set-backend` take it.
 #[derive(Debug, clap::Args)]
 pub(crate) struct BackendArgs {
-    /// native (our own MTA, the default) or imap (an external IMAP/SMTP mailbox).
+    /// native (our own MTA, the default), imap (an external IMAP/SMTP mailbox)
+    /// or ses (AWS SES receiving into S3, sending with SendRawEmail).
     #[arg(long, default_value = "native")]
     backend: String,
     /// imap: the IMAP server (TLS from the first byte).
@@ -118,20 +121,69 @@ pub(crate) struct BackendArgs {
     /// imap: the hosted inbox the mailbox's messages are delivered to.
     #[arg(long, value_name = "ADDRESS")]
     deliver_to: Option<String>,
+    /// ses: the bucket the receipt rule's S3 action writes to.
+    #[arg(long, value_name = "BUCKET")]
+    bucket: Option<String>,
+    /// ses: the receipt rule's object key prefix (`inbound/`).
+    #[arg(long, default_value = "")]
+    prefix: String,
+    /// ses: the AWS region of SES, S3 and STS.
+    #[arg(long, default_value = "us-east-1")]
+    region: String,
+    /// ses: one endpoint for STS, SES and S3 instead of AWS's (an emulator).
+    #[arg(long, value_name = "URL")]
+    endpoint: Option<String>,
+    /// ses: the IAM role assumed with the server's own OIDC token
+    /// (AssumeRoleWithWebIdentity); no static cloud credentials.
+    #[arg(long, value_name = "ARN")]
+    role_arn: Option<String>,
+    /// ses: explicit fallback to static keys: a file holding
+    /// ACCESS_KEY_ID:SECRET_ACCESS_KEY (sealed in the store, never logged).
+    #[arg(long, value_name = "PATH")]
+    aws_keys_file: Option<std::path::PathBuf>,
+    /// ses: seconds between two listings of the bucket.
+    #[arg(long, default_value_t = 10)]
+    poll_seconds: u64,
+}
+
+/// What `domain add|set-backend --backend` asks for (checked, not yet stored).
+pub(crate) enum BackendChoice {
+    /// Our own MTA.
+    Native,
+    /// An external IMAP/SMTP mailbox and its password.
+    Imap(agentkeys_backends::ImapSettings, agentkeys_backends::Credential),
+    /// AWS SES + S3, and its static keys if the operator chose them.
+    Ses(agentkeys_backends::ses::SesSettings, Option<agentkeys_backends::Credential>),
 }
 
 /// The environment variable `--password-file` may be replaced by.
 const BACKEND_PASSWORD_ENV: &str = "AGENTKEYS_BACKEND_PASSWORD";
 
-/// What `args` asks for: `None` for the native MTA, else the settings and
-/// the credential of an IMAP/SMTP backend (checked, not yet stored).
-fn backend_choice(
-    domain: &Domain,
-    args: BackendArgs,
-) -> Result<Option<(agentkeys_backends::ImapSettings, agentkeys_backends::Credential)>> {
+/// What `args` asks for, checked.
+fn backend_choice(domain: &Domain, args: BackendArgs) -> Result<BackendChoice> {
     let kind: agentkeys_backends::BackendKind = args.backend.parse().map_err(|e: String| anyhow!("--backend: {e}"))?;
     if kind == agentkeys_backends::BackendKind::Native {
-        return Ok(None);
+        return Ok(BackendChoice::Native);
+    }
+    if kind == agentkeys_backends::BackendKind::Ses {
+        let keys = match &args.aws_keys_file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| anyhow!("--aws-keys-file {}: {e}", path.display()))?;
+                agentkeys_backends::ses::static_keys(&text).map_err(|e| anyhow!("--aws-keys-file {}: {e}", path.display()))?;
+                Some(agentkeys_backends::Credential::new(text).map_err(|e| anyhow!("--aws-keys-file: {e}"))?)
+            }
+            None => None,
+        };
+        let settings = agentkeys_backends::ses::SesSettings {
+            bucket: args.bucket.ok_or_else(|| anyhow!("--backend ses needs --bucket BUCKET (the receipt rule's S3 action bucket)"))?,
+            prefix: args.prefix,
+            region: args.region,
+            endpoint: args.endpoint,
+            role_arn: args.role_arn,
+            poll_seconds: args.poll_seconds,
+        };
+        settings.validate(keys.is_some()).map_err(|e| anyhow!("{e}"))?;
+        return Ok(BackendChoice::Ses(settings, keys));
     }
     let need = |v: Option<String>, flag: &str| v.ok_or_else(|| anyhow!("--backend imap needs {flag}"));
     let smtp_tls = match args.smtp_tls.as_str() {
@@ -158,48 +210,66 @@ fn backend_choice(
         (None, Err(_)) => bail!("--backend imap needs the password: --password-file PATH or {BACKEND_PASSWORD_ENV}"),
     };
     let credential = agentkeys_backends::Credential::new(text).map_err(|e| anyhow!("the password: {e}"))?;
-    Ok(Some((settings, credential)))
+    Ok(BackendChoice::Imap(settings, credential))
 }
 
 /// Stores (or, for `native`, clears) `domain`'s backend, audited; the
 /// credential sealed under the seed-derived key.
-async fn store_backend(
-    dir: &DataDir,
-    domain: &Domain,
-    choice: Option<(agentkeys_backends::ImapSettings, agentkeys_backends::Credential)>,
-) -> Result<&'static str> {
-    let Some((settings, credential)) = choice else {
-        let event = AuditEvent::ok(Actor::Operator, OP_DOMAIN_SET_BACKEND, domain.as_str())
-            .with_detail(json!({ "backend": "native" }));
-        return match dir.meta.clear_mail_backend(domain, &event).await {
-            Ok(_) | Err(StoreError::NotFound { .. }) => Ok("native"),
-            Err(e) => Err(anyhow!(e)),
-        };
+async fn store_backend(dir: &DataDir, domain: &Domain, choice: BackendChoice) -> Result<&'static str> {
+    let (kind, settings, sealed, detail) = match choice {
+        BackendChoice::Native => {
+            let event = AuditEvent::ok(Actor::Operator, OP_DOMAIN_SET_BACKEND, domain.as_str())
+                .with_detail(json!({ "backend": "native" }));
+            return match dir.meta.clear_mail_backend(domain, &event).await {
+                Ok(_) | Err(StoreError::NotFound { .. }) => Ok("native"),
+                Err(e) => Err(anyhow!(e)),
+            };
+        }
+        BackendChoice::Imap(settings, credential) => {
+            let sealed = dir.backend_sealer().seal(domain.as_str(), &credential).map_err(|e| anyhow!("{e}"))?;
+            // The audit detail names the servers and the login, never the password.
+            let detail = json!({
+                "backend": "imap",
+                "imap": format!("{}:{}", settings.imap_host, settings.imap_port),
+                "smtp": format!("{}:{}", settings.smtp_host, settings.smtp_port),
+                "user": settings.username,
+                "deliver_to": settings.deliver_to,
+            });
+            ("imap", serde_json::to_string(&settings)?, sealed, detail)
+        }
+        BackendChoice::Ses(settings, keys) => {
+            let sealed = match &keys {
+                Some(keys) => dir.backend_sealer().seal(domain.as_str(), keys).map_err(|e| anyhow!("{e}"))?,
+                None => Vec::new(),
+            };
+            // The audit detail names the bucket and role, never a key.
+            let detail = json!({
+                "backend": "ses",
+                "location": settings.location(),
+                "region": settings.region,
+                "endpoint": settings.endpoint,
+                "role_arn": settings.role_arn,
+                "static_keys": keys.is_some(),
+            });
+            ("ses", serde_json::to_string(&settings)?, sealed, detail)
+        }
     };
-    let sealed = dir.backend_sealer().seal(domain.as_str(), &credential).map_err(|e| anyhow!("{e}"))?;
     let record = agentkeys_store::MailBackendRecord {
         domain: domain.clone(),
-        kind: "imap".to_owned(),
-        settings: serde_json::to_string(&settings)?,
+        kind: kind.to_owned(),
+        settings,
         secret_sealed: sealed,
         status: "connecting".to_owned(),
         status_detail: None,
         status_at: None,
         updated_at: crate::now(),
     };
-    // The audit detail names the servers and the login, never the password.
-    let event = AuditEvent::ok(Actor::Operator, OP_DOMAIN_SET_BACKEND, domain.as_str()).with_detail(json!({
-        "backend": "imap",
-        "imap": format!("{}:{}", settings.imap_host, settings.imap_port),
-        "smtp": format!("{}:{}", settings.smtp_host, settings.smtp_port),
-        "user": settings.username,
-        "deliver_to": settings.deliver_to,
-    }));
+    let event = AuditEvent::ok(Actor::Operator, OP_DOMAIN_SET_BACKEND, domain.as_str()).with_detail(detail);
     dir.meta.set_mail_backend(&record, &event).await.map_err(|e| match e {
         StoreError::NotFound { .. } => anyhow!("{e}; add it first with `agentkeys domain add {domain}`"),
         other => anyhow!(other),
     })?;
-    Ok("imap")
+    Ok(kind)
 }
 
 fn parse_domain(s: &str) -> Result<Domain> {
@@ -246,7 +316,7 @@ pub(crate) async fn run(config: &Config, cmd: DomainCmd, json: bool) -> Result<(
                 StoreError::Conflict { .. } => anyhow!("{e}; see `agentkeys domain list`"),
                 other => anyhow!(other),
             })?;
-            let kind = if choice.is_some() { store_backend(&dir, &domain, choice).await? } else { "native" };
+            let kind = if matches!(choice, BackendChoice::Native) { "native" } else { store_backend(&dir, &domain, choice).await? };
             if json {
                 println!("{}", json!({ "domain": domain, "backend": kind, "version": record.version, "selector_ed": record.selector_ed, "selector_rsa": record.selector_rsa }));
             } else {

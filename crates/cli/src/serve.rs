@@ -272,6 +272,12 @@ pub(crate) async fn run(config: Config) -> Result<()> {
                 tls: provider_tls,
                 hostname: config.hostname.clone(),
                 backoff_scale: config.backends_backoff_scale,
+                web_identity: Some(Arc::new(ServerWebIdentity {
+                    authority: broker.authority().clone(),
+                    issuer: config.public_url.clone(),
+                    audience: config.oidc_audience.clone(),
+                    subject: format!("agentkeys:server:{}", config.hostname),
+                })),
             },
             shutdown.clone(),
             &backend_tasks,
@@ -569,4 +575,36 @@ async fn check_subaddressing(dir: &DataDir, config: &Config) -> anyhow::Result<(
         );
     }
     Ok(())
+}
+
+/// The OIDC tokens the SES backend presents to STS: signed by the broker's own
+/// issuer key (the JWKS AWS's OIDC provider trusts), `sub` naming this server,
+/// `agentkeys_user_wallet` (claim and AWS session tag) naming the owner a
+/// call is made for, or `agentkeys-server` for the server's own listing.
+struct ServerWebIdentity {
+    authority: Arc<dyn agentkeys_broker::TokenAuthority>,
+    issuer: agentkeys_broker::oidc::IssuerUrl,
+    audience: String,
+    subject: String,
+}
+
+impl agentkeys_backends::ses::aws::WebIdentityTokens for ServerWebIdentity {
+    fn mint(&self, wallet: &str, ttl: i64) -> Result<String, String> {
+        use agentkeys_broker::oidc::{AwsSessionTags, OidcClaims, WALLET_CLAIM};
+        let now = crate::now();
+        let claims = OidcClaims {
+            iss: self.issuer.as_str().to_owned(),
+            sub: self.subject.clone(),
+            aud: self.audience.clone(),
+            iat: now,
+            exp: now + ttl,
+            jti: ulid::Ulid::new().to_string(),
+            agentkeys_user_wallet: wallet.to_owned(),
+            aws_tags: AwsSessionTags {
+                principal_tags: std::collections::BTreeMap::from([(WALLET_CLAIM.to_owned(), vec![wallet.to_owned()])]),
+                transitive_tag_keys: vec![WALLET_CLAIM.to_owned()],
+            },
+        };
+        self.authority.sign_oidc(&claims).map_err(|e| format!("cannot sign the OIDC token: {e}"))
+    }
 }

@@ -526,6 +526,10 @@ pub struct Fetched {
     pub message: bytes::Bytes,
     /// When we fetched it.
     pub received_at: agentkeys_core::UnixTime,
+    /// Verdicts the source evaluated when it received the message (Amazon
+    /// SES), as the `resinfo` of our `Authentication-Results: <hostname>;`
+    /// field (everything after the `;`); `None`: our verifier evaluates it.
+    pub results: Option<String>,
 }
 
 /// What [`SmtpServer::ingest`] did with a [`Fetched`] message.
@@ -614,9 +618,15 @@ impl SmtpServer {
             })),
             submitted: None,
         };
-        let delivery = match &self.verifier {
-            Some(verifier) => add_verdicts(verifier.as_ref(), &ctx.hostname, delivery).await,
-            None => strip_forged_verdicts(&ctx.hostname, delivery),
+        let delivery = match (&fetched.results, &self.verifier) {
+            (Some(resinfo), _) => {
+                let header = format!("Authentication-Results: {};{resinfo}\r\n", ctx.hostname);
+                let mut delivery = delivery;
+                delivery.message = crate::verdicts::stripped_with_header(&header, &delivery.message, &ctx.hostname).into();
+                delivery
+            }
+            (None, Some(verifier)) => add_verdicts(verifier.as_ref(), &ctx.hostname, delivery).await,
+            (None, None) => strip_forged_verdicts(&ctx.hostname, delivery),
         };
         let (delivery, refused) = self.apply_receive_policies(delivery).await;
         match refused {

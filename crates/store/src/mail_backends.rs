@@ -12,7 +12,7 @@ use crate::meta::StoreError;
 use crate::sqlite::{SqliteStore, backend, commit_audited, require_ok};
 
 /// The backend kinds stored (the native MTA has no row).
-pub const MAIL_BACKEND_KINDS: [&str; 1] = ["imap"];
+pub const MAIL_BACKEND_KINDS: [&str; 2] = ["imap", "ses"];
 /// The statuses a backend's follower reports.
 pub const MAIL_BACKEND_STATUSES: [&str; 4] = ["connecting", "running", "auth_failed", "failing"];
 /// Audit operation of setting a domain's backend.

@@ -20,6 +20,7 @@ macro_rules! mail_backend_conformance_tests {
         $crate::conformance_tests!(@checks $backend; [];
             mail_backends_belong_to_hosted_domains,
             import_cursors_read_back_what_was_written_generated,
+            ses_backends_are_stored_with_or_without_a_sealed_secret,
         );
     };
 }
@@ -129,4 +130,26 @@ pub async fn import_cursors_read_back_what_was_written_generated<B: Backend>(bac
         }
     })
     .await;
+}
+
+/// The `ses` kind (issue 14) is stored like `imap`; its secret may be empty
+/// (no static keys: credentials come from `AssumeRoleWithWebIdentity`), and
+/// its S3 cursor is named by a location, not a mailbox.
+pub async fn ses_backends_are_stored_with_or_without_a_sealed_secret<B: Backend>(backend: Arc<B>) {
+    let (a, b) = pair(&*backend).await;
+    a.ensure_domain(&domain(), NOW).await.unwrap();
+    let ses = MailBackendRecord {
+        kind: "ses".to_owned(),
+        settings: r#"{"bucket":"inbound","prefix":"in/","region":"us-east-1","poll_seconds":10}"#.to_owned(),
+        secret_sealed: Vec::new(),
+        ..imap_backend(domain())
+    };
+    a.set_mail_backend(&ses, &event("domain.set_backend", DOMAIN)).await.unwrap();
+    assert_eq!(b.mail_backends().await.unwrap(), vec![ses.clone()], "an empty secret reads back empty");
+    let cursor = ImportCursor { uid_validity: 0, last_uid: 1_765_000_000_123, pending: None };
+    b.save_import_cursor(&domain(), "s3://inbound/in/", &cursor).await.unwrap();
+    assert_eq!(a.import_cursor(&domain(), "s3://inbound/in/").await.unwrap(), Some(cursor), "a millisecond watermark fits");
+    let with_keys = MailBackendRecord { secret_sealed: vec![1, 2, 3], ..ses };
+    b.set_mail_backend(&with_keys, &event("domain.set_backend", DOMAIN)).await.unwrap();
+    assert_eq!(a.mail_backends().await.unwrap(), vec![with_keys]);
 }
