@@ -92,6 +92,22 @@ pub trait MailBackends: Send + Sync + 'static {
     /// Writes a source's cursor (durably, before the caller goes on).
     /// `NotFound` if the domain is not hosted.
     async fn save_import_cursor(&self, domain: &Domain, mailbox: &str, cursor: &ImportCursor) -> Result<(), StoreError>;
+    /// Takes or renews the follower lease of `domain`'s receive source for
+    /// `holder` until `now_ms + ttl_ms`, in one atomic step across every
+    /// process on the store: granted when no one holds it, when its lease ended
+    /// at or before `now_ms`, or when `holder` holds it already. Answers the
+    /// new end, or `None` while another holder's lease runs (nothing changes).
+    /// `NotFound` if the domain is not hosted.
+    async fn lease_follower(
+        &self,
+        domain: &Domain,
+        holder: &str,
+        now_ms: i64,
+        ttl_ms: i64,
+    ) -> Result<Option<i64>, StoreError>;
+    /// Ends `holder`'s lease of `domain` at once (anyone may take it); nothing
+    /// if another holds it.
+    async fn release_follower(&self, domain: &Domain, holder: &str) -> Result<(), StoreError>;
 }
 
 pub(crate) fn check_kind(kind: &str) -> Result<(), StoreError> {
@@ -245,5 +261,54 @@ impl MailBackends for SqliteStore {
             return Err(StoreError::NotFound { what: format!("domain {domain}") });
         }
         Ok(())
+    }
+
+    /// One write transaction (SQLite's one writer makes it atomic): the
+    /// conditional upsert, then, when it changed nothing, whether the domain exists.
+    async fn lease_follower(
+        &self,
+        domain: &Domain,
+        holder: &str,
+        now_ms: i64,
+        ttl_ms: i64,
+    ) -> Result<Option<i64>, StoreError> {
+        let mut tx = self.write_tx().await?;
+        let granted: Option<(i64,)> = sqlx::query_as(
+            "INSERT INTO backend_leases (domain, holder, until_ms)
+             SELECT name, ?2, ?3 + ?4 FROM domains WHERE name = ?1
+             ON CONFLICT (domain) DO UPDATE SET holder = excluded.holder, until_ms = excluded.until_ms
+               WHERE backend_leases.holder = excluded.holder OR backend_leases.until_ms <= ?3
+             RETURNING until_ms",
+        )
+        .bind(domain.as_str())
+        .bind(holder)
+        .bind(now_ms)
+        .bind(ttl_ms)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(backend)?;
+        if granted.is_none() {
+            let hosted: Option<(i64,)> = sqlx::query_as("SELECT 1 FROM domains WHERE name = ?1")
+                .bind(domain.as_str())
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(backend)?;
+            if hosted.is_none() {
+                return Err(StoreError::NotFound { what: format!("domain {domain}") });
+            }
+        }
+        tx.commit().await.map_err(backend)?;
+        Ok(granted.map(|(until,)| until))
+    }
+
+    async fn release_follower(&self, domain: &Domain, holder: &str) -> Result<(), StoreError> {
+        let mut tx = self.write_tx().await?;
+        sqlx::query("DELETE FROM backend_leases WHERE domain = ?1 AND holder = ?2")
+            .bind(domain.as_str())
+            .bind(holder)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        tx.commit().await.map_err(backend)
     }
 }

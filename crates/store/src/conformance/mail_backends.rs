@@ -8,6 +8,11 @@
 //!   position, the generation and the pending message read back exactly, so a
 //!   restarted follower (another process) resumes where the last one stopped.
 //!
+//! - **A follower lease has one holder at a time**, across handles: taken
+//!   when free, expired or already the caller's; refused (nothing changed)
+//!   while another's runs, however many ask at once; a holder that let it
+//!   expire and was replaced cannot renew; only the holder releases it.
+//!
 //! Run with [`mail_backend_conformance_tests!`](crate::mail_backend_conformance_tests).
 
 use super::*;
@@ -21,6 +26,7 @@ macro_rules! mail_backend_conformance_tests {
             mail_backends_belong_to_hosted_domains,
             import_cursors_read_back_what_was_written_generated,
             ses_backends_are_stored_with_or_without_a_sealed_secret,
+            a_follower_lease_has_one_holder_at_a_time,
         );
     };
 }
@@ -152,4 +158,36 @@ pub async fn ses_backends_are_stored_with_or_without_a_sealed_secret<B: Backend>
     let with_keys = MailBackendRecord { secret_sealed: vec![1, 2, 3], ..ses };
     b.set_mail_backend(&with_keys, &event("domain.set_backend", DOMAIN)).await.unwrap();
     assert_eq!(a.mail_backends().await.unwrap(), vec![with_keys]);
+}
+
+/// Follower leases (module docs): one holder at a time across handles.
+pub async fn a_follower_lease_has_one_holder_at_a_time<B: Backend>(backend: Arc<B>) {
+    let (a, b) = pair(&*backend).await;
+    let missing: Domain = "not-hosted.example".parse().unwrap();
+    assert!(matches!(a.lease_follower(&missing, "node-a", NOW_MS, 30_000).await, Err(StoreError::NotFound { .. })));
+    a.ensure_domain(&domain(), NOW).await.unwrap();
+    let d = domain();
+    assert_eq!(a.lease_follower(&d, "node-a", NOW_MS, 30_000).await.unwrap(), Some(NOW_MS + 30_000), "free: taken");
+    assert_eq!(b.lease_follower(&d, "node-b", NOW_MS + 1, 30_000).await.unwrap(), None, "held by another");
+    assert_eq!(a.lease_follower(&d, "node-a", NOW_MS + 10_000, 30_000).await.unwrap(), Some(NOW_MS + 40_000), "renewed");
+    assert_eq!(b.lease_follower(&d, "node-b", NOW_MS + 39_999, 30_000).await.unwrap(), None, "still running");
+    b.release_follower(&d, "node-b").await.unwrap();
+    assert_eq!(b.lease_follower(&d, "node-b", NOW_MS + 39_999, 30_000).await.unwrap(), None, "only the holder releases");
+    assert_eq!(b.lease_follower(&d, "node-b", NOW_MS + 40_000, 30_000).await.unwrap(), Some(NOW_MS + 70_000), "expired: taken over");
+    assert_eq!(a.lease_follower(&d, "node-a", NOW_MS + 41_000, 30_000).await.unwrap(), None, "the old holder cannot renew");
+    a.release_follower(&d, "node-b").await.unwrap();
+    assert_eq!(a.lease_follower(&d, "node-a", NOW_MS + 41_000, 30_000).await.unwrap(), Some(NOW_MS + 71_000), "released: free at once");
+
+    // Many at once, on both handles, each its own holder: exactly one wins.
+    let other: Domain = "mail.example.com".parse().unwrap();
+    a.ensure_domain(&other, NOW).await.unwrap();
+    for round in 0..3i64 {
+        let at = NOW_MS + round * 100_000;
+        let wins = on_both(&a, &b, 16, |s, i| {
+            let other = other.clone();
+            async move { s.lease_follower(&other, &format!("node-{i}"), at, 30_000).await.unwrap() }
+        })
+        .await;
+        assert_eq!(wins.iter().flatten().count(), 1, "round {round}: one holder");
+    }
 }

@@ -127,4 +127,51 @@ impl MailBackends for PgStore {
         }
         Ok(())
     }
+
+    /// One statement: the conditional upsert decides under the row lock (a
+    /// statement that waited for it re-checks the row it waited for); when it
+    /// changed nothing, whether the domain exists.
+    async fn lease_follower(
+        &self,
+        domain: &Domain,
+        holder: &str,
+        now_ms: i64,
+        ttl_ms: i64,
+    ) -> Result<Option<i64>, StoreError> {
+        let granted: Option<(i64,)> = sqlx::query_as(
+            "INSERT INTO backend_leases (domain, holder, until_ms)
+             SELECT name, $2, $3 + $4 FROM domains WHERE name = $1
+             ON CONFLICT (domain) DO UPDATE SET holder = excluded.holder, until_ms = excluded.until_ms
+               WHERE backend_leases.holder = excluded.holder OR backend_leases.until_ms <= $3
+             RETURNING until_ms",
+        )
+        .bind(domain.as_str())
+        .bind(holder)
+        .bind(now_ms)
+        .bind(ttl_ms)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(backend)?;
+        if granted.is_none() {
+            let hosted: Option<(i32,)> = sqlx::query_as("SELECT 1 FROM domains WHERE name = $1")
+                .bind(domain.as_str())
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(backend)?;
+            if hosted.is_none() {
+                return Err(StoreError::NotFound { what: format!("domain {domain}") });
+            }
+        }
+        Ok(granted.map(|(until,)| until))
+    }
+
+    async fn release_follower(&self, domain: &Domain, holder: &str) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM backend_leases WHERE domain = $1 AND holder = $2")
+            .bind(domain.as_str())
+            .bind(holder)
+            .execute(&self.pool)
+            .await
+            .map_err(backend)?;
+        Ok(())
+    }
 }
