@@ -5,7 +5,7 @@ server's HTTPS listener with its self-signed certificate. Registers a passkey
 with the one-time link, signs in, checks that the approvals page and the
 pairing page show the certificate fingerprint given as --fingerprint (what the
 waiting agent pinned), then approves the pairing by typing the pair code and
-the 6 digits. Run by crates/cli/tests/console_https.rs; prints one JSON line
+the 6 digits, and finds the reserved inbox names refused by the console. Run by crates/cli/tests/console_https.rs; prints one JSON line
 {"step": "approved", ...}; any failed check exits non-zero with the reason.
 """
 
@@ -15,7 +15,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from console_browser import CHROMIUM, LIVE, DumpOnFailure, Shots, add_authenticator, emit, register_and_sign_in, sign_count  # noqa: E402
+from console_browser import CHROMIUM, FORGE_JS, LIVE, DumpOnFailure, Shots, add_authenticator, emit, register_and_sign_in, sign_count  # noqa: E402
 from playwright.sync_api import sync_playwright  # noqa: E402
 
 
@@ -27,6 +27,7 @@ def main():
     ap.add_argument("--pair-code", required=True)
     ap.add_argument("--digits", required=True)
     ap.add_argument("--fingerprint", required=True)
+    ap.add_argument("--agent", required=True)
     ap.add_argument("--artifacts", required=True)
     args = ap.parse_args()
     base = args.base
@@ -74,6 +75,13 @@ def main():
             page.click("article.request >> text=Approve with my passkey")
         assert sign_count(cdp, authenticator) == count + 1, "approving asked the authenticator"
         shots(page, "https-agents-after-pairing")
+        # The inbox the owner's notices come from cannot be made for the agent
+        # from the console either (passkey asked, then refused with the reason).
+        page.goto(f"{base}/console/inboxes")
+        for reserved in ["Notifications@agents.localhost", "postmaster@agents.localhost"]:
+            out = page.evaluate(FORGE_JS, ["/console/inboxes", {"agent": args.agent, "address": reserved, "hours": ""}, None])
+            assert out["first"][0] == 400 and "reserved" in out["first"][2], out["first"][:2]
+        assert "notifications@" not in page.inner_text("main")
         emit({"step": "approved", "protocol": tls.get("protocol"), "screenshots": shots.taken})
         browser.close()
 

@@ -300,7 +300,7 @@ fn state_view(r: &GrantRequestRecord, now: agentkeys_core::UnixTime) -> GrantReq
         created_at: rfc3339(r.created_at),
         decide_by: rfc3339(r.created_at + GRANT_REQUEST_TTL_SECS),
         decided_at: r.decided_at.map(rfc3339),
-        grant: r.grant.clone(),
+        grant: r.grant.as_ref().map(ToString::to_string),
     }
 }
 

@@ -656,15 +656,13 @@ pub(crate) async fn collect(
                     Err(e) => return Err(backend_error(&e)),
                 }
             }
-            // Its device key signed this collect: the agent may learn that
-            // the owner's tries are spent, and stop waiting for an approval
-            // that can no longer come.
-            Err(PairingError::Pending)
-                if meta.pairing_tries(&hash.0).await.map_err(|e| backend_error(&e))? >= MAX_CONFIRMATION_TRIES =>
-            {
-                return Err(ApiError::Pairing(PairingError::ConfirmationLocked));
-            }
             Err(PairingError::Pending) => {
+                // Its device key signed this collect: the agent may learn that
+                // the owner's tries are spent, and stop waiting for an approval
+                // that can no longer come.
+                if meta.pairing_tries(&hash.0).await.map_err(|e| backend_error(&e))? >= MAX_CONFIRMATION_TRIES {
+                    return Err(ApiError::Pairing(PairingError::ConfirmationLocked));
+                }
                 let remaining = give_up.saturating_duration_since(tokio::time::Instant::now());
                 let until_expiry = deadline.map_or(0, |d: UnixTime| (d - now).max(0));
                 let wait = remaining.min(Duration::from_secs(u64::try_from(until_expiry).unwrap_or(0) + 1));

@@ -6,7 +6,8 @@
 //! approvals page and the pairing page the same certificate fingerprint as
 //! the agent pinned, `serve` printed, and `openssl s_client` reads off the
 //! live socket; it approves by typing the digits, and the agent collects its
-//! key over the pinned connection. Screenshots under
+//! key over the pinned connection; creating `notifications@` (or
+//! `postmaster@`) for it from the console is refused as reserved. Screenshots under
 //! `target/tmp/console-https/`.
 //!
 //! Needs `chromium` and the `playwright` Python module (`scripts/test.sh`
@@ -83,13 +84,14 @@ fn the_console_over_https_shows_the_certificate_the_agent_pinned() {
     let first: Value = serde_json::from_str(&agent_lines.next().unwrap().unwrap()).unwrap();
     assert_eq!(first["server_fingerprint"], fingerprint.as_str(), "{first}");
     let (pair_code, digits) = (first["pair_code"].as_str().unwrap().to_owned(), first["confirmation_code"].as_str().unwrap().to_owned());
+    let agent = first["agent_id"].as_str().unwrap().to_owned();
 
     let shots = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("console-https");
     let _ = std::fs::remove_dir_all(&shots);
     let out = Command::new("python3")
         .arg(resource("console_https.py"))
         .args(["--base", &base, "--link", &link, "--owner", OWNER, "--pair-code", &pair_code, "--digits", &digits])
-        .args(["--fingerprint", &fingerprint])
+        .args(["--fingerprint", &fingerprint, "--agent", &agent])
         .arg("--artifacts")
         .arg(&shots)
         .stdin(Stdio::null())

@@ -346,11 +346,17 @@ impl Subaddressing {
     /// The one rule for a new inbox's name, used by every way of creating one
     /// (`inbox create`, the owner API and console, an agent's `create_inbox`):
     /// not a reserved name ([`RESERVED_LOCAL_PARTS`], in any case and with or
-    /// without a subaddress tag), then [`Subaddressing::check_inbox`].
+    /// without a subaddress tag, nor the part of one before the separator),
+    /// then [`Subaddressing::check_inbox`].
     pub fn check_new_inbox(&self, inbox: &Address) -> Result<(), String> {
         let local = inbox.local_part();
         let base = self.separator.and_then(|sep| local.split(sep).next()).unwrap_or(local);
-        if is_reserved_local_part(local) || is_reserved_local_part(base) {
+        // Under a separator inside a reserved name (`-`: `mailer-daemon` is
+        // `mailer`'s subaddress), the part before it is reserved too.
+        let reserved_base = |name: &str| {
+            self.separator.and_then(|sep| name.split(sep).next()).is_some_and(|b| b.eq_ignore_ascii_case(local))
+        };
+        if is_reserved_local_part(local) || is_reserved_local_part(base) || RESERVED_LOCAL_PARTS.iter().any(|r| reserved_base(r)) {
             return Err(format!(
                 "{inbox} is reserved: the server sends from it or it belongs to the operator ({}); pick another name",
                 RESERVED_LOCAL_PARTS.join(", ")
@@ -600,8 +606,12 @@ mod tests {
                     proptest::prop_assert!(e.contains("reserved") || e.contains("separator"), "{}", e);
                 }
             }
-            if let Some(r) = rule.resolve(&format!("{typed}@Agents.Localhost")) && sep == Some(typed_sep) {
-                proptest::prop_assert!(is_reserved_local_part(r.inbox.local_part()) || !RESERVED_LOCAL_PARTS[which].contains(typed_sep));
+            // Whatever inbox mail to the reserved name (or its subaddress) is
+            // delivered to, no one can create it.
+            if let Some(r) = rule.resolve(&format!("{typed}@Agents.Localhost"))
+                && (tag.is_none() || sep == Some(typed_sep))
+            {
+                proptest::prop_assert!(rule.check_new_inbox(&r.inbox).is_err(), "{typed} is delivered to {}", r.inbox);
             }
         }
     }
@@ -619,9 +629,12 @@ mod tests {
         for fine in ["notification", "notifications.bot", "my-postmaster", "abuse2", "bot"] {
             assert!(plus.check_new_inbox(&Address::new(fine, &domain).unwrap()).is_ok(), "{fine}");
         }
-        // With `-` as the separator, `postmaster-x` is postmaster's subaddress.
+        // With `-` as the separator, `postmaster-x` is postmaster's subaddress,
+        // and `mailer-daemon` is `mailer`'s: `mailer` is reserved too.
         let dash = Subaddressing::parse("-").unwrap();
         assert!(dash.check_new_inbox(&Address::new("postmaster-x", &domain).unwrap()).unwrap_err().contains("reserved"));
+        assert!(dash.check_new_inbox(&Address::new("mailer", &domain).unwrap()).unwrap_err().contains("reserved"));
+        assert!(plus.check_new_inbox(&Address::new("mailer", &domain).unwrap()).is_ok());
         assert_eq!(plus.resolve("Notifications+x@agents.localhost").unwrap().inbox.local_part(), "notifications");
     }
 }
