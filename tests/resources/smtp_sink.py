@@ -1,14 +1,15 @@
 #!/usr/bin/env python3
 """A real receiving MTA for delivery tests (aiosmtpd), on a loopback port.
 
-Usage: smtp_sink.py OUTDIR [--tempfail N] [--reject] [--pipelining]
+Usage: smtp_sink.py OUTDIR [--tempfail N] [--reject] [--reject-domain D] [--pipelining]
                     [--data-delay SECONDS] [--starttls]
                     [--tls-cert PEM --tls-key PEM] [--host ADDR] [--port N]
 
 Prints the port it listens on, then serves until killed. Each accepted message
 is written to OUTDIR/<n>.eml (raw bytes as received, after the SMTP layer
 removed dot-stuffing) with OUTDIR/<n>.json holding the envelope; the first N
-DATA commands answer `451 4.3.0`, and with --reject every RCPT answers `550 5.1.1`.
+DATA commands answer `451 4.3.0`, and with --reject every RCPT answers `550 5.1.1`
+(with --reject-domain D, only the recipients at domain D).
 --pipelining advertises PIPELINING (RFC 2920; aiosmtpd reads pipelined commands
 in order); --data-delay waits that long before answering each DATA transfer;
 --starttls offers STARTTLS with a self-signed certificate made at start;
@@ -88,6 +89,7 @@ class Handler:
         self.pipelining, self.data_delay = pipelining, data_delay
         self.data_calls = 0
         self.accepted = 0
+        self.reject_domain = None
 
     async def handle_EHLO(self, server, session, envelope, hostname, responses):
         session.host_name = hostname
@@ -96,6 +98,8 @@ class Handler:
         return responses
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        if self.reject_domain and address.lower().endswith("@" + self.reject_domain):
+            return "550 5.1.1 no such user here"
         if self.reject:
             return "550 5.1.1 no such user here"
         envelope.rcpt_tos.append(address)
@@ -128,6 +132,7 @@ async def main():
     p.add_argument("outdir")
     p.add_argument("--tempfail", type=int, default=0)
     p.add_argument("--reject", action="store_true")
+    p.add_argument("--reject-domain")
     p.add_argument("--pipelining", action="store_true")
     p.add_argument("--data-delay", type=float, default=0.0)
     p.add_argument("--starttls", action="store_true")
@@ -137,6 +142,7 @@ async def main():
     p.add_argument("--port", type=int, default=0)
     args = p.parse_args()
     handler = Handler(args.outdir, args.tempfail, args.reject, args.pipelining, args.data_delay)
+    handler.reject_domain = args.reject_domain.lower() if args.reject_domain else None
     if args.tls_cert:
         tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         tls.load_cert_chain(args.tls_cert, args.tls_key)

@@ -664,6 +664,17 @@ impl ApiClient {
         Self::json(r).await
     }
 
+    /// `GET /v1/agent/grant-requests`: this agent's grant requests of the last
+    /// 30 days, newest first, each `pending`, `approved` (with its `grant`),
+    /// `denied` or `expired`.
+    pub async fn grant_requests(&self) -> Result<serde_json::Value, ClientError> {
+        let r = self.send_request(Method::GET, "/v1/agent/grant-requests", Auth::AgentKey, None, "application/json", None).await?;
+        if r.status() != StatusCode::OK {
+            return Err(Self::refusal(r, "any inbox", "request", "the grant request listing".to_owned()).await);
+        }
+        Self::json(r).await
+    }
+
     /// `POST /v1/agent/inboxes`: a new inbox for this agent under its `create`
     /// grant; `name`, `domain` and the lifetime `expires_in` (seconds) are
     /// optional (the server picks a name under the grant's pattern, the domain

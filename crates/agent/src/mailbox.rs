@@ -153,6 +153,31 @@ pub struct CreateInboxParams {
     pub expires_in_s: Option<u64>,
 }
 
+/// `request_grant`: what the agent asks its owner for.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RequestGrantParams {
+    /// The inbox or pattern, e.g. `bot@agents.example.com` or
+    /// `signup-*@agents.example.com` (a pattern with the `create` scope lets
+    /// the agent make inboxes under it).
+    pub inbox: String,
+    /// Any of `read`, `send`, `create`, `admin`.
+    #[schemars(length(min = 1))]
+    pub scopes: Vec<String>,
+    /// How long the grant should last, in seconds. Default and maximum: 30 days.
+    #[serde(default)]
+    #[schemars(range(min = 1, max = 2_592_000))]
+    pub ttl_s: Option<u64>,
+    /// Why, in one sentence the owner reads (at most 200 characters).
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+/// `list_grant_requests`: no parameters.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ListGrantRequestsParams {}
+
 /// `list_messages`.
 #[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -936,6 +961,29 @@ impl MailService {
             return Err(MailError::Invalid("nothing to change: name senders or recipients to block or allow, or an unauthenticated mode".to_owned()));
         }
         Ok(self.client.change_policy(&inbox, &serde_json::Value::Object(change)).await?)
+    }
+
+    /// `request_grant`: asks the owner for a grant; the answer is the pending
+    /// request (`id`, `status`, `decide_by`).
+    pub async fn request_grant(&self, p: &RequestGrantParams) -> Result<serde_json::Value, MailError> {
+        let inbox = p.inbox.trim();
+        if inbox.is_empty() {
+            return Err(MailError::Invalid("inbox: name the inbox or pattern to ask for, e.g. bot@agents.example.com".to_owned()));
+        }
+        if p.scopes.is_empty() {
+            return Err(MailError::Invalid("scopes: name at least one of read, send, create, admin".to_owned()));
+        }
+        let ttl = match p.ttl_s {
+            Some(0) => return Err(MailError::Invalid("ttl_s must be at least 1 second".to_owned())),
+            Some(secs) => Some(i64::try_from(secs).map_err(|_| MailError::Invalid(format!("ttl_s {secs} is too large: at most 30 days (2592000)")))?),
+            None => None,
+        };
+        Ok(self.client.request_grant(inbox, &p.scopes, ttl, p.reason.as_deref()).await?)
+    }
+
+    /// `list_grant_requests`: this agent's grant requests and their status.
+    pub async fn grant_requests(&self) -> Result<serde_json::Value, MailError> {
+        Ok(self.client.grant_requests().await?)
     }
 
     /// `create_inbox`: a new inbox for this agent under its `create` grant.

@@ -5,7 +5,7 @@
 //! Every tool has a JSON Schema for its input (schemars, from the parameter types
 //! in [`crate::mailbox`]) and annotations: reads and waits are `readOnlyHint`,
 //! sending, replying and forwarding are `destructiveHint` (they cannot be
-//! undone), and `create_inbox` is neither (it adds an inbox that expires). A failure is a tool error (`isError: true`) whose text says what
+//! undone), and `create_inbox` and `request_grant` are neither (they add an inbox that expires, or a request the owner decides). A failure is a tool error (`isError: true`) whose text says what
 //! went wrong and what to do, never a protocol error.
 
 use std::net::SocketAddr;
@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use crate::mailbox::{
     CreateInboxParams, ExtractOtpParams, ForwardParams, GetAttachmentParams, GetMessageParams, ListInboxesParams, ListMessagesParams,
     ListSentParams, MailError, MailService, MarkParams, ReplyParams, SendMessageParams, WaitForOtpParams, WaitParams,
-    GetThreadParams, ListThreadsParams, SearchParams,
+    GetThreadParams, ListThreadsParams, SearchParams, RequestGrantParams, ListGrantRequestsParams,
 };
 
 /// The path of the streamable HTTP endpoint.
@@ -81,7 +81,7 @@ impl MailTools {
     /// each and, for one it created, when it expires.
     /// Give one of these addresses to a service as the sign-up address and pass
     /// it as `inbox` to the other tools. An empty list means the owner has not
-    /// granted any inbox yet: ask them for a grant.
+    /// granted any inbox yet: ask them for one with `request_grant`.
     #[tool(
         name = "list_inboxes",
         annotations(title = "List inboxes", read_only_hint = true, destructive_hint = false, idempotent_hint = true, open_world_hint = false)
@@ -299,6 +299,31 @@ impl MailTools {
     async fn mark_messages(&self, Parameters(p): Parameters<MarkParams>) -> Result<String, String> {
         answer(self.mailbox.mark_messages(&p))
     }
+
+    /// Asks the owner for a grant this agent lacks (an inbox to read or send
+    /// from, or the `create` scope on a pattern such as `signup-*@domain`),
+    /// saying why in `reason`. Nothing is granted until the owner approves it
+    /// on their console (or with their master key); at most 10 requests wait at
+    /// a time, each for 7 days. Returns the request's `id`; follow it with
+    /// `list_grant_requests`.
+    #[tool(
+        name = "request_grant",
+        annotations(title = "Ask the owner for a grant", read_only_hint = false, destructive_hint = false, idempotent_hint = false, open_world_hint = false)
+    )]
+    async fn request_grant(&self, Parameters(p): Parameters<RequestGrantParams>) -> Result<String, String> {
+        answer(self.mailbox.request_grant(&p).await)
+    }
+
+    /// This agent's grant requests of the last 30 days, newest first, each
+    /// `pending` (the owner has not decided), `approved` (its `grant` now
+    /// works: call `list_inboxes`), `denied`, or `expired` (not decided within 7 days).
+    #[tool(
+        name = "list_grant_requests",
+        annotations(title = "List grant requests", read_only_hint = true, destructive_hint = false, idempotent_hint = true, open_world_hint = false)
+    )]
+    async fn list_grant_requests(&self, Parameters(_p): Parameters<ListGrantRequestsParams>) -> Result<String, String> {
+        answer(self.mailbox.grant_requests().await)
+    }
 }
 
 #[tool_handler(router = self.tool_router)]
@@ -393,7 +418,9 @@ mod tests {
                 "mark_messages",
                 "list_threads",
                 "get_thread",
-                "search_messages"
+                "search_messages",
+                "request_grant",
+                "list_grant_requests"
             ]
             .into_iter()
             .collect()
@@ -403,7 +430,7 @@ mod tests {
             let a = tool.annotations.as_ref().unwrap_or_else(|| panic!("{} has no annotations", tool.name));
             let sends = matches!(tool.name.as_ref(), "send_message" | "reply_to_message" | "forward_message");
             // Creating an inbox changes state but destroys nothing.
-            let creates = tool.name == "create_inbox";
+            let creates = matches!(tool.name.as_ref(), "create_inbox" | "request_grant");
             assert_eq!(a.destructive_hint, Some(sends), "{}", tool.name);
             assert_eq!(a.read_only_hint, Some(!sends && !creates), "{}", tool.name);
             assert!(tool.description.as_deref().is_some_and(|d| d.len() > 20), "{}", tool.name);

@@ -260,7 +260,7 @@ pub(crate) async fn create(
         .collect();
     creatable.sort_by_key(|g| std::cmp::Reverse(g.expires_at));
     let address = new_address(&request, &creatable, &mut rand::thread_rng())?;
-    state.subaddressing.check_inbox(&address).map_err(|e| field("name", e))?;
+    state.subaddressing.check_new_inbox(&address).map_err(|e| field("name", e))?;
     if !meta.is_hosted_domain(address.domain()).await.map_err(unavailable)? {
         return Err(field("domain", format!("{} is not a domain this server hosts", address.domain())));
     }

@@ -7,6 +7,9 @@
 //! | method | path | who | what |
 //! |---|---|---|---|
 //! | POST | `/v1/agent/grant-requests` | agent key | ask: 201 the pending request |
+//! | GET | `/v1/agent/grant-requests` | agent key | the agent's own requests and their status (pending, approved, denied, expired) |
+//! | GET | `/v1/owner/grant-requests` | owner signature | the owner's pending requests (the CLI's `grant requests`) |
+//! | POST | `/v1/owner/grant-requests/{id}/approve` · `/deny` | owner signature | decide with the master key (the CLI's `grant decide`), as the console does with a passkey |
 //!
 //! An agent has at most [`MAX_PENDING_GRANT_REQUESTS`] pending requests; a
 //! request not decided within [`GRANT_REQUEST_TTL_SECS`] is no longer shown or
@@ -241,6 +244,182 @@ pub(crate) async fn decide_as(
     }));
     meta.decide_grant_request(&grant.owner, id, since, GrantDecision::Approve(&grant), now, &event).await.map_err(mapped)?;
     Ok(Some(grant))
+}
+
+/// Most requests one listing answers (newest first).
+pub const MAX_LISTED_GRANT_REQUESTS: u32 = 50;
+/// How far back an agent's listing reaches (decided and expired requests
+/// included): 30 days.
+pub const GRANT_REQUEST_LIST_WINDOW_SECS: i64 = 30 * 86_400;
+
+/// A grant request and where it stands.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct GrantRequestState {
+    /// `ar_…`.
+    pub id: String,
+    /// The agent that asked.
+    pub agent: String,
+    /// `pending` (the owner has not decided), `approved` (see `grant`),
+    /// `denied`, or `expired` (not decided within 7 days).
+    pub status: String,
+    /// The inbox or pattern asked for.
+    pub inbox: String,
+    /// The scopes asked for.
+    pub scopes: String,
+    /// The lifetime asked for, in seconds.
+    pub ttl: i64,
+    /// Why, as the agent said.
+    pub reason: Option<String>,
+    /// When it was asked (RFC 3339).
+    pub created_at: String,
+    /// When it stops waiting for the owner (RFC 3339).
+    pub decide_by: String,
+    /// When the owner decided (RFC 3339), if they did.
+    pub decided_at: Option<String>,
+    /// The grant the approval created (`gr_…`), if approved.
+    pub grant: Option<String>,
+}
+
+/// Answer of `GET /v1/agent/grant-requests` and `GET /v1/owner/grant-requests`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct GrantRequestList {
+    /// Newest first (the agent's) or oldest first (the owner's pending ones).
+    pub requests: Vec<GrantRequestState>,
+}
+
+fn state_view(r: &GrantRequestRecord, now: agentkeys_core::UnixTime) -> GrantRequestState {
+    let expired = r.status == GrantRequestStatus::Pending && r.created_at < now - GRANT_REQUEST_TTL_SECS;
+    GrantRequestState {
+        id: r.id.clone(),
+        agent: r.agent.to_string(),
+        status: if expired { "expired".to_owned() } else { r.status.as_str().to_owned() },
+        inbox: r.pattern.to_string(),
+        scopes: r.scopes.to_string(),
+        ttl: r.ttl,
+        reason: r.reason.clone(),
+        created_at: rfc3339(r.created_at),
+        decide_by: rfc3339(r.created_at + GRANT_REQUEST_TTL_SECS),
+        decided_at: r.decided_at.map(rfc3339),
+        grant: r.grant.as_ref().map(ToString::to_string),
+    }
+}
+
+/// The agent's own grant requests and their status (the agent).
+#[utoipa::path(
+    get,
+    path = "/v1/agent/grant-requests",
+    tag = "credentials",
+    security(("agent_key" = [])),
+    responses(
+        (status = 200, description = "The agent's requests of the last 30 days, newest first, at most 50: pending, approved (with the grant), denied or expired", body = GrantRequestList),
+        (status = 401, description = "INVALID_KEY: missing, malformed, unknown, revoked or expired agent key", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "RATE_LIMITED: too many refused agent keys from this address; Retry-After says when to try again", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "BACKEND_UNAVAILABLE: the store could not be reached, retry later", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(crate) async fn list(State(state): State<ApiState>, bearer: AgentBearer) -> Result<Response, ApiError> {
+    let verified = state.broker.authenticate(bearer.key()).await?;
+    let meta = state.meta.as_ref().ok_or(ApiError::Unavailable { code: "BACKEND_UNAVAILABLE" })?;
+    let now = state.clock.now();
+    let rows = meta
+        .agent_grant_requests(verified.agent(), now - GRANT_REQUEST_LIST_WINDOW_SECS, MAX_LISTED_GRANT_REQUESTS)
+        .await
+        .map_err(|e| unavailable(&e))?;
+    // An agent moved to another owner since does not see what it asked the first.
+    let requests = rows.iter().filter(|r| &r.owner == verified.owner()).map(|r| state_view(r, now)).collect();
+    Ok(Json(GrantRequestList { requests }).into_response())
+}
+
+/// The signing owner's pending grant requests, oldest first.
+#[utoipa::path(
+    get,
+    path = "/v1/owner/grant-requests",
+    tag = "owner",
+    security(("owner_signature" = [])),
+    responses(
+        (status = 200, description = "The requests waiting for the owner's decision, oldest first", body = GrantRequestList),
+        (status = 401, description = "Owner signature refused", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "PAYLOAD_TOO_LARGE: the body is over 16 KiB", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "BACKEND_UNAVAILABLE: the store could not be reached, retry later", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(crate) async fn owner_list(State(state): State<ApiState>, approval: crate::owner::OwnerApproval) -> Result<Response, ApiError> {
+    let now = state.clock.now();
+    let requests = pending_for(&state, approval.owner()).await?.iter().map(|r| state_view(r, now)).collect();
+    Ok(Json(GrantRequestList { requests }).into_response())
+}
+
+/// Answer of a decision.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct GrantRequestDecided {
+    /// The request (`ar_…`).
+    pub id: String,
+    /// `approved` or `denied`.
+    pub status: String,
+    /// The grant created (`gr_…`), if approved.
+    pub grant: Option<String>,
+    /// When that grant expires (RFC 3339), if approved.
+    pub expires_at: Option<String>,
+}
+
+async fn decide_route(state: ApiState, id: String, approval: crate::owner::OwnerApproval, approve: bool) -> Result<Response, ApiError> {
+    let grant = decide_as(&state, &approval.proof, &id, approve, approval.evidence()).await?;
+    Ok(Json(GrantRequestDecided {
+        id,
+        status: if approve { "approved" } else { "denied" }.to_owned(),
+        expires_at: grant.as_ref().map(|g| rfc3339(g.expires_at)),
+        grant: grant.map(|g| g.id.to_string()),
+    })
+    .into_response())
+}
+
+/// Approve one of the owner's pending grant requests: the grant is created
+/// as asked (owner approval required; audited `grant.create` with the request).
+#[utoipa::path(
+    post,
+    path = "/v1/owner/grant-requests/{id}/approve",
+    tag = "owner",
+    params(("id" = String, Path, description = "The request id (ar_…)")),
+    security(("owner_signature" = [])),
+    responses(
+        (status = 200, description = "Approved: the grant exists", body = GrantRequestDecided),
+        (status = 401, description = "Owner signature refused", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "DOMAIN_NOT_ASSIGNED: a create scope on a domain the operator did not assign to you", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "NOT_FOUND: no such pending request among the owner's (decided, expired, another owner's, unknown), or its inbox is not the owner's", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "PAYLOAD_TOO_LARGE: the body is over 16 KiB", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "BACKEND_UNAVAILABLE: the store could not be reached; nothing was changed, retry later", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(crate) async fn owner_approve(
+    State(state): State<ApiState>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+    approval: crate::owner::OwnerApproval,
+) -> Result<Response, ApiError> {
+    decide_route(state, id, approval, true).await
+}
+
+/// Deny one of the owner's pending grant requests: nothing is granted
+/// (owner approval required; audited `grant.request_deny`).
+#[utoipa::path(
+    post,
+    path = "/v1/owner/grant-requests/{id}/deny",
+    tag = "owner",
+    params(("id" = String, Path, description = "The request id (ar_…)")),
+    security(("owner_signature" = [])),
+    responses(
+        (status = 200, description = "Denied", body = GrantRequestDecided),
+        (status = 401, description = "Owner signature refused", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "NOT_FOUND: no such pending request among the owner's (decided, expired, another owner's, unknown)", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "PAYLOAD_TOO_LARGE: the body is over 16 KiB", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "BACKEND_UNAVAILABLE: the store could not be reached; nothing was changed, retry later", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(crate) async fn owner_deny(
+    State(state): State<ApiState>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+    approval: crate::owner::OwnerApproval,
+) -> Result<Response, ApiError> {
+    decide_route(state, id, approval, false).await
 }
 
 #[cfg(test)]

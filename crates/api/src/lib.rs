@@ -401,6 +401,10 @@ fn table() -> Vec<Route> {
         route(Verb::Get, "/v1/review", review::list),
         route(Verb::Get, "/v1/review/{id}", review::show),
         route(Verb::Post, "/v1/review/{id}/reject", review::reject),
+        route(Verb::Get, "/v1/agent/grant-requests", grant_requests::list),
+        route(Verb::Get, "/v1/owner/grant-requests", grant_requests::owner_list),
+        route(Verb::Post, "/v1/owner/grant-requests/{id}/approve", grant_requests::owner_approve),
+        route(Verb::Post, "/v1/owner/grant-requests/{id}/deny", grant_requests::owner_deny),
         // The owner's replacement is a whole message: the SMTP size limit.
         Route {
             verb: Verb::Post,

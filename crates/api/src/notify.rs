@@ -167,6 +167,19 @@ impl Notice {
     }
 }
 
+/// What [`Notifier::notify_capped`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Capped {
+    /// The notice was queued (within the cap).
+    Sent,
+    /// The cap was reached: the one summary of this hour was queued instead.
+    Summary,
+    /// The cap was reached and the summary already sent: nothing was queued.
+    Quiet,
+    /// The owner turned this kind off: nothing was queued, no slot spent.
+    Off,
+}
+
 /// Why a mail could not be queued (nothing was queued).
 #[derive(Debug)]
 pub enum NotifyError {
@@ -256,6 +269,40 @@ impl Notifier {
             .and_then(|o| o.email)
             .ok_or(NotifyError::NoAddress)?;
         self.send(&to, notice, now).await.map(Some)
+    }
+
+    /// Like [`Notifier::notify`], but at most `max` notices per owner and
+    /// clock hour for the counter `window` (across nodes: each notice takes a
+    /// once-only mark `{window}/{hour}/{slot}` in the store). Past the cap, the
+    /// first request that hour gets `summary(max)` instead (one mail saying more
+    /// came and where to see them), and every later one nothing. A kind the
+    /// owner turned off spends no slot.
+    pub async fn notify_capped(
+        &self,
+        owner: &OwnerId,
+        notice: &Notice,
+        window: &str,
+        max: u32,
+        summary: impl FnOnce(u32) -> Notice,
+        now: UnixTime,
+    ) -> Result<Capped, NotifyError> {
+        let store = |e: StoreError| NotifyError::Store(e.to_string());
+        if let Some(kind) = notice.kind
+            && !self.wants(owner, kind).await.map_err(store)?
+        {
+            return Ok(Capped::Off);
+        }
+        let hour = now.div_euclid(3600);
+        for slot in 0..max {
+            if self.meta.mark_notice_sent(owner, &format!("{window}/{hour}/{slot}"), now).await.map_err(store)? {
+                return self.notify(owner, notice, now).await.map(|_| Capped::Sent);
+            }
+        }
+        if self.meta.mark_notice_sent(owner, &format!("{window}/{hour}/more"), now).await.map_err(store)? {
+            return self.notify(owner, &summary(max), now).await.map(|_| Capped::Summary);
+        }
+        metrics::counter!("agentkeys_owner_notices_capped_total", "window" => window.to_owned()).increment(1);
+        Ok(Capped::Quiet)
     }
 
     /// Queues `notice` to `to`; the message id.

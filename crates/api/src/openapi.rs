@@ -71,6 +71,10 @@ use crate::error::Problem;
         crate::console::links::create_link,
         crate::notify::get_settings,
         crate::notify::put_settings,
+        crate::grant_requests::list,
+        crate::grant_requests::owner_list,
+        crate::grant_requests::owner_approve,
+        crate::grant_requests::owner_deny,
     ),
     components(schemas(
         ReadCredentialRequest,
@@ -135,6 +139,9 @@ use crate::error::Problem;
         crate::console::links::PasskeyLink,
         crate::notify::NotificationSettings,
         crate::notify::ChangeNotifications,
+        crate::grant_requests::GrantRequestState,
+        crate::grant_requests::GrantRequestList,
+        crate::grant_requests::GrantRequestDecided,
     )),
     modifiers(&AgentKeyAuth, &OwnerSignatureAuth, &ReadCapabilityAuth),
     tags(

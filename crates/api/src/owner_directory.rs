@@ -208,7 +208,7 @@ pub(crate) async fn create_inbox_as(
     let owner = gate.owner().clone();
     let agent: AgentId = agent.parse().map_err(|e| field_error("agent", e))?;
     let address: Address = address.parse().map_err(|e| field_error("address", e))?;
-    state.subaddressing.check_inbox(&address).map_err(|e| field_error("address", e))?;
+    state.subaddressing.check_new_inbox(&address).map_err(|e| field_error("address", e))?;
     let now = state.clock.now();
     let expires_at = owner_inbox_expiry(expires_in, now).map_err(ApiError::InboxExpiry)?;
     // A domain assigned to another owner answers like one this server does not host.

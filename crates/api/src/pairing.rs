@@ -7,7 +7,7 @@
 //! | POST | `/v1/pairings` | agent (public) | open a request for a device public key: 201 pair code, 6 digits, expiry |
 //! | GET | `/v1/pairings/{code}` | owner signature | what the owner confirms: agent id, name, device fingerprint (never the 6 digits) |
 //! | POST | `/v1/pairings/{code}/approve` | owner signature | approve with the 6 digits the owner typed from the agent's screen: creates the agent under the owner |
-//! | POST | `/v1/pairings/{code}/collect` | device signature | long-poll (up to [`COLLECT_WAIT`]): 200 the agent key once, 202 pending, 410 expired, 404 otherwise |
+//! | POST | `/v1/pairings/{code}/collect` | device signature | long-poll (up to [`COLLECT_WAIT`]): 200 the agent key once, 202 pending, 409 `CONFIRMATION_LOCKED` once the owner's tries are spent, 410 expired, 404 otherwise |
 //!
 //! Requests are stored under the pair code's [`CodeHash`]; state changes are
 //! compare-and-set in the store ([`Pairing::approve_pairing`](agentkeys_store::Pairing::approve_pairing),
@@ -296,11 +296,39 @@ fn notify_addressee(state: &ApiState, rec: &PairingRecord, device_key: &PublicKe
         notice = notice.with_link("Open your pending approvals", format!("{origin}/console"));
     }
     let now = state.clock.now();
+    let link = notifier.origin().map(|origin| format!("{origin}/console"));
     tokio::spawn(async move {
-        if let Err(e) = notifier.notify(&owner, &notice, now).await {
+        let capped = notifier
+            .notify_capped(&owner, &notice, "pairing", MAX_PAIRING_NOTICES_PER_HOUR, |max| pairing_summary(max, now, link), now)
+            .await;
+        if let Err(e) = capped {
             tracing::warn!(error = %e, %owner, "the pairing notice was not sent");
         }
     });
+}
+
+/// The most pairing notices one owner is mailed per clock hour. Anyone who
+/// knows an owner's id or address can open pairing requests addressed to
+/// them (up to the pairing-open limit per IP address, from many addresses),
+/// so past this many the owner gets one summary for the rest of the hour and
+/// then nothing; every request stays listed on the console's approvals page.
+pub const MAX_PAIRING_NOTICES_PER_HOUR: u32 = 5;
+
+/// The one mail an owner gets in an hour once [`MAX_PAIRING_NOTICES_PER_HOUR`] is reached.
+fn pairing_summary(max: u32, now: UnixTime, link: Option<String>) -> crate::notify::Notice {
+    let next_hour = (now.div_euclid(3600) + 1) * 3600;
+    let mut notice = crate::notify::Notice::new(
+        crate::notify::NoticeKind::Pairing,
+        "More pairing requests addressed to you",
+        vec![
+            format!("More than {max} pairing requests addressed to you were opened this hour. Further ones are not mailed until {}.", rfc3339(next_hour)),
+            "Every request is listed on your console's pending approvals page. If you did not start that many agents, someone may be trying to get one approved by mistake: approve only the request whose pair code and 6 digits your own agent shows.".to_owned(),
+        ],
+    );
+    if let Some(link) = link {
+        notice = notice.with_link("Open your pending approvals", link);
+    }
+    notice
 }
 
 /// What the owner confirms before approving.
@@ -466,6 +494,10 @@ pub(crate) async fn approve_as(
                     "approval": evidence,
                 }));
                 meta.audit_append(&refused).await.map_err(|e| backend_error(&e))?;
+                if tries >= MAX_CONFIRMATION_TRIES {
+                    // The last try is spent: a waiting collect answers CONFIRMATION_LOCKED now.
+                    state.pairings.wake(&code.hash().0);
+                }
             }
             return Err(ApiError::Pairing(e));
         }
@@ -559,7 +591,7 @@ pub struct ServerInfo {
         (status = 202, description = "Still pending; poll again", body = CollectPairingResponse),
         (status = 400, description = "Malformed body", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "NOT_FOUND: unknown code or not signed by the request's device key", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "ALREADY_CONSUMED: collected before", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "ALREADY_CONSUMED: collected before, or CONFIRMATION_LOCKED: the owner's tries of the 6 digits are spent, so it can never be approved; pair again", body = Problem, content_type = "application/problem+json"),
         (status = 410, description = "EXPIRED", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "PAYLOAD_TOO_LARGE: the body is over 16 KiB", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "UNSUPPORTED_MEDIA_TYPE: send the body as Content-Type: application/json", body = Problem, content_type = "application/problem+json"),
@@ -625,6 +657,12 @@ pub(crate) async fn collect(
                 }
             }
             Err(PairingError::Pending) => {
+                // Its device key signed this collect: the agent may learn that
+                // the owner's tries are spent, and stop waiting for an approval
+                // that can no longer come.
+                if meta.pairing_tries(&hash.0).await.map_err(|e| backend_error(&e))? >= MAX_CONFIRMATION_TRIES {
+                    return Err(ApiError::Pairing(PairingError::ConfirmationLocked));
+                }
                 let remaining = give_up.saturating_duration_since(tokio::time::Instant::now());
                 let until_expiry = deadline.map_or(0, |d: UnixTime| (d - now).max(0));
                 let wait = remaining.min(Duration::from_secs(u64::try_from(until_expiry).unwrap_or(0) + 1));

@@ -331,7 +331,7 @@ async fn shutdown_ends_a_waiting_collect() {
 /// Every approval attempt spends one of MAX_CONFIRMATION_TRIES before the
 /// digits are compared: after `wrong` wrong tries the right digits approve
 /// exactly when a try is left; past the limit the request is locked (409
-/// CONFIRMATION_LOCKED), no agent is created, and each wrong try is one
+/// CONFIRMATION_LOCKED, for the owner and for the agent's collect), no agent is created, and each wrong try is one
 /// `pairing.approve` record with outcome `denied` and its reason.
 #[tokio::test]
 async fn wrong_digits_count_and_lock_the_request() {
@@ -356,9 +356,13 @@ async fn wrong_digits_count_and_lock_the_request() {
         } else {
             assert_eq!((status, answer["code"].as_str()), (StatusCode::CONFLICT, Some("CONFIRMATION_LOCKED")), "after {wrong} wrong");
             assert!(w.store.get_agent(&device.agent_id()).await.unwrap().is_none(), "locked: nothing approved");
-            // The agent still waits (pending) until the request expires.
-            let (status, _) = send(&w.app, collect(&code, &device)).await;
-            assert_eq!(status, StatusCode::ACCEPTED);
+            // The agent's collect learns it is locked and stops waiting.
+            let (status, answer) = send(&w.app, collect(&code, &device)).await;
+            assert_eq!((status, answer["code"].as_str()), (StatusCode::CONFLICT, Some("CONFIRMATION_LOCKED")), "{answer}");
+            // Another device's signature learns nothing: the same 404 as an unknown code.
+            let stranger = DeviceKey::generate(&mut rand::rngs::OsRng);
+            let (status, _) = send(&w.app, collect(&code, &stranger)).await;
+            assert_eq!(status, StatusCode::NOT_FOUND);
         }
     }
     let denied: Vec<_> = w

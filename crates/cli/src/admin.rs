@@ -175,6 +175,22 @@ pub(crate) enum GrantCmd {
         #[command(flatten)]
         conn: crate::owner_client::OwnerConn,
     },
+    /// The grant requests your agents are waiting on (owner; signed).
+    Requests {
+        #[command(flatten)]
+        conn: crate::owner_client::OwnerConn,
+    },
+    /// Approve or deny an agent's grant request (owner; signed with your master
+    /// key): approved, the grant is created exactly as asked.
+    Decide {
+        /// The request id (ar_…), from `grant requests`.
+        request_id: String,
+        /// `approve` or `deny`.
+        #[arg(value_parser = ["approve", "deny"])]
+        decision: String,
+        #[command(flatten)]
+        conn: crate::owner_client::OwnerConn,
+    },
 }
 
 /// `agentkeys queue …`
@@ -440,7 +456,7 @@ fn new_address(config: &Config, name: Option<&str>, domain: Option<&str>) -> Res
         Some(local) => Address::new(local, &domain).map_err(|e| anyhow!("--name: {e}"))?,
         None => config.subaddressing.random_inbox(&mut rand::thread_rng(), &domain),
     };
-    config.subaddressing.check_inbox(&address).map_err(|e| anyhow!("--name: {e} (subaddress_separator)"))?;
+    config.subaddressing.check_new_inbox(&address).map_err(|e| anyhow!("--name: {e}"))?;
     Ok(address)
 }
 
@@ -590,6 +606,10 @@ pub(crate) async fn grant(config: &Config, cmd: GrantCmd, json: bool) -> Result<
         GrantCmd::Create(args) => crate::owner_client::grant_create(args, config, json).await,
         GrantCmd::Change(args) => crate::owner_client::grant_change(args, config, json).await,
         GrantCmd::Revoke { grant_id, conn } => crate::owner_client::revoke(&conn, config, "grant", &grant_id, json).await,
+        GrantCmd::Requests { conn } => crate::owner_client::grant_requests(&conn, config, json).await,
+        GrantCmd::Decide { request_id, decision, conn } => {
+            crate::owner_client::grant_decide(&conn, config, &request_id, decision == "approve", json).await
+        }
         GrantCmd::List { conn, .. } if conn.server.is_some() || conn.owner.is_some() => {
             crate::owner_client::grant_list(&conn, config, json).await
         }

@@ -1,4 +1,4 @@
-//! The agent's commands: `agentkeys mail list|show|send|reply|forward|wait|otp|inboxes|inbox-create|grant-request`
+//! The agent's commands: `agentkeys mail list|show|send|reply|forward|wait|otp|inboxes|inbox-create|grant-request|grant-requests`
 //! and `agentkeys mcp [--http ADDR]`. Both run the same operations
 //! (`agentkeys_agent::mailbox::MailService`) the MCP tools run. Configuration:
 //! the `agent.json` pairing wrote, or `AGENTKEYS_SERVER` + `AGENTKEYS_AGENT_KEY`
@@ -327,6 +327,9 @@ pub(crate) enum MailCmd {
         #[command(flatten)]
         inbox: InboxArg,
     },
+    /// This agent's grant requests of the last 30 days and where each stands:
+    /// pending, approved (with the grant), denied or expired.
+    GrantRequests,
 }
 
 /// A message body: `--text`, `--text-file` (`-` for stdin), `--html-file`.
@@ -908,6 +911,26 @@ pub(crate) async fn run(cmd: MailCmd, json: bool) -> Result<()> {
                 return print_json(&answer);
             }
             println!("{} message(s) now {} in {}", answer.changed, answer.now, answer.inbox);
+        }
+        MailCmd::GrantRequests => {
+            let listed = mail.grant_requests().await?;
+            if json {
+                return print_json(&listed);
+            }
+            let requests = listed["requests"].as_array().cloned().unwrap_or_default();
+            if requests.is_empty() {
+                println!("no grant requests in the last 30 days (ask with `agentkeys mail grant-request`)");
+            }
+            let text = |v: &serde_json::Value| v.as_str().unwrap_or("-").to_owned();
+            for r in requests {
+                let status = text(&r["status"]);
+                let tail = match status.as_str() {
+                    "approved" => format!("grant {}", text(&r["grant"])),
+                    "pending" => format!("owner decides by {}", text(&r["decide_by"])),
+                    _ => text(&r["decided_at"]),
+                };
+                println!("{}  {status:<8}  {} on {}  {tail}", text(&r["id"]), text(&r["scopes"]), text(&r["inbox"]));
+            }
         }
     }
     Ok(())

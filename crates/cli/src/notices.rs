@@ -14,6 +14,7 @@ use std::time::Duration;
 use agentkeys_api::notify::{Notice, NoticeKind, Notifier};
 use agentkeys_audit::{Actor, Outcome};
 use agentkeys_core::time::rfc3339;
+use agentkeys_core::send_limits::{BOUNCE_RATE_MIN_FINISHED, DAY_SECS};
 use agentkeys_core::{AgentId, OwnerId, UnixTime};
 use agentkeys_store::MetadataStore;
 use tokio_util::sync::CancellationToken;
@@ -33,6 +34,14 @@ const GUARD_NOTICE_PAGE: u32 = 100;
 /// Guardrail notices older than this when first read (after a restart) are
 /// not mailed any more.
 pub(crate) const GUARD_NOTICE_MAX_AGE_SECS: i64 = 86_400;
+/// An agent whose finished deliveries of the last day (at least
+/// [`BOUNCE_RATE_MIN_FINISHED`]) bounced at this share or more gets its owner a
+/// `bounces` notice, once per agent and UTC day, whatever limits the owner set:
+/// the owner hears of a bouncing agent without having set
+/// `--max-bounce-percent` (which pauses the agent; this only tells).
+pub(crate) const DEFAULT_BOUNCE_NOTICE_PERCENT: u32 = 10;
+/// Queue rows (newest first) read per owner and sweep for the bounce rate.
+pub(crate) const BOUNCE_SCAN: u32 = 2_000;
 /// The audit operation of an SMTP/HTTP send AUTH (`submission::auth_audit`).
 const OP_SUBMISSION_AUTH: &str = "submission.auth";
 
@@ -95,6 +104,9 @@ pub(crate) async fn run(
                 }
                 if let Err(e) = guardrail_notices(&notifier, meta.as_ref(), &mut guard_cursors, now).await {
                     tracing::warn!(error = %e, "send-limit notices: the sweep failed");
+                }
+                if let Err(e) = bounce_rates(&notifier, meta.as_ref(), now).await {
+                    tracing::warn!(error = %e, "bounce notices: the sweep failed");
                 }
             }
             _ = audit_tick.tick() => {
@@ -297,6 +309,79 @@ fn guardrail_notice(n: &agentkeys_store::OwnerNotice, name: Option<&String>) -> 
     }
 }
 
+/// Per agent, (bounced, finished) deliveries of `entries` queued at or after
+/// `since` (a delivery is one recipient of one message; `delivered` and
+/// `bounced` are finished), for the agents `agent_of` names by sending inbox;
+/// only the agents at or over [`DEFAULT_BOUNCE_NOTICE_PERCENT`] with at least
+/// [`BOUNCE_RATE_MIN_FINISHED`] finished, ordered by agent.
+pub(crate) fn bouncing_agents(
+    entries: &[agentkeys_store::QueueEntry],
+    agent_of: &HashMap<String, AgentId>,
+    since: UnixTime,
+) -> Vec<(AgentId, u32, u32)> {
+    let mut counts: std::collections::BTreeMap<AgentId, (u32, u32)> = std::collections::BTreeMap::new();
+    for e in entries.iter().filter(|e| e.queued_at >= since) {
+        let Some(agent) = agent_of.get(e.sender.as_str()) else { continue };
+        let (bounced, finished) = counts.entry(agent.clone()).or_default();
+        match e.state.as_str() {
+            "bounced" => {
+                *bounced += 1;
+                *finished += 1;
+            }
+            "delivered" => *finished += 1,
+            _ => {}
+        }
+    }
+    counts
+        .into_iter()
+        .filter(|(_, (bounced, finished))| {
+            *finished >= BOUNCE_RATE_MIN_FINISHED
+                && u64::from(*bounced) * 100 >= u64::from(DEFAULT_BOUNCE_NOTICE_PERCENT) * u64::from(*finished)
+        })
+        .map(|(agent, (bounced, finished))| (agent, bounced, finished))
+        .collect()
+}
+
+/// Mails each owner whose agent bounces at [`DEFAULT_BOUNCE_NOTICE_PERCENT`]
+/// or more over the last day, once per agent and UTC day.
+pub(crate) async fn bounce_rates(notifier: &Notifier, meta: &dyn MetadataStore, now: UnixTime) -> anyhow::Result<usize> {
+    let names = agent_names(meta).await?;
+    let mut sent = 0;
+    for owner in meta.list_owners().await? {
+        if sent >= MAX_NOTICES_PER_SWEEP {
+            break;
+        }
+        let rows = meta.sent_by_owner(&owner.id, None, BOUNCE_SCAN).await?;
+        if rows.is_empty() || !notifier.wants(&owner.id, NoticeKind::Bounces).await? {
+            continue;
+        }
+        let agent_of: HashMap<String, AgentId> =
+            meta.list_inboxes(Some(&owner.id)).await?.into_iter().map(|i| (i.address.to_string(), i.agent)).collect();
+        for (agent, bounced, finished) in bouncing_agents(&rows, &agent_of, now - DAY_SECS) {
+            let day = now.div_euclid(DAY_SECS);
+            if !meta.mark_notice_sent(&owner.id, &format!("bounce-rate/{agent}/{day}"), now).await? {
+                continue;
+            }
+            let who = label(agent.as_str(), names.get(agent.as_str()).and_then(|(_, n)| n.as_ref()));
+            let percent = u64::from(bounced) * 100 / u64::from(finished.max(1));
+            let notice = Notice::new(
+                NoticeKind::Bounces,
+                format!("Agent {who}: {percent}% of its mail bounced today"),
+                vec![
+                    format!("{bounced} of the last {finished} finished deliveries of agent {who}'s mail in the last 24 hours bounced (the notice threshold is {DEFAULT_BOUNCE_NOTICE_PERCENT}%)."),
+                    "Mail to addresses that do not exist hurts the reputation of your domain with every receiver. See what bounced with agentkeys queue list or the console's sent view.".to_owned(),
+                    format!("To pause the agent's sending automatically at a bounce rate you choose: agentkeys agent limits {agent} --max-bounce-percent N."),
+                ],
+            );
+            match notifier.notify(&owner.id, &notice, now).await {
+                Ok(_) => sent += 1,
+                Err(e) => tracing::warn!(error = %e, owner = %owner.id, "a bounce notice was not sent"),
+            }
+        }
+    }
+    Ok(sent)
+}
+
 /// Verifies the whole chain; on a break, every owner is told once per broken record.
 pub(crate) async fn audit_chain(notifier: &Notifier, meta: &dyn MetadataStore) -> anyhow::Result<usize> {
     let Err((broken, verified)) = crate::audit::verify(meta, &std::collections::BTreeSet::new()).await? else {
@@ -354,7 +439,58 @@ mod tests {
         out
     }
 
+    fn entry(sender: &str, state: &str, queued_at: i64) -> agentkeys_store::QueueEntry {
+        agentkeys_store::QueueEntry {
+            message_id: "01BOUNCE".to_owned(),
+            sender: sender.parse().unwrap(),
+            recipient: "r@remote.test".to_owned(),
+            state: state.to_owned(),
+            size: 1,
+            queued_at,
+            next_attempt_at: queued_at,
+            attempts: 1,
+            last_response: None,
+        }
+    }
+
+    #[test]
+    fn the_default_bounce_threshold_is_named_and_needs_a_sample() {
+        assert_eq!((DEFAULT_BOUNCE_NOTICE_PERCENT, BOUNCE_RATE_MIN_FINISHED), (10, 10));
+        let agent_of: HashMap<String, AgentId> = [("a@x.test".to_owned(), agent(1))].into();
+        // 1 of 10: exactly the threshold.
+        let mut rows: Vec<_> = (0..9).map(|_| entry("a@x.test", "delivered", 100)).collect();
+        rows.push(entry("a@x.test", "bounced", 100));
+        assert_eq!(bouncing_agents(&rows, &agent_of, 0), vec![(agent(1), 1, 10)]);
+        // 9 bounces of 9 finished: too few to judge; queued or deferred rows are not finished.
+        let few: Vec<_> = (0..9).map(|_| entry("a@x.test", "bounced", 100)).chain([entry("a@x.test", "deferred", 100)]).collect();
+        assert_eq!(bouncing_agents(&few, &agent_of, 0), vec![]);
+        // Older than the window, or from an inbox of no known agent: not counted.
+        assert_eq!(bouncing_agents(&rows, &agent_of, 101), vec![]);
+        let other: Vec<_> = rows.iter().map(|r| entry("b@x.test", &r.state, 100)).collect();
+        assert_eq!(bouncing_agents(&other, &agent_of, 0), vec![]);
+    }
+
     proptest! {
+        /// An agent is reported exactly when it has enough finished deliveries
+        /// in the window and the bounced share reaches the threshold.
+        #[test]
+        fn bouncing_agents_match_the_rule(rows in prop::collection::vec((0u8..3, 0u8..4, 0i64..200), 0..80), since in 0i64..200) {
+            let states = ["delivered", "bounced", "queued", "deferred"];
+            let agent_of: HashMap<String, AgentId> = (0u8..3).map(|a| (format!("a{a}@x.test"), agent(a))).collect();
+            let entries: Vec<_> = rows.iter().map(|(a, s, t)| entry(&format!("a{a}@x.test"), states[usize::from(*s)], *t)).collect();
+            let got = bouncing_agents(&entries, &agent_of, since);
+            let mut want = Vec::new();
+            for a in 0u8..3 {
+                let mine = rows.iter().filter(|(x, _, t)| *x == a && *t >= since);
+                let bounced = u32::try_from(mine.clone().filter(|(_, s, _)| *s == 1).count()).unwrap();
+                let finished = u32::try_from(mine.filter(|(_, s, _)| *s <= 1).count()).unwrap();
+                if finished >= BOUNCE_RATE_MIN_FINISHED && bounced * 100 >= DEFAULT_BOUNCE_NOTICE_PERCENT * finished {
+                    want.push((agent(a), bounced, finished));
+                }
+            }
+            prop_assert_eq!(got, want);
+        }
+
         /// An (agent, hour) is reported exactly when its refusals in that hour
         /// reach the threshold, once, however the records are paged.
         #[test]

@@ -583,6 +583,47 @@ pub(crate) async fn grant_list(conn: &OwnerConn, config: &Config, json: bool) ->
     Ok(())
 }
 
+/// `agentkeys grant requests`: the owner's pending grant requests.
+pub(crate) async fn grant_requests(conn: &OwnerConn, config: &Config, json: bool) -> Result<()> {
+    let answer = Session::open(conn, config).await?.call("GET", "/v1/owner/grant-requests", None).await?;
+    print(json, &answer, || {
+        let rows = answer["requests"].as_array().cloned().unwrap_or_default();
+        if rows.is_empty() {
+            return "no grant requests are waiting for you".to_owned();
+        }
+        rows.iter()
+            .map(|r| {
+                format!(
+                    "{}  agent {}  {} on {}  for {} s  decide by {}  {}",
+                    s(&r["id"]),
+                    s(&r["agent"]),
+                    s(&r["scopes"]),
+                    s(&r["inbox"]),
+                    r["ttl"],
+                    s(&r["decide_by"]),
+                    r["reason"].as_str().map(|why| format!("\"{why}\"")).unwrap_or_default()
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    });
+    Ok(())
+}
+
+/// `agentkeys grant decide ar_… approve|deny`.
+pub(crate) async fn grant_decide(conn: &OwnerConn, config: &Config, id: &str, approve: bool, json: bool) -> Result<()> {
+    if !id.starts_with("ar_") || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+        bail!("{id:?} is not a grant request id (ar_…): see `agentkeys grant requests`");
+    }
+    let verb = if approve { "approve" } else { "deny" };
+    let answer = Session::open(conn, config).await?.call("POST", &format!("/v1/owner/grant-requests/{id}/{verb}"), None).await?;
+    print(json, &answer, || match answer["grant"].as_str() {
+        Some(grant) => format!("approved {id}: grant {grant} created, expires {}", s(&answer["expires_at"])),
+        None => format!("denied {id}: nothing was granted"),
+    });
+    Ok(())
+}
+
 /// `agentkeys agent list --server …`: the owner's agents and their keys.
 pub(crate) async fn agent_list(conn: &OwnerConn, config: &Config, json: bool) -> Result<()> {
     let answer = Session::open(conn, config).await?.call("GET", "/v1/agents", None).await?;

@@ -16,8 +16,9 @@
 //!   session under the same trust succeeds now, else the HTTP send route. With
 //!   `--json` it prints one line at once (`pair_code`, `confirmation_code`,
 //!   `expires_at`, `agent_id`, `server_fingerprint`) and one when it ends
-//!   (`status`: `approved`, `expired`, `already_consumed`, `not_found` or
-//!   `error`, and `agent_id`).
+//!   (`status`: `approved`, `expired`, `already_consumed`, `not_found`,
+//!   `locked` (the owner's tries of the 6 digits are spent) or `error`, and
+//!   `agent_id`).
 //! - `agentkeys approve PAIR-CODE [--digits NNNNNN]` (the owner's machine):
 //!   unlocks the master key, shows the request (agent id and name, device
 //!   fingerprint, and the server certificate its own pinned connection met,
@@ -236,6 +237,7 @@ pub(crate) async fn pair(args: PairArgs, json: bool) -> Result<()> {
                     "EXPIRED" => "expired",
                     "ALREADY_CONSUMED" => "already_consumed",
                     "NOT_FOUND" => "not_found",
+                    "CONFIRMATION_LOCKED" => "locked",
                     _ => "error",
                 };
                 break (outcome, format!("{status} {code}: {}", answer["detail"].as_str().unwrap_or(text.trim())));
@@ -247,6 +249,11 @@ pub(crate) async fn pair(args: PairArgs, json: bool) -> Result<()> {
     }
     match outcome {
         "expired" => bail!("the pairing request expired before the owner approved it; run `agentkeys agent pair` again"),
+        "locked" => bail!(
+            "the pairing request is locked: the owner typed wrong digits {} times, so it can no longer be approved. \
+             Run `agentkeys agent pair` again and make sure the owner types the 6 digits this new request shows",
+            agentkeys_approval::MAX_CONFIRMATION_TRIES
+        ),
         _ => bail!("pairing failed ({detail})"),
     }
 }

@@ -327,3 +327,51 @@ fn the_owner_creates_an_inbox_with_an_expiry_within_the_same_limits() {
     assert_eq!(rfc3339(record["detail"]["expires_at"].as_i64().unwrap()), at, "{record}");
     assert!(record["detail"]["approval"].is_object(), "signed by the owner: {record}");
 }
+
+/// Issue 12: the names the server sends from (`notifications@`, the owner's
+/// notices; `mailer-daemon@`, bounces) and the operator's role addresses
+/// (`postmaster@`, `abuse@`, `hostmaster@`) cannot be taken as inboxes, in any
+/// case, by any way of creating one: an agent holding a `create` grant on
+/// `*@domain` (CLI and MCP), the owner's signed `inbox create`, the operator's.
+#[test]
+fn reserved_names_cannot_be_created_by_agents_owners_or_the_operator() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let config_dir = tempfile::tempdir().unwrap();
+    enroll_owner(d, OWNER_A);
+    run_json(d, &["agent", "add", AGENT_A, "--owner", OWNER_A]);
+    run_json(d, &["domain", "assign", "agents.localhost", "--owner", OWNER_A]);
+    let key = run_json(d, &["key", "create", "--agent", AGENT_A])["key"].as_str().unwrap().to_owned();
+    owner_json(d, OWNER_A, &["grant", "create", "--agent", AGENT_A, "--inbox", "*@agents.localhost", "--scopes", "read,create", "--ttl", "1h"]);
+    let server = Server::start(d, &[]);
+    let a = Agent { server: &server, key, config_dir: config_dir.path() };
+    let mut mcp = Mcp::stdio(&a.env());
+    for name in ["notifications", "Notifications", "POSTMASTER", "mailer-daemon", "Abuse", "hostmaster"] {
+        let err = a.refused(&["inbox-create", "--name", name]);
+        assert!(err.contains("reserved") && err.contains("pick another name"), "agent CLI {name}: {err}");
+        let err = mcp.err("create_inbox", json!({"name": name}));
+        assert!(err.contains("reserved"), "MCP {name}: {err}");
+        let out = owner_run(d, OWNER_A, &["inbox", "create", "--agent", AGENT_A, "--name", name]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains("reserved"), "owner {name}: {err}");
+        let out = run(d, &["inbox", "create", "--agent", AGENT_A, "--name", name]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains("reserved"), "operator {name}: {err}");
+    }
+    // A tagged form is no inbox name at all.
+    let err = a.refused(&["inbox-create", "--name", "Notifications+x"]);
+    assert!(err.contains("INVALID_REQUEST") || err.contains("name"), "{err}");
+    // Names that merely contain a reserved word are ordinary.
+    let made = a.mail_json(&["inbox-create", "--name", "notifications-bot"]);
+    assert_eq!(made["address"], "notifications-bot@agents.localhost", "{made}");
+    let listed = run_json(d, &["inbox", "list"]);
+    let names: Vec<&str> = listed.as_array().unwrap().iter().map(|i| i["address"].as_str().unwrap()).collect();
+    assert_eq!(names, ["notifications-bot@agents.localhost"], "nothing reserved was created");
+    // Mail to the notices' sender (or a tag of it) finds no inbox at the MX.
+    for rcpt in ["notifications@agents.localhost", "Notifications+x@agents.localhost"] {
+        let transcript = swaks(&server, rcpt);
+        assert!(transcript.contains("<** 550 5.1.1"), "{rcpt}: {transcript}");
+    }
+    drop(mcp);
+    assert!(server.stop().success());
+}

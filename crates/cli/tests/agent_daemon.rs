@@ -20,7 +20,7 @@ const OWNER_B: &str = "0xb2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2";
 const AGENT_A: &str = "0xa100000000000000000000000000000000000001";
 const AGENT_A2: &str = "0xa100000000000000000000000000000000000002";
 const AGENT_B: &str = "0xb200000000000000000000000000000000000001";
-const TOOLS: [&str; 16] = [
+const TOOLS: [&str; 18] = [
     "list_inboxes",
     "create_inbox",
     "list_messages",
@@ -37,6 +37,8 @@ const TOOLS: [&str; 16] = [
     "get_thread",
     "search_messages",
     "list_sent",
+    "request_grant",
+    "list_grant_requests",
 ];
 
 /// A server with: owner A's agent (inboxes `signup` and `peer`, read+send on
@@ -149,11 +151,11 @@ fn check_tool_list(mcp: &mut Mcp) {
     for t in tools {
         let name = t["name"].as_str().unwrap();
         let sends = matches!(name, "send_message" | "reply_to_message" | "forward_message");
-        let creates = name == "create_inbox";
+        let creates = matches!(name, "create_inbox" | "request_grant");
         assert_eq!(t["annotations"]["destructive_hint"], sends, "{t}");
         assert_eq!(t["annotations"]["read_only_hint"], !sends && !creates, "{t}");
         assert_eq!(t["input_schema"]["type"], "object", "{t}");
-        if !matches!(name, "list_inboxes" | "create_inbox") {
+        if !matches!(name, "list_inboxes" | "create_inbox" | "list_grant_requests") {
             let required: Vec<&str> =
                 t["input_schema"]["required"].as_array().unwrap().iter().map(|r| r.as_str().unwrap()).collect();
             assert!(required.contains(&"inbox"), "{name} must require inbox: {t}");
@@ -593,4 +595,79 @@ fn send_reply_forward_through_the_http_send_endpoint() {
     // Sending as an inbox the agent holds no grant for: the one 401 of the HTTP door.
     let refused = mcp.err("send_message", json!({"inbox": w.other, "to": [w.signup], "subject": "x", "text": "x"}));
     assert!(refused.contains("refused to send as") && refused.contains("SEND_NOT_AUTHORIZED"), "{refused}");
+}
+
+/// Issue 12: an agent asks its owner for a grant through MCP (`request_grant`)
+/// and follows it (`list_grant_requests`): pending, then approved (the grant
+/// works: the inbox is listed) or denied, as the owner decides with the master
+/// key (`agentkeys grant requests` / `grant decide`). Another owner's agent
+/// sees none of it; another owner cannot decide it.
+#[test]
+fn grant_requests_through_mcp_and_the_owner_cli() {
+    let w = world();
+    let d = w.server.data_dir.clone();
+    let mut a = Mcp::stdio(&w.env(&w.key_a));
+    assert_eq!(a.ok("list_grant_requests", json!({}))["requests"], json!([]));
+    let asked = a.ok("request_grant", json!({"inbox": w.other, "scopes": ["read"], "ttl_s": 86400, "reason": "read the other bot's reports"}));
+    assert_eq!(asked["status"], "pending", "{asked}");
+    let read_id = asked["id"].as_str().unwrap().to_owned();
+    let asked = a.ok("request_grant", json!({"inbox": "signup-*@agents.localhost", "scopes": ["create"]}));
+    let create_id = asked["id"].as_str().unwrap().to_owned();
+    // Bad input: a clear tool error, nothing asked.
+    let bad = a.err("request_grant", json!({"inbox": w.other, "scopes": ["fly"]}));
+    assert!(bad.contains("scopes"), "{bad}");
+    let bad = a.err("request_grant", json!({"inbox": w.other, "scopes": ["read"], "ttl_s": 0}));
+    assert!(bad.contains("ttl_s"), "{bad}");
+    let listed = a.ok("list_grant_requests", json!({}));
+    let ids: Vec<&str> = listed["requests"].as_array().unwrap().iter().map(|r| r["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, [create_id.as_str(), read_id.as_str()], "newest first: {listed}");
+    assert!(listed["requests"].as_array().unwrap().iter().all(|r| r["status"] == "pending"), "{listed}");
+    assert_eq!(listed["requests"][1]["reason"], "read the other bot's reports");
+
+    // The owner sees both and decides with the master key.
+    let pending = owner_json(&d, OWNER_A, &["grant", "requests"]);
+    let pending_ids: Vec<&str> = pending["requests"].as_array().unwrap().iter().map(|r| r["id"].as_str().unwrap()).collect();
+    assert_eq!(pending_ids, [read_id.as_str(), create_id.as_str()], "oldest first: {pending}");
+    // Owner B can neither see nor decide them: the same answer as an unknown id.
+    enroll_owner(&d, OWNER_B);
+    assert_eq!(owner_json(&d, OWNER_B, &["grant", "requests"])["requests"], json!([]));
+    let foreign = owner_run(&d, OWNER_B, &["grant", "decide", &read_id, "approve"]);
+    let unknown = owner_run(&d, OWNER_B, &["grant", "decide", "ar_0000000000000000", "approve"]);
+    assert!(!foreign.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&foreign.stderr).replace(&read_id, "X"),
+        String::from_utf8_lossy(&unknown.stderr).replace("ar_0000000000000000", "X")
+    );
+    assert!(String::from_utf8_lossy(&foreign.stderr).contains("404"), "{}", String::from_utf8_lossy(&foreign.stderr));
+    let malformed = owner_run(&d, OWNER_A, &["grant", "decide", "gr_nope", "approve"]);
+    assert!(String::from_utf8_lossy(&malformed.stderr).contains("grant requests"), "a clear error");
+
+    let approved = owner_json(&d, OWNER_A, &["grant", "decide", &read_id, "approve"]);
+    assert_eq!(approved["status"], "approved", "{approved}");
+    let grant = approved["grant"].as_str().unwrap().to_owned();
+    let denied = owner_json(&d, OWNER_A, &["grant", "decide", &create_id, "deny"]);
+    assert_eq!((denied["status"].as_str(), denied["grant"].as_str()), (Some("denied"), None), "{denied}");
+    let twice = owner_run(&d, OWNER_A, &["grant", "decide", &create_id, "approve"]);
+    assert!(!twice.status.success(), "decided once");
+
+    // The agent sees the decisions, and the approved grant works.
+    let listed = a.ok("list_grant_requests", json!({}));
+    let by_id = |id: &str| listed["requests"].as_array().unwrap().iter().find(|r| r["id"] == id).unwrap().clone();
+    assert_eq!((by_id(&read_id)["status"].as_str(), by_id(&read_id)["grant"].as_str()), (Some("approved"), Some(grant.as_str())));
+    assert_eq!(by_id(&create_id)["status"], "denied");
+    assert!(by_id(&create_id)["decided_at"].is_string());
+    let inboxes = a.ok("list_inboxes", json!({}));
+    assert!(inboxes["inboxes"].as_array().unwrap().iter().any(|i| i["address"] == w.other.as_str()), "{inboxes}");
+    // The CLI shows the same.
+    let cli = w.mail_json(&w.key_a, &["grant-requests"]);
+    assert_eq!(cli["requests"], listed["requests"]);
+    // Owner B's agent sees none of owner A's agent's requests.
+    let mut b = Mcp::stdio(&w.env(&w.key_b));
+    assert_eq!(b.ok("list_grant_requests", json!({}))["requests"], json!([]));
+    let records = run_json(&d, &["audit", "list"]);
+    let ops: Vec<&str> = records.as_array().unwrap().iter().filter_map(|r| r["operation"].as_str()).collect();
+    assert_eq!(ops.iter().filter(|o| **o == "grant.request").count(), 2, "each ask audited once: {ops:?}");
+    assert!(ops.contains(&"grant.request_deny"), "{ops:?}");
+    let created = records.as_array().unwrap().iter().find(|r| r["operation"] == "grant.create" && r["detail"]["request"] == read_id.as_str()).unwrap();
+    assert_eq!(created["detail"]["approval"]["gate"], "master_key", "{created}");
 }

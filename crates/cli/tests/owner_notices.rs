@@ -49,10 +49,16 @@ print(raw.decode("utf-8", "replace"))
 
 impl Sink {
     fn start(dir: &Path) -> Sink {
+        Sink::start_with(dir, &[])
+    }
+
+    /// With more `smtp_sink.py` options (e.g. `--reject-domain D`).
+    fn start_with(dir: &Path, options: &[&str]) -> Sink {
         std::fs::create_dir_all(dir).unwrap();
         let mut child = Command::new("python3")
             .arg(resource("smtp_sink.py"))
             .arg(dir)
+            .args(options)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -271,5 +277,136 @@ fn owner_notices_arrive_signed_once_and_follow_the_settings() {
     }
     let paths: Vec<PathBuf> = all.iter().map(|(p, _)| p.clone()).collect();
     assert_dkim(&d, dir.path(), &paths);
+    assert!(server.stop().success());
+}
+
+/// Issue 12: a flood of pairing requests addressed to one owner (anyone who
+/// knows the owner's id can open them) mails at most
+/// `MAX_PAIRING_NOTICES_PER_HOUR` (5) notices and one summary that hour; every
+/// request is still pending for the owner (the console's approvals list reads
+/// these rows).
+#[test]
+fn a_flood_of_pairing_requests_mails_the_owner_at_most_five_notices_and_one_summary() {
+    const CAP: usize = 5;
+    const FLOOD: usize = CAP + 3;
+    // The cap counts per clock hour: do not start within a minute of its end.
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    if now % 3600 > 3540 {
+        std::thread::sleep(Duration::from_secs(3600 - now % 3600 + 1));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().join("data");
+    std::fs::create_dir(&d).unwrap();
+    run_json(&d, &["owner", "add", OWNER, "--email", OWNER_MAIL]);
+    enroll_owner(&d, OWNER);
+    let sink = Sink::start(&dir.path().join("sink"));
+    let smarthost = format!("127.0.0.1:{}", sink.port);
+    let server = Server::start(
+        &d,
+        &[
+            ("AGENTKEYS_DELIVERY_ENABLED", "true"),
+            ("AGENTKEYS_SMARTHOST", &smarthost),
+            ("AGENTKEYS_DELIVERY_BACKOFF_SCALE", "0.001"),
+        ],
+    );
+    let base = format!("http://{}", server.http);
+    let mut agents = Vec::new();
+    for i in 0..FLOOD {
+        let (child, _, [_, _, agent]) = pair(&d, &dir.path().join(format!("flood{i}")), &format!("flood bot {i}"), &base);
+        agents.push((child, agent));
+    }
+    let (_, summary) = sink.wait_for("More pairing requests addressed to you", Duration::from_secs(30));
+    assert!(summary.contains(&format!("More than {CAP} pairing requests")) && summary.contains("/console"), "{summary}");
+    // Give every other request time to (not) produce a mail.
+    std::thread::sleep(Duration::from_secs(3));
+    let mails = sink.messages();
+    let notices = mails.iter().filter(|(_, m)| m.contains("Pairing request from agent \"flood bot")).count();
+    let summaries = mails.iter().filter(|(_, m)| m.contains("More pairing requests addressed to you")).count();
+    assert_eq!((notices, summaries), (CAP, 1), "{:#?}", sink.subjects());
+    assert_eq!(mails.len(), CAP + 1, "nothing else was mailed: {:#?}", sink.subjects());
+    let paths: Vec<PathBuf> = mails.iter().map(|(p, _)| p.clone()).collect();
+    assert_dkim(&d, dir.path(), &paths);
+    // Every request is still pending and addressed to the owner.
+    let pending = Command::new("sqlite3")
+        .arg(d.join("meta.sqlite"))
+        .arg(format!("SELECT agent FROM pairing_requests WHERE addressed_to = '{OWNER}' AND status = 'pending'"))
+        .output()
+        .expect("spawn sqlite3");
+    let listed = String::from_utf8_lossy(&pending.stdout);
+    for (_, agent) in &agents {
+        assert!(listed.contains(agent.as_str()), "{agent} is not pending: {listed}");
+    }
+    for (mut child, _) in agents {
+        child.kill().ok();
+        child.wait().ok();
+    }
+    assert!(server.stop().success());
+}
+
+/// Issue 12: bounce notices without any limit set by the owner. An agent
+/// (no `--max-bounce-percent`) sends to addresses the receiving MTA refuses
+/// (`550 5.1.1`, aiosmtpd `--reject-domain`): once at least 10 deliveries
+/// finished in the last day and 10% or more bounced
+/// (`DEFAULT_BOUNCE_NOTICE_PERCENT`), its owner gets one `bounces` notice
+/// (DKIM-valid), once per agent and day; sending is not paused.
+#[test]
+fn an_agent_bouncing_over_the_default_threshold_is_reported_once_without_a_limit_set() {
+    const SENDS: usize = 10;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().join("data");
+    std::fs::create_dir(&d).unwrap();
+    run_json(&d, &["owner", "add", OWNER, "--email", OWNER_MAIL]);
+    enroll_owner(&d, OWNER);
+    let agent = "0x00000000000000000000000000000000000000a7";
+    run_json(&d, &["agent", "add", agent, "--owner", OWNER, "--name", "bouncy bot"]);
+    let inbox = run_json(&d, &["inbox", "create", "--agent", agent, "--name", "bouncy"])["address"].as_str().unwrap().to_owned();
+    owner_json(&d, OWNER, &["grant", "create", "--agent", agent, "--inbox", &inbox, "--scopes", "send"]);
+    let key = run_json(&d, &["key", "create", "--agent", agent])["key"].as_str().unwrap().to_owned();
+    let sink = Sink::start_with(&dir.path().join("sink"), &["--reject-domain", "nowhere.example"]);
+    let smarthost = format!("127.0.0.1:{}", sink.port);
+    let server = Server::start(
+        &d,
+        &[
+            ("AGENTKEYS_DELIVERY_ENABLED", "true"),
+            ("AGENTKEYS_SMARTHOST", &smarthost),
+            ("AGENTKEYS_DELIVERY_BACKOFF_SCALE", "0.001"),
+            ("AGENTKEYS_NOTICE_SWEEP_INTERVAL", "1s"),
+        ],
+    );
+    let base = format!("http://{}", server.http);
+    let send = format!("{base}/v1/inboxes/{inbox}/send");
+    // Nine sends bounce: 9 finished deliveries are too few to judge.
+    for i in 0..SENDS - 1 {
+        let body = json!({"to": [format!("gone{i}@nowhere.example")], "subject": "hello", "text": "x"}).to_string();
+        assert_eq!(curl("POST", &send, Some(&key), Some(&body)).0, 202);
+    }
+    let bounced = |n: usize| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let queue = run_json(&d, &["queue", "list"]);
+            let count = queue.as_array().unwrap().iter().filter(|q| q["state"] == "bounced" && q["sender"] == inbox.as_str()).count();
+            if count >= n {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{n} deliveries did not bounce: {queue}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    bounced(SENDS - 1);
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(!sink.messages().iter().any(|(_, m)| m.contains("of its mail bounced")), "below the sample size: {:#?}", sink.subjects());
+    // The tenth: 10 of 10 bounced, one notice; sending is not paused.
+    let body = json!({"to": ["gone9@nowhere.example"], "subject": "hello", "text": "x"}).to_string();
+    assert_eq!(curl("POST", &send, Some(&key), Some(&body)).0, 202);
+    bounced(SENDS);
+    let (path, mail) = sink.wait_for("of its mail bounced", Duration::from_secs(30));
+    assert!(mail.contains("bouncy bot") && mail.contains("10 of the last 10") && mail.contains("--max-bounce-percent"), "{mail}");
+    assert!(mail.contains(&format!("To: {OWNER_MAIL}")), "{mail}");
+    assert_eq!(curl("POST", &send, Some(&key), Some(&body)).0, 202, "a notice, not a pause");
+    std::thread::sleep(Duration::from_secs(3));
+    let notices = sink.messages().iter().filter(|(_, m)| m.contains("of its mail bounced")).count();
+    assert_eq!(notices, 1, "once per agent and day: {:#?}", sink.subjects());
+    assert!(!mail.contains(&key), "no secret in the notice");
+    assert_dkim(&d, dir.path(), &[path]);
     assert!(server.stop().success());
 }

@@ -157,3 +157,75 @@ fn agent_pairs_owner_approves_key_works_after_grant() {
     assert_eq!(run_json(&d, &["audit", "verify"])["ok"], true);
     assert!(server.stop().success());
 }
+
+/// Issue 12: once the owner has spent the 5 tries of the 6 digits, the waiting
+/// agent stops at once (its long-poll is woken and answers 409
+/// `CONFIRMATION_LOCKED`) with a message saying what to do, instead of
+/// polling until the 10 minutes end.
+#[test]
+fn a_locked_pairing_stops_the_agent_with_a_clear_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().join("data");
+    let home_owner = dir.path().join("owner");
+    std::fs::create_dir(&d).unwrap();
+    let code = run_json(&d, &["owner", "add", OWNER])["enrollment_code"].as_str().unwrap().to_owned();
+    let server = Server::start(&d, &[]);
+    let base = format!("http://{}", server.http);
+    ok_json(&owner_cmd(&d, &home_owner, &base, &["owner", "enroll", "--owner", OWNER, "--code", &code]));
+
+    for json_mode in [true, false] {
+        let mut cmd = agentkeys(&d);
+        cmd.env("AGENTKEYS_CONFIG_DIR", dir.path().join(format!("agent-{json_mode}")))
+            .args(["agent", "pair", "--server", &base, "--name", "locked bot", "--owner", OWNER]);
+        if json_mode {
+            cmd.arg("--json");
+        }
+        let mut child = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let (pair_code, digits) = if json_mode {
+            let first: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+            (first["pair_code"].as_str().unwrap().to_owned(), first["confirmation_code"].as_str().unwrap().to_owned())
+        } else {
+            let mut got = (String::new(), String::new());
+            for line in lines.by_ref() {
+                let line = line.unwrap();
+                if let Some(c) = line.strip_prefix("Pair code:") {
+                    got.0 = c.trim().to_owned();
+                }
+                if let Some(c) = line.strip_prefix("Confirmation code:") {
+                    got.1 = c.trim().to_owned();
+                }
+                if line.starts_with("Waiting for approval") {
+                    break;
+                }
+            }
+            got
+        };
+        assert_eq!((pair_code.len(), digits.len()), (9, 6), "{pair_code:?} {digits:?}");
+        let wrong = if digits == "000000" { "111111" } else { "000000" };
+        for _ in 0..5 {
+            let refused = owner_cmd(&d, &home_owner, &base, &["approve", &pair_code, "--digits", wrong]);
+            assert!(String::from_utf8_lossy(&refused.stderr).contains("CONFIRMATION_MISMATCH"));
+        }
+        let locked_at = std::time::Instant::now();
+        // The agent stops by itself, long before its request would expire.
+        let status = common::wait_timeout(&mut child, std::time::Duration::from_secs(15)).unwrap_or_else(|| {
+            child.kill().ok();
+            panic!("the agent kept polling a locked pairing request")
+        });
+        let stopped_after = locked_at.elapsed();
+        eprintln!("json={json_mode}: the agent stopped {stopped_after:?} after the 5th wrong try");
+        assert!(!status.success());
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+        assert!(stderr.contains("locked") && stderr.contains("wrong digits 5 times") && stderr.contains("agentkeys agent pair"), "{stderr}");
+        if json_mode {
+            let last: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+            assert_eq!(last["status"], "locked", "{last}");
+        }
+        // Even the right digits cannot approve it now.
+        let late = owner_cmd(&d, &home_owner, &base, &["approve", &pair_code, "--digits", &digits]);
+        assert!(String::from_utf8_lossy(&late.stderr).contains("CONFIRMATION_LOCKED"));
+    }
+    assert!(server.stop().success());
+}

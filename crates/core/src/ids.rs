@@ -234,6 +234,20 @@ impl Address {
     }
 }
 
+/// Local parts no inbox may take, on any hosted domain: the addresses the
+/// server itself sends from (`notifications`, the sender of the owner's
+/// notices and emailed approval codes; `mailer-daemon`, the sender of
+/// delivery status notifications) and the role mailboxes RFC 5321 §4.5.1 and
+/// RFC 2142 give the operator (`postmaster`, `abuse`, `hostmaster`). An agent
+/// holding one could receive the replies and bounces to the owner's notices,
+/// or pose as the server to the people its mail reaches.
+pub const RESERVED_LOCAL_PARTS: [&str; 5] = ["notifications", "mailer-daemon", "postmaster", "abuse", "hostmaster"];
+
+/// Whether an inbox named `local` (any case) is one of [`RESERVED_LOCAL_PARTS`].
+pub fn is_reserved_local_part(local: &str) -> bool {
+    RESERVED_LOCAL_PARTS.iter().any(|r| r.eq_ignore_ascii_case(local))
+}
+
 /// The subaddress separator when none is configured (RFC 5233's `+`).
 pub const DEFAULT_SUBADDRESS_SEPARATOR: char = '+';
 /// The characters that may separate an inbox's local part from a tag.
@@ -327,6 +341,28 @@ impl Subaddressing {
             )),
             _ => Ok(()),
         }
+    }
+
+    /// The one rule for a new inbox's name, used by every way of creating one
+    /// (`inbox create`, the owner API and console, an agent's `create_inbox`):
+    /// not a reserved name ([`RESERVED_LOCAL_PARTS`], in any case and with or
+    /// without a subaddress tag, nor the part of one before the separator),
+    /// then [`Subaddressing::check_inbox`].
+    pub fn check_new_inbox(&self, inbox: &Address) -> Result<(), String> {
+        let local = inbox.local_part();
+        let base = self.separator.and_then(|sep| local.split(sep).next()).unwrap_or(local);
+        // Under a separator inside a reserved name (`-`: `mailer-daemon` is
+        // `mailer`'s subaddress), the part before it is reserved too.
+        let reserved_base = |name: &str| {
+            self.separator.and_then(|sep| name.split(sep).next()).is_some_and(|b| b.eq_ignore_ascii_case(local))
+        };
+        if is_reserved_local_part(local) || is_reserved_local_part(base) || RESERVED_LOCAL_PARTS.iter().any(|r| reserved_base(r)) {
+            return Err(format!(
+                "{inbox} is reserved: the server sends from it or it belongs to the operator ({}); pick another name",
+                RESERVED_LOCAL_PARTS.join(", ")
+            ));
+        }
+        self.check_inbox(inbox)
     }
 
     /// A random inbox address (`bot-<10 base32>`, `bot.<...>` when `-` is the separator).
@@ -535,5 +571,70 @@ mod tests {
             proptest::prop_assert_eq!(r.inbox, inbox);
             proptest::prop_assert_eq!(r.tag.as_deref(), Some(tag.as_str()));
         }
+
+        /// A reserved name cannot be taken in any case or with any tag, under
+        /// any separator setting: the name as typed is no address, or the
+        /// creation rule refuses it; and mail to any of these variants resolves
+        /// to the reserved name itself, which no inbox holds.
+        #[test]
+        fn reserved_names_cannot_be_created_in_any_variant(
+            which in 0..RESERVED_LOCAL_PARTS.len(),
+            mask in proptest::collection::vec(proptest::bool::ANY, 16),
+            tag in proptest::option::of("[A-Za-z0-9_=+.-]{1,8}"),
+            sep in proptest::sample::select(vec![None, Some('+'), Some('-'), Some('_'), Some('=')]),
+            typed_sep in proptest::sample::select(SUBADDRESS_SEPARATORS.to_vec()),
+        ) {
+            let rule = Subaddressing::new(sep).unwrap();
+            let cased: String = RESERVED_LOCAL_PARTS[which]
+                .chars()
+                .zip(mask.iter().cycle())
+                .map(|(c, up)| if *up { c.to_ascii_uppercase() } else { c })
+                .collect();
+            let typed = match &tag {
+                Some(t) => format!("{cased}{typed_sep}{t}"),
+                None => cased.clone(),
+            };
+            let domain: Domain = "agents.localhost".parse().unwrap();
+            if let Ok(address) = Address::new(&typed, &domain) {
+                let refused = rule.check_new_inbox(&address);
+                // Only a tag that is an ordinary name part under this setting
+                // (e.g. `notifications-x` with `+` as the separator) makes
+                // another, unreserved inbox.
+                let other_name = sep != Some(typed_sep) && tag.is_some();
+                proptest::prop_assert!(refused.is_err() || other_name, "{typed} was accepted");
+                if let Err(e) = refused {
+                    proptest::prop_assert!(e.contains("reserved") || e.contains("separator"), "{}", e);
+                }
+            }
+            // Whatever inbox mail to the reserved name (or its subaddress) is
+            // delivered to, no one can create it.
+            if let Some(r) = rule.resolve(&format!("{typed}@Agents.Localhost"))
+                && (tag.is_none() || sep == Some(typed_sep))
+            {
+                proptest::prop_assert!(rule.check_new_inbox(&r.inbox).is_err(), "{typed} is delivered to {}", r.inbox);
+            }
+        }
+    }
+
+    #[test]
+    fn reserved_names_are_refused_and_others_are_not() {
+        let plus = Subaddressing::default();
+        let domain: Domain = "agents.localhost".parse().unwrap();
+        for name in RESERVED_LOCAL_PARTS {
+            let err = plus.check_new_inbox(&Address::new(name, &domain).unwrap()).unwrap_err();
+            assert!(err.contains("reserved") && err.contains("pick another name"), "{err}");
+        }
+        assert!(plus.check_new_inbox(&Address::new("NotiFications", &domain).unwrap()).is_err());
+        assert!(Address::new("notifications+x", &domain).is_err(), "a tag is no inbox name");
+        for fine in ["notification", "notifications.bot", "my-postmaster", "abuse2", "bot"] {
+            assert!(plus.check_new_inbox(&Address::new(fine, &domain).unwrap()).is_ok(), "{fine}");
+        }
+        // With `-` as the separator, `postmaster-x` is postmaster's subaddress,
+        // and `mailer-daemon` is `mailer`'s: `mailer` is reserved too.
+        let dash = Subaddressing::parse("-").unwrap();
+        assert!(dash.check_new_inbox(&Address::new("postmaster-x", &domain).unwrap()).unwrap_err().contains("reserved"));
+        assert!(dash.check_new_inbox(&Address::new("mailer", &domain).unwrap()).unwrap_err().contains("reserved"));
+        assert!(plus.check_new_inbox(&Address::new("mailer", &domain).unwrap()).is_ok());
+        assert_eq!(plus.resolve("Notifications+x@agents.localhost").unwrap().inbox.local_part(), "notifications");
     }
 }

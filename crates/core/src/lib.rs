@@ -32,7 +32,7 @@ pub use duration::{TtlError, format_duration, parse_duration, parse_ttl};
 pub use grant::{
     Grant, GrantChange, GrantChangeError, GrantMiss, InboxPattern, RANDOM_NAME_LEN, Scope, Scopes, covering_grant,
 };
-pub use ids::{Address, AgentId, Domain, GrantId, IdError, KeyId, OwnerId, Resolved, Subaddressing};
+pub use ids::{Address, AgentId, Domain, GrantId, IdError, KeyId, OwnerId, RESERVED_LOCAL_PARTS, Resolved, Subaddressing, is_reserved_local_part};
 pub use inbox::{
     InboxExpiryError, InboxStatus, MAX_AGENT_INBOX_LIFETIME_SECS, agent_inbox_expiry, is_expired, may_create_on_domain, owner_inbox_expiry,
 };

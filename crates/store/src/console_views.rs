@@ -156,6 +156,12 @@ pub trait ConsoleViews: Send + Sync + 'static {
         status: InboxStatus,
         event: &AuditEvent,
     ) -> Result<AuditReceipt, StoreError>;
+    /// How many tries of a pairing request's 6 digits are taken (0 for an
+    /// unknown request): a collecting agent learns its request is locked.
+    async fn pairing_tries(&self, code_hash: &[u8; 32]) -> Result<u32, StoreError>;
+    /// `agent`'s own grant requests made at or after `since`, whatever their
+    /// status, newest first, at most `limit` (what the agent sees of its asks).
+    async fn agent_grant_requests(&self, agent: &AgentId, since: UnixTime, limit: u32) -> Result<Vec<GrantRequestRecord>, StoreError>;
 }
 
 pub(crate) const SENT_COLUMNS: &str =
@@ -393,5 +399,27 @@ impl ConsoleViews for SqliteStore {
         }
         let sealed = self.append_in(&mut tx, event).await?;
         commit_audited(tx, sealed).await
+    }
+    async fn pairing_tries(&self, code_hash: &[u8; 32]) -> Result<u32, StoreError> {
+        let row: Option<(i64,)> = sqlx::query_as("SELECT confirm_tries FROM pairing_requests WHERE code_hash = ?1")
+            .bind(hash_to_hex(code_hash))
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(backend)?;
+        Ok(row.map_or(0, |(n,)| u32::try_from(n).unwrap_or(u32::MAX)))
+    }
+
+    async fn agent_grant_requests(&self, agent: &AgentId, since: UnixTime, limit: u32) -> Result<Vec<GrantRequestRecord>, StoreError> {
+        let rows: Vec<GrantRequestRow> = sqlx::query_as(&format!(
+            "SELECT {GRANT_REQUEST_COLUMNS} FROM grant_requests
+              WHERE agent = ?1 AND created_at >= ?2 ORDER BY created_at DESC, id DESC LIMIT ?3"
+        ))
+        .bind(agent.as_str())
+        .bind(since)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend)?;
+        rows.into_iter().map(grant_request_from_row).collect()
     }
 }

@@ -13,6 +13,9 @@
 //!   same transaction under the checks of `add_grant` (a refused grant leaves
 //!   the request pending); an agent has at most `max_pending` pending requests.
 //!
+//! - **An agent sees its own grant requests only**, with their decisions,
+//!   newest first; a pairing request's taken tries are readable (0 unknown).
+//!
 //! Run with [`console_views_conformance_tests!`](crate::console_views_conformance_tests).
 
 use super::*;
@@ -29,6 +32,7 @@ macro_rules! console_views_conformance_tests {
             key_uses_are_written_once_per_resolution,
             console_views_are_owner_scoped,
             grant_requests_are_decided_once_by_their_owner,
+            agents_see_their_own_grant_requests_and_pairing_tries,
         );
     };
 }
@@ -230,4 +234,45 @@ pub async fn grant_requests_are_decided_once_by_their_owner<B: Backend>(backend:
     // Denied: decided, no grant.
     b.decide_grant_request(&owner(1), &foreign.id, since, GrantDecision::Deny, NOW + 8, &event("grant.request_deny", "r")).await.unwrap();
     assert!(a.pending_grant_requests(&owner(1), since).await.unwrap().iter().all(|r| r.id != foreign.id));
+}
+
+/// Contract: an agent's listing holds its own requests in every status, newest
+/// first, within `since` and `limit`; another agent's are never in it; the
+/// tries of a pairing request read back as taken, from either handle.
+pub async fn agents_see_their_own_grant_requests_and_pairing_tries<B: Backend>(backend: Arc<B>) {
+    let (a, b) = pair(&*backend).await;
+    two_owners(&a, &b).await;
+    let since = NOW - DAY;
+    for n in 1..=3 {
+        a.add_grant_request(&grant_request(n, 1, 1, "bot@conformance.test", NOW + i64::from(n)), since, 10, &event("grant.request", "r")).await.unwrap();
+    }
+    b.add_grant_request(&grant_request(4, 2, 2, "other@conformance.test", NOW + 4), since, 10, &event("grant.request", "r")).await.unwrap();
+    b.decide_grant_request(&owner(1), "ar_0000000000000002", since, GrantDecision::Deny, NOW + 9, &event("grant.request_deny", "r")).await.unwrap();
+    for s in [&a, &b] {
+        let mine = s.agent_grant_requests(&agent(1), since, 100).await.unwrap();
+        let seen: Vec<(String, GrantRequestStatus)> = mine.iter().map(|r| (r.id.clone(), r.status)).collect();
+        assert_eq!(
+            seen,
+            vec![
+                ("ar_0000000000000003".to_owned(), GrantRequestStatus::Pending),
+                ("ar_0000000000000002".to_owned(), GrantRequestStatus::Denied),
+                ("ar_0000000000000001".to_owned(), GrantRequestStatus::Pending),
+            ],
+            "newest first, decided ones included"
+        );
+        assert_eq!(mine[1].decided_at, Some(NOW + 9));
+        assert_eq!(s.agent_grant_requests(&agent(1), since, 1).await.unwrap().len(), 1, "the limit");
+        assert_eq!(s.agent_grant_requests(&agent(1), NOW + 3, 100).await.unwrap().len(), 1, "only since");
+        let theirs = s.agent_grant_requests(&agent(2), since, 100).await.unwrap();
+        assert_eq!(theirs.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), ["ar_0000000000000004"], "another agent's only");
+        assert_eq!(s.agent_grant_requests(&agent(9), since, 100).await.unwrap(), vec![], "an agent without requests");
+    }
+    a.open_pairing(&pairing_request(64, 64), NOW - DAY, &event("pairing.open", "p")).await.unwrap();
+    assert_eq!(b.pairing_tries(&[64; 32]).await.unwrap(), 0);
+    for _ in 0..3 {
+        a.take_pairing_try(&[64; 32], 3).await.unwrap();
+    }
+    assert_eq!(a.take_pairing_try(&[64; 32], 3).await.unwrap(), None, "spent");
+    assert_eq!(b.pairing_tries(&[64; 32]).await.unwrap(), 3, "read from the other handle");
+    assert_eq!(a.pairing_tries(&[98; 32]).await.unwrap(), 0, "unknown");
 }

@@ -198,4 +198,26 @@ impl ConsoleViews for PgStore {
         let sealed = self.append_in(&mut tx, event).await?;
         commit_audited(tx, sealed).await
     }
+    async fn pairing_tries(&self, code_hash: &[u8; 32]) -> Result<u32, StoreError> {
+        let row: Option<(i64,)> = sqlx::query_as("SELECT confirm_tries FROM pairing_requests WHERE code_hash = $1")
+            .bind(hex32(code_hash))
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(backend)?;
+        Ok(row.map_or(0, |(n,)| u32::try_from(n).unwrap_or(u32::MAX)))
+    }
+
+    async fn agent_grant_requests(&self, agent: &AgentId, since: UnixTime, limit: u32) -> Result<Vec<GrantRequestRecord>, StoreError> {
+        let rows: Vec<GrantRequestRow> = sqlx::query_as(&format!(
+            "SELECT {GRANT_REQUEST_COLUMNS} FROM grant_requests
+              WHERE agent = $1 AND created_at >= $2 ORDER BY created_at DESC, id DESC LIMIT $3"
+        ))
+        .bind(agent.as_str())
+        .bind(since)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend)?;
+        rows.into_iter().map(grant_request_from_row).collect()
+    }
 }
