@@ -40,6 +40,7 @@ use tokio_util::task::TaskTracker;
 use zeroize::{Zeroize as _, Zeroizing};
 
 pub mod imap;
+pub mod lease;
 pub mod ses;
 pub mod submit;
 
@@ -283,6 +284,11 @@ impl BackendContext {
     }
 }
 
+/// A receive source as [`lease::run_leased`] starts it.
+type SourceFuture = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+/// What makes a fresh receive source each time the lease is taken.
+type SourceStart = Box<dyn Fn(CancellationToken) -> SourceFuture + Send>;
+
 /// The running backends of a server: each domain's receive source as a task,
 /// and its send sink for the queue runner.
 #[derive(Default)]
@@ -319,18 +325,44 @@ impl Backends {
     /// backend is set later starts at the next server start.
     pub async fn start(ctx: BackendContext, shutdown: CancellationToken, tasks: &TaskTracker) -> Result<Self, StartError> {
         let mut backends = Self::default();
+        // This process's name as a follower-lease holder (lease.rs).
+        let holder = format!("{}/{}/{}", ctx.hostname, std::process::id(), ulid::Ulid::new());
+        let ttl = ctx.scaled(lease::LEASE_TTL);
         for record in ctx.store.mail_backends().await? {
             let domain = record.domain.to_string();
+            let leased = |start| {
+                lease::run_leased(ctx.store.clone(), record.domain.clone(), holder.clone(), ttl, shutdown.clone(), start)
+            };
             if record.kind == "ses" {
-                let (receiver, sink) = open_ses(&ctx, &record)?;
-                tasks.spawn(receiver.run(shutdown.clone()));
+                // Checked here, so a bad setting fails the start; each lease
+                // taken opens a fresh receiver.
+                let (_, sink) = open_ses(&ctx, &record)?;
+                let (source_ctx, source_record) = (ctx.clone(), record.clone());
+                tasks.spawn(leased(Box::new(move |token: CancellationToken| {
+                    let opened = open_ses(&source_ctx, &source_record);
+                    Box::pin(async move {
+                        match opened {
+                            Ok((receiver, _)) => receiver.run(token).await,
+                            Err(err) => tracing::error!(%err, "SES backend: cannot open the receiver"),
+                        }
+                    }) as SourceFuture
+                }) as SourceStart));
                 backends.sinks.insert(domain.clone(), Arc::new(sink));
                 backends.domains.push((domain, "ses"));
                 continue;
             }
             let (settings, credential) = open_imap(&ctx.sealer, &record)?;
-            let follower = imap::Follower::new(ctx.clone(), record.domain.clone(), settings.clone(), credential.clone());
-            tasks.spawn(follower.run(shutdown.clone()));
+            let (source_ctx, source_domain) = (ctx.clone(), record.domain.clone());
+            let (source_settings, source_credential) = (settings.clone(), credential.clone());
+            tasks.spawn(leased(Box::new(move |token: CancellationToken| {
+                let follower = imap::Follower::new(
+                    source_ctx.clone(),
+                    source_domain.clone(),
+                    source_settings.clone(),
+                    source_credential.clone(),
+                );
+                Box::pin(follower.run(token)) as SourceFuture
+            }) as SourceStart));
             backends.sinks.insert(domain.clone(), Arc::new(submit::SubmissionSink::new(ctx.clone(), settings, credential)));
             backends.domains.push((domain, "imap"));
         }
