@@ -6,7 +6,10 @@
 //! Python's imaplib (`tests/resources/imap_append.py`).
 //!
 //! The hosted domain is `agents.localhost` with `--backend imap`: the provider
-//! mailbox `agent` belongs to the inbox `signup@agents.localhost`.
+//! mailbox `agent` belongs to the inbox `signup@agents.localhost`. The last
+//! test runs two nodes on one PostgreSQL database (`AGENTKEYS_TEST_DATABASE_URL`,
+//! a database of its own, dropped at the end) and one s3s-fs bucket (ports
+//! 21620–21639).
 
 #![allow(clippy::unwrap_used)]
 
@@ -234,7 +237,16 @@ struct World {
 }
 
 fn world() -> World {
+    world_on(None)
+}
+
+/// [`world`] with the deployment environment `shared` (a shared database and
+/// bucket) for every command and server of its data directory.
+fn world_on(shared: Option<&[(String, String)]>) -> World {
     let dir = tempfile::tempdir().unwrap();
+    if let Some(env) = shared {
+        share_deployment(dir.path(), env);
+    }
     let (cert, key_file) = certificate(dir.path());
     let dovecot = Dovecot::start(dir.path(), &cert, &key_file);
     let dkim = DkimKey::generate();
@@ -536,4 +548,79 @@ fn a_wrong_password_is_reported_and_not_retried_in_a_tight_loop() {
     assert_eq!(refused.len(), 1, "one record per streak, not one per retry: {audit}");
     assert!(!audit.to_string().contains("wrong-password-123"));
     server.stop();
+}
+
+/// Two nodes on one PostgreSQL database both configured with the backend: one
+/// follows the mailbox at a time (the follower lease), and when that node is
+/// SIGKILLed in the middle of a burst the other takes over; every message is
+/// imported exactly once (two followers would each copy every message).
+#[test]
+fn two_nodes_follow_one_mailbox_once_and_the_survivor_takes_over() {
+    use std::os::unix::fs::PermissionsExt as _;
+    const BURST: usize = 30;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let db = runtime.block_on(agentkeys_store::postgres::TempDatabase::create()).expect("a PostgreSQL for tests");
+    drop(runtime);
+    let s3 = S3sFs::start("mail", 21620..=21639);
+    let mut shared: Vec<(String, String)> = s3.serve_env("ak").into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
+    shared.push(("AGENTKEYS_DATABASE_URL".to_owned(), db.url().to_owned()));
+    let w = world_on(Some(&shared));
+    let node_b = tempfile::tempdir().unwrap();
+    share_deployment(node_b.path(), &shared);
+    let seed = node_b.path().join("master.seed");
+    std::fs::copy(w.data().join("master.seed"), &seed).unwrap();
+    std::fs::set_permissions(&seed, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let set = w.set_imap_backend(PASSWORD, 1);
+    assert!(set.status.success(), "{}", String::from_utf8_lossy(&set.stderr));
+    let ca = w.cert.display().to_string();
+    let dns = w.dns.nameserver();
+    let env = [
+        ("AGENTKEYS_DELIVERY_CA_FILE", ca.as_str()),
+        ("AGENTKEYS_DNS_NAMESERVERS", dns.as_str()),
+        ("AGENTKEYS_BACKENDS_BACKOFF_SCALE", "0.02"),
+    ];
+    let servers = [Server::start(w.data(), &env), Server::start(node_b.path(), &env)];
+    w.wait_for_backend_status("running");
+    let holder = || -> Option<u32> {
+        let out = Command::new("psql")
+            .args([db.url(), "-XAtc", "SELECT holder FROM backend_leases WHERE domain = 'agents.localhost'"])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        text.split('/').nth(1).and_then(|pid| pid.parse().ok())
+    };
+    let holding = holder().expect("one node holds the lease");
+    let at = servers.iter().position(|s| s.child.id() == holding).expect("the holder is one of our nodes");
+    let messages: Vec<String> = (0..BURST).map(|i| w.signed(&format!("pair {i:03}"), "hello\r\n")).collect();
+    let appender = w.append(&messages, 60);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let before = loop {
+        let n = w.subjects(&servers[1 - at]).len();
+        if n >= 5 {
+            break n;
+        }
+        assert!(Instant::now() < deadline, "nothing imported");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let [first, second] = servers;
+    let (killed, survivor) = if at == 0 { (first, second) } else { (second, first) };
+    killed.kill();
+    assert!(before < BURST, "the kill came after the burst ({before})");
+    assert!(wait_output(appender).status.success());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let subjects = loop {
+        let subjects = w.subjects(&survivor);
+        if subjects.len() >= BURST {
+            std::thread::sleep(Duration::from_millis(500));
+            break w.subjects(&survivor);
+        }
+        assert!(Instant::now() < deadline, "{} of {BURST} imported", subjects.len());
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let mut sorted = subjects;
+    sorted.sort();
+    let expected: Vec<String> = (0..BURST).map(|i| format!("pair {i:03}")).collect();
+    assert_eq!(sorted, expected, "every message exactly once across the two nodes (killed after {before})");
+    assert_eq!(holder(), Some(survivor.child.id()), "the survivor holds the lease");
+    survivor.stop();
 }
