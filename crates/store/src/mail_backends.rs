@@ -110,6 +110,17 @@ pub trait MailBackends: Send + Sync + 'static {
     async fn release_follower(&self, domain: &Domain, holder: &str) -> Result<(), StoreError>;
 }
 
+/// The follower lease's statements, the same text on both backends (SQLite
+/// reads `$n` as numbered parameters too): the conditional upsert that takes
+/// or renews ($1 domain, $2 holder, $3 now, $4 ttl), the hosted check, the release.
+pub(crate) const SQL_LEASE_FOLLOWER: &str = "INSERT INTO backend_leases (domain, holder, until_ms)
+     SELECT name, $2, $3 + $4 FROM domains WHERE name = $1
+     ON CONFLICT (domain) DO UPDATE SET holder = excluded.holder, until_ms = excluded.until_ms
+       WHERE backend_leases.holder = excluded.holder OR backend_leases.until_ms <= $3
+     RETURNING until_ms";
+pub(crate) const SQL_HOSTED: &str = "SELECT 1 FROM domains WHERE name = $1";
+pub(crate) const SQL_RELEASE_FOLLOWER: &str = "DELETE FROM backend_leases WHERE domain = $1 AND holder = $2";
+
 pub(crate) fn check_kind(kind: &str) -> Result<(), StoreError> {
     if MAIL_BACKEND_KINDS.contains(&kind) {
         Ok(())
@@ -274,11 +285,7 @@ impl MailBackends for SqliteStore {
     ) -> Result<Option<i64>, StoreError> {
         let mut tx = self.write_tx().await?;
         let granted: Option<(i64,)> = sqlx::query_as(
-            "INSERT INTO backend_leases (domain, holder, until_ms)
-             SELECT name, ?2, ?3 + ?4 FROM domains WHERE name = ?1
-             ON CONFLICT (domain) DO UPDATE SET holder = excluded.holder, until_ms = excluded.until_ms
-               WHERE backend_leases.holder = excluded.holder OR backend_leases.until_ms <= ?3
-             RETURNING until_ms",
+            SQL_LEASE_FOLLOWER,
         )
         .bind(domain.as_str())
         .bind(holder)
@@ -288,7 +295,7 @@ impl MailBackends for SqliteStore {
         .await
         .map_err(backend)?;
         if granted.is_none() {
-            let hosted: Option<(i64,)> = sqlx::query_as("SELECT 1 FROM domains WHERE name = ?1")
+            let hosted: Option<(i64,)> = sqlx::query_as(SQL_HOSTED)
                 .bind(domain.as_str())
                 .fetch_optional(&mut *tx)
                 .await
@@ -303,7 +310,7 @@ impl MailBackends for SqliteStore {
 
     async fn release_follower(&self, domain: &Domain, holder: &str) -> Result<(), StoreError> {
         let mut tx = self.write_tx().await?;
-        sqlx::query("DELETE FROM backend_leases WHERE domain = ?1 AND holder = ?2")
+        sqlx::query(SQL_RELEASE_FOLLOWER)
             .bind(domain.as_str())
             .bind(holder)
             .execute(&mut *tx)

@@ -510,6 +510,27 @@ impl Throttles for CachedThrottles {
 // ---------------------------------------------------------------------------
 // SQLite: a row per failure.
 
+/// Forgets every failure whose window passed (all keys: few rows, an index range).
+async fn sqlite_forget_expired(tx: &mut crate::write_tx::WriteTx, now: UnixMillis) -> Result<(), StoreError> {
+    sqlx::query("DELETE FROM throttle_failures WHERE expires_ms <= ?1")
+        .bind(now)
+        .execute(&mut **tx)
+        .await
+        .map_err(crate::sqlite::backend)?;
+    Ok(())
+}
+
+async fn sqlite_insert_failure(tx: &mut crate::write_tx::WriteTx, key: &ThrottleKey, now: UnixMillis, rule: FailureWindow) -> Result<(), StoreError> {
+    sqlx::query("INSERT INTO throttle_failures (key, at_ms, expires_ms) VALUES (?1, ?2, ?3)")
+        .bind(key.as_str())
+        .bind(now)
+        .bind(rule.leaves_at(now))
+        .execute(&mut **tx)
+        .await
+        .map_err(crate::sqlite::backend)?;
+    Ok(())
+}
+
 #[async_trait]
 impl Throttles for crate::SqliteStore {
     /// One write transaction: forgets every failure whose window passed (all
@@ -523,18 +544,8 @@ impl Throttles for crate::SqliteStore {
     ) -> Result<FailureTally, StoreError> {
         use crate::sqlite::backend;
         let mut tx = self.write_tx().await?;
-        sqlx::query("DELETE FROM throttle_failures WHERE expires_ms <= ?1")
-            .bind(now)
-            .execute(&mut *tx)
-            .await
-            .map_err(backend)?;
-        sqlx::query("INSERT INTO throttle_failures (key, at_ms, expires_ms) VALUES (?1, ?2, ?3)")
-            .bind(key.as_str())
-            .bind(now)
-            .bind(rule.leaves_at(now))
-            .execute(&mut *tx)
-            .await
-            .map_err(backend)?;
+        sqlite_forget_expired(&mut tx, now).await?;
+        sqlite_insert_failure(&mut tx, key, now, rule).await?;
         sqlx::query(
             "DELETE FROM throttle_failures WHERE key = ?1 AND rowid NOT IN (
                  SELECT rowid FROM throttle_failures WHERE key = ?1 AND at_ms > ?2 ORDER BY at_ms DESC LIMIT ?3)",
@@ -580,11 +591,7 @@ impl Throttles for crate::SqliteStore {
     ) -> Result<Admission, StoreError> {
         use crate::sqlite::backend;
         let mut tx = self.write_tx().await?;
-        sqlx::query("DELETE FROM throttle_failures WHERE expires_ms <= ?1")
-            .bind(now)
-            .execute(&mut *tx)
-            .await
-            .map_err(backend)?;
+        sqlite_forget_expired(&mut tx, now).await?;
         let times: Vec<(i64,)> = sqlx::query_as("SELECT at_ms FROM throttle_failures WHERE key = ?1")
             .bind(key.as_str())
             .fetch_all(&mut *tx)
@@ -594,13 +601,7 @@ impl Throttles for crate::SqliteStore {
         if before.is_full_at(now) {
             return Ok(Admission { recorded: false, tally: before });
         }
-        sqlx::query("INSERT INTO throttle_failures (key, at_ms, expires_ms) VALUES (?1, ?2, ?3)")
-            .bind(key.as_str())
-            .bind(now)
-            .bind(rule.leaves_at(now))
-            .execute(&mut *tx)
-            .await
-            .map_err(backend)?;
+        sqlite_insert_failure(&mut tx, key, now, rule).await?;
         tx.commit().await.map_err(backend)?;
         let after = tally(times.into_iter().map(|(t,)| t).chain([now]), now, rule);
         Ok(Admission { recorded: true, tally: after })

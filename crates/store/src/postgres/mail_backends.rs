@@ -139,11 +139,7 @@ impl MailBackends for PgStore {
         ttl_ms: i64,
     ) -> Result<Option<i64>, StoreError> {
         let granted: Option<(i64,)> = sqlx::query_as(
-            "INSERT INTO backend_leases (domain, holder, until_ms)
-             SELECT name, $2, $3 + $4 FROM domains WHERE name = $1
-             ON CONFLICT (domain) DO UPDATE SET holder = excluded.holder, until_ms = excluded.until_ms
-               WHERE backend_leases.holder = excluded.holder OR backend_leases.until_ms <= $3
-             RETURNING until_ms",
+            crate::mail_backends::SQL_LEASE_FOLLOWER,
         )
         .bind(domain.as_str())
         .bind(holder)
@@ -153,7 +149,7 @@ impl MailBackends for PgStore {
         .await
         .map_err(backend)?;
         if granted.is_none() {
-            let hosted: Option<(i32,)> = sqlx::query_as("SELECT 1 FROM domains WHERE name = $1")
+            let hosted: Option<(i32,)> = sqlx::query_as(crate::mail_backends::SQL_HOSTED)
                 .bind(domain.as_str())
                 .fetch_optional(&self.pool)
                 .await
@@ -166,7 +162,7 @@ impl MailBackends for PgStore {
     }
 
     async fn release_follower(&self, domain: &Domain, holder: &str) -> Result<(), StoreError> {
-        sqlx::query("DELETE FROM backend_leases WHERE domain = $1 AND holder = $2")
+        sqlx::query(crate::mail_backends::SQL_RELEASE_FOLLOWER)
             .bind(domain.as_str())
             .bind(holder)
             .execute(&self.pool)
