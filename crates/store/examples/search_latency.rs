@@ -356,7 +356,8 @@ async fn main() {
     bench.finish().await;
 }
 
-/// The store under test.
+/// The store under test (one per run, so its size does not matter).
+#[allow(clippy::large_enum_variant)]
 enum Bench {
     Sqlite(SqliteStore),
     /// The store, the admin connection options and the bench database's name.

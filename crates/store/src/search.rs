@@ -664,6 +664,27 @@ impl crate::SqliteStore {
     }
 }
 
+#[cfg(feature = "conformance")]
+impl crate::SqliteStore {
+    /// Test support: makes the rows of these message ids look as rows indexed
+    /// before threads and search look after the migrations (no words, no
+    /// thread keys, no attachment flag or recipients, a thread of their own,
+    /// `facts_version` 0).
+    #[doc(hidden)]
+    pub async fn forget_facts(&self, ids: &[Ulid]) -> Result<(), StoreError> {
+        let rows = format!("SELECT seq FROM messages WHERE id IN ({})", ids.iter().map(|id| format!("'{id}'")).collect::<Vec<_>>().join(", "));
+        let mut tx = self.write_tx().await?;
+        for sql in [
+            format!("DELETE FROM message_search WHERE rowid IN ({rows})"),
+            format!("DELETE FROM message_thread_keys WHERE seq IN ({rows})"),
+            format!("UPDATE messages SET facts_version = 0, has_attachment = 0, recipients = '', thread_id = id WHERE seq IN ({rows})"),
+        ] {
+            sqlx::query(&sql).execute(&mut *tx).await.map_err(backend)?;
+        }
+        tx.commit().await.map_err(backend)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -691,23 +712,3 @@ mod tests {
     }
 }
 
-#[cfg(feature = "conformance")]
-impl crate::SqliteStore {
-    /// Test support: makes the rows of these message ids look as rows indexed
-    /// before threads and search look after the migrations (no words, no
-    /// thread keys, no attachment flag or recipients, a thread of their own,
-    /// `facts_version` 0).
-    #[doc(hidden)]
-    pub async fn forget_facts(&self, ids: &[Ulid]) -> Result<(), StoreError> {
-        let rows = format!("SELECT seq FROM messages WHERE id IN ({})", ids.iter().map(|id| format!("'{id}'")).collect::<Vec<_>>().join(", "));
-        let mut tx = self.write_tx().await?;
-        for sql in [
-            format!("DELETE FROM message_search WHERE rowid IN ({rows})"),
-            format!("DELETE FROM message_thread_keys WHERE seq IN ({rows})"),
-            format!("UPDATE messages SET facts_version = 0, has_attachment = 0, recipients = '', thread_id = id WHERE seq IN ({rows})"),
-        ] {
-            sqlx::query(&sql).execute(&mut *tx).await.map_err(backend)?;
-        }
-        tx.commit().await.map_err(backend)
-    }
-}
