@@ -283,6 +283,9 @@ pub struct ThreadPage {
     pub threads: Vec<ThreadEntry>,
     /// Pass as `before` for the next page.
     pub next_cursor: Option<String>,
+    /// Newest-message ids of threads the server withheld by the inbox's policy.
+    #[serde(default)]
+    pub withheld_ids: Vec<String>,
 }
 
 /// `GET …/threads/{id}`.
@@ -292,6 +295,9 @@ pub struct ThreadMessagesPage {
     pub thread_id: String,
     /// Its messages, oldest first.
     pub messages: Vec<MessageEntry>,
+    /// Ids of its messages the server withheld by the inbox's policy.
+    #[serde(default)]
+    pub withheld_ids: Vec<String>,
 }
 
 /// One answer of `GET …/search`.
@@ -311,6 +317,9 @@ pub struct SearchPage {
     pub messages: Vec<SearchEntry>,
     /// Pass as `cursor` for the next page.
     pub next_cursor: Option<String>,
+    /// Ids of matches the server withheld by the inbox's policy.
+    #[serde(default)]
+    pub withheld_ids: Vec<String>,
 }
 
 /// `%`-encodes a query value (everything but RFC 3986 unreserved characters).

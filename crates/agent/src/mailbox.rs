@@ -1115,7 +1115,7 @@ impl MailService {
         }
         let policy = self.client.inbox_policy(&inbox).await?;
         let page = self.client.list_threads(&inbox, p.before.as_deref(), limit).await?;
-        let (mut threads, mut withheld) = (Vec::new(), 0);
+        let (mut threads, mut withheld) = (Vec::new(), page.withheld_ids.len());
         for t in &page.threads {
             match self.visible_summary(&inbox, &t.latest, &policy).await? {
                 Some(latest) => threads.push(ThreadSummary { thread_id: t.thread_id.clone(), message_count: t.message_count, latest }),
@@ -1130,7 +1130,7 @@ impl MailService {
         let inbox = crate::client::check_inbox(&p.inbox)?;
         let policy = self.client.inbox_policy(&inbox).await?;
         let page = self.client.get_thread(&inbox, p.thread_id.trim()).await?;
-        let (mut messages, mut withheld) = (Vec::new(), 0);
+        let (mut messages, mut withheld) = (Vec::new(), page.withheld_ids.len());
         for entry in &page.messages {
             match self.visible_summary(&inbox, entry, &policy).await? {
                 Some(m) => messages.push(m),
@@ -1164,7 +1164,7 @@ impl MailService {
         }
         let policy = self.client.inbox_policy(&inbox).await?;
         let page = self.client.search(&inbox, &params).await?;
-        let (mut messages, mut withheld) = (Vec::new(), 0);
+        let (mut messages, mut withheld) = (Vec::new(), page.withheld_ids.len());
         for hit in &page.messages {
             match self.visible_summary(&inbox, &hit.message, &policy).await? {
                 Some(message) => messages.push(SearchHit { message, thread_id: hit.thread_id.clone() }),

@@ -105,6 +105,90 @@ pub(crate) fn authorize(state: &ApiState, bearer: &CapabilityBearer, address: &s
     Ok(capability)
 }
 
+/// One page of rows read for the agent under a read capability: what the
+/// inbox's allow/block policy shows, the ids of the messages it withholds,
+/// and the next page's cursor. Built by [`AgentRead::page`].
+pub(crate) struct AgentPage<T> {
+    /// The rows the policy shows, in the order read.
+    pub(crate) shown: Vec<T>,
+    /// The ids of the messages of the rows it withholds (an id says only when).
+    pub(crate) withheld_ids: Vec<String>,
+    /// The cursor of the last row, when more rows follow.
+    pub(crate) next_cursor: Option<String>,
+}
+
+/// What every listing of a read capability (messages, threads, one thread,
+/// search) shares around its own index read: the mail backend and the inbox's
+/// policy as the agent sees it, then [`AgentRead::page`]. Built from the
+/// verified capability only, so it cannot serve a request that was not
+/// authorized; owner and inbox come from it, never from the request.
+pub(crate) struct AgentRead<'a> {
+    capability: &'a ReadCapability,
+    index: &'a dyn MessageIndex,
+    policy: InboxPolicy,
+}
+
+impl<'a> AgentRead<'a> {
+    /// The index and the inbox's policy for `capability`.
+    pub(crate) async fn new(state: &'a ApiState, capability: &'a ReadCapability) -> Result<Self, ApiError> {
+        let index = mailroom(state)?.index().as_ref();
+        let policy = agent_view(state, capability.inbox()).await?;
+        Ok(Self { capability, index, policy })
+    }
+
+    /// The index to read (with [`Self::owner`] and [`Self::inbox`]).
+    pub(crate) fn index(&self) -> &'a dyn MessageIndex {
+        self.index
+    }
+
+    /// The capability's owner.
+    pub(crate) fn owner(&self) -> &'a OwnerId {
+        self.capability.owner()
+    }
+
+    /// The capability's inbox.
+    pub(crate) fn inbox(&self) -> &'a Address {
+        self.capability.inbox()
+    }
+
+    /// How many rows to ask the index for a page of `page`: one more, which
+    /// tells whether a next page exists.
+    pub(crate) fn ask(page: u32) -> u32 {
+        page.saturating_add(1)
+    }
+
+    /// The page of what the index answered: at most `page` rows (`None`: one
+    /// bounded answer, no next page), the next cursor when more followed, and
+    /// the split into shown and withheld by the policy, judged on each row's
+    /// message (`message_of`).
+    pub(crate) fn page<T>(
+        &self,
+        read: Result<Vec<T>, StoreError>,
+        page: Option<u32>,
+        message_of: impl Fn(&T) -> &IndexedMessage,
+        cursor_of: impl Fn(&T) -> String,
+    ) -> Result<AgentPage<T>, ApiError> {
+        let mut rows = read.map_err(|e| backend_error(&e))?;
+        let next_cursor = match page {
+            Some(n) if rows.len() > n as usize => {
+                rows.truncate(n as usize);
+                rows.last().map(&cursor_of)
+            }
+            _ => None,
+        };
+        let (shown, withheld): (Vec<T>, Vec<T>) = rows.into_iter().partition(|r| shown(&self.policy, message_of(r)));
+        let withheld_ids = withheld.iter().map(|r| message_of(r).id.to_string()).collect();
+        Ok(AgentPage { shown, withheld_ids, next_cursor })
+    }
+}
+
+/// A JSON answer no cache keeps (every read of a capability).
+pub(crate) fn no_store(body: impl Serialize) -> Response {
+    let mut response = Json(body).into_response();
+    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
 fn mailroom(state: &ApiState) -> Result<&Arc<Mailroom>, ApiError> {
     state.mail.as_ref().ok_or(ApiError::Unavailable { code: "BACKEND_UNAVAILABLE" })
 }
@@ -286,37 +370,21 @@ pub(crate) async fn list(
     bearer: Result<CapabilityBearer, ApiError>,
 ) -> Result<Response, ApiError> {
     let capability = authorize(&state, &bearer?, &address)?;
-    let mut page = parse_page_query(query.as_deref())?;
-    let mail = mailroom(&state)?;
-    let limit = page.limit as usize;
-    page.limit += 1; // one more tells whether a next page exists
+    let page = parse_page_query(query.as_deref())?;
     let server_time_ms = server_time_ms();
-    let policy = agent_view(&state, capability.inbox()).await?;
-    let mut rows = mail
-        .index()
-        .list_messages(capability.owner(), capability.inbox(), &page)
-        .await
-        .map_err(|e| backend_error(&e))?;
-    let next_cursor = if rows.len() > limit {
-        rows.truncate(limit);
-        rows.last().map(|m| m.id.to_string())
-    } else {
-        None
-    };
+    let read = AgentRead::new(&state, &capability).await?;
+    let rows = read.index().list_messages(read.owner(), read.inbox(), &PageQuery { limit: AgentRead::ask(page.limit), ..page }).await;
+    let rows = read.page(rows, Some(page.limit), |m: &IndexedMessage| m, |m| m.id.to_string())?;
     let now = state.clock.now();
-    let (rows, withheld): (Vec<_>, Vec<_>) = rows.iter().partition(|m| shown(&policy, m));
     let messages = rows
-        .into_iter()
+        .shown
+        .iter()
         .map(|m| MessageSummary {
             raw_url: state.presigned.as_ref().and_then(|p| p.message_url(&capability, m.id, now)).map(String::from),
             ..MessageSummary::from(m)
         })
         .collect();
-    let withheld_ids = withheld.into_iter().map(|m| m.id.to_string()).collect();
-    let body = MessagePage { messages, next_cursor, server_time_ms, withheld_ids };
-    let mut response = Json(body).into_response();
-    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    Ok(response)
+    Ok(no_store(MessagePage { messages, next_cursor: rows.next_cursor, server_time_ms, withheld_ids: rows.withheld_ids }))
 }
 
 /// Fetches one message as stored: our `Received:` (and `Authentication-Results:`)

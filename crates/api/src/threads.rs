@@ -1,7 +1,10 @@
 //! Threads and search of one inbox (issue 13 §4), under a read capability,
-//! scoped exactly like the listing ([`crate::messages`]): owner and inbox come
+//! scoped exactly like the listing, through the same
+//! [`AgentRead`](crate::messages::AgentRead): owner and inbox come
 //! from the verified capability, so another inbox, another owner's or an
-//! unknown thread is the one `404 NOT_FOUND` (a search there is never run).
+//! unknown thread is the one `404 NOT_FOUND` (a search there is never run),
+//! and what the inbox's allow/block policy withholds from the agent is left
+//! out and counted by id (`withheld_ids`), as in the listing.
 //!
 //! - `GET /v1/inboxes/{address}/threads`: threads, the most recently active first.
 //! - `GET /v1/inboxes/{address}/threads/{thread_id}`: one thread's messages, oldest first.
@@ -11,18 +14,20 @@
 //! Threads and words come from the index ([`agentkeys_store::MessageFacts`],
 //! taken at acceptance); what a message says is still read agent-side.
 
-use agentkeys_store::{MAX_QUERY_TERMS, MAX_THREAD_MESSAGES, SearchQuery};
-use axum::Json;
+use agentkeys_store::{
+    IndexedMessage, MAX_QUERY_TERMS, MAX_THREAD_MESSAGES, SearchHit, SearchQuery, ThreadSummary,
+};
 use axum::extract::{Path, RawQuery, State};
-use axum::http::{HeaderValue, header};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use serde::{Deserialize, Serialize};
 use ulid::Ulid;
 use utoipa::ToSchema;
 
 use crate::ApiState;
 use crate::error::{ApiError, Problem};
-use crate::messages::{CapabilityBearer, DEFAULT_PAGE_LIMIT, MAX_PAGE_LIMIT, MessageSummary, authorize};
+use crate::messages::{
+    AgentRead, CapabilityBearer, DEFAULT_PAGE_LIMIT, MAX_PAGE_LIMIT, MessageSummary, authorize, no_store,
+};
 
 /// One thread in a listing.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -42,6 +47,11 @@ pub struct ThreadPage {
     pub threads: Vec<ThreadView>,
     /// Pass as `before` for the next page; `null` on the last.
     pub next_cursor: Option<String>,
+    /// The ids of the newest messages of the threads in this page's range
+    /// that the inbox's allow/block policy withholds from the agent (not
+    /// listed, never described).
+    #[serde(default)]
+    pub withheld_ids: Vec<String>,
 }
 
 /// One thread's messages.
@@ -51,6 +61,10 @@ pub struct ThreadMessages {
     pub thread_id: String,
     /// Its messages, oldest first (at most 500).
     pub messages: Vec<MessageSummary>,
+    /// The ids of its messages the inbox's allow/block policy withholds from
+    /// the agent.
+    #[serde(default)]
+    pub withheld_ids: Vec<String>,
 }
 
 /// One search answer: a message and its thread.
@@ -70,21 +84,14 @@ pub struct SearchPage {
     pub messages: Vec<SearchResult>,
     /// Pass as `cursor` for the next page; `null` on the last.
     pub next_cursor: Option<String>,
+    /// The ids of the matching messages in this page's range that the inbox's
+    /// allow/block policy withholds from the agent.
+    #[serde(default)]
+    pub withheld_ids: Vec<String>,
 }
 
 fn bad(field: &str, detail: String) -> ApiError {
     ApiError::InvalidRequest { field: Some(field.to_owned()), detail }
-}
-
-fn backend_error(err: &dyn std::fmt::Display) -> ApiError {
-    tracing::error!(error = %err, "threads/search backend failed");
-    ApiError::Unavailable { code: "BACKEND_UNAVAILABLE" }
-}
-
-fn no_store(body: impl Serialize) -> Response {
-    let mut response = Json(body).into_response();
-    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    response
 }
 
 /// Query pairs, percent-decoded; a repeated name is a 400.
@@ -142,19 +149,11 @@ pub(crate) async fn list_threads(
             other => return Err(bad(other, format!("unknown query parameter {other:?}; use before, limit"))),
         }
     }
-    let mail = state.mail.as_ref().ok_or(ApiError::Unavailable { code: "BACKEND_UNAVAILABLE" })?;
-    let mut rows = mail
-        .index()
-        .list_threads(capability.owner(), capability.inbox(), before, page + 1)
-        .await
-        .map_err(|e| backend_error(&e))?;
-    let next_cursor = if rows.len() > page as usize {
-        rows.truncate(page as usize);
-        rows.last().map(|t| t.latest.id.to_string())
-    } else {
-        None
-    };
+    let read = AgentRead::new(&state, &capability).await?;
+    let rows = read.index().list_threads(read.owner(), read.inbox(), before, AgentRead::ask(page)).await;
+    let rows = read.page(rows, Some(page), |t: &ThreadSummary| &t.latest, |t| t.latest.id.to_string())?;
     let threads = rows
+        .shown
         .iter()
         .map(|t| ThreadView {
             thread_id: t.thread_id.to_string(),
@@ -162,7 +161,7 @@ pub(crate) async fn list_threads(
             latest: MessageSummary::from(&t.latest),
         })
         .collect();
-    Ok(no_store(ThreadPage { threads, next_cursor }))
+    Ok(no_store(ThreadPage { threads, next_cursor: rows.next_cursor, withheld_ids: rows.withheld_ids }))
 }
 
 /// One thread's messages, oldest first.
@@ -189,21 +188,18 @@ pub(crate) async fn get_thread(
 ) -> Result<Response, ApiError> {
     let capability = authorize(&state, &bearer?, &address)?;
     let thread = Ulid::from_string(&thread_id).map_err(|_| ApiError::MailNotFound)?;
-    let mail = state.mail.as_ref().ok_or(ApiError::Unavailable { code: "BACKEND_UNAVAILABLE" })?;
-    let rows = mail
-        .index()
-        .thread_messages(capability.owner(), capability.inbox(), thread, MAX_THREAD_MESSAGES)
-        .await
-        .map_err(|e| backend_error(&e))?;
-    if rows.is_empty() {
+    let read = AgentRead::new(&state, &capability).await?;
+    let rows = read.index().thread_messages(read.owner(), read.inbox(), thread, MAX_THREAD_MESSAGES).await;
+    let rows = read.page(rows, None, |m: &IndexedMessage| m, |m| m.id.to_string())?;
+    if rows.shown.is_empty() && rows.withheld_ids.is_empty() {
         return Err(ApiError::MailNotFound);
     }
-    let messages = rows.iter().map(MessageSummary::from).collect();
-    Ok(no_store(ThreadMessages { thread_id: thread.to_string(), messages }))
+    let messages = rows.shown.iter().map(MessageSummary::from).collect();
+    Ok(no_store(ThreadMessages { thread_id: thread.to_string(), messages, withheld_ids: rows.withheld_ids }))
 }
 
-/// Parses the search parameters into a store query (`limit` + 1 rows asked,
-/// to know whether a next page exists).
+/// Parses the search parameters into a store query (`limit`: the page size;
+/// the route asks the index for one more, to know whether a next page exists).
 pub fn parse_search_query(query: Option<&str>) -> Result<SearchQuery, ApiError> {
     let mut q = SearchQuery { limit: DEFAULT_PAGE_LIMIT, ..SearchQuery::default() };
     let time = |field: &str, v: &str| {
@@ -301,26 +297,16 @@ pub(crate) async fn search(
     bearer: Result<CapabilityBearer, ApiError>,
 ) -> Result<Response, ApiError> {
     let capability = authorize(&state, &bearer?, &address)?;
-    let mut q = parse_search_query(query.as_deref())?;
-    let page = q.limit as usize;
-    q.limit += 1;
-    let mail = state.mail.as_ref().ok_or(ApiError::Unavailable { code: "BACKEND_UNAVAILABLE" })?;
-    let mut hits = mail
-        .index()
-        .search_messages(capability.owner(), capability.inbox(), &q)
-        .await
-        .map_err(|e| backend_error(&e))?;
-    let next_cursor = if hits.len() > page {
-        hits.truncate(page);
-        hits.last().map(|h| h.message.seq.to_string())
-    } else {
-        None
-    };
-    let messages = hits
+    let q = parse_search_query(query.as_deref())?;
+    let read = AgentRead::new(&state, &capability).await?;
+    let rows = read.index().search_messages(read.owner(), read.inbox(), &SearchQuery { limit: AgentRead::ask(q.limit), ..q.clone() }).await;
+    let rows = read.page(rows, Some(q.limit), |h: &SearchHit| &h.message, |h| h.message.seq.to_string())?;
+    let messages = rows
+        .shown
         .iter()
         .map(|h| SearchResult { message: MessageSummary::from(&h.message), thread_id: h.thread_id.to_string() })
         .collect();
-    Ok(no_store(SearchPage { messages, next_cursor }))
+    Ok(no_store(SearchPage { messages, next_cursor: rows.next_cursor, withheld_ids: rows.withheld_ids }))
 }
 
 #[cfg(test)]

@@ -388,6 +388,8 @@ pub(crate) async fn run(config: Config) -> Result<()> {
     // ---- end of retention ----
     // Crash leftovers (blobs no commit acknowledged), after readiness: see reconcile_blobs.
     let reconciler = tokio::spawn(reconcile_blobs(dir.blobs.clone(), dir.meta.clone(), shutdown.clone()));
+    // Threads and words of rows indexed before they existed: see backfill_facts.
+    let backfill = tokio::spawn(backfill_facts(dir.blobs.clone(), shutdown.clone()));
 
     let which = tokio::select! {
         _ = term.recv() => "SIGTERM",
@@ -421,6 +423,7 @@ pub(crate) async fn run(config: Config) -> Result<()> {
         println!("grace period over; webhook attempts in flight resume after restart");
     }
     reconciler.await.ok();
+    backfill.await.ok();
     if tokio::time::timeout(grace, checkpoints).await.is_err() {
         println!("grace period over; no final audit checkpoint");
     }
@@ -519,6 +522,30 @@ async fn reconcile_blobs(
             }
             Err(err) => tracing::error!(%err, "cannot reconcile the blob store with the message index"),
         }
+    }
+}
+
+/// Gives the rows indexed before threads and search existed their thread keys
+/// and words (`Mailroom::backfill_facts`, batches of `BACKFILL_BATCH`, each
+/// row marked done in the transaction that writes it, so a restart resumes and
+/// a second node skips what is done). Runs once, in the background after the
+/// node is ready; on a store with nothing to do it is one index read. Until it
+/// ends, a search does not find the rows it has not reached. Ends at shutdown
+/// (the batch in flight, one transaction, is abandoned and done at the next
+/// start).
+async fn backfill_facts(mailroom: Arc<agentkeys_store::Mailroom>, shutdown: CancellationToken) {
+    let report = tokio::select! {
+        () = shutdown.cancelled() => return,
+        report = mailroom.backfill_facts(agentkeys_store::BACKFILL_BATCH) => report,
+    };
+    match report {
+        Ok(r) if r.refreshed > 0 || r.missing > 0 => tracing::info!(
+            refreshed = r.refreshed,
+            missing = r.missing,
+            "threads and search backfilled for messages indexed before them"
+        ),
+        Ok(_) => {}
+        Err(err) => tracing::error!(%err, "cannot backfill threads and search; the next start tries again"),
     }
 }
 

@@ -249,6 +249,15 @@ fn mcp_over_stdio_every_tool_against_the_real_server() {
     assert_eq!(arrived["from"], w.signup.as_str(), "{arrived}");
     let peer_id = arrived["message_id"].as_str().unwrap().to_owned();
 
+    // list_sent: the message just sent, with its recipients; then that one by its id.
+    let sent_list = mcp.ok("list_sent", json!({"inbox": w.signup}));
+    assert_eq!(sent_list["inbox"], w.signup.as_str(), "{sent_list}");
+    let mine = sent_list["sent"].as_array().unwrap().iter().find(|s| s["recipients"] == json!([w.peer])).unwrap_or_else(|| panic!("{sent_list}"));
+    let one = mcp.ok("list_sent", json!({"inbox": w.signup, "message_id": mine["message_id"]}));
+    assert_eq!(one["sent"].as_array().map(Vec::len), Some(1), "{one}");
+    assert_eq!(one["sent"][0]["message_id"], mine["message_id"], "{one}");
+    assert!(!mcp.err("list_sent", json!({"inbox": w.signup, "message_id": "01JZZZZZZZZZZZZZZZZZZZZZZZ"})).is_empty());
+
     // reply_to_message: threaded, back to the sender.
     let reply = mcp.ok("reply_to_message", json!({"inbox": w.peer, "message_id": peer_id, "text": "pong"}));
     assert_eq!(reply["recipients"], 1, "{reply}");

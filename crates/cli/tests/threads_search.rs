@@ -272,4 +272,34 @@ fn threads_and_search_over_a_generated_corpus_delivered_over_smtp() {
     // The server indexes the whole decoded body, quoted history included
     // (stripping quotes is the agent's `latest_text`, not the index's).
     assert_eq!(found(&["--text", "quotedonly"]).len(), messages.len());
+
+    // The inbox's allow/block policy holds on threads and search as on the
+    // listing, for a raw capability too: a blocked sender's mail is left out
+    // and named by id only (`withheld_ids`); the agent's tools count it.
+    owner_json(&w.server.data_dir, OWNER_A, &["inbox", "policy", &w.bot, "--receive-block", "beta.example"]);
+    let blocked = want(&|x| x.from_domain == "beta.example");
+    assert!(!blocked.is_empty() && blocked.len() < messages.len());
+    let ids_of = |v: &Value, field: &str| -> BTreeSet<String> {
+        v[field].as_array().unwrap().iter().map(|m| m.as_str().map_or_else(|| m["message_id"].as_str().unwrap().to_owned(), str::to_owned)).collect()
+    };
+    let (status, _, body) = curl("GET", &format!("{base}/v1/inboxes/{}/search?limit=100", w.bot), Some(cap), None);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(ids_of(&body, "messages"), want(&|x| x.from_domain != "beta.example"), "{body}");
+    assert_eq!(ids_of(&body, "withheld_ids"), blocked, "{body}");
+    let (_, _, body) = curl("GET", &format!("{base}/v1/inboxes/{}/threads?limit=100", w.bot), Some(cap), None);
+    let latest: BTreeSet<String> = body["threads"].as_array().unwrap().iter().map(|t| t["latest"]["message_id"].as_str().unwrap().to_owned()).collect();
+    assert!(latest.is_disjoint(&blocked), "{body}");
+    assert!(ids_of(&body, "withheld_ids").is_subset(&blocked), "{body}");
+    assert_eq!(latest.len() + body["withheld_ids"].as_array().unwrap().len(), threads.len(), "{body}");
+    for t in threads {
+        let id = t["thread_id"].as_str().unwrap();
+        let (status, _, body) = curl("GET", &format!("{base}/v1/inboxes/{}/threads/{id}", w.bot), Some(cap), None);
+        assert_eq!(status, 200, "{body}");
+        let (shown, withheld) = (ids_of(&body, "messages"), ids_of(&body, "withheld_ids"));
+        assert!(shown.is_disjoint(&blocked) && withheld.is_subset(&blocked), "{body}");
+        assert_eq!(shown.len() + withheld.len(), t["message_count"].as_u64().unwrap() as usize, "{body}");
+    }
+    let v = w.mail_json(&w.key_a, &["search", "--inbox", &w.bot, "--from", "beta.example"]);
+    assert!(v["messages"].as_array().unwrap().is_empty(), "{v}");
+    assert_eq!(v["withheld"].as_u64(), Some(blocked.len() as u64), "{v}");
 }

@@ -8,6 +8,11 @@
 //!   -q Q          timed queries per kind (default 200)
 //!   --peer-q Q    timed queries of the LIKE-scan peer (default 20)
 //!   --dir PATH    where to create the database (default the temp dir)
+//!   --postgres URL  PostgreSQL instead (needs `--features postgres`): a
+//!                 database of its own on that server, dropped at the end;
+//!                 no LIKE peer
+//!   --explain     print each kind's plan for one query (SQLite `EXPLAIN
+//!                 QUERY PLAN`, PostgreSQL `EXPLAIN (ANALYZE, BUFFERS)`)
 //! ```
 //!
 //! Fills a file-backed `SqliteStore` through its real insert path
@@ -47,12 +52,26 @@ struct Options {
     queries: usize,
     peer_queries: usize,
     dir: PathBuf,
+    postgres: Option<String>,
+    explain: bool,
 }
 
 fn parse_options() -> Result<Options, String> {
-    let mut o = Options { n: 100_000, other: None, queries: 200, peer_queries: 20, dir: std::env::temp_dir() };
+    let mut o = Options {
+        n: 100_000,
+        other: None,
+        queries: 200,
+        peer_queries: 20,
+        dir: std::env::temp_dir(),
+        postgres: None,
+        explain: false,
+    };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
+        if flag == "--explain" {
+            o.explain = true;
+            continue;
+        }
         let value = args.next().ok_or_else(|| format!("{flag} needs a value"))?;
         let num = || value.parse::<usize>().map_err(|_| format!("{flag}: {value:?} is not a number"));
         match flag.as_str() {
@@ -61,6 +80,7 @@ fn parse_options() -> Result<Options, String> {
             "-q" => o.queries = num()?,
             "--peer-q" => o.peer_queries = num()?,
             "--dir" => o.dir = PathBuf::from(&value),
+            "--postgres" => o.postgres = Some(value),
             other => return Err(format!("unknown option {other}")),
         }
     }
@@ -173,7 +193,11 @@ async fn main() {
         }
     };
     let dir = tempfile::Builder::new().prefix("ak-search-bench-").tempdir_in(&o.dir).unwrap();
-    let store = SqliteStore::open(&dir.path().join("meta.sqlite")).await.unwrap();
+    let bench = match &o.postgres {
+        None => Bench::Sqlite(SqliteStore::open(&dir.path().join("meta.sqlite")).await.unwrap()),
+        Some(url) => Bench::postgres(url).await,
+    };
+    let store = bench.index();
     let owner: OwnerId = "0x00000000000000000000000000000000000000b1".parse().unwrap();
     let other_owner: OwnerId = "0x00000000000000000000000000000000000000b2".parse().unwrap();
     let inbox: Address = "bench@agents.bench.test".parse().unwrap();
@@ -182,16 +206,24 @@ async fn main() {
     let mut rng = StdRng::seed_from_u64(13);
     let other = o.other.unwrap_or(o.n / 10);
 
-    // A plain table for the LIKE peer, in the same database file.
-    let peer = sqlx::SqlitePool::connect(&format!("sqlite://{}", dir.path().join("meta.sqlite").display())).await.unwrap();
-    sqlx::query("CREATE TABLE bench_plain (seq INTEGER PRIMARY KEY, owner TEXT, inbox TEXT, body TEXT)").execute(&peer).await.unwrap();
-    sqlx::query("CREATE INDEX bench_plain_by_inbox ON bench_plain (owner, inbox)").execute(&peer).await.unwrap();
+    // A plain table for the LIKE peer, in the same database file (SQLite only).
+    let peer = match &bench {
+        Bench::Sqlite(_) => {
+            let peer = sqlx::SqlitePool::connect(&format!("sqlite://{}", dir.path().join("meta.sqlite").display())).await.unwrap();
+            sqlx::query("CREATE TABLE bench_plain (seq INTEGER PRIMARY KEY, owner TEXT, inbox TEXT, body TEXT)").execute(&peer).await.unwrap();
+            sqlx::query("CREATE INDEX bench_plain_by_inbox ON bench_plain (owner, inbox)").execute(&peer).await.unwrap();
+            Some(peer)
+        }
+        #[cfg(feature = "postgres")]
+        Bench::Postgres(..) => None,
+    };
 
     let fill_start = Instant::now();
     let base_ms = 1_767_000_000_000u64;
     let total = o.n + other;
     let mut batch = Vec::with_capacity(MAX_INDEX_BATCH);
     let mut bodies = Vec::with_capacity(MAX_INDEX_BATCH);
+    let mut batches: u64 = 0;
     for n in 0..total {
         let (who, which) = match n % 10 {
             _ if n >= o.n + other / 2 => (&other_owner, &inbox),
@@ -205,11 +237,20 @@ async fn main() {
         bodies.push(g.body);
         if batch.len() == MAX_INDEX_BATCH || n + 1 == total {
             let indexed = store.index_messages(&batch).await.unwrap();
-            let mut insert = sqlx::QueryBuilder::<sqlx::Sqlite>::new("INSERT INTO bench_plain (seq, owner, inbox, body) ");
-            insert.push_values(indexed.iter().zip(&bodies), |mut r, (m, body)| {
-                r.push_bind(m.seq).push_bind(m.owner.as_str().to_owned()).push_bind(m.inbox.as_str().to_owned()).push_bind(body.clone());
-            });
-            insert.build().execute(&peer).await.unwrap();
+            batches += 1;
+            if batches.is_power_of_two() {
+                // What autovacuum's analyze does on a running server: without
+                // statistics PostgreSQL plans the thread-key lookup as a scan of
+                // the inbox's keys (BENCHMARKS.md).
+                bench.analyze().await;
+            }
+            if let Some(peer) = &peer {
+                let mut insert = sqlx::QueryBuilder::<sqlx::Sqlite>::new("INSERT INTO bench_plain (seq, owner, inbox, body) ");
+                insert.push_values(indexed.iter().zip(&bodies), |mut r, (m, body)| {
+                    r.push_bind(m.seq).push_bind(m.owner.as_str().to_owned()).push_bind(m.inbox.as_str().to_owned()).push_bind(body.clone());
+                });
+                insert.build().execute(peer).await.unwrap();
+            }
             batch.clear();
             bodies.clear();
         }
@@ -217,13 +258,15 @@ async fn main() {
     let fill = fill_start.elapsed();
     let db_bytes: u64 = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().metadata().unwrap().len()).sum();
     println!(
-        "filled {} messages ({} in the bench inbox) through index_messages in {:.1} s ({:.0} messages/s); database files {:.0} MiB (with the LIKE peer's bodies)",
+        "{}: filled {} messages ({} in the bench inbox) through index_messages in {:.1} s ({:.0} messages/s); SQLite files {:.0} MiB (with the LIKE peer's bodies)",
+        bench.name(),
         total,
         o.n,
         fill.as_secs_f64(),
         total as f64 / fill.as_secs_f64(),
         db_bytes as f64 / 1_048_576.0
     );
+    bench.analyze().await;
     println!();
     println!("| query | runs | p50 ms | p99 ms | max ms | mean hits |");
     println!("|---|---|---|---|---|---|");
@@ -243,6 +286,14 @@ async fn main() {
     ];
     let mut all_search = Vec::new();
     for (name, make) in &kinds {
+        if o.explain {
+            let mut q = make(&mut rng);
+            q.limit = PAGE;
+            println!("plan of {name}: {q:?}");
+            for line in bench.plan(&owner, &inbox, &q).await {
+                println!("    {line}");
+            }
+        }
         let mut times = Vec::with_capacity(o.queries);
         let mut hits = 0;
         // Two untimed queries first (statement cache, pages in memory).
@@ -277,28 +328,110 @@ async fn main() {
     report("peer: list_messages, one page", times, PAGE as usize * o.queries);
 
     // Peer 2: the rare-word query without a full-text index.
-    let mut times = Vec::new();
-    let mut hits = 0;
-    for i in 0..o.peer_queries + 1 {
-        let word = w(&mut rng, 1000, 5000);
-        let start = Instant::now();
-        let rows: Vec<(i64,)> = sqlx::query_as(
-            "SELECT seq FROM bench_plain WHERE owner = ?1 AND inbox = ?2 AND body LIKE ?3 ORDER BY seq DESC LIMIT ?4",
-        )
-        .bind(owner.as_str())
-        .bind(inbox.as_str())
-        .bind(format!("%{word}%"))
-        .bind(i64::from(PAGE))
-        .fetch_all(&peer)
-        .await
-        .unwrap();
-        let took = start.elapsed();
-        if i >= 1 {
-            times.push(took);
-            hits += rows.len();
+    if let Some(peer) = &peer {
+        let mut times = Vec::new();
+        let mut hits = 0;
+        for i in 0..o.peer_queries + 1 {
+            let word = w(&mut rng, 1000, 5000);
+            let start = Instant::now();
+            let rows: Vec<(i64,)> = sqlx::query_as(
+                "SELECT seq FROM bench_plain WHERE owner = ?1 AND inbox = ?2 AND body LIKE ?3 ORDER BY seq DESC LIMIT ?4",
+            )
+            .bind(owner.as_str())
+            .bind(inbox.as_str())
+            .bind(format!("%{word}%"))
+            .bind(i64::from(PAGE))
+            .fetch_all(peer)
+            .await
+            .unwrap();
+            let took = start.elapsed();
+            if i >= 1 {
+                times.push(took);
+                hits += rows.len();
+            }
+        }
+        report("peer: LIKE '%word%' scan, one rare word", times, hits);
+        peer.close().await;
+    }
+    bench.finish().await;
+}
+
+/// The store under test (one per run, so its size does not matter).
+#[allow(clippy::large_enum_variant)]
+enum Bench {
+    Sqlite(SqliteStore),
+    /// The store, the admin connection options and the bench database's name.
+    #[cfg(feature = "postgres")]
+    Postgres(agentkeys_store::PgStore, sqlx::postgres::PgConnectOptions, String),
+}
+
+impl Bench {
+    #[cfg(feature = "postgres")]
+    async fn postgres(url: &str) -> Self {
+        use sqlx::{ConnectOptions as _, Connection as _, Executor as _};
+        use std::str::FromStr as _;
+        let admin = sqlx::postgres::PgConnectOptions::from_str(url).unwrap();
+        let name = format!("search_bench_{}", Ulid::new().to_string().to_lowercase());
+        let mut conn = admin.connect().await.unwrap();
+        conn.execute(format!("CREATE DATABASE \"{name}\"").as_str()).await.unwrap();
+        let _ = conn.close().await;
+        let store = agentkeys_store::PgStore::connect_with(admin.clone().database(&name), 4).await.unwrap();
+        Self::Postgres(store, admin, name)
+    }
+
+    #[cfg(not(feature = "postgres"))]
+    async fn postgres(_url: &str) -> Self {
+        eprintln!("search_latency: --postgres needs the example built with --features postgres");
+        std::process::exit(2);
+    }
+
+    fn name(&self) -> &'static str {
+        match self {
+            Self::Sqlite(_) => "SQLite",
+            #[cfg(feature = "postgres")]
+            Self::Postgres(..) => "PostgreSQL",
         }
     }
-    report("peer: LIKE '%word%' scan, one rare word", times, hits);
-    store.close().await;
-    peer.close().await;
+
+    fn index(&self) -> std::sync::Arc<dyn MessageIndex> {
+        match self {
+            Self::Sqlite(s) => std::sync::Arc::new(s.clone()),
+            #[cfg(feature = "postgres")]
+            Self::Postgres(s, ..) => std::sync::Arc::new(s.clone()),
+        }
+    }
+
+    /// Fresh planner statistics after the fill (PostgreSQL's autovacuum may not
+    /// have run yet; a server that has run for a while has them).
+    async fn analyze(&self) {
+        #[cfg(feature = "postgres")]
+        if let Self::Postgres(s, ..) = self {
+            use sqlx::{ConnectOptions as _, Connection as _, Executor as _};
+            let mut conn = s.connect_options().connect().await.unwrap();
+            conn.execute("VACUUM ANALYZE messages, message_thread_keys").await.unwrap();
+            let _ = conn.close().await;
+        }
+    }
+
+    async fn plan(&self, owner: &OwnerId, inbox: &Address, q: &SearchQuery) -> Vec<String> {
+        match self {
+            Self::Sqlite(s) => s.search_plan(owner, inbox, q).await.unwrap(),
+            #[cfg(feature = "postgres")]
+            Self::Postgres(s, ..) => s.search_plan(owner, inbox, q).await.unwrap(),
+        }
+    }
+
+    async fn finish(self) {
+        match self {
+            Self::Sqlite(s) => s.close().await,
+            #[cfg(feature = "postgres")]
+            Self::Postgres(s, admin, name) => {
+                use sqlx::{ConnectOptions as _, Connection as _, Executor as _};
+                s.close().await;
+                let mut conn = admin.connect().await.unwrap();
+                conn.execute(format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)").as_str()).await.unwrap();
+                let _ = conn.close().await;
+            }
+        }
+    }
 }

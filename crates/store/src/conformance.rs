@@ -103,6 +103,11 @@ pub trait Backend: Send + Sync + Sized + 'static {
     /// A second handle on `store`'s data, as another process opens it: its own
     /// connections and its own in-process state (writer tasks, caches, locks).
     fn second_handle(&self, store: &Self::Store) -> impl Future<Output = Self::Store> + Send;
+    /// Makes the rows of these message ids look as rows indexed before
+    /// threads and search existed look after the migrations: no thread keys,
+    /// no words, no attachment flag or recipients, a thread of their own,
+    /// `facts_version` 0 (for [`old_rows_are_backfilled`]).
+    fn forget_facts(&self, store: &Self::Store, ids: &[Ulid]) -> impl Future<Output = ()> + Send;
     /// Removes what the test created (databases); called when the test ends,
     /// passed or failed. Nothing by default.
     fn finish(&self) -> impl Future<Output = ()> + Send {

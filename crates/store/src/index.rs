@@ -196,6 +196,23 @@ pub trait MessageIndex: Send + Sync + 'static {
         inbox: &Address,
         query: &SearchQuery,
     ) -> Result<Vec<SearchHit>, StoreError>;
+
+    /// Up to `limit` rows of any inbox whose thread keys and words are older
+    /// than [`FACTS_VERSION`](crate::search::FACTS_VERSION) (indexed before
+    /// threads and search, or before the attachment word), with
+    /// `seq > after_seq`, by `seq`: what [`Mailroom::backfill_facts`](crate::Mailroom::backfill_facts)
+    /// has left to do.
+    async fn facts_pending(&self, after_seq: i64, limit: u32) -> Result<Vec<IndexedMessage>, StoreError>;
+    /// For each row of `rows` (by owner, inbox and id) still older than
+    /// [`FACTS_VERSION`](crate::search::FACTS_VERSION), in one transaction:
+    /// writes its thread keys, words, attachment flag and recipients from the
+    /// given facts (taken from its stored copy), joins it to the oldest thread
+    /// its lookup keys reach, merging the threads it bridges (as indexing
+    /// does), and marks it current. Rows missing or current already are
+    /// skipped, so running it twice, or on two nodes, changes nothing more.
+    /// Returns how many rows it wrote. Rows' `seq`, summary and listing are
+    /// untouched.
+    async fn refresh_facts(&self, rows: &[NewMessage]) -> Result<u64, StoreError>;
 }
 
 const COLUMNS: &str = "seq, owner, inbox, id, received_at, size, header_from_address, header_from_name, subject, authenticated";
@@ -257,16 +274,8 @@ impl MessageIndex for SqliteStore {
         let mut tx = self.write_tx().await?;
         let mut out = Vec::with_capacity(rows.len());
         for m in rows {
-            let existing: Option<(i64,)> =
-                sqlx::query_as("SELECT seq FROM messages WHERE owner = ?1 AND inbox = ?2 AND id = ?3")
-                    .bind(m.owner.as_str())
-                    .bind(m.inbox.as_str())
-                    .bind(m.id.to_string())
-                    .fetch_optional(&mut *tx)
-                    .await
-                    .map_err(backend)?;
-            let seq = match existing {
-                Some((seq,)) => seq,
+            let seq = match crate::search::row_seq(&mut tx, m, false).await? {
+                Some(seq) => seq,
                 None => crate::search::insert_message(&mut tx, m).await?,
             };
             out.push(m.indexed(seq));
@@ -473,5 +482,13 @@ impl MessageIndex for SqliteStore {
         query: &SearchQuery,
     ) -> Result<Vec<SearchHit>, StoreError> {
         self.search_sqlite(owner, inbox, query).await
+    }
+
+    async fn facts_pending(&self, after_seq: i64, limit: u32) -> Result<Vec<IndexedMessage>, StoreError> {
+        self.facts_pending_sqlite(after_seq, limit).await
+    }
+
+    async fn refresh_facts(&self, rows: &[NewMessage]) -> Result<u64, StoreError> {
+        self.refresh_facts_sqlite(rows).await
     }
 }

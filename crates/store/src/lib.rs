@@ -80,11 +80,12 @@ pub use header_summary::{
 };
 pub use idempotency::{IDEMPOTENCY_KEY_TTL_SECS, IdempotencyClaim, IdempotencyScope, STALE_CLAIM_SECS, SendIdempotency};
 pub use message_facts::MessageFacts;
-pub use search::{MAX_QUERY_TERMS, MAX_THREAD_MESSAGES, SearchHit, SearchQuery, ThreadSummary};
+pub use search::{FACTS_VERSION, MAX_QUERY_TERMS, MAX_THREAD_MESSAGES, SearchHit, SearchQuery, ThreadSummary};
 pub use index::{IndexedMessage, ListOrder, MessageIndex, NewMessage, PageQuery, received_at};
 pub use mailroom::{
     ACK_WINDOW_SECS, CLOCK_SKEW_SECS, INBOX_SWEEP_BATCH, INBOX_SWEEP_GRACE_SECS, acknowledgement_closed, INDEX_QUEUE, MAX_INDEX_BATCH, Mailroom, OP_DOMAIN_SET_RETENTION,
     OP_MESSAGE_EXPIRE, Reconciled, SWEEP_BATCH, expire_event, inbox_expire_event, never_acknowledged,
+    BACKFILL_BATCH, Backfilled,
 };
 pub use meta::*;
 pub use mail_backends::{

@@ -122,6 +122,20 @@ pub struct Reconciled {
     pub dropped: u64,
 }
 
+/// Rows one batch of [`Mailroom::backfill_facts`] reads from the index (and
+/// whose stored copies it reads) before writing them in one transaction.
+pub const BACKFILL_BATCH: u32 = 256;
+
+/// What [`Mailroom::backfill_facts`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Backfilled {
+    /// Rows given their thread keys and words.
+    pub refreshed: u64,
+    /// Rows whose stored copy was gone (reconcile drops such rows); left as
+    /// they were.
+    pub missing: u64,
+}
+
 /// Whether no index commit can make message `id` visible any more at `now`
 /// (Unix seconds, on a clock at most [`CLOCK_SKEW_SECS`] from the writer's).
 pub fn never_acknowledged(id: Ulid, now: UnixTime) -> bool {
@@ -252,6 +266,41 @@ impl Mailroom {
             report.dropped += self.index.unindex(owner, inbox, &gone).await?;
         }
         Ok(report)
+    }
+
+    /// Gives the rows indexed before threads and search existed (or before
+    /// their current words, [`FACTS_VERSION`](crate::search::FACTS_VERSION))
+    /// their thread keys and words: batches of `batch` rows in `seq` order
+    /// ([`MessageIndex::facts_pending`]), facts taken from each row's stored
+    /// copy exactly as at acceptance, written in one transaction per batch
+    /// ([`MessageIndex::refresh_facts`]: the row joins the threads its keys
+    /// reach). **Resumable**: a row is marked done in the transaction that
+    /// writes it, so after a crash the next run starts with what is left.
+    /// **Idempotent**: a row done already (by this node or another) is
+    /// skipped. A row whose blob is gone is left for reconcile. Safe while
+    /// mail arrives: `serve` runs it in the background after it is ready.
+    pub async fn backfill_facts(&self, batch: u32) -> Result<Backfilled, StoreError> {
+        let batch = batch.max(1);
+        let mut report = Backfilled::default();
+        let mut after = 0;
+        loop {
+            let pending = self.index.facts_pending(after, batch).await?;
+            let Some(last) = pending.last() else {
+                return Ok(report);
+            };
+            after = last.seq;
+            let mut rows = Vec::with_capacity(pending.len());
+            for m in &pending {
+                match self.blobs.get(&m.key()).await.map_err(|e| StoreError::Backend(e.to_string()))? {
+                    Some(bytes) => rows.push(self.new_message(m.owner.clone(), m.inbox.clone(), m.id, &bytes)),
+                    None => report.missing += 1,
+                }
+            }
+            report.refreshed += self.index.refresh_facts(&rows).await?;
+            if pending.len() < batch as usize {
+                return Ok(report);
+            }
+        }
     }
 
     /// Removes every message older than its domain's retention (`default_retention`

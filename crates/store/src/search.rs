@@ -129,20 +129,55 @@ pub struct ThreadSummary {
 /// digits of FNV-1a over both. A collision only adds candidates, which the
 /// join on owner and inbox removes.
 pub(crate) fn scope_word(owner: &OwnerId, inbox: &Address) -> String {
+    format!("x{:016x}", scope_hash(owner, inbox))
+}
+
+/// The word naming the (owner, inbox)'s messages **with an attachment**: `y`
+/// and the same digits as [`scope_word`]. Such a message carries both words,
+/// so `has_attachment: true` reads this one short list instead of checking
+/// the flag on every row of the inbox's matches (BENCHMARKS.md, "Search").
+pub(crate) fn attachment_scope_word(owner: &OwnerId, inbox: &Address) -> String {
+    format!("y{:016x}", scope_hash(owner, inbox))
+}
+
+fn scope_hash(owner: &OwnerId, inbox: &Address) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in owner.as_str().bytes().chain([0u8]).chain(inbox.as_str().bytes()) {
         h ^= u64::from(b);
         h = h.wrapping_mul(0x0100_0000_01b3);
     }
-    format!("x{h:016x}")
+    h
 }
 
-/// The PostgreSQL lexemes of a new message: `i_<scope>`, then `s_`, `f_`,
-/// `t_`, `b_` prefixed words, separated by spaces.
+/// The scope words of a message: [`scope_word`], and [`attachment_scope_word`]
+/// when it has an attachment.
+pub(crate) fn scope_words(owner: &OwnerId, inbox: &Address, has_attachment: bool) -> Vec<String> {
+    let mut words = vec![scope_word(owner, inbox)];
+    if has_attachment {
+        words.push(attachment_scope_word(owner, inbox));
+    }
+    words
+}
+
+/// Version of the words and thread keys [`insert_message`] (and PostgreSQL's
+/// indexing statement) write for a row, stored in `messages.facts_version`:
+/// 0 for rows indexed before threads and search existed (sqlite 0023,
+/// postgres 0013) or before the attachment word (sqlite 0028, postgres 0019).
+/// [`crate::Mailroom::backfill_facts`] brings older rows to this version. The
+/// partial index `messages_facts_pending` is on `facts_version < 1`: raising
+/// this needs a migration that recreates it.
+pub const FACTS_VERSION: i64 = 1;
+
+/// The PostgreSQL lexemes of a new message: `i_<scope>` (and `i_<attachment
+/// scope>`), then `s_`, `f_`, `t_`, `b_` prefixed words, separated by spaces.
 #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
 pub(crate) fn pg_terms(m: &NewMessage) -> String {
     let f = &m.facts;
-    let mut out = format!("i_{}", scope_word(&m.owner, &m.inbox));
+    let mut out = scope_words(&m.owner, &m.inbox, f.has_attachment)
+        .iter()
+        .map(|w| format!("i_{w}"))
+        .collect::<Vec<_>>()
+        .join(" ");
     for (prefix, words) in
         [("s_", &f.subject_terms), ("f_", &f.sender_terms), ("t_", &f.recipient_terms), ("b_", &f.body_terms)]
     {
@@ -156,10 +191,15 @@ pub(crate) fn pg_terms(m: &NewMessage) -> String {
 }
 
 /// The PostgreSQL `tsquery` of a search (lexemes quoted; words are letters and
-/// digits only, so nothing needs escaping).
+/// digits only, so nothing needs escaping). `has_attachment: true` names the
+/// attachment scope instead of the scope; `false` excludes it.
 #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
-pub(crate) fn pg_tsquery(owner: &OwnerId, inbox: &Address, words: &QueryWords) -> String {
-    let mut parts = vec![format!("'i_{}'", scope_word(owner, inbox))];
+pub(crate) fn pg_tsquery(owner: &OwnerId, inbox: &Address, words: &QueryWords, has_attachment: Option<bool>) -> String {
+    let mut parts = vec![match has_attachment {
+        Some(true) => format!("'i_{}'", attachment_scope_word(owner, inbox)),
+        Some(false) => format!("'i_{}' & !'i_{}'", scope_word(owner, inbox), attachment_scope_word(owner, inbox)),
+        None => format!("'i_{}'", scope_word(owner, inbox)),
+    }];
     parts.extend(words.subject.iter().map(|w| format!("'s_{w}'")));
     parts.extend(words.text.iter().map(|w| format!("('s_{w}' | 'b_{w}')")));
     parts.extend(words.from.iter().map(|w| format!("'f_{w}'")));
@@ -168,57 +208,103 @@ pub(crate) fn pg_tsquery(owner: &OwnerId, inbox: &Address, words: &QueryWords) -
 }
 
 /// The FTS5 `MATCH` expression of a search.
-fn fts_match(owner: &OwnerId, inbox: &Address, words: &QueryWords) -> String {
-    let mut parts = vec![format!("scope : \"{}\"", scope_word(owner, inbox))];
+/// `has_attachment` as in [`pg_tsquery`]. The other field terms come first:
+/// FTS5 applies `NOT` to what its left side matched.
+fn fts_match(owner: &OwnerId, inbox: &Address, words: &QueryWords, has_attachment: Option<bool>) -> String {
+    let mut parts = vec![match has_attachment {
+        Some(true) => format!("scope : \"{}\"", attachment_scope_word(owner, inbox)),
+        _ => format!("scope : \"{}\"", scope_word(owner, inbox)),
+    }];
     parts.extend(words.subject.iter().map(|w| format!("subject : \"{w}\"")));
     parts.extend(words.text.iter().map(|w| format!("{{subject body}} : \"{w}\"")));
     parts.extend(words.from.iter().map(|w| format!("sender : \"{w}\"")));
     parts.extend(words.to.iter().map(|w| format!("recipients : \"{w}\"")));
-    parts.join(" AND ")
+    let all = parts.join(" AND ");
+    match has_attachment {
+        Some(false) => format!("({all}) NOT scope : \"{}\"", attachment_scope_word(owner, inbox)),
+        _ => all,
+    }
 }
 
-/// Finds the thread of `m` among the rows committed or written earlier in
-/// `tx`, merging the threads it bridges; its own id when none.
-async fn resolve_thread(tx: &mut SqliteConnection, m: &NewMessage) -> Result<String, StoreError> {
-    let keys = m.facts.thread_lookup_keys();
+/// The oldest thread that `keys` reach among the rows of (owner, inbox)
+/// committed or written earlier in `tx`, with every other thread they reach
+/// merged into it; `None` when they reach none.
+async fn merge_reached_threads(
+    tx: &mut SqliteConnection,
+    owner: &OwnerId,
+    inbox: &Address,
+    keys: &[String],
+) -> Result<Option<String>, StoreError> {
     if keys.is_empty() {
-        return Ok(m.id.to_string());
+        return Ok(None);
     }
     let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
         "SELECT DISTINCT m.thread_id FROM message_thread_keys k JOIN messages m ON m.seq = k.seq WHERE k.owner = ",
     );
-    q.push_bind(m.owner.as_str()).push(" AND k.inbox = ").push_bind(m.inbox.as_str()).push(" AND k.key IN (");
+    q.push_bind(owner.as_str()).push(" AND k.inbox = ").push_bind(inbox.as_str()).push(" AND k.key IN (");
     let mut sep = q.separated(", ");
-    for k in &keys {
+    for k in keys {
         sep.push_bind(k.as_str());
     }
     q.push(") AND m.thread_id IS NOT NULL ORDER BY m.thread_id");
     let threads: Vec<(String,)> = q.build_query_as().fetch_all(&mut *tx).await.map_err(backend)?;
     let Some(((first,), rest)) = threads.split_first() else {
-        return Ok(m.id.to_string());
+        return Ok(None);
     };
     for (other,) in rest {
         sqlx::query("UPDATE messages SET thread_id = ?1 WHERE owner = ?2 AND inbox = ?3 AND thread_id = ?4")
             .bind(first)
-            .bind(m.owner.as_str())
-            .bind(m.inbox.as_str())
+            .bind(owner.as_str())
+            .bind(inbox.as_str())
             .bind(other)
             .execute(&mut *tx)
             .await
             .map_err(backend)?;
     }
-    Ok(first.clone())
+    Ok(Some(first.clone()))
+}
+
+/// Stores the thread keys of row `seq` (`m`'s), keeping those stored already.
+async fn insert_thread_keys(tx: &mut SqliteConnection, m: &NewMessage, seq: i64) -> Result<(), StoreError> {
+    let keys = m.facts.thread_keys();
+    if !keys.is_empty() {
+        let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new("INSERT OR IGNORE INTO message_thread_keys (owner, inbox, key, seq) ");
+        q.push_values(&keys, |mut row, k| {
+            row.push_bind(m.owner.as_str()).push_bind(m.inbox.as_str()).push_bind(k.as_str()).push_bind(seq);
+        });
+        q.build().execute(&mut *tx).await.map_err(backend)?;
+    }
+    Ok(())
+}
+
+/// Writes row `seq`'s words (`m`'s), replacing any it had.
+async fn write_words(tx: &mut SqliteConnection, m: &NewMessage, seq: i64) -> Result<(), StoreError> {
+    let f = &m.facts;
+    sqlx::query("DELETE FROM message_search WHERE rowid = ?1").bind(seq).execute(&mut *tx).await.map_err(backend)?;
+    sqlx::query("INSERT INTO message_search (rowid, scope, subject, sender, recipients, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6)")
+        .bind(seq)
+        .bind(scope_words(&m.owner, &m.inbox, f.has_attachment).join(" "))
+        .bind(f.subject_terms.join(" "))
+        .bind(f.sender_terms.join(" "))
+        .bind(f.recipient_terms.join(" "))
+        .bind(f.body_terms.join(" "))
+        .execute(&mut *tx)
+        .await
+        .map_err(backend)?;
+    Ok(())
 }
 
 /// Writes a new message's row with its thread, thread keys and words, in `tx`;
 /// returns its `seq`.
 pub(crate) async fn insert_message(tx: &mut SqliteConnection, m: &NewMessage) -> Result<i64, StoreError> {
     let size = i64::try_from(m.size).map_err(|_| StoreError::Invalid(format!("message size {} is too large", m.size)))?;
-    let thread = resolve_thread(tx, m).await?;
+    let thread = merge_reached_threads(tx, &m.owner, &m.inbox, &m.facts.thread_lookup_keys())
+        .await?
+        .unwrap_or_else(|| m.id.to_string());
     let (seq,): (i64,) = sqlx::query_as(
         "INSERT INTO messages (owner, inbox, id, received_at, size, header_from_address, header_from_name, subject,
-                               authenticated, thread_id, has_attachment, recipients)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12) RETURNING seq",
+                               authenticated, thread_id, has_attachment, recipients, facts_version)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13) RETURNING seq",
     )
     .bind(m.owner.as_str())
     .bind(m.inbox.as_str())
@@ -232,33 +318,58 @@ pub(crate) async fn insert_message(tx: &mut SqliteConnection, m: &NewMessage) ->
     .bind(&thread)
     .bind(m.facts.has_attachment)
     .bind(m.facts.recipients.join(" "))
+    .bind(FACTS_VERSION)
     .fetch_one(&mut *tx)
     .await
     .map_err(backend)?;
-    let keys = m.facts.thread_keys();
-    if !keys.is_empty() {
-        let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new("INSERT OR IGNORE INTO message_thread_keys (owner, inbox, key, seq) ");
-        q.push_values(&keys, |mut row, k| {
-            row.push_bind(m.owner.as_str()).push_bind(m.inbox.as_str()).push_bind(k.as_str()).push_bind(seq);
-        });
-        q.build().execute(&mut *tx).await.map_err(backend)?;
-    }
-    let f = &m.facts;
-    sqlx::query("INSERT INTO message_search (rowid, scope, subject, sender, recipients, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6)")
-        .bind(seq)
-        .bind(scope_word(&m.owner, &m.inbox))
-        .bind(f.subject_terms.join(" "))
-        .bind(f.sender_terms.join(" "))
-        .bind(f.recipient_terms.join(" "))
-        .bind(f.body_terms.join(" "))
-        .execute(&mut *tx)
-        .await
-        .map_err(backend)?;
+    insert_thread_keys(tx, m, seq).await?;
+    write_words(tx, m, seq).await?;
     Ok(seq)
 }
 
+/// The `seq` of `m`'s row as `tx` sees it, if there is one (with
+/// `pending_only`, only while its facts are older than [`FACTS_VERSION`]).
+pub(crate) async fn row_seq(tx: &mut SqliteConnection, m: &NewMessage, pending_only: bool) -> Result<Option<i64>, StoreError> {
+    let pending = if pending_only { format!(" AND facts_version < {FACTS_VERSION}") } else { String::new() };
+    let row: Option<(i64,)> =
+        sqlx::query_as(&format!("SELECT seq FROM messages WHERE owner = ?1 AND inbox = ?2 AND id = ?3{pending}"))
+            .bind(m.owner.as_str())
+            .bind(m.inbox.as_str())
+            .bind(m.id.to_string())
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(backend)?;
+    Ok(row.map(|(seq,)| seq))
+}
+
+/// [`crate::MessageIndex::refresh_facts`] of one row, in `tx`: whether it was
+/// written (`false` when missing or current).
+pub(crate) async fn refresh_message(tx: &mut SqliteConnection, m: &NewMessage) -> Result<bool, StoreError> {
+    let Some(seq) = row_seq(tx, m, true).await? else {
+        return Ok(false);
+    };
+    // Its keys first: the lookup then reaches its own thread too, and the
+    // threads of later rows that link to it (a reply indexed before the backfill).
+    insert_thread_keys(tx, m, seq).await?;
+    let thread = merge_reached_threads(tx, &m.owner, &m.inbox, &m.facts.thread_lookup_keys()).await?;
+    write_words(tx, m, seq).await?;
+    sqlx::query(
+        "UPDATE messages SET thread_id = coalesce(?2, thread_id, id), has_attachment = ?3, recipients = ?4, facts_version = ?5
+          WHERE seq = ?1",
+    )
+    .bind(seq)
+    .bind(thread)
+    .bind(m.facts.has_attachment)
+    .bind(m.facts.recipients.join(" "))
+    .bind(FACTS_VERSION)
+    .execute(&mut *tx)
+    .await
+    .map_err(backend)?;
+    Ok(true)
+}
+
 /// The SQL condition (SQLite or PostgreSQL: both spell these alike) and binds
-/// of the exact rules of a query, on `messages` aliased `m`. `next` numbers
+/// of the exact rules of a query (all but the page cursor), on `messages` aliased `m`. `next` numbers
 /// the placeholders (`?N` / `$N`).
 pub(crate) fn exact_rules(query: &SearchQuery, placeholder: &dyn Fn(usize) -> String, next: &mut usize) -> (String, Vec<Bind>) {
     let mut sql = String::new();
@@ -314,10 +425,6 @@ pub(crate) fn exact_rules(query: &SearchQuery, placeholder: &dyn Fn(usize) -> St
         let x = p(Bind::Bool(has), &mut binds);
         sql.push_str(&format!(" AND m.has_attachment = {x}"));
     }
-    if let Some(before) = query.before_seq {
-        let x = p(Bind::Int(before), &mut binds);
-        sql.push_str(&format!(" AND m.seq < {x}"));
-    }
     (sql, binds)
 }
 
@@ -342,6 +449,96 @@ pub(crate) fn can_match(query: &SearchQuery, words: &QueryWords) -> bool {
         && addr_ok(&query.to)
 }
 
+/// How a backend spells a search: placeholders, its `strpos`, where the
+/// candidates come from and how the full-text condition (on the first
+/// placeholder) and its order are written, and the full-text query itself.
+pub(crate) struct SearchDialect {
+    pub(crate) placeholder: fn(usize) -> String,
+    pub(crate) strpos: &'static str,
+    pub(crate) from: &'static str,
+    pub(crate) full_text: &'static str,
+    pub(crate) order: &'static str,
+    pub(crate) match_text: fn(&OwnerId, &Address, &QueryWords, Option<bool>) -> String,
+}
+
+fn sqlite_placeholder(n: usize) -> String {
+    format!("?{n}")
+}
+
+/// SQLite: FTS5 candidates newest first, each row by its primary key.
+const SQLITE_SEARCH: SearchDialect = SearchDialect {
+    placeholder: sqlite_placeholder,
+    strpos: "instr(",
+    from: "message_search JOIN messages m ON m.seq = message_search.rowid",
+    full_text: "message_search MATCH ?1",
+    order: "message_search.rowid",
+    match_text: fts_match,
+};
+
+/// The statement and binds of a search in `dialect`; `None` when it matches
+/// nothing. Owner and inbox are checked on the row, with the exact rules.
+pub(crate) fn search_statement(
+    dialect: &SearchDialect,
+    owner: &OwnerId,
+    inbox: &Address,
+    query: &SearchQuery,
+) -> Option<(String, Vec<Bind>)> {
+    let words = query.words();
+    if !can_match(query, &words) || query.limit == 0 {
+        return None;
+    }
+    let p = dialect.placeholder;
+    let mut next = 4;
+    let (rules, mut rule_binds) = exact_rules(query, &p, &mut next);
+    let mut rules = rules.replace("strpos_(", dialect.strpos);
+    // The page cursor on the ordering column itself: on SQLite FTS5 then
+    // starts its walk there. On `m.seq`, SQLite's planner would walk the
+    // inbox's rows by `seq` and probe FTS5 for each (the plan test pins this).
+    if let Some(before) = query.before_seq {
+        rules.push_str(&format!(" AND {} < {}", dialect.order, p(next)));
+        rule_binds.push(Bind::Int(before));
+        next += 1;
+    }
+    let sql = format!(
+        "SELECT {SEARCH_COLUMNS} FROM {} WHERE {} AND m.owner = {} AND m.inbox = {}{rules} ORDER BY {} DESC LIMIT {}",
+        dialect.from,
+        dialect.full_text,
+        p(2),
+        p(3),
+        dialect.order,
+        p(next)
+    );
+    let mut binds = vec![
+        Bind::Text((dialect.match_text)(owner, inbox, &words, query.has_attachment)),
+        Bind::Text(owner.as_str().to_owned()),
+        Bind::Text(inbox.as_str().to_owned()),
+    ];
+    binds.extend(rule_binds);
+    binds.push(Bind::Int(i64::from(query.limit)));
+    Some((sql, binds))
+}
+
+/// Binds `binds` in order.
+fn bind_all<'q>(
+    mut q: sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'q>>,
+    binds: Vec<Bind>,
+) -> sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'q>> {
+    for b in binds {
+        q = match b {
+            Bind::Text(s) => q.bind(s),
+            Bind::Int(i) => q.bind(i),
+            Bind::Bool(v) => q.bind(v),
+        };
+    }
+    q
+}
+
+/// The backfill's read: the literal bound matches the partial index
+/// `messages_facts_pending` (a bound parameter would not let SQLite use it).
+fn facts_pending_sql() -> String {
+    format!("SELECT {SEARCH_COLUMNS} FROM messages m WHERE m.facts_version < {FACTS_VERSION} AND m.seq > ?1 ORDER BY m.seq LIMIT ?2")
+}
+
 pub(crate) const SEARCH_COLUMNS: &str = "m.seq, m.owner, m.inbox, m.id, m.received_at, m.size, m.header_from_address, m.header_from_name, m.subject, m.authenticated, m.thread_id";
 
 fn thread_of(row: &sqlx::sqlite::SqliteRow, i: usize, id: Ulid) -> Result<Ulid, StoreError> {
@@ -359,27 +556,10 @@ impl crate::SqliteStore {
         inbox: &Address,
         query: &SearchQuery,
     ) -> Result<Vec<SearchHit>, StoreError> {
-        let words = query.words();
-        if !can_match(query, &words) || query.limit == 0 {
+        let Some((sql, binds)) = search_statement(&SQLITE_SEARCH, owner, inbox, query) else {
             return Ok(Vec::new());
-        }
-        let mut next = 4;
-        let (rules, binds) = exact_rules(query, &|n| format!("?{n}"), &mut next);
-        let rules = rules.replace("strpos_(", "instr(");
-        let sql = format!(
-            "SELECT {SEARCH_COLUMNS} FROM message_search JOIN messages m ON m.seq = message_search.rowid
-              WHERE message_search MATCH ?1 AND m.owner = ?2 AND m.inbox = ?3{rules}
-              ORDER BY message_search.rowid DESC LIMIT ?{next}"
-        );
-        let mut q = sqlx::query(&sql).bind(fts_match(owner, inbox, &words)).bind(owner.as_str()).bind(inbox.as_str());
-        for b in binds {
-            q = match b {
-                Bind::Text(s) => q.bind(s),
-                Bind::Int(i) => q.bind(i),
-                Bind::Bool(v) => q.bind(v),
-            };
-        }
-        let rows = q.bind(i64::from(query.limit)).fetch_all(&self.pool).await.map_err(backend)?;
+        };
+        let rows = bind_all(sqlx::query(&sql), binds).fetch_all(&self.pool).await.map_err(backend)?;
         rows.iter()
             .map(|row| {
                 let message = crate::index::from_row(row)?;
@@ -387,6 +567,45 @@ impl crate::SqliteStore {
                 Ok(SearchHit { message, thread_id })
             })
             .collect()
+    }
+
+    /// SQLite's plan (`EXPLAIN QUERY PLAN`, one line per step) of the
+    /// statement [`crate::MessageIndex::search_messages`] runs for `query`;
+    /// empty when it runs none. For the plan tests and the search bench.
+    pub async fn search_plan(&self, owner: &OwnerId, inbox: &Address, query: &SearchQuery) -> Result<Vec<String>, StoreError> {
+        let Some((sql, binds)) = search_statement(&SQLITE_SEARCH, owner, inbox, query) else {
+            return Ok(Vec::new());
+        };
+        let sql = format!("EXPLAIN QUERY PLAN {sql}");
+        let rows = bind_all(sqlx::query(&sql), binds).fetch_all(&self.pool).await.map_err(backend)?;
+        rows.iter().map(|r| r.try_get::<String, _>(3).map_err(backend)).collect()
+    }
+
+    /// SQLite's plan of the backfill's read ([`crate::MessageIndex::facts_pending`]).
+    pub async fn facts_pending_plan(&self) -> Result<Vec<String>, StoreError> {
+        let sql = format!("EXPLAIN QUERY PLAN {}", facts_pending_sql());
+        let rows = sqlx::query(&sql).bind(0i64).bind(1i64).fetch_all(&self.pool).await.map_err(backend)?;
+        rows.iter().map(|r| r.try_get::<String, _>(3).map_err(backend)).collect()
+    }
+
+    pub(crate) async fn facts_pending_sqlite(&self, after_seq: i64, limit: u32) -> Result<Vec<IndexedMessage>, StoreError> {
+        let rows = sqlx::query(&facts_pending_sql()).bind(after_seq).bind(i64::from(limit)).fetch_all(&self.pool).await.map_err(backend)?;
+        rows.iter().map(crate::index::from_row).collect()
+    }
+
+    pub(crate) async fn refresh_facts_sqlite(&self, rows: &[NewMessage]) -> Result<u64, StoreError> {
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        let mut tx = self.write_tx().await?;
+        let mut written = 0;
+        for m in rows {
+            if refresh_message(&mut tx, m).await? {
+                written += 1;
+            }
+        }
+        tx.commit().await.map_err(backend)?;
+        Ok(written)
     }
 
     pub(crate) async fn list_threads_sqlite(
@@ -445,6 +664,27 @@ impl crate::SqliteStore {
     }
 }
 
+#[cfg(feature = "conformance")]
+impl crate::SqliteStore {
+    /// Test support: makes the rows of these message ids look as rows indexed
+    /// before threads and search look after the migrations (no words, no
+    /// thread keys, no attachment flag or recipients, a thread of their own,
+    /// `facts_version` 0).
+    #[doc(hidden)]
+    pub async fn forget_facts(&self, ids: &[Ulid]) -> Result<(), StoreError> {
+        let rows = format!("SELECT seq FROM messages WHERE id IN ({})", ids.iter().map(|id| format!("'{id}'")).collect::<Vec<_>>().join(", "));
+        let mut tx = self.write_tx().await?;
+        for sql in [
+            format!("DELETE FROM message_search WHERE rowid IN ({rows})"),
+            format!("DELETE FROM message_thread_keys WHERE seq IN ({rows})"),
+            format!("UPDATE messages SET facts_version = 0, has_attachment = 0, recipients = '', thread_id = id WHERE seq IN ({rows})"),
+        ] {
+            sqlx::query(&sql).execute(&mut *tx).await.map_err(backend)?;
+        }
+        tx.commit().await.map_err(backend)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -462,12 +702,13 @@ mod tests {
         let owner: OwnerId = "0x00000000000000000000000000000000000000aa".parse().unwrap();
         let inbox: Address = "bot@agents.localhost".parse().unwrap();
         let q = SearchQuery { text: Some("\"hello\" OR world*".into()), from: Some("a@b.c".into()), ..Default::default() };
-        let m = fts_match(&owner, &inbox, &q.words());
+        let m = fts_match(&owner, &inbox, &q.words(), None);
         let aw = address_word("a@b.c");
         assert!(m.ends_with(&format!("{{subject body}} : \"hello\" AND {{subject body}} : \"or\" AND {{subject body}} : \"world\" AND sender : \"{aw}\"")), "{m}");
-        let t = pg_tsquery(&owner, &inbox, &q.words());
+        let t = pg_tsquery(&owner, &inbox, &q.words(), None);
         assert!(t.contains("('s_hello' | 'b_hello') & ('s_or' | 'b_or')"), "{t}");
         assert_eq!(scope_word(&owner, &inbox), scope_word(&owner, &inbox));
         assert_ne!(scope_word(&owner, &inbox), scope_word(&owner, &"other@agents.localhost".parse().unwrap()));
     }
 }
+

@@ -51,6 +51,10 @@ impl Backend for PgBackend {
         PgStore::connect_with(store.connect_options(), POOL).await.unwrap()
     }
 
+    async fn forget_facts(&self, store: &PgStore, ids: &[ulid::Ulid]) {
+        store.forget_facts(ids).await.unwrap();
+    }
+
     async fn finish(&self) {
         let names = std::mem::take(&mut *self.databases.lock().unwrap());
         for name in names {

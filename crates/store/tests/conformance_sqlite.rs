@@ -32,6 +32,10 @@ impl Backend for SqliteBackend {
         let path = store.path().expect("a file-backed store").to_path_buf();
         SqliteStore::open(&path).await.unwrap()
     }
+
+    async fn forget_facts(&self, store: &SqliteStore, ids: &[ulid::Ulid]) {
+        store.forget_facts(ids).await.unwrap();
+    }
 }
 
 agentkeys_store::conformance_tests!(SqliteBackend);

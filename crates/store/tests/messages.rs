@@ -243,6 +243,12 @@ impl MessageIndex for Instrumented {
     ) -> Result<Vec<agentkeys_store::SearchHit>, StoreError> {
         self.inner.search_messages(o, i, q).await
     }
+    async fn facts_pending(&self, after_seq: i64, limit: u32) -> Result<Vec<IndexedMessage>, StoreError> {
+        self.inner.facts_pending(after_seq, limit).await
+    }
+    async fn refresh_facts(&self, rows: &[NewMessage]) -> Result<u64, StoreError> {
+        self.inner.refresh_facts(rows).await
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -531,4 +537,67 @@ async fn subscribers_are_only_told_about_their_own_inbox() {
     let mine = Ulid::new();
     mail.put_durable(vec![copy(KEEP, mine, "for keep")]).await.unwrap();
     assert_eq!(keep.recv().await.unwrap().id, mine);
+}
+
+
+#[tokio::test]
+async fn backfill_reads_the_stored_copies_in_batches_resumes_and_skips_what_is_done() {
+    let f = fixture().await;
+    let mail = f.mailroom(f.store.clone());
+    let ids: Vec<Ulid> = (0..5u64).map(|i| Ulid::from_parts(unix_now() as u64 * 1000 + i, 9)).collect();
+    let bodies: Vec<String> = (0..5)
+        .map(|i| {
+            let reply = if i > 0 { format!("In-Reply-To: <m{}@x.test>\r\n", i - 1) } else { String::new() };
+            format!("Message-ID: <m{i}@x.test>\r\n{reply}From: a@x.test\r\nSubject: plan {i}\r\n\r\nword{i} shared\r\n")
+        })
+        .collect();
+    mail.put_durable(ids.iter().zip(&bodies).map(|(id, b)| copy(BOT, *id, b)).collect()).await.unwrap();
+    f.store.forget_facts(&ids).await.unwrap();
+    let search = |text: &str| agentkeys_store::SearchQuery { text: Some(text.into()), limit: 100, ..Default::default() };
+    assert!(f.store.search_messages(&owner(), &inbox(BOT), &search("shared")).await.unwrap().is_empty());
+    // A lost blob: left for reconcile, counted.
+    f.raw.remove(&BlobKey::message(&owner(), &inbox(BOT), ids[4])).await.unwrap();
+
+    // Batches of 2: three batches, four rows written, one missing.
+    let report = mail.backfill_facts(2).await.unwrap();
+    assert_eq!((report.refreshed, report.missing), (4, 1));
+    let hits = f.store.search_messages(&owner(), &inbox(BOT), &search("shared")).await.unwrap();
+    assert_eq!(hits.len(), 4);
+    assert!(hits.iter().all(|h| h.thread_id == ids[0]), "one thread, the first message's: {hits:?}");
+    assert_eq!(f.store.search_messages(&owner(), &inbox(BOT), &search("word2")).await.unwrap().len(), 1);
+    // Done stays done: a second run writes nothing (the missing row is still pending).
+    let again = mail.backfill_facts(2).await.unwrap();
+    assert_eq!((again.refreshed, again.missing), (0, 1));
+    assert_eq!(f.store.facts_pending(0, 10).await.unwrap().iter().map(|m| m.id).collect::<Vec<_>>(), [ids[4]]);
+}
+
+/// Every query shape is one walk of the full-text index, newest first, that
+/// stops at the page: FTS5 takes the `ORDER BY` (no temporary B-tree sorting
+/// every match before the first row comes out) and each candidate's row is
+/// found by its primary key. The backfill reads its partial index.
+#[tokio::test]
+async fn search_and_backfill_plans_use_their_indexes() {
+    use agentkeys_store::SearchQuery;
+    let f = fixture().await;
+    let q = |q: SearchQuery| SearchQuery { limit: 51, ..q };
+    let shapes = [
+        q(SearchQuery { text: Some("invoice".into()), ..Default::default() }),
+        q(SearchQuery { text: Some("invoice paid".into()), ..Default::default() }),
+        q(SearchQuery { from: Some("github.com".into()), ..Default::default() }),
+        q(SearchQuery { from: Some("user12@github.com".into()), text: Some("invoice".into()), ..Default::default() }),
+        q(SearchQuery { to: Some("bob@example.org".into()), ..Default::default() }),
+        q(SearchQuery { text: Some("invoice".into()), since: Some(1_700_000_000), ..Default::default() }),
+        q(SearchQuery { has_attachment: Some(true), subject: Some("invoice".into()), ..Default::default() }),
+        q(SearchQuery { has_attachment: Some(false), subject: Some("invoice".into()), ..Default::default() }),
+        q(SearchQuery { text: Some("invoice".into()), before_seq: Some(1000), ..Default::default() }),
+    ];
+    for shape in &shapes {
+        let plan = f.store.search_plan(&owner(), &inbox(BOT), shape).await.unwrap().join("\n");
+        assert!(plan.contains("SCAN message_search VIRTUAL TABLE INDEX"), "{shape:?}:\n{plan}");
+        assert!(plan.contains("SEARCH m USING INTEGER PRIMARY KEY"), "{shape:?}:\n{plan}");
+        assert!(!plan.contains("TEMP B-TREE"), "{shape:?}:\n{plan}");
+    }
+    let plan = f.store.facts_pending_plan().await.unwrap().join("\n");
+    assert!(plan.contains("messages_facts_pending"), "{plan}");
+    assert!(!plan.contains("TEMP B-TREE"), "{plan}");
 }

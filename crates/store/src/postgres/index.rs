@@ -33,7 +33,10 @@ use ulid::Ulid;
 use super::audit::commit_audited;
 use super::{PgStore, backend};
 use crate::index::{summary_from_columns, IndexedMessage, ListOrder, MessageIndex, NewMessage, PageQuery};
-use crate::search::{Bind, SearchHit, SearchQuery, ThreadSummary, MAX_THREAD_MESSAGES, can_match, exact_rules, pg_terms, pg_tsquery};
+use crate::search::{
+    Bind, FACTS_VERSION, MAX_THREAD_MESSAGES, SEARCH_COLUMNS, SearchDialect, SearchHit, SearchQuery, ThreadSummary, pg_terms,
+    pg_tsquery, search_statement,
+};
 use crate::meta::StoreError;
 use crate::sqlite::require_ok;
 
@@ -364,30 +367,10 @@ impl MessageIndex for PgStore {
         inbox: &Address,
         query: &SearchQuery,
     ) -> Result<Vec<SearchHit>, StoreError> {
-        let words = query.words();
-        if !can_match(query, &words) || query.limit == 0 {
+        let Some((sql, binds)) = search_statement(&PG_SEARCH, owner, inbox, query) else {
             return Ok(Vec::new());
-        }
-        let mut next = 4;
-        let (rules, binds) = exact_rules(query, &|n| format!("${n}"), &mut next);
-        let rules = rules.replace("strpos_(", "strpos(");
-        let sql = format!(
-            "SELECT {SEARCH_COLUMNS} FROM messages m
-              WHERE m.search @@ $1::tsquery AND m.owner = $2 AND m.inbox = $3{rules}
-              ORDER BY m.seq DESC LIMIT ${next}"
-        );
-        let mut q = sqlx::query_as::<_, HitRow>(&sql)
-            .bind(pg_tsquery(owner, inbox, &words))
-            .bind(owner.as_str())
-            .bind(inbox.as_str());
-        for b in binds {
-            q = match b {
-                Bind::Text(s) => q.bind(s),
-                Bind::Int(i) => q.bind(i),
-                Bind::Bool(v) => q.bind(v),
-            };
-        }
-        let rows = q.bind(i64::from(query.limit)).fetch_all(&self.pool).await.map_err(backend)?;
+        };
+        let rows = bind_all(sqlx::query_as::<_, HitRow>(&sql), binds).fetch_all(&self.pool).await.map_err(backend)?;
         rows.into_iter()
             .map(|row| {
                 let (message, thread_id) = hit_from_row(row)?;
@@ -395,9 +378,162 @@ impl MessageIndex for PgStore {
             })
             .collect()
     }
+
+    async fn facts_pending(&self, after_seq: i64, limit: u32) -> Result<Vec<IndexedMessage>, StoreError> {
+        // The literal bound matches the partial index `messages_facts_pending`.
+        let rows: Vec<MessageRow> = sqlx::query_as(&format!(
+            "SELECT {COLUMNS} FROM messages WHERE facts_version < {FACTS_VERSION} AND seq > $1 ORDER BY seq LIMIT $2"
+        ))
+        .bind(after_seq)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend)?;
+        rows.into_iter().map(from_row).collect()
+    }
+
+    async fn refresh_facts(&self, rows: &[NewMessage]) -> Result<u64, StoreError> {
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        let mut tx = self.pool.begin().await.map_err(backend)?;
+        // The indexing statement's lock (module docs): threads are read and
+        // merged by one writer at a time, here as there.
+        sqlx::query("SELECT last FROM message_seq WHERE id = 1 FOR UPDATE").execute(&mut *tx).await.map_err(backend)?;
+        let mut written = 0;
+        for m in rows {
+            let terms = pg_terms(m);
+            let row: Option<(i64,)> = sqlx::query_as(&format!(
+                "UPDATE messages SET has_attachment = $4, recipients = $5, facts_version = {FACTS_VERSION},
+                        search = CASE WHEN $6 = '' THEN ''::tsvector
+                                      ELSE array_to_tsvector(array_remove(string_to_array($6, ' '), '')) END
+                  WHERE owner = $1 AND inbox = $2 AND id = $3 AND facts_version < {FACTS_VERSION}
+                 RETURNING seq"
+            ))
+            .bind(m.owner.as_str())
+            .bind(m.inbox.as_str())
+            .bind(m.id.to_string())
+            .bind(m.facts.has_attachment)
+            .bind(m.facts.recipients.join(" "))
+            .bind(&terms)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(backend)?;
+            let Some((seq,)) = row else { continue };
+            written += 1;
+            // Its keys first: the lookup then reaches its own thread too, and
+            // the threads of later rows that link to it.
+            sqlx::query(
+                "INSERT INTO message_thread_keys (owner, inbox, key, seq)
+                 SELECT DISTINCT $1, $2, k, $4 FROM unnest($3::text[]) AS k ON CONFLICT DO NOTHING",
+            )
+            .bind(m.owner.as_str())
+            .bind(m.inbox.as_str())
+            .bind(m.facts.thread_keys())
+            .bind(seq)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+            let (threads,): (Option<Vec<String>>,) = sqlx::query_as(
+                "SELECT array_agg(DISTINCT m.thread_id ORDER BY m.thread_id)
+                   FROM message_thread_keys t JOIN messages m ON m.seq = t.seq
+                  WHERE t.owner = $1 AND t.inbox = $2 AND t.key = ANY ($3) AND m.thread_id IS NOT NULL",
+            )
+            .bind(m.owner.as_str())
+            .bind(m.inbox.as_str())
+            .bind(m.facts.thread_lookup_keys())
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(backend)?;
+            if let Some((first, rest)) = threads.as_deref().and_then(<[String]>::split_first) {
+                sqlx::query(
+                    "UPDATE messages SET thread_id = $3
+                      WHERE owner = $1 AND inbox = $2 AND (thread_id = ANY ($4) OR seq = $5)",
+                )
+                .bind(m.owner.as_str())
+                .bind(m.inbox.as_str())
+                .bind(first)
+                .bind(rest)
+                .bind(seq)
+                .execute(&mut *tx)
+                .await
+                .map_err(backend)?;
+            }
+        }
+        tx.commit().await.map_err(backend)?;
+        Ok(written)
+    }
 }
 
-const SEARCH_COLUMNS: &str = "m.seq, m.owner, m.inbox, m.id, m.received_at, m.size, m.header_from_address, m.header_from_name, m.subject, m.authenticated, m.thread_id";
+fn pg_placeholder(n: usize) -> String {
+    format!("${n}")
+}
+
+/// PostgreSQL: the GIN index's candidates (or a walk by `seq`, as the planner
+/// judges), newest first.
+const PG_SEARCH: SearchDialect = SearchDialect {
+    placeholder: pg_placeholder,
+    strpos: "strpos(",
+    from: "messages m",
+    full_text: "m.search @@ $1::tsquery",
+    order: "m.seq",
+    match_text: pg_tsquery,
+};
+
+impl PgStore {
+    /// PostgreSQL's plan of the statement
+    /// [`MessageIndex::search_messages`] runs for `query`, run for real
+    /// (`EXPLAIN (ANALYZE, BUFFERS)`, one line per row); empty when it runs
+    /// none. For the search bench.
+    pub async fn search_plan(&self, owner: &OwnerId, inbox: &Address, query: &SearchQuery) -> Result<Vec<String>, StoreError> {
+        let Some((sql, binds)) = search_statement(&PG_SEARCH, owner, inbox, query) else {
+            return Ok(Vec::new());
+        };
+        let sql = format!("EXPLAIN (ANALYZE, BUFFERS) {sql}");
+        let lines = bind_all(sqlx::query_as::<_, (String,)>(&sql), binds).fetch_all(&self.pool).await.map_err(backend)?;
+        Ok(lines.into_iter().map(|(line,)| line).collect())
+    }
+
+    /// Test support: makes the rows of these message ids look as rows indexed
+    /// before threads and search look after the migrations (no words, no
+    /// thread keys, no attachment flag or recipients, a thread of their own,
+    /// `facts_version` 0).
+    #[cfg(feature = "conformance")]
+    #[doc(hidden)]
+    pub async fn forget_facts(&self, ids: &[Ulid]) -> Result<(), StoreError> {
+        let ids: Vec<String> = ids.iter().map(Ulid::to_string).collect();
+        let mut tx = self.pool.begin().await.map_err(backend)?;
+        sqlx::query("DELETE FROM message_thread_keys WHERE seq IN (SELECT seq FROM messages WHERE id = ANY ($1))")
+            .bind(&ids)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        sqlx::query(
+            "UPDATE messages SET facts_version = 0, has_attachment = false, recipients = '', thread_id = id,
+                    search = ''::tsvector WHERE id = ANY ($1)",
+        )
+        .bind(&ids)
+        .execute(&mut *tx)
+        .await
+        .map_err(backend)?;
+        tx.commit().await.map_err(backend)
+    }
+}
+
+/// Binds `binds` in order.
+fn bind_all<'q, O>(
+    mut q: sqlx::query::QueryAs<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments>,
+    binds: Vec<Bind>,
+) -> sqlx::query::QueryAs<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments> {
+    for b in binds {
+        q = match b {
+            Bind::Text(s) => q.bind(s),
+            Bind::Int(i) => q.bind(i),
+            Bind::Bool(v) => q.bind(v),
+        };
+    }
+    q
+}
 
 /// A row of [`SEARCH_COLUMNS`].
 type HitRow = (i64, String, String, String, i64, i64, Option<String>, Option<String>, Option<String>, bool, Option<String>);
