@@ -84,8 +84,9 @@ pub(crate) async fn run(config: Config) -> Result<()> {
             .with_outbound_signer(signer.clone())
             .with_inbound_verifier(Arc::new(verifier))
             .with_queue_notify(queued.clone())
-            // Inbox allow/block lists (issue 13 §2, crates/submission/src/guard.rs).
-            .with_inbox_policies(dir.meta.clone(), config.refuse_blocked_senders)
+            // Inbox allow/block lists (issue 13 §2, crates/submission/src/guard.rs),
+            // read through a one-second cache (store/src/policies.rs).
+            .with_inbox_policies(Arc::new(agentkeys_store::CachedInboxPolicies::new(dir.meta.clone())), config.refuse_blocked_senders)
             // Per-agent send limits and review (issue 13 §3).
             .with_send_guardrails(dir.meta.clone());
     // Several nodes on one database: an address's AUTH failures, refused agent

@@ -99,10 +99,15 @@ impl World {
     }
 
     /// [`World::policy`] as alice's owner, with `--json`, asserting success.
+    /// Sets alice's inbox policy from another process (the owner's local
+    /// command), then waits out the server's policy cache: a change made
+    /// elsewhere applies to mail within `POLICY_CACHE_TTL`.
     fn set_policy(&self, args: &[&str]) -> Value {
         let mut all = vec!["inbox", "policy", ALICE_INBOX];
         all.extend_from_slice(args);
-        owner_json(self.data_dir(), OWNER_A, &all)
+        let set = owner_json(self.data_dir(), OWNER_A, &all);
+        std::thread::sleep(agentkeys_store::POLICY_CACHE_TTL);
+        set
     }
 
     /// `agentkeys mail ARGS` as alice's agent.

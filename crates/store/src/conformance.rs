@@ -205,6 +205,7 @@ macro_rules! conformance_tests {
             throttle_failures_generated,
             throttle_uses_are_admitted_up_to_the_limit_across_handles,
             throttle_uses_generated,
+            cached_inbox_policies_follow_other_handles_within_the_ttl,
             inbox_policies_are_owner_scoped,
             console_challenges_are_single_use_across_handles,
             console_challenges_generated,
@@ -2945,6 +2946,28 @@ pub async fn throttle_failures_generated<B: Backend>(backend: Arc<B>) {
         }
     })
     .await;
+}
+
+/// The MX's policy cache over one handle: a policy set through the other
+/// handle (another node) is answered within the cache's TTL and not before;
+/// one set through the cache applies at once; the open default is cached like
+/// any answer.
+pub async fn cached_inbox_policies_follow_other_handles_within_the_ttl<B: Backend>(backend: Arc<B>) {
+    use agentkeys_core::policy::InboxPolicy;
+    let (a, b) = pair(&*backend).await;
+    two_owners(&a, &b).await;
+    let bot = address("bot");
+    let ttl = Duration::from_millis(300);
+    let cache = crate::CachedInboxPolicies::with_ttl(Arc::new(a.clone()), ttl);
+    assert_eq!(cache.inbox_policy(&bot).await.unwrap(), InboxPolicy::default());
+    let blocking = InboxPolicy { receive_block: vec!["evil.test".parse().unwrap()], ..Default::default() };
+    b.set_inbox_policy(&owner(1), &bot, &blocking, NOW, &event("inbox.policy", bot.as_str())).await.unwrap();
+    assert_eq!(cache.inbox_policy(&bot).await.unwrap(), InboxPolicy::default(), "another node's change: not before the TTL");
+    tokio::time::sleep(ttl).await;
+    assert_eq!(cache.inbox_policy(&bot).await.unwrap(), blocking, "within the TTL");
+    let open = InboxPolicy::default();
+    cache.set_inbox_policy(&owner(1), &bot, &open, NOW, &event("inbox.policy", bot.as_str())).await.unwrap();
+    assert_eq!(cache.inbox_policy(&bot).await.unwrap(), open, "set through the cache: at once");
 }
 
 /// Inbox policies (issue 13 §2) are owner-scoped: an owner reads and sets the

@@ -93,7 +93,7 @@ pub use mail_backends::{
     OP_DOMAIN_SET_BACKEND,
 };
 pub use pairing_wakeups::PairingWakeups;
-pub use policies::InboxPolicies;
+pub use policies::{CachedInboxPolicies, InboxPolicies, POLICY_CACHE_MAX, POLICY_CACHE_TTL};
 pub use guardrails::{
     HeldDecided, HeldDecision, HeldRecord, HeldState, MAX_LISTED, OwnerNotice, SendAdmission, SendAttempt, SendGuardrails,
     SentDelivery, SentRecord,

@@ -113,3 +113,85 @@ impl InboxPolicies for SqliteStore {
         commit_audited(tx, sealed).await
     }
 }
+
+// ---------------------------------------------------------------------------
+// The MX's cache.
+
+/// How long the MX answers an inbox's policy from memory: a policy set on any
+/// node applies to mail within this time, as an inbox disabled anywhere stops
+/// receiving within [`RECIPIENT_CACHE_TTL`](crate::RECIPIENT_CACHE_TTL) (the
+/// same second). A policy set through the cache applies on its node at once.
+pub const POLICY_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(1);
+/// Most inboxes whose policy is kept; the cache starts over when full.
+pub const POLICY_CACHE_MAX: usize = 10_000;
+
+/// [`InboxPolicies`] with [`inbox_policy`](InboxPolicies::inbox_policy)
+/// answers (the open default included) kept for [`POLICY_CACHE_TTL`]: under
+/// load every message to an inbox asks for the same policy, which would
+/// otherwise be a database round trip per message. Owner-scoped reads and
+/// writes go to the store; a write also drops this node's entry.
+pub struct CachedInboxPolicies {
+    inner: std::sync::Arc<dyn InboxPolicies>,
+    ttl: std::time::Duration,
+    known: std::sync::Mutex<std::collections::HashMap<Address, (InboxPolicy, std::time::Instant)>>,
+}
+
+impl std::fmt::Debug for CachedInboxPolicies {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CachedInboxPolicies").field("ttl", &self.ttl).finish_non_exhaustive()
+    }
+}
+
+impl CachedInboxPolicies {
+    /// Caches `inner`'s answers for [`POLICY_CACHE_TTL`].
+    pub fn new(inner: std::sync::Arc<dyn InboxPolicies>) -> Self {
+        Self::with_ttl(inner, POLICY_CACHE_TTL)
+    }
+
+    /// Caches `inner`'s answers for `ttl` (tests).
+    pub fn with_ttl(inner: std::sync::Arc<dyn InboxPolicies>, ttl: std::time::Duration) -> Self {
+        Self { inner, ttl, known: std::sync::Mutex::default() }
+    }
+
+    fn known(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<Address, (InboxPolicy, std::time::Instant)>> {
+        self.known.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+#[async_trait]
+impl InboxPolicies for CachedInboxPolicies {
+    async fn inbox_policy(&self, inbox: &Address) -> Result<InboxPolicy, StoreError> {
+        if let Some((policy, at)) = self.known().get(inbox)
+            && at.elapsed() < self.ttl
+        {
+            return Ok(policy.clone());
+        }
+        // Dated from before the question: a change committed meanwhile is not
+        // hidden for longer than the TTL.
+        let asked = std::time::Instant::now();
+        let policy = self.inner.inbox_policy(inbox).await?;
+        let mut known = self.known();
+        if known.len() >= POLICY_CACHE_MAX {
+            known.clear();
+        }
+        known.insert(inbox.clone(), (policy.clone(), asked));
+        Ok(policy)
+    }
+
+    async fn owner_inbox_policy(&self, owner: &OwnerId, inbox: &Address) -> Result<InboxPolicy, StoreError> {
+        self.inner.owner_inbox_policy(owner, inbox).await
+    }
+
+    async fn set_inbox_policy(
+        &self,
+        owner: &OwnerId,
+        inbox: &Address,
+        policy: &InboxPolicy,
+        now: UnixTime,
+        event: &AuditEvent,
+    ) -> Result<AuditReceipt, StoreError> {
+        let receipt = self.inner.set_inbox_policy(owner, inbox, policy, now, event).await;
+        self.known().remove(inbox);
+        receipt
+    }
+}
