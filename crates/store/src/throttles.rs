@@ -520,6 +520,16 @@ async fn sqlite_forget_expired(tx: &mut crate::write_tx::WriteTx, now: UnixMilli
     Ok(())
 }
 
+/// The failure times stored for `key`, any age.
+async fn sqlite_key_times(conn: &mut sqlx::SqliteConnection, key: &ThrottleKey) -> Result<Vec<UnixMillis>, StoreError> {
+    let times: Vec<(i64,)> = sqlx::query_as("SELECT at_ms FROM throttle_failures WHERE key = ?1")
+        .bind(key.as_str())
+        .fetch_all(conn)
+        .await
+        .map_err(crate::sqlite::backend)?;
+    Ok(times.into_iter().map(|(t,)| t).collect())
+}
+
 async fn sqlite_insert_failure(tx: &mut crate::write_tx::WriteTx, key: &ThrottleKey, now: UnixMillis, rule: FailureWindow) -> Result<(), StoreError> {
     sqlx::query("INSERT INTO throttle_failures (key, at_ms, expires_ms) VALUES (?1, ?2, ?3)")
         .bind(key.as_str())
@@ -556,13 +566,9 @@ impl Throttles for crate::SqliteStore {
         .execute(&mut *tx)
         .await
         .map_err(backend)?;
-        let times: Vec<(i64,)> = sqlx::query_as("SELECT at_ms FROM throttle_failures WHERE key = ?1")
-            .bind(key.as_str())
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(backend)?;
+        let times = sqlite_key_times(&mut tx, key).await?;
         tx.commit().await.map_err(backend)?;
-        Ok(tally(times.into_iter().map(|(t,)| t), now, rule))
+        Ok(tally(times, now, rule))
     }
 
     async fn failures(
@@ -571,12 +577,8 @@ impl Throttles for crate::SqliteStore {
         now: UnixMillis,
         rule: FailureWindow,
     ) -> Result<FailureTally, StoreError> {
-        let times: Vec<(i64,)> = sqlx::query_as("SELECT at_ms FROM throttle_failures WHERE key = ?1")
-            .bind(key.as_str())
-            .fetch_all(&mut *self.hot().await?)
-            .await
-            .map_err(crate::sqlite::backend)?;
-        Ok(tally(times.into_iter().map(|(t,)| t), now, rule))
+        let times = sqlite_key_times(&mut *self.hot().await?, key).await?;
+        Ok(tally(times, now, rule))
     }
 
     /// One write transaction (SQLite's one writer makes the read and the
@@ -592,18 +594,14 @@ impl Throttles for crate::SqliteStore {
         use crate::sqlite::backend;
         let mut tx = self.write_tx().await?;
         sqlite_forget_expired(&mut tx, now).await?;
-        let times: Vec<(i64,)> = sqlx::query_as("SELECT at_ms FROM throttle_failures WHERE key = ?1")
-            .bind(key.as_str())
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(backend)?;
-        let before = tally(times.iter().map(|(t,)| *t), now, rule);
+        let times = sqlite_key_times(&mut tx, key).await?;
+        let before = tally(times.iter().copied(), now, rule);
         if before.is_full_at(now) {
             return Ok(Admission { recorded: false, tally: before });
         }
         sqlite_insert_failure(&mut tx, key, now, rule).await?;
         tx.commit().await.map_err(backend)?;
-        let after = tally(times.into_iter().map(|(t,)| t).chain([now]), now, rule);
+        let after = tally(times.into_iter().chain([now]), now, rule);
         Ok(Admission { recorded: true, tally: after })
     }
 }
@@ -740,6 +738,30 @@ mod tests {
             self.reads.fetch_add(1, Ordering::SeqCst);
             Ok(self.inner.failures_now(key, now, rule))
         }
+        async fn record_unless_full(&self, key: &ThrottleKey, now: UnixMillis, rule: FailureWindow) -> Result<Admission, StoreError> {
+            self.writes.fetch_add(1, Ordering::SeqCst);
+            Ok(self.inner.record_unless_full_now(key, now, rule))
+        }
+    }
+
+    /// A use refused by a key the cache knows is full never reaches the store;
+    /// one admitted is recorded there.
+    #[tokio::test]
+    async fn uses_of_a_full_key_are_refused_from_memory() {
+        let store = Arc::new(Counting::default());
+        let cached = CachedThrottles::new(store.clone());
+        let r = rule(2, 60);
+        for i in 0..2 {
+            assert!(cached.record_unless_full(&key(2), T0 + i, r).await.unwrap().recorded);
+        }
+        assert_eq!(store.writes.load(Ordering::SeqCst), 2);
+        for i in 0..5 {
+            let refused = cached.record_unless_full(&key(2), T0 + 10 + i, r).await.unwrap();
+            assert_eq!(refused, Admission { recorded: false, tally: FailureTally { count: 2, full_until: Some(T0 + 60_000) } });
+        }
+        assert_eq!(store.writes.load(Ordering::SeqCst), 2, "answered from memory");
+        assert!(cached.record_unless_full(&key(2), T0 + 60_000, r).await.unwrap().recorded, "free again when the oldest leaves");
+        assert_eq!(store.writes.load(Ordering::SeqCst), 3);
     }
 
     #[tokio::test]
