@@ -628,15 +628,24 @@ fn grant_requests_through_mcp_and_the_owner_cli() {
     let bad = a.err("request_grant", json!({"inbox": w.other, "scopes": ["read"], "ttl_s": 0}));
     assert!(bad.contains("ttl_s"), "{bad}");
     let listed = a.ok("list_grant_requests", json!({}));
-    let ids: Vec<&str> = listed["requests"].as_array().unwrap().iter().map(|r| r["id"].as_str().unwrap()).collect();
-    assert_eq!(ids, [create_id.as_str(), read_id.as_str()], "newest first: {listed}");
-    assert!(listed["requests"].as_array().unwrap().iter().all(|r| r["status"] == "pending"), "{listed}");
-    assert_eq!(listed["requests"][1]["reason"], "read the other bot's reports");
+    let requests = listed["requests"].as_array().unwrap();
+    let ids: std::collections::BTreeSet<&str> = requests.iter().map(|r| r["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, [create_id.as_str(), read_id.as_str()].into(), "{listed}");
+    // Newest first (by the second they were made: two made in the same second
+    // come in either order).
+    let made: Vec<&str> = requests.iter().map(|r| r["created_at"].as_str().unwrap()).collect();
+    assert!(made.windows(2).all(|w| w[0] >= w[1]), "newest first: {listed}");
+    assert!(requests.iter().all(|r| r["status"] == "pending"), "{listed}");
+    let read = requests.iter().find(|r| r["id"] == read_id.as_str()).unwrap();
+    assert_eq!(read["reason"], "read the other bot's reports");
 
     // The owner sees both and decides with the master key.
     let pending = owner_json(&d, OWNER_A, &["grant", "requests"]);
-    let pending_ids: Vec<&str> = pending["requests"].as_array().unwrap().iter().map(|r| r["id"].as_str().unwrap()).collect();
-    assert_eq!(pending_ids, [read_id.as_str(), create_id.as_str()], "oldest first: {pending}");
+    let pending = pending["requests"].as_array().unwrap();
+    let pending_ids: std::collections::BTreeSet<&str> = pending.iter().map(|r| r["id"].as_str().unwrap()).collect();
+    assert_eq!(pending_ids, ids, "{pending:?}");
+    let made: Vec<&str> = pending.iter().map(|r| r["created_at"].as_str().unwrap()).collect();
+    assert!(made.windows(2).all(|w| w[0] <= w[1]), "oldest first: {pending:?}");
     // Owner B can neither see nor decide them: the same answer as an unknown id.
     enroll_owner(&d, OWNER_B);
     assert_eq!(owner_json(&d, OWNER_B, &["grant", "requests"])["requests"], json!([]));

@@ -61,9 +61,13 @@ pub const READINESS_MIN_FREE_BYTES: u64 = 1024 * 1024;
 /// before failing with `database is locked`.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// How many times opening retries the migrations when another process (server
-/// and CLI starting together) applied them at the same moment.
-const MIGRATION_ATTEMPTS: u32 = 3;
+/// How many times opening runs the migrations when other processes (server and
+/// CLI starting together) apply them at the same moment: an attempt fails only
+/// when another process applied a migration in between, so with `M` migrations
+/// no opener fails more than `M` times; one more attempt always finds them done.
+fn migration_attempts() -> usize {
+    MIGRATOR.iter().count() + 1
+}
 
 /// The schema, embedded from `crates/store/migrations/sqlite/` at compile time (each backend has its own directory).
 static MIGRATOR: Migrator = sqlx::migrate!("migrations/sqlite");
@@ -131,14 +135,25 @@ impl SqliteStore {
         // No ping before handing out a connection: a local database file has no
         // network to drop it, a broken connection still fails its query, and the
         // ping is a round trip through sqlx's worker thread on every RCPT and AUTH.
-        let pool = SqlitePoolOptions::new()
+        let pool_options = SqlitePoolOptions::new()
             .max_connections(MAX_CONNECTIONS)
             .test_before_acquire(false)
             // Never hand out a connection left inside a transaction (crate::write_tx).
-            .before_acquire(|conn, _| Box::pin(async move { Ok(crate::write_tx::clean_on_acquire(conn)) }))
-            .connect_with(options.clone())
-            .await
-            .map_err(|e| StoreError::Backend(format!("cannot open metadata database {}: {e}", path.display())))?;
+            .before_acquire(|conn, _| Box::pin(async move { Ok(crate::write_tx::clean_on_acquire(conn)) }));
+        // A first connection switches a new file to WAL, which needs the file to
+        // itself: while another process does the same, SQLite answers SQLITE_BUSY
+        // at once (its busy handler does not wait for that lock), so opening
+        // waits and tries again, up to BUSY_TIMEOUT in all.
+        let started = std::time::Instant::now();
+        let pool = loop {
+            match pool_options.clone().connect_with(options.clone()).await {
+                Ok(pool) => break pool,
+                Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("5") && started.elapsed() < BUSY_TIMEOUT => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(e) => return Err(StoreError::Backend(format!("cannot open metadata database {}: {e}", path.display()))),
+            }
+        };
         let hot = Some(Arc::new(HotConnections::new(options)));
         let mut store = Self::from_parts(pool, hot);
         store.file = Some(Arc::new(path.to_path_buf()));
@@ -250,7 +265,7 @@ impl SqliteStore {
                 Ok(()) => return Ok(()),
                 // Another process may have applied the same migration between our
                 // read of the migration table and our write; the next attempt sees it.
-                Err(err) if attempt < MIGRATION_ATTEMPTS => {
+                Err(err) if attempt < migration_attempts() => {
                     tracing::debug!(%err, attempt, "metadata migration failed, retrying");
                     attempt += 1;
                     tokio::time::sleep(Duration::from_millis(50)).await;
