@@ -107,10 +107,10 @@ pub async fn run_leased<F, Fut>(
             let _ = source.await;
         }
         // Still ours: give it up, so another node need not wait for it to expire.
-        if matches!(why, Stop::Shutdown | Stop::SourceEnded) {
-            if let Err(err) = store.release_follower(&domain, &holder).await {
-                tracing::warn!(%domain, %err, "mail backend: cannot release the follower lease (it expires by itself)");
-            }
+        if matches!(why, Stop::Shutdown | Stop::SourceEnded)
+            && let Err(err) = store.release_follower(&domain, &holder).await
+        {
+            tracing::warn!(%domain, %err, "mail backend: cannot release the follower lease (it expires by itself)");
         }
         if why == Stop::Shutdown {
             return;

@@ -685,7 +685,7 @@ impl Drop for S3sFs {
 pub fn dkim_dns(data_dir: &Path, domain: &str) -> serde_json::Map<String, serde_json::Value> {
     let out = run(data_dir, &["domain", "dns", domain]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let zone = String::from_utf8(out.stdout).unwrap();
+    let zone = String::from_utf8(out.stdout).expect("`domain dns` prints UTF-8");
     let mut records = serde_json::Map::new();
     let mut current: Option<(String, String)> = None;
     let mut depth = 0i32;
