@@ -21,6 +21,22 @@ use crate::throttles::{Admission, FailureTally, FailureWindow, ThrottleKey, Thro
 /// How often a node deletes the rows of keys whose window has ended.
 pub const THROTTLE_PRUNE_INTERVAL: Duration = Duration::from_secs(60);
 
+/// The upsert of one failure of key $1 at $2 (window $3 ms, limit $4): the
+/// first inserts the key's row, every later one rewrites it under its row
+/// lock, keeping the `limit` newest times inside the window.
+macro_rules! upsert_failure {
+    () => {
+        "INSERT INTO throttle_failures AS f (key, times, expires_ms) VALUES ($1, ARRAY[$2::bigint], $2 + $3)
+         ON CONFLICT (key) DO UPDATE SET
+             times = ARRAY(SELECT t FROM unnest(f.times || $2::bigint) AS t WHERE t > $2 - $3 ORDER BY t DESC LIMIT $4),
+             expires_ms = GREATEST(f.expires_ms, $2 + $3)"
+    };
+}
+const RECORD_FAILURE: &str = concat!(upsert_failure!(), " RETURNING times");
+/// The same, updating only while fewer than `limit` kept times are inside the window.
+const RECORD_UNLESS_FULL: &str =
+    concat!(upsert_failure!(), " WHERE (SELECT count(*) FROM unnest(f.times) AS t WHERE t > $2 - $3) < $4 RETURNING times");
+
 impl PgStore {
     /// Deletes expired rows if this handle has not done so for
     /// [`THROTTLE_PRUNE_INTERVAL`]. A failed prune is logged: it is retried at
@@ -48,12 +64,7 @@ impl Throttles for PgStore {
     ) -> Result<FailureTally, StoreError> {
         self.prune_throttles_if_due(now).await;
         let (times,): (Vec<i64>,) = sqlx::query_as(
-            "INSERT INTO throttle_failures AS f (key, times, expires_ms) VALUES ($1, ARRAY[$2::bigint], $2 + $3)
-             ON CONFLICT (key) DO UPDATE SET
-                 times = ARRAY(SELECT t FROM unnest(f.times || $2::bigint) AS t
-                                WHERE t > $2 - $3 ORDER BY t DESC LIMIT $4),
-                 expires_ms = GREATEST(f.expires_ms, $2 + $3)
-             RETURNING times",
+            RECORD_FAILURE,
         )
         .bind(key.as_str())
         .bind(now)
@@ -92,13 +103,7 @@ impl Throttles for PgStore {
     ) -> Result<Admission, StoreError> {
         self.prune_throttles_if_due(now).await;
         let recorded: Option<(Vec<i64>,)> = sqlx::query_as(
-            "INSERT INTO throttle_failures AS f (key, times, expires_ms) VALUES ($1, ARRAY[$2::bigint], $2 + $3)
-             ON CONFLICT (key) DO UPDATE SET
-                 times = ARRAY(SELECT t FROM unnest(f.times || $2::bigint) AS t
-                                WHERE t > $2 - $3 ORDER BY t DESC LIMIT $4),
-                 expires_ms = GREATEST(f.expires_ms, $2 + $3)
-               WHERE (SELECT count(*) FROM unnest(f.times) AS t WHERE t > $2 - $3) < $4
-             RETURNING times",
+            RECORD_UNLESS_FULL,
         )
         .bind(key.as_str())
         .bind(now)
