@@ -624,3 +624,58 @@ fn two_nodes_follow_one_mailbox_once_and_the_survivor_takes_over() {
     assert_eq!(holder(), Some(survivor.child.id()), "the survivor holds the lease");
     survivor.stop();
 }
+
+/// Sessions of `USER` that Dovecot logged as opened and as ended.
+fn sessions_opened_and_ended(dovecot: &Dovecot) -> (usize, usize) {
+    let log = dovecot.log();
+    let opened = log.lines().filter(|l| l.contains("imap-login: Login: user=<agent>")).count();
+    let ended = log
+        .lines()
+        .filter(|l| l.contains(&format!("imap({USER})")) && (l.contains("Disconnected") || l.contains("Logged out")))
+        .count();
+    (opened, ended)
+}
+
+/// `domain set-backend` takes effect on a running server, without a restart:
+/// switched from native to imap, the server starts following the mailbox and
+/// mail delivered there reaches the agent; switched back to native, the
+/// follower stops (Dovecot logs its session's end) and mail delivered to the
+/// mailbox afterwards is not imported.
+#[test]
+fn a_backend_set_on_a_running_server_starts_and_stops_without_a_restart() {
+    let w = world();
+    let server = w.serve(&[]);
+    assert_ne!(w.domain_row()["backend"], "imap", "{}", w.domain_row());
+    let set = w.set_imap_backend(PASSWORD, 1);
+    assert!(set.status.success(), "{}", String::from_utf8_lossy(&set.stderr));
+    w.wait_for_backend_status("running");
+    let appended = wait_output(w.append(&[w.signed("Switched on", "Your verification code is 135791.\r\n")], 0));
+    assert!(appended.status.success());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !w.subjects(&server).iter().any(|s| s == "Switched on") {
+        assert!(Instant::now() < deadline, "mail at the provider never reached the inbox after the switch");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(sessions_opened_and_ended(&w.dovecot).0 >= 2, "the follower and the appender logged in");
+
+    let out = agentkeys(w.data()).args(["domain", "set-backend", "agents.localhost", "--backend", "native"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // The follower's IMAP session ends: every session Dovecot opened is closed.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (opened, ended) = sessions_opened_and_ended(&w.dovecot);
+        if opened == ended {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the IMAP follower is still connected: {opened} sessions, {ended} ended\n{}", w.dovecot.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let opened = sessions_opened_and_ended(&w.dovecot).0;
+    let appended = wait_output(w.append(&[w.signed("Switched off", "Your verification code is 246802.\r\n")], 0));
+    assert!(appended.status.success());
+    // Several reload intervals (0.5 s here) and far longer than IDLE's delivery (< 2 s).
+    std::thread::sleep(Duration::from_secs(4));
+    assert!(!w.subjects(&server).iter().any(|s| s == "Switched off"), "imported while the domain is native");
+    assert_eq!(sessions_opened_and_ended(&w.dovecot).0, opened + 1, "only the appender logged in again");
+    server.stop();
+}
