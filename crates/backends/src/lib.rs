@@ -1,8 +1,10 @@
 //! Mail backends (issue 14): where a hosted domain's mail is received and sent.
 //!
 //! A domain's backend is chosen by the operator (`agentkeys domain add D
-//! --backend native|imap`) and stored by the store's [`MailBackends`] role. Every
-//! backend is two halves behind one seam:
+//! --backend native|imap|ses`) and stored by the store's [`MailBackends`] role;
+//! a running server re-reads it every [`RELOAD_INTERVAL`] and starts, restarts
+//! or stops the domain's backend (no restart needed). Every backend is two
+//! halves behind one seam:
 //!
 //! - a **receive source**, which ends in [`SmtpServer::ingest`]: the same
 //!   routing (envelope recipients only), `Received:`, verdicts

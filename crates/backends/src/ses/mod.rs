@@ -21,9 +21,16 @@
 //! reported** (log, `agentkeys_backend_messages_total{kind="ses",result="unroutable"}`,
 //! a `backend.unroutable` audit record naming the key, and the backend's
 //! status detail in `agentkeys domain list`), once per server start, never
-//! retried in a loop. The SNS notification (`receipt.recipients`) carries every
-//! recipient, but consuming it needs an SNS/SQS subscription this backend does
-//! not have yet.
+//! retried in a loop.
+//!
+//! **Notifications.** With a queue URL, the SQS queue subscribed to the S3
+//! action's SNS topic replaces the listing: SES's notification
+//! ([`read_notification`]) names every envelope recipient
+//! (`receipt.recipients`), so an object for several recipients is stored once
+//! in each of their inboxes on this domain (one id per object, each copy under
+//! its own owner). The SQS message is deleted only once the copies are durable
+//! or the object was kept and reported; a redelivery finds every copy in the
+//! index and stores nothing.
 //!
 //! **Verdicts.** SES's `Authentication-Results: amazonses.com` (SPF, DKIM,
 //! DMARC) and `X-SES-Spam-Verdict`/`X-SES-Virus-Verdict` are read only from
