@@ -427,12 +427,13 @@ impl Backends {
     }
 
     async fn install(&self, domain: String, running: Running, sink: Option<Arc<dyn SendSink>>) {
-        let mut sinks = self.sinks.write().unwrap_or_else(std::sync::PoisonError::into_inner);
-        match sink {
-            Some(sink) => sinks.insert(domain.clone(), sink),
-            None => sinks.remove(&domain),
-        };
-        drop(sinks);
+        {
+            let mut sinks = self.sinks.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+            match sink {
+                Some(sink) => sinks.insert(domain.clone(), sink),
+                None => sinks.remove(&domain),
+            };
+        }
         if let Some(old) = self.running.lock().await.insert(domain, running) {
             old.stop.cancel();
         }
@@ -440,7 +441,9 @@ impl Backends {
 
     /// Stops `domain`'s backend (its source releases the lease) and its sink.
     async fn remove(&self, domain: &str) {
-        self.sinks.write().unwrap_or_else(std::sync::PoisonError::into_inner).remove(domain);
+        {
+            self.sinks.write().unwrap_or_else(std::sync::PoisonError::into_inner).remove(domain);
+        }
         if let Some(old) = self.running.lock().await.remove(domain) {
             old.stop.cancel();
         }

@@ -716,7 +716,7 @@ impl Receiver {
             r.rsplit_once('@').is_some_and(|(_, d)| d.trim_end_matches('.').eq_ignore_ascii_case(&domain))
         });
         if ours.is_empty() {
-            self.unroutable(&key, "no envelope recipient is on this backend's domain", Some(&others.join(", "))).await;
+            self.unroutable(&key, "no envelope recipient is on this backend's domain", Some(others.join(", ").as_str())).await;
             return Ok(true);
         }
         if !others.is_empty() {
@@ -743,7 +743,7 @@ impl Receiver {
         };
         let receipt = read_receipt(&raw);
         if receipt.virus.as_deref().is_some_and(|v| v.eq_ignore_ascii_case("FAIL")) {
-            self.unroutable(&key, "SES's virus verdict is FAIL; not delivered", Some(&missing.join(", "))).await;
+            self.unroutable(&key, "SES's virus verdict is FAIL; not delivered", Some(missing.join(", ").as_str())).await;
             return Ok(true);
         }
         let fetched = Fetched {
@@ -763,12 +763,12 @@ impl Receiver {
                     .increment(ingested.stored.len() as u64);
                 if !ingested.unroutable.is_empty() {
                     let list = ingested.unroutable.join(", ");
-                    self.unroutable(&key, "envelope recipients that are not an active inbox", Some(&list)).await;
+                    self.unroutable(&key, "envelope recipients that are not an active inbox", Some(list.as_str())).await;
                 }
                 Ok(true)
             }
             Err(IngestError::Unroutable(list)) => {
-                self.unroutable(&key, "no envelope recipient is an active inbox", Some(&list.join(", "))).await;
+                self.unroutable(&key, "no envelope recipient is an active inbox", Some(list.join(", ").as_str())).await;
                 Ok(true)
             }
             Err(err @ (IngestError::Refused | IngestError::TooLarge(..))) => {
