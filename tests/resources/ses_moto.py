@@ -66,7 +66,10 @@ elif command == "notify":
     # What SES publishes after its S3 action stored KEY (the SES developer
     # guide's "Received" notification), in the SNS envelope SNS delivers to SQS.
     queue_url, bucket, key, recipients = args[0], args[1], args[2], args[3:]
-    now = time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime())
+    # SES's receipt time: the object's write time here, so that the same
+    # object always gives the same notification (a redelivery is identical).
+    written = boto3.client("s3", **kw).head_object(Bucket=bucket, Key=key)["LastModified"]
+    now = written.strftime("%Y-%m-%dT%H:%M:%S.000Z")
     message_id = key.rsplit("/", 1)[-1]
     notification = {
         "notificationType": "Received",

@@ -442,21 +442,29 @@ fn sqs_notifications_route_one_object_to_each_of_its_envelope_recipients_once() 
         std::thread::sleep(Duration::from_millis(400));
         let key = format!("queued-{round}");
         let put_at = w.put(&key, &ses_object(Some(&w.inbox), &w.inbox, "Your Example code", &format!("Your verification code is {code}.\r\n")));
-        w.moto.py(&["notify", &queue, BUCKET, &format!("{PREFIX}{key}"), &w.inbox]);
+        let notified_at = w.moto.json(&["notify", &queue, BUCKET, &format!("{PREFIX}{key}"), &w.inbox])["at"].as_f64().unwrap();
         let out = waiter.wait_with_output().unwrap();
-        latencies.push(unix_now() - put_at);
+        let done = unix_now();
+        latencies.push((done - put_at, done - notified_at));
         assert!(out.status.success(), "round {round}: {}", String::from_utf8_lossy(&out.stderr));
         assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), code, "round {round}");
     }
-    latencies.sort_by(f64::total_cmp);
-    let pick = |q: f64| latencies[((latencies.len() as f64 * q).ceil() as usize).clamp(1, latencies.len()) - 1];
-    println!(
-        "SES object PUT + SQS notification -> mail otp --wait: n={} p50={:.0} ms p99={:.0} ms max={:.0} ms",
-        latencies.len(),
-        pick(0.50) * 1000.0,
-        pick(0.99) * 1000.0,
-        latencies[latencies.len() - 1] * 1000.0
-    );
+    // From the PUT's answer (includes starting the Python client that sends
+    // the notification), and from the SQS SendMessage's answer.
+    for (what, mut l) in [
+        ("PUT", latencies.iter().map(|l| l.0).collect::<Vec<f64>>()),
+        ("SQS notification", latencies.iter().map(|l| l.1).collect()),
+    ] {
+        l.sort_by(f64::total_cmp);
+        let pick = |q: f64| l[((l.len() as f64 * q).ceil() as usize).clamp(1, l.len()) - 1];
+        println!(
+            "SES object {what} -> mail otp --wait (SQS path): n={} p50={:.0} ms p99={:.0} ms max={:.0} ms",
+            l.len(),
+            pick(0.50) * 1000.0,
+            pick(0.99) * 1000.0,
+            l[l.len() - 1] * 1000.0
+        );
+    }
     drained();
     assert_eq!(stored_messages(&server.blobs(), OWNER, &w.inbox).len(), QUEUE_OTP_ROUNDS);
 
@@ -487,7 +495,8 @@ fn sqs_notifications_route_one_object_to_each_of_its_envelope_recipients_once() 
     let back = w.mail_as(&w.other_key, &server, &["list", "--inbox", &w.inbox, "--json"]).output().unwrap();
     assert!(!String::from_utf8_lossy(&back.stdout).contains("Shared"), "their agent read ours");
 
-    // SQS delivers at least once: the same notification again stores nothing.
+    // SQS delivers at least once: the same notification again (ses_moto.py
+    // writes the identical body for the same object) stores nothing.
     w.moto.py(&notify);
     drained();
     assert_eq!(stored_messages(&server.blobs(), OWNER, &w.inbox).len(), QUEUE_OTP_ROUNDS + 1, "redelivery: not twice");
