@@ -628,7 +628,7 @@ fn two_nodes_follow_one_mailbox_once_and_the_survivor_takes_over() {
 /// Sessions of `USER` that Dovecot logged as opened and as ended.
 fn sessions_opened_and_ended(dovecot: &Dovecot) -> (usize, usize) {
     let log = dovecot.log();
-    let opened = log.lines().filter(|l| l.contains("imap-login: Login: user=<agent>")).count();
+    let opened = log.lines().filter(|l| l.contains("imap-login: ") && l.contains("Login: user=<agent>")).count();
     let ended = log
         .lines()
         .filter(|l| l.contains(&format!("imap({USER})")) && (l.contains("Disconnected") || l.contains("Logged out")))
@@ -656,7 +656,7 @@ fn a_backend_set_on_a_running_server_starts_and_stops_without_a_restart() {
         assert!(Instant::now() < deadline, "mail at the provider never reached the inbox after the switch");
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert!(sessions_opened_and_ended(&w.dovecot).0 >= 2, "the follower and the appender logged in");
+    assert!(sessions_opened_and_ended(&w.dovecot).0 >= 2, "the follower and the appender logged in:\n{}", w.dovecot.log());
 
     let out = agentkeys(w.data()).args(["domain", "set-backend", "agents.localhost", "--backend", "native"]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
