@@ -1,7 +1,8 @@
 """boto3 against moto's server, for crates/cli/tests/ses_backend.rs.
 
 usage: ses_moto.py ENDPOINT setup BUCKET DOMAIN | put BUCKET KEY FILE |
-       keys BUCKET PREFIX | sent | unverify DOMAIN | sts-tokens JWKS_JSON
+       keys BUCKET PREFIX | sent | unverify DOMAIN | sts-tokens JWKS_JSON |
+       queue NAME | notify QUEUE_URL BUCKET KEY RCPT... | queue-depth QUEUE_URL
 """
 import base64
 import json
@@ -58,5 +59,41 @@ elif command == "sts-tokens":
         claims = jwt.decode(token, key=jwt.PyJWK(key).key, algorithms=["ES256"], options={"verify_aud": False})
         found.append({"role_arn": form["RoleArn"][0], "session": form["RoleSessionName"][0], "claims": claims})
     print(json.dumps(found))
+elif command == "queue":
+    # The SQS queue an SNS topic of the receipt rule's S3 action delivers to.
+    print(json.dumps({"url": boto3.client("sqs", **kw).create_queue(QueueName=args[0])["QueueUrl"]}))
+elif command == "notify":
+    # What SES publishes after its S3 action stored KEY (the SES developer
+    # guide's "Received" notification), in the SNS envelope SNS delivers to SQS.
+    queue_url, bucket, key, recipients = args[0], args[1], args[2], args[3:]
+    # SES's receipt time: the object's write time here, so that the same
+    # object always gives the same notification (a redelivery is identical).
+    written = boto3.client("s3", **kw).head_object(Bucket=bucket, Key=key)["LastModified"]
+    now = written.strftime("%Y-%m-%dT%H:%M:%S.000Z")
+    message_id = key.rsplit("/", 1)[-1]
+    notification = {
+        "notificationType": "Received",
+        "receipt": {
+            "timestamp": now, "processingTimeMillis": 120, "recipients": recipients,
+            "spamVerdict": {"status": "PASS"}, "virusVerdict": {"status": "PASS"},
+            "spfVerdict": {"status": "PASS"}, "dkimVerdict": {"status": "PASS"}, "dmarcVerdict": {"status": "PASS"},
+            "action": {"type": "S3", "topicArn": "arn:aws:sns:us-east-1:123456789012:agentkeys-inbound",
+                       "bucketName": bucket, "objectKeyPrefix": key.rsplit("/", 1)[0] + "/", "objectKey": key},
+        },
+        "mail": {"timestamp": now, "source": "bounce@example.com", "messageId": message_id,
+                 "destination": ["undisclosed-recipients:;"], "headersTruncated": False},
+    }
+    envelope = {
+        "Type": "Notification", "MessageId": message_id + "-sns",
+        "TopicArn": "arn:aws:sns:us-east-1:123456789012:agentkeys-inbound",
+        "Subject": "Amazon SES Email Receipt Notification", "Message": json.dumps(notification), "Timestamp": now,
+    }
+    boto3.client("sqs", **kw).send_message(QueueUrl=queue_url, MessageBody=json.dumps(envelope))
+    print(json.dumps({"at": time.time()}))
+elif command == "queue-depth":
+    # Messages waiting plus messages received and not yet deleted.
+    a = boto3.client("sqs", **kw).get_queue_attributes(
+        QueueUrl=args[0], AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"])
+    print(json.dumps(sum(int(v) for v in a["Attributes"].values())))
 else:
     sys.exit(f"unknown command {command}")

@@ -1,8 +1,10 @@
 //! Mail backends (issue 14): where a hosted domain's mail is received and sent.
 //!
 //! A domain's backend is chosen by the operator (`agentkeys domain add D
-//! --backend native|imap`) and stored by the store's [`MailBackends`] role. Every
-//! backend is two halves behind one seam:
+//! --backend native|imap|ses`) and stored by the store's [`MailBackends`] role;
+//! a running server re-reads it every [`RELOAD_INTERVAL`] and starts, restarts
+//! or stops the domain's backend (no restart needed). Every backend is two
+//! halves behind one seam:
 //!
 //! - a **receive source**, which ends in [`SmtpServer::ingest`]: the same
 //!   routing (envelope recipients only), `Received:`, verdicts
@@ -289,17 +291,34 @@ type SourceFuture = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Sen
 /// What makes a fresh receive source each time the lease is taken.
 type SourceStart = Box<dyn Fn(CancellationToken) -> SourceFuture + Send>;
 
+/// How often a running server re-reads the domains' backends (times the
+/// backoff scale, at least [`MIN_RELOAD_INTERVAL`]): `domain set-backend`
+/// takes effect within about this long, without a restart.
+pub const RELOAD_INTERVAL: Duration = Duration::from_secs(5);
+/// The shortest reload interval, whatever the scale.
+pub const MIN_RELOAD_INTERVAL: Duration = Duration::from_millis(500);
+
+/// One running backend: what it was started from, and how to stop it.
+struct Running {
+    /// The stored kind, settings and sealed secret it was started from.
+    started_from: (String, String, Vec<u8>),
+    /// Cancels its lease loop (and so its receive source).
+    stop: CancellationToken,
+    kind: &'static str,
+}
+
 /// The running backends of a server: each domain's receive source as a task,
-/// and its send sink for the queue runner.
-#[derive(Default)]
+/// and its send sink for the queue runner. A supervisor re-reads the stored
+/// backends every [`RELOAD_INTERVAL`] and starts, restarts or stops domains
+/// whose backend changed.
 pub struct Backends {
-    sinks: HashMap<String, Arc<dyn SendSink>>,
-    domains: Vec<(String, &'static str)>,
+    sinks: std::sync::RwLock<HashMap<String, Arc<dyn SendSink>>>,
+    running: tokio::sync::Mutex<HashMap<String, Running>>,
 }
 
 impl std::fmt::Debug for Backends {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Backends").field("domains", &self.domains).finish()
+        f.debug_struct("Backends").finish_non_exhaustive()
     }
 }
 
@@ -319,59 +338,159 @@ pub enum StartError {
     },
 }
 
+/// What starting one domain's backend needs besides its record.
+struct Launcher {
+    ctx: BackendContext,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+    /// This process's name as a follower-lease holder (lease.rs).
+    holder: String,
+    /// Starts so far: each start holds the lease under a name of its own, so
+    /// a restarted domain's new source waits for the old one to stop and
+    /// release the lease.
+    generation: std::sync::atomic::AtomicU64,
+}
+
+impl Launcher {
+    /// Starts `record`'s receive source (under its follower lease) and builds
+    /// its send sink.
+    fn launch(&self, record: &MailBackendRecord) -> Result<(Running, Arc<dyn SendSink>), StartError> {
+        let ctx = &self.ctx;
+        let stop = self.shutdown.child_token();
+        let generation = self.generation.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let holder = format!("{}/{generation}", self.holder);
+        let ttl = ctx.scaled(lease::LEASE_TTL);
+        let leased = |start| lease::run_leased(ctx.store.clone(), record.domain.clone(), holder.clone(), ttl, stop.clone(), start);
+        let started_from = (record.kind.clone(), record.settings.clone(), record.secret_sealed.clone());
+        if record.kind == "ses" {
+            // Checked here, so a bad setting is refused before anything runs;
+            // each lease taken opens a fresh receiver.
+            let (_, sink) = open_ses(ctx, record)?;
+            let (source_ctx, source_record) = (ctx.clone(), record.clone());
+            self.tasks.spawn(leased(Box::new(move |token: CancellationToken| {
+                let opened = open_ses(&source_ctx, &source_record);
+                Box::pin(async move {
+                    match opened {
+                        Ok((receiver, _)) => receiver.run(token).await,
+                        Err(err) => tracing::error!(%err, "SES backend: cannot open the receiver"),
+                    }
+                }) as SourceFuture
+            }) as SourceStart));
+            return Ok((Running { started_from, stop, kind: "ses" }, Arc::new(sink)));
+        }
+        let (settings, credential) = open_imap(&ctx.sealer, record)?;
+        let (source_ctx, source_domain) = (ctx.clone(), record.domain.clone());
+        let (source_settings, source_credential) = (settings.clone(), credential.clone());
+        self.tasks.spawn(leased(Box::new(move |token: CancellationToken| {
+            let follower =
+                imap::Follower::new(source_ctx.clone(), source_domain.clone(), source_settings.clone(), source_credential.clone());
+            Box::pin(follower.run(token)) as SourceFuture
+        }) as SourceStart));
+        let sink = Arc::new(submit::SubmissionSink::new(ctx.clone(), settings, credential));
+        Ok((Running { started_from, stop, kind: "imap" }, sink))
+    }
+}
+
 impl Backends {
     /// Starts every stored backend: its receive source on `tasks` (until
-    /// `shutdown`), its send sink kept for [`SendSinks`]. A domain whose
-    /// backend is set later starts at the next server start.
-    pub async fn start(ctx: BackendContext, shutdown: CancellationToken, tasks: &TaskTracker) -> Result<Self, StartError> {
-        let mut backends = Self::default();
-        // This process's name as a follower-lease holder (lease.rs).
-        let holder = format!("{}/{}/{}", ctx.hostname, std::process::id(), ulid::Ulid::new());
-        let ttl = ctx.scaled(lease::LEASE_TTL);
-        for record in ctx.store.mail_backends().await? {
-            let domain = record.domain.to_string();
-            let leased = |start| {
-                lease::run_leased(ctx.store.clone(), record.domain.clone(), holder.clone(), ttl, shutdown.clone(), start)
-            };
-            if record.kind == "ses" {
-                // Checked here, so a bad setting fails the start; each lease
-                // taken opens a fresh receiver.
-                let (_, sink) = open_ses(&ctx, &record)?;
-                let (source_ctx, source_record) = (ctx.clone(), record.clone());
-                tasks.spawn(leased(Box::new(move |token: CancellationToken| {
-                    let opened = open_ses(&source_ctx, &source_record);
-                    Box::pin(async move {
-                        match opened {
-                            Ok((receiver, _)) => receiver.run(token).await,
-                            Err(err) => tracing::error!(%err, "SES backend: cannot open the receiver"),
-                        }
-                    }) as SourceFuture
-                }) as SourceStart));
-                backends.sinks.insert(domain.clone(), Arc::new(sink));
-                backends.domains.push((domain, "ses"));
-                continue;
-            }
-            let (settings, credential) = open_imap(&ctx.sealer, &record)?;
-            let (source_ctx, source_domain) = (ctx.clone(), record.domain.clone());
-            let (source_settings, source_credential) = (settings.clone(), credential.clone());
-            tasks.spawn(leased(Box::new(move |token: CancellationToken| {
-                let follower = imap::Follower::new(
-                    source_ctx.clone(),
-                    source_domain.clone(),
-                    source_settings.clone(),
-                    source_credential.clone(),
-                );
-                Box::pin(follower.run(token)) as SourceFuture
-            }) as SourceStart));
-            backends.sinks.insert(domain.clone(), Arc::new(submit::SubmissionSink::new(ctx.clone(), settings, credential)));
-            backends.domains.push((domain, "imap"));
+    /// `shutdown`), its send sink kept for [`SendSinks`]; then a supervisor
+    /// (on `tasks`) that follows later changes (module docs). A stored
+    /// backend that cannot start fails the server's start; one set later
+    /// that cannot start is reported in its status and the log.
+    pub async fn start(ctx: BackendContext, shutdown: CancellationToken, tasks: &TaskTracker) -> Result<Arc<Self>, StartError> {
+        let launcher = Launcher {
+            holder: format!("{}/{}/{}", ctx.hostname, std::process::id(), ulid::Ulid::new()),
+            ctx,
+            shutdown,
+            tasks: tasks.clone(),
+            generation: 0.into(),
+        };
+        let backends = Arc::new(Self { sinks: std::sync::RwLock::new(HashMap::new()), running: tokio::sync::Mutex::new(HashMap::new()) });
+        for record in launcher.ctx.store.mail_backends().await? {
+            let (running, sink) = launcher.launch(&record)?;
+            backends.install(record.domain.to_string(), running, Some(sink)).await;
         }
+        let supervised = backends.clone();
+        tasks.spawn(async move {
+            let every = launcher.ctx.scaled(RELOAD_INTERVAL).max(MIN_RELOAD_INTERVAL);
+            loop {
+                tokio::select! {
+                    () = launcher.shutdown.cancelled() => return,
+                    () = tokio::time::sleep(every) => {}
+                }
+                if let Err(err) = supervised.reload(&launcher).await {
+                    tracing::warn!(%err, "mail backends: cannot re-read the domains' backends");
+                }
+            }
+        });
         Ok(backends)
     }
 
-    /// The domains with a backend and its kind.
-    pub fn domains(&self) -> &[(String, &'static str)] {
-        &self.domains
+    async fn install(&self, domain: String, running: Running, sink: Option<Arc<dyn SendSink>>) {
+        {
+            let mut sinks = self.sinks.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+            match sink {
+                Some(sink) => sinks.insert(domain.clone(), sink),
+                None => sinks.remove(&domain),
+            };
+        }
+        if let Some(old) = self.running.lock().await.insert(domain, running) {
+            old.stop.cancel();
+        }
+    }
+
+    /// Stops `domain`'s backend (its source releases the lease) and its sink.
+    async fn remove(&self, domain: &str) {
+        {
+            self.sinks.write().unwrap_or_else(std::sync::PoisonError::into_inner).remove(domain);
+        }
+        if let Some(old) = self.running.lock().await.remove(domain) {
+            old.stop.cancel();
+        }
+    }
+
+    /// Compares the stored backends with the running ones: a new or changed
+    /// one is (re)started, a removed one (the domain made native) stopped.
+    async fn reload(&self, launcher: &Launcher) -> Result<(), StoreError> {
+        let records = launcher.ctx.store.mail_backends().await?;
+        let stored: HashMap<String, &MailBackendRecord> = records.iter().map(|r| (r.domain.to_string(), r)).collect();
+        let gone: Vec<String> = self.running.lock().await.keys().filter(|d| !stored.contains_key(*d)).cloned().collect();
+        for domain in gone {
+            tracing::info!(%domain, "mail backends: the domain is native again; its backend stops");
+            self.remove(&domain).await;
+        }
+        for (domain, record) in stored {
+            let started_from = (record.kind.clone(), record.settings.clone(), record.secret_sealed.clone());
+            if self.running.lock().await.get(&domain).is_some_and(|r| r.started_from == started_from) {
+                continue;
+            }
+            // Stop first: a new source must not run beside the old one.
+            self.remove(&domain).await;
+            match launcher.launch(record) {
+                Ok((running, sink)) => {
+                    tracing::info!(%domain, kind = running.kind, "mail backends: the domain's backend (re)started");
+                    self.install(domain, running, Some(sink)).await;
+                }
+                Err(err) => {
+                    tracing::error!(%domain, %err, "mail backends: the domain's new backend cannot start");
+                    // Remembered, so it is not retried (and reported) every interval.
+                    let running = Running { started_from, stop: CancellationToken::new(), kind: "unusable" };
+                    self.install(domain, running, None).await;
+                    if let Err(e) = launcher.ctx.store.set_mail_backend_status(&record.domain, "failing", Some(&err.to_string()), now()).await {
+                        tracing::warn!(%e, "cannot record the mail backend's status");
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The domains with a running backend and its kind.
+    pub async fn domains(&self) -> Vec<(String, &'static str)> {
+        let mut list: Vec<(String, &'static str)> =
+            self.running.lock().await.iter().map(|(d, r)| (d.clone(), r.kind)).collect();
+        list.sort();
+        list
     }
 }
 
@@ -418,7 +537,7 @@ pub fn open_imap(sealer: &CredentialSealer, record: &MailBackendRecord) -> Resul
 #[async_trait]
 impl SendSinks for Backends {
     async fn sink_for(&self, sender_domain: &str) -> Option<Arc<dyn SendSink>> {
-        self.sinks.get(sender_domain).cloned()
+        self.sinks.read().unwrap_or_else(std::sync::PoisonError::into_inner).get(sender_domain).cloned()
     }
 }
 

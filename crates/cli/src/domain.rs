@@ -144,6 +144,11 @@ pub(crate) struct BackendArgs {
     /// ses: seconds between two listings of the bucket.
     #[arg(long, default_value_t = 10)]
     poll_seconds: u64,
+    /// ses: the SQS queue (subscribed to the S3 action's SNS topic) that
+    /// announces each object with all its envelope recipients; replaces the
+    /// listing.
+    #[arg(long, value_name = "URL")]
+    queue_url: Option<String>,
 }
 
 /// What `domain add|set-backend --backend` asks for (checked, not yet stored).
@@ -181,6 +186,7 @@ fn backend_choice(domain: &Domain, args: BackendArgs) -> Result<BackendChoice> {
             endpoint: args.endpoint,
             role_arn: args.role_arn,
             poll_seconds: args.poll_seconds,
+            queue_url: args.queue_url,
         };
         settings.validate(keys.is_some()).map_err(|e| anyhow!("{e}"))?;
         return Ok(BackendChoice::Ses(settings, keys));
@@ -250,6 +256,7 @@ async fn store_backend(dir: &DataDir, domain: &Domain, choice: BackendChoice) ->
                 "endpoint": settings.endpoint,
                 "role_arn": settings.role_arn,
                 "static_keys": keys.is_some(),
+                "queue_url": settings.queue_url,
             });
             ("ses", serde_json::to_string(&settings)?, sealed, detail)
         }

@@ -264,8 +264,7 @@ pub(crate) async fn run(config: Config) -> Result<()> {
         .map_err(|e| anyhow::anyhow!("cannot set up the TLS client for mail backends: {e}"))?
         .validating_config();
     let backend_tasks = TaskTracker::new();
-    let backends = Arc::new(
-        agentkeys_backends::Backends::start(
+    let backends = agentkeys_backends::Backends::start(
             agentkeys_backends::BackendContext {
                 store: dir.meta.clone(),
                 smtp: server.clone(),
@@ -284,10 +283,9 @@ pub(crate) async fn run(config: Config) -> Result<()> {
             &backend_tasks,
         )
         .await
-        .context("cannot start the mail backends (see `agentkeys domain list`)")?,
-    );
+        .context("cannot start the mail backends (see `agentkeys domain list`)")?;
     backend_tasks.close();
-    for (domain, kind) in backends.domains() {
+    for (domain, kind) in backends.domains().await {
         println!("  backend           {domain}: {kind}");
     }
     // ---- end of mail backends ----

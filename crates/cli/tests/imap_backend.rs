@@ -624,3 +624,129 @@ fn two_nodes_follow_one_mailbox_once_and_the_survivor_takes_over() {
     assert_eq!(holder(), Some(survivor.child.id()), "the survivor holds the lease");
     survivor.stop();
 }
+
+/// Sessions of `USER` that Dovecot logged as opened and as ended.
+fn sessions_opened_and_ended(dovecot: &Dovecot) -> (usize, usize) {
+    let log = dovecot.log();
+    let opened = log.lines().filter(|l| l.contains("imap-login: ") && l.contains("Login: user=<agent>")).count();
+    let ended = log
+        .lines()
+        .filter(|l| l.contains(&format!("imap({USER})")) && (l.contains("Disconnected") || l.contains("Logged out")))
+        .count();
+    (opened, ended)
+}
+
+/// `domain set-backend` takes effect on a running server, without a restart:
+/// switched from native to imap, the server starts following the mailbox and
+/// mail delivered there reaches the agent; switched back to native, the
+/// follower stops (Dovecot logs its session's end) and mail delivered to the
+/// mailbox afterwards is not imported.
+#[test]
+fn a_backend_set_on_a_running_server_starts_and_stops_without_a_restart() {
+    let w = world();
+    let server = w.serve(&[]);
+    assert_ne!(w.domain_row()["backend"], "imap", "{}", w.domain_row());
+    let set = w.set_imap_backend(PASSWORD, 1);
+    assert!(set.status.success(), "{}", String::from_utf8_lossy(&set.stderr));
+    w.wait_for_backend_status("running");
+    let appended = wait_output(w.append(&[w.signed("Switched on", "Your verification code is 135791.\r\n")], 0));
+    assert!(appended.status.success());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !w.subjects(&server).iter().any(|s| s == "Switched on") {
+        assert!(Instant::now() < deadline, "mail at the provider never reached the inbox after the switch");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(sessions_opened_and_ended(&w.dovecot).0 >= 2, "the follower and the appender logged in:\n{}", w.dovecot.log());
+
+    let out = agentkeys(w.data()).args(["domain", "set-backend", "agents.localhost", "--backend", "native"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // The follower's IMAP session ends: every session Dovecot opened is closed.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (opened, ended) = sessions_opened_and_ended(&w.dovecot);
+        if opened == ended {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the IMAP follower is still connected: {opened} sessions, {ended} ended\n{}", w.dovecot.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let opened = sessions_opened_and_ended(&w.dovecot).0;
+    let appended = wait_output(w.append(&[w.signed("Switched off", "Your verification code is 246802.\r\n")], 0));
+    assert!(appended.status.success());
+    // Several reload intervals (0.5 s here) and far longer than IDLE's delivery (< 2 s).
+    std::thread::sleep(Duration::from_secs(4));
+    assert!(!w.subjects(&server).iter().any(|s| s == "Switched off"), "imported while the domain is native");
+    assert_eq!(sessions_opened_and_ended(&w.dovecot).0, opened + 1, "only the appender logged in again");
+    server.stop();
+}
+
+/// On two nodes sharing one PostgreSQL database (ports 23640–23659 for the
+/// bucket), a backend set while both run is followed by exactly one node
+/// (the follower lease), each message imported once; set back to native,
+/// both nodes stop: every IMAP session ends and nobody holds the lease.
+#[test]
+fn on_two_nodes_a_backend_set_while_running_is_followed_once_and_stopped_by_both() {
+    use std::os::unix::fs::PermissionsExt as _;
+    const BURST: usize = 8;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let db = runtime.block_on(agentkeys_store::postgres::TempDatabase::create()).expect("a PostgreSQL for tests");
+    drop(runtime);
+    let s3 = S3sFs::start("mail", 23640..=23659);
+    let mut shared: Vec<(String, String)> = s3.serve_env("ak").into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
+    shared.push(("AGENTKEYS_DATABASE_URL".to_owned(), db.url().to_owned()));
+    let w = world_on(Some(&shared));
+    let node_b = tempfile::tempdir().unwrap();
+    share_deployment(node_b.path(), &shared);
+    let seed = node_b.path().join("master.seed");
+    std::fs::copy(w.data().join("master.seed"), &seed).unwrap();
+    std::fs::set_permissions(&seed, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let ca = w.cert.display().to_string();
+    let dns = w.dns.nameserver();
+    let env = [
+        ("AGENTKEYS_DELIVERY_CA_FILE", ca.as_str()),
+        ("AGENTKEYS_DNS_NAMESERVERS", dns.as_str()),
+        ("AGENTKEYS_BACKENDS_BACKOFF_SCALE", "0.02"),
+    ];
+    let servers = [Server::start(w.data(), &env), Server::start(node_b.path(), &env)];
+    let holder = || -> Option<u32> {
+        let out = Command::new("psql")
+            .args([db.url(), "-XAtc", "SELECT holder FROM backend_leases WHERE domain = 'agents.localhost'"])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        text.split('/').nth(1).and_then(|pid| pid.parse().ok())
+    };
+
+    let set = w.set_imap_backend(PASSWORD, 1);
+    assert!(set.status.success(), "{}", String::from_utf8_lossy(&set.stderr));
+    w.wait_for_backend_status("running");
+    let holding = holder().expect("one node holds the lease");
+    assert!(servers.iter().any(|s| s.child.id() == holding), "the holder is one of our nodes");
+    let messages: Vec<String> = (0..BURST).map(|i| w.signed(&format!("hot {i:03}"), "hello\r\n")).collect();
+    assert!(wait_output(w.append(&messages, 20)).status.success());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while w.subjects(&servers[0]).len() < BURST {
+        assert!(Instant::now() < deadline, "{} of {BURST} imported", w.subjects(&servers[0]).len());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mut sorted = w.subjects(&servers[1]);
+    sorted.sort();
+    let expected: Vec<String> = (0..BURST).map(|i| format!("hot {i:03}")).collect();
+    assert_eq!(sorted, expected, "each message once across the two nodes");
+    assert_eq!(holder(), Some(holding), "the lease stayed with one node");
+
+    let out = agentkeys(w.data()).args(["domain", "set-backend", "agents.localhost", "--backend", "native"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (opened, ended) = sessions_opened_and_ended(&w.dovecot);
+        if opened == ended && holder().is_none() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still following: {opened} sessions, {ended} ended, lease {:?}", holder());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let [first, second] = servers;
+    first.stop();
+    second.stop();
+}

@@ -23,7 +23,7 @@ use tokio::net::TcpStream;
 use url::Url;
 use zeroize::Zeroizing;
 
-use super::sigv4::{AwsCredentials, sign_post};
+use super::sigv4::{AwsCredentials, sign_post, sign_post_with_target};
 use crate::PROVIDER_TIMEOUT;
 
 /// Most bytes read of an STS, SES or listing answer.
@@ -435,6 +435,117 @@ pub async fn send_raw_email(
     xml_text(&text, "MessageId").ok_or_else(|| AwsError::Malformed { service: "ses", detail: "no MessageId".to_owned() })
 }
 
+/// How long one SQS `ReceiveMessage` waits for a message (SQS's longest long poll).
+pub const SQS_WAIT_SECONDS: u64 = 20;
+/// Messages asked of SQS per `ReceiveMessage` (SQS's most).
+pub const SQS_MAX_MESSAGES: u64 = 10;
+
+/// One message received from an SQS queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueMessage {
+    /// SQS's id of the message (the same on every redelivery).
+    pub message_id: String,
+    /// The handle that deletes this delivery of it.
+    pub receipt_handle: String,
+    /// Its body (an SNS envelope, or SES's notification itself with raw delivery).
+    pub body: String,
+}
+
+/// Checks a queue URL (`https://sqs.<region>.amazonaws.com/<account>/<name>`,
+/// or an emulator's): http(s), a host, and a path naming the queue.
+pub fn check_queue_url(queue_url: &str) -> Result<Url, String> {
+    let url = Url::parse(queue_url).map_err(|e| format!("queue URL {queue_url:?}: {e}"))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        return Err(format!("queue URL {queue_url:?} must be an http:// or https:// URL with a host"));
+    }
+    if url.path().trim_matches('/').is_empty() || url.query().is_some() || queue_url.len() > 1024 {
+        return Err(format!("queue URL {queue_url:?} does not name a queue (https://sqs.<region>.amazonaws.com/<account>/<name>)"));
+    }
+    Ok(url)
+}
+
+/// One call of SQS's JSON protocol (`AmazonSQS.<action>`), signed, to the
+/// queue URL's host; the answer's JSON.
+async fn sqs_call(
+    tls: &Arc<rustls::ClientConfig>,
+    region: &str,
+    credentials: &AwsCredentials,
+    queue_url: &str,
+    action: &str,
+    request: &serde_json::Value,
+) -> Result<serde_json::Value, AwsError> {
+    let queue = check_queue_url(queue_url).map_err(|detail| AwsError::Transport { service: "sqs", detail })?;
+    let host = match (queue.host_str(), queue.port()) {
+        (Some(h), Some(p)) => format!("{h}:{p}"),
+        (Some(h), None) => h.to_owned(),
+        (None, _) => return Err(AwsError::Transport { service: "sqs", detail: format!("{queue} has no host") }),
+    };
+    let mut endpoint = queue.clone();
+    endpoint.set_path("/");
+    let body = request.to_string();
+    let target = format!("AmazonSQS.{action}");
+    let amz_date = jiff::Timestamp::now().strftime("%Y%m%dT%H%M%SZ").to_string();
+    let content_type = "application/x-amz-json-1.0";
+    let headers =
+        sign_post_with_target(credentials, region, "sqs", &host, content_type, Some(&target), body.as_bytes(), &amz_date);
+    let (status, answer) = http(tls, "sqs", Method::POST, &endpoint, &headers, body.into()).await?;
+    let value: serde_json::Value = if answer.is_empty() {
+        serde_json::Value::Null
+    } else {
+        serde_json::from_slice(&answer).map_err(|e| AwsError::Malformed { service: "sqs", detail: format!("not JSON: {e}") })?
+    };
+    if !(200..300).contains(&status) {
+        let kind = value.get("__type").and_then(|v| v.as_str()).unwrap_or("");
+        return Err(AwsError::Refused {
+            service: "sqs",
+            status,
+            code: kind.rsplit('#').next().filter(|c| !c.is_empty()).map_or_else(|| format!("HTTP{status}"), str::to_owned),
+            message: value.get("message").or_else(|| value.get("Message")).and_then(|v| v.as_str()).unwrap_or("").to_owned(),
+        });
+    }
+    Ok(value)
+}
+
+/// SQS `ReceiveMessage`: waits up to `wait_seconds` for up to
+/// [`SQS_MAX_MESSAGES`] messages of `queue_url`.
+pub async fn sqs_receive(
+    tls: &Arc<rustls::ClientConfig>,
+    region: &str,
+    credentials: &AwsCredentials,
+    queue_url: &str,
+    wait_seconds: u64,
+) -> Result<Vec<QueueMessage>, AwsError> {
+    let request = serde_json::json!({
+        "QueueUrl": queue_url,
+        "MaxNumberOfMessages": SQS_MAX_MESSAGES,
+        "WaitTimeSeconds": wait_seconds.min(SQS_WAIT_SECONDS),
+    });
+    let answer = sqs_call(tls, region, credentials, queue_url, "ReceiveMessage", &request).await?;
+    let malformed = |detail: &str| AwsError::Malformed { service: "sqs", detail: detail.to_owned() };
+    let Some(messages) = answer.get("Messages") else { return Ok(Vec::new()) };
+    let messages = messages.as_array().ok_or_else(|| malformed("Messages is not a list"))?;
+    let mut out = Vec::with_capacity(messages.len());
+    for m in messages {
+        let field = |name: &str| {
+            m.get(name).and_then(|v| v.as_str()).map(str::to_owned).ok_or_else(|| malformed(&format!("a message without {name}")))
+        };
+        out.push(QueueMessage { message_id: field("MessageId")?, receipt_handle: field("ReceiptHandle")?, body: field("Body")? });
+    }
+    Ok(out)
+}
+
+/// SQS `DeleteMessage` of one received delivery.
+pub async fn sqs_delete(
+    tls: &Arc<rustls::ClientConfig>,
+    region: &str,
+    credentials: &AwsCredentials,
+    queue_url: &str,
+    receipt_handle: &str,
+) -> Result<(), AwsError> {
+    let request = serde_json::json!({ "QueueUrl": queue_url, "ReceiptHandle": receipt_handle });
+    sqs_call(tls, region, credentials, queue_url, "DeleteMessage", &request).await.map(|_| ())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -459,5 +570,14 @@ mod tests {
         assert_eq!((emu.s3.as_str(), emu.path_style), ("http://127.0.0.1:5000/", true));
         assert!(Endpoints::new("us-east-1", Some("ftp://x")).is_err());
         assert!(Endpoints::new("us-east-1", Some("not a url")).is_err());
+    }
+
+    #[test]
+    fn queue_urls_name_a_queue() {
+        assert!(check_queue_url("https://sqs.eu-west-1.amazonaws.com/123456789012/agentkeys-inbound").is_ok());
+        assert!(check_queue_url("http://127.0.0.1:5000/123456789012/q").is_ok());
+        assert!(check_queue_url("https://sqs.eu-west-1.amazonaws.com/").is_err(), "no queue in the path");
+        assert!(check_queue_url("ftp://h/1/q").is_err());
+        assert!(check_queue_url("sqs-queue").is_err());
     }
 }

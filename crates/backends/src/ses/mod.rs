@@ -21,9 +21,16 @@
 //! reported** (log, `agentkeys_backend_messages_total{kind="ses",result="unroutable"}`,
 //! a `backend.unroutable` audit record naming the key, and the backend's
 //! status detail in `agentkeys domain list`), once per server start, never
-//! retried in a loop. The SNS notification (`receipt.recipients`) carries every
-//! recipient, but consuming it needs an SNS/SQS subscription this backend does
-//! not have yet.
+//! retried in a loop.
+//!
+//! **Notifications.** With a queue URL, the SQS queue subscribed to the S3
+//! action's SNS topic replaces the listing: SES's notification
+//! ([`read_notification`]) names every envelope recipient
+//! (`receipt.recipients`), so an object for several recipients is stored once
+//! in each of their inboxes on this domain (one id per object, each copy under
+//! its own owner). The SQS message is deleted only once the copies are durable
+//! or the object was kept and reported; a redelivery finds every copy in the
+//! index and stores nothing.
 //!
 //! **Verdicts.** SES's `Authentication-Results: amazonses.com` (SPF, DKIM,
 //! DMARC) and `X-SES-Spam-Verdict`/`X-SES-Virus-Verdict` are read only from
@@ -99,6 +106,90 @@ pub const MAX_HEADER_SECTION: usize = 256 * 1024;
 pub const MAX_REMEMBERED_KEYS: usize = 100_000;
 /// The wallet tag of the server's own (not an owner's) AWS session.
 pub const SERVER_WALLET: &str = "agentkeys-server";
+/// The longest SQS message body read as a notification (SQS's own limit).
+pub const MAX_NOTIFICATION_BYTES: usize = 256 * 1024;
+/// The most envelope recipients read from one notification (RFC 5321's
+/// minimum recipient buffer; SES accepts fewer per message).
+pub const MAX_NOTIFICATION_RECIPIENTS: usize = 100;
+
+/// What an SES receipt notification says about one message its S3 action
+/// stored: where, and for which envelope recipients (all of them, unlike the
+/// object's `Received` field).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SesNotification {
+    /// `receipt.recipients`: the envelope recipients the rule matched.
+    pub recipients: Vec<String>,
+    /// `receipt.action.bucketName`.
+    pub bucket: String,
+    /// `receipt.action.objectKey`.
+    pub key: String,
+    /// `mail.timestamp` in Unix milliseconds.
+    pub timestamp_ms: i64,
+    /// `mail.messageId` (SES's id; also the object's name).
+    pub message_id: String,
+}
+
+/// Reads an SQS message body as SES's receipt notification of an S3 action
+/// (sans-IO): an SNS envelope (`{"Type":"Notification","Message":"<json>"}`)
+/// or, with SNS raw message delivery, the notification itself
+/// (`{"notificationType":"Received","receipt":{"recipients":[…],"action":
+/// {"type":"S3","bucketName":…,"objectKey":…}},"mail":{…}}`).
+pub fn read_notification(body: &str) -> Result<SesNotification, String> {
+    if body.len() > MAX_NOTIFICATION_BYTES {
+        return Err(format!("a notification over {MAX_NOTIFICATION_BYTES} bytes"));
+    }
+    let outer: serde_json::Value = serde_json::from_str(body).map_err(|e| format!("not JSON: {e}"))?;
+    let inner: serde_json::Value = match (outer.get("Type").and_then(|v| v.as_str()), outer.get("Message")) {
+        (Some("Notification"), Some(serde_json::Value::String(message))) => {
+            serde_json::from_str(message).map_err(|e| format!("the SNS message is not JSON: {e}"))?
+        }
+        (Some(other), _) => return Err(format!("an SNS {other:?} message, not a notification")),
+        (None, _) => outer,
+    };
+    let text = |v: &serde_json::Value, path: &[&str]| -> Result<String, String> {
+        let mut at = v;
+        for p in path {
+            at = at.get(p).ok_or_else(|| format!("no {}", path.join(".")))?;
+        }
+        at.as_str().map(str::to_owned).ok_or_else(|| format!("{} is not text", path.join(".")))
+    };
+    let kind = text(&inner, &["notificationType"])?;
+    if kind != "Received" {
+        return Err(format!("notificationType {kind:?}, not Received"));
+    }
+    let action = text(&inner, &["receipt", "action", "type"])?;
+    if action != "S3" {
+        return Err(format!("a receipt rule action of type {action:?}, not S3"));
+    }
+    let list = inner
+        .get("receipt")
+        .and_then(|r| r.get("recipients"))
+        .and_then(|r| r.as_array())
+        .ok_or("no receipt.recipients list")?;
+    if list.is_empty() || list.len() > MAX_NOTIFICATION_RECIPIENTS {
+        return Err(format!("{} recipients (1 to {MAX_NOTIFICATION_RECIPIENTS})", list.len()));
+    }
+    let mut recipients = Vec::with_capacity(list.len());
+    for r in list {
+        let r = r.as_str().ok_or("a recipient that is not text")?;
+        let r = bare_address(r);
+        if !r.contains('@') || r.len() > 320 {
+            return Err(format!("recipient {r:?} is not an address"));
+        }
+        if !recipients.iter().any(|have: &String| have.eq_ignore_ascii_case(&r)) {
+            recipients.push(r);
+        }
+    }
+    let stamp = text(&inner, &["mail", "timestamp"]).or_else(|_| text(&inner, &["receipt", "timestamp"]))?;
+    let timestamp: jiff::Timestamp = stamp.parse().map_err(|e| format!("timestamp {stamp:?}: {e}"))?;
+    Ok(SesNotification {
+        recipients,
+        bucket: text(&inner, &["receipt", "action", "bucketName"])?,
+        key: text(&inner, &["receipt", "action", "objectKey"])?,
+        timestamp_ms: timestamp.as_millisecond(),
+        message_id: text(&inner, &["mail", "messageId"]).unwrap_or_default(),
+    })
+}
 
 /// The stored settings of an SES backend (no secret).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -118,6 +209,10 @@ pub struct SesSettings {
     pub role_arn: Option<String>,
     /// Seconds between two listings.
     pub poll_seconds: u64,
+    /// The SQS queue the receipt rule's S3 action notifies (through an SNS
+    /// topic subscribed to it); when set, the queue replaces the listing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_url: Option<String>,
 }
 
 impl SesSettings {
@@ -147,6 +242,9 @@ impl SesSettings {
                     .to_owned());
             }
             (None, true) => {}
+        }
+        if let Some(queue) = &self.queue_url {
+            aws::check_queue_url(queue)?;
         }
         if !POLL_SECONDS.contains(&self.poll_seconds) {
             return Err(format!("poll seconds must be {} to {}", POLL_SECONDS.start(), POLL_SECONDS.end()));
@@ -422,8 +520,11 @@ impl Receiver {
         }
     }
 
-    /// Lists and stores until `shutdown`.
+    /// Lists (or, with a queue, follows the queue) and stores until `shutdown`.
     pub async fn run(mut self, shutdown: CancellationToken) {
+        if let Some(queue) = self.settings.queue_url.clone() {
+            return self.run_queue(queue, shutdown).await;
+        }
         let mut failures = 0usize;
         tracing::info!(domain = %self.domain, location = %self.settings.location(), "SES backend: following the bucket");
         loop {
@@ -513,6 +614,12 @@ impl Receiver {
         } else if let Some(token) = token {
             self.lap = Some((token, newest));
         }
+        self.mark_running().await;
+        Ok(())
+    }
+
+    /// Writes the `running` status unless it is the one last written.
+    async fn mark_running(&mut self) {
         if self.reported.is_empty() && !self.running {
             self.status("running", None).await;
             self.running = true;
@@ -522,7 +629,155 @@ impl Receiver {
             self.status("running", Some(&detail)).await;
             self.running = true;
         }
+    }
+
+    /// Follows the SQS queue the receipt rule's S3 action notifies, until
+    /// `shutdown`: long polls, stores each notified object once for each of
+    /// its envelope recipients on this domain, and deletes the SQS message
+    /// only after that is durable (or the object is reported as kept).
+    async fn run_queue(mut self, queue: String, shutdown: CancellationToken) {
+        let mut failures = 0usize;
+        tracing::info!(domain = %self.domain, %queue, location = %self.settings.location(), "SES backend: following the SQS queue");
+        loop {
+            match self.queue_pass(&queue, &shutdown).await {
+                Ok(()) => failures = 0,
+                Err(why) => {
+                    failures += 1;
+                    let wait = self.ctx.scaled(RECONNECT_BACKOFF[(failures - 1).min(RECONNECT_BACKOFF.len() - 1)]);
+                    tracing::warn!(domain = %self.domain, %why, ?wait, "SES backend: the queue pass failed");
+                    metrics::counter!("agentkeys_backend_reconnects_total", "kind" => "ses").increment(1);
+                    self.status("failing", Some(&why)).await;
+                    self.running = false;
+                    tokio::select! {
+                        () = shutdown.cancelled() => return,
+                        () = tokio::time::sleep(wait) => {}
+                    }
+                }
+            }
+            if shutdown.is_cancelled() {
+                return;
+            }
+        }
+    }
+
+    async fn queue_pass(&mut self, queue: &str, shutdown: &CancellationToken) -> Result<(), String> {
+        let credentials = self.credentials.get(SERVER_WALLET).await.map_err(|e| self.aws_failed(&e))?;
+        let region = self.endpoints.region.clone();
+        let received = tokio::select! {
+            () = shutdown.cancelled() => return Ok(()),
+            r = aws::sqs_receive(&self.ctx.tls, &region, &credentials, queue, aws::SQS_WAIT_SECONDS) => r,
+        };
+        let messages = match received {
+            Ok(messages) => messages,
+            Err(err) => {
+                if let AwsError::Refused { code, .. } = &err
+                    && matches!(code.as_str(), "ExpiredToken" | "InvalidClientTokenId" | "UnrecognizedClientException")
+                {
+                    self.credentials.forget(SERVER_WALLET).await;
+                }
+                return Err(err.to_string());
+            }
+        };
+        self.mark_running().await;
+        for message in messages {
+            // Not deleted unless settled: SQS delivers it again after the
+            // queue's visibility timeout.
+            if self.take_notification(&credentials, &message).await? {
+                aws::sqs_delete(&self.ctx.tls, &region, &credentials, queue, &message.receipt_handle)
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+        }
         Ok(())
+    }
+
+    /// Stores the object one notification names for each of its envelope
+    /// recipients on this domain that does not have it yet. `Ok(true)`: settled
+    /// (stored, already stored, or kept and reported), the SQS message may go.
+    async fn take_notification(&mut self, credentials: &sigv4::AwsCredentials, message: &aws::QueueMessage) -> Result<bool, String> {
+        let notification = match read_notification(&message.body) {
+            Ok(n) => n,
+            Err(why) => {
+                let why = format!("an SQS message that is not SES's notification of an S3 action: {why}");
+                self.unroutable(&format!("sqs:{}", message.message_id), &why, None).await;
+                return Ok(true);
+            }
+        };
+        let key = notification.key.clone();
+        if key.ends_with(SES_SETUP_NOTIFICATION) {
+            return Ok(true);
+        }
+        if notification.bucket != self.settings.bucket {
+            self.unroutable(&key, "the notification names another bucket than this backend's", None).await;
+            return Ok(true);
+        }
+        let domain = self.domain.as_str().to_owned();
+        let (ours, others): (Vec<String>, Vec<String>) = notification.recipients.iter().cloned().partition(|r| {
+            r.rsplit_once('@').is_some_and(|(_, d)| d.trim_end_matches('.').eq_ignore_ascii_case(&domain))
+        });
+        if ours.is_empty() {
+            self.unroutable(&key, "no envelope recipient is on this backend's domain", Some(others.join(", ").as_str())).await;
+            return Ok(true);
+        }
+        if !others.is_empty() {
+            tracing::info!(domain = %self.domain, %key, others = others.len(),
+                "SES backend: recipients on other domains are not delivered by this domain's backend");
+        }
+        let id = object_id(&self.settings.bucket, &key, u64::try_from(notification.timestamp_ms).unwrap_or(0));
+        let mut missing = Vec::with_capacity(ours.len());
+        for recipient in ours {
+            if !self.already_stored(&recipient, id).await? {
+                missing.push(recipient);
+            }
+        }
+        if missing.is_empty() {
+            // A redelivery (or another node's copy): every recipient has it.
+            return Ok(true);
+        }
+        let Some(raw) = aws::get_object(&self.ctx.tls, &self.endpoints, credentials, &self.settings.bucket, &key)
+            .await
+            .map_err(|e| e.to_string())?
+        else {
+            self.unroutable(&key, "the object the notification names is not in the bucket", None).await;
+            return Ok(true);
+        };
+        let receipt = read_receipt(&raw);
+        if receipt.virus.as_deref().is_some_and(|v| v.eq_ignore_ascii_case("FAIL")) {
+            self.unroutable(&key, "SES's virus verdict is FAIL; not delivered", Some(missing.join(", ").as_str())).await;
+            return Ok(true);
+        }
+        let fetched = Fetched {
+            id,
+            source: receipt.received_by.clone().unwrap_or_else(|| "amazonses.com".to_owned()),
+            via: "SES/S3",
+            mail_from: receipt.mail_from.clone(),
+            recipients: missing.clone(),
+            message: raw,
+            received_at: now(),
+            results: Some(receipt.results.clone()),
+        };
+        match self.ctx.smtp.ingest(fetched).await {
+            Ok(ingested) => {
+                tracing::info!(domain = %self.domain, %key, %id, copies = ingested.stored.len(), "SES backend: stored (notified)");
+                metrics::counter!("agentkeys_backend_messages_total", "kind" => "ses", "result" => "stored")
+                    .increment(ingested.stored.len() as u64);
+                if !ingested.unroutable.is_empty() {
+                    let list = ingested.unroutable.join(", ");
+                    self.unroutable(&key, "envelope recipients that are not an active inbox", Some(list.as_str())).await;
+                }
+                Ok(true)
+            }
+            Err(IngestError::Unroutable(list)) => {
+                self.unroutable(&key, "no envelope recipient is an active inbox", Some(list.join(", ").as_str())).await;
+                Ok(true)
+            }
+            Err(err @ (IngestError::Refused | IngestError::TooLarge(..))) => {
+                tracing::info!(domain = %self.domain, %key, %err, "SES backend: object not stored (left in the bucket)");
+                metrics::counter!("agentkeys_backend_messages_total", "kind" => "ses", "result" => "refused").increment(1);
+                Ok(true)
+            }
+            Err(IngestError::Store(err)) => Err(format!("the store: {err}")),
+        }
     }
 
     fn aws_failed(&self, err: &AwsError) -> String {

@@ -55,11 +55,31 @@ pub fn sign_post(
     body: &[u8],
     amz_date: &str,
 ) -> Vec<(&'static str, String)> {
+    sign_post_with_target(credentials, region, service, host, content_type, None, body, amz_date)
+}
+
+/// [`sign_post`] with an `x-amz-target` header signed too (AWS's JSON
+/// protocol, e.g. `AmazonSQS.ReceiveMessage`).
+#[allow(clippy::too_many_arguments)]
+pub fn sign_post_with_target(
+    credentials: &AwsCredentials,
+    region: &str,
+    service: &str,
+    host: &str,
+    content_type: &str,
+    target: Option<&str>,
+    body: &[u8],
+    amz_date: &str,
+) -> Vec<(&'static str, String)> {
     let date = &amz_date[..amz_date.len().min(8)];
     let mut headers: Vec<(&'static str, String)> =
         vec![("content-type", content_type.to_owned()), ("host", host.to_owned()), ("x-amz-date", amz_date.to_owned())];
     if let Some(token) = &credentials.session_token {
         headers.push(("x-amz-security-token", token.as_str().to_owned()));
+    }
+    // Canonical headers are sorted: x-amz-target comes after x-amz-security-token.
+    if let Some(target) = target {
+        headers.push(("x-amz-target", target.to_owned()));
     }
     let canonical_headers: String = headers.iter().map(|(k, v)| format!("{k}:{}\n", v.trim())).collect();
     let signed_headers = headers.iter().map(|(k, _)| *k).collect::<Vec<_>>().join(";");

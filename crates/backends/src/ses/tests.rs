@@ -106,6 +106,7 @@ fn settings() -> SesSettings {
         endpoint: None,
         role_arn: Some("arn:aws:iam::123456789012:role/agentkeys-mail".to_owned()),
         poll_seconds: 10,
+        queue_url: None,
     }
 }
 
@@ -121,6 +122,9 @@ fn settings_are_checked_and_round_trip_as_json() {
     assert!(SesSettings { region: "us east".to_owned(), ..settings() }.validate(false).is_err());
     assert!(SesSettings { role_arn: Some("arn:aws:iam::1:user/x".to_owned()), ..settings() }.validate(false).is_err());
     assert!(SesSettings { poll_seconds: 0, ..settings() }.validate(false).is_err());
+    assert!(SesSettings { queue_url: Some("sqs".to_owned()), ..settings() }.validate(false).unwrap_err().contains("queue URL"));
+    let queue = Some("https://sqs.us-east-1.amazonaws.com/123456789012/agentkeys-inbound".to_owned());
+    SesSettings { queue_url: queue, ..settings() }.validate(false).unwrap();
     assert!(SesSettings { poll_seconds: *POLL_SECONDS.end() + 1, ..settings() }.validate(false).is_err());
     assert!(SesSettings { endpoint: Some("gopher://x".to_owned()), ..settings() }.validate(false).is_err());
     assert_eq!(settings().location(), "s3://agentkeys-inbound/inbound/");
@@ -157,4 +161,68 @@ proptest! {
             prop_assert!(["pass", "fail", "softfail", "neutral", "none", "temperror", "permerror", "policy"].contains(&word));
         }
     }
+}
+
+/// SES's notification of an S3 action, as the SES developer guide shows it.
+fn notification(recipients: &[&str]) -> serde_json::Value {
+    serde_json::json!({
+        "notificationType": "Received",
+        "receipt": {
+            "timestamp": "2026-12-07T19:00:00.936Z",
+            "processingTimeMillis": 222,
+            "recipients": recipients,
+            "spamVerdict": {"status": "PASS"},
+            "virusVerdict": {"status": "PASS"},
+            "action": {
+                "type": "S3",
+                "topicArn": "arn:aws:sns:us-east-1:123456789012:inbound",
+                "bucketName": "agentkeys-inbound",
+                "objectKeyPrefix": "inbound/",
+                "objectKey": "inbound/o3vrnil0e2ic28trm7dfhrc2v0cnbeccl4nbp0g1"
+            }
+        },
+        "mail": {
+            "timestamp": "2026-12-07T19:00:00.500Z",
+            "source": "sender@bank.example",
+            "messageId": "o3vrnil0e2ic28trm7dfhrc2v0cnbeccl4nbp0g1",
+            "destination": ["victim@agents.test"]
+        }
+    })
+}
+
+#[test]
+fn a_notification_gives_every_envelope_recipient_through_sns_or_raw() {
+    let inner = notification(&["a@agents.test", "B@agents.test", "a@agents.test", "c@other.test"]);
+    let sns = serde_json::json!({"Type": "Notification", "MessageId": "m", "Message": inner.to_string()});
+    for body in [sns.to_string(), inner.to_string()] {
+        let n = read_notification(&body).unwrap();
+        assert_eq!(n.recipients, ["a@agents.test", "B@agents.test", "c@other.test"], "receipt.recipients, not mail.destination (To:)");
+        assert_eq!((n.bucket.as_str(), n.key.as_str()), ("agentkeys-inbound", "inbound/o3vrnil0e2ic28trm7dfhrc2v0cnbeccl4nbp0g1"));
+        assert_eq!(n.timestamp_ms, 1_796_670_000_500);
+    }
+}
+
+#[test]
+fn what_is_not_an_s3_action_notification_is_refused() {
+    let mut sns_action = notification(&["a@agents.test"]);
+    sns_action["receipt"]["action"] = serde_json::json!({"type": "SNS", "topicArn": "arn:aws:sns:us-east-1:1:t"});
+    assert!(read_notification(&sns_action.to_string()).unwrap_err().contains("not S3"));
+    let mut bounce = notification(&["a@agents.test"]);
+    bounce["notificationType"] = "Bounce".into();
+    assert!(read_notification(&bounce.to_string()).is_err());
+    assert!(read_notification(&notification(&[]).to_string()).is_err(), "no recipient");
+    assert!(read_notification(&notification(&["not-an-address"]).to_string()).is_err());
+    let confirm = serde_json::json!({"Type": "SubscriptionConfirmation", "Message": "x"});
+    assert!(read_notification(&confirm.to_string()).unwrap_err().contains("SubscriptionConfirmation"));
+    assert!(read_notification("not json").is_err());
+}
+
+#[test]
+fn notifications_have_bounds() {
+    let many: Vec<String> = (0..=MAX_NOTIFICATION_RECIPIENTS).map(|i| format!("r{i}@agents.test")).collect();
+    let many: Vec<&str> = many.iter().map(String::as_str).collect();
+    assert!(read_notification(&notification(&many).to_string()).is_err(), "over MAX_NOTIFICATION_RECIPIENTS");
+    assert!(read_notification(&notification(&many[..MAX_NOTIFICATION_RECIPIENTS]).to_string()).is_ok());
+    let padded = format!("{}{}", notification(&["a@agents.test"]), " ".repeat(MAX_NOTIFICATION_BYTES));
+    assert!(read_notification(&padded).unwrap_err().contains("bytes"), "over MAX_NOTIFICATION_BYTES");
 }
