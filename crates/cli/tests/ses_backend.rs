@@ -478,7 +478,10 @@ fn sqs_notifications_route_one_object_to_each_of_its_envelope_recipients_once() 
         .unwrap();
     std::thread::sleep(Duration::from_millis(400));
     w.put("two-owners", &ses_object(None, "undisclosed-recipients:;", "Shared", "Your verification code is 424242.\r\n"));
-    let notify = ["notify", queue.as_str(), BUCKET, "inbound/two-owners", w.inbox.as_str(), w.other_inbox.as_str(), "someone@elsewhere.example"];
+    // The other owner's recipient is subaddressed: its copy goes to its inbox,
+    // and the redelivery below must recognise it there.
+    let other_tagged = w.other_inbox.replacen('@', "+signup@", 1);
+    let notify = ["notify", queue.as_str(), BUCKET, "inbound/two-owners", w.inbox.as_str(), other_tagged.as_str(), "someone@elsewhere.example"];
     w.moto.py(&notify);
     let out = waiter.wait_with_output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

@@ -850,8 +850,10 @@ impl Receiver {
         }
     }
 
+    /// Whether `recipient`'s inbox (a subaddress resolved as `ingest` resolves
+    /// it) already holds `id`.
     async fn already_stored(&self, recipient: &str, id: Ulid) -> Result<bool, String> {
-        let Ok(address) = recipient.parse::<agentkeys_core::Address>() else { return Ok(false) };
+        let Some(address) = self.ctx.smtp.subaddressing().resolve(recipient).map(|r| r.inbox) else { return Ok(false) };
         let Some(found) = self.ctx.store.recipient(&address).await.map_err(|e| format!("the store: {e}"))? else {
             return Ok(false);
         };
