@@ -455,7 +455,7 @@ pub(crate) async fn reject(
 }
 
 /// One delivery of a sent message.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct SentDeliveryView {
     /// The remote recipient.
     pub recipient: String,
@@ -468,7 +468,7 @@ pub struct SentDeliveryView {
 }
 
 /// A message the inbox sent, with where it stands.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct SentView {
     /// The id the send answered with.
     pub message_id: String,
