@@ -321,9 +321,10 @@ pub(crate) const SQL_SENT: &str = "SELECT s.message_id, s.at, s.recipients, s.qu
        LEFT JOIN held_messages h ON h.id = s.message_id
       WHERE s.inbox = $1 AND ($2 = '' OR s.message_id = $2)
       ORDER BY s.at DESC, s.message_id DESC LIMIT $3";
-/// The sends of an inbox into one of its threads: from the thread's rows
-/// (`messages_by_thread`), their keys (`message_thread_keys_by_seq`), the
-/// sends that recorded one (`sent_thread_keys`' primary key).
+/// The sends of an inbox into one of its threads: the thread's rows (index
+/// `messages_by_thread`), their keys (`message_thread_keys_by_seq`), the sends
+/// that recorded one of those keys (`sent_thread_keys`' primary key), each
+/// reachable by an index on both backends.
 pub(crate) const SQL_SENT_IN_THREAD: &str = "SELECT s.message_id, s.at, s.recipients, s.queue_id, h.state, s.subject
        FROM agent_sends s JOIN inboxes i ON i.address = s.inbox AND i.owner = s.owner
        LEFT JOIN held_messages h ON h.id = s.message_id
