@@ -298,6 +298,9 @@ pub struct ThreadMessagesPage {
     /// Ids of its messages the server withheld by the inbox's policy.
     #[serde(default)]
     pub withheld_ids: Vec<String>,
+    /// What the inbox sent into the thread, oldest first.
+    #[serde(default)]
+    pub sent: Vec<crate::mailbox::SentMessage>,
 }
 
 /// One answer of `GET …/search`.

@@ -323,6 +323,11 @@ pub struct ThreadAnswer {
     /// Messages of the thread the inbox's policy withholds (not shown).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub withheld: usize,
+    /// What this inbox sent into the thread (its replies, placed by their
+    /// `In-Reply-To`/`References`), oldest first, with their delivery state:
+    /// `list_sent` shows the same entries.
+    #[serde(default)]
+    pub sent: Vec<SentMessage>,
 }
 
 /// `search_messages`: every given field must hold.
@@ -407,7 +412,7 @@ pub struct ListSentParams {
 }
 
 /// One remote recipient's delivery of a sent message.
-#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct SentDelivery {
     /// The recipient.
     pub recipient: String,
@@ -420,7 +425,7 @@ pub struct SentDelivery {
 }
 
 /// A message the inbox sent and where it stands.
-#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct SentMessage {
     /// The id the send answered with.
     pub message_id: String,
@@ -428,6 +433,9 @@ pub struct SentMessage {
     pub sent_at: i64,
     /// Every envelope recipient.
     pub recipients: Vec<String>,
+    /// Its subject (absent for sends made before threads showed sent mail).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
     /// `held` (waiting for the owner's review), `rejected` (by the owner:
     /// never sent), `queued`, `sending`, `deferred` (retrying), `bounced`
     /// (failed for good; a DSN is in the inbox) or `delivered`.
@@ -1137,7 +1145,7 @@ impl MailService {
                 None => withheld += 1,
             }
         }
-        Ok(ThreadAnswer { inbox, thread_id: page.thread_id, messages, withheld })
+        Ok(ThreadAnswer { inbox, thread_id: page.thread_id, messages, withheld, sent: page.sent })
     }
 
     /// `search_messages`: the server's index answers (from, to, subject,

@@ -455,7 +455,7 @@ pub(crate) async fn reject(
 }
 
 /// One delivery of a sent message.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct SentDeliveryView {
     /// The remote recipient.
     pub recipient: String,
@@ -468,7 +468,7 @@ pub struct SentDeliveryView {
 }
 
 /// A message the inbox sent, with where it stands.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct SentView {
     /// The id the send answered with.
     pub message_id: String,
@@ -476,6 +476,8 @@ pub struct SentView {
     pub sent_at: i64,
     /// Every envelope recipient.
     pub recipients: Vec<String>,
+    /// Its `Subject:` (none for sends made before threads showed sent mail).
+    pub subject: Option<String>,
     /// `held`, `rejected`, `queued`, `sending`, `deferred`, `bounced` or
     /// `delivered`: the least advanced of its deliveries (`delivered` when
     /// every remote one is, or it had only hosted recipients).
@@ -508,12 +510,13 @@ pub fn sent_state(record: &SentRecord) -> (String, Option<String>) {
 }
 
 impl SentView {
-    fn new(r: &SentRecord) -> Self {
+    pub(crate) fn new(r: &SentRecord) -> Self {
         let (state, last_response) = sent_state(r);
         Self {
             message_id: r.message_id.clone(),
             sent_at: r.at,
             recipients: r.recipients.clone(),
+            subject: r.subject.clone(),
             state,
             last_response,
             deliveries: r

@@ -7,7 +7,9 @@
 //! out and counted by id (`withheld_ids`), as in the listing.
 //!
 //! - `GET /v1/inboxes/{address}/threads`: threads, the most recently active first.
-//! - `GET /v1/inboxes/{address}/threads/{thread_id}`: one thread's messages, oldest first.
+//! - `GET /v1/inboxes/{address}/threads/{thread_id}`: one thread's messages,
+//!   oldest first, and what the inbox sent into it (`sent`: its replies, by
+//!   their `In-Reply-To`/`References`, with their delivery state).
 //! - `GET /v1/inboxes/{address}/search`: messages matching `from`, `to`,
 //!   `subject`, `text`, `since`, `until`, `has_attachment`, newest first.
 //!
@@ -25,6 +27,7 @@ use utoipa::ToSchema;
 
 use crate::ApiState;
 use crate::error::{ApiError, Problem};
+use crate::review::SentView;
 use crate::messages::{
     AgentRead, CapabilityBearer, DEFAULT_PAGE_LIMIT, MAX_PAGE_LIMIT, MessageSummary, authorize, no_store,
 };
@@ -65,6 +68,11 @@ pub struct ThreadMessages {
     /// the agent.
     #[serde(default)]
     pub withheld_ids: Vec<String>,
+    /// What the inbox sent into the thread, oldest first (at most 500): sends
+    /// whose `In-Reply-To`/`References` name one of its messages, or whose
+    /// `Message-ID` one of them names.
+    #[serde(default)]
+    pub sent: Vec<SentView>,
 }
 
 /// One search answer: a message and its thread.
@@ -195,7 +203,18 @@ pub(crate) async fn get_thread(
         return Err(ApiError::MailNotFound);
     }
     let messages = rows.shown.iter().map(MessageSummary::from).collect();
-    Ok(no_store(ThreadMessages { thread_id: thread.to_string(), messages, withheld_ids: rows.withheld_ids }))
+    // An API without a metadata store sends nothing (the send doors need its guardrails).
+    let sent = match &state.meta {
+        Some(meta) => meta
+            .sent_in_thread(read.owner(), read.inbox(), thread, MAX_THREAD_MESSAGES)
+            .await
+            .map_err(|e| crate::owner::backend_error(&e))?
+            .iter()
+            .map(SentView::new)
+            .collect(),
+        None => Vec::new(),
+    };
+    Ok(no_store(ThreadMessages { thread_id: thread.to_string(), messages, withheld_ids: rows.withheld_ids, sent }))
 }
 
 /// Parses the search parameters into a store query (`limit`: the page size;

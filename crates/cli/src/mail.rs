@@ -702,16 +702,39 @@ pub(crate) async fn run(cmd: MailCmd, json: bool) -> Result<()> {
             if json {
                 return print_json(&t);
             }
-            println!("thread {} in {} ({} messages)", t.thread_id, t.inbox, t.messages.len());
-            for m in &t.messages {
-                println!(
-                    "{}  {}  {:<32}  {}{}",
-                    m.message_id,
-                    time(m.received_at),
-                    m.from.as_deref().unwrap_or("-"),
-                    m.subject.as_deref().unwrap_or("(no subject)"),
-                    if m.authenticated == Some(false) { "  (From not authenticated)" } else { "" }
+            println!("thread {} in {} ({} messages, {} sent)", t.thread_id, t.inbox, t.messages.len(), t.sent.len());
+            // Received and sent, oldest first; a sent one is marked `sent` and
+            // names its recipients and delivery state.
+            let mut lines: Vec<(i64, String)> = t
+                .messages
+                .iter()
+                .map(|m| {
+                    let line = format!(
+                        "{}  {}  {:<32}  {}{}",
+                        m.message_id,
+                        time(m.received_at),
+                        m.from.as_deref().unwrap_or("-"),
+                        m.subject.as_deref().unwrap_or("(no subject)"),
+                        if m.authenticated == Some(false) { "  (From not authenticated)" } else { "" }
+                    );
+                    (m.received_at, line)
+                })
+                .collect();
+            for s in &t.sent {
+                let to = format!("sent to {}", s.recipients.join(", "));
+                let line = format!(
+                    "{}  {}  {:<32}  {}  ({})",
+                    s.message_id,
+                    time(s.sent_at),
+                    to,
+                    s.subject.as_deref().unwrap_or("(no subject)"),
+                    s.state
                 );
+                lines.push((s.sent_at, line));
+            }
+            lines.sort_by_key(|(at, _)| *at);
+            for (_, line) in lines {
+                println!("{line}");
             }
         }
         MailCmd::Search { inbox, from, to, subject, text, since, until, has_attachment, limit, cursor } => {

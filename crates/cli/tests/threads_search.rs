@@ -6,7 +6,8 @@
 //! `get_thread`, `search_messages`, `get_message` (through the official MCP
 //! Python SDK client) must answer what the corpus says; another owner's
 //! inbox, an inbox outside the agent's grant and another inbox's thread answer
-//! as if nothing existed.
+//! as if nothing existed. A reply the agent sends shows in its thread's
+//! `sent` entries, and in no other thread.
 
 #![allow(clippy::unwrap_used)]
 
@@ -272,6 +273,35 @@ fn threads_and_search_over_a_generated_corpus_delivered_over_smtp() {
     // The server indexes the whole decoded body, quoted history included
     // (stripping quotes is the agent's `latest_text`, not the index's).
     assert_eq!(found(&["--text", "quotedonly"]).len(), messages.len());
+
+    // A reply the agent sends stays in its thread: `mail thread` and MCP
+    // `get_thread` show it under `sent` (placed by its In-Reply-To and
+    // References), with its subject, recipient and delivery state; no other
+    // thread shows it.
+    let original = &ids[&messages.iter().find(|g| g.conversation == 1 && g.marker.ends_with("x0")).unwrap().marker];
+    w.mail_json(&w.key_a, &["reply", original, "--inbox", &w.bot, "--text", "agreed"]);
+    let sent = w.mail_json(&w.key_a, &["sent", "--inbox", &w.bot]);
+    assert_eq!(sent["sent"].as_array().unwrap().len(), 1, "{sent}");
+    let sent_id = sent["sent"][0]["message_id"].as_str().unwrap().to_owned();
+    let hit = w.mail_json(&w.key_a, &["search", "--inbox", &w.bot, "--text", "marker1x0"]);
+    let home = hit["messages"][0]["thread_id"].as_str().unwrap().to_owned();
+    for t in threads {
+        let id = t["thread_id"].as_str().unwrap();
+        let thread = w.mail_json(&w.key_a, &["thread", id, "--inbox", &w.bot]);
+        let shown: Vec<&str> = thread["sent"].as_array().unwrap().iter().map(|s| s["message_id"].as_str().unwrap()).collect();
+        if id == home {
+            assert_eq!(shown, [sent_id.as_str()], "{thread}");
+            assert_eq!(thread["sent"][0]["subject"], "Re: launch plan 1", "{thread}");
+            assert_eq!(thread["sent"][0]["recipients"], json!(["p0@beta.example"]), "{thread}");
+            assert!(thread["sent"][0]["state"].is_string(), "{thread}");
+        } else {
+            assert!(shown.is_empty(), "{thread}");
+        }
+    }
+    let via_mcp = mcp.ok("get_thread", json!({"inbox": w.bot, "thread_id": home}));
+    assert_eq!(via_mcp["sent"][0]["message_id"], sent_id.as_str(), "{via_mcp}");
+    let (status, _, body) = curl("GET", &format!("{base}/v1/inboxes/{}/threads/{home}", w.bot), Some(cap), None);
+    assert_eq!((status, body["sent"][0]["message_id"].as_str()), (200, Some(sent_id.as_str())), "{body}");
 
     // The inbox's allow/block policy holds on threads and search as on the
     // listing, for a raw capability too: a blocked sender's mail is left out

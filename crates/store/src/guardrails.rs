@@ -36,6 +36,12 @@ pub struct SendAttempt<'a> {
     pub message_id: &'a str,
     /// Every envelope recipient, lowercased, without repeats.
     pub recipients: &'a [String],
+    /// Its `Subject:`, for the thread view.
+    pub subject: Option<&'a str>,
+    /// Its thread keys
+    /// ([`crate::message_facts::sent_thread_keys`]): the inbox's threads
+    /// whose messages registered one of them show it.
+    pub thread_keys: &'a [String],
     /// Now (the windows end here).
     pub now: UnixTime,
 }
@@ -161,6 +167,8 @@ pub struct SentRecord {
     pub at: UnixTime,
     /// Every envelope recipient.
     pub recipients: Vec<String>,
+    /// Its `Subject:` (sends admitted before sqlite 0033 / postgres 0024: none).
+    pub subject: Option<String>,
     /// `Some` when it was held for review: where that stands.
     pub held: Option<HeldState>,
     /// The id its copies were stored and queued under (`None` while held or
@@ -253,6 +261,17 @@ pub trait SendGuardrails: Send + Sync + 'static {
         message_id: Option<&str>,
         limit: u32,
     ) -> Result<Vec<SentRecord>, StoreError>;
+    /// What `inbox` sent (while it belongs to `owner`) into the inbox's thread
+    /// `thread`: the sends whose thread keys one of the thread's messages
+    /// registered (its `Message-ID`, `In-Reply-To` or `References` names one
+    /// of them, or one of them names it), oldest first, at most `limit`.
+    async fn sent_in_thread(
+        &self,
+        owner: &OwnerId,
+        inbox: &Address,
+        thread: ulid::Ulid,
+        limit: u32,
+    ) -> Result<Vec<SentRecord>, StoreError>;
 }
 
 // ---------------------------------------------------------------------------
@@ -275,8 +294,10 @@ pub(crate) const SQL_BOUNCES: &str = "SELECT COALESCE(SUM(CASE WHEN q.state = 'b
        FROM agent_sends s JOIN outbound_queue q ON q.message_id = s.queue_id
       WHERE s.agent = $1 AND s.at > $2";
 pub(crate) const SQL_KNOWN: &str = "SELECT recipient FROM agent_known_recipients WHERE agent = $1 AND recipient = $2";
-pub(crate) const SQL_INSERT_SEND: &str = "INSERT INTO agent_sends (message_id, agent, owner, inbox, at, recipients, new_recipients, queue_id)
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
+pub(crate) const SQL_INSERT_SEND: &str = "INSERT INTO agent_sends (message_id, agent, owner, inbox, at, recipients, new_recipients, queue_id, subject)
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)";
+pub(crate) const SQL_INSERT_SENT_KEY: &str =
+    "INSERT INTO sent_thread_keys (owner, inbox, key, message_id) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING";
 pub(crate) const SQL_INSERT_NEW: &str =
     "INSERT INTO agent_new_recipients (message_id, recipient, agent, at) VALUES ($1, $2, $3, $4)";
 pub(crate) const SQL_INSERT_KNOWN: &str = "INSERT INTO agent_known_recipients (agent, recipient, first_message, first_at)
@@ -295,11 +316,24 @@ pub(crate) const SQL_INSERT_NOTICE: &str = "INSERT INTO owner_notices (notice_ke
      VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (notice_key) DO NOTHING";
 pub(crate) const SQL_NOTICES: &str = "SELECT id, notice_key, owner, agent, kind, detail, at FROM owner_notices
       WHERE owner = $1 AND id > $2 ORDER BY id LIMIT $3";
-pub(crate) const SQL_SENT: &str = "SELECT s.message_id, s.at, s.recipients, s.queue_id, h.state
+pub(crate) const SQL_SENT: &str = "SELECT s.message_id, s.at, s.recipients, s.queue_id, h.state, s.subject
        FROM agent_sends s JOIN inboxes i ON i.address = s.inbox AND i.owner = s.owner
        LEFT JOIN held_messages h ON h.id = s.message_id
       WHERE s.inbox = $1 AND ($2 = '' OR s.message_id = $2)
       ORDER BY s.at DESC, s.message_id DESC LIMIT $3";
+/// The sends of an inbox into one of its threads: the thread's rows (index
+/// `messages_by_thread`), their keys (`message_thread_keys_by_seq`), the sends
+/// that recorded one of those keys (`sent_thread_keys`' primary key), each
+/// reachable by an index on both backends.
+pub(crate) const SQL_SENT_IN_THREAD: &str = "SELECT s.message_id, s.at, s.recipients, s.queue_id, h.state, s.subject
+       FROM agent_sends s JOIN inboxes i ON i.address = s.inbox AND i.owner = s.owner
+       LEFT JOIN held_messages h ON h.id = s.message_id
+      WHERE s.owner = $1 AND s.inbox = $2 AND s.message_id IN
+            (SELECT k.message_id FROM messages m
+               JOIN message_thread_keys t ON t.seq = m.seq
+               JOIN sent_thread_keys k ON k.owner = t.owner AND k.inbox = t.inbox AND k.key = t.key
+              WHERE m.owner = $1 AND m.inbox = $2 AND m.thread_id = $3)
+      ORDER BY s.at, s.message_id LIMIT $4";
 pub(crate) const SQL_SENT_DELIVERIES: &str =
     "SELECT recipient, state, attempts, last_response FROM outbound_queue WHERE message_id = $1 ORDER BY recipient";
 
@@ -526,9 +560,20 @@ impl SendGuardrails for SqliteStore {
             .bind(encode_list(attempt.recipients))
             .bind(i64::from(asked))
             .bind(hold.is_none().then_some(attempt.message_id))
+            .bind(attempt.subject)
             .execute(&mut *tx)
             .await
             .map_err(|e| crate::sqlite::insert_error(e, || format!("send {}", attempt.message_id)))?;
+        for key in attempt.thread_keys {
+            sqlx::query(&lite(SQL_INSERT_SENT_KEY))
+                .bind(sender.owner().as_str())
+                .bind(sender.inbox().as_str())
+                .bind(key)
+                .bind(attempt.message_id)
+                .execute(&mut *tx)
+                .await
+                .map_err(backend)?;
+        }
         for recipient in &new {
             sqlx::query(&lite(SQL_INSERT_NEW))
                 .bind(attempt.message_id)
@@ -711,6 +756,31 @@ impl SendGuardrails for SqliteStore {
             .fetch_all(&self.pool)
             .await
             .map_err(backend)?;
+        self.with_deliveries(rows).await
+    }
+
+    async fn sent_in_thread(
+        &self,
+        owner: &OwnerId,
+        inbox: &Address,
+        thread: ulid::Ulid,
+        limit: u32,
+    ) -> Result<Vec<SentRecord>, StoreError> {
+        let rows: Vec<SentRow> = sqlx::query_as(&lite(SQL_SENT_IN_THREAD))
+            .bind(owner.as_str())
+            .bind(inbox.as_str())
+            .bind(thread.to_string())
+            .bind(i64::from(limit.min(crate::MAX_THREAD_MESSAGES)))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(backend)?;
+        self.with_deliveries(rows).await
+    }
+}
+
+impl SqliteStore {
+    /// The sent records of `rows`, each with its queue rows.
+    async fn with_deliveries(&self, rows: Vec<SentRow>) -> Result<Vec<SentRecord>, StoreError> {
         let mut out = Vec::with_capacity(rows.len());
         for row in rows {
             let deliveries: Vec<DeliveryRow> = match &row.3 {
@@ -728,7 +798,7 @@ impl SendGuardrails for SqliteStore {
 }
 
 pub(crate) type NoticeRow = (i64, String, String, String, String, String, i64);
-pub(crate) type SentRow = (String, i64, String, Option<String>, Option<String>);
+pub(crate) type SentRow = (String, i64, String, Option<String>, Option<String>, Option<String>);
 pub(crate) type DeliveryRow = (String, String, i64, Option<String>);
 
 pub(crate) fn notice_from_row(row: NoticeRow) -> Result<(i64, OwnerNotice), StoreError> {
@@ -747,11 +817,12 @@ pub(crate) fn notice_from_row(row: NoticeRow) -> Result<(i64, OwnerNotice), Stor
 }
 
 pub(crate) fn sent_from_rows(row: SentRow, deliveries: Vec<DeliveryRow>) -> Result<SentRecord, StoreError> {
-    let (message_id, at, recipients, queue_id, held) = row;
+    let (message_id, at, recipients, queue_id, held, subject) = row;
     Ok(SentRecord {
         message_id,
         at,
         recipients: decode_list(&recipients)?,
+        subject,
         held: held.as_deref().map(HeldState::parse).transpose()?,
         queue_id,
         deliveries: deliveries

@@ -106,24 +106,7 @@ impl MessageFacts {
             return facts;
         };
         facts.message_id = msg.message_id().and_then(message_id_key);
-        let mut links: Vec<String> = Vec::new();
-        let mut push = |id: &str| {
-            if let Some(k) = message_id_key(id)
-                && !links.contains(&k)
-            {
-                links.push(k);
-            }
-        };
-        if let Some(list) = msg.in_reply_to().as_text_list() {
-            list.iter().take(MAX_THREAD_REFERENCES).for_each(|id| push(id));
-        }
-        if let Some(list) = msg.references().as_text_list() {
-            // The root, then the nearest ancestors.
-            list.iter().take(1).for_each(|id| push(id));
-            list.iter().skip(1).rev().take(MAX_THREAD_REFERENCES - 1).for_each(|id| push(id));
-        }
-        links.truncate(MAX_THREAD_REFERENCES * 2);
-        facts.links = links;
+        facts.links = links(&msg);
 
         let mut recipients: Vec<String> = Vec::new();
         for list in [msg.to(), msg.cc()].into_iter().flatten() {
@@ -203,6 +186,48 @@ impl MessageFacts {
         }
         keys
     }
+}
+
+/// The `In-Reply-To` and `References` ids of a message as thread links
+/// (bounded, without duplicates): the ones it replies to, the root, then the
+/// nearest ancestors.
+fn links(msg: &mail_parser::Message<'_>) -> Vec<String> {
+    let mut links: Vec<String> = Vec::new();
+    let mut push = |id: &str| {
+        if let Some(k) = message_id_key(id)
+            && !links.contains(&k)
+        {
+            links.push(k);
+        }
+    };
+    if let Some(list) = msg.in_reply_to().as_text_list() {
+        list.iter().take(MAX_THREAD_REFERENCES).for_each(|id| push(id));
+    }
+    if let Some(list) = msg.references().as_text_list() {
+        // The root, then the nearest ancestors.
+        list.iter().take(1).for_each(|id| push(id));
+        list.iter().skip(1).rev().take(MAX_THREAD_REFERENCES - 1).for_each(|id| push(id));
+    }
+    links.truncate(MAX_THREAD_REFERENCES * 2);
+    links
+}
+
+/// The thread keys of a message an inbox sends: its own `Message-ID` and its
+/// `In-Reply-To`/`References` ids, spelled as [`MessageFacts::thread_keys`]
+/// spells them (`m:<id>`), never its subject (a sent message is placed by its
+/// headers only). Reads the header block only; a message without usable ids
+/// has none.
+pub fn sent_thread_keys(raw: &[u8]) -> Vec<String> {
+    let head = &raw[..raw.len().min(MAX_FACTS_PARSE_BYTES)];
+    let Some(msg) = MessageParser::default().parse_headers(head) else {
+        return Vec::new();
+    };
+    let facts = MessageFacts {
+        message_id: msg.message_id().and_then(message_id_key),
+        links: links(&msg),
+        ..MessageFacts::default()
+    };
+    facts.thread_keys()
 }
 
 /// Most domain suffixes of one address indexed as words ([`address_words`]).
@@ -444,6 +469,15 @@ mod tests {
         assert_eq!(g.thread_lookup_keys(), ["m:d@x", "s:plan"], "no links and a reply prefix: subject fallback");
         let h = facts("Message-ID: <e@x>\r\nSubject: Plan\r\n\r\nok\r\n");
         assert_eq!(h.thread_lookup_keys(), ["m:e@x"], "not a reply: no subject lookup");
+    }
+
+    #[test]
+    fn sent_messages_are_keyed_by_their_ids_never_their_subject() {
+        let raw = "Message-ID: <c@x>\r\nIn-Reply-To: <b@x>\r\nReferences: <a@x> <b@x>\r\nSubject: Re: Plan\r\n\r\nok\r\n";
+        assert_eq!(sent_thread_keys(raw.as_bytes()), ["m:c@x", "m:b@x", "m:a@x"]);
+        let first = "Message-ID: <d@x>\r\nSubject: Re: Plan\r\n\r\nok\r\n";
+        assert_eq!(sent_thread_keys(first.as_bytes()), ["m:d@x"], "a reply prefix alone places nothing");
+        assert!(sent_thread_keys(b"Subject: Re: Plan\r\n\r\nok\r\n").is_empty());
     }
 
     #[test]

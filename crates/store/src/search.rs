@@ -392,9 +392,15 @@ pub(crate) fn exact_rules(query: &SearchQuery, placeholder: &dyn Fn(usize) -> St
                 let n = p(Bind::Int(len), &mut binds);
                 // substr from a position of at least 1 (SQLite counts a negative
                 // one from the end); CAST for PostgreSQL's substr(text, int).
+                // Inside a CASE so that PostgreSQL's planner counts it as
+                // unknown (half the rows) instead of guessing 0.5 % for a
+                // comparison of a computed value: with that guess it read every
+                // match of the domain's word through the GIN index and sorted
+                // them (240 ms p99 at 100,000 messages), where walking the
+                // inbox newest first stops after a few hundred rows.
                 sql.push_str(&format!(
-                    " AND length(m.header_from_address) >= {n} AND lower(substr(m.header_from_address, \
-                     CAST(length(m.header_from_address) - {n} + 1 AS INTEGER))) IN ({at}, {dot})"
+                    " AND CASE WHEN length(m.header_from_address) >= {n} AND lower(substr(m.header_from_address, \
+                     CAST(length(m.header_from_address) - {n} + 1 AS INTEGER))) IN ({at}, {dot}) THEN true ELSE false END"
                 ));
             }
         }

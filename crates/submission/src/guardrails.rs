@@ -132,7 +132,11 @@ pub async fn accept_submission(
     };
     let id = delivery.id.to_string();
     let recipients = envelope_recipients(delivery);
-    let attempt = SendAttempt { sender, message_id: &id, recipients: &recipients, now };
+    // Its subject and thread keys, so the inbox's thread views show it.
+    let subject = subject(&delivery.message);
+    let thread_keys = agentkeys_store::message_facts::sent_thread_keys(&delivery.message);
+    let attempt =
+        SendAttempt { sender, message_id: &id, recipients: &recipients, subject: subject.as_deref(), thread_keys: &thread_keys, now };
     match stores.guardrails.admit_send(&attempt).await? {
         SendAdmission::Refused(refusal) => {
             refused(stores, sender, &id, refusal, now).await;
@@ -157,7 +161,7 @@ pub async fn accept_submission(
                 recipients: recipients.clone(),
                 reason,
                 size: delivery.message.len() as u64,
-                subject: subject(&delivery.message),
+                subject: subject.clone(),
                 held_at: now,
                 state: HeldState::Held,
                 decided_at: None,

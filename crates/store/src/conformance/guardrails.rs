@@ -14,6 +14,10 @@
 //! - **A notice is recorded once per key.**
 //! - **The agent sees its sends' state**: held, then the queue's rows under the
 //!   id it was released as.
+//! - **A reply the agent sends stays in its thread**: a send is in a thread of
+//!   its inbox when its `In-Reply-To`/`References` name one of the thread's
+//!   messages or one of them names its `Message-ID`; never by subject, never
+//!   another inbox's or owner's thread.
 //!
 //! Run with [`guardrail_conformance_tests!`](crate::guardrail_conformance_tests).
 
@@ -35,6 +39,7 @@ macro_rules! guardrail_conformance_tests {
             held_messages_are_decided_once,
             owner_notices_are_recorded_once,
             sent_messages_show_their_state,
+            sent_messages_join_their_threads,
         );
     };
 }
@@ -47,7 +52,19 @@ fn sender(n: u32) -> SendAuthorized {
 
 async fn admit<S: StoreUnderTest>(s: &S, who: &SendAuthorized, id: &str, to: &[&str], now: UnixTime) -> SendAdmission {
     let recipients: Vec<String> = to.iter().map(|r| (*r).to_owned()).collect();
-    s.admit_send(&SendAttempt { sender: who, message_id: id, recipients: &recipients, now }).await.unwrap()
+    s.admit_send(&SendAttempt { sender: who, message_id: id, recipients: &recipients, subject: None, thread_keys: &[], now })
+        .await
+        .unwrap()
+}
+
+/// Admits a send of the raw message `raw` (its subject and thread keys).
+async fn admit_raw<S: StoreUnderTest>(s: &S, who: &SendAuthorized, id: &str, raw: &str, now: UnixTime) -> SendAdmission {
+    let keys = crate::message_facts::sent_thread_keys(raw.as_bytes());
+    let subject = crate::HeaderSummary::of_message(raw.as_bytes(), "mx.conformance.test").subject;
+    let recipients = ["peer@example.com".to_owned()];
+    s.admit_send(&SendAttempt { sender: who, message_id: id, recipients: &recipients, subject: subject.as_deref(), thread_keys: &keys, now })
+        .await
+        .unwrap()
 }
 
 async fn set_limits<S: StoreUnderTest>(s: &S, n: u32, limits: &SendLimits) {
@@ -113,7 +130,15 @@ pub async fn send_limits_hold_across_racing_handles<B: Backend>(backend: Arc<B>)
     assert_eq!(admit(&b, &sender(2), "theirs", &["r@example.com"], NOW + 10).await, SendAdmission::Send);
     // An id is admitted once.
     conflict(
-        a.admit_send(&SendAttempt { sender: &sender(2), message_id: "theirs", recipients: &[], now: NOW + 11 }).await,
+        a.admit_send(&SendAttempt {
+            sender: &sender(2),
+            message_id: "theirs",
+            recipients: &[],
+            subject: None,
+            thread_keys: &[],
+            now: NOW + 11,
+        })
+        .await,
         "the same id again",
     );
 }
@@ -340,4 +365,57 @@ pub async fn sent_messages_show_their_state<B: Backend>(backend: Arc<B>) {
     // Cancelled: gone from the list, and it no longer counts.
     a.cancel_send("held-1").await.unwrap();
     assert_eq!(b.sent_messages(&address("bot"), Some("held-1"), 10).await.unwrap().len(), 0);
+}
+
+/// A reply the agent sends stays in its thread (module docs).
+pub async fn sent_messages_join_their_threads<B: Backend>(backend: Arc<B>) {
+    let (a, b) = pair(&*backend).await;
+    two_owners(&a, &b).await;
+    let received = |n: u64, owner_n: u32, inbox: &str, headers: &str| {
+        let raw = format!("{headers}\r\nSubject: Plan\r\n\r\nhello\r\n");
+        let summary = crate::HeaderSummary::of_message(raw.as_bytes(), "mx.conformance.test");
+        let facts = crate::MessageFacts::of_message(raw.as_bytes(), &summary);
+        NewMessage { owner: owner(owner_n), inbox: address(inbox), id: ulid(n), size: raw.len() as u64, summary, facts }
+    };
+    let in_thread = |s: &B::Store, owner_n: u32, inbox: &'static str, thread: u64| {
+        let s = s.clone();
+        async move {
+            s.sent_in_thread(&owner(owner_n), &address(inbox), ulid(thread), 100)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|r| r.message_id)
+                .collect::<Vec<_>>()
+        }
+    };
+    // A received message, the agent's reply to it, and a reply by References
+    // only: both in its thread, oldest first.
+    a.index_messages(&[received(1, 1, "bot", "Message-ID: <a@x>")]).await.unwrap();
+    let reply = "Message-ID: <s1@x>\r\nIn-Reply-To: <a@x>\r\nReferences: <a@x>\r\nSubject: Re: Plan\r\n\r\nyes\r\n";
+    assert_eq!(admit_raw(&a, &sender(1), "s1", reply, NOW).await, SendAdmission::Send);
+    let by_references = "Message-ID: <s2@x>\r\nReferences: <a@x> <s1@x>\r\nSubject: Plan\r\n\r\nand\r\n";
+    assert_eq!(admit_raw(&b, &sender(1), "s2", by_references, NOW + 1).await, SendAdmission::Send);
+    // A new conversation the agent starts: in no thread until a reply to it arrives.
+    let started = "Message-ID: <s3@x>\r\nSubject: Hello\r\n\r\nhi\r\n";
+    assert_eq!(admit_raw(&a, &sender(1), "s3", started, NOW + 2).await, SendAdmission::Send);
+    // A reply prefix and the thread's subject, but no ids: not in it.
+    let by_subject = "Message-ID: <s4@x>\r\nSubject: Re: Plan\r\n\r\nhm\r\n";
+    assert_eq!(admit_raw(&a, &sender(1), "s4", by_subject, NOW + 3).await, SendAdmission::Send);
+    a.index_messages(&[received(2, 1, "bot", "Message-ID: <r3@x>\r\nIn-Reply-To: <s3@x>")]).await.unwrap();
+    // Another owner's inbox receives a message naming the agent's reply.
+    b.index_messages(&[received(3, 2, "other", "Message-ID: <o@x>\r\nIn-Reply-To: <s1@x>")]).await.unwrap();
+    for s in [&a, &b] {
+        assert_eq!(in_thread(s, 1, "bot", 1).await, ["s1", "s2"], "replies by In-Reply-To and References, oldest first");
+        assert_eq!(in_thread(s, 1, "bot", 2).await, ["s3"], "the reply to a started conversation brings it in");
+        assert!(in_thread(s, 2, "bot", 1).await.is_empty(), "another owner asking");
+        assert!(in_thread(s, 2, "other", 3).await.is_empty(), "another inbox's thread naming the reply");
+        assert!(in_thread(s, 1, "bot", 9).await.is_empty(), "no such thread");
+        let shown = s.sent_in_thread(&owner(1), &address("bot"), ulid(1), 100).await.unwrap();
+        assert_eq!(shown[0].subject.as_deref(), Some("Re: Plan"));
+        assert_eq!(shown[0].queue_id.as_deref(), Some("s1"));
+        assert_eq!(s.sent_in_thread(&owner(1), &address("bot"), ulid(1), 1).await.unwrap().len(), 1, "limit");
+    }
+    // A send forgotten (never stored) leaves its thread.
+    b.cancel_send("s1").await.unwrap();
+    assert_eq!(in_thread(&a, 1, "bot", 1).await, ["s2"]);
 }

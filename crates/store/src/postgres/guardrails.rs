@@ -153,9 +153,20 @@ impl SendGuardrails for PgStore {
             .bind(encode_list(attempt.recipients))
             .bind(i64::from(asked))
             .bind(hold.is_none().then_some(attempt.message_id))
+            .bind(attempt.subject)
             .execute(&mut *tx)
             .await
             .map_err(|e| insert_error(e, || format!("send {}", attempt.message_id)))?;
+        for key in attempt.thread_keys {
+            sqlx::query(SQL_INSERT_SENT_KEY)
+                .bind(sender.owner().as_str())
+                .bind(sender.inbox().as_str())
+                .bind(key)
+                .bind(attempt.message_id)
+                .execute(&mut *tx)
+                .await
+                .map_err(backend)?;
+        }
         for recipient in &new {
             sqlx::query(SQL_INSERT_NEW)
                 .bind(attempt.message_id)
@@ -338,6 +349,31 @@ impl SendGuardrails for PgStore {
             .fetch_all(&self.pool)
             .await
             .map_err(backend)?;
+        self.with_deliveries(rows).await
+    }
+
+    async fn sent_in_thread(
+        &self,
+        owner: &OwnerId,
+        inbox: &Address,
+        thread: ulid::Ulid,
+        limit: u32,
+    ) -> Result<Vec<SentRecord>, StoreError> {
+        let rows: Vec<SentRow> = sqlx::query_as(SQL_SENT_IN_THREAD)
+            .bind(owner.as_str())
+            .bind(inbox.as_str())
+            .bind(thread.to_string())
+            .bind(i64::from(limit.min(crate::MAX_THREAD_MESSAGES)))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(backend)?;
+        self.with_deliveries(rows).await
+    }
+}
+
+impl PgStore {
+    /// The sent records of `rows`, each with its queue rows.
+    async fn with_deliveries(&self, rows: Vec<SentRow>) -> Result<Vec<SentRecord>, StoreError> {
         let mut out = Vec::with_capacity(rows.len());
         for row in rows {
             let deliveries: Vec<DeliveryRow> = match &row.3 {

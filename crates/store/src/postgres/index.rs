@@ -370,7 +370,14 @@ impl MessageIndex for PgStore {
         let Some((sql, binds)) = search_statement(&PG_SEARCH, owner, inbox, query) else {
             return Ok(Vec::new());
         };
-        let rows = bind_all(sqlx::query_as::<_, HitRow>(&sql), binds).fetch_all(&self.pool).await.map_err(backend)?;
+        // Not a cached prepared statement: after five runs of one, PostgreSQL
+        // may switch to a generic plan, made without the tsquery's value, which
+        // cannot tell a word no message has from a common one. An unnamed
+        // statement is planned with its values every time (PG_SEARCH).
+        let rows = bind_all(sqlx::query_as::<_, HitRow>(&sql).persistent(false), binds)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(backend)?;
         rows.into_iter()
             .map(|row| {
                 let (message, thread_id) = hit_from_row(row)?;
@@ -470,7 +477,10 @@ fn pg_placeholder(n: usize) -> String {
 }
 
 /// PostgreSQL: the GIN index's candidates (or a walk by `seq`, as the planner
-/// judges), newest first.
+/// judges), newest first. The planner judges well only with the tsquery's
+/// value (the statement is not cached: `search_messages`), with statistics on
+/// enough lexemes (migration 0024) and without a made-up selectivity for the
+/// domain rule (`exact_rules`); BENCHMARKS.md, "Search", has the plans.
 const PG_SEARCH: SearchDialect = SearchDialect {
     placeholder: pg_placeholder,
     strpos: "strpos(",
