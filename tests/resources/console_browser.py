@@ -379,6 +379,27 @@ def main():
         again = page.evaluate(FORGE_JS, [f"/console/grant-requests/{r_approve}/approve", {}, None])
         assert again["first"][0] == 404, again["first"][:2]
 
+        # Deny a pairing request outright from the approvals page (the agent
+        # waiting on it stops at once: the Rust test checks). It asks the
+        # authenticator; the request is gone, the other one still waits.
+        deny_first, deny_left = setup["unwanted"]
+        page.goto(f"{base}/console")
+        assert "unwanted bot 0" in page.inner_text("main") and "unwanted bot 1" in page.inner_text("main")
+        deny_form = page.locator("article.request", has_text=deny_first).locator("form[action$='/deny']")
+        deny_path = deny_form.get_attribute("action")
+        left_path = page.locator("article.request", has_text=deny_left).locator("form[action$='/deny']").get_attribute("action")
+        assert re.fullmatch(r"/console/pairings/[0-9a-f]{64}/deny", deny_path), deny_path
+        count = sign_count(cdp, authenticator)
+        with page.expect_navigation(url=f"{base}/console?done=pairing-denied"):
+            deny_form.locator("button").click()
+        assert sign_count(cdp, authenticator) == count + 1, "denying a pairing asked the authenticator"
+        assert deny_first not in page.inner_text("main") and deny_left in page.inner_text("main")
+        assert "Pairing denied" in page.inner_text("main")
+        shots(page, "pairing-denied")
+        # Denied is final: a second denial (a fresh assertion for it) is the same 404 as a missing request.
+        again = page.evaluate(FORGE_JS, [deny_path, {}, None])
+        assert again["first"][0] == 404, again["first"][:2]
+
         # Create an inbox for the agent, then disable it: each asks the authenticator.
         domain = inbox.split("@")[1]
         made = f"made-in-console@{domain}"
@@ -462,6 +483,7 @@ def main():
                              ("/console/inboxes", {"agent": agent, "address": f"theirs@{domain}", "hours": ""}),
                              ("/console/grants", {"agent": agent, "inbox": inbox, "scopes": "read", "days": "1"}),
                              (f"/console/grant-requests/{r_left}/approve", {}),
+                             (left_path, {}),
                              (f"/console/grant-requests/{r_left}/deny", {})]:
             page2.goto(f"{base}/console/agents")
             out = page2.evaluate(FORGE_JS, [path, fields, None])
@@ -474,6 +496,7 @@ def main():
         assert page.locator("li", has_text=f"theirs@{domain}").count() == 0
         page.goto(f"{base}/console")
         assert page.locator(f"form[action='/console/grant-requests/{r_left}/approve']").count() == 1, "still pending"
+        assert page.locator(f"form[action='{left_path}']").count() == 1, "the pairing owner2 tried to deny still waits"
         page2.goto(f"{base}/console")
         assert r_left not in page2.content() and "sign up at example.com" not in page2.content(), "owner2 sees no request"
 
