@@ -60,7 +60,8 @@ mod settings;
 
 pub use auth::MAX_PASSKEY_NAME_CHARS;
 pub use actions::{MAX_GRANT_DAYS, MAX_INBOX_HOURS};
-pub use reads::{AUDIT_SCANNED, AUDIT_SHOWN, INBOX_PAGE, SENT_SHOWN, VERIFY_PAGE};
+pub use reads::{AUDIT_PAGE, AUDIT_SCANNED, AUDIT_SHOWN, INBOX_PAGE, SENT_SHOWN, VERIFY_PAGE};
+pub use review::REVIEW_SHOWN;
 
 use std::sync::Arc;
 

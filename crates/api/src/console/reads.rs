@@ -692,7 +692,7 @@ pub(crate) async fn audit(State(state): State<ApiState>, session: Session, uri: 
                 input #to type="datetime-local" name="to" value=(param(&q, "to").unwrap_or(""));
                 button type="submit" { "Filter" }
             }
-            p { (records.len()) " newest matching records read (credential reads counted per agent and hour); " (shown.len()) " lines shown." }
+            p { (records.len()) " records (the newest that match; credential reads counted per agent and hour); " (shown.len()) " lines shown." }
             ol.audit {
                 @for line in &shown {
                     @let r = line.record;
