@@ -63,18 +63,14 @@ pub(crate) async fn list(State(state): State<ApiState>, session: Session, uri: U
             p { "Messages your agents sent that their send limits hold for you (" code { "agentkeys agent limits" } "). Nothing is sent until you approve it." }
             @if held.is_empty() { p { "Nothing waiting." } }
             @else {
-                table.held {
-                    caption { "Waiting, newest first" }
-                    thead { tr { th scope="col" { "Subject" } th scope="col" { "Agent" } th scope="col" { "From" } th scope="col" { "To" } th scope="col" { "Held at" } } }
-                    tbody {
-                        @for h in &held {
-                            tr {
-                                td { a href=(format!("/console/review/{}", h.id)) { (h.subject.as_deref().filter(|s| !s.is_empty()).unwrap_or("(no subject)")) } }
-                                td { (names.get(h.agent.as_str()).map_or("(no name)", String::as_str)) }
-                                td { code { (h.inbox.as_str()) } }
-                                td { (recipients(h)) }
-                                td { (when(h.held_at)) }
-                            }
+                h2 { "Waiting, newest first" }
+                ul.items {
+                    @for h in &held {
+                        li {
+                            a href=(format!("/console/review/{}", h.id)) { (h.subject.as_deref().filter(|s| !s.is_empty()).unwrap_or("(no subject)")) }
+                            div { "Agent " (names.get(h.agent.as_str()).map_or("(no name)", String::as_str)) " · from " code { (h.inbox.as_str()) } }
+                            div { "To " (recipients(h)) }
+                            div { "Held at " (when(h.held_at)) }
                         }
                     }
                 }
