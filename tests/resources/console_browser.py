@@ -379,6 +379,63 @@ def main():
         again = page.evaluate(FORGE_JS, [f"/console/grant-requests/{r_approve}/approve", {}, None])
         assert again["first"][0] == 404, again["first"][:2]
 
+        # Deny a pairing request outright from the approvals page (the agent
+        # waiting on it stops at once: the Rust test checks). It asks the
+        # authenticator; the request is gone, the other one still waits.
+        deny_first, deny_left = setup["unwanted"]
+        page.goto(f"{base}/console")
+        assert "unwanted bot 0" in page.inner_text("main") and "unwanted bot 1" in page.inner_text("main")
+        deny_form = page.locator("article.request", has_text=deny_first).locator("form[action$='/deny']")
+        deny_path = deny_form.get_attribute("action")
+        left_path = page.locator("article.request", has_text=deny_left).locator("form[action$='/deny']").get_attribute("action")
+        assert re.fullmatch(r"/console/pairings/[0-9a-f]{64}/deny", deny_path), deny_path
+        count = sign_count(cdp, authenticator)
+        with page.expect_navigation(url=f"{base}/console?done=pairing-denied"):
+            deny_form.locator("button").click()
+        assert sign_count(cdp, authenticator) == count + 1, "denying a pairing asked the authenticator"
+        assert deny_first not in page.inner_text("main") and deny_left in page.inner_text("main")
+        assert "Pairing denied" in page.inner_text("main")
+        shots(page, "pairing-denied")
+        # Denied is final: a second denial (a fresh assertion for it) is the same 404 as a missing request.
+        again = page.evaluate(FORGE_JS, [deny_path, {}, None])
+        assert again["first"][0] == 404, again["first"][:2]
+
+        # Messages held for review: listed with agent, from, to, subject and
+        # time; one read (hostile HTML inert), approved; one rejected; each
+        # decision asks the authenticator.
+        h_approve, h_reject, h_left = setup["held"]
+        page.goto(f"{base}/console/review")
+        review_text = page.inner_text("main")
+        for expected in ["held: please approve", "held: please reject", "held: left alone", "carol@remote.example",
+                         "ci bot", inbox]:
+            assert expected in review_text, f"{expected} not on the review page: {review_text[:1500]}"
+        shots(page, "review")
+        page.click("text=held: please approve")
+        page.wait_for_url(f"{base}/console/review/{h_approve}")
+        page.wait_for_selector("div.mail-html")
+        for selector in ["div.mail-html script", "div.mail-html img", "div.mail-html [onclick]"]:
+            assert page.locator(selector).count() == 0, f"{selector} survived in the held message"
+        assert page.locator("div.mail-html b").count() >= 1, "harmless markup stays"
+        assert page.evaluate("() => window.__pwned === undefined"), "a script of the held mail ran"
+        shots(page, "review-message")
+        count = sign_count(cdp, authenticator)
+        with page.expect_navigation(url=f"{base}/console/review?done=approved"):
+            page.click(f"form[action='/console/review/{h_approve}/approve'] button")
+        assert sign_count(cdp, authenticator) == count + 1, "approving a held message asked the authenticator"
+        page.goto(f"{base}/console/review/{h_reject}")
+        with page.expect_navigation(url=f"{base}/console/review?done=rejected"):
+            page.click(f"form[action='/console/review/{h_reject}/reject'] button")
+        assert sign_count(cdp, authenticator) == count + 2, "rejecting asked the authenticator"
+        review_text = page.inner_text("main")
+        assert "held: left alone" in review_text and "held: please approve" not in review_text, review_text[:1500]
+        shots(page, "review-decided")
+        # A decided message cannot be decided again; the decided view has no buttons.
+        again = page.evaluate(FORGE_JS, [f"/console/review/{h_approve}/reject", {}, None])
+        assert again["first"][0] == 400 and "decided already" in again["first"][2], again["first"][:2]
+        page.goto(f"{base}/console/review/{h_approve}")
+        assert "approved" in page.inner_text("main") and page.locator("form.gated").count() == 0
+        held_url = f"{base}/console/review/{h_left}"
+
         # Create an inbox for the agent, then disable it: each asks the authenticator.
         domain = inbox.split("@")[1]
         made = f"made-in-console@{domain}"
@@ -428,6 +485,7 @@ def main():
             f"{base}/console", f"{base}/console/agents", f"{base}/console/inboxes", message_url,
             f"{base}/console/audit", f"{base}/console/passkeys", f"{base}/console/login",
             f"{base}/console/sent", f"{base}/console/audit?agent={agent}&from=2026-01-01T00:00",
+            f"{base}/console/review", held_url,
         ], args.axe, args.artifacts, shots)
 
         # The second owner: its own browser and authenticator; sees none of the first's objects.
@@ -438,18 +496,20 @@ def main():
         register_and_sign_in(page2, cdp2, authenticator2, base, setup["link2"], setup["owner2"], shots, "owner2")
         page2.goto(f"{base}/console/audit?agent={agent}")
         assert page2.locator("ol.audit li").count() == 0, "filtering by the first owner's agent shows nothing"
-        for path in ["/console/agents", "/console/inboxes", "/console/audit", "/console/sent"]:
+        for path in ["/console/agents", "/console/inboxes", "/console/audit", "/console/sent", "/console/review"]:
             page2.goto(base + path)
             content = page2.content()
             for foreign in [agent, inbox, grant, key, args.owner]:
                 assert foreign not in content, f"{path} shows the first owner's {foreign}"
             shots(page2, "owner2-" + re.sub(r"[^a-z0-9]+", "-", path.rsplit("/", 1)[1])[:30])
             assert setup["sent_to"] not in content, f"{path} shows the first owner's sent mail"
+            assert "held: left alone" not in content, f"{path} shows the first owner's held mail"
         get = "async (u) => { const r = await fetch(u); return [r.status, await r.text()]; }"
         missing = page2.evaluate(get, f"/console/inboxes/nobody@{inbox.split('@')[1]}")
         assert missing[0] == 404, missing[0]
         missing_body = missing[1]
         for url in [f"/console/inboxes/{inbox}", message_url.replace(base, ""), f"/console/pairings?code={args.pair_code}",
+                    f"/console/review/{h_left}", f"/console/review/{h_approve}",
                     f"/console/sent?inbox={inbox}", f"/console/sent?inbox={made}"]:
             status, body = page2.evaluate(get, url)
             assert status == 404 and body == missing_body, f"{url}: {status}"
@@ -462,6 +522,9 @@ def main():
                              ("/console/inboxes", {"agent": agent, "address": f"theirs@{domain}", "hours": ""}),
                              ("/console/grants", {"agent": agent, "inbox": inbox, "scopes": "read", "days": "1"}),
                              (f"/console/grant-requests/{r_left}/approve", {}),
+                             (left_path, {}),
+                             (f"/console/review/{h_left}/approve", {}),
+                             (f"/console/review/{h_left}/reject", {}),
                              (f"/console/grant-requests/{r_left}/deny", {})]:
             page2.goto(f"{base}/console/agents")
             out = page2.evaluate(FORGE_JS, [path, fields, None])
@@ -474,6 +537,7 @@ def main():
         assert page.locator("li", has_text=f"theirs@{domain}").count() == 0
         page.goto(f"{base}/console")
         assert page.locator(f"form[action='/console/grant-requests/{r_left}/approve']").count() == 1, "still pending"
+        assert page.locator(f"form[action='{left_path}']").count() == 1, "the pairing owner2 tried to deny still waits"
         page2.goto(f"{base}/console")
         assert r_left not in page2.content() and "sign up at example.com" not in page2.content(), "owner2 sees no request"
 

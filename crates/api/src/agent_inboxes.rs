@@ -113,7 +113,7 @@ pub fn covered_inboxes(
     )
 )]
 pub(crate) async fn list(State(state): State<ApiState>, bearer: AgentBearer) -> Result<Response, ApiError> {
-    let verified = state.broker.authenticate(bearer.key()).await?;
+    let verified = crate::key_use::authenticate(&state, bearer.key()).await?;
     let meta = state.meta.as_ref().ok_or_else(|| {
         tracing::error!("agent inbox listing called on an API without a metadata store");
         ApiError::Unavailable { code: "BACKEND_UNAVAILABLE" }
@@ -238,7 +238,7 @@ pub(crate) async fn create(
     bearer: AgentBearer,
     body: Result<ApiJson<CreateAgentInboxRequest>, ApiError>,
 ) -> Result<Response, ApiError> {
-    let verified = state.broker.authenticate(bearer.key()).await?;
+    let verified = crate::key_use::authenticate(&state, bearer.key()).await?;
     let ApiJson(request) = body?;
     let meta = state.meta.as_ref().ok_or_else(|| {
         tracing::error!("agent inbox creation called on an API without a metadata store");

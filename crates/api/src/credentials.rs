@@ -97,7 +97,7 @@ fn check_ttl(ttl: Option<i64>) -> Result<(), ApiError> {
 /// A request whose body was `refused`: the key is checked first anyway (an
 /// invalid key is answered, and audited, before anything about the body).
 async fn refuse_after_key<T>(state: &ApiState, bearer: &AgentBearer, refused: ApiError) -> Result<T, ApiError> {
-    state.broker.authenticate(bearer.key()).await?;
+    crate::key_use::authenticate(state, bearer.key()).await?;
     Err(refused)
 }
 

@@ -262,6 +262,7 @@ impl ApiError {
                 PairingError::Pending => StatusCode::ACCEPTED,
                 PairingError::ConfirmationMismatch => StatusCode::BAD_REQUEST,
                 PairingError::ConfirmationLocked => StatusCode::CONFLICT,
+                PairingError::Denied => StatusCode::FORBIDDEN,
             },
             Self::InvalidCapability => StatusCode::UNAUTHORIZED,
             Self::MailNotFound => StatusCode::NOT_FOUND,

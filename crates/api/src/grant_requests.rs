@@ -134,7 +134,7 @@ pub(crate) async fn create(
     bearer: AgentBearer,
     body: Result<ApiJson<GrantRequestBody>, ApiError>,
 ) -> Result<Response, ApiError> {
-    let verified = state.broker.authenticate(bearer.key()).await?;
+    let verified = crate::key_use::authenticate(&state, bearer.key()).await?;
     let ApiJson(body) = body?;
     let meta = state.meta.as_ref().ok_or(ApiError::Unavailable { code: "BACKEND_UNAVAILABLE" })?;
     let (pattern, scopes, ttl, reason) = check(&body)?;
@@ -318,7 +318,7 @@ fn state_view(r: &GrantRequestRecord, now: agentkeys_core::UnixTime) -> GrantReq
     )
 )]
 pub(crate) async fn list(State(state): State<ApiState>, bearer: AgentBearer) -> Result<Response, ApiError> {
-    let verified = state.broker.authenticate(bearer.key()).await?;
+    let verified = crate::key_use::authenticate(&state, bearer.key()).await?;
     let meta = state.meta.as_ref().ok_or(ApiError::Unavailable { code: "BACKEND_UNAVAILABLE" })?;
     let now = state.clock.now();
     let rows = meta

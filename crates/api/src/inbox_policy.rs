@@ -209,7 +209,7 @@ pub(crate) async fn change_policy(
 /// `admin` on the inbox, and a change that refuses at least everything the
 /// policy refused ([`InboxPolicy::tightens`]); loosening is the owner's.
 async fn change_by_agent(state: ApiState, address: String, bearer: AgentBearer, request: Request) -> Result<Response, ApiError> {
-    let verified = state.broker.authenticate(bearer.key()).await?;
+    let verified = crate::key_use::authenticate(&state, bearer.key()).await?;
     let ApiJson(change) = ApiJson::<PolicyChange>::from_request(request, &state).await?;
     let inbox = inbox_path(&address)?;
     let authorized = state.broker.authorize(&verified, &inbox, scope::Admin).await?;

@@ -1,5 +1,7 @@
-//! When each agent key last minted, for the owner's console: recorded on the
-//! mint path at most once per key per [`KEY_USE_RESOLUTION_SECS`], cheaply.
+//! When each agent key was last used, for the owner's console: recorded on
+//! every authentication with it (the agent-key routes through
+//! [`authenticate`], the mints, the HTTP send) at most once per key per
+//! [`KEY_USE_RESOLUTION_SECS`], cheaply.
 //!
 //! A process remembers when it last wrote each key's use and writes again only
 //! after the resolution has passed, so a busy key costs one statement a minute
@@ -11,8 +13,17 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use agentkeys_broker::{KeyVerified, MintError};
 use agentkeys_core::{KeyId, UnixTime};
 use agentkeys_store::{KEY_USE_RESOLUTION_SECS, MetadataStore};
+
+/// [`TokenBroker::authenticate`](agentkeys_broker::TokenBroker::authenticate)
+/// for an agent-key route, recording the key's use when it passes.
+pub(crate) async fn authenticate(state: &crate::ApiState, presented: &str) -> Result<KeyVerified, MintError> {
+    let verified = state.broker.authenticate(presented).await?;
+    state.key_uses.record(state.meta.as_ref(), verified.key_id(), state.clock.now());
+    Ok(verified)
+}
 
 /// Most keys remembered; past it, entries older than the resolution are dropped
 /// (they would write again anyway), and if all are recent the map is cleared.

@@ -28,6 +28,7 @@
 //! | POST | `/v1/pairings` | open a pairing request (agent, public) |
 //! | GET | `/v1/pairings/{code}` | show a pairing request (owner signature) |
 //! | POST | `/v1/pairings/{code}/approve` | approve it: the agent is created (owner signature) |
+//! | POST | `/v1/pairings/{code}/deny` | deny it outright: the waiting agent is told at once (owner signature) |
 //! | POST | `/v1/pairings/{code}/collect` | the agent collects its key (device signature, long-poll) |
 //! | GET | `/v1/inboxes/{address}/messages` | list an inbox (read capability) |
 //! | GET | `/v1/inboxes/{address}/messages/{message_id}` | fetch a raw message, or `307` to a presigned object-store URL (read capability) |
@@ -385,6 +386,7 @@ fn table() -> Vec<Route> {
         route(Verb::Post, "/v1/pairings", pairing::open),
         route(Verb::Get, "/v1/pairings/{code}", pairing::view),
         route(Verb::Post, "/v1/pairings/{code}/approve", pairing::approve),
+        route(Verb::Post, "/v1/pairings/{code}/deny", pairing::deny),
         route(Verb::Post, "/v1/pairings/{code}/collect", pairing::collect),
         route(Verb::Get, "/v1/inboxes/{address}/messages", messages::list),
         route(Verb::Get, "/v1/inboxes/{address}/messages/{message_id}", messages::fetch),

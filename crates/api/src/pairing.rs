@@ -7,7 +7,8 @@
 //! | POST | `/v1/pairings` | agent (public) | open a request for a device public key: 201 pair code, 6 digits, expiry |
 //! | GET | `/v1/pairings/{code}` | owner signature | what the owner confirms: agent id, name, device fingerprint (never the 6 digits) |
 //! | POST | `/v1/pairings/{code}/approve` | owner signature | approve with the 6 digits the owner typed from the agent's screen: creates the agent under the owner |
-//! | POST | `/v1/pairings/{code}/collect` | device signature | long-poll (up to [`COLLECT_WAIT`]): 200 the agent key once, 202 pending, 409 `CONFIRMATION_LOCKED` once the owner's tries are spent, 410 expired, 404 otherwise |
+//! | POST | `/v1/pairings/{code}/deny` | owner signature | deny it outright: it can never be approved, and a waiting collect answers 403 `DENIED` at once |
+//! | POST | `/v1/pairings/{code}/collect` | device signature | long-poll (up to [`COLLECT_WAIT`]): 200 the agent key once, 202 pending, 403 `DENIED` once the owner denied it, 409 `CONFIRMATION_LOCKED` once the owner's tries are spent, 410 expired, 404 otherwise |
 //!
 //! Requests are stored under the pair code's [`CodeHash`]; state changes are
 //! compare-and-set in the store ([`Pairing::approve_pairing`](agentkeys_store::Pairing::approve_pairing),
@@ -130,11 +131,16 @@ fn restore(rec: &PairingRecord) -> Result<PairingState, ApiError> {
         PairingStatus::Consumed => {
             PairingState::Consumed { request, owner: rec.owner.clone().ok_or_else(|| corrupt("owner"))? }
         }
+        PairingStatus::Denied => PairingState::Denied { request, owner: rec.owner.clone().ok_or_else(|| corrupt("owner"))? },
     })
 }
 
 pub(crate) async fn lookup(meta: &Arc<dyn MetadataStore>, code: &PairCode) -> Result<Option<(PairingRecord, PairingState)>, ApiError> {
-    let found = meta.pairing(&code.hash().0).await.map_err(|e| backend_error(&e))?;
+    lookup_hash(meta, &code.hash()).await
+}
+
+async fn lookup_hash(meta: &Arc<dyn MetadataStore>, hash: &CodeHash) -> Result<Option<(PairingRecord, PairingState)>, ApiError> {
+    let found = meta.pairing(&hash.0).await.map_err(|e| backend_error(&e))?;
     found.map(|rec| restore(&rec).map(|state| (rec, state))).transpose()
 }
 
@@ -534,6 +540,84 @@ pub(crate) async fn approve_as(
     })
 }
 
+/// Answer of a denial.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct DenyPairingResponse {
+    /// The agent id the request would have created.
+    pub agent_id: String,
+    /// The denying owner.
+    pub owner: String,
+    /// Always `denied`.
+    pub status: String,
+}
+
+/// Deny a pairing request outright: it can never be approved, and the agent
+/// waiting on it is told at once (owner approval required; any body is ignored).
+#[utoipa::path(
+    post,
+    path = "/v1/pairings/{code}/deny",
+    tag = "pairing",
+    params(("code" = String, Path, description = "The pair code (ABCD-EFGH)")),
+    security(("owner_signature" = [])),
+    responses(
+        (status = 200, description = "Denied", body = DenyPairingResponse),
+        (status = 401, description = "Owner signature refused", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "NOT_FOUND: unknown, denied already, addressed to another owner, or approved by someone else (one answer)", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "ALREADY_CONSUMED: you approved it already", body = Problem, content_type = "application/problem+json"),
+        (status = 410, description = "EXPIRED", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "PAYLOAD_TOO_LARGE: the body is over 16 KiB", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "BACKEND_UNAVAILABLE: the store could not be reached; nothing was changed, retry later", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(crate) async fn deny(
+    State(state): State<ApiState>,
+    Path(code): Path<String>,
+    approval: OwnerApproval,
+) -> Result<Response, ApiError> {
+    let code = parse_code(&code)?;
+    let answer = deny_as(&state, &code.hash(), &approval.proof, approval.evidence()).await?;
+    Ok(Json(answer).into_response())
+}
+
+/// Denies the pairing request stored under `hash` for the owner who passed
+/// `gate` (the master key's signature, or a console passkey assertion or
+/// mailed code for this action); `evidence` goes into the audit record. A
+/// collect waiting on it (on any node) answers `DENIED` at once.
+pub(crate) async fn deny_as(
+    state: &ApiState,
+    hash: &CodeHash,
+    gate: &impl OwnerGate,
+    evidence: serde_json::Value,
+) -> Result<DenyPairingResponse, ApiError> {
+    let meta = store(state)?;
+    let now = state.clock.now();
+    let found = lookup_hash(meta, hash).await?;
+    let name = found.as_ref().and_then(|(rec, _)| rec.name.clone());
+    let denied = pairing::deny(found.map(|(_, s)| s), hash, gate, now).map_err(ApiError::Pairing)?;
+    let PairingState::Denied { request, owner } = denied else {
+        return Err(ApiError::Internal);
+    };
+    let event = AuditEvent::ok(Actor::Owner(owner.clone()), ops::PAIRING_DENY, request.agent_id().as_str()).with_detail(json!({
+        "owner": owner,
+        "agent": request.agent_id(),
+        "name": name,
+        "device_fingerprint": device_fingerprint(request.device_key()),
+        "approval": evidence,
+    }));
+    match meta.deny_pairing(&hash.0, &owner, now, &event).await {
+        Ok(_receipt) => {}
+        // Approved (or denied) meanwhile: what this owner may learn about it now.
+        Err(StoreError::NotFound { .. }) => {
+            let found = lookup_hash(meta, hash).await?.map(|(_, s)| s);
+            let e = pairing::deny(found, hash, gate, now).err().unwrap_or(PairingError::NotFound);
+            return Err(ApiError::Pairing(e));
+        }
+        Err(e) => return Err(backend_error(&e)),
+    }
+    state.pairings.wake(&hash.0);
+    Ok(DenyPairingResponse { agent_id: request.agent_id().to_string(), owner: owner.to_string(), status: "denied".to_owned() })
+}
+
 /// Body of `POST /v1/pairings/{code}/collect`.
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -590,6 +674,7 @@ pub struct ServerInfo {
         (status = 200, description = "Approved: the agent key, this once", body = CollectPairingResponse),
         (status = 202, description = "Still pending; poll again", body = CollectPairingResponse),
         (status = 400, description = "Malformed body", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "DENIED: the owner denied this pairing; it can never be approved", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "NOT_FOUND: unknown code or not signed by the request's device key", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "ALREADY_CONSUMED: collected before, or CONFIRMATION_LOCKED: the owner's tries of the 6 digits are spent, so it can never be approved; pair again", body = Problem, content_type = "application/problem+json"),
         (status = 410, description = "EXPIRED", body = Problem, content_type = "application/problem+json"),

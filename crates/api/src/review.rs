@@ -18,6 +18,7 @@
 //! `OwnerVerified` proof lets the store record the decision, whose
 //! `ReleaseApproved` proof the release (DKIM signing and queueing) requires.
 
+use agentkeys_approval::OwnerGate;
 use agentkeys_audit::{Actor, AuditEvent};
 use agentkeys_core::send_limits::{ReviewMode, SendLimits};
 use agentkeys_core::{Address, AgentId};
@@ -277,7 +278,7 @@ fn held_id(id: &str) -> Result<ulid::Ulid, ApiError> {
     id.parse().map_err(|_| ApiError::OwnerObjectNotFound { what: "held message" })
 }
 
-async fn held_bytes(state: &ApiState, id: ulid::Ulid) -> Result<Bytes, ApiError> {
+pub(crate) async fn held_bytes(state: &ApiState, id: ulid::Ulid) -> Result<Bytes, ApiError> {
     let service = state.send.as_ref().ok_or(ApiError::Unavailable { code: "BACKEND_UNAVAILABLE" })?;
     match service.blobs.get(&BlobKey::held(id)).await {
         Ok(Some(bytes)) => Ok(bytes),
@@ -355,36 +356,51 @@ pub(crate) async fn approve(
     Path(id): Path<String>,
     approval: OwnerApproval,
 ) -> Result<Response, ApiError> {
-    let meta = store(&state)?.clone();
-    let service = state.send.clone().ok_or(ApiError::Unavailable { code: "BACKEND_UNAVAILABLE" })?;
     if !approval.body.is_empty() && !approval.json {
         return Err(ApiError::UnsupportedMediaType);
     }
     let request: ApproveRequest = if approval.body.is_empty() { ApproveRequest::default() } else { decode(&approval.body)? };
-    let owner = approval.owner().clone();
-    let ulid = held_id(&id)?;
-    let held = meta.owner_held_message(&owner, &id).await.map_err(held_not_found)?;
+    let held = approve_as(&state, &id, request.message, &approval.proof, approval.evidence()).await?;
+    Ok(Json(HeldView::new(&held)).into_response())
+}
+
+/// Releases the owner's held message `id` (as held, or as `replacement`) for
+/// the owner who passed `gate` (the master key's signature, or a console
+/// passkey assertion or mailed code for this action); `evidence` goes into
+/// the `review.approve` record. The decided record.
+pub(crate) async fn approve_as(
+    state: &ApiState,
+    id: &str,
+    replacement: Option<String>,
+    gate: &impl OwnerGate,
+    evidence: serde_json::Value,
+) -> Result<HeldRecord, ApiError> {
+    let meta = store(state)?.clone();
+    let service = state.send.clone().ok_or(ApiError::Unavailable { code: "BACKEND_UNAVAILABLE" })?;
+    let owner = gate.owner().clone();
+    let ulid = held_id(id)?;
+    let held = meta.owner_held_message(&owner, id).await.map_err(held_not_found)?;
     if held.state != HeldState::Held {
         return Err(ApiError::AlreadyDecided);
     }
     // Everything that can refuse is checked before the decision is recorded.
-    let (message, edited) = match &request.message {
+    let (message, edited) = match replacement {
         Some(text) => {
-            let bytes = Bytes::from(text.clone().into_bytes());
+            let bytes = Bytes::from(text.into_bytes());
             if bytes.len() > service.max_message_size {
                 return Err(ApiError::MessageTooLarge { limit: service.max_message_size });
             }
             crate::send::check_replacement(&bytes, &held.inbox)?;
             (bytes, true)
         }
-        None => (held_bytes(&state, ulid).await?, false),
+        None => (held_bytes(state, ulid).await?, false),
     };
     let pairs: Vec<(String, String)> =
         held.recipients.iter().enumerate().map(|(i, r)| (format!("recipients[{i}]"), r.clone())).collect();
     let (local, remote) = crate::send::route(meta.as_ref(), &state.subaddressing, &pairs).await?;
     let released_as = ulid::Ulid::new();
     let digest: String = Sha256::digest(&message).iter().map(|b| format!("{b:02x}")).collect();
-    let event = AuditEvent::ok(Actor::Owner(owner.clone()), OP_REVIEW_APPROVE, &id).with_detail(json!({
+    let event = AuditEvent::ok(Actor::Owner(owner.clone()), OP_REVIEW_APPROVE, id).with_detail(json!({
         "owner": owner,
         "agent": held.agent,
         "inbox": held.inbox,
@@ -392,11 +408,11 @@ pub(crate) async fn approve(
         "edited": edited,
         "message_sha256": digest,
         "released_as": released_as.to_string(),
-        "approval": approval.evidence(),
+        "approval": evidence,
     }));
     let now = state.clock.now();
     let decision = HeldDecision::Approve { released_as: released_as.to_string() };
-    let decided = meta.decide_held(&owner, &id, &decision, now, &event).await.map_err(held_not_found)?;
+    let decided = meta.decide_held(&owner, id, &decision, now, &event).await.map_err(held_not_found)?;
     let Some(release) = decided.release else {
         tracing::error!(%id, "an approval was recorded without its release proof");
         return Err(ApiError::Internal);
@@ -412,7 +428,7 @@ pub(crate) async fn approve(
         queued.notify_one();
     }
     tracing::info!(%id, %released_as, edited, "held message approved and released");
-    Ok(Json(HeldView::new(&decided.held)).into_response())
+    Ok(decided.held)
 }
 
 /// Never send a held message (owner signature; audited).
@@ -435,23 +451,35 @@ pub(crate) async fn reject(
     Path(id): Path<String>,
     approval: OwnerApproval,
 ) -> Result<Response, ApiError> {
-    let meta = store(&state)?.clone();
-    let owner = approval.owner().clone();
-    let ulid = held_id(&id)?;
-    let held = meta.owner_held_message(&owner, &id).await.map_err(held_not_found)?;
-    let event = AuditEvent::ok(Actor::Owner(owner.clone()), OP_REVIEW_REJECT, &id).with_detail(json!({
+    let held = reject_as(&state, &id, &approval.proof, approval.evidence()).await?;
+    Ok(Json(HeldView::new(&held)).into_response())
+}
+
+/// Rejects the owner's held message `id` for the owner who passed `gate`;
+/// `evidence` goes into the `review.reject` record. The decided record.
+pub(crate) async fn reject_as(
+    state: &ApiState,
+    id: &str,
+    gate: &impl OwnerGate,
+    evidence: serde_json::Value,
+) -> Result<HeldRecord, ApiError> {
+    let meta = store(state)?.clone();
+    let owner = gate.owner().clone();
+    let ulid = held_id(id)?;
+    let held = meta.owner_held_message(&owner, id).await.map_err(held_not_found)?;
+    let event = AuditEvent::ok(Actor::Owner(owner.clone()), OP_REVIEW_REJECT, id).with_detail(json!({
         "owner": owner,
         "agent": held.agent,
         "inbox": held.inbox,
         "recipients": held.recipients.len(),
-        "approval": approval.evidence(),
+        "approval": evidence,
     }));
     let decided =
-        meta.decide_held(&owner, &id, &HeldDecision::Reject, state.clock.now(), &event).await.map_err(held_not_found)?;
+        meta.decide_held(&owner, id, &HeldDecision::Reject, state.clock.now(), &event).await.map_err(held_not_found)?;
     if let Some(service) = &state.send {
         remove_held(service.blobs.as_ref(), ulid).await;
     }
-    Ok(Json(HeldView::new(&decided.held)).into_response())
+    Ok(decided.held)
 }
 
 /// One delivery of a sent message.

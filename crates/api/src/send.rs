@@ -295,7 +295,10 @@ pub(crate) async fn send(
     // The proof goes on only with the receipt of its record: everything that
     // stores or queues mail below takes the pair (`AuthRecorded`).
     let proof = match verdict {
-        Ok(proof) => AuthRecorded::new(proof, receipt),
+        Ok(proof) => {
+            state.key_uses.record(state.meta.as_ref(), proof.key_id(), state.clock.now());
+            AuthRecorded::new(proof, receipt)
+        }
         Err(Refusal::Backend(e)) => return Err(e),
         Err(Refusal::Credentials(failure, facts)) => {
             let audit_seq = receipt.seq();

@@ -635,7 +635,7 @@ pub(crate) async fn agent_create(
     bearer: AgentBearer,
     body: Result<ApiJson<CreateAgentWebhookRequest>, ApiError>,
 ) -> Result<Response, ApiError> {
-    let verified = state.broker.authenticate(bearer.key()).await?;
+    let verified = crate::key_use::authenticate(&state, bearer.key()).await?;
     let ApiJson(request) = body?;
     let settings = settings(&state)?;
     let inbox: Address = request.inbox.parse().map_err(|e| field_error("inbox", e))?;
@@ -684,7 +684,7 @@ pub(crate) async fn agent_create(
     )
 )]
 pub(crate) async fn agent_list(State(state): State<ApiState>, bearer: AgentBearer) -> Result<Response, ApiError> {
-    let verified = state.broker.authenticate(bearer.key()).await?;
+    let verified = crate::key_use::authenticate(&state, bearer.key()).await?;
     let meta = store(&state)?;
     let now = state.clock.now();
     let hooks = meta.list_webhooks(verified.owner()).await.map_err(|e| agent_unavailable(&e))?;
@@ -714,7 +714,7 @@ pub(crate) async fn agent_delete(
     Path(id): Path<String>,
     bearer: AgentBearer,
 ) -> Result<Response, ApiError> {
-    let verified = state.broker.authenticate(bearer.key()).await?;
+    let verified = crate::key_use::authenticate(&state, bearer.key()).await?;
     let meta = store(&state)?;
     agents_own(&state, &verified, &id).await?;
     let event = AuditEvent::ok(Actor::Agent(verified.agent().clone()), OP_WEBHOOK_DELETE, id.as_str())
@@ -762,7 +762,7 @@ pub(crate) async fn agent_rotate(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let verified = state.broker.authenticate(bearer.key()).await?;
+    let verified = crate::key_use::authenticate(&state, bearer.key()).await?;
     let overlap = rotation_overlap(is_json(&headers), &body)?;
     agents_own(&state, &verified, &id).await?;
     let event = AuditEvent::ok(Actor::Agent(verified.agent().clone()), OP_WEBHOOK_ROTATE, id.as_str())
@@ -792,7 +792,7 @@ pub(crate) async fn agent_deliveries(
     uri: Uri,
     bearer: AgentBearer,
 ) -> Result<Response, ApiError> {
-    let verified = state.broker.authenticate(bearer.key()).await?;
+    let verified = crate::key_use::authenticate(&state, bearer.key()).await?;
     agents_own(&state, &verified, &id).await?;
     delivery_log(&state, verified.owner(), &id, &uri).await
 }
@@ -823,7 +823,7 @@ pub(crate) async fn agent_redeliver(
     Path((id, delivery)): Path<(String, String)>,
     bearer: AgentBearer,
 ) -> Result<Response, ApiError> {
-    let verified = state.broker.authenticate(bearer.key()).await?;
+    let verified = crate::key_use::authenticate(&state, bearer.key()).await?;
     agents_own(&state, &verified, &id).await?;
     redeliver_one(&state, verified.owner(), Some(&id), &delivery).await
 }

@@ -125,9 +125,15 @@ async fn approvals_show_the_certificate_and_only_the_owners_requests() {
     assert!(!mine.contains(&digits), "the page never shows the digits the owner has to type");
     assert!(mine.contains("&lt;script&gt;alert(1)&lt;/script&gt; sign up") && !mine.contains("<script>alert"), "the reason is text");
     assert!(mine.contains("/console/grant-requests/ar_0000000000000001/approve") && mine.contains("2 days"));
+    // The request can be denied from the list: named by its code's hash (the
+    // list never shows the pair code).
+    let code: agentkeys_approval::PairCode = opened["pair_code"].as_str().unwrap().parse().unwrap();
+    let deny = format!("/console/pairings/{}/deny", agentkeys_audit::hash_to_hex(&code.hash().0));
+    assert!(mine.contains(&deny) && !mine.contains(opened["pair_code"].as_str().unwrap()), "{mine}");
     let (status, theirs) = page(&app, "token-b", "/console").await;
     assert_eq!(status, StatusCode::OK);
     assert!(!theirs.contains("pairing bot") && !theirs.contains("ar_0000000000000001") && !theirs.contains("sign up"), "{theirs}");
+    assert!(!theirs.contains("/deny"), "{theirs}");
     // No session: to the sign-in page.
     assert_eq!(page(&app, "nobody", "/console").await.0, StatusCode::SEE_OTHER);
 }
@@ -157,4 +163,19 @@ async fn the_sent_view_and_the_audit_filter_answer_as_documented() {
         assert_eq!(status, StatusCode::OK);
         assert!(!body.contains("test.setup") && body.contains("0 records"), "{outside}: {body}");
     }
+}
+
+/// The review page: the owner's held messages only; an id that is not one of
+/// the owner's (unknown, malformed) is the same 404 page.
+#[tokio::test]
+async fn the_review_page_lists_nothing_foreign_and_unknown_ids_are_missing() {
+    let (_store, app) = world().await;
+    let (status, list) = page(&app, "token-a", "/console/review").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(list.contains("Held for review") && list.contains("Nothing waiting."), "{list}");
+    assert!(list.contains("href=\"/console/review\" aria-current=\"page\""), "the navigation marks the page");
+    let (status, missing) = page(&app, "token-a", "/console/review/01ARZ3NDEKTSV4RRFFQ69G5FAV").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(page(&app, "token-a", "/console/review/not-a-ulid").await, (StatusCode::NOT_FOUND, missing));
+    assert_eq!(page(&app, "nobody", "/console/review").await.0, StatusCode::SEE_OTHER);
 }

@@ -812,3 +812,36 @@ async fn mints_record_the_keys_last_use_once_a_minute() {
     }
     assert_eq!(last_use().await, Some(NOW + KEY_USE_RESOLUTION_SECS));
 }
+
+/// Any authentication with the key records its use, not only a mint: the
+/// agent's own inbox list (`GET /v1/agent/inboxes`), once per
+/// KEY_USE_RESOLUTION_SECS; a refused key records nothing.
+#[tokio::test]
+async fn every_agent_key_route_records_the_keys_last_use() {
+    use agentkeys_store::KEY_USE_RESOLUTION_SECS;
+    let w = world().await;
+    let app = router(w.state_with_audit(w.backend.clone()).with_meta(w.store.clone()));
+    let list = |key: &str| Request::get("/v1/agent/inboxes").header(header::AUTHORIZATION, format!("Bearer {key}")).body(Body::empty()).unwrap();
+    let last_use = || async {
+        let uses = w.store.key_last_uses(&OWNER_A.parse().unwrap(), &AGENT_A.parse().unwrap()).await.unwrap();
+        uses.into_iter().map(|(_, at)| at).max()
+    };
+    let wait_for = |want: Option<i64>| async move {
+        // The write runs after the answer: wait for it (bounded).
+        for _ in 0..100 {
+            if last_use().await == want {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    };
+    assert_eq!(send(&app, list("ak_not_a_key")).await.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(last_use().await, None, "never used");
+    assert_eq!(send(&app, list(&w.key)).await.status, StatusCode::OK);
+    wait_for(Some(NOW)).await;
+    assert_eq!(last_use().await, Some(NOW));
+    w.clock.0.store(NOW + KEY_USE_RESOLUTION_SECS, Ordering::SeqCst);
+    assert_eq!(send(&app, list(&w.key)).await.status, StatusCode::OK);
+    wait_for(Some(NOW + KEY_USE_RESOLUTION_SECS)).await;
+    assert_eq!(last_use().await, Some(NOW + KEY_USE_RESOLUTION_SECS));
+}

@@ -12,6 +12,9 @@
 //!   │ collect (device signature)      10 min after approval without collection
 //!   ▼
 //! Consumed  (the agent key was handed out once)
+//!
+//! Pending ── deny (owner proof) ──► Denied  (never approved nor collected;
+//!                                            the agent's poll answers DENIED)
 //! ```
 //!
 //! Every transition consumes the state and returns the next one; errors leave the
@@ -29,7 +32,10 @@
 //!   `EXPIRED` after the 10 minutes, `NOT_FOUND` for one approved by another owner;
 //! - the **agent** ([`collect`], with a signature by the request's device key)
 //!   sees `PENDING` until approval, then its key once, then `ALREADY_CONSUMED`,
-//!   or `EXPIRED`; a poller without the device key sees only `NOT_FOUND`.
+//!   or `EXPIRED`, or `DENIED` once an owner denied it; a poller without the
+//!   device key sees only `NOT_FOUND`.
+//! - a **denied** request is `NOT_FOUND` to every owner, its denier included:
+//!   it can no longer be viewed, approved or denied again.
 //!
 //! The approved owner does not receive the agent key: [`collect`] yields a
 //! [`PairingCollected`] proof, with which the broker mints the key and returns it
@@ -65,6 +71,10 @@ pub enum PairingError {
     /// the 6 digits are spent: it cannot be approved any more; pair again.
     #[error("too many tries of the 6 digits: this pairing request is locked; the agent must pair again")]
     ConfirmationLocked,
+    /// The owner denied this request (the agent's answer; owners see
+    /// [`PairingError::NotFound`]).
+    #[error("the owner denied this pairing")]
+    Denied,
 }
 
 impl PairingError {
@@ -77,6 +87,7 @@ impl PairingError {
             Self::Pending => "PENDING",
             Self::ConfirmationMismatch => "CONFIRMATION_MISMATCH",
             Self::ConfirmationLocked => "CONFIRMATION_LOCKED",
+            Self::Denied => "DENIED",
         }
     }
 }
@@ -166,6 +177,13 @@ pub enum PairingState {
         /// The owner who approved.
         owner: OwnerId,
     },
+    /// An owner denied it. Terminal.
+    Denied {
+        /// The request.
+        request: PairingRequest,
+        /// The owner who denied it.
+        owner: OwnerId,
+    },
     /// Nobody finished in time. Terminal.
     Expired {
         /// The request.
@@ -241,6 +259,7 @@ impl PairingState {
                 Self::Approved { request: request.with_addressee(addressed_to), owner, approved_at }
             }
             Self::Consumed { request, owner } => Self::Consumed { request: request.with_addressee(addressed_to), owner },
+            Self::Denied { request, owner } => Self::Denied { request: request.with_addressee(addressed_to), owner },
             Self::Expired { request, approved_by } => {
                 Self::Expired { request: request.with_addressee(addressed_to), approved_by }
             }
@@ -253,16 +272,18 @@ impl PairingState {
             Self::Pending(request)
             | Self::Approved { request, .. }
             | Self::Consumed { request, .. }
+            | Self::Denied { request, .. }
             | Self::Expired { request, .. } => request,
         }
     }
 
-    /// Stable lowercase name of the state, for storage: `pending`, `approved`, `consumed`, `expired`.
+    /// Stable lowercase name of the state, for storage: `pending`, `approved`, `consumed`, `denied`, `expired`.
     pub fn status(&self) -> &'static str {
         match self {
             Self::Pending(_) => "pending",
             Self::Approved { .. } => "approved",
             Self::Consumed { .. } => "consumed",
+            Self::Denied { .. } => "denied",
             Self::Expired { .. } => "expired",
         }
     }
@@ -272,7 +293,7 @@ impl PairingState {
         match self {
             Self::Pending(request) => Some(request.expires_at()),
             Self::Approved { approved_at, .. } => Some(approved_at + PAIRING_TTL),
-            Self::Consumed { .. } | Self::Expired { .. } => None,
+            Self::Consumed { .. } | Self::Denied { .. } | Self::Expired { .. } => None,
         }
     }
 
@@ -291,7 +312,7 @@ impl PairingState {
     /// The owner-facing answer for a state that is not `Pending`.
     fn owner_refusal(&self, me: &OwnerId) -> PairingError {
         match self {
-            Self::Pending(_) => PairingError::NotFound,
+            Self::Pending(_) | Self::Denied { .. } => PairingError::NotFound,
             Self::Approved { owner, .. } | Self::Consumed { owner, .. } if owner == me => {
                 PairingError::AlreadyConsumed
             }
@@ -371,7 +392,23 @@ impl PairingState {
                 Ok((proof, Self::Consumed { request, owner }))
             }
             Self::Consumed { .. } => Err(PairingError::AlreadyConsumed),
+            Self::Denied { .. } => Err(PairingError::Denied),
             Self::Expired { .. } => Err(PairingError::Expired),
+        }
+    }
+
+    /// Denies a pending request for the verified owner: it becomes `Denied`,
+    /// which no approval or collection ever leaves. The request is named by
+    /// its code hash (the console lists requests addressed to the owner
+    /// without their pair codes); an owner it is not open to, or one that is
+    /// not pending, gets the answer [`view`](Self::view) would give.
+    pub fn deny(self, code_hash: &CodeHash, owner: &impl OwnerGate, now: UnixTime) -> Result<Self, PairingError> {
+        if !self.request().code_hash.ct_eq(code_hash) || !self.request().is_open_to(owner.owner()) {
+            return Err(PairingError::NotFound);
+        }
+        match self.expire_if_due(now) {
+            Self::Pending(request) => Ok(Self::Denied { request, owner: owner.owner().clone() }),
+            other => Err(other.owner_refusal(owner.owner())),
         }
     }
 }
@@ -396,6 +433,17 @@ pub fn approve(
     now: UnixTime,
 ) -> Result<PairingState, PairingError> {
     found.ok_or(PairingError::NotFound)?.approve(pair_code, confirmation, owner, now)
+}
+
+/// [`PairingState::deny`] on a store lookup (`None`: [`PairingError::NotFound`]).
+/// Store the returned `Denied` state in place of the old one (compare-and-swap on the status).
+pub fn deny(
+    found: Option<PairingState>,
+    code_hash: &CodeHash,
+    owner: &impl OwnerGate,
+    now: UnixTime,
+) -> Result<PairingState, PairingError> {
+    found.ok_or(PairingError::NotFound)?.deny(code_hash, owner, now)
 }
 
 /// [`PairingState::collect`] on a store lookup (`None`: [`PairingError::NotFound`]).

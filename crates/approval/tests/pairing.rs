@@ -211,3 +211,41 @@ fn an_addressed_request_is_its_owners_alone() {
         assert_eq!(refused, PairingError::NotFound);
     }
 }
+
+/// Deny: the owner refuses a request outright. It is terminal: the agent's
+/// poll answers `DENIED` (so it stops at once), and no owner can view,
+/// approve or deny it again (`NOT_FOUND`, the denier included). Another
+/// owner cannot deny a request addressed to someone else, nor one that is
+/// already approved or expired.
+#[test]
+fn a_denied_request_is_dead_for_everyone() {
+    let o = open();
+    let (mine, other) = (proof(1, T0 + 5), proof(2, T0 + 5));
+    let addressed = o.state.clone().with_addressee(Some(owner_id(1).as_str().to_owned()));
+    assert_eq!(addressed.clone().deny(&o.code.hash(), &other, T0 + 5).unwrap_err(), PairingError::NotFound);
+    let wrong = PairCode::generate(&mut rand::rngs::OsRng).hash();
+    assert_eq!(addressed.clone().deny(&wrong, &mine, T0 + 5).unwrap_err(), PairingError::NotFound);
+    assert_eq!(pairing::deny(None, &o.code.hash(), &mine, T0 + 5).unwrap_err(), PairingError::NotFound);
+
+    let denied = pairing::deny(Some(addressed), &o.code.hash(), &mine, T0 + 5).unwrap();
+    assert_eq!(denied.status(), "denied");
+    assert_eq!(denied.deadline(), None);
+    assert!(matches!(&denied, PairingState::Denied { owner, .. } if owner == mine.owner()));
+
+    let sig = o.device.sign_collect(&o.code);
+    let err = pairing::collect(Some(denied.clone()), &o.code, &sig, T0 + 6).unwrap_err();
+    assert_eq!((err.clone(), err.code()), (PairingError::Denied, "DENIED"));
+    assert_eq!(err.to_string(), "the owner denied this pairing");
+    // Long after: still denied, not expired.
+    let late = T0 + 3 * PAIRING_TTL;
+    assert_eq!(pairing::collect(Some(denied.clone()), &o.code, &sig, late).unwrap_err(), PairingError::Denied);
+    assert_eq!(pairing::view(Some(&denied), &o.code, &mine, T0 + 6).unwrap_err(), PairingError::NotFound);
+    let again = pairing::approve(Some(denied.clone()), &o.code, &o.confirmation, &mine, T0 + 6).unwrap_err();
+    assert_eq!(again, PairingError::NotFound);
+    assert_eq!(denied.deny(&o.code.hash(), &mine, T0 + 6).unwrap_err(), PairingError::NotFound);
+
+    // Only a pending request can be denied.
+    let approved = pairing::approve(Some(o.state.clone()), &o.code, &o.confirmation, &mine, T0 + 5).unwrap();
+    assert_eq!(approved.deny(&o.code.hash(), &mine, T0 + 6).unwrap_err(), PairingError::AlreadyConsumed);
+    assert_eq!(o.state.deny(&o.code.hash(), &mine, T0 + PAIRING_TTL).unwrap_err(), PairingError::Expired);
+}

@@ -52,6 +52,8 @@ pub mod ops {
     pub const PAIRING_OPEN: &str = "pairing.open";
     /// An owner approved a pairing request; the agent was created under them.
     pub const PAIRING_APPROVE: &str = "pairing.approve";
+    /// An owner denied a pairing request outright; it can never be approved.
+    pub const PAIRING_DENY: &str = "pairing.deny";
     /// A paired agent collected its agent key (minted then, stored hashed).
     pub const PAIRING_COLLECT: &str = "pairing.collect";
     /// An owner asked for a one-time passkey registration link (master key).

@@ -76,6 +76,8 @@ enum Command {
     Agent(admin::AgentCmd),
     /// Approve an agent's pairing request (owner; signed with the master key).
     Approve(pairing_client::ApproveArgs),
+    /// Deny an agent's pairing request outright (owner; signed with the master key).
+    Deny(pairing_client::DenyArgs),
     /// Manage inboxes.
     #[command(subcommand)]
     Inbox(admin::InboxCmd),
@@ -178,6 +180,7 @@ fn main() -> ExitCode {
             Command::Owner(c) => admin::owner(&config, c, json).await,
             Command::Agent(c) => admin::agent(&config, c, json).await,
             Command::Approve(args) => pairing_client::approve(args, &config, json).await,
+            Command::Deny(args) => pairing_client::deny(args, &config, json).await,
             Command::Inbox(c) => admin::inbox(&config, c, json).await,
             Command::Key(c) => admin::key(&config, c, json).await,
             Command::Grant(c) => admin::grant(&config, c, json).await,

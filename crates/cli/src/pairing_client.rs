@@ -17,8 +17,8 @@
 //!   `--json` it prints one line at once (`pair_code`, `confirmation_code`,
 //!   `expires_at`, `agent_id`, `server_fingerprint`) and one when it ends
 //!   (`status`: `approved`, `expired`, `already_consumed`, `not_found`,
-//!   `locked` (the owner's tries of the 6 digits are spent) or `error`, and
-//!   `agent_id`).
+//!   `locked` (the owner's tries of the 6 digits are spent), `denied` (the
+//!   owner denied it; the wait stops at once) or `error`, and `agent_id`).
 //! - `agentkeys approve PAIR-CODE [--digits NNNNNN]` (the owner's machine):
 //!   unlocks the master key, shows the request (agent id and name, device
 //!   fingerprint, and the server certificate its own pinned connection met,
@@ -26,6 +26,9 @@
 //!   shows unless `--digits` gives them, and approves with a signed request;
 //!   the server compares the digits (it never shows them to the owner), at most
 //!   `MAX_CONFIRMATION_TRIES` (5) times per request.
+//! - `agentkeys deny PAIR-CODE` (the owner's machine): denies the request
+//!   outright with a signed request; the waiting agent stops at once, and the
+//!   request can never be approved.
 
 use std::io::{BufRead as _, Write as _};
 use std::path::{Path, PathBuf};
@@ -73,6 +76,15 @@ pub(crate) struct ApproveArgs {
     /// asks for them. The server compares them (at most 5 tries per request).
     #[arg(long, value_name = "NNNNNN")]
     digits: Option<String>,
+    #[command(flatten)]
+    conn: OwnerConn,
+}
+
+/// `agentkeys deny`.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct DenyArgs {
+    /// The pair code the agent printed (ABCD-EFGH).
+    pair_code: String,
     #[command(flatten)]
     conn: OwnerConn,
 }
@@ -238,6 +250,7 @@ pub(crate) async fn pair(args: PairArgs, json: bool) -> Result<()> {
                     "ALREADY_CONSUMED" => "already_consumed",
                     "NOT_FOUND" => "not_found",
                     "CONFIRMATION_LOCKED" => "locked",
+                    "DENIED" => "denied",
                     _ => "error",
                 };
                 break (outcome, format!("{status} {code}: {}", answer["detail"].as_str().unwrap_or(text.trim())));
@@ -254,6 +267,7 @@ pub(crate) async fn pair(args: PairArgs, json: bool) -> Result<()> {
              Run `agentkeys agent pair` again and make sure the owner types the 6 digits this new request shows",
             agentkeys_approval::MAX_CONFIRMATION_TRIES
         ),
+        "denied" => bail!("the owner denied this pairing; this device was not paired (ask the owner, then run `agentkeys agent pair` again)"),
         _ => bail!("pairing failed ({detail})"),
     }
 }
@@ -337,6 +351,28 @@ pub(crate) async fn approve(args: ApproveArgs, config: &crate::config::Config, j
             "approved: agent {} is now yours; it must collect its key by {}",
             s(&answer["agent_id"]),
             s(&answer["collect_by"])
+        );
+    }
+    Ok(())
+}
+
+/// `agentkeys deny PAIR-CODE`.
+pub(crate) async fn deny(args: DenyArgs, config: &crate::config::Config, json: bool) -> Result<()> {
+    if args.conn.server.is_none() {
+        bail!("deny talks to the server the agent is waiting on: give --server URL (or AGENTKEYS_SERVER)");
+    }
+    let code: PairCode = args
+        .pair_code
+        .parse()
+        .map_err(|_| anyhow!("{:?} is not a pair code (8 characters like ABCD-EFGH)", args.pair_code))?;
+    let session = Session::open(&args.conn, config).await?;
+    let answer = session.call("POST", &format!("/v1/pairings/{code}/deny"), None).await?;
+    if json {
+        println!("{answer}");
+    } else {
+        println!(
+            "denied: the pairing request of agent {} can never be approved; the agent was told",
+            s(&answer["agent_id"])
         );
     }
     Ok(())

@@ -3,6 +3,8 @@
 //! verification on) against the real server: register a passkey with the link
 //! `agentkeys owner passkey add` prints, sign in, approve a pairing by typing the
 //! 6 digits while a real `agentkeys agent pair` waits (wrong digits refused),
+//! deny another pairing outright (that agent stops at once), read, approve
+//! and reject messages held for review (hostile HTML rendered inert),
 //! revoke a key and a grant (each asking the authenticator again), create an
 //! inbox and disable it (the MX then refuses it), read a hostile HTML message,
 //! see what the agent sent (a bounce from a real receiving MTA), the keys' last
@@ -221,16 +223,63 @@ fn owner_console_in_a_real_browser() {
             asked["id"].as_str().unwrap().to_owned()
         })
         .collect();
+    // Two more agents ask OWNER to pair them: the browser denies the first
+    // (it must stop at once), the second owner tries to deny the second.
+    let mut unwanted: Vec<(std::process::Child, std::io::Lines<BufReader<std::process::ChildStdout>>, String)> = (0..2)
+        .map(|i| {
+            let mut child = agentkeys(&d)
+                .env("AGENTKEYS_CONFIG_DIR", dir.path().join(format!("unwanted-{i}")))
+                .args(["agent", "pair", "--server", &base, "--name", &format!("unwanted bot {i}"), "--owner", OWNER, "--json"])
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+            let first: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+            let id = first["agent_id"].as_str().unwrap().to_owned();
+            (child, lines, id)
+        })
+        .collect();
+    // Every message the agent sends now waits for its owner's review: three
+    // held ones (one with hostile HTML) for the console's review page.
+    owner_json(&d, OWNER, &["agent", "limits", &agent, "--review", "all"]);
+    let held: Vec<String> = [("held: please approve", "carol@remote.example"), ("held: please reject", "dave@remote.example"), ("held: left alone", "erin@remote.example")]
+        .iter()
+        .map(|(subject, to)| {
+            let html = "<p onclick=\"window.__pwned=1\">Hi <b>carol</b></p><script>window.__pwned=1</script><img src=\"http://127.0.0.1:9/held.gif\">";
+            let body = json!({ "to": [to], "subject": subject, "text": "see the HTML part", "html": html }).to_string();
+            let (status, _, answer) = curl("POST", &format!("{base}/v1/inboxes/{inbox}/send"), Some(&agent_key), Some(&body));
+            assert_eq!(status, 202, "{answer}");
+            assert_eq!(answer["status"], "held", "{answer}");
+            answer["message_id"].as_str().unwrap().to_owned()
+        })
+        .collect();
     let link2 = owner_json(&d, OWNER2, &["owner", "passkey", "add", "--server", &base]);
     let setup = json!({
         "grant": grant, "key": key, "agent": agent, "inbox": inbox,
         "owner2": OWNER2, "link2": link2["url"], "mx": server.inbound.port(),
         "sent_to": "bob@remote.example", "requests": requests,
+        "unwanted": [unwanted[0].2, unwanted[1].2],
+        "held": held,
     });
     writeln!(browser_in, "{setup}").unwrap();
     browser_in.flush().unwrap();
     let done = step();
     assert_eq!(done["step"], "done", "{done}");
+    // The denied agent stopped by itself with the owner's answer; the other
+    // still waits (the second owner could not deny it).
+    let (mut denied_agent, mut denied_lines, _) = unwanted.remove(0);
+    let last: Value = serde_json::from_str(&denied_lines.next().unwrap().unwrap()).unwrap();
+    assert_eq!(last["status"], "denied", "{last}");
+    assert!(!denied_agent.wait().unwrap().success());
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut denied_agent.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(stderr.contains("the owner denied this pairing"), "{stderr}");
+    let (mut waiting, _, _) = unwanted.remove(0);
+    assert!(waiting.try_wait().unwrap().is_none(), "the request the second owner tried to deny still waits");
+    waiting.kill().unwrap();
+    waiting.wait().unwrap();
     assert!(browser.wait().unwrap().success(), "the browser script failed");
     let taken = done["screenshots"].as_array().unwrap();
     assert!(taken.len() >= 15, "screenshots of every page: {taken:?}");
@@ -250,6 +299,13 @@ fn owner_console_in_a_real_browser() {
             .collect()
     };
     assert_eq!(gate_of("pairing.approve"), ["passkey"]);
+    assert_eq!(gate_of("pairing.deny"), ["passkey"]);
+    assert_eq!(gate_of("review.approve"), ["passkey"]);
+    assert_eq!(gate_of("review.reject"), ["passkey"]);
+    // The message the second owner tried to approve still waits.
+    let waiting = owner_json(&d, OWNER, &["review", "list"]);
+    let waiting: Vec<&str> = waiting["held"].as_array().unwrap().iter().map(|h| h["id"].as_str().unwrap()).collect();
+    assert_eq!(waiting, [held[2].as_str()]);
     assert_eq!(gate_of("key.revoke"), ["passkey"]);
     assert_eq!(gate_of("grant.create"), ["master_key", "master_key", "passkey", "passkey"]);
     assert_eq!(gate_of("grant.request_deny"), ["passkey"]);

@@ -229,3 +229,100 @@ fn a_locked_pairing_stops_the_agent_with_a_clear_message() {
     }
     assert!(server.stop().success());
 }
+
+/// Issue 12: the owner denies a pairing request outright (`agentkeys deny
+/// CODE`, signed with the master key). The waiting agent stops at once (its
+/// long-poll is woken and answers 403 `DENIED`) saying the owner denied it;
+/// the request is dead (a later approve with the right digits is 404, like an
+/// unknown code); another owner could not deny it (404); the denial is
+/// audited with the gate used.
+#[test]
+fn a_denied_pairing_stops_the_agent_and_can_never_be_approved() {
+    const OTHER: &str = "0x00000000000000000000000000000000000000bb";
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().join("data");
+    let (home_owner, home_other) = (dir.path().join("owner"), dir.path().join("other"));
+    std::fs::create_dir(&d).unwrap();
+    let code = run_json(&d, &["owner", "add", OWNER])["enrollment_code"].as_str().unwrap().to_owned();
+    let other_code = run_json(&d, &["owner", "add", OTHER])["enrollment_code"].as_str().unwrap().to_owned();
+    let server = Server::start(&d, &[]);
+    let base = format!("http://{}", server.http);
+    ok_json(&owner_cmd(&d, &home_owner, &base, &["owner", "enroll", "--owner", OWNER, "--code", &code]));
+    ok_json(&owner_cmd(&d, &home_other, &base, &["owner", "enroll", "--owner", OTHER, "--code", &other_code]));
+
+    for json_mode in [true, false] {
+        let mut cmd = agentkeys(&d);
+        cmd.env("AGENTKEYS_CONFIG_DIR", dir.path().join(format!("agent-{json_mode}")))
+            .args(["agent", "pair", "--server", &base, "--name", "unwanted bot", "--owner", OWNER]);
+        if json_mode {
+            cmd.arg("--json");
+        }
+        let mut child = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let (pair_code, digits) = if json_mode {
+            let first: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+            (first["pair_code"].as_str().unwrap().to_owned(), first["confirmation_code"].as_str().unwrap().to_owned())
+        } else {
+            let mut got = (String::new(), String::new());
+            for line in lines.by_ref() {
+                let line = line.unwrap();
+                if let Some(c) = line.strip_prefix("Pair code:") {
+                    got.0 = c.trim().to_owned();
+                }
+                if let Some(c) = line.strip_prefix("Confirmation code:") {
+                    got.1 = c.trim().to_owned();
+                }
+                if line.starts_with("Waiting for approval") {
+                    break;
+                }
+            }
+            got
+        };
+        assert_eq!((pair_code.len(), digits.len()), (9, 6), "{pair_code:?} {digits:?}");
+
+        // Addressed to OWNER: the other owner cannot deny it (nor learn it exists).
+        let foreign = owner_cmd(&d, &home_other, &base, &["deny", &pair_code]);
+        assert!(!foreign.status.success());
+        let err = String::from_utf8_lossy(&foreign.stderr).into_owned();
+        assert!(err.contains("404 NOT_FOUND"), "{err}");
+
+        let denied = ok_json(&owner_cmd(&d, &home_owner, &base, &["deny", &pair_code]));
+        assert_eq!((denied["status"].as_str(), denied["owner"].as_str()), (Some("denied"), Some(OWNER)), "{denied}");
+        let denied_at = std::time::Instant::now();
+        // The agent stops by itself: its long-poll (25 s) was woken by the denial.
+        let status = common::wait_timeout(&mut child, std::time::Duration::from_secs(15)).unwrap_or_else(|| {
+            child.kill().ok();
+            panic!("the agent kept waiting on a denied pairing request")
+        });
+        eprintln!("json={json_mode}: the agent stopped {:?} after the denial", denied_at.elapsed());
+        assert!(!status.success());
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+        assert!(stderr.contains("the owner denied this pairing"), "{stderr}");
+        if json_mode {
+            let last: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+            assert_eq!(last["status"], "denied", "{last}");
+            assert!(last["detail"].as_str().unwrap().contains("403 DENIED"), "{last}");
+        }
+        // Dead: the right digits cannot approve it, nor can it be denied again.
+        for args in [vec!["approve", pair_code.as_str(), "--digits", digits.as_str()], vec!["deny", pair_code.as_str()]] {
+            let late = owner_cmd(&d, &home_owner, &base, &args);
+            assert!(!late.status.success());
+            let err = String::from_utf8_lossy(&late.stderr).into_owned();
+            assert!(err.contains("404 NOT_FOUND"), "{args:?}: {err}");
+        }
+        assert!(!dir.path().join(format!("agent-{json_mode}")).join("agent.json").exists(), "no key was handed out");
+    }
+    // No agent was created; each denial is audited with its gate.
+    assert_eq!(run_json(&d, &["agent", "list", "--owner", OWNER]).as_array().unwrap().len(), 0);
+    let records = run_json(&d, &["audit", "list"]);
+    let denials: Vec<&Value> = records.as_array().unwrap().iter().filter(|r| r["operation"] == "pairing.deny").collect();
+    assert_eq!(denials.len(), 2, "{records}");
+    for r in &denials {
+        assert_eq!((r["actor"].as_str(), r["outcome"].as_str()), (Some(format!("owner:{OWNER}").as_str()), Some("ok")), "{r}");
+        assert_eq!(r["detail"]["approval"]["gate"], "master_key", "{r}");
+        assert_eq!(r["detail"]["name"], "unwanted bot", "{r}");
+    }
+    assert_eq!(run_json(&d, &["audit", "verify"])["ok"], true);
+    assert!(server.stop().success());
+}

@@ -68,7 +68,7 @@ use crate::roles::*;
 use crate::{
     Admission, AgentRecord, CheckpointRecord, DomainKeyRecord, EnrollmentTicketRecord, FailureTally, FailureWindow,
     IDEMPOTENCY_KEY_TTL_SECS, IdempotencyClaim, IdempotencyScope, InboxRecord, KeyRecord, ListOrder, NewMessage,
-    NewOutbound, NonceUse, OwnerRecord, PageQuery, PairingRecord, PairingStatus, STALE_CLAIM_SECS, StoreError, ThrottleKey,
+    AuditFilter, MAX_AUDIT_SEARCH_PAGE, NewOutbound, NonceUse, OwnerRecord, PageQuery, PairingRecord, PairingStatus, STALE_CLAIM_SECS, StoreError, ThrottleKey,
     UnixMillis, tally,
 };
 
@@ -189,6 +189,7 @@ macro_rules! conformance_tests {
             idempotency_claims_generated,
             a_stale_idempotency_claim_is_resolved_by_what_was_stored,
             pairing_approval_and_collection_are_single_use,
+            a_pairing_is_denied_once_and_never_approved,
             enrollment_redemption_is_single_use,
             single_use_transitions_generated,
             domain_key_versions_are_stored_once,
@@ -211,6 +212,7 @@ macro_rules! conformance_tests {
             console_challenges_generated,
             console_passkey_links_register_once,
             console_owners_see_only_their_own,
+            audit_search_filters_in_the_store_per_owner,
         );
     };
     (@checks $backend:ty; $ignores:tt; $($check:ident),* $(,)?) => {
@@ -2114,6 +2116,51 @@ pub async fn pairing_approval_and_collection_are_single_use<B: Backend>(backend:
     }
 }
 
+/// Contract 6, pairing denial: of a denial racing approvals on both handles
+/// exactly one wins; once denied (terminal, the denier stored) no approval,
+/// collection or second denial changes it, and only the winner is audited.
+/// Denying an unknown or approved request is `NotFound`.
+pub async fn a_pairing_is_denied_once_and_never_approved<B: Backend>(backend: Arc<B>) {
+    let (a, b) = pair(&*backend).await;
+    two_owners(&a, &b).await;
+    a.open_pairing(&pairing_request(5, 53), NOW - DAY, &event("pairing.open", "p5")).await.unwrap();
+    // One denial (handle a) races two approvals (handle b).
+    let tries = on_handles(&a, &b, &[false, true, true], |s, i| async move {
+        if i == 0 {
+            s.deny_pairing(&[5; 32], &owner(1), NOW + 3, &event("pairing.deny", "p5")).await
+        } else {
+            s.approve_pairing(&[5; 32], &agent_record(53, 1), NOW + 3, &event("pairing.approve", "p5")).await
+        }
+    })
+    .await;
+    let won = one_winner(&tries, is_not_found, "deny against approvals");
+    let stored = b.pairing(&[5; 32]).await.unwrap().unwrap();
+    if won == 0 {
+        assert_eq!((stored.status, stored.owner.as_ref(), stored.approved_at), (PairingStatus::Denied, Some(&owner(1)), None));
+        assert_eq!(a.get_agent(&agent(53)).await.unwrap(), None, "a denied request creates no agent");
+    } else {
+        assert_eq!(stored.status, PairingStatus::Approved);
+    }
+    // A denied request stays denied: nothing moves it on.
+    a.open_pairing(&pairing_request(6, 54), NOW - DAY, &event("pairing.open", "p6")).await.unwrap();
+    b.deny_pairing(&[6; 32], &owner(2), NOW + 4, &event("pairing.deny", "p6")).await.unwrap();
+    not_found(a.deny_pairing(&[6; 32], &owner(1), NOW + 5, &event("pairing.deny", "p6")).await, "denied twice");
+    not_found(
+        a.approve_pairing(&[6; 32], &agent_record(54, 2), NOW + 5, &event("pairing.approve", "p6")).await,
+        "approve after deny",
+    );
+    not_found(a.collect_pairing(&[6; 32], &key_record(610, 54), NOW + 5, &event("pairing.collect", "p6")).await, "collect after deny");
+    for s in [&a, &b] {
+        let stored = s.pairing(&[6; 32]).await.unwrap().unwrap();
+        assert_eq!((stored.status, stored.owner.as_ref()), (PairingStatus::Denied, Some(&owner(2))));
+    }
+    not_found(a.deny_pairing(&[9; 32], &owner(1), NOW, &event("pairing.deny", "p9")).await, "unknown code");
+    let log = verified_log(&a, "pairing denials").await;
+    let count = |op: &str| log.iter().filter(|r| r.operation == op).count();
+    assert_eq!(count("pairing.approve") + count("pairing.deny"), 2, "only winners audited");
+    assert_eq!(count("pairing.deny"), if won == 0 { 2 } else { 1 });
+}
+
 /// Contract 6, enrollment, named case: of concurrent redemptions of one code
 /// on both handles exactly one registers its key; a wrong code, an expired one,
 /// an unknown owner and a spent one are the same `NotFound`.
@@ -3222,4 +3269,81 @@ pub async fn console_owners_see_only_their_own<B: Backend>(backend: Arc<B>) {
     let agent41 = AgentRecord { id: agent(41), owner: owner(1), name: None, created_at: NOW + 1 };
     b.approve_pairing(&[41; 32], &agent41, NOW + 1, &event("pairing.approve", "p")).await.unwrap();
     assert_eq!(a.pending_pairings_for(&owner(1), NOW - 600).await.unwrap(), vec![], "approved: no longer pending");
+}
+
+/// The console's audit search ([`AuditLog::audit_search_for_owner`]): the
+/// same records as [`AuditLog::audit_list_for_owner`] for the owner, newest
+/// first; filtered by operation, agent (subject, detail or actor) and time
+/// window in the store; another owner's records never appear, whatever the
+/// filter names; pages continue with `before_seq` and hold at most
+/// [`MAX_AUDIT_SEARCH_PAGE`].
+pub async fn audit_search_filters_in_the_store_per_owner<B: Backend>(backend: Arc<B>) {
+    let (a, b) = pair(&*backend).await;
+    two_owners(&a, &b).await;
+    let by = |n: u32, op: &str, subject: &str| AuditEvent::ok(Actor::Owner(owner(n)), op, subject);
+    for i in 0..3 {
+        a.audit_append(&by(1, "grant.revoke", &format!("g1-{i}"))).await.unwrap();
+    }
+    for i in 0..2 {
+        b.audit_append(&by(2, "grant.revoke", &format!("g2-{i}")).with_detail(serde_json::json!({ "owner": owner(2) }))).await.unwrap();
+    }
+    // An agent's read, in scope through the detail's agent only.
+    let read = AuditEvent::ok(Actor::Agent(agent(1)), "credential.read", "bot").with_detail(serde_json::json!({ "agent": agent(1) }));
+    b.audit_append(&read).await.unwrap();
+    // The operator's record naming owner 1 in its detail.
+    a.audit_append(&event("domain.verify", "d").with_detail(serde_json::json!({ "owner": owner(1) }))).await.unwrap();
+    // Owner 2's agent, named by owner 2's record.
+    b.audit_append(&by(2, "agent.rename", agent(2).as_str())).await.unwrap();
+
+    let all = AuditFilter::default();
+    let search = |s: &B::Store, n: u32, filter: AuditFilter| {
+        let s = s.clone();
+        async move { s.audit_search_for_owner(&owner(n), &filter, None, MAX_AUDIT_SEARCH_PAGE).await.unwrap() }
+    };
+    for (n, s) in [(1, &a), (2, &b)] {
+        let mut listed = s.audit_list_for_owner(&owner(n), 0, 1000).await.unwrap();
+        listed.reverse();
+        let found = search(s, n, all.clone()).await;
+        assert!(!found.is_empty(), "owner {n} has records");
+        assert_eq!(found, listed, "owner {n}: the same records as audit_list_for_owner, newest first");
+        let other = owner(3 - n);
+        assert!(found.iter().all(|r| r.actor != Actor::Owner(other.clone())), "owner {n} sees none of owner {}'s", 3 - n);
+    }
+    // Operation.
+    let revokes = || AuditFilter { operation: Some("grant.revoke".to_owned()), ..AuditFilter::default() };
+    let mine = search(&b, 1, revokes()).await;
+    assert_eq!(mine.iter().map(|r| r.subject.as_str()).collect::<Vec<_>>(), ["g1-2", "g1-1", "g1-0"]);
+    assert_eq!(search(&a, 2, revokes()).await.len(), 2);
+    assert!(search(&a, 1, AuditFilter { operation: Some("grant".to_owned()), ..all.clone() }).await.is_empty(), "exact operation");
+    // Agent: its subject, the detail's agent, or the agent as actor.
+    let of_agent = |n: u32| AuditFilter { agent: Some(agent(n).to_string()), ..AuditFilter::default() };
+    let ops: Vec<String> = search(&a, 1, of_agent(1)).await.iter().map(|r| r.operation.clone()).collect();
+    assert_eq!(ops, ["credential.read", "agent.create"]);
+    assert!(search(&a, 2, of_agent(1)).await.is_empty(), "another owner's agent: nothing");
+    assert!(search(&b, 1, of_agent(2)).await.is_empty(), "another owner's agent: nothing");
+    assert_eq!(search(&b, 2, of_agent(2)).await.len(), 2, "agent.create and agent.rename");
+    // Time window: [from, to).
+    let found = search(&a, 1, all.clone()).await;
+    let (first, last) = (found.iter().map(|r| r.ts).min().unwrap(), found.iter().map(|r| r.ts).max().unwrap());
+    let window = |from, to| AuditFilter { from, to, ..AuditFilter::default() };
+    assert_eq!(search(&b, 1, window(Some(first), Some(last + 1))).await, found);
+    assert!(search(&b, 1, window(Some(last + 1), None)).await.is_empty());
+    assert!(search(&b, 1, window(None, Some(first))).await.is_empty());
+    let both = AuditFilter { operation: Some("grant.revoke".to_owned()), from: Some(first), to: Some(last + 1), ..AuditFilter::default() };
+    assert_eq!(search(&a, 1, both).await, mine);
+    // Pages: before_seq continues, newest first, each at most the page size.
+    let page1 = a.audit_search_for_owner(&owner(1), &all, None, 2).await.unwrap();
+    let page2 = a.audit_search_for_owner(&owner(1), &all, page1.last().map(|r| r.seq), 2).await.unwrap();
+    assert_eq!([page1, page2].concat(), found[..4.min(found.len())].to_vec());
+    let bulk = usize::try_from(MAX_AUDIT_SEARCH_PAGE).unwrap() + 1;
+    for i in 0..bulk {
+        a.audit_append(&by(1, "bulk.op", &format!("b{i}"))).await.unwrap();
+    }
+    let bulk_filter = AuditFilter { operation: Some("bulk.op".to_owned()), ..AuditFilter::default() };
+    let big = b.audit_search_for_owner(&owner(1), &bulk_filter, None, u32::MAX).await.unwrap();
+    assert_eq!(big.len(), usize::try_from(MAX_AUDIT_SEARCH_PAGE).unwrap(), "a page is at most MAX_AUDIT_SEARCH_PAGE");
+    let rest = b.audit_search_for_owner(&owner(1), &bulk_filter, big.last().map(|r| r.seq), u32::MAX).await.unwrap();
+    assert_eq!(rest.len(), 1);
+    assert_eq!(rest[0].subject, "b0");
+    assert!(b.audit_search_for_owner(&owner(2), &bulk_filter, None, u32::MAX).await.unwrap().is_empty());
 }

@@ -270,15 +270,18 @@ pub enum PairingStatus {
     Approved,
     /// The agent collected its key.
     Consumed,
+    /// The owner denied it: it can never be approved or collected.
+    Denied,
 }
 
 impl PairingStatus {
-    /// The stored text: `pending`, `approved`, `consumed`.
+    /// The stored text: `pending`, `approved`, `consumed`, `denied`.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Pending => "pending",
             Self::Approved => "approved",
             Self::Consumed => "consumed",
+            Self::Denied => "denied",
         }
     }
 }
@@ -298,7 +301,7 @@ pub struct PairingRecord {
     pub opened_at: UnixTime,
     /// Where it stands.
     pub status: PairingStatus,
-    /// The approving owner (approved or consumed).
+    /// The approving owner (approved or consumed), or the denying one (denied).
     pub owner: Option<OwnerId>,
     /// When it was approved.
     pub approved_at: Option<UnixTime>,
@@ -700,7 +703,24 @@ pub trait Pairing: Send + Sync + 'static {
         now: UnixTime,
         event: &AuditEvent,
     ) -> Result<AuditReceipt, StoreError>;
+    /// Denies a pending request: `owner` refused it at `now` (terminal; it can
+    /// never be approved or collected), audited in the same transaction, and
+    /// waiting collects are woken (on every node). Compare-and-set on the
+    /// status: if the request is not pending any more (approved meanwhile),
+    /// `NotFound` and nothing changes.
+    async fn deny_pairing(
+        &self,
+        code_hash: &[u8; 32],
+        owner: &OwnerId,
+        now: UnixTime,
+        event: &AuditEvent,
+    ) -> Result<AuditReceipt, StoreError>;
 }
+
+/// [`Pairing::deny_pairing`]'s compare-and-set, the same text on SQLite and
+/// PostgreSQL: `$1` the denying owner, `$2` when, `$3` the code hash (hex).
+pub(crate) const DENY_PAIRING_SQL: &str = "UPDATE pairing_requests SET status = 'denied', owner = $1, consumed_at = $2
+  WHERE code_hash = $3 AND status = 'pending'";
 
 /// The tamper-evident audit log: one hash chain, appended by every process that shares
 /// the store.
@@ -741,6 +761,71 @@ pub trait AuditLog: Send + Sync + 'static {
         after_seq: u64,
         limit: u32,
     ) -> Result<Vec<AuditRecord>, StoreError>;
+    /// The owner's records (as [`audit_list_for_owner`](Self::audit_list_for_owner)
+    /// decides) that pass `filter`, newest first: those with `seq < before_seq`
+    /// (`None`: from the newest), at most `limit`, itself at most
+    /// [`MAX_AUDIT_SEARCH_PAGE`]. The filter is applied by the database, so a
+    /// page is full unless the owner's matching records are exhausted.
+    async fn audit_search_for_owner(
+        &self,
+        owner: &OwnerId,
+        filter: &AuditFilter,
+        before_seq: Option<u64>,
+        limit: u32,
+    ) -> Result<Vec<AuditRecord>, StoreError>;
+}
+
+/// Most records one [`AuditLog::audit_search_for_owner`] call returns.
+pub const MAX_AUDIT_SEARCH_PAGE: u32 = 500;
+
+/// Which of an owner's audit records a search keeps (every field `None`: all).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuditFilter {
+    /// Records about this agent id: its subject, its detail's `agent`, or the
+    /// agent as the actor.
+    pub agent: Option<String>,
+    /// Exactly this operation (`grant.revoke`).
+    pub operation: Option<String>,
+    /// At or after this time.
+    pub from: Option<UnixTime>,
+    /// Before this time.
+    pub to: Option<UnixTime>,
+}
+
+/// The records that concern an owner, as a condition over `audit_log`, the
+/// same text on SQLite and PostgreSQL but for how each reads the detail's
+/// `owner` and `agent` strings (`json_extract` on SQLite, columns copied at
+/// insert on PostgreSQL). `$2` is `owner:<id>`, `$3` the owner id.
+pub(crate) fn audit_owner_scope(detail_owner: &str, detail_agent: &str) -> String {
+    format!(
+        "(actor = $2
+          OR subject = $3
+          OR {detail_owner} = $3
+          OR {detail_agent} IN (SELECT id FROM agents WHERE owner = $3)
+          OR subject IN (SELECT id FROM agents WHERE owner = $3)
+          OR subject IN (SELECT address FROM inboxes WHERE owner = $3)
+          OR subject IN (SELECT k.id FROM agent_keys k JOIN agents a ON a.id = k.agent WHERE a.owner = $3)
+          OR subject IN (SELECT id FROM grants WHERE owner = $3))"
+    )
+}
+
+/// [`AuditLog::audit_search_for_owner`]'s query over `columns`: `$1` the
+/// exclusive upper seq, `$2`/`$3` as [`audit_owner_scope`], `$4` the operation,
+/// `$5`/`$6` the time window, `$7` the agent id and `$8` `agent:<id>`, `$9`
+/// the limit; a `NULL` filter parameter keeps every record.
+pub(crate) fn audit_search_sql(columns: &str, detail_owner: &str, detail_agent: &str) -> String {
+    let scope = audit_owner_scope(detail_owner, detail_agent);
+    format!(
+        "SELECT {columns} FROM audit_log
+          WHERE seq < $1
+            AND {scope}
+            AND ($4 IS NULL OR operation = $4)
+            AND ($5 IS NULL OR ts >= $5)
+            AND ($6 IS NULL OR ts < $6)
+            AND ($7 IS NULL OR subject = $7 OR {detail_agent} = $7 OR actor = $8)
+          ORDER BY seq DESC
+          LIMIT $9"
+    )
 }
 
 /// Signed checkpoints of the audit chain. No defaults: a store that forgot its

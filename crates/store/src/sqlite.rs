@@ -42,7 +42,7 @@ use crate::meta::{
 };
 use crate::group_commit::GroupCommit;
 pub(crate) use crate::write_tx::WriteTx;
-use crate::meta::{CheckpointRecord, EnrollmentTicketRecord, NonceUse, PairingRecord, PairingStatus};
+use crate::meta::{AuditFilter, CheckpointRecord, EnrollmentTicketRecord, MAX_AUDIT_SEARCH_PAGE, NonceUse, PairingRecord, PairingStatus};
 
 /// Most connections the pool opens. SQLite has one writer at a time; WAL lets the
 /// others read concurrently, and a handful of readers covers the SMTP lookups.
@@ -733,6 +733,7 @@ pub(crate) fn pairing_from_row(
         "pending" => PairingStatus::Pending,
         "approved" => PairingStatus::Approved,
         "consumed" => PairingStatus::Consumed,
+        "denied" => PairingStatus::Denied,
         other => return Err(StoreError::Backend(format!("stored pairing status {other:?} is invalid"))),
     };
     Ok(PairingRecord {
@@ -1812,6 +1813,29 @@ impl Pairing for SqliteStore {
         let sealed = self.append_in(&mut tx, event).await?;
         commit_audited(tx, sealed).await
     }
+
+    async fn deny_pairing(
+        &self,
+        code_hash: &[u8; 32],
+        owner: &OwnerId,
+        now: UnixTime,
+        event: &AuditEvent,
+    ) -> Result<AuditReceipt, StoreError> {
+        require_ok(event)?;
+        let mut tx = self.write_tx().await?;
+        let won = sqlx::query(crate::meta::DENY_PAIRING_SQL)
+            .bind(owner.as_str())
+            .bind(now)
+            .bind(hash_to_hex(code_hash))
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        if won.rows_affected() == 0 {
+            return Err(StoreError::NotFound { what: "pending pairing request".to_owned() });
+        }
+        let sealed = self.append_in(&mut tx, event).await?;
+        commit_audited(tx, sealed).await
+    }
 }
 
 #[async_trait]
@@ -1855,21 +1879,10 @@ impl AuditLog for SqliteStore {
         let Ok(after) = i64::try_from(after_seq) else {
             return Ok(Vec::new());
         };
-        let rows: Vec<AuditRow> = sqlx::query_as(
-            "SELECT seq, ts, actor, operation, subject, outcome, detail, prev_hash, hash
-               FROM audit_log
-              WHERE seq > ?1
-                AND (actor = ?2
-                     OR subject = ?3
-                     OR json_extract(detail, '$.owner') = ?3
-                     OR json_extract(detail, '$.agent') IN (SELECT id FROM agents WHERE owner = ?3)
-                     OR subject IN (SELECT id FROM agents WHERE owner = ?3)
-                     OR subject IN (SELECT address FROM inboxes WHERE owner = ?3)
-                     OR subject IN (SELECT k.id FROM agent_keys k JOIN agents a ON a.id = k.agent WHERE a.owner = ?3)
-                     OR subject IN (SELECT id FROM grants WHERE owner = ?3))
-              ORDER BY seq
-              LIMIT ?4",
-        )
+        let scope = crate::meta::audit_owner_scope(SQLITE_DETAIL_OWNER, SQLITE_DETAIL_AGENT);
+        let rows: Vec<AuditRow> = sqlx::query_as(&format!(
+            "SELECT {SQLITE_AUDIT_COLUMNS} FROM audit_log WHERE seq > $1 AND {scope} ORDER BY seq LIMIT $4"
+        ))
         .bind(after)
         .bind(format!("owner:{owner}"))
         .bind(owner.as_str())
@@ -1879,7 +1892,38 @@ impl AuditLog for SqliteStore {
         .map_err(backend)?;
         rows.into_iter().map(audit_from_row).collect()
     }
+
+    async fn audit_search_for_owner(
+        &self,
+        owner: &OwnerId,
+        filter: &AuditFilter,
+        before_seq: Option<u64>,
+        limit: u32,
+    ) -> Result<Vec<AuditRecord>, StoreError> {
+        let before = before_seq.map_or(i64::MAX, |s| i64::try_from(s).unwrap_or(i64::MAX));
+        let sql = crate::meta::audit_search_sql(SQLITE_AUDIT_COLUMNS, SQLITE_DETAIL_OWNER, SQLITE_DETAIL_AGENT);
+        let rows: Vec<AuditRow> = sqlx::query_as(&sql)
+            .bind(before)
+            .bind(format!("owner:{owner}"))
+            .bind(owner.as_str())
+            .bind(filter.operation.as_deref())
+            .bind(filter.from)
+            .bind(filter.to)
+            .bind(filter.agent.as_deref())
+            .bind(filter.agent.as_deref().map(|a| format!("agent:{a}")))
+            .bind(i64::from(limit.min(MAX_AUDIT_SEARCH_PAGE)))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(backend)?;
+        rows.into_iter().map(audit_from_row).collect()
+    }
 }
+
+/// The audit columns as [`AuditRow`] reads them.
+const SQLITE_AUDIT_COLUMNS: &str = "seq, ts, actor, operation, subject, outcome, detail, prev_hash, hash";
+/// The detail's `owner` and `agent` strings, read from the JSON on SQLite.
+const SQLITE_DETAIL_OWNER: &str = "json_extract(detail, '$.owner')";
+const SQLITE_DETAIL_AGENT: &str = "json_extract(detail, '$.agent')";
 
 #[async_trait]
 impl Checkpoints for SqliteStore {

@@ -30,7 +30,7 @@ pub(crate) fn is_gated(path: &str) -> bool {
     }
     let Some(rest) = path.strip_prefix("/console/") else { return false };
     let parts: Vec<&str> = rest.split('/').collect();
-    matches!(parts.as_slice(), ["agents", id, "stop"] | ["grants", id, "revoke" | "change"] | ["keys", id, "revoke"] | ["inboxes", id, "disable" | "enable"] | ["grant-requests", id, "approve" | "deny"] if !id.is_empty())
+    matches!(parts.as_slice(), ["agents", id, "stop"] | ["pairings", id, "deny"] | ["grants", id, "revoke" | "change"] | ["keys", id, "revoke"] | ["inboxes", id, "disable" | "enable"] | ["grant-requests", id, "approve" | "deny"] | ["review", id, "approve" | "reject"] if !id.is_empty())
 }
 
 const NEEDS_PASSKEY: &str = "This action needs a fresh passkey check made for it. Try again from the console page.";
@@ -166,6 +166,33 @@ pub(crate) async fn approve_pairing(
         }
         Err(ApiError::InvalidRequest { detail, .. }) => Err(ConsoleError::BadRequest(detail)),
         Err(ApiError::Pairing(_) | ApiError::AgentExists) => Err(ConsoleError::NotFound),
+        Err(other) => Err(unavailable(&format!("{other:?}"))),
+    }
+}
+
+/// `POST /console/pairings/{id}/deny`: deny a pairing request outright; `id`
+/// is the hex SHA-256 of its pair code (the approvals page lists requests
+/// addressed to the owner without their codes). Another owner's, an unknown
+/// or a malformed id: the same 404.
+pub(crate) async fn deny_pairing(
+    State(state): State<ApiState>,
+    session: Session,
+    Path(id): Path<String>,
+    uri: Uri,
+    body: Bytes,
+) -> Result<Response, ConsoleError> {
+    let (proof, _fields) = verified(&state, &session, &uri, &body).await?;
+    let hash = agentkeys_audit::hash_from_hex(&id).ok_or(ConsoleError::NotFound)?;
+    let hash = agentkeys_approval::codes::CodeHash(hash);
+    match crate::pairing::deny_as(&state, &hash, &proof, evidence(&proof)).await {
+        Ok(_) => Ok(done("/console?done=pairing-denied")),
+        Err(ApiError::Pairing(agentkeys_approval::PairingError::Expired)) => {
+            Err(ConsoleError::BadRequest("This pairing request expired already; nothing to deny.".to_owned()))
+        }
+        Err(ApiError::Pairing(agentkeys_approval::PairingError::AlreadyConsumed)) => {
+            Err(ConsoleError::BadRequest("You approved this pairing request already; stop the agent instead.".to_owned()))
+        }
+        Err(ApiError::Pairing(_)) => Err(ConsoleError::NotFound),
         Err(other) => Err(unavailable(&format!("{other:?}"))),
     }
 }

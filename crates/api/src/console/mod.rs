@@ -17,7 +17,8 @@
 //! | GET, POST | `/console/email-link/{id}` | the link's token (POST) | the scanner-safe approval page; only the POST approves |
 //! | GET, POST | `/console/notifications` | session (+ CSRF and a gate for POST) | which notices the owner gets |
 //! | GET | `/console/sent?inbox=` | session | the owner's outbound queue rows: delivery state, attempts, bounces |
-//! | POST | `/console/pairings/approve`, `/console/grants`, `/console/grants/{id}/change`, `/console/grants/{id}/revoke`, `/console/keys/{id}/revoke`, `/console/agents/{id}/stop`, `/console/inboxes`, `/console/inboxes/{address}/disable`, `/console/inboxes/{address}/enable`, `/console/grant-requests/{id}/approve`, `/console/grant-requests/{id}/deny` | session + CSRF + a fresh assertion (or an emailed code) for exactly this action | gated actions, audited with their `gate` |
+//! | GET | `/console/review`, `/console/review/{id}` | session | messages held for the owner's review; one, read-only (sanitized like an inbox message) |
+//! | POST | `/console/pairings/approve`, `/console/pairings/{id}/deny`, `/console/grants`, `/console/grants/{id}/change`, `/console/grants/{id}/revoke`, `/console/keys/{id}/revoke`, `/console/agents/{id}/stop`, `/console/inboxes`, `/console/inboxes/{address}/disable`, `/console/inboxes/{address}/enable`, `/console/grant-requests/{id}/approve`, `/console/grant-requests/{id}/deny`, `/console/review/{id}/approve`, `/console/review/{id}/reject` | session + CSRF + a fresh assertion (or an emailed code) for exactly this action | gated actions, audited with their `gate` |
 //!
 //! **Sessions.** Signing in with a passkey makes a random token; the cookie
 //! ([`SESSION_COOKIE`]) is `HttpOnly; Secure; SameSite=Strict; Path=/console`,
@@ -54,11 +55,13 @@ pub mod links;
 pub mod mail_view;
 mod pages;
 mod reads;
+mod review;
 mod settings;
 
 pub use auth::MAX_PASSKEY_NAME_CHARS;
 pub use actions::{MAX_GRANT_DAYS, MAX_INBOX_HOURS};
-pub use reads::{AUDIT_SCANNED, AUDIT_SHOWN, INBOX_PAGE, SENT_SHOWN, VERIFY_PAGE};
+pub use reads::{AUDIT_PAGE, AUDIT_SCANNED, AUDIT_SHOWN, INBOX_PAGE, SENT_SHOWN, VERIFY_PAGE};
+pub use review::REVIEW_SHOWN;
 
 use std::sync::Arc;
 
@@ -366,7 +369,7 @@ async fn style() -> Response {
 }
 
 /// Every console route, as (method, path): the router is built from the same list.
-pub const ROUTES: [(&str, &str); 35] = [
+pub const ROUTES: [(&str, &str); 40] = [
     ("GET", "/console"),
     ("GET", "/console/static/console.js"),
     ("GET", "/console/static/console.css"),
@@ -379,6 +382,7 @@ pub const ROUTES: [(&str, &str); 35] = [
     ("POST", "/console/passkey/finish"),
     ("GET", "/console/pairings"),
     ("POST", "/console/pairings/approve"),
+    ("POST", "/console/pairings/{id}/deny"),
     ("GET", "/console/agents"),
     ("POST", "/console/agents/{id}/stop"),
     ("POST", "/console/grants"),
@@ -395,6 +399,10 @@ pub const ROUTES: [(&str, &str); 35] = [
     ("POST", "/console/grant-requests/{id}/deny"),
     ("GET", "/console/inboxes/{address}/messages/{id}"),
     ("GET", "/console/audit"),
+    ("GET", "/console/review"),
+    ("GET", "/console/review/{id}"),
+    ("POST", "/console/review/{id}/approve"),
+    ("POST", "/console/review/{id}/reject"),
     ("POST", "/console/gate"),
     ("GET", "/console/passkeys"),
     ("POST", "/console/email-code"),
@@ -421,6 +429,7 @@ pub(crate) fn router(state: ApiState) -> axum::Router<ApiState> {
         .route("/console/passkeys", get(reads::passkeys))
         .route("/console/pairings", get(reads::pairing))
         .route("/console/pairings/approve", post(actions::approve_pairing))
+        .route("/console/pairings/{id}/deny", post(actions::deny_pairing))
         .route("/console/agents", get(reads::agents))
         .route("/console/agents/{id}/stop", post(actions::stop_agent))
         .route("/console/grants", post(actions::create_grant))
@@ -436,6 +445,10 @@ pub(crate) fn router(state: ApiState) -> axum::Router<ApiState> {
         .route("/console/grant-requests/{id}/deny", post(actions::decide_grant_request))
         .route("/console/inboxes/{address}/messages/{id}", get(reads::message))
         .route("/console/audit", get(reads::audit))
+        .route("/console/review", get(review::list))
+        .route("/console/review/{id}", get(review::show))
+        .route("/console/review/{id}/approve", post(review::approve))
+        .route("/console/review/{id}/reject", post(review::reject))
         .route("/console/gate", post(actions::gate))
         .route("/console/email-code", post(email_gate::request))
         .route("/console/email-link/{id}", get(email_gate::link_page).post(email_gate::link_approve))

@@ -26,6 +26,7 @@ pub(crate) enum Nav {
     Agents,
     Inboxes,
     Audit,
+    Review,
     Passkeys,
     Notifications,
     None,
@@ -56,6 +57,7 @@ pub(crate) fn layout(title: &str, nav: Nav, csrf: Option<&str>, flash: Option<&s
                             (link("/console", "Approvals", Nav::Approvals))
                             (link("/console/agents", "Agents", Nav::Agents))
                             (link("/console/inboxes", "Inboxes", Nav::Inboxes))
+                            (link("/console/review", "Review", Nav::Review))
                             (link("/console/audit", "Audit", Nav::Audit))
                             (link("/console/passkeys", "Passkeys", Nav::Passkeys))
                             (link("/console/notifications", "Notifications", Nav::Notifications))

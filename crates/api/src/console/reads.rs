@@ -19,8 +19,11 @@ use crate::ApiState;
 pub const INBOX_PAGE: u32 = 50;
 /// Most audit records the audit page shows (newest first, after filtering).
 pub const AUDIT_SHOWN: usize = 200;
-/// Most audit records of the owner read to filter (newest kept).
-pub const AUDIT_SCANNED: usize = 20_000;
+/// Most audit records of the owner one audit page reads (newest first,
+/// already filtered by the store).
+pub const AUDIT_SCANNED: usize = 5_000;
+/// Records per store call of the audit page.
+pub const AUDIT_PAGE: u32 = agentkeys_store::MAX_AUDIT_SEARCH_PAGE;
 
 fn query(uri: &Uri) -> Vec<(String, String)> {
     url::form_urlencoded::parse(uri.query().unwrap_or("").as_bytes()).map(|(k, v)| (k.into_owned(), v.into_owned())).collect()
@@ -34,6 +37,7 @@ fn param<'q>(q: &'q [(String, String)], name: &str) -> Option<&'q str> {
 fn flash(uri: &Uri) -> Option<&'static str> {
     match param(&query(uri), "done")? {
         "paired" => Some("Pairing approved: the agent can collect its key now."),
+        "pairing-denied" => Some("Pairing denied: the agent was told, and the request can never be approved."),
         "grant-revoked" => Some("Grant revoked."),
         "grant-created" => Some("Grant created."),
         "grant-changed" => Some("Grant changed."),
@@ -92,6 +96,8 @@ pub(crate) async fn overview(State(state): State<ApiState>, session: Session, ur
                             label for=(format!("digits-{i}")) { "The agent's 6 digits" }
                             input id=(format!("digits-{i}")) type="text" name="confirmation" inputmode="numeric" pattern="[0-9]{6}" maxlength="6" autocomplete="off" required;
                         }))
+                        p { "Not your agent? Deny it: the agent is told at once, and the request can never be approved." }
+                        (gated_form(&format!("/console/pairings/{}/deny", agentkeys_audit::hash_to_hex(&rec.code_hash)), csrf, "Deny pairing", true, html! {}))
                     }
                 }
             }
@@ -178,6 +184,8 @@ pub(crate) async fn pairing(State(state): State<ApiState>, session: Session, uri
                 label for="confirmation" { "The agent's 6 digits" }
                 input #confirmation type="text" name="confirmation" inputmode="numeric" pattern="[0-9]{6}" maxlength="6" autocomplete="off" required;
             }))
+            p { "Not your agent? Deny it: the agent is told at once, and the request can never be approved." }
+            (gated_form(&format!("/console/pairings/{}/deny", agentkeys_audit::hash_to_hex(&rec.code_hash)), &session.csrf, "Deny pairing", true, html! {}))
         },
     )
     .into_response())
@@ -606,28 +614,31 @@ pub(crate) async fn audit(State(state): State<ApiState>, session: Session, uri: 
     let operation = param(&q, "operation");
     let from = param(&q, "from").map(|t| parse_time("from", t)).transpose()?;
     let to = param(&q, "to").map(|t| parse_time("to", t)).transpose()?;
-    let mut records = Vec::new();
-    let mut after = 0;
+    // Filtered by the store, newest first, a bounded page at a time, until
+    // the page's lines are there (credential reads fold into one line per
+    // agent and hour, so a line may take many records) or AUDIT_SCANNED
+    // records were read.
+    let filter = agentkeys_store::AuditFilter {
+        agent: agent.map(str::to_owned),
+        operation: operation.map(str::to_owned),
+        from,
+        to,
+    };
+    let mut newest_first: Vec<agentkeys_audit::AuditRecord> = Vec::new();
     loop {
-        let page = meta.audit_list_for_owner(&session.owner, after, 1000).await.map_err(|e| unavailable(&e))?;
-        let last = page.last().map(|r| r.seq);
-        let full = page.len() == 1000;
-        records.extend(page.into_iter().filter(|r| {
-            operation.is_none_or(|op| r.operation == op)
-                && from.is_none_or(|t| r.ts >= t)
-                && to.is_none_or(|t| r.ts < t)
-                && agent.is_none_or(|a| {
-                    r.subject == a || r.detail.get("agent").and_then(|v| v.as_str()) == Some(a) || r.actor.to_string() == format!("agent:{a}")
-                })
-        }));
-        if records.len() > AUDIT_SCANNED {
-            records.drain(..records.len() - AUDIT_SCANNED);
-        }
-        match last {
-            Some(seq) if full => after = seq,
-            _ => break,
+        let before = newest_first.last().map(|r| r.seq);
+        let page = meta
+            .audit_search_for_owner(&session.owner, &filter, before, AUDIT_PAGE)
+            .await
+            .map_err(|e| unavailable(&e))?;
+        let full = page.len() == AUDIT_PAGE as usize;
+        newest_first.extend(page);
+        let refs: Vec<&agentkeys_audit::AuditRecord> = newest_first.iter().collect();
+        if !full || newest_first.len() >= AUDIT_SCANNED || collapse(&refs).len() > AUDIT_SHOWN {
+            break;
         }
     }
+    let records = newest_first;
     let names: std::collections::HashMap<String, String> = meta
         .list_agents(Some(&session.owner))
         .await
@@ -645,7 +656,7 @@ pub(crate) async fn audit(State(state): State<ApiState>, session: Session, uri: 
             other => other.to_string(),
         }
     };
-    let newest: Vec<&agentkeys_audit::AuditRecord> = records.iter().rev().collect();
+    let newest: Vec<&agentkeys_audit::AuditRecord> = records.iter().collect();
     let lines = collapse(&newest);
     let shown: Vec<&AuditLine<'_>> = lines.iter().take(AUDIT_SHOWN).collect();
     let chain = check_chain(meta.as_ref()).await?;
@@ -681,7 +692,7 @@ pub(crate) async fn audit(State(state): State<ApiState>, session: Session, uri: 
                 input #to type="datetime-local" name="to" value=(param(&q, "to").unwrap_or(""));
                 button type="submit" { "Filter" }
             }
-            p { (records.len()) " records (credential reads counted per agent and hour); the newest " (shown.len()) " lines shown." }
+            p { (records.len()) " records (the newest that match; credential reads counted per agent and hour); " (shown.len()) " lines shown." }
             ol.audit {
                 @for line in &shown {
                     @let r = line.record;

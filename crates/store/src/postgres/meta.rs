@@ -15,9 +15,9 @@ use sqlx::PgConnection;
 use super::audit::commit_audited;
 use super::{PgStore, backend, constraint, hex32, insert_error, is_foreign_key_violation, is_unique_violation, to_i64};
 use crate::meta::{
-    AgentRecord, AuditLog, AuthLookup, CheckpointRecord, Checkpoints, Directory, DomainKeyRecord, EnrollmentTicketRecord,
+    AgentRecord, AuditFilter, AuditLog, AuthLookup, CheckpointRecord, Checkpoints, Directory, DomainKeyRecord, EnrollmentTicketRecord,
     InboxExpiry, InboxRecord, KeyRecord, KeysAndGrants, NewOutbound, NonceUse, Outbox, OwnerApproval, OwnerRecord, Pairing,
-    PairingRecord, Recipient, Recipients, StoreError,
+    MAX_AUDIT_SEARCH_PAGE, PairingRecord, Recipient, Recipients, StoreError,
 };
 use crate::sqlite::{
     AgentRow, AuditRow, AuthRow, CHECKPOINT_COLUMNS, CheckpointRow, DOMAIN_KEYS_COLUMNS, DomainKeyRow, GrantRow,
@@ -1129,6 +1129,42 @@ impl Pairing for PgStore {
         let sealed = self.append_in(&mut tx, event).await?;
         commit_audited(tx, sealed).await
     }
+
+    async fn deny_pairing(
+        &self,
+        code_hash: &[u8; 32],
+        owner: &OwnerId,
+        now: UnixTime,
+        event: &AuditEvent,
+    ) -> Result<AuditReceipt, StoreError> {
+        require_ok(event)?;
+        let mut tx = self.begin().await?;
+        let won = sqlx::query(crate::meta::DENY_PAIRING_SQL)
+            .bind(owner.as_str())
+            .bind(now)
+            .bind(hex32(code_hash))
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| {
+                if is_foreign_key_violation(&e) {
+                    StoreError::NotFound { what: format!("owner {owner}") }
+                } else {
+                    backend(e)
+                }
+            })?;
+        if won.rows_affected() == 0 {
+            return Err(StoreError::NotFound { what: "pending pairing request".to_owned() });
+        }
+        // Collects waiting on any node wake and read the denial (events.rs).
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(super::events::PAIRING_CHANNEL)
+            .bind(hex32(code_hash))
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        let sealed = self.append_in(&mut tx, event).await?;
+        commit_audited(tx, sealed).await
+    }
 }
 
 #[async_trait]
@@ -1171,20 +1207,9 @@ impl AuditLog for PgStore {
         };
         // SQLite's query; the detail's `owner` and `agent` strings are columns
         // copied at insert (`audit::prepare`) instead of json_extract.
+        let scope = crate::meta::audit_owner_scope("detail_owner", "detail_agent");
         let rows: Vec<AuditRow> = sqlx::query_as(&format!(
-            "SELECT {AUDIT_COLUMNS}
-               FROM audit_log
-              WHERE seq > $1
-                AND (actor = $2
-                     OR subject = $3
-                     OR detail_owner = $3
-                     OR detail_agent IN (SELECT id FROM agents WHERE owner = $3)
-                     OR subject IN (SELECT id FROM agents WHERE owner = $3)
-                     OR subject IN (SELECT address FROM inboxes WHERE owner = $3)
-                     OR subject IN (SELECT k.id FROM agent_keys k JOIN agents a ON a.id = k.agent WHERE a.owner = $3)
-                     OR subject IN (SELECT id FROM grants WHERE owner = $3))
-              ORDER BY seq
-              LIMIT $4"
+            "SELECT {AUDIT_COLUMNS} FROM audit_log WHERE seq > $1 AND {scope} ORDER BY seq LIMIT $4"
         ))
         .bind(after)
         .bind(format!("owner:{owner}"))
@@ -1193,6 +1218,31 @@ impl AuditLog for PgStore {
         .fetch_all(&self.pool)
         .await
         .map_err(backend)?;
+        rows.into_iter().map(audit_from_row).collect()
+    }
+
+    async fn audit_search_for_owner(
+        &self,
+        owner: &OwnerId,
+        filter: &AuditFilter,
+        before_seq: Option<u64>,
+        limit: u32,
+    ) -> Result<Vec<AuditRecord>, StoreError> {
+        let before = before_seq.map_or(i64::MAX, |s| i64::try_from(s).unwrap_or(i64::MAX));
+        let sql = crate::meta::audit_search_sql(AUDIT_COLUMNS, "detail_owner", "detail_agent");
+        let rows: Vec<AuditRow> = sqlx::query_as(&sql)
+            .bind(before)
+            .bind(format!("owner:{owner}"))
+            .bind(owner.as_str())
+            .bind(filter.operation.as_deref())
+            .bind(filter.from)
+            .bind(filter.to)
+            .bind(filter.agent.as_deref())
+            .bind(filter.agent.as_deref().map(|a| format!("agent:{a}")))
+            .bind(i64::from(limit.min(MAX_AUDIT_SEARCH_PAGE)))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(backend)?;
         rows.into_iter().map(audit_from_row).collect()
     }
 }
