@@ -121,10 +121,10 @@ impl MessageIndex for PgStore {
                 key.push(k);
             }
         }
-        // One statement, in its own transaction: the server locks the counter,
-        // skips rows indexed before (they keep their seq), numbers and inserts
-        // the new ones, moves the counter and notifies, then commits (module
-        // docs; migration 0006).
+        // One statement, in its own transaction: the server locks the rows'
+        // owners, skips rows indexed before (they keep their seq), numbers and
+        // inserts the new ones and notifies, then commits (module docs;
+        // migration 0022).
         let seqs: Vec<(i64, i64)> = sqlx::query_as("SELECT n, seq FROM agentkeys_index_messages($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)")
             .bind(&owners)
             .bind(&inboxes)
