@@ -64,12 +64,22 @@
 #   BENCH_RESULTS=dir  where results go (default bench/results)
 #   BENCH_PG=postgres://postgres@127.0.0.1:5432  BENCH_PG_PARAMS=  BENCH_PG_ANALYZE=1  (see bench/store.sh)
 #   With BENCH_PORT_BASE, the store's ports are N+19..N+31.
+#   BENCH_OWNERS=K  (default 1) the inbound runs' mail goes to K inboxes of K
+#     owners (bench@, bench2@ … benchK@agents.localhost; Postfix takes the same
+#     addresses): K smtp-source processes at once, each with an equal share of
+#     the sessions and messages. On PostgreSQL an owner's indexers take turns
+#     and different owners' do not (migration 0022), so K > 1 is the
+#     deployment's case and K = 1 its worst.
 #   BENCH_WEBHOOKS=N  (N > 0; default SQLite store, one node) a second AgentKeys
 #     server "agentkeys-webhooks", set up like the first, with N webhook
 #     subscriptions to message.received of the bench inbox, all to a local
 #     receiver (bench/webhook_sink.py, 204 at once); its inbound runs alternate
 #     with the first server's, and webhooks.md gives the ratio (bar: >= 0.9).
 #     Ports N+32..N+36 with BENCH_PORT_BASE.
+#   With BENCH_NODES=2 (postgres+s3) the outbound part runs twice: one node,
+#   then a second node on the same database and bucket is started and the
+#   same load goes through HAProxy to both (outbound-2nodes.json); ports
+#   N+37..N+41 with BENCH_PORT_BASE.
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -107,6 +117,8 @@ BENCH_PORT_BASE=${BENCH_PORT_BASE:-}
 BENCH_COUNT_MESSAGES=${BENCH_COUNT_MESSAGES:-1000}
 BENCH_COUNT_IDLE=${BENCH_COUNT_IDLE:-5}
 BENCH_WEBHOOKS=${BENCH_WEBHOOKS:-0}
+BENCH_OWNERS=${BENCH_OWNERS:-1}
+((BENCH_OWNERS >= 1 && BENCH_OWNERS <= BENCH_SESSIONS)) || { echo "BENCH_OWNERS must be 1..BENCH_SESSIONS" >&2; exit 2; }
 
 RCPT="bench@agents.localhost"
 FROM="sender@loadgen.localhost"
@@ -114,6 +126,12 @@ HELO="loadgen.localhost"
 # Not the ids `agentkeys demo seed` uses (0x1111…, 0x2222…, 0xa1a1…, 0xa2a2…, 0xb1b1…).
 OWNER="0xbe4c000000000000000000000000000000000001"
 AGENT="0xbe4c0000000000000000000000000000000000a1"
+# The inbound runs' recipients (BENCH_OWNERS): the first is $RCPT of $OWNER;
+# recipient i > 1 is bench<i>@ of owner 0xbe4c…0<i> (setup_extra_owners).
+RCPTS=("$RCPT")
+for ((i = 2; i <= BENCH_OWNERS; i++)); do RCPTS+=("bench$i@agents.localhost"); done
+extra_owner() { printf '0xbe4c0000000000000000000000000000%08x' "$1"; }
+extra_agent() { printf '0xbe4c00000000000000000000000000a1%08x' "$1"; }
 
 log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
@@ -219,17 +237,25 @@ json_field() {
 #       persistent (-d: the next message goes over the same connection).
 run_source() {
   local target=$1 mode=$2 port=$3 run=$4 count=$5
-  local args=(-s "$BENCH_SESSIONS" -m "$count" -l "$BENCH_SIZE" -f "$FROM" -t "$RCPT" -M "$HELO")
-  [[ $mode == persistent ]] && args=(-d "${args[@]}")
-  local t0 t1 ok=1 cpu0 cpu1 scpu0 scpu1 hcpu0="" hcpu1=""
+  local t0 t1 ok=1 cpu0 cpu1 scpu0 scpu1 hcpu0="" hcpu1="" k pids=() n_k s_k
+  local owners=${#RCPTS[@]}
   timeout 60 sync || true
   scpu0=$(store_cpu)
   [[ -n ${STORE_HAPROXY_PID:-} ]] && hcpu0=$("$LOADGEN" cpu-tree --pid "$STORE_HAPROXY_PID")
   cpu0=$(server_cpu "$target")
   [[ $target == agentkeys* && $run != warmup ]] && store_wait_sampler_start "$RESULTS/pg-waits-$target-$mode-$run.txt" "$BENCH_RUN_TIMEOUT"
   t0=$(date +%s.%N)
-  timeout "$BENCH_RUN_TIMEOUT" smtp-source "${args[@]}" "127.0.0.1:$port" \
-    >>"$WORK/smtp-source.log" 2>&1 || ok=0
+  # One smtp-source per recipient, started together, with equal shares (the
+  # first takes what does not divide).
+  for ((k = 0; k < owners; k++)); do
+    n_k=$((count / owners)); ((k == 0)) && n_k=$((n_k + count % owners))
+    s_k=$((BENCH_SESSIONS / owners)); ((k == 0)) && s_k=$((s_k + BENCH_SESSIONS % owners))
+    local args=(-s "$s_k" -m "$n_k" -l "$BENCH_SIZE" -f "$FROM" -t "${RCPTS[k]}" -M "$HELO")
+    [[ $mode == persistent ]] && args=(-d "${args[@]}")
+    timeout "$BENCH_RUN_TIMEOUT" smtp-source "${args[@]}" "127.0.0.1:$port" >>"$WORK/smtp-source.log" 2>&1 &
+    pids+=($!)
+  done
+  for k in "${pids[@]}"; do wait "$k" || ok=0; done
   t1=$(date +%s.%N)
   store_wait_sampler_stop
   cpu1=$(server_cpu "$target")
@@ -489,7 +515,20 @@ setup_agentkeys() {
   AK_KEY=$(ak key create --agent "$AGENT" --json | json_field key)
   [[ $AK_KEY == ak_* ]] || die "key create did not print a key"
   owner_grant "$AK_DATA" inbound AK_ENV
+  setup_extra_owners
   ak demo seed --json >"$WORK/auth-cases.json"
+}
+
+# Owners 2..BENCH_OWNERS, each with an agent and the inbox RCPTS[i-1] (inbound
+# only: no key, no grant).
+setup_extra_owners() {
+  local i address
+  for ((i = 2; i <= BENCH_OWNERS; i++)); do
+    ak owner add "$(extra_owner "$i")" --json >/dev/null
+    ak agent add "$(extra_agent "$i")" --owner "$(extra_owner "$i")" >/dev/null
+    address=$(ak inbox create --agent "$(extra_agent "$i")" --name "bench$i" --json | json_field address)
+    [[ $address == "${RCPTS[i - 1]}" ]] || die "inbox create answered address '$address', expected ${RCPTS[i - 1]}"
+  done
 }
 
 # Starts one inbound `agentkeys serve`; sets NODE_PID.
@@ -969,25 +1008,61 @@ setup_outbound() {
   PIDS+=("$OSINK_PID")
   wait_port "$P_OSINK"
 
+  start_outbound_node outbound "$OUT_DATA" "$P_OIN" "$P_OSUB" "$P_OSUBTLS" "$P_OHTTP"
+  OUT_PID=$NODE_PID
+}
+
+# Starts one outbound `agentkeys serve` relaying to the outbound smtp-sink; sets NODE_PID.
+#   start_outbound_node LABEL DATA_DIR MX SUBMISSION SUBMISSION_TLS HTTP
+start_outbound_node() {
+  local label=$1 data=$2 p_in=$3 p_sub=$4 p_subtls=$5 p_http=$6
   cd "$WORK"
   env "${OUT_ENV[@]}" \
-  AGENTKEYS_LISTEN_INBOUND="127.0.0.1:$P_OIN" \
-  AGENTKEYS_LISTEN_SUBMISSION="127.0.0.1:$P_OSUB" \
-  AGENTKEYS_LISTEN_SUBMISSION_TLS="127.0.0.1:$P_OSUBTLS" \
-  AGENTKEYS_LISTEN_HTTP="127.0.0.1:$P_OHTTP" AGENTKEYS_LISTEN_HTTPS=off \
+  AGENTKEYS_LISTEN_INBOUND="127.0.0.1:$p_in" \
+  AGENTKEYS_LISTEN_SUBMISSION="127.0.0.1:$p_sub" \
+  AGENTKEYS_LISTEN_SUBMISSION_TLS="127.0.0.1:$p_subtls" \
+  AGENTKEYS_LISTEN_HTTP="127.0.0.1:$p_http" AGENTKEYS_LISTEN_HTTPS=off \
   AGENTKEYS_SMARTHOST="127.0.0.1:$P_OSINK" \
   AGENTKEYS_DELIVERY_ENABLED=true \
   AGENTKEYS_MAX_CONNECTIONS=100000 \
   AGENTKEYS_MAX_CONNECTIONS_PER_IP=100000 \
   AGENTKEYS_AUTH_FAILURES_PER_IP=100000000 \
-    "$AK" --data-dir "$OUT_DATA" serve >"$WORK/agentkeys-outbound.log" 2>&1 &
-  OUT_PID=$!
-  PIDS+=("$OUT_PID")
-  wait_healthy "$OUT_PID" "$P_OHTTP" "$WORK/agentkeys-outbound.log" "agentkeys serve (outbound)"
-  wait_port "$P_OSUB"
+    "$AK" --data-dir "$data" serve >"$WORK/agentkeys-$label.log" 2>&1 &
+  NODE_PID=$!
+  PIDS+=("$NODE_PID")
+  wait_healthy "$NODE_PID" "$p_http" "$WORK/agentkeys-$label.log" "agentkeys serve ($label)"
+  wait_port "$p_sub"
   cd "$REPO"
-  log "outbound: agentkeys serve (pid $OUT_PID) submission :$P_OSUB, smarthost smtp-sink :$P_OSINK (pid $OSINK_PID)"
+  log "$label: agentkeys serve (pid $NODE_PID) submission :$p_sub, smarthost smtp-sink :$P_OSINK (pid $OSINK_PID)"
 }
+
+# BENCH_NODES=2: the same outbound load through HAProxy to two nodes sharing
+# the queue (a second node on the outbound database and prefix), delivered by
+# whichever node's runner claims each message.
+run_outbound_two_nodes() {
+  OUT_DATA_B="$WORK/outbound-data-b"
+  store_second_data "$OUT_DATA" "$OUT_DATA_B"
+  start_outbound_node outbound-b "$OUT_DATA_B" "$P_OIN_B" "$P_OSUB_B" "$P_OSUBTLS_B" "$P_OHTTP_B"
+  OUT_PID_B=$NODE_PID
+  # A second HAProxy for submission; the inbound one's PID stays the one counted.
+  local inbound_haproxy=${STORE_HAPROXY_PID:-}
+  store_haproxy "$WORK/haproxy-outbound" "$P_OLB=$P_OSUB,$P_OSUB_B"
+  STORE_HAPROXY_PID=$inbound_haproxy
+  local c0 c1
+  c0=$(( $(cpu_ticks "$OUT_PID") + $(cpu_ticks "$OUT_PID_B") ))
+  log "outbound, two nodes: $BENCH_OUT_MESSAGES messages over $BENCH_OUT_SESSIONS sessions through HAProxy :$P_OLB"
+  timeout $((2 * BENCH_OUT_TIMEOUT + 30)) "$LOADGEN" submit --addr "127.0.0.1:$P_OLB" --user "$RCPT" --pass "$OUT_KEY" \
+    --to "$OUT_RCPT" --count "$BENCH_OUT_MESSAGES" --concurrency "$BENCH_OUT_SESSIONS" --size "$BENCH_SIZE" \
+    --max-duration "${BENCH_OUT_TIMEOUT}s" --label two-nodes \
+    --metrics-url "http://127.0.0.1:$P_OHTTP/metrics" --metrics-url "http://127.0.0.1:$P_OHTTP_B/metrics" \
+    --deliver-timeout "${BENCH_OUT_TIMEOUT}s" --out "$RESULTS/outbound-2nodes.json" >/dev/null || log "outbound submit (two nodes) failed"
+  c1=$(( $(cpu_ticks "$OUT_PID") + $(cpu_ticks "$OUT_PID_B") ))
+  printf 'two_nodes_server_cpu_seconds\t%s\n' "$(awk -v a="$c0" -v b="$c1" 'BEGIN { printf "%.2f", (b - a) / 100 }')" \
+    >>"$RESULTS/outbound-meta.tsv"
+}
+
+# User + system CPU ticks of PID (0 when gone).
+cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat" 2>/dev/null || echo 0; }
 
 run_outbound() {
   local load_before
@@ -1026,6 +1101,9 @@ run_outbound() {
     printf 'load\t%s before, %s after the outbound part\n' "$load_before" "$(cut -d' ' -f1-3 /proc/loadavg)"
     printf 'rcpt\t%s\n' "$OUT_RCPT"
   } >"$RESULTS/outbound-meta.tsv"
+  if ((BENCH_NODES == 2)) && store_is_shared; then
+    run_outbound_two_nodes
+  fi
 }
 
 # ---------------------------------------------------------------- main
@@ -1076,14 +1154,14 @@ if [[ -n $BENCH_PORT_BASE ]]; then
   read -r P_SINK P_PF P_PFSUB P_IN P_SUB P_SUBTLS P_HTTP P_OSINK P_OIN P_OSUB P_OSUBTLS P_OHTTP \
     P_PFM P_ODKIM P_ODMARC P_RIN P_RSUB P_RSUBTLS P_RHTTP \
     P_S3 P_IN_B P_SUB_B P_SUBTLS_B P_HTTP_B P_LB1 P_LB2 P_CPG P_CS3 P_IN_C P_SUB_C P_SUBTLS_C P_HTTP_C \
-    P_IN_W P_SUB_W P_SUBTLS_W P_HTTP_W P_WRX \
-    < <(seq -s ' ' "$BENCH_PORT_BASE" $((BENCH_PORT_BASE + 36)))
+    P_IN_W P_SUB_W P_SUBTLS_W P_HTTP_W P_WRX P_OIN_B P_OSUB_B P_OSUBTLS_B P_OHTTP_B P_OLB \
+    < <(seq -s ' ' "$BENCH_PORT_BASE" $((BENCH_PORT_BASE + 41)))
 else
   read -r P_SINK P_PF P_PFSUB P_IN P_SUB P_SUBTLS P_HTTP P_OSINK P_OIN P_OSUB P_OSUBTLS P_OHTTP \
     P_PFM P_ODKIM P_ODMARC P_RIN P_RSUB P_RSUBTLS P_RHTTP \
     P_S3 P_IN_B P_SUB_B P_SUBTLS_B P_HTTP_B P_LB1 P_LB2 P_CPG P_CS3 P_IN_C P_SUB_C P_SUBTLS_C P_HTTP_C \
-    P_IN_W P_SUB_W P_SUBTLS_W P_HTTP_W P_WRX \
-    < <("$LOADGEN" free-ports --count 37)
+    P_IN_W P_SUB_W P_SUBTLS_W P_HTTP_W P_WRX P_OIN_B P_OSUB_B P_OSUBTLS_B P_OHTTP_B P_OLB \
+    < <("$LOADGEN" free-ports --count 42)
 fi
 
 has_part agentkeys && setup_agentkeys
@@ -1220,6 +1298,7 @@ commit=$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)
   printf 'postfix\t%s\n' "$(postconf -d -h mail_version 2>/dev/null || echo '?')"
   printf 'messages\t%s\n' "$BENCH_MESSAGES"
   printf 'sessions\t%s\n' "$BENCH_SESSIONS"
+  printf 'owners\t%s (inbound recipients in as many owners)\n' "$BENCH_OWNERS"
   printf 'size\t%s\n' "$BENCH_SIZE"
   printf 'repeats\t%s\n' "$BENCH_REPEATS"
   acc_text=""
@@ -1238,6 +1317,7 @@ if has_part realistic; then
 fi
 if has_part outbound; then
   "$LOADGEN" report --dir "$RESULTS" --outbound >"$RESULTS/outbound.md"
+  [[ -s $RESULTS/outbound-2nodes.json ]] && outbound_two_nodes_report >>"$RESULTS/outbound.md"
   { printf '\n### Outbound\n\n'; cat "$RESULTS/outbound.md"; } >>"$RESULTS/latest.md"
 fi
 if has_part agentkeys && ((BENCH_WEBHOOKS > 0)); then
@@ -1247,6 +1327,23 @@ if has_part agentkeys && ((BENCH_WEBHOOKS > 0)); then
   { printf '\n### Inbound with webhooks\n\n'; cat "$RESULTS/webhooks.md"; } >>"$RESULTS/latest.md"
 fi
 cat "$RESULTS/latest.md"
+
+# One node against two (BENCH_NODES=2), same run: signed and delivered per second.
+outbound_two_nodes_report() {
+  python3 - "$RESULTS/outbound.json" "$RESULTS/outbound-2nodes.json" <<'PY'
+import json, sys
+one, two = (json.load(open(p)) for p in sys.argv[1:3])
+def row(name, r):
+    return (f"| {name} | {r.get('delivered_per_second') or 0:,.0f} | {r.get('submit_latency_p50_ms') or 0:.1f} / "
+            f"{r.get('submit_latency_p99_ms') or 0:.1f} ms | {r.get('delivered')} of {r.get('accepted')} | {r.get('errors')} |")
+print("\n| outbound, same run | signed and delivered/s | submission p50 / p99 | delivered | errors |")
+print("|---|---:|---|---|---:|")
+print(row("one node (direct)", one))
+print(row("two nodes (HAProxy → both)", two))
+a, b = one.get("delivered_per_second") or 0, two.get("delivered_per_second") or 0
+print(f"\nTwo nodes / one node: **{b / a:.2f}**." if a else "")
+PY
+}
 
 # Splices FILE between the lines BEGIN and END of BENCHMARKS.md.
 splice() {

@@ -169,9 +169,10 @@ enum Command {
         /// PID of the server, for its CPU time.
         #[arg(long)]
         server_pid: Option<u32>,
-        /// The server's Prometheus page, e.g. http://127.0.0.1:8080/metrics (loopback only).
+        /// The server's Prometheus page, e.g. http://127.0.0.1:8080/metrics (loopback
+        /// only); repeat it for several nodes sharing a queue (their counters add up).
         #[arg(long)]
-        metrics_url: Option<String>,
+        metrics_url: Vec<String>,
         /// Longest wait for deliveries after the last submission.
         #[arg(long, default_value = "120s", value_parser = parse_duration)]
         deliver_timeout: Duration,
@@ -425,7 +426,7 @@ async fn main() -> Result<()> {
             if concurrency == 0 || count == 0 {
                 bail!("--concurrency and --count must be at least 1");
             }
-            let metrics = metrics_url.as_deref().map(submit::parse_metrics_url).transpose()?;
+            let metrics = metrics_url.iter().map(|u| submit::parse_metrics_url(u)).collect::<Result<Vec<_>>>()?;
             let report = submit::run(submit::Options {
                 target: tls.target()?,
                 from: from.unwrap_or_else(|| user.clone()),

@@ -8,6 +8,8 @@
 //! counter `agentkeys_delivery_attempts_total{result="delivered"}` until it has
 //! grown by the number of accepted messages (or `--deliver-timeout` passes), and
 //! reports the end-to-end rate from the first submission to the last delivery.
+//! Several `--metrics-url`s (nodes sharing one queue: whichever node's runner
+//! claims a message delivers it) are added up.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -38,7 +40,7 @@ pub struct Options {
     pub max_duration: Duration,
     pub server_pid: Option<u32>,
     /// `host:port` and path of the server's /metrics (loopback only).
-    pub metrics: Option<(SocketAddr, String)>,
+    pub metrics: Vec<(SocketAddr, String)>,
     pub deliver_timeout: Duration,
     pub label: String,
 }
@@ -100,9 +102,10 @@ fn message(from: &str, to: &str, size: usize, n: u64) -> Vec<u8> {
 
 pub async fn run(opts: Options) -> Result<Report> {
     let opts = Arc::new(opts);
-    let baseline = match &opts.metrics {
-        Some((addr, path)) => Some(read_counters(*addr, path).await.context("reading /metrics before the run")?),
-        None => None,
+    let baseline = if opts.metrics.is_empty() {
+        None
+    } else {
+        Some(read_all_counters(&opts.metrics).await.context("reading /metrics before the run")?)
     };
     let next = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
@@ -150,11 +153,11 @@ pub async fn run(opts: Options) -> Result<Report> {
         attempts: None,
         end_to_end_cpu: None,
     };
-    if let (Some((addr, path)), Some(base)) = (&opts.metrics, baseline) {
+    if let Some(base) = baseline {
         let wait_until = Instant::now() + opts.deliver_timeout;
         let mut now_counters;
         loop {
-            now_counters = read_counters(*addr, path).await?;
+            now_counters = read_all_counters(&opts.metrics).await?;
             let done = now_counters.delivered.saturating_sub(base.delivered)
                 + now_counters.bounced.saturating_sub(base.bounced);
             if done >= accepted || Instant::now() >= wait_until {
@@ -230,6 +233,18 @@ async fn session(
     }
     s.expect("QUIT", 221, "QUIT").await?;
     Ok(())
+}
+
+/// The delivery-attempt counters of every page, added up.
+async fn read_all_counters(pages: &[(SocketAddr, String)]) -> Result<Counters> {
+    let mut sum = Counters { delivered: 0, deferred: 0, bounced: 0 };
+    for (addr, path) in pages {
+        let c = read_counters(*addr, path).await?;
+        sum.delivered += c.delivered;
+        sum.deferred += c.deferred;
+        sum.bounced += c.bounced;
+    }
+    Ok(sum)
 }
 
 /// Reads the delivery-attempt counters from a Prometheus text page.

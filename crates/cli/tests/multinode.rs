@@ -715,7 +715,7 @@ fn any_one_node_may_die() {
     // ---- Restart: the killed node rejoins (with a receiving MTA of its own, so
     // its new life's deliveries are told apart from the old one's) ----
     // Rows indexed from here on were indexed by the restart (its reconcile) or later.
-    let last_seq_before_restart: i64 = db.query("SELECT last FROM message_seq")[0].parse().unwrap();
+    let last_seq_before_restart: i64 = db.query("SELECT last_value FROM message_seq_values")[0].parse().unwrap();
     let reborn_sink = Sink::start(base, &format!("{}-restarted", victim.name), &[]);
     servers[0] = Some(victim.start(&reborn_sink, &dns));
     wait_until("the restarted node to be ready", START_LIMIT, || victim.ready());

@@ -13,9 +13,12 @@
 //!
 //! The contracts, in backend-neutral words:
 //!
-//! 1. **Index rows become visible in `seq` order.** A reader that saw `seq` n
-//!    and asks for what came after it never misses a row: no row with a lower
-//!    `seq` becomes visible later. Writers in several processes included.
+//! 1. **An owner's index rows become visible in `seq` order.** A reader of an
+//!    inbox that saw `seq` n and asks for what came after it never misses a
+//!    row: no row of that owner with a lower `seq` becomes visible later.
+//!    Writers in several processes included. (Across owners `seq` need not be
+//!    commit order; the one reader across owners, the webhook message feed,
+//!    returns every row exactly once in an order of its own.)
 //! 2. **No (message, recipient) is claimed by two runners** at once, across
 //!    processes; a lease that expired hands the row out again, and the old
 //!    lease can no longer record anything.
@@ -53,7 +56,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt::Debug;
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use agentkeys_audit::{Actor, AuditEvent, AuditReceipt, AuditRecord, ChainHead, ChainedCheckpoint, Outcome, Verifier};
@@ -585,11 +588,47 @@ async fn index_world<S: StoreUnderTest>(a: &S, b: &S) {
     b.create_inbox(&inbox_record("bot2", 1, 1), &event("inbox.create", "bot2")).await.unwrap();
 }
 
+/// Rows per message-feed read in [`index_and_follow`]: smaller than most
+/// batches, so reads are cut inside a batch's transaction.
+const FEED_READ: u32 = 2;
+
+/// How long a feeder keeps reading after the writers are done (a PostgreSQL
+/// feed waits for every transaction of the cluster older than a row's).
+const FEED_SETTLE: Duration = Duration::from_secs(30);
+
+/// A webhook feeder: reads the message feed and commits it with no events,
+/// counting the rows it won in `fed` (shared with the other feeder), until
+/// `total` rows were fed after `done`, or [`FEED_SETTLE`] passed after it.
+/// Returns the ids of the reads it won.
+async fn follow_feed<S: StoreUnderTest>(store: S, total: usize, fed: Arc<AtomicUsize>, done: Arc<AtomicBool>) -> Vec<Ulid> {
+    let mut won = Vec::new();
+    let mut settle_until = None;
+    loop {
+        if done.load(Ordering::SeqCst) {
+            let until = *settle_until.get_or_insert_with(|| tokio::time::Instant::now() + FEED_SETTLE);
+            if fed.load(Ordering::SeqCst) >= total || tokio::time::Instant::now() >= until {
+                return won;
+            }
+        }
+        let feed = store.message_feed(FEED_READ).await.unwrap();
+        if feed.messages.is_empty() {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            continue;
+        }
+        if store.commit_message_feed(feed.from, feed.to, &[], 0).await.unwrap() {
+            fed.fetch_add(feed.messages.len(), Ordering::SeqCst);
+            won.extend(feed.messages.iter().map(|m| Ulid::from_string(&m.id).unwrap()));
+        }
+    }
+}
+
 /// Writers index their batches concurrently through both handles while one
 /// reader per inbox follows `messages_since` from the last seq it saw,
 /// alternating handles. The reader never sees a seq at or below one it saw, and
 /// in the end has seen every row of its inbox exactly once; both handles list
-/// the same rows in the same seq order.
+/// the same rows in the same seq order. Meanwhile two webhook feeders, one per
+/// handle, follow the message feed: together their winning reads return every
+/// row exactly once.
 async fn index_and_follow<S: StoreUnderTest>(a: &S, b: &S, writers: Vec<WriterPlan>, context: &str) {
     let inboxes = index_inboxes();
     let mut next_id = 0u64;
@@ -644,6 +683,13 @@ async fn index_and_follow<S: StoreUnderTest>(a: &S, b: &S, writers: Vec<WriterPl
             })
         })
         .collect();
+    // Two webhook feeders, one per handle, follow the whole index meanwhile.
+    let total: usize = expected.iter().map(BTreeSet::len).sum();
+    let fed = Arc::new(AtomicUsize::new(0));
+    let feeders: Vec<_> = [a.clone(), b.clone()]
+        .into_iter()
+        .map(|store| tokio::spawn(follow_feed(store, total, Arc::clone(&fed), Arc::clone(&done))))
+        .collect();
     let on_second: Vec<bool> = planned.iter().map(|(second, _)| *second).collect();
     let planned = Arc::new(planned);
     let written = on_handles(a, b, &on_second, |store, w| {
@@ -689,6 +735,22 @@ async fn index_and_follow<S: StoreUnderTest>(a: &S, b: &S, writers: Vec<WriterPl
             assert_eq!(listed, seen, "{context}: {inbox}: every handle lists the rows in the order the reader saw");
         }
     }
+    // The feed saw every row once, across owners, whichever feeder won.
+    let mut fed: Vec<Ulid> = Vec::new();
+    for feeder in feeders {
+        match feeder.await {
+            Ok(rows) => fed.extend(rows),
+            Err(join) if join.is_panic() => std::panic::resume_unwind(join.into_panic()),
+            Err(join) => panic!("feeder cancelled: {join}"),
+        }
+    }
+    let fed_once: BTreeSet<Ulid> = fed.iter().copied().collect();
+    assert_eq!(fed_once.len(), fed.len(), "{context}: the message feed returned a row in two winning reads");
+    let all: BTreeSet<Ulid> = expected.iter().flatten().copied().collect();
+    let missed: Vec<(Ulid, i64)> =
+        all.difference(&fed_once).map(|id| (*id, seq_of.get(id).copied().unwrap_or(-1))).collect();
+    assert!(missed.is_empty(), "{context}: the message feed never returned {missed:?} (id, seq)");
+    assert_eq!(fed_once, all, "{context}: the message feed returned exactly the indexed rows");
 }
 
 /// Contract 1, named case: three writers per handle, twenty batches each,

@@ -9,9 +9,11 @@
 //! removes it rather than indexing it. Listing is one range scan of the `(owner, inbox, id)` index, so
 //! its cost depends on the page size, not on the inbox size.
 //!
-//! Each row has a `seq`, its commit order: SQLite has one writer at a time and
-//! `AUTOINCREMENT` never reuses a value, so the rows a reader has not seen are
-//! exactly those after the last `seq` it saw. The event stream replays by it.
+//! Each row has a `seq`, its commit order within its owner (on SQLite, across
+//! the whole index: one writer at a time, and `AUTOINCREMENT` never reuses a
+//! value; on PostgreSQL, see its `index` module), so the rows of an inbox a
+//! reader has not seen are exactly those after the last `seq` it saw. The
+//! event stream replays by it.
 //!
 //! Retention lives here too: the per-domain setting (`domains.retention`) and
 //! the audited expiry of rows ([`MessageIndex::expire_messages`]).

@@ -132,7 +132,7 @@ pub use throttles::{
 #[cfg(feature = "postgres")]
 pub use postgres::{PgEvents, PgStore};
 pub use webhooks::{
-    AgentSubscriber, DeliveryAttempt, DeliveryClaim, DeliveryRecord, DeliveryState, ExpiringCredential, FedMessage, MESSAGE_FEED,
+    AgentSubscriber, DeliveryAttempt, DeliveryClaim, DeliveryRecord, DeliveryState, ExpiringCredential, FedMessage, MESSAGE_FEED, MessageFeed,
     NewWebhookEvent, OutboundFact, WebhookRecord, Webhooks,
 };
 

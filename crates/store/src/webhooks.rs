@@ -4,7 +4,7 @@
 //! worker at a time, across processes and nodes, under a lease), so a killed
 //! node loses none: its leases run out and another worker claims the rows.
 //! Events are turned into rows off the mail acceptance path by a feeder that
-//! follows the message index by `seq` (a stored position moved by
+//! follows the message index in commit order (a stored position moved by
 //! compare-and-set) and marks outbound rows and attempts it has turned into
 //! events. `(subscription, event key)` is unique: feeding an event twice never
 //! makes a second delivery.
@@ -197,6 +197,20 @@ pub struct FedMessage {
     pub summary: crate::HeaderSummary,
 }
 
+/// One read of the message feed: the rows after its position, and the
+/// position that covers them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MessageFeed {
+    /// The stored position the rows follow.
+    pub from: i64,
+    /// The position once they are fed ([`Webhooks::commit_message_feed`]'s `to`).
+    pub to: i64,
+    /// The rows, in feed order.
+    pub messages: Vec<FedMessage>,
+    /// Whether more rows may follow at once (the read was cut at its limit).
+    pub more: bool,
+}
+
 /// A `message_feed` row: seq, owner, inbox, id, size, received_at and the
 /// summary columns (from address, from name, subject, authenticated).
 pub(crate) type FeedRow = (i64, String, String, String, i64, i64, Option<String>, Option<String>, Option<String>, bool);
@@ -288,8 +302,12 @@ pub trait Webhooks: Send + Sync + 'static {
     /// (owner, event type, inbox filter), due at `now_ms`; an event already
     /// recorded for a subscription is skipped. Returns how many rows were added.
     async fn enqueue_webhook_events(&self, events: &[NewWebhookEvent], now_ms: i64) -> Result<u64, StoreError>;
-    /// The message feed's position and up to `limit` index rows after it, in `seq` order.
-    async fn message_feed(&self, limit: u32) -> Result<(i64, Vec<FedMessage>), StoreError>;
+    /// Up to `limit` index rows after the message feed's position, in an order
+    /// in which no row becomes visible behind one already read (on SQLite,
+    /// `seq`; on PostgreSQL, the writing transaction's id, see its
+    /// migration 0022), with the position that covers them. Every indexed row
+    /// is returned by exactly one read whose commit wins.
+    async fn message_feed(&self, limit: u32) -> Result<MessageFeed, StoreError>;
     /// Moves the message feed from `from` to `to` and enqueues `events`, in one
     /// transaction, only if the position is still `from` (`false`: another
     /// handle moved it first, nothing written).
@@ -598,7 +616,8 @@ impl Webhooks for SqliteStore {
         Ok(added)
     }
 
-    async fn message_feed(&self, limit: u32) -> Result<(i64, Vec<FedMessage>), StoreError> {
+    async fn message_feed(&self, limit: u32) -> Result<MessageFeed, StoreError> {
+        // One writer: `seq` is commit order here.
         let mut conn = self.pool.acquire().await.map_err(backend)?;
         let (position,): (i64,) = sqlx::query_as("SELECT position FROM webhook_feed WHERE name = ?1")
             .bind(MESSAGE_FEED)
@@ -612,8 +631,10 @@ impl Webhooks for SqliteStore {
                 .fetch_all(&mut *conn)
                 .await
                 .map_err(backend)?;
+        let more = rows.len() == limit as usize;
         let messages = rows.into_iter().map(fed_message).collect::<Result<Vec<_>, StoreError>>()?;
-        Ok((position, messages))
+        let to = messages.last().map_or(position, |m| m.seq);
+        Ok(MessageFeed { from: position, to, messages, more })
     }
 
     async fn commit_message_feed(

@@ -240,9 +240,12 @@ async fn a_full_disk_is_a_backend_error_and_the_next_write_works_again() {
     assert!(matches!(store.add_owner(&owner_record(3), &ev()).await, Err(StoreError::Backend(_))));
     assert_eq!(store.list_owners().await.unwrap().len(), 2, "nothing half-written");
     psql(&db, "DROP TRIGGER full_disk ON messages; DROP TRIGGER full_disk ON audit_log").await.unwrap();
-    // Space is back: the same store writes again, no restart, and the seq
-    // counter did not move for the failed batch.
-    assert_eq!(store.index_messages(&[row]).await.unwrap()[0].seq, 1);
+    // Space is back: the same store writes again, no restart. (The failed
+    // batch's value is not handed out again: `seq` may have gaps, never
+    // reuses a value and keeps its order.)
+    let first = store.index_messages(&[row]).await.unwrap()[0].seq;
+    assert!(first >= 1);
+    assert!(store.index_messages(&[message(1, "bot@agents.localhost", 2)]).await.unwrap()[0].seq > first);
     assert_eq!(store.audit_append(&ev()).await.unwrap().seq(), 7);
     store.check_writable().await.unwrap();
 }
@@ -1222,6 +1225,84 @@ fn index_rows_from_two_nodes_become_visible_in_seq_order() {
         runtime.block_on(visible_in_seq_order(db.url(), inbox, a_batches, b_batches));
     });
     drop(db);
+}
+
+/// The mechanism behind "an owner's rows become visible in seq order" and the
+/// webhook feed, with an indexing transaction held open on purpose (a node
+/// paused between its values and its commit): it took the owner's lock and a
+/// `seq`, exactly as `agentkeys_index_messages` does (migration 0022).
+/// - The same owner's next indexer waits for it, so its later `seq` cannot
+///   become visible first.
+/// - Another owner's indexer does not wait, and its larger `seq` commits first.
+/// - The message feed returns nothing of either while the older transaction is
+///   open, then every row once, in commit order of their transactions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_indexing_transaction_holds_back_its_owner_and_the_feed_only() {
+    use sqlx::{Connection, Row};
+    let (db, a, b) = two_nodes().await;
+    populate(&a).await;
+    let bot = "bot@agents.localhost";
+    let position = a.message_feed(100).await.unwrap();
+    assert!(position.messages.is_empty());
+
+    // A paused indexer of owner 1: lock, value, row; no commit yet.
+    let mut paused = sqlx::PgConnection::connect(db.url()).await.unwrap();
+    sqlx::query("BEGIN").execute(&mut paused).await.unwrap();
+    sqlx::query("SELECT agentkeys_lock_owners_for_index($1)").bind(vec![owner(1).as_str()]).execute(&mut paused).await.unwrap();
+    let held = Ulid::from_parts(1_700_000_000_000, 1);
+    let held_seq: i64 = sqlx::query(
+        "INSERT INTO messages (seq, owner, inbox, id, received_at, size)
+         VALUES (nextval('message_seq_values'), $1, $2, $3, 1700000000, 1) RETURNING seq",
+    )
+    .bind(owner(1).as_str())
+    .bind(bot)
+    .bind(held.to_string())
+    .fetch_one(&mut paused)
+    .await
+    .unwrap()
+    .get(0);
+
+    // Owner 2's indexer, on the other node, does not wait; its seq is larger.
+    let other = b.index_messages(&[message(2, "other@agents.localhost", 1_700_000_001_000)]).await.unwrap();
+    assert!(other[0].seq > held_seq);
+    // Owner 1's next indexer waits for the paused one.
+    let next = tokio::spawn({
+        let a = a.clone();
+        async move { a.index_messages(&[message(1, bot, 1_700_000_002_000)]).await.unwrap() }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!next.is_finished(), "owner 1's second indexer went ahead of its open first one");
+    assert!(
+        a.messages_since(&owner(1), &addr(bot), 0, None, 10).await.unwrap().is_empty(),
+        "nothing of owner 1 is visible yet"
+    );
+    // The feed does not pass the open transaction, though owner 2's row is visible.
+    assert_eq!(b.messages_since(&owner(2), &addr("other@agents.localhost"), 0, None, 10).await.unwrap().len(), 1);
+    let feed = b.message_feed(100).await.unwrap();
+    assert!(feed.messages.is_empty(), "the feed returned rows behind an open indexing transaction: {feed:?}");
+
+    sqlx::query("COMMIT").execute(&mut paused).await.unwrap();
+    paused.close().await.unwrap();
+    let next = tokio::time::timeout(PATIENCE, next).await.unwrap().unwrap();
+    assert!(next[0].seq > other[0].seq, "owner 1's second row took its value after the first committed");
+    let seqs: Vec<i64> =
+        a.messages_since(&owner(1), &addr(bot), 0, None, 10).await.unwrap().iter().map(|m| m.seq).collect();
+    assert_eq!(seqs, [held_seq, next[0].seq]);
+
+    // Now the feed returns all three once: the paused transaction's row first.
+    let mut fed = Vec::new();
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while fed.len() < 3 && tokio::time::Instant::now() < deadline {
+        let feed = a.message_feed(1).await.unwrap();
+        if feed.messages.is_empty() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            continue;
+        }
+        assert!(a.commit_message_feed(feed.from, feed.to, &[], 0).await.unwrap());
+        fed.extend(feed.messages.iter().map(|m| m.seq));
+    }
+    assert_eq!(fed, [held_seq, other[0].seq, next[0].seq], "every row once, in the order their transactions began");
+    assert!(b.message_feed(100).await.unwrap().messages.is_empty());
 }
 
 /// Claims from `node` with `limit` until nothing is due; returns every claim.

@@ -1,8 +1,9 @@
 //! The feeder: turns what the store already records into delivery rows, off
 //! the mail acceptance path. Nothing on the SMTP or HTTP path waits for it.
 //!
-//! - `message.received`: the message index after the stored feed position, by
-//!   `seq` (commit order on both backends, so no row is skipped); each row's
+//! - `message.received`: the message index after the stored feed position, in
+//!   an order no row can appear behind ([`Webhooks::message_feed`]: `seq` on
+//!   SQLite, the writing transaction on PostgreSQL), so none is skipped; each row's
 //!   sender, subject and verdict come from the index's header summary (the blob
 //!   is read only for subscriptions that ask for the text).
 //!   The position moves by compare-and-set together with the inserted rows, so
@@ -19,7 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use agentkeys_core::OwnerId;
-use agentkeys_store::{BlobKey, BlobStore, NewWebhookEvent, OutboundFact, StoreError, WebhookRecord, Webhooks};
+use agentkeys_store::{BlobKey, BlobStore, MessageFeed, NewWebhookEvent, OutboundFact, StoreError, WebhookRecord, Webhooks};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -98,18 +99,21 @@ impl Feeder {
     pub async fn feed_once(&self) -> Result<usize, StoreError> {
         let mut fed = 0;
         loop {
-            let messages = self.feed_messages().await?;
+            let (messages, more) = self.feed_messages().await?;
             let outbound = self.feed_outbound().await?;
             fed += messages + outbound;
-            if messages < FEED_BATCH as usize && outbound < FEED_BATCH as usize {
+            if !more && outbound < FEED_BATCH as usize {
                 return Ok(fed);
             }
         }
     }
 
-    async fn feed_messages(&self) -> Result<usize, StoreError> {
-        let (from, messages) = self.store.message_feed(FEED_BATCH).await?;
-        let Some(last) = messages.last().map(|m| m.seq) else { return Ok(0) };
+    /// How many index rows were read, and whether more may follow at once.
+    async fn feed_messages(&self) -> Result<(usize, bool), StoreError> {
+        let MessageFeed { from, to, messages, more } = self.store.message_feed(FEED_BATCH).await?;
+        if messages.is_empty() {
+            return Ok((0, more));
+        }
         // Only messages someone subscribed to are read and recorded (a
         // subscription applies from its creation on, not to mail before it).
         let mut wanted: BTreeMap<&OwnerId, Vec<WebhookRecord>> = BTreeMap::new();
@@ -149,8 +153,8 @@ impl Feeder {
         }
         // Another feeder (node) may have moved the position first: then its
         // rows stand and ours are dropped.
-        self.store.commit_message_feed(from, last, &events, now_ms()).await?;
-        Ok(messages.len())
+        self.store.commit_message_feed(from, to, &events, now_ms()).await?;
+        Ok((messages.len(), more))
     }
 
     async fn feed_outbound(&self) -> Result<usize, StoreError> {

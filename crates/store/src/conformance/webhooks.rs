@@ -189,13 +189,13 @@ pub async fn webhook_events_make_one_delivery_per_subscription<B: Backend>(backe
     };
     assert_eq!(a.enqueue_webhook_events(&[grant], NOW_MS).await.unwrap(), 1);
     // The message feed moves by compare-and-set: of two commits from one position, one wins.
-    let (position, _) = a.message_feed(10).await.unwrap();
+    let position = a.message_feed(10).await.unwrap().from;
     let wins: Vec<bool> = on_both(&a, &b, 2, move |s, i| async move {
         s.commit_message_feed(position, position + 5, &[received(1, "bot", 100 + i)], NOW_MS).await.unwrap()
     })
     .await;
     assert_eq!(wins.iter().filter(|w| **w).count(), 1, "one feeder moves the position: {wins:?}");
-    assert_eq!(b.message_feed(10).await.unwrap().0, position + 5);
+    assert_eq!(b.message_feed(10).await.unwrap().from, position + 5);
     let all = a.list_webhook_deliveries(&owner(1), "wh_all", ALL).await.unwrap();
     assert_eq!(all.len(), 3, "wh_all: the message, the grant, the winning feeder's event only");
 }

@@ -2,7 +2,8 @@
 //!
 //! Every indexing transaction of [`PgStore`] notifies [`MAIL_CHANNEL`] with one
 //! payload per new row (`index.rs`); PostgreSQL delivers them when, and only
-//! when, the transaction commits, in commit order, which is `seq` order. Each
+//! when, the transaction commits, in commit order, which is `seq` order within
+//! an owner (an owner's indexers take turns, `index.rs`). Each
 //! node runs one listener task on a connection of its own (`LISTEN
 //! agentkeys_mail`) that republishes every notification, its own node's
 //! included, into the node's [`LocalEventHub`]. So an agent waiting on node B

@@ -1,27 +1,32 @@
 //! The message index on PostgreSQL.
 //!
-//! **Rows become visible in `seq` order.** The event stream and every waiter
-//! rely on this: a reader that has seen `seq` N asks only for rows after N, so
-//! a row with a smaller `seq` that becomes visible later is never seen. A plain
-//! `SEQUENCE` does not give that: `nextval` hands out numbers at once, but the
-//! transactions holding them commit in any order (node A takes 7, node B takes
-//! 8 and commits first; a reader sees 8, and 7 appears after it).
+//! **An owner's rows become visible in `seq` order.** The event stream and
+//! every waiter rely on this: a reader that has seen `seq` N of an inbox asks
+//! only for its rows after N, so a row with a smaller `seq` that becomes
+//! visible later is never seen. A plain `SEQUENCE` alone does not give that:
+//! `nextval` hands out numbers at once, but the transactions holding them
+//! commit in any order (node A takes 7, node B takes 8 and commits first; a
+//! reader sees 8, and 7 appears after it).
 //!
-//! So `seq` comes from a one-row counter, `message_seq`. An indexing
-//! transaction locks the row (`SELECT … FOR UPDATE`), takes the next values,
-//! inserts its rows, moves the counter and commits; the lock is released only
-//! after the commit has made its rows visible. The transaction is one
-//! statement, `agentkeys_index_messages` (migration 0006), so the row is held
-//! for the server's work and the commit, not across the node's round trips. The next indexer, on any node,
-//! waits at the lock and takes its values only then, so every row with a larger
-//! `seq` becomes visible after every row with a smaller one. Indexers take
-//! turns, but one turn covers a whole batch ([`crate::Mailroom`] commits many
-//! messages per transaction).
+//! So an indexing transaction first takes a transaction-scoped advisory lock
+//! for each owner it writes for (`agentkeys_lock_owners_for_index`, in sorted
+//! order), then its values from the sequence `message_seq_values`, inserts its
+//! rows and commits; the locks are released only after the commit has made its
+//! rows visible. The transaction is one statement, `agentkeys_index_messages`
+//! (migration 0022), so the locks are held for the server's work and the
+//! commit, not across the node's round trips. The owner's next indexer, on any
+//! node, waits at the lock and takes its values only then, so every row of
+//! that owner with a larger `seq` becomes visible after every one with a
+//! smaller `seq`. Indexers for different owners do not wait for each other
+//! (until migration 0022 one counter row serialized them all); one turn covers
+//! a whole batch ([`crate::Mailroom`] commits many messages per transaction).
+//! The one reader across owners, the webhook feeder, follows the writing
+//! transactions instead (`xact`, see `message_feed`).
 //!
 //! The same transaction notifies [`MAIL_CHANNEL`](super::MAIL_CHANNEL) with one
 //! payload per new row. PostgreSQL delivers a transaction's notifications only
 //! when it commits, in commit order, so every node's [`PgEvents`](super::PgEvents)
-//! hears about rows in `seq` order and never before they are visible.
+//! hears about each owner's rows in `seq` order and never before they are visible.
 
 use std::collections::HashSet;
 
@@ -116,10 +121,10 @@ impl MessageIndex for PgStore {
                 key.push(k);
             }
         }
-        // One statement, in its own transaction: the server locks the counter,
-        // skips rows indexed before (they keep their seq), numbers and inserts
-        // the new ones, moves the counter and notifies, then commits (module
-        // docs; migration 0006).
+        // One statement, in its own transaction: the server locks the rows'
+        // owners, skips rows indexed before (they keep their seq), numbers and
+        // inserts the new ones and notifies, then commits (module docs;
+        // migration 0022).
         let seqs: Vec<(i64, i64)> = sqlx::query_as("SELECT n, seq FROM agentkeys_index_messages($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)")
             .bind(&owners)
             .bind(&inboxes)
@@ -404,9 +409,10 @@ impl MessageIndex for PgStore {
             return Ok(0);
         }
         let mut tx = self.pool.begin().await.map_err(backend)?;
-        // The indexing statement's lock (module docs): threads are read and
-        // merged by one writer at a time, here as there.
-        sqlx::query("SELECT last FROM message_seq WHERE id = 1 FOR UPDATE").execute(&mut *tx).await.map_err(backend)?;
+        // The indexing statement's locks (module docs): an owner's threads are
+        // read and merged by one writer at a time, here as there.
+        let owners: Vec<&str> = rows.iter().map(|m| m.owner.as_str()).collect();
+        sqlx::query("SELECT agentkeys_lock_owners_for_index($1)").bind(&owners).execute(&mut *tx).await.map_err(backend)?;
         let mut written = 0;
         for m in rows {
             let terms = pg_terms(m);

@@ -16,10 +16,13 @@ use crate::meta::StoreError;
 use crate::sqlite::require_ok;
 use crate::webhooks::{
     ClaimRow, DELIVERY_COLUMNS, DeliveryAttempt, DeliveryClaim, DeliveryRecord, DeliveryRow, DeliveryState,
-    ExpiringCredential, FEED_COLUMNS, FeedRow, FedMessage, MESSAGE_FEED, fed_message, NewWebhookEvent, OutboundFact, OutboundFactRow, WebhookRecord,
+    ExpiringCredential, FEED_COLUMNS, MESSAGE_FEED, MessageFeed, fed_message, NewWebhookEvent, OutboundFact, OutboundFactRow, WebhookRecord,
     WEBHOOK_COLUMNS, WebhookRow, Webhooks, attempt_state, claim_from_row, delivery_from_row, delivery_id, events_column,
     expiring_from_rows, fact_from_row, lease_token, not_found, webhook_from_row,
 };
+
+/// A feed row after its writing transaction's id.
+type XactFeedRow = (i64, i64, String, String, String, i64, i64, Option<String>, Option<String>, Option<String>, bool);
 
 pub(crate) async fn insert_events(tx: &mut PgConnection, events: &[NewWebhookEvent], now_ms: i64) -> Result<u64, StoreError> {
     let mut added = 0;
@@ -163,21 +166,48 @@ impl Webhooks for PgStore {
         Ok(added)
     }
 
-    async fn message_feed(&self, limit: u32) -> Result<(i64, Vec<FedMessage>), StoreError> {
+    async fn message_feed(&self, limit: u32) -> Result<MessageFeed, StoreError> {
         let (position,): (i64,) = sqlx::query_as("SELECT position FROM webhook_feed WHERE name = $1")
             .bind(MESSAGE_FEED)
             .fetch_one(&self.pool)
             .await
             .map_err(backend)?;
-        let rows: Vec<FeedRow> =
-            sqlx::query_as(&format!("SELECT {FEED_COLUMNS} FROM messages WHERE seq > $1 ORDER BY seq LIMIT $2"))
-                .bind(position)
-                .bind(i64::from(limit))
+        // Rows of transactions that have all ended (migration 0022), in the
+        // order of their transaction ids: nothing can appear behind them any more.
+        let mut rows: Vec<XactFeedRow> = sqlx::query_as(&format!(
+            "SELECT xact::text::bigint, {FEED_COLUMNS} FROM messages
+              WHERE xact > $1::text::xid8 AND xact < pg_snapshot_xmin(pg_current_snapshot())
+              ORDER BY xact, seq LIMIT $2"
+        ))
+        .bind(position)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend)?;
+        let more = rows.len() == limit as usize;
+        if more && let Some(&(last, ..)) = rows.last() {
+            if rows.iter().any(|r| r.0 != last) {
+                // The position names whole transactions: the last one's rest comes next time.
+                rows.retain(|r| r.0 != last);
+            } else {
+                // One transaction beyond the limit (an indexing batch is bounded): all of it.
+                rows = sqlx::query_as(&format!(
+                    "SELECT xact::text::bigint, {FEED_COLUMNS} FROM messages WHERE xact = $1::text::xid8 ORDER BY seq"
+                ))
+                .bind(last)
                 .fetch_all(&self.pool)
                 .await
                 .map_err(backend)?;
-        let messages = rows.into_iter().map(fed_message).collect::<Result<Vec<_>, StoreError>>()?;
-        Ok((position, messages))
+            }
+        }
+        let to = rows.last().map_or(position, |r| r.0);
+        let messages = rows
+            .into_iter()
+            .map(|(_, seq, owner, inbox, id, size, received_at, from_address, from_name, subject, authenticated)| {
+                fed_message((seq, owner, inbox, id, size, received_at, from_address, from_name, subject, authenticated))
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        Ok(MessageFeed { from: position, to, messages, more })
     }
 
     async fn commit_message_feed(
