@@ -233,8 +233,8 @@ mod tests {
         let (_, lifetime) = read_token_answer(200, br#"{"access_token":"t"}"#).unwrap();
         assert_eq!(lifetime, DEFAULT_TOKEN_LIFETIME);
         assert_eq!(
-            read_token_answer(400, br#"{"error":"invalid_grant","error_description":"Token has been expired or revoked."}"#),
-            Err(TokenError::Refused("HTTP 400 invalid_grant".to_owned()))
+            read_token_answer(400, br#"{"error":"invalid_grant","error_description":"Token has been expired or revoked."}"#).unwrap_err(),
+            TokenError::Refused("HTTP 400 invalid_grant".to_owned())
         );
         assert!(matches!(read_token_answer(401, b""), Err(TokenError::Refused(_))));
         assert!(matches!(read_token_answer(503, b"busy"), Err(TokenError::Failed(_))));
