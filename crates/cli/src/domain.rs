@@ -25,7 +25,7 @@ pub(crate) enum DomainCmd {
         /// The domain, e.g. mail.example.com.
         domain: String,
         #[command(flatten)]
-        backend: BackendArgs,
+        backend: Box<BackendArgs>,
     },
     /// Choose how a hosted domain's mail is received and sent: `native` (our own
     /// MX and delivery), `imap` (an external mailbox: IMAP IDLE in, the
@@ -35,7 +35,7 @@ pub(crate) enum DomainCmd {
         /// The domain.
         domain: String,
         #[command(flatten)]
-        backend: BackendArgs,
+        backend: Box<BackendArgs>,
     },
     /// List hosted domains with their DKIM key versions and selectors.
     List,
@@ -354,7 +354,7 @@ pub(crate) async fn run(config: &Config, cmd: DomainCmd, json: bool) -> Result<(
         DomainCmd::Add { domain, backend } => {
             let domain = parse_domain(&domain)?;
             // Checked before anything is stored: a bad flag adds nothing.
-            let choice = backend_choice(&domain, backend)?;
+            let choice = backend_choice(&domain, *backend)?;
             let (record, event) = keyring(&dir).new_domain(&domain)?;
             dir.meta.add_domain(&record, crate::now(), &event).await.map_err(|e| match e {
                 StoreError::Conflict { .. } => anyhow!("{e}; see `agentkeys domain list`"),
@@ -369,7 +369,7 @@ pub(crate) async fn run(config: &Config, cmd: DomainCmd, json: bool) -> Result<(
         }
         DomainCmd::SetBackend { domain, backend } => {
             let domain = parse_domain(&domain)?;
-            let choice = backend_choice(&domain, backend)?;
+            let choice = backend_choice(&domain, *backend)?;
             let kind = store_backend(&dir, &domain, choice).await?;
             if json {
                 println!("{}", json!({ "domain": domain, "backend": kind }));
