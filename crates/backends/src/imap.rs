@@ -40,8 +40,9 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use ulid::Ulid;
 
+use crate::oauth2::{TokenError, XOAuth2, xoauth2_response};
 use crate::{
-    AUTH_FAILED_BACKOFF, BackendContext, Credential, IDLE_RENEW, ImapSettings, PROVIDER_TIMEOUT, RECONNECT_BACKOFF, now,
+    AUTH_FAILED_BACKOFF, BackendContext, IDLE_RENEW, Login, ImapSettings, PROVIDER_TIMEOUT, RECONNECT_BACKOFF, now,
 };
 
 type Stream = tokio_rustls::client::TlsStream<TcpStream>;
@@ -95,7 +96,7 @@ pub struct Follower {
     ctx: BackendContext,
     domain: Domain,
     settings: ImapSettings,
-    credential: Credential,
+    login: Login,
     /// The status last reported (a status is written when it changes).
     reported: Option<&'static str>,
 }
@@ -108,8 +109,8 @@ impl std::fmt::Debug for Follower {
 
 impl Follower {
     /// A follower of `settings`' mailbox for `domain`.
-    pub fn new(ctx: BackendContext, domain: Domain, settings: ImapSettings, credential: Credential) -> Self {
-        Self { ctx, domain, settings, credential, reported: None }
+    pub fn new(ctx: BackendContext, domain: Domain, settings: ImapSettings, login: Login) -> Self {
+        Self { ctx, domain, settings, login, reported: None }
     }
 
     /// Follows the mailbox until `shutdown`: sessions, each ended by a failure
@@ -155,8 +156,11 @@ impl Follower {
     async fn auth_failed(&mut self, reply: &str) {
         let first = self.reported != Some("auth_failed");
         let detail = format!(
-            "{} refused the login of {}: {reply}; set the password again with `agentkeys domain set-backend {}`",
-            self.settings.imap_host, self.settings.username, self.domain
+            "{} refused the login of {}: {reply}; set the {} again with `agentkeys domain set-backend {}`",
+            self.settings.imap_host,
+            self.settings.username,
+            if matches!(self.login, Login::OAuth2(_)) { "OAuth2 refresh token" } else { "password" },
+            self.domain
         );
         tracing::warn!(domain = %self.domain, host = %self.settings.imap_host, user = %self.settings.username, %reply,
             retry_in = ?self.ctx.scaled(AUTH_FAILED_BACKOFF), "IMAP backend: the provider refused the login");
@@ -257,11 +261,35 @@ impl Follower {
             Ok(Ok(Some(_))) => {}
             _ => return Err(Stop::Failed(format!("{host}:{port} sent no IMAP greeting"))),
         }
-        match tokio::time::timeout(PROVIDER_TIMEOUT, client.login(&self.settings.username, self.credential.expose())).await {
+        let source = match &self.login {
+            Login::Password(password) => {
+                return match tokio::time::timeout(PROVIDER_TIMEOUT, client.login(&self.settings.username, password.expose())).await {
+                    Ok(Ok(session)) => Ok(session),
+                    Ok(Err((async_imap::error::Error::No(reply), _))) => Err(Stop::AuthFailed(reply)),
+                    Ok(Err((err, _))) => Err(Stop::Failed(format!("LOGIN: {err}"))),
+                    Err(_) => Err(Stop::Failed("LOGIN: no answer".to_owned())),
+                };
+            }
+            Login::OAuth2(source) => source,
+        };
+        let (token, fresh) = match source.token().await {
+            Ok(token) => token,
+            Err(TokenError::Refused(why)) => return Err(Stop::AuthFailed(format!("the token endpoint refused the refresh token ({why})"))),
+            Err(TokenError::Failed(why)) => return Err(Stop::Failed(format!("the token endpoint failed: {why}"))),
+        };
+        let auth = XOAuth2 { response: Some(xoauth2_response(&self.settings.username, &token)) };
+        match tokio::time::timeout(PROVIDER_TIMEOUT, client.authenticate("XOAUTH2", auth)).await {
             Ok(Ok(session)) => Ok(session),
+            Ok(Err((async_imap::error::Error::No(reply), _))) if !fresh => {
+                // A cached token the provider no longer takes (expired or
+                // revoked early): the next connection, after the first
+                // reconnect wait, asks for a new one.
+                source.forget().await;
+                Err(Stop::Failed(format!("AUTHENTICATE XOAUTH2 refused a cached token ({reply}); refreshing it")))
+            }
             Ok(Err((async_imap::error::Error::No(reply), _))) => Err(Stop::AuthFailed(reply)),
-            Ok(Err((err, _))) => Err(Stop::Failed(format!("LOGIN: {err}"))),
-            Err(_) => Err(Stop::Failed("LOGIN: no answer".to_owned())),
+            Ok(Err((err, _))) => Err(Stop::Failed(format!("AUTHENTICATE XOAUTH2: {err}"))),
+            Err(_) => Err(Stop::Failed("AUTHENTICATE XOAUTH2: no answer".to_owned())),
         }
     }
 

@@ -43,6 +43,7 @@ use zeroize::{Zeroize as _, Zeroizing};
 
 pub mod imap;
 pub mod lease;
+pub mod oauth2;
 pub mod ses;
 pub mod submit;
 
@@ -128,6 +129,10 @@ pub struct ImapSettings {
     /// The hosted inbox every message of the mailbox is delivered to: the
     /// mailbox belongs to that one inbox, so routing never reads `To:`.
     pub deliver_to: Address,
+    /// With XOAUTH2 ([`oauth2`]): the provider's OAuth2 token endpoint; the
+    /// sealed credential then holds the client and refresh token, not a password.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oauth2_token_url: Option<String>,
 }
 
 impl ImapSettings {
@@ -150,6 +155,9 @@ impl ImapSettings {
         }
         if self.deliver_to.domain() != domain.as_str() {
             return Err(format!("--deliver-to {} is not on {domain}", self.deliver_to));
+        }
+        if let Some(url) = &self.oauth2_token_url {
+            oauth2::check_token_url(url)?;
         }
         Ok(())
     }
@@ -193,6 +201,15 @@ impl Credential {
     pub fn expose(&self) -> &str {
         &self.0
     }
+}
+
+/// How the backend logs in to the provider's servers.
+#[derive(Debug, Clone)]
+pub enum Login {
+    /// LOGIN / AUTH PLAIN with a password (an app password).
+    Password(Credential),
+    /// AUTHENTICATE XOAUTH2 / AUTH XOAUTH2 with an access token from the source.
+    OAuth2(Arc<oauth2::TokenSource>),
 }
 
 /// A sealed credential did not open: another seed, another domain's row, or damage.
@@ -379,6 +396,7 @@ impl Launcher {
             return Ok((Running { started_from, stop, kind: "ses" }, Arc::new(sink)));
         }
         let (settings, credential) = open_imap(&ctx.sealer, record)?;
+        let credential = login(ctx, &settings, credential).map_err(|why| StartError::Unusable { domain: record.domain.to_string(), why })?;
         let (source_ctx, source_domain) = (ctx.clone(), record.domain.clone());
         let (source_settings, source_credential) = (settings.clone(), credential.clone());
         self.tasks.spawn(leased(Box::new(move |token: CancellationToken| {
@@ -522,6 +540,19 @@ pub fn open_ses(ctx: &BackendContext, record: &MailBackendRecord) -> Result<(ses
     Ok((receiver, ses::SesSink::new(ctx.clone(), endpoints, credentials)))
 }
 
+/// The login of `settings`: the password, or (with a token endpoint) a token
+/// source over the sealed OAuth2 secrets, shared by the follower and the sink.
+pub fn login(ctx: &BackendContext, settings: &ImapSettings, credential: Credential) -> Result<Login, String> {
+    match &settings.oauth2_token_url {
+        None => Ok(Login::Password(credential)),
+        Some(url) => {
+            let url = oauth2::check_token_url(url)?;
+            let secrets = oauth2::OAuth2Secrets::from_credential(&credential)?;
+            Ok(Login::OAuth2(Arc::new(oauth2::TokenSource::new(url, secrets, ctx.tls.clone()))))
+        }
+    }
+}
+
 /// Reads an IMAP backend's settings and opens its credential.
 pub fn open_imap(sealer: &CredentialSealer, record: &MailBackendRecord) -> Result<(ImapSettings, Credential), StartError> {
     let unusable = |why: String| StartError::Unusable { domain: record.domain.to_string(), why };
@@ -596,6 +627,7 @@ mod tests {
             smtp_tls: SmtpTls::Starttls,
             username: "bot@provider.test".to_owned(),
             deliver_to: "bot@agents.test".parse().unwrap(),
+            oauth2_token_url: None,
         }
     }
 
@@ -610,6 +642,12 @@ mod tests {
         assert!(ImapSettings { imap_host: "a b".to_owned(), ..settings() }.validate(&domain).is_err());
         assert!(ImapSettings { mailbox: "In\"box".to_owned(), ..settings() }.validate(&domain).is_err());
         assert!(ImapSettings { smtp_port: 0, ..settings() }.validate(&domain).is_err());
+        let oauth = ImapSettings { oauth2_token_url: Some("https://oauth2.googleapis.com/token".to_owned()), ..settings() };
+        oauth.validate(&domain).unwrap();
+        assert_eq!(serde_json::from_str::<ImapSettings>(&serde_json::to_string(&oauth).unwrap()).unwrap(), oauth);
+        assert!(!json.contains("oauth2"), "password settings are stored as before");
+        let plain_http = ImapSettings { oauth2_token_url: Some("http://oauth.example.com/token".to_owned()), ..settings() };
+        assert!(plain_http.validate(&domain).unwrap_err().contains("https"));
     }
 
     proptest! {

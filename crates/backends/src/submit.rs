@@ -14,7 +14,8 @@ use mail_send::{Credentials, SmtpClient};
 use smtp_proto::EXT_START_TLS;
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use crate::{BackendContext, Credential, ImapSettings, PROVIDER_TIMEOUT, SmtpTls};
+use crate::oauth2::TokenError;
+use crate::{BackendContext, ImapSettings, Login, PROVIDER_TIMEOUT, SmtpTls};
 
 /// The longest one submission may take, all steps included.
 pub const SUBMISSION_DEADLINE: Duration = Duration::from_secs(5 * 60);
@@ -23,7 +24,7 @@ pub const SUBMISSION_DEADLINE: Duration = Duration::from_secs(5 * 60);
 pub struct SubmissionSink {
     ctx: BackendContext,
     settings: ImapSettings,
-    credential: Credential,
+    login: Login,
 }
 
 impl std::fmt::Debug for SubmissionSink {
@@ -51,8 +52,8 @@ fn classify(err: mail_send::Error, step: &str) -> Attempt {
 
 impl SubmissionSink {
     /// A sink over `settings`' submission server.
-    pub fn new(ctx: BackendContext, settings: ImapSettings, credential: Credential) -> Self {
-        Self { ctx, settings, credential }
+    pub fn new(ctx: BackendContext, settings: ImapSettings, login: Login) -> Self {
+        Self { ctx, settings, login }
     }
 
     async fn submit(&self, from: &str, to: &str, body: &[u8]) -> Attempt {
@@ -117,10 +118,26 @@ impl SubmissionSink {
             Ok(ehlo) => ehlo,
             Err(err) => return classify(err, "EHLO"),
         };
-        let credentials = Credentials::new(self.settings.username.as_str(), self.credential.expose());
+        // With XOAUTH2 the same access token as the IMAP login (AUTH XOAUTH2).
+        let (secret, cached_token) = match &self.login {
+            Login::Password(password) => (password.clone(), None),
+            Login::OAuth2(source) => match source.token().await {
+                Ok((token, fresh)) => (token, (!fresh).then_some(source)),
+                Err(err @ TokenError::Refused(_)) => return Attempt::Temporary(format!("454 4.7.0 {err}")),
+                Err(err @ TokenError::Failed(_)) => return Attempt::Temporary(format!("451 4.4.2 {err}")),
+            },
+        };
+        let credentials = match &self.login {
+            Login::Password(_) => Credentials::new(self.settings.username.as_str(), secret.expose()),
+            Login::OAuth2(_) => Credentials::XOauth2 { username: self.settings.username.as_str(), secret: secret.expose() },
+        };
         match client.authenticate(&credentials, &ehlo).await {
             Ok(_) => {}
             Err(mail_send::Error::AuthenticationFailed(r)) => {
+                if let Some(source) = cached_token {
+                    // Perhaps expired early: the next attempt asks for a new token.
+                    source.forget().await;
+                }
                 tracing::warn!(host = %self.settings.smtp_host, user = %self.settings.username, reply = %reply_text(&r),
                     "submission backend: the provider refused the login");
                 metrics::counter!("agentkeys_backend_auth_failures_total", "kind" => "smtp").increment(1);

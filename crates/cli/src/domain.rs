@@ -25,7 +25,7 @@ pub(crate) enum DomainCmd {
         /// The domain, e.g. mail.example.com.
         domain: String,
         #[command(flatten)]
-        backend: BackendArgs,
+        backend: Box<BackendArgs>,
     },
     /// Choose how a hosted domain's mail is received and sent: `native` (our own
     /// MX and delivery), `imap` (an external mailbox: IMAP IDLE in, the
@@ -35,7 +35,7 @@ pub(crate) enum DomainCmd {
         /// The domain.
         domain: String,
         #[command(flatten)]
-        backend: BackendArgs,
+        backend: Box<BackendArgs>,
     },
     /// List hosted domains with their DKIM key versions and selectors.
     List,
@@ -118,6 +118,21 @@ pub(crate) struct BackendArgs {
     /// AGENTKEYS_BACKEND_PASSWORD. Never given on the command line.
     #[arg(long, value_name = "PATH")]
     password_file: Option<std::path::PathBuf>,
+    /// imap: log in with XOAUTH2 instead of a password: the provider's OAuth2
+    /// token endpoint (https; http only on loopback), e.g.
+    /// https://oauth2.googleapis.com/token. Needs the three options below.
+    #[arg(long, value_name = "URL", conflicts_with = "password_file")]
+    oauth2_token_url: Option<String>,
+    /// imap with XOAUTH2: the OAuth client id.
+    #[arg(long, value_name = "ID", requires = "oauth2_token_url")]
+    oauth2_client_id: Option<String>,
+    /// imap with XOAUTH2: a file holding the OAuth client secret (sealed, never logged).
+    #[arg(long, value_name = "PATH", requires = "oauth2_token_url")]
+    oauth2_client_secret_file: Option<std::path::PathBuf>,
+    /// imap with XOAUTH2: a file holding the refresh token obtained once with
+    /// the mailbox owner's consent (sealed, never logged).
+    #[arg(long, value_name = "PATH", requires = "oauth2_token_url")]
+    oauth2_refresh_token_file: Option<std::path::PathBuf>,
     /// imap: the hosted inbox the mailbox's messages are delivered to.
     #[arg(long, value_name = "ADDRESS")]
     deliver_to: Option<String>,
@@ -207,8 +222,28 @@ fn backend_choice(domain: &Domain, args: BackendArgs) -> Result<BackendChoice> {
         smtp_tls,
         username: need(args.username, "--username USER")?,
         deliver_to: deliver_to.parse().map_err(|e| anyhow!("--deliver-to {deliver_to}: {e}"))?,
+        oauth2_token_url: args.oauth2_token_url,
     };
     settings.validate(domain).map_err(|e| anyhow!("{e}"))?;
+    if settings.oauth2_token_url.is_some() {
+        let read = |path: Option<std::path::PathBuf>, flag: &str| -> Result<String> {
+            let path = path.ok_or_else(|| anyhow!("--oauth2-token-url needs {flag} PATH"))?;
+            let text = std::fs::read_to_string(&path).map_err(|e| anyhow!("{flag} {}: {e}", path.display()))?;
+            let text = text.trim_end_matches(['\r', '\n']).to_owned();
+            if text.is_empty() || text.chars().any(char::is_control) {
+                bail!("{flag} {}: empty or with control characters", path.display());
+            }
+            Ok(text)
+        };
+        let client_id = args.oauth2_client_id.ok_or_else(|| anyhow!("--oauth2-token-url needs --oauth2-client-id ID"))?;
+        let secrets = agentkeys_backends::oauth2::OAuth2Secrets {
+            client_id,
+            client_secret: read(args.oauth2_client_secret_file, "--oauth2-client-secret-file")?,
+            refresh_token: read(args.oauth2_refresh_token_file, "--oauth2-refresh-token-file")?,
+        };
+        let credential = secrets.to_credential().map_err(|e| anyhow!("{e}"))?;
+        return Ok(BackendChoice::Imap(settings, credential));
+    }
     let text = match (&args.password_file, std::env::var(BACKEND_PASSWORD_ENV)) {
         (Some(path), _) => std::fs::read_to_string(path)
             .map_err(|e| anyhow!("--password-file {}: {e}", path.display()))?,
@@ -240,6 +275,8 @@ async fn store_backend(dir: &DataDir, domain: &Domain, choice: BackendChoice) ->
                 "smtp": format!("{}:{}", settings.smtp_host, settings.smtp_port),
                 "user": settings.username,
                 "deliver_to": settings.deliver_to,
+                "login": if settings.oauth2_token_url.is_some() { "xoauth2" } else { "password" },
+                "oauth2_token_url": settings.oauth2_token_url,
             });
             ("imap", serde_json::to_string(&settings)?, sealed, detail)
         }
@@ -317,7 +354,7 @@ pub(crate) async fn run(config: &Config, cmd: DomainCmd, json: bool) -> Result<(
         DomainCmd::Add { domain, backend } => {
             let domain = parse_domain(&domain)?;
             // Checked before anything is stored: a bad flag adds nothing.
-            let choice = backend_choice(&domain, backend)?;
+            let choice = backend_choice(&domain, *backend)?;
             let (record, event) = keyring(&dir).new_domain(&domain)?;
             dir.meta.add_domain(&record, crate::now(), &event).await.map_err(|e| match e {
                 StoreError::Conflict { .. } => anyhow!("{e}; see `agentkeys domain list`"),
@@ -332,7 +369,7 @@ pub(crate) async fn run(config: &Config, cmd: DomainCmd, json: bool) -> Result<(
         }
         DomainCmd::SetBackend { domain, backend } => {
             let domain = parse_domain(&domain)?;
-            let choice = backend_choice(&domain, backend)?;
+            let choice = backend_choice(&domain, *backend)?;
             let kind = store_backend(&dir, &domain, choice).await?;
             if json {
                 println!("{}", json!({ "domain": domain, "backend": kind }));

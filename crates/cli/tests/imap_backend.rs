@@ -67,8 +67,10 @@ struct Dovecot {
 
 impl Dovecot {
     /// `auth_failure_delay = 0`: a client retrying a refused login at once
-    /// would show as many attempts in the log.
-    fn start(dir: &Path, cert: &Path, key: &Path) -> Dovecot {
+    /// would show as many attempts in the log. With `oauth` (the port of
+    /// `oauth_provider.py`) also an oauth2 passdb for XOAUTH2 logins that asks that
+    /// provider's introspection endpoint whether a token is active.
+    fn start_with(dir: &Path, cert: &Path, key: &Path, oauth: Option<u16>) -> Dovecot {
         let dir = dir.join("dovecot");
         std::fs::create_dir_all(dir.join("run")).unwrap();
         std::fs::create_dir_all(dir.join("mail")).unwrap();
@@ -81,13 +83,31 @@ impl Dovecot {
             "protocols = imap\nlisten = 127.0.0.1\nbase_dir = {d}/run\nstate_dir = {d}/run\nlog_path = {d}/dovecot.log\n\
              ssl = required\nssl_cert = <{cert}\nssl_key = <{key}\nauth_mechanisms = plain login\n\
              auth_failure_delay = 0\nauth_verbose = yes\nmail_location = maildir:{d}/mail/%u\n\
-             passdb {{\n  driver = passwd-file\n  args = scheme=PLAIN {d}/users\n}}\n\
+             {{oauth_passdb}}passdb {{\n  driver = passwd-file\n  args = scheme=PLAIN {d}/users\n}}\n\
              userdb {{\n  driver = static\n  args = uid=65534 gid=65534 home={d}/mail/%u\n}}\n\
              service imap-login {{\n  inet_listener imap {{\n    port = 0\n  }}\n  inet_listener imaps {{\n    port = {imap}\n    ssl = yes\n  }}\n}}\n\
              service auth {{\n  inet_listener {{\n    address = 127.0.0.1\n    port = {auth}\n  }}\n}}\n",
             cert = cert.display(),
             key = key.display(),
         );
+        let conf = match oauth {
+            None => conf,
+            Some(port) => {
+                std::fs::write(
+                    dir.join("oauth2.conf.ext"),
+                    format!(
+                        "introspection_mode = post\nintrospection_url = http://127.0.0.1:{port}/introspect\n\
+                         force_introspection = yes\nusername_attribute = username\nactive_attribute = active\nactive_value = true\n"
+                    ),
+                )
+                .unwrap();
+                conf.replace("auth_mechanisms = plain login", "auth_mechanisms = plain login xoauth2 oauthbearer").replace(
+                    "{oauth_passdb}",
+                    &format!("passdb {{\n  driver = oauth2\n  mechanisms = xoauth2 oauthbearer\n  args = {d}/oauth2.conf.ext\n}}\n"),
+                )
+            }
+        };
+        let conf = conf.replace("{oauth_passdb}", "");
         std::fs::write(dir.join("dovecot.conf"), conf).unwrap();
         let mut child = Command::new("dovecot")
             .arg("-F")
@@ -243,12 +263,16 @@ fn world() -> World {
 /// [`world`] with the deployment environment `shared` (a shared database and
 /// bucket) for every command and server of its data directory.
 fn world_on(shared: Option<&[(String, String)]>) -> World {
+    world_full(shared, None)
+}
+
+fn world_full(shared: Option<&[(String, String)]>, oauth: Option<u16>) -> World {
     let dir = tempfile::tempdir().unwrap();
     if let Some(env) = shared {
         share_deployment(dir.path(), env);
     }
     let (cert, key_file) = certificate(dir.path());
-    let dovecot = Dovecot::start(dir.path(), &cert, &key_file);
+    let dovecot = Dovecot::start_with(dir.path(), &cert, &key_file, oauth);
     let dkim = DkimKey::generate();
     let zone = Zone::new()
         .txt(&format!("sel._domainkey.{SERVICE}"), &dkim.dns_txt())
@@ -749,4 +773,175 @@ fn on_two_nodes_a_backend_set_while_running_is_followed_once_and_stopped_by_both
     let [first, second] = servers;
     first.stop();
     second.stop();
+}
+
+/// `tests/resources/oauth_provider.py`: the token endpoint our server asks
+/// and the introspection endpoint Dovecot asks, counting token requests.
+struct OAuthProvider {
+    port: u16,
+    count_file: PathBuf,
+    _process: Peer,
+}
+
+const CLIENT_ID: &str = "client-4711.apps.test";
+const CLIENT_SECRET: &str = "client-secret-Zq81";
+const REFRESH_TOKEN: &str = "refresh-token-1//0gXk";
+
+impl OAuthProvider {
+    /// Issues access tokens living `lifetime_s` for [`REFRESH_TOKEN`].
+    fn start(dir: &Path, lifetime_s: u64) -> OAuthProvider {
+        use std::io::BufRead as _;
+        let count_file = dir.join(format!("oauth-requests-{}", ulid::Ulid::new()));
+        let mut child = Command::new("python3")
+            .arg(resource("oauth_provider.py"))
+            .args([&lifetime_s.to_string(), REFRESH_TOKEN, CLIENT_ID, CLIENT_SECRET, USER])
+            .arg(&count_file)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        let port = line.trim().strip_prefix("port ").unwrap().parse().unwrap();
+        OAuthProvider { port, count_file, _process: Peer(child) }
+    }
+
+    /// Token requests received so far.
+    fn token_requests(&self) -> usize {
+        std::fs::read_to_string(&self.count_file).map(|t| t.trim().parse().unwrap()).unwrap_or(0)
+    }
+}
+
+impl World {
+    /// `agentkeys domain set-backend … --oauth2-*` with `refresh_token`.
+    fn set_xoauth2_backend(&self, oauth: &OAuthProvider, refresh_token: &str) -> Output {
+        let (secret, refresh) = (self.data().join("client-secret"), self.data().join("refresh-token"));
+        std::fs::write(&secret, format!("{CLIENT_SECRET}\n")).unwrap();
+        std::fs::write(&refresh, format!("{refresh_token}\n")).unwrap();
+        let out = agentkeys(self.data())
+            .args(["domain", "set-backend", "agents.localhost", "--backend", "imap", "--imap-host", "127.0.0.1"])
+            .args(["--imap-port", &self.dovecot.imap.to_string(), "--smtp-host", "127.0.0.1", "--smtp-port", "1"])
+            .args(["--username", USER, "--deliver-to", &self.inbox])
+            .args(["--oauth2-token-url", &format!("http://127.0.0.1:{}/token", oauth.port), "--oauth2-client-id", CLIENT_ID])
+            .arg("--oauth2-client-secret-file")
+            .arg(&secret)
+            .arg("--oauth2-refresh-token-file")
+            .arg(&refresh)
+            .output()
+            .unwrap();
+        std::fs::remove_file(&secret).unwrap();
+        std::fs::remove_file(&refresh).unwrap();
+        out
+    }
+
+    /// Appends one signed OTP mail and waits for `mail otp --wait` to print its code.
+    fn otp_round(&self, server: &Server, code: &str) {
+        let waiter = self
+            .mail(server, &["otp", "--wait", "--from", SERVICE, "--timeout", "30"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        let appended = wait_output(self.append(&[self.signed("Your code", &format!("Your verification code is {code}"))], 0));
+        assert!(appended.status.success());
+        let out = wait_output(waiter);
+        assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stderr), self.dovecot.log());
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), code);
+    }
+
+    /// Ends the provider's IMAP sessions of `USER` (the follower reconnects).
+    fn kick(&self) {
+        let status = Command::new("doveadm")
+            .arg("-c")
+            .arg(self.dovecot.dir.join("dovecot.conf"))
+            .args(["kick", USER])
+            .stdout(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success(), "doveadm kick");
+    }
+}
+
+/// XOAUTH2: the server gets an access token with the refresh-token grant, logs
+/// in with AUTHENTICATE XOAUTH2 (Dovecot checks the token with the provider's
+/// introspection endpoint), and mail reaches `mail otp --wait`. Tokens live
+/// 2 s: after one expired, a new session gets a new token and keeps importing.
+/// No secret is stored or printed in the clear.
+#[test]
+fn an_xoauth2_login_imports_mail_and_refreshes_its_expired_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let oauth = OAuthProvider::start(dir.path(), 2);
+    let w = world_full(None, Some(oauth.port));
+    let set = w.set_xoauth2_backend(&oauth, REFRESH_TOKEN);
+    assert!(set.status.success(), "{}", String::from_utf8_lossy(&set.stderr));
+    let server = w.serve(&[]);
+    w.wait_for_backend_status("running");
+    assert_eq!(oauth.token_requests(), 1);
+    w.otp_round(&server, "314159");
+    assert!(w.dovecot.log().contains("method=XOAUTH2"), "{}", w.dovecot.log());
+    // Past the token's life; the session Dovecot ends makes the follower log in again.
+    std::thread::sleep(Duration::from_secs(3));
+    w.kick();
+    w.otp_round(&server, "271828");
+    assert!(oauth.token_requests() >= 2, "the expired token was not refreshed");
+    let log: Vec<String> = server.stdout_lines.try_iter().collect();
+    let everything = format!("{} {} {}", run_json(w.data(), &["audit", "list"]), log.join("\n"), w.domain_row());
+    for secret in [CLIENT_SECRET, REFRESH_TOKEN, "Bearer"] {
+        assert!(!everything.contains(secret), "{secret} leaked");
+    }
+    server.stop();
+}
+
+/// A revoked refresh token (the endpoint answers 400 invalid_grant) is a
+/// refused login: status `auth_failed` naming the reason, one audit record,
+/// and the endpoint is asked again only after the backoff, not in a loop.
+#[test]
+fn a_revoked_refresh_token_is_reported_and_not_retried_in_a_tight_loop() {
+    let dir = tempfile::tempdir().unwrap();
+    let oauth = OAuthProvider::start(dir.path(), 3600);
+    let w = world_full(None, Some(oauth.port));
+    let set = w.set_xoauth2_backend(&oauth, "revoked-refresh-token");
+    assert!(set.status.success(), "{}", String::from_utf8_lossy(&set.stderr));
+    // AUTH_FAILED_BACKOFF (15 min) x 0.005 = 4.5 s between attempts.
+    let server = w.serve(&[]);
+    let row = w.wait_for_backend_status("auth_failed");
+    let detail = row["backend_detail"].as_str().unwrap();
+    assert!(detail.contains("invalid_grant") && detail.contains("OAuth2 refresh token"), "{detail}");
+    let first = oauth.token_requests();
+    assert!(first >= 1);
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(oauth.token_requests() - first <= 1, "{} token requests in 3 s: a tight loop", oauth.token_requests() - first);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while oauth.token_requests() <= first {
+        assert!(Instant::now() < deadline, "never retried after the backoff");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let audit = run_json(w.data(), &["audit", "list"]);
+    let refused = audit.as_array().unwrap().iter().filter(|r| r["operation"] == "backend.auth_failed").count();
+    assert_eq!(refused, 1, "{audit}");
+    assert_eq!(w.dovecot.log().matches("method=XOAUTH2").count(), 0, "no login is tried without a token");
+    server.stop();
+}
+
+/// The CLI refuses an OAuth2 setup that is incomplete, mixed with a password,
+/// or with a plain-http endpoint off loopback.
+#[test]
+fn xoauth2_options_are_checked() {
+    let w = world();
+    let base = ["domain", "set-backend", "agents.localhost", "--backend", "imap", "--imap-host", "127.0.0.1", "--smtp-host", "127.0.0.1", "--username", USER];
+    let file = w.data().join("some-secret");
+    std::fs::write(&file, "s\n").unwrap();
+    let run = |extra: &[&str]| {
+        let out = agentkeys(w.data()).args(base).args(["--deliver-to", &w.inbox]).args(extra).output().unwrap();
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let f = file.to_str().unwrap();
+    let e = run(&["--oauth2-token-url", "http://oauth.example.com/token", "--oauth2-client-id", "c", "--oauth2-client-secret-file", f, "--oauth2-refresh-token-file", f]);
+    assert!(e.contains("must be https"), "{e}");
+    let e = run(&["--oauth2-token-url", "https://oauth.example.com/token", "--oauth2-client-id", "c", "--oauth2-client-secret-file", f]);
+    assert!(e.contains("--oauth2-refresh-token-file"), "{e}");
+    let e = run(&["--oauth2-token-url", "https://oauth.example.com/token", "--password-file", f]);
+    assert!(e.contains("cannot be used with"), "{e}");
 }
