@@ -263,13 +263,13 @@ impl SmtpServer {
         }
     }
 
-    /// Number of open connections over all listeners.
     /// How recipients resolve to inboxes (`local+tag@` → `local@`), as the MX
     /// and [`SmtpServer::ingest`] resolve them.
     pub fn subaddressing(&self) -> &Subaddressing {
         &self.inbound.subaddressing
     }
 
+    /// Number of open connections over all listeners.
     pub fn open_connections(&self) -> usize {
         self.limiter.open()
     }
