@@ -249,6 +249,7 @@ run_source() {
   # first takes what does not divide).
   for ((k = 0; k < owners; k++)); do
     n_k=$((count / owners)); ((k == 0)) && n_k=$((n_k + count % owners))
+    ((n_k > 0)) || continue # a probe of one message goes to the first recipient only
     s_k=$((BENCH_SESSIONS / owners)); ((k == 0)) && s_k=$((s_k + BENCH_SESSIONS % owners))
     local args=(-s "$s_k" -m "$n_k" -l "$BENCH_SIZE" -f "$FROM" -t "${RCPTS[k]}" -M "$HELO")
     [[ $mode == persistent ]] && args=(-d "${args[@]}")
