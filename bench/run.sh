@@ -249,6 +249,7 @@ run_source() {
   # first takes what does not divide).
   for ((k = 0; k < owners; k++)); do
     n_k=$((count / owners)); ((k == 0)) && n_k=$((n_k + count % owners))
+    ((n_k > 0)) || continue # a probe of one message goes to the first recipient only
     s_k=$((BENCH_SESSIONS / owners)); ((k == 0)) && s_k=$((s_k + BENCH_SESSIONS % owners))
     local args=(-s "$s_k" -m "$n_k" -l "$BENCH_SIZE" -f "$FROM" -t "${RCPTS[k]}" -M "$HELO")
     [[ $mode == persistent ]] && args=(-d "${args[@]}")
@@ -1106,6 +1107,23 @@ run_outbound() {
   fi
 }
 
+# One node against two (BENCH_NODES=2), same run: signed and delivered per second.
+outbound_two_nodes_report() {
+  python3 - "$RESULTS/outbound.json" "$RESULTS/outbound-2nodes.json" <<'PY'
+import json, sys
+one, two = (json.load(open(p)) for p in sys.argv[1:3])
+def row(name, r):
+    return (f"| {name} | {r.get('delivered_per_second') or 0:,.0f} | {r.get('submit_latency_p50_ms') or 0:.1f} / "
+            f"{r.get('submit_latency_p99_ms') or 0:.1f} ms | {r.get('delivered')} of {r.get('accepted')} | {r.get('errors')} |")
+print("\n| outbound, same run | signed and delivered/s | submission p50 / p99 | delivered | errors |")
+print("|---|---:|---|---|---:|")
+print(row("one node (direct)", one))
+print(row("two nodes (HAProxy → both)", two))
+a, b = one.get("delivered_per_second") or 0, two.get("delivered_per_second") or 0
+print(f"\nTwo nodes / one node: **{b / a:.2f}**." if a else "")
+PY
+}
+
 # ---------------------------------------------------------------- main
 install_prerequisites
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
@@ -1327,23 +1345,6 @@ if has_part agentkeys && ((BENCH_WEBHOOKS > 0)); then
   { printf '\n### Inbound with webhooks\n\n'; cat "$RESULTS/webhooks.md"; } >>"$RESULTS/latest.md"
 fi
 cat "$RESULTS/latest.md"
-
-# One node against two (BENCH_NODES=2), same run: signed and delivered per second.
-outbound_two_nodes_report() {
-  python3 - "$RESULTS/outbound.json" "$RESULTS/outbound-2nodes.json" <<'PY'
-import json, sys
-one, two = (json.load(open(p)) for p in sys.argv[1:3])
-def row(name, r):
-    return (f"| {name} | {r.get('delivered_per_second') or 0:,.0f} | {r.get('submit_latency_p50_ms') or 0:.1f} / "
-            f"{r.get('submit_latency_p99_ms') or 0:.1f} ms | {r.get('delivered')} of {r.get('accepted')} | {r.get('errors')} |")
-print("\n| outbound, same run | signed and delivered/s | submission p50 / p99 | delivered | errors |")
-print("|---|---:|---|---|---:|")
-print(row("one node (direct)", one))
-print(row("two nodes (HAProxy → both)", two))
-a, b = one.get("delivered_per_second") or 0, two.get("delivered_per_second") or 0
-print(f"\nTwo nodes / one node: **{b / a:.2f}**." if a else "")
-PY
-}
 
 # Splices FILE between the lines BEGIN and END of BENCHMARKS.md.
 splice() {
