@@ -251,6 +251,15 @@ impl AuditLog for FakeMeta {
     async fn audit_list_for_owner(&self, _: &OwnerId, _: u64, _: u32) -> Result<Vec<AuditRecord>, StoreError> {
         unsupported()
     }
+    async fn audit_search_for_owner(
+        &self,
+        _: &OwnerId,
+        _: &agentkeys_store::AuditFilter,
+        _: Option<u64>,
+        _: u32,
+    ) -> Result<Vec<AuditRecord>, StoreError> {
+        unsupported()
+    }
 }
 
 #[async_trait]
